@@ -1,0 +1,39 @@
+# zchat tasks. `just` lists them. Run inside the project's venv (see README.md).
+
+set positional-arguments
+
+python := env_var_or_default("PYTHON", "python3")
+
+# List the recipes.
+default:
+    @{{just_executable()}} --list --justfile {{justfile()}}
+
+# Install zchat in editable mode with the dev tools.
+install:
+    {{python}} -m pip install -e '.[dev]'
+
+# Run the broker, e.g. `just broker --config config/zchat.toml`.
+broker *ARGS:
+    zchat broker "$@"
+
+# Join the chat as NAME, e.g. `just join alice --server tcp://host:5555`.
+join NAME *ARGS:
+    zchat join "$@"
+
+# Run the test suite (extra arguments go to pytest).
+test *ARGS:
+    {{python}} -m pytest "$@"
+
+# Lint and type-check.
+lint:
+    ruff check zchat tests
+    mypy zchat
+
+# Run the benchmarks.
+bench *ARGS:
+    {{python}} benchmarks/run.py "$@"
+
+# Format the code and sort imports.
+fmt:
+    ruff format zchat tests
+    ruff check --select I --fix zchat tests

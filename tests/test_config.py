@@ -1,0 +1,321 @@
+"""Config: defaults in code, the TOML file, validation errors and XDG paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from zchat.config import (
+    BrokerConfig,
+    ClientConfig,
+    Config,
+    ConfigError,
+    data_dir,
+    default_config_path,
+    load_config,
+    validate,
+)
+from zchat.errors import ZchatError
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "config" / "zchat.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "zchat.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty home with no XDG variables set."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    return home
+
+
+# --- defaults and the sample file ---------------------------------------------------------
+
+
+def test_defaults() -> None:
+    cfg = Config()
+    assert cfg.broker.router == "tcp://127.0.0.1:5555"
+    assert cfg.broker.pub == "tcp://127.0.0.1:5556"
+    assert cfg.broker.pub_advertised == ""
+    assert cfg.broker.data_dir == ""
+    assert cfg.broker.log_level == "info"
+    assert cfg.broker.admins == ()
+    assert cfg.broker.max_text_bytes == 4000
+    assert cfg.broker.heartbeat_interval_s == 2.0
+    assert cfg.broker.heartbeat_timeout_s == 6.0
+    assert cfg.broker.max_stored_dms == 1000
+    assert (cfg.broker.sndhwm, cfg.broker.rcvhwm) == (10_000, 10_000)
+    assert (cfg.broker.scrypt_n, cfg.broker.scrypt_r, cfg.broker.scrypt_p) == (16384, 8, 1)
+    assert cfg.broker.hash_workers == 2
+    assert cfg.client == ClientConfig("tcp://127.0.0.1:5555", 5.0, 30.0)
+    validate(cfg)
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().broker.max_text_bytes = 1  # type: ignore[misc]
+
+
+def test_sample_file_equals_defaults() -> None:
+    assert load_config(SAMPLE) == Config()
+
+
+def test_sample_file_lists_every_setting() -> None:
+    document = tomllib.loads(SAMPLE.read_text(encoding="utf-8"))
+    assert set(document) == {"broker", "client"}
+    assert list(document["broker"]) == [f.name for f in dataclasses.fields(BrokerConfig)]
+    assert list(document["client"]) == [f.name for f in dataclasses.fields(ClientConfig)]
+
+
+def test_sample_file_comments_every_setting() -> None:
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            assert lines[i - 1].startswith("# "), f"no comment above {line!r}"
+
+
+# --- loading files ------------------------------------------------------------------------
+
+
+def test_file_overrides_some_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [broker]
+        router = "tcp://*:7000"
+        admins = ["alice", "bob"]
+        max_text_bytes = 100
+        heartbeat_interval_s = 1      # an int is fine for a float
+        log_level = "debug"
+
+        [client]
+        timeout_s = 2.5
+        """,
+    )
+    cfg = load_config(path)
+    assert cfg.broker == BrokerConfig(
+        router="tcp://*:7000",
+        admins=("alice", "bob"),
+        max_text_bytes=100,
+        heartbeat_interval_s=1.0,
+        log_level="debug",
+    )
+    assert isinstance(cfg.broker.heartbeat_interval_s, float)
+    assert cfg.client == ClientConfig(timeout_s=2.5)
+
+
+def test_empty_file_and_empty_tables_are_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == Config()
+    assert load_config(write(tmp_path, "[broker]\n[client]\n")) == Config()
+
+
+def test_missing_default_file_means_defaults(xdg: Path) -> None:
+    assert not default_config_path().exists()
+    assert load_config(None) == Config()
+    assert load_config() == Config()
+
+
+def test_default_file_is_read_when_present(xdg: Path) -> None:
+    path = default_config_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("[client]\nserver = 'tcp://example.org:5555'\n", encoding="utf-8")
+    assert load_config(None).client.server == "tcp://example.org:5555"
+
+
+def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        load_config(missing)
+    assert str(missing) in str(info.value)
+    assert info.value.path == missing
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    # A directory cannot be read as a file, even by root (unlike a chmod 000 file).
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path)
+
+
+def test_bad_toml_reports_tomllib_message(tmp_path: Path) -> None:
+    path = write(tmp_path, "[broker]\nrouter = \n")
+    with pytest.raises(ConfigError, match=r"invalid TOML: .*line 2") as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "zchat.toml"
+    path.write_bytes(b"[broker]\nrouter = '\xff'\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(path)
+
+
+def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
+    with pytest.raises(ZchatError):
+        load_config(write(tmp_path, "[nope]\n"))
+
+
+# --- validation errors name the file, table and key ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "table", "key", "message"),
+    [
+        # unknown tables and keys
+        ("[server]\n", None, None, r"unknown table 'server'"),
+        ("[brokr]\n", None, None, r"did you mean 'broker'"),
+        ("router = 'tcp://x:1'\n", None, None, r"unknown top-level key 'router'"),
+        ("broker = 5\n", "broker", None, r"must be a table, got integer"),
+        ("[broker]\nrouter_endpoint = 'x'\n", "broker", "router_endpoint", r"unknown key"),
+        ("[broker]\nmax_text_byte = 1\n", "broker", "max_text_byte", r"'max_text_bytes'"),
+        ("[client]\nrouter = 'tcp://x:1'\n", "client", "router", r"unknown key"),
+        # wrong types
+        ("[broker]\nmax_text_bytes = '4000'\n", "broker", "max_text_bytes", r"an integer"),
+        ("[broker]\nmax_text_bytes = 4000.0\n", "broker", "max_text_bytes", r"an integer"),
+        ("[broker]\nrouter = 5555\n", "broker", "router", r"a string, got integer"),
+        ("[broker]\nadmins = 'alice'\n", "broker", "admins", r"an array of strings"),
+        ("[broker]\nadmins = ['alice', 1]\n", "broker", "admins", r"an array of strings"),
+        ("[client]\ntimeout_s = '5'\n", "client", "timeout_s", r"a number"),
+        ("[client]\ntimeout_s = inf\n", "client", "timeout_s", r"a finite number"),
+        ("[client]\ntimeout_s = nan\n", "client", "timeout_s", r"a finite number"),
+        # a bool is not an int (nor a float), though Python says isinstance(True, int)
+        ("[broker]\nhash_workers = true\n", "broker", "hash_workers", r"an integer, got boolean"),
+        ("[broker]\nsndhwm = false\n", "broker", "sndhwm", r"an integer, got boolean"),
+        ("[client]\ntimeout_s = true\n", "client", "timeout_s", r"a number, got boolean"),
+        # out of range
+        ("[broker]\nmax_text_bytes = 0\n", "broker", "max_text_bytes", r"between 1 and 60000"),
+        ("[broker]\nmax_text_bytes = 60001\n", "broker", "max_text_bytes", r"got 60001"),
+        ("[broker]\nheartbeat_interval_s = 0\n", "broker", "heartbeat_interval_s", r"> 0"),
+        ("[broker]\nheartbeat_interval_s = -1.5\n", "broker", "heartbeat_interval_s", r"> 0"),
+        ("[broker]\nscrypt_n = 1000\n", "broker", "scrypt_n", r"power of two >= 1024"),
+        ("[broker]\nscrypt_n = 512\n", "broker", "scrypt_n", r"power of two >= 1024"),
+        ("[broker]\nscrypt_n = 20000\n", "broker", "scrypt_n", r"power of two"),
+        ("[broker]\nscrypt_r = 0\n", "broker", "scrypt_r", r">= 1"),
+        ("[broker]\nscrypt_p = 0\n", "broker", "scrypt_p", r">= 1"),
+        ("[broker]\nsndhwm = 0\n", "broker", "sndhwm", r">= 1"),
+        ("[broker]\nrcvhwm = -1\n", "broker", "rcvhwm", r">= 1"),
+        ("[broker]\nmax_stored_dms = 0\n", "broker", "max_stored_dms", r">= 1"),
+        ("[broker]\nhash_workers = 0\n", "broker", "hash_workers", r"between 1 and 64"),
+        ("[broker]\nhash_workers = 65\n", "broker", "hash_workers", r"between 1 and 64"),
+        ("[broker]\nlog_level = 'verbose'\n", "broker", "log_level", r"debug, info, warning"),
+        ("[broker]\nlog_level = 'INFO'\n", "broker", "log_level", r"one of"),
+        ("[broker]\nrouter = 'localhost:5555'\n", "broker", "router", r"not a ZeroMQ endpoint"),
+        ("[broker]\npub_advertised = 'h:1'\n", "broker", "pub_advertised", r"ZeroMQ endpoint"),
+        ("[broker]\nadmins = ['']\n", "broker", "admins", r"empty name"),
+        ("[client]\nserver = ''\n", "client", "server", r"not a ZeroMQ endpoint"),
+        ("[client]\ntimeout_s = 0\n", "client", "timeout_s", r"> 0"),
+        ("[client]\nreconnect_max_s = -1\n", "client", "reconnect_max_s", r"> 0"),
+    ],
+)
+def test_validation_errors(
+    tmp_path: Path, text: str, table: str | None, key: str | None, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    err = info.value
+    assert (err.path, err.table, err.key) == (path, table, key)
+    text_of_error = str(err)
+    assert text_of_error.startswith(f"{path}: ")
+    if table is not None:
+        assert f"[{table}]" in text_of_error
+    if key is not None:
+        assert f"[{table}] {key}: " in text_of_error
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout"),
+    [(2.0, 2.0), (2.0, 1.0), (5, 4)],
+)
+def test_heartbeat_timeout_must_exceed_interval(
+    tmp_path: Path, interval: float, timeout: float
+) -> None:
+    path = write(
+        tmp_path,
+        f"[broker]\nheartbeat_interval_s = {interval}\nheartbeat_timeout_s = {timeout}\n",
+    )
+    with pytest.raises(ConfigError, match="greater than heartbeat_interval_s") as info:
+        load_config(path)
+    assert info.value.key == "heartbeat_timeout_s"
+
+
+def test_heartbeat_timeout_just_above_interval_is_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, "[broker]\nheartbeat_interval_s = 2\nheartbeat_timeout_s = 2.001\n")
+    assert load_config(path).broker.heartbeat_timeout_s == 2.001
+
+
+def test_range_edges_are_accepted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[broker]\nmax_text_bytes = 60000\nscrypt_n = 1024\nhash_workers = 64\n"
+        "sndhwm = 1\nrcvhwm = 1\nlog_level = 'error'\n",
+    )
+    cfg = load_config(path).broker
+    assert (cfg.max_text_bytes, cfg.scrypt_n, cfg.hash_workers) == (60000, 1024, 64)
+
+
+# --- validate() after command-line flags ----------------------------------------------------
+
+
+def test_validate_after_flags_applied() -> None:
+    cfg = Config()
+    good = dataclasses.replace(cfg, broker=dataclasses.replace(cfg.broker, max_text_bytes=10))
+    validate(good)
+    bad = dataclasses.replace(cfg, broker=dataclasses.replace(cfg.broker, heartbeat_timeout_s=1))
+    with pytest.raises(ConfigError, match=r"^\[broker\] heartbeat_timeout_s: "):
+        validate(bad)
+    wrong_type = dataclasses.replace(cfg, client=dataclasses.replace(cfg.client, server=5))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^\[client\] server: expected a string"):
+        validate(wrong_type)
+
+
+def test_validate_labels_with_path() -> None:
+    bad = Config(client=ClientConfig(timeout_s=-1))
+    with pytest.raises(ConfigError, match=r"^command line: \[client\] timeout_s: must be > 0"):
+        validate(bad, path="command line")
+
+
+# --- XDG paths ---------------------------------------------------------------------------
+
+
+def test_default_config_path_without_xdg(xdg: Path) -> None:
+    assert default_config_path() == xdg / ".config" / "zchat" / "zchat.toml"
+
+
+def test_default_config_path_with_xdg(xdg: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert default_config_path() == tmp_path / "cfg" / "zchat" / "zchat.toml"
+
+
+def test_relative_xdg_is_ignored(xdg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The XDG Base Directory Specification: relative paths are invalid and ignored.
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/cfg")
+    monkeypatch.setenv("XDG_DATA_HOME", "")
+    assert default_config_path() == xdg / ".config" / "zchat" / "zchat.toml"
+    assert data_dir(BrokerConfig()) == xdg / ".local" / "share" / "zchat"
+
+
+def test_data_dir_default_without_xdg(xdg: Path) -> None:
+    assert data_dir(BrokerConfig()) == xdg / ".local" / "share" / "zchat"
+
+
+def test_data_dir_default_with_xdg(xdg: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert data_dir(BrokerConfig()) == tmp_path / "data" / "zchat"
+
+
+def test_data_dir_explicit(xdg: Path, tmp_path: Path) -> None:
+    assert data_dir(BrokerConfig(data_dir=str(tmp_path / "db"))) == tmp_path / "db"
+    assert data_dir(BrokerConfig(data_dir="~/chat")) == xdg / "chat"

@@ -1,0 +1,489 @@
+"""The broker's state machine: sessions, presence, rooms, messages and direct messages.
+
+Pure in the sans-I/O sense: no sockets, no clock. The event loop (zchat.broker) feeds it
+frames from the ROUTER with the time, and carries out the actions it returns:
+
+- ``ToPeer(routing_id, frames)``: send on the ROUTER (a reply or a push);
+- ``ToTopic(frames)``: send on the PUB socket;
+- ``Offload(job_id, work)``: run ``work()`` off the loop (password hashing) and hand the
+  result back through ``complete(job_id, result, ...)``.
+
+Durable state goes through the Store, whose writes are committed when they return; the core
+therefore commits a room message before it returns the actions that publish it and OK it
+(docs/PROTOCOL.md §7). The Store is real SQLite (``":memory:"`` in unit tests).
+
+Time comes in as two arguments: ``now_s`` (monotonic seconds, for heartbeats) and
+``now_ms`` (UTC milliseconds, for timestamps on the wire).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zchat import protocol as p
+from zchat.config import BrokerConfig
+from zchat.errors import ProtocolError, Status, StorageError
+from zchat.names import name_key, normalize_name, skeleton, validate_text
+from zchat.passwords import hash_password, verify_password
+from zchat.store import Store
+
+log = logging.getLogger("zchat.broker")
+
+DEFAULT_ROOM = "lobby"
+#: Password jobs in flight at once (docs/PROTOCOL.md §9); beyond it LOGIN/REGISTER get 503
+#: so that a flood of logins cannot queue unbounded work.
+MAX_PENDING_JOBS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ToPeer:
+    routing_id: bytes
+    frames: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ToTopic:
+    frames: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Offload:
+    job_id: int
+    work: Callable[[], Any]
+
+
+Action = ToPeer | ToTopic | Offload
+
+
+@dataclass(slots=True)
+class Session:
+    """One logged-in connection, known by the ROUTER's routing id."""
+
+    routing_id: bytes
+    token: str
+    account_key: str
+    name: str
+    address: str
+    login_ms: int
+    last_seen_s: float
+    last_seen_ms: int
+
+
+@dataclass(slots=True)
+class Account:
+    """In-memory view of one account: its display name and live presence."""
+
+    name: str
+    bot: bool
+    sessions: set[bytes] = field(default_factory=set)
+    presence: p.Presence = "offline"
+    away_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    kind: str                    # "register" or "login"
+    routing_id: bytes
+    request_id: bytes
+    key: str
+    name: str
+    address: str
+    password_hash: str = ""      # register: filled by the job's result
+
+
+class BrokerCore:
+    """All broker state; one event loop owns it. See the module docstring."""
+
+    def __init__(self, store: Store, config: BrokerConfig, pub_endpoint: str,
+                 now_ms: int = 0) -> None:
+        self.store = store
+        self.config = config
+        self.pub_endpoint = pub_endpoint
+        self.sessions: dict[bytes, Session] = {}
+        self.accounts: dict[str, Account] = {
+            key: Account(name, bot) for key, (name, bot) in store.account_names().items()}
+        self.admins = {name_key(n) for n in config.admins}
+        lobby_key = name_key(DEFAULT_ROOM)
+        store.ensure_room(lobby_key, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), now_ms)
+        listed = store.list_rooms()
+        self.rooms: dict[str, str] = {r.key: r.name for r in listed}
+        self.last_seq: dict[str, int] = {r.key: r.last_seq for r in listed}
+        self.topics: dict[str, str] = {r.key: r.topic for r in listed}
+        self.members: dict[str, set[str]] = store.memberships()
+        self.rooms_of: dict[str, set[str]] = {}
+        for room_key, account_keys in self.members.items():
+            for account_key in account_keys:
+                self.rooms_of.setdefault(account_key, set()).add(room_key)
+        self._jobs: dict[int, _Job] = {}
+        self._next_job = 1
+        self._next_tick_s: float | None = None
+        self._handlers: dict[type[p.Request], Callable[..., list[Action]]] = {
+            p.Info: self._info, p.Register: self._register, p.Login: self._login,
+            p.Logout: self._logout, p.Join: self._join, p.Part: self._part,
+            p.ListRooms: self._list_rooms, p.Send: self._send, p.SendDirect: self._dm,
+            p.FetchHistory: self._history, p.Who: self._who,
+            p.SetPresence: self._set_presence, p.Ping: self._ping,
+            p.ListSessions: self._list_sessions,
+        }
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def handle(self, routing_id: bytes, frames: list[bytes], now_s: float, now_ms: int,
+               address: str = "") -> list[Action]:
+        """Handle one request (the frames after the routing id). Never raises: any error
+        becomes an ERROR reply; an unexpected one is logged with its traceback and answered
+        with 500, and the broker keeps serving."""
+        request_id = frames[1][:p.MAX_REQUEST_ID_BYTES] if len(frames) > 1 else b""
+        try:
+            request_id, request = p.decode_request(frames)
+            session = self.sessions.get(routing_id)
+            if session is not None:
+                session.last_seen_s = now_s
+                session.last_seen_ms = now_ms
+            elif request.NEEDS_SESSION:
+                raise ProtocolError(Status.UNAUTHORIZED, f"log in before {request.TYPE}")
+            return self._handlers[type(request)](routing_id, request_id, request, session,
+                                                 now_s, now_ms, address)
+        except ProtocolError as exc:
+            return [self._error(routing_id, exc.request_id or request_id, exc.status, exc.reason)]
+        except StorageError as exc:
+            log.error("storage error: %s", exc.reason)
+            return [self._error(routing_id, request_id, Status.UNAVAILABLE, exc.reason)]
+        except Exception:
+            log.exception("internal error handling a request from %s", routing_id.hex())
+            return [self._error(routing_id, request_id, Status.INTERNAL,
+                                "internal error; the broker logged it")]
+
+    def complete(self, job_id: int, result: Any, now_s: float, now_ms: int) -> list[Action]:
+        """Finish an Offload job with its result (or the exception it raised)."""
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return []
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            if job.kind == "register":
+                return self._finish_register(job, str(result), now_ms)
+            return self._finish_login(job, bool(result), now_s, now_ms)
+        except ProtocolError as exc:
+            return [self._error(job.routing_id, job.request_id, exc.status, exc.reason)]
+        except StorageError as exc:
+            return [self._error(job.routing_id, job.request_id, Status.UNAVAILABLE, exc.reason)]
+        except Exception:
+            log.exception("internal error finishing a %s", job.kind)
+            return [self._error(job.routing_id, job.request_id, Status.INTERNAL,
+                                "internal error; the broker logged it")]
+
+    def tick(self, now_s: float, now_ms: int) -> list[Action]:
+        """Evict sessions silent for ``heartbeat_timeout_s`` and publish a TICK every
+        ``heartbeat_interval_s`` (docs/PROTOCOL.md §10). Call it at least that often."""
+        actions: list[Action] = []
+        timeout = self.config.heartbeat_timeout_s
+        for session in list(self.sessions.values()):  # snapshot: eviction mutates
+            if now_s - session.last_seen_s > timeout:
+                log.info("evicted %s (silent %.1f s) from %s", session.name,
+                         now_s - session.last_seen_s, session.address or "?")
+                actions += self._end_session(session, now_ms)
+        if self._next_tick_s is None or now_s >= self._next_tick_s:
+            self._next_tick_s = now_s + self.config.heartbeat_interval_s
+            actions.append(ToTopic(p.encode_event(p.TOPIC_TICK, p.Tick(time=now_ms))))
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time at which ``tick`` next has work (the next TICK)."""
+        return self._next_tick_s
+
+    def shutdown(self, now_ms: int) -> list[Action]:
+        """End every session (publishing offline presence) before the broker stops."""
+        actions: list[Action] = []
+        for session in list(self.sessions.values()):
+            actions += self._end_session(session, now_ms)
+        return actions
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _error(routing_id: bytes, request_id: bytes, status: int, reason: str) -> ToPeer:
+        return ToPeer(routing_id, p.encode_reply(request_id or b"?",
+                                                 p.Error(status=int(status), reason=reason)))
+
+    @staticmethod
+    def _ok(routing_id: bytes, request_id: bytes, reply: p.Reply) -> ToPeer:
+        return ToPeer(routing_id, p.encode_reply(request_id, reply))
+
+    def _room_key(self, raw: str) -> str:
+        """Key of an existing room. Raises ProtocolError 422 (invalid name) or 404."""
+        key = name_key(normalize_name(raw, "room name"))
+        if key not in self.rooms:
+            raise ProtocolError(Status.NOT_FOUND, f"no room named {raw!r}")
+        return key
+
+    def _account_key(self, raw: str) -> str:
+        """Key of an existing account. Raises ProtocolError 404."""
+        try:
+            key = name_key(normalize_name(raw))
+        except ProtocolError:
+            raise ProtocolError(Status.NOT_FOUND, f"no account named {raw!r}") from None
+        if key not in self.accounts:
+            raise ProtocolError(Status.NOT_FOUND, f"no account named {raw!r}")
+        return key
+
+    def _add_member(self, room_key: str, account_key: str) -> None:
+        self.members.setdefault(room_key, set()).add(account_key)
+        self.rooms_of.setdefault(account_key, set()).add(room_key)
+
+    def _presence_event(self, account: Account, key: str, now_ms: int) -> ToTopic:
+        event = p.PresenceChanged(name=account.name, presence=account.presence, time=now_ms,
+                                  text=account.away_text)
+        return ToTopic(p.encode_event(p.presence_topic(key), event))
+
+    def _end_session(self, session: Session, now_ms: int) -> list[Action]:
+        del self.sessions[session.routing_id]
+        account = self.accounts[session.account_key]
+        account.sessions.discard(session.routing_id)
+        if account.sessions:
+            return []
+        account.presence = "offline"
+        account.away_text = ""
+        return [self._presence_event(account, session.account_key, now_ms)]
+
+    def _start_job(self, job: _Job, work: Callable[[], Any]) -> list[Action]:
+        if len(self._jobs) >= MAX_PENDING_JOBS:
+            raise ProtocolError(Status.UNAVAILABLE, "too many logins in progress; retry soon")
+        job_id = self._next_job
+        self._next_job += 1
+        self._jobs[job_id] = job
+        return [Offload(job_id, work)]
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _info(self, rid: bytes, req_id: bytes, req: p.Info, session: Session | None,
+              now_s: float, now_ms: int, address: str) -> list[Action]:
+        cfg = self.config
+        return [self._ok(rid, req_id, p.InfoReply(
+            version=p.VERSION_NUMBER, pub=self.pub_endpoint, time=now_ms,
+            heartbeat_interval_ms=int(cfg.heartbeat_interval_s * 1000),
+            heartbeat_timeout_ms=int(cfg.heartbeat_timeout_s * 1000),
+            max_text_bytes=cfg.max_text_bytes))]
+
+    def _check_password(self, password: str) -> None:
+        if not password:
+            raise ProtocolError(Status.INVALID, "password must not be empty")
+        if len(password) > p.MAX_PASSWORD_CHARS:
+            raise ProtocolError(Status.TOO_LARGE,
+                                f"password longer than {p.MAX_PASSWORD_CHARS} characters")
+
+    def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
+                  now_s: float, now_ms: int, address: str) -> list[Action]:
+        name = normalize_name(req.name)
+        self._check_password(req.password)
+        key = name_key(name)
+        if key in self.accounts or self.store.account_skeleton_taken(skeleton(name)):
+            raise ProtocolError(Status.CONFLICT, f"the name {name!r} is taken "
+                                "(or too like an existing name)")
+        cfg = self.config
+        password = req.password
+        return self._start_job(
+            _Job("register", rid, req_id, key, name, address),
+            lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
+
+    def _finish_register(self, job: _Job, password_hash: str, now_ms: int) -> list[Action]:
+        if job.key in self.accounts:
+            raise ProtocolError(Status.CONFLICT, f"the name {job.name!r} is taken")
+        self.store.create_account(job.key, job.name, skeleton(job.name), password_hash, now_ms)
+        self.accounts[job.key] = Account(job.name, bot=False)
+        lobby = name_key(DEFAULT_ROOM)
+        self.store.join_room(lobby, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), job.key, now_ms)
+        self._add_member(lobby, job.key)
+        log.info("registered %s from %s", job.name, job.address or "?")
+        return [self._ok(job.routing_id, job.request_id, p.Registered(name=job.name))]
+
+    def _login(self, rid: bytes, req_id: bytes, req: p.Login, session: Session | None,
+               now_s: float, now_ms: int, address: str) -> list[Action]:
+        if session is not None:
+            raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
+                                f"{session.name}; LOGOUT first")
+        self._check_password(req.password)
+        key = self._account_key(req.name)
+        row = self.store.get_account(key)
+        if row is None:  # the in-memory index and the store disagree: not the peer's fault
+            raise ProtocolError(Status.NOT_FOUND, f"no account named {req.name!r}")
+        password, stored = req.password, row.password_hash
+        return self._start_job(_Job("login", rid, req_id, key, row.name, address),
+                               lambda: verify_password(password, stored))
+
+    def _finish_login(self, job: _Job, matched: bool, now_s: float, now_ms: int
+                      ) -> list[Action]:
+        if not matched:
+            log.info("failed login for %s from %s", job.name, job.address or "?")
+            raise ProtocolError(Status.UNAUTHORIZED, "wrong name or password")
+        existing = self.sessions.get(job.routing_id)
+        if existing is not None:
+            raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
+                                f"{existing.name}; LOGOUT first")
+        account = self.accounts[job.key]
+        session = Session(job.routing_id, secrets.token_urlsafe(24), job.key, account.name,
+                          job.address, now_ms, now_s, now_ms)
+        self.sessions[job.routing_id] = session
+        account.sessions.add(job.routing_id)
+        actions: list[Action] = []
+        if account.presence == "offline":
+            account.presence = "online"
+            actions.append(self._presence_event(account, job.key, now_ms))
+        pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
+                                        to=d.recipient, text=d.text)
+                        for d in self.store.take_pending_dms(job.key))
+        rooms = tuple(p.RoomState(room=r.name, last_seq=r.last_seq, topic=r.topic)
+                      for r in self.store.rooms_of(job.key))
+        log.info("login %s from %s (%d sessions, %d stored DMs)", account.name,
+                 job.address or "?", len(account.sessions), len(pending))
+        actions.insert(0, self._ok(job.routing_id, job.request_id, p.LoggedIn(
+            name=account.name, session=session.token, rooms=rooms, pending=pending)))
+        return actions
+
+    def _logout(self, rid: bytes, req_id: bytes, req: p.Logout, session: Session,
+                now_s: float, now_ms: int, address: str) -> list[Action]:
+        log.info("logout %s", session.name)
+        return [self._ok(rid, req_id, p.Ok()), *self._end_session(session, now_ms)]
+
+    def _join(self, rid: bytes, req_id: bytes, req: p.Join, session: Session,
+              now_s: float, now_ms: int, address: str) -> list[Action]:
+        name = normalize_name(req.room, "room name")
+        key = name_key(name)
+        room, created, joined = self.store.join_room(key, name, skeleton(name),
+                                                     session.account_key, now_ms)
+        self.rooms[key] = room.name
+        self.last_seq.setdefault(key, room.last_seq)
+        self.topics.setdefault(key, room.topic)
+        self._add_member(key, session.account_key)
+        actions: list[Action] = [self._ok(rid, req_id, p.RoomJoined(
+            room=room.name, last_seq=room.last_seq, created=created, topic=room.topic))]
+        if joined:
+            actions.append(ToTopic(p.encode_event(p.room_topic(key), p.UserJoined(
+                room=room.name, name=session.name, time=now_ms))))
+        return actions
+
+    def _part(self, rid: bytes, req_id: bytes, req: p.Part, session: Session,
+              now_s: float, now_ms: int, address: str) -> list[Action]:
+        key = self._room_key(req.room)
+        if not self.store.leave_room(key, session.account_key):
+            raise ProtocolError(Status.FORBIDDEN, f"you are not in {self.rooms[key]!r}")
+        self.members[key].discard(session.account_key)
+        self.rooms_of.get(session.account_key, set()).discard(key)
+        return [self._ok(rid, req_id, p.Ok()),
+                ToTopic(p.encode_event(p.room_topic(key), p.UserLeft(
+                    room=self.rooms[key], name=session.name, time=now_ms)))]
+
+    def _list_rooms(self, rid: bytes, req_id: bytes, req: p.ListRooms, session: Session,
+                    now_s: float, now_ms: int, address: str) -> list[Action]:
+        rooms = tuple(p.RoomInfo(room=r.name, members=r.members, last_seq=r.last_seq,
+                                 joined=session.account_key in self.members.get(r.key, ()),
+                                 topic=r.topic)
+                      for r in self.store.list_rooms())
+        return [self._ok(rid, req_id, p.RoomList(rooms=rooms))]
+
+    def _send(self, rid: bytes, req_id: bytes, req: p.Send, session: Session,
+              now_s: float, now_ms: int, address: str) -> list[Action]:
+        key = self._room_key(req.room)
+        if session.account_key not in self.members[key]:
+            raise ProtocolError(Status.FORBIDDEN,
+                                f"you are not in {self.rooms[key]!r}; JOIN it first")
+        if len(req.cmid) > p.MAX_CMID_CHARS:
+            raise ProtocolError(Status.BAD_REQUEST,
+                                f"cmid longer than {p.MAX_CMID_CHARS} characters")
+        text = validate_text(req.text, self.config.max_text_bytes)
+        seq = self.store.append_message(key, session.name, req.kind, text, req.cmid, now_ms)
+        self.last_seq[key] = seq
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("message %s#%d from %s: %r", self.rooms[key], seq, session.name, text)
+        event = p.MessagePosted(room=self.rooms[key], seq=seq, time=now_ms,
+                                sender=session.name, text=text, kind=req.kind)
+        return [ToTopic(p.encode_event(p.room_topic(key), event)),
+                self._ok(rid, req_id, p.Sent(room=self.rooms[key], seq=seq, time=now_ms))]
+
+    def _dm(self, rid: bytes, req_id: bytes, req: p.SendDirect, session: Session,
+            now_s: float, now_ms: int, address: str) -> list[Action]:
+        to_key = self._account_key(req.to)
+        text = validate_text(req.text, self.config.max_text_bytes)
+        recipient = self.accounts[to_key]
+        live = bool(recipient.sessions)
+        dm_id = self.store.store_dm(session.name, to_key, recipient.name, text, now_ms,
+                                    delivered=live, max_pending=self.config.max_stored_dms)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("dm %d %s -> %s: %r", dm_id, session.name, recipient.name, text)
+        push = p.encode_push(p.DirectMessage(id=dm_id, time=now_ms, sender=session.name,
+                                             to=recipient.name, text=text))
+        targets = set(recipient.sessions) | self.accounts[session.account_key].sessions
+        targets.discard(rid)
+        actions: list[Action] = [ToPeer(t, push) for t in sorted(targets)]
+        actions.append(self._ok(rid, req_id, p.DmSent(
+            id=dm_id, time=now_ms, delivered="live" if live else "stored")))
+        return actions
+
+    def _history(self, rid: bytes, req_id: bytes, req: p.FetchHistory, session: Session,
+                 now_s: float, now_ms: int, address: str) -> list[Action]:
+        if req.before is not None and req.after is not None:
+            raise ProtocolError(Status.BAD_REQUEST, "give at most one of before and after")
+        if not 1 <= req.limit <= p.MAX_HISTORY_LIMIT:
+            raise ProtocolError(Status.BAD_REQUEST,
+                                f"limit must be 1 to {p.MAX_HISTORY_LIMIT}")
+        for bound in (req.before, req.after):
+            if bound is not None and bound < 0:
+                raise ProtocolError(Status.BAD_REQUEST, "sequence bounds must be >= 0")
+        key = self._room_key(req.room)
+        rows = self.store.history(key, req.before, req.after, req.limit)
+        messages = tuple(p.MessagePosted(room=r.room, seq=r.seq, time=r.time_ms,
+                                         sender=r.sender, text=r.text,
+                                         kind="action" if r.kind == "action" else "text")
+                         for r in rows)
+        return [self._ok(rid, req_id, p.HistoryPage(room=self.rooms[key], messages=messages))]
+
+    def _who(self, rid: bytes, req_id: bytes, req: p.Who, session: Session,
+             now_s: float, now_ms: int, address: str) -> list[Action]:
+        if req.room is not None:
+            keys = sorted(self.members[self._room_key(req.room)])
+        else:
+            keys = sorted(k for k, a in self.accounts.items() if a.presence != "offline")
+        users = tuple(p.UserPresence(name=self.accounts[k].name,
+                                     presence=self.accounts[k].presence,
+                                     text=self.accounts[k].away_text,
+                                     bot=self.accounts[k].bot) for k in keys)
+        return [self._ok(rid, req_id, p.WhoList(users=users))]
+
+    def _set_presence(self, rid: bytes, req_id: bytes, req: p.SetPresence, session: Session,
+                      now_s: float, now_ms: int, address: str) -> list[Action]:
+        text = req.text if req.presence == "away" else ""
+        if len(text) > p.MAX_AWAY_TEXT_CHARS:
+            raise ProtocolError(Status.TOO_LARGE,
+                                f"away text longer than {p.MAX_AWAY_TEXT_CHARS} characters")
+        if text:
+            validate_text(text, p.MAX_AWAY_TEXT_CHARS * 4)
+        account = self.accounts[session.account_key]
+        actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
+        if (account.presence, account.away_text) != (req.presence, text):
+            account.presence = req.presence
+            account.away_text = text
+            actions.append(self._presence_event(account, session.account_key, now_ms))
+        return actions
+
+    def _ping(self, rid: bytes, req_id: bytes, req: p.Ping, session: Session | None,
+              now_s: float, now_ms: int, address: str) -> list[Action]:
+        if session is None:
+            return [self._ok(rid, req_id, p.Pong(time=now_ms))]
+        rooms = tuple(p.RoomState(room=self.rooms[k], last_seq=self.last_seq[k],
+                                  topic=self.topics[k])
+                      for k in sorted(self.rooms_of.get(session.account_key, ())))
+        return [self._ok(rid, req_id, p.Pong(time=now_ms, rooms=rooms))]
+
+    def _list_sessions(self, rid: bytes, req_id: bytes, req: p.ListSessions, session: Session,
+                       now_s: float, now_ms: int, address: str) -> list[Action]:
+        if session.account_key not in self.admins:
+            raise ProtocolError(Status.FORBIDDEN, "only broker admins may list sessions")
+        rows = tuple(p.SessionInfo(name=s.name, address=s.address, login_time=s.login_ms,
+                                   last_seen=s.last_seen_ms)
+                     for s in sorted(self.sessions.values(), key=lambda s: (s.name, s.login_ms)))
+        return [self._ok(rid, req_id, p.SessionList(sessions=rows))]

@@ -1,0 +1,371 @@
+"""The ``zchat`` command line: parse, build the objects, run them, turn errors into one line.
+
+Settings: defaults in code, then the TOML file (``--config`` or the XDG default), then
+flags. Client commands read the password from ``ZCHAT_PASSWORD``, else prompt without echo.
+Exit codes: 0 success, 1 an error from zchat (one line on stderr, never a traceback), 2 bad
+usage (argparse), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from zchat import __version__
+from zchat import protocol as p
+from zchat.client import Client, ConnectionLost
+from zchat.config import Config, data_dir, load_config, validate
+from zchat.errors import RequestFailed, ZchatError
+
+PASSWORD_ENV = "ZCHAT_PASSWORD"
+DB_FILENAME = "zchat.db"
+
+
+class CliError(ZchatError):
+    """A problem the command line reports as one line and exit code 1."""
+
+
+# -- argument parsing ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zchat", description="zchat: terminal chat on a ZeroMQ broker.",
+        epilog="Passwords come from $ZCHAT_PASSWORD, else a prompt without echo.")
+    parser.add_argument("--version", action="version", version=f"zchat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML settings file (default: $XDG_CONFIG_HOME/zchat/zchat.toml)")
+
+    def client_opts(sp: argparse.ArgumentParser, needs_as: bool = True) -> None:
+        common(sp)
+        sp.add_argument("--server", metavar="ENDPOINT",
+                        help="the broker's ROUTER endpoint (default tcp://127.0.0.1:5555)")
+        sp.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="give up when the broker does not answer (default 5)")
+        if needs_as:
+            sp.add_argument("--as", dest="user", required=True, metavar="NAME",
+                            help="the account to log in as")
+
+    b = sub.add_parser("broker", help="run the broker",
+                       description="Run the broker: a ROUTER for requests and a PUB for "
+                                   "events, with accounts, rooms and history in SQLite.")
+    common(b)
+    b.add_argument("--data-dir", metavar="DIR",
+                   help="where the database lives (default $XDG_DATA_HOME/zchat)")
+    b.add_argument("--router", metavar="ENDPOINT", help="ROUTER endpoint to bind "
+                   "(default tcp://127.0.0.1:5555)")
+    b.add_argument("--pub", metavar="ENDPOINT", help="PUB endpoint to bind "
+                   "(default tcp://127.0.0.1:5556)")
+    b.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="logging level (default info; message bodies only at debug)")
+
+    r = sub.add_parser("register", help="create an account",
+                       description="Create an account (it starts in the lobby room).")
+    client_opts(r, needs_as=False)
+    r.add_argument("name", metavar="NAME")
+
+    s = sub.add_parser("say", help="post to a room",
+                       description="Post TEXT to ROOM; with TEXT '-', post each line of "
+                                   "standard input as one message.")
+    client_opts(s)
+    s.add_argument("--room", required=True)
+    s.add_argument("--me", action="store_true", help="post as an action (/me)")
+    s.add_argument("text", metavar="TEXT")
+
+    d = sub.add_parser("dm", help="send a direct message",
+                       description="Send a direct message; says whether it was delivered "
+                                   "live or stored for the recipient's next login.")
+    client_opts(d)
+    d.add_argument("to", metavar="TO")
+    d.add_argument("text", metavar="TEXT")
+
+    t = sub.add_parser("tail", help="print room messages and direct messages as they arrive",
+                       description="Print new messages in ROOM and your direct messages "
+                                   "(stored ones first) as they arrive.")
+    client_opts(t)
+    t.add_argument("--room", required=True)
+    t.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    h = sub.add_parser("history", help="print a room's recent messages",
+                       description="Print the last messages of ROOM, oldest first.")
+    client_opts(h)
+    h.add_argument("--room", required=True)
+    h.add_argument("--limit", type=int, default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
+                   help=f"how many (1-{p.MAX_HISTORY_LIMIT}, default "
+                        f"{p.DEFAULT_HISTORY_LIMIT})")
+    h.add_argument("--before", type=int, metavar="SEQ", help="only messages before SEQ")
+    h.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    w = sub.add_parser("who", help="list accounts and their presence",
+                       description="List accounts online or away, or the members of ROOM.")
+    client_opts(w)
+    w.add_argument("--room")
+    w.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    client = config.client
+    if getattr(args, "server", None):
+        client = dataclasses.replace(client, server=args.server)
+    if getattr(args, "timeout", None) is not None:
+        client = dataclasses.replace(client, timeout_s=args.timeout)
+    broker = config.broker
+    overrides = {k: getattr(args, a) for k, a in (("data_dir", "data_dir"),
+                                                   ("router", "router"), ("pub", "pub"),
+                                                   ("log_level", "log_level"))
+                 if getattr(args, a, None)}
+    if overrides:
+        broker = dataclasses.replace(broker, **overrides)
+    config = Config(broker=broker, client=client)
+    validate(config, path="command line")
+    return config
+
+
+def _password(confirm: bool = False) -> str:
+    password = os.environ.get(PASSWORD_ENV)
+    if password:
+        return password
+    if not sys.stdin.isatty() and not os.path.exists("/dev/tty"):
+        raise CliError(f"no password: set {PASSWORD_ENV} or run in a terminal")
+    try:
+        password = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Password (again): ") != password:
+            raise CliError("the passwords do not match")
+    except EOFError:
+        raise CliError(f"no password: set {PASSWORD_ENV} or run in a terminal") from None
+    if not password:
+        raise CliError("the password must not be empty")
+    return password
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def _local(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def message_json(msg: p.MessagePosted | p.DirectMessage) -> dict[str, Any]:
+    """The ``--json`` object of a room message or direct message (docs/cli.md)."""
+    if isinstance(msg, p.DirectMessage):
+        return {"dm": True, "id": msg.id, "room": None, "seq": None, "time": _iso(msg.time),
+                "time_ms": msg.time, "from": msg.sender, "to": msg.to, "text": msg.text,
+                "kind": "text"}
+    return {"dm": False, "room": msg.room, "seq": msg.seq, "time": _iso(msg.time),
+            "time_ms": msg.time, "from": msg.sender, "text": msg.text, "kind": msg.kind}
+
+
+def message_line(msg: p.MessagePosted | p.DirectMessage) -> str:
+    """The plain-text line of a message: local time, where, who, text (continuation lines
+    indented)."""
+    text = msg.text.replace("\n", "\n    ")
+    if isinstance(msg, p.DirectMessage):
+        return f"{_local(msg.time)} [dm] <{msg.sender} -> {msg.to}> {text}"
+    if msg.kind == "action":
+        return f"{_local(msg.time)} #{msg.room} #{msg.seq} * {msg.sender} {text}"
+    return f"{_local(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> {text}"
+
+
+def _emit(out: TextIO, msg: p.MessagePosted | p.DirectMessage, as_json: bool) -> None:
+    out.write((json.dumps(message_json(msg), ensure_ascii=False) if as_json
+               else message_line(msg)) + "\n")
+    out.flush()
+
+
+async def _session(config: Config, user: str | None,
+                   body: Callable[[Client], Awaitable[int]]) -> int:
+    """Connect, log in as ``user`` (when given), run ``body``, log out, close."""
+    async with Client(config.client.server, timeout_s=config.client.timeout_s) as client:
+        if user is None:
+            return await body(client)
+        await client.login(user, _password())
+        try:
+            return await body(client)
+        finally:
+            if client.connected:
+                try:
+                    await client.logout()
+                except ZchatError:
+                    pass
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace, config: Config) -> int:
+    from zchat.broker import Broker
+    from zchat.store import Store
+
+    cfg = config.broker
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    directory = data_dir(cfg)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the data directory {directory}: {exc}") from None
+    db_path = directory / DB_FILENAME
+    store = Store(db_path)
+    broker = Broker(cfg, store)
+    import zmq
+
+    try:
+        broker.bind()
+    except zmq.ZMQError as exc:
+        broker.close()
+        raise CliError(f"cannot bind {cfg.router} / {cfg.pub}: {exc}") from None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: broker.stop())
+    print(f"zchat broker {__version__}", flush=True)
+    print(f"  router   {broker.router_endpoint}", flush=True)
+    print(f"  pub      {broker.pub_endpoint}", flush=True)
+    print(f"  database {db_path}", flush=True)
+    try:
+        broker.run()
+    finally:
+        broker.close()
+    logging.getLogger("zchat.broker").info("stopped")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace, config: Config) -> int:
+    password = _password(confirm=True)
+
+    async def body(client: Client) -> int:
+        reply = await client.register(args.name, password)
+        print(f"registered {reply.name}")
+        return 0
+
+    return asyncio.run(_session(config, None, body))
+
+
+def cmd_say(args: argparse.Namespace, config: Config) -> int:
+    kind: p.MessageKind = "action" if args.me else "text"
+
+    async def body(client: Client) -> int:
+        await client.join(args.room)
+        if args.text != "-":
+            await client.send(args.room, args.text, kind)
+            return 0
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                return 1 if failures else 0
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                await client.send(args.room, line, kind)
+            except RequestFailed as exc:
+                failures += 1
+                print(f"zchat: not sent: {exc}", file=sys.stderr)
+
+    return asyncio.run(_session(config, args.user, body))
+
+
+def cmd_dm(args: argparse.Namespace, config: Config) -> int:
+    async def body(client: Client) -> int:
+        reply = await client.dm(args.to, args.text)
+        where = "delivered live" if reply.delivered == "live" else "stored until they log in"
+        print(f"{where} (to {args.to})")
+        return 0
+
+    return asyncio.run(_session(config, args.user, body))
+
+
+def cmd_tail(args: argparse.Namespace, config: Config) -> int:
+    if args.count is not None and args.count < 1:
+        raise CliError("--count must be at least 1")
+
+    async def body(client: Client) -> int:
+        await client.join(args.room)
+        print(f"following #{args.room} as {client.name}", file=sys.stderr, flush=True)
+        printed = 0
+        async for event in client.events():
+            if isinstance(event, ConnectionLost):
+                raise CliError(f"lost the broker (nothing heard for {event.silent_s:.0f} s)")
+            if isinstance(event, p.MessagePosted | p.DirectMessage):
+                if isinstance(event, p.MessagePosted) and \
+                        event.room.casefold() != args.room.casefold():
+                    continue
+                _emit(sys.stdout, event, args.json)
+                printed += 1
+                if args.count is not None and printed >= args.count:
+                    return 0
+        return 0
+
+    return asyncio.run(_session(config, args.user, body))
+
+
+def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    async def body(client: Client) -> int:
+        await client.join(args.room)
+        page = await client.history(args.room, before=args.before, limit=args.limit)
+        for msg in page.messages:
+            _emit(sys.stdout, msg, args.json)
+        return 0
+
+    return asyncio.run(_session(config, args.user, body))
+
+
+def cmd_who(args: argparse.Namespace, config: Config) -> int:
+    async def body(client: Client) -> int:
+        if args.room:
+            await client.join(args.room)
+        users = (await client.who(args.room)).users
+        for u in users:
+            if args.json:
+                print(json.dumps({"name": u.name, "presence": u.presence, "bot": u.bot,
+                                  "text": u.text}, ensure_ascii=False))
+            else:
+                extra = (" [bot]" if u.bot else "") + (f"  {u.text}" if u.text else "")
+                print(f"{u.name:<20} {u.presence}{extra}")
+        return 0
+
+    return asyncio.run(_session(config, args.user, body))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
+    "tail": cmd_tail, "history": cmd_history, "who": cmd_who,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _config(args)
+        return COMMANDS[args.command](args, config)
+    except ZchatError as exc:
+        print(f"zchat: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (``zchat tail | head``): not an error of ours.
+        sys.stderr.close()
+        return 0

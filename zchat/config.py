@@ -1,0 +1,368 @@
+"""zchat settings: defaults in code, then a TOML file, then command-line flags.
+
+The file has two tables, ``[broker]`` and ``[client]``, whose keys are exactly the fields
+of :class:`BrokerConfig` and :class:`ClientConfig`; config/zchat.toml lists every one with
+its default. :func:`load_config` reads the file and validates it; the CLI then applies its
+flags with :func:`dataclasses.replace` and calls :func:`validate` again, so a bad flag is
+reported the same way as a bad file. Every problem raises :class:`ConfigError` naming the
+file, the table and the key.
+
+Paths follow the XDG Base Directory Specification: the file is
+``$XDG_CONFIG_HOME/zchat/zchat.toml`` (default ``~/.config/zchat/zchat.toml``) and the
+broker's data lives in ``$XDG_DATA_HOME/zchat`` (default ``~/.local/share/zchat``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zchat.errors import ZchatError
+
+#: The file's name inside the zchat config directory.
+CONFIG_FILE_NAME = "zchat.toml"
+
+#: Accepted values of ``[broker] log_level`` (names of :mod:`logging` levels, lower case).
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+#: Upper bound of ``max_text_bytes``: a chat line must fit comfortably in one frame body
+#: together with its JSON envelope, well under any transport's practical message size.
+MAX_TEXT_BYTES_LIMIT = 60_000
+
+#: Smallest accepted scrypt cost ``N``; lower values make stored password hashes cheap to
+#: brute-force (RFC 7914 suggests 2**14 for interactive logins, our default).
+MIN_SCRYPT_N = 1024
+
+
+class ConfigError(ZchatError):
+    """A setting is unknown, of the wrong type or out of range, or the file is unreadable.
+
+    ``path``, ``table`` and ``key`` say where the problem is when known (``None`` otherwise);
+    ``str(error)`` names them all, e.g. ``/etc/zchat.toml: [broker] max_text_bytes: must be
+    between 1 and 60000, got 0``.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        path: Path | str | None = None,
+        table: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        where = []
+        if path is not None:
+            where.append(f"{path}:")
+        if table is not None:
+            where.append(f"[{table}] {key}:" if key is not None else f"[{table}]:")
+        elif key is not None:
+            where.append(f"{key}:")
+        super().__init__(" ".join([*where, problem]))
+        self.problem = problem
+        self.path = path
+        self.table = table
+        self.key = key
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Settings of ``zchat broker`` (the ``[broker]`` table).
+
+    - ``router``: ZeroMQ endpoint the ROUTER socket binds for requests and replies.
+    - ``pub``: ZeroMQ endpoint the PUB socket binds for room and presence events.
+    - ``pub_advertised``: PUB endpoint told to clients in INFO. Empty means ``pub``; if
+      that has a wildcard host (``*`` or ``0.0.0.0``) the client replaces it with the host
+      it reached the ROUTER on. Set it when clients reach the broker by another address
+      (NAT, containers).
+    - ``data_dir``: directory of the broker's database. Empty means
+      ``$XDG_DATA_HOME/zchat`` (see :func:`data_dir`).
+    - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
+    - ``admins``: account names with admin rights.
+    - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..60000).
+    - ``heartbeat_interval_s``: seconds between heartbeats a client should send (> 0).
+    - ``heartbeat_timeout_s``: seconds of silence after which a session is evicted; must be
+      greater than ``heartbeat_interval_s``.
+    - ``max_stored_dms``: undelivered direct messages kept per recipient (>= 1); beyond it
+      the oldest undelivered one is dropped.
+    - ``sndhwm`` / ``rcvhwm``: ZeroMQ send/receive high-water marks, in messages (>= 1).
+    - ``scrypt_n`` / ``scrypt_r`` / ``scrypt_p``: scrypt cost parameters for password
+      hashes (RFC 7914); ``N`` a power of two >= 1024, ``r`` and ``p`` >= 1. Memory per
+      hash is ``128 * N * r`` bytes (16 MiB by default).
+    - ``hash_workers``: threads hashing passwords off the event loop (1..64).
+    """
+
+    router: str = "tcp://127.0.0.1:5555"
+    pub: str = "tcp://127.0.0.1:5556"
+    pub_advertised: str = ""
+    data_dir: str = ""
+    log_level: str = "info"
+    admins: tuple[str, ...] = ()
+    max_text_bytes: int = 4000
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 6.0
+    max_stored_dms: int = 1000
+    sndhwm: int = 10_000
+    rcvhwm: int = 10_000
+    scrypt_n: int = 16_384
+    scrypt_r: int = 8
+    scrypt_p: int = 1
+    hash_workers: int = 2
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Settings of ``zchat join`` (the ``[client]`` table).
+
+    - ``server``: the broker's ROUTER endpoint to connect to.
+    - ``timeout_s``: seconds to wait for a reply before the broker counts as gone (> 0).
+    - ``reconnect_max_s``: ceiling, in seconds, of the reconnect back-off (> 0).
+    """
+
+    server: str = "tcp://127.0.0.1:5555"
+    timeout_s: float = 5.0
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings: the ``[broker]`` and ``[client]`` tables."""
+
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+
+#: TOML table name -> the dataclass holding its keys.
+_TABLES: dict[str, type[BrokerConfig] | type[ClientConfig]] = {
+    "broker": BrokerConfig,
+    "client": ClientConfig,
+}
+
+
+def default_config_path() -> Path:
+    """Return ``$XDG_CONFIG_HOME/zchat/zchat.toml``, default ``~/.config/zchat/zchat.toml``.
+
+    A relative or empty ``$XDG_CONFIG_HOME`` is ignored, as the XDG Base Directory
+    Specification requires. The file need not exist.
+    """
+    return _xdg_home("XDG_CONFIG_HOME", ".config") / "zchat" / CONFIG_FILE_NAME
+
+
+def data_dir(cfg: BrokerConfig) -> Path:
+    """Return the broker's data directory: ``cfg.data_dir`` or the XDG default.
+
+    An empty ``data_dir`` means ``$XDG_DATA_HOME/zchat`` (default ``~/.local/share/zchat``);
+    a set one has ``~`` expanded. The directory is not created here.
+    """
+    if cfg.data_dir:
+        return Path(cfg.data_dir).expanduser()
+    return _xdg_home("XDG_DATA_HOME", ".local/share") / "zchat"
+
+
+def _xdg_home(variable: str, fallback: str) -> Path:
+    value = os.environ.get(variable, "")
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path.home() / fallback
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate the TOML config file at ``path``.
+
+    With ``path=None`` the file is :func:`default_config_path`, and a missing file means
+    all defaults. An explicit ``path`` must exist. Keys absent from the file keep their
+    defaults.
+
+    Raises ConfigError (naming the file, table and key) when the file cannot be read, is not
+    valid TOML (tomllib's message, with line and column), or has an unknown table or key, a
+    value of the wrong type or a value out of range (see :func:`validate`).
+    """
+    if path is None:
+        path = default_config_path()
+        if not path.exists():
+            return Config()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror or exc}", path=path) from exc
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid UTF-8: {exc}", path=path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", path=path) from exc
+    return config_from_dict(document, path=path)
+
+
+def config_from_dict(document: dict[str, Any], *, path: Path | str | None = None) -> Config:
+    """Build and validate a Config from a parsed TOML document (tables of keys).
+
+    ``path`` only labels error messages. Raises ConfigError like :func:`load_config`.
+    """
+    for name, value in document.items():
+        if name not in _TABLES:
+            hint = _suggest(name, _TABLES)
+            kind = "table" if isinstance(value, dict) else "top-level key"
+            raise ConfigError(
+                f"unknown {kind} {name!r}{hint}; settings go in the tables "
+                + " and ".join(f"[{t}]" for t in _TABLES),
+                path=path,
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"must be a table, got {_type_name(value)}", path=path, table=name)
+    broker = _build_table("broker", BrokerConfig, document.get("broker", {}), path)
+    client = _build_table("client", ClientConfig, document.get("client", {}), path)
+    config = Config(broker=broker, client=client)
+    validate(config, path=path)
+    return config
+
+
+_Table = typing.TypeVar("_Table", BrokerConfig, ClientConfig)
+
+
+def _build_table(
+    table: str, cls: type[_Table], values: dict[str, Any], path: Path | str | None
+) -> _Table:
+    hints = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown key{_suggest(key, hints)}", path=path, table=table, key=key)
+        kwargs[key] = _coerce(value, hints[key], path=path, table=table, key=key)
+    return cls(**kwargs)
+
+
+def validate(config: Config, *, path: Path | str | None = None) -> None:
+    """Check every setting's type and range; return None or raise ConfigError.
+
+    Call it again after applying command-line flags with :func:`dataclasses.replace`.
+    ``path`` only labels error messages. The rules: strings are strings and endpoints
+    contain ``://``; ints are ints (a bool is not an int); floats are finite numbers (an
+    int is accepted); ``max_text_bytes`` in 1..60000; ``heartbeat_interval_s`` > 0 and
+    ``heartbeat_timeout_s`` > ``heartbeat_interval_s``; ``timeout_s`` and
+    ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
+    ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
+    in 1..64; ``log_level`` one of debug/info/warning/error.
+    """
+    for table, section in (("broker", config.broker), ("client", config.client)):
+        hints = _field_types(type(section))
+        for f in dataclasses.fields(section):
+            _coerce(getattr(section, f.name), hints[f.name], path=path, table=table, key=f.name)
+
+    def fail(table: str, key: str, problem: str) -> typing.NoReturn:
+        raise ConfigError(problem, path=path, table=table, key=key)
+
+    b, c = config.broker, config.client
+    for key in ("router", "pub"):
+        if "://" not in getattr(b, key):
+            fail(
+                "broker", key, f"not a ZeroMQ endpoint (like tcp://host:port): {getattr(b, key)!r}"
+            )
+    if b.pub_advertised and "://" not in b.pub_advertised:
+        fail(
+            "broker",
+            "pub_advertised",
+            f"not a ZeroMQ endpoint (like tcp://host:port): {b.pub_advertised!r}",
+        )
+    if "://" not in c.server:
+        fail("client", "server", f"not a ZeroMQ endpoint (like tcp://host:port): {c.server!r}")
+    if b.log_level not in LOG_LEVELS:
+        fail("broker", "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {b.log_level!r}")
+    for i, name in enumerate(b.admins):
+        if not name:
+            fail("broker", "admins", f"entry {i} is an empty name")
+    if not 1 <= b.max_text_bytes <= MAX_TEXT_BYTES_LIMIT:
+        fail(
+            "broker",
+            "max_text_bytes",
+            f"must be between 1 and {MAX_TEXT_BYTES_LIMIT}, got {b.max_text_bytes}",
+        )
+    if b.heartbeat_interval_s <= 0:
+        fail("broker", "heartbeat_interval_s", f"must be > 0, got {b.heartbeat_interval_s}")
+    if b.heartbeat_timeout_s <= b.heartbeat_interval_s:
+        fail(
+            "broker",
+            "heartbeat_timeout_s",
+            f"must be greater than heartbeat_interval_s ({b.heartbeat_interval_s}), "
+            f"got {b.heartbeat_timeout_s}",
+        )
+    for key in ("max_stored_dms", "sndhwm", "rcvhwm", "scrypt_r", "scrypt_p"):
+        if getattr(b, key) < 1:
+            fail("broker", key, f"must be >= 1, got {getattr(b, key)}")
+    n = b.scrypt_n
+    if n < MIN_SCRYPT_N or n & (n - 1):
+        fail("broker", "scrypt_n", f"must be a power of two >= {MIN_SCRYPT_N}, got {n}")
+    if not 1 <= b.hash_workers <= 64:
+        fail("broker", "hash_workers", f"must be between 1 and 64, got {b.hash_workers}")
+    for key in ("timeout_s", "reconnect_max_s"):
+        if getattr(c, key) <= 0:
+            fail("client", key, f"must be > 0, got {getattr(c, key)}")
+
+
+def _coerce(value: Any, hint: Any, *, path: Path | str | None, table: str, key: str) -> Any:
+    """Return ``value`` as the field type ``hint`` (str, int, float, tuple[str, ...]).
+
+    Accepts an int for a float and a list for a tuple; refuses a bool for an int or float,
+    and a non-finite float. Raises ConfigError naming ``table`` and ``key``.
+    """
+
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(
+            f"expected {expected}, got {_type_name(value)} {value!r}",
+            path=path,
+            table=table,
+            key=key,
+        )
+
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong("a number")
+        if not math.isfinite(value):
+            raise wrong("a finite number")
+        return float(value)
+    if hint == tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise wrong("an array of strings")
+        return tuple(value)
+    raise TypeError(f"config field [{table}] {key} has unsupported type {hint!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    # The annotations are strings (``from __future__ import annotations``); resolve them.
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(value: Any) -> str:
+    # TOML's names for the types tomllib returns.
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }
+    for pytype, name in names.items():
+        if isinstance(value, pytype):
+            return name
+    return type(value).__name__

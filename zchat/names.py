@@ -1,0 +1,119 @@
+"""Rules for account and room names, and for message text (docs/PROTOCOL.md §12).
+
+Pure functions. Names follow the identifier profile of Unicode TR #36/UTS #39:
+NFKC-normalised, 1–32 characters of letters, digits, ``_``, ``-`` and ``.``; unique
+case-insensitively (the *key* is the NFKC casefold); no mixing of scripts beyond UTS #39's
+"highly restrictive" combinations (Latin + Han + Hiragana + Katakana, Latin + Han +
+Bopomofo, Latin + Han + Hangul); and a look-alike *skeleton* so that ``pаypal`` (Cyrillic
+а) or ``a1ice`` cannot pose as ``paypal`` or ``alice``. Script and confusable data come
+from the confusable-homoglyphs package (the Unicode consortium's tables).
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+
+from confusable_homoglyphs import categories, confusables
+
+from zchat.errors import ProtocolError, Status
+
+MAX_NAME_CHARS = 32
+_PUNCT = frozenset("_-.")
+_IGNORED_SCRIPTS = frozenset({"COMMON", "INHERITED"})
+_ALLOWED_SCRIPT_SETS = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+#: Format characters that hide or reorder text: zero-width and bidi controls.
+_INVISIBLE = frozenset(
+    "\u200b\u200c\u200d\u2060\ufeff\u00ad\u202a\u202b\u202c\u202d\u202e"
+    "\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+)
+
+
+def _describe(ch: str) -> str:
+    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed character')}"
+
+
+def normalize_name(raw: str, what: str = "name") -> str:
+    """Return the NFKC form of ``raw`` if it is a valid name, else raise.
+
+    Raises ProtocolError(422) naming the rule that failed: empty or longer than 32
+    characters; control, whitespace, zero-width or bidi characters; any character other
+    than letters, digits, ``_``, ``-``, ``.``; scripts mixed outside UTS #39's highly
+    restrictive profile.
+    """
+    name = unicodedata.normalize("NFKC", raw)
+    if not name:
+        raise ProtocolError(Status.INVALID, f"{what} must not be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise ProtocolError(Status.INVALID,
+                            f"{what} is {len(name)} characters; the limit is {MAX_NAME_CHARS}")
+    for ch in name:
+        if ch in _INVISIBLE:
+            raise ProtocolError(Status.INVALID,
+                                f"{what} contains an invisible character ({_describe(ch)})")
+        cat = unicodedata.category(ch)
+        if cat.startswith("C"):
+            raise ProtocolError(Status.INVALID,
+                                f"{what} contains a control character ({_describe(ch)})")
+        if cat.startswith("Z"):
+            raise ProtocolError(Status.INVALID, f"{what} must not contain whitespace")
+        if not (cat[0] in "LN" or cat == "Mn" or cat == "Mc" or ch in _PUNCT):
+            raise ProtocolError(Status.INVALID,
+                                f"{what} may hold only letters, digits, '_', '-' and '.'; "
+                                f"found {ch!r}")
+    scripts = set(categories.unique_aliases(name)) - _IGNORED_SCRIPTS
+    if len(scripts) > 1 and not any(scripts <= allowed for allowed in _ALLOWED_SCRIPT_SETS):
+        raise ProtocolError(Status.INVALID,
+                            f"{what} mixes scripts ({', '.join(sorted(scripts))}); "
+                            "use one script so that it cannot imitate another name")
+    return name
+
+
+def name_key(name: str) -> str:
+    """The case-insensitive identity of a valid name: NFKC casefold (used in topics)."""
+    return unicodedata.normalize("NFKC", name.casefold())
+
+
+@functools.lru_cache(maxsize=4096)
+def _skeleton_char(ch: str) -> str:
+    found = confusables.is_confusable(ch, greedy=True, preferred_aliases=[])
+    if not found:
+        return ch
+    glyphs = [h["c"] for h in found[0]["homoglyphs"] if len(h["c"]) == 1]
+    return min([ch, *glyphs]) if glyphs else ch
+
+
+def skeleton(name: str) -> str:
+    """A look-alike skeleton of a valid name: two names with equal skeletons can be
+    mistaken for each other (``alice``/``a1ice``, ``paypal``/``pаypal``), so only one of
+    them may exist. A simplification of UTS #39 §4 over the same confusables table."""
+    return "".join(_skeleton_char(ch) for ch in name_key(name))
+
+
+def validate_text(text: str, max_bytes: int) -> str:
+    """Return ``text`` if it may be sent as a message, else raise.
+
+    Raises ProtocolError 422 when it is empty or whitespace only or holds a control
+    character other than newline and tab (or an unpaired surrogate), 413 when its UTF-8
+    form exceeds ``max_bytes``. Text is never cut: an over-long message is refused whole.
+    """
+    if not text.strip():
+        raise ProtocolError(Status.INVALID, "message text is empty")
+    for ch in text:
+        if ch in "\n\t":
+            continue
+        cat = unicodedata.category(ch)
+        if cat == "Cc":
+            raise ProtocolError(Status.INVALID,
+                                f"message text contains a control character ({_describe(ch)})")
+        if cat == "Cs":
+            raise ProtocolError(Status.INVALID, "message text is not valid Unicode")
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise ProtocolError(Status.TOO_LARGE,
+                            f"message text is {size} bytes; the limit is {max_bytes}")
+    return text

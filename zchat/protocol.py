@@ -1,0 +1,642 @@
+"""The zchat wire protocol: message values, frames, the codec, status codes and limits.
+
+This module is pure: it never touches a socket, a clock or a database. Everything here
+follows docs/PROTOCOL.md; section numbers in comments refer to that document.
+
+Frames (docs/PROTOCOL.md §3), every message has a fixed frame count:
+
+- request, DEALER -> ROUTER:  [VERSION, request_id, TYPE, body]
+- reply,   ROUTER -> DEALER:  [VERSION, request_id, b"OK" | b"ERROR", body]
+- push,    ROUTER -> DEALER:  [VERSION, b"", TYPE, body]        (direct messages)
+- event,   PUB -> SUB:        [topic, VERSION, TYPE, body]
+
+``body`` is one JSON object in UTF-8. Message values are frozen dataclasses; dicts exist
+only inside this codec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Union
+
+from zchat.errors import ProtocolError, Status
+
+#: Protocol signature and version, the first frame of every request/reply/push and the
+#: second of every event (§3). A peer speaking another version gets 426.
+VERSION = b"ZC1"
+VERSION_NUMBER = 1
+
+#: Request ids are opaque to the broker; 32 bytes fit a UUID in hex (§3.1).
+MAX_REQUEST_ID_BYTES = 32
+#: Largest body the codec accepts in a request (§9). A 4,000-byte message escaped as JSON
+#: stays far below it; anything larger is refused with 413 without being parsed.
+MAX_BODY_BYTES = 64 * 1024
+#: Transport limit set as ZMQ_MAXMSGSIZE on the broker's ROUTER (§9): a peer sending a
+#: larger frame is disconnected by libzmq before the broker sees it, so memory stays bounded.
+MAX_TRANSPORT_FRAME_BYTES = 1024 * 1024
+#: Default and largest page of history (§6.9).
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 500
+#: Client message ids (idempotent send, §6.8) are short opaque strings.
+MAX_CMID_CHARS = 64
+#: Passwords are bytes to scrypt; 1,024 characters is more than any pass-phrase.
+MAX_PASSWORD_CHARS = 1024
+MAX_AWAY_TEXT_CHARS = 200
+
+Presence = Literal["online", "away", "offline"]
+MessageKind = Literal["text", "action"]
+Delivery = Literal["live", "stored"]
+
+
+# ---------------------------------------------------------------------------
+# Topics (§5). Names never contain "/", so the trailing "/" terminates the topic:
+# subscribing to b"room/dev/" cannot match b"room/devops/".
+
+TOPIC_ROOM_PREFIX = b"room/"
+TOPIC_PRESENCE_PREFIX = b"presence/"
+TOPIC_TICK = b"tick/"
+
+
+def room_topic(room_key: str) -> bytes:
+    """PUB topic of a room's messages and join/leave notices; ``room_key`` is the folded name."""
+    return TOPIC_ROOM_PREFIX + room_key.encode() + b"/"
+
+
+def presence_topic(name_key: str) -> bytes:
+    """PUB topic of one account's presence events; ``name_key`` is the folded name."""
+    return TOPIC_PRESENCE_PREFIX + name_key.encode() + b"/"
+
+
+# ---------------------------------------------------------------------------
+# Message values. ``TYPE`` is the wire name (frame TYPE); field names are the JSON keys.
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every message value."""
+
+    TYPE: ClassVar[str] = ""
+
+
+# -- nested values (only inside other messages) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    """A room the account belongs to, in the LOGIN reply."""
+
+    room: str
+    last_seq: int
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """One row of the ROOMS reply."""
+
+    room: str
+    members: int
+    last_seq: int
+    joined: bool
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UserPresence:
+    """One row of the WHO reply."""
+
+    name: str
+    presence: Presence
+    text: str = ""
+    bot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One row of the SESSIONS reply (admins only). Times are UTC milliseconds."""
+
+    name: str
+    address: str
+    login_time: int
+    last_seen: int
+
+
+# -- events and pushes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePosted(Message):
+    """A room message (§7). ``seq`` is the room's sequence number, ``time`` the broker's
+    UTC clock in milliseconds when it committed the message."""
+
+    TYPE: ClassVar[str] = "MESSAGE"
+    room: str
+    seq: int
+    time: int
+    sender: str
+    text: str
+    kind: MessageKind = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class UserJoined(Message):
+    """Notice on the room topic: ``name`` joined ``room``."""
+
+    TYPE: ClassVar[str] = "JOINED"
+    room: str
+    name: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserLeft(Message):
+    """Notice on the room topic: ``name`` left ``room``."""
+
+    TYPE: ClassVar[str] = "LEFT"
+    room: str
+    name: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged(Message):
+    """An account's presence changed (§8). One event per change, per account."""
+
+    TYPE: ClassVar[str] = "PRESENCE"
+    name: str
+    presence: Presence
+    time: int
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Message):
+    """The broker's heartbeat on PUB, every heartbeat interval (§10)."""
+
+    TYPE: ClassVar[str] = "TICK"
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirectMessage(Message):
+    """A direct message, pushed over the ROUTER to each session of ``to`` (and to the
+    sender's other sessions); never published on PUB (§6.7)."""
+
+    TYPE: ClassVar[str] = "DM"
+    id: int
+    time: int
+    sender: str
+    to: str
+    text: str
+
+
+# -- replies ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Message):
+    """Base of the bodies of an OK reply."""
+
+    TYPE: ClassVar[str] = "OK"
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(Reply):
+    """An OK with no fields (LOGOUT, PART, SET_PRESENCE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InfoReply(Reply):
+    version: int
+    pub: str
+    time: int
+    heartbeat_interval_ms: int
+    heartbeat_timeout_ms: int
+    max_text_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Reply):
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn(Reply):
+    name: str
+    session: str
+    rooms: tuple[RoomState, ...]
+    pending: tuple[DirectMessage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RoomJoined(Reply):
+    room: str
+    last_seq: int
+    created: bool
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList(Reply):
+    rooms: tuple[RoomInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sent(Reply):
+    room: str
+    seq: int
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class DmSent(Reply):
+    id: int
+    time: int
+    delivered: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage(Reply):
+    room: str
+    messages: tuple[MessagePosted, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WhoList(Reply):
+    users: tuple[UserPresence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Reply):
+    """PING's reply: the broker's time and, for a logged-in session, the last sequence
+    number of every room the account is in, so that a client notices within one heartbeat
+    a room message it never received (§10)."""
+
+    time: int
+    rooms: tuple[RoomState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionList(Reply):
+    sessions: tuple[SessionInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """An ERROR reply: a 3-digit status (§11) and a human-readable reason."""
+
+    TYPE: ClassVar[str] = "ERROR"
+    status: int
+    reason: str
+    retry_after_ms: int = 0
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Message):
+    """Base of requests. ``REPLY`` is the OK body type; ``NEEDS_SESSION`` whether the
+    request is refused with 401 before LOGIN."""
+
+    REPLY: ClassVar[type[Reply]] = Ok
+    NEEDS_SESSION: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Info(Request):
+    TYPE: ClassVar[str] = "INFO"
+    REPLY: ClassVar[type[Reply]] = InfoReply
+    NEEDS_SESSION: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Request):
+    TYPE: ClassVar[str] = "REGISTER"
+    REPLY: ClassVar[type[Reply]] = Registered
+    NEEDS_SESSION: ClassVar[bool] = False
+    name: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Request):
+    TYPE: ClassVar[str] = "LOGIN"
+    REPLY: ClassVar[type[Reply]] = LoggedIn
+    NEEDS_SESSION: ClassVar[bool] = False
+    name: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Logout(Request):
+    TYPE: ClassVar[str] = "LOGOUT"
+
+
+@dataclass(frozen=True, slots=True)
+class Join(Request):
+    TYPE: ClassVar[str] = "JOIN"
+    REPLY: ClassVar[type[Reply]] = RoomJoined
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Part(Request):
+    TYPE: ClassVar[str] = "PART"
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListRooms(Request):
+    TYPE: ClassVar[str] = "ROOMS"
+    REPLY: ClassVar[type[Reply]] = RoomList
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Request):
+    TYPE: ClassVar[str] = "SEND"
+    REPLY: ClassVar[type[Reply]] = Sent
+    room: str
+    text: str
+    kind: MessageKind = "text"
+    cmid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SendDirect(Request):
+    TYPE: ClassVar[str] = "DM"
+    REPLY: ClassVar[type[Reply]] = DmSent
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchHistory(Request):
+    TYPE: ClassVar[str] = "HISTORY"
+    REPLY: ClassVar[type[Reply]] = HistoryPage
+    room: str
+    before: int | None = None
+    after: int | None = None
+    limit: int = DEFAULT_HISTORY_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Request):
+    TYPE: ClassVar[str] = "WHO"
+    REPLY: ClassVar[type[Reply]] = WhoList
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetPresence(Request):
+    TYPE: ClassVar[str] = "SET_PRESENCE"
+    presence: Literal["online", "away"]
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Request):
+    TYPE: ClassVar[str] = "PING"
+    REPLY: ClassVar[type[Reply]] = Pong
+    NEEDS_SESSION: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListSessions(Request):
+    TYPE: ClassVar[str] = "SESSIONS"
+    REPLY: ClassVar[type[Reply]] = SessionList
+
+
+REQUEST_TYPES: dict[str, type[Request]] = {
+    cls.TYPE: cls
+    for cls in (Info, Register, Login, Logout, Join, Part, ListRooms, Send, SendDirect,
+                FetchHistory, Who, SetPresence, Ping, ListSessions)
+}
+EVENT_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick)
+}
+PUSH_TYPES: dict[str, type[Message]] = {DirectMessage.TYPE: DirectMessage}
+
+
+# ---------------------------------------------------------------------------
+# Codec: message value <-> JSON body. Field types are checked against the annotations.
+
+_Spec = list[tuple[str, Any, bool]]  # (name, type, required)
+_SPECS: dict[type, _Spec] = {}
+
+
+def _spec(cls: type) -> _Spec:
+    spec = _SPECS.get(cls)
+    if spec is None:
+        hints = typing.get_type_hints(cls)
+        spec = [
+            (f.name, hints[f.name],
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        ]
+        _SPECS[cls] = spec
+    return spec
+
+
+def to_dict(value: Any) -> dict[str, Any]:
+    """A message value as the JSON-ready dict the wire carries (nested values included)."""
+    out: dict[str, Any] = {}
+    for name, _tp, _req in _spec(type(value)):
+        v = getattr(value, name)
+        if isinstance(v, tuple):
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+        elif dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        out[name] = v
+    return out
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ProtocolError(400)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union or origin is getattr(__import__("types"), "UnionType", None):
+        for alt in typing.get_args(tp):
+            if alt is type(None) and value is None:
+                return None
+        for alt in typing.get_args(tp):
+            if alt is type(None):
+                continue
+            try:
+                return _check(value, alt, where)
+            except ProtocolError:
+                pass
+        raise ProtocolError(Status.BAD_REQUEST, f"field {where} has the wrong type")
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+        allowed = ", ".join(repr(a) for a in typing.get_args(tp))
+        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be one of {allowed}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a list")
+        return tuple(_check(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a boolean")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an integer")
+    if tp is str:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")  # JSON's "\ud800" escape decodes to a lone surrogate
+            except UnicodeEncodeError:
+                raise ProtocolError(Status.BAD_REQUEST,
+                                    f"field {where} is not valid Unicode") from None
+            return value
+        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a string")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an object")
+        return from_dict(tp, value, where + ".")  # type: ignore[arg-type]
+    raise TypeError(f"codec cannot check type {tp!r}")  # our own bug, not the peer's
+
+
+def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
+    """Build ``cls`` from a decoded JSON object.
+
+    Raises ProtocolError(400) on a missing required field, an unknown field or a field of
+    the wrong type (§4: unknown fields are refused so that typos never pass silently).
+    """
+    kwargs: dict[str, Any] = {}
+    spec = _spec(cls)
+    known = {name for name, _t, _r in spec}
+    for key in data:
+        if key not in known:
+            raise ProtocolError(Status.BAD_REQUEST, f"unknown field {prefix}{key}")
+    for name, tp, required in spec:
+        if name in data:
+            kwargs[name] = _check(data[name], tp, prefix + name)
+        elif required:
+            raise ProtocolError(Status.BAD_REQUEST, f"missing field {prefix}{name}")
+    return cls(**kwargs)
+
+
+def encode_body(value: Message) -> bytes:
+    """The JSON body of a message value, UTF-8, no insignificant whitespace."""
+    return json.dumps(to_dict(value), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES) -> Any:
+    """Parse a JSON body into ``cls``.
+
+    Raises ProtocolError 413 when ``body`` exceeds ``limit`` bytes, 400 when it is not
+    UTF-8, not a JSON object, or its fields do not match ``cls``.
+    """
+    if len(body) > limit:
+        raise ProtocolError(Status.TOO_LARGE, f"body of {len(body)} bytes exceeds {limit}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(Status.BAD_REQUEST, "body is not valid UTF-8") from None
+    try:
+        data = json.loads(text) if text else {}
+    except (ValueError, RecursionError):  # JSONDecodeError, or an int over 4,300 digits
+        raise ProtocolError(Status.BAD_REQUEST, "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(Status.BAD_REQUEST, "body must be a JSON object")
+    return from_dict(cls, data)
+
+
+# -- frames -------------------------------------------------------------------------------
+
+
+def encode_request(request_id: bytes, request: Request) -> list[bytes]:
+    """Frames a client sends on its DEALER (§3.1)."""
+    return [VERSION, request_id, request.TYPE.encode(), encode_body(request)]
+
+
+def decode_request(frames: list[bytes]) -> tuple[bytes, Request]:
+    """Parse the frames after the routing id into (request_id, request).
+
+    Raises ProtocolError with the request id when it could be read (``.request_id``), so
+    that the ERROR reply can still echo it: 400 wrong frame count, bad request id or body;
+    426 wrong version; 405 unknown type; 413 oversized body.
+    """
+    if len(frames) != 4:
+        raise ProtocolError(Status.BAD_REQUEST,
+                            f"a request has 4 frames, got {len(frames)}",
+                            request_id=frames[1] if len(frames) > 1 else b"")
+    version, request_id, type_frame, body = frames
+    if not 1 <= len(request_id) <= MAX_REQUEST_ID_BYTES:
+        raise ProtocolError(Status.BAD_REQUEST,
+                            f"request id must be 1 to {MAX_REQUEST_ID_BYTES} bytes",
+                            request_id=request_id[:MAX_REQUEST_ID_BYTES])
+    if version != VERSION:
+        raise ProtocolError(Status.VERSION_NOT_SUPPORTED,
+                            f"protocol version {version[:16]!r} not supported; "
+                            f"this broker speaks {VERSION.decode()}",
+                            request_id=request_id)
+    cls = REQUEST_TYPES.get(type_frame.decode("ascii", "replace"))
+    if cls is None:
+        raise ProtocolError(Status.UNKNOWN_COMMAND,
+                            f"unknown request type {type_frame[:32]!r}", request_id=request_id)
+    try:
+        return request_id, decode_body(cls, body)
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+
+
+def encode_reply(request_id: bytes, reply: Reply | Error) -> list[bytes]:
+    """Frames of an OK or ERROR reply (§3.2), routing id not included."""
+    kind = b"ERROR" if isinstance(reply, Error) else b"OK"
+    return [VERSION, request_id, kind, encode_body(reply)]
+
+
+def encode_push(push: Message) -> list[bytes]:
+    """Frames of an unsolicited message to one session over the ROUTER (§3.3)."""
+    return [VERSION, b"", push.TYPE.encode(), encode_body(push)]
+
+
+def decode_from_broker(frames: list[bytes], pending: dict[bytes, type[Reply]]
+                       ) -> tuple[bytes, Message]:
+    """Parse frames a client's DEALER received: a reply or a push.
+
+    ``pending`` maps request ids to the reply type expected. Returns (request_id, value)
+    where request_id is b"" for pushes. Raises ProtocolError(400) on anything malformed
+    (a misbehaving broker is the peer's fault).
+    """
+    if len(frames) != 4 or frames[0] != VERSION:
+        raise ProtocolError(Status.BAD_REQUEST, "malformed frames from broker")
+    _v, request_id, type_frame, body = frames
+    limit = MAX_TRANSPORT_FRAME_BYTES * 64  # replies (history pages) may be large
+    if request_id == b"":
+        cls_push = PUSH_TYPES.get(type_frame.decode("ascii", "replace"))
+        if cls_push is None:
+            raise ProtocolError(Status.UNKNOWN_COMMAND, f"unknown push {type_frame!r}")
+        return b"", decode_body(cls_push, body, limit)
+    if type_frame == b"ERROR":
+        return request_id, decode_body(Error, body, limit)
+    if type_frame != b"OK":
+        raise ProtocolError(Status.BAD_REQUEST, f"unknown reply type {type_frame!r}")
+    reply_cls = pending.get(request_id, Ok)
+    return request_id, decode_body(reply_cls, body, limit)
+
+
+def encode_event(topic: bytes, event: Message) -> list[bytes]:
+    """Frames of a PUB event (§3.4)."""
+    return [topic, VERSION, event.TYPE.encode(), encode_body(event)]
+
+
+def decode_event(frames: list[bytes]) -> Message:
+    """Parse frames received on a SUB socket. Raises ProtocolError(400/405)."""
+    if len(frames) != 4 or frames[1] != VERSION:
+        raise ProtocolError(Status.BAD_REQUEST, "malformed event frames")
+    cls = EVENT_TYPES.get(frames[2].decode("ascii", "replace"))
+    if cls is None:
+        raise ProtocolError(Status.UNKNOWN_COMMAND, f"unknown event {frames[2]!r}")
+    return decode_body(cls, frames[3], MAX_TRANSPORT_FRAME_BYTES)

@@ -1,0 +1,336 @@
+"""The SQLite store: accounts, rooms, memberships, room history and direct messages.
+
+An adapter around the standard library's sqlite3 (docs/PROTOCOL.md §7 for what is stored
+when). The database runs in WAL mode with ``synchronous=FULL``: a write is on disk when its
+method returns, so a message the broker acknowledged survives the broker being killed right
+after. Every write is one transaction; if it fails (disk full, I/O error) it is rolled back
+whole and StorageError(503) is raised, so nothing is half-changed.
+
+The schema is versioned with ``PRAGMA user_version`` and upgraded by the ordered
+``MIGRATIONS`` at open.
+
+Names: ``key`` is the case-folded identity of a name (names.name_key), ``name`` its display
+form as registered/created. Times are UTC milliseconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from zchat.errors import ProtocolError, Status, StorageError
+
+#: Ordered schema migrations; index i upgrades user_version i -> i+1. Never edit a shipped
+#: entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE accounts (
+        key           TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        skeleton      TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        bot           INTEGER NOT NULL DEFAULT 0,
+        created_ms    INTEGER NOT NULL
+    );
+    CREATE TABLE rooms (
+        key        TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        skeleton   TEXT NOT NULL UNIQUE,
+        topic      TEXT NOT NULL DEFAULT '',
+        last_seq   INTEGER NOT NULL DEFAULT 0,
+        creator    TEXT,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        room_key    TEXT NOT NULL REFERENCES rooms(key),
+        account_key TEXT NOT NULL REFERENCES accounts(key),
+        joined_ms   INTEGER NOT NULL,
+        PRIMARY KEY (room_key, account_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_account ON members(account_key);
+    CREATE TABLE messages (
+        room_key TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        time_ms  INTEGER NOT NULL,
+        sender   TEXT NOT NULL,
+        kind     TEXT NOT NULL,
+        text     TEXT NOT NULL,
+        cmid     TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (room_key, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE direct_messages (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_ms    INTEGER NOT NULL,
+        sender     TEXT NOT NULL,
+        recipient_key TEXT NOT NULL,
+        recipient  TEXT NOT NULL,
+        text       TEXT NOT NULL,
+        delivered  INTEGER NOT NULL
+    );
+    CREATE INDEX dms_pending ON direct_messages(recipient_key, delivered, id);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    key: str
+    name: str
+    password_hash: str
+    bot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRow:
+    key: str
+    name: str
+    topic: str
+    last_seq: int
+    members: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    room: str      # the room's display name
+    seq: int
+    time_ms: int
+    sender: str
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectMessageRow:
+    id: int
+    time_ms: int
+    sender: str
+    recipient: str
+    text: str
+
+
+class Store:
+    """All persistent state of one broker, in one SQLite file.
+
+    ``path`` may be ``":memory:"`` for tests. Not thread-safe: one event loop owns it.
+    Raises StorageError(503) from any write that could not be committed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA foreign_keys = ON")
+        if self.path != ":memory:":
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StorageError(f"cannot put {self.path} in WAL mode (got {mode})")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._migrate()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StorageError(f"database {self.path} has schema version {current}, newer "
+                               f"than this zchat's {SCHEMA_VERSION}; upgrade zchat")
+        for version in range(current, SCHEMA_VERSION):
+            with self._write():
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {version + 1}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction; rolled back whole on any error."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"storage unavailable: {exc}") from exc
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.IntegrityError | ProtocolError):
+                raise
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"storage failed, nothing was changed: {exc}") from exc
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- accounts ---------------------------------------------------------------------
+
+    def create_account(self, key: str, name: str, skeleton: str, password_hash: str,
+                       now_ms: int, bot: bool = False) -> None:
+        """Raises ProtocolError(409) when the key or a look-alike skeleton exists."""
+        try:
+            with self._write() as db:
+                db.execute("INSERT INTO accounts(key, name, skeleton, password_hash, bot, "
+                           "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                           (key, name, skeleton, password_hash, int(bot), now_ms))
+        except sqlite3.IntegrityError:
+            raise ProtocolError(Status.CONFLICT, f"the name {name!r} is taken "
+                                "(or too like an existing name)") from None
+
+    def get_account(self, key: str) -> AccountRow | None:
+        row = self._db.execute("SELECT key, name, password_hash, bot FROM accounts "
+                               "WHERE key = ?", (key,)).fetchone()
+        return AccountRow(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def account_skeleton_taken(self, skeleton: str) -> bool:
+        return self._db.execute("SELECT 1 FROM accounts WHERE skeleton = ?",
+                                (skeleton,)).fetchone() is not None
+
+    def account_names(self) -> dict[str, tuple[str, bool]]:
+        """Every account: key -> (display name, bot)."""
+        return {k: (n, bool(b)) for k, n, b in
+                self._db.execute("SELECT key, name, bot FROM accounts")}
+
+    # -- rooms and membership ----------------------------------------------------------
+
+    def get_room(self, key: str) -> RoomRow | None:
+        row = self._db.execute("SELECT key, name, topic, last_seq FROM rooms WHERE key = ?",
+                               (key,)).fetchone()
+        return RoomRow(*row) if row else None
+
+    def room_skeleton_taken(self, skeleton: str) -> bool:
+        return self._db.execute("SELECT 1 FROM rooms WHERE skeleton = ?",
+                                (skeleton,)).fetchone() is not None
+
+    def join_room(self, room_key: str, room_name: str, skeleton: str, account_key: str,
+                  now_ms: int) -> tuple[RoomRow, bool, bool]:
+        """Make ``account_key`` a member, creating the room when it does not exist.
+
+        Returns (room, created, newly_joined). Raises ProtocolError(409) when creating a
+        room whose name looks like an existing room's.
+        """
+        try:
+            with self._write() as db:
+                created = False
+                if self.get_room(room_key) is None:
+                    db.execute("INSERT INTO rooms(key, name, skeleton, creator, created_ms) "
+                               "VALUES (?, ?, ?, ?, ?)",
+                               (room_key, room_name, skeleton, account_key, now_ms))
+                    created = True
+                cur = db.execute("INSERT OR IGNORE INTO members(room_key, account_key, "
+                                 "joined_ms) VALUES (?, ?, ?)", (room_key, account_key, now_ms))
+                joined = cur.rowcount == 1
+        except sqlite3.IntegrityError:
+            raise ProtocolError(Status.CONFLICT, f"a room named like {room_name!r} "
+                                "exists already") from None
+        room = self.get_room(room_key)
+        assert room is not None
+        return room, created, joined
+
+    def ensure_room(self, room_key: str, room_name: str, skeleton: str, now_ms: int) -> None:
+        """Create a room with no members (the default ``lobby``) if it does not exist."""
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO rooms(key, name, skeleton, created_ms) "
+                       "VALUES (?, ?, ?, ?)", (room_key, room_name, skeleton, now_ms))
+
+    def leave_room(self, room_key: str, account_key: str) -> bool:
+        """Remove a membership; returns whether there was one."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM members WHERE room_key = ? AND account_key = ?",
+                             (room_key, account_key))
+            return cur.rowcount == 1
+
+    def list_rooms(self) -> list[RoomRow]:
+        rows = self._db.execute(
+            "SELECT r.key, r.name, r.topic, r.last_seq, COUNT(m.account_key) FROM rooms r "
+            "LEFT JOIN members m ON m.room_key = r.key GROUP BY r.key ORDER BY r.key")
+        return [RoomRow(*row) for row in rows]
+
+    def memberships(self) -> dict[str, set[str]]:
+        """Every room key -> the set of its members' account keys (rooms without members
+        included)."""
+        out: dict[str, set[str]] = {k: set() for (k,) in self._db.execute("SELECT key FROM rooms")}
+        for room_key, account_key in self._db.execute("SELECT room_key, account_key FROM members"):
+            out[room_key].add(account_key)
+        return out
+
+    def rooms_of(self, account_key: str) -> list[RoomRow]:
+        rows = self._db.execute(
+            "SELECT r.key, r.name, r.topic, r.last_seq FROM rooms r JOIN members m "
+            "ON m.room_key = r.key WHERE m.account_key = ? ORDER BY m.joined_ms, r.key",
+            (account_key,))
+        return [RoomRow(*row) for row in rows]
+
+    # -- room messages ------------------------------------------------------------------
+
+    def append_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
+                       now_ms: int) -> int:
+        """Store a room message under the room's next sequence number and commit.
+
+        Returns the sequence number (1, 2, 3, … per room, no gaps: the counter and the
+        row are written in one transaction). Raises StorageError(503) if not committed.
+        """
+        with self._write() as db:
+            row = db.execute("UPDATE rooms SET last_seq = last_seq + 1 WHERE key = ? "
+                             "RETURNING last_seq", (room_key,)).fetchone()
+            if row is None:
+                raise ProtocolError(Status.NOT_FOUND, "no such room")
+            seq = int(row[0])
+            db.execute("INSERT INTO messages(room_key, seq, time_ms, sender, kind, text, cmid) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (room_key, seq, now_ms, sender, kind, text, cmid))
+        return seq
+
+    def history(self, room_key: str, before: int | None, after: int | None,
+                limit: int) -> list[MessageRow]:
+        """Up to ``limit`` messages in ascending seq order (docs/PROTOCOL.md §6.9): the
+        oldest above ``after``, else the newest below ``before`` (or the newest of all)."""
+        base = ("SELECT r.name, m.seq, m.time_ms, m.sender, m.kind, m.text FROM messages m "
+                "JOIN rooms r ON r.key = m.room_key WHERE m.room_key = ?")
+        if after is not None:
+            rows = self._db.execute(base + " AND m.seq > ? ORDER BY m.seq LIMIT ?",
+                                    (room_key, after, limit)).fetchall()
+        else:
+            bound = before if before is not None else 2**62
+            rows = self._db.execute(base + " AND m.seq < ? ORDER BY m.seq DESC LIMIT ?",
+                                    (room_key, bound, limit)).fetchall()
+            rows.reverse()
+        return [MessageRow(*row) for row in rows]
+
+    # -- direct messages ----------------------------------------------------------------
+
+    def store_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
+                 now_ms: int, delivered: bool, max_pending: int) -> int:
+        """Store a direct message; returns its id. When the recipient then has more than
+        ``max_pending`` undelivered messages, the oldest undelivered ones are dropped."""
+        with self._write() as db:
+            cur = db.execute("INSERT INTO direct_messages(time_ms, sender, recipient_key, "
+                             "recipient, text, delivered) VALUES (?, ?, ?, ?, ?, ?)",
+                             (now_ms, sender, recipient_key, recipient, text, int(delivered)))
+            dm_id = int(cur.lastrowid or 0)
+            if not delivered:
+                db.execute("DELETE FROM direct_messages WHERE id IN (SELECT id FROM "
+                           "direct_messages WHERE recipient_key = ? AND delivered = 0 "
+                           "ORDER BY id DESC LIMIT -1 OFFSET ?)", (recipient_key, max_pending))
+        return dm_id
+
+    def take_pending_dms(self, recipient_key: str) -> list[DirectMessageRow]:
+        """The recipient's undelivered direct messages, oldest first, marked delivered in
+        the same transaction so that each is handed out exactly once."""
+        with self._write() as db:
+            rows = db.execute("SELECT id, time_ms, sender, recipient, text FROM "
+                              "direct_messages WHERE recipient_key = ? AND delivered = 0 "
+                              "ORDER BY id", (recipient_key,)).fetchall()
+            if rows:
+                db.execute("UPDATE direct_messages SET delivered = 1 WHERE recipient_key = ? "
+                           "AND delivered = 0 AND id <= ?", (recipient_key, rows[-1][0]))
+        return [DirectMessageRow(*row) for row in rows]
