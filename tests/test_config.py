@@ -195,7 +195,7 @@ def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
         ("[broker]\nsndhwm = false\n", "broker", "sndhwm", r"an integer, got boolean"),
         ("[client]\ntimeout_s = true\n", "client", "timeout_s", r"a number, got boolean"),
         # out of range
-        ("[broker]\nmax_text_bytes = 0\n", "broker", "max_text_bytes", r"between 1 and 60000"),
+        ("[broker]\nmax_text_bytes = 0\n", "broker", "max_text_bytes", r"between 1 and 30000"),
         ("[broker]\nmax_text_bytes = 60001\n", "broker", "max_text_bytes", r"got 60001"),
         ("[broker]\nheartbeat_interval_s = 0\n", "broker", "heartbeat_interval_s", r"> 0"),
         ("[broker]\nheartbeat_interval_s = -1.5\n", "broker", "heartbeat_interval_s", r"> 0"),
@@ -259,11 +259,11 @@ def test_heartbeat_timeout_just_above_interval_is_fine(tmp_path: Path) -> None:
 def test_range_edges_are_accepted(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "[broker]\nmax_text_bytes = 60000\nscrypt_n = 1024\nhash_workers = 64\n"
+        "[broker]\nmax_text_bytes = 30000\nscrypt_n = 1024\nhash_workers = 64\n"
         "sndhwm = 1\nrcvhwm = 1\nlog_level = 'error'\n",
     )
     cfg = load_config(path).broker
-    assert (cfg.max_text_bytes, cfg.scrypt_n, cfg.hash_workers) == (60000, 1024, 64)
+    assert (cfg.max_text_bytes, cfg.scrypt_n, cfg.hash_workers) == (30000, 1024, 64)
 
 
 # --- validate() after command-line flags ----------------------------------------------------

@@ -24,6 +24,8 @@ through a queue and wake the poller through a pipe, so hashing never stalls the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import queue
@@ -44,6 +46,14 @@ log = logging.getLogger("zchat.broker")
 #: Requests handled per wake-up before timers are looked at again.
 BATCH = 256
 _ADDRESS_TYPES = (b"LOGIN", b"REGISTER")
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    """The sender's IP address from the frame's metadata ("" on inproc/ipc)."""
+    try:
+        return str(frame.get("Peer-Address") or "")
+    except zmq.ZMQError:
+        return ""
 
 
 def wall_ms() -> int:
@@ -110,10 +120,9 @@ class Broker:
     def stop(self) -> None:
         """Ask ``run()`` to return; safe from any thread and from signal handlers."""
         self._stopping.set()
-        try:
+        # A full or closed pipe is fine: the loop wakes anyway.
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full or closed: the loop wakes anyway
 
     def close(self) -> None:
         """Close sockets (LINGER 0), the worker pool, the wake pipe and the store."""
@@ -123,10 +132,8 @@ class Broker:
                 sock.close(linger=0)
         self._router = self._pub = None
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._wake_r = self._wake_w = -1
         self.store.close()
 
@@ -159,13 +166,18 @@ class Broker:
                 parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            routing_id = parts[0].bytes
-            frames = [f.bytes for f in parts[1:]]
-            address = ""
-            if len(frames) > 2 and frames[2] in _ADDRESS_TYPES:
-                address = parts[-1].get("Peer-Address") or ""
-            now_s, now_ms = time.monotonic(), wall_ms()
-            self._execute(core.handle(routing_id, frames, now_s, now_ms, address))
+            # The outermost per-message boundary: whatever one request does, the loop
+            # logs it and goes on serving the others.
+            try:
+                routing_id = parts[0].bytes
+                frames = [f.bytes for f in parts[1:]]
+                address = ""
+                if len(frames) > 2 and frames[2] in _ADDRESS_TYPES:
+                    address = _peer_address(parts[-1])
+                self._execute(core.handle(routing_id, frames, time.monotonic(), wall_ms(),
+                                          address))
+            except Exception:
+                log.exception("unexpected error serving one request; still serving")
 
     def _drain_jobs(self, core: BrokerCore) -> None:
         try:
@@ -184,10 +196,8 @@ class Broker:
         """Runs in a worker thread: hand the result to the loop and wake it."""
         exc = future.exception() if not future.cancelled() else None
         self._done.put((job_id, exc if exc is not None else future.result()))
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"j")
-        except (BlockingIOError, OSError):
-            pass
 
     def _execute(self, actions: list[Action]) -> None:
         assert self._router is not None and self._pub is not None
@@ -207,8 +217,7 @@ class Broker:
                     log.debug("dropped a reply to %s: peer gone", action.routing_id.hex())
             elif isinstance(action, Offload):
                 future = self._pool.submit(action.work)
-                future.add_done_callback(
-                    lambda f, job_id=action.job_id: self._job_done(job_id, f))
+                future.add_done_callback(functools.partial(self._job_done, action.job_id))
 
 
 class BrokerThread:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import getpass
@@ -205,10 +206,8 @@ async def _session(config: Config, user: str | None,
             return await body(client)
         finally:
             if client.connected:
-                try:
+                with contextlib.suppress(ZchatError):
                     await client.logout()
-                except ZchatError:
-                    pass
 
 
 # -- commands -----------------------------------------------------------------------------

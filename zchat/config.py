@@ -34,7 +34,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Upper bound of ``max_text_bytes``: a chat line must fit comfortably in one frame body
 #: together with its JSON envelope, well under any transport's practical message size.
-MAX_TEXT_BYTES_LIMIT = 60_000
+MAX_TEXT_BYTES_LIMIT = 30_000  # JSON escaping may double text; stays under MAX_BODY_BYTES
 
 #: Smallest accepted scrypt cost ``N``; lower values make stored password hashes cheap to
 #: brute-force (RFC 7914 suggests 2**14 for interactive logins, our default).
@@ -46,7 +46,7 @@ class ConfigError(ZchatError):
 
     ``path``, ``table`` and ``key`` say where the problem is when known (``None`` otherwise);
     ``str(error)`` names them all, e.g. ``/etc/zchat.toml: [broker] max_text_bytes: must be
-    between 1 and 60000, got 0``.
+    between 1 and 30000, got 0``.
     """
 
     def __init__(
@@ -85,7 +85,7 @@ class BrokerConfig:
       ``$XDG_DATA_HOME/zchat`` (see :func:`data_dir`).
     - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
     - ``admins``: account names with admin rights.
-    - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..60000).
+    - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..30000).
     - ``heartbeat_interval_s``: seconds between heartbeats a client should send (> 0).
     - ``heartbeat_timeout_s``: seconds of silence after which a session is evicted; must be
       greater than ``heartbeat_interval_s``.
@@ -244,7 +244,7 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     Call it again after applying command-line flags with :func:`dataclasses.replace`.
     ``path`` only labels error messages. The rules: strings are strings and endpoints
     contain ``://``; ints are ints (a bool is not an int); floats are finite numbers (an
-    int is accepted); ``max_text_bytes`` in 1..60000; ``heartbeat_interval_s`` > 0 and
+    int is accepted); ``max_text_bytes`` in 1..30000; ``heartbeat_interval_s`` > 0 and
     ``heartbeat_timeout_s`` > ``heartbeat_interval_s``; ``timeout_s`` and
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``

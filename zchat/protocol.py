@@ -454,7 +454,7 @@ def to_dict(value: Any) -> dict[str, Any]:
     return out
 
 
-def _check(value: Any, tp: Any, where: str) -> Any:
+def _check(value: Any, tp: Any, where: str, strict: bool = True) -> Any:
     """Return ``value`` converted to ``tp`` or raise ProtocolError(400)."""
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -467,7 +467,7 @@ def _check(value: Any, tp: Any, where: str) -> Any:
             if alt is type(None):
                 continue
             try:
-                return _check(value, alt, where)
+                return _check(value, alt, where, strict)
             except ProtocolError:
                 pass
         raise ProtocolError(Status.BAD_REQUEST, f"field {where} has the wrong type")
@@ -480,7 +480,7 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list):
             raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a list")
-        return tuple(_check(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_check(v, item_tp, f"{where}[{i}]", strict) for i, v in enumerate(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -501,25 +501,29 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an object")
-        return from_dict(tp, value, where + ".")  # type: ignore[arg-type]
+        return from_dict(tp, value, where + ".", strict)  # type: ignore[arg-type]
     raise TypeError(f"codec cannot check type {tp!r}")  # our own bug, not the peer's
 
 
-def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
+def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "",
+              strict: bool = True) -> Any:
     """Build ``cls`` from a decoded JSON object.
 
-    Raises ProtocolError(400) on a missing required field, an unknown field or a field of
-    the wrong type (§4: unknown fields are refused so that typos never pass silently).
+    Raises ProtocolError(400) on a missing required field or a field of the wrong type,
+    and, when ``strict`` (the broker reading requests), on an unknown field, so that typos
+    never pass silently. Clients read replies and events with ``strict=False`` and ignore
+    unknown fields, so a broker may add fields to them without breaking clients (§13).
     """
     kwargs: dict[str, Any] = {}
     spec = _spec(cls)
-    known = {name for name, _t, _r in spec}
-    for key in data:
-        if key not in known:
-            raise ProtocolError(Status.BAD_REQUEST, f"unknown field {prefix}{key}")
+    if strict:
+        known = {name for name, _t, _r in spec}
+        for key in data:
+            if key not in known:
+                raise ProtocolError(Status.BAD_REQUEST, f"unknown field {prefix}{key}")
     for name, tp, required in spec:
         if name in data:
-            kwargs[name] = _check(data[name], tp, prefix + name)
+            kwargs[name] = _check(data[name], tp, prefix + name, strict)
         elif required:
             raise ProtocolError(Status.BAD_REQUEST, f"missing field {prefix}{name}")
     return cls(**kwargs)
@@ -530,8 +534,9 @@ def encode_body(value: Message) -> bytes:
     return json.dumps(to_dict(value), ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES) -> Any:
-    """Parse a JSON body into ``cls``.
+def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
+                strict: bool = True) -> Any:
+    """Parse a JSON body into ``cls`` (``strict`` as in from_dict).
 
     Raises ProtocolError 413 when ``body`` exceeds ``limit`` bytes, 400 when it is not
     UTF-8, not a JSON object, or its fields do not match ``cls``.
@@ -548,7 +553,7 @@ def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES) -> Any
         raise ProtocolError(Status.BAD_REQUEST, "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError(Status.BAD_REQUEST, "body must be a JSON object")
-    return from_dict(cls, data)
+    return from_dict(cls, data, strict=strict)
 
 
 # -- frames -------------------------------------------------------------------------------
@@ -618,13 +623,13 @@ def decode_from_broker(frames: list[bytes], pending: dict[bytes, type[Reply]]
         cls_push = PUSH_TYPES.get(type_frame.decode("ascii", "replace"))
         if cls_push is None:
             raise ProtocolError(Status.UNKNOWN_COMMAND, f"unknown push {type_frame!r}")
-        return b"", decode_body(cls_push, body, limit)
+        return b"", decode_body(cls_push, body, limit, strict=False)
     if type_frame == b"ERROR":
-        return request_id, decode_body(Error, body, limit)
+        return request_id, decode_body(Error, body, limit, strict=False)
     if type_frame != b"OK":
         raise ProtocolError(Status.BAD_REQUEST, f"unknown reply type {type_frame!r}")
     reply_cls = pending.get(request_id, Ok)
-    return request_id, decode_body(reply_cls, body, limit)
+    return request_id, decode_body(reply_cls, body, limit, strict=False)
 
 
 def encode_event(topic: bytes, event: Message) -> list[bytes]:
@@ -639,4 +644,4 @@ def decode_event(frames: list[bytes]) -> Message:
     cls = EVENT_TYPES.get(frames[2].decode("ascii", "replace"))
     if cls is None:
         raise ProtocolError(Status.UNKNOWN_COMMAND, f"unknown event {frames[2]!r}")
-    return decode_body(cls, frames[3], MAX_TRANSPORT_FRAME_BYTES)
+    return decode_body(cls, frames[3], MAX_TRANSPORT_FRAME_BYTES, strict=False)
