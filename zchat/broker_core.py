@@ -294,10 +294,11 @@ class BrokerCore:
     def _finish_register(self, job: _Job, password_hash: str, now_ms: int) -> list[Action]:
         if job.key in self.accounts:
             raise ProtocolError(Status.CONFLICT, f"the name {job.name!r} is taken")
-        self.store.create_account(job.key, job.name, skeleton(job.name), password_hash, now_ms)
-        self.accounts[job.key] = Account(job.name, bot=False)
         lobby = name_key(DEFAULT_ROOM)
-        self.store.join_room(lobby, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), job.key, now_ms)
+        # one commit: a 503 must leave no account behind (docs/PROTOCOL.md §11)
+        self.store.create_account(job.key, job.name, skeleton(job.name), password_hash, now_ms,
+                                  rooms=(lobby,))
+        self.accounts[job.key] = Account(job.name, bot=False)
         self._add_member(lobby, job.key)
         log.info("registered %s from %s", job.name, job.address or "?")
         return [self._ok(job.routing_id, job.request_id, p.Registered(name=job.name))]
@@ -325,6 +326,12 @@ class BrokerCore:
         if existing is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
                                 f"{existing.name}; LOGOUT first")
+        # Store first: if it fails (503) the connection must not be left half logged in.
+        rooms = tuple(p.RoomState(room=r.name, last_seq=r.last_seq, topic=r.topic)
+                      for r in self.store.rooms_of(job.key))
+        pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
+                                        to=d.recipient, text=d.text)
+                        for d in self.store.take_pending_dms(job.key))
         account = self.accounts[job.key]
         session = Session(job.routing_id, secrets.token_urlsafe(24), job.key, account.name,
                           job.address, now_ms, now_s, now_ms)
@@ -334,11 +341,6 @@ class BrokerCore:
         if account.presence == "offline":
             account.presence = "online"
             actions.append(self._presence_event(account, job.key, now_ms))
-        pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
-                                        to=d.recipient, text=d.text)
-                        for d in self.store.take_pending_dms(job.key))
-        rooms = tuple(p.RoomState(room=r.name, last_seq=r.last_seq, topic=r.topic)
-                      for r in self.store.rooms_of(job.key))
         log.info("login %s from %s (%d sessions, %d stored DMs)", account.name,
                  job.address or "?", len(account.sessions), len(pending))
         actions.insert(0, self._ok(job.routing_id, job.request_id, p.LoggedIn(

@@ -226,6 +226,7 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     except OSError as exc:
         raise CliError(f"cannot create the data directory {directory}: {exc}") from None
     db_path = directory / DB_FILENAME
+    lock = _lock_data_dir(directory)
     store = Store(db_path)
     broker = Broker(cfg, store)
     import zmq
@@ -245,8 +246,27 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
         broker.run()
     finally:
         broker.close()
+        lock.close()
     logging.getLogger("zchat.broker").info("stopped")
     return 0
+
+
+def _lock_data_dir(directory: Path) -> TextIO:
+    """Hold an exclusive lock on DIR/broker.lock for the broker's lifetime: two brokers on
+    one database would each cache state the other changes. Raises CliError if taken."""
+    import fcntl
+
+    lock = open(directory / "broker.lock", "a+")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise CliError(f"another zchat broker is already using {directory}") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def cmd_register(args: argparse.Namespace, config: Config) -> int:

@@ -137,6 +137,9 @@ class Client:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._room_locks: dict[str, asyncio.Lock] = {}
+        # Topics subscribed on the SUB: libzmq counts SUBSCRIBEs per topic, so subscribing
+        # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
+        self._topics: set[bytes] = set()
         self._last_heard = time.monotonic()
         self._lost = False
         self._closed = False
@@ -218,11 +221,14 @@ class Client:
         fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
         self._reply_types[request_id] = req.REPLY
+        wait = self.timeout_s if timeout_s is None else timeout_s
         try:
-            await self._dealer.send_multipart(p.encode_request(request_id, req))
-            wait = self.timeout_s if timeout_s is None else timeout_s
             try:
-                reply = await asyncio.wait_for(fut, wait)
+                # The send is inside the deadline too: a DEALER with no connected peer
+                # (an inproc broker that closed) blocks on send instead of queueing.
+                async with asyncio.timeout(wait):
+                    await self._dealer.send_multipart(p.encode_request(request_id, req))
+                    reply = await fut
             except TimeoutError:
                 raise ConnectionFailed(f"no answer from the broker at {self.server} within "
                                        f"{wait:g} s") from None
@@ -247,7 +253,7 @@ class Client:
         self._state.name = reply.name
         self._state.session = reply.session
         assert self._sub is not None
-        self._sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_PRESENCE_PREFIX)
+        self._subscribe(p.TOPIC_PRESENCE_PREFIX)
         for room in reply.rooms:
             self._follow(room.room, room.last_seq)
         for dm in reply.pending:
@@ -262,7 +268,7 @@ class Client:
         """Join (creating if needed) and follow ``room`` from its current last message."""
         key = name_key(room)
         assert self._sub is not None
-        self._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic(key))  # before JOIN: no seam gap
+        self._subscribe(p.room_topic(key))  # before JOIN: no seam gap
         reply: p.RoomJoined = await self.request(p.Join(room=room))
         tracker = self._state.rooms.get(key)
         if tracker is None or not tracker.wanted:
@@ -275,7 +281,8 @@ class Client:
         tracker = self._state.rooms.get(key)
         if tracker is not None:
             tracker.wanted = False
-        if self._sub is not None:
+        if self._sub is not None and p.room_topic(key) in self._topics:
+            self._topics.discard(p.room_topic(key))
             self._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(key))
 
     async def list_rooms(self) -> p.RoomList:
@@ -306,10 +313,10 @@ class Client:
     async def set_presence(self, presence: str, text: str = "") -> None:
         await self.request(p.SetPresence(presence=presence, text=text))  # type: ignore[arg-type]
 
-    async def ping(self) -> p.Pong:
+    async def ping(self, timeout_s: float | None = None) -> p.Pong:
         """One heartbeat round trip; updates ``rtt_s`` and repairs room gaps it reveals."""
         start = time.monotonic()
-        pong: p.Pong = await self.request(p.Ping())
+        pong: p.Pong = await self.request(p.Ping(), timeout_s)
         self.rtt_s = time.monotonic() - start
         for room in pong.rooms:
             tracker = self._state.rooms.get(name_key(room.room))
@@ -348,7 +355,14 @@ class Client:
         self._state.rooms[key] = RoomTracker(last_seq)
         self._state.room_names[key] = room
         if self._sub is not None:
-            self._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic(key))
+            self._subscribe(p.room_topic(key))
+
+    def _subscribe(self, topic: bytes) -> None:
+        """SUBSCRIBE ``topic`` on the SUB unless it already is (once per topic)."""
+        assert self._sub is not None
+        if topic not in self._topics:
+            self._topics.add(topic)
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic)
 
     def _heard(self) -> None:
         self._last_heard = time.monotonic()
@@ -436,7 +450,9 @@ class Client:
                 self.connected = False
                 self._events.put_nowait(ConnectionLost(silent))
             try:
-                await self.ping()
+                # Bounded by the interval, so that silence is checked every interval even
+                # while the broker is gone (ConnectionLost within timeout + interval).
+                await self.ping(timeout_s=interval)
                 self.connected = True
             except (ConnectionFailed, RequestFailed) as exc:
                 log.debug("heartbeat failed: %s", exc)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 
-from confusable_homoglyphs import categories, confusables
+from confusable_homoglyphs import categories, utils
 
 from zchat.errors import ProtocolError, Status
 
@@ -78,20 +78,46 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name.casefold())
 
 
-@functools.lru_cache(maxsize=4096)
-def _skeleton_char(ch: str) -> str:
-    found = confusables.is_confusable(ch, greedy=True, preferred_aliases=[])
-    if not found:
-        return ch
-    glyphs = [h["c"] for h in found[0]["homoglyphs"] if len(h["c"]) == 1]
-    return min([ch, *glyphs]) if glyphs else ch
+@functools.cache
+def _confusable_classes() -> dict[str, str]:
+    """Each confusable character -> the representative of its look-alike class.
+
+    Classes are the transitive closure (union-find) of the Unicode confusables table, so
+    the mapping is consistent: if a looks like b and b like c, all three share one
+    representative (the smallest code point). Built once, on first use (~50 ms).
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    for char, glyphs in utils.load("confusables.json").items():
+        for glyph in glyphs:
+            other = glyph["c"].replace("\u200e", "")  # the table wraps RTL glyphs in LRMs
+            if len(char) == 1 and len(other) == 1:
+                a, b = find(char), find(other)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return {ch: find(ch) for ch in parent}
+
+
+def _map_confusables(text: str) -> str:
+    classes = _confusable_classes()
+    return "".join(classes.get(ch, ch) for ch in text)
 
 
 def skeleton(name: str) -> str:
     """A look-alike skeleton of a valid name: two names with equal skeletons can be
-    mistaken for each other (``alice``/``a1ice``, ``paypal``/``pаypal``), so only one of
-    them may exist. A simplification of UTS #39 §4 over the same confusables table."""
-    return "".join(_skeleton_char(ch) for ch in name_key(name))
+    mistaken for each other (``alice``/``a1ice``/``aIice``, ``paypal``/``pаypal``), so only
+    one of them may exist. After UTS #39 §4 over the same confusables table, with
+    case folded in between (names are unique case-insensitively): map, fold, map again."""
+    once = _map_confusables(unicodedata.normalize("NFKC", name))
+    return _map_confusables(unicodedata.normalize("NFKC", once.casefold()))
 
 
 def validate_text(text: str, max_bytes: int) -> str:

@@ -574,7 +574,7 @@ def decode_request(frames: list[bytes]) -> tuple[bytes, Request]:
     if len(frames) != 4:
         raise ProtocolError(Status.BAD_REQUEST,
                             f"a request has 4 frames, got {len(frames)}",
-                            request_id=frames[1] if len(frames) > 1 else b"")
+                            request_id=frames[1][:MAX_REQUEST_ID_BYTES] if len(frames) > 1 else b"")
     version, request_id, type_frame, body = frames
     if not 1 <= len(request_id) <= MAX_REQUEST_ID_BYTES:
         raise ProtocolError(Status.BAD_REQUEST,

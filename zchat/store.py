@@ -175,13 +175,17 @@ class Store:
     # -- accounts ---------------------------------------------------------------------
 
     def create_account(self, key: str, name: str, skeleton: str, password_hash: str,
-                       now_ms: int, bot: bool = False) -> None:
-        """Raises ProtocolError(409) when the key or a look-alike skeleton exists."""
+                       now_ms: int, bot: bool = False, rooms: tuple[str, ...] = ()) -> None:
+        """Create an account that is a member of ``rooms`` (keys of existing rooms), in one
+        transaction. Raises ProtocolError(409) when the key or a look-alike skeleton exists."""
         try:
             with self._write() as db:
                 db.execute("INSERT INTO accounts(key, name, skeleton, password_hash, bot, "
                            "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
                            (key, name, skeleton, password_hash, int(bot), now_ms))
+                for room_key in rooms:
+                    db.execute("INSERT OR IGNORE INTO members(room_key, account_key, "
+                               "joined_ms) VALUES (?, ?, ?)", (room_key, key, now_ms))
         except sqlite3.IntegrityError:
             raise ProtocolError(Status.CONFLICT, f"the name {name!r} is taken "
                                 "(or too like an existing name)") from None

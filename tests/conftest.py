@@ -1,0 +1,214 @@
+"""Shared fixtures: an in-process broker (inproc://, real SQLite) and a broker subprocess on
+loopback TCP for the end-to-end CLI tests.
+
+Async tests are plain sync tests that call ``run(coro)``: ``asyncio.run`` with an overall
+deadline, so no async plugin is needed and a hung await fails the test instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import pytest
+
+from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
+
+T = TypeVar("T")
+
+#: Overall bound of one ``run()``; generous, only a hang should ever reach it.
+RUN_TIMEOUT_S = 20.0
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = RUN_TIMEOUT_S) -> T:
+    """Run ``coro`` on a fresh event loop; fail (TimeoutError) after ``timeout_s``."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout_s)
+
+    return asyncio.run(bounded())
+
+
+def wait_until(condition: Callable[[], T], timeout_s: float = 5.0, what: str = "condition",
+               interval_s: float = 0.005) -> T:
+    """Poll ``condition()`` until it returns something truthy; return that value. Raises
+    AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)  # polling step of a condition, not a wait for a socket
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    """A real broker thread on inproc:// with an in-memory SQLite store."""
+    with running_broker() as h:
+        yield h
+
+
+@pytest.fixture
+def file_harness(tmp_path: Path) -> Iterator[Harness]:
+    """A real broker thread on inproc:// with an SQLite file in ``tmp_path``."""
+    with running_broker(tmp_path / "zchat.db") as h:
+        yield h
+
+
+# -- subprocesses --------------------------------------------------------------------------
+
+
+def zchat_command() -> list[str]:
+    """The ``zchat`` console script of this interpreter's environment (``-m zchat`` if the
+    script is missing)."""
+    script = Path(sys.executable).parent / "zchat"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "zchat"]
+
+
+class Proc:
+    """A subprocess whose stdout and stderr are drained by threads into line lists, so that
+    a test can wait for a line with a deadline and a chatty process never blocks on a full
+    pipe."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], stdin: int | None = None) -> None:
+        self.argv = argv
+        self.popen = subprocess.Popen(argv, env=env, stdin=stdin if stdin is not None
+                                      else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: dict[str, queue.SimpleQueue[str | None]] = {
+            "stdout": queue.SimpleQueue(), "stderr": queue.SimpleQueue()}
+        self._threads = [
+            threading.Thread(target=self._drain, args=(name, stream, store), daemon=True)
+            for name, stream, store in (("stdout", self.popen.stdout, self.stdout),
+                                        ("stderr", self.popen.stderr, self.stderr))]
+        for t in self._threads:
+            t.start()
+
+    def _drain(self, name: str, stream: Any, store: list[str]) -> None:
+        for line in stream:
+            store.append(line.rstrip("\n"))
+            self._lines[name].put(line.rstrip("\n"))
+        self._lines[name].put(None)
+
+    def wait_line(self, stream: str, contains: str, timeout_s: float = 10.0) -> str:
+        """Return the first unread line of ``stream`` containing ``contains``; raises
+        AssertionError when the stream ends or ``timeout_s`` passes first."""
+        deadline = time.monotonic() + timeout_s
+        q = self._lines[stream]
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = q.get(timeout=max(remaining, 0.0))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no {stream} line with {contains!r} within {timeout_s} s from "
+                    f"{self.argv}; stdout={self.stdout} stderr={self.stderr}") from None
+            if line is None:
+                q.put(None)
+                raise AssertionError(
+                    f"{stream} of {self.argv} ended without {contains!r} "
+                    f"(exit {self.popen.poll()}); stdout={self.stdout} stderr={self.stderr}")
+            if contains in line:
+                return line
+
+    def wait(self, timeout_s: float) -> int:
+        """Exit code, waiting at most ``timeout_s``; also joins the drain threads."""
+        rc = self.popen.wait(timeout_s)
+        for t in self._threads:
+            t.join(timeout_s)
+        return rc
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(tmp_path: Path, password: str = DEFAULT_PASSWORD) -> dict[str, str]:
+    """Environment of a zchat subprocess: the password, and XDG directories inside
+    ``tmp_path`` so that no user config or data is read."""
+    env = dict(os.environ)
+    env.update(ZCHAT_PASSWORD=password, XDG_CONFIG_HOME=str(tmp_path / "xdg-config"),
+               XDG_DATA_HOME=str(tmp_path / "xdg-data"), PYTHONUNBUFFERED="1")
+    return env
+
+
+class TcpBroker(NamedTuple):
+    router: str
+    process: Proc
+    data_dir: Path
+
+
+def start_broker(tmp_path: Path, attempts: int = 5) -> tuple[TcpBroker, list[str]]:
+    """Start ``zchat broker`` on two free loopback ports and wait for its "database" line.
+
+    Returns the broker and the lines it printed at start. Retries with new ports when the
+    bind fails (another process took a port between ``free_port`` and the bind).
+    """
+    config = tmp_path / "broker.toml"
+    config.write_text("[broker]\nscrypt_n = 1024\n", encoding="utf-8")
+    data = tmp_path / "data"
+    for _ in range(attempts):
+        router = f"tcp://127.0.0.1:{free_port()}"
+        pub = f"tcp://127.0.0.1:{free_port()}"
+        if router == pub:
+            continue
+        proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
+                     str(data), "--router", router, "--pub", pub], cli_env(tmp_path))
+        try:
+            proc.wait_line("stdout", "database", timeout_s=15)
+        except AssertionError:
+            rc = proc.popen.poll()
+            proc.kill()
+            if rc == 1 and any("cannot bind" in line for line in proc.stderr):
+                continue
+            raise
+        return TcpBroker(router, proc, data), list(proc.stdout)
+    raise AssertionError(f"could not bind a broker in {attempts} attempts")
+
+
+def stop_broker(broker: TcpBroker, sig: int = signal.SIGTERM) -> tuple[int, float]:
+    """Send ``sig`` and return (exit code, seconds until exit); kills it after 5 s."""
+    start = time.monotonic()
+    broker.process.popen.send_signal(sig)
+    try:
+        rc = broker.process.wait(5)
+    except subprocess.TimeoutExpired:
+        broker.process.kill()
+        raise AssertionError(f"broker ignored signal {sig} for 5 s") from None
+    return rc, time.monotonic() - start
+
+
+@pytest.fixture
+def tcp_broker(tmp_path: Path) -> Iterator[TcpBroker]:
+    """``zchat broker`` as a subprocess on loopback TCP; yields (router, process, data dir).
+    Teardown sends SIGTERM and asserts a clean exit (code 0) within 2 s."""
+    broker, _lines = start_broker(tmp_path)
+    try:
+        yield broker
+    finally:
+        if broker.process.popen.poll() is None:
+            rc, elapsed = stop_broker(broker)
+            assert rc == 0, f"broker exit code {rc}; stderr={broker.process.stderr}"
+            assert elapsed < 2.0, f"broker took {elapsed:.2f} s to stop"

@@ -1,0 +1,185 @@
+"""End to end: the ``zchat`` command line as subprocesses against a ``zchat broker``
+subprocess on loopback TCP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Proc,
+    TcpBroker,
+    cli_env,
+    free_port,
+    start_broker,
+    stop_broker,
+    zchat_command,
+)
+
+COMMANDS = ("broker", "register", "say", "dm", "tail", "history", "who")
+
+
+def zchat(tmp_path: Path, *args: str, password: str | None = None, stdin: str | None = None,
+          timeout_s: float = 15.0) -> subprocess.CompletedProcess[str]:
+    env = cli_env(tmp_path) if password is None else cli_env(tmp_path, password)
+    return subprocess.run([*zchat_command(), *args], env=env, input=stdin,
+                          stdin=None if stdin is not None else subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a command that failed with exit code 1."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("zchat: ")
+    return lines[0]
+
+
+def register(tmp_path: Path, broker: TcpBroker, *names: str) -> None:
+    for name in names:
+        result = ok(zchat(tmp_path, "register", "--server", broker.router, name))
+        assert result.stdout.strip() == f"registered {name}"
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_register_twice_fails_with_one_line(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice")
+    again = zchat(tmp_path, "register", "--server", tcp_broker.router, "alice")
+    line = one_line_error(again)
+    assert "taken" in line
+    assert again.stdout == ""
+
+
+def test_tail_prints_messages_posted_by_say(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice", "bob")
+    server = ("--server", tcp_broker.router)
+    tail = Proc([*zchat_command(), "tail", *server, "--as", "bob", "--room", "dev",
+                 "--count", "2", "--json"], cli_env(tmp_path))
+    try:
+        tail.wait_line("stderr", "following #dev as bob")
+        ok(zchat(tmp_path, "say", *server, "--as", "alice", "--room", "dev", "hello"))
+        ok(zchat(tmp_path, "say", *server, "--as", "alice", "--room", "dev", "-",
+                 stdin="a\nb\n"))
+        assert tail.wait(10) == 0, tail.stderr
+    finally:
+        tail.kill()
+    lines = [json.loads(line) for line in tail.stdout]
+    assert [(m["room"], m["seq"], m["from"], m["text"], m["dm"]) for m in lines] == \
+        [("dev", 1, "alice", "hello", False), ("dev", 2, "alice", "a", False)]
+    for m in lines:
+        assert isinstance(m["time"], str) and m["time"].endswith("Z")
+        assert isinstance(m["time_ms"], int) and m["time_ms"] > 1_600_000_000_000
+
+    history = ok(zchat(tmp_path, "history", *server, "--as", "bob", "--room", "dev",
+                       "--json", "--limit", "2"))
+    assert [(m["seq"], m["text"]) for m in json_lines(history.stdout)] == [(2, "a"), (3, "b")]
+
+    who = ok(zchat(tmp_path, "who", *server, "--as", "alice", "--room", "dev", "--json"))
+    assert {(u["name"], u["presence"]) for u in json_lines(who.stdout)} == \
+        {("alice", "online"), ("bob", "offline")}
+
+
+def test_stored_dm_is_printed_first_by_tail(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice", "carol")
+    server = ("--server", tcp_broker.router)
+    sent = ok(zchat(tmp_path, "dm", *server, "--as", "alice", "carol", "psst: meet at 5"))
+    assert sent.stdout.strip() == "stored until they log in (to carol)"
+    tail = ok(zchat(tmp_path, "tail", *server, "--as", "carol", "--room", "lobby",
+                    "--count", "1", "--json"))
+    (dm,) = json_lines(tail.stdout)
+    assert (dm["dm"], dm["from"], dm["to"], dm["text"], dm["room"]) == \
+        (True, "alice", "carol", "psst: meet at 5", None)
+
+
+def test_who_shows_online_accounts(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice", "bob", "carol")
+    server = ("--server", tcp_broker.router)
+    tail = Proc([*zchat_command(), "tail", *server, "--as", "bob", "--room", "lobby"],
+                cli_env(tmp_path))
+    try:
+        tail.wait_line("stderr", "following #lobby as bob")
+        who = ok(zchat(tmp_path, "who", *server, "--as", "alice", "--json"))
+    finally:
+        tail.popen.send_signal(signal.SIGINT)
+        tail.wait(5)
+    users = json_lines(who.stdout)
+    assert [(u["name"], u["presence"], u["bot"]) for u in users] == \
+        [("alice", "online", False), ("bob", "online", False)]
+
+
+def test_wrong_password_is_one_line(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice")
+    result = zchat(tmp_path, "say", "--server", tcp_broker.router, "--as", "alice",
+                   "--room", "dev", "hi", password="not the password")
+    assert "wrong name or password" in one_line_error(result)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("x" * 4001, "limit"),
+    ("ring \x07 the bell", "control character"),
+])
+def test_say_refuses_bad_text(tmp_path: Path, tcp_broker: TcpBroker, text: str,
+                              expected: str) -> None:
+    register(tmp_path, tcp_broker, "alice")
+    result = zchat(tmp_path, "say", "--server", tcp_broker.router, "--as", "alice",
+                   "--room", "dev", text)
+    assert expected in one_line_error(result)
+    history = ok(zchat(tmp_path, "history", "--server", tcp_broker.router, "--as", "alice",
+                       "--room", "dev", "--json"))
+    assert history.stdout == ""
+
+
+def test_unreachable_broker_fails_quickly(tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = zchat(tmp_path, "say", "--server", f"tcp://127.0.0.1:{free_port()}",
+                   "--timeout", "1", "--as", "alice", "--room", "dev", "hi")
+    elapsed = time.monotonic() - start
+    line = one_line_error(result)
+    assert "no answer" in line
+    assert elapsed < 3.0, elapsed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_broker_prints_endpoints_and_stops_cleanly_on_signal(tmp_path: Path, sig: int) -> None:
+    broker, lines = start_broker(tmp_path)
+    try:
+        assert lines[0].startswith("zchat broker ")
+        assert lines[1].split() == ["router", broker.router]
+        assert lines[2].split()[0] == "pub" and lines[2].split()[1].startswith("tcp://127.0.0.1:")
+        assert lines[3].split() == ["database", str(broker.data_dir / "zchat.db")]
+        register(tmp_path, broker, "alice")  # it serves before the signal
+    finally:
+        rc, elapsed = stop_broker(broker, sig)
+    assert rc == 0, broker.process.stderr
+    assert elapsed < 2.5, elapsed
+    assert not any("Traceback" in line for line in broker.process.stderr)
+    assert (broker.data_dir / "zchat.db").exists()
+
+
+def test_python_m_zchat_help_lists_the_commands(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "zchat", "--help"], env=cli_env(tmp_path),
+                            capture_output=True, text=True, timeout=15)
+    ok(result)
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_zchat_help_exits_zero(tmp_path: Path) -> None:
+    result = ok(zchat(tmp_path, "--help"))
+    assert result.stdout.startswith("usage: zchat")

@@ -1,0 +1,261 @@
+"""The SQLite store on a real file: WAL, migrations, sequence numbers, history, DMs and
+all-or-nothing writes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from zchat import store as store_module
+from zchat.errors import ProtocolError, Status, StorageError
+from zchat.store import MIGRATIONS, SCHEMA_VERSION, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "zchat.db")
+    s.create_account("alice", "Alice", "a1ice", "hash", now_ms=1)
+    s.create_account("bob", "bob", "bob", "hash", now_ms=1)
+    s.ensure_room("dev", "dev", "dev", now_ms=1)
+    return s
+
+
+def count(s: Store, table: str) -> int:
+    return int(s._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+# -- opening and migrations ------------------------------------------------------------------
+
+
+def test_file_store_is_wal_with_full_sync(tmp_path: Path) -> None:
+    s = Store(tmp_path / "a.db")
+    assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_schema_version_is_number_of_migrations(tmp_path: Path) -> None:
+    s = Store(tmp_path / "a.db")
+    assert s.schema_version == len(MIGRATIONS) == SCHEMA_VERSION
+    raw = sqlite3.connect(tmp_path / "a.db")
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    raw.close()
+
+
+def test_reopening_keeps_data_and_does_not_rerun_migrations(store: Store) -> None:
+    store.append_message("dev", "Alice", "text", "hi", "", 5)
+    store.close()
+    # Rerunning migration 0 would fail on CREATE TABLE of an existing table.
+    again = Store(store.path)
+    assert again.schema_version == SCHEMA_VERSION
+    assert again.get_account("alice") is not None
+    assert again.get_room("dev").last_seq == 1
+
+
+def test_new_migration_upgrades_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.db"
+    s = Store(path)
+    s.create_account("alice", "Alice", "a1ice", "hash", now_ms=1)
+    s.close()
+    extra = "CREATE TABLE upgraded (x INTEGER); INSERT INTO upgraded VALUES (7)"
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, extra))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    up = Store(path)
+    assert up.schema_version == SCHEMA_VERSION + 1
+    up.close()
+    up = Store(path)  # the new migration must not run twice (the table exists)
+    assert up._db.execute("SELECT x FROM upgraded").fetchall() == [(7,)]
+    assert up.get_account("alice") is not None
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    Store(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StorageError) as info:
+        Store(path)
+    assert info.value.status == Status.UNAVAILABLE
+    assert "newer" in info.value.reason
+
+
+# -- accounts ---------------------------------------------------------------------------------
+
+
+def test_account_key_and_skeleton_are_unique(store: Store) -> None:
+    with pytest.raises(ProtocolError) as info:
+        store.create_account("alice", "ALICE", "other", "h", now_ms=2)
+    assert info.value.status == Status.CONFLICT
+    with pytest.raises(ProtocolError) as info:
+        store.create_account("a1ice", "a1ice", "a1ice", "h", now_ms=2)
+    assert info.value.status == Status.CONFLICT
+    assert count(store, "accounts") == 2
+    assert store.account_skeleton_taken("a1ice")
+    assert not store.account_skeleton_taken("carol")
+    assert store.account_names() == {"alice": ("Alice", False), "bob": ("bob", False)}
+
+
+def test_create_account_joins_rooms_in_the_same_commit(store: Store) -> None:
+    store.create_account("carol", "carol", "caro1", "h", now_ms=2, rooms=("dev",))
+    assert store.memberships()["dev"] == {"carol"}
+    assert [r.key for r in store.rooms_of("carol")] == ["dev"]
+
+
+def test_create_account_with_a_failing_membership_leaves_no_account(store: Store) -> None:
+    store._db.create_function("boom", 0, lambda: 1 / 0)
+    store._db.execute("CREATE TEMP TRIGGER fail_members BEFORE INSERT ON members "
+                      "BEGIN SELECT boom(); END")
+    with pytest.raises(StorageError):
+        store.create_account("carol", "carol", "caro1", "h", now_ms=2, rooms=("dev",))
+    assert store.get_account("carol") is None
+    assert count(store, "accounts") == 2
+
+
+# -- rooms ------------------------------------------------------------------------------------
+
+
+def test_join_room_created_and_joined_flags(store: Store) -> None:
+    room, created, joined = store.join_room("ops", "Ops", "ops", "alice", now_ms=3)
+    assert (room.name, room.last_seq, created, joined) == ("Ops", 0, True, True)
+    room, created, joined = store.join_room("ops", "Ops", "ops", "bob", now_ms=4)
+    assert (created, joined) == (False, True)
+    room, created, joined = store.join_room("ops", "ops", "ops", "bob", now_ms=5)
+    assert (room.name, created, joined) == ("Ops", False, False)
+    assert store.memberships()["ops"] == {"alice", "bob"}
+    assert [r.key for r in store.rooms_of("bob")] == ["ops"]
+
+
+def test_room_skeleton_conflict_is_409_and_leaves_nothing(store: Store) -> None:
+    store.join_room("dev1", "dev1", "dev1", "alice", now_ms=3)
+    rooms, members = count(store, "rooms"), count(store, "members")
+    with pytest.raises(ProtocolError) as info:
+        store.join_room("devl", "devl", "dev1", "bob", now_ms=4)
+    assert info.value.status == Status.CONFLICT
+    assert store.get_room("devl") is None
+    assert (count(store, "rooms"), count(store, "members")) == (rooms, members)
+
+
+def test_leave_room_and_list_rooms(store: Store) -> None:
+    store.join_room("dev", "dev", "dev", "alice", now_ms=3)
+    store.join_room("dev", "dev", "dev", "bob", now_ms=3)
+    assert [(r.key, r.members) for r in store.list_rooms()] == [("dev", 2)]
+    assert store.leave_room("dev", "bob") is True
+    assert store.leave_room("dev", "bob") is False
+    assert [(r.key, r.members) for r in store.list_rooms()] == [("dev", 1)]
+    assert store.memberships() == {"dev": {"alice"}}
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+def test_append_message_gapless_per_room(store: Store) -> None:
+    store.ensure_room("ops", "ops", "ops", now_ms=1)
+    got = [store.append_message("dev" if i % 3 else "ops", "Alice", "text", f"m{i}", "", i)
+           for i in range(300)]
+    dev = [s for i, s in enumerate(got) if i % 3]
+    ops = [s for i, s in enumerate(got) if not i % 3]
+    assert dev == list(range(1, 201))
+    assert ops == list(range(1, 101))
+    assert store.get_room("dev").last_seq == 200
+    rows = store.history("dev", None, None, 500)
+    assert [r.seq for r in rows] == list(range(1, 201))
+
+
+def test_append_to_unknown_room_is_404_and_leaves_nothing(store: Store) -> None:
+    with pytest.raises(ProtocolError) as info:
+        store.append_message("nowhere", "Alice", "text", "x", "", 1)
+    assert info.value.status == Status.NOT_FOUND
+    assert count(store, "messages") == 0
+
+
+def test_history_bounds(store: Store) -> None:
+    for i in range(1, 8):
+        store.append_message("dev", "Alice", "text", f"m{i}", "", 100 + i)
+
+    def page(before: int | None, after: int | None, limit: int) -> list[int]:
+        return [r.seq for r in store.history("dev", before, after, limit)]
+
+    assert page(None, None, 50) == [1, 2, 3, 4, 5, 6, 7]
+    assert page(None, None, 3) == [5, 6, 7]
+    assert page(5, None, 2) == [3, 4]
+    assert page(2, None, 10) == [1]
+    assert page(1, None, 10) == []
+    assert page(None, 2, 3) == [3, 4, 5]
+    assert page(None, 6, 10) == [7]
+    assert page(None, 7, 10) == []
+    [row] = store.history("dev", None, 0, 1)
+    assert (row.room, row.seq, row.time_ms, row.sender, row.kind, row.text) == (
+        "dev", 1, 101, "Alice", "text", "m1")
+    assert store.history("other", None, None, 10) == []
+
+
+# -- direct messages --------------------------------------------------------------------------
+
+
+def test_take_pending_dms_exactly_once(store: Store) -> None:
+    a = store.store_dm("Alice", "bob", "bob", "one", 10, delivered=False, max_pending=10)
+    store.store_dm("Alice", "bob", "bob", "live", 11, delivered=True, max_pending=10)
+    b = store.store_dm("Alice", "bob", "bob", "two", 12, delivered=False, max_pending=10)
+    store.store_dm("bob", "alice", "Alice", "for alice", 13, delivered=False, max_pending=10)
+    rows = store.take_pending_dms("bob")
+    assert [(r.id, r.text, r.sender, r.recipient, r.time_ms) for r in rows] == [
+        (a, "one", "Alice", "bob", 10), (b, "two", "Alice", "bob", 12)]
+    assert store.take_pending_dms("bob") == []
+    assert [r.text for r in store.take_pending_dms("alice")] == ["for alice"]
+    c = store.store_dm("Alice", "bob", "bob", "three", 14, delivered=False, max_pending=10)
+    assert [r.id for r in store.take_pending_dms("bob")] == [c]
+
+
+def test_store_dm_bound_keeps_newest(store: Store) -> None:
+    for i in range(6):
+        store.store_dm("Alice", "bob", "bob", f"d{i}", i, delivered=False, max_pending=4)
+    store.store_dm("Alice", "bob", "bob", "live", 9, delivered=True, max_pending=4)
+    store.store_dm("bob", "alice", "Alice", "other", 9, delivered=False, max_pending=4)
+    assert [r.text for r in store.take_pending_dms("bob")] == ["d2", "d3", "d4", "d5"]
+    assert [r.text for r in store.take_pending_dms("alice")] == ["other"]
+
+
+# -- failed writes ----------------------------------------------------------------------------
+
+
+def fill_disk(s: Store) -> None:
+    """Simulate a full disk: the database may not grow beyond its current pages."""
+    pages = s._db.execute("PRAGMA page_count").fetchone()[0]
+    s._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_failed_append_leaves_seq_and_rows_unchanged(store: Store) -> None:
+    assert store.append_message("dev", "Alice", "text", "kept", "", 1) == 1
+    fill_disk(store)
+    with pytest.raises(StorageError) as info:
+        store.append_message("dev", "Alice", "text", "x" * 50_000, "", 2)
+    assert info.value.status == Status.UNAVAILABLE
+    assert not store._db.in_transaction
+    assert store.get_room("dev").last_seq == 1
+    assert [r.text for r in store.history("dev", None, None, 10)] == ["kept"]
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    assert store.append_message("dev", "Alice", "text", "next", "", 3) == 2
+
+
+def test_failed_dm_store_leaves_nothing(store: Store) -> None:
+    fill_disk(store)
+    with pytest.raises(StorageError):
+        store.store_dm("Alice", "bob", "bob", "x" * 50_000, 1, delivered=False, max_pending=5)
+    assert count(store, "direct_messages") == 0
+
+
+def test_write_while_another_connection_holds_the_lock(store: Store) -> None:
+    store._db.execute("PRAGMA busy_timeout = 10")
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StorageError):
+            store.append_message("dev", "Alice", "text", "blocked", "", 1)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.get_room("dev").last_seq == 0
+    assert store.append_message("dev", "Alice", "text", "ok", "", 2) == 1
