@@ -288,7 +288,7 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.Logout(), p.Join(room="dev"), p.Part(room="lobby"), p.ListRooms(),
     p.Send(room="lobby", text="hi"), p.SendDirect(to="alice", text="hi"),
     p.FetchHistory(room="lobby"), p.Who(), p.SetPresence(presence="away"),
-    p.ListSessions(),
+    p.ListSessions(), p.SetTopic(room="lobby", topic="hi"),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -302,7 +302,7 @@ def test_requests_before_login_are_401(world: World, request_: p.Request) -> Non
 def test_every_session_needing_type_is_covered() -> None:
     needing = {t for t, cls in p.REQUEST_TYPES.items() if cls.NEEDS_SESSION}
     assert needing == {"LOGOUT", "JOIN", "PART", "ROOMS", "SEND", "DM", "HISTORY", "WHO",
-                       "SET_PRESENCE", "SESSIONS"}
+                       "SET_PRESENCE", "SESSIONS", "SET_TOPIC"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:
@@ -311,7 +311,7 @@ def test_info_and_ping_allowed_before_login(world: World) -> None:
     assert info == p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0_MS,
                                heartbeat_interval_ms=2000, heartbeat_timeout_ms=6000,
                                max_text_bytes=4000)
-    assert peer.must(p.Ping()) == p.Pong(time=T0_MS, rooms=())
+    assert peer.must(p.Ping()) == p.Pong(time=T0_MS, rooms=(), session="")
 
 
 # -- presence -------------------------------------------------------------------------------
@@ -688,14 +688,17 @@ def test_tick_at_most_once_per_interval(world: World) -> None:
 
 
 def test_pong_lists_rooms_with_last_seq(world: World) -> None:
-    alice = world.user("alice")
+    alice = world.peer()
+    assert alice.register("alice").ok
+    token = alice.must(p.Login(name="alice", password=PASSWORD)).session
     alice.must(p.Join(room="dev"))
     alice.must(p.Send(room="dev", text="a"))
     alice.must(p.Send(room="dev", text="b"))
     world.clock.jump(1)
     pong = alice.must(p.Ping())
     assert pong == p.Pong(time=world.clock.ms, rooms=(p.RoomState(room="dev", last_seq=2),
-                                                      p.RoomState(room="lobby", last_seq=0)))
+                                                      p.RoomState(room="lobby", last_seq=0)),
+                          session=token)
     alice.must(p.Part(room="dev"))
     assert alice.must(p.Ping()).rooms == (p.RoomState(room="lobby", last_seq=0),)
 
@@ -909,3 +912,159 @@ def test_restart_keeps_accounts_rooms_memberships_and_seqs(tmp_path: Path) -> No
     assert again.peer().register("ALICE").status == Status.CONFLICT
     assert [m.text for m in alice2.must(p.FetchHistory(room="dev")).messages] == [
         "m0", "m1", "m2", "after"]
+
+
+# -- room topics (SET_TOPIC, TOPIC event) ---------------------------------------------------
+
+
+def test_set_topic_commits_publishes_then_oks(world: World) -> None:
+    alice, bob = world.user("alice"), world.user("bob")
+    alice.must(p.Join(room="Dev"))
+    world.clock.jump(1)
+    out = alice.call(p.SetTopic(room="dev", topic="release: Friday | see a:b"))
+    assert out.reply == p.Ok()
+    assert out.events == [(b"room/dev/", p.TopicChanged(
+        room="Dev", topic="release: Friday | see a:b", by="alice", time=world.clock.ms))]
+    # The event is returned before the OK, and the row is committed before either.
+    kinds = [type(a).__name__ for a in out.actions]
+    assert kinds == ["ToTopic", "ToPeer"]
+    assert world.store.get_room("dev").topic == "release: Friday | see a:b"
+    assert world.core.topics["dev"] == "release: Friday | see a:b"
+    # JOIN (a new member), ROOMS, LOGIN and PONG all carry it.
+    joined = bob.must(p.Join(room="dev"))
+    assert joined.topic == "release: Friday | see a:b"
+    rooms = {r.room: r.topic for r in bob.must(p.ListRooms()).rooms}
+    assert rooms["Dev"] == "release: Friday | see a:b"
+    again = world.peer().login("alice").reply
+    assert {r.room: r.topic for r in again.rooms}["Dev"] == "release: Friday | see a:b"
+    pong = alice.must(p.Ping())
+    assert {r.room: r.topic for r in pong.rooms}["Dev"] == "release: Friday | see a:b"
+
+
+def test_set_topic_empty_clears_and_unchanged_publishes_nothing(world: World) -> None:
+    alice = world.user("alice")
+    alice.must(p.SetTopic(room="lobby", topic="welcome"))
+    same = alice.call(p.SetTopic(room="lobby", topic="welcome"))
+    assert same.reply == p.Ok() and same.events == []
+    cleared = alice.call(p.SetTopic(room="lobby", topic=""))
+    assert [(t, e.topic, e.by) for t, e in cleared.events] == [(b"room/lobby/", "", "alice")]
+    assert world.store.get_room("lobby").topic == ""
+    assert alice.must(p.Ping()).rooms == (p.RoomState(room="lobby", last_seq=0, topic=""),)
+
+
+def test_set_topic_members_only_and_unknown_room(world: World) -> None:
+    alice, bob = world.user("alice"), world.user("bob")
+    alice.must(p.Join(room="dev"))
+    out = bob.call(p.SetTopic(room="dev", topic="mine now"))
+    assert out.status == Status.FORBIDDEN and out.events == []
+    assert world.store.get_room("dev").topic == ""
+    assert bob.call(p.SetTopic(room="nowhere", topic="x")).status == Status.NOT_FOUND
+    assert bob.call(p.SetTopic(room="bad name", topic="x")).status == Status.INVALID
+    alice.must(p.Part(room="dev"))
+    assert alice.call(p.SetTopic(room="dev", topic="x")).status == Status.FORBIDDEN
+
+
+def test_set_topic_length_counts_characters(world: World) -> None:
+    alice = world.user("alice")
+    longest = "é" * p.MAX_TOPIC_CHARS  # 300 characters, 600 UTF-8 bytes
+    assert alice.call(p.SetTopic(room="lobby", topic=longest)).ok
+    out = alice.call(p.SetTopic(room="lobby", topic=longest + "!"))
+    assert out.status == Status.TOO_LARGE and out.events == []
+    assert world.store.get_room("lobby").topic == longest
+
+
+@pytest.mark.parametrize("topic", ["two\nlines", "cr\rhere", "tab\there", "esc \x1b[31m",
+                                   "bell\x07", "nel\x85", "ls\u2028here", "ps\u2029here"],
+                         ids=["newline", "cr", "tab", "escape", "bell", "nel", "u2028",
+                              "u2029"])
+def test_set_topic_refuses_control_characters_and_line_breaks(world: World,
+                                                              topic: str) -> None:
+    alice = world.user("alice")
+    out = alice.call(p.SetTopic(room="lobby", topic=topic))
+    assert out.status == Status.INVALID and out.events == []
+    assert world.store.get_room("lobby").topic == ""
+
+
+def test_set_topic_keeps_text_exactly(world: World) -> None:
+    alice = world.user("alice")
+    for topic in ("  padded  ", "   ", "ünïcödé 🎉 日本語", "a\u200db"):
+        out = alice.call(p.SetTopic(room="lobby", topic=topic))
+        assert out.ok, (topic, out.reply)
+        assert out.events[0][1].topic == topic
+        assert world.store.get_room("lobby").topic == topic
+
+
+def test_set_topic_storage_error_is_503_and_changes_nothing(world: World) -> None:
+    alice = world.user("alice")
+    alice.must(p.SetTopic(room="lobby", topic="old"))
+    fail_writes_to(world.store, "rooms", "UPDATE")
+    out = alice.call(p.SetTopic(room="lobby", topic="new"))
+    assert out.status == Status.UNAVAILABLE and out.events == []
+    world.store._db.execute("DROP TRIGGER fail_rooms")
+    assert world.core.topics["lobby"] == "old"
+    assert world.store.get_room("lobby").topic == "old"
+
+
+def test_topic_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "zchat.db"
+    world = World(Store(path))
+    world.user("alice").must(p.SetTopic(room="lobby", topic="kept"))
+    world.store.close()
+    again = World(Store(path))
+    assert again.core.topics["lobby"] == "kept"
+    login = again.peer().login("alice").reply
+    assert login.rooms == (p.RoomState(room="lobby", last_seq=0, topic="kept"),)
+
+
+# -- quit message (LOGOUT text) -------------------------------------------------------------
+
+
+def test_logout_text_is_carried_by_the_last_offline_event(world: World) -> None:
+    a1 = world.user("alice")
+    a2 = world.user("alice", register=False)
+    first = a1.call(p.Logout(text="not the last"))
+    assert first.reply == p.Ok() and first.events == []
+    last = a2.call(p.Logout(text="bye — back tomorrow"))
+    assert last.events == [(b"presence/alice/", p.PresenceChanged(
+        name="alice", presence="offline", time=T0_MS, text="bye — back tomorrow"))]
+
+
+def test_logout_after_away_without_text_clears_the_away_message(world: World) -> None:
+    alice = world.user("alice")
+    alice.must(p.SetPresence(presence="away", text="lunch"))
+    out = alice.call(p.Logout())
+    assert [(e.presence, e.text) for _t, e in out.events] == [("offline", "")]
+
+
+@pytest.mark.parametrize(("text", "status"), [
+    ("x" * (p.MAX_AWAY_TEXT_CHARS + 1), Status.TOO_LARGE),
+    ("esc \x1b[2J", Status.INVALID),
+    ("   ", Status.INVALID),
+], ids=["too-long", "control", "blank"])
+def test_refused_logout_text_ends_nothing(world: World, text: str, status: Status) -> None:
+    alice = world.user("alice")
+    out = alice.call(p.Logout(text=text))
+    assert out.status == status and out.events == []
+    assert world.core.accounts["alice"].presence == "online"
+    assert alice.call(p.Who()).ok  # still logged in
+    longest = alice.call(p.Logout(text="é" * p.MAX_AWAY_TEXT_CHARS))
+    assert longest.ok and longest.events[0][1].text == "é" * p.MAX_AWAY_TEXT_CHARS
+
+
+def test_eviction_offline_event_has_no_text(world: World) -> None:
+    alice = world.user("alice")
+    alice.must(p.SetPresence(presence="away", text="lunch"))
+    world.clock.jump(7)
+    events = [e for _t, e in world.tick() if isinstance(e, p.PresenceChanged)]
+    assert [(e.presence, e.text) for e in events] == [("offline", "")]
+
+
+def test_pong_session_tells_a_connection_whether_the_broker_knows_it(world: World) -> None:
+    peer = world.peer()
+    assert peer.register("alice").ok
+    assert peer.must(p.Ping()).session == ""
+    token = peer.must(p.Login(name="alice", password=PASSWORD)).session
+    assert token and peer.must(p.Ping()).session == token
+    world.clock.jump(7)
+    world.tick()  # evicted
+    assert peer.must(p.Ping()).session == ""

@@ -29,7 +29,7 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
     "INFO": [p.Info()],
     "REGISTER": [p.Register(name="Zoë", password="correct horse battery staple ✓")],
     "LOGIN": [p.Login(name="zoë", password="pässwörd")],
-    "LOGOUT": [p.Logout()],
+    "LOGOUT": [p.Logout(), p.Logout(text="bye — à demain 👋")],
     "JOIN": [p.Join(room="café")],
     "PART": [p.Part(room="日本語")],
     "ROOMS": [p.ListRooms()],
@@ -48,6 +48,8 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
                      p.SetPresence(presence="online", text="zurück gleich ☕")],
     "PING": [p.Ping()],
     "SESSIONS": [p.ListSessions()],
+    "SET_TOPIC": [p.SetTopic(room="café", topic="☕ only | see https://example.org/a:b"),
+                  p.SetTopic(room="dev", topic="")],
     "OK": [
         p.Ok(),
         p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0,
@@ -75,6 +77,8 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
                          p.UserPresence(name="李雷", presence="offline"))),
         p.Pong(time=T0),
         p.Pong(time=T0, rooms=(p.RoomState(room="café", last_seq=8, topic="☕"),)),
+        p.Pong(time=T0, rooms=(), session=""),
+        p.Pong(time=T0, rooms=(p.RoomState(room="dev", last_seq=1),), session="s-5f1e"),
         p.SessionList(sessions=(p.SessionInfo(name="Zoë", address="192.0.2.7",
                                               login_time=T0 - 60_000, last_seen=T0),)),
     ],
@@ -84,8 +88,11 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
     "JOINED": [p.UserJoined(room="café", name="Zoë", time=T0)],
     "LEFT": [p.UserLeft(room="café", name="李雷", time=T0)],
     "PRESENCE": [p.PresenceChanged(name="Zoë", presence="away", time=T0, text="brb"),
-                 p.PresenceChanged(name="Zoë", presence="offline", time=T0)],
+                 p.PresenceChanged(name="Zoë", presence="offline", time=T0),
+                 p.PresenceChanged(name="Zoë", presence="offline", time=T0, text="bye")],
     "TICK": [p.Tick(time=T0)],
+    "TOPIC": [p.TopicChanged(room="café", topic="☕ only", by="Zoë", time=T0),
+              p.TopicChanged(room="dev", topic="", by="李雷", time=T0)],
 }
 
 #: Every message class the codec handles, so that a new one must be added above.

@@ -183,3 +183,35 @@ def test_python_m_zchat_help_lists_the_commands(tmp_path: Path) -> None:
 def test_zchat_help_exits_zero(tmp_path: Path) -> None:
     result = ok(zchat(tmp_path, "--help"))
     assert result.stdout.startswith("usage: zchat")
+
+
+def test_tail_reconnects_after_a_broker_restart(tmp_path: Path) -> None:
+    broker, _lines = start_broker(tmp_path)
+    argv = broker.process.argv
+    restarted: Proc | None = None
+    tail: Proc | None = None
+    try:
+        register(tmp_path, broker, "alice", "bob")
+        server = ("--server", broker.router)
+        tail = Proc([*zchat_command(), "tail", *server, "--as", "bob", "--room", "dev",
+                     "--count", "2", "--json"], cli_env(tmp_path))
+        tail.wait_line("stderr", "following #dev as bob")
+        rc, _elapsed = stop_broker(broker)
+        assert rc == 0
+        tail.wait_line("stderr", "zchat: lost the broker; reconnecting in ", timeout_s=15)
+        restarted = Proc(argv, cli_env(tmp_path))  # same endpoints, same data directory
+        restarted.wait_line("stdout", "database", timeout_s=15)
+        ok(zchat(tmp_path, "say", *server, "--as", "alice", "--room", "dev", "during"))
+        tail.wait_line("stderr", "zchat: reconnected", timeout_s=15)
+        ok(zchat(tmp_path, "say", *server, "--as", "alice", "--room", "dev", "after"))
+        assert tail.wait(10) == 0, tail.stderr
+        assert [(m["seq"], m["text"]) for m in json_lines("\n".join(tail.stdout))] == \
+            [(1, "during"), (2, "after")]
+        assert "Traceback" not in "\n".join(tail.stderr)
+    finally:
+        if tail is not None:
+            tail.kill()
+        if restarted is not None and restarted.popen.poll() is None:
+            restarted.popen.send_signal(signal.SIGTERM)
+            assert restarted.wait(5) == 0
+        broker.process.kill()

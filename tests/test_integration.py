@@ -19,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
 from zchat.client import Client, ConnectionLost, Event
+from zchat.errors import RequestFailed
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 # -- helpers -----------------------------------------------------------------------------
@@ -315,6 +316,48 @@ def test_who_lists_room_members_and_online_accounts(harness: Harness) -> None:
                 [("alice", "online", ""), ("bob", "away", "brb")]
             lobby = await alice.who("lobby")
             assert ("carol", "offline") in [(u.name, u.presence) for u in lobby.users]
+
+    run(main())
+
+
+# -- room topics and quit messages ---------------------------------------------------------
+
+
+def test_topic_set_by_one_member_reaches_the_others(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("alice") as a, harness.client("bob") as b:
+            await a.join("dev")
+            await b.join("dev")
+            await a.set_topic("dev", "ship it — Friday")
+            assert a.topic("dev") == "ship it — Friday"
+            events = await collect(b, lambda e: isinstance(e, p.TopicChanged))
+            changed = events[-1]
+            assert isinstance(changed, p.TopicChanged)
+            assert (changed.room, changed.topic, changed.by) == ("dev", "ship it — Friday",
+                                                                 "alice")
+            assert b.topic("dev") == "ship it — Friday"
+            async with harness.client("carol") as c:
+                assert (await c.join("dev")).topic == "ship it — Friday"
+                assert c.topic("dev") == "ship it — Friday"
+                with pytest.raises(RequestFailed) as info:
+                    await c.set_topic("lobby", "line one\nline two")
+                assert info.value.status == 422
+                with pytest.raises(RequestFailed) as info:
+                    await c.set_topic("dev", "x" * (p.MAX_TOPIC_CHARS + 1))
+                assert info.value.status == 413
+
+    run(main())
+
+
+def test_quit_message_is_seen_in_the_offline_event(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("watcher") as w:
+            async with harness.client("alice") as a:
+                await collect(w, is_presence("alice", "online"))
+                await a.logout("gone fishing 🎣")
+            events = await collect(w, is_presence("alice", "offline"))
+            offline = events[-1]
+            assert isinstance(offline, p.PresenceChanged) and offline.text == "gone fishing 🎣"
 
     run(main())
 

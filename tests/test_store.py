@@ -259,3 +259,14 @@ def test_write_while_another_connection_holds_the_lock(store: Store) -> None:
         other.close()
     assert store.get_room("dev").last_seq == 0
     assert store.append_message("dev", "Alice", "text", "ok", "", 2) == 1
+
+
+def test_set_topic_and_unknown_room(store: Store) -> None:
+    store.set_topic("dev", "ünïcode topic")
+    assert store.get_room("dev").topic == "ünïcode topic"  # type: ignore[union-attr]
+    assert [r.topic for r in store.list_rooms()] == ["ünïcode topic"]
+    store.set_topic("dev", "")
+    assert store.get_room("dev").topic == ""  # type: ignore[union-attr]
+    with pytest.raises(ProtocolError) as info:
+        store.set_topic("nowhere", "x")
+    assert info.value.status == Status.NOT_FOUND

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +128,7 @@ class BrokerCore:
             p.ListRooms: self._list_rooms, p.Send: self._send, p.SendDirect: self._dm,
             p.FetchHistory: self._history, p.Who: self._who,
             p.SetPresence: self._set_presence, p.Ping: self._ping,
-            p.ListSessions: self._list_sessions,
+            p.ListSessions: self._list_sessions, p.SetTopic: self._set_topic,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -236,12 +237,15 @@ class BrokerCore:
         self.members.setdefault(room_key, set()).add(account_key)
         self.rooms_of.setdefault(account_key, set()).add(room_key)
 
-    def _presence_event(self, account: Account, key: str, now_ms: int) -> ToTopic:
+    def _presence_event(self, account: Account, key: str, now_ms: int,
+                        text: str | None = None) -> ToTopic:
         event = p.PresenceChanged(name=account.name, presence=account.presence, time=now_ms,
-                                  text=account.away_text)
+                                  text=account.away_text if text is None else text)
         return ToTopic(p.encode_event(p.presence_topic(key), event))
 
-    def _end_session(self, session: Session, now_ms: int) -> list[Action]:
+    def _end_session(self, session: Session, now_ms: int, quit_text: str = "") -> list[Action]:
+        """Forget ``session``; when it was the account's last, publish offline (carrying
+        ``quit_text``, LOGOUT's quit message) (docs/PROTOCOL.md §8)."""
         del self.sessions[session.routing_id]
         account = self.accounts[session.account_key]
         account.sessions.discard(session.routing_id)
@@ -249,7 +253,36 @@ class BrokerCore:
             return []
         account.presence = "offline"
         account.away_text = ""
-        return [self._presence_event(account, session.account_key, now_ms)]
+        return [self._presence_event(account, session.account_key, now_ms, quit_text)]
+
+    @staticmethod
+    def _check_away_text(text: str, what: str) -> str:
+        """An away or quit message: at most MAX_AWAY_TEXT_CHARS characters (413) and, when
+        not empty, the message text rules (422) (docs/PROTOCOL.md §12)."""
+        if len(text) > p.MAX_AWAY_TEXT_CHARS:
+            raise ProtocolError(Status.TOO_LARGE,
+                                f"{what} longer than {p.MAX_AWAY_TEXT_CHARS} characters")
+        if text:
+            validate_text(text, p.MAX_AWAY_TEXT_CHARS * 4)
+        return text
+
+    @staticmethod
+    def _check_topic(topic: str) -> str:
+        """A room topic: at most MAX_TOPIC_CHARS characters (413); may be empty; one line
+        with no control character at all, not even newline or tab (422)."""
+        if len(topic) > p.MAX_TOPIC_CHARS:
+            raise ProtocolError(Status.TOO_LARGE,
+                                f"topic longer than {p.MAX_TOPIC_CHARS} characters")
+        for ch in topic:
+            cat = unicodedata.category(ch)
+            if ch in "\r\n\u2028\u2029":
+                raise ProtocolError(Status.INVALID, "a topic is one line: no line breaks")
+            if cat == "Cc":
+                raise ProtocolError(Status.INVALID, "topic contains a control character "
+                                    f"(U+{ord(ch):04X})")
+            if cat == "Cs":
+                raise ProtocolError(Status.INVALID, "topic is not valid Unicode")
+        return topic
 
     def _start_job(self, job: _Job, work: Callable[[], Any]) -> list[Action]:
         if len(self._jobs) >= MAX_PENDING_JOBS:
@@ -349,8 +382,9 @@ class BrokerCore:
 
     def _logout(self, rid: bytes, req_id: bytes, req: p.Logout, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
+        text = self._check_away_text(req.text, "quit message")
         log.info("logout %s", session.name)
-        return [self._ok(rid, req_id, p.Ok()), *self._end_session(session, now_ms)]
+        return [self._ok(rid, req_id, p.Ok()), *self._end_session(session, now_ms, text)]
 
     def _join(self, rid: bytes, req_id: bytes, req: p.Join, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -458,12 +492,7 @@ class BrokerCore:
 
     def _set_presence(self, rid: bytes, req_id: bytes, req: p.SetPresence, session: Session,
                       now_s: float, now_ms: int, address: str) -> list[Action]:
-        text = req.text if req.presence == "away" else ""
-        if len(text) > p.MAX_AWAY_TEXT_CHARS:
-            raise ProtocolError(Status.TOO_LARGE,
-                                f"away text longer than {p.MAX_AWAY_TEXT_CHARS} characters")
-        if text:
-            validate_text(text, p.MAX_AWAY_TEXT_CHARS * 4)
+        text = self._check_away_text(req.text if req.presence == "away" else "", "away text")
         account = self.accounts[session.account_key]
         actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
         if (account.presence, account.away_text) != (req.presence, text):
@@ -475,11 +504,30 @@ class BrokerCore:
     def _ping(self, rid: bytes, req_id: bytes, req: p.Ping, session: Session | None,
               now_s: float, now_ms: int, address: str) -> list[Action]:
         if session is None:
-            return [self._ok(rid, req_id, p.Pong(time=now_ms))]
+            return [self._ok(rid, req_id, p.Pong(time=now_ms, session=""))]
         rooms = tuple(p.RoomState(room=self.rooms[k], last_seq=self.last_seq[k],
                                   topic=self.topics[k])
                       for k in sorted(self.rooms_of.get(session.account_key, ())))
-        return [self._ok(rid, req_id, p.Pong(time=now_ms, rooms=rooms))]
+        return [self._ok(rid, req_id, p.Pong(time=now_ms, rooms=rooms,
+                                             session=session.token))]
+
+    def _set_topic(self, rid: bytes, req_id: bytes, req: p.SetTopic, session: Session,
+                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        """SET_TOPIC (docs/PROTOCOL.md §6.22): any member may set it (moderation later).
+        Committed, then published on the room topic (only when it changed), then OK."""
+        key = self._room_key(req.room)
+        if session.account_key not in self.members[key]:
+            raise ProtocolError(Status.FORBIDDEN,
+                                f"you are not in {self.rooms[key]!r}; JOIN it first")
+        topic = self._check_topic(req.topic)
+        ok = self._ok(rid, req_id, p.Ok())
+        if self.topics.get(key) == topic:
+            return [ok]
+        self.store.set_topic(key, topic)
+        self.topics[key] = topic
+        log.info("topic of %s set by %s", self.rooms[key], session.name)
+        event = p.TopicChanged(room=self.rooms[key], topic=topic, by=session.name, time=now_ms)
+        return [ToTopic(p.encode_event(p.room_topic(key), event)), ok]
 
     def _list_sessions(self, rid: bytes, req_id: bytes, req: p.ListSessions, session: Session,
                        now_s: float, now_ms: int, address: str) -> list[Action]:

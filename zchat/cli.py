@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from zchat import __version__
 from zchat import protocol as p
-from zchat.client import Client, ConnectionLost
+from zchat.client import Client, ConnectionRestored, Reconnecting, SessionEnded
 from zchat.config import Config, data_dir, load_config, validate
 from zchat.errors import RequestFailed, ZchatError
 
@@ -73,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default tcp://127.0.0.1:5556)")
     b.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="logging level (default info; message bodies only at debug)")
+
+    j = sub.add_parser("join", help="open the chat console",
+                       description="Open the full-screen chat console as NAME: rooms, "
+                                   "direct messages and people side by side. Offers to "
+                                   "create the account when it does not exist. Keys and "
+                                   "commands: /help inside, or docs/console.md.")
+    client_opts(j, needs_as=False)
+    j.add_argument("name", metavar="NAME")
+    j.add_argument("--no-mouse", action="store_true",
+                   help="leave the mouse to the terminal (text selection) instead of "
+                        "scrolling with the wheel")
 
     r = sub.add_parser("register", help="create an account",
                        description="Create an account (it starts in the lobby room).")
@@ -196,9 +207,13 @@ def _emit(out: TextIO, msg: p.MessagePosted | p.DirectMessage, as_json: bool) ->
 
 
 async def _session(config: Config, user: str | None,
-                   body: Callable[[Client], Awaitable[int]]) -> int:
-    """Connect, log in as ``user`` (when given), run ``body``, log out, close."""
-    async with Client(config.client.server, timeout_s=config.client.timeout_s) as client:
+                   body: Callable[[Client], Awaitable[int]], reconnect: bool = False) -> int:
+    """Connect, log in as ``user`` (when given), run ``body``, log out, close. With
+    ``reconnect``, the client logs in again by itself after losing the broker, waiting at
+    most ``[client] reconnect_max_s`` between attempts."""
+    async with Client(config.client.server, timeout_s=config.client.timeout_s,
+                      reconnect=reconnect,
+                      reconnect_max_s=config.client.reconnect_max_s) as client:
         if user is None:
             return await body(client)
         await client.login(user, _password())
@@ -325,8 +340,13 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         print(f"following #{args.room} as {client.name}", file=sys.stderr, flush=True)
         printed = 0
         async for event in client.events():
-            if isinstance(event, ConnectionLost):
-                raise CliError(f"lost the broker (nothing heard for {event.silent_s:.0f} s)")
+            if isinstance(event, Reconnecting):
+                print(f"zchat: lost the broker; reconnecting in {event.delay_s:.1f} s",
+                      file=sys.stderr, flush=True)
+            elif isinstance(event, ConnectionRestored):
+                print("zchat: reconnected", file=sys.stderr, flush=True)
+            elif isinstance(event, SessionEnded):
+                raise CliError(event.reason)
             if isinstance(event, p.MessagePosted | p.DirectMessage):
                 if isinstance(event, p.MessagePosted) and \
                         event.room.casefold() != args.room.casefold():
@@ -337,7 +357,7 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
                     return 0
         return 0
 
-    return asyncio.run(_session(config, args.user, body))
+    return asyncio.run(_session(config, args.user, body, reconnect=True))
 
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
@@ -368,8 +388,38 @@ def cmd_who(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_session(config, args.user, body))
 
 
+def cmd_join(args: argparse.Namespace, config: Config) -> int:
+    from prompt_toolkit import PromptSession
+
+    from zchat.console.app import ChatConsole, login_flow
+
+    async def run() -> int:
+        client = Client(config.client.server, timeout_s=config.client.timeout_s,
+                        reconnect=True, reconnect_max_s=config.client.reconnect_max_s)
+        try:
+            await client.connect()
+            session: PromptSession[str] = PromptSession()
+
+            async def ask(prompt: str, secret: bool) -> str:
+                try:
+                    return await session.prompt_async(prompt, is_password=secret)
+                except EOFError:
+                    raise CliError("cancelled") from None
+
+            logged_in = await login_flow(client, args.name, ask,
+                                         os.environ.get(PASSWORD_ENV) or None, print)
+            console = ChatConsole(client, logged_in, mouse=not args.no_mouse,
+                                  paste_confirm_lines=config.client.paste_confirm_lines)
+            await console.run()
+            return 0
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
+    "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
     "tail": cmd_tail, "history": cmd_history, "who": cmd_who,
 }
 

@@ -10,28 +10,48 @@ messages are delivered, so the application sees each room's messages once and in
 The PONG of every heartbeat carries the rooms' last sequence numbers, so a message lost on
 PUB (late subscription, high-water mark) is noticed within one heartbeat interval.
 
+Reconnecting (``reconnect=True``, docs/PROTOCOL.md §10): once logged in, a client that
+hears nothing from the broker for its heartbeat timeout, whose heartbeat PING fails with
+nothing else heard meanwhile, or whose PING shows that the broker no longer knows its
+session (a restarted broker), emits ``ConnectionLost`` once and
+then tries again with exponential back-off (``backoff_delay``), emitting ``Reconnecting``
+before each wait. Each attempt opens new sockets, sends INFO and LOGIN with the credentials
+kept in this object's memory, resubscribes and fills every followed room from HISTORY,
+then emits ``ConnectionRestored``. A refused LOGIN (password changed) ends it with a
+terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
+
 Errors: every request raises RequestFailed(status, reason) when the broker answers ERROR,
-and ConnectionFailed when it does not answer within ``timeout_s``.
+and ConnectionFailed when it does not answer within ``timeout_s`` (or the client is
+reconnecting, or its session ended).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
 
 from zchat import protocol as p
-from zchat.errors import ConnectionFailed, LocalProtocolError, ProtocolError, RequestFailed
+from zchat.errors import (
+    ConnectionFailed,
+    LocalProtocolError,
+    ProtocolError,
+    RequestFailed,
+    Status,
+    ZchatError,
+)
 from zchat.names import name_key
 
 log = logging.getLogger("zchat.client")
@@ -42,23 +62,64 @@ T = TypeVar("T")
 #: SUB-side queue bound in messages. Generous because a gap is repaired from history
 #: anyway; it bounds memory when the application stops reading.
 SUB_RCVHWM = 100_000
+#: First reconnect delay in seconds; each further attempt doubles it up to the ceiling.
+RECONNECT_FIRST_S = 0.5
+#: Each delay is scaled by a random factor within ±10 %, so that many clients cut off by
+#: one broker restart do not all come back in the same instant.
+RECONNECT_JITTER = 0.1
+
+ConnState = Literal["connected", "reconnecting", "closed"]
+
+#: True while the reconnect machinery itself talks to the broker (INFO, LOGIN, HISTORY):
+#: those requests pass while the application's fail fast.
+_INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("zchat_internal",
+                                                                  default=False)
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLost:
     """Client-side event: nothing heard from the broker for ``silent_s`` seconds (more than
-    its heartbeat timeout)."""
+    its heartbeat timeout; with ``reconnect=True`` also a failed heartbeat PING, or a
+    broker that no longer knows this client's session)."""
 
     silent_s: float
 
 
 @dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """Client-side event: reconnect attempt ``attempt`` (1, 2, …) starts in ``delay_s``
+    seconds."""
+
+    attempt: int
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionRestored:
-    """Client-side event: the broker is heard again after a ConnectionLost."""
+    """Client-side event: the broker is heard again after a ConnectionLost (with
+    ``reconnect=True``: logged in again, resubscribed, and every followed room's missed
+    messages delivered before this event)."""
 
 
-Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.DirectMessage
-         | ConnectionLost | ConnectionRestored)
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """Client-side event, terminal: the client cannot log in again (``reason``, e.g. the
+    password changed). No events follow; requests raise ConnectionFailed."""
+
+    reason: str
+
+
+Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
+         | p.DirectMessage | ConnectionLost | Reconnecting | ConnectionRestored
+         | SessionEnded)
+
+
+def backoff_delay(attempt: int, max_s: float, jitter: float = 0.0) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (1, 2, …): 0.5, 1, 2, 4, …
+    capped at ``max_s``, scaled by ``1 + jitter`` (``jitter`` within ±RECONNECT_JITTER)
+    and never above ``max_s``."""
+    base = RECONNECT_FIRST_S * 2.0 ** min(max(attempt, 1) - 1, 40)
+    return min(max_s, min(max_s, base) * (1.0 + jitter))
 
 
 @dataclass(slots=True)
@@ -111,6 +172,11 @@ class _State:
     session: str | None = None
     rooms: dict[str, RoomTracker] = field(default_factory=dict)
     room_names: dict[str, str] = field(default_factory=dict)
+    topics: dict[str, str] = field(default_factory=dict)
+
+
+class _LoginRefused(Exception):
+    """The broker refused the kept credentials at re-login: reconnecting cannot succeed."""
 
 
 class Client:
@@ -118,12 +184,22 @@ class Client:
 
     ``server`` is the broker's ROUTER endpoint (``tcp://host:5555``, ``inproc://…``).
     ``timeout_s`` bounds every request. Incoming traffic is read with ``events()``.
+    With ``reconnect=True``, a client that has logged in keeps its credentials in memory
+    and reconnects by itself after losing the broker, waiting at most ``reconnect_max_s``
+    between attempts (see the module docstring). ``state`` is "connected",
+    "reconnecting" or "closed" (also before ``connect()``); ``rtt_s`` the last heartbeat
+    round trip in seconds (None before the first).
     """
 
     def __init__(self, server: str, *, context: zmq.Context[Any] | None = None,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, reconnect: bool = False,
+                 reconnect_max_s: float = 30.0) -> None:
+        if reconnect_max_s <= 0:
+            raise ValueError("reconnect_max_s must be > 0")
         self.server = server
         self.timeout_s = timeout_s
+        self.reconnect = reconnect
+        self.reconnect_max_s = reconnect_max_s
         self.context = _async_context(context)
         self.info: p.InfoReply | None = None
         self.rtt_s: float | None = None
@@ -135,11 +211,20 @@ class Client:
         self._pending: dict[bytes, asyncio.Future[p.Message]] = {}
         self._reply_types: dict[bytes, type[p.Reply]] = {}
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._io_tasks: list[asyncio.Task[None]] = []     # socket readers, per connection
+        self._supervisor: asyncio.Task[None] | None = None  # heartbeats and reconnecting
+        self._wake = asyncio.Event()
         self._room_locks: dict[str, asyncio.Lock] = {}
         # Topics subscribed on the SUB: libzmq counts SUBSCRIBEs per topic, so subscribing
         # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
+        # A new SUB (reconnect) subscribes to all of them again.
         self._topics: set[bytes] = set()
+        self._credentials: tuple[str, str] | None = None  # reconnect=True, after login
+        self._mode: ConnState = "closed"
+        self._restoring = False        # in the reconnect loop: application requests fail
+        self._session_gone = False     # a PONG or a 401 showed the broker forgot us
+        self._ended: str | None = None  # SessionEnded's reason
+        self._rng = random.Random()
         self._last_heard = time.monotonic()
         self._lost = False
         self._closed = False
@@ -152,6 +237,12 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def state(self) -> ConnState:
+        """"connected"; "reconnecting" from ConnectionLost to ConnectionRestored; "closed"
+        before ``connect()``, after ``close()`` and after SessionEnded."""
+        return self._mode
 
     @property
     def name(self) -> str | None:
@@ -168,55 +259,113 @@ class Client:
         tracker = self._state.rooms.get(name_key(room))
         return tracker.last_seq if tracker else 0
 
+    def topic(self, room: str) -> str:
+        """The last known topic of ``room`` ("" if none or unknown): from LOGIN, JOIN, the
+        heartbeat's PONG and TOPIC events."""
+        return self._state.topics.get(name_key(room), "")
+
     async def connect(self) -> p.InfoReply:
         """Connect both sockets and fetch INFO. Raises ConnectionFailed when the broker does
-        not answer within ``timeout_s``."""
+        not answer within ``timeout_s`` (the sockets are then closed again)."""
+        if self._closed:
+            raise LocalProtocolError("client is closed")
+        try:
+            info = await self._open()
+        except BaseException:
+            await self._close_sockets("connect failed")
+            raise
+        self._mode = "connected"
+        self.connected = True
+        self._last_heard = time.monotonic()
+        self._supervisor = asyncio.create_task(self._supervise(), name="zchat-heartbeat")
+        return info
+
+    async def close(self) -> None:
+        """Stop background tasks (a reconnect in progress too) and close sockets (LINGER
+        0). Idempotent. Does not LOGOUT: call ``logout()`` first for a clean offline
+        event. Forgets the kept credentials."""
+        if self._closed:
+            return
+        self._closed = True
+        self._credentials = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not asyncio.current_task():
+            supervisor.cancel()
+            await asyncio.wait([supervisor])
+        await self._close_sockets("client closed")
+        self._restoring = False
+        self._mode = "closed"
+        self.connected = False
+        self._events.put_nowait(None)
+
+    async def _open(self) -> p.InfoReply:
+        """New DEALER and SUB (after INFO told the PUB endpoint), their readers started,
+        every kept topic subscribed."""
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer = dealer  # set at once, so that close() always finds it
         dealer.connect(self.server)
-        self._dealer = dealer
-        self._tasks.append(asyncio.create_task(self._read_dealer(), name="zchat-dealer"))
-        info = await self.request(p.Info())
+        self._spawn(self._read_dealer(dealer), "zchat-dealer")
+        info: p.InfoReply = await self.request(p.Info())
         self.info = info
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+        self._sub = sub
         sub.connect(pub_endpoint_for(self.server, info.pub))
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_TICK)
-        self._sub = sub
-        self.connected = True
-        self._tasks.append(asyncio.create_task(self._read_sub(), name="zchat-sub"))
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="zchat-heartbeat"))
+        for topic in sorted(self._topics):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self._spawn(self._read_sub(sub), "zchat-sub")
         return info
 
-    async def close(self) -> None:
-        """Stop background tasks and close sockets (LINGER 0). Idempotent. Does not LOGOUT:
-        call ``logout()`` first for a clean offline event."""
-        if self._closed:
-            return
-        self._closed = True
-        for task in self._tasks:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        # A fresh context: a reader started by the reconnect machinery must not inherit
+        # its permission to talk while reconnecting.
+        self._io_tasks.append(asyncio.create_task(coro, name=name,
+                                                  context=contextvars.Context()))
+
+    async def _close_sockets(self, reason: str) -> None:
+        """Stop the socket readers, fail every pending request with ConnectionFailed, and
+        close both sockets with LINGER 0. Subscriptions are kept in ``_topics``."""
+        tasks = list(self._io_tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks)  # raises only if we are cancelled ourselves
+        self._io_tasks = [t for t in self._io_tasks if t not in tasks]
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(ConnectionFailed("client closed"))
-        for sock in (self._dealer, self._sub):
+                fut.set_exception(ConnectionFailed(reason))
+        dealer, sub, self._dealer, self._sub = self._dealer, self._sub, None, None
+        for sock in (dealer, sub):
             if sock is not None:
                 sock.close(linger=0)
-        self._events.put_nowait(None)
 
     # -- requests --------------------------------------------------------------------------
+
+    def _check_usable(self) -> zmq.asyncio.Socket:
+        """The DEALER to send on. Raises ConnectionFailed while reconnecting or after the
+        session ended, LocalProtocolError when not connected or closed."""
+        if self._ended is not None:
+            raise ConnectionFailed(f"the session ended: {self._ended}")
+        if self._closed:
+            raise LocalProtocolError("client is closed")
+        if self._restoring and not _INTERNAL.get():
+            raise ConnectionFailed(f"lost the broker at {self.server}; reconnecting")
+        if self._dealer is None:
+            if self._restoring:
+                raise ConnectionFailed(f"lost the broker at {self.server}; reconnecting")
+            raise LocalProtocolError("client is not connected")
+        return self._dealer
 
     async def request(self, req: p.Request, timeout_s: float | None = None) -> Any:
         """Send one request and return its OK reply value.
 
-        Raises RequestFailed on ERROR, ConnectionFailed on no answer in time.
+        Raises RequestFailed on ERROR; ConnectionFailed on no answer in time, at once while
+        reconnecting, or after SessionEnded.
         """
-        if self._dealer is None or self._closed:
-            raise LocalProtocolError("client is not connected")
+        dealer = self._check_usable()
         request_id = str(next(self._ids)).encode()
         fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
@@ -227,7 +376,7 @@ class Client:
                 # The send is inside the deadline too: a DEALER with no connected peer
                 # (an inproc broker that closed) blocks on send instead of queueing.
                 async with asyncio.timeout(wait):
-                    await self._dealer.send_multipart(p.encode_request(request_id, req))
+                    await dealer.send_multipart(p.encode_request(request_id, req))
                     reply = await fut
             except TimeoutError:
                 raise ConnectionFailed(f"no answer from the broker at {self.server} within "
@@ -236,6 +385,9 @@ class Client:
             self._pending.pop(request_id, None)
             self._reply_types.pop(request_id, None)
         if isinstance(reply, p.Error):
+            if (reply.status == Status.UNAUTHORIZED and req.NEEDS_SESSION
+                    and self._credentials is not None and not _INTERNAL.get()):
+                self._session_lost("a request was refused with 401")
             raise RequestFailed(reply.status, reply.reason, reply.retry_after_ms)
         return reply
 
@@ -247,32 +399,38 @@ class Client:
 
     async def login(self, name: str, password: str) -> p.LoggedIn:
         """Log in; subscribes to the account's rooms and presence, queues stored direct
-        messages as events (oldest first). Raises RequestFailed 404 (no such account) or
-        401 (wrong password)."""
+        messages as events (oldest first). With ``reconnect=True`` the credentials are kept
+        in memory for logging in again after a reconnect. Raises RequestFailed 404 (no such
+        account) or 401 (wrong password)."""
         reply: p.LoggedIn = await self.request(p.Login(name=name, password=password))
         self._state.name = reply.name
         self._state.session = reply.session
-        assert self._sub is not None
+        if self.reconnect:
+            self._credentials = (name, password)
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
         for room in reply.rooms:
-            self._follow(room.room, room.last_seq)
+            self._follow(room.room, room.last_seq, room.topic)
         for dm in reply.pending:
             self._events.put_nowait(dm)
         return reply
 
-    async def logout(self) -> None:
-        await self.request(p.Logout())
+    async def logout(self, text: str = "") -> None:
+        """End the session; ``text`` is a quit message (at most MAX_AWAY_TEXT_CHARS) shown
+        in the offline PRESENCE event when this was the account's last session."""
+        self._credentials = None
+        await self.request(p.Logout(text=text))
         self._state = _State()
 
     async def join(self, room: str) -> p.RoomJoined:
         """Join (creating if needed) and follow ``room`` from its current last message."""
+        self._check_usable()
         key = name_key(room)
-        assert self._sub is not None
         self._subscribe(p.room_topic(key))  # before JOIN: no seam gap
         reply: p.RoomJoined = await self.request(p.Join(room=room))
         tracker = self._state.rooms.get(key)
         if tracker is None or not tracker.wanted:
-            self._follow(reply.room, reply.last_seq)
+            self._follow(reply.room, reply.last_seq, reply.topic)
+        self._state.topics[key] = reply.topic
         return reply
 
     async def part(self, room: str) -> None:
@@ -281,9 +439,13 @@ class Client:
         tracker = self._state.rooms.get(key)
         if tracker is not None:
             tracker.wanted = False
-        if self._sub is not None and p.room_topic(key) in self._topics:
-            self._topics.discard(p.room_topic(key))
-            self._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(key))
+        self._unsubscribe(p.room_topic(key))
+
+    async def set_topic(self, room: str, topic: str) -> None:
+        """Set ``room``'s topic ("" clears it); members only. Raises RequestFailed 403 (not
+        a member), 413 (over MAX_TOPIC_CHARS), 422 (a control character or line break)."""
+        await self.request(p.SetTopic(room=room, topic=topic))
+        self._state.topics[name_key(room)] = topic
 
     async def list_rooms(self) -> p.RoomList:
         reply: p.RoomList = await self.request(p.ListRooms())
@@ -314,14 +476,23 @@ class Client:
         await self.request(p.SetPresence(presence=presence, text=text))  # type: ignore[arg-type]
 
     async def ping(self, timeout_s: float | None = None) -> p.Pong:
-        """One heartbeat round trip; updates ``rtt_s`` and repairs room gaps it reveals."""
+        """One heartbeat round trip; updates ``rtt_s`` and the rooms' topics, repairs room
+        gaps it reveals, and notices when the broker no longer knows this session."""
+        sent_with = self._state.session
         start = time.monotonic()
         pong: p.Pong = await self.request(p.Ping(), timeout_s)
         self.rtt_s = time.monotonic() - start
+        if (sent_with is not None and sent_with == self._state.session
+                and pong.session is not None and pong.session != sent_with):
+            self._session_lost("the broker no longer knows this session")
+            return pong
         for room in pong.rooms:
-            tracker = self._state.rooms.get(name_key(room.room))
-            if tracker is not None and tracker.wanted and room.last_seq > tracker.last_seq:
-                await self._backfill(name_key(room.room), room.last_seq)
+            key = name_key(room.room)
+            tracker = self._state.rooms.get(key)
+            if tracker is not None and tracker.wanted:
+                self._state.topics[key] = room.topic
+                if room.last_seq > tracker.last_seq:
+                    await self._backfill(key, room.last_seq)
         return pong
 
     async def sessions(self) -> p.SessionList:
@@ -332,7 +503,7 @@ class Client:
 
     async def events(self) -> AsyncIterator[Event]:
         """Incoming events in arrival order, room messages once each and in sequence order;
-        ends when the client is closed."""
+        ends when the client is closed or after SessionEnded."""
         while True:
             event = await self._events.get()
             if event is None:
@@ -350,30 +521,44 @@ class Client:
             self._events.put_nowait(None)
         return event
 
-    def _follow(self, room: str, last_seq: int) -> None:
+    def _follow(self, room: str, last_seq: int, topic: str = "") -> None:
         key = name_key(room)
         self._state.rooms[key] = RoomTracker(last_seq)
         self._state.room_names[key] = room
-        if self._sub is not None:
-            self._subscribe(p.room_topic(key))
+        self._state.topics[key] = topic
+        self._subscribe(p.room_topic(key))
 
     def _subscribe(self, topic: bytes) -> None:
-        """SUBSCRIBE ``topic`` on the SUB unless it already is (once per topic)."""
-        assert self._sub is not None
+        """SUBSCRIBE ``topic`` on the SUB unless it already is (once per topic); kept for
+        the SUB of the next reconnect too."""
         if topic not in self._topics:
             self._topics.add(topic)
-            self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+            if self._sub is not None:
+                self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def _unsubscribe(self, topic: bytes) -> None:
+        if topic in self._topics:
+            self._topics.discard(topic)
+            if self._sub is not None:
+                self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
 
     def _heard(self) -> None:
         self._last_heard = time.monotonic()
-        if self._lost:
+        if self._lost and not self._restoring:  # reconnect=False: the transport came back
             self._lost = False
+            self.connected = True
+            self._mode = "connected"
             self._events.put_nowait(ConnectionRestored())
 
-    async def _read_dealer(self) -> None:
-        assert self._dealer is not None
+    def _session_lost(self, why: str) -> None:
+        if self._credentials is not None and not self._session_gone:
+            log.info("%s; logging in again", why)
+            self._session_gone = True
+            self._wake.set()
+
+    async def _read_dealer(self, dealer: zmq.asyncio.Socket) -> None:
         while True:
-            frames = await self._dealer.recv_multipart()
+            frames = await dealer.recv_multipart()
             self._heard()
             try:
                 request_id, value = p.decode_from_broker(frames, self._reply_types)
@@ -387,26 +572,32 @@ class Client:
             elif isinstance(value, p.DirectMessage):
                 self._events.put_nowait(value)
 
-    async def _read_sub(self) -> None:
-        assert self._sub is not None
+    async def _read_sub(self, sub: zmq.asyncio.Socket) -> None:
         while True:
-            frames = await self._sub.recv_multipart()
+            frames = await sub.recv_multipart()
             self._heard()
             try:
                 event = p.decode_event(frames)
             except ProtocolError as exc:
                 log.warning("ignored a malformed event: %s", exc)
                 continue
-            if isinstance(event, p.Tick):
-                continue
-            if isinstance(event, p.MessagePosted):
-                await self._on_room_message(event)
-            elif isinstance(event, p.UserJoined | p.UserLeft):
-                tracker = self._state.rooms.get(name_key(event.room))
-                if tracker is not None and tracker.wanted:
-                    self._events.put_nowait(event)
-            elif isinstance(event, p.PresenceChanged):
+            try:
+                await self._on_event(event)
+            except ZchatError as exc:  # a gap's HISTORY failed: the next PONG repairs it
+                log.warning("could not fill a gap now: %s", exc)
+
+    async def _on_event(self, event: p.Message) -> None:
+        if isinstance(event, p.MessagePosted):
+            await self._on_room_message(event)
+        elif isinstance(event, p.UserJoined | p.UserLeft | p.TopicChanged):
+            key = name_key(event.room)
+            tracker = self._state.rooms.get(key)
+            if tracker is not None and tracker.wanted:
+                if isinstance(event, p.TopicChanged):
+                    self._state.topics[key] = event.topic
                 self._events.put_nowait(event)
+        elif isinstance(event, p.PresenceChanged):
+            self._events.put_nowait(event)
 
     async def _on_room_message(self, msg: p.MessagePosted) -> None:
         key = name_key(msg.room)
@@ -438,24 +629,136 @@ class Client:
                         tracker.delivered(msg.seq)
                         self._events.put_nowait(msg)
 
-    async def _heartbeat(self) -> None:
-        assert self.info is not None
-        interval = self.info.heartbeat_interval_ms / 1000
-        timeout = self.info.heartbeat_timeout_ms / 1000
+    # -- heartbeats and reconnecting ---------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """PING every heartbeat interval; notice a silent broker (ConnectionLost) and, with
+        ``reconnect`` after a login, reconnect (docs/PROTOCOL.md §10)."""
         while True:
-            await asyncio.sleep(interval)
+            assert self.info is not None
+            interval = self.info.heartbeat_interval_ms / 1000
+            timeout = self.info.heartbeat_timeout_ms / 1000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
             silent = time.monotonic() - self._last_heard
+            if self._credentials is not None and (silent > timeout or self._session_gone):
+                if not await self._reconnect(silent):
+                    return  # SessionEnded
+                continue
             if silent > timeout and not self._lost:
                 self._lost = True
                 self.connected = False
+                self._mode = "reconnecting"
                 self._events.put_nowait(ConnectionLost(silent))
+            sent_s = time.monotonic()
             try:
                 # Bounded by the interval, so that silence is checked every interval even
                 # while the broker is gone (ConnectionLost within timeout + interval).
                 await self.ping(timeout_s=interval)
-                self.connected = True
             except (ConnectionFailed, RequestFailed) as exc:
                 log.debug("heartbeat failed: %s", exc)
+                if self._credentials is not None and self._last_heard < sent_s:
+                    # A failed PING with nothing else heard meanwhile (no TICK either):
+                    # the broker is gone; reconnect without waiting out the timeout.
+                    if not await self._reconnect(time.monotonic() - self._last_heard):
+                        return
+                elif time.monotonic() - self._last_heard > timeout:
+                    self._wake.set()  # check at once rather than after another interval
+
+    async def _reconnect(self, silent_s: float) -> bool:
+        """Emit ConnectionLost, then attempt with back-off until logged in again (True) or
+        the credentials are refused (SessionEnded, False). Cancelled by close()."""
+        self._restoring = True
+        self._lost = True
+        self.connected = False
+        self._mode = "reconnecting"
+        self._session_gone = False
+        self._events.put_nowait(ConnectionLost(silent_s))
+        log.warning("lost the broker at %s (silent %.1f s); reconnecting", self.server,
+                    silent_s)
+        await self._close_sockets("lost the broker; reconnecting")
+        for attempt in itertools.count(1):
+            delay = backoff_delay(attempt, self.reconnect_max_s,
+                                  self._rng.uniform(-RECONNECT_JITTER, RECONNECT_JITTER))
+            self._events.put_nowait(Reconnecting(attempt, delay))
+            await asyncio.sleep(delay)
+            token = _INTERNAL.set(True)
+            try:
+                await self._restore()
+            except _LoginRefused as exc:
+                await self._close_sockets("session ended")
+                self._end(str(exc))
+                return False
+            except (ZchatError, zmq.ZMQError) as exc:
+                log.info("reconnect attempt %d failed: %s", attempt, exc)
+                await self._close_sockets("reconnect attempt failed")
+                continue
+            finally:
+                _INTERNAL.reset(token)
+            break
+        self._restoring = False
+        self._lost = False
+        self.connected = True
+        self._mode = "connected"
+        self._last_heard = time.monotonic()
+        self._events.put_nowait(ConnectionRestored())
+        log.warning("reconnected to %s", self.server)
+        return True
+
+    async def _restore(self) -> None:
+        """One reconnect attempt: new sockets, INFO, LOGIN with the kept credentials,
+        resubscribe (done by _open and _follow), then fill every followed room from its
+        tracker's last sequence number up to the room's last_seq (docs/PROTOCOL.md §7).
+        Raises _LoginRefused when the credentials are refused."""
+        await self._close_sockets("reconnecting")
+        await self._open()
+        assert self._credentials is not None
+        name, password = self._credentials
+        try:
+            reply: p.LoggedIn = await self.request(p.Login(name=name, password=password))
+        except RequestFailed as exc:
+            if exc.status in (Status.UNAUTHORIZED, Status.FORBIDDEN, Status.NOT_FOUND):
+                raise _LoginRefused(f"the broker refused to log in {name} again: "
+                                    f"{exc}") from None
+            raise
+        self._state.name = reply.name
+        self._state.session = reply.session
+        self._subscribe(p.TOPIC_PRESENCE_PREFIX)
+        upto: dict[str, int] = {}
+        for room in reply.rooms:
+            key = name_key(room.room)
+            tracker = self._state.rooms.get(key)
+            if tracker is None or not tracker.wanted:  # joined elsewhere meanwhile
+                self._follow(room.room, room.last_seq, room.topic)
+                continue
+            self._state.topics[key] = room.topic
+            if room.last_seq < tracker.last_seq:
+                log.warning("room %s is at #%d on the broker, behind #%d seen here; "
+                            "following it from there", room.room, room.last_seq,
+                            tracker.last_seq)
+                tracker.last_seq = room.last_seq
+            upto[key] = room.last_seq
+        listed = {name_key(r.room) for r in reply.rooms}
+        for key, tracker in self._state.rooms.items():
+            if tracker.wanted and key not in listed:
+                tracker.wanted = False  # parted elsewhere meanwhile
+                self._unsubscribe(p.room_topic(key))
+        for dm in reply.pending:
+            self._events.put_nowait(dm)
+        for key, last in upto.items():
+            await self._backfill(key, last)
+
+    def _end(self, reason: str) -> None:
+        """Terminal: SessionEnded, then the end of the event stream."""
+        log.warning("session ended: %s", reason)
+        self._ended = reason
+        self._credentials = None
+        self._restoring = False
+        self._mode = "closed"
+        self.connected = False
+        self._events.put_nowait(SessionEnded(reason))
+        self._events.put_nowait(None)
 
 
 class SyncClient:
@@ -467,7 +770,8 @@ class SyncClient:
     """
 
     def __init__(self, server: str, *, context: zmq.Context[Any] | None = None,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, reconnect: bool = False,
+                 reconnect_max_s: float = 30.0) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="zchat-client",
                                         daemon=True)
@@ -475,7 +779,8 @@ class SyncClient:
         self._timeout_s = timeout_s
 
         async def make() -> Client:
-            return Client(server, context=context, timeout_s=timeout_s)
+            return Client(server, context=context, timeout_s=timeout_s, reconnect=reconnect,
+                          reconnect_max_s=reconnect_max_s)
 
         self.client = self._run(make())
         try:

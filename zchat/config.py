@@ -123,11 +123,13 @@ class ClientConfig:
     - ``server``: the broker's ROUTER endpoint to connect to.
     - ``timeout_s``: seconds to wait for a reply before the broker counts as gone (> 0).
     - ``reconnect_max_s``: ceiling, in seconds, of the reconnect back-off (> 0).
+    - ``paste_confirm_lines``: the console asks before sending a paste of more lines (>= 1).
     """
 
     server: str = "tcp://127.0.0.1:5555"
     timeout_s: float = 5.0
     reconnect_max_s: float = 30.0
+    paste_confirm_lines: int = 5
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,8 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     for key in ("timeout_s", "reconnect_max_s"):
         if getattr(c, key) <= 0:
             fail("client", key, f"must be > 0, got {getattr(c, key)}")
+    if c.paste_confirm_lines < 1:
+        fail("client", "paste_confirm_lines", f"must be >= 1, got {c.paste_confirm_lines}")
 
 
 def _coerce(value: Any, hint: Any, *, path: Path | str | None, table: str, key: str) -> Any:

@@ -34,7 +34,8 @@ _INVISIBLE = frozenset(
 
 
 def _describe(ch: str) -> str:
-    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed character')}"
+    fallback = "control character" if unicodedata.category(ch) == "Cc" else "unnamed character"
+    return f"U+{ord(ch):04X} {unicodedata.name(ch, fallback)}"
 
 
 def normalize_name(raw: str, what: str = "name") -> str:

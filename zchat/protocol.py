@@ -44,7 +44,11 @@ MAX_HISTORY_LIMIT = 500
 MAX_CMID_CHARS = 64
 #: Passwords are bytes to scrypt; 1,024 characters is more than any pass-phrase.
 MAX_PASSWORD_CHARS = 1024
+#: Away message (SET_PRESENCE) and quit message (LOGOUT), in characters (§6.12, §6.4).
 MAX_AWAY_TEXT_CHARS = 200
+#: A room's topic (its one-line subject, SET_TOPIC §6.22), in characters: long enough for
+#: a sentence and a link, short enough for one status line.
+MAX_TOPIC_CHARS = 300
 
 Presence = Literal["online", "away", "offline"]
 MessageKind = Literal["text", "action"]
@@ -61,7 +65,8 @@ TOPIC_TICK = b"tick/"
 
 
 def room_topic(room_key: str) -> bytes:
-    """PUB topic of a room's messages and join/leave notices; ``room_key`` is the folded name."""
+    """PUB topic of a room's messages, join/leave notices and topic changes; ``room_key``
+    is the folded name."""
     return TOPIC_ROOM_PREFIX + room_key.encode() + b"/"
 
 
@@ -173,6 +178,18 @@ class PresenceChanged(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class TopicChanged(Message):
+    """Event on the room topic: ``by`` set ``room``'s topic to ``topic`` ("" cleared it)
+    at ``time`` (UTC ms) (§6.23)."""
+
+    TYPE: ClassVar[str] = "TOPIC"
+    room: str
+    topic: str
+    by: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick(Message):
     """The broker's heartbeat on PUB, every heartbeat interval (§10)."""
 
@@ -205,7 +222,7 @@ class Reply(Message):
 
 @dataclass(frozen=True, slots=True)
 class Ok(Reply):
-    """An OK with no fields (LOGOUT, PART, SET_PRESENCE)."""
+    """An OK with no fields (LOGOUT, PART, SET_PRESENCE, SET_TOPIC)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +294,10 @@ class Pong(Reply):
 
     time: int
     rooms: tuple[RoomState, ...] = ()
+    #: The asking connection's session id (LOGIN's ``session``), "" without a session, so
+    #: that a client notices its session is gone (broker restarted, session evicted) even
+    #: when the transport reconnected by itself. None: the broker did not say (§6.13).
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +354,11 @@ class Login(Request):
 
 @dataclass(frozen=True, slots=True)
 class Logout(Request):
+    """End this connection's session; ``text`` is a quit message, carried by the offline
+    PRESENCE event when this was the account's last session (§6.4)."""
+
     TYPE: ClassVar[str] = "LOGOUT"
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +423,15 @@ class SetPresence(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class SetTopic(Request):
+    """Set a room's topic, members only; "" clears it (§6.22)."""
+
+    TYPE: ClassVar[str] = "SET_TOPIC"
+    room: str
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ping(Request):
     TYPE: ClassVar[str] = "PING"
     REPLY: ClassVar[type[Reply]] = Pong
@@ -413,10 +447,11 @@ class ListSessions(Request):
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.TYPE: cls
     for cls in (Info, Register, Login, Logout, Join, Part, ListRooms, Send, SendDirect,
-                FetchHistory, Who, SetPresence, Ping, ListSessions)
+                FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic)
 }
 EVENT_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick)
+    cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,
+                              TopicChanged)
 }
 PUSH_TYPES: dict[str, type[Message]] = {DirectMessage.TYPE: DirectMessage}
 

@@ -253,6 +253,14 @@ class Store:
                              (room_key, account_key))
             return cur.rowcount == 1
 
+    def set_topic(self, room_key: str, topic: str) -> None:
+        """Set a room's topic ("" clears it) and commit. Raises ProtocolError(404) when
+        the room does not exist, StorageError(503) when the write is not committed."""
+        with self._write() as db:
+            cur = db.execute("UPDATE rooms SET topic = ? WHERE key = ?", (topic, room_key))
+            if cur.rowcount != 1:
+                raise ProtocolError(Status.NOT_FOUND, "no such room")
+
     def list_rooms(self) -> list[RoomRow]:
         rows = self._db.execute(
             "SELECT r.key, r.name, r.topic, r.last_seq, COUNT(m.account_key) FROM rooms r "

@@ -1,0 +1,686 @@
+"""The console: a full-screen prompt_toolkit application over the pure view model.
+
+``ChatConsole(client, logged_in)`` shows a logged-in ``zchat.client.Client``: the message
+pane of the active conversation (left), rooms, DMs and members (right), a status bar and
+the input line. Everything it draws comes from ``zchat.console.view`` (pure, unit-tested)
+and every command is parsed by ``zchat.console.commands``; this module only wires keys,
+client events and requests together. Key bindings are listed in docs/console.md.
+
+``login_flow`` is the part before the screen: password, offer to create the account,
+ask again after a wrong password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
+from prompt_toolkit.layout.containers import WindowAlign
+from prompt_toolkit.layout.controls import BufferControl, UIContent, UIControl
+from prompt_toolkit.layout.processors import BeforeInput
+from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
+from prompt_toolkit.styles import Style
+
+from zchat import protocol as p
+from zchat.client import (
+    Client,
+    ConnectionLost,
+    ConnectionRestored,
+    Reconnecting,
+    SessionEnded,
+)
+from zchat.console import commands as c
+from zchat.console import view as v
+from zchat.errors import RequestFailed, Status, ZchatError
+from zchat.names import name_key
+
+log = logging.getLogger("zchat.console")
+
+HISTORY_ON_OPEN = 50      # messages shown when a room is opened (issue: "the last 50")
+OLDER_PAGE = 100          # messages fetched when scrolling above the loaded history
+SIDEBAR_WIDTH = 24
+QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even without a broker
+DEFAULT_ROOM = "lobby"
+
+
+Row = v.Row
+
+
+class RowsControl(UIControl):
+    """A UIControl that draws rows computed from its (width, height)."""
+
+    def __init__(self, rows: Callable[[int, int], list[Row]],
+                 on_mouse: Callable[[MouseEvent], object] | None = None) -> None:
+        self._rows = rows
+        self._on_mouse = on_mouse
+
+    def create_content(self, width: int, height: int) -> UIContent:
+        rows: list[StyleAndTextTuples] = [list(r) for r in self._rows(width, height)]
+
+        def get_line(i: int) -> StyleAndTextTuples:
+            return rows[i] if i < len(rows) else []
+
+        return UIContent(get_line=get_line, line_count=len(rows), show_cursor=False)
+
+    def mouse_handler(self, mouse_event: MouseEvent) -> Any:
+        if self._on_mouse is None:
+            return NotImplemented
+        return self._on_mouse(mouse_event)
+
+    def is_focusable(self) -> bool:
+        return False
+
+
+class ChatConsole:
+    """The full-screen console for one logged-in client.
+
+    ``paste_confirm_lines``: a bracketed paste of more lines than this asks for Enter
+    before it is sent. ``tz`` is the zone timestamps are shown in (default: local).
+    ``input``/``output`` are prompt_toolkit's (tests pass a pipe input and DummyOutput).
+    """
+
+    def __init__(self, client: Client, logged_in: p.LoggedIn, *,
+                 tz: dt.tzinfo | None = None, paste_confirm_lines: int = 5,
+                 mouse: bool = True, input: Any = None, output: Any = None) -> None:
+        self.client = client
+        self.me = logged_in.name
+        self.tz = tz or dt.datetime.now().astimezone().tzinfo or dt.UTC
+        self.paste_confirm_lines = paste_confirm_lines
+        self.conversations: dict[str, v.Conversation] = {}
+        self.order: list[str] = []
+        self.active: str | None = None
+        self.history = c.InputHistory()
+        self.pending_paste: c.PasteResult | None = None
+        self.state: v.ConnectionState = "connected"
+        self.reconnect_at: float | None = None
+        self.ended = False
+        self._tab: c.TabCycle | None = None
+        self._fetching_older: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._logged_in = logged_in
+        self._completing = False
+        self.input_buffer = Buffer(multiline=False, accept_handler=self._accept,
+                                   on_text_changed=self._text_changed)
+        self.app: Application[None] = self._build_app(mouse, input, output)
+
+    # -- model ------------------------------------------------------------------------------
+
+    def conversation(self, key: str, title: str, kind: v.ConversationKind,
+                     topic: str = "") -> v.Conversation:
+        conv = self.conversations.get(key)
+        if conv is None:
+            conv = v.Conversation(key, title, kind, topic=topic)
+            self.conversations[key] = conv
+            self.order.append(key)
+        return conv
+
+    @property
+    def current(self) -> v.Conversation | None:
+        return self.conversations.get(self.active) if self.active else None
+
+    def switch(self, key: str) -> None:
+        if key in self.conversations:
+            self.active = key
+            self.conversations[key].mark_read()
+            self._tab = None
+            self.app.invalidate()
+
+    def _switch_by(self, step: int) -> None:
+        if not self.order:
+            return
+        index = self.order.index(self.active) if self.active in self.order else 0
+        self.switch(self.order[(index + step) % len(self.order)])
+
+    def add_line(self, key: str, line: v.Line) -> None:
+        """Append a line to a conversation (a day marker first when the day changed)."""
+        conv = self.conversations[key]
+        if line.time_ms is not None and conv.lines:
+            last = next((ln for ln in reversed(conv.lines) if ln.time_ms is not None), None)
+            if last is not None and last.time_ms is not None and \
+                    self._day(last.time_ms) != self._day(line.time_ms):
+                conv.add(v.day_line(line.time_ms, self.tz), active=True, me=self.me)
+        conv.add(line, active=key == self.active, me=self.me)
+        self.app.invalidate()
+
+    def _day(self, ms: int) -> dt.date:
+        return dt.datetime.fromtimestamp(ms / 1000, self.tz).date()
+
+    def info(self, text: str, kind: v.LineKind = "info", key: str | None = None) -> None:
+        """A local line in the active (or given) conversation; never sent anywhere."""
+        key = key or self.active
+        if key is None or key not in self.conversations:
+            return
+        self.add_line(key, v.Line(kind, None, None, text, marker="=!=" if kind == "error"
+                                  else "--"))
+
+    def error(self, text: str) -> None:
+        self.info(text, "error")
+
+    # -- opening rooms ------------------------------------------------------------------------
+
+    async def open_room(self, room: str, topic: str = "", activate: bool = False) -> None:
+        """Create the room's conversation, load its last messages and members."""
+        key = v.room_key(room)
+        conv = self.conversation(key, room, "room", topic)
+        page = await self.client.history(room, limit=HISTORY_ON_OPEN)
+        conv.insert_older([v.line_from_event(m, self.me) for m in page.messages], self.me)
+        for u in (await self.client.who(room)).users:
+            conv.set_member(u.name, u.presence, bot=u.bot, text=u.text)
+        if activate or self.active is None:
+            self.switch(key)
+        self.app.invalidate()
+
+    async def start(self) -> None:
+        """Restore the account's rooms (or lobby), then show them; pending DMs arrive as
+        events."""
+        rooms = self._logged_in.rooms or (p.RoomState(room=DEFAULT_ROOM, last_seq=0),)
+        for room in rooms:
+            await self.open_room(room.room, room.topic)
+        lobby = v.room_key(DEFAULT_ROOM)
+        self.switch(lobby if lobby in self.conversations else self.order[0])
+        self.info(f"connected to {self.client.server} as {self.me} — /help for commands")
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def pump(self) -> None:
+        """Apply client events to the model until the client closes."""
+        async for event in self.client.events():
+            try:
+                self.on_event(event)
+            except Exception:  # one bad event must not take the console down
+                log.exception("could not show an event")
+
+    def on_event(self, event: Any) -> None:
+        if isinstance(event, p.MessagePosted):
+            key = v.room_key(event.room)
+            if key in self.conversations:
+                self.add_line(key, v.line_from_event(event, self.me))
+        elif isinstance(event, p.DirectMessage):
+            other = event.to if name_key(event.sender) == name_key(self.me) else event.sender
+            key = v.dm_key(other)
+            self.conversation(key, other, "dm")
+            self.add_line(key, v.line_from_event(event, self.me))
+        elif isinstance(event, p.UserJoined | p.UserLeft):
+            key = v.room_key(event.room)
+            conv = self.conversations.get(key)
+            if conv is not None:
+                if isinstance(event, p.UserJoined):
+                    conv.set_member(event.name, "online")
+                else:
+                    conv.remove_member(event.name)
+                self.add_line(key, v.line_from_event(event, self.me))
+        elif isinstance(event, p.PresenceChanged):
+            self._on_presence(event)
+        elif isinstance(event, p.TopicChanged):
+            key = v.room_key(event.room)
+            conv = self.conversations.get(key)
+            if conv is not None:
+                conv.topic = event.topic
+                text = (f"{event.by} set the topic: {event.topic}" if event.topic
+                        else f"{event.by} cleared the topic")
+                self.add_line(key, v.Line("notice", event.time, event.by, text))
+        elif isinstance(event, ConnectionLost):
+            self.state = "disconnected"
+            self.info(f"lost the broker (nothing heard for {event.silent_s:.0f} s)", "error")
+        elif isinstance(event, Reconnecting):
+            self.state = "reconnecting"
+            self.reconnect_at = time.monotonic() + float(event.delay_s)
+        elif isinstance(event, ConnectionRestored):
+            self.state = "connected"
+            self.reconnect_at = None
+            self.info("reconnected")
+        elif isinstance(event, SessionEnded):
+            self.state = "disconnected"
+            self.ended = True
+            self.error(f"session ended: {event.reason} — /quit to leave")
+        self.app.invalidate()
+
+    def _on_presence(self, event: p.PresenceChanged) -> None:
+        for conv in self.conversations.values():
+            known = next((n for n in conv.members if name_key(n) == name_key(event.name)),
+                         None)
+            if known is None:
+                continue
+            conv.set_member(known, event.presence, text=event.text)
+            # Presence shows in the member list; only a quit with a message is worth a line
+            # (scripts log in and out all day, and a line each would drown the room).
+            if event.presence == "offline" and event.text and \
+                    name_key(event.name) != name_key(self.me):
+                conv.add(v.line_from_event(event, self.me), active=conv.key == self.active,
+                         me=self.me)
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def _text_changed(self, _buffer: Buffer) -> None:
+        if not self._completing:
+            self._tab = None  # typing anything but Tab ends a completion cycle
+
+    def _accept(self, buffer: Buffer) -> bool:
+        text = buffer.text
+        if self.pending_paste is not None:
+            paste, self.pending_paste = self.pending_paste, None
+            self._spawn(self._say(paste.text))
+            return False
+        if text.strip():
+            self.history.add(text)
+        self.history.reset()
+        result = c.parse_input(text)
+        if result is None:
+            return False
+        if isinstance(result, c.ParseError):
+            self.error(result.message)
+        elif isinstance(result, c.SendText):
+            self._spawn(self._say(result.text))
+        else:
+            self._spawn(self.run_command(result))
+        return False  # clear the buffer
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Awaitable[Any]) -> None:
+        """Run one user action; a refused request becomes one clear line in the pane."""
+        try:
+            await coro
+        except RequestFailed as exc:
+            self.error(f"refused: {exc.reason} ({int(exc.status)})")
+        except ZchatError as exc:
+            self.error(str(exc))
+        self.app.invalidate()
+
+    async def _say(self, text: str) -> None:
+        conv = self.current
+        if conv is None:
+            self.error("no conversation: /join a room first")
+            return
+        if conv.kind == "room":
+            await self.client.send(conv.title, text)
+        else:
+            await self._dm(conv.title, text)
+
+    async def _dm(self, to: str, text: str) -> None:
+        reply = await self.client.dm(to, text)
+        key = v.dm_key(to)
+        self.conversation(key, to, "dm")
+        self.add_line(key, v.Line("dm", reply.time, self.me, text, reply.id))
+        if reply.delivered == "stored":
+            self.info(f"{to} is offline; they get it at their next login", key=key)
+
+    def on_paste(self, data: str) -> None:
+        paste = c.paste_to_message(data, self.paste_confirm_lines)
+        if paste.lines <= 1:
+            self.input_buffer.insert_text(paste.text)
+            return
+        if paste.needs_confirmation:
+            self.pending_paste = paste
+            self.info(f"pasted {paste.lines} lines: Enter sends them as one message, "
+                      "Esc cancels")
+        else:
+            self._spawn(self._say(paste.text))
+
+    # -- commands --------------------------------------------------------------------------------
+
+    async def run_command(self, cmd: c.Command) -> None:
+        conv = self.current
+        client = self.client
+        if isinstance(cmd, c.Join):
+            reply = await client.join(cmd.room)
+            await self.open_room(reply.room, reply.topic, activate=True)
+        elif isinstance(cmd, c.Part):
+            room = cmd.room or (conv.title if conv and conv.kind == "room" else None)
+            if room is None:
+                self.error("/part needs a ROOM here")
+                return
+            await client.part(room)
+            key = v.room_key(room)
+            if key in self.conversations:
+                del self.conversations[key]
+                self.order.remove(key)
+                if self.active == key:
+                    self.active = None
+                    if self.order:
+                        self.switch(self.order[0])
+        elif isinstance(cmd, c.Msg):
+            await self._dm(cmd.user, cmd.text)
+            self.switch(v.dm_key(cmd.user))
+        elif isinstance(cmd, c.Me):
+            if conv is None or conv.kind != "room":
+                self.error("/me works in rooms")
+                return
+            await client.send(conv.title, cmd.text, kind="action")
+        elif isinstance(cmd, c.Who):
+            room = conv.title if conv and conv.kind == "room" else None
+            users = (await client.who(room)).users
+            where = f"#{room}" if room else "online"
+            self.info(f"{len(users)} {'member' if room else 'account'}"
+                      f"{'s' if len(users) != 1 else ''} {where}:")
+            for u in users:
+                if conv is not None and room:
+                    conv.set_member(u.name, u.presence, bot=u.bot, text=u.text)
+                extra = (" [bot]" if u.bot else "") + (f" — {u.text}" if u.text else "")
+                self.info(f"  {u.name} ({u.presence}){extra}")
+        elif isinstance(cmd, c.Rooms):
+            rooms = (await client.list_rooms()).rooms
+            self.info(f"{len(rooms)} rooms:")
+            for r in rooms:
+                mark = "*" if r.joined else " "
+                topic = f" — {r.topic}" if r.topic else ""
+                self.info(f" {mark}#{r.room} ({r.members} members){topic}")
+        elif isinstance(cmd, c.Topic):
+            if conv is None or conv.kind != "room":
+                self.error("/topic works in rooms")
+            elif cmd.text is None:
+                self.info(f"topic of #{conv.title}: {conv.topic or '(none)'}")
+            else:
+                await client.set_topic(conv.title, cmd.text)
+        elif isinstance(cmd, c.Away):
+            await client.set_presence("away", cmd.text)
+            self.info("you are marked away" + (f": {cmd.text}" if cmd.text else ""))
+        elif isinstance(cmd, c.Back):
+            await client.set_presence("online")
+            self.info("you are back")
+        elif isinstance(cmd, c.History):
+            if conv is None or conv.kind != "room":
+                self.error("/history works in rooms")
+                return
+            page = await client.history(conv.title, before=conv.oldest_seq, limit=cmd.count)
+            added = conv.insert_older([v.line_from_event(m, self.me) for m in page.messages],
+                                      self.me)
+            self.info(f"loaded {added} older message{'s' if added != 1 else ''}")
+        elif isinstance(cmd, c.Switch):
+            self._switch_to_name(cmd.target)
+        elif isinstance(cmd, c.Clear):
+            if conv is not None:
+                conv.clear()
+        elif isinstance(cmd, c.Quit):
+            await self.quit(cmd.text)
+        elif isinstance(cmd, c.Help):
+            for line in c.help_text(cmd.command):
+                self.info(line)
+        self.app.invalidate()
+
+    def _switch_to_name(self, target: str) -> None:
+        if target.startswith("@"):
+            name = target[1:]
+            key = v.dm_key(name)
+            self.conversation(key, name, "dm")
+        else:
+            key = v.room_key(target)
+        if key not in self.conversations:
+            self.error(f"not in {target}: /join it first")
+            return
+        self.switch(key)
+
+    async def older_history(self, conv: v.Conversation) -> None:
+        """Scrolled above the loaded lines: fetch the page before them."""
+        if conv.key in self._fetching_older or conv.kind != "room":
+            return
+        oldest = conv.oldest_seq
+        if oldest is None or oldest <= 1:
+            return
+        self._fetching_older.add(conv.key)
+        try:
+            page = await self.client.history(conv.title, before=oldest, limit=OLDER_PAGE)
+            conv.insert_older([v.line_from_event(m, self.me) for m in page.messages], self.me)
+        finally:
+            self._fetching_older.discard(conv.key)
+        self.app.invalidate()
+
+    async def quit(self, text: str = "") -> None:
+        """Log out (briefly: the broker may be gone) and leave the screen."""
+        if self.client.state == "connected":
+            with contextlib.suppress(ZchatError, TimeoutError):
+                await asyncio.wait_for(self.client.logout(text), QUIT_TIMEOUT_S)
+        if self.app.is_running and not self.app.future.done():  # type: ignore[union-attr]
+            self.app.exit()
+
+    # -- drawing ----------------------------------------------------------------------------------
+
+    def _message_rows(self, width: int, height: int) -> list[Row]:
+        conv = self.current
+        if conv is None:
+            return [[("class:info", "No conversation. /join ROOM")]]
+        more = not conv.following
+        vp = conv.viewport(width, height - (1 if more else 0), self.me, self.tz)
+        blank: list[Row] = [[] for _ in range(height - len(vp.rows) - (1 if more else 0))]
+        rows = blank + vp.rows
+        if more:
+            rows.append(v.render_more_indicator(conv.new_while_scrolled, width))
+        if vp.at_top and not conv.following and (conv.oldest_seq or 0) > 1:
+            self._spawn(self.older_history(conv))
+        return rows
+
+    def _sidebar_rows(self, width: int, height: int) -> list[Row]:
+        conv = self.current
+        members = conv.members if conv is not None and conv.kind == "room" else None
+        convs = [self.conversations[k] for k in self.order]
+        return v.render_sidebar(convs, self.active, members, width)
+
+    def _status_rows(self, width: int, height: int) -> list[Row]:
+        conv = self.current
+        room = None if conv is None else (f"#{conv.title}" if conv.kind == "room"
+                                          else f"@{conv.title}")
+        wait = None
+        if self.state == "reconnecting" and self.reconnect_at is not None:
+            wait = max(0.0, self.reconnect_at - time.monotonic())
+        rtt = self.client.rtt_s * 1000 if self.client.rtt_s is not None else None
+        return [v.render_status(self.me, room, conv.topic if conv else "", self.state, wait,
+                                rtt, width)]
+
+    def _on_pane_mouse(self, event: MouseEvent) -> object:
+        conv = self.current
+        if conv is None:
+            return NotImplemented
+        if event.event_type == MouseEventType.SCROLL_UP:
+            conv.scroll_up(3)
+        elif event.event_type == MouseEventType.SCROLL_DOWN:
+            conv.scroll_down(3)
+        else:
+            return NotImplemented
+        self.app.invalidate()
+        return None
+
+    def _prompt(self) -> StyleAndTextTuples:
+        conv = self.current
+        if self.pending_paste is not None:
+            return [("class:prompt", f"[paste {self.pending_paste.lines} lines] ")]
+        if conv is None:
+            return [("class:prompt", "> ")]
+        name = f"#{conv.title}" if conv.kind == "room" else f"@{conv.title}"
+        return [("class:prompt", f"{name} > ")]
+
+    # -- the application ---------------------------------------------------------------------------
+
+    def _build_app(self, mouse: bool, input: Any, output: Any) -> Application[None]:
+        self._pane_height = 20
+        pane = Window(RowsControl(self._message_rows, self._on_pane_mouse), wrap_lines=False)
+        self.pane = pane
+        sidebar = Window(RowsControl(self._sidebar_rows), width=SIDEBAR_WIDTH,
+                         style="class:sidebar")
+        status = Window(RowsControl(self._status_rows), height=1, style="class:status")
+        entry = Window(BufferControl(self.input_buffer,
+                                     input_processors=[BeforeInput(self._prompt)]),
+                       height=1, align=WindowAlign.LEFT)
+        root = HSplit([VSplit([pane, Window(width=1, char="│", style="class:separator"),
+                               sidebar]), status, entry])
+        style = Style.from_dict({**v.DEFAULT_STYLE, "prompt": "bold"})
+        return Application(layout=Layout(root, focused_element=entry),
+                           key_bindings=self._bindings(), style=style, full_screen=True,
+                           mouse_support=mouse, refresh_interval=0.5, input=input,
+                           output=output)
+
+    def _page(self) -> int:
+        info = self.pane.render_info
+        return max(1, (info.window_height if info else 20) - 2)
+
+    def _bindings(self) -> KeyBindings:
+        kb = KeyBindings()
+        input_empty = Condition(lambda: not self.input_buffer.text)
+        scrolled = Condition(lambda: self.current is not None and not self.current.following)
+
+        @kb.add("c-c", eager=True)
+        def _ctrl_c(event: KeyPressEvent) -> None:
+            self._spawn(self.quit())
+
+        @kb.add("c-d", filter=input_empty, eager=True)
+        def _ctrl_d(event: KeyPressEvent) -> None:
+            self._spawn(self.quit())
+
+        @kb.add("pageup")
+        def _page_up(event: KeyPressEvent) -> None:
+            if self.current:
+                self.current.scroll_up(self._page())
+
+        @kb.add("pagedown")
+        def _page_down(event: KeyPressEvent) -> None:
+            if self.current:
+                self.current.scroll_down(self._page())
+
+        @kb.add("end", filter=scrolled)
+        def _end(event: KeyPressEvent) -> None:
+            if self.current:
+                self.current.scroll_to_end()
+
+        @kb.add("escape", "end")
+        def _alt_end(event: KeyPressEvent) -> None:
+            if self.current:
+                self.current.scroll_to_end()
+
+        @kb.add("c-n", eager=True)
+        def _next(event: KeyPressEvent) -> None:
+            self._switch_by(1)
+
+        @kb.add("c-p", eager=True)
+        def _prev(event: KeyPressEvent) -> None:
+            self._switch_by(-1)
+
+        for digit in "123456789":
+            @kb.add("escape", digit, eager=True)
+            def _alt_digit(event: KeyPressEvent, n: int = int(digit)) -> None:
+                if n <= len(self.order):
+                    self.switch(self.order[n - 1])
+
+        @kb.add("up", eager=True)
+        def _up(event: KeyPressEvent) -> None:
+            previous = self.history.up(self.input_buffer.text)
+            if previous is not None:
+                self.input_buffer.text = previous
+                self.input_buffer.cursor_position = len(previous)
+
+        @kb.add("down", eager=True)
+        def _down(event: KeyPressEvent) -> None:
+            following = self.history.down()
+            if following is not None:
+                self.input_buffer.text = following
+                self.input_buffer.cursor_position = len(following)
+
+        def _tab(backwards: bool) -> None:
+            buf = self.input_buffer
+            if self._tab is None:
+                conv = self.current
+                nicks = sorted(conv.members) if conv else []
+                if conv and conv.kind == "dm":
+                    nicks = [conv.title]
+                rooms = [self.conversations[k].title for k in self.order
+                         if self.conversations[k].kind == "room"]
+                self._tab = c.TabCycle.start(buf.text, buf.cursor_position, nicks=nicks,
+                                             rooms=rooms)
+                if self._tab is None:
+                    return
+            new_text, cursor = self._tab.prev() if backwards else self._tab.next()
+            self._completing = True
+            try:
+                buf.text = new_text
+                buf.cursor_position = cursor
+            finally:
+                self._completing = False
+
+        @kb.add("tab", eager=True)
+        def _tab_fwd(event: KeyPressEvent) -> None:
+            _tab(False)
+
+        @kb.add("s-tab", eager=True)
+        def _tab_back(event: KeyPressEvent) -> None:
+            _tab(True)
+
+        @kb.add(Keys.BracketedPaste, eager=True)
+        def _paste(event: KeyPressEvent) -> None:
+            self.on_paste(event.data)
+
+        @kb.add("escape", filter=Condition(lambda: self.pending_paste is not None),
+                eager=True)
+        def _cancel_paste(event: KeyPressEvent) -> None:
+            self.pending_paste = None
+            self.info("paste cancelled")
+
+        return kb
+
+    # -- running -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Show the screen until /quit, Ctrl-C or Ctrl-D; closes the client on the way out."""
+        pump = asyncio.ensure_future(self.pump())
+        try:
+            await self.start()
+            await self.app.run_async()
+        finally:
+            pump.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            await self.client.close()
+
+
+# -- before the screen: logging in -------------------------------------------------------------
+
+Ask = Callable[[str, bool], Awaitable[str]]
+
+
+async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
+                     say: Callable[[str], None], max_tries: int = 3) -> p.LoggedIn:
+    """Log ``name`` in: use ``password`` (from $ZCHAT_PASSWORD) or ``ask`` for it; offer to
+    create a missing account (password asked twice); ask again after a wrong password.
+
+    ``ask(prompt, secret)`` returns the user's answer; ``say(text)`` shows a line.
+    Raises RequestFailed when it cannot log in (e.g. wrong password from the environment,
+    or ``max_tries`` wrong answers).
+    """
+    given = password
+    for attempt in range(max_tries):
+        secret = given if given else await ask(f"Password for {name}: ", True)
+        try:
+            return await client.login(name, secret)
+        except RequestFailed as exc:
+            if exc.status == Status.NOT_FOUND:
+                answer = await ask(f"There is no account named {name!r}. Create it? [y/N] ",
+                                   False)
+                if answer.strip().lower() not in ("y", "yes"):
+                    raise
+                new = given or await ask("New password: ", True)
+                if not given and await ask("New password (again): ", True) != new:
+                    say("The passwords do not match.")
+                    continue
+                await client.register(name, new)
+                say(f"Created the account {name}.")
+                return await client.login(name, new)
+            if exc.status == Status.UNAUTHORIZED and not given \
+                    and attempt < max_tries - 1:
+                say("Wrong password, try again.")
+                continue
+            raise
+    raise RequestFailed(401, "wrong name or password")

@@ -1,0 +1,562 @@
+"""Pure input handling for the chat console: slash commands, Tab completion, paste, history.
+
+``parse_input`` turns one accepted input line into a value: ``SendText`` (a message for the
+current conversation), one ``Command`` subclass per slash command, a ``ParseError`` to show,
+or None (blank input). Only a ``/`` in the very first column starts a command, as in IRC
+clients: `` /join`` (leading space) is text, and ``//text`` sends ``/text``.
+Command names are case-insensitive; a room may be written ``dev`` or ``#dev``, a user
+``bob`` or ``@bob``. Names are checked by the broker, not here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from zchat.console.view import pad_cells
+
+#: Largest /history page, the broker's own limit (docs/PROTOCOL.md §6.9).
+MAX_HISTORY = 500
+#: Input lines remembered for Up/Down.
+MAX_INPUT_HISTORY = 500
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True, slots=True)
+class SendText:
+    """Send ``text`` as a message to the current conversation (room or DM)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParseError:
+    """The input was a command that cannot run; ``message`` says why and how to use it."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Base of the parsed slash commands; ``NAME`` is the command without ``/``."""
+
+    NAME: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Join(Command):
+    """Join ``room`` (created if new) and switch to it."""
+
+    NAME: ClassVar[str] = "join"
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Part(Command):
+    """Leave ``room``, or the current room when None."""
+
+    NAME: ClassVar[str] = "part"
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Msg(Command):
+    """Send ``text`` to ``user`` directly and open the DM conversation."""
+
+    NAME: ClassVar[str] = "msg"
+    user: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Me(Command):
+    """Send ``text`` as an action (``* alice waves``)."""
+
+    NAME: ClassVar[str] = "me"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Who(Command):
+    """List the current room's members and their presence."""
+
+    NAME: ClassVar[str] = "who"
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms(Command):
+    """List the broker's rooms."""
+
+    NAME: ClassVar[str] = "rooms"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic(Command):
+    """Show the current room's topic (``text`` None) or set it."""
+
+    NAME: ClassVar[str] = "topic"
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Away(Command):
+    """Set presence to away with an optional message (``""`` for none)."""
+
+    NAME: ClassVar[str] = "away"
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Back(Command):
+    """Set presence back to online."""
+
+    NAME: ClassVar[str] = "back"
+
+
+@dataclass(frozen=True, slots=True)
+class History(Command):
+    """Fetch the ``count`` (1..MAX_HISTORY) messages before the oldest one shown."""
+
+    NAME: ClassVar[str] = "history"
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Switch(Command):
+    """Show another conversation: ``target`` is a room name, or ``@name`` for a DM."""
+
+    NAME: ClassVar[str] = "switch"
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Clear(Command):
+    """Clear the current conversation's pane."""
+
+    NAME: ClassVar[str] = "clear"
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Command):
+    """Log out and leave the console; ``text`` is an optional farewell (``""`` for none)."""
+
+    NAME: ClassVar[str] = "quit"
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Help(Command):
+    """Show the list of commands, or the help of ``command`` (a name without ``/``)."""
+
+    NAME: ClassVar[str] = "help"
+    command: str | None = None
+
+
+ParseResult = Command | SendText | ParseError
+
+
+# ---------------------------------------------------------------------------
+# The command table
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One argument: a single word, or (``rest``) the remainder of the line."""
+
+    name: str
+    required: bool = True
+    rest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A row of the command table: ``usage`` like ``/msg USER TEXT``, a one-line
+    ``summary``, a longer ``help`` and the parameters."""
+
+    name: str
+    params: tuple[Param, ...]
+    summary: str
+    help: str
+    build: Callable[[dict[str, str]], Command]
+
+    @property
+    def usage(self) -> str:
+        parts = [f"/{self.name}"]
+        for prm in self.params:
+            parts.append(prm.name if prm.required else f"[{prm.name}]")
+        return " ".join(parts)
+
+
+def _room(word: str) -> str:
+    room = word[1:] if word.startswith("#") else word
+    if not room:
+        raise ValueError("a room name is missing after '#'")
+    return room
+
+
+def _user(word: str) -> str:
+    user = word[1:] if word.startswith("@") else word
+    if not user:
+        raise ValueError("a user name is missing after '@'")
+    return user
+
+
+def _count(word: str) -> int:
+    if not (word.isascii() and word.isdigit()):
+        raise ValueError(f"N must be a whole number from 1 to {MAX_HISTORY}, not {word!r}")
+    n = int(word)
+    if not 1 <= n <= MAX_HISTORY:
+        raise ValueError(f"N must be from 1 to {MAX_HISTORY}, not {n}")
+    return n
+
+
+def _opt(args: dict[str, str], key: str) -> str | None:
+    return args.get(key) or None
+
+
+_ROOM = Param("ROOM")
+_SPECS: tuple[CommandSpec, ...] = (
+    CommandSpec("join", (_ROOM,), "join a room and switch to it",
+                "Joins ROOM (written dev or #dev), creating it if it does not exist, and "
+                "switches to it. Its recent history is shown.",
+                lambda a: Join(_room(a["ROOM"]))),
+    CommandSpec("part", (Param("ROOM", required=False),), "leave a room",
+                "Leaves ROOM, or the current room when none is given. You stop receiving "
+                "its messages; /join it again to come back.",
+                lambda a: Part(_room(a["ROOM"]) if a.get("ROOM") else None)),
+    CommandSpec("msg", (Param("USER"), Param("TEXT", rest=True)),
+                "send a direct message",
+                "Sends TEXT to USER (bob or @bob) directly and opens your conversation with "
+                "them. A user who is offline receives it when they next log in.",
+                lambda a: Msg(_user(a["USER"]), a["TEXT"])),
+    CommandSpec("me", (Param("TEXT", rest=True),), "send an action",
+                "Sends TEXT as an action, shown as '* alice TEXT'.",
+                lambda a: Me(a["TEXT"])),
+    CommandSpec("who", (), "list the room's members",
+                "Lists the members of the current room with their presence "
+                "(online, away with its message, offline) and marks bots.",
+                lambda a: Who()),
+    CommandSpec("rooms", (), "list rooms",
+                "Lists the broker's rooms with their member counts and topics; rooms "
+                "you are in are marked.",
+                lambda a: Rooms()),
+    CommandSpec("topic", (Param("TEXT", required=False, rest=True),),
+                "show or set the room's topic",
+                "Without TEXT, shows the current room's topic; with TEXT, sets it.",
+                lambda a: Topic(_opt(a, "TEXT"))),
+    CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
+                "Sets your presence to away, with TEXT as the away message if given. "
+                "/back returns to online.",
+                lambda a: Away(a.get("TEXT", ""))),
+    CommandSpec("back", (), "mark yourself online",
+                "Sets your presence back to online after /away.",
+                lambda a: Back()),
+    CommandSpec("history", (Param("N"),), "load older messages",
+                f"Loads up to N (1 to {MAX_HISTORY}) messages older than the oldest one "
+                "shown in the current room. Scrolling above the top does the same.",
+                lambda a: History(_count(a["N"]))),
+    CommandSpec("switch", (Param("TARGET"),), "show another conversation",
+                "Switches to a room (dev or #dev) or to the direct-message conversation "
+                "with a user (@bob).",
+                lambda a: Switch(a["TARGET"][1:] if a["TARGET"].startswith("#")
+                                 else a["TARGET"])),
+    CommandSpec("clear", (), "clear the pane",
+                "Clears the current conversation's pane. Nothing is deleted on the "
+                "broker; /history loads messages again.",
+                lambda a: Clear()),
+    CommandSpec("quit", (Param("TEXT", required=False, rest=True),), "leave zchat",
+                "Logs out and closes the console.",
+                lambda a: Quit(a.get("TEXT", ""))),
+    CommandSpec("help", (Param("CMD", required=False),), "show help",
+                "Without CMD, lists the commands; with CMD (join or /join), shows its "
+                "help. Type // at the start of a line to send a message starting with /.",
+                lambda a: Help(a["CMD"].lstrip("/").casefold() if a.get("CMD") else None)),
+)
+
+#: The command table, name -> spec, in help order.
+COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in _SPECS}
+#: Other spellings accepted by ``parse_input`` (not offered by completion).
+ALIASES: dict[str, str] = {"j": "join", "leave": "part", "exit": "quit"}
+
+
+def _resolve(name: str) -> CommandSpec | None:
+    name = name.casefold()
+    return COMMANDS.get(ALIASES.get(name, name))
+
+
+def _split_args(spec: CommandSpec, argtext: str) -> dict[str, str] | ParseError:
+    values: dict[str, str] = {}
+    rest = argtext.lstrip()
+    for prm in spec.params:
+        if prm.rest:
+            word = rest.rstrip()
+            rest = ""
+        else:
+            word, _, rest = rest.partition(" ")
+            rest = rest.lstrip()
+        if not word:
+            if prm.required:
+                return ParseError(f"/{spec.name} needs {prm.name} — usage: {spec.usage}")
+            continue
+        values[prm.name] = word
+    if rest.strip():
+        return ParseError(f"too many arguments for /{spec.name} — usage: {spec.usage}")
+    return values
+
+
+def parse_input(text: str) -> ParseResult | None:
+    """Parse one accepted input line.
+
+    Returns None for blank input (empty or whitespace only); ``SendText(text)`` for text
+    (unchanged) or for ``//text`` (``SendText("/text")``); a ``Command`` for a known
+    ``/command`` with valid arguments; else ``ParseError`` whose message names the
+    problem and the usage (unknown command: ``unknown command /foo — try /help``).
+    Arguments are separated by spaces; a trailing TEXT takes the rest of the line.
+    """
+    if not text.strip():
+        return None
+    if not text.startswith("/"):
+        return SendText(text)
+    if text.startswith("//"):
+        return SendText(text[1:])
+    head, _, argtext = text[1:].replace("\t", " ").partition(" ")
+    if not head:
+        return ParseError("empty command — type // to send a line starting with /")
+    spec = _resolve(head)
+    if spec is None:
+        return ParseError(f"unknown command /{head} — try /help")
+    args = _split_args(spec, argtext)
+    if isinstance(args, ParseError):
+        return args
+    try:
+        return spec.build(args)
+    except ValueError as exc:
+        return ParseError(f"{exc} — usage: {spec.usage}")
+
+
+def help_text(cmd: str | None = None) -> list[str]:
+    """Lines of help: without ``cmd``, one line per command (usage padded to a column, then
+    the summary); with ``cmd`` (``join``, ``/join`` or an alias), its usage, summary and
+    longer help; for an unknown ``cmd``, one line saying so."""
+    if cmd is None:
+        col = max(len(spec.usage) for spec in _SPECS) + 2
+        lines = [pad_cells(spec.usage, col) + spec.summary for spec in _SPECS]
+        lines.append("Type // to send a line starting with /. /help CMD tells more.")
+        return lines
+    spec = _resolve(cmd.lstrip("/"))
+    if spec is None:
+        return [f"unknown command /{cmd.lstrip('/')} — try /help"]
+    aliases = [f"/{a}" for a, n in ALIASES.items() if n == spec.name]
+    lines = [spec.usage + (f"  (also {', '.join(aliases)})" if aliases else ""),
+             spec.summary, spec.help]
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# Tab completion
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """Replacements for ``text[start:end]`` (``end`` is the cursor), sorted
+    case-insensitively; each candidate includes its suffix (``"/join "``,
+    ``"alice: "``). No candidates: nothing to complete."""
+
+    start: int
+    end: int
+    candidates: tuple[str, ...]
+
+
+def _matches(prefix: str, names: Iterable[str], lead: str, suffix: str) -> tuple[str, ...]:
+    folded = prefix.casefold()
+    found = {n for n in names if n and n.casefold().startswith(folded)}
+    return tuple(lead + n + suffix for n in sorted(found, key=lambda n: (n.casefold(), n)))
+
+
+def complete(text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[str],
+             commands: Iterable[str] | None = None) -> Completion:
+    """Candidates for the word before ``cursor`` (a character index into ``text``).
+
+    - ``/jo`` at the start of the line: command names → ``/join ``;
+    - the argument of ``/join``, ``/part``, ``/switch``: ``rooms`` (``#de`` → ``#dev ``;
+      ``/switch`` also takes ``@name`` entries the app puts in ``rooms``);
+    - the argument of ``/msg``: ``nicks`` (``@`` kept when typed); of ``/help``: commands;
+    - anywhere else: ``nicks``; at the start of the line the nick is followed by ``": "``
+      (``al`` → ``alice: ``), elsewhere by a space.
+
+    Matching is a case-insensitive prefix match; an empty word matches everything.
+    ``commands`` defaults to the command table's names.
+    """
+    cursor = max(0, min(cursor, len(text)))
+    start = cursor
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    word = text[start:cursor]
+    cmd_names = list(commands) if commands is not None else list(COMMANDS)
+
+    def done(cands: tuple[str, ...]) -> Completion:
+        return Completion(start, cursor, cands)
+
+    if start == 0 and word.startswith("/") and not word.startswith("//"):
+        return done(_matches(word[1:], cmd_names, "/", " "))
+    words = text[:start].split()
+    if text.startswith("/") and not text.startswith("//") and words:
+        spec = _resolve(words[0][1:])
+        argn = len(words) - 1
+        if spec is not None and argn == 0:
+            if spec.name in ("join", "part", "switch"):
+                lead = "#" if word.startswith("#") else ""
+                bare = [r[1:] if r.startswith("#") else r for r in rooms]
+                if spec.name == "switch" and word.startswith("@"):
+                    return done(_matches(word, bare, "", " "))
+                return done(_matches(word[len(lead):], bare, lead, " "))
+            if spec.name == "msg":
+                lead = "@" if word.startswith("@") else ""
+                return done(_matches(word[len(lead):], nicks, lead, " "))
+            if spec.name == "help":
+                lead = "/" if word.startswith("/") else ""
+                return done(_matches(word[len(lead):], cmd_names, lead, " "))
+    lead = "@" if word.startswith("@") else ""
+    suffix = ": " if start == 0 and not lead else " "
+    return done(_matches(word[len(lead):], nicks, lead, suffix))
+
+
+def apply_completion(text: str, completion: Completion, candidate: str) -> tuple[str, int]:
+    """``text`` with ``candidate`` in place of ``text[start:end]``; returns the new text and
+    the new cursor index (just after the candidate)."""
+    new = text[:completion.start] + candidate + text[completion.end:]
+    return new, completion.start + len(candidate)
+
+
+@dataclass
+class TabCycle:
+    """Repeated Tab: each ``next()`` (``prev()`` for Shift+Tab) replaces the word with the
+    next candidate, always starting from the original ``text``. The app keeps one while
+    the user presses Tab and drops it on any other key.
+
+    >>> c = TabCycle.start("al", 2, nicks=["alice", "alan"], rooms=[])
+    >>> c.next(), c.next(), c.next()
+    (('alan: ', 6), ('alice: ', 7), ('alan: ', 6))
+    """
+
+    text: str
+    completion: Completion
+    index: int = -1
+
+    @classmethod
+    def start(cls, text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[str],
+              commands: Iterable[str] | None = None) -> TabCycle | None:
+        """A cycle over ``complete(...)``'s candidates, or None when there are none."""
+        comp = complete(text, cursor, nicks=nicks, rooms=rooms, commands=commands)
+        return cls(text, comp) if comp.candidates else None
+
+    def next(self) -> tuple[str, int]:
+        """The next candidate applied: ``(new_text, new_cursor)``."""
+        self.index = (self.index + 1) % len(self.completion.candidates)
+        return apply_completion(self.text, self.completion, self.completion.candidates[self.index])
+
+    def prev(self) -> tuple[str, int]:
+        """The previous candidate applied: ``(new_text, new_cursor)``."""
+        self.index = (self.index - 1) % len(self.completion.candidates)
+        return apply_completion(self.text, self.completion, self.completion.candidates[self.index])
+
+
+# ---------------------------------------------------------------------------
+# Paste
+
+
+@dataclass(frozen=True, slots=True)
+class PasteResult:
+    """A bracketed paste as message text: ``text`` (never a command, even if it starts
+    with ``/``), ``lines`` its line count, ``needs_confirmation`` when ``lines`` exceeds
+    the threshold (ask before sending a wall of text)."""
+
+    text: str
+    needs_confirmation: bool
+    lines: int
+
+    def as_send(self) -> SendText:
+        """The message to send."""
+        return SendText(self.text)
+
+
+def paste_to_message(pasted: str, threshold: int) -> PasteResult:
+    """Normalise pasted text: ``\\r\\n`` and ``\\r`` become ``\\n``, trailing newlines are
+    dropped. ``lines`` is 0 for an empty paste. Other control characters are kept: the
+    broker refuses them (422), and the app may show that error or sanitize first."""
+    text = pasted.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+    lines = text.count("\n") + 1 if text else 0
+    return PasteResult(text, lines > threshold, lines)
+
+
+# ---------------------------------------------------------------------------
+# Input history
+
+
+class InputHistory:
+    """Lines the user entered, for Up/Down, oldest first; at most ``max_entries`` (older
+    ones are dropped), blank lines and a repeat of the previous line are not recorded.
+
+    Navigation: ``up(draft)`` returns the previous entry, saving ``draft`` (the unsent
+    text in the input line) on the first step; ``down()`` returns the next entry and, past
+    the newest, the saved draft. Both return None when they cannot move (leave the input
+    unchanged). ``add`` and ``reset`` end the navigation.
+    """
+
+    def __init__(self, max_entries: int = MAX_INPUT_HISTORY,
+                 entries: Sequence[str] = ()) -> None:
+        self._entries: deque[str] = deque(maxlen=max_entries)
+        self._pos: int | None = None  # index into _entries while navigating
+        self._draft = ""
+        for entry in entries:
+            self.add(entry)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def add(self, line: str) -> None:
+        """Record an entered line and end navigation."""
+        self.reset()
+        if not line.strip() or (self._entries and self._entries[-1] == line):
+            return
+        self._entries.append(line)
+
+    def reset(self) -> None:
+        """End navigation (the draft is forgotten)."""
+        self._pos = None
+        self._draft = ""
+
+    @property
+    def navigating(self) -> bool:
+        return self._pos is not None
+
+    def up(self, draft: str) -> str | None:
+        """The previous (older) entry, or None at the oldest or with no entries."""
+        if not self._entries:
+            return None
+        if self._pos is None:
+            self._draft = draft
+            self._pos = len(self._entries) - 1
+        elif self._pos == 0:
+            return None
+        else:
+            self._pos -= 1
+        return self._entries[self._pos]
+
+    def down(self) -> str | None:
+        """The next (newer) entry; past the newest, the saved draft; None when not
+        navigating."""
+        if self._pos is None:
+            return None
+        if self._pos < len(self._entries) - 1:
+            self._pos += 1
+            return self._entries[self._pos]
+        draft = self._draft
+        self.reset()
+        return draft
