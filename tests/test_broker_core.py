@@ -288,7 +288,7 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.Logout(), p.Join(room="dev"), p.Part(room="lobby"), p.ListRooms(),
     p.Send(room="lobby", text="hi"), p.SendDirect(to="alice", text="hi"),
     p.FetchHistory(room="lobby"), p.Who(), p.SetPresence(presence="away"),
-    p.ListSessions(), p.SetTopic(room="lobby", topic="hi"),
+    p.ListSessions(), p.SetTopic(room="lobby", topic="hi"), p.AckDirect(ids=(1,)),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -302,7 +302,7 @@ def test_requests_before_login_are_401(world: World, request_: p.Request) -> Non
 def test_every_session_needing_type_is_covered() -> None:
     needing = {t for t, cls in p.REQUEST_TYPES.items() if cls.NEEDS_SESSION}
     assert needing == {"LOGOUT", "JOIN", "PART", "ROOMS", "SEND", "DM", "HISTORY", "WHO",
-                       "SET_PRESENCE", "SESSIONS", "SET_TOPIC"}
+                       "SET_PRESENCE", "SESSIONS", "SET_TOPIC", "DM_ACK"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:
@@ -577,7 +577,23 @@ def test_dm_live_goes_to_every_session_but_the_sending_one(world: World) -> None
     assert a1.routing_id not in [rid for rid, _ in out.pushes]
     assert out.events == []
     assert not any(isinstance(a, ToTopic) for a in out.actions)
-    # delivered live: not handed out again at the next login
+    # pushed live, but kept until a session of bob's acknowledges it (the push may have
+    # gone to a session that died): offered again at the next login, then acknowledged
+    assert [d.id for d in world.peer().login("bob").reply.pending] == [dm.id]
+    b2.must(p.AckDirect(ids=(dm.id,)))
+    assert world.peer().login("bob").reply.pending == ()
+
+
+def test_dm_ack_only_by_the_recipient_and_bounded(world: World) -> None:
+    alice = world.user("alice")
+    bob = world.user("bob")
+    dm_id = alice.call(p.SendDirect(to="bob", text="hi")).reply.id
+    alice.must(p.AckDirect(ids=(dm_id,)))          # the sender cannot acknowledge it
+    assert [d.id for d in world.peer().login("bob").reply.pending] == [dm_id]
+    assert bob.call(p.AckDirect(ids=())).status == Status.BAD_REQUEST
+    too_many = tuple(range(1, p.MAX_ACK_IDS + 2))
+    assert bob.call(p.AckDirect(ids=too_many)).status == Status.BAD_REQUEST
+    bob.must(p.AckDirect(ids=(dm_id, 999_999)))    # unknown ids are ignored
     assert world.peer().login("bob").reply.pending == ()
 
 
@@ -596,6 +612,9 @@ def test_dm_stored_when_offline_then_pending_exactly_once(world: World) -> None:
         (second.reply.id, "two", "alice", "bob", T0_MS + 1000)]
     assert login.events_of(p.PresenceChanged)  # bob came online
     assert not [e for _, e in login.events if not isinstance(e, p.PresenceChanged)]
+    # not acknowledged yet: a crash now would lose nothing, the next login offers them
+    assert len(world.peer().login("bob").reply.pending) == 2
+    bob.must(p.AckDirect(ids=(first.reply.id, second.reply.id)))
     assert world.peer().login("bob").reply.pending == ()
     bob.must(p.Logout())
     assert world.peer().login("bob").reply.pending == ()
@@ -842,18 +861,18 @@ def test_register_is_all_or_nothing(world: World) -> None:
 
 
 def test_login_storage_error_leaves_no_session(world: World) -> None:
-    """LOGIN hands out stored DMs in a write; when that write fails the answer is 503 and
-    the connection is not half logged in: no session, no presence, the DMs still pending."""
+    """When LOGIN cannot read the store the answer is 503 and the connection is not half
+    logged in: no session, no presence, the DMs still pending."""
     assert world.peer().register("bob").ok
     world.user("alice").must(p.SendDirect(to="bob", text="while you were out"))
-    fail_writes_to(world.store, "direct_messages", "UPDATE")
+    world.store._db.execute("ALTER TABLE direct_messages RENAME TO dms_away")
     bob = world.peer()
     out = bob.login("bob")
-    assert out.status == Status.UNAVAILABLE
+    assert out.status in (Status.UNAVAILABLE, Status.INTERNAL)
     assert out.events == []
     assert bob.routing_id not in world.core.sessions
     assert world.core.accounts["bob"].presence == "offline"
-    world.store._db.execute("DROP TRIGGER fail_direct_messages")
+    world.store._db.execute("ALTER TABLE dms_away RENAME TO direct_messages")
     again = bob.login("bob")
     assert [d.text for d in again.reply.pending] == ["while you were out"]
     assert presence_of(again) == [(b"presence/bob/", "bob", "online")]
@@ -1068,3 +1087,48 @@ def test_pong_session_tells_a_connection_whether_the_broker_knows_it(world: Worl
     world.clock.jump(7)
     world.tick()  # evicted
     assert peer.must(p.Ping()).session == ""
+
+
+# -- tester's findings: integers, look-alikes, leading '-', bidi controls ----------------------
+
+
+def test_history_bound_beyond_64_bits_is_400_not_500(world: World, room_with_10: Peer) -> None:
+    out = room_with_10.call(p.FetchHistory(room="dev", before=99999999999999999999999))
+    assert (out.status, out.reply.reason) == (Status.BAD_REQUEST, "field before is out of range")
+    page = room_with_10.must(p.FetchHistory(room="dev", before=2**63 - 1, limit=2))
+    assert seqs(page) == [9, 10]
+
+
+@pytest.mark.parametrize("second", ["al\u00edce", "Alíce", "a\u0308lice", "ali\u0301ce"])
+def test_register_accented_look_alike_is_409(world: World, second: str) -> None:
+    assert world.peer().register("alice").ok
+    before = world.counts()
+    assert world.peer().register(second).status == Status.CONFLICT
+    assert world.counts() == before
+
+
+@pytest.mark.parametrize("name", ["\u0430\u04cf\u0456\u0441\u0435", "-x", "--help"])
+def test_register_whole_script_look_alike_or_dash_name_is_422(world: World, name: str) -> None:
+    before = world.counts()
+    out = world.peer().register(name)
+    assert out.status == Status.INVALID
+    assert world.counts() == before
+
+
+def test_join_room_starting_with_dash_is_422(world: World) -> None:
+    alice = world.user("alice")
+    out = alice.call(p.Join(room="-rf"))
+    assert out.status == Status.INVALID
+    assert "must not start with '-'" in out.reply.reason
+
+
+def test_bidi_override_is_refused_in_text_topic_and_away(world: World) -> None:
+    alice = world.user("alice")
+    rlo = "access \u202egranted"
+    out = alice.call(p.Send(room="lobby", text=rlo))
+    assert out.status == Status.INVALID
+    assert "bidirectional control character (U+202E" in out.reply.reason
+    assert alice.call(p.SetTopic(room="lobby", topic=rlo)).status == Status.INVALID
+    assert alice.call(p.SetPresence(presence="away", text=rlo)).status == Status.INVALID
+    assert world.store.get_room("lobby").topic == ""
+    assert alice.call(p.Send(room="lobby", text="ok \u200d\u200c")).ok

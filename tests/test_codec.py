@@ -48,6 +48,7 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
                      p.SetPresence(presence="online", text="zurück gleich ☕")],
     "PING": [p.Ping()],
     "SESSIONS": [p.ListSessions()],
+    "DM_ACK": [p.AckDirect(ids=(1,)), p.AckDirect(ids=(7, 8, 2**40))],
     "SET_TOPIC": [p.SetTopic(room="café", topic="☕ only | see https://example.org/a:b"),
                   p.SetTopic(room="dev", topic="")],
     "OK": [
@@ -291,6 +292,32 @@ def test_missing_and_unknown_fields_are_named() -> None:
     assert "room" in _refused(_req(b"JOIN", b"{}")).reason
     assert "colour" in _refused(_req(b"PING", b'{"colour":"red"}')).reason
     assert "limit" in _refused(_req(b"HISTORY", b'{"room":"x","limit":"9"}')).reason
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("before", 2**63), ("before", 99999999999999999999999), ("after", -(2**63) - 1),
+    ("limit", 2**64),
+])
+def test_integers_outside_signed_64_bits_are_400(field: str, value: int) -> None:
+    body = json.dumps({"room": "x", field: value}).encode()
+    err = _refused(_req(b"HISTORY", body))
+    assert (err.status, err.reason) == (Status.BAD_REQUEST, f"field {field} is out of range")
+    assert err.request_id == RID
+
+
+def test_integers_at_the_signed_64_bit_bounds_are_accepted() -> None:
+    for value in (2**63 - 1, -(2**63)):
+        _rid, req = p.decode_request(_req(b"HISTORY", json.dumps(
+            {"room": "x", "before": value}).encode()))
+        assert req == p.FetchHistory(room="x", before=value)
+
+
+def test_encoding_a_lone_surrogate_is_a_protocol_error() -> None:
+    # what a command-line argument that is not UTF-8 looks like after surrogateescape
+    with pytest.raises(ProtocolError) as info:
+        p.encode_request(RID, p.Send(room="dev", text="a \udcff b"))
+    assert info.value.status == Status.BAD_REQUEST
+    assert "not valid Unicode" in info.value.reason
 
 
 def test_oversized_body_is_413() -> None:

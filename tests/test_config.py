@@ -15,6 +15,7 @@ from zchat.config import (
     ConfigError,
     data_dir,
     default_config_path,
+    endpoint_problem,
     load_config,
     validate,
 )
@@ -215,6 +216,15 @@ def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
         ("[broker]\npub_advertised = 'h:1'\n", "broker", "pub_advertised", r"ZeroMQ endpoint"),
         ("[broker]\nadmins = ['']\n", "broker", "admins", r"empty name"),
         ("[client]\nserver = ''\n", "client", "server", r"not a ZeroMQ endpoint"),
+        ("[client]\nserver = 'tcp://127.0.0.1:99999'\n", "client", "server",
+         r"port 99999 is out of range \(1-65535\)"),
+        ("[client]\nserver = 'tcp://127.0.0.1:0'\n", "client", "server", r"out of range"),
+        ("[client]\nserver = 'tcp://127.0.0.1'\n", "client", "server", r"port is missing"),
+        ("[client]\nserver = 'tcp://:5555'\n", "client", "server", r"host or the port"),
+        ("[client]\nserver = 'tcp://h:http'\n", "client", "server", r"must be a number"),
+        ("[client]\nserver = 'tcp://h:*'\n", "client", "server", r"must be a number"),
+        ("[broker]\nrouter = 'tcp://*:65536'\n", "broker", "router", r"out of range"),
+        ("[broker]\npub = 'tcp://[::1:5556'\n", "broker", "pub", r"unbalanced brackets"),
         ("[client]\ntimeout_s = 0\n", "client", "timeout_s", r"> 0"),
         ("[client]\nreconnect_max_s = -1\n", "client", "reconnect_max_s", r"> 0"),
     ],
@@ -319,3 +329,13 @@ def test_data_dir_default_with_xdg(xdg: Path, tmp_path: Path, monkeypatch) -> No
 def test_data_dir_explicit(xdg: Path, tmp_path: Path) -> None:
     assert data_dir(BrokerConfig(data_dir=str(tmp_path / "db"))) == tmp_path / "db"
     assert data_dir(BrokerConfig(data_dir="~/chat")) == xdg / "chat"
+
+
+@pytest.mark.parametrize(("endpoint", "bind"), [
+    ("tcp://127.0.0.1:5555", False), ("tcp://localhost:1", False), ("tcp://[::1]:65535", False),
+    ("tcp://eth0;10.0.0.2:5555", False), ("ipc:///tmp/zchat.sock", False),
+    ("inproc://broker", False), ("tcp://*:7000", True), ("tcp://127.0.0.1:*", True),
+    ("tcp://127.0.0.1:0", True),
+])
+def test_good_endpoints_pass(endpoint: str, bind: bool) -> None:
+    assert endpoint_problem(endpoint, bind=bind) is None

@@ -133,6 +133,7 @@ def test_wrong_password_is_one_line(tmp_path: Path, tcp_broker: TcpBroker) -> No
 @pytest.mark.parametrize(("text", "expected"), [
     ("x" * 4001, "limit"),
     ("ring \x07 the bell", "control character"),
+    ("evil \u202e txt.exe", "bidirectional control character (U+202E"),
 ])
 def test_say_refuses_bad_text(tmp_path: Path, tcp_broker: TcpBroker, text: str,
                               expected: str) -> None:
@@ -215,3 +216,155 @@ def test_tail_reconnects_after_a_broker_restart(tmp_path: Path) -> None:
             restarted.popen.send_signal(signal.SIGTERM)
             assert restarted.wait(5) == 0
         broker.process.kill()
+
+
+# -- tester's findings ------------------------------------------------------------------------
+
+
+def test_history_before_beyond_64_bits_is_one_line_400(tmp_path: Path,
+                                                       tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice")
+    result = zchat(tmp_path, "history", "--server", tcp_broker.router, "--as", "alice",
+                   "--room", "dev", "--before", "99999999999999999999999")
+    line = one_line_error(result)
+    assert "field before is out of range" in line and "(400)" in line
+
+
+def test_corrupt_database_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "zchat.db").write_text("not sqlite\n", encoding="utf-8")
+    result = zchat(tmp_path, "broker", "--data-dir", str(data), "--router",
+                   f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}")
+    assert one_line_error(result) == \
+        f"zchat: error: cannot open the database {data / 'zchat.db'}: file is not a database"
+    assert (data / "zchat.db").read_text(encoding="utf-8") == "not sqlite\n"
+
+
+def test_name_starting_with_dash_is_refused(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    result = zchat(tmp_path, "register", "--server", tcp_broker.router, "--", "-x")
+    assert "must not start with '-'" in one_line_error(result)
+
+
+def test_argv_text_not_utf8_is_one_line(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice", "bob")
+    server = ("--server", tcp_broker.router)
+    for argv in (["say", *server, "--as", "alice", "--room", "dev"],
+                 ["dm", *server, "--as", "alice", "bob"]):
+        result = subprocess.run([*zchat_command(), *argv, b"a \xff b"], env=cli_env(tmp_path),
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=15)
+        assert one_line_error(result) == "zchat: error: TEXT is not valid UTF-8"
+
+
+def test_say_stdin_line_not_utf8_is_skipped(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice")
+    server = ("--server", tcp_broker.router)
+    result = subprocess.run([*zchat_command(), "say", *server, "--as", "alice", "--room",
+                             "dev", "-"], env=cli_env(tmp_path),
+                            input=b"one\n\xff\xfe\n\nthree \xe2\x82\xac\n",
+                            capture_output=True, timeout=15)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert stderr.splitlines() == ["zchat: not sent (line 2): not valid UTF-8"]
+    history = ok(zchat(tmp_path, "history", *server, "--as", "alice", "--room", "dev",
+                       "--json"))
+    assert [m["text"] for m in json_lines(history.stdout)] == ["one", "three €"]
+
+
+def test_empty_password_without_terminal_is_one_line(tmp_path: Path,
+                                                     tcp_broker: TcpBroker) -> None:
+    for argv in (["register", "alice"], ["say", "--as", "alice", "--room", "dev", "hi"]):
+        result = subprocess.run(  # a new session: no controlling terminal, no /dev/tty
+            [*zchat_command(), argv[0], "--server", tcp_broker.router, *argv[1:]],
+            env=cli_env(tmp_path, password=""), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=15, start_new_session=True)
+        assert one_line_error(result) == \
+            "zchat: error: no password: set ZCHAT_PASSWORD or run in a terminal"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_to_tail_logs_out_at_once(tmp_path: Path, tcp_broker: TcpBroker, sig: int,
+                                         code: int) -> None:
+    register(tmp_path, tcp_broker, "alice", "bob")
+    server = ("--server", tcp_broker.router)
+    tail = Proc([*zchat_command(), "tail", *server, "--as", "bob", "--room", "dev"],
+                cli_env(tmp_path))
+    try:
+        tail.wait_line("stderr", "following #dev as bob")
+        tail.popen.send_signal(sig)
+        assert tail.wait(5) == code, tail.stderr
+    finally:
+        tail.kill()
+    assert "Traceback" not in "\n".join(tail.stderr)
+    who = ok(zchat(tmp_path, "who", *server, "--as", "alice", "--json"))
+    assert [u["name"] for u in json_lines(who.stdout) if u["presence"] != "offline"] == \
+        ["alice"]
+    dm = ok(zchat(tmp_path, "dm", *server, "--as", "alice", "bob", "still there?"))
+    assert dm.stdout.strip() == "stored until they log in (to bob)"
+
+
+def test_sigterm_to_say_stdin_logs_out_at_once(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice", "bob")
+    server = ("--server", tcp_broker.router)
+    say = Proc([*zchat_command(), "say", *server, "--as", "bob", "--room", "dev", "-"],
+               cli_env(tmp_path), stdin=subprocess.PIPE)
+    try:
+        assert say.popen.stdin is not None
+        say.popen.stdin.write("first\n")
+        say.popen.stdin.flush()
+        wait_for_texts(tmp_path, tcp_broker, ["first"])
+        start = time.monotonic()
+        say.popen.send_signal(signal.SIGTERM)  # stdin stays open: a read is blocked
+        assert say.wait(5) == 143, say.stderr
+        assert time.monotonic() - start < 2.0
+    finally:
+        say.kill()
+    assert "Traceback" not in "\n".join(say.stderr)
+    dm = ok(zchat(tmp_path, "dm", *server, "--as", "alice", "bob", "gone?"))
+    assert dm.stdout.strip() == "stored until they log in (to bob)"
+
+
+def wait_for_texts(tmp_path: Path, broker: TcpBroker, texts: list[str]) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        history = ok(zchat(tmp_path, "history", "--server", broker.router, "--as", "alice",
+                           "--room", "dev", "--json"))
+        if [m["text"] for m in json_lines(history.stdout)] == texts:
+            return
+        assert time.monotonic() < deadline, history.stdout
+        time.sleep(0.1)  # polling the broker's history, not waiting for a socket
+
+
+def test_say_stdin_counts_lines_sent_before_the_broker_died(tmp_path: Path) -> None:
+    broker, _lines = start_broker(tmp_path)
+    say: Proc | None = None
+    try:
+        register(tmp_path, broker, "alice")
+        say = Proc([*zchat_command(), "say", "--server", broker.router, "--timeout", "1",
+                    "--as", "alice", "--room", "dev", "-"], cli_env(tmp_path),
+                   stdin=subprocess.PIPE)
+        assert say.popen.stdin is not None
+        say.popen.stdin.write("one\ntwo\nthree\n")
+        say.popen.stdin.flush()
+        wait_for_texts(tmp_path, broker, ["one", "two", "three"])
+        rc, _elapsed = stop_broker(broker)
+        assert rc == 0
+        say.popen.stdin.write("four\n")
+        say.popen.stdin.flush()
+        assert say.wait(10) == 1, say.stderr
+        assert len(say.stderr) == 1, say.stderr
+        assert say.stderr[0].startswith("zchat: error: ")
+        assert say.stderr[0].endswith(" — 3 lines were sent before it"), say.stderr
+    finally:
+        if say is not None:
+            say.kill()
+        broker.process.kill()
+
+
+def test_bad_server_port_fails_at_once(tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = zchat(tmp_path, "history", "--server", "tcp://127.0.0.1:99999", "--as", "alice",
+                   "--room", "dev")
+    assert "port 99999 is out of range (1-65535)" in one_line_error(result)
+    assert time.monotonic() - start < 3.0

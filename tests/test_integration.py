@@ -243,6 +243,33 @@ def test_stored_dm_is_delivered_first_at_next_login_exactly_once(harness: Harnes
     run(main())
 
 
+def test_dm_pushed_to_a_session_that_dies_unacknowledged_comes_at_next_login(
+        harness: Harness) -> None:
+    """The push reached a session that died before handing it on (no DM_ACK): the broker
+    still holds it, and the next login gets it once."""
+    async def main() -> None:
+        await register_only(harness, "dave")
+        with sync_dealer(harness.server) as dead:
+            dead.send_multipart(login_frames(b"1", "dave"))
+            recv_reply(dead)
+            async with harness.client("alice") as a:
+                sent = await a.dm("dave", "did you get this?")
+                assert sent.delivered == "live"
+            push = recv_reply(dead)  # the push arrived, and the session dies unacknowledged
+            assert p.decode_from_broker(push, {})[1] == p.DirectMessage(
+                id=sent.id, time=sent.time, sender="alice", to="dave", text="did you get this?")
+        async with harness.client() as c:
+            pending = (await c.login("dave", DEFAULT_PASSWORD)).pending
+            assert [d.id for d in pending] == [sent.id]
+            first = await c.next_event(5)  # handing it over acknowledges it
+            assert isinstance(first, p.DirectMessage) and first.id == sent.id
+            await c.logout()
+        async with harness.client() as c:
+            assert (await c.login("dave", DEFAULT_PASSWORD)).pending == ()
+
+    run(main())
+
+
 def test_dm_and_password_never_appear_on_pub() -> None:
     secret_live = "live secret 7f3a"
     secret_stored = "stored secret 91bc"

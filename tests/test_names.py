@@ -89,9 +89,50 @@ def test_skeleton_differs_for_different_names() -> None:
 
 
 def test_whole_script_cyrillic_look_alike_has_latin_skeleton() -> None:
-    # "асе"/"рор" typed in Cyrillic are valid (one script) but must collide with Latin.
-    assert skeleton(normalize_name("\u0430\u0441\u0435")) == skeleton("ace")
-    assert skeleton(normalize_name("\u0440\u043e\u0440")) == skeleton("pop")
+    # "асе"/"рор" typed in Cyrillic are refused by normalize_name (whole-script
+    # confusables, below); their skeletons still collide with the Latin names.
+    assert skeleton("\u0430\u0441\u0435") == skeleton("ace")
+    assert skeleton("\u0440\u043e\u0440") == skeleton("pop")
+
+
+@pytest.mark.parametrize("raw", [
+    "\u0430\u04cf\u0456\u0441\u0435",          # аӏісе (alice)
+    "\u04bb\u0435\u04cf\u04cf\u043e",          # һеӏӏо (hello)
+    "\u04cf\u043e\u04cf",                      # ӏоӏ (lol)
+    "\u0440\u0430\u0443\u0440\u0430\u04cf",    # раураӏ (paypal)
+    "\u0441\u043e\u0440\u0456",                # сорі (copi)
+    "\u0391\u0392\u0395",                      # Greek ΑΒΕ (ABE)
+    "\u0430\u0441\u0435",                      # асе (ace)
+    "\u0440\u043e\u0440-2",                    # digits and '-' do not save it
+])
+def test_whole_script_latin_look_alike_is_refused(raw: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        normalize_name(raw)
+    assert info.value.status == Status.INVALID
+    assert "could be mistaken for a Latin name" in info.value.reason
+
+
+@pytest.mark.parametrize("raw", [
+    "дмитрий", "Ελένη", "мама", "Иван", "山田太郎", "さくら", "ヘロ", "김민수", "李小龙",
+])
+def test_name_with_a_letter_without_latin_look_alike_is_allowed(raw: str) -> None:
+    assert normalize_name(raw) == raw
+
+
+def test_skeleton_ignores_combining_marks() -> None:
+    assert skeleton("al\u00edce") == skeleton("alice")       # í precomposed
+    assert skeleton("ali\u0301ce") == skeleton("alice")      # i + combining acute
+    assert skeleton(normalize_name("Ålïçé")) == skeleton("alice")
+    assert skeleton("alíce") != skeleton("alicia")
+
+
+@pytest.mark.parametrize("raw", ["-x", "-", "--help", "-alice"])
+def test_name_must_not_start_with_a_dash(raw: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        normalize_name(raw)
+    assert info.value.status == Status.INVALID
+    assert "must not start with '-'" in info.value.reason
+    assert normalize_name("a-b") == "a-b"
 
 
 # Known gaps of the skeleton (reported, not fixed here): it casefolds before mapping
@@ -105,8 +146,8 @@ def test_capital_i_looks_like_l() -> None:
 def test_skeleton_classes_are_transitive_and_follow_the_unicode_table() -> None:
     # Unicode's confusables.txt maps CYRILLIC SMALL LETTER PALOCHKA (U+04CF) to "i", so an
     # all-Cyrillic "раураӏ" poses as "paypai"; its capital (U+04C0) poses as "l".
-    assert skeleton(normalize_name("\u0440\u0430\u0443\u0440\u0430\u04cf")) == skeleton("paypai")
-    assert skeleton(normalize_name("\u0440\u0430\u0443\u0440\u0430\u04c0")) == skeleton("paypal")
+    assert skeleton("\u0440\u0430\u0443\u0440\u0430\u04cf") == skeleton("paypai")
+    assert skeleton("\u0440\u0430\u0443\u0440\u0430\u04c0") == skeleton("paypal")
     # ...while genuinely different letters stay apart
     assert skeleton("ali") != skeleton("all")
     assert skeleton("bob") != skeleton("rob")
@@ -133,11 +174,30 @@ def test_validate_text_accepts(text: str) -> None:
     ("del\x7f", Status.INVALID),
     ("c1\x85", Status.INVALID),
     ("lone \ud800", Status.INVALID),
+    ("abc\u202edcba", Status.INVALID),      # RIGHT-TO-LEFT OVERRIDE (Trojan Source)
+    ("x\u2066y\u2069", Status.INVALID),     # LEFT-TO-RIGHT ISOLATE ... POP
 ])
 def test_validate_text_refuses(text: str, status: Status) -> None:
     with pytest.raises(ProtocolError) as info:
         validate_text(text, 4000)
     assert info.value.status == status
+
+
+@pytest.mark.parametrize("ch", [*map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))])
+def test_validate_text_names_the_bidi_control(ch: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_text(f"ok {ch} not", 4000)
+    assert info.value.status == Status.INVALID
+    assert f"bidirectional control character (U+{ord(ch):04X} " in info.value.reason
+
+
+@pytest.mark.parametrize("text", [
+    "\U0001F468\u200d\U0001F469\u200d\U0001F467",  # family emoji joined by ZWJ
+    "\u0645\u06cc\u200c\u0631\u0648\u0645",        # Persian "می‌روم" with ZWNJ
+    "mark \u200e \u200f \u061c",                   # bidi marks reorder nothing
+])
+def test_validate_text_keeps_joiners_and_marks(text: str) -> None:
+    assert validate_text(text, 4000) == text
 
 
 def test_validate_text_byte_limit_with_four_byte_emoji() -> None:

@@ -195,27 +195,27 @@ def test_history_bounds(store: Store) -> None:
 # -- direct messages --------------------------------------------------------------------------
 
 
-def test_take_pending_dms_exactly_once(store: Store) -> None:
-    a = store.store_dm("Alice", "bob", "bob", "one", 10, delivered=False, max_pending=10)
-    store.store_dm("Alice", "bob", "bob", "live", 11, delivered=True, max_pending=10)
-    b = store.store_dm("Alice", "bob", "bob", "two", 12, delivered=False, max_pending=10)
-    store.store_dm("bob", "alice", "Alice", "for alice", 13, delivered=False, max_pending=10)
-    rows = store.take_pending_dms("bob")
+def test_pending_dms_until_acknowledged(store: Store) -> None:
+    a = store.store_dm("Alice", "bob", "bob", "one", 10, max_pending=10)
+    b = store.store_dm("Alice", "bob", "bob", "two", 12, max_pending=10)
+    store.store_dm("bob", "alice", "Alice", "for alice", 13, max_pending=10)
+    rows = store.pending_dms("bob")
     assert [(r.id, r.text, r.sender, r.recipient, r.time_ms) for r in rows] == [
         (a, "one", "Alice", "bob", 10), (b, "two", "Alice", "bob", 12)]
-    assert store.take_pending_dms("bob") == []
-    assert [r.text for r in store.take_pending_dms("alice")] == ["for alice"]
-    c = store.store_dm("Alice", "bob", "bob", "three", 14, delivered=False, max_pending=10)
-    assert [r.id for r in store.take_pending_dms("bob")] == [c]
+    assert [r.id for r in store.pending_dms("bob")] == [a, b]  # reading changes nothing
+    assert store.ack_dms("alice", (a,)) == 0                    # not alice's to acknowledge
+    assert store.ack_dms("bob", (a, 12345)) == 1
+    assert [r.id for r in store.pending_dms("bob")] == [b]
+    assert store.ack_dms("bob", ()) == 0
+    assert [r.text for r in store.pending_dms("alice")] == ["for alice"]
 
 
 def test_store_dm_bound_keeps_newest(store: Store) -> None:
     for i in range(6):
-        store.store_dm("Alice", "bob", "bob", f"d{i}", i, delivered=False, max_pending=4)
-    store.store_dm("Alice", "bob", "bob", "live", 9, delivered=True, max_pending=4)
-    store.store_dm("bob", "alice", "Alice", "other", 9, delivered=False, max_pending=4)
-    assert [r.text for r in store.take_pending_dms("bob")] == ["d2", "d3", "d4", "d5"]
-    assert [r.text for r in store.take_pending_dms("alice")] == ["other"]
+        store.store_dm("Alice", "bob", "bob", f"d{i}", i, max_pending=4)
+    store.store_dm("bob", "alice", "Alice", "other", 9, max_pending=4)
+    assert [r.text for r in store.pending_dms("bob")] == ["d2", "d3", "d4", "d5"]
+    assert [r.text for r in store.pending_dms("alice")] == ["other"]
 
 
 # -- failed writes ----------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_failed_append_leaves_seq_and_rows_unchanged(store: Store) -> None:
 def test_failed_dm_store_leaves_nothing(store: Store) -> None:
     fill_disk(store)
     with pytest.raises(StorageError):
-        store.store_dm("Alice", "bob", "bob", "x" * 50_000, 1, delivered=False, max_pending=5)
+        store.store_dm("Alice", "bob", "bob", "x" * 50_000, 1, max_pending=5)
     assert count(store, "direct_messages") == 0
 
 

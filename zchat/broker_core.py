@@ -28,7 +28,7 @@ from typing import Any
 from zchat import protocol as p
 from zchat.config import BrokerConfig
 from zchat.errors import ProtocolError, Status, StorageError
-from zchat.names import name_key, normalize_name, skeleton, validate_text
+from zchat.names import BIDI_CONTROLS, name_key, normalize_name, skeleton, validate_text
 from zchat.passwords import hash_password, verify_password
 from zchat.store import Store
 
@@ -129,6 +129,7 @@ class BrokerCore:
             p.FetchHistory: self._history, p.Who: self._who,
             p.SetPresence: self._set_presence, p.Ping: self._ping,
             p.ListSessions: self._list_sessions, p.SetTopic: self._set_topic,
+            p.AckDirect: self._ack_dm,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -280,6 +281,9 @@ class BrokerCore:
             if cat == "Cc":
                 raise ProtocolError(Status.INVALID, "topic contains a control character "
                                     f"(U+{ord(ch):04X})")
+            if ch in BIDI_CONTROLS:
+                raise ProtocolError(Status.INVALID, "topic contains a bidirectional "
+                                    f"control character (U+{ord(ch):04X})")
             if cat == "Cs":
                 raise ProtocolError(Status.INVALID, "topic is not valid Unicode")
         return topic
@@ -364,7 +368,7 @@ class BrokerCore:
                       for r in self.store.rooms_of(job.key))
         pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
                                         to=d.recipient, text=d.text)
-                        for d in self.store.take_pending_dms(job.key))
+                        for d in self.store.pending_dms(job.key))
         account = self.accounts[job.key]
         session = Session(job.routing_id, secrets.token_urlsafe(24), job.key, account.name,
                           job.address, now_ms, now_s, now_ms)
@@ -448,7 +452,7 @@ class BrokerCore:
         recipient = self.accounts[to_key]
         live = bool(recipient.sessions)
         dm_id = self.store.store_dm(session.name, to_key, recipient.name, text, now_ms,
-                                    delivered=live, max_pending=self.config.max_stored_dms)
+                                    max_pending=self.config.max_stored_dms)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dm %d %s -> %s: %r", dm_id, session.name, recipient.name, text)
         push = p.encode_push(p.DirectMessage(id=dm_id, time=now_ms, sender=session.name,
@@ -459,6 +463,13 @@ class BrokerCore:
         actions.append(self._ok(rid, req_id, p.DmSent(
             id=dm_id, time=now_ms, delivered="live" if live else "stored")))
         return actions
+
+    def _ack_dm(self, rid: bytes, req_id: bytes, req: p.AckDirect, session: Session,
+                now_s: float, now_ms: int, address: str) -> list[Action]:
+        if not 1 <= len(req.ids) <= p.MAX_ACK_IDS:
+            raise ProtocolError(Status.BAD_REQUEST, f"ids must hold 1 to {p.MAX_ACK_IDS} ids")
+        self.store.ack_dms(session.account_key, req.ids)
+        return [self._ok(rid, req_id, p.Ok())]
 
     def _history(self, rid: bytes, req_id: bytes, req: p.FetchHistory, session: Session,
                  now_s: float, now_ms: int, address: str) -> list[Action]:

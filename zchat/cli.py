@@ -3,7 +3,8 @@
 Settings: defaults in code, then the TOML file (``--config`` or the XDG default), then
 flags. Client commands read the password from ``ZCHAT_PASSWORD``, else prompt without echo.
 Exit codes: 0 success, 1 an error from zchat (one line on stderr, never a traceback), 2 bad
-usage (argparse), 130 interrupted.
+usage (argparse), 130 interrupted (SIGINT), 143 terminated (SIGTERM); on either signal a
+client command logs out before it exits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,10 +29,15 @@ from zchat import __version__
 from zchat import protocol as p
 from zchat.client import Client, ConnectionRestored, Reconnecting, SessionEnded
 from zchat.config import Config, data_dir, load_config, validate
-from zchat.errors import RequestFailed, ZchatError
+from zchat.errors import ConnectionFailed, RequestFailed, ZchatError
 
 PASSWORD_ENV = "ZCHAT_PASSWORD"
 DB_FILENAME = "zchat.db"
+#: How long a command that is ending waits for the LOGOUT reply before closing anyway (a
+#: dead broker must not hold up Ctrl-C or SIGTERM for the whole request timeout).
+LOGOUT_WAIT_S = 0.5
+#: Lines of ``say -`` read ahead of the one being sent.
+STDIN_READ_AHEAD = 64
 
 
 class CliError(ZchatError):
@@ -153,11 +160,23 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _has_terminal() -> bool:
+    """Whether this process can prompt on its controlling terminal, as getpass does: it
+    opens /dev/tty, and without one it would warn and read the password from stdin with
+    echo, which we never want."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def _password(confirm: bool = False) -> str:
     password = os.environ.get(PASSWORD_ENV)
     if password:
         return password
-    if not sys.stdin.isatty() and not os.path.exists("/dev/tty"):
+    if not _has_terminal():
         raise CliError(f"no password: set {PASSWORD_ENV} or run in a terminal")
     try:
         password = getpass.getpass("Password: ")
@@ -220,9 +239,86 @@ async def _session(config: Config, user: str | None,
         try:
             return await body(client)
         finally:
+            # Also on cancellation (SIGTERM, Ctrl-C, see _run): the broker then marks the
+            # user offline at once instead of after the heartbeat timeout.
             if client.connected:
-                with contextlib.suppress(ZchatError):
-                    await client.logout()
+                with contextlib.suppress(ZchatError, TimeoutError):
+                    await asyncio.wait_for(client.logout(), LOGOUT_WAIT_S)
+
+
+def _run(main: Coroutine[Any, Any, int],
+         signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Run a command's coroutine; each of ``signals`` cancels it, so that its cleanup runs
+    (``_session`` logs out, the client closes), and the exit code is then 128 + the signal
+    number (143 for SIGTERM, 130 for SIGINT), with no traceback."""
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        cancel = task.cancel
+        received: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not received:
+                received.append(sig)
+                cancel()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            return 128 + received[0]
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())
+
+
+def _utf8(value: str, what: str) -> str:
+    """``value`` (a command-line argument, decoded with surrogateescape) if it was valid
+    UTF-8; else CliError."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CliError(f"{what} is not valid UTF-8") from None
+    return value
+
+
+def _read_lines(fd: int) -> Iterator[bytes]:
+    """The lines of file descriptor ``fd`` (with their ends), read with os.read: no Python
+    buffer lock is held while a read blocks, so the interpreter can exit meanwhile."""
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line + b"\n" for line in lines)
+    if pending:
+        yield pending
+
+
+async def _stdin_lines() -> AsyncIterator[tuple[int, bytes]]:
+    """Yield (line number, raw line without its end) from standard input, read as bytes by
+    a daemon thread: a blocked read never holds up the exit after a signal."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(STDIN_READ_AHEAD)
+
+    def reader() -> None:
+        with contextlib.suppress(RuntimeError, OSError):  # the loop closed: command ended
+            for raw in _read_lines(sys.stdin.fileno()):
+                asyncio.run_coroutine_threadsafe(queue.put(raw), loop).result()
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+    threading.Thread(target=reader, name="zchat-stdin", daemon=True).start()
+    number = 0
+    while (raw := await queue.get()) is not None:
+        number += 1
+        yield number, raw.rstrip(b"\r\n")
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -292,43 +388,53 @@ def cmd_register(args: argparse.Namespace, config: Config) -> int:
         print(f"registered {reply.name}")
         return 0
 
-    return asyncio.run(_session(config, None, body))
+    return _run(_session(config, None, body))
 
 
 def cmd_say(args: argparse.Namespace, config: Config) -> int:
     kind: p.MessageKind = "action" if args.me else "text"
+    text = _utf8(args.text, "TEXT")
 
     async def body(client: Client) -> int:
         await client.join(args.room)
-        if args.text != "-":
-            await client.send(args.room, args.text, kind)
+        if text != "-":
+            await client.send(args.room, text, kind)
             return 0
-        failures = 0
-        loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return 1 if failures else 0
-            line = line.rstrip("\r\n")
+        failures = sent = 0
+        async for number, raw in _stdin_lines():
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                failures += 1
+                print(f"zchat: not sent (line {number}): not valid UTF-8", file=sys.stderr)
+                continue
             if not line.strip():
                 continue
             try:
                 await client.send(args.room, line, kind)
             except RequestFailed as exc:
                 failures += 1
-                print(f"zchat: not sent: {exc}", file=sys.stderr)
+                print(f"zchat: not sent (line {number}): {exc}", file=sys.stderr)
+            except ConnectionFailed as exc:
+                lines = "1 line was" if sent == 1 else f"{sent} lines were"
+                raise CliError(f"{exc} — {lines} sent before it") from None
+            else:
+                sent += 1
+        return 1 if failures else 0
 
-    return asyncio.run(_session(config, args.user, body))
+    return _run(_session(config, args.user, body))
 
 
 def cmd_dm(args: argparse.Namespace, config: Config) -> int:
+    text = _utf8(args.text, "TEXT")
+
     async def body(client: Client) -> int:
-        reply = await client.dm(args.to, args.text)
+        reply = await client.dm(args.to, text)
         where = "delivered live" if reply.delivered == "live" else "stored until they log in"
         print(f"{where} (to {args.to})")
         return 0
 
-    return asyncio.run(_session(config, args.user, body))
+    return _run(_session(config, args.user, body))
 
 
 def cmd_tail(args: argparse.Namespace, config: Config) -> int:
@@ -357,7 +463,7 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
                     return 0
         return 0
 
-    return asyncio.run(_session(config, args.user, body, reconnect=True))
+    return _run(_session(config, args.user, body, reconnect=True))
 
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
@@ -368,7 +474,7 @@ def cmd_history(args: argparse.Namespace, config: Config) -> int:
             _emit(sys.stdout, msg, args.json)
         return 0
 
-    return asyncio.run(_session(config, args.user, body))
+    return _run(_session(config, args.user, body))
 
 
 def cmd_who(args: argparse.Namespace, config: Config) -> int:
@@ -385,7 +491,7 @@ def cmd_who(args: argparse.Namespace, config: Config) -> int:
                 print(f"{u.name:<20} {u.presence}{extra}")
         return 0
 
-    return asyncio.run(_session(config, args.user, body))
+    return _run(_session(config, args.user, body))
 
 
 def cmd_join(args: argparse.Namespace, config: Config) -> int:
@@ -415,7 +521,7 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
         finally:
             await client.close()
 
-    return asyncio.run(run())
+    return _run(run(), signals=(signal.SIGTERM,))  # Ctrl-C is a key of the console
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {

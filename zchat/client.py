@@ -209,6 +209,7 @@ class Client:
         self._sub: zmq.asyncio.Socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[p.Message]] = {}
+        self._dms_seen: set[int] = set()
         self._reply_types: dict[bytes, type[p.Reply]] = {}
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._io_tasks: list[asyncio.Task[None]] = []     # socket readers, per connection
@@ -411,7 +412,7 @@ class Client:
         for room in reply.rooms:
             self._follow(room.room, room.last_seq, room.topic)
         for dm in reply.pending:
-            self._events.put_nowait(dm)
+            self._queue_dm(dm)
         return reply
 
     async def logout(self, text: str = "") -> None:
@@ -503,23 +504,50 @@ class Client:
 
     async def events(self) -> AsyncIterator[Event]:
         """Incoming events in arrival order, room messages once each and in sequence order;
-        ends when the client is closed or after SessionEnded."""
+        ends when the client is closed or after SessionEnded.
+
+        A direct message to this account is acknowledged to the broker (DM_ACK) as it is
+        handed over here; until then the broker keeps it for the next login."""
         while True:
             event = await self._events.get()
             if event is None:
                 self._events.put_nowait(None)  # let other iterators end too
                 return
+            await self._hand_off(event)
             yield event
 
     async def next_event(self, timeout_s: float | None = None) -> Event | None:
-        """The next event, or None when ``timeout_s`` passes (or the client closed)."""
+        """The next event, or None when ``timeout_s`` passes (or the client closed); direct
+        messages are acknowledged as in ``events()``."""
         try:
             event = await asyncio.wait_for(self._events.get(), timeout_s)
         except TimeoutError:
             return None
         if event is None:
             self._events.put_nowait(None)
+        else:
+            await self._hand_off(event)
         return event
+
+    def _queue_dm(self, dm: p.DirectMessage) -> None:
+        """Queue a direct message once per id (a reconnect's LOGIN may list one again)."""
+        if dm.id in self._dms_seen:
+            return
+        self._dms_seen.add(dm.id)
+        self._events.put_nowait(dm)
+
+    async def _hand_off(self, event: Event) -> None:
+        """Acknowledge a direct message addressed to us, without waiting for the reply: if
+        it is lost, the broker simply offers the message again at the next login."""
+        if not isinstance(event, p.DirectMessage) or self._state.name is None or \
+                name_key(event.to) != name_key(self._state.name):
+            return
+        try:
+            dealer = self._check_usable()
+            await dealer.send_multipart(p.encode_request(b"ack", p.AckDirect(ids=(event.id,))))
+        except (ZchatError, zmq.ZMQError) as exc:
+            log.debug("DM %d not acknowledged now (%s); offered again at next login",
+                      event.id, exc)
 
     def _follow(self, room: str, last_seq: int, topic: str = "") -> None:
         key = name_key(room)
@@ -570,7 +598,7 @@ class Client:
                 if fut is not None and not fut.done():
                     fut.set_result(value)
             elif isinstance(value, p.DirectMessage):
-                self._events.put_nowait(value)
+                self._queue_dm(value)
 
     async def _read_sub(self, sub: zmq.asyncio.Socket) -> None:
         while True:
@@ -745,7 +773,7 @@ class Client:
                 tracker.wanted = False  # parted elsewhere meanwhile
                 self._unsubscribe(p.room_topic(key))
         for dm in reply.pending:
-            self._events.put_nowait(dm)
+            self._queue_dm(dm)
         for key, last in upto.items():
             await self._backfill(key, last)
 

@@ -240,14 +240,44 @@ def _build_table(
     return cls(**kwargs)
 
 
+def endpoint_problem(endpoint: str, *, bind: bool) -> str | None:
+    """What is wrong with a ZeroMQ ``endpoint``, or None when it looks usable.
+
+    Every endpoint is ``transport://address`` with a non-empty address. A ``tcp://`` one
+    is ``host:port`` (IPv6 hosts in brackets) with a port of 1..65535; an endpoint to
+    ``bind`` may also use port ``*`` or 0 (any free port) and host ``*``. Checked up front
+    because libzmq connects lazily: a bad port would otherwise only show as a timeout.
+    """
+    like = f"not a ZeroMQ endpoint (like tcp://host:port): {endpoint!r}"
+    transport, sep, address = endpoint.partition("://")
+    if not sep or not transport or not address:
+        return like
+    if transport != "tcp":
+        return None
+    address = address.rpartition(";")[2]  # tcp://source;host:port names a source first
+    host, colon, port = address.rpartition(":")
+    if not colon or not host:
+        return f"{like}: the host or the port is missing"
+    if host.startswith("[") != host.endswith("]"):
+        return f"{like}: unbalanced brackets around the IPv6 host"
+    if bind and port == "*":
+        return None
+    if not (port.isascii() and port.isdigit()):
+        return f"{like}: the port must be a number"
+    if not (0 if bind else 1) <= int(port) <= 65535:
+        return f"port {port} is out of range (1-65535) in {endpoint!r}"
+    return None
+
+
 def validate(config: Config, *, path: Path | str | None = None) -> None:
     """Check every setting's type and range; return None or raise ConfigError.
 
     Call it again after applying command-line flags with :func:`dataclasses.replace`.
     ``path`` only labels error messages. The rules: strings are strings and endpoints
-    contain ``://``; ints are ints (a bool is not an int); floats are finite numbers (an
-    int is accepted); ``max_text_bytes`` in 1..30000; ``heartbeat_interval_s`` > 0 and
-    ``heartbeat_timeout_s`` > ``heartbeat_interval_s``; ``timeout_s`` and
+    pass :func:`endpoint_problem` (tcp ports 1..65535); ints are ints (a bool is not an
+    int); floats are finite numbers (an int is accepted); ``max_text_bytes`` in
+    1..30000; ``heartbeat_interval_s`` > 0 and ``heartbeat_timeout_s`` >
+    ``heartbeat_interval_s``; ``timeout_s`` and
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
     in 1..64; ``log_level`` one of debug/info/warning/error.
@@ -261,19 +291,15 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         raise ConfigError(problem, path=path, table=table, key=key)
 
     b, c = config.broker, config.client
-    for key in ("router", "pub"):
-        if "://" not in getattr(b, key):
-            fail(
-                "broker", key, f"not a ZeroMQ endpoint (like tcp://host:port): {getattr(b, key)!r}"
-            )
-    if b.pub_advertised and "://" not in b.pub_advertised:
-        fail(
-            "broker",
-            "pub_advertised",
-            f"not a ZeroMQ endpoint (like tcp://host:port): {b.pub_advertised!r}",
-        )
-    if "://" not in c.server:
-        fail("client", "server", f"not a ZeroMQ endpoint (like tcp://host:port): {c.server!r}")
+    for table, key, value, bind in (("broker", "router", b.router, True),
+                                    ("broker", "pub", b.pub, True),
+                                    ("broker", "pub_advertised", b.pub_advertised, False),
+                                    ("client", "server", c.server, False)):
+        if key == "pub_advertised" and not value:
+            continue
+        problem = endpoint_problem(value, bind=bind)
+        if problem is not None:
+            fail(table, key, problem)
     if b.log_level not in LOG_LEVELS:
         fail("broker", "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {b.log_level!r}")
     for i, name in enumerate(b.admins):

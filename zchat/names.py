@@ -32,6 +32,12 @@ _INVISIBLE = frozenset(
     "\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
 )
 
+#: Bidi embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069): refused in
+#: message text because they reorder what a terminal prints after them ("Trojan Source",
+#: CVE-2021-42574). The marks U+200E/U+200F/U+061C and ZWJ/ZWNJ stay allowed: they reorder
+#: nothing beyond themselves, and emoji sequences and Persian need ZWJ/ZWNJ.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
 
 def _describe(ch: str) -> str:
     fallback = "control character" if unicodedata.category(ch) == "Cc" else "unnamed character"
@@ -43,8 +49,9 @@ def normalize_name(raw: str, what: str = "name") -> str:
 
     Raises ProtocolError(422) naming the rule that failed: empty or longer than 32
     characters; control, whitespace, zero-width or bidi characters; any character other
-    than letters, digits, ``_``, ``-``, ``.``; scripts mixed outside UTS #39's highly
-    restrictive profile.
+    than letters, digits, ``_``, ``-``, ``.``; a leading ``-``; scripts mixed outside
+    UTS #39's highly restrictive profile; a name in one non-Latin script whose every letter
+    has a Latin look-alike (UTS #39 §4 whole-script confusable).
     """
     name = unicodedata.normalize("NFKC", raw)
     if not name:
@@ -66,12 +73,44 @@ def normalize_name(raw: str, what: str = "name") -> str:
             raise ProtocolError(Status.INVALID,
                                 f"{what} may hold only letters, digits, '_', '-' and '.'; "
                                 f"found {ch!r}")
+    if name.startswith("-"):
+        raise ProtocolError(Status.INVALID,
+                            f"{what} must not start with '-' (it would read as a "
+                            "command-line option)")
     scripts = set(categories.unique_aliases(name)) - _IGNORED_SCRIPTS
     if len(scripts) > 1 and not any(scripts <= allowed for allowed in _ALLOWED_SCRIPT_SETS):
         raise ProtocolError(Status.INVALID,
                             f"{what} mixes scripts ({', '.join(sorted(scripts))}); "
                             "use one script so that it cannot imitate another name")
+    if scripts and "LATIN" not in scripts and _whole_script_confusable(name):
+        raise ProtocolError(Status.INVALID,
+                            f"{what} could be mistaken for a Latin name; every letter of it "
+                            "has a Latin look-alike, so use at least one letter that has "
+                            "none")
     return name
+
+
+@functools.cache
+def _latin_look_alike(ch: str) -> bool:
+    """Whether the Unicode confusables table gives ``ch`` a look-alike made only of basic
+    Latin letters and digits (``а`` -> ``a``, ``Β`` -> ``B``, ``ӏ`` -> ``i``).
+
+    Only ASCII targets count: the table also pairs many letters with rare Latin ones (small
+    capitals such as ``ᴍ`` for Cyrillic ``м``), which no Latin name is written with.
+    """
+    for glyph in utils.load("confusables.json").get(ch, ()):
+        other = glyph["c"].replace("\u200e", "")  # the table wraps RTL glyphs in LRMs
+        if other and other.isascii() and other.isalnum():
+            return True
+    return False
+
+
+def _whole_script_confusable(name: str) -> bool:
+    """UTS #39 §4 whole-script confusable with Latin: every letter of ``name`` (digits,
+    punctuation and combining marks aside) has a Latin look-alike, so the whole name can
+    pass for a Latin one (all-Cyrillic ``аӏісе``, Greek ``ΑΒΕ``)."""
+    letters = [ch for ch in name if unicodedata.category(ch).startswith("L")]
+    return bool(letters) and all(_latin_look_alike(ch) for ch in letters)
 
 
 def name_key(name: str) -> str:
@@ -112,20 +151,28 @@ def _map_confusables(text: str) -> str:
     return "".join(classes.get(ch, ch) for ch in text)
 
 
+def _strip_marks(text: str) -> str:
+    """``text`` decomposed (NFD) without its nonspacing marks (Mn): ``alíce`` -> ``alice``."""
+    return "".join(ch for ch in unicodedata.normalize("NFD", text)
+                   if unicodedata.category(ch) != "Mn")
+
+
 def skeleton(name: str) -> str:
     """A look-alike skeleton of a valid name: two names with equal skeletons can be
-    mistaken for each other (``alice``/``a1ice``/``aIice``, ``paypal``/``pаypal``), so only
-    one of them may exist. After UTS #39 §4 over the same confusables table, with
-    case folded in between (names are unique case-insensitively): map, fold, map again."""
-    once = _map_confusables(unicodedata.normalize("NFKC", name))
-    return _map_confusables(unicodedata.normalize("NFKC", once.casefold()))
+    mistaken for each other (``alice``/``a1ice``/``aIice``/``alíce``, ``paypal``/
+    ``pаypal``), so only one of them may exist. After UTS #39 §4 over the same confusables
+    table, with case folded in between (names are unique case-insensitively): drop
+    nonspacing marks, map, fold, drop marks, map again."""
+    once = _map_confusables(_strip_marks(unicodedata.normalize("NFKC", name)))
+    return _map_confusables(_strip_marks(unicodedata.normalize("NFKC", once.casefold())))
 
 
 def validate_text(text: str, max_bytes: int) -> str:
     """Return ``text`` if it may be sent as a message, else raise.
 
     Raises ProtocolError 422 when it is empty or whitespace only or holds a control
-    character other than newline and tab (or an unpaired surrogate), 413 when its UTF-8
+    character other than newline and tab, a bidi embedding, override or isolate
+    (U+202A–U+202E, U+2066–U+2069), or an unpaired surrogate; 413 when its UTF-8
     form exceeds ``max_bytes``. Text is never cut: an over-long message is refused whole.
     """
     if not text.strip():
@@ -133,6 +180,9 @@ def validate_text(text: str, max_bytes: int) -> str:
     for ch in text:
         if ch in "\n\t":
             continue
+        if ch in BIDI_CONTROLS:
+            raise ProtocolError(Status.INVALID, "message text contains a bidirectional "
+                                                f"control character ({_describe(ch)})")
         cat = unicodedata.category(ch)
         if cat == "Cc":
             raise ProtocolError(Status.INVALID,

@@ -35,13 +35,24 @@ MAX_REQUEST_ID_BYTES = 32
 #: stays far below it; anything larger is refused with 413 without being parsed.
 MAX_BODY_BYTES = 64 * 1024
 #: Transport limit set as ZMQ_MAXMSGSIZE on the broker's ROUTER (§9): a peer sending a
-#: larger frame is disconnected by libzmq before the broker sees it, so memory stays bounded.
-MAX_TRANSPORT_FRAME_BYTES = 1024 * 1024
+#: larger frame is disconnected by libzmq before the broker sees it. Twice MAX_BODY_BYTES,
+#: so that a body somewhat over its limit still gets a 413 rather than a silent drop.
+#: libzmq buffers a whole multipart message before delivering it and bounds only the size
+#: of each frame, not their number: see §9 for what that leaves open.
+MAX_TRANSPORT_FRAME_BYTES = 2 * MAX_BODY_BYTES
+#: Largest reply body a client accepts (a 500-message history page of long texts).
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+#: Every JSON integer on the wire is a signed 64-bit value (§9): SQLite and most JSON
+#: libraries hold no more, so a larger one is refused with 400 before it reaches them.
+MIN_WIRE_INT = -(2**63)
+MAX_WIRE_INT = 2**63 - 1
 #: Default and largest page of history (§6.9).
 DEFAULT_HISTORY_LIMIT = 50
 MAX_HISTORY_LIMIT = 500
 #: Client message ids (idempotent send, §6.8) are short opaque strings.
 MAX_CMID_CHARS = 64
+#: Direct-message ids acknowledged in one DM_ACK (§6.7).
+MAX_ACK_IDS = 1000
 #: Passwords are bytes to scrypt; 1,024 characters is more than any pass-phrase.
 MAX_PASSWORD_CHARS = 1024
 #: Away message (SET_PRESENCE) and quit message (LOGOUT), in characters (§6.12, §6.4).
@@ -444,10 +455,19 @@ class ListSessions(Request):
     REPLY: ClassVar[type[Reply]] = SessionList
 
 
+@dataclass(frozen=True, slots=True)
+class AckDirect(Request):
+    """The recipient's client has handed these direct messages to its application: the
+    broker stops keeping them for the next login (§6.7)."""
+
+    TYPE: ClassVar[str] = "DM_ACK"
+    ids: tuple[int, ...]
+
+
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.TYPE: cls
     for cls in (Info, Register, Login, Logout, Join, Part, ListRooms, Send, SendDirect,
-                FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic)
+                FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect)
 }
 EVENT_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,
@@ -498,13 +518,15 @@ def _check(value: Any, tp: Any, where: str, strict: bool = True) -> Any:
         for alt in typing.get_args(tp):
             if alt is type(None) and value is None:
                 return None
-        for alt in typing.get_args(tp):
-            if alt is type(None):
-                continue
+        alts = [alt for alt in typing.get_args(tp) if alt is not type(None)]
+        for alt in alts:
             try:
                 return _check(value, alt, where, strict)
-            except ProtocolError:
-                pass
+            except ProtocolError as exc:
+                if len(alts) == 1:  # an optional field: the one type's own reason
+                    raise ProtocolError(Status.BAD_REQUEST,
+                                        exc.reason.replace(" must be ", " must be null or ")
+                                        if "must be" in exc.reason else exc.reason) from None
         raise ProtocolError(Status.BAD_REQUEST, f"field {where} has the wrong type")
     if origin is Literal:
         if value in typing.get_args(tp) and isinstance(value, str):
@@ -522,6 +544,8 @@ def _check(value: Any, tp: Any, where: str, strict: bool = True) -> Any:
         raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a boolean")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not MIN_WIRE_INT <= value <= MAX_WIRE_INT:
+                raise ProtocolError(Status.BAD_REQUEST, f"field {where} is out of range")
             return value
         raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an integer")
     if tp is str:
@@ -565,8 +589,17 @@ def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "",
 
 
 def encode_body(value: Message) -> bytes:
-    """The JSON body of a message value, UTF-8, no insignificant whitespace."""
-    return json.dumps(to_dict(value), ensure_ascii=False, separators=(",", ":")).encode()
+    """The JSON body of a message value, UTF-8, no insignificant whitespace.
+
+    Raises ProtocolError(400) when a string in it is not valid Unicode (a lone surrogate,
+    e.g. a command-line argument that was not UTF-8, decoded with ``surrogateescape``).
+    """
+    text = json.dumps(to_dict(value), ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ProtocolError(Status.BAD_REQUEST,
+                            f"{value.TYPE} holds text that is not valid Unicode") from None
 
 
 def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
@@ -653,7 +686,7 @@ def decode_from_broker(frames: list[bytes], pending: dict[bytes, type[Reply]]
     if len(frames) != 4 or frames[0] != VERSION:
         raise ProtocolError(Status.BAD_REQUEST, "malformed frames from broker")
     _v, request_id, type_frame, body = frames
-    limit = MAX_TRANSPORT_FRAME_BYTES * 64  # replies (history pages) may be large
+    limit = MAX_REPLY_BYTES  # replies (history pages) may be large
     if request_id == b"":
         cls_push = PUSH_TYPES.get(type_frame.decode("ascii", "replace"))
         if cls_push is None:

@@ -121,16 +121,31 @@ class Store:
     """
 
     def __init__(self, path: str | Path) -> None:
+        """Open (creating if need be) and migrate the database at ``path``.
+
+        Raises StorageError naming the path when it cannot be opened: not a database,
+        unreadable, locked, or of a newer schema.
+        """
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if self.path != ":memory:":
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StorageError(f"cannot put {self.path} in WAL mode (got {mode})")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._migrate()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the database {self.path}: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            if self.path != ":memory:":
+                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StorageError(f"cannot put {self.path} in WAL mode (got {mode})")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._migrate()
+        except (sqlite3.DatabaseError, StorageError) as exc:
+            self._db.close()
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"cannot open the database {self.path}: {exc}") from exc
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -321,28 +336,34 @@ class Store:
     # -- direct messages ----------------------------------------------------------------
 
     def store_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
-                 now_ms: int, delivered: bool, max_pending: int) -> int:
-        """Store a direct message; returns its id. When the recipient then has more than
-        ``max_pending`` undelivered messages, the oldest undelivered ones are dropped."""
+                 now_ms: int, max_pending: int) -> int:
+        """Store a direct message as unacknowledged; returns its id. When the recipient then
+        has more than ``max_pending`` unacknowledged messages, the oldest are dropped."""
         with self._write() as db:
             cur = db.execute("INSERT INTO direct_messages(time_ms, sender, recipient_key, "
-                             "recipient, text, delivered) VALUES (?, ?, ?, ?, ?, ?)",
-                             (now_ms, sender, recipient_key, recipient, text, int(delivered)))
+                             "recipient, text, delivered) VALUES (?, ?, ?, ?, ?, 0)",
+                             (now_ms, sender, recipient_key, recipient, text))
             dm_id = int(cur.lastrowid or 0)
-            if not delivered:
-                db.execute("DELETE FROM direct_messages WHERE id IN (SELECT id FROM "
-                           "direct_messages WHERE recipient_key = ? AND delivered = 0 "
-                           "ORDER BY id DESC LIMIT -1 OFFSET ?)", (recipient_key, max_pending))
+            db.execute("DELETE FROM direct_messages WHERE id IN (SELECT id FROM "
+                       "direct_messages WHERE recipient_key = ? AND delivered = 0 "
+                       "ORDER BY id DESC LIMIT -1 OFFSET ?)", (recipient_key, max_pending))
         return dm_id
 
-    def take_pending_dms(self, recipient_key: str) -> list[DirectMessageRow]:
-        """The recipient's undelivered direct messages, oldest first, marked delivered in
-        the same transaction so that each is handed out exactly once."""
-        with self._write() as db:
-            rows = db.execute("SELECT id, time_ms, sender, recipient, text FROM "
-                              "direct_messages WHERE recipient_key = ? AND delivered = 0 "
-                              "ORDER BY id", (recipient_key,)).fetchall()
-            if rows:
-                db.execute("UPDATE direct_messages SET delivered = 1 WHERE recipient_key = ? "
-                           "AND delivered = 0 AND id <= ?", (recipient_key, rows[-1][0]))
+    def pending_dms(self, recipient_key: str) -> list[DirectMessageRow]:
+        """The recipient's direct messages not yet acknowledged (``delivered = 0``), oldest
+        first. Reading them changes nothing: only ``ack_dms`` does."""
+        rows = self._db.execute("SELECT id, time_ms, sender, recipient, text FROM "
+                                "direct_messages WHERE recipient_key = ? AND delivered = 0 "
+                                "ORDER BY id", (recipient_key,)).fetchall()
         return [DirectMessageRow(*row) for row in rows]
+
+    def ack_dms(self, recipient_key: str, ids: tuple[int, ...]) -> int:
+        """Mark the recipient's messages ``ids`` delivered (ids of other recipients are
+        ignored); returns how many changed."""
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._write() as db:
+            cur = db.execute(f"UPDATE direct_messages SET delivered = 1 WHERE recipient_key = ? "
+                             f"AND delivered = 0 AND id IN ({marks})", (recipient_key, *ids))
+            return cur.rowcount

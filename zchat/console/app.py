@@ -137,11 +137,18 @@ class ChatConsole:
             self._tab = None
             self.app.invalidate()
 
+    def sidebar_order(self) -> list[str]:
+        """Conversation keys as the sidebar lists them: rooms, then DMs, each in opening
+        order. Alt-1…9 and Ctrl-N/Ctrl-P follow it."""
+        return ([k for k in self.order if self.conversations[k].kind == "room"]
+                + [k for k in self.order if self.conversations[k].kind == "dm"])
+
     def _switch_by(self, step: int) -> None:
-        if not self.order:
+        order = self.sidebar_order()
+        if not order:
             return
-        index = self.order.index(self.active) if self.active in self.order else 0
-        self.switch(self.order[(index + step) % len(self.order)])
+        index = order.index(self.active) if self.active in order else 0
+        self.switch(order[(index + step) % len(order)])
 
     def add_line(self, key: str, line: v.Line) -> None:
         """Append a line to a conversation (a day marker first when the day changed)."""
@@ -185,7 +192,11 @@ class ChatConsole:
     async def start(self) -> None:
         """Restore the account's rooms (or lobby), then show them; pending DMs arrive as
         events."""
-        rooms = self._logged_in.rooms or (p.RoomState(room=DEFAULT_ROOM, last_seq=0),)
+        rooms = self._logged_in.rooms
+        if not rooms:  # the account left every room: back to the lobby, joined for real
+            joined = await self.client.join(DEFAULT_ROOM)
+            rooms = (p.RoomState(room=joined.room, last_seq=joined.last_seq,
+                                 topic=joined.topic),)
         for room in rooms:
             await self.open_room(room.room, room.topic)
         lobby = v.room_key(DEFAULT_ROOM)
@@ -571,8 +582,9 @@ class ChatConsole:
         for digit in "123456789":
             @kb.add("escape", digit, eager=True)
             def _alt_digit(event: KeyPressEvent, n: int = int(digit)) -> None:
-                if n <= len(self.order):
-                    self.switch(self.order[n - 1])
+                order = self.sidebar_order()
+                if n <= len(order):
+                    self.switch(order[n - 1])
 
         @kb.add("up", eager=True)
         def _up(event: KeyPressEvent) -> None:

@@ -1,0 +1,904 @@
+"""The console application driven key by key: a real broker thread on ``inproc://``, real
+clients, and the real prompt_toolkit Application reading a pipe input and drawing to a
+DummyOutput (STYLE.md §5).
+
+Every wait polls a condition with a deadline (``until``); nothing sleeps for a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from conftest import run
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.layout import Window
+from prompt_toolkit.output import DummyOutput
+
+from zchat import protocol as p
+from zchat.client import Client, Event
+from zchat.console import view as v
+from zchat.console.app import HISTORY_ON_OPEN, OLDER_PAGE, ChatConsole, login_flow
+from zchat.errors import RequestFailed
+from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
+
+FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}
+
+ENTER = "\r"
+UP, DOWN = "\x1b[A", "\x1b[B"
+PAGE_UP, PAGE_DOWN, END = "\x1b[5~", "\x1b[6~", "\x1b[F"
+TAB, ESC = "\t", "\x1b"
+CTRL_A, CTRL_C, CTRL_D, CTRL_E = "\x01", "\x03", "\x04", "\x05"
+CTRL_N, CTRL_P, CTRL_U, CTRL_W = "\x0e", "\x10", "\x15", "\x17"
+
+
+def alt(key: str) -> str:
+    return "\x1b" + key
+
+
+def paste(text: str) -> str:
+    return f"\x1b[200~{text}\x1b[201~"
+
+
+async def until(condition: Callable[[], Any], timeout: float = 5.0,
+                what: str = "condition") -> Any:
+    """Poll ``condition()`` until it is truthy and return it; AssertionError after
+    ``timeout`` seconds. Yields to the loop between checks (polling, not sleeping for a
+    socket)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def next_of(client: Client, match: Callable[[Event], bool],
+                  timeout: float = 5.0) -> Event:
+    """The next event of ``client`` that ``match``es (others are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no matching event in time")
+        event = await client.next_event(left)
+        if event is not None and match(event):
+            return event
+
+
+def posted(text: str) -> Callable[[Event], bool]:
+    return lambda e: isinstance(e, p.MessagePosted) and e.text == text
+
+
+def window_text(window: Window, width: int, height: int) -> list[str]:
+    """The text of the rows a window's control draws at ``width`` x ``height``."""
+    content = window.content.create_content(width, height)
+    return ["".join(text for _style, text, *_ in content.get_line(i))
+            for i in range(content.line_count)]
+
+
+@dataclass
+class Session:
+    console: ChatConsole
+    keys: PipeInput
+    task: asyncio.Future[None]
+    client: Client
+
+    def send(self, text: str) -> None:
+        self.keys.send_text(text)
+
+    def type_line(self, text: str) -> None:
+        self.keys.send_text(text + ENTER)
+
+    @property
+    def conv(self) -> v.Conversation:
+        conv = self.console.current
+        assert conv is not None
+        return conv
+
+    def texts(self, key: str | None = None, kinds: tuple[str, ...] = ()) -> list[str]:
+        conv = self.console.conversations[key] if key else self.conv
+        return [ln.text for ln in conv.lines if not kinds or ln.kind in kinds]
+
+    def seqs(self, key: str = "lobby") -> list[int]:
+        return [ln.seq for ln in self.console.conversations[key].lines
+                if ln.seq is not None]
+
+    def errors(self) -> list[str]:
+        return self.texts(kinds=("error",))
+
+    def status(self, width: int = 80) -> str:
+        (status,) = [w for w in self.console.app.layout.find_all_windows()
+                     if w.style == "class:status"]
+        return window_text(status, width, 1)[0]
+
+    def sidebar(self) -> list[str]:
+        (sidebar,) = [w for w in self.console.app.layout.find_all_windows()
+                      if w.style == "class:sidebar"]
+        return [row.rstrip() for row in window_text(sidebar, 24, 30)]
+
+    async def wait_text(self, text: str, key: str | None = None) -> None:
+        await until(lambda: text in self.texts(key), what=f"line {text!r}")
+
+    async def wait_exit(self, timeout: float = 1.0) -> float:
+        """Seconds until run() returned; fails after ``timeout``."""
+        start = time.monotonic()
+        await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        return time.monotonic() - start
+
+
+async def login(h: Harness, name: str, client: Client | None = None) -> tuple[Client,
+                                                                            p.LoggedIn]:
+    client = client or h.new_client()
+    await client.connect()
+    with contextlib.suppress(RequestFailed):  # already registered
+        await client.register(name, DEFAULT_PASSWORD)
+    return client, await client.login(name, DEFAULT_PASSWORD)
+
+
+@contextlib.asynccontextmanager
+async def console_session(h: Harness, name: str = "alice", client: Client | None = None,
+                          **options: Any) -> AsyncIterator[Session]:
+    """``name`` logged in and shown by a running ChatConsole fed from a pipe input; left
+    with Ctrl-C (if still running) and the client closed on exit."""
+    client, logged_in = await login(h, name, client)
+    with create_pipe_input() as keys:
+        console = ChatConsole(client, logged_in, input=keys, output=DummyOutput(),
+                              tz=dt.UTC, **options)
+        task = asyncio.ensure_future(console.run())
+        session = Session(console, keys, task, client)
+        try:
+            await until(lambda: task.done() or (
+                console.app.is_running and console.current is not None
+                and any(t.startswith("connected to") for t in session.texts())),
+                what="the console to start")
+            assert not task.done(), task
+            yield session
+        finally:
+            if not task.done():
+                keys.send_text(CTRL_C)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 5)
+            await client.close()
+
+
+async def post_many(client: Client, room: str, n: int) -> None:
+    for i in range(1, n + 1):
+        await client.send(room, f"m{i}")
+
+
+async def room_last_seq(client: Client, room: str) -> int:
+    """The room's last sequence number as the broker lists it."""
+    (info,) = [r for r in (await client.list_rooms()).rooms if r.room == room]
+    return info.last_seq
+
+
+# -- opening ----------------------------------------------------------------------------------
+
+
+def test_lands_in_lobby_with_the_last_50_messages(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob:
+            await post_many(bob, "lobby", 60)
+            async with console_session(harness) as s:
+                assert s.console.active == "lobby"
+                assert s.console.order == ["lobby"]
+                assert HISTORY_ON_OPEN == 50
+                assert s.seqs() == list(range(11, 61))
+                assert s.texts(kinds=("message",)) == [f"m{i}" for i in range(11, 61)]
+                assert set(s.conv.members) == {"alice", "bob"}
+                await bob.send("lobby", "after start")
+                await s.wait_text("after start")
+                assert s.seqs() == list(range(11, 62))
+
+    run(main())
+
+
+def test_no_duplicate_at_the_seam_of_history_and_live_messages(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob:
+            await post_many(bob, "lobby", 60)
+            client, logged_in = await login(harness, "alice")
+            with create_pipe_input() as keys:
+                console = ChatConsole(client, logged_in, input=keys, output=DummyOutput(),
+                                      tz=dt.UTC)
+                task = asyncio.ensure_future(console.run())
+                # Posted while the console fetches its history: it may come both in the
+                # HISTORY page and on PUB.
+                for i in range(61, 66):
+                    await bob.send("lobby", f"m{i}")
+                await until(lambda: "lobby" in console.conversations
+                            and 65 in console.conversations["lobby"])
+                seqs = [ln.seq for ln in console.conversations["lobby"].lines
+                        if ln.seq is not None]
+                assert len(seqs) == len(set(seqs))
+                assert seqs == list(range(seqs[0], 66))
+                assert seqs[0] <= 16  # at least the last 50
+                keys.send_text(CTRL_C)
+                await asyncio.wait_for(task, 2)
+
+    run(main())
+
+
+def test_an_account_in_no_room_lands_in_the_lobby_joined(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("alice") as before:
+            await before.part("lobby")
+            await before.logout()
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            assert s.console.active == "lobby" and s.console.order == ["lobby"]
+            assert "alice" in [u.name for u in (await bob.who("lobby")).users]
+            s.type_line("back in the lobby")
+            got = await next_of(bob, posted("back in the lobby"))
+            assert isinstance(got, p.MessagePosted) and got.sender == "alice"
+            assert s.errors() == []
+
+    run(main())
+
+
+# -- sending and receiving ----------------------------------------------------------------------
+
+
+def test_enter_sends_to_the_room_and_the_line_shows_once(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.type_line("hello from alice")
+            got = await next_of(bob, posted("hello from alice"))
+            assert isinstance(got, p.MessagePosted)
+            assert (got.room, got.sender, got.kind) == ("lobby", "alice", "text")
+            assert s.console.input_buffer.text == ""
+            await bob.send("lobby", "hello from bob")  # a barrier: it arrives after ours
+            await s.wait_text("hello from bob")
+            mine = [ln for ln in s.conv.lines if ln.text == "hello from alice"]
+            assert len(mine) == 1
+            assert (mine[0].seq, mine[0].sender, mine[0].own) == (got.seq, "alice", True)
+            theirs = [ln for ln in s.conv.lines if ln.text == "hello from bob"]
+            assert (theirs[0].sender, theirs[0].own, theirs[0].kind) == ("bob", False,
+                                                                        "message")
+
+    run(main())
+
+
+def test_commands_join_part_me_topic(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.type_line("/join dev")
+            await until(lambda: s.console.active == "dev", what="switch to #dev")
+            assert s.console.order == ["lobby", "dev"]
+            rooms = {r.room: r for r in (await bob.list_rooms()).rooms}
+            assert (rooms["dev"].members, rooms["dev"].joined) == (1, False)
+            assert s.console.input_buffer.text == ""
+
+            await bob.join("dev")
+            await until(lambda: "bob" in s.conv.members, what="bob in the member list")
+            assert "bob joined #dev" in s.texts()
+
+            s.type_line("/me waves")
+            action = await next_of(bob, posted("waves"))
+            assert isinstance(action, p.MessagePosted)
+            assert (action.room, action.sender, action.kind) == ("dev", "alice", "action")
+            await until(lambda: any(ln.kind == "action" for ln in s.conv.lines))
+
+            s.type_line("/topic new topic")
+            topic = await next_of(bob, lambda e: isinstance(e, p.TopicChanged))
+            assert isinstance(topic, p.TopicChanged)
+            assert (topic.room, topic.topic, topic.by) == ("dev", "new topic", "alice")
+            await s.wait_text("alice set the topic: new topic")
+            assert s.conv.topic == "new topic"
+            assert s.status().startswith(" alice │ #dev │ new topic ")
+
+            s.type_line("/topic")
+            await s.wait_text("topic of #dev: new topic")
+
+            s.type_line("/part")
+            await until(lambda: s.console.active == "lobby", what="back to the lobby")
+            assert s.console.order == ["lobby"]
+            left = await next_of(bob, lambda e: isinstance(e, p.UserLeft))
+            assert isinstance(left, p.UserLeft)
+            assert (left.room, left.name) == ("dev", "alice")
+            assert s.errors() == []
+
+    run(main())
+
+
+def test_msg_opens_the_dm_conversation(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.type_line("/msg bob hi")
+            dm = await next_of(bob, lambda e: isinstance(e, p.DirectMessage))
+            assert isinstance(dm, p.DirectMessage)
+            assert (dm.sender, dm.to, dm.text) == ("alice", "bob", "hi")
+            await until(lambda: s.console.active == "dm:bob", what="the @bob conversation")
+            assert s.texts(kinds=("dm",)) == ["hi"]
+            assert s.status().startswith(" alice │ @bob ")
+
+            # Text typed in a DM conversation goes to bob directly; his answer shows.
+            s.type_line("and more")
+            dm2 = await next_of(bob, lambda e: isinstance(e, p.DirectMessage))
+            assert isinstance(dm2, p.DirectMessage) and dm2.text == "and more"
+            await bob.dm("alice", "hello alice")
+            await s.wait_text("hello alice")
+            assert s.texts(kinds=("dm",)) == ["hi", "and more", "hello alice"]
+
+    run(main())
+
+
+def test_message_from_another_client_appears(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            sent = await bob.send("lobby", "anyone here?")
+            await s.wait_text("anyone here?")
+            (line,) = [ln for ln in s.conv.lines if ln.text == "anyone here?"]
+            assert (line.sender, line.seq, line.time_ms) == ("bob", sent.seq, sent.time)
+            rows = window_text(s.console.pane, 55, 38)
+            hhmm = dt.datetime.fromtimestamp(sent.time / 1000, dt.UTC).strftime("%H:%M")
+            assert f"{hhmm}          bob │ anyone here?" in rows
+
+    run(main())
+
+
+def test_away_and_back_change_presence_for_others(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.type_line("/away gone")
+            # (bob saw alice come online first)
+            away = await next_of(bob, lambda e: isinstance(e, p.PresenceChanged)
+                                 and e.name == "alice" and e.presence != "online")
+            assert isinstance(away, p.PresenceChanged)
+            assert (away.presence, away.text) == ("away", "gone")
+            await s.wait_text("you are marked away: gone")
+            await until(lambda: s.conv.members["alice"].presence == "away")
+            s.type_line("/back")
+            back = await next_of(bob, lambda e: isinstance(e, p.PresenceChanged)
+                                 and e.name == "alice")
+            assert isinstance(back, p.PresenceChanged)
+            assert (back.presence, back.text) == ("online", "")
+            await s.wait_text("you are back")
+            await until(lambda: s.conv.members["alice"].presence == "online")
+            # Presence changes are shown in the member list, not as lines.
+            assert not [t for t in s.texts(kinds=("notice",)) if "is away" in t]
+
+    run(main())
+
+
+def test_who_and_rooms_print_info_lines(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            await bob.join("dev")
+            await bob.set_presence("away", "lunch")
+            await until(lambda: s.conv.members["bob"].presence == "away")
+            s.type_line("/who")
+            await s.wait_text("  bob (away) — lunch")
+            info = s.texts(kinds=("info",))
+            start = info.index("2 members #lobby:")
+            assert info[start:start + 3] == ["2 members #lobby:", "  alice (online)",
+                                             "  bob (away) — lunch"]
+            s.type_line("/rooms")
+            await s.wait_text("2 rooms:")
+            await until(lambda: s.texts(kinds=("info",))[-1].startswith(" "))
+            info = s.texts(kinds=("info",))
+            start = info.index("2 rooms:")
+            assert sorted(info[start + 1:start + 3]) == ["  #dev (1 members)",
+                                                         " *#lobby (2 members)"]
+
+    run(main())
+
+
+def test_history_loads_older_and_clear_empties(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob:
+            await post_many(bob, "lobby", 60)
+            async with console_session(harness) as s:
+                assert s.seqs()[0] == 11
+                s.type_line("/history 5")
+                await s.wait_text("loaded 5 older messages")
+                assert s.seqs() == list(range(6, 61))
+                s.type_line("/history 500")  # only 5 are left
+                await until(lambda: s.texts().count("loaded 5 older messages") == 2)
+                assert s.seqs() == list(range(1, 61))
+                s.type_line("/clear")
+                await until(lambda: not s.conv.lines, what="an empty pane")
+                await bob.send("lobby", "after clear")
+                await s.wait_text("after clear")
+                assert s.texts() == ["after clear"]
+
+    run(main())
+
+
+def test_switching_conversations(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob"), console_session(harness) as s:
+            s.type_line("/msg bob psst")
+            await until(lambda: s.console.active == "dm:bob")
+            s.type_line("/join dev")
+            await until(lambda: s.console.active == "dev")
+            # Opened in this order; the sidebar (and Alt-N, Ctrl-N/P) lists rooms first.
+            assert s.console.order == ["lobby", "dm:bob", "dev"]
+            assert s.sidebar()[:5] == ["Rooms", " #lobby", " #dev", "Direct", " @bob"]
+
+            s.type_line("/switch lobby")
+            await until(lambda: s.console.active == "lobby")
+            s.type_line("/switch #dev")
+            await until(lambda: s.console.active == "dev")
+            s.type_line("/switch @bob")
+            await until(lambda: s.console.active == "dm:bob")
+            s.type_line("/switch nowhere")
+            await until(lambda: s.errors() == ["not in nowhere: /join it first"])
+            assert s.console.active == "dm:bob"
+
+            s.send(alt("1"))
+            await until(lambda: s.console.active == "lobby")
+            s.send(alt("2"))
+            await until(lambda: s.console.active == "dev")
+            s.send(alt("3"))
+            await until(lambda: s.console.active == "dm:bob")
+            s.send(alt("9") + alt("2"))  # no ninth conversation: nothing happens
+            await until(lambda: s.console.active == "dev")
+
+            s.send(CTRL_N)
+            await until(lambda: s.console.active == "dm:bob")
+            s.send(CTRL_N)  # wraps around
+            await until(lambda: s.console.active == "lobby")
+            s.send(CTRL_P)
+            await until(lambda: s.console.active == "dm:bob")
+            s.send(CTRL_P)
+            await until(lambda: s.console.active == "dev")
+            assert s.console.input_buffer.text == ""
+
+    run(main())
+
+
+# -- errors: one line, nothing sent ------------------------------------------------------------
+
+
+def test_unknown_command_and_refused_requests_show_one_error_line() -> None:
+    async def main(h: Harness) -> None:
+        async with h.client("bob") as bob, console_session(h) as s:
+            before = await room_last_seq(bob, "lobby")
+            s.type_line("/frobnicate now")
+            await until(lambda: s.errors() == ["unknown command /frobnicate — try /help"])
+
+            s.type_line("/join bad!name")
+            await until(lambda: len(s.errors()) == 2, what="the refused /join")
+            assert s.errors()[1].startswith("refused: ")
+            assert s.errors()[1].endswith("(422)")
+            assert s.console.order == ["lobby"] and s.console.active == "lobby"
+
+            s.type_line("x" * 101)
+            await until(lambda: len(s.errors()) == 3, what="the refused message")
+            assert s.errors()[2].startswith("refused: ")
+            assert s.errors()[2].endswith("(413)")
+
+            s.type_line("/msg nobody-here hi")
+            await until(lambda: len(s.errors()) == 4, what="the refused DM")
+            assert s.errors()[3].endswith("(404)")
+            assert "dm:nobody-here" not in s.console.order
+
+            # Nothing reached the room: its last sequence number is unchanged, and a
+            # message sent now is the very next one.
+            assert await room_last_seq(bob, "lobby") == before
+            s.type_line("fine")
+            got = await next_of(bob, posted("fine"))
+            assert isinstance(got, p.MessagePosted) and got.seq == before + 1
+            assert len(s.errors()) == 4
+            assert s.console.app.is_running
+
+    with running_broker(max_text_bytes=100) as h:
+        run(main(h))
+
+
+# -- editing -----------------------------------------------------------------------------------
+
+
+def test_input_history_up_and_down(harness: Harness) -> None:
+    async def main() -> None:
+        async with console_session(harness) as s:
+            buf = s.console.input_buffer
+            s.type_line("first")
+            s.type_line("second")
+            await s.wait_text("second")
+            s.send("draft")
+            await until(lambda: buf.text == "draft")
+            s.send(UP)
+            await until(lambda: buf.text == "second")
+            s.send(UP)
+            await until(lambda: buf.text == "first")
+            s.send(UP)  # at the oldest: stays
+            s.send(DOWN)
+            await until(lambda: buf.text == "second")
+            assert buf.cursor_position == len("second")
+            s.send(DOWN)
+            await until(lambda: buf.text == "draft")
+
+    run(main())
+
+
+def test_tab_completes_nicks_and_commands(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob"), harness.client("bonnie"), \
+                console_session(harness) as s:
+            buf = s.console.input_buffer
+            await until(lambda: {"bob", "bonnie"} <= set(s.conv.members))
+            s.send("bo" + TAB)
+            await until(lambda: buf.text == "bob: ")
+            s.send(TAB)  # the next candidate
+            await until(lambda: buf.text == "bonnie: ")
+            s.send("\x1b[Z")  # Shift-Tab: back
+            await until(lambda: buf.text == "bob: ")
+            s.send("hi " + "bon" + TAB)
+            await until(lambda: buf.text == "bob: hi bonnie ")
+            s.send(CTRL_U + "/jo" + TAB)
+            await until(lambda: buf.text == "/join ")
+            s.send("lo" + TAB)
+            await until(lambda: buf.text == "/join lobby ")
+
+    run(main())
+
+
+def test_readline_editing_keys(harness: Harness) -> None:
+    async def main() -> None:
+        async with console_session(harness) as s:
+            buf = s.console.input_buffer
+            s.send("hello big world")
+            await until(lambda: buf.text == "hello big world")
+            s.send(CTRL_A)
+            await until(lambda: buf.cursor_position == 0)
+            s.send(">")
+            await until(lambda: buf.text == ">hello big world")
+            s.send(CTRL_E)
+            await until(lambda: buf.cursor_position == len(buf.text))
+            s.send(CTRL_W)
+            await until(lambda: buf.text == ">hello big ")
+            s.send(CTRL_U)
+            await until(lambda: buf.text == "")
+            assert s.texts(kinds=("message",)) == []
+
+    run(main())
+
+
+# -- paste -------------------------------------------------------------------------------------
+
+
+def test_paste_of_a_few_lines_sends_one_message(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.send(paste("one\r\ntwo\r\nthree\r\n"))
+            got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
+            assert isinstance(got, p.MessagePosted)
+            assert got.text == "one\ntwo\nthree"
+            await s.wait_text("one\ntwo\nthree")
+            assert s.console.input_buffer.text == ""
+
+            # A pasted /quit line is text, never a command.
+            s.send(paste("/quit\n/part lobby\n"))
+            got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
+            assert isinstance(got, p.MessagePosted) and got.text == "/quit\n/part lobby"
+            await s.wait_text("/quit\n/part lobby")
+            assert s.console.app.is_running and s.console.order == ["lobby"]
+
+            # One line goes into the input line to be edited, not sent.
+            s.send(paste("/quit"))
+            await until(lambda: s.console.input_buffer.text == "/quit")
+            assert s.console.app.is_running
+
+    run(main())
+
+
+def test_long_paste_asks_first(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, \
+                console_session(harness, paste_confirm_lines=5) as s:
+            before = await room_last_seq(bob, "lobby")
+            eight = "\n".join(f"line {i}" for i in range(1, 9))
+            s.send(paste(eight))
+            await s.wait_text("pasted 8 lines: Enter sends them as one message, Esc cancels")
+            assert s.console.pending_paste is not None
+            assert await room_last_seq(bob, "lobby") == before
+            s.send(ENTER)
+            got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
+            assert isinstance(got, p.MessagePosted) and got.text == eight
+            assert s.console.pending_paste is None
+
+            s.send(paste(eight.upper()))
+            await until(lambda: s.console.pending_paste is not None)
+            s.send(ESC)
+            await s.wait_text("paste cancelled")
+            assert s.console.pending_paste is None
+            s.type_line("after")  # the next message is the next seq: nothing else went
+            got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
+            assert isinstance(got, p.MessagePosted)
+            assert (got.text, got.seq) == ("after", before + 2)
+
+    run(main())
+
+
+# -- unread, mentions, scrolling ------------------------------------------------------------------
+
+
+def test_unread_count_and_mention_marker_on_an_inactive_room(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            await bob.join("dev")
+            s.type_line("/join dev")
+            await until(lambda: s.console.active == "dev")
+            s.send(alt("1"))
+            await until(lambda: s.console.active == "lobby")
+            await bob.send("dev", "just chatting")
+            await until(lambda: s.console.conversations["dev"].unread == 1)
+            dev = s.console.conversations["dev"]
+            assert not dev.mention
+            assert " #dev (1)" in s.sidebar()[1:3]
+            await bob.send("dev", "hey Alice, look")
+            await until(lambda: dev.unread == 2)
+            assert dev.mention
+            assert "!#dev (2)" in s.sidebar()[1:3]
+            s.send(alt("2"))
+            await until(lambda: s.console.active == "dev")
+            assert (dev.unread, dev.mention) == (0, False)
+            (line,) = [ln for ln in dev.lines if ln.text == "hey Alice, look"]
+            assert line.mention
+
+    run(main())
+
+
+def test_scrolling_page_up_new_messages_and_end(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob:
+            await post_many(bob, "lobby", 160)
+            async with console_session(harness) as s:
+                conv = s.conv
+                assert s.seqs()[0] == 111
+                await until(lambda: s.console.pane.render_info is not None)
+                s.send(PAGE_UP)
+                await until(lambda: not conv.following, what="PageUp to leave following")
+                await bob.send("lobby", "while scrolled")
+                await until(lambda: conv.new_while_scrolled == 1)
+                assert not conv.following
+                await until(lambda: "-- 1 new message (End) --"
+                            in window_text(s.console.pane, 55, 38)[-1])
+                s.send(END)
+                await until(lambda: conv.following)
+                assert conv.new_while_scrolled == 0
+                assert window_text(s.console.pane, 55, 38)[-1].endswith(
+                    "bob │ while scrolled")
+
+                # Scrolling above the loaded lines fetches the page before them.
+                for _ in range(4):
+                    s.send(PAGE_UP)
+                await until(lambda: s.seqs()[0] == 111 - OLDER_PAGE,
+                            what="an older page")
+                assert s.seqs() == list(range(11, 162))
+                s.send(PAGE_DOWN * 10)
+                await until(lambda: conv.following, what="PageDown back to the bottom")
+
+                # The mouse wheel scrolls the pane too (SGR mouse report, row 5).
+                s.send("\x1b[<64;10;5M")
+                await until(lambda: not conv.following, what="wheel up")
+                assert conv.scroll_rows == 3
+                s.send("\x1b[<65;10;5M")
+                await until(lambda: conv.following, what="wheel down")
+
+    run(main())
+
+
+def test_text_from_the_wire_is_drawn_sanitized(harness: Harness) -> None:
+    async def main() -> None:
+        async with console_session(harness) as s:
+            evil = p.MessagePosted(room="lobby", seq=999, time=1_700_000_000_000,
+                                   sender="mallory", text="boom\x1b[2J\x07done")
+            s.console.on_event(evil)
+            rows = window_text(s.console.pane, 55, 10)
+            assert not any("\x1b" in r or "\x07" in r for r in rows)
+            assert any("boom␛[2J␇done" in r for r in rows)
+            assert rows[-1] == f"22:13      mallory │ {v.sanitize(evil.text)}"
+
+    run(main())
+
+
+# -- leaving -----------------------------------------------------------------------------------
+
+
+def test_quit_logs_out_with_a_message_within_a_second(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.type_line("/quit see you")
+            assert await s.wait_exit(1.0) < 1.0
+            gone = await next_of(bob, lambda e: isinstance(e, p.PresenceChanged)
+                                 and e.name == "alice" and e.presence == "offline")
+            assert isinstance(gone, p.PresenceChanged)
+            assert (gone.presence, gone.text) == ("offline", "see you")
+            assert s.client.state == "closed"
+
+    run(main())
+
+
+def test_ctrl_c_exits(harness: Harness) -> None:
+    async def main() -> None:
+        async with console_session(harness) as s:
+            s.send("half typed")
+            s.send(CTRL_C)
+            assert await s.wait_exit(1.0) < 1.0
+
+    run(main())
+
+
+def test_ctrl_d_exits_only_on_an_empty_line(harness: Harness) -> None:
+    async def main() -> None:
+        async with console_session(harness) as s:
+            buf = s.console.input_buffer
+            s.send("ab" + CTRL_A + CTRL_D)  # deletes the character under the cursor
+            await until(lambda: buf.text == "b")
+            assert not s.task.done()
+            s.send(CTRL_E + CTRL_U)  # Ctrl-U deletes before the cursor
+            await until(lambda: buf.text == "")
+            assert not s.task.done()
+            s.send(CTRL_D)
+            assert await s.wait_exit(1.0) < 1.0
+
+    run(main())
+
+
+def test_exits_within_a_second_after_the_broker_is_gone() -> None:
+    cm = running_broker()
+    h = cm.__enter__()
+    stopped = False
+
+    async def main() -> None:
+        nonlocal stopped
+        async with console_session(h) as s:
+            await asyncio.to_thread(cm.__exit__, None, None, None)
+            stopped = True
+            s.send(CTRL_C)
+            assert await s.wait_exit(1.0) < 1.0
+
+    try:
+        run(main())
+    finally:
+        if not stopped:
+            cm.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(("reconnect", "state"), [(True, "reconnecting"),
+                                                  (False, "disconnected")])
+def test_status_bar_after_losing_the_broker(reconnect: bool, state: str) -> None:
+    cm = running_broker(**FAST_BEATS)
+    h = cm.__enter__()
+    stopped = False
+
+    async def main() -> None:
+        nonlocal stopped
+        client = Client(h.server, context=h.context, timeout_s=0.5, reconnect=reconnect)
+        async with console_session(h, client=client) as s:
+            assert re.fullmatch(r" alice │ #lobby +connected( \d+ ms)? ", s.status())
+            await asyncio.to_thread(cm.__exit__, None, None, None)
+            stopped = True
+            await until(lambda: s.console.state == state, timeout=5, what=state)
+            right = {"reconnecting": r"reconnecting in \d+ s", "disconnected": "disconnected"}
+            assert re.fullmatch(rf" alice │ #lobby +{right[state]} ", s.status())
+            assert any(t.startswith("lost the broker") for t in s.errors())
+            s.send(CTRL_C)
+            assert await s.wait_exit(1.0) < 1.0
+
+    try:
+        run(main())
+    finally:
+        if not stopped:
+            cm.__exit__(None, None, None)
+
+
+# -- before the screen: login_flow --------------------------------------------------------------
+
+
+class Script:
+    """A scripted ``ask``: answers in order, records the prompts."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.prompts: list[str] = []
+        self.said: list[str] = []
+
+    async def ask(self, prompt: str, secret: bool) -> str:
+        self.prompts.append(f"{prompt}{'(secret)' if secret else ''}")
+        assert self.answers, f"unexpected prompt {prompt!r}"
+        return self.answers.pop(0)
+
+    def say(self, text: str) -> None:
+        self.said.append(text)
+
+
+def test_login_flow_creates_a_missing_account(harness: Harness) -> None:
+    async def main() -> None:
+        script = Script("pw one", "y", "pw one", "pw one")
+        async with harness.client() as client:
+            logged_in = await login_flow(client, "carol", script.ask, None, script.say)
+            assert logged_in.name == "carol"
+            assert [r.room for r in logged_in.rooms] == ["lobby"]
+        assert script.prompts == [
+            "Password for carol: (secret)",
+            "There is no account named 'carol'. Create it? [y/N] ",
+            "New password: (secret)", "New password (again): (secret)"]
+        assert script.said == ["Created the account carol."]
+        async with harness.client() as again:  # the account exists with that password
+            assert (await again.login("carol", "pw one")).name == "carol"
+
+    run(main())
+
+
+def test_login_flow_asks_again_when_new_passwords_differ(harness: Harness) -> None:
+    async def main() -> None:
+        script = Script("x", "y", "first", "second",   # mismatch
+                        "x", "yes", "third", "third")
+        async with harness.client() as client:
+            logged_in = await login_flow(client, "dave", script.ask, None, script.say)
+            assert logged_in.name == "dave"
+        assert script.said == ["The passwords do not match.", "Created the account dave."]
+        assert len(script.prompts) == 8 and script.answers == []
+        async with harness.client() as again:
+            with pytest.raises(RequestFailed) as wrong:
+                await again.login("dave", "first")
+            assert wrong.value.status == 401
+            assert (await again.login("dave", "third")).name == "dave"
+
+    run(main())
+
+
+def test_login_flow_declined_creation_raises_not_found(harness: Harness) -> None:
+    async def main() -> None:
+        script = Script("x", "n")
+        async with harness.client() as client:
+            with pytest.raises(RequestFailed) as failed:
+                await login_flow(client, "erin", script.ask, None, script.say)
+        assert failed.value.status == 404
+        assert script.said == []
+
+    run(main())
+
+
+def test_login_flow_wrong_password_asks_again(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("alice"):
+            pass
+        script = Script("not it", DEFAULT_PASSWORD)
+        async with harness.client() as client:
+            logged_in = await login_flow(client, "alice", script.ask, None, script.say)
+            assert logged_in.name == "alice"
+        assert script.said == ["Wrong password, try again."]
+        assert script.prompts == ["Password for alice: (secret)"] * 2
+
+    run(main())
+
+
+def test_login_flow_wrong_password_from_the_environment_raises(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("alice"):
+            pass
+        script = Script()
+        async with harness.client() as client:
+            with pytest.raises(RequestFailed) as failed:
+                await login_flow(client, "alice", script.ask, "not it", script.say)
+        assert failed.value.status == 401
+        assert script.prompts == [] and script.said == []
+
+    run(main())
+
+
+def test_login_flow_creates_with_the_environment_password(harness: Harness) -> None:
+    async def main() -> None:
+        script = Script("y")
+        async with harness.client() as client:
+            logged_in = await login_flow(client, "frank", script.ask, "env pw", script.say)
+            assert logged_in.name == "frank"
+        assert script.prompts == ["There is no account named 'frank'. Create it? [y/N] "]
+        async with harness.client() as again:
+            assert (await again.login("frank", "env pw")).name == "frank"
+
+    run(main())
