@@ -270,3 +270,26 @@ def test_set_topic_and_unknown_room(store: Store) -> None:
     with pytest.raises(ProtocolError) as info:
         store.set_topic("nowhere", "x")
     assert info.value.status == Status.NOT_FOUND
+
+
+@pytest.mark.parametrize("content", [b"not sqlite\n", b"SQLite format 3\x00" + b"\xff" * 200])
+def test_corrupt_file_is_storage_error_naming_the_path(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "zchat.db"
+    path.write_bytes(content)
+    with pytest.raises(StorageError) as info:
+        Store(path)
+    assert info.value.reason.startswith(f"cannot open the database {path}: ")
+    assert path.read_bytes() == content  # nothing was written over it
+
+
+def test_corrupt_file_reason_is_sqlites(tmp_path: Path) -> None:
+    path = tmp_path / "zchat.db"
+    path.write_text("not sqlite\n", encoding="utf-8")
+    with pytest.raises(StorageError, match=r"^cannot open the database .*: file is not a "
+                                           r"database$"):
+        Store(path)
+
+
+def test_directory_in_place_of_the_file_is_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="cannot open the database"):
+        Store(tmp_path)
