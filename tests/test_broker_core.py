@@ -190,7 +190,9 @@ def test_register_ok_and_account_is_in_lobby(world: World) -> None:
     peer = world.peer()
     out = peer.register("Alice")
     assert out.reply == p.Registered(name="Alice")
-    assert out.events == []  # registering is not logging in: no presence
+    # registering is not logging in: no presence, but lobby's members learn of the newcomer
+    assert out.events == [(b"room/lobby/", p.UserJoined(room="lobby", name="Alice",
+                                                         time=world.clock.ms))]
     assert world.store.get_account("alice") is not None
     login = peer.login("alice")
     assert isinstance(login.reply, p.LoggedIn)
@@ -1132,3 +1134,12 @@ def test_bidi_override_is_refused_in_text_topic_and_away(world: World) -> None:
     assert alice.call(p.SetPresence(presence="away", text=rlo)).status == Status.INVALID
     assert world.store.get_room("lobby").topic == ""
     assert alice.call(p.Send(room="lobby", text="ok \u200d\u200c")).ok
+
+
+@pytest.mark.parametrize("text", ["gone\nfake line", "tab\there", "sep\u2028x"])
+def test_away_and_quit_messages_are_one_line(world: World, text: str) -> None:
+    alice = world.user("alice")
+    assert alice.call(p.SetPresence(presence="away", text=text)).status == Status.INVALID
+    assert alice.call(p.Logout(text=text)).status == Status.INVALID
+    assert world.core.accounts["alice"].presence == "online"
+    assert alice.routing_id in world.core.sessions

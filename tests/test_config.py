@@ -339,3 +339,25 @@ def test_data_dir_explicit(xdg: Path, tmp_path: Path) -> None:
 ])
 def test_good_endpoints_pass(endpoint: str, bind: bool) -> None:
     assert endpoint_problem(endpoint, bind=bind) is None
+
+
+def test_console_logs_go_to_a_file_never_the_terminal(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from zchat.cli import _log_to_file
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        _log_to_file()
+        assert [type(h) for h in root.handlers] == [logging.FileHandler]
+        logging.getLogger("zchat.client").warning("lost the broker")
+        root.handlers[0].flush()
+        assert "lost the broker" in (tmp_path / "zchat" / "console.log").read_text()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], level = saved
+        root.setLevel(level)

@@ -721,6 +721,38 @@ def test_quit_logs_out_with_a_message_within_a_second(harness: Harness) -> None:
     run(main())
 
 
+def test_quit_with_a_refused_message_still_logs_out_at_once(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.type_line("/quit " + "q" * 300)  # over the 200-character limit: 413
+            assert await s.wait_exit(1.0) < 1.0
+            gone = await next_of(bob, lambda e: isinstance(e, p.PresenceChanged)
+                                 and e.name == "alice" and e.presence == "offline")
+            assert isinstance(gone, p.PresenceChanged) and gone.text == ""
+            assert [u.name for u in (await bob.who()).users] == ["bob"]
+
+    run(main())
+
+
+def test_member_list_follows_newcomers_and_the_sidebar_keeps_the_active_room_in_sight(
+        harness: Harness) -> None:
+    async def main() -> None:
+        async with console_session(harness) as s:
+            async with harness.client() as c:
+                await c.register("carol", DEFAULT_PASSWORD)
+            await until(lambda: "carol" in s.conv.members, what="carol in the members")
+            for i in range(30):
+                s.type_line(f"/join rapid{i:02d}")
+                await until(lambda i=i: s.console.active == f"rapid{i:02d}",
+                            what=f"rapid{i:02d}")
+            rows = s.console._sidebar_rows(24, 12)
+            assert len(rows) == 12
+            texts = ["".join(t for _s, t, *_ in row) for row in rows]
+            assert any("#rapid29" in t for t in texts), texts
+
+    run(main())
+
+
 def test_ctrl_c_exits(harness: Harness) -> None:
     async def main() -> None:
         async with console_session(harness) as s:
@@ -782,7 +814,7 @@ def test_status_bar_after_losing_the_broker(reconnect: bool, state: str) -> None
             await asyncio.to_thread(cm.__exit__, None, None, None)
             stopped = True
             await until(lambda: s.console.state == state, timeout=5, what=state)
-            right = {"reconnecting": r"reconnecting in \d+ s", "disconnected": "disconnected"}
+            right = {"reconnecting": r"reconnecting( in \d+ s|…)", "disconnected": "disconnected"}
             assert re.fullmatch(rf" alice │ #lobby +{right[state]} ", s.status())
             assert any(t.startswith("lost the broker") for t in s.errors())
             s.send(CTRL_C)

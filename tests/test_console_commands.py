@@ -20,6 +20,7 @@ from zchat.console.commands import (
     Msg,
     ParseError,
     Part,
+    PasteResult,
     Quit,
     Rooms,
     SendText,
@@ -291,3 +292,8 @@ def test_add_ends_navigation() -> None:
     h.add("three")
     assert not h.navigating
     assert h.up("") == "three"
+
+
+def test_paste_drops_leading_blank_lines() -> None:
+    assert paste_to_message("\n \n\nfirst\nsecond\n\n", 5) == PasteResult("first\nsecond", False, 2)
+    assert paste_to_message("\n\n/quit\n", 5) == PasteResult("/quit", False, 1)

@@ -259,12 +259,16 @@ class BrokerCore:
     @staticmethod
     def _check_away_text(text: str, what: str) -> str:
         """An away or quit message: at most MAX_AWAY_TEXT_CHARS characters (413) and, when
-        not empty, the message text rules (422) (docs/PROTOCOL.md §12)."""
+        not empty, the message text rules (422), on one line: no newline, tab or line
+        separator, since clients print it inside one line (docs/PROTOCOL.md §12)."""
         if len(text) > p.MAX_AWAY_TEXT_CHARS:
             raise ProtocolError(Status.TOO_LARGE,
                                 f"{what} longer than {p.MAX_AWAY_TEXT_CHARS} characters")
         if text:
             validate_text(text, p.MAX_AWAY_TEXT_CHARS * 4)
+            if any(ch in "\n\t\u2028\u2029" for ch in text):
+                raise ProtocolError(Status.INVALID, f"a {what} is one line: no line breaks "
+                                    "or tabs")
         return text
 
     @staticmethod
@@ -338,7 +342,9 @@ class BrokerCore:
         self.accounts[job.key] = Account(job.name, bot=False)
         self._add_member(lobby, job.key)
         log.info("registered %s from %s", job.name, job.address or "?")
-        return [self._ok(job.routing_id, job.request_id, p.Registered(name=job.name))]
+        joined = p.UserJoined(room=self.rooms[lobby], name=job.name, time=now_ms)
+        return [self._ok(job.routing_id, job.request_id, p.Registered(name=job.name)),
+                ToTopic(p.encode_event(p.room_topic(lobby), joined))]
 
     def _login(self, rid: bytes, req_id: bytes, req: p.Login, session: Session | None,
                now_s: float, now_ms: int, address: str) -> list[Action]:

@@ -494,10 +494,31 @@ def cmd_who(args: argparse.Namespace, config: Config) -> int:
     return _run(_session(config, args.user, body))
 
 
+def _log_to_file() -> None:
+    """Send the console's log records to $XDG_STATE_HOME/zchat/console.log (default
+    ~/.local/state/zchat/console.log), or nowhere if that cannot be written: never to the
+    terminal, where they would be drawn over the screen."""
+    state = os.environ.get("XDG_STATE_HOME") or ""
+    base = Path(state) if state.startswith("/") else Path.home() / ".local" / "state"
+    handler: logging.Handler
+    try:
+        (base / "zchat").mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(base / "zchat" / "console.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s"))
+    except OSError:
+        handler = logging.NullHandler()
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
 def cmd_join(args: argparse.Namespace, config: Config) -> int:
     from prompt_toolkit import PromptSession
 
     from zchat.console.app import ChatConsole, login_flow
+
+    _log_to_file()  # a full-screen app must never get log lines printed over it
 
     async def run() -> int:
         client = Client(config.client.server, timeout_s=config.client.timeout_s,

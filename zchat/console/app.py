@@ -26,7 +26,14 @@ from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
-from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
+from prompt_toolkit.layout import (
+    ConditionalContainer,
+    Dimension,
+    HSplit,
+    Layout,
+    VSplit,
+    Window,
+)
 from prompt_toolkit.layout.containers import WindowAlign
 from prompt_toolkit.layout.controls import BufferControl, UIContent, UIControl
 from prompt_toolkit.layout.processors import BeforeInput
@@ -51,6 +58,7 @@ log = logging.getLogger("zchat.console")
 HISTORY_ON_OPEN = 50      # messages shown when a room is opened (issue: "the last 50")
 OLDER_PAGE = 100          # messages fetched when scrolling above the loaded history
 SIDEBAR_WIDTH = 24
+MIN_WIDTH_FOR_SIDEBAR = 60  # below it the sidebar hides and the messages take the width
 QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even without a broker
 DEFAULT_ROOM = "lobby"
 
@@ -252,6 +260,7 @@ class ChatConsole:
             self.state = "connected"
             self.reconnect_at = None
             self.info("reconnected")
+            self._spawn(self.refresh_members())  # presence may have changed meanwhile
         elif isinstance(event, SessionEnded):
             self.state = "disconnected"
             self.ended = True
@@ -436,6 +445,16 @@ class ChatConsole:
             return
         self.switch(key)
 
+    async def refresh_members(self) -> None:
+        """Reload every room's member list and presence (after a reconnect)."""
+        for conv in list(self.conversations.values()):
+            if conv.kind == "room":
+                users = (await self.client.who(conv.title)).users
+                conv.members.clear()
+                for u in users:
+                    conv.set_member(u.name, u.presence, bot=u.bot, text=u.text)
+        self.app.invalidate()
+
     async def older_history(self, conv: v.Conversation) -> None:
         """Scrolled above the loaded lines: fetch the page before them."""
         if conv.key in self._fetching_older or conv.kind != "room":
@@ -455,7 +474,12 @@ class ChatConsole:
         """Log out (briefly: the broker may be gone) and leave the screen."""
         if self.client.state == "connected":
             with contextlib.suppress(ZchatError, TimeoutError):
-                await asyncio.wait_for(self.client.logout(text), QUIT_TIMEOUT_S)
+                try:
+                    await asyncio.wait_for(self.client.logout(text), QUIT_TIMEOUT_S / 2)
+                except RequestFailed:
+                    # The quit message was refused (too long, a control character): log
+                    # out without it rather than stay online until the heartbeat timeout.
+                    await asyncio.wait_for(self.client.logout(), QUIT_TIMEOUT_S / 2)
         if self.app.is_running and not self.app.future.done():  # type: ignore[union-attr]
             self.app.exit()
 
@@ -479,7 +503,14 @@ class ChatConsole:
         conv = self.current
         members = conv.members if conv is not None and conv.kind == "room" else None
         convs = [self.conversations[k] for k in self.order]
-        return v.render_sidebar(convs, self.active, members, width)
+        rows = v.render_sidebar(convs, self.active, members, width)
+        if len(rows) <= height:
+            return rows
+        # Too many rows: scroll so that the active conversation stays in sight.
+        active = next((i for i, row in enumerate(rows)
+                       if any("sidebar.active" in style for style, *_ in row)), 0)
+        start = min(max(0, active - height // 3), len(rows) - height)
+        return rows[start:start + height]
 
     def _status_rows(self, width: int, height: int) -> list[Row]:
         conv = self.current
@@ -487,7 +518,8 @@ class ChatConsole:
                                           else f"@{conv.title}")
         wait = None
         if self.state == "reconnecting" and self.reconnect_at is not None:
-            wait = max(0.0, self.reconnect_at - time.monotonic())
+            left = self.reconnect_at - time.monotonic()
+            wait = left if left >= 0.5 else None  # trying now: "reconnecting…"
         rtt = self.client.rtt_s * 1000 if self.client.rtt_s is not None else None
         return [v.render_status(self.me, room, conv.topic if conv else "", self.state, wait,
                                 rtt, width)]
@@ -523,11 +555,16 @@ class ChatConsole:
         sidebar = Window(RowsControl(self._sidebar_rows), width=SIDEBAR_WIDTH,
                          style="class:sidebar")
         status = Window(RowsControl(self._status_rows), height=1, style="class:status")
+        # The input wraps and grows up to 5 rows (no horizontal scrolling, which could
+        # hide the prompt after a long line).
         entry = Window(BufferControl(self.input_buffer,
                                      input_processors=[BeforeInput(self._prompt)]),
-                       height=1, align=WindowAlign.LEFT)
-        root = HSplit([VSplit([pane, Window(width=1, char="│", style="class:separator"),
-                               sidebar]), status, entry])
+                       height=Dimension(min=1, max=5), wrap_lines=True,
+                       dont_extend_height=True, align=WindowAlign.LEFT)
+        wide = Condition(lambda: self.app.output.get_size().columns >= MIN_WIDTH_FOR_SIDEBAR)
+        root = HSplit([VSplit([pane, ConditionalContainer(
+            VSplit([Window(width=1, char="│", style="class:separator"), sidebar]),
+            filter=wide)]), status, entry])
         style = Style.from_dict({**v.DEFAULT_STYLE, "prompt": "bold"})
         return Application(layout=Layout(root, focused_element=entry),
                            key_bindings=self._bindings(), style=style, full_screen=True,

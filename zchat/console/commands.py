@@ -489,7 +489,10 @@ def paste_to_message(pasted: str, threshold: int) -> PasteResult:
     """Normalise pasted text: ``\\r\\n`` and ``\\r`` become ``\\n``, trailing newlines are
     dropped. ``lines`` is 0 for an empty paste. Other control characters are kept: the
     broker refuses them (422), and the app may show that error or sanitize first."""
-    text = pasted.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+    rows = pasted.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")
+    while len(rows) > 1 and not rows[0].strip():
+        rows.pop(0)
+    text = "\n".join(rows)
     lines = text.count("\n") + 1 if text else 0
     return PasteResult(text, lines > threshold, lines)
 

@@ -117,6 +117,18 @@ DEFAULT_STYLE: dict[str, str] = {
 # Sanitizing and measuring
 
 
+#: One flag (a pair of regional indicators) or a lone indicator, spelled out by sanitize.
+_FLAGS = re.compile("[\U0001f1e6-\U0001f1ff]{1,2}")
+
+
+def _spell_flag(match: re.Match[str]) -> str:
+    return "[" + "".join(chr(ord("A") + ord(c) - 0x1F1E6) for c in match.group()) + "]"
+
+
+#: Emoji joiners/selectors dropped for drawing (see ``sanitize``).
+_DROPPED_EMOJI_PARTS = frozenset("\u200d\ufe0f")
+
+
 def _visible_escape(ch: str) -> str:
     return f"<U+{ord(ch):04X}>"
 
@@ -136,8 +148,12 @@ def sanitize(text: str) -> str:
     - every format character (category Cf: bidi embeddings/overrides/isolates U+202A–U+202E
       and U+2066–U+2069, U+061C, zero-width U+200B–U+200F, U+2060, U+FEFF, soft hyphen,
       tag characters …) becomes ``<U+XXXX>`` so it can neither reorder nor hide text.
-      This includes ZWJ (U+200D): joined emoji sequences are drawn as their parts, whose
-      widths prompt_toolkit and every terminal agree on.
+    - emoji pieces whose drawn width differs between terminals are normalised so that
+      prompt_toolkit's count and the terminal's drawing agree (a mismatch leaves stray
+      cells on screen): ZWJ (U+200D) and the emoji variation selector (U+FE0F) are
+      dropped, so a joined sequence is drawn as its parts; skin-tone modifiers
+      (U+1F3FB–U+1F3FF) are dropped; a regional-indicator flag is spelled out, 🇯🇵 →
+      ``[JP]``.
     - unpaired surrogates become U+FFFD ``�``.
 
     The result holds no character that can move the cursor, clear the screen or set the
@@ -145,6 +161,7 @@ def sanitize(text: str) -> str:
     """
     if text.isascii() and text.isprintable():
         return text
+    text = _FLAGS.sub(_spell_flag, text)
     out: list[str] = []
     col = 0  # cells since the last "\n", for tab stops
     for ch in text:
@@ -166,6 +183,8 @@ def sanitize(text: str) -> str:
             rep = _visible_escape(ch)
         elif o < 0xA0:
             rep = ch
+        elif ch in _DROPPED_EMOJI_PARTS or _is_emoji_modifier(ch):
+            continue
         else:
             cat = unicodedata.category(ch)
             if cat == "Cf":
