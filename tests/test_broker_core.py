@@ -1143,3 +1143,11 @@ def test_away_and_quit_messages_are_one_line(world: World, text: str) -> None:
     assert alice.call(p.Logout(text=text)).status == Status.INVALID
     assert world.core.accounts["alice"].presence == "online"
     assert alice.routing_id in world.core.sessions
+
+
+def test_dm_to_oneself_with_no_other_session_is_stored_not_live(world: World) -> None:
+    alice = world.user("alice")
+    out = alice.call(p.SendDirect(to="alice", text="note to self"))
+    assert out.reply.delivered == "stored" and out.pushes == []
+    other = world.user("alice", register=False)
+    assert other.call(p.SendDirect(to="alice", text="again")).reply.delivered == "live"

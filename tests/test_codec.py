@@ -455,3 +455,15 @@ def test_near_miss_requests_raise_only_protocol_error(frames: list[bytes]) -> No
         return
     # whatever the codec accepts, it can encode again unchanged
     assert p.decode_request(p.encode_request(rid, request)) == (rid, request)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"name":"dup","name":"dup2","password":"pw"}',   # repeated key: which one wins?
+    b'{"name":"x","password":"pw","extra":NaN}',
+    b'{"name":"x","password":Infinity}',
+])
+def test_repeated_keys_and_non_json_constants_are_400(body: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.decode_request([p.VERSION, RID, b"REGISTER", body])
+    assert (info.value.status, info.value.request_id) == (Status.BAD_REQUEST, RID)
+    assert "not valid JSON" in info.value.reason

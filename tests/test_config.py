@@ -361,3 +361,10 @@ def test_console_logs_go_to_a_file_never_the_terminal(tmp_path: Path,
             h.close()
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+@pytest.mark.parametrize("endpoint", ["http://x", "tcp:// 127.0.0.1:5555", "", "udp://h:1",
+                                      "tcp://127.0.0.1:5555 "])
+def test_bad_transports_and_white_space_are_refused(endpoint: str) -> None:
+    problem = endpoint_problem(endpoint, bind=False)
+    assert problem is not None and "endpoint" in problem

@@ -199,7 +199,7 @@ def test_tail_reconnects_after_a_broker_restart(tmp_path: Path) -> None:
         tail.wait_line("stderr", "following #dev as bob")
         rc, _elapsed = stop_broker(broker)
         assert rc == 0
-        tail.wait_line("stderr", "zchat: lost the broker; reconnecting in ", timeout_s=15)
+        tail.wait_line("stderr", "zchat: connection lost; reconnecting in ", timeout_s=15)
         restarted = Proc(argv, cli_env(tmp_path))  # same endpoints, same data directory
         restarted.wait_line("stdout", "database", timeout_s=15)
         ok(zchat(tmp_path, "say", *server, "--as", "alice", "--room", "dev", "during"))
@@ -368,3 +368,12 @@ def test_bad_server_port_fails_at_once(tmp_path: Path) -> None:
                    "--room", "dev")
     assert "port 99999 is out of range (1-65535)" in one_line_error(result)
     assert time.monotonic() - start < 3.0
+
+
+@pytest.mark.parametrize("server", ["http://x", "", "tcp:// 127.0.0.1:5555"])
+def test_bad_server_is_one_line_at_once(tmp_path: Path, server: str) -> None:
+    out = zchat(tmp_path, "who", "--as", "alice", "--server", server, "--timeout", "5",
+                timeout_s=3)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("zchat: error:") and "endpoint" in out.stderr

@@ -259,3 +259,21 @@ def test_parameters_are_encoded_in_the_stored_form() -> None:
 ])
 def test_malformed_stored_hash_never_matches(stored: str) -> None:
     assert verify_password("pw", stored) is False
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200c \u2060", "\ufeff\n"])
+def test_text_of_only_invisible_characters_is_empty(text: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_text(text, 4000)
+    assert info.value.status == Status.INVALID and "empty" in info.value.reason
+
+
+@pytest.mark.parametrize(("a", "b"), [("b0b", "bob"), ("0scar", "oscar"),
+                                      ("rnallory", "mallory"), ("modern", "modem"),
+                                      ("vvendy", "wendy"), ("clave", "dave")])
+def test_ascii_look_alikes_beyond_the_unicode_table(a: str, b: str) -> None:
+    assert skeleton(a) == skeleton(b)
+
+
+def test_ascii_look_alikes_do_not_merge_distinct_names() -> None:
+    assert len({skeleton(n) for n in ("ali", "all", "bob", "rob", "mario", "maria")}) == 6

@@ -322,3 +322,38 @@ async def _events_for(client: Client, duration_s: float) -> Any:
         event = await client.next_event(remaining)
         if event is not None:
             yield event
+
+
+def test_dm_handed_over_while_disconnected_is_acknowledged_after_the_reconnect(
+        inproc_broker: RestartableBroker) -> None:
+    """The acknowledgement of a DM handed to the application while the broker is gone is
+    lost; the reconnect's LOGIN offers the DM again: the client must not show it twice, and
+    must acknowledge it then, or every later login would offer it once more."""
+    async def main() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        bob = await logged_in(inproc_broker, "bob", timeout_s=0.5, reconnect=True,
+                              reconnect_max_s=1.0)
+        try:
+            alice = await logged_in(inproc_broker, "alice")
+            sent = await alice.dm("bob", "hold this")
+            await alice.close()
+            await asyncio.to_thread(inproc_broker.stop)
+            # the DM was queued before the broker stopped; handing it over now (collect)
+            # cannot acknowledge it
+            before = await collect(bob, is_(ConnectionLost), timeout_s=5)
+            assert [e.id for e in before if isinstance(e, p.DirectMessage)] == [sent.id]
+            await asyncio.to_thread(inproc_broker.start)
+            after = await collect(bob, is_(ConnectionRestored), timeout_s=10)
+            # LOGIN offered it again: not shown twice, acknowledged this time
+            assert [e for e in after if isinstance(e, p.DirectMessage)] == []
+            await bob.ping()  # the DM_ACK went before this PING on the same socket
+        finally:
+            await bob.close()
+        fresh = inproc_broker.client()
+        await fresh.connect()
+        try:
+            assert (await fresh.login("bob", DEFAULT_PASSWORD)).pending == ()
+        finally:
+            await fresh.close()
+
+    run(main())

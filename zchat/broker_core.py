@@ -456,7 +456,7 @@ class BrokerCore:
         to_key = self._account_key(req.to)
         text = validate_text(req.text, self.config.max_text_bytes)
         recipient = self.accounts[to_key]
-        live = bool(recipient.sessions)
+        live = bool(recipient.sessions - {rid})  # a DM to oneself is not live to oneself
         dm_id = self.store.store_dm(session.name, to_key, recipient.name, text, now_ms,
                                     max_pending=self.config.max_stored_dms)
         if log.isEnabledFor(logging.DEBUG):

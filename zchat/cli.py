@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     client = config.client
-    if getattr(args, "server", None):
+    if getattr(args, "server", None) is not None:
         client = dataclasses.replace(client, server=args.server)
     if getattr(args, "timeout", None) is not None:
         client = dataclasses.replace(client, timeout_s=args.timeout)
@@ -447,7 +447,7 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         printed = 0
         async for event in client.events():
             if isinstance(event, Reconnecting):
-                print(f"zchat: lost the broker; reconnecting in {event.delay_s:.1f} s",
+                print(f"zchat: connection lost; reconnecting in {event.delay_s:.1f} s",
                       file=sys.stderr, flush=True)
             elif isinstance(event, ConnectionRestored):
                 print("zchat: reconnected", file=sys.stderr, flush=True)

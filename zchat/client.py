@@ -80,9 +80,11 @@ _INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("zchat_internal
 class ConnectionLost:
     """Client-side event: nothing heard from the broker for ``silent_s`` seconds (more than
     its heartbeat timeout; with ``reconnect=True`` also a failed heartbeat PING, or a
-    broker that no longer knows this client's session)."""
+    broker that no longer knows this client's session: then ``session_only`` is True, the
+    broker answers but has evicted or forgotten the session)."""
 
     silent_s: float
+    session_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,8 @@ class Client:
         self._sub: zmq.asyncio.Socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[p.Message]] = {}
-        self._dms_seen: set[int] = set()
+        self._dms_seen: set[int] = set()    # DM ids queued for the application
+        self._dms_handed: set[int] = set()  # ... and handed to it (acknowledged)
         self._reply_types: dict[bytes, type[p.Reply]] = {}
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._io_tasks: list[asyncio.Task[None]] = []     # socket readers, per connection
@@ -411,8 +414,7 @@ class Client:
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
         for room in reply.rooms:
             self._follow(room.room, room.last_seq, room.topic)
-        for dm in reply.pending:
-            self._queue_dm(dm)
+        await self._take_pending(reply.pending)
         return reply
 
     async def logout(self, text: str = "") -> None:
@@ -536,18 +538,37 @@ class Client:
         self._dms_seen.add(dm.id)
         self._events.put_nowait(dm)
 
+    async def _take_pending(self, pending: tuple[p.DirectMessage, ...]) -> None:
+        """Queue a LOGIN reply's pending DMs; acknowledge again the ones already handed to
+        the application (their first acknowledgement was lost, e.g. sent on a session the
+        broker had just evicted), so that no later login offers them once more."""
+        again = tuple(dm.id for dm in pending if dm.id in self._dms_handed)
+        for dm in pending:
+            self._queue_dm(dm)
+        if again:
+            await self._ack(again)
+
     async def _hand_off(self, event: Event) -> None:
-        """Acknowledge a direct message addressed to us, without waiting for the reply: if
-        it is lost, the broker simply offers the message again at the next login."""
+        """Acknowledge a direct message addressed to us as it is handed over."""
         if not isinstance(event, p.DirectMessage) or self._state.name is None or \
                 name_key(event.to) != name_key(self._state.name):
             return
+        self._dms_handed.add(event.id)
+        await self._ack((event.id,))
+
+    async def _ack(self, ids: tuple[int, ...]) -> None:
+        """Send DM_ACK without waiting for the reply: if it is lost, the broker simply
+        offers the messages again at the next login (and ``_take_pending`` acks again)."""
         try:
             dealer = self._check_usable()
-            await dealer.send_multipart(p.encode_request(b"ack", p.AckDirect(ids=(event.id,))))
+            for start in range(0, len(ids), p.MAX_ACK_IDS):
+                chunk = ids[start:start + p.MAX_ACK_IDS]
+                # NOBLOCK: with no broker (inproc) a send would wait forever
+                await dealer.send_multipart(p.encode_request(b"ack", p.AckDirect(ids=chunk)),
+                                            flags=zmq.NOBLOCK)
         except (ZchatError, zmq.ZMQError) as exc:
-            log.debug("DM %d not acknowledged now (%s); offered again at next login",
-                      event.id, exc)
+            log.debug("DMs %s not acknowledged now (%s); offered again at next login",
+                      ids, exc)
 
     def _follow(self, room: str, last_seq: int, topic: str = "") -> None:
         key = name_key(room)
@@ -701,9 +722,10 @@ class Client:
         self._lost = True
         self.connected = False
         self._mode = "reconnecting"
+        session_only = self._session_gone
         self._session_gone = False
-        self._events.put_nowait(ConnectionLost(silent_s))
-        log.warning("lost the broker at %s (silent %.1f s); reconnecting", self.server,
+        self._events.put_nowait(ConnectionLost(silent_s, session_only=session_only))
+        log.info("lost the broker at %s (silent %.1f s); reconnecting", self.server,
                     silent_s)
         await self._close_sockets("lost the broker; reconnecting")
         for attempt in itertools.count(1):
@@ -731,7 +753,7 @@ class Client:
         self._mode = "connected"
         self._last_heard = time.monotonic()
         self._events.put_nowait(ConnectionRestored())
-        log.warning("reconnected to %s", self.server)
+        log.info("reconnected to %s", self.server)
         return True
 
     async def _restore(self) -> None:
@@ -772,8 +794,7 @@ class Client:
             if tracker.wanted and key not in listed:
                 tracker.wanted = False  # parted elsewhere meanwhile
                 self._unsubscribe(p.room_topic(key))
-        for dm in reply.pending:
-            self._queue_dm(dm)
+        await self._take_pending(reply.pending)
         for key, last in upto.items():
             await self._backfill(key, last)
 

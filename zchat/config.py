@@ -252,6 +252,10 @@ def endpoint_problem(endpoint: str, *, bind: bool) -> str | None:
     transport, sep, address = endpoint.partition("://")
     if not sep or not transport or not address:
         return like
+    if transport not in ("tcp", "ipc", "inproc"):
+        return f"{like}: the transport must be tcp, ipc or inproc"
+    if any(ch.isspace() for ch in endpoint):
+        return f"{like}: it contains white space"
     if transport != "tcp":
         return None
     address = address.rpartition(";")[2]  # tcp://source;host:port names a source first

@@ -157,13 +157,27 @@ def _strip_marks(text: str) -> str:
                    if unicodedata.category(ch) != "Mn")
 
 
+#: Look-alike sequences of lower-case ASCII added to Unicode's confusables table (see
+#: ``skeleton``), applied before it.
+ASCII_LOOK_ALIKES: tuple[tuple[str, str], ...] = (
+    ("rn", "m"), ("vv", "w"), ("cl", "d"), ("0", "o"))
+
+
 def skeleton(name: str) -> str:
     """A look-alike skeleton of a valid name: two names with equal skeletons can be
     mistaken for each other (``alice``/``a1ice``/``aIice``/``alíce``, ``paypal``/
     ``pаypal``), so only one of them may exist. After UTS #39 §4 over the same confusables
     table, with case folded in between (names are unique case-insensitively): drop
-    nonspacing marks, map, fold, drop marks, map again."""
-    once = _map_confusables(_strip_marks(unicodedata.normalize("NFKC", name)))
+    nonspacing marks, map, fold, drop marks, map again.
+
+    Unicode's table maps ``0`` only to ``O`` and knows ``rn`` as ``m`` but not ``vv`` as
+    ``w`` or ``cl`` as ``d``; ``ASCII_LOOK_ALIKES`` adds these, so ``b0b``, ``rnallory``,
+    ``vvendy`` and ``clave`` cannot pose as ``bob``, ``mallory``, ``wendy`` and ``dave``
+    (and ``modern``/``modem`` cannot both exist)."""
+    plain = _strip_marks(unicodedata.normalize("NFKC", name))
+    for seq, like in ASCII_LOOK_ALIKES:
+        plain = plain.replace(seq, like)
+    once = _map_confusables(plain)
     return _map_confusables(_strip_marks(unicodedata.normalize("NFKC", once.casefold())))
 
 
@@ -175,7 +189,8 @@ def validate_text(text: str, max_bytes: int) -> str:
     (U+202A–U+202E, U+2066–U+2069), or an unpaired surrogate; 413 when its UTF-8
     form exceeds ``max_bytes``. Text is never cut: an over-long message is refused whole.
     """
-    if not text.strip():
+    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text):
+        # nothing visible: empty, blank, or only invisible format characters (U+200B…)
         raise ProtocolError(Status.INVALID, "message text is empty")
     for ch in text:
         if ch in "\n\t":

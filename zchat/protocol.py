@@ -602,6 +602,20 @@ def encode_body(value: Message) -> bytes:
                             f"{value.TYPE} holds text that is not valid Unicode") from None
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a repeated key are refused (§3: senders MUST NOT repeat keys):
+    which value wins would otherwise depend on the parser."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("repeated key")
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259); Python's parser accepts them."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
                 strict: bool = True) -> Any:
     """Parse a JSON body into ``cls`` (``strict`` as in from_dict).
@@ -616,7 +630,8 @@ def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
     except UnicodeDecodeError:
         raise ProtocolError(Status.BAD_REQUEST, "body is not valid UTF-8") from None
     try:
-        data = json.loads(text) if text else {}
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                          parse_constant=_no_constant) if text else {}
     except (ValueError, RecursionError):  # JSONDecodeError, or an int over 4,300 digits
         raise ProtocolError(Status.BAD_REQUEST, "body is not valid JSON") from None
     if not isinstance(data, dict):

@@ -252,7 +252,10 @@ class ChatConsole:
                 self.add_line(key, v.Line("notice", event.time, event.by, text))
         elif isinstance(event, ConnectionLost):
             self.state = "disconnected"
-            self.info(f"lost the broker (nothing heard for {event.silent_s:.0f} s)", "error")
+            if event.session_only:  # the broker answers but evicted or forgot our session
+                self.error("the broker ended our session; logging in again")
+            else:
+                self.error(f"lost the broker (nothing heard for {event.silent_s:.0f} s)")
         elif isinstance(event, Reconnecting):
             self.state = "reconnecting"
             self.reconnect_at = time.monotonic() + float(event.delay_s)
