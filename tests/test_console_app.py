@@ -741,6 +741,7 @@ def test_member_list_follows_newcomers_and_the_sidebar_keeps_the_active_room_in_
             async with harness.client() as c:
                 await c.register("carol", DEFAULT_PASSWORD)
             await until(lambda: "carol" in s.conv.members, what="carol in the members")
+            assert s.conv.members["carol"].presence == "offline"  # registered, not logged in
             for i in range(30):
                 s.type_line(f"/join rapid{i:02d}")
                 await until(lambda i=i: s.console.active == f"rapid{i:02d}",
@@ -932,5 +933,38 @@ def test_login_flow_creates_with_the_environment_password(harness: Harness) -> N
         assert script.prompts == ["There is no account named 'frank'. Create it? [y/N] "]
         async with harness.client() as again:
             assert (await again.login("frank", "env pw")).name == "frank"
+
+    run(main())
+
+
+def test_activity_in_the_status_bar_completion_of_broker_rooms_and_paste_target(
+        harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob:
+            await bob.join("elsewhere")  # a room alice is not in
+            async with console_session(harness, paste_confirm_lines=2) as s:
+                s.type_line("/join dev")
+                await until(lambda: s.console.active == "dev")
+                s.send(alt("1"))
+                await until(lambda: s.console.active == "lobby")
+                await bob.join("dev")
+                await bob.send("dev", "psst alice")
+                await bob.dm("alice", "hello")
+                await until(lambda: "[Act: !#dev,!@bob]" in s.status(100),
+                            what=f"activity in {s.status(100)!r}")
+                # /join completes rooms of the broker that alice is not in
+                await until(lambda: "elsewhere" in s.console.known_rooms)
+                s.send("/join els" + TAB)
+                await until(lambda: s.console.input_buffer.text == "/join elsewhere ")
+                s.send(CTRL_U)
+                # a paste waiting for Enter goes where it was pasted, not where Enter is
+                s.send(paste("one\ntwo\nthree"))
+                await until(lambda: s.console.pending_paste is not None)
+                s.send(CTRL_N)
+                await until(lambda: s.console.active == "dev")
+                s.send(ENTER)
+                got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted)
+                                    and e.text == "one\ntwo\nthree")
+                assert isinstance(got, p.MessagePosted) and got.room == "lobby"
 
     run(main())

@@ -581,3 +581,10 @@ def test_default_style_loads_into_prompt_toolkit() -> None:
     attrs = style.get_attrs_for_style_str(f"class:mention {nick_style('bob')} class:nick")
     assert attrs.bold
     assert style.get_attrs_for_style_str("class:status class:status.disconnected").reverse
+
+
+def test_keycaps_subdivision_flags_and_blank_fillers_are_drawn_predictably() -> None:
+    assert sanitize("A 1\ufe0f\u20e3 B") == "A 1 B"
+    scotland = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+    assert sanitize(scotland + " x") == "[GBSCT] x"
+    assert sanitize("\u034f\u115f") == "<U+034F><U+115F>"

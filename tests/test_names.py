@@ -261,7 +261,8 @@ def test_malformed_stored_hash_never_matches(stored: str) -> None:
     assert verify_password("pw", stored) is False
 
 
-@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200c \u2060", "\ufeff\n"])
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200c \u2060", "\ufeff\n", "\u034f",
+                                  "\u115f", "\u2800", "\u0301", "\u3164 \uffa0"])
 def test_text_of_only_invisible_characters_is_empty(text: str) -> None:
     with pytest.raises(ProtocolError) as info:
         validate_text(text, 4000)

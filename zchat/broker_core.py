@@ -267,8 +267,8 @@ class BrokerCore:
         if text:
             validate_text(text, p.MAX_AWAY_TEXT_CHARS * 4)
             if any(ch in "\n\t\u2028\u2029" for ch in text):
-                raise ProtocolError(Status.INVALID, f"a {what} is one line: no line breaks "
-                                    "or tabs")
+                raise ProtocolError(Status.INVALID, f"the {what} must be one line: no line "
+                                    "breaks or tabs")
         return text
 
     @staticmethod

@@ -181,6 +181,13 @@ def skeleton(name: str) -> str:
     return _map_confusables(_strip_marks(unicodedata.normalize("NFKC", once.casefold())))
 
 
+#: Characters that draw nothing visible on their own: format characters and lone
+#: combining marks (categories), and blank letters and symbols (Hangul fillers, the blank
+#: braille pattern). A text made only of these and white space is empty.
+_UNSEEN = frozenset({"Cf", "Mn", "Me"})
+_BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
 def validate_text(text: str, max_bytes: int) -> str:
     """Return ``text`` if it may be sent as a message, else raise.
 
@@ -189,7 +196,8 @@ def validate_text(text: str, max_bytes: int) -> str:
     (U+202A–U+202E, U+2066–U+2069), or an unpaired surrogate; 413 when its UTF-8
     form exceeds ``max_bytes``. Text is never cut: an over-long message is refused whole.
     """
-    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text):
+    if all(ch.isspace() or ch in _BLANK_LOOKING or unicodedata.category(ch) in _UNSEEN
+           for ch in text):
         # nothing visible: empty, blank, or only invisible format characters (U+200B…)
         raise ProtocolError(Status.INVALID, "message text is empty")
     for ch in text:

@@ -111,6 +111,8 @@ class ChatConsole:
         self.active: str | None = None
         self.history = c.InputHistory()
         self.pending_paste: c.PasteResult | None = None
+        self._paste_target: str | None = None
+        self.known_rooms: set[str] = set()  # every room on the broker, for completion
         self.state: v.ConnectionState = "connected"
         self.reconnect_at: float | None = None
         self.ended = False
@@ -209,6 +211,7 @@ class ChatConsole:
             await self.open_room(room.room, room.topic)
         lobby = v.room_key(DEFAULT_ROOM)
         self.switch(lobby if lobby in self.conversations else self.order[0])
+        self._spawn(self._load_room_names())
         self.info(f"connected to {self.client.server} as {self.me} — /help for commands")
 
     # -- events --------------------------------------------------------------------------------
@@ -236,7 +239,14 @@ class ChatConsole:
             conv = self.conversations.get(key)
             if conv is not None:
                 if isinstance(event, p.UserJoined):
-                    conv.set_member(event.name, "online")
+                    # The notice does not say whether they are online (REGISTER joins lobby
+                    # without logging in): take what another room knows, else ask.
+                    known = self._presence_of(event.name)
+                    if known is None:
+                        conv.set_member(event.name, "offline")
+                        self._spawn(self.refresh_members(conv.key))
+                    else:
+                        conv.set_member(event.name, known)
                 else:
                     conv.remove_member(event.name)
                 self.add_line(key, v.line_from_event(event, self.me))
@@ -294,7 +304,7 @@ class ChatConsole:
         text = buffer.text
         if self.pending_paste is not None:
             paste, self.pending_paste = self.pending_paste, None
-            self._spawn(self._say(paste.text))
+            self._spawn(self._say(paste.text, self._paste_target))
             return False
         if text.strip():
             self.history.add(text)
@@ -325,8 +335,8 @@ class ChatConsole:
             self.error(str(exc))
         self.app.invalidate()
 
-    async def _say(self, text: str) -> None:
-        conv = self.current
+    async def _say(self, text: str, key: str | None = None) -> None:
+        conv = self.conversations.get(key) if key else self.current
         if conv is None:
             self.error("no conversation: /join a room first")
             return
@@ -350,6 +360,7 @@ class ChatConsole:
             return
         if paste.needs_confirmation:
             self.pending_paste = paste
+            self._paste_target = self.active  # sent there, even after switching away
             self.info(f"pasted {paste.lines} lines: Enter sends them as one message, "
                       "Esc cancels")
         else:
@@ -398,6 +409,7 @@ class ChatConsole:
                 self.info(f"  {u.name} ({u.presence}){extra}")
         elif isinstance(cmd, c.Rooms):
             rooms = (await client.list_rooms()).rooms
+            self.known_rooms = {r.room for r in rooms}
             self.info(f"{len(rooms)} rooms:")
             for r in rooms:
                 mark = "*" if r.joined else " "
@@ -448,10 +460,22 @@ class ChatConsole:
             return
         self.switch(key)
 
-    async def refresh_members(self) -> None:
-        """Reload every room's member list and presence (after a reconnect)."""
+    async def _load_room_names(self) -> None:
+        """Every room on the broker, so that /join completes rooms not joined yet."""
+        self.known_rooms = {r.room for r in (await self.client.list_rooms()).rooms}
+
+    def _presence_of(self, name: str) -> v.Presence | None:
+        for conv in self.conversations.values():
+            for known, member in conv.members.items():
+                if name_key(known) == name_key(name):
+                    return member.presence
+        return None
+
+    async def refresh_members(self, key: str | None = None) -> None:
+        """Reload the member list and presence of one room (``key``) or of every room
+        (after a reconnect)."""
         for conv in list(self.conversations.values()):
-            if conv.kind == "room":
+            if conv.kind == "room" and key in (None, conv.key):
                 users = (await self.client.who(conv.title)).users
                 conv.members.clear()
                 for u in users:
@@ -525,7 +549,16 @@ class ChatConsole:
             wait = left if left >= 0.5 else None  # trying now: "reconnecting…"
         rtt = self.client.rtt_s * 1000 if self.client.rtt_s is not None else None
         return [v.render_status(self.me, room, conv.topic if conv else "", self.state, wait,
-                                rtt, width)]
+                                rtt, width, activity=self._activity())]
+
+    def _activity(self) -> str:
+        """Other conversations with unread messages, mentions first (`!`), like WeeChat's
+        hotlist: visible even when the sidebar has scrolled them away or is hidden."""
+        hot = [conv for key in self.sidebar_order()
+               if (conv := self.conversations[key]).unread and key != self.active]
+        hot.sort(key=lambda conv: not conv.mention)
+        return ",".join(("!" if conv.mention else "")
+                        + ("#" if conv.kind == "room" else "@") + conv.title for conv in hot)
 
     def _on_pane_mouse(self, event: MouseEvent) -> object:
         conv = self.current
@@ -543,7 +576,10 @@ class ChatConsole:
     def _prompt(self) -> StyleAndTextTuples:
         conv = self.current
         if self.pending_paste is not None:
-            return [("class:prompt", f"[paste {self.pending_paste.lines} lines] ")]
+            target = self.conversations.get(self._paste_target or "")
+            where = "" if target is None else (f" to #{target.title}" if target.kind == "room"
+                                               else f" to @{target.title}")
+            return [("class:prompt", f"[paste {self.pending_paste.lines} lines{where}] ")]
         if conv is None:
             return [("class:prompt", "> ")]
         name = f"#{conv.title}" if conv.kind == "room" else f"@{conv.title}"
@@ -647,8 +683,11 @@ class ChatConsole:
                 nicks = sorted(conv.members) if conv else []
                 if conv and conv.kind == "dm":
                     nicks = [conv.title]
-                rooms = [self.conversations[k].title for k in self.order
-                         if self.conversations[k].kind == "room"]
+                rooms = sorted({self.conversations[k].title for k in self.order
+                                if self.conversations[k].kind == "room"} | self.known_rooms)
+                if buf.text.lower().startswith("/switch "):
+                    rooms += ["@" + self.conversations[k].title for k in self.order
+                              if self.conversations[k].kind == "dm"]
                 self._tab = c.TabCycle.start(buf.text, buf.cursor_position, nicks=nicks,
                                              rooms=rooms)
                 if self._tab is None:

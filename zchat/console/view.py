@@ -125,8 +125,20 @@ def _spell_flag(match: re.Match[str]) -> str:
     return "[" + "".join(chr(ord("A") + ord(c) - 0x1F1E6) for c in match.group()) + "]"
 
 
-#: Emoji joiners/selectors dropped for drawing (see ``sanitize``).
-_DROPPED_EMOJI_PARTS = frozenset("\u200d\ufe0f")
+#: A subdivision flag: black flag, tag letters, cancel tag (🏴 + "gbsct" → [GBSCT]).
+_TAG_FLAGS = re.compile("\U0001f3f4([\U000e0061-\U000e007a]+)\U000e007f")
+
+
+def _spell_tag_flag(match: re.Match[str]) -> str:
+    return "[" + "".join(chr(ord(c) - 0xE0000) for c in match.group(1)).upper() + "]"
+
+
+#: Emoji joiners/selectors dropped for drawing (see ``sanitize``), and the combining
+#: keycap (1️⃣ → 1), which terminals draw at widths of their own.
+_DROPPED_EMOJI_PARTS = frozenset("\u200d\ufe0f\u20e3")
+#: Blank-looking characters whose width terminals disagree on, shown as <U+XXXX>:
+#: combining grapheme joiner, Hangul fillers.
+_INVISIBLE_FILLERS = frozenset("\u034f\u115f\u1160\u3164\uffa0")
 
 
 def _visible_escape(ch: str) -> str:
@@ -161,7 +173,7 @@ def sanitize(text: str) -> str:
     """
     if text.isascii() and text.isprintable():
         return text
-    text = _FLAGS.sub(_spell_flag, text)
+    text = _FLAGS.sub(_spell_flag, _TAG_FLAGS.sub(_spell_tag_flag, text))
     out: list[str] = []
     col = 0  # cells since the last "\n", for tab stops
     for ch in text:
@@ -185,6 +197,8 @@ def sanitize(text: str) -> str:
             rep = ch
         elif ch in _DROPPED_EMOJI_PARTS or _is_emoji_modifier(ch):
             continue
+        elif ch in _INVISIBLE_FILLERS:
+            rep = _visible_escape(ch)
         else:
             cat = unicodedata.category(ch)
             if cat == "Cf":
@@ -916,14 +930,16 @@ def render_sidebar(conversations: Iterable[Conversation], active_key: str | None
 
 def render_status(user: str | None, room: str | None, topic: str,
                   state: ConnectionState, reconnect_in_s: float | None,
-                  rtt_ms: float | None, width: int) -> Row:
+                  rtt_ms: float | None, width: int, activity: str = "") -> Row:
     """The status bar: exactly ``width`` cells (empty for ``width`` < 1).
 
     Left: `` alice │ #dev │ topic``; ``room`` is shown as given (pass ``#dev`` or
     ``@bob``). Right: ``connected 12 ms`` (round-trip time, omitted when None),
     ``reconnecting in 3 s`` (or ``reconnecting…`` when ``reconnect_in_s`` is None), or
-    ``disconnected``, style ``class:status.<state>``. When space runs short the topic is
-    cut first, then the room, then the user; the connection state stays.
+    ``disconnected``, style ``class:status.<state>``; before it, ``activity`` (other
+    conversations with unread messages, like WeeChat's hotlist: ``[Act: !@bob,#dev]``).
+    When space runs short the topic is cut first, then the room, then the user; the
+    activity and the connection state stay.
     """
     if width <= 0:
         return []
@@ -934,6 +950,8 @@ def render_status(user: str | None, room: str | None, topic: str,
                  if reconnect_in_s is not None else "reconnecting…")
     else:
         right = "disconnected"
+    if activity:
+        right = f"[Act: {sanitize(activity)}] {right}"
     right = truncate_cells(f" {right} ", width)
     avail = width - cell_width(right)
     sep = " │ "
