@@ -291,6 +291,7 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.Send(room="lobby", text="hi"), p.SendDirect(to="alice", text="hi"),
     p.FetchHistory(room="lobby"), p.Who(), p.SetPresence(presence="away"),
     p.ListSessions(), p.SetTopic(room="lobby", topic="hi"), p.AckDirect(ids=(1,)),
+    p.CreateToken(label="ci"), p.ListTokens(), p.RevokeToken(id=1),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -304,7 +305,8 @@ def test_requests_before_login_are_401(world: World, request_: p.Request) -> Non
 def test_every_session_needing_type_is_covered() -> None:
     needing = {t for t, cls in p.REQUEST_TYPES.items() if cls.NEEDS_SESSION}
     assert needing == {"LOGOUT", "JOIN", "PART", "ROOMS", "SEND", "DM", "HISTORY", "WHO",
-                       "SET_PRESENCE", "SESSIONS", "SET_TOPIC", "DM_ACK"}
+                       "SET_PRESENCE", "SESSIONS", "SET_TOPIC", "DM_ACK", "TOKEN_CREATE",
+                       "TOKEN_LIST", "TOKEN_REVOKE"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:

@@ -27,8 +27,13 @@ _MSG = p.MessagePosted(room="café", seq=7, time=T0, sender="Zoë", text="naïve
 #: Wire TYPE name -> example values of every message class sent under that name.
 ROUND_TRIPPED: dict[str, list[p.Message]] = {
     "INFO": [p.Info()],
-    "REGISTER": [p.Register(name="Zoë", password="correct horse battery staple ✓")],
-    "LOGIN": [p.Login(name="zoë", password="pässwörd")],
+    "REGISTER": [p.Register(name="Zoë", password="correct horse battery staple ✓"),
+                 p.Register(name="helper-bot", password="s3cret", bot=True)],
+    "LOGIN": [p.Login(name="zoë", password="pässwörd"),
+              p.Login(name="helper-bot", token="Zm9vYmFyYmF6cXV4LXRva2VuLTQzLWNoYXJhY3RlcnM")],
+    "TOKEN_CREATE": [p.CreateToken(label="deploy bot on ci-3 ✓"), p.CreateToken(label="")],
+    "TOKEN_LIST": [p.ListTokens()],
+    "TOKEN_REVOKE": [p.RevokeToken(id=7)],
     "LOGOUT": [p.Logout(), p.Logout(text="bye — à demain 👋")],
     "JOIN": [p.Join(room="café")],
     "PART": [p.Part(room="日本語")],
@@ -82,6 +87,11 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
         p.Pong(time=T0, rooms=(p.RoomState(room="dev", last_seq=1),), session="s-5f1e"),
         p.SessionList(sessions=(p.SessionInfo(name="Zoë", address="192.0.2.7",
                                               login_time=T0 - 60_000, last_seen=T0),)),
+        p.TokenCreated(token="Zm9vYmFyYmF6cXV4LXRva2VuLTQzLWNoYXJhY3RlcnM", id=7,
+                       label="deploy bot on ci-3 ✓"),
+        p.TokenList(tokens=()),
+        p.TokenList(tokens=(p.TokenInfo(id=7, label="deploy bot", created=T0),
+                            p.TokenInfo(id=9, label="", created=T0 + 1))),
     ],
     "ERROR": [p.Error(status=404, reason="no such room «cafe»"),
               p.Error(status=429, reason="slow down", retry_after_ms=1500)],
@@ -250,7 +260,9 @@ def test_unknown_type_is_405(type_: bytes) -> None:
     (b"PING", b"true"),
     # missing field
     (b"JOIN", b"{}"),
-    (b"LOGIN", '{"name":"zoë"}'.encode()),
+    (b"LOGIN", b'{"password":"x"}'),  # no name (neither password nor token: the broker's 400)
+    (b"TOKEN_REVOKE", b'{}'),
+    (b"TOKEN_CREATE", b'{"label":null}'),
     (b"DM", b'{"text":"hi"}'),
     (b"SET_PRESENCE", b'{"text":"brb"}'),
     # unknown field

@@ -29,7 +29,7 @@ from zchat import protocol as p
 from zchat.config import BrokerConfig
 from zchat.errors import ProtocolError, Status, StorageError
 from zchat.names import BIDI_CONTROLS, name_key, normalize_name, skeleton, validate_text
-from zchat.passwords import hash_password, verify_password
+from zchat.passwords import hash_password, match_token, token_sha256, verify_password
 from zchat.store import Store
 
 log = logging.getLogger("zchat.broker")
@@ -72,6 +72,9 @@ class Session:
     login_ms: int
     last_seen_s: float
     last_seen_ms: int
+    #: Id of the account token this session logged in with; None for a password login.
+    #: Revoking that token ends the session (docs/PROTOCOL.md §6.26).
+    login_token_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +97,7 @@ class _Job:
     name: str
     address: str
     password_hash: str = ""      # register: filled by the job's result
+    bot: bool = False            # register: the account is a bot
 
 
 class BrokerCore:
@@ -129,7 +133,8 @@ class BrokerCore:
             p.FetchHistory: self._history, p.Who: self._who,
             p.SetPresence: self._set_presence, p.Ping: self._ping,
             p.ListSessions: self._list_sessions, p.SetTopic: self._set_topic,
-            p.AckDirect: self._ack_dm,
+            p.AckDirect: self._ack_dm, p.CreateToken: self._create_token,
+            p.ListTokens: self._list_tokens, p.RevokeToken: self._revoke_token,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -329,7 +334,7 @@ class BrokerCore:
         cfg = self.config
         password = req.password
         return self._start_job(
-            _Job("register", rid, req_id, key, name, address),
+            _Job("register", rid, req_id, key, name, address, bot=req.bot),
             lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
 
     def _finish_register(self, job: _Job, password_hash: str, now_ms: int) -> list[Action]:
@@ -338,10 +343,11 @@ class BrokerCore:
         lobby = name_key(DEFAULT_ROOM)
         # one commit: a 503 must leave no account behind (docs/PROTOCOL.md §11)
         self.store.create_account(job.key, job.name, skeleton(job.name), password_hash, now_ms,
-                                  rooms=(lobby,))
-        self.accounts[job.key] = Account(job.name, bot=False)
+                                  bot=job.bot, rooms=(lobby,))
+        self.accounts[job.key] = Account(job.name, bot=job.bot)
         self._add_member(lobby, job.key)
-        log.info("registered %s from %s", job.name, job.address or "?")
+        log.info("registered %s%s from %s", job.name, " (bot)" if job.bot else "",
+                 job.address or "?")
         joined = p.UserJoined(room=self.rooms[lobby], name=job.name, time=now_ms)
         return [self._ok(job.routing_id, job.request_id, p.Registered(name=job.name)),
                 ToTopic(p.encode_event(p.room_topic(lobby), joined))]
@@ -351,6 +357,10 @@ class BrokerCore:
         if session is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
                                 f"{session.name}; LOGOUT first")
+        if bool(req.password) == bool(req.token):
+            raise ProtocolError(Status.BAD_REQUEST, "give exactly one of password and token")
+        if req.token:
+            return self._login_by_token(rid, req_id, req, now_s, now_ms, address)
         self._check_password(req.password)
         key = self._account_key(req.name)
         row = self.store.get_account(key)
@@ -360,8 +370,24 @@ class BrokerCore:
         return self._start_job(_Job("login", rid, req_id, key, row.name, address),
                                lambda: verify_password(password, stored))
 
-    def _finish_login(self, job: _Job, matched: bool, now_s: float, now_ms: int
-                      ) -> list[Action]:
+    def _login_by_token(self, rid: bytes, req_id: bytes, req: p.Login, now_s: float,
+                        now_ms: int, address: str) -> list[Action]:
+        """LOGIN with an account token (docs/PROTOCOL.md §6.3): one SHA-256 and at most
+        MAX_TOKENS_PER_ACCOUNT constant-time comparisons, cheap enough for the loop, so no
+        Offload. 401 for a wrong or revoked token."""
+        if len(req.token) > p.MAX_PASSWORD_CHARS:
+            raise ProtocolError(Status.TOO_LARGE,
+                                f"token longer than {p.MAX_PASSWORD_CHARS} characters")
+        key = self._account_key(req.name)
+        token_id = match_token(req.token, self.store.token_hashes(key))
+        job = _Job("login", rid, req_id, key, self.accounts[key].name, address)
+        if token_id is None:
+            log.info("failed token login for %s from %s", job.name, address or "?")
+            raise ProtocolError(Status.UNAUTHORIZED, "wrong name or token (or it was revoked)")
+        return self._finish_login(job, True, now_s, now_ms, token_id=token_id)
+
+    def _finish_login(self, job: _Job, matched: bool, now_s: float, now_ms: int,
+                      token_id: int | None = None) -> list[Action]:
         if not matched:
             log.info("failed login for %s from %s", job.name, job.address or "?")
             raise ProtocolError(Status.UNAUTHORIZED, "wrong name or password")
@@ -377,15 +403,16 @@ class BrokerCore:
                         for d in self.store.pending_dms(job.key))
         account = self.accounts[job.key]
         session = Session(job.routing_id, secrets.token_urlsafe(24), job.key, account.name,
-                          job.address, now_ms, now_s, now_ms)
+                          job.address, now_ms, now_s, now_ms, login_token_id=token_id)
         self.sessions[job.routing_id] = session
         account.sessions.add(job.routing_id)
         actions: list[Action] = []
         if account.presence == "offline":
             account.presence = "online"
             actions.append(self._presence_event(account, job.key, now_ms))
-        log.info("login %s from %s (%d sessions, %d stored DMs)", account.name,
-                 job.address or "?", len(account.sessions), len(pending))
+        log.info("login %s from %s (%d sessions, %d stored DMs)%s", account.name,
+                 job.address or "?", len(account.sessions), len(pending),
+                 "" if token_id is None else f" with token {token_id}")
         actions.insert(0, self._ok(job.routing_id, job.request_id, p.LoggedIn(
             name=account.name, session=session.token, rooms=rooms, pending=pending)))
         return actions
@@ -554,3 +581,42 @@ class BrokerCore:
                                    last_seen=s.last_seen_ms)
                      for s in sorted(self.sessions.values(), key=lambda s: (s.name, s.login_ms)))
         return [self._ok(rid, req_id, p.SessionList(sessions=rows))]
+
+    # -- account tokens (docs/PROTOCOL.md §6.24-§6.26) -------------------------------------
+
+    def _create_token(self, rid: bytes, req_id: bytes, req: p.CreateToken, session: Session,
+                      now_s: float, now_ms: int, address: str) -> list[Action]:
+        """A new token for the session's account: 256 random bits, sent once; only its
+        SHA-256 is stored. A session that logged in with a token may not mint more (403),
+        so that revoking a leaked token really ends what it can do."""
+        if session.login_token_id is not None:
+            raise ProtocolError(Status.FORBIDDEN, "log in with the password to create tokens")
+        if len(req.label) > p.MAX_TOKEN_LABEL_CHARS:
+            raise ProtocolError(Status.TOO_LARGE,
+                                f"token label longer than {p.MAX_TOKEN_LABEL_CHARS} characters")
+        label = self._check_away_text(req.label, "token label")  # one line, no controls
+        token = secrets.token_urlsafe(32)
+        token_id = self.store.create_token(session.account_key, label, token_sha256(token),
+                                           now_ms, p.MAX_TOKENS_PER_ACCOUNT)
+        log.info("token %d (%r) created for %s", token_id, label, session.name)
+        return [self._ok(rid, req_id, p.TokenCreated(token=token, id=token_id, label=label))]
+
+    def _list_tokens(self, rid: bytes, req_id: bytes, req: p.ListTokens, session: Session,
+                     now_s: float, now_ms: int, address: str) -> list[Action]:
+        tokens = tuple(p.TokenInfo(id=t.id, label=t.label, created=t.created_ms)
+                       for t in self.store.list_tokens(session.account_key))
+        return [self._ok(rid, req_id, p.TokenList(tokens=tokens))]
+
+    def _revoke_token(self, rid: bytes, req_id: bytes, req: p.RevokeToken, session: Session,
+                      now_s: float, now_ms: int, address: str) -> list[Action]:
+        """Delete one of the account's tokens (404 if it has none of that id) and end every
+        session that logged in with it, as eviction does: nothing is sent to them, and
+        their next request gets 401 (docs/PROTOCOL.md §6.26)."""
+        if not self.store.revoke_token(session.account_key, req.id):
+            raise ProtocolError(Status.NOT_FOUND, f"you have no token with id {req.id}")
+        log.info("token %d of %s revoked", req.id, session.name)
+        actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
+        for other in list(self.sessions.values()):  # snapshot: _end_session mutates
+            if other.account_key == session.account_key and other.login_token_id == req.id:
+                actions += self._end_session(other, now_ms)
+        return actions

@@ -1,7 +1,8 @@
 """The ``zchat`` command line: parse, build the objects, run them, turn errors into one line.
 
 Settings: defaults in code, then the TOML file (``--config`` or the XDG default), then
-flags. Client commands read the password from ``ZCHAT_PASSWORD``, else prompt without echo.
+flags. Client commands log in with the account token in ``ZCHAT_TOKEN``, else read the
+password from ``ZCHAT_PASSWORD``, else prompt without echo.
 Exit codes: 0 success, 1 an error from zchat (one line on stderr, never a traceback), 2 bad
 usage (argparse), 130 interrupted (SIGINT), 143 terminated (SIGTERM); on either signal a
 client command logs out before it exits.
@@ -32,6 +33,9 @@ from zchat.config import Config, data_dir, load_config, validate
 from zchat.errors import ConnectionFailed, RequestFailed, ZchatError
 
 PASSWORD_ENV = "ZCHAT_PASSWORD"
+#: An account token (``zchat token create``) to log in with instead of a password; checked
+#: before PASSWORD_ENV.
+TOKEN_ENV = "ZCHAT_TOKEN"
 DB_FILENAME = "zchat.db"
 #: How long a command that is ending waits for the LOGOUT reply before closing anyway (a
 #: dead broker must not hold up Ctrl-C or SIGTERM for the whole request timeout).
@@ -50,7 +54,8 @@ class CliError(ZchatError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zchat", description="zchat: terminal chat on a ZeroMQ broker.",
-        epilog="Passwords come from $ZCHAT_PASSWORD, else a prompt without echo.")
+        epilog="Client commands log in with $ZCHAT_TOKEN (an account token) when set, "
+               "else a password from $ZCHAT_PASSWORD, else a prompt without echo.")
     parser.add_argument("--version", action="version", version=f"zchat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -96,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Create an account (it starts in the lobby room).")
     client_opts(r, needs_as=False)
     r.add_argument("name", metavar="NAME")
+    r.add_argument("--bot", action="store_true",
+                   help="mark the account as a bot (shown as [bot] in who)")
 
     s = sub.add_parser("say", help="post to a room",
                        description="Post TEXT to ROOM; with TEXT '-', post each line of "
@@ -135,6 +142,50 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(w)
     w.add_argument("--room")
     w.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    bt = sub.add_parser("bot", help="run a bot from a Python file",
+                        description="Run the bot defined in FILE.py (a module-level `bot = "
+                                    "Bot(...)` or a make_bot() function; docs/bots.md) "
+                                    "until SIGTERM or Ctrl-C, then log it out. It logs in "
+                                    "with $ZCHAT_TOKEN, else $ZCHAT_PASSWORD, else the "
+                                    "credentials in the file, else a password prompt.")
+    client_opts(bt, needs_as=False)
+    bt.add_argument("file", type=Path, metavar="FILE.py")
+    bt.add_argument("--as", dest="user", metavar="NAME",
+                    help="the bot's account (default: the name in the file)")
+
+    tok = sub.add_parser("token", help="create, list and revoke account tokens",
+                         description="Account tokens are long-lived credentials for bots "
+                                     "and scripts: set $ZCHAT_TOKEN instead of "
+                                     "$ZCHAT_PASSWORD. Creating one needs the password.")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    tc = tok_sub.add_parser("create", help="create a token and print it (shown once)")
+    client_opts(tc)
+    tc.add_argument("--label", default="", metavar="LABEL",
+                    help="a note to recognise the token by in `zchat token list`")
+    tl = tok_sub.add_parser("list", help="list your tokens (ids and labels, not secrets)")
+    client_opts(tl)
+    tl.add_argument("--json", action="store_true", help="one JSON object per line")
+    tr = tok_sub.add_parser("revoke", help="revoke a token by id")
+    client_opts(tr)
+    tr.add_argument("id", type=int, metavar="ID")
+
+    rp = sub.add_parser("replay", help="replay a chat log through the broker",
+                        description="Replay a JSON-lines chat log (join, part, quit, "
+                                    "rename, message, action) into ROOM, one session per "
+                                    "user of the log, and report what was sent. Accounts "
+                                    "get $ZCHAT_PASSWORD, else a generated password.")
+    client_opts(rp, needs_as=False)
+    rp.add_argument("file", type=Path, metavar="FILE.jsonl")
+    rp.add_argument("--room", required=True)
+    rp.add_argument("--speed", default="60", metavar="X",
+                    help="divide the log's time by X (default 60: an hour a minute); "
+                         "0 or 'max' for no waiting")
+    rp.add_argument("--verify", action="store_true",
+                    help="an observer in ROOM must see every sent message once, in order; "
+                         "exit 1 if not")
+    rp.add_argument("--observer", default="replay-observer", metavar="NAME",
+                    help="the observer's account with --verify (default replay-observer)")
     return parser
 
 
@@ -225,17 +276,27 @@ def _emit(out: TextIO, msg: p.MessagePosted | p.DirectMessage, as_json: bool) ->
     out.flush()
 
 
+async def _login(client: Client, user: str, password_only: bool = False) -> p.LoggedIn:
+    """Log ``user`` in with the account token in $ZCHAT_TOKEN when set and not empty (and
+    not ``password_only``), else with the password (``_password``)."""
+    token = "" if password_only else os.environ.get(TOKEN_ENV, "")
+    if token:
+        return await client.login(user, token=token)
+    return await client.login(user, _password())
+
+
 async def _session(config: Config, user: str | None,
-                   body: Callable[[Client], Awaitable[int]], reconnect: bool = False) -> int:
-    """Connect, log in as ``user`` (when given), run ``body``, log out, close. With
-    ``reconnect``, the client logs in again by itself after losing the broker, waiting at
-    most ``[client] reconnect_max_s`` between attempts."""
+                   body: Callable[[Client], Awaitable[int]], reconnect: bool = False,
+                   password_only: bool = False) -> int:
+    """Connect, log in as ``user`` (when given; see ``_login``), run ``body``, log out,
+    close. With ``reconnect``, the client logs in again by itself after losing the broker,
+    waiting at most ``[client] reconnect_max_s`` between attempts."""
     async with Client(config.client.server, timeout_s=config.client.timeout_s,
                       reconnect=reconnect,
                       reconnect_max_s=config.client.reconnect_max_s) as client:
         if user is None:
             return await body(client)
-        await client.login(user, _password())
+        await _login(client, user, password_only)
         try:
             return await body(client)
         finally:
@@ -384,8 +445,8 @@ def cmd_register(args: argparse.Namespace, config: Config) -> int:
     password = _password(confirm=True)
 
     async def body(client: Client) -> int:
-        reply = await client.register(args.name, password)
-        print(f"registered {reply.name}")
+        reply = await client.register(args.name, password, bot=args.bot)
+        print(f"registered {reply.name}" + (" (bot)" if args.bot else ""))
         return 0
 
     return _run(_session(config, None, body))
@@ -494,6 +555,64 @@ def cmd_who(args: argparse.Namespace, config: Config) -> int:
     return _run(_session(config, args.user, body))
 
 
+def cmd_token(args: argparse.Namespace, config: Config) -> int:
+    """``zchat token create|list|revoke`` (docs/cli.md). ``create`` logs in with the
+    password even when $ZCHAT_TOKEN is set (the broker refuses token sessions that mint
+    tokens) and prints the token alone on stdout: it is never shown again."""
+    action = args.token_command
+
+    async def body(client: Client) -> int:
+        if action == "create":
+            created = await client.create_token(_utf8(args.label, "LABEL"))
+            print(created.token, flush=True)
+            print(f"zchat: token {created.id} created for {client.name}; it is shown only "
+                  "this once", file=sys.stderr)
+        elif action == "list":
+            for t in (await client.list_tokens()).tokens:
+                if args.json:
+                    print(json.dumps({"id": t.id, "label": t.label, "created": _iso(t.created),
+                                      "created_ms": t.created}, ensure_ascii=False))
+                else:
+                    print(f"{t.id:>5}  {_local(t.created)}  {t.label}")
+        else:
+            await client.revoke_token(args.id)
+            print(f"revoked token {args.id}")
+        return 0
+
+    return _run(_session(config, args.user, body, password_only=action == "create"))
+
+
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    import secrets
+
+    from zchat import replay
+
+    try:
+        speed = replay.parse_speed(args.speed)
+    except ValueError:
+        raise CliError(f"--speed must be a number >= 0 or 'max', not {args.speed!r}") from None
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            events = replay.parse_log(f, source=str(args.file))
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{args.file} is not valid UTF-8: {exc.reason}") from None
+    password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
+
+    async def run() -> int:
+        report = await replay.replay(
+            events, server=config.client.server, room=args.room, password=password,
+            speed=speed, verify=args.verify, observer=args.observer,
+            timeout_s=config.client.timeout_s)
+        print(f"replayed {args.file} into #{args.room}")
+        for line in report.summary_lines():
+            print(line)
+        return 1 if report.check is not None and not report.check.ok else 0
+
+    return _run(run())
+
+
 def _log_to_file() -> None:
     """Send the console's log records to $XDG_STATE_HOME/zchat/console.log (default
     ~/.local/state/zchat/console.log), or nowhere if that cannot be written: never to the
@@ -533,8 +652,9 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
                 except EOFError:
                     raise CliError("cancelled") from None
 
-            logged_in = await login_flow(client, args.name, ask,
-                                         os.environ.get(PASSWORD_ENV) or None, print)
+            logged_in = (await _login(client, args.name) if os.environ.get(TOKEN_ENV)
+                         else await login_flow(client, args.name, ask,
+                                               os.environ.get(PASSWORD_ENV) or None, print))
             console = ChatConsole(client, logged_in, mouse=not args.no_mouse,
                                   paste_confirm_lines=config.client.paste_confirm_lines)
             await console.run()
@@ -545,9 +665,34 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
     return _run(run(), signals=(signal.SIGTERM,))  # Ctrl-C is a key of the console
 
 
+def cmd_bot(args: argparse.Namespace, config: Config) -> int:
+    from zchat.bot import load_bot
+
+    bot = load_bot(args.file)  # BotLoadError: one line, exit 1
+    if args.user:
+        bot.name = args.user
+    if args.server:
+        bot.server = args.server
+    if os.environ.get(TOKEN_ENV):
+        bot.token, bot.password = os.environ[TOKEN_ENV], None
+    elif os.environ.get(PASSWORD_ENV):
+        bot.token, bot.password = None, os.environ[PASSWORD_ENV]
+    elif not (bot.token or bot.password):
+        bot.password = _password()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def body() -> int:
+        await bot.run()  # logs out when cancelled by SIGTERM or Ctrl-C (see _run)
+        return 0
+
+    return _run(body())
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
-    "tail": cmd_tail, "history": cmd_history, "who": cmd_who,
+    "tail": cmd_tail, "history": cmd_history, "who": cmd_who, "token": cmd_token, "replay": cmd_replay,
+    "bot": cmd_bot,
 }
 
 

@@ -59,6 +59,9 @@ log = logging.getLogger("zchat.client")
 R = TypeVar("R", bound=p.Reply)
 T = TypeVar("T")
 
+#: How long a DM_ACK may wait to be queued on the DEALER before it is given up (the DM
+#: is then offered again at the next login).
+ACK_SEND_TIMEOUT_S = 0.5
 #: SUB-side queue bound in messages. Generous because a gap is repaired from history
 #: anyway; it bounds memory when the application stops reading.
 SUB_RCVHWM = 100_000
@@ -67,6 +70,14 @@ RECONNECT_FIRST_S = 0.5
 #: Each delay is scaled by a random factor within ±10 %, so that many clients cut off by
 #: one broker restart do not all come back in the same instant.
 RECONNECT_JITTER = 0.1
+#: Tries of one SEND or DM that the broker rate-limits (ERROR 429): between tries the
+#: client waits the reply's ``retry_after_ms`` (docs/PROTOCOL.md §4), then gives up
+#: with the last 429.
+RATE_LIMIT_TRIES = 10
+#: Bounds on one such wait, in seconds: a 429 without ``retry_after_ms`` still waits a
+#: little, and a broker asking for an absurd wait cannot stall the client for long.
+RATE_LIMIT_MIN_WAIT_S = 0.05
+RATE_LIMIT_MAX_WAIT_S = 60.0
 
 ConnState = Literal["connected", "reconnecting", "closed"]
 
@@ -223,7 +234,8 @@ class Client:
         # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
         # A new SUB (reconnect) subscribes to all of them again.
         self._topics: set[bytes] = set()
-        self._credentials: tuple[str, str] | None = None  # reconnect=True, after login
+        # (name, password, token), one of the last two empty: reconnect=True, after login
+        self._credentials: tuple[str, str, str] | None = None
         self._mode: ConnState = "closed"
         self._restoring = False        # in the reconnect loop: application requests fail
         self._session_gone = False     # a PONG or a 401 showed the broker forgot us
@@ -395,22 +407,29 @@ class Client:
             raise RequestFailed(reply.status, reply.reason, reply.retry_after_ms)
         return reply
 
-    async def register(self, name: str, password: str) -> p.Registered:
-        """Create an account (joined to ``lobby``). Raises RequestFailed 409 if taken,
-        422 if the name breaks the rules (docs/PROTOCOL.md §12)."""
-        reply: p.Registered = await self.request(p.Register(name=name, password=password))
+    async def register(self, name: str, password: str, *, bot: bool = False) -> p.Registered:
+        """Create an account (joined to ``lobby``); ``bot`` marks it as a bot in WHO.
+        Raises RequestFailed 409 if taken, 422 if the name breaks the rules
+        (docs/PROTOCOL.md §12)."""
+        reply: p.Registered = await self.request(p.Register(name=name, password=password,
+                                                            bot=bot))
         return reply
 
-    async def login(self, name: str, password: str) -> p.LoggedIn:
-        """Log in; subscribes to the account's rooms and presence, queues stored direct
-        messages as events (oldest first). With ``reconnect=True`` the credentials are kept
-        in memory for logging in again after a reconnect. Raises RequestFailed 404 (no such
-        account) or 401 (wrong password)."""
-        reply: p.LoggedIn = await self.request(p.Login(name=name, password=password))
+    async def login(self, name: str, password: str = "", *, token: str = "") -> p.LoggedIn:
+        """Log in with exactly one of ``password`` and ``token`` (an account token from
+        ``create_token``); subscribes to the account's rooms and presence, queues stored
+        direct messages as events (oldest first). With ``reconnect=True`` the credential
+        used is kept in memory for logging in again after a reconnect. Raises
+        LocalProtocolError when both or neither is given, RequestFailed 404 (no such
+        account) or 401 (wrong password, wrong or revoked token)."""
+        if bool(password) == bool(token):
+            raise LocalProtocolError("give exactly one of password and token")
+        reply: p.LoggedIn = await self.request(p.Login(name=name, password=password,
+                                                       token=token))
         self._state.name = reply.name
         self._state.session = reply.session
         if self.reconnect:
-            self._credentials = (name, password)
+            self._credentials = (name, password, token)
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
         for room in reply.rooms:
             self._follow(room.room, room.last_seq, room.topic)
@@ -456,14 +475,52 @@ class Client:
 
     async def send(self, room: str, text: str, kind: p.MessageKind = "text",
                    cmid: str = "") -> p.Sent:
-        """Post to a room; the reply carries the message's sequence number and time."""
-        reply: p.Sent = await self.request(p.Send(room=room, text=text, kind=kind, cmid=cmid))
+        """Post to a room; the reply carries the message's sequence number and time.
+        Rate-limited (429), it waits and retries (``_patiently``)."""
+        reply: p.Sent = await self._patiently(
+            p.Send(room=room, text=text, kind=kind, cmid=cmid))
         return reply
 
     async def dm(self, to: str, text: str) -> p.DmSent:
-        """Send a direct message; ``delivered`` says "live" or "stored"."""
-        reply: p.DmSent = await self.request(p.SendDirect(to=to, text=text))
+        """Send a direct message; ``delivered`` says "live" or "stored". Rate-limited
+        (429), it waits and retries (``_patiently``)."""
+        reply: p.DmSent = await self._patiently(p.SendDirect(to=to, text=text))
         return reply
+
+    async def _patiently(self, req: p.Request) -> Any:
+        """``request(req)``, but an ERROR 429 is answered by waiting its ``retry_after_ms``
+        (within RATE_LIMIT_MIN_WAIT_S..RATE_LIMIT_MAX_WAIT_S) and trying again, at most
+        RATE_LIMIT_TRIES times in all; then the last 429 is raised. Safe to repeat: a
+        refused request changed nothing (docs/PROTOCOL.md §6.16)."""
+        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+            try:
+                return await self.request(req)
+            except RequestFailed as exc:
+                if exc.status != Status.TOO_MANY_REQUESTS or attempt == RATE_LIMIT_TRIES:
+                    raise
+                wait_s = min(max(exc.retry_after_ms / 1000, RATE_LIMIT_MIN_WAIT_S),
+                             RATE_LIMIT_MAX_WAIT_S)
+                log.info("%s rate-limited (try %d); retrying in %.2f s", req.TYPE, attempt,
+                         wait_s)
+                await asyncio.sleep(wait_s)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def create_token(self, label: str = "") -> p.TokenCreated:
+        """Create an account token (docs/PROTOCOL.md §6.24); ``token`` in the reply is the
+        only time the secret is seen. Raises RequestFailed 403 when this session logged in
+        with a token, 413/422 for a bad label."""
+        reply: p.TokenCreated = await self.request(p.CreateToken(label=label))
+        return reply
+
+    async def list_tokens(self) -> p.TokenList:
+        """The account's live tokens: id, label, creation time; never the secrets."""
+        reply: p.TokenList = await self.request(p.ListTokens())
+        return reply
+
+    async def revoke_token(self, token_id: int) -> None:
+        """Revoke one of the account's tokens; sessions logged in with it end. Raises
+        RequestFailed 404 when the account has no token of that id."""
+        await self.request(p.RevokeToken(id=token_id))
 
     async def history(self, room: str, before: int | None = None, after: int | None = None,
                       limit: int = p.DEFAULT_HISTORY_LIMIT) -> p.HistoryPage:
@@ -563,10 +620,12 @@ class Client:
             dealer = self._check_usable()
             for start in range(0, len(ids), p.MAX_ACK_IDS):
                 chunk = ids[start:start + p.MAX_ACK_IDS]
-                # NOBLOCK: with no broker (inproc) a send would wait forever
-                await dealer.send_multipart(p.encode_request(b"ack", p.AckDirect(ids=chunk)),
-                                            flags=zmq.NOBLOCK)
-        except (ZchatError, zmq.ZMQError) as exc:
+                # NOBLOCK and a deadline: with no broker (inproc) a send can wait forever,
+                # and zmq.asyncio queues even a NOBLOCK send behind a send already waiting
+                async with asyncio.timeout(ACK_SEND_TIMEOUT_S):
+                    await dealer.send_multipart(
+                        p.encode_request(b"ack", p.AckDirect(ids=chunk)), flags=zmq.NOBLOCK)
+        except (ZchatError, zmq.ZMQError, TimeoutError) as exc:
             log.debug("DMs %s not acknowledged now (%s); offered again at next login",
                       ids, exc)
 
@@ -764,9 +823,10 @@ class Client:
         await self._close_sockets("reconnecting")
         await self._open()
         assert self._credentials is not None
-        name, password = self._credentials
+        name, password, token = self._credentials
         try:
-            reply: p.LoggedIn = await self.request(p.Login(name=name, password=password))
+            reply: p.LoggedIn = await self.request(p.Login(name=name, password=password,
+                                                           token=token))
         except RequestFailed as exc:
             if exc.status in (Status.UNAUTHORIZED, Status.FORBIDDEN, Status.NOT_FOUND):
                 raise _LoginRefused(f"the broker refused to log in {name} again: "

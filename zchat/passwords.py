@@ -3,7 +3,8 @@
 Stored form: ``scrypt$N$r$p$<salt base64>$<hash base64>`` with a fresh 16-byte salt per
 password, so parameters can be raised later without breaking old hashes. Verification
 compares in constant time (hmac.compare_digest). Both functions take tens of milliseconds
-by design: the broker runs them off its event loop.
+by design: the broker runs them off its event loop. Account tokens (random, so a fast
+hash suffices) are hashed with SHA-256 by ``token_sha256``.
 """
 
 from __future__ import annotations
@@ -44,3 +45,25 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def token_sha256(token: str) -> str:
+    """The stored form of an account token (docs/PROTOCOL.md §6.24): its SHA-256, hex.
+
+    A fast hash is right here, unlike for passwords: a token is 256 random bits from
+    ``secrets.token_urlsafe(32)``, so there is no dictionary to try and a stolen hash
+    cannot be reversed by guessing; scrypt would only cost the broker time on every login.
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def match_token(token: str, stored: list[tuple[int, str]]) -> int | None:
+    """The id of the entry of ``stored`` ((id, SHA-256 hex) pairs) whose hash is the
+    token's, or None. Every entry is compared, each with hmac.compare_digest, so the time
+    taken does not depend on which entry (if any) matched or on how much of it did."""
+    digest = token_sha256(token)
+    found: int | None = None
+    for token_id, expected in stored:
+        if hmac.compare_digest(digest, expected):
+            found = token_id
+    return found

@@ -60,6 +60,12 @@ MAX_AWAY_TEXT_CHARS = 200
 #: A room's topic (its one-line subject, SET_TOPIC §6.22), in characters: long enough for
 #: a sentence and a link, short enough for one status line.
 MAX_TOPIC_CHARS = 300
+#: An account token's label (TOKEN_CREATE §6.24), in characters: a short note such as
+#: "deploy bot on ci-3", one line.
+MAX_TOKEN_LABEL_CHARS = 100
+#: Live account tokens one account may hold (§6.24): plenty for a fleet of bots, and it
+#: bounds the constant-time comparison a token LOGIN makes against each of them.
+MAX_TOKENS_PER_ACCOUNT = 100
 
 Presence = Literal["online", "away", "offline"]
 MessageKind = Literal["text", "action"]
@@ -128,6 +134,15 @@ class UserPresence:
     presence: Presence
     text: str = ""
     bot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """One row of the TOKEN_LIST reply: never the token itself. ``created`` is UTC ms."""
+
+    id: int
+    label: str
+    created: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +332,21 @@ class SessionList(Reply):
 
 
 @dataclass(frozen=True, slots=True)
+class TokenCreated(Reply):
+    """TOKEN_CREATE's reply: ``token`` is the secret, sent this once and never again (the
+    broker keeps only its SHA-256) (§6.24)."""
+
+    token: str = field(repr=False)
+    id: int
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenList(Reply):
+    tokens: tuple[TokenInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error(Message):
     """An ERROR reply: a 3-digit status (§11) and a human-readable reason."""
 
@@ -352,15 +382,21 @@ class Register(Request):
     NEEDS_SESSION: ClassVar[bool] = False
     name: str
     password: str = field(repr=False)
+    #: The account is a bot (shown in WHO's ``bot``); declared by the registrant (§6.2).
+    bot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Login(Request):
+    """Log in with exactly one of ``password`` and ``token`` (an account token, §6.24);
+    both or neither is 400 (§6.3)."""
+
     TYPE: ClassVar[str] = "LOGIN"
     REPLY: ClassVar[type[Reply]] = LoggedIn
     NEEDS_SESSION: ClassVar[bool] = False
     name: str
-    password: str = field(repr=False)
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,10 +500,36 @@ class AckDirect(Request):
     ids: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class CreateToken(Request):
+    """Create an account token for the logged-in account (§6.24)."""
+
+    TYPE: ClassVar[str] = "TOKEN_CREATE"
+    REPLY: ClassVar[type[Reply]] = TokenCreated
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListTokens(Request):
+    """List the logged-in account's live tokens (§6.25)."""
+
+    TYPE: ClassVar[str] = "TOKEN_LIST"
+    REPLY: ClassVar[type[Reply]] = TokenList
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeToken(Request):
+    """Revoke one of the logged-in account's tokens by id (§6.26)."""
+
+    TYPE: ClassVar[str] = "TOKEN_REVOKE"
+    id: int
+
+
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.TYPE: cls
     for cls in (Info, Register, Login, Logout, Join, Part, ListRooms, Send, SendDirect,
-                FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect)
+                FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect,
+                CreateToken, ListTokens, RevokeToken)
 }
 EVENT_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,

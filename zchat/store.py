@@ -72,6 +72,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX dms_pending ON direct_messages(recipient_key, delivered, id);
     """,
+    # 1 -> 2: account tokens (docs/PROTOCOL.md §6.24). Only the token's SHA-256 is kept:
+    # a token is 256 random bits, so a fast hash is enough (no dictionary to guess from).
+    """
+    CREATE TABLE account_tokens (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_key  TEXT NOT NULL REFERENCES accounts(key),
+        label        TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        created_ms   INTEGER NOT NULL
+    );
+    CREATE INDEX account_tokens_by_account ON account_tokens(account_key, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -83,6 +95,13 @@ class AccountRow:
     name: str
     password_hash: str
     bot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    id: int
+    label: str
+    created_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +237,43 @@ class Store:
         """Every account: key -> (display name, bot)."""
         return {k: (n, bool(b)) for k, n, b in
                 self._db.execute("SELECT key, name, bot FROM accounts")}
+
+    # -- account tokens ------------------------------------------------------------------
+
+    def create_token(self, account_key: str, label: str, token_sha256: str, now_ms: int,
+                     max_tokens: int) -> int:
+        """Store a token's SHA-256 (hex) for ``account_key``; returns the token's id.
+        Raises ProtocolError(422) when the account already holds ``max_tokens``."""
+        with self._write() as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM account_tokens WHERE account_key = ?",
+                                  (account_key,)).fetchone()
+            if count >= max_tokens:
+                raise ProtocolError(Status.INVALID, f"an account holds at most {max_tokens} "
+                                    "tokens; revoke one first")
+            cur = db.execute("INSERT INTO account_tokens(account_key, label, token_sha256, "
+                             "created_ms) VALUES (?, ?, ?, ?)",
+                             (account_key, label, token_sha256, now_ms))
+            return int(cur.lastrowid or 0)
+
+    def list_tokens(self, account_key: str) -> list[TokenRow]:
+        """The account's live tokens, oldest first (never their hashes)."""
+        rows = self._db.execute("SELECT id, label, created_ms FROM account_tokens "
+                                "WHERE account_key = ? ORDER BY id", (account_key,))
+        return [TokenRow(*row) for row in rows]
+
+    def token_hashes(self, account_key: str) -> list[tuple[int, str]]:
+        """(id, SHA-256 hex) of each of the account's live tokens, for LOGIN to compare."""
+        return [(int(i), str(h)) for i, h in self._db.execute(
+            "SELECT id, token_sha256 FROM account_tokens WHERE account_key = ? ORDER BY id",
+            (account_key,))]
+
+    def revoke_token(self, account_key: str, token_id: int) -> bool:
+        """Delete the account's token ``token_id``; False when it has no such token (another
+        account's token is never touched)."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM account_tokens WHERE id = ? AND account_key = ?",
+                             (token_id, account_key))
+            return cur.rowcount == 1
 
     # -- rooms and membership ----------------------------------------------------------
 

@@ -9,31 +9,97 @@ clients connect through the process's one zmq context.
 
 Password hashing uses scrypt with N=1024 here (``FAST_HASH``) so that a test logs in in
 about a millisecond; production defaults are in config/zchat.toml.
+
+It is also a pytest plugin (entry point ``pytest11: zchat``), so a project that installs
+zchat can test its bots with the ``zchat_broker`` fixture (docs/bots.md):
+
+    def test_echo(zchat_broker):
+        async def scenario():
+            async with zchat_broker.run_bot(echo.make_bot()), \
+                    zchat_broker.client("alice") as alice:
+                await alice.dm("echo", "hi")
+                assert (await next_dm(alice)).text == "hi"
+        run(scenario())
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
+from zchat import protocol as p
 from zchat.broker import Broker, BrokerThread
 from zchat.client import Client
 from zchat.config import BrokerConfig
-from zchat.errors import RequestFailed
+from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.store import Store
 
 #: Cheap hash parameters for tests only (never for real accounts).
 FAST_HASH = {"scrypt_n": 1024, "scrypt_r": 8, "scrypt_p": 1}
 DEFAULT_PASSWORD = "correct horse battery staple"
+#: Overall bound of ``run()``: generous, only a hang should ever reach it.
+RUN_TIMEOUT_S = 20.0
 _counter = itertools.count(1)
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from zchat.bot import Bot
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = RUN_TIMEOUT_S) -> T:
+    """Run ``coro`` on a fresh event loop (``asyncio.run``); raises TimeoutError after
+    ``timeout_s`` so that a hung await fails the test instead of hanging it."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout_s)
+
+    return asyncio.run(bounded())
+
+
+async def next_message(client: Client, room: str | None = None, *,
+                       sender: str | None = None, timeout_s: float = 5.0) -> p.MessagePosted:
+    """The next room message ``client`` receives (in ``room`` and from ``sender`` when
+    given; other events are skipped and lost). Raises AssertionError after ``timeout_s``."""
+    return await _next(client, p.MessagePosted, room, sender, timeout_s)
+
+
+async def next_dm(client: Client, *, sender: str | None = None,
+                  timeout_s: float = 5.0) -> p.DirectMessage:
+    """The next direct message ``client`` receives (from ``sender`` when given; other
+    events are skipped and lost). Raises AssertionError after ``timeout_s``."""
+    return await _next(client, p.DirectMessage, None, sender, timeout_s)
+
+
+async def _next(client: Client, kind: type[T], room: str | None, sender: str | None,
+                timeout_s: float) -> T:
+    from zchat.names import name_key
+
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        event = await client.next_event(remaining)
+        if event is None:
+            break
+        if not isinstance(event, kind):
+            continue
+        if room is not None and name_key(getattr(event, "room", "")) != name_key(room):
+            continue
+        if sender is not None and name_key(getattr(event, "sender", "")) != name_key(sender):
+            continue
+        return event
+    where = f" in #{room}" if room else ""
+    by = f" from {sender}" if sender else ""
+    raise AssertionError(f"no {kind.__name__}{where}{by} for {client.name} within "
+                         f"{timeout_s} s")
 
 
 @dataclass
@@ -66,6 +132,20 @@ class Harness:
         finally:
             await client.close()
 
+    @contextlib.asynccontextmanager
+    async def run_bot(self, bot: Bot, password: str | None = None) -> AsyncIterator[Bot]:
+        """Run ``bot`` against this broker for the ``async with`` block: its account is
+        registered (with ``password``, else the bot's password, else DEFAULT_PASSWORD)
+        unless it exists, logged in, its rooms joined before the block starts; it is
+        stopped, logged out and closed on exit (a handler error never ends it; an error
+        that did is raised on exit)."""
+        secret = password or bot.password or DEFAULT_PASSWORD
+        async with self.client(bot.name, secret) as client:
+            async with bot.attach(client):
+                yield bot
+            with contextlib.suppress(RequestFailed, ConnectionFailed):
+                await client.logout()
+
 
 def harness_config(**overrides: Any) -> BrokerConfig:
     """A BrokerConfig on fresh inproc endpoints with fast hashing; ``overrides`` replace
@@ -87,3 +167,25 @@ def running_broker(db_path: str | Path = ":memory:", context: zmq.Context[Any] |
     store = Store(db_path)
     with BrokerThread(config, store, ctx) as broker:
         yield Harness(broker.router_endpoint, broker, str(db_path), ctx)
+
+
+# -- the pytest plugin (entry point ``pytest11``) -------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # zchat.testing without pytest: the harness alone
+    pass
+else:
+
+    @pytest.fixture
+    def zchat_broker() -> Iterator[Harness]:
+        """A real zchat broker thread on inproc:// with an in-memory SQLite store; yields
+        the Harness (``client(name)``, ``run_bot(bot)``, ``server``)."""
+        with running_broker() as harness:
+            yield harness
+
+    @pytest.fixture
+    def zchat_file_broker(tmp_path: Path) -> Iterator[Harness]:
+        """Like ``zchat_broker``, with the SQLite database in a file under ``tmp_path``."""
+        with running_broker(tmp_path / "zchat.db") as harness:
+            yield harness
