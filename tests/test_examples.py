@@ -44,6 +44,28 @@ def test_echo_bot_repeats_direct_messages(zchat_broker: Harness) -> None:
     run(scenario())
 
 
+def test_echo_bot_ignores_other_bots_so_two_bots_cannot_loop(zchat_broker: Harness) -> None:
+    echo = example("echo")
+
+    async def scenario() -> None:
+        async with zchat_broker.run_bot(echo.make_bot("echo")), \
+                zchat_broker.client() as desk, zchat_broker.client("alice") as alice:
+            await desk.register("helpdesk", "pw", bot=True)
+            await desk.login("helpdesk", "pw")
+            await desk.dm("echo", "Sorry, I don't know.")  # another bot: no answer
+            await alice.dm("echo", "ping")                  # a person: answered
+            reply = await next_dm(alice, sender="echo")
+            assert reply.text == "ping"
+            # the bot handles events in order: had it answered helpdesk, that DM
+            # would have reached helpdesk before alice's answer
+            got = []
+            while (event := await desk.next_event(0.2)) is not None:
+                got.append(event)
+            assert not [e for e in got if getattr(e, "sender", None) == "echo"]
+
+    run(scenario())
+
+
 # -- faq ---------------------------------------------------------------------------------------
 
 

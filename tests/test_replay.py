@@ -235,6 +235,18 @@ def test_cli_malformed_log_is_one_line_with_exit_1(tmp_path: Path,
     assert "--speed must be a number" in capsys.readouterr().err
 
 
+def test_cli_bad_room_is_one_line_before_anything_runs(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from zchat.cli import main
+
+    log = tmp_path / "ok.jsonl"
+    log.write_text(SYNTHETIC[1] + "\n", encoding="utf-8")
+    assert main(["replay", str(log), "--room", "bad room", "--server", "inproc://nowhere"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("zchat: error: room name must not contain whitespace") and \
+        err.count("\n") == 1
+
+
 def test_cli_replay_verify_against_a_broker_process(tcp_broker: TcpBroker,
                                                     tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"

@@ -229,13 +229,17 @@ class Bot:
     Credentials: ``token`` (a bot token, ``zchat token create``) or ``password``; the
     ``zchat bot`` command fills them from ``ZCHAT_TOKEN`` / ``ZCHAT_PASSWORD``. ``server``
     is the broker's ROUTER endpoint, ``rooms`` the rooms joined at start, ``context`` the
-    zmq context (the process's one by default).
+    zmq context (the process's one by default). ``ignore_bots`` (default True): room
+    messages and DMs from other bot accounts reach no handler, so that two bots cannot
+    answer each other forever (an echo bot and a help desk did, at ~400 DMs/s).
     """
 
     def __init__(self, name: str, *, password: str | None = None, token: str | None = None,
                  server: str = "tcp://127.0.0.1:5555", rooms: Iterable[str] = ("lobby",),
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, ignore_bots: bool = True) -> None:
         self.name = name
+        self.ignore_bots = ignore_bots
+        self._bot_names: dict[str, bool] = {}  # name key -> is a bot account
         self.password = password
         self.token = token
         self.server = server
@@ -393,9 +397,25 @@ class Bot:
         ok = 0
         if not isinstance(event, p.MessagePosted | p.DirectMessage | p.PresenceChanged):
             return 0
+        if self.ignore_bots and isinstance(event, p.MessagePosted | p.DirectMessage) and \
+                not _same(event.sender, me) and await self._is_bot(event.sender):
+            return 0
         for m in match_handlers(self.handlers, event, me):
             ok += await self._call(m.handler, Context(self, event, m.command, m.match))
         return ok
+
+    async def _is_bot(self, name: str) -> bool:
+        """Whether ``name`` is a bot account, from WHO (cached; a sender is online, so the
+        WHO of online accounts lists it). Unknown or on error: not a bot."""
+        key = name_key(name)
+        if key not in self._bot_names and self.client is not None:
+            try:
+                for user in (await self.client.who()).users:
+                    self._bot_names[name_key(user.name)] = user.bot
+            except ZchatError as exc:
+                log.debug("could not tell whether %s is a bot: %s", name, exc)
+                return False
+        return self._bot_names.get(key, False)
 
     async def _call(self, handler: Handler, ctx: Context) -> int:
         try:

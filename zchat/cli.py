@@ -30,7 +30,8 @@ from zchat import __version__
 from zchat import protocol as p
 from zchat.client import Client, ConnectionRestored, Reconnecting, SessionEnded
 from zchat.config import Config, data_dir, load_config, validate
-from zchat.errors import ConnectionFailed, RequestFailed, ZchatError
+from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
+from zchat.names import normalize_name
 
 PASSWORD_ENV = "ZCHAT_PASSWORD"
 #: An account token (``zchat token create``) to log in with instead of a password; checked
@@ -599,6 +600,10 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     except UnicodeDecodeError as exc:
         raise CliError(f"{args.file} is not valid UTF-8: {exc.reason}") from None
     password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
+    try:  # a bad --room is one line, before anything runs
+        normalize_name(args.room, "room name")
+    except ProtocolError as exc:
+        raise CliError(exc.reason) from None
 
     async def run() -> int:
         report = await replay.replay(
@@ -608,7 +613,9 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         print(f"replayed {args.file} into #{args.room}")
         for line in report.summary_lines():
             print(line)
-        return 1 if report.check is not None and not report.check.ok else 0
+        if report.check is not None and not report.check.ok:
+            return 1
+        return 1 if report.messages and not report.sent else 0  # nothing got through
 
     return _run(run())
 
