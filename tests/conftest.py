@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 
-from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness
 
 T = TypeVar("T")
 
@@ -54,17 +54,16 @@ def wait_until(condition: Callable[[], T], timeout_s: float = 5.0, what: str = "
 
 
 @pytest.fixture
-def harness() -> Iterator[Harness]:
-    """A real broker thread on inproc:// with an in-memory SQLite store."""
-    with running_broker() as h:
-        yield h
+def harness(zchat_broker: Harness) -> Harness:
+    """A real broker thread on inproc:// with an in-memory SQLite store (the zchat.testing
+    plugin's ``zchat_broker``, under the shorter name these tests use)."""
+    return zchat_broker
 
 
 @pytest.fixture
-def file_harness(tmp_path: Path) -> Iterator[Harness]:
-    """A real broker thread on inproc:// with an SQLite file in ``tmp_path``."""
-    with running_broker(tmp_path / "zchat.db") as h:
-        yield h
+def file_harness(zchat_file_broker: Harness) -> Harness:
+    """The same with an SQLite file in ``tmp_path`` (``zchat_file_broker``)."""
+    return zchat_file_broker
 
 
 # -- subprocesses --------------------------------------------------------------------------
