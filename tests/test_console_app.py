@@ -477,6 +477,10 @@ def test_unknown_command_and_refused_requests_show_one_error_line() -> None:
             await until(lambda: len(s.errors()) == 3, what="the refused message")
             assert s.errors()[2].startswith("refused: ")
             assert s.errors()[2].endswith("(413)")
+            # the refused line is given back to fix and resend
+            await until(lambda: s.console.input_buffer.text == "x" * 101)
+            s.send(CTRL_U)
+            await until(lambda: s.console.input_buffer.text == "")
 
             s.type_line("/msg nobody-here hi")
             await until(lambda: len(s.errors()) == 4, what="the refused DM")

@@ -19,7 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zchat import protocol as p
 from zchat.client import Client, ConnectionLost, Event
-from zchat.errors import RequestFailed
+from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 # -- helpers -----------------------------------------------------------------------------
@@ -679,3 +679,19 @@ def test_peer_that_disconnects_before_its_reply_does_not_kill_the_broker(
 
     run(main())
     assert harness.broker._stopping.is_set() is False
+
+
+def test_text_over_the_transport_limit_is_refused_by_the_client_and_the_session_lives(
+        harness: Harness) -> None:
+    """A body over MAXMSGSIZE would make libzmq drop the connection without an answer; the
+    client refuses it itself with the broker's 413, and the next message goes through."""
+    async def main() -> None:
+        async with harness.client("carol") as c:
+            for size in (140_000, 4001):
+                with pytest.raises(RequestFailed) as info:
+                    await c.send("lobby", "x" * size)
+                assert info.value.status == Status.TOO_LARGE
+                assert f"message text is {size} bytes; the limit is 4000" in info.value.reason
+            assert (await c.send("lobby", "still here")).seq == 1
+
+    run(main())

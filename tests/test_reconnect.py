@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,20 @@ class RestartableBroker:
         self.harness: Harness | None = None
 
     def start(self) -> Harness:
+        """Start on the same endpoints. libzmq closes the previous broker's listening
+        sockets in its I/O thread, after ``close()`` returned, so a tcp bind right after a
+        stop can meet EADDRINUSE for a moment: retry the bind until it succeeds (2 s)."""
         assert self._cm is None, "already running"
-        cm = running_broker(self.db, router=self.router, pub=self.pub, **FAST_BEATS)
-        self.harness = cm.__enter__()
+        deadline = time.monotonic() + 2.0
+        while True:
+            cm = running_broker(self.db, router=self.router, pub=self.pub, **FAST_BEATS)
+            try:
+                self.harness = cm.__enter__()
+                break
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)  # the condition is the bind itself, retried until it holds
         self._cm = cm
         return self.harness
 

@@ -378,7 +378,12 @@ class Bot:
                   for h in self.handlers if h.kind == "timer"]
         assert self._ready is not None
         self._ready.set()
-        log.info("bot %s serving %s", client.name, ", ".join(f"#{r}" for r in self.rooms))
+        log.info("bot %s serving %s", client.name,
+                 ", ".join(f"#{r}" for r in self.rooms) or "direct messages only")
+        if client.name is not None and not await self._is_bot(client.name):
+            log.warning("%s is not registered as a bot (zchat register --bot): other bots "
+                        "will not ignore it, so two bots answering each other could loop",
+                        client.name)
         try:
             async for event in client.events():
                 if isinstance(event, SessionEnded):

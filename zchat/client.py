@@ -375,6 +375,21 @@ class Client:
             raise LocalProtocolError("client is not connected")
         return self._dealer
 
+    def _check_size(self, req: p.Request, body: bytes) -> None:
+        """Refuse here what the broker would refuse for its size, with the same 413: a body
+        over the transport limit would not even get an answer (libzmq drops the
+        connection, docs/PROTOCOL.md §2), and the session with it."""
+        text = getattr(req, "text", None)
+        limit = self.info.max_text_bytes if self.info is not None else None
+        if isinstance(req, p.Send | p.SendDirect) and isinstance(text, str) and limit:
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                raise RequestFailed(Status.TOO_LARGE, f"message text is {size} bytes; the "
+                                    f"limit is {limit}")
+        if len(body) > p.MAX_BODY_BYTES:
+            raise RequestFailed(Status.TOO_LARGE, f"body of {len(body)} bytes exceeds "
+                                f"{p.MAX_BODY_BYTES}")
+
     async def request(self, req: p.Request, timeout_s: float | None = None) -> Any:
         """Send one request and return its OK reply value.
 
@@ -383,6 +398,8 @@ class Client:
         """
         dealer = self._check_usable()
         request_id = str(next(self._ids)).encode()
+        frames = p.encode_request(request_id, req)
+        self._check_size(req, frames[3])
         fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
         self._reply_types[request_id] = req.REPLY
@@ -392,7 +409,7 @@ class Client:
                 # The send is inside the deadline too: a DEALER with no connected peer
                 # (an inproc broker that closed) blocks on send instead of queueing.
                 async with asyncio.timeout(wait):
-                    await dealer.send_multipart(p.encode_request(request_id, req))
+                    await dealer.send_multipart(frames)
                     reply = await fut
             except TimeoutError:
                 raise ConnectionFailed(f"no answer from the broker at {self.server} within "

@@ -340,10 +340,17 @@ class ChatConsole:
         if conv is None:
             self.error("no conversation: /join a room first")
             return
-        if conv.kind == "room":
-            await self.client.send(conv.title, text)
-        else:
-            await self._dm(conv.title, text)
+        try:
+            if conv.kind == "room":
+                await self.client.send(conv.title, text)
+            else:
+                await self._dm(conv.title, text)
+        except RequestFailed:
+            # Refused: give the line back to fix and resend, unless something new is typed
+            if "\n" not in text and not self.input_buffer.text:
+                self.input_buffer.text = text
+                self.input_buffer.cursor_position = len(text)
+            raise
 
     async def _dm(self, to: str, text: str) -> None:
         reply = await self.client.dm(to, text)
