@@ -79,6 +79,8 @@ Delivery = Literal["live", "stored"]
 TOPIC_ROOM_PREFIX = b"room/"
 TOPIC_PRESENCE_PREFIX = b"presence/"
 TOPIC_TICK = b"tick/"
+#: Broker-wide notices (GOING_AWAY, §6.29); every client subscribes to it.
+TOPIC_BROKER = b"broker/"
 
 
 def room_topic(room_key: str) -> bytes:
@@ -220,6 +222,16 @@ class Tick(Message):
     """The broker's heartbeat on PUB, every heartbeat interval (§10)."""
 
     TYPE: ClassVar[str] = "TICK"
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoingAway(Message):
+    """Event on TOPIC_BROKER: the broker is shutting down at ``time`` (UTC ms); ``text``
+    says why. Clients reconnect with back-off and resume their session (§6.29)."""
+
+    TYPE: ClassVar[str] = "GOING_AWAY"
+    text: str
     time: int
 
 
@@ -443,6 +455,8 @@ class SendDirect(Request):
     REPLY: ClassVar[type[Reply]] = DmSent
     to: str
     text: str
+    #: Client message id: a retry with the same cmid is stored at most once (§6.7).
+    cmid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,15 +539,37 @@ class RevokeToken(Request):
     id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Resume(Request):
+    """Take over a live (or, after a broker restart, a stored) session by its ``session``
+    token from LOGIN, on a new connection, without a password and without presence
+    events (§6.27)."""
+
+    TYPE: ClassVar[str] = "RESUME"
+    REPLY: ClassVar[type[Reply]] = LoggedIn
+    NEEDS_SESSION: ClassVar[bool] = False
+    session: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SetSlowMode(Request):
+    """Set a room's slow mode: each member may post at most one message per ``seconds``
+    (0 turns it off) (§6.28)."""
+
+    TYPE: ClassVar[str] = "SET_SLOW_MODE"
+    room: str
+    seconds: int
+
+
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.TYPE: cls
     for cls in (Info, Register, Login, Logout, Join, Part, ListRooms, Send, SendDirect,
                 FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect,
-                CreateToken, ListTokens, RevokeToken)
+                CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode)
 }
 EVENT_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,
-                              TopicChanged)
+                              TopicChanged, GoingAway)
 }
 PUSH_TYPES: dict[str, type[Message]] = {DirectMessage.TYPE: DirectMessage}
 

@@ -84,6 +84,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX account_tokens_by_account ON account_tokens(account_key, id);
     """,
+    # 2 -> 3: delivery guarantees and protection (issue 5): idempotent SEND and DM by
+    # client message id (a lookup index, not UNIQUE: older rows may repeat a cmid),
+    # per-room slow mode, and sessions kept across a broker restart for RESUME (only
+    # the session token's SHA-256 is stored).
+    """
+    CREATE INDEX messages_by_cmid ON messages(room_key, sender, cmid) WHERE cmid <> '';
+    ALTER TABLE direct_messages ADD COLUMN cmid TEXT NOT NULL DEFAULT '';
+    CREATE INDEX dms_by_cmid ON direct_messages(sender, cmid) WHERE cmid <> '';
+    ALTER TABLE rooms ADD COLUMN slow_mode_s INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE sessions (
+        token_sha256   TEXT PRIMARY KEY,
+        account_key    TEXT NOT NULL REFERENCES accounts(key),
+        login_token_id INTEGER,
+        address        TEXT NOT NULL DEFAULT '',
+        login_ms       INTEGER NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
