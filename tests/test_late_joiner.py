@@ -79,7 +79,7 @@ def test_a_client_logging_in_while_a_room_is_busy_gets_every_later_message_once(
                 try:
                     reply = await bob.login("bob", DEFAULT_PASSWORD)
                     start = {r.room: r.last_seq for r in reply.rooms}["busy"]
-                    await poster.until(lambda s: s[-1] > start + 5)
+                    await poster.until(lambda s, start=start: s[-1] > start + 5)
                     posted = await poster.stop()
                     seqs = await _messages_until(bob, "busy", posted[-1])
                     assert seqs == list(range(start + 1, posted[-1] + 1))
@@ -101,7 +101,7 @@ def test_a_client_joining_a_busy_room_gets_every_message_after_its_join_once() -
                 poster = Poster(alice, room)
                 await poster.until(lambda s: len(s) >= 3)
                 start = (await bob.join(room)).last_seq
-                await poster.until(lambda s: s[-1] > start + 5)
+                await poster.until(lambda s, start=start: s[-1] > start + 5)
                 posted = await poster.stop()
                 seqs = await _messages_until(bob, room, posted[-1])
                 assert seqs == list(range(start + 1, posted[-1] + 1))
