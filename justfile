@@ -37,3 +37,8 @@ bench *ARGS:
 fmt:
     ruff format zchat tests
     ruff check --select I --fix zchat tests
+
+# Chaos: the long fault-injection runs (killed, paused, restarted processes), e.g.
+# `just chaos --minutes 10`; prints sent/delivered/lost/duplicated per scenario.
+chaos *ARGS:
+    {{python}} scripts/chaos.py "$@"
