@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,16 @@ from zchat.errors import RequestFailed
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    """The in-process broker with the SEND/DM rate limit off: these tests build scroll-back
+    by posting 60 to 160 messages in a burst (``post_many``), far over the default burst
+    of 20 (docs/PROTOCOL.md §15). Refusals in the console are tested with the limit on in
+    tests/test_protection_live.py."""
+    with running_broker(send_rate_per_s=0.0) as h:
+        yield h
 
 ENTER = "\r"
 UP, DOWN = "\x1b[A", "\x1b[B"

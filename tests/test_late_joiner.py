@@ -88,7 +88,8 @@ def test_a_client_logging_in_while_a_room_is_busy_gets_every_later_message_once(
                     await bob.close()
 
     # A long heartbeat: only the next live message, not a PONG, can reveal the gap.
-    with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0) as h:
+    with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0,
+                        send_rate_per_s=0.0) as h:  # posts without pause on purpose
         run(main(h), timeout_s=60)
 
 
@@ -106,5 +107,6 @@ def test_a_client_joining_a_busy_room_gets_every_message_after_its_join_once() -
                 seqs = await _messages_until(bob, room, posted[-1])
                 assert seqs == list(range(start + 1, posted[-1] + 1))
 
-    with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0) as h:
+    with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0,
+                        send_rate_per_s=0.0) as h:  # posts without pause on purpose
         run(main(h), timeout_s=60)

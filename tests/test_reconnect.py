@@ -289,6 +289,8 @@ def test_changed_password_ends_the_session(inproc_broker: RestartableBroker) -> 
             with contextlib.closing(sqlite3.connect(inproc_broker.db)) as db, db:
                 db.execute("UPDATE accounts SET password_hash = ? WHERE key = 'alice'",
                            (new_hash,))
+                # a password change ends the account's sessions: none is resumable (§6.27)
+                db.execute("DELETE FROM sessions WHERE account_key = 'alice'")
             await asyncio.to_thread(inproc_broker.start)
             seen = await collect(alice, is_(SessionEnded), timeout_s=8)
             kinds = [type(e) for e in seen

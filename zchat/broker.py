@@ -15,8 +15,8 @@ Socket options (docs/PROTOCOL.md §2):
 - MAXMSGSIZE = protocol.MAX_TRANSPORT_FRAME_BYTES (128 KiB) on the ROUTER: libzmq disconnects a peer
   that sends a larger frame before it reaches us (the frame count is not bounded: PROTOCOL §9).
 - SNDHWM/RCVHWM from config (messages, per peer).
-- LINGER 0 at close, after the final flush of shutdown notices: a stopping broker never
-  hangs on a dead peer.
+- LINGER at close: SHUTDOWN_LINGER_MS (0.5 s) after a graceful stop, so that GOING_AWAY
+  and the last replies leave; 0 otherwise. A stopping broker never hangs on a dead peer.
 
 Password hashing runs on a small thread pool (``hash_workers``); finished jobs come back
 through a queue and wake the poller through a pipe, so hashing never stalls the loop.
@@ -45,6 +45,10 @@ log = logging.getLogger("zchat.broker")
 
 #: Requests handled per wake-up before timers are looked at again.
 BATCH = 256
+#: LINGER at close after a graceful stop, in milliseconds: time for the GOING_AWAY event
+#: and the last replies to leave (docs/PROTOCOL.md §6.29); well inside the 2 s a stopping
+#: broker is given.
+SHUTDOWN_LINGER_MS = 500
 _ADDRESS_TYPES = (b"LOGIN", b"REGISTER")
 
 
@@ -88,6 +92,7 @@ class Broker:
                                         thread_name_prefix="zchat-hash")
         self.core: BrokerCore | None = None
         self.ready = threading.Event()
+        self._linger_ms = 0  # SHUTDOWN_LINGER_MS once run() has said GOING_AWAY
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -125,11 +130,14 @@ class Broker:
             os.write(self._wake_w, b"x")
 
     def close(self) -> None:
-        """Close sockets (LINGER 0), the worker pool, the wake pipe and the store."""
+        """Close sockets, the worker pool, the wake pipe and the store. LINGER is 0, or
+        SHUTDOWN_LINGER_MS after ``run()`` returned from ``stop()``, so that GOING_AWAY can
+        still leave (a process must then term its context to wait for it: ``zchat
+        broker`` does)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         for sock in (self._router, self._pub):
             if sock is not None:
-                sock.close(linger=0)
+                sock.close(linger=self._linger_ms)
         self._router = self._pub = None
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
@@ -140,7 +148,9 @@ class Broker:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until ``stop()``; then end every session (publishing offline presence)."""
+        """Serve until ``stop()``; then stop taking requests, publish GOING_AWAY and end
+        every session in memory (publishing offline presence; the sessions stay in the
+        store for RESUME) (docs/PROTOCOL.md §6.29)."""
         assert self._router is not None and self.core is not None, "bind() first"
         router, core = self._router, self.core
         poller = zmq.Poller()
@@ -159,6 +169,7 @@ class Broker:
                 self._drain_jobs(core)
             self._execute(core.tick(time.monotonic(), wall_ms()))
         self._execute(core.shutdown(wall_ms()))
+        self._linger_ms = SHUTDOWN_LINGER_MS
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
         for _ in range(BATCH):

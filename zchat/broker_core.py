@@ -19,6 +19,7 @@ Time comes in as two arguments: ``now_s`` (monotonic seconds, for heartbeats) an
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import unicodedata
 from collections.abc import Callable
@@ -27,10 +28,11 @@ from typing import Any
 
 from zchat import protocol as p
 from zchat.config import BrokerConfig
-from zchat.errors import ProtocolError, Status, StorageError
+from zchat.errors import ProtocolError, RateLimited, Status, StorageError
 from zchat.names import BIDI_CONTROLS, name_key, normalize_name, skeleton, validate_text
 from zchat.passwords import hash_password, match_token, token_sha256, verify_password
-from zchat.store import Store
+from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, TokenBucket, address_key
+from zchat.store import SessionRow, Store
 
 log = logging.getLogger("zchat.broker")
 
@@ -38,6 +40,11 @@ DEFAULT_ROOM = "lobby"
 #: Password jobs in flight at once (docs/PROTOCOL.md §9); beyond it LOGIN/REGISTER get 503
 #: so that a flood of logins cannot queue unbounded work.
 MAX_PENDING_JOBS = 1024
+
+
+def _seconds(ms: int) -> str:
+    """A wait for a person, rounded up: ``0.3 s`` under ten seconds, else ``12 s``."""
+    return f"{math.ceil(ms / 100) / 10:.1f} s" if ms < 10_000 else f"{math.ceil(ms / 1000)} s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,9 @@ class Session:
     #: Id of the account token this session logged in with; None for a password login.
     #: Revoking that token ends the session (docs/PROTOCOL.md §6.26).
     login_token_id: int | None = None
+    #: SEND/DM token bucket (send_rate_per_s, send_burst), made at the session's first
+    #: SEND or DM; it lives and dies with the session (docs/PROTOCOL.md §15).
+    send_bucket: TokenBucket | None = None
 
 
 @dataclass(slots=True)
@@ -125,6 +135,23 @@ class BrokerCore:
                 self.rooms_of.setdefault(account_key, set()).add(room_key)
         self._jobs: dict[int, _Job] = {}
         self._next_job = 1
+        # Protection (docs/PROTOCOL.md §15): per-address LOGIN/REGISTER buckets (None when
+        # login_rate_per_s is 0), and each room's creator and slow mode with, per room in
+        # slow mode, each member's last post (monotonic s); bounded by the memberships.
+        self._login_buckets: BucketTable | None = (
+            BucketTable(config.login_rate_per_s, config.login_burst, MAX_ADDRESS_BUCKETS)
+            if config.login_rate_per_s > 0 else None)
+        settings = store.room_settings()
+        self.creators: dict[str, str] = {k: c for k, (c, _s) in settings.items()}
+        self.slow_mode: dict[str, int] = {k: s for k, (_c, s) in settings.items()}
+        self._last_post: dict[str, dict[str, float]] = {}
+        #: SHA-256 of each live session's token -> its routing id (RESUME, §6.27).
+        self._by_token: dict[str, bytes] = {}
+        #: Sessions kept in the store from before this start, resumable until
+        #: ``_restored_until_s`` (set at the first tick: start + resume_grace_s).
+        self._restored: dict[str, SessionRow] = {
+            row.token_sha256: row for row in store.sessions() if row.account_key in self.accounts}
+        self._restored_until_s: float | None = None
         self._next_tick_s: float | None = None
         self._handlers: dict[type[p.Request], Callable[..., list[Action]]] = {
             p.Info: self._info, p.Register: self._register, p.Login: self._login,
@@ -135,6 +162,7 @@ class BrokerCore:
             p.ListSessions: self._list_sessions, p.SetTopic: self._set_topic,
             p.AckDirect: self._ack_dm, p.CreateToken: self._create_token,
             p.ListTokens: self._list_tokens, p.RevokeToken: self._revoke_token,
+            p.Resume: self._resume, p.SetSlowMode: self._set_slow_mode,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -156,7 +184,8 @@ class BrokerCore:
             return self._handlers[type(request)](routing_id, request_id, request, session,
                                                  now_s, now_ms, address)
         except ProtocolError as exc:
-            return [self._error(routing_id, exc.request_id or request_id, exc.status, exc.reason)]
+            return [self._error(routing_id, exc.request_id or request_id, exc.status, exc.reason,
+                                exc.retry_after_ms)]
         except StorageError as exc:
             log.error("storage error: %s", exc.reason)
             return [self._error(routing_id, request_id, Status.UNAVAILABLE, exc.reason)]
@@ -189,6 +218,9 @@ class BrokerCore:
         """Evict sessions silent for ``heartbeat_timeout_s`` and publish a TICK every
         ``heartbeat_interval_s`` (docs/PROTOCOL.md §10). Call it at least that often."""
         actions: list[Action] = []
+        self._expire_restored(now_s)
+        if self._login_buckets is not None:
+            self._login_buckets.prune(now_s)
         timeout = self.config.heartbeat_timeout_s
         for session in list(self.sessions.values()):  # snapshot: eviction mutates
             if now_s - session.last_seen_s > timeout:
@@ -204,19 +236,44 @@ class BrokerCore:
         """Monotonic time at which ``tick`` next has work (the next TICK)."""
         return self._next_tick_s
 
-    def shutdown(self, now_ms: int) -> list[Action]:
-        """End every session (publishing offline presence) before the broker stops."""
-        actions: list[Action] = []
+    def shutdown(self, now_ms: int, text: str = "broker shutting down") -> list[Action]:
+        """The broker is stopping (docs/PROTOCOL.md §6.29): publish GOING_AWAY on
+        TOPIC_BROKER first, answer every LOGIN/REGISTER still hashing with 503, then end
+        every session in memory, publishing offline presence for each account that had one
+        (after a restart nobody is online until they RESUME or LOGIN, so observers keep a
+        true picture). The sessions stay in the store, resumable for ``resume_grace_s``
+        after the next start."""
+        actions: list[Action] = [ToTopic(p.encode_event(
+            p.TOPIC_BROKER, p.GoingAway(text=text, time=now_ms)))]
+        for job in list(self._jobs.values()):
+            actions.append(self._error(job.routing_id, job.request_id, Status.UNAVAILABLE,
+                                       "the broker is shutting down; retry when it is back"))
+        self._jobs.clear()
         for session in list(self.sessions.values()):
-            actions += self._end_session(session, now_ms)
+            actions += self._end_session(session, now_ms, forget=False)
         return actions
+
+    def _expire_restored(self, now_s: float) -> None:
+        """Start the resume grace period at the first call; once it is over, forget the
+        sessions kept from before the start (in memory and in the store)."""
+        if self._restored_until_s is None:
+            self._restored_until_s = now_s + self.config.resume_grace_s
+        if self._restored and now_s >= self._restored_until_s:
+            expired = list(self._restored)
+            self._restored.clear()
+            try:
+                self.store.delete_sessions(expired)
+            except StorageError as exc:  # purged again at the next start's expiry
+                log.error("could not purge %d expired sessions: %s", len(expired), exc.reason)
+            log.info("%d sessions from before the restart expired unresumed", len(expired))
 
     # -- helpers ---------------------------------------------------------------------------
 
     @staticmethod
-    def _error(routing_id: bytes, request_id: bytes, status: int, reason: str) -> ToPeer:
-        return ToPeer(routing_id, p.encode_reply(request_id or b"?",
-                                                 p.Error(status=int(status), reason=reason)))
+    def _error(routing_id: bytes, request_id: bytes, status: int, reason: str,
+               retry_after_ms: int = 0) -> ToPeer:
+        return ToPeer(routing_id, p.encode_reply(request_id or b"?", p.Error(
+            status=int(status), reason=reason, retry_after_ms=retry_after_ms)))
 
     @staticmethod
     def _ok(routing_id: bytes, request_id: bytes, reply: p.Reply) -> ToPeer:
@@ -249,10 +306,19 @@ class BrokerCore:
                                   text=account.away_text if text is None else text)
         return ToTopic(p.encode_event(p.presence_topic(key), event))
 
-    def _end_session(self, session: Session, now_ms: int, quit_text: str = "") -> list[Action]:
+    def _end_session(self, session: Session, now_ms: int, quit_text: str = "",
+                     forget: bool = True) -> list[Action]:
         """Forget ``session``; when it was the account's last, publish offline (carrying
-        ``quit_text``, LOGOUT's quit message) (docs/PROTOCOL.md §8)."""
+        ``quit_text``, LOGOUT's quit message) (docs/PROTOCOL.md §8). With ``forget`` its
+        stored row goes too, so it cannot be resumed (§6.27); shutdown keeps it."""
         del self.sessions[session.routing_id]
+        token_hash = token_sha256(session.token)
+        self._by_token.pop(token_hash, None)
+        if forget:
+            try:
+                self.store.delete_sessions([token_hash])
+            except StorageError as exc:  # the row expires after the next start's grace
+                log.error("could not forget the session of %s: %s", session.name, exc.reason)
         account = self.accounts[session.account_key]
         account.sessions.discard(session.routing_id)
         if account.sessions:
@@ -305,6 +371,57 @@ class BrokerCore:
         self._jobs[job_id] = job
         return [Offload(job_id, work)]
 
+    # -- protection (docs/PROTOCOL.md §15) ---------------------------------------------------
+
+    def _limit_login(self, rid: bytes, address: str, now_s: float, what: str) -> None:
+        """Take a token from the peer's login bucket (by address, by routing id without
+        one: ratelimit.address_key), before any other work. Raises RateLimited (429)."""
+        table = self._login_buckets
+        if table is None:
+            return
+        wait_ms = table.take(address_key(address, rid), now_s)
+        if wait_ms:
+            cfg = self.config
+            raise RateLimited(f"too many {what} from your address: wait "
+                              f"{_seconds(wait_ms)} (at most {cfg.login_burst} at once, then "
+                              f"{cfg.login_rate_per_s:g} a second)", wait_ms)
+
+    def _check_capacity(self) -> None:
+        """Raise ProtocolError 503 when the broker holds ``max_sessions`` sessions."""
+        if len(self.sessions) >= self.config.max_sessions:
+            raise ProtocolError(Status.UNAVAILABLE, f"the broker is full ("
+                                f"{self.config.max_sessions} sessions, its max_sessions); "
+                                "retry later")
+
+    def _limit_send(self, session: Session, now_s: float) -> None:
+        """Take a token from the session's SEND/DM bucket. Raises RateLimited (429)."""
+        bucket = session.send_bucket
+        if bucket is None:
+            bucket = session.send_bucket = TokenBucket(
+                self.config.send_rate_per_s, self.config.send_burst, now_s)
+        wait_ms = bucket.take(now_s)
+        if wait_ms:
+            raise RateLimited(f"sending too fast: wait {_seconds(wait_ms)} (at most "
+                              f"{bucket.burst} at once, then {bucket.rate_per_s:g} a "
+                              "second)", wait_ms)
+
+    def _check_slow_mode(self, key: str, session: Session, now_s: float) -> None:
+        """Room ``key`` is in slow mode: raise RateLimited (429) when the account posted
+        there less than ``slow_mode[key]`` seconds ago. Broker admins and the room's
+        creator are exempt (docs/PROTOCOL.md §6.28)."""
+        account = session.account_key
+        if account in self.admins or account == self.creators.get(key):
+            return
+        last = self._last_post.get(key, {}).get(account)
+        if last is None:
+            return
+        wait_s = last + self.slow_mode[key] - now_s
+        if wait_s > 0:
+            wait_ms = math.ceil(wait_s * 1000)
+            raise RateLimited(f"slow mode in #{self.rooms[key]}: wait "
+                              f"{_seconds(wait_ms)} (one message per {self.slow_mode[key]} "
+                              "s)", wait_ms)
+
     # -- requests ---------------------------------------------------------------------------
 
     def _info(self, rid: bytes, req_id: bytes, req: p.Info, session: Session | None,
@@ -325,6 +442,7 @@ class BrokerCore:
 
     def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        self._limit_login(rid, address, now_s, "registrations")
         name = normalize_name(req.name)
         self._check_password(req.password)
         key = name_key(name)
@@ -354,9 +472,11 @@ class BrokerCore:
 
     def _login(self, rid: bytes, req_id: bytes, req: p.Login, session: Session | None,
                now_s: float, now_ms: int, address: str) -> list[Action]:
+        self._limit_login(rid, address, now_s, "login attempts")
         if session is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
                                 f"{session.name}; LOGOUT first")
+        self._check_capacity()
         if bool(req.password) == bool(req.token):
             raise ProtocolError(Status.BAD_REQUEST, "give exactly one of password and token")
         if req.token:
@@ -395,27 +515,96 @@ class BrokerCore:
         if existing is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
                                 f"{existing.name}; LOGOUT first")
+        self._check_capacity()  # again: sessions may have filled up while hashing
         # Store first: if it fails (503) the connection must not be left half logged in.
-        rooms = tuple(p.RoomState(room=r.name, last_seq=r.last_seq, topic=r.topic)
-                      for r in self.store.rooms_of(job.key))
-        pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
-                                        to=d.recipient, text=d.text)
-                        for d in self.store.pending_dms(job.key))
+        rooms, pending = self._login_state(job.key)
+        token = secrets.token_urlsafe(24)
+        self.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms)
         account = self.accounts[job.key]
-        session = Session(job.routing_id, secrets.token_urlsafe(24), job.key, account.name,
+        session = Session(job.routing_id, token, job.key, account.name,
                           job.address, now_ms, now_s, now_ms, login_token_id=token_id)
-        self.sessions[job.routing_id] = session
-        account.sessions.add(job.routing_id)
-        actions: list[Action] = []
-        if account.presence == "offline":
-            account.presence = "online"
-            actions.append(self._presence_event(account, job.key, now_ms))
+        actions = self._bind_session(session, now_ms)
         log.info("login %s from %s (%d sessions, %d stored DMs)%s", account.name,
                  job.address or "?", len(account.sessions), len(pending),
                  "" if token_id is None else f" with token {token_id}")
         actions.insert(0, self._ok(job.routing_id, job.request_id, p.LoggedIn(
             name=account.name, session=session.token, rooms=rooms, pending=pending)))
         return actions
+
+    def _login_state(self, key: str) -> tuple[tuple[p.RoomState, ...],
+                                              tuple[p.DirectMessage, ...]]:
+        """The LOGIN/RESUME reply's rooms (with last_seq and topic) and pending DMs."""
+        rooms = tuple(p.RoomState(room=r.name, last_seq=r.last_seq, topic=r.topic,
+                                  slow_mode_s=self.slow_mode.get(r.key, 0))
+                      for r in self.store.rooms_of(key))
+        pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
+                                        to=d.recipient, text=d.text)
+                        for d in self.store.pending_dms(key))
+        return rooms, pending
+
+    def _bind_session(self, session: Session, now_ms: int) -> list[Action]:
+        """Register ``session`` under its routing id; an offline account goes online (one
+        PRESENCE event, returned)."""
+        self.sessions[session.routing_id] = session
+        self._by_token[token_sha256(session.token)] = session.routing_id
+        account = self.accounts[session.account_key]
+        account.sessions.add(session.routing_id)
+        if account.presence == "offline":
+            account.presence = "online"
+            return [self._presence_event(account, session.account_key, now_ms)]
+        return []
+
+    def _resume(self, rid: bytes, req_id: bytes, req: p.Resume, session: Session | None,
+                now_s: float, now_ms: int, address: str) -> list[Action]:
+        """RESUME (docs/PROTOCOL.md §6.27): take over a session by its token on this new
+        connection. A live session (not evicted: silent less than heartbeat_timeout_s) is
+        rebound to this routing id, the old one forgotten, and no PRESENCE is published.
+        A session kept from before a broker restart is resumable for resume_grace_s after
+        the start; it comes back like a LOGIN (online PRESENCE if the account was
+        offline). Raises ProtocolError 409 on a connection already logged in, 400 for an
+        empty token, 401 for an unknown, ended or expired one. Not rate-limited as a
+        login: the 256-bit token cannot be guessed."""
+        if session is not None:
+            raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
+                                f"{session.name}; LOGOUT first")
+        if not req.session:
+            raise ProtocolError(Status.BAD_REQUEST, "session must not be empty")
+        if len(req.session) > p.MAX_PASSWORD_CHARS:
+            raise ProtocolError(Status.UNAUTHORIZED, "unknown or expired session")
+        token_hash = token_sha256(req.session)
+        old_rid = self._by_token.get(token_hash)
+        if old_rid is not None:
+            live = self.sessions[old_rid]
+            rooms, pending = self._login_state(live.account_key)
+            del self.sessions[old_rid]
+            account = self.accounts[live.account_key]
+            account.sessions.discard(old_rid)
+            live.routing_id = rid
+            live.last_seen_s, live.last_seen_ms = now_s, now_ms
+            if address:
+                live.address = address
+            self.sessions[rid] = live
+            self._by_token[token_hash] = rid
+            account.sessions.add(rid)
+            log.info("resumed %s on a new connection from %s", live.name, address or "?")
+            return [self._ok(rid, req_id, p.LoggedIn(name=live.name, session=live.token,
+                                                     rooms=rooms, pending=pending))]
+        self._expire_restored(now_s)
+        row = self._restored.get(token_hash)
+        if row is None:
+            raise ProtocolError(Status.UNAUTHORIZED, "unknown or expired session; LOGIN "
+                                "again")
+        rooms, pending = self._login_state(row.account_key)
+        del self._restored[token_hash]
+        account = self.accounts[row.account_key]
+        resumed = Session(rid, req.session, row.account_key, account.name,
+                          address or row.address, row.login_ms, now_s, now_ms,
+                          login_token_id=row.login_token_id)
+        actions = self._bind_session(resumed, now_ms)
+        log.info("resumed %s after the broker restart, from %s", account.name,
+                 address or row.address or "?")
+        return [self._ok(rid, req_id, p.LoggedIn(name=account.name, session=req.session,
+                                                 rooms=rooms, pending=pending)), *actions]
 
     def _logout(self, rid: bytes, req_id: bytes, req: p.Logout, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -432,9 +621,12 @@ class BrokerCore:
         self.rooms[key] = room.name
         self.last_seq.setdefault(key, room.last_seq)
         self.topics.setdefault(key, room.topic)
+        if created:
+            self.creators[key] = session.account_key
         self._add_member(key, session.account_key)
         actions: list[Action] = [self._ok(rid, req_id, p.RoomJoined(
-            room=room.name, last_seq=room.last_seq, created=created, topic=room.topic))]
+            room=room.name, last_seq=room.last_seq, created=created, topic=room.topic,
+            slow_mode_s=self.slow_mode.get(key, 0)))]
         if joined:
             actions.append(ToTopic(p.encode_event(p.room_topic(key), p.UserJoined(
                 room=room.name, name=session.name, time=now_ms))))
@@ -447,6 +639,7 @@ class BrokerCore:
             raise ProtocolError(Status.FORBIDDEN, f"you are not in {self.rooms[key]!r}")
         self.members[key].discard(session.account_key)
         self.rooms_of.get(session.account_key, set()).discard(key)
+        self._last_post.get(key, {}).pop(session.account_key, None)
         return [self._ok(rid, req_id, p.Ok()),
                 ToTopic(p.encode_event(p.room_topic(key), p.UserLeft(
                     room=self.rooms[key], name=session.name, time=now_ms)))]
@@ -455,12 +648,14 @@ class BrokerCore:
                     now_s: float, now_ms: int, address: str) -> list[Action]:
         rooms = tuple(p.RoomInfo(room=r.name, members=r.members, last_seq=r.last_seq,
                                  joined=session.account_key in self.members.get(r.key, ()),
-                                 topic=r.topic)
+                                 topic=r.topic, slow_mode_s=self.slow_mode.get(r.key, 0))
                       for r in self.store.list_rooms())
         return [self._ok(rid, req_id, p.RoomList(rooms=rooms))]
 
     def _send(self, rid: bytes, req_id: bytes, req: p.Send, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:
+        if self.config.send_rate_per_s > 0:
+            self._limit_send(session, now_s)
         key = self._room_key(req.room)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
@@ -469,8 +664,17 @@ class BrokerCore:
             raise ProtocolError(Status.BAD_REQUEST,
                                 f"cmid longer than {p.MAX_CMID_CHARS} characters")
         text = validate_text(req.text, self.config.max_text_bytes)
-        seq = self.store.append_message(key, session.name, req.kind, text, req.cmid, now_ms)
+        if self.slow_mode.get(key):
+            self._check_slow_mode(key, session, now_s)
+        posted = self.store.post_message(key, session.name, req.kind, text, req.cmid, now_ms)
+        seq = posted.seq
+        if posted.duplicate:  # a retry (§6.8): the original was published already
+            log.debug("SEND retry %r in %s: message #%d", req.cmid, self.rooms[key], seq)
+            return [self._ok(rid, req_id, p.Sent(room=self.rooms[key], seq=seq,
+                                                 time=posted.time_ms))]
         self.last_seq[key] = seq
+        if self.slow_mode.get(key):
+            self._last_post.setdefault(key, {})[session.account_key] = now_s
         if log.isEnabledFor(logging.DEBUG):
             log.debug("message %s#%d from %s: %r", self.rooms[key], seq, session.name, text)
         event = p.MessagePosted(room=self.rooms[key], seq=seq, time=now_ms,
@@ -480,12 +684,21 @@ class BrokerCore:
 
     def _dm(self, rid: bytes, req_id: bytes, req: p.SendDirect, session: Session,
             now_s: float, now_ms: int, address: str) -> list[Action]:
+        if self.config.send_rate_per_s > 0:
+            self._limit_send(session, now_s)
         to_key = self._account_key(req.to)
         text = validate_text(req.text, self.config.max_text_bytes)
         recipient = self.accounts[to_key]
         live = bool(recipient.sessions - {rid})  # a DM to oneself is not live to oneself
-        dm_id = self.store.store_dm(session.name, to_key, recipient.name, text, now_ms,
-                                    max_pending=self.config.max_stored_dms)
+        if len(req.cmid) > p.MAX_CMID_CHARS:
+            raise ProtocolError(Status.BAD_REQUEST,
+                                f"cmid longer than {p.MAX_CMID_CHARS} characters")
+        posted = self.store.post_dm(session.name, to_key, recipient.name, text, req.cmid,
+                                    now_ms, max_pending=self.config.max_stored_dms)
+        dm_id = posted.seq
+        if posted.duplicate:  # a retry (§6.7): pushed already, or pending for next login
+            return [self._ok(rid, req_id, p.DmSent(
+                id=dm_id, time=posted.time_ms, delivered="live" if live else "stored"))]
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dm %d %s -> %s: %r", dm_id, session.name, recipient.name, text)
         push = p.encode_push(p.DirectMessage(id=dm_id, time=now_ms, sender=session.name,
@@ -550,7 +763,7 @@ class BrokerCore:
         if session is None:
             return [self._ok(rid, req_id, p.Pong(time=now_ms, session=""))]
         rooms = tuple(p.RoomState(room=self.rooms[k], last_seq=self.last_seq[k],
-                                  topic=self.topics[k])
+                                  topic=self.topics[k], slow_mode_s=self.slow_mode.get(k, 0))
                       for k in sorted(self.rooms_of.get(session.account_key, ())))
         return [self._ok(rid, req_id, p.Pong(time=now_ms, rooms=rooms,
                                              session=session.token))]
@@ -571,6 +784,37 @@ class BrokerCore:
         self.topics[key] = topic
         log.info("topic of %s set by %s", self.rooms[key], session.name)
         event = p.TopicChanged(room=self.rooms[key], topic=topic, by=session.name, time=now_ms)
+        return [ToTopic(p.encode_event(p.room_topic(key), event)), ok]
+
+    def _set_slow_mode(self, rid: bytes, req_id: bytes, req: p.SetSlowMode, session: Session,
+                       now_s: float, now_ms: int, address: str) -> list[Action]:
+        """SET_SLOW_MODE (docs/PROTOCOL.md §6.28): the room's creator or a broker admin,
+        being a member, sets how many seconds each member must wait between two messages
+        in the room (0 turns it off). Committed, then SLOW_MODE published on the room
+        topic (only when it changed), then OK. Raises ProtocolError 404/422 (room), 403
+        (not a member, or neither creator nor admin), 400 (seconds outside
+        0..MAX_SLOW_MODE_S)."""
+        key = self._room_key(req.room)
+        if session.account_key not in self.members[key]:
+            raise ProtocolError(Status.FORBIDDEN,
+                                f"you are not in {self.rooms[key]!r}; JOIN it first")
+        if not 0 <= req.seconds <= p.MAX_SLOW_MODE_S:
+            raise ProtocolError(Status.BAD_REQUEST,
+                                f"seconds must be 0 to {p.MAX_SLOW_MODE_S}")
+        if session.account_key not in self.admins and \
+                session.account_key != self.creators.get(key):
+            raise ProtocolError(Status.FORBIDDEN, "only the room's creator or a broker admin "
+                                f"may set the slow mode of {self.rooms[key]!r}")
+        ok = self._ok(rid, req_id, p.Ok())
+        if self.slow_mode.get(key, 0) == req.seconds:
+            return [ok]
+        self.store.set_slow_mode(key, req.seconds)
+        self.slow_mode[key] = req.seconds
+        self._last_post.pop(key, None)  # a new setting starts everyone afresh
+        log.info("slow mode of %s set to %d s by %s", self.rooms[key], req.seconds,
+                 session.name)
+        event = p.SlowModeChanged(room=self.rooms[key], seconds=req.seconds, by=session.name,
+                                  time=now_ms)
         return [ToTopic(p.encode_event(p.room_topic(key), event)), ok]
 
     def _list_sessions(self, rid: bytes, req_id: bytes, req: p.ListSessions, session: Session,
@@ -619,4 +863,9 @@ class BrokerCore:
         for other in list(self.sessions.values()):  # snapshot: _end_session mutates
             if other.account_key == session.account_key and other.login_token_id == req.id:
                 actions += self._end_session(other, now_ms)
+        kept = [h for h, row in self._restored.items()  # not resumable with it either
+                if row.account_key == session.account_key and row.login_token_id == req.id]
+        for token_hash in kept:
+            del self._restored[token_hash]
+        self.store.delete_sessions(kept)
         return actions

@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--room")
     w.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    sl = sub.add_parser("slow", help="set a room's slow mode",
+                        description="Let each member of ROOM post at most one message per "
+                                    "SECONDS (0 turns slow mode off; at most "
+                                    f"{p.MAX_SLOW_MODE_S}). Only the room's creator and "
+                                    "broker admins may, and they are exempt "
+                                    "(docs/PROTOCOL.md §6.28).")
+    client_opts(sl)
+    sl.add_argument("room", metavar="ROOM")
+    sl.add_argument("seconds", type=_slow_seconds, metavar="SECONDS")
+
     bt = sub.add_parser("bot", help="run a bot from a Python file",
                         description="Run the bot defined in FILE.py (a module-level `bot = "
                                     "Bot(...)` or a make_bot() function; docs/bots.md) "
@@ -420,6 +430,8 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     finally:
         broker.close()
         lock.close()
+    # Wait (at most the shutdown LINGER, 0.5 s) for GOING_AWAY to leave before exiting.
+    broker.context.term()
     logging.getLogger("zchat.broker").info("stopped")
     return 0
 
@@ -508,7 +520,10 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         print(f"following #{args.room} as {client.name}", file=sys.stderr, flush=True)
         printed = 0
         async for event in client.events():
-            if isinstance(event, Reconnecting):
+            if isinstance(event, p.GoingAway):
+                print(f"zchat: broker going away: {event.text}; reconnecting…",
+                      file=sys.stderr, flush=True)
+            elif isinstance(event, Reconnecting):
                 print(f"zchat: connection lost; reconnecting in {event.delay_s:.1f} s",
                       file=sys.stderr, flush=True)
             elif isinstance(event, ConnectionRestored):
@@ -534,6 +549,24 @@ def cmd_history(args: argparse.Namespace, config: Config) -> int:
         page = await client.history(args.room, before=args.before, limit=args.limit)
         for msg in page.messages:
             _emit(sys.stdout, msg, args.json)
+        return 0
+
+    return _run(_session(config, args.user, body))
+
+
+def _slow_seconds(text: str) -> int:
+    """argparse type of ``zchat slow``'s SECONDS: 0..MAX_SLOW_MODE_S."""
+    if not (text.isascii() and text.isdigit()) or int(text) > p.MAX_SLOW_MODE_S:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 to {p.MAX_SLOW_MODE_S}, not {text!r}")
+    return int(text)
+
+
+def cmd_slow(args: argparse.Namespace, config: Config) -> int:
+    async def body(client: Client) -> int:
+        await client.set_slow_mode(args.room, args.seconds)
+        print(f"slow mode of #{args.room}: " + (f"one message per {args.seconds} s"
+                                                if args.seconds else "off"))
         return 0
 
     return _run(_session(config, args.user, body))
@@ -698,7 +731,8 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
-    "tail": cmd_tail, "history": cmd_history, "who": cmd_who, "token": cmd_token, "replay": cmd_replay,
+    "tail": cmd_tail, "history": cmd_history, "who": cmd_who, "slow": cmd_slow,
+    "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,
 }
 

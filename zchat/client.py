@@ -15,9 +15,11 @@ hears nothing from the broker for its heartbeat timeout, whose heartbeat PING fa
 nothing else heard meanwhile, or whose PING shows that the broker no longer knows its
 session (a restarted broker), emits ``ConnectionLost`` once and
 then tries again with exponential back-off (``backoff_delay``), emitting ``Reconnecting``
-before each wait. Each attempt opens new sockets, sends INFO and LOGIN with the credentials
-kept in this object's memory, resubscribes and fills every followed room from HISTORY,
-then emits ``ConnectionRestored``. A refused LOGIN (password changed) ends it with a
+before each wait. Each attempt opens new sockets, sends INFO, then RESUME with the kept
+session token (docs/PROTOCOL.md §6.27: no presence flap) or, when that is refused with 401,
+LOGIN with the credentials kept in this object's memory, resubscribes and fills every
+followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY event
+(§6.29) starts the reconnect at once. A refused LOGIN (password changed) ends it with a
 terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
 
 Errors: every request raises RequestFailed(status, reason) when the broker answers ERROR,
@@ -33,6 +35,7 @@ import contextvars
 import itertools
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -65,6 +68,19 @@ ACK_SEND_TIMEOUT_S = 0.5
 #: SUB-side queue bound in messages. Generous because a gap is repaired from history
 #: anyway; it bounds memory when the application stops reading.
 SUB_RCVHWM = 100_000
+#: Bound of the client's event queue (what ``events()`` yields), in events. When the
+#: application has this many unread, the SUB reader stops reading: libzmq then queues up
+#: to SUB_RCVHWM and drops beyond, and the sequence-number repair refills the room from
+#: HISTORY once the application reads again (docs/PROTOCOL.md §14), so room messages are
+#: delayed, never lost. Replies never wait for it. A DM push is still queued up to twice
+#: this bound; beyond that it is left unacknowledged on the broker, which offers it again
+#: at the next LOGIN or RESUME. Connection events (ConnectionLost, Reconnecting, …) are
+#: few and always queued.
+CLIENT_EVENT_QUEUE_MAX = 10_000
+#: How long ``send``/``dm`` keep retrying a message whose reply was lost (connection lost,
+#: session lost) on a client with ``reconnect=True``, by default, in seconds. Every try
+#: carries the same client message id, so the broker stores it at most once (§6.8).
+SEND_RETRY_S = 30.0
 #: First reconnect delay in seconds; each further attempt doubles it up to the ceiling.
 RECONNECT_FIRST_S = 0.5
 #: Each delay is scaled by a random factor within ±10 %, so that many clients cut off by
@@ -123,8 +139,13 @@ class SessionEnded:
 
 
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
-         | p.DirectMessage | ConnectionLost | Reconnecting | ConnectionRestored
-         | SessionEnded)
+         | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
+         | ConnectionRestored | SessionEnded)
+
+
+def _new_cmid() -> str:
+    """A fresh client message id: 16 URL-safe characters (96 random bits)."""
+    return secrets.token_urlsafe(12)
 
 
 def backoff_delay(attempt: int, max_s: float, jitter: float = 0.0) -> float:
@@ -244,6 +265,10 @@ class Client:
         self._last_heard = time.monotonic()
         self._lost = False
         self._closed = False
+        self._going_away = False       # GOING_AWAY heard: reconnect now, not at timeout
+        #: Bound of the event queue (CLIENT_EVENT_QUEUE_MAX); room traffic waits for room.
+        self.event_queue_max = CLIENT_EVENT_QUEUE_MAX
+        self._space = asyncio.Event()  # set when the application takes an event
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -330,6 +355,7 @@ class Client:
         self._sub = sub
         sub.connect(pub_endpoint_for(self.server, info.pub))
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_TICK)
+        sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_BROKER)
         for topic in sorted(self._topics):
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._spawn(self._read_sub(sub), "zchat-sub")
@@ -427,9 +453,10 @@ class Client:
     async def register(self, name: str, password: str, *, bot: bool = False) -> p.Registered:
         """Create an account (joined to ``lobby``); ``bot`` marks it as a bot in WHO.
         Raises RequestFailed 409 if taken, 422 if the name breaks the rules
-        (docs/PROTOCOL.md §12)."""
-        reply: p.Registered = await self.request(p.Register(name=name, password=password,
-                                                            bot=bot))
+        (docs/PROTOCOL.md §12). Rate-limited (429, too many attempts from this address),
+        it waits and retries (``_patiently``)."""
+        reply: p.Registered = await self._patiently(p.Register(name=name, password=password,
+                                                               bot=bot))
         return reply
 
     async def login(self, name: str, password: str = "", *, token: str = "") -> p.LoggedIn:
@@ -438,11 +465,12 @@ class Client:
         direct messages as events (oldest first). With ``reconnect=True`` the credential
         used is kept in memory for logging in again after a reconnect. Raises
         LocalProtocolError when both or neither is given, RequestFailed 404 (no such
-        account) or 401 (wrong password, wrong or revoked token)."""
+        account) or 401 (wrong password, wrong or revoked token). Rate-limited (429, too
+        many attempts from this address), it waits and retries (``_patiently``)."""
         if bool(password) == bool(token):
             raise LocalProtocolError("give exactly one of password and token")
-        reply: p.LoggedIn = await self.request(p.Login(name=name, password=password,
-                                                       token=token))
+        reply: p.LoggedIn = await self._patiently(p.Login(name=name, password=password,
+                                                          token=token))
         self._state.name = reply.name
         self._state.session = reply.session
         if self.reconnect:
@@ -480,6 +508,13 @@ class Client:
             tracker.wanted = False
         self._unsubscribe(p.room_topic(key))
 
+    async def set_slow_mode(self, room: str, seconds: int) -> None:
+        """Set ``room``'s slow mode: each member may post once per ``seconds`` (0 turns it
+        off; at most p.MAX_SLOW_MODE_S) (docs/PROTOCOL.md §6.28). Raises RequestFailed 403
+        (not a member, or neither the room's creator nor an admin), 400 (seconds out of
+        range), 404 (no such room)."""
+        await self.request(p.SetSlowMode(room=room, seconds=seconds))
+
     async def set_topic(self, room: str, topic: str) -> None:
         """Set ``room``'s topic ("" clears it); members only. Raises RequestFailed 403 (not
         a member), 413 (over MAX_TOPIC_CHARS), 422 (a control character or line break)."""
@@ -491,29 +526,87 @@ class Client:
         return reply
 
     async def send(self, room: str, text: str, kind: p.MessageKind = "text",
-                   cmid: str = "") -> p.Sent:
+                   cmid: str = "", *, retry_for_s: float = SEND_RETRY_S,
+                   patient: bool = True) -> p.Sent:
         """Post to a room; the reply carries the message's sequence number and time.
-        Rate-limited (429), it waits and retries (``_patiently``)."""
-        reply: p.Sent = await self._patiently(
-            p.Send(room=room, text=text, kind=kind, cmid=cmid))
+        Rate-limited (429), it waits and retries (``_patiently``). ``cmid`` (at most
+        MAX_CMID_CHARS; a random one when empty) makes retries idempotent: with
+        ``reconnect=True``, a try whose reply is lost is repeated after the reconnect for
+        up to ``retry_for_s`` seconds, and the broker stores the message at most once
+        (docs/PROTOCOL.md §6.8). With ``patient=False`` a 429 (rate limit, a room's slow
+        mode) is raised at once, with its ``retry_after_ms``, for a person who would rather
+        see why than wait. Raises RequestFailed, or ConnectionFailed when no try was
+        answered in time."""
+        reply: p.Sent = await self._reliably(
+            p.Send(room=room, text=text, kind=kind, cmid=cmid or _new_cmid()), retry_for_s,
+            RATE_LIMIT_TRIES if patient else 1)
         return reply
 
-    async def dm(self, to: str, text: str) -> p.DmSent:
+    async def dm(self, to: str, text: str, cmid: str = "", *,
+                 retry_for_s: float = SEND_RETRY_S, patient: bool = True) -> p.DmSent:
         """Send a direct message; ``delivered`` says "live" or "stored". Rate-limited
-        (429), it waits and retries (``_patiently``)."""
-        reply: p.DmSent = await self._patiently(p.SendDirect(to=to, text=text))
+        (429), it waits and retries (``_patiently``); a lost reply is retried with the
+        same ``cmid`` as in ``send`` (docs/PROTOCOL.md §6.7); ``patient`` as in ``send``.
+        Raises RequestFailed 404 for an unknown account, ConnectionFailed when no try was
+        answered in time."""
+        reply: p.DmSent = await self._reliably(
+            p.SendDirect(to=to, text=text, cmid=cmid or _new_cmid()), retry_for_s,
+            RATE_LIMIT_TRIES if patient else 1)
         return reply
 
-    async def _patiently(self, req: p.Request) -> Any:
+    async def _reliably(self, req: p.Send | p.SendDirect, retry_for_s: float,
+                        tries: int = RATE_LIMIT_TRIES) -> Any:
+        """``_patiently(req)``; with ``reconnect=True`` and a login, a try that fails with
+        ConnectionFailed (no reply: the broker or the network went away) or 401 (the
+        broker lost the session) waits for the reconnect and tries again with the same
+        request, hence the same cmid, until ``retry_for_s`` seconds have passed; then the
+        last error is raised. A message first offered while the client is already
+        reconnecting was never sent: it fails at once with ConnectionFailed, as every
+        request does then (module docstring)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_for_s
+        first = True
+        while True:
+            unsent = first and self._restoring
+            first = False
+            try:
+                return await self._patiently(req, tries)
+            except ConnectionFailed:
+                if unsent or not self._retryable() or loop.time() >= deadline:
+                    raise
+            except RequestFailed as exc:
+                if exc.status != Status.UNAUTHORIZED or not self._retryable() \
+                        or loop.time() >= deadline:
+                    raise
+            log.info("%s %s not acknowledged; retrying after the reconnect", req.TYPE,
+                     req.cmid)
+            await self._until_usable(deadline)
+
+    def _retryable(self) -> bool:
+        return (self.reconnect and self._credentials is not None and not self._closed
+                and self._ended is None)
+
+    async def _until_usable(self, deadline: float) -> None:
+        """Wait until the client is connected with a live session (or ``deadline``, loop
+        time, passes, or the client closed). Polls every 20 ms: the reconnect machinery
+        changes this state in several places."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline and self._retryable():
+            if self._mode == "connected" and not self._restoring \
+                    and not self._session_gone and not self._going_away:
+                return
+            await asyncio.sleep(0.02)
+
+    async def _patiently(self, req: p.Request, tries: int = RATE_LIMIT_TRIES) -> Any:
         """``request(req)``, but an ERROR 429 is answered by waiting its ``retry_after_ms``
         (within RATE_LIMIT_MIN_WAIT_S..RATE_LIMIT_MAX_WAIT_S) and trying again, at most
-        RATE_LIMIT_TRIES times in all; then the last 429 is raised. Safe to repeat: a
+        ``tries`` times in all; then the last 429 is raised. Safe to repeat: a
         refused request changed nothing (docs/PROTOCOL.md §6.16)."""
-        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+        for attempt in range(1, tries + 1):
             try:
                 return await self.request(req)
             except RequestFailed as exc:
-                if exc.status != Status.TOO_MANY_REQUESTS or attempt == RATE_LIMIT_TRIES:
+                if exc.status != Status.TOO_MANY_REQUESTS or attempt == tries:
                     raise
                 wait_s = min(max(exc.retry_after_ms / 1000, RATE_LIMIT_MIN_WAIT_S),
                              RATE_LIMIT_MAX_WAIT_S)
@@ -586,6 +679,7 @@ class Client:
         handed over here; until then the broker keeps it for the next login."""
         while True:
             event = await self._events.get()
+            self._space.set()
             if event is None:
                 self._events.put_nowait(None)  # let other iterators end too
                 return
@@ -599,6 +693,7 @@ class Client:
             event = await asyncio.wait_for(self._events.get(), timeout_s)
         except TimeoutError:
             return None
+        self._space.set()
         if event is None:
             self._events.put_nowait(None)
         else:
@@ -608,6 +703,10 @@ class Client:
     def _queue_dm(self, dm: p.DirectMessage) -> None:
         """Queue a direct message once per id (a reconnect's LOGIN may list one again)."""
         if dm.id in self._dms_seen:
+            return
+        if self._events.qsize() >= 2 * self.event_queue_max:
+            # Not acknowledged, so the broker offers it again at the next LOGIN/RESUME.
+            log.warning("event queue full: DM %d left pending on the broker", dm.id)
             return
         self._dms_seen.add(dm.id)
         self._events.put_nowait(dm)
@@ -712,47 +811,102 @@ class Client:
                 log.warning("could not fill a gap now: %s", exc)
 
     async def _on_event(self, event: p.Message) -> None:
-        if isinstance(event, p.MessagePosted):
+        if isinstance(event, p.GoingAway):
+            self._on_going_away(event)
+        elif isinstance(event, p.MessagePosted):
             await self._on_room_message(event)
-        elif isinstance(event, p.UserJoined | p.UserLeft | p.TopicChanged):
+        elif isinstance(event, p.UserJoined | p.UserLeft | p.TopicChanged
+                        | p.SlowModeChanged):
             key = name_key(event.room)
             tracker = self._state.rooms.get(key)
             if tracker is not None and tracker.wanted:
                 if isinstance(event, p.TopicChanged):
                     self._state.topics[key] = event.topic
+                await self._room_for_events()
                 self._events.put_nowait(event)
         elif isinstance(event, p.PresenceChanged):
+            await self._room_for_events()
             self._events.put_nowait(event)
 
-    async def _on_room_message(self, msg: p.MessagePosted) -> None:
-        key = name_key(msg.room)
-        tracker = self._state.rooms.get(key)
-        if tracker is None or not tracker.wanted:
-            return
-        async with self._room_locks.setdefault(key, asyncio.Lock()):
-            verdict = tracker.offer(msg.seq)
-            if verdict == "drop":
-                return
-            if verdict == "deliver":
-                tracker.delivered(msg.seq)
-                self._events.put_nowait(msg)
-                return
-        await self._backfill(key, msg.seq - 1)
-        await self._on_room_message(msg)
+    def _on_going_away(self, event: p.GoingAway) -> None:
+        """GOING_AWAY (docs/PROTOCOL.md §6.29): hand it to the application and, with
+        ``reconnect=True`` after a login, reconnect at once (back-off and RESUME) instead
+        of waiting out the heartbeat timeout."""
+        self._events.put_nowait(event)
+        if self._credentials is not None and not self._restoring:
+            log.info("the broker is going away: %s", event.text)
+            self._going_away = True
+            self._wake.set()
 
-    async def _backfill(self, key: str, upto: int) -> None:
-        """Fetch and deliver messages after the tracker's last up to ``upto`` (inclusive)."""
-        async with self._room_locks.setdefault(key, asyncio.Lock()):
+    def _has_room(self) -> bool:
+        return self._events.qsize() < self.event_queue_max
+
+    async def _room_for_events(self) -> None:
+        """Wait until the event queue is below its bound (CLIENT_EVENT_QUEUE_MAX). Only
+        the SUB reader waits here: while it does, libzmq holds or drops the room traffic
+        and the seq repair refills it later."""
+        while not self._has_room():
+            self._space.clear()
+            await self._space.wait()
+
+    async def _on_room_message(self, msg: p.MessagePosted) -> None:
+        """Deliver a room message from PUB in sequence order: a duplicate is dropped, a
+        gap filled from HISTORY first; waits while the event queue is full (never while
+        holding the room's lock, which the heartbeat's repair takes too)."""
+        key = name_key(msg.room)
+        while True:
+            await self._room_for_events()
             tracker = self._state.rooms.get(key)
-            while tracker is not None and tracker.wanted and tracker.last_seq < upto:
-                page = await self.history(self._state.room_names[key], after=tracker.last_seq,
-                                          limit=p.MAX_HISTORY_LIMIT)
-                if not page.messages:
+            if tracker is None or not tracker.wanted:
+                return
+            async with self._room_locks.setdefault(key, asyncio.Lock()):
+                verdict = tracker.offer(msg.seq)
+                if verdict == "drop":
                     return
-                for msg in page.messages:
+                if verdict == "deliver":
+                    if not self._has_room():
+                        continue  # filled meanwhile: wait again, outside the lock
+                    tracker.delivered(msg.seq)
+                    self._events.put_nowait(msg)
+                    return
+                before = tracker.last_seq
+            await self._backfill(key, msg.seq - 1, wait=True)
+            if tracker.last_seq == before:  # history has nothing more: accept the gap
+                async with self._room_locks[key]:
                     if tracker.offer(msg.seq) != "drop":
                         tracker.delivered(msg.seq)
                         self._events.put_nowait(msg)
+                return
+
+    async def _backfill(self, key: str, upto: int, wait: bool = False) -> None:
+        """Fetch and deliver messages after the tracker's last up to ``upto`` (inclusive),
+        as far as the event queue has room. With ``wait`` (the SUB reader), wait for room
+        until done; without (heartbeat, reconnect), stop when the queue is full: the next
+        PONG shows the room still behind and the repair goes on then."""
+        lock = self._room_locks.setdefault(key, asyncio.Lock())
+        while True:
+            if wait:
+                await self._room_for_events()
+            async with lock:
+                tracker = self._state.rooms.get(key)
+                if tracker is None or not tracker.wanted or tracker.last_seq >= upto:
+                    return
+                room = self.event_queue_max - self._events.qsize()
+                if room <= 0:
+                    if wait:
+                        continue
+                    return
+                page = await self.history(self._state.room_names[key], after=tracker.last_seq,
+                                          limit=min(room, p.MAX_HISTORY_LIMIT))
+                if not page.messages:
+                    return
+                for msg in page.messages:
+                    if tracker.offer(msg.seq) == "drop":
+                        continue
+                    if not self._has_room():
+                        break  # filled up (other rooms' repairs): the rest comes later
+                    tracker.delivered(msg.seq)
+                    self._events.put_nowait(msg)
 
     # -- heartbeats and reconnecting ---------------------------------------------------------
 
@@ -767,7 +921,8 @@ class Client:
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             silent = time.monotonic() - self._last_heard
-            if self._credentials is not None and (silent > timeout or self._session_gone):
+            if self._credentials is not None and (silent > timeout or self._session_gone
+                                                  or self._going_away):
                 if not await self._reconnect(silent):
                     return  # SessionEnded
                 continue
@@ -800,6 +955,7 @@ class Client:
         self._mode = "reconnecting"
         session_only = self._session_gone
         self._session_gone = False
+        self._going_away = False
         self._events.put_nowait(ConnectionLost(silent_s, session_only=session_only))
         log.info("lost the broker at %s (silent %.1f s); reconnecting", self.server,
                     silent_s)
@@ -841,14 +997,21 @@ class Client:
         await self._open()
         assert self._credentials is not None
         name, password, token = self._credentials
-        try:
-            reply: p.LoggedIn = await self.request(p.Login(name=name, password=password,
-                                                           token=token))
-        except RequestFailed as exc:
-            if exc.status in (Status.UNAUTHORIZED, Status.FORBIDDEN, Status.NOT_FOUND):
-                raise _LoginRefused(f"the broker refused to log in {name} again: "
-                                    f"{exc}") from None
-            raise
+        reply: p.LoggedIn | None = None
+        if self._state.session:
+            try:  # the same session, no password, no presence flap (§6.27)
+                reply = await self.request(p.Resume(session=self._state.session))
+            except RequestFailed as exc:  # 401: evicted, logged out or expired
+                log.info("could not resume the session (%s); logging in again", exc)
+        if reply is None:
+            try:
+                reply = await self.request(p.Login(name=name, password=password,
+                                                   token=token))
+            except RequestFailed as exc:
+                if exc.status in (Status.UNAUTHORIZED, Status.FORBIDDEN, Status.NOT_FOUND):
+                    raise _LoginRefused(f"the broker refused to log in {name} again: "
+                                        f"{exc}") from None
+                raise
         self._state.name = reply.name
         self._state.session = reply.session
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)

@@ -96,6 +96,17 @@ class BrokerConfig:
       hashes (RFC 7914); ``N`` a power of two >= 1024, ``r`` and ``p`` >= 1. Memory per
       hash is ``128 * N * r`` bytes (16 MiB by default).
     - ``hash_workers``: threads hashing passwords off the event loop (1..64).
+    - ``send_rate_per_s`` / ``send_burst``: token bucket per session for SEND and DM:
+      tokens per second (>= 0; 0 turns the limit off) and bucket size (>= 1). Over it a
+      request gets 429 with ``retry_after_ms`` (docs/PROTOCOL.md §15).
+    - ``login_rate_per_s`` / ``login_burst``: token bucket per peer address (per
+      connection on inproc/ipc) for LOGIN and REGISTER attempts, password or token
+      (>= 0, 0 off; >= 1). RESUME is not counted.
+    - ``max_sessions``: live sessions in the whole broker (>= 1); a LOGIN beyond it gets
+      503.
+    - ``resume_grace_s``: after a broker start, seconds during which the sessions kept from
+      before the restart may be resumed (RESUME, docs/PROTOCOL.md §6.27); then they are
+      forgotten (>= 0; 0 disables resuming across a restart).
     """
 
     router: str = "tcp://127.0.0.1:5555"
@@ -114,6 +125,12 @@ class BrokerConfig:
     scrypt_r: int = 8
     scrypt_p: int = 1
     hash_workers: int = 2
+    send_rate_per_s: float = 5.0
+    send_burst: int = 20
+    login_rate_per_s: float = 0.5
+    login_burst: int = 30
+    max_sessions: int = 10_000
+    resume_grace_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -284,7 +301,8 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``heartbeat_interval_s``; ``timeout_s`` and
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
-    in 1..64; ``log_level`` one of debug/info/warning/error.
+    in 1..64; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
+    ``login_rate_per_s`` >= 0; ``send_burst``, ``login_burst`` and ``max_sessions`` >= 1.
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
         hints = _field_types(type(section))
@@ -332,6 +350,14 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         fail("broker", "scrypt_n", f"must be a power of two >= {MIN_SCRYPT_N}, got {n}")
     if not 1 <= b.hash_workers <= 64:
         fail("broker", "hash_workers", f"must be between 1 and 64, got {b.hash_workers}")
+    for key in ("send_rate_per_s", "login_rate_per_s"):
+        if getattr(b, key) < 0:
+            fail("broker", key, f"must be >= 0 (0 turns the limit off), got {getattr(b, key)}")
+    for key in ("send_burst", "login_burst", "max_sessions"):
+        if getattr(b, key) < 1:
+            fail("broker", key, f"must be >= 1, got {getattr(b, key)}")
+    if b.resume_grace_s < 0:
+        fail("broker", "resume_grace_s", f"must be >= 0, got {b.resume_grace_s}")
     for key in ("timeout_s", "reconnect_max_s"):
         if getattr(c, key) <= 0:
             fail("client", key, f"must be > 0, got {getattr(c, key)}")

@@ -43,6 +43,9 @@ class ProtocolError(ZchatError):
     reply can echo it.
     """
 
+    #: With 429: milliseconds until a retry may succeed (the ERROR's ``retry_after_ms``).
+    retry_after_ms: int = 0
+
     def __init__(self, status: Status, reason: str, request_id: bytes = b"") -> None:
         super().__init__(reason)
         self.status = status
@@ -50,6 +53,16 @@ class ProtocolError(ZchatError):
 
     def __str__(self) -> str:
         return f"{int(self.status)} {self.reason}"
+
+
+class RateLimited(ProtocolError):
+    """A request over a rate limit or a room's slow mode: ERROR 429 whose
+    ``retry_after_ms`` (>= 1) says when to retry (docs/PROTOCOL.md §15). The refused
+    request changed nothing."""
+
+    def __init__(self, reason: str, retry_after_ms: int) -> None:
+        super().__init__(Status.TOO_MANY_REQUESTS, reason)
+        self.retry_after_ms = max(1, retry_after_ms)
 
 
 class LocalProtocolError(ZchatError):

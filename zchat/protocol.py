@@ -66,6 +66,10 @@ MAX_TOKEN_LABEL_CHARS = 100
 #: Live account tokens one account may hold (§6.24): plenty for a fleet of bots, and it
 #: bounds the constant-time comparison a token LOGIN makes against each of them.
 MAX_TOKENS_PER_ACCOUNT = 100
+#: Longest slow mode of a room (SET_SLOW_MODE §6.28), in seconds: one day, as Discord's
+#: longest "slowmode" is six hours and Twitch's two minutes; anything longer is a
+#: read-only room, which is another feature.
+MAX_SLOW_MODE_S = 86_400
 
 Presence = Literal["online", "away", "offline"]
 MessageKind = Literal["text", "action"]
@@ -115,6 +119,8 @@ class RoomState:
     room: str
     last_seq: int
     topic: str = ""
+    #: The room's slow mode in seconds, 0 when off (SET_SLOW_MODE, §6.28).
+    slow_mode_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,7 @@ class RoomInfo:
     last_seq: int
     joined: bool
     topic: str = ""
+    slow_mode_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +225,18 @@ class TopicChanged(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class SlowModeChanged(Message):
+    """Event on the room topic: ``by`` set ``room``'s slow mode to ``seconds`` (0 turned
+    it off) at ``time`` (UTC ms) (§6.28.1)."""
+
+    TYPE: ClassVar[str] = "SLOW_MODE"
+    room: str
+    seconds: int
+    by: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick(Message):
     """The broker's heartbeat on PUB, every heartbeat interval (§10)."""
 
@@ -292,6 +311,7 @@ class RoomJoined(Reply):
     last_seq: int
     created: bool
     topic: str = ""
+    slow_mode_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,7 +589,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
 }
 EVENT_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,
-                              TopicChanged, GoingAway)
+                              TopicChanged, GoingAway, SlowModeChanged)
 }
 PUSH_TYPES: dict[str, type[Message]] = {DirectMessage.TYPE: DirectMessage}
 

@@ -149,6 +149,27 @@ class DirectMessageRow:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class PostedRow:
+    """What ``post_message``/``post_dm`` stored: the room seq (or DM id) and time, and
+    whether it was already there under the same client message id."""
+
+    seq: int
+    time_ms: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A session kept for RESUME across a broker restart (only the token's SHA-256)."""
+
+    token_sha256: str
+    account_key: str
+    login_token_id: int | None
+    address: str
+    login_ms: int
+
+
 class Store:
     """All persistent state of one broker, in one SQLite file.
 
@@ -164,6 +185,7 @@ class Store:
         """
         self.path = str(path)
         try:
+            self._write_depth = 0  # nested _write() blocks join the outer transaction
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
         except sqlite3.Error as exc:
@@ -203,15 +225,26 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction; rolled back whole on any error."""
+        """One IMMEDIATE transaction; rolled back whole on any error. A ``_write()``
+        inside another joins it (commits with it, rolls back with it)."""
+        if self._write_depth:
+            self._write_depth += 1
+            try:
+                yield self._db
+            finally:
+                self._write_depth -= 1
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StorageError(f"storage unavailable: {exc}") from exc
+        self._write_depth = 1
         try:
             yield self._db
+            self._write_depth = 0
             self._db.execute("COMMIT")
         except BaseException as exc:
+            self._write_depth = 0
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.IntegrityError | ProtocolError):
@@ -349,6 +382,22 @@ class Store:
             if cur.rowcount != 1:
                 raise ProtocolError(Status.NOT_FOUND, "no such room")
 
+    def set_slow_mode(self, room_key: str, seconds: int) -> None:
+        """Set a room's slow mode in seconds (0 turns it off) and commit
+        (docs/PROTOCOL.md §6.28). Raises ProtocolError(404) when the room does not exist,
+        StorageError(503) when the write is not committed."""
+        with self._write() as db:
+            cur = db.execute("UPDATE rooms SET slow_mode_s = ? WHERE key = ?",
+                             (seconds, room_key))
+            if cur.rowcount != 1:
+                raise ProtocolError(Status.NOT_FOUND, "no such room")
+
+    def room_settings(self) -> dict[str, tuple[str, int]]:
+        """Every room key -> (creator's account key, or "" for a room made by the broker
+        such as ``lobby``; slow mode in seconds)."""
+        return {k: (c or "", int(s)) for k, c, s in
+                self._db.execute("SELECT key, creator, slow_mode_s FROM rooms")}
+
     def list_rooms(self) -> list[RoomRow]:
         rows = self._db.execute(
             "SELECT r.key, r.name, r.topic, r.last_seq, COUNT(m.account_key) FROM rooms r "
@@ -390,6 +439,26 @@ class Store:
                        (room_key, seq, now_ms, sender, kind, text, cmid))
         return seq
 
+    def post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
+                     now_ms: int) -> PostedRow:
+        """Store a room message once per client message id (docs/PROTOCOL.md §6.8).
+
+        With a non-empty ``cmid``, a message already stored in the room by ``sender`` with
+        that cmid is looked up in the same transaction as the insert (index
+        ``messages_by_cmid``): when found, nothing is written and the original's seq and
+        time come back with ``duplicate=True``. Otherwise as ``append_message``. Raises
+        ProtocolError(404) for an unknown room, StorageError(503) if not committed.
+        """
+        with self._write() as db:
+            if cmid:
+                row = db.execute("SELECT seq, time_ms FROM messages WHERE room_key = ? AND "
+                                 "sender = ? AND cmid = ? ORDER BY seq LIMIT 1",
+                                 (room_key, sender, cmid)).fetchone()
+                if row is not None:
+                    return PostedRow(int(row[0]), int(row[1]), True)
+            seq = self.append_message(room_key, sender, kind, text, cmid, now_ms)
+        return PostedRow(seq, now_ms, False)
+
     def history(self, room_key: str, before: int | None, after: int | None,
                 limit: int) -> list[MessageRow]:
         """Up to ``limit`` messages in ascending seq order (docs/PROTOCOL.md §6.9): the
@@ -409,18 +478,44 @@ class Store:
     # -- direct messages ----------------------------------------------------------------
 
     def store_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
-                 now_ms: int, max_pending: int) -> int:
+                 now_ms: int, max_pending: int, cmid: str = "") -> int:
         """Store a direct message as unacknowledged; returns its id. When the recipient then
-        has more than ``max_pending`` unacknowledged messages, the oldest are dropped."""
+        has more than ``max_pending`` unacknowledged messages, the oldest are dropped.
+        ``cmid`` is stored as given (``post_dm`` looks it up first)."""
         with self._write() as db:
             cur = db.execute("INSERT INTO direct_messages(time_ms, sender, recipient_key, "
-                             "recipient, text, delivered) VALUES (?, ?, ?, ?, ?, 0)",
-                             (now_ms, sender, recipient_key, recipient, text))
+                             "recipient, text, delivered, cmid) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                             (now_ms, sender, recipient_key, recipient, text, cmid))
             dm_id = int(cur.lastrowid or 0)
             db.execute("DELETE FROM direct_messages WHERE id IN (SELECT id FROM "
                        "direct_messages WHERE recipient_key = ? AND delivered = 0 "
                        "ORDER BY id DESC LIMIT -1 OFFSET ?)", (recipient_key, max_pending))
         return dm_id
+
+    def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str, cmid: str,
+                now_ms: int, max_pending: int) -> PostedRow:
+        """Store a direct message once per client message id (docs/PROTOCOL.md §6.7).
+
+        With a non-empty ``cmid``, a DM already stored from ``sender`` with that cmid
+        (index ``dms_by_cmid``) is looked up in the same transaction as the insert: when
+        found, nothing is written and its id and time come back with ``duplicate=True``
+        (``seq`` holds the DM id). Raises ProtocolError(409) when that cmid was used for a
+        DM to another recipient, StorageError(503) if not committed. Otherwise as
+        ``store_dm`` (the recipient keeps at most ``max_pending`` unacknowledged DMs).
+        """
+        with self._write() as db:
+            if cmid:
+                row = db.execute("SELECT id, time_ms, recipient_key FROM direct_messages "
+                                 "WHERE sender = ? AND cmid = ? ORDER BY id LIMIT 1",
+                                 (sender, cmid)).fetchone()
+                if row is not None:
+                    if row[2] != recipient_key:
+                        raise ProtocolError(Status.CONFLICT, "this cmid was used for a DM to "
+                                            "someone else; use a new cmid per message")
+                    return PostedRow(int(row[0]), int(row[1]), True)
+            dm_id = self.store_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
+                                  cmid=cmid)
+        return PostedRow(dm_id, now_ms, False)
 
     def pending_dms(self, recipient_key: str) -> list[DirectMessageRow]:
         """The recipient's direct messages not yet acknowledged (``delivered = 0``), oldest
@@ -440,3 +535,31 @@ class Store:
             cur = db.execute(f"UPDATE direct_messages SET delivered = 1 WHERE recipient_key = ? "
                              f"AND delivered = 0 AND id IN ({marks})", (recipient_key, *ids))
             return cur.rowcount
+
+    # -- sessions kept for RESUME (docs/PROTOCOL.md §6.27) ---------------------------------
+
+    def add_session(self, token_sha256: str, account_key: str, login_token_id: int | None,
+                    address: str, login_ms: int) -> None:
+        """Keep a new session (its token's SHA-256, never the token) and commit."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO sessions(token_sha256, account_key, "
+                       "login_token_id, address, login_ms) VALUES (?, ?, ?, ?, ?)",
+                       (token_sha256, account_key, login_token_id, address, login_ms))
+
+    def delete_sessions(self, token_sha256s: list[str]) -> int:
+        """Forget these sessions (LOGOUT, eviction, revocation, expiry); returns how many
+        rows went."""
+        if not token_sha256s:
+            return 0
+        marks = ",".join("?" * len(token_sha256s))
+        with self._write() as db:
+            cur = db.execute(f"DELETE FROM sessions WHERE token_sha256 IN ({marks})",
+                             token_sha256s)
+            return cur.rowcount
+
+    def sessions(self) -> list[SessionRow]:
+        """Every kept session, oldest login first (read once at broker start)."""
+        rows = self._db.execute("SELECT token_sha256, account_key, login_token_id, address, "
+                                "login_ms FROM sessions ORDER BY login_ms, token_sha256")
+        return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
+                for h, k, t, a, ms in rows]

@@ -260,6 +260,15 @@ class ChatConsole:
                 text = (f"{event.by} set the topic: {event.topic}" if event.topic
                         else f"{event.by} cleared the topic")
                 self.add_line(key, v.Line("notice", event.time, event.by, text))
+        elif isinstance(event, p.SlowModeChanged):
+            key = v.room_key(event.room)
+            if key in self.conversations:
+                text = (f"{event.by} set slow mode: one message per {event.seconds} s"
+                        if event.seconds else f"{event.by} turned slow mode off")
+                self.add_line(key, v.Line("notice", event.time, event.by, text))
+        elif isinstance(event, p.GoingAway):  # the client reconnects at once (§6.29)
+            self.state = "reconnecting"
+            self.error(f"broker going away: {event.text}; reconnecting…")
         elif isinstance(event, ConnectionLost):
             self.state = "disconnected"
             if event.session_only:  # the broker answers but evicted or forgot our session
@@ -330,7 +339,10 @@ class ChatConsole:
         try:
             await coro
         except RequestFailed as exc:
-            self.error(f"refused: {exc.reason} ({int(exc.status)})")
+            if exc.status == Status.TOO_MANY_REQUESTS:  # the reason says why and how long
+                self.error(exc.reason)
+            else:
+                self.error(f"refused: {exc.reason} ({int(exc.status)})")
         except ZchatError as exc:
             self.error(str(exc))
         self.app.invalidate()
@@ -342,7 +354,9 @@ class ChatConsole:
             return
         try:
             if conv.kind == "room":
-                await self.client.send(conv.title, text)
+                # A rate limit or slow mode is shown at once with its wait, and the line
+                # comes back to the input, rather than the console waiting silently.
+                await self.client.send(conv.title, text, patient=False)
             else:
                 await self._dm(conv.title, text)
         except RequestFailed:
@@ -353,7 +367,7 @@ class ChatConsole:
             raise
 
     async def _dm(self, to: str, text: str) -> None:
-        reply = await self.client.dm(to, text)
+        reply = await self.client.dm(to, text, patient=False)
         key = v.dm_key(to)
         self.conversation(key, to, "dm")
         self.add_line(key, v.Line("dm", reply.time, self.me, text, reply.id))
@@ -402,7 +416,7 @@ class ChatConsole:
             if conv is None or conv.kind != "room":
                 self.error("/me works in rooms")
                 return
-            await client.send(conv.title, cmd.text, kind="action")
+            await client.send(conv.title, cmd.text, kind="action", patient=False)
         elif isinstance(cmd, c.Who):
             room = conv.title if conv and conv.kind == "room" else None
             users = (await client.who(room)).users
@@ -429,6 +443,17 @@ class ChatConsole:
                 self.info(f"topic of #{conv.title}: {conv.topic or '(none)'}")
             else:
                 await client.set_topic(conv.title, cmd.text)
+        elif isinstance(cmd, c.Slow):
+            if conv is None or conv.kind != "room":
+                self.error("/slow works in rooms")
+            elif cmd.seconds is None:
+                rooms = (await client.list_rooms()).rooms
+                seconds = next((r.slow_mode_s for r in rooms
+                                if v.room_key(r.room) == conv.key), 0)
+                self.info(f"slow mode of #{conv.title}: "
+                          + (f"one message per {seconds} s" if seconds else "off"))
+            else:
+                await client.set_slow_mode(conv.title, cmd.seconds)
         elif isinstance(cmd, c.Away):
             await client.set_presence("away", cmd.text)
             self.info("you are marked away" + (f": {cmd.text}" if cmd.text else ""))

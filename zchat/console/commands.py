@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from zchat.console.view import pad_cells
+from zchat.protocol import MAX_SLOW_MODE_S
 
 #: Largest /history page, the broker's own limit (docs/PROTOCOL.md §6.9).
 MAX_HISTORY = 500
@@ -101,6 +102,14 @@ class Topic(Command):
 
     NAME: ClassVar[str] = "topic"
     text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slow(Command):
+    """Show the current room's slow mode (``seconds`` None) or set it (0 turns it off)."""
+
+    NAME: ClassVar[str] = "slow"
+    seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +224,18 @@ def _count(word: str) -> int:
     return n
 
 
+def _seconds(word: str) -> int:
+    """SECONDS of /slow: a whole number from 0 to MAX_SLOW_MODE_S (docs/PROTOCOL.md
+    §6.28). Raises ValueError naming the problem."""
+    if not (word.isascii() and word.isdigit()):
+        raise ValueError(f"SECONDS must be a whole number from 0 to {MAX_SLOW_MODE_S}, "
+                         f"not {word!r}")
+    n = int(word)
+    if n > MAX_SLOW_MODE_S:
+        raise ValueError(f"SECONDS must be from 0 to {MAX_SLOW_MODE_S}, not {n}")
+    return n
+
+
 def _opt(args: dict[str, str], key: str) -> str | None:
     return args.get(key) or None
 
@@ -249,6 +270,12 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "show or set the room's topic",
                 "Without TEXT, shows the current room's topic; with TEXT, sets it.",
                 lambda a: Topic(_opt(a, "TEXT"))),
+    CommandSpec("slow", (Param("SECONDS", required=False),),
+                "show or set the room's slow mode",
+                "Without SECONDS, shows the current room's slow mode; with SECONDS, lets "
+                "each member post at most once per SECONDS there (0 turns it off). Only "
+                "the room's creator and broker admins may set it, and they are exempt.",
+                lambda a: Slow(_seconds(a["SECONDS"]) if a.get("SECONDS") else None)),
     CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
                 "Sets your presence to away, with TEXT as the away message if given. "
                 "/back returns to online.",

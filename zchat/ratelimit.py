@@ -1,0 +1,147 @@
+"""Rate limiting: a token bucket and a bounded table of buckets keyed by peer address.
+
+Pure: no clock of its own. Every call takes ``now_s``, monotonic seconds, so the broker
+passes its loop's time and tests pass a fake clock (docs/PROTOCOL.md §15).
+
+A bucket holds up to ``burst`` tokens and gains ``rate_per_s`` tokens a second; a request
+costs one token. Full, it lets ``burst`` requests through at once, then one every
+``1 / rate_per_s`` seconds. This is the token bucket of RFC 2697/2698 (there "committed
+burst size" and "committed information rate"), the shape Matrix's ``rc_message`` and
+nginx's ``limit_req`` use too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import OrderedDict
+
+#: Most per-address login buckets the broker keeps (docs/PROTOCOL.md §15). A bucket and
+#: its key cost about 250 bytes, so the table stays under about 16 MiB however many
+#: distinct addresses knock. At the cap the least recently used bucket is forgotten:
+#: that address then starts again from a full bucket, which is exactly what a new
+#: address gets anyway, so a flood of addresses gains nothing by it, and nobody is ever
+#: locked out because the table is full.
+MAX_ADDRESS_BUCKETS = 65_536
+
+
+class TokenBucket:
+    """A token bucket of ``burst`` tokens refilled at ``rate_per_s`` tokens per second,
+    full at ``now_s`` (monotonic seconds).
+
+    Raises ValueError when ``rate_per_s`` is not > 0 or ``burst`` is not >= 1 (a limit
+    of 0 means "no limit" and is the caller's business: it keeps no bucket at all).
+    """
+
+    __slots__ = ("rate_per_s", "burst", "tokens", "stamp_s")
+
+    def __init__(self, rate_per_s: float, burst: int, now_s: float) -> None:
+        if not rate_per_s > 0 or not math.isfinite(rate_per_s):
+            raise ValueError(f"rate_per_s must be a finite number > 0, got {rate_per_s}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        self.rate_per_s = float(rate_per_s)
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp_s = now_s
+
+    def _refill(self, now_s: float) -> float:
+        elapsed = now_s - self.stamp_s
+        if elapsed > 0:  # a clock that goes backwards adds nothing (and takes nothing)
+            self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate_per_s)
+            self.stamp_s = now_s
+        return self.tokens
+
+    def take(self, now_s: float, cost: int = 1) -> int:
+        """Take ``cost`` tokens at ``now_s``. Returns 0 when they were taken (the request
+        may go ahead), else the milliseconds until enough tokens will be there (>= 1,
+        rounded up) and takes nothing, so that a refused request costs nothing.
+
+        Raises ValueError when ``cost`` is below 1 or above ``burst`` (it could never be
+        served)."""
+        if not 1 <= cost <= self.burst:
+            raise ValueError(f"cost must be 1 to burst ({self.burst}), got {cost}")
+        tokens = self._refill(now_s)
+        if tokens >= cost:
+            self.tokens = tokens - cost
+            return 0
+        # rounded up, less a nanosecond's float noise (0.2 s elapsed may read 0.19999…)
+        return max(1, math.ceil((cost - tokens) / self.rate_per_s * 1000 - 1e-6))
+
+    def full(self, now_s: float) -> bool:
+        """Whether the bucket is full at ``now_s``: then it is the same as a new one and
+        may be forgotten."""
+        return self.tokens + max(0.0, now_s - self.stamp_s) * self.rate_per_s >= self.burst
+
+
+def address_key(address: str, routing_id: bytes) -> str:
+    """The key of a peer's login bucket (docs/PROTOCOL.md §15).
+
+    ``address`` is the peer's IP address as ZeroMQ reports it (``Peer-Address``). An IPv4
+    address is its own key; an IPv6 one is keyed by its /64 network, the block one
+    subscriber usually holds (RFC 6177), so that hopping between its addresses does not
+    reset the limit. Inproc and ipc peers have no address (``""``): they are keyed by
+    ``routing_id``, one bucket per connection.
+    """
+    if not address:
+        return "rid:" + routing_id.hex()
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address  # not a bare IP (e.g. a test's tcp://host:port): use it as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class BucketTable:
+    """Token buckets by key (e.g. peer address), at most ``max_entries`` of them.
+
+    Least recently used first: ``take`` moves its key to the end. Buckets that have
+    refilled are dropped from the idle end as new keys arrive (and by ``prune``), since a
+    full bucket is no different from a new one; at ``max_entries`` the least recently
+    used bucket is dropped even if not full (see MAX_ADDRESS_BUCKETS for why that is safe).
+    Memory is therefore bounded by ``max_entries``. Raises ValueError like TokenBucket.
+    """
+
+    def __init__(self, rate_per_s: float, burst: int,
+                 max_entries: int = MAX_ADDRESS_BUCKETS) -> None:
+        TokenBucket(rate_per_s, burst, 0.0)  # validates the parameters
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_entries = max_entries
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._buckets
+
+    def take(self, key: str, now_s: float, cost: int = 1) -> int:
+        """``TokenBucket.take`` on ``key``'s bucket (a new, full one for a new key)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self.prune(now_s)
+            if len(self._buckets) >= self.max_entries:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[key] = TokenBucket(self.rate_per_s, self.burst, now_s)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now_s, cost)
+
+    def prune(self, now_s: float) -> int:
+        """Drop refilled buckets from the least recently used end, stopping at the first
+        one that is not full; returns how many were dropped. Amortised O(1) per key."""
+        dropped = 0
+        while self._buckets:
+            key, bucket = next(iter(self._buckets.items()))
+            if not bucket.full(now_s):
+                break
+            del self._buckets[key]
+            dropped += 1
+        return dropped
