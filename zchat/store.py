@@ -101,6 +101,55 @@ MIGRATIONS: tuple[str, ...] = (
         login_ms       INTEGER NOT NULL
     );
     """,
+    # 3 -> 4: security and moderation (issue 6). Roles per room (the creator is 'owner');
+    # private (invite-only) and locked (only moderators post) rooms; invitations; bans
+    # and mutes, per room or server-wide (room_key ''), with an optional expiry; deleted
+    # messages keep their row (text kept for the audit) and say who deleted them;
+    # disabled accounts; and the append-only audit log of moderation actions (the Store
+    # has no method that updates or deletes its rows).
+    """
+    ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rooms ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN deleted_by TEXT NOT NULL DEFAULT '';
+    CREATE TABLE room_roles (
+        room_key    TEXT NOT NULL REFERENCES rooms(key),
+        account_key TEXT NOT NULL REFERENCES accounts(key),
+        role        TEXT NOT NULL CHECK (role IN ('owner', 'moderator')),
+        PRIMARY KEY (room_key, account_key)
+    ) WITHOUT ROWID;
+    INSERT INTO room_roles(room_key, account_key, role)
+        SELECT key, creator, 'owner' FROM rooms
+        WHERE creator IS NOT NULL AND creator <> ''
+          AND creator IN (SELECT key FROM accounts);
+    CREATE TABLE invites (
+        room_key    TEXT NOT NULL REFERENCES rooms(key),
+        account_key TEXT NOT NULL REFERENCES accounts(key),
+        by_key      TEXT NOT NULL,
+        time_ms     INTEGER NOT NULL,
+        PRIMARY KEY (room_key, account_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE bans (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL CHECK (kind IN ('ban', 'mute')),
+        room_key    TEXT NOT NULL DEFAULT '',
+        account_key TEXT NOT NULL REFERENCES accounts(key),
+        by_key      TEXT NOT NULL,
+        reason      TEXT NOT NULL DEFAULT '',
+        created_ms  INTEGER NOT NULL,
+        until_ms    INTEGER
+    );
+    CREATE UNIQUE INDEX bans_by_target ON bans(kind, room_key, account_key);
+    CREATE TABLE audit_log (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_ms INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        room    TEXT NOT NULL DEFAULT '',
+        target  TEXT NOT NULL DEFAULT '',
+        detail  TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
