@@ -9,6 +9,9 @@ same run and harness, so zchat's figures are printed as ratios to it:
 - ingest: one sender keeps ``WINDOW`` SEND requests in flight to one room with one
   subscriber; messages acknowledged (stored and OK'd) and delivered per second, with loss
   and duplicates counted by sequence number (both must be 0);
+- encryption: ``--encryption curve`` (the default, as shipped) or ``none``; with curve
+  the zchat sockets are CurveZMQ (the bare relay stays plain, so the ratio includes
+  CURVE's cost);
 - login: the time of one fresh password login (scrypt at the broker's settings) seen by the
   client, median of several.
 
@@ -45,21 +48,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_broker(data_dir: Path, scrypt_n: int) -> tuple[subprocess.Popen[str], str]:
+#: The broker's public key (Z85) when it runs with CURVE; None for a plain broker.
+BROKER_KEY: bytes | None = None
+
+
+def secure(sock: zmq.Socket[Any]) -> None:
+    """Make ``sock`` a CurveZMQ client of the broker, when it encrypts (before connect)."""
+    if BROKER_KEY is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+            BROKER_KEY, public, secret)
+
+
+def start_broker(data_dir: Path, scrypt_n: int,
+                 encryption: str = "curve") -> tuple[subprocess.Popen[str], str]:
+    global BROKER_KEY
     router, pub = free_port(), free_port()
     config = data_dir / "bench.toml"
     # The SEND rate limit is off: one sender keeping a window of requests in flight
     # measures the broker's ceiling, not its protection (docs/PROTOCOL.md §15).
     config.write_text(f"[broker]\nscrypt_n = {scrypt_n}\nlog_level = \"warning\"\n"
-                      "send_rate_per_s = 0\n")
+                      f"send_rate_per_s = 0\nencryption = \"{encryption}\"\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "zchat", "broker", "--config", str(config), "--data-dir",
          str(data_dir), "--router", f"tcp://127.0.0.1:{router}",
          "--pub", f"tcp://127.0.0.1:{pub}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
+    BROKER_KEY = None
     for line in proc.stdout:
-        if "database" in line:
+        if "public key:" in line:
+            BROKER_KEY = line.split()[-1].encode()
+        if "fingerprint" in line or "encryption none" in line:
             break
     return proc, f"tcp://127.0.0.1:{router}"
 
@@ -70,6 +90,7 @@ class RawClient:
     def __init__(self, ctx: zmq.Context[Any], server: str) -> None:
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.linger = 0
+        secure(self.dealer)
         self.dealer.connect(server)
         self.n = 0
         self.info: p.InfoReply = self.call(p.Info())
@@ -98,6 +119,7 @@ def bench_ingest(ctx: zmq.Context[Any], server: str, count: int) -> dict[str, An
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     sub.rcvhwm = 0
+    secure(sub)
     sub.connect(sender.info.pub)
     sub.subscribe(p.room_topic("bench"))
     # Wait until the subscription is live: post probes until one is seen.
@@ -222,12 +244,15 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
     parser.add_argument("--scrypt-n", type=int, default=16384)
+    parser.add_argument("--encryption", choices=["curve", "none"], default="curve",
+                        help="the broker's transport (default curve, as shipped)")
     args = parser.parse_args()
     ctx = zmq.Context()
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                           "zmq": zmq.zmq_version(), "pyzmq": zmq.__version__}}
+                                           "zmq": zmq.zmq_version(), "pyzmq": zmq.__version__},
+                               "encryption": args.encryption}
     with tempfile.TemporaryDirectory() as tmp:
-        proc, server = start_broker(Path(tmp), args.scrypt_n)
+        proc, server = start_broker(Path(tmp), args.scrypt_n, args.encryption)
         try:
             results["relay"] = bench_relay(ctx, args.messages)
             results["ingest_1x1"] = bench_ingest(ctx, server, args.messages)

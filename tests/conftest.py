@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 
+from zchat.keys import pin_broker_key
 from zchat.testing import DEFAULT_PASSWORD, Harness
 
 T = TypeVar("T")
@@ -51,6 +52,16 @@ def wait_until(condition: Callable[[], T], timeout_s: float = 5.0, what: str = "
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)  # polling step of a condition, not a wait for a socket
+
+
+@pytest.fixture(autouse=True)
+def _private_xdg_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's XDG_CONFIG_HOME and XDG_DATA_HOME are inside its tmp_path (those
+    ``cli_env`` gives subprocesses): a tcp client pins broker keys there and an in-process
+    tcp broker without ``data_dir`` keeps its key pair there (docs/security.md), never in
+    the real home, and a port reused by another test's broker never meets a stale pin."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
 
 
 @pytest.fixture
@@ -177,12 +188,16 @@ def start_broker(tmp_path: Path, attempts: int = 5) -> tuple[TcpBroker, list[str
                      str(data), "--router", router, "--pub", pub], cli_env(tmp_path))
         try:
             proc.wait_line("stdout", "database", timeout_s=15)
+            key = proc.wait_line("stdout", "public key:", timeout_s=15).split()[-1]
         except AssertionError:
             rc = proc.popen.poll()
             proc.kill()
             if rc == 1 and any("cannot bind" in line for line in proc.stderr):
                 continue
             raise
+        # Pinned up front, as a user who copied the printed key would: the CLI tests then
+        # see no first-use notice on stderr (tests/test_e2e_curve.py covers first use).
+        pin_broker_key(tmp_path / "xdg-config" / "zchat" / "known_brokers.toml", router, key)
         return TcpBroker(router, proc, data), list(proc.stdout)
     raise AssertionError(f"could not bind a broker in {attempts} attempts")
 

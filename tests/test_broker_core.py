@@ -292,7 +292,14 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.FetchHistory(room="lobby"), p.Who(), p.SetPresence(presence="away"),
     p.ListSessions(), p.SetTopic(room="lobby", topic="hi"), p.AckDirect(ids=(1,)),
     p.CreateToken(label="ci"), p.ListTokens(), p.RevokeToken(id=1),
-    p.SetSlowMode(room="lobby", seconds=5),
+    p.SetSlowMode(room="lobby", seconds=5), p.Kick(room="lobby", name="alice"),
+    p.Ban(name="alice"), p.Unban(name="alice"), p.Mute(name="alice"), p.Unmute(name="alice"),
+    p.Invite(room="lobby", name="alice"), p.SetRole(room="lobby", name="alice", role="member"),
+    p.SetRoom(room="lobby", locked=True), p.DeleteMessage(room="lobby", seq=1), p.ListBans(),
+    p.ReadAudit(), p.ListUsers(),
+    p.CreateAccounts(accounts=(p.NewAccount(name="zed", password="pw"),)),
+    p.AdminSetPassword(name="alice", password="pw"), p.SetDisabled(name="alice"),
+    p.SetPassword(old="correct horse battery staple", new="pw"),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -307,7 +314,10 @@ def test_every_session_needing_type_is_covered() -> None:
     needing = {t for t, cls in p.REQUEST_TYPES.items() if cls.NEEDS_SESSION}
     assert needing == {"LOGOUT", "JOIN", "PART", "ROOMS", "SEND", "DM", "HISTORY", "WHO",
                        "SET_PRESENCE", "SESSIONS", "SET_TOPIC", "DM_ACK", "TOKEN_CREATE",
-                       "TOKEN_LIST", "TOKEN_REVOKE", "SET_SLOW_MODE"}
+                       "TOKEN_LIST", "TOKEN_REVOKE", "SET_SLOW_MODE", "KICK", "BAN",
+                       "UNBAN", "MUTE", "UNMUTE", "INVITE", "SET_ROLE", "SET_ROOM",
+                       "DELETE_MESSAGE", "BANS", "AUDIT", "USERS", "CREATE_ACCOUNTS",
+                       "ADMIN_SET_PASSWORD", "ADMIN_DISABLE", "SET_PASSWORD"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:

@@ -149,7 +149,9 @@ def test_parse_never_raises(text: str) -> None:
 
 def test_every_command_has_usage_and_help() -> None:
     assert set(COMMANDS) == {"join", "part", "msg", "me", "who", "rooms", "topic", "slow",
-                             "away", "back", "history", "switch", "clear", "quit", "help"}
+                             "away", "back", "history", "switch", "clear", "quit", "help",
+                             "kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop",
+                             "lock", "unlock", "private", "delete"}
     for name, spec in COMMANDS.items():
         assert spec.usage.startswith(f"/{name}")
         assert spec.summary and spec.help

@@ -112,8 +112,11 @@ def test_defaults_and_validation() -> None:
     assert (b.send_rate_per_s, b.send_burst, b.login_rate_per_s, b.login_burst,
             b.max_sessions) == (5.0, 20, 0.5, 30, 10_000)
     validate(Config(broker=BrokerConfig(send_rate_per_s=0.0, login_rate_per_s=0.0)))
+    # A tester's 1e-300 made retry_after_ms a 300-digit integer no client could read.
     for key, bad in (("send_rate_per_s", -1.0), ("login_rate_per_s", -0.5),
-                     ("send_burst", 0), ("login_burst", 0), ("max_sessions", 0)):
+                     ("send_rate_per_s", 1e-300), ("login_rate_per_s", 1e7),
+                     ("send_burst", 0), ("login_burst", 0), ("max_sessions", 0),
+                     ("send_burst", 10**20)):
         with pytest.raises(ConfigError) as info:
             validate(Config(broker=BrokerConfig(**{key: bad})))  # type: ignore[arg-type]
         assert info.value.key == key

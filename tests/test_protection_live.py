@@ -9,6 +9,8 @@ CLI's output is awaited line by line.
 from __future__ import annotations
 
 import itertools
+import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,8 +110,13 @@ def limited_broker(tmp_path: Path) -> Iterator[TcpBroker]:
     """``zchat broker`` on loopback TCP allowing 3 login attempts per address, then one
     every 5 s."""
     config = tmp_path / "broker.toml"
-    config.write_text("[broker]\nscrypt_n = 1024\nlogin_rate_per_s = 0.2\nlogin_burst = 3\n",
-                      encoding="utf-8")
+    # Plain transport: the raw DEALERs below speak the codec without CURVE (encryption
+    # is proved in tests/test_curve.py).
+    config.write_text("[broker]\nscrypt_n = 1024\nlogin_rate_per_s = 0.2\nlogin_burst = 3\n"
+                      "encryption = \"none\"\n", encoding="utf-8")
+    client_config = tmp_path / "xdg-config" / "zchat" / "zchat.toml"  # cli_env's default
+    client_config.parent.mkdir(parents=True, exist_ok=True)
+    client_config.write_text("[client]\nencryption = \"none\"\n", encoding="utf-8")
     for _ in range(5):
         port, pub = free_port(), free_port()
         if port == pub:
@@ -203,6 +210,21 @@ def test_brute_force_from_one_address_is_throttled_another_address_logs_in(
     assert done.stdout.strip() == "slow mode of #news: one message per 30 s"
     done = cli("slow", "--as", "alice", "news", "86401")
     assert done.returncode == 2 and "must be a whole number from 0 to 86400" in done.stderr
+
+    # A member posting twice in slow mode: `zchat say -` waits, and says why on stderr (a
+    # tester's `say` sat silent for minutes). From a fourth address: a fresh login bucket.
+    assert cli("slow", "--as", "alice", "news", "2").returncode == 0
+    server = f"tcp://127.0.0.4:0;127.0.0.1:{limited_broker.port}"
+    assert cli("register", "bob").returncode == 0
+    done = subprocess.run([*zchat_command(), "say", "--as", "bob", "--room", "news", "-",
+                           "--server", server], env=env, capture_output=True, text=True,
+                          timeout=60, input="one\ntwo\n")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^zchat: slow mode in #news: wait \d\.\d s \(one message per 2 s\); "
+                     r"trying again in \d s$", done.stderr, re.MULTILINE), done.stderr
+    history = cli("history", "--as", "alice", "--room", "news", "--json")
+    assert [json.loads(line)["text"] for line in history.stdout.splitlines()][-2:] == [
+        "one", "two"]
 
 
 def test_client_login_waits_out_a_429() -> None:

@@ -184,12 +184,13 @@ def test_sessions_expire_after_the_grace_and_are_purged(tmp_path: Path) -> None:
     assert world.peer().call(p.Resume(session=token)).status == Status.UNAUTHORIZED
 
 
-def test_shutdown_keeps_sessions_and_says_going_away_first(world: World) -> None:
+def test_shutdown_keeps_sessions_and_says_going_away_last(world: World) -> None:
     world.user("alice")
     actions = world.core.shutdown(world.clock.ms, "maintenance")
     events = decode_events(actions)
-    assert events[0] == (p.TOPIC_BROKER, p.GoingAway(text="maintenance", time=world.clock.ms))
-    assert [e.presence for _t, e in events[1:]] == ["offline"]
+    # Offline presence first: a client closes its sockets when it hears GOING_AWAY.
+    assert [e.presence for _t, e in events[:-1]] == ["offline"]
+    assert events[-1] == (p.TOPIC_BROKER, p.GoingAway(text="maintenance", time=world.clock.ms))
     assert len(_stored(world)) == 1
     assert isinstance(world.core, BrokerCore) and world.core.sessions == {}
 
@@ -243,7 +244,8 @@ def test_short_network_cut_resumes_without_presence_flapping() -> None:
             relay = Relay(int(harness.server.rsplit(":", 1)[1]))
             await relay.start()
             alice = Client(f"tcp://127.0.0.1:{relay.port}", context=harness.context,
-                           timeout_s=1.0, reconnect=True, reconnect_max_s=1.0)
+                           timeout_s=1.0, reconnect=True, reconnect_max_s=1.0,
+                           key_server=harness.broker.key_endpoint)
             try:
                 async with harness.client("bob") as bob:
                     await bob.join("dev")

@@ -18,6 +18,14 @@ Socket options (docs/PROTOCOL.md §2):
 - LINGER at close: SHUTDOWN_LINGER_MS (0.5 s) after a graceful stop, so that GOING_AWAY
   and the last replies leave; 0 otherwise. A stopping broker never hangs on a dead peer.
 
+Transport security (docs/PROTOCOL.md §16): with ``encryption = "curve"`` (the default)
+every tcp socket is a CurveZMQ server with the broker's long-term key pair (created in the
+data directory on first start, zchat.keys), and a ZAP handler (pyzmq's
+ThreadAuthenticator, allowing any client key: accounts log in with passwords and tokens)
+runs in this process for as long as the sockets do; if it cannot start, ``bind()`` raises
+TransportSecurityError and nothing is bound. A plain ROUTER, the key service, tells clients
+the public key for trust on first use.
+
 Password hashing runs on a small thread pool (``hash_workers``); finished jobs come back
 through a queue and wake the poller through a pipe, so hashing never stalls the loop.
 """
@@ -35,21 +43,56 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import zmq
+import zmq.auth
+import zmq.auth.thread
 
+from zchat import keys as k
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
-from zchat.config import BrokerConfig
-from zchat.protocol import MAX_TRANSPORT_FRAME_BYTES
+from zchat.config import BrokerConfig, data_dir
+from zchat.errors import Status, ZchatError
+from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
 from zchat.store import Store
 
 log = logging.getLogger("zchat.broker")
 
 #: Requests handled per wake-up before timers are looked at again.
 BATCH = 256
+#: Frames of a request as the ROUTER delivers it: routing id + the 4 of docs/PROTOCOL.md §3.1.
+REQUEST_PARTS = 5
 #: LINGER at close after a graceful stop, in milliseconds: time for the GOING_AWAY event
 #: and the last replies to leave (docs/PROTOCOL.md §6.29); well inside the 2 s a stopping
 #: broker is given.
 SHUTDOWN_LINGER_MS = 500
-_ADDRESS_TYPES = (b"LOGIN", b"REGISTER")
+_ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME")
+
+
+#: ZAP domain of the broker's CURVE sockets (RFC 27/ZAP): every handshake is checked by
+#: the ZAP handler.
+ZAP_DOMAIN = b"zchat"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class TransportSecurityError(ZchatError):
+    """CurveZMQ cannot be set up as configured: the ZAP handler did not start, or the
+    key pair cannot be loaded. The broker then does not start."""
+
+
+class ZapHandler(zmq.auth.thread.ThreadAuthenticator):
+    """pyzmq's ZAP handler thread, counting the handshakes it has answered (``requests``,
+    read by tests and the log). Configured to allow any CURVE client key: clients are
+    identified by their LOGIN, not by their transport key (docs/PROTOCOL.md §16.2)."""
+
+    requests = 0
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self.requests += 1
+        await super().handle_zap_message(msg)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a tcp ``endpoint`` binds or connects to a loopback host only."""
+    host = endpoint.partition("://")[2].rpartition(";")[2].rpartition(":")[0]
+    return host in _LOOPBACK_HOSTS
 
 
 def _peer_address(frame: zmq.Frame) -> str:
@@ -75,7 +118,8 @@ class Broker:
     """
 
     def __init__(self, config: BrokerConfig, store: Store,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None,
+                 keys: k.BrokerKeys | None = None) -> None:
         self.config = config
         self.store = store
         self.context = context or zmq.Context.instance()
@@ -83,6 +127,15 @@ class Broker:
         self.pub_endpoint = config.pub
         self._router: zmq.Socket[Any] | None = None
         self._pub: zmq.Socket[Any] | None = None
+        #: The long-term key pair (given, or loaded/created by ``bind()`` from the data
+        #: directory when CURVE is on); None while every socket is plain.
+        self.keys = keys
+        self.keys_created = False
+        #: The running ZAP handler while CURVE is on, else None.
+        self.zap: ZapHandler | None = None
+        self._key_service: zmq.Socket[Any] | None = None
+        #: The bound key service endpoint ("" when there is none: plain, or no tcp).
+        self.key_endpoint = ""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -103,11 +156,67 @@ class Broker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether the ROUTER is a CurveZMQ server (``encryption = "curve"`` on tcp)."""
+        return self.config.encryption == "curve" and k.is_tcp(self.config.router)
+
+    def _start_security(self) -> None:
+        """Load the key pair and start the ZAP handler when any socket will use CURVE.
+        Raises TransportSecurityError (nothing is bound then)."""
+        cfg = self.config
+        if cfg.encryption != "curve":
+            for endpoint in (cfg.router, cfg.pub):
+                if k.is_tcp(endpoint) and not is_loopback(endpoint):
+                    log.warning("ENCRYPTION IS OFF on %s (encryption = \"none\"): "
+                                "passwords, tokens and messages cross the network in "
+                                "clear text", endpoint)
+            return
+        if not (k.is_tcp(cfg.router) or k.is_tcp(cfg.pub)):
+            return  # inproc/ipc are always plain (docs/PROTOCOL.md §16.1)
+        if self.keys is None:
+            directory = data_dir(cfg)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                self.keys, self.keys_created = k.load_or_create_broker_keys(directory)
+            except (OSError, k.KeyFileError) as exc:
+                raise TransportSecurityError(f"cannot set up encryption: {exc}") from None
+        zap = ZapHandler(self.context, log=logging.getLogger("zchat.broker.zap"))
+        try:
+            zap.start()
+            zap.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        except (zmq.ZMQError, RuntimeError) as exc:
+            with contextlib.suppress(Exception):
+                zap.stop()
+            raise TransportSecurityError(
+                f"the ZAP handler cannot start ({exc}); refusing to run CURVE without "
+                f"one (another ZAP handler in this process's ZeroMQ context?)") from None
+        if not zap.is_alive():
+            zap.stop()
+            raise TransportSecurityError("the ZAP handler is not running; refusing to run "
+                                         "CURVE without one")
+        self.zap = zap
+
+    def _secure(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+        """Make ``sock`` a CURVE server before its bind, if CURVE applies to
+        ``endpoint``."""
+        if self.zap is None or self.keys is None or not k.is_tcp(endpoint):
+            return
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+
     def bind(self) -> None:
-        """Create and bind both sockets. Raises zmq.ZMQError (e.g. address in use)."""
+        """Create and bind both sockets (and, with CURVE, start the ZAP handler and bind
+        the key service). Raises zmq.ZMQError (e.g. address in use), ValueError (no key
+        service port can be derived) or TransportSecurityError (nothing is bound then)."""
+        self._start_security()
         router = self.context.socket(zmq.ROUTER)
         pub = self.context.socket(zmq.PUB)
         self._router, self._pub = router, pub
+        self._secure(router, self.config.router)
+        self._secure(pub, self.config.pub)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_TRANSPORT_FRAME_BYTES)
         router.setsockopt(zmq.SNDHWM, self.config.sndhwm)
@@ -119,6 +228,16 @@ class Broker:
         pub.bind(self.config.pub)
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.zap is not None and self.keys is not None and k.is_tcp(self.config.router):
+            service = self.context.socket(zmq.ROUTER)
+            self._key_service = service
+            service.setsockopt(zmq.MAXMSGSIZE, k.KEY_SERVICE_MAX_FRAME_BYTES)
+            service.setsockopt(zmq.SNDHWM, 100)
+            service.setsockopt(zmq.LINGER, 0)
+            service.bind(self.config.key_endpoint or k.key_endpoint_for(self.config.router))
+            self.key_endpoint = service.getsockopt_string(zmq.LAST_ENDPOINT)
+            log.info("CurveZMQ on; public key: %s (%s)", self.keys.public.decode(),
+                     k.fingerprint(self.keys.public))
         advertised = self.config.pub_advertised or self.pub_endpoint
         self.core = BrokerCore(self.store, self.config, advertised, wall_ms())
 
@@ -135,10 +254,13 @@ class Broker:
         still leave (a process must then term its context to wait for it: ``zchat
         broker`` does)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for sock in (self._router, self._pub):
+        for sock in (self._router, self._pub, self._key_service):
             if sock is not None:
                 sock.close(linger=self._linger_ms)
-        self._router = self._pub = None
+        self._router = self._pub = self._key_service = None
+        if self.zap is not None:
+            self.zap.stop()
+            self.zap = None
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -156,6 +278,8 @@ class Broker:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._key_service is not None:
+            poller.register(self._key_service, zmq.POLLIN)
         self.ready.set()
         self._execute(core.tick(time.monotonic(), wall_ms()))
         while not self._stopping.is_set():
@@ -167,6 +291,8 @@ class Broker:
                 self._drain_router(router, core)
             if self._wake_r in events:
                 self._drain_jobs(core)
+            if self._key_service is not None and self._key_service in events:
+                self._serve_keys(self._key_service)
             self._execute(core.tick(time.monotonic(), wall_ms()))
         self._execute(core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
@@ -174,21 +300,62 @@ class Broker:
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
         for _ in range(BATCH):
             try:
-                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                first = router.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            # The outermost per-message boundary: whatever one request does, the loop
-            # logs it and goes on serving the others.
+            # Frame by frame, never more than REQUEST_PARTS kept: libzmq bounds the size
+            # of a frame, not their number, and a message of millions of empty frames
+            # must not become millions of Python objects (docs/PROTOCOL.md §9).
+            parts = [first]
+            while parts[-1].more:
+                if len(parts) == REQUEST_PARTS:
+                    self._refuse_long(router, parts)
+                    break
+                parts.append(router.recv(copy=False))
+            else:
+                self._serve(core, parts)
+
+    def _refuse_long(self, router: zmq.Socket[Any], parts: list[zmq.Frame]) -> None:
+        """Discard the rest of a message with more frames than a request has (only the
+        count is kept) and answer 400, echoing its request id."""
+        count = len(parts)
+        frame = parts[-1]
+        while frame.more:
+            frame = router.recv(copy=False)
+            count += 1
+        request_id = parts[2].bytes[:MAX_REQUEST_ID_BYTES] or b"?"
+        log.info("refused a message of %d frames from %s", count - 1, parts[0].bytes.hex())
+        self._execute([ToPeer(parts[0].bytes, encode_reply(request_id, Error(
+            status=int(Status.BAD_REQUEST),
+            reason=f"a request has 4 frames, got {count - 1}")))])
+
+    def _serve(self, core: BrokerCore, parts: list[zmq.Frame]) -> None:
+        """Hand one request (routing id + frames) to the core and carry out its actions.
+        The outermost per-message boundary: whatever one request does, the loop logs it
+        and goes on serving the others."""
+        try:
+            routing_id = parts[0].bytes
+            frames = [f.bytes for f in parts[1:]]
+            address = ""
+            if len(frames) > 2 and frames[2] in _ADDRESS_TYPES:
+                address = _peer_address(parts[-1])
+            self._execute(core.handle(routing_id, frames, time.monotonic(), wall_ms(),
+                                      address))
+        except Exception:
+            log.exception("unexpected error serving one request; still serving")
+
+    def _serve_keys(self, service: zmq.Socket[Any]) -> None:
+        """Answer up to BATCH key requests (docs/PROTOCOL.md §16.3); junk is ignored."""
+        assert self.keys is not None
+        for _ in range(BATCH):
             try:
-                routing_id = parts[0].bytes
-                frames = [f.bytes for f in parts[1:]]
-                address = ""
-                if len(frames) > 2 and frames[2] in _ADDRESS_TYPES:
-                    address = _peer_address(parts[-1])
-                self._execute(core.handle(routing_id, frames, time.monotonic(), wall_ms(),
-                                          address))
-            except Exception:
-                log.exception("unexpected error serving one request; still serving")
+                frames = service.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reply = k.key_service_reply(frames, self.keys.public)
+            if reply is not None:
+                with contextlib.suppress(zmq.ZMQError):  # peer gone or queue full
+                    service.send_multipart(reply, zmq.NOBLOCK)
 
     def _drain_jobs(self, core: BrokerCore) -> None:
         try:

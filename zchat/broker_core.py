@@ -18,21 +18,23 @@ Time comes in as two arguments: ``now_s`` (monotonic seconds, for heartbeats) an
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import secrets
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from zchat import protocol as p
+from zchat.admin import CheckedAccount, NewAccountRow, check_batch, check_password
 from zchat.config import BrokerConfig
 from zchat.errors import ProtocolError, RateLimited, Status, StorageError
 from zchat.names import BIDI_CONTROLS, name_key, normalize_name, skeleton, validate_text
 from zchat.passwords import hash_password, match_token, token_sha256, verify_password
 from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, TokenBucket, address_key
-from zchat.store import SessionRow, Store
+from zchat.store import BanRow, SessionRow, Store
 
 log = logging.getLogger("zchat.broker")
 
@@ -40,6 +42,21 @@ DEFAULT_ROOM = "lobby"
 #: Password jobs in flight at once (docs/PROTOCOL.md §9); beyond it LOGIN/REGISTER get 503
 #: so that a flood of logins cannot queue unbounded work.
 MAX_PENDING_JOBS = 1024
+#: How often ``tick`` deletes lapsed bans and mutes from the store, in seconds: they stop
+#: applying at their expiry anyway (checked at use); the purge only tidies the table.
+BAN_PURGE_INTERVAL_S = 60.0
+#: Ranks for moderation (docs/PROTOCOL.md §17.1): an actor may act only on someone of a
+#: lower rank in the room.
+RANKS = {"member": 0, "moderator": 1, "owner": 2, "admin": 3}
+
+
+def _until(until_ms: int | None) -> str:
+    """When a ban or mute ends, for people: ``until lifted`` or ``until 2024-06-01 12:00
+    UTC`` (minutes rounded up, so that the time shown is never early)."""
+    if until_ms is None:
+        return "until lifted"
+    when = dt.datetime.fromtimestamp(math.ceil(until_ms / 60_000) * 60, dt.UTC)
+    return f"until {when:%Y-%m-%d %H:%M} UTC"
 
 
 def _seconds(ms: int) -> str:
@@ -108,6 +125,10 @@ class _Job:
     address: str
     password_hash: str = ""      # register: filled by the job's result
     bot: bool = False            # register: the account is a bot
+    #: The admin (display name) who started a create_accounts or admin_password job.
+    actor: str = ""
+    #: create_accounts: the checked accounts (zchat.admin.CheckedAccount), in order.
+    batch: tuple[Any, ...] = ()
 
 
 class BrokerCore:
@@ -145,6 +166,14 @@ class BrokerCore:
         self.creators: dict[str, str] = {k: c for k, (c, _s) in settings.items()}
         self.slow_mode: dict[str, int] = {k: s for k, (_c, s) in settings.items()}
         self._last_post: dict[str, dict[str, float]] = {}
+        # Moderation (docs/PROTOCOL.md §17): room roles ("owner"/"moderator"; members have
+        # none) and the private and locked rooms. Bans and mutes are read from the store
+        # at use, so that `zchat admin` lifting one in the database takes effect at once.
+        self.roles: dict[str, dict[str, str]] = store.roles()
+        flags = store.room_flags()
+        self.private: set[str] = {k for k, (priv, _lk) in flags.items() if priv}
+        self.locked: set[str] = {k for k, (_priv, lk) in flags.items() if lk}
+        self._next_purge_s: float | None = None
         #: SHA-256 of each live session's token -> its routing id (RESUME, §6.27).
         self._by_token: dict[str, bytes] = {}
         #: Sessions kept in the store from before this start, resumable until
@@ -163,6 +192,13 @@ class BrokerCore:
             p.AckDirect: self._ack_dm, p.CreateToken: self._create_token,
             p.ListTokens: self._list_tokens, p.RevokeToken: self._revoke_token,
             p.Resume: self._resume, p.SetSlowMode: self._set_slow_mode,
+            p.Kick: self._kick, p.Ban: self._ban, p.Unban: self._unban, p.Mute: self._mute,
+            p.Unmute: self._unmute, p.Invite: self._invite, p.SetRole: self._set_role,
+            p.SetRoom: self._set_room, p.DeleteMessage: self._delete_message,
+            p.ListBans: self._list_bans, p.ReadAudit: self._read_audit,
+            p.ListUsers: self._list_users, p.CreateAccounts: self._create_accounts,
+            p.AdminSetPassword: self._admin_set_password, p.SetDisabled: self._set_disabled,
+            p.SetPassword: self._set_password,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -204,6 +240,8 @@ class BrokerCore:
                 raise result
             if job.kind == "register":
                 return self._finish_register(job, str(result), now_ms)
+            if job.kind in ("create_accounts", "admin_password", "set_password"):
+                return self._finish_operator_job(job, result, now_ms)
             return self._finish_login(job, bool(result), now_s, now_ms)
         except ProtocolError as exc:
             return [self._error(job.routing_id, job.request_id, exc.status, exc.reason)]
@@ -221,6 +259,14 @@ class BrokerCore:
         self._expire_restored(now_s)
         if self._login_buckets is not None:
             self._login_buckets.prune(now_s)
+        if self._next_purge_s is None or now_s >= self._next_purge_s:
+            self._next_purge_s = now_s + BAN_PURGE_INTERVAL_S
+            try:
+                for ban in self.store.purge_expired_bans(now_ms):
+                    log.info("%s of %s in %s lapsed", ban.kind, ban.account_key,
+                             ban.room_key or "the server")
+            except StorageError as exc:  # they no longer apply anyway; purged next time
+                log.error("could not purge lapsed bans: %s", exc.reason)
         timeout = self.config.heartbeat_timeout_s
         for session in list(self.sessions.values()):  # snapshot: eviction mutates
             if now_s - session.last_seen_s > timeout:
@@ -237,20 +283,22 @@ class BrokerCore:
         return self._next_tick_s
 
     def shutdown(self, now_ms: int, text: str = "broker shutting down") -> list[Action]:
-        """The broker is stopping (docs/PROTOCOL.md §6.29): publish GOING_AWAY on
-        TOPIC_BROKER first, answer every LOGIN/REGISTER still hashing with 503, then end
-        every session in memory, publishing offline presence for each account that had one
-        (after a restart nobody is online until they RESUME or LOGIN, so observers keep a
-        true picture). The sessions stay in the store, resumable for ``resume_grace_s``
-        after the next start."""
-        actions: list[Action] = [ToTopic(p.encode_event(
-            p.TOPIC_BROKER, p.GoingAway(text=text, time=now_ms)))]
+        """The broker is stopping (docs/PROTOCOL.md §6.29): answer every LOGIN/REGISTER
+        still hashing with 503, end every session in memory, publishing offline presence
+        for each account that had one (after a restart nobody is online until they RESUME
+        or LOGIN, so observers keep a true picture), and publish GOING_AWAY on TOPIC_BROKER
+        last: a client closes its sockets when it hears GOING_AWAY, so the presence
+        events must go before it. The sessions stay in the store, resumable for
+        ``resume_grace_s`` after the next start."""
+        actions: list[Action] = []
         for job in list(self._jobs.values()):
             actions.append(self._error(job.routing_id, job.request_id, Status.UNAVAILABLE,
                                        "the broker is shutting down; retry when it is back"))
         self._jobs.clear()
         for session in list(self.sessions.values()):
             actions += self._end_session(session, now_ms, forget=False)
+        actions.append(ToTopic(p.encode_event(p.TOPIC_BROKER,
+                                              p.GoingAway(text=text, time=now_ms))))
         return actions
 
     def _expire_restored(self, now_s: float) -> None:
@@ -410,7 +458,7 @@ class BrokerCore:
         there less than ``slow_mode[key]`` seconds ago. Broker admins and the room's
         creator are exempt (docs/PROTOCOL.md §6.28)."""
         account = session.account_key
-        if account in self.admins or account == self.creators.get(key):
+        if self._is_mod(key, account):
             return
         last = self._last_post.get(key, {}).get(account)
         if last is None:
@@ -434,11 +482,7 @@ class BrokerCore:
             max_text_bytes=cfg.max_text_bytes))]
 
     def _check_password(self, password: str) -> None:
-        if not password:
-            raise ProtocolError(Status.INVALID, "password must not be empty")
-        if len(password) > p.MAX_PASSWORD_CHARS:
-            raise ProtocolError(Status.TOO_LARGE,
-                                f"password longer than {p.MAX_PASSWORD_CHARS} characters")
+        check_password(password)  # shared with `zchat admin` (zchat.admin)
 
     def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
                   now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -468,7 +512,7 @@ class BrokerCore:
                  job.address or "?")
         joined = p.UserJoined(room=self.rooms[lobby], name=job.name, time=now_ms)
         return [self._ok(job.routing_id, job.request_id, p.Registered(name=job.name)),
-                ToTopic(p.encode_event(p.room_topic(lobby), joined))]
+                *self._room_event(lobby, joined)]
 
     def _login(self, rid: bytes, req_id: bytes, req: p.Login, session: Session | None,
                now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -515,6 +559,7 @@ class BrokerCore:
         if existing is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
                                 f"{existing.name}; LOGOUT first")
+        self._check_may_log_in(job.key, now_ms)  # after the password: no account probing
         self._check_capacity()  # again: sessions may have filled up while hashing
         # Store first: if it fails (503) the connection must not be left half logged in.
         rooms, pending = self._login_state(job.key)
@@ -535,7 +580,8 @@ class BrokerCore:
                                               tuple[p.DirectMessage, ...]]:
         """The LOGIN/RESUME reply's rooms (with last_seq and topic) and pending DMs."""
         rooms = tuple(p.RoomState(room=r.name, last_seq=r.last_seq, topic=r.topic,
-                                  slow_mode_s=self.slow_mode.get(r.key, 0))
+                                  slow_mode_s=self.slow_mode.get(r.key, 0),
+                                  private=r.key in self.private, locked=r.key in self.locked)
                       for r in self.store.rooms_of(key))
         pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
                                         to=d.recipient, text=d.text)
@@ -575,6 +621,7 @@ class BrokerCore:
         old_rid = self._by_token.get(token_hash)
         if old_rid is not None:
             live = self.sessions[old_rid]
+            self._check_may_log_in(live.account_key, now_ms)
             rooms, pending = self._login_state(live.account_key)
             del self.sessions[old_rid]
             account = self.accounts[live.account_key]
@@ -594,6 +641,7 @@ class BrokerCore:
         if row is None:
             raise ProtocolError(Status.UNAUTHORIZED, "unknown or expired session; LOGIN "
                                 "again")
+        self._check_may_log_in(row.account_key, now_ms)
         rooms, pending = self._login_state(row.account_key)
         del self._restored[token_hash]
         account = self.accounts[row.account_key]
@@ -616,20 +664,46 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         name = normalize_name(req.room, "room name")
         key = name_key(name)
-        room, created, joined = self.store.join_room(key, name, skeleton(name),
-                                                     session.account_key, now_ms)
+        me = session.account_key
+        invited = False
+        if me not in self.members.get(key, ()):
+            # docs/PROTOCOL.md §15: joining costs a token of the sending bucket, and an
+            # account is in at most MAX_ROOMS_PER_ACCOUNT rooms, so that a JOIN flood
+            # cannot grow the rooms (and every PONG, which lists them) without bound.
+            if self.config.send_rate_per_s > 0:
+                self._limit_send(session, now_s)
+            if len(self.rooms_of.get(me, ())) >= p.MAX_ROOMS_PER_ACCOUNT:
+                raise ProtocolError(Status.FORBIDDEN, f"you are in {p.MAX_ROOMS_PER_ACCOUNT}"
+                                    " rooms, the most an account may be in; PART one first")
+        if key in self.rooms and me not in self.members.get(key, ()):
+            # docs/PROTOCOL.md §17: a ban keeps out; a private room needs an invitation
+            self._check_not_banned(key, me, now_ms)
+            if key in self.private and me not in self.admins:
+                invited = self.store.has_invite(key, me)
+                if not invited:
+                    raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} is "
+                                        "invite-only: ask one of its moderators to invite you")
+        with self.store.transaction():
+            room, created, joined = self.store.join_room(key, name, skeleton(name), me,
+                                                         now_ms, private=req.private)
+            if invited:
+                self.store.take_invite(key, me)
         self.rooms[key] = room.name
         self.last_seq.setdefault(key, room.last_seq)
         self.topics.setdefault(key, room.topic)
         if created:
-            self.creators[key] = session.account_key
-        self._add_member(key, session.account_key)
+            self.creators[key] = me
+            self.roles[key] = {me: "owner"}
+            if req.private:
+                self.private.add(key)
+        self._add_member(key, me)
         actions: list[Action] = [self._ok(rid, req_id, p.RoomJoined(
             room=room.name, last_seq=room.last_seq, created=created, topic=room.topic,
-            slow_mode_s=self.slow_mode.get(key, 0)))]
+            slow_mode_s=self.slow_mode.get(key, 0), private=key in self.private,
+            locked=key in self.locked))]
         if joined:
-            actions.append(ToTopic(p.encode_event(p.room_topic(key), p.UserJoined(
-                room=room.name, name=session.name, time=now_ms))))
+            actions += self._room_event(key, p.UserJoined(room=room.name, name=session.name,
+                                                          time=now_ms))
         return actions
 
     def _part(self, rid: bytes, req_id: bytes, req: p.Part, session: Session,
@@ -637,19 +711,24 @@ class BrokerCore:
         key = self._room_key(req.room)
         if not self.store.leave_room(key, session.account_key):
             raise ProtocolError(Status.FORBIDDEN, f"you are not in {self.rooms[key]!r}")
+        left = p.UserLeft(room=self.rooms[key], name=session.name, time=now_ms)
+        actions: list[Action] = [self._ok(rid, req_id, p.Ok()),
+                                 *self._room_event(key, left, (session.account_key,))]
         self.members[key].discard(session.account_key)
         self.rooms_of.get(session.account_key, set()).discard(key)
         self._last_post.get(key, {}).pop(session.account_key, None)
-        return [self._ok(rid, req_id, p.Ok()),
-                ToTopic(p.encode_event(p.room_topic(key), p.UserLeft(
-                    room=self.rooms[key], name=session.name, time=now_ms)))]
+        return actions
 
     def _list_rooms(self, rid: bytes, req_id: bytes, req: p.ListRooms, session: Session,
                     now_s: float, now_ms: int, address: str) -> list[Action]:
+        me = session.account_key
         rooms = tuple(p.RoomInfo(room=r.name, members=r.members, last_seq=r.last_seq,
-                                 joined=session.account_key in self.members.get(r.key, ()),
-                                 topic=r.topic, slow_mode_s=self.slow_mode.get(r.key, 0))
-                      for r in self.store.list_rooms())
+                                 joined=me in self.members.get(r.key, ()),
+                                 topic=r.topic, slow_mode_s=self.slow_mode.get(r.key, 0),
+                                 private=r.key in self.private, locked=r.key in self.locked)
+                      for r in self.store.list_rooms()
+                      if r.key not in self.private or me in self.admins
+                      or me in self.members.get(r.key, ()))
         return [self._ok(rid, req_id, p.RoomList(rooms=rooms))]
 
     def _send(self, rid: bytes, req_id: bytes, req: p.Send, session: Session,
@@ -664,6 +743,7 @@ class BrokerCore:
             raise ProtocolError(Status.BAD_REQUEST,
                                 f"cmid longer than {p.MAX_CMID_CHARS} characters")
         text = validate_text(req.text, self.config.max_text_bytes)
+        self._check_may_post(key, session, now_ms)
         if self.slow_mode.get(key):
             self._check_slow_mode(key, session, now_s)
         posted = self.store.post_message(key, session.name, req.kind, text, req.cmid, now_ms)
@@ -679,7 +759,7 @@ class BrokerCore:
             log.debug("message %s#%d from %s: %r", self.rooms[key], seq, session.name, text)
         event = p.MessagePosted(room=self.rooms[key], seq=seq, time=now_ms,
                                 sender=session.name, text=text, kind=req.kind)
-        return [ToTopic(p.encode_event(p.room_topic(key), event)),
+        return [*self._room_event(key, event),
                 self._ok(rid, req_id, p.Sent(room=self.rooms[key], seq=seq, time=now_ms))]
 
     def _dm(self, rid: bytes, req_id: bytes, req: p.SendDirect, session: Session,
@@ -688,6 +768,10 @@ class BrokerCore:
             self._limit_send(session, now_s)
         to_key = self._account_key(req.to)
         text = validate_text(req.text, self.config.max_text_bytes)
+        muted = self.store.active_ban("mute", "", session.account_key, now_ms)
+        if muted is not None:
+            raise ProtocolError(Status.FORBIDDEN, "you are muted on this server "
+                                f"{_until(muted.until_ms)}")
         recipient = self.accounts[to_key]
         live = bool(recipient.sessions - {rid})  # a DM to oneself is not live to oneself
         if len(req.cmid) > p.MAX_CMID_CHARS:
@@ -728,17 +812,21 @@ class BrokerCore:
             if bound is not None and bound < 0:
                 raise ProtocolError(Status.BAD_REQUEST, "sequence bounds must be >= 0")
         key = self._room_key(req.room)
+        self._check_may_read(key, session)
         rows = self.store.history(key, req.before, req.after, req.limit)
         messages = tuple(p.MessagePosted(room=r.room, seq=r.seq, time=r.time_ms,
-                                         sender=r.sender, text=r.text,
-                                         kind="action" if r.kind == "action" else "text")
+                                         sender=r.sender, text="" if r.deleted_by else r.text,
+                                         kind="action" if r.kind == "action" else "text",
+                                         deleted_by=r.deleted_by)
                          for r in rows)
         return [self._ok(rid, req_id, p.HistoryPage(room=self.rooms[key], messages=messages))]
 
     def _who(self, rid: bytes, req_id: bytes, req: p.Who, session: Session,
              now_s: float, now_ms: int, address: str) -> list[Action]:
         if req.room is not None:
-            keys = sorted(self.members[self._room_key(req.room)])
+            room_key = self._room_key(req.room)
+            self._check_may_read(room_key, session)
+            keys = sorted(self.members[room_key])
         else:
             keys = sorted(k for k, a in self.accounts.items() if a.presence != "offline")
         users = tuple(p.UserPresence(name=self.accounts[k].name,
@@ -763,28 +851,36 @@ class BrokerCore:
         if session is None:
             return [self._ok(rid, req_id, p.Pong(time=now_ms, session=""))]
         rooms = tuple(p.RoomState(room=self.rooms[k], last_seq=self.last_seq[k],
-                                  topic=self.topics[k], slow_mode_s=self.slow_mode.get(k, 0))
+                                  topic=self.topics[k], slow_mode_s=self.slow_mode.get(k, 0),
+                                  private=k in self.private, locked=k in self.locked)
                       for k in sorted(self.rooms_of.get(session.account_key, ())))
         return [self._ok(rid, req_id, p.Pong(time=now_ms, rooms=rooms,
                                              session=session.token))]
 
     def _set_topic(self, rid: bytes, req_id: bytes, req: p.SetTopic, session: Session,
                    now_s: float, now_ms: int, address: str) -> list[Action]:
-        """SET_TOPIC (docs/PROTOCOL.md §6.22): any member may set it (moderation later).
-        Committed, then published on the room topic (only when it changed), then OK."""
+        """SET_TOPIC (docs/PROTOCOL.md §6.22, §17.1): any member may set it, except in a
+        locked room, where only its moderators (and admins) may. Committed (with an audit
+        entry when a moderator set it), then published on the room topic (only when it
+        changed), then OK."""
         key = self._room_key(req.room)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
+        if key in self.locked:
+            self._require_mod(key, session, "set the topic while it is locked")
         topic = self._check_topic(req.topic)
         ok = self._ok(rid, req_id, p.Ok())
         if self.topics.get(key) == topic:
             return [ok]
-        self.store.set_topic(key, topic)
+        with self.store.transaction():
+            self.store.set_topic(key, topic)
+            if self._rank(key, session.account_key) > 0:
+                self._audit(now_ms, session, "topic", key, detail=topic)
         self.topics[key] = topic
         log.info("topic of %s set by %s", self.rooms[key], session.name)
         event = p.TopicChanged(room=self.rooms[key], topic=topic, by=session.name, time=now_ms)
-        return [ToTopic(p.encode_event(p.room_topic(key), event)), ok]
+        return [*self._room_event(key, event), ok]
 
     def _set_slow_mode(self, rid: bytes, req_id: bytes, req: p.SetSlowMode, session: Session,
                        now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -801,21 +897,23 @@ class BrokerCore:
         if not 0 <= req.seconds <= p.MAX_SLOW_MODE_S:
             raise ProtocolError(Status.BAD_REQUEST,
                                 f"seconds must be 0 to {p.MAX_SLOW_MODE_S}")
-        if session.account_key not in self.admins and \
-                session.account_key != self.creators.get(key):
-            raise ProtocolError(Status.FORBIDDEN, "only the room's creator or a broker admin "
-                                f"may set the slow mode of {self.rooms[key]!r}")
+        if not self._is_mod(key, session.account_key):
+            raise ProtocolError(Status.FORBIDDEN, "only the room's moderators, its creator "
+                                f"or a broker admin may set the slow mode of "
+                                f"{self.rooms[key]!r}")
         ok = self._ok(rid, req_id, p.Ok())
         if self.slow_mode.get(key, 0) == req.seconds:
             return [ok]
-        self.store.set_slow_mode(key, req.seconds)
+        with self.store.transaction():
+            self.store.set_slow_mode(key, req.seconds)
+            self._audit(now_ms, session, "slow_mode", key, detail=f"{req.seconds} s")
         self.slow_mode[key] = req.seconds
         self._last_post.pop(key, None)  # a new setting starts everyone afresh
         log.info("slow mode of %s set to %d s by %s", self.rooms[key], req.seconds,
                  session.name)
         event = p.SlowModeChanged(room=self.rooms[key], seconds=req.seconds, by=session.name,
                                   time=now_ms)
-        return [ToTopic(p.encode_event(p.room_topic(key), event)), ok]
+        return [*self._room_event(key, event), ok]
 
     def _list_sessions(self, rid: bytes, req_id: bytes, req: p.ListSessions, session: Session,
                        now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -868,4 +966,577 @@ class BrokerCore:
         for token_hash in kept:
             del self._restored[token_hash]
         self.store.delete_sessions(kept)
+        return actions
+
+    # -- roles and moderation (docs/PROTOCOL.md §17, §6.30-§6.41) ------------------------
+
+    def _room_event(self, key: str, event: p.Message,
+                    also: Iterable[str] = ()) -> list[Action]:
+        """Carry a room event: published on ``room/<key>/`` for a public room; for a
+        private room pushed over the ROUTER to every session of every member (and of the
+        accounts in ``also``, e.g. one being removed), never on PUB (§17.2)."""
+        if key not in self.private:
+            return [ToTopic(p.encode_event(p.room_topic(key), event))]
+        push = p.encode_push(event)
+        targets: set[bytes] = set()
+        for account_key in self.members.get(key, set()) | set(also):
+            account = self.accounts.get(account_key)
+            if account is not None:
+                targets |= account.sessions
+        return [ToPeer(t, push) for t in sorted(targets)]
+
+    def _rank(self, key: str, account_key: str) -> int:
+        """The account's rank in room ``key`` (RANKS): admin, owner, moderator, member."""
+        if account_key in self.admins:
+            return RANKS["admin"]
+        return RANKS.get(self.roles.get(key, {}).get(account_key, "member"), 0)
+
+    def _is_mod(self, key: str, account_key: str) -> bool:
+        """A moderator, the owner, or a broker admin (who moderates every room)."""
+        return self._rank(key, account_key) >= RANKS["moderator"]
+
+    def _role_name(self, key: str, account_key: str) -> str:
+        if account_key in self.admins:
+            return "a broker admin"
+        role = self.roles.get(key, {}).get(account_key, "member")
+        return f"the room's {role}" if role == "owner" else f"a {role}"
+
+    def _require_mod(self, key: str, session: Session, what: str) -> None:
+        """Raise ProtocolError 403 unless the session's account moderates room ``key``."""
+        if not self._is_mod(key, session.account_key):
+            raise ProtocolError(Status.FORBIDDEN, f"only moderators of #{self.rooms[key]} "
+                                f"may {what}")
+
+    def _require_admin(self, session: Session, what: str) -> None:
+        if session.account_key not in self.admins:
+            raise ProtocolError(Status.FORBIDDEN, f"only broker admins may {what}")
+
+    def _check_outranks(self, key: str, session: Session, target_key: str,
+                        what: str) -> None:
+        """Raise 403 unless the actor's rank in the room is above the target's (nobody
+        acts on themselves, a moderator on another moderator, or anyone on an admin)."""
+        if target_key == session.account_key:
+            raise ProtocolError(Status.FORBIDDEN, f"you cannot {what} yourself")
+        if self._rank(key, target_key) >= self._rank(key, session.account_key):
+            raise ProtocolError(Status.FORBIDDEN, f"you cannot {what} "
+                                f"{self.accounts[target_key].name}: they are "
+                                f"{self._role_name(key, target_key)}")
+
+    def _check_not_banned(self, key: str, account_key: str, now_ms: int) -> None:
+        ban = self.store.active_ban("ban", key, account_key, now_ms)
+        if ban is not None:
+            raise ProtocolError(Status.FORBIDDEN, f"you are banned from #{self.rooms[key]} "
+                                f"{_until(ban.until_ms)}"
+                                + (f": {ban.reason}" if ban.reason else ""))
+
+    def _check_may_log_in(self, account_key: str, now_ms: int) -> None:
+        """LOGIN and RESUME (§17.3): raise 403 for a disabled account or a server-wide
+        ban in force."""
+        if self.store.is_disabled(account_key):
+            raise ProtocolError(Status.FORBIDDEN, "account disabled; ask a broker admin")
+        ban = self.store.active_ban("ban", "", account_key, now_ms)
+        if ban is not None:
+            raise ProtocolError(Status.FORBIDDEN, f"you are banned from this server "
+                                f"{_until(ban.until_ms)}"
+                                + (f": {ban.reason}" if ban.reason else ""))
+
+    def _check_may_post(self, key: str, session: Session, now_ms: int) -> None:
+        """SEND (§17.1): raise 403 when the account is muted in the room or server-wide,
+        or the room is locked and the account does not moderate it."""
+        for room_key in (key, ""):
+            mute = self.store.active_ban("mute", room_key, session.account_key, now_ms)
+            if mute is not None:
+                where = f"in #{self.rooms[key]}" if room_key else "on this server"
+                raise ProtocolError(Status.FORBIDDEN, f"you are muted {where} "
+                                    f"{_until(mute.until_ms)}")
+        if key in self.locked and not self._is_mod(key, session.account_key):
+            raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} is locked: only its "
+                                "moderators may post")
+
+    def _check_may_read(self, key: str, session: Session) -> None:
+        """HISTORY and WHO of a private room: members and admins only (403)."""
+        if key in self.private and session.account_key not in self.members.get(key, ()) \
+                and session.account_key not in self.admins:
+            raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} is private: only its "
+                                "members may read it")
+
+    def _audit(self, now_ms: int, session: Session, action: str, key: str = "",
+               target: str = "", detail: str = "") -> None:
+        """Append an audit-log entry (§17.4) with the actor's and the room's names."""
+        self.store.append_audit(now_ms, session.name, action,
+                                self.rooms[key] if key else "", target, detail)
+
+    def _place(self, raw: str) -> str:
+        """Room key of a BAN/MUTE/UNBAN/UNMUTE ``room``: "" (server-wide) stays ""."""
+        return self._room_key(raw) if raw else ""
+
+    def _duration(self, seconds: int, now_ms: int) -> int | None:
+        """``until_ms`` of a ban or mute of ``seconds`` (0: None, no expiry). 400 outside
+        0..MAX_BAN_S."""
+        if not 0 <= seconds <= p.MAX_BAN_S:
+            raise ProtocolError(Status.BAD_REQUEST, f"duration_s must be 0 to {p.MAX_BAN_S}")
+        return now_ms + seconds * 1000 if seconds else None
+
+    def _remove_member(self, key: str, account_key: str, by: Session, reason: str,
+                       ban: bool, now_ms: int) -> list[Action]:
+        """Take ``account_key`` out of room ``key`` (its membership is already deleted in
+        the store): LEFT with ``by`` and ``reason`` goes to the room and to them."""
+        left = p.UserLeft(room=self.rooms[key], name=self.accounts[account_key].name,
+                          time=now_ms, by=by.name, reason=reason, ban=ban)
+        actions = self._room_event(key, left, (account_key,))
+        self.members[key].discard(account_key)
+        self.rooms_of.get(account_key, set()).discard(key)
+        self._last_post.get(key, {}).pop(account_key, None)
+        return actions
+
+    def end_account_sessions(self, account_key: str, now_ms: int) -> list[Action]:
+        """End every session of the account, live or kept for RESUME, as eviction does
+        (nothing is sent to them; their next request gets 401 and a new LOGIN is refused
+        while they are banned or disabled). For a server-wide ban; `zchat admin` may use
+        it when it disables an account."""
+        actions: list[Action] = []
+        for other in list(self.sessions.values()):  # snapshot: _end_session mutates
+            if other.account_key == account_key:
+                actions += self._end_session(other, now_ms)
+        kept = [h for h, row in self._restored.items() if row.account_key == account_key]
+        for token_hash in kept:
+            del self._restored[token_hash]
+        self.store.delete_sessions(kept)
+        return actions
+
+    def _kick(self, rid: bytes, req_id: bytes, req: p.Kick, session: Session,
+              now_s: float, now_ms: int, address: str) -> list[Action]:
+        """KICK (§6.30): a moderator removes a member of lower rank; LEFT with ``by`` and
+        ``reason``. 404 room/account/not a member, 403 not allowed, 413/422 reason."""
+        key = self._room_key(req.room)
+        self._require_mod(key, session, "kick")
+        target = self._account_key(req.name)
+        reason = self._check_away_text(req.reason, "reason")
+        if target not in self.members[key]:
+            raise ProtocolError(Status.NOT_FOUND,
+                                f"{self.accounts[target].name} is not in #{self.rooms[key]}")
+        self._check_outranks(key, session, target, "kick")
+        with self.store.transaction():
+            self.store.leave_room(key, target)
+            self._audit(now_ms, session, "kick", key, self.accounts[target].name, reason)
+        log.info("%s kicked %s from %s", session.name, self.accounts[target].name,
+                 self.rooms[key])
+        return [self._ok(rid, req_id, p.Ok()),
+                *self._remove_member(key, target, session, reason, False, now_ms)]
+
+    def _ban(self, rid: bytes, req_id: bytes, req: p.Ban, session: Session,
+             now_s: float, now_ms: int, address: str) -> list[Action]:
+        """BAN (§6.31): in a room (moderators; the member is removed, LEFT with ``ban``)
+        or server-wide (``room`` "", admins; every session of theirs ends)."""
+        key = self._place(req.room)
+        if key:
+            self._require_mod(key, session, "ban")
+        else:
+            self._require_admin(session, "ban from the whole server")
+        target = self._account_key(req.name)
+        reason = self._check_away_text(req.reason, "reason")
+        until = self._duration(req.duration_s, now_ms)
+        self._check_outranks(key, session, target, "ban")
+        name = self.accounts[target].name
+        member = bool(key) and target in self.members[key]
+        with self.store.transaction():
+            self.store.add_ban("ban", key, target, session.account_key, reason, now_ms, until)
+            if member:
+                self.store.leave_room(key, target)
+            if key:
+                self.store.take_invite(key, target)
+            self._audit(now_ms, session, "ban", key, name,
+                        _until(until) + (f"; {reason}" if reason else ""))
+        log.info("%s banned %s from %s %s", session.name, name,
+                 self.rooms[key] if key else "the server", _until(until))
+        actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
+        if member:
+            actions += self._remove_member(key, target, session, reason, True, now_ms)
+        if not key:
+            actions += self.end_account_sessions(target, now_ms)
+        return actions
+
+    def _lift(self, kind: str, raw_room: str, raw_name: str, session: Session,
+              now_ms: int) -> None:
+        key = self._place(raw_room)
+        verb = "unban" if kind == "ban" else "unmute"
+        if key:
+            self._require_mod(key, session, verb)
+        else:
+            self._require_admin(session, f"{verb} server-wide")
+        target = self._account_key(raw_name)
+        name = self.accounts[target].name
+        with self.store.transaction():
+            if not self.store.lift_ban(kind, key, target):
+                where = f"in #{self.rooms[key]}" if key else "server-wide"
+                raise ProtocolError(Status.NOT_FOUND, f"{name} is not "
+                                    f"{'banned' if kind == 'ban' else 'muted'} {where}")
+            self._audit(now_ms, session, verb, key, name)
+
+    def _unban(self, rid: bytes, req_id: bytes, req: p.Unban, session: Session,
+               now_s: float, now_ms: int, address: str) -> list[Action]:
+        """UNBAN (§6.32): lift a ban (moderators of the room; admins server-wide)."""
+        self._lift("ban", req.room, req.name, session, now_ms)
+        return [self._ok(rid, req_id, p.Ok())]
+
+    def _mute(self, rid: bytes, req_id: bytes, req: p.Mute, session: Session,
+              now_s: float, now_ms: int, address: str) -> list[Action]:
+        """MUTE (§6.33): forbid posting in a room (moderators) or anywhere, DMs included
+        (``room`` "", admins)."""
+        key = self._place(req.room)
+        if key:
+            self._require_mod(key, session, "mute")
+        else:
+            self._require_admin(session, "mute server-wide")
+        target = self._account_key(req.name)
+        reason = self._check_away_text(req.reason, "reason")
+        until = self._duration(req.duration_s, now_ms)
+        self._check_outranks(key, session, target, "mute")
+        name = self.accounts[target].name
+        with self.store.transaction():
+            self.store.add_ban("mute", key, target, session.account_key, reason, now_ms,
+                               until)
+            self._audit(now_ms, session, "mute", key, name,
+                        _until(until) + (f"; {reason}" if reason else ""))
+        return [self._ok(rid, req_id, p.Ok())]
+
+    def _unmute(self, rid: bytes, req_id: bytes, req: p.Unmute, session: Session,
+                now_s: float, now_ms: int, address: str) -> list[Action]:
+        """UNMUTE (§6.34)."""
+        self._lift("mute", req.room, req.name, session, now_ms)
+        return [self._ok(rid, req_id, p.Ok())]
+
+    def _invite(self, rid: bytes, req_id: bytes, req: p.Invite, session: Session,
+                now_s: float, now_ms: int, address: str) -> list[Action]:
+        """INVITE (§6.35): a moderator lets an account JOIN a private room once; INVITED
+        is pushed to the invitee's sessions. 409 already a member, 403 banned there."""
+        key = self._room_key(req.room)
+        self._require_mod(key, session, "invite")
+        target = self._account_key(req.name)
+        name = self.accounts[target].name
+        if target in self.members[key]:
+            raise ProtocolError(Status.CONFLICT, f"{name} is in #{self.rooms[key]} already")
+        if self.store.active_ban("ban", key, target, now_ms) is not None:
+            raise ProtocolError(Status.FORBIDDEN, f"{name} is banned from "
+                                f"#{self.rooms[key]}; UNBAN first")
+        with self.store.transaction():
+            self.store.add_invite(key, target, session.account_key, now_ms)
+            self._audit(now_ms, session, "invite", key, name)
+        push = p.encode_push(p.Invited(room=self.rooms[key], by=session.name, time=now_ms))
+        return [self._ok(rid, req_id, p.Ok()),
+                *(ToPeer(t, push) for t in sorted(self.accounts[target].sessions))]
+
+    def _set_role(self, rid: bytes, req_id: bytes, req: p.SetRole, session: Session,
+                  now_s: float, now_ms: int, address: str) -> list[Action]:
+        """SET_ROLE (§6.36): the owner or an admin makes a member a moderator or a plain
+        member again; ROLE event when it changed. 403 not allowed or the owner's role."""
+        key = self._room_key(req.room)
+        if self._rank(key, session.account_key) < RANKS["owner"]:
+            raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]} "
+                                "or a broker admin may appoint moderators")
+        target = self._account_key(req.name)
+        name = self.accounts[target].name
+        if target not in self.members[key]:
+            raise ProtocolError(Status.NOT_FOUND, f"{name} is not in #{self.rooms[key]}")
+        current = self.roles.get(key, {}).get(target, "member")
+        if current == "owner":
+            raise ProtocolError(Status.FORBIDDEN, f"{name} owns #{self.rooms[key]}; the "
+                                "owner's role cannot be changed")
+        ok = self._ok(rid, req_id, p.Ok())
+        if current == req.role:
+            return [ok]
+        with self.store.transaction():
+            self.store.set_role(key, target, "moderator" if req.role == "moderator" else "")
+            self._audit(now_ms, session, "role", key, name, req.role)
+        if req.role == "moderator":
+            self.roles.setdefault(key, {})[target] = "moderator"
+        else:
+            self.roles.get(key, {}).pop(target, None)
+        event = p.RoleChanged(room=self.rooms[key], name=name, role=req.role, by=session.name,
+                              time=now_ms)
+        return [ok, *self._room_event(key, event)]
+
+    def _set_room(self, rid: bytes, req_id: bytes, req: p.SetRoom, session: Session,
+                  now_s: float, now_ms: int, address: str) -> list[Action]:
+        """SET_ROOM (§6.37): ``locked`` by moderators, ``private`` by the owner or an
+        admin; ROOM_MODE event when a mode changed (carried by the new mode: a room made
+        private is announced to its members only). 400 neither given."""
+        key = self._room_key(req.room)
+        if req.private is None and req.locked is None:
+            raise ProtocolError(Status.BAD_REQUEST, "give private or locked (or both)")
+        if req.locked is not None:
+            self._require_mod(key, session, "lock or unlock it")
+        if req.private is not None and self._rank(key, session.account_key) < RANKS["owner"]:
+            raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]} or "
+                                "a broker admin may make it private or public")
+        private = key in self.private if req.private is None else req.private
+        locked = key in self.locked if req.locked is None else req.locked
+        ok = self._ok(rid, req_id, p.Ok())
+        if (private, locked) == (key in self.private, key in self.locked):
+            return [ok]
+        changes = []
+        if private != (key in self.private):
+            changes.append(f"private {'on' if private else 'off'}")
+        if locked != (key in self.locked):
+            changes.append(f"locked {'on' if locked else 'off'}")
+        with self.store.transaction():
+            self.store.set_room_flags(key, private=private, locked=locked)
+            self._audit(now_ms, session, "room_mode", key, detail=", ".join(changes))
+        for flag, on in ((self.private, private), (self.locked, locked)):
+            if on:
+                flag.add(key)
+            else:
+                flag.discard(key)
+        log.info("%s set %s of %s", session.name, ", ".join(changes), self.rooms[key])
+        event = p.RoomModeChanged(room=self.rooms[key], private=private, locked=locked,
+                                  by=session.name, time=now_ms)
+        return [ok, *self._room_event(key, event)]
+
+    def _delete_message(self, rid: bytes, req_id: bytes, req: p.DeleteMessage,
+                        session: Session, now_s: float, now_ms: int,
+                        address: str) -> list[Action]:
+        """DELETE_MESSAGE (§6.38): a moderator, or the sender (being a member), deletes a
+        message; its row keeps the text for the audit, HISTORY shows it with text "" and
+        ``deleted_by``, MESSAGE_DELETED is carried to the room. 404 no such message, 409
+        deleted already, 403 not allowed."""
+        key = self._room_key(req.room)
+        row = self.store.message(key, req.seq)
+        if row is None:
+            raise ProtocolError(Status.NOT_FOUND, f"no message #{req.seq} in "
+                                f"#{self.rooms[key]}")
+        own = name_key(row.sender) == session.account_key and \
+            session.account_key in self.members[key]
+        if not own:
+            self._require_mod(key, session, "delete other people's messages")
+        with self.store.transaction():
+            self.store.delete_message(key, req.seq, session.name)
+            self._audit(now_ms, session, "delete", key, row.sender,
+                        f"#{req.seq}: {row.text}")
+        event = p.MessageDeleted(room=self.rooms[key], seq=req.seq, by=session.name,
+                                 time=now_ms)
+        return [self._ok(rid, req_id, p.Ok()), *self._room_event(key, event)]
+
+    def _ban_info(self, ban: BanRow) -> p.BanInfo:
+        by = self.accounts.get(ban.by_key)
+        return p.BanInfo(kind="mute" if ban.kind == "mute" else "ban",
+                         room=self.rooms.get(ban.room_key, ban.room_key),
+                         name=self.accounts[ban.account_key].name
+                         if ban.account_key in self.accounts else ban.account_key,
+                         by=by.name if by else ban.by_key, reason=ban.reason,
+                         created=ban.created_ms, until=ban.until_ms)
+
+    def _list_bans(self, rid: bytes, req_id: bytes, req: p.ListBans, session: Session,
+                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        """BANS (§6.40): a room's bans and mutes in force (its moderators), or the
+        server-wide ones (``room`` "") or all (None) (admins)."""
+        if req.room:
+            key: str | None = self._room_key(req.room)
+            assert key is not None
+            self._require_mod(key, session, "list its bans")
+        else:
+            self._require_admin(session, "list server-wide bans")
+            key = None if req.room is None else ""
+        bans = tuple(self._ban_info(b) for b in self.store.list_bans(now_ms, key))
+        return [self._ok(rid, req_id, p.BanList(bans=bans))]
+
+    def _read_audit(self, rid: bytes, req_id: bytes, req: p.ReadAudit, session: Session,
+                    now_s: float, now_ms: int, address: str) -> list[Action]:
+        """AUDIT (§6.41): the audit log, newest first; admins read all of it, a room's
+        owner that room's entries. 400 limit outside 1..MAX_AUDIT_LIMIT."""
+        if not 1 <= req.limit <= p.MAX_AUDIT_LIMIT:
+            raise ProtocolError(Status.BAD_REQUEST, f"limit must be 1 to {p.MAX_AUDIT_LIMIT}")
+        room = None
+        if req.room is not None:
+            key = self._room_key(req.room)
+            if self._rank(key, session.account_key) < RANKS["owner"]:
+                raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]}"
+                                    " or a broker admin may read its audit log")
+            room = self.rooms[key]
+        else:
+            self._require_admin(session, "read the whole audit log")
+        rows = self.store.audit_log(room=room, actor=req.actor or None,
+                                    target=req.target or None, action=req.action or None,
+                                    before_id=req.before, limit=req.limit)
+        entries = tuple(p.AuditEntry(id=r.id, time=r.time_ms, actor=r.actor, action=r.action,
+                                     room=r.room, target=r.target, detail=r.detail)
+                        for r in rows)
+        return [self._ok(rid, req_id, p.AuditList(entries=entries))]
+
+    # -- operator tools (docs/PROTOCOL.md §6.42-§6.46, docs/admin.md) -----------------------
+
+    def _list_users(self, rid: bytes, req_id: bytes, req: p.ListUsers, session: Session,
+                    now_s: float, now_ms: int, address: str) -> list[Action]:
+        """USERS (§6.42): every account with bot, disabled, created and live sessions.
+        Admins only (403)."""
+        self._require_admin(session, "list accounts")
+        users = tuple(p.AccountInfo(name=a.name, bot=a.bot, disabled=a.disabled,
+                                    created=a.created_ms,
+                                    online=bool(self._live_sessions(a.key)),
+                                    sessions=len(self._live_sessions(a.key)))
+                      for a in self.store.list_accounts())
+        return [self._ok(rid, req_id, p.UserList(users=users))]
+
+    def _live_sessions(self, account_key: str) -> set[bytes]:
+        account = self.accounts.get(account_key)
+        return account.sessions if account is not None else set()
+
+    def _create_accounts(self, rid: bytes, req_id: bytes, req: p.CreateAccounts,
+                         session: Session, now_s: float, now_ms: int,
+                         address: str) -> list[Action]:
+        """CREATE_ACCOUNTS (§6.43): an admin creates 1..MAX_CREATE_ACCOUNTS accounts, all
+        or none, by REGISTER's rules (zchat.admin.check_batch): every bad account is
+        named in one 422 (409 when they are all taken names) and nothing is created. The
+        passwords are hashed off the loop in one Offload job; not rate-limited as logins
+        (the admin's session is authenticated already)."""
+        self._require_admin(session, "create accounts")
+        if not 1 <= len(req.accounts) <= p.MAX_CREATE_ACCOUNTS:
+            raise ProtocolError(Status.BAD_REQUEST, f"accounts must hold 1 to "
+                                f"{p.MAX_CREATE_ACCOUNTS} accounts")
+        rows = [NewAccountRow(i, a.name, a.password, a.bot)
+                for i, a in enumerate(req.accounts)]
+        good, bad = check_batch(rows, self._name_taken)
+        if bad:
+            status = Status.CONFLICT if all("taken" in b.problem for b in bad) \
+                else Status.INVALID
+            raise ProtocolError(status, f"{len(bad)} of {len(rows)} accounts refused, none "
+                                "created: " + "; ".join(f"accounts[{b.line}] {b.problem}"
+                                                       for b in bad))
+        cfg = self.config
+        passwords = [a.password for a in good]
+        return self._start_job(
+            _Job("create_accounts", rid, req_id, "", "", address, actor=session.name,
+                 batch=tuple(good)),
+            lambda: tuple(hash_password(pw, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+                          for pw in passwords))
+
+    def _name_taken(self, key: str, skel: str) -> bool:
+        return key in self.accounts or self.store.account_skeleton_taken(skel)
+
+    def _admin_set_password(self, rid: bytes, req_id: bytes, req: p.AdminSetPassword,
+                            session: Session, now_s: float, now_ms: int,
+                            address: str) -> list[Action]:
+        """ADMIN_SET_PASSWORD (§6.44): an admin gives an account a new password (hashed off
+        the loop); every session of the account, live or kept for RESUME, then ends.
+        403 not an admin, 404 no such account, 422/413 password."""
+        self._require_admin(session, "reset passwords")
+        key = self._account_key(req.name)
+        self._check_password(req.password)
+        cfg = self.config
+        password = req.password
+        return self._start_job(
+            _Job("admin_password", rid, req_id, key, self.accounts[key].name, address,
+                 actor=session.name),
+            lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
+
+    def _set_disabled(self, rid: bytes, req_id: bytes, req: p.SetDisabled,
+                      session: Session, now_s: float, now_ms: int,
+                      address: str) -> list[Action]:
+        """ADMIN_DISABLE (§6.45): an admin disables an account (LOGIN and RESUME then get
+        403; every session of it ends at once) or enables it again. Audited when it
+        changed; the same state again is an OK that changes nothing. 403 not an admin,
+        or disabling oneself or another admin; 404 no such account."""
+        self._require_admin(session, "disable or enable accounts")
+        key = self._account_key(req.name)
+        name = self.accounts[key].name
+        if req.disabled and key == session.account_key:
+            raise ProtocolError(Status.FORBIDDEN, "you cannot disable yourself")
+        if req.disabled and key in self.admins:
+            raise ProtocolError(Status.FORBIDDEN, f"{name} is a broker admin: remove them "
+                                "from [broker] admins first")
+        ok = self._ok(rid, req_id, p.Ok())
+        if self.store.is_disabled(key) == req.disabled:
+            return [ok]
+        with self.store.transaction():
+            self.store.set_disabled(key, req.disabled)
+            self._audit(now_ms, session, "disable" if req.disabled else "enable",
+                        target=name)
+        log.info("%s %s the account %s", session.name,
+                 "disabled" if req.disabled else "enabled", name)
+        if not req.disabled:
+            return [ok]
+        return [ok, *self.end_account_sessions(key, now_ms)]
+
+    def _set_password(self, rid: bytes, req_id: bytes, req: p.SetPassword, session: Session,
+                      now_s: float, now_ms: int, address: str) -> list[Action]:
+        """SET_PASSWORD (§6.46): the session's account changes its own password. Every
+        attempt takes a token from the address's login bucket (429), like LOGIN, so that
+        a stolen session cannot guess the password quickly; the old password is checked
+        and the new one hashed off the loop. On success the account's other sessions and
+        its sessions kept for RESUME end; this one goes on. 401 wrong old password,
+        422/413 new password."""
+        self._limit_login(rid, address, now_s, "password changes")
+        if not req.old or len(req.old) > p.MAX_PASSWORD_CHARS:
+            raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
+        self._check_password(req.new)
+        row = self.store.get_account(session.account_key)
+        if row is None:  # the in-memory index and the store disagree: not the peer's fault
+            raise ProtocolError(Status.NOT_FOUND, f"no account named {session.name!r}")
+        cfg = self.config
+        old, new, stored = req.old, req.new, row.password_hash
+
+        def work() -> str | None:
+            if not verify_password(old, stored):
+                return None
+            return hash_password(new, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+
+        return self._start_job(_Job("set_password", rid, req_id, session.account_key,
+                                    session.name, address, actor=session.name), work)
+
+    def _finish_operator_job(self, job: _Job, result: Any, now_ms: int) -> list[Action]:
+        """Complete CREATE_ACCOUNTS, ADMIN_SET_PASSWORD or SET_PASSWORD with the hashes."""
+        if job.kind == "create_accounts":
+            return self._finish_create_accounts(job, tuple(result), now_ms)
+        ok = self._ok(job.routing_id, job.request_id, p.Ok())
+        if job.kind == "admin_password":
+            if job.key not in self.accounts:
+                raise ProtocolError(Status.NOT_FOUND, f"no account named {job.name!r}")
+            with self.store.transaction():
+                self.store.set_password_hash(job.key, str(result))
+                self.store.append_audit(now_ms, job.actor, "reset_password", "", job.name)
+            log.info("%s reset the password of %s", job.actor, job.name)
+            return [ok, *self.end_account_sessions(job.key, now_ms)]
+        if result is None:
+            log.info("failed password change for %s from %s", job.name, job.address or "?")
+            raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
+        session = self.sessions.get(job.routing_id)
+        if session is None or session.account_key != job.key:
+            raise ProtocolError(Status.UNAUTHORIZED, "your session ended meanwhile; "
+                                "nothing changed")
+        with self.store.transaction():
+            self.store.set_password_hash(job.key, str(result))
+            self.store.append_audit(now_ms, job.name, "passwd", "", job.name)
+        log.info("%s changed their password", job.name)
+        actions: list[Action] = [ok]
+        for other in list(self.sessions.values()):  # snapshot: _end_session mutates
+            if other.account_key == job.key and other.routing_id != job.routing_id:
+                actions += self._end_session(other, now_ms)
+        kept = [h for h, row in self._restored.items() if row.account_key == job.key]
+        for token_hash in kept:
+            del self._restored[token_hash]
+        self.store.delete_sessions(kept)
+        return actions
+
+    def _finish_create_accounts(self, job: _Job, hashes: tuple[str, ...],
+                                now_ms: int) -> list[Action]:
+        accounts: tuple[CheckedAccount, ...] = job.batch
+        taken = [a.name for a in accounts if self._name_taken(a.key, a.skeleton)]
+        if taken:  # registered while hashing
+            raise ProtocolError(Status.CONFLICT, "taken meanwhile, none created: "
+                                + ", ".join(taken))
+        lobby = name_key(DEFAULT_ROOM)
+        with self.store.transaction():  # all or none (docs/PROTOCOL.md §6.43)
+            for account, password_hash in zip(accounts, hashes, strict=True):
+                self.store.create_account(account.key, account.name, account.skeleton,
+                                          password_hash, now_ms, bot=account.bot,
+                                          rooms=(lobby,))
+                self.store.append_audit(now_ms, job.actor, "create_account", "",
+                                        account.name, "bot" if account.bot else "")
+        actions: list[Action] = [self._ok(job.routing_id, job.request_id, p.AccountsCreated(
+            names=tuple(a.name for a in accounts)))]
+        for account in accounts:
+            self.accounts[account.key] = Account(account.name, bot=account.bot)
+            self._add_member(lobby, account.key)
+            actions += self._room_event(lobby, p.UserJoined(room=self.rooms[lobby],
+                                                            name=account.name, time=now_ms))
+        log.info("%s created %d accounts", job.actor, len(accounts))
         return actions

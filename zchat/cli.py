@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the broker's ROUTER endpoint (default tcp://127.0.0.1:5555)")
         sp.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up when the broker does not answer (default 5)")
+        sp.add_argument("--server-key", metavar="KEY",
+                        help="the broker's public key (40 characters, as 'zchat broker' "
+                             "prints it); default: the pinned one, else trust on first "
+                             "use (docs/security.md)")
         if needs_as:
             sp.add_argument("--as", dest="user", required=True, metavar="NAME",
                             help="the account to log in as")
@@ -86,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default tcp://127.0.0.1:5556)")
     b.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="logging level (default info; message bodies only at debug)")
+    b.add_argument("--print-key", action="store_true",
+                   help="print the broker's public key (creating its key pair in the "
+                        "data directory if needed) and exit")
 
     j = sub.add_parser("join", help="open the chat console",
                        description="Open the full-screen chat console as NAME: rooms, "
@@ -154,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("room", metavar="ROOM")
     sl.add_argument("seconds", type=_slow_seconds, metavar="SECONDS")
 
+    md = sub.add_parser("mod", help="moderate: kick, ban, mute, invite, op, lock, delete…",
+                        description="Moderation (docs/PROTOCOL.md §17). ROOM '*' means the "
+                                    "whole server (ban, unban, mute, unmute, bans, audit; "
+                                    "admins). ACTION and its ARG: kick NICK, ban NICK, "
+                                    "unban NICK, mute NICK, unmute NICK, invite NICK, "
+                                    "op NICK, deop NICK, lock, unlock, private on|off, "
+                                    "delete SEQ, bans, audit.")
+    client_opts(md)
+    md.add_argument("action", choices=MOD_ACTIONS, metavar="ACTION")
+    md.add_argument("room", metavar="ROOM")
+    md.add_argument("arg", nargs="?", default=None, metavar="ARG")
+    md.add_argument("--reason", default="", help="kick, ban, mute: shown to them")
+    md.add_argument("--duration", default="", metavar="D",
+                    help="ban, mute: e.g. 90s, 10m, 2h, 7d (default: until lifted)")
+    md.add_argument("--limit", type=int, default=p.DEFAULT_AUDIT_LIMIT,
+                    help="audit: entries to show, newest first")
+
     bt = sub.add_parser("bot", help="run a bot from a Python file",
                         description="Run the bot defined in FILE.py (a module-level `bot = "
                                     "Bot(...)` or a make_bot() function; docs/bots.md) "
@@ -197,7 +221,88 @@ def build_parser() -> argparse.ArgumentParser:
                          "exit 1 if not")
     rp.add_argument("--observer", default="replay-observer", metavar="NAME",
                     help="the observer's account with --verify (default replay-observer)")
+    _admin_parsers(sub, client_opts)
+
+    pw = sub.add_parser("passwd", help="change your password",
+                        description="Change the password of NAME: the current one from "
+                                    "$ZCHAT_PASSWORD or a prompt, the new one from "
+                                    "$ZCHAT_NEW_PASSWORD, --stdin or a prompt (twice). "
+                                    "Your other sessions end (docs/admin.md).")
+    client_opts(pw)
+    pw.add_argument("--stdin", action="store_true",
+                    help="read the new password from the first line of standard input")
     return parser
+
+
+def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
+    """``zchat admin ACTION``: operator tools, over the wire with ``--as`` (an account in
+    the broker's admins) or directly on the database (docs/admin.md)."""
+    ad = sub.add_parser("admin", help="operator tools: accounts, sessions, bans, audit log",
+                        description="Operator tools (docs/admin.md). With --as NAME (an "
+                                    "account in the broker's [broker] admins) they go over "
+                                    "the wire to the running broker; without it they work "
+                                    "on the database (--db FILE, else the broker's data "
+                                    "directory): create, reset-password, disable and "
+                                    "enable then need the broker stopped.")
+    ad_sub = ad.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+
+    def admin_opts(sp: argparse.ArgumentParser, json_out: bool = False) -> None:
+        client_opts(sp, needs_as=False)
+        sp.add_argument("--as", dest="user", metavar="NAME",
+                        help="go over the wire, logged in as this admin account")
+        sp.add_argument("--db", type=Path, metavar="FILE",
+                        help="work on this database file (default: the broker's data "
+                             "directory's zchat.db)")
+        sp.add_argument("--data-dir", metavar="DIR", help="the broker's data directory")
+        if json_out:
+            sp.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    admin_opts(ad_sub.add_parser("users", help="list accounts: bot, disabled, created, "
+                                               "online"), json_out=True)
+    admin_opts(ad_sub.add_parser("sessions", help="list sessions: address, login time, "
+                                                  "last seen"), json_out=True)
+    cr = ad_sub.add_parser("create", help="create accounts from a CSV file, all or none",
+                           description="Create the accounts of a CSV file (columns name,"
+                                       "password[,bot]; a header line is optional). An "
+                                       "empty password is generated and shown once. "
+                                       "Every row is checked first: one bad row and "
+                                       "nothing is created.")
+    admin_opts(cr)
+    cr.add_argument("--csv", type=Path, required=True, metavar="FILE")
+    cr.add_argument("--output", type=Path, metavar="FILE",
+                    help="write the generated passwords to this new file (mode 0600) "
+                         "instead of standard output")
+    rs = ad_sub.add_parser("reset-password", help="give an account a new password; its "
+                                                  "sessions end")
+    admin_opts(rs)
+    rs.add_argument("name", metavar="NAME")
+    how = rs.add_mutually_exclusive_group()
+    how.add_argument("--generate", action="store_true",
+                     help="generate the password and print it once")
+    how.add_argument("--stdin", action="store_true",
+                     help="read it from the first line of standard input")
+    for verb, text in (("disable", "disable an account (its sessions end at once)"),
+                       ("enable", "enable a disabled account again")):
+        sp = ad_sub.add_parser(verb, help=text)
+        admin_opts(sp)
+        sp.add_argument("name", metavar="NAME")
+    bn = ad_sub.add_parser("bans", help="list the bans and mutes in force")
+    admin_opts(bn, json_out=True)
+    bn.add_argument("--room", metavar="ROOM",
+                    help="only this room's ('*': only the server-wide ones)")
+    ub = ad_sub.add_parser("unban", help="lift a ban (or with --mute a mute)")
+    admin_opts(ub)
+    ub.add_argument("name", metavar="NAME")
+    ub.add_argument("--room", metavar="ROOM", help="the room (default: server-wide)")
+    ub.add_argument("--mute", action="store_true", help="lift a mute instead of a ban")
+    au = ad_sub.add_parser("audit", help="show the audit log, newest first")
+    admin_opts(au, json_out=True)
+    au.add_argument("--room", metavar="ROOM",
+                    help="only this room's entries ('*': only those of no room)")
+    au.add_argument("--actor", metavar="NAME", help="only this actor's entries")
+    au.add_argument("--limit", type=int, default=p.DEFAULT_AUDIT_LIMIT, metavar="N",
+                    help=f"how many (1-{p.MAX_AUDIT_LIMIT}, default "
+                         f"{p.DEFAULT_AUDIT_LIMIT})")
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -210,6 +315,8 @@ def _config(args: argparse.Namespace) -> Config:
         client = dataclasses.replace(client, server=args.server)
     if getattr(args, "timeout", None) is not None:
         client = dataclasses.replace(client, timeout_s=args.timeout)
+    if getattr(args, "server_key", None) is not None:
+        client = dataclasses.replace(client, server_key=args.server_key)
     broker = config.broker
     overrides = {k: getattr(args, a) for k, a in (("data_dir", "data_dir"),
                                                    ("router", "router"), ("pub", "pub"),
@@ -302,9 +409,7 @@ async def _session(config: Config, user: str | None,
     """Connect, log in as ``user`` (when given; see ``_login``), run ``body``, log out,
     close. With ``reconnect``, the client logs in again by itself after losing the broker,
     waiting at most ``[client] reconnect_max_s`` between attempts."""
-    async with Client(config.client.server, timeout_s=config.client.timeout_s,
-                      reconnect=reconnect,
-                      reconnect_max_s=config.client.reconnect_max_s) as client:
+    async with _client(config, reconnect) as client:
         if user is None:
             return await body(client)
         await _login(client, user, password_only)
@@ -316,6 +421,24 @@ async def _session(config: Config, user: str | None,
             if client.connected:
                 with contextlib.suppress(ZchatError, TimeoutError):
                     await asyncio.wait_for(client.logout(), LOGOUT_WAIT_S)
+
+
+def _client(config: Config, reconnect: bool) -> Client:
+    """A Client built from ``[client]`` (transport security per docs/security.md)."""
+    c = config.client
+    return _NoticeClient(c.server, timeout_s=c.timeout_s, reconnect=reconnect,
+                         reconnect_max_s=c.reconnect_max_s, encryption=c.encryption,
+                         server_key=c.server_key, key_server=c.key_server)
+
+
+class _NoticeClient(Client):
+    """A Client that tells stderr when its first connect pinned the broker's key."""
+
+    async def connect(self) -> p.InfoReply:
+        info = await super().connect()
+        if self.pinned is not None:
+            print(self.pinned.notice(), file=sys.stderr, flush=True)
+        return info
 
 
 def _run(main: Coroutine[Any, Any, int],
@@ -408,23 +531,49 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"cannot create the data directory {directory}: {exc}") from None
+    if args.print_key:
+        from zchat import keys
+
+        pair, _created = keys.load_or_create_broker_keys(directory)
+        print(pair.public.decode("ascii"))
+        return 0
     db_path = directory / DB_FILENAME
     lock = _lock_data_dir(directory)
     store = Store(db_path)
     broker = Broker(cfg, store)
     import zmq
 
+    from zchat.broker import TransportSecurityError, is_loopback
+
     try:
         broker.bind()
-    except zmq.ZMQError as exc:
+    except (zmq.ZMQError, ValueError) as exc:
+        what = f"{cfg.router} / {cfg.pub}" + (" / the key service" if broker.zap else "")
         broker.close()
-        raise CliError(f"cannot bind {cfg.router} / {cfg.pub}: {exc}") from None
+        raise CliError(f"cannot bind {what}: {exc}") from None
+    except TransportSecurityError:
+        broker.close()
+        raise
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: broker.stop())
     print(f"zchat broker {__version__}", flush=True)
     print(f"  router   {broker.router_endpoint}", flush=True)
     print(f"  pub      {broker.pub_endpoint}", flush=True)
     print(f"  database {db_path}", flush=True)
+    if broker.keys is not None and broker.zap is not None:
+        from zchat.keys import fingerprint
+
+        print(f"  key      {broker.key_endpoint}", flush=True)
+        print(f"  public key: {broker.keys.public.decode('ascii')}", flush=True)
+        print(f"  fingerprint {fingerprint(broker.keys.public)}"
+              f"{' (new key pair)' if broker.keys_created else ''}", flush=True)
+    else:
+        print(f"  encryption none{'' if cfg.encryption == 'none' else ' (not tcp)'}",
+              flush=True)
+        if cfg.encryption == "none" and not all(
+                is_loopback(e) for e in (cfg.router, cfg.pub) if e.startswith("tcp://")):
+            print("  WARNING: encryption is off on a network endpoint: passwords, tokens "
+                  "and messages cross it in clear text", flush=True)
     try:
         broker.run()
     finally:
@@ -465,11 +614,19 @@ def cmd_register(args: argparse.Namespace, config: Config) -> int:
     return _run(_session(config, None, body))
 
 
+def _tell_wait(req: p.Request, exc: RequestFailed, wait_s: float) -> None:
+    """Say on stderr why a command stalls: the broker asked to wait (rate limit, a room's
+    slow mode; docs/PROTOCOL.md §15). Waits under a second pass silently."""
+    if wait_s >= 1.0:
+        print(f"zchat: {exc.reason}; trying again in {wait_s:.0f} s", file=sys.stderr)
+
+
 def cmd_say(args: argparse.Namespace, config: Config) -> int:
     kind: p.MessageKind = "action" if args.me else "text"
     text = _utf8(args.text, "TEXT")
 
     async def body(client: Client) -> int:
+        client.on_rate_limited = _tell_wait
         await client.join(args.room)
         if text != "-":
             await client.send(args.room, text, kind)
@@ -572,6 +729,80 @@ def cmd_slow(args: argparse.Namespace, config: Config) -> int:
     return _run(_session(config, args.user, body))
 
 
+MOD_ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop", "lock",
+               "unlock", "private", "delete", "bans", "audit")
+_NEEDS_NICK = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop")
+
+
+def _fmt_ms(ms: int | None) -> str:
+    if ms is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cmd_mod(args: argparse.Namespace, config: Config) -> int:
+    """``zchat mod ACTION ROOM [ARG]`` (docs/cli.md): one moderation request; a refusal
+    (403 …) is printed by main as ``zchat: error: …`` with exit status 1."""
+    from zchat.console.commands import parse_duration
+
+    action, arg = args.action, args.arg
+    room = "" if args.room == "*" else args.room
+    if action in _NEEDS_NICK + ("private", "delete") and not arg:
+        print(f"zchat: error: mod {action} needs its ARG (see zchat mod --help)",
+              file=sys.stderr)
+        return 2
+    seconds = 0
+    if args.duration:
+        parsed = parse_duration(args.duration)
+        if parsed is None:
+            print(f"zchat: error: --duration must look like 90s, 10m, 2h or 7d, not "
+                  f"{args.duration!r}", file=sys.stderr)
+            return 2
+        seconds = parsed
+    if action == "delete" and not (arg or "").isdigit():
+        print("zchat: error: mod delete needs a message number (SEQ)", file=sys.stderr)
+        return 2
+    if action == "private" and arg not in ("on", "off"):
+        print("zchat: error: mod private takes on or off", file=sys.stderr)
+        return 2
+
+    async def body(client: Client) -> int:
+        assert arg is not None or action not in _NEEDS_NICK
+        nick = arg or ""
+        if action == "kick":
+            await client.kick(room, nick, args.reason)
+        elif action in ("ban", "mute"):
+            await getattr(client, action)(nick, room, args.reason, seconds)
+        elif action in ("unban", "unmute"):
+            await getattr(client, action)(nick, room)
+        elif action == "invite":
+            await client.invite(room, nick)
+        elif action in ("op", "deop"):
+            await client.set_role(room, nick, "moderator" if action == "op" else "member")
+        elif action in ("lock", "unlock"):
+            await client.set_room(room, locked=action == "lock")
+        elif action == "private":
+            await client.set_room(room, private=arg == "on")
+        elif action == "delete":
+            await client.delete_message(room, int(nick))
+        elif action == "bans":
+            for b in (await client.bans(room if args.room != "*" else None)).bans:
+                print(f"{b.kind}\t{'#' + b.room if b.room else '*'}\t{b.name}\tby {b.by}"
+                      f"\tuntil {_fmt_ms(b.until)}\t{b.reason}")
+            return 0
+        elif action == "audit":
+            reply = await client.audit(room or None, limit=args.limit)
+            for e in reply.entries:
+                print(f"{_fmt_ms(e.time)}\t{e.actor}\t{e.action}\t"
+                      f"{'#' + e.room if e.room else '*'}\t{e.target}\t{e.detail}")
+            return 0
+        print(f"{action} done" + (f": {nick}" if nick and action in _NEEDS_NICK else "")
+              + (f" in #{room}" if room else " server-wide"))
+        return 0
+
+    return _run(_session(config, args.user, body))
+
+
 def cmd_who(args: argparse.Namespace, config: Config) -> int:
     async def body(client: Client) -> int:
         if args.room:
@@ -653,6 +884,51 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     return _run(run())
 
 
+def cmd_admin(args: argparse.Namespace, config: Config) -> int:
+    """``zchat admin ACTION`` (docs/admin.md): over the wire with ``--as``, else on the
+    database file; the logic is zchat.admin's."""
+    from zchat import admin
+
+    if args.admin_command == "audit" and not 1 <= args.limit <= p.MAX_AUDIT_LIMIT:
+        raise CliError(f"--limit must be 1 to {p.MAX_AUDIT_LIMIT}")
+    if args.user is None:
+        return admin.run_direct(args, config)
+
+    async def body(client: Client) -> int:
+        return await admin.run_wire(args, client)
+
+    return _run(_session(config, args.user, body))
+
+
+def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
+    """``zchat passwd --as NAME``: log in with the current password, SET_PASSWORD
+    (docs/PROTOCOL.md §6.46), log out."""
+    from zchat import admin
+
+    old = os.environ.get(PASSWORD_ENV)
+    if not old:
+        if not _has_terminal():
+            raise CliError(f"no current password: set {PASSWORD_ENV} or run in a terminal")
+        try:
+            old = getpass.getpass("Current password: ")
+        except EOFError:
+            raise CliError("cancelled; nothing changed") from None
+    new, _generated = admin.new_password(args)
+
+    async def body(client: Client) -> int:
+        await client.login(args.user, old)
+        try:
+            await client.set_password(old, new)
+        finally:
+            with contextlib.suppress(ZchatError, TimeoutError):
+                await asyncio.wait_for(client.logout(), LOGOUT_WAIT_S)
+        print(f"password of {args.user} changed; your other sessions "
+              "were ended", file=sys.stderr)
+        return 0
+
+    return _run(_session(config, None, body))
+
+
 def _log_to_file() -> None:
     """Send the console's log records to $XDG_STATE_HOME/zchat/console.log (default
     ~/.local/state/zchat/console.log), or nowhere if that cannot be written: never to the
@@ -680,8 +956,7 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
     _log_to_file()  # a full-screen app must never get log lines printed over it
 
     async def run() -> int:
-        client = Client(config.client.server, timeout_s=config.client.timeout_s,
-                        reconnect=True, reconnect_max_s=config.client.reconnect_max_s)
+        client = _client(config, reconnect=True)
         try:
             await client.connect()
             session: PromptSession[str] = PromptSession()
@@ -732,8 +1007,10 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
     "tail": cmd_tail, "history": cmd_history, "who": cmd_who, "slow": cmd_slow,
+    "mod": cmd_mod,
     "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,
+    "admin": cmd_admin, "passwd": cmd_passwd,
 }
 
 

@@ -22,6 +22,13 @@ followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY even
 (§6.29) starts the reconnect at once. A refused LOGIN (password changed) ends it with a
 terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
 
+Transport security (docs/PROTOCOL.md §16): with ``encryption="curve"`` (the default) a
+tcp client is a CurveZMQ client with a fresh key pair per connection. The broker's public
+key comes from ``server_key``, else the pinned-keys file, else the broker's key service
+(trust on first use: then pinned, and ``pinned`` tells what was trusted). A broker whose
+key differs from the pinned or configured one raises BrokerKeyChanged before anything is
+sent; a broker that does not answer the handshake gives ConnectionFailed with a hint.
+
 Errors: every request raises RequestFailed(status, reason) when the broker answers ERROR,
 and ConnectionFailed when it does not answer within ``timeout_s`` (or the client is
 reconnecting, or its session ended).
@@ -38,14 +45,16 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
 
+from zchat import keys as k
 from zchat import protocol as p
 from zchat.errors import (
     ConnectionFailed,
@@ -90,6 +99,12 @@ RECONNECT_JITTER = 0.1
 #: client waits the reply's ``retry_after_ms`` (docs/PROTOCOL.md §4), then gives up
 #: with the last 429.
 RATE_LIMIT_TRIES = 10
+#: Tries in all for LOGIN and REGISTER: a crowd behind one address (a classroom) waits
+#: its turn at the login rate (docs/PROTOCOL.md §15.1), which takes longer than a send.
+LOGIN_RATE_LIMIT_TRIES = 40
+#: A 429's wait is stretched by a random factor of 1 to 1 + this, so that clients refused
+#: together do not all retry together.
+RATE_LIMIT_JITTER = 0.5
 #: Bounds on one such wait, in seconds: a 429 without ``retry_after_ms`` still waits a
 #: little, and a broker asking for an absurd wait cannot stall the client for long.
 RATE_LIMIT_MIN_WAIT_S = 0.05
@@ -140,7 +155,8 @@ class SessionEnded:
 
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
          | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
-         | ConnectionRestored | SessionEnded)
+         | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
+         | p.RoleChanged | p.Invited)
 
 
 def _new_cmid() -> str:
@@ -192,6 +208,15 @@ def pub_endpoint_for(server: str, advertised: str) -> str:
     return f"tcp://{host}:{adv.port}"
 
 
+def _curve_client(sock: zmq.Socket[Any], broker_key: bytes, public: bytes,
+                  secret: bytes) -> None:
+    """Make ``sock`` a CurveZMQ client of the broker with public key ``broker_key``
+    (Z85), using this connection's own key pair. Before ``connect()``."""
+    sock.setsockopt(zmq.CURVE_SERVERKEY, broker_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+
+
 def _async_context(context: zmq.Context[Any] | None) -> zmq.asyncio.Context:
     if isinstance(context, zmq.asyncio.Context):
         return context
@@ -223,13 +248,30 @@ class Client:
     between attempts (see the module docstring). ``state`` is "connected",
     "reconnecting" or "closed" (also before ``connect()``); ``rtt_s`` the last heartbeat
     round trip in seconds (None before the first).
+
+    Transport (docs/PROTOCOL.md §16, tcp servers only): ``encryption`` is "curve" or
+    "none"; ``server_key`` the broker's Z85 public key if known up front; ``key_server``
+    its key service endpoint ("" = the server's port + 2); ``known_brokers`` the
+    pinned-keys file (None = ``$XDG_CONFIG_HOME/zchat/known_brokers.toml``). After a
+    ``connect()`` that pinned a key by trust on first use, ``pinned`` says what.
     """
 
     def __init__(self, server: str, *, context: zmq.Context[Any] | None = None,
                  timeout_s: float = 5.0, reconnect: bool = False,
-                 reconnect_max_s: float = 30.0) -> None:
+                 reconnect_max_s: float = 30.0, encryption: str = "curve",
+                 server_key: str = "", key_server: str = "",
+                 known_brokers: Path | None = None) -> None:
         if reconnect_max_s <= 0:
             raise ValueError("reconnect_max_s must be > 0")
+        if encryption not in k.ENCRYPTION_MODES:
+            raise ValueError(f"encryption must be one of {k.ENCRYPTION_MODES}")
+        self.encryption = encryption
+        self.server_key = k.check_key(server_key, "server_key") if server_key else ""
+        self.key_server = key_server
+        self.known_brokers = known_brokers
+        self.pinned: k.Pinned | None = None
+        self._broker_key: str | None = None   # resolved at the first connect
+        self._key_source = ""                 # where it came from, for BrokerKeyChanged
         self.server = server
         self.timeout_s = timeout_s
         self.reconnect = reconnect
@@ -266,9 +308,14 @@ class Client:
         self._lost = False
         self._closed = False
         self._going_away = False       # GOING_AWAY heard: reconnect now, not at timeout
+        #: Called as ``on_rate_limited(request, error, wait_s)`` before each wait after a
+        #: 429 (rate limit, slow mode), e.g. to tell a person why nothing happens.
+        self.on_rate_limited: Callable[[p.Request, RequestFailed, float], None] | None = None
         #: Bound of the event queue (CLIENT_EVENT_QUEUE_MAX); room traffic waits for room.
         self.event_queue_max = CLIENT_EVENT_QUEUE_MAX
         self._space = asyncio.Event()  # set when the application takes an event
+        #: Pushed events of private rooms, from the DEALER reader to _read_room_pushes.
+        self._room_pushes: asyncio.Queue[p.Message] = asyncio.Queue()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -342,24 +389,102 @@ class Client:
     async def _open(self) -> p.InfoReply:
         """New DEALER and SUB (after INFO told the PUB endpoint), their readers started,
         every kept topic subscribed."""
+        broker_key = await self._resolve_broker_key()
+        client_public, client_secret = zmq.curve_keypair()  # this connection's own pair
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         self._dealer = dealer  # set at once, so that close() always finds it
+        if broker_key is not None:
+            _curve_client(dealer, broker_key, client_public, client_secret)
         dealer.connect(self.server)
         self._spawn(self._read_dealer(dealer), "zchat-dealer")
-        info: p.InfoReply = await self.request(p.Info())
+        self._spawn(self._read_room_pushes(), "zchat-room-pushes")
+        try:
+            info: p.InfoReply = await self.request(p.Info())
+        except ConnectionFailed as exc:
+            raise await self._explain_silence(exc, broker_key) from None
         self.info = info
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
         self._sub = sub
-        sub.connect(pub_endpoint_for(self.server, info.pub))
+        pub = pub_endpoint_for(self.server, info.pub)
+        if broker_key is not None and k.is_tcp(pub):
+            _curve_client(sub, broker_key, client_public, client_secret)
+        sub.connect(pub)
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_TICK)
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_BROKER)
         for topic in sorted(self._topics):
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._spawn(self._read_sub(sub), "zchat-sub")
         return info
+
+    def _known_brokers_path(self) -> Path:
+        return self.known_brokers or k.default_known_brokers_path()
+
+    def _key_service(self) -> str:
+        return self.key_server or k.key_endpoint_for(self.server)
+
+    async def _resolve_broker_key(self) -> bytes | None:
+        """The broker's public key (Z85 bytes) for a CURVE connection, or None when the
+        connection is plain ("none", or not tcp). In order: ``server_key``; the pin for
+        ``server`` in the pinned-keys file; else fetched from the key service and pinned
+        (trust on first use; ``self.pinned`` is set). Resolved once, reused by
+        reconnects. Raises KeyFileError (unreadable pinned-keys file), ConnectionFailed
+        (the key service does not answer), BadKey, ValueError (no key service port)."""
+        if self.encryption != "curve" or not k.is_tcp(self.server):
+            return None
+        if self._broker_key is None:
+            path = self._known_brokers_path()
+            if self.server_key:
+                self._broker_key = self.server_key
+                self._key_source = "the server_key setting ([client] server_key or " \
+                                   "--server-key)"
+            elif (pinned := k.load_known_brokers(path).get(self.server)) is not None:
+                self._broker_key = pinned
+                line = k.pinned_line(path, self.server)
+                self._key_source = f"{path}" + (f", line {line}" if line else "")
+            else:
+                key = await k.fetch_broker_key(self.context, self._key_service(),
+                                               self.timeout_s)
+                k.pin_broker_key(path, self.server, key)
+                self.pinned = k.Pinned(self.server, key, path)
+                log.info("pinned the public key of %s (%s) in %s", self.server,
+                            k.fingerprint(key), path)
+                self._broker_key = key
+                line = k.pinned_line(path, self.server)
+                self._key_source = f"{path}" + (f", line {line}" if line else "")
+        return self._broker_key.encode("ascii")
+
+    async def _explain_silence(self, exc: ConnectionFailed,
+                               broker_key: bytes | None) -> ZchatError:
+        """The error for an INFO that got no answer: BrokerKeyChanged when the key service
+        now offers another key than the one used; else ``exc`` with a hint about the
+        transport settings on tcp."""
+        if not k.is_tcp(self.server):
+            return exc
+        if broker_key is None:
+            return ConnectionFailed(f"{exc}; the broker may require encryption: check "
+                                    f"[client] encryption (\"none\" here) and server_key")
+        try:
+            offered = await k.fetch_broker_key(self.context, self._key_service(),
+                                               min(self.timeout_s, 2.0))
+        except (ConnectionFailed, k.BadKey):
+            offered = None
+        expected = broker_key.decode("ascii")
+        if offered is not None and offered != expected:
+            if self.server_key:
+                remedy = ("If the new key is right, change [client] server_key or "
+                          "--server-key; otherwise ask the broker's operator.")
+            else:
+                remedy = (f"If the new key is right, delete the line for {self.server} "
+                          f"in {self._known_brokers_path()} and connect again to pin "
+                          f"the new one.")
+            return k.BrokerKeyChanged(self.server, expected, offered, self._key_source,
+                                      remedy)
+        return ConnectionFailed(f"{exc}; the broker may not use encryption or the "
+                                f"handshake failed: check [client] encryption (\"curve\" "
+                                f"here) and server_key")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         # A fresh context: a reader started by the reconnect machinery must not inherit
@@ -488,12 +613,14 @@ class Client:
         await self.request(p.Logout(text=text))
         self._state = _State()
 
-    async def join(self, room: str) -> p.RoomJoined:
-        """Join (creating if needed) and follow ``room`` from its current last message."""
+    async def join(self, room: str, *, private: bool = False) -> p.RoomJoined:
+        """Join (creating if needed; ``private`` creates it invite-only) and follow
+        ``room`` from its current last message. Raises RequestFailed 403 when banned from
+        it, or it is private and there is no invitation (docs/PROTOCOL.md §17.2)."""
         self._check_usable()
         key = name_key(room)
         self._subscribe(p.room_topic(key))  # before JOIN: no seam gap
-        reply: p.RoomJoined = await self.request(p.Join(room=room))
+        reply: p.RoomJoined = await self.request(p.Join(room=room, private=private))
         tracker = self._state.rooms.get(key)
         if tracker is None or not tracker.wanted:
             self._follow(reply.room, reply.last_seq, reply.topic)
@@ -520,6 +647,64 @@ class Client:
         a member), 413 (over MAX_TOPIC_CHARS), 422 (a control character or line break)."""
         await self.request(p.SetTopic(room=room, topic=topic))
         self._state.topics[name_key(room)] = topic
+
+    # -- moderation (docs/PROTOCOL.md §17, §6.30-§6.41) ------------------------------------
+    # Each raises RequestFailed 403 when the account may not (the reason names the rule),
+    # 404 for an unknown room, account, message or ban, as the sections say.
+
+    async def kick(self, room: str, name: str, reason: str = "") -> None:
+        """Remove ``name`` from ``room`` (moderators; §6.30)."""
+        await self.request(p.Kick(room=room, name=name, reason=reason))
+
+    async def ban(self, name: str, room: str = "", reason: str = "",
+                  duration_s: int = 0) -> None:
+        """Ban ``name`` from ``room`` ("" = the server, admins only) for ``duration_s``
+        seconds (0 = until lifted) (§6.31)."""
+        await self.request(p.Ban(name=name, room=room, reason=reason, duration_s=duration_s))
+
+    async def unban(self, name: str, room: str = "") -> None:
+        """Lift a ban (§6.32)."""
+        await self.request(p.Unban(name=name, room=room))
+
+    async def mute(self, name: str, room: str = "", reason: str = "",
+                   duration_s: int = 0) -> None:
+        """Forbid ``name`` to post in ``room`` ("" = everywhere, admins only) (§6.33)."""
+        await self.request(p.Mute(name=name, room=room, reason=reason, duration_s=duration_s))
+
+    async def unmute(self, name: str, room: str = "") -> None:
+        """Lift a mute (§6.34)."""
+        await self.request(p.Unmute(name=name, room=room))
+
+    async def invite(self, room: str, name: str) -> None:
+        """Invite ``name`` to ``room`` (moderators; §6.35)."""
+        await self.request(p.Invite(room=room, name=name))
+
+    async def set_role(self, room: str, name: str, role: str) -> None:
+        """Make ``name`` a "moderator" or a "member" of ``room`` (owner, admins; §6.36)."""
+        await self.request(p.SetRole(room=room, name=name, role=role))  # type: ignore[arg-type]
+
+    async def set_room(self, room: str, *, private: bool | None = None,
+                       locked: bool | None = None) -> None:
+        """Set ``room``'s private and/or locked mode (§6.37)."""
+        await self.request(p.SetRoom(room=room, private=private, locked=locked))
+
+    async def delete_message(self, room: str, seq: int) -> None:
+        """Delete message ``seq`` of ``room`` (moderators, or its sender; §6.38)."""
+        await self.request(p.DeleteMessage(room=room, seq=seq))
+
+    async def bans(self, room: str | None = None) -> p.BanList:
+        """Bans and mutes in force: of ``room``, server-wide (""), or all (None) (§6.40)."""
+        reply: p.BanList = await self.request(p.ListBans(room=room))
+        return reply
+
+    async def audit(self, room: str | None = None, *, actor: str = "", target: str = "",
+                    action: str = "", before: int | None = None,
+                    limit: int = p.DEFAULT_AUDIT_LIMIT) -> p.AuditList:
+        """Audit-log entries, newest first (admins; a room's owner for it) (§6.41)."""
+        reply: p.AuditList = await self.request(p.ReadAudit(
+            room=room, actor=actor, target=target, action=action, before=before,
+            limit=limit))
+        return reply
 
     async def list_rooms(self) -> p.RoomList:
         reply: p.RoomList = await self.request(p.ListRooms())
@@ -602,16 +787,24 @@ class Client:
         (within RATE_LIMIT_MIN_WAIT_S..RATE_LIMIT_MAX_WAIT_S) and trying again, at most
         ``tries`` times in all; then the last 429 is raised. Safe to repeat: a
         refused request changed nothing (docs/PROTOCOL.md §6.16)."""
+        if isinstance(req, p.Login | p.Register) and tries == RATE_LIMIT_TRIES:
+            tries = LOGIN_RATE_LIMIT_TRIES
         for attempt in range(1, tries + 1):
             try:
                 return await self.request(req)
             except RequestFailed as exc:
                 if exc.status != Status.TOO_MANY_REQUESTS or attempt == tries:
                     raise
-                wait_s = min(max(exc.retry_after_ms / 1000, RATE_LIMIT_MIN_WAIT_S),
+                # Jitter: every client refused together is told about the same wait, and
+                # would all come back at once to take one token between them (a tester's
+                # 45 logins from one address: 6 gave up).
+                wait_s = min(max(exc.retry_after_ms / 1000, RATE_LIMIT_MIN_WAIT_S)
+                             * self._rng.uniform(1.0, 1.0 + RATE_LIMIT_JITTER),
                              RATE_LIMIT_MAX_WAIT_S)
                 log.info("%s rate-limited (try %d); retrying in %.2f s", req.TYPE, attempt,
                          wait_s)
+                if self.on_rate_limited is not None:
+                    self.on_rate_limited(req, exc, wait_s)
                 await asyncio.sleep(wait_s)
         raise AssertionError("unreachable")  # the loop returns or raises
 
@@ -668,6 +861,39 @@ class Client:
     async def sessions(self) -> p.SessionList:
         reply: p.SessionList = await self.request(p.ListSessions())
         return reply
+
+    # -- operator tools (docs/PROTOCOL.md §6.42-§6.46, docs/admin.md) -----------------------
+
+    async def users(self) -> p.UserList:
+        """Every account with its state (admins only: RequestFailed 403 otherwise)."""
+        reply: p.UserList = await self.request(p.ListUsers())
+        return reply
+
+    async def create_accounts(self, accounts: tuple[p.NewAccount, ...],
+                              timeout_s: float | None = None) -> p.AccountsCreated:
+        """Create ``accounts`` all or none (admins; §6.43). Raises RequestFailed 422 (or
+        409) naming every refused account, 403 not an admin. The broker hashes every
+        password first: give ``timeout_s`` room for it (about a tenth of a second an
+        account with the default scrypt cost)."""
+        reply: p.AccountsCreated = await self.request(p.CreateAccounts(accounts=accounts),
+                                                      timeout_s)
+        return reply
+
+    async def admin_set_password(self, name: str, password: str) -> None:
+        """Give ``name`` a new password, ending all its sessions (admins; §6.44)."""
+        await self.request(p.AdminSetPassword(name=name, password=password))
+
+    async def set_disabled(self, name: str, disabled: bool = True) -> None:
+        """Disable (ending its sessions) or enable the account ``name`` (admins; §6.45)."""
+        await self.request(p.SetDisabled(name=name, disabled=disabled))
+
+    async def set_password(self, old: str, new: str) -> None:
+        """Change this account's password (§6.46); its other sessions end, this one goes
+        on. Raises RequestFailed 401 (wrong old password; counted by the login rate
+        limit), 429 (too many attempts), 422/413 (new password)."""
+        await self.request(p.SetPassword(old=old, new=new))
+        if self._credentials is not None and self._credentials[1]:
+            self._credentials = (self._credentials[0], new, self._credentials[2])
 
     # -- incoming ----------------------------------------------------------------------------
 
@@ -795,6 +1021,21 @@ class Client:
                     fut.set_result(value)
             elif isinstance(value, p.DirectMessage):
                 self._queue_dm(value)
+            elif isinstance(value, p.Invited):
+                self._events.put_nowait(value)
+            else:
+                # A private room's event (docs/PROTOCOL.md §6.39). Handled by another task:
+                # its gap repair sends HISTORY, whose reply this reader must be free to read.
+                self._room_pushes.put_nowait(value)
+
+    async def _read_room_pushes(self) -> None:
+        """Hand a private room's pushed events to ``_on_event``, as if from PUB."""
+        while True:
+            event = await self._room_pushes.get()
+            try:
+                await self._on_event(event)
+            except ZchatError as exc:  # a gap's HISTORY failed: the next PONG repairs it
+                log.info("could not fill a gap now (the next heartbeat retries): %s", exc)
 
     async def _read_sub(self, sub: zmq.asyncio.Socket) -> None:
         while True:
@@ -808,7 +1049,7 @@ class Client:
             try:
                 await self._on_event(event)
             except ZchatError as exc:  # a gap's HISTORY failed: the next PONG repairs it
-                log.warning("could not fill a gap now: %s", exc)
+                log.info("could not fill a gap now (the next heartbeat retries): %s", exc)
 
     async def _on_event(self, event: p.Message) -> None:
         if isinstance(event, p.GoingAway):
@@ -816,7 +1057,8 @@ class Client:
         elif isinstance(event, p.MessagePosted):
             await self._on_room_message(event)
         elif isinstance(event, p.UserJoined | p.UserLeft | p.TopicChanged
-                        | p.SlowModeChanged):
+                        | p.SlowModeChanged | p.MessageDeleted | p.RoomModeChanged
+                        | p.RoleChanged):
             key = name_key(event.room)
             tracker = self._state.rooms.get(key)
             if tracker is not None and tracker.wanted:
@@ -824,6 +1066,11 @@ class Client:
                     self._state.topics[key] = event.topic
                 await self._room_for_events()
                 self._events.put_nowait(event)
+                if isinstance(event, p.UserLeft) and event.by and self._state.name \
+                        and name_key(event.name) == name_key(self._state.name):
+                    # kicked or banned (docs/PROTOCOL.md §6.19): stop following the room
+                    tracker.wanted = False
+                    self._unsubscribe(p.room_topic(key))
         elif isinstance(event, p.PresenceChanged):
             await self._room_for_events()
             self._events.put_nowait(event)
@@ -968,7 +1215,7 @@ class Client:
             token = _INTERNAL.set(True)
             try:
                 await self._restore()
-            except _LoginRefused as exc:
+            except (_LoginRefused, k.BrokerKeyChanged) as exc:
                 await self._close_sockets("session ended")
                 self._end(str(exc))
                 return False
@@ -1060,7 +1307,9 @@ class SyncClient:
 
     def __init__(self, server: str, *, context: zmq.Context[Any] | None = None,
                  timeout_s: float = 5.0, reconnect: bool = False,
-                 reconnect_max_s: float = 30.0) -> None:
+                 reconnect_max_s: float = 30.0, **transport: Any) -> None:
+        """``transport``: Client's ``encryption``, ``server_key``, ``key_server`` and
+        ``known_brokers``."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="zchat-client",
                                         daemon=True)
@@ -1069,7 +1318,7 @@ class SyncClient:
 
         async def make() -> Client:
             return Client(server, context=context, timeout_s=timeout_s, reconnect=reconnect,
-                          reconnect_max_s=reconnect_max_s)
+                          reconnect_max_s=reconnect_max_s, **transport)
 
         self.client = self._run(make())
         try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zchat.errors import ZchatError
+from zchat.keys import ENCRYPTION_MODES, BadKey, check_key
 
 #: The file's name inside the zchat config directory.
 CONFIG_FILE_NAME = "zchat.toml"
@@ -71,6 +72,15 @@ class ConfigError(ZchatError):
         self.key = key
 
 
+#: Bounds of a rate setting other than 0 (off), in tokens a second: below one an hour
+#: a wait would run to hours (and ``retry_after_ms`` past any sane integer); above a
+#: million the limit means nothing.
+MIN_RATE_PER_S = 1 / 3600
+MAX_RATE_PER_S = 1_000_000.0
+#: Upper bound of burst and session-count settings.
+MAX_COUNT_SETTING = 10_000_000
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     """Settings of ``zchat broker`` (the ``[broker]`` table).
@@ -107,6 +117,12 @@ class BrokerConfig:
     - ``resume_grace_s``: after a broker start, seconds during which the sessions kept from
       before the restart may be resumed (RESUME, docs/PROTOCOL.md §6.27); then they are
       forgotten (>= 0; 0 disables resuming across a restart).
+    - ``encryption``: ``"curve"`` (CurveZMQ on every tcp endpoint, the default) or
+      ``"none"`` (plain text; only by this explicit setting). inproc/ipc endpoints are
+      always plain (docs/PROTOCOL.md §16).
+    - ``key_endpoint``: where the plain-text key service tells clients the broker's
+      public key for trust on first use (§16.3). Empty means the ROUTER's host with its
+      port + 2 (``tcp://127.0.0.1:5557`` by default). Unused with ``"none"``.
     """
 
     router: str = "tcp://127.0.0.1:5555"
@@ -131,6 +147,8 @@ class BrokerConfig:
     login_burst: int = 30
     max_sessions: int = 10_000
     resume_grace_s: float = 300.0
+    encryption: str = "curve"
+    key_endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,12 +159,22 @@ class ClientConfig:
     - ``timeout_s``: seconds to wait for a reply before the broker counts as gone (> 0).
     - ``reconnect_max_s``: ceiling, in seconds, of the reconnect back-off (> 0).
     - ``paste_confirm_lines``: the console asks before sending a paste of more lines (>= 1).
+    - ``encryption``: ``"curve"`` (default) or ``"none"``; must match the broker's
+      (docs/PROTOCOL.md §16). inproc/ipc servers are always plain.
+    - ``server_key``: the broker's public key (40 characters of Z85, as ``zchat broker``
+      prints it). Empty means: the key pinned in known_brokers.toml, else trust on first
+      use. A key given here is used as is and never written to the pinned-keys file.
+    - ``key_server``: the broker's key service endpoint; empty means the server's host
+      with its port + 2.
     """
 
     server: str = "tcp://127.0.0.1:5555"
     timeout_s: float = 5.0
     reconnect_max_s: float = 30.0
     paste_confirm_lines: int = 5
+    encryption: str = "curve"
+    server_key: str = ""
+    key_server: str = ""
 
 
 @dataclass(frozen=True)
@@ -302,7 +330,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
     in 1..64; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
-    ``login_rate_per_s`` >= 0; ``send_burst``, ``login_burst`` and ``max_sessions`` >= 1.
+    ``login_rate_per_s`` 0 or MIN_RATE_PER_S..MAX_RATE_PER_S; ``send_burst``,
+    ``login_burst`` and ``max_sessions`` 1..MAX_COUNT_SETTING;
+    ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keys).
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
         hints = _field_types(type(section))
@@ -316,8 +346,10 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     for table, key, value, bind in (("broker", "router", b.router, True),
                                     ("broker", "pub", b.pub, True),
                                     ("broker", "pub_advertised", b.pub_advertised, False),
-                                    ("client", "server", c.server, False)):
-        if key == "pub_advertised" and not value:
+                                    ("client", "server", c.server, False),
+                                    ("broker", "key_endpoint", b.key_endpoint, True),
+                                    ("client", "key_server", c.key_server, False)):
+        if key in ("pub_advertised", "key_endpoint", "key_server") and not value:
             continue
         problem = endpoint_problem(value, bind=bind)
         if problem is not None:
@@ -351,11 +383,13 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     if not 1 <= b.hash_workers <= 64:
         fail("broker", "hash_workers", f"must be between 1 and 64, got {b.hash_workers}")
     for key in ("send_rate_per_s", "login_rate_per_s"):
-        if getattr(b, key) < 0:
-            fail("broker", key, f"must be >= 0 (0 turns the limit off), got {getattr(b, key)}")
+        rate = getattr(b, key)
+        if rate != 0 and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
+            fail("broker", key, f"must be 0 (the limit off) or {MIN_RATE_PER_S:g} to "
+                 f"{MAX_RATE_PER_S:g}, got {rate}")
     for key in ("send_burst", "login_burst", "max_sessions"):
-        if getattr(b, key) < 1:
-            fail("broker", key, f"must be >= 1, got {getattr(b, key)}")
+        if not 1 <= getattr(b, key) <= MAX_COUNT_SETTING:
+            fail("broker", key, f"must be 1 to {MAX_COUNT_SETTING:,}, got {getattr(b, key)}")
     if b.resume_grace_s < 0:
         fail("broker", "resume_grace_s", f"must be >= 0, got {b.resume_grace_s}")
     for key in ("timeout_s", "reconnect_max_s"):
@@ -363,6 +397,15 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
             fail("client", key, f"must be > 0, got {getattr(c, key)}")
     if c.paste_confirm_lines < 1:
         fail("client", "paste_confirm_lines", f"must be >= 1, got {c.paste_confirm_lines}")
+    for table, mode in (("broker", b.encryption), ("client", c.encryption)):
+        if mode not in ENCRYPTION_MODES:
+            fail(table, "encryption", f"must be one of {', '.join(ENCRYPTION_MODES)}, "
+                                      f"got {mode!r}")
+    if c.server_key:
+        try:
+            check_key(c.server_key, "the key")
+        except BadKey as exc:
+            fail("client", "server_key", str(exc))
 
 
 def _coerce(value: Any, hint: Any, *, path: Path | str | None, table: str, key: str) -> Any:

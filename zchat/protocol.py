@@ -66,10 +66,25 @@ MAX_TOKEN_LABEL_CHARS = 100
 #: Live account tokens one account may hold (§6.24): plenty for a fleet of bots, and it
 #: bounds the constant-time comparison a token LOGIN makes against each of them.
 MAX_TOKENS_PER_ACCOUNT = 100
+#: Rooms one account may be in (JOIN §6.5, §15): far more than a person follows, and it
+#: bounds what every PONG and LOGIN reply lists (a tester's 120,000 joins made each of
+#: that account's PINGs cost the broker 2 s).
+MAX_ROOMS_PER_ACCOUNT = 1000
 #: Longest slow mode of a room (SET_SLOW_MODE §6.28), in seconds: one day, as Discord's
 #: longest "slowmode" is six hours and Twitch's two minutes; anything longer is a
 #: read-only room, which is another feature.
 MAX_SLOW_MODE_S = 86_400
+#: A moderation reason (KICK, BAN, MUTE §17), in characters: one line, like a quit message.
+MAX_REASON_CHARS = 200
+#: Longest timed ban or mute (BAN, MUTE §17), in seconds: ten years; 0 means no expiry.
+MAX_BAN_S = 10 * 366 * 86_400
+#: Default and largest page of the audit log (AUDIT §6.41).
+DEFAULT_AUDIT_LIMIT = 100
+MAX_AUDIT_LIMIT = 500
+#: Accounts one CREATE_ACCOUNTS may create (§6.42): a class or a team; with passwords of a
+#: few dozen characters the request stays far below MAX_BODY_BYTES, and hashing them all
+#: (scrypt, one after the other off the loop) takes seconds, not minutes.
+MAX_CREATE_ACCOUNTS = 200
 
 Presence = Literal["online", "away", "offline"]
 MessageKind = Literal["text", "action"]
@@ -121,6 +136,9 @@ class RoomState:
     topic: str = ""
     #: The room's slow mode in seconds, 0 when off (SET_SLOW_MODE, §6.28).
     slow_mode_s: int = 0
+    #: Invite-only room (§17.2); only moderators post in a locked room (§17.1).
+    private: bool = False
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +151,8 @@ class RoomInfo:
     joined: bool
     topic: str = ""
     slow_mode_s: int = 0
+    private: bool = False
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +175,33 @@ class TokenInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class BanInfo:
+    """One row of the BANS reply: a ban or mute in force. ``room`` "" is server-wide;
+    ``created`` and ``until`` are UTC ms, ``until`` None for no expiry (§6.40)."""
+
+    kind: Literal["ban", "mute"]
+    room: str
+    name: str
+    by: str
+    reason: str
+    created: int
+    until: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One row of the AUDIT reply (§6.41): ``time`` UTC ms; names as displayed."""
+
+    id: int
+    time: int
+    actor: str
+    action: str
+    room: str
+    target: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionInfo:
     """One row of the SESSIONS reply (admins only). Times are UTC milliseconds."""
 
@@ -162,6 +209,28 @@ class SessionInfo:
     address: str
     login_time: int
     last_seen: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """One row of the USERS reply (admins only, §6.42): ``created`` is UTC ms; ``online``
+    whether the account has a live session, ``sessions`` how many."""
+
+    name: str
+    bot: bool
+    disabled: bool
+    created: int
+    online: bool
+    sessions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    """One account of a CREATE_ACCOUNTS request (§6.43)."""
+
+    name: str
+    password: str = field(repr=False)
+    bot: bool = False
 
 
 # -- events and pushes ------------------------------------------------------------------
@@ -179,6 +248,8 @@ class MessagePosted(Message):
     sender: str
     text: str
     kind: MessageKind = "text"
+    #: Who deleted the message ("" = not deleted); its ``text`` is then "" (§6.38).
+    deleted_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +264,16 @@ class UserJoined(Message):
 
 @dataclass(frozen=True, slots=True)
 class UserLeft(Message):
-    """Notice on the room topic: ``name`` left ``room``."""
+    """Notice on the room topic: ``name`` left ``room``; when ``by`` is set, ``by``
+    removed them (KICK, or BAN with ``ban``) for ``reason`` (§6.30)."""
 
     TYPE: ClassVar[str] = "LEFT"
     room: str
     name: str
     time: int
+    by: str = ""
+    reason: str = ""
+    ban: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +307,52 @@ class SlowModeChanged(Message):
     TYPE: ClassVar[str] = "SLOW_MODE"
     room: str
     seconds: int
+    by: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeleted(Message):
+    """Event on the room topic: ``by`` deleted message ``seq`` of ``room`` at ``time``
+    (UTC ms); clients show it as deleted (§6.38.1)."""
+
+    TYPE: ClassVar[str] = "MESSAGE_DELETED"
+    room: str
+    seq: int
+    by: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoomModeChanged(Message):
+    """Event on the room topic: ``by`` changed ``room``'s modes (§6.37.1)."""
+
+    TYPE: ClassVar[str] = "ROOM_MODE"
+    room: str
+    private: bool
+    locked: bool
+    by: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged(Message):
+    """Event on the room topic: ``by`` gave ``name`` the ``role`` in ``room`` (§6.36.1)."""
+
+    TYPE: ClassVar[str] = "ROLE"
+    room: str
+    name: str
+    role: Literal["owner", "moderator", "member"]
+    by: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invited(Message):
+    """Push to each session of an invitee: ``by`` invited you to ``room`` (§6.35.1)."""
+
+    TYPE: ClassVar[str] = "INVITED"
+    room: str
     by: str
     time: int
 
@@ -312,6 +433,8 @@ class RoomJoined(Reply):
     created: bool
     topic: str = ""
     slow_mode_s: int = 0
+    private: bool = False
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +499,28 @@ class TokenCreated(Reply):
 @dataclass(frozen=True, slots=True)
 class TokenList(Reply):
     tokens: tuple[TokenInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BanList(Reply):
+    bans: tuple[BanInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditList(Reply):
+    entries: tuple[AuditEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserList(Reply):
+    users: tuple[AccountInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsCreated(Reply):
+    """CREATE_ACCOUNTS' reply: the display names created, in the request's order."""
+
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +590,8 @@ class Join(Request):
     TYPE: ClassVar[str] = "JOIN"
     REPLY: ClassVar[type[Reply]] = RoomJoined
     room: str
+    #: Create the room invite-only (§17.2); ignored when the room exists.
+    private: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,17 +728,192 @@ class SetSlowMode(Request):
     seconds: int
 
 
+# -- moderation (§17) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kick(Request):
+    """Remove ``name`` from ``room``; they may JOIN again unless banned (§6.30)."""
+
+    TYPE: ClassVar[str] = "KICK"
+    room: str
+    name: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ban(Request):
+    """Ban ``name`` from ``room`` ("" = the whole server) for ``duration_s`` (0 = until
+    lifted) (§6.31)."""
+
+    TYPE: ClassVar[str] = "BAN"
+    name: str
+    room: str = ""
+    reason: str = ""
+    duration_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unban(Request):
+    """Lift the ban of ``name`` in ``room`` ("" = server-wide) (§6.32)."""
+
+    TYPE: ClassVar[str] = "UNBAN"
+    name: str
+    room: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Mute(Request):
+    """Forbid ``name`` to post in ``room`` ("" = everywhere) for ``duration_s`` (0 = until
+    lifted) (§6.33)."""
+
+    TYPE: ClassVar[str] = "MUTE"
+    name: str
+    room: str = ""
+    reason: str = ""
+    duration_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unmute(Request):
+    """Lift the mute of ``name`` in ``room`` ("" = server-wide) (§6.34)."""
+
+    TYPE: ClassVar[str] = "UNMUTE"
+    name: str
+    room: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Invite(Request):
+    """Invite ``name`` to ``room``, so that they may JOIN it while it is private (§6.35)."""
+
+    TYPE: ClassVar[str] = "INVITE"
+    room: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetRole(Request):
+    """Make ``name`` a moderator of ``room`` or a plain member again (§6.36)."""
+
+    TYPE: ClassVar[str] = "SET_ROLE"
+    room: str
+    name: str
+    role: Literal["moderator", "member"]
+
+
+@dataclass(frozen=True, slots=True)
+class SetRoom(Request):
+    """Change ``room``'s modes: ``private`` (invite-only), ``locked`` (only moderators
+    post); None leaves a mode as it is (§6.37)."""
+
+    TYPE: ClassVar[str] = "SET_ROOM"
+    room: str
+    private: bool | None = None
+    locked: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessage(Request):
+    """Delete message ``seq`` of ``room`` (§6.38)."""
+
+    TYPE: ClassVar[str] = "DELETE_MESSAGE"
+    room: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListBans(Request):
+    """The bans and mutes in force: of ``room`` ("" = server-wide ones), or all (None)
+    (§6.40)."""
+
+    TYPE: ClassVar[str] = "BANS"
+    REPLY: ClassVar[type[Reply]] = BanList
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAudit(Request):
+    """Read the audit log, newest first, filtered (§6.41)."""
+
+    TYPE: ClassVar[str] = "AUDIT"
+    REPLY: ClassVar[type[Reply]] = AuditList
+    room: str | None = None
+    actor: str = ""
+    target: str = ""
+    action: str = ""
+    before: int | None = None
+    limit: int = DEFAULT_AUDIT_LIMIT
+
+
+# -- operator tools (§6.42-§6.46) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListUsers(Request):
+    """Every account with its state (admins only, §6.42)."""
+
+    TYPE: ClassVar[str] = "USERS"
+    REPLY: ClassVar[type[Reply]] = UserList
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAccounts(Request):
+    """Create several accounts at once, all or none (admins only, §6.43)."""
+
+    TYPE: ClassVar[str] = "CREATE_ACCOUNTS"
+    REPLY: ClassVar[type[Reply]] = AccountsCreated
+    accounts: tuple[NewAccount, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSetPassword(Request):
+    """Give ``name`` a new password and end its sessions (admins only, §6.44)."""
+
+    TYPE: ClassVar[str] = "ADMIN_SET_PASSWORD"
+    name: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SetDisabled(Request):
+    """Disable (``disabled`` true, ending its sessions) or enable again the account
+    ``name`` (admins only, §6.45)."""
+
+    TYPE: ClassVar[str] = "ADMIN_DISABLE"
+    name: str
+    disabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SetPassword(Request):
+    """Change the logged-in account's own password from ``old`` to ``new`` (§6.46)."""
+
+    TYPE: ClassVar[str] = "SET_PASSWORD"
+    old: str = field(repr=False)
+    new: str = field(repr=False)
+
+
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.TYPE: cls
     for cls in (Info, Register, Login, Logout, Join, Part, ListRooms, Send, SendDirect,
                 FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect,
-                CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode)
+                CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
+                Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
+                ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword)
 }
+#: Events of a room, published on its topic, or pushed to each member session instead
+#: when the room is private (§17.2).
+ROOM_EVENT_TYPES: tuple[type[Message], ...] = (
+    MessagePosted, UserJoined, UserLeft, TopicChanged, SlowModeChanged, MessageDeleted,
+    RoomModeChanged, RoleChanged)
 EVENT_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,
-                              TopicChanged, GoingAway, SlowModeChanged)
+                              TopicChanged, GoingAway, SlowModeChanged, MessageDeleted,
+                              RoomModeChanged, RoleChanged)
 }
-PUSH_TYPES: dict[str, type[Message]] = {DirectMessage.TYPE: DirectMessage}
+_PUSHED: tuple[type[Message], ...] = (DirectMessage, Invited, *ROOM_EVENT_TYPES)
+PUSH_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _PUSHED}
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ form as registered/created. Times are UTC milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,6 +165,17 @@ class AccountRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountInfoRow:
+    """An account as operators see it (``zchat admin users``): ``created_ms`` UTC ms."""
+
+    key: str
+    name: str
+    bot: bool
+    disabled: bool
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRow:
     id: int
     label: str
@@ -187,6 +199,41 @@ class MessageRow:
     sender: str
     kind: str
     text: str
+    #: Who deleted the message ("" = not deleted); ``text`` is kept for the audit.
+    deleted_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BanRow:
+    """A ban or mute (table ``bans``): ``room_key`` "" is server-wide; ``until_ms`` None
+    never expires. ``by_key`` is the account key of the moderator who set it."""
+
+    id: int
+    kind: str          # "ban" or "mute"
+    room_key: str
+    account_key: str
+    by_key: str
+    reason: str
+    created_ms: int
+    until_ms: int | None
+
+    def active(self, now_ms: int) -> bool:
+        """Whether it is in force at ``now_ms`` (UTC ms): no expiry, or not reached yet."""
+        return self.until_ms is None or self.until_ms > now_ms
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One audit-log entry: ``actor``, ``room`` and ``target`` are display names ("" when
+    not applicable), ``action`` a word such as ``kick`` (docs/PROTOCOL.md §17.4)."""
+
+    id: int
+    time_ms: int
+    actor: str
+    action: str
+    room: str
+    target: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +349,13 @@ class Store:
                 raise StorageError(f"storage failed, nothing was changed: {exc}") from exc
             raise
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """Group several Store writes into one transaction: ``with store.transaction():``
+        commits them together or rolls them all back (a moderation action and its audit
+        entry, docs/PROTOCOL.md §17.4). Raises StorageError(503) when it is not
+        committed."""
+        return self._write()
+
     def close(self) -> None:
         self._db.close()
 
@@ -336,6 +390,20 @@ class Store:
         """Every account: key -> (display name, bot)."""
         return {k: (n, bool(b)) for k, n, b in
                 self._db.execute("SELECT key, name, bot FROM accounts")}
+
+    def list_accounts(self) -> list[AccountInfoRow]:
+        """Every account, by key (``zchat admin users``, USERS §6.42)."""
+        return [AccountInfoRow(str(k), str(n), bool(b), bool(d), int(c)) for k, n, b, d, c in
+                self._db.execute("SELECT key, name, bot, disabled, created_ms FROM accounts "
+                                 "ORDER BY key")]
+
+    def set_password_hash(self, key: str, password_hash: str) -> bool:
+        """Replace the account's password hash and commit; returns False when there is no
+        such account (ADMIN_SET_PASSWORD §6.44, SET_PASSWORD §6.46)."""
+        with self._write() as db:
+            cur = db.execute("UPDATE accounts SET password_hash = ? WHERE key = ?",
+                             (password_hash, key))
+            return cur.rowcount == 1
 
     # -- account tokens ------------------------------------------------------------------
 
@@ -386,8 +454,9 @@ class Store:
                                 (skeleton,)).fetchone() is not None
 
     def join_room(self, room_key: str, room_name: str, skeleton: str, account_key: str,
-                  now_ms: int) -> tuple[RoomRow, bool, bool]:
-        """Make ``account_key`` a member, creating the room when it does not exist.
+                  now_ms: int, private: bool = False) -> tuple[RoomRow, bool, bool]:
+        """Make ``account_key`` a member, creating the room when it does not exist: the
+        creator becomes its ``owner`` (room_roles) and ``private`` applies only then.
 
         Returns (room, created, newly_joined). Raises ProtocolError(409) when creating a
         room whose name looks like an existing room's.
@@ -396,9 +465,12 @@ class Store:
             with self._write() as db:
                 created = False
                 if self.get_room(room_key) is None:
-                    db.execute("INSERT INTO rooms(key, name, skeleton, creator, created_ms) "
-                               "VALUES (?, ?, ?, ?, ?)",
-                               (room_key, room_name, skeleton, account_key, now_ms))
+                    db.execute("INSERT INTO rooms(key, name, skeleton, creator, created_ms, "
+                               "private) VALUES (?, ?, ?, ?, ?, ?)",
+                               (room_key, room_name, skeleton, account_key, now_ms,
+                                int(private)))
+                    db.execute("INSERT OR REPLACE INTO room_roles(room_key, account_key, "
+                               "role) VALUES (?, ?, 'owner')", (room_key, account_key))
                     created = True
                 cur = db.execute("INSERT OR IGNORE INTO members(room_key, account_key, "
                                  "joined_ms) VALUES (?, ?, ?)", (room_key, account_key, now_ms))
@@ -512,7 +584,8 @@ class Store:
                 limit: int) -> list[MessageRow]:
         """Up to ``limit`` messages in ascending seq order (docs/PROTOCOL.md §6.9): the
         oldest above ``after``, else the newest below ``before`` (or the newest of all)."""
-        base = ("SELECT r.name, m.seq, m.time_ms, m.sender, m.kind, m.text FROM messages m "
+        base = ("SELECT r.name, m.seq, m.time_ms, m.sender, m.kind, m.text, m.deleted_by "
+                "FROM messages m "
                 "JOIN rooms r ON r.key = m.room_key WHERE m.room_key = ?")
         if after is not None:
             rows = self._db.execute(base + " AND m.seq > ? ORDER BY m.seq LIMIT ?",
@@ -523,6 +596,218 @@ class Store:
                                     (room_key, bound, limit)).fetchall()
             rows.reverse()
         return [MessageRow(*row) for row in rows]
+
+    def message(self, room_key: str, seq: int) -> MessageRow | None:
+        """One stored message (deleted ones too, with their text), or None."""
+        row = self._db.execute(
+            "SELECT r.name, m.seq, m.time_ms, m.sender, m.kind, m.text, m.deleted_by FROM "
+            "messages m JOIN rooms r ON r.key = m.room_key WHERE m.room_key = ? AND m.seq = ?",
+            (room_key, seq)).fetchone()
+        return MessageRow(*row) if row else None
+
+    def delete_message(self, room_key: str, seq: int, by: str) -> MessageRow:
+        """Mark message ``seq`` of the room deleted by ``by`` (a display name) and commit.
+        The row and its text stay (for the audit; HISTORY shows it with text "", seq kept
+        so that no gap appears, docs/PROTOCOL.md §17.3). Returns the row as it was.
+        Raises ProtocolError 404 (no such message), 409 (already deleted)."""
+        with self._write() as db:
+            row = self.message(room_key, seq)
+            if row is None:
+                raise ProtocolError(Status.NOT_FOUND, f"no message #{seq} in this room")
+            if row.deleted_by:
+                raise ProtocolError(Status.CONFLICT, f"message #{seq} was deleted already "
+                                    f"(by {row.deleted_by})")
+            db.execute("UPDATE messages SET deleted_by = ? WHERE room_key = ? AND seq = ?",
+                       (by, room_key, seq))
+        return row
+
+    # -- roles, private and locked rooms, invitations (docs/PROTOCOL.md §17) ---------------
+
+    def roles(self) -> dict[str, dict[str, str]]:
+        """Every room key -> {account key: "owner" | "moderator"} (members have no row)."""
+        out: dict[str, dict[str, str]] = {}
+        for room_key, account_key, role in self._db.execute(
+                "SELECT room_key, account_key, role FROM room_roles"):
+            out.setdefault(room_key, {})[account_key] = role
+        return out
+
+    def room_role(self, room_key: str, account_key: str) -> str:
+        """The account's role in the room: "owner", "moderator" or "" (a plain member or
+        none)."""
+        row = self._db.execute("SELECT role FROM room_roles WHERE room_key = ? AND "
+                               "account_key = ?", (room_key, account_key)).fetchone()
+        return str(row[0]) if row else ""
+
+    def set_role(self, room_key: str, account_key: str, role: str) -> None:
+        """Set the account's role in the room: "owner", "moderator", or "" to remove it,
+        and commit. Raises ValueError for another role."""
+        if role not in ("owner", "moderator", ""):
+            raise ValueError(f"unknown role {role!r}")
+        with self._write() as db:
+            if role:
+                db.execute("INSERT OR REPLACE INTO room_roles(room_key, account_key, role) "
+                           "VALUES (?, ?, ?)", (room_key, account_key, role))
+            else:
+                db.execute("DELETE FROM room_roles WHERE room_key = ? AND account_key = ?",
+                           (room_key, account_key))
+
+    def room_flags(self) -> dict[str, tuple[bool, bool]]:
+        """Every room key -> (private, locked)."""
+        return {k: (bool(p), bool(lk)) for k, p, lk in
+                self._db.execute("SELECT key, private, locked FROM rooms")}
+
+    def set_room_flags(self, room_key: str, private: bool | None = None,
+                       locked: bool | None = None) -> None:
+        """Set a room's private and/or locked flag (None leaves it) and commit. Raises
+        ProtocolError(404) when the room does not exist."""
+        with self._write() as db:
+            for column, value in (("private", private), ("locked", locked)):
+                if value is None:
+                    continue
+                cur = db.execute(f"UPDATE rooms SET {column} = ? WHERE key = ?",
+                                 (int(value), room_key))
+                if cur.rowcount != 1:
+                    raise ProtocolError(Status.NOT_FOUND, "no such room")
+
+    def add_invite(self, room_key: str, account_key: str, by_key: str, now_ms: int) -> None:
+        """Invite the account to the room (replacing an earlier invitation) and commit."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO invites(room_key, account_key, by_key, time_ms) "
+                       "VALUES (?, ?, ?, ?)", (room_key, account_key, by_key, now_ms))
+
+    def has_invite(self, room_key: str, account_key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM invites WHERE room_key = ? AND account_key = ?",
+                                (room_key, account_key)).fetchone() is not None
+
+    def take_invite(self, room_key: str, account_key: str) -> bool:
+        """Use up the account's invitation to the room; returns whether there was one."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM invites WHERE room_key = ? AND account_key = ?",
+                             (room_key, account_key))
+            return cur.rowcount == 1
+
+    def invites_of(self, account_key: str) -> list[str]:
+        """Keys of the rooms the account is invited to, oldest invitation first."""
+        return [str(k) for (k,) in self._db.execute(
+            "SELECT room_key FROM invites WHERE account_key = ? ORDER BY time_ms, room_key",
+            (account_key,))]
+
+    # -- bans and mutes (docs/PROTOCOL.md §17) --------------------------------------------
+
+    _BAN_COLUMNS = ("id, kind, room_key, account_key, by_key, reason, created_ms, until_ms")
+
+    def add_ban(self, kind: str, room_key: str, account_key: str, by_key: str, reason: str,
+                now_ms: int, until_ms: int | None) -> BanRow:
+        """Ban or mute (``kind`` "ban" | "mute") the account in the room (``room_key`` ""
+        = server-wide) until ``until_ms`` (UTC ms; None = no expiry), replacing an
+        earlier one of the same kind and place; commit and return it. Raises ValueError
+        for another kind."""
+        if kind not in ("ban", "mute"):
+            raise ValueError(f"unknown kind {kind!r}")
+        with self._write() as db:
+            db.execute("DELETE FROM bans WHERE kind = ? AND room_key = ? AND account_key = ?",
+                       (kind, room_key, account_key))
+            cur = db.execute("INSERT INTO bans(kind, room_key, account_key, by_key, reason, "
+                             "created_ms, until_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (kind, room_key, account_key, by_key, reason, now_ms, until_ms))
+            ban_id = int(cur.lastrowid or 0)
+        return BanRow(ban_id, kind, room_key, account_key, by_key, reason, now_ms, until_ms)
+
+    def lift_ban(self, kind: str, room_key: str, account_key: str) -> bool:
+        """Remove the account's ban or mute of that kind and place; returns whether there
+        was one (expired ones count: lifting one is harmless)."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM bans WHERE kind = ? AND room_key = ? AND "
+                             "account_key = ?", (kind, room_key, account_key))
+            return cur.rowcount == 1
+
+    def active_ban(self, kind: str, room_key: str, account_key: str,
+                   now_ms: int) -> BanRow | None:
+        """The ban or mute of that kind and place in force at ``now_ms``, or None (an
+        expired one lapses by itself, even before ``purge_expired_bans`` removes it)."""
+        row = self._db.execute(f"SELECT {self._BAN_COLUMNS} FROM bans WHERE kind = ? AND "
+                               "room_key = ? AND account_key = ? AND (until_ms IS NULL OR "
+                               "until_ms > ?)", (kind, room_key, account_key, now_ms)).fetchone()
+        return BanRow(*row) if row else None
+
+    def list_bans(self, now_ms: int, room_key: str | None = None,
+                  kind: str | None = None) -> list[BanRow]:
+        """Bans and mutes in force at ``now_ms``, oldest first: of one room (``room_key``,
+        "" = the server-wide ones) or all (None), of one ``kind`` or both."""
+        sql = (f"SELECT {self._BAN_COLUMNS} FROM bans WHERE (until_ms IS NULL OR "
+               "until_ms > ?)")
+        args: list[object] = [now_ms]
+        if room_key is not None:
+            sql += " AND room_key = ?"
+            args.append(room_key)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        return [BanRow(*row) for row in self._db.execute(sql + " ORDER BY id", args)]
+
+    def purge_expired_bans(self, now_ms: int) -> list[BanRow]:
+        """Delete the bans and mutes whose ``until_ms`` has passed; return them."""
+        with self._write() as db:
+            rows = [BanRow(*row) for row in db.execute(
+                f"SELECT {self._BAN_COLUMNS} FROM bans WHERE until_ms IS NOT NULL AND "
+                "until_ms <= ? ORDER BY id", (now_ms,))]
+            if rows:
+                db.execute("DELETE FROM bans WHERE until_ms IS NOT NULL AND until_ms <= ?",
+                           (now_ms,))
+        return rows
+
+    # -- disabled accounts ----------------------------------------------------------------
+
+    def set_disabled(self, key: str, disabled: bool) -> bool:
+        """Disable (or enable again) an account and commit; returns False when there is
+        no such account. A disabled account cannot LOGIN or RESUME (403)."""
+        with self._write() as db:
+            cur = db.execute("UPDATE accounts SET disabled = ? WHERE key = ?",
+                             (int(disabled), key))
+            return cur.rowcount == 1
+
+    def is_disabled(self, key: str) -> bool:
+        row = self._db.execute("SELECT disabled FROM accounts WHERE key = ?", (key,)).fetchone()
+        return bool(row and row[0])
+
+    # -- audit log (append-only) ----------------------------------------------------------
+
+    def append_audit(self, time_ms: int, actor: str, action: str, room: str = "",
+                     target: str = "", detail: str = "") -> int:
+        """Append one entry to the audit log and commit; returns its id. There is no
+        method to change or remove an entry: the log is append-only."""
+        with self._write() as db:
+            cur = db.execute("INSERT INTO audit_log(time_ms, actor, action, room, target, "
+                             "detail) VALUES (?, ?, ?, ?, ?, ?)",
+                             (time_ms, actor, action, room, target, detail))
+            return int(cur.lastrowid or 0)
+
+    def audit_log(self, *, room: str | None = None, actor: str | None = None,
+                  target: str | None = None, action: str | None = None,
+                  before_id: int | None = None, since_ms: int | None = None,
+                  limit: int = 100) -> list[AuditRow]:
+        """Audit entries, newest first, at most ``limit``: filtered by exact ``room``,
+        ``actor``, ``target`` (display names, compared case-insensitively) and
+        ``action``, entries with id below ``before_id`` (paging) and at or after
+        ``since_ms`` (UTC ms)."""
+        sql = "SELECT id, time_ms, actor, action, room, target, detail FROM audit_log WHERE 1"
+        args: list[object] = []
+        for column, value in (("room", room), ("actor", actor), ("target", target)):
+            if value is not None:
+                sql += f" AND lower({column}) = lower(?)"
+                args.append(value)
+        if action is not None:
+            sql += " AND action = ?"
+            args.append(action)
+        if before_id is not None:
+            sql += " AND id < ?"
+            args.append(before_id)
+        if since_ms is not None:
+            sql += " AND time_ms >= ?"
+            args.append(since_ms)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [AuditRow(*row) for row in self._db.execute(sql, args)]
 
     # -- direct messages ----------------------------------------------------------------
 

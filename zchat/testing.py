@@ -112,8 +112,11 @@ class Harness:
     context: zmq.Context[Any]
 
     def new_client(self, timeout_s: float = 5.0) -> Client:
-        """A Client for this broker, not yet connected."""
-        return Client(self.server, context=self.context, timeout_s=timeout_s)
+        """A Client for this broker, not yet connected; on tcp with the broker's transport
+        settings (its ``encryption``, and its key service for trust on first use)."""
+        return Client(self.server, context=self.context, timeout_s=timeout_s,
+                      encryption=self.broker.config.encryption,
+                      key_server=self.broker.key_endpoint)
 
     @contextlib.asynccontextmanager
     async def client(self, name: str | None = None, password: str = DEFAULT_PASSWORD,

@@ -116,6 +116,7 @@ class ChatConsole:
         self.state: v.ConnectionState = "connected"
         self.reconnect_at: float | None = None
         self.ended = False
+        self.going_away = False  # GOING_AWAY shown: the ConnectionLost after it says no more
         self._tab: c.TabCycle | None = None
         self._fetching_older: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -266,12 +267,19 @@ class ChatConsole:
                 text = (f"{event.by} set slow mode: one message per {event.seconds} s"
                         if event.seconds else f"{event.by} turned slow mode off")
                 self.add_line(key, v.Line("notice", event.time, event.by, text))
+        elif isinstance(event, p.MessageDeleted | p.RoomModeChanged | p.RoleChanged):
+            self._on_moderation(event)
+        elif isinstance(event, p.Invited):
+            self.info(f"{event.by} invited you to #{event.room} — /join {event.room}")
         elif isinstance(event, p.GoingAway):  # the client reconnects at once (§6.29)
             self.state = "reconnecting"
+            self.going_away = True
             self.error(f"broker going away: {event.text}; reconnecting…")
         elif isinstance(event, ConnectionLost):
             self.state = "disconnected"
-            if event.session_only:  # the broker answers but evicted or forgot our session
+            if self.going_away:  # already said why, just above
+                self.going_away = False
+            elif event.session_only:  # the broker answers but evicted or forgot our session
                 self.error("the broker ended our session; logging in again")
             else:
                 self.error(f"lost the broker (nothing heard for {event.silent_s:.0f} s)")
@@ -288,6 +296,24 @@ class ChatConsole:
             self.ended = True
             self.error(f"session ended: {event.reason} — /quit to leave")
         self.app.invalidate()
+
+    def _on_moderation(self, event: p.MessageDeleted | p.RoomModeChanged
+                       | p.RoleChanged) -> None:
+        """Moderation notices of a room (docs/PROTOCOL.md §17)."""
+        key = v.room_key(event.room)
+        conv = self.conversations.get(key)
+        if conv is None:
+            return
+        if isinstance(event, p.MessageDeleted):
+            conv.mark_deleted(event.seq, event.by)
+            return
+        if isinstance(event, p.RoomModeChanged):
+            text = (f"{event.by} set #{event.room}: "
+                    f"{'private' if event.private else 'public'}, "
+                    f"{'locked (only moderators post)' if event.locked else 'unlocked'}")
+        else:
+            text = f"{event.by} made {event.name} {event.role} of #{event.room}"
+        self.add_line(key, v.Line("notice", event.time, event.by, text))
 
     def _on_presence(self, event: p.PresenceChanged) -> None:
         for conv in self.conversations.values():
@@ -454,6 +480,8 @@ class ChatConsole:
                           + (f"one message per {seconds} s" if seconds else "off"))
             else:
                 await client.set_slow_mode(conv.title, cmd.seconds)
+        elif isinstance(cmd, c.Moderate):
+            await self._moderate(cmd)
         elif isinstance(cmd, c.Away):
             await client.set_presence("away", cmd.text)
             self.info("you are marked away" + (f": {cmd.text}" if cmd.text else ""))
@@ -479,6 +507,46 @@ class ChatConsole:
             for line in c.help_text(cmd.command):
                 self.info(line)
         self.app.invalidate()
+
+    async def _moderate(self, cmd: c.Moderate) -> None:
+        """/kick /ban /unban /mute /unmute /invite /op /deop /lock /unlock /private
+        /delete in the current room (docs/console.md); a 403 is shown as an error."""
+        conv = self.current
+        if conv is None or conv.kind != "room":
+            self.error(f"/{cmd.action} works in rooms")
+            return
+        room, client, a = conv.title, self.client, cmd.action
+        if a == "kick":
+            await client.kick(room, cmd.user, cmd.reason)
+        elif a == "ban":
+            await client.ban(cmd.user, room, cmd.reason, cmd.duration_s)
+        elif a == "unban":
+            await client.unban(cmd.user, room)
+        elif a == "mute":
+            await client.mute(cmd.user, room, cmd.reason, cmd.duration_s)
+        elif a == "unmute":
+            await client.unmute(cmd.user, room)
+        elif a == "invite":
+            await client.invite(room, cmd.user)
+        elif a in ("op", "deop"):
+            await client.set_role(room, cmd.user, "moderator" if a == "op" else "member")
+        elif a in ("lock", "unlock"):
+            await client.set_room(room, locked=a == "lock")
+        elif a == "private":
+            await client.set_room(room, private=cmd.on)
+        elif a == "delete":
+            seq = cmd.seq
+            if seq is None:  # the last message of that user shown here
+                seq = next((ln.seq for ln in reversed(conv.lines)
+                            if ln.seq is not None and ln.kind in ("message", "action")
+                            and ln.sender is not None
+                            and name_key(ln.sender) == name_key(cmd.user)), None)
+                if seq is None:
+                    self.error(f"no message of {cmd.user} shown here")
+                    return
+            await client.delete_message(room, seq)
+        if a in ("ban", "unban", "mute", "unmute", "invite", "op", "deop"):
+            self.info(f"{a} {cmd.user} in #{room}: done")
 
     def _switch_to_name(self, target: str) -> None:
         if target.startswith("@"):

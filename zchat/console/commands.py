@@ -166,6 +166,21 @@ class Help(Command):
     command: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Moderate(Command):
+    """A moderation command in the current room (docs/PROTOCOL.md §17): ``action`` is
+    the command name (kick, ban, unban, mute, unmute, invite, op, deop, lock, unlock,
+    private, delete); the other fields as that command takes them."""
+
+    NAME: ClassVar[str] = "moderate"
+    action: str
+    user: str = ""
+    reason: str = ""
+    duration_s: int = 0
+    on: bool = False
+    seq: int | None = None
+
+
 ParseResult = Command | SendText | ParseError
 
 
@@ -236,6 +251,45 @@ def _seconds(word: str) -> int:
     return n
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(word: str) -> int | None:
+    """A ban or mute duration in seconds: ``90`` or ``90s``, ``10m``, ``2h``, ``7d``,
+    ``1w``; None when ``word`` is not one (it is then the start of the reason)."""
+    word = word.casefold()
+    number, unit = (word[:-1], word[-1]) if word[-1:] in _UNITS else (word, "s")
+    if not (number.isascii() and number.isdigit()) or int(number) == 0:
+        return None
+    return int(number) * _UNITS[unit]
+
+
+def _timed(action: str) -> Callable[[dict[str, str]], Command]:
+    """Builder of /ban and /mute: NICK [DURATION] [REASON]."""
+    def build(a: dict[str, str]) -> Command:
+        rest = a.get("REST", "").strip()
+        first, _sp, tail = rest.partition(" ")
+        seconds = parse_duration(first) if first else None
+        reason = tail.strip() if seconds is not None else rest
+        return Moderate(action, _user(a["NICK"]), reason, seconds or 0)
+    return build
+
+
+def _delete(a: dict[str, str]) -> Command:
+    word = a["SEQ_OR_NICK"]
+    if word.isascii() and word.isdigit():
+        return Moderate("delete", seq=int(word))
+    return Moderate("delete", user=_user(word))
+
+
+def _on_off(word: str) -> bool:
+    if word.casefold() in ("on", "yes", "true"):
+        return True
+    if word.casefold() in ("off", "no", "false"):
+        return False
+    raise ValueError(f"say on or off, not {word!r}")
+
+
 def _opt(args: dict[str, str], key: str) -> str | None:
     return args.get(key) or None
 
@@ -276,6 +330,52 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "each member post at most once per SECONDS there (0 turns it off). Only "
                 "the room's creator and broker admins may set it, and they are exempt.",
                 lambda a: Slow(_seconds(a["SECONDS"]) if a.get("SECONDS") else None)),
+    CommandSpec("kick", (Param("NICK"), Param("REASON", required=False, rest=True)),
+                "remove someone from the room",
+                "Removes NICK from the current room (moderators). They may join again "
+                "unless banned.",
+                lambda a: Moderate("kick", _user(a["NICK"]), a.get("REASON", ""))),
+    CommandSpec("ban", (Param("NICK"), Param("REST", required=False, rest=True)),
+                "ban someone from the room",
+                "Bans NICK from the current room (moderators): /ban NICK [DURATION] "
+                "[REASON], DURATION like 10m, 2h, 7d (none: until /unban).",
+                _timed("ban")),
+    CommandSpec("unban", (Param("NICK"),), "lift a ban",
+                "Lifts NICK's ban from the current room.",
+                lambda a: Moderate("unban", _user(a["NICK"]))),
+    CommandSpec("mute", (Param("NICK"), Param("REST", required=False, rest=True)),
+                "stop someone posting here",
+                "Mutes NICK in the current room (moderators): /mute NICK [DURATION] "
+                "[REASON]. They still read.",
+                _timed("mute")),
+    CommandSpec("unmute", (Param("NICK"),), "lift a mute",
+                "Lifts NICK's mute in the current room.",
+                lambda a: Moderate("unmute", _user(a["NICK"]))),
+    CommandSpec("invite", (Param("NICK"),), "invite someone to the room",
+                "Invites NICK to the current room (moderators); needed to join a private "
+                "room.",
+                lambda a: Moderate("invite", _user(a["NICK"]))),
+    CommandSpec("op", (Param("NICK"),), "make someone a moderator",
+                "Makes NICK a moderator of the current room (its owner, admins).",
+                lambda a: Moderate("op", _user(a["NICK"]))),
+    CommandSpec("deop", (Param("NICK"),), "make a moderator a member",
+                "Makes NICK a plain member of the current room again.",
+                lambda a: Moderate("deop", _user(a["NICK"]))),
+    CommandSpec("lock", (), "only moderators may post",
+                "Locks the current room: only its moderators post (classroom or "
+                "announcement mode). /unlock ends it.",
+                lambda a: Moderate("lock")),
+    CommandSpec("unlock", (), "everyone may post again",
+                "Unlocks the current room.",
+                lambda a: Moderate("unlock")),
+    CommandSpec("private", (Param("ON_OFF"),), "make the room invite-only or public",
+                "/private on makes the current room invite-only (its owner, admins); its "
+                "traffic then goes to members only. /private off makes it public.",
+                lambda a: Moderate("private", on=_on_off(a["ON_OFF"]))),
+    CommandSpec("delete", (Param("SEQ_OR_NICK"),), "delete a message",
+                "Deletes message number SEQ of the current room, or the last message of "
+                "NICK shown here. Moderators delete any; you may delete your own.",
+                _delete),
     CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
                 "Sets your presence to away, with TEXT as the away message if given. "
                 "/back returns to online.",

@@ -444,15 +444,20 @@ def line_from_event(event: p.MessagePosted | p.UserJoined | p.UserLeft | p.Prese
     line: Line
     if isinstance(event, p.MessagePosted):
         kind: LineKind = "action" if event.kind == "action" else "message"
-        line = Line(kind, event.time, event.sender, event.text, event.seq)
+        text = f"(message deleted by {event.deleted_by})" if event.deleted_by else event.text
+        line = Line(kind, event.time, event.sender, text, event.seq)
     elif isinstance(event, p.DirectMessage):
         line = Line("dm", event.time, event.sender, event.text, event.id)
     elif isinstance(event, p.UserJoined):
         line = Line("notice", event.time, event.name, f"{event.name} joined #{event.room}",
                     marker="-->")
     elif isinstance(event, p.UserLeft):
-        line = Line("notice", event.time, event.name, f"{event.name} left #{event.room}",
-                    marker="<--")
+        text = f"{event.name} left #{event.room}"
+        if event.by:  # removed by a moderator (docs/PROTOCOL.md §6.30, §6.31)
+            text = (f"{event.name} was {'banned' if event.ban else 'kicked'} from "
+                    f"#{event.room} by {event.by}" + (f": {event.reason}" if event.reason
+                                                     else ""))
+        line = Line("notice", event.time, event.name, text, marker="<--")
     else:
         text = f"{event.name} is {event.presence}"
         if event.text:
@@ -670,6 +675,15 @@ class Conversation:
 
     def __contains__(self, seq: object) -> bool:
         return seq in self._seqs
+
+    def mark_deleted(self, seq: int, by: str) -> bool:
+        """Show the room message ``seq`` as ``(message deleted by BY)`` (MESSAGE_DELETED,
+        docs/PROTOCOL.md §6.38.1); returns whether it was shown here."""
+        for i, line in enumerate(self.lines):
+            if line.seq == seq and line.kind in ("message", "action"):
+                self.lines[i] = dataclasses.replace(line, text=f"(message deleted by {by})")
+                return True
+        return False
 
     def _dedupe_key(self, line: Line) -> int | None:
         return line.seq if line.kind in _SPOKEN else None

@@ -1,0 +1,100 @@
+"""Bounds found by testers breaking issue 5 (docs/PROTOCOL.md §9, §15): a JOIN flood and a
+message of very many frames must neither grow the broker without bound nor stop it
+serving the others."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import zmq
+from conftest import run
+from test_broker_core import World
+
+from zchat import protocol as p
+from zchat.errors import Status
+from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
+
+
+def test_join_takes_a_token_of_the_sending_bucket() -> None:
+    world = World(send_rate_per_s=1.0, send_burst=3)
+    alice = world.user("alice")
+    for i in range(3):
+        alice.must(p.Join(room=f"r{i}"))
+    out = alice.call(p.Join(room="r3"))
+    assert out.status == Status.TOO_MANY_REQUESTS
+    assert isinstance(out.reply, p.Error) and out.reply.retry_after_ms == 1000
+    assert "r3" not in world.core.rooms  # refused: nothing created
+    alice.must(p.Join(room="r0"))  # already a member: costs nothing, changes nothing
+    world.clock.jump(1.0)
+    assert alice.must(p.Join(room="r3")).created
+
+
+def test_an_account_is_in_at_most_max_rooms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(p, "MAX_ROOMS_PER_ACCOUNT", 5)
+    world = World(send_rate_per_s=0.0)
+    alice = world.user("alice")  # in lobby already
+    for i in range(4):
+        alice.must(p.Join(room=f"r{i}"))
+    out = alice.call(p.Join(room="one-too-many"))
+    assert out.status == Status.FORBIDDEN
+    assert isinstance(out.reply, p.Error) and "PART one first" in out.reply.reason
+    assert "one-too-many" not in world.core.rooms
+    alice.must(p.Join(room="r1"))  # rejoining one she is in is fine
+    alice.must(p.Part(room="r1"))
+    assert alice.must(p.Join(room="one-too-many")).created
+
+
+def test_a_message_of_very_many_frames_is_refused_and_the_broker_serves_on() -> None:
+    """libzmq bounds a frame's size, not the number of frames. The broker reads such a
+    message frame by frame, keeping none beyond the five a request has, answers 400 with
+    the count, and then serves the next request."""
+    frames = 200_000
+
+    async def main(server: str, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(server)
+        try:
+            sock.send_multipart([p.VERSION, b"many", b"PING"] + [b""] * frames)
+            assert sock.poll(20_000), "no answer to the many-frame message"
+            reply = sock.recv_multipart()
+            assert reply[:3] == [p.VERSION, b"many", b"ERROR"]
+            error = p.decode_body(p.Error, reply[3])
+            assert error.status == Status.BAD_REQUEST
+            assert error.reason == f"a request has 4 frames, got {frames + 3}"
+            sock.send_multipart(p.encode_request(b"next", p.Ping()))
+            assert sock.poll(5_000), "no answer to the PING after it"
+            assert sock.recv_multipart()[:3] == [p.VERSION, b"next", b"OK"]
+        finally:
+            sock.close(linger=0)
+
+    with running_broker() as h:
+        run(main(h.server, h.context), timeout_s=60)
+
+
+def test_a_crowd_logging_in_from_one_address_all_get_in_at_the_login_rate() -> None:
+    """Twenty clients from one address against a burst of 3 and 5 logins a second: every
+    refused one is told about the same wait, and without jitter they would come back
+    together and mostly give up (a tester's 45 logins behind one address: 6 failed)."""
+    crowd = 20
+
+    async def main(h: Harness) -> None:
+        async with h.client() as admin:
+            for i in range(crowd):
+                await admin.register(f"pupil{i}", DEFAULT_PASSWORD)
+        clients = [h.new_client() for _ in range(crowd)]
+        try:
+            for c in clients:
+                await c.connect()
+            replies = await asyncio.gather(*(c.login(f"pupil{i}", DEFAULT_PASSWORD)
+                                             for i, c in enumerate(clients)))
+            assert sorted(r.name for r in replies) == sorted(f"pupil{i}" for i in range(crowd))
+        finally:
+            for c in clients:
+                await c.close()
+
+    # tcp, so that every client has the same address (inproc peers are keyed per connection)
+    with running_broker(router="tcp://127.0.0.1:0", pub="tcp://127.0.0.1:0",
+                        encryption="none", login_rate_per_s=5.0, login_burst=3) as h:
+        run(main(h), timeout_s=60)

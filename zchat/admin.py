@@ -1,0 +1,760 @@
+"""Operator tools: the logic of ``zchat admin …`` (docs/admin.md).
+
+Two modes, chosen by the command line (docs/admin.md "Two ways in"):
+
+- **over the wire** (``--as NAME``, an account listed in the broker's ``[broker] admins``):
+  every operation is a request to the running broker (USERS, SESSIONS,
+  CREATE_ACCOUNTS, ADMIN_SET_PASSWORD, ADMIN_DISABLE, BANS, UNBAN, AUDIT;
+  docs/PROTOCOL.md §6.14, §6.32, §6.40-§6.45), which ends live sessions itself and writes
+  the audit log with the admin's name;
+- **direct** (``--db FILE`` or the broker's data directory): the operations run on the
+  SQLite file through :class:`zchat.store.Store`. Reading (users, sessions, bans, audit)
+  and lifting bans are safe while a broker runs (bans are read from the database at each
+  check). The writes whose effect a running broker holds in memory (creating accounts,
+  resetting passwords, disabling and enabling) are refused while a broker holds the data
+  directory's ``broker.lock``, and hold that lock themselves while they run, so that no
+  broker starts meanwhile. Their audit-log actor is ``local:<OS user>``.
+
+The validation of new accounts is shared with the broker (``check_new_account``, used by
+CREATE_ACCOUNTS in zchat.broker_core, and ``check_password``, used by REGISTER and LOGIN):
+names follow docs/PROTOCOL.md §12 (zchat.names), look-alikes are refused by skeleton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import getpass
+import io
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from zchat import protocol as p
+from zchat.errors import ProtocolError, Status, ZchatError
+from zchat.names import name_key, normalize_name, skeleton
+from zchat.store import Store
+
+#: File in the broker's data directory that a running broker holds locked (cli.py's
+#: ``_lock_data_dir``); direct-mode writes take it too.
+LOCK_FILENAME = "broker.lock"
+#: Characters of a generated password: ``secrets.token_urlsafe(12)`` gives 16 characters
+#: of 96 random bits, beyond any online or offline guessing against scrypt.
+GENERATED_PASSWORD_BYTES = 12
+#: Values of the CSV ``bot`` column (case-insensitive); empty means no.
+_TRUE = ("1", "true", "yes", "y", "bot")
+_FALSE = ("", "0", "false", "no", "n")
+_COLUMNS = ("name", "password", "bot")
+
+
+class AdminError(ZchatError):
+    """An operator command could not run: one line for the user, exit code 1."""
+
+
+class BadRows(AdminError):
+    """A bulk-creation file with bad rows: ``rows`` lists every one; nothing was created."""
+
+    def __init__(self, source: str, rows: list[BadRow]) -> None:
+        self.rows = rows
+        lines = "\n".join(f"  {source}:{r.line}: {r.problem}" for r in rows)
+        super().__init__(f"{len(rows)} bad row{'s' if len(rows) != 1 else ''} in {source}, "
+                         f"nothing created:\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    line: int      # 1-based line of the file (or index in a request)
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccountRow:
+    """One account to create, as read from a CSV line: ``password`` "" means generate."""
+
+    line: int
+    name: str
+    password: str
+    bot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedAccount:
+    """An account that passed ``check_batch``: display ``name``, its ``key`` and
+    ``skeleton``, and ``generated`` when the password was made here."""
+
+    line: int
+    name: str
+    key: str
+    skeleton: str
+    password: str
+    bot: bool
+    generated: bool = False
+
+
+# -- validation shared with the broker ---------------------------------------------------
+
+
+def check_password(password: str) -> str:
+    """A password as REGISTER, LOGIN and the operator tools accept it: not empty (422),
+    at most MAX_PASSWORD_CHARS characters (413) (docs/PROTOCOL.md §6.2, §9). Returns it."""
+    if not password:
+        raise ProtocolError(Status.INVALID, "password must not be empty")
+    if len(password) > p.MAX_PASSWORD_CHARS:
+        raise ProtocolError(Status.TOO_LARGE,
+                            f"password longer than {p.MAX_PASSWORD_CHARS} characters")
+    return password
+
+
+def check_new_account(name: str, password: str) -> tuple[str, str, str]:
+    """(display name, key, skeleton) of a new account, by the broker's rules for REGISTER
+    (docs/PROTOCOL.md §12: zchat.names.normalize_name). Raises ProtocolError 422/413."""
+    display = normalize_name(name)
+    check_password(password)
+    return display, name_key(display), skeleton(display)
+
+
+def check_batch(rows: Iterable[NewAccountRow], taken: Callable[[str, str], bool]
+                ) -> tuple[list[CheckedAccount], list[BadRow]]:
+    """Check every row (all of them, so that every problem is reported at once).
+
+    ``taken(key, skeleton)`` says whether an existing account has that key or a
+    look-alike name. Two rows of the batch with the same key or skeleton are a conflict
+    too. Rows with an empty password must have been given one before (``fill_passwords``).
+    Returns (good rows, bad rows); the caller creates nothing when any row is bad.
+    """
+    good: list[CheckedAccount] = []
+    bad: list[BadRow] = []
+    seen: dict[str, int] = {}  # key or skeleton -> first line
+    for row in rows:
+        try:
+            display, key, skel = check_new_account(row.name, row.password)
+        except ProtocolError as exc:
+            bad.append(BadRow(row.line, f"{row.name!r}: {exc.reason}"))
+            continue
+        first = seen.get("k:" + key) or seen.get("s:" + skel)
+        if first is not None:
+            bad.append(BadRow(row.line, f"{display!r}: the same as or too like the name on "
+                                        f"line {first}"))
+            continue
+        seen["k:" + key] = seen["s:" + skel] = row.line
+        if taken(key, skel):
+            bad.append(BadRow(row.line, f"{display!r}: the name is taken (or too like an "
+                                        "existing name)"))
+            continue
+        good.append(CheckedAccount(row.line, display, key, skel, row.password, row.bot))
+    return good, bad
+
+
+# -- the bulk-creation CSV ----------------------------------------------------------------
+
+
+def parse_accounts_csv(text: str, source: str = "the file"
+                       ) -> tuple[list[NewAccountRow], list[BadRow]]:
+    """Rows of a bulk-creation CSV (docs/admin.md): columns ``name,password[,bot]``, with
+    an optional header line naming them (in any order); without one, positional. Blank
+    lines and lines starting with ``#`` are skipped. An empty or missing password means
+    "generate one". ``bot`` is 1/true/yes or 0/false/no/empty.
+
+    Returns (rows, bad rows with their line numbers); nothing is checked against the
+    account rules here (``check_batch`` does that).
+    """
+    rows: list[NewAccountRow] = []
+    bad: list[BadRow] = []
+    columns: tuple[str, ...] | None = None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    for cells in reader:
+        line = reader.line_num
+        cells = [c.strip() for c in cells]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if columns is None:
+            if cells[0].lower() == "name":
+                header = tuple(c.lower() for c in cells)
+                unknown = [c for c in header if c not in _COLUMNS]
+                if unknown or len(set(header)) != len(header):
+                    raise AdminError(f"{source}:{line}: the header must name the columns "
+                                     f"name, password and bot (each at most once), not "
+                                     f"{', '.join(cells)}")
+                columns = header
+                continue
+            columns = _COLUMNS
+        if len(cells) > len(columns):
+            bad.append(BadRow(line, f"{len(cells)} columns; expected at most "
+                                    f"{len(columns)} ({','.join(columns)})"))
+            continue
+        values = dict(zip(columns, cells, strict=False))
+        flag = values.get("bot", "").lower()
+        if flag not in _TRUE + _FALSE:
+            bad.append(BadRow(line, f"bot must be yes or no (1/0, true/false), not "
+                                    f"{values.get('bot')!r}"))
+            continue
+        rows.append(NewAccountRow(line, values.get("name", ""), values.get("password", ""),
+                                  flag in _TRUE))
+    return rows, bad
+
+
+def generate_password() -> str:
+    """A new random password (GENERATED_PASSWORD_BYTES of ``secrets``, URL-safe)."""
+    return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+
+
+def fill_passwords(rows: list[NewAccountRow]) -> tuple[list[NewAccountRow], set[int]]:
+    """Give each row without a password a generated one; returns the rows and the lines
+    whose password was generated."""
+    out: list[NewAccountRow] = []
+    generated: set[int] = set()
+    for row in rows:
+        if not row.password:
+            row = NewAccountRow(row.line, row.name, generate_password(), row.bot)
+            generated.add(row.line)
+        out.append(row)
+    return out, generated
+
+
+def write_passwords_csv(path: Path, accounts: list[CheckedAccount]) -> None:
+    """Write ``name,password`` of ``accounts`` to ``path``, created with mode 0600 (only
+    the operator may read it); refuses to overwrite an existing file (AdminError)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise AdminError(f"{path} exists; give a new file for the passwords") from None
+    except OSError as exc:
+        raise AdminError(f"cannot create {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "password"])
+        for account in accounts:
+            writer.writerow([account.name, account.password])
+
+
+# -- direct mode: the database file -------------------------------------------------------
+
+
+def local_actor() -> str:
+    """The audit-log actor of a direct-mode action: ``local:<OS user name>``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = str(os.getuid())
+    return f"local:{user}"
+
+
+@contextlib.contextmanager
+def broker_stopped(directory: Path) -> Iterator[None]:
+    """Hold the data directory's broker lock for the block. Raises AdminError when a
+    broker holds it (it caches accounts and sessions in memory: go over the wire)."""
+    import fcntl
+
+    try:
+        lock = open(directory / LOCK_FILENAME, "a+")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise AdminError(f"cannot open {directory / LOCK_FILENAME}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise AdminError(f"a zchat broker is running on {directory}: it holds accounts "
+                             "and sessions in memory, so do this over the wire as an admin "
+                             "(--as NAME, with NAME in its [broker] admins), or stop it "
+                             "first") from None
+        yield
+    finally:
+        lock.close()
+
+
+def broker_running(directory: Path) -> bool:
+    """Whether a broker holds the data directory's lock now."""
+    try:
+        with broker_stopped(directory):
+            return False
+    except AdminError:
+        return True
+
+
+def _account(store: Store, name: str) -> tuple[str, str]:
+    """(key, display name) of an existing account in ``store``; AdminError if none."""
+    try:
+        key = name_key(normalize_name(name))
+    except ProtocolError:
+        raise AdminError(f"no account named {name!r}") from None
+    row = store.get_account(key)
+    if row is None:
+        raise AdminError(f"no account named {name!r}")
+    return key, row.name
+
+
+def create_accounts_direct(store: Store, accounts: list[CheckedAccount], hasher:
+                           Callable[[str], str], actor: str, now_ms: int) -> None:
+    """Create ``accounts`` (already checked) in one transaction, each a member of
+    ``lobby``, with one ``create_account`` audit entry each: all or none. Raises
+    ProtocolError 409 when a name was taken meanwhile (nothing created)."""
+    from zchat.broker_core import DEFAULT_ROOM
+    hashes = [hasher(a.password) for a in accounts]  # before the write lock is taken
+    lobby = name_key(DEFAULT_ROOM)
+    store.ensure_room(lobby, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), now_ms)
+    with store.transaction():
+        for account, password_hash in zip(accounts, hashes, strict=True):
+            store.create_account(account.key, account.name, account.skeleton, password_hash,
+                                 now_ms, bot=account.bot, rooms=(lobby,))
+            store.append_audit(now_ms, actor, "create_account", target=account.name,
+                               detail="bot" if account.bot else "")
+
+
+def reset_password_direct(store: Store, name: str, password_hash: str, actor: str,
+                          now_ms: int) -> str:
+    """Replace the account's password hash, forget its stored sessions (no RESUME with
+    them after the broker starts) and audit it, in one transaction. Returns the display
+    name. Raises AdminError for an unknown account."""
+    key, display = _account(store, name)
+    with store.transaction():
+        store.set_password_hash(key, password_hash)
+        store.delete_sessions([s.token_sha256 for s in store.sessions()
+                               if s.account_key == key])
+        store.append_audit(now_ms, actor, "reset_password", target=display)
+    return display
+
+
+def set_disabled_direct(store: Store, name: str, disabled: bool, actor: str,
+                        now_ms: int) -> tuple[str, bool]:
+    """Disable (forgetting its stored sessions) or enable the account, audited, in one
+    transaction. Returns (display name, whether it changed: nothing is written when it
+    was in that state already). Raises AdminError for an unknown account."""
+    key, display = _account(store, name)
+    if store.is_disabled(key) == disabled:
+        return display, False
+    with store.transaction():
+        store.set_disabled(key, disabled)
+        if disabled:
+            store.delete_sessions([s.token_sha256 for s in store.sessions()
+                                   if s.account_key == key])
+        store.append_audit(now_ms, actor, "disable" if disabled else "enable",
+                           target=display)
+    return display, True
+
+
+def unban_direct(store: Store, name: str, room: str, kind: str, actor: str,
+                 now_ms: int) -> str:
+    """Lift the account's ban (or mute, ``kind``) in ``room`` ("" = server-wide),
+    audited; safe while a broker runs (it reads bans at each check). Returns the display
+    name. Raises AdminError for an unknown account or room, or when there is none."""
+    key, display = _account(store, name)
+    room_key, room_name = "", ""
+    if room:
+        try:
+            room_key = name_key(normalize_name(room, "room name"))
+        except ProtocolError:
+            raise AdminError(f"no room named {room!r}") from None
+        found = store.get_room(room_key)
+        if found is None:
+            raise AdminError(f"no room named {room!r}")
+        room_name = found.name
+    verb = "unban" if kind == "ban" else "unmute"
+    with store.transaction():
+        if not store.lift_ban(kind, room_key, key):
+            where = f"in #{room_name}" if room_key else "server-wide"
+            raise AdminError(f"{display} is not {'banned' if kind == 'ban' else 'muted'} "
+                             f"{where}")
+        store.append_audit(now_ms, actor, verb, room=room_name, target=display)
+    return display
+
+
+def users_direct(store: Store) -> list[p.AccountInfo]:
+    """Every account; ``online`` means it holds a stored session (a live one, or one kept
+    for RESUME), ``sessions`` how many: the database's view, not the broker's memory."""
+    counts: dict[str, int] = {}
+    for s in store.sessions():
+        counts[s.account_key] = counts.get(s.account_key, 0) + 1
+    return [p.AccountInfo(name=a.name, bot=a.bot, disabled=a.disabled, created=a.created_ms,
+                          online=a.key in counts, sessions=counts.get(a.key, 0))
+            for a in store.list_accounts()]
+
+
+def sessions_direct(store: Store) -> list[p.SessionInfo]:
+    """The sessions stored in the database (live ones and those kept for RESUME), by name
+    and login time; ``last_seen`` is 0: only the broker's memory knows it."""
+    names = {k: n for k, (n, _b) in store.account_names().items()}
+    rows = [p.SessionInfo(name=names.get(s.account_key, s.account_key), address=s.address,
+                          login_time=s.login_ms, last_seen=0) for s in store.sessions()]
+    return sorted(rows, key=lambda s: (s.name, s.login_time))
+
+
+def bans_direct(store: Store, now_ms: int, room: str | None) -> list[p.BanInfo]:
+    """Bans and mutes in force: of ``room`` ("" = server-wide ones) or all (None)."""
+    rooms = {r.key: r.name for r in store.list_rooms()}
+    names = {k: n for k, (n, _b) in store.account_names().items()}
+    room_key: str | None = None
+    if room is not None:
+        room_key = name_key(room) if room else ""
+        if room_key and room_key not in rooms:
+            raise AdminError(f"no room named {room!r}")
+    return [p.BanInfo(kind="mute" if b.kind == "mute" else "ban",
+                      room=rooms.get(b.room_key, b.room_key),
+                      name=names.get(b.account_key, b.account_key),
+                      by=names.get(b.by_key, b.by_key), reason=b.reason,
+                      created=b.created_ms, until=b.until_ms)
+            for b in store.list_bans(now_ms, room_key)]
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def print_rows(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A plain table: columns padded to their widest cell, two spaces apart."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    for row in (header, *rows):
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                  + "\n")
+
+
+# -- the commands (``zchat admin …``, ``zchat passwd``; cli.py parses) ----------------------
+
+#: Environment variable holding the new password for ``admin reset-password`` and
+#: ``passwd`` in scripts ($ZCHAT_PASSWORD holds the password to log in with).
+NEW_PASSWORD_ENV = "ZCHAT_NEW_PASSWORD"
+#: Extra seconds CREATE_ACCOUNTS may take per account: the broker hashes each password
+#: with scrypt (about 0.05 s at the default cost) before it answers.
+CREATE_S_PER_ACCOUNT = 0.5
+#: Commands that change what a running broker holds in memory: direct mode refuses
+#: them while a broker holds the data directory.
+_NEEDS_STOPPED = ("create", "reset-password", "disable", "enable")
+
+
+def _fmt(ms: int) -> str:
+    import datetime as dt
+
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(ms: int) -> str | None:
+    import datetime as dt
+
+    if not ms:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def _now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> tuple[str, bool]:
+    """The new password of ``reset-password`` or ``passwd``: generated (``--generate``),
+    the first line of standard input (``--stdin``), $ZCHAT_NEW_PASSWORD, or asked twice
+    on the terminal without echo. Returns (password, generated). AdminError when none."""
+    import sys
+
+    from zchat.cli import _has_terminal
+
+    if getattr(args, "generate", False):
+        return generate_password(), True
+    if getattr(args, "stdin", False):
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise AdminError("no password on standard input")
+        return line, False
+    env = os.environ.get(NEW_PASSWORD_ENV)
+    if env:
+        return env, False
+    if not _has_terminal():
+        raise AdminError(f"no new password: use --stdin, set {NEW_PASSWORD_ENV} or run in "
+                         "a terminal")
+    try:
+        first = getpass.getpass(f"{prompt}: ")
+        if getpass.getpass(f"{prompt} (again): ") != first:
+            raise AdminError("the passwords do not match; nothing changed")
+    except EOFError:
+        raise AdminError("cancelled; nothing changed") from None
+    return first, False
+
+
+def _db_path(args: argparse.Namespace, config: object) -> Path:
+    from zchat.cli import DB_FILENAME
+    from zchat.config import Config, data_dir
+
+    assert isinstance(config, Config)
+    db = getattr(args, "db", None)
+    path = Path(db) if db else data_dir(config.broker) / DB_FILENAME
+    if not path.is_file():
+        raise AdminError(f"no zchat database at {path} (give --db FILE, --data-dir DIR, or "
+                         "--as NAME to go over the wire)")
+    return path
+
+
+def _read_csv(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise AdminError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise AdminError(f"{path} is not valid UTF-8: {exc.reason}") from None
+
+
+def _checked_csv(path: Path, taken: Callable[[str, str], bool],
+                 limit: int | None) -> tuple[list[CheckedAccount], set[int]]:
+    """Parse, fill in generated passwords and check a bulk-creation CSV; BadRows when any
+    row is bad (all of them listed, nothing created)."""
+    rows, bad = parse_accounts_csv(_read_csv(path), str(path))
+    rows, generated = fill_passwords(rows)
+    good, bad_accounts = check_batch(rows, taken)
+    bad = sorted(bad + bad_accounts, key=lambda b: b.line)
+    if bad:
+        raise BadRows(str(path), bad)
+    if not good:
+        raise AdminError(f"{path} holds no accounts")
+    if limit is not None and len(good) > limit:
+        raise AdminError(f"{path} holds {len(good)} accounts; over the wire at most {limit} "
+                         "at once: split the file (or use --db with the broker stopped)")
+    return [CheckedAccount(a.line, a.name, a.key, a.skeleton, a.password, a.bot,
+                           a.line in generated) for a in good], generated
+
+
+def _report_created(args: argparse.Namespace, accounts: list[CheckedAccount], out: TextIO,
+                    err: TextIO) -> None:
+    """Say what was created; hand out the generated passwords once (``--output`` file
+    with mode 0600, else CSV lines on stdout)."""
+    generated = [a for a in accounts if a.generated]
+    output = getattr(args, "output", None)
+    err.write(f"created {len(accounts)} account{'s' if len(accounts) != 1 else ''}: "
+              f"{', '.join(a.name for a in accounts)}\n")
+    if not generated:
+        return
+    if output is not None:
+        write_passwords_csv(Path(output), generated)
+        err.write(f"the {len(generated)} generated passwords are in {output} (mode 0600); "
+                  "they are shown nowhere else\n")
+        return
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["name", "password"])
+    for a in generated:
+        writer.writerow([a.name, a.password])
+    out.flush()
+    err.write(f"the {len(generated)} generated passwords above are shown only this once\n")
+
+
+def _print_users(users: Iterable[p.AccountInfo], as_json: bool, out: TextIO) -> None:
+    import json
+
+    rows = []
+    for u in users:
+        if as_json:
+            out.write(json.dumps({"name": u.name, "bot": u.bot, "disabled": u.disabled,
+                                  "created": _iso(u.created), "created_ms": u.created,
+                                  "online": u.online, "sessions": u.sessions},
+                                 ensure_ascii=False) + "\n")
+        else:
+            rows.append((u.name, "yes" if u.bot else "no", "yes" if u.disabled else "no",
+                         _fmt(u.created), "yes" if u.online else "no", str(u.sessions)))
+    if not as_json:
+        print_rows(out, ("NAME", "BOT", "DISABLED", "CREATED (UTC)", "ONLINE", "SESSIONS"),
+                   rows)
+
+
+def _print_sessions(sessions: Iterable[p.SessionInfo], as_json: bool, out: TextIO) -> None:
+    import json
+
+    rows = []
+    for s in sessions:
+        if as_json:
+            out.write(json.dumps({"name": s.name, "address": s.address,
+                                  "login": _iso(s.login_time), "login_ms": s.login_time,
+                                  "last_seen": _iso(s.last_seen),
+                                  "last_seen_ms": s.last_seen or None},
+                                 ensure_ascii=False) + "\n")
+        else:
+            rows.append((s.name, s.address or "-", _fmt(s.login_time), _fmt(s.last_seen)))
+    if not as_json:
+        print_rows(out, ("NAME", "ADDRESS", "LOGIN (UTC)", "LAST SEEN (UTC)"), rows)
+
+
+def _print_bans(bans: Iterable[p.BanInfo], as_json: bool, out: TextIO) -> None:
+    import json
+
+    rows = []
+    for b in bans:
+        if as_json:
+            out.write(json.dumps({"kind": b.kind, "room": b.room or None, "name": b.name,
+                                  "by": b.by, "reason": b.reason, "created": _iso(b.created),
+                                  "until": _iso(b.until) if b.until else None},
+                                 ensure_ascii=False) + "\n")
+        else:
+            rows.append((b.kind, "#" + b.room if b.room else "*", b.name, b.by,
+                         _fmt(b.created), _fmt(b.until) if b.until else "lifted by hand",
+                         b.reason))
+    if not as_json:
+        print_rows(out, ("KIND", "WHERE", "NAME", "BY", "SINCE (UTC)", "UNTIL (UTC)",
+                         "REASON"), rows)
+
+
+def _print_audit(entries: Iterable[p.AuditEntry], as_json: bool, out: TextIO) -> None:
+    import json
+
+    rows = []
+    for e in entries:
+        if as_json:
+            out.write(json.dumps({"id": e.id, "time": _iso(e.time), "time_ms": e.time,
+                                  "actor": e.actor, "action": e.action,
+                                  "room": e.room or None, "target": e.target or None,
+                                  "detail": e.detail}, ensure_ascii=False) + "\n")
+        else:
+            rows.append((str(e.id), _fmt(e.time), e.actor, e.action,
+                         "#" + e.room if e.room else "*", e.target or "-", e.detail))
+    if not as_json:
+        print_rows(out, ("ID", "TIME (UTC)", "ACTOR", "ACTION", "ROOM", "TARGET", "DETAIL"),
+                   rows)
+
+
+def _room_arg(raw: str | None) -> str | None:
+    """``--room``: None = every place, ``*`` = server-wide (""), else a room name."""
+    if raw is None:
+        return None
+    return "" if raw == "*" else raw
+
+
+def run_direct(args: argparse.Namespace, config: object) -> int:
+    """``zchat admin ACTION`` on the database file (see the module docstring)."""
+    import sys
+
+    from zchat.config import Config
+    from zchat.passwords import hash_password
+
+    assert isinstance(config, Config)
+    action: str = args.admin_command
+    path = _db_path(args, config)
+    cfg = config.broker
+
+    def hasher(password: str) -> str:
+        return hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+
+    lock = broker_stopped(path.parent) if action in _NEEDS_STOPPED \
+        else contextlib.nullcontext()
+    with lock:
+        store = Store(path)
+        try:
+            return _direct(action, args, store, hasher, sys.stdout, sys.stderr)
+        finally:
+            store.close()
+
+
+def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callable[[str], str],
+            out: TextIO, err: TextIO) -> int:
+    actor, now = local_actor(), _now_ms()
+    as_json = bool(getattr(args, "json", False))
+    name: str = getattr(args, "name", "") or ""
+    if action == "users":
+        _print_users(users_direct(store), as_json, out)
+    elif action == "sessions":
+        _print_sessions(sessions_direct(store), as_json, out)
+    elif action == "create":
+        accounts, _gen = _checked_csv(Path(args.csv),
+                                      lambda k, s: store.get_account(k) is not None
+                                      or store.account_skeleton_taken(s), None)
+        create_accounts_direct(store, accounts, hasher, actor, now)
+        _report_created(args, accounts, out, err)
+    elif action == "reset-password":
+        _key, _display = _account(store, name)  # before asking for the password
+        password, generated = new_password(args)
+        check_password(password)
+        display = reset_password_direct(store, name, hasher(password), actor, now)
+        _said_reset(display, password if generated else None, out, err)
+    elif action in ("disable", "enable"):
+        display, changed = set_disabled_direct(store, name, action == "disable", actor, now)
+        err.write(f"{display} {action}d\n" if changed else f"{display} was {action}d "
+                  "already; nothing changed\n")
+    elif action == "bans":
+        _print_bans(bans_direct(store, now, _room_arg(getattr(args, "room", None))),
+                    as_json, out)
+    elif action == "unban":
+        kind = "mute" if getattr(args, "mute", False) else "ban"
+        display = unban_direct(store, name, _room_arg(getattr(args, "room", None)) or "",
+                               kind, actor, now)
+        err.write(f"{'unmuted' if kind == 'mute' else 'unbanned'} {display}\n")
+    elif action == "audit":
+        room = getattr(args, "room", None)
+        if room == "*":
+            room = ""
+        _print_audit([p.AuditEntry(id=r.id, time=r.time_ms, actor=r.actor, action=r.action,
+                                   room=r.room, target=r.target, detail=r.detail)
+                      for r in store.audit_log(room=room, actor=getattr(args, "actor", None),
+                                               limit=args.limit)],
+                     as_json, out)
+    else:  # argparse only lets known actions through
+        raise AdminError(f"unknown admin command {action!r}")
+    return 0
+
+
+def _said_reset(display: str, generated: str | None, out: TextIO, err: TextIO) -> None:
+    err.write(f"password of {display} reset; its sessions were ended\n")
+    if generated is not None:
+        out.write(generated + "\n")
+        out.flush()
+        err.write("the generated password above is shown only this once\n")
+
+
+async def run_wire(args: argparse.Namespace, client: object) -> int:
+    """``zchat admin ACTION --as ADMIN``: the same commands as requests to the broker,
+    on ``client`` (logged in as an admin)."""
+    import sys
+
+    from zchat.client import Client
+
+    assert isinstance(client, Client)
+    out, err = sys.stdout, sys.stderr
+    action: str = args.admin_command
+    as_json = bool(getattr(args, "json", False))
+    name: str = getattr(args, "name", "") or ""
+    if action == "users":
+        _print_users((await client.users()).users, as_json, out)
+    elif action == "sessions":
+        _print_sessions((await client.sessions()).sessions, as_json, out)
+    elif action == "create":
+        existing = (await client.users()).users
+        keys = {name_key(u.name) for u in existing}
+        skeletons = {skeleton(u.name) for u in existing}
+        accounts, _gen = _checked_csv(Path(args.csv),
+                                      lambda k, s: k in keys or s in skeletons,
+                                      p.MAX_CREATE_ACCOUNTS)
+        await client.create_accounts(
+            tuple(p.NewAccount(name=a.name, password=a.password, bot=a.bot)
+                  for a in accounts),
+            timeout_s=client.timeout_s + CREATE_S_PER_ACCOUNT * len(accounts))
+        _report_created(args, accounts, out, err)
+    elif action == "reset-password":
+        password, generated = new_password(args)
+        await client.admin_set_password(name, password)
+        _said_reset(name, password if generated else None, out, err)
+    elif action in ("disable", "enable"):
+        await client.set_disabled(name, action == "disable")
+        err.write(f"{name} {action}d\n")
+    elif action == "bans":
+        _print_bans((await client.bans(_room_arg(getattr(args, "room", None)))).bans,
+                    as_json, out)
+    elif action == "unban":
+        room = _room_arg(getattr(args, "room", None)) or ""
+        if getattr(args, "mute", False):
+            await client.unmute(name, room)
+        else:
+            await client.unban(name, room)
+        err.write(f"{'unmuted' if getattr(args, 'mute', False) else 'unbanned'} {name}\n")
+    elif action == "audit":
+        audit_room: str | None = getattr(args, "room", None)
+        reply = await client.audit(None if audit_room in (None, "*") else audit_room,
+                                   actor=getattr(args, "actor", None) or "",
+                                   limit=args.limit)
+        entries = reply.entries
+        if audit_room == "*":
+            entries = tuple(e for e in entries if not e.room)
+        _print_audit(entries, as_json, out)
+    else:
+        raise AdminError(f"unknown admin command {action!r}")
+    return 0

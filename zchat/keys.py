@@ -1,0 +1,389 @@
+"""CurveZMQ keys: the broker's key pair, Z85 keys, fingerprints and the pinned-keys file.
+
+Transport security follows docs/PROTOCOL.md §16 (CurveZMQ, RFC 26/CURVEZMQ, with the
+ZAP handler of RFC 27/ZAP):
+
+- The broker's long-term key pair lives in its data directory as a ZeroMQ certificate
+  (``curve.key_secret``, the format of :mod:`zmq.auth`), mode 0600, created on first
+  start and reused after. A secret-key file that others may read is refused, as ssh
+  refuses an unprotected private key.
+- A client needs the broker's public key *before* it can connect. It takes it from
+  ``server_key`` (config or ``--server-key``), else from the pinned-keys file
+  ``$XDG_CONFIG_HOME/zchat/known_brokers.toml`` (keyed by the server endpoint as given),
+  else — trust on first use, like ssh's ``known_hosts`` — from the broker's plain-text
+  key service (:func:`fetch_broker_key`), and then pins it there.
+- A key that differs from the pinned one is refused with :class:`BrokerKeyChanged`,
+  whose message says which file and line to edit and shows both fingerprints.
+
+Keys are handled as Z85 text (40 ASCII characters for 32 bytes, ZeroMQ RFC 32/Z85) at
+every boundary of this module; fingerprints are ``SHA256:`` plus the unpadded base64 of
+the SHA-256 of the 32 raw key bytes, the form ``ssh-keygen -l`` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import stat
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import zmq
+import zmq.asyncio
+import zmq.auth
+import zmq.utils.z85
+
+from zchat.errors import ConnectionFailed, ZchatError
+
+#: Name of the broker's certificate (public and secret key) inside its data directory.
+BROKER_SECRET_FILE = "curve.key_secret"
+#: Name of the broker's public certificate (public key only) beside it.
+BROKER_PUBLIC_FILE = "curve.key"
+#: Name of the pinned-keys file inside the zchat config directory.
+KNOWN_BROKERS_FILE = "known_brokers.toml"
+#: Length of a Z85-encoded CurveZMQ key: 32 bytes -> 40 characters (RFC 32/Z85).
+Z85_KEY_CHARS = 40
+#: The key service's request frame and the first frame of its reply (docs/PROTOCOL.md
+#: §16.3). Versioned so that the reply can grow.
+KEY_REQUEST = b"KEY"
+KEY_REPLY = b"zchat-key/1"
+#: Largest frame the key service accepts; a request is 3 bytes, so anything larger is
+#: junk and libzmq drops the connection before the broker sees it.
+KEY_SERVICE_MAX_FRAME_BYTES = 64
+#: The key service's port is the ROUTER's port plus this, unless configured otherwise
+#: (5555 -> 5557; the PUB has 5556).
+KEY_PORT_OFFSET = 2
+#: What ``encryption`` may be set to, in ``[broker]`` and ``[client]``.
+ENCRYPTION_MODES = ("curve", "none")
+
+_HEADER = """\
+# zchat: pinned broker public keys (trust on first use, like ssh's known_hosts).
+# One line per broker endpoint, as given to --server / [client] server. When a broker's
+# key legitimately changes (its data directory was recreated), delete its line here.
+"""
+
+
+class KeyFileError(ZchatError):
+    """A key file cannot be read, written or trusted (bad permissions, bad content)."""
+
+
+class BadKey(ZchatError):
+    """A text is not a CurveZMQ public key in Z85 (40 characters of the Z85 alphabet)."""
+
+
+class BrokerKeyChanged(ZchatError):
+    """The broker's public key differs from the one pinned or configured for it.
+
+    ``endpoint`` is the server endpoint; ``expected`` and ``actual`` the two keys (Z85);
+    ``source`` where the expected key came from (a file path and line, or the setting).
+    ``str(error)`` is the multi-line warning shown to the user (:func:`changed_message`).
+    """
+
+    def __init__(self, endpoint: str, expected: str, actual: str, source: str,
+                 remedy: str) -> None:
+        self.endpoint, self.expected, self.actual = endpoint, expected, actual
+        self.source = source
+        super().__init__(changed_message(endpoint, expected, actual, source, remedy))
+
+
+@dataclass(frozen=True)
+class BrokerKeys:
+    """The broker's long-term CurveZMQ key pair, both Z85 (40 ASCII bytes)."""
+
+    public: bytes
+    secret: bytes
+
+    def __repr__(self) -> str:  # never print the secret by accident
+        return f"BrokerKeys(public={self.public.decode()!r}, secret=<hidden>)"
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A key pinned just now by trust on first use: shown to the user once."""
+
+    endpoint: str
+    key: str
+    path: Path
+
+    def notice(self) -> str:
+        """The lines telling the user what was trusted (docs/PROTOCOL.md §16.4)."""
+        return (f"zchat: first connection to {self.endpoint}: trusting its public key\n"
+                f"  {fingerprint(self.key)}\n"
+                f"  (pinned in {self.path}; compare it with the fingerprint the broker "
+                f"printed at start)")
+
+
+def check_key(text: str, what: str = "key") -> str:
+    """Return ``text`` if it is a Z85 CurveZMQ public key (40 characters decoding to 32
+    bytes); raise BadKey naming ``what`` otherwise."""
+    if not isinstance(text, str) or len(text) != Z85_KEY_CHARS:
+        size = len(text) if isinstance(text, str) else "?"
+        raise BadKey(f"{what} must be {Z85_KEY_CHARS} characters of Z85 (as printed by "
+                     f"'zchat broker'), got {size}")
+    try:
+        raw = zmq.utils.z85.decode(text.encode("ascii"))
+    except (UnicodeEncodeError, ValueError, KeyError, IndexError):
+        raise BadKey(f"{what} is not Z85 text (as printed by 'zchat broker')") from None
+    if len(raw) != 32:
+        raise BadKey(f"{what} does not decode to 32 bytes")
+    return text
+
+
+def fingerprint(key: str | bytes) -> str:
+    """``SHA256:<base64>`` of a Z85 public key's 32 raw bytes (the ``ssh-keygen -l``
+    form). Raises BadKey when ``key`` is not a key."""
+    text = key.decode("ascii") if isinstance(key, bytes) else key
+    raw = zmq.utils.z85.decode(check_key(text).encode("ascii"))
+    digest = base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def changed_message(endpoint: str, expected: str, actual: str, source: str,
+                    remedy: str) -> str:
+    """The loud warning for a broker whose key changed (modelled on ssh's "REMOTE HOST
+    IDENTIFICATION HAS CHANGED")."""
+    bar = "@" * 59
+    return "\n".join([
+        "",
+        bar,
+        "@    WARNING: BROKER IDENTIFICATION HAS CHANGED!          @",
+        bar,
+        "IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!",
+        f"The broker at {endpoint} now presents a different public key.",
+        "Someone could be eavesdropping on you right now (man-in-the-middle),",
+        "or the broker's key pair was recreated (a new data directory).",
+        f"  expected {fingerprint(expected)}  ({expected})",
+        f"  offered  {fingerprint(actual)}  ({actual})",
+        f"The expected key comes from {source}.",
+        remedy,
+        "Nothing was sent: no password, token or message left this machine.",
+    ])
+
+
+# -- the broker's key pair -----------------------------------------------------------------
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable and writable only by this user
+    (mode 0600 from creation, never wider). Raises OSError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)  # in case the umask or the file system widened it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _certificate(public: bytes, secret: bytes | None) -> str:
+    """A ZeroMQ certificate in the ZPL text format that zmq.auth.load_certificate reads."""
+    lines = ["#   ****  Generated by zchat: ZeroMQ CURVE certificate  ****",
+             "#   ZeroMQ CURVE **Secret** Certificate" if secret else
+             "#   ZeroMQ CURVE Public Certificate",
+             "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions."
+             if secret else "#   The broker's public key: clients may pin it.",
+             "", "metadata", "curve", f'    public-key = "{public.decode("ascii")}"']
+    if secret:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    return "\n".join(lines) + "\n"
+
+
+def load_or_create_broker_keys(directory: Path) -> tuple[BrokerKeys, bool]:
+    """The broker's key pair from ``directory``/curve.key_secret, created (with
+    curve.key beside it) when absent. Returns (keys, created).
+
+    The secret file is created with mode 0600 and refused afterwards when group or others
+    may read or write it (like ssh's "UNPROTECTED PRIVATE KEY FILE"). Raises
+    KeyFileError when a file cannot be read or written, is not a ZeroMQ certificate, or
+    its permissions are too open. The caller holds the data directory's lock, so two
+    brokers never create a pair at once.
+    """
+    secret_path = directory / BROKER_SECRET_FILE
+    if not secret_path.exists():
+        public, secret = zmq.curve_keypair()
+        try:
+            _write_private(secret_path, _certificate(public, secret))
+            _write_private(directory / BROKER_PUBLIC_FILE, _certificate(public, None))
+        except OSError as exc:
+            raise KeyFileError(f"cannot write the broker's key pair to {secret_path}: "
+                               f"{exc.strerror or exc}") from None
+        return BrokerKeys(public, secret), True
+    try:
+        mode = secret_path.stat().st_mode
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {secret_path}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{secret_path} is accessible by others (mode "
+                           f"{stat.S_IMODE(mode):04o}): the broker's secret key must be "
+                           f"private; run: chmod 600 {secret_path}")
+    try:
+        public_b, secret_b = zmq.auth.load_certificate(secret_path)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot load the broker's key pair from {secret_path}: "
+                           f"{exc}") from None
+    if not secret_b:
+        raise KeyFileError(f"{secret_path} holds no secret-key")
+    try:
+        check_key(public_b.decode("ascii"), f"public-key in {secret_path}")
+        check_key(secret_b.decode("ascii"), f"secret-key in {secret_path}")
+    except (UnicodeDecodeError, BadKey) as exc:
+        raise KeyFileError(str(exc)) from None
+    return BrokerKeys(public_b, secret_b), False
+
+
+# -- endpoints ----------------------------------------------------------------------------
+
+
+def is_tcp(endpoint: str) -> bool:
+    """Whether CurveZMQ applies to ``endpoint``: tcp only (inproc and ipc stay plain,
+    docs/PROTOCOL.md §16.1)."""
+    return endpoint.startswith("tcp://")
+
+
+def key_endpoint_for(router: str) -> str:
+    """The key service's endpoint derived from a ROUTER/server endpoint: the same host
+    and the port plus KEY_PORT_OFFSET (``tcp://h:5555`` -> ``tcp://h:5557``); port 0 or
+    ``*`` (any free port, for a bind) stays as it is. Raises ValueError for a non-tcp
+    endpoint or a port that would pass 65535."""
+    if not is_tcp(router):
+        raise ValueError(f"no key service for a non-tcp endpoint: {router!r}")
+    head, colon, port = router.rpartition(":")
+    if not colon or not port:
+        raise ValueError(f"no port in {router!r}")
+    if port in ("*", "0"):
+        return router
+    if not port.isdigit() or int(port) + KEY_PORT_OFFSET > 65535:
+        raise ValueError(f"cannot derive a key service port from {router!r}; set it "
+                         f"explicitly")
+    return f"{head}:{int(port) + KEY_PORT_OFFSET}"
+
+
+# -- the pinned-keys file -----------------------------------------------------------------
+
+
+def default_known_brokers_path() -> Path:
+    """``$XDG_CONFIG_HOME/zchat/known_brokers.toml`` (default ``~/.config/zchat/…``)."""
+    from zchat.config import default_config_path
+
+    return default_config_path().with_name(KNOWN_BROKERS_FILE)
+
+
+def load_known_brokers(path: Path) -> dict[str, str]:
+    """The pinned keys in ``path``: {server endpoint: Z85 key}; {} if the file is absent.
+
+    Raises KeyFileError when the file cannot be read, is not valid TOML or holds
+    something other than a ``[brokers]`` table of endpoint = key strings.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise KeyFileError(f"{path}: invalid TOML: {exc}") from None
+    brokers = document.get("brokers", {})
+    if set(document) - {"brokers"} or not isinstance(brokers, dict):
+        raise KeyFileError(f"{path}: expected only a [brokers] table of "
+                           f"\"endpoint\" = \"key\" lines")
+    for endpoint, key in brokers.items():
+        if not isinstance(key, str):
+            raise KeyFileError(f"{path}: [brokers] {endpoint!r}: expected a key string")
+        try:
+            check_key(key, f"[brokers] {endpoint!r}")
+        except BadKey as exc:
+            raise KeyFileError(f"{path}: {exc}") from None
+    return dict(brokers)
+
+
+def pin_broker_key(path: Path, endpoint: str, key: str) -> None:
+    """Add ``endpoint`` = ``key`` to the pinned-keys file (tomli-w), creating it and its
+    directory; the file is written atomically with mode 0600. An existing pin for
+    ``endpoint`` is never replaced here (the caller checked there is none). Raises
+    KeyFileError when the file cannot be read or written."""
+    brokers = load_known_brokers(path)
+    brokers.setdefault(endpoint, check_key(key))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(path, _HEADER + tomli_w.dumps({"brokers": brokers}))
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def pinned_line(path: Path, endpoint: str) -> int | None:
+    """The 1-based line of ``path`` that pins ``endpoint``, or None."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for number, line in enumerate(lines, 1):
+        if "=" not in line:
+            continue
+        try:
+            if endpoint in tomllib.loads(line):
+                return number
+        except tomllib.TOMLDecodeError:
+            continue
+    return None
+
+
+# -- the key service (client side) ------------------------------------------------------
+
+
+async def fetch_broker_key(context: zmq.asyncio.Context, endpoint: str,
+                           timeout_s: float) -> str:
+    """Ask the broker's key service at ``endpoint`` for its public key (docs/PROTOCOL.md
+    §16.3): one plain request ``KEY``, the reply ``zchat-key/1``, ``curve``, key. Returns
+    the Z85 key.
+
+    This exchange is unauthenticated by design (trust on first use): its answer is only
+    pinned when nothing is pinned yet, or compared with the pin to explain a failed
+    handshake. Raises ConnectionFailed when nothing answers within ``timeout_s`` seconds
+    and BadKey when the answer is not a key.
+    """
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 1024)
+    try:
+        sock.connect(endpoint)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await sock.send(KEY_REQUEST)
+                frames: list[Any] = await sock.recv_multipart()
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"no answer from the broker's key service at {endpoint} within "
+                f"{timeout_s:g} s, so its public key is unknown: is the broker running "
+                f"with encryption = \"curve\"? Give its key with --server-key or "
+                f"[client] server_key, or set [client] key_server") from None
+    finally:
+        sock.close(linger=0)
+    if len(frames) != 3 or frames[0] != KEY_REPLY or frames[1] != b"curve":
+        raise BadKey(f"the key service at {endpoint} sent an unexpected reply")
+    try:
+        return check_key(frames[2].decode("ascii"), f"the key sent by {endpoint}")
+    except UnicodeDecodeError:
+        raise BadKey(f"the key service at {endpoint} sent a key that is not ASCII") \
+            from None
+
+
+def key_service_reply(frames: list[bytes], public: bytes) -> list[bytes] | None:
+    """The key service's answer to one request received on its ROUTER (``frames`` =
+    [routing id, request]), or None to ignore it (anything but ``KEY``). Pure."""
+    if len(frames) != 2 or frames[1] != KEY_REQUEST:
+        return None
+    return [frames[0], KEY_REPLY, b"curve", public]
