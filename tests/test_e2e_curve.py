@@ -45,6 +45,9 @@ def test_broker_prints_its_key_keeps_it_private_and_reuses_it(tmp_path: Path) ->
         assert keys.check_key(key) == key
         secret = broker.data_dir / keys.BROKER_SECRET_FILE
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        # the database too: hashes, DMs, private rooms, the audit log (a tester: 0644)
+        db = broker.data_dir / "zchat.db"
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
         pair, _ = keys.load_or_create_broker_keys(broker.data_dir)
         assert pair.public.decode() == key
         assert not any(pair.secret.decode() in line

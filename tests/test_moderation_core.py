@@ -86,6 +86,34 @@ def test_moderator_cannot_act_on_moderator_or_owner_and_nobody_on_an_admin(
     assert u["root"].call(p.Kick(room="dev", name="olga")).ok
 
 
+def test_lifting_a_ban_or_mute_needs_the_same_rank_as_placing_it(world: World) -> None:
+    """A tester's moderators unmuted themselves, each other and the owner, and a banned
+    moderator unbanned herself: UNBAN/UNMUTE skipped the rank check BAN/MUTE make."""
+    u = room_with(world, "olga", "mia", "max", "nick", "root")
+    for name in ("mia", "max"):
+        u["olga"].must(p.SetRole(room="dev", name=name, role="moderator"))
+    u["olga"].must(p.Mute(room="dev", name="mia"))
+    assert u["mia"].call(p.Unmute(room="dev", name="mia")).status == 403     # herself
+    assert u["max"].call(p.Unmute(room="dev", name="mia")).status == 403     # a peer
+    u["root"].must(p.Mute(room="dev", name="olga"))
+    assert u["olga"].call(p.Unmute(room="dev", name="olga")).status == 403   # herself
+    assert u["mia"].call(p.Unmute(room="dev", name="olga")).status == 403    # above her
+    # a member banned by the owner cannot be let back in by a moderator
+    u["olga"].must(p.Ban(room="dev", name="nick"))
+    out = u["mia"].call(p.Unban(room="dev", name="nick"))
+    assert out.status == 403 and "olga" in out.reply.reason  # type: ignore[attr-defined]
+    assert world.store.active_ban("ban", "dev", "nick", world.clock.ms) is not None
+    # a banned moderator loses the role, so she can neither lift her ban nor moderate
+    u["olga"].must(p.Ban(room="dev", name="max"))
+    assert world.store.room_role("dev", "max") == ""
+    assert u["max"].call(p.Unban(room="dev", name="max")).status == 403
+    assert u["max"].call(p.SetRoom(room="dev", locked=True)).status == 403
+    # those who may: the owner lifts her own bans, the admin anything
+    assert u["olga"].must(p.Unban(room="dev", name="nick")) == p.Ok()
+    assert u["root"].must(p.Unmute(room="dev", name="olga")) == p.Ok()
+    assert u["olga"].must(p.Unmute(room="dev", name="mia")) == p.Ok()
+
+
 # -- kick ---------------------------------------------------------------------------------
 
 
@@ -399,6 +427,11 @@ def test_console_parses_moderation_commands() -> None:
     assert isinstance(c.parse_input("/private maybe"), c.ParseError)
     assert isinstance(c.parse_input("/kick"), c.ParseError)
     assert c.parse_duration("7d") == 7 * 86_400 and c.parse_duration("soon") is None
+    # a mistyped duration is an error, not a ban until lifted with it as the reason
+    for typo in ("/ban nick -5m", "/ban nick 0", "/ban nick 10x some reason", "/mute nick 5q"):
+        got = c.parse_input(typo)
+        assert isinstance(got, c.ParseError) and "DURATION must look like" in got.message, typo
+    assert c.COMMANDS["ban"].usage == "/ban NICK [DURATION] [REASON]"
 
 
 def test_console_shows_deleted_messages_and_kicks() -> None:
@@ -414,3 +447,15 @@ def test_console_shows_deleted_messages_and_kicks() -> None:
                                                text="rude"), "mia"), active=True, me="mia")
     assert conv.mark_deleted(2, "olga")
     assert conv.lines[-1].text == "(message deleted by olga)"
+
+
+def test_cli_shows_a_deleted_message_as_deleted() -> None:
+    """A tester's `zchat history` printed a deleted message as an empty one."""
+    from zchat.cli import message_json, message_line
+
+    gone = p.MessagePosted(room="dev", seq=2, time=1_700_000_000_000, sender="nick",
+                           text="", deleted_by="olga")
+    assert message_line(gone).endswith("#dev #2 <nick> (message deleted by olga)")
+    assert message_json(gone)["deleted_by"] == "olga"
+    kept = p.MessagePosted(room="dev", seq=3, time=1_700_000_000_000, sender="nick", text="hi")
+    assert message_json(kept)["deleted_by"] is None

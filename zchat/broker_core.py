@@ -1139,14 +1139,19 @@ class BrokerCore:
         self._check_outranks(key, session, target, "ban")
         name = self.accounts[target].name
         member = bool(key) and target in self.members[key]
+        demoted = bool(key) and self.roles.get(key, {}).get(target) == "moderator"
         with self.store.transaction():
             self.store.add_ban("ban", key, target, session.account_key, reason, now_ms, until)
+            if demoted:  # a banned moderator keeps no powers in the room (§17.1)
+                self.store.set_role(key, target, "")
             if member:
                 self.store.leave_room(key, target)
             if key:
                 self.store.take_invite(key, target)
             self._audit(now_ms, session, "ban", key, name,
                         _until(until) + (f"; {reason}" if reason else ""))
+        if demoted:
+            self.roles[key].pop(target, None)
         log.info("%s banned %s from %s %s", session.name, name,
                  self.rooms[key] if key else "the server", _until(until))
         actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
@@ -1166,6 +1171,16 @@ class BrokerCore:
             self._require_admin(session, f"{verb} server-wide")
         target = self._account_key(raw_name)
         name = self.accounts[target].name
+        # As for BAN and MUTE (§17.1): only someone who outranks the target, and who
+        # ranks at least as high as whoever placed it, may lift a ban or mute — never
+        # oneself (a tester's moderators lifted their own bans and the owner's).
+        self._check_outranks(key, session, target, verb)
+        placed = self.store.active_ban(kind, key, target, now_ms)
+        if placed is not None and placed.by_key in self.accounts and \
+                self._rank(key, placed.by_key) > self._rank(key, session.account_key):
+            raise ProtocolError(Status.FORBIDDEN, f"you cannot {verb} {name}: "
+                                f"{self.accounts[placed.by_key].name}, "
+                                f"{self._role_name(key, placed.by_key)}, placed it")
         with self.store.transaction():
             if not self.store.lift_ban(kind, key, target):
                 where = f"in #{self.rooms[key]}" if key else "server-wide"

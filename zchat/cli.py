@@ -374,7 +374,8 @@ def message_json(msg: p.MessagePosted | p.DirectMessage) -> dict[str, Any]:
                 "time_ms": msg.time, "from": msg.sender, "to": msg.to, "text": msg.text,
                 "kind": "text"}
     return {"dm": False, "room": msg.room, "seq": msg.seq, "time": _iso(msg.time),
-            "time_ms": msg.time, "from": msg.sender, "text": msg.text, "kind": msg.kind}
+            "time_ms": msg.time, "from": msg.sender, "text": msg.text, "kind": msg.kind,
+            "deleted_by": msg.deleted_by or None}
 
 
 def message_line(msg: p.MessagePosted | p.DirectMessage) -> str:
@@ -383,6 +384,9 @@ def message_line(msg: p.MessagePosted | p.DirectMessage) -> str:
     text = msg.text.replace("\n", "\n    ")
     if isinstance(msg, p.DirectMessage):
         return f"{_local(msg.time)} [dm] <{msg.sender} -> {msg.to}> {text}"
+    if msg.deleted_by:  # its text is kept only for the audit log (docs/PROTOCOL.md §6.38)
+        return f"{_local(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> " \
+               f"(message deleted by {msg.deleted_by})"
     if msg.kind == "action":
         return f"{_local(msg.time)} #{msg.room} #{msg.seq} * {msg.sender} {text}"
     return f"{_local(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> {text}"
@@ -527,6 +531,9 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     directory = data_dir(cfg)
+    # The database holds password and token hashes, DMs, private rooms and the audit log:
+    # everything the broker creates is its user's alone (files 0600, directories 0700).
+    os.umask(0o077)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -195,6 +195,8 @@ class Param:
     name: str
     required: bool = True
     rest: bool = False
+    #: How the usage line shows it, when not its name (e.g. "DURATION] [REASON").
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,8 @@ class CommandSpec:
     def usage(self) -> str:
         parts = [f"/{self.name}"]
         for prm in self.params:
-            parts.append(prm.name if prm.required else f"[{prm.name}]")
+            shown = prm.label or prm.name
+            parts.append(shown if prm.required else f"[{shown}]")
         return " ".join(parts)
 
 
@@ -270,6 +273,10 @@ def _timed(action: str) -> Callable[[dict[str, str]], Command]:
         rest = a.get("REST", "").strip()
         first, _sp, tail = rest.partition(" ")
         seconds = parse_duration(first) if first else None
+        if seconds is None and first[:1] in "0123456789-+" and first:
+            # a mistyped duration must not become a ban until lifted with it as reason
+            raise ValueError(f"DURATION must look like 90s, 10m, 2h, 7d or 1w (or be left "
+                             f"out: until lifted), not {first!r}")
         reason = tail.strip() if seconds is not None else rest
         return Moderate(action, _user(a["NICK"]), reason, seconds or 0)
     return build
@@ -335,7 +342,8 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "Removes NICK from the current room (moderators). They may join again "
                 "unless banned.",
                 lambda a: Moderate("kick", _user(a["NICK"]), a.get("REASON", ""))),
-    CommandSpec("ban", (Param("NICK"), Param("REST", required=False, rest=True)),
+    CommandSpec("ban", (Param("NICK"), Param("REST", required=False, rest=True,
+                                                label="DURATION] [REASON")),
                 "ban someone from the room",
                 "Bans NICK from the current room (moderators): /ban NICK [DURATION] "
                 "[REASON], DURATION like 10m, 2h, 7d (none: until /unban).",
@@ -343,7 +351,8 @@ _SPECS: tuple[CommandSpec, ...] = (
     CommandSpec("unban", (Param("NICK"),), "lift a ban",
                 "Lifts NICK's ban from the current room.",
                 lambda a: Moderate("unban", _user(a["NICK"]))),
-    CommandSpec("mute", (Param("NICK"), Param("REST", required=False, rest=True)),
+    CommandSpec("mute", (Param("NICK"), Param("REST", required=False, rest=True,
+                                                 label="DURATION] [REASON")),
                 "stop someone posting here",
                 "Mutes NICK in the current room (moderators): /mute NICK [DURATION] "
                 "[REASON]. They still read.",
