@@ -41,6 +41,7 @@ from zchat.console.commands import (
 @pytest.mark.parametrize("text, expected", [
     ("/join dev", Join("dev")),
     ("/join #dev", Join("dev")),
+    ("/join secret private", Join("secret", private=True)),
     ("/JOIN Dev", Join("Dev")),
     ("/j dev", Join("dev")),
     ("/part", Part(None)),
@@ -98,9 +99,9 @@ def test_unknown_command() -> None:
 
 
 @pytest.mark.parametrize("text, usage", [
-    ("/join", "/join ROOM"),
-    ("/join a b", "/join ROOM"),
-    ("/join #", "/join ROOM"),
+    ("/join", "/join ROOM [private]"),
+    ("/join a b", "/join ROOM [private]"),
+    ("/join #", "/join ROOM [private]"),
     ("/part a b", "/part [ROOM]"),
     ("/msg", "/msg USER TEXT"),
     ("/msg bob", "/msg USER TEXT"),
@@ -130,7 +131,7 @@ def test_argument_errors_give_the_usage(text: str, usage: str) -> None:
 def test_missing_and_extra_arguments_say_which() -> None:
     missing = parse_input("/msg bob")
     assert isinstance(missing, ParseError) and "needs TEXT" in missing.message
-    extra = parse_input("/join a b")
+    extra = parse_input("/join a private b")
     assert isinstance(extra, ParseError) and "too many arguments" in extra.message
     bad = parse_input("/history 900")
     assert isinstance(bad, ParseError) and "1 to 500" in bad.message

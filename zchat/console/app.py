@@ -419,7 +419,7 @@ class ChatConsole:
         conv = self.current
         client = self.client
         if isinstance(cmd, c.Join):
-            reply = await client.join(cmd.room)
+            reply = await client.join(cmd.room, private=cmd.private)
             await self.open_room(reply.room, reply.topic, activate=True)
         elif isinstance(cmd, c.Part):
             room = cmd.room or (conv.title if conv and conv.kind == "room" else None)

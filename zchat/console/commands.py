@@ -55,6 +55,8 @@ class Join(Command):
 
     NAME: ClassVar[str] = "join"
     room: str
+    #: Create it private (invite-only, docs/PROTOCOL.md §17.2) if it is new.
+    private: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +291,14 @@ def _delete(a: dict[str, str]) -> Command:
     return Moderate("delete", user=_user(word))
 
 
+def _private_word(word: str) -> bool:
+    if not word:
+        return False
+    if word.casefold() == "private":
+        return True
+    raise ValueError(f"say /join ROOM or /join ROOM private, not {word!r}")
+
+
 def _on_off(word: str) -> bool:
     if word.casefold() in ("on", "yes", "true"):
         return True
@@ -303,10 +313,13 @@ def _opt(args: dict[str, str], key: str) -> str | None:
 
 _ROOM = Param("ROOM")
 _SPECS: tuple[CommandSpec, ...] = (
-    CommandSpec("join", (_ROOM,), "join a room and switch to it",
+    CommandSpec("join", (_ROOM, Param("PRIVATE", required=False, label="private")),
+                "join a room and switch to it",
                 "Joins ROOM (written dev or #dev), creating it if it does not exist, and "
-                "switches to it. Its recent history is shown.",
-                lambda a: Join(_room(a["ROOM"]))),
+                "switches to it. Its recent history is shown. /join ROOM private creates "
+                "a new room invite-only from the start, so not even its name or first "
+                "lines cross the public channel.",
+                lambda a: Join(_room(a["ROOM"]), _private_word(a.get("PRIVATE", "")))),
     CommandSpec("part", (Param("ROOM", required=False),), "leave a room",
                 "Leaves ROOM, or the current room when none is given. You stop receiving "
                 "its messages; /join it again to come back.",
