@@ -342,8 +342,8 @@ def test_say_stdin_counts_lines_sent_before_the_broker_died(tmp_path: Path) -> N
     try:
         register(tmp_path, broker, "alice")
         say = Proc([*zchat_command(), "say", "--server", broker.router, "--timeout", "1",
-                    "--as", "alice", "--room", "dev", "-"], cli_env(tmp_path),
-                   stdin=subprocess.PIPE)
+                    "--retry-for", "1", "--as", "alice", "--room", "dev", "-"],
+                   cli_env(tmp_path), stdin=subprocess.PIPE)
         assert say.popen.stdin is not None
         say.popen.stdin.write("one\ntwo\nthree\n")
         say.popen.stdin.flush()
@@ -360,6 +360,40 @@ def test_say_stdin_counts_lines_sent_before_the_broker_died(tmp_path: Path) -> N
         if say is not None:
             say.kill()
         broker.process.kill()
+
+
+def test_say_stdin_survives_a_broker_restart(tmp_path: Path) -> None:
+    """`tail -f log | zchat say -` through a broker restart: the client resumes by itself
+    and no line is lost or stored twice (a tester saw every line after a restart refused
+    with 401)."""
+    broker, _lines = start_broker(tmp_path)
+    argv = list(broker.process.popen.args)  # type: ignore[arg-type]
+    say: Proc | None = None
+    restarted: Proc | None = None
+    try:
+        register(tmp_path, broker, "alice")
+        say = Proc([*zchat_command(), "say", "--server", broker.router, "--as", "alice",
+                    "--room", "dev", "-"], cli_env(tmp_path), stdin=subprocess.PIPE)
+        assert say.popen.stdin is not None
+        say.popen.stdin.write("one\ntwo\n")
+        say.popen.stdin.flush()
+        wait_for_texts(tmp_path, broker, ["one", "two"])
+        assert stop_broker(broker)[0] == 0
+        say.popen.stdin.write("three\n")  # offered while the broker is away
+        say.popen.stdin.flush()
+        restarted = Proc([str(a) for a in argv], cli_env(tmp_path))
+        restarted.wait_line("stdout", "database", timeout_s=15)
+        say.popen.stdin.write("four\n")
+        say.popen.stdin.close()
+        assert say.wait(30) == 0, say.stderr
+        assert not [line for line in say.stderr if "not sent" in line], say.stderr
+        wait_for_texts(tmp_path, broker, ["one", "two", "three", "four"])
+    finally:
+        if say is not None:
+            say.kill()
+        broker.process.kill()
+        if restarted is not None:
+            restarted.kill()
 
 
 def test_bad_server_port_fails_at_once(tmp_path: Path) -> None:

@@ -116,7 +116,8 @@ def test_defaults_and_validation() -> None:
     for key, bad in (("send_rate_per_s", -1.0), ("login_rate_per_s", -0.5),
                      ("send_rate_per_s", 1e-300), ("login_rate_per_s", 1e7),
                      ("send_burst", 0), ("login_burst", 0), ("max_sessions", 0),
-                     ("send_burst", 10**20)):
+                     ("send_burst", 10**20), ("heartbeat_timeout_s", 1e300),
+                     ("heartbeat_interval_s", 1e-300), ("resume_grace_s", 1e300)):
         with pytest.raises(ConfigError) as info:
             validate(Config(broker=BrokerConfig(**{key: bad})))  # type: ignore[arg-type]
         assert info.value.key == key

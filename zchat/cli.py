@@ -19,6 +19,7 @@ import getpass
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -28,7 +29,7 @@ from typing import Any, TextIO
 
 from zchat import __version__
 from zchat import protocol as p
-from zchat.client import Client, ConnectionRestored, Reconnecting, SessionEnded
+from zchat.client import SEND_RETRY_S, Client, ConnectionRestored, Reconnecting, SessionEnded
 from zchat.config import Config, data_dir, load_config, validate
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
 from zchat.names import normalize_name
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(s)
     s.add_argument("--room", required=True)
     s.add_argument("--me", action="store_true", help="post as an action (/me)")
+    s.add_argument("--retry-for", type=_nonnegative_seconds, default=SEND_RETRY_S,
+                   metavar="SECONDS",
+                   help="with TEXT '-': how long a line waits for a restarting broker "
+                        f"before the command gives up (default {SEND_RETRY_S:g})")
     s.add_argument("text", metavar="TEXT")
 
     d = sub.add_parser("dm", help="send a direct message",
@@ -628,6 +633,18 @@ def _tell_wait(req: p.Request, exc: RequestFailed, wait_s: float) -> None:
         print(f"zchat: {exc.reason}; trying again in {wait_s:.0f} s", file=sys.stderr)
 
 
+def _nonnegative_seconds(word: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {word!r}") \
+            from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {word!r}")
+    return value
+
+
 def cmd_say(args: argparse.Namespace, config: Config) -> int:
     kind: p.MessageKind = "action" if args.me else "text"
     text = _utf8(args.text, "TEXT")
@@ -649,7 +666,8 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
             if not line.strip():
                 continue
             try:
-                await client.send(args.room, line, kind)
+                await _send_through_reconnects(client, args.room, line, kind,
+                                               args.retry_for)
             except RequestFailed as exc:
                 failures += 1
                 print(f"zchat: not sent (line {number}): {exc}", file=sys.stderr)
@@ -660,7 +678,28 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
                 sent += 1
         return 1 if failures else 0
 
-    return _run(_session(config, args.user, body))
+    # A pipe (`say -`) may outlive a broker restart: its client reconnects and resumes by
+    # itself, and a line is retried with its cmid (stored once) for SEND_RETRY_S.
+    return _run(_session(config, args.user, body, reconnect=args.text == "-"))
+
+
+async def _send_through_reconnects(client: Client, room: str, line: str,
+                                   kind: p.MessageKind, retry_for_s: float) -> None:
+    """Send ``line``; while the client is reconnecting (a broker restart), wait for it
+    and send again with the same cmid, for up to ``retry_for_s`` seconds in all. Raises
+    RequestFailed, or ConnectionFailed when the broker stays away."""
+    cmid = secrets.token_urlsafe(12)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for_s
+    while True:
+        try:
+            await client.send(room, line, kind, cmid=cmid, retry_for_s=retry_for_s)
+            return
+        except ConnectionFailed:
+            if client.state != "reconnecting" or loop.time() >= deadline:
+                raise
+        while client.state == "reconnecting" and loop.time() < deadline:
+            await asyncio.sleep(0.05)  # the client's own reconnect loop is at work
 
 
 def cmd_dm(args: argparse.Namespace, config: Config) -> int:

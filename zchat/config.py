@@ -79,6 +79,10 @@ MIN_RATE_PER_S = 1 / 3600
 MAX_RATE_PER_S = 1_000_000.0
 #: Upper bound of burst and session-count settings.
 MAX_COUNT_SETTING = 10_000_000
+#: Bounds of the broker's durations (heartbeats, resume grace), in seconds: a
+#: heartbeat below 10 ms is noise, and nothing waits more than 30 days.
+MIN_HEARTBEAT_S = 0.01
+MAX_DURATION_S = 30 * 86_400
 
 
 @dataclass(frozen=True)
@@ -325,8 +329,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``path`` only labels error messages. The rules: strings are strings and endpoints
     pass :func:`endpoint_problem` (tcp ports 1..65535); ints are ints (a bool is not an
     int); floats are finite numbers (an int is accepted); ``max_text_bytes`` in
-    1..30000; ``heartbeat_interval_s`` > 0 and ``heartbeat_timeout_s`` >
-    ``heartbeat_interval_s``; ``timeout_s`` and
+    1..30000; ``heartbeat_interval_s`` MIN_HEARTBEAT_S..MAX_DURATION_S and
+    ``heartbeat_timeout_s`` > it, at most MAX_DURATION_S; ``resume_grace_s``
+    0..MAX_DURATION_S; ``timeout_s`` and
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
     in 1..64; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
@@ -365,8 +370,14 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
             "max_text_bytes",
             f"must be between 1 and {MAX_TEXT_BYTES_LIMIT}, got {b.max_text_bytes}",
         )
-    if b.heartbeat_interval_s <= 0:
-        fail("broker", "heartbeat_interval_s", f"must be > 0, got {b.heartbeat_interval_s}")
+    # Bounded so that every duration fits the wire's integers in ms and makes sense
+    # (a tester's 1e300 s timeout made INFO unreadable; 1e-300 s advertised 0 ms).
+    if not MIN_HEARTBEAT_S <= b.heartbeat_interval_s <= MAX_DURATION_S:
+        fail("broker", "heartbeat_interval_s", f"must be {MIN_HEARTBEAT_S:g} to "
+             f"{MAX_DURATION_S:,} s, got {b.heartbeat_interval_s}")
+    if b.heartbeat_timeout_s > MAX_DURATION_S:
+        fail("broker", "heartbeat_timeout_s", f"must be at most {MAX_DURATION_S:,} s, got "
+             f"{b.heartbeat_timeout_s}")
     if b.heartbeat_timeout_s <= b.heartbeat_interval_s:
         fail(
             "broker",
@@ -390,8 +401,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     for key in ("send_burst", "login_burst", "max_sessions"):
         if not 1 <= getattr(b, key) <= MAX_COUNT_SETTING:
             fail("broker", key, f"must be 1 to {MAX_COUNT_SETTING:,}, got {getattr(b, key)}")
-    if b.resume_grace_s < 0:
-        fail("broker", "resume_grace_s", f"must be >= 0, got {b.resume_grace_s}")
+    if not 0 <= b.resume_grace_s <= MAX_DURATION_S:
+        fail("broker", "resume_grace_s", f"must be 0 to {MAX_DURATION_S:,} s, got "
+             f"{b.resume_grace_s}")
     for key in ("timeout_s", "reconnect_max_s"):
         if getattr(c, key) <= 0:
             fail("client", key, f"must be > 0, got {getattr(c, key)}")
