@@ -68,6 +68,40 @@ def test_csv_with_header_generated_passwords_and_bot_column() -> None:
         [("ada", "ada", False), ("brian", "brian", True)]
 
 
+def test_a_header_in_any_order_is_a_header() -> None:
+    """A tester's "password,name" header was read as an account named "password", and
+    the next row's password became a public account name."""
+    for header, line in (("password,name", "pw-1,ada"), ("bot,name,password", "0,ada,pw-1"),
+                         ("password,bot,name", "pw-1,no,ada")):
+        rows, bad = admin.parse_accounts_csv(f"{header}\n{line}\n")
+        assert bad == [] and rows == [admin.NewAccountRow(2, "ada", "pw-1", False)], header
+    with pytest.raises(admin.AdminError, match="the header must name"):
+        admin.parse_accounts_csv("name,pasword\nada,pw\n")
+
+
+def test_an_existing_output_file_is_refused_before_anything_is_created(
+        tmp_path: Path) -> None:
+    """A tester's accounts were created, then their generated passwords lost because the
+    --output file existed."""
+    csv_file = tmp_path / "class.csv"
+    csv_file.write_text("name,password\nada,\n", encoding="utf-8")
+    out = tmp_path / "passwords.csv"
+    out.write_text("old\n", encoding="utf-8")
+    created: list[str] = []
+    with pytest.raises(admin.AdminError, match="nothing was created"):
+        admin._checked_csv(csv_file, lambda k, s: created.append(k) is not None, None,
+                           str(out))
+    assert created == [] and out.read_text(encoding="utf-8") == "old\n"
+
+
+def test_a_huge_csv_is_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "big.csv"
+    with big.open("wb") as f:
+        f.truncate(admin.MAX_CSV_BYTES + 1)
+    with pytest.raises(admin.AdminError, match="at most 10,485,760 are read"):
+        admin._checked_csv(big, lambda k, s: False, None)
+
+
 def test_every_bad_row_is_reported_with_its_line() -> None:
     text = ("ada,pw1\n"          # 1 good
             "bad name!,pw\n"     # 2 invalid name

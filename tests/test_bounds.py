@@ -98,3 +98,48 @@ def test_a_crowd_logging_in_from_one_address_all_get_in_at_the_login_rate() -> N
     with running_broker(router="tcp://127.0.0.1:0", pub="tcp://127.0.0.1:0",
                         encryption="none", login_rate_per_s=5.0, login_burst=3) as h:
         run(main(h), timeout_s=60)
+
+
+def test_the_brokers_own_stall_is_not_the_clients_silence() -> None:
+    world = World(heartbeat_interval_s=2.0, heartbeat_timeout_s=6.0)
+    alice, bob = world.user("alice"), world.user("bob")
+    world.clock.jump(5.0)
+    bob.must(p.Ping())                     # bob's heartbeat got through; alice's waited
+    world.clock.jump(4.0)                  # the loop was stuck for these 4 s
+    world.core.credit_stall(4.0, world.clock.s)
+    assert "offline" not in [e.presence for _t, e in world.tick()
+                             if isinstance(e, p.PresenceChanged)]
+    assert len(world.core.sessions) == 2
+    world.clock.jump(3.0)                  # then alice really is silent
+    gone = [e.name for _t, e in world.tick() if isinstance(e, p.PresenceChanged)]
+    assert gone == ["alice"]
+
+
+def test_a_many_frame_message_does_not_evict_the_others() -> None:
+    """A message of 300,000 frames keeps the loop busy for longer than the heartbeat
+    timeout here; the sessions whose heartbeats waited behind it stay, and an observer sees
+    no presence change."""
+    async def main(h: Harness) -> None:
+        async with h.client("watcher") as watcher, h.client("bystander"):
+            while await watcher.next_event(0.3) is not None:
+                pass  # bystander's arrival
+            def attack() -> bytes:  # in a thread: the clients' event loop keeps beating
+                sock = zmq.Context.instance().socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(h.server)
+                try:
+                    sock.send_multipart([p.VERSION, b"many", b"PING"] + [b""] * 300_000)
+                    assert sock.poll(30_000)
+                    return sock.recv_multipart()[2]
+                finally:
+                    sock.close(linger=0)
+
+            assert await asyncio.to_thread(attack) == b"ERROR"
+            events = []
+            while (event := await watcher.next_event(0.5)) is not None:
+                events.append(event)
+            assert not [e for e in events if isinstance(e, p.PresenceChanged)
+                        and e.name == "bystander"], events
+
+    with running_broker(heartbeat_interval_s=0.1, heartbeat_timeout_s=0.3) as h:
+        run(main(h), timeout_s=60)

@@ -172,8 +172,12 @@ def parse_accounts_csv(text: str, source: str = "the file"
         if not any(cells) or cells[0].startswith("#"):
             continue
         if columns is None:
-            if cells[0].lower() == "name":
-                header = tuple(c.lower() for c in cells)
+            lowered = tuple(c.lower() for c in cells)
+            # A header names the columns in any order (a tester's "password,name" was read
+            # as an account named "password" with the password "name"): the first line is
+            # one when it starts with "name" or consists only of column names.
+            if lowered[0] == "name" or ("name" in lowered and set(lowered) <= set(_COLUMNS)):
+                header = lowered
                 unknown = [c for c in header if c not in _COLUMNS]
                 if unknown or len(set(header)) != len(header):
                     raise AdminError(f"{source}:{line}: the header must name the columns "
@@ -491,8 +495,17 @@ def _db_path(args: argparse.Namespace, config: object) -> Path:
     return path
 
 
+#: Largest bulk-creation CSV read, in bytes: a class or a company fits many times over,
+#: and a huge file cannot tie up the operator's memory (a tester's 576 MB took 3.6 GB).
+MAX_CSV_BYTES = 10 * 1024 * 1024
+
+
 def _read_csv(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_CSV_BYTES:
+            raise AdminError(f"{path} is {size:,} bytes; at most {MAX_CSV_BYTES:,} are read: "
+                             "split it")
         return path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise AdminError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -501,9 +514,15 @@ def _read_csv(path: Path) -> str:
 
 
 def _checked_csv(path: Path, taken: Callable[[str, str], bool],
-                 limit: int | None) -> tuple[list[CheckedAccount], set[int]]:
+                 limit: int | None, output: str | None = None
+                 ) -> tuple[list[CheckedAccount], set[int]]:
     """Parse, fill in generated passwords and check a bulk-creation CSV; BadRows when any
-    row is bad (all of them listed, nothing created)."""
+    row is bad (all of them listed, nothing created). AdminError when the ``output``
+    file for the generated passwords exists already: checked before anything is created,
+    so that no account is made whose password could not be handed out."""
+    if output is not None and Path(output).exists():
+        raise AdminError(f"{output} exists; give a new file for the passwords (nothing "
+                         "was created)")
     rows, bad = parse_accounts_csv(_read_csv(path), str(path))
     rows, generated = fill_passwords(rows)
     good, bad_accounts = check_batch(rows, taken)
@@ -658,7 +677,8 @@ def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callabl
     elif action == "create":
         accounts, _gen = _checked_csv(Path(args.csv),
                                       lambda k, s: store.get_account(k) is not None
-                                      or store.account_skeleton_taken(s), None)
+                                      or store.account_skeleton_taken(s), None,
+                                      getattr(args, "output", None))
         create_accounts_direct(store, accounts, hasher, actor, now)
         _report_created(args, accounts, out, err)
     elif action == "reset-password":
@@ -723,7 +743,7 @@ async def run_wire(args: argparse.Namespace, client: object) -> int:
         skeletons = {skeleton(u.name) for u in existing}
         accounts, _gen = _checked_csv(Path(args.csv),
                                       lambda k, s: k in keys or s in skeletons,
-                                      p.MAX_CREATE_ACCOUNTS)
+                                      p.MAX_CREATE_ACCOUNTS, getattr(args, "output", None))
         await client.create_accounts(
             tuple(p.NewAccount(name=a.name, password=a.password, bot=a.bot)
                   for a in accounts),

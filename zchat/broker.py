@@ -286,14 +286,22 @@ class Broker:
             deadline = core.next_deadline()
             wait_s = self.config.heartbeat_interval_s if deadline is None else \
                 max(0.0, deadline - time.monotonic())
+            started = time.monotonic()
             events = dict(poller.poll(int(wait_s * 1000) + 1))
+            woke = time.monotonic()
             if router in events:
                 self._drain_router(router, core)
             if self._wake_r in events:
                 self._drain_jobs(core)
             if self._key_service is not None and self._key_service in events:
                 self._serve_keys(self._key_service)
-            self._execute(core.tick(time.monotonic(), wall_ms()))
+            # The loop's own stalls (a message of millions of frames, the process stopped,
+            # a slow disk) are not the clients' silence: credit them before evicting.
+            now = time.monotonic()
+            stall = max(0.0, woke - started - wait_s) + (now - woke)
+            if stall > self.config.heartbeat_interval_s:
+                core.credit_stall(stall, now)
+            self._execute(core.tick(now, wall_ms()))
         self._execute(core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
 

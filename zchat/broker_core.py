@@ -278,6 +278,16 @@ class BrokerCore:
             actions.append(ToTopic(p.encode_event(p.TOPIC_TICK, p.Tick(time=now_ms))))
         return actions
 
+    def credit_stall(self, seconds: float, now_s: float) -> None:
+        """The event loop could not read requests for ``seconds`` (it was busy or stopped):
+        move every session's last-seen time forward by that much, so that ``tick`` does not
+        evict sessions whose heartbeats were waiting in the socket meanwhile (docs/
+        PROTOCOL.md §10). Never later than ``now_s``."""
+        log.warning("the broker's loop stalled for %.1f s; not counted as the clients' "
+                    "silence", seconds)
+        for session in self.sessions.values():
+            session.last_seen_s = min(now_s, session.last_seen_s + seconds)
+
     def next_deadline(self) -> float | None:
         """Monotonic time at which ``tick`` next has work (the next TICK)."""
         return self._next_tick_s
