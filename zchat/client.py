@@ -1270,12 +1270,22 @@ class Client:
                 self._follow(room.room, room.last_seq, room.topic)
                 continue
             self._state.topics[key] = room.topic
-            if room.last_seq < tracker.last_seq:
-                log.warning("room %s is at #%d on the broker, behind #%d seen here; "
-                            "following it from there", room.room, room.last_seq,
-                            tracker.last_seq)
-                tracker.last_seq = room.last_seq
             upto[key] = room.last_seq
+            if room.last_seq < tracker.last_seq:
+                # Either the reply is older than what the new SUB has delivered meanwhile
+                # (messages posted while it travelled: a chaos test saw duplicates from
+                # trusting it), or the broker really lost messages (restored from an older
+                # copy). Ask the broker whether it holds the last one seen here, holding
+                # the room's lock so that the SUB reader delivers nothing meanwhile.
+                async with self._room_locks.setdefault(key, asyncio.Lock()):
+                    seen = tracker.last_seq
+                    page = await self.history(room.room, after=seen - 1, limit=1)
+                    if page.messages and page.messages[0].seq == seen:
+                        upto[key] = seen
+                        continue
+                    log.warning("room %s is at #%d on the broker, behind #%d seen here; "
+                                "following it from there", room.room, room.last_seq, seen)
+                    tracker.last_seq = room.last_seq
         listed = {name_key(r.room) for r in reply.rooms}
         for key, tracker in self._state.rooms.items():
             if tracker.wanted and key not in listed:
