@@ -396,6 +396,16 @@ def test_say_stdin_survives_a_broker_restart(tmp_path: Path) -> None:
             restarted.kill()
 
 
+def test_topic_shows_and_sets(tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    register(tmp_path, tcp_broker, "alice")
+    server = ("--server", tcp_broker.router)
+    assert ok(zchat(tmp_path, "topic", *server, "--as", "alice", "dev")).stdout == "\n"
+    done = ok(zchat(tmp_path, "topic", *server, "--as", "alice", "dev", "release on Friday"))
+    assert done.stdout.strip() == "topic of #dev: release on Friday"
+    shown = ok(zchat(tmp_path, "topic", *server, "--as", "alice", "dev"))
+    assert shown.stdout.strip() == "release on Friday"
+
+
 def test_bad_server_port_fails_at_once(tmp_path: Path) -> None:
     start = time.monotonic()
     result = zchat(tmp_path, "history", "--server", "tcp://127.0.0.1:99999", "--as", "alice",

@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("room", metavar="ROOM")
     sl.add_argument("seconds", type=_slow_seconds, metavar="SECONDS")
 
+    tp = sub.add_parser("topic", help="show or set a room's topic",
+                        description="Print ROOM's topic; with TEXT, set it ('' clears it). "
+                                    "Members may set it unless the room is locked "
+                                    "(docs/PROTOCOL.md §6.22, §17.1).")
+    client_opts(tp)
+    tp.add_argument("room", metavar="ROOM")
+    tp.add_argument("text", metavar="TEXT", nargs="?")
+
     md = sub.add_parser("mod", help="moderate: kick, ban, mute, invite, op, lock, delete…",
                         description="Moderation (docs/PROTOCOL.md §17). ROOM '*' means the "
                                     "whole server (ban, unban, mute, unmute, bans, audit; "
@@ -775,6 +783,21 @@ def cmd_slow(args: argparse.Namespace, config: Config) -> int:
     return _run(_session(config, args.user, body))
 
 
+def cmd_topic(args: argparse.Namespace, config: Config) -> int:
+    text = None if args.text is None else _utf8(args.text, "TEXT")
+
+    async def body(client: Client) -> int:
+        reply = await client.join(args.room)
+        if text is None:
+            print(reply.topic)
+            return 0
+        await client.set_topic(reply.room, text)
+        print(f"topic of #{reply.room}: {text}" if text else f"topic of #{reply.room} cleared")
+        return 0
+
+    return _run(_session(config, args.user, body))
+
+
 MOD_ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop", "lock",
                "unlock", "private", "delete", "bans", "audit")
 _NEEDS_NICK = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop")
@@ -1053,7 +1076,7 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
     "tail": cmd_tail, "history": cmd_history, "who": cmd_who, "slow": cmd_slow,
-    "mod": cmd_mod,
+    "topic": cmd_topic, "mod": cmd_mod,
     "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,
     "admin": cmd_admin, "passwd": cmd_passwd,
