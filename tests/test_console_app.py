@@ -986,3 +986,29 @@ def test_activity_in_the_status_bar_completion_of_broker_rooms_and_paste_target(
                 assert isinstance(got, p.MessagePosted) and got.room == "lobby"
 
     run(main())
+
+
+def test_rejoining_after_a_kick_shows_what_was_said_meanwhile(harness: Harness) -> None:
+    """A tester's console, kicked and then back with /join, went from the last line before
+    the kick straight to new ones: the messages said while out were never shown."""
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            await bob.join("dev")  # bob creates #dev: its owner
+            s.type_line("/join dev")
+            await until(lambda: s.console.active == "dev", what="switch to #dev")
+            await bob.send("dev", "before the kick")
+            await s.wait_text("before the kick")
+            await bob.kick("dev", "alice", "cool off")
+            await until(lambda: "alice" not in bob_members(s), timeout=5, what="kicked")
+            await bob.send("dev", "said while out 1")
+            await bob.send("dev", "said while out 2")
+            s.type_line("/join dev")
+            await s.wait_text("said while out 2")
+            texts = s.texts()
+            assert texts.index("before the kick") < texts.index("said while out 1") \
+                < texts.index("said while out 2")
+
+    def bob_members(s: Any) -> set[str]:
+        return set(s.console.conversations["dev"].members)
+
+    run(main())

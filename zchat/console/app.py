@@ -194,6 +194,14 @@ class ChatConsole:
         conv = self.conversation(key, room, "room", topic)
         page = await self.client.history(room, limit=HISTORY_ON_OPEN)
         conv.insert_older([v.line_from_event(m, self.me) for m in page.messages], self.me)
+        newest = conv.newest_seq
+        if newest is not None:
+            # Rejoining a room shown before (after a PART or a kick): what was said while
+            # out comes after the lines already here, not before them (a tester saw none).
+            missed = await self.client.history(room, after=newest, limit=HISTORY_ON_OPEN)
+            for m in missed.messages:
+                conv.add(v.line_from_event(m, self.me), active=self.active == key,
+                         me=self.me)
         for u in (await self.client.who(room)).users:
             conv.set_member(u.name, u.presence, bot=u.bot, text=u.text)
         if activate or self.active is None:
