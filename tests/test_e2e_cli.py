@@ -356,6 +356,8 @@ def test_say_stdin_counts_lines_sent_before_the_broker_died(tmp_path: Path) -> N
         assert len(say.stderr) == 1, say.stderr
         assert say.stderr[0].startswith("zchat: error: ")
         assert say.stderr[0].endswith(" — 3 lines were sent before it"), say.stderr
+        assert f"the broker at {broker.router} did not come back within 1 s" in \
+            say.stderr[0], say.stderr
     finally:
         if say is not None:
             say.kill()

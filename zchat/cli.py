@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -519,11 +520,16 @@ async def _stdin_lines() -> AsyncIterator[tuple[int, bytes]]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(STDIN_READ_AHEAD)
 
+    # The command may end (an error, a signal) while this thread waits for the queue: the
+    # loop then cancels or refuses the put, and the thread just stops (a tester saw a
+    # CancelledError traceback on stderr).
+    ended = (RuntimeError, OSError, concurrent.futures.CancelledError)
+
     def reader() -> None:
-        with contextlib.suppress(RuntimeError, OSError):  # the loop closed: command ended
+        with contextlib.suppress(*ended):
             for raw in _read_lines(sys.stdin.fileno()):
                 asyncio.run_coroutine_threadsafe(queue.put(raw), loop).result()
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(*ended):
             asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
     threading.Thread(target=reader, name="zchat-stdin", daemon=True).start()
@@ -681,7 +687,11 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
                 print(f"zchat: not sent (line {number}): {exc}", file=sys.stderr)
             except ConnectionFailed as exc:
                 lines = "1 line was" if sent == 1 else f"{sent} lines were"
-                raise CliError(f"{exc} — {lines} sent before it") from None
+                why = str(exc)
+                if client.state == "reconnecting":  # gave up waiting: say so, not "reconnecting"
+                    why = (f"the broker at {client.server} did not come back within "
+                           f"{args.retry_for:g} s")
+                raise CliError(f"{why} — {lines} sent before it") from None
             else:
                 sent += 1
         return 1 if failures else 0
