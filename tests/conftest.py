@@ -11,19 +11,19 @@ import asyncio
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import pytest
 
 from zchat.keys import pin_broker_key
-from zchat.testing import DEFAULT_PASSWORD, Harness
+from zchat.testing import DEFAULT_PASSWORD, Harness, free_port
+from zchat.testing import wait_until as wait_until  # the tests import it from here
 
 T = TypeVar("T")
 
@@ -38,20 +38,6 @@ def run(coro: Coroutine[Any, Any, T], timeout_s: float = RUN_TIMEOUT_S) -> T:
         return await asyncio.wait_for(coro, timeout_s)
 
     return asyncio.run(bounded())
-
-
-def wait_until(condition: Callable[[], T], timeout_s: float = 5.0, what: str = "condition",
-               interval_s: float = 0.005) -> T:
-    """Poll ``condition()`` until it returns something truthy; return that value. Raises
-    AssertionError naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)  # polling step of a condition, not a wait for a socket
 
 
 @pytest.fixture(autouse=True)
@@ -148,13 +134,6 @@ class Proc:
             self.popen.wait(5)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cli_env(tmp_path: Path, password: str = DEFAULT_PASSWORD) -> dict[str, str]:
     """Environment of a zchat subprocess: the password, and XDG directories inside
     ``tmp_path`` so that no user config or data is read."""
@@ -170,14 +149,16 @@ class TcpBroker(NamedTuple):
     data_dir: Path
 
 
-def start_broker(tmp_path: Path, attempts: int = 5) -> tuple[TcpBroker, list[str]]:
-    """Start ``zchat broker`` on two free loopback ports and wait for its "database" line.
+def start_broker(tmp_path: Path, attempts: int = 5,
+                 settings: str = "") -> tuple[TcpBroker, list[str]]:
+    """Start ``zchat broker`` on two free loopback ports and wait for its "database" line;
+    ``settings`` are more TOML lines of its ``[broker]`` table.
 
     Returns the broker and the lines it printed at start. Retries with new ports when the
     bind fails (another process took a port between ``free_port`` and the bind).
     """
     config = tmp_path / "broker.toml"
-    config.write_text("[broker]\nscrypt_n = 1024\n", encoding="utf-8")
+    config.write_text("[broker]\nscrypt_n = 1024\n" + settings, encoding="utf-8")
     data = tmp_path / "data"
     for _ in range(attempts):
         router = f"tcp://127.0.0.1:{free_port()}"

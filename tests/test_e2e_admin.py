@@ -12,41 +12,19 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    Proc,
     TcpBroker,
     cli_env,
-    free_port,
+    start_broker,
     stop_broker,
     zchat_command,
 )
 
-from zchat.keys import pin_broker_key
 from zchat.testing import DEFAULT_PASSWORD
 
 
-def start_admin_broker(tmp_path: Path, attempts: int = 5) -> TcpBroker:
+def start_admin_broker(tmp_path: Path) -> TcpBroker:
     """``zchat broker`` with ``admins = ["root"]`` on two free loopback ports."""
-    config = tmp_path / "broker.toml"
-    config.write_text('[broker]\nscrypt_n = 1024\nadmins = ["root"]\n', encoding="utf-8")
-    data = tmp_path / "data"
-    for _ in range(attempts):
-        router, pub = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
-        if router == pub:
-            continue
-        proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
-                     str(data), "--router", router, "--pub", pub], cli_env(tmp_path))
-        try:
-            proc.wait_line("stdout", "database", timeout_s=15)
-            key = proc.wait_line("stdout", "public key:", timeout_s=15).split()[-1]
-        except AssertionError:
-            rc = proc.popen.poll()
-            proc.kill()
-            if rc == 1 and any("cannot bind" in line for line in proc.stderr):
-                continue
-            raise
-        pin_broker_key(tmp_path / "xdg-config" / "zchat" / "known_brokers.toml", router, key)
-        return TcpBroker(router, proc, data)
-    raise AssertionError(f"could not bind a broker in {attempts} attempts")
+    return start_broker(tmp_path, settings='admins = ["root"]\n')[0]
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,25 +58,11 @@ HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TIMEOUT_S = 2.0
 
 
-def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
-               interval_s: float = 0.05) -> T:
-    """Poll ``condition()`` until it returns something truthy and return that value.
-    Raises AssertionError naming ``what`` after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)  # one polling step of a condition
+def wait_until(condition: Callable[[], T], timeout_s: float, what: str) -> T:
+    """``zchat.testing.wait_until`` polling every 50 ms (the conditions read log files)."""
+    from zchat import testing  # not at import: the worker processes do not need it
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return testing.wait_until(condition, timeout_s, what, interval_s=0.05)
 
 
 def _env() -> dict[str, str]:
@@ -135,6 +120,8 @@ class BrokerProcess:
         lines = ["[broker]"] + [f"{k} = {_toml_value(v)}"
                                 for k, v in broker_settings(**settings).items()]
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        from zchat.testing import free_port  # not at import: see wait_until
+
         self.router = f"tcp://127.0.0.1:{free_port()}"
         self.pub = f"tcp://127.0.0.1:{free_port()}"
         self.popen: subprocess.Popen[bytes] | None = None

@@ -29,8 +29,9 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import socket
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -54,6 +55,27 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     from zchat.bot import Bot
+
+
+def wait_until(condition: Callable[[], T], timeout_s: float = 5.0, what: str = "condition",
+               interval_s: float = 0.005) -> T:
+    """Poll ``condition()`` until it returns something truthy; return that value. Raises
+    AssertionError naming ``what`` after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)  # one polling step of a condition, not a wait for a socket
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run(coro: Coroutine[Any, Any, T], timeout_s: float = RUN_TIMEOUT_S) -> T:
