@@ -620,6 +620,23 @@ def _finish(summary: Summary, broker: BrokerProcess, started: float) -> Summary:
 # -- scenarios -------------------------------------------------------------------------------
 
 
+def _observer_and_members(broker: BrokerProcess, workdir: Path, workers: list[Worker],
+                          names: str, clients: int, messages: int, rate: float,
+                          timeout_s: float) -> tuple[Worker, list[Worker]]:
+    """Start an observer, then ``clients`` members named ``names.format(i=...)`` each
+    sending ``messages`` at ``rate``/s; return once the observer has seen every member
+    come online. All of them are appended to ``workers`` (stopped by chaos_run)."""
+    observer = spawn_worker(broker, workdir, "observer")
+    workers.append(observer)
+    wait_until(lambda: observer.has("joined"), timeout_s, "the observer to join")
+    members = [spawn_worker(broker, workdir, names.format(i=i), send=messages, rate=rate)
+               for i in range(clients)]
+    workers += members
+    for m in members:
+        wait_presence(observer, m.name, "online", timeout_s)
+    return observer, members
+
+
 def scenario_kill_clients(workdir: Path, *, clients: int = 20, killed: int = 10,
                           messages: int = 20, rate: float = 20.0,
                           timeout_s: float = 60.0) -> Summary:
@@ -630,14 +647,8 @@ def scenario_kill_clients(workdir: Path, *, clients: int = 20, killed: int = 10,
     started = time.monotonic()
     with chaos_run(workdir) as (broker, workers):
         pid = broker.pid
-        observer = spawn_worker(broker, workdir, "observer")
-        workers.append(observer)
-        wait_until(lambda: observer.has("joined"), timeout_s, "the observer to join")
-        chatters = [spawn_worker(broker, workdir, f"c{i:02d}", send=messages, rate=rate)
-                    for i in range(clients)]
-        workers += chatters
-        for c in chatters:
-            wait_presence(observer, c.name, "online", timeout_s)
+        observer, chatters = _observer_and_members(broker, workdir, workers, "c{i:02d}",
+                                                   clients, messages, rate, timeout_s)
         victims = chatters[:killed]
         # kill mid-stream: once every victim has had at least one message OK'd
         for v in victims:
@@ -755,14 +766,8 @@ def scenario_login_cycles(workdir: Path, *, cycles: int = 200, clients: int = 3,
     started = time.monotonic()
     with chaos_run(workdir) as (broker, workers):
         pid = broker.pid
-        observer = spawn_worker(broker, workdir, "observer")
-        workers.append(observer)
-        wait_until(lambda: observer.has("joined"), timeout_s, "the observer to join")
-        members = [spawn_worker(broker, workdir, f"m{i}", send=messages, rate=rate)
-                   for i in range(clients)]
-        workers += members
-        for m in members:
-            wait_presence(observer, m.name, "online", timeout_s)
+        observer, members = _observer_and_members(broker, workdir, workers, "m{i}",
+                                                  clients, messages, rate, timeout_s)
         cycler = spawn_worker(broker, workdir, "cycler", cycles=cycles, join=False)
         workers.append(cycler)
         wait_until(lambda: cycler.has("cycles_done"), timeout_s, "the login cycles")
