@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from harness import PAYLOAD, WINDOW, RawClient, free_port, secure, start_broker  # noqa: E402
 
 from zchat import protocol as p
 
-from harness import PAYLOAD, WINDOW, RawClient, free_port, secure, start_broker  # noqa: E402
 
 def bench_ingest(ctx: zmq.Context[Any], server: str, count: int) -> dict[str, Any]:
     sender = RawClient(ctx, server)
