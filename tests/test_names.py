@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from zchat.errors import ProtocolError, Status
@@ -278,3 +280,14 @@ def test_ascii_look_alikes_beyond_the_unicode_table(a: str, b: str) -> None:
 
 def test_ascii_look_alikes_do_not_merge_distinct_names() -> None:
     assert len({skeleton(n) for n in ("ali", "all", "bob", "rob", "mario", "maria")}) == 6
+
+
+def test_refused_text_class_equals_the_per_character_rule_on_every_code_point() -> None:
+    """validate_text's one-regex scan (a performance change) refuses exactly what the rule
+    says: category Cc except newline and tab, the bidi controls, and category Cs."""
+    from zchat.names import _REFUSED_IN_TEXT, BIDI_CONTROLS
+    differ = [cp for cp in range(0x110000)
+              if (_REFUSED_IN_TEXT.search(chr(cp)) is not None)
+              != (chr(cp) not in "\n\t" and (chr(cp) in BIDI_CONTROLS or
+                                            unicodedata.category(chr(cp)) in ("Cc", "Cs")))]
+    assert differ == []
