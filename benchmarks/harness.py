@@ -6,9 +6,16 @@ Every scenario module (benchmarks/*.py) imports from here; benchmarks/run.py run
 
 from __future__ import annotations
 
+import contextlib
+import json
+import multiprocessing
+import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +96,236 @@ class RawClient:
                 return value
 
 
+
+
+# -- the scenario interface (benchmarks/run.py) ---------------------------------------------
+#
+# Each scenario module exposes ``SCENARIOS: dict[str, Callable[[Bench], list[Row]]]``;
+# run.py calls every selected scenario with one Bench and prints all rows in one table.
+# Everything below is added for that interface; the functions above keep their shape.
+
+#: Where a scenario spawns its helper processes: "spawn", never fork (a forked child would
+#: inherit the parent's zmq context and its I/O threads, which ZeroMQ does not support).
+MP = multiprocessing.get_context("spawn")
+
+#: Broker settings every benchmark broker gets unless a scenario overrides them:
+#: - send_rate_per_s = 0: the per-session SEND limit (docs/PROTOCOL.md §15) is off, so a
+#:   sender keeping a window of requests in flight measures the broker, not its protection;
+#: - login_rate_per_s = 0: hundreds of members log in from 127.0.0.1 in a second;
+#: - heartbeat_timeout_s = 3600: the load generators' members do not heartbeat, and must not
+#:   be evicted in the middle of a run (the sessions scenario sets its own);
+#: - sndhwm / rcvhwm = 10,000,000: the PUB drops at its high-water mark per subscriber
+#:   (ZeroMQ's PUB semantics), and the harness's Python receivers are slower than the
+#:   broker with many subscribers on 2 cores: the bare relay runs unbounded too (sndhwm 0);
+#: - scrypt_n = 1024: member set-up is not what these scenarios time (the password-login
+#:   cost is measured at the shipped parameters by the sessions scenario).
+BROKER_DEFAULTS: dict[str, Any] = {
+    "log_level": "warning", "send_rate_per_s": 0, "login_rate_per_s": 0,
+    "heartbeat_timeout_s": 3600.0, "sndhwm": 10_000_000, "rcvhwm": 10_000_000,
+    "scrypt_n": 1024, "max_sessions": 20_000,
+}
+
+
+@dataclass
+class Row:
+    """One line of the results table.
+
+    ``name`` says what was measured ("1 sender -> 50 subs delivered"), ``value`` in
+    ``unit``; ``ratio`` is value / the bare relay's figure for the same shape measured in
+    the same run (None where the issue asks for none or the ceiling was not measured);
+    ``target`` the issue's target as text ("" = none) and ``met`` whether it was reached
+    (None = no target). ``raw`` holds every figure behind the row (written to the JSON).
+    ``error`` is a correctness failure (loss, duplicates, error replies): run.py then exits
+    non-zero, whatever the figures.
+    """
+
+    name: str
+    value: float
+    unit: str
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class BrokerHandle:
+    """A running ``zchat broker`` subprocess: its endpoints, data directory (the SQLite file
+    is ``db``), public key (None without CURVE) and log file."""
+
+    proc: subprocess.Popen[bytes]
+    router: str
+    pub: str
+    key_endpoint: str
+    data_dir: Path
+    public_key: bytes | None
+    log: Path
+    settings: dict[str, Any]
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "zchat.db"
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM, then wait (SIGKILL after ``timeout_s``); returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout_s)
+        return int(self.proc.returncode)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def run_broker(data_dir: Path, settings: dict[str, Any], *, router: str | None = None,
+               pub: str | None = None, ready_timeout_s: float = 60.0) -> BrokerHandle:
+    """Start ``zchat broker`` as a subprocess on loopback with ``settings`` (the [broker]
+    keys of config/zchat.toml) and return once it has bound its sockets (it printed its
+    fingerprint or "encryption none"). Free ports are chosen unless ``router``/``pub``
+    are given (a restart on the same endpoints). Output goes to ``data_dir/broker.log``.
+    Raises RuntimeError if the broker exits or stays silent for ``ready_timeout_s``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    router = router or f"tcp://127.0.0.1:{free_port()}"
+    pub = pub or f"tcp://127.0.0.1:{free_port()}"
+    key_endpoint = settings.get("key_endpoint") or f"tcp://127.0.0.1:{free_port()}"
+    merged = {**settings, "router": router, "pub": pub, "key_endpoint": key_endpoint,
+              "data_dir": str(data_dir)}
+    config = data_dir / "bench.toml"
+    config.write_text("[broker]\n" + "".join(f"{k} = {_toml_value(v)}\n"
+                                             for k, v in merged.items()))
+    log = data_dir / "broker.log"
+    # ZCHAT_BENCH_PROFILE=DIR: run the broker under cProfile, one file per start in DIR
+    # (written when it stops on SIGTERM; read with `python -m pstats FILE`).
+    profile = os.environ.get("ZCHAT_BENCH_PROFILE")
+    runner = [sys.executable]
+    if profile:
+        Path(profile).mkdir(parents=True, exist_ok=True)
+        runner += ["-m", "cProfile", "-o",
+                   str(Path(profile) / f"broker-{data_dir.name}-{time.time_ns()}.prof")]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([*runner, "-m", "zchat", "broker", "--config",
+                                 str(config)], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + ready_timeout_s
+    offset = log.stat().st_size if log.exists() else 0
+    public_key: bytes | None = None
+    text = ""
+    while True:
+        text = log.read_bytes()[offset:].decode("utf-8", "replace") if log.exists() else ""
+        if "fingerprint" in text or "encryption none" in text:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"the broker did not start:\n{text}")
+        time.sleep(0.02)  # polling a log file for a line, not waiting for a socket
+    for line in text.splitlines():
+        if "public key:" in line:
+            public_key = line.split()[-1].encode()
+    return BrokerHandle(proc, router, pub, key_endpoint, data_dir, public_key, log, merged)
+
+
+def secure_with(sock: zmq.Socket[Any], server_key: bytes | None) -> None:
+    """Make ``sock`` a CurveZMQ client of a server with public key ``server_key`` (Z85)
+    with a fresh key pair; nothing when ``server_key`` is None. Call before connect."""
+    if server_key is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+            server_key, public, secret)
+
+
+@dataclass
+class Bench:
+    """What every scenario gets: the zmq context of this process, the parsed arguments,
+    ``quick`` (small sizes for a smoke run), a scratch directory, the transport
+    (``encryption``: "curve" or "none"), and the ceiling figures measured so far in this
+    run (``ceiling``: key -> figure; see ``ceiling_key``)."""
+
+    ctx: zmq.Context[Any]
+    args: Any
+    quick: bool
+    tmp: Path
+    encryption: str = "curve"
+    ceiling: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    _counter: int = 0
+
+    def scratch(self, name: str) -> Path:
+        """A fresh directory under ``tmp`` for one broker's data."""
+        self._counter += 1
+        path = self.tmp / f"{self._counter:03d}-{name}"
+        path.mkdir(parents=True)
+        return path
+
+    @contextlib.contextmanager
+    def broker(self, name: str = "broker", data_dir: Path | None = None,
+               **settings: Any) -> Iterator[BrokerHandle]:
+        """Run a broker for the ``with`` block: BROKER_DEFAULTS, this run's encryption,
+        then ``settings`` (config/zchat.toml [broker] keys; ``router``/``pub`` to reuse
+        endpoints). A fresh data directory unless ``data_dir`` is given. Stopped after."""
+        endpoints = {k: settings.pop(k) for k in ("router", "pub") if k in settings}
+        merged = {**BROKER_DEFAULTS, "encryption": self.encryption, **settings}
+        handle = run_broker(data_dir or self.scratch(name), merged, **endpoints)
+        try:
+            yield handle
+        finally:
+            handle.stop()
+
+    def note(self, text: str) -> None:
+        """A line printed under the table (for example where the harness is the limit)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def ceiling_key(senders: int, subscribers: int, figure: str) -> str:
+    """Key of a bare-relay figure in ``Bench.ceiling``: ``relay/{senders}x{subs}/{figure}``
+    with figure ``acked_per_s`` or ``delivered_per_s``."""
+    return f"relay/{senders}x{subscribers}/{figure}"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of an ascending list, nearest-rank method."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[min(len(sorted_values), int(rank)) - 1]
+
+
+def spawn(target: Callable[..., None], *args: Any) -> Any:
+    """Start ``target(*args)`` in a fresh (spawned) Python process; returns the process."""
+    proc = MP.Process(target=target, args=args, daemon=True)
+    proc.start()
+    return proc
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model (/proc/cpuinfo), cores, load, Python, libzmq, pyzmq and SQLite versions,
+    and the date (UTC), for the JSON results."""
+    import platform
+    import sqlite3
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {"cpu_model": model, "cores": os.cpu_count(), "load_avg_1_5_15": list(load),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "libzmq": zmq.zmq_version(), "pyzmq": zmq.__version__,
+            "sqlite": sqlite3.sqlite_version,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -1,210 +1,163 @@
-"""zchat benchmarks: print a table of figures and write them as JSON.
+"""zchat benchmarks (issue 7): run the scenarios, print one table, write the raw figures.
 
-Run: ``python benchmarks/run.py [--messages N] [--json FILE]`` (or ``just bench``).
+Run: ``python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--json FILE]
+[--encryption curve|none]`` (or ``just bench ...``).
 
 Everything runs on loopback against a real ``zchat broker`` subprocess with a real SQLite
-file, and the bare relay ceiling (ROUTER recv -> PUB send, no logic) is measured in the
-same run and harness, so zchat's figures are printed as ratios to it:
+file. The bare relay (benchmarks/relay.py: ROUTER recv -> PUB send, no logic) is measured
+in the same run with the same load generator and receivers, and zchat's throughput is
+printed as a ratio to it. Scenarios (``--only`` takes their names):
 
-- ingest: one sender keeps ``WINDOW`` SEND requests in flight to one room with one
-  subscriber; messages acknowledged (stored and OK'd) and delivered per second, with loss
-  and duplicates counted by sequence number (both must be 0);
-- encryption: ``--encryption curve`` (the default, as shipped) or ``none``; with curve
-  the zchat sockets are CurveZMQ (the bare relay stays plain, so the ratio includes
-  CURVE's cost);
-- login: the time of one fresh password login (scrypt at the broker's settings) seen by the
-  client, median of several.
+- relay: the ceiling, 1 and 4 senders x 1, 10, 50, 200 subscribers;
+- ingest: the same shapes against zchat: messages stored, acknowledged and delivered per
+  second, loss and duplicates per subscriber (both must be 0, else the exit code is 1);
+- latency: a paced sender at 1,000 msg/s to 10 and 100 members, p50/p99/p99.9/max;
+- history: HISTORY of the last 100 and of a page deep inside a 1,000,000-message room;
+- and any scenario module of benchmarks/ listed in MODULES that exists (sessions, startup,
+  replay).
 
-The fuller suite of the performance issue (fan-out to 200 members, latency percentiles,
-10,000 sessions, history in a 1,000,000-message room) builds on this harness.
+A scenario module exposes ``SCENARIOS: dict[str, Callable[[Bench], list[Row]]]`` (Bench
+and Row: benchmarks/harness.py). The exit code is 0 when every row is free of correctness
+errors (loss, duplicates, error replies), 1 otherwise, 2 on bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
-import statistics
+import math
 import sys
 import tempfile
-import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import zmq
-from harness import PAYLOAD, WINDOW, RawClient, free_port, secure, start_broker  # noqa: E402
+from harness import Bench, Row, machine_info
 
-from zchat import protocol as p
-
-
-def bench_ingest(ctx: zmq.Context[Any], server: str, count: int) -> dict[str, Any]:
-    sender = RawClient(ctx, server)
-    sender.call(p.Register(name="sender", password="pw"))
-    sender.call(p.Login(name="sender", password="pw"))
-    sender.call(p.Join(room="bench"))
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.rcvhwm = 0
-    secure(sub)
-    sub.connect(sender.info.pub)
-    sub.subscribe(p.room_topic("bench"))
-    # Wait until the subscription is live: post probes until one is seen.
-    while True:
-        sender.call(p.Send(room="bench", text="probe"))
-        if sub.poll(200):
-            break
-    while sub.poll(100):
-        first = p.decode_event(sub.recv_multipart())
-    start_seq = first.seq  # type: ignore[attr-defined]
-
-    seqs: list[int] = []
-
-    def receive() -> None:
-        while len(seqs) < count and sub.poll(5000):
-            event = p.decode_event(sub.recv_multipart())
-            if isinstance(event, p.MessagePosted) and event.text == PAYLOAD:
-                seqs.append(event.seq)
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
-    acked = 0
-    sent = 0
-    t0 = time.perf_counter()
-    while acked < count:
-        while sent < count and sent - acked < WINDOW:
-            sender.send(p.Send(room="bench", text=PAYLOAD))
-            sent += 1
-        sender.dealer.recv_multipart()
-        acked += 1
-    t_ack = time.perf_counter() - t0
-    receiver.join()
-    t_all = time.perf_counter() - t0
-    expected = list(range(start_seq + 1, start_seq + 1 + count))
-    sub.close()
-    sender.dealer.close()
-    return {"messages": count, "acked_per_s": count / t_ack, "delivered_per_s": len(seqs) / t_all,
-            "lost": len(set(expected) - set(seqs)), "duplicates": len(seqs) - len(set(seqs)),
-            "in_order": seqs == sorted(seqs)}
+#: Scenario modules, in running order (the relay first: the others' ratios need it).
+MODULES = ["relay", "ingest", "latency", "history", "sessions", "startup", "replay", "core"]
+#: Scenarios whose rows are ratios to the relay: with ``--only`` naming one of them and not
+#: ``relay``, the ratios are left out (the ceiling is measured only when asked for).
+DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
 
-def bench_relay(ctx: zmq.Context[Any], count: int) -> dict[str, Any]:
-    """The ceiling: a bare Python relay, ROUTER recv -> PUB send, plain recv/send with a
-    fixed frame count, no logic; same sender window and subscriber shape."""
-    router_port, pub_port = free_port(), free_port()
-    router = ctx.socket(zmq.ROUTER)
-    pub = ctx.socket(zmq.PUB)
-    for s in (router, pub):
-        s.linger = 0
-    router.bind(f"tcp://127.0.0.1:{router_port}")
-    pub.bind(f"tcp://127.0.0.1:{pub_port}")
-    pub.sndhwm = 0
-
-    def relay() -> None:
-        for _ in range(count):  # the probe plus count - 1 messages
-            rid = router.recv()
-            body = router.recv()
-            pub.send(b"room/bench/", zmq.SNDMORE)
-            pub.send(body)
-            router.send(rid, zmq.SNDMORE)
-            router.send(b"ok")
-
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.rcvhwm = 0
-    sub.connect(f"tcp://127.0.0.1:{pub_port}")
-    sub.subscribe(b"room/bench/")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.linger = 0
-    dealer.connect(f"tcp://127.0.0.1:{router_port}")
-    thread = threading.Thread(target=relay)
-    thread.start()
-    while True:  # subscription live?
-        dealer.send(b"probe")
-        dealer.recv()
-        if sub.poll(200):
-            sub.recv_multipart()
-            break
-    received = 0
-
-    def receive() -> None:
-        nonlocal received
-        while received < count - 1 and sub.poll(5000):
-            sub.recv_multipart()
-            received += 1
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
-    payload = PAYLOAD.encode()
-    sent = acked = 0
-    t0 = time.perf_counter()
-    while acked < count - 1:
-        while sent < count - 1 and sent - acked < WINDOW:
-            dealer.send(payload)
-            sent += 1
-        dealer.recv()
-        acked += 1
-    t_ack = time.perf_counter() - t0
-    receiver.join()
-    t_all = time.perf_counter() - t0
-    thread.join(5)
-    for s in (router, pub, sub, dealer):
-        s.close()
-    return {"messages": count, "acked_per_s": acked / t_ack, "delivered_per_s": received / t_all}
+def load_scenarios() -> dict[str, Callable[[Bench], list[Row]]]:
+    """Every scenario of every module in MODULES that exists, in order."""
+    scenarios: dict[str, Callable[[Bench], list[Row]]] = {}
+    for name in MODULES:
+        if not (Path(__file__).resolve().parent / f"{name}.py").exists():
+            continue
+        module = importlib.import_module(name)
+        scenarios.update(module.SCENARIOS)
+    return scenarios
 
 
-def bench_login(ctx: zmq.Context[Any], server: str, rounds: int = 7) -> dict[str, Any]:
-    client = RawClient(ctx, server)
-    client.call(p.Register(name="login-bench", password="pw"))
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        client.call(p.Login(name="login-bench", password="pw"))
-        times.append(time.perf_counter() - t0)
-        client.call(p.Logout())
-    client.dealer.close()
-    return {"median_ms": statistics.median(times) * 1000, "rounds": rounds}
+def fmt_value(value: float, unit: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if abs(value) >= 100 or float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
-def main() -> int:
+def print_table(results: list[tuple[str, Row]], notes: list[str], header: str) -> None:
+    """One table: scenario, figure, value, unit, ratio to the relay, target, met."""
+    lines = [("scenario", "figure", "value", "unit", "ratio", "target", "met")]
+    for scenario, row in results:
+        met = "" if row.met is None else ("met" if row.met else "MISSED")
+        if row.error:
+            met = (met + " " if met else "") + "ERROR"
+        lines.append((scenario, row.name, fmt_value(row.value, row.unit), row.unit,
+                      "" if row.ratio is None else f"{row.ratio:.3f}", row.target, met))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    print(header)
+    for n, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1]),
+                 line[2].rjust(widths[2]), line[3].ljust(widths[3]),
+                 line[4].rjust(widths[4]), line[5].ljust(widths[5]), line[6]]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    for scenario, row in results:
+        if row.error:
+            print(f"ERROR in {scenario}: {row.name}: {row.error}")
+    for note in notes:
+        print(f"note: {note}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
-    parser.add_argument("--scrypt-n", type=int, default=16384)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, for a smoke run (well under a minute)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenario names (default: all)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help=f"where to write the raw figures (default {DEFAULT_JSON})")
     parser.add_argument("--encryption", choices=["curve", "none"], default="curve",
-                        help="the broker's transport (default curve, as shipped)")
-    args = parser.parse_args()
-    ctx = zmq.Context()
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                           "zmq": zmq.zmq_version(), "pyzmq": zmq.__version__},
-                               "encryption": args.encryption}
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, server = start_broker(Path(tmp), args.scrypt_n, args.encryption)
-        try:
-            results["relay"] = bench_relay(ctx, args.messages)
-            results["ingest_1x1"] = bench_ingest(ctx, server, args.messages)
-            results["login"] = bench_login(ctx, server)
-        finally:
-            proc.terminate()
-            proc.wait(5)
+                        help="the zchat broker's transport (default curve, as shipped)")
+    args = parser.parse_args(argv)
+    scenarios = load_scenarios()
+    selected = [s.strip() for s in args.only.split(",") if s.strip()] or list(scenarios)
+    unknown = [s for s in selected if s not in scenarios]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(scenarios)}")
+    selected = [s for s in scenarios if s in selected]  # running order of MODULES
+    ctx: zmq.Context[Any] = zmq.Context()
+    results: list[tuple[str, Row]] = []
+    failures: list[str] = []
+    started = time.monotonic()
+    info = machine_info()  # the load average before the run; the one after is added below
+    with tempfile.TemporaryDirectory(prefix="zchat-bench-") as tmp:
+        bench = Bench(ctx=ctx, args=args, quick=args.quick, tmp=Path(tmp),
+                      encryption=args.encryption)
+        for name in selected:
+            print(f"[{time.monotonic() - started:6.1f} s] {name} ...", file=sys.stderr,
+                  flush=True)
+            try:
+                rows = scenarios[name](bench)
+            except Exception as exc:  # a broken scenario must not hide the others' figures
+                traceback.print_exc()
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                rows = [Row("scenario failed", float("nan"), "", error=f"{exc}")]
+            results.extend((name, row) for row in rows)
     ctx.term()
-    ceiling = results["relay"]
-    ing = results["ingest_1x1"]
-    print(f"{'benchmark':<34}{'figure':>14}{'ratio to relay':>16}")
-    print(f"{'relay ceiling acked/s':<34}{ceiling['acked_per_s']:>14,.0f}{1:>16.2f}")
-    print(f"{'relay ceiling delivered/s':<34}{ceiling['delivered_per_s']:>14,.0f}{1:>16.2f}")
-    print(f"{'zchat 1 sender->1 sub acked/s':<34}{ing['acked_per_s']:>14,.0f}"
-          f"{ing['acked_per_s'] / ceiling['acked_per_s']:>16.3f}")
-    print(f"{'zchat 1 sender->1 sub delivered/s':<34}{ing['delivered_per_s']:>14,.0f}"
-          f"{ing['delivered_per_s'] / ceiling['delivered_per_s']:>16.3f}")
-    print(f"{'zchat lost / duplicated / in order':<34}"
-          f"{ing['lost']:>6} / {ing['duplicates']} / {ing['in_order']}")
-    print(f"{'fresh password login (median)':<34}{results['login']['median_ms']:>11.1f} ms"
-          f"   scrypt N={args.scrypt_n}, r=8, p=1")
+    info["load_avg_1_5_15_after"] = machine_info()["load_avg_1_5_15"]
+    header = (f"zchat benchmarks ({'quick' if args.quick else 'full'}, encryption "
+              f"{args.encryption}) on {info['cpu_model'] or '?'} x{info['cores']}, Python "
+              f"{info['python']}, libzmq {info['libzmq']}, pyzmq {info['pyzmq']}, SQLite "
+              f"{info['sqlite']}, {info['date_utc']}; {time.monotonic() - started:.0f} s; "
+              f"load average {info['load_avg_1_5_15'][0]:.1f} before, "
+              f"{info['load_avg_1_5_15_after'][0]:.1f} after")
+    print_table(results, bench.notes, header)
+    document = {
+        "machine": info, "quick": args.quick, "encryption": args.encryption,
+        "scenarios": selected, "seconds": time.monotonic() - started,
+        "ceiling": bench.ceiling, "notes": bench.notes, "failures": failures,
+        "rows": [{"scenario": s, "name": r.name, "value": r.value, "unit": r.unit,
+                  "ratio": r.ratio, "target": r.target, "met": r.met, "error": r.error,
+                  "raw": r.raw} for s, r in results],
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    args.json.write_text(json.dumps(_jsonable(document), indent=2) + "\n")
     print(f"raw figures: {args.json}")
-    return 0 if ing["lost"] == 0 and ing["duplicates"] == 0 else 1
+    return 1 if failures or any(r.error for _, r in results) else 0
 
 
 if __name__ == "__main__":
