@@ -5,6 +5,15 @@ loop, not asyncio: pyzmq's asyncio integration costs about ten times as much per
 on this kind of machine (see the performance issue), and the pure core keeps the loop
 swappable. Each wake-up drains up to ``BATCH`` requests before it looks at timers.
 
+Group commit (docs/PROTOCOL.md §14): everything one wake-up handles (the requests drained,
+the finished password jobs, the timers) runs in one store group — one SQLite transaction,
+one fsync — and its replies and events are held until that commit returns, then sent. So a
+message is on disk before anyone hears of it, as with one transaction per request, at one
+fsync per batch instead of one per message. If the commit fails (disk full, I/O error),
+nothing of the batch was stored and nothing of it was sent: every request in it is answered
+503, and the broker rebuilds its in-memory state from the store, keeping the sessions whose
+rows are stored (``BrokerCore.adopt_sessions``).
+
 Socket options (docs/PROTOCOL.md §2):
 
 - ROUTER_MANDATORY on the ROUTER, with every send non-blocking: a reply to a peer that has
@@ -37,6 +46,7 @@ import functools
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,7 +59,7 @@ import zmq.auth.thread
 from zchat import keys as k
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
-from zchat.errors import Status, ZchatError
+from zchat.errors import Status, StorageError, ZchatError
 from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
 from zchat.store import Store
 
@@ -64,6 +74,9 @@ REQUEST_PARTS = 5
 #: broker is given.
 SHUTDOWN_LINGER_MS = 500
 _ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME")
+#: Send flags as plain ints (every send is non-blocking).
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_LAST = int(zmq.NOBLOCK)
 
 
 #: ZAP domain of the broker's CURVE sockets (RFC 27/ZAP): every handshake is checked by
@@ -101,6 +114,21 @@ def _peer_address(frame: zmq.Frame) -> str:
         return str(frame.get("Peer-Address") or "")
     except zmq.ZMQError:
         return ""
+
+
+#: Nice value of the password-hashing threads. scrypt holds a core for ~50 ms per login
+#: (it releases the GIL); on a 2-core machine a storm of logins would otherwise take the
+#: CPU from the loop and stall room traffic. Linux schedules threads by their own nice
+#: value, so the loop (nice 0) wins the CPU whenever both want it (docs/PERFORMANCE.md).
+HASH_THREAD_NICE = 10
+
+
+def lower_thread_priority() -> None:
+    """Run the calling thread at HASH_THREAD_NICE (Linux only: elsewhere the nice value
+    is per process, so nothing is changed)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICE)
 
 
 def wall_ms() -> int:
@@ -142,9 +170,15 @@ class Broker:
         self._done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=config.hash_workers,
-                                        thread_name_prefix="zchat-hash")
+                                        thread_name_prefix="zchat-hash",
+                                        initializer=lower_thread_priority)
         self.core: BrokerCore | None = None
         self.ready = threading.Event()
+        #: What the current wake-up's requests, jobs and timers asked for; carried out by
+        #: ``_flush()`` after the group commit.
+        self._pending: list[Action] = []
+        #: Group commits that failed, each followed by a rebuild (read by tests and logs).
+        self.failed_commits = 0
         self._linger_ms = 0  # SHUTDOWN_LINGER_MS once run() has said GOING_AWAY
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -231,6 +265,9 @@ class Broker:
         if self.zap is not None and self.keys is not None and k.is_tcp(self.config.router):
             service = self.context.socket(zmq.ROUTER)
             self._key_service = service
+            #: The key service's logic, rate-limited per address (zchat.keys.KeyService).
+            self.key_service = k.KeyService(self.keys.public, self.config.key_rate_per_s,
+                                             self.config.key_burst)
             service.setsockopt(zmq.MAXMSGSIZE, k.KEY_SERVICE_MAX_FRAME_BYTES)
             service.setsockopt(zmq.SNDHWM, 100)
             service.setsockopt(zmq.LINGER, 0)
@@ -274,35 +311,43 @@ class Broker:
         every session in memory (publishing offline presence; the sessions stay in the
         store for RESUME) (docs/PROTOCOL.md §6.29)."""
         assert self._router is not None and self.core is not None, "bind() first"
-        router, core = self._router, self.core
+        router = self._router
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         if self._key_service is not None:
             poller.register(self._key_service, zmq.POLLIN)
         self.ready.set()
-        self._execute(core.tick(time.monotonic(), wall_ms()))
+        self._execute(self.core.tick(time.monotonic(), wall_ms()))
         while not self._stopping.is_set():
+            core = self.core
             deadline = core.next_deadline()
             wait_s = self.config.heartbeat_interval_s if deadline is None else \
                 max(0.0, deadline - time.monotonic())
             started = time.monotonic()
             events = dict(poller.poll(int(wait_s * 1000) + 1))
             woke = time.monotonic()
-            if router in events:
-                self._drain_router(router, core)
-            if self._wake_r in events:
-                self._drain_jobs(core)
+            self.store.begin_group()
+            try:
+                if router in events:
+                    self._drain_router(router, core)
+                if self._wake_r in events:
+                    self._drain_jobs(core)
+                # The loop's own stalls (a message of millions of frames, the process
+                # stopped, a slow disk) are not the clients' silence: credit them before
+                # evicting.
+                now = time.monotonic()
+                stall = max(0.0, woke - started - wait_s) + (now - woke)
+                if stall > self.config.heartbeat_interval_s:
+                    core.credit_stall(stall, now)
+                self._pending += core.tick(now, wall_ms())
+            except BaseException:
+                self.store.abort_group()
+                raise
+            self._flush()
             if self._key_service is not None and self._key_service in events:
                 self._serve_keys(self._key_service)
-            # The loop's own stalls (a message of millions of frames, the process stopped,
-            # a slow disk) are not the clients' silence: credit them before evicting.
-            now = time.monotonic()
-            stall = max(0.0, woke - started - wait_s) + (now - woke)
-            if stall > self.config.heartbeat_interval_s:
-                core.credit_stall(stall, now)
-            self._execute(core.tick(now, wall_ms()))
-        self._execute(core.shutdown(wall_ms()))
+        self._execute(self.core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
@@ -333,9 +378,9 @@ class Broker:
             count += 1
         request_id = parts[2].bytes[:MAX_REQUEST_ID_BYTES] or b"?"
         log.info("refused a message of %d frames from %s", count - 1, parts[0].bytes.hex())
-        self._execute([ToPeer(parts[0].bytes, encode_reply(request_id, Error(
+        self._pending.append(ToPeer(parts[0].bytes, encode_reply(request_id, Error(
             status=int(Status.BAD_REQUEST),
-            reason=f"a request has 4 frames, got {count - 1}")))])
+            reason=f"a request has 4 frames, got {count - 1}"))))
 
     def _serve(self, core: BrokerCore, parts: list[zmq.Frame]) -> None:
         """Hand one request (routing id + frames) to the core and carry out its actions.
@@ -347,20 +392,22 @@ class Broker:
             address = ""
             if len(frames) > 2 and frames[2] in _ADDRESS_TYPES:
                 address = _peer_address(parts[-1])
-            self._execute(core.handle(routing_id, frames, time.monotonic(), wall_ms(),
-                                      address))
+            self._pending += core.handle(routing_id, frames, time.monotonic(), wall_ms(),
+                                         address)
         except Exception:
             log.exception("unexpected error serving one request; still serving")
 
     def _serve_keys(self, service: zmq.Socket[Any]) -> None:
-        """Answer up to BATCH key requests (docs/PROTOCOL.md §16.3); junk is ignored."""
-        assert self.keys is not None
+        """Answer up to BATCH key requests (docs/PROTOCOL.md §16.3); junk, and requests
+        over the per-address rate limit (``key_rate_per_s``, ``key_burst``), get no
+        answer (zchat.keys.KeyService)."""
         for _ in range(BATCH):
             try:
-                frames = service.recv_multipart(zmq.NOBLOCK)
+                parts = service.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            reply = k.key_service_reply(frames, self.keys.public)
+            reply = self.key_service.reply([f.bytes for f in parts],
+                                           _peer_address(parts[-1]), time.monotonic())
             if reply is not None:
                 with contextlib.suppress(zmq.ZMQError):  # peer gone or queue full
                     service.send_multipart(reply, zmq.NOBLOCK)
@@ -376,7 +423,7 @@ class Broker:
                 job_id, result = self._done.get_nowait()
             except queue.Empty:
                 return
-            self._execute(core.complete(job_id, result, time.monotonic(), wall_ms()))
+            self._pending += core.complete(job_id, result, time.monotonic(), wall_ms())
 
     def _job_done(self, job_id: int, future: Future[Any]) -> None:
         """Runs in a worker thread: hand the result to the loop and wake it."""
@@ -385,15 +432,64 @@ class Broker:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"j")
 
+    def _flush(self) -> None:
+        """Commit the wake-up's group, then carry out what it asked for. A failed commit
+        sends none of it: see ``_recover``."""
+        actions, self._pending = self._pending, []
+        try:
+            self.store.commit_group()
+        except StorageError as exc:
+            actions = self._recover(actions, exc.reason)
+        self._execute(actions)
+
+    def _recover(self, actions: list[Action], reason: str) -> list[Action]:
+        """The store could not commit a batch (docs/PROTOCOL.md §14): none of it is
+        stored, so none of it may be told. Every reply in ``actions`` becomes 503 (same
+        request id), every event and push is dropped, password jobs still running are
+        answered 503, and the core, whose memory ran ahead of the store, is rebuilt from
+        the store with the live sessions whose rows are stored. Returns the replies."""
+        assert self.core is not None
+        self.failed_commits += 1
+        log.error("storage failed, a batch of %d actions was not committed (%s); every "
+                  "request in it is answered 503 and the state is reloaded from the store",
+                  len(actions), reason)
+        text = f"not stored, retry: {reason}"
+        replies: list[Action] = [
+            ToPeer(a.routing_id, encode_reply(a.frames[1], Error(
+                status=int(Status.UNAVAILABLE), reason=text)))
+            for a in actions if isinstance(a, ToPeer) and len(a.frames) > 1 and a.frames[1]]
+        old = self.core
+        replies += old.abandon_jobs(text)
+        try:
+            core = BrokerCore(self.store, self.config, old.pub_endpoint, wall_ms())
+        except StorageError as exc:  # the store cannot even be read: keep serving as was
+            log.critical("cannot reload the state from the store (%s); the broker goes on "
+                         "with its memory, which may be ahead of the store", exc.reason)
+            return replies
+        core.adopt(old, time.monotonic())
+        self.core = core
+        return replies
+
     def _execute(self, actions: list[Action]) -> None:
         assert self._router is not None and self._pub is not None
+        pub, router = self._pub, self._router
         for action in actions:
+            # Frame by frame with plain int flags: send_multipart builds an enum flag per
+            # frame, a measurable cost per message (docs/PERFORMANCE.md).
             if isinstance(action, ToTopic):
-                self._pub.send_multipart(action.frames, zmq.NOBLOCK)
+                *head, last = action.frames
+                for frame in head:
+                    pub.send(frame, _MORE)
+                pub.send(last, _LAST)
             elif isinstance(action, ToPeer):
                 try:
-                    self._router.send_multipart([action.routing_id, *action.frames],
-                                                zmq.NOBLOCK)
+                    # ROUTER_MANDATORY: a peer gone or full fails on the routing id,
+                    # before any frame of the message is queued.
+                    router.send(action.routing_id, _MORE)
+                    *head, last = action.frames
+                    for frame in head:
+                        router.send(frame, _MORE)
+                    router.send(last, _LAST)
                 except zmq.Again:
                     log.warning("dropped a reply to %s: its queue is full (high-water mark)",
                                 action.routing_id.hex())

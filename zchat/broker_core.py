@@ -51,17 +51,22 @@ RANKS = {"member": 0, "moderator": 1, "owner": 2, "admin": 3}
 
 
 def _until(until_ms: int | None) -> str:
-    """When a ban or mute ends, for people: ``until lifted`` or ``until 2024-06-01 12:00
-    UTC`` (minutes rounded up, so that the time shown is never early)."""
+    """When a ban or mute ends, for people: ``until lifted`` or ``until 2024-06-01
+    12:01:30 UTC``, to the second (rounded up, so that the time shown is never early; a
+    90 s ban must not read as a minute, docs/PROTOCOL.md §6.31)."""
     if until_ms is None:
         return "until lifted"
-    when = dt.datetime.fromtimestamp(math.ceil(until_ms / 60_000) * 60, dt.UTC)
-    return f"until {when:%Y-%m-%d %H:%M} UTC"
+    when = dt.datetime.fromtimestamp(math.ceil(until_ms / 1000), dt.UTC)
+    return f"until {when:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _seconds(ms: int) -> str:
     """A wait for a person, rounded up: ``0.3 s`` under ten seconds, else ``12 s``."""
     return f"{math.ceil(ms / 100) / 10:.1f} s" if ms < 10_000 else f"{math.ceil(ms / 1000)} s"
+
+
+#: Bound of BrokerCore's room-name cache (entries); emptied whole when full.
+ROOM_KEY_CACHE_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,14 @@ class BrokerCore:
         self.accounts: dict[str, Account] = {
             key: Account(name, bot) for key, (name, bot) in store.account_names().items()}
         self.admins = {name_key(n) for n in config.admins}
+        #: Look-alike skeletons of the admin names: REGISTER and CREATE_ACCOUNTS of any
+        #: of them is refused (docs/admin.md, "Who is an admin").
+        self._admin_skeletons = {skeleton(n) for n in config.admins}
+        for admin in config.admins:
+            if name_key(admin) not in self.accounts:
+                log.warning("broker admin %r has no account: nobody can register it over "
+                            "the wire; create it with `zchat admin create` on the database "
+                            "(docs/admin.md)", admin)
         lobby_key = name_key(DEFAULT_ROOM)
         store.ensure_room(lobby_key, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), now_ms)
         listed = store.list_rooms()
@@ -156,6 +169,17 @@ class BrokerCore:
                 self.rooms_of.setdefault(account_key, set()).add(room_key)
         self._jobs: dict[int, _Job] = {}
         self._next_job = 1
+        #: No session can time out before this (monotonic s): a lower bound on the
+        #: earliest last_seen_s + heartbeat_timeout_s, kept by _bind_session and tick
+        #: (last-seen times only move forward), so tick scans the sessions only when one
+        #: may be due, not at every wake-up of the loop.
+        self._evict_at = math.inf
+        #: Room names as sent -> their keys (normalize_name is ~50 us, and every SEND
+        #: names its room); valid names only, at most ROOM_KEY_CACHE_MAX.
+        self._room_keys: dict[str, str] = {}
+        #: Room key -> (the RoomState fields, their JSON) for PONG (``_room_state_json``);
+        #: at most one entry per room.
+        self._room_states: dict[str, tuple[tuple[Any, ...], str]] = {}
         # Protection (docs/PROTOCOL.md §15): per-address LOGIN/REGISTER buckets (None when
         # login_rate_per_s is 0), and each room's creator and slow mode with, per room in
         # slow mode, each member's last post (monotonic s); bounded by the memberships.
@@ -268,11 +292,15 @@ class BrokerCore:
             except StorageError as exc:  # they no longer apply anyway; purged next time
                 log.error("could not purge lapsed bans: %s", exc.reason)
         timeout = self.config.heartbeat_timeout_s
-        for session in list(self.sessions.values()):  # snapshot: eviction mutates
-            if now_s - session.last_seen_s > timeout:
-                log.info("evicted %s (silent %.1f s) from %s", session.name,
-                         now_s - session.last_seen_s, session.address or "?")
-                actions += self._end_session(session, now_ms)
+        if now_s > self._evict_at:  # else no session can have timed out: no O(n) scan
+            self._evict_at = math.inf
+            for session in list(self.sessions.values()):  # snapshot: eviction mutates
+                if now_s - session.last_seen_s > timeout:
+                    log.info("evicted %s (silent %.1f s) from %s", session.name,
+                             now_s - session.last_seen_s, session.address or "?")
+                    actions += self._end_session(session, now_ms)
+                else:
+                    self._evict_at = min(self._evict_at, session.last_seen_s + timeout)
         if self._next_tick_s is None or now_s >= self._next_tick_s:
             self._next_tick_s = now_s + self.config.heartbeat_interval_s
             actions.append(ToTopic(p.encode_event(p.TOPIC_TICK, p.Tick(time=now_ms))))
@@ -300,16 +328,47 @@ class BrokerCore:
         last: a client closes its sockets when it hears GOING_AWAY, so the presence
         events must go before it. The sessions stay in the store, resumable for
         ``resume_grace_s`` after the next start."""
-        actions: list[Action] = []
-        for job in list(self._jobs.values()):
-            actions.append(self._error(job.routing_id, job.request_id, Status.UNAVAILABLE,
-                                       "the broker is shutting down; retry when it is back"))
-        self._jobs.clear()
+        actions = self.abandon_jobs("the broker is shutting down; retry when it is back")
         for session in list(self.sessions.values()):
             actions += self._end_session(session, now_ms, forget=False)
         actions.append(ToTopic(p.encode_event(p.TOPIC_BROKER,
                                               p.GoingAway(text=text, time=now_ms))))
         return actions
+
+    def abandon_jobs(self, reason: str) -> list[Action]:
+        """Answer every LOGIN/REGISTER/operator request still hashing with 503
+        ``reason`` and forget the jobs (their results, if they come, are ignored)."""
+        actions: list[Action] = [
+            self._error(job.routing_id, job.request_id, Status.UNAVAILABLE, reason)
+            for job in self._jobs.values()]
+        self._jobs.clear()
+        return actions
+
+    def adopt(self, old: BrokerCore, now_s: float) -> None:
+        """Take over from ``old``, a core of the same store whose memory ran ahead of a
+        batch the store could not commit (zchat.broker, group commit); this core was just
+        built from the store. Each of ``old``'s live sessions whose row is stored goes on
+        as it was (routing id, token, presence, away text, send bucket) with no event:
+        for everyone else nothing changed. Sessions whose LOGIN was in the lost batch are
+        dropped (that LOGIN was answered 503). The login rate limits, slow-mode timers,
+        the resume grace period and the TICK schedule carry over."""
+        for session in old.sessions.values():
+            token_hash = token_sha256(session.token)
+            if self._restored.pop(token_hash, None) is None \
+                    or session.account_key not in self.accounts:
+                continue
+            self._bind_session(session, session.last_seen_ms)  # its event is not sent
+        for key, account in self.accounts.items():
+            before = old.accounts.get(key)
+            if account.sessions and before is not None:
+                account.presence, account.away_text = before.presence, before.away_text
+        self._login_buckets = old._login_buckets
+        self._last_post = {k: v for k, v in old._last_post.items() if k in self.rooms}
+        self._restored_until_s = old._restored_until_s
+        self._next_tick_s = old._next_tick_s
+        self._next_purge_s = old._next_purge_s
+        log.info("reloaded from the store: %d of %d sessions carried over",
+                 len(self.sessions), len(old.sessions))
 
     def _expire_restored(self, now_s: float) -> None:
         """Start the resume grace period at the first call; once it is over, forget the
@@ -339,7 +398,12 @@ class BrokerCore:
 
     def _room_key(self, raw: str) -> str:
         """Key of an existing room. Raises ProtocolError 422 (invalid name) or 404."""
-        key = name_key(normalize_name(raw, "room name"))
+        key = self._room_keys.get(raw)
+        if key is None:
+            key = name_key(normalize_name(raw, "room name"))
+            if len(self._room_keys) >= ROOM_KEY_CACHE_MAX:
+                self._room_keys.clear()
+            self._room_keys[raw] = key
         if key not in self.rooms:
             raise ProtocolError(Status.NOT_FOUND, f"no room named {raw!r}")
         return key
@@ -494,12 +558,23 @@ class BrokerCore:
     def _check_password(self, password: str) -> None:
         check_password(password)  # shared with `zchat admin` (zchat.admin)
 
+    def _check_not_admin_name(self, key: str, skel: str, name: str) -> None:
+        """REGISTER and CREATE_ACCOUNTS (§6.2, §6.43): raise ProtocolError 403 when the
+        name, or a look-alike of it (same skeleton, §12), is listed in ``admins``.
+        Whoever took that name would be a broker admin; only the operator creates those
+        accounts, with `zchat admin create` on the database (docs/admin.md)."""
+        if key in self.admins or skel in self._admin_skeletons:
+            raise ProtocolError(Status.FORBIDDEN, f"the name {name!r} is reserved for a "
+                                "broker admin; the operator creates that account with "
+                                "`zchat admin create` on the database")
+
     def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
                   now_s: float, now_ms: int, address: str) -> list[Action]:
         self._limit_login(rid, address, now_s, "registrations")
         name = normalize_name(req.name)
         self._check_password(req.password)
         key = name_key(name)
+        self._check_not_admin_name(key, skeleton(name), name)
         if key in self.accounts or self.store.account_skeleton_taken(skeleton(name)):
             raise ProtocolError(Status.CONFLICT, f"the name {name!r} is taken "
                                 "(or too like an existing name)")
@@ -602,6 +677,8 @@ class BrokerCore:
         """Register ``session`` under its routing id; an offline account goes online (one
         PRESENCE event, returned)."""
         self.sessions[session.routing_id] = session
+        self._evict_at = min(self._evict_at,
+                             session.last_seen_s + self.config.heartbeat_timeout_s)
         self._by_token[token_sha256(session.token)] = session.routing_id
         account = self.accounts[session.account_key]
         account.sessions.add(session.routing_id)
@@ -687,12 +764,14 @@ class BrokerCore:
                                     " rooms, the most an account may be in; PART one first")
         if key in self.rooms and me not in self.members.get(key, ()):
             # docs/PROTOCOL.md §17: a ban keeps out; a private room needs an invitation
+            # (but for admins and its owner, §17.2); any JOIN uses the invitation up,
+            # public room or not, so that it cannot serve again once the room is private
             self._check_not_banned(key, me, now_ms)
-            if key in self.private and me not in self.admins:
-                invited = self.store.has_invite(key, me)
-                if not invited:
-                    raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} is "
-                                        "invite-only: ask one of its moderators to invite you")
+            invited = self.store.has_invite(key, me)
+            if key in self.private and not invited and me not in self.admins \
+                    and self.roles.get(key, {}).get(me) != "owner":
+                raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} is "
+                                    "invite-only: ask one of its moderators to invite you")
         with self.store.transaction():
             room, created, joined = self.store.join_room(key, name, skeleton(name), me,
                                                          now_ms, private=req.private)
@@ -721,6 +800,8 @@ class BrokerCore:
         key = self._room_key(req.room)
         if not self.store.leave_room(key, session.account_key):
             raise ProtocolError(Status.FORBIDDEN, f"you are not in {self.rooms[key]!r}")
+        if self.store.has_invite(key, session.account_key):  # §6.6: none outlives a stay
+            self.store.take_invite(key, session.account_key)
         left = p.UserLeft(room=self.rooms[key], name=session.name, time=now_ms)
         actions: list[Action] = [self._ok(rid, req_id, p.Ok()),
                                  *self._room_event(key, left, (session.account_key,))]
@@ -860,12 +941,21 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         if session is None:
             return [self._ok(rid, req_id, p.Pong(time=now_ms, session=""))]
-        rooms = tuple(p.RoomState(room=self.rooms[k], last_seq=self.last_seq[k],
-                                  topic=self.topics[k], slow_mode_s=self.slow_mode.get(k, 0),
-                                  private=k in self.private, locked=k in self.locked)
-                      for k in sorted(self.rooms_of.get(session.account_key, ())))
-        return [self._ok(rid, req_id, p.Pong(time=now_ms, rooms=rooms,
-                                             session=session.token))]
+        rooms = [self._room_state_json(k)
+                 for k in sorted(self.rooms_of.get(session.account_key, ()))]
+        return [ToPeer(rid, p.encode_pong(req_id, now_ms, rooms, session.token))]
+
+    def _room_state_json(self, key: str) -> str:
+        """The room's RoomState as JSON, remade only when one of its fields changed
+        (every PING lists every room of the account: docs/PERFORMANCE.md)."""
+        state = (self.rooms[key], self.last_seq[key], self.topics[key],
+                 self.slow_mode.get(key, 0), key in self.private, key in self.locked)
+        cached = self._room_states.get(key)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        text = p.room_state_json(p.RoomState(*state))
+        self._room_states[key] = (state, text)
+        return text
 
     def _set_topic(self, rid: bytes, req_id: bytes, req: p.SetTopic, session: Session,
                    now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -879,6 +969,7 @@ class BrokerCore:
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
         if key in self.locked:
             self._require_mod(key, session, "set the topic while it is locked")
+        self._check_not_muted(key, session, now_ms)
         topic = self._check_topic(req.topic)
         ok = self._ok(rid, req_id, p.Ok())
         if self.topics.get(key) == topic:
@@ -1021,6 +1112,28 @@ class BrokerCore:
         if session.account_key not in self.admins:
             raise ProtocolError(Status.FORBIDDEN, f"only broker admins may {what}")
 
+    def _require_inside(self, key: str, session: Session, what: str) -> None:
+        """Raise ProtocolError 403 unless the session's account is a member of room
+        ``key`` or a broker admin: a room is moderated from inside it (docs/PROTOCOL.md
+        §17.1), so a moderator or owner who was kicked (or left) cannot act on it from
+        outside — no self-invitation into a private room, no lock, delete or mode change
+        — as an IRC operator who is not on the channel cannot."""
+        me = session.account_key
+        if me not in self.members.get(key, ()) and me not in self.admins:
+            raise ProtocolError(Status.FORBIDDEN, f"you are not in #{self.rooms[key]}: "
+                                f"JOIN it to {what}")
+
+    def _check_not_muted(self, key: str, session: Session, now_ms: int) -> None:
+        """SET_TOPIC (§6.22): raise 403 when the account is muted in room ``key`` or
+        server-wide, worded as SEND's refusal (a muted member may read, not speak; a topic
+        is speech too)."""
+        for room_key in (key, ""):
+            mute = self.store.active_ban("mute", room_key, session.account_key, now_ms)
+            if mute is not None:
+                where = f"in #{self.rooms[key]}" if room_key else "on this server"
+                raise ProtocolError(Status.FORBIDDEN, f"you are muted {where} "
+                                    f"{_until(mute.until_ms)}")
+
     def _check_outranks(self, key: str, session: Session, target_key: str,
                         what: str) -> None:
         """Raise 403 unless the actor's rank in the room is above the target's (nobody
@@ -1088,25 +1201,31 @@ class BrokerCore:
         return now_ms + seconds * 1000 if seconds else None
 
     def _remove_member(self, key: str, account_key: str, by: Session, reason: str,
-                       ban: bool, now_ms: int) -> list[Action]:
+                       ban: bool, now_ms: int, until: int | None = None) -> list[Action]:
         """Take ``account_key`` out of room ``key`` (its membership is already deleted in
-        the store): LEFT with ``by`` and ``reason`` goes to the room and to them."""
+        the store): LEFT with ``by``, ``reason`` (and a ban's ``until``, UTC ms) goes to
+        the room and to them."""
         left = p.UserLeft(room=self.rooms[key], name=self.accounts[account_key].name,
-                          time=now_ms, by=by.name, reason=reason, ban=ban)
+                          time=now_ms, by=by.name, reason=reason, ban=ban, until=until)
         actions = self._room_event(key, left, (account_key,))
         self.members[key].discard(account_key)
         self.rooms_of.get(account_key, set()).discard(key)
         self._last_post.get(key, {}).pop(account_key, None)
         return actions
 
-    def end_account_sessions(self, account_key: str, now_ms: int) -> list[Action]:
-        """End every session of the account, live or kept for RESUME, as eviction does
-        (nothing is sent to them; their next request gets 401 and a new LOGIN is refused
-        while they are banned or disabled). For a server-wide ban; `zchat admin` may use
-        it when it disables an account."""
+    def end_account_sessions(self, account_key: str, now_ms: int, *, by: str = "",
+                             why: str = "", keep: bytes = b"") -> list[Action]:
+        """End every session of the account (but ``keep``, a routing id), live or kept
+        for RESUME: each live one first gets SESSION_CLOSED (``by``, ``why``; §6.47) so
+        that its client says why instead of "connection lost", then ends as eviction
+        does (its next request gets 401; a new LOGIN is refused while banned or
+        disabled). For a server-wide ban, an admin's password reset or disable, and the
+        account's own password change."""
         actions: list[Action] = []
+        notice = p.encode_push(p.SessionClosed(reason=why, by=by, time=now_ms))
         for other in list(self.sessions.values()):  # snapshot: _end_session mutates
-            if other.account_key == account_key:
+            if other.account_key == account_key and other.routing_id != keep:
+                actions.append(ToPeer(other.routing_id, notice))
                 actions += self._end_session(other, now_ms)
         kept = [h for h, row in self._restored.items() if row.account_key == account_key]
         for token_hash in kept:
@@ -1120,15 +1239,24 @@ class BrokerCore:
         ``reason``. 404 room/account/not a member, 403 not allowed, 413/422 reason."""
         key = self._room_key(req.room)
         self._require_mod(key, session, "kick")
+        self._require_inside(key, session, "kick")
         target = self._account_key(req.name)
         reason = self._check_away_text(req.reason, "reason")
         if target not in self.members[key]:
             raise ProtocolError(Status.NOT_FOUND,
                                 f"{self.accounts[target].name} is not in #{self.rooms[key]}")
         self._check_outranks(key, session, target, "kick")
+        # §6.30: a kicked moderator loses the role, as a banned one does (an owner keeps
+        # the ownership but must be back inside to act), and no invitation survives.
+        demoted = self.roles.get(key, {}).get(target) == "moderator"
         with self.store.transaction():
             self.store.leave_room(key, target)
+            if demoted:
+                self.store.set_role(key, target, "")
+            self.store.take_invite(key, target)
             self._audit(now_ms, session, "kick", key, self.accounts[target].name, reason)
+        if demoted:
+            self.roles[key].pop(target, None)
         log.info("%s kicked %s from %s", session.name, self.accounts[target].name,
                  self.rooms[key])
         return [self._ok(rid, req_id, p.Ok()),
@@ -1141,6 +1269,7 @@ class BrokerCore:
         key = self._place(req.room)
         if key:
             self._require_mod(key, session, "ban")
+            self._require_inside(key, session, "ban")
         else:
             self._require_admin(session, "ban from the whole server")
         target = self._account_key(req.name)
@@ -1166,17 +1295,23 @@ class BrokerCore:
                  self.rooms[key] if key else "the server", _until(until))
         actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
         if member:
-            actions += self._remove_member(key, target, session, reason, True, now_ms)
+            actions += self._remove_member(key, target, session, reason, True, now_ms,
+                                           until)
         if not key:
-            actions += self.end_account_sessions(target, now_ms)
+            actions += self.end_account_sessions(
+                target, now_ms, by=session.name, why=f"you are banned from this server "
+                f"{_until(until)}" + (f": {reason}" if reason else ""))
         return actions
 
     def _lift(self, kind: str, raw_room: str, raw_name: str, session: Session,
-              now_ms: int) -> None:
+              now_ms: int) -> list[Action]:
+        """Lift a ban or mute (UNBAN, UNMUTE). Returns the MUTED push (``muted`` false,
+        §6.33.1) for the account's live sessions when a mute was lifted, else nothing."""
         key = self._place(raw_room)
         verb = "unban" if kind == "ban" else "unmute"
         if key:
             self._require_mod(key, session, verb)
+            self._require_inside(key, session, verb)
         else:
             self._require_admin(session, f"{verb} server-wide")
         target = self._account_key(raw_name)
@@ -1197,6 +1332,17 @@ class BrokerCore:
                 raise ProtocolError(Status.NOT_FOUND, f"{name} is not "
                                     f"{'banned' if kind == 'ban' else 'muted'} {where}")
             self._audit(now_ms, session, verb, key, name)
+        if kind != "mute":
+            return []
+        return self._tell_muted(target, p.MuteChanged(
+            room=self.rooms[key] if key else "", muted=False, by=session.name, time=now_ms))
+
+    def _tell_muted(self, account_key: str, notice: p.MuteChanged) -> list[Action]:
+        """MUTED (§6.33.1) to every live session of the account: a muted person is told
+        who muted them, where, why and until when, and when it is lifted (as IRC's +q
+        and Matrix's power-level change are visible to the one concerned)."""
+        push = p.encode_push(notice)
+        return [ToPeer(rid, push) for rid in sorted(self._live_sessions(account_key))]
 
     def _unban(self, rid: bytes, req_id: bytes, req: p.Unban, session: Session,
                now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -1211,6 +1357,7 @@ class BrokerCore:
         key = self._place(req.room)
         if key:
             self._require_mod(key, session, "mute")
+            self._require_inside(key, session, "mute")
         else:
             self._require_admin(session, "mute server-wide")
         target = self._account_key(req.name)
@@ -1223,13 +1370,15 @@ class BrokerCore:
                                until)
             self._audit(now_ms, session, "mute", key, name,
                         _until(until) + (f"; {reason}" if reason else ""))
-        return [self._ok(rid, req_id, p.Ok())]
+        return [self._ok(rid, req_id, p.Ok()), *self._tell_muted(target, p.MuteChanged(
+            room=self.rooms[key] if key else "", muted=True, by=session.name, time=now_ms,
+            reason=reason, until=until))]
 
     def _unmute(self, rid: bytes, req_id: bytes, req: p.Unmute, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
-        """UNMUTE (§6.34)."""
-        self._lift("mute", req.room, req.name, session, now_ms)
-        return [self._ok(rid, req_id, p.Ok())]
+        """UNMUTE (§6.34); MUTED with ``muted`` false goes to the account's sessions."""
+        return [self._ok(rid, req_id, p.Ok()),
+                *self._lift("mute", req.room, req.name, session, now_ms)]
 
     def _invite(self, rid: bytes, req_id: bytes, req: p.Invite, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -1237,10 +1386,13 @@ class BrokerCore:
         is pushed to the invitee's sessions. 409 already a member, 403 banned there."""
         key = self._room_key(req.room)
         self._require_mod(key, session, "invite")
+        self._require_inside(key, session, "invite")
         target = self._account_key(req.name)
         name = self.accounts[target].name
         if target in self.members[key]:
             raise ProtocolError(Status.CONFLICT, f"{name} is in #{self.rooms[key]} already")
+        if target == session.account_key:  # §17.1: no one acts on themselves
+            raise ProtocolError(Status.FORBIDDEN, "you cannot invite yourself")
         if self.store.active_ban("ban", key, target, now_ms) is not None:
             raise ProtocolError(Status.FORBIDDEN, f"{name} is banned from "
                                 f"#{self.rooms[key]}; UNBAN first")
@@ -1259,11 +1411,14 @@ class BrokerCore:
         if self._rank(key, session.account_key) < RANKS["owner"]:
             raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]} "
                                 "or a broker admin may appoint moderators")
+        self._require_inside(key, session, "change roles")
         target = self._account_key(req.name)
         name = self.accounts[target].name
-        if target not in self.members[key]:
-            raise ProtocolError(Status.NOT_FOUND, f"{name} is not in #{self.rooms[key]}")
         current = self.roles.get(key, {}).get(target, "member")
+        # a moderator who left keeps the role until demoted, which works from outside
+        if target not in self.members[key] and not (req.role == "member"
+                                                    and current == "moderator"):
+            raise ProtocolError(Status.NOT_FOUND, f"{name} is not in #{self.rooms[key]}")
         if current == "owner":
             raise ProtocolError(Status.FORBIDDEN, f"{name} owns #{self.rooms[key]}; the "
                                 "owner's role cannot be changed")
@@ -1294,6 +1449,7 @@ class BrokerCore:
         if req.private is not None and self._rank(key, session.account_key) < RANKS["owner"]:
             raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]} or "
                                 "a broker admin may make it private or public")
+        self._require_inside(key, session, "change its modes")
         private = key in self.private if req.private is None else req.private
         locked = key in self.locked if req.locked is None else req.locked
         ok = self._ok(rid, req_id, p.Ok())
@@ -1325,6 +1481,9 @@ class BrokerCore:
         ``deleted_by``, MESSAGE_DELETED is carried to the room. 404 no such message, 409
         deleted already, 403 not allowed."""
         key = self._room_key(req.room)
+        # the right to act first, then the lookup: an outsider must not learn from 404
+        # against 403 how many messages a private room holds
+        self._require_inside(key, session, "delete messages")
         row = self.store.message(key, req.seq)
         if row is None:
             raise ProtocolError(Status.NOT_FOUND, f"no message #{req.seq} in "
@@ -1359,7 +1518,8 @@ class BrokerCore:
             assert key is not None
             self._require_mod(key, session, "list its bans")
         else:
-            self._require_admin(session, "list server-wide bans")
+            self._require_admin(session, "list server-wide bans" if req.room == ""
+                                else "list every room's bans")
             key = None if req.room is None else ""
         bans = tuple(self._ban_info(b) for b in self.store.list_bans(now_ms, key))
         return [self._ok(rid, req_id, p.BanList(bans=bans))]
@@ -1426,6 +1586,8 @@ class BrokerCore:
             raise ProtocolError(status, f"{len(bad)} of {len(rows)} accounts refused, none "
                                 "created: " + "; ".join(f"accounts[{b.line}] {b.problem}"
                                                        for b in bad))
+        for account in good:  # as REGISTER: admins' accounts come from the operator only
+            self._check_not_admin_name(account.key, account.skeleton, account.name)
         cfg = self.config
         passwords = [a.password for a in good]
         return self._start_job(
@@ -1442,9 +1604,18 @@ class BrokerCore:
                             address: str) -> list[Action]:
         """ADMIN_SET_PASSWORD (§6.44): an admin gives an account a new password (hashed off
         the loop); every session of the account, live or kept for RESUME, then ends.
-        403 not an admin, 404 no such account, 422/413 password."""
+        403 not an admin, or the account is a broker admin's (one admin must not take
+        over another; only the operator resets theirs, on the database; one's own goes
+        through SET_PASSWORD, which asks for the old one); 404 no such account, 422/413
+        password."""
         self._require_admin(session, "reset passwords")
         key = self._account_key(req.name)
+        if key in self.admins:
+            raise ProtocolError(Status.FORBIDDEN, f"{self.accounts[key].name} is a broker "
+                                "admin: only the operator resets an admin's password, with "
+                                "`zchat admin reset-password` on the database"
+                                + ("; change your own with `zchat passwd`"
+                                   if key == session.account_key else ""))
         self._check_password(req.password)
         cfg = self.config
         password = req.password
@@ -1465,9 +1636,11 @@ class BrokerCore:
         name = self.accounts[key].name
         if req.disabled and key == session.account_key:
             raise ProtocolError(Status.FORBIDDEN, "you cannot disable yourself")
-        if req.disabled and key in self.admins:
-            raise ProtocolError(Status.FORBIDDEN, f"{name} is a broker admin: remove them "
-                                "from [broker] admins first")
+        if key in self.admins and key != session.account_key:
+            # enabling too: an admin the operator disabled on the database stays so
+            raise ProtocolError(Status.FORBIDDEN, f"{name} is a broker admin: only the "
+                                "operator disables or enables an admin, on the database "
+                                "(or takes them out of [broker] admins)")
         ok = self._ok(rid, req_id, p.Ok())
         if self.store.is_disabled(key) == req.disabled:
             return [ok]
@@ -1479,7 +1652,9 @@ class BrokerCore:
                  "disabled" if req.disabled else "enabled", name)
         if not req.disabled:
             return [ok]
-        return [ok, *self.end_account_sessions(key, now_ms)]
+        return [ok, *self.end_account_sessions(
+            key, now_ms, by=session.name,
+            why="your account was disabled; ask a broker admin to enable it")]
 
     def _set_password(self, rid: bytes, req_id: bytes, req: p.SetPassword, session: Session,
                       now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -1488,7 +1663,10 @@ class BrokerCore:
         a stolen session cannot guess the password quickly; the old password is checked
         and the new one hashed off the loop. On success the account's other sessions and
         its sessions kept for RESUME end; this one goes on. 401 wrong old password,
-        422/413 new password."""
+        422/413 new password; 403 from a session that logged in with a token (as
+        CREATE_TOKEN: a leaked token must not become the password)."""
+        if session.login_token_id is not None:
+            raise ProtocolError(Status.FORBIDDEN, "log in with the password to change it")
         self._limit_login(rid, address, now_s, "password changes")
         if not req.old or len(req.old) > p.MAX_PASSWORD_CHARS:
             raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
@@ -1519,7 +1697,9 @@ class BrokerCore:
                 self.store.set_password_hash(job.key, str(result))
                 self.store.append_audit(now_ms, job.actor, "reset_password", "", job.name)
             log.info("%s reset the password of %s", job.actor, job.name)
-            return [ok, *self.end_account_sessions(job.key, now_ms)]
+            return [ok, *self.end_account_sessions(
+                job.key, now_ms, by=job.actor,
+                why="your password was reset; log in with the new one")]
         if result is None:
             log.info("failed password change for %s from %s", job.name, job.address or "?")
             raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
@@ -1531,15 +1711,9 @@ class BrokerCore:
             self.store.set_password_hash(job.key, str(result))
             self.store.append_audit(now_ms, job.name, "passwd", "", job.name)
         log.info("%s changed their password", job.name)
-        actions: list[Action] = [ok]
-        for other in list(self.sessions.values()):  # snapshot: _end_session mutates
-            if other.account_key == job.key and other.routing_id != job.routing_id:
-                actions += self._end_session(other, now_ms)
-        kept = [h for h, row in self._restored.items() if row.account_key == job.key]
-        for token_hash in kept:
-            del self._restored[token_hash]
-        self.store.delete_sessions(kept)
-        return actions
+        return [ok, *self.end_account_sessions(
+            job.key, now_ms, by=job.name, keep=job.routing_id,
+            why="your password was changed from another session; log in with the new one")]
 
     def _finish_create_accounts(self, job: _Job, hashes: tuple[str, ...],
                                 now_ms: int) -> list[Action]:

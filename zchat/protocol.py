@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
@@ -274,6 +276,8 @@ class UserLeft(Message):
     by: str = ""
     reason: str = ""
     ban: bool = False
+    #: With ``ban``: when the ban lapses (UTC ms); None for no expiry or a kick (§6.19).
+    until: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +357,33 @@ class Invited(Message):
 
     TYPE: ClassVar[str] = "INVITED"
     room: str
+    by: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class MuteChanged(Message):
+    """Push to each session of the account muted (``muted``) or unmuted in ``room`` (""
+    = server-wide) by ``by`` at ``time`` (UTC ms); a mute lapses at ``until`` (UTC ms,
+    None = until lifted) (§6.33.1)."""
+
+    TYPE: ClassVar[str] = "MUTED"
+    room: str
+    muted: bool
+    by: str
+    time: int
+    reason: str = ""
+    until: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(Message):
+    """Push to a session the broker is ending on someone's order (an admin's password
+    reset, disable or server-wide ban; the account's own password change): ``by`` ended
+    it at ``time`` (UTC ms) because ``reason``. Nothing follows on it (§6.47)."""
+
+    TYPE: ClassVar[str] = "SESSION_CLOSED"
+    reason: str
     by: str
     time: int
 
@@ -912,95 +943,146 @@ EVENT_TYPES: dict[str, type[Message]] = {
                               TopicChanged, GoingAway, SlowModeChanged, MessageDeleted,
                               RoomModeChanged, RoleChanged)
 }
-_PUSHED: tuple[type[Message], ...] = (DirectMessage, Invited, *ROOM_EVENT_TYPES)
+_PUSHED: tuple[type[Message], ...] = (DirectMessage, Invited, MuteChanged, SessionClosed,
+                                      *ROOM_EVENT_TYPES)
 PUSH_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _PUSHED}
 
 
 # ---------------------------------------------------------------------------
 # Codec: message value <-> JSON body. Field types are checked against the annotations.
 
-_Spec = list[tuple[str, Any, bool]]  # (name, type, required)
-_SPECS: dict[type, _Spec] = {}
+#: A compiled field check: (value, where, strict) -> the value, or ProtocolError(400).
+_Checker = Callable[[Any, str, bool], Any]
+#: Per message class, compiled once from its annotations: the fields as (name, check,
+#: required), and the encoding plan as (name, how): 0 as is, 1 a tuple of message
+#: values, 2 a message value or None.
+_FIELDS: dict[type, list[tuple[str, _Checker, bool]]] = {}
+_PLANS: dict[type, list[tuple[str, int]]] = {}
+_NAMES: dict[type, frozenset[str]] = {}
 
 
-def _spec(cls: type) -> _Spec:
-    spec = _SPECS.get(cls)
-    if spec is None:
+def _is_message_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _fields(cls: type) -> list[tuple[str, _Checker, bool]]:
+    fields = _FIELDS.get(cls)
+    if fields is None:
         hints = typing.get_type_hints(cls)
-        spec = [
-            (f.name, hints[f.name],
+        fields = [
+            (f.name, _checker(hints[f.name]),
              f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls)
         ]
-        _SPECS[cls] = spec
-    return spec
+        _FIELDS[cls] = fields
+        _NAMES[cls] = frozenset(name for name, _c, _r in fields)
+    return fields
+
+
+def _plan(cls: type) -> list[tuple[str, int]]:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        plan = []
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            args = typing.get_args(tp)
+            if typing.get_origin(tp) is tuple and any(_is_message_type(a) for a in args):
+                plan.append((f.name, 1))
+            elif _is_message_type(tp) or any(_is_message_type(a) for a in args):
+                plan.append((f.name, 2))
+            else:
+                plan.append((f.name, 0))
+        _PLANS[cls] = plan
+    return plan
 
 
 def to_dict(value: Any) -> dict[str, Any]:
-    """A message value as the JSON-ready dict the wire carries (nested values included)."""
+    """A message value as the JSON-ready dict the wire carries (nested values included;
+    a tuple of plain values stays a tuple, which JSON writes as an array)."""
     out: dict[str, Any] = {}
-    for name, _tp, _req in _spec(type(value)):
+    for name, how in _plan(type(value)):
         v = getattr(value, name)
-        if isinstance(v, tuple):
+        if how == 1:
             v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
-        elif dataclasses.is_dataclass(v):
+        elif how == 2 and v is not None:
             v = to_dict(v)
         out[name] = v
     return out
 
 
-def _check(value: Any, tp: Any, where: str, strict: bool = True) -> Any:
-    """Return ``value`` converted to ``tp`` or raise ProtocolError(400)."""
+def _checker(tp: Any) -> _Checker:
+    """Compile the check of one annotated type (once per field, not per message).
+    Raises TypeError for a type the codec cannot carry (our own bug, not the peer's)."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
-    if origin is Union or origin is getattr(__import__("types"), "UnionType", None):
-        for alt in typing.get_args(tp):
-            if alt is type(None) and value is None:
+        return lambda value, where, strict: value
+    if origin is Union or origin is types.UnionType:
+        nullable = type(None) in typing.get_args(tp)
+        alts = [_checker(alt) for alt in typing.get_args(tp) if alt is not type(None)]
+
+        def check_union(value: Any, where: str, strict: bool) -> Any:
+            if nullable and value is None:
                 return None
-        alts = [alt for alt in typing.get_args(tp) if alt is not type(None)]
-        for alt in alts:
-            try:
-                return _check(value, alt, where, strict)
-            except ProtocolError as exc:
-                if len(alts) == 1:  # an optional field: the one type's own reason
-                    raise ProtocolError(Status.BAD_REQUEST,
-                                        exc.reason.replace(" must be ", " must be null or ")
-                                        if "must be" in exc.reason else exc.reason) from None
-        raise ProtocolError(Status.BAD_REQUEST, f"field {where} has the wrong type")
+            for alt in alts:
+                try:
+                    return alt(value, where, strict)
+                except ProtocolError as exc:
+                    if len(alts) == 1:  # an optional field: the one type's own reason
+                        raise ProtocolError(Status.BAD_REQUEST,
+                                            exc.reason.replace(" must be ", " must be null or ")
+                                            if "must be" in exc.reason else exc.reason) from None
+            raise ProtocolError(Status.BAD_REQUEST, f"field {where} has the wrong type")
+        return check_union
     if origin is Literal:
-        if value in typing.get_args(tp) and isinstance(value, str):
-            return value
-        allowed = ", ".join(repr(a) for a in typing.get_args(tp))
-        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be one of {allowed}")
+        allowed_values = typing.get_args(tp)
+        allowed = ", ".join(repr(a) for a in allowed_values)
+
+        def check_literal(value: Any, where: str, strict: bool) -> Any:
+            if isinstance(value, str) and value in allowed_values:
+                return value
+            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be one of {allowed}")
+        return check_literal
     if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a list")
-        return tuple(_check(v, item_tp, f"{where}[{i}]", strict) for i, v in enumerate(value))
+        item = _checker(typing.get_args(tp)[0])
+
+        def check_tuple(value: Any, where: str, strict: bool) -> Any:
+            if not isinstance(value, list):
+                raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a list")
+            return tuple(item(v, f"{where}[{i}]", strict) for i, v in enumerate(value))
+        return check_tuple
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a boolean")
+        def check_bool(value: Any, where: str, strict: bool) -> Any:
+            if isinstance(value, bool):
+                return value
+            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a boolean")
+        return check_bool
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not MIN_WIRE_INT <= value <= MAX_WIRE_INT:
-                raise ProtocolError(Status.BAD_REQUEST, f"field {where} is out of range")
-            return value
-        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an integer")
+        def check_int(value: Any, where: str, strict: bool) -> Any:
+            if isinstance(value, int) and not isinstance(value, bool):
+                if not MIN_WIRE_INT <= value <= MAX_WIRE_INT:
+                    raise ProtocolError(Status.BAD_REQUEST, f"field {where} is out of range")
+                return value
+            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an integer")
+        return check_int
     if tp is str:
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")  # JSON's "\ud800" escape decodes to a lone surrogate
-            except UnicodeEncodeError:
-                raise ProtocolError(Status.BAD_REQUEST,
-                                    f"field {where} is not valid Unicode") from None
-            return value
-        raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a string")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an object")
-        return from_dict(tp, value, where + ".", strict)  # type: ignore[arg-type]
+        def check_str(value: Any, where: str, strict: bool) -> Any:
+            if isinstance(value, str):
+                if not value.isascii():
+                    try:
+                        value.encode("utf-8")  # JSON's "\ud800" escape: a lone surrogate
+                    except UnicodeEncodeError:
+                        raise ProtocolError(Status.BAD_REQUEST,
+                                            f"field {where} is not valid Unicode") from None
+                return value
+            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a string")
+        return check_str
+    if _is_message_type(tp):
+        def check_message(value: Any, where: str, strict: bool) -> Any:
+            if not isinstance(value, dict):
+                raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be an object")
+            return from_dict(tp, value, where + ".", strict)
+        return check_message
     raise TypeError(f"codec cannot check type {tp!r}")  # our own bug, not the peer's
 
 
@@ -1014,15 +1096,15 @@ def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "",
     unknown fields, so a broker may add fields to them without breaking clients (§13).
     """
     kwargs: dict[str, Any] = {}
-    spec = _spec(cls)
+    fields = _fields(cls)
     if strict:
-        known = {name for name, _t, _r in spec}
+        known = _NAMES[cls]
         for key in data:
             if key not in known:
                 raise ProtocolError(Status.BAD_REQUEST, f"unknown field {prefix}{key}")
-    for name, tp, required in spec:
+    for name, check, required in fields:
         if name in data:
-            kwargs[name] = _check(data[name], tp, prefix + name, strict)
+            kwargs[name] = check(data[name], prefix + name, strict)
         elif required:
             raise ProtocolError(Status.BAD_REQUEST, f"missing field {prefix}{name}")
     return cls(**kwargs)
@@ -1034,7 +1116,7 @@ def encode_body(value: Message) -> bytes:
     Raises ProtocolError(400) when a string in it is not valid Unicode (a lone surrogate,
     e.g. a command-line argument that was not UTF-8, decoded with ``surrogateescape``).
     """
-    text = json.dumps(to_dict(value), ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(to_dict(value))
     try:
         return text.encode()
     except UnicodeEncodeError:
@@ -1056,6 +1138,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: One encoder and one decoder for every body (json.dumps/loads with options build a new
+#: one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+
+
 def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
                 strict: bool = True) -> Any:
     """Parse a JSON body into ``cls`` (``strict`` as in from_dict).
@@ -1070,8 +1158,7 @@ def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
     except UnicodeDecodeError:
         raise ProtocolError(Status.BAD_REQUEST, "body is not valid UTF-8") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                          parse_constant=_no_constant) if text else {}
+        data = _DECODER.decode(text) if text else {}
     except (ValueError, RecursionError):  # JSONDecodeError, or an int over 4,300 digits
         raise ProtocolError(Status.BAD_REQUEST, "body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -1123,6 +1210,23 @@ def encode_reply(request_id: bytes, reply: Reply | Error) -> list[bytes]:
     """Frames of an OK or ERROR reply (§3.2), routing id not included."""
     kind = b"ERROR" if isinstance(reply, Error) else b"OK"
     return [VERSION, request_id, kind, encode_body(reply)]
+
+
+def room_state_json(state: RoomState) -> str:
+    """One RoomState's JSON exactly as ``encode_body`` writes it inside a reply, for the
+    broker to keep per room between heartbeats (see ``encode_pong``)."""
+    return str(_ENCODER.encode(to_dict(state)))
+
+
+def encode_pong(request_id: bytes, time: int, rooms_json: list[str],
+                session: str | None) -> list[bytes]:
+    """Frames of the OK reply to PING, built from RoomState JSON made by
+    ``room_state_json``: byte for byte ``encode_reply(request_id, Pong(time, rooms,
+    session))`` (tests/test_fast_paths.py), without encoding every room at every
+    heartbeat — the broker answers one PING per session every heartbeat_interval_s."""
+    body = f'{{"time":{int(time)},"rooms":[{",".join(rooms_json)}],' \
+           f'"session":{_ENCODER.encode(session)}}}'
+    return [VERSION, request_id, b"OK", body.encode()]
 
 
 def encode_push(push: Message) -> list[bytes]:

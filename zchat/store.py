@@ -4,7 +4,9 @@ An adapter around the standard library's sqlite3 (docs/PROTOCOL.md §7 for what 
 when). The database runs in WAL mode with ``synchronous=FULL``: a write is on disk when its
 method returns, so a message the broker acknowledged survives the broker being killed right
 after. Every write is one transaction; if it fails (disk full, I/O error) it is rolled back
-whole and StorageError(503) is raised, so nothing is half-changed.
+whole and StorageError(503) is raised, so nothing is half-changed. The broker's loop groups
+the writes of one wake-up into one transaction (``begin_group``/``commit_group``: one fsync
+per batch, each write a SAVEPOINT in it; docs/PROTOCOL.md §14 "Group commit").
 
 The schema is versioned with ``PRAGMA user_version`` and upgraded by the ordered
 ``MIGRATIONS`` at open.
@@ -266,6 +268,10 @@ class SessionRow:
     login_ms: int
 
 
+#: Bound of Store.active_ban's cache (entries); emptied whole when full.
+BAN_CACHE_MAX = 65_536
+
+
 class Store:
     """All persistent state of one broker, in one SQLite file.
 
@@ -277,16 +283,29 @@ class Store:
         """Open (creating if need be) and migrate the database at ``path``.
 
         Raises StorageError naming the path when it cannot be opened: not a database,
-        unreadable, locked, or of a newer schema.
+        not a zchat database (tables but ``user_version`` 0: nothing is changed in it),
+        unreadable, locked, or of a newer schema. An empty or new file is initialised.
         """
         self.path = str(path)
         try:
             self._write_depth = 0  # nested _write() blocks join the outer transaction
+            self._group = False  # inside begin_group() .. commit_group()
+            self._group_failed = ""  # why the group's transaction was lost, if it was
+            #: active_ban's answers, (kind, room_key, account_key) -> the row or None;
+            #: emptied by every write to bans and every rollback.
+            self._ban_cache: dict[tuple[str, str, str], BanRow | None] = {}
+            self._data_version = -1  # PRAGMA data_version when the cache was last checked
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the database {self.path}: {exc}") from exc
         try:
+            # Before anything is changed (WAL mode, tables): a database with tables but no
+            # zchat schema version is someone else's (``--db other.db``); refuse it.
+            if self.schema_version == 0 and self._db.execute(
+                    "SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                raise StorageError(f"{self.path} is not a zchat database: it holds tables "
+                                   "but no zchat schema version; nothing was changed")
             self._db.execute("PRAGMA foreign_keys = ON")
             if self.path != ":memory:":
                 mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -330,6 +349,9 @@ class Store:
             finally:
                 self._write_depth -= 1
             return
+        if self._group:
+            yield from self._group_write()
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -341,6 +363,7 @@ class Store:
             self._db.execute("COMMIT")
         except BaseException as exc:
             self._write_depth = 0
+            self._ban_cache.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.IntegrityError | ProtocolError):
@@ -348,6 +371,105 @@ class Store:
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"storage failed, nothing was changed: {exc}") from exc
             raise
+
+    def _group_write(self) -> Iterator[sqlite3.Connection]:
+        """A top-level write inside a group: one SAVEPOINT in the group's transaction
+        (begun by the group's first write), released on success and rolled back alone on
+        error, so one request's failed write leaves the others' in the group."""
+        if self._group_failed:
+            raise StorageError(self._group_failed)
+        try:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("SAVEPOINT request")
+        except sqlite3.Error as exc:
+            raise StorageError(f"storage unavailable: {exc}") from exc
+        self._write_depth = 1
+        try:
+            yield self._db
+            self._write_depth = 0
+            self._db.execute("RELEASE request")
+        except BaseException as exc:
+            self._write_depth = 0
+            self._ban_cache.clear()
+            # SQLite may roll the whole transaction back by itself on SQLITE_FULL, IOERR,
+            # BUSY or NOMEM (https://sqlite.org/lang_transaction.html, "Response To Errors
+            # Within A Transaction"): then the group's earlier writes are gone too.
+            try:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK TO request")
+                    self._db.execute("RELEASE request")
+                else:
+                    self._group_failed = f"storage failed, the batch was lost: {exc}"
+            except sqlite3.Error as undo:
+                self._group_failed = f"storage failed, the batch was lost: {undo}"
+            if isinstance(exc, sqlite3.IntegrityError | ProtocolError):
+                raise
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"storage failed, nothing was changed: {exc}") from exc
+            raise
+
+    def _check_other_writers(self) -> None:
+        """Empty the caches when another connection (``zchat admin unban`` on the
+        database) committed since the last check: PRAGMA data_version changes exactly then
+        (https://sqlite.org/pragma.html#pragma_data_version)."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            self._ban_cache.clear()
+
+    def begin_group(self) -> None:
+        """Start a group commit: every write until ``commit_group()`` goes into one
+        transaction, committed (and synced to disk: one fsync) once at the end. Each
+        top-level write in the group is a SAVEPOINT, so a write that fails (StorageError,
+        ProtocolError, IntegrityError as outside a group) undoes only itself. A group of
+        reads only begins no transaction and syncs nothing. The broker's loop runs one
+        group per wake-up (docs/PROTOCOL.md §14, group commit)."""
+        if self._group:
+            raise RuntimeError("begin_group() inside a group")
+        self._group = True
+        self._group_failed = ""
+        self._check_other_writers()
+
+    def commit_group(self) -> None:
+        """End the group: commit its transaction, if a write began one. Raises
+        StorageError (with everything in the group rolled back) when the commit fails, or
+        when a failed write inside the group lost the whole transaction."""
+        if not self._group:
+            raise RuntimeError("commit_group() without begin_group()")
+        self._group = False
+        failed, self._group_failed = self._group_failed, ""
+        if not self._db.in_transaction:
+            if failed:
+                raise StorageError(failed)
+            return
+        try:
+            if failed:
+                raise StorageError(failed)
+            self._db.execute("COMMIT")
+        except (sqlite3.Error, StorageError) as exc:
+            self._ban_cache.clear()
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"storage failed, the batch was not committed: {exc}") from exc
+
+    def abort_group(self) -> None:
+        """End the group rolling back everything written in it (an unexpected error in
+        the loop)."""
+        self._group = False
+        self._group_failed = ""
+        self._ban_cache.clear()
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    @property
+    def in_group(self) -> bool:
+        """Whether a group commit is open (``begin_group()`` without its commit)."""
+        return self._group
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """Group several Store writes into one transaction: ``with store.transaction():``
@@ -572,8 +694,12 @@ class Store:
         """
         with self._write() as db:
             if cmid:
-                row = db.execute("SELECT seq, time_ms FROM messages WHERE room_key = ? AND "
-                                 "sender = ? AND cmid = ? ORDER BY seq LIMIT 1",
+                # INDEXED BY: without it the planner walks the room by primary key (the
+                # partial index's "cmid <> ''" cannot be proved of a bound parameter), a
+                # scan of the whole room per SEND.
+                row = db.execute("SELECT seq, time_ms FROM messages INDEXED BY "
+                                 "messages_by_cmid WHERE room_key = ? AND sender = ? AND "
+                                 "cmid = ? AND cmid <> '' ORDER BY seq LIMIT 1",
                                  (room_key, sender, cmid)).fetchone()
                 if row is not None:
                     return PostedRow(int(row[0]), int(row[1]), True)
@@ -704,6 +830,7 @@ class Store:
         for another kind."""
         if kind not in ("ban", "mute"):
             raise ValueError(f"unknown kind {kind!r}")
+        self._ban_cache.clear()
         with self._write() as db:
             db.execute("DELETE FROM bans WHERE kind = ? AND room_key = ? AND account_key = ?",
                        (kind, room_key, account_key))
@@ -716,6 +843,7 @@ class Store:
     def lift_ban(self, kind: str, room_key: str, account_key: str) -> bool:
         """Remove the account's ban or mute of that kind and place; returns whether there
         was one (expired ones count: lifting one is harmless)."""
+        self._ban_cache.clear()
         with self._write() as db:
             cur = db.execute("DELETE FROM bans WHERE kind = ? AND room_key = ? AND "
                              "account_key = ?", (kind, room_key, account_key))
@@ -724,11 +852,26 @@ class Store:
     def active_ban(self, kind: str, room_key: str, account_key: str,
                    now_ms: int) -> BanRow | None:
         """The ban or mute of that kind and place in force at ``now_ms``, or None (an
-        expired one lapses by itself, even before ``purge_expired_bans`` removes it)."""
-        row = self._db.execute(f"SELECT {self._BAN_COLUMNS} FROM bans WHERE kind = ? AND "
-                               "room_key = ? AND account_key = ? AND (until_ms IS NULL OR "
-                               "until_ms > ?)", (kind, room_key, account_key, now_ms)).fetchone()
-        return BanRow(*row) if row else None
+        expired one lapses by itself, even before ``purge_expired_bans`` removes it).
+        Answered from memory after the first read (every SEND asks twice); the cache is
+        emptied by every write to bans through this Store, every rollback, and whenever
+        another connection has committed (``zchat admin unban`` on the database: checked
+        at each group's start, else at each call)."""
+        if not self._group:  # in a group: checked once at its start
+            self._check_other_writers()
+        target = (kind, room_key, account_key)
+        try:
+            ban = self._ban_cache[target]
+        except KeyError:
+            row = self._db.execute(f"SELECT {self._BAN_COLUMNS} FROM bans WHERE kind = ? AND "
+                                   "room_key = ? AND account_key = ?", target).fetchone()
+            ban = BanRow(*row) if row else None
+            if len(self._ban_cache) >= BAN_CACHE_MAX:
+                self._ban_cache.clear()
+            self._ban_cache[target] = ban
+        if ban is None or (ban.until_ms is not None and ban.until_ms <= now_ms):
+            return None
+        return ban
 
     def list_bans(self, now_ms: int, room_key: str | None = None,
                   kind: str | None = None) -> list[BanRow]:
@@ -747,6 +890,7 @@ class Store:
 
     def purge_expired_bans(self, now_ms: int) -> list[BanRow]:
         """Delete the bans and mutes whose ``until_ms`` has passed; return them."""
+        self._ban_cache.clear()
         with self._write() as db:
             rows = [BanRow(*row) for row in db.execute(
                 f"SELECT {self._BAN_COLUMNS} FROM bans WHERE until_ms IS NOT NULL AND "
@@ -840,7 +984,8 @@ class Store:
         with self._write() as db:
             if cmid:
                 row = db.execute("SELECT id, time_ms, recipient_key FROM direct_messages "
-                                 "WHERE sender = ? AND cmid = ? ORDER BY id LIMIT 1",
+                                 "INDEXED BY dms_by_cmid WHERE sender = ? AND cmid = ? AND "
+                                 "cmid <> '' ORDER BY id LIMIT 1",
                                  (sender, cmid)).fetchone()
                 if row is not None:
                     if row[2] != recipient_key:

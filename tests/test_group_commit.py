@@ -1,0 +1,175 @@
+"""Group commit (docs/PROTOCOL.md §14): the broker's loop writes everything one wake-up
+handles in one SQLite transaction, and sends nothing of it before that commit returns.
+
+Store groups are tested on a real SQLite file with a second connection as the outside
+observer; the broker's failure path on a real file whose "disk" fills up
+(``PRAGMA max_page_count``: SQLite's own SQLITE_FULL, which rolls the whole transaction
+back).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import run
+from test_integration import collect, is_msg, msgs
+
+from zchat.errors import ProtocolError, RequestFailed, Status, StorageError
+from zchat.store import Store
+from zchat.testing import running_broker
+
+UNLIMITED_PAGES = 1_073_741_823
+
+
+def _room(store: Store, name: str) -> None:
+    store.ensure_room(name, name, name, 0)
+
+
+def _seen_outside(path: Path) -> list[str]:
+    """Message texts as another connection (another process) sees them: committed only."""
+    with sqlite3.connect(path) as other:
+        return [r[0] for r in other.execute("SELECT text FROM messages ORDER BY seq")]
+
+
+def _fill_the_disk(store: Store) -> None:
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_a_group_is_invisible_outside_until_its_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "z.db")
+    _room(store, "dev")
+    store.begin_group()
+    assert store.in_group
+    store.post_message("dev", "alice", "text", "one", "", 1)
+    store.post_message("dev", "alice", "text", "two", "", 2)
+    assert _seen_outside(tmp_path / "z.db") == []
+    store.commit_group()
+    assert not store.in_group
+    assert _seen_outside(tmp_path / "z.db") == ["one", "two"]
+    assert [m.seq for m in store.history("dev", None, None, 10)] == [1, 2]
+
+
+def test_a_failed_write_in_a_group_undoes_only_itself(tmp_path: Path) -> None:
+    store = Store(tmp_path / "z.db")
+    _room(store, "dev")
+    store.begin_group()
+    store.post_message("dev", "alice", "text", "one", "", 1)
+    with pytest.raises(ProtocolError) as info, store.transaction():
+        store.post_message("dev", "alice", "text", "half", "", 2)
+        store.post_message("nowhere", "alice", "text", "x", "", 2)  # 404 inside
+    assert info.value.status == Status.NOT_FOUND
+    store.post_message("dev", "alice", "text", "two", "", 3)
+    store.commit_group()
+    assert _seen_outside(tmp_path / "z.db") == ["one", "two"]
+    # the counter was rolled back with the row: no gap
+    assert [m.seq for m in store.history("dev", None, None, 10)] == [1, 2]
+
+
+def test_a_group_of_reads_commits_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "z.db")
+    _room(store, "dev")
+    store.begin_group()
+    assert store.history("dev", None, None, 10) == []
+    assert not store._db.in_transaction
+    store.commit_group()
+
+
+def test_a_full_disk_loses_the_whole_group_and_says_so(tmp_path: Path) -> None:
+    store = Store(tmp_path / "z.db")
+    _room(store, "dev")
+    store.post_message("dev", "alice", "text", "kept", "", 1)
+    _fill_the_disk(store)
+    store.begin_group()
+    with pytest.raises(StorageError):
+        for i in range(1000):  # until a page more is needed
+            store.post_message("dev", "alice", "text", f"m{i} " + "x" * 500, "", 2)
+    with pytest.raises(StorageError):  # the group is lost: later writes refuse at once
+        store.post_message("dev", "alice", "text", "late", "", 3)
+    with pytest.raises(StorageError, match="lost"):
+        store.commit_group()
+    assert not store.in_group
+    assert _seen_outside(tmp_path / "z.db") == ["kept"]
+    store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
+    assert store.post_message("dev", "alice", "text", "after", "", 4).seq == 2
+
+
+def test_another_connections_unban_reaches_the_cached_ban_at_the_next_group(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "z.db")
+    store.create_account("ivan", "ivan", "ivan", "h", 0)
+    store.create_account("root", "root", "root", "h", 0)
+    store.add_ban("mute", "", "ivan", "root", "", 0, None)
+    store.begin_group()
+    assert store.active_ban("mute", "", "ivan", 1) is not None  # now cached
+    store.commit_group()
+    side = Store(tmp_path / "z.db")  # as `zchat admin unban` on the database opens it
+    assert side.lift_ban("mute", "", "ivan")
+    store.begin_group()
+    assert store.active_ban("mute", "", "ivan", 2) is None
+    store.commit_group()
+
+
+def test_a_batch_the_disk_cannot_take_is_answered_503_and_nothing_of_it_is_told(
+        tmp_path: Path) -> None:
+    """The broker's side: the message whose write fills the disk and the batch with it
+    get 503; the members hear only what was stored; the sessions go on (no new login)
+    and the next message takes the next sequence number."""
+
+    async def scenario() -> None:
+        with running_broker(tmp_path / "z.db") as harness:
+            broker = harness.broker
+            async with harness.client("alice") as alice, harness.client("bob") as bob:
+                await alice.join("dev")
+                await bob.join("dev")
+                first = await alice.send("dev", "before")
+                _fill_the_disk(broker.store)
+                stored: list[int] = []
+                refused = ""
+                for i in range(2000):
+                    text = f"m{i} " + "x" * 500
+                    try:
+                        stored.append((await alice.send("dev", text)).seq)
+                    except RequestFailed as exc:
+                        assert exc.status == Status.UNAVAILABLE, exc
+                        refused = text
+                        break
+                assert refused, "the disk never filled"
+                assert broker.failed_commits >= 1
+                broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
+                after = await alice.send("dev", "after")
+                assert after.seq == (stored[-1] if stored else first.seq) + 1
+                heard = msgs(await collect(bob, is_msg(after.seq)), "dev")
+                assert [m.seq for m in heard] == [first.seq, *stored, after.seq]
+                assert refused not in {m.text for m in heard}
+                page = await bob.history("dev", limit=500)
+                assert [m.seq for m in page.messages] == [first.seq, *stored, after.seq]
+                assert refused not in {m.text for m in page.messages}
+                # the sessions were carried over: the same two, no reconnect needed
+                assert sorted(s.name for s in broker.core.sessions.values()) == \
+                    ["alice", "bob"]
+                assert (await bob.send("dev", "still here")).seq == after.seq + 1
+
+    run(scenario(), 60)
+
+
+def test_password_hashing_threads_yield_the_cpu_to_the_loop(tmp_path: Path) -> None:
+    """The hash pool's threads run at a lower priority than the loop (Linux: per
+    thread), so a storm of logins cannot take the CPU from room traffic."""
+    import os
+    import sys
+    import threading
+
+    from zchat.broker import HASH_THREAD_NICE
+
+    if sys.platform != "linux":
+        pytest.skip("thread priorities are per process outside Linux")
+    with running_broker() as harness:
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        theirs = harness.broker._pool.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(5)
+    if mine >= HASH_THREAD_NICE:
+        pytest.skip(f"the tests already run at nice {mine}")
+    assert (mine, theirs) == (mine, HASH_THREAD_NICE)
