@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -22,7 +23,8 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 
 from zchat.keys import pin_broker_key
-from zchat.testing import DEFAULT_PASSWORD, Harness, free_port
+from zchat.store import Store
+from zchat.testing import DEFAULT_PASSWORD, Harness, create_admin_accounts, free_port
 from zchat.testing import wait_until as wait_until  # the tests import it from here
 
 T = TypeVar("T")
@@ -155,11 +157,22 @@ def start_broker(tmp_path: Path, attempts: int = 5,
     ``settings`` are more TOML lines of its ``[broker]`` table.
 
     Returns the broker and the lines it printed at start. Retries with new ports when the
-    bind fails (another process took a port between ``free_port`` and the bind).
+    bind fails (another process took a port between ``free_port`` and the bind). The
+    accounts of the ``admins`` in ``settings`` are created first in the data directory's
+    database (password DEFAULT_PASSWORD), as an operator does before the first start: the
+    broker refuses to REGISTER an admin's name (docs/admin.md).
     """
     config = tmp_path / "broker.toml"
     config.write_text("[broker]\nscrypt_n = 1024\n" + settings, encoding="utf-8")
     data = tmp_path / "data"
+    admins = tomllib.loads("[broker]\n" + settings)["broker"].get("admins", [])
+    if admins:
+        data.mkdir(parents=True, exist_ok=True)
+        store = Store(data / "zchat.db")
+        try:
+            create_admin_accounts(store, admins)
+        finally:
+            store.close()
     for _ in range(attempts):
         router = f"tcp://127.0.0.1:{free_port()}"
         pub = f"tcp://127.0.0.1:{free_port()}"

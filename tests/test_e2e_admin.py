@@ -69,12 +69,14 @@ def wire(broker: TcpBroker, user: str = "root") -> tuple[str, ...]:
 
 
 def register(tmp_path: Path, broker: TcpBroker, *names: str) -> None:
+    """Register ``names``; not the admin "root": start_broker created that account (the
+    broker refuses to REGISTER an admin's name, docs/admin.md)."""
     for name in names:
         ok(zchat(tmp_path, "register", "--server", broker.router, name))
 
 
 def test_bulk_create_from_csv_over_the_wire(tmp_path: Path, broker: TcpBroker) -> None:
-    register(tmp_path, broker, "root")
+    # "root" (the admin) was created by start_broker, as the operator does
     csv_file = tmp_path / "class.csv"
     csv_file.write_text("name,password,bot\nada,,\nbrian,pw-brian-1,\nquizbot,,yes\n",
                         encoding="utf-8")
@@ -99,7 +101,7 @@ def test_bulk_create_from_csv_over_the_wire(tmp_path: Path, broker: TcpBroker) -
 
 def test_bad_csv_lists_every_bad_row_and_creates_nothing(tmp_path: Path,
                                                          broker: TcpBroker) -> None:
-    register(tmp_path, broker, "root", "zoe")
+    register(tmp_path, broker, "zoe")
     csv_file = tmp_path / "bad.csv"
     csv_file.write_text("ok1,pw\nbad name!,pw\nZOE,pw\nok2,pw,perhaps\nok1,pw\n",
                         encoding="utf-8")
@@ -113,7 +115,7 @@ def test_bad_csv_lists_every_bad_row_and_creates_nothing(tmp_path: Path,
 
 
 def test_reset_disable_enable_audit_and_non_admin(tmp_path: Path, broker: TcpBroker) -> None:
-    register(tmp_path, broker, "root", "pat", "mallory")
+    register(tmp_path, broker, "pat", "mallory")
     denied = failed(zchat(tmp_path, "admin", "disable", *wire(broker, "mallory"), "pat"))
     assert "only broker admins" in denied
     ok(zchat(tmp_path, "admin", "reset-password", *wire(broker), "pat", "--stdin",
@@ -137,7 +139,7 @@ def test_reset_disable_enable_audit_and_non_admin(tmp_path: Path, broker: TcpBro
 
 
 def test_bans_and_unban_from_the_command_line(tmp_path: Path, broker: TcpBroker) -> None:
-    register(tmp_path, broker, "root", "troll")
+    register(tmp_path, broker, "troll")
     ok(zchat(tmp_path, "mod", "ban", *wire(broker), "*", "troll", "--reason", "spam"))
     bans = json_lines(ok(zchat(tmp_path, "admin", "bans", *wire(broker), "--json")).stdout)
     assert [(b["kind"], b["room"], b["name"], b["by"], b["reason"]) for b in bans] == \
@@ -161,7 +163,7 @@ def test_passwd_happy_path_and_wrong_old_password(tmp_path: Path, broker: TcpBro
 
 def test_direct_mode_refuses_writes_while_the_broker_runs(tmp_path: Path,
                                                           broker: TcpBroker) -> None:
-    register(tmp_path, broker, "root", "vic")
+    register(tmp_path, broker, "vic")
     data = ("--data-dir", str(broker.data_dir))
     users = json_lines(ok(zchat(tmp_path, "admin", "users", *data, "--json")).stdout)
     assert sorted(str(u["name"]) for u in users) == ["root", "vic"]

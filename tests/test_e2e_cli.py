@@ -153,7 +153,9 @@ def test_unreachable_broker_fails_quickly(tmp_path: Path) -> None:
     elapsed = time.monotonic() - start
     line = one_line_error(result)
     assert "no answer" in line
-    assert elapsed < 3.0, elapsed
+    # --timeout 1 is honoured: well short of the default 30 s of retrying (a generous
+    # bound, not a speed figure; the machine may be busy).
+    assert elapsed < 15.0, elapsed
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

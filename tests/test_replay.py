@@ -261,3 +261,29 @@ def test_cli_replay_verify_against_a_broker_process(tcp_broker: TcpBroker,
     assert "6 of 7 messages sent, 1 refused" in proc.stdout[1]
     assert any("refused line 6 (u002)" in line for line in proc.stdout)
     assert proc.stdout[-1] == "verify: the observer saw all 6 messages once each, in order"
+
+
+def test_cli_replay_uses_the_client_transport_settings(tmp_path: Path) -> None:
+    """`zchat replay` connects as every other command does ([client] encryption here):
+    it once built its clients with the defaults and could not reach a plain broker."""
+    from zchat.testing import free_port
+
+    (tmp_path / "broker.toml").write_text('[broker]\nscrypt_n = 1024\nencryption = "none"\n',
+                                          encoding="utf-8")
+    router = f"tcp://127.0.0.1:{free_port()}"
+    broker = Proc([*zchat_command(), "broker", "--config", str(tmp_path / "broker.toml"),
+                   "--data-dir", str(tmp_path / "data"), "--router", router,
+                   "--pub", f"tcp://127.0.0.1:{free_port()}"], cli_env(tmp_path))
+    try:
+        broker.wait_line("stdout", "database", timeout_s=15)
+        client = tmp_path / "xdg-config" / "zchat" / "zchat.toml"
+        client.parent.mkdir(parents=True)
+        client.write_text('[client]\nencryption = "none"\n', encoding="utf-8")
+        log = tmp_path / "log.jsonl"
+        log.write_text("\n".join(SYNTHETIC) + "\n", encoding="utf-8")
+        proc = Proc([*zchat_command(), "replay", str(log), "--room", "ltsp", "--speed",
+                     "max", "--verify", "--server", router], cli_env(tmp_path))
+        assert proc.wait(30) == 0, proc.stderr
+        assert proc.stdout[-1] == "verify: the observer saw all 6 messages once each, in order"
+    finally:
+        broker.kill()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from zchat import protocol as p
-from zchat.errors import ProtocolError, Status, ZchatError
+from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import name_key, normalize_name, skeleton
 from zchat.store import Store
 
@@ -133,7 +133,11 @@ def check_batch(rows: Iterable[NewAccountRow], taken: Callable[[str, str], bool]
         try:
             display, key, skel = check_new_account(row.name, row.password)
         except ProtocolError as exc:
-            bad.append(BadRow(row.line, f"{row.name!r}: {exc.reason}"))
+            # Never echo a refused name: with another separator (``xena;pw-xena``) it
+            # holds the whole row, password included; the reason names the rule.
+            hint = " (are the columns separated by ';' or tabs? use commas)" \
+                if any(c in row.name for c in ";\t") else ""
+            bad.append(BadRow(row.line, exc.reason + hint))
             continue
         first = seen.get("k:" + key) or seen.get("s:" + skel)
         if first is not None:
@@ -159,6 +163,12 @@ def parse_accounts_csv(text: str, source: str = "the file"
     lines and lines starting with ``#`` are skipped. An empty or missing password means
     "generate one". ``bot`` is 1/true/yes or 0/false/no/empty.
 
+    Names and ``bot`` values are taken without the spaces around them; a password is
+    taken exactly as written (as ``passwd --stdin`` takes its line), and one that starts
+    or ends with white space is a bad row (most likely ``name, password`` with a space
+    after the comma), never trimmed silently. Problems name the line and the column,
+    never a password or a whole row.
+
     Returns (rows, bad rows with their line numbers); nothing is checked against the
     account rules here (``check_batch`` does that).
     """
@@ -166,9 +176,9 @@ def parse_accounts_csv(text: str, source: str = "the file"
     bad: list[BadRow] = []
     columns: tuple[str, ...] | None = None
     reader = csv.reader(io.StringIO(text, newline=""))
-    for cells in reader:
+    for raw in reader:
         line = reader.line_num
-        cells = [c.strip() for c in cells]
+        cells = [c.strip() for c in raw]
         if not any(cells) or cells[0].startswith("#"):
             continue
         if columns is None:
@@ -181,8 +191,7 @@ def parse_accounts_csv(text: str, source: str = "the file"
                 unknown = [c for c in header if c not in _COLUMNS]
                 if unknown or len(set(header)) != len(header):
                     raise AdminError(f"{source}:{line}: the header must name the columns "
-                                     f"name, password and bot (each at most once), not "
-                                     f"{', '.join(cells)}")
+                                     "name, password and bot (each at most once)")
                 columns = header
                 continue
             columns = _COLUMNS
@@ -191,13 +200,18 @@ def parse_accounts_csv(text: str, source: str = "the file"
                                     f"{len(columns)} ({','.join(columns)})"))
             continue
         values = dict(zip(columns, cells, strict=False))
+        password = dict(zip(columns, raw, strict=False)).get("password", "")
         flag = values.get("bot", "").lower()
-        if flag not in _TRUE + _FALSE:
-            bad.append(BadRow(line, f"bot must be yes or no (1/0, true/false), not "
-                                    f"{values.get('bot')!r}"))
+        if flag not in _TRUE + _FALSE:  # not echoed: a shifted column may be a password
+            bad.append(BadRow(line, "the bot column must be yes or no (1/0, true/false)"))
             continue
-        rows.append(NewAccountRow(line, values.get("name", ""), values.get("password", ""),
-                                  flag in _TRUE))
+        if password != password.strip():
+            bad.append(BadRow(line, "the password starts or ends with white space (a space "
+                                    "after the comma?); passwords are taken as written: "
+                                    "remove it, or set such a password with "
+                                    "`reset-password --stdin`"))
+            continue
+        rows.append(NewAccountRow(line, values.get("name", ""), password, flag in _TRUE))
     return rows, bad
 
 
@@ -488,10 +502,23 @@ def _db_path(args: argparse.Namespace, config: object) -> Path:
 
     assert isinstance(config, Config)
     db = getattr(args, "db", None)
-    path = Path(db) if db else data_dir(config.broker) / DB_FILENAME
+    given = Path(db) if db else data_dir(config.broker) / DB_FILENAME
+    # The real path: a running broker's lock (broker.lock) is beside the real file, not
+    # beside a symlink to it, nor in a symlinked directory's name for it.
+    path = given.resolve()
     if not path.is_file():
-        raise AdminError(f"no zchat database at {path} (give --db FILE, --data-dir DIR, or "
-                         "--as NAME to go over the wire)")
+        raise AdminError(f"no zchat database at {given} (give --db FILE, --data-dir DIR, "
+                         "or --as NAME to go over the wire)")
+    try:
+        links = path.stat().st_nlink
+    except OSError as exc:
+        raise AdminError(f"cannot read {given}: {exc.strerror or exc}") from None
+    if links > 1:
+        # Another name may be in another directory, whose broker.lock this command cannot
+        # find; and SQLite keeps a WAL file per name, so two names corrupt the database
+        # (sqlite.org/howtocorrupt.html §2.5, "Multiple links to the same file").
+        raise AdminError(f"{given} has {links} hard links: open the database by its one "
+                         "name in the broker's data directory (remove the other links)")
     return path
 
 
@@ -538,27 +565,93 @@ def _checked_csv(path: Path, taken: Callable[[str, str], bool],
                            a.line in generated) for a in good], generated
 
 
-def _report_created(args: argparse.Namespace, accounts: list[CheckedAccount], out: TextIO,
-                    err: TextIO) -> None:
-    """Say what was created; hand out the generated passwords once (``--output`` file
-    with mode 0600, else CSV lines on stdout)."""
-    generated = [a for a in accounts if a.generated]
+def open_passwords_file(args: argparse.Namespace, accounts: list[CheckedAccount]
+                        ) -> TextIO | None:
+    """The ``--output`` file for the generated passwords of ``accounts``, created now
+    (mode 0600, never over an existing file) so that no account is created whose password
+    could not be handed out; None when there is no ``--output`` or nothing generated.
+    Raises AdminError (nothing was created)."""
     output = getattr(args, "output", None)
+    if output is None or not any(a.generated for a in accounts):
+        return None
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise AdminError(f"{output} exists; give a new file for the passwords (nothing "
+                         "was created)") from None
+    except OSError as exc:
+        raise AdminError(f"cannot create {output}: {exc.strerror or exc} (nothing was "
+                         "created)") from None
+    return os.fdopen(fd, "w", newline="", encoding="utf-8")
+
+
+def discard_passwords_file(args: argparse.Namespace, sink: TextIO | None) -> None:
+    """Close and remove the still empty ``--output`` file: the accounts were not
+    created."""
+    if sink is not None:
+        sink.close()
+        with contextlib.suppress(OSError):
+            os.unlink(args.output)
+
+
+def write_out(out: TextIO, text: str) -> None:
+    """Write ``text`` to ``out`` now, unbuffered (straight to its file descriptor when it
+    has one), so that a failure (``> /dev/full``, a closed pipe) is an OSError here and
+    nothing is left in a buffer to fail again at exit."""
+    out.flush()
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        out.write(text)
+        out.flush()
+        return
+    data = text.encode(getattr(out, "encoding", None) or "utf-8")
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _passwords_csv(accounts: list[CheckedAccount]) -> str:
+    """``name,password`` lines (with the header) of ``accounts``, CSV-quoted."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["name", "password"])
+    for a in accounts:
+        writer.writerow([a.name, a.password])
+    return text.getvalue()
+
+
+def _report_created(args: argparse.Namespace, accounts: list[CheckedAccount],
+                    sink: TextIO | None, out: TextIO, err: TextIO) -> None:
+    """Say what was created; hand out the generated passwords once (``sink``, the
+    ``--output`` file opened by ``open_passwords_file``, else CSV lines on stdout).
+    Raises AdminError naming the created accounts when the passwords cannot be written:
+    they are then shown nowhere (reset them with ``reset-password --generate``)."""
+    generated = [a for a in accounts if a.generated]
+    names = ", ".join(a.name for a in accounts)
     err.write(f"created {len(accounts)} account{'s' if len(accounts) != 1 else ''}: "
-              f"{', '.join(a.name for a in accounts)}\n")
+              f"{names}\n")
     if not generated:
         return
-    if output is not None:
-        write_passwords_csv(Path(output), generated)
-        err.write(f"the {len(generated)} generated passwords are in {output} (mode 0600); "
+    where = getattr(args, "output", None) if sink is not None else "standard output"
+    try:
+        if sink is not None:
+            with sink:
+                sink.write(_passwords_csv(generated))
+        else:
+            write_out(out, _passwords_csv(generated))
+    except OSError as exc:
+        lost = ", ".join(a.name for a in generated)
+        raise AdminError(f"the accounts were created ({names}), but their generated "
+                         f"passwords could not be written to {where}: "
+                         f"{exc.strerror or exc}; the passwords of {lost} are shown nowhere:"
+                         " give them new ones with `zchat admin reset-password NAME "
+                         "--generate`") from None
+    if sink is not None:
+        err.write(f"the {len(generated)} generated passwords are in {where} (mode 0600); "
                   "they are shown nowhere else\n")
-        return
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["name", "password"])
-    for a in generated:
-        writer.writerow([a.name, a.password])
-    out.flush()
-    err.write(f"the {len(generated)} generated passwords above are shown only this once\n")
+    else:
+        err.write(f"the {len(generated)} generated passwords above are shown only this "
+                  "once\n")
 
 
 def _print_users(users: Iterable[p.AccountInfo], as_json: bool, out: TextIO) -> None:
@@ -608,7 +701,9 @@ def _print_bans(bans: Iterable[p.BanInfo], as_json: bool, out: TextIO) -> None:
                                  ensure_ascii=False) + "\n")
         else:
             rows.append((b.kind, "#" + b.room if b.room else "*", b.name, b.by,
-                         _fmt(b.created), _fmt(b.until) if b.until else "lifted by hand",
+                         # to the second, rounded up: a ban's end is never shown early
+                         _fmt(b.created), _fmt(-(-b.until // 1000) * 1000) if b.until
+                         else "lifted by hand",
                          b.reason))
     if not as_json:
         print_rows(out, ("KIND", "WHERE", "NAME", "BY", "SINCE (UTC)", "UNTIL (UTC)",
@@ -679,8 +774,13 @@ def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callabl
                                       lambda k, s: store.get_account(k) is not None
                                       or store.account_skeleton_taken(s), None,
                                       getattr(args, "output", None))
-        create_accounts_direct(store, accounts, hasher, actor, now)
-        _report_created(args, accounts, out, err)
+        sink = open_passwords_file(args, accounts)
+        try:
+            create_accounts_direct(store, accounts, hasher, actor, now)
+        except BaseException:
+            discard_passwords_file(args, sink)
+            raise
+        _report_created(args, accounts, sink, out, err)
     elif action == "reset-password":
         _key, _display = _account(store, name)  # before asking for the password
         password, generated = new_password(args)
@@ -716,9 +816,28 @@ def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callabl
 def _said_reset(display: str, generated: str | None, out: TextIO, err: TextIO) -> None:
     err.write(f"password of {display} reset; its sessions were ended\n")
     if generated is not None:
-        out.write(generated + "\n")
-        out.flush()
+        try:
+            write_out(out, generated + "\n")
+        except OSError as exc:
+            raise AdminError(f"the password of {display} was reset, but the generated one "
+                             f"could not be written to standard output: "
+                             f"{exc.strerror or exc}; reset it again") from None
         err.write("the generated password above is shown only this once\n")
+
+
+async def _users_as_admin(client: object, what: str) -> tuple[p.AccountInfo, ...]:
+    """USERS, asked before ``create`` (to pre-check names) and ``reset-password`` (before
+    the new password is asked for). A non-admin's 403 then names what was refused
+    (``only broker admins may create accounts``), not the listing it used."""
+    from zchat.client import Client
+
+    assert isinstance(client, Client)
+    try:
+        return (await client.users()).users
+    except RequestFailed as exc:
+        if exc.status != Status.FORBIDDEN:
+            raise
+        raise RequestFailed(exc.status, f"only broker admins may {what}") from None
 
 
 async def run_wire(args: argparse.Namespace, client: object) -> int:
@@ -738,18 +857,32 @@ async def run_wire(args: argparse.Namespace, client: object) -> int:
     elif action == "sessions":
         _print_sessions((await client.sessions()).sessions, as_json, out)
     elif action == "create":
-        existing = (await client.users()).users
+        existing = await _users_as_admin(client, "create accounts")
         keys = {name_key(u.name) for u in existing}
         skeletons = {skeleton(u.name) for u in existing}
         accounts, _gen = _checked_csv(Path(args.csv),
                                       lambda k, s: k in keys or s in skeletons,
                                       p.MAX_CREATE_ACCOUNTS, getattr(args, "output", None))
-        await client.create_accounts(
-            tuple(p.NewAccount(name=a.name, password=a.password, bot=a.bot)
-                  for a in accounts),
-            timeout_s=client.timeout_s + CREATE_S_PER_ACCOUNT * len(accounts))
-        _report_created(args, accounts, out, err)
+        sink = open_passwords_file(args, accounts)
+        try:
+            await client.create_accounts(
+                tuple(p.NewAccount(name=a.name, password=a.password, bot=a.bot)
+                      for a in accounts),
+                timeout_s=client.timeout_s + CREATE_S_PER_ACCOUNT * len(accounts))
+        except (RequestFailed, ProtocolError, AdminError):  # refused: nothing created
+            discard_passwords_file(args, sink)
+            raise
+        except BaseException:  # no answer: they may exist; keep what they would have
+            if sink is not None:
+                with sink, contextlib.suppress(OSError):
+                    sink.write(_passwords_csv([a for a in accounts if a.generated]))
+                print(f"zchat: no answer to the creation: the accounts may have been "
+                      f"created (see `zchat admin users`); the passwords they would have "
+                      f"are in {args.output}", file=err)
+            raise
+        _report_created(args, accounts, sink, out, err)
     elif action == "reset-password":
+        await _users_as_admin(client, "reset passwords")  # refused before any prompt
         password, generated = new_password(args)
         await client.admin_set_password(name, password)
         _said_reset(name, password if generated else None, out, err)

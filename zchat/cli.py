@@ -33,7 +33,7 @@ from zchat import protocol as p
 from zchat.client import SEND_RETRY_S, Client, ConnectionRestored, Reconnecting, SessionEnded
 from zchat.config import Config, data_dir, load_config, validate
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
-from zchat.names import normalize_name
+from zchat.names import name_key, normalize_name
 
 PASSWORD_ENV = "ZCHAT_PASSWORD"
 #: An account token (``zchat token create``) to log in with instead of a password; checked
@@ -54,6 +54,17 @@ class CliError(ZchatError):
 # -- argument parsing ---------------------------------------------------------------------
 
 
+def _default(table: str, key: str, empty: str = "") -> str:
+    """The ``--help`` words for a flag's default (docs/cli.md, Settings): the config
+    file's setting first, then the default in code (zchat/config.py), e.g. ``default:
+    [client] server in the config file, else tcp://127.0.0.1:5555``. The help is printed
+    before any file is read, so it cannot show the file's value. ``empty`` stands for a
+    code default of "" (data_dir: the XDG directory)."""
+    value = getattr(getattr(Config(), table), key)
+    shown = f"{value:g}" if isinstance(value, float) else str(value) or empty
+    return f"default: [{table}] {key} in the config file, else {shown}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zchat", description="zchat: terminal chat on a ZeroMQ broker.",
@@ -69,13 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     def client_opts(sp: argparse.ArgumentParser, needs_as: bool = True) -> None:
         common(sp)
         sp.add_argument("--server", metavar="ENDPOINT",
-                        help="the broker's ROUTER endpoint (default tcp://127.0.0.1:5555)")
+                        help="the broker's ROUTER endpoint "
+                             f"({_default('client', 'server')})")
         sp.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="give up when the broker does not answer (default 5)")
+                        help="give up when the broker does not answer "
+                             f"({_default('client', 'timeout_s')})")
         sp.add_argument("--server-key", metavar="KEY",
                         help="the broker's public key (40 characters, as 'zchat broker' "
-                             "prints it); default: the pinned one, else trust on first "
-                             "use (docs/security.md)")
+                             "prints it); default: [client] server_key in the config "
+                             "file, else the pinned one, else trust on first use "
+                             "(docs/security.md)")
         if needs_as:
             sp.add_argument("--as", dest="user", required=True, metavar="NAME",
                             help="the account to log in as")
@@ -85,13 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "events, with accounts, rooms and history in SQLite.")
     common(b)
     b.add_argument("--data-dir", metavar="DIR",
-                   help="where the database lives (default $XDG_DATA_HOME/zchat)")
+                   help="where the database lives "
+                        f"({_default('broker', 'data_dir', '$XDG_DATA_HOME/zchat')})")
     b.add_argument("--router", metavar="ENDPOINT", help="ROUTER endpoint to bind "
-                   "(default tcp://127.0.0.1:5555)")
+                   f"({_default('broker', 'router')})")
     b.add_argument("--pub", metavar="ENDPOINT", help="PUB endpoint to bind "
-                   "(default tcp://127.0.0.1:5556)")
+                   f"({_default('broker', 'pub')})")
     b.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="logging level (default info; message bodies only at debug)")
+                   help=f"logging level ({_default('broker', 'log_level')}; message "
+                        "bodies only at debug)")
     b.add_argument("--print-key", action="store_true",
                    help="print the broker's public key (creating its key pair in the "
                         "data directory if needed) and exit")
@@ -188,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("arg", nargs="?", default=None, metavar="ARG")
     md.add_argument("--reason", default="", help="kick, ban, mute: shown to them")
     md.add_argument("--duration", default="", metavar="D",
-                    help="ban, mute: e.g. 90s, 10m, 2h, 7d (default: until lifted)")
+                    help="ban, mute: a number and a unit, 30s, 10m, 2h, 1d or 1w, at "
+                         "most ten years (default: until lifted)")
     md.add_argument("--limit", type=int, default=p.DEFAULT_AUDIT_LIMIT,
                     help="audit: entries to show, newest first")
 
@@ -404,6 +421,36 @@ def message_line(msg: p.MessagePosted | p.DirectMessage) -> str:
     if msg.kind == "action":
         return f"{_local(msg.time)} #{msg.room} #{msg.seq} * {msg.sender} {text}"
     return f"{_local(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> {text}"
+
+
+def _local_tz() -> dt.tzinfo:
+    return dt.datetime.now().astimezone().tzinfo or dt.UTC
+
+
+def mute_notice(event: p.MuteChanged, tz: dt.tzinfo) -> str:
+    """``tail``'s stderr line for MUTED (docs/PROTOCOL.md §6.33.1), as the console words
+    it (docs/cli.md): ``olga muted you in #dev until 14:01:30 (1 min 30 s): flood``, in
+    local time ``tz`` to the second; ``olga unmuted you in #dev; you may post again``."""
+    from zchat.console.view import expiry_text
+
+    where = f"in #{event.room}" if event.room else "on this whole server (DMs too)"
+    if not event.muted:
+        return f"{event.by} unmuted you {where}; you may post again"
+    return (f"{event.by} muted you {where} {expiry_text(event.until, event.time, tz)}"
+            + (f": {event.reason}" if event.reason else ""))
+
+
+def removal_reason(event: p.UserLeft, tz: dt.tzinfo) -> str:
+    """Why ``tail`` ends when its account is kicked or banned from the room (LEFT with
+    ``by``, docs/PROTOCOL.md §6.19): ``you were kicked from #dev by olga: be nice``, or
+    ``you were banned from #dev by olga until 14:01:30 (1 min 30 s): spam`` (local time
+    ``tz`` to the second; ``until lifted`` without an expiry)."""
+    from zchat.console.view import expiry_text
+
+    how = (f"banned from #{event.room} by {event.by} "
+           f"{expiry_text(event.until, event.time, tz)}" if event.ban
+           else f"kicked from #{event.room} by {event.by}")
+    return f"you were {how}" + (f": {event.reason}" if event.reason else "")
 
 
 def _emit(out: TextIO, msg: p.MessagePosted | p.DirectMessage, as_json: bool) -> None:
@@ -736,9 +783,12 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
     if args.count is not None and args.count < 1:
         raise CliError("--count must be at least 1")
 
+    tz = _local_tz()
+
     async def body(client: Client) -> int:
         await client.join(args.room)
         print(f"following #{args.room} as {client.name}", file=sys.stderr, flush=True)
+        room, me = name_key(args.room), name_key(client.name or args.user)
         printed = 0
         async for event in client.events():
             if isinstance(event, p.GoingAway):
@@ -750,7 +800,14 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
             elif isinstance(event, ConnectionRestored):
                 print("zchat: reconnected", file=sys.stderr, flush=True)
             elif isinstance(event, SessionEnded):
-                raise CliError(event.reason)
+                # by set: SESSION_CLOSED, an admin (or the account) ended it (§6.47)
+                raise CliError(f"session ended by {event.by}: {event.reason}" if event.by
+                               else event.reason)
+            elif isinstance(event, p.MuteChanged):
+                print(f"zchat: {mute_notice(event, tz)}", file=sys.stderr, flush=True)
+            elif isinstance(event, p.UserLeft) and event.by and \
+                    name_key(event.name) == me and name_key(event.room) == room:
+                raise CliError(removal_reason(event, tz))  # nothing left to follow
             if isinstance(event, p.MessagePosted | p.DirectMessage):
                 if isinstance(event, p.MessagePosted) and \
                         event.room.casefold() != args.room.casefold():
@@ -813,16 +870,21 @@ MOD_ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop",
 _NEEDS_NICK = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop")
 
 
-def _fmt_ms(ms: int | None) -> str:
+def _fmt_ms(ms: int | None, round_up: bool = False) -> str:
+    """A time (UTC ms) as ``zchat mod`` prints it: UTC to the second, ``2024-06-01
+    12:01:30 UTC`` (``never`` for None). With ``round_up`` (a ban's or mute's end) the
+    second is rounded up, so the time shown is never early, as in the broker's own
+    refusals (docs/cli.md, docs/PROTOCOL.md §6.31)."""
     if ms is None:
         return "never"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    seconds = -(-ms // 1000) if round_up else ms // 1000
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def cmd_mod(args: argparse.Namespace, config: Config) -> int:
     """``zchat mod ACTION ROOM [ARG]`` (docs/cli.md): one moderation request; a refusal
     (403 …) is printed by main as ``zchat: error: …`` with exit status 1."""
-    from zchat.console.commands import parse_duration
+    from zchat.console.commands import DURATION_FORMS, parse_duration
 
     action, arg = args.action, args.arg
     room = "" if args.room == "*" else args.room
@@ -832,10 +894,16 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
         return 2
     seconds = 0
     if args.duration:
-        parsed = parse_duration(args.duration)
+        # The console's rule (one parser, the broker's ten-year bound); here a bare
+        # number is refused too: there is no reason for it to start (docs/cli.md).
+        try:
+            parsed = parse_duration(args.duration, "--duration")
+        except ValueError as exc:
+            print(f"zchat: error: {exc}", file=sys.stderr)
+            return 2
         if parsed is None:
-            print(f"zchat: error: --duration must look like 90s, 10m, 2h or 7d, not "
-                  f"{args.duration!r}", file=sys.stderr)
+            print(f"zchat: error: --duration must look like {DURATION_FORMS} (a number "
+                  f"and a unit), not {args.duration!r}", file=sys.stderr)
             return 2
         seconds = parsed
     if action == "delete" and not (arg or "").isdigit():
@@ -867,7 +935,7 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
         elif action == "bans":
             for b in (await client.bans(room if args.room != "*" else None)).bans:
                 print(f"{b.kind}\t{'#' + b.room if b.room else '*'}\t{b.name}\tby {b.by}"
-                      f"\tuntil {_fmt_ms(b.until)}\t{b.reason}")
+                      f"\tuntil {_fmt_ms(b.until, round_up=True)}\t{b.reason}")
             return 0
         elif action == "audit":
             reply = await client.audit(room or None, limit=args.limit)
@@ -952,7 +1020,10 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         report = await replay.replay(
             events, server=config.client.server, room=args.room, password=password,
             speed=speed, verify=args.verify, observer=args.observer,
-            timeout_s=config.client.timeout_s)
+            timeout_s=config.client.timeout_s,
+            transport={"encryption": config.client.encryption,
+                       "server_key": config.client.server_key,
+                       "key_server": config.client.key_server})
         print(f"replayed {args.file} into #{args.room}")
         for line in report.summary_lines():
             print(line)

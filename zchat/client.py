@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import itertools
 import logging
 import random
@@ -109,6 +110,11 @@ RATE_LIMIT_JITTER = 0.5
 #: little, and a broker asking for an absurd wait cannot stall the client for long.
 RATE_LIMIT_MIN_WAIT_S = 0.05
 RATE_LIMIT_MAX_WAIT_S = 60.0
+#: Share of ``timeout_s`` that a CURVE connect keeps, when INFO goes unanswered, to ask
+#: the key service whether the broker's key changed (BrokerKeyChanged instead of a
+#: timeout); INFO waits the rest. ``timeout_s`` bounds the whole connect: key lookup,
+#: handshake, INFO and that check together (docs/cli.md, --timeout).
+KEY_CHECK_SHARE = 0.25
 
 ConnState = Literal["connected", "reconnecting", "closed"]
 
@@ -148,15 +154,18 @@ class ConnectionRestored:
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
     """Client-side event, terminal: the client cannot log in again (``reason``, e.g. the
-    password changed). No events follow; requests raise ConnectionFailed."""
+    password changed), or ``by`` (an admin, or the account itself) had the broker end
+    the session (SESSION_CLOSED, docs/PROTOCOL.md §6.47). No events follow; requests
+    raise ConnectionFailed, or after SESSION_CLOSED RequestFailed 401 with who and why."""
 
     reason: str
+    by: str = ""
 
 
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
          | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
          | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
-         | p.RoleChanged | p.Invited)
+         | p.RoleChanged | p.Invited | p.MuteChanged)
 
 
 def _new_cmid() -> str:
@@ -308,6 +317,7 @@ class Client:
         self._lost = False
         self._closed = False
         self._going_away = False       # GOING_AWAY heard: reconnect now, not at timeout
+        self._closed_by_broker: p.SessionClosed | None = None  # heard: end, with why
         #: Called as ``on_rate_limited(request, error, wait_s)`` before each wait after a
         #: 429 (rate limit, slow mode), e.g. to tell a person why nothing happens.
         self.on_rate_limited: Callable[[p.Request, RequestFailed, float], None] | None = None
@@ -388,7 +398,10 @@ class Client:
 
     async def _open(self) -> p.InfoReply:
         """New DEALER and SUB (after INFO told the PUB endpoint), their readers started,
-        every kept topic subscribed."""
+        every kept topic subscribed. Takes at most ``timeout_s`` in all: the key service
+        lookup (first use), INFO and, when INFO is not answered, the key check."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         broker_key = await self._resolve_broker_key()
         client_public, client_secret = zmq.curve_keypair()  # this connection's own pair
         dealer = self.context.socket(zmq.DEALER)
@@ -399,10 +412,16 @@ class Client:
         dealer.connect(self.server)
         self._spawn(self._read_dealer(dealer), "zchat-dealer")
         self._spawn(self._read_room_pushes(), "zchat-room-pushes")
+        check_s = self.timeout_s * KEY_CHECK_SHARE if broker_key is not None else 0.0
         try:
-            info: p.InfoReply = await self.request(p.Info())
-        except ConnectionFailed as exc:
-            raise await self._explain_silence(exc, broker_key) from None
+            info: p.InfoReply = await self.request(
+                p.Info(), max(deadline - loop.time() - check_s, 0.001))
+        except ConnectionFailed as failed:
+            exc = ConnectionFailed(f"no answer from the broker at {self.server} within "
+                                   f"{self.timeout_s:g} s") \
+                if str(failed).startswith("no answer") else failed
+            raise await self._explain_silence(exc, broker_key,
+                                              deadline - loop.time()) from None
         self.info = info
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -456,10 +475,11 @@ class Client:
                 self._key_source = f"{path}" + (f", line {line}" if line else "")
         return self._broker_key.encode("ascii")
 
-    async def _explain_silence(self, exc: ConnectionFailed,
-                               broker_key: bytes | None) -> ZchatError:
+    async def _explain_silence(self, exc: ConnectionFailed, broker_key: bytes | None,
+                               left_s: float) -> ZchatError:
         """The error for an INFO that got no answer: BrokerKeyChanged when the key service
-        now offers another key than the one used; else ``exc`` with a hint about the
+        now offers another key than the one used (asked for at most ``left_s`` seconds,
+        what is left of the connect's ``timeout_s``); else ``exc`` with a hint about the
         transport settings on tcp."""
         if not k.is_tcp(self.server):
             return exc
@@ -468,7 +488,7 @@ class Client:
                                     f"[client] encryption (\"none\" here) and server_key")
         try:
             offered = await k.fetch_broker_key(self.context, self._key_service(),
-                                               min(self.timeout_s, 2.0))
+                                               max(left_s, 0.001))
         except (ConnectionFailed, k.BadKey):
             offered = None
         expected = broker_key.decode("ascii")
@@ -492,9 +512,18 @@ class Client:
         self._io_tasks.append(asyncio.create_task(coro, name=name,
                                                   context=contextvars.Context()))
 
-    async def _close_sockets(self, reason: str) -> None:
-        """Stop the socket readers, fail every pending request with ConnectionFailed, and
-        close both sockets with LINGER 0. Subscriptions are kept in ``_topics``."""
+    @staticmethod
+    def _closed_error(closed: p.SessionClosed) -> RequestFailed:
+        """What requests raise once the broker ended the session (SESSION_CLOSED, §6.47):
+        401 with who ended it and why, as the broker itself would answer them."""
+        by = f" by {closed.by}" if closed.by else ""
+        return RequestFailed(Status.UNAUTHORIZED, f"session ended{by}: {closed.reason}")
+
+    async def _close_sockets(self, reason: str,
+                             error: Callable[[], ZchatError] | None = None) -> None:
+        """Stop the socket readers, fail every pending request with ``error()`` (default
+        ConnectionFailed(``reason``)), and close both sockets with LINGER 0.
+        Subscriptions are kept in ``_topics``."""
         tasks = list(self._io_tasks)
         for task in tasks:
             task.cancel()
@@ -503,7 +532,7 @@ class Client:
         self._io_tasks = [t for t in self._io_tasks if t not in tasks]
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(ConnectionFailed(reason))
+                fut.set_exception(error() if error else ConnectionFailed(reason))
         dealer, sub, self._dealer, self._sub = self._dealer, self._sub, None, None
         for sock in (dealer, sub):
             if sock is not None:
@@ -514,6 +543,8 @@ class Client:
     def _check_usable(self) -> zmq.asyncio.Socket:
         """The DEALER to send on. Raises ConnectionFailed while reconnecting or after the
         session ended, LocalProtocolError when not connected or closed."""
+        if self._closed_by_broker is not None:  # not a network problem (§6.47)
+            raise self._closed_error(self._closed_by_broker)
         if self._ended is not None:
             raise ConnectionFailed(f"the session ended: {self._ended}")
         if self._closed:
@@ -1021,8 +1052,13 @@ class Client:
                     fut.set_result(value)
             elif isinstance(value, p.DirectMessage):
                 self._queue_dm(value)
-            elif isinstance(value, p.Invited):
+            elif isinstance(value, p.Invited | p.MuteChanged):
                 self._events.put_nowait(value)
+            elif isinstance(value, p.SessionClosed):
+                # The broker ends this session on someone's order (docs/PROTOCOL.md
+                # §6.47): say so, once, instead of "connection lost" and a refused login.
+                self._closed_by_broker = value
+                self._wake.set()
             else:
                 # A private room's event (docs/PROTOCOL.md §6.39). Handled by another task:
                 # its gap repair sends HISTORY, whose reply this reader must be free to read.
@@ -1167,6 +1203,12 @@ class Client:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
+            if self._closed_by_broker is not None:  # SESSION_CLOSED: terminal, no retry
+                closed = self._closed_by_broker
+                await self._close_sockets("session ended",
+                                          functools.partial(self._closed_error, closed))
+                self._end(closed.reason, closed.by)
+                return
             silent = time.monotonic() - self._last_heard
             if self._credentials is not None and (silent > timeout or self._session_gone
                                                   or self._going_away):
@@ -1217,7 +1259,12 @@ class Client:
                 await self._restore()
             except (_LoginRefused, k.BrokerKeyChanged) as exc:
                 await self._close_sockets("session ended")
-                self._end(str(exc))
+                # The many-line warning is the event's reason, shown once by whoever
+                # reads it; the log (stderr for the CLI) gets one line.
+                self._end(str(exc), summary=f"the broker's key changed (pinned "
+                          f"{k.fingerprint(exc.expected)}, offered "
+                          f"{k.fingerprint(exc.actual)})"
+                          if isinstance(exc, k.BrokerKeyChanged) else None)
                 return False
             except (ZchatError, zmq.ZMQError) as exc:
                 log.info("reconnect attempt %d failed: %s", attempt, exc)
@@ -1295,15 +1342,16 @@ class Client:
         for key, last in upto.items():
             await self._backfill(key, last)
 
-    def _end(self, reason: str) -> None:
-        """Terminal: SessionEnded, then the end of the event stream."""
-        log.warning("session ended: %s", reason)
+    def _end(self, reason: str, by: str = "", summary: str | None = None) -> None:
+        """Terminal: SessionEnded, then the end of the event stream. ``summary`` is logged
+        instead of a long ``reason``."""
+        log.warning("session ended%s: %s", f" by {by}" if by else "", summary or reason)
         self._ended = reason
         self._credentials = None
         self._restoring = False
         self._mode = "closed"
         self.connected = False
-        self._events.put_nowait(SessionEnded(reason))
+        self._events.put_nowait(SessionEnded(reason, by))
         self._events.put_nowait(None)
 
 

@@ -127,6 +127,9 @@ class BrokerConfig:
     - ``key_endpoint``: where the plain-text key service tells clients the broker's
       public key for trust on first use (§16.3). Empty means the ROUTER's host with its
       port + 2 (``tcp://127.0.0.1:5557`` by default). Unused with ``"none"``.
+    - ``key_rate_per_s`` / ``key_burst``: token bucket per peer address for the key
+      service's requests (>= 0, 0 off; >= 1); a request over it gets no answer
+      (docs/PROTOCOL.md §16.3).
     """
 
     router: str = "tcp://127.0.0.1:5555"
@@ -153,6 +156,8 @@ class BrokerConfig:
     resume_grace_s: float = 300.0
     encryption: str = "curve"
     key_endpoint: str = ""
+    key_rate_per_s: float = 1.0
+    key_burst: int = 30
 
 
 @dataclass(frozen=True)
@@ -335,8 +340,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
     in 1..64; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
-    ``login_rate_per_s`` 0 or MIN_RATE_PER_S..MAX_RATE_PER_S; ``send_burst``,
-    ``login_burst`` and ``max_sessions`` 1..MAX_COUNT_SETTING;
+    ``login_rate_per_s`` and ``key_rate_per_s`` 0 or MIN_RATE_PER_S..MAX_RATE_PER_S;
+    ``send_burst``, ``login_burst``, ``key_burst`` and ``max_sessions``
+    1..MAX_COUNT_SETTING;
     ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keys).
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
@@ -393,12 +399,12 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         fail("broker", "scrypt_n", f"must be a power of two >= {MIN_SCRYPT_N}, got {n}")
     if not 1 <= b.hash_workers <= 64:
         fail("broker", "hash_workers", f"must be between 1 and 64, got {b.hash_workers}")
-    for key in ("send_rate_per_s", "login_rate_per_s"):
+    for key in ("send_rate_per_s", "login_rate_per_s", "key_rate_per_s"):
         rate = getattr(b, key)
         if rate != 0 and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
             fail("broker", key, f"must be 0 (the limit off) or {MIN_RATE_PER_S:g} to "
                  f"{MAX_RATE_PER_S:g}, got {rate}")
-    for key in ("send_burst", "login_burst", "max_sessions"):
+    for key in ("send_burst", "login_burst", "key_burst", "max_sessions"):
         if not 1 <= getattr(b, key) <= MAX_COUNT_SETTING:
             fail("broker", key, f"must be 1 to {MAX_COUNT_SETTING:,}, got {getattr(b, key)}")
     if not 0 <= b.resume_grace_s <= MAX_DURATION_S:

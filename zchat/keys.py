@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import stat
 import tomllib
@@ -40,6 +41,7 @@ import zmq.auth
 import zmq.utils.z85
 
 from zchat.errors import ConnectionFailed, ZchatError
+from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, address_key
 
 #: Name of the broker's certificate (public and secret key) inside its data directory.
 BROKER_SECRET_FILE = "curve.key_secret"
@@ -61,6 +63,8 @@ KEY_SERVICE_MAX_FRAME_BYTES = 64
 KEY_PORT_OFFSET = 2
 #: What ``encryption`` may be set to, in ``[broker]`` and ``[client]``.
 ENCRYPTION_MODES = ("curve", "none")
+
+log = logging.getLogger(__name__)
 
 _HEADER = """\
 # zchat: pinned broker public keys (trust on first use, like ssh's known_hosts).
@@ -204,8 +208,9 @@ def load_or_create_broker_keys(directory: Path) -> tuple[BrokerKeys, bool]:
     """The broker's key pair from ``directory``/curve.key_secret, created (with
     curve.key beside it) when absent. Returns (keys, created).
 
-    The secret file is created with mode 0600 and refused afterwards when group or others
-    may read or write it (like ssh's "UNPROTECTED PRIVATE KEY FILE"). Raises
+    A missing curve.key beside an existing secret file is recreated from it (mode 0600,
+    logged as a warning). The secret file is created with mode 0600 and refused
+    afterwards when group or others may read or write it (like ssh's "UNPROTECTED PRIVATE KEY FILE"). Raises
     KeyFileError when a file cannot be read or written, is not a ZeroMQ certificate, or
     its permissions are too open. The caller holds the data directory's lock, so two
     brokers never create a pair at once.
@@ -240,6 +245,15 @@ def load_or_create_broker_keys(directory: Path) -> tuple[BrokerKeys, bool]:
         check_key(secret_b.decode("ascii"), f"secret-key in {secret_path}")
     except (UnicodeDecodeError, BadKey) as exc:
         raise KeyFileError(str(exc)) from None
+    public_path = directory / BROKER_PUBLIC_FILE
+    if not public_path.exists():  # deleted by hand: the secret file holds the public key
+        try:
+            _write_private(public_path, _certificate(public_b, None))
+        except OSError as exc:
+            raise KeyFileError(f"cannot write {public_path}: {exc.strerror or exc}") \
+                from None
+        log.warning("%s was missing: recreated it (mode 0600) from %s", public_path,
+                    secret_path)
     return BrokerKeys(public_b, secret_b), False
 
 
@@ -314,14 +328,29 @@ def pin_broker_key(path: Path, endpoint: str, key: str) -> None:
     """Add ``endpoint`` = ``key`` to the pinned-keys file (tomli-w), creating it and its
     directory; the file is written atomically with mode 0600. An existing pin for
     ``endpoint`` is never replaced here (the caller checked there is none). Raises
-    KeyFileError when the file cannot be read or written."""
-    brokers = load_known_brokers(path)
-    brokers.setdefault(endpoint, check_key(key))
+    KeyFileError when the file cannot be read or written.
+
+    The read-modify-write holds an exclusive ``flock`` on ``<path>.lock`` beside it, so
+    that clients pinning at the same moment (four started at once against four new
+    brokers) each keep their pin; the temporary file has a name unique to this process
+    and call, and ``os.replace`` puts it in place whole."""
+    import fcntl
+
+    check_key(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held for milliseconds by another pinning client
+        brokers = load_known_brokers(path)
+        brokers.setdefault(endpoint, key)
         _write_private(path, _HEADER + tomli_w.dumps({"brokers": brokers}))
     except OSError as exc:
         raise KeyFileError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def pinned_line(path: Path, endpoint: str) -> int | None:
@@ -387,3 +416,36 @@ def key_service_reply(frames: list[bytes], public: bytes) -> list[bytes] | None:
     if len(frames) != 2 or frames[1] != KEY_REQUEST:
         return None
     return [frames[0], KEY_REPLY, b"curve", public]
+
+
+class KeyService:
+    """The key service's logic (docs/PROTOCOL.md §16.3), pure: the broker's loop hands it
+    each request with the peer's address and the time, and sends what it returns.
+
+    ``public`` is the broker's Z85 public key. Every request, ``KEY`` or junk, first takes
+    a token from its peer's bucket (``rate_per_s`` a second after a burst of ``burst``;
+    keyed by ``zchat.ratelimit.address_key`` as the LOGIN limit is, §15.1), so that a
+    flood from one address costs the broker's loop next to nothing: a request over the
+    limit is **dropped, not answered** (an answer would be work and traffic for the
+    flooder; a real client's fetch just times out and says the key service did not
+    answer). ``rate_per_s`` 0 turns the limit off. At most ``max_entries`` buckets
+    (``zchat.ratelimit.MAX_ADDRESS_BUCKETS``). ``dropped`` counts the dropped requests.
+    Raises ValueError for a rate that is neither 0 nor > 0, or a burst below 1.
+    """
+
+    def __init__(self, public: bytes, rate_per_s: float, burst: int,
+                 max_entries: int = MAX_ADDRESS_BUCKETS) -> None:
+        self.public = public
+        self.dropped = 0
+        self._buckets = BucketTable(rate_per_s, burst, max_entries) if rate_per_s else None
+
+    def reply(self, frames: list[bytes], address: str, now_s: float) -> list[bytes] | None:
+        """The frames to send back for one request (``frames`` = [routing id, request]
+        as the ROUTER gave them; ``address`` its Peer-Address, "" on inproc/ipc;
+        ``now_s`` monotonic seconds), or None to send nothing: over the rate limit, or
+        anything but ``KEY``."""
+        if self._buckets is not None and frames \
+                and self._buckets.take(address_key(address, frames[0]), now_s):
+            self.dropped += 1
+            return None
+        return key_service_reply(frames, self.public)

@@ -34,7 +34,7 @@ import functools
 import json
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -412,7 +412,8 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
                  observer: str = "replay-observer", context: zmq.Context[Any] | None = None,
                  timeout_s: float = 5.0, settle_s: float = SETTLE_S,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> ReplayReport:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 transport: Mapping[str, Any] | None = None) -> ReplayReport:
     """Replay ``events`` into ``room`` on the broker at ``server`` (see the module
     docstring for what each event does) and return the report.
 
@@ -421,7 +422,9 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
     (0: no waiting). With ``verify``, an ``observer`` account joins the room before the
     first event and ``report.check`` says whether it saw every OK'd message once, in seq
     order (waiting up to ``settle_s`` after the last send). ``clock`` (monotonic seconds)
-    and ``sleep`` are the timing, replaceable in tests. Sends are sequential, each waiting
+    and ``sleep`` are the timing, replaceable in tests. ``transport`` holds the Client's
+    transport settings (``encryption``, ``server_key``, ``key_server``: docs/security.md)
+    for every connection the replay opens. Sends are sequential, each waiting
     for its OK, so the room's order is the log's. Raises ConnectionFailed when the broker
     stops answering; every client is closed on the way out.
     """
@@ -434,7 +437,7 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
 
     async def open_session(nick: str, keep: Callable[[p.MessagePosted], None] | None = None
                            ) -> _Session:
-        client = Client(server, context=context, timeout_s=timeout_s)
+        client = Client(server, context=context, timeout_s=timeout_s, **(transport or {}))
         await client.connect()
         try:
             await _retrying(lambda: client.login(nick, password))
@@ -488,6 +491,7 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
     start_s = clock()
     try:
         await _register_all(log_users(events) + ([observer] if verify else []), server,
+                            transport,
                             password, context, timeout_s, report)
         if verify:
             watcher = _Observer(room)
@@ -552,14 +556,16 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
     return report
 
 
-async def _register_all(names: list[str], server: str, password: str,
+async def _register_all(names: list[str], server: str, transport: Mapping[str, Any] | None,
+                        password: str,
                         context: zmq.Context[Any] | None, timeout_s: float,
                         report: ReplayReport) -> None:
     """REGISTER every name (409, taken, is fine: the login then checks the password), a
     few at a time on one connection. Other refusals are reported; that user's logins will
     then fail and be reported too."""
     gate = asyncio.Semaphore(REGISTER_CONCURRENCY)
-    async with Client(server, context=context, timeout_s=timeout_s) as client:
+    async with Client(server, context=context, timeout_s=timeout_s,
+                      **(transport or {})) as client:
 
         async def one(name: str) -> None:
             async with gate:

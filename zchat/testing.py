@@ -31,7 +31,7 @@ import itertools
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,9 +40,12 @@ import zmq
 
 from zchat import protocol as p
 from zchat.broker import Broker, BrokerThread
+from zchat.broker_core import DEFAULT_ROOM
 from zchat.client import Client
 from zchat.config import BrokerConfig
 from zchat.errors import ConnectionFailed, RequestFailed
+from zchat.names import name_key, skeleton
+from zchat.passwords import hash_password
 from zchat.store import Store
 
 #: Cheap hash parameters for tests only (never for real accounts).
@@ -172,6 +175,26 @@ class Harness:
                 await client.logout()
 
 
+def create_admin_accounts(store: Store, names: Iterable[str],
+                          password: str = DEFAULT_PASSWORD, now_ms: int = 0) -> list[str]:
+    """Create the account of each broker admin name in ``names`` that has none, with
+    ``password`` (FAST_HASH), a member of ``lobby``, as an operator does with ``zchat
+    admin create`` on the database before starting the broker: the broker refuses
+    REGISTER of an admin's name (docs/admin.md). No audit entry is written, so that a
+    test's audit log holds only what the test did. Returns the names created."""
+    lobby = name_key(DEFAULT_ROOM)
+    store.ensure_room(lobby, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), now_ms)
+    created = []
+    for name in names:
+        if store.get_account(name_key(name)) is None:
+            store.create_account(name_key(name), name, skeleton(name),
+                                 hash_password(password, FAST_HASH["scrypt_n"],
+                                               FAST_HASH["scrypt_r"], FAST_HASH["scrypt_p"]),
+                                 now_ms, rooms=(lobby,))
+            created.append(name)
+    return created
+
+
 def harness_config(**overrides: Any) -> BrokerConfig:
     """A BrokerConfig on fresh inproc endpoints with fast hashing; ``overrides`` replace
     any field."""
@@ -186,10 +209,13 @@ def harness_config(**overrides: Any) -> BrokerConfig:
 def running_broker(db_path: str | Path = ":memory:", context: zmq.Context[Any] | None = None,
                    **overrides: Any) -> Iterator[Harness]:
     """Start a broker thread on inproc:// (``overrides`` go to BrokerConfig) and stop it on
-    exit. ``db_path`` defaults to an in-memory SQLite database."""
+    exit. ``db_path`` defaults to an in-memory SQLite database. The accounts of the
+    ``admins`` override are created first (create_admin_accounts, DEFAULT_PASSWORD),
+    since the broker refuses to REGISTER them."""
     ctx = context or zmq.Context.instance()
     config = harness_config(**overrides)
     store = Store(db_path)
+    create_admin_accounts(store, config.admins)  # as the operator does (docs/admin.md)
     with BrokerThread(config, store, ctx) as broker:
         yield Harness(broker.router_endpoint, broker, str(db_path), ctx)
 

@@ -118,6 +118,8 @@ class ChatConsole:
         self.ended = False
         self.going_away = False  # GOING_AWAY shown: the ConnectionLost after it says no more
         self._tab: c.TabCycle | None = None
+        #: Timed mutes of yours by room key ("" server-wide): their end is announced.
+        self._mute_timers: dict[str, asyncio.TimerHandle] = {}
         self._fetching_older: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._logged_in = logged_in
@@ -192,6 +194,7 @@ class ChatConsole:
         """Create the room's conversation, load its last messages and members."""
         key = v.room_key(room)
         conv = self.conversation(key, room, "room", topic)
+        conv.joined = True  # again, after a kick or ban
         page = await self.client.history(room, limit=HISTORY_ON_OPEN)
         conv.insert_older([v.line_from_event(m, self.me) for m in page.messages], self.me)
         newest = conv.newest_seq
@@ -222,6 +225,9 @@ class ChatConsole:
         self.switch(lobby if lobby in self.conversations else self.order[0])
         self._spawn(self._load_room_names())
         self.info(f"connected to {self.client.server} as {self.me} — /help for commands")
+        if self.client.pinned is not None:  # trusted on first use: say so on screen too,
+            for line in self.client.pinned.notice().splitlines():  # not only on stderr
+                self.info(line.strip().removeprefix("zchat: "))
 
     # -- events --------------------------------------------------------------------------------
 
@@ -246,7 +252,10 @@ class ChatConsole:
         elif isinstance(event, p.UserJoined | p.UserLeft):
             key = v.room_key(event.room)
             conv = self.conversations.get(key)
-            if conv is not None:
+            if conv is not None and isinstance(event, p.UserLeft) and event.by \
+                    and name_key(event.name) == name_key(self.me):
+                self._removed(conv, event)  # kicked or banned: say so, mark it parted
+            elif conv is not None:
                 if isinstance(event, p.UserJoined):
                     # The notice does not say whether they are online (REGISTER joins lobby
                     # without logging in): take what another room knows, else ask.
@@ -279,6 +288,8 @@ class ChatConsole:
             self._on_moderation(event)
         elif isinstance(event, p.Invited):
             self.info(f"{event.by} invited you to #{event.room} — /join {event.room}")
+        elif isinstance(event, p.MuteChanged):
+            self._on_muted(event)
         elif isinstance(event, p.GoingAway):  # the client reconnects at once (§6.29)
             self.state = "reconnecting"
             self.going_away = True
@@ -298,11 +309,13 @@ class ChatConsole:
             self.state = "connected"
             self.reconnect_at = None
             self.info("reconnected")
+            self._check_still_joined()
             self._spawn(self.refresh_members())  # presence may have changed meanwhile
         elif isinstance(event, SessionEnded):
             self.state = "disconnected"
             self.ended = True
-            self.error(f"session ended: {event.reason} — /quit to leave")
+            by = f" by {event.by}" if event.by else ""  # an operator's order (§6.47)
+            self.error(f"session ended{by}: {event.reason} — /quit to leave")
         self.app.invalidate()
 
     def _on_moderation(self, event: p.MessageDeleted | p.RoomModeChanged
@@ -322,6 +335,73 @@ class ChatConsole:
         else:
             text = f"{event.by} made {event.name} {event.role} of #{event.room}"
         self.add_line(key, v.Line("notice", event.time, event.by, text))
+
+    def _removed(self, conv: v.Conversation, event: p.UserLeft) -> None:
+        """You were kicked or banned from the room (LEFT with ``by``, docs/PROTOCOL.md
+        §6.19): say so plainly, in the room and (when elsewhere) where you are looking,
+        and keep the room's lines, marked not joined, as WeeChat keeps a parted channel's
+        buffer (docs/console.md). Typing there then says to /join it."""
+        how = (f"banned from #{event.room} by {event.by} "
+               f"{v.expiry_text(event.until, event.time, self.tz)}" if event.ban
+               else f"kicked from #{event.room} by {event.by}")
+        hint = ("" if event.ban and event.until is None
+                else f" — /join {event.room} after that" if event.ban
+                else f" — /join {event.room} to go back")
+        reason = f": {event.reason}" if event.reason else ""
+        self._mark_parted(conv, f"you were {how}{reason}{hint}")
+
+    def _mark_parted(self, conv: v.Conversation, text: str) -> None:
+        conv.joined = False
+        conv.members.clear()
+        self.info(text, "error", key=conv.key)
+        if self.active != conv.key:
+            self.info(text, "error")
+
+    def _check_still_joined(self) -> None:
+        """After a reconnect: a room the broker no longer lists for you (kicked or banned
+        while you were disconnected) is marked parted, with a line saying so."""
+        joined = {v.room_key(room) for room in self.client.rooms}
+        for conv in list(self.conversations.values()):
+            if conv.kind == "room" and conv.joined and conv.key not in joined:
+                self._mark_parted(conv, f"you are no longer in #{conv.title} (removed "
+                                  f"while disconnected) — /join {conv.title} to go back")
+
+    def _on_muted(self, event: p.MuteChanged) -> None:
+        """MUTED (docs/PROTOCOL.md §6.33.1): you were muted or unmuted; shown in the room
+        (or, server-wide, where you are looking). A timed mute's end is announced here
+        when its time comes (the broker sends nothing then)."""
+        key = v.room_key(event.room) if event.room else None
+        where = f"in #{event.room}" if event.room else "on this whole server (DMs too)"
+        timer = self._mute_timers.pop(key or "", None)
+        if timer is not None:
+            timer.cancel()
+        if event.muted:
+            text = (f"{event.by} muted you {where} "
+                    f"{v.expiry_text(event.until, event.time, self.tz)}"
+                    + (f": {event.reason}" if event.reason else "")
+                    + " — you can read but not post")
+            if event.until is not None:
+                delay = max(0.0, (event.until - time.time() * 1000) / 1000)
+                self._mute_timers[key or ""] = asyncio.get_running_loop().call_later(
+                    delay, self._mute_lapsed, key, where)
+        else:
+            text = f"{event.by} unmuted you {where}; you may post again"
+        self.info(text, "error" if event.muted else "info",
+                  key=key if key in self.conversations else None)
+
+    def _mute_lapsed(self, key: str | None, where: str) -> None:
+        self._mute_timers.pop(key or "", None)
+        self.info(f"your mute {where} has ended; you may post again",
+                  key=key if key in self.conversations else None)
+        self.app.invalidate()
+
+    def _not_joined(self, conv: v.Conversation) -> bool:
+        """Whether ``conv`` is a room you were removed from; then one error line says
+        to /join it (nothing is sent: the broker would only answer 403)."""
+        if conv.kind == "room" and not conv.joined:
+            self.error(f"you are not in #{conv.title}; /join {conv.title} to go back")
+            return True
+        return False
 
     def _on_presence(self, event: p.PresenceChanged) -> None:
         for conv in self.conversations.values():
@@ -386,6 +466,11 @@ class ChatConsole:
         if conv is None:
             self.error("no conversation: /join a room first")
             return
+        if self._not_joined(conv):
+            if "\n" not in text and not self.input_buffer.text:  # give the line back
+                self.input_buffer.text = text
+                self.input_buffer.cursor_position = len(text)
+            return
         try:
             if conv.kind == "room":
                 # A rate limit or slow mode is shown at once with its wait, and the line
@@ -434,8 +519,10 @@ class ChatConsole:
             if room is None:
                 self.error("/part needs a ROOM here")
                 return
-            await client.part(room)
             key = v.room_key(room)
+            parted = self.conversations.get(key)
+            if parted is None or parted.joined:  # a room you were removed from: just close
+                await client.part(room)
             if key in self.conversations:
                 del self.conversations[key]
                 self.order.remove(key)
@@ -449,6 +536,8 @@ class ChatConsole:
         elif isinstance(cmd, c.Me):
             if conv is None or conv.kind != "room":
                 self.error("/me works in rooms")
+                return
+            if self._not_joined(conv):
                 return
             await client.send(conv.title, cmd.text, kind="action", patient=False)
         elif isinstance(cmd, c.Who):
@@ -522,6 +611,8 @@ class ChatConsole:
         conv = self.current
         if conv is None or conv.kind != "room":
             self.error(f"/{cmd.action} works in rooms")
+            return
+        if self._not_joined(conv):
             return
         room, client, a = conv.title, self.client, cmd.action
         if a == "kick":
@@ -691,6 +782,8 @@ class ChatConsole:
         if conv is None:
             return [("class:prompt", "> ")]
         name = f"#{conv.title}" if conv.kind == "room" else f"@{conv.title}"
+        if not conv.joined:
+            name = f"({name}: not joined)"
         return [("class:prompt", f"{name} > ")]
 
     # -- the application ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from zchat.console.view import pad_cells
-from zchat.protocol import MAX_SLOW_MODE_S
+from zchat.protocol import MAX_BAN_S, MAX_SLOW_MODE_S
 
 #: Largest /history page, the broker's own limit (docs/PROTOCOL.md §6.9).
 MAX_HISTORY = 500
@@ -257,16 +257,37 @@ def _seconds(word: str) -> int:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+DURATION_FORMS = "30s, 10m, 2h, 1d or 1w"
 
 
-def parse_duration(word: str) -> int | None:
-    """A ban or mute duration in seconds: ``90`` or ``90s``, ``10m``, ``2h``, ``7d``,
-    ``1w``; None when ``word`` is not one (it is then the start of the reason)."""
-    word = word.casefold()
-    number, unit = (word[:-1], word[-1]) if word[-1:] in _UNITS else (word, "s")
-    if not (number.isascii() and number.isdigit()) or int(number) == 0:
+def parse_duration(word: str, what: str = "DURATION") -> int | None:
+    """A ban or mute duration in seconds (docs/console.md, docs/cli.md): a whole number
+    and a unit, ``30s``, ``10m``, ``2h``, ``1d``, ``1w``, from 1 s to MAX_BAN_S (ten
+    years, the broker's bound, docs/PROTOCOL.md §6.31).
+
+    Returns None when ``word`` is no duration at all: a word without a digit, or a bare
+    number (``3``: with no unit it is the start of a reason, as in ``/mute mem 3 strikes
+    and you are out``). Raises ValueError, naming the rule, for a word that is a
+    mistyped duration — a number with a wrong unit or trailing letters (``5min``,
+    ``10x``), a sign (``-5m``), zero (``0s``) or over ten years (``99999w``) — so that a
+    typo never becomes a ban until lifted; ``what`` names it in the message."""
+    folded = word.casefold()
+    if folded.isascii() and folded.isdigit():
         return None
-    return int(number) * _UNITS[unit]
+    if not (folded[:1].isdigit() or folded[:1] in "+-" and folded[1:2].isdigit()):
+        return None
+    number, unit = folded[:-1], folded[-1:]
+    if unit not in _UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"{what} must look like {DURATION_FORMS} (a number and a "
+                         f"unit), not {word!r}")
+    seconds = int(number) * _UNITS[unit]
+    if seconds == 0:
+        raise ValueError(f"{what} must be more than 0, not {word!r} (leave it out for "
+                         "until lifted)")
+    if seconds > MAX_BAN_S:
+        raise ValueError(f"{what} must be at most ten years ({MAX_BAN_S} s, "
+                         f"{MAX_BAN_S // 86_400}d), not {word!r}")
+    return seconds
 
 
 def _timed(action: str) -> Callable[[dict[str, str]], Command]:
@@ -274,11 +295,9 @@ def _timed(action: str) -> Callable[[dict[str, str]], Command]:
     def build(a: dict[str, str]) -> Command:
         rest = a.get("REST", "").strip()
         first, _sp, tail = rest.partition(" ")
+        # a mistyped duration raises (it must not become a ban until lifted with it as
+        # reason); a bare number is no duration: it starts the reason
         seconds = parse_duration(first) if first else None
-        if seconds is None and first[:1] in "0123456789-+" and first:
-            # a mistyped duration must not become a ban until lifted with it as reason
-            raise ValueError(f"DURATION must look like 90s, 10m, 2h, 7d or 1w (or be left "
-                             f"out: until lifted), not {first!r}")
         reason = tail.strip() if seconds is not None else rest
         return Moderate(action, _user(a["NICK"]), reason, seconds or 0)
     return build

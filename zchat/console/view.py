@@ -98,6 +98,7 @@ DEFAULT_STYLE: dict[str, str] = {
     "sidebar.heading": "bold underline",
     "sidebar.active": "reverse",
     "sidebar.unread": "bold",
+    "sidebar.parted": "#808080 italic",
     "sidebar.mention": "#d7005f bold",
     "presence.online": "#5faf00",
     "presence.away": "#af8700",
@@ -466,6 +467,33 @@ def line_from_event(event: p.MessagePosted | p.UserJoined | p.UserLeft | p.Prese
     return classify(line, me)
 
 
+def duration_text(ms: int) -> str:
+    """A ban's or mute's length for people, exact to the second where it matters:
+    ``90 s``, ``12 min 5 s``, ``2 h 5 min``, ``3 d 4 h`` (seconds rounded up; units that
+    are 0 left out). A 90 s ban must not read as "1 minute" (docs/console.md)."""
+    s = max(0, -(-ms // 1000))
+    if s < 60:
+        return f"{s} s"
+    days, rest = divmod(s, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = ([(days, "d"), (hours, "h")] if days else
+             [(hours, "h"), (minutes, "min")] if hours else [(minutes, "min"), (seconds, "s")])
+    return " ".join(f"{n} {unit}" for n, unit in parts if n)
+
+
+def expiry_text(until_ms: int | None, since_ms: int, tz: datetime.tzinfo) -> str:
+    """When a ban or mute set at ``since_ms`` lapses, in local time ``tz`` to the second:
+    ``until lifted``, ``until 14:01:30 (90 s)`` the same day, else ``until 2024-06-02
+    09:00:00 (18 h 58 min)`` (the time rounded up, so it is never early)."""
+    if until_ms is None:
+        return "until lifted"
+    when = datetime.datetime.fromtimestamp(-(-until_ms // 1000), tz)
+    since = datetime.datetime.fromtimestamp(since_ms / 1000, tz)
+    shown = when.strftime("%H:%M:%S" if when.date() == since.date() else "%Y-%m-%d %H:%M:%S")
+    return f"until {shown} ({duration_text(until_ms - since_ms)})"
+
+
 def room_key(room: str) -> str:
     """Conversation key of a room: its name key (the same key the client and topics use)."""
     return name_key(room)
@@ -665,6 +693,10 @@ class Conversation:
         self.unread = 0
         self.mention = False
         self.members: dict[str, Member] = {}
+        #: A room only: False once you were kicked or banned from it (or removed while
+        #: disconnected). Its lines stay, marked not joined, as WeeChat keeps a parted
+        #: channel's buffer; /join it again (docs/console.md).
+        self.joined = True
         self.following = True
         self.scroll_rows = 0
         self.new_while_scrolled = 0
@@ -888,10 +920,11 @@ def _conversation_row(conv: Conversation, active: bool, width: int) -> Row:
     mark = MENTION_MARKER if conv.mention else " "
     count = f" ({conv.unread})" if conv.unread else ""
     name_w = max(0, width - 1 - cell_width(count))
-    name = truncate_cells(prefix + sanitize(conv.title), name_w)
-    style = base
+    title = prefix + sanitize(conv.title)
+    name = truncate_cells(title if conv.joined else f"({title})", name_w)
+    style = base if conv.joined else _join_style(base, "class:sidebar.parted")
     if conv.unread:
-        style = _join_style(base, "class:sidebar.unread")
+        style = _join_style(style, "class:sidebar.unread")
     frags: Row = [(_join_style(base, "class:sidebar.mention") if conv.mention else base, mark),
                   (style, name), (style, count)]
     fitted = _fit(frags, width)

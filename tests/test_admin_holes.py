@@ -1,0 +1,307 @@
+"""Holes a fresh tester found in the operator tools of issue 6 (``zchat admin``,
+``zchat passwd``; docs/admin.md), each closed and tested here: real SQLite files, the
+real CLI in a subprocess, a real ``zchat broker`` subprocess on loopback tcp where a
+broker must run, and the in-process broker (inproc://) for the wire-level refusals.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
+
+from zchat import admin
+from zchat.cli import _lock_data_dir
+from zchat.errors import RequestFailed, Status, StorageError
+from zchat.names import name_key
+from zchat.store import SCHEMA_VERSION, Store
+from zchat.testing import DEFAULT_PASSWORD, Harness, create_admin_accounts
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def zchat(tmp_path: Path, *args: str, stdout: object = subprocess.PIPE,
+          stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = cli_env(tmp_path)
+    environment.update(env)
+    return subprocess.run([*zchat_command(), *args], env=environment, input=stdin,
+                          stdin=None if stdin is not None else subprocess.DEVNULL,
+                          stdout=stdout, stderr=subprocess.PIPE,  # type: ignore[arg-type]
+                          text=True, timeout=60)
+
+
+def failed(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "\nzchat: error: " in "\n" + result.stderr, result.stderr  # one error line
+    return result.stderr
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def database(tmp_path: Path, *names: str, directory: str = "data") -> Path:
+    """A zchat database in tmp_path/``directory`` with an account per name (password
+    DEFAULT_PASSWORD, cheap hash)."""
+    data = tmp_path / directory
+    data.mkdir(parents=True, exist_ok=True)
+    store = Store(data / "zchat.db")
+    try:
+        create_admin_accounts(store, names)
+    finally:
+        store.close()
+    return data / "zchat.db"
+
+
+def account_names(db: Path) -> list[str]:
+    store = Store(db)
+    try:
+        return sorted(a.name for a in store.list_accounts())
+    finally:
+        store.close()
+
+
+def disabled(db: Path, name: str) -> bool:
+    store = Store(db)
+    try:
+        return store.is_disabled(name_key(name))
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[TcpBroker]:
+    """``zchat broker`` on loopback tcp (its key pinned) with the admin account root."""
+    b = start_broker(tmp_path, settings='admins = ["root"]\n')[0]
+    try:
+        yield b
+    finally:
+        if b.process.popen.poll() is None:
+            assert stop_broker(b)[0] == 0, b.process.stderr
+
+
+# -- 1. a second name for the database does not get past the "broker running" refusal ----
+
+
+def test_a_symlinked_db_is_refused_while_the_broker_runs(tmp_path: Path,
+                                                         broker: TcpBroker) -> None:
+    db = broker.data_dir / "zchat.db"
+    store = Store(db)
+    try:
+        create_admin_accounts(store, ["bob"])
+    finally:
+        store.close()
+    link = tmp_path / "link.db"
+    link.symlink_to(db)
+    error = failed(zchat(tmp_path, "admin", "disable", "bob", "--db", str(link)))
+    assert "broker is running" in error
+    assert not disabled(db, "bob")
+    # a symlink to the data directory is the same: the real path is looked at
+    linked_dir = tmp_path / "linked-data"
+    linked_dir.symlink_to(broker.data_dir)
+    assert "broker is running" in failed(zchat(tmp_path, "admin", "disable", "bob",
+                                               "--data-dir", str(linked_dir)))
+    assert not disabled(db, "bob")
+    assert stop_broker(broker)[0] == 0
+    ok(zchat(tmp_path, "admin", "disable", "bob", "--db", str(link)))
+    assert disabled(db, "bob")
+
+
+def test_a_symlinked_directory_under_a_held_lock_is_refused(tmp_path: Path) -> None:
+    """The same refusal with the broker's own lock function holding broker.lock (what
+    ``zchat broker`` does) and a symlinked directory in the middle of the path."""
+    db = database(tmp_path, "bob")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "d").symlink_to(db.parent)
+    lock = _lock_data_dir(db.parent)
+    try:
+        error = failed(zchat(tmp_path, "admin", "create", "--csv", str(tmp_path / "x.csv"),
+                             "--db", str(tmp_path / "elsewhere" / "d" / "zchat.db")))
+        assert "broker is running" in error
+    finally:
+        lock.close()
+
+
+def test_a_hard_linked_db_is_refused_in_every_direct_command(tmp_path: Path) -> None:
+    """Another name in another directory hides the data directory's broker.lock, and
+    SQLite keeps a WAL file per name (sqlite.org/howtocorrupt.html §2.5)."""
+    db = database(tmp_path, "bob")
+    (tmp_path / "other").mkdir()
+    hard = tmp_path / "other" / "copy.db"
+    os.link(db, hard)
+    for args in (("disable", "bob"), ("users",)):
+        for path in (hard, db):
+            error = failed(zchat(tmp_path, "admin", *args, "--db", str(path)))
+            assert "2 hard links" in error
+    assert not disabled(db, "bob")
+    hard.unlink()
+    ok(zchat(tmp_path, "admin", "disable", "bob", "--db", str(db)))
+    assert disabled(db, "bob")
+
+
+# -- 2. generated passwords are never lost -------------------------------------------------
+
+
+def write_csv(tmp_path: Path, text: str, name: str = "class.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_an_unwritable_output_file_creates_nothing_direct(tmp_path: Path) -> None:
+    db = database(tmp_path, "root")
+    csv_file = write_csv(tmp_path, "name,password\nada,\nbrian,pw-brian-1\n")
+    error = failed(zchat(tmp_path, "admin", "create", "--csv", str(csv_file), "--db",
+                         str(db), "--output", str(tmp_path / "nonexist" / "p.csv")))
+    assert "cannot create" in error and "nothing was created" in error
+    assert account_names(db) == ["root"]
+    assert not (tmp_path / "nonexist").exists()
+
+
+def test_an_unwritable_output_file_creates_nothing_over_the_wire(
+        tmp_path: Path, broker: TcpBroker) -> None:
+    csv_file = write_csv(tmp_path, "name,password\nada,\n")
+    wire = ("--server", broker.router, "--as", "root")
+    error = failed(zchat(tmp_path, "admin", "create", *wire, "--csv", str(csv_file),
+                         "--output", str(tmp_path / "nonexist" / "p.csv")))
+    assert "cannot create" in error and "nothing was created" in error
+    users = ok(zchat(tmp_path, "admin", "users", *wire, "--json")).stdout
+    assert '"ada"' not in users and '"root"' in users
+    # a writable file gets the passwords; a refused batch leaves no file behind
+    batch = write_csv(tmp_path, "name,password\nada,\n", "again.csv")
+    out = tmp_path / "p.csv"
+    ok(zchat(tmp_path, "admin", "create", *wire, "--csv", str(batch), "--output", str(out)))
+    assert out.read_text(encoding="utf-8").startswith("name,password\nada,")
+    out.unlink()
+    assert "taken" in failed(zchat(tmp_path, "admin", "create", *wire, "--csv", str(batch),
+                                   "--output", str(out)))
+    assert not out.exists()
+
+
+def test_passwords_that_cannot_reach_stdout_are_reported_without_a_traceback(
+        tmp_path: Path) -> None:
+    db = database(tmp_path, "root")
+    csv_file = write_csv(tmp_path, "name,password\nada,\nbrian,pw-brian-1\ncarl,\n")
+    with open("/dev/full", "w") as full:
+        error = failed(zchat(tmp_path, "admin", "create", "--csv", str(csv_file), "--db",
+                             str(db), stdout=full))
+    assert "created 3 accounts: ada, brian, carl" in error
+    assert "could not be written to standard output" in error
+    assert "the passwords of ada, carl are shown nowhere" in error
+    assert "reset-password" in error
+    assert "Exception ignored" not in error
+    assert account_names(db) == ["ada", "brian", "carl", "root"]
+    # reset-password --generate: the same, one line
+    with open("/dev/full", "w") as full:
+        error = failed(zchat(tmp_path, "admin", "reset-password", "ada", "--generate",
+                             "--db", str(db), stdout=full))
+    assert "the password of ada was reset, but the generated one could not be written" \
+        in error
+
+
+# -- 3. a token session cannot change its account's password ---------------------------------
+
+
+def test_a_token_session_cannot_change_its_own_password(harness: Harness) -> None:
+    """SET_PASSWORD from a session that logged in with a token: 403, as CREATE_TOKEN;
+    the password is unchanged (a leaked bot token must not become the password)."""
+
+    async def scenario() -> None:
+        async with harness.client("bot7") as owner:
+            token = (await owner.create_token("ci")).token
+        async with harness.client() as c:
+            await c.login("bot7", token=token)
+            with pytest.raises(RequestFailed) as refused:
+                await c.set_password(DEFAULT_PASSWORD, "taken over by a token")
+            assert refused.value.status == Status.FORBIDDEN
+            assert refused.value.reason == "log in with the password to change it"
+        async with harness.client() as c:  # the old password still works
+            assert (await c.login("bot7", DEFAULT_PASSWORD)).name == "bot7"
+        async with harness.client() as c:  # and a password session may change it
+            await c.login("bot7", DEFAULT_PASSWORD)
+            await c.set_password(DEFAULT_PASSWORD, "a new one for bot7")
+
+    run(scenario())
+
+
+def test_an_admin_token_cannot_reset_the_admins_own_password(tmp_path: Path,
+                                                             broker: TcpBroker) -> None:
+    wire = ("--server", broker.router, "--as", "root")
+    token = ok(zchat(tmp_path, "token", "create", *wire)).stdout.strip()
+    error = failed(zchat(tmp_path, "admin", "reset-password", *wire, "root", "--stdin",
+                         stdin="owned by the token\n", ZCHAT_TOKEN=token,
+                         ZCHAT_PASSWORD=""))
+    assert "(403)" in error
+    ok(zchat(tmp_path, "admin", "users", *wire))  # the password is unchanged
+
+
+# -- 4. a database that is not zchat's is left alone -----------------------------------------
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE recipes (name TEXT)")
+        db.execute("INSERT INTO recipes VALUES ('soup')")
+    db.close()
+    before = other.read_bytes()
+    with pytest.raises(StorageError, match="is not a zchat database") as refused:
+        Store(other)
+    assert str(other) in str(refused.value)
+    error = failed(zchat(tmp_path, "admin", "users", "--db", str(other)))
+    assert f"{other} is not a zchat database" in error
+    assert other.read_bytes() == before
+    assert not Path(f"{other}-wal").exists()
+    with sqlite3.connect(other) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master")]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    db.close()
+    assert (tables, version) == (["recipes"], 0)
+
+
+def test_a_new_empty_file_is_still_initialised(tmp_path: Path) -> None:
+    empty = tmp_path / "new.db"
+    empty.touch()
+    store = Store(empty)
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.list_accounts() == []
+    finally:
+        store.close()
+
+
+# -- 8. the CSV: passwords taken as written, never echoed ------------------------------------
+
+
+def test_a_password_with_spaces_around_it_is_a_bad_row_not_trimmed() -> None:
+    rows, bad = admin.parse_accounts_csv(
+        "name,password\n ada , pw-ada-1\nbea,pw-bea-2 \ncid,pw inside ok\n", "c.csv")
+    assert [r.line for r in bad] == [2, 3]
+    assert all("white space" in b.problem and "pw-" not in b.problem for b in bad)
+    assert rows == [admin.NewAccountRow(4, "cid", "pw inside ok", False)]
+
+
+def test_csv_errors_name_the_line_never_a_password(tmp_path: Path) -> None:
+    db = database(tmp_path, "root")
+    csv_file = write_csv(tmp_path, "xena;pw-xena-1234\nyuri,pw-yuri-5678,pw-shifted-90\n"
+                                   "zed,pw-zed-0000,,\n")
+    error = failed(zchat(tmp_path, "admin", "create", "--csv", str(csv_file), "--db",
+                         str(db)))
+    assert "3 bad rows" in error and "nothing created" in error
+    assert f"{csv_file}:1: " in error and "separated by ';'" in error
+    assert f"{csv_file}:2: the bot column must be yes or no" in error
+    assert f"{csv_file}:3: 4 columns" in error
+    assert "pw-" not in error and "xena" not in error
+    assert account_names(db) == ["root"]
+    header = write_csv(tmp_path, "name,s3cret-header-pw\nada,pw\n", "header.csv")
+    error = failed(zchat(tmp_path, "admin", "create", "--csv", str(header), "--db",
+                         str(db)))
+    assert f"{header}:1: the header must name" in error and "s3cret" not in error
