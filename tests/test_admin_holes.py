@@ -19,6 +19,7 @@ from zchat import admin
 from zchat.cli import _lock_data_dir
 from zchat.errors import RequestFailed, Status, StorageError
 from zchat.names import name_key
+from zchat.passwords import verify_password
 from zchat.store import SCHEMA_VERSION, Store
 from zchat.testing import DEFAULT_PASSWORD, Harness, create_admin_accounts
 
@@ -305,3 +306,26 @@ def test_csv_errors_name_the_line_never_a_password(tmp_path: Path) -> None:
     error = failed(zchat(tmp_path, "admin", "create", "--csv", str(header), "--db",
                          str(db)))
     assert f"{header}:1: the header must name" in error and "s3cret" not in error
+
+
+def test_the_first_admin_is_created_before_the_broker_ever_started(tmp_path: Path) -> None:
+    """A fresh install: `zchat admin create --data-dir DIR` makes the database (0600, in a
+    0700 directory) with the admin's account, whose printed password is the one stored."""
+    data = tmp_path / "fresh" / "data"
+    csv = tmp_path / "admins.csv"
+    csv.write_text("name,password\nboss,\n", encoding="utf-8")
+    created = ok(zchat(tmp_path, "admin", "create", "--csv", str(csv), "--data-dir", str(data)))
+    db = data / "zchat.db"
+    assert (db.stat().st_mode & 0o777, data.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert account_names(db) == ["boss"]
+    (line,) = [x for x in created.stdout.splitlines() if x.startswith("boss")]
+    password = line.split(",")[-1] if "," in line else line.split()[-1]
+    store = Store(db)
+    try:
+        row = store.get_account("boss")
+        assert row is not None and verify_password(password, row.password_hash)
+    finally:
+        store.close()
+    # Nothing else is made from nothing: a reading command still wants a database.
+    assert "no zchat database" in failed(zchat(tmp_path, "admin", "users", "--data-dir",
+                                               str(tmp_path / "elsewhere")))

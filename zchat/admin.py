@@ -496,7 +496,10 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
     return first, False
 
 
-def _db_path(args: argparse.Namespace, config: object) -> Path:
+def _db_path(args: argparse.Namespace, config: object, create: bool = False) -> Path:
+    """The database file of a direct command, resolved. With ``create`` (``zchat admin
+    create`` before the broker's first start: the first admin's account) a missing file
+    is allowed and its directory made (0700); the Store then creates the database."""
     from zchat.cli import DB_FILENAME
     from zchat.config import Config, data_dir
 
@@ -506,6 +509,12 @@ def _db_path(args: argparse.Namespace, config: object) -> Path:
     # The real path: a running broker's lock (broker.lock) is beside the real file, not
     # beside a symlink to it, nor in a symlinked directory's name for it.
     path = given.resolve()
+    if create and not path.exists():
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AdminError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+        return path
     if not path.is_file():
         raise AdminError(f"no zchat database at {given} (give --db FILE, --data-dir DIR, "
                          "or --as NAME to go over the wire)")
@@ -744,7 +753,7 @@ def run_direct(args: argparse.Namespace, config: object) -> int:
 
     assert isinstance(config, Config)
     action: str = args.admin_command
-    path = _db_path(args, config)
+    path = _db_path(args, config, create=action == "create")
     cfg = config.broker
 
     def hasher(password: str) -> str:
@@ -753,7 +762,11 @@ def run_direct(args: argparse.Namespace, config: object) -> int:
     lock = broker_stopped(path.parent) if action in _NEEDS_STOPPED \
         else contextlib.nullcontext()
     with lock:
-        store = Store(path)
+        old_umask = os.umask(0o077)  # a database made here is the broker's: 0600
+        try:
+            store = Store(path)
+        finally:
+            os.umask(old_umask)
         try:
             return _direct(action, args, store, hasher, sys.stdout, sys.stderr)
         finally:
