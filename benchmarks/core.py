@@ -75,13 +75,16 @@ class _Core:
             store.commit_group()
 
 
-def _time(work: Callable[[], None], count: int) -> float:
-    """Median over ROUNDS of microseconds per request."""
+def _time(prepare: Callable[[], list[list[bytes]]],
+          work: Callable[[list[list[bytes]]], None]) -> float:
+    """Median over ROUNDS of microseconds per request; each round's requests are
+    encoded by ``prepare`` before its clock starts."""
     rounds = []
     for _ in range(ROUNDS):
+        batch = prepare()
         t0 = time.perf_counter()
-        work()
-        rounds.append((time.perf_counter() - t0) / count * 1e6)
+        work(batch)
+        rounds.append((time.perf_counter() - t0) / len(batch) * 1e6)
     return statistics.median(rounds)
 
 
@@ -91,29 +94,24 @@ def core_paths(bench: Bench) -> list[Row]:
     core = _Core(bench.scratch("core") / "zchat.db", messages)
     sends = iter(range(10**9))
 
-    def send() -> None:
-        core.grouped([p.encode_request(b"1", p.Send(room="bench", text="x" * 100,
-                                                    cmid=f"c{next(sends)}"))
-                      for _ in range(count)])
+    def sends_() -> list[list[bytes]]:  # a new cmid each: none is a retry
+        return [p.encode_request(b"1", p.Send(room="bench", text="x" * 100,
+                                              cmid=f"c{next(sends)}")) for _ in range(count)]
 
     ping = p.encode_request(b"1", p.Ping())
     history = p.encode_request(b"1", p.FetchHistory(room="bench", limit=100))
-
-    def pings() -> None:
-        core.grouped([ping] * count)
-
-    def histories() -> None:
-        core.grouped([history] * (count // 10))
-
-    paths = {"send": (send, count), "ping": (pings, count), "history": (histories, count // 10)}
+    paths: dict[str, Callable[[], list[list[bytes]]]] = {
+        "send": sends_, "ping": lambda: [ping] * count,
+        "history": lambda: [history] * (count // 10)}
     profile_dir = getattr(bench.args, "profile_core", None) or os.environ.get(
         "ZCHAT_BENCH_PROFILE")
     rows = []
-    for name, (work, n) in paths.items():
-        us = _time(work, n)
+    for name, prepare in paths.items():
+        us = _time(prepare, core.grouped)
+        n = len(prepare())
         if profile_dir:
             Path(profile_dir).mkdir(parents=True, exist_ok=True)
-            cProfile.runctx("work()", {}, {"work": work},
+            cProfile.runctx("work(batch)", {}, {"work": core.grouped, "batch": prepare()},
                             str(Path(profile_dir) / f"core-{name}.prof"))
         rows.append(Row(f"broker core CPU per {name.upper()}"
                         + (" (100-byte text, cmid)" if name == "send" else "")
