@@ -539,3 +539,17 @@ def test_eavesdropper_on_the_wire_sees_no_secret(tmp_path: Path, ctx: zmq.Contex
         assert found == set()
     else:
         assert found == {"password", "token", "dm", "room"}
+
+
+def test_zap_reply_allows_curve_only() -> None:
+    """RFC 27 replies of the broker's ZAP handler: CURVE with any key 200; any other
+    mechanism or a malformed request 400, echoing the request id."""
+    from zchat.broker import zap_reply
+
+    curve = [b"1.0", b"7", b"zchat", b"127.0.0.1", b"", b"CURVE", b"k" * 32]
+    assert zap_reply(curve) == [b"1.0", b"7", b"200", b"OK", b"", b""]
+    assert zap_reply([b"1.0", b"8", b"zchat", b"127.0.0.1", b"", b"NULL"])[2:3] == [b"400"]
+    assert zap_reply([b"1.0", b"9", b"zchat", b"127.0.0.1", b"", b"PLAIN", b"u", b"p"]
+                     )[1:3] == [b"9", b"400"]
+    assert zap_reply([b"2.0", b"10", b"zchat", b"", b"", b"CURVE"])[1:3] == [b"10", b"400"]
+    assert zap_reply([b"1.0"])[2] == b"400"

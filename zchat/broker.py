@@ -29,8 +29,8 @@ Socket options (docs/PROTOCOL.md §2):
 
 Transport security (docs/PROTOCOL.md §16): with ``encryption = "curve"`` (the default)
 every tcp socket is a CurveZMQ server with the broker's long-term key pair (created in the
-data directory on first start, zchat.keys), and a ZAP handler (pyzmq's
-ThreadAuthenticator, allowing any client key: accounts log in with passwords and tokens)
+data directory on first start, zchat.keys), and a ZAP handler (ZapHandler,
+allowing any client key: accounts log in with passwords and tokens)
 runs in this process for as long as the sockets do; if it cannot start, ``bind()`` raises
 TransportSecurityError and nothing is bound. A plain ROUTER, the key service, tells clients
 the public key for trust on first use.
@@ -53,8 +53,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import zmq
-import zmq.auth
-import zmq.auth.thread
 
 from zchat import keys as k
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
@@ -90,16 +88,83 @@ class TransportSecurityError(ZchatError):
     key pair cannot be loaded. The broker then does not start."""
 
 
-class ZapHandler(zmq.auth.thread.ThreadAuthenticator):
-    """pyzmq's ZAP handler thread, counting the handshakes it has answered (``requests``,
-    read by tests and the log). Configured to allow any CURVE client key: clients are
-    identified by their LOGIN, not by their transport key (docs/PROTOCOL.md §16.2)."""
+#: Where libzmq sends ZAP requests, per context (RFC 27/ZAP).
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
-    requests = 0
 
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        self.requests += 1
-        await super().handle_zap_message(msg)
+class ZapHandler:
+    """The ZAP handler (RFC 27/ZAP): a thread answering libzmq's authentication requests
+    for the broker's CURVE sockets, so that a CURVE server never runs without one ("no
+    handler" would mean "allow all"). It allows the CURVE mechanism with any client key —
+    clients are identified by their LOGIN, not by their transport key (docs/PROTOCOL.md
+    §16.2) — and refuses any other mechanism (400). ``requests`` counts the handshakes
+    answered.
+
+    A plain blocking REP loop rather than pyzmq's asyncio ThreadAuthenticator: every
+    handshake holds the GIL here, and the leaner loop halved the broker loop's p99 stall
+    during 400 simultaneous handshakes (docs/PERFORMANCE.md). ``start()`` raises
+    zmq.ZMQError when another handler holds the endpoint in this context."""
+
+    def __init__(self, context: zmq.Context[Any]) -> None:
+        self.context = context
+        self.requests = 0
+        self._socket: zmq.Socket[Any] | None = None
+        self._wake: tuple[zmq.Socket[Any], zmq.Socket[Any]] | None = None
+        self._thread = threading.Thread(target=self._run, name="zchat-zap", daemon=True)
+
+    def start(self) -> None:
+        sock = self.context.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError:
+            sock.close()
+            raise
+        inbox, outbox = self.context.socket(zmq.PAIR), self.context.socket(zmq.PAIR)
+        endpoint = f"inproc://zchat-zap-stop-{id(self)}"
+        inbox.bind(endpoint)
+        outbox.connect(endpoint)
+        self._socket, self._wake = sock, (inbox, outbox)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        assert self._socket is not None and self._wake is not None
+        sock, stop = self._socket, self._wake[0]
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(stop, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll())
+            if stop in events:
+                return
+            request = sock.recv_multipart()
+            self.requests += 1
+            sock.send_multipart(zap_reply(request))
+
+    def stop(self) -> None:
+        """Stop the thread and close its sockets (within 5 s)."""
+        if self._wake is not None and self._thread.is_alive():
+            self._wake[1].send(b"")
+            self._thread.join(5)
+        for sock in (self._socket, *(self._wake or ())):
+            if sock is not None:
+                sock.close(linger=0)
+        self._socket = self._wake = None
+
+
+def zap_reply(request: list[bytes]) -> list[bytes]:
+    """RFC 27's reply to one ZAP request (version, request id, domain, address, identity,
+    mechanism, credentials...): 200 for CURVE, 400 for any other mechanism or a request
+    that is not ZAP 1.0. User id and metadata are empty."""
+    request_id = request[1] if len(request) > 1 else b""
+    if len(request) < 6 or request[0] != b"1.0":
+        return [b"1.0", request_id, b"400", b"not a ZAP 1.0 request", b"", b""]
+    if request[5] != b"CURVE":
+        return [b"1.0", request_id, b"400", b"only CURVE is accepted", b"", b""]
+    return [b"1.0", request_id, b"200", b"OK", b"", b""]
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -215,10 +280,9 @@ class Broker:
                 self.keys, self.keys_created = k.load_or_create_broker_keys(directory)
             except (OSError, k.KeyFileError) as exc:
                 raise TransportSecurityError(f"cannot set up encryption: {exc}") from None
-        zap = ZapHandler(self.context, log=logging.getLogger("zchat.broker.zap"))
+        zap = ZapHandler(self.context)
         try:
             zap.start()
-            zap.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
         except (zmq.ZMQError, RuntimeError) as exc:
             with contextlib.suppress(Exception):
                 zap.stop()
