@@ -61,6 +61,8 @@ def test_kicked_room_stays_marked_not_joined_and_typing_there_sends_nothing(
             s.console.input_buffer.text = ""
             s.type_line("/me waves")
             await until(lambda: s.errors().count(error) == 2, what="/me refused too")
+            assert s.console.input_buffer.text == "/me waves"  # given back too
+            s.console.input_buffer.text = ""
             assert await last_seq(bob, "dev") == seq  # nothing reached the broker
             assert not any("403" in e for e in s.errors())
             if private:

@@ -120,6 +120,10 @@ class ChatConsole:
         self._tab: c.TabCycle | None = None
         #: Timed mutes of yours by room key ("" server-wide): their end is announced.
         self._mute_timers: dict[str, asyncio.TimerHandle] = {}
+        #: Your mutes known from MUTED pushes, by room key ("" server-wide): (where, e.g.
+        #: "in #dev", until_ms or None = until lifted). Says which mute still holds when
+        #: another ends.
+        self._mutes: dict[str, tuple[str, int | None]] = {}
         self._fetching_older: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._logged_in = logged_in
@@ -190,21 +194,35 @@ class ChatConsole:
 
     # -- opening rooms ------------------------------------------------------------------------
 
-    async def open_room(self, room: str, topic: str = "", activate: bool = False) -> None:
-        """Create the room's conversation, load its last messages and members."""
+    async def open_room(self, room: str, topic: str = "", activate: bool = False,
+                        joined: bool = False) -> None:
+        """Create the room's conversation, load its last messages and members.
+
+        A room already shown (joined again after a kick, a ban or a removal while
+        disconnected) keeps its lines: the last HISTORY_ON_OPEN messages said meanwhile
+        come after them and after the notice of the removal, in seq order, and the pane
+        scrolls down to them (``Conversation.insert_missed``). ``joined``: you joined it
+        just now (/join): a ``--> you joined #room`` notice follows, as others see
+        ``--> alice joined #room`` (docs/console.md)."""
         key = v.room_key(room)
+        shown = self.conversations.get(key)
+        rejoined = shown is not None and bool(shown.lines)
+        announce = joined and (shown is None or not shown.joined)
         conv = self.conversation(key, room, "room", topic)
         conv.joined = True  # again, after a kick or ban
+        # Taken before the first await: lines the pump adds meanwhile arrived live, after.
+        anchor = conv.lines[-1] if conv.lines else None
         page = await self.client.history(room, limit=HISTORY_ON_OPEN)
-        conv.insert_older([v.line_from_event(m, self.me) for m in page.messages], self.me)
-        newest = conv.newest_seq
-        if newest is not None:
-            # Rejoining a room shown before (after a PART or a kick): what was said while
-            # out comes after the lines already here, not before them (a tester saw none).
-            missed = await self.client.history(room, after=newest, limit=HISTORY_ON_OPEN)
-            for m in missed.messages:
-                conv.add(v.line_from_event(m, self.me), active=self.active == key,
-                         me=self.me)
+        lines = [v.line_from_event(m, self.me) for m in page.messages]
+        if rejoined:
+            conv.insert_missed(lines, self.me, after=anchor, active=self.active == key)
+            if activate:
+                conv.scroll_to_end()
+        else:
+            conv.insert_older(lines, self.me)
+        if announce:
+            self.add_line(key, v.Line("notice", int(time.time() * 1000), self.me,
+                                      f"you joined #{room}", marker="-->"))
         for u in (await self.client.who(room)).users:
             conv.set_member(u.name, u.presence, bot=u.bot, text=u.text)
         if activate or self.active is None:
@@ -267,7 +285,11 @@ class ChatConsole:
                         conv.set_member(event.name, known)
                 else:
                     conv.remove_member(event.name)
-                self.add_line(key, v.line_from_event(event, self.me))
+                # Your own JOINED reaches you or not (the SUBSCRIBE races the JOIN):
+                # open_room says "you joined #room" instead, always and once.
+                if not (isinstance(event, p.UserJoined)
+                        and name_key(event.name) == name_key(self.me)):
+                    self.add_line(key, v.line_from_event(event, self.me))
         elif isinstance(event, p.PresenceChanged):
             self._on_presence(event)
         elif isinstance(event, p.TopicChanged):
@@ -376,6 +398,7 @@ class ChatConsole:
         if timer is not None:
             timer.cancel()
         if event.muted:
+            self._mutes[key or ""] = (where, event.until)
             text = (f"{event.by} muted you {where} "
                     f"{v.expiry_text(event.until, event.time, self.tz)}"
                     + (f": {event.reason}" if event.reason else "")
@@ -385,15 +408,32 @@ class ChatConsole:
                 self._mute_timers[key or ""] = asyncio.get_running_loop().call_later(
                     delay, self._mute_lapsed, key, where)
         else:
-            text = f"{event.by} unmuted you {where}; you may post again"
+            self._mutes.pop(key or "", None)
+            text = f"{event.by} unmuted you {where}; {self._may_post_text(key)}"
         self.info(text, "error" if event.muted else "info",
                   key=key if key in self.conversations else None)
 
     def _mute_lapsed(self, key: str | None, where: str) -> None:
         self._mute_timers.pop(key or "", None)
-        self.info(f"your mute {where} has ended; you may post again",
+        self._mutes.pop(key or "", None)
+        self.info(f"your mute {where} has ended; {self._may_post_text(key)}",
                   key=key if key in self.conversations else None)
         self.app.invalidate()
+
+    def _may_post_text(self, key: str | None) -> str:
+        """After the room mute of ``key`` (None: the server-wide one) ended: ``you may
+        post again`` when no other mute known from MUTED pushes is in force there, else
+        which still holds: ``you are still muted on this whole server (DMs too) until
+        lifted`` (for a room), ``you are still muted in #dev until 14:01:30 (90 s)`` (for
+        the server-wide mute, naming each room mute left)."""
+        now_ms = int(time.time() * 1000)
+        live = {k: m for k, m in self._mutes.items() if m[1] is None or m[1] > now_ms}
+        left = ([live[""]] if key and "" in live else
+                [] if key else [m for k, m in live.items() if k])
+        if not left:
+            return "you may post again"
+        return "you are still muted " + ", ".join(
+            f"{where} {v.expiry_text(until, now_ms, self.tz)}" for where, until in left)
 
     def _not_joined(self, conv: v.Conversation) -> bool:
         """Whether ``conv`` is a room you were removed from; then one error line says
@@ -440,7 +480,7 @@ class ChatConsole:
         elif isinstance(result, c.SendText):
             self._spawn(self._say(result.text))
         else:
-            self._spawn(self.run_command(result))
+            self._spawn(self.run_command(result, text))
         return False  # clear the buffer
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -467,9 +507,7 @@ class ChatConsole:
             self.error("no conversation: /join a room first")
             return
         if self._not_joined(conv):
-            if "\n" not in text and not self.input_buffer.text:  # give the line back
-                self.input_buffer.text = text
-                self.input_buffer.cursor_position = len(text)
+            self._give_back(text)
             return
         try:
             if conv.kind == "room":
@@ -479,11 +517,15 @@ class ChatConsole:
             else:
                 await self._dm(conv.title, text)
         except RequestFailed:
-            # Refused: give the line back to fix and resend, unless something new is typed
-            if "\n" not in text and not self.input_buffer.text:
-                self.input_buffer.text = text
-                self.input_buffer.cursor_position = len(text)
+            self._give_back(text)  # refused: to fix and resend
             raise
+
+    def _give_back(self, text: str) -> None:
+        """Put a line that was not sent back into the input, to fix and resend, unless
+        something new is typed there already or it is a multi-line paste."""
+        if text and "\n" not in text and not self.input_buffer.text:
+            self.input_buffer.text = text
+            self.input_buffer.cursor_position = len(text)
 
     async def _dm(self, to: str, text: str) -> None:
         reply = await self.client.dm(to, text, patient=False)
@@ -508,12 +550,14 @@ class ChatConsole:
 
     # -- commands --------------------------------------------------------------------------------
 
-    async def run_command(self, cmd: c.Command) -> None:
+    async def run_command(self, cmd: c.Command, typed: str = "") -> None:
+        """Carry out a parsed command; ``typed`` is the line as typed, given back to the
+        input when the command is refused before anything is sent (a room not joined)."""
         conv = self.current
         client = self.client
         if isinstance(cmd, c.Join):
             reply = await client.join(cmd.room, private=cmd.private)
-            await self.open_room(reply.room, reply.topic, activate=True)
+            await self.open_room(reply.room, reply.topic, activate=True, joined=True)
         elif isinstance(cmd, c.Part):
             room = cmd.room or (conv.title if conv and conv.kind == "room" else None)
             if room is None:
@@ -538,6 +582,7 @@ class ChatConsole:
                 self.error("/me works in rooms")
                 return
             if self._not_joined(conv):
+                self._give_back(typed)
                 return
             await client.send(conv.title, cmd.text, kind="action", patient=False)
         elif isinstance(cmd, c.Who):
@@ -578,7 +623,7 @@ class ChatConsole:
             else:
                 await client.set_slow_mode(conv.title, cmd.seconds)
         elif isinstance(cmd, c.Moderate):
-            await self._moderate(cmd)
+            await self._moderate(cmd, typed)
         elif isinstance(cmd, c.Away):
             await client.set_presence("away", cmd.text)
             self.info("you are marked away" + (f": {cmd.text}" if cmd.text else ""))
@@ -605,14 +650,16 @@ class ChatConsole:
                 self.info(line)
         self.app.invalidate()
 
-    async def _moderate(self, cmd: c.Moderate) -> None:
+    async def _moderate(self, cmd: c.Moderate, typed: str = "") -> None:
         """/kick /ban /unban /mute /unmute /invite /op /deop /lock /unlock /private
-        /delete in the current room (docs/console.md); a 403 is shown as an error."""
+        /delete in the current room (docs/console.md); a 403 is shown as an error. In a
+        room you are not in, nothing is sent and ``typed`` comes back to the input."""
         conv = self.current
         if conv is None or conv.kind != "room":
             self.error(f"/{cmd.action} works in rooms")
             return
         if self._not_joined(conv):
+            self._give_back(typed)
             return
         room, client, a = conv.title, self.client, cmd.action
         if a == "kick":
@@ -672,9 +719,10 @@ class ChatConsole:
 
     async def refresh_members(self, key: str | None = None) -> None:
         """Reload the member list and presence of one room (``key``) or of every room
-        (after a reconnect)."""
+        (after a reconnect). Rooms marked not joined are skipped: you are no member, and
+        a private one would only answer 403 (a tester saw that line at every reconnect)."""
         for conv in list(self.conversations.values()):
-            if conv.kind == "room" and key in (None, conv.key):
+            if conv.kind == "room" and conv.joined and key in (None, conv.key):
                 users = (await self.client.who(conv.title)).users
                 conv.members.clear()
                 for u in users:
@@ -721,7 +769,9 @@ class ChatConsole:
         rows = blank + vp.rows
         if more:
             rows.append(v.render_more_indicator(conv.new_while_scrolled, width))
-        if vp.at_top and not conv.following and (conv.oldest_seq or 0) > 1:
+        # Not in a room you were removed from: a private one answers only 403, and the
+        # refusal's line would keep the pane at the top, asking again at every redraw.
+        if vp.at_top and not conv.following and conv.joined and (conv.oldest_seq or 0) > 1:
             self._spawn(self.older_history(conv))
         return rows
 

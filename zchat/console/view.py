@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import itertools
 import re
 import unicodedata
 import zlib
@@ -785,6 +786,56 @@ class Conversation:
             self.lines.appendleft(line)
             self._seqs.add(seq)
         return len(chosen)
+
+    def insert_missed(self, lines: Iterable[Line], me: str, *, after: Line | None,
+                      active: bool) -> int:
+        """Place the lines said while you were out of the room (joining it again after a
+        kick, a ban or a removal while disconnected, docs/console.md); returns how many
+        were added.
+
+        ``after`` is the last line shown when you joined again (the kick notice, say),
+        found by identity; None means before every line. A line is taken when its seq
+        is not loaded and is above every seq shown up to ``after`` (older ones belong to
+        ``insert_older``). Taken lines go after ``after``, in seq order, each before the
+        first later message, action or dm with a larger seq (one that arrived live
+        meanwhile) — so they come after every notice already shown, never above it as
+        ``insert_older`` would put them (the pane orders lines as they were added, not
+        by time; a notice has no seq). They count as new lines, as ``add`` counts them
+        (unread, mention, ``new_while_scrolled``). When the deque overflows, the oldest
+        lines are dropped.
+        """
+        pos = 0
+        if after is not None:
+            for i, line in enumerate(reversed(self.lines)):
+                if line is after:
+                    pos = len(self.lines) - i
+                    break
+        floor = max((ln.seq for ln in itertools.islice(self.lines, pos)
+                     if ln.seq is not None and ln.kind in _SPOKEN), default=0)
+        fresh: dict[int, Line] = {}
+        for raw in lines:
+            line = classify(raw, me)
+            seq = self._dedupe_key(line)
+            if seq is None or seq in self._seqs or seq <= floor:
+                continue
+            fresh[seq] = line
+        for seq, line in sorted(fresh.items()):
+            at = next((i for i in range(pos, len(self.lines))
+                       if (ln := self.lines[i]).kind in _SPOKEN and ln.seq is not None
+                       and ln.seq > seq), len(self.lines))
+            self.lines.insert(at, line)
+            self._seqs.add(seq)
+            pos = at + 1
+            if not active and not line.own:
+                self.unread += 1
+                if line.mention or line.kind == "dm":
+                    self.mention = True
+            if not self.following:
+                self._appended_while_scrolled += 1
+                self.new_while_scrolled += 1
+        while len(self.lines) > self.max_lines:
+            self._drop(self.lines.popleft())
+        return len(fresh)
 
     def clear(self) -> None:
         """Forget every line (``/clear``); history can be fetched again."""
