@@ -329,3 +329,166 @@ def test_the_first_admin_is_created_before_the_broker_ever_started(tmp_path: Pat
     # Nothing else is made from nothing: a reading command still wants a database.
     assert "no zchat database" in failed(zchat(tmp_path, "admin", "users", "--data-dir",
                                                str(tmp_path / "elsewhere")))
+
+
+# -- 9. no CSV error echoes a name or a password; plurals; an empty $ZCHAT_NEW_PASSWORD;
+#       the changed-key refusal's first line ----------------------------------------------
+
+
+def zchat_no_tty(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``zchat`` in a new session: no controlling terminal, so nothing can be prompted."""
+    environment = cli_env(tmp_path)
+    environment.update(env)
+    return subprocess.run([*zchat_command(), *args], env=environment,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, start_new_session=True)
+
+
+def test_swapped_columns_never_echo_the_password_as_a_name(tmp_path: Path) -> None:
+    """A tester's header-less file with the columns swapped and a shared class password:
+    ``swapped.csv:2: 'Winter2024x': the same as …`` printed the password."""
+    db = database(tmp_path, "quentin7")
+    swapped = write_csv(tmp_path, "Winter2024x,ada\nWinter2024x,brian\n", "swapped.csv")
+    error = failed(zchat(tmp_path, "admin", "create", "--csv", str(swapped), "--db",
+                         str(db)))
+    assert f"{swapped}:2: name: the same as or too like the name on line 1" in error
+    assert "Winter2024x" not in error and "brian" not in error
+    assert account_names(db) == ["quentin7"]
+
+
+def test_csv_errors_name_line_column_and_rule_but_no_value(tmp_path: Path) -> None:
+    """Taken, look-alike and rule-breaking names: the report names the line, the column and
+    the rule, and holds no name, no character, code point or length of one."""
+    db = database(tmp_path, "quentin7")
+    long_name = "Longpassphrase-of-the-class-2024-x"  # 34 characters
+    rows = ("name,password\n"
+            "Quentin7,pw-q-1\n"          # 2 taken (case-folded)
+            "paul,pw-paul-1\n"           # 3 good
+            "pauI,pw-paul-2\n"           # 4 look-alike of line 3
+            "Pa$$w0rd!,pw-x-1\n"         # 5 a character outside the rules
+            f"{long_name},pw-x-2\n"      # 6 too long
+            "zero\u200bwidth,pw-x-3\n")  # 7 an invisible character
+    class_csv = write_csv(tmp_path, rows)
+    error = failed(zchat(tmp_path, "admin", "create", "--csv", str(class_csv), "--db",
+                         str(db)))
+    assert "5 bad rows" in error and "nothing created" in error
+    assert f"{class_csv}:2: name: taken by an existing account" in error
+    assert f"{class_csv}:4: name: the same as or too like the name on line 3" in error
+    assert f"{class_csv}:5: name may hold only letters, digits, '_', '-' and '.'\n" \
+        in error + "\n"
+    assert f"{class_csv}:6: name is longer than 32 characters" in error
+    assert f"{class_csv}:7: name contains an invisible character" in error
+    body = error.split("nothing created:", 1)[1].replace(str(class_csv), "FILE")
+    for value in ("uentin", "pau", "Pa$$", "$", "!", long_name, "34", "zero", "width",
+                  "U+200B", "pw-"):
+        assert value not in body, (value, body)
+    assert account_names(db) == ["quentin7"]
+
+
+def test_the_brokers_create_accounts_refusal_echoes_no_name() -> None:
+    """Over the wire the broker checks again (a name registered between the operator's
+    check and the request): its 409/422 names positions and rules, not the names."""
+    from zchat import protocol as p
+    from zchat.testing import running_broker
+
+    async def scenario(h: Harness) -> None:
+        async with h.client("quentin7"):
+            pass
+        async with h.client("root") as root:
+            with pytest.raises(RequestFailed) as taken:
+                await root.create_accounts((p.NewAccount("Quentin7", "pw-q-1", False),))
+            assert taken.value.status == Status.CONFLICT
+            assert taken.value.reason == ("1 of 1 accounts refused, none created: "
+                                          "accounts[0] name: taken by an existing account "
+                                          "(or too like an existing name)")
+            with pytest.raises(RequestFailed) as alike:
+                await root.create_accounts((p.NewAccount("Winter2024x", "ada", False),
+                                            p.NewAccount("Winter2024x", "brian", False)))
+            assert alike.value.status == Status.INVALID
+            assert "accounts[1] name: the same as or too like" in alike.value.reason
+            assert "Winter" not in alike.value.reason
+        async with h.client("root") as root:
+            assert "Winter2024x" not in {u.name for u in (await root.users()).users}
+
+    with running_broker(admins=("root",)) as harness:
+        run(scenario(harness))
+
+
+def test_csv_errors_over_the_wire_echo_no_name(tmp_path: Path, broker: TcpBroker) -> None:
+    wire = ("--server", broker.router, "--as", "root")
+    swapped = write_csv(tmp_path, "Winter2024x,ada\nWinter2024x,brian\nroot,pw-r-1\n",
+                        "swapped.csv")
+    error = failed(zchat(tmp_path, "admin", "create", *wire, "--csv", str(swapped)))
+    assert f"{swapped}:2: name: the same as or too like the name on line 1" in error
+    assert f"{swapped}:3: name: taken by an existing account" in error
+    assert "Winter2024x" not in error and "'root'" not in error
+
+
+def test_generated_password_messages_agree_in_number(tmp_path: Path) -> None:
+    db = database(tmp_path, "quentin7")
+    one = ok(zchat(tmp_path, "admin", "create", "--csv",
+                   str(write_csv(tmp_path, "name,password\nada,\nbea,pw-bea-1\n", "one.csv")),
+                   "--db", str(db)))
+    assert "the generated password above is shown only this once\n" in one.stderr
+    assert "passwords" not in one.stderr
+    two = ok(zchat(tmp_path, "admin", "create", "--csv",
+                   str(write_csv(tmp_path, "name,password\ncid,\ndee,\n", "two.csv")),
+                   "--db", str(db)))
+    assert "the 2 generated passwords above are shown only this once\n" in two.stderr
+    out = tmp_path / "p.csv"
+    to_file = ok(zchat(tmp_path, "admin", "create", "--csv",
+                       str(write_csv(tmp_path, "name,password\neve,\n", "three.csv")),
+                       "--db", str(db), "--output", str(out)))
+    assert f"the generated password is in {out} (mode 0600); it is shown nowhere else\n" \
+        in to_file.stderr
+    assert out.read_text(encoding="utf-8").startswith("name,password\neve,")
+    assert account_names(db) == ["ada", "bea", "cid", "dee", "eve", "quentin7"]
+
+
+def test_an_empty_new_password_variable_is_named_as_set_but_empty(tmp_path: Path) -> None:
+    db = database(tmp_path, "quentin7")
+    error = failed(zchat_no_tty(tmp_path, "admin", "reset-password", "quentin7", "--db",
+                                str(db), ZCHAT_NEW_PASSWORD=""))
+    assert "no new password: ZCHAT_NEW_PASSWORD is set but empty; put the new password " \
+        "in it, or use --stdin or --generate" in error
+    store = Store(db)
+    try:
+        row = store.get_account("quentin7")
+        assert row is not None and verify_password(DEFAULT_PASSWORD, row.password_hash)
+    finally:
+        store.close()
+    # unset: the old message; passwd (no --generate) offers only --stdin
+    unset = subprocess.run([*zchat_command(), "admin", "reset-password", "quentin7", "--db",
+                            str(db)], env={k: v for k, v in cli_env(tmp_path).items()
+                                           if k != "ZCHAT_NEW_PASSWORD"},
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=60, start_new_session=True)
+    assert "no new password: use --stdin, set ZCHAT_NEW_PASSWORD or run in a terminal" \
+        in failed(unset)
+    passwd = failed(zchat_no_tty(tmp_path, "passwd", "--as", "quentin7",
+                                 ZCHAT_PASSWORD=DEFAULT_PASSWORD, ZCHAT_NEW_PASSWORD=""))
+    assert "ZCHAT_NEW_PASSWORD is set but empty; put the new password in it, or use " \
+        "--stdin\n" in passwd
+
+
+def test_a_changed_key_refusal_says_so_on_its_first_line(tmp_path: Path,
+                                                         broker: TcpBroker) -> None:
+    """A tester saw an empty ``zchat: error: `` line before the ssh-style block: the
+    message started with a newline. The console shows the same text after ``session
+    ended: `` (zchat.keys.changed_message is its one source)."""
+    import zmq
+
+    from zchat import keys
+
+    other = zmq.curve_keypair()[0].decode()
+    result = zchat(tmp_path, "admin", "users", "--server", broker.router, "--as", "root",
+                   "--server-key", other, "--timeout", "2")
+    lines = failed(result).splitlines()
+    first = lines.index("zchat: error: the broker's key has changed — refusing to connect")
+    assert lines[first + 1] == "@" * 59
+    assert lines[first + 2].startswith("@    WARNING: BROKER IDENTIFICATION HAS CHANGED!")
+    assert "zchat: error: " not in lines[first + 1:] and "zchat: error: " not in lines
+    assert keys.fingerprint(other) in result.stderr
+    text = str(keys.BrokerKeyChanged(broker.router, other, other, "the test", "remedy"))
+    assert text.splitlines()[0] == keys.CHANGED_HEADLINE
+    assert not text.startswith("\n")

@@ -131,6 +131,17 @@ def test_reset_disable_enable_audit_and_non_admin(tmp_path: Path, broker: TcpBro
     assert [(e["actor"], e["action"], e["target"]) for e in audit] == [
         ("root", "enable", "pat"), ("root", "disable", "pat"),
         ("root", "reset_password", "pat")]
+    # filters and paging: --action, --target, --before the last id shown
+    only = json_lines(ok(zchat(tmp_path, "admin", "audit", *wire(broker), "--json",
+                               "--action", "disable", "--target", "pat")).stdout)
+    assert [(e["action"], e["target"]) for e in only] == [("disable", "pat")]
+    page = json_lines(ok(zchat(tmp_path, "admin", "audit", *wire(broker), "--json",
+                               "--before", str(audit[0]["id"]), "--limit", "1")).stdout)
+    assert [e["id"] for e in page] == [audit[1]["id"]]
+    direct = json_lines(ok(zchat(tmp_path, "admin", "audit", "--data-dir",
+                                 str(broker.data_dir), "--json", "--before",
+                                 str(audit[1]["id"]))).stdout)
+    assert [e["id"] for e in direct] == [audit[2]["id"]]
     generated = ok(zchat(tmp_path, "admin", "reset-password", *wire(broker), "mallory",
                          "--generate"))
     new = generated.stdout.strip()

@@ -28,6 +28,7 @@ import csv
 import getpass
 import io
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -137,20 +138,41 @@ def check_batch(rows: Iterable[NewAccountRow], taken: Callable[[str, str], bool]
             # holds the whole row, password included; the reason names the rule.
             hint = " (are the columns separated by ';' or tabs? use commas)" \
                 if any(c in row.name for c in ";\t") else ""
-            bad.append(BadRow(row.line, exc.reason + hint))
+            bad.append(BadRow(row.line, rule_only(exc.reason) + hint))
             continue
+        # Nor an accepted one: in a header-less file with the columns swapped, the "name"
+        # is a password (a tester's shared class password was echoed by this check).
         first = seen.get("k:" + key) or seen.get("s:" + skel)
         if first is not None:
-            bad.append(BadRow(row.line, f"{display!r}: the same as or too like the name on "
-                                        f"line {first}"))
+            bad.append(BadRow(row.line, f"name: the same as or too like the name on line "
+                                        f"{first}"))
             continue
         seen["k:" + key] = seen["s:" + skel] = row.line
         if taken(key, skel):
-            bad.append(BadRow(row.line, f"{display!r}: the name is taken (or too like an "
-                                        "existing name)"))
+            bad.append(BadRow(row.line, "name: taken by an existing account (or too like "
+                                        "an existing name)"))
             continue
         good.append(CheckedAccount(row.line, display, key, skel, row.password, row.bot))
     return good, bad
+
+
+#: The parts of a name-rule refusal (zchat.names.normalize_name's wording) that hold a
+#: piece of the refused value: the character found, its code point and name, the length.
+_VALUE_PARTS = (
+    (re.compile(r"; found .*$", re.DOTALL), ""),
+    (re.compile(r" \(U\+[0-9A-F]{4,6}[^)]*\)"), ""),
+    (re.compile(r" is \d+ characters; the limit is (\d+)"), r" is longer than \1 characters"),
+)
+
+
+def rule_only(reason: str) -> str:
+    """``reason`` (a name or password refusal) without any piece of the refused value:
+    the rule only. A bulk-creation row's "name" may be a password (columns swapped, or
+    another separator), so a CSV error never shows a character, code point or length of
+    it (docs/admin.md "Creating a class")."""
+    for pattern, replacement in _VALUE_PARTS:
+        reason = pattern.sub(replacement, reason)
+    return reason
 
 
 # -- the bulk-creation CSV ----------------------------------------------------------------
@@ -485,6 +507,10 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
     if env:
         return env, False
     if not _has_terminal():
+        if env is not None:  # set but empty (``$PW`` unset in a script): as if unset
+            other = "--stdin or --generate" if hasattr(args, "generate") else "--stdin"
+            raise AdminError(f"no new password: {NEW_PASSWORD_ENV} is set but empty; put "
+                             f"the new password in it, or use {other}")
         raise AdminError(f"no new password: use --stdin, set {NEW_PASSWORD_ENV} or run in "
                          "a terminal")
     try:
@@ -655,7 +681,11 @@ def _report_created(args: argparse.Namespace, accounts: list[CheckedAccount],
                          f"{exc.strerror or exc}; the passwords of {lost} are shown nowhere:"
                          " give them new ones with `zchat admin reset-password NAME "
                          "--generate`") from None
-    if sink is not None:
+    if len(generated) == 1:
+        err.write(f"the generated password is in {where} (mode 0600); it is shown nowhere "
+                  "else\n" if sink is not None else
+                  "the generated password above is shown only this once\n")
+    elif sink is not None:
         err.write(f"the {len(generated)} generated passwords are in {where} (mode 0600); "
                   "they are shown nowhere else\n")
     else:
@@ -819,6 +849,9 @@ def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callabl
         _print_audit([p.AuditEntry(id=r.id, time=r.time_ms, actor=r.actor, action=r.action,
                                    room=r.room, target=r.target, detail=r.detail)
                       for r in store.audit_log(room=room, actor=getattr(args, "actor", None),
+                                               target=getattr(args, "target", None),
+                                               action=getattr(args, "action", None),
+                                               before_id=getattr(args, "before", None),
                                                limit=args.limit)],
                      as_json, out)
     else:  # argparse only lets known actions through
@@ -916,6 +949,9 @@ async def run_wire(args: argparse.Namespace, client: object) -> int:
         audit_room: str | None = getattr(args, "room", None)
         reply = await client.audit(None if audit_room in (None, "*") else audit_room,
                                    actor=getattr(args, "actor", None) or "",
+                                   target=getattr(args, "target", None) or "",
+                                   action=getattr(args, "action", None) or "",
+                                   before=getattr(args, "before", None),
                                    limit=args.limit)
         entries = reply.entries
         if audit_room == "*":

@@ -331,6 +331,13 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
     au.add_argument("--room", metavar="ROOM",
                     help="only this room's entries ('*': only those of no room)")
     au.add_argument("--actor", metavar="NAME", help="only this actor's entries")
+    au.add_argument("--target", metavar="NAME", help="only entries acting on this account")
+    au.add_argument("--action", metavar="ACTION",
+                    help="only this action (ban, unban, mute, kick, delete, create_account, "
+                         "reset_password, disable, ...)")
+    au.add_argument("--before", type=int, metavar="ID",
+                    help="only entries older than entry ID (page back: give the last ID "
+                         "shown)")
     au.add_argument("--limit", type=int, default=p.DEFAULT_AUDIT_LIMIT, metavar="N",
                     help=f"how many (1-{p.MAX_AUDIT_LIMIT}, default "
                          f"{p.DEFAULT_AUDIT_LIMIT})")
@@ -779,6 +786,17 @@ def cmd_dm(args: argparse.Namespace, config: Config) -> int:
     return _run(_session(config, args.user, body))
 
 
+class _SessionEndShownOnce(logging.Filter):
+    """Drops zchat.client's ``session ended…`` warning (``Client._end``) for ``tail``,
+    which prints the SessionEnded reason itself, once, as ``zchat: error: …`` (docs/cli.md).
+    Without it Python's last-resort handler (no logging is set up for client commands)
+    printed the warning bare on stderr first: the reason twice, or for a changed broker
+    key a one-line summary before the full warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("session ended")
+
+
 def cmd_tail(args: argparse.Namespace, config: Config) -> int:
     if args.count is not None and args.count < 1:
         raise CliError("--count must be at least 1")
@@ -818,7 +836,12 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
                     return 0
         return 0
 
-    return _run(_session(config, args.user, body, reconnect=True))
+    client_log, once = logging.getLogger("zchat.client"), _SessionEndShownOnce()
+    client_log.addFilter(once)
+    try:
+        return _run(_session(config, args.user, body, reconnect=True))
+    finally:
+        client_log.removeFilter(once)
 
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:

@@ -148,13 +148,19 @@ def fingerprint(key: str | bytes) -> str:
     return f"SHA256:{digest}"
 
 
+#: The first line of :func:`changed_message`: it ends up after ``zchat: error: `` (the CLI)
+#: or ``session ended: `` (the console), so it must say something on its own.
+CHANGED_HEADLINE = "the broker's key has changed — refusing to connect"
+
+
 def changed_message(endpoint: str, expected: str, actual: str, source: str,
                     remedy: str) -> str:
     """The loud warning for a broker whose key changed (modelled on ssh's "REMOTE HOST
-    IDENTIFICATION HAS CHANGED")."""
+    IDENTIFICATION HAS CHANGED"): a first line that says what happened (CHANGED_HEADLINE;
+    it follows ``zchat: error: `` or ``session ended: ``), then the block."""
     bar = "@" * 59
     return "\n".join([
-        "",
+        CHANGED_HEADLINE,
         bar,
         "@    WARNING: BROKER IDENTIFICATION HAS CHANGED!          @",
         bar,
