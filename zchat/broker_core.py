@@ -960,8 +960,10 @@ class BrokerCore:
     def _set_topic(self, rid: bytes, req_id: bytes, req: p.SetTopic, session: Session,
                    now_s: float, now_ms: int, address: str) -> list[Action]:
         """SET_TOPIC (docs/PROTOCOL.md §6.22, §17.1): any member may set it, except in a
-        locked room, where only its moderators (and admins) may. Committed (with an audit
-        entry when a moderator set it), then published on the room topic (only when it
+        locked room, where only its moderators (and admins) may. A change is drawn in every
+        member's pane like a message, so it takes a token from the session's SEND bucket
+        and counts as a post in slow mode (429 otherwise, nothing changed; §15).
+        Committed with an audit entry, then published on the room topic (only when it
         changed), then OK."""
         key = self._room_key(req.room)
         if session.account_key not in self.members[key]:
@@ -974,11 +976,16 @@ class BrokerCore:
         ok = self._ok(rid, req_id, p.Ok())
         if self.topics.get(key) == topic:
             return [ok]
+        if self.slow_mode.get(key):
+            self._check_slow_mode(key, session, now_s)
+        if self.config.send_rate_per_s > 0:
+            self._limit_send(session, now_s)
         with self.store.transaction():
             self.store.set_topic(key, topic)
-            if self._rank(key, session.account_key) > 0:
-                self._audit(now_ms, session, "topic", key, detail=topic)
+            self._audit(now_ms, session, "topic", key, detail=topic)
         self.topics[key] = topic
+        if self.slow_mode.get(key):
+            self._last_post.setdefault(key, {})[session.account_key] = now_s
         log.info("topic of %s set by %s", self.rooms[key], session.name)
         event = p.TopicChanged(room=self.rooms[key], topic=topic, by=session.name, time=now_ms)
         return [*self._room_event(key, event), ok]
