@@ -668,14 +668,17 @@ class Client:
 
     async def set_slow_mode(self, room: str, seconds: int) -> None:
         """Set ``room``'s slow mode: each member may post once per ``seconds`` (0 turns it
-        off; at most p.MAX_SLOW_MODE_S) (docs/PROTOCOL.md §6.28). Raises RequestFailed 403
-        (not a member, or neither the room's creator nor an admin), 400 (seconds out of
-        range), 404 (no such room)."""
+        off; at most p.MAX_SLOW_MODE_S; a topic change counts as a post) (docs/PROTOCOL.md
+        §6.28). Raises RequestFailed 403 (not a member, or not the room's creator, one of
+        its moderators or an admin), 400 (seconds out of range), 404 (no such room)."""
         await self.request(p.SetSlowMode(room=room, seconds=seconds))
 
     async def set_topic(self, room: str, topic: str) -> None:
         """Set ``room``'s topic ("" clears it); members only. Raises RequestFailed 403 (not
-        a member), 413 (over MAX_TOPIC_CHARS), 422 (a control character or line break)."""
+        a member, muted, or the room is locked), 413 (over MAX_TOPIC_CHARS), 422 (a control
+        character or line break), 429 at once (a change takes a sending token and counts
+        as a post in slow mode: docs/PROTOCOL.md §6.22; unlike ``send`` it is not retried
+        — ``retry_after_ms`` on the error says when it may be)."""
         await self.request(p.SetTopic(room=room, topic=topic))
         self._state.topics[name_key(room)] = topic
 
