@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import pytest
+import zmq
 
 from zchat.keys import pin_broker_key
 from zchat.store import Store
@@ -220,3 +221,26 @@ def tcp_broker(tmp_path: Path) -> Iterator[TcpBroker]:
             rc, elapsed = stop_broker(broker)
             assert rc == 0, f"broker exit code {rc}; stderr={broker.process.stderr}"
             assert elapsed < 2.0, f"broker took {elapsed:.2f} s to stop"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[TcpBroker]:
+    """``zchat broker`` on loopback tcp (its key pinned) with ``admins = ["root"]`` and the
+    account root; teardown asserts a clean exit (code 0)."""
+    b = start_broker(tmp_path, settings='admins = ["root"]\n')[0]
+    try:
+        yield b
+    finally:
+        if b.process.popen.poll() is None:
+            rc, _elapsed = stop_broker(b)
+            assert rc == 0, b.process.stderr
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    """A ZeroMQ context of the test's own, destroyed (linger 0) after it."""
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
+from conftest import TcpBroker, cli_env, run, stop_broker, zchat_command
 
 from zchat import admin
 from zchat.cli import _lock_data_dir
@@ -76,17 +75,6 @@ def disabled(db: Path, name: str) -> bool:
         return store.is_disabled(name_key(name))
     finally:
         store.close()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    """``zchat broker`` on loopback tcp (its key pinned) with the admin account root."""
-    b = start_broker(tmp_path, settings='admins = ["root"]\n')[0]
-    try:
-        yield b
-    finally:
-        if b.process.popen.poll() is None:
-            assert stop_broker(b)[0] == 0, b.process.stderr
 
 
 # -- 1. a second name for the database does not get past the "broker running" refusal ----

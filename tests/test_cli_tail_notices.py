@@ -11,11 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from conftest import Proc, TcpBroker, cli_env, start_broker, stop_broker, zchat_command
+from conftest import Proc, TcpBroker, cli_env, zchat_command
 
 from zchat import protocol as p
 from zchat.cli import _fmt_ms, mute_notice, removal_reason
@@ -57,17 +55,6 @@ def test_ban_list_times_are_utc_seconds_rounded_up_for_an_end_only() -> None:
 
 
 # -- the CLI against a broker subprocess -------------------------------------------------------
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    b = start_broker(tmp_path, settings='admins = ["root"]\n')[0]
-    try:
-        yield b
-    finally:
-        if b.process.popen.poll() is None:
-            rc, _elapsed = stop_broker(b)
-            assert rc == 0, b.process.stderr
 
 
 def zchat(tmp_path: Path, *args: str) -> str:

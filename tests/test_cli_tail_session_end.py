@@ -11,23 +11,10 @@ nothing sleeps to wait for a socket.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import Proc, TcpBroker, cli_env, start_broker, stop_broker, zchat_command
 from test_e2e_curve import restart_on_same_ports
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    b = start_broker(tmp_path, settings='admins = ["root"]\n')[0]
-    try:
-        yield b
-    finally:
-        if b.process.popen.poll() is None:
-            rc, _elapsed = stop_broker(b)
-            assert rc == 0, b.process.stderr
 
 
 def zchat(tmp_path: Path, *args: str, stdin: str | None = None) -> str:

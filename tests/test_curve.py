@@ -38,15 +38,6 @@ PASSWORD = "correct horse battery staple"
 # -- helpers -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
-
-
 def broker_config(tmp_path: Path, data: str = "data", **overrides: Any) -> BrokerConfig:
     settings: dict[str, Any] = dict(router="tcp://127.0.0.1:0", pub="tcp://127.0.0.1:0",
                                     data_dir=str(tmp_path / data), scrypt_n=1024,

@@ -7,35 +7,16 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import (
     TcpBroker,
     cli_env,
-    start_broker,
     stop_broker,
     zchat_command,
 )
 
 from zchat.testing import DEFAULT_PASSWORD
-
-
-def start_admin_broker(tmp_path: Path) -> TcpBroker:
-    """``zchat broker`` with ``admins = ["root"]`` on two free loopback ports."""
-    return start_broker(tmp_path, settings='admins = ["root"]\n')[0]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    b = start_admin_broker(tmp_path)
-    try:
-        yield b
-    finally:
-        if b.process.popen.poll() is None:
-            rc, _elapsed = stop_broker(b)
-            assert rc == 0, b.process.stderr
 
 
 def zchat(tmp_path: Path, *args: str, password: str = DEFAULT_PASSWORD,

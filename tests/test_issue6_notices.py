@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
+from conftest import Proc, TcpBroker, cli_env, run, zchat_command
 from test_broker_core import PASSWORD, World
 
 from zchat import protocol as p
@@ -222,17 +222,6 @@ def test_live_operator_ends_session_with_one_clear_event(h: Harness, action: str
 
 
 # -- the CLI against a broker subprocess -------------------------------------------------------
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    b = start_broker(tmp_path, settings='admins = ["root"]\n')[0]
-    try:
-        yield b
-    finally:
-        if b.process.popen.poll() is None:
-            rc, _elapsed = stop_broker(b)
-            assert rc == 0, b.process.stderr
 
 
 def zchat(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -94,15 +94,6 @@ def test_settings_have_defaults_and_bounds() -> None:
 # -- a real broker on loopback tcp ---------------------------------------------------------
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
-
-
 @contextlib.contextmanager
 def tcp_broker(tmp_path: Path, ctx: zmq.Context[Any], **overrides: Any) -> Iterator[Any]:
     cfg = BrokerConfig(router="tcp://127.0.0.1:0", pub="tcp://127.0.0.1:0",

@@ -11,7 +11,6 @@ import logging
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,6 @@ from zchat.errors import ConnectionFailed
 from zchat.store import Store
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    try:
-        yield context
-    finally:
-        context.destroy(linger=0)
 
 
 def tcp_broker(tmp_path: Path, ctx: zmq.Context[Any], **overrides: Any) -> BrokerThread:
