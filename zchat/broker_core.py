@@ -1269,21 +1269,30 @@ class BrokerCore:
         return [self._ok(rid, req_id, p.Ok()),
                 *self._remove_member(key, target, session, reason, False, now_ms)]
 
+    def _sanction(self, req: p.Ban | p.Mute, session: Session, now_ms: int, what: str,
+                  server_wide: str) -> tuple[str, str, str, str, int | None]:
+        """The checks BAN and MUTE share (§6.31, §6.33): in a room the actor moderates it
+        from inside, server-wide (``room`` "") is for admins (``server_wide`` names the
+        refused action); the reason and duration are valid and the actor outranks the
+        target. Returns (room key or "", target key, target's name, reason, until_ms)."""
+        key = self._place(req.room)
+        if key:
+            self._require_mod(key, session, what)
+            self._require_inside(key, session, what)
+        else:
+            self._require_admin(session, server_wide)
+        target = self._account_key(req.name)
+        reason = self._check_away_text(req.reason, "reason")
+        until = self._duration(req.duration_s, now_ms)
+        self._check_outranks(key, session, target, what)
+        return key, target, self.accounts[target].name, reason, until
+
     def _ban(self, rid: bytes, req_id: bytes, req: p.Ban, session: Session,
              now_s: float, now_ms: int, address: str) -> list[Action]:
         """BAN (§6.31): in a room (moderators; the member is removed, LEFT with ``ban``)
         or server-wide (``room`` "", admins; every session of theirs ends)."""
-        key = self._place(req.room)
-        if key:
-            self._require_mod(key, session, "ban")
-            self._require_inside(key, session, "ban")
-        else:
-            self._require_admin(session, "ban from the whole server")
-        target = self._account_key(req.name)
-        reason = self._check_away_text(req.reason, "reason")
-        until = self._duration(req.duration_s, now_ms)
-        self._check_outranks(key, session, target, "ban")
-        name = self.accounts[target].name
+        key, target, name, reason, until = self._sanction(
+            req, session, now_ms, "ban", "ban from the whole server")
         member = bool(key) and target in self.members[key]
         demoted = bool(key) and self.roles.get(key, {}).get(target) == "moderator"
         with self.store.transaction():
@@ -1361,17 +1370,8 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         """MUTE (§6.33): forbid posting in a room (moderators) or anywhere, DMs included
         (``room`` "", admins)."""
-        key = self._place(req.room)
-        if key:
-            self._require_mod(key, session, "mute")
-            self._require_inside(key, session, "mute")
-        else:
-            self._require_admin(session, "mute server-wide")
-        target = self._account_key(req.name)
-        reason = self._check_away_text(req.reason, "reason")
-        until = self._duration(req.duration_s, now_ms)
-        self._check_outranks(key, session, target, "mute")
-        name = self.accounts[target].name
+        key, target, name, reason, until = self._sanction(
+            req, session, now_ms, "mute", "mute server-wide")
         with self.store.transaction():
             self.store.add_ban("mute", key, target, session.account_key, reason, now_ms,
                                until)

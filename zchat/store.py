@@ -268,6 +268,15 @@ class SessionRow:
     login_ms: int
 
 
+def _write_error(exc: BaseException) -> BaseException:
+    """What a failed write raises: IntegrityError and ProtocolError as they are (the
+    callers map them), any other sqlite3 error as StorageError(503), anything else as it
+    is."""
+    if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+        return StorageError(f"storage failed, nothing was changed: {exc}")
+    return exc
+
+
 #: Bound of Store.active_ban's cache (entries); emptied whole when full.
 BAN_CACHE_MAX = 65_536
 
@@ -366,11 +375,10 @@ class Store:
             self._ban_cache.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.IntegrityError | ProtocolError):
+            error = _write_error(exc)
+            if error is exc:
                 raise
-            if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"storage failed, nothing was changed: {exc}") from exc
-            raise
+            raise error from exc
 
     def _group_write(self) -> Iterator[sqlite3.Connection]:
         """A top-level write inside a group: one SAVEPOINT in the group's transaction
@@ -403,11 +411,10 @@ class Store:
                     self._group_failed = f"storage failed, the batch was lost: {exc}"
             except sqlite3.Error as undo:
                 self._group_failed = f"storage failed, the batch was lost: {undo}"
-            if isinstance(exc, sqlite3.IntegrityError | ProtocolError):
+            error = _write_error(exc)
+            if error is exc:
                 raise
-            if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"storage failed, nothing was changed: {exc}") from exc
-            raise
+            raise error from exc
 
     def _check_other_writers(self) -> None:
         """Empty the caches when another connection (``zchat admin unban`` on the
