@@ -366,8 +366,9 @@ _SPECS: tuple[CommandSpec, ...] = (
     CommandSpec("slow", (Param("SECONDS", required=False),),
                 "show or set the room's slow mode",
                 "Without SECONDS, shows the current room's slow mode; with SECONDS, lets "
-                "each member post at most once per SECONDS there (0 turns it off). Only "
-                "the room's creator and broker admins may set it, and they are exempt.",
+                "each member post (a message or a topic change) at most once per SECONDS "
+                "there (0 turns it off). Only the room's moderators, its owner and broker "
+                "admins may set it, and they are exempt.",
                 lambda a: Slow(_seconds(a["SECONDS"]) if a.get("SECONDS") else None)),
     CommandSpec("kick", (Param("NICK"), Param("REASON", required=False, rest=True)),
                 "remove someone from the room",
