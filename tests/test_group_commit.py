@@ -3,8 +3,9 @@ handles in one SQLite transaction, and sends nothing of it before that commit re
 
 Store groups are tested on a real SQLite file with a second connection as the outside
 observer; the broker's failure path on a real file whose "disk" fills up
-(``PRAGMA max_page_count``: SQLite's own SQLITE_FULL, which rolls the whole transaction
-back).
+(``PRAGMA max_page_count``: SQLite's own SQLITE_FULL, which undoes a statement with a
+statement journal alone — a room message's INSERT and its trigger — and rolls the whole
+transaction back otherwise — a DM's SAVEPOINT write).
 """
 
 from __future__ import annotations
@@ -77,16 +78,46 @@ def test_a_group_of_reads_commits_nothing(tmp_path: Path) -> None:
     store.commit_group()
 
 
-def test_a_full_disk_loses_the_whole_group_and_says_so(tmp_path: Path) -> None:
+def test_a_message_the_full_disk_cannot_take_is_refused_alone(tmp_path: Path) -> None:
+    """A room message is one INSERT (its trigger moves last_seq in the same statement), so
+    on SQLITE_FULL SQLite undoes that statement alone: the group's earlier messages are
+    committed with it, and sequence numbers stay gapless."""
     store = Store(tmp_path / "z.db")
     _room(store, "dev")
     store.post_message("dev", "alice", "text", "kept", "", 1)
     _fill_the_disk(store)
     store.begin_group()
+    stored: list[int] = []
     with pytest.raises(StorageError):
         for i in range(1000):  # until a page more is needed
-            store.post_message("dev", "alice", "text", f"m{i} " + "x" * 500, "", 2)
-    with pytest.raises(StorageError):  # the group is lost: later writes refuse at once
+            stored.append(store.post_message("dev", "alice", "text", f"m{i} " + "x" * 500,
+                                             "", 2).seq)
+    assert stored, "the first message of the group should still have fitted"
+    store.commit_group()
+    assert stored == list(range(2, 2 + len(stored)))
+    assert _seen_outside(tmp_path / "z.db") == \
+        ["kept", *(f"m{i} " + "x" * 500 for i in range(len(stored)))]
+    store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
+    assert store.post_message("dev", "alice", "text", "after", "", 4).seq == 2 + len(stored)
+    room = store.get_room("dev")
+    assert room is not None and room.last_seq == 2 + len(stored)
+
+
+def test_a_full_disk_that_rolls_the_transaction_back_loses_the_group_and_says_so(
+        tmp_path: Path) -> None:
+    """A DM's write is a SAVEPOINT; on SQLITE_FULL there SQLite rolls the whole transaction
+    back (https://sqlite.org/lang_transaction.html, "Response To Errors Within A
+    Transaction"): the group is lost, later writes refuse at once, the commit says so."""
+    store = Store(tmp_path / "z.db")
+    _room(store, "dev")
+    store.create_account("bob", "bob", "bob", "h", 0)
+    store.post_message("dev", "alice", "text", "kept", "", 1)
+    _fill_the_disk(store)
+    store.begin_group()
+    with pytest.raises(StorageError):
+        for i in range(1000):  # until a page more is needed
+            store.post_dm("alice", "bob", "bob", f"d{i} " + "x" * 500, "", 2, 10_000)
+    with pytest.raises(StorageError, match="lost"):  # later writes refuse at once
         store.post_message("dev", "alice", "text", "late", "", 3)
     with pytest.raises(StorageError, match="lost"):
         store.commit_group()
@@ -94,6 +125,7 @@ def test_a_full_disk_loses_the_whole_group_and_says_so(tmp_path: Path) -> None:
     assert _seen_outside(tmp_path / "z.db") == ["kept"]
     store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
     assert store.post_message("dev", "alice", "text", "after", "", 4).seq == 2
+    assert store.pending_dms("bob") == []
 
 
 def test_another_connections_unban_reaches_the_cached_ban_at_the_next_group(
@@ -112,11 +144,11 @@ def test_another_connections_unban_reaches_the_cached_ban_at_the_next_group(
     store.commit_group()
 
 
-def test_a_batch_the_disk_cannot_take_is_answered_503_and_nothing_of_it_is_told(
+def test_a_message_the_disk_cannot_take_is_answered_503_and_not_told(
         tmp_path: Path) -> None:
-    """The broker's side: the message whose write fills the disk and the batch with it
-    get 503; the members hear only what was stored; the sessions go on (no new login)
-    and the next message takes the next sequence number."""
+    """The broker's side: the message whose write fills the disk gets 503 (its INSERT
+    undid itself alone); the members hear only what was stored; the sessions go on (no
+    new login) and the next message takes the next sequence number."""
 
     async def scenario() -> None:
         with running_broker(tmp_path / "z.db") as harness:
@@ -137,7 +169,6 @@ def test_a_batch_the_disk_cannot_take_is_answered_503_and_nothing_of_it_is_told(
                         refused = text
                         break
                 assert refused, "the disk never filled"
-                assert broker.failed_commits >= 1
                 broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
                 after = await alice.send("dev", "after")
                 assert after.seq == (stored[-1] if stored else first.seq) + 1
@@ -151,6 +182,48 @@ def test_a_batch_the_disk_cannot_take_is_answered_503_and_nothing_of_it_is_told(
                 assert sorted(s.name for s in broker.core.sessions.values()) == \
                     ["alice", "bob"]
                 assert (await bob.send("dev", "still here")).seq == after.seq + 1
+
+    run(scenario(), 60)
+
+
+def test_a_batch_the_disk_cannot_take_is_answered_503_and_nothing_of_it_is_told(
+        tmp_path: Path) -> None:
+    """When a full disk rolls the whole transaction back (a DM's SAVEPOINT write), the
+    batch is lost: its requests get 503, the broker reloads its state (failed_commits),
+    the sessions go on without a new login, and only what was acknowledged is stored."""
+
+    async def scenario() -> None:
+        with running_broker(tmp_path / "z.db") as harness:
+            broker = harness.broker
+            async with harness.client("alice") as alice, harness.client("bob") as bob:
+                await alice.join("dev")
+                await bob.join("dev")
+                first = await alice.send("dev", "before")
+                _fill_the_disk(broker.store)
+                acked: list[str] = []
+                refused = ""
+                for i in range(2000):
+                    text = f"d{i} " + "x" * 500
+                    try:
+                        await alice.dm("bob", text)
+                        acked.append(text)
+                    except RequestFailed as exc:
+                        assert exc.status == Status.UNAVAILABLE, exc
+                        refused = text
+                        break
+                assert refused, "the disk never filled"
+                assert broker.failed_commits >= 1
+                broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
+                with sqlite3.connect(tmp_path / "z.db") as other:
+                    stored = [r[0] for r in other.execute(
+                        "SELECT text FROM direct_messages ORDER BY id")]
+                assert stored == acked
+                after = await alice.send("dev", "after")
+                assert after.seq == first.seq + 1
+                heard = msgs(await collect(bob, is_msg(after.seq)), "dev")
+                assert [m.seq for m in heard] == [first.seq, after.seq]
+                assert sorted(s.name for s in broker.core.sessions.values()) == \
+                    ["alice", "bob"]
 
     run(scenario(), 60)
 

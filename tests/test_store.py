@@ -293,3 +293,47 @@ def test_corrupt_file_reason_is_sqlites(tmp_path: Path) -> None:
 def test_directory_in_place_of_the_file_is_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot open the database"):
         Store(tmp_path)
+
+
+def test_migration_statements_keep_a_trigger_body_whole() -> None:
+    script = """
+    CREATE TABLE t (x INTEGER);
+    CREATE TRIGGER t_seen AFTER INSERT ON t BEGIN
+        UPDATE t SET x = x + 1 WHERE x = NEW.x;
+        SELECT 1;
+    END;
+    ;
+    """
+    got = list(store_module.sql_statements(script))
+    assert got == ["CREATE TABLE t (x INTEGER);",
+                   "CREATE TRIGGER t_seen AFTER INSERT ON t BEGIN\n"
+                   "        UPDATE t SET x = x + 1 WHERE x = NEW.x;\n"
+                   "        SELECT 1;\n    END;"]
+    with pytest.raises(ValueError, match="incomplete"):
+        list(store_module.sql_statements("CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1;"))
+
+
+def test_a_version_4_database_upgrades_and_its_rooms_go_on_counting(tmp_path: Path) -> None:
+    """The 4 -> 5 migration adds the last_seq trigger; messages stored before it keep
+    their numbers and the next message takes the next one."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        for statement in store_module.sql_statements(script):
+            raw.execute(statement)
+    raw.execute("INSERT INTO rooms(key, name, skeleton, last_seq, created_ms) "
+                "VALUES ('dev', 'dev', 'dev', 2, 0)")
+    raw.executemany("INSERT INTO messages(room_key, seq, time_ms, sender, kind, text) "
+                    "VALUES ('dev', ?, 0, 'alice', 'text', ?)", [(1, "one"), (2, "two")])
+    raw.execute("PRAGMA user_version = 4")
+    raw.commit()
+    raw.close()
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION
+    assert store.append_message("dev", "alice", "text", "three", "", 3) == 3
+    assert [m.text for m in store.history("dev", None, None, 10)] == ["one", "two", "three"]
+    room = store.get_room("dev")
+    assert room is not None and room.last_seq == 3
+    with pytest.raises(ProtocolError) as err:
+        store.append_message("nowhere", "alice", "text", "x", "", 4)
+    assert err.value.status == Status.NOT_FOUND

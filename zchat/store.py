@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zchat.errors import ProtocolError, Status, StorageError
 
@@ -153,9 +154,34 @@ MIGRATIONS: tuple[str, ...] = (
         detail  TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 4 -> 5: performance (issue 7). A room's last_seq follows its messages in the same
+    # statement as the INSERT, so storing a message is one statement (atomic on its own,
+    # no SAVEPOINT needed inside a group commit) instead of an UPDATE and an INSERT.
+    # ``last_seq < NEW.seq``: rows inserted below the counter never move it back.
+    """
+    CREATE TRIGGER messages_last_seq AFTER INSERT ON messages BEGIN
+        UPDATE rooms SET last_seq = NEW.seq
+        WHERE key = NEW.room_key AND last_seq < NEW.seq;
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def sql_statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, in order. A statement ends at a ``;`` where
+    ``sqlite3.complete_statement`` says it is complete, so a trigger's body (``BEGIN …;
+    END;``) stays one statement. Empty statements are skipped."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                yield pending.strip()
+            pending = ""
+    if pending.strip(" \t\n;"):
+        raise ValueError(f"incomplete SQL statement: {pending.strip()[:60]!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,9 +368,8 @@ class Store:
                                f"than this zchat's {SCHEMA_VERSION}; upgrade zchat")
         for version in range(current, SCHEMA_VERSION):
             with self._write():
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                for statement in sql_statements(MIGRATIONS[version]):
+                    self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {version + 1}")
 
     @contextmanager
@@ -384,11 +409,8 @@ class Store:
         """A top-level write inside a group: one SAVEPOINT in the group's transaction
         (begun by the group's first write), released on success and rolled back alone on
         error, so one request's failed write leaves the others' in the group."""
-        if self._group_failed:
-            raise StorageError(self._group_failed)
+        self._begin_group_transaction()
         try:
-            if not self._db.in_transaction:
-                self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("SAVEPOINT request")
         except sqlite3.Error as exc:
             raise StorageError(f"storage unavailable: {exc}") from exc
@@ -411,6 +433,42 @@ class Store:
                     self._group_failed = f"storage failed, the batch was lost: {exc}"
             except sqlite3.Error as undo:
                 self._group_failed = f"storage failed, the batch was lost: {undo}"
+            error = _write_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _begin_group_transaction(self) -> None:
+        """Inside a group: refuse at once if the group is lost, else open its transaction
+        if no write has yet. Raises StorageError(503)."""
+        if self._group_failed:
+            raise StorageError(self._group_failed)
+        if not self._db.in_transaction:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"storage unavailable: {exc}") from exc
+
+    def _write_one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """Run one writing statement; its first row (of a RETURNING clause), or None.
+
+        One statement is atomic in SQLite (its triggers included: the statement journal
+        undoes it whole), so inside a group it needs no SAVEPOINT of its own: if it fails,
+        SQLite undoes that statement alone, or rolls the whole transaction back (SQLITE_FULL,
+        IOERR, …), and then the group is lost as in ``_group_write``. Outside a group, or
+        inside another write, as ``_write()``. Raises StorageError(503) or ProtocolError as
+        ``_write()`` does.
+        """
+        if not self._group or self._write_depth:
+            with self._write() as db:
+                return db.execute(sql, params).fetchone()
+        self._begin_group_transaction()
+        try:
+            return self._db.execute(sql, params).fetchone()
+        except BaseException as exc:
+            self._ban_cache.clear()
+            if not self._db.in_transaction:
+                self._group_failed = f"storage failed, the batch was lost: {exc}"
             error = _write_error(exc)
             if error is exc:
                 raise
@@ -675,19 +733,18 @@ class Store:
                        now_ms: int) -> int:
         """Store a room message under the room's next sequence number and commit.
 
-        Returns the sequence number (1, 2, 3, … per room, no gaps: the counter and the
-        row are written in one transaction). Raises StorageError(503) if not committed.
+        Returns the sequence number (1, 2, 3, … per room, no gaps: one INSERT takes
+        ``last_seq + 1`` and the trigger ``messages_last_seq`` moves the counter in the
+        same statement). Raises ProtocolError(404) for an unknown room (nothing written),
+        StorageError(503) if not committed.
         """
-        with self._write() as db:
-            row = db.execute("UPDATE rooms SET last_seq = last_seq + 1 WHERE key = ? "
-                             "RETURNING last_seq", (room_key,)).fetchone()
-            if row is None:
-                raise ProtocolError(Status.NOT_FOUND, "no such room")
-            seq = int(row[0])
-            db.execute("INSERT INTO messages(room_key, seq, time_ms, sender, kind, text, cmid) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (room_key, seq, now_ms, sender, kind, text, cmid))
-        return seq
+        row = self._write_one(
+            "INSERT INTO messages(room_key, seq, time_ms, sender, kind, text, cmid) "
+            "SELECT key, last_seq + 1, ?, ?, ?, ?, ? FROM rooms WHERE key = ? RETURNING seq",
+            (now_ms, sender, kind, text, cmid, room_key))
+        if row is None:
+            raise ProtocolError(Status.NOT_FOUND, "no such room")
+        return int(row[0])
 
     def post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
                      now_ms: int) -> PostedRow:
@@ -696,21 +753,35 @@ class Store:
         With a non-empty ``cmid``, a message already stored in the room by ``sender`` with
         that cmid is looked up in the same transaction as the insert (index
         ``messages_by_cmid``): when found, nothing is written and the original's seq and
-        time come back with ``duplicate=True``. Otherwise as ``append_message``. Raises
+        time come back with ``duplicate=True``. Otherwise as ``append_message``. Inside a
+        group the lookup and the one INSERT need no SAVEPOINT (see ``_write_one``). Raises
         ProtocolError(404) for an unknown room, StorageError(503) if not committed.
         """
-        with self._write() as db:
-            if cmid:
-                # INDEXED BY: without it the planner walks the room by primary key (the
-                # partial index's "cmid <> ''" cannot be proved of a bound parameter), a
-                # scan of the whole room per SEND.
-                row = db.execute("SELECT seq, time_ms FROM messages INDEXED BY "
-                                 "messages_by_cmid WHERE room_key = ? AND sender = ? AND "
-                                 "cmid = ? AND cmid <> '' ORDER BY seq LIMIT 1",
-                                 (room_key, sender, cmid)).fetchone()
-                if row is not None:
-                    return PostedRow(int(row[0]), int(row[1]), True)
-            seq = self.append_message(room_key, sender, kind, text, cmid, now_ms)
+        if self._group and not self._write_depth:
+            self._begin_group_transaction()
+            try:
+                return self._post_message(room_key, sender, kind, text, cmid, now_ms)
+            except sqlite3.Error as exc:  # the lookup (the INSERT maps its own errors)
+                error = _write_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc
+        with self._write():
+            return self._post_message(room_key, sender, kind, text, cmid, now_ms)
+
+    def _post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
+                      now_ms: int) -> PostedRow:
+        if cmid:
+            # INDEXED BY: without it the planner walks the room by primary key (the
+            # partial index's "cmid <> ''" cannot be proved of a bound parameter), a
+            # scan of the whole room per SEND.
+            row = self._db.execute("SELECT seq, time_ms FROM messages INDEXED BY "
+                                   "messages_by_cmid WHERE room_key = ? AND sender = ? AND "
+                                   "cmid = ? AND cmid <> '' ORDER BY seq LIMIT 1",
+                                   (room_key, sender, cmid)).fetchone()
+            if row is not None:
+                return PostedRow(int(row[0]), int(row[1]), True)
+        seq = self.append_message(room_key, sender, kind, text, cmid, now_ms)
         return PostedRow(seq, now_ms, False)
 
     def history(self, room_key: str, before: int | None, after: int | None,
