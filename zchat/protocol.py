@@ -1094,7 +1094,19 @@ def from_dict(cls: type[Any], data: dict[str, Any], prefix: str = "",
     and, when ``strict`` (the broker reading requests), on an unknown field, so that typos
     never pass silently. Clients read replies and events with ``strict=False`` and ignore
     unknown fields, so a broker may add fields to them without breaking clients (§13).
+    The first fault found is reported: an unknown field (in the object's key order), then
+    the fields in declaration order, each either missing or of the wrong type or range.
     """
+    fast = _FAST_FROM_DICT.get(cls)
+    if fast is not None:
+        return fast(data, prefix, strict)
+    return _from_dict_generic(cls, data, prefix, strict)
+
+
+def _from_dict_generic(cls: type[Any], data: dict[str, Any], prefix: str = "",
+                       strict: bool = True) -> Any:
+    """``from_dict`` for any message class, driven by its compiled field checks; the fast
+    paths of _FAST_FROM_DICT must agree with it exactly (tests/test_fast_paths.py)."""
     kwargs: dict[str, Any] = {}
     fields = _fields(cls)
     if strict:
@@ -1115,13 +1127,128 @@ def encode_body(value: Message) -> bytes:
 
     Raises ProtocolError(400) when a string in it is not valid Unicode (a lone surrogate,
     e.g. a command-line argument that was not UTF-8, decoded with ``surrogateescape``).
+    The two bodies every SEND writes (MessagePosted, Sent) take a fast path of
+    _FAST_JSON that writes the very same bytes (tests/test_fast_paths.py).
     """
+    fast = _FAST_JSON.get(type(value))
+    text = None if fast is None else fast(value)
+    if text is None:
+        text = _ENCODER.encode(to_dict(value))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ProtocolError(Status.BAD_REQUEST,
+                            f"{value.TYPE} holds text that is not valid Unicode") from None
+
+
+def _generic_encode_body(value: Message) -> bytes:
+    """``encode_body`` without the fast paths: the reference they must match."""
     text = _ENCODER.encode(to_dict(value))
     try:
         return text.encode()
     except UnicodeEncodeError:
         raise ProtocolError(Status.BAD_REQUEST,
                             f"{value.TYPE} holds text that is not valid Unicode") from None
+
+
+# -- fast paths of SEND (issue 7) ---------------------------------------------------------
+# A SEND decodes one Send and encodes one MessagePosted and one Sent; through the generic
+# codec that was about a quarter of the broker core's CPU per SEND (docs/PERFORMANCE.md).
+# These write and read the same bytes, values and errors as the generic path, which
+# tests/test_fast_paths.py checks over thousands of random and adversarial values. A field
+# added to one of these classes makes those tests fail until its fast path learns it.
+
+#: What _ENCODER writes for a str (ensure_ascii=False: '"', '\\' and control characters
+#: escaped, the rest as is); its C encoder calls this same function for each str in a dict.
+_encode_str = json.encoder.encode_basestring
+
+
+def _message_posted_json(value: MessagePosted) -> str | None:
+    """``_ENCODER.encode(to_dict(value))``, written directly; None when a field is not of
+    its annotated type (a bool or float in an int field...): the generic path writes it."""
+    seq = value.seq
+    time = value.time
+    if type(seq) is not int or type(time) is not int:
+        return None
+    try:
+        return (f'{{"room":{_encode_str(value.room)},"seq":{seq},"time":{time},'
+                f'"sender":{_encode_str(value.sender)},"text":{_encode_str(value.text)},'
+                f'"kind":{_encode_str(value.kind)},'
+                f'"deleted_by":{_encode_str(value.deleted_by)}}}')
+    except TypeError:  # a str field holding something else
+        return None
+
+
+def _sent_json(value: Sent) -> str | None:
+    """``_ENCODER.encode(to_dict(value))`` of SEND's reply, as _message_posted_json."""
+    seq = value.seq
+    time = value.time
+    if type(seq) is not int or type(time) is not int:
+        return None
+    try:
+        return f'{{"room":{_encode_str(value.room)},"seq":{seq},"time":{time}}}'
+    except TypeError:
+        return None
+
+
+#: Message class -> its body's JSON text, or None to take the generic path.
+_FAST_JSON: dict[type, Callable[[Any], str | None]] = {
+    MessagePosted: _message_posted_json,
+    Sent: _sent_json,
+}
+
+_SEND_FIELDS = frozenset(("room", "text", "kind", "cmid"))
+_MESSAGE_KINDS: tuple[str, ...] = typing.get_args(MessageKind)
+_KIND_CHOICES = ", ".join(repr(k) for k in _MESSAGE_KINDS)
+_ABSENT: Any = object()
+
+
+def _checked_str(value: Any, where: str) -> str:
+    """The str check of ``_checker``: ``value`` when it is a str of valid Unicode, else
+    ProtocolError(400) with the same reason."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")  # JSON's "\ud800" escape: a lone surrogate
+            except UnicodeEncodeError:
+                raise ProtocolError(Status.BAD_REQUEST,
+                                    f"field {where} is not valid Unicode") from None
+        return value
+    raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a string")
+
+
+def _send_from_dict(data: dict[str, Any], prefix: str, strict: bool) -> Send:
+    """``_from_dict_generic(Send, data, prefix, strict)`` by hand: the same value, or the
+    same ProtocolError(400) found in the same order (unknown field in key order, then
+    room, text, kind, cmid)."""
+    if strict and not _SEND_FIELDS.issuperset(data):
+        for key in data:
+            if key not in _SEND_FIELDS:
+                raise ProtocolError(Status.BAD_REQUEST, f"unknown field {prefix}{key}")
+    room = data.get("room", _ABSENT)
+    if type(room) is not str or not room.isascii():
+        if room is _ABSENT:
+            raise ProtocolError(Status.BAD_REQUEST, f"missing field {prefix}room")
+        room = _checked_str(room, prefix + "room")
+    text = data.get("text", _ABSENT)
+    if type(text) is not str or not text.isascii():
+        if text is _ABSENT:
+            raise ProtocolError(Status.BAD_REQUEST, f"missing field {prefix}text")
+        text = _checked_str(text, prefix + "text")
+    kind = data.get("kind", "text")
+    if not (isinstance(kind, str) and kind in _MESSAGE_KINDS):
+        raise ProtocolError(Status.BAD_REQUEST,
+                            f"field {prefix}kind must be one of {_KIND_CHOICES}")
+    cmid = data.get("cmid", "")
+    if type(cmid) is not str or not cmid.isascii():
+        cmid = _checked_str(cmid, prefix + "cmid")
+    return Send(room, text, typing.cast(MessageKind, kind), cmid)
+
+
+#: Message class -> its from_dict by hand, taken by ``from_dict`` instead of the generic.
+_FAST_FROM_DICT: dict[type, Callable[[dict[str, Any], str, bool], Any]] = {
+    Send: _send_from_dict,
+}
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -1142,6 +1269,9 @@ def _no_constant(name: str) -> Any:
 #: one per call).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+#: _DECODER's scanner: (text, index) -> (value, end index) of the JSON value at index;
+#: StopIteration when none starts there, ValueError when it is malformed.
+_SCAN_JSON = typing.cast(Callable[[str, int], tuple[Any, int]], vars(_DECODER)["scan_once"])
 
 
 def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
@@ -1158,8 +1288,17 @@ def decode_body(cls: type[Any], body: bytes, limit: int = MAX_BODY_BYTES,
     except UnicodeDecodeError:
         raise ProtocolError(Status.BAD_REQUEST, "body is not valid UTF-8") from None
     try:
-        data = _DECODER.decode(text) if text else {}
-    except (ValueError, RecursionError):  # JSONDecodeError, or an int over 4,300 digits
+        if text[:1] == "{":
+            # What _DECODER.decode does, without its two whitespace scans, for the body
+            # every client writes: one object, nothing around it. After it decode allows
+            # JSON's whitespace only (its WHITESPACE is [ \t\n\r]*), and so do we.
+            data, end = _SCAN_JSON(text, 0)
+            if end != len(text) and text[end:].strip(" \t\n\r"):
+                raise ValueError("extra data after the body's object")
+        else:
+            data = _DECODER.decode(text) if text else {}
+    except (ValueError, RecursionError, StopIteration):
+        # JSONDecodeError, an int over 4,300 digits, or scan_once's "expecting a value"
         raise ProtocolError(Status.BAD_REQUEST, "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError(Status.BAD_REQUEST, "body must be a JSON object")
