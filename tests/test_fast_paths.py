@@ -170,8 +170,24 @@ def _random_sent(rng: random.Random, well_typed: bool) -> p.Sent:
     return p.Sent(**fields)
 
 
-@pytest.mark.parametrize("make", [_random_message_posted, _random_sent],
-                         ids=["MessagePosted", "Sent"])
+def _random_history_page(rng: random.Random, well_typed: bool) -> p.HistoryPage:
+    messages: Any = tuple(_random_message_posted(rng, well_typed or rng.random() < 0.7)
+                          for _ in range(rng.choice((0, 1, 2, 5, 20))))
+    room: Any = _random_str(rng)
+    if not well_typed:
+        r = rng.random()
+        if r < 0.2:
+            room = _off_type(rng)
+        elif r < 0.3:
+            messages = list(messages)
+        elif r < 0.4:
+            messages = (*messages, _random_sent(rng, True))
+    return p.HistoryPage(room=room, messages=messages)
+
+
+@pytest.mark.parametrize("make", [_random_message_posted, _random_sent,
+                                  _random_history_page],
+                         ids=["MessagePosted", "Sent", "HistoryPage"])
 def test_fast_encoders_write_the_generic_bytes_and_errors(
         make: Callable[[random.Random, bool], p.Message]) -> None:
     rng = random.Random(20260701)
@@ -203,6 +219,8 @@ def test_fast_encoders_take_every_well_typed_value() -> None:
         sent = _random_sent(rng, well_typed=True)
         assert p._message_posted_json(msg) is not None
         assert p._sent_json(sent) is not None
+        page = _random_history_page(rng, well_typed=True)
+        assert p._history_page_json(page) is not None
 
 
 def test_fast_encoded_send_bodies_frame_and_decode_as_before() -> None:
