@@ -49,17 +49,19 @@ TEXT_MARK = b'"text":"'
 
 @dataclass(frozen=True)
 class Target:
-    """Where the load goes: ``kind`` "relay" or "zchat", the ROUTER and PUB endpoints and
-    the CURVE server key (None = plain)."""
+    """Where the load goes: ``kind`` "relay" or "zchat", the ROUTER and PUB endpoints,
+    the CURVE server key (None = plain) and the frames of one event on the PUB (zchat's:
+    4, docs/PROTOCOL.md §3.4; the bare relay's: 2, or 4 in its ``plain4`` variant)."""
 
     kind: str
     router: str
     pub: str
     key: bytes | None = None
+    event_frames: int = 2
 
     @classmethod
     def of_broker(cls, broker: BrokerHandle) -> Target:
-        return cls("zchat", broker.router, broker.pub, broker.public_key)
+        return cls("zchat", broker.router, broker.pub, broker.public_key, event_frames=4)
 
 
 def read_seq(body: bytes) -> int:
@@ -128,7 +130,7 @@ def receiver_main(target: Target, names: list[str], latency: bool, conn: Any) ->
     index = {s: i for i, s in enumerate(subs)}
     # Fixed frame counts (plain recv, no RCVMORE per frame): zchat's events are 4 frames
     # (topic, version, type, body: docs/PROTOCOL.md §3.4), the relay's 2 (topic, body).
-    tail = 3 if target.kind == "zchat" else 1
+    tail = target.event_frames - 1
     poller = zmq.Poller()
     for s in subs:
         poller.register(s, zmq.POLLIN)

@@ -9,7 +9,9 @@ subscribers. Its figures go into ``Bench.ceiling`` and the ingest rows are print
 ratios to them.
 
 Also measured, reported but not used as the ceiling: the same relay written with
-``recv_multipart``/``send_multipart`` (pyzmq's per-call ``getsockopt(RCVMORE)`` cost).
+``recv_multipart``/``send_multipart`` (pyzmq's per-call ``getsockopt(RCVMORE)`` cost), and
+the plain relay publishing zchat's 4-frame event shape (``plain4``: topic, ``ZC1``,
+``MESSAGE``, body) instead of 2 frames, which prices the event framing alone.
 
 The relay is always plain TCP: with ``--encryption curve`` the zchat ratios include
 CurveZMQ's cost (the issue's ceiling is the bare relay).
@@ -57,6 +59,17 @@ def relay_main(router_ep: str, pub_ep: str, variant: str, conn: Any) -> None:
             psend(body)
             rsend(rid, more)
             rsend(b"ok")
+    elif variant == "plain4":  # zchat's event shape: topic, "ZC1", "MESSAGE", body
+        recv, rsend, psend = router.recv, router.send, pub.send
+        while True:
+            rid = recv()
+            body = recv()
+            psend(topic, more)
+            psend(b"ZC1", more)
+            psend(b"MESSAGE", more)
+            psend(body)
+            rsend(rid, more)
+            rsend(b"ok")
     else:
         recv_m, rsend_m, psend_m = router.recv_multipart, router.send_multipart, \
             pub.send_multipart
@@ -77,8 +90,8 @@ def measure(bench: Bench, variant: str, senders: int, subscribers: int) -> dict[
             raise RuntimeError("the relay did not start")
         mine.recv()
         count = message_count(bench.quick, subscribers, MESSAGES) // senders
-        result = run_fanout(bench.ctx, Target("relay", router, pub), senders, subscribers,
-                            count)
+        target = Target("relay", router, pub, event_frames=4 if variant == "plain4" else 2)
+        result = run_fanout(bench.ctx, target, senders, subscribers, count)
     finally:
         proc.terminate()
         proc.join(10)
@@ -103,13 +116,16 @@ def relay(bench: Bench) -> list[Row]:
                         raw=r, error=_check(r)))
         rows.append(Row(f"bare relay {shape} delivered", r["delivered_per_s"], "msg/s", 1.0,
                         raw={}))
-    for subs in (1,) if bench.quick else (1, 50):
-        r = measure(bench, "multipart", 1, subs)
-        plain = bench.ceiling[ceiling_key(1, subs, "delivered_per_s")]
-        rows.append(Row(f"relay recv/send_multipart 1 sender -> {subs} sub"
-                        f"{'s' if subs > 1 else ''} delivered (not the ceiling)",
-                        r["delivered_per_s"], "msg/s", r["delivered_per_s"] / plain,
-                        raw=r, error=_check(r)))
+    variants = {"multipart": "relay recv/send_multipart",
+                "plain4": "relay with zchat's 4-frame events"}
+    for variant, label in variants.items():
+        for subs in (1,) if bench.quick else (1, 50):
+            r = measure(bench, variant, 1, subs)
+            plain = bench.ceiling[ceiling_key(1, subs, "delivered_per_s")]
+            rows.append(Row(f"{label} 1 sender -> {subs} sub"
+                            f"{'s' if subs > 1 else ''} delivered (not the ceiling)",
+                            r["delivered_per_s"], "msg/s", r["delivered_per_s"] / plain,
+                            raw=r, error=_check(r)))
     bench.note("bare relay: a process of its own, plain TCP, PUB/ROUTER high-water marks "
                "unbounded, answering 'ok' to each request so the sender's window works "
                "as against zchat.")
