@@ -54,8 +54,8 @@ def test_defaults() -> None:
     assert cfg.broker.log_level == "info"
     assert cfg.broker.admins == ()
     assert cfg.broker.max_text_bytes == 4000
-    assert cfg.broker.heartbeat_interval_s == 2.0
-    assert cfg.broker.heartbeat_timeout_s == 6.0
+    assert cfg.broker.heartbeat_interval_s == 10.0
+    assert cfg.broker.heartbeat_timeout_s == 30.0
     assert cfg.broker.max_stored_dms == 1000
     assert (cfg.broker.sndhwm, cfg.broker.rcvhwm) == (10_000, 10_000)
     assert (cfg.broker.scrypt_n, cfg.broker.scrypt_r, cfg.broker.scrypt_p) == (16384, 8, 1)

@@ -110,3 +110,21 @@ def test_a_client_joining_a_busy_room_gets_every_message_after_its_join_once() -
     with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0,
                         send_rate_per_s=0.0) as h:  # posts without pause on purpose
         run(main(h), timeout_s=60)
+
+
+def test_a_join_is_followed_by_a_catch_up_heartbeat_long_before_the_interval() -> None:
+    """With the shipped 10 s heartbeat a message posted before a new subscription took
+    effect would wait up to 10 s for the next PONG; the client sends a catch-up PING
+    about half a second after it starts following a room (client.CATCH_UP_PINGS_S)."""
+
+    async def scenario(h: Harness) -> None:
+        async with h.client("bob") as bob:
+            assert bob.rtt_s is None  # no heartbeat yet: the first is 10 s away
+            await bob.join("dev")
+            # Within 5 s, so from the catch-up: the interval's PING is 10 s away.
+            async with asyncio.timeout(5):
+                while bob.rtt_s is None:
+                    await asyncio.sleep(0.05)  # polling a client attribute, not a socket
+
+    with running_broker(heartbeat_interval_s=10.0, heartbeat_timeout_s=30.0) as h:
+        run(scenario(h), 20)

@@ -93,6 +93,13 @@ CLIENT_EVENT_QUEUE_MAX = 10_000
 SEND_RETRY_S = 30.0
 #: First reconnect delay in seconds; each further attempt doubles it up to the ceiling.
 RECONNECT_FIRST_S = 0.5
+#: Seconds after the client starts following a room (JOIN, LOGIN, RESUME) at which it
+#: sends an extra heartbeat: a SUB subscription takes effect some time after it is made
+#: (it travels to the PUB, after the connection's handshake), and a message published
+#: meanwhile is found by the next PONG's ``last_seq`` (docs/PROTOCOL.md §14, G2). These
+#: catch-up PINGs find it within about a second instead of a heartbeat interval (10 s by
+#: default), the later one for slow links.
+CATCH_UP_PINGS_S = (0.5, 3.0)
 #: Each delay is scaled by a random factor within ±10 %, so that many clients cut off by
 #: one broker restart do not all come back in the same instant.
 RECONNECT_JITTER = 0.1
@@ -301,6 +308,7 @@ class Client:
         self._io_tasks: list[asyncio.Task[None]] = []     # socket readers, per connection
         self._supervisor: asyncio.Task[None] | None = None  # heartbeats and reconnecting
         self._wake = asyncio.Event()
+        self._catch_up_timers: list[asyncio.TimerHandle] = []
         self._room_locks: dict[str, asyncio.Lock] = {}
         # Topics subscribed on the SUB: libzmq counts SUBSCRIBEs per topic, so subscribing
         # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
@@ -386,6 +394,9 @@ class Client:
             return
         self._closed = True
         self._credentials = None
+        for timer in self._catch_up_timers:
+            timer.cancel()
+        self._catch_up_timers.clear()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()
@@ -1011,6 +1022,18 @@ class Client:
         self._state.room_names[key] = room
         self._state.topics[key] = topic
         self._subscribe(p.room_topic(key))
+        self._catch_up_soon()
+
+    def _catch_up_soon(self) -> None:
+        """Wake the heartbeat at CATCH_UP_PINGS_S from now (one pending set at a time), so
+        that a message published before the new subscription took effect is found soon."""
+        if self._catch_up_timers:
+            return
+        loop = asyncio.get_running_loop()
+        self._catch_up_timers = [loop.call_later(delay, self._wake.set)
+                                 for delay in CATCH_UP_PINGS_S]
+        self._catch_up_timers.append(loop.call_later(max(CATCH_UP_PINGS_S),
+                                                     self._catch_up_timers.clear))
 
     def _subscribe(self, topic: bytes) -> None:
         """SUBSCRIBE ``topic`` on the SUB unless it already is (once per topic); kept for

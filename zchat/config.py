@@ -139,8 +139,8 @@ class BrokerConfig:
     log_level: str = "info"
     admins: tuple[str, ...] = ()
     max_text_bytes: int = 4000
-    heartbeat_interval_s: float = 2.0
-    heartbeat_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 30.0
     max_stored_dms: int = 1000
     sndhwm: int = 10_000
     rcvhwm: int = 10_000
