@@ -589,7 +589,9 @@ def _make_tokens(broker: BrokerHandle, names: list[str]) -> dict[str, str]:
 
 def idle_sessions(bench: Bench) -> list[Row]:
     sizes = [200] if bench.quick else [1000, 5000, 10000]
-    window_s = 3.0 if bench.quick else 10.0
+    # Whole heartbeat intervals (each client PINGs once per interval, at its own phase):
+    # 2 of them for --quick, 3 for a full run.
+    window_s = (2 if bench.quick else 3) * SHIPPED.heartbeat_interval_s
     soft, hard = raise_nofile()
     settings = _session_settings(max(sizes))
     data = bench.scratch("sessions")
@@ -649,12 +651,15 @@ def idle_sessions(bench: Bench) -> list[Row]:
         elif total["pongs"] < expected_pongs_min:
             error = f"only {total['pongs']} PONGs (heartbeats not answered?)"
         shape = "DEALER+SUB" if subs else "DEALER only"
-        raw = {"clients": n, "shape": shape, "login_s": login_s, "cpu_share": share,
+        raw = {"clients": n, "logged_in": logged, "shape": shape, "login_s": login_s,
+               "cpu_share": share,
+               "heartbeat_interval_s": SHIPPED.heartbeat_interval_s,
                "rss_mb": rss, "rss_mb_before_logins": rss_before, "window_s": w1 - w0,
                "load_generators_cpu_share": gen_share, "processes": _processes(n),
                "nofile": [soft, hard], **total}
         big = n >= 10000
-        rows.append(Row(f"{n:,} idle sessions ({shape}): broker CPU", share * 100,
+        beat = f"PING every {SHIPPED.heartbeat_interval_s:g} s"
+        rows.append(Row(f"{n:,} idle sessions ({shape}, {beat}): broker CPU", share * 100,
                         "% of 1 core", target="< 25% of one core" if big else "",
                         met=share < 0.25 if big else None, raw=raw, error=error))
         rows.append(Row(f"{n:,} idle sessions: broker resident memory", rss, "MiB",
