@@ -662,9 +662,13 @@ def idle_sessions(bench: Bench) -> list[Row]:
         rows.append(Row(f"{n:,} idle sessions ({shape}, {beat}): broker CPU", share * 100,
                         "% of 1 core", target="< 25% of one core" if big else "",
                         met=share < 0.25 if big else None, raw=raw, error=error))
-        rows.append(Row(f"{n:,} idle sessions: broker resident memory", rss, "MiB",
-                        target="< 500 MB" if big else "",
-                        met=rss * 1.048576 < 500 if big else None, raw=raw))
+        # The memory target is for real clients, a DEALER and a SUB each: with a DEALER
+        # only (the fd limit) the figure is not comparable, so no met/missed is claimed.
+        memory_target = ("< 500 MB" if subs else "< 500 MB with a SUB each: not comparable") \
+            if big else ""
+        rows.append(Row(f"{n:,} idle sessions ({shape}): broker resident memory", rss, "MiB",
+                        target=memory_target,
+                        met=rss * 1.048576 < 500 if big and subs else None, raw=raw))
         rows.append(Row(f"{n:,} sessions: all logged in (token)", login_s, "s", raw=raw))
         print(f"  sessions: {n:,} {shape}: logged in in {login_s:.2f} s; broker "
               f"{share * 100:.1f}% of a core, {rss:.0f} MiB; load generators "
