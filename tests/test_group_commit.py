@@ -11,6 +11,7 @@ transaction back otherwise — a DM's SAVEPOINT write).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,19 @@ def test_another_connections_unban_reaches_the_cached_ban_at_the_next_group(
     store.commit_group()
 
 
+async def _until_the_disk_refuses(write: Callable[[str], Awaitable[None]], mark: str) -> str:
+    """Call ``write`` with texts of ~500 bytes until one is refused; that one's text. The
+    refusal must be 503 (the disk is full), and must come within 2,000 writes."""
+    for i in range(2000):
+        text = f"{mark}{i} " + "x" * 500
+        try:
+            await write(text)
+        except RequestFailed as exc:
+            assert exc.status == Status.UNAVAILABLE, exc
+            return text
+    raise AssertionError("the disk never filled")
+
+
 def test_a_message_the_disk_cannot_take_is_answered_503_and_not_told(
         tmp_path: Path) -> None:
     """The broker's side: the message whose write fills the disk gets 503 (its INSERT
@@ -159,16 +173,11 @@ def test_a_message_the_disk_cannot_take_is_answered_503_and_not_told(
                 first = await alice.send("dev", "before")
                 _fill_the_disk(broker.store)
                 stored: list[int] = []
-                refused = ""
-                for i in range(2000):
-                    text = f"m{i} " + "x" * 500
-                    try:
-                        stored.append((await alice.send("dev", text)).seq)
-                    except RequestFailed as exc:
-                        assert exc.status == Status.UNAVAILABLE, exc
-                        refused = text
-                        break
-                assert refused, "the disk never filled"
+
+                async def post(text: str) -> None:
+                    stored.append((await alice.send("dev", text)).seq)
+
+                refused = await _until_the_disk_refuses(post, "m")
                 broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
                 after = await alice.send("dev", "after")
                 assert after.seq == (stored[-1] if stored else first.seq) + 1
@@ -201,17 +210,12 @@ def test_a_batch_the_disk_cannot_take_is_answered_503_and_nothing_of_it_is_told(
                 first = await alice.send("dev", "before")
                 _fill_the_disk(broker.store)
                 acked: list[str] = []
-                refused = ""
-                for i in range(2000):
-                    text = f"d{i} " + "x" * 500
-                    try:
-                        await alice.dm("bob", text)
-                        acked.append(text)
-                    except RequestFailed as exc:
-                        assert exc.status == Status.UNAVAILABLE, exc
-                        refused = text
-                        break
-                assert refused, "the disk never filled"
+
+                async def dm(text: str) -> None:
+                    await alice.dm("bob", text)
+                    acked.append(text)
+
+                await _until_the_disk_refuses(dm, "d")
                 assert broker.failed_commits >= 1
                 broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
                 with sqlite3.connect(tmp_path / "z.db") as other:

@@ -1067,15 +1067,7 @@ def _checker(tp: Any) -> _Checker:
         return check_int
     if tp is str:
         def check_str(value: Any, where: str, strict: bool) -> Any:
-            if isinstance(value, str):
-                if not value.isascii():
-                    try:
-                        value.encode("utf-8")  # JSON's "\ud800" escape: a lone surrogate
-                    except UnicodeEncodeError:
-                        raise ProtocolError(Status.BAD_REQUEST,
-                                            f"field {where} is not valid Unicode") from None
-                return value
-            raise ProtocolError(Status.BAD_REQUEST, f"field {where} must be a string")
+            return _checked_str(value, where)
         return check_str
     if _is_message_type(tp):
         def check_message(value: Any, where: str, strict: bool) -> Any:
@@ -1226,8 +1218,8 @@ _ABSENT: Any = object()
 
 
 def _checked_str(value: Any, where: str) -> str:
-    """The str check of ``_checker``: ``value`` when it is a str of valid Unicode, else
-    ProtocolError(400) with the same reason."""
+    """The str check (of ``_checker`` and the fast paths): ``value`` when it is a str of
+    valid Unicode, else ProtocolError(400) naming the field ``where``."""
     if isinstance(value, str):
         if not value.isascii():
             try:
