@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -1012,3 +1013,45 @@ def test_rejoining_after_a_kick_shows_what_was_said_meanwhile(harness: Harness) 
         return set(s.console.conversations["dev"].members)
 
     run(main())
+
+
+def test_a_line_the_broker_never_answered_comes_back_and_is_stored_once(tmp_path: Any) -> None:
+    """Typed while the broker is gone, a line fails with one clear error, comes back to
+    the input, and Enter after the reconnect sends it with the same client message id
+    (so a first try that did get through could not be stored twice)."""
+    db = tmp_path / "z.db"
+    beats = dict(FAST_BEATS, resume_grace_s=60.0)
+    cm = running_broker(db, **beats)
+    h = cm.__enter__()
+    endpoints = {"router": h.broker.config.router, "pub": h.broker.config.pub}
+    live: list[Any] = [cm]
+
+    async def main() -> None:
+        client = Client(h.server, context=h.context, timeout_s=0.5, reconnect=True)
+        async with console_session(h, client=client) as s:
+            await asyncio.to_thread(live.pop().__exit__, None, None, None)
+            await until(lambda: s.console.state == "reconnecting", timeout=5,
+                        what="reconnecting")
+            s.type_line("typed into the outage")
+            await until(lambda: any(e.startswith("not sent") for e in s.errors()),
+                        what="the not-sent line")
+            assert s.console.input_buffer.text == "typed into the outage"
+            ((key, text), cmid), = s.console._unanswered.items()
+            assert (key, text) == ("lobby", "typed into the outage")
+            again = running_broker(db, **beats, **endpoints)
+            again.__enter__()
+            live.append(again)
+            await until(lambda: s.console.state == "connected", timeout=10, what="resumed")
+            s.send(ENTER)
+            await s.wait_text("typed into the outage", "lobby")
+            assert s.console._unanswered == {}
+            with sqlite3.connect(db) as other:
+                rows = other.execute("SELECT cmid FROM messages WHERE text = ?",
+                                     ("typed into the outage",)).fetchall()
+            assert rows == [(cmid,)]
+
+    try:
+        run(main(), 60)
+    finally:
+        for cm_ in live:
+            cm_.__exit__(None, None, None)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
 import pyte
+import pytest
 from conftest import Proc, TcpBroker, cli_env, zchat_command
 from test_e2e_cli import ok, register, zchat
 
@@ -157,3 +159,26 @@ def test_console_offers_to_create_a_missing_account(tmp_path: Path,
     who = ok(zchat(tmp_path, "who", "--server", tcp_broker.router, "--as", "newuser",
                    password="s3cret pw"))
     assert "newuser" in who.stdout
+
+
+def online_names(tmp_path: Path, server: tuple[str, str]) -> set[str]:
+    """Accounts online, as bob sees them with ``zchat who --json`` (one JSON line each)."""
+    out = ok(zchat(tmp_path, "who", *server, "--as", "bob", "--json")).stdout
+    return {json.loads(line)["name"] for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGHUP, 129), (signal.SIGTERM, 143)])
+def test_closing_the_terminal_logs_the_console_out(tmp_path: Path, tcp_broker: TcpBroker,
+                                                   sig: signal.Signals, code: int) -> None:
+    """SIGHUP (the terminal window closed) and SIGTERM end ``zchat join`` with a LOGOUT,
+    as /quit does: the others see the user offline at once, not after the heartbeat
+    timeout (30 s by default, the broker here runs with it)."""
+    server = ("--server", tcp_broker.router)
+    register(tmp_path, tcp_broker, "alice", "bob")
+    term = Terminal(["join", "alice", *server], console_env(tmp_path))
+    with screen_on_failure(term):
+        term.wait_for(lambda t: "alice │ #lobby" in t and "connected" in t, "the console")
+        assert "alice" in online_names(tmp_path, server)
+        term.child.kill(sig)
+        assert term.wait_exit(5) == code
+    assert "alice" not in online_names(tmp_path, server)

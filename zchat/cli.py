@@ -4,8 +4,9 @@ Settings: defaults in code, then the TOML file (``--config`` or the XDG default)
 flags. Client commands log in with the account token in ``ZCHAT_TOKEN``, else read the
 password from ``ZCHAT_PASSWORD``, else prompt without echo.
 Exit codes: 0 success, 1 an error from zchat (one line on stderr, never a traceback), 2 bad
-usage (argparse), 130 interrupted (SIGINT), 143 terminated (SIGTERM); on either signal a
-client command logs out before it exits.
+usage (argparse), 129 (``join`` only) its terminal closed (SIGHUP), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM); on any of these a client command logs out before it
+exits.
 """
 
 from __future__ import annotations
@@ -1145,12 +1146,13 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
                                                os.environ.get(PASSWORD_ENV) or None, print))
             console = ChatConsole(client, logged_in, mouse=not args.no_mouse,
                                   paste_confirm_lines=config.client.paste_confirm_lines)
-            await console.run()
+            await console.run()  # SIGTERM/SIGHUP cancel it: it logs out as /quit does
             return 0
         finally:
             await client.close()
 
-    return _run(run(), signals=(signal.SIGTERM,))  # Ctrl-C is a key of the console
+    # Ctrl-C is a key of the console; SIGTERM and SIGHUP end it (exit 143 and 129).
+    return _run(run(), signals=(signal.SIGTERM, signal.SIGHUP))
 
 
 def cmd_bot(args: argparse.Namespace, config: Config) -> int:

@@ -175,7 +175,7 @@ Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.Top
          | p.RoleChanged | p.Invited | p.MuteChanged)
 
 
-def _new_cmid() -> str:
+def new_cmid() -> str:
     """A fresh client message id: 16 URL-safe characters (96 random bits)."""
     return secrets.token_urlsafe(12)
 
@@ -768,7 +768,7 @@ class Client:
         see why than wait. Raises RequestFailed, or ConnectionFailed when no try was
         answered in time."""
         reply: p.Sent = await self._reliably(
-            p.Send(room=room, text=text, kind=kind, cmid=cmid or _new_cmid()), retry_for_s,
+            p.Send(room=room, text=text, kind=kind, cmid=cmid or new_cmid()), retry_for_s,
             RATE_LIMIT_TRIES if patient else 1)
         return reply
 
@@ -780,7 +780,7 @@ class Client:
         Raises RequestFailed 404 for an unknown account, ConnectionFailed when no try was
         answered in time."""
         reply: p.DmSent = await self._reliably(
-            p.SendDirect(to=to, text=text, cmid=cmid or _new_cmid()), retry_for_s,
+            p.SendDirect(to=to, text=text, cmid=cmid or new_cmid()), retry_for_s,
             RATE_LIMIT_TRIES if patient else 1)
         return reply
 

@@ -47,13 +47,16 @@ from zchat.client import (
     ConnectionRestored,
     Reconnecting,
     SessionEnded,
+    new_cmid,
 )
 from zchat.console import commands as c
 from zchat.console import view as v
-from zchat.errors import RequestFailed, Status, ZchatError
+from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.names import name_key
 
 log = logging.getLogger("zchat.console")
+#: Bound of the lines kept with their client message id after the broker did not answer.
+UNANSWERED_MAX = 100
 
 HISTORY_ON_OPEN = 50      # messages shown when a room is opened (issue: "the last 50")
 OLDER_PAGE = 100          # messages fetched when scrolling above the loaded history
@@ -116,6 +119,10 @@ class ChatConsole:
         self.state: v.ConnectionState = "connected"
         self.reconnect_at: float | None = None
         self.ended = False
+        #: (conversation key, text) -> client message id of a line the broker never
+        #: answered, given back to the input: sent again unchanged it carries the same id,
+        #: so the broker stores it at most once even if the first try did get through.
+        self._unanswered: dict[tuple[str, str], str] = {}
         self.going_away = False  # GOING_AWAY shown: the ConnectionLost after it says no more
         self._tab: c.TabCycle | None = None
         #: Timed mutes of yours by room key ("" server-wide): their end is announced.
@@ -509,16 +516,27 @@ class ChatConsole:
         if self._not_joined(conv):
             self._give_back(text)
             return
+        cmid = self._unanswered.pop((conv.key, text), "") or new_cmid()
         try:
             if conv.kind == "room":
                 # A rate limit or slow mode is shown at once with its wait, and the line
                 # comes back to the input, rather than the console waiting silently.
-                await self.client.send(conv.title, text, patient=False)
+                await self.client.send(conv.title, text, cmid=cmid, patient=False)
             else:
-                await self._dm(conv.title, text)
+                await self._dm(conv.title, text, cmid)
         except RequestFailed:
             self._give_back(text)  # refused: to fix and resend
             raise
+        except ConnectionFailed as exc:
+            # No answer: it may or may not have been stored. Given back with its cmid kept,
+            # Enter sends it again safely (docs/console.md, "When the broker is lost").
+            if len(self._unanswered) >= UNANSWERED_MAX:
+                self._unanswered.clear()
+            self._unanswered[(conv.key, text)] = cmid
+            self._give_back(text)
+            raise ConnectionFailed(f"not sent, no answer from the broker ({exc}); press "
+                                   "Enter to send it again: it is stored at most once") \
+                from None
 
     def _give_back(self, text: str) -> None:
         """Put a line that was not sent back into the input, to fix and resend, unless
@@ -527,8 +545,8 @@ class ChatConsole:
             self.input_buffer.text = text
             self.input_buffer.cursor_position = len(text)
 
-    async def _dm(self, to: str, text: str) -> None:
-        reply = await self.client.dm(to, text, patient=False)
+    async def _dm(self, to: str, text: str, cmid: str = "") -> None:
+        reply = await self.client.dm(to, text, cmid, patient=False)
         key = v.dm_key(to)
         self.conversation(key, to, "dm")
         self.add_line(key, v.Line("dm", reply.time, self.me, text, reply.id))
@@ -979,6 +997,13 @@ class ChatConsole:
         try:
             await self.start()
             await self.app.run_async()
+        except asyncio.CancelledError:
+            # SIGTERM, or SIGHUP (the terminal was closed; see cli.cmd_join): log out as
+            # /quit does, so the others see us offline now, not after the heartbeat timeout.
+            if self.client.state == "connected":
+                with contextlib.suppress(ZchatError, TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(self.client.logout(), QUIT_TIMEOUT_S)
+            raise
         finally:
             pump.cancel()
             for task in list(self._tasks):
