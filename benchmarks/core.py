@@ -9,7 +9,7 @@ What one request costs the broker's loop in CPU, apart from ZeroMQ and the clien
 - HISTORY of the last 100 messages.
 
 Each figure is the median of ``ROUNDS`` timed rounds, in microseconds per request. With
-``--profile-core DIR`` (or ZCHAT_BENCH_PROFILE) a cProfile of each path is written there
+ZCHAT_BENCH_PROFILE=DIR in the environment a cProfile of each path is written there
 (``python -m pstats DIR/core-send.prof``); docs/PERFORMANCE.md shows their top lines.
 """
 
@@ -103,7 +103,7 @@ def core_paths(bench: Bench) -> list[Row]:
     paths: dict[str, Callable[[], list[list[bytes]]]] = {
         "send": sends_, "ping": lambda: [ping] * count,
         "history": lambda: [history] * (count // 10)}
-    profile_dir = getattr(bench.args, "profile_core", None) or os.environ.get(
+    profile_dir = os.environ.get(
         "ZCHAT_BENCH_PROFILE")
     rows = []
     for name, prepare in paths.items():

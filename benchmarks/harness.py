@@ -223,15 +223,19 @@ def run_broker(data_dir: Path, settings: dict[str, Any], *, router: str | None =
     offset = log.stat().st_size if log.exists() else 0
     public_key: bytes | None = None
     text = ""
-    while True:
-        text = log.read_bytes()[offset:].decode("utf-8", "replace") if log.exists() else ""
-        if "fingerprint" in text or "encryption none" in text:
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"the broker did not start:\n{text}")
-        time.sleep(0.02)  # polling a log file for a line, not waiting for a socket
+    try:
+        while True:
+            text = log.read_bytes()[offset:].decode("utf-8", "replace") if log.exists() \
+                else ""
+            if "fingerprint" in text or "encryption none" in text:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the broker did not start:\n{text}")
+            time.sleep(0.02)  # polling a log file for a line, not waiting for a socket
+    except BaseException:  # not started, or the run was stopped (SIGTERM, Ctrl-C) meanwhile
+        proc.kill()
+        proc.wait()
+        raise
     for line in text.splitlines():
         if "public key:" in line:
             public_key = line.split()[-1].encode()

@@ -40,6 +40,8 @@ TOPIC = p.room_topic(ROOM)
 PASSWORD = "bench-password"
 #: A receiver gives up this long after the last message once the senders are done.
 DRAIN_IDLE_S = 5.0
+#: A sender gives up when no reply has come for this long (a lost reply, a stuck broker).
+REPLY_TIMEOUT_S = 60.0
 #: Receiver processes (at most; one per subscriber below that), the subscribers dealt out
 #: among them: 2 cores, so past a few processes they would only take turns.
 RECEIVER_PROCESSES = 4
@@ -243,6 +245,9 @@ def sender_main(target: Target, name: str, index: int, count: int, conn: Any) ->
     # ERROR, body: §3.2), the relay's one ("ok").
     send, recv, more = dealer.send, dealer.recv, zmq.SNDMORE
     zchat = target.kind == "zchat"
+    # A lost reply must not hang the run: after REPLY_TIMEOUT_S without any, the sender
+    # stops and reports the messages it has no answer for as errors.
+    dealer.rcvtimeo = int(REPLY_TIMEOUT_S * 1000)
     t0 = time.monotonic_ns()
     while acked < count:
         while sent < count and sent - acked < WINDOW:
@@ -251,7 +256,13 @@ def sender_main(target: Target, name: str, index: int, count: int, conn: Any) ->
                 send(f, more)
             send(msg[-1])
             sent += 1
-        reply = recv()
+        try:
+            reply = recv()
+        except zmq.Again:
+            errors += count - acked
+            first_error = first_error or (f"no reply for {REPLY_TIMEOUT_S:g} s; "
+                                          f"{count - acked} messages unanswered")
+            break
         acked += 1
         if zchat:
             recv()

@@ -9,7 +9,8 @@ Scenarios (``SCENARIOS``; run with ``python benchmarks/run.py --only NAME``):
   holding many DEALER sockets (and a SUB on ``tick/``, ``broker/`` and ``room/lobby/``
   where the file-descriptor limit allows) in one ``zmq.Poller`` loop, not asyncio.
   Measured: the time for all to log in, then the broker's CPU share (utime + stime from
-  /proc/PID/stat over a 10 s idle window; quick: 3 s) and its resident memory (VmRSS).
+  /proc/PID/stat over an idle window of 3 heartbeat intervals, 30 s as shipped; quick: 2)
+  and its resident memory (VmRSS).
   Accounts are registered once over the wire at ``scrypt_n`` = 1024 (the lowest the
   broker accepts) and each gets an account token; the timed logins use the token (LOGIN
   with ``token``: a SHA-256, no scrypt), so "all logged in" measures the broker's session
@@ -767,7 +768,12 @@ class _PacedRoom:
             self.subs.append(s)
         self._wait_live()
         self.samples: list[tuple[float, float]] = []  # (sent at, latency s)
-        self.seen: dict[int, int] = {}
+        # Per member: message number -> deliveries, the last number delivered, and how
+        # many arrived below it (so a duplicate on one member cannot hide a loss on another).
+        self.got: list[dict[int, int]] = [{} for _ in self.subs]
+        self.last_num = [0] * len(self.subs)
+        self.disorder = [0] * len(self.subs)
+        self.first_deliveries: dict[int, int] = {}  # number -> members that have it
         self.sent = 0
         self.complete = 0  # messages seen by every member
         self.stop = threading.Event()
@@ -794,6 +800,7 @@ class _PacedRoom:
         poller = zmq.Poller()
         for s in self.subs:
             poller.register(s, zmq.POLLIN)
+        member = {s: i for i, s in enumerate(self.subs)}
         quiet_since = time.monotonic()
         while True:
             ready = poller.poll(100)
@@ -809,9 +816,25 @@ class _PacedRoom:
                     sent = int(sent_ns) / 1e9
                     self.samples.append((sent, now - sent))
                     num = int(num_text)
-                    self.seen[num] = self.seen.get(num, 0) + 1
-                    if self.seen[num] == len(self.subs):
-                        self.complete += 1
+                    m = member[sock]
+                    got = self.got[m]
+                    got[num] = got.get(num, 0) + 1
+                    if num < self.last_num[m]:
+                        self.disorder[m] += 1
+                    self.last_num[m] = max(self.last_num[m], num)
+                    if got[num] == 1:
+                        firsts = self.first_deliveries.get(num, 0) + 1
+                        self.first_deliveries[num] = firsts
+                        if firsts == len(self.subs):
+                            self.complete += 1
+
+    def counts(self) -> tuple[int, int, int]:
+        """(lost, duplicated, out of order) deliveries summed over the members: a message
+        number 1..sent missing on a member, delivered to it more than once, or after a
+        higher number."""
+        lost = sum(1 for got in self.got for i in range(1, self.sent + 1) if i not in got)
+        dup = sum(c - 1 for got in self.got for c in got.values() if c > 1)
+        return lost, dup, sum(self.disorder)
 
     def _send(self) -> None:
         period = 1.0 / self.rate
@@ -935,14 +958,13 @@ def login_storm(bench: Bench) -> list[Row]:
                 raise RuntimeError("the storm's logins did not finish within 300 s")
             t_up = ups[0][1]
             stormy = room.window(t_go, t_up)
-            lost = sum(1 for i in range(1, room.sent + 1) if room.seen.get(i, 0) < members)
-            dup = sum(1 for c in room.seen.values() if c > members)
+            lost, dup, disorder = room.counts()
             error = ""
             if ups[0][2] != storm or ups[0][3]:
                 error = f"{storm - ups[0][2]} storm logins failed: {ups[0][3][:3]}"
-            elif lost or dup or room.errors:
-                error = f"{lost} messages not delivered to all, {dup} duplicated, " \
-                        f"{len(room.errors)} refused"
+            elif lost or dup or disorder or room.errors:
+                error = f"deliveries lost {lost}, duplicated {dup}, out of order " \
+                        f"{disorder}; {len(room.errors)} refused"
             raw = {"rate_per_s": rate, "members": members, "storm_logins": storm,
                    "storm_s": t_up - t_go, "messages": room.sent, **params}
             rows += _latency_rows(f"{rate:.0f} msg/s -> {members}, no storm",
