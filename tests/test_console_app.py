@@ -27,7 +27,7 @@ from zchat import protocol as p
 from zchat.client import Client, Event
 from zchat.console import view as v
 from zchat.console.app import HISTORY_ON_OPEN, OLDER_PAGE, ChatConsole, login_flow
-from zchat.errors import RequestFailed
+from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}
@@ -1032,19 +1032,28 @@ def test_a_line_the_broker_never_answered_comes_back_and_is_stored_once(tmp_path
             await asyncio.to_thread(live.pop().__exit__, None, None, None)
             await until(lambda: s.console.state == "reconnecting", timeout=5,
                         what="reconnecting")
+            # With something else in the input, the line is not put back: the error says
+            # which line it was and where to find it.
+            s.console.input_buffer.text = "half typed"
+            with pytest.raises(ConnectionFailed, match="'other line' is in the input history"):
+                await s.console._say("other line")
+            assert s.console.input_buffer.text == "half typed"
+            s.console.input_buffer.text = ""
             s.type_line("typed into the outage")
-            await until(lambda: any(e.startswith("not sent") for e in s.errors()),
+            await until(lambda: any(e.startswith("not sent: the broker is lost")
+                                    and "press Enter" in e for e in s.errors()),
                         what="the not-sent line")
             assert s.console.input_buffer.text == "typed into the outage"
-            ((key, text), cmid), = s.console._unanswered.items()
-            assert (key, text) == ("lobby", "typed into the outage")
+            cmid = s.console._unanswered[("lobby", "typed into the outage")]
+            assert set(s.console._unanswered) == {("lobby", "typed into the outage"),
+                                                  ("lobby", "other line")}
             again = running_broker(db, **beats, **endpoints)
             again.__enter__()
             live.append(again)
             await until(lambda: s.console.state == "connected", timeout=10, what="resumed")
             s.send(ENTER)
             await s.wait_text("typed into the outage", "lobby")
-            assert s.console._unanswered == {}
+            assert set(s.console._unanswered) == {("lobby", "other line")}
             with sqlite3.connect(db) as other:
                 rows = other.execute("SELECT cmid FROM messages WHERE text = ?",
                                      ("typed into the outage",)).fetchall()

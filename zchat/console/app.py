@@ -517,6 +517,7 @@ class ChatConsole:
             self._give_back(text)
             return
         cmid = self._unanswered.pop((conv.key, text), "") or new_cmid()
+        offline = self.client.state != "connected"  # then nothing goes out at all
         try:
             if conv.kind == "room":
                 # A rate limit or slow mode is shown at once with its wait, and the line
@@ -528,22 +529,32 @@ class ChatConsole:
             self._give_back(text)  # refused: to fix and resend
             raise
         except ConnectionFailed as exc:
-            # No answer: it may or may not have been stored. Given back with its cmid kept,
-            # Enter sends it again safely (docs/console.md, "When the broker is lost").
+            # No answer: it may or may not have been stored. Kept with its cmid, so that
+            # sending the same line again (given back, or recalled with Up) is safe
+            # (docs/console.md, "Reconnecting").
             if len(self._unanswered) >= UNANSWERED_MAX:
                 self._unanswered.clear()
             self._unanswered[(conv.key, text)] = cmid
-            self._give_back(text)
-            raise ConnectionFailed(f"not sent, no answer from the broker ({exc}); press "
-                                   "Enter to send it again: it is stored at most once") \
-                from None
+            if offline:
+                what = "not sent: the broker is lost, reconnecting"
+            else:
+                what = f"not sent, no answer from the broker ({exc})"
+            if self._give_back(text):
+                how = "press Enter to send it again"
+            else:  # something else is being typed: say which line, and where it is
+                shown = text if len(text) <= 40 else text[:39] + "…"
+                how = f"{shown!r} is in the input history (Up) to send again"
+            raise ConnectionFailed(f"{what}; {how}: it is stored at most once") from None
 
-    def _give_back(self, text: str) -> None:
+    def _give_back(self, text: str) -> bool:
         """Put a line that was not sent back into the input, to fix and resend, unless
-        something new is typed there already or it is a multi-line paste."""
+        something new is typed there already or it is a multi-line paste. Whether it
+        was put back."""
         if text and "\n" not in text and not self.input_buffer.text:
             self.input_buffer.text = text
             self.input_buffer.cursor_position = len(text)
+            return True
+        return False
 
     async def _dm(self, to: str, text: str, cmid: str = "") -> None:
         reply = await self.client.dm(to, text, cmid, patient=False)
