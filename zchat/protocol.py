@@ -1124,18 +1124,16 @@ def encode_body(value: Message) -> bytes:
     """
     fast = _FAST_JSON.get(type(value))
     text = None if fast is None else fast(value)
-    if text is None:
-        text = _ENCODER.encode(to_dict(value))
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        raise ProtocolError(Status.BAD_REQUEST,
-                            f"{value.TYPE} holds text that is not valid Unicode") from None
+    return _utf8_body(value, _ENCODER.encode(to_dict(value)) if text is None else text)
 
 
 def _generic_encode_body(value: Message) -> bytes:
     """``encode_body`` without the fast paths: the reference they must match."""
-    text = _ENCODER.encode(to_dict(value))
+    return _utf8_body(value, _ENCODER.encode(to_dict(value)))
+
+
+def _utf8_body(value: Message, text: str) -> bytes:
+    """``text`` (the JSON of ``value``) in UTF-8; ProtocolError(400) for a lone surrogate."""
     try:
         return text.encode()
     except UnicodeEncodeError:
