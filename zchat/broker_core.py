@@ -1131,9 +1131,8 @@ class BrokerCore:
                                 f"JOIN it to {what}")
 
     def _check_not_muted(self, key: str, session: Session, now_ms: int) -> None:
-        """SET_TOPIC (§6.22): raise 403 when the account is muted in room ``key`` or
-        server-wide, worded as SEND's refusal (a muted member may read, not speak; a topic
-        is speech too)."""
+        """SEND and SET_TOPIC (§6.22): raise 403 when the account is muted in room ``key``
+        or server-wide (a muted member may read, not speak; a topic is speech too)."""
         for room_key in (key, ""):
             mute = self.store.active_ban("mute", room_key, session.account_key, now_ms)
             if mute is not None:
@@ -1173,12 +1172,7 @@ class BrokerCore:
     def _check_may_post(self, key: str, session: Session, now_ms: int) -> None:
         """SEND (§17.1): raise 403 when the account is muted in the room or server-wide,
         or the room is locked and the account does not moderate it."""
-        for room_key in (key, ""):
-            mute = self.store.active_ban("mute", room_key, session.account_key, now_ms)
-            if mute is not None:
-                where = f"in #{self.rooms[key]}" if room_key else "on this server"
-                raise ProtocolError(Status.FORBIDDEN, f"you are muted {where} "
-                                    f"{_until(mute.until_ms)}")
+        self._check_not_muted(key, session, now_ms)
         if key in self.locked and not self._is_mod(key, session.account_key):
             raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} is locked: only its "
                                 "moderators may post")

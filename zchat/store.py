@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from zchat.errors import ProtocolError, Status, StorageError
 
@@ -303,6 +303,15 @@ def _write_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _raise_write_error(exc: BaseException) -> NoReturn:
+    """Raise what a failed write raises (``_write_error``), chained to ``exc``; called
+    from the ``except`` block that caught ``exc``."""
+    error = _write_error(exc)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
 #: Bound of Store.active_ban's cache (entries); emptied whole when full.
 BAN_CACHE_MAX = 65_536
 
@@ -400,10 +409,7 @@ class Store:
             self._ban_cache.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            error = _write_error(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            _raise_write_error(exc)
 
     def _group_write(self) -> Iterator[sqlite3.Connection]:
         """A top-level write inside a group: one SAVEPOINT in the group's transaction
@@ -433,10 +439,7 @@ class Store:
                     self._group_failed = f"storage failed, the batch was lost: {exc}"
             except sqlite3.Error as undo:
                 self._group_failed = f"storage failed, the batch was lost: {undo}"
-            error = _write_error(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            _raise_write_error(exc)
 
     def _begin_group_transaction(self) -> None:
         """Inside a group: refuse at once if the group is lost, else open its transaction
@@ -469,10 +472,7 @@ class Store:
             self._ban_cache.clear()
             if not self._db.in_transaction:
                 self._group_failed = f"storage failed, the batch was lost: {exc}"
-            error = _write_error(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            _raise_write_error(exc)
 
     def _check_other_writers(self) -> None:
         """Empty the caches when another connection (``zchat admin unban`` on the
@@ -762,10 +762,7 @@ class Store:
             try:
                 return self._post_message(room_key, sender, kind, text, cmid, now_ms)
             except sqlite3.Error as exc:  # the lookup (the INSERT maps its own errors)
-                error = _write_error(exc)
-                if error is exc:
-                    raise
-                raise error from exc
+                _raise_write_error(exc)
         with self._write():
             return self._post_message(room_key, sender, kind, text, cmid, now_ms)
 
