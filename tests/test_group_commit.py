@@ -10,14 +10,18 @@ transaction back otherwise — a DM's SAVEPOINT write).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from conftest import run
 from test_integration import collect, is_msg, msgs
 
+from zchat import protocol as p
+from zchat.broker import Broker
+from zchat.client import Client
 from zchat.errors import ProtocolError, RequestFailed, Status, StorageError
 from zchat.store import Store
 from zchat.testing import running_broker
@@ -158,6 +162,21 @@ async def _until_the_disk_refuses(write: Callable[[str], Awaitable[None]], mark:
     raise AssertionError("the disk never filled")
 
 
+@contextlib.asynccontextmanager
+async def _a_full_disk_under_alice_and_bob(tmp_path: Path) -> AsyncIterator[
+        tuple[Broker, Client, Client, p.Sent]]:
+    """A broker on ``tmp_path/z.db``, alice and bob in #dev, alice's first message
+    ("before") stored, then the disk full: (broker, alice, bob, that message's reply)."""
+    with running_broker(tmp_path / "z.db") as harness:
+        broker = harness.broker
+        async with harness.client("alice") as alice, harness.client("bob") as bob:
+            await alice.join("dev")
+            await bob.join("dev")
+            first = await alice.send("dev", "before")
+            _fill_the_disk(broker.store)
+            yield broker, alice, bob, first
+
+
 def test_a_message_the_disk_cannot_take_is_answered_503_and_not_told(
         tmp_path: Path) -> None:
     """The broker's side: the message whose write fills the disk gets 503 (its INSERT
@@ -165,32 +184,26 @@ def test_a_message_the_disk_cannot_take_is_answered_503_and_not_told(
     new login) and the next message takes the next sequence number."""
 
     async def scenario() -> None:
-        with running_broker(tmp_path / "z.db") as harness:
-            broker = harness.broker
-            async with harness.client("alice") as alice, harness.client("bob") as bob:
-                await alice.join("dev")
-                await bob.join("dev")
-                first = await alice.send("dev", "before")
-                _fill_the_disk(broker.store)
-                stored: list[int] = []
+        async with _a_full_disk_under_alice_and_bob(tmp_path) as (broker, alice, bob, first):
+            stored: list[int] = []
 
-                async def post(text: str) -> None:
-                    stored.append((await alice.send("dev", text)).seq)
+            async def post(text: str) -> None:
+                stored.append((await alice.send("dev", text)).seq)
 
-                refused = await _until_the_disk_refuses(post, "m")
-                broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
-                after = await alice.send("dev", "after")
-                assert after.seq == (stored[-1] if stored else first.seq) + 1
-                heard = msgs(await collect(bob, is_msg(after.seq)), "dev")
-                assert [m.seq for m in heard] == [first.seq, *stored, after.seq]
-                assert refused not in {m.text for m in heard}
-                page = await bob.history("dev", limit=500)
-                assert [m.seq for m in page.messages] == [first.seq, *stored, after.seq]
-                assert refused not in {m.text for m in page.messages}
-                # the sessions were carried over: the same two, no reconnect needed
-                assert sorted(s.name for s in broker.core.sessions.values()) == \
-                    ["alice", "bob"]
-                assert (await bob.send("dev", "still here")).seq == after.seq + 1
+            refused = await _until_the_disk_refuses(post, "m")
+            broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
+            after = await alice.send("dev", "after")
+            assert after.seq == (stored[-1] if stored else first.seq) + 1
+            heard = msgs(await collect(bob, is_msg(after.seq)), "dev")
+            assert [m.seq for m in heard] == [first.seq, *stored, after.seq]
+            assert refused not in {m.text for m in heard}
+            page = await bob.history("dev", limit=500)
+            assert [m.seq for m in page.messages] == [first.seq, *stored, after.seq]
+            assert refused not in {m.text for m in page.messages}
+            # the sessions were carried over: the same two, no reconnect needed
+            assert sorted(s.name for s in broker.core.sessions.values()) == \
+                ["alice", "bob"]
+            assert (await bob.send("dev", "still here")).seq == after.seq + 1
 
     run(scenario(), 60)
 
@@ -202,32 +215,26 @@ def test_a_batch_the_disk_cannot_take_is_answered_503_and_nothing_of_it_is_told(
     the sessions go on without a new login, and only what was acknowledged is stored."""
 
     async def scenario() -> None:
-        with running_broker(tmp_path / "z.db") as harness:
-            broker = harness.broker
-            async with harness.client("alice") as alice, harness.client("bob") as bob:
-                await alice.join("dev")
-                await bob.join("dev")
-                first = await alice.send("dev", "before")
-                _fill_the_disk(broker.store)
-                acked: list[str] = []
+        async with _a_full_disk_under_alice_and_bob(tmp_path) as (broker, alice, bob, first):
+            acked: list[str] = []
 
-                async def dm(text: str) -> None:
-                    await alice.dm("bob", text)
-                    acked.append(text)
+            async def dm(text: str) -> None:
+                await alice.dm("bob", text)
+                acked.append(text)
 
-                await _until_the_disk_refuses(dm, "d")
-                assert broker.failed_commits >= 1
-                broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
-                with sqlite3.connect(tmp_path / "z.db") as other:
-                    stored = [r[0] for r in other.execute(
-                        "SELECT text FROM direct_messages ORDER BY id")]
-                assert stored == acked
-                after = await alice.send("dev", "after")
-                assert after.seq == first.seq + 1
-                heard = msgs(await collect(bob, is_msg(after.seq)), "dev")
-                assert [m.seq for m in heard] == [first.seq, after.seq]
-                assert sorted(s.name for s in broker.core.sessions.values()) == \
-                    ["alice", "bob"]
+            await _until_the_disk_refuses(dm, "d")
+            assert broker.failed_commits >= 1
+            broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
+            with sqlite3.connect(tmp_path / "z.db") as other:
+                stored = [r[0] for r in other.execute(
+                    "SELECT text FROM direct_messages ORDER BY id")]
+            assert stored == acked
+            after = await alice.send("dev", "after")
+            assert after.seq == first.seq + 1
+            heard = msgs(await collect(bob, is_msg(after.seq)), "dev")
+            assert [m.seq for m in heard] == [first.seq, after.seq]
+            assert sorted(s.name for s in broker.core.sessions.values()) == \
+                ["alice", "bob"]
 
     run(scenario(), 60)
 
