@@ -4,11 +4,13 @@ A client holds a DEALER connected to the broker's ROUTER (requests, replies, dir
 messages) and a SUB connected to its PUB (room messages, notices, presence, ticks); the
 PUB endpoint is learned from the INFO reply. Consoles and bots sit on top of it.
 
-Room messages are passed through a ``RoomTracker`` per room (pure; sequence numbers per
-docs/PROTOCOL.md §7): duplicates are dropped and a gap is filled from HISTORY before later
-messages are delivered, so the application sees each room's messages once and in order.
-The PONG of every heartbeat carries the rooms' last sequence numbers, so a message lost on
-PUB (late subscription, high-water mark) is noticed within one heartbeat interval.
+Room messages go through a ``RoomFeed`` per room (zchat/feed.py, pure; sequence numbers
+per docs/PROTOCOL.md §7): whatever arrives live or from HISTORY waits in the feed until
+every message before it is there, so the application sees each room's messages once and
+in order, and a gap is filled from HISTORY by one repair task per room while live traffic
+keeps being read. The PONG of every heartbeat carries the rooms' last sequence numbers, so
+a message lost on PUB (late subscription, high-water mark) is noticed within one
+heartbeat interval.
 
 Reconnecting (``reconnect=True``, docs/PROTOCOL.md §10): once logged in, a client that
 hears nothing from the broker for its heartbeat timeout, whose heartbeat PING fails with
@@ -65,6 +67,7 @@ from zchat.errors import (
     Status,
     ZchatError,
 )
+from zchat.feed import MAX_HELD, RoomFeed
 from zchat.names import name_key
 
 log = logging.getLogger("zchat.client")
@@ -188,28 +191,6 @@ def backoff_delay(attempt: int, max_s: float, jitter: float = 0.0) -> float:
     return min(max_s, min(max_s, base) * (1.0 + jitter))
 
 
-@dataclass(slots=True)
-class RoomTracker:
-    """Per-room delivery state (pure): the highest sequence number delivered.
-
-    ``offer(msg)`` says what to do with a message from PUB: "deliver" (the next one),
-    "drop" (a duplicate or older), or "gap" (later than the next: fetch history first).
-    """
-
-    last_seq: int
-    wanted: bool = True  # False after PART: events for the room are ignored
-
-    def offer(self, seq: int) -> str:
-        if seq <= self.last_seq:
-            return "drop"
-        if seq == self.last_seq + 1:
-            return "deliver"
-        return "gap"
-
-    def delivered(self, seq: int) -> None:
-        self.last_seq = max(self.last_seq, seq)
-
-
 def pub_endpoint_for(server: str, advertised: str) -> str:
     """The PUB endpoint to connect to: ``advertised`` with a wildcard host (``*``,
     ``0.0.0.0``, ``::``) replaced by the host of ``server``."""
@@ -245,7 +226,7 @@ def _async_context(context: zmq.Context[Any] | None) -> zmq.asyncio.Context:
 class _State:
     name: str | None = None
     session: str | None = None
-    rooms: dict[str, RoomTracker] = field(default_factory=dict)
+    rooms: dict[str, RoomFeed] = field(default_factory=dict)
     room_names: dict[str, str] = field(default_factory=dict)
     topics: dict[str, str] = field(default_factory=dict)
 
@@ -309,7 +290,11 @@ class Client:
         self._supervisor: asyncio.Task[None] | None = None  # heartbeats and reconnecting
         self._wake = asyncio.Event()
         self._catch_up_timers: list[asyncio.TimerHandle] = []
-        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._room_locks: dict[str, asyncio.Lock] = {}   # one repair of a room at a time
+        self._repairs: dict[str, asyncio.Task[None]] = {}  # background repair per room
+        # Rooms being joined: their live messages heard before the JOIN reply, kept for
+        # the room's feed (at most MAX_HELD each) instead of dropped and fetched again.
+        self._joining: dict[str, list[p.MessagePosted]] = {}
         # Topics subscribed on the SUB: libzmq counts SUBSCRIBEs per topic, so subscribing
         # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
         # A new SUB (reconnect) subscribes to all of them again.
@@ -358,12 +343,13 @@ class Client:
     @property
     def rooms(self) -> list[str]:
         """Display names of the rooms this client follows (joined), in join order."""
-        return [self._state.room_names[k] for k, t in self._state.rooms.items() if t.wanted]
+        return [self._state.room_names[k] for k, f in self._state.rooms.items()
+                if f.following]
 
     def last_seq(self, room: str) -> int:
         """Highest sequence number delivered for ``room`` (0 if none)."""
-        tracker = self._state.rooms.get(name_key(room))
-        return tracker.last_seq if tracker else 0
+        feed = self._state.rooms.get(name_key(room))
+        return feed.delivered if feed else 0
 
     def topic(self, room: str) -> str:
         """The last known topic of ``room`` ("" if none or unknown): from LOGIN, JOIN, the
@@ -397,6 +383,7 @@ class Client:
         for timer in self._catch_up_timers:
             timer.cancel()
         self._catch_up_timers.clear()
+        await self._stop_repairs()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()
@@ -535,6 +522,7 @@ class Client:
         """Stop the socket readers, fail every pending request with ``error()`` (default
         ConnectionFailed(``reason``)), and close both sockets with LINGER 0.
         Subscriptions are kept in ``_topics``."""
+        await self._stop_repairs()
         tasks = list(self._io_tasks)
         for task in tasks:
             task.cancel()
@@ -662,20 +650,25 @@ class Client:
         self._check_usable()
         key = name_key(room)
         self._subscribe(p.room_topic(key))  # before JOIN: no seam gap
-        reply: p.RoomJoined = await self.request(p.Join(room=room, private=private))
-        tracker = self._state.rooms.get(key)
-        if tracker is None or not tracker.wanted:
+        feed = self._state.rooms.get(key)
+        early = self._joining.setdefault(key, []) if feed is None or not feed.following \
+            else None
+        try:
+            reply: p.RoomJoined = await self.request(p.Join(room=room, private=private))
+        finally:
+            if early is not None:
+                self._joining.pop(key, None)
+        feed = self._state.rooms.get(key)
+        if feed is None or not feed.following:
             self._follow(reply.room, reply.last_seq, reply.topic)
+            for msg in early or ():  # heard while the reply travelled
+                self._on_live(key, msg)
         self._state.topics[key] = reply.topic
         return reply
 
     async def part(self, room: str) -> None:
         await self.request(p.Part(room=room))
-        key = name_key(room)
-        tracker = self._state.rooms.get(key)
-        if tracker is not None:
-            tracker.wanted = False
-        self._unsubscribe(p.room_topic(key))
+        self._stop_following(name_key(room))
 
     async def set_slow_mode(self, room: str, seconds: int) -> None:
         """Set ``room``'s slow mode: each member may post once per ``seconds`` (0 turns it
@@ -896,11 +889,15 @@ class Client:
             return pong
         for room in pong.rooms:
             key = name_key(room.room)
-            tracker = self._state.rooms.get(key)
-            if tracker is not None and tracker.wanted:
+            feed = self._state.rooms.get(key)
+            if feed is not None and feed.following:
                 self._state.topics[key] = room.topic
-                if room.last_seq > tracker.last_seq:
-                    await self._backfill(key, room.last_seq)
+                feed.known(room.last_seq)
+                if feed.behind and not self._room_locks.setdefault(key, asyncio.Lock()).locked():
+                    # No repair running: do it now (not waiting for room in the event
+                    # queue: the next PONG goes on where this one stops). A repair already
+                    # running picks up the new target itself.
+                    await self._repair(key, wait=False)
         return pong
 
     async def sessions(self) -> p.SessionList:
@@ -1017,23 +1014,45 @@ class Client:
                       ids, exc)
 
     def _follow(self, room: str, last_seq: int, topic: str = "") -> None:
+        """Follow ``room`` from ``last_seq`` (its newest message when joined: what came
+        before is history, not news), subscribing to its topic."""
         key = name_key(room)
-        self._state.rooms[key] = RoomTracker(last_seq)
+        self._forget_repair(key)
+        self._state.rooms[key] = RoomFeed(last_seq)
         self._state.room_names[key] = room
         self._state.topics[key] = topic
         self._subscribe(p.room_topic(key))
         self._catch_up_soon()
 
+    def _stop_following(self, key: str) -> None:
+        """Stop following a room (PART, kicked, banned, parted elsewhere): nothing more of
+        it is handed on, and its topic is unsubscribed."""
+        feed = self._state.rooms.get(key)
+        if feed is not None:
+            feed.following = False
+            feed.held.clear()
+        self._forget_repair(key)
+        self._unsubscribe(p.room_topic(key))
+
+    def _forget_repair(self, key: str) -> None:
+        """Drop a repair of the room's former feed: cancel its background task and give
+        the room a new lock, so that a repair still waiting for an old page (it hands
+        nothing of it on) never holds up the new feed's."""
+        task = self._repairs.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self._room_locks[key] = asyncio.Lock()
+
     def _catch_up_soon(self) -> None:
-        """Wake the heartbeat at CATCH_UP_PINGS_S from now (one pending set at a time), so
-        that a message published before the new subscription took effect is found soon."""
-        if self._catch_up_timers:
-            return
+        """Wake the heartbeat at CATCH_UP_PINGS_S from now, so that a message published
+        before the new subscription took effect is found soon. Timed from the latest room
+        followed: the timers of an earlier one are replaced (a LOGIN following many rooms
+        sets them once, in effect)."""
+        for timer in self._catch_up_timers:
+            timer.cancel()
         loop = asyncio.get_running_loop()
         self._catch_up_timers = [loop.call_later(delay, self._wake.set)
                                  for delay in CATCH_UP_PINGS_S]
-        self._catch_up_timers.append(loop.call_later(max(CATCH_UP_PINGS_S),
-                                                     self._catch_up_timers.clear))
 
     def _subscribe(self, topic: bytes) -> None:
         """SUBSCRIBE ``topic`` on the SUB unless it already is (once per topic); kept for
@@ -1122,8 +1141,8 @@ class Client:
                         | p.SlowModeChanged | p.MessageDeleted | p.RoomModeChanged
                         | p.RoleChanged):
             key = name_key(event.room)
-            tracker = self._state.rooms.get(key)
-            if tracker is not None and tracker.wanted:
+            feed = self._state.rooms.get(key)
+            if feed is not None and feed.following:
                 if isinstance(event, p.TopicChanged):
                     self._state.topics[key] = event.topic
                 await self._room_for_events()
@@ -1131,8 +1150,7 @@ class Client:
                 if isinstance(event, p.UserLeft) and event.by and self._state.name \
                         and name_key(event.name) == name_key(self._state.name):
                     # kicked or banned (docs/PROTOCOL.md §6.19): stop following the room
-                    tracker.wanted = False
-                    self._unsubscribe(p.room_topic(key))
+                    self._stop_following(key)
         elif isinstance(event, p.PresenceChanged):
             await self._room_for_events()
             self._events.put_nowait(event)
@@ -1159,63 +1177,87 @@ class Client:
             await self._space.wait()
 
     async def _on_room_message(self, msg: p.MessagePosted) -> None:
-        """Deliver a room message from PUB in sequence order: a duplicate is dropped, a
-        gap filled from HISTORY first; waits while the event queue is full (never while
-        holding the room's lock, which the heartbeat's repair takes too)."""
+        """A room message heard live (PUB, or a private room's push): into the room's
+        feed, which hands on what is next in ``seq`` order. Waits first while the event
+        queue is full, so that libzmq holds (or drops, and HISTORY refills) the traffic
+        meanwhile; never waits for HISTORY, which a repair task fetches."""
+        await self._room_for_events()
         key = name_key(msg.room)
-        while True:
-            await self._room_for_events()
-            tracker = self._state.rooms.get(key)
-            if tracker is None or not tracker.wanted:
-                return
-            async with self._room_locks.setdefault(key, asyncio.Lock()):
-                verdict = tracker.offer(msg.seq)
-                if verdict == "drop":
-                    return
-                if verdict == "deliver":
-                    if not self._has_room():
-                        continue  # filled meanwhile: wait again, outside the lock
-                    tracker.delivered(msg.seq)
-                    self._events.put_nowait(msg)
-                    return
-                before = tracker.last_seq
-            await self._backfill(key, msg.seq - 1, wait=True)
-            if tracker.last_seq == before:  # history has nothing more: accept the gap
-                async with self._room_locks[key]:
-                    if tracker.offer(msg.seq) != "drop":
-                        tracker.delivered(msg.seq)
-                        self._events.put_nowait(msg)
-                return
+        feed = self._state.rooms.get(key)
+        if feed is None or not feed.following:
+            early = self._joining.get(key)
+            if early is not None and len(early) < MAX_HELD:
+                early.append(msg)  # a JOIN of the room is under way: keep it for its feed
+            return
+        self._on_live(key, msg)
 
-    async def _backfill(self, key: str, upto: int, wait: bool = False) -> None:
-        """Fetch and deliver messages after the tracker's last up to ``upto`` (inclusive),
-        as far as the event queue has room. With ``wait`` (the SUB reader), wait for room
-        until done; without (heartbeat, reconnect), stop when the queue is full: the next
-        PONG shows the room still behind and the repair goes on then."""
-        lock = self._room_locks.setdefault(key, asyncio.Lock())
-        while True:
-            if wait:
-                await self._room_for_events()
-            async with lock:
-                tracker = self._state.rooms.get(key)
-                if tracker is None or not tracker.wanted or tracker.last_seq >= upto:
+    def _on_live(self, key: str, msg: p.MessagePosted) -> None:
+        feed = self._state.rooms[key]
+        feed.live(msg)
+        self._hand_on(feed)
+        if feed.ready or feed.behind:
+            self._repair_soon(key)
+
+    def _hand_on(self, feed: RoomFeed) -> None:
+        """Queue what ``feed`` can hand on now, as far as the event queue has room."""
+        for msg in feed.take(self.event_queue_max - self._events.qsize()):
+            self._events.put_nowait(msg)
+        if feed.skipped:
+            log.warning("the broker's history lacks %d message(s) of a room; skipped "
+                        "(delivered up to #%d)", feed.skipped, feed.delivered)
+            feed.skipped = 0
+
+    def _repair_soon(self, key: str) -> None:
+        """Start the room's background repair unless one runs (or a reconnect, which
+        repairs every room itself, is under way)."""
+        task = self._repairs.get(key)
+        if (task is not None and not task.done()) or self._restoring or self._closed:
+            return
+        self._repairs[key] = asyncio.create_task(self._repair_in_background(key),
+                                                 name=f"zchat-repair-{key}")
+
+    async def _repair_in_background(self, key: str) -> None:
+        try:
+            await self._repair(key, wait=True)
+        except ZchatError as exc:  # the next PONG (or live message) tries again
+            log.info("could not fill a gap in a room now (the next heartbeat retries): %s",
+                     exc)
+
+    async def _stop_repairs(self) -> None:
+        tasks = [t for t in self._repairs.values() if not t.done()]
+        self._repairs.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _repair(self, key: str, wait: bool) -> None:
+        """Bring the room's feed up to date: hand on what it holds, fetch each gap from
+        HISTORY, until nothing is missing. One repair per room at a time (its lock). With
+        ``wait`` (the background task) it waits for room in the event queue until done;
+        without (heartbeat, reconnect) it stops when the queue is full: the next PONG
+        shows the room still behind and the repair goes on then. Raises what HISTORY
+        raises (ConnectionFailed, RequestFailed)."""
+        async with self._room_locks.setdefault(key, asyncio.Lock()):
+            while True:
+                feed = self._state.rooms.get(key)
+                if feed is None or not feed.following:
                     return
-                room = self.event_queue_max - self._events.qsize()
-                if room <= 0:
-                    if wait:
-                        continue
+                self._hand_on(feed)
+                if not self._has_room() and (feed.ready or feed.behind):
+                    if not wait:
+                        return
+                    await self._room_for_events()
+                    continue
+                ask = feed.wanted()
+                if ask is None:
                     return
-                page = await self.history(self._state.room_names[key], after=tracker.last_seq,
-                                          limit=min(room, p.MAX_HISTORY_LIMIT))
-                if not page.messages:
+                after, limit = ask
+                page = await self.history(self._state.room_names[key], after=after,
+                                          limit=limit)
+                if self._state.rooms.get(key) is not feed:  # followed anew meanwhile
                     return
-                for msg in page.messages:
-                    if tracker.offer(msg.seq) == "drop":
-                        continue
-                    if not self._has_room():
-                        break  # filled up (other rooms' repairs): the rest comes later
-                    tracker.delivered(msg.seq)
-                    self._events.put_nowait(msg)
+                feed.page(page.messages, after)
 
     # -- heartbeats and reconnecting ---------------------------------------------------------
 
@@ -1311,7 +1353,7 @@ class Client:
     async def _restore(self) -> None:
         """One reconnect attempt: new sockets, INFO, LOGIN with the kept credentials,
         resubscribe (done by _open and _follow), then fill every followed room from its
-        tracker's last sequence number up to the room's last_seq (docs/PROTOCOL.md §7).
+        feed's last delivered sequence number up to the room's last_seq (docs/PROTOCOL.md §7).
         Raises _LoginRefused when the credentials are refused."""
         await self._close_sockets("reconnecting")
         await self._open()
@@ -1335,38 +1377,35 @@ class Client:
         self._state.name = reply.name
         self._state.session = reply.session
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
-        upto: dict[str, int] = {}
+        followed: list[str] = []
         for room in reply.rooms:
             key = name_key(room.room)
-            tracker = self._state.rooms.get(key)
-            if tracker is None or not tracker.wanted:  # joined elsewhere meanwhile
+            feed = self._state.rooms.get(key)
+            if feed is None or not feed.following:  # joined elsewhere meanwhile
                 self._follow(room.room, room.last_seq, room.topic)
                 continue
             self._state.topics[key] = room.topic
-            upto[key] = room.last_seq
-            if room.last_seq < tracker.last_seq:
+            followed.append(key)
+            if room.last_seq < feed.delivered:
                 # Either the reply is older than what the new SUB has delivered meanwhile
                 # (messages posted while it travelled: a chaos test saw duplicates from
                 # trusting it), or the broker really lost messages (restored from an older
-                # copy). Ask the broker whether it holds the last one seen here, holding
-                # the room's lock so that the SUB reader delivers nothing meanwhile.
-                async with self._room_locks.setdefault(key, asyncio.Lock()):
-                    seen = tracker.last_seq
-                    page = await self.history(room.room, after=seen - 1, limit=1)
-                    if page.messages and page.messages[0].seq == seen:
-                        upto[key] = seen
-                        continue
+                # copy). Ask the broker whether it holds the last one seen here.
+                seen = feed.delivered
+                page = await self.history(room.room, after=seen - 1, limit=1)
+                if not (page.messages and page.messages[0].seq == seen):
                     log.warning("room %s is at #%d on the broker, behind #%d seen here; "
                                 "following it from there", room.room, room.last_seq, seen)
-                    tracker.last_seq = room.last_seq
+                    self._follow(room.room, room.last_seq, room.topic)
+                    continue
+            feed.known(room.last_seq)
         listed = {name_key(r.room) for r in reply.rooms}
-        for key, tracker in self._state.rooms.items():
-            if tracker.wanted and key not in listed:
-                tracker.wanted = False  # parted elsewhere meanwhile
-                self._unsubscribe(p.room_topic(key))
+        for key, feed in self._state.rooms.items():
+            if feed.following and key not in listed:
+                self._stop_following(key)  # parted elsewhere meanwhile
         await self._take_pending(reply.pending)
-        for key, last in upto.items():
-            await self._backfill(key, last)
+        for key in followed:
+            await self._repair(key, wait=False)
 
     def _end(self, reason: str, by: str = "", summary: str | None = None) -> None:
         """Terminal: SessionEnded, then the end of the event stream. ``summary`` is logged
