@@ -1,0 +1,396 @@
+"""Issue 13 §2: an unread direct message is never lost. DM history (DM_HISTORY,
+docs/PROTOCOL.md §6.48), read state kept by the broker (LOGIN/RESUME's ``room_reads`` and
+``dm_reads`` §6.3.1, MARK_READ §6.49, READ pushes §6.49.1, mentions §6.49.2), and a
+database from before it (schema version 5) whose pending DMs become unread.
+
+Every test runs a real broker (``harness``, or ``running_broker`` on an SQLite file) and
+talks to it through the client library over inproc://.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import run
+
+from zchat import protocol as p
+from zchat.client import Client
+from zchat.errors import RequestFailed, Status
+from zchat.names import name_key, skeleton
+from zchat.passwords import hash_password
+from zchat.store import MIGRATIONS, Store, sql_statements
+from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, next_dm, running_broker
+
+
+@contextlib.asynccontextmanager
+async def session(harness: Harness, name: str,
+                  register: bool = True) -> AsyncIterator[tuple[Client, p.LoggedIn]]:
+    """A client logged in as ``name`` (registered first unless it exists), with the LOGIN
+    reply; closed on exit (without LOGOUT, as a killed client)."""
+    client = harness.new_client()
+    await client.connect()
+    try:
+        if register:
+            with contextlib.suppress(RequestFailed):
+                await client.register(name, DEFAULT_PASSWORD)
+        reply = await client.login(name, DEFAULT_PASSWORD)
+        yield client, reply
+    finally:
+        await client.close()
+
+
+async def relogin(harness: Harness, name: str) -> p.LoggedIn:
+    """The LOGIN reply of a fresh session of ``name``, logged out at once."""
+    async with session(harness, name, register=False) as (client, reply):
+        await client.logout()
+    return reply
+
+
+async def dm_page(client: Client, peer: str, **bounds: int | None) -> list[tuple[int, str]]:
+    page: p.DmHistoryPage = await client.request(p.FetchDmHistory(peer=peer, **bounds))
+    return [(m.id, m.text) for m in page.messages]
+
+
+def dm_reads(reply: p.LoggedIn) -> dict[str, tuple[int, int]]:
+    """peer -> (read_id, unread) of a LOGIN reply."""
+    return {d.peer: (d.read_id, d.unread) for d in reply.dm_reads}
+
+
+def room_reads(reply: p.LoggedIn) -> dict[str, tuple[int, int, int]]:
+    """room -> (read_seq, unread, mentions) of a LOGIN reply."""
+    return {r.room: (r.read_seq, r.unread, r.mentions) for r in reply.room_reads}
+
+
+# -- DM history -----------------------------------------------------------------------------
+
+
+def test_dm_history_pages_a_conversation_both_ways_in_id_order(harness: Harness) -> None:
+    async def scenario() -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "bob") as (bob, _), \
+                session(harness, "carol") as (carol, _):
+            sent = []
+            for i in range(3):
+                sent.append((await alice.dm("bob", f"a{i}")).id)
+                await carol.dm("bob", f"c{i}")           # another pair, interleaved
+                sent.append((await bob.dm("Alice", f"b{i}")).id)
+            texts = ["a0", "b0", "a1", "b1", "a2", "b2"]
+            assert await dm_page(alice, "bob") == list(zip(sent, texts, strict=True))
+            assert await dm_page(bob, "ALICE") == list(zip(sent, texts, strict=True))
+            # paging as HISTORY's, by DM id (exclusive bounds, ascending pages)
+            assert await dm_page(bob, "alice", limit=2) == list(zip(sent[4:], texts[4:],
+                                                                    strict=True))
+            assert await dm_page(bob, "alice", before=sent[4], limit=2) == \
+                list(zip(sent[2:4], texts[2:4], strict=True))
+            assert await dm_page(bob, "alice", after=sent[0], limit=2) == \
+                list(zip(sent[1:3], texts[1:3], strict=True))
+            assert await dm_page(bob, "alice", after=sent[-1]) == []
+            page = await bob.request(p.FetchDmHistory(peer="alice", limit=1))
+            assert page.peer == "alice"
+            assert [(m.sender, m.to) for m in page.messages] == [("bob", "alice")]
+
+    run(scenario())
+
+
+def test_nobody_else_can_read_a_conversation(harness: Harness) -> None:
+    async def scenario() -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "bob") as (bob, _), \
+                session(harness, "mallory") as (mallory, _):
+            await alice.dm("bob", "the launch code is 0000")
+            await bob.dm("alice", "noted")
+            # a conversation is named by the asker and the peer: mallory can only ever
+            # read mallory's own conversations, never alice's and bob's
+            assert await dm_page(mallory, "alice") == []
+            assert await dm_page(mallory, "bob") == []
+            assert await dm_page(mallory, "mallory") == []
+            await mallory.dm("alice", "hi")
+            assert [t for _i, t in await dm_page(mallory, "alice")] == ["hi"]
+            assert [t for _i, t in await dm_page(alice, "bob")] == \
+                ["the launch code is 0000", "noted"]
+            for bad, status in ((p.FetchDmHistory(peer="nobody"), Status.NOT_FOUND),
+                                (p.FetchDmHistory(peer="bob", before=5, after=1),
+                                 Status.BAD_REQUEST),
+                                (p.FetchDmHistory(peer="bob", limit=0), Status.BAD_REQUEST),
+                                (p.FetchDmHistory(peer="bob", limit=501), Status.BAD_REQUEST),
+                                (p.FetchDmHistory(peer="bob", after=-1), Status.BAD_REQUEST)):
+                with pytest.raises(RequestFailed) as err:
+                    await mallory.request(bad)
+                assert err.value.status == status, bad
+
+    run(scenario())
+
+
+# -- the issue's repro: a DM handed to a client that was never read ------------------------
+
+
+def test_unread_dm_handed_to_a_client_is_unread_at_the_next_login(harness: Harness) -> None:
+    """bob's client gets erin's DM (and acknowledges it, as the console does when it
+    arrives); bob quits without reading it. It is no longer pending, but it is unread,
+    and its text is in the DM history."""
+    async def scenario() -> None:
+        async with session(harness, "erin") as (erin, _):
+            async with session(harness, "bob") as (bob, first):
+                assert first.dm_reads == ()
+                sent = await erin.dm("bob", "ping me")
+                got = await next_dm(bob)                 # handed over: DM_ACK sent
+                assert got.id == sent.id
+                await bob.ping()                         # the DM_ACK is processed
+                await bob.logout()
+            reply = await relogin(harness, "bob")
+            assert reply.pending == ()                   # delivered once, as before
+            assert [(d.peer, d.last_id, d.read_id, d.unread) for d in reply.dm_reads] == \
+                [("erin", sent.id, 0, 1)]
+            async with session(harness, "bob", register=False) as (bob, _):
+                assert await dm_page(bob, "erin", after=0) == [(sent.id, "ping me")]
+            # the sender has read its own DM
+            erin_again = await relogin(harness, "erin")
+            assert erin_again.dm_reads == ()
+
+    run(scenario())
+
+
+def test_dm_sent_while_offline_is_pending_and_unread(harness: Harness) -> None:
+    async def scenario() -> None:
+        async with session(harness, "bob"):
+            pass
+        async with session(harness, "erin") as (erin, _):
+            one = await erin.dm("bob", "one")
+            two = await erin.dm("bob", "two")
+        reply = await relogin(harness, "bob")
+        assert [d.id for d in reply.pending] == [one.id, two.id]
+        assert dm_reads(reply) == {"erin": (0, 2)}
+
+    run(scenario())
+
+
+# -- MARK_READ ---------------------------------------------------------------------------------
+
+
+def test_mark_read_of_a_dm_conversation_moves_forward_only(harness: Harness) -> None:
+    async def scenario() -> None:
+        async with session(harness, "erin") as (erin, _), \
+                session(harness, "bob") as (bob, _), \
+                session(harness, "carol") as (carol, _):
+            ids = [(await erin.dm("bob", f"m{i}")).id for i in range(3)]
+            state = await bob.request(p.MarkRead(peer="erin", upto=ids[0]))
+            assert state == p.ReadState(room="", peer="erin", upto=ids[0], unread=2)
+            # idempotent, and never back
+            assert await bob.request(p.MarkRead(peer="erin", upto=ids[0])) == state
+            assert await bob.request(p.MarkRead(peer="erin", upto=0)) == state
+            with pytest.raises(RequestFailed) as beyond:
+                await bob.request(p.MarkRead(peer="erin", upto=ids[-1] + 1))
+            assert beyond.value.status == Status.BAD_REQUEST
+            assert dm_reads(await relogin(harness, "bob")) == {"erin": (ids[0], 2)}
+            done = await bob.request(p.MarkRead(peer="Erin", upto=ids[-1]))
+            assert (done.upto, done.unread) == (ids[-1], 0)
+            reply = await relogin(harness, "bob")
+            assert reply.dm_reads == ()
+            assert reply.pending == ()  # read is delivered: not offered again
+            for bad, status in ((p.MarkRead(peer="carol", upto=0), Status.NOT_FOUND),
+                                (p.MarkRead(peer="nobody", upto=0), Status.NOT_FOUND),
+                                (p.MarkRead(upto=0), Status.BAD_REQUEST),
+                                (p.MarkRead(room="lobby", peer="erin", upto=0),
+                                 Status.BAD_REQUEST),
+                                (p.MarkRead(peer="erin", upto=-1), Status.BAD_REQUEST)):
+                with pytest.raises(RequestFailed) as err:
+                    await bob.request(bad)
+                assert err.value.status == status, bad
+            # carol cannot move bob's marker: she names her own conversation with erin
+            with pytest.raises(RequestFailed) as other:
+                await carol.request(p.MarkRead(peer="erin", upto=ids[-1]))
+            assert other.value.status == Status.NOT_FOUND
+
+    run(scenario())
+
+
+def test_mark_read_of_a_room_and_own_posts_move_the_marker(harness: Harness) -> None:
+    async def scenario() -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "bob") as (bob, _):
+            await alice.join("dev")
+            await alice.send("dev", "before bob came")
+            await bob.join("dev")                        # a newcomer has read the past
+            for text in ("one", "two", "three"):
+                await alice.send("dev", text)
+            assert room_reads(await relogin(harness, "bob"))["dev"] == (1, 3, 0)
+            state = await bob.request(p.MarkRead(room="dev", upto=2))
+            assert state == p.ReadState(room="dev", peer="", upto=2, unread=2, mentions=0)
+            assert await bob.request(p.MarkRead(room="DEV", upto=1)) == state
+            with pytest.raises(RequestFailed) as beyond:
+                await bob.request(p.MarkRead(room="dev", upto=5))
+            assert beyond.value.status == Status.BAD_REQUEST
+            await bob.send("dev", "caught up")           # posting reads the room
+            assert room_reads(await relogin(harness, "bob"))["dev"] == (5, 0, 0)
+            assert room_reads(await relogin(harness, "alice"))["dev"] == (4, 1, 0)
+            await bob.part("dev")
+            with pytest.raises(RequestFailed) as outside:
+                await bob.request(p.MarkRead(room="dev", upto=5))
+            assert outside.value.status == Status.FORBIDDEN
+            with pytest.raises(RequestFailed) as missing:
+                await bob.request(p.MarkRead(room="nowhere", upto=0))
+            assert missing.value.status == Status.NOT_FOUND
+
+    run(scenario())
+
+
+def test_mentions_are_counted_after_the_read_marker(harness: Harness) -> None:
+    async def scenario() -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "bob") as (bob, _), \
+                session(harness, "bobby") as (bobby, _):
+            for c in (alice, bob, bobby):
+                await c.join("dev")
+            for text in ("hey @Bob, look", "bobby: not you, bob", "a bob-cat",
+                         "BOB.", "nothing"):
+                await alice.send("dev", text)
+            seqs = await alice.history("dev")
+            deleted = seqs.messages[-2].seq               # "BOB." is deleted
+            await alice.delete_message("dev", deleted)
+            assert room_reads(await relogin(harness, "bob"))["dev"] == (0, 5, 2)
+            assert room_reads(await relogin(harness, "bobby"))["dev"] == (0, 5, 1)
+            assert room_reads(await relogin(harness, "alice"))["dev"] == (5, 0, 0)
+            state = await bob.request(p.MarkRead(room="dev", upto=1))
+            assert (state.unread, state.mentions) == (4, 1)
+            await bob.send("dev", "ok")
+            assert room_reads(await relogin(harness, "bob"))["dev"] == (6, 0, 0)
+
+    run(scenario())
+
+
+def test_pending_bound_keeps_every_dm_in_history_and_unread() -> None:
+    """max_stored_dms bounds the pending list only: the DMs beyond it are no longer
+    offered at login, but none is lost."""
+    async def scenario(harness: Harness) -> None:
+        async with session(harness, "bob"):
+            pass
+        async with session(harness, "erin") as (erin, _):
+            ids = [(await erin.dm("bob", f"dm{i}")).id for i in range(5)]
+        reply = await relogin(harness, "bob")
+        assert [d.text for d in reply.pending] == ["dm2", "dm3", "dm4"]
+        assert dm_reads(reply) == {"erin": (0, 5)}
+        async with session(harness, "bob", register=False) as (bob, _):
+            assert [i for i, _t in await dm_page(bob, "erin", after=0)] == ids
+
+    with running_broker(max_stored_dms=3) as harness:
+        run(scenario(harness))
+
+
+def test_read_state_survives_a_broker_restart(tmp_path: Path) -> None:
+    db = tmp_path / "zchat.db"
+
+    async def before(harness: Harness) -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "bob") as (bob, _):
+            await alice.join("dev")
+            await bob.join("dev")
+            await alice.send("dev", "hi bob")
+            await alice.send("dev", "anyone?")
+            first = await alice.dm("bob", "first")
+            await alice.dm("bob", "second")
+            await bob.request(p.MarkRead(peer="alice", upto=first.id))
+
+    async def after(harness: Harness) -> None:
+        reply = await relogin(harness, "bob")
+        assert room_reads(reply)["dev"] == (0, 2, 1)
+        assert [(d.peer, d.unread) for d in reply.dm_reads] == [("alice", 1)]
+
+    with running_broker(db) as harness:
+        run(before(harness))
+    with running_broker(db) as harness:
+        run(after(harness))
+
+
+# -- a database made before read state (schema version 5) -----------------------------------
+
+
+def _old_database(path: Path) -> dict[str, int]:
+    """A database of schema version 5 (the shipped migrations up to it; no read state, DMs
+    without sender keys or conversations) holding what today's main would have stored:
+    accounts erin, bob and carol in lobby; #dev with two messages, bob a member; DMs
+    erin -> bob (one acknowledged, then two pending), carol -> bob (acknowledged),
+    bob -> erin (pending). Returns the DM ids by name."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    for migration in MIGRATIONS[:5]:  # shipped entries never change (zchat/store.py)
+        for statement in sql_statements(migration):
+            db.execute(statement)
+    password = hash_password(DEFAULT_PASSWORD, FAST_HASH["scrypt_n"], FAST_HASH["scrypt_r"],
+                             FAST_HASH["scrypt_p"])
+    for room in ("lobby", "dev"):
+        db.execute("INSERT INTO rooms(key, name, skeleton, created_ms) VALUES (?, ?, ?, 1)",
+                   (room, room, skeleton(room)))
+    for name in ("Erin", "bob", "carol"):
+        db.execute("INSERT INTO accounts(key, name, skeleton, password_hash, created_ms) "
+                   "VALUES (?, ?, ?, ?, 1)", (name_key(name), name, skeleton(name), password))
+        db.execute("INSERT INTO members(room_key, account_key, joined_ms) VALUES "
+                   "('lobby', ?, 1)", (name_key(name),))
+    db.execute("INSERT INTO members(room_key, account_key, joined_ms) VALUES ('dev', 'bob', 1)")
+    for seq, text in ((1, "old news"), (2, "older than read state")):
+        db.execute("INSERT INTO messages(room_key, seq, time_ms, sender, kind, text) "
+                   "VALUES ('dev', ?, 1, 'carol', 'text', ?)", (seq, text))
+    ids = {}
+    for label, sender, to_key, to, delivered in (
+            ("seen", "Erin", "bob", "bob", 1), ("ping", "Erin", "bob", "bob", 0),
+            ("again", "Erin", "bob", "bob", 0), ("carol", "carol", "bob", "bob", 1),
+            ("reply", "bob", "erin", "Erin", 0)):
+        cur = db.execute("INSERT INTO direct_messages(time_ms, sender, recipient_key, "
+                         "recipient, text, delivered) VALUES (1, ?, ?, ?, ?, ?)",
+                         (sender, to_key, to, label, delivered))
+        ids[label] = int(cur.lastrowid or 0)
+    db.execute("PRAGMA user_version = 5")
+    db.execute("COMMIT")
+    db.close()
+    return ids
+
+
+def test_database_of_schema_5_keeps_its_pending_dms_as_unread(tmp_path: Path) -> None:
+    path = tmp_path / "zchat.db"
+    ids = _old_database(path)
+    store = Store(path)                                   # migrated here
+    assert store.schema_version == len(MIGRATIONS)
+    store.close()
+
+    async def scenario(harness: Harness) -> None:
+        bob = await relogin(harness, "bob")
+        # still pending (delivery is unchanged), and now unread as well
+        assert [d.text for d in bob.pending] == ["ping", "again"]
+        assert {d.peer: (d.read_id, d.unread) for d in bob.dm_reads} == \
+            {"Erin": (ids["seen"], 2)}                    # carol's DM was acknowledged: read
+        assert room_reads(bob) == {"lobby": (0, 0, 0), "dev": (2, 0, 0)}
+        erin = await relogin(harness, "erin")
+        assert [(d.peer, d.unread) for d in erin.dm_reads] == [("bob", 1)]
+        async with session(harness, "bob", register=False) as (client, _):
+            assert await dm_page(client, "erin") == [
+                (ids["seen"], "seen"), (ids["ping"], "ping"), (ids["again"], "again"),
+                (ids["reply"], "reply")]
+            assert await dm_page(client, "carol") == [(ids["carol"], "carol")]
+            state = await client.request(p.MarkRead(peer="erin", upto=ids["again"]))
+            assert state.unread == 0
+            # and the conversation goes on in the new schema
+            await client.dm("erin", "sorry, was away")
+        bob = await relogin(harness, "bob")
+        assert bob.dm_reads == () and bob.pending == ()
+        erin = await relogin(harness, "erin")
+        assert [(d.peer, d.unread) for d in erin.dm_reads] == [("bob", 2)]
+
+    with running_broker(path) as harness:
+        run(scenario(harness))
+
+
+def test_migration_keeps_every_dm(tmp_path: Path) -> None:
+    path = tmp_path / "zchat.db"
+    ids = _old_database(path)
+    Store(path).close()
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT id, sender_key, pair, delivered FROM direct_messages "
+                      "ORDER BY id").fetchall()
+    db.close()
+    assert rows == [(ids["seen"], "erin", "bob/erin", 1), (ids["ping"], "erin", "bob/erin", 0),
+                    (ids["again"], "erin", "bob/erin", 0),
+                    (ids["carol"], "carol", "bob/carol", 1),
+                    (ids["reply"], "bob", "bob/erin", 0)]
