@@ -9,6 +9,7 @@ talks to it through the client library over inproc://.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -18,12 +19,19 @@ import pytest
 from conftest import run
 
 from zchat import protocol as p
-from zchat.client import Client
-from zchat.errors import RequestFailed, Status
+from zchat.client import Client, SyncClient
+from zchat.errors import LocalProtocolError, RequestFailed, Status
 from zchat.names import name_key, skeleton
 from zchat.passwords import hash_password
 from zchat.store import MIGRATIONS, Store, sql_statements
-from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, next_dm, running_broker
+from zchat.testing import (
+    DEFAULT_PASSWORD,
+    FAST_HASH,
+    Harness,
+    next_dm,
+    next_message,
+    running_broker,
+)
 
 
 @contextlib.asynccontextmanager
@@ -178,7 +186,8 @@ def test_mark_read_of_a_dm_conversation_moves_forward_only(harness: Harness) -> 
                 session(harness, "carol") as (carol, _):
             ids = [(await erin.dm("bob", f"m{i}")).id for i in range(3)]
             state = await bob.request(p.MarkRead(peer="erin", upto=ids[0]))
-            assert state == p.ReadState(room="", peer="erin", upto=ids[0], unread=2)
+            assert state == p.ReadState(room="", peer="erin", upto=ids[0], unread=2,
+                                        last=ids[-1])
             # idempotent, and never back
             assert await bob.request(p.MarkRead(peer="erin", upto=ids[0])) == state
             assert await bob.request(p.MarkRead(peer="erin", upto=0)) == state
@@ -219,7 +228,8 @@ def test_mark_read_of_a_room_and_own_posts_move_the_marker(harness: Harness) -> 
                 await alice.send("dev", text)
             assert room_reads(await relogin(harness, "bob"))["dev"] == (1, 3, 0)
             state = await bob.request(p.MarkRead(room="dev", upto=2))
-            assert state == p.ReadState(room="dev", peer="", upto=2, unread=2, mentions=0)
+            assert state == p.ReadState(room="dev", peer="", upto=2, unread=2, mentions=0,
+                                        last=4)
             assert await bob.request(p.MarkRead(room="DEV", upto=1)) == state
             with pytest.raises(RequestFailed) as beyond:
                 await bob.request(p.MarkRead(room="dev", upto=5))
@@ -394,3 +404,128 @@ def test_migration_keeps_every_dm(tmp_path: Path) -> None:
                     (ids["again"], "erin", "bob/erin", 0),
                     (ids["carol"], "carol", "bob/carol", 1),
                     (ids["reply"], "bob", "bob/erin", 0)]
+
+
+# -- the client library: Client.unread, dm_history, mark_read, READ events ------------------
+
+
+async def next_of(client: Client, kind: type, timeout_s: float = 5.0) -> object:
+    """The next event of ``kind`` (others are handed over and skipped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (left := deadline - loop.time()) > 0:
+        event = await client.next_event(left)
+        if isinstance(event, kind):
+            return event
+    raise AssertionError(f"no {kind.__name__} for {client.name} within {timeout_s} s")
+
+
+def test_client_unread_follows_login_events_posts_and_mark_read(harness: Harness) -> None:
+    async def scenario() -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "erin") as (erin, _):
+            async with session(harness, "bob") as (bob, _):
+                await bob.join("dev")
+            await alice.join("dev")
+            await alice.send("dev", "bob: standup?")
+            await alice.send("dev", "anyone")
+            old = await erin.dm("bob", "while you were out")
+            async with session(harness, "bob", register=False) as (bob, login):
+                unread = bob.unread
+                assert unread.room("dev") == p.RoomRead(room="dev", read_seq=0, unread=2,
+                                                        mentions=1)
+                assert unread.dm("erin") == p.DmRead(peer="erin", last_id=old.id,
+                                                     read_id=0, unread=1)
+                assert unread.total == 3
+                assert [d.id for d in login.pending] == [old.id]
+                assert (await next_dm(bob)).id == old.id  # pending: not counted twice
+                assert bob.unread.dm("erin").unread == 1
+                new = await erin.dm("bob", "and now")
+                assert (await next_dm(bob)).id == new.id
+                assert bob.unread.dm("erin") == p.DmRead(peer="erin", last_id=new.id,
+                                                         read_id=0, unread=2)
+                await alice.send("dev", "@bob ping")
+                await next_message(bob, "dev")
+                assert bob.unread.room("dev") == p.RoomRead(room="dev", read_seq=0,
+                                                            unread=3, mentions=2)
+                # the client library pages the history and marks read
+                page = await bob.dm_history("erin", after=0)
+                assert [m.text for m in page.messages] == ["while you were out", "and now"]
+                state = await bob.mark_read(dm="erin", upto=old.id)
+                assert (state.upto, state.unread) == (old.id, 1)
+                assert bob.unread.dm("erin").unread == 1
+                await bob.mark_read(dm="erin")  # up to the newest handed over
+                assert bob.unread.dm("erin").unread == 0
+                await bob.mark_read(room="dev", upto=1)
+                assert bob.unread.room("dev") == p.RoomRead(room="dev", read_seq=1,
+                                                            unread=2, mentions=1)
+                await bob.send("dev", "here")            # posting reads the room
+                assert bob.unread.room("dev").unread == 0
+                with pytest.raises(LocalProtocolError):
+                    await bob.mark_read(room="dev", dm="erin")
+                await bob.dm("erin", "thanks")
+                assert bob.unread.dm("erin").unread == 0
+            # and the broker agrees
+            reply = await relogin(harness, "bob")
+            assert room_reads(reply)["dev"] == (4, 0, 0)
+            assert reply.dm_reads == ()
+
+    run(scenario())
+
+
+def test_reading_on_one_device_clears_it_on_the_others(harness: Harness) -> None:
+    """Two sessions of bob (a laptop and a phone): reading erin's DMs and #dev on one
+    sends READ to the other, whose unread counts drop at once."""
+    async def scenario() -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "erin") as (erin, _), \
+                session(harness, "bob") as (laptop, _), \
+                session(harness, "bob", register=False) as (phone, _):
+            await laptop.join("dev")
+            await phone.join("dev")
+            await alice.join("dev")
+            sent = await erin.dm("bob", "lunch?")
+            posted = await alice.send("dev", "bob, the build is red")
+            for device in (laptop, phone):
+                assert (await next_dm(device)).id == sent.id
+                await next_message(device, "dev")
+                assert device.unread.dm("erin").unread == 1
+                assert device.unread.room("dev").mentions == 1
+            await laptop.mark_read(dm="erin", upto=sent.id)
+            read = await next_of(phone, p.ReadMarked)
+            assert read == p.ReadMarked(room="", peer="erin", upto=sent.id, unread=0,
+                                        last=sent.id)
+            assert phone.unread.dm("erin").unread == 0
+            await laptop.mark_read(room="dev", upto=posted.seq)
+            read = await next_of(phone, p.ReadMarked)
+            assert (read.room, read.upto, read.unread, read.mentions) == \
+                ("dev", posted.seq, 0, 0)
+            assert phone.unread.room("dev") == p.RoomRead(room="dev", read_seq=posted.seq,
+                                                          unread=0, mentions=0)
+            # marking again moves nothing: nothing is pushed
+            await laptop.mark_read(room="dev", upto=posted.seq)
+            await alice.send("dev", "fixed")
+            while not isinstance(event := await phone.next_event(5), p.MessagePosted):
+                assert not isinstance(event, p.ReadMarked), event
+            assert event.text == "fixed"
+            assert phone.unread.room("dev").unread == 1
+
+    run(scenario())
+
+
+def test_sync_client_pages_dm_history_and_marks_read(harness: Harness) -> None:
+    async def setup() -> int:
+        async with session(harness, "bob"):
+            pass
+        async with session(harness, "erin") as (erin, _):
+            return (await erin.dm("bob", "sync?")).id
+
+    dm_id = run(setup())
+    with SyncClient(harness.server, context=harness.context) as bob:
+        bob.login("bob", DEFAULT_PASSWORD)
+        assert bob.unread.dm("erin").unread == 1
+        page = bob.dm_history("erin")
+        assert [m.id for m in page.messages] == [dm_id]
+        assert bob.mark_read(dm="erin", upto=dm_id).unread == 0
+        assert bob.unread.total == 0
+        bob.logout()

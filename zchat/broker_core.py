@@ -993,7 +993,7 @@ class BrokerCore:
             read_seq = last if read is None else min(read.read_seq, last)
             state = p.ReadState(room=self.rooms[key], peer="", upto=read_seq,
                                 unread=last - read_seq,
-                                mentions=0 if read is None else read.mentions)
+                                mentions=0 if read is None else read.mentions, last=last)
         else:
             peer_key = self._account_key(req.peer)
             peer = self.accounts[peer_key].name
@@ -1005,12 +1005,13 @@ class BrokerCore:
                                     f"last direct message with {peer} ({before.last_id})")
             after = self.store.mark_dm_read(me, peer_key, req.upto) or before
             moved = after.read_id > before.read_id
-            state = p.ReadState(room="", peer=peer, upto=after.read_id, unread=after.unread)
+            state = p.ReadState(room="", peer=peer, upto=after.read_id, unread=after.unread,
+                                last=after.last_id)
         actions: list[Action] = [self._ok(rid, req_id, state)]
         if moved:
             push = p.encode_push(p.ReadMarked(room=state.room, peer=state.peer,
                                               upto=state.upto, unread=state.unread,
-                                              mentions=state.mentions))
+                                              mentions=state.mentions, last=state.last))
             others = self.accounts[me].sessions - {rid}
             actions += [ToPeer(t, push) for t in sorted(others)]
         return actions

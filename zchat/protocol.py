@@ -455,7 +455,7 @@ class ReadMarked(Message):
     """Push to the account's other sessions: one of them moved a read marker (MARK_READ,
     §6.49.1), so that every device shows the same unread counts. Exactly one of ``room``
     and ``peer`` is set; ``upto`` is the marker now (a room's seq or a DM id), ``unread``
-    and ``mentions`` what is left unread after it."""
+    and ``mentions`` what is left unread after it, up to ``last``."""
 
     TYPE: ClassVar[str] = "READ"
     room: str
@@ -463,6 +463,10 @@ class ReadMarked(Message):
     upto: int
     unread: int
     mentions: int = 0
+    #: The conversation's newest position when the marker moved (the room's last_seq, or
+    #: the conversation's newest DM id), so that a receiver counts what arrives after it
+    #: and not what it already counted; 0: not said.
+    last: int = 0
 
 
 # -- replies ------------------------------------------------------------------------------
@@ -561,6 +565,7 @@ class ReadState(Reply):
     upto: int
     unread: int
     mentions: int = 0
+    last: int = 0
 
 
 @dataclass(frozen=True, slots=True)
