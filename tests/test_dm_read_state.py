@@ -529,3 +529,42 @@ def test_sync_client_pages_dm_history_and_marks_read(harness: Harness) -> None:
         assert bob.mark_read(dm="erin", upto=dm_id).unread == 0
         assert bob.unread.total == 0
         bob.logout()
+
+
+# -- bots --------------------------------------------------------------------------------------
+
+
+def test_bot_pages_dm_history_and_marks_what_it_handled_read(harness: Harness) -> None:
+    from zchat.bot import Bot, Context
+
+    bot = Bot("notes-bot", rooms=("dev",))
+    seen: list[tuple[int, int]] = []
+
+    @bot.on_dm()
+    async def remember(ctx: Context) -> None:
+        before = bot.unread.dm(ctx.sender or "")
+        state = await ctx.mark_read()
+        page = await bot.dm_history(ctx.sender or "", limit=10)
+        seen.append((before.unread if before else -1, state.unread))
+        await ctx.reply(f"{len(page.messages)} in our history")
+
+    @bot.on_message(room="dev")
+    async def read_room(ctx: Context) -> None:
+        await ctx.mark_read()
+
+    async def scenario() -> None:
+        async with harness.run_bot(bot), session(harness, "alice") as (alice, _):
+            await alice.join("dev")
+            await alice.dm("notes-bot", "remember milk")
+            answer = await next_dm(alice, sender="notes-bot")
+            assert answer.text == "1 in our history"
+            await alice.send("dev", "notes-bot: hello")
+            await alice.dm("notes-bot", "and bread")
+            assert (await next_dm(alice, sender="notes-bot")).text == "3 in our history"
+            assert bot.unread.room("dev") == p.RoomRead(room="dev", read_seq=1, unread=0,
+                                                        mentions=0)
+        assert seen == [(1, 0), (1, 0)]
+        reply = await relogin(harness, "notes-bot")
+        assert reply.dm_reads == () and room_reads(reply)["dev"] == (1, 0, 0)
+
+    run(scenario())
