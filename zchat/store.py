@@ -1,4 +1,5 @@
-"""The SQLite store: accounts, rooms, memberships, room history and direct messages.
+"""The SQLite store: accounts, rooms, memberships, room history, direct messages (their
+delivery and their history by conversation) and read state.
 
 An adapter around the standard library's sqlite3 (docs/PROTOCOL.md §7 for what is stored
 when). The database runs in WAL mode with ``synchronous=FULL``: a write is on disk when its
