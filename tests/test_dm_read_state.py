@@ -21,7 +21,7 @@ from conftest import run
 from zchat import protocol as p
 from zchat.client import Client, SyncClient
 from zchat.errors import LocalProtocolError, RequestFailed, Status
-from zchat.names import name_key, skeleton
+from zchat.names import mentions, name_key, skeleton
 from zchat.passwords import hash_password
 from zchat.store import MIGRATIONS, Store, sql_statements
 from zchat.testing import (
@@ -32,6 +32,7 @@ from zchat.testing import (
     next_message,
     running_broker,
 )
+from zchat.unread import UnreadTracker
 
 
 @contextlib.asynccontextmanager
@@ -568,3 +569,85 @@ def test_bot_pages_dm_history_and_marks_what_it_handled_read(harness: Harness) -
         assert reply.dm_reads == () and room_reads(reply)["dev"] == (1, 0, 0)
 
     run(scenario())
+
+
+# -- the pure parts: the mention rule and the client's tracker ------------------------------
+
+
+@pytest.mark.parametrize(("text", "mentioned"), [
+    ("Hi @Alice!", True), ("ALICE: look", True), ("see alice.", True), ("«alice»", True),
+    ("alice's idea", True), ("-alice-", True), ("alice🎉", True),
+    ("malice", False), ("alice_b", False), ("alice.smith", False), ("bob-alice", False),
+    ("x@alice.smith", False), ("ali ce", False),
+])
+def test_mention_is_the_name_as_a_word_by_key(text: str, mentioned: bool) -> None:
+    assert mentions(text, "Alice") is mentioned
+
+
+def test_mentions_of_names_beyond_ascii() -> None:
+    assert mentions("hey ZOË, look", "zoë")
+    assert mentions("дмитрий, привет", "Дмитрий")
+    assert mentions("दिनेश जी", "दिनेश")          # combining marks are part of the word
+    assert not mentions("दिनेशजी", "दिनेश")
+    assert mentions("ｂｏｂ?", "bob")                 # NFKC, as names are
+
+
+def _login_reply(**fields: object) -> p.LoggedIn:
+    base: dict[str, object] = dict(name="bob", session="s", rooms=(
+        p.RoomState(room="dev", last_seq=10),), room_reads=(
+        p.RoomRead(room="dev", read_seq=8, unread=2, mentions=1),), dm_reads=(
+        p.DmRead(peer="erin", last_id=40, read_id=30, unread=2),))
+    base.update(fields)
+    return p.LoggedIn(**base)  # type: ignore[arg-type]
+
+
+def _msg(seq: int, text: str = "hi", sender: str = "alice") -> p.MessagePosted:
+    return p.MessagePosted(room="dev", seq=seq, time=1, sender=sender, text=text)
+
+
+def _dm(dm_id: int, sender: str = "erin", to: str = "bob") -> p.DirectMessage:
+    return p.DirectMessage(id=dm_id, time=1, sender=sender, to=to, text="x")
+
+
+def test_tracker_counts_what_is_handed_over_once() -> None:
+    t = UnreadTracker()
+    t.load(_login_reply())
+    assert t.snapshot().room("dev") == p.RoomRead(room="dev", read_seq=8, unread=2,
+                                                  mentions=1)
+    t.handed(_msg(9), "bob")                      # in the login's count already
+    t.handed(_msg(11, "@bob there?"), "bob")
+    t.handed(_msg(11, "@bob there?"), "bob")      # a repeat
+    assert t.snapshot().room("dev") == p.RoomRead(room="dev", read_seq=8, unread=3,
+                                                  mentions=2)
+    t.handed(_dm(40), "bob")                      # pending at login: counted there
+    t.handed(_dm(41), "bob")
+    assert t.snapshot().dm("ERIN") == p.DmRead(peer="erin", last_id=41, read_id=30, unread=3)
+    t.handed(_dm(42, sender="bob", to="erin"), "bob")   # a copy of bob's own DM
+    assert t.snapshot().dm("erin") == p.DmRead(peer="erin", last_id=42, read_id=42, unread=0)
+    t.handed(_msg(12, sender="Bob"), "bob")       # bob's own post reads the room
+    assert t.snapshot().room("dev") == p.RoomRead(room="dev", read_seq=12, unread=0,
+                                                  mentions=0)
+    assert t.snapshot().total == 0
+
+
+def test_tracker_takes_a_read_marker_without_losing_what_came_after_it() -> None:
+    """A MESSAGE on PUB can be handed over before a READ push that the broker sent
+    earlier on the DEALER: the push's counts cover its ``last``, not that message."""
+    t = UnreadTracker()
+    t.load(_login_reply())
+    t.handed(_msg(11, "bob: after the mark"), "bob")    # posted after the marker moved
+    t.handed(p.ReadMarked(room="dev", peer="", upto=10, unread=0, mentions=0, last=10),
+             "bob")
+    assert t.snapshot().room("dev") == p.RoomRead(room="dev", read_seq=10, unread=1,
+                                                  mentions=1)
+    t.marked(p.ReadState(room="dev", peer="", upto=9, unread=2, last=11))  # older: kept
+    assert t.snapshot().room("dev").read_seq == 10
+    # a DM conversation marked read here, then the DMs up to it handed over late
+    t.marked(p.ReadState(room="", peer="erin", upto=44, unread=1, last=45))
+    t.handed(_dm(43), "bob")
+    t.handed(_dm(45), "bob")
+    assert t.snapshot().dm("erin") == p.DmRead(peer="erin", last_id=45, read_id=44, unread=1)
+    t.handed(_dm(46), "bob")
+    assert t.snapshot().dm("erin").unread == 2
+    t.parted("dev")
+    assert t.snapshot().room("dev") is None

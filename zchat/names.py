@@ -263,15 +263,15 @@ def mention_words(text: str) -> set[str]:
     ``alice``; ``malice``, ``alice_b``, ``alice.smith`` and ``bob-alice`` do not.
     A text is folded once and scanned in C but for its non-ASCII stretches, so this is
     cheap enough for every SEND (the broker counts mentions as it stores them)."""
-    words: set[str] = set()
-    for token in _ASCII_NON_NAME.split(name_key(text)):
-        if not token:
-            continue
-        for run in (token,) if token.isascii() else _name_runs(token):
-            words.add(run)
-            words.add(run.strip(".-"))
-            words.add(run.lstrip(".-"))
-            words.add(run.rstrip(".-"))
+    folded = name_key(text)
+    tokens = _ASCII_NON_NAME.split(folded)
+    if not folded.isascii():
+        tokens = [run for token in tokens
+                  for run in ((token,) if token.isascii() else _name_runs(token))]
+    words = set(tokens)
+    for token in tokens:  # the rare word with a "." or "-" at an end: also without it
+        if token and (token[0] in ".-" or token[-1] in ".-"):
+            words.update((token.strip(".-"), token.lstrip(".-"), token.rstrip(".-")))
     words.discard("")
     return words
 
