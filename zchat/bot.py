@@ -50,6 +50,7 @@ from zchat import protocol as p
 from zchat.client import Client, SessionEnded
 from zchat.errors import ConnectionFailed, LocalProtocolError, ZchatError
 from zchat.names import name_key
+from zchat.unread import Unread
 
 log = logging.getLogger("zchat.bot")
 
@@ -218,6 +219,18 @@ class Context:
         else:
             raise LocalProtocolError("a timer has no one to reply to; use bot.say()")
 
+    async def mark_read(self) -> p.ReadState:
+        """Mark the event's conversation read up to the event, on every device of the
+        bot's account (docs/PROTOCOL.md §6.49): its room up to this message, or the
+        direct conversation with the sender up to this DM. Raises LocalProtocolError for
+        a presence change or a timer, which are no messages."""
+        event = self.event
+        if isinstance(event, p.MessagePosted):
+            return await self.bot.mark_read(room=event.room, upto=event.seq)
+        if isinstance(event, p.DirectMessage):
+            return await self.bot.mark_read(dm=event.sender, upto=event.id)
+        raise LocalProtocolError("only a message can be marked read")
+
 
 # -- the bot -------------------------------------------------------------------------------
 
@@ -311,6 +324,29 @@ class Bot:
     async def dm(self, user: str, text: str) -> p.DmSent:
         """Send ``text`` to ``user`` as a direct message."""
         return await self._client().dm(user, text)
+
+    # -- history and read state (docs/PROTOCOL.md §6.3.1, §6.48, §6.49) ------------------
+
+    async def dm_history(self, user: str, before: int | None = None,
+                         after: int | None = None,
+                         limit: int = p.DEFAULT_HISTORY_LIMIT) -> p.DmHistoryPage:
+        """A page of the bot's direct conversation with ``user``, ascending by DM id
+        (``Client.dm_history``: ``before``/``after`` are exclusive DM ids)."""
+        return await self._client().dm_history(user, before=before, after=after, limit=limit)
+
+    @property
+    def unread(self) -> Unread:
+        """What the bot's account has not read (``Client.unread``): per room and per
+        direct conversation, the read marker and the unread count. Raises
+        LocalProtocolError when the bot is not running."""
+        return self._client().unread
+
+    async def mark_read(self, *, room: str | None = None, dm: str | None = None,
+                        upto: int | None = None) -> p.ReadState:
+        """Mark ``room`` or the direct conversation with ``dm`` read up to ``upto`` (a
+        seq or a DM id; default the newest handed to the bot), for every session of the
+        account (``Client.mark_read``)."""
+        return await self._client().mark_read(room=room, dm=dm, upto=upto)
 
     # -- running ---------------------------------------------------------------------------
 

@@ -31,10 +31,17 @@ from zchat import protocol as p
 from zchat.admin import CheckedAccount, NewAccountRow, check_batch, check_password
 from zchat.config import BrokerConfig
 from zchat.errors import ProtocolError, RateLimited, Status, StorageError
-from zchat.names import BIDI_CONTROLS, name_key, normalize_name, skeleton, validate_text
+from zchat.names import (
+    BIDI_CONTROLS,
+    mention_words,
+    name_key,
+    normalize_name,
+    skeleton,
+    validate_text,
+)
 from zchat.passwords import hash_password, match_token, token_sha256, verify_password
 from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, TokenBucket, address_key
-from zchat.store import BanRow, SessionRow, Store
+from zchat.store import BanRow, SessionRow, Store, dm_pair
 
 log = logging.getLogger("zchat.broker")
 
@@ -64,6 +71,11 @@ def _seconds(ms: int) -> str:
     """A wait for a person, rounded up: ``0.3 s`` under ten seconds, else ``12 s``."""
     return f"{math.ceil(ms / 100) / 10:.1f} s" if ms < 10_000 else f"{math.ceil(ms / 1000)} s"
 
+
+#: Up to this many members, SEND looks for each member's name in the folded text before it
+#: cuts the text into words for mentions (docs/PROTOCOL.md §6.49.2); beyond it, the words
+#: are cut at once (their cost does not grow with the room).
+MENTION_SCAN_MEMBERS = 64
 
 #: Bound of BrokerCore's room-name cache (entries); emptied whole when full.
 ROOM_KEY_CACHE_MAX = 4096
@@ -222,7 +234,8 @@ class BrokerCore:
             p.ListBans: self._list_bans, p.ReadAudit: self._read_audit,
             p.ListUsers: self._list_users, p.CreateAccounts: self._create_accounts,
             p.AdminSetPassword: self._admin_set_password, p.SetDisabled: self._set_disabled,
-            p.SetPassword: self._set_password,
+            p.SetPassword: self._set_password, p.FetchDmHistory: self._dm_history,
+            p.MarkRead: self._mark_read,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -647,31 +660,45 @@ class BrokerCore:
         self._check_may_log_in(job.key, now_ms)  # after the password: no account probing
         self._check_capacity()  # again: sessions may have filled up while hashing
         # Store first: if it fails (503) the connection must not be left half logged in.
-        rooms, pending = self._login_state(job.key)
-        token = secrets.token_urlsafe(24)
-        self.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms)
         account = self.accounts[job.key]
+        token = secrets.token_urlsafe(24)
+        reply = self._logged_in(job.key, account.name, token)
+        self.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms)
         session = Session(job.routing_id, token, job.key, account.name,
                           job.address, now_ms, now_s, now_ms, login_token_id=token_id)
         actions = self._bind_session(session, now_ms)
         log.info("login %s from %s (%d sessions, %d stored DMs)%s", account.name,
-                 job.address or "?", len(account.sessions), len(pending),
+                 job.address or "?", len(account.sessions), len(reply.pending),
                  "" if token_id is None else f" with token {token_id}")
-        actions.insert(0, self._ok(job.routing_id, job.request_id, p.LoggedIn(
-            name=account.name, session=session.token, rooms=rooms, pending=pending)))
+        actions.insert(0, self._ok(job.routing_id, job.request_id, reply))
         return actions
 
-    def _login_state(self, key: str) -> tuple[tuple[p.RoomState, ...],
-                                              tuple[p.DirectMessage, ...]]:
-        """The LOGIN/RESUME reply's rooms (with last_seq and topic) and pending DMs."""
+    def _logged_in(self, key: str, name: str, token: str) -> p.LoggedIn:
+        """The LOGIN/RESUME reply (docs/PROTOCOL.md §6.3): the account's rooms (with
+        last_seq and topic), its pending DMs, and its read state (§6.3.1): per room the
+        read marker, what is unread after it and the unread mentions; the DM
+        conversations with unread DMs, newest first, at most MAX_DM_READS."""
+        room_rows = self.store.rooms_of(key)
         rooms = tuple(p.RoomState(room=r.name, last_seq=r.last_seq, topic=r.topic,
                                   slow_mode_s=self.slow_mode.get(r.key, 0),
                                   private=r.key in self.private, locked=r.key in self.locked)
-                      for r in self.store.rooms_of(key))
+                      for r in room_rows)
         pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
                                         to=d.recipient, text=d.text)
                         for d in self.store.pending_dms(key))
-        return rooms, pending
+        reads = self.store.room_reads(key)
+        room_reads = []
+        for r in room_rows:
+            read = reads.get(r.key)
+            read_seq = r.last_seq if read is None else min(read.read_seq, r.last_seq)
+            room_reads.append(p.RoomRead(room=r.name, read_seq=read_seq,
+                                         unread=r.last_seq - read_seq,
+                                         mentions=0 if read is None else read.mentions))
+        dm_reads = tuple(p.DmRead(peer=d.peer, last_id=d.last_id, read_id=d.read_id,
+                                  unread=d.unread)
+                         for d in self.store.unread_dm_reads(key, p.MAX_DM_READS))
+        return p.LoggedIn(name=name, session=token, rooms=rooms, pending=pending,
+                          room_reads=tuple(room_reads), dm_reads=dm_reads)
 
     def _bind_session(self, session: Session, now_ms: int) -> list[Action]:
         """Register ``session`` under its routing id; an offline account goes online (one
@@ -709,7 +736,7 @@ class BrokerCore:
         if old_rid is not None:
             live = self.sessions[old_rid]
             self._check_may_log_in(live.account_key, now_ms)
-            rooms, pending = self._login_state(live.account_key)
+            reply = self._logged_in(live.account_key, live.name, live.token)
             del self.sessions[old_rid]
             account = self.accounts[live.account_key]
             account.sessions.discard(old_rid)
@@ -721,25 +748,23 @@ class BrokerCore:
             self._by_token[token_hash] = rid
             account.sessions.add(rid)
             log.info("resumed %s on a new connection from %s", live.name, address or "?")
-            return [self._ok(rid, req_id, p.LoggedIn(name=live.name, session=live.token,
-                                                     rooms=rooms, pending=pending))]
+            return [self._ok(rid, req_id, reply)]
         self._expire_restored(now_s)
         row = self._restored.get(token_hash)
         if row is None:
             raise ProtocolError(Status.UNAUTHORIZED, "unknown or expired session; LOGIN "
                                 "again")
         self._check_may_log_in(row.account_key, now_ms)
-        rooms, pending = self._login_state(row.account_key)
-        del self._restored[token_hash]
         account = self.accounts[row.account_key]
+        reply = self._logged_in(row.account_key, account.name, req.session)
+        del self._restored[token_hash]
         resumed = Session(rid, req.session, row.account_key, account.name,
                           address or row.address, row.login_ms, now_s, now_ms,
                           login_token_id=row.login_token_id)
         actions = self._bind_session(resumed, now_ms)
         log.info("resumed %s after the broker restart, from %s", account.name,
                  address or row.address or "?")
-        return [self._ok(rid, req_id, p.LoggedIn(name=account.name, session=req.session,
-                                                 rooms=rooms, pending=pending)), *actions]
+        return [self._ok(rid, req_id, reply), *actions]
 
     def _logout(self, rid: bytes, req_id: bytes, req: p.Logout, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -837,7 +862,9 @@ class BrokerCore:
         self._check_may_post(key, session, now_ms)
         if self.slow_mode.get(key):
             self._check_slow_mode(key, session, now_s)
-        posted = self.store.post_message(key, session.name, req.kind, text, req.cmid, now_ms)
+        posted = self.store.post_message(key, session.name, req.kind, text, req.cmid, now_ms,
+                                         session.account_key,
+                                         self._mentioned(key, text, session.account_key))
         seq = posted.seq
         if posted.duplicate:  # a retry (§6.8): the original was published already
             log.debug("SEND retry %r in %s: message #%d", req.cmid, self.rooms[key], seq)
@@ -852,6 +879,22 @@ class BrokerCore:
                                 sender=session.name, text=text, kind=req.kind)
         return [*self._room_event(key, event),
                 self._ok(rid, req_id, p.Sent(room=self.rooms[key], seq=seq, time=now_ms))]
+
+    def _mentioned(self, key: str, text: str, sender_key: str) -> tuple[str, ...]:
+        """The members of room ``key`` other than the sender that ``text`` mentions
+        (docs/PROTOCOL.md §6.49.2), sorted; () in a room with nobody else in it."""
+        members = self.members.get(key, ())
+        if len(members) < 2:
+            return ()
+        if len(members) <= MENTION_SCAN_MEMBERS:
+            # Most messages name nobody: a substring test per member (in C) rules that
+            # out at a tenth of the cost of cutting the text into words.
+            folded = name_key(text)
+            if not any(k in folded for k in members if k != sender_key):
+                return ()
+        mentioned = mention_words(text).intersection(members)
+        mentioned.discard(sender_key)
+        return tuple(sorted(mentioned))
 
     def _dm(self, rid: bytes, req_id: bytes, req: p.SendDirect, session: Session,
             now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -869,7 +912,8 @@ class BrokerCore:
             raise ProtocolError(Status.BAD_REQUEST,
                                 f"cmid longer than {p.MAX_CMID_CHARS} characters")
         posted = self.store.post_dm(session.name, to_key, recipient.name, text, req.cmid,
-                                    now_ms, max_pending=self.config.max_stored_dms)
+                                    now_ms, max_pending=self.config.max_stored_dms,
+                                    sender_key=session.account_key)
         dm_id = posted.seq
         if posted.duplicate:  # a retry (§6.7): pushed already, or pending for next login
             return [self._ok(rid, req_id, p.DmSent(
@@ -892,8 +936,10 @@ class BrokerCore:
         self.store.ack_dms(session.account_key, req.ids)
         return [self._ok(rid, req_id, p.Ok())]
 
-    def _history(self, rid: bytes, req_id: bytes, req: p.FetchHistory, session: Session,
-                 now_s: float, now_ms: int, address: str) -> list[Action]:
+    @staticmethod
+    def _check_page(req: p.FetchHistory | p.FetchDmHistory, unit: str) -> None:
+        """HISTORY and DM_HISTORY (§6.9, §6.48): at most one of ``before`` and ``after``,
+        neither below 0, ``limit`` 1..MAX_HISTORY_LIMIT; else ProtocolError(400)."""
         if req.before is not None and req.after is not None:
             raise ProtocolError(Status.BAD_REQUEST, "give at most one of before and after")
         if not 1 <= req.limit <= p.MAX_HISTORY_LIMIT:
@@ -901,7 +947,11 @@ class BrokerCore:
                                 f"limit must be 1 to {p.MAX_HISTORY_LIMIT}")
         for bound in (req.before, req.after):
             if bound is not None and bound < 0:
-                raise ProtocolError(Status.BAD_REQUEST, "sequence bounds must be >= 0")
+                raise ProtocolError(Status.BAD_REQUEST, f"{unit} bounds must be >= 0")
+
+    def _history(self, rid: bytes, req_id: bytes, req: p.FetchHistory, session: Session,
+                 now_s: float, now_ms: int, address: str) -> list[Action]:
+        self._check_page(req, "sequence")
         key = self._room_key(req.room)
         self._check_may_read(key, session)
         rows = self.store.history(key, req.before, req.after, req.limit)
@@ -911,6 +961,72 @@ class BrokerCore:
                                          deleted_by=r.deleted_by)
                          for r in rows)
         return [self._ok(rid, req_id, p.HistoryPage(room=self.rooms[key], messages=messages))]
+
+    def _dm_history(self, rid: bytes, req_id: bytes, req: p.FetchDmHistory,
+                    session: Session, now_s: float, now_ms: int,
+                    address: str) -> list[Action]:
+        """DM_HISTORY (docs/PROTOCOL.md §6.48): a page of the session's own account's
+        conversation with ``peer``, ascending by DM id. The conversation is named by the
+        asking account and the peer, so no one can read another pair's DMs. Raises
+        ProtocolError 400 (bounds, limit), 404 (no such account)."""
+        self._check_page(req, "id")
+        peer_key = self._account_key(req.peer)
+        rows = self.store.dm_history(dm_pair(session.account_key, peer_key), req.before,
+                                     req.after, req.limit)
+        messages = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
+                                         to=d.recipient, text=d.text) for d in rows)
+        return [self._ok(rid, req_id, p.DmHistoryPage(peer=self.accounts[peer_key].name,
+                                                      messages=messages))]
+
+    def _mark_read(self, rid: bytes, req_id: bytes, req: p.MarkRead, session: Session,
+                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        """MARK_READ (docs/PROTOCOL.md §6.49): move the account's read marker of a room
+        (to a seq) or of a direct conversation (to a DM id) forward to ``upto``. A marker
+        at or beyond ``upto`` stays (idempotent, nothing written); the reply says the
+        marker and what is unread after it. When it moved, the account's other sessions
+        get READ (§6.49.1). Raises ProtocolError 400 (not exactly one of room and peer,
+        ``upto`` below 0 or beyond the newest message of the conversation), 404 (no such
+        room, account or conversation), 403 (not a member of the room)."""
+        if bool(req.room) == bool(req.peer):
+            raise ProtocolError(Status.BAD_REQUEST, "give exactly one of room and peer")
+        if req.upto < 0:
+            raise ProtocolError(Status.BAD_REQUEST, "upto must be >= 0")
+        me = session.account_key
+        if req.room:
+            key = self._room_key(req.room)
+            if me not in self.members.get(key, ()):
+                raise ProtocolError(Status.FORBIDDEN, f"you are not in #{self.rooms[key]}")
+            last = self.last_seq[key]
+            if req.upto > last:
+                raise ProtocolError(Status.BAD_REQUEST, f"upto {req.upto} is beyond the "
+                                    f"last message of #{self.rooms[key]} (#{last})")
+            moved = self.store.mark_room_read(key, me, req.upto)
+            read = self.store.room_read(key, me)
+            read_seq = last if read is None else min(read.read_seq, last)
+            state = p.ReadState(room=self.rooms[key], peer="", upto=read_seq,
+                                unread=last - read_seq,
+                                mentions=0 if read is None else read.mentions, last=last)
+        else:
+            peer_key = self._account_key(req.peer)
+            peer = self.accounts[peer_key].name
+            before = self.store.dm_read(me, peer_key)
+            if before is None:
+                raise ProtocolError(Status.NOT_FOUND, f"no conversation with {peer}")
+            if req.upto > before.last_id:
+                raise ProtocolError(Status.BAD_REQUEST, f"upto {req.upto} is beyond the "
+                                    f"last direct message with {peer} ({before.last_id})")
+            after = self.store.mark_dm_read(me, peer_key, req.upto) or before
+            moved = after.read_id > before.read_id
+            state = p.ReadState(room="", peer=peer, upto=after.read_id, unread=after.unread,
+                                last=after.last_id)
+        actions: list[Action] = [self._ok(rid, req_id, state)]
+        if moved:
+            push = p.encode_push(p.ReadMarked(room=state.room, peer=state.peer,
+                                              upto=state.upto, unread=state.unread,
+                                              mentions=state.mentions, last=state.last))
+            others = self.accounts[me].sessions - {rid}
+            actions += [ToPeer(t, push) for t in sorted(others)]
+        return actions
 
     def _who(self, rid: bytes, req_id: bytes, req: p.Who, session: Session,
              now_s: float, now_ms: int, address: str) -> list[Action]:

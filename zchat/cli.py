@@ -46,6 +46,8 @@ DB_FILENAME = "zchat.db"
 LOGOUT_WAIT_S = 0.5
 #: Lines of ``say -`` read ahead of the one being sent.
 STDIN_READ_AHEAD = 64
+#: ``zchat unread --messages``: unread messages printed per conversation by default.
+UNREAD_MESSAGES_LIMIT = 100
 
 
 class CliError(ZchatError):
@@ -151,22 +153,47 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("text", metavar="TEXT")
 
     t = sub.add_parser("tail", help="print room messages and direct messages as they arrive",
-                       description="Print new messages in ROOM and your direct messages "
-                                   "(stored ones first) as they arrive.")
+                       description="Print your unread direct messages, then new messages in "
+                                   "ROOM (without --room: none) and your direct messages as "
+                                   "they arrive. The direct messages it prints are marked "
+                                   "read (docs/cli.md).")
     client_opts(t)
-    t.add_argument("--room", required=True)
+    t.add_argument("--room", help="the room to follow (default: direct messages only)")
     t.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument("--keep-unread", action="store_true",
+                   help="leave the direct messages it prints unread (a log, not a reader)")
 
     h = sub.add_parser("history", help="print a room's recent messages",
-                       description="Print the last messages of ROOM, oldest first.")
+                       description="Print the last messages of ROOM, or of your direct "
+                                   "conversation with NAME, oldest first.")
     client_opts(h)
-    h.add_argument("--room", required=True)
+    where = h.add_mutually_exclusive_group(required=True)
+    where.add_argument("--room")
+    where.add_argument("--dm", metavar="NAME",
+                       help="your direct conversation with NAME (both ways) instead")
     h.add_argument("--limit", type=int, default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
                    help=f"how many (1-{p.MAX_HISTORY_LIMIT}, default "
                         f"{p.DEFAULT_HISTORY_LIMIT})")
-    h.add_argument("--before", type=int, metavar="SEQ", help="only messages before SEQ")
+    h.add_argument("--before", type=int, metavar="SEQ",
+                   help="only messages before SEQ (with --dm: before that DM id)")
     h.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    u = sub.add_parser("unread", help="list conversations with unread messages",
+                       description="List your rooms and direct conversations with unread "
+                                   "messages and mentions, as the broker keeps them for "
+                                   "all your devices; with --messages, print those "
+                                   "messages instead.")
+    client_opts(u)
+    u.add_argument("--json", action="store_true", help="one JSON object per line")
+    u.add_argument("--messages", action="store_true",
+                   help="print the unread messages themselves, oldest first, rooms then "
+                        "direct messages")
+    u.add_argument("--limit", type=int, default=UNREAD_MESSAGES_LIMIT, metavar="N",
+                   help="with --messages: at most the oldest N of each conversation "
+                        f"(default {UNREAD_MESSAGES_LIMIT})")
+    u.add_argument("--mark-read", action="store_true",
+                   help="then mark read what was listed (with --messages: printed)")
 
     w = sub.add_parser("who", help="list accounts and their presence",
                        description="List accounts online or away, or the members of ROOM.")
@@ -805,10 +832,26 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
     tz = _local_tz()
 
     async def body(client: Client) -> int:
-        await client.join(args.room)
-        print(f"following #{args.room} as {client.name}", file=sys.stderr, flush=True)
-        room, me = name_key(args.room), name_key(client.name or args.user)
+        if args.room is not None:
+            await client.join(args.room)
+            print(f"following #{args.room} as {client.name}", file=sys.stderr, flush=True)
+        else:
+            print(f"following direct messages as {client.name}", file=sys.stderr, flush=True)
+        room = name_key(args.room) if args.room is not None else None
+        me = name_key(client.name or args.user)
+        # Unread DMs first, from the broker's read state: also those another session was
+        # handed and nobody read (docs/cli.md). The pending ones come again as events.
+        shown: set[int] = set()
         printed = 0
+        for conversation in client.unread.dms:
+            for msg in await _unread_dms(client, conversation, args.count):
+                _emit(sys.stdout, msg, args.json)
+                shown.add(msg.id)
+                printed += 1
+                if not args.keep_unread:
+                    await _read_dm(client, msg)
+                if args.count is not None and printed >= args.count:
+                    return 0
         async for event in client.events():
             if isinstance(event, p.GoingAway):
                 print(f"zchat: broker going away: {event.text}; reconnecting…",
@@ -828,10 +871,15 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
                     name_key(event.name) == me and name_key(event.room) == room:
                 raise CliError(removal_reason(event, tz))  # nothing left to follow
             if isinstance(event, p.MessagePosted | p.DirectMessage):
-                if isinstance(event, p.MessagePosted) and \
-                        event.room.casefold() != args.room.casefold():
+                if isinstance(event, p.MessagePosted) and (
+                        args.room is None or event.room.casefold() != args.room.casefold()):
                     continue
+                if isinstance(event, p.DirectMessage) and event.id in shown:
+                    continue  # printed with the unread ones
                 _emit(sys.stdout, event, args.json)
+                if isinstance(event, p.DirectMessage) and not args.keep_unread \
+                        and name_key(event.sender) != me:
+                    await _read_dm(client, event)
                 printed += 1
                 if args.count is not None and printed >= args.count:
                     return 0
@@ -845,8 +893,100 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         client_log.removeFilter(once)
 
 
+async def _unread_dms(client: Client, conversation: p.DmRead,
+                      limit: int | None = None) -> list[p.DirectMessage]:
+    """The unread DMs of a conversation (those from the peer after the account's read
+    marker, docs/PROTOCOL.md §6.3.1), oldest first, at most ``limit`` (None: all), paged
+    from DM_HISTORY."""
+    found: list[p.DirectMessage] = []
+    after, peer = conversation.read_id, name_key(conversation.peer)
+    while conversation.unread and (limit is None or len(found) < limit):
+        page = await client.dm_history(conversation.peer, after=after,
+                                       limit=p.MAX_HISTORY_LIMIT)
+        found += [m for m in page.messages if name_key(m.sender) == peer]
+        if len(page.messages) < p.MAX_HISTORY_LIMIT:
+            break
+        after = page.messages[-1].id
+    return found if limit is None else found[:limit]
+
+
+async def _read_dm(client: Client, msg: p.DirectMessage) -> None:
+    """Mark the conversation of ``msg`` (a DM to the account) read up to it: ``tail``
+    printed it, so it was seen (docs/cli.md). A failure (the broker is away) leaves it
+    unread, which loses nothing."""
+    with contextlib.suppress(ZchatError):
+        await client.mark_read(dm=msg.sender, upto=msg.id)
+
+
+def cmd_unread(args: argparse.Namespace, config: Config) -> int:
+    """``zchat unread`` (docs/cli.md): the account's conversations with unread messages
+    from the LOGIN reply's read state, or with ``--messages`` the messages themselves;
+    ``--mark-read`` then marks read what was listed or printed."""
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1")
+
+    async def body(client: Client) -> int:
+        state = client.unread
+        rooms = [r for r in state.rooms if r.unread]
+        dms = [d for d in state.dms if d.unread]
+        marks: list[tuple[str | None, str | None, int]] = []  # (room, dm, upto)
+        for r in rooms:
+            last = r.read_seq + r.unread
+            if not args.messages:
+                _unread_line(sys.stdout, "#" + r.room, r.unread, r.mentions, r.read_seq,
+                             last, args.json, room=r.room)
+                marks.append((r.room, None, last))
+                continue
+            upto = r.read_seq
+            while upto < last and upto - r.read_seq < args.limit:
+                page = await client.history(r.room, after=upto, limit=min(
+                    p.MAX_HISTORY_LIMIT, args.limit - (upto - r.read_seq)))
+                if not page.messages:
+                    break
+                for msg in page.messages:
+                    _emit(sys.stdout, msg, args.json)
+                upto = page.messages[-1].seq
+            marks.append((r.room, None, upto))
+        for d in dms:
+            if not args.messages:
+                _unread_line(sys.stdout, "@" + d.peer, d.unread, 0, d.read_id, d.last_id,
+                             args.json, dm=d.peer)
+                marks.append((None, d.peer, d.last_id))
+                continue
+            found = await _unread_dms(client, d, args.limit)
+            for dm_msg in found:
+                _emit(sys.stdout, dm_msg, args.json)
+            if found:
+                marks.append((None, d.peer, found[-1].id))
+        if not rooms and not dms and not args.json:
+            print("nothing unread", file=sys.stderr)
+        if args.mark_read:
+            for room, dm, upto in marks:
+                await client.mark_read(room=room, dm=dm, upto=upto)
+        return 0
+
+    return _run(_session(config, args.user, body))
+
+
+def _unread_line(out: TextIO, label: str, unread: int, mentions: int, read: int, last: int,
+                 as_json: bool, *, room: str | None = None, dm: str | None = None) -> None:
+    """One conversation of ``zchat unread``: ``#dev  3 unread, 1 mention`` or its JSON
+    object (docs/cli.md)."""
+    if as_json:
+        out.write(json.dumps({"room": room, "dm": dm, "unread": unread, "mentions": mentions,
+                              "read": read, "last": last}, ensure_ascii=False) + "\n")
+        return
+    extra = f", {mentions} mention{'s' if mentions != 1 else ''}" if mentions else ""
+    out.write(f"{label:<20} {unread} unread{extra}\n")
+
+
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
     async def body(client: Client) -> int:
+        if args.dm is not None:  # a direct conversation (docs/PROTOCOL.md §6.48)
+            dm_page = await client.dm_history(args.dm, before=args.before, limit=args.limit)
+            for dm in dm_page.messages:
+                _emit(sys.stdout, dm, args.json)
+            return 0
         await client.join(args.room)
         page = await client.history(args.room, before=args.before, limit=args.limit)
         for msg in page.messages:
@@ -1181,7 +1321,8 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
-    "tail": cmd_tail, "history": cmd_history, "who": cmd_who, "slow": cmd_slow,
+    "tail": cmd_tail, "history": cmd_history, "unread": cmd_unread, "who": cmd_who,
+    "slow": cmd_slow,
     "topic": cmd_topic, "mod": cmd_mod,
     "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,

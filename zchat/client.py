@@ -69,6 +69,7 @@ from zchat.errors import (
 )
 from zchat.feed import MAX_HELD, RoomFeed
 from zchat.names import name_key
+from zchat.unread import Unread, UnreadTracker
 
 log = logging.getLogger("zchat.client")
 
@@ -175,7 +176,7 @@ class SessionEnded:
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
          | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
          | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
-         | p.RoleChanged | p.Invited | p.MuteChanged)
+         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked)
 
 
 def new_cmid() -> str:
@@ -319,6 +320,9 @@ class Client:
         self._space = asyncio.Event()  # set when the application takes an event
         #: Pushed events of private rooms, from the DEALER reader to _read_room_pushes.
         self._room_pushes: asyncio.Queue[p.Message] = asyncio.Queue()
+        #: The account's read state (``unread``): loaded from each LOGIN/RESUME reply,
+        #: carried forward as events are handed over and read markers move.
+        self._unread = UnreadTracker()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -355,6 +359,18 @@ class Client:
         """The last known topic of ``room`` ("" if none or unknown): from LOGIN, JOIN, the
         heartbeat's PONG and TOPIC events."""
         return self._state.topics.get(name_key(room), "")
+
+    @property
+    def unread(self) -> Unread:
+        """What the account has not read (docs/PROTOCOL.md §6.3.1), as a value: per
+        followed room the read marker, unread messages and unread mentions; per direct
+        conversation with unread DMs since the login the marker and unread count. From
+        the last LOGIN/RESUME reply (the broker's, agreed across the account's devices),
+        then carried forward by the events handed to the application (``events()``,
+        ``next_event``), this client's ``mark_read``, ``send``/``dm`` (posting reads
+        the conversation) and READ events (another session moved a marker). See
+        zchat.unread for the counting rules."""
+        return self._unread.snapshot()
 
     async def connect(self) -> p.InfoReply:
         """Connect both sockets and fetch INFO. Raises ConnectionFailed when the broker does
@@ -603,6 +619,8 @@ class Client:
                     and self._credentials is not None and not _INTERNAL.get()):
                 self._session_lost("a request was refused with 401")
             raise RequestFailed(reply.status, reply.reason, reply.retry_after_ms)
+        if isinstance(reply, p.LoggedIn):  # LOGIN or RESUME, the application's or a
+            self._unread.load(reply)        # reconnect's: the broker's read state
         return reply
 
     async def register(self, name: str, password: str, *, bot: bool = False) -> p.Registered:
@@ -642,6 +660,7 @@ class Client:
         self._credentials = None
         await self.request(p.Logout(text=text))
         self._state = _State()
+        self._unread.clear()
 
     async def join(self, room: str, *, private: bool = False) -> p.RoomJoined:
         """Join (creating if needed; ``private`` creates it invite-only) and follow
@@ -664,10 +683,12 @@ class Client:
             for msg in early or ():  # heard while the reply travelled
                 self._on_live(key, msg)
         self._state.topics[key] = reply.topic
+        self._unread.joined(reply.room, reply.last_seq)
         return reply
 
     async def part(self, room: str) -> None:
         await self.request(p.Part(room=room))
+        self._unread.parted(room)
         self._stop_following(name_key(room))
 
     async def set_slow_mode(self, room: str, seconds: int) -> None:
@@ -763,6 +784,7 @@ class Client:
         reply: p.Sent = await self._reliably(
             p.Send(room=room, text=text, kind=kind, cmid=cmid or new_cmid()), retry_for_s,
             RATE_LIMIT_TRIES if patient else 1)
+        self._unread.sent(reply.room, reply.seq)
         return reply
 
     async def dm(self, to: str, text: str, cmid: str = "", *,
@@ -775,7 +797,46 @@ class Client:
         reply: p.DmSent = await self._reliably(
             p.SendDirect(to=to, text=text, cmid=cmid or new_cmid()), retry_for_s,
             RATE_LIMIT_TRIES if patient else 1)
+        self._unread.sent_dm(to, reply.id)
         return reply
+
+    async def dm_history(self, name: str, before: int | None = None,
+                         after: int | None = None,
+                         limit: int = p.DEFAULT_HISTORY_LIMIT) -> p.DmHistoryPage:
+        """A page of this account's direct conversation with ``name``, both ways,
+        ascending by DM id (docs/PROTOCOL.md §6.48): with ``before``, the newest
+        ``limit`` DMs below that id; with ``after``, the oldest above it (``after`` a
+        ``read_id`` from ``unread`` gives the unread ones); with neither, the newest.
+        Reading history changes neither delivery nor read state. Raises RequestFailed
+        404 (no such account), 400 (both bounds, a bound below 0, ``limit`` outside
+        1..MAX_HISTORY_LIMIT)."""
+        reply: p.DmHistoryPage = await self.request(
+            p.FetchDmHistory(peer=name, before=before, after=after, limit=limit))
+        return reply
+
+    async def mark_read(self, *, room: str | None = None, dm: str | None = None,
+                        upto: int | None = None) -> p.ReadState:
+        """Mark ``room`` (up to a sequence number) or the direct conversation with ``dm``
+        (up to a DM id) read, for every device of the account (docs/PROTOCOL.md §6.49):
+        the broker moves its read marker forward only and pushes READ to the account's
+        other sessions. Call it when a person has had the conversation on screen, not
+        when a message arrives. ``upto`` defaults to the newest message of that
+        conversation handed to the application (or known from the login). Returns the
+        marker and what is still unread after it, and updates ``unread``. Raises
+        LocalProtocolError (neither or both of room and dm; no ``upto`` known),
+        RequestFailed 400 (``upto`` beyond the newest message), 403 (not in the room),
+        404 (no such room, account or conversation)."""
+        if (room is None) == (dm is None):
+            raise LocalProtocolError("give exactly one of room and dm")
+        if upto is None:
+            upto = self._unread.room_last(room) if room is not None \
+                else self._unread.dm_last(dm or "")
+            if upto is None:
+                raise LocalProtocolError(f"nothing known of {room or dm}: give upto")
+        state: p.ReadState = await self.request(
+            p.MarkRead(upto=upto, room=room or "", peer=dm or ""))
+        self._unread.marked(state)
+        return state
 
     async def _reliably(self, req: p.Send | p.SendDirect, retry_for_s: float,
                         tries: int = RATE_LIMIT_TRIES) -> Any:
@@ -990,7 +1051,9 @@ class Client:
             await self._ack(again)
 
     async def _hand_off(self, event: Event) -> None:
-        """Acknowledge a direct message addressed to us as it is handed over."""
+        """Count the event in ``unread``; acknowledge a direct message addressed to us as
+        it is handed over (delivered, which is not read: docs/PROTOCOL.md §6.7)."""
+        self._unread.handed(event, self._state.name)
         if not isinstance(event, p.DirectMessage) or self._state.name is None or \
                 name_key(event.to) != name_key(self._state.name):
             return
@@ -1097,8 +1160,8 @@ class Client:
                     fut.set_result(value)
             elif isinstance(value, p.DirectMessage):
                 self._queue_dm(value)
-            elif isinstance(value, p.Invited | p.MuteChanged):
-                self._events.put_nowait(value)
+            elif isinstance(value, p.Invited | p.MuteChanged | p.ReadMarked):
+                self._events.put_nowait(value)  # READ: counted as it is handed over
             elif isinstance(value, p.SessionClosed):
                 # The broker ends this session on someone's order (docs/PROTOCOL.md
                 # §6.47): say so, once, instead of "connection lost" and a refused login.

@@ -103,8 +103,9 @@ class BrokerConfig:
     - ``heartbeat_interval_s``: seconds between heartbeats a client should send (> 0).
     - ``heartbeat_timeout_s``: seconds of silence after which a session is evicted; must be
       greater than ``heartbeat_interval_s``.
-    - ``max_stored_dms``: undelivered direct messages kept per recipient (>= 1); beyond it
-      the oldest undelivered one is dropped.
+    - ``max_stored_dms``: pending (unacknowledged) direct messages offered per recipient at
+      login (>= 1); beyond it the oldest stops being offered but stays in the DM history,
+      unread (docs/PROTOCOL.md §6.7.1): no DM is dropped.
     - ``sndhwm`` / ``rcvhwm``: ZeroMQ send/receive high-water marks, in messages (>= 1).
     - ``scrypt_n`` / ``scrypt_r`` / ``scrypt_p``: scrypt cost parameters for password
       hashes (RFC 7914); ``N`` a power of two >= 1024, ``r`` and ``p`` >= 1. Memory per

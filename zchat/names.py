@@ -223,3 +223,59 @@ def validate_text(text: str, max_bytes: int) -> str:
         raise ProtocolError(Status.TOO_LARGE,
                             f"message text is {size} bytes; the limit is {max_bytes}")
     return text
+
+
+# -- mentions (docs/PROTOCOL.md §6.49.2) ------------------------------------------------------
+
+#: Splits a folded text at every ASCII character that cannot be in a name (white space,
+#: punctuation but ``_ . -``, ``@``): what is left are ASCII words and non-ASCII stretches.
+_ASCII_NON_NAME = re.compile(r"[\x00-\x2c\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]+")
+
+
+def _is_name_char(ch: str) -> bool:
+    """A character a name may hold (``normalize_name``): a letter, a digit, a combining
+    mark (Mn, Mc), ``_``, ``-`` or ``.``."""
+    cat = unicodedata.category(ch)
+    return cat[0] in "LN" or cat == "Mn" or cat == "Mc" or ch in _PUNCT
+
+
+def _name_runs(token: str) -> list[str]:
+    """The maximal runs of name characters in a token with non-ASCII characters."""
+    runs, start = [], None
+    for i, ch in enumerate(token):
+        if _is_name_char(ch):
+            if start is None:
+                start = i
+        elif start is not None:
+            runs.append(token[start:i])
+            start = None
+    if start is not None:
+        runs.append(token[start:])
+    return runs
+
+
+def mention_words(text: str) -> set[str]:
+    """The name keys that message ``text`` mentions (docs/PROTOCOL.md §6.49.2): its
+    *words* — maximal runs of name characters (letters, digits, combining marks, ``_``,
+    ``-``, ``.``) in the text's key form (NFKC casefold, as ``name_key``) — each also
+    without the ``.`` and ``-`` it starts or ends with (``alice.`` at the end of a
+    sentence, ``-alice``). So ``Hi @Alice!``, ``ALICE: look`` and ``alice.`` mention
+    ``alice``; ``malice``, ``alice_b``, ``alice.smith`` and ``bob-alice`` do not.
+    A text is folded once and scanned in C but for its non-ASCII stretches, so this is
+    cheap enough for every SEND (the broker counts mentions as it stores them)."""
+    folded = name_key(text)
+    tokens = _ASCII_NON_NAME.split(folded)
+    if not folded.isascii():
+        tokens = [run for token in tokens
+                  for run in ((token,) if token.isascii() else _name_runs(token))]
+    words = set(tokens)
+    for token in tokens:  # the rare word with a "." or "-" at an end: also without it
+        if token and (token[0] in ".-" or token[-1] in ".-"):
+            words.update((token.strip(".-"), token.lstrip(".-"), token.rstrip(".-")))
+    words.discard("")
+    return words
+
+
+def mentions(text: str, name: str) -> bool:
+    """Whether message ``text`` mentions the account ``name`` (``mention_words``)."""
+    return bool(name) and name_key(name) in mention_words(text)

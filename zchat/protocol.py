@@ -55,6 +55,11 @@ MAX_HISTORY_LIMIT = 500
 MAX_CMID_CHARS = 64
 #: Direct-message ids acknowledged in one DM_ACK (§6.7).
 MAX_ACK_IDS = 1000
+#: DM conversations with unread messages listed in a LOGIN or RESUME reply (``dm_reads``,
+#: §6.3), newest first: it bounds that reply (a thousand accounts each writing once), and
+#: more unread conversations than that are not read through one by one anyway; the rest
+#: stay unread and appear as the listed ones are read.
+MAX_DM_READS = 1000
 #: Passwords are bytes to scrypt; 1,024 characters is more than any pass-phrase.
 MAX_PASSWORD_CHARS = 1024
 #: Away message (SET_PRESENCE) and quit message (LOGOUT), in characters (§6.12, §6.4).
@@ -141,6 +146,32 @@ class RoomState:
     #: Invite-only room (§17.2); only moderators post in a locked room (§17.1).
     private: bool = False
     locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRead:
+    """The account's read state in one of its rooms, in the LOGIN and RESUME reply
+    (§6.3.1): every message with ``seq <= read_seq`` is read; ``unread`` is the room's
+    ``last_seq - read_seq``; ``mentions`` counts the unread messages that name the account
+    (§6.49.2)."""
+
+    room: str
+    read_seq: int
+    unread: int = 0
+    mentions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DmRead:
+    """The account's read state of one direct conversation, in the LOGIN and RESUME reply
+    (§6.3.1): ``peer`` is the other account; DMs with ``id <= read_id`` are read;
+    ``last_id`` is the conversation's newest DM (either way); ``unread`` counts the DMs
+    from ``peer`` after ``read_id``."""
+
+    peer: str
+    last_id: int
+    read_id: int
+    unread: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +450,25 @@ class DirectMessage(Message):
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReadMarked(Message):
+    """Push to the account's other sessions: one of them moved a read marker (MARK_READ,
+    §6.49.1), so that every device shows the same unread counts. Exactly one of ``room``
+    and ``peer`` is set; ``upto`` is the marker now (a room's seq or a DM id), ``unread``
+    and ``mentions`` what is left unread after it, up to ``last``."""
+
+    TYPE: ClassVar[str] = "READ"
+    room: str
+    peer: str
+    upto: int
+    unread: int
+    mentions: int = 0
+    #: The conversation's newest position when the marker moved (the room's last_seq, or
+    #: the conversation's newest DM id), so that a receiver counts what arrives after it
+    #: and not what it already counted; 0: not said.
+    last: int = 0
+
+
 # -- replies ------------------------------------------------------------------------------
 
 
@@ -455,6 +505,10 @@ class LoggedIn(Reply):
     session: str
     rooms: tuple[RoomState, ...]
     pending: tuple[DirectMessage, ...] = ()
+    #: Read state (§6.3.1): one RoomRead per room of ``rooms``, and the DM conversations
+    #: with unread messages, newest first (at most MAX_DM_READS).
+    room_reads: tuple[RoomRead, ...] = ()
+    dm_reads: tuple[DmRead, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +545,27 @@ class DmSent(Reply):
 class HistoryPage(Reply):
     room: str
     messages: tuple[MessagePosted, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DmHistoryPage(Reply):
+    """DM_HISTORY's reply (§6.48): the conversation with ``peer``, ascending by id."""
+
+    peer: str
+    messages: tuple[DirectMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState(Reply):
+    """MARK_READ's reply (§6.49): the marker after the request, as the READ push says it
+    to the account's other sessions."""
+
+    room: str
+    peer: str
+    upto: int
+    unread: int
+    mentions: int = 0
+    last: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,6 +740,32 @@ class FetchHistory(Request):
     before: int | None = None
     after: int | None = None
     limit: int = DEFAULT_HISTORY_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class FetchDmHistory(Request):
+    """A page of the logged-in account's direct conversation with ``peer`` (§6.48):
+    bounds are DM ids, exclusive; at most one of them."""
+
+    TYPE: ClassVar[str] = "DM_HISTORY"
+    REPLY: ClassVar[type[Reply]] = DmHistoryPage
+    peer: str
+    before: int | None = None
+    after: int | None = None
+    limit: int = DEFAULT_HISTORY_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead(Request):
+    """Move the account's read marker of ``room`` (a seq) or of the direct conversation
+    with ``peer`` (a DM id) forward to ``upto`` (§6.49); exactly one of ``room`` and
+    ``peer``."""
+
+    TYPE: ClassVar[str] = "MARK_READ"
+    REPLY: ClassVar[type[Reply]] = ReadState
+    upto: int
+    room: str = ""
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -931,7 +1032,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
                 FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect,
                 CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
                 Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
-                ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword)
+                ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword,
+                FetchDmHistory, MarkRead)
 }
 #: Events of a room, published on its topic, or pushed to each member session instead
 #: when the room is private (§17.2).
@@ -944,7 +1046,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
                               RoomModeChanged, RoleChanged)
 }
 _PUSHED: tuple[type[Message], ...] = (DirectMessage, Invited, MuteChanged, SessionClosed,
-                                      *ROOM_EVENT_TYPES)
+                                      ReadMarked, *ROOM_EVENT_TYPES)
 PUSH_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _PUSHED}
 
 

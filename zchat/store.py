@@ -1,4 +1,5 @@
-"""The SQLite store: accounts, rooms, memberships, room history and direct messages.
+"""The SQLite store: accounts, rooms, memberships, room history, direct messages (their
+delivery and their history by conversation) and read state.
 
 An adapter around the standard library's sqlite3 (docs/PROTOCOL.md §7 for what is stored
 when). The database runs in WAL mode with ``synchronous=FULL``: a write is on disk when its
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from zchat.errors import ProtocolError, Status, StorageError
+from zchat.names import name_key
 
 #: Ordered schema migrations; index i upgrades user_version i -> i+1. Never edit a shipped
 #: entry: append a new one.
@@ -164,6 +166,66 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE key = NEW.room_key AND last_seq < NEW.seq;
     END;
     """,
+    # 5 -> 6: DM history and read state (issue 13, docs/PROTOCOL.md §6.3.1, §6.48, §6.49).
+    # A room's read marker lives with the membership (``members.read_seq``): everyone has
+    # read what was there when this migration ran (no read state existed), a new member
+    # what was there when they joined. A message stores its sender's key so that one
+    # trigger moves the sender's own marker in the INSERT's statement (posting in a room
+    # reads it), keeping a SEND one statement. ``mentions`` holds the unread messages that
+    # name a member (removed as the marker passes them). DMs get their sender's key and
+    # their conversation (``pair``: the two keys, sorted, joined by "/", which no name
+    # holds) for DM_HISTORY; ``dm_reads`` is each account's read state per conversation.
+    # A DM that was still pending (not acknowledged by any session) becomes unread for its
+    # recipient: the marker of a conversation with pending DMs stops just before its
+    # oldest pending one; every other DM is read. ``delivered`` keeps meaning "handed to a
+    # session of the recipient" (DM_ACK).
+    """
+    ALTER TABLE members ADD COLUMN read_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE members SET read_seq = COALESCE(
+        (SELECT last_seq FROM rooms WHERE rooms.key = members.room_key), 0);
+    ALTER TABLE messages ADD COLUMN sender_key TEXT NOT NULL DEFAULT '';
+    CREATE TRIGGER messages_read_own AFTER INSERT ON messages WHEN NEW.sender_key <> '' BEGIN
+        UPDATE members SET read_seq = NEW.seq
+        WHERE room_key = NEW.room_key AND account_key = NEW.sender_key AND read_seq < NEW.seq;
+    END;
+    CREATE TABLE mentions (
+        account_key TEXT NOT NULL,
+        room_key    TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        PRIMARY KEY (account_key, room_key, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX mentions_by_message ON mentions(room_key, seq);
+    ALTER TABLE direct_messages ADD COLUMN sender_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE direct_messages ADD COLUMN pair TEXT NOT NULL DEFAULT '';
+    UPDATE direct_messages SET sender_key = COALESCE(
+        (SELECT key FROM accounts WHERE accounts.name = direct_messages.sender),
+        lower(sender));
+    UPDATE direct_messages SET pair =
+        min(sender_key, recipient_key) || '/' || max(sender_key, recipient_key);
+    CREATE INDEX dms_by_pair ON direct_messages(pair, id);
+    CREATE TABLE dm_reads (
+        account_key TEXT NOT NULL,
+        peer_key    TEXT NOT NULL,
+        peer        TEXT NOT NULL,
+        last_id     INTEGER NOT NULL,
+        read_id     INTEGER NOT NULL,
+        unread      INTEGER NOT NULL,
+        PRIMARY KEY (account_key, peer_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX dm_reads_unread ON dm_reads(account_key, last_id) WHERE unread > 0;
+    INSERT INTO dm_reads(account_key, peer_key, peer, last_id, read_id, unread)
+    SELECT c.account_key, c.peer_key, c.peer, c.last_id, c.read_id,
+           (SELECT COUNT(*) FROM direct_messages d WHERE d.pair = c.pair
+                AND d.recipient_key = c.account_key AND d.id > c.read_id)
+    FROM (SELECT account_key, peer_key, pair, MAX(peer) AS peer, MAX(id) AS last_id,
+                 COALESCE(MIN(CASE WHEN pending THEN id END) - 1, MAX(id)) AS read_id
+          FROM (SELECT recipient_key AS account_key, sender_key AS peer_key, sender AS peer,
+                       pair, id, delivered = 0 AS pending FROM direct_messages
+                UNION ALL
+                SELECT sender_key, recipient_key, recipient, pair, id, 0
+                FROM direct_messages)
+          GROUP BY account_key, peer_key) AS c;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -271,6 +333,36 @@ class DirectMessageRow:
     sender: str
     recipient: str
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomReadRow:
+    """An account's read state in one of its rooms: messages up to ``read_seq`` are read;
+    ``mentions`` counts the messages after it that name the account."""
+
+    room_key: str
+    read_seq: int
+    mentions: int
+
+
+@dataclass(frozen=True, slots=True)
+class DmReadRow:
+    """An account's read state of its direct conversation with ``peer_key`` (display name
+    ``peer``): ``last_id`` the conversation's newest DM, DMs up to ``read_id`` read,
+    ``unread`` the peer's DMs after it."""
+
+    peer_key: str
+    peer: str
+    last_id: int
+    read_id: int
+    unread: int
+
+
+def dm_pair(a_key: str, b_key: str) -> str:
+    """The conversation of two accounts (``direct_messages.pair``): their keys, sorted,
+    joined by "/" (which no name holds). The same for both, and for an account writing
+    to itself, ``key/key``."""
+    return f"{a_key}/{b_key}" if a_key <= b_key else f"{b_key}/{a_key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,8 +650,7 @@ class Store:
                            "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
                            (key, name, skeleton, password_hash, int(bot), now_ms))
                 for room_key in rooms:
-                    db.execute("INSERT OR IGNORE INTO members(room_key, account_key, "
-                               "joined_ms) VALUES (?, ?, ?)", (room_key, key, now_ms))
+                    db.execute(self._JOIN_SQL, (room_key, key, now_ms, room_key))
         except sqlite3.IntegrityError:
             raise ProtocolError(Status.CONFLICT, f"the name {name!r} is taken "
                                 "(or too like an existing name)") from None
@@ -631,6 +722,12 @@ class Store:
 
     # -- rooms and membership ----------------------------------------------------------
 
+    #: A new membership: its read marker starts at the room's last message (a newcomer
+    #: has nothing unread; docs/PROTOCOL.md §6.3.1). Parameters: room, account, joined_ms,
+    #: room again.
+    _JOIN_SQL = ("INSERT OR IGNORE INTO members(room_key, account_key, joined_ms, read_seq) "
+                 "VALUES (?, ?, ?, COALESCE((SELECT last_seq FROM rooms WHERE key = ?), 0))")
+
     def get_room(self, key: str) -> RoomRow | None:
         row = self._db.execute("SELECT key, name, topic, last_seq FROM rooms WHERE key = ?",
                                (key,)).fetchone()
@@ -659,8 +756,7 @@ class Store:
                     db.execute("INSERT OR REPLACE INTO room_roles(room_key, account_key, "
                                "role) VALUES (?, ?, 'owner')", (room_key, account_key))
                     created = True
-                cur = db.execute("INSERT OR IGNORE INTO members(room_key, account_key, "
-                                 "joined_ms) VALUES (?, ?, ?)", (room_key, account_key, now_ms))
+                cur = db.execute(self._JOIN_SQL, (room_key, account_key, now_ms, room_key))
                 joined = cur.rowcount == 1
         except sqlite3.IntegrityError:
             raise ProtocolError(Status.CONFLICT, f"a room named like {room_name!r} "
@@ -676,10 +772,13 @@ class Store:
                        "VALUES (?, ?, ?, ?)", (room_key, room_name, skeleton, now_ms))
 
     def leave_room(self, room_key: str, account_key: str) -> bool:
-        """Remove a membership; returns whether there was one."""
+        """Remove a membership (its read marker and unread mentions go with it); returns
+        whether there was one."""
         with self._write() as db:
             cur = db.execute("DELETE FROM members WHERE room_key = ? AND account_key = ?",
                              (room_key, account_key))
+            db.execute("DELETE FROM mentions WHERE account_key = ? AND room_key = ?",
+                       (account_key, room_key))
             return cur.rowcount == 1
 
     def set_topic(self, room_key: str, topic: str) -> None:
@@ -730,44 +829,58 @@ class Store:
     # -- room messages ------------------------------------------------------------------
 
     def append_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
-                       now_ms: int) -> int:
+                       now_ms: int, sender_key: str = "") -> int:
         """Store a room message under the room's next sequence number and commit.
 
         Returns the sequence number (1, 2, 3, … per room, no gaps: one INSERT takes
         ``last_seq + 1`` and the trigger ``messages_last_seq`` moves the counter in the
-        same statement). Raises ProtocolError(404) for an unknown room (nothing written),
-        StorageError(503) if not committed.
+        same statement). With ``sender_key`` (the sender's account key) the trigger
+        ``messages_read_own`` also moves the sender's read marker of the room to it, in
+        that same statement (docs/PROTOCOL.md §6.3.1). Raises ProtocolError(404) for an
+        unknown room (nothing written), StorageError(503) if not committed.
         """
         row = self._write_one(
-            "INSERT INTO messages(room_key, seq, time_ms, sender, kind, text, cmid) "
-            "SELECT key, last_seq + 1, ?, ?, ?, ?, ? FROM rooms WHERE key = ? RETURNING seq",
-            (now_ms, sender, kind, text, cmid, room_key))
+            "INSERT INTO messages(room_key, seq, time_ms, sender, kind, text, cmid, "
+            "sender_key) SELECT key, last_seq + 1, ?, ?, ?, ?, ?, ? FROM rooms WHERE key = ? "
+            "RETURNING seq",
+            (now_ms, sender, kind, text, cmid, sender_key, room_key))
         if row is None:
             raise ProtocolError(Status.NOT_FOUND, "no such room")
         return int(row[0])
 
     def post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
-                     now_ms: int) -> PostedRow:
+                     now_ms: int, sender_key: str = "",
+                     mentions: tuple[str, ...] = ()) -> PostedRow:
         """Store a room message once per client message id (docs/PROTOCOL.md §6.8).
 
         With a non-empty ``cmid``, a message already stored in the room by ``sender`` with
         that cmid is looked up in the same transaction as the insert (index
         ``messages_by_cmid``): when found, nothing is written and the original's seq and
-        time come back with ``duplicate=True``. Otherwise as ``append_message``. Inside a
-        group the lookup and the one INSERT need no SAVEPOINT (see ``_write_one``). Raises
-        ProtocolError(404) for an unknown room, StorageError(503) if not committed.
+        time come back with ``duplicate=True``. Otherwise as ``append_message``
+        (``sender_key`` moves the sender's read marker). ``mentions``: the account keys
+        the message mentions (docs/PROTOCOL.md §6.49.2), stored with it in the same
+        transaction for their unread-mention counts. Inside a group the lookup and the one
+        INSERT need no SAVEPOINT (see ``_write_one``); a message with mentions, rare, takes
+        one. Raises ProtocolError(404) for an unknown room, StorageError(503) if not
+        committed.
         """
-        if self._group and not self._write_depth:
+        if self._group and not self._write_depth and not mentions:
             self._begin_group_transaction()
             try:
-                return self._post_message(room_key, sender, kind, text, cmid, now_ms)
+                return self._post_message(room_key, sender, kind, text, cmid, now_ms,
+                                          sender_key)
             except sqlite3.Error as exc:  # the lookup (the INSERT maps its own errors)
                 _raise_write_error(exc)
-        with self._write():
-            return self._post_message(room_key, sender, kind, text, cmid, now_ms)
+        with self._write() as db:
+            posted = self._post_message(room_key, sender, kind, text, cmid, now_ms,
+                                        sender_key)
+            if mentions and not posted.duplicate:
+                db.executemany("INSERT OR IGNORE INTO mentions(account_key, room_key, seq) "
+                               "VALUES (?, ?, ?)", [(k, room_key, posted.seq) for k in mentions])
+            return posted
 
     def _post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
-                      now_ms: int) -> PostedRow:
+                      now_ms: int, sender_key: str = "") -> PostedRow:
         if cmid:
             # INDEXED BY: without it the planner walks the room by primary key (the
             # partial index's "cmid <> ''" cannot be proved of a bound parameter), a
@@ -778,7 +891,7 @@ class Store:
                                    (room_key, sender, cmid)).fetchone()
             if row is not None:
                 return PostedRow(int(row[0]), int(row[1]), True)
-        seq = self.append_message(room_key, sender, kind, text, cmid, now_ms)
+        seq = self.append_message(room_key, sender, kind, text, cmid, now_ms, sender_key)
         return PostedRow(seq, now_ms, False)
 
     def history(self, room_key: str, before: int | None, after: int | None,
@@ -820,6 +933,8 @@ class Store:
                                     f"(by {row.deleted_by})")
             db.execute("UPDATE messages SET deleted_by = ? WHERE room_key = ? AND seq = ?",
                        (by, room_key, seq))
+            # a deleted message no longer counts as anyone's unread mention
+            db.execute("DELETE FROM mentions WHERE room_key = ? AND seq = ?", (room_key, seq))
         return row
 
     # -- roles, private and locked rooms, invitations (docs/PROTOCOL.md §17) ---------------
@@ -851,6 +966,40 @@ class Store:
             else:
                 db.execute("DELETE FROM room_roles WHERE room_key = ? AND account_key = ?",
                            (room_key, account_key))
+
+    # -- read state of rooms (docs/PROTOCOL.md §6.3.1, §6.49) ------------------------------
+
+    def room_reads(self, account_key: str) -> dict[str, RoomReadRow]:
+        """The account's read state in each of its rooms, by room key: the marker and the
+        unread mentions after it (index ``mentions``' primary key)."""
+        rows = self._db.execute(
+            "SELECT m.room_key, m.read_seq, (SELECT COUNT(*) FROM mentions x WHERE "
+            "x.account_key = m.account_key AND x.room_key = m.room_key AND x.seq > m.read_seq) "
+            "FROM members m WHERE m.account_key = ?", (account_key,))
+        return {str(k): RoomReadRow(str(k), int(r), int(n)) for k, r, n in rows}
+
+    def room_read(self, room_key: str, account_key: str) -> RoomReadRow | None:
+        """The account's read state in one room; None when it is not a member."""
+        row = self._db.execute(
+            "SELECT m.room_key, m.read_seq, (SELECT COUNT(*) FROM mentions x WHERE "
+            "x.account_key = m.account_key AND x.room_key = m.room_key AND x.seq > m.read_seq) "
+            "FROM members m WHERE m.room_key = ? AND m.account_key = ?",
+            (room_key, account_key)).fetchone()
+        return RoomReadRow(str(row[0]), int(row[1]), int(row[2])) if row else None
+
+    def mark_room_read(self, room_key: str, account_key: str, upto: int) -> bool:
+        """Move the member's read marker of the room forward to ``upto`` (never back) and
+        drop the mentions it passed; commit. Returns whether it moved (False: already
+        there or beyond, or not a member; then nothing is written)."""
+        with self._write() as db:
+            cur = db.execute("UPDATE members SET read_seq = ? WHERE room_key = ? AND "
+                             "account_key = ? AND read_seq < ?",
+                             (upto, room_key, account_key, upto))
+            if cur.rowcount != 1:
+                return False
+            db.execute("DELETE FROM mentions WHERE account_key = ? AND room_key = ? AND "
+                       "seq <= ?", (account_key, room_key, upto))
+            return True
 
     def room_flags(self) -> dict[str, tuple[bool, bool]]:
         """Every room key -> (private, locked)."""
@@ -1031,22 +1180,43 @@ class Store:
     # -- direct messages ----------------------------------------------------------------
 
     def store_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
-                 now_ms: int, max_pending: int, cmid: str = "") -> int:
-        """Store a direct message as unacknowledged; returns its id. When the recipient then
-        has more than ``max_pending`` unacknowledged messages, the oldest are dropped.
-        ``cmid`` is stored as given (``post_dm`` looks it up first)."""
+                 now_ms: int, max_pending: int, cmid: str = "", sender_key: str = "") -> int:
+        """Store a direct message, unacknowledged (pending for the recipient's sessions),
+        in the history of its conversation, and commit; returns its id. ``sender_key`` is
+        the sender's account key (default: the key of ``sender``, a display name).
+
+        Read state (docs/PROTOCOL.md §6.3.1) in the same transaction: the DM is unread
+        for the recipient, and the sender has read the conversation up to it. When the
+        recipient then has more than ``max_pending`` pending DMs, the oldest stop being
+        pending (they are no longer offered at login) but stay in the history, unread
+        until read: no DM is ever dropped. ``cmid`` is stored as given (``post_dm`` looks
+        it up first)."""
+        sender_key = sender_key or name_key(sender)
         with self._write() as db:
-            cur = db.execute("INSERT INTO direct_messages(time_ms, sender, recipient_key, "
-                             "recipient, text, delivered, cmid) VALUES (?, ?, ?, ?, ?, 0, ?)",
-                             (now_ms, sender, recipient_key, recipient, text, cmid))
+            cur = db.execute("INSERT INTO direct_messages(time_ms, sender, sender_key, "
+                             "recipient_key, recipient, pair, text, delivered, cmid) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                             (now_ms, sender, sender_key, recipient_key, recipient,
+                              dm_pair(sender_key, recipient_key), text, cmid))
             dm_id = int(cur.lastrowid or 0)
-            db.execute("DELETE FROM direct_messages WHERE id IN (SELECT id FROM "
+            db.execute("UPDATE direct_messages SET delivered = 1 WHERE id IN (SELECT id FROM "
                        "direct_messages WHERE recipient_key = ? AND delivered = 0 "
                        "ORDER BY id DESC LIMIT -1 OFFSET ?)", (recipient_key, max_pending))
+            if recipient_key != sender_key:
+                db.execute("INSERT INTO dm_reads(account_key, peer_key, peer, last_id, read_id, "
+                           "unread) VALUES (?, ?, ?, ?, 0, 1) ON CONFLICT(account_key, "
+                           "peer_key) DO UPDATE SET peer = excluded.peer, last_id = "
+                           "excluded.last_id, unread = unread + 1",
+                           (recipient_key, sender_key, sender, dm_id))
+            db.execute("INSERT INTO dm_reads(account_key, peer_key, peer, last_id, read_id, "
+                       "unread) VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT(account_key, peer_key) "
+                       "DO UPDATE SET peer = excluded.peer, last_id = excluded.last_id, "
+                       "read_id = excluded.read_id, unread = 0",
+                       (sender_key, recipient_key, recipient, dm_id, dm_id))
         return dm_id
 
     def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str, cmid: str,
-                now_ms: int, max_pending: int) -> PostedRow:
+                now_ms: int, max_pending: int, sender_key: str = "") -> PostedRow:
         """Store a direct message once per client message id (docs/PROTOCOL.md §6.7).
 
         With a non-empty ``cmid``, a DM already stored from ``sender`` with that cmid
@@ -1068,7 +1238,7 @@ class Store:
                                             "someone else; use a new cmid per message")
                     return PostedRow(int(row[0]), int(row[1]), True)
             dm_id = self.store_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
-                                  cmid=cmid)
+                                  cmid=cmid, sender_key=sender_key)
         return PostedRow(dm_id, now_ms, False)
 
     def pending_dms(self, recipient_key: str) -> list[DirectMessageRow]:
@@ -1089,6 +1259,62 @@ class Store:
             cur = db.execute(f"UPDATE direct_messages SET delivered = 1 WHERE recipient_key = ? "
                              f"AND delivered = 0 AND id IN ({marks})", (recipient_key, *ids))
             return cur.rowcount
+
+    def dm_history(self, pair: str, before: int | None, after: int | None,
+                   limit: int) -> list[DirectMessageRow]:
+        """Up to ``limit`` DMs of the conversation ``pair`` (``dm_pair``), ascending by id
+        (docs/PROTOCOL.md §6.48): the oldest above ``after``, else the newest below
+        ``before`` (or the newest of all). Index ``dms_by_pair``."""
+        base = ("SELECT id, time_ms, sender, recipient, text FROM direct_messages "
+                "WHERE pair = ?")
+        if after is not None:
+            rows = self._db.execute(base + " AND id > ? ORDER BY id LIMIT ?",
+                                    (pair, after, limit)).fetchall()
+        else:
+            bound = before if before is not None else 2**62
+            rows = self._db.execute(base + " AND id < ? ORDER BY id DESC LIMIT ?",
+                                    (pair, bound, limit)).fetchall()
+            rows.reverse()
+        return [DirectMessageRow(*row) for row in rows]
+
+    def dm_read(self, account_key: str, peer_key: str) -> DmReadRow | None:
+        """The account's read state of its conversation with ``peer_key``; None when the
+        two never wrote to each other."""
+        row = self._db.execute("SELECT peer_key, peer, last_id, read_id, unread FROM dm_reads "
+                               "WHERE account_key = ? AND peer_key = ?",
+                               (account_key, peer_key)).fetchone()
+        return DmReadRow(str(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4])) \
+            if row else None
+
+    def unread_dm_reads(self, account_key: str, limit: int) -> list[DmReadRow]:
+        """The account's conversations with unread DMs, newest first, at most ``limit``
+        (index ``dm_reads_unread``)."""
+        rows = self._db.execute("SELECT peer_key, peer, last_id, read_id, unread FROM dm_reads "
+                                "WHERE account_key = ? AND unread > 0 ORDER BY last_id DESC "
+                                "LIMIT ?", (account_key, limit))
+        return [DmReadRow(str(k), str(n), int(a), int(b), int(c)) for k, n, a, b, c in rows]
+
+    def mark_dm_read(self, account_key: str, peer_key: str, upto: int) -> DmReadRow | None:
+        """Move the account's read marker of its conversation with ``peer_key`` forward to
+        ``upto`` (never back), recount what is unread after it, and mark the DMs to the
+        account up to it delivered (a DM read on one device needs no delivery to the
+        others: it is no longer offered at login); commit. Returns the state after it, or
+        None when there is no such conversation. ``upto`` beyond the conversation's
+        newest DM is the caller's to refuse."""
+        with self._write() as db:
+            state = self.dm_read(account_key, peer_key)
+            if state is None or upto <= state.read_id:
+                return state
+            pair = dm_pair(account_key, peer_key)
+            (unread,) = db.execute("SELECT COUNT(*) FROM direct_messages WHERE pair = ? AND "
+                                   "recipient_key = ? AND id > ?",
+                                   (pair, account_key, upto)).fetchone()
+            db.execute("UPDATE dm_reads SET read_id = ?, unread = ? WHERE account_key = ? AND "
+                       "peer_key = ?", (upto, unread, account_key, peer_key))
+            db.execute("UPDATE direct_messages SET delivered = 1 WHERE pair = ? AND "
+                       "recipient_key = ? AND id <= ? AND delivered = 0",
+                       (pair, account_key, upto))
+            return DmReadRow(state.peer_key, state.peer, state.last_id, upto, int(unread))
 
     # -- sessions kept for RESUME (docs/PROTOCOL.md §6.27) ---------------------------------
 
