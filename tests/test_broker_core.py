@@ -331,7 +331,7 @@ def test_info_and_ping_allowed_before_login(world: World) -> None:
     info = peer.must(p.Info())
     assert info == p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0_MS,
                                heartbeat_interval_ms=2000, heartbeat_timeout_ms=6000,
-                               max_text_bytes=4000)
+                               max_text_bytes=4000, max_text_lines=50)
     assert peer.must(p.Ping()) == p.Pong(time=T0_MS, rooms=(), session="")
 
 
@@ -521,6 +521,24 @@ def test_send_size_limit_counts_utf8_bytes_and_never_truncates() -> None:
     assert refused.status == Status.TOO_LARGE
     rows = world.store.history("lobby", None, None, 10)
     assert [r.text for r in rows] == [exact]
+
+
+def test_send_and_dm_line_limit_refuses_a_wall_of_line_breaks_whole() -> None:
+    """Issue 13: one message of 1,999 line breaks (under the byte limit) filled every
+    member's pane. Over ``max_text_lines`` a SEND or DM is refused with 413, as an
+    over-long text is; U+2028/U+2029 count, since the console draws them as breaks."""
+    world = World(max_text_lines=3)
+    alice = world.user("alice")
+    world.user("bob")
+    assert alice.call(p.Send(room="lobby", text="a\nb\nc")).ok
+    for text in ("\n" * 1999 + "x", "a\nb\nc\n", "a\u2028b\u2029c\nd"):
+        for req in (p.Send(room="lobby", text=text), p.SendDirect(to="bob", text=text)):
+            refused = alice.call(req)
+            assert refused.status == Status.TOO_LARGE, (req, refused.reply)
+            assert isinstance(refused.reply, p.Error)
+            assert refused.reply.reason.endswith("lines; the limit is 3")
+            assert not refused.events and not refused.pushes
+    assert [r.text for r in world.store.history("lobby", None, None, 10)] == ["a\nb\nc"]
 
 
 # -- history --------------------------------------------------------------------------------
@@ -912,9 +930,9 @@ def test_shutdown_publishes_one_offline_per_account(world: World) -> None:
 def test_largest_text_fits_the_body_even_when_escaped() -> None:
     """JSON doubles quotes and backslashes; at the largest allowed max_text_bytes such a
     text must still fit MAX_BODY_BYTES (docs/PROTOCOL.md §9)."""
-    from zchat.config import MAX_TEXT_BYTES_LIMIT
+    from zchat.config import MAX_TEXT_BYTES_LIMIT, MAX_TEXT_LINES_LIMIT
 
-    world = World(max_text_bytes=MAX_TEXT_BYTES_LIMIT)
+    world = World(max_text_bytes=MAX_TEXT_BYTES_LIMIT, max_text_lines=MAX_TEXT_LINES_LIMIT)
     alice = world.user("alice")
     for ch in ('"', "\\", "\n"):
         text = "x" + ch * (MAX_TEXT_BYTES_LIMIT - 1)

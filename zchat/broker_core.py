@@ -553,7 +553,7 @@ class BrokerCore:
             version=p.VERSION_NUMBER, pub=self.pub_endpoint, time=now_ms,
             heartbeat_interval_ms=int(cfg.heartbeat_interval_s * 1000),
             heartbeat_timeout_ms=int(cfg.heartbeat_timeout_s * 1000),
-            max_text_bytes=cfg.max_text_bytes))]
+            max_text_bytes=cfg.max_text_bytes, max_text_lines=cfg.max_text_lines))]
 
     def _check_password(self, password: str) -> None:
         check_password(password)  # shared with `zchat admin` (zchat.admin)
@@ -833,7 +833,8 @@ class BrokerCore:
         if len(req.cmid) > p.MAX_CMID_CHARS:
             raise ProtocolError(Status.BAD_REQUEST,
                                 f"cmid longer than {p.MAX_CMID_CHARS} characters")
-        text = validate_text(req.text, self.config.max_text_bytes)
+        text = validate_text(req.text, self.config.max_text_bytes,
+                             self.config.max_text_lines)
         self._check_may_post(key, session, now_ms)
         if self.slow_mode.get(key):
             self._check_slow_mode(key, session, now_s)
@@ -858,7 +859,8 @@ class BrokerCore:
         if self.config.send_rate_per_s > 0:
             self._limit_send(session, now_s)
         to_key = self._account_key(req.to)
-        text = validate_text(req.text, self.config.max_text_bytes)
+        text = validate_text(req.text, self.config.max_text_bytes,
+                             self.config.max_text_lines)
         muted = self.store.active_ban("mute", "", session.account_key, now_ms)
         if muted is not None:
             raise ProtocolError(Status.FORBIDDEN, "you are muted on this server "

@@ -65,7 +65,7 @@ from zchat.errors import (
     Status,
     ZchatError,
 )
-from zchat.names import name_key
+from zchat.names import name_key, text_lines
 
 log = logging.getLogger("zchat.client")
 
@@ -569,9 +569,10 @@ class Client:
         return self._dealer
 
     def _check_size(self, req: p.Request, body: bytes) -> None:
-        """Refuse here what the broker would refuse for its size, with the same 413: a body
-        over the transport limit would not even get an answer (libzmq drops the
-        connection, docs/PROTOCOL.md §2), and the session with it."""
+        """Refuse here what the broker would refuse for its size, with the same 413: a
+        text over INFO's ``max_text_bytes`` or ``max_text_lines`` (when announced), and a
+        body over the transport limit, which would not even get an answer (libzmq drops
+        the connection, docs/PROTOCOL.md §2), and the session with it."""
         text = getattr(req, "text", None)
         limit = self.info.max_text_bytes if self.info is not None else None
         if isinstance(req, p.Send | p.SendDirect) and isinstance(text, str) and limit:
@@ -579,6 +580,11 @@ class Client:
             if size > limit:
                 raise RequestFailed(Status.TOO_LARGE, f"message text is {size} bytes; the "
                                     f"limit is {limit}")
+            max_lines = self.info.max_text_lines if self.info is not None else 0
+            lines = text_lines(text)
+            if max_lines and lines > max_lines:
+                raise RequestFailed(Status.TOO_LARGE, f"message text is {lines} lines; the "
+                                    f"limit is {max_lines}")
         if len(body) > p.MAX_BODY_BYTES:
             raise RequestFailed(Status.TOO_LARGE, f"body of {len(body)} bytes exceeds "
                                 f"{p.MAX_BODY_BYTES}")

@@ -442,6 +442,9 @@ class InfoReply(Reply):
     heartbeat_interval_ms: int
     heartbeat_timeout_ms: int
     max_text_bytes: int
+    #: Most lines of a message text (docs/PROTOCOL.md §6.1, §12); 0 from a broker that
+    #: does not say (older than the field): no bound known.
+    max_text_lines: int = 0
 
 
 @dataclass(frozen=True, slots=True)
