@@ -927,6 +927,11 @@ class ChatConsole:
             if self.current:
                 self.current.scroll_to_end()
 
+        @kb.add("c-o", eager=True)
+        def _fold(event: KeyPressEvent) -> None:
+            if self.current:  # long messages whole, or folded again
+                self.current.toggle_fold()
+
         @kb.add("c-n", eager=True)
         def _next(event: KeyPressEvent) -> None:
             self._switch_by(1)

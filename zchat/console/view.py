@@ -59,6 +59,14 @@ SEPARATOR = " │ "
 ELLIPSIS = "…"
 #: Text column narrower than this makes the layout drop the timestamp, then the columns.
 MIN_TEXT_WIDTH = 10
+#: A line taking more rows than this is folded (``render_line``'s ``fold_rows``): its first
+#: FOLD_ROWS - 1 rows, then ``… 37 more lines (Ctrl-O unfolds)``. Ten rows show a code
+#: snippet or a short paste whole and stay under half of a 24-row terminal's pane, so one
+#: long message (up to the broker's ``max_text_lines``, 50 by default, or 4,000 bytes
+#: wrapped) never fills the screen (issue 13).
+FOLD_ROWS = 10
+#: Key that unfolds (and folds again) long lines, as the fold row names it.
+FOLD_KEY = "Ctrl-O"
 
 #: Nick colours: style class name -> colour. Mid-luminance 256-colour-cube values, each
 #: readable on both a dark and a light background (no pure yellow, white, black or grey).
@@ -95,6 +103,7 @@ DEFAULT_STYLE: dict[str, str] = {
     "marker": "",
     "day": "#808080",
     "more": "reverse",
+    "fold": "#808080 italic",
     "sidebar": "",
     "sidebar.heading": "bold underline",
     "sidebar.active": "reverse",
@@ -535,9 +544,33 @@ def _line_class(line: Line) -> str:
     return ""
 
 
+def fold_text(hidden: int) -> str:
+    """What the last row of a folded line says: ``… 37 more lines (Ctrl-O unfolds)``."""
+    return f"… {hidden} more line{'s' if hidden != 1 else ''} ({FOLD_KEY} unfolds)"
+
+
 @functools.lru_cache(maxsize=8192)
-def _render_cached(line: Line, width: int, tz: datetime.tzinfo,
-                   nick_width: int) -> tuple[tuple[Fragment, ...], ...]:
+def _render_cached(line: Line, width: int, tz: datetime.tzinfo, nick_width: int,
+                   fold_rows: int = 0) -> tuple[tuple[Fragment, ...], ...]:
+    rows = _render_rows(line, width, tz, nick_width)
+    if not fold_rows or len(rows) <= max(1, fold_rows):
+        return rows
+    keep = max(0, fold_rows - 1)
+    hidden = len(rows) - keep
+    # The last row is a continuation row: its indent and separator lead the fold row into
+    # the text column (the compact layout of a narrow pane has neither).
+    last = rows[-1]
+    sep_at = next((i for i, (style, _t) in enumerate(last) if "class:separator" in style),
+                  None)
+    lead = last[:sep_at + 1] if sep_at is not None else ()
+    room = width - sum(cell_width(t) for _s, t in lead)
+    fold_style = _join_style(_line_class(line), "class:fold")
+    marker = (*lead, (fold_style, truncate_cells(fold_text(hidden), room)))
+    return (*rows[:keep], marker)
+
+
+def _render_rows(line: Line, width: int, tz: datetime.tzinfo,
+                 nick_width: int) -> tuple[tuple[Fragment, ...], ...]:
     base = _line_class(line)
     sender = sanitize(line.sender) if line.sender else ""
     body = sanitize(line.text)
@@ -614,7 +647,7 @@ def _render_cached(line: Line, width: int, tz: datetime.tzinfo,
 
 
 def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
-                nick_width: int = DEFAULT_NICK_WIDTH) -> list[Row]:
+                nick_width: int = DEFAULT_NICK_WIDTH, fold_rows: int = 0) -> list[Row]:
     """Display rows of one line, each a list of ``(style, text)`` fragments at most
     ``width`` cells wide.
 
@@ -633,9 +666,14 @@ def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
     text, then the timestamp goes, then the columns (a nick row, then the text at the full
     width). Never raises; a ``width`` below 1 gives one empty row. ``line`` is
     re-classified against ``me``.
+
+    ``fold_rows`` > 0 folds a line of more rows than that: its first ``fold_rows - 1``
+    rows, then one row in the text column, style ``class:fold``, saying how many rows are
+    hidden and how to see them (``fold_text``: ``… 37 more lines (Ctrl-O unfolds)``).
+    A line of at most ``fold_rows`` rows is drawn whole.
     """
     line = classify(line, me)
-    return [list(row) for row in _render_cached(line, width, tz, nick_width)]
+    return [list(row) for row in _render_cached(line, width, tz, nick_width, fold_rows)]
 
 
 def day_line(time_ms: int, tz: datetime.tzinfo) -> Line:
@@ -701,6 +739,8 @@ class Conversation:
         self.following = True
         self.scroll_rows = 0
         self.new_while_scrolled = 0
+        #: Long lines drawn whole (Ctrl-O) instead of folded to FOLD_ROWS rows.
+        self.unfolded = False
         self._seqs: set[int] = set()
         self._appended_while_scrolled = 0  # lines whose rows viewport() must add to scroll_rows
 
@@ -865,6 +905,15 @@ class Conversation:
 
     # -- scrolling -------------------------------------------------------------------------
 
+    @property
+    def fold_rows(self) -> int:
+        """``render_line``'s ``fold_rows`` here: FOLD_ROWS, or 0 once unfolded."""
+        return 0 if self.unfolded else FOLD_ROWS
+
+    def toggle_fold(self) -> None:
+        """Draw long lines whole, or folded again (Ctrl-O, docs/console.md)."""
+        self.unfolded = not self.unfolded
+
     def scroll_up(self, rows: int) -> None:
         """Show ``rows`` older rows (PageUp: the pane height). ``viewport`` clamps at the top."""
         if rows <= 0:
@@ -892,21 +941,22 @@ class Conversation:
         """The rows to show in a pane of ``width`` x ``height`` cells at the current scroll
         position (rendering only the lines it needs). Lines added while scrolled up push
         ``scroll_rows`` up by their rows, so the view stays put; ``scroll_rows`` is clamped
-        so the pane never scrolls above the oldest line."""
+        so the pane never scrolls above the oldest line. Long lines are folded unless
+        ``unfolded`` (``fold_rows``)."""
         if height <= 0:
             return Viewport([], not self.lines, True)
         if self._appended_while_scrolled:
             n = self._appended_while_scrolled
             self._appended_while_scrolled = 0
             recent = list(self.lines)[-n:] if n < len(self.lines) else list(self.lines)
-            self.scroll_rows += sum(len(render_line(ln, width, me, tz, nick_width))
-                                    for ln in recent)
+            self.scroll_rows += sum(len(render_line(ln, width, me, tz, nick_width,
+                                                    self.fold_rows)) for ln in recent)
         need = max(0, self.scroll_rows) + height
         chunks: list[list[Row]] = []
         total = 0
         all_rendered = True
         for i, line in enumerate(reversed(self.lines)):
-            rows = render_line(line, width, me, tz, nick_width)
+            rows = render_line(line, width, me, tz, nick_width, self.fold_rows)
             chunks.append(rows)
             total += len(rows)
             if total >= need and i < len(self.lines) - 1:
