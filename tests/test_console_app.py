@@ -1051,8 +1051,14 @@ def test_a_line_the_broker_never_answered_comes_back_and_is_stored_once(tmp_path
             again.__enter__()
             live.append(again)
             await until(lambda: s.console.state == "connected", timeout=10, what="resumed")
+            # The line stays in the pane, marked not sent (issue 13), until sent again.
+            assert [(ln.text, ln.status) for ln in s.conv.lines if ln.own] == [
+                ("other line", "failed"), ("typed into the outage", "failed")]
             s.send(ENTER)
-            await s.wait_text("typed into the outage", "lobby")
+            await until(lambda: [(ln.text, ln.status, ln.seq is not None)
+                                 for ln in s.conv.lines if ln.own] == [
+                ("other line", "failed", False), ("typed into the outage", "", True)],
+                what="the line sent, in place of its not-sent mark")
             assert set(s.console._unanswered) == {("lobby", "other line")}
             with sqlite3.connect(db) as other:
                 rows = other.execute("SELECT cmid FROM messages WHERE text = ?",

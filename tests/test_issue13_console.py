@@ -7,10 +7,14 @@ a pipe input (prompt_toolkit's DummyOutput) over a real broker, or in a pseudo-t
 from __future__ import annotations
 
 import datetime as dt
+import re
+import signal
+import time
 
-from conftest import run
-from test_console_app import ENTER, console_session, until, window_text
+from conftest import TcpBroker, run
+from test_console_app import console_session, until, window_text
 
+from zchat.client import Client
 from zchat.console import view as v
 from zchat.testing import Harness
 
@@ -75,3 +79,84 @@ def test_ctrl_o_unfolds_and_folds_the_long_messages_of_the_conversation(
             assert any("31 more lines" in r for r in pane(s.console, 80, 40))
 
     run(main())
+
+
+# -- a line typed while the broker is silent ---------------------------------------------------
+
+
+def test_a_line_typed_to_a_silent_broker_shows_at_once_and_the_status_bar_says_so(
+        tcp_broker: TcpBroker) -> None:
+    """Issue 13: with the broker gone silent (here: stopped with SIGSTOP, as a hung or
+    dead host looks), a line typed left the input and showed nowhere for ~30 s. It now
+    shows at once as pending, the status bar says within the request's timeout that the
+    broker does not answer, and once the broker answers the stored message takes the
+    pending line's place (once)."""
+    async def main() -> None:
+        client = Client(tcp_broker.router, timeout_s=5.0, reconnect=True)
+        async with console_session(None, client=client) as s:  # type: ignore[arg-type]
+            assert "connected" in s.status()
+            tcp_broker.process.popen.send_signal(signal.SIGSTOP)
+            try:
+                s.type_line("are you there?")
+                await until(lambda: any(ln.text == "are you there?" for ln in s.conv.lines),
+                            timeout=0.5, what="the line in the pane at once")
+                assert s.console.input_buffer.text == ""
+                assert any(r.endswith("│ are you there? (sending…)") for r in pane(s.console))
+                started = time.monotonic()
+                await until(lambda: "no answer from the broker for" in s.status(),
+                            timeout=5, what="the status bar to say the broker is silent")
+                assert time.monotonic() - started < 4.5
+                assert re.search(r"no answer from the broker for [2-4] s $", s.status())
+            finally:
+                tcp_broker.process.popen.send_signal(signal.SIGCONT)
+            await until(lambda: [(ln.text, ln.status, ln.seq) for ln in s.conv.lines
+                                 if ln.own] == [("are you there?", "", 1)],
+                        timeout=5, what="the pending line replaced by the message")
+            assert not any("sending…" in r for r in pane(s.console))
+            await until(lambda: "no answer" not in s.status(), what="the status bar again")
+
+    run(main())
+
+
+def test_pending_and_not_sent_lines_are_drawn_dim_and_marked() -> None:
+    pending = v.Line("message", T0, "alice", "hello", status="pending")
+    (row,) = v.render_line(pending, 60, "alice", UTC)
+    assert text_of(row) == "03:04        alice │ hello (sending…)"
+    assert all("class:pending" in style for style, _ in row)
+    failed = v.Line("action", None, "alice", "waves", marker="*", status="failed")
+    (row,) = v.render_line(failed, 60, "alice", UTC)
+    assert text_of(row).endswith("* │ alice waves (not sent)")
+    assert all("class:failed" in style for style, _ in row)
+
+
+def test_the_status_bar_says_how_long_the_broker_has_not_answered() -> None:
+    row = v.render_status("alice", "#dev", "", "connected", None, 3.0, 60, unanswered_s=4.2)
+    assert text_of(row).endswith(" no answer from the broker for 4 s ")
+    assert "class:status.unanswered" in row[-1][0]
+    # reconnecting says more than a silence, and wins
+    row = v.render_status("alice", "#dev", "", "reconnecting", 3.0, None, 60,
+                          unanswered_s=9.0)
+    assert text_of(row).endswith(" reconnecting in 3 s ")
+
+
+def test_a_settled_line_takes_the_pending_lines_place_once() -> None:
+    conv = v.Conversation("dev", "dev", "room")
+    typed = v.classify(v.Line("message", T0, "alice", "hi", status="pending"), "alice")
+    conv.add(typed, active=True, me="alice")
+    conv.add(v.Line("message", T0, "bob", "meanwhile", 4), active=True, me="alice")
+    conv.settle(typed, v.Line("message", T0 + 5, "alice", "hi", 5), "alice", active=True)
+    assert [(ln.text, ln.seq, ln.status) for ln in conv.lines] == [
+        ("hi", 5, ""), ("meanwhile", 4, "")]
+    # its MESSAGE event first, then the OK: shown once, where the event put it
+    again = v.classify(v.Line("message", T0, "alice", "again", status="pending"), "alice")
+    conv.add(again, active=True, me="alice")
+    conv.add(v.Line("message", T0, "alice", "again", 6), active=True, me="alice")
+    conv.settle(again, v.Line("message", T0, "alice", "again", 6), "alice", active=True)
+    assert [ln.text for ln in conv.lines].count("again") == 1
+    # not sent: marked, and forgotten when the same line is sent again
+    lost = v.classify(v.Line("message", T0, "alice", "lost", status="pending"), "alice")
+    conv.add(lost, active=True, me="alice")
+    conv.settle(lost, None, "alice", active=True)
+    assert conv.lines[-1].status == "failed"
+    conv.drop_failed("message", "lost")
+    assert "lost" not in [ln.text for ln in conv.lines]

@@ -301,6 +301,7 @@ class Client:
         self._sub: zmq.asyncio.Socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[p.Message]] = {}
+        self._sent_at: dict[bytes, float] = {}  # request id -> monotonic s, while pending
         self._dms_seen: set[int] = set()    # DM ids queued for the application
         self._dms_handed: set[int] = set()  # ... and handed to it (acknowledged)
         self._reply_types: dict[bytes, type[p.Reply]] = {}
@@ -359,6 +360,13 @@ class Client:
     def rooms(self) -> list[str]:
         """Display names of the rooms this client follows (joined), in join order."""
         return [self._state.room_names[k] for k, t in self._state.rooms.items() if t.wanted]
+
+    @property
+    def unanswered_since(self) -> float | None:
+        """``time.monotonic()`` at which the oldest request still waiting for its reply
+        was sent (a heartbeat PING included), or None when none is waiting. A person's
+        client can say early that the broker is silent, before the request times out."""
+        return min(self._sent_at.values(), default=None)
 
     def last_seq(self, room: str) -> int:
         """Highest sequence number delivered for ``room`` (0 if none)."""
@@ -601,6 +609,7 @@ class Client:
         self._check_size(req, frames[3])
         fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
+        self._sent_at[request_id] = time.monotonic()
         self._reply_types[request_id] = req.REPLY
         wait = self.timeout_s if timeout_s is None else timeout_s
         try:
@@ -615,6 +624,7 @@ class Client:
                                        f"{wait:g} s") from None
         finally:
             self._pending.pop(request_id, None)
+            self._sent_at.pop(request_id, None)
             self._reply_types.pop(request_id, None)
         if isinstance(reply, p.Error):
             if (reply.status == Status.UNAUTHORIZED and req.NEEDS_SESSION

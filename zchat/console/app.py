@@ -63,6 +63,10 @@ OLDER_PAGE = 100          # messages fetched when scrolling above the loaded his
 SIDEBAR_WIDTH = 24
 MIN_WIDTH_FOR_SIDEBAR = 60  # below it the sidebar hides and the messages take the width
 QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even without a broker
+#: A line or request unanswered this long makes the status bar say ``no answer from the
+#: broker for 2 s``: well inside a request's timeout (5 s), long enough that a slow link's
+#: ordinary round trip does not make it flicker.
+NO_ANSWER_SHOWN_S = 2.0
 DEFAULT_ROOM = "lobby"
 
 
@@ -123,6 +127,9 @@ class ChatConsole:
         #: answered, given back to the input: sent again unchanged it carries the same id,
         #: so the broker stores it at most once even if the first try did get through.
         self._unanswered: dict[tuple[str, str], str] = {}
+        #: id() of each line shown as pending -> time.monotonic() it was sent at: the
+        #: status bar says when the broker has not answered for NO_ANSWER_SHOWN_S.
+        self._sending: dict[int, float] = {}
         self.going_away = False  # GOING_AWAY shown: the ConnectionLost after it says no more
         self._tab: c.TabCycle | None = None
         #: Timed mutes of yours by room key ("" server-wide): their end is announced.
@@ -267,8 +274,14 @@ class ChatConsole:
     def on_event(self, event: Any) -> None:
         if isinstance(event, p.MessagePosted):
             key = v.room_key(event.room)
-            if key in self.conversations:
-                self.add_line(key, v.line_from_event(event, self.me))
+            conv = self.conversations.get(key)
+            if conv is not None:
+                line = v.line_from_event(event, self.me)
+                typed = conv.pending(line.kind, line.text) if line.own else None
+                if typed is not None:  # the line you sent, in before the OK: in its place
+                    conv.settle(typed, line, self.me, active=key == self.active)
+                else:
+                    self.add_line(key, line)
         elif isinstance(event, p.DirectMessage):
             other = event.to if name_key(event.sender) == name_key(self.me) else event.sender
             key = v.dm_key(other)
@@ -508,43 +521,73 @@ class ChatConsole:
             self.error(str(exc))
         self.app.invalidate()
 
-    async def _say(self, text: str, key: str | None = None) -> None:
+    async def _say(self, text: str, key: str | None = None, *, action: bool = False,
+                   typed: str = "") -> None:
+        """Send ``text`` to the conversation ``key`` (default: the current one) as a
+        message, or with ``action`` as ``/me``. It shows at once, dim and ``(sending…)``,
+        and the stored message takes its place when the broker answers; refused or
+        unanswered, it is marked ``(not sent)``, the error says why and ``typed`` (the
+        line as typed, default ``text``) comes back to the input (docs/console.md)."""
         conv = self.conversations.get(key) if key else self.current
+        typed = typed or text
         if conv is None:
             self.error("no conversation: /join a room first")
             return
         if self._not_joined(conv):
-            self._give_back(text)
+            self._give_back(typed)
             return
-        cmid = self._unanswered.pop((conv.key, text), "") or new_cmid()
+        kind: v.LineKind = "action" if action else "message" if conv.kind == "room" else "dm"
+        unanswered_key = (conv.key, f"/me {text}" if action else text)
+        cmid = self._unanswered.pop(unanswered_key, "") or new_cmid()
         offline = self.client.state != "connected"  # then nothing goes out at all
+        conv.drop_failed(kind, text)  # sent again: the pending line stands for it
+        shown = v.classify(v.Line(kind, int(time.time() * 1000), self.me, text,
+                                  status="pending"), self.me)
+        self.add_line(conv.key, shown)
+        self._sending[id(shown)] = time.monotonic()
+        sent: v.Line
+        stored = False
         try:
             if conv.kind == "room":
                 # A rate limit or slow mode is shown at once with its wait, and the line
                 # comes back to the input, rather than the console waiting silently.
-                await self.client.send(conv.title, text, cmid=cmid, patient=False)
+                reply = await self.client.send(conv.title, text,
+                                               kind="action" if action else "text",
+                                               cmid=cmid, patient=False)
+                sent = v.Line(kind, reply.time, self.me, text, reply.seq)
             else:
-                await self._dm(conv.title, text, cmid)
+                dm = await self.client.dm(conv.title, text, cmid, patient=False)
+                sent = v.Line("dm", dm.time, self.me, text, dm.id)
+                stored = dm.delivered == "stored"
         except RequestFailed:
-            self._give_back(text)  # refused: to fix and resend
+            conv.settle(shown, None, self.me, active=conv.key == self.active)
+            self._give_back(typed)  # refused: to fix and resend
             raise
         except ConnectionFailed as exc:
+            conv.settle(shown, None, self.me, active=conv.key == self.active)
             # No answer: it may or may not have been stored. Kept with its cmid, so that
             # sending the same line again (given back, or recalled with Up) is safe
             # (docs/console.md, "Reconnecting").
             if len(self._unanswered) >= UNANSWERED_MAX:
                 self._unanswered.clear()
-            self._unanswered[(conv.key, text)] = cmid
+            self._unanswered[unanswered_key] = cmid
             if offline:
                 what = "not sent: the broker is lost, reconnecting"
             else:
                 what = f"not sent, no answer from the broker ({exc})"
-            if self._give_back(text):
+            if self._give_back(typed):
                 how = "press Enter to send it again"
             else:  # something else is being typed: say which line, and where it is
-                shown = text if len(text) <= 40 else text[:39] + "…"
-                how = f"{shown!r} is in the input history (Up) to send again"
+                short = typed if len(typed) <= 40 else typed[:39] + "…"
+                how = f"{short!r} is in the input history (Up) to send again"
             raise ConnectionFailed(f"{what}; {how}: it is stored at most once") from None
+        finally:
+            self._sending.pop(id(shown), None)
+            self.app.invalidate()
+        conv.settle(shown, sent, self.me, active=conv.key == self.active)
+        if stored:
+            self.info(f"{conv.title} is offline; they get it at their next login",
+                      key=conv.key)
 
     def _give_back(self, text: str) -> bool:
         """Put a line that was not sent back into the input, to fix and resend, unless
@@ -604,16 +647,18 @@ class ChatConsole:
                     if self.order:
                         self.switch(self.order[0])
         elif isinstance(cmd, c.Msg):
-            await self._dm(cmd.user, cmd.text)
-            self.switch(v.dm_key(cmd.user))
+            key = v.dm_key(cmd.user)
+            if key in self.conversations:
+                self.switch(key)
+                await self._say(cmd.text, key, typed=typed)
+            else:
+                await self._dm(cmd.user, cmd.text)
+                self.switch(key)
         elif isinstance(cmd, c.Me):
             if conv is None or conv.kind != "room":
                 self.error("/me works in rooms")
                 return
-            if self._not_joined(conv):
-                self._give_back(typed)
-                return
-            await client.send(conv.title, cmd.text, kind="action", patient=False)
+            await self._say(cmd.text, conv.key, action=True, typed=typed)
         elif isinstance(cmd, c.Who):
             room = conv.title if conv and conv.kind == "room" else None
             users = (await client.who(room)).users
@@ -827,7 +872,20 @@ class ChatConsole:
             wait = left if left >= 0.5 else None  # trying now: "reconnecting…"
         rtt = self.client.rtt_s * 1000 if self.client.rtt_s is not None else None
         return [v.render_status(self.me, room, conv.topic if conv else "", self.state, wait,
-                                rtt, width, activity=self._activity())]
+                                rtt, width, activity=self._activity(),
+                                unanswered_s=self._unanswered_for())]
+
+    def _unanswered_for(self) -> float | None:
+        """Seconds the oldest line shown pending, or request of the client (a heartbeat
+        too), has waited for the broker, when that is NO_ANSWER_SHOWN_S or more; else
+        None. A line waiting to be tried again after a request timed out still counts."""
+        since = [*self._sending.values()]
+        if self.client.unanswered_since is not None:
+            since.append(self.client.unanswered_since)
+        if not since:
+            return None
+        waited = time.monotonic() - min(since)
+        return waited if waited >= NO_ANSWER_SHOWN_S else None
 
     def _activity(self) -> str:
         """Other conversations with unread messages, mentions first (`!`), like WeeChat's

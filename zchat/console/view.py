@@ -38,6 +38,9 @@ from zchat.names import name_key
 Fragment = tuple[str, str]
 Row = list[Fragment]
 LineKind = Literal["message", "action", "notice", "error", "info", "dm"]
+#: Of a line you typed: "" (sent, or not yours), "pending" (sent, no answer yet) or
+#: "failed" (not sent: refused, or no answer in time).
+SendStatus = Literal["", "pending", "failed"]
 ConversationKind = Literal["room", "dm"]
 Presence = Literal["online", "away", "offline"]
 ConnectionState = Literal["connected", "reconnecting", "disconnected"]
@@ -95,6 +98,8 @@ DEFAULT_STYLE: dict[str, str] = {
     "text": "",
     "own": "",
     "own nick": "bold",
+    "pending": "#808080",
+    "failed": "#d75f5f",
     "mention": "bold",
     "mention text": "#d7005f bold",
     "notice": "#808080",
@@ -120,6 +125,7 @@ DEFAULT_STYLE: dict[str, str] = {
     "status.topic": "reverse",
     "status.connected": "reverse",
     "status.reconnecting": "reverse #af8700",
+    "status.unanswered": "reverse #af8700",
     "status.disconnected": "reverse #d70000",
 }
 
@@ -417,6 +423,10 @@ class Line:
     - ``marker``: the nick column of notice/error/info lines (default by kind:
       ``--`` notice and info, ``=!=`` error; ``-->``/``<--`` for joins/leaves).
     - ``own``/``mention``: set by ``classify``.
+    - ``status``: of a line you typed, shown before the broker answers: ``pending``
+      (drawn dim, ``(sending…)`` after the text) until the real message replaces it, or
+      ``failed`` (``(not sent)``) when it was refused or never answered
+      (``Conversation.settle``). ``""`` for every other line.
     """
 
     kind: LineKind
@@ -427,7 +437,11 @@ class Line:
     marker: str = ""
     own: bool = False
     mention: bool = False
+    status: SendStatus = ""
 
+
+#: What follows the text of a line not sent yet, or not sent at all.
+STATUS_SUFFIX: dict[str, str] = {"pending": " (sending…)", "failed": " (not sent)"}
 
 _SPOKEN: frozenset[str] = frozenset({"message", "action", "dm"})
 _DEFAULT_MARKER: dict[str, str] = {"notice": "--", "info": "--", "error": "=!=", "action": "*"}
@@ -537,6 +551,8 @@ def _join_style(*parts: str) -> str:
 def _line_class(line: Line) -> str:
     if line.kind in ("notice", "error", "info"):
         return f"class:{line.kind}"
+    if line.status:
+        return f"class:own class:{line.status}"
     if line.mention:
         return "class:mention"
     if line.own:
@@ -581,6 +597,7 @@ def _render_rows(line: Line, width: int, tz: datetime.tzinfo,
         if line.kind == "action":
             inline = sender
             body = f"{sender} {body}" if sender else body
+        body += STATUS_SUFFIX.get(line.status, "")
     else:
         nick_text = sanitize(line.marker or _DEFAULT_MARKER.get(line.kind, "--"))
         nick_cls = "class:marker"
@@ -788,6 +805,52 @@ class Conversation:
             if spoken:
                 self.new_while_scrolled += 1
         return True
+
+    def _index_of(self, line: Line) -> int | None:
+        """Where ``line`` (this very object) is in ``lines``, searching from the newest."""
+        for i in range(len(self.lines) - 1, -1, -1):
+            if self.lines[i] is line:
+                return i
+        return None
+
+    def pending(self, kind: LineKind, text: str) -> Line | None:
+        """The oldest line you typed of ``kind`` and ``text`` still waiting for the broker's
+        answer (status ``pending``), or None."""
+        return next((ln for ln in self.lines if ln.status == "pending" and ln.kind == kind
+                     and ln.text == text), None)
+
+    def settle(self, typed: Line, sent: Line | None, me: str, *, active: bool) -> None:
+        """The broker answered the line you typed, shown as ``typed`` (status pending).
+
+        ``sent``, the message as stored (with its seq and time), takes ``typed``'s place;
+        when that seq is here already (its MESSAGE event came first), ``typed`` just goes.
+        ``sent`` None marks ``typed`` failed, drawn ``(not sent)``. A ``typed`` no longer
+        here (``/clear``) is no matter: ``sent`` is then added at the end like a new line.
+        """
+        i = self._index_of(typed)
+        if sent is None:
+            if i is not None:
+                self.lines[i] = dataclasses.replace(typed, status="failed")
+            return
+        sent = classify(dataclasses.replace(sent, status=""), me)
+        seq = self._dedupe_key(sent)
+        if seq is not None and seq in self._seqs:
+            if i is not None:
+                del self.lines[i]
+            return
+        if i is None:
+            self.add(sent, active=active, me=me)
+            return
+        self.lines[i] = sent
+        if seq is not None:
+            self._seqs.add(seq)
+
+    def drop_failed(self, kind: LineKind, text: str) -> None:
+        """Forget the lines of ``kind`` and ``text`` marked not sent: the same line is
+        being sent again, and shows as pending instead."""
+        for line in [ln for ln in self.lines if ln.status == "failed" and ln.kind == kind
+                     and ln.text == text]:
+            self.lines.remove(line)
 
     def _drop(self, line: Line) -> None:
         seq = self._dedupe_key(line)
@@ -1078,20 +1141,27 @@ def render_sidebar(conversations: Iterable[Conversation], active_key: str | None
 
 def render_status(user: str | None, room: str | None, topic: str,
                   state: ConnectionState, reconnect_in_s: float | None,
-                  rtt_ms: float | None, width: int, activity: str = "") -> Row:
+                  rtt_ms: float | None, width: int, activity: str = "",
+                  unanswered_s: float | None = None) -> Row:
     """The status bar: exactly ``width`` cells (empty for ``width`` < 1).
 
     Left: `` alice │ #dev │ topic``; ``room`` is shown as given (pass ``#dev`` or
     ``@bob``). Right: ``connected 12 ms`` (round-trip time, omitted when None),
     ``reconnecting in 3 s`` (or ``reconnecting…`` when ``reconnect_in_s`` is None), or
-    ``disconnected``, style ``class:status.<state>``; before it, ``activity`` (other
+    ``disconnected``, style ``class:status.<state>``; while connected with something sent
+    and not answered for ``unanswered_s`` seconds (not None), ``no answer from the broker
+    for 5 s`` instead, style ``class:status.unanswered``; before it, ``activity`` (other
     conversations with unread messages, like WeeChat's hotlist: ``[Act: !@bob,#dev]``).
     When space runs short the topic is cut first, then the room, then the user; the
     activity and the connection state stay.
     """
     if width <= 0:
         return []
-    if state == "connected":
+    shown: str = state
+    if state == "connected" and unanswered_s is not None:
+        right = f"no answer from the broker for {max(0.0, unanswered_s):.0f} s"
+        shown = "unanswered"
+    elif state == "connected":
         right = "connected" + (f" {rtt_ms:.0f} ms" if rtt_ms is not None else "")
     elif state == "reconnecting":
         right = (f"reconnecting in {max(0.0, reconnect_in_s):.0f} s"
@@ -1126,4 +1196,4 @@ def render_status(user: str | None, room: str | None, topic: str,
         if cut != text:
             break
     left.append(("class:status", " " * (avail - used)))
-    return left + [(f"class:status class:status.{state}", right)]
+    return left + [(f"class:status class:status.{shown}", right)]
