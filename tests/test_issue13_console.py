@@ -12,10 +12,15 @@ import signal
 import time
 
 from conftest import TcpBroker, run
-from test_console_app import console_session, until, window_text
+from prompt_toolkit.input.vt100_parser import Vt100Parser
+from prompt_toolkit.key_binding import KeyPress
+from prompt_toolkit.keys import Keys
+from test_console_app import console_session, next_of, until, window_text
 
+from zchat import protocol as p
 from zchat.client import Client
 from zchat.console import view as v
+from zchat.console.paste_input import group_pasted_keys, is_paste
 from zchat.testing import Harness
 
 UTC = dt.UTC
@@ -160,3 +165,55 @@ def test_a_settled_line_takes_the_pending_lines_place_once() -> None:
     assert conv.lines[-1].status == "failed"
     conv.drop_failed("message", "lost")
     assert "lost" not in [ln.text for ln in conv.lines]
+
+
+# -- a paste without bracketed paste -----------------------------------------------------------
+
+
+def keys_of(text: str) -> list[KeyPress]:
+    """The key presses prompt_toolkit's vt100 parser makes of ``text`` read at once."""
+    found: list[KeyPress] = []
+    parser = Vt100Parser(found.append)
+    parser.feed(text)
+    parser.flush()
+    return found
+
+
+def test_several_lines_in_one_read_are_one_paste_and_a_typed_line_is_not() -> None:
+    assert not is_paste(keys_of("hello\r"))
+    assert not is_paste(keys_of("hello\r\r"))
+    assert is_paste(keys_of("hi\r/quit\r"))
+    (key,) = group_pasted_keys(keys_of("hi\r/quit\r"))
+    assert (key.key, key.data) == (Keys.BracketedPaste, "hi\r/quit\r")
+    assert [k.data for k in group_pasted_keys(keys_of("a\tb\rc"))] == ["a\tb\rc"]
+    # an arrow key in the middle ends a run; what is not a paste is left alone
+    grouped = group_pasted_keys(keys_of("one\rtwo\x1b[Athree"))
+    assert [(k.key, k.data) for k in grouped] == [
+        (Keys.BracketedPaste, "one\rtwo"), (Keys.Up, "\x1b[A"), (Keys.BracketedPaste, "three")]
+    typed = keys_of("abc\r")
+    assert group_pasted_keys(typed) == typed
+
+
+def test_a_paste_without_bracketed_paste_never_runs_a_pasted_command(
+        harness: Harness) -> None:
+    """Issue 13: pasted without bracketed paste, "hello\\r/quit\\r" ran /quit. Several
+    lines in one read are a paste: sent as one message (never commands), or, over
+    paste_confirm_lines, held for Enter like a bracketed paste."""
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness) as s:
+            s.send("hello everyone\r/quit\r")
+            said = await next_of(bob, lambda e: isinstance(e, p.MessagePosted)
+                                 and e.sender == "alice")
+            assert said.text == "hello everyone\n/quit"
+            assert not s.task.done() and s.console.app.is_running
+            s.send("".join(f"line {i}\r" for i in range(1, 9)))
+            await until(lambda: s.console.pending_paste is not None, what="confirmation")
+            assert s.console.pending_paste.lines == 8
+            s.send("\x1b")  # Esc: cancelled
+            await until(lambda: s.console.pending_paste is None, what="cancelled")
+            s.type_line("typed, then Enter")  # one line and its Enter: still typing
+            said = await next_of(bob, lambda e: isinstance(e, p.MessagePosted)
+                                 and e.sender == "alice")
+            assert said.text == "typed, then Enter"
+
+    run(main())

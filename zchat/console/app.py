@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prompt_toolkit.application import Application
+from prompt_toolkit.application import Application, get_app_session
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -51,6 +51,7 @@ from zchat.client import (
 )
 from zchat.console import commands as c
 from zchat.console import view as v
+from zchat.console.paste_input import PasteGroupingInput
 from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.names import name_key
 
@@ -943,9 +944,12 @@ class ChatConsole:
             VSplit([Window(width=1, char="│", style="class:separator"), sidebar]),
             filter=wide)]), status, entry])
         style = Style.from_dict({**v.DEFAULT_STYLE, "prompt": "bold"})
+        # Several lines in one read are a paste, even without bracketed paste: a pasted
+        # "/quit" line must not run (zchat/console/paste_input.py).
+        grouped = PasteGroupingInput(input if input is not None else get_app_session().input)
         return Application(layout=Layout(root, focused_element=entry),
                            key_bindings=self._bindings(), style=style, full_screen=True,
-                           mouse_support=mouse, refresh_interval=0.5, input=input,
+                           mouse_support=mouse, refresh_interval=0.5, input=grouped,
                            output=output)
 
     def _page(self) -> int:
