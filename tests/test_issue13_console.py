@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shlex
 import signal
 import time
+from pathlib import Path
 
-from conftest import TcpBroker, run
+import pexpect
+import pyte
+from conftest import TcpBroker, run, zchat_command
 from prompt_toolkit.input.vt100_parser import Vt100Parser
 from prompt_toolkit.key_binding import KeyPress
 from prompt_toolkit.keys import Keys
 from test_console_app import console_session, next_of, until, window_text
+from test_console_e2e import COLS, ROWS, Terminal, console_env, screen_on_failure
+from test_e2e_cli import register
 
 from zchat import protocol as p
 from zchat.client import Client
@@ -217,3 +223,39 @@ def test_a_paste_without_bracketed_paste_never_runs_a_pasted_command(
             assert said.text == "typed, then Enter"
 
     run(main())
+
+
+# -- Ctrl-Z ---------------------------------------------------------------------------------
+
+
+def test_ctrl_z_suspends_the_console_and_fg_brings_it_back_in_raw_mode(
+        tmp_path: Path, tcp_broker: TcpBroker) -> None:
+    """Issue 13: Ctrl-Z typed ``^Z``. In a shell with job control it now stops the
+    console as other terminal programs do; after ``fg`` the screen is drawn again and
+    keys act at once (raw mode: Tab completes without a line break)."""
+    server = ("--server", tcp_broker.router)
+    register(tmp_path, tcp_broker, "alice")
+    env = console_env(tmp_path)
+    env.update(PS1="shell$ ", HISTFILE="/dev/null")
+    command = " ".join(shlex.quote(a) for a in [*zchat_command(), "join", "alice", *server])
+    term = Terminal.__new__(Terminal)  # the shell, not zchat, in the pseudo-terminal
+    term.child = pexpect.spawn("bash", ["--norc", "--noprofile", "-i"], env=env,
+                               dimensions=(ROWS, COLS))
+    term.screen = pyte.Screen(COLS, ROWS)
+    term.screen.write_process_input = term._answer  # type: ignore[method-assign]
+    term.stream = pyte.ByteStream(term.screen)
+    with screen_on_failure(term):
+        term.wait_shows("shell$")
+        term.child.send(command.encode() + b"\r")
+        term.wait_for(lambda t: "alice │ #lobby" in t and "connected" in t, "the console")
+        term.child.send(b"\x1a")  # Ctrl-Z
+        term.wait_for(lambda t: re.search(r"Stopped.*shell\$", t, re.DOTALL) is not None,
+                      "the shell's prompt after the stop")
+        term.child.send(b"fg\r")
+        term.wait_for(lambda t: "alice │ #lobby" in t and "Rooms" in t, "the console again")
+        term.child.send(b"/jo\t")  # raw mode: Tab is a key at once, not a character
+        term.wait_shows("#lobby > /join")  # typed "/jo"
+        term.child.send(b"\x15/quit\r")  # Ctrl-U, then /quit
+        term.wait_shows("shell$")
+        term.child.send(b"exit\r")
+        term.child.expect(pexpect.EOF, timeout=5)

@@ -989,6 +989,12 @@ class ChatConsole:
             if self.current:
                 self.current.scroll_to_end()
 
+        @kb.add("c-z", eager=True)
+        def _suspend(event: KeyPressEvent) -> None:
+            # As other terminal programs: the terminal back in cooked mode, SIGTSTP to the
+            # process group; on SIGCONT (fg) raw mode again and the screen redrawn.
+            event.app.suspend_to_background()
+
         @kb.add("c-o", eager=True)
         def _fold(event: KeyPressEvent) -> None:
             if self.current:  # long messages whole, or folded again
