@@ -381,6 +381,21 @@ def test_who_omits_offline_accounts_and_room_who_includes_them(world: World) -> 
     assert [(u.name, u.presence) for u in room] == [("alice", "online"), ("carol", "offline")]
 
 
+def test_whois_finds_one_account_offline_too_and_404_for_nobody(world: World) -> None:
+    """WHOIS (§6.48): what the console asks before opening a conversation (issue 13)."""
+    anonymous = world.peer()
+    assert anonymous.register("Carol").ok
+    assert anonymous.call(p.Whois(name="carol")).status == Status.UNAUTHORIZED
+    alice = world.user("alice")
+    alice.must(p.SetPresence(presence="away", text="lunch"))
+    assert alice.must(p.Whois(name="CAROL")) == p.UserFound(name="Carol",
+                                                             presence="offline")
+    assert alice.must(p.Whois(name="alice")) == p.UserFound(name="alice", presence="away",
+                                                             text="lunch")
+    for nobody in ("nobody", "", "no such name!"):
+        assert alice.call(p.Whois(name=nobody)).status == Status.NOT_FOUND
+
+
 def test_presence_topic_terminator(world: World) -> None:
     al = world.peer()
     assert al.register("al").ok

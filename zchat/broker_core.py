@@ -222,7 +222,7 @@ class BrokerCore:
             p.ListBans: self._list_bans, p.ReadAudit: self._read_audit,
             p.ListUsers: self._list_users, p.CreateAccounts: self._create_accounts,
             p.AdminSetPassword: self._admin_set_password, p.SetDisabled: self._set_disabled,
-            p.SetPassword: self._set_password,
+            p.SetPassword: self._set_password, p.Whois: self._whois,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -927,6 +927,13 @@ class BrokerCore:
                                      text=self.accounts[k].away_text,
                                      bot=self.accounts[k].bot) for k in keys)
         return [self._ok(rid, req_id, p.WhoList(users=users))]
+
+    def _whois(self, rid: bytes, req_id: bytes, req: p.Whois, session: Session,
+               now_s: float, now_ms: int, address: str) -> list[Action]:
+        """WHOIS name (§6.48): one account, offline too; 404 when there is none."""
+        account = self.accounts[self._account_key(req.name)]
+        return [self._ok(rid, req_id, p.UserFound(name=account.name, presence=account.presence,
+                                                  text=account.away_text, bot=account.bot))]
 
     def _set_presence(self, rid: bytes, req_id: bytes, req: p.SetPresence, session: Session,
                       now_s: float, now_ms: int, address: str) -> list[Action]:

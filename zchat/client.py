@@ -896,6 +896,13 @@ class Client:
         reply: p.WhoList = await self.request(p.Who(room=room))
         return reply
 
+    async def whois(self, name: str) -> p.UserFound:
+        """One account by name, with its presence, offline ones too (docs/PROTOCOL.md
+        §6.48). Raises RequestFailed 404 when there is no such account, 405 from a broker
+        older than WHOIS."""
+        reply: p.UserFound = await self.request(p.Whois(name=name))
+        return reply
+
     async def set_presence(self, presence: str, text: str = "") -> None:
         await self.request(p.SetPresence(presence=presence, text=text))  # type: ignore[arg-type]
 

@@ -502,6 +502,17 @@ class WhoList(Reply):
 
 
 @dataclass(frozen=True, slots=True)
+class UserFound(Reply):
+    """WHOIS's reply (§6.48): the account's name as registered, presence, away message
+    and bot flag, as a row of WHO."""
+
+    name: str
+    presence: Presence
+    text: str = ""
+    bot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Pong(Reply):
     """PING's reply: the broker's time and, for a logged-in session, the last sequence
     number of every room the account is in, so that a client notices within one heartbeat
@@ -675,6 +686,15 @@ class Who(Request):
     TYPE: ClassVar[str] = "WHO"
     REPLY: ClassVar[type[Reply]] = WhoList
     room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Whois(Request):
+    """Look one account up by name, offline ones too (§6.48)."""
+
+    TYPE: ClassVar[str] = "WHOIS"
+    REPLY: ClassVar[type[Reply]] = UserFound
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -934,7 +954,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
                 FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect,
                 CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
                 Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
-                ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword)
+                ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword, Whois)
 }
 #: Events of a room, published on its topic, or pushed to each member session instead
 #: when the room is private (§17.2).
