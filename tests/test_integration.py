@@ -5,8 +5,8 @@ repair, heartbeats, and malformed input from raw sockets."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
