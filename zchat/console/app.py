@@ -62,7 +62,14 @@ UNANSWERED_MAX = 100
 HISTORY_ON_OPEN = 50      # messages shown when a room is opened (issue: "the last 50")
 OLDER_PAGE = 100          # messages fetched when scrolling above the loaded history
 SIDEBAR_WIDTH = 24
-MIN_WIDTH_FOR_SIDEBAR = 60  # below it the sidebar hides and the messages take the width
+#: Cells of message text the pane keeps beside the sidebar: about five words a row, the
+#: least that still reads as a chat. Narrower, the sidebar gives way (issue 13: at 60
+#: columns it left 14 cells of text).
+MIN_TEXT_BESIDE_SIDEBAR = 32
+#: Terminal width from which the sidebar shows: its column and separator, the time, the
+#: nick column and MIN_TEXT_BESIDE_SIDEBAR (78, so an 80-column terminal keeps it).
+MIN_WIDTH_FOR_SIDEBAR = (SIDEBAR_WIDTH + 1 + v.TIMESTAMP_WIDTH + 1 + v.DEFAULT_NICK_WIDTH
+                         + v.cell_width(v.SEPARATOR) + MIN_TEXT_BESIDE_SIDEBAR)
 QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even without a broker
 #: A line or request unanswered this long makes the status bar say ``no answer from the
 #: broker for 2 s``: well inside a request's timeout (5 s), long enough that a slow link's

@@ -58,7 +58,8 @@ TIMESTAMP_WIDTH = 5
 DEFAULT_NICK_WIDTH = 12
 #: Between the nick column and the text column.
 SEPARATOR = " │ "
-#: Shown at the end of a nick cut to fit its column.
+#: Shown where text was cut: at the end of a topic, in the middle of a name
+#: (``truncate_middle``).
 ELLIPSIS = "…"
 #: Text column narrower than this makes the layout drop the timestamp, then the columns.
 MIN_TEXT_WIDTH = 10
@@ -291,6 +292,37 @@ def truncate_cells(text: str, width: int, ellipsis: str = ELLIPSIS) -> str:
         out.append(unit)
         used += w
     return "".join(out) + ellipsis
+
+
+def truncate_middle(text: str, width: int, ellipsis: str = ELLIPSIS) -> str:
+    """``text`` cut to at most ``width`` cells by taking out its middle: its start, then
+    ``ellipsis``, then its end, the start getting the odd cell. Names that share a
+    beginning stay apart (``alexander_the_great`` and ``alexander_the_small`` in 12
+    cells: ``alexan…great``, ``alexan…small``), as they would not cut at the end. Too
+    narrow for both ends (``width`` < 3), it is ``truncate_cells``."""
+    if width <= 0:
+        return ""
+    if cell_width(text) <= width:
+        return text
+    ell_w = cell_width(ellipsis)
+    if width < ell_w + 2:
+        return truncate_cells(text, width, ellipsis)
+    units = list(clusters(text))
+    room = width - ell_w
+    head: list[str] = []
+    used = 0
+    for unit, w in units:
+        if used + w > (room + 1) // 2:
+            break
+        head.append(unit)
+        used += w
+    tail: list[str] = []
+    for unit, w in reversed(units[len(head):]):
+        if used + w > room:
+            break
+        tail.append(unit)
+        used += w
+    return "".join(head) + ellipsis + "".join(reversed(tail))
 
 
 def pad_cells(text: str, width: int, align: Literal["left", "right"] = "left") -> str:
@@ -642,7 +674,7 @@ def _render_rows(line: Line, width: int, tz: datetime.tzinfo,
                                   _time_text(line.time_ms, tz)))
                     frags.append((base, " "))
                 frags.append((_join_style(base, nick_cls, "class:nick"),
-                              pad_cells(nick_text, nw, "right")))
+                              pad_cells(truncate_middle(nick_text, nw), nw, "right")))
             else:
                 frags.append((base, indent))
             frags.append((_join_style(base, "class:separator"), SEPARATOR))
@@ -655,7 +687,7 @@ def _render_rows(line: Line, width: int, tz: datetime.tzinfo,
     # the full width, no columns.
     if width < 1:
         return ((),)
-    rows.append(((_join_style(base, nick_cls, "class:nick"), truncate_cells(nick_text, width)),))
+    rows.append(((_join_style(base, nick_cls, "class:nick"), truncate_middle(nick_text, width)),))
     consumed = 0
     for row_text in wrap_cells(body, width):
         tf, consumed = text_frags(row_text, consumed)
@@ -669,7 +701,8 @@ def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
     ``width`` cells wide.
 
     Layout: ``HH:MM`` local time in ``tz`` (blank when ``time_ms`` is None), a space, the
-    nick column (``nick_width`` cells, right-aligned, cut with ``…``; for actions ``*``,
+    nick column (``nick_width`` cells, right-aligned, a longer name cut in the middle
+    with ``…`` so that names sharing a beginning stay apart; for actions ``*``,
     for notices ``--``/``-->``/``<--``, errors ``=!=``), ``" │ "``, then the text wrapped
     at word boundaries to the rest of the width. Continuation rows (wrapped, or after a
     ``\\n`` in the text) are indented to the text column. Actions read ``* │ alice waves``.
@@ -1085,7 +1118,7 @@ def _conversation_row(conv: Conversation, active: bool, width: int) -> Row:
     count = f" ({conv.unread})" if conv.unread else ""
     name_w = max(0, width - 1 - cell_width(count))
     title = prefix + sanitize(conv.title)
-    name = truncate_cells(title if conv.joined else f"({title})", name_w)
+    name = truncate_middle(title if conv.joined else f"({title})", name_w)
     style = base if conv.joined else _join_style(base, "class:sidebar.parted")
     if conv.unread:
         style = _join_style(style, "class:sidebar.unread")
@@ -1132,7 +1165,7 @@ def render_sidebar(conversations: Iterable[Conversation], active_key: str | None
             bot = f" {BOT_MARKER}" if member.bot else ""
             name_w = max(1, width - 2 - cell_width(bot))
             frags.append((_join_style("class:sidebar", nick_style(name)),
-                          truncate_cells(sanitize(name), name_w)))
+                          truncate_middle(sanitize(name), name_w)))
             if bot:
                 frags.append(("class:bot", bot))
             rows.append(_fit(frags, width))
