@@ -398,7 +398,7 @@ def test_who_and_rooms_print_info_lines(harness: Harness) -> None:
             await until(lambda: s.texts(kinds=("info",))[-1].startswith(" "))
             info = s.texts(kinds=("info",))
             start = info.index("2 rooms:")
-            assert sorted(info[start + 1:start + 3]) == ["  #dev (1 members)",
+            assert sorted(info[start + 1:start + 3]) == ["  #dev (1 member)",
                                                          " *#lobby (2 members)"]
 
     run(main())
@@ -443,7 +443,9 @@ def test_switching_conversations(harness: Harness) -> None:
             s.type_line("/switch @bob")
             await until(lambda: s.console.active == "dm:bob")
             s.type_line("/switch nowhere")
-            await until(lambda: s.errors() == ["not in nowhere: /join it first"])
+            await until(lambda: s.errors() == [  # issue 13: it said "not in nowhere"
+                "you are not in #nowhere; /join nowhere to join it, or /query nowhere to "
+                "talk with someone of that name"])
             assert s.console.active == "dm:bob"
 
             s.send(alt("1"))
@@ -495,8 +497,12 @@ def test_unknown_command_and_refused_requests_show_one_error_line() -> None:
 
             s.type_line("/msg nobody-here hi")
             await until(lambda: len(s.errors()) == 4, what="the refused DM")
-            assert s.errors()[3].endswith("(404)")
+            assert s.errors()[3] == "refused: no account named 'nobody-here' (404)"
             assert "dm:nobody-here" not in s.console.order
+            # given back to fix the name
+            await until(lambda: s.console.input_buffer.text == "/msg nobody-here hi")
+            s.send(CTRL_U)
+            await until(lambda: s.console.input_buffer.text == "")
 
             # Nothing reached the room: its last sequence number is unchanged, and a
             # message sent now is the very next one.

@@ -16,9 +16,12 @@ from pathlib import Path
 import pexpect
 import pyte
 from conftest import TcpBroker, run, zchat_command
+from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input.vt100_parser import Vt100Parser
 from prompt_toolkit.key_binding import KeyPress
 from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import ConditionalContainer
+from prompt_toolkit.layout.layout import walk
 from test_console_app import console_session, next_of, until, window_text
 from test_console_e2e import COLS, ROWS, Terminal, console_env, screen_on_failure
 from test_e2e_cli import register
@@ -26,6 +29,7 @@ from test_e2e_cli import register
 from zchat import protocol as p
 from zchat.client import Client
 from zchat.console import view as v
+from zchat.console.app import MIN_WIDTH_FOR_SIDEBAR, SIDEBAR_WIDTH
 from zchat.console.paste_input import group_pasted_keys, is_paste
 from zchat.testing import Harness
 
@@ -259,3 +263,159 @@ def test_ctrl_z_suspends_the_console_and_fg_brings_it_back_in_raw_mode(
         term.wait_shows("shell$")
         term.child.send(b"exit\r")
         term.child.expect(pexpect.EOF, timeout=5)
+
+
+# -- unknown accounts, closing conversations, IRC habits ----------------------------------------
+
+
+def test_switch_to_an_unknown_account_is_refused_and_close_closes(harness: Harness) -> None:
+    """Issue 13: ``/switch @nobody`` opened a conversation with an account that does not
+    exist, and nothing closed it. The broker is asked (WHOIS); /close and /part in a
+    direct conversation close it; /close in a room leaves it."""
+    async def main() -> None:
+        async with harness.client("Bob"), console_session(harness) as s:
+            s.type_line("/switch @nobody")
+            await until(lambda: s.errors() == [
+                "refused: no account named 'nobody' (404)"], what="the refusal")
+            assert s.console.order == ["lobby"] and s.console.active == "lobby"
+            assert s.console.input_buffer.text == ""  # /switch is not given back
+            s.type_line("/switch @bob")  # an existing account, offline too: opened
+            await until(lambda: s.console.active == "dm:bob", what="the DM with bob")
+            assert s.conv.title == "Bob"  # as registered
+            s.type_line("/close")
+            await until(lambda: s.console.order == ["lobby"], what="closed")
+            assert s.console.active == "lobby"
+            s.type_line("/query bob")
+            await until(lambda: s.console.active == "dm:bob", what="/query")
+            s.type_line("/part")
+            await until(lambda: s.console.order == ["lobby"], what="closed by /part")
+            s.type_line("/join dev")
+            await until(lambda: s.console.active == "dev", what="#dev")
+            s.type_line("/close")
+            await until(lambda: s.console.order == ["lobby"], what="#dev closed")
+            rooms = (await s.client.list_rooms()).rooms
+            assert [r.joined for r in rooms if r.room == "dev"] == [False]  # and left
+
+    run(main())
+
+
+def test_irc_habits_query_names_list_window_whois(harness: Harness) -> None:
+    async def main() -> None:
+        async with harness.client("bob") as bob, harness.client("carol") as carol, \
+                console_session(harness) as s:
+            await carol.set_presence("away", "lunch")
+            s.type_line("/query @bob hi bob")  # opened, shown, and the message sent
+            said = await next_of(bob, lambda e: isinstance(e, p.DirectMessage))
+            assert said.text == "hi bob" and s.console.active == "dm:bob"
+            await until(lambda: [(ln.text, ln.status) for ln in s.conv.lines if ln.own]
+                        == [("hi bob", "")], what="the DM shown as sent")
+            s.type_line("/query nobody hello")
+            await until(lambda: "refused: no account named 'nobody' (404)" in s.errors(),
+                        what="no such account")
+            assert "dm:nobody" not in s.console.order
+            await until(lambda: s.console.input_buffer.text == "/query nobody hello",
+                        what="given back to fix the name")
+            s.console.input_buffer.text = ""
+            s.type_line("/window 1")
+            await until(lambda: s.console.active == "lobby", what="/window 1")
+            s.type_line("/names")
+            await until(lambda: any(t.startswith("#lobby, 3 members: ") for t in s.texts()),
+                        what="/names")
+            (names,) = [t for t in s.texts() if t.startswith("#lobby, 3 members: ")]
+            assert names == "#lobby, 3 members: alice, bob, carol (away)"
+            s.type_line("/list")
+            await until(lambda: "1 room:" in s.texts(), what="/list")
+            await s.wait_text(" *#lobby (3 members)")
+            s.type_line("/window 2")
+            await until(lambda: s.console.active == "dm:bob", what="/window 2")
+            s.type_line("/window 3")
+            await until(lambda: "there is no conversation 3: the sidebar lists 2"
+                        in s.errors(), what="no third")
+            s.type_line("/whois carol")
+            await s.wait_text("carol is away: lunch")
+
+    run(main())
+
+
+def test_help_fits_a_24_row_terminal_beside_the_sidebar(harness: Harness) -> None:
+    """Issue 13: /help was 29 lines. On an 80 x 24 terminal (a pane of 55 x 22 beside
+    the sidebar) the overview is seen whole, and so is /help keys."""
+    async def main() -> None:
+        async with console_session(harness) as s:
+            for topic, first, last in (
+                    ("/help", "/help CMD explains one command", "// at the start of a line"),
+                    ("/help keys", "Enter sends", "Ctrl-Z suspends")):
+                s.type_line("/clear")
+                await until(lambda: not s.conv.lines, what="cleared")
+                s.type_line(topic)
+                await until(lambda last=last: any(t.startswith(last) for t in s.texts()),
+                            what=topic)
+                shown = "\n".join(pane(s.console, 80 - SIDEBAR_WIDTH - 1, 22))
+                assert first in shown and last in shown, shown
+            assert any("Ctrl-O" in t for t in s.texts())  # folding is told of
+
+    run(main())
+
+
+def test_names_sharing_a_beginning_stay_apart_in_the_nick_column_and_sidebar() -> None:
+    great, small = "alexander_the_great", "alexander_the_small"
+    rows = [v.render_line(v.Line("message", T0, n, "hi", i), 60, "me", UTC)[0]
+            for i, n in enumerate((great, small))]
+    assert [text_of(r)[:18] for r in rows] == ["03:04 alexan…great", "03:04 alexan…small"]
+    conv = v.Conversation("dev", "dev", "room")
+    members = {great: v.Member("online"), small: v.Member("online")}
+    sidebar = [text_of(r).rstrip() for r in v.render_sidebar([conv], "dev", members, 14)]
+    assert sidebar[-2:] == ["● alexan…great", "● alexan…small"]
+    long_rooms = [v.Conversation(k, k, "room") for k in ("project-alpha-frontend",
+                                                         "project-alpha-backend")]
+    rows = [text_of(r).rstrip() for r in v.render_sidebar(long_rooms, None, None, 16)]
+    assert rows[1:] == [" #projec…rontend", " #projec…backend"]
+    assert v.truncate_middle("日本語の名前です長い", 12) == "日本語…長い"
+    assert v.cell_width(v.truncate_middle("日本語の名前です長い", 12)) <= 12
+
+
+def test_the_sidebar_gives_way_below_78_columns(harness: Harness) -> None:
+    """Issue 13: the sidebar stayed down to 60 columns, leaving 14 cells of text. It
+    now shows only with at least 32 cells of text beside it: from 78 columns."""
+    assert MIN_WIDTH_FOR_SIDEBAR == 78
+
+    async def main() -> None:
+        async with console_session(harness) as s:
+            (container,) = [c for c in s.console.app.layout.walk()
+                            if isinstance(c, ConditionalContainer)
+                            and any(getattr(w, "style", "") == "class:sidebar"
+                                    for w in walk(c))]
+            for columns, shown in ((120, True), (80, True), (78, True), (77, False),
+                                   (60, False)):
+                size = Size(rows=24, columns=columns)
+                s.console.app.output.get_size = lambda size=size: size  # type: ignore[method-assign]
+                assert container.filter() is shown, columns
+
+    run(main())
+
+
+# -- wording -------------------------------------------------------------------------------------
+
+
+def test_usage_lines_say_what_to_type() -> None:
+    from zchat.console.commands import COMMANDS, ParseError, parse_input
+
+    assert COMMANDS["private"].usage == "/private on|off"
+    assert COMMANDS["delete"].usage == "/delete SEQ|NICK"
+    assert parse_input("/private") == ParseError(
+        "/private needs on|off — usage: /private on|off")
+    assert parse_input("/delete") == ParseError(
+        "/delete needs SEQ|NICK — usage: /delete SEQ|NICK")
+
+
+def test_console_md_and_help_name_every_command_and_alias() -> None:
+    """docs/console.md and /help stay true to the command table."""
+    from zchat.console.commands import ALIASES, COMMANDS, help_text
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "console.md").read_text()
+    overview = " ".join(help_text()).split()
+    for name, spec in COMMANDS.items():
+        assert f"`{spec.usage}" in doc or f"`/{name}" in doc, name
+        assert f"/{name}" in overview, name
+    for alias in ALIASES:
+        assert f"`/{alias}`" in doc, alias

@@ -607,14 +607,6 @@ class ChatConsole:
             return True
         return False
 
-    async def _dm(self, to: str, text: str, cmid: str = "") -> None:
-        reply = await self.client.dm(to, text, cmid, patient=False)
-        key = v.dm_key(to)
-        self.conversation(key, to, "dm")
-        self.add_line(key, v.Line("dm", reply.time, self.me, text, reply.id))
-        if reply.delivered == "stored":
-            self.info(f"{to} is offline; they get it at their next login", key=key)
-
     def on_paste(self, data: str) -> None:
         paste = c.paste_to_message(data, self.paste_confirm_lines)
         if paste.lines <= 1:
@@ -639,29 +631,52 @@ class ChatConsole:
             reply = await client.join(cmd.room, private=cmd.private)
             await self.open_room(reply.room, reply.topic, activate=True, joined=True)
         elif isinstance(cmd, c.Part):
+            if cmd.room is None and conv is not None and conv.kind == "dm":
+                self._close(conv.key)  # as WeeChat: /part in a private buffer closes it
+                return
             room = cmd.room or (conv.title if conv and conv.kind == "room" else None)
             if room is None:
                 self.error("/part needs a ROOM here")
                 return
-            key = v.room_key(room)
-            parted = self.conversations.get(key)
-            if parted is None or parted.joined:  # a room you were removed from: just close
-                await client.part(room)
-            if key in self.conversations:
-                del self.conversations[key]
-                self.order.remove(key)
-                if self.active == key:
-                    self.active = None
-                    if self.order:
-                        self.switch(self.order[0])
-        elif isinstance(cmd, c.Msg):
-            key = v.dm_key(cmd.user)
-            if key in self.conversations:
-                self.switch(key)
-                await self._say(cmd.text, key, typed=typed)
+            await self._part(room)
+        elif isinstance(cmd, c.Close):
+            if conv is None:
+                self.error("no conversation to close")
+            elif conv.kind == "dm":
+                self._close(conv.key)
             else:
-                await self._dm(cmd.user, cmd.text)
-                self.switch(key)
+                await self._part(conv.title)
+        elif isinstance(cmd, c.Msg | c.Query):
+            key = await self._open_dm(cmd.user, typed)
+            if key is None:
+                return
+            self.switch(key)
+            if cmd.text:
+                await self._say(cmd.text, key, typed=typed)
+        elif isinstance(cmd, c.Whois):
+            found = await client.whois(cmd.user)
+            self.info(f"{found.name} is {found.presence}"
+                      + (f": {found.text}" if found.text else "")
+                      + (" [bot]" if found.bot else ""))
+        elif isinstance(cmd, c.Names):
+            if conv is None or conv.kind != "room":
+                self.error("/names works in rooms")
+                return
+            if self._not_joined(conv):
+                return
+            users = (await client.who(conv.title)).users
+            rank = {"online": 0, "away": 1, "offline": 2}
+            shown = [u.name + ("" if u.presence == "online" else f" ({u.presence})")
+                     for u in sorted(users, key=lambda u: (rank.get(u.presence, 3),
+                                                           name_key(u.name)))]
+            self.info(f"#{conv.title}, {_count(len(users), 'member')}: " + ", ".join(shown))
+        elif isinstance(cmd, c.Window):
+            order = self.sidebar_order()
+            if cmd.number > len(order):
+                self.error(f"there is no conversation {cmd.number}: the sidebar lists "
+                           f"{len(order)}")
+                return
+            self.switch(order[cmd.number - 1])
         elif isinstance(cmd, c.Me):
             if conv is None or conv.kind != "room":
                 self.error("/me works in rooms")
@@ -671,8 +686,7 @@ class ChatConsole:
             room = conv.title if conv and conv.kind == "room" else None
             users = (await client.who(room)).users
             where = f"#{room}" if room else "online"
-            self.info(f"{len(users)} {'member' if room else 'account'}"
-                      f"{'s' if len(users) != 1 else ''} {where}:")
+            self.info(f"{_count(len(users), 'member' if room else 'account')} {where}:")
             for u in users:
                 if conv is not None and room:
                     conv.set_member(u.name, u.presence, bot=u.bot, text=u.text)
@@ -681,11 +695,11 @@ class ChatConsole:
         elif isinstance(cmd, c.Rooms):
             rooms = (await client.list_rooms()).rooms
             self.known_rooms = {r.room for r in rooms}
-            self.info(f"{len(rooms)} rooms:")
+            self.info(f"{_count(len(rooms), 'room')}:")
             for r in rooms:
                 mark = "*" if r.joined else " "
                 topic = f" — {r.topic}" if r.topic else ""
-                self.info(f" {mark}#{r.room} ({r.members} members){topic}")
+                self.info(f" {mark}#{r.room} ({_count(r.members, 'member')}){topic}")
         elif isinstance(cmd, c.Topic):
             if conv is None or conv.kind != "room":
                 self.error("/topic works in rooms")
@@ -721,7 +735,7 @@ class ChatConsole:
                                       self.me)
             self.info(f"loaded {added} older message{'s' if added != 1 else ''}")
         elif isinstance(cmd, c.Switch):
-            self._switch_to_name(cmd.target)
+            await self._switch_to_name(cmd.target)
         elif isinstance(cmd, c.Clear):
             if conv is not None:
                 conv.clear()
@@ -776,17 +790,70 @@ class ChatConsole:
         if a in ("ban", "unban", "mute", "unmute", "invite", "op", "deop"):
             self.info(f"{a} {cmd.user} in #{room}: done")
 
-    def _switch_to_name(self, target: str) -> None:
+    async def _switch_to_name(self, target: str) -> None:
+        """/switch: ``@name`` is the DM conversation with name, opened if the account
+        exists (``_open_dm``); a bare name a room you are in, else the DM conversation
+        already open with someone of that name."""
         if target.startswith("@"):
-            name = target[1:]
-            key = v.dm_key(name)
-            self.conversation(key, name, "dm")
-        else:
-            key = v.room_key(target)
-        if key not in self.conversations:
-            self.error(f"not in {target}: /join it first")
+            key = await self._open_dm(target[1:])
+            if key is not None:
+                self.switch(key)
             return
-        self.switch(key)
+        for key in (v.room_key(target), v.dm_key(target)):
+            if key in self.conversations:
+                self.switch(key)
+                return
+        self.error(f"you are not in #{target}; /join {target} to join it, or "
+                   f"/query {target} to talk with someone of that name")
+
+    async def _open_dm(self, name: str, typed: str = "") -> str | None:
+        """The key of the DM conversation with ``name``, opened first when new, after the
+        broker said the account exists (WHOIS; a broker older than it, 405, is taken at
+        its word). None when there is no such account: an error line says so and
+        ``typed`` (the command as typed) comes back to the input to fix."""
+        key = v.dm_key(name)
+        if key in self.conversations:
+            return key
+        try:
+            title = (await self.client.whois(name)).name
+        except RequestFailed as exc:
+            if exc.status == Status.NOT_FOUND:
+                self.error(f"refused: {exc.reason} ({int(exc.status)})")
+                self._give_back(typed)  # to fix the name
+                return None
+            if exc.status != Status.UNKNOWN_COMMAND:
+                self._give_back(typed)
+                raise
+            title = name
+        except ZchatError:
+            self._give_back(typed)
+            raise
+        self.conversation(key, title, "dm")
+        return key
+
+    def _close(self, key: str) -> None:
+        """Take a conversation out of the sidebar; the one before it in the sidebar's
+        order is shown when it was the current one. Nothing is asked of the broker."""
+        order = self.sidebar_order()
+        at = order.index(key) if key in order else 0
+        self.conversations.pop(key, None)
+        if key in self.order:
+            self.order.remove(key)
+        if self.active == key:
+            self.active = None
+            left = self.sidebar_order()
+            if left:
+                self.switch(left[max(0, at - 1)])
+        self.app.invalidate()
+
+    async def _part(self, room: str) -> None:
+        """Leave ``room`` and close its conversation; a room you were removed from is
+        only closed (the broker would refuse the PART)."""
+        key = v.room_key(room)
+        parted = self.conversations.get(key)
+        if parted is None or parted.joined:
+            await self.client.part(room)
+        self._close(key)
 
     async def _load_room_names(self) -> None:
         """Every room on the broker, so that /join completes rooms not joined yet."""
@@ -1102,6 +1169,11 @@ class ChatConsole:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
             await self.client.close()
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 member``, ``3 members``: a count with its noun."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- before the screen: logging in -------------------------------------------------------------
