@@ -306,7 +306,7 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.CreateAccounts(accounts=(p.NewAccount(name="zed", password="pw"),)),
     p.AdminSetPassword(name="alice", password="pw"), p.SetDisabled(name="alice"),
     p.SetPassword(old="correct horse battery staple", new="pw"),
-    p.FetchDmHistory(peer="alice"), p.MarkRead(upto=0, room="lobby"),
+    p.FetchDmHistory(peer="alice"), p.MarkRead(upto=0, room="lobby"), p.Whois(name="alice"),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -325,7 +325,7 @@ def test_every_session_needing_type_is_covered() -> None:
                        "UNBAN", "MUTE", "UNMUTE", "INVITE", "SET_ROLE", "SET_ROOM",
                        "DELETE_MESSAGE", "BANS", "AUDIT", "USERS", "CREATE_ACCOUNTS",
                        "ADMIN_SET_PASSWORD", "ADMIN_DISABLE", "SET_PASSWORD",
-                       "DM_HISTORY", "MARK_READ"}
+                       "DM_HISTORY", "MARK_READ", "WHOIS"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:
@@ -333,7 +333,7 @@ def test_info_and_ping_allowed_before_login(world: World) -> None:
     info = peer.must(p.Info())
     assert info == p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0_MS,
                                heartbeat_interval_ms=2000, heartbeat_timeout_ms=6000,
-                               max_text_bytes=4000)
+                               max_text_bytes=4000, max_text_lines=50)
     assert peer.must(p.Ping()) == p.Pong(time=T0_MS, rooms=(), session="")
 
 
@@ -381,6 +381,21 @@ def test_who_omits_offline_accounts_and_room_who_includes_them(world: World) -> 
     assert [u.name for u in alice.must(p.Who()).users] == ["alice"]
     room = alice.must(p.Who(room="lobby")).users
     assert [(u.name, u.presence) for u in room] == [("alice", "online"), ("carol", "offline")]
+
+
+def test_whois_finds_one_account_offline_too_and_404_for_nobody(world: World) -> None:
+    """WHOIS (§6.50): what the console asks before opening a conversation (issue 13)."""
+    anonymous = world.peer()
+    assert anonymous.register("Carol").ok
+    assert anonymous.call(p.Whois(name="carol")).status == Status.UNAUTHORIZED
+    alice = world.user("alice")
+    alice.must(p.SetPresence(presence="away", text="lunch"))
+    assert alice.must(p.Whois(name="CAROL")) == p.UserFound(name="Carol",
+                                                             presence="offline")
+    assert alice.must(p.Whois(name="alice")) == p.UserFound(name="alice", presence="away",
+                                                             text="lunch")
+    for nobody in ("nobody", "", "no such name!"):
+        assert alice.call(p.Whois(name=nobody)).status == Status.NOT_FOUND
 
 
 def test_presence_topic_terminator(world: World) -> None:
@@ -523,6 +538,24 @@ def test_send_size_limit_counts_utf8_bytes_and_never_truncates() -> None:
     assert refused.status == Status.TOO_LARGE
     rows = world.store.history("lobby", None, None, 10)
     assert [r.text for r in rows] == [exact]
+
+
+def test_send_and_dm_line_limit_refuses_a_wall_of_line_breaks_whole() -> None:
+    """Issue 13: one message of 1,999 line breaks (under the byte limit) filled every
+    member's pane. Over ``max_text_lines`` a SEND or DM is refused with 413, as an
+    over-long text is; U+2028/U+2029 count, since the console draws them as breaks."""
+    world = World(max_text_lines=3)
+    alice = world.user("alice")
+    world.user("bob")
+    assert alice.call(p.Send(room="lobby", text="a\nb\nc")).ok
+    for text in ("\n" * 1999 + "x", "a\nb\nc\n", "a\u2028b\u2029c\nd"):
+        for req in (p.Send(room="lobby", text=text), p.SendDirect(to="bob", text=text)):
+            refused = alice.call(req)
+            assert refused.status == Status.TOO_LARGE, (req, refused.reply)
+            assert isinstance(refused.reply, p.Error)
+            assert refused.reply.reason.endswith("lines; the limit is 3")
+            assert not refused.events and not refused.pushes
+    assert [r.text for r in world.store.history("lobby", None, None, 10)] == ["a\nb\nc"]
 
 
 # -- history --------------------------------------------------------------------------------
@@ -914,9 +947,9 @@ def test_shutdown_publishes_one_offline_per_account(world: World) -> None:
 def test_largest_text_fits_the_body_even_when_escaped() -> None:
     """JSON doubles quotes and backslashes; at the largest allowed max_text_bytes such a
     text must still fit MAX_BODY_BYTES (docs/PROTOCOL.md §9)."""
-    from zchat.config import MAX_TEXT_BYTES_LIMIT
+    from zchat.config import MAX_TEXT_BYTES_LIMIT, MAX_TEXT_LINES_LIMIT
 
-    world = World(max_text_bytes=MAX_TEXT_BYTES_LIMIT)
+    world = World(max_text_bytes=MAX_TEXT_BYTES_LIMIT, max_text_lines=MAX_TEXT_LINES_LIMIT)
     alice = world.user("alice")
     for ch in ('"', "\\", "\n"):
         text = "x" + ch * (MAX_TEXT_BYTES_LIMIT - 1)

@@ -54,6 +54,7 @@ def test_defaults() -> None:
     assert cfg.broker.log_level == "info"
     assert cfg.broker.admins == ()
     assert cfg.broker.max_text_bytes == 4000
+    assert cfg.broker.max_text_lines == 50
     assert cfg.broker.heartbeat_interval_s == 10.0
     assert cfg.broker.heartbeat_timeout_s == 30.0
     assert cfg.broker.max_stored_dms == 1000
@@ -198,6 +199,8 @@ def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
         # out of range
         ("[broker]\nmax_text_bytes = 0\n", "broker", "max_text_bytes", r"between 1 and 30000"),
         ("[broker]\nmax_text_bytes = 60001\n", "broker", "max_text_bytes", r"got 60001"),
+        ("[broker]\nmax_text_lines = 0\n", "broker", "max_text_lines", r"between 1 and 30000"),
+        ("[broker]\nmax_text_lines = 30001\n", "broker", "max_text_lines", r"got 30001"),
         ("[broker]\nheartbeat_interval_s = 0\n", "broker", "heartbeat_interval_s", r"must be 0.01 to 2,592,000 s"),
         ("[broker]\nheartbeat_interval_s = -1.5\n", "broker", "heartbeat_interval_s", r"must be 0.01 to 2,592,000 s"),
         ("[broker]\nscrypt_n = 1000\n", "broker", "scrypt_n", r"power of two >= 1024"),

@@ -278,11 +278,12 @@ def test_render_wraps_long_lines_under_the_text_column() -> None:
 
 
 def test_render_nick_column_truncates_by_cells() -> None:
+    # cut in the middle (issue 13): names sharing a beginning stay apart
     rows = render_line(msg("hi", sender="bartholomew_the_third"), 60, "x", UTC)
-    assert text_of(rows[0]).startswith("03:04 bartholomew… │ hi")
+    assert text_of(rows[0]).startswith("03:04 bartho…third │ hi")
     rows = render_line(msg("hi", sender="日本語の名前です"), 60, "x", UTC)
     head = text_of(rows[0])
-    assert head.startswith("03:04  日本語の名… │ hi")  # 11 cells + a pad: 12
+    assert head.startswith("03:04  日本語…です │ hi")  # 11 cells + a pad: 12
     nick = rows[0][2][1]
     assert get_cwidth(nick) == 12
 

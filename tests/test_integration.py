@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -695,5 +696,29 @@ def test_text_over_the_transport_limit_is_refused_by_the_client_and_the_session_
                 assert info.value.status == Status.TOO_LARGE
                 assert f"message text is {size} bytes; the limit is 4000" in info.value.reason
             assert (await c.send("lobby", "still here")).seq == 1
+
+    run(main())
+
+
+def test_a_text_over_max_text_lines_is_refused_by_client_and_broker(harness: Harness) -> None:
+    """Issue 13: the broker announces ``max_text_lines`` in INFO; the client refuses a
+    longer SEND or DM itself with the broker's 413, and a client that does not know the
+    limit (an older one: no such field) is refused by the broker the same way."""
+    async def main() -> None:
+        async with harness.client("carol") as c, harness.client("dave"):
+            assert c.info is not None and c.info.max_text_lines == 50
+            wall = "\n" * 1999 + "x"
+            for call in (lambda: c.send("lobby", wall), lambda: c.dm("dave", wall)):
+                with pytest.raises(RequestFailed) as info:
+                    await call()
+                assert info.value.status == Status.TOO_LARGE
+                assert info.value.reason == "message text is 2000 lines; the limit is 50"
+            c.info = dataclasses.replace(c.info, max_text_lines=0)  # as from an old broker
+            for call in (lambda: c.send("lobby", "x\n" * 50), lambda: c.dm("dave", wall)):
+                with pytest.raises(RequestFailed) as info:
+                    await call()
+                assert info.value.status == Status.TOO_LARGE
+                assert "lines; the limit is 50" in info.value.reason
+            assert (await c.send("lobby", "one\ntwo")).seq == 1
 
     run(main())

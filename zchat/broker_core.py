@@ -235,7 +235,7 @@ class BrokerCore:
             p.ListUsers: self._list_users, p.CreateAccounts: self._create_accounts,
             p.AdminSetPassword: self._admin_set_password, p.SetDisabled: self._set_disabled,
             p.SetPassword: self._set_password, p.FetchDmHistory: self._dm_history,
-            p.MarkRead: self._mark_read,
+            p.MarkRead: self._mark_read, p.Whois: self._whois,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -566,7 +566,7 @@ class BrokerCore:
             version=p.VERSION_NUMBER, pub=self.pub_endpoint, time=now_ms,
             heartbeat_interval_ms=int(cfg.heartbeat_interval_s * 1000),
             heartbeat_timeout_ms=int(cfg.heartbeat_timeout_s * 1000),
-            max_text_bytes=cfg.max_text_bytes))]
+            max_text_bytes=cfg.max_text_bytes, max_text_lines=cfg.max_text_lines))]
 
     def _check_password(self, password: str) -> None:
         check_password(password)  # shared with `zchat admin` (zchat.admin)
@@ -858,7 +858,8 @@ class BrokerCore:
         if len(req.cmid) > p.MAX_CMID_CHARS:
             raise ProtocolError(Status.BAD_REQUEST,
                                 f"cmid longer than {p.MAX_CMID_CHARS} characters")
-        text = validate_text(req.text, self.config.max_text_bytes)
+        text = validate_text(req.text, self.config.max_text_bytes,
+                             self.config.max_text_lines)
         self._check_may_post(key, session, now_ms)
         if self.slow_mode.get(key):
             self._check_slow_mode(key, session, now_s)
@@ -901,7 +902,8 @@ class BrokerCore:
         if self.config.send_rate_per_s > 0:
             self._limit_send(session, now_s)
         to_key = self._account_key(req.to)
-        text = validate_text(req.text, self.config.max_text_bytes)
+        text = validate_text(req.text, self.config.max_text_bytes,
+                             self.config.max_text_lines)
         muted = self.store.active_ban("mute", "", session.account_key, now_ms)
         if muted is not None:
             raise ProtocolError(Status.FORBIDDEN, "you are muted on this server "
@@ -1041,6 +1043,13 @@ class BrokerCore:
                                      text=self.accounts[k].away_text,
                                      bot=self.accounts[k].bot) for k in keys)
         return [self._ok(rid, req_id, p.WhoList(users=users))]
+
+    def _whois(self, rid: bytes, req_id: bytes, req: p.Whois, session: Session,
+               now_s: float, now_ms: int, address: str) -> list[Action]:
+        """WHOIS name (§6.50): one account, offline too; 404 when there is none."""
+        account = self.accounts[self._account_key(req.name)]
+        return [self._ok(rid, req_id, p.UserFound(name=account.name, presence=account.presence,
+                                                  text=account.away_text, bot=account.bot))]
 
     def _set_presence(self, rid: bytes, req_id: bytes, req: p.SetPresence, session: Session,
                       now_s: float, now_ms: int, address: str) -> list[Action]:

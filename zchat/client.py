@@ -68,7 +68,7 @@ from zchat.errors import (
     ZchatError,
 )
 from zchat.feed import MAX_HELD, RoomFeed
-from zchat.names import name_key
+from zchat.names import name_key, text_lines
 from zchat.unread import Unread, UnreadTracker
 
 log = logging.getLogger("zchat.client")
@@ -283,6 +283,7 @@ class Client:
         self._sub: zmq.asyncio.Socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[p.Message]] = {}
+        self._sent_at: dict[bytes, float] = {}  # request id -> monotonic s, while pending
         self._dms_seen: set[int] = set()    # DM ids queued for the application
         self._dms_handed: set[int] = set()  # ... and handed to it (acknowledged)
         self._reply_types: dict[bytes, type[p.Reply]] = {}
@@ -349,6 +350,13 @@ class Client:
         """Display names of the rooms this client follows (joined), in join order."""
         return [self._state.room_names[k] for k, f in self._state.rooms.items()
                 if f.following]
+
+    @property
+    def unanswered_since(self) -> float | None:
+        """``time.monotonic()`` at which the oldest request still waiting for its reply
+        was sent (a heartbeat PING included), or None when none is waiting. A person's
+        client can say early that the broker is silent, before the request times out."""
+        return min(self._sent_at.values(), default=None)
 
     def last_seq(self, room: str) -> int:
         """Highest sequence number delivered for ``room`` (0 if none)."""
@@ -573,9 +581,10 @@ class Client:
         return self._dealer
 
     def _check_size(self, req: p.Request, body: bytes) -> None:
-        """Refuse here what the broker would refuse for its size, with the same 413: a body
-        over the transport limit would not even get an answer (libzmq drops the
-        connection, docs/PROTOCOL.md §2), and the session with it."""
+        """Refuse here what the broker would refuse for its size, with the same 413: a
+        text over INFO's ``max_text_bytes`` or ``max_text_lines`` (when announced), and a
+        body over the transport limit, which would not even get an answer (libzmq drops
+        the connection, docs/PROTOCOL.md §2), and the session with it."""
         text = getattr(req, "text", None)
         limit = self.info.max_text_bytes if self.info is not None else None
         if isinstance(req, p.Send | p.SendDirect) and isinstance(text, str) and limit:
@@ -583,6 +592,11 @@ class Client:
             if size > limit:
                 raise RequestFailed(Status.TOO_LARGE, f"message text is {size} bytes; the "
                                     f"limit is {limit}")
+            max_lines = self.info.max_text_lines if self.info is not None else 0
+            lines = text_lines(text)
+            if max_lines and lines > max_lines:
+                raise RequestFailed(Status.TOO_LARGE, f"message text is {lines} lines; the "
+                                    f"limit is {max_lines}")
         if len(body) > p.MAX_BODY_BYTES:
             raise RequestFailed(Status.TOO_LARGE, f"body of {len(body)} bytes exceeds "
                                 f"{p.MAX_BODY_BYTES}")
@@ -599,6 +613,7 @@ class Client:
         self._check_size(req, frames[3])
         fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
+        self._sent_at[request_id] = time.monotonic()
         self._reply_types[request_id] = req.REPLY
         wait = self.timeout_s if timeout_s is None else timeout_s
         try:
@@ -613,6 +628,7 @@ class Client:
                                        f"{wait:g} s") from None
         finally:
             self._pending.pop(request_id, None)
+            self._sent_at.pop(request_id, None)
             self._reply_types.pop(request_id, None)
         if isinstance(reply, p.Error):
             if (reply.status == Status.UNAUTHORIZED and req.NEEDS_SESSION
@@ -932,6 +948,13 @@ class Client:
 
     async def who(self, room: str | None = None) -> p.WhoList:
         reply: p.WhoList = await self.request(p.Who(room=room))
+        return reply
+
+    async def whois(self, name: str) -> p.UserFound:
+        """One account by name, with its presence, offline ones too (docs/PROTOCOL.md
+        §6.50). Raises RequestFailed 404 when there is no such account, 405 from a broker
+        older than WHOIS."""
+        reply: p.UserFound = await self.request(p.Whois(name=name))
         return reply
 
     async def set_presence(self, presence: str, text: str = "") -> None:

@@ -37,6 +37,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: together with its JSON envelope, well under any transport's practical message size.
 MAX_TEXT_BYTES_LIMIT = 30_000  # JSON escaping may double text; stays under MAX_BODY_BYTES
 
+#: Upper bound of ``max_text_lines``: no more lines than ``MAX_TEXT_BYTES_LIMIT`` allows
+#: line breaks (each takes a byte), so the setting never promises more than the bytes do.
+MAX_TEXT_LINES_LIMIT = MAX_TEXT_BYTES_LIMIT
+
 #: Smallest accepted scrypt cost ``N``; lower values make stored password hashes cheap to
 #: brute-force (RFC 7914 suggests 2**14 for interactive logins, our default).
 MIN_SCRYPT_N = 1024
@@ -100,6 +104,8 @@ class BrokerConfig:
     - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
     - ``admins``: account names with admin rights.
     - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..30000).
+    - ``max_text_lines``: most lines a chat text may have (1..MAX_TEXT_LINES_LIMIT):
+      one more than its line breaks (``zchat.names.text_lines``).
     - ``heartbeat_interval_s``: seconds between heartbeats a client should send (> 0).
     - ``heartbeat_timeout_s``: seconds of silence after which a session is evicted; must be
       greater than ``heartbeat_interval_s``.
@@ -140,6 +146,10 @@ class BrokerConfig:
     log_level: str = "info"
     admins: tuple[str, ...] = ()
     max_text_bytes: int = 4000
+    #: 50: what the 4,000 bytes hold as full 80-column lines, so a text with that many
+    #: lines is a log or a listing pasted whole; a limit only stops a text made of line
+    #: breaks (1,999 empty lines fit in 4,000 bytes) filling every member's screen.
+    max_text_lines: int = 50
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 30.0
     max_stored_dms: int = 1000
@@ -334,8 +344,8 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     Call it again after applying command-line flags with :func:`dataclasses.replace`.
     ``path`` only labels error messages. The rules: strings are strings and endpoints
     pass :func:`endpoint_problem` (tcp ports 1..65535); ints are ints (a bool is not an
-    int); floats are finite numbers (an int is accepted); ``max_text_bytes`` in
-    1..30000; ``heartbeat_interval_s`` MIN_HEARTBEAT_S..MAX_DURATION_S and
+    int); floats are finite numbers (an int is accepted); ``max_text_bytes`` and
+    ``max_text_lines`` in 1..30000; ``heartbeat_interval_s`` MIN_HEARTBEAT_S..MAX_DURATION_S and
     ``heartbeat_timeout_s`` > it, at most MAX_DURATION_S; ``resume_grace_s``
     0..MAX_DURATION_S; ``timeout_s`` and
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
@@ -377,6 +387,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
             "max_text_bytes",
             f"must be between 1 and {MAX_TEXT_BYTES_LIMIT}, got {b.max_text_bytes}",
         )
+    if not 1 <= b.max_text_lines <= MAX_TEXT_LINES_LIMIT:
+        fail("broker", "max_text_lines",
+             f"must be between 1 and {MAX_TEXT_LINES_LIMIT}, got {b.max_text_lines}")
     # Bounded so that every duration fits the wire's integers in ms and makes sense
     # (a tester's 1e300 s timeout made INFO unreadable; 1e-300 s advertised 0 ms).
     if not MIN_HEARTBEAT_S <= b.heartbeat_interval_s <= MAX_DURATION_S:

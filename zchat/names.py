@@ -196,13 +196,26 @@ _REFUSED_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e"
                               "\u2066-\u2069\ud800-\udfff]")
 
 
-def validate_text(text: str, max_bytes: int) -> str:
+#: What ends a line of message text as terminals and the console draw it: newline, and
+#: the Unicode line and paragraph separators (every other line-breaking control is refused).
+LINE_BREAKS = ("\n", "\u2028", "\u2029")
+
+
+def text_lines(text: str) -> int:
+    """Lines ``text`` is drawn as: one more than its line breaks (``LINE_BREAKS``), so
+    ``"a"`` is 1, ``"a\nb"`` 2 and ``"a\n"`` 2 (an empty last line still takes a row)."""
+    return 1 + sum(text.count(br) for br in LINE_BREAKS)
+
+
+def validate_text(text: str, max_bytes: int, max_lines: int = 0) -> str:
     """Return ``text`` if it may be sent as a message, else raise.
 
     Raises ProtocolError 422 when it is empty or whitespace only or holds a control
     character other than newline and tab, a bidi embedding, override or isolate
     (U+202A–U+202E, U+2066–U+2069), or an unpaired surrogate; 413 when its UTF-8
-    form exceeds ``max_bytes``. Text is never cut: an over-long message is refused whole.
+    form exceeds ``max_bytes``, or when it has more than ``max_lines`` lines
+    (``text_lines``; 0: no bound). Text is never cut: an over-long message is refused
+    whole (docs/PROTOCOL.md §12).
     """
     if all(ch.isspace() or ch in _BLANK_LOOKING or unicodedata.category(ch) in _UNSEEN
            for ch in text):
@@ -222,6 +235,11 @@ def validate_text(text: str, max_bytes: int) -> str:
     if size > max_bytes:
         raise ProtocolError(Status.TOO_LARGE,
                             f"message text is {size} bytes; the limit is {max_bytes}")
+    if max_lines:
+        lines = text_lines(text)
+        if lines > max_lines:
+            raise ProtocolError(Status.TOO_LARGE,
+                                f"message text is {lines} lines; the limit is {max_lines}")
     return text
 
 

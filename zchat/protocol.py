@@ -492,6 +492,9 @@ class InfoReply(Reply):
     heartbeat_interval_ms: int
     heartbeat_timeout_ms: int
     max_text_bytes: int
+    #: Most lines of a message text (docs/PROTOCOL.md §6.1, §12); 0 from a broker that
+    #: does not say (older than the field): no bound known.
+    max_text_lines: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +574,17 @@ class ReadState(Reply):
 @dataclass(frozen=True, slots=True)
 class WhoList(Reply):
     users: tuple[UserPresence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserFound(Reply):
+    """WHOIS's reply (§6.50): the account's name as registered, presence, away message
+    and bot flag, as a row of WHO."""
+
+    name: str
+    presence: Presence
+    text: str = ""
+    bot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,6 +787,15 @@ class Who(Request):
     TYPE: ClassVar[str] = "WHO"
     REPLY: ClassVar[type[Reply]] = WhoList
     room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Whois(Request):
+    """Look one account up by name, offline ones too (§6.50)."""
+
+    TYPE: ClassVar[str] = "WHOIS"
+    REPLY: ClassVar[type[Reply]] = UserFound
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -1033,7 +1056,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
                 CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
                 Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
                 ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword,
-                FetchDmHistory, MarkRead)
+                FetchDmHistory, MarkRead, Whois)
 }
 #: Events of a room, published on its topic, or pushed to each member session instead
 #: when the room is private (§17.2).

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prompt_toolkit.application import Application
+from prompt_toolkit.application import Application, get_app_session
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -51,6 +51,7 @@ from zchat.client import (
 )
 from zchat.console import commands as c
 from zchat.console import view as v
+from zchat.console.paste_input import PasteGroupingInput
 from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.names import name_key
 
@@ -61,8 +62,19 @@ UNANSWERED_MAX = 100
 HISTORY_ON_OPEN = 50      # messages shown when a room is opened (issue: "the last 50")
 OLDER_PAGE = 100          # messages fetched when scrolling above the loaded history
 SIDEBAR_WIDTH = 24
-MIN_WIDTH_FOR_SIDEBAR = 60  # below it the sidebar hides and the messages take the width
+#: Cells of message text the pane keeps beside the sidebar: about five words a row, the
+#: least that still reads as a chat. Narrower, the sidebar gives way (issue 13: at 60
+#: columns it left 14 cells of text).
+MIN_TEXT_BESIDE_SIDEBAR = 32
+#: Terminal width from which the sidebar shows: its column and separator, the time, the
+#: nick column and MIN_TEXT_BESIDE_SIDEBAR (78, so an 80-column terminal keeps it).
+MIN_WIDTH_FOR_SIDEBAR = (SIDEBAR_WIDTH + 1 + v.TIMESTAMP_WIDTH + 1 + v.DEFAULT_NICK_WIDTH
+                         + v.cell_width(v.SEPARATOR) + MIN_TEXT_BESIDE_SIDEBAR)
 QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even without a broker
+#: A line or request unanswered this long makes the status bar say ``no answer from the
+#: broker for 2 s``: well inside a request's timeout (5 s), long enough that a slow link's
+#: ordinary round trip does not make it flicker.
+NO_ANSWER_SHOWN_S = 2.0
 DEFAULT_ROOM = "lobby"
 
 
@@ -123,6 +135,9 @@ class ChatConsole:
         #: answered, given back to the input: sent again unchanged it carries the same id,
         #: so the broker stores it at most once even if the first try did get through.
         self._unanswered: dict[tuple[str, str], str] = {}
+        #: id() of each line shown as pending -> time.monotonic() it was sent at: the
+        #: status bar says when the broker has not answered for NO_ANSWER_SHOWN_S.
+        self._sending: dict[int, float] = {}
         self.going_away = False  # GOING_AWAY shown: the ConnectionLost after it says no more
         self._tab: c.TabCycle | None = None
         #: Timed mutes of yours by room key ("" server-wide): their end is announced.
@@ -267,8 +282,14 @@ class ChatConsole:
     def on_event(self, event: Any) -> None:
         if isinstance(event, p.MessagePosted):
             key = v.room_key(event.room)
-            if key in self.conversations:
-                self.add_line(key, v.line_from_event(event, self.me))
+            conv = self.conversations.get(key)
+            if conv is not None:
+                line = v.line_from_event(event, self.me)
+                typed = conv.pending(line.kind, line.text) if line.own else None
+                if typed is not None:  # the line you sent, in before the OK: in its place
+                    conv.settle(typed, line, self.me, active=key == self.active)
+                else:
+                    self.add_line(key, line)
         elif isinstance(event, p.DirectMessage):
             other = event.to if name_key(event.sender) == name_key(self.me) else event.sender
             key = v.dm_key(other)
@@ -508,43 +529,73 @@ class ChatConsole:
             self.error(str(exc))
         self.app.invalidate()
 
-    async def _say(self, text: str, key: str | None = None) -> None:
+    async def _say(self, text: str, key: str | None = None, *, action: bool = False,
+                   typed: str = "") -> None:
+        """Send ``text`` to the conversation ``key`` (default: the current one) as a
+        message, or with ``action`` as ``/me``. It shows at once, dim and ``(sending…)``,
+        and the stored message takes its place when the broker answers; refused or
+        unanswered, it is marked ``(not sent)``, the error says why and ``typed`` (the
+        line as typed, default ``text``) comes back to the input (docs/console.md)."""
         conv = self.conversations.get(key) if key else self.current
+        typed = typed or text
         if conv is None:
             self.error("no conversation: /join a room first")
             return
         if self._not_joined(conv):
-            self._give_back(text)
+            self._give_back(typed)
             return
-        cmid = self._unanswered.pop((conv.key, text), "") or new_cmid()
+        kind: v.LineKind = "action" if action else "message" if conv.kind == "room" else "dm"
+        unanswered_key = (conv.key, f"/me {text}" if action else text)
+        cmid = self._unanswered.pop(unanswered_key, "") or new_cmid()
         offline = self.client.state != "connected"  # then nothing goes out at all
+        conv.drop_failed(kind, text)  # sent again: the pending line stands for it
+        shown = v.classify(v.Line(kind, int(time.time() * 1000), self.me, text,
+                                  status="pending"), self.me)
+        self.add_line(conv.key, shown)
+        self._sending[id(shown)] = time.monotonic()
+        sent: v.Line
+        stored = False
         try:
             if conv.kind == "room":
                 # A rate limit or slow mode is shown at once with its wait, and the line
                 # comes back to the input, rather than the console waiting silently.
-                await self.client.send(conv.title, text, cmid=cmid, patient=False)
+                reply = await self.client.send(conv.title, text,
+                                               kind="action" if action else "text",
+                                               cmid=cmid, patient=False)
+                sent = v.Line(kind, reply.time, self.me, text, reply.seq)
             else:
-                await self._dm(conv.title, text, cmid)
+                dm = await self.client.dm(conv.title, text, cmid, patient=False)
+                sent = v.Line("dm", dm.time, self.me, text, dm.id)
+                stored = dm.delivered == "stored"
         except RequestFailed:
-            self._give_back(text)  # refused: to fix and resend
+            conv.settle(shown, None, self.me, active=conv.key == self.active)
+            self._give_back(typed)  # refused: to fix and resend
             raise
         except ConnectionFailed as exc:
+            conv.settle(shown, None, self.me, active=conv.key == self.active)
             # No answer: it may or may not have been stored. Kept with its cmid, so that
             # sending the same line again (given back, or recalled with Up) is safe
             # (docs/console.md, "Reconnecting").
             if len(self._unanswered) >= UNANSWERED_MAX:
                 self._unanswered.clear()
-            self._unanswered[(conv.key, text)] = cmid
+            self._unanswered[unanswered_key] = cmid
             if offline:
                 what = "not sent: the broker is lost, reconnecting"
             else:
                 what = f"not sent, no answer from the broker ({exc})"
-            if self._give_back(text):
+            if self._give_back(typed):
                 how = "press Enter to send it again"
             else:  # something else is being typed: say which line, and where it is
-                shown = text if len(text) <= 40 else text[:39] + "…"
-                how = f"{shown!r} is in the input history (Up) to send again"
+                short = typed if len(typed) <= 40 else typed[:39] + "…"
+                how = f"{short!r} is in the input history (Up) to send again"
             raise ConnectionFailed(f"{what}; {how}: it is stored at most once") from None
+        finally:
+            self._sending.pop(id(shown), None)
+            self.app.invalidate()
+        conv.settle(shown, sent, self.me, active=conv.key == self.active)
+        if stored:
+            self.info(f"{conv.title} is offline; they get it at their next login",
+                      key=conv.key)
 
     def _give_back(self, text: str) -> bool:
         """Put a line that was not sent back into the input, to fix and resend, unless
@@ -555,14 +606,6 @@ class ChatConsole:
             self.input_buffer.cursor_position = len(text)
             return True
         return False
-
-    async def _dm(self, to: str, text: str, cmid: str = "") -> None:
-        reply = await self.client.dm(to, text, cmid, patient=False)
-        key = v.dm_key(to)
-        self.conversation(key, to, "dm")
-        self.add_line(key, v.Line("dm", reply.time, self.me, text, reply.id))
-        if reply.delivered == "stored":
-            self.info(f"{to} is offline; they get it at their next login", key=key)
 
     def on_paste(self, data: str) -> None:
         paste = c.paste_to_message(data, self.paste_confirm_lines)
@@ -588,38 +631,62 @@ class ChatConsole:
             reply = await client.join(cmd.room, private=cmd.private)
             await self.open_room(reply.room, reply.topic, activate=True, joined=True)
         elif isinstance(cmd, c.Part):
+            if cmd.room is None and conv is not None and conv.kind == "dm":
+                self._close(conv.key)  # as WeeChat: /part in a private buffer closes it
+                return
             room = cmd.room or (conv.title if conv and conv.kind == "room" else None)
             if room is None:
                 self.error("/part needs a ROOM here")
                 return
-            key = v.room_key(room)
-            parted = self.conversations.get(key)
-            if parted is None or parted.joined:  # a room you were removed from: just close
-                await client.part(room)
-            if key in self.conversations:
-                del self.conversations[key]
-                self.order.remove(key)
-                if self.active == key:
-                    self.active = None
-                    if self.order:
-                        self.switch(self.order[0])
-        elif isinstance(cmd, c.Msg):
-            await self._dm(cmd.user, cmd.text)
-            self.switch(v.dm_key(cmd.user))
+            await self._part(room)
+        elif isinstance(cmd, c.Close):
+            if conv is None:
+                self.error("no conversation to close")
+            elif conv.kind == "dm":
+                self._close(conv.key)
+            else:
+                await self._part(conv.title)
+        elif isinstance(cmd, c.Msg | c.Query):
+            key = await self._open_dm(cmd.user, typed)
+            if key is None:
+                return
+            self.switch(key)
+            if cmd.text:
+                await self._say(cmd.text, key, typed=typed)
+        elif isinstance(cmd, c.Whois):
+            found = await client.whois(cmd.user)
+            self.info(f"{found.name} is {found.presence}"
+                      + (f": {found.text}" if found.text else "")
+                      + (" [bot]" if found.bot else ""))
+        elif isinstance(cmd, c.Names):
+            if conv is None or conv.kind != "room":
+                self.error("/names works in rooms")
+                return
+            if self._not_joined(conv):
+                return
+            users = (await client.who(conv.title)).users
+            rank = {"online": 0, "away": 1, "offline": 2}
+            shown = [u.name + ("" if u.presence == "online" else f" ({u.presence})")
+                     for u in sorted(users, key=lambda u: (rank.get(u.presence, 3),
+                                                           name_key(u.name)))]
+            self.info(f"#{conv.title}, {_count(len(users), 'member')}: " + ", ".join(shown))
+        elif isinstance(cmd, c.Window):
+            order = self.sidebar_order()
+            if cmd.number > len(order):
+                self.error(f"there is no conversation {cmd.number}: the sidebar lists "
+                           f"{len(order)}")
+                return
+            self.switch(order[cmd.number - 1])
         elif isinstance(cmd, c.Me):
             if conv is None or conv.kind != "room":
                 self.error("/me works in rooms")
                 return
-            if self._not_joined(conv):
-                self._give_back(typed)
-                return
-            await client.send(conv.title, cmd.text, kind="action", patient=False)
+            await self._say(cmd.text, conv.key, action=True, typed=typed)
         elif isinstance(cmd, c.Who):
             room = conv.title if conv and conv.kind == "room" else None
             users = (await client.who(room)).users
             where = f"#{room}" if room else "online"
-            self.info(f"{len(users)} {'member' if room else 'account'}"
-                      f"{'s' if len(users) != 1 else ''} {where}:")
+            self.info(f"{_count(len(users), 'member' if room else 'account')} {where}:")
             for u in users:
                 if conv is not None and room:
                     conv.set_member(u.name, u.presence, bot=u.bot, text=u.text)
@@ -628,11 +695,11 @@ class ChatConsole:
         elif isinstance(cmd, c.Rooms):
             rooms = (await client.list_rooms()).rooms
             self.known_rooms = {r.room for r in rooms}
-            self.info(f"{len(rooms)} rooms:")
+            self.info(f"{_count(len(rooms), 'room')}:")
             for r in rooms:
                 mark = "*" if r.joined else " "
                 topic = f" — {r.topic}" if r.topic else ""
-                self.info(f" {mark}#{r.room} ({r.members} members){topic}")
+                self.info(f" {mark}#{r.room} ({_count(r.members, 'member')}){topic}")
         elif isinstance(cmd, c.Topic):
             if conv is None or conv.kind != "room":
                 self.error("/topic works in rooms")
@@ -668,7 +735,7 @@ class ChatConsole:
                                       self.me)
             self.info(f"loaded {added} older message{'s' if added != 1 else ''}")
         elif isinstance(cmd, c.Switch):
-            self._switch_to_name(cmd.target)
+            await self._switch_to_name(cmd.target)
         elif isinstance(cmd, c.Clear):
             if conv is not None:
                 conv.clear()
@@ -723,17 +790,70 @@ class ChatConsole:
         if a in ("ban", "unban", "mute", "unmute", "invite", "op", "deop"):
             self.info(f"{a} {cmd.user} in #{room}: done")
 
-    def _switch_to_name(self, target: str) -> None:
+    async def _switch_to_name(self, target: str) -> None:
+        """/switch: ``@name`` is the DM conversation with name, opened if the account
+        exists (``_open_dm``); a bare name a room you are in, else the DM conversation
+        already open with someone of that name."""
         if target.startswith("@"):
-            name = target[1:]
-            key = v.dm_key(name)
-            self.conversation(key, name, "dm")
-        else:
-            key = v.room_key(target)
-        if key not in self.conversations:
-            self.error(f"not in {target}: /join it first")
+            key = await self._open_dm(target[1:])
+            if key is not None:
+                self.switch(key)
             return
-        self.switch(key)
+        for key in (v.room_key(target), v.dm_key(target)):
+            if key in self.conversations:
+                self.switch(key)
+                return
+        self.error(f"you are not in #{target}; /join {target} to join it, or "
+                   f"/query {target} to talk with someone of that name")
+
+    async def _open_dm(self, name: str, typed: str = "") -> str | None:
+        """The key of the DM conversation with ``name``, opened first when new, after the
+        broker said the account exists (WHOIS; a broker older than it, 405, is taken at
+        its word). None when there is no such account: an error line says so and
+        ``typed`` (the command as typed) comes back to the input to fix."""
+        key = v.dm_key(name)
+        if key in self.conversations:
+            return key
+        try:
+            title = (await self.client.whois(name)).name
+        except RequestFailed as exc:
+            if exc.status == Status.NOT_FOUND:
+                self.error(f"refused: {exc.reason} ({int(exc.status)})")
+                self._give_back(typed)  # to fix the name
+                return None
+            if exc.status != Status.UNKNOWN_COMMAND:
+                self._give_back(typed)
+                raise
+            title = name
+        except ZchatError:
+            self._give_back(typed)
+            raise
+        self.conversation(key, title, "dm")
+        return key
+
+    def _close(self, key: str) -> None:
+        """Take a conversation out of the sidebar; the one before it in the sidebar's
+        order is shown when it was the current one. Nothing is asked of the broker."""
+        order = self.sidebar_order()
+        at = order.index(key) if key in order else 0
+        self.conversations.pop(key, None)
+        if key in self.order:
+            self.order.remove(key)
+        if self.active == key:
+            self.active = None
+            left = self.sidebar_order()
+            if left:
+                self.switch(left[max(0, at - 1)])
+        self.app.invalidate()
+
+    async def _part(self, room: str) -> None:
+        """Leave ``room`` and close its conversation; a room you were removed from is
+        only closed (the broker would refuse the PART)."""
+        key = v.room_key(room)
+        parted = self.conversations.get(key)
+        if parted is None or parted.joined:
+            await self.client.part(room)
+        self._close(key)
 
     async def _load_room_names(self) -> None:
         """Every room on the broker, so that /join completes rooms not joined yet."""
@@ -827,7 +947,20 @@ class ChatConsole:
             wait = left if left >= 0.5 else None  # trying now: "reconnecting…"
         rtt = self.client.rtt_s * 1000 if self.client.rtt_s is not None else None
         return [v.render_status(self.me, room, conv.topic if conv else "", self.state, wait,
-                                rtt, width, activity=self._activity())]
+                                rtt, width, activity=self._activity(),
+                                unanswered_s=self._unanswered_for())]
+
+    def _unanswered_for(self) -> float | None:
+        """Seconds the oldest line shown pending, or request of the client (a heartbeat
+        too), has waited for the broker, when that is NO_ANSWER_SHOWN_S or more; else
+        None. A line waiting to be tried again after a request timed out still counts."""
+        since = [*self._sending.values()]
+        if self.client.unanswered_since is not None:
+            since.append(self.client.unanswered_since)
+        if not since:
+            return None
+        waited = time.monotonic() - min(since)
+        return waited if waited >= NO_ANSWER_SHOWN_S else None
 
     def _activity(self) -> str:
         """Other conversations with unread messages, mentions first (`!`), like WeeChat's
@@ -885,9 +1018,12 @@ class ChatConsole:
             VSplit([Window(width=1, char="│", style="class:separator"), sidebar]),
             filter=wide)]), status, entry])
         style = Style.from_dict({**v.DEFAULT_STYLE, "prompt": "bold"})
+        # Several lines in one read are a paste, even without bracketed paste: a pasted
+        # "/quit" line must not run (zchat/console/paste_input.py).
+        grouped = PasteGroupingInput(input if input is not None else get_app_session().input)
         return Application(layout=Layout(root, focused_element=entry),
                            key_bindings=self._bindings(), style=style, full_screen=True,
-                           mouse_support=mouse, refresh_interval=0.5, input=input,
+                           mouse_support=mouse, refresh_interval=0.5, input=grouped,
                            output=output)
 
     def _page(self) -> int:
@@ -926,6 +1062,17 @@ class ChatConsole:
         def _alt_end(event: KeyPressEvent) -> None:
             if self.current:
                 self.current.scroll_to_end()
+
+        @kb.add("c-z", eager=True)
+        def _suspend(event: KeyPressEvent) -> None:
+            # As other terminal programs: the terminal back in cooked mode, SIGTSTP to the
+            # process group; on SIGCONT (fg) raw mode again and the screen redrawn.
+            event.app.suspend_to_background()
+
+        @kb.add("c-o", eager=True)
+        def _fold(event: KeyPressEvent) -> None:
+            if self.current:  # long messages whole, or folded again
+                self.current.toggle_fold()
 
         @kb.add("c-n", eager=True)
         def _next(event: KeyPressEvent) -> None:
@@ -1022,6 +1169,11 @@ class ChatConsole:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
             await self.client.close()
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 member``, ``3 members``: a count with its noun."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- before the screen: logging in -------------------------------------------------------------

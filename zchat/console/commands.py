@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from zchat.console.view import pad_cells
 from zchat.protocol import MAX_BAN_S, MAX_SLOW_MODE_S
 
 #: Largest /history page, the broker's own limit (docs/PROTOCOL.md §6.9).
@@ -74,6 +73,47 @@ class Msg(Command):
     NAME: ClassVar[str] = "msg"
     user: str
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Command):
+    """Open the DM conversation with ``user`` (IRC's /query) and show it; send ``text``
+    there when given (``""``: none)."""
+
+    NAME: ClassVar[str] = "query"
+    user: str
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Whois(Command):
+    """Show one account's presence, offline ones too."""
+
+    NAME: ClassVar[str] = "whois"
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Names(Command):
+    """List the names of the current room's members on a few lines (IRC's /names)."""
+
+    NAME: ClassVar[str] = "names"
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Command):
+    """Close the current conversation: a DM conversation goes from the sidebar; a room
+    is left (/part) and goes too."""
+
+    NAME: ClassVar[str] = "close"
+
+
+@dataclass(frozen=True, slots=True)
+class Window(Command):
+    """Show the ``number``-th conversation as the sidebar lists them (from 1)."""
+
+    NAME: ClassVar[str] = "window"
+    number: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +251,8 @@ class CommandSpec:
     summary: str
     help: str
     build: Callable[[dict[str, str]], Command]
+    #: The heading ``/help`` lists it under (``HELP_GROUPS``).
+    group: str = "rooms"
 
     @property
     def usage(self) -> str:
@@ -233,6 +275,12 @@ def _user(word: str) -> str:
     if not user:
         raise ValueError("a user name is missing after '@'")
     return user
+
+
+def _window(word: str) -> int:
+    if not (word.isascii() and word.isdigit()) or int(word) < 1:
+        raise ValueError(f"N must be a whole number from 1, not {word!r}")
+    return int(word)
 
 
 def _count(word: str) -> int:
@@ -304,7 +352,7 @@ def _timed(action: str) -> Callable[[dict[str, str]], Command]:
 
 
 def _delete(a: dict[str, str]) -> Command:
-    word = a["SEQ_OR_NICK"]
+    word = a["TARGET"]
     if word.isascii() and word.isdigit():
         return Moderate("delete", seq=int(word))
     return Moderate("delete", user=_user(word))
@@ -332,6 +380,29 @@ def _opt(args: dict[str, str], key: str) -> str | None:
 
 _ROOM = Param("ROOM")
 _SPECS: tuple[CommandSpec, ...] = (
+    CommandSpec("msg", (Param("USER"), Param("TEXT", rest=True)),
+                "send a direct message",
+                "Sends TEXT to USER (bob or @bob) directly and opens your conversation with "
+                "them. A user who is offline receives it when they next log in; a name "
+                "with no account is refused.",
+                lambda a: Msg(_user(a["USER"]), a["TEXT"]), "talk"),
+    CommandSpec("query", (Param("USER"), Param("TEXT", required=False, rest=True)),
+                "open a direct conversation",
+                "Opens your direct-message conversation with USER (bob or @bob) and shows "
+                "it; with TEXT, sends it there. A name with no account is refused.",
+                lambda a: Query(_user(a["USER"]), a.get("TEXT", "")), "talk"),
+    CommandSpec("me", (Param("TEXT", rest=True),), "send an action",
+                "Sends TEXT as an action, shown as '* alice TEXT'.",
+                lambda a: Me(a["TEXT"]), "talk"),
+    CommandSpec("whois", (Param("USER"),), "show someone's presence",
+                "Shows whether USER (bob or @bob) is online, away (with the away "
+                "message) or offline, and whether it is a bot.",
+                lambda a: Whois(_user(a["USER"])), "talk"),
+    CommandSpec("close", (), "close this conversation",
+                "Closes the current conversation: a direct one goes from the sidebar "
+                "(its messages come back with the next one); in a room, it leaves the "
+                "room as /part does.",
+                lambda a: Close(), "talk"),
     CommandSpec("join", (_ROOM, Param("PRIVATE", required=False, label="private")),
                 "join a room and switch to it",
                 "Joins ROOM (written dev or #dev), creating it if it does not exist, and "
@@ -340,29 +411,34 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "lines cross the public channel.",
                 lambda a: Join(_room(a["ROOM"]), _private_word(a.get("PRIVATE", "")))),
     CommandSpec("part", (Param("ROOM", required=False),), "leave a room",
-                "Leaves ROOM, or the current room when none is given. You stop receiving "
-                "its messages; /join it again to come back.",
+                "Leaves ROOM, or the current room when none is given, and closes its "
+                "conversation. You stop receiving its messages; /join it again to come "
+                "back. In a direct conversation, closes it (/close).",
                 lambda a: Part(_room(a["ROOM"]) if a.get("ROOM") else None)),
-    CommandSpec("msg", (Param("USER"), Param("TEXT", rest=True)),
-                "send a direct message",
-                "Sends TEXT to USER (bob or @bob) directly and opens your conversation with "
-                "them. A user who is offline receives it when they next log in.",
-                lambda a: Msg(_user(a["USER"]), a["TEXT"])),
-    CommandSpec("me", (Param("TEXT", rest=True),), "send an action",
-                "Sends TEXT as an action, shown as '* alice TEXT'.",
-                lambda a: Me(a["TEXT"])),
-    CommandSpec("who", (), "list the room's members",
+    CommandSpec("names", (), "list the room's members",
+                "Lists the names of the current room's members on a few lines, online "
+                "first, with (away) and (offline) marked. /who gives one line each.",
+                lambda a: Names()),
+    CommandSpec("who", (), "list the members with presence",
                 "Lists the members of the current room with their presence "
                 "(online, away with its message, offline) and marks bots.",
                 lambda a: Who()),
-    CommandSpec("rooms", (), "list rooms",
-                "Lists the broker's rooms with their member counts and topics; rooms "
-                "you are in are marked.",
-                lambda a: Rooms()),
     CommandSpec("topic", (Param("TEXT", required=False, rest=True),),
                 "show or set the room's topic",
                 "Without TEXT, shows the current room's topic; with TEXT, sets it.",
                 lambda a: Topic(_opt(a, "TEXT"))),
+    CommandSpec("rooms", (), "list the broker's rooms",
+                "Lists the broker's rooms with their member counts and topics; rooms "
+                "you are in are marked.",
+                lambda a: Rooms()),
+    CommandSpec("history", (Param("N"),), "load older messages",
+                f"Loads up to N (1 to {MAX_HISTORY}) messages older than the oldest one "
+                "shown in the current room. Scrolling above the top does the same.",
+                lambda a: History(_count(a["N"]))),
+    CommandSpec("clear", (), "clear the pane",
+                "Clears the current conversation's pane. Nothing is deleted on the "
+                "broker; /history loads messages again.",
+                lambda a: Clear()),
     CommandSpec("slow", (Param("SECONDS", required=False),),
                 "show or set the room's slow mode",
                 "Without SECONDS, shows the current room's slow mode; with SECONDS, lets "
@@ -370,87 +446,103 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "there (0 turns it off). Only the room's moderators, its owner and broker "
                 "admins may set it, and they are exempt.",
                 lambda a: Slow(_seconds(a["SECONDS"]) if a.get("SECONDS") else None)),
+    CommandSpec("switch", (Param("TARGET"),), "show another conversation",
+                "Switches to a room you are in (dev or #dev) or to the direct-message "
+                "conversation with a user (@bob), opening it if the account exists.",
+                lambda a: Switch(a["TARGET"][1:] if a["TARGET"].startswith("#")
+                                 else a["TARGET"]), "moving"),
+    CommandSpec("window", (Param("N"),), "show the N-th conversation",
+                "Shows the N-th conversation as the sidebar lists them, rooms first, "
+                "then direct ones (as Alt-1 … Alt-9 do).",
+                lambda a: Window(_window(a["N"])), "moving"),
+    CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
+                "Sets your presence to away, with TEXT as the away message if given. "
+                "/back returns to online.",
+                lambda a: Away(a.get("TEXT", "")), "you"),
+    CommandSpec("back", (), "mark yourself online",
+                "Sets your presence back to online after /away.",
+                lambda a: Back(), "you"),
+    CommandSpec("quit", (Param("TEXT", required=False, rest=True),), "leave zchat",
+                "Logs out and closes the console; TEXT is the quit message others see "
+                "when this was your last session.",
+                lambda a: Quit(a.get("TEXT", "")), "you"),
+    CommandSpec("help", (Param("CMD", required=False),), "show help",
+                "Without CMD, lists the commands; with CMD (join or /join), shows its "
+                "help; /help keys lists the keys. Type // at the start of a line to send "
+                "a message starting with /.",
+                lambda a: Help(a["CMD"].lstrip("/").casefold() if a.get("CMD") else None),
+                "you"),
     CommandSpec("kick", (Param("NICK"), Param("REASON", required=False, rest=True)),
                 "remove someone from the room",
                 "Removes NICK from the current room (moderators). They may join again "
                 "unless banned.",
-                lambda a: Moderate("kick", _user(a["NICK"]), a.get("REASON", ""))),
+                lambda a: Moderate("kick", _user(a["NICK"]), a.get("REASON", "")),
+                "moderation"),
     CommandSpec("ban", (Param("NICK"), Param("REST", required=False, rest=True,
                                                 label="DURATION] [REASON")),
                 "ban someone from the room",
                 "Bans NICK from the current room (moderators): /ban NICK [DURATION] "
                 "[REASON], DURATION like 10m, 2h, 7d (none: until /unban).",
-                _timed("ban")),
+                _timed("ban"), "moderation"),
     CommandSpec("unban", (Param("NICK"),), "lift a ban",
                 "Lifts NICK's ban from the current room.",
-                lambda a: Moderate("unban", _user(a["NICK"]))),
+                lambda a: Moderate("unban", _user(a["NICK"])), "moderation"),
     CommandSpec("mute", (Param("NICK"), Param("REST", required=False, rest=True,
                                                  label="DURATION] [REASON")),
                 "stop someone posting here",
                 "Mutes NICK in the current room (moderators): /mute NICK [DURATION] "
                 "[REASON]. They still read.",
-                _timed("mute")),
+                _timed("mute"), "moderation"),
     CommandSpec("unmute", (Param("NICK"),), "lift a mute",
                 "Lifts NICK's mute in the current room.",
-                lambda a: Moderate("unmute", _user(a["NICK"]))),
+                lambda a: Moderate("unmute", _user(a["NICK"])), "moderation"),
     CommandSpec("invite", (Param("NICK"),), "invite someone to the room",
                 "Invites NICK to the current room (moderators); needed to join a private "
                 "room.",
-                lambda a: Moderate("invite", _user(a["NICK"]))),
+                lambda a: Moderate("invite", _user(a["NICK"])), "moderation"),
     CommandSpec("op", (Param("NICK"),), "make someone a moderator",
                 "Makes NICK a moderator of the current room (its owner, admins).",
-                lambda a: Moderate("op", _user(a["NICK"]))),
+                lambda a: Moderate("op", _user(a["NICK"])), "moderation"),
     CommandSpec("deop", (Param("NICK"),), "make a moderator a member",
                 "Makes NICK a plain member of the current room again.",
-                lambda a: Moderate("deop", _user(a["NICK"]))),
+                lambda a: Moderate("deop", _user(a["NICK"])), "moderation"),
     CommandSpec("lock", (), "only moderators may post",
                 "Locks the current room: only its moderators post (classroom or "
                 "announcement mode). /unlock ends it.",
-                lambda a: Moderate("lock")),
+                lambda a: Moderate("lock"), "moderation"),
     CommandSpec("unlock", (), "everyone may post again",
                 "Unlocks the current room.",
-                lambda a: Moderate("unlock")),
-    CommandSpec("private", (Param("ON_OFF"),), "make the room invite-only or public",
+                lambda a: Moderate("unlock"), "moderation"),
+    CommandSpec("private", (Param("ON_OFF", label="on|off"),),
+                "make the room invite-only or public",
                 "/private on makes the current room invite-only (its owner, admins); its "
                 "traffic then goes to members only. /private off makes it public.",
-                lambda a: Moderate("private", on=_on_off(a["ON_OFF"]))),
-    CommandSpec("delete", (Param("SEQ_OR_NICK"),), "delete a message",
-                "Deletes message number SEQ of the current room, or the last message of "
-                "NICK shown here. Moderators delete any; you may delete your own.",
-                _delete),
-    CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
-                "Sets your presence to away, with TEXT as the away message if given. "
-                "/back returns to online.",
-                lambda a: Away(a.get("TEXT", ""))),
-    CommandSpec("back", (), "mark yourself online",
-                "Sets your presence back to online after /away.",
-                lambda a: Back()),
-    CommandSpec("history", (Param("N"),), "load older messages",
-                f"Loads up to N (1 to {MAX_HISTORY}) messages older than the oldest one "
-                "shown in the current room. Scrolling above the top does the same.",
-                lambda a: History(_count(a["N"]))),
-    CommandSpec("switch", (Param("TARGET"),), "show another conversation",
-                "Switches to a room (dev or #dev) or to the direct-message conversation "
-                "with a user (@bob).",
-                lambda a: Switch(a["TARGET"][1:] if a["TARGET"].startswith("#")
-                                 else a["TARGET"])),
-    CommandSpec("clear", (), "clear the pane",
-                "Clears the current conversation's pane. Nothing is deleted on the "
-                "broker; /history loads messages again.",
-                lambda a: Clear()),
-    CommandSpec("quit", (Param("TEXT", required=False, rest=True),), "leave zchat",
-                "Logs out and closes the console.",
-                lambda a: Quit(a.get("TEXT", ""))),
-    CommandSpec("help", (Param("CMD", required=False),), "show help",
-                "Without CMD, lists the commands; with CMD (join or /join), shows its "
-                "help. Type // at the start of a line to send a message starting with /.",
-                lambda a: Help(a["CMD"].lstrip("/").casefold() if a.get("CMD") else None)),
+                lambda a: Moderate("private", on=_on_off(a["ON_OFF"])), "moderation"),
+    CommandSpec("delete", (Param("TARGET", label="SEQ|NICK"),), "delete a message",
+                "/delete SEQ deletes message number SEQ of the current room; /delete NICK "
+                "deletes the last message of NICK shown here. Moderators delete any; you "
+                "may delete your own.",
+                _delete, "moderation"),
 )
 
 #: The command table, name -> spec, in help order.
 COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in _SPECS}
 #: Other spellings accepted by ``parse_input`` (not offered by completion).
-ALIASES: dict[str, str] = {"j": "join", "leave": "part", "exit": "quit"}
+ALIASES: dict[str, str] = {"j": "join", "leave": "part", "exit": "quit", "list": "rooms"}
+#: ``/help``'s headings, in order: a short overview that fits a 24-row terminal, with
+#: ``/help CMD`` for the detail.
+HELP_GROUPS: dict[str, str] = {"talk": "talk", "rooms": "rooms", "moving": "move",
+                               "you": "you", "moderation": "moderate"}
+#: ``/help keys``: the keys of the console (docs/console.md, "Keys"), a few to a line.
+KEYS_HELP: tuple[str, ...] = (
+    "Enter sends; Up/Down walk the lines you entered; Tab completes",
+    "PageUp/PageDown scroll; End (Alt-End) back to the newest",
+    "Alt-1 … Alt-9, Ctrl-N/Ctrl-P: another conversation",
+    "Ctrl-O: long messages whole, or folded again",
+    "Ctrl-A/Ctrl-E start/end; Ctrl-W word, Ctrl-U/Ctrl-K line",
+    "Esc cancels a paste waiting for Enter",
+    "Ctrl-Z suspends (fg resumes); Ctrl-C, or Ctrl-D on an empty line, quits",
+)
 
 
 def _resolve(name: str) -> CommandSpec | None:
@@ -470,7 +562,8 @@ def _split_args(spec: CommandSpec, argtext: str) -> dict[str, str] | ParseError:
             rest = rest.lstrip()
         if not word:
             if prm.required:
-                return ParseError(f"/{spec.name} needs {prm.name} — usage: {spec.usage}")
+                return ParseError(f"/{spec.name} needs {prm.label or prm.name} — usage: "
+                                  f"{spec.usage}")
             continue
         values[prm.name] = word
     if rest.strip():
@@ -509,14 +602,27 @@ def parse_input(text: str) -> ParseResult | None:
 
 
 def help_text(cmd: str | None = None) -> list[str]:
-    """Lines of help: without ``cmd``, one line per command (usage padded to a column, then
-    the summary); with ``cmd`` (``join``, ``/join`` or an alias), its usage, summary and
-    longer help; for an unknown ``cmd``, one line saying so."""
+    """Lines of help.
+
+    Without ``cmd``: a short overview, one line per group of commands (``HELP_GROUPS``:
+    ``talk: /msg /query /me /close``, aliases in brackets), then how to learn more — a
+    dozen lines, so that it fits a 24-row terminal even with the sidebar. With ``cmd``
+    (``join``, ``/join`` or an alias): its usage, summary and longer help; ``keys``:
+    ``KEYS_HELP``; an unknown ``cmd``: one line saying so."""
     if cmd is None:
-        col = max(len(spec.usage) for spec in _SPECS) + 2
-        lines = [pad_cells(spec.usage, col) + spec.summary for spec in _SPECS]
-        lines.append("Type // to send a line starting with /. /help CMD tells more.")
+        lines = ["/help CMD explains one command, /help keys lists the keys."]
+        for group, heading in HELP_GROUPS.items():
+            names = []
+            for row in _SPECS:
+                if row.group != group:
+                    continue
+                aliases = [a for a, n in ALIASES.items() if n == row.name and len(a) > 1]
+                names.append(f"/{row.name}" + "".join(f" (/{a})" for a in aliases))
+            lines.append(f"{heading}: {' '.join(names)}")
+        lines.append("// at the start of a line sends a line starting with /.")
         return lines
+    if cmd.lstrip("/").casefold() == "keys":
+        return list(KEYS_HELP)
     spec = _resolve(cmd.lstrip("/"))
     if spec is None:
         return [f"unknown command /{cmd.lstrip('/')} — try /help"]
@@ -554,7 +660,8 @@ def complete(text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[st
     - ``/jo`` at the start of the line: command names → ``/join ``;
     - the argument of ``/join``, ``/part``, ``/switch``: ``rooms`` (``#de`` → ``#dev ``;
       ``/switch`` also takes ``@name`` entries the app puts in ``rooms``);
-    - the argument of ``/msg``: ``nicks`` (``@`` kept when typed); of ``/help``: commands;
+    - the argument of ``/msg``, ``/query``, ``/whois``: ``nicks`` (``@`` kept when typed);
+      of ``/help``: commands (and ``keys``);
     - anywhere else: ``nicks``; at the start of the line the nick is followed by ``": "``
       (``al`` → ``alice: ``), elsewhere by a space.
 
@@ -584,12 +691,13 @@ def complete(text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[st
                 if spec.name == "switch" and word.startswith("@"):
                     return done(_matches(word, bare, "", " "))
                 return done(_matches(word[len(lead):], bare, lead, " "))
-            if spec.name == "msg":
+            if spec.name in ("msg", "query", "whois"):
                 lead = "@" if word.startswith("@") else ""
                 return done(_matches(word[len(lead):], nicks, lead, " "))
             if spec.name == "help":
                 lead = "/" if word.startswith("/") else ""
-                return done(_matches(word[len(lead):], cmd_names, lead, " "))
+                topics = cmd_names if lead else [*cmd_names, "keys"]
+                return done(_matches(word[len(lead):], topics, lead, " "))
     lead = "@" if word.startswith("@") else ""
     suffix = ": " if start == 0 and not lead else " "
     return done(_matches(word[len(lead):], nicks, lead, suffix))

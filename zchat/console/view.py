@@ -38,6 +38,9 @@ from zchat.names import name_key
 Fragment = tuple[str, str]
 Row = list[Fragment]
 LineKind = Literal["message", "action", "notice", "error", "info", "dm"]
+#: Of a line you typed: "" (sent, or not yours), "pending" (sent, no answer yet) or
+#: "failed" (not sent: refused, or no answer in time).
+SendStatus = Literal["", "pending", "failed"]
 ConversationKind = Literal["room", "dm"]
 Presence = Literal["online", "away", "offline"]
 ConnectionState = Literal["connected", "reconnecting", "disconnected"]
@@ -55,10 +58,19 @@ TIMESTAMP_WIDTH = 5
 DEFAULT_NICK_WIDTH = 12
 #: Between the nick column and the text column.
 SEPARATOR = " │ "
-#: Shown at the end of a nick cut to fit its column.
+#: Shown where text was cut: at the end of a topic, in the middle of a name
+#: (``truncate_middle``).
 ELLIPSIS = "…"
 #: Text column narrower than this makes the layout drop the timestamp, then the columns.
 MIN_TEXT_WIDTH = 10
+#: A line taking more rows than this is folded (``render_line``'s ``fold_rows``): its first
+#: FOLD_ROWS - 1 rows, then ``… 37 more lines (Ctrl-O unfolds)``. Ten rows show a code
+#: snippet or a short paste whole and stay under half of a 24-row terminal's pane, so one
+#: long message (up to the broker's ``max_text_lines``, 50 by default, or 4,000 bytes
+#: wrapped) never fills the screen (issue 13).
+FOLD_ROWS = 10
+#: Key that unfolds (and folds again) long lines, as the fold row names it.
+FOLD_KEY = "Ctrl-O"
 
 #: Nick colours: style class name -> colour. Mid-luminance 256-colour-cube values, each
 #: readable on both a dark and a light background (no pure yellow, white, black or grey).
@@ -87,6 +99,8 @@ DEFAULT_STYLE: dict[str, str] = {
     "text": "",
     "own": "",
     "own nick": "bold",
+    "pending": "#808080",
+    "failed": "#d75f5f",
     "mention": "bold",
     "mention text": "#d7005f bold",
     "notice": "#808080",
@@ -95,6 +109,7 @@ DEFAULT_STYLE: dict[str, str] = {
     "marker": "",
     "day": "#808080",
     "more": "reverse",
+    "fold": "#808080 italic",
     "sidebar": "",
     "sidebar.heading": "bold underline",
     "sidebar.active": "reverse",
@@ -111,6 +126,7 @@ DEFAULT_STYLE: dict[str, str] = {
     "status.topic": "reverse",
     "status.connected": "reverse",
     "status.reconnecting": "reverse #af8700",
+    "status.unanswered": "reverse #af8700",
     "status.disconnected": "reverse #d70000",
 }
 
@@ -278,6 +294,37 @@ def truncate_cells(text: str, width: int, ellipsis: str = ELLIPSIS) -> str:
     return "".join(out) + ellipsis
 
 
+def truncate_middle(text: str, width: int, ellipsis: str = ELLIPSIS) -> str:
+    """``text`` cut to at most ``width`` cells by taking out its middle: its start, then
+    ``ellipsis``, then its end, the start getting the odd cell. Names that share a
+    beginning stay apart (``alexander_the_great`` and ``alexander_the_small`` in 12
+    cells: ``alexan…great``, ``alexan…small``), as they would not cut at the end. Too
+    narrow for both ends (``width`` < 3), it is ``truncate_cells``."""
+    if width <= 0:
+        return ""
+    if cell_width(text) <= width:
+        return text
+    ell_w = cell_width(ellipsis)
+    if width < ell_w + 2:
+        return truncate_cells(text, width, ellipsis)
+    units = list(clusters(text))
+    room = width - ell_w
+    head: list[str] = []
+    used = 0
+    for unit, w in units:
+        if used + w > (room + 1) // 2:
+            break
+        head.append(unit)
+        used += w
+    tail: list[str] = []
+    for unit, w in reversed(units[len(head):]):
+        if used + w > room:
+            break
+        tail.append(unit)
+        used += w
+    return "".join(head) + ellipsis + "".join(reversed(tail))
+
+
 def pad_cells(text: str, width: int, align: Literal["left", "right"] = "left") -> str:
     """``text`` padded with spaces to exactly ``width`` cells (cut first when longer)."""
     text = truncate_cells(text, width)
@@ -408,6 +455,10 @@ class Line:
     - ``marker``: the nick column of notice/error/info lines (default by kind:
       ``--`` notice and info, ``=!=`` error; ``-->``/``<--`` for joins/leaves).
     - ``own``/``mention``: set by ``classify``.
+    - ``status``: of a line you typed, shown before the broker answers: ``pending``
+      (drawn dim, ``(sending…)`` after the text) until the real message replaces it, or
+      ``failed`` (``(not sent)``) when it was refused or never answered
+      (``Conversation.settle``). ``""`` for every other line.
     """
 
     kind: LineKind
@@ -418,7 +469,11 @@ class Line:
     marker: str = ""
     own: bool = False
     mention: bool = False
+    status: SendStatus = ""
 
+
+#: What follows the text of a line not sent yet, or not sent at all.
+STATUS_SUFFIX: dict[str, str] = {"pending": " (sending…)", "failed": " (not sent)"}
 
 _SPOKEN: frozenset[str] = frozenset({"message", "action", "dm"})
 _DEFAULT_MARKER: dict[str, str] = {"notice": "--", "info": "--", "error": "=!=", "action": "*"}
@@ -528,6 +583,8 @@ def _join_style(*parts: str) -> str:
 def _line_class(line: Line) -> str:
     if line.kind in ("notice", "error", "info"):
         return f"class:{line.kind}"
+    if line.status:
+        return f"class:own class:{line.status}"
     if line.mention:
         return "class:mention"
     if line.own:
@@ -535,9 +592,33 @@ def _line_class(line: Line) -> str:
     return ""
 
 
+def fold_text(hidden: int) -> str:
+    """What the last row of a folded line says: ``… 37 more lines (Ctrl-O unfolds)``."""
+    return f"… {hidden} more line{'s' if hidden != 1 else ''} ({FOLD_KEY} unfolds)"
+
+
 @functools.lru_cache(maxsize=8192)
-def _render_cached(line: Line, width: int, tz: datetime.tzinfo,
-                   nick_width: int) -> tuple[tuple[Fragment, ...], ...]:
+def _render_cached(line: Line, width: int, tz: datetime.tzinfo, nick_width: int,
+                   fold_rows: int = 0) -> tuple[tuple[Fragment, ...], ...]:
+    rows = _render_rows(line, width, tz, nick_width)
+    if not fold_rows or len(rows) <= max(1, fold_rows):
+        return rows
+    keep = max(0, fold_rows - 1)
+    hidden = len(rows) - keep
+    # The last row is a continuation row: its indent and separator lead the fold row into
+    # the text column (the compact layout of a narrow pane has neither).
+    last = rows[-1]
+    sep_at = next((i for i, (style, _t) in enumerate(last) if "class:separator" in style),
+                  None)
+    lead = last[:sep_at + 1] if sep_at is not None else ()
+    room = width - sum(cell_width(t) for _s, t in lead)
+    fold_style = _join_style(_line_class(line), "class:fold")
+    marker = (*lead, (fold_style, truncate_cells(fold_text(hidden), room)))
+    return (*rows[:keep], marker)
+
+
+def _render_rows(line: Line, width: int, tz: datetime.tzinfo,
+                 nick_width: int) -> tuple[tuple[Fragment, ...], ...]:
     base = _line_class(line)
     sender = sanitize(line.sender) if line.sender else ""
     body = sanitize(line.text)
@@ -548,6 +629,7 @@ def _render_cached(line: Line, width: int, tz: datetime.tzinfo,
         if line.kind == "action":
             inline = sender
             body = f"{sender} {body}" if sender else body
+        body += STATUS_SUFFIX.get(line.status, "")
     else:
         nick_text = sanitize(line.marker or _DEFAULT_MARKER.get(line.kind, "--"))
         nick_cls = "class:marker"
@@ -592,7 +674,7 @@ def _render_cached(line: Line, width: int, tz: datetime.tzinfo,
                                   _time_text(line.time_ms, tz)))
                     frags.append((base, " "))
                 frags.append((_join_style(base, nick_cls, "class:nick"),
-                              pad_cells(nick_text, nw, "right")))
+                              pad_cells(truncate_middle(nick_text, nw), nw, "right")))
             else:
                 frags.append((base, indent))
             frags.append((_join_style(base, "class:separator"), SEPARATOR))
@@ -605,7 +687,7 @@ def _render_cached(line: Line, width: int, tz: datetime.tzinfo,
     # the full width, no columns.
     if width < 1:
         return ((),)
-    rows.append(((_join_style(base, nick_cls, "class:nick"), truncate_cells(nick_text, width)),))
+    rows.append(((_join_style(base, nick_cls, "class:nick"), truncate_middle(nick_text, width)),))
     consumed = 0
     for row_text in wrap_cells(body, width):
         tf, consumed = text_frags(row_text, consumed)
@@ -614,12 +696,13 @@ def _render_cached(line: Line, width: int, tz: datetime.tzinfo,
 
 
 def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
-                nick_width: int = DEFAULT_NICK_WIDTH) -> list[Row]:
+                nick_width: int = DEFAULT_NICK_WIDTH, fold_rows: int = 0) -> list[Row]:
     """Display rows of one line, each a list of ``(style, text)`` fragments at most
     ``width`` cells wide.
 
     Layout: ``HH:MM`` local time in ``tz`` (blank when ``time_ms`` is None), a space, the
-    nick column (``nick_width`` cells, right-aligned, cut with ``…``; for actions ``*``,
+    nick column (``nick_width`` cells, right-aligned, a longer name cut in the middle
+    with ``…`` so that names sharing a beginning stay apart; for actions ``*``,
     for notices ``--``/``-->``/``<--``, errors ``=!=``), ``" │ "``, then the text wrapped
     at word boundaries to the rest of the width. Continuation rows (wrapped, or after a
     ``\\n`` in the text) are indented to the text column. Actions read ``* │ alice waves``.
@@ -633,9 +716,14 @@ def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
     text, then the timestamp goes, then the columns (a nick row, then the text at the full
     width). Never raises; a ``width`` below 1 gives one empty row. ``line`` is
     re-classified against ``me``.
+
+    ``fold_rows`` > 0 folds a line of more rows than that: its first ``fold_rows - 1``
+    rows, then one row in the text column, style ``class:fold``, saying how many rows are
+    hidden and how to see them (``fold_text``: ``… 37 more lines (Ctrl-O unfolds)``).
+    A line of at most ``fold_rows`` rows is drawn whole.
     """
     line = classify(line, me)
-    return [list(row) for row in _render_cached(line, width, tz, nick_width)]
+    return [list(row) for row in _render_cached(line, width, tz, nick_width, fold_rows)]
 
 
 def day_line(time_ms: int, tz: datetime.tzinfo) -> Line:
@@ -701,6 +789,8 @@ class Conversation:
         self.following = True
         self.scroll_rows = 0
         self.new_while_scrolled = 0
+        #: Long lines drawn whole (Ctrl-O) instead of folded to FOLD_ROWS rows.
+        self.unfolded = False
         self._seqs: set[int] = set()
         self._appended_while_scrolled = 0  # lines whose rows viewport() must add to scroll_rows
 
@@ -748,6 +838,52 @@ class Conversation:
             if spoken:
                 self.new_while_scrolled += 1
         return True
+
+    def _index_of(self, line: Line) -> int | None:
+        """Where ``line`` (this very object) is in ``lines``, searching from the newest."""
+        for i in range(len(self.lines) - 1, -1, -1):
+            if self.lines[i] is line:
+                return i
+        return None
+
+    def pending(self, kind: LineKind, text: str) -> Line | None:
+        """The oldest line you typed of ``kind`` and ``text`` still waiting for the broker's
+        answer (status ``pending``), or None."""
+        return next((ln for ln in self.lines if ln.status == "pending" and ln.kind == kind
+                     and ln.text == text), None)
+
+    def settle(self, typed: Line, sent: Line | None, me: str, *, active: bool) -> None:
+        """The broker answered the line you typed, shown as ``typed`` (status pending).
+
+        ``sent``, the message as stored (with its seq and time), takes ``typed``'s place;
+        when that seq is here already (its MESSAGE event came first), ``typed`` just goes.
+        ``sent`` None marks ``typed`` failed, drawn ``(not sent)``. A ``typed`` no longer
+        here (``/clear``) is no matter: ``sent`` is then added at the end like a new line.
+        """
+        i = self._index_of(typed)
+        if sent is None:
+            if i is not None:
+                self.lines[i] = dataclasses.replace(typed, status="failed")
+            return
+        sent = classify(dataclasses.replace(sent, status=""), me)
+        seq = self._dedupe_key(sent)
+        if seq is not None and seq in self._seqs:
+            if i is not None:
+                del self.lines[i]
+            return
+        if i is None:
+            self.add(sent, active=active, me=me)
+            return
+        self.lines[i] = sent
+        if seq is not None:
+            self._seqs.add(seq)
+
+    def drop_failed(self, kind: LineKind, text: str) -> None:
+        """Forget the lines of ``kind`` and ``text`` marked not sent: the same line is
+        being sent again, and shows as pending instead."""
+        for line in [ln for ln in self.lines if ln.status == "failed" and ln.kind == kind
+                     and ln.text == text]:
+            self.lines.remove(line)
 
     def _drop(self, line: Line) -> None:
         seq = self._dedupe_key(line)
@@ -865,6 +1001,15 @@ class Conversation:
 
     # -- scrolling -------------------------------------------------------------------------
 
+    @property
+    def fold_rows(self) -> int:
+        """``render_line``'s ``fold_rows`` here: FOLD_ROWS, or 0 once unfolded."""
+        return 0 if self.unfolded else FOLD_ROWS
+
+    def toggle_fold(self) -> None:
+        """Draw long lines whole, or folded again (Ctrl-O, docs/console.md)."""
+        self.unfolded = not self.unfolded
+
     def scroll_up(self, rows: int) -> None:
         """Show ``rows`` older rows (PageUp: the pane height). ``viewport`` clamps at the top."""
         if rows <= 0:
@@ -892,21 +1037,22 @@ class Conversation:
         """The rows to show in a pane of ``width`` x ``height`` cells at the current scroll
         position (rendering only the lines it needs). Lines added while scrolled up push
         ``scroll_rows`` up by their rows, so the view stays put; ``scroll_rows`` is clamped
-        so the pane never scrolls above the oldest line."""
+        so the pane never scrolls above the oldest line. Long lines are folded unless
+        ``unfolded`` (``fold_rows``)."""
         if height <= 0:
             return Viewport([], not self.lines, True)
         if self._appended_while_scrolled:
             n = self._appended_while_scrolled
             self._appended_while_scrolled = 0
             recent = list(self.lines)[-n:] if n < len(self.lines) else list(self.lines)
-            self.scroll_rows += sum(len(render_line(ln, width, me, tz, nick_width))
-                                    for ln in recent)
+            self.scroll_rows += sum(len(render_line(ln, width, me, tz, nick_width,
+                                                    self.fold_rows)) for ln in recent)
         need = max(0, self.scroll_rows) + height
         chunks: list[list[Row]] = []
         total = 0
         all_rendered = True
         for i, line in enumerate(reversed(self.lines)):
-            rows = render_line(line, width, me, tz, nick_width)
+            rows = render_line(line, width, me, tz, nick_width, self.fold_rows)
             chunks.append(rows)
             total += len(rows)
             if total >= need and i < len(self.lines) - 1:
@@ -972,7 +1118,7 @@ def _conversation_row(conv: Conversation, active: bool, width: int) -> Row:
     count = f" ({conv.unread})" if conv.unread else ""
     name_w = max(0, width - 1 - cell_width(count))
     title = prefix + sanitize(conv.title)
-    name = truncate_cells(title if conv.joined else f"({title})", name_w)
+    name = truncate_middle(title if conv.joined else f"({title})", name_w)
     style = base if conv.joined else _join_style(base, "class:sidebar.parted")
     if conv.unread:
         style = _join_style(style, "class:sidebar.unread")
@@ -1019,7 +1165,7 @@ def render_sidebar(conversations: Iterable[Conversation], active_key: str | None
             bot = f" {BOT_MARKER}" if member.bot else ""
             name_w = max(1, width - 2 - cell_width(bot))
             frags.append((_join_style("class:sidebar", nick_style(name)),
-                          truncate_cells(sanitize(name), name_w)))
+                          truncate_middle(sanitize(name), name_w)))
             if bot:
                 frags.append(("class:bot", bot))
             rows.append(_fit(frags, width))
@@ -1028,20 +1174,27 @@ def render_sidebar(conversations: Iterable[Conversation], active_key: str | None
 
 def render_status(user: str | None, room: str | None, topic: str,
                   state: ConnectionState, reconnect_in_s: float | None,
-                  rtt_ms: float | None, width: int, activity: str = "") -> Row:
+                  rtt_ms: float | None, width: int, activity: str = "",
+                  unanswered_s: float | None = None) -> Row:
     """The status bar: exactly ``width`` cells (empty for ``width`` < 1).
 
     Left: `` alice │ #dev │ topic``; ``room`` is shown as given (pass ``#dev`` or
     ``@bob``). Right: ``connected 12 ms`` (round-trip time, omitted when None),
     ``reconnecting in 3 s`` (or ``reconnecting…`` when ``reconnect_in_s`` is None), or
-    ``disconnected``, style ``class:status.<state>``; before it, ``activity`` (other
+    ``disconnected``, style ``class:status.<state>``; while connected with something sent
+    and not answered for ``unanswered_s`` seconds (not None), ``no answer from the broker
+    for 5 s`` instead, style ``class:status.unanswered``; before it, ``activity`` (other
     conversations with unread messages, like WeeChat's hotlist: ``[Act: !@bob,#dev]``).
     When space runs short the topic is cut first, then the room, then the user; the
     activity and the connection state stay.
     """
     if width <= 0:
         return []
-    if state == "connected":
+    shown: str = state
+    if state == "connected" and unanswered_s is not None:
+        right = f"no answer from the broker for {max(0.0, unanswered_s):.0f} s"
+        shown = "unanswered"
+    elif state == "connected":
         right = "connected" + (f" {rtt_ms:.0f} ms" if rtt_ms is not None else "")
     elif state == "reconnecting":
         right = (f"reconnecting in {max(0.0, reconnect_in_s):.0f} s"
@@ -1076,4 +1229,4 @@ def render_status(user: str | None, room: str | None, topic: str,
         if cut != text:
             break
     left.append(("class:status", " " * (avail - used)))
-    return left + [(f"class:status class:status.{state}", right)]
+    return left + [(f"class:status class:status.{shown}", right)]
