@@ -22,6 +22,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 import zmq
+from processes import _no_process_left_behind as _no_process_left_behind
+from processes import pytest_sessionfinish as pytest_sessionfinish
 
 from zchat.keys import pin_broker_key
 from zchat.store import Store
