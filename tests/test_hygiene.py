@@ -1,5 +1,6 @@
 """The suite's own hygiene: a test that leaves a process running fails and the process is
-killed (tests/processes.py)."""
+killed (tests/processes.py), and no test writes into the real home of whoever runs the
+suite (``private_homes`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REAL_HOMES, cli_env
 from processes import command_line, process_table
 
 TESTS = Path(__file__).resolve().parent
@@ -71,3 +73,38 @@ def test_a_test_that_leaves_a_process_fails_and_the_process_is_killed(tmp_path: 
         assert f"import signal; signal.pause() {what} {tag}" in section, out
     assert "ending" not in out
     assert [command_line(pid) for pid in process_table() if tag in command_line(pid)] == []
+
+
+def test_a_test_and_its_subprocesses_get_private_homes(tmp_path: Path) -> None:
+    """HOME and every XDG base directory zchat or a library could write to point inside
+    the test's tmp_path, in this process and in ``cli_env``'s subprocess environment."""
+    names = ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME",
+             "XDG_RUNTIME_DIR")
+    env = cli_env(tmp_path)
+    for name in names:
+        assert Path(os.environ[name]).is_relative_to(tmp_path), name
+        assert env[name] == os.environ[name]
+    assert Path.home().is_relative_to(tmp_path)
+    assert Path(os.environ["XDG_RUNTIME_DIR"]).stat().st_mode & 0o777 == 0o700
+
+
+def test_the_console_log_stays_in_the_tests_state_home(tmp_path: Path) -> None:
+    """The console's log file (``zchat join`` sets it up with ``_log_to_file``) written by
+    a subprocess with ``cli_env``: in the test's $XDG_STATE_HOME, or with that unset in the
+    test's ~/.local/state; never in the real state home of whoever runs the suite."""
+    log_a_line = ("import logging, sys; from zchat.cli import _log_to_file; _log_to_file(); "
+                  "logging.getLogger('zchat.console').warning(sys.argv[1])")
+    marker = f"hygiene {secrets.token_hex(8)}"
+    subprocess.run([sys.executable, "-c", log_a_line, f"{marker} xdg"], env=cli_env(tmp_path),
+                   check=True, timeout=60)
+    without_xdg = {k: v for k, v in cli_env(tmp_path).items() if k != "XDG_STATE_HOME"}
+    subprocess.run([sys.executable, "-c", log_a_line, f"{marker} home"], env=without_xdg,
+                   check=True, timeout=60)
+    assert f"{marker} xdg" in (tmp_path / "xdg-state/zchat/console.log").read_text()
+    assert f"{marker} home" in (tmp_path / "home/.local/state/zchat/console.log").read_text()
+    real = [Path(REAL_HOMES["HOME"] or "/nonexistent") / ".local/state/zchat/console.log"]
+    if REAL_HOMES["XDG_STATE_HOME"].startswith("/"):
+        real.append(Path(REAL_HOMES["XDG_STATE_HOME"]) / "zchat/console.log")
+    for path in real:
+        if path.exists():
+            assert marker not in path.read_text(errors="replace"), path
