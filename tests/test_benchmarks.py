@@ -3,7 +3,9 @@
 Runs ``benchmarks/run.py --quick --only ingest`` in a subprocess against a real broker
 (its own subprocess, real SQLite, CurveZMQ as shipped) and checks the JSON it writes:
 every message of every run stored once, acknowledged once and delivered exactly once to
-every subscriber, by sequence number.
+every subscriber, by sequence number. Then SIGTERM: a run terminated while its broker
+starts or serves leaves no process and no scratch file behind. Every run here is in a
+process group of its own, killed whole when the test ends (``benchmark_run``).
 """
 
 from __future__ import annotations
