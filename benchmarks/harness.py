@@ -10,9 +10,11 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -216,14 +218,18 @@ def run_broker(data_dir: Path, settings: dict[str, Any], *, router: str | None =
         Path(profile).mkdir(parents=True, exist_ok=True)
         runner += ["-m", "cProfile", "-o",
                    str(Path(profile) / f"broker-{data_dir.name}-{time.time_ns()}.prof")]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*runner, "-m", "zchat", "broker", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + ready_timeout_s
-    offset = log.stat().st_size if log.exists() else 0
+    proc: subprocess.Popen[bytes] | None = None
     public_key: bytes | None = None
     text = ""
     try:
+        # Popen cannot be interrupted safely: a SIGTERM handled inside it, after the fork,
+        # raises out of it with the child running and its pid lost. Held back here, the
+        # signal is handled once ``proc`` is set, and the except clause below stops it.
+        with sigterm_held(), open(log, "ab") as out:
+            offset = out.tell()
+            proc = subprocess.Popen([*runner, "-m", "zchat", "broker", "--config",
+                                     str(config)], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_timeout_s
         while True:
             text = log.read_bytes()[offset:].decode("utf-8", "replace") if log.exists() \
                 else ""
@@ -233,13 +239,88 @@ def run_broker(data_dir: Path, settings: dict[str, Any], *, router: str | None =
                 raise RuntimeError(f"the broker did not start:\n{text}")
             time.sleep(0.02)  # polling a log file for a line, not waiting for a socket
     except BaseException:  # not started, or the run was stopped (SIGTERM, Ctrl-C) meanwhile
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
         raise
     for line in text.splitlines():
         if "public key:" in line:
             public_key = line.split()[-1].encode()
     return BrokerHandle(proc, router, pub, key_endpoint, data_dir, public_key, log, merged)
+
+
+@contextlib.contextmanager
+def sigterm_held() -> Iterator[None]:
+    """Hold SIGTERM back for the ``with`` block: a SIGTERM that arrives inside it is
+    recorded, and raised again once the previous handler is back (benchmarks/run.py's
+    raises SystemExit; the default ends the process), when the block ends. For steps that
+    must not be cut in two, such as a spawn and the bookkeeping that stops the child.
+
+    Only the main thread can set a handler, and only it runs Python handlers: called from
+    another thread, the block runs unguarded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if arrived:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def child_processes() -> dict[int, str]:
+    """This process's running children (/proc/*/stat: ppid, state not Z): {pid: command
+    line}. Leaves out multiprocessing's resource tracker, which exits with its parent."""
+    children: dict[int, str] = {}
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_bytes()
+            cmdline = Path(entry.path, "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        state, ppid = stat[stat.rindex(b")") + 2:].split()[:2]
+        line = cmdline.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        if int(ppid) == me and state != b"Z" and "multiprocessing.resource_tracker" not in line:
+            children[int(entry.name)] = line
+    return children
+
+
+def stop_children(timeout_s: float = 5.0) -> list[str]:
+    """SIGTERM every child process still running (:func:`child_processes`), SIGKILL those
+    still there after ``timeout_s``, reap them; returns their command lines. The last word
+    of a run: whatever a scenario left (a broker it lost track of) does not outlive it."""
+    left = child_processes()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    waiting = set(left)
+    while waiting:
+        for pid in list(waiting):
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by its Popen meanwhile
+                done = pid
+            if done == pid:
+                waiting.discard(pid)
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            for pid in waiting:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in waiting:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)  # SIGKILLed: it ends at once
+            break
+        time.sleep(0.01)  # one polling step of exits with a deadline, not a wait
+    return list(left.values())
 
 
 def secure_with(sock: zmq.Socket[Any], server_key: bytes | None) -> None:
@@ -282,11 +363,13 @@ class Bench:
         endpoints). A fresh data directory unless ``data_dir`` is given. Stopped after."""
         endpoints = {k: settings.pop(k) for k in ("router", "pub") if k in settings}
         merged = {**BROKER_DEFAULTS, "encryption": self.encryption, **settings}
-        handle = run_broker(data_dir or self.scratch(name), merged, **endpoints)
-        try:
+        handle: BrokerHandle | None = None
+        try:  # run_broker inside: a SIGTERM right after it returns still stops the broker
+            handle = run_broker(data_dir or self.scratch(name), merged, **endpoints)
             yield handle
         finally:
-            handle.stop()
+            if handle is not None:
+                handle.stop()
 
     def note(self, text: str) -> None:
         """A line printed under the table (for example where the harness is the limit)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from harness import Bench, Row, machine_info
+from harness import Bench, Row, machine_info, stop_children
 
 #: Scenario modules, in running order (the relay first: the others' ratios need it).
 MODULES = ["relay", "ingest", "latency", "history", "sessions", "startup", "replay", "core"]
@@ -105,7 +105,9 @@ def _jsonable(value: Any) -> Any:
 
 def _terminated(signum: int, _frame: Any) -> None:
     """SIGTERM unwinds like Ctrl-C: every ``with`` on the way stops its broker and worker
-    processes and the scratch directory is removed; exit status 128 + the signal."""
+    processes and the scratch directory is removed; exit status 128 + the signal. A second
+    SIGTERM is ignored: it would cut that clean-up short and leave processes behind."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
@@ -136,16 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zchat-bench-") as tmp:
         bench = Bench(ctx=ctx, args=args, quick=args.quick, tmp=Path(tmp),
                       encryption=args.encryption)
-        for name in selected:
-            print(f"[{time.monotonic() - started:6.1f} s] {name} ...", file=sys.stderr,
-                  flush=True)
-            try:
-                rows = scenarios[name](bench)
-            except Exception as exc:  # a broken scenario must not hide the others' figures
-                traceback.print_exc()
-                failures.append(f"{name}: {type(exc).__name__}: {exc}")
-                rows = [Row("scenario failed", float("nan"), "", error=f"{exc}")]
-            results.extend((name, row) for row in rows)
+        try:
+            for name in selected:
+                print(f"[{time.monotonic() - started:6.1f} s] {name} ...", file=sys.stderr,
+                      flush=True)
+                try:
+                    rows = scenarios[name](bench)
+                except Exception as exc:  # one broken scenario must not hide the rest
+                    traceback.print_exc()
+                    failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                    rows = [Row("scenario failed", float("nan"), "", error=f"{exc}")]
+                results.extend((name, row) for row in rows)
+        finally:  # finished, failed or terminated: no process of the run outlives it
+            for line in stop_children():
+                print(f"stopped a process the run left running: {line}", file=sys.stderr,
+                      flush=True)
     ctx.term()
     info["load_avg_1_5_15_after"] = machine_info()["load_avg_1_5_15"]
     header = (f"zchat benchmarks ({'quick' if args.quick else 'full'}, encryption "

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 import zmq
+from processes import _no_process_left_behind as _no_process_left_behind
+from processes import pytest_sessionfinish as pytest_sessionfinish
 
 from zchat.keys import pin_broker_key
 from zchat.store import Store
@@ -43,14 +45,37 @@ def run(coro: Coroutine[Any, Any, T], timeout_s: float = RUN_TIMEOUT_S) -> T:
     return asyncio.run(bounded())
 
 
+#: The homes of whoever runs the suite, read before any test replaces them
+#: (tests/test_hygiene.py checks that nothing of a test is written there).
+REAL_HOMES = {name: os.environ.get(name, "") for name in (
+    "HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME",
+    "XDG_RUNTIME_DIR")}
+
+
+def private_homes(tmp_path: Path) -> dict[str, str]:
+    """HOME and the XDG base directories (config, data, state, cache, runtime) of one test,
+    all inside ``tmp_path``. Only the runtime directory is created (0700, as the XDG Base
+    Directory Specification requires it to exist); zchat creates the others on use."""
+    runtime = tmp_path / "xdg-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    return {"HOME": str(tmp_path / "home"),
+            "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+            "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+            "XDG_STATE_HOME": str(tmp_path / "xdg-state"),
+            "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
+            "XDG_RUNTIME_DIR": str(runtime)}
+
+
 @pytest.fixture(autouse=True)
 def _private_xdg_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test's XDG_CONFIG_HOME and XDG_DATA_HOME are inside its tmp_path (those
-    ``cli_env`` gives subprocesses): a tcp client pins broker keys there and an in-process
-    tcp broker without ``data_dir`` keeps its key pair there (docs/security.md), never in
-    the real home, and a port reused by another test's broker never meets a stale pin."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    """Every test's HOME and XDG homes are inside its tmp_path (``private_homes``, the
+    same ``cli_env`` gives subprocesses): a tcp client pins broker keys there, an
+    in-process tcp broker without ``data_dir`` keeps its key pair there
+    (docs/security.md), the console writes its console.log there, and a fallback to
+    ~/.local/state or ~/.config lands there too: never in the real home. A port reused
+    by another test's broker never meets a stale pin."""
+    for name, value in private_homes(tmp_path).items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
@@ -138,11 +163,11 @@ class Proc:
 
 
 def cli_env(tmp_path: Path, password: str = DEFAULT_PASSWORD) -> dict[str, str]:
-    """Environment of a zchat subprocess: the password, and XDG directories inside
-    ``tmp_path`` so that no user config or data is read."""
+    """Environment of a zchat subprocess: the password, and HOME and the XDG directories
+    inside ``tmp_path`` (``private_homes``) so that no user config or data is read and no
+    log or state is written outside it."""
     env = dict(os.environ)
-    env.update(ZCHAT_PASSWORD=password, XDG_CONFIG_HOME=str(tmp_path / "xdg-config"),
-               XDG_DATA_HOME=str(tmp_path / "xdg-data"), PYTHONUNBUFFERED="1")
+    env.update(private_homes(tmp_path), ZCHAT_PASSWORD=password, PYTHONUNBUFFERED="1")
     return env
 
 

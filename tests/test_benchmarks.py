@@ -3,32 +3,60 @@
 Runs ``benchmarks/run.py --quick --only ingest`` in a subprocess against a real broker
 (its own subprocess, real SQLite, CurveZMQ as shipped) and checks the JSON it writes:
 every message of every run stored once, acknowledged once and delivered exactly once to
-every subscriber, by sequence number.
+every subscriber, by sequence number. Then SIGTERM: a run terminated while its broker
+starts or serves leaves no process and no scratch file behind. Every run here is in a
+process group of its own, killed whole when the test ends (``benchmark_run``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
+from conftest import wait_until
+from processes import command_line, process_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@contextlib.contextmanager
+def benchmark_run(args: list[str], env: dict[str, str] | None = None,
+                  output: IO[Any] | int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
+    """``benchmarks/run.py ARGS`` in a process group of its own, SIGKILLed whole on the
+    way out, whatever happened: a broker the run started dies with it even when the test
+    failed first or the run itself was killed, for a process keeps its group when it is
+    reparented to init."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "run.py"), *args],
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if _group(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)  # the run itself, SIGKILLed or finished; the rest go to init
+        wait_until(lambda: not _group(proc.pid), 10, "the benchmark run's processes to end")
+
+
+def _group(pgid: int) -> list[int]:
+    """Running (not zombie) processes of process group ``pgid``."""
+    return [p.pid for p in process_table().values() if p.pgrp == pgid and p.state != "Z"]
+
+
 def test_quick_ingest_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "ingest",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240)  # a hang guard only
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with benchmark_run(["--quick", "--only", "ingest", "--json", str(out)]) as proc:
+        output, _ = proc.communicate(timeout=240)  # a hang guard only
+    assert proc.returncode == 0, output
     document = json.loads(out.read_text())
     assert document["scenarios"] == ["ingest"]
     assert document["failures"] == []
@@ -52,56 +80,162 @@ def test_quick_ingest_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert all(row["error"] == "" for row in document["rows"])
 
 
-def _broker_started(scratch: Path) -> bool:
-    return bool(list(scratch.glob("*/*/bench.toml")))  # written just before the spawn
+#: sitecustomize.py on the PYTHONPATH of a benchmark run (every Python process imports it
+#: at start): its ``zchat broker`` stops itself (SIGSTOP) where $ZCHAT_TEST_BROKER_STOP
+#: says, and stays there until the test sends SIGCONT: "start" before it imports zchat
+#: (it is starting), "ready" right after it flushed its fingerprint line (it is bound and
+#: announced, and run.py goes on to use it). Other processes carry on as usual.
+STOPPING_BROKER = """
+import os
+import signal
+import sys
+
+if b"zchat\\0broker\\0" in open("/proc/self/cmdline", "rb").read():
+    if os.environ["ZCHAT_TEST_BROKER_STOP"] == "start":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    else:
+        class StopOnceAnnounced:
+            def __init__(self, stream):
+                self.stream, self.written = stream, ""
+
+            def __getattr__(self, name):
+                return getattr(self.stream, name)
+
+            def write(self, text):
+                self.written += text
+                return self.stream.write(text)
+
+            def flush(self):
+                self.stream.flush()
+                if "fingerprint" in self.written:
+                    sys.stdout = self.stream
+                    os.kill(os.getpid(), signal.SIGSTOP)
+
+        sys.stdout = StopOnceAnnounced(sys.stdout)
+"""
 
 
-def _broker_serving(scratch: Path) -> bool:
-    return any("fingerprint" in log.read_text(errors="replace")
-               for log in scratch.glob("*/*/broker.log"))
-
-
-@pytest.mark.parametrize("moment", [_broker_started, _broker_serving],
+@pytest.mark.parametrize("moment", ["start", "ready"],
                          ids=["while the broker starts", "while it serves"])
-def test_a_terminated_run_leaves_no_broker_and_no_scratch_files(
-        tmp_path: Path, moment: Callable[[Path], bool]) -> None:
-    """SIGTERM while a scenario's broker starts or runs: the run exits 143 and takes its
-    broker subprocess and its scratch directory (here under TMPDIR = tmp_path) with it."""
+def test_a_terminated_run_leaves_no_broker_and_no_scratch_files(tmp_path: Path,
+                                                                 moment: str) -> None:
+    """SIGTERM while a scenario's broker starts or serves: the run exits 143 and takes its
+    broker subprocess and its scratch directory (here under TMPDIR = tmp_path) with it.
+
+    The broker holds still at that moment (STOPPING_BROKER) until the SIGTERM has been
+    sent, so the moment is the one named however busy the machine is; it is then let go
+    on, and whichever of its steps run.py is in, the run must stop it."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch)}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "history",
-         "--json", str(tmp_path / "results.json")],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not moment(scratch):
-            assert proc.poll() is None and time.monotonic() < deadline, moment.__name__
-            time.sleep(0.05)  # polling the file system for a file, not waiting on a socket
-        assert _processes_mentioning(str(scratch)), "the broker is not running"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 143
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STOPPING_BROKER, encoding="utf-8")
+    env = {**os.environ, "TMPDIR": str(scratch), "ZCHAT_TEST_BROKER_STOP": moment,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hook),
+                                                       os.environ.get("PYTHONPATH")]))}
+    with (tmp_path / "run.out").open("w") as output, benchmark_run(
+            ["--quick", "--only", "history", "--json", str(tmp_path / "results.json")],
+            env, output) as proc:
+        def stopped_broker() -> int | None:
+            assert proc.poll() is None, (tmp_path / "run.out").read_text()
+            return _stopped(_processes_mentioning(str(scratch)))
+
+        broker = wait_until(stopped_broker, 120,
+                            f"the run's broker to stop itself at {moment!r}", interval_s=0.05)
+        announced = any("fingerprint" in log.read_text(errors="replace")
+                        for log in scratch.glob("*/*/broker.log"))
+        assert announced == (moment == "ready")
+        pidfd = os.pidfd_open(broker)  # names this process even once its pid is reused
+        try:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+        finally:
+            os.close(pidfd)
+        rc = proc.wait(60)
+    assert rc == 143, (tmp_path / "run.out").read_text()
     assert _processes_mentioning(str(scratch)) == []
     assert list(scratch.iterdir()) == []
 
 
+#: A script that, as benchmarks/run.py does, turns SIGTERM into SystemExit(143), then
+#: spawns a child (tagged with argv[1]) inside harness.sigterm_held(). The child SIGTERMs
+#: its parent between its fork and its exec (preexec_fn), i.e. always while the parent is
+#: inside Popen: the moment where a bare Popen raises with the child running and its pid
+#: lost. Prints the child's pid as the script knows it, then stops that child.
+SIGTERM_INSIDE_POPEN = """
+import os
+import signal
+import subprocess
+import sys
+
+from harness import sigterm_held
+
+signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+child = None
+try:
+    with sigterm_held():
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import signal; signal.pause()", sys.argv[1]],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # a lost one keeps no pipe
+            preexec_fn=lambda: os.kill(os.getppid(), signal.SIGTERM))
+    print("the SIGTERM was lost", flush=True)
+finally:
+    print("child", child.pid if child else None, flush=True)
+    if child is not None:
+        child.kill()
+        child.wait()
+"""
+
+
+def test_a_sigterm_inside_the_spawn_is_handled_once_the_child_is_known(tmp_path: Path) -> None:
+    """harness.sigterm_held (around run_broker's spawn): a SIGTERM that arrives inside
+    Popen, after the fork, is handled when the block ends, with the Popen in hand; the
+    run exits 143 and its child is stopped, not left running with nobody knowing its pid."""
+    tag = f"inside-popen-{tmp_path.name}-{os.getpid()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
+    done = subprocess.run([sys.executable, "-c", SIGTERM_INSIDE_POPEN, tag], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].split()[0] == "child", done.stdout
+    assert lines[0].split()[1].isdigit()  # the pid was known when the SIGTERM was handled
+    assert _processes_mentioning(tag) == []
+
+
+def test_stop_children_stops_what_a_run_lost_track_of(tmp_path: Path) -> None:
+    """harness.stop_children (run.py's last step): a child nobody holds a Popen for is
+    SIGTERMed, reaped and named; the process calling it is left with no child."""
+    script = """
+import subprocess, sys
+from harness import child_processes, stop_children
+subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()", sys.argv[1]],
+                 stdout=subprocess.DEVNULL)
+stopped = stop_children()
+print(len(stopped), stopped[0] if stopped else "", len(child_processes()), sep="\\n")
+"""
+    tag = f"lost-child-{tmp_path.name}-{os.getpid()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
+    done = subprocess.run([sys.executable, "-c", script, tag], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    count, line, after = done.stdout.splitlines()
+    assert (count, after) == ("1", "0")
+    assert line.endswith(f"-c import signal; signal.pause() {tag}")
+    assert _processes_mentioning(tag) == []
+
+
+def _stopped(pids: list[int]) -> int | None:
+    """The one pid of ``pids`` when it is stopped (state T), else None."""
+    if len(pids) == 1 and (process := process_table().get(pids[0])) is not None \
+            and process.state == "T":
+        return pids[0]
+    return None
+
+
 def _processes_mentioning(text: str) -> list[int]:
     """Pids of the processes whose command line contains ``text``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                    "utf-8", "replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                pids.append(int(entry.name))
-    return pids
+    return [pid for pid in process_table() if text in command_line(pid)]
 
 
 def test_the_storm_rooms_counts_are_per_member() -> None:

@@ -55,6 +55,18 @@ def test_a_paused_client_catches_up_exactly_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_paused_client_is_evicted_even_when_the_messages_pass_quickly(tmp_path: Path) -> None:
+    """(b) with only 50 small messages, sent well within the heartbeat timeout: the paused
+    member is still let go only after the broker evicted it, so it always has to
+    reconnect and backfill, and ends with the 50 exactly once in order."""
+    summary = chaos.scenario_stop_client(tmp_path, messages=50, pad=10, window=4)
+    assert_guarantees(summary)
+    assert (summary.sent, summary.stored, summary.delivered) == (50, 50, 3 * 50)
+    assert summary.notes["paused_evicted"] is True
+    assert summary.notes["paused_reconnects"] >= 1
+
+
+@pytest.mark.timeout(120)
 def test_nothing_acknowledged_is_lost_when_the_broker_is_killed(tmp_path: Path) -> None:
     """(c) the broker is SIGKILLed mid-stream and started again on the same ports and
     database; members reconnect on their own, retry what was not acknowledged with the

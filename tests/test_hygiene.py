@@ -1,0 +1,110 @@
+"""The suite's own hygiene: a test that leaves a process running fails and the process is
+killed (tests/processes.py), and no test writes into the real home of whoever runs the
+suite (``private_homes`` in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REAL_HOMES, cli_env
+from processes import command_line, process_table
+
+TESTS = Path(__file__).resolve().parent
+
+#: Tests run by an inner pytest with the leak check (``-p processes``). Each leftover is
+#: ``python -c "signal.pause()"`` (it waits for a signal for ever) tagged in its argv with
+#: $HYGIENE_TAG, so that the outer test can look for it by command line afterwards.
+INNER_TESTS = '''
+import os
+import subprocess
+import sys
+
+PAUSE = [sys.executable, "-c", "import signal; signal.pause()"]
+TAG = os.environ["HYGIENE_TAG"]
+
+
+def test_clean():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def test_leaves_a_child():
+    subprocess.Popen([*PAUSE, "left-child", TAG])
+
+
+def test_leaves_an_orphan():
+    # The middle process starts it in a session of its own and exits at once: it is
+    # reparented to init, no longer a descendant of this process; only its marker names it.
+    starter = ("import subprocess, sys; subprocess.Popen(sys.argv[1:], "
+               "start_new_session=True)")
+    subprocess.run([sys.executable, "-c", starter, *PAUSE, "left-orphan", TAG], check=True)
+
+
+def test_a_child_ending_after_its_test_is_no_leak():
+    subprocess.Popen([*PAUSE, "ending", TAG]).terminate()  # ends within the grace
+'''
+
+
+def test_a_test_that_leaves_a_process_fails_and_the_process_is_killed(tmp_path: Path) -> None:
+    """An inner pytest with the leak check: the two tests that leave a process (a child,
+    and an orphan reparented to init) each fail at teardown naming its command line, the
+    clean test and the one whose child is still ending pass, and nothing is left."""
+    tag = f"hygiene-{secrets.token_hex(8)}"
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HYGIENE_TAG": tag,
+           "ZCHAT_TEST_LEFTOVER_GRACE_S": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "processes", "-p", "no:cacheprovider",
+         "-q", "-p", "no:randomly", "test_inner.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "4 passed, 2 errors" in out, out
+    for test, what in (("test_leaves_a_child", "left-child"),
+                       ("test_leaves_an_orphan", "left-orphan")):
+        # from the line after its "___ ERROR at teardown of TEST ___" to the next heading
+        body = out.split(f"ERROR at teardown of {test} ", 1)[1].split("\n", 1)[1]
+        section = re.split(r"\n(?:___|===)", body, maxsplit=1)[0]
+        assert "the test left 1 process(es) running (SIGKILLed after 1 s)" in section, out
+        assert f"import signal; signal.pause() {what} {tag}" in section, out
+    assert "ending" not in out
+    assert [command_line(pid) for pid in process_table() if tag in command_line(pid)] == []
+
+
+def test_a_test_and_its_subprocesses_get_private_homes(tmp_path: Path) -> None:
+    """HOME and every XDG base directory zchat or a library could write to point inside
+    the test's tmp_path, in this process and in ``cli_env``'s subprocess environment."""
+    names = ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME",
+             "XDG_RUNTIME_DIR")
+    env = cli_env(tmp_path)
+    for name in names:
+        assert Path(os.environ[name]).is_relative_to(tmp_path), name
+        assert env[name] == os.environ[name]
+    assert Path.home().is_relative_to(tmp_path)
+    assert Path(os.environ["XDG_RUNTIME_DIR"]).stat().st_mode & 0o777 == 0o700
+
+
+def test_the_console_log_stays_in_the_tests_state_home(tmp_path: Path) -> None:
+    """The console's log file (``zchat join`` sets it up with ``_log_to_file``) written by
+    a subprocess with ``cli_env``: in the test's $XDG_STATE_HOME, or with that unset in the
+    test's ~/.local/state; never in the real state home of whoever runs the suite."""
+    log_a_line = ("import logging, sys; from zchat.cli import _log_to_file; _log_to_file(); "
+                  "logging.getLogger('zchat.console').warning(sys.argv[1])")
+    marker = f"hygiene {secrets.token_hex(8)}"
+    subprocess.run([sys.executable, "-c", log_a_line, f"{marker} xdg"], env=cli_env(tmp_path),
+                   check=True, timeout=60)
+    without_xdg = {k: v for k, v in cli_env(tmp_path).items() if k != "XDG_STATE_HOME"}
+    subprocess.run([sys.executable, "-c", log_a_line, f"{marker} home"], env=without_xdg,
+                   check=True, timeout=60)
+    assert f"{marker} xdg" in (tmp_path / "xdg-state/zchat/console.log").read_text()
+    assert f"{marker} home" in (tmp_path / "home/.local/state/zchat/console.log").read_text()
+    real = [Path(REAL_HOMES["HOME"] or "/nonexistent") / ".local/state/zchat/console.log"]
+    if REAL_HOMES["XDG_STATE_HOME"].startswith("/"):
+        real.append(Path(REAL_HOMES["XDG_STATE_HOME"]) / "zchat/console.log")
+    for path in real:
+        if path.exists():
+            assert marker not in path.read_text(errors="replace"), path
