@@ -1,4 +1,4 @@
-"""Issue 13 §4, console defects: long messages folded, a line shown at once while it is
+"""What terminal chat users expect of the console: long messages folded, a line shown at once while it is
 being sent, a paste without bracketed paste, Ctrl-Z, unknown accounts, IRC habits,
 wording. Pure rendering is tested directly; the rest through the real console fed from
 a pipe input (prompt_toolkit's DummyOutput) over a real broker, or in a pseudo-terminal.
