@@ -34,6 +34,7 @@ from zchat.console.view import (
     truncate_cells,
     wrap_cells,
 )
+from zchat.names import mentions
 
 UTC = datetime.UTC
 JST = datetime.timezone(datetime.timedelta(hours=9))
@@ -202,9 +203,14 @@ def test_mention_whole_word_case_insensitive(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["malice", "alice_b", "alices", "alice.smith",
-                                  "bob.alice", "alice-bot", "a lice", ""])
+                                  "bob.alice", "alice-bot", "a lice", "",
+                                  # one word by the broker's rule (docs/PROTOCOL.md
+                                  # §6.49.2), which the console's own pattern took for
+                                  # a mention: a highlight the broker did not count
+                                  "alice..bob", "alice--x", "alice.-bob"])
 def test_not_a_mention(text: str) -> None:
     assert not is_mention(text, "alice")
+    assert not mentions(text, "alice")
 
 
 def test_classify_sets_own_and_mention() -> None:

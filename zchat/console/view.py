@@ -33,7 +33,7 @@ from typing import Literal, NamedTuple
 from prompt_toolkit.utils import get_cwidth
 
 from zchat import protocol as p
-from zchat.names import name_key
+from zchat.names import mentions, name_key
 
 Fragment = tuple[str, str]
 Row = list[Fragment]
@@ -421,21 +421,13 @@ def nick_style(name: str) -> str:
     return f"class:nick.{index}"
 
 
-@functools.lru_cache(maxsize=256)
-def _mention_re(me: str) -> re.Pattern[str]:
-    # A whole word: not preceded by a word character (nor by one and a "." or "-", which
-    # would make it part of a longer name such as "bob.alice"); not followed by a word
-    # character (nor by "."/"-" and one: "alice.smith", "alice-bot").
-    return re.compile(r"(?<!\w)(?<!\w[.-])@?" + re.escape(me) + r"(?!\w)(?![.-]\w)")
-
-
 def is_mention(text: str, me: str) -> bool:
-    """Whether ``text`` names ``me`` as a whole word, case-insensitively (casefold), with
-    or without a leading ``@``: ``"hi Alice"``, ``"@alice: look"``, ``"alice."`` mention
-    alice; ``"malice"``, ``"alice_b"``, ``"alice.smith"`` do not."""
-    if not me:
-        return False
-    return _mention_re(name_key(me)).search(name_key(text)) is not None
+    """Whether ``text`` mentions ``me`` by the broker's rule (docs/PROTOCOL.md §6.49.2,
+    ``zchat.names.mentions``), so that the lines highlighted here are the ones the
+    broker counts in a room's ``mentions``: ``me`` as a word, case-insensitively, with or
+    without a leading ``@`` (``"hi Alice"``, ``"@alice: look"``, ``"alice."``); not
+    ``"malice"``, ``"alice_b"``, ``"alice.smith"`` or ``"bob-alice"``."""
+    return mentions(text, me)
 
 
 # ---------------------------------------------------------------------------
