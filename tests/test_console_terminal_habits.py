@@ -157,21 +157,21 @@ def test_the_status_bar_says_how_long_the_broker_has_not_answered() -> None:
 def test_a_settled_line_takes_the_pending_lines_place_once() -> None:
     conv = v.Conversation("dev", "dev", "room")
     typed = v.classify(v.Line("message", T0, "alice", "hi", status="pending"), "alice")
-    conv.add(typed, active=True, me="alice")
-    conv.add(v.Line("message", T0, "bob", "meanwhile", 4), active=True, me="alice")
-    conv.settle(typed, v.Line("message", T0 + 5, "alice", "hi", 5), "alice", active=True)
+    conv.add(typed, me="alice")
+    conv.add(v.Line("message", T0, "bob", "meanwhile", 4), me="alice")
+    conv.settle(typed, v.Line("message", T0 + 5, "alice", "hi", 5), "alice")
     assert [(ln.text, ln.seq, ln.status) for ln in conv.lines] == [
         ("hi", 5, ""), ("meanwhile", 4, "")]
     # its MESSAGE event first, then the OK: shown once, where the event put it
     again = v.classify(v.Line("message", T0, "alice", "again", status="pending"), "alice")
-    conv.add(again, active=True, me="alice")
-    conv.add(v.Line("message", T0, "alice", "again", 6), active=True, me="alice")
-    conv.settle(again, v.Line("message", T0, "alice", "again", 6), "alice", active=True)
+    conv.add(again, me="alice")
+    conv.add(v.Line("message", T0, "alice", "again", 6), me="alice")
+    conv.settle(again, v.Line("message", T0, "alice", "again", 6), "alice")
     assert [ln.text for ln in conv.lines].count("again") == 1
     # not sent: marked, and forgotten when the same line is sent again
     lost = v.classify(v.Line("message", T0, "alice", "lost", status="pending"), "alice")
-    conv.add(lost, active=True, me="alice")
-    conv.settle(lost, None, "alice", active=True)
+    conv.add(lost, me="alice")
+    conv.settle(lost, None, "alice")
     assert conv.lines[-1].status == "failed"
     conv.drop_failed("message", "lost")
     assert "lost" not in [ln.text for ln in conv.lines]

@@ -18,6 +18,7 @@ from zchat.console.view import (
     Conversation,
     Line,
     Member,
+    Unseen,
     cell_width,
     classify,
     conversation_key,
@@ -32,9 +33,11 @@ from zchat.console.view import (
     render_status,
     sanitize,
     truncate_cells,
+    unseen_counts,
     wrap_cells,
 )
 from zchat.names import mentions
+from zchat.unread import Unread
 
 UTC = datetime.UTC
 JST = datetime.timezone(datetime.timedelta(hours=9))
@@ -375,64 +378,95 @@ def test_line_from_events() -> None:
 # -- conversations -------------------------------------------------------------------------
 
 
-def test_unread_and_mention_only_when_inactive_and_not_own() -> None:
-    conv = Conversation("dev", "dev", "room")
-    conv.add(msg("hello", sender="bob", seq=1), active=True, me="alice")
-    assert conv.unread == 0
-    conv.add(msg("mine", sender="alice", seq=2), active=False, me="alice")
-    assert conv.unread == 0 and not conv.mention
-    conv.add(Line("notice", T0, "bob", "bob left #dev"), active=False, me="alice")
-    assert conv.unread == 0
-    conv.add(msg("hi all", sender="bob", seq=3), active=False, me="alice")
-    assert conv.unread == 1 and not conv.mention
-    conv.add(msg("alice: ping", sender="bob", seq=4), active=False, me="alice")
-    assert conv.unread == 2 and conv.mention
-    conv.mark_read()
-    assert conv.unread == 0 and not conv.mention
-
-
-def test_a_dm_from_someone_else_counts_as_a_mention() -> None:
-    conv = Conversation(dm_key("bob"), "bob", "dm")
-    conv.add(Line("dm", T0, "bob", "psst", 1), active=False, me="alice")
-    assert conv.unread == 1 and conv.mention
+def test_counts_come_from_the_read_state_not_from_the_lines_shown() -> None:
+    """The sidebar's counts are the broker's (issue 13 §2): lines added to a conversation
+    count nothing; a room's count and its ``!`` are its RoomRead's ``unread`` and
+    ``mentions``, a direct conversation's its DmRead's ``unread`` (``!`` for any)."""
+    dev, ops, lobby = (Conversation(k, k, "room") for k in ("dev", "ops", "lobby"))
+    bob, erin = Conversation(dm_key("bob"), "bob", "dm"), Conversation(dm_key("Erin"),
+                                                                        "Erin", "dm")
+    for seq in range(1, 4):
+        dev.add(msg(f"alice: {seq}", sender="bob", seq=seq), me="alice")
+    bob.add(Line("dm", T0, "bob", "psst", 1), me="alice")
+    state = Unread(
+        rooms=(p.RoomRead(room="dev", read_seq=3, unread=0, mentions=0),
+               p.RoomRead(room="OPS", read_seq=1, unread=4, mentions=1),
+               p.RoomRead(room="lobby", read_seq=1, unread=2, mentions=0)),
+        dms=(p.DmRead(peer="erin", last_id=9, read_id=5, unread=2),
+             p.DmRead(peer="bob", last_id=1, read_id=1, unread=0)))
+    convs = [dev, ops, lobby, bob, erin]
+    assert unseen_counts(convs, state, None) == {
+        "ops": Unseen(4, True), "lobby": Unseen(2, False), "dm:erin": Unseen(2, True)}
+    # The conversation on screen shows none: its read marker is on its way.
+    assert unseen_counts(convs, state, "ops") == {
+        "lobby": Unseen(2, False), "dm:erin": Unseen(2, True)}
+    assert unseen_counts(convs, Unread(), None) == {}
 
 
 def test_room_messages_dedupe_by_seq() -> None:
     conv = Conversation("dev", "dev", "room")
-    assert conv.add(msg("a", seq=5), active=True, me="x")
-    assert not conv.add(msg("a", seq=5), active=False, me="x")
-    assert len(conv.lines) == 1 and conv.unread == 0
+    assert conv.add(msg("a", seq=5), me="x")
+    assert not conv.add(msg("a", seq=5), me="x")
+    assert len(conv.lines) == 1
     assert 5 in conv
 
 
 def test_lines_are_bounded() -> None:
     conv = Conversation("dev", "dev", "room", max_lines=3)
     for seq in range(1, 6):
-        conv.add(msg(str(seq), seq=seq), active=True, me="x")
+        conv.add(msg(str(seq), seq=seq), me="x")
     assert [ln.seq for ln in conv.lines] == [3, 4, 5]
     assert conv.oldest_seq == 3 and conv.newest_seq == 5
-    assert conv.add(msg("1 again", seq=1), active=True, me="x")  # forgotten seqs may return
+    assert conv.add(msg("1 again", seq=1), me="x")  # forgotten seqs may return
 
 
 def test_insert_older_prepends_without_duplicates() -> None:
     conv = Conversation("dev", "dev", "room")
     for seq in (10, 11):
-        conv.add(msg(str(seq), seq=seq), active=True, me="x")
+        conv.add(msg(str(seq), seq=seq), me="x")
     assert conv.oldest_seq == 10
     page = [msg(str(s), seq=s) for s in (9, 7, 8, 10, 11, 12)]
     assert conv.insert_older(page, "x") == 3
     assert [ln.seq for ln in conv.lines] == [7, 8, 9, 10, 11]
     assert conv.insert_older(page, "x") == 0
-    assert conv.oldest_seq == 7 and conv.unread == 0
+    assert conv.oldest_seq == 7
 
 
 def test_insert_older_never_drops_newer_lines() -> None:
     conv = Conversation("dev", "dev", "room", max_lines=4)
     for seq in (10, 11):
-        conv.add(msg(str(seq), seq=seq), active=True, me="x")
+        conv.add(msg(str(seq), seq=seq), me="x")
     added = conv.insert_older([msg(str(s), seq=s) for s in range(1, 10)], "x")
     assert added == 2
     assert [ln.seq for ln in conv.lines] == [8, 9, 10, 11]
+
+
+def test_merge_puts_a_dm_page_in_id_order_around_the_dms_shown() -> None:
+    """The pending DMs of the login (5, 7) are shown before the conversation's history
+    comes: the page's older DMs go above them, the one in between (6, sent from another
+    device) between them, a newer one (8) below; none twice."""
+    conv = Conversation(dm_key("erin"), "erin", "dm")
+    for dm_id in (5, 7):
+        conv.add(Line("dm", T0, "erin", f"dm {dm_id}", dm_id), me="bob")
+    page = [Line("dm", T0, "erin" if i % 2 else "bob", f"dm {i}", i) for i in (2, 3, 5, 6, 7, 8)]
+    assert conv.merge(page, "bob") == 4
+    assert [ln.seq for ln in conv.lines] == [2, 3, 5, 6, 7, 8]
+    assert conv.merge(page, "bob") == 0
+    assert [ln.own for ln in conv.lines] == [True, False, False, True, False, True]
+
+
+def test_may_have_older() -> None:
+    room, dm = Conversation("dev", "dev", "room"), Conversation(dm_key("bob"), "bob", "dm")
+    assert not room.may_have_older and not dm.may_have_older  # nothing loaded
+    room.add(msg("2", seq=2), me="x")
+    dm.add(Line("dm", T0, "bob", "hi", 40), me="x")
+    assert room.may_have_older and dm.may_have_older  # DM ids do not start at 1
+    room.insert_older([msg("1", seq=1)], "x")
+    assert not room.may_have_older  # a room's first message is seq 1
+    dm.history_complete = True  # a short page came back
+    assert not dm.may_have_older
+    dm.clear()
+    assert not dm.history_complete
 
 
 def test_insert_older_classifies() -> None:
@@ -443,7 +477,7 @@ def test_insert_older_classifies() -> None:
 
 def _fill(conv: Conversation, n: int, start: int = 1) -> None:
     for seq in range(start, start + n):
-        conv.add(msg(f"message {seq}", seq=seq), active=True, me="x")
+        conv.add(msg(f"message {seq}", seq=seq), me="x")
 
 
 def test_viewport_follows_the_end() -> None:
@@ -463,7 +497,7 @@ def test_scroll_counts_new_messages_and_keeps_the_view() -> None:
     view = conv.viewport(60, 5, "x", UTC)
     assert text_of(view.rows[-1]).endswith("message 25")
     _fill(conv, 3, start=31)
-    conv.add(Line("notice", T0, "bob", "bob left #dev"), active=True, me="x")
+    conv.add(Line("notice", T0, "bob", "bob left #dev"), me="x")
     assert conv.new_while_scrolled == 3
     view = conv.viewport(60, 5, "x", UTC)
     assert text_of(view.rows[-1]).endswith("message 25")  # the view did not move
@@ -533,12 +567,11 @@ def test_members() -> None:
 def test_sidebar() -> None:
     dev = Conversation("dev", "dev", "room")
     ops = Conversation("ops", "ops", "room")
-    ops.unread, ops.mention = 3, True
     bob = Conversation("dm:bob", "bob", "dm")
-    bob.unread = 1
     members = {"zed": Member("offline"), "amy": Member("away"), "helper": Member("online", True),
                "bea": Member("online")}
-    rows = render_sidebar([dev, ops, bob], "dev", members, 20)
+    unseen = {"ops": Unseen(3, True), "dm:bob": Unseen(1, False)}
+    rows = render_sidebar([dev, ops, bob], "dev", members, 20, unseen)
     texts = [text_of(r).rstrip() for r in rows]
     assert texts == ["Rooms", " #dev", "!#ops (3)", "Direct", " @bob (1)", "",
                      "Members (4)", "● bea", "● helper [bot]", "◐ amy", "○ zed"]
@@ -549,11 +582,12 @@ def test_sidebar() -> None:
 
 def test_sidebar_narrow_keeps_counts_and_widths() -> None:
     conv = Conversation("k", "a_very_long_room_name", "room")
-    conv.unread = 12
+    unseen = {"k": Unseen(12)}
     for width in (1, 3, 8, 12):
-        rows = render_sidebar([conv], None, {"日本語の名前": Member("online", True)}, width)
+        rows = render_sidebar([conv], None, {"日本語の名前": Member("online", True)}, width,
+                              unseen)
         assert all(width_of(r) <= width for r in rows)
-    rows = render_sidebar([conv], None, None, 12)
+    rows = render_sidebar([conv], None, None, 12, unseen)
     assert text_of(rows[1]).endswith("(12)")
     assert render_sidebar([conv], None, None, 0) == []
 

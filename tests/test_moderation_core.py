@@ -448,7 +448,7 @@ def test_console_shows_deleted_messages_and_kicks() -> None:
     assert v.line_from_event(kicked, "mia").text == "nick was banned from #dev by olga: spam"
     conv = v.Conversation("dev", "dev", "room")
     conv.add(v.line_from_event(p.MessagePosted(room="dev", seq=2, time=1, sender="nick",
-                                               text="rude"), "mia"), active=True, me="mia")
+                                               text="rude"), "mia"), me="mia")
     assert conv.mark_deleted(2, "olga")
     assert conv.lines[-1].text == "(message deleted by olga)"
 

@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from prompt_toolkit.application import Application, get_app_session
@@ -61,6 +61,13 @@ UNANSWERED_MAX = 100
 
 HISTORY_ON_OPEN = 50      # messages shown when a room is opened (issue: "the last 50")
 OLDER_PAGE = 100          # messages fetched when scrolling above the loaded history
+#: Pages fetched to reach a direct conversation's read marker, or to catch up after a
+#: reconnect: the broker's largest (docs/PROTOCOL.md §6.48).
+DM_PAGE = p.MAX_HISTORY_LIMIT
+#: A conversation's read marker moves at most this often (MARK_READ, docs/PROTOCOL.md
+#: §6.49): a busy room on screen is marked twice a second, each time up to its newest
+#: message by then, not once per message; other devices lose the count within a second.
+MARK_READ_INTERVAL_S = 0.5
 SIDEBAR_WIDTH = 24
 #: Cells of message text the pane keeps beside the sidebar: about five words a row, the
 #: least that still reads as a chat. Narrower, the sidebar gives way (issue 13: at 60
@@ -147,6 +154,14 @@ class ChatConsole:
         #: another ends.
         self._mutes: dict[str, tuple[str, int | None]] = {}
         self._fetching_older: set[str] = set()
+        #: Direct conversations whose history was loaded (or is loading): once each.
+        self._dm_history: set[str] = set()
+        #: Read markers by conversation key (docs/console.md, "When a conversation counts
+        #: as read"): the newest position drawn on screen, the newest the broker has (or
+        #: was asked for and refused), and the conversations with a MARK_READ under way.
+        self._mark_want: dict[str, int] = {}
+        self._marked: dict[str, int] = {}
+        self._marking: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._logged_in = logged_in
         self._completing = False
@@ -170,10 +185,14 @@ class ChatConsole:
         return self.conversations.get(self.active) if self.active else None
 
     def switch(self, key: str) -> None:
+        """Show conversation ``key``. It counts as read once drawn at its bottom
+        (``_on_screen``), not here; a direct conversation whose history is not loaded
+        yet (its first load failed) loads it now."""
         if key in self.conversations:
             self.active = key
-            self.conversations[key].mark_read()
             self._tab = None
+            if self.conversations[key].kind == "dm" and key not in self._dm_history:
+                self._spawn(self.load_dm_history(key))
             self.app.invalidate()
 
     def sidebar_order(self) -> list[str]:
@@ -196,8 +215,8 @@ class ChatConsole:
             last = next((ln for ln in reversed(conv.lines) if ln.time_ms is not None), None)
             if last is not None and last.time_ms is not None and \
                     self._day(last.time_ms) != self._day(line.time_ms):
-                conv.add(v.day_line(line.time_ms, self.tz), active=True, me=self.me)
-        conv.add(line, active=key == self.active, me=self.me)
+                conv.add(v.day_line(line.time_ms, self.tz), me=self.me)
+        conv.add(line, me=self.me)
         self.app.invalidate()
 
     def _day(self, ms: int) -> dt.date:
@@ -237,7 +256,7 @@ class ChatConsole:
         page = await self.client.history(room, limit=HISTORY_ON_OPEN)
         lines = [v.line_from_event(m, self.me) for m in page.messages]
         if rejoined:
-            conv.insert_missed(lines, self.me, after=anchor, active=self.active == key)
+            conv.insert_missed(lines, self.me, after=anchor)
             if activate:
                 conv.scroll_to_end()
         else:
@@ -252,8 +271,16 @@ class ChatConsole:
         self.app.invalidate()
 
     async def start(self) -> None:
-        """Restore the account's rooms (or lobby), then show them; pending DMs arrive as
-        events."""
+        """Restore the account's rooms (or lobby), then show them, and open a direct
+        conversation for each one with unread DMs (the LOGIN reply's ``dm_reads``,
+        docs/PROTOCOL.md §6.3.1), oldest first, as they would have opened had the
+        console been running, with their history. Pending DMs arrive as events."""
+        # Before the first await: the pump, which shows the LOGIN's pending DMs, runs only
+        # from there on, so these conversations keep the order of their newest DMs.
+        unread_dms = sorted((d for d in self.client.unread.dms if d.unread),
+                            key=lambda d: d.last_id)
+        for d in unread_dms:
+            self.conversation(v.dm_key(d.peer), d.peer, "dm")
         rooms = self._logged_in.rooms
         if not rooms:  # the account left every room: back to the lobby, joined for real
             joined = await self.client.join(DEFAULT_ROOM)
@@ -262,12 +289,153 @@ class ChatConsole:
         for room in rooms:
             await self.open_room(room.room, room.topic)
         lobby = v.room_key(DEFAULT_ROOM)
-        self.switch(lobby if lobby in self.conversations else self.order[0])
+        self.switch(lobby if lobby in self.conversations else self.sidebar_order()[0])
         self._spawn(self._load_room_names())
+        for d in unread_dms:
+            try:
+                await self.load_dm_history(v.dm_key(d.peer))
+            except ZchatError as exc:  # shown anyway; loaded when it is next shown
+                self.error(f"could not load the direct messages with {d.peer}: {exc}")
         self.info(f"connected to {self.client.server} as {self.me} — /help for commands")
         if self.client.pinned is not None:  # trusted on first use: say so on screen too,
             for line in self.client.pinned.notice().splitlines():  # not only on stderr
                 self.info(line.strip().removeprefix("zchat: "))
+
+    # -- direct conversations --------------------------------------------------------------------
+
+    async def load_dm_history(self, key: str) -> None:
+        """Load the history of direct conversation ``key`` when it opens (at start, at
+        its first DM, on /msg, /query, /switch @x): its last HISTORY_ON_OPEN DMs, and
+        further back to the read marker when more are unread, so that every unread DM
+        is shown (docs/PROTOCOL.md §6.48). The DMs are merged by id (``Line.seq``) with
+        those already shown: pending DMs the pump added meanwhile, older, newer or in
+        between. Once per conversation; a load that fails is tried again when the
+        conversation is next shown (``switch``)."""
+        conv = self.conversations.get(key)
+        if conv is None or conv.kind != "dm" or key in self._dm_history:
+            return
+        self._dm_history.add(key)
+        try:
+            known = self.client.unread.dm(conv.title)
+            read_id = known.read_id if known is not None and known.unread else None
+            page = await self.client.dm_history(conv.title, limit=HISTORY_ON_OPEN)
+            messages = list(page.messages)
+            complete = len(messages) < HISTORY_ON_OPEN
+            while (read_id is not None and not complete and messages[0].id > read_id + 1
+                   and len(messages) < v.MAX_LINES):
+                page = await self.client.dm_history(conv.title, before=messages[0].id,
+                                                    limit=DM_PAGE)
+                messages[:0] = page.messages
+                complete = len(page.messages) < DM_PAGE
+        except BaseException:
+            self._dm_history.discard(key)
+            raise
+        if self.conversations.get(key) is conv:  # not closed meanwhile
+            self._merge_dms(conv, messages)
+            if complete and (not messages or conv.oldest_seq == messages[0].id):
+                conv.history_complete = True
+
+    def _merge_dms(self, conv: v.Conversation, messages: Iterable[p.DirectMessage]) -> None:
+        """Put DMs from a history page among those shown, in id order, each once."""
+        conv.merge([v.line_from_event(m, self.me) for m in messages], self.me)
+        self.app.invalidate()
+
+    async def _catch_up_dms(self) -> None:
+        """After a reconnect: the DMs of the open direct conversations that went to the
+        account's other sessions during the outage (DMs are not pushed again, and one
+        read elsewhere is not pending either, docs/PROTOCOL.md §6.7), fetched after the
+        newest one shown, unless the read state says there is none newer."""
+        state = self.client.unread
+        for conv in [cv for cv in self.conversations.values() if cv.kind == "dm"]:
+            if conv.key not in self._dm_history:
+                await self.load_dm_history(conv.key)
+                continue
+            newest = conv.newest_seq
+            known = state.dm(conv.title)
+            if newest is None or (known is not None and known.last_id <= newest):
+                continue
+            for _ in range(v.MAX_LINES // DM_PAGE):
+                page = await self.client.dm_history(conv.title, after=newest, limit=DM_PAGE)
+                self._merge_dms(conv, page.messages)
+                if len(page.messages) < DM_PAGE:
+                    break
+                newest = page.messages[-1].id
+
+    # -- read markers ------------------------------------------------------------------------------
+
+    def _on_screen(self, conv: v.Conversation) -> None:
+        """``conv`` has just been drawn down to its newest line: the person has it on
+        screen, so its read marker moves to the newest message shown (docs/console.md,
+        "When a conversation counts as read"). Called from drawing, so it covers
+        switching to a conversation, a message arriving while it follows the bottom,
+        scrolling back down, and the redraw after ``fg`` (while suspended with Ctrl-Z
+        the process is stopped: nothing is drawn, nothing is marked)."""
+        upto = conv.newest_seq
+        if upto is None or upto <= self._marked.get(conv.key, 0) or not conv.joined \
+                or self.client.state != "connected":
+            return
+        self._mark_want[conv.key] = max(upto, self._mark_want.get(conv.key, 0))
+        if conv.key not in self._marking:
+            self._marking.add(conv.key)
+            task = asyncio.ensure_future(self._mark_read(conv.key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _mark_read(self, key: str) -> None:
+        """Move the read marker of conversation ``key`` to ``_mark_want[key]``
+        (MARK_READ, docs/PROTOCOL.md §6.49): one request at a time per conversation, at
+        most one per MARK_READ_INTERVAL_S, each up to the newest position wanted by then.
+        Nothing is sent when the read state has it already (your own posts move the
+        marker on the broker). No answer (ConnectionFailed) is no matter: the next
+        drawing asks again; a refusal is logged and that position not asked again."""
+        try:
+            while True:
+                conv = self.conversations.get(key)
+                upto = self._mark_want.get(key, 0)
+                if conv is None or upto <= self._marked.get(key, 0):
+                    return
+                if self._read_upto(conv) >= upto:
+                    self._marked[key] = upto
+                    return
+                try:
+                    if conv.kind == "room":
+                        await self.client.mark_read(room=conv.title, upto=upto)
+                    else:
+                        await self.client.mark_read(dm=conv.title, upto=upto)
+                except ConnectionFailed as exc:
+                    log.debug("%s not marked read up to %d now: %s", key, upto, exc)
+                    return
+                except RequestFailed as exc:
+                    log.info("%s not marked read up to %d: %s", key, upto, exc)
+                self._marked[key] = max(self._marked.get(key, 0), upto)
+                self.app.invalidate()
+                await asyncio.sleep(MARK_READ_INTERVAL_S)
+        finally:
+            self._marking.discard(key)
+
+    def _read_upto(self, conv: v.Conversation) -> float:
+        """How far ``conv`` is read in the account's read state; infinite when there is
+        nothing to mark: a room not followed, a direct conversation with nothing unread
+        since the login (``Client.unread`` lists every one that has)."""
+        state = self.client.unread
+        if conv.kind == "room":
+            room = state.room(conv.title)
+            return float("inf") if room is None else room.read_seq
+        dm = state.dm(conv.title)
+        return float("inf") if dm is None else dm.read_id
+
+    async def _flush_marks(self) -> None:
+        """Send the read markers still waiting out MARK_READ_INTERVAL_S (quitting)."""
+        for key, upto in list(self._mark_want.items()):
+            conv = self.conversations.get(key)
+            if conv is None or upto <= self._marked.get(key, 0) or \
+                    self._read_upto(conv) >= upto:
+                continue
+            with contextlib.suppress(ZchatError):
+                if conv.kind == "room":
+                    await self.client.mark_read(room=conv.title, upto=upto)
+                else:
+                    await self.client.mark_read(dm=conv.title, upto=upto)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -287,14 +455,19 @@ class ChatConsole:
                 line = v.line_from_event(event, self.me)
                 typed = conv.pending(line.kind, line.text) if line.own else None
                 if typed is not None:  # the line you sent, in before the OK: in its place
-                    conv.settle(typed, line, self.me, active=key == self.active)
+                    conv.settle(typed, line, self.me)
                 else:
                     self.add_line(key, line)
         elif isinstance(event, p.DirectMessage):
             other = event.to if name_key(event.sender) == name_key(self.me) else event.sender
             key = v.dm_key(other)
+            new = key not in self.conversations
             self.conversation(key, other, "dm")
             self.add_line(key, v.line_from_event(event, self.me))
+            if new:  # its first DM opens it: the conversation so far comes above
+                self._spawn(self.load_dm_history(key))
+        elif isinstance(event, p.ReadMarked):
+            pass  # another device read a conversation: client.unread has it; redrawn below
         elif isinstance(event, p.UserJoined | p.UserLeft):
             key = v.room_key(event.room)
             conv = self.conversations.get(key)
@@ -361,6 +534,7 @@ class ChatConsole:
             self.info("reconnected")
             self._check_still_joined()
             self._spawn(self.refresh_members())  # presence may have changed meanwhile
+            self._spawn(self._catch_up_dms())  # DMs that went to other sessions meanwhile
         elif isinstance(event, SessionEnded):
             self.state = "disconnected"
             self.ended = True
@@ -482,8 +656,7 @@ class ChatConsole:
             # (scripts log in and out all day, and a line each would drown the room).
             if event.presence == "offline" and event.text and \
                     name_key(event.name) != name_key(self.me):
-                conv.add(v.line_from_event(event, self.me), active=conv.key == self.active,
-                         me=self.me)
+                conv.add(v.line_from_event(event, self.me), me=self.me)
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -568,11 +741,11 @@ class ChatConsole:
                 sent = v.Line("dm", dm.time, self.me, text, dm.id)
                 stored = dm.delivered == "stored"
         except RequestFailed:
-            conv.settle(shown, None, self.me, active=conv.key == self.active)
+            conv.settle(shown, None, self.me)
             self._give_back(typed)  # refused: to fix and resend
             raise
         except ConnectionFailed as exc:
-            conv.settle(shown, None, self.me, active=conv.key == self.active)
+            conv.settle(shown, None, self.me)
             # No answer: it may or may not have been stored. Kept with its cmid, so that
             # sending the same line again (given back, or recalled with Up) is safe
             # (docs/console.md, "Reconnecting").
@@ -592,7 +765,7 @@ class ChatConsole:
         finally:
             self._sending.pop(id(shown), None)
             self.app.invalidate()
-        conv.settle(shown, sent, self.me, active=conv.key == self.active)
+        conv.settle(shown, sent, self.me)
         if stored:
             self.info(f"{conv.title} is offline; they get it at their next login",
                       key=conv.key)
@@ -727,12 +900,10 @@ class ChatConsole:
             await client.set_presence("online")
             self.info("you are back")
         elif isinstance(cmd, c.History):
-            if conv is None or conv.kind != "room":
-                self.error("/history works in rooms")
+            if conv is None:
+                self.error("no conversation: /join a room first")
                 return
-            page = await client.history(conv.title, before=conv.oldest_seq, limit=cmd.count)
-            added = conv.insert_older([v.line_from_event(m, self.me) for m in page.messages],
-                                      self.me)
+            added = await self._load_older(conv, conv.oldest_seq, cmd.count)
             self.info(f"loaded {added} older message{'s' if added != 1 else ''}")
         elif isinstance(cmd, c.Switch):
             await self._switch_to_name(cmd.target)
@@ -810,7 +981,10 @@ class ChatConsole:
         """The key of the DM conversation with ``name``, opened first when new, after the
         broker said the account exists (WHOIS; a broker older than it, 405, is taken at
         its word). None when there is no such account: an error line says so and
-        ``typed`` (the command as typed) comes back to the input to fix."""
+        ``typed`` (the command as typed) comes back to the input to fix. A new
+        conversation shows its history (``load_dm_history``) before anything is sent
+        in it; a history that cannot be loaded does not stop the command (it is tried
+        again when the conversation is next shown)."""
         key = v.dm_key(name)
         if key in self.conversations:
             return key
@@ -829,6 +1003,10 @@ class ChatConsole:
             self._give_back(typed)
             raise
         self.conversation(key, title, "dm")
+        try:
+            await self.load_dm_history(key)
+        except ZchatError as exc:
+            log.info("no history of the conversation with %s now: %s", title, exc)
         return key
 
     def _close(self, key: str) -> None:
@@ -837,6 +1015,9 @@ class ChatConsole:
         order = self.sidebar_order()
         at = order.index(key) if key in order else 0
         self.conversations.pop(key, None)
+        self._dm_history.discard(key)  # opened again, it loads its history again
+        self._mark_want.pop(key, None)
+        self._marked.pop(key, None)
         if key in self.order:
             self.order.remove(key)
         if self.active == key:
@@ -879,23 +1060,40 @@ class ChatConsole:
         self.app.invalidate()
 
     async def older_history(self, conv: v.Conversation) -> None:
-        """Scrolled above the loaded lines: fetch the page before them."""
-        if conv.key in self._fetching_older or conv.kind != "room":
-            return
-        oldest = conv.oldest_seq
-        if oldest is None or oldest <= 1:
+        """Scrolled above the loaded lines: fetch the page before them (a room's
+        messages or a direct conversation's DMs)."""
+        if conv.key in self._fetching_older or not conv.may_have_older:
             return
         self._fetching_older.add(conv.key)
         try:
-            page = await self.client.history(conv.title, before=oldest, limit=OLDER_PAGE)
-            conv.insert_older([v.line_from_event(m, self.me) for m in page.messages], self.me)
+            await self._load_older(conv, conv.oldest_seq, OLDER_PAGE)
         finally:
             self._fetching_older.discard(conv.key)
         self.app.invalidate()
 
+    async def _load_older(self, conv: v.Conversation, before: int | None, limit: int) -> int:
+        """Put up to ``limit`` messages before ``before`` (None: the newest) on top of
+        ``conv`` (HISTORY for a room, DM_HISTORY for a direct conversation); how many
+        were added. A short page means there is nothing older (``history_complete``)."""
+        events: tuple[p.MessagePosted, ...] | tuple[p.DirectMessage, ...]
+        if conv.kind == "room":
+            events = (await self.client.history(conv.title, before=before,
+                                                limit=limit)).messages
+        else:
+            events = (await self.client.dm_history(conv.title, before=before,
+                                                   limit=limit)).messages
+        lines = [v.line_from_event(m, self.me) for m in events]
+        added = conv.insert_older(lines, self.me)
+        if len(lines) < limit and (not lines or conv.oldest_seq == lines[0].seq):
+            conv.history_complete = True
+        return added
+
     async def quit(self, text: str = "") -> None:
-        """Log out (briefly: the broker may be gone) and leave the screen."""
+        """Log out (briefly: the broker may be gone) and leave the screen. A read marker
+        still waiting out MARK_READ_INTERVAL_S goes first: what you saw stays read."""
         if self.client.state == "connected":
+            with contextlib.suppress(ZchatError, TimeoutError):
+                await asyncio.wait_for(self._flush_marks(), QUIT_TIMEOUT_S / 2)
             with contextlib.suppress(ZchatError, TimeoutError):
                 try:
                     await asyncio.wait_for(self.client.logout(text), QUIT_TIMEOUT_S / 2)
@@ -920,15 +1118,18 @@ class ChatConsole:
             rows.append(v.render_more_indicator(conv.new_while_scrolled, width))
         # Not in a room you were removed from: a private one answers only 403, and the
         # refusal's line would keep the pane at the top, asking again at every redraw.
-        if vp.at_top and not conv.following and conv.joined and (conv.oldest_seq or 0) > 1:
+        if vp.at_top and not conv.following and conv.joined and conv.may_have_older:
             self._spawn(self.older_history(conv))
+        if vp.at_bottom and height > 0:  # its newest line is on screen: read
+            self._on_screen(conv)
         return rows
 
     def _sidebar_rows(self, width: int, height: int) -> list[Row]:
         conv = self.current
         members = conv.members if conv is not None and conv.kind == "room" else None
         convs = [self.conversations[k] for k in self.order]
-        rows = v.render_sidebar(convs, self.active, members, width)
+        rows = v.render_sidebar(convs, self.active, members, width,
+                                v.unseen_counts(convs, self.client.unread, self.active))
         if len(rows) <= height:
             return rows
         # Too many rows: scroll so that the active conversation stays in sight.
@@ -964,12 +1165,16 @@ class ChatConsole:
 
     def _activity(self) -> str:
         """Other conversations with unread messages, mentions first (`!`), like WeeChat's
-        hotlist: visible even when the sidebar has scrolled them away or is hidden."""
-        hot = [conv for key in self.sidebar_order()
-               if (conv := self.conversations[key]).unread and key != self.active]
-        hot.sort(key=lambda conv: not conv.mention)
-        return ",".join(("!" if conv.mention else "")
-                        + ("#" if conv.kind == "room" else "@") + conv.title for conv in hot)
+        hotlist: visible even when the sidebar has scrolled them away or is hidden.
+        From the account's read state on the broker, as the sidebar's counts."""
+        order = self.sidebar_order()
+        counts = v.unseen_counts((self.conversations[k] for k in order), self.client.unread,
+                                 self.active)
+        hot = [key for key in order if key in counts and counts[key].unread]
+        hot.sort(key=lambda key: not counts[key].mention)
+        return ",".join(("!" if counts[key].mention else "")
+                        + ("#" if self.conversations[key].kind == "room" else "@")
+                        + self.conversations[key].title for key in hot)
 
     def _on_pane_mouse(self, event: MouseEvent) -> object:
         conv = self.current

@@ -34,6 +34,7 @@ from prompt_toolkit.utils import get_cwidth
 
 from zchat import protocol as p
 from zchat.names import mentions, name_key
+from zchat.unread import Unread
 
 Fragment = tuple[str, str]
 Row = list[Fragment]
@@ -754,8 +755,9 @@ class Conversation:
       user name, without ``#``/``@``); ``kind``: ``room`` or ``dm``.
     - ``lines``: a deque of at most ``max_lines`` (default ``MAX_LINES``) classified lines,
       oldest first; when full, adding drops the oldest.
-    - ``unread``: messages from others that arrived while not active; ``mention``: one of
-      them mentioned the user (every DM counts as a mention).
+    - Unread counts and mention markers are not kept here: they are the account's read
+      state on the broker (``zchat.client.Client.unread``, docs/PROTOCOL.md §6.3.1),
+      shown through ``unseen_counts``.
     - ``members``: room members, name -> ``Member``.
     - Scrolling is counted in display rows: ``scroll_rows`` rows are hidden below the
       bottom of the pane. ``following`` is True at the bottom (new lines scroll in);
@@ -771,8 +773,6 @@ class Conversation:
         self.topic = topic
         self.lines: deque[Line] = deque()
         self.max_lines = max_lines
-        self.unread = 0
-        self.mention = False
         self.members: dict[str, Member] = {}
         #: A room only: False once you were kicked or banned from it (or removed while
         #: disconnected). Its lines stay, marked not joined, as WeeChat keeps a parted
@@ -783,6 +783,9 @@ class Conversation:
         self.new_while_scrolled = 0
         #: Long lines drawn whole (Ctrl-O) instead of folded to FOLD_ROWS rows.
         self.unfolded = False
+        #: The broker has nothing older than ``oldest_seq``: a history page came back
+        #: shorter than asked (``may_have_older``).
+        self.history_complete = False
         self._seqs: set[int] = set()
         self._appended_while_scrolled = 0  # lines whose rows viewport() must add to scroll_rows
 
@@ -803,13 +806,12 @@ class Conversation:
     def _dedupe_key(self, line: Line) -> int | None:
         return line.seq if line.kind in _SPOKEN else None
 
-    def add(self, line: Line, *, active: bool, me: str) -> bool:
+    def add(self, line: Line, *, me: str) -> bool:
         """Append ``line`` (classified against ``me``). Returns False, changing nothing,
         when a line with the same seq is already here (a duplicate room message or DM).
 
-        Unread/mention change only when the conversation is not ``active`` and the line is
-        a message, action or dm from someone else. While scrolled up, a message, action or
-        dm increments ``new_while_scrolled``.
+        While scrolled up, a message, action or dm increments ``new_while_scrolled``.
+        Unread counts are not kept here (the broker's read state, ``unseen_counts``).
         """
         line = classify(line, me)
         seq = self._dedupe_key(line)
@@ -820,14 +822,9 @@ class Conversation:
         if len(self.lines) >= self.max_lines:
             self._drop(self.lines.popleft())
         self.lines.append(line)
-        spoken = line.kind in _SPOKEN
-        if not active and spoken and not line.own:
-            self.unread += 1
-            if line.mention or line.kind == "dm":
-                self.mention = True
         if not self.following:
             self._appended_while_scrolled += 1
-            if spoken:
+            if line.kind in _SPOKEN:
                 self.new_while_scrolled += 1
         return True
 
@@ -844,7 +841,7 @@ class Conversation:
         return next((ln for ln in self.lines if ln.status == "pending" and ln.kind == kind
                      and ln.text == text), None)
 
-    def settle(self, typed: Line, sent: Line | None, me: str, *, active: bool) -> None:
+    def settle(self, typed: Line, sent: Line | None, me: str) -> None:
         """The broker answered the line you typed, shown as ``typed`` (status pending).
 
         ``sent``, the message as stored (with its seq and time), takes ``typed``'s place;
@@ -864,7 +861,7 @@ class Conversation:
                 del self.lines[i]
             return
         if i is None:
-            self.add(sent, active=active, me=me)
+            self.add(sent, me=me)
             return
         self.lines[i] = sent
         if seq is not None:
@@ -892,6 +889,17 @@ class Conversation:
         """Largest seq loaded, or None."""
         return max(self._seqs, default=None)
 
+    @property
+    def may_have_older(self) -> bool:
+        """Whether the broker may hold messages older than the oldest loaded one: not
+        when nothing is loaded, after a short history page (``history_complete``), or in
+        a room at seq 1 (a room's seqs start at 1; DM ids are shared by every
+        conversation, so only a short page tells)."""
+        oldest = self.oldest_seq
+        if oldest is None or self.history_complete:
+            return False
+        return self.kind == "dm" or oldest > 1
+
     def insert_older(self, lines: Iterable[Line], me: str) -> int:
         """Prepend older lines (a history page); returns how many were added.
 
@@ -915,8 +923,17 @@ class Conversation:
             self._seqs.add(seq)
         return len(chosen)
 
-    def insert_missed(self, lines: Iterable[Line], me: str, *, after: Line | None,
-                      active: bool) -> int:
+    def merge(self, lines: Iterable[Line], me: str) -> int:
+        """Merge a history page of any range, each line once and in seq order; returns
+        how many were added. Lines older than every one loaded go on top
+        (``insert_older``), the others each before the first later message with a
+        larger seq (``insert_missed`` with no anchor): a direct conversation's page may
+        hold DMs older than, newer than and between those shown (the pending DMs of the
+        login, shown before the history came)."""
+        page = list(lines)
+        return self.insert_older(page, me) + self.insert_missed(page, me, after=None)
+
+    def insert_missed(self, lines: Iterable[Line], me: str, *, after: Line | None) -> int:
         """Place the lines said while you were out of the room (joining it again after a
         kick, a ban or a removal while disconnected, docs/console.md); returns how many
         were added.
@@ -929,8 +946,10 @@ class Conversation:
         meanwhile) — so they come after every notice already shown, never above it as
         ``insert_older`` would put them (the pane orders lines as they were added, not
         by time; a notice has no seq). They count as new lines, as ``add`` counts them
-        (unread, mention, ``new_while_scrolled``). When the deque overflows, the oldest
-        lines are dropped.
+        (``new_while_scrolled``). When the deque overflows, the oldest lines are dropped.
+        With ``after`` None this merges any page into the lines in seq order (a direct
+        conversation's history, which may hold DMs older, newer and in between the ones
+        shown).
         """
         pos = 0
         if after is not None:
@@ -954,10 +973,6 @@ class Conversation:
             self.lines.insert(at, line)
             self._seqs.add(seq)
             pos = at + 1
-            if not active and not line.own:
-                self.unread += 1
-                if line.mention or line.kind == "dm":
-                    self.mention = True
             if not self.following:
                 self._appended_while_scrolled += 1
                 self.new_while_scrolled += 1
@@ -969,12 +984,8 @@ class Conversation:
         """Forget every line (``/clear``); history can be fetched again."""
         self.lines.clear()
         self._seqs.clear()
+        self.history_complete = False
         self.scroll_to_end()
-
-    def mark_read(self) -> None:
-        """The user is looking at it: unread 0, no mention."""
-        self.unread = 0
-        self.mention = False
 
     # -- members -------------------------------------------------------------------------
 
@@ -1103,18 +1114,52 @@ def _fit(frags: Sequence[Fragment], width: int) -> Row:
     return out
 
 
-def _conversation_row(conv: Conversation, active: bool, width: int) -> Row:
+class Unseen(NamedTuple):
+    """What the sidebar and the hotlist show of one conversation: ``unread`` messages
+    (``(3)``) and whether one of them is for you (``!``)."""
+
+    unread: int = 0
+    mention: bool = False
+
+
+NOTHING_UNSEEN = Unseen()
+
+
+def unseen_counts(conversations: Iterable[Conversation], state: Unread,
+                  active_key: str | None) -> dict[str, Unseen]:
+    """Conversation key -> ``Unseen``, from the account's read state on the broker
+    (``Client.unread``, docs/PROTOCOL.md §6.3.1), so that the counts survive a restart
+    and agree on every device: a room's ``unread`` messages, ``!`` when ``mentions`` >
+    0; a direct conversation's ``unread`` DMs, ``!`` when there is any (every DM is
+    addressed to you). Conversations with nothing unread, and the active one (it is on
+    screen; its read marker is being moved), are left out."""
+    counts: dict[str, Unseen] = {}
+    for conv in conversations:
+        if conv.key == active_key:
+            continue
+        if conv.kind == "room":
+            room = state.room(conv.title)
+            seen = Unseen() if room is None else Unseen(room.unread, room.mentions > 0)
+        else:
+            dm = state.dm(conv.title)
+            seen = Unseen() if dm is None else Unseen(dm.unread, dm.unread > 0)
+        if seen.unread or seen.mention:
+            counts[conv.key] = seen
+    return counts
+
+
+def _conversation_row(conv: Conversation, active: bool, width: int, seen: Unseen) -> Row:
     base = "class:sidebar.active" if active else "class:sidebar"
     prefix = "#" if conv.kind == "room" else "@"
-    mark = MENTION_MARKER if conv.mention else " "
-    count = f" ({conv.unread})" if conv.unread else ""
+    mark = MENTION_MARKER if seen.mention else " "
+    count = f" ({seen.unread})" if seen.unread else ""
     name_w = max(0, width - 1 - cell_width(count))
     title = prefix + sanitize(conv.title)
     name = truncate_middle(title if conv.joined else f"({title})", name_w)
     style = base if conv.joined else _join_style(base, "class:sidebar.parted")
-    if conv.unread:
+    if seen.unread:
         style = _join_style(style, "class:sidebar.unread")
-    frags: Row = [(_join_style(base, "class:sidebar.mention") if conv.mention else base, mark),
+    frags: Row = [(_join_style(base, "class:sidebar.mention") if seen.mention else base, mark),
                   (style, name), (style, count)]
     fitted = _fit(frags, width)
     used = sum(cell_width(t) for _, t in fitted)
@@ -1124,12 +1169,14 @@ def _conversation_row(conv: Conversation, active: bool, width: int) -> Row:
 
 
 def render_sidebar(conversations: Iterable[Conversation], active_key: str | None,
-                   members: Mapping[str, Member] | None, width: int) -> list[Row]:
+                   members: Mapping[str, Member] | None, width: int,
+                   unseen: Mapping[str, Unseen] | None = None) -> list[Row]:
     """Sidebar rows, each at most ``width`` cells (conversation rows are padded to exactly
     ``width`` so the active one's highlight spans the column).
 
-    ``Rooms`` heading, then rooms in the given order as ``!#dev (3)`` (``!`` an unread
-    mention, ``(3)`` unread count; the active one ``class:sidebar.active``), then
+    ``Rooms`` heading, then rooms in the given order as ``!#dev (3)`` (from ``unseen``,
+    by conversation key (``unseen_counts``): ``!`` an unread mention, ``(3)`` unread
+    count; the active one ``class:sidebar.active``), then
     ``Direct`` with DM conversations as ``@bob (1)``; then ``Members (N)`` with each
     member as ``● alice`` (``●`` online, ``◐`` away, ``○`` offline; style
     ``class:presence.<presence>``) and ``[bot]`` after bots, sorted online, away, offline,
@@ -1144,7 +1191,9 @@ def render_sidebar(conversations: Iterable[Conversation], active_key: str | None
         if not these and kind == "dm":
             continue
         rows.append(_fit([("class:sidebar.heading", heading)], width))
-        rows.extend(_conversation_row(c, c.key == active_key, width) for c in these)
+        rows.extend(_conversation_row(c, c.key == active_key, width,
+                                      (unseen or {}).get(c.key, NOTHING_UNSEEN))
+                    for c in these)
     if members:
         rows.append([])
         rows.append(_fit([("class:sidebar.heading", f"Members ({len(members)})")], width))
