@@ -231,6 +231,9 @@ def test_a_direct_conversation_opens_with_its_history_and_scrolls_back_to_its_st
                 f"b{i}" for i in range(1, 11)]
             assert len(s.texts()) == HISTORY_ON_OPEN
             assert [ln.own for ln in s.conv.lines][-11:] == [False] + [True] * 10
+            s.type_line("/history 5")  # in a direct conversation too
+            await s.wait_text("loaded 5 older messages")
+            assert s.texts(kinds=("dm",))[:2] == ["e106", "e107"]
             await until(lambda: s.console.pane.render_info is not None)
 
             def page_up_until_the_start() -> bool:
@@ -241,9 +244,9 @@ def test_a_direct_conversation_opens_with_its_history_and_scrolls_back_to_its_st
                 return s.conv.history_complete
 
             await until(page_up_until_the_start, timeout=10, what="back to the first DM")
-            assert s.texts() == [f"e{i}" for i in range(1, 151)] + [
+            assert s.texts(kinds=("dm",)) == [f"e{i}" for i in range(1, 151)] + [
                 f"b{i}" for i in range(1, 11)]
-            ids = [ln.seq for ln in s.conv.lines]
+            ids = [ln.seq for ln in s.conv.lines if ln.seq is not None]
             assert ids == sorted(set(ids))
             assert "Direct" in s.sidebar()
 

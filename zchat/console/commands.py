@@ -433,7 +433,8 @@ _SPECS: tuple[CommandSpec, ...] = (
                 lambda a: Rooms()),
     CommandSpec("history", (Param("N"),), "load older messages",
                 f"Loads up to N (1 to {MAX_HISTORY}) messages older than the oldest one "
-                "shown in the current room. Scrolling above the top does the same.",
+                "shown in the current room or direct conversation. Scrolling above "
+                "the top does the same.",
                 lambda a: History(_count(a["N"]))),
     CommandSpec("clear", (), "clear the pane",
                 "Clears the current conversation's pane. Nothing is deleted on the "
