@@ -490,8 +490,10 @@ class Client:
                                left_s: float) -> ZchatError:
         """The error for an INFO that got no answer: BrokerKeyChanged when the key service
         now offers another key than the one used (asked for at most ``left_s`` seconds,
-        what is left of the connect's ``timeout_s``); else ``exc`` with a hint about the
-        transport settings on tcp."""
+        what is left of the connect's ``timeout_s``); "the broker does not answer" when
+        the key service is silent too (the broker is most likely down); else ``exc`` with
+        a hint about the transport settings on tcp (the broker runs, the handshake
+        failed)."""
         if not k.is_tcp(self.server):
             return exc
         if broker_key is None:
@@ -500,7 +502,10 @@ class Client:
         try:
             offered = await k.fetch_broker_key(self.context, self._key_service(),
                                                max(left_s, 0.001))
-        except (ConnectionFailed, k.BadKey):
+        except ConnectionFailed:
+            return ConnectionFailed(f"{exc}: the broker does not answer, nor does its key "
+                                    f"service at {self._key_service()}; is it running?")
+        except k.BadKey:
             offered = None
         expected = broker_key.decode("ascii")
         if offered is not None and offered != expected:
