@@ -135,6 +135,12 @@ def test_faq_bot_answers_and_calls_an_agent(zchat_broker: Harness) -> None:
     ("great work, but the build is broken and slow", "negative"),
     ("the meeting is at noon", "neutral"),
     ("not that it matters, the release is great", "positive"),  # beyond the window
+    # a negation ends at a clause boundary: punctuation or a joining word (issue 13 §5)
+    ("no problem, works great", "positive"),
+    ("not good, it crashed", "negative"),
+    ("not slow; great", "positive"),
+    ("no bugs and great docs", "positive"),
+    ("it is not good but fixed", "neutral"),
 ])
 def test_mood_labels(text: str, expected: str) -> None:
     assert example("mood").label(text) == expected
