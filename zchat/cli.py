@@ -598,9 +598,6 @@ async def _stdin_lines() -> AsyncIterator[tuple[int, bytes]]:
 
 
 def cmd_broker(args: argparse.Namespace, config: Config) -> int:
-    from zchat.broker import Broker
-    from zchat.store import Store
-
     cfg = config.broker
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -608,35 +605,75 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     # The database holds password and token hashes, DMs, private rooms and the audit log:
     # everything the broker creates is its user's alone (files 0600, directories 0700).
     os.umask(0o077)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create the data directory {directory}: {exc}") from None
     if args.print_key:
         from zchat import keys
 
+        _make_data_dir(directory)
         pair, _created = keys.load_or_create_broker_keys(directory)
         print(pair.public.decode("ascii"))
         return 0
     db_path = directory / DB_FILENAME
-    lock = _lock_data_dir(directory)
-    store = Store(db_path)
-    broker = Broker(cfg, store)
-    import zmq
-
-    from zchat.broker import TransportSecurityError, is_loopback
-
+    new = _NewFiles(directory)  # a start that fails leaves nothing new behind
     try:
-        broker.bind()
-    except (zmq.ZMQError, ValueError) as exc:
-        what = f"{cfg.router} / {cfg.pub}" + (" / the key service" if broker.zap else "")
-        broker.close()
-        raise CliError(f"cannot bind {what}: {exc}") from None
-    except TransportSecurityError:
-        broker.close()
+        _make_data_dir(directory)
+        lock = _lock_data_dir(directory)
+        try:
+            broker = _bound_broker(config)
+        except BaseException:
+            lock.close()
+            raise
+    except BaseException:
+        new.undo()
         raise
+    _write_pid(lock)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: broker.stop())
+    _print_started(broker, db_path)
+    try:
+        broker.run()
+    finally:
+        broker.close()
+        lock.close()
+    # Wait (at most the shutdown LINGER, 0.5 s) for GOING_AWAY to leave before exiting.
+    broker.context.term()
+    logging.getLogger("zchat.broker").info("stopped")
+    return 0
+
+
+def _make_data_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the data directory {directory}: {exc}") from None
+
+
+def _bound_broker(config: Config) -> Any:
+    """A Broker on the data directory's database with its endpoints bound (creating the
+    key pair on first start). Raises BindError naming the endpoint that could not be
+    bound, StorageError (the database), TransportSecurityError, CliError; whatever was
+    opened is closed then."""
+    from zchat.broker import Broker
+    from zchat.store import Store
+
+    cfg = config.broker
+    broker = Broker(cfg, Store(data_dir(cfg) / DB_FILENAME))
+    try:
+        broker.bind()
+    except ValueError as exc:  # no key service port can be derived from the router
+        broker.close()
+        raise CliError(f"cannot start the key service: {exc}; set [broker] "
+                       "key_endpoint") from None
+    except BaseException:
+        broker.close()
+        raise
+    return broker
+
+
+def _print_started(broker: Any, db_path: Path) -> None:
+    """The lines ``zchat broker`` prints once it serves (docs/cli.md)."""
+    from zchat.broker import is_loopback
+
+    cfg = broker.config
     print(f"zchat broker {__version__}", flush=True)
     print(f"  router   {broker.router_endpoint}", flush=True)
     print(f"  pub      {broker.pub_endpoint}", flush=True)
@@ -655,33 +692,65 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
                 is_loopback(e) for e in (cfg.router, cfg.pub) if e.startswith("tcp://")):
             print("  WARNING: encryption is off on a network endpoint: passwords, tokens "
                   "and messages cross it in clear text", flush=True)
-    try:
-        broker.run()
-    finally:
-        broker.close()
-        lock.close()
-    # Wait (at most the shutdown LINGER, 0.5 s) for GOING_AWAY to leave before exiting.
-    broker.context.term()
-    logging.getLogger("zchat.broker").info("stopped")
-    return 0
+
+
+class _NewFiles:
+    """What a start of ``zchat broker`` may create in its data directory — the
+    directory itself (and missing parents), the database with its WAL files, the key
+    pair and the lock file — noted before the start, so that a start that fails
+    (``undo()``) removes exactly what it created and never anything that was there."""
+
+    def __init__(self, directory: Path) -> None:
+        from zchat import keys
+        from zchat.admin import LOCK_FILENAME
+
+        names = (DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-shm",
+                 keys.BROKER_SECRET_FILE, keys.BROKER_PUBLIC_FILE, LOCK_FILENAME)
+        self.files = [directory / n for n in names if not os.path.lexists(directory / n)]
+        self.dirs: list[Path] = []  # the directories that do not exist yet, deepest first
+        path = directory.absolute()
+        while not os.path.lexists(path) and path != path.parent:
+            self.dirs.append(path)
+            path = path.parent
+
+    def undo(self) -> None:
+        for path in self.files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for path in self.dirs:
+            try:
+                path.rmdir()  # only when empty: something else put there stays
+            except OSError:
+                return
 
 
 def _lock_data_dir(directory: Path) -> TextIO:
     """Hold an exclusive lock on DIR/broker.lock for the broker's lifetime: two brokers on
-    one database would each cache state the other changes. Raises CliError if taken."""
+    one database would each cache state the other changes. Raises CliError if taken. The
+    file's content (the pid) is written by ``_write_pid`` once the broker has started."""
     import fcntl
 
-    lock = open(directory / "broker.lock", "a+")  # noqa: SIM115 (held until exit)
+    from zchat.admin import LOCK_FILENAME
+
+    try:
+        lock = open(directory / LOCK_FILENAME, "a+")  # noqa: SIM115 (held until exit)
+    except OSError as exc:
+        raise CliError(f"cannot open {directory / LOCK_FILENAME}: "
+                       f"{exc.strerror or exc}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
         raise CliError(f"another zchat broker is already using {directory}") from None
+    return lock
+
+
+def _write_pid(lock: TextIO) -> None:
+    """Put this process's pid in the held lock file (for people: ``cat broker.lock``)."""
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    return lock
 
 
 def cmd_register(args: argparse.Namespace, config: Config) -> int:
