@@ -499,11 +499,20 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
     if getattr(args, "generate", False):
         return generate_password(), True
     if getattr(args, "stdin", False):
-        line = sys.stdin.readline().rstrip("\r\n")
+        try:
+            line = sys.stdin.readline().rstrip("\r\n")
+            line.encode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise AdminError("the password on standard input is not valid UTF-8") from None
         if not line:
             raise AdminError("no password on standard input")
         return line, False
-    env = os.environ.get(NEW_PASSWORD_ENV)
+    try:
+        env = os.environ.get(NEW_PASSWORD_ENV)
+        if env is not None:
+            env.encode("utf-8")
+    except UnicodeEncodeError:  # decoded with surrogateescape: not text
+        raise AdminError(f"${NEW_PASSWORD_ENV} is not valid UTF-8") from None
     if env:
         return env, False
     if not _has_terminal():
@@ -519,6 +528,8 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
             raise AdminError("the passwords do not match; nothing changed")
     except EOFError:
         raise AdminError("cancelled; nothing changed") from None
+    except UnicodeDecodeError:
+        raise AdminError("the password typed is not valid UTF-8; nothing changed") from None
     return first, False
 
 

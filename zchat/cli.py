@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import secrets
 import signal
 import sys
 import threading
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,8 +68,57 @@ def _default(table: str, key: str, empty: str = "") -> str:
     return f"default: [{table}] {key} in the config file, else {shown}"
 
 
+#: Positionals that hold an account name: a value starting with '-' reads as an option, so
+#: its usage error explains the name rule instead (docs/PROTOCOL.md §12).
+_NAME_METAVARS = ("NAME", "TO")
+#: The name rule in a line, as docs/PROTOCOL.md §12 states it.
+NAME_RULE = ("a name is 1-32 letters, digits, '_', '-' and '.' and may not start with "
+             "'-' (docs/PROTOCOL.md §12)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with zchat's one-line errors: ``zchat: error: MESSAGE; see 'zchat CMD
+    --help'`` on stderr and exit code 2 (usage), as every other error is one line
+    (docs/cli.md, Exit codes and errors). Its sub-parsers are of this class too."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"zchat: error: {self._explain(message)}; see '{self.prog} "
+                     "--help'\n")
+
+    def _explain(self, message: str) -> str:
+        """argparse's ``message``, or for a NAME given as ``-x`` (taken for an unknown
+        option, so argparse says "NAME is required") the name rule."""
+        given = getattr(self, "_given", [])
+        words = given[:given.index("--")] if "--" in given else given
+        unknown = [w for w in words if w.startswith("-") and len(w) > 1
+                   and w.split("=")[0] not in self._option_string_actions
+                   and not self._negative_number_matcher.match(w)]
+        names = [a for a in self._actions if not a.option_strings
+                 and a.metavar in _NAME_METAVARS]
+        if unknown and names and ("required" in message or "unrecognized" in message):
+            return (f"{unknown[0]!r} is not a name: names may not start with '-' (it "
+                    f"would read as an option); {NAME_RULE}")
+        return message
+
+
+def _room_arg(text: str) -> str:
+    """argparse type of a room name: ``#dev`` as the console writes it is ``dev`` (one
+    leading '#' dropped; names cannot hold '#', docs/PROTOCOL.md §12)."""
+    return text[1:] if text.startswith("#") else text
+
+
+def _account_arg(text: str) -> str:
+    """argparse type of an account name: ``@bob`` as the console writes it is ``bob``
+    (one leading '@' dropped)."""
+    return text[1:] if text.startswith("@") else text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zchat", description="zchat: terminal chat on a ZeroMQ broker.",
         epilog="Client commands log in with $ZCHAT_TOKEN (an account token) when set, "
                "else a password from $ZCHAT_PASSWORD, else a prompt without echo.")
@@ -93,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(docs/security.md)")
         if needs_as:
             sp.add_argument("--as", dest="user", required=True, metavar="NAME",
+                            type=_account_arg,
                             help="the account to log in as")
 
     b = sub.add_parser("broker", help="run the broker",
@@ -119,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "create the account when it does not exist. Keys and "
                                    "commands: /help inside, or docs/console.md.")
     client_opts(j, needs_as=False)
-    j.add_argument("name", metavar="NAME")
+    j.add_argument("name", metavar="NAME", type=_account_arg)
     j.add_argument("--no-mouse", action="store_true",
                    help="leave the mouse to the terminal (text selection) instead of "
                         "scrolling with the wheel")
@@ -127,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("register", help="create an account",
                        description="Create an account (it starts in the lobby room).")
     client_opts(r, needs_as=False)
-    r.add_argument("name", metavar="NAME")
+    r.add_argument("name", metavar="NAME", type=_account_arg)
     r.add_argument("--bot", action="store_true",
                    help="mark the account as a bot (shown as [bot] in who)")
 
@@ -135,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Post TEXT to ROOM; with TEXT '-', post each line of "
                                    "standard input as one message.")
     client_opts(s)
-    s.add_argument("--room", required=True)
+    s.add_argument("--room", required=True, type=_room_arg)
     s.add_argument("--me", action="store_true", help="post as an action (/me)")
     s.add_argument("--retry-for", type=_nonnegative_seconds, default=SEND_RETRY_S,
                    metavar="SECONDS",
@@ -147,21 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Send a direct message; says whether it was delivered "
                                    "live or stored for the recipient's next login.")
     client_opts(d)
-    d.add_argument("to", metavar="TO")
+    d.add_argument("to", metavar="TO", type=_account_arg)
     d.add_argument("text", metavar="TEXT")
 
     t = sub.add_parser("tail", help="print room messages and direct messages as they arrive",
                        description="Print new messages in ROOM and your direct messages "
                                    "(stored ones first) as they arrive.")
     client_opts(t)
-    t.add_argument("--room", required=True)
+    t.add_argument("--room", required=True, type=_room_arg)
     t.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
 
     h = sub.add_parser("history", help="print a room's recent messages",
                        description="Print the last messages of ROOM, oldest first.")
     client_opts(h)
-    h.add_argument("--room", required=True)
+    h.add_argument("--room", required=True, type=_room_arg)
     h.add_argument("--limit", type=int, default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
                    help=f"how many (1-{p.MAX_HISTORY_LIMIT}, default "
                         f"{p.DEFAULT_HISTORY_LIMIT})")
@@ -171,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("who", help="list accounts and their presence",
                        description="List accounts online or away, or the members of ROOM.")
     client_opts(w)
-    w.add_argument("--room")
+    w.add_argument("--room", type=_room_arg)
     w.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sl = sub.add_parser("slow", help="set a room's slow mode",
@@ -181,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "broker admins may, and they are exempt "
                                     "(docs/PROTOCOL.md §6.28).")
     client_opts(sl)
-    sl.add_argument("room", metavar="ROOM")
+    sl.add_argument("room", metavar="ROOM", type=_room_arg)
     sl.add_argument("seconds", type=_slow_seconds, metavar="SECONDS")
 
     tp = sub.add_parser("topic", help="show or set a room's topic",
@@ -189,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Members may set it unless the room is locked "
                                     "(docs/PROTOCOL.md §6.22, §17.1).")
     client_opts(tp)
-    tp.add_argument("room", metavar="ROOM")
+    tp.add_argument("room", metavar="ROOM", type=_room_arg)
     tp.add_argument("text", metavar="TEXT", nargs="?")
 
     md = sub.add_parser("mod", help="moderate: kick, ban, mute, invite, op, lock, delete…",
@@ -201,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "delete SEQ, bans, audit.")
     client_opts(md)
     md.add_argument("action", choices=MOD_ACTIONS, metavar="ACTION")
-    md.add_argument("room", metavar="ROOM")
+    md.add_argument("room", metavar="ROOM", type=_room_arg)
     md.add_argument("arg", nargs="?", default=None, metavar="ARG")
     md.add_argument("--reason", default="", help="kick, ban, mute: shown to them")
     md.add_argument("--duration", default="", metavar="D",
@@ -218,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "credentials in the file, else a password prompt.")
     client_opts(bt, needs_as=False)
     bt.add_argument("file", type=Path, metavar="FILE.py")
-    bt.add_argument("--as", dest="user", metavar="NAME",
+    bt.add_argument("--as", dest="user", metavar="NAME", type=_account_arg,
                     help="the bot's account (default: the name in the file)")
 
     tok = sub.add_parser("token", help="create, list and revoke account tokens",
@@ -244,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "get $ZCHAT_PASSWORD, else a generated password.")
     client_opts(rp, needs_as=False)
     rp.add_argument("file", type=Path, metavar="FILE.jsonl")
-    rp.add_argument("--room", required=True)
+    rp.add_argument("--room", required=True, type=_room_arg)
     rp.add_argument("--speed", default="60", metavar="X",
                     help="divide the log's time by X (default 60: an hour a minute); "
                          "0 or 'max' for no waiting")
@@ -252,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an observer in ROOM must see every sent message once, in order; "
                          "exit 1 if not")
     rp.add_argument("--observer", default="replay-observer", metavar="NAME",
+                    type=_account_arg,
                     help="the observer's account with --verify (default replay-observer)")
     _admin_parsers(sub, client_opts)
 
@@ -280,7 +333,7 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
 
     def admin_opts(sp: argparse.ArgumentParser, json_out: bool = False) -> None:
         client_opts(sp, needs_as=False)
-        sp.add_argument("--as", dest="user", metavar="NAME",
+        sp.add_argument("--as", dest="user", metavar="NAME", type=_account_arg,
                         help="go over the wire, logged in as this admin account")
         sp.add_argument("--db", type=Path, metavar="FILE",
                         help="work on this database file (default: the broker's data "
@@ -307,7 +360,7 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
     rs = ad_sub.add_parser("reset-password", help="give an account a new password; its "
                                                   "sessions end")
     admin_opts(rs)
-    rs.add_argument("name", metavar="NAME")
+    rs.add_argument("name", metavar="NAME", type=_account_arg)
     how = rs.add_mutually_exclusive_group()
     how.add_argument("--generate", action="store_true",
                      help="generate the password and print it once")
@@ -317,22 +370,22 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
                        ("enable", "enable a disabled account again")):
         sp = ad_sub.add_parser(verb, help=text)
         admin_opts(sp)
-        sp.add_argument("name", metavar="NAME")
+        sp.add_argument("name", metavar="NAME", type=_account_arg)
     bn = ad_sub.add_parser("bans", help="list the bans and mutes in force")
     admin_opts(bn, json_out=True)
-    bn.add_argument("--room", metavar="ROOM",
+    bn.add_argument("--room", metavar="ROOM", type=_room_arg,
                     help="only this room's ('*': only the server-wide ones)")
     ub = ad_sub.add_parser("unban", help="lift a ban (or with --mute a mute)")
     admin_opts(ub)
-    ub.add_argument("name", metavar="NAME")
-    ub.add_argument("--room", metavar="ROOM", help="the room (default: server-wide)")
+    ub.add_argument("name", metavar="NAME", type=_account_arg)
+    ub.add_argument("--room", metavar="ROOM", type=_room_arg, help="the room (default: server-wide)")
     ub.add_argument("--mute", action="store_true", help="lift a mute instead of a ban")
     au = ad_sub.add_parser("audit", help="show the audit log, newest first")
     admin_opts(au, json_out=True)
-    au.add_argument("--room", metavar="ROOM",
+    au.add_argument("--room", metavar="ROOM", type=_room_arg,
                     help="only this room's entries ('*': only those of no room)")
-    au.add_argument("--actor", metavar="NAME", help="only this actor's entries")
-    au.add_argument("--target", metavar="NAME", help="only entries acting on this account")
+    au.add_argument("--actor", metavar="NAME", type=_account_arg, help="only this actor's entries")
+    au.add_argument("--target", metavar="NAME", type=_account_arg, help="only entries acting on this account")
     au.add_argument("--action", metavar="ACTION",
                     help="only this action (ban, unban, mute, kick, delete, create_account, "
                          "reset_password, disable, ...)")
@@ -380,8 +433,15 @@ def _has_terminal() -> bool:
     return True
 
 
+def env(name: str) -> str:
+    """The environment variable ``name`` ("" when unset). Raises CliError ``$NAME is
+    not valid UTF-8`` when it is not (Python decodes the environment with
+    surrogateescape; a password must be text)."""
+    return _utf8(os.environ.get(name, ""), f"${name}")
+
+
 def _password(confirm: bool = False) -> str:
-    password = os.environ.get(PASSWORD_ENV)
+    password = env(PASSWORD_ENV)
     if password:
         return password
     if not _has_terminal():
@@ -392,6 +452,8 @@ def _password(confirm: bool = False) -> str:
             raise CliError("the passwords do not match")
     except EOFError:
         raise CliError(f"no password: set {PASSWORD_ENV} or run in a terminal") from None
+    except UnicodeDecodeError:
+        raise CliError("the password typed is not valid UTF-8") from None
     if not password:
         raise CliError("the password must not be empty")
     return password
@@ -470,7 +532,7 @@ def _emit(out: TextIO, msg: p.MessagePosted | p.DirectMessage, as_json: bool) ->
 async def _login(client: Client, user: str, password_only: bool = False) -> p.LoggedIn:
     """Log ``user`` in with the account token in $ZCHAT_TOKEN when set and not empty (and
     not ``password_only``), else with the password (``_password``)."""
-    token = "" if password_only else os.environ.get(TOKEN_ENV, "")
+    token = "" if password_only else env(TOKEN_ENV)
     if token:
         return await client.login(user, token=token)
     return await client.login(user, _password())
@@ -482,6 +544,10 @@ async def _session(config: Config, user: str | None,
     """Connect, log in as ``user`` (when given; see ``_login``), run ``body``, log out,
     close. With ``reconnect``, the client logs in again by itself after losing the broker,
     waiting at most ``[client] reconnect_max_s`` between attempts."""
+    if user is not None:  # a credential that is not text: said now, not after connecting
+        env(PASSWORD_ENV)
+        if not password_only:
+            env(TOKEN_ENV)
     async with _client(config, reconnect) as client:
         if user is None:
             return await body(client)
@@ -980,6 +1046,8 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
     from zchat.console.commands import DURATION_FORMS, parse_duration
 
     action, arg = args.action, args.arg
+    if action in _NEEDS_NICK and arg:
+        arg = _account_arg(arg)  # @nick, as in the console
     room = "" if args.room == "*" else args.room
     if action in _NEEDS_NICK + ("private", "delete") and not arg:
         print(f"zchat: error: mod {action} needs its ARG (see zchat mod --help)",
@@ -1103,7 +1171,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise CliError(f"{args.file} is not valid UTF-8: {exc.reason}") from None
-    password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
+    password = env(PASSWORD_ENV) or secrets.token_urlsafe(18)
     try:  # a bad --room is one line, before anything runs
         normalize_name(args.room, "room name")
     except ProtocolError as exc:
@@ -1148,7 +1216,7 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
     (docs/PROTOCOL.md §6.46), log out."""
     from zchat import admin
 
-    old = os.environ.get(PASSWORD_ENV)
+    old = env(PASSWORD_ENV)
     if not old:
         if not _has_terminal():
             raise CliError(f"no current password: set {PASSWORD_ENV} or run in a terminal")
@@ -1156,6 +1224,8 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
             old = getpass.getpass("Current password: ")
         except EOFError:
             raise CliError("cancelled; nothing changed") from None
+        except UnicodeDecodeError:
+            raise CliError("the password typed is not valid UTF-8") from None
     new, _generated = admin.new_password(args)
 
     async def body(client: Client) -> int:
@@ -1210,9 +1280,9 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
                 except EOFError:
                     raise CliError("cancelled") from None
 
-            logged_in = (await _login(client, args.name) if os.environ.get(TOKEN_ENV)
+            logged_in = (await _login(client, args.name) if env(TOKEN_ENV)
                          else await login_flow(client, args.name, ask,
-                                               os.environ.get(PASSWORD_ENV) or None, print))
+                                               env(PASSWORD_ENV) or None, print))
             console = ChatConsole(client, logged_in, mouse=not args.no_mouse,
                                   paste_confirm_lines=config.client.paste_confirm_lines)
             await console.run()  # SIGTERM/SIGHUP cancel it: it logs out as /quit does
@@ -1232,10 +1302,10 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
         bot.name = args.user
     if args.server:
         bot.server = args.server
-    if os.environ.get(TOKEN_ENV):
-        bot.token, bot.password = os.environ[TOKEN_ENV], None
-    elif os.environ.get(PASSWORD_ENV):
-        bot.token, bot.password = None, os.environ[PASSWORD_ENV]
+    if env(TOKEN_ENV):
+        bot.token, bot.password = env(TOKEN_ENV), None
+    elif env(PASSWORD_ENV):
+        bot.token, bot.password = None, env(PASSWORD_ENV)
     elif not (bot.token or bot.password):
         bot.password = _password()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -1259,10 +1329,29 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command (docs/cli.md); returns its exit code. Every error is one line on
+    stderr, ``zchat: error: REASON``: zchat's own (with the broker's status, ``(404)``),
+    an argument that is not valid UTF-8, output that cannot be written; usage errors too,
+    from argparse (exit code 2, ``_Parser``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    stdout = sys.stdout
+    if args.command != "join":  # the console draws on the terminal itself
+        sys.stdout = _Output(stdout)
     try:
+        _check_utf8(parser, args)
         config = _config(args)
-        return COMMANDS[args.command](args, config)
+        code = COMMANDS[args.command](args, config)
+        sys.stdout.flush()  # here, where a failure is reported, not at exit
+        return code
+    except _OutputFailed as exc:  # ``> /dev/full``: said once, and nothing more at exit
+        _discard_output(stdout)
+        print(f"zchat: error: done, but the output could not be written: {exc}",
+              file=sys.stderr)
+        return 1
+    except ProtocolError as exc:  # a rule checked on this side: worded as the broker's
+        print(f"zchat: error: {exc.reason} ({int(exc.status)})", file=sys.stderr)
+        return 1
     except ZchatError as exc:
         print(f"zchat: error: {exc}", file=sys.stderr)
         return 1
@@ -1272,3 +1361,80 @@ def main(argv: list[str] | None = None) -> int:
         # stdout closed early (``zchat tail | head``): not an error of ours.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        print(f"zchat: error: {exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout = stdout
+
+
+class _OutputFailed(Exception):
+    """Standard output could not be written (``> /dev/full``, an I/O error); the
+    command's work was done. Not a BrokenPipeError: a reader that went away (``| head``)
+    is no error."""
+
+
+class _Output:
+    """``sys.stdout`` for a command: writes through, and a failed write or flush raises
+    _OutputFailed, so that main can tell a failure of the output from any other OSError
+    and say what it means."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc.strerror or str(exc)) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc.strerror or str(exc)) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _discard_output(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that what it still buffers
+    fails no more at exit (Python would print "Exception ignored" then)."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
+#: String arguments that are file names, which need not be UTF-8 (a Linux path is bytes).
+_PATH_DESTS = frozenset({"data_dir"})
+
+
+def _check_utf8(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Raise CliError ``--as is not valid UTF-8`` (naming the option, or the positional's
+    metavar) for the first string argument that is not: Python decodes argv with
+    surrogateescape, and such a string would otherwise fail later in the codec with a
+    message naming a request instead of the argument."""
+    labels: dict[str, str] = {}
+    chain: list[argparse.ArgumentParser] = [parser]
+    while True:  # the parser and the sub-parsers this command line went through
+        sub = next((a for a in chain[-1]._actions
+                    if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or chosen is None:
+            break
+        chain.append(sub.choices[chosen])
+    for p_ in chain:
+        for action in p_._actions:
+            label = max(action.option_strings, key=len) if action.option_strings \
+                else str(action.metavar or action.dest.upper())
+            labels.setdefault(action.dest, label)
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and dest not in _PATH_DESTS:
+            _utf8(value, labels.get(dest, dest))
