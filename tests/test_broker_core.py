@@ -331,7 +331,7 @@ def test_info_and_ping_allowed_before_login(world: World) -> None:
     info = peer.must(p.Info())
     assert info == p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0_MS,
                                heartbeat_interval_ms=2000, heartbeat_timeout_ms=6000,
-                               max_text_bytes=4000)
+                               max_text_bytes=4000, min_password_chars=8)
     assert peer.must(p.Ping()) == p.Pong(time=T0_MS, rooms=(), session="")
 
 

@@ -50,8 +50,8 @@ def test_echo_bot_ignores_other_bots_so_two_bots_cannot_loop(zchat_broker: Harne
     async def scenario() -> None:
         async with zchat_broker.run_bot(echo.make_bot("echo")), \
                 zchat_broker.client() as desk, zchat_broker.client("alice") as alice:
-            await desk.register("helpdesk", "pw", bot=True)
-            await desk.login("helpdesk", "pw")
+            await desk.register("helpdesk", "pw-helpdesk", bot=True)
+            await desk.login("helpdesk", "pw-helpdesk")
             await desk.dm("echo", "Sorry, I don't know.")  # another bot: no answer
             await alice.dm("echo", "ping")                  # a person: answered
             reply = await next_dm(alice, sender="echo")

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zchat import protocol as p
-from zchat.admin import CheckedAccount, NewAccountRow, check_batch, check_password
+from zchat.admin import (
+    CheckedAccount,
+    NewAccountRow,
+    check_batch,
+    check_new_password,
+    check_password,
+)
 from zchat.config import BrokerConfig
 from zchat.errors import ProtocolError, RateLimited, Status, StorageError
 from zchat.names import BIDI_CONTROLS, name_key, normalize_name, skeleton, validate_text
@@ -553,10 +559,17 @@ class BrokerCore:
             version=p.VERSION_NUMBER, pub=self.pub_endpoint, time=now_ms,
             heartbeat_interval_ms=int(cfg.heartbeat_interval_s * 1000),
             heartbeat_timeout_ms=int(cfg.heartbeat_timeout_s * 1000),
-            max_text_bytes=cfg.max_text_bytes))]
+            max_text_bytes=cfg.max_text_bytes, min_password_chars=cfg.min_password_chars))]
 
     def _check_password(self, password: str) -> None:
+        """A password to log in with (LOGIN, §6.3): not empty, not too long; no minimum
+        length, so that accounts made before ``min_password_chars`` still log in."""
         check_password(password)  # shared with `zchat admin` (zchat.admin)
+
+    def _check_new_password(self, password: str) -> None:
+        """A new password (REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, §6.2): also at
+        least ``min_password_chars`` characters (422)."""
+        check_new_password(password, self.config.min_password_chars)
 
     def _check_not_admin_name(self, key: str, skel: str, name: str) -> None:
         """REGISTER and CREATE_ACCOUNTS (§6.2, §6.43): raise ProtocolError 403 when the
@@ -572,7 +585,7 @@ class BrokerCore:
                   now_s: float, now_ms: int, address: str) -> list[Action]:
         self._limit_login(rid, address, now_s, "registrations")
         name = normalize_name(req.name)
-        self._check_password(req.password)
+        self._check_new_password(req.password)
         key = name_key(name)
         self._check_not_admin_name(key, skeleton(name), name)
         if key in self.accounts or self.store.account_skeleton_taken(skeleton(name)):
@@ -1580,7 +1593,7 @@ class BrokerCore:
                                 f"{p.MAX_CREATE_ACCOUNTS} accounts")
         rows = [NewAccountRow(i, a.name, a.password, a.bot)
                 for i, a in enumerate(req.accounts)]
-        good, bad = check_batch(rows, self._name_taken)
+        good, bad = check_batch(rows, self._name_taken, self.config.min_password_chars)
         if bad:
             status = Status.CONFLICT if all("taken" in b.problem for b in bad) \
                 else Status.INVALID
@@ -1617,7 +1630,7 @@ class BrokerCore:
                                 "`zchat admin reset-password` on the database"
                                 + ("; change your own with `zchat passwd`"
                                    if key == session.account_key else ""))
-        self._check_password(req.password)
+        self._check_new_password(req.password)
         cfg = self.config
         password = req.password
         return self._start_job(
@@ -1671,7 +1684,7 @@ class BrokerCore:
         self._limit_login(rid, address, now_s, "password changes")
         if not req.old or len(req.old) > p.MAX_PASSWORD_CHARS:
             raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
-        self._check_password(req.new)
+        self._check_new_password(req.new)
         row = self.store.get_account(session.account_key)
         if row is None:  # the in-memory index and the store disagree: not the peer's fault
             raise ProtocolError(Status.NOT_FOUND, f"no account named {session.name!r}")

@@ -820,9 +820,13 @@ def _write_pid(lock: TextIO) -> None:
 
 
 def cmd_register(args: argparse.Namespace, config: Config) -> int:
+    from zchat.admin import broker_min_password_chars, check_new_password
+
     password = _password(confirm=True)
 
     async def body(client: Client) -> int:
+        # the broker's rule, checked before the request, in its words (422)
+        check_new_password(password, broker_min_password_chars(client))
         reply = await client.register(args.name, password, bot=args.bot)
         print(f"registered {reply.name}" + (" (bot)" if args.bot else ""))
         return 0
@@ -1229,6 +1233,8 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
     new, _generated = admin.new_password(args)
 
     async def body(client: Client) -> int:
+        # the broker's rule, checked before logging in, in its words (422)
+        admin.check_new_password(new, admin.broker_min_password_chars(client))
         await client.login(args.user, old)
         try:
             await client.set_password(old, new)

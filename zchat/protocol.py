@@ -442,6 +442,9 @@ class InfoReply(Reply):
     heartbeat_interval_ms: int
     heartbeat_timeout_ms: int
     max_text_bytes: int
+    #: The shortest new password the broker accepts, in characters (§6.2); 0 from an
+    #: older broker that does not say (it checks only that a password is not empty).
+    min_password_chars: int = 0
 
 
 @dataclass(frozen=True, slots=True)
