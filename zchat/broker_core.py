@@ -228,7 +228,7 @@ class BrokerCore:
             p.ListBans: self._list_bans, p.ReadAudit: self._read_audit,
             p.ListUsers: self._list_users, p.CreateAccounts: self._create_accounts,
             p.AdminSetPassword: self._admin_set_password, p.SetDisabled: self._set_disabled,
-            p.SetPassword: self._set_password,
+            p.SetPassword: self._set_password, p.FetchRoom: self._room_info,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -834,6 +834,21 @@ class BrokerCore:
                       if r.key not in self.private or me in self.admins
                       or me in self.members.get(r.key, ()))
         return [self._ok(rid, req_id, p.RoomList(rooms=rooms))]
+
+    def _room_info(self, rid: bytes, req_id: bytes, req: p.FetchRoom, session: Session,
+                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        """ROOM_INFO (docs/PROTOCOL.md §6.48): one room's state, read without joining
+        it, so that reading a room (its topic, as HISTORY its messages and WHO its
+        members) changes nothing and announces nobody. 404 no such room (none is
+        created), 422 a bad name, 403 a private room the account is not in (admins may
+        read it, §17.2)."""
+        key = self._room_key(req.room)
+        self._check_may_read(key, session)
+        return [self._ok(rid, req_id, p.RoomDetails(
+            room=self.rooms[key], members=len(self.members.get(key, ())),
+            last_seq=self.last_seq[key], joined=session.account_key in self.members.get(key, ()),
+            topic=self.topics[key], slow_mode_s=self.slow_mode.get(key, 0),
+            private=key in self.private, locked=key in self.locked))]
 
     def _send(self, rid: bytes, req_id: bytes, req: p.Send, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:

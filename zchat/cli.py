@@ -985,8 +985,10 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    """``zchat history``: HISTORY without joining (reading changes nothing; a public
+    room needs no membership, docs/PROTOCOL.md §6.9)."""
+
     async def body(client: Client) -> int:
-        await client.join(args.room)
         page = await client.history(args.room, before=args.before, limit=args.limit)
         for msg in page.messages:
             _emit(sys.stdout, msg, args.json)
@@ -1014,13 +1016,15 @@ def cmd_slow(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_topic(args: argparse.Namespace, config: Config) -> int:
+    """``zchat topic ROOM [TEXT]``: read the topic with ROOM_INFO, without joining
+    (docs/PROTOCOL.md §6.48); set it as a member, joining first as ``say`` does."""
     text = None if args.text is None else _utf8(args.text, "TEXT")
 
     async def body(client: Client) -> int:
-        reply = await client.join(args.room)
         if text is None:
-            print(reply.topic)
+            print((await client.room_info(args.room)).topic)
             return 0
+        reply = await client.join(args.room)
         await client.set_topic(reply.room, text)
         print(f"topic of #{reply.room}: {text}" if text else f"topic of #{reply.room} cleared")
         return 0
@@ -1116,9 +1120,9 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_who(args: argparse.Namespace, config: Config) -> int:
+    """``zchat who [--room ROOM]``: WHO without joining (docs/PROTOCOL.md §6.11)."""
+
     async def body(client: Client) -> int:
-        if args.room:
-            await client.join(args.room)
         users = (await client.who(args.room)).users
         for u in users:
             if args.json:

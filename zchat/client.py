@@ -760,6 +760,13 @@ class Client:
         reply: p.RoomList = await self.request(p.ListRooms())
         return reply
 
+    async def room_info(self, room: str) -> p.RoomDetails:
+        """``room``'s topic, modes, member count and last seq, read without joining it
+        (ROOM_INFO, docs/PROTOCOL.md §6.48). Raises RequestFailed 404 (no such room),
+        403 (private, and not a member nor an admin), 405 (an older broker)."""
+        reply: p.RoomDetails = await self.request(p.FetchRoom(room=room))
+        return reply
+
     async def send(self, room: str, text: str, kind: p.MessageKind = "text",
                    cmid: str = "", *, retry_for_s: float = SEND_RETRY_S,
                    patient: bool = True) -> p.Sent:

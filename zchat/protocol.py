@@ -477,6 +477,20 @@ class RoomList(Reply):
 
 
 @dataclass(frozen=True, slots=True)
+class RoomDetails(Reply):
+    """ROOM_INFO's reply: one room as a row of ROOMS shows it (§6.48)."""
+
+    room: str
+    members: int
+    last_seq: int
+    joined: bool
+    topic: str = ""
+    slow_mode_s: int = 0
+    private: bool = False
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Sent(Reply):
     room: str
     seq: int
@@ -638,6 +652,16 @@ class Part(Request):
 class ListRooms(Request):
     TYPE: ClassVar[str] = "ROOMS"
     REPLY: ClassVar[type[Reply]] = RoomList
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRoom(Request):
+    """Read one room's state (topic, modes, members, last seq) without joining it:
+    public rooms for any session, private ones for members and admins (§6.48)."""
+
+    TYPE: ClassVar[str] = "ROOM_INFO"
+    REPLY: ClassVar[type[Reply]] = RoomDetails
+    room: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -934,7 +958,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
                 FetchHistory, Who, SetPresence, Ping, ListSessions, SetTopic, AckDirect,
                 CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
                 Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
-                ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword)
+                ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword,
+                FetchRoom)
 }
 #: Events of a room, published on its topic, or pushed to each member session instead
 #: when the room is private (§17.2).
