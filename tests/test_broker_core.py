@@ -306,6 +306,7 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.CreateAccounts(accounts=(p.NewAccount(name="zed", password="pw"),)),
     p.AdminSetPassword(name="alice", password="pw"), p.SetDisabled(name="alice"),
     p.SetPassword(old="correct horse battery staple", new="pw"),
+    p.FetchRoom(room="lobby"), p.DeleteRoom(room="lobby"),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -323,7 +324,8 @@ def test_every_session_needing_type_is_covered() -> None:
                        "TOKEN_LIST", "TOKEN_REVOKE", "SET_SLOW_MODE", "KICK", "BAN",
                        "UNBAN", "MUTE", "UNMUTE", "INVITE", "SET_ROLE", "SET_ROOM",
                        "DELETE_MESSAGE", "BANS", "AUDIT", "USERS", "CREATE_ACCOUNTS",
-                       "ADMIN_SET_PASSWORD", "ADMIN_DISABLE", "SET_PASSWORD"}
+                       "ADMIN_SET_PASSWORD", "ADMIN_DISABLE", "SET_PASSWORD",
+                       "ROOM_INFO", "DELETE_ROOM"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:

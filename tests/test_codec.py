@@ -156,6 +156,9 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
                                     time=T0)],
     "DELETE_MESSAGE": [p.DeleteMessage(room="café", seq=7)],
     "MESSAGE_DELETED": [p.MessageDeleted(room="café", seq=7, by="Zoë", time=T0)],
+    "DELETE_ROOM": [p.DeleteRoom(room="café"), p.DeleteRoom(room="dev", reason="moved ☕")],
+    "ROOM_DELETED": [p.RoomDeleted(room="café", by="Zoë", time=T0),
+                     p.RoomDeleted(room="dev", by="root", time=T0, reason="moved ☕")],
     "BANS": [p.ListBans(), p.ListBans(room=""), p.ListBans(room="café")],
     "USERS": [p.ListUsers()],
     "CREATE_ACCOUNTS": [p.CreateAccounts(accounts=(

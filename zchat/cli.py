@@ -250,12 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "admins). ACTION and its ARG: kick NICK, ban NICK, "
                                     "unban NICK, mute NICK, unmute NICK, invite NICK, "
                                     "op NICK, deop NICK, lock, unlock, private on|off, "
-                                    "delete SEQ, bans, audit.")
+                                    "delete SEQ, bans, audit, delete-room (the room, its "
+                                    "history and members; its owner or a broker admin; "
+                                    "not lobby). NICK may be written @nick, ROOM #room.")
     client_opts(md)
     md.add_argument("action", choices=MOD_ACTIONS, metavar="ACTION")
     md.add_argument("room", metavar="ROOM", type=_room_arg)
     md.add_argument("arg", nargs="?", default=None, metavar="ARG")
-    md.add_argument("--reason", default="", help="kick, ban, mute: shown to them")
+    md.add_argument("--reason", default="",
+                    help="kick, ban, mute, delete-room: shown to them")
     md.add_argument("--duration", default="", metavar="D",
                     help="ban, mute: a number and a unit, 30s, 10m, 2h, 1d or 1w, at "
                          "most ten years (default: until lifted)")
@@ -966,6 +969,9 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
             elif isinstance(event, p.UserLeft) and event.by and \
                     name_key(event.name) == me and name_key(event.room) == room:
                 raise CliError(removal_reason(event, tz))  # nothing left to follow
+            elif isinstance(event, p.RoomDeleted) and name_key(event.room) == room:
+                raise CliError(f"#{event.room} was deleted by {event.by}"  # nothing left
+                               + (f": {event.reason}" if event.reason else ""))
             if isinstance(event, p.MessagePosted | p.DirectMessage):
                 if isinstance(event, p.MessagePosted) and \
                         event.room.casefold() != args.room.casefold():
@@ -1033,7 +1039,7 @@ def cmd_topic(args: argparse.Namespace, config: Config) -> int:
 
 
 MOD_ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop", "lock",
-               "unlock", "private", "delete", "bans", "audit")
+               "unlock", "private", "delete", "bans", "audit", "delete-room")
 _NEEDS_NICK = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop")
 
 
@@ -1081,6 +1087,9 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
     if action == "private" and arg not in ("on", "off"):
         print("zchat: error: mod private takes on or off", file=sys.stderr)
         return 2
+    if action == "delete-room" and not room:
+        print("zchat: error: mod delete-room needs a ROOM, not '*'", file=sys.stderr)
+        return 2
 
     async def body(client: Client) -> int:
         assert arg is not None or action not in _NEEDS_NICK
@@ -1101,6 +1110,10 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
             await client.set_room(room, private=arg == "on")
         elif action == "delete":
             await client.delete_message(room, int(nick))
+        elif action == "delete-room":
+            await client.delete_room(room, args.reason)
+            print(f"deleted #{room}")
+            return 0
         elif action == "bans":
             for b in (await client.bans(room if args.room != "*" else None)).bans:
                 print(f"{b.kind}\t{'#' + b.room if b.room else '*'}\t{b.name}\tby {b.by}"

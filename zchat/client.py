@@ -172,7 +172,7 @@ class SessionEnded:
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
          | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
          | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
-         | p.RoleChanged | p.Invited | p.MuteChanged)
+         | p.RoleChanged | p.Invited | p.MuteChanged | p.RoomDeleted)
 
 
 def new_cmid() -> str:
@@ -742,6 +742,22 @@ class Client:
         """Delete message ``seq`` of ``room`` (moderators, or its sender; §6.38)."""
         await self.request(p.DeleteMessage(room=room, seq=seq))
 
+    async def delete_room(self, room: str, reason: str = "") -> None:
+        """Delete ``room`` with its history (its owner, from inside, or a broker admin;
+        never ``lobby``; §6.49). Its members get ROOM_DELETED and their clients stop
+        following it, this one too. Raises RequestFailed 403 (not allowed, or lobby),
+        404 (no such room), 405 (an older broker)."""
+        await self.request(p.DeleteRoom(room=room, reason=reason))
+        self._stop_following(name_key(room))
+
+    def _stop_following(self, key: str) -> None:
+        """Follow room ``key`` no more: no events of it, no gap repair, not resubscribed
+        at a reconnect (kicked, banned, or the room was deleted)."""
+        tracker = self._state.rooms.get(key)
+        if tracker is not None:
+            tracker.wanted = False
+        self._unsubscribe(p.room_topic(key))
+
     async def bans(self, room: str | None = None) -> p.BanList:
         """Bans and mutes in force: of ``room``, server-wide (""), or all (None) (§6.40)."""
         reply: p.BanList = await self.request(p.ListBans(room=room))
@@ -1132,7 +1148,7 @@ class Client:
             await self._on_room_message(event)
         elif isinstance(event, p.UserJoined | p.UserLeft | p.TopicChanged
                         | p.SlowModeChanged | p.MessageDeleted | p.RoomModeChanged
-                        | p.RoleChanged):
+                        | p.RoleChanged | p.RoomDeleted):
             key = name_key(event.room)
             tracker = self._state.rooms.get(key)
             if tracker is not None and tracker.wanted:
@@ -1143,8 +1159,9 @@ class Client:
                 if isinstance(event, p.UserLeft) and event.by and self._state.name \
                         and name_key(event.name) == name_key(self._state.name):
                     # kicked or banned (docs/PROTOCOL.md §6.19): stop following the room
-                    tracker.wanted = False
-                    self._unsubscribe(p.room_topic(key))
+                    self._stop_following(key)
+                elif isinstance(event, p.RoomDeleted):  # gone (§6.49.1): nothing to follow
+                    self._stop_following(key)
         elif isinstance(event, p.PresenceChanged):
             await self._room_for_events()
             self._events.put_nowait(event)

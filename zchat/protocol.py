@@ -352,6 +352,19 @@ class RoleChanged(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class RoomDeleted(Message):
+    """Event on the room topic (a push to each member session for a private room):
+    ``by`` deleted ``room`` at ``time`` (UTC ms), with its history and memberships;
+    clients stop following it (§6.49.1)."""
+
+    TYPE: ClassVar[str] = "ROOM_DELETED"
+    room: str
+    by: str
+    time: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Invited(Message):
     """Push to each session of an invitee: ``by`` invited you to ``room`` (§6.35.1)."""
 
@@ -881,6 +894,17 @@ class DeleteMessage(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteRoom(Request):
+    """Delete ``room`` with its history, members, roles, invitations and bans: its owner
+    (from inside) or a broker admin; never ``lobby`` (§6.49). ``reason`` is shown to
+    the members."""
+
+    TYPE: ClassVar[str] = "DELETE_ROOM"
+    room: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ListBans(Request):
     """The bans and mutes in force: of ``room`` ("" = server-wide ones), or all (None)
     (§6.40)."""
@@ -959,17 +983,17 @@ REQUEST_TYPES: dict[str, type[Request]] = {
                 CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
                 Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
                 ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword,
-                FetchRoom)
+                FetchRoom, DeleteRoom)
 }
 #: Events of a room, published on its topic, or pushed to each member session instead
 #: when the room is private (§17.2).
 ROOM_EVENT_TYPES: tuple[type[Message], ...] = (
     MessagePosted, UserJoined, UserLeft, TopicChanged, SlowModeChanged, MessageDeleted,
-    RoomModeChanged, RoleChanged)
+    RoomModeChanged, RoleChanged, RoomDeleted)
 EVENT_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,
                               TopicChanged, GoingAway, SlowModeChanged, MessageDeleted,
-                              RoomModeChanged, RoleChanged)
+                              RoomModeChanged, RoleChanged, RoomDeleted)
 }
 _PUSHED: tuple[type[Message], ...] = (DirectMessage, Invited, MuteChanged, SessionClosed,
                                       *ROOM_EVENT_TYPES)
