@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="zchat", description="zchat: terminal chat on a ZeroMQ broker.",
         epilog="Client commands log in with $ZCHAT_TOKEN (an account token) when set, "
-               "else a password from $ZCHAT_PASSWORD, else a prompt without echo.")
+               "else a password from $ZCHAT_PASSWORD, else a prompt without echo. Names "
+               "may be written as in the console, @alice and #dev. Errors are one line, "
+               "'zchat: error: ...' (exit code 1; 2 for bad usage); docs/cli.md.")
     parser.add_argument("--version", action="version", version=f"zchat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -177,15 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "scrolling with the wheel")
 
     r = sub.add_parser("register", help="create an account",
-                       description="Create an account (it starts in the lobby room).")
+                       description="Create an account (it starts in the lobby room). "
+                                   "NAME: 1-32 letters, digits, '_', '-' and '.', not "
+                                   "starting with '-'. The password needs at least the "
+                                   "broker's min_password_chars characters (default 8).")
     client_opts(r, needs_as=False)
     r.add_argument("name", metavar="NAME", type=_account_arg)
     r.add_argument("--bot", action="store_true",
                    help="mark the account as a bot (shown as [bot] in who)")
 
     s = sub.add_parser("say", help="post to a room",
-                       description="Post TEXT to ROOM; with TEXT '-', post each line of "
-                                   "standard input as one message.")
+                       description="Post TEXT to ROOM (joining it first, creating it if "
+                                   "need be); with TEXT '-', post each line of standard "
+                                   "input as one message.")
     client_opts(s)
     s.add_argument("--room", required=True, type=_room_arg)
     s.add_argument("--me", action="store_true", help="post as an action (/me)")
@@ -203,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("text", metavar="TEXT")
 
     t = sub.add_parser("tail", help="print room messages and direct messages as they arrive",
-                       description="Print new messages in ROOM and your direct messages "
+                       description="Print new messages in ROOM (joining it first, "
+                                   "creating it if need be) and your direct messages "
                                    "(stored ones first) as they arrive.")
     client_opts(t)
     t.add_argument("--room", required=True, type=_room_arg)
@@ -211,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="one JSON object per line")
 
     h = sub.add_parser("history", help="print a room's recent messages",
-                       description="Print the last messages of ROOM, oldest first.")
+                       description="Print the last messages of ROOM, oldest first, "
+                                   "without joining it (a private room: members and "
+                                   "admins only).")
     client_opts(h)
     h.add_argument("--room", required=True, type=_room_arg)
     h.add_argument("--limit", type=int, default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
@@ -221,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true", help="one JSON object per line")
 
     w = sub.add_parser("who", help="list accounts and their presence",
-                       description="List accounts online or away, or the members of ROOM.")
+                       description="List accounts online or away, or the members of ROOM "
+                                   "(read without joining it).")
     client_opts(w)
     w.add_argument("--room", type=_room_arg)
     w.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -237,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("seconds", type=_slow_seconds, metavar="SECONDS")
 
     tp = sub.add_parser("topic", help="show or set a room's topic",
-                        description="Print ROOM's topic; with TEXT, set it ('' clears it). "
-                                    "Members may set it unless the room is locked "
-                                    "(docs/PROTOCOL.md §6.22, §17.1).")
+                        description="Print ROOM's topic, read without joining it; with "
+                                    "TEXT, set it ('' clears it), joining ROOM first: "
+                                    "members may set it unless the room is locked "
+                                    "(docs/PROTOCOL.md §6.22, §6.48, §17.1).")
     client_opts(tp)
     tp.add_argument("room", metavar="ROOM", type=_room_arg)
     tp.add_argument("text", metavar="TEXT", nargs="?")
