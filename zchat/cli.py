@@ -392,14 +392,17 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
     ub = ad_sub.add_parser("unban", help="lift a ban (or with --mute a mute)")
     admin_opts(ub)
     ub.add_argument("name", metavar="NAME", type=_account_arg)
-    ub.add_argument("--room", metavar="ROOM", type=_room_arg, help="the room (default: server-wide)")
+    ub.add_argument("--room", metavar="ROOM", type=_room_arg,
+                    help="the room (default: server-wide)")
     ub.add_argument("--mute", action="store_true", help="lift a mute instead of a ban")
     au = ad_sub.add_parser("audit", help="show the audit log, newest first")
     admin_opts(au, json_out=True)
     au.add_argument("--room", metavar="ROOM", type=_room_arg,
                     help="only this room's entries ('*': only those of no room)")
-    au.add_argument("--actor", metavar="NAME", type=_account_arg, help="only this actor's entries")
-    au.add_argument("--target", metavar="NAME", type=_account_arg, help="only entries acting on this account")
+    au.add_argument("--actor", metavar="NAME", type=_account_arg,
+                    help="only this actor's entries")
+    au.add_argument("--target", metavar="NAME", type=_account_arg,
+                    help="only entries acting on this account")
     au.add_argument("--action", metavar="ACTION",
                     help="only this action (ban, unban, mute, kick, delete, create_account, "
                          "reset_password, disable, ...)")
