@@ -15,9 +15,10 @@ and each session's LOGIN: scrypt at the harness's N = 1024, the sessions scenari
 the shipped cost), and over the span from the first to the last stored message (the
 broker's commit times).
 
-The log is ``Path(__file__).resolve().parents[1].parent / "shared" / "data"``; without it
-the scenario prints why and reports nothing. ``--quick`` replays the log's first 600
-events only.
+The log is ``--replay-log FILE`` (benchmarks/run.py), by default ``LOG`` in
+``Path(__file__).resolve().parents[1].parent / "shared" / "data"``; without the default
+log the scenario prints why and reports nothing (run.py refuses a ``--replay-log`` that is
+not there before anything starts). ``--quick`` replays the log's first 600 events only.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def _history(bench: Bench, broker: BrokerHandle) -> list[p.MessagePosted]:
 
 
 def replay(bench: Bench) -> list[Row]:
-    if not LOG.exists():
-        why = f"replay skipped: the IRC log {LOG} is absent (see ../shared/data/README.md)"
+    source: Path = getattr(bench.args, "replay_log", None) or LOG
+    if not source.exists():
+        why = (f"replay skipped: the IRC log {source} is absent (see "
+               "../shared/data/README.md, or give one with --replay-log FILE)")
         print(f"  {why}", flush=True)
         bench.note(why)
         return []
@@ -81,10 +84,10 @@ def replay(bench: Bench) -> list[Row]:
         bench.note(why)
         return []
     home = bench.scratch("replay-home")
-    log = LOG
+    log = source
     if bench.quick:  # the log's first QUICK_EVENTS events only
-        log = home / f"quick-{LOG.name}"
-        with LOG.open(encoding="utf-8") as f:
+        log = home / f"quick-{source.name}"
+        with source.open(encoding="utf-8") as f:
             log.write_text("".join(line for _n, line in zip(range(QUICK_EVENTS), f,
                                                             strict=False)))
     with log.open(encoding="utf-8") as f:

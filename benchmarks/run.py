@@ -1,7 +1,7 @@
 """zchat benchmarks (issue 7): run the scenarios, print one table, write the raw figures.
 
 Run: ``python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--json FILE]
-[--encryption curve|none]`` (or ``just bench ...``).
+[--encryption curve|none] [--replay-log FILE]`` (or ``just bench ...``).
 
 Everything runs on loopback against a real ``zchat broker`` subprocess with a real SQLite
 file. The bare relay (benchmarks/relay.py: ROUTER recv -> PUB send, no logic) is measured
@@ -38,6 +38,7 @@ from typing import Any
 
 import zmq
 from harness import Bench, Row, machine_info, stop_children
+from replay import LOG as DEFAULT_REPLAY_LOG
 
 #: Scenario modules, in running order (the relay first: the others' ratios need it).
 MODULES = ["relay", "ingest", "latency", "history", "sessions", "startup", "replay", "core"]
@@ -122,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"where to write the raw figures (default {DEFAULT_JSON})")
     parser.add_argument("--encryption", choices=["curve", "none"], default="curve",
                         help="the zchat broker's transport (default curve, as shipped)")
+    parser.add_argument("--replay-log", type=Path, default=None, metavar="FILE",
+                        help="the JSON-lines chat log the replay scenario plays (default "
+                             f"{DEFAULT_REPLAY_LOG}; the scenario is skipped when that "
+                             "is absent)")
     args = parser.parse_args(argv)
+    if args.replay_log is not None and not args.replay_log.is_file():
+        # Given on purpose, so its absence is an error, before any broker starts (the
+        # default log only skips the scenario: a checkout without ../shared/data).
+        parser.error(f"--replay-log: no such file: {args.replay_log}")
     scenarios = load_scenarios()
     selected = [s.strip() for s in args.only.split(",") if s.strip()] or list(scenarios)
     unknown = [s for s in selected if s not in scenarios]

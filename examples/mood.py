@@ -2,8 +2,9 @@
 
 Each message in the bot's rooms is scored with the small lexicon below: +1 for each
 positive word, -1 for each negative one, the sign flipped when a negation ("not", "never",
-"don't", ...) comes at most NEGATION_WINDOW words before it ("not good" is negative, "not
-bad" positive). The message is tagged positive (score > 0), negative (< 0) or neutral,
+"don't", ...) comes at most NEGATION_WINDOW words before it in the same clause ("not good"
+is negative, "not bad" positive; a comma or a "but" ends the negation, so "no problem,
+works great" is positive and "not good, it crashed" negative). The message is tagged positive (score > 0), negative (< 0) or neutral,
 and counted per room. ``!mood`` posts the room's counts and its overall label.
 
     ZCHAT_PASSWORD=... zchat bot examples/mood.py --as moody
@@ -27,10 +28,18 @@ NEGATIVE = frozenset(["bad", "terrible", "awful", "horrible", "hate", "hated", "
 NEGATIONS = frozenset(["not", "no", "never", "neither", "nor", "none", "nobody", "nothing", "without", "hardly"])
 #: How many words after a negation it still flips ("not very good": 2 words later).
 NEGATION_WINDOW = 3
+#: Words that start a new clause: a negation before them does not reach past them
+#: ("not slow but buggy", "no bugs and great docs").
+CLAUSE_WORDS = frozenset(["but", "and", "so", "yet", "though", "although", "because",
+                          "however", "while", "whereas"])
+#: Punctuation that ends a clause (the hyphen is not one: "well-made").
+_BOUNDARY = frozenset(",.;:!?()[]\u2014\u2013")
 
 
 def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z]+(?:'[a-z]+)?", text.casefold().replace("\u2019", "'"))
+    """Lower-case words, and each clause-ending punctuation mark as a token of its own."""
+    return re.findall(r"[a-z]+(?:'[a-z]+)?|[,.;:!?()\[\]\u2014\u2013]",
+                      text.casefold().replace("\u2019", "'"))
 
 
 def _is_negation(word: str) -> bool:
@@ -39,10 +48,14 @@ def _is_negation(word: str) -> bool:
 
 def sentiment_score(text: str) -> int:
     """The lexicon score of ``text``: +1 per positive word, -1 per negative word, each
-    flipped when a negation precedes it within NEGATION_WINDOW words."""
+    flipped when a negation precedes it within NEGATION_WINDOW words of the same clause
+    (a punctuation mark of ``_BOUNDARY`` or a word of CLAUSE_WORDS ends it)."""
     total = 0
     since_negation = NEGATION_WINDOW + 1
     for word in _tokens(text):
+        if word in _BOUNDARY or word in CLAUSE_WORDS:
+            since_negation = NEGATION_WINDOW + 1  # the negation does not reach past it
+            continue
         if _is_negation(word):
             since_negation = 0
             continue

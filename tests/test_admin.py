@@ -63,7 +63,7 @@ def test_csv_with_header_generated_passwords_and_bot_column() -> None:
     filled, generated = admin.fill_passwords(rows)
     assert generated == {3}
     assert len(filled[0].password) == 16 and filled[1].password == "s3cret pass"
-    good, bad = admin.check_batch(filled, lambda key, skel: False)
+    good, bad = admin.check_batch(filled, lambda key, skel: False, 8)
     assert bad == [] and [(a.name, a.key, a.bot) for a in good] == \
         [("ada", "ada", False), ("brian", "brian", True)]
 
@@ -103,33 +103,35 @@ def test_a_huge_csv_is_refused_unread(tmp_path: Path) -> None:
 
 
 def test_every_bad_row_is_reported_with_its_line() -> None:
-    text = ("ada,pw1\n"          # 1 good
+    text = ("ada,pw1-long\n"     # 1 good
             "bad name!,pw\n"     # 2 invalid name
-            "Ada,pw2\n"          # 3 same as line 1 (case-folded)
-            "taken,pw\n"         # 4 exists already
+            "Ada,pw2-long\n"     # 3 same as line 1 (case-folded)
+            "taken,pw4-long\n"   # 4 exists already
             "carl,pw,maybe\n"    # 5 bad bot value
             "dora,pw,0,extra\n"  # 6 too many columns
-            "erin," + "x" * (p.MAX_PASSWORD_CHARS + 1) + "\n")  # 7 password too long
+            "erin," + "x" * (p.MAX_PASSWORD_CHARS + 1) + "\n"  # 7 password too long
+            "fay,pw8\n")         # 8 password too short
     rows, bad = admin.parse_accounts_csv(text, "class.csv")
     rows, _ = admin.fill_passwords(rows)
-    good, bad_accounts = admin.check_batch(rows, lambda key, skel: key == "taken")
+    good, bad_accounts = admin.check_batch(rows, lambda key, skel: key == "taken", 8)
     lines = sorted(b.line for b in bad + bad_accounts)
-    assert lines == [2, 3, 4, 5, 6, 7]
+    assert lines == [2, 3, 4, 5, 6, 7, 8]
     problems = {b.line: b.problem for b in bad + bad_accounts}
     assert "line 1" in problems[3]
     assert "taken" in problems[4]
     assert "longer than" in problems[7]
+    assert problems[8] == "password must be at least 8 characters long"
     assert [a.name for a in good] == ["ada"]
     message = str(admin.BadRows("class.csv", sorted(bad + bad_accounts,
                                                     key=lambda b: b.line)))
-    assert message.startswith("6 bad rows in class.csv, nothing created:")
+    assert message.startswith("7 bad rows in class.csv, nothing created:")
     assert "class.csv:2:" in message and "class.csv:7:" in message
 
 
 def test_look_alike_names_in_one_file_conflict() -> None:
-    rows = [admin.NewAccountRow(1, "paul", "pw", False),
-            admin.NewAccountRow(2, "pauI", "pw", False)]  # capital i looks like l
-    good, bad = admin.check_batch(rows, lambda key, skel: False)
+    rows = [admin.NewAccountRow(1, "paul", "pw-paul-1", False),
+            admin.NewAccountRow(2, "pauI", "pw-paul-2", False)]  # capital i looks like l
+    good, bad = admin.check_batch(rows, lambda key, skel: False, 8)
     assert [a.name for a in good] == ["paul"]
     assert [b.line for b in bad] == [2]
 
@@ -152,7 +154,7 @@ def test_admin_creates_accounts_in_bulk_and_they_log_in(h: Harness) -> None:
     async def scenario() -> None:
         async with h.client("root") as root:
             created = await root.create_accounts((
-                p.NewAccount(name="Ada", password="pw-ada"),
+                p.NewAccount(name="Ada", password="pw-ada-1"),
                 p.NewAccount(name="brian", password="pw-brian", bot=True)))
             assert created.names == ("Ada", "brian")
             users = {u.name: u for u in (await root.users()).users}
@@ -174,9 +176,9 @@ def test_bulk_create_with_a_bad_account_creates_none(h: Harness) -> None:
         async with h.client("root") as root, h.client("taken"):
             before = [u.name for u in (await root.users()).users]
             error = await refused(root.create_accounts((
-                p.NewAccount(name="good", password="pw"),
-                p.NewAccount(name="no way!", password="pw"),
-                p.NewAccount(name="TAKEN", password="pw"),
+                p.NewAccount(name="good", password="pw-good-1"),
+                p.NewAccount(name="no way!", password="pw-bad-1"),
+                p.NewAccount(name="TAKEN", password="pw-taken-1"),
                 p.NewAccount(name="empty", password=""))))
             assert error.status == Status.INVALID
             assert "3 of 4 accounts refused, none created" in error.reason
@@ -186,7 +188,7 @@ def test_bulk_create_with_a_bad_account_creates_none(h: Harness) -> None:
             assert [u.name for u in (await root.users()).users] == before
             assert (await root.audit(action="create_account")).entries == ()
             taken = await refused(root.create_accounts((p.NewAccount(name="taken",
-                                                                     password="pw"),)))
+                                                                     password="pw-taken-2"),)))
             assert taken.status == Status.CONFLICT
             empty = await refused(root.create_accounts(()))
             assert empty.status == Status.BAD_REQUEST
@@ -336,9 +338,9 @@ def test_direct_mode_creates_resets_disables_then_broker_sees_it(tmp_path: Path)
         run(register())
     store = Store(db)
     try:
-        rows, _ = admin.parse_accounts_csv("name,password\ngina,pw-gina\nhal,pw-hal\n")
+        rows, _ = admin.parse_accounts_csv("name,password\ngina,pw-gina-1\nhal,pw-hal-12\n")
         good, bad = admin.check_batch(rows, lambda k, s: store.get_account(k) is not None
-                                      or store.account_skeleton_taken(s))
+                                      or store.account_skeleton_taken(s), 8)
         assert bad == []
         admin.create_accounts_direct(store, good, _hasher, "local:tester", 1_000)
         admin.reset_password_direct(store, "fred", _hasher(NEW_PASSWORD), "local:tester",
@@ -360,9 +362,9 @@ def test_direct_mode_creates_resets_disables_then_broker_sees_it(tmp_path: Path)
         store.close()
     with running_broker(db, admins=("root",)) as h:
         async def check() -> None:
-            async with h.client("gina", "pw-gina", register=False) as gina:
+            async with h.client("gina", "pw-gina-1", register=False) as gina:
                 assert "gina" in [u.name for u in (await gina.who("lobby")).users]
-            assert (await login_fails(h, "hal", "pw-hal")).status == Status.FORBIDDEN
+            assert (await login_fails(h, "hal", "pw-hal-12")).status == Status.FORBIDDEN
             assert (await login_fails(h, "fred", DEFAULT_PASSWORD)).status == \
                 Status.UNAUTHORIZED
             async with h.client("fred", NEW_PASSWORD, register=False):

@@ -336,7 +336,8 @@ def test_swapped_columns_never_echo_the_password_as_a_name(tmp_path: Path) -> No
     """A tester's header-less file with the columns swapped and a shared class password:
     ``swapped.csv:2: 'Winter2024x': the same as …`` printed the password."""
     db = database(tmp_path, "quentin7")
-    swapped = write_csv(tmp_path, "Winter2024x,ada\nWinter2024x,brian\n", "swapped.csv")
+    swapped = write_csv(tmp_path, "Winter2024x,adalovelace\nWinter2024x,brianmay\n",
+                        "swapped.csv")
     error = failed(zchat(tmp_path, "admin", "create", "--csv", str(swapped), "--db",
                          str(db)))
     assert f"{swapped}:2: name: the same as or too like the name on line 1" in error
@@ -350,12 +351,12 @@ def test_csv_errors_name_line_column_and_rule_but_no_value(tmp_path: Path) -> No
     db = database(tmp_path, "quentin7")
     long_name = "Longpassphrase-of-the-class-2024-x"  # 34 characters
     rows = ("name,password\n"
-            "Quentin7,pw-q-1\n"          # 2 taken (case-folded)
+            "Quentin7,pw-q-1-long\n"     # 2 taken (case-folded)
             "paul,pw-paul-1\n"           # 3 good
             "pauI,pw-paul-2\n"           # 4 look-alike of line 3
-            "Pa$$w0rd!,pw-x-1\n"         # 5 a character outside the rules
-            f"{long_name},pw-x-2\n"      # 6 too long
-            "zero\u200bwidth,pw-x-3\n")  # 7 an invisible character
+            "Pa$$w0rd!,pw-x-1-long\n"    # 5 a character outside the rules
+            f"{long_name},pw-x-2-long\n"  # 6 too long
+            "zero\u200bwidth,pw-x-3-long\n")  # 7 an invisible character
     class_csv = write_csv(tmp_path, rows)
     error = failed(zchat(tmp_path, "admin", "create", "--csv", str(class_csv), "--db",
                          str(db)))
@@ -384,14 +385,14 @@ def test_the_brokers_create_accounts_refusal_echoes_no_name() -> None:
             pass
         async with h.client("root") as root:
             with pytest.raises(RequestFailed) as taken:
-                await root.create_accounts((p.NewAccount("Quentin7", "pw-q-1", False),))
+                await root.create_accounts((p.NewAccount("Quentin7", "pw-q-1-long", False),))
             assert taken.value.status == Status.CONFLICT
             assert taken.value.reason == ("1 of 1 accounts refused, none created: "
                                           "accounts[0] name: taken by an existing account "
                                           "(or too like an existing name)")
             with pytest.raises(RequestFailed) as alike:
-                await root.create_accounts((p.NewAccount("Winter2024x", "ada", False),
-                                            p.NewAccount("Winter2024x", "brian", False)))
+                await root.create_accounts((p.NewAccount("Winter2024x", "adalovelace", False),
+                                            p.NewAccount("Winter2024x", "brianmay", False)))
             assert alike.value.status == Status.INVALID
             assert "accounts[1] name: the same as or too like" in alike.value.reason
             assert "Winter" not in alike.value.reason
@@ -404,8 +405,8 @@ def test_the_brokers_create_accounts_refusal_echoes_no_name() -> None:
 
 def test_csv_errors_over_the_wire_echo_no_name(tmp_path: Path, broker: TcpBroker) -> None:
     wire = ("--server", broker.router, "--as", "root")
-    swapped = write_csv(tmp_path, "Winter2024x,ada\nWinter2024x,brian\nroot,pw-r-1\n",
-                        "swapped.csv")
+    swapped = write_csv(tmp_path, "Winter2024x,adalovelace\nWinter2024x,brianmay\n"
+                                  "root,pw-root-1\n", "swapped.csv")
     error = failed(zchat(tmp_path, "admin", "create", *wire, "--csv", str(swapped)))
     assert f"{swapped}:2: name: the same as or too like the name on line 1" in error
     assert f"{swapped}:3: name: taken by an existing account" in error

@@ -251,3 +251,36 @@ def test_the_storm_rooms_counts_are_per_member() -> None:
     room.got = [{1: 1, 2: 1, 3: 1}, {1: 1, 2: 1, 3: 1}]
     room.disorder = [0, 0]
     assert room.counts() == (0, 0, 0)
+
+
+def test_replay_log_option_missing_file_is_one_clear_line(tmp_path: Path) -> None:
+    """``--replay-log FILE`` replaces the log under ../shared/data (issue 13 §5); a file
+    that is not there stops the run before any broker starts, saying which file."""
+    missing = tmp_path / "nowhere.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "replay",
+         "--replay-log", str(missing), "--json", str(tmp_path / "results.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--replay-log: no such file: {missing}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_replay_log_option_is_the_log_replayed(tmp_path: Path) -> None:
+    log = tmp_path / "tiny.jsonl"
+    log.write_text("".join(json.dumps(event) + "\n" for event in (
+        {"ts": "2019-10-01T10:00:00", "event": "join", "user": "u001"},
+        {"ts": "2019-10-01T10:00:01", "event": "message", "user": "u001", "text": "hi"},
+        {"ts": "2019-10-01T10:00:02", "event": "join", "user": "u002"},
+        {"ts": "2019-10-01T10:00:03", "event": "message", "user": "u002", "text": "hey"},
+    )), encoding="utf-8")
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "replay",
+         "--replay-log", str(log), "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)  # a hang guard only
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row, *_rest) = [r for r in json.loads(out.read_text())["rows"] if r["raw"]]
+    assert row["raw"]["log"].endswith("tiny.jsonl")
+    assert (row["raw"]["sent"], row["raw"]["messages"]) == (2, 2)

@@ -307,6 +307,7 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.AdminSetPassword(name="alice", password="pw"), p.SetDisabled(name="alice"),
     p.SetPassword(old="correct horse battery staple", new="pw"),
     p.FetchDmHistory(peer="alice"), p.MarkRead(upto=0, room="lobby"), p.Whois(name="alice"),
+    p.FetchRoom(room="lobby"), p.DeleteRoom(room="lobby"),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -325,7 +326,7 @@ def test_every_session_needing_type_is_covered() -> None:
                        "UNBAN", "MUTE", "UNMUTE", "INVITE", "SET_ROLE", "SET_ROOM",
                        "DELETE_MESSAGE", "BANS", "AUDIT", "USERS", "CREATE_ACCOUNTS",
                        "ADMIN_SET_PASSWORD", "ADMIN_DISABLE", "SET_PASSWORD",
-                       "DM_HISTORY", "MARK_READ", "WHOIS"}
+                       "DM_HISTORY", "MARK_READ", "WHOIS", "ROOM_INFO", "DELETE_ROOM"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:
@@ -333,7 +334,8 @@ def test_info_and_ping_allowed_before_login(world: World) -> None:
     info = peer.must(p.Info())
     assert info == p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0_MS,
                                heartbeat_interval_ms=2000, heartbeat_timeout_ms=6000,
-                               max_text_bytes=4000, max_text_lines=50)
+                               max_text_bytes=4000, max_text_lines=50,
+                               min_password_chars=8)
     assert peer.must(p.Ping()) == p.Pong(time=T0_MS, rooms=(), session="")
 
 

@@ -879,7 +879,7 @@ class Script:
 
 def test_login_flow_creates_a_missing_account(harness: Harness) -> None:
     async def main() -> None:
-        script = Script("pw one", "y", "pw one", "pw one")
+        script = Script("pw number one", "y", "pw number one", "pw number one")
         async with harness.client() as client:
             logged_in = await login_flow(client, "carol", script.ask, None, script.say)
             assert logged_in.name == "carol"
@@ -890,15 +890,15 @@ def test_login_flow_creates_a_missing_account(harness: Harness) -> None:
             "New password: (secret)", "New password (again): (secret)"]
         assert script.said == ["Created the account carol."]
         async with harness.client() as again:  # the account exists with that password
-            assert (await again.login("carol", "pw one")).name == "carol"
+            assert (await again.login("carol", "pw number one")).name == "carol"
 
     run(main())
 
 
 def test_login_flow_asks_again_when_new_passwords_differ(harness: Harness) -> None:
     async def main() -> None:
-        script = Script("x", "y", "first", "second",   # mismatch
-                        "x", "yes", "third", "third")
+        script = Script("x", "y", "first pw", "second pw",   # mismatch
+                        "x", "yes", "third pw", "third pw")
         async with harness.client() as client:
             logged_in = await login_flow(client, "dave", script.ask, None, script.say)
             assert logged_in.name == "dave"
@@ -906,9 +906,9 @@ def test_login_flow_asks_again_when_new_passwords_differ(harness: Harness) -> No
         assert len(script.prompts) == 8 and script.answers == []
         async with harness.client() as again:
             with pytest.raises(RequestFailed) as wrong:
-                await again.login("dave", "first")
+                await again.login("dave", "first pw")
             assert wrong.value.status == 401
-            assert (await again.login("dave", "third")).name == "dave"
+            assert (await again.login("dave", "third pw")).name == "dave"
 
     run(main())
 
@@ -957,11 +957,11 @@ def test_login_flow_creates_with_the_environment_password(harness: Harness) -> N
     async def main() -> None:
         script = Script("y")
         async with harness.client() as client:
-            logged_in = await login_flow(client, "frank", script.ask, "env pw", script.say)
+            logged_in = await login_flow(client, "frank", script.ask, "env password", script.say)
             assert logged_in.name == "frank"
         assert script.prompts == ["There is no account named 'frank'. Create it? [y/N] "]
         async with harness.client() as again:
-            assert (await again.login("frank", "env pw")).name == "frank"
+            assert (await again.login("frank", "env password")).name == "frank"
 
     run(main())
 

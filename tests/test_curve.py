@@ -433,6 +433,45 @@ def test_curve_client_gets_nothing_from_a_plain_broker(tmp_path: Path,
             async with c:
                 pass
 
+        # A plain broker runs no key service: to a curve client it looks like a broker
+        # that is down, and the error says what is known (issue 13 §5).
+        with pytest.raises(ConnectionFailed, match=r"the broker does not answer"):
+            run(attempt())
+
+
+def test_down_broker_is_said_to_not_answer_not_to_lack_encryption(
+        tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """Nothing listens on the router nor on the key service: the broker is most likely
+    down, and the error says so instead of hinting at the encryption settings."""
+    port = free_port()
+
+    async def attempt() -> None:
+        c = Client(f"tcp://127.0.0.1:{port}", context=ctx, known_brokers=tmp_path / "k.toml",
+                   server_key=zmq.curve_keypair()[0].decode(),
+                   key_server=f"tcp://127.0.0.1:{free_port()}", timeout_s=1.0)
+        async with c:
+            pass
+
+    with pytest.raises(ConnectionFailed) as caught:
+        run(attempt())
+    assert "the broker does not answer" in str(caught.value)
+    assert "encryption" not in str(caught.value)
+
+
+def test_broker_whose_key_service_answers_keeps_the_encryption_hint(
+        tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """The key service answers with the key the client uses, yet INFO goes unanswered:
+    the broker runs, so the handshake is what failed."""
+    with broker(tmp_path, ctx) as b:
+        assert b.keys is not None and b.core is not None
+        b.core.handle = lambda *a, **k: []  # type: ignore[method-assign]  # INFO unanswered
+
+        async def attempt() -> None:
+            c = client(b, ctx, tmp_path / "k.toml", server_key=b.keys.public.decode(),
+                       timeout_s=1.0)
+            async with c:
+                pass
+
         with pytest.raises(ConnectionFailed, match=r"may not use encryption"):
             run(attempt())
 

@@ -84,8 +84,8 @@ def test_bad_csv_lists_every_bad_row_and_creates_nothing(tmp_path: Path,
                                                          broker: TcpBroker) -> None:
     register(tmp_path, broker, "zoe")
     csv_file = tmp_path / "bad.csv"
-    csv_file.write_text("ok1,pw\nbad name!,pw\nZOE,pw\nok2,pw,perhaps\nok1,pw\n",
-                        encoding="utf-8")
+    csv_file.write_text("ok1,pw-ok1-x\nbad name!,pw-bad-x\nZOE,pw-zoe-x\n"
+                        "ok2,pw-ok2-x,perhaps\nok1,pw-ok1-y\n", encoding="utf-8")
     error = failed(zchat(tmp_path, "admin", "create", *wire(broker), "--csv", str(csv_file)))
     assert "4 bad rows" in error and "nothing created" in error
     for line in (2, 3, 4, 5):

@@ -330,11 +330,13 @@ def test_sigterm_to_say_stdin_logs_out_at_once(tmp_path: Path, tcp_broker: TcpBr
 def wait_for_texts(tmp_path: Path, broker: TcpBroker, texts: list[str]) -> None:
     deadline = time.monotonic() + 10
     while True:
-        history = ok(zchat(tmp_path, "history", "--server", broker.router, "--as", "alice",
-                           "--room", "dev", "--json"))
-        if [m["text"] for m in json_lines(history.stdout)] == texts:
-            return
-        assert time.monotonic() < deadline, history.stdout
+        history = zchat(tmp_path, "history", "--server", broker.router, "--as", "alice",
+                        "--room", "dev", "--json")
+        if "no room named 'dev' (404)" not in history.stderr:  # not created yet: wait
+            ok(history)
+            if [m["text"] for m in json_lines(history.stdout)] == texts:
+                return
+        assert time.monotonic() < deadline, (history.stdout, history.stderr)
         time.sleep(0.1)  # polling the broker's history, not waiting for a socket
 
 
@@ -403,6 +405,7 @@ def test_say_stdin_survives_a_broker_restart(tmp_path: Path) -> None:
 def test_topic_shows_and_sets(tmp_path: Path, tcp_broker: TcpBroker) -> None:
     register(tmp_path, tcp_broker, "alice")
     server = ("--server", tcp_broker.router)
+    ok(zchat(tmp_path, "say", *server, "--as", "alice", "--room", "dev", "hi"))
     assert ok(zchat(tmp_path, "topic", *server, "--as", "alice", "dev")).stdout == "\n"
     done = ok(zchat(tmp_path, "topic", *server, "--as", "alice", "dev", "release on Friday"))
     assert done.stdout.strip() == "topic of #dev: release on Friday"

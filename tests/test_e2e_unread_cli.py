@@ -50,7 +50,7 @@ def test_unread_lists_rooms_with_mentions_prints_and_marks_read(tmp_path: Path,
                                                                 tcp_broker: TcpBroker) -> None:
     register(tmp_path, tcp_broker, "alice", "bob")
     server = ("--server", tcp_broker.router)
-    ok(zchat(tmp_path, "history", *server, "--as", "bob", "--room", "dev"))  # joins #dev
+    ok(zchat(tmp_path, "topic", *server, "--as", "bob", "dev", "reviews"))  # joins #dev
     ok(zchat(tmp_path, "say", *server, "--as", "alice", "--room", "dev", "-",
              stdin="morning\n@bob can you review?\nthanks\n"))
     ok(zchat(tmp_path, "dm", *server, "--as", "alice", "bob", "lunch?"))

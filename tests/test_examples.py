@@ -50,8 +50,8 @@ def test_echo_bot_ignores_other_bots_so_two_bots_cannot_loop(zchat_broker: Harne
     async def scenario() -> None:
         async with zchat_broker.run_bot(echo.make_bot("echo")), \
                 zchat_broker.client() as desk, zchat_broker.client("alice") as alice:
-            await desk.register("helpdesk", "pw", bot=True)
-            await desk.login("helpdesk", "pw")
+            await desk.register("helpdesk", "pw-helpdesk", bot=True)
+            await desk.login("helpdesk", "pw-helpdesk")
             await desk.dm("echo", "Sorry, I don't know.")  # another bot: no answer
             await alice.dm("echo", "ping")                  # a person: answered
             reply = await next_dm(alice, sender="echo")
@@ -135,6 +135,12 @@ def test_faq_bot_answers_and_calls_an_agent(zchat_broker: Harness) -> None:
     ("great work, but the build is broken and slow", "negative"),
     ("the meeting is at noon", "neutral"),
     ("not that it matters, the release is great", "positive"),  # beyond the window
+    # a negation ends at a clause boundary: punctuation or a joining word (issue 13 §5)
+    ("no problem, works great", "positive"),
+    ("not good, it crashed", "negative"),
+    ("not slow; great", "positive"),
+    ("no bugs and great docs", "positive"),
+    ("it is not good but fixed", "neutral"),
 ])
 def test_mood_labels(text: str, expected: str) -> None:
     assert example("mood").label(text) == expected

@@ -291,3 +291,25 @@ def test_refused_text_class_equals_the_per_character_rule_on_every_code_point() 
               != (chr(cp) not in "\n\t" and (chr(cp) in BIDI_CONTROLS or
                                             unicodedata.category(chr(cp)) in ("Cc", "Cs")))]
     assert differ == []
+
+
+# Issue 13 §5: Unicode's confusables table leaves most Latin small capitals (U+1D00 block,
+# the IPA block's ʀ ɢ ʜ ɪ ʟ ɴ ʏ ʙ, ꜰ ꜱ ꞯ) unmapped, so "ᴀlice" could sit beside "alice".
+@pytest.mark.parametrize(("a", "b"), [
+    ("\u1d00lice", "alice"),                       # ᴀlice
+    ("\u0299\u1d0f\u0299", "bob"),                 # ʙᴏʙ
+    ("\u1d04\u029c\u0280\u026as", "chris"),        # ᴄʜʀɪs
+    ("\u0262\u1d07\u029f\u029f\u1d07\u0280", "geller"),  # ɢᴇʟʟᴇʀ
+    ("\u1d0a\u1d0f\u0274\u1d00\u0074\u029c\u1d00\u0274", "jonathan"),  # ᴊᴏɴᴀtʜᴀɴ
+    ("\ua730\ua731\u1d0b\u1d0d\u1d18\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22",
+     "fskmptuvwyz"),
+    ("\u1d05\u1d00\u1d20\u1d07", "dave"),
+    ("\ua7af\u1d1c\u026a\u1d22", "quiz"),
+])
+def test_latin_small_capitals_look_like_their_letters(a: str, b: str) -> None:
+    assert skeleton(normalize_name(a)) == skeleton(b)
+
+
+def test_small_capitals_do_not_merge_distinct_names() -> None:
+    assert skeleton("\u1d00lice") != skeleton("alicia")
+    assert skeleton("\u0299ob") != skeleton("rob")

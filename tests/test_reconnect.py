@@ -25,6 +25,7 @@ from conftest import free_port, run
 from test_integration import collect, msgs
 
 from zchat import protocol as p
+from zchat.broker import BindError
 from zchat.client import (
     RECONNECT_FIRST_S,
     Client,
@@ -63,7 +64,7 @@ class RestartableBroker:
             try:
                 self.harness = cm.__enter__()
                 break
-            except zmq.ZMQError as exc:
+            except BindError as exc:
                 if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)  # the condition is the bind itself, retried until it holds

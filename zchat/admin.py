@@ -16,7 +16,8 @@ Two modes, chosen by the command line (docs/admin.md "Two ways in"):
   broker starts meanwhile. Their audit-log actor is ``local:<OS user>``.
 
 The validation of new accounts is shared with the broker (``check_new_account``, used by
-CREATE_ACCOUNTS in zchat.broker_core, and ``check_password``, used by REGISTER and LOGIN):
+CREATE_ACCOUNTS in zchat.broker_core, ``check_new_password``, used by REGISTER and the
+password changes, and ``check_password``, used by LOGIN):
 names follow docs/PROTOCOL.md §12 (zchat.names), look-alikes are refused by skeleton.
 """
 
@@ -100,8 +101,9 @@ class CheckedAccount:
 
 
 def check_password(password: str) -> str:
-    """A password as REGISTER, LOGIN and the operator tools accept it: not empty (422),
-    at most MAX_PASSWORD_CHARS characters (413) (docs/PROTOCOL.md §6.2, §9). Returns it."""
+    """A password as LOGIN accepts it: not empty (422), at most MAX_PASSWORD_CHARS
+    characters (413) (docs/PROTOCOL.md §6.3, §9). No minimum length: an account made
+    before the broker's ``min_password_chars`` was raised still logs in. Returns it."""
     if not password:
         raise ProtocolError(Status.INVALID, "password must not be empty")
     if len(password) > p.MAX_PASSWORD_CHARS:
@@ -110,29 +112,49 @@ def check_password(password: str) -> str:
     return password
 
 
-def check_new_account(name: str, password: str) -> tuple[str, str, str]:
-    """(display name, key, skeleton) of a new account, by the broker's rules for REGISTER
-    (docs/PROTOCOL.md §12: zchat.names.normalize_name). Raises ProtocolError 422/413."""
-    display = normalize_name(name)
+def password_too_short(min_chars: int) -> str:
+    """The one wording of a new password under ``min_chars`` characters, used by the
+    broker (422) and by the command line's early check alike."""
+    return f"password must be at least {min_chars} characters long"
+
+
+def check_new_password(password: str, min_chars: int) -> str:
+    """A new password (REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, CREATE_ACCOUNTS and
+    ``zchat admin`` on the database, docs/PROTOCOL.md §6.2): ``check_password``, and at
+    least ``min_chars`` characters (the broker's ``min_password_chars``), else
+    ProtocolError 422 ``password_too_short``. Returns it."""
     check_password(password)
+    if len(password) < min_chars:
+        raise ProtocolError(Status.INVALID, password_too_short(min_chars))
+    return password
+
+
+def check_new_account(name: str, password: str, min_password_chars: int
+                      ) -> tuple[str, str, str]:
+    """(display name, key, skeleton) of a new account, by the broker's rules for REGISTER
+    (docs/PROTOCOL.md §12: zchat.names.normalize_name; ``check_new_password``). Raises
+    ProtocolError 422/413."""
+    display = normalize_name(name)
+    check_new_password(password, min_password_chars)
     return display, name_key(display), skeleton(display)
 
 
-def check_batch(rows: Iterable[NewAccountRow], taken: Callable[[str, str], bool]
-                ) -> tuple[list[CheckedAccount], list[BadRow]]:
+def check_batch(rows: Iterable[NewAccountRow], taken: Callable[[str, str], bool],
+                min_password_chars: int) -> tuple[list[CheckedAccount], list[BadRow]]:
     """Check every row (all of them, so that every problem is reported at once).
 
     ``taken(key, skeleton)`` says whether an existing account has that key or a
     look-alike name. Two rows of the batch with the same key or skeleton are a conflict
-    too. Rows with an empty password must have been given one before (``fill_passwords``).
-    Returns (good rows, bad rows); the caller creates nothing when any row is bad.
+    too. Rows with an empty password must have been given one before (``fill_passwords``);
+    each password must have at least ``min_password_chars`` characters. Returns (good rows, bad rows); the caller creates nothing when any row is bad.
     """
     good: list[CheckedAccount] = []
     bad: list[BadRow] = []
     seen: dict[str, int] = {}  # key or skeleton -> first line
     for row in rows:
         try:
-            display, key, skel = check_new_account(row.name, row.password)
+            display, key, skel = check_new_account(row.name, row.password,
+                                                   min_password_chars)
         except ProtocolError as exc:
             # Never echo a refused name: with another separator (``xena;pw-xena``) it
             # holds the whole row, password included; the reason names the rule.
@@ -499,11 +521,20 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
     if getattr(args, "generate", False):
         return generate_password(), True
     if getattr(args, "stdin", False):
-        line = sys.stdin.readline().rstrip("\r\n")
+        try:
+            line = sys.stdin.readline().rstrip("\r\n")
+            line.encode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise AdminError("the password on standard input is not valid UTF-8") from None
         if not line:
             raise AdminError("no password on standard input")
         return line, False
-    env = os.environ.get(NEW_PASSWORD_ENV)
+    try:
+        env = os.environ.get(NEW_PASSWORD_ENV)
+        if env is not None:
+            env.encode("utf-8")
+    except UnicodeEncodeError:  # decoded with surrogateescape: not text
+        raise AdminError(f"${NEW_PASSWORD_ENV} is not valid UTF-8") from None
     if env:
         return env, False
     if not _has_terminal():
@@ -519,6 +550,8 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
             raise AdminError("the passwords do not match; nothing changed")
     except EOFError:
         raise AdminError("cancelled; nothing changed") from None
+    except UnicodeDecodeError:
+        raise AdminError("the password typed is not valid UTF-8; nothing changed") from None
     return first, False
 
 
@@ -576,10 +609,11 @@ def _read_csv(path: Path) -> str:
 
 
 def _checked_csv(path: Path, taken: Callable[[str, str], bool],
-                 limit: int | None, output: str | None = None
+                 limit: int | None, output: str | None = None, min_password_chars: int = 1
                  ) -> tuple[list[CheckedAccount], set[int]]:
-    """Parse, fill in generated passwords and check a bulk-creation CSV; BadRows when any
-    row is bad (all of them listed, nothing created). AdminError when the ``output``
+    """Parse, fill in generated passwords and check a bulk-creation CSV (passwords of at
+    least ``min_password_chars`` characters); BadRows when any row is bad (all of them
+    listed, nothing created). AdminError when the ``output``
     file for the generated passwords exists already: checked before anything is created,
     so that no account is made whose password could not be handed out."""
     if output is not None and Path(output).exists():
@@ -587,7 +621,7 @@ def _checked_csv(path: Path, taken: Callable[[str, str], bool],
                          "was created)")
     rows, bad = parse_accounts_csv(_read_csv(path), str(path))
     rows, generated = fill_passwords(rows)
-    good, bad_accounts = check_batch(rows, taken)
+    good, bad_accounts = check_batch(rows, taken, min_password_chars)
     bad = sorted(bad + bad_accounts, key=lambda b: b.line)
     if bad:
         raise BadRows(str(path), bad)
@@ -798,13 +832,16 @@ def run_direct(args: argparse.Namespace, config: object) -> int:
         finally:
             os.umask(old_umask)
         try:
-            return _direct(action, args, store, hasher, sys.stdout, sys.stderr)
+            return _direct(action, args, store, hasher, sys.stdout, sys.stderr,
+                           cfg.min_password_chars)
         finally:
             store.close()
 
 
 def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callable[[str], str],
-            out: TextIO, err: TextIO) -> int:
+            out: TextIO, err: TextIO, min_password_chars: int) -> int:
+    """One direct-mode action; new passwords need ``min_password_chars`` characters (the
+    configured broker's ``[broker] min_password_chars``, as the broker would ask)."""
     actor, now = local_actor(), _now_ms()
     as_json = bool(getattr(args, "json", False))
     name: str = getattr(args, "name", "") or ""
@@ -816,7 +853,7 @@ def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callabl
         accounts, _gen = _checked_csv(Path(args.csv),
                                       lambda k, s: store.get_account(k) is not None
                                       or store.account_skeleton_taken(s), None,
-                                      getattr(args, "output", None))
+                                      getattr(args, "output", None), min_password_chars)
         sink = open_passwords_file(args, accounts)
         try:
             create_accounts_direct(store, accounts, hasher, actor, now)
@@ -827,7 +864,7 @@ def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callabl
     elif action == "reset-password":
         _key, _display = _account(store, name)  # before asking for the password
         password, generated = new_password(args)
-        check_password(password)
+        check_new_password(password, min_password_chars)
         display = reset_password_direct(store, name, hasher(password), actor, now)
         _said_reset(display, password if generated else None, out, err)
     elif action in ("disable", "enable"):
@@ -886,6 +923,16 @@ async def _users_as_admin(client: object, what: str) -> tuple[p.AccountInfo, ...
         raise RequestFailed(exc.status, f"only broker admins may {what}") from None
 
 
+def broker_min_password_chars(client: object) -> int:
+    """The connected broker's ``min_password_chars`` from its INFO reply (1 when it does
+    not say: an older broker, which checks only that a password is not empty), for
+    checking a new password before it is sent."""
+    from zchat.client import Client
+
+    assert isinstance(client, Client)
+    return max(1, client.info.min_password_chars) if client.info is not None else 1
+
+
 async def run_wire(args: argparse.Namespace, client: object) -> int:
     """``zchat admin ACTION --as ADMIN``: the same commands as requests to the broker,
     on ``client`` (logged in as an admin)."""
@@ -908,7 +955,8 @@ async def run_wire(args: argparse.Namespace, client: object) -> int:
         skeletons = {skeleton(u.name) for u in existing}
         accounts, _gen = _checked_csv(Path(args.csv),
                                       lambda k, s: k in keys or s in skeletons,
-                                      p.MAX_CREATE_ACCOUNTS, getattr(args, "output", None))
+                                      p.MAX_CREATE_ACCOUNTS, getattr(args, "output", None),
+                                      broker_min_password_chars(client))
         sink = open_passwords_file(args, accounts)
         try:
             await client.create_accounts(
@@ -930,6 +978,7 @@ async def run_wire(args: argparse.Namespace, client: object) -> int:
     elif action == "reset-password":
         await _users_as_admin(client, "reset passwords")  # refused before any prompt
         password, generated = new_password(args)
+        check_new_password(password, broker_min_password_chars(client))  # before asking
         await client.admin_set_password(name, password)
         _said_reset(name, password if generated else None, out, err)
     elif action in ("disable", "enable"):

@@ -88,6 +88,16 @@ class TransportSecurityError(ZchatError):
     key pair cannot be loaded. The broker then does not start."""
 
 
+class BindError(ZchatError):
+    """An endpoint of the broker cannot be bound (in use, a bad address): the message
+    names which one (the ROUTER, the PUB or the key service), its endpoint and setting,
+    and another of the broker's endpoints on the same port. ``errno`` is libzmq's."""
+
+    def __init__(self, reason: str, errno: int) -> None:
+        super().__init__(reason)
+        self.errno = errno
+
+
 #: Where libzmq sends ZAP requests, per context (RFC 27/ZAP).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
@@ -305,10 +315,36 @@ class Broker:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
         sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
 
+    def _bind(self, sock: zmq.Socket[Any], endpoint: str, what: str) -> None:
+        """Bind ``sock`` to ``endpoint``. Raises BindError naming ``what`` ("ROUTER",
+        "PUB" or "key service"), its setting, libzmq's reason, and which other endpoint
+        of this broker asks for the same port (router and pub both :5555; a pub on the
+        router's port + 2, where the key service goes)."""
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            how = {"ROUTER": "--router, [broker] router", "PUB": "--pub, [broker] pub",
+                   "key service": "the ROUTER's port + 2 unless [broker] key_endpoint "
+                                  "sets it"}[what]
+            cfg = self.config
+            others = {"ROUTER": cfg.router, "PUB": cfg.pub}
+            if what != "key service" and self.zap is not None and k.is_tcp(cfg.router):
+                with contextlib.suppress(ValueError):
+                    others["key service"] = cfg.key_endpoint or k.key_endpoint_for(
+                        cfg.router)
+            port = endpoint.rpartition(":")[2]
+            same = [name for name, other in others.items() if name != what
+                    and port not in ("", "*", "0") and other.rpartition(":")[2] == port]
+            clash = f"; the {same[0]} endpoint uses it too" if same else ""
+            noun = what if what == "key service" else f"{what} endpoint"
+            raise BindError(f"cannot bind the {noun} {endpoint} ({how}): "
+                            f"{exc.strerror}{clash}", exc.errno or 0) from None
+
     def bind(self) -> None:
         """Create and bind both sockets (and, with CURVE, start the ZAP handler and bind
-        the key service). Raises zmq.ZMQError (e.g. address in use), ValueError (no key
-        service port can be derived) or TransportSecurityError (nothing is bound then)."""
+        the key service). Raises BindError (e.g. address in use; it names the endpoint),
+        ValueError (no key service port can be derived) or TransportSecurityError
+        (nothing is bound then). After a failure, ``close()`` closes what was made."""
         self._start_security()
         router = self.context.socket(zmq.ROUTER)
         pub = self.context.socket(zmq.PUB)
@@ -322,8 +358,8 @@ class Broker:
         router.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         pub.setsockopt(zmq.LINGER, 0)
-        router.bind(self.config.router)
-        pub.bind(self.config.pub)
+        self._bind(router, self.config.router, "ROUTER")
+        self._bind(pub, self.config.pub, "PUB")
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.zap is not None and self.keys is not None and k.is_tcp(self.config.router):
@@ -335,7 +371,8 @@ class Broker:
             service.setsockopt(zmq.MAXMSGSIZE, k.KEY_SERVICE_MAX_FRAME_BYTES)
             service.setsockopt(zmq.SNDHWM, 100)
             service.setsockopt(zmq.LINGER, 0)
-            service.bind(self.config.key_endpoint or k.key_endpoint_for(self.config.router))
+            self._bind(service, self.config.key_endpoint
+                       or k.key_endpoint_for(self.config.router), "key service")
             self.key_endpoint = service.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("CurveZMQ on; public key: %s (%s)", self.keys.public.decode(),
                      k.fingerprint(self.keys.public))

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zchat import protocol as p
-from zchat.admin import CheckedAccount, NewAccountRow, check_batch, check_password
+from zchat.admin import (
+    CheckedAccount,
+    NewAccountRow,
+    check_batch,
+    check_new_password,
+    check_password,
+)
 from zchat.config import BrokerConfig
 from zchat.errors import ProtocolError, RateLimited, Status, StorageError
 from zchat.names import (
@@ -235,7 +241,8 @@ class BrokerCore:
             p.ListUsers: self._list_users, p.CreateAccounts: self._create_accounts,
             p.AdminSetPassword: self._admin_set_password, p.SetDisabled: self._set_disabled,
             p.SetPassword: self._set_password, p.FetchDmHistory: self._dm_history,
-            p.MarkRead: self._mark_read, p.Whois: self._whois,
+            p.MarkRead: self._mark_read, p.Whois: self._whois, p.FetchRoom: self._room_info,
+            p.DeleteRoom: self._delete_room,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -566,10 +573,18 @@ class BrokerCore:
             version=p.VERSION_NUMBER, pub=self.pub_endpoint, time=now_ms,
             heartbeat_interval_ms=int(cfg.heartbeat_interval_s * 1000),
             heartbeat_timeout_ms=int(cfg.heartbeat_timeout_s * 1000),
-            max_text_bytes=cfg.max_text_bytes, max_text_lines=cfg.max_text_lines))]
+            max_text_bytes=cfg.max_text_bytes, max_text_lines=cfg.max_text_lines,
+            min_password_chars=cfg.min_password_chars))]
 
     def _check_password(self, password: str) -> None:
+        """A password to log in with (LOGIN, §6.3): not empty, not too long; no minimum
+        length, so that accounts made before ``min_password_chars`` still log in."""
         check_password(password)  # shared with `zchat admin` (zchat.admin)
+
+    def _check_new_password(self, password: str) -> None:
+        """A new password (REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, §6.2): also at
+        least ``min_password_chars`` characters (422)."""
+        check_new_password(password, self.config.min_password_chars)
 
     def _check_not_admin_name(self, key: str, skel: str, name: str) -> None:
         """REGISTER and CREATE_ACCOUNTS (§6.2, §6.43): raise ProtocolError 403 when the
@@ -585,7 +600,7 @@ class BrokerCore:
                   now_s: float, now_ms: int, address: str) -> list[Action]:
         self._limit_login(rid, address, now_s, "registrations")
         name = normalize_name(req.name)
-        self._check_password(req.password)
+        self._check_new_password(req.password)
         key = name_key(name)
         self._check_not_admin_name(key, skeleton(name), name)
         if key in self.accounts or self.store.account_skeleton_taken(skeleton(name)):
@@ -846,6 +861,21 @@ class BrokerCore:
                       if r.key not in self.private or me in self.admins
                       or me in self.members.get(r.key, ()))
         return [self._ok(rid, req_id, p.RoomList(rooms=rooms))]
+
+    def _room_info(self, rid: bytes, req_id: bytes, req: p.FetchRoom, session: Session,
+                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        """ROOM_INFO (docs/PROTOCOL.md §6.51): one room's state, read without joining
+        it, so that reading a room (its topic, as HISTORY its messages and WHO its
+        members) changes nothing and announces nobody. 404 no such room (none is
+        created), 422 a bad name, 403 a private room the account is not in (admins may
+        read it, §17.2)."""
+        key = self._room_key(req.room)
+        self._check_may_read(key, session)
+        return [self._ok(rid, req_id, p.RoomDetails(
+            room=self.rooms[key], members=len(self.members.get(key, ())),
+            last_seq=self.last_seq[key], joined=session.account_key in self.members.get(key, ()),
+            topic=self.topics[key], slow_mode_s=self.slow_mode.get(key, 0),
+            private=key in self.private, locked=key in self.locked))]
 
     def _send(self, rid: bytes, req_id: bytes, req: p.Send, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -1626,6 +1656,44 @@ class BrokerCore:
                                  time=now_ms)
         return [self._ok(rid, req_id, p.Ok()), *self._room_event(key, event)]
 
+    def _delete_room(self, rid: bytes, req_id: bytes, req: p.DeleteRoom, session: Session,
+                     now_s: float, now_ms: int, address: str) -> list[Action]:
+        """DELETE_ROOM (§6.52): the room's owner (from inside it) or a broker admin
+        deletes a room with its history, memberships, roles, invitations and room bans,
+        in one transaction with a ``delete_room`` audit entry. ROOM_DELETED goes to the
+        room as its events do (pushed to the members of a private one), and the members'
+        clients stop following it. The name is free again: a later JOIN makes a new,
+        empty room. 404 no such room, 403 not the owner or an admin (or an owner who is
+        not in it), or ``lobby``; 413/422 a bad ``reason``."""
+        key = self._room_key(req.room)
+        if key == name_key(DEFAULT_ROOM):
+            raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} cannot be deleted: "
+                                "every account is in it")
+        if self._rank(key, session.account_key) < RANKS["owner"]:
+            raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]} "
+                                "or a broker admin may delete it")
+        self._require_inside(key, session, "delete it")
+        reason = self._check_away_text(req.reason, "reason")
+        name = self.rooms[key]
+        with self.store.transaction():
+            messages, members = self.store.delete_room(key)
+            self._audit(now_ms, session, "delete_room", key,
+                        detail=f"{messages} messages, {members} members"
+                        + (f"; {reason}" if reason else ""))
+        # carried as the room's events are, to the members it had (pushed if private)
+        actions: list[Action] = [self._ok(rid, req_id, p.Ok()), *self._room_event(
+            key, p.RoomDeleted(room=name, by=session.name, time=now_ms, reason=reason))]
+        for account_key in self.members.pop(key, set()):
+            self.rooms_of.get(account_key, set()).discard(key)
+        for table in (self.rooms, self.last_seq, self.topics, self.creators,
+                      self.slow_mode, self._last_post, self.roles, self._room_states):
+            table.pop(key, None)
+        self.private.discard(key)
+        self.locked.discard(key)
+        log.info("%s deleted the room %s (%d messages, %d members)", session.name, name,
+                 messages, members)
+        return actions
+
     def _ban_info(self, ban: BanRow) -> p.BanInfo:
         by = self.accounts.get(ban.by_key)
         return p.BanInfo(kind="mute" if ban.kind == "mute" else "ban",
@@ -1657,7 +1725,11 @@ class BrokerCore:
         if not 1 <= req.limit <= p.MAX_AUDIT_LIMIT:
             raise ProtocolError(Status.BAD_REQUEST, f"limit must be 1 to {p.MAX_AUDIT_LIMIT}")
         room = None
-        if req.room is not None:
+        if req.room is not None and session.account_key in self.admins and \
+                name_key(normalize_name(req.room, "room name")) not in self.rooms:
+            # a deleted room's entries stay in the log (§6.52): admins read them by name
+            room = normalize_name(req.room, "room name")
+        elif req.room is not None:
             key = self._room_key(req.room)
             if self._rank(key, session.account_key) < RANKS["owner"]:
                 raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]}"
@@ -1705,7 +1777,7 @@ class BrokerCore:
                                 f"{p.MAX_CREATE_ACCOUNTS} accounts")
         rows = [NewAccountRow(i, a.name, a.password, a.bot)
                 for i, a in enumerate(req.accounts)]
-        good, bad = check_batch(rows, self._name_taken)
+        good, bad = check_batch(rows, self._name_taken, self.config.min_password_chars)
         if bad:
             status = Status.CONFLICT if all("taken" in b.problem for b in bad) \
                 else Status.INVALID
@@ -1742,7 +1814,7 @@ class BrokerCore:
                                 "`zchat admin reset-password` on the database"
                                 + ("; change your own with `zchat passwd`"
                                    if key == session.account_key else ""))
-        self._check_password(req.password)
+        self._check_new_password(req.password)
         cfg = self.config
         password = req.password
         return self._start_job(
@@ -1796,7 +1868,7 @@ class BrokerCore:
         self._limit_login(rid, address, now_s, "password changes")
         if not req.old or len(req.old) > p.MAX_PASSWORD_CHARS:
             raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
-        self._check_password(req.new)
+        self._check_new_password(req.new)
         row = self.store.get_account(session.account_key)
         if row is None:  # the in-memory index and the store disagree: not the peer's fault
             raise ProtocolError(Status.NOT_FOUND, f"no account named {session.name!r}")

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import secrets
 import signal
 import sys
 import threading
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,11 +70,62 @@ def _default(table: str, key: str, empty: str = "") -> str:
     return f"default: [{table}] {key} in the config file, else {shown}"
 
 
+#: Positionals that hold an account name: a value starting with '-' reads as an option, so
+#: its usage error explains the name rule instead (docs/PROTOCOL.md §12).
+_NAME_METAVARS = ("NAME", "TO")
+#: The name rule in a line, as docs/PROTOCOL.md §12 states it.
+NAME_RULE = ("a name is 1-32 letters, digits, '_', '-' and '.' and may not start with "
+             "'-' (docs/PROTOCOL.md §12)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with zchat's one-line errors: ``zchat: error: MESSAGE; see 'zchat CMD
+    --help'`` on stderr and exit code 2 (usage), as every other error is one line
+    (docs/cli.md, Exit codes and errors). Its sub-parsers are of this class too."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"zchat: error: {self._explain(message)}; see '{self.prog} "
+                     "--help'\n")
+
+    def _explain(self, message: str) -> str:
+        """argparse's ``message``, or for a NAME given as ``-x`` (taken for an unknown
+        option, so argparse says "NAME is required") the name rule."""
+        given = getattr(self, "_given", [])
+        words = given[:given.index("--")] if "--" in given else given
+        unknown = [w for w in words if w.startswith("-") and len(w) > 1
+                   and w.split("=")[0] not in self._option_string_actions
+                   and not self._negative_number_matcher.match(w)]
+        names = [a for a in self._actions if not a.option_strings
+                 and a.metavar in _NAME_METAVARS]
+        if unknown and names and ("required" in message or "unrecognized" in message):
+            return (f"{unknown[0]!r} is not a name: names may not start with '-' (it "
+                    f"would read as an option); {NAME_RULE}")
+        return message
+
+
+def _room_arg(text: str) -> str:
+    """argparse type of a room name: ``#dev`` as the console writes it is ``dev`` (one
+    leading '#' dropped; names cannot hold '#', docs/PROTOCOL.md §12)."""
+    return text[1:] if text.startswith("#") else text
+
+
+def _account_arg(text: str) -> str:
+    """argparse type of an account name: ``@bob`` as the console writes it is ``bob``
+    (one leading '@' dropped)."""
+    return text[1:] if text.startswith("@") else text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zchat", description="zchat: terminal chat on a ZeroMQ broker.",
         epilog="Client commands log in with $ZCHAT_TOKEN (an account token) when set, "
-               "else a password from $ZCHAT_PASSWORD, else a prompt without echo.")
+               "else a password from $ZCHAT_PASSWORD, else a prompt without echo. Names "
+               "may be written as in the console, @alice and #dev. Errors are one line, "
+               "'zchat: error: ...' (exit code 1; 2 for bad usage); docs/cli.md.")
     parser.add_argument("--version", action="version", version=f"zchat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -95,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(docs/security.md)")
         if needs_as:
             sp.add_argument("--as", dest="user", required=True, metavar="NAME",
+                            type=_account_arg,
                             help="the account to log in as")
 
     b = sub.add_parser("broker", help="run the broker",
@@ -121,23 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "create the account when it does not exist. Keys and "
                                    "commands: /help inside, or docs/console.md.")
     client_opts(j, needs_as=False)
-    j.add_argument("name", metavar="NAME")
+    j.add_argument("name", metavar="NAME", type=_account_arg)
     j.add_argument("--no-mouse", action="store_true",
                    help="leave the mouse to the terminal (text selection) instead of "
                         "scrolling with the wheel")
 
     r = sub.add_parser("register", help="create an account",
-                       description="Create an account (it starts in the lobby room).")
+                       description="Create an account (it starts in the lobby room). "
+                                   "NAME: 1-32 letters, digits, '_', '-' and '.', not "
+                                   "starting with '-'. The password needs at least the "
+                                   "broker's min_password_chars characters (default 8).")
     client_opts(r, needs_as=False)
-    r.add_argument("name", metavar="NAME")
+    r.add_argument("name", metavar="NAME", type=_account_arg)
     r.add_argument("--bot", action="store_true",
                    help="mark the account as a bot (shown as [bot] in who)")
 
     s = sub.add_parser("say", help="post to a room",
-                       description="Post TEXT to ROOM; with TEXT '-', post each line of "
-                                   "standard input as one message.")
+                       description="Post TEXT to ROOM (joining it first, creating it if "
+                                   "need be); with TEXT '-', post each line of standard "
+                                   "input as one message.")
     client_opts(s)
-    s.add_argument("--room", required=True)
+    s.add_argument("--room", required=True, type=_room_arg)
     s.add_argument("--me", action="store_true", help="post as an action (/me)")
     s.add_argument("--retry-for", type=_nonnegative_seconds, default=SEND_RETRY_S,
                    metavar="SECONDS",
@@ -149,28 +207,31 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Send a direct message; says whether it was delivered "
                                    "live or stored for the recipient's next login.")
     client_opts(d)
-    d.add_argument("to", metavar="TO")
+    d.add_argument("to", metavar="TO", type=_account_arg)
     d.add_argument("text", metavar="TEXT")
 
     t = sub.add_parser("tail", help="print room messages and direct messages as they arrive",
                        description="Print your unread direct messages, then new messages in "
-                                   "ROOM (without --room: none) and your direct messages as "
-                                   "they arrive. The direct messages it prints are marked "
-                                   "read (docs/cli.md).")
+                                   "ROOM (joining it first, creating it if need be; without "
+                                   "--room: none) and your direct messages as they arrive. "
+                                   "The direct messages it prints are marked read "
+                                   "(docs/cli.md).")
     client_opts(t)
-    t.add_argument("--room", help="the room to follow (default: direct messages only)")
+    t.add_argument("--room", type=_room_arg,
+                   help="the room to follow (default: direct messages only)")
     t.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--keep-unread", action="store_true",
                    help="leave the direct messages it prints unread (a log, not a reader)")
 
     h = sub.add_parser("history", help="print a room's recent messages",
-                       description="Print the last messages of ROOM, or of your direct "
-                                   "conversation with NAME, oldest first.")
+                       description="Print the last messages of ROOM, oldest first, "
+                                   "without joining it (a private room: members and "
+                                   "admins only), or of your direct conversation with NAME.")
     client_opts(h)
     where = h.add_mutually_exclusive_group(required=True)
-    where.add_argument("--room")
-    where.add_argument("--dm", metavar="NAME",
+    where.add_argument("--room", type=_room_arg)
+    where.add_argument("--dm", metavar="NAME", type=_account_arg,
                        help="your direct conversation with NAME (both ways) instead")
     h.add_argument("--limit", type=int, default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
                    help=f"how many (1-{p.MAX_HISTORY_LIMIT}, default "
@@ -196,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then mark read what was listed (with --messages: printed)")
 
     w = sub.add_parser("who", help="list accounts and their presence",
-                       description="List accounts online or away, or the members of ROOM.")
+                       description="List accounts online or away, or the members of ROOM "
+                                   "(read without joining it).")
     client_opts(w)
-    w.add_argument("--room")
+    w.add_argument("--room", type=_room_arg)
     w.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sl = sub.add_parser("slow", help="set a room's slow mode",
@@ -208,15 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "broker admins may, and they are exempt "
                                     "(docs/PROTOCOL.md §6.28).")
     client_opts(sl)
-    sl.add_argument("room", metavar="ROOM")
+    sl.add_argument("room", metavar="ROOM", type=_room_arg)
     sl.add_argument("seconds", type=_slow_seconds, metavar="SECONDS")
 
     tp = sub.add_parser("topic", help="show or set a room's topic",
-                        description="Print ROOM's topic; with TEXT, set it ('' clears it). "
-                                    "Members may set it unless the room is locked "
-                                    "(docs/PROTOCOL.md §6.22, §17.1).")
+                        description="Print ROOM's topic, read without joining it; with "
+                                    "TEXT, set it ('' clears it), joining ROOM first: "
+                                    "members may set it unless the room is locked "
+                                    "(docs/PROTOCOL.md §6.22, §6.51, §17.1).")
     client_opts(tp)
-    tp.add_argument("room", metavar="ROOM")
+    tp.add_argument("room", metavar="ROOM", type=_room_arg)
     tp.add_argument("text", metavar="TEXT", nargs="?")
 
     md = sub.add_parser("mod", help="moderate: kick, ban, mute, invite, op, lock, delete…",
@@ -225,12 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "admins). ACTION and its ARG: kick NICK, ban NICK, "
                                     "unban NICK, mute NICK, unmute NICK, invite NICK, "
                                     "op NICK, deop NICK, lock, unlock, private on|off, "
-                                    "delete SEQ, bans, audit.")
+                                    "delete SEQ, bans, audit, delete-room (the room, its "
+                                    "history and members; its owner or a broker admin; "
+                                    "not lobby). NICK may be written @nick, ROOM #room.")
     client_opts(md)
     md.add_argument("action", choices=MOD_ACTIONS, metavar="ACTION")
-    md.add_argument("room", metavar="ROOM")
+    md.add_argument("room", metavar="ROOM", type=_room_arg)
     md.add_argument("arg", nargs="?", default=None, metavar="ARG")
-    md.add_argument("--reason", default="", help="kick, ban, mute: shown to them")
+    md.add_argument("--reason", default="",
+                    help="kick, ban, mute, delete-room: shown to them")
     md.add_argument("--duration", default="", metavar="D",
                     help="ban, mute: a number and a unit, 30s, 10m, 2h, 1d or 1w, at "
                          "most ten years (default: until lifted)")
@@ -245,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "credentials in the file, else a password prompt.")
     client_opts(bt, needs_as=False)
     bt.add_argument("file", type=Path, metavar="FILE.py")
-    bt.add_argument("--as", dest="user", metavar="NAME",
+    bt.add_argument("--as", dest="user", metavar="NAME", type=_account_arg,
                     help="the bot's account (default: the name in the file)")
 
     tok = sub.add_parser("token", help="create, list and revoke account tokens",
@@ -271,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "get $ZCHAT_PASSWORD, else a generated password.")
     client_opts(rp, needs_as=False)
     rp.add_argument("file", type=Path, metavar="FILE.jsonl")
-    rp.add_argument("--room", required=True)
+    rp.add_argument("--room", required=True, type=_room_arg)
     rp.add_argument("--speed", default="60", metavar="X",
                     help="divide the log's time by X (default 60: an hour a minute); "
                          "0 or 'max' for no waiting")
@@ -279,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an observer in ROOM must see every sent message once, in order; "
                          "exit 1 if not")
     rp.add_argument("--observer", default="replay-observer", metavar="NAME",
+                    type=_account_arg,
                     help="the observer's account with --verify (default replay-observer)")
     _admin_parsers(sub, client_opts)
 
@@ -307,7 +374,7 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
 
     def admin_opts(sp: argparse.ArgumentParser, json_out: bool = False) -> None:
         client_opts(sp, needs_as=False)
-        sp.add_argument("--as", dest="user", metavar="NAME",
+        sp.add_argument("--as", dest="user", metavar="NAME", type=_account_arg,
                         help="go over the wire, logged in as this admin account")
         sp.add_argument("--db", type=Path, metavar="FILE",
                         help="work on this database file (default: the broker's data "
@@ -334,7 +401,7 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
     rs = ad_sub.add_parser("reset-password", help="give an account a new password; its "
                                                   "sessions end")
     admin_opts(rs)
-    rs.add_argument("name", metavar="NAME")
+    rs.add_argument("name", metavar="NAME", type=_account_arg)
     how = rs.add_mutually_exclusive_group()
     how.add_argument("--generate", action="store_true",
                      help="generate the password and print it once")
@@ -344,22 +411,25 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
                        ("enable", "enable a disabled account again")):
         sp = ad_sub.add_parser(verb, help=text)
         admin_opts(sp)
-        sp.add_argument("name", metavar="NAME")
+        sp.add_argument("name", metavar="NAME", type=_account_arg)
     bn = ad_sub.add_parser("bans", help="list the bans and mutes in force")
     admin_opts(bn, json_out=True)
-    bn.add_argument("--room", metavar="ROOM",
+    bn.add_argument("--room", metavar="ROOM", type=_room_arg,
                     help="only this room's ('*': only the server-wide ones)")
     ub = ad_sub.add_parser("unban", help="lift a ban (or with --mute a mute)")
     admin_opts(ub)
-    ub.add_argument("name", metavar="NAME")
-    ub.add_argument("--room", metavar="ROOM", help="the room (default: server-wide)")
+    ub.add_argument("name", metavar="NAME", type=_account_arg)
+    ub.add_argument("--room", metavar="ROOM", type=_room_arg,
+                    help="the room (default: server-wide)")
     ub.add_argument("--mute", action="store_true", help="lift a mute instead of a ban")
     au = ad_sub.add_parser("audit", help="show the audit log, newest first")
     admin_opts(au, json_out=True)
-    au.add_argument("--room", metavar="ROOM",
+    au.add_argument("--room", metavar="ROOM", type=_room_arg,
                     help="only this room's entries ('*': only those of no room)")
-    au.add_argument("--actor", metavar="NAME", help="only this actor's entries")
-    au.add_argument("--target", metavar="NAME", help="only entries acting on this account")
+    au.add_argument("--actor", metavar="NAME", type=_account_arg,
+                    help="only this actor's entries")
+    au.add_argument("--target", metavar="NAME", type=_account_arg,
+                    help="only entries acting on this account")
     au.add_argument("--action", metavar="ACTION",
                     help="only this action (ban, unban, mute, kick, delete, create_account, "
                          "reset_password, disable, ...)")
@@ -407,8 +477,15 @@ def _has_terminal() -> bool:
     return True
 
 
+def env(name: str) -> str:
+    """The environment variable ``name`` ("" when unset). Raises CliError ``$NAME is
+    not valid UTF-8`` when it is not (Python decodes the environment with
+    surrogateescape; a password must be text)."""
+    return _utf8(os.environ.get(name, ""), f"${name}")
+
+
 def _password(confirm: bool = False) -> str:
-    password = os.environ.get(PASSWORD_ENV)
+    password = env(PASSWORD_ENV)
     if password:
         return password
     if not _has_terminal():
@@ -419,6 +496,8 @@ def _password(confirm: bool = False) -> str:
             raise CliError("the passwords do not match")
     except EOFError:
         raise CliError(f"no password: set {PASSWORD_ENV} or run in a terminal") from None
+    except UnicodeDecodeError:
+        raise CliError("the password typed is not valid UTF-8") from None
     if not password:
         raise CliError("the password must not be empty")
     return password
@@ -497,7 +576,7 @@ def _emit(out: TextIO, msg: p.MessagePosted | p.DirectMessage, as_json: bool) ->
 async def _login(client: Client, user: str, password_only: bool = False) -> p.LoggedIn:
     """Log ``user`` in with the account token in $ZCHAT_TOKEN when set and not empty (and
     not ``password_only``), else with the password (``_password``)."""
-    token = "" if password_only else os.environ.get(TOKEN_ENV, "")
+    token = "" if password_only else env(TOKEN_ENV)
     if token:
         return await client.login(user, token=token)
     return await client.login(user, _password())
@@ -509,6 +588,10 @@ async def _session(config: Config, user: str | None,
     """Connect, log in as ``user`` (when given; see ``_login``), run ``body``, log out,
     close. With ``reconnect``, the client logs in again by itself after losing the broker,
     waiting at most ``[client] reconnect_max_s`` between attempts."""
+    if user is not None:  # a credential that is not text: said now, not after connecting
+        env(PASSWORD_ENV)
+        if not password_only:
+            env(TOKEN_ENV)
     async with _client(config, reconnect) as client:
         if user is None:
             return await body(client)
@@ -625,9 +708,6 @@ async def _stdin_lines() -> AsyncIterator[tuple[int, bytes]]:
 
 
 def cmd_broker(args: argparse.Namespace, config: Config) -> int:
-    from zchat.broker import Broker
-    from zchat.store import Store
-
     cfg = config.broker
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -635,35 +715,75 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     # The database holds password and token hashes, DMs, private rooms and the audit log:
     # everything the broker creates is its user's alone (files 0600, directories 0700).
     os.umask(0o077)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create the data directory {directory}: {exc}") from None
     if args.print_key:
         from zchat import keys
 
+        _make_data_dir(directory)
         pair, _created = keys.load_or_create_broker_keys(directory)
         print(pair.public.decode("ascii"))
         return 0
     db_path = directory / DB_FILENAME
-    lock = _lock_data_dir(directory)
-    store = Store(db_path)
-    broker = Broker(cfg, store)
-    import zmq
-
-    from zchat.broker import TransportSecurityError, is_loopback
-
+    new = _NewFiles(directory)  # a start that fails leaves nothing new behind
     try:
-        broker.bind()
-    except (zmq.ZMQError, ValueError) as exc:
-        what = f"{cfg.router} / {cfg.pub}" + (" / the key service" if broker.zap else "")
-        broker.close()
-        raise CliError(f"cannot bind {what}: {exc}") from None
-    except TransportSecurityError:
-        broker.close()
+        _make_data_dir(directory)
+        lock = _lock_data_dir(directory)
+        try:
+            broker = _bound_broker(config)
+        except BaseException:
+            lock.close()
+            raise
+    except BaseException:
+        new.undo()
         raise
+    _write_pid(lock)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: broker.stop())
+    _print_started(broker, db_path)
+    try:
+        broker.run()
+    finally:
+        broker.close()
+        lock.close()
+    # Wait (at most the shutdown LINGER, 0.5 s) for GOING_AWAY to leave before exiting.
+    broker.context.term()
+    logging.getLogger("zchat.broker").info("stopped")
+    return 0
+
+
+def _make_data_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the data directory {directory}: {exc}") from None
+
+
+def _bound_broker(config: Config) -> Any:
+    """A Broker on the data directory's database with its endpoints bound (creating the
+    key pair on first start). Raises BindError naming the endpoint that could not be
+    bound, StorageError (the database), TransportSecurityError, CliError; whatever was
+    opened is closed then."""
+    from zchat.broker import Broker
+    from zchat.store import Store
+
+    cfg = config.broker
+    broker = Broker(cfg, Store(data_dir(cfg) / DB_FILENAME))
+    try:
+        broker.bind()
+    except ValueError as exc:  # no key service port can be derived from the router
+        broker.close()
+        raise CliError(f"cannot start the key service: {exc}; set [broker] "
+                       "key_endpoint") from None
+    except BaseException:
+        broker.close()
+        raise
+    return broker
+
+
+def _print_started(broker: Any, db_path: Path) -> None:
+    """The lines ``zchat broker`` prints once it serves (docs/cli.md)."""
+    from zchat.broker import is_loopback
+
+    cfg = broker.config
     print(f"zchat broker {__version__}", flush=True)
     print(f"  router   {broker.router_endpoint}", flush=True)
     print(f"  pub      {broker.pub_endpoint}", flush=True)
@@ -682,39 +802,75 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
                 is_loopback(e) for e in (cfg.router, cfg.pub) if e.startswith("tcp://")):
             print("  WARNING: encryption is off on a network endpoint: passwords, tokens "
                   "and messages cross it in clear text", flush=True)
-    try:
-        broker.run()
-    finally:
-        broker.close()
-        lock.close()
-    # Wait (at most the shutdown LINGER, 0.5 s) for GOING_AWAY to leave before exiting.
-    broker.context.term()
-    logging.getLogger("zchat.broker").info("stopped")
-    return 0
+
+
+class _NewFiles:
+    """What a start of ``zchat broker`` may create in its data directory — the
+    directory itself (and missing parents), the database with its WAL files, the key
+    pair and the lock file — noted before the start, so that a start that fails
+    (``undo()``) removes exactly what it created and never anything that was there."""
+
+    def __init__(self, directory: Path) -> None:
+        from zchat import keys
+        from zchat.admin import LOCK_FILENAME
+
+        names = (DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-shm",
+                 keys.BROKER_SECRET_FILE, keys.BROKER_PUBLIC_FILE, LOCK_FILENAME)
+        self.files = [directory / n for n in names if not os.path.lexists(directory / n)]
+        self.dirs: list[Path] = []  # the directories that do not exist yet, deepest first
+        path = directory.absolute()
+        while not os.path.lexists(path) and path != path.parent:
+            self.dirs.append(path)
+            path = path.parent
+
+    def undo(self) -> None:
+        for path in self.files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for path in self.dirs:
+            try:
+                path.rmdir()  # only when empty: something else put there stays
+            except OSError:
+                return
 
 
 def _lock_data_dir(directory: Path) -> TextIO:
     """Hold an exclusive lock on DIR/broker.lock for the broker's lifetime: two brokers on
-    one database would each cache state the other changes. Raises CliError if taken."""
+    one database would each cache state the other changes. Raises CliError if taken. The
+    file's content (the pid) is written by ``_write_pid`` once the broker has started."""
     import fcntl
 
-    lock = open(directory / "broker.lock", "a+")  # noqa: SIM115 (held until exit)
+    from zchat.admin import LOCK_FILENAME
+
+    try:
+        lock = open(directory / LOCK_FILENAME, "a+")  # noqa: SIM115 (held until exit)
+    except OSError as exc:
+        raise CliError(f"cannot open {directory / LOCK_FILENAME}: "
+                       f"{exc.strerror or exc}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
         raise CliError(f"another zchat broker is already using {directory}") from None
+    return lock
+
+
+def _write_pid(lock: TextIO) -> None:
+    """Put this process's pid in the held lock file (for people: ``cat broker.lock``)."""
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    return lock
 
 
 def cmd_register(args: argparse.Namespace, config: Config) -> int:
+    from zchat.admin import broker_min_password_chars, check_new_password
+
     password = _password(confirm=True)
 
     async def body(client: Client) -> int:
+        # the broker's rule, checked before the request, in its words (422)
+        check_new_password(password, broker_min_password_chars(client))
         reply = await client.register(args.name, password, bot=args.bot)
         print(f"registered {reply.name}" + (" (bot)" if args.bot else ""))
         return 0
@@ -870,6 +1026,9 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
             elif isinstance(event, p.UserLeft) and event.by and \
                     name_key(event.name) == me and name_key(event.room) == room:
                 raise CliError(removal_reason(event, tz))  # nothing left to follow
+            elif isinstance(event, p.RoomDeleted) and name_key(event.room) == room:
+                raise CliError(f"#{event.room} was deleted by {event.by}"  # nothing left
+                               + (f": {event.reason}" if event.reason else ""))
             if isinstance(event, p.MessagePosted | p.DirectMessage):
                 if isinstance(event, p.MessagePosted) and (
                         args.room is None or event.room.casefold() != args.room.casefold()):
@@ -981,13 +1140,15 @@ def _unread_line(out: TextIO, label: str, unread: int, mentions: int, read: int,
 
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    """``zchat history``: HISTORY without joining (reading changes nothing; a public
+    room needs no membership, docs/PROTOCOL.md §6.9)."""
+
     async def body(client: Client) -> int:
         if args.dm is not None:  # a direct conversation (docs/PROTOCOL.md §6.48)
             dm_page = await client.dm_history(args.dm, before=args.before, limit=args.limit)
             for dm in dm_page.messages:
                 _emit(sys.stdout, dm, args.json)
             return 0
-        await client.join(args.room)
         page = await client.history(args.room, before=args.before, limit=args.limit)
         for msg in page.messages:
             _emit(sys.stdout, msg, args.json)
@@ -1015,13 +1176,15 @@ def cmd_slow(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_topic(args: argparse.Namespace, config: Config) -> int:
+    """``zchat topic ROOM [TEXT]``: read the topic with ROOM_INFO, without joining
+    (docs/PROTOCOL.md §6.51); set it as a member, joining first as ``say`` does."""
     text = None if args.text is None else _utf8(args.text, "TEXT")
 
     async def body(client: Client) -> int:
-        reply = await client.join(args.room)
         if text is None:
-            print(reply.topic)
+            print((await client.room_info(args.room)).topic)
             return 0
+        reply = await client.join(args.room)
         await client.set_topic(reply.room, text)
         print(f"topic of #{reply.room}: {text}" if text else f"topic of #{reply.room} cleared")
         return 0
@@ -1030,7 +1193,7 @@ def cmd_topic(args: argparse.Namespace, config: Config) -> int:
 
 
 MOD_ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop", "lock",
-               "unlock", "private", "delete", "bans", "audit")
+               "unlock", "private", "delete", "bans", "audit", "delete-room")
 _NEEDS_NICK = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop")
 
 
@@ -1051,6 +1214,8 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
     from zchat.console.commands import DURATION_FORMS, parse_duration
 
     action, arg = args.action, args.arg
+    if action in _NEEDS_NICK and arg:
+        arg = _account_arg(arg)  # @nick, as in the console
     room = "" if args.room == "*" else args.room
     if action in _NEEDS_NICK + ("private", "delete") and not arg:
         print(f"zchat: error: mod {action} needs its ARG (see zchat mod --help)",
@@ -1076,6 +1241,9 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
     if action == "private" and arg not in ("on", "off"):
         print("zchat: error: mod private takes on or off", file=sys.stderr)
         return 2
+    if action == "delete-room" and not room:
+        print("zchat: error: mod delete-room needs a ROOM, not '*'", file=sys.stderr)
+        return 2
 
     async def body(client: Client) -> int:
         assert arg is not None or action not in _NEEDS_NICK
@@ -1096,6 +1264,10 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
             await client.set_room(room, private=arg == "on")
         elif action == "delete":
             await client.delete_message(room, int(nick))
+        elif action == "delete-room":
+            await client.delete_room(room, args.reason)
+            print(f"deleted #{room}")
+            return 0
         elif action == "bans":
             for b in (await client.bans(room if args.room != "*" else None)).bans:
                 print(f"{b.kind}\t{'#' + b.room if b.room else '*'}\t{b.name}\tby {b.by}"
@@ -1115,9 +1287,9 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_who(args: argparse.Namespace, config: Config) -> int:
+    """``zchat who [--room ROOM]``: WHO without joining (docs/PROTOCOL.md §6.11)."""
+
     async def body(client: Client) -> int:
-        if args.room:
-            await client.join(args.room)
         users = (await client.who(args.room)).users
         for u in users:
             if args.json:
@@ -1174,7 +1346,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise CliError(f"{args.file} is not valid UTF-8: {exc.reason}") from None
-    password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
+    password = env(PASSWORD_ENV) or secrets.token_urlsafe(18)
     try:  # a bad --room is one line, before anything runs
         normalize_name(args.room, "room name")
     except ProtocolError as exc:
@@ -1219,7 +1391,7 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
     (docs/PROTOCOL.md §6.46), log out."""
     from zchat import admin
 
-    old = os.environ.get(PASSWORD_ENV)
+    old = env(PASSWORD_ENV)
     if not old:
         if not _has_terminal():
             raise CliError(f"no current password: set {PASSWORD_ENV} or run in a terminal")
@@ -1227,9 +1399,13 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
             old = getpass.getpass("Current password: ")
         except EOFError:
             raise CliError("cancelled; nothing changed") from None
+        except UnicodeDecodeError:
+            raise CliError("the password typed is not valid UTF-8") from None
     new, _generated = admin.new_password(args)
 
     async def body(client: Client) -> int:
+        # the broker's rule, checked before logging in, in its words (422)
+        admin.check_new_password(new, admin.broker_min_password_chars(client))
         await client.login(args.user, old)
         try:
             await client.set_password(old, new)
@@ -1281,9 +1457,9 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
                 except EOFError:
                     raise CliError("cancelled") from None
 
-            logged_in = (await _login(client, args.name) if os.environ.get(TOKEN_ENV)
+            logged_in = (await _login(client, args.name) if env(TOKEN_ENV)
                          else await login_flow(client, args.name, ask,
-                                               os.environ.get(PASSWORD_ENV) or None, print))
+                                               env(PASSWORD_ENV) or None, print))
             console = ChatConsole(client, logged_in, mouse=not args.no_mouse,
                                   paste_confirm_lines=config.client.paste_confirm_lines)
             await console.run()  # SIGTERM/SIGHUP cancel it: it logs out as /quit does
@@ -1303,10 +1479,10 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
         bot.name = args.user
     if args.server:
         bot.server = args.server
-    if os.environ.get(TOKEN_ENV):
-        bot.token, bot.password = os.environ[TOKEN_ENV], None
-    elif os.environ.get(PASSWORD_ENV):
-        bot.token, bot.password = None, os.environ[PASSWORD_ENV]
+    if env(TOKEN_ENV):
+        bot.token, bot.password = env(TOKEN_ENV), None
+    elif env(PASSWORD_ENV):
+        bot.token, bot.password = None, env(PASSWORD_ENV)
     elif not (bot.token or bot.password):
         bot.password = _password()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -1331,10 +1507,29 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command (docs/cli.md); returns its exit code. Every error is one line on
+    stderr, ``zchat: error: REASON``: zchat's own (with the broker's status, ``(404)``),
+    an argument that is not valid UTF-8, output that cannot be written; usage errors too,
+    from argparse (exit code 2, ``_Parser``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    stdout = sys.stdout
+    if args.command != "join":  # the console draws on the terminal itself
+        sys.stdout = _Output(stdout)
     try:
+        _check_utf8(parser, args)
         config = _config(args)
-        return COMMANDS[args.command](args, config)
+        code = COMMANDS[args.command](args, config)
+        sys.stdout.flush()  # here, where a failure is reported, not at exit
+        return code
+    except _OutputFailed as exc:  # ``> /dev/full``: said once, and nothing more at exit
+        _discard_output(stdout)
+        print(f"zchat: error: done, but the output could not be written: {exc}",
+              file=sys.stderr)
+        return 1
+    except ProtocolError as exc:  # a rule checked on this side: worded as the broker's
+        print(f"zchat: error: {exc.reason} ({int(exc.status)})", file=sys.stderr)
+        return 1
     except ZchatError as exc:
         print(f"zchat: error: {exc}", file=sys.stderr)
         return 1
@@ -1344,3 +1539,80 @@ def main(argv: list[str] | None = None) -> int:
         # stdout closed early (``zchat tail | head``): not an error of ours.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        print(f"zchat: error: {exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout = stdout
+
+
+class _OutputFailed(Exception):
+    """Standard output could not be written (``> /dev/full``, an I/O error); the
+    command's work was done. Not a BrokenPipeError: a reader that went away (``| head``)
+    is no error."""
+
+
+class _Output:
+    """``sys.stdout`` for a command: writes through, and a failed write or flush raises
+    _OutputFailed, so that main can tell a failure of the output from any other OSError
+    and say what it means."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc.strerror or str(exc)) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc.strerror or str(exc)) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _discard_output(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that what it still buffers
+    fails no more at exit (Python would print "Exception ignored" then)."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
+#: String arguments that are file names, which need not be UTF-8 (a Linux path is bytes).
+_PATH_DESTS = frozenset({"data_dir"})
+
+
+def _check_utf8(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Raise CliError ``--as is not valid UTF-8`` (naming the option, or the positional's
+    metavar) for the first string argument that is not: Python decodes argv with
+    surrogateescape, and such a string would otherwise fail later in the codec with a
+    message naming a request instead of the argument."""
+    labels: dict[str, str] = {}
+    chain: list[argparse.ArgumentParser] = [parser]
+    while True:  # the parser and the sub-parsers this command line went through
+        sub = next((a for a in chain[-1]._actions
+                    if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or chosen is None:
+            break
+        chain.append(sub.choices[chosen])
+    for p_ in chain:
+        for action in p_._actions:
+            label = max(action.option_strings, key=len) if action.option_strings \
+                else str(action.metavar or action.dest.upper())
+            labels.setdefault(action.dest, label)
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and dest not in _PATH_DESTS:
+            _utf8(value, labels.get(dest, dest))

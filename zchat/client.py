@@ -176,7 +176,7 @@ class SessionEnded:
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
          | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
          | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
-         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked)
+         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked | p.RoomDeleted)
 
 
 def new_cmid() -> str:
@@ -501,8 +501,10 @@ class Client:
                                left_s: float) -> ZchatError:
         """The error for an INFO that got no answer: BrokerKeyChanged when the key service
         now offers another key than the one used (asked for at most ``left_s`` seconds,
-        what is left of the connect's ``timeout_s``); else ``exc`` with a hint about the
-        transport settings on tcp."""
+        what is left of the connect's ``timeout_s``); "the broker does not answer" when
+        the key service is silent too (the broker is most likely down); else ``exc`` with
+        a hint about the transport settings on tcp (the broker runs, the handshake
+        failed)."""
         if not k.is_tcp(self.server):
             return exc
         if broker_key is None:
@@ -511,7 +513,10 @@ class Client:
         try:
             offered = await k.fetch_broker_key(self.context, self._key_service(),
                                                max(left_s, 0.001))
-        except (ConnectionFailed, k.BadKey):
+        except ConnectionFailed:
+            return ConnectionFailed(f"{exc}: the broker does not answer, nor does its key "
+                                    f"service at {self._key_service()}; is it running?")
+        except k.BadKey:
             offered = None
         expected = broker_key.decode("ascii")
         if offered is not None and offered != expected:
@@ -704,7 +709,6 @@ class Client:
 
     async def part(self, room: str) -> None:
         await self.request(p.Part(room=room))
-        self._unread.parted(room)
         self._stop_following(name_key(room))
 
     async def set_slow_mode(self, room: str, seconds: int) -> None:
@@ -767,6 +771,14 @@ class Client:
         """Delete message ``seq`` of ``room`` (moderators, or its sender; §6.38)."""
         await self.request(p.DeleteMessage(room=room, seq=seq))
 
+    async def delete_room(self, room: str, reason: str = "") -> None:
+        """Delete ``room`` with its history (its owner, from inside, or a broker admin;
+        never ``lobby``; §6.52). Its members get ROOM_DELETED and their clients stop
+        following it, this one too. Raises RequestFailed 403 (not allowed, or lobby),
+        404 (no such room), 405 (an older broker)."""
+        await self.request(p.DeleteRoom(room=room, reason=reason))
+        self._stop_following(name_key(room))
+
     async def bans(self, room: str | None = None) -> p.BanList:
         """Bans and mutes in force: of ``room``, server-wide (""), or all (None) (§6.40)."""
         reply: p.BanList = await self.request(p.ListBans(room=room))
@@ -783,6 +795,13 @@ class Client:
 
     async def list_rooms(self) -> p.RoomList:
         reply: p.RoomList = await self.request(p.ListRooms())
+        return reply
+
+    async def room_info(self, room: str) -> p.RoomDetails:
+        """``room``'s topic, modes, member count and last seq, read without joining it
+        (ROOM_INFO, docs/PROTOCOL.md §6.51). Raises RequestFailed 404 (no such room),
+        403 (private, and not a member nor an admin), 405 (an older broker)."""
+        reply: p.RoomDetails = await self.request(p.FetchRoom(room=room))
         return reply
 
     async def send(self, room: str, text: str, kind: p.MessageKind = "text",
@@ -1111,13 +1130,15 @@ class Client:
         self._catch_up_soon()
 
     def _stop_following(self, key: str) -> None:
-        """Stop following a room (PART, kicked, banned, parted elsewhere): nothing more of
-        it is handed on, and its topic is unsubscribed."""
+        """Stop following a room (PART, kicked, banned, parted elsewhere, the room was
+        deleted): nothing more of it is handed on, no gap repair, and its topic is
+        unsubscribed (and not resubscribed at a reconnect)."""
         feed = self._state.rooms.get(key)
         if feed is not None:
             feed.following = False
             feed.held.clear()
         self._forget_repair(key)
+        self._unread.parted(key)  # the broker forgets the read marker with the membership
         self._unsubscribe(p.room_topic(key))
 
     def _forget_repair(self, key: str) -> None:
@@ -1225,7 +1246,7 @@ class Client:
             await self._on_room_message(event)
         elif isinstance(event, p.UserJoined | p.UserLeft | p.TopicChanged
                         | p.SlowModeChanged | p.MessageDeleted | p.RoomModeChanged
-                        | p.RoleChanged):
+                        | p.RoleChanged | p.RoomDeleted):
             key = name_key(event.room)
             feed = self._state.rooms.get(key)
             if feed is not None and feed.following:
@@ -1236,6 +1257,8 @@ class Client:
                 if isinstance(event, p.UserLeft) and event.by and self._state.name \
                         and name_key(event.name) == name_key(self._state.name):
                     # kicked or banned (docs/PROTOCOL.md §6.19): stop following the room
+                    self._stop_following(key)
+                elif isinstance(event, p.RoomDeleted):  # gone (§6.52.1): nothing to follow
                     self._stop_following(key)
         elif isinstance(event, p.PresenceChanged):
             await self._room_for_events()

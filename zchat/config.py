@@ -26,6 +26,7 @@ from typing import Any
 
 from zchat.errors import ZchatError
 from zchat.keys import ENCRYPTION_MODES, BadKey, check_key
+from zchat.protocol import MAX_PASSWORD_CHARS
 
 #: The file's name inside the zchat config directory.
 CONFIG_FILE_NAME = "zchat.toml"
@@ -117,6 +118,10 @@ class BrokerConfig:
       hashes (RFC 7914); ``N`` a power of two >= 1024, ``r`` and ``p`` >= 1. Memory per
       hash is ``128 * N * r`` bytes (16 MiB by default).
     - ``hash_workers``: threads hashing passwords off the event loop (1..64).
+    - ``min_password_chars``: the shortest new password accepted, in characters (1..1024;
+      REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, CREATE_ACCOUNTS and ``zchat admin`` on
+      the database; 422 below it). Existing passwords are not checked: an account with a
+      shorter one still logs in.
     - ``send_rate_per_s`` / ``send_burst``: token bucket per session for SEND and DM:
       tokens per second (>= 0; 0 turns the limit off) and bucket size (>= 1). Over it a
       request gets 429 with ``retry_after_ms`` (docs/PROTOCOL.md §15).
@@ -159,6 +164,7 @@ class BrokerConfig:
     scrypt_r: int = 8
     scrypt_p: int = 1
     hash_workers: int = 2
+    min_password_chars: int = 8
     send_rate_per_s: float = 5.0
     send_burst: int = 20
     login_rate_per_s: float = 0.5
@@ -350,7 +356,7 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     0..MAX_DURATION_S; ``timeout_s`` and
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
-    in 1..64; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
+    in 1..64; ``min_password_chars`` in 1..MAX_PASSWORD_CHARS; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
     ``login_rate_per_s`` and ``key_rate_per_s`` 0 or MIN_RATE_PER_S..MAX_RATE_PER_S;
     ``send_burst``, ``login_burst``, ``key_burst`` and ``max_sessions``
     1..MAX_COUNT_SETTING;
@@ -413,6 +419,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         fail("broker", "scrypt_n", f"must be a power of two >= {MIN_SCRYPT_N}, got {n}")
     if not 1 <= b.hash_workers <= 64:
         fail("broker", "hash_workers", f"must be between 1 and 64, got {b.hash_workers}")
+    if not 1 <= b.min_password_chars <= MAX_PASSWORD_CHARS:
+        fail("broker", "min_password_chars", f"must be between 1 and {MAX_PASSWORD_CHARS}, "
+             f"got {b.min_password_chars}")
     for key in ("send_rate_per_s", "login_rate_per_s", "key_rate_per_s"):
         rate = getattr(b, key)
         if rate != 0 and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:

@@ -164,6 +164,23 @@ ASCII_LOOK_ALIKES: tuple[tuple[str, str], ...] = (
     ("rn", "m"), ("vv", "w"), ("cl", "d"), ("0", "o"))
 
 
+#: Latin small capitals -> the lower-case ASCII letter they look like. Unicode's
+#: confusables table maps only a few of them (``ᴄ``, ``ᴏ``, ``ɪ``, ``ꜱ``…) to ASCII and
+#: leaves ``ᴀ``, ``ʙ``, ``ᴅ``, ``ᴇ``, ``ɢ``, ``ʜ``, ``ʟ``, ``ɴ``, ``ʀ``… unmapped or paired
+#: only with Cherokee and Cyrillic letters, so ``ᴀlice`` could sit beside ``alice``.
+#: Applied before each pass over the table (see ``skeleton``). The Phonetic Extensions
+#: block (U+1D00..), the IPA block's small capitals and Latin Extended-D's ``ꜰ ꜱ ꞯ``.
+SMALL_CAPITALS: dict[str, str] = {
+    "\u1d00": "a", "\u0299": "b", "\u1d04": "c", "\u1d05": "d", "\u1d07": "e",
+    "\ua730": "f", "\u0262": "g", "\u029c": "h", "\u026a": "i", "\u1d0a": "j",
+    "\u1d0b": "k", "\u029f": "l", "\u1d0d": "m", "\u0274": "n", "\u1d0f": "o",
+    "\u1d18": "p", "\ua7af": "q", "\u0280": "r", "\ua731": "s", "\u1d1b": "t",
+    "\u1d1c": "u", "\u1d20": "v", "\u1d21": "w", "\u028f": "y", "\u1d22": "z",
+    "\u1d01": "ae", "\u0276": "oe",
+}
+_SMALL_CAPITALS = str.maketrans(SMALL_CAPITALS)
+
+
 def skeleton(name: str) -> str:
     """A look-alike skeleton of a valid name: two names with equal skeletons can be
     mistaken for each other (``alice``/``a1ice``/``aIice``/``alíce``, ``paypal``/
@@ -174,12 +191,16 @@ def skeleton(name: str) -> str:
     Unicode's table maps ``0`` only to ``O`` and knows ``rn`` as ``m`` but not ``vv`` as
     ``w`` or ``cl`` as ``d``; ``ASCII_LOOK_ALIKES`` adds these, so ``b0b``, ``rnallory``,
     ``vvendy`` and ``clave`` cannot pose as ``bob``, ``mallory``, ``wendy`` and ``dave``
-    (and ``modern``/``modem`` cannot both exist)."""
-    plain = _strip_marks(unicodedata.normalize("NFKC", name))
+    (and ``modern``/``modem`` cannot both exist). Latin small capitals become their
+    letters (``SMALL_CAPITALS``) before each pass, so ``ᴀlice`` and ``ʙᴏʙ`` collide
+    with ``alice`` and ``bob`` too (after a pass, a letter the table paired with a small
+    capital, such as Cyrillic ``в`` with ``ʙ``, follows it)."""
+    plain = _strip_marks(unicodedata.normalize("NFKC", name)).translate(_SMALL_CAPITALS)
     for seq, like in ASCII_LOOK_ALIKES:
         plain = plain.replace(seq, like)
     once = _map_confusables(plain)
-    return _map_confusables(_strip_marks(unicodedata.normalize("NFKC", once.casefold())))
+    folded = _strip_marks(unicodedata.normalize("NFKC", once.casefold()))
+    return _map_confusables(folded.translate(_SMALL_CAPITALS))
 
 
 #: Characters that draw nothing visible on their own: format characters and lone

@@ -383,6 +383,19 @@ class RoleChanged(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class RoomDeleted(Message):
+    """Event on the room topic (a push to each member session for a private room):
+    ``by`` deleted ``room`` at ``time`` (UTC ms), with its history and memberships;
+    clients stop following it (§6.52.1)."""
+
+    TYPE: ClassVar[str] = "ROOM_DELETED"
+    room: str
+    by: str
+    time: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Invited(Message):
     """Push to each session of an invitee: ``by`` invited you to ``room`` (§6.35.1)."""
 
@@ -495,6 +508,9 @@ class InfoReply(Reply):
     #: Most lines of a message text (docs/PROTOCOL.md §6.1, §12); 0 from a broker that
     #: does not say (older than the field): no bound known.
     max_text_lines: int = 0
+    #: The shortest new password the broker accepts, in characters (§6.2); 0 from an
+    #: older broker that does not say (it checks only that a password is not empty).
+    min_password_chars: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,6 +544,20 @@ class RoomJoined(Reply):
 @dataclass(frozen=True, slots=True)
 class RoomList(Reply):
     rooms: tuple[RoomInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomDetails(Reply):
+    """ROOM_INFO's reply: one room as a row of ROOMS shows it (§6.51)."""
+
+    room: str
+    members: int
+    last_seq: int
+    joined: bool
+    topic: str = ""
+    slow_mode_s: int = 0
+    private: bool = False
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,6 +754,16 @@ class Part(Request):
 class ListRooms(Request):
     TYPE: ClassVar[str] = "ROOMS"
     REPLY: ClassVar[type[Reply]] = RoomList
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRoom(Request):
+    """Read one room's state (topic, modes, members, last seq) without joining it:
+    public rooms for any session, private ones for members and admins (§6.51)."""
+
+    TYPE: ClassVar[str] = "ROOM_INFO"
+    REPLY: ClassVar[type[Reply]] = RoomDetails
+    room: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -978,6 +1018,17 @@ class DeleteMessage(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteRoom(Request):
+    """Delete ``room`` with its history, members, roles, invitations and bans: its owner
+    (from inside) or a broker admin; never ``lobby`` (§6.52). ``reason`` is shown to
+    the members."""
+
+    TYPE: ClassVar[str] = "DELETE_ROOM"
+    room: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ListBans(Request):
     """The bans and mutes in force: of ``room`` ("" = server-wide ones), or all (None)
     (§6.40)."""
@@ -1056,17 +1107,17 @@ REQUEST_TYPES: dict[str, type[Request]] = {
                 CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
                 Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
                 ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword,
-                FetchDmHistory, MarkRead, Whois)
+                FetchDmHistory, MarkRead, Whois, FetchRoom, DeleteRoom)
 }
 #: Events of a room, published on its topic, or pushed to each member session instead
 #: when the room is private (§17.2).
 ROOM_EVENT_TYPES: tuple[type[Message], ...] = (
     MessagePosted, UserJoined, UserLeft, TopicChanged, SlowModeChanged, MessageDeleted,
-    RoomModeChanged, RoleChanged)
+    RoomModeChanged, RoleChanged, RoomDeleted)
 EVENT_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (MessagePosted, UserJoined, UserLeft, PresenceChanged, Tick,
                               TopicChanged, GoingAway, SlowModeChanged, MessageDeleted,
-                              RoomModeChanged, RoleChanged)
+                              RoomModeChanged, RoleChanged, RoomDeleted)
 }
 _PUSHED: tuple[type[Message], ...] = (DirectMessage, Invited, MuteChanged, SessionClosed,
                                       ReadMarked, *ROOM_EVENT_TYPES)

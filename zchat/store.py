@@ -781,6 +781,25 @@ class Store:
                        (account_key, room_key))
             return cur.rowcount == 1
 
+    def delete_room(self, room_key: str) -> tuple[int, int]:
+        """Delete the room and everything that belongs to it — its messages (history
+        is gone: docs/PROTOCOL.md §6.52), memberships, roles, invitations and the bans
+        and mutes placed in it — in one transaction, and commit. The audit log keeps its
+        entries (it is append-only). Returns (messages, members) deleted. Raises
+        ProtocolError(404) when there is no such room, StorageError(503) when it is not
+        committed (nothing is deleted then)."""
+        self._ban_cache.clear()
+        with self._write() as db:
+            (messages,) = db.execute("SELECT COUNT(*) FROM messages WHERE room_key = ?",
+                                     (room_key,)).fetchone()
+            members = db.execute("DELETE FROM members WHERE room_key = ?",
+                                 (room_key,)).rowcount
+            for table in ("messages", "room_roles", "invites", "bans"):
+                db.execute(f"DELETE FROM {table} WHERE room_key = ?", (room_key,))
+            if db.execute("DELETE FROM rooms WHERE key = ?", (room_key,)).rowcount != 1:
+                raise ProtocolError(Status.NOT_FOUND, "no such room")
+        return int(messages), int(members)
+
     def set_topic(self, room_key: str, topic: str) -> None:
         """Set a room's topic ("" clears it) and commit. Raises ProtocolError(404) when
         the room does not exist, StorageError(503) when the write is not committed."""

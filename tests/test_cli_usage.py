@@ -1,0 +1,139 @@
+"""The command line's own rules (issue 13 §5): every error is one line of the same form,
+``zchat: error: …`` (usage errors too, and arguments or credentials that are not valid
+UTF-8), a NAME that starts with '-' is explained by the name rule, and names are accepted
+as the console writes them, ``@bob`` and ``#dev``.
+
+Most cases run ``zchat.cli.main`` in this process, against the in-process broker on
+inproc:// where one is needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import TcpBroker, cli_env, zchat_command
+
+from zchat import cli
+from zchat.testing import DEFAULT_PASSWORD, Harness
+
+NOWHERE = ("--server", "inproc://nowhere", "--timeout", "0.2")
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("zchat: error: "), lines
+    return lines[0]
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(list(argv))
+    assert exited.value.code == 2
+    return one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["say", "--as", "bob"], "the following arguments are required: --room, TEXT"),
+    (["nosuch"], "invalid choice: 'nosuch'"),
+    (["history", "--as", "bob", "--room", "dev", "--limit", "x"],
+     "argument --limit: invalid int value: 'x'"),
+    (["admin"], "the following arguments are required: ACTION"),
+    (["mod", "--as", "olga", "kick"], "the following arguments are required: ROOM"),
+])
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                   expected: str) -> None:
+    line = usage_error(capsys, *argv)
+    assert expected in line
+    assert "--help" in line  # where to read the usage instead of the whole usage block
+
+
+@pytest.mark.parametrize("argv", [["register", "-x"], ["register", "--bot", "-alice"],
+                                  ["join", "-x"], ["dm", "--as", "bob", "-x", "hi"],
+                                  ["admin", "disable", "-x"]])
+def test_a_name_starting_with_a_dash_is_explained(capsys: pytest.CaptureFixture[str],
+                                                  argv: list[str]) -> None:
+    line = usage_error(capsys, *argv)
+    assert "names may not start with '-'" in line
+    assert "1-32 letters, digits, '_', '-' and '.'" in line  # the rule, PROTOCOL §12
+    assert "required" not in line
+
+
+@pytest.mark.parametrize(("argv", "what"), [
+    (["say", *NOWHERE, "--as", "\udcff", "--room", "dev", "hi"], "--as"),
+    (["say", *NOWHERE, "--as", "bob", "--room", "d\udcffv", "hi"], "--room"),
+    (["say", *NOWHERE, "--as", "bob", "--room", "dev", "a \udcff b"], "TEXT"),
+    (["dm", *NOWHERE, "--as", "bob", "\udcff", "hi"], "TO"),
+    (["register", *NOWHERE, "b\udcffb"], "NAME"),
+    (["topic", *NOWHERE, "--as", "bob", "dev", "\udcff"], "TEXT"),
+    (["mod", *NOWHERE, "--as", "bob", "kick", "dev", "\udcff"], "ARG"),
+    (["token", "create", *NOWHERE, "--as", "bob", "--label", "\udcff"], "--label"),
+])
+def test_arguments_not_valid_utf8_are_one_line(capsys: pytest.CaptureFixture[str],
+                                               argv: list[str], what: str) -> None:
+    assert cli.main(argv) == 1
+    assert one_error_line(capsys.readouterr().err) == \
+        f"zchat: error: {what} is not valid UTF-8"
+
+
+@pytest.mark.parametrize("variable", ["ZCHAT_PASSWORD", "ZCHAT_TOKEN"])
+def test_credentials_not_valid_utf8_are_one_line(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 variable: str) -> None:
+    monkeypatch.setenv(variable, "s\udcffcret")
+    command = ["register", *NOWHERE, "bob"] if variable == "ZCHAT_PASSWORD" else \
+        ["who", *NOWHERE, "--as", "bob"]
+    assert cli.main(command) == 1
+    assert one_error_line(capsys.readouterr().err) == \
+        f"zchat: error: ${variable} is not valid UTF-8"
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path: Path,
+                                                   tcp_broker: TcpBroker) -> None:
+    server = ("--server", tcp_broker.router)
+    env = cli_env(tmp_path)
+    subprocess.run([*zchat_command(), "register", *server, "alice"], env=env, check=True,
+                   capture_output=True, timeout=30)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*zchat_command(), "who", *server, "--as", "alice"],
+                                env=env, stdout=full, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    line = one_error_line(result.stderr)
+    assert "the output could not be written" in line and "No space left" in line
+
+
+# -- @bob and #dev, as in the console ----------------------------------------------------------
+
+
+def run_cli(harness: Harness, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``zchat ARGV --server <the harness>`` in this process: its stdout; exit code 0."""
+    code = cli.main([*argv, "--server", harness.server])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_at_and_hash_are_accepted_before_names(harness: Harness,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZCHAT_PASSWORD", DEFAULT_PASSWORD)
+    run_cli(harness, capsys, "register", "@alice")
+    run_cli(harness, capsys, "register", "bob")
+    assert run_cli(harness, capsys, "dm", "--as", "@alice", "@bob", "hi").strip() == \
+        "stored until they log in (to bob)"
+    run_cli(harness, capsys, "say", "--as", "@bob", "--room", "#dev", "hello")
+    history = run_cli(harness, capsys, "history", "--as", "alice", "--room", "#dev",
+                      "--json")
+    assert [(m["room"], m["text"]) for m in map(json.loads, history.splitlines())] == \
+        [("dev", "hello")]
+    who = run_cli(harness, capsys, "who", "--as", "alice", "--room", "#dev", "--json")
+    assert "bob" in [u["name"] for u in map(json.loads, who.splitlines())]
+    run_cli(harness, capsys, "topic", "--as", "bob", "#dev", "release")
+    assert run_cli(harness, capsys, "topic", "--as", "alice", "#dev").strip() == "release"
+    run_cli(harness, capsys, "say", "--as", "alice", "--room", "dev", "me too")
+    assert run_cli(harness, capsys, "mod", "--as", "bob", "kick", "#dev", "@alice").strip() \
+        == "kick done: alice in #dev"
