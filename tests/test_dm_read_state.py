@@ -273,6 +273,28 @@ def test_mentions_are_counted_after_the_read_marker(harness: Harness) -> None:
     run(scenario())
 
 
+def test_a_member_who_joins_later_is_mentioned_from_then_on(harness: Harness) -> None:
+    """Who can be mentioned follows the room's members as they come and go (the broker
+    keeps one search per room for their names and must renew it)."""
+    async def scenario() -> None:
+        async with session(harness, "alice") as (alice, _), \
+                session(harness, "bob") as (bob, _), \
+                session(harness, "carol") as (carol, _):
+            for c in (alice, bob):
+                await c.join("dev")
+            await alice.send("dev", "carol is not here yet")   # #1: not a mention
+            await carol.join("dev")
+            await alice.send("dev", "welcome carol")           # #2: a mention
+            await bob.part("dev")
+            await alice.send("dev", "bob left, carol")         # #3: carol's, not bob's
+            assert room_reads(await relogin(harness, "carol"))["dev"] == (1, 2, 2)
+            await bob.join("dev")
+            await alice.send("dev", "bob is back")             # #4: bob's
+            assert room_reads(await relogin(harness, "bob"))["dev"] == (3, 1, 1)
+
+    run(scenario())
+
+
 def test_pending_bound_keeps_every_dm_in_history_and_unread() -> None:
     """max_stored_dms bounds the pending list only: the DMs beyond it are no longer
     offered at login, but none is lost."""

@@ -337,3 +337,33 @@ def test_a_version_4_database_upgrades_and_its_rooms_go_on_counting(tmp_path: Pa
     with pytest.raises(ProtocolError) as err:
         store.append_message("nowhere", "alice", "text", "x", "", 4)
     assert err.value.status == Status.NOT_FOUND
+
+
+# -- read markers moved by posting (docs/PROTOCOL.md §6.3.1) ---------------------------------
+
+
+def test_posting_moves_the_senders_marker_once_per_group_and_only_if_committed(
+        store: Store) -> None:
+    """In a group commit the sender's marker moves once, to the last seq it posted, in the
+    group's transaction: visible to a read inside the group, kept by the commit, gone with
+    an aborted group; outside a group at once."""
+    for account in ("alice", "bob"):
+        store.join_room("dev", "dev", "dev", account, now_ms=1)
+    store.append_message("dev", "Alice", "text", "one", "", 1, sender_key="alice")
+    assert store.room_read("dev", "alice").read_seq == 1  # type: ignore[union-attr]
+    store.begin_group()
+    for i in range(3):
+        store.post_message("dev", "Alice", "text", f"m{i}", f"c{i}", 2, sender_key="alice")
+    store.post_message("dev", "bob", "text", "hi", "b1", 2, sender_key="bob")
+    assert store.room_read("dev", "alice").read_seq == 4  # type: ignore[union-attr]
+    store.post_message("dev", "Alice", "text", "later", "c9", 2, sender_key="alice")
+    store.commit_group()
+    assert {k: r.read_seq for k, r in store.room_reads("alice").items()} == {"dev": 6}
+    assert store.room_read("dev", "bob").read_seq == 5  # type: ignore[union-attr]
+    store.begin_group()
+    store.post_message("dev", "bob", "text", "lost", "b2", 3, sender_key="bob")
+    store.abort_group()
+    assert store.room_read("dev", "bob").read_seq == 5  # type: ignore[union-attr]
+    store.begin_group()
+    store.commit_group()  # a group of nothing moves nothing that was aborted
+    assert store.room_read("dev", "bob").read_seq == 5  # type: ignore[union-attr]

@@ -169,9 +169,9 @@ MIGRATIONS: tuple[str, ...] = (
     # 5 -> 6: DM history and read state (issue 13, docs/PROTOCOL.md §6.3.1, §6.48, §6.49).
     # A room's read marker lives with the membership (``members.read_seq``): everyone has
     # read what was there when this migration ran (no read state existed), a new member
-    # what was there when they joined. A message stores its sender's key so that one
-    # trigger moves the sender's own marker in the INSERT's statement (posting in a room
-    # reads it), keeping a SEND one statement. ``mentions`` holds the unread messages that
+    # what was there when they joined. A message stores its sender's key; posting in a
+    # room reads it, and the sender's marker moves once per group commit rather than per
+    # message (``Store._own_reads``). ``mentions`` holds the unread messages that
     # name a member (removed as the marker passes them). DMs get their sender's key and
     # their conversation (``pair``: the two keys, sorted, joined by "/", which no name
     # holds) for DM_HISTORY; ``dm_reads`` is each account's read state per conversation.
@@ -184,10 +184,6 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE members SET read_seq = COALESCE(
         (SELECT last_seq FROM rooms WHERE rooms.key = members.room_key), 0);
     ALTER TABLE messages ADD COLUMN sender_key TEXT NOT NULL DEFAULT '';
-    CREATE TRIGGER messages_read_own AFTER INSERT ON messages WHEN NEW.sender_key <> '' BEGIN
-        UPDATE members SET read_seq = NEW.seq
-        WHERE room_key = NEW.room_key AND account_key = NEW.sender_key AND read_seq < NEW.seq;
-    END;
     CREATE TABLE mentions (
         account_key TEXT NOT NULL,
         room_key    TEXT NOT NULL,
@@ -426,6 +422,9 @@ class Store:
         try:
             self._write_depth = 0  # nested _write() blocks join the outer transaction
             self._group = False  # inside begin_group() .. commit_group()
+            #: (room key, account key) -> the highest seq the account posted in the room in
+            #: this group: its read marker moves there at the commit (``append_message``)
+            self._own_reads: dict[tuple[str, str], int] = {}
             self._group_failed = ""  # why the group's transaction was lost, if it was
             #: active_ban's answers, (kind, room_key, account_key) -> the row or None;
             #: emptied by every write to bans and every rollback.
@@ -597,14 +596,17 @@ class Store:
         self._group = False
         failed, self._group_failed = self._group_failed, ""
         if not self._db.in_transaction:
+            self._own_reads.clear()
             if failed:
                 raise StorageError(failed)
             return
         try:
             if failed:
                 raise StorageError(failed)
+            self._flush_own_reads()
             self._db.execute("COMMIT")
         except (sqlite3.Error, StorageError) as exc:
+            self._own_reads.clear()
             self._ban_cache.clear()
             with contextlib.suppress(sqlite3.Error):
                 if self._db.in_transaction:
@@ -618,6 +620,7 @@ class Store:
         the loop)."""
         self._group = False
         self._group_failed = ""
+        self._own_reads.clear()
         self._ban_cache.clear()
         with contextlib.suppress(sqlite3.Error):
             if self._db.in_transaction:
@@ -853,10 +856,12 @@ class Store:
 
         Returns the sequence number (1, 2, 3, … per room, no gaps: one INSERT takes
         ``last_seq + 1`` and the trigger ``messages_last_seq`` moves the counter in the
-        same statement). With ``sender_key`` (the sender's account key) the trigger
-        ``messages_read_own`` also moves the sender's read marker of the room to it, in
-        that same statement (docs/PROTOCOL.md §6.3.1). Raises ProtocolError(404) for an
-        unknown room (nothing written), StorageError(503) if not committed.
+        same statement). With ``sender_key`` (the sender's account key) the sender's read
+        marker of the room moves to it (docs/PROTOCOL.md §6.3.1) in the same transaction:
+        inside a group commit once for the group, at its commit, as the highest seq the
+        sender posted there (one UPDATE per sender and room instead of one per message,
+        ``_flush_own_reads``); outside, at once. Raises ProtocolError(404) for an unknown
+        room (nothing written), StorageError(503) if not committed.
         """
         row = self._write_one(
             "INSERT INTO messages(room_key, seq, time_ms, sender, kind, text, cmid, "
@@ -865,7 +870,32 @@ class Store:
             (now_ms, sender, kind, text, cmid, sender_key, room_key))
         if row is None:
             raise ProtocolError(Status.NOT_FOUND, "no such room")
-        return int(row[0])
+        seq = int(row[0])
+        if sender_key:
+            if self._group and not self._write_depth:
+                key = (room_key, sender_key)
+                self._own_reads[key] = max(seq, self._own_reads.get(key, 0))
+            else:
+                self._db.execute(self._OWN_READ_SQL, (seq, room_key, sender_key, seq))
+        return seq
+
+    _OWN_READ_SQL = ("UPDATE members SET read_seq = ? WHERE room_key = ? AND account_key = ? "
+                     "AND read_seq < ?")
+
+    def _flush_own_reads(self) -> None:
+        """Move the read markers that the group's posts moved (``append_message``), in the
+        group's transaction. Called before anything reads or writes a marker, and before
+        the group commits."""
+        if not self._own_reads:
+            return
+        pending, self._own_reads = self._own_reads, {}
+        try:
+            self._db.executemany(self._OWN_READ_SQL, [(seq, room, account, seq) for
+                                                      (room, account), seq in pending.items()])
+        except sqlite3.Error as exc:
+            if self._group and not self._db.in_transaction:
+                self._group_failed = f"storage failed, the batch was lost: {exc}"
+            _raise_write_error(exc)
 
     def post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
                      now_ms: int, sender_key: str = "",
@@ -991,6 +1021,7 @@ class Store:
     def room_reads(self, account_key: str) -> dict[str, RoomReadRow]:
         """The account's read state in each of its rooms, by room key: the marker and the
         unread mentions after it (index ``mentions``' primary key)."""
+        self._flush_own_reads()
         rows = self._db.execute(
             "SELECT m.room_key, m.read_seq, (SELECT COUNT(*) FROM mentions x WHERE "
             "x.account_key = m.account_key AND x.room_key = m.room_key AND x.seq > m.read_seq) "
@@ -999,6 +1030,7 @@ class Store:
 
     def room_read(self, room_key: str, account_key: str) -> RoomReadRow | None:
         """The account's read state in one room; None when it is not a member."""
+        self._flush_own_reads()
         row = self._db.execute(
             "SELECT m.room_key, m.read_seq, (SELECT COUNT(*) FROM mentions x WHERE "
             "x.account_key = m.account_key AND x.room_key = m.room_key AND x.seq > m.read_seq) "
@@ -1011,6 +1043,7 @@ class Store:
         drop the mentions it passed; commit. Returns whether it moved (False: already
         there or beyond, or not a member; then nothing is written)."""
         with self._write() as db:
+            self._flush_own_reads()
             cur = db.execute("UPDATE members SET read_seq = ? WHERE room_key = ? AND "
                              "account_key = ? AND read_seq < ?",
                              (upto, room_key, account_key, upto))
