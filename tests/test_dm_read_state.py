@@ -9,7 +9,6 @@ talks to it through the client library over inproc://.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from zchat.testing import (
     FAST_HASH,
     Harness,
     next_dm,
+    next_event_of,
     next_message,
     running_broker,
 )
@@ -432,16 +432,6 @@ def test_migration_keeps_every_dm(tmp_path: Path) -> None:
 # -- the client library: Client.unread, dm_history, mark_read, READ events ------------------
 
 
-async def next_of(client: Client, kind: type, timeout_s: float = 5.0) -> object:
-    """The next event of ``kind`` (others are handed over and skipped)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (left := deadline - loop.time()) > 0:
-        event = await client.next_event(left)
-        if isinstance(event, kind):
-            return event
-    raise AssertionError(f"no {kind.__name__} for {client.name} within {timeout_s} s")
-
 
 def test_client_unread_follows_login_events_posts_and_mark_read(harness: Harness) -> None:
     async def scenario() -> None:
@@ -515,12 +505,12 @@ def test_reading_on_one_device_clears_it_on_the_others(harness: Harness) -> None
                 assert device.unread.dm("erin").unread == 1
                 assert device.unread.room("dev").mentions == 1
             await laptop.mark_read(dm="erin", upto=sent.id)
-            read = await next_of(phone, p.ReadMarked)
+            read = await next_event_of(phone, p.ReadMarked)
             assert read == p.ReadMarked(room="", peer="erin", upto=sent.id, unread=0,
                                         last=sent.id)
             assert phone.unread.dm("erin").unread == 0
             await laptop.mark_read(room="dev", upto=posted.seq)
-            read = await next_of(phone, p.ReadMarked)
+            read = await next_event_of(phone, p.ReadMarked)
             assert (read.room, read.upto, read.unread, read.mentions) == \
                 ("dev", posted.seq, 0, 0)
             assert phone.unread.room("dev") == p.RoomRead(room="dev", read_seq=posted.seq,

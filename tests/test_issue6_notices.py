@@ -35,7 +35,7 @@ from zchat.broker_core import ToPeer
 from zchat.client import Client, ConnectionLost, SessionEnded
 from zchat.console.view import duration_text, expiry_text
 from zchat.errors import RequestFailed, Status
-from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness, next_event_of, running_broker
 
 SECONDS_UTC = re.compile(r"until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
 
@@ -144,16 +144,6 @@ def h() -> Iterator[Harness]:
         yield harness
 
 
-async def next_of(client: Client, kind: type[Any], timeout_s: float = 5.0) -> Any:
-    """The next event of ``kind``; every event skipped on the way is returned too."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (left := deadline - loop.time()) > 0:
-        event = await client.next_event(left)
-        if isinstance(event, kind):
-            return event
-    raise AssertionError(f"no {kind.__name__} for {client.name} within {timeout_s} s")
-
 
 async def events_until(client: Client, kind: type[Any], timeout_s: float = 5.0) -> list[Any]:
     loop = asyncio.get_running_loop()
@@ -173,12 +163,12 @@ def test_live_mute_notice_reaches_the_muted_client(h: Harness) -> None:
             await olga.join("dev")
             await nick.join("dev")
             await olga.mute("nick", "dev", reason="flood", duration_s=90)
-            muted = await next_of(nick, p.MuteChanged)
+            muted = await next_event_of(nick, p.MuteChanged)
             assert (muted.room, muted.muted, muted.by, muted.reason) == \
                 ("dev", True, "olga", "flood")
             assert muted.until - muted.time == 90_000
             await olga.unmute("nick", "dev")
-            lifted = await next_of(nick, p.MuteChanged)
+            lifted = await next_event_of(nick, p.MuteChanged)
             assert (lifted.muted, lifted.by, lifted.until) == (False, "olga", None)
 
     run(scenario())

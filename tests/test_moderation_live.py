@@ -17,9 +17,8 @@ import zmq.asyncio
 from conftest import run
 
 from zchat import protocol as p
-from zchat.client import Client
 from zchat.errors import RequestFailed, Status
-from zchat.testing import DEFAULT_PASSWORD, Harness, next_message, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness, next_event_of, next_message, running_broker
 
 
 @pytest.fixture
@@ -27,16 +26,6 @@ def h() -> Any:
     with running_broker(admins=("root",)) as harness:
         yield harness
 
-
-async def next_of(client: Client, kind: type[Any], timeout_s: float = 5.0) -> Any:
-    """The next event of ``kind`` (others skipped); AssertionError after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (left := deadline - loop.time()) > 0:
-        event = await client.next_event(left)
-        if isinstance(event, kind):
-            return event
-    raise AssertionError(f"no {kind.__name__} for {client.name} within {timeout_s} s")
 
 
 def test_private_room_messages_reach_members_as_pushes_in_order(h: Harness) -> None:
@@ -49,7 +38,7 @@ def test_private_room_messages_reach_members_as_pushes_in_order(h: Harness) -> N
                 await eve.join("secret")
             assert refused.value.status == Status.FORBIDDEN
             await olga.invite("secret", "mia")
-            invited = await next_of(mia, p.Invited)
+            invited = await next_event_of(mia, p.Invited)
             assert (invited.room, invited.by) == ("secret", "olga")
             await mia.join("secret")
             sent = [await olga.send("secret", f"plan {i}") for i in range(5)]
@@ -72,7 +61,7 @@ def test_kicked_user_stops_receiving_the_room(h: Harness) -> None:
             await olga.send("dev", "before")
             assert (await next_message(nick, "dev")).text == "before"
             await olga.kick("dev", "nick", "off-topic")
-            left = await next_of(nick, p.UserLeft)
+            left = await next_event_of(nick, p.UserLeft)
             assert (left.name, left.by, left.reason) == ("nick", "olga", "off-topic")
             assert "dev" not in nick.rooms
             await olga.send("dev", "after the kick")
@@ -124,7 +113,7 @@ def test_deleted_message_is_shown_deleted_and_seq_has_no_hole(h: Harness) -> Non
             for text in ("one", "rude", "three"):
                 await nick.send("dev", text)
             await olga.delete_message("dev", 2)
-            deleted = await next_of(nick, p.MessageDeleted)
+            deleted = await next_event_of(nick, p.MessageDeleted)
             assert (deleted.seq, deleted.by) == (2, "olga")
             page = (await nick.history("dev")).messages
             assert [(m.seq, m.text, m.deleted_by) for m in page] == [

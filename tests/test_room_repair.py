@@ -7,6 +7,8 @@ would, and can hold its HISTORY requests until told."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from conftest import run
@@ -14,7 +16,7 @@ from conftest import run
 from zchat import client as client_module
 from zchat import protocol as p
 from zchat.client import Client
-from zchat.testing import Harness, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 
 class FilteringClient(Client):
@@ -44,6 +46,20 @@ class FilteringClient(Client):
         return await super().request(req, timeout_s)
 
 
+@contextlib.asynccontextmanager
+async def filtering_bob(h: Harness) -> AsyncIterator[FilteringClient]:
+    """``bob``, registered and logged in, hearing nothing of #dev live until told."""
+    bob = FilteringClient(h.server, context=h.context, room="dev")
+    await bob.connect()
+    try:
+        await bob.register("bob", DEFAULT_PASSWORD)
+        await bob.login("bob", DEFAULT_PASSWORD)
+        yield bob
+    finally:
+        bob.history_gate.set()
+        await bob.close()
+
+
 async def handed(client: Client, room: str, quiet_s: float = 0.3) -> list[int]:
     """The seqs of ``room``'s messages handed to the application until ``quiet_s`` passes
     with nothing more."""
@@ -62,34 +78,26 @@ def test_a_rejoin_during_a_repair_hands_on_nothing_old_and_nothing_twice() -> No
     handed on #1..#5 ahead of #5 once more.)"""
 
     async def scenario(h: Harness) -> None:
-        async with h.client("alice") as alice:
-            bob = FilteringClient(h.server, context=h.context, room="dev")
-            await bob.connect()
-            try:
-                await bob.register("bob", "correct horse battery staple")
-                await bob.login("bob", "correct horse battery staple")
-                await alice.join("dev")
-                await bob.join("dev")
-                await alice.send("dev", "m1")  # lost on the way to bob
-                await alice.send("dev", "m2")  # lost too
-                bob.history_gate.clear()
-                bob.history_waiting.clear()
-                bob.heard.add(3)
-                await alice.send("dev", "m3")  # heard: shows the gap, a repair starts
-                await asyncio.wait_for(bob.history_waiting.wait(), 5)
-                await bob.part("dev")
-                await alice.send("dev", "m4")
-                assert (await bob.join("dev")).last_seq == 4
-                bob.heard.add(5)
-                await alice.send("dev", "m5")
-                await bob.ping()  # (in case #5 came before the new subscription took effect)
-                assert await handed(bob, "dev") == [5]
-                bob.history_gate.set()  # the old repair's page comes now
-                assert await handed(bob, "dev") == []
-                assert bob.last_seq("dev") == 5
-            finally:
-                bob.history_gate.set()
-                await bob.close()
+        async with h.client("alice") as alice, filtering_bob(h) as bob:
+            await alice.join("dev")
+            await bob.join("dev")
+            await alice.send("dev", "m1")  # lost on the way to bob
+            await alice.send("dev", "m2")  # lost too
+            bob.history_gate.clear()
+            bob.history_waiting.clear()
+            bob.heard.add(3)
+            await alice.send("dev", "m3")  # heard: shows the gap, a repair starts
+            await asyncio.wait_for(bob.history_waiting.wait(), 5)
+            await bob.part("dev")
+            await alice.send("dev", "m4")
+            assert (await bob.join("dev")).last_seq == 4
+            bob.heard.add(5)
+            await alice.send("dev", "m5")
+            await bob.ping()  # (in case #5 came before the new subscription took effect)
+            assert await handed(bob, "dev") == [5]
+            bob.history_gate.set()  # the old repair's page comes now
+            assert await handed(bob, "dev") == []
+            assert bob.last_seq("dev") == 5
 
     with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0) as h:
         run(scenario(h))
@@ -100,27 +108,20 @@ def test_live_messages_heard_during_a_repair_wait_for_the_gap_before_them() -> N
     order, and none twice."""
 
     async def scenario(h: Harness) -> None:
-        async with h.client("alice") as alice:
-            bob = FilteringClient(h.server, context=h.context, room="dev")
-            await bob.connect()
-            try:
-                await bob.register("bob", "correct horse battery staple")
-                await bob.login("bob", "correct horse battery staple")
-                await alice.join("dev")
-                await bob.join("dev")
-                for i in range(1, 6):
-                    await alice.send("dev", f"m{i}")  # all lost on the way to bob
-                bob.history_gate.clear()
-                bob.history_waiting.clear()
-                bob.heard.update({6, 7, 8})
-                for i in (6, 7, 8):
-                    await alice.send("dev", f"m{i}")
-                await asyncio.wait_for(bob.history_waiting.wait(), 5)
-                assert await handed(bob, "dev", 0.2) == []  # 5..8 wait for 1..4
-                bob.history_gate.set()
-                assert await handed(bob, "dev") == list(range(1, 9))
-            finally:
-                await bob.close()
+        async with h.client("alice") as alice, filtering_bob(h) as bob:
+            await alice.join("dev")
+            await bob.join("dev")
+            for i in range(1, 6):
+                await alice.send("dev", f"m{i}")  # all lost on the way to bob
+            bob.history_gate.clear()
+            bob.history_waiting.clear()
+            bob.heard.update({6, 7, 8})
+            for i in (6, 7, 8):
+                await alice.send("dev", f"m{i}")
+            await asyncio.wait_for(bob.history_waiting.wait(), 5)
+            assert await handed(bob, "dev", 0.2) == []  # 6..8 wait for 1..5
+            bob.history_gate.set()
+            assert await handed(bob, "dev") == list(range(1, 9))
 
     with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0) as h:
         run(scenario(h))

@@ -105,6 +105,12 @@ async def next_dm(client: Client, *, sender: str | None = None,
     return await _next(client, p.DirectMessage, None, sender, timeout_s)
 
 
+async def next_event_of(client: Client, kind: type[T], timeout_s: float = 5.0) -> T:
+    """The next event of type ``kind`` ``client`` receives (other events are skipped and
+    lost). Raises AssertionError after ``timeout_s``."""
+    return await _next(client, kind, None, None, timeout_s)
+
+
 async def _next(client: Client, kind: type[T], room: str | None, sender: str | None,
                 timeout_s: float) -> T:
     from zchat.names import name_key
