@@ -236,7 +236,8 @@ class ChatConsole:
     # -- opening rooms ------------------------------------------------------------------------
 
     async def open_room(self, room: str, topic: str = "", activate: bool = False,
-                        joined: bool = False) -> None:
+                        joined: bool = False, last_seq: int | None = None,
+                        created: bool = False) -> None:
         """Create the room's conversation, load its last messages and members.
 
         A room already shown (joined again after a kick, a ban or a removal while
@@ -244,17 +245,34 @@ class ChatConsole:
         come after them and after the notice of the removal, in seq order, and the pane
         scrolls down to them (``Conversation.insert_missed``). ``joined``: you joined it
         just now (/join): a ``--> you joined #room`` notice follows, as others see
-        ``--> alice joined #room`` (docs/console.md)."""
+        ``--> alice joined #room`` (docs/console.md).
+
+        A room shown that was deleted is another room now, whose seqs start at 1 again
+        (docs/PROTOCOL.md §6.52): it gets a new, empty conversation in its place
+        (``_replace_room``), so that none of its messages is dropped as a duplicate of
+        the old room's. Known deleted (ROOM_DELETED), or told so by the JOIN reply
+        (``created``, or ``last_seq`` below the newest seq shown) or by its history
+        (``Conversation.replaced_by``), when ROOM_DELETED was missed."""
         key = v.room_key(room)
         shown = self.conversations.get(key)
+        fresh = shown is not None and shown.kind == "room" and (
+            shown.deleted or created
+            or (last_seq is not None and shown.replaced_by(last_seq)))
+        if fresh:
+            shown = self._replace_room(key, room, topic)
         rejoined = shown is not None and bool(shown.lines)
-        announce = joined and (shown is None or not shown.joined)
+        announce = joined and (shown is None or not shown.joined or fresh)
         conv = self.conversation(key, room, "room", topic)
         conv.joined = True  # again, after a kick or ban
         # Taken before the first await: lines the pump adds meanwhile arrived live, after.
         anchor = conv.lines[-1] if conv.lines else None
         page = await self.client.history(room, limit=HISTORY_ON_OPEN)
         lines = [v.line_from_event(m, self.me) for m in page.messages]
+        if rejoined and conv.replaced_by(None, lines):  # deleted and made again, unseen
+            conv = self._replace_room(key, room, topic)
+            announce, rejoined = joined, False
+            page = await self.client.history(room, limit=HISTORY_ON_OPEN)
+            lines = [v.line_from_event(m, self.me) for m in page.messages]
         if rejoined:
             conv.insert_missed(lines, self.me, after=anchor)
             if activate:
@@ -269,6 +287,21 @@ class ChatConsole:
         if activate or self.active is None:
             self.switch(key)
         self.app.invalidate()
+
+    def _replace_room(self, key: str, room: str, topic: str) -> v.Conversation:
+        """A new, empty conversation for room ``key`` in place of the one shown (its
+        place in the sidebar; still the current one if it was), joined: the room shown
+        was deleted, and ``room`` is another of that name. What was kept about the old
+        one by seq goes with it: its read markers, a page being fetched, lines the
+        broker never answered."""
+        conv = v.Conversation(key, room, "room", topic=topic)
+        self.conversations[key] = conv
+        self._mark_want.pop(key, None)
+        self._marked.pop(key, None)
+        self._fetching_older.discard(key)
+        self._unanswered = {k: cmid for k, cmid in self._unanswered.items() if k[0] != key}
+        self.app.invalidate()
+        return conv
 
     async def start(self) -> None:
         """Restore the account's rooms (or lobby), then show them, and open a direct
@@ -407,6 +440,8 @@ class ChatConsole:
                     return
                 except RequestFailed as exc:
                     log.info("%s not marked read up to %d: %s", key, upto, exc)
+                if self.conversations.get(key) is not conv:  # closed, or a new room
+                    return  # of that name (``_replace_room``): its seqs are not these
                 self._marked[key] = max(self._marked.get(key, 0), upto)
                 self.app.invalidate()
                 await asyncio.sleep(MARK_READ_INTERVAL_S)
@@ -509,6 +544,8 @@ class ChatConsole:
                 self.add_line(key, v.Line("notice", event.time, event.by, text))
         elif isinstance(event, p.MessageDeleted | p.RoomModeChanged | p.RoleChanged):
             self._on_moderation(event)
+        elif isinstance(event, p.RoomDeleted):
+            self._room_deleted(event.room, event.by, event.reason)
         elif isinstance(event, p.Invited):
             self.info(f"{event.by} invited you to #{event.room} — /join {event.room}")
         elif isinstance(event, p.MuteChanged):
@@ -574,21 +611,69 @@ class ChatConsole:
         reason = f": {event.reason}" if event.reason else ""
         self._mark_parted(conv, f"you were {how}{reason}{hint}")
 
-    def _mark_parted(self, conv: v.Conversation, text: str) -> None:
+    def _mark_parted(self, conv: v.Conversation, text: str,
+                     kind: v.LineKind = "error") -> None:
         conv.joined = False
         conv.members.clear()
-        self.info(text, "error", key=conv.key)
+        self.info(text, kind, key=conv.key)
         if self.active != conv.key:
-            self.info(text, "error")
+            self.info(text, kind)
+
+    def _room_deleted(self, room: str, by: str, reason: str) -> None:
+        """Room ``room`` was deleted by ``by`` (ROOM_DELETED, docs/PROTOCOL.md §6.52.1,
+        or the OK of your own /deleteroom): said in its pane and where you are looking
+        (``#dev was deleted by olga: spam cleanup``, ``you deleted #dev``), and the room
+        is kept as a room you were removed from — greyed in the sidebar, nothing sent
+        there, no unread count (the client forgot its read state) — until /close; /join
+        makes a new room of that name (``open_room``). Once, whichever of the event and
+        the reply comes first; a mute in it ends with it."""
+        key = v.room_key(room)
+        conv = self.conversations.get(key)
+        if conv is not None and conv.kind == "room" and conv.deleted:
+            return
+        mine = name_key(by) == name_key(self.me)
+        text = ((f"you deleted #{room}" if mine else f"#{room} was deleted by {by}")
+                + (f": {reason}" if reason else ""))
+        timer = self._mute_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._mutes.pop(key, None)
+        if conv is None or conv.kind != "room":  # an admin deleting a room not shown
+            self.info(text)
+            return
+        conv.deleted = True
+        self._mark_parted(conv, text, "info" if mine else "error")
 
     def _check_still_joined(self) -> None:
-        """After a reconnect: a room the broker no longer lists for you (kicked or banned
-        while you were disconnected) is marked parted, with a line saying so."""
+        """After a reconnect: a room the broker no longer lists for you (kicked, banned
+        or deleted while you were disconnected) is marked not joined at once, and a line
+        says why once ROOM_INFO has told removed from deleted (``_say_why_gone``)."""
         joined = {v.room_key(room) for room in self.client.rooms}
         for conv in list(self.conversations.values()):
             if conv.kind == "room" and conv.joined and conv.key not in joined:
-                self._mark_parted(conv, f"you are no longer in #{conv.title} (removed "
-                                  f"while disconnected) — /join {conv.title} to go back")
+                conv.joined = False  # nothing more is sent there meanwhile
+                self._spawn(self._say_why_gone(conv))
+
+    async def _say_why_gone(self, conv: v.Conversation) -> None:
+        """Mark ``conv`` parted with why: ``#dev was deleted while you were
+        disconnected`` when the broker has no such room (404), else ``you are no longer
+        in #dev (removed while disconnected) — /join dev to go back``."""
+        try:
+            await self.client.room_info(conv.title)
+            deleted = False
+        except RequestFailed as exc:  # 403 (private), 405 (older broker): removed
+            deleted = exc.status == Status.NOT_FOUND
+        except ZchatError:
+            deleted = False
+        if self.conversations.get(conv.key) is not conv or conv.joined:
+            return  # closed or joined again meanwhile
+        if deleted:
+            conv.deleted = True
+            self._mark_parted(conv, f"#{conv.title} was deleted while you were "
+                              "disconnected")
+        else:
+            self._mark_parted(conv, f"you are no longer in #{conv.title} (removed while "
+                              f"disconnected) — /join {conv.title} to go back")
 
     def _on_muted(self, event: p.MuteChanged) -> None:
         """MUTED (docs/PROTOCOL.md §6.33.1): you were muted or unmuted; shown in the room
@@ -640,6 +725,10 @@ class ChatConsole:
     def _not_joined(self, conv: v.Conversation) -> bool:
         """Whether ``conv`` is a room you were removed from; then one error line says
         to /join it (nothing is sent: the broker would only answer 403)."""
+        if conv.kind == "room" and conv.deleted:
+            self.error(f"#{conv.title} was deleted; /join {conv.title} makes a new, empty "
+                       "room of that name")
+            return True
         if conv.kind == "room" and not conv.joined:
             self.error(f"you are not in #{conv.title}; /join {conv.title} to go back")
             return True
@@ -802,7 +891,8 @@ class ChatConsole:
         client = self.client
         if isinstance(cmd, c.Join):
             reply = await client.join(cmd.room, private=cmd.private)
-            await self.open_room(reply.room, reply.topic, activate=True, joined=True)
+            await self.open_room(reply.room, reply.topic, activate=True, joined=True,
+                                 last_seq=reply.last_seq, created=reply.created)
         elif isinstance(cmd, c.Part):
             if cmd.room is None and conv is not None and conv.kind == "dm":
                 self._close(conv.key)  # as WeeChat: /part in a private buffer closes it
@@ -1419,3 +1509,4 @@ async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
                 continue
             raise
     raise RequestFailed(401, "wrong name or password")
+
