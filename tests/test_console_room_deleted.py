@@ -2,7 +2,7 @@
 docs/console.md "When you are the one moderated"): a room deleted under you is said in
 its pane and where you look, greyed, refuses lines, counts nothing and /close takes it
 away; joining its name again shows the new room, whose seqs start at 1 again, in a new
-conversation.
+conversation; ``/deleteroom`` asks first and shows refusals.
 
 The real prompt_toolkit Application on a pipe input and DummyOutput (the helpers of
 tests/test_console_app.py) over real clients and a real broker thread on ``inproc://``;
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import run
-from test_console_app import Session, console_session, next_of, until
+from test_console_app import ENTER, ESC, Session, console_session, next_of, until
 from test_reconnect import RestartableBroker, inproc_broker  # noqa: F401 (a fixture)
 
 from zchat import protocol as p
@@ -222,5 +222,87 @@ def test_a_room_deleted_while_disconnected_is_said_so_after_the_reconnect(
             assert dev.deleted and not dev.joined
             assert not ops.deleted and not ops.joined
             assert not [e for e in s.errors() if "refused" in e], s.errors()
+
+    run(main())
+
+
+# -- /deleteroom --------------------------------------------------------------------------------
+
+
+def test_deleteroom_asks_first_then_deletes_for_everyone(h: Harness) -> None:
+    async def main() -> None:
+        async with h.client("bob") as bob, console_session(h) as s:
+            await in_dev(s)  # alice made it: its owner
+            await bob.join("dev")
+            s.type_line("first")
+            await until(lambda: 1 in s.conv, what="message #1")
+            ask = ("/deleteroom deletes #dev and its 1 message for everyone (2 members), "
+                   "for good: Enter on an empty line (or the same /deleteroom again) "
+                   "deletes it, Esc cancels")
+            # Esc cancels
+            s.type_line("/deleteroom")
+            await s.wait_text(ask)
+            assert s.console.pending_delete == ("dev", "")
+            assert s.console._prompt() == [("class:prompt", "[delete #dev? Enter/Esc] ")]
+            s.send(ESC)
+            await s.wait_text("room deletion cancelled: #dev stays")
+            assert s.console.pending_delete is None
+            # another line cancels, and is taken as typed
+            s.type_line("/deleteroom dev")
+            await until(lambda: s.texts().count(ask) == 2, what="asked again")
+            s.type_line("not that")
+            await until(lambda: s.texts().count("room deletion cancelled: #dev stays") == 2,
+                        what="cancelled")
+            await next_of(bob, lambda e: isinstance(e, p.MessagePosted)
+                          and e.text == "not that")
+            assert "dev" in await rooms_of(bob)
+            # the same /deleteroom again deletes it, with the reason it gives
+            s.type_line("/deleteroom #dev")
+            await until(lambda: s.texts().count(ask.replace("1 message", "2 messages"))
+                        == 1, what="asked a third time")
+            s.type_line("/deleteroom dev moving to #ops")
+            gone = await next_of(bob, lambda e: isinstance(e, p.RoomDeleted))
+            assert isinstance(gone, p.RoomDeleted)
+            assert (gone.room, gone.by, gone.reason) == ("dev", "alice", "moving to #ops")
+            await s.wait_text("you deleted #dev: moving to #ops", key="dev")
+            assert s.texts("dev").count("you deleted #dev: moving to #ops") == 1
+            assert not s.console.conversations["dev"].joined
+            assert "dev" not in await rooms_of(bob)
+            assert s.errors() == []
+
+    run(main())
+
+
+def test_deleteroom_with_enter_and_its_refusals(h: Harness) -> None:
+    async def main() -> None:
+        async with h.client("olga") as olga, h.client("root") as root, \
+                console_session(h) as s:
+            await olga.join("ops")
+            await olga.join("old")
+            s.type_line("/join ops")  # alice is a member, not the owner
+            await until(lambda: s.console.active == "ops", what="switch to #ops")
+            s.type_line("/deleteroom")
+            await until(lambda: s.console.pending_delete == ("ops", ""), what="asked")
+            s.send(ENTER)
+            await until(lambda: "refused: only the owner of #ops or a broker admin may "
+                        "delete it (403)" in s.errors(), what="the 403")
+            assert s.conv.joined and "ops" in await rooms_of(olga)
+            s.type_line("/deleteroom lobby")
+            await until(lambda: s.console.pending_delete == ("lobby", ""), what="asked")
+            s.send(ENTER)
+            await until(lambda: "refused: #lobby cannot be deleted: every account is in it "
+                        "(403)" in s.errors(), what="lobby refused")
+            s.type_line("/deleteroom nosuch")
+            await until(lambda: "refused: no room named 'nosuch' (404)" in s.errors(),
+                        what="the 404")
+            assert s.console.pending_delete is None  # nothing to confirm
+            # an admin deletes a room from anywhere, one the console does not show too
+            async with console_session(h, "root") as admin:
+                admin.type_line("/deleteroom old not used")
+                await until(lambda: admin.console.pending_delete == ("old", "not used"),
+                            what="asked")
+                admin.send(ENTER)
+                await admin.wait_text("you deleted #old: not used")
+                assert "old" not in await rooms_of(root)
 
     run(main())

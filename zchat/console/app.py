@@ -134,6 +134,9 @@ class ChatConsole:
         self.history = c.InputHistory()
         self.pending_paste: c.PasteResult | None = None
         self._paste_target: str | None = None
+        #: (room, reason) of a /deleteroom waiting for confirmation: Enter on an empty
+        #: line or the same /deleteroom again sends it; Esc or another line cancels.
+        self.pending_delete: tuple[str, str] | None = None
         self.known_rooms: set[str] = set()  # every room on the broker, for completion
         self.state: v.ConnectionState = "connected"
         self.reconnect_at: float | None = None
@@ -638,6 +641,8 @@ class ChatConsole:
         if timer is not None:
             timer.cancel()
         self._mutes.pop(key, None)
+        if self.pending_delete is not None and v.room_key(self.pending_delete[0]) == key:
+            self.pending_delete = None  # nothing left to confirm
         if conv is None or conv.kind != "room":  # an admin deleting a room not shown
             self.info(text)
             return
@@ -763,6 +768,8 @@ class ChatConsole:
             self.history.add(text)
         self.history.reset()
         result = c.parse_input(text)
+        if self.pending_delete is not None and self._confirm_delete(result):
+            return False
         if result is None:
             return False
         if isinstance(result, c.ParseError):
@@ -772,6 +779,32 @@ class ChatConsole:
         else:
             self._spawn(self.run_command(result, text))
         return False  # clear the buffer
+
+    def _confirm_delete(self, result: c.ParseResult | None) -> bool:
+        """A line entered while a /deleteroom waits for confirmation: an empty one, or
+        the same /deleteroom again (its REASON, if it gives one, replacing the first's),
+        deletes the room; anything else cancels it, says so, and is then taken as typed.
+        Whether the line was the confirmation."""
+        assert self.pending_delete is not None
+        room, reason = self.pending_delete
+        self.pending_delete = None
+        conv = self.current
+        if isinstance(result, c.DeleteRoom):
+            again = result.room or (conv.title if conv is not None and conv.kind == "room"
+                                    else None)
+            if again is not None and name_key(again) == name_key(room):
+                self._spawn(self._delete_room(room, result.reason or reason))
+                return True
+        elif result is None:
+            self._spawn(self._delete_room(room, reason))
+            return True
+        self.info(f"room deletion cancelled: #{room} stays")
+        return False
+
+    async def _delete_room(self, room: str, reason: str) -> None:
+        """Delete ``room`` (confirmed /deleteroom); a refusal is one error line."""
+        await self.client.delete_room(room, reason)
+        self._room_deleted(room, self.me, reason)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(self._guard(coro))
@@ -870,6 +903,9 @@ class ChatConsole:
         return False
 
     def on_paste(self, data: str) -> None:
+        if self.pending_delete is not None:  # a paste is no confirmation
+            room, self.pending_delete = self.pending_delete[0], None
+            self.info(f"room deletion cancelled: #{room} stays")
         paste = c.paste_to_message(data, self.paste_confirm_lines)
         if paste.lines <= 1:
             self.input_buffer.insert_text(paste.text)
@@ -970,6 +1006,8 @@ class ChatConsole:
                 self.info(f"topic of #{conv.title}: {conv.topic or '(none)'}")
             else:
                 await client.set_topic(conv.title, cmd.text)
+        elif isinstance(cmd, c.DeleteRoom):
+            await self._ask_delete_room(cmd)
         elif isinstance(cmd, c.Slow):
             if conv is None or conv.kind != "room":
                 self.error("/slow works in rooms")
@@ -1006,6 +1044,22 @@ class ChatConsole:
             for line in c.help_text(cmd.command):
                 self.info(line)
         self.app.invalidate()
+
+    async def _ask_delete_room(self, cmd: c.DeleteRoom) -> None:
+        """/deleteroom [ROOM] [REASON]: say what it would delete (ROOM_INFO: its number
+        of messages and members) and wait for confirmation (``_confirm_delete``), as a
+        long paste waits for Enter: it deletes the room's history for everyone."""
+        conv = self.current
+        room = cmd.room or (conv.title if conv is not None and conv.kind == "room" else None)
+        if room is None:
+            self.error("/deleteroom needs a ROOM here — usage: /deleteroom [ROOM] [REASON]")
+            return
+        found = await self.client.room_info(room)
+        self.pending_delete = (found.room, cmd.reason)
+        self.info(f"/deleteroom deletes #{found.room} and its "
+                   f"{_count(found.last_seq, 'message')} for everyone "
+                   f"({_count(found.members, 'member')}), for good: Enter on an empty "
+                   "line (or the same /deleteroom again) deletes it, Esc cancels")
 
     async def _moderate(self, cmd: c.Moderate, typed: str = "") -> None:
         """/kick /ban /unban /mute /unmute /invite /op /deop /lock /unlock /private
@@ -1286,6 +1340,8 @@ class ChatConsole:
             where = "" if target is None else (f" to #{target.title}" if target.kind == "room"
                                                else f" to @{target.title}")
             return [("class:prompt", f"[paste {self.pending_paste.lines} lines{where}] ")]
+        if self.pending_delete is not None:
+            return [("class:prompt", f"[delete #{self.pending_delete[0]}? Enter/Esc] ")]
         if conv is None:
             return [("class:prompt", "> ")]
         name = f"#{conv.title}" if conv.kind == "room" else f"@{conv.title}"
@@ -1434,11 +1490,16 @@ class ChatConsole:
         def _paste(event: KeyPressEvent) -> None:
             self.on_paste(event.data)
 
-        @kb.add("escape", filter=Condition(lambda: self.pending_paste is not None),
+        @kb.add("escape", filter=Condition(lambda: self.pending_paste is not None
+                                           or self.pending_delete is not None),
                 eager=True)
-        def _cancel_paste(event: KeyPressEvent) -> None:
-            self.pending_paste = None
-            self.info("paste cancelled")
+        def _cancel_pending(event: KeyPressEvent) -> None:
+            if self.pending_paste is not None:
+                self.pending_paste = None
+                self.info("paste cancelled")
+            elif self.pending_delete is not None:
+                room, self.pending_delete = self.pending_delete[0], None
+                self.info(f"room deletion cancelled: #{room} stays")
 
         return kb
 

@@ -223,6 +223,17 @@ class Moderate(Command):
     seq: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeleteRoom(Command):
+    """Delete ``room`` (None: the current room) with its history, for everyone
+    (docs/PROTOCOL.md §6.52); ``reason`` is shown to its members (``""``: none). The
+    console asks for confirmation before it sends anything."""
+
+    NAME: ClassVar[str] = "deleteroom"
+    room: str | None = None
+    reason: str = ""
+
+
 ParseResult = Command | SendText | ParseError
 
 
@@ -519,6 +530,16 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "/private on makes the current room invite-only (its owner, admins); its "
                 "traffic then goes to members only. /private off makes it public.",
                 lambda a: Moderate("private", on=_on_off(a["ON_OFF"])), "moderation"),
+    CommandSpec("deleteroom", (Param("ROOM", required=False),
+                               Param("REASON", required=False, rest=True)),
+                "delete a room and its history",
+                "Deletes ROOM (the current room when none is given) with all its "
+                "messages, for everyone, for good; its members are told, with REASON "
+                "if given. The room's owner (from inside it) and broker admins may; "
+                "never lobby. It asks first: Enter on an empty line, or the same "
+                "/deleteroom again, deletes; Esc or any other line cancels.",
+                lambda a: DeleteRoom(_room(a["ROOM"]) if a.get("ROOM") else None,
+                                     a.get("REASON", "")), "moderation"),
     CommandSpec("delete", (Param("TARGET", label="SEQ|NICK"),), "delete a message",
                 "/delete SEQ deletes message number SEQ of the current room; /delete NICK "
                 "deletes the last message of NICK shown here. Moderators delete any; you "
@@ -541,7 +562,7 @@ KEYS_HELP: tuple[str, ...] = (
     "Alt-1 … Alt-9, Ctrl-N/Ctrl-P: another conversation",
     "Ctrl-O: long messages whole, or folded again",
     "Ctrl-A/Ctrl-E start/end; Ctrl-W word, Ctrl-U/Ctrl-K line",
-    "Esc cancels a paste waiting for Enter",
+    "Esc cancels a paste or a /deleteroom waiting for Enter",
     "Ctrl-Z suspends (fg resumes); Ctrl-C, or Ctrl-D on an empty line, quits",
 )
 
