@@ -55,6 +55,9 @@ from zchat.console.commands import (
     ("/rooms", Rooms()),
     ("/topic", Topic(None)),
     ("/topic Deploys on Friday", Topic("Deploys on Friday")),
+    ("/topic #ops", Topic(None, "ops")),
+    ("/topic #ops Deploys on Friday", Topic("Deploys on Friday", "ops")),
+    ("/topic #dev #1 rule: be nice", Topic("#1 rule: be nice", "dev")),
     ("/deleteroom", DeleteRoom(None, "")),
     ("/deleteroom #dev", DeleteRoom("dev", "")),
     ("/deleteroom dev spam cleanup", DeleteRoom("dev", "spam cleanup")),
@@ -125,6 +128,7 @@ def test_unknown_command() -> None:
     ("/switch", "/switch TARGET"),
     ("/clear all", "/clear"),
     ("/help a b", "/help [CMD]"),
+    ("/topic #", "/topic [#ROOM] [TEXT]"),
     ("/deleteroom #", "/deleteroom [ROOM] [REASON]"),
 ])
 def test_argument_errors_give_the_usage(text: str, usage: str) -> None:

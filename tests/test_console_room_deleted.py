@@ -2,7 +2,8 @@
 docs/console.md "When you are the one moderated"): a room deleted under you is said in
 its pane and where you look, greyed, refuses lines, counts nothing and /close takes it
 away; joining its name again shows the new room, whose seqs start at 1 again, in a new
-conversation; ``/deleteroom`` asks first and shows refusals.
+conversation; ``/deleteroom`` asks first and shows refusals; ``/topic #room`` reads a
+room you are not in.
 
 The real prompt_toolkit Application on a pipe input and DummyOutput (the helpers of
 tests/test_console_app.py) over real clients and a real broker thread on ``inproc://``;
@@ -304,5 +305,36 @@ def test_deleteroom_with_enter_and_its_refusals(h: Harness) -> None:
                 admin.send(ENTER)
                 await admin.wait_text("you deleted #old: not used")
                 assert "old" not in await rooms_of(root)
+
+    run(main())
+
+
+# -- /topic #room -------------------------------------------------------------------------------
+
+
+def test_topic_of_a_room_not_joined_is_read_without_joining(h: Harness) -> None:
+    async def main() -> None:
+        async with h.client("olga") as olga, console_session(h) as s:
+            await olga.join("ops")
+            await olga.set_topic("ops", "deploys on Friday")
+            await olga.join("sec", private=True)
+            s.type_line("/topic #ops")
+            await s.wait_text("topic of #ops: deploys on Friday (you are not in #ops; "
+                              "1 member)")
+            assert [u.name for u in (await olga.who("ops")).users] == ["olga"]
+            assert "ops" not in s.console.conversations and s.console.active == "lobby"
+            s.type_line("/topic #nosuch")
+            await until(lambda: "refused: no room named 'nosuch' (404)" in s.errors(),
+                        what="the 404")
+            s.type_line("/topic #sec")
+            await until(lambda: any("(403)" in e and "private" in e for e in s.errors()),
+                        what="the 403")
+            # in a room you are in, as before: its topic as shown, or set it
+            s.type_line("/topic #lobby")
+            await s.wait_text("topic of #lobby: (none)")
+            s.type_line("/topic #lobby #1 rule: be nice")
+            await s.wait_text("alice set the topic: #1 rule: be nice")
+            s.type_line("/topic")
+            await s.wait_text("topic of #lobby: #1 rule: be nice")
 
     run(main())

@@ -1000,12 +1000,7 @@ class ChatConsole:
                 topic = f" — {r.topic}" if r.topic else ""
                 self.info(f" {mark}#{r.room} ({_count(r.members, 'member')}){topic}")
         elif isinstance(cmd, c.Topic):
-            if conv is None or conv.kind != "room":
-                self.error("/topic works in rooms")
-            elif cmd.text is None:
-                self.info(f"topic of #{conv.title}: {conv.topic or '(none)'}")
-            else:
-                await client.set_topic(conv.title, cmd.text)
+            await self._topic(cmd)
         elif isinstance(cmd, c.DeleteRoom):
             await self._ask_delete_room(cmd)
         elif isinstance(cmd, c.Slow):
@@ -1044,6 +1039,27 @@ class ChatConsole:
             for line in c.help_text(cmd.command):
                 self.info(line)
         self.app.invalidate()
+
+    async def _topic(self, cmd: c.Topic) -> None:
+        """/topic [#ROOM] [TEXT]: show or set the topic of the current room or ROOM. A
+        room you are in shows the topic it has on screen; one you are not in (never
+        joined, left, removed from) is asked of the broker without joining it
+        (ROOM_INFO, docs/PROTOCOL.md §6.51)."""
+        conv = self.current
+        room = cmd.room or (conv.title if conv is not None and conv.kind == "room" else None)
+        if room is None:
+            self.error("/topic works in rooms; /topic #ROOM shows the topic of ROOM")
+            return
+        if cmd.text is not None:
+            await self.client.set_topic(room, cmd.text)
+            return
+        shown = self.conversations.get(v.room_key(room))
+        if shown is not None and shown.kind == "room" and shown.joined:
+            self.info(f"topic of #{shown.title}: {shown.topic or '(none)'}")
+            return
+        found = await self.client.room_info(room)
+        self.info(f"topic of #{found.room}: {found.topic or '(none)'} (you are not in "
+                  f"#{found.room}; {_count(found.members, 'member')})")
 
     async def _ask_delete_room(self, cmd: c.DeleteRoom) -> None:
         """/deleteroom [ROOM] [REASON]: say what it would delete (ROOM_INFO: its number

@@ -140,10 +140,12 @@ class Rooms(Command):
 
 @dataclass(frozen=True, slots=True)
 class Topic(Command):
-    """Show the current room's topic (``text`` None) or set it."""
+    """Show a room's topic (``text`` None) or set it: the current room's, or ``room``'s
+    when the line named one (``/topic #ops``), a room you need not be in to read it."""
 
     NAME: ClassVar[str] = "topic"
     text: str | None = None
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,8 +387,14 @@ def _on_off(word: str) -> bool:
     raise ValueError(f"say on or off, not {word!r}")
 
 
-def _opt(args: dict[str, str], key: str) -> str | None:
-    return args.get(key) or None
+def _topic(args: dict[str, str]) -> Command:
+    """/topic [#ROOM] [TEXT]: a first word starting with ``#`` names the room, as in
+    irssi (a topic starting with ``#`` is set with the room named first)."""
+    text = args.get("TEXT") or None
+    if text is not None and text.startswith("#"):
+        word, _sp, rest = text.partition(" ")
+        return Topic(rest.strip() or None, _room(word))
+    return Topic(text)
 
 
 _ROOM = Param("ROOM")
@@ -434,10 +442,14 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "Lists the members of the current room with their presence "
                 "(online, away with its message, offline) and marks bots.",
                 lambda a: Who()),
-    CommandSpec("topic", (Param("TEXT", required=False, rest=True),),
-                "show or set the room's topic",
-                "Without TEXT, shows the current room's topic; with TEXT, sets it.",
-                lambda a: Topic(_opt(a, "TEXT"))),
+    CommandSpec("topic", (Param("TEXT", required=False, rest=True,
+                                label="#ROOM] [TEXT"),),
+                "show or set a room's topic",
+                "Without TEXT, shows the current room's topic; with TEXT, sets it. "
+                "/topic #ROOM shows the topic of ROOM, also of a room you are not in "
+                "(nothing is joined); /topic #ROOM TEXT sets it (so a topic starting "
+                "with # is set as /topic #dev #1 priority).",
+                _topic),
     CommandSpec("rooms", (), "list the broker's rooms",
                 "Lists the broker's rooms with their member counts and topics; rooms "
                 "you are in are marked.",
