@@ -41,6 +41,7 @@ from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.styles import Style
 
 from zchat import protocol as p
+from zchat.admin import broker_min_password_chars, check_new_password
 from zchat.client import (
     Client,
     ConnectionLost,
@@ -52,7 +53,7 @@ from zchat.client import (
 from zchat.console import commands as c
 from zchat.console import view as v
 from zchat.console.paste_input import PasteGroupingInput
-from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
+from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import name_key
 
 log = logging.getLogger("zchat.console")
@@ -1560,7 +1561,8 @@ async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
 
     ``ask(prompt, secret)`` returns the user's answer; ``say(text)`` shows a line.
     Raises RequestFailed when it cannot log in (e.g. wrong password from the environment,
-    or ``max_tries`` wrong answers).
+    or ``max_tries`` wrong answers); ProtocolError (422) when the password from the
+    environment is too short for a new account (the broker's ``min_password_chars``).
     """
     given = password
     for attempt in range(max_tries):
@@ -1573,7 +1575,7 @@ async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
                                    False)
                 if answer.strip().lower() not in ("y", "yes"):
                     raise
-                new = given or await ask("New password: ", True)
+                new = await _new_password(client, ask, say, given)
                 if not given and await ask("New password (again): ", True) != new:
                     say("The passwords do not match.")
                     continue
@@ -1587,3 +1589,25 @@ async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
             raise
     raise RequestFailed(401, "wrong name or password")
 
+
+async def _new_password(client: Client, ask: Ask, say: Callable[[str], None],
+                        given: str | None) -> str:
+    """The password of a new account, checked before it is sent by the broker's rule
+    (``min_password_chars`` from its INFO, ``zchat.admin.check_new_password``): asked
+    with the rule in the prompt (``New password (at least 8 characters): ``) until one
+    keeps it, each refusal said in the broker's words. ``given`` (from $ZCHAT_PASSWORD)
+    is not asked again: one too short raises ProtocolError (422) naming the variable."""
+    min_chars = broker_min_password_chars(client)
+    if given:
+        try:
+            return check_new_password(given, min_chars)
+        except ProtocolError as exc:
+            raise ProtocolError(exc.status, f"{exc.reason} (the password from "
+                                "$ZCHAT_PASSWORD, for the new account)") from None
+    rule = f" (at least {min_chars} characters)" if min_chars > 1 else ""
+    while True:
+        new = await ask(f"New password{rule}: ", True)
+        try:
+            return check_new_password(new, min_chars)
+        except ProtocolError as exc:
+            say(exc.reason[:1].upper() + exc.reason[1:] + ".")
