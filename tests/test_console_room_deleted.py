@@ -72,7 +72,9 @@ def test_a_deleted_room_is_said_greyed_refuses_lines_counts_nothing_and_closes(
     async def main() -> None:
         async with h.client("olga") as olga, console_session(h) as s:
             await olga.join("dev")  # olga made it: its owner
+            await olga.set_topic("dev", "release planning")
             await in_dev(s)
+            assert s.status(100).startswith(" alice │ #dev │ release planning ")
             s.type_line("/switch lobby")
             await until(lambda: s.console.active == "lobby", what="back in #lobby")
             await olga.send("dev", "anyone?")
@@ -93,6 +95,7 @@ def test_a_deleted_room_is_said_greyed_refuses_lines_counts_nothing_and_closes(
 
             s.type_line("/switch dev")
             await until(lambda: s.console.active == "dev", what="switch to #dev")
+            assert "release planning" not in s.status(100)  # the room's, gone with it
             s.type_line("still here?")
             refused = "#dev was deleted; /join dev makes a new, empty room of that name"
             await until(lambda: refused in s.errors(), what="the refusal")

@@ -648,6 +648,7 @@ class ChatConsole:
             self.info(text)
             return
         conv.deleted = True
+        conv.topic = ""  # the room's, gone with it: not shown in the status bar
         self._mark_parted(conv, text, "info" if mine else "error")
 
     def _check_still_joined(self) -> None:
@@ -675,6 +676,7 @@ class ChatConsole:
             return  # closed or joined again meanwhile
         if deleted:
             conv.deleted = True
+            conv.topic = ""
             self._mark_parted(conv, f"#{conv.title} was deleted while you were "
                               "disconnected")
         else:
