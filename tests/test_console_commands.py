@@ -212,6 +212,8 @@ def test_complete_rooms_after_room_commands() -> None:
     assert comp("/join d") == Completion(6, 7, ("design ", "dev "))
     assert comp("/join #de").candidates == ("#design ", "#dev ")
     assert comp("/part o").candidates == ("ops ",)
+    assert comp("/deleteroom #o").candidates == ("#ops ",)
+    assert comp("/deleteroom ops sp").candidates == ()  # the REASON is no room
     assert comp("/switch ").candidates == ("design ", "dev ", "ops ")
     assert complete("/switch @b", 10, nicks=[], rooms=["dev", "@bob"]).candidates == ("@bob ",)
 

@@ -692,8 +692,9 @@ def complete(text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[st
     """Candidates for the word before ``cursor`` (a character index into ``text``).
 
     - ``/jo`` at the start of the line: command names → ``/join ``;
-    - the argument of ``/join``, ``/part``, ``/switch``: ``rooms`` (``#de`` → ``#dev ``;
-      ``/switch`` also takes ``@name`` entries the app puts in ``rooms``);
+    - the argument of ``/join``, ``/part``, ``/switch``, ``/deleteroom``: ``rooms``
+      (``#de`` → ``#dev ``; ``/switch`` also takes ``@name`` entries the app puts in
+      ``rooms``);
     - the argument of ``/msg``, ``/query``, ``/whois``: ``nicks`` (``@`` kept when typed);
       of ``/help``: commands (and ``keys``);
     - anywhere else: ``nicks``; at the start of the line the nick is followed by ``": "``
@@ -719,7 +720,7 @@ def complete(text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[st
         spec = _resolve(words[0][1:])
         argn = len(words) - 1
         if spec is not None and argn == 0:
-            if spec.name in ("join", "part", "switch"):
+            if spec.name in ("join", "part", "switch", "deleteroom"):
                 lead = "#" if word.startswith("#") else ""
                 bare = [r[1:] if r.startswith("#") else r for r in rooms]
                 if spec.name == "switch" and word.startswith("@"):
