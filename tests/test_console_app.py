@@ -27,7 +27,7 @@ from zchat import protocol as p
 from zchat.client import Client, Event
 from zchat.console import view as v
 from zchat.console.app import HISTORY_ON_OPEN, OLDER_PAGE, ChatConsole, login_flow
-from zchat.errors import ConnectionFailed, RequestFailed
+from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}
@@ -887,7 +887,8 @@ def test_login_flow_creates_a_missing_account(harness: Harness) -> None:
         assert script.prompts == [
             "Password for carol: (secret)",
             "There is no account named 'carol'. Create it? [y/N] ",
-            "New password: (secret)", "New password (again): (secret)"]
+            "New password (at least 8 characters): (secret)",
+            "New password (again): (secret)"]
         assert script.said == ["Created the account carol."]
         async with harness.client() as again:  # the account exists with that password
             assert (await again.login("carol", "pw number one")).name == "carol"
@@ -909,6 +910,45 @@ def test_login_flow_asks_again_when_new_passwords_differ(harness: Harness) -> No
                 await again.login("dave", "first pw")
             assert wrong.value.status == 401
             assert (await again.login("dave", "third pw")).name == "dave"
+
+    run(main())
+
+
+def test_login_flow_asks_again_for_a_new_password_too_short(harness: Harness) -> None:
+    """The broker's min_password_chars (INFO) is checked before REGISTER: the rule is
+    in the prompt, and a password under it is refused in the broker's words and asked
+    again, rather than the console exiting with the broker's 422."""
+    async def main() -> None:
+        script = Script("x", "y", "short", "", "long enough", "long enough")
+        async with harness.client() as client:
+            assert client.info is not None and client.info.min_password_chars == 8
+            logged_in = await login_flow(client, "gina", script.ask, None, script.say)
+            assert logged_in.name == "gina"
+        assert script.prompts[2:] == ["New password (at least 8 characters): (secret)"] * 3 \
+            + ["New password (again): (secret)"]
+        assert script.said == ["Password must be at least 8 characters long.",
+                               "Password must not be empty.", "Created the account gina."]
+        async with harness.client() as again:
+            assert (await again.login("gina", "long enough")).name == "gina"
+
+    run(main())
+
+
+def test_login_flow_refuses_a_short_environment_password_for_a_new_account(
+        harness: Harness) -> None:
+    async def main() -> None:
+        script = Script("y")
+        async with harness.client() as client:
+            with pytest.raises(ProtocolError) as short:
+                await login_flow(client, "hank", script.ask, "2short", script.say)
+            assert short.value.status == 422
+            assert short.value.reason == ("password must be at least 8 characters long "
+                                          "(the password from $ZCHAT_PASSWORD, for the "
+                                          "new account)")
+            assert script.said == [] and script.answers == []
+            with pytest.raises(RequestFailed) as missing:
+                await client.login("hank", "2short")
+            assert missing.value.status == 404  # nothing was created
 
     run(main())
 

@@ -12,6 +12,7 @@ from zchat.console.commands import (
     Back,
     Clear,
     Completion,
+    DeleteRoom,
     Help,
     History,
     InputHistory,
@@ -54,6 +55,12 @@ from zchat.console.commands import (
     ("/rooms", Rooms()),
     ("/topic", Topic(None)),
     ("/topic Deploys on Friday", Topic("Deploys on Friday")),
+    ("/topic #ops", Topic(None, "ops")),
+    ("/topic #ops Deploys on Friday", Topic("Deploys on Friday", "ops")),
+    ("/topic #dev #1 rule: be nice", Topic("#1 rule: be nice", "dev")),
+    ("/deleteroom", DeleteRoom(None, "")),
+    ("/deleteroom #dev", DeleteRoom("dev", "")),
+    ("/deleteroom dev spam cleanup", DeleteRoom("dev", "spam cleanup")),
     ("/away", Away("")),
     ("/away lunch, back at 2", Away("lunch, back at 2")),
     ("/back", Back()),
@@ -121,6 +128,8 @@ def test_unknown_command() -> None:
     ("/switch", "/switch TARGET"),
     ("/clear all", "/clear"),
     ("/help a b", "/help [CMD]"),
+    ("/topic #", "/topic [#ROOM] [TEXT]"),
+    ("/deleteroom #", "/deleteroom [ROOM] [REASON]"),
 ])
 def test_argument_errors_give_the_usage(text: str, usage: str) -> None:
     result = parse_input(text)
@@ -152,7 +161,7 @@ def test_every_command_has_usage_and_help() -> None:
     assert set(COMMANDS) == {"join", "part", "msg", "me", "who", "rooms", "topic", "slow",
                              "away", "back", "history", "switch", "clear", "quit", "help",
                              "kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop",
-                             "lock", "unlock", "private", "delete",
+                             "lock", "unlock", "private", "delete", "deleteroom",
                              # issue 13: what IRC users type by habit
                              "query", "names", "close", "window", "whois"}
     for name, spec in COMMANDS.items():
@@ -203,6 +212,8 @@ def test_complete_rooms_after_room_commands() -> None:
     assert comp("/join d") == Completion(6, 7, ("design ", "dev "))
     assert comp("/join #de").candidates == ("#design ", "#dev ")
     assert comp("/part o").candidates == ("ops ",)
+    assert comp("/deleteroom #o").candidates == ("#ops ",)
+    assert comp("/deleteroom ops sp").candidates == ()  # the REASON is no room
     assert comp("/switch ").candidates == ("design ", "dev ", "ops ")
     assert complete("/switch @b", 10, nicks=[], rooms=["dev", "@bob"]).candidates == ("@bob ",)
 

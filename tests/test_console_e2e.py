@@ -145,7 +145,7 @@ def test_console_offers_to_create_a_missing_account(tmp_path: Path,
         term.child.send(b"first try\r")
         term.wait_shows("There is no account named 'newuser'. Create it? [y/N]")
         term.child.send(b"y\r")
-        term.wait_shows("New password:")
+        term.wait_shows("New password (at least 8 characters):")
         term.child.send(b"s3cret pw\r")
         term.wait_shows("New password (again):")
         assert "s3cret" not in term.text()  # no echo

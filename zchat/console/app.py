@@ -41,6 +41,7 @@ from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.styles import Style
 
 from zchat import protocol as p
+from zchat.admin import broker_min_password_chars, check_new_password
 from zchat.client import (
     Client,
     ConnectionLost,
@@ -52,7 +53,7 @@ from zchat.client import (
 from zchat.console import commands as c
 from zchat.console import view as v
 from zchat.console.paste_input import PasteGroupingInput
-from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
+from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import name_key
 
 log = logging.getLogger("zchat.console")
@@ -134,6 +135,9 @@ class ChatConsole:
         self.history = c.InputHistory()
         self.pending_paste: c.PasteResult | None = None
         self._paste_target: str | None = None
+        #: (room, reason) of a /deleteroom waiting for confirmation: Enter on an empty
+        #: line or the same /deleteroom again sends it; Esc or another line cancels.
+        self.pending_delete: tuple[str, str] | None = None
         self.known_rooms: set[str] = set()  # every room on the broker, for completion
         self.state: v.ConnectionState = "connected"
         self.reconnect_at: float | None = None
@@ -236,7 +240,8 @@ class ChatConsole:
     # -- opening rooms ------------------------------------------------------------------------
 
     async def open_room(self, room: str, topic: str = "", activate: bool = False,
-                        joined: bool = False) -> None:
+                        joined: bool = False, last_seq: int | None = None,
+                        created: bool = False) -> None:
         """Create the room's conversation, load its last messages and members.
 
         A room already shown (joined again after a kick, a ban or a removal while
@@ -244,17 +249,34 @@ class ChatConsole:
         come after them and after the notice of the removal, in seq order, and the pane
         scrolls down to them (``Conversation.insert_missed``). ``joined``: you joined it
         just now (/join): a ``--> you joined #room`` notice follows, as others see
-        ``--> alice joined #room`` (docs/console.md)."""
+        ``--> alice joined #room`` (docs/console.md).
+
+        A room shown that was deleted is another room now, whose seqs start at 1 again
+        (docs/PROTOCOL.md §6.52): it gets a new, empty conversation in its place
+        (``_replace_room``), so that none of its messages is dropped as a duplicate of
+        the old room's. Known deleted (ROOM_DELETED), or told so by the JOIN reply
+        (``created``, or ``last_seq`` below the newest seq shown) or by its history
+        (``Conversation.replaced_by``), when ROOM_DELETED was missed."""
         key = v.room_key(room)
         shown = self.conversations.get(key)
+        fresh = shown is not None and shown.kind == "room" and (
+            shown.deleted or created
+            or (last_seq is not None and shown.replaced_by(last_seq)))
+        if fresh:
+            shown = self._replace_room(key, room, topic)
         rejoined = shown is not None and bool(shown.lines)
-        announce = joined and (shown is None or not shown.joined)
+        announce = joined and (shown is None or not shown.joined or fresh)
         conv = self.conversation(key, room, "room", topic)
         conv.joined = True  # again, after a kick or ban
         # Taken before the first await: lines the pump adds meanwhile arrived live, after.
         anchor = conv.lines[-1] if conv.lines else None
         page = await self.client.history(room, limit=HISTORY_ON_OPEN)
         lines = [v.line_from_event(m, self.me) for m in page.messages]
+        if rejoined and conv.replaced_by(None, lines):  # deleted and made again, unseen
+            conv = self._replace_room(key, room, topic)
+            announce, rejoined = joined, False
+            page = await self.client.history(room, limit=HISTORY_ON_OPEN)
+            lines = [v.line_from_event(m, self.me) for m in page.messages]
         if rejoined:
             conv.insert_missed(lines, self.me, after=anchor)
             if activate:
@@ -269,6 +291,21 @@ class ChatConsole:
         if activate or self.active is None:
             self.switch(key)
         self.app.invalidate()
+
+    def _replace_room(self, key: str, room: str, topic: str) -> v.Conversation:
+        """A new, empty conversation for room ``key`` in place of the one shown (its
+        place in the sidebar; still the current one if it was), joined: the room shown
+        was deleted, and ``room`` is another of that name. What was kept about the old
+        one by seq goes with it: its read markers, a page being fetched, lines the
+        broker never answered."""
+        conv = v.Conversation(key, room, "room", topic=topic)
+        self.conversations[key] = conv
+        self._mark_want.pop(key, None)
+        self._marked.pop(key, None)
+        self._fetching_older.discard(key)
+        self._unanswered = {k: cmid for k, cmid in self._unanswered.items() if k[0] != key}
+        self.app.invalidate()
+        return conv
 
     async def start(self) -> None:
         """Restore the account's rooms (or lobby), then show them, and open a direct
@@ -407,6 +444,8 @@ class ChatConsole:
                     return
                 except RequestFailed as exc:
                     log.info("%s not marked read up to %d: %s", key, upto, exc)
+                if self.conversations.get(key) is not conv:  # closed, or a new room
+                    return  # of that name (``_replace_room``): its seqs are not these
                 self._marked[key] = max(self._marked.get(key, 0), upto)
                 self.app.invalidate()
                 await asyncio.sleep(MARK_READ_INTERVAL_S)
@@ -509,6 +548,8 @@ class ChatConsole:
                 self.add_line(key, v.Line("notice", event.time, event.by, text))
         elif isinstance(event, p.MessageDeleted | p.RoomModeChanged | p.RoleChanged):
             self._on_moderation(event)
+        elif isinstance(event, p.RoomDeleted):
+            self._room_deleted(event.room, event.by, event.reason)
         elif isinstance(event, p.Invited):
             self.info(f"{event.by} invited you to #{event.room} — /join {event.room}")
         elif isinstance(event, p.MuteChanged):
@@ -574,21 +615,73 @@ class ChatConsole:
         reason = f": {event.reason}" if event.reason else ""
         self._mark_parted(conv, f"you were {how}{reason}{hint}")
 
-    def _mark_parted(self, conv: v.Conversation, text: str) -> None:
+    def _mark_parted(self, conv: v.Conversation, text: str,
+                     kind: v.LineKind = "error") -> None:
         conv.joined = False
         conv.members.clear()
-        self.info(text, "error", key=conv.key)
+        self.info(text, kind, key=conv.key)
         if self.active != conv.key:
-            self.info(text, "error")
+            self.info(text, kind)
+
+    def _room_deleted(self, room: str, by: str, reason: str) -> None:
+        """Room ``room`` was deleted by ``by`` (ROOM_DELETED, docs/PROTOCOL.md §6.52.1,
+        or the OK of your own /deleteroom): said in its pane and where you are looking
+        (``#dev was deleted by olga: spam cleanup``, ``you deleted #dev``), and the room
+        is kept as a room you were removed from — greyed in the sidebar, nothing sent
+        there, no unread count (the client forgot its read state) — until /close; /join
+        makes a new room of that name (``open_room``). Once, whichever of the event and
+        the reply comes first; a mute in it ends with it."""
+        key = v.room_key(room)
+        conv = self.conversations.get(key)
+        if conv is not None and conv.kind == "room" and conv.deleted:
+            return
+        mine = name_key(by) == name_key(self.me)
+        text = ((f"you deleted #{room}" if mine else f"#{room} was deleted by {by}")
+                + (f": {reason}" if reason else ""))
+        timer = self._mute_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._mutes.pop(key, None)
+        if self.pending_delete is not None and v.room_key(self.pending_delete[0]) == key:
+            self.pending_delete = None  # nothing left to confirm
+        if conv is None or conv.kind != "room":  # an admin deleting a room not shown
+            self.info(text)
+            return
+        conv.deleted = True
+        conv.topic = ""  # the room's, gone with it: not shown in the status bar
+        self._mark_parted(conv, text, "info" if mine else "error")
 
     def _check_still_joined(self) -> None:
-        """After a reconnect: a room the broker no longer lists for you (kicked or banned
-        while you were disconnected) is marked parted, with a line saying so."""
+        """After a reconnect: a room the broker no longer lists for you (kicked, banned
+        or deleted while you were disconnected) is marked not joined at once, and a line
+        says why once ROOM_INFO has told removed from deleted (``_say_why_gone``)."""
         joined = {v.room_key(room) for room in self.client.rooms}
         for conv in list(self.conversations.values()):
             if conv.kind == "room" and conv.joined and conv.key not in joined:
-                self._mark_parted(conv, f"you are no longer in #{conv.title} (removed "
-                                  f"while disconnected) — /join {conv.title} to go back")
+                conv.joined = False  # nothing more is sent there meanwhile
+                self._spawn(self._say_why_gone(conv))
+
+    async def _say_why_gone(self, conv: v.Conversation) -> None:
+        """Mark ``conv`` parted with why: ``#dev was deleted while you were
+        disconnected`` when the broker has no such room (404), else ``you are no longer
+        in #dev (removed while disconnected) — /join dev to go back``."""
+        try:
+            await self.client.room_info(conv.title)
+            deleted = False
+        except RequestFailed as exc:  # 403 (private), 405 (older broker): removed
+            deleted = exc.status == Status.NOT_FOUND
+        except ZchatError:
+            deleted = False
+        if self.conversations.get(conv.key) is not conv or conv.joined:
+            return  # closed or joined again meanwhile
+        if deleted:
+            conv.deleted = True
+            conv.topic = ""
+            self._mark_parted(conv, f"#{conv.title} was deleted while you were "
+                              "disconnected")
+        else:
+            self._mark_parted(conv, f"you are no longer in #{conv.title} (removed while "
+                              f"disconnected) — /join {conv.title} to go back")
 
     def _on_muted(self, event: p.MuteChanged) -> None:
         """MUTED (docs/PROTOCOL.md §6.33.1): you were muted or unmuted; shown in the room
@@ -640,6 +733,10 @@ class ChatConsole:
     def _not_joined(self, conv: v.Conversation) -> bool:
         """Whether ``conv`` is a room you were removed from; then one error line says
         to /join it (nothing is sent: the broker would only answer 403)."""
+        if conv.kind == "room" and conv.deleted:
+            self.error(f"#{conv.title} was deleted; /join {conv.title} makes a new, empty "
+                       "room of that name")
+            return True
         if conv.kind == "room" and not conv.joined:
             self.error(f"you are not in #{conv.title}; /join {conv.title} to go back")
             return True
@@ -674,6 +771,8 @@ class ChatConsole:
             self.history.add(text)
         self.history.reset()
         result = c.parse_input(text)
+        if self.pending_delete is not None and self._confirm_delete(result):
+            return False
         if result is None:
             return False
         if isinstance(result, c.ParseError):
@@ -683,6 +782,32 @@ class ChatConsole:
         else:
             self._spawn(self.run_command(result, text))
         return False  # clear the buffer
+
+    def _confirm_delete(self, result: c.ParseResult | None) -> bool:
+        """A line entered while a /deleteroom waits for confirmation: an empty one, or
+        the same /deleteroom again (its REASON, if it gives one, replacing the first's),
+        deletes the room; anything else cancels it, says so, and is then taken as typed.
+        Whether the line was the confirmation."""
+        assert self.pending_delete is not None
+        room, reason = self.pending_delete
+        self.pending_delete = None
+        conv = self.current
+        if isinstance(result, c.DeleteRoom):
+            again = result.room or (conv.title if conv is not None and conv.kind == "room"
+                                    else None)
+            if again is not None and name_key(again) == name_key(room):
+                self._spawn(self._delete_room(room, result.reason or reason))
+                return True
+        elif result is None:
+            self._spawn(self._delete_room(room, reason))
+            return True
+        self.info(f"room deletion cancelled: #{room} stays")
+        return False
+
+    async def _delete_room(self, room: str, reason: str) -> None:
+        """Delete ``room`` (confirmed /deleteroom); a refusal is one error line."""
+        await self.client.delete_room(room, reason)
+        self._room_deleted(room, self.me, reason)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(self._guard(coro))
@@ -781,6 +906,9 @@ class ChatConsole:
         return False
 
     def on_paste(self, data: str) -> None:
+        if self.pending_delete is not None:  # a paste is no confirmation
+            room, self.pending_delete = self.pending_delete[0], None
+            self.info(f"room deletion cancelled: #{room} stays")
         paste = c.paste_to_message(data, self.paste_confirm_lines)
         if paste.lines <= 1:
             self.input_buffer.insert_text(paste.text)
@@ -802,7 +930,8 @@ class ChatConsole:
         client = self.client
         if isinstance(cmd, c.Join):
             reply = await client.join(cmd.room, private=cmd.private)
-            await self.open_room(reply.room, reply.topic, activate=True, joined=True)
+            await self.open_room(reply.room, reply.topic, activate=True, joined=True,
+                                 last_seq=reply.last_seq, created=reply.created)
         elif isinstance(cmd, c.Part):
             if cmd.room is None and conv is not None and conv.kind == "dm":
                 self._close(conv.key)  # as WeeChat: /part in a private buffer closes it
@@ -874,12 +1003,9 @@ class ChatConsole:
                 topic = f" — {r.topic}" if r.topic else ""
                 self.info(f" {mark}#{r.room} ({_count(r.members, 'member')}){topic}")
         elif isinstance(cmd, c.Topic):
-            if conv is None or conv.kind != "room":
-                self.error("/topic works in rooms")
-            elif cmd.text is None:
-                self.info(f"topic of #{conv.title}: {conv.topic or '(none)'}")
-            else:
-                await client.set_topic(conv.title, cmd.text)
+            await self._topic(cmd)
+        elif isinstance(cmd, c.DeleteRoom):
+            await self._ask_delete_room(cmd)
         elif isinstance(cmd, c.Slow):
             if conv is None or conv.kind != "room":
                 self.error("/slow works in rooms")
@@ -916,6 +1042,43 @@ class ChatConsole:
             for line in c.help_text(cmd.command):
                 self.info(line)
         self.app.invalidate()
+
+    async def _topic(self, cmd: c.Topic) -> None:
+        """/topic [#ROOM] [TEXT]: show or set the topic of the current room or ROOM. A
+        room you are in shows the topic it has on screen; one you are not in (never
+        joined, left, removed from) is asked of the broker without joining it
+        (ROOM_INFO, docs/PROTOCOL.md §6.51)."""
+        conv = self.current
+        room = cmd.room or (conv.title if conv is not None and conv.kind == "room" else None)
+        if room is None:
+            self.error("/topic works in rooms; /topic #ROOM shows the topic of ROOM")
+            return
+        if cmd.text is not None:
+            await self.client.set_topic(room, cmd.text)
+            return
+        shown = self.conversations.get(v.room_key(room))
+        if shown is not None and shown.kind == "room" and shown.joined:
+            self.info(f"topic of #{shown.title}: {shown.topic or '(none)'}")
+            return
+        found = await self.client.room_info(room)
+        self.info(f"topic of #{found.room}: {found.topic or '(none)'} (you are not in "
+                  f"#{found.room}; {_count(found.members, 'member')})")
+
+    async def _ask_delete_room(self, cmd: c.DeleteRoom) -> None:
+        """/deleteroom [ROOM] [REASON]: say what it would delete (ROOM_INFO: its number
+        of messages and members) and wait for confirmation (``_confirm_delete``), as a
+        long paste waits for Enter: it deletes the room's history for everyone."""
+        conv = self.current
+        room = cmd.room or (conv.title if conv is not None and conv.kind == "room" else None)
+        if room is None:
+            self.error("/deleteroom needs a ROOM here — usage: /deleteroom [ROOM] [REASON]")
+            return
+        found = await self.client.room_info(room)
+        self.pending_delete = (found.room, cmd.reason)
+        self.info(f"/deleteroom deletes #{found.room} and its "
+                   f"{_count(found.last_seq, 'message')} for everyone "
+                   f"({_count(found.members, 'member')}), for good: Enter on an empty "
+                   "line (or the same /deleteroom again) deletes it, Esc cancels")
 
     async def _moderate(self, cmd: c.Moderate, typed: str = "") -> None:
         """/kick /ban /unban /mute /unmute /invite /op /deop /lock /unlock /private
@@ -1196,6 +1359,8 @@ class ChatConsole:
             where = "" if target is None else (f" to #{target.title}" if target.kind == "room"
                                                else f" to @{target.title}")
             return [("class:prompt", f"[paste {self.pending_paste.lines} lines{where}] ")]
+        if self.pending_delete is not None:
+            return [("class:prompt", f"[delete #{self.pending_delete[0]}? Enter/Esc] ")]
         if conv is None:
             return [("class:prompt", "> ")]
         name = f"#{conv.title}" if conv.kind == "room" else f"@{conv.title}"
@@ -1344,11 +1509,16 @@ class ChatConsole:
         def _paste(event: KeyPressEvent) -> None:
             self.on_paste(event.data)
 
-        @kb.add("escape", filter=Condition(lambda: self.pending_paste is not None),
+        @kb.add("escape", filter=Condition(lambda: self.pending_paste is not None
+                                           or self.pending_delete is not None),
                 eager=True)
-        def _cancel_paste(event: KeyPressEvent) -> None:
-            self.pending_paste = None
-            self.info("paste cancelled")
+        def _cancel_pending(event: KeyPressEvent) -> None:
+            if self.pending_paste is not None:
+                self.pending_paste = None
+                self.info("paste cancelled")
+            elif self.pending_delete is not None:
+                room, self.pending_delete = self.pending_delete[0], None
+                self.info(f"room deletion cancelled: #{room} stays")
 
         return kb
 
@@ -1393,7 +1563,8 @@ async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
 
     ``ask(prompt, secret)`` returns the user's answer; ``say(text)`` shows a line.
     Raises RequestFailed when it cannot log in (e.g. wrong password from the environment,
-    or ``max_tries`` wrong answers).
+    or ``max_tries`` wrong answers); ProtocolError (422) when the password from the
+    environment is too short for a new account (the broker's ``min_password_chars``).
     """
     given = password
     for attempt in range(max_tries):
@@ -1406,7 +1577,7 @@ async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
                                    False)
                 if answer.strip().lower() not in ("y", "yes"):
                     raise
-                new = given or await ask("New password: ", True)
+                new = await _new_password(client, ask, say, given)
                 if not given and await ask("New password (again): ", True) != new:
                     say("The passwords do not match.")
                     continue
@@ -1419,3 +1590,26 @@ async def login_flow(client: Client, name: str, ask: Ask, password: str | None,
                 continue
             raise
     raise RequestFailed(401, "wrong name or password")
+
+
+async def _new_password(client: Client, ask: Ask, say: Callable[[str], None],
+                        given: str | None) -> str:
+    """The password of a new account, checked before it is sent by the broker's rule
+    (``min_password_chars`` from its INFO, ``zchat.admin.check_new_password``): asked
+    with the rule in the prompt (``New password (at least 8 characters): ``) until one
+    keeps it, each refusal said in the broker's words. ``given`` (from $ZCHAT_PASSWORD)
+    is not asked again: one too short raises ProtocolError (422) naming the variable."""
+    min_chars = broker_min_password_chars(client)
+    if given:
+        try:
+            return check_new_password(given, min_chars)
+        except ProtocolError as exc:
+            raise ProtocolError(exc.status, f"{exc.reason} (the password from "
+                                "$ZCHAT_PASSWORD, for the new account)") from None
+    rule = f" (at least {min_chars} characters)" if min_chars > 1 else ""
+    while True:
+        new = await ask(f"New password{rule}: ", True)
+        try:
+            return check_new_password(new, min_chars)
+        except ProtocolError as exc:
+            say(exc.reason[:1].upper() + exc.reason[1:] + ".")

@@ -140,10 +140,12 @@ class Rooms(Command):
 
 @dataclass(frozen=True, slots=True)
 class Topic(Command):
-    """Show the current room's topic (``text`` None) or set it."""
+    """Show a room's topic (``text`` None) or set it: the current room's, or ``room``'s
+    when the line named one (``/topic #ops``), a room you need not be in to read it."""
 
     NAME: ClassVar[str] = "topic"
     text: str | None = None
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,17 @@ class Moderate(Command):
     duration_s: int = 0
     on: bool = False
     seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRoom(Command):
+    """Delete ``room`` (None: the current room) with its history, for everyone
+    (docs/PROTOCOL.md §6.52); ``reason`` is shown to its members (``""``: none). The
+    console asks for confirmation before it sends anything."""
+
+    NAME: ClassVar[str] = "deleteroom"
+    room: str | None = None
+    reason: str = ""
 
 
 ParseResult = Command | SendText | ParseError
@@ -374,8 +387,14 @@ def _on_off(word: str) -> bool:
     raise ValueError(f"say on or off, not {word!r}")
 
 
-def _opt(args: dict[str, str], key: str) -> str | None:
-    return args.get(key) or None
+def _topic(args: dict[str, str]) -> Command:
+    """/topic [#ROOM] [TEXT]: a first word starting with ``#`` names the room, as in
+    irssi (a topic starting with ``#`` is set with the room named first)."""
+    text = args.get("TEXT") or None
+    if text is not None and text.startswith("#"):
+        word, _sp, rest = text.partition(" ")
+        return Topic(rest.strip() or None, _room(word))
+    return Topic(text)
 
 
 _ROOM = Param("ROOM")
@@ -423,10 +442,14 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "Lists the members of the current room with their presence "
                 "(online, away with its message, offline) and marks bots.",
                 lambda a: Who()),
-    CommandSpec("topic", (Param("TEXT", required=False, rest=True),),
-                "show or set the room's topic",
-                "Without TEXT, shows the current room's topic; with TEXT, sets it.",
-                lambda a: Topic(_opt(a, "TEXT"))),
+    CommandSpec("topic", (Param("TEXT", required=False, rest=True,
+                                label="#ROOM] [TEXT"),),
+                "show or set a room's topic",
+                "Without TEXT, shows the current room's topic; with TEXT, sets it. "
+                "/topic #ROOM shows the topic of ROOM, also of a room you are not in "
+                "(nothing is joined); /topic #ROOM TEXT sets it (so a topic starting "
+                "with # is set as /topic #dev #1 priority).",
+                _topic),
     CommandSpec("rooms", (), "list the broker's rooms",
                 "Lists the broker's rooms with their member counts and topics; rooms "
                 "you are in are marked.",
@@ -519,6 +542,16 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "/private on makes the current room invite-only (its owner, admins); its "
                 "traffic then goes to members only. /private off makes it public.",
                 lambda a: Moderate("private", on=_on_off(a["ON_OFF"])), "moderation"),
+    CommandSpec("deleteroom", (Param("ROOM", required=False),
+                               Param("REASON", required=False, rest=True)),
+                "delete a room and its history",
+                "Deletes ROOM (the current room when none is given) with all its "
+                "messages, for everyone, for good; its members are told, with REASON "
+                "if given. The room's owner (from inside it) and broker admins may; "
+                "never lobby. It asks first: Enter on an empty line, or the same "
+                "/deleteroom again, deletes; Esc or any other line cancels.",
+                lambda a: DeleteRoom(_room(a["ROOM"]) if a.get("ROOM") else None,
+                                     a.get("REASON", "")), "moderation"),
     CommandSpec("delete", (Param("TARGET", label="SEQ|NICK"),), "delete a message",
                 "/delete SEQ deletes message number SEQ of the current room; /delete NICK "
                 "deletes the last message of NICK shown here. Moderators delete any; you "
@@ -541,7 +574,7 @@ KEYS_HELP: tuple[str, ...] = (
     "Alt-1 … Alt-9, Ctrl-N/Ctrl-P: another conversation",
     "Ctrl-O: long messages whole, or folded again",
     "Ctrl-A/Ctrl-E start/end; Ctrl-W word, Ctrl-U/Ctrl-K line",
-    "Esc cancels a paste waiting for Enter",
+    "Esc cancels a paste or a /deleteroom waiting for Enter",
     "Ctrl-Z suspends (fg resumes); Ctrl-C, or Ctrl-D on an empty line, quits",
 )
 
@@ -659,8 +692,9 @@ def complete(text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[st
     """Candidates for the word before ``cursor`` (a character index into ``text``).
 
     - ``/jo`` at the start of the line: command names → ``/join ``;
-    - the argument of ``/join``, ``/part``, ``/switch``: ``rooms`` (``#de`` → ``#dev ``;
-      ``/switch`` also takes ``@name`` entries the app puts in ``rooms``);
+    - the argument of ``/join``, ``/part``, ``/switch``, ``/deleteroom``: ``rooms``
+      (``#de`` → ``#dev ``; ``/switch`` also takes ``@name`` entries the app puts in
+      ``rooms``);
     - the argument of ``/msg``, ``/query``, ``/whois``: ``nicks`` (``@`` kept when typed);
       of ``/help``: commands (and ``keys``);
     - anywhere else: ``nicks``; at the start of the line the nick is followed by ``": "``
@@ -686,7 +720,7 @@ def complete(text: str, cursor: int, *, nicks: Iterable[str], rooms: Iterable[st
         spec = _resolve(words[0][1:])
         argn = len(words) - 1
         if spec is not None and argn == 0:
-            if spec.name in ("join", "part", "switch"):
+            if spec.name in ("join", "part", "switch", "deleteroom"):
                 lead = "#" if word.startswith("#") else ""
                 bare = [r[1:] if r.startswith("#") else r for r in rooms]
                 if spec.name == "switch" and word.startswith("@"):

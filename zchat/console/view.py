@@ -778,6 +778,11 @@ class Conversation:
         #: disconnected). Its lines stay, marked not joined, as WeeChat keeps a parted
         #: channel's buffer; /join it again (docs/console.md).
         self.joined = True
+        #: A room only: it was deleted (ROOM_DELETED, docs/PROTOCOL.md §6.52.1) while
+        #: shown; ``joined`` is False too. Its lines stay until /close; a room of that
+        #: name joined later is another room, whose seqs start at 1 again
+        #: (``replaced_by``), shown in a new Conversation.
+        self.deleted = False
         self.following = True
         self.scroll_rows = 0
         self.new_while_scrolled = 0
@@ -899,6 +904,28 @@ class Conversation:
         if oldest is None or self.history_complete:
             return False
         return self.kind == "dm" or oldest > 1
+
+    def replaced_by(self, last_seq: int | None, page: Iterable[Line] = ()) -> bool:
+        """Whether a room as the broker has it now — its newest seq ``last_seq`` (None:
+        not known) and a ``page`` of its messages — cannot be the room shown here: it
+        was deleted and a new one made under its name (docs/PROTOCOL.md §6.52: seqs
+        from 1 again), even if ROOM_DELETED never came (PUB may drop it). So when its
+        ``last_seq`` is below the newest seq shown (a room's seqs never go back), or a
+        message of ``page`` has a seq shown here with another time or sender. The lines
+        shown would then swallow the new room's messages as duplicates of the old ones:
+        the caller shows it in a new Conversation."""
+        newest = self.newest_seq
+        if newest is not None and last_seq is not None and last_seq < newest:
+            return True
+        shown = {ln.seq: ln for ln in self.lines
+                 if ln.seq is not None and ln.kind in _SPOKEN and ln.status == ""}
+        for line in page:
+            old = shown.get(line.seq) if line.seq is not None else None
+            if old is not None and (old.time_ms != line.time_ms or old.sender is None
+                                    or line.sender is None
+                                    or name_key(old.sender) != name_key(line.sender)):
+                return True
+        return False
 
     def insert_older(self, lines: Iterable[Line], me: str) -> int:
         """Prepend older lines (a history page); returns how many were added.
