@@ -144,3 +144,42 @@ def test_a_many_frame_message_does_not_evict_the_others() -> None:
 
     with running_broker(heartbeat_interval_s=0.1, heartbeat_timeout_s=0.3) as h:
         run(main(h), timeout_s=60)
+
+
+def test_what_any_peer_can_cause_at_will_is_logged_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that never reads its replies makes the broker drop them at its queue's
+    high-water mark; each drop used to be a log line, so an anonymous PING flood wrote
+    tens of megabytes of log. One line per LOG_EVERY_S now, counting the rest."""
+    pings = 3_000
+
+    async def main(server: str) -> None:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.connect(server)
+        try:
+            for i in range(pings):  # never reads a reply
+                sock.send_multipart(p.encode_request(str(i).encode(), p.Ping()))
+            async with h.client("other") as other:  # served meanwhile
+                await other.ping()
+        finally:
+            sock.close(linger=0)
+
+    with running_broker(sndhwm=1) as h, caplog.at_level("WARNING", logger="zchat.broker"):
+        run(main(h.server), timeout_s=60)
+    dropped = [r.getMessage() for r in caplog.records if "dropped a reply" in r.getMessage()]
+    assert 1 <= len(dropped) <= 2, dropped
+
+
+def test_throttled_log_sums_up_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    from zchat.broker import ThrottledLog
+
+    throttled = ThrottledLog(30, "dropped a reply", every_s=10.0)
+    with caplog.at_level("WARNING", logger="zchat.broker"):
+        for i, now in enumerate([0.0, 1.0, 2.0, 9.9, 10.0, 10.5, 25.0]):
+            throttled(f"to peer{i}", now)
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropped a reply: to peer0",
+        "dropped a reply: to peer4 (and 3 more like it in the last 10 s)",
+        "dropped a reply: to peer6 (and 1 more like it in the last 10 s)"]

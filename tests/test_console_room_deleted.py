@@ -114,9 +114,9 @@ def test_a_deleted_room_is_said_greyed_refuses_lines_counts_nothing_and_closes(
 
 def test_joining_a_deleted_rooms_name_again_shows_the_new_rooms_messages(
         h: Harness) -> None:
-    """The old #dev had messages #1..#5; the new one's #1..#3 (one in its history when
-    alice joins, two live) must show, and be marked read, not be taken for the old
-    ones."""
+    """The old #dev had messages #1..#5; the new one's (numbered on: #6..#8, one in its
+    history when alice joins, two live) must show in a pane of their own, and be marked
+    read."""
     async def main() -> None:
         async with h.client("olga") as olga, console_session(h) as s:
             await olga.join("dev")
@@ -142,18 +142,18 @@ def test_joining_a_deleted_rooms_name_again_shows_the_new_rooms_messages(
             conv = s.console.conversations["dev"]
             assert conv.joined and not conv.deleted
             assert [(ln.seq, ln.text) for ln in conv.lines if ln.seq] == [
-                (1, "new 1"), (2, "new 2"), (3, "new 3")]
+                (6, "new 1"), (7, "new 2"), (8, "new 3")]
             assert not [t for t in s.texts("dev") if t.startswith("old ")]
             assert "you joined #dev" in s.texts("dev")
             assert s.console.order == ["lobby", "dev"]  # in the old one's place
             await until(lambda: (s.client.unread.room("dev") or p.RoomRead(
-                room="dev", read_seq=0, unread=0, mentions=0)).read_seq == 3,
-                what="the new #dev marked read to #3")
+                room="dev", read_seq=0, unread=0, mentions=0)).read_seq == 8,
+                what="the new #dev marked read to #8")
             s.type_line("hello new room")
             got = await next_of(olga, lambda e: isinstance(e, p.MessagePosted)
                                 and e.text == "hello new room")
-            assert isinstance(got, p.MessagePosted) and got.seq == 4
-            await until(lambda: 4 in conv, what="alice's line as #4")
+            assert isinstance(got, p.MessagePosted) and got.seq == 9
+            await until(lambda: 9 in conv, what="alice's line as #9")
             assert s.errors() == []
 
     run(main())
@@ -163,10 +163,8 @@ def test_joining_a_deleted_rooms_name_again_shows_the_new_rooms_messages(
 def test_a_deletion_missed_while_kicked_is_found_when_joining_again(
         h: Harness, said: int) -> None:
     """Kicked from #dev, alice no longer follows it and gets no ROOM_DELETED; olga
-    deletes it and makes it again. /join dev must not keep the old pane, whose #1..#5
-    would swallow the new room's first messages: told by the JOIN reply's last_seq
-    (below them) or, with more said in the new room than in the old, by the history
-    page (its #1..#5 said at other times)."""
+    deletes it and makes it again. /join dev must not keep the old pane's #1..#5 above
+    the new room's messages (#6 on): its history no longer has the oldest line shown."""
     async def main() -> None:
         async with h.client("olga") as olga, console_session(h) as s:
             await olga.join("dev")
@@ -185,11 +183,11 @@ def test_a_deletion_missed_while_kicked_is_found_when_joining_again(
             await s.wait_text("you joined #dev", key="dev")
             conv = s.console.conversations["dev"]
             assert [(ln.seq, ln.text) for ln in conv.lines if ln.seq] == [
-                (i, f"new {i}") for i in range(1, said + 1)]
+                (5 + i, f"new {i}") for i in range(1, said + 1)]
             assert not [t for t in s.texts("dev") if t.startswith("old ")]
             await olga.send("dev", "one more")
             await s.wait_text("one more", key="dev")
-            assert conv.newest_seq == said + 1 and s.console.conversations["dev"] is conv
+            assert conv.newest_seq == 5 + said + 1 and s.console.conversations["dev"] is conv
 
     run(main())
 

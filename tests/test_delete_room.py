@@ -64,11 +64,19 @@ def test_owner_deletes_a_room_with_its_history_and_members_are_told(world: World
                     p.Send(room="dev", text="hello?")):
         assert u["mia"].call(request).status == Status.NOT_FOUND
     # the name is free: a JOIN makes a new, empty room, owned by whoever made it, with no
-    # trace of the old one's bans or invitations
+    # trace of the old one's bans or invitations; it goes on numbering after the old one,
+    # so that a client that missed ROOM_DELETED takes no new message for an old repeat
     again = u["nick"].must(p.Join(room="dev"))
-    assert (again.created, again.last_seq) == (True, 0)
+    assert (again.created, again.last_seq) == (True, 2)
     assert world.core.roles["dev"] == {"nick": "owner"}
     assert eve.call(p.Join(room="dev")).ok
+    assert u["nick"].must(p.Send(room="dev", text="fresh")).seq == 3
+    assert [m.seq for m in eve.must(p.FetchHistory(room="dev")).messages] == [3]
+    # its new owner reads its audit log, not the deleted namesake's (kick, ban, delete...)
+    assert [e.action for e in u["nick"].must(p.ReadAudit(room="dev")).entries] == []
+    u["nick"].must(p.Kick(room="dev", name="eve", reason="test"))
+    assert [(e.actor, e.action) for e in u["nick"].must(p.ReadAudit(room="dev")).entries] \
+        == [("nick", "kick")]
 
 
 @pytest.mark.parametrize("who", ["mia", "nick", "eve"])
@@ -175,3 +183,20 @@ def test_tail_of_a_deleted_room_ends_and_mod_delete_room_says_so(
     star = zchat("mod", *server, "--as", "olga", "delete-room", "*")
     assert (star.returncode, star.stderr) == \
         (2, "zchat: error: mod delete-room needs a ROOM, not '*'\n")
+
+
+def test_a_deleted_rooms_unread_mentions_go_with_it(world: World) -> None:
+    """Its members' mentions are deleted with the room: a member of a new room of that
+    name has none of the old room's (its seqs go on from the old one's, so old mention
+    rows would count there)."""
+    u = room_with(world, "olga", "mia")
+    for text in ("mia: one", "mia: two"):
+        u["olga"].must(p.Send(room="dev", text=text))
+    assert {r.room: r.mentions for r in world.peer().login("mia").reply.room_reads}["dev"] \
+        == 2
+    u["olga"].must(p.DeleteRoom(room="dev"))
+    assert world.store._db.execute("SELECT COUNT(*) FROM mentions").fetchone()[0] == 0
+    u["olga"].must(p.Join(room="dev"))
+    u["mia"].must(p.Join(room="dev"))
+    assert {r.room: (r.unread, r.mentions) for r in
+            world.peer().login("mia").reply.room_reads}["dev"] == (0, 0)

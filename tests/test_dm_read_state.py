@@ -273,6 +273,32 @@ def test_mentions_are_counted_after_the_read_marker(harness: Harness) -> None:
     run(scenario())
 
 
+def test_login_offers_at_most_max_stored_dms_pending_even_from_an_older_database(
+        tmp_path: Path) -> None:
+    """A database that holds more pending DMs than the bound (one from before the bound
+    held at login, or a bound lowered since) offers only the newest ``max_stored_dms`` at
+    LOGIN; the others stay unread in the DM history."""
+    path = tmp_path / "zchat.db"
+    with running_broker(path) as harness:
+        async def accounts() -> None:
+            for name in ("bob", "erin"):
+                async with session(harness, name):
+                    pass
+        run(accounts())
+    store = Store(path)
+    ids = [store.store_dm("erin", "bob", "bob", f"dm{i}", 1, max_pending=100,
+                          sender_key="erin") for i in range(6)]
+    store.close()
+
+    async def scenario(harness: Harness) -> None:
+        reply = await relogin(harness, "bob")
+        assert [d.id for d in reply.pending] == ids[-2:]
+        assert dm_reads(reply) == {"erin": (0, 6)}
+
+    with running_broker(path, max_stored_dms=2) as harness:
+        run(scenario(harness))
+
+
 def test_a_member_who_joins_later_is_mentioned_from_then_on(harness: Harness) -> None:
     """Who can be mentioned follows the room's members as they come and go (the broker
     keeps one search per room for their names and must renew it)."""
@@ -346,7 +372,8 @@ def _old_database(path: Path) -> dict[str, int]:
     without sender keys or conversations) holding what today's main would have stored:
     accounts erin, bob and carol in lobby; #dev with two messages, bob a member; DMs
     erin -> bob (one acknowledged, then two pending), carol -> bob (acknowledged),
-    bob -> erin (pending). Returns the DM ids by name."""
+    bob -> erin (pending), bob -> bob (a note to himself, pending). Returns the DM ids
+    by name."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("BEGIN")
     for migration in MIGRATIONS[:5]:  # shipped entries never change (zchat/store.py)
@@ -370,7 +397,7 @@ def _old_database(path: Path) -> dict[str, int]:
     for label, sender, to_key, to, delivered in (
             ("seen", "Erin", "bob", "bob", 1), ("ping", "Erin", "bob", "bob", 0),
             ("again", "Erin", "bob", "bob", 0), ("carol", "carol", "bob", "bob", 1),
-            ("reply", "bob", "erin", "Erin", 0)):
+            ("reply", "bob", "erin", "Erin", 0), ("note", "bob", "bob", "bob", 0)):
         cur = db.execute("INSERT INTO direct_messages(time_ms, sender, recipient_key, "
                          "recipient, text, delivered) VALUES (1, ?, ?, ?, ?, ?)",
                          (sender, to_key, to, label, delivered))
@@ -391,9 +418,10 @@ def test_database_of_schema_5_keeps_its_pending_dms_as_unread(tmp_path: Path) ->
     async def scenario(harness: Harness) -> None:
         bob = await relogin(harness, "bob")
         # still pending (delivery is unchanged), and now unread as well
-        assert [d.text for d in bob.pending] == ["ping", "again"]
+        assert [d.text for d in bob.pending] == ["ping", "again", "note"]
+        # carol's DM was acknowledged: read; a note to oneself is never unread
         assert {d.peer: (d.read_id, d.unread) for d in bob.dm_reads} == \
-            {"Erin": (ids["seen"], 2)}                    # carol's DM was acknowledged: read
+            {"Erin": (ids["seen"], 2)}
         assert room_reads(bob) == {"lobby": (0, 0, 0), "dev": (2, 0, 0)}
         erin = await relogin(harness, "erin")
         assert [(d.peer, d.unread) for d in erin.dm_reads] == [("bob", 1)]
@@ -407,7 +435,7 @@ def test_database_of_schema_5_keeps_its_pending_dms_as_unread(tmp_path: Path) ->
             # and the conversation goes on in the new schema
             await client.dm("erin", "sorry, was away")
         bob = await relogin(harness, "bob")
-        assert bob.dm_reads == () and bob.pending == ()
+        assert bob.dm_reads == () and [d.text for d in bob.pending] == ["note"]
         erin = await relogin(harness, "erin")
         assert [(d.peer, d.unread) for d in erin.dm_reads] == [("bob", 2)]
 
@@ -426,7 +454,7 @@ def test_migration_keeps_every_dm(tmp_path: Path) -> None:
     assert rows == [(ids["seen"], "erin", "bob/erin", 1), (ids["ping"], "erin", "bob/erin", 0),
                     (ids["again"], "erin", "bob/erin", 0),
                     (ids["carol"], "carol", "bob/carol", 1),
-                    (ids["reply"], "bob", "bob/erin", 0)]
+                    (ids["reply"], "bob", "bob/erin", 0), (ids["note"], "bob", "bob/bob", 0)]
 
 
 # -- the client library: Client.unread, dm_history, mark_read, READ events ------------------

@@ -206,6 +206,33 @@ def lower_thread_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICE)
 
 
+#: Seconds between two log lines of one kind that any peer can cause at will (a reply
+#: dropped at a full queue, a message of too many frames): a flood of them must not
+#: become a flood of log lines (a tester's anonymous PINGs wrote 58 MB of log in 10 s).
+LOG_EVERY_S = 10.0
+
+
+class ThrottledLog:
+    """Logs one kind of event at most once per ``every_s``: the first at once, the ones
+    that follow within the interval counted and summed up in the next line."""
+
+    def __init__(self, level: int, what: str, every_s: float = LOG_EVERY_S) -> None:
+        self.level, self.what, self.every_s = level, what, every_s
+        self._next_s = 0.0
+        self._held = 0
+
+    def __call__(self, detail: str, now_s: float) -> None:
+        """One more event (``detail`` names its peer); logged now, or counted."""
+        if now_s < self._next_s:
+            self._held += 1
+            return
+        more = f" (and {self._held} more like it in the last {self.every_s:g} s)" \
+            if self._held else ""
+        log.log(self.level, "%s: %s%s", self.what, detail, more)
+        self._held = 0
+        self._next_s = now_s + self.every_s
+
+
 def wall_ms() -> int:
     """The broker's clock for timestamps on the wire: UTC milliseconds since the epoch."""
     return time.time_ns() // 1_000_000
@@ -226,6 +253,9 @@ class Broker:
         self.config = config
         self.store = store
         self.context = context or zmq.Context.instance()
+        self._log_dropped = ThrottledLog(logging.WARNING, "dropped a reply, its peer's "
+                                         "queue is full (high-water mark)")
+        self._log_long = ThrottledLog(logging.INFO, "refused a message of too many frames")
         self.router_endpoint = config.router
         self.pub_endpoint = config.pub
         self._router: zmq.Socket[Any] | None = None
@@ -478,7 +508,7 @@ class Broker:
             frame = router.recv(copy=False)
             count += 1
         request_id = parts[2].bytes[:MAX_REQUEST_ID_BYTES] or b"?"
-        log.info("refused a message of %d frames from %s", count - 1, parts[0].bytes.hex())
+        self._log_long(f"{count - 1} frames from {parts[0].bytes.hex()}", time.monotonic())
         self._pending.append(ToPeer(parts[0].bytes, encode_reply(request_id, Error(
             status=int(Status.BAD_REQUEST),
             reason=f"a request has 4 frames, got {count - 1}"))))
@@ -592,8 +622,7 @@ class Broker:
                         router.send(frame, _MORE)
                     router.send(last, _LAST)
                 except zmq.Again:
-                    log.warning("dropped a reply to %s: its queue is full (high-water mark)",
-                                action.routing_id.hex())
+                    self._log_dropped(f"to {action.routing_id.hex()}", time.monotonic())
                 except zmq.ZMQError as exc:
                     if exc.errno != zmq.EHOSTUNREACH:
                         raise

@@ -714,7 +714,7 @@ class BrokerCore:
                       for r in room_rows)
         pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
                                         to=d.recipient, text=d.text)
-                        for d in self.store.pending_dms(key))
+                        for d in self.store.pending_dms(key, self.config.max_stored_dms))
         reads = self.store.room_reads(key)
         room_reads = []
         for r in room_rows:
@@ -1739,7 +1739,9 @@ class BrokerCore:
         if not 1 <= req.limit <= p.MAX_AUDIT_LIMIT:
             raise ProtocolError(Status.BAD_REQUEST, f"limit must be 1 to {p.MAX_AUDIT_LIMIT}")
         room = None
-        if req.room is not None and session.account_key in self.admins and \
+        floor = 0
+        admin = session.account_key in self.admins
+        if req.room is not None and admin and \
                 name_key(normalize_name(req.room, "room name")) not in self.rooms:
             # a deleted room's entries stay in the log (§6.52): admins read them by name
             room = normalize_name(req.room, "room name")
@@ -1749,11 +1751,13 @@ class BrokerCore:
                 raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]}"
                                     " or a broker admin may read its audit log")
             room = self.rooms[key]
+            if not admin:  # an owner reads this room's entries, not a deleted namesake's
+                floor = self.store.audit_floor(key)
         else:
             self._require_admin(session, "read the whole audit log")
         rows = self.store.audit_log(room=room, actor=req.actor or None,
                                     target=req.target or None, action=req.action or None,
-                                    before_id=req.before, limit=req.limit)
+                                    before_id=req.before, above_id=floor, limit=req.limit)
         entries = tuple(p.AuditEntry(id=r.id, time=r.time_ms, actor=r.actor, action=r.action,
                                      room=r.room, target=r.target, detail=r.detail)
                         for r in rows)

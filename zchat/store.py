@@ -177,8 +177,13 @@ MIGRATIONS: tuple[str, ...] = (
     # holds) for DM_HISTORY; ``dm_reads`` is each account's read state per conversation.
     # A DM that was still pending (not acknowledged by any session) becomes unread for its
     # recipient: the marker of a conversation with pending DMs stops just before its
-    # oldest pending one; every other DM is read. ``delivered`` keeps meaning "handed to a
-    # session of the recipient" (DM_ACK).
+    # oldest pending one; every other DM is read (notes to oneself too). ``delivered``
+    # keeps meaning "handed to a session of the recipient" (DM_ACK). Deleting a room
+    # (DELETE_ROOM, same release) leaves a tombstone with its last_seq: a room made again
+    # under that name goes on numbering from there, so that one seq of one room name never
+    # names two messages (a client that missed ROOM_DELETED would drop the new room's
+    # first messages as repeats). ``rooms.audit_floor``: the audit entries up to this id
+    # are older than the room (a deleted room of that name), and not its owner's to read.
     """
     ALTER TABLE members ADD COLUMN read_seq INTEGER NOT NULL DEFAULT 0;
     UPDATE members SET read_seq = COALESCE(
@@ -199,6 +204,11 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE direct_messages SET pair =
         min(sender_key, recipient_key) || '/' || max(sender_key, recipient_key);
     CREATE INDEX dms_by_pair ON direct_messages(pair, id);
+    CREATE TABLE room_tombstones (
+        key      TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE rooms ADD COLUMN audit_floor INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE dm_reads (
         account_key TEXT NOT NULL,
         peer_key    TEXT NOT NULL,
@@ -216,7 +226,8 @@ MIGRATIONS: tuple[str, ...] = (
     FROM (SELECT account_key, peer_key, pair, MAX(peer) AS peer, MAX(id) AS last_id,
                  COALESCE(MIN(CASE WHEN pending THEN id END) - 1, MAX(id)) AS read_id
           FROM (SELECT recipient_key AS account_key, sender_key AS peer_key, sender AS peer,
-                       pair, id, delivered = 0 AS pending FROM direct_messages
+                       pair, id, delivered = 0 AND sender_key <> recipient_key AS pending
+                FROM direct_messages
                 UNION ALL
                 SELECT sender_key, recipient_key, recipient, pair, id, 0
                 FROM direct_messages)
@@ -752,10 +763,9 @@ class Store:
             with self._write() as db:
                 created = False
                 if self.get_room(room_key) is None:
-                    db.execute("INSERT INTO rooms(key, name, skeleton, creator, created_ms, "
-                               "private) VALUES (?, ?, ?, ?, ?, ?)",
-                               (room_key, room_name, skeleton, account_key, now_ms,
-                                int(private)))
+                    db.execute(self._CREATE_ROOM_SQL, (room_key, room_name, skeleton,
+                                                       account_key, now_ms, int(private),
+                                                       room_key))
                     db.execute("INSERT OR REPLACE INTO room_roles(room_key, account_key, "
                                "role) VALUES (?, ?, 'owner')", (room_key, account_key))
                     created = True
@@ -768,11 +778,19 @@ class Store:
         assert room is not None
         return room, created, joined
 
+    #: A new room: its sequence numbers go on from a deleted room of the same key (its
+    #: tombstone), and the audit entries so far are not its own (``audit_floor``).
+    _CREATE_ROOM_SQL = (
+        "INSERT INTO rooms(key, name, skeleton, creator, created_ms, private, "
+        "last_seq, audit_floor) VALUES (?, ?, ?, ?, ?, ?, "
+        "COALESCE((SELECT last_seq FROM room_tombstones WHERE key = ?), 0), "
+        "COALESCE((SELECT MAX(id) FROM audit_log), 0))")
+
     def ensure_room(self, room_key: str, room_name: str, skeleton: str, now_ms: int) -> None:
         """Create a room with no members (the default ``lobby``) if it does not exist."""
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO rooms(key, name, skeleton, created_ms) "
-                       "VALUES (?, ?, ?, ?)", (room_key, room_name, skeleton, now_ms))
+            db.execute(self._CREATE_ROOM_SQL.replace("INSERT", "INSERT OR IGNORE", 1),
+                       (room_key, room_name, skeleton, None, now_ms, 0, room_key))
 
     def leave_room(self, room_key: str, account_key: str) -> bool:
         """Remove a membership (its read marker and unread mentions go with it); returns
@@ -786,9 +804,12 @@ class Store:
 
     def delete_room(self, room_key: str) -> tuple[int, int]:
         """Delete the room and everything that belongs to it — its messages (history
-        is gone: docs/PROTOCOL.md §6.52), memberships, roles, invitations and the bans
-        and mutes placed in it — in one transaction, and commit. The audit log keeps its
-        entries (it is append-only). Returns (messages, members) deleted. Raises
+        is gone: docs/PROTOCOL.md §6.52), memberships with their read markers and unread
+        mentions, roles, invitations and the bans and mutes placed in it — in one
+        transaction, and commit. A tombstone keeps its last_seq, from which a room made
+        again under its name goes on numbering. The audit log keeps its entries (it is
+        append-only; a new room of that name does not see them, ``audit_floor``).
+        Returns (messages, members) deleted. Raises
         ProtocolError(404) when there is no such room, StorageError(503) when it is not
         committed (nothing is deleted then)."""
         self._ban_cache.clear()
@@ -797,11 +818,20 @@ class Store:
                                      (room_key,)).fetchone()
             members = db.execute("DELETE FROM members WHERE room_key = ?",
                                  (room_key,)).rowcount
-            for table in ("messages", "room_roles", "invites", "bans"):
+            for table in ("messages", "room_roles", "invites", "bans", "mentions"):
                 db.execute(f"DELETE FROM {table} WHERE room_key = ?", (room_key,))
+            db.execute("INSERT OR REPLACE INTO room_tombstones(key, last_seq) "
+                       "SELECT key, last_seq FROM rooms WHERE key = ?", (room_key,))
             if db.execute("DELETE FROM rooms WHERE key = ?", (room_key,)).rowcount != 1:
                 raise ProtocolError(Status.NOT_FOUND, "no such room")
         return int(messages), int(members)
+
+    def audit_floor(self, room_key: str) -> int:
+        """The id of the last audit entry older than the room (0: none; a deleted room of
+        the same name wrote the others), or 0 for no such room."""
+        row = self._db.execute("SELECT audit_floor FROM rooms WHERE key = ?",
+                               (room_key,)).fetchone()
+        return int(row[0]) if row else 0
 
     def set_topic(self, room_key: str, topic: str) -> None:
         """Set a room's topic ("" clears it) and commit. Raises ProtocolError(404) when
@@ -1205,13 +1235,16 @@ class Store:
     def audit_log(self, *, room: str | None = None, actor: str | None = None,
                   target: str | None = None, action: str | None = None,
                   before_id: int | None = None, since_ms: int | None = None,
-                  limit: int = 100) -> list[AuditRow]:
+                  above_id: int = 0, limit: int = 100) -> list[AuditRow]:
         """Audit entries, newest first, at most ``limit``: filtered by exact ``room``,
         ``actor``, ``target`` (display names, compared case-insensitively) and
-        ``action``, entries with id below ``before_id`` (paging) and at or after
-        ``since_ms`` (UTC ms)."""
+        ``action``, entries with id below ``before_id`` (paging) and above ``above_id``
+        (a room's ``audit_floor``), and at or after ``since_ms`` (UTC ms)."""
         sql = "SELECT id, time_ms, actor, action, room, target, detail FROM audit_log WHERE 1"
         args: list[object] = []
+        if above_id:
+            sql += " AND id > ?"
+            args.append(above_id)
         for column, value in (("room", room), ("actor", actor), ("target", target)):
             if value is not None:
                 sql += f" AND lower({column}) = lower(?)"
@@ -1293,13 +1326,17 @@ class Store:
                                   cmid=cmid, sender_key=sender_key)
         return PostedRow(dm_id, now_ms, False)
 
-    def pending_dms(self, recipient_key: str) -> list[DirectMessageRow]:
+    def pending_dms(self, recipient_key: str,
+                    limit: int | None = None) -> list[DirectMessageRow]:
         """The recipient's direct messages not yet acknowledged (``delivered = 0``), oldest
-        first. Reading them changes nothing: only ``ack_dms`` does."""
+        first; with ``limit``, only the newest ``limit`` of them (a database from before
+        the bound, or a bound lowered since, may hold more: the rest stay in the DM
+        history, unread). Reading them changes nothing: only ``ack_dms`` does."""
         rows = self._db.execute("SELECT id, time_ms, sender, recipient, text FROM "
                                 "direct_messages WHERE recipient_key = ? AND delivered = 0 "
-                                "ORDER BY id", (recipient_key,)).fetchall()
-        return [DirectMessageRow(*row) for row in rows]
+                                "ORDER BY id DESC LIMIT ?",
+                                (recipient_key, -1 if limit is None else limit)).fetchall()
+        return [DirectMessageRow(*row) for row in reversed(rows)]
 
     def ack_dms(self, recipient_key: str, ids: tuple[int, ...]) -> int:
         """Mark the recipient's messages ``ids`` delivered (ids of other recipients are

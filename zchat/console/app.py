@@ -251,12 +251,14 @@ class ChatConsole:
         just now (/join): a ``--> you joined #room`` notice follows, as others see
         ``--> alice joined #room`` (docs/console.md).
 
-        A room shown that was deleted is another room now, whose seqs start at 1 again
-        (docs/PROTOCOL.md §6.52): it gets a new, empty conversation in its place
-        (``_replace_room``), so that none of its messages is dropped as a duplicate of
-        the old room's. Known deleted (ROOM_DELETED), or told so by the JOIN reply
-        (``created``, or ``last_seq`` below the newest seq shown) or by its history
-        (``Conversation.replaced_by``), when ROOM_DELETED was missed."""
+        A room shown that was deleted is another room now (docs/PROTOCOL.md §6.52; its
+        seqs go on from the old one's): it gets a new, empty conversation in its place
+        (``_replace_room``), so that the old room's lines are not shown as its own. Known
+        deleted (ROOM_DELETED), or told so by the JOIN reply (``created``, or ``last_seq``
+        below the newest seq shown, from an older broker whose new rooms started at 1
+        again) or by its history (``Conversation.replaced_by``: the oldest line shown is
+        no longer in it, or its seqs name other messages), when ROOM_DELETED was
+        missed."""
         key = v.room_key(room)
         shown = self.conversations.get(key)
         fresh = shown is not None and shown.kind == "room" and (
@@ -272,7 +274,15 @@ class ChatConsole:
         anchor = conv.lines[-1] if conv.lines else None
         page = await self.client.history(room, limit=HISTORY_ON_OPEN)
         lines = [v.line_from_event(m, self.me) for m in page.messages]
-        if rejoined and conv.replaced_by(None, lines):  # deleted and made again, unseen
+        if rejoined and conv.oldest_seq is not None:
+            # Is the oldest line shown still in the room's history? Not if the room was
+            # deleted (and made again) while we were out of it.
+            probe = await self.client.history(room, after=conv.oldest_seq - 1, limit=1)
+            lines_probe = [v.line_from_event(m, self.me) for m in probe.messages]
+            gone = not lines_probe or lines_probe[0].seq != conv.oldest_seq
+        else:
+            lines_probe, gone = [], False
+        if rejoined and (gone or conv.replaced_by(None, lines + lines_probe)):
             conv = self._replace_room(key, room, topic)
             announce, rejoined = joined, False
             page = await self.client.history(room, limit=HISTORY_ON_OPEN)

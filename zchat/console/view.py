@@ -908,12 +908,11 @@ class Conversation:
     def replaced_by(self, last_seq: int | None, page: Iterable[Line] = ()) -> bool:
         """Whether a room as the broker has it now — its newest seq ``last_seq`` (None:
         not known) and a ``page`` of its messages — cannot be the room shown here: it
-        was deleted and a new one made under its name (docs/PROTOCOL.md §6.52: seqs
-        from 1 again), even if ROOM_DELETED never came (PUB may drop it). So when its
-        ``last_seq`` is below the newest seq shown (a room's seqs never go back), or a
-        message of ``page`` has a seq shown here with another time or sender. The lines
-        shown would then swallow the new room's messages as duplicates of the old ones:
-        the caller shows it in a new Conversation."""
+        was deleted and a new one made under its name (docs/PROTOCOL.md §6.52), even if
+        ROOM_DELETED never came (PUB may drop it). So when its ``last_seq`` is below the
+        newest seq shown (a room's seqs never go back; an older broker started a new
+        room at 1 again), or a message of ``page`` has a seq shown here with another
+        time or sender. The caller then shows it in a new Conversation."""
         newest = self.newest_seq
         if newest is not None and last_seq is not None and last_seq < newest:
             return True
