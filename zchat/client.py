@@ -114,6 +114,11 @@ RATE_LIMIT_TRIES = 10
 #: Tries in all for LOGIN and REGISTER: a crowd behind one address (a classroom) waits
 #: its turn at the login rate (docs/PROTOCOL.md §15.1), which takes longer than a send.
 LOGIN_RATE_LIMIT_TRIES = 40
+#: Tries in all for JOIN, which takes a sending token (docs/PROTOCOL.md §15.1): a burst of
+#: joins (a person typing /join for each of their rooms, a script) waits its turn behind
+#: the one before it, a token every 0.2 s at the default rate, so the last of 30 joins
+#: past the burst waits about 6 s, longer than RATE_LIMIT_TRIES short waits last.
+JOIN_RATE_LIMIT_TRIES = 40
 #: A 429's wait is stretched by a random factor of 1 to 1 + this, so that clients refused
 #: together do not all retry together.
 RATE_LIMIT_JITTER = 0.5
@@ -686,7 +691,10 @@ class Client:
     async def join(self, room: str, *, private: bool = False) -> p.RoomJoined:
         """Join (creating if needed; ``private`` creates it invite-only) and follow
         ``room`` from its current last message. Raises RequestFailed 403 when banned from
-        it, or it is private and there is no invitation (docs/PROTOCOL.md §17.2)."""
+        it, or it is private and there is no invitation (docs/PROTOCOL.md §17.2).
+        Rate-limited (429: a JOIN of a room not joined yet takes a sending token,
+        §15.1), it waits and retries (``_patiently``, up to JOIN_RATE_LIMIT_TRIES tries):
+        a refused JOIN changed nothing, and joining twice is joining once."""
         self._check_usable()
         key = name_key(room)
         self._subscribe(p.room_topic(key))  # before JOIN: no seam gap
@@ -694,7 +702,8 @@ class Client:
         early = self._joining.setdefault(key, []) if feed is None or not feed.following \
             else None
         try:
-            reply: p.RoomJoined = await self.request(p.Join(room=room, private=private))
+            reply: p.RoomJoined = await self._patiently(p.Join(room=room, private=private),
+                                                        JOIN_RATE_LIMIT_TRIES)
         finally:
             if early is not None:
                 self._joining.pop(key, None)
