@@ -19,7 +19,8 @@ session (a restarted broker), emits ``ConnectionLost`` once and
 then tries again with exponential back-off (``backoff_delay``), emitting ``Reconnecting``
 before each wait. Each attempt opens new sockets, sends INFO, then RESUME with the kept
 session token (docs/PROTOCOL.md §6.27: no presence flap) or, when that is refused with 401,
-LOGIN with the credentials kept in this object's memory, resubscribes and fills every
+LOGIN with the credentials kept in this object's memory, resubscribes, sets the account's presence
+again when it is away (``presence``: a restarted broker forgets it), fills every
 followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY event
 (§6.29) starts the reconnect at once. A refused LOGIN (password changed) ends it with a
 terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
@@ -329,6 +330,9 @@ class Client:
         #: The account's read state (``unread``): loaded from each LOGIN/RESUME reply,
         #: carried forward as events are handed over and read markers move.
         self._unread = UnreadTracker()
+        #: The account's presence and away text as last set or heard (``presence``),
+        #: set again after a reconnect.
+        self._presence: tuple[p.Presence, str] = ("online", "")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -362,6 +366,24 @@ class Client:
         was sent (a heartbeat PING included), or None when none is waiting. A person's
         client can say early that the broker is silent, before the request times out."""
         return min(self._sent_at.values(), default=None)
+
+    @property
+    def presence(self) -> tuple[p.Presence, str]:
+        """The account's presence and away text as this client knows them: ("online",
+        "") after the login; then as ``set_presence`` set them, or as the broker said
+        they are — a PRESENCE event of this account (another device of it went away or
+        came back) or this account's row in a WHO or WHOIS reply. Never "offline" (an
+        offline event of this account, e.g. a broker going away, changes nothing). A
+        reconnect sets "away" with its text again (docs/PROTOCOL.md §8: presence lives
+        in the broker's memory, and a restarted broker has everyone online)."""
+        return self._presence
+
+    def _heard_presence(self, name: str, presence: p.Presence, text: str) -> None:
+        """The broker says account ``name`` is ``presence``: taken when it is this
+        account and not "offline" (``presence``)."""
+        if presence != "offline" and self._state.name is not None \
+                and name_key(name) == name_key(self._state.name):
+            self._presence = (presence, text if presence == "away" else "")
 
     def last_seq(self, room: str) -> int:
         """Highest sequence number delivered for ``room`` (0 if none)."""
@@ -672,6 +694,7 @@ class Client:
                                                           token=token))
         self._state.name = reply.name
         self._state.session = reply.session
+        self._presence = ("online", "")  # until WHO, WHOIS or a PRESENCE event says more
         if self.reconnect:
             self._credentials = (name, password, token)
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
@@ -687,6 +710,7 @@ class Client:
         await self.request(p.Logout(text=text))
         self._state = _State()
         self._unread.clear()
+        self._presence = ("online", "")
 
     async def join(self, room: str, *, private: bool = False) -> p.RoomJoined:
         """Join (creating if needed; ``private`` creates it invite-only) and follow
@@ -976,6 +1000,8 @@ class Client:
 
     async def who(self, room: str | None = None) -> p.WhoList:
         reply: p.WhoList = await self.request(p.Who(room=room))
+        for user in reply.users:
+            self._heard_presence(user.name, user.presence, user.text)
         return reply
 
     async def whois(self, name: str) -> p.UserFound:
@@ -983,10 +1009,17 @@ class Client:
         §6.50). Raises RequestFailed 404 when there is no such account, 405 from a broker
         older than WHOIS."""
         reply: p.UserFound = await self.request(p.Whois(name=name))
+        self._heard_presence(reply.name, reply.presence, reply.text)
         return reply
 
     async def set_presence(self, presence: str, text: str = "") -> None:
+        """Set the account's presence, "online" or "away" with ``text`` as the away
+        message, for all its sessions (docs/PROTOCOL.md §6.12). Remembered
+        (``presence``): a reconnect sets "away" again. Raises RequestFailed 413/422
+        for a bad text, 400 for another presence."""
         await self.request(p.SetPresence(presence=presence, text=text))  # type: ignore[arg-type]
+        if presence in ("online", "away"):
+            self._presence = (presence, text if presence == "away" else "")  # type: ignore[assignment]
 
     async def ping(self, timeout_s: float | None = None) -> p.Pong:
         """One heartbeat round trip; updates ``rtt_s`` and the rooms' topics, repairs room
@@ -1270,6 +1303,7 @@ class Client:
                 elif isinstance(event, p.RoomDeleted):  # gone (§6.52.1): nothing to follow
                     self._stop_following(key)
         elif isinstance(event, p.PresenceChanged):
+            self._heard_presence(event.name, event.presence, event.text)
             await self._room_for_events()
             self._events.put_nowait(event)
 
@@ -1477,6 +1511,9 @@ class Client:
         await self._open()
         assert self._credentials is not None
         name, password, token = self._credentials
+        # Taken before the login: the PRESENCE event of our own login ("online", after a
+        # broker restart) may be read before its reply.
+        presence, away_text = self._presence
         reply: p.LoggedIn | None = None
         if self._state.session:
             try:  # the same session, no password, no presence flap (§6.27)
@@ -1495,6 +1532,12 @@ class Client:
         self._state.name = reply.name
         self._state.session = reply.session
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
+        if presence == "away":
+            # A restarted broker has forgotten it (presence lives in its memory, even
+            # for a session resumed from its store, §6.27); for a live session it is
+            # unchanged, and the broker publishes nothing (§8).
+            await self.request(p.SetPresence(presence="away", text=away_text))
+            self._presence = (presence, away_text)
         followed: list[str] = []
         for room in reply.rooms:
             key = name_key(room.room)

@@ -1310,9 +1310,11 @@ class ChatConsole:
             left = self.reconnect_at - time.monotonic()
             wait = left if left >= 0.5 else None  # trying now: "reconnecting…"
         rtt = self.client.rtt_s * 1000 if self.client.rtt_s is not None else None
+        presence, away_text = self.client.presence
         return [v.render_status(self.me, room, conv.topic if conv else "", self.state, wait,
                                 rtt, width, activity=self._activity(),
-                                unanswered_s=self._unanswered_for())]
+                                unanswered_s=self._unanswered_for(),
+                                away=away_text if presence == "away" else None)]
 
     def _unanswered_for(self) -> float | None:
         """Seconds the oldest line shown pending, or request of the client (a heartbeat

@@ -480,8 +480,9 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "then direct ones (as Alt-1 … Alt-9 do).",
                 lambda a: Window(_window(a["N"])), "moving"),
     CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
-                "Sets your presence to away, with TEXT as the away message if given. "
-                "/back returns to online.",
+                "Sets your presence to away, with TEXT as the away message if given, "
+                "for all your sessions; the status bar shows [away: TEXT]. It is set "
+                "again after a reconnect. /back returns to online.",
                 lambda a: Away(a.get("TEXT", "")), "you"),
     CommandSpec("back", (), "mark yourself online",
                 "Sets your presence back to online after /away.",
