@@ -12,6 +12,13 @@ keeps being read. The PONG of every heartbeat carries the rooms' last sequence n
 a message lost on PUB (late subscription, high-water mark) is noticed within one
 heartbeat interval.
 
+The PONG (and the LOGIN or RESUME reply of a reconnect) also lists every room the account
+is in: a room joined by another device of the account is followed from then on
+(``JoinedElsewhere``), and a room it no longer lists is no longer followed
+(``LeftElsewhere``). A PONG that may have been computed before this client's own JOIN,
+PART or DELETE_ROOM of a room (one in flight, or done since the PING went) changes
+nothing for that room; the next one does.
+
 Reconnecting (``reconnect=True``, docs/PROTOCOL.md §10): once logged in, a client that
 hears nothing from the broker for its heartbeat timeout, whose heartbeat PING fails with
 nothing else heard meanwhile, or whose PING shows that the broker no longer knows its
@@ -49,7 +56,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -179,10 +186,35 @@ class SessionEnded:
     by: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class JoinedElsewhere:
+    """Client-side event: the broker lists ``room`` among the account's rooms (a PONG, or
+    the LOGIN/RESUME reply of a reconnect), and this client did not join it — another
+    device or a script of the account did (``zchat say --room``). The client follows it
+    from ``last_seq`` (its newest message then) and ``unread`` has the account's read
+    state of it. Not a broker event: no JOINED reaches a client for a room it does not
+    follow, and the room's members saw JOINED already."""
+
+    room: str
+    last_seq: int
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeftElsewhere:
+    """Client-side event: the broker no longer lists ``room``, which this client
+    followed, among the account's rooms: most likely another device of the account left
+    it (else a removal or a deletion whose LEFT or ROOM_DELETED event was missed, or,
+    seen at a reconnect, one done while disconnected). The client no longer follows it."""
+
+    room: str
+
+
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
          | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
          | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
-         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked | p.RoomDeleted)
+         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked | p.RoomDeleted
+         | JoinedElsewhere | LeftElsewhere)
 
 
 def new_cmid() -> str:
@@ -307,6 +339,14 @@ class Client:
         # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
         # A new SUB (reconnect) subscribes to all of them again.
         self._topics: set[bytes] = set()
+        # Changes of the account's membership made by this client, per room key: a count
+        # of those begun or ended (JOIN, PART, DELETE_ROOM, following or no longer), and
+        # the requests in flight. A PONG changes nothing for a room whose count moved
+        # since its PING went, or with a request in flight (``_settled``).
+        self._membership_changes: dict[str, int] = {}
+        self._membership_requests: dict[str, int] = {}
+        # JoinedElsewhere/LeftElsewhere found by a reconnect, emitted with its success.
+        self._elsewhere: list[JoinedElsewhere | LeftElsewhere] = []
         # (name, password, token), one of the last two empty: reconnect=True, after login
         self._credentials: tuple[str, str, str] | None = None
         self._mode: ConnState = "closed"
@@ -726,8 +766,9 @@ class Client:
         early = self._joining.setdefault(key, []) if feed is None or not feed.following \
             else None
         try:
-            reply: p.RoomJoined = await self._patiently(p.Join(room=room, private=private),
-                                                        JOIN_RATE_LIMIT_TRIES)
+            with self._changing_membership(key):
+                reply: p.RoomJoined = await self._patiently(
+                    p.Join(room=room, private=private), JOIN_RATE_LIMIT_TRIES)
         finally:
             if early is not None:
                 self._joining.pop(key, None)
@@ -741,7 +782,10 @@ class Client:
         return reply
 
     async def part(self, room: str) -> None:
-        await self.request(p.Part(room=room))
+        """Leave ``room`` and stop following it. Raises RequestFailed 403 when not in it,
+        404 when there is no such room."""
+        with self._changing_membership(name_key(room)):
+            await self.request(p.Part(room=room))
         self._stop_following(name_key(room))
 
     async def set_slow_mode(self, room: str, seconds: int) -> None:
@@ -809,7 +853,8 @@ class Client:
         never ``lobby``; §6.52). Its members get ROOM_DELETED and their clients stop
         following it, this one too. Raises RequestFailed 403 (not allowed, or lobby),
         404 (no such room), 405 (an older broker)."""
-        await self.request(p.DeleteRoom(room=room, reason=reason))
+        with self._changing_membership(name_key(room)):
+            await self.request(p.DeleteRoom(room=room, reason=reason))
         self._stop_following(name_key(room))
 
     async def bans(self, room: str | None = None) -> p.BanList:
@@ -1025,6 +1070,7 @@ class Client:
         """One heartbeat round trip; updates ``rtt_s`` and the rooms' topics, repairs room
         gaps it reveals, and notices when the broker no longer knows this session."""
         sent_with = self._state.session
+        changes = dict(self._membership_changes)
         start = time.monotonic()
         pong: p.Pong = await self.request(p.Ping(), timeout_s)
         self.rtt_s = time.monotonic() - start
@@ -1032,6 +1078,9 @@ class Client:
                 and pong.session is not None and pong.session != sent_with):
             self._session_lost("the broker no longer knows this session")
             return pong
+        if sent_with is not None and sent_with == self._state.session \
+                and pong.session in (None, sent_with):
+            await self._follow_membership(pong.rooms, changes)
         for room in pong.rooms:
             key = name_key(room.room)
             feed = self._state.rooms.get(key)
@@ -1044,6 +1093,69 @@ class Client:
                     # running picks up the new target itself.
                     await self._repair(key, wait=False)
         return pong
+
+    async def _follow_membership(self, rooms: tuple[p.RoomState, ...],
+                                 changes: dict[str, int]) -> None:
+        """Follow what a PONG says of the account's rooms (``rooms``), for each room whose
+        membership this client has not been changing since the PING went (``changes``,
+        ``_settled``): a room it does not follow is followed, with the account's read
+        state of it (MARK_READ of ``upto`` 0, which moves nothing, §6.49), then
+        JoinedElsewhere; a followed room not listed is no longer followed, then
+        LeftElsewhere."""
+        listed = {name_key(room.room) for room in rooms}
+        for key, feed in list(self._state.rooms.items()):
+            if feed.following and key not in listed and self._settled(key, changes):
+                name = self._state.room_names.get(key, key)
+                log.info("the account is no longer in %s (left on another device?)", name)
+                self._stop_following(key)
+                self._events.put_nowait(LeftElsewhere(name))
+        for room in rooms:
+            key = name_key(room.room)
+            if self._following(key) or not self._settled(key, changes):
+                continue
+            try:
+                read: p.ReadState | None = await self.request(
+                    p.MarkRead(upto=0, room=room.room))
+            except RequestFailed as exc:  # 403: left again meanwhile; the next PONG says
+                log.info("no read state of %s: %s", room.room, exc)
+                read = None
+            if self._following(key) or not self._settled(key, changes):
+                continue  # joined here meanwhile, or left: the next PONG says
+            log.info("the account joined %s on another device; following it", room.room)
+            self._follow(room.room, room.last_seq, room.topic)
+            self._unread.followed(room.room, room.last_seq, read)
+            self._events.put_nowait(JoinedElsewhere(room.room, room.last_seq, room.topic))
+
+    def _following(self, key: str) -> bool:
+        feed = self._state.rooms.get(key)
+        return feed is not None and feed.following
+
+    def _settled(self, key: str, changes: dict[str, int]) -> bool:
+        """Whether a PONG, whose PING went when the counts of membership changes were
+        ``changes``, speaks for room ``key``: no JOIN, PART or DELETE_ROOM of it by this
+        client in flight, and none begun or ended, nor the room followed or no longer,
+        since (a PONG computed before this client's own JOIN was processed must not make
+        it stop following the room it just joined)."""
+        return key not in self._membership_requests \
+            and self._membership_changes.get(key, 0) == changes.get(key, 0)
+
+    @contextlib.contextmanager
+    def _changing_membership(self, key: str) -> Iterator[None]:
+        """Around a request that changes the account's membership of room ``key``
+        (JOIN, PART, DELETE_ROOM): counted as a change when it begins and when it ends,
+        and as in flight meanwhile (``_settled``)."""
+        self._membership_changed(key)
+        self._membership_requests[key] = self._membership_requests.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._membership_requests.pop(key) - 1
+            if left:
+                self._membership_requests[key] = left
+            self._membership_changed(key)
+
+    def _membership_changed(self, key: str) -> None:
+        self._membership_changes[key] = self._membership_changes.get(key, 0) + 1
 
     async def sessions(self) -> p.SessionList:
         reply: p.SessionList = await self.request(p.ListSessions())
@@ -1164,6 +1276,7 @@ class Client:
         """Follow ``room`` from ``last_seq`` (its newest message when joined: what came
         before is history, not news), subscribing to its topic."""
         key = name_key(room)
+        self._membership_changed(key)
         self._forget_repair(key)
         self._state.rooms[key] = RoomFeed(last_seq)
         self._state.room_names[key] = room
@@ -1179,6 +1292,7 @@ class Client:
         if feed is not None:
             feed.following = False
             feed.held.clear()
+        self._membership_changed(key)
         self._forget_repair(key)
         self._unread.parted(key)  # the broker forgets the read marker with the membership
         self._unsubscribe(p.room_topic(key))
@@ -1300,6 +1414,11 @@ class Client:
                         and name_key(event.name) == name_key(self._state.name):
                     # kicked or banned (docs/PROTOCOL.md §6.19): stop following the room
                     self._stop_following(key)
+                elif isinstance(event, p.UserLeft) and self._state.name \
+                        and name_key(event.name) == name_key(self._state.name):
+                    # This account left: here (PART) or on another device. A heartbeat
+                    # now says which, at once rather than within an interval.
+                    self._wake.set()
                 elif isinstance(event, p.RoomDeleted):  # gone (§6.52.1): nothing to follow
                     self._stop_following(key)
         elif isinstance(event, p.PresenceChanged):
@@ -1498,6 +1617,11 @@ class Client:
         self.connected = True
         self._mode = "connected"
         self._last_heard = time.monotonic()
+        # Found by the attempts (each once: a room is followed, or no longer, once), told
+        # now that the application may ask about them.
+        for found in self._elsewhere:
+            self._events.put_nowait(found)
+        self._elsewhere.clear()
         self._events.put_nowait(ConnectionRestored())
         log.info("reconnected to %s", self.server)
         return True
@@ -1544,6 +1668,8 @@ class Client:
             feed = self._state.rooms.get(key)
             if feed is None or not feed.following:  # joined elsewhere meanwhile
                 self._follow(room.room, room.last_seq, room.topic)
+                self._elsewhere.append(JoinedElsewhere(room.room, room.last_seq,
+                                                       room.topic))
                 continue
             self._state.topics[key] = room.topic
             followed.append(key)
@@ -1561,9 +1687,10 @@ class Client:
                     continue
             feed.known(room.last_seq)
         listed = {name_key(r.room) for r in reply.rooms}
-        for key, feed in self._state.rooms.items():
+        for key, feed in list(self._state.rooms.items()):
             if feed.following and key not in listed:
-                self._stop_following(key)  # parted elsewhere meanwhile
+                self._stop_following(key)  # parted elsewhere meanwhile, or removed
+                self._elsewhere.append(LeftElsewhere(self._state.room_names.get(key, key)))
         await self._take_pending(reply.pending)
         for key in followed:
             await self._repair(key, wait=False)

@@ -46,6 +46,8 @@ from zchat.client import (
     Client,
     ConnectionLost,
     ConnectionRestored,
+    JoinedElsewhere,
+    LeftElsewhere,
     Reconnecting,
     SessionEnded,
     new_cmid,
@@ -550,6 +552,15 @@ class ChatConsole:
             self._on_moderation(event)
         elif isinstance(event, p.RoomDeleted):
             self._room_deleted(event.room, event.by, event.reason)
+        elif isinstance(event, JoinedElsewhere):
+            self._spawn(self._joined_elsewhere(event))
+        elif isinstance(event, LeftElsewhere):
+            conv = self.conversations.get(v.room_key(event.room))
+            if conv is not None and conv.kind == "room" and conv.joined:
+                conv.joined = False  # nothing more is sent there meanwhile
+                # Told by a heartbeat while connected: left on another device; found by
+                # a reconnect (before its ConnectionRestored): while disconnected.
+                self._spawn(self._say_why_gone(conv, elsewhere=self.state == "connected"))
         elif isinstance(event, p.Invited):
             self.info(f"{event.by} invited you to #{event.room} — /join {event.room}")
         elif isinstance(event, p.MuteChanged):
@@ -651,6 +662,23 @@ class ChatConsole:
         conv.topic = ""  # the room's, gone with it: not shown in the status bar
         self._mark_parted(conv, text, "info" if mine else "error")
 
+    async def _joined_elsewhere(self, event: JoinedElsewhere) -> None:
+        """The account joined a room on another device (``zchat say --room``, a second
+        console): open it in the sidebar with its history, members and unread count, as
+        at start, without switching to it, and say so there and where you are looking:
+        ``you joined #dev on another device``. A room already shown and joined is left
+        as it is."""
+        key = v.room_key(event.room)
+        shown = self.conversations.get(key)
+        if shown is not None and shown.kind == "room" and shown.joined \
+                and not shown.deleted:
+            return
+        await self.open_room(event.room, event.topic, last_seq=event.last_seq)
+        text = f"you joined #{event.room} on another device"
+        self.info(text, key=key)
+        if self.active != key:
+            self.info(text)
+
     def _check_still_joined(self) -> None:
         """After a reconnect: a room the broker no longer lists for you (kicked, banned
         or deleted while you were disconnected) is marked not joined at once, and a line
@@ -661,10 +689,13 @@ class ChatConsole:
                 conv.joined = False  # nothing more is sent there meanwhile
                 self._spawn(self._say_why_gone(conv))
 
-    async def _say_why_gone(self, conv: v.Conversation) -> None:
+    async def _say_why_gone(self, conv: v.Conversation, elsewhere: bool = False) -> None:
         """Mark ``conv`` parted with why: ``#dev was deleted while you were
         disconnected`` when the broker has no such room (404), else ``you are no longer
-        in #dev (removed while disconnected) — /join dev to go back``."""
+        in #dev (removed while disconnected) — /join dev to go back``. With
+        ``elsewhere`` (a heartbeat, not a reconnect, found the account out of the room:
+        most likely it left on another device): ``#dev was deleted``, ``you left #dev on
+        another device — /join dev to go back``."""
         try:
             await self.client.room_info(conv.title)
             deleted = False
@@ -677,8 +708,11 @@ class ChatConsole:
         if deleted:
             conv.deleted = True
             conv.topic = ""
-            self._mark_parted(conv, f"#{conv.title} was deleted while you were "
-                              "disconnected")
+            self._mark_parted(conv, f"#{conv.title} was deleted" + (
+                "" if elsewhere else " while you were disconnected"))
+        elif elsewhere:
+            self._mark_parted(conv, f"you left #{conv.title} on another device — /join "
+                              f"{conv.title} to go back", "info")
         else:
             self._mark_parted(conv, f"you are no longer in #{conv.title} (removed while "
                               f"disconnected) — /join {conv.title} to go back")
