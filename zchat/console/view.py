@@ -610,7 +610,11 @@ def _render_cached(line: Line, width: int, tz: datetime.tzinfo, nick_width: int,
     lead = last[:sep_at + 1] if sep_at is not None else ()
     room = width - sum(cell_width(t) for _s, t in lead)
     fold_style = _join_style(_line_class(line), "class:fold")
-    marker = (*lead, (fold_style, truncate_cells(fold_text(hidden), room)))
+    # ``(not sent)`` / ``(sending…)`` ends the text, hidden by the fold: said again here,
+    # first, so that a narrow pane cuts the hint rather than it
+    status = STATUS_SUFFIX.get(line.status, "").strip() if line.kind in _SPOKEN else ""
+    said = f"{status} {fold_text(hidden)}" if status else fold_text(hidden)
+    marker = (*lead, (fold_style, truncate_cells(said, room)))
     return (*rows[:keep], marker)
 
 
@@ -716,7 +720,9 @@ def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
 
     ``fold_rows`` > 0 folds a line of more rows than that: its first ``fold_rows - 1``
     rows, then one row in the text column, style ``class:fold``, saying how many rows are
-    hidden and how to see them (``fold_text``: ``… 37 more lines (Ctrl-O unfolds)``).
+    hidden and how to see them (``fold_text``: ``… 37 more lines (Ctrl-O unfolds)``);
+    for a message not sent yet or not sent at all, led by its status (``(not sent) …
+    37 more lines (Ctrl-O unfolds)``).
     A line of at most ``fold_rows`` rows is drawn whole.
     """
     line = classify(line, me)
