@@ -29,7 +29,7 @@ from zchat.config import ClientConfig
 from zchat.console import view as v
 from zchat.testing import Harness, running_broker
 
-BACKSPACE = "\x7f"
+BACKSPACE, CTRL_Y = "\x7f", "\x19"
 
 
 def test_a_burst_of_joins_gets_every_room_without_an_error() -> None:
@@ -150,19 +150,19 @@ def test_a_paste_over_the_line_limit_is_not_offered_and_comes_back_to_the_input(
             sixty = "\n".join(f"row {i}" for i in range(1, 61))
             s.send(paste(sixty))
             await s.wait_text("pasted 60 lines, over the broker's limit of 50 lines a "
-                              "message: not sent — it is in the input to cut down (Esc "
-                              "clears it)")
+                              "message: not sent — it is in the input to cut down "
+                              "(Ctrl-U clears it)")
             buf = s.console.input_buffer
             assert s.console.pending_paste is None and buf.text == sixty
             s.send(ENTER)  # still too long: said again, and kept
             await s.wait_text("not sent: 60 lines, over the broker's limit of 50 lines a "
-                              "message — cut it down, or Esc to clear the input")
+                              "message — cut it down (Ctrl-U clears the input)")
             assert buf.text == sixty
             s.send(UP)  # in several lines, Up moves up a line (not the history)
             await until(lambda: buf.document.cursor_position_row == 58)
             s.send(DOWN)
             await until(lambda: buf.document.cursor_position_row == 59)
-            s.send((CTRL_U + BACKSPACE) * 10)  # the last ten rows away
+            s.send(BACKSPACE * len("\nrow 51" * 10))  # the last ten rows away
             await until(lambda: buf.text.count("\n") == 49, what="50 rows left")
             s.send(ENTER)
             got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
@@ -179,10 +179,10 @@ def test_a_paste_over_the_line_limit_is_not_offered_and_comes_back_to_the_input(
             assert any("(422)" in e for e in s.errors())
             assert [ln.status for ln in s.conv.lines if ln.text == "one\x07\ntwo"] == [
                 "failed"]
-            s.send(ESC)  # clears an input of several lines; it stays in the history
+            s.send(CTRL_U)  # from the start of an input of several lines: all of it
             await until(lambda: buf.text == "", what="cleared")
-            s.send(UP)
-            await until(lambda: buf.text == "one\x07\ntwo", what="recalled")
+            s.send(CTRL_Y)
+            await until(lambda: buf.text == "one\x07\ntwo", what="yanked back")
             assert await lobby_seq(bob) == before + 1
 
     run(main())

@@ -834,7 +834,7 @@ class ChatConsole:
             self.info(f"room deletion cancelled: #{room} stays")
         over = self._over_limit(text)
         if over is not None:
-            self.error(f"not sent: {over} — cut it down, or Esc to clear the input")
+            self.error(f"not sent: {over} — cut it down (Ctrl-U clears the input)")
             return True
         self._spawn(self._say(text))
         return False
@@ -992,7 +992,7 @@ class ChatConsole:
             self.pending_paste = None
             self.input_buffer.insert_text(paste.text)
             self.error(f"pasted {over}: not sent — it is in the input to cut down "
-                       "(Esc clears it)")
+                       "(Ctrl-U clears it)")
             return
         if paste.needs_confirmation:
             self.pending_paste = paste
@@ -1624,16 +1624,13 @@ class ChatConsole:
                 room, self.pending_delete = self.pending_delete[0], None
                 self.info(f"room deletion cancelled: #{room} stays")
 
-        # Not eager, unlike the above: Alt-N (Esc, N) must still switch conversations
-        # while an input of several lines is being edited.
-        @kb.add("escape", filter=Condition(lambda: "\n" in self.input_buffer.text
-                                           and self.pending_paste is None
-                                           and self.pending_delete is None))
-        def _clear_lines(event: KeyPressEvent) -> None:
-            # A paste given back (over the limit, refused) can be long: one key clears
-            # it, and it stays in the input history (Up).
-            self.history.add(self.input_buffer.text)
-            self.input_buffer.reset()
+        @kb.add("c-u", filter=Condition(lambda: "\n" in self.input_buffer.text))
+        def _discard_lines(event: KeyPressEvent) -> None:
+            # In an input of several lines (a paste given back: over the limit, refused)
+            # the input is the line: from its start to the cursor, so that one key
+            # clears a long paste. Ctrl-Y yanks it back, as after any Ctrl-U.
+            buf = self.input_buffer
+            event.app.clipboard.set_text(buf.delete_before_cursor(buf.cursor_position))
 
         return kb
 
