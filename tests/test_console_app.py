@@ -593,8 +593,11 @@ def test_readline_editing_keys(harness: Harness) -> None:
 
 
 def test_paste_of_a_few_lines_sends_one_message(harness: Harness) -> None:
+    """With ``paste_confirm_lines`` raised from its default of 1 (every paste of several
+    lines asks, tests/test_console_input_safety.py), a short paste goes at once."""
     async def main() -> None:
-        async with harness.client("bob") as bob, console_session(harness) as s:
+        async with harness.client("bob") as bob, \
+                console_session(harness, paste_confirm_lines=5) as s:
             s.send(paste("one\r\ntwo\r\nthree\r\n"))
             got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
             assert isinstance(got, p.MessagePosted)
@@ -602,8 +605,12 @@ def test_paste_of_a_few_lines_sends_one_message(harness: Harness) -> None:
             await s.wait_text("one\ntwo\nthree")
             assert s.console.input_buffer.text == ""
 
-            # A pasted /quit line is text, never a command.
+            # A pasted /quit line is text, never a command; and a paste with a line
+            # that looks like one asks first, whatever paste_confirm_lines says.
             s.send(paste("/quit\n/part lobby\n"))
+            await s.wait_text("pasted 2 lines for #lobby — they start with /quit, /part: "
+                              "Enter sends them as text, in one message; Esc cancels")
+            s.send(ENTER)
             got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
             assert isinstance(got, p.MessagePosted) and got.text == "/quit\n/part lobby"
             await s.wait_text("/quit\n/part lobby")
@@ -624,7 +631,8 @@ def test_long_paste_asks_first(harness: Harness) -> None:
             before = await room_last_seq(bob, "lobby")
             eight = "\n".join(f"line {i}" for i in range(1, 9))
             s.send(paste(eight))
-            await s.wait_text("pasted 8 lines: Enter sends them as one message, Esc cancels")
+            await s.wait_text("pasted 8 lines for #lobby: Enter sends them as one message, "
+                              "Esc cancels")
             assert s.console.pending_paste is not None
             assert await room_last_seq(bob, "lobby") == before
             s.send(ENTER)
@@ -635,8 +643,9 @@ def test_long_paste_asks_first(harness: Harness) -> None:
             s.send(paste(eight.upper()))
             await until(lambda: s.console.pending_paste is not None)
             s.send(ESC)
-            await s.wait_text("paste cancelled")
+            await s.wait_text("paste cancelled: its 8 lines are in the input history (Up)")
             assert s.console.pending_paste is None
+            assert s.console.history.entries[-8:] == tuple(eight.upper().split("\n"))
             s.type_line("after")  # the next message is the next seq: nothing else went
             got = await next_of(bob, lambda e: isinstance(e, p.MessagePosted))
             assert isinstance(got, p.MessagePosted)

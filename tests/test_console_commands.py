@@ -313,4 +313,5 @@ def test_add_ends_navigation() -> None:
 
 def test_paste_drops_leading_blank_lines() -> None:
     assert paste_to_message("\n \n\nfirst\nsecond\n\n", 5) == PasteResult("first\nsecond", False, 2)
-    assert paste_to_message("\n\n/quit\n", 5) == PasteResult("/quit", False, 1)
+    assert paste_to_message("\n\n/quit\n", 5) == PasteResult("/quit", False, 1, ("/quit",),
+                                                               1)

@@ -207,11 +207,14 @@ def test_several_lines_in_one_read_are_one_paste_and_a_typed_line_is_not() -> No
 def test_a_paste_without_bracketed_paste_never_runs_a_pasted_command(
         harness: Harness) -> None:
     """Issue 13: pasted without bracketed paste, "hello\\r/quit\\r" ran /quit. Several
-    lines in one read are a paste: sent as one message (never commands), or, over
-    paste_confirm_lines, held for Enter like a bracketed paste."""
+    lines in one read are a paste, held for Enter like a bracketed paste, and sent as
+    one message (never commands)."""
     async def main() -> None:
         async with harness.client("bob") as bob, console_session(harness) as s:
             s.send("hello everyone\r/quit\r")
+            await until(lambda: s.console.pending_paste is not None, what="confirmation")
+            assert not s.task.done() and s.console.app.is_running
+            s.send("\r")
             said = await next_of(bob, lambda e: isinstance(e, p.MessagePosted)
                                  and e.sender == "alice")
             assert said.text == "hello everyone\n/quit"

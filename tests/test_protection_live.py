@@ -8,6 +8,7 @@ CLI's output is awaited line by line.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -239,5 +240,23 @@ def test_client_login_waits_out_a_429() -> None:
                 assert reply.name == "alice"
             finally:
                 await client.close()
+
+        run(scenario())
+
+
+def test_a_burst_of_joins_waits_its_turn_instead_of_failing() -> None:
+    """A tester's rapid ``/join jN`` (50 ms apart) met the JOIN rate limit (a JOIN of a
+    room not joined takes a sending token, docs/PROTOCOL.md §15.1): some were refused
+    with 429 and lost. ``Client.join`` now waits and retries as ``send`` does: every
+    join gets there, a little later."""
+    with running_broker(send_rate_per_s=20.0, send_burst=2) as h:
+        async def scenario() -> None:
+            async with h.client("hopper") as hopper:
+                rooms = [f"j{i}" for i in range(12)]
+                replies = await asyncio.gather(*(hopper.join(r) for r in rooms))
+                assert [r.room for r in replies] == rooms
+                assert set(rooms) <= set(hopper.rooms)
+                listed = {r.room for r in (await hopper.list_rooms()).rooms if r.joined}
+                assert set(rooms) <= listed
 
         run(scenario())

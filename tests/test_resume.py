@@ -255,6 +255,10 @@ def test_short_network_cut_resumes_without_presence_flapping() -> None:
                     await alice.join("dev")
                     token = alice._state.session
                     await collect(bob, is_(p.UserJoined, name="alice", room="dev"))
+                    # away is set again after every reconnect; on a resumed live session
+                    # it is unchanged, and nobody sees an event for it
+                    await alice.set_presence("away", "brb")
+                    await collect(bob, is_(p.PresenceChanged, name="alice", presence="away"))
                     relay.cut()
                     seen: list[Event] = await collect(alice, is_(ConnectionRestored),
                                                       timeout_s=8)
@@ -268,6 +272,8 @@ def test_short_network_cut_resumes_without_presence_flapping() -> None:
                     assert [e for e in observed if isinstance(e, p.PresenceChanged)
                             and e.name == "alice"] == []
                     assert len(harness.broker.core.accounts["alice"].sessions) == 1
+                    found = await bob.whois("alice")
+                    assert (found.presence, found.text) == ("away", "brb")
             finally:
                 await alice.close()
                 await relay.close()

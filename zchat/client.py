@@ -12,6 +12,13 @@ keeps being read. The PONG of every heartbeat carries the rooms' last sequence n
 a message lost on PUB (late subscription, high-water mark) is noticed within one
 heartbeat interval.
 
+The PONG (and the LOGIN or RESUME reply of a reconnect) also lists every room the account
+is in: a room joined by another device of the account is followed from then on
+(``JoinedElsewhere``), and a room it no longer lists is no longer followed
+(``LeftElsewhere``). A PONG that may have been computed before this client's own JOIN,
+PART or DELETE_ROOM of a room (one in flight, or done since the PING went) changes
+nothing for that room; the next one does.
+
 Reconnecting (``reconnect=True``, docs/PROTOCOL.md §10): once logged in, a client that
 hears nothing from the broker for its heartbeat timeout, whose heartbeat PING fails with
 nothing else heard meanwhile, or whose PING shows that the broker no longer knows its
@@ -19,7 +26,8 @@ session (a restarted broker), emits ``ConnectionLost`` once and
 then tries again with exponential back-off (``backoff_delay``), emitting ``Reconnecting``
 before each wait. Each attempt opens new sockets, sends INFO, then RESUME with the kept
 session token (docs/PROTOCOL.md §6.27: no presence flap) or, when that is refused with 401,
-LOGIN with the credentials kept in this object's memory, resubscribes and fills every
+LOGIN with the credentials kept in this object's memory, resubscribes, sets the account's presence
+again when it is away (``presence``: a restarted broker forgets it), fills every
 followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY event
 (§6.29) starts the reconnect at once. A refused LOGIN (password changed) ends it with a
 terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
@@ -48,7 +56,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -114,6 +122,11 @@ RATE_LIMIT_TRIES = 10
 #: Tries in all for LOGIN and REGISTER: a crowd behind one address (a classroom) waits
 #: its turn at the login rate (docs/PROTOCOL.md §15.1), which takes longer than a send.
 LOGIN_RATE_LIMIT_TRIES = 40
+#: Tries in all for JOIN, which takes a sending token (docs/PROTOCOL.md §15.1): a burst of
+#: joins (a person typing /join for each of their rooms, a script) waits its turn behind
+#: the one before it, a token every 0.2 s at the default rate, so the last of 30 joins
+#: past the burst waits about 6 s, longer than RATE_LIMIT_TRIES short waits last.
+JOIN_RATE_LIMIT_TRIES = 40
 #: A 429's wait is stretched by a random factor of 1 to 1 + this, so that clients refused
 #: together do not all retry together.
 RATE_LIMIT_JITTER = 0.5
@@ -173,10 +186,35 @@ class SessionEnded:
     by: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class JoinedElsewhere:
+    """Client-side event: the broker lists ``room`` among the account's rooms (a PONG, or
+    the LOGIN/RESUME reply of a reconnect), and this client did not join it — another
+    device or a script of the account did (``zchat say --room``). The client follows it
+    from ``last_seq`` (its newest message then) and ``unread`` has the account's read
+    state of it. Not a broker event: no JOINED reaches a client for a room it does not
+    follow, and the room's members saw JOINED already."""
+
+    room: str
+    last_seq: int
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeftElsewhere:
+    """Client-side event: the broker no longer lists ``room``, which this client
+    followed, among the account's rooms: most likely another device of the account left
+    it (else a removal or a deletion whose LEFT or ROOM_DELETED event was missed, or,
+    seen at a reconnect, one done while disconnected). The client no longer follows it."""
+
+    room: str
+
+
 Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
          | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
          | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
-         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked | p.RoomDeleted)
+         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked | p.RoomDeleted
+         | JoinedElsewhere | LeftElsewhere)
 
 
 def new_cmid() -> str:
@@ -301,6 +339,14 @@ class Client:
         # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
         # A new SUB (reconnect) subscribes to all of them again.
         self._topics: set[bytes] = set()
+        # Changes of the account's membership made by this client, per room key: a count
+        # of those begun or ended (JOIN, PART, DELETE_ROOM, following or no longer), and
+        # the requests in flight. A PONG changes nothing for a room whose count moved
+        # since its PING went, or with a request in flight (``_settled``).
+        self._membership_changes: dict[str, int] = {}
+        self._membership_requests: dict[str, int] = {}
+        # JoinedElsewhere/LeftElsewhere found by a reconnect, emitted with its success.
+        self._elsewhere: list[JoinedElsewhere | LeftElsewhere] = []
         # (name, password, token), one of the last two empty: reconnect=True, after login
         self._credentials: tuple[str, str, str] | None = None
         self._mode: ConnState = "closed"
@@ -324,6 +370,9 @@ class Client:
         #: The account's read state (``unread``): loaded from each LOGIN/RESUME reply,
         #: carried forward as events are handed over and read markers move.
         self._unread = UnreadTracker()
+        #: The account's presence and away text as last set or heard (``presence``),
+        #: set again after a reconnect.
+        self._presence: tuple[p.Presence, str] = ("online", "")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -357,6 +406,24 @@ class Client:
         was sent (a heartbeat PING included), or None when none is waiting. A person's
         client can say early that the broker is silent, before the request times out."""
         return min(self._sent_at.values(), default=None)
+
+    @property
+    def presence(self) -> tuple[p.Presence, str]:
+        """The account's presence and away text as this client knows them: ("online",
+        "") after the login; then as ``set_presence`` set them, or as the broker said
+        they are — a PRESENCE event of this account (another device of it went away or
+        came back) or this account's row in a WHO or WHOIS reply. Never "offline" (an
+        offline event of this account, e.g. a broker going away, changes nothing). A
+        reconnect sets "away" with its text again (docs/PROTOCOL.md §8: presence lives
+        in the broker's memory, and a restarted broker has everyone online)."""
+        return self._presence
+
+    def _heard_presence(self, name: str, presence: p.Presence, text: str) -> None:
+        """The broker says account ``name`` is ``presence``: taken when it is this
+        account and not "offline" (``presence``)."""
+        if presence != "offline" and self._state.name is not None \
+                and name_key(name) == name_key(self._state.name):
+            self._presence = (presence, text if presence == "away" else "")
 
     def last_seq(self, room: str) -> int:
         """Highest sequence number delivered for ``room`` (0 if none)."""
@@ -667,6 +734,7 @@ class Client:
                                                           token=token))
         self._state.name = reply.name
         self._state.session = reply.session
+        self._presence = ("online", "")  # until WHO, WHOIS or a PRESENCE event says more
         if self.reconnect:
             self._credentials = (name, password, token)
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
@@ -682,11 +750,15 @@ class Client:
         await self.request(p.Logout(text=text))
         self._state = _State()
         self._unread.clear()
+        self._presence = ("online", "")
 
     async def join(self, room: str, *, private: bool = False) -> p.RoomJoined:
         """Join (creating if needed; ``private`` creates it invite-only) and follow
         ``room`` from its current last message. Raises RequestFailed 403 when banned from
-        it, or it is private and there is no invitation (docs/PROTOCOL.md §17.2)."""
+        it, or it is private and there is no invitation (docs/PROTOCOL.md §17.2).
+        Rate-limited (429: a JOIN of a room not joined yet takes a sending token,
+        §15.1), it waits and retries (``_patiently``, up to JOIN_RATE_LIMIT_TRIES tries):
+        a refused JOIN changed nothing, and joining twice is joining once."""
         self._check_usable()
         key = name_key(room)
         self._subscribe(p.room_topic(key))  # before JOIN: no seam gap
@@ -694,7 +766,9 @@ class Client:
         early = self._joining.setdefault(key, []) if feed is None or not feed.following \
             else None
         try:
-            reply: p.RoomJoined = await self.request(p.Join(room=room, private=private))
+            with self._changing_membership(key):
+                reply: p.RoomJoined = await self._patiently(
+                    p.Join(room=room, private=private), JOIN_RATE_LIMIT_TRIES)
         finally:
             if early is not None:
                 self._joining.pop(key, None)
@@ -708,7 +782,10 @@ class Client:
         return reply
 
     async def part(self, room: str) -> None:
-        await self.request(p.Part(room=room))
+        """Leave ``room`` and stop following it. Raises RequestFailed 403 when not in it,
+        404 when there is no such room."""
+        with self._changing_membership(name_key(room)):
+            await self.request(p.Part(room=room))
         self._stop_following(name_key(room))
 
     async def set_slow_mode(self, room: str, seconds: int) -> None:
@@ -776,7 +853,8 @@ class Client:
         never ``lobby``; §6.52). Its members get ROOM_DELETED and their clients stop
         following it, this one too. Raises RequestFailed 403 (not allowed, or lobby),
         404 (no such room), 405 (an older broker)."""
-        await self.request(p.DeleteRoom(room=room, reason=reason))
+        with self._changing_membership(name_key(room)):
+            await self.request(p.DeleteRoom(room=room, reason=reason))
         self._stop_following(name_key(room))
 
     async def bans(self, room: str | None = None) -> p.BanList:
@@ -967,6 +1045,8 @@ class Client:
 
     async def who(self, room: str | None = None) -> p.WhoList:
         reply: p.WhoList = await self.request(p.Who(room=room))
+        for user in reply.users:
+            self._heard_presence(user.name, user.presence, user.text)
         return reply
 
     async def whois(self, name: str) -> p.UserFound:
@@ -974,15 +1054,23 @@ class Client:
         §6.50). Raises RequestFailed 404 when there is no such account, 405 from a broker
         older than WHOIS."""
         reply: p.UserFound = await self.request(p.Whois(name=name))
+        self._heard_presence(reply.name, reply.presence, reply.text)
         return reply
 
     async def set_presence(self, presence: str, text: str = "") -> None:
+        """Set the account's presence, "online" or "away" with ``text`` as the away
+        message, for all its sessions (docs/PROTOCOL.md §6.12). Remembered
+        (``presence``): a reconnect sets "away" again. Raises RequestFailed 413/422
+        for a bad text, 400 for another presence."""
         await self.request(p.SetPresence(presence=presence, text=text))  # type: ignore[arg-type]
+        if presence in ("online", "away"):
+            self._presence = (presence, text if presence == "away" else "")  # type: ignore[assignment]
 
     async def ping(self, timeout_s: float | None = None) -> p.Pong:
         """One heartbeat round trip; updates ``rtt_s`` and the rooms' topics, repairs room
         gaps it reveals, and notices when the broker no longer knows this session."""
         sent_with = self._state.session
+        changes = dict(self._membership_changes)
         start = time.monotonic()
         pong: p.Pong = await self.request(p.Ping(), timeout_s)
         self.rtt_s = time.monotonic() - start
@@ -990,6 +1078,9 @@ class Client:
                 and pong.session is not None and pong.session != sent_with):
             self._session_lost("the broker no longer knows this session")
             return pong
+        if sent_with is not None and sent_with == self._state.session \
+                and pong.session in (None, sent_with):
+            await self._follow_membership(pong.rooms, changes)
         for room in pong.rooms:
             key = name_key(room.room)
             feed = self._state.rooms.get(key)
@@ -1002,6 +1093,69 @@ class Client:
                     # running picks up the new target itself.
                     await self._repair(key, wait=False)
         return pong
+
+    async def _follow_membership(self, rooms: tuple[p.RoomState, ...],
+                                 changes: dict[str, int]) -> None:
+        """Follow what a PONG says of the account's rooms (``rooms``), for each room whose
+        membership this client has not been changing since the PING went (``changes``,
+        ``_settled``): a room it does not follow is followed, with the account's read
+        state of it (MARK_READ of ``upto`` 0, which moves nothing, §6.49), then
+        JoinedElsewhere; a followed room not listed is no longer followed, then
+        LeftElsewhere."""
+        listed = {name_key(room.room) for room in rooms}
+        for key, feed in list(self._state.rooms.items()):
+            if feed.following and key not in listed and self._settled(key, changes):
+                name = self._state.room_names.get(key, key)
+                log.info("the account is no longer in %s (left on another device?)", name)
+                self._stop_following(key)
+                self._events.put_nowait(LeftElsewhere(name))
+        for room in rooms:
+            key = name_key(room.room)
+            if self._following(key) or not self._settled(key, changes):
+                continue
+            try:
+                read: p.ReadState | None = await self.request(
+                    p.MarkRead(upto=0, room=room.room))
+            except RequestFailed as exc:  # 403: left again meanwhile; the next PONG says
+                log.info("no read state of %s: %s", room.room, exc)
+                read = None
+            if self._following(key) or not self._settled(key, changes):
+                continue  # joined here meanwhile, or left: the next PONG says
+            log.info("the account joined %s on another device; following it", room.room)
+            self._follow(room.room, room.last_seq, room.topic)
+            self._unread.followed(room.room, room.last_seq, read)
+            self._events.put_nowait(JoinedElsewhere(room.room, room.last_seq, room.topic))
+
+    def _following(self, key: str) -> bool:
+        feed = self._state.rooms.get(key)
+        return feed is not None and feed.following
+
+    def _settled(self, key: str, changes: dict[str, int]) -> bool:
+        """Whether a PONG, whose PING went when the counts of membership changes were
+        ``changes``, speaks for room ``key``: no JOIN, PART or DELETE_ROOM of it by this
+        client in flight, and none begun or ended, nor the room followed or no longer,
+        since (a PONG computed before this client's own JOIN was processed must not make
+        it stop following the room it just joined)."""
+        return key not in self._membership_requests \
+            and self._membership_changes.get(key, 0) == changes.get(key, 0)
+
+    @contextlib.contextmanager
+    def _changing_membership(self, key: str) -> Iterator[None]:
+        """Around a request that changes the account's membership of room ``key``
+        (JOIN, PART, DELETE_ROOM): counted as a change when it begins and when it ends,
+        and as in flight meanwhile (``_settled``)."""
+        self._membership_changed(key)
+        self._membership_requests[key] = self._membership_requests.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._membership_requests.pop(key) - 1
+            if left:
+                self._membership_requests[key] = left
+            self._membership_changed(key)
+
+    def _membership_changed(self, key: str) -> None:
+        self._membership_changes[key] = self._membership_changes.get(key, 0) + 1
 
     async def sessions(self) -> p.SessionList:
         reply: p.SessionList = await self.request(p.ListSessions())
@@ -1122,6 +1276,7 @@ class Client:
         """Follow ``room`` from ``last_seq`` (its newest message when joined: what came
         before is history, not news), subscribing to its topic."""
         key = name_key(room)
+        self._membership_changed(key)
         self._forget_repair(key)
         self._state.rooms[key] = RoomFeed(last_seq)
         self._state.room_names[key] = room
@@ -1137,6 +1292,7 @@ class Client:
         if feed is not None:
             feed.following = False
             feed.held.clear()
+        self._membership_changed(key)
         self._forget_repair(key)
         self._unread.parted(key)  # the broker forgets the read marker with the membership
         self._unsubscribe(p.room_topic(key))
@@ -1258,9 +1414,15 @@ class Client:
                         and name_key(event.name) == name_key(self._state.name):
                     # kicked or banned (docs/PROTOCOL.md §6.19): stop following the room
                     self._stop_following(key)
+                elif isinstance(event, p.UserLeft) and self._state.name \
+                        and name_key(event.name) == name_key(self._state.name):
+                    # This account left: here (PART) or on another device. A heartbeat
+                    # now says which, at once rather than within an interval.
+                    self._wake.set()
                 elif isinstance(event, p.RoomDeleted):  # gone (§6.52.1): nothing to follow
                     self._stop_following(key)
         elif isinstance(event, p.PresenceChanged):
+            self._heard_presence(event.name, event.presence, event.text)
             await self._room_for_events()
             self._events.put_nowait(event)
 
@@ -1455,6 +1617,11 @@ class Client:
         self.connected = True
         self._mode = "connected"
         self._last_heard = time.monotonic()
+        # Found by the attempts (each once: a room is followed, or no longer, once), told
+        # now that the application may ask about them.
+        for found in self._elsewhere:
+            self._events.put_nowait(found)
+        self._elsewhere.clear()
         self._events.put_nowait(ConnectionRestored())
         log.info("reconnected to %s", self.server)
         return True
@@ -1468,6 +1635,9 @@ class Client:
         await self._open()
         assert self._credentials is not None
         name, password, token = self._credentials
+        # Taken before the login: the PRESENCE event of our own login ("online", after a
+        # broker restart) may be read before its reply.
+        presence, away_text = self._presence
         reply: p.LoggedIn | None = None
         if self._state.session:
             try:  # the same session, no password, no presence flap (§6.27)
@@ -1486,12 +1656,20 @@ class Client:
         self._state.name = reply.name
         self._state.session = reply.session
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
+        if presence == "away":
+            # A restarted broker has forgotten it (presence lives in its memory, even
+            # for a session resumed from its store, §6.27); for a live session it is
+            # unchanged, and the broker publishes nothing (§8).
+            await self.request(p.SetPresence(presence="away", text=away_text))
+            self._presence = (presence, away_text)
         followed: list[str] = []
         for room in reply.rooms:
             key = name_key(room.room)
             feed = self._state.rooms.get(key)
             if feed is None or not feed.following:  # joined elsewhere meanwhile
                 self._follow(room.room, room.last_seq, room.topic)
+                self._elsewhere.append(JoinedElsewhere(room.room, room.last_seq,
+                                                       room.topic))
                 continue
             self._state.topics[key] = room.topic
             followed.append(key)
@@ -1509,9 +1687,10 @@ class Client:
                     continue
             feed.known(room.last_seq)
         listed = {name_key(r.room) for r in reply.rooms}
-        for key, feed in self._state.rooms.items():
+        for key, feed in list(self._state.rooms.items()):
             if feed.following and key not in listed:
-                self._stop_following(key)  # parted elsewhere meanwhile
+                self._stop_following(key)  # parted elsewhere meanwhile, or removed
+                self._elsewhere.append(LeftElsewhere(self._state.room_names.get(key, key)))
         await self._take_pending(reply.pending)
         for key in followed:
             await self._repair(key, wait=False)

@@ -184,7 +184,10 @@ class ClientConfig:
     - ``server``: the broker's ROUTER endpoint to connect to.
     - ``timeout_s``: seconds to wait for a reply before the broker counts as gone (> 0).
     - ``reconnect_max_s``: ceiling, in seconds, of the reconnect back-off (> 0).
-    - ``paste_confirm_lines``: the console asks before sending a paste of more lines (>= 1).
+    - ``paste_confirm_lines``: the console asks before sending a paste of more lines (>= 1;
+      1, as WeeChat's ``paste_max_lines``: every paste of several lines asks). A paste
+      of several lines with one starting with ``/`` asks whatever this is: lines typed
+      ahead during a stall arrive as a paste (docs/console.md, "Pasting").
     - ``encryption``: ``"curve"`` (default) or ``"none"``; must match the broker's
       (docs/PROTOCOL.md §16). inproc/ipc servers are always plain.
     - ``server_key``: the broker's public key (40 characters of Z85, as ``zchat broker``
@@ -197,7 +200,7 @@ class ClientConfig:
     server: str = "tcp://127.0.0.1:5555"
     timeout_s: float = 5.0
     reconnect_max_s: float = 30.0
-    paste_confirm_lines: int = 5
+    paste_confirm_lines: int = 1
     encryption: str = "curve"
     server_key: str = ""
     key_server: str = ""

@@ -108,6 +108,15 @@ class UnreadTracker:
         the room's last message, §6.3.1). A room already followed stays as it is."""
         self._rooms.setdefault(name_key(room), _Room(room, last_seq, last_seq, 0))
 
+    def followed(self, room: str, last_seq: int, read: p.ReadState | None) -> None:
+        """The client follows ``room``, which the account joined elsewhere (another
+        device), from ``last_seq``: ``read`` is the account's read state of it (MARK_READ
+        of ``upto`` 0, which moves nothing); without it, nothing in it counts as unread."""
+        last = last_seq if read is None else max(last_seq, read.last)
+        marker = last if read is None else min(read.upto, last)
+        self._rooms[name_key(room)] = _Room(room, last, marker,
+                                            0 if read is None else read.mentions)
+
     def parted(self, room: str) -> None:
         self._rooms.pop(name_key(room), None)
 

@@ -46,6 +46,8 @@ from zchat.client import (
     Client,
     ConnectionLost,
     ConnectionRestored,
+    JoinedElsewhere,
+    LeftElsewhere,
     Reconnecting,
     SessionEnded,
     new_cmid,
@@ -117,13 +119,14 @@ class RowsControl(UIControl):
 class ChatConsole:
     """The full-screen console for one logged-in client.
 
-    ``paste_confirm_lines``: a bracketed paste of more lines than this asks for Enter
-    before it is sent. ``tz`` is the zone timestamps are shown in (default: local).
+    ``paste_confirm_lines``: a paste of more lines than this (bracketed, or several lines
+    in one read) asks for Enter before it is sent; so does one of two lines or more with
+    a line starting with ``/`` (docs/console.md, "Pasting"). ``tz`` is the zone timestamps are shown in (default: local).
     ``input``/``output`` are prompt_toolkit's (tests pass a pipe input and DummyOutput).
     """
 
     def __init__(self, client: Client, logged_in: p.LoggedIn, *,
-                 tz: dt.tzinfo | None = None, paste_confirm_lines: int = 5,
+                 tz: dt.tzinfo | None = None, paste_confirm_lines: int = 1,
                  mouse: bool = True, input: Any = None, output: Any = None) -> None:
         self.client = client
         self.me = logged_in.name
@@ -560,6 +563,15 @@ class ChatConsole:
             self._on_moderation(event)
         elif isinstance(event, p.RoomDeleted):
             self._room_deleted(event.room, event.by, event.reason)
+        elif isinstance(event, JoinedElsewhere):
+            self._spawn(self._joined_elsewhere(event))
+        elif isinstance(event, LeftElsewhere):
+            conv = self.conversations.get(v.room_key(event.room))
+            if conv is not None and conv.kind == "room" and conv.joined:
+                conv.joined = False  # nothing more is sent there meanwhile
+                # Told by a heartbeat while connected: left on another device; found by
+                # a reconnect (before its ConnectionRestored): while disconnected.
+                self._spawn(self._say_why_gone(conv, elsewhere=self.state == "connected"))
         elif isinstance(event, p.Invited):
             self.info(f"{event.by} invited you to #{event.room} — /join {event.room}")
         elif isinstance(event, p.MuteChanged):
@@ -661,6 +673,23 @@ class ChatConsole:
         conv.topic = ""  # the room's, gone with it: not shown in the status bar
         self._mark_parted(conv, text, "info" if mine else "error")
 
+    async def _joined_elsewhere(self, event: JoinedElsewhere) -> None:
+        """The account joined a room on another device (``zchat say --room``, a second
+        console): open it in the sidebar with its history, members and unread count, as
+        at start, without switching to it, and say so there and where you are looking:
+        ``you joined #dev on another device``. A room already shown and joined is left
+        as it is."""
+        key = v.room_key(event.room)
+        shown = self.conversations.get(key)
+        if shown is not None and shown.kind == "room" and shown.joined \
+                and not shown.deleted:
+            return
+        await self.open_room(event.room, event.topic, last_seq=event.last_seq)
+        text = f"you joined #{event.room} on another device"
+        self.info(text, key=key)
+        if self.active != key:
+            self.info(text)
+
     def _check_still_joined(self) -> None:
         """After a reconnect: a room the broker no longer lists for you (kicked, banned
         or deleted while you were disconnected) is marked not joined at once, and a line
@@ -671,10 +700,13 @@ class ChatConsole:
                 conv.joined = False  # nothing more is sent there meanwhile
                 self._spawn(self._say_why_gone(conv))
 
-    async def _say_why_gone(self, conv: v.Conversation) -> None:
+    async def _say_why_gone(self, conv: v.Conversation, elsewhere: bool = False) -> None:
         """Mark ``conv`` parted with why: ``#dev was deleted while you were
         disconnected`` when the broker has no such room (404), else ``you are no longer
-        in #dev (removed while disconnected) — /join dev to go back``."""
+        in #dev (removed while disconnected) — /join dev to go back``. With
+        ``elsewhere`` (a heartbeat, not a reconnect, found the account out of the room:
+        most likely it left on another device): ``#dev was deleted``, ``you left #dev on
+        another device — /join dev to go back``."""
         try:
             await self.client.room_info(conv.title)
             deleted = False
@@ -687,8 +719,11 @@ class ChatConsole:
         if deleted:
             conv.deleted = True
             conv.topic = ""
-            self._mark_parted(conv, f"#{conv.title} was deleted while you were "
-                              "disconnected")
+            self._mark_parted(conv, f"#{conv.title} was deleted" + (
+                "" if elsewhere else " while you were disconnected"))
+        elif elsewhere:
+            self._mark_parted(conv, f"you left #{conv.title} on another device — /join "
+                              f"{conv.title} to go back", "info")
         else:
             self._mark_parted(conv, f"you are no longer in #{conv.title} (removed while "
                               f"disconnected) — /join {conv.title} to go back")
@@ -772,11 +807,15 @@ class ChatConsole:
             self._tab = None  # typing anything but Tab ends a completion cycle
 
     def _accept(self, buffer: Buffer) -> bool:
+        """Enter: send a paste waiting for it (what is typed meanwhile stays in the
+        input), else take the input line. Whether to keep the input's text."""
         text = buffer.text
         if self.pending_paste is not None:
             paste, self.pending_paste = self.pending_paste, None
             self._spawn(self._say(paste.text, self._paste_target))
-            return False
+            return True
+        if "\n" in text:
+            return self._accept_lines(text)
         if text.strip():
             self.history.add(text)
         self.history.reset()
@@ -792,6 +831,31 @@ class ChatConsole:
         else:
             self._spawn(self.run_command(result, text))
         return False  # clear the buffer
+
+    def _accept_lines(self, text: str) -> bool:
+        """Enter on an input of several lines — a paste given back (over the broker's
+        limit, or refused) or recalled with Up, and edited: it is text, never commands,
+        sent as one message at once (it is on screen, unlike a paste). One still over
+        the broker's limit stays in the input with an error line. Whether to keep the
+        input's text."""
+        self.history.add(text)
+        if self.pending_delete is not None:
+            room, self.pending_delete = self.pending_delete[0], None
+            self.info(f"room deletion cancelled: #{room} stays")
+        over = self._over_limit(text)
+        if over is not None:
+            self.error(f"not sent: {over} — cut it down (Ctrl-U clears the input)")
+            return True
+        self._spawn(self._say(text))
+        return False
+
+    def _over_limit(self, text: str) -> str | None:
+        """Why ``text`` is too long to send, by the limits of the broker's INFO
+        (``max_text_lines``, ``max_text_bytes``), or None."""
+        info = self.client.info
+        if info is None:
+            return None
+        return c.over_limit(text, info.max_text_lines, info.max_text_bytes)
 
     def _confirm_delete(self, result: c.ParseResult | None) -> bool:
         """A line entered while a /deleteroom waits for confirmation: an empty one, or
@@ -906,16 +970,26 @@ class ChatConsole:
                       key=conv.key)
 
     def _give_back(self, text: str) -> bool:
-        """Put a line that was not sent back into the input, to fix and resend, unless
-        something new is typed there already or it is a multi-line paste. Whether it
-        was put back."""
-        if text and "\n" not in text and not self.input_buffer.text:
+        """Put a line or paste that was not sent back into the input, to fix and resend
+        (a paste of several lines goes back as text: Enter sends it as one message,
+        ``_accept_lines``), unless something new is typed there already: then it goes
+        to the input history (Up), unless it is there already (a typed line is). Whether
+        it was put back into the input."""
+        if text and not self.input_buffer.text:
             self.input_buffer.text = text
             self.input_buffer.cursor_position = len(text)
             return True
+        if text and self.history.entries[-1:] != (text,):
+            self.history.add(text)
         return False
 
     def on_paste(self, data: str) -> None:
+        """A paste (bracketed, or several lines in one read: ``PasteGroupingInput``).
+        One line goes into the input at the cursor. Several are never run as commands:
+        over the broker's limit they go into the input to cut down, with an error line;
+        over ``paste_confirm_lines``, or with a line starting with ``/``, they wait for
+        Enter (``c.paste_prompt`` says how many, where to and which commands); else they
+        are sent as one message at once."""
         if self.pending_delete is not None:  # a paste is no confirmation
             room, self.pending_delete = self.pending_delete[0], None
             self.info(f"room deletion cancelled: #{room} stays")
@@ -923,13 +997,35 @@ class ChatConsole:
         if paste.lines <= 1:
             self.input_buffer.insert_text(paste.text)
             return
+        over = self._over_limit(paste.text)
+        if over is not None:
+            self.pending_paste = None
+            self.input_buffer.insert_text(paste.text)
+            self.error(f"pasted {over}: not sent — it is in the input to cut down "
+                       "(Ctrl-U clears it)")
+            return
         if paste.needs_confirmation:
             self.pending_paste = paste
             self._paste_target = self.active  # sent there, even after switching away
-            self.info(f"pasted {paste.lines} lines: Enter sends them as one message, "
-                      "Esc cancels")
+            target = self.conversations.get(self.active or "")
+            where = "" if target is None else (
+                f"#{target.title}" if target.kind == "room" else f"@{target.title}")
+            self.info(c.paste_prompt(paste, where or "here"))
         else:
             self._spawn(self._say(paste.text))
+
+    def _cancel_paste(self) -> None:
+        """Esc on a paste waiting for Enter: nothing is sent, and its lines go to the
+        input history (Up), each as if typed, so that lines typed ahead during a stall
+        can be looked at and run one by one."""
+        paste, self.pending_paste = self.pending_paste, None
+        if paste is None:
+            return
+        kept = [line for line in paste.text.split("\n") if line.strip()]
+        for line in kept:
+            self.history.add(line)
+        self.info(f"paste cancelled: its {c.count_of(len(kept), 'line')} "
+                  f"{'is' if len(kept) == 1 else 'are'} in the input history (Up)")
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -1320,9 +1416,11 @@ class ChatConsole:
             left = self.reconnect_at - time.monotonic()
             wait = left if left >= 0.5 else None  # trying now: "reconnecting…"
         rtt = self.client.rtt_s * 1000 if self.client.rtt_s is not None else None
+        presence, away_text = self.client.presence
         return [v.render_status(self.me, room, conv.topic if conv else "", self.state, wait,
                                 rtt, width, activity=self._activity(),
-                                unanswered_s=self._unanswered_for())]
+                                unanswered_s=self._unanswered_for(),
+                                away=away_text if presence == "away" else None)]
 
     def _unanswered_for(self) -> float | None:
         """Seconds the oldest line shown pending, or request of the client (a heartbeat
@@ -1471,6 +1569,9 @@ class ChatConsole:
 
         @kb.add("up", eager=True)
         def _up(event: KeyPressEvent) -> None:
+            if self.input_buffer.document.cursor_position_row > 0:  # several lines
+                self.input_buffer.cursor_up()
+                return
             previous = self.history.up(self.input_buffer.text)
             if previous is not None:
                 self.input_buffer.text = previous
@@ -1478,6 +1579,10 @@ class ChatConsole:
 
         @kb.add("down", eager=True)
         def _down(event: KeyPressEvent) -> None:
+            doc = self.input_buffer.document
+            if doc.cursor_position_row < doc.line_count - 1:  # several lines
+                self.input_buffer.cursor_down()
+                return
             following = self.history.down()
             if following is not None:
                 self.input_buffer.text = following
@@ -1524,11 +1629,18 @@ class ChatConsole:
                 eager=True)
         def _cancel_pending(event: KeyPressEvent) -> None:
             if self.pending_paste is not None:
-                self.pending_paste = None
-                self.info("paste cancelled")
+                self._cancel_paste()
             elif self.pending_delete is not None:
                 room, self.pending_delete = self.pending_delete[0], None
                 self.info(f"room deletion cancelled: #{room} stays")
+
+        @kb.add("c-u", filter=Condition(lambda: "\n" in self.input_buffer.text))
+        def _discard_lines(event: KeyPressEvent) -> None:
+            # In an input of several lines (a paste given back: over the limit, refused)
+            # the input is the line: from its start to the cursor, so that one key
+            # clears a long paste. Ctrl-Y yanks it back, as after any Ctrl-U.
+            buf = self.input_buffer
+            event.app.clipboard.set_text(buf.delete_before_cursor(buf.cursor_position))
 
         return kb
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from zchat.names import text_lines
 from zchat.protocol import MAX_BAN_S, MAX_SLOW_MODE_S
 
 #: Largest /history page, the broker's own limit (docs/PROTOCOL.md §6.9).
@@ -480,8 +481,9 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "then direct ones (as Alt-1 … Alt-9 do).",
                 lambda a: Window(_window(a["N"])), "moving"),
     CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
-                "Sets your presence to away, with TEXT as the away message if given. "
-                "/back returns to online.",
+                "Sets your presence to away, with TEXT as the away message if given, "
+                "for all your sessions; the status bar shows [away: TEXT]. It is set "
+                "again after a reconnect. /back returns to online.",
                 lambda a: Away(a.get("TEXT", "")), "you"),
     CommandSpec("back", (), "mark yourself online",
                 "Sets your presence back to online after /away.",
@@ -574,7 +576,7 @@ KEYS_HELP: tuple[str, ...] = (
     "Alt-1 … Alt-9, Ctrl-N/Ctrl-P: another conversation",
     "Ctrl-O: long messages whole, or folded again",
     "Ctrl-A/Ctrl-E start/end; Ctrl-W word, Ctrl-U/Ctrl-K line",
-    "Esc cancels a paste or a /deleteroom waiting for Enter",
+    "Esc cancels a paste (Up recalls its lines) or a /deleteroom waiting for Enter",
     "Ctrl-Z suspends (fg resumes); Ctrl-C, or Ctrl-D on an empty line, quits",
 )
 
@@ -782,15 +784,27 @@ class TabCycle:
 # Paste
 
 
+#: Commands a paste prompt names at most (``they start with /msg, /away, /join, …``).
+PASTE_COMMANDS_SHOWN = 3
+#: Cells of one command word a paste prompt shows at most (a pasted line can be anything).
+PASTE_COMMAND_CELLS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class PasteResult:
-    """A bracketed paste as message text: ``text`` (never a command, even if it starts
-    with ``/``), ``lines`` its line count, ``needs_confirmation`` when ``lines`` exceeds
-    the threshold (ask before sending a wall of text)."""
+    """A paste as message text: ``text`` (never a command, even if a line starts with
+    ``/``), ``lines`` its line count, ``commands`` the first words of its lines that
+    start with ``/`` as a command would (not ``//``), each once, in order, and
+    ``command_lines`` how many lines do. ``needs_confirmation``: ask before sending it —
+    when ``lines`` exceeds the threshold, or when it has several lines and one of them
+    looks like a command (lines typed ahead during a stall arrive as a paste: they must
+    not be posted to the room unasked)."""
 
     text: str
     needs_confirmation: bool
     lines: int
+    commands: tuple[str, ...] = ()
+    command_lines: int = 0
 
     def as_send(self) -> SendText:
         """The message to send."""
@@ -799,14 +813,64 @@ class PasteResult:
 
 def paste_to_message(pasted: str, threshold: int) -> PasteResult:
     """Normalise pasted text: ``\\r\\n`` and ``\\r`` become ``\\n``, trailing newlines are
-    dropped. ``lines`` is 0 for an empty paste. Other control characters are kept: the
-    broker refuses them (422), and the app may show that error or sanitize first."""
+    dropped, and so are blank lines before the first. ``lines`` is 0 for an empty paste.
+    Other control characters are kept: the broker refuses them (422), and the app may
+    show that error or sanitize first. A paste of more than ``threshold`` lines, or of
+    two or more with a line starting with ``/``, needs confirmation."""
     rows = pasted.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")
     while len(rows) > 1 and not rows[0].strip():
         rows.pop(0)
     text = "\n".join(rows)
     lines = text.count("\n") + 1 if text else 0
-    return PasteResult(text, lines > threshold, lines)
+    commands: list[str] = []
+    command_lines = 0
+    for row in rows:
+        if row.startswith("/") and not row.startswith("//") and row[1:2].strip():
+            command_lines += 1
+            word = "/" + row[1:].replace("\t", " ").partition(" ")[0]
+            if word not in commands:
+                commands.append(word)
+    confirm = lines > threshold or (lines > 1 and command_lines > 0)
+    return PasteResult(text, confirm, lines, tuple(commands), command_lines)
+
+
+def paste_prompt(paste: PasteResult, where: str) -> str:
+    """What the console says of a paste waiting for Enter; ``where`` is the conversation
+    it goes to (``#lobby``, ``@bob``): ``pasted 8 lines for #lobby: Enter sends them as
+    one message, Esc cancels``. When lines start with ``/`` it says so, and that they go
+    as text: ``pasted 2 lines for #lobby — they start with /msg, /away: Enter sends them
+    as text, in one message; Esc cancels``."""
+    head = f"pasted {paste.lines} lines for {where}"
+    if not paste.commands:
+        return f"{head}: Enter sends them as one message, Esc cancels"
+    shown = [w if len(w) <= PASTE_COMMAND_CELLS else w[:PASTE_COMMAND_CELLS - 1] + "…"
+             for w in paste.commands[:PASTE_COMMANDS_SHOWN]]
+    if len(paste.commands) > PASTE_COMMANDS_SHOWN:
+        shown.append("…")
+    n = paste.command_lines
+    who = ("they start" if n == paste.lines else
+           "1 of them starts" if n == 1 else f"{n} of them start")
+    return (f"{head} — {who} with {', '.join(shown)}: Enter sends them as text, in one "
+            "message; Esc cancels")
+
+
+def count_of(n: int, noun: str) -> str:
+    """``1 line``, ``3 lines``: a count with its noun."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def over_limit(text: str, max_lines: int, max_bytes: int) -> str | None:
+    """Why ``text`` cannot be sent as one message, by the broker's limits from its INFO
+    (``max_text_lines``, ``max_text_bytes``; 0: not announced, no bound here), or None:
+    ``60 lines, over the broker's limit of 50 lines a message``. Lines are counted as
+    the broker counts them (``zchat.names.text_lines``)."""
+    lines = text_lines(text)
+    if max_lines and lines > max_lines:
+        return f"{lines} lines, over the broker's limit of {max_lines} lines a message"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if max_bytes and size > max_bytes:
+        return f"{size:,} bytes, over the broker's limit of {max_bytes:,} bytes a message"
+    return None
 
 
 # ---------------------------------------------------------------------------

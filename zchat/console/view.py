@@ -72,6 +72,9 @@ MIN_TEXT_WIDTH = 10
 FOLD_ROWS = 10
 #: Key that unfolds (and folds again) long lines, as the fold row names it.
 FOLD_KEY = "Ctrl-O"
+#: Cells of your away message the status bar shows (``[away: lunch break]``): enough for
+#: a few words; a longer one (up to 200 characters) would push the room and topic out.
+AWAY_SHOWN_CELLS = 30
 
 #: Nick colours: style class name -> colour. Mid-luminance 256-colour-cube values, each
 #: readable on both a dark and a light background (no pure yellow, white, black or grey).
@@ -128,6 +131,7 @@ DEFAULT_STYLE: dict[str, str] = {
     "status.connected": "reverse",
     "status.reconnecting": "reverse #af8700",
     "status.unanswered": "reverse #af8700",
+    "status.away": "reverse #af8700",
     "status.disconnected": "reverse #d70000",
 }
 
@@ -606,7 +610,11 @@ def _render_cached(line: Line, width: int, tz: datetime.tzinfo, nick_width: int,
     lead = last[:sep_at + 1] if sep_at is not None else ()
     room = width - sum(cell_width(t) for _s, t in lead)
     fold_style = _join_style(_line_class(line), "class:fold")
-    marker = (*lead, (fold_style, truncate_cells(fold_text(hidden), room)))
+    # ``(not sent)`` / ``(sending…)`` ends the text, hidden by the fold: said again here,
+    # first, so that a narrow pane cuts the hint rather than it
+    status = STATUS_SUFFIX.get(line.status, "").strip() if line.kind in _SPOKEN else ""
+    said = f"{status} {fold_text(hidden)}" if status else fold_text(hidden)
+    marker = (*lead, (fold_style, truncate_cells(said, room)))
     return (*rows[:keep], marker)
 
 
@@ -712,7 +720,9 @@ def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
 
     ``fold_rows`` > 0 folds a line of more rows than that: its first ``fold_rows - 1``
     rows, then one row in the text column, style ``class:fold``, saying how many rows are
-    hidden and how to see them (``fold_text``: ``… 37 more lines (Ctrl-O unfolds)``).
+    hidden and how to see them (``fold_text``: ``… 37 more lines (Ctrl-O unfolds)``);
+    for a message not sent yet or not sent at all, led by its status (``(not sent) …
+    37 more lines (Ctrl-O unfolds)``).
     A line of at most ``fold_rows`` rows is drawn whole.
     """
     line = classify(line, me)
@@ -1242,7 +1252,7 @@ def render_sidebar(conversations: Iterable[Conversation], active_key: str | None
 def render_status(user: str | None, room: str | None, topic: str,
                   state: ConnectionState, reconnect_in_s: float | None,
                   rtt_ms: float | None, width: int, activity: str = "",
-                  unanswered_s: float | None = None) -> Row:
+                  unanswered_s: float | None = None, away: str | None = None) -> Row:
     """The status bar: exactly ``width`` cells (empty for ``width`` < 1).
 
     Left: `` alice │ #dev │ topic``; ``room`` is shown as given (pass ``#dev`` or
@@ -1251,9 +1261,12 @@ def render_status(user: str | None, room: str | None, topic: str,
     ``disconnected``, style ``class:status.<state>``; while connected with something sent
     and not answered for ``unanswered_s`` seconds (not None), ``no answer from the broker
     for 5 s`` instead, style ``class:status.unanswered``; before it, ``activity`` (other
-    conversations with unread messages, like WeeChat's hotlist: ``[Act: !@bob,#dev]``).
-    When space runs short the topic is cut first, then the room, then the user; the
-    activity and the connection state stay.
+    conversations with unread messages, like WeeChat's hotlist: ``[Act: !@bob,#dev]``),
+    and before that, while you are away (``away`` is the away message, "" for none),
+    ``[away: lunch break]`` (``[away]``; a message over AWAY_SHOWN_CELLS cells is cut
+    with ``…``), style ``class:status.away``. When space runs short the topic is cut
+    first, then the room, then the user; the away mark, the activity and the connection
+    state stay.
     """
     if width <= 0:
         return []
@@ -1271,7 +1284,12 @@ def render_status(user: str | None, room: str | None, topic: str,
     if activity:
         right = f"[Act: {sanitize(activity)}] {right}"
     right = truncate_cells(f" {right} ", width)
-    avail = width - cell_width(right)
+    away_mark = ""
+    if away is not None:
+        text = truncate_cells(sanitize(away).replace("\n", " "), AWAY_SHOWN_CELLS)
+        away_mark = truncate_cells(f" [away: {text}]" if text else " [away]",
+                                   width - cell_width(right))
+    avail = width - cell_width(right) - cell_width(away_mark)
     sep = " │ "
     parts: list[tuple[str, str]] = []
     for style, text in (("class:status.user", user or ""), ("class:status.room", room or ""),
@@ -1296,4 +1314,6 @@ def render_status(user: str | None, room: str | None, topic: str,
         if cut != text:
             break
     left.append(("class:status", " " * (avail - used)))
+    if away_mark:
+        left.append(("class:status class:status.away", away_mark))
     return left + [(f"class:status class:status.{shown}", right)]
