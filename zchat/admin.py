@@ -38,7 +38,7 @@ from typing import TextIO
 
 from zchat import protocol as p
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
-from zchat.names import name_key, normalize_name, skeleton
+from zchat.names import name_key, normalize_name, normalize_new_name, skeleton
 from zchat.store import Store
 
 #: File in the broker's data directory that a running broker holds locked (cli.py's
@@ -132,9 +132,9 @@ def check_new_password(password: str, min_chars: int) -> str:
 def check_new_account(name: str, password: str, min_password_chars: int
                       ) -> tuple[str, str, str]:
     """(display name, key, skeleton) of a new account, by the broker's rules for REGISTER
-    (docs/PROTOCOL.md §12: zchat.names.normalize_name; ``check_new_password``). Raises
-    ProtocolError 422/413."""
-    display = normalize_name(name)
+    (docs/PROTOCOL.md §12: zchat.names.normalize_new_name; ``check_new_password``).
+    Raises ProtocolError 422/413."""
+    display = normalize_new_name(name)
     check_new_password(password, min_password_chars)
     return display, name_key(display), skeleton(display)
 

@@ -43,6 +43,7 @@ from zchat.names import (
     mention_words,
     name_key,
     normalize_name,
+    normalize_new_name,
     skeleton,
     validate_text,
 )
@@ -613,7 +614,7 @@ class BrokerCore:
     def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
                   now_s: float, now_ms: int, address: str) -> list[Action]:
         self._limit_login(rid, address, now_s, "registrations")
-        name = normalize_name(req.name)
+        name = normalize_new_name(req.name)
         self._check_new_password(req.password)
         key = name_key(name)
         self._check_not_admin_name(key, skeleton(name), name)
@@ -805,6 +806,8 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         name = normalize_name(req.room, "room name")
         key = name_key(name)
+        if key not in self.rooms:  # creating it: a new name's rules too (§12)
+            normalize_new_name(name, "room name")
         me = session.account_key
         invited = False
         if me not in self.members.get(key, ()):
