@@ -74,8 +74,8 @@ def _default(table: str, key: str, empty: str = "") -> str:
 #: its usage error explains the name rule instead (docs/PROTOCOL.md §12).
 _NAME_METAVARS = ("NAME", "TO")
 #: The name rule in a line, as docs/PROTOCOL.md §12 states it.
-NAME_RULE = ("a name is 1-32 letters, digits, '_', '-' and '.' and may not start with "
-             "'-' (docs/PROTOCOL.md §12)")
+NAME_RULE = ("a name is 1-32 letters, digits, '_', '-' and '.', with a letter or digit, "
+             "that starts and ends with a letter, digit or '_' (docs/PROTOCOL.md §12)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,8 +102,7 @@ class _Parser(argparse.ArgumentParser):
         names = [a for a in self._actions if not a.option_strings
                  and a.metavar in _NAME_METAVARS]
         if unknown and names and ("required" in message or "unrecognized" in message):
-            return (f"{unknown[0]!r} is not a name: names may not start with '-' (it "
-                    f"would read as an option); {NAME_RULE}")
+            return f"{unknown[0]!r} is not a name (it would read as an option): {NAME_RULE}"
         return message
 
 
@@ -182,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("register", help="create an account",
                        description="Create an account (it starts in the lobby room). "
-                                   "NAME: 1-32 letters, digits, '_', '-' and '.', not "
-                                   "starting with '-'. The password needs at least the "
+                                   "NAME: 1-32 letters, digits, '_', '-' and '.', with a "
+                                   "letter or digit, starting and ending with a letter, "
+                                   "digit or '_'; not like an existing name (alice_ beside "
+                                   "alice). The password needs at least the "
                                    "broker's min_password_chars characters (default 8).")
     client_opts(r, needs_as=False)
     r.add_argument("name", metavar="NAME", type=_account_arg)
