@@ -31,6 +31,7 @@ import io
 import os
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,10 +121,21 @@ def password_too_short(min_chars: int) -> str:
 
 def check_new_password(password: str, min_chars: int) -> str:
     """A new password (REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, CREATE_ACCOUNTS and
-    ``zchat admin`` on the database, docs/PROTOCOL.md §6.2): ``check_password``, and at
-    least ``min_chars`` characters (the broker's ``min_password_chars``), else
-    ProtocolError 422 ``password_too_short``. Returns it."""
+    ``zchat admin`` on the database, docs/PROTOCOL.md §6.2): ``check_password``; not
+    blank (only white space: eight spaces are no secret); no control character
+    (category Cc: a newline, a tab, an escape), which no one could type at a password
+    prompt, so the account could never be logged in to; and at least ``min_chars``
+    characters (the broker's ``min_password_chars``). Else ProtocolError 422, each in
+    one wording that the command line's early checks share. Passwords set before are
+    not checked again: LOGIN takes them (``check_password``). Returns it."""
     check_password(password)
+    if password.isspace():
+        raise ProtocolError(Status.INVALID, "password must not be blank (only white space)")
+    control = next((ch for ch in password if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:
+        raise ProtocolError(Status.INVALID,
+                            f"password contains a control character (U+{ord(control):04X}), "
+                            "which no one could type at a password prompt")
     if len(password) < min_chars:
         raise ProtocolError(Status.INVALID, password_too_short(min_chars))
     return password
