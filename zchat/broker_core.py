@@ -967,7 +967,8 @@ class BrokerCore:
         dm_id = posted.seq
         if posted.duplicate:  # a retry (§6.7): pushed already, or pending for next login
             return [self._ok(rid, req_id, p.DmSent(
-                id=dm_id, time=posted.time_ms, delivered="live" if live else "stored"))]
+                id=dm_id, time=posted.time_ms, delivered="live" if live else "stored",
+                to=recipient.name))]
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dm %d %s -> %s: %r", dm_id, session.name, recipient.name, text)
         push = p.encode_push(p.DirectMessage(id=dm_id, time=now_ms, sender=session.name,
@@ -976,7 +977,8 @@ class BrokerCore:
         targets.discard(rid)
         actions: list[Action] = [ToPeer(t, push) for t in sorted(targets)]
         actions.append(self._ok(rid, req_id, p.DmSent(
-            id=dm_id, time=now_ms, delivered="live" if live else "stored")))
+            id=dm_id, time=now_ms, delivered="live" if live else "stored",
+            to=recipient.name)))
         return actions
 
     def _ack_dm(self, rid: bytes, req_id: bytes, req: p.AckDirect, session: Session,

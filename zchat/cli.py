@@ -965,7 +965,7 @@ def cmd_dm(args: argparse.Namespace, config: Config) -> int:
     async def body(client: Client) -> int:
         reply = await client.dm(args.to, text)
         where = "delivered live" if reply.delivered == "live" else "stored until they log in"
-        print(f"{where} (to {args.to})")
+        print(f"{where} (to {reply.to or args.to})")  # the name as registered
         return 0
 
     return _run(_session(config, args.user, body))
