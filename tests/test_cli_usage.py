@@ -39,7 +39,7 @@ def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     (["say", "--as", "bob"], "the following arguments are required: --room, TEXT"),
     (["nosuch"], "invalid choice: 'nosuch'"),
     (["history", "--as", "bob", "--room", "dev", "--limit", "x"],
-     "argument --limit: invalid int value: 'x'"),
+     "argument --limit: must be a whole number from 1 to 500, not 'x'"),
     (["admin"], "the following arguments are required: ACTION"),
     (["mod", "--as", "olga", "kick"], "the following arguments are required: ROOM"),
 ])
