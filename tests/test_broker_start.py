@@ -37,6 +37,17 @@ def test_router_and_pub_on_one_port_name_the_pub(tmp_path: Path) -> None:
     assert not (tmp_path / "new").exists()  # nothing created: not even the directories
 
 
+def test_a_bind_error_names_the_endpoint_once(tmp_path: Path) -> None:
+    """pyzmq's reason ends in "(addr='tcp://…')", repeating the endpoint the line already
+    names; the line gives libzmq's reason alone."""
+    port = free_port()
+    line = one_line(broker(tmp_path, tmp_path / "data", "--router",
+                           f"tcp://127.0.0.1:{port}", "--pub", f"tcp://127.0.0.1:{port}"))
+    assert line == (f"zchat: error: cannot bind the PUB endpoint tcp://127.0.0.1:{port} "
+                    "(--pub, [broker] pub): Address already in use; the ROUTER endpoint "
+                    "uses it too")
+
+
 def test_key_service_port_taken_by_the_pub_names_the_key_service(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"

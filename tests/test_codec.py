@@ -96,6 +96,7 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
         p.Sent(room="café", seq=8, time=T0),
         p.DmSent(id=42, time=T0, delivered="live"),
         p.DmSent(id=43, time=T0, delivered="stored"),
+        p.DmSent(id=44, time=T0, delivered="live", to="alice"),
         p.HistoryPage(room="café", messages=(_MSG, dataclasses.replace(
             _MSG, seq=8, kind="action", text="dances"))),
         p.HistoryPage(room="café", messages=()),

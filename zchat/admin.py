@@ -31,6 +31,7 @@ import io
 import os
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import TextIO
 
 from zchat import protocol as p
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
-from zchat.names import name_key, normalize_name, skeleton
+from zchat.names import name_key, normalize_name, normalize_new_name, skeleton
 from zchat.store import Store
 
 #: File in the broker's data directory that a running broker holds locked (cli.py's
@@ -120,10 +121,21 @@ def password_too_short(min_chars: int) -> str:
 
 def check_new_password(password: str, min_chars: int) -> str:
     """A new password (REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, CREATE_ACCOUNTS and
-    ``zchat admin`` on the database, docs/PROTOCOL.md §6.2): ``check_password``, and at
-    least ``min_chars`` characters (the broker's ``min_password_chars``), else
-    ProtocolError 422 ``password_too_short``. Returns it."""
+    ``zchat admin`` on the database, docs/PROTOCOL.md §6.2): ``check_password``; not
+    blank (only white space: eight spaces are no secret); no control character
+    (category Cc: a newline, a tab, an escape), which no one could type at a password
+    prompt, so the account could never be logged in to; and at least ``min_chars``
+    characters (the broker's ``min_password_chars``). Else ProtocolError 422, each in
+    one wording that the command line's early checks share. Passwords set before are
+    not checked again: LOGIN takes them (``check_password``). Returns it."""
     check_password(password)
+    if password.isspace():
+        raise ProtocolError(Status.INVALID, "password must not be blank (only white space)")
+    control = next((ch for ch in password if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:
+        raise ProtocolError(Status.INVALID,
+                            f"password contains a control character (U+{ord(control):04X}), "
+                            "which no one could type at a password prompt")
     if len(password) < min_chars:
         raise ProtocolError(Status.INVALID, password_too_short(min_chars))
     return password
@@ -132,9 +144,9 @@ def check_new_password(password: str, min_chars: int) -> str:
 def check_new_account(name: str, password: str, min_password_chars: int
                       ) -> tuple[str, str, str]:
     """(display name, key, skeleton) of a new account, by the broker's rules for REGISTER
-    (docs/PROTOCOL.md §12: zchat.names.normalize_name; ``check_new_password``). Raises
-    ProtocolError 422/413."""
-    display = normalize_name(name)
+    (docs/PROTOCOL.md §12: zchat.names.normalize_new_name; ``check_new_password``).
+    Raises ProtocolError 422/413."""
+    display = normalize_new_name(name)
     check_new_password(password, min_password_chars)
     return display, name_key(display), skeleton(display)
 

@@ -367,8 +367,11 @@ class Broker:
                     and port not in ("", "*", "0") and other.rpartition(":")[2] == port]
             clash = f"; the {same[0]} endpoint uses it too" if same else ""
             noun = what if what == "key service" else f"{what} endpoint"
+            # libzmq's reason alone: pyzmq's strerror repeats the endpoint named here
+            # as "(addr='tcp://…')"
+            reason = zmq.strerror(exc.errno) if exc.errno else exc.strerror
             raise BindError(f"cannot bind the {noun} {endpoint} ({how}): "
-                            f"{exc.strerror}{clash}", exc.errno or 0) from None
+                            f"{reason}{clash}", exc.errno or 0) from None
 
     def bind(self) -> None:
         """Create and bind both sockets (and, with CURVE, start the ZAP handler and bind

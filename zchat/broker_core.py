@@ -43,6 +43,7 @@ from zchat.names import (
     mention_words,
     name_key,
     normalize_name,
+    normalize_new_name,
     skeleton,
     validate_text,
 )
@@ -613,7 +614,7 @@ class BrokerCore:
     def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
                   now_s: float, now_ms: int, address: str) -> list[Action]:
         self._limit_login(rid, address, now_s, "registrations")
-        name = normalize_name(req.name)
+        name = normalize_new_name(req.name)
         self._check_new_password(req.password)
         key = name_key(name)
         self._check_not_admin_name(key, skeleton(name), name)
@@ -805,6 +806,8 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         name = normalize_name(req.room, "room name")
         key = name_key(name)
+        if key not in self.rooms:  # creating it: a new name's rules too (§12)
+            normalize_new_name(name, "room name")
         me = session.account_key
         invited = False
         if me not in self.members.get(key, ()):
@@ -964,7 +967,8 @@ class BrokerCore:
         dm_id = posted.seq
         if posted.duplicate:  # a retry (§6.7): pushed already, or pending for next login
             return [self._ok(rid, req_id, p.DmSent(
-                id=dm_id, time=posted.time_ms, delivered="live" if live else "stored"))]
+                id=dm_id, time=posted.time_ms, delivered="live" if live else "stored",
+                to=recipient.name))]
         if log.isEnabledFor(logging.DEBUG):
             log.debug("dm %d %s -> %s: %r", dm_id, session.name, recipient.name, text)
         push = p.encode_push(p.DirectMessage(id=dm_id, time=now_ms, sender=session.name,
@@ -973,7 +977,8 @@ class BrokerCore:
         targets.discard(rid)
         actions: list[Action] = [ToPeer(t, push) for t in sorted(targets)]
         actions.append(self._ok(rid, req_id, p.DmSent(
-            id=dm_id, time=now_ms, delivered="live" if live else "stored")))
+            id=dm_id, time=now_ms, delivered="live" if live else "stored",
+            to=recipient.name)))
         return actions
 
     def _ack_dm(self, rid: bytes, req_id: bytes, req: p.AckDirect, session: Session,

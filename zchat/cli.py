@@ -74,8 +74,8 @@ def _default(table: str, key: str, empty: str = "") -> str:
 #: its usage error explains the name rule instead (docs/PROTOCOL.md §12).
 _NAME_METAVARS = ("NAME", "TO")
 #: The name rule in a line, as docs/PROTOCOL.md §12 states it.
-NAME_RULE = ("a name is 1-32 letters, digits, '_', '-' and '.' and may not start with "
-             "'-' (docs/PROTOCOL.md §12)")
+NAME_RULE = ("a name is 1-32 letters, digits, '_', '-' and '.', with a letter or digit, "
+             "that starts and ends with a letter, digit or '_' (docs/PROTOCOL.md §12)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,9 +102,26 @@ class _Parser(argparse.ArgumentParser):
         names = [a for a in self._actions if not a.option_strings
                  and a.metavar in _NAME_METAVARS]
         if unknown and names and ("required" in message or "unrecognized" in message):
-            return (f"{unknown[0]!r} is not a name: names may not start with '-' (it "
-                    f"would read as an option); {NAME_RULE}")
+            return f"{unknown[0]!r} is not a name (it would read as an option): {NAME_RULE}"
         return message
+
+
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type of a count such as ``--limit``: a whole number from ``low`` to
+    ``high`` (no upper bound when None), so that ``--limit 0`` is a usage error (exit
+    code 2) as ``--limit abc`` is, not a request the broker refuses."""
+    words = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {words}, not {text!r}")
+        return value
+
+    return count
 
 
 def _room_arg(text: str) -> str:
@@ -172,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("join", help="open the chat console",
                        description="Open the full-screen chat console as NAME: rooms, "
                                    "direct messages and people side by side. Offers to "
-                                   "create the account when it does not exist. Keys and "
-                                   "commands: /help inside, or docs/console.md.")
+                                   "create the account when it does not exist. It needs a "
+                                   "terminal (scripts use say, dm, tail, history). Keys "
+                                   "and commands: /help inside, or docs/console.md.")
     client_opts(j, needs_as=False)
     j.add_argument("name", metavar="NAME", type=_account_arg)
     j.add_argument("--no-mouse", action="store_true",
@@ -182,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("register", help="create an account",
                        description="Create an account (it starts in the lobby room). "
-                                   "NAME: 1-32 letters, digits, '_', '-' and '.', not "
-                                   "starting with '-'. The password needs at least the "
+                                   "NAME: 1-32 letters, digits, '_', '-' and '.', with a "
+                                   "letter or digit, starting and ending with a letter, "
+                                   "digit or '_'; not like an existing name (alice_ beside "
+                                   "alice). The password needs at least the "
                                    "broker's min_password_chars characters (default 8).")
     client_opts(r, needs_as=False)
     r.add_argument("name", metavar="NAME", type=_account_arg)
@@ -219,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(t)
     t.add_argument("--room", type=_room_arg,
                    help="the room to follow (default: direct messages only)")
-    t.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    t.add_argument("--count", type=_count(1), metavar="N", help="exit after N messages")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--keep-unread", action="store_true",
                    help="leave the direct messages it prints unread (a log, not a reader)")
@@ -233,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--room", type=_room_arg)
     where.add_argument("--dm", metavar="NAME", type=_account_arg,
                        help="your direct conversation with NAME (both ways) instead")
-    h.add_argument("--limit", type=int, default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
+    h.add_argument("--limit", type=_count(1, p.MAX_HISTORY_LIMIT),
+                   default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
                    help=f"how many (1-{p.MAX_HISTORY_LIMIT}, default "
                         f"{p.DEFAULT_HISTORY_LIMIT})")
     h.add_argument("--before", type=int, metavar="SEQ",
@@ -250,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--messages", action="store_true",
                    help="print the unread messages themselves, oldest first, rooms then "
                         "direct messages")
-    u.add_argument("--limit", type=int, default=UNREAD_MESSAGES_LIMIT, metavar="N",
+    u.add_argument("--limit", type=_count(1), default=UNREAD_MESSAGES_LIMIT, metavar="N",
                    help="with --messages: at most the oldest N of each conversation "
                         f"(default {UNREAD_MESSAGES_LIMIT})")
     u.add_argument("--mark-read", action="store_true",
@@ -266,9 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     sl = sub.add_parser("slow", help="set a room's slow mode",
                         description="Let each member of ROOM post at most one message per "
                                     "SECONDS (0 turns slow mode off; at most "
-                                    f"{p.MAX_SLOW_MODE_S}). Only the room's creator and "
-                                    "broker admins may, and they are exempt "
-                                    "(docs/PROTOCOL.md §6.28).")
+                                    f"{p.MAX_SLOW_MODE_S}). Only the room's moderators, "
+                                    "its owner (creator) and broker admins may, and they "
+                                    "are exempt (docs/PROTOCOL.md §6.28, §17.1).")
     client_opts(sl)
     sl.add_argument("room", metavar="ROOM", type=_room_arg)
     sl.add_argument("seconds", type=_slow_seconds, metavar="SECONDS")
@@ -300,8 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--duration", default="", metavar="D",
                     help="ban, mute: a number and a unit, 30s, 10m, 2h, 1d or 1w, at "
                          "most ten years (default: until lifted)")
-    md.add_argument("--limit", type=int, default=p.DEFAULT_AUDIT_LIMIT,
-                    help="audit: entries to show, newest first")
+    md.add_argument("--limit", type=_count(1, p.MAX_AUDIT_LIMIT),
+                    default=p.DEFAULT_AUDIT_LIMIT, metavar="N",
+                    help=f"audit: entries to show, newest first (1-{p.MAX_AUDIT_LIMIT}, "
+                         f"default {p.DEFAULT_AUDIT_LIMIT})")
 
     bt = sub.add_parser("bot", help="run a bot from a Python file",
                         description="Run the bot defined in FILE.py (a module-level `bot = "
@@ -436,7 +459,8 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
     au.add_argument("--before", type=int, metavar="ID",
                     help="only entries older than entry ID (page back: give the last ID "
                          "shown)")
-    au.add_argument("--limit", type=int, default=p.DEFAULT_AUDIT_LIMIT, metavar="N",
+    au.add_argument("--limit", type=_count(1, p.MAX_AUDIT_LIMIT),
+                    default=p.DEFAULT_AUDIT_LIMIT, metavar="N",
                     help=f"how many (1-{p.MAX_AUDIT_LIMIT}, default "
                          f"{p.DEFAULT_AUDIT_LIMIT})")
 
@@ -964,7 +988,7 @@ def cmd_dm(args: argparse.Namespace, config: Config) -> int:
     async def body(client: Client) -> int:
         reply = await client.dm(args.to, text)
         where = "delivered live" if reply.delivered == "live" else "stored until they log in"
-        print(f"{where} (to {args.to})")
+        print(f"{where} (to {reply.to or args.to})")  # the name as registered
         return 0
 
     return _run(_session(config, args.user, body))
@@ -982,9 +1006,6 @@ class _SessionEndShownOnce(logging.Filter):
 
 
 def cmd_tail(args: argparse.Namespace, config: Config) -> int:
-    if args.count is not None and args.count < 1:
-        raise CliError("--count must be at least 1")
-
     tz = _local_tz()
 
     async def body(client: Client) -> int:
@@ -1081,9 +1102,6 @@ def cmd_unread(args: argparse.Namespace, config: Config) -> int:
     """``zchat unread`` (docs/cli.md): the account's conversations with unread messages
     from the LOGIN reply's read state, or with ``--messages`` the messages themselves;
     ``--mark-read`` then marks read what was listed or printed."""
-    if args.limit < 1:
-        raise CliError("--limit must be at least 1")
-
     async def body(client: Client) -> int:
         state = client.unread
         rooms = [r for r in state.rooms if r.unread]
@@ -1117,14 +1135,22 @@ def cmd_unread(args: argparse.Namespace, config: Config) -> int:
                 _emit(sys.stdout, dm_msg, args.json)
             if found:
                 marks.append((None, d.peer, found[-1].id))
-        if not rooms and not dms and not args.json:
-            print("nothing unread", file=sys.stderr)
+        if not rooms and not dms:
+            _nothing("nothing unread", args.json)
         if args.mark_read:
             for room, dm, upto in marks:
                 await client.mark_read(room=room, dm=dm, upto=upto)
         return 0
 
     return _run(_session(config, args.user, body))
+
+
+def _nothing(what: str, as_json: bool = False) -> None:
+    """Say on stderr that a listing came out empty (``nothing unread``, ``#dev has no
+    topic``), so that a person is not left with a blank screen, while stdout stays empty
+    for scripts. Not with ``--json``, whose reader wants objects only (docs/cli.md)."""
+    if not as_json:
+        print(what, file=sys.stderr)
 
 
 def _unread_line(out: TextIO, label: str, unread: int, mentions: int, read: int, last: int,
@@ -1144,14 +1170,20 @@ def cmd_history(args: argparse.Namespace, config: Config) -> int:
     room needs no membership, docs/PROTOCOL.md §6.9)."""
 
     async def body(client: Client) -> int:
+        before = f" before {args.before}" if args.before is not None else ""
         if args.dm is not None:  # a direct conversation (docs/PROTOCOL.md §6.48)
             dm_page = await client.dm_history(args.dm, before=args.before, limit=args.limit)
             for dm in dm_page.messages:
                 _emit(sys.stdout, dm, args.json)
+            if not dm_page.messages:
+                _nothing(f"no direct messages with {dm_page.peer or args.dm}{before}",
+                         args.json)
             return 0
         page = await client.history(args.room, before=args.before, limit=args.limit)
         for msg in page.messages:
             _emit(sys.stdout, msg, args.json)
+        if not page.messages:
+            _nothing(f"no messages in #{page.room or args.room}{before}", args.json)
         return 0
 
     return _run(_session(config, args.user, body))
@@ -1182,7 +1214,11 @@ def cmd_topic(args: argparse.Namespace, config: Config) -> int:
 
     async def body(client: Client) -> int:
         if text is None:
-            print((await client.room_info(args.room)).topic)
+            info = await client.room_info(args.room)
+            if info.topic:
+                print(info.topic)
+            else:
+                _nothing(f"#{info.room} has no topic")
             return 0
         reply = await client.join(args.room)
         await client.set_topic(reply.room, text)
@@ -1269,15 +1305,20 @@ def cmd_mod(args: argparse.Namespace, config: Config) -> int:
             print(f"deleted #{room}")
             return 0
         elif action == "bans":
-            for b in (await client.bans(room if args.room != "*" else None)).bans:
+            bans = (await client.bans(room if args.room != "*" else None)).bans
+            for b in bans:
                 print(f"{b.kind}\t{'#' + b.room if b.room else '*'}\t{b.name}\tby {b.by}"
                       f"\tuntil {_fmt_ms(b.until, round_up=True)}\t{b.reason}")
+            if not bans:
+                _nothing("no bans or mutes in force" + (f" in #{room}" if room else ""))
             return 0
         elif action == "audit":
             reply = await client.audit(room or None, limit=args.limit)
             for e in reply.entries:
                 print(f"{_fmt_ms(e.time)}\t{e.actor}\t{e.action}\t"
                       f"{'#' + e.room if e.room else '*'}\t{e.target}\t{e.detail}")
+            if not reply.entries:
+                _nothing("no audit entries" + (f" for #{room}" if room else ""))
             return 0
         print(f"{action} done" + (f": {nick}" if nick and action in _NEEDS_NICK else "")
               + (f" in #{room}" if room else " server-wide"))
@@ -1316,7 +1357,10 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
             print(f"zchat: token {created.id} created for {client.name}; it is shown only "
                   "this once", file=sys.stderr)
         elif action == "list":
-            for t in (await client.list_tokens()).tokens:
+            tokens = (await client.list_tokens()).tokens
+            if not tokens:
+                _nothing(f"{client.name} has no tokens", args.json)
+            for t in tokens:
                 if args.json:
                     print(json.dumps({"id": t.id, "label": t.label, "created": _iso(t.created),
                                       "created_ms": t.created}, ensure_ascii=False))
@@ -1375,8 +1419,6 @@ def cmd_admin(args: argparse.Namespace, config: Config) -> int:
     database file; the logic is zchat.admin's."""
     from zchat import admin
 
-    if args.admin_command == "audit" and not 1 <= args.limit <= p.MAX_AUDIT_LIMIT:
-        raise CliError(f"--limit must be 1 to {p.MAX_AUDIT_LIMIT}")
     if args.user is None:
         return admin.run_direct(args, config)
 
@@ -1443,6 +1485,11 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
 
     from zchat.console.app import ChatConsole, login_flow
 
+    # prompt_toolkit would warn "Input is not a terminal (fd=0)" and draw anyway
+    for stream, what in ((sys.stdin, "input"), (sys.stdout, "output")):
+        if not stream.isatty():
+            raise CliError(f"zchat join needs a terminal, and its standard {what} is not "
+                           "one; scripts use zchat say, dm, tail or history")
     _log_to_file()  # a full-screen app must never get log lines printed over it
 
     async def run() -> int:

@@ -491,6 +491,7 @@ class Client:
         lookup (first use), INFO and, when INFO is not answered, the key check."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
+        await k.resolve_host(self.server, self.timeout_s)  # an unknown host fails at once
         broker_key = await self._resolve_broker_key()
         client_public, client_secret = zmq.curve_keypair()  # this connection's own pair
         dealer = self.context.socket(zmq.DEALER)

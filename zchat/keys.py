@@ -26,9 +26,12 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
+import socket
 import stat
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +293,69 @@ def key_endpoint_for(router: str) -> str:
     return f"{head}:{int(port) + KEY_PORT_OFFSET}"
 
 
+def lookup_host(endpoint: str) -> tuple[str, str] | None:
+    """(host, port) of a ``tcp://`` endpoint to connect to whose host is a name to look
+    up (``tcp://chat.example.org:5555`` -> ``("chat.example.org", "5555")``; the part
+    after a ``;`` when the endpoint names a source first), or None when there is nothing
+    to resolve: not tcp, an IP address (``127.0.0.1``, ``[::1]``), ``*``, or no port."""
+    if not is_tcp(endpoint):
+        return None
+    address = endpoint[len("tcp://"):].rpartition(";")[2]
+    host, colon, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or host == "*":
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host, port
+    return None
+
+
+async def resolve_host(endpoint: str, timeout_s: float) -> None:
+    """Look up the host name of ``endpoint`` (``lookup_host``) before connecting to it:
+    libzmq resolves names by itself, silently and again and again, so a misspelt or
+    unknown host would only show as a broker that does not answer within ``timeout_s``.
+    Raises ConnectionFailed at once, naming the host, when the name does not resolve, or
+    when the lookup takes longer than ``timeout_s`` seconds. Nothing to do (no wait) for
+    an IP address, ipc or inproc.
+
+    ``socket.getaddrinfo`` blocks, so it runs on a daemon thread of its own rather than
+    the loop's executor, whose threads the interpreter waits for at exit: a resolver that
+    hangs must not hold up a command that gave up on it."""
+    target = lookup_host(endpoint)
+    if target is None:
+        return
+    host, port = target
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[OSError | None] = loop.create_future()
+
+    def settle(result: OSError | None) -> None:
+        if not done.done():
+            done.set_result(result)
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            result: OSError | None = None
+        except (OSError, UnicodeError) as exc:  # socket.gaierror; an IDNA-invalid name
+            result = exc if isinstance(exc, OSError) else OSError(str(exc))
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, result)
+
+    threading.Thread(target=look_up, name="zchat-resolve", daemon=True).start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            failure = await done
+    except TimeoutError:
+        raise ConnectionFailed(f"the host name {host!r} (in {endpoint}) did not resolve "
+                               f"within {timeout_s:g} s; check the address and the "
+                               f"network's name service") from None
+    if failure is not None:
+        raise ConnectionFailed(f"cannot find the host {host!r} (in {endpoint}): "
+                               f"{failure.strerror or failure}; check the address")
+
+
 # -- the pinned-keys file -----------------------------------------------------------------
 
 
@@ -387,24 +453,32 @@ async def fetch_broker_key(context: zmq.asyncio.Context, endpoint: str,
 
     This exchange is unauthenticated by design (trust on first use): its answer is only
     pinned when nothing is pinned yet, or compared with the pin to explain a failed
-    handshake. Raises ConnectionFailed when nothing answers within ``timeout_s`` seconds
-    and BadKey when the answer is not a key.
+    handshake. Raises ConnectionFailed when the endpoint's host name does not resolve
+    (``resolve_host``) or nothing answers within ``timeout_s`` seconds — worded for the
+    usual cause first, a broker that is not running or a wrong address, then the
+    transport settings — and BadKey when the answer is not a key.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    await resolve_host(endpoint, timeout_s)
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 1024)
     try:
         sock.connect(endpoint)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 await sock.send(KEY_REQUEST)
                 frames: list[Any] = await sock.recv_multipart()
         except TimeoutError:
             raise ConnectionFailed(
-                f"no answer from the broker's key service at {endpoint} within "
-                f"{timeout_s:g} s, so its public key is unknown: is the broker running "
-                f"with encryption = \"curve\"? Give its key with --server-key or "
-                f"[client] server_key, or set [client] key_server") from None
+                f"the broker does not answer: nothing answered at its key service "
+                f"{endpoint} within {timeout_s:g} s (asked for its public key on this "
+                f"first connection). Is the broker running, and is the server address "
+                f"right? If it runs, it may have encryption = \"none\" (then set "
+                f"[client] encryption = \"none\" too) or its key service elsewhere: give "
+                f"its key with --server-key or [client] server_key, or set [client] "
+                f"key_server") from None
     finally:
         sock.close(linger=0)
     if len(frames) != 3 or frames[0] != KEY_REPLY or frames[1] != b"curve":

@@ -5,8 +5,12 @@ NFKC-normalised, 1–32 characters of letters, digits, ``_``, ``-`` and ``.``; u
 case-insensitively (the *key* is the NFKC casefold); no mixing of scripts beyond UTS #39's
 "highly restrictive" combinations (Latin + Han + Hiragana + Katakana, Latin + Han +
 Bopomofo, Latin + Han + Hangul); and a look-alike *skeleton* so that ``pаypal`` (Cyrillic
-а) or ``a1ice`` cannot pose as ``paypal`` or ``alice``. Script and confusable data come
-from the confusable-homoglyphs package (the Unicode consortium's tables).
+а), ``a1ice`` or ``alice_`` cannot pose as ``paypal`` or ``alice``. Script and confusable
+data come from the confusable-homoglyphs package (the Unicode consortium's tables).
+
+``normalize_name`` is what every name meets, and looks names up; ``normalize_new_name``
+adds the rules for a name being created (a letter or digit in it, no ``.`` or ``-`` at its
+ends), which came later: a name made before them is still found, logged in and joined.
 """
 
 from __future__ import annotations
@@ -88,6 +92,32 @@ def normalize_name(raw: str, what: str = "name") -> str:
                             f"{what} could be mistaken for a Latin name; every letter of it "
                             "has a Latin look-alike, so use at least one letter that has "
                             "none")
+    return name
+
+
+#: Where a new name may not start or end (``normalize_new_name``): in a sentence such an
+#: end reads as punctuation ("thanks alice."), and ``mention_words`` strips it.
+_NO_EDGE = frozenset(".-")
+
+
+def normalize_new_name(raw: str, what: str = "name") -> str:
+    """Return the NFKC form of ``raw`` if it may be given to a new account or room
+    (REGISTER, CREATE_ACCOUNTS, ``zchat admin create``, a JOIN that creates the room;
+    docs/PROTOCOL.md §12), else raise ProtocolError(422).
+
+    ``normalize_name``'s rules, and two more: it holds at least one letter or digit (not
+    ``.``, ``...`` or ``_``), and it neither starts nor ends with ``.`` or ``-``, which a
+    sentence around it would swallow ("thanks alice." mentions ``alice``,
+    ``mention_words``). Names made before these rules keep working: lookups use
+    ``normalize_name``.
+    """
+    name = normalize_name(raw, what)
+    if name[0] in _NO_EDGE or name[-1] in _NO_EDGE:
+        raise ProtocolError(Status.INVALID,
+                            f"{what} must start and end with a letter, digit or '_': a '.' "
+                            "or '-' at an end would read as punctuation (\"thanks alice.\")")
+    if not any(unicodedata.category(ch)[0] in "LN" for ch in name):
+        raise ProtocolError(Status.INVALID, f"{what} must hold at least one letter or digit")
     return name
 
 
@@ -180,13 +210,22 @@ SMALL_CAPITALS: dict[str, str] = {
 }
 _SMALL_CAPITALS = str.maketrans(SMALL_CAPITALS)
 
+#: The punctuation a name may hold (``_PUNCT``), which skeletons leave out.
+_DROP_PUNCT = str.maketrans("", "", "".join(sorted(_PUNCT)))
+
 
 def skeleton(name: str) -> str:
     """A look-alike skeleton of a valid name: two names with equal skeletons can be
     mistaken for each other (``alice``/``a1ice``/``aIice``/``alíce``, ``paypal``/
-    ``pаypal``), so only one of them may exist. After UTS #39 §4 over the same confusables
-    table, with case folded in between (names are unique case-insensitively): drop
-    nonspacing marks, map, fold, drop marks, map again.
+    ``pаypal``, ``alice``/``alice.``/``Alice_``/``al-ice``), so only one of them may
+    exist. After UTS #39 §4 over the same confusables table, with case folded in between
+    (names are unique case-insensitively): drop nonspacing marks, map, fold, drop marks,
+    map again.
+
+    The punctuation a name may hold, ``_``, ``-`` and ``.`` (names hold no other
+    punctuation and no symbols), is left out first, and so is whatever the table maps to
+    it at the end (Arabic-Indic zero ``٠`` looks like ``.``): names that differ only by
+    punctuation cannot coexist, and a name of punctuation alone has an empty skeleton.
 
     Unicode's table maps ``0`` only to ``O`` and knows ``rn`` as ``m`` but not ``vv`` as
     ``w`` or ``cl`` as ``d``; ``ASCII_LOOK_ALIKES`` adds these, so ``b0b``, ``rnallory``,
@@ -196,11 +235,12 @@ def skeleton(name: str) -> str:
     with ``alice`` and ``bob`` too (after a pass, a letter the table paired with a small
     capital, such as Cyrillic ``в`` with ``ʙ``, follows it)."""
     plain = _strip_marks(unicodedata.normalize("NFKC", name)).translate(_SMALL_CAPITALS)
+    plain = plain.translate(_DROP_PUNCT)
     for seq, like in ASCII_LOOK_ALIKES:
         plain = plain.replace(seq, like)
     once = _map_confusables(plain)
     folded = _strip_marks(unicodedata.normalize("NFKC", once.casefold()))
-    return _map_confusables(folded.translate(_SMALL_CAPITALS))
+    return _map_confusables(folded.translate(_SMALL_CAPITALS)).translate(_DROP_PUNCT)
 
 
 #: Characters that draw nothing visible on their own: format characters and lone
@@ -296,10 +336,12 @@ def _name_runs(token: str) -> list[str]:
 def mention_words(text: str) -> set[str]:
     """The name keys that message ``text`` mentions (docs/PROTOCOL.md §6.49.2): its
     *words* — maximal runs of name characters (letters, digits, combining marks, ``_``,
-    ``-``, ``.``) in the text's key form (NFKC casefold, as ``name_key``) — each also
-    without the ``.`` and ``-`` it starts or ends with (``alice.`` at the end of a
-    sentence, ``-alice``). So ``Hi @Alice!``, ``ALICE: look`` and ``alice.`` mention
-    ``alice``; ``malice``, ``alice_b``, ``alice.smith`` and ``bob-alice`` do not.
+    ``-``, ``.``) in the text's key form (NFKC casefold, as ``name_key``) — each without
+    the ``.`` and ``-`` it starts or ends with, which are the sentence's punctuation
+    (``alice.`` at the end of a sentence, ``-alice``; no new name starts or ends with
+    them, ``normalize_new_name``). So ``Hi @Alice!``, ``ALICE: look`` and ``alice.``
+    mention ``alice``, and never an account named ``alice.`` made before that rule;
+    ``malice``, ``alice_b``, ``alice.smith`` and ``bob-alice`` do not mention ``alice``.
     A text is folded once and scanned in C but for its non-ASCII stretches, so this is
     cheap enough for every SEND (the broker counts mentions as it stores them)."""
     folded = name_key(text)
@@ -308,9 +350,10 @@ def mention_words(text: str) -> set[str]:
         tokens = [run for token in tokens
                   for run in ((token,) if token.isascii() else _name_runs(token))]
     words = set(tokens)
-    for token in tokens:  # the rare word with a "." or "-" at an end: also without it
+    for token in tokens:  # the rare word with a "." or "-" at an end: only without it
         if token and (token[0] in ".-" or token[-1] in ".-"):
-            words.update((token.strip(".-"), token.lstrip(".-"), token.rstrip(".-")))
+            words.discard(token)
+            words.add(token.strip(".-"))
     words.discard("")
     return words
 

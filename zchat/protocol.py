@@ -572,6 +572,8 @@ class DmSent(Reply):
     id: int
     time: int
     delivered: Delivery
+    #: The recipient's name as registered ("" from a broker before this field).
+    to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
