@@ -12,13 +12,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Proc, TcpBroker, cli_env, run, zchat_command
+from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
 from test_broker_core import Peer, World
 from test_moderation_core import room_with
 
 from zchat import protocol as p
+from zchat.client import SyncClient
 from zchat.errors import RequestFailed, Status
-from zchat.testing import Harness, next_message
+from zchat.testing import DEFAULT_PASSWORD, Harness, next_message
 
 
 @pytest.fixture
@@ -200,3 +201,33 @@ def test_a_deleted_rooms_unread_mentions_go_with_it(world: World) -> None:
     u["mia"].must(p.Join(room="dev"))
     assert {r.room: (r.unread, r.mentions) for r in
             world.peer().login("mia").reply.room_reads}["dev"] == (0, 0)
+
+
+def test_tail_ends_when_its_room_is_left_on_another_device(tmp_path: Path) -> None:
+    """No LEFT reaches the tail when mia leaves #dev from another device (its event names
+    no remover); the next heartbeat shows the room gone from her rooms, and the tail ends
+    as for a kick rather than going silent (and the same holds for a deletion whose
+    ROOM_DELETED it missed)."""
+    broker, _ = start_broker(tmp_path, settings="heartbeat_interval_s = 0.5\n"
+                                                "heartbeat_timeout_s = 2.0\n")
+    server = ("--server", broker.router)
+    env = cli_env(tmp_path)
+    tail: Proc | None = None
+    try:
+        for name in ("olga", "mia"):
+            subprocess.run([*zchat_command(), "register", *server, name], env=env,
+                           check=True, capture_output=True, timeout=30)
+        tail = Proc([*zchat_command(), "tail", *server, "--as", "mia", "--room", "dev"], env)
+        tail.wait_line("stderr", "following #dev as mia")
+        with SyncClient(broker.router) as phone:
+            phone.login("mia", DEFAULT_PASSWORD)
+            phone.part("dev")
+            phone.logout()
+        assert tail.wait(15) == 1
+        assert tail.stderr[-1] == ("zchat: error: you are no longer in #dev (left on another "
+                                   "device, removed, or the room was deleted); nothing "
+                                   "left to follow")
+    finally:
+        if tail is not None:
+            tail.kill()
+        stop_broker(broker)

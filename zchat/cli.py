@@ -33,7 +33,14 @@ from typing import Any, TextIO
 
 from zchat import __version__
 from zchat import protocol as p
-from zchat.client import SEND_RETRY_S, Client, ConnectionRestored, Reconnecting, SessionEnded
+from zchat.client import (
+    SEND_RETRY_S,
+    Client,
+    ConnectionRestored,
+    LeftElsewhere,
+    Reconnecting,
+    SessionEnded,
+)
 from zchat.config import Config, data_dir, load_config, validate
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
 from zchat.names import name_key, normalize_name
@@ -1050,6 +1057,12 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
             elif isinstance(event, p.RoomDeleted) and name_key(event.room) == room:
                 raise CliError(f"#{event.room} was deleted by {event.by}"  # nothing left
                                + (f": {event.reason}" if event.reason else ""))
+            elif isinstance(event, LeftElsewhere) and name_key(event.room) == room:
+                # left on another device, or removed/deleted while its event was missed
+                # (PUB dropped it, or it happened while disconnected): nothing to follow
+                raise CliError(f"you are no longer in #{event.room} (left on another "
+                               "device, removed, or the room was deleted); nothing left "
+                               "to follow")
             if isinstance(event, p.MessagePosted | p.DirectMessage):
                 if isinstance(event, p.MessagePosted) and (
                         args.room is None or event.room.casefold() != args.room.casefold()):
