@@ -184,6 +184,9 @@ class BrokerCore:
         self.rooms: dict[str, str] = {r.key: r.name for r in listed}
         self.last_seq: dict[str, int] = {r.key: r.last_seq for r in listed}
         self.topics: dict[str, str] = {r.key: r.topic for r in listed}
+        #: Room key -> the seq of its first message, for rooms made under a deleted
+        #: room's name (one past its tombstone, §6.52); 1 for the others.
+        self.first_seq: dict[str, int] = {k: v + 1 for k, v in store.room_floors().items()}
         self.members: dict[str, set[str]] = store.memberships()
         #: Room key -> a search for any member's name (``_mentioned``); dropped when the
         #: room's members change.
@@ -840,13 +843,15 @@ class BrokerCore:
         if created:
             self.creators[key] = me
             self.roles[key] = {me: "owner"}
+            if room.last_seq:  # made under a deleted room's name: numbered on from it
+                self.first_seq[key] = room.last_seq + 1
             if req.private:
                 self.private.add(key)
         self._add_member(key, me)
         actions: list[Action] = [self._ok(rid, req_id, p.RoomJoined(
             room=room.name, last_seq=room.last_seq, created=created, topic=room.topic,
             slow_mode_s=self.slow_mode.get(key, 0), private=key in self.private,
-            locked=key in self.locked))]
+            locked=key in self.locked, first_seq=self.first_seq.get(key, 1)))]
         if joined:
             actions += self._room_event(key, p.UserJoined(room=room.name, name=session.name,
                                                           time=now_ms))
@@ -1700,11 +1705,12 @@ class BrokerCore:
                         + (f"; {reason}" if reason else ""))
         # carried as the room's events are, to the members it had (pushed if private)
         actions: list[Action] = [self._ok(rid, req_id, p.Ok()), *self._room_event(
-            key, p.RoomDeleted(room=name, by=session.name, time=now_ms, reason=reason))]
+            key, p.RoomDeleted(room=name, by=session.name, time=now_ms, reason=reason,
+                               first_seq=self.first_seq.get(key, 1)))]
         for account_key in list(self.members.get(key, ())):
             self._forget_member(key, account_key)
         self.members.pop(key, None)
-        for table in (self.rooms, self.last_seq, self.topics, self.creators,
+        for table in (self.rooms, self.last_seq, self.first_seq, self.topics, self.creators,
                       self.slow_mode, self._last_post, self.roles, self._room_states):
             table.pop(key, None)
         self.private.discard(key)

@@ -774,10 +774,16 @@ class Client:
             if early is not None:
                 self._joining.pop(key, None)
         feed = self._state.rooms.get(key)
-        if feed is None or not feed.following:
+        if feed is None or not feed.following or reply.created:
+            # (created: the room followed so far was deleted, its ROOM_DELETED not read
+            # yet; this is a new room of that name, numbered on from it, §6.52)
             self._follow(reply.room, reply.last_seq, reply.topic)
-            for msg in early or ():  # heard while the reply travelled
+            heard = [m for m in feed.held.values() if m is not None and m.seq > reply.last_seq] \
+                if feed is not None and feed.following else []
+            for msg in [*heard, *(early or ())]:  # heard while the reply travelled
                 self._on_live(key, msg)
+            feed = self._state.rooms[key]
+        feed.first_seq = reply.first_seq
         self._state.topics[key] = reply.topic
         self._unread.joined(reply.room, reply.last_seq)
         return reply
@@ -1406,6 +1412,11 @@ class Client:
                         | p.RoleChanged | p.RoomDeleted):
             key = name_key(event.room)
             feed = self._state.rooms.get(key)
+            if isinstance(event, p.RoomDeleted) and feed is not None \
+                    and feed.first_seq not in (None, event.first_seq):
+                # a room of that name deleted before the one joined since (§6.52.1)
+                log.info("ignoring the deletion of an earlier #%s", event.room)
+                return
             if feed is not None and feed.following:
                 if isinstance(event, p.TopicChanged):
                     self._state.topics[key] = event.topic

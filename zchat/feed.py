@@ -47,13 +47,17 @@ class RoomFeed:
     the client started following it: older messages are history, not news); ``target`` the
     highest known to exist; ``held`` maps ``seq`` to a message not handed on yet, or to None
     for a ``seq`` the broker's history does not have (skipped when its turn comes).
-    ``following`` turns False when the client stops following the room (PART, kicked)."""
+    ``following`` turns False when the client stops following the room (PART, kicked).
+    ``first_seq`` is the seq of the room's first message as the JOIN reply gave it (None
+    when followed from a login or heartbeat list): it tells this room from a deleted one
+    of the same name (docs/PROTOCOL.md §6.52)."""
 
     delivered: int
     target: int = 0
     held: dict[int, MessagePosted | None] = field(default_factory=dict)
     skipped: int = 0
     following: bool = True
+    first_seq: int | None = None
 
     def __post_init__(self) -> None:
         self.target = max(self.target, self.delivered)

@@ -386,13 +386,16 @@ class RoleChanged(Message):
 class RoomDeleted(Message):
     """Event on the room topic (a push to each member session for a private room):
     ``by`` deleted ``room`` at ``time`` (UTC ms), with its history and memberships;
-    clients stop following it (§6.52.1)."""
+    clients stop following it (§6.52.1). ``first_seq`` names which room of that name
+    was deleted (as in the JOIN reply, §6.5): a client that already joined a new room
+    of the name when a late ROOM_DELETED of the old one reaches it keeps following."""
 
     TYPE: ClassVar[str] = "ROOM_DELETED"
     room: str
     by: str
     time: int
     reason: str = ""
+    first_seq: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +542,9 @@ class RoomJoined(Reply):
     slow_mode_s: int = 0
     private: bool = False
     locked: bool = False
+    #: The seq of this room's first message: 1, or one past a deleted room of the same
+    #: name (§6.52), which tells this room from that one.
+    first_seq: int = 1
 
 
 @dataclass(frozen=True, slots=True)

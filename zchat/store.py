@@ -863,6 +863,12 @@ class Store:
             "LEFT JOIN members m ON m.room_key = r.key GROUP BY r.key ORDER BY r.key")
         return [RoomRow(*row) for row in rows]
 
+    def room_floors(self) -> dict[str, int]:
+        """Room key -> the last seq of the deleted room it was made after (its tombstone,
+        docs/PROTOCOL.md §6.52), for the rooms made under a deleted room's name only."""
+        return dict(self._db.execute(
+            "SELECT r.key, t.last_seq FROM rooms r JOIN room_tombstones t ON t.key = r.key"))
+
     def memberships(self) -> dict[str, set[str]]:
         """Every room key -> the set of its members' account keys (rooms without members
         included)."""
