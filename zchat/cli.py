@@ -43,6 +43,7 @@ from zchat.client import (
 )
 from zchat.config import Config, data_dir, load_config, validate
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
+from zchat.files import private_dir, private_file
 from zchat.names import name_key, normalize_name
 
 PASSWORD_ENV = "ZCHAT_PASSWORD"
@@ -1482,8 +1483,9 @@ def _log_to_file() -> None:
     base = Path(state) if state.startswith("/") else Path.home() / ".local" / "state"
     handler: logging.Handler
     try:
-        (base / "zchat").mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(base / "zchat" / "console.log", encoding="utf-8")
+        # 0700 and 0600 whatever the umask: the log names rooms, people and servers
+        log_file = private_file(private_dir(base / "zchat") / "console.log")
+        handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                "%(message)s"))
     except OSError:

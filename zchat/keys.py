@@ -44,6 +44,7 @@ import zmq.auth
 import zmq.utils.z85
 
 from zchat.errors import ConnectionFailed, ZchatError
+from zchat.files import private_dir, private_file
 from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, address_key
 
 #: Name of the broker's certificate (public and secret key) inside its data directory.
@@ -410,8 +411,8 @@ def pin_broker_key(path: Path, endpoint: str, key: str) -> None:
 
     check_key(key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        private_dir(path.parent)  # 0700 whatever the umask (zchat/files.py)
+        lock = os.open(private_file(path.with_name(path.name + ".lock")), os.O_RDWR)
     except OSError as exc:
         raise KeyFileError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
