@@ -10,6 +10,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any
 import zmq
 
 from zchat import protocol as p
+from zchat.connections import FD_HEADROOM
 
 WINDOW = 200          # SEND requests in flight at once
 PAYLOAD = "x" * 100   # 100-byte message text, as in the performance issue
@@ -120,11 +122,18 @@ MP = multiprocessing.get_context("spawn")
 #:   (ZeroMQ's PUB semantics), and the harness's Python receivers are slower than the
 #:   broker with many subscribers on 2 cores: the bare relay runs unbounded too (sndhwm 0);
 #: - scrypt_n = 1024: member set-up is not what these scenarios time (the password-login
-#:   cost is measured at the shipped parameters by the sessions scenario).
+#:   cost is measured at the shipped parameters by the sessions scenario);
+#: - max_connections and max_connections_per_address = what ``ulimit -n`` carries (its
+#:   hard limit less FD_HEADROOM, docs/PROTOCOL.md §15.3): every member connects from
+#:   127.0.0.1, and a sessions run holds a DEALER and a SUB for each of 10,000 clients.
+_HARD_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+_CONNECTIONS = 1_000_000 if _HARD_NOFILE == resource.RLIM_INFINITY \
+    else max(1, min(_HARD_NOFILE, 1_000_000) - FD_HEADROOM)
 BROKER_DEFAULTS: dict[str, Any] = {
     "log_level": "warning", "send_rate_per_s": 0, "login_rate_per_s": 0,
     "heartbeat_timeout_s": 3600.0, "sndhwm": 10_000_000, "rcvhwm": 10_000_000,
     "scrypt_n": 1024, "max_sessions": 20_000,
+    "max_connections": _CONNECTIONS, "max_connections_per_address": _CONNECTIONS,
 }
 
 
@@ -323,13 +332,19 @@ def stop_children(timeout_s: float = 5.0) -> list[str]:
     return list(left.values())
 
 
-def secure_with(sock: zmq.Socket[Any], server_key: bytes | None) -> None:
+def secure_with(sock: zmq.Socket[Any], server_key: bytes | None,
+                keypair: tuple[bytes, bytes] | None = None) -> tuple[bytes, bytes] | None:
     """Make ``sock`` a CurveZMQ client of a server with public key ``server_key`` (Z85)
-    with a fresh key pair; nothing when ``server_key`` is None. Call before connect."""
-    if server_key is not None:
-        public, secret = zmq.curve_keypair()
-        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
-            server_key, public, secret)
+    with ``keypair`` or a fresh one, and return the pair used; nothing (None) when
+    ``server_key`` is None. Call before connect. A SUB must use the pair of a DEALER that
+    has logged in, and connect after the login: the broker's PUB admits only the key of
+    a live session (docs/PROTOCOL.md §16.2)."""
+    if server_key is None:
+        return None
+    public, secret = keypair or zmq.curve_keypair()
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+        server_key, public, secret)
+    return public, secret
 
 
 @dataclass

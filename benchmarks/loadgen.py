@@ -87,11 +87,13 @@ def relay_body(seq: int, text: str = PAYLOAD) -> bytes:
     return b'{"seq":%d,"text":"%s"}' % (seq, text.encode())
 
 
-def _login_member(ctx: zmq.Context[Any], target: Target, name: str) -> zmq.Socket[Any]:
-    """REGISTER, LOGIN and JOIN ``name`` on a new DEALER (kept open: the session lives)."""
+def _login_member(ctx: zmq.Context[Any], target: Target, name: str,
+                  keypair: tuple[bytes, bytes] | None = None) -> zmq.Socket[Any]:
+    """REGISTER, LOGIN and JOIN ``name`` on a new DEALER (kept open: the session lives),
+    with CURVE key pair ``keypair`` (else a fresh one)."""
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
-    secure_with(dealer, target.key)
+    secure_with(dealer, target.key, keypair)
     dealer.connect(target.router)
     for n, req in enumerate((p.Register(name=name, password=PASSWORD),
                              p.Login(name=name, password=PASSWORD), p.Join(room=ROOM))):
@@ -119,13 +121,17 @@ def receiver_main(target: Target, names: list[str], latency: bool, conn: Any) ->
     time in nanoseconds.
     """
     ctx = zmq.Context()
-    dealers = [] if target.kind == "relay" else [_login_member(ctx, target, n) for n in names]
+    # Each SUB takes its member's DEALER key pair, after that member's LOGIN: the PUB
+    # admits only the key of a live session (docs/PROTOCOL.md §16.2).
+    pairs = [zmq.curve_keypair() if target.key is not None else None for _ in names]
+    dealers = [] if target.kind == "relay" else [_login_member(ctx, target, n, pair)
+                                                 for n, pair in zip(names, pairs, strict=True)]
     subs = []
-    for _ in names:
+    for pair in pairs:
         sub = ctx.socket(zmq.SUB)
         sub.linger = 0
         sub.rcvhwm = 0
-        secure_with(sub, target.key)
+        secure_with(sub, target.key, pair)
         sub.connect(target.pub)
         sub.subscribe(TOPIC)
         subs.append(sub)

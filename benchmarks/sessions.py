@@ -108,7 +108,8 @@ class _Member:
     in order (``steps``), and its session once logged in."""
 
     __slots__ = ("name", "password", "steps", "dealer", "sub", "ids", "pending", "session",
-                 "token", "state", "gen", "attempt", "last_heard", "deadline", "returning")
+                 "token", "state", "gen", "attempt", "last_heard", "deadline", "returning",
+                 "keys", "sub_connected")
 
     def __init__(self, name: str, password: str, token: str) -> None:
         self.name = name
@@ -117,6 +118,11 @@ class _Member:
         self.steps: list[p.Request] = []
         self.dealer: zmq.Socket[Any] | None = None
         self.sub: zmq.Socket[Any] | None = None
+        # The CURVE key pair of its DEALER (kept across reconnects) and of its SUB, which
+        # connects once a LOGIN or RESUME succeeded: the PUB admits only the key of a live
+        # session (docs/PROTOCOL.md §16.2).
+        self.keys: tuple[bytes, bytes] | None = None
+        self.sub_connected = False
         self.ids = itertools.count(1)
         self.pending: dict[bytes, p.Request] = {}
         self.session = ""
@@ -199,7 +205,7 @@ class _Swarm:
     def _open(self, m: _Member, connect: bool = True) -> None:
         m.dealer = self.ctx.socket(zmq.DEALER)
         m.dealer.linger = 0
-        secure_with(m.dealer, self.key)
+        m.keys = secure_with(m.dealer, self.key, m.keys)
         if connect:
             m.dealer.connect(self.spec["server"])
         self.by_sock[m.dealer] = m
@@ -208,7 +214,7 @@ class _Swarm:
     def _open_sub(self, m: _Member) -> None:
         m.sub = self.ctx.socket(zmq.SUB)
         m.sub.linger = 0
-        secure_with(m.sub, self.key)
+        secure_with(m.sub, self.key, m.keys)
         for topic in (p.TOPIC_TICK, p.TOPIC_BROKER, p.room_topic("lobby")):
             m.sub.subscribe(topic)
         self.by_sock[m.sub] = m
@@ -302,6 +308,9 @@ class _Swarm:
 
     def _on_reply(self, m: _Member, req: p.Request, value: p.Message, now: float) -> None:
         m.last_heard = now
+        if isinstance(value, p.LoggedIn) and m.sub is not None and not m.sub_connected:
+            m.sub.connect(self.spec["pub"])  # its key is bound to the session now
+            m.sub_connected = True
         if isinstance(req, p.Ping):
             if isinstance(value, p.Pong):
                 self.stats["pongs"] += 1
@@ -392,8 +401,6 @@ class _Swarm:
         if self.conn.recv() != "go":
             return
         for m in self.members:
-            if m.sub is not None:
-                m.sub.connect(self.spec["pub"])
             if m.dealer is not None:
                 m.dealer.connect(self.spec["server"])
         window = self.spec.get("window") or len(self.members)
@@ -712,7 +719,7 @@ class BlockingClient:
     def __init__(self, ctx: zmq.Context[Any], broker: BrokerHandle) -> None:
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.linger = 0
-        secure_with(self.dealer, broker.public_key)
+        self.keys = secure_with(self.dealer, broker.public_key)
         self.dealer.connect(broker.router)
         self.ids = itertools.count(1)
         self.info: p.InfoReply = self.call(p.Info())
@@ -758,11 +765,11 @@ class _PacedRoom:
         self.sender.call(p.Login(name="pacer", password=PASSWORD))
         self.sender.call(p.Join(room=room))
         self.subs = []
-        for _ in range(members):
+        for client in self.clients:
             s = ctx.socket(zmq.SUB)
             s.linger = 0
             s.rcvhwm = 0
-            secure_with(s, broker.public_key)
+            secure_with(s, broker.public_key, client.keys)  # a logged-in member's key
             s.connect(self.sender.info.pub)
             s.subscribe(p.room_topic(room))
             self.subs.append(s)

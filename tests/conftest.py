@@ -177,10 +177,11 @@ class TcpBroker(NamedTuple):
     data_dir: Path
 
 
-def start_broker(tmp_path: Path, attempts: int = 5,
-                 settings: str = "") -> tuple[TcpBroker, list[str]]:
+def start_broker(tmp_path: Path, attempts: int = 5, settings: str = "",
+                 nofile: int | None = None) -> tuple[TcpBroker, list[str]]:
     """Start ``zchat broker`` on two free loopback ports and wait for its "database" line;
-    ``settings`` are more TOML lines of its ``[broker]`` table.
+    ``settings`` are more TOML lines of its ``[broker]`` table; ``nofile`` its ``ulimit
+    -n`` (soft and hard), if given (the shell then execs the broker: same pid).
 
     Returns the broker and the lines it printed at start. Retries with new ports when the
     bind fails (another process took a port between ``free_port`` and the bind). The
@@ -204,8 +205,10 @@ def start_broker(tmp_path: Path, attempts: int = 5,
         pub = f"tcp://127.0.0.1:{free_port()}"
         if router == pub:
             continue
-        proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
-                     str(data), "--router", router, "--pub", pub], cli_env(tmp_path))
+        limit = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh"] if nofile else []
+        proc = Proc([*limit, *zchat_command(), "broker", "--config", str(config),
+                     "--data-dir", str(data), "--router", router, "--pub", pub],
+                    cli_env(tmp_path))
         try:
             proc.wait_line("stdout", "database", timeout_s=15)
             key = proc.wait_line("stdout", "public key:", timeout_s=15).split()[-1]

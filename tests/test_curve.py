@@ -572,12 +572,22 @@ def test_eavesdropper_on_the_wire_sees_no_secret(tmp_path: Path, ctx: zmq.Contex
 
 
 def test_zap_reply_allows_curve_only() -> None:
-    """RFC 27 replies of the broker's ZAP handler: CURVE with any key 200; any other
+    """RFC 27 replies of the broker's ZAP handler: CURVE with any key 200 on the ROUTER,
+    the key (hex) as User-Id; on the PUB only a key the broker admits (§16.2); any other
     mechanism or a malformed request 400, echoing the request id."""
-    from zchat.broker import zap_reply
+    from zchat.broker import PUB_ZAP_DOMAIN, zap_reply
 
     curve = [b"1.0", b"7", b"zchat", b"127.0.0.1", b"", b"CURVE", b"k" * 32]
-    assert zap_reply(curve) == [b"1.0", b"7", b"200", b"OK", b"", b""]
+    user_id = (b"k" * 32).hex().encode()
+    assert zap_reply(curve) == [b"1.0", b"7", b"200", b"OK", user_id, b""]
+    assert zap_reply(curve, lambda key: False)[2] == b"200"  # the ROUTER admits any key
+    pub = [b"1.0", b"8", PUB_ZAP_DOMAIN, b"127.0.0.1", b"", b"CURVE", b"k" * 32]
+    asked: list[str] = []
+    assert zap_reply(pub, lambda key: asked.append(key) or False)[2:4] == [
+        b"400", b"log in before subscribing"]
+    assert asked == [user_id.decode()]
+    assert zap_reply(pub, lambda key: True)[2:5] == [b"200", b"OK", user_id]
+    assert zap_reply(pub[:6] + [b"short"])[2] == b"400"  # not a CURVE key
     assert zap_reply([b"1.0", b"8", b"zchat", b"127.0.0.1", b"", b"NULL"])[2:3] == [b"400"]
     assert zap_reply([b"1.0", b"9", b"zchat", b"127.0.0.1", b"", b"PLAIN", b"u", b"p"]
                      )[1:3] == [b"9", b"400"]

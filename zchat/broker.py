@@ -49,6 +49,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -57,6 +58,7 @@ import zmq
 from zchat import keys as k
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
+from zchat.connections import ConnectionGuard, effective_limits
 from zchat.errors import Status, StorageError, ZchatError
 from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
 from zchat.store import Store
@@ -72,14 +74,26 @@ REQUEST_PARTS = 5
 #: broker is given.
 SHUTDOWN_LINGER_MS = 500
 _ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME")
+#: Listen backlog of the broker's tcp sockets (ZMQ_BACKLOG; libzmq's default is 100): a
+#: storm of connections (a few hundred at once) then waits in the kernel's accept queue
+#: instead of having its handshakes dropped and retried seconds later (SYN-ACK back-off),
+#: which also held honest clients back. Linux caps it at net.core.somaxconn (4096).
+LISTEN_BACKLOG = 1024
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
 
 
-#: ZAP domain of the broker's CURVE sockets (RFC 27/ZAP): every handshake is checked by
-#: the ZAP handler.
+#: ZAP domains of the broker's CURVE sockets (RFC 27/ZAP): every handshake is checked by
+#: the ZAP handler, which tells the ROUTER's (any client key) from the PUB's (only the
+#: key of a live session) by it.
 ZAP_DOMAIN = b"zchat"
+PUB_ZAP_DOMAIN = b"zchat.pub"
+#: PUB handshakes one client key may make while it is bound to a session: its SUB, and
+#: libzmq reconnecting that SUB after a dropped TCP connection. Beyond it the key is
+#: refused, so that one login cannot open hundreds of subscribers (docs/PROTOCOL.md
+#: §16.2).
+SUBSCRIPTIONS_PER_KEY = 4
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -105,10 +119,18 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 class ZapHandler:
     """The ZAP handler (RFC 27/ZAP): a thread answering libzmq's authentication requests
     for the broker's CURVE sockets, so that a CURVE server never runs without one ("no
-    handler" would mean "allow all"). It allows the CURVE mechanism with any client key —
-    clients are identified by their LOGIN, not by their transport key (docs/PROTOCOL.md
-    §16.2) — and refuses any other mechanism (400). ``requests`` counts the handshakes
-    answered.
+    handler" would mean "allow all"). Only the CURVE mechanism is allowed (else 400).
+    On the ROUTER (ZAP_DOMAIN) any client key is allowed — clients are identified by
+    their LOGIN, not by their transport key — and the key is returned as the User-Id, so
+    that the ROUTER's frames carry it to the core, which binds it to the session at LOGIN
+    and RESUME. On the PUB (PUB_ZAP_DOMAIN) only a key in ``subscriber_keys`` is allowed,
+    at most SUBSCRIPTIONS_PER_KEY times (docs/PROTOCOL.md §16.2). ``requests`` counts the
+    handshakes answered.
+
+    ``subscriber_keys`` is an immutable snapshot (client keys in hex) that the broker's
+    loop replaces whenever a session binds or unbinds one, before it sends the LOGIN or
+    RESUME reply; this thread only reads it. ``_subscribed`` (PUB handshakes per key) is
+    this thread's alone.
 
     A plain blocking REP loop rather than pyzmq's asyncio ThreadAuthenticator: every
     handshake holds the GIL here, and the leaner loop halved the broker loop's p99 stall
@@ -118,6 +140,8 @@ class ZapHandler:
     def __init__(self, context: zmq.Context[Any]) -> None:
         self.context = context
         self.requests = 0
+        self.subscriber_keys: frozenset[str] = frozenset()
+        self._subscribed: dict[str, int] = {}
         self._socket: zmq.Socket[Any] | None = None
         self._wake: tuple[zmq.Socket[Any], zmq.Socket[Any]] | None = None
         self._thread = threading.Thread(target=self._run, name="zchat-zap", daemon=True)
@@ -152,7 +176,23 @@ class ZapHandler:
                 return
             request = sock.recv_multipart()
             self.requests += 1
-            sock.send_multipart(zap_reply(request))
+            sock.send_multipart(zap_reply(request, self._admit_subscriber))
+
+    def _admit_subscriber(self, key: str) -> bool:
+        """Whether client key ``key`` (hex) may open one more PUB connection: bound to a
+        live session, and fewer than SUBSCRIPTIONS_PER_KEY PUB handshakes made with it.
+        The counts of keys no longer bound are dropped when the table has grown to twice
+        the bound keys (a key bound again then starts afresh; LOGIN is rate-limited)."""
+        keys = self.subscriber_keys
+        if key not in keys:
+            return False
+        used = self._subscribed.get(key, 0)
+        if used >= SUBSCRIPTIONS_PER_KEY:
+            return False
+        self._subscribed[key] = used + 1
+        if len(self._subscribed) > 2 * len(keys) + 64:
+            self._subscribed = {k: n for k, n in self._subscribed.items() if k in keys}
+        return True
 
     def stop(self) -> None:
         """Stop the thread and close its sockets (within 5 s)."""
@@ -165,16 +205,25 @@ class ZapHandler:
         self._socket = self._wake = None
 
 
-def zap_reply(request: list[bytes]) -> list[bytes]:
+def _allow_all(key: str) -> bool:
+    return True
+
+
+def zap_reply(request: list[bytes],
+              admit_subscriber: Callable[[str], bool] = _allow_all) -> list[bytes]:
     """RFC 27's reply to one ZAP request (version, request id, domain, address, identity,
-    mechanism, credentials...): 200 for CURVE, 400 for any other mechanism or a request
-    that is not ZAP 1.0. User id and metadata are empty."""
+    mechanism, credentials...): 400 for any mechanism but CURVE or a request that is not
+    ZAP 1.0; on PUB_ZAP_DOMAIN 400 unless ``admit_subscriber(key)``; else 200 with the
+    client's public key (hex of its 32 bytes) as the User-Id. No metadata."""
     request_id = request[1] if len(request) > 1 else b""
     if len(request) < 6 or request[0] != b"1.0":
         return [b"1.0", request_id, b"400", b"not a ZAP 1.0 request", b"", b""]
-    if request[5] != b"CURVE":
+    if request[5] != b"CURVE" or len(request) != 7 or len(request[6]) != 32:
         return [b"1.0", request_id, b"400", b"only CURVE is accepted", b"", b""]
-    return [b"1.0", request_id, b"200", b"OK", b"", b""]
+    key = request[6].hex()
+    if request[2] == PUB_ZAP_DOMAIN and not admit_subscriber(key):
+        return [b"1.0", request_id, b"400", b"log in before subscribing", b"", b""]
+    return [b"1.0", request_id, b"200", b"OK", key.encode("ascii"), b""]
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -187,6 +236,15 @@ def _peer_address(frame: zmq.Frame) -> str:
     """The sender's IP address from the frame's metadata ("" on inproc/ipc)."""
     try:
         return str(frame.get("Peer-Address") or "")
+    except zmq.ZMQError:
+        return ""
+
+
+def _transport_key(frame: zmq.Frame) -> str:
+    """The sender's CURVE public key in hex, as the ZAP handler returned it for the
+    connection (User-Id), or "" on a plain connection."""
+    try:
+        return str(frame.get("User-Id") or "")
     except zmq.ZMQError:
         return ""
 
@@ -266,6 +324,10 @@ class Broker:
         self.keys_created = False
         #: The running ZAP handler while CURVE is on, else None.
         self.zap: ZapHandler | None = None
+        #: The connection limits' monitor thread while any socket is on tcp or ipc.
+        self.connections: ConnectionGuard | None = None
+        #: (core, its subscriber_version) last given to the ZAP handler.
+        self._keys_published: tuple[BrokerCore | None, int] = (None, -1)
         self._key_service: zmq.Socket[Any] | None = None
         #: The bound key service endpoint ("" when there is none: plain, or no tcp).
         self.key_endpoint = ""
@@ -335,15 +397,25 @@ class Broker:
                                          "CURVE without one")
         self.zap = zap
 
-    def _secure(self, sock: zmq.Socket[Any], endpoint: str) -> None:
-        """Make ``sock`` a CURVE server before its bind, if CURVE applies to
-        ``endpoint``."""
+    def _secure(self, sock: zmq.Socket[Any], endpoint: str, domain: bytes) -> None:
+        """Make ``sock`` a CURVE server checked in ZAP ``domain`` before its bind, if
+        CURVE applies to ``endpoint``."""
         if self.zap is None or self.keys is None or not k.is_tcp(endpoint):
             return
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
-        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        sock.setsockopt(zmq.ZAP_DOMAIN, domain)
+
+    def _start_guard(self) -> None:
+        """Start counting connections (zchat.connections) when any endpoint uses file
+        descriptors (tcp, ipc): raises the soft ``ulimit -n`` as the limits need, or
+        lowers the total to what it carries, with a WARNING."""
+        cfg = self.config
+        if not any(e.startswith(("tcp://", "ipc://")) for e in (cfg.router, cfg.pub)):
+            return
+        limits = effective_limits(cfg.max_connections, cfg.max_connections_per_address)
+        self.connections = ConnectionGuard(self.context, limits)
 
     def _bind(self, sock: zmq.Socket[Any], endpoint: str, what: str) -> None:
         """Bind ``sock`` to ``endpoint``. Raises BindError naming ``what`` ("ROUTER",
@@ -379,11 +451,16 @@ class Broker:
         ValueError (no key service port can be derived) or TransportSecurityError
         (nothing is bound then). After a failure, ``close()`` closes what was made."""
         self._start_security()
+        self._start_guard()
         router = self.context.socket(zmq.ROUTER)
         pub = self.context.socket(zmq.PUB)
         self._router, self._pub = router, pub
-        self._secure(router, self.config.router)
-        self._secure(pub, self.config.pub)
+        self._secure(router, self.config.router, ZAP_DOMAIN)
+        self._secure(pub, self.config.pub, PUB_ZAP_DOMAIN)
+        for sock in (router, pub):
+            sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+            if self.connections is not None:
+                self.connections.watch(sock)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_TRANSPORT_FRAME_BYTES)
         router.setsockopt(zmq.SNDHWM, self.config.sndhwm)
@@ -404,6 +481,9 @@ class Broker:
             service.setsockopt(zmq.MAXMSGSIZE, k.KEY_SERVICE_MAX_FRAME_BYTES)
             service.setsockopt(zmq.SNDHWM, 100)
             service.setsockopt(zmq.LINGER, 0)
+            service.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+            if self.connections is not None:
+                self.connections.watch(service)
             self._bind(service, self.config.key_endpoint
                        or k.key_endpoint_for(self.config.router), "key service")
             self.key_endpoint = service.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -411,6 +491,14 @@ class Broker:
                      k.fingerprint(self.keys.public))
         advertised = self.config.pub_advertised or self.pub_endpoint
         self.core = BrokerCore(self.store, self.config, advertised, wall_ms())
+        if self.connections is not None:
+            self.connections.start()
+
+    @property
+    def wakeup_fd(self) -> int:
+        """A non-blocking descriptor whose every write wakes ``run()``'s poll (for
+        ``signal.set_wakeup_fd``); -1 once closed."""
+        return self._wake_w
 
     def stop(self) -> None:
         """Ask ``run()`` to return; safe from any thread and from signal handlers."""
@@ -429,6 +517,9 @@ class Broker:
             if sock is not None:
                 sock.close(linger=self._linger_ms)
         self._router = self._pub = self._key_service = None
+        if self.connections is not None:
+            self.connections.stop()
+            self.connections = None
         if self.zap is not None:
             self.zap.stop()
             self.zap = None
@@ -523,11 +614,13 @@ class Broker:
         try:
             routing_id = parts[0].bytes
             frames = [f.bytes for f in parts[1:]]
-            address = ""
+            address = transport_key = ""
             if len(frames) > 2 and frames[2] in _ADDRESS_TYPES:
                 address = _peer_address(parts[-1])
+                if self.zap is not None:
+                    transport_key = _transport_key(parts[-1])
             self._pending += core.handle(routing_id, frames, time.monotonic(), wall_ms(),
-                                         address)
+                                         address, transport_key)
         except Exception:
             log.exception("unexpected error serving one request; still serving")
 
@@ -574,7 +667,20 @@ class Broker:
             self.store.commit_group()
         except StorageError as exc:
             actions = self._recover(actions, exc.reason)
+        self._publish_subscriber_keys()
         self._execute(actions)
+
+    def _publish_subscriber_keys(self) -> None:
+        """Give the ZAP handler a new snapshot of the client keys bound to live sessions
+        when they changed: before the wake-up's replies leave, so that a client told
+        "logged in" finds its key allowed on the PUB (docs/PROTOCOL.md §16.2)."""
+        core = self.core
+        if self.zap is None or core is None:
+            return
+        stamp = (core, core.subscriber_version)
+        if stamp != self._keys_published:
+            self.zap.subscriber_keys = frozenset(core.subscriber_keys)
+            self._keys_published = stamp
 
     def _recover(self, actions: list[Action], reason: str) -> list[Action]:
         """The store could not commit a batch (docs/PROTOCOL.md §14): none of it is

@@ -129,6 +129,10 @@ class Session:
     #: SEND/DM token bucket (send_rate_per_s, send_burst), made at the session's first
     #: SEND or DM; it lives and dies with the session (docs/PROTOCOL.md §15).
     send_bucket: TokenBucket | None = None
+    #: The client's CURVE public key (hex) on the connection that logged in or resumed,
+    #: "" on a plain one: while the session lives, that key may subscribe to the PUB
+    #: (docs/PROTOCOL.md §16.2).
+    transport_key: str = ""
 
 
 @dataclass(slots=True)
@@ -156,6 +160,8 @@ class _Job:
     actor: str = ""
     #: create_accounts: the checked accounts (zchat.admin.CheckedAccount), in order.
     batch: tuple[Any, ...] = ()
+    #: login: the connection's CURVE key (hex), bound to the session it makes.
+    transport_key: str = ""
 
 
 class BrokerCore:
@@ -234,6 +240,11 @@ class BrokerCore:
             row.token_sha256: row for row in store.sessions() if row.account_key in self.accounts}
         self._restored_until_s: float | None = None
         self._next_tick_s: float | None = None
+        #: CURVE client key (hex) -> live sessions bound to it: the keys that may
+        #: subscribe to the PUB (docs/PROTOCOL.md §16.2). ``subscriber_version`` moves at
+        #: each change, so that the broker gives its ZAP handler a new snapshot only then.
+        self.subscriber_keys: dict[str, int] = {}
+        self.subscriber_version = 0
         self._handlers: dict[type[p.Request], Callable[..., list[Action]]] = {
             p.Info: self._info, p.Register: self._register, p.Login: self._login,
             p.Logout: self._logout, p.Join: self._join, p.Part: self._part,
@@ -258,10 +269,12 @@ class BrokerCore:
     # -- entry points ---------------------------------------------------------------------
 
     def handle(self, routing_id: bytes, frames: list[bytes], now_s: float, now_ms: int,
-               address: str = "") -> list[Action]:
-        """Handle one request (the frames after the routing id). Never raises: any error
-        becomes an ERROR reply; an unexpected one is logged with its traceback and answered
-        with 500, and the broker keeps serving."""
+               address: str = "", transport_key: str = "") -> list[Action]:
+        """Handle one request (the frames after the routing id). ``address`` is the peer's
+        IP address, ``transport_key`` its CURVE public key in hex ("" when plain); both
+        are read for LOGIN, REGISTER and RESUME only. Never raises: any error becomes an
+        ERROR reply; an unexpected one is logged with its traceback and answered with
+        500, and the broker keeps serving."""
         request_id = frames[1][:p.MAX_REQUEST_ID_BYTES] if len(frames) > 1 else b""
         try:
             request_id, request = p.decode_request(frames)
@@ -271,6 +284,10 @@ class BrokerCore:
                 session.last_seen_ms = now_ms
             elif request.NEEDS_SESSION:
                 raise ProtocolError(Status.UNAUTHORIZED, f"log in before {request.TYPE}")
+            if isinstance(request, p.Login | p.Resume):  # they bind the transport key
+                return self._handlers[type(request)](routing_id, request_id, request,
+                                                     session, now_s, now_ms, address,
+                                                     transport_key)
             return self._handlers[type(request)](routing_id, request_id, request, session,
                                                  now_s, now_ms, address)
         except ProtocolError as exc:
@@ -466,12 +483,32 @@ class BrokerCore:
                                   text=account.away_text if text is None else text)
         return ToTopic(p.encode_event(p.presence_topic(key), event))
 
+    def _bind_key(self, session: Session) -> None:
+        """``session``'s transport key may subscribe (docs/PROTOCOL.md §16.2)."""
+        if session.transport_key:
+            keys = self.subscriber_keys
+            keys[session.transport_key] = keys.get(session.transport_key, 0) + 1
+            self.subscriber_version += 1
+
+    def _unbind_key(self, session: Session) -> None:
+        """``session`` ends or moves to another connection: its transport key may no
+        longer subscribe, unless another live session holds it too."""
+        key = session.transport_key
+        if key and key in self.subscriber_keys:
+            left = self.subscriber_keys[key] - 1
+            if left:
+                self.subscriber_keys[key] = left
+            else:
+                del self.subscriber_keys[key]
+            self.subscriber_version += 1
+
     def _end_session(self, session: Session, now_ms: int, quit_text: str = "",
                      forget: bool = True) -> list[Action]:
         """Forget ``session``; when it was the account's last, publish offline (carrying
         ``quit_text``, LOGOUT's quit message) (docs/PROTOCOL.md §8). With ``forget`` its
         stored row goes too, so it cannot be resumed (§6.27); shutdown keeps it."""
         del self.sessions[session.routing_id]
+        self._unbind_key(session)
         token_hash = token_sha256(session.token)
         self._by_token.pop(token_hash, None)
         if forget:
@@ -646,7 +683,8 @@ class BrokerCore:
                 *self._room_event(lobby, joined)]
 
     def _login(self, rid: bytes, req_id: bytes, req: p.Login, session: Session | None,
-               now_s: float, now_ms: int, address: str) -> list[Action]:
+               now_s: float, now_ms: int, address: str,
+               transport_key: str = "") -> list[Action]:
         self._limit_login(rid, address, now_s, "login attempts")
         if session is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
@@ -655,18 +693,20 @@ class BrokerCore:
         if bool(req.password) == bool(req.token):
             raise ProtocolError(Status.BAD_REQUEST, "give exactly one of password and token")
         if req.token:
-            return self._login_by_token(rid, req_id, req, now_s, now_ms, address)
+            return self._login_by_token(rid, req_id, req, now_s, now_ms, address,
+                                        transport_key)
         self._check_password(req.password)
         key = self._account_key(req.name)
         row = self.store.get_account(key)
         if row is None:  # the in-memory index and the store disagree: not the peer's fault
             raise ProtocolError(Status.NOT_FOUND, f"no account named {req.name!r}")
         password, stored = req.password, row.password_hash
-        return self._start_job(_Job("login", rid, req_id, key, row.name, address),
+        return self._start_job(_Job("login", rid, req_id, key, row.name, address,
+                                    transport_key=transport_key),
                                lambda: verify_password(password, stored))
 
     def _login_by_token(self, rid: bytes, req_id: bytes, req: p.Login, now_s: float,
-                        now_ms: int, address: str) -> list[Action]:
+                        now_ms: int, address: str, transport_key: str) -> list[Action]:
         """LOGIN with an account token (docs/PROTOCOL.md §6.3): one SHA-256 and at most
         MAX_TOKENS_PER_ACCOUNT constant-time comparisons, cheap enough for the loop, so no
         Offload. 401 for a wrong or revoked token."""
@@ -675,7 +715,8 @@ class BrokerCore:
                                 f"token longer than {p.MAX_PASSWORD_CHARS} characters")
         key = self._account_key(req.name)
         token_id = match_token(req.token, self.store.token_hashes(key))
-        job = _Job("login", rid, req_id, key, self.accounts[key].name, address)
+        job = _Job("login", rid, req_id, key, self.accounts[key].name, address,
+                   transport_key=transport_key)
         if token_id is None:
             log.info("failed token login for %s from %s", job.name, address or "?")
             raise ProtocolError(Status.UNAUTHORIZED, "wrong name or token (or it was revoked)")
@@ -698,7 +739,8 @@ class BrokerCore:
         reply = self._logged_in(job.key, account.name, token)
         self.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms)
         session = Session(job.routing_id, token, job.key, account.name,
-                          job.address, now_ms, now_s, now_ms, login_token_id=token_id)
+                          job.address, now_ms, now_s, now_ms, login_token_id=token_id,
+                          transport_key=job.transport_key)
         actions = self._bind_session(session, now_ms)
         log.info("login %s from %s (%d sessions, %d stored DMs)%s", account.name,
                  job.address or "?", len(account.sessions), len(reply.pending),
@@ -737,6 +779,7 @@ class BrokerCore:
         """Register ``session`` under its routing id; an offline account goes online (one
         PRESENCE event, returned)."""
         self.sessions[session.routing_id] = session
+        self._bind_key(session)
         self._evict_at = min(self._evict_at,
                              session.last_seen_s + self.config.heartbeat_timeout_s)
         self._by_token[token_sha256(session.token)] = session.routing_id
@@ -748,7 +791,8 @@ class BrokerCore:
         return []
 
     def _resume(self, rid: bytes, req_id: bytes, req: p.Resume, session: Session | None,
-                now_s: float, now_ms: int, address: str) -> list[Action]:
+                now_s: float, now_ms: int, address: str,
+                transport_key: str = "") -> list[Action]:
         """RESUME (docs/PROTOCOL.md §6.27): take over a session by its token on this new
         connection. A live session (not evicted: silent less than heartbeat_timeout_s) is
         rebound to this routing id, the old one forgotten, and no PRESENCE is published.
@@ -777,6 +821,9 @@ class BrokerCore:
             live.last_seen_s, live.last_seen_ms = now_s, now_ms
             if address:
                 live.address = address
+            self._unbind_key(live)  # the old connection's key may no longer subscribe
+            live.transport_key = transport_key
+            self._bind_key(live)
             self.sessions[rid] = live
             self._by_token[token_hash] = rid
             account.sessions.add(rid)
@@ -793,7 +840,7 @@ class BrokerCore:
         del self._restored[token_hash]
         resumed = Session(rid, req.session, row.account_key, account.name,
                           address or row.address, row.login_ms, now_s, now_ms,
-                          login_token_id=row.login_token_id)
+                          login_token_id=row.login_token_id, transport_key=transport_key)
         actions = self._bind_session(resumed, now_ms)
         log.info("resumed %s after the broker restart, from %s", account.name,
                  address or row.address or "?")

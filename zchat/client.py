@@ -1,8 +1,13 @@
 """The zchat client library: an asyncio ``Client`` and a small synchronous ``SyncClient``.
 
 A client holds a DEALER connected to the broker's ROUTER (requests, replies, direct
-messages) and a SUB connected to its PUB (room messages, notices, presence, ticks); the
-PUB endpoint is learned from the INFO reply. Consoles and bots sit on top of it.
+messages) and, once logged in, a SUB connected to its PUB (room messages, notices,
+presence, ticks); the PUB endpoint is learned from the INFO reply. The SUB is opened when
+a LOGIN or RESUME succeeds, with the DEALER's CURVE key pair: over tcp with CURVE the
+broker lets only a key bound to a live session subscribe (docs/PROTOCOL.md §16.2), and
+libzmq does not retry a SUB that the broker refused. Whatever is published between the
+reply and the subscription taking effect is found by the catch-up heartbeats and filled
+from HISTORY, as for any room followed. Consoles and bots sit on top of it.
 
 Room messages go through a ``RoomFeed`` per room (zchat/feed.py, pure; sequence numbers
 per docs/PROTOCOL.md §7): whatever arrives live or from HISTORY waits in the feed until
@@ -33,7 +38,8 @@ followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY even
 terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
 
 Transport security (docs/PROTOCOL.md §16): with ``encryption="curve"`` (the default) a
-tcp client is a CurveZMQ client with a fresh key pair per connection. The broker's public
+tcp client is a CurveZMQ client with a fresh key pair per connection (its DEALER and SUB
+share it: the SUB is admitted by the key its session is bound to). The broker's public
 key comes from ``server_key``, else the pinned-keys file, else the broker's key service
 (trust on first use: then pinned, and ``pinned`` tells what was trusted). A broker whose
 key differs from the pinned or configured one raises BrokerKeyChanged before anything is
@@ -319,6 +325,9 @@ class Client:
         self._state = _State()
         self._dealer: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
+        # The connection's CURVE key pair and the broker's key (None when plain), for the
+        # SUB opened after the login (_open_sub).
+        self._curve: tuple[bytes, bytes, bytes] | None = None
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[p.Message]] = {}
         self._sent_at: dict[bytes, float] = {}  # request id -> monotonic s, while pending
@@ -486,9 +495,9 @@ class Client:
         self._events.put_nowait(None)
 
     async def _open(self) -> p.InfoReply:
-        """New DEALER and SUB (after INFO told the PUB endpoint), their readers started,
-        every kept topic subscribed. Takes at most ``timeout_s`` in all: the key service
-        lookup (first use), INFO and, when INFO is not answered, the key check."""
+        """A new DEALER, its readers started, and INFO. Takes at most ``timeout_s`` in all:
+        the key service lookup (first use), INFO and, when INFO is not answered, the key
+        check. The SUB follows a successful LOGIN or RESUME (``_open_sub``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         await k.resolve_host(self.server, self.timeout_s)  # an unknown host fails at once
@@ -497,8 +506,10 @@ class Client:
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         self._dealer = dealer  # set at once, so that close() always finds it
+        self._curve = None
         if broker_key is not None:
             _curve_client(dealer, broker_key, client_public, client_secret)
+            self._curve = (broker_key, client_public, client_secret)
         dealer.connect(self.server)
         self._spawn(self._read_dealer(dealer), "zchat-dealer")
         self._spawn(self._read_room_pushes(), "zchat-room-pushes")
@@ -513,20 +524,28 @@ class Client:
             raise await self._explain_silence(exc, broker_key,
                                               deadline - loop.time()) from None
         self.info = info
+        return info
+
+    def _open_sub(self) -> None:
+        """The SUB of this connection, once a LOGIN or RESUME on it succeeded (over tcp
+        with CURVE the broker admits only a key bound to a session, §16.2): the DEALER's
+        key pair, every kept topic subscribed, its reader started. Does nothing when there
+        is one, or no DEALER (closed meanwhile)."""
+        if self._sub is not None or self._dealer is None or self.info is None:
+            return
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
         self._sub = sub
-        pub = pub_endpoint_for(self.server, info.pub)
-        if broker_key is not None and k.is_tcp(pub):
-            _curve_client(sub, broker_key, client_public, client_secret)
+        pub = pub_endpoint_for(self.server, self.info.pub)
+        if self._curve is not None and k.is_tcp(pub):
+            _curve_client(sub, *self._curve)
         sub.connect(pub)
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_TICK)
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_BROKER)
         for topic in sorted(self._topics):
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         self._spawn(self._read_sub(sub), "zchat-sub")
-        return info
 
     def _known_brokers_path(self) -> Path:
         return self.known_brokers or k.default_known_brokers_path()
@@ -710,6 +729,7 @@ class Client:
             raise RequestFailed(reply.status, reply.reason, reply.retry_after_ms)
         if isinstance(reply, p.LoggedIn):  # LOGIN or RESUME, the application's or a
             self._unread.load(reply)        # reconnect's: the broker's read state
+            self._open_sub()                # the session's key may subscribe now
         return reply
 
     async def register(self, name: str, password: str, *, bot: bool = False) -> p.Registered:

@@ -130,6 +130,14 @@ class BrokerConfig:
       (>= 0, 0 off; >= 1). RESUME is not counted.
     - ``max_sessions``: live sessions in the whole broker (>= 1); a LOGIN beyond it gets
       503.
+    - ``max_connections``: tcp and ipc connections the broker holds at once, over its
+      ROUTER, PUB and key service (1..MAX_COUNT_SETTING); beyond it a new connection is
+      closed at once. A client holds two (DEALER and SUB). The process's ``ulimit -n``
+      must be at least this plus zchat.connections.FD_HEADROOM; the broker raises its
+      soft limit toward the hard one at start, and admits fewer (with a WARNING) when
+      the hard limit is lower (docs/PROTOCOL.md §15.3).
+    - ``max_connections_per_address``: connections from one peer address (IPv4 address,
+      IPv6 /64) at once (1..``max_connections``); beyond it a new one is closed at once.
     - ``resume_grace_s``: after a broker start, seconds during which the sessions kept from
       before the restart may be resumed (RESUME, docs/PROTOCOL.md §6.27); then they are
       forgotten (>= 0; 0 disables resuming across a restart).
@@ -170,6 +178,11 @@ class BrokerConfig:
     login_rate_per_s: float = 0.5
     login_burst: int = 30
     max_sessions: int = 10_000
+    #: 10,000: 5,000 clients of two connections each, far above a team's needs, and
+    #: what a ``ulimit -n`` of 10,240 (a common hard limit) still carries.
+    max_connections: int = 10_000
+    #: 256: an office of 100 behind one NAT, each with a console and a bot or a tail.
+    max_connections_per_address: int = 256
     resume_grace_s: float = 300.0
     encryption: str = "curve"
     key_endpoint: str = ""
@@ -361,8 +374,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
     in 1..64; ``min_password_chars`` in 1..MAX_PASSWORD_CHARS; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
     ``login_rate_per_s`` and ``key_rate_per_s`` 0 or MIN_RATE_PER_S..MAX_RATE_PER_S;
-    ``send_burst``, ``login_burst``, ``key_burst`` and ``max_sessions``
-    1..MAX_COUNT_SETTING;
+    ``send_burst``, ``login_burst``, ``key_burst``, ``max_sessions`` and
+    ``max_connections`` 1..MAX_COUNT_SETTING; ``max_connections_per_address``
+    1..``max_connections``;
     ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keys).
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
@@ -430,9 +444,13 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         if rate != 0 and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
             fail("broker", key, f"must be 0 (the limit off) or {MIN_RATE_PER_S:g} to "
                  f"{MAX_RATE_PER_S:g}, got {rate}")
-    for key in ("send_burst", "login_burst", "key_burst", "max_sessions"):
+    for key in ("send_burst", "login_burst", "key_burst", "max_sessions",
+                "max_connections"):
         if not 1 <= getattr(b, key) <= MAX_COUNT_SETTING:
             fail("broker", key, f"must be 1 to {MAX_COUNT_SETTING:,}, got {getattr(b, key)}")
+    if not 1 <= b.max_connections_per_address <= b.max_connections:
+        fail("broker", "max_connections_per_address", f"must be 1 to max_connections "
+             f"({b.max_connections:,}), got {b.max_connections_per_address}")
     if not 0 <= b.resume_grace_s <= MAX_DURATION_S:
         fail("broker", "resume_grace_s", f"must be 0 to {MAX_DURATION_S:,} s, got "
              f"{b.resume_grace_s}")

@@ -1,0 +1,304 @@
+"""Connection limits: per peer address and in total (docs/PROTOCOL.md §15.3).
+
+Every tcp or ipc connection costs the broker a file descriptor and some libzmq memory
+before it sends a byte, and libzmq has no limit of its own: a tester's 20,400 idle
+connections from many loopback addresses took every descriptor (``ulimit -n``), after
+which libzmq's listener spun on EMFILE (93 % CPU) and no new client got in.
+
+Two parts:
+
+- ``ConnectionTable`` (pure): which connections are held, from which address; decides
+  whether a new one is admitted. Limits, in order: ``max_total`` in all;
+  ``max_per_address`` from one address; and a **reserve**: the last ``reserve`` places
+  of the total go only to addresses holding fewer than RESERVE_PER_ADDRESS connections
+  (a client with its DEALER and SUB and a reconnect under way), so that a few addresses
+  that filled their share cannot take the last places from newcomers.
+- ``ConnectionGuard`` (I/O): a thread reading libzmq socket monitors
+  (``zmq_socket_monitor``) of the broker's tcp/ipc sockets. ``ZMQ_EVENT_ACCEPTED``
+  carries the new connection's descriptor, whose peer address ``getpeername`` gives;
+  ``ZMQ_EVENT_DISCONNECTED`` the descriptor of one that ended, whichever side ended it
+  (peer gone, handshake failed or timed out, ZAP refusal, our refusal). A connection
+  over a limit is refused by ``shutdown(fd, SHUT_RDWR)``: libzmq then reads end-of-file,
+  closes it and reports DISCONNECTED like any other. The descriptor stays libzmq's: we
+  never close it.
+
+Why a monitor and not the ZAP handler: ZAP sees a connection only once its peer has
+spoken ZMTP and started a CURVE handshake; an idle TCP connection never does, nor does
+any connection to a plain broker (``encryption = "none"``) or to the key service. The
+monitor sees every accepted connection and every end of one, on plain and CURVE sockets
+alike. inproc connections use no descriptor and report no such events: they are not
+counted.
+
+Known limits: a descriptor is a small integer that the kernel reuses as soon as libzmq
+closes it. Events of one socket arrive in order (its DISCONNECTED before the reuse's
+ACCEPTED), so the counts stay right; but when the monitor thread runs behind, the
+``getpeername`` of an ACCEPTED may already see a later connection on a reused
+descriptor, so that one may be counted to (and refused for) the wrong address. The
+descriptor must be a socket (anything else is skipped), and libzmq holds it until its
+own close, so no file of the broker can ever be shut by it. Between libzmq's accept and
+our refusal a refused connection holds a descriptor for a moment: FD_HEADROOM covers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import resource
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from zchat.ratelimit import address_key
+
+log = logging.getLogger("zchat.broker")
+
+#: Descriptors the broker needs beyond its connections: its database (3 files), lock,
+#: log, pipes, libzmq's mailboxes and epoll (an idle broker holds about 30), and
+#: connections accepted but not yet refused by the guard during a storm.
+FD_HEADROOM = 128
+#: Share of ``max_connections`` kept as the reserve (see ConnectionTable), in percent.
+RESERVE_PERCENT = 10
+#: An address holding fewer connections than this may still take a place in the
+#: reserve: one client's DEALER and SUB, and the pair of a reconnect under way.
+RESERVE_PER_ADDRESS = 4
+#: Seconds between two log lines about refused connections (an attacker can cause them
+#: at will; zchat.broker.LOG_EVERY_S).
+REFUSED_LOG_EVERY_S = 10.0
+
+_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+_EVENT_HEAD = struct.Struct("=Hi")  # libzmq's monitor frame: event (uint16), value (int32)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits a ConnectionTable applies; ``reserve`` < ``max_total``."""
+
+    max_total: int
+    max_per_address: int
+    reserve: int
+
+    @classmethod
+    def from_settings(cls, max_connections: int, per_address: int) -> Limits:
+        return cls(max_connections, per_address, max_connections * RESERVE_PERCENT // 100)
+
+
+class ConnectionTable:
+    """The connections held, by a key the caller chooses (a socket's index and the
+    descriptor), each with its address key ("" when it has none: ipc; counted in the
+    total only). Pure; one thread uses it."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._held: dict[Any, str] = {}
+        self._per_address: dict[str, int] = {}
+        self.refused = 0
+
+    @property
+    def total(self) -> int:
+        return len(self._held)
+
+    def held_by(self, address: str) -> int:
+        return self._per_address.get(address, 0)
+
+    def admit(self, conn: Any, address: str) -> str | None:
+        """Record connection ``conn`` from ``address`` and return None, or return why it
+        is refused (and record nothing). A ``conn`` already held (its end was missed) is
+        counted again under its new address."""
+        self.closed(conn)
+        limits, total = self.limits, len(self._held)
+        held = self._per_address.get(address, 0) if address else 0
+        why = None
+        if total >= limits.max_total:
+            why = f"the broker holds {total} connections (max_connections)"
+        elif address and held >= limits.max_per_address:
+            why = f"{address} holds {held} connections (max_connections_per_address)"
+        elif total >= limits.max_total - limits.reserve and held >= RESERVE_PER_ADDRESS:
+            why = (f"{address or 'a local peer'} holds {held} connections and only the "
+                   f"reserve of {limits.reserve} is left")
+        if why is not None:
+            self.refused += 1
+            return why
+        self._held[conn] = address
+        if address:
+            self._per_address[address] = held + 1
+        return None
+
+    def closed(self, conn: Any) -> None:
+        """Connection ``conn`` ended (nothing happens for one not held)."""
+        address = self._held.pop(conn, None)
+        if address:
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise the process's soft RLIMIT_NOFILE toward ``needed``, as far as the hard limit
+    allows (never lowers it). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return needed if soft == resource.RLIM_INFINITY else soft
+
+
+def effective_limits(max_connections: int, per_address: int) -> Limits:
+    """The limits to apply: the settings, with the total lowered to what the process's
+    descriptors carry (``ulimit -n`` minus FD_HEADROOM), with a WARNING, when the hard
+    limit is too low to raise the soft one that far."""
+    needed = max_connections + FD_HEADROOM
+    soft = raise_fd_limit(needed)
+    total = max_connections
+    if soft < needed:
+        total = max(1, soft - FD_HEADROOM)
+        log.warning("ulimit -n is %d, below the %d that max_connections = %d needs (it + "
+                    "%d): the broker holds at most %d connections; raise the hard limit "
+                    "(e.g. LimitNOFILE=%d in its systemd unit) or lower max_connections",
+                    soft, needed, max_connections, FD_HEADROOM, total, needed)
+    return Limits.from_settings(total, min(per_address, total))
+
+
+def _peer_address(fd: int) -> str | None:
+    """The address key (zchat.ratelimit.address_key) of the peer of descriptor ``fd``, ""
+    for a socket without one (ipc), None when ``fd`` is no longer a connected socket.
+    Borrows the descriptor: never closes it."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    if isinstance(peer, tuple):
+        return address_key(str(peer[0]), b"")
+    return ""
+
+
+def _refuse(fd: int) -> None:
+    """Make libzmq close connection ``fd``: shut both directions; libzmq reads
+    end-of-file, closes the descriptor and reports DISCONNECTED."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTCONN, errno.EBADF, errno.ENOTSOCK):
+            raise
+    finally:
+        sock.detach()
+
+
+class ConnectionGuard:
+    """A thread counting the connections of the broker's tcp/ipc sockets (libzmq socket
+    monitors) and refusing those over ``limits`` (see the module docstring).
+
+    ``watch(sock)`` before ``start()`` for each socket (in the thread that owns it);
+    ``stop()`` after those sockets are closed, or before, from that thread."""
+
+    def __init__(self, context: zmq.Context[Any], limits: Limits) -> None:
+        self.context = context
+        self.table = ConnectionTable(limits)
+        self._watched: list[zmq.Socket[Any]] = []
+        self._monitors: list[zmq.Socket[Any]] = []
+        self._wake: tuple[zmq.Socket[Any], zmq.Socket[Any]] | None = None
+        self._thread = threading.Thread(target=self._run, name="zchat-connections",
+                                        daemon=True)
+        self._next_log_s = 0.0
+        self._unlogged = 0
+
+    def watch(self, sock: zmq.Socket[Any]) -> None:
+        """Monitor ``sock``'s accepted and ended connections."""
+        endpoint = f"inproc://zchat-connections-{id(self)}-{len(self._monitors)}"
+        sock.monitor(endpoint, _EVENTS)
+        monitor = self.context.socket(zmq.PAIR)
+        # 0: no high-water mark on the event pipe. libzmq drops monitor events at a full
+        # pipe, and a lost DISCONNECTED would hold a place for ever.
+        monitor.setsockopt(zmq.RCVHWM, 0)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(endpoint)
+        self._watched.append(sock)
+        self._monitors.append(monitor)
+
+    def start(self) -> None:
+        inbox, outbox = self.context.socket(zmq.PAIR), self.context.socket(zmq.PAIR)
+        endpoint = f"inproc://zchat-connections-stop-{id(self)}"
+        inbox.bind(endpoint)
+        outbox.connect(endpoint)
+        self._wake = (inbox, outbox)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self._wake is not None
+        stop = self._wake[0]
+        poller = zmq.Poller()
+        poller.register(stop, zmq.POLLIN)
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
+        index = {monitor: i for i, monitor in enumerate(self._monitors)}
+        while True:
+            events = dict(poller.poll())
+            if stop in events:
+                return
+            for monitor in events:
+                self._drain(index[monitor], monitor)
+
+    def _drain(self, which: int, monitor: zmq.Socket[Any]) -> None:
+        table = self.table
+        for _ in range(1024):
+            try:
+                head = monitor.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            while monitor.getsockopt(zmq.RCVMORE):
+                monitor.recv()
+            event, fd = _EVENT_HEAD.unpack_from(head)
+            if event == zmq.EVENT_DISCONNECTED:
+                table.closed((which, fd))
+            elif event == zmq.EVENT_ACCEPTED:
+                address = _peer_address(fd)
+                if address is None:  # gone already: its DISCONNECTED follows
+                    continue
+                why = table.admit((which, fd), address)
+                if why is not None:
+                    _refuse(fd)
+                    self._log_refused(why)
+
+    def _log_refused(self, why: str) -> None:
+        now = time.monotonic()
+        if now < self._next_log_s:
+            self._unlogged += 1
+            return
+        more = f" (and {self._unlogged} more in the last {REFUSED_LOG_EVERY_S:g} s)" \
+            if self._unlogged else ""
+        log.warning("refused a connection: %s%s", why, more)
+        self._unlogged = 0
+        self._next_log_s = now + REFUSED_LOG_EVERY_S
+
+    def stop(self) -> None:
+        """Stop the thread (within 5 s), stop the monitors of sockets still open and close
+        the guard's own sockets."""
+        if self._wake is not None and self._thread.is_alive():
+            self._wake[1].send(b"")
+            self._thread.join(5)
+        for sock in self._watched:
+            if not sock.closed:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.disable_monitor()
+        for sock in (*self._monitors, *(self._wake or ())):
+            sock.close(linger=0)
+        self._watched, self._monitors, self._wake = [], [], None
