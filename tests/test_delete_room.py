@@ -129,6 +129,27 @@ def test_admins_read_a_deleted_rooms_audit_entries_by_name(world: World) -> None
     assert u["olga"].call(p.ReadAudit(room="dev")).status == Status.NOT_FOUND
 
 
+def test_the_text_of_deleted_messages_goes_from_the_audit_with_the_room(world: World) -> None:
+    """A moderator's ``delete`` entry quotes the message; deleting the room removes that
+    text (its history is gone, §6.52) but keeps the entry. Entries of another room, and of
+    an earlier room of the same name already deleted, are left as they are."""
+    u = room_with(world, "olga", "mia")
+    u["mia"].must(p.Send(room="dev", text="old secret"))
+    u["olga"].must(p.DeleteMessage(room="dev", seq=1))
+    u["olga"].must(p.Join(room="ops"))
+    u["olga"].must(p.Send(room="ops", text="ops text"))
+    u["olga"].must(p.DeleteMessage(room="ops", seq=1))
+    u["olga"].must(p.DeleteRoom(room="dev"))
+    details = {(e.room, e.detail) for e in world.store.audit_log(action="delete")}
+    assert details == {("dev", "#1 (text deleted with the room)"), ("ops", "#1: ops text")}
+    u["olga"].must(p.Join(room="dev"))  # a new #dev, numbered on from the old one
+    u["olga"].must(p.Send(room="dev", text="new text"))
+    u["olga"].must(p.DeleteMessage(room="dev", seq=2))
+    u["olga"].must(p.DeleteRoom(room="dev"))
+    details = [e.detail for e in world.store.audit_log(action="delete", room="dev")]
+    assert details == ["#2 (text deleted with the room)", "#1 (text deleted with the room)"]
+
+
 # -- the client library, the command line ------------------------------------------------------
 
 

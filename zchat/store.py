@@ -807,8 +807,9 @@ class Store:
         is gone: docs/PROTOCOL.md §6.52), memberships with their read markers and unread
         mentions, roles, invitations and the bans and mutes placed in it — in one
         transaction, and commit. A tombstone keeps its last_seq, from which a room made
-        again under its name goes on numbering. The audit log keeps its entries (it is
-        append-only; a new room of that name does not see them, ``audit_floor``).
+        again under its name goes on numbering. The audit log keeps its entries (a new
+        room of that name does not see them, ``audit_floor``), but the message text its
+        "delete" entries quote goes with the history.
         Returns (messages, members) deleted. Raises
         ProtocolError(404) when there is no such room, StorageError(503) when it is not
         committed (nothing is deleted then)."""
@@ -820,6 +821,15 @@ class Store:
                                  (room_key,)).rowcount
             for table in ("messages", "room_roles", "invites", "bans", "mentions"):
                 db.execute(f"DELETE FROM {table} WHERE room_key = ?", (room_key,))
+            # The room's history is gone, also where a moderator's "delete" entry quoted
+            # a message (docs/PROTOCOL.md §6.52): the entry stays, its text goes.
+            db.execute(
+                "UPDATE audit_log SET detail = CASE WHEN instr(detail, ': ') > 0 "
+                "THEN substr(detail, 1, instr(detail, ': ') - 1) ELSE detail END "
+                "|| ' (text deleted with the room)' WHERE action = 'delete' "
+                "AND room = (SELECT name FROM rooms WHERE key = ?) "
+                "AND id > (SELECT audit_floor FROM rooms WHERE key = ?)",
+                (room_key, room_key))
             db.execute("INSERT OR REPLACE INTO room_tombstones(key, last_seq) "
                        "SELECT key, last_seq FROM rooms WHERE key = ?", (room_key,))
             if db.execute("DELETE FROM rooms WHERE key = ?", (room_key,)).rowcount != 1:
@@ -1231,7 +1241,8 @@ class Store:
     def append_audit(self, time_ms: int, actor: str, action: str, room: str = "",
                      target: str = "", detail: str = "") -> int:
         """Append one entry to the audit log and commit; returns its id. There is no
-        method to change or remove an entry: the log is append-only."""
+        method to change or remove an entry: the log is append-only (but for the message
+        text a "delete" entry quotes, removed with its room: ``delete_room``)."""
         with self._write() as db:
             cur = db.execute("INSERT INTO audit_log(time_ms, actor, action, room, target, "
                              "detail) VALUES (?, ?, ?, ?, ?, ?)",
