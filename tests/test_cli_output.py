@@ -102,6 +102,38 @@ def test_dm_names_the_recipient_as_registered(zchat: Zchat) -> None:
         0, "stored until they log in (to alice)\n", "")
 
 
+def test_a_dm_to_oneself_is_called_a_note_not_stored_for_later(zchat: Zchat) -> None:
+    call = zchat
+    assert call("register", "alice")[0] == 0
+    assert call("dm", "--as", "alice", "ALICE", "remember the milk") == (
+        0, "noted to yourself (a direct message to your own account)\n", "")
+
+
+def test_plain_dm_lines_show_the_id_that_history_pages_by(zchat: Zchat) -> None:
+    call = zchat
+    for name in ("alice", "bob"):
+        assert call("register", name)[0] == 0
+    for text in ("one", "two", "three"):
+        assert call("dm", "--as", "alice", "bob", text)[0] == 0
+    code, out, _ = call("history", "--as", "bob", "--dm", "alice")
+    ids = [int(line.split("[dm #")[1].split("]")[0]) for line in out.splitlines()]
+    assert code == 0 and len(ids) == 3 and ids == sorted(ids)
+    code, out, _ = call("history", "--as", "bob", "--dm", "alice", "--before", str(ids[1]))
+    assert out.splitlines()[0].endswith(f"[dm #{ids[0]}] <alice -> bob> one")
+    assert len(out.splitlines()) == 1
+
+
+def test_tail_prints_unread_dms_of_all_conversations_oldest_first(zchat: Zchat) -> None:
+    call = zchat
+    for name in ("alice", "bob", "carol"):
+        assert call("register", name)[0] == 0
+    for who, text in (("alice", "a1"), ("bob", "b1"), ("alice", "a2"), ("bob", "b2")):
+        assert call("dm", "--as", who, "carol", text)[0] == 0
+    code, out, _ = call("tail", "--as", "carol", "--count", "4")
+    assert code == 0
+    assert [line.rsplit(" ", 1)[1] for line in out.splitlines()] == ["a1", "b1", "a2", "b2"]
+
+
 def test_dm_sent_carries_the_recipients_name() -> None:
     from test_broker_core import World
 
@@ -129,6 +161,11 @@ def test_dm_sent_carries_the_recipients_name() -> None:
      "argument --limit: must be a whole number from 1 to 500, not '0'"),
     (["admin", "audit", "--limit", "9999"],
      "argument --limit: must be a whole number from 1 to 500, not '9999'"),
+    (["history", "--as", "bob", "--room", "dev", "--before", "-5"],
+     "argument --before: must be a whole number of at least 0, not '-5'"),
+    (["admin", "audit", "--before", "-1"],
+     "argument --before: must be a whole number of at least 0, not '-1'"),
+    (["unread", "--as", "bob", "--limit", "5"], "argument --limit: only with --messages"),
 ])
 def test_out_of_range_counts_are_usage_errors(capsys: pytest.CaptureFixture[str],
                                               argv: list[str], expected: str) -> None:

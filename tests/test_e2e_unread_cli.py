@@ -33,7 +33,7 @@ def test_a_dm_handed_over_but_never_read_stays_unread(tmp_path: Path,
                         "last": dm_id}]
 
     text = ok(zchat(tmp_path, "history", *server, "--as", "bob", "--dm", "ERIN"))
-    assert text.stdout.rstrip().endswith("[dm] <erin -> bob> ping me")
+    assert text.stdout.rstrip().endswith(f"[dm #{dm_id}] <erin -> bob> ping me")
 
     # tail prints the unread DM first (no longer pending: only the read state knows it)
     # and marks it read: a DM printed by tail has been seen

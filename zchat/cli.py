@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=p.DEFAULT_HISTORY_LIMIT, metavar="N",
                    help=f"how many (1-{p.MAX_HISTORY_LIMIT}, default "
                         f"{p.DEFAULT_HISTORY_LIMIT})")
-    h.add_argument("--before", type=int, metavar="SEQ",
+    h.add_argument("--before", type=_count(0), metavar="SEQ",
                    help="only messages before SEQ (with --dm: before that DM id)")
     h.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--messages", action="store_true",
                    help="print the unread messages themselves, oldest first, rooms then "
                         "direct messages")
-    u.add_argument("--limit", type=_count(1), default=UNREAD_MESSAGES_LIMIT, metavar="N",
+    u.add_argument("--limit", type=_count(1), metavar="N",
                    help="with --messages: at most the oldest N of each conversation "
                         f"(default {UNREAD_MESSAGES_LIMIT})")
     u.add_argument("--mark-read", action="store_true",
@@ -464,7 +464,7 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
     au.add_argument("--action", metavar="ACTION",
                     help="only this action (ban, unban, mute, kick, delete, create_account, "
                          "reset_password, disable, ...)")
-    au.add_argument("--before", type=int, metavar="ID",
+    au.add_argument("--before", type=_count(0), metavar="ID",
                     help="only entries older than entry ID (page back: give the last ID "
                          "shown)")
     au.add_argument("--limit", type=_count(1, p.MAX_AUDIT_LIMIT),
@@ -560,7 +560,7 @@ def message_line(msg: p.MessagePosted | p.DirectMessage) -> str:
     indented)."""
     text = msg.text.replace("\n", "\n    ")
     if isinstance(msg, p.DirectMessage):
-        return f"{_local(msg.time)} [dm] <{msg.sender} -> {msg.to}> {text}"
+        return f"{_local(msg.time)} [dm #{msg.id}] <{msg.sender} -> {msg.to}> {text}"
     if msg.deleted_by:  # its text is kept only for the audit log (docs/PROTOCOL.md §6.38)
         return f"{_local(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> " \
                f"(message deleted by {msg.deleted_by})"
@@ -1001,8 +1001,12 @@ def cmd_dm(args: argparse.Namespace, config: Config) -> int:
 
     async def body(client: Client) -> int:
         reply = await client.dm(args.to, text)
+        to = reply.to or args.to  # the name as registered
+        if client.name and name_key(to) == name_key(client.name):
+            print("noted to yourself (a direct message to your own account)")
+            return 0
         where = "delivered live" if reply.delivered == "live" else "stored until they log in"
-        print(f"{where} (to {reply.to or args.to})")  # the name as registered
+        print(f"{where} (to {to})")
         return 0
 
     return _run(_session(config, args.user, body))
@@ -1032,17 +1036,18 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         me = name_key(client.name or args.user)
         # Unread DMs first, from the broker's read state: also those another session was
         # handed and nobody read (docs/cli.md). The pending ones come again as events.
+        # All conversations' together, oldest first (DM ids grow with time).
         shown: set[int] = set()
-        printed = 0
-        for conversation in client.unread.dms:
-            for msg in await _unread_dms(client, conversation, args.count):
-                _emit(sys.stdout, msg, args.json)
-                shown.add(msg.id)
-                printed += 1
-                if not args.keep_unread:
-                    await _read_dm(client, msg)
-                if args.count is not None and printed >= args.count:
-                    return 0
+        unread = [msg for conversation in client.unread.dms
+                  for msg in await _unread_dms(client, conversation, args.count)]
+        unread.sort(key=lambda msg: msg.id)
+        for printed, msg in enumerate(unread, 1):
+            _emit(sys.stdout, msg, args.json)
+            shown.add(msg.id)
+            if not args.keep_unread:
+                await _read_dm(client, msg)
+            if args.count is not None and printed >= args.count:
+                return 0
         async for event in client.events():
             if isinstance(event, p.GoingAway):
                 print(f"zchat: broker going away: {event.text}; reconnecting…",
@@ -1581,6 +1586,10 @@ def main(argv: list[str] | None = None) -> int:
     from argparse (exit code 2, ``_Parser``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "unread":
+        if args.limit is not None and not args.messages:  # it would be ignored
+            parser.error("argument --limit: only with --messages")
+        args.limit = args.limit or UNREAD_MESSAGES_LIMIT
     stdout = sys.stdout
     if args.command != "join":  # the console draws on the terminal itself
         sys.stdout = _Output(stdout)
