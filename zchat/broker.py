@@ -32,7 +32,8 @@ every tcp socket is a CurveZMQ server with the broker's long-term key pair (crea
 data directory on first start, zchat.keys), and a ZAP handler (ZapHandler,
 allowing any client key: accounts log in with passwords and tokens)
 runs in this process for as long as the sockets do; if it cannot start, ``bind()`` raises
-TransportSecurityError and nothing is bound. A plain ROUTER, the key service, tells clients
+TransportSecurityError and nothing is bound. The key service (a plain STREAM socket
+speaking just enough ZMTP, zchat.zmtp) tells clients
 the public key for trust on first use.
 
 Password hashing runs on a small thread pool (``hash_workers``); finished jobs come back
@@ -49,12 +50,14 @@ import queue
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import zmq
 
 from zchat import keys as k
+from zchat import zmtp
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
 from zchat.errors import Status, StorageError, ZchatError
@@ -72,6 +75,12 @@ REQUEST_PARTS = 5
 #: broker is given.
 SHUTDOWN_LINGER_MS = 500
 _ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME")
+#: Key service connections the broker tracks at once; beyond it the longest-known is
+#: closed (an honest client's fetch is over in milliseconds).
+KEY_SERVICE_MAX_PEERS = 4096
+#: Reads (of up to 8 KiB each) libzmq queues per key service connection before it stops
+#: reading that connection: the broker closes one at its first wrong byte anyway.
+KEY_SERVICE_RCVHWM = 16
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -256,6 +265,9 @@ class Broker:
         self._log_dropped = ThrottledLog(logging.WARNING, "dropped a reply, its peer's "
                                          "queue is full (high-water mark)")
         self._log_long = ThrottledLog(logging.INFO, "refused a message of too many frames")
+        self._log_key_junk = ThrottledLog(logging.INFO, "closed a key service connection")
+        #: The key service's connections (STREAM ids) and their parsers, oldest first.
+        self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
         self.router_endpoint = config.router
         self.pub_endpoint = config.pub
         self._router: zmq.Socket[Any] | None = None
@@ -396,13 +408,16 @@ class Broker:
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.zap is not None and self.keys is not None and k.is_tcp(self.config.router):
-            service = self.context.socket(zmq.ROUTER)
+            # A raw STREAM socket speaking just enough ZMTP (zchat.zmtp), not a ROUTER:
+            # libzmq would take a message of millions of frames whole before the broker
+            # could look at it (docs/PROTOCOL.md §16.3).
+            service = self.context.socket(zmq.STREAM)
             self._key_service = service
             #: The key service's logic, rate-limited per address (zchat.keys.KeyService).
             self.key_service = k.KeyService(self.keys.public, self.config.key_rate_per_s,
                                              self.config.key_burst)
-            service.setsockopt(zmq.MAXMSGSIZE, k.KEY_SERVICE_MAX_FRAME_BYTES)
             service.setsockopt(zmq.SNDHWM, 100)
+            service.setsockopt(zmq.RCVHWM, KEY_SERVICE_RCVHWM)
             service.setsockopt(zmq.LINGER, 0)
             self._bind(service, self.config.key_endpoint
                        or k.key_endpoint_for(self.config.router), "key service")
@@ -532,19 +547,53 @@ class Broker:
             log.exception("unexpected error serving one request; still serving")
 
     def _serve_keys(self, service: zmq.Socket[Any]) -> None:
-        """Answer up to BATCH key requests (docs/PROTOCOL.md §16.3); junk, and requests
-        over the per-address rate limit (``key_rate_per_s``, ``key_burst``), get no
-        answer (zchat.keys.KeyService)."""
+        """Read up to BATCH chunks of the key service's connections (docs/PROTOCOL.md
+        §16.3), each at most 8 KiB: answer the KEY requests in them, and close a
+        connection at its first byte that is not part of one (zchat.zmtp.KeyPeer).
+        Junk and requests over the per-address rate limit (``key_rate_per_s``,
+        ``key_burst``) get no answer (zchat.keys.KeyService)."""
+        peers = self._key_peers
         for _ in range(BATCH):
             try:
-                parts = service.recv_multipart(zmq.NOBLOCK, copy=False)
+                conn = service.recv(zmq.NOBLOCK, copy=False)
+                data = service.recv(copy=False)
             except zmq.Again:
                 return
-            reply = self.key_service.reply([f.bytes for f in parts],
-                                           _peer_address(parts[-1]), time.monotonic())
-            if reply is not None:
-                with contextlib.suppress(zmq.ZMQError):  # peer gone or queue full
-                    service.send_multipart(reply, zmq.NOBLOCK)
+            cid = conn.bytes
+            peer = peers.get(cid)
+            if not data.bytes:  # a connection made (or, for one we know, gone)
+                if peer is not None:
+                    del peers[cid]
+                elif self._send_raw(service, cid, zmtp.GREETING):
+                    if len(peers) >= KEY_SERVICE_MAX_PEERS:  # the longest-known goes
+                        self._send_raw(service, peers.popitem(last=False)[0], b"")
+                    peers[cid] = zmtp.KeyPeer(k.KEY_SERVICE_MAX_FRAME_BYTES)
+                continue
+            if peer is None:  # bytes after we closed it: close again, keep nothing
+                self._send_raw(service, cid, b"")
+                continue
+            requests, close = peer.receive(data.bytes)
+            address = _peer_address(data) if requests else ""
+            for request in requests:
+                reply = self.key_service.reply([cid, request], address, time.monotonic())
+                if reply is not None:
+                    self._send_raw(service, cid, zmtp.encode_message(reply[1:]))
+            if close:
+                del peers[cid]
+                self._log_key_junk(f"{close} from {_peer_address(data) or '?'}",
+                                   time.monotonic())
+                self._send_raw(service, cid, b"")
+
+    @staticmethod
+    def _send_raw(service: zmq.Socket[Any], cid: bytes, data: bytes) -> bool:
+        """Send ``data`` on a STREAM connection (b"" closes it); False if it is gone or
+        its queue is full."""
+        try:
+            service.send(cid, _MORE)
+            service.send(data, _LAST)
+        except zmq.ZMQError:
+            return False
+        return True
 
     def _drain_jobs(self, core: BrokerCore) -> None:
         try:
