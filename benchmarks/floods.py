@@ -21,7 +21,6 @@ tests/test_long_messages.py assert bounds). Figures: docs/PERFORMANCE.md, item 1
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
@@ -45,32 +44,29 @@ def login(ctx: zmq.Context[Any], endpoint: str, key: bytes, name: str) -> zmq.So
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.SNDHWM, 0)
     public, secret = zmq.curve_keypair()
     sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = key, public, secret
     sock.connect(endpoint)
     sock.send_multipart(p.encode_request(b"r", p.Register(name=name, password="password1")))
     assert sock.poll(20_000), "no reply to REGISTER"
     sock.recv_multipart()
+    sock.send_multipart(p.encode_request(b"l", p.Login(name=name, password="password1")))
+    assert sock.poll(20_000), "no reply to LOGIN"
+    assert sock.recv_multipart()[2] == b"OK"
     return sock
 
 
-def fill_room(db: Path, messages: int, text_bytes: int) -> None:
-    """Put ``messages`` messages of ``text_bytes`` into #lobby directly in SQLite (the
-    broker is stopped meanwhile? no: WAL lets us write beside it; the broker reads
-    HISTORY from the file)."""
-    con = sqlite3.connect(db)
-    row = con.execute("SELECT key FROM rooms WHERE name = 'lobby'").fetchone()
-    sender = con.execute("SELECT key FROM accounts LIMIT 1").fetchone()[0]
-    text = "x" * text_bytes
-    cols = [r[1] for r in con.execute("PRAGMA table_info(messages)")]
-    values = {"room_key": row[0], "sender": "flood", "time_ms": 0, "text": text,
-              "kind": "text", "cmid": "", "sender_key": sender, "deleted_by": ""}
-    use = [c for c in cols if c in values]
-    con.executemany(
-        f"INSERT INTO messages ({', '.join(use)}) VALUES ({', '.join('?' * len(use))})",
-        [[values[c] for c in use] for _ in range(messages)])
-    con.commit()
-    con.close()
+def fill_room(sock: zmq.Socket[Any], messages: int, text_bytes: int) -> None:
+    """Post ``messages`` messages of ``text_bytes`` to #lobby from ``sock`` (logged in)."""
+    sock.send_multipart(p.encode_request(b"j", p.Join(room="lobby")))
+    assert sock.poll(20_000)
+    sock.recv_multipart()
+    for i in range(messages):
+        sock.send_multipart(p.encode_request(b"s%d" % i, p.Send(room="lobby",
+                                                                 text="x" * text_bytes)))
+        assert sock.poll(20_000)
+        sock.recv_multipart()
 
 
 def main() -> int:
@@ -95,12 +91,8 @@ def main() -> int:
             setup: list[zmq.Socket[Any]] = []
             if args.scenario == "history":
                 setup.append(login(ctx, broker.router, broker.public_key, "flood"))
-                fill_room(broker.db, 500, 4000)
+                fill_room(setup[-1], 500, 4000)
             if args.scenario == "rooms":
-                con = sqlite3.connect(broker.db)
-                cols = {r[1] for r in con.execute("PRAGMA table_info(rooms)")}
-                print("rooms columns:", sorted(cols), file=sys.stderr)
-                con.close()
                 setup.append(login(ctx, broker.router, broker.public_key, "flood"))
                 sock = setup[-1]
                 for i in range(args.rooms):

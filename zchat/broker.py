@@ -68,6 +68,13 @@ log = logging.getLogger("zchat.broker")
 
 #: Requests handled per wake-up before timers are looked at again.
 BATCH = 256
+#: A wake-up also ends, and its replies go out, once its requests took this long or
+#: their replies charged to reading budgets reach BATCH_READ_BYTES (docs/PROTOCOL.md
+#: §15.2): a batch of big requests (full HISTORY pages, ROOMS of thousands of rooms)
+#: then cannot keep the small ones of other peers waiting; the ROUTER fair-queues
+#: between peers, so the next wake-up starts with someone else's.
+BATCH_BUDGET_S = 0.05
+BATCH_READ_BYTES = 4 * 1024 * 1024
 #: Frames of a request as the ROUTER delivers it: routing id + the 4 of docs/PROTOCOL.md §3.1.
 REQUEST_PARTS = 5
 #: LINGER at close after a graceful stop, in milliseconds: time for the GOING_AWAY event
@@ -294,6 +301,8 @@ class Broker:
         #: What the current wake-up's requests, jobs and timers asked for; carried out by
         #: ``_flush()`` after the group commit.
         self._pending: list[Action] = []
+        #: Routing ids whose reply or push met a full queue in this wake-up.
+        self._unread: set[bytes] = set()
         #: Group commits that failed, each followed by a rebuild (read by tests and logs).
         self.failed_commits = 0
         self._linger_ms = 0  # SHUTDOWN_LINGER_MS once run() has said GOING_AWAY
@@ -494,13 +503,19 @@ class Broker:
                 self.store.abort_group()
                 raise
             self._flush()
+            if self._unread:
+                self._end_unread()
             if self._key_service is not None and self._key_service in events:
                 self._serve_keys(self._key_service)
         self._execute(self.core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
+        started = time.monotonic()
+        read_bytes = core.read_bytes + BATCH_READ_BYTES
         for _ in range(BATCH):
+            if core.read_bytes >= read_bytes or time.monotonic() - started > BATCH_BUDGET_S:
+                return
             try:
                 first = router.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -595,6 +610,21 @@ class Broker:
             return False
         return True
 
+    def _end_unread(self) -> None:
+        """End the sessions of the peers whose queue was full (docs/PROTOCOL.md §15.2,
+        "SendQ exceeded"), in a group of their own."""
+        assert self.core is not None
+        unread, self._unread = self._unread, set()
+        self.store.begin_group()
+        try:
+            for routing_id in unread:
+                self._pending += self.core.end_unread(routing_id, wall_ms())
+        except BaseException:
+            self.store.abort_group()
+            raise
+        self._flush()
+        self._unread.clear()  # the session is gone; its full queue drops what follows
+
     def _drain_jobs(self, core: BrokerCore) -> None:
         try:
             while os.read(self._wake_r, 4096):
@@ -675,6 +705,7 @@ class Broker:
                     router.send(last, _LAST)
                 except zmq.Again:
                     self._log_dropped(f"to {action.routing_id.hex()}", time.monotonic())
+                    self._unread.add(action.routing_id)
                 except zmq.ZMQError as exc:
                     if exc.errno != zmq.EHOSTUNREACH:
                         raise
