@@ -47,6 +47,7 @@ import functools
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -435,6 +436,11 @@ class Broker:
                      k.fingerprint(self.keys.public))
         advertised = self.config.pub_advertised or self.pub_endpoint
         self.core = BrokerCore(self.store, self.config, advertised, wall_ms())
+
+    def wake_on_signals(self) -> int:
+        """Make every signal wake the loop (``signal.set_wakeup_fd`` on the loop's wake
+        pipe); call from the main thread. Returns the previous wake-up fd."""
+        return signal.set_wakeup_fd(self._wake_w)
 
     def stop(self) -> None:
         """Ask ``run()`` to return; safe from any thread and from signal handlers."""
