@@ -116,6 +116,7 @@ MP = multiprocessing.get_context("spawn")
 #: - send_rate_per_s = 0: the per-session SEND limit (docs/PROTOCOL.md §15) is off, so a
 #:   sender keeping a window of requests in flight measures the broker, not its protection;
 #: - login_rate_per_s = 0: hundreds of members log in from 127.0.0.1 in a second;
+#: - read_rate_bytes_per_s = 0: the history scenario times thousands of pages back to back;
 #: - heartbeat_timeout_s = 3600: the load generators' members do not heartbeat, and must not
 #:   be evicted in the middle of a run (the sessions scenario sets its own);
 #: - sndhwm / rcvhwm = 10,000,000: the PUB drops at its high-water mark per subscriber
@@ -131,6 +132,7 @@ _CONNECTIONS = 1_000_000 if _HARD_NOFILE == resource.RLIM_INFINITY \
     else max(1, min(_HARD_NOFILE, 1_000_000) - FD_HEADROOM)
 BROKER_DEFAULTS: dict[str, Any] = {
     "log_level": "warning", "send_rate_per_s": 0, "login_rate_per_s": 0,
+    "read_rate_bytes_per_s": 0,
     "heartbeat_timeout_s": 3600.0, "sndhwm": 10_000_000, "rcvhwm": 10_000_000,
     "scrypt_n": 1024, "max_sessions": 20_000,
     "max_connections": _CONNECTIONS, "max_connections_per_address": _CONNECTIONS,

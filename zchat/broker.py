@@ -32,7 +32,8 @@ every tcp socket is a CurveZMQ server with the broker's long-term key pair (crea
 data directory on first start, zchat.keys), and a ZAP handler (ZapHandler,
 allowing any client key: accounts log in with passwords and tokens)
 runs in this process for as long as the sockets do; if it cannot start, ``bind()`` raises
-TransportSecurityError and nothing is bound. A plain ROUTER, the key service, tells clients
+TransportSecurityError and nothing is bound. The key service (a plain STREAM socket
+speaking just enough ZMTP, zchat.zmtp) tells clients
 the public key for trust on first use.
 
 Password hashing runs on a small thread pool (``hash_workers``); finished jobs come back
@@ -46,9 +47,11 @@ import functools
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -56,6 +59,7 @@ from typing import Any
 import zmq
 
 from zchat import keys as k
+from zchat import zmtp
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
 from zchat.connections import ConnectionGuard, effective_limits
@@ -67,6 +71,13 @@ log = logging.getLogger("zchat.broker")
 
 #: Requests handled per wake-up before timers are looked at again.
 BATCH = 256
+#: A wake-up also ends, and its replies go out, once its requests took this long or
+#: their replies charged to reading budgets reach BATCH_READ_BYTES (docs/PROTOCOL.md
+#: §15.2): a batch of big requests (full HISTORY pages, ROOMS of thousands of rooms)
+#: then cannot keep the small ones of other peers waiting; the ROUTER fair-queues
+#: between peers, so the next wake-up starts with someone else's.
+BATCH_BUDGET_S = 0.05
+BATCH_READ_BYTES = 4 * 1024 * 1024
 #: Frames of a request as the ROUTER delivers it: routing id + the 4 of docs/PROTOCOL.md §3.1.
 REQUEST_PARTS = 5
 #: LINGER at close after a graceful stop, in milliseconds: time for the GOING_AWAY event
@@ -79,6 +90,12 @@ _ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME")
 #: instead of having its handshakes dropped and retried seconds later (SYN-ACK back-off),
 #: which also held honest clients back. Linux caps it at net.core.somaxconn (4096).
 LISTEN_BACKLOG = 1024
+#: Key service connections the broker tracks at once; beyond it the longest-known is
+#: closed (an honest client's fetch is over in milliseconds).
+KEY_SERVICE_MAX_PEERS = 4096
+#: Reads (of up to 8 KiB each) libzmq queues per key service connection before it stops
+#: reading that connection: the broker closes one at its first wrong byte anyway.
+KEY_SERVICE_RCVHWM = 16
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -314,6 +331,9 @@ class Broker:
         self._log_dropped = ThrottledLog(logging.WARNING, "dropped a reply, its peer's "
                                          "queue is full (high-water mark)")
         self._log_long = ThrottledLog(logging.INFO, "refused a message of too many frames")
+        self._log_key_junk = ThrottledLog(logging.INFO, "closed a key service connection")
+        #: The key service's connections (STREAM ids) and their parsers, oldest first.
+        self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
         self.router_endpoint = config.router
         self.pub_endpoint = config.pub
         self._router: zmq.Socket[Any] | None = None
@@ -344,6 +364,8 @@ class Broker:
         #: What the current wake-up's requests, jobs and timers asked for; carried out by
         #: ``_flush()`` after the group commit.
         self._pending: list[Action] = []
+        #: Routing ids whose reply or push met a full queue in this wake-up.
+        self._unread: set[bytes] = set()
         #: Group commits that failed, each followed by a rebuild (read by tests and logs).
         self.failed_commits = 0
         self._linger_ms = 0  # SHUTDOWN_LINGER_MS once run() has said GOING_AWAY
@@ -473,13 +495,16 @@ class Broker:
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.zap is not None and self.keys is not None and k.is_tcp(self.config.router):
-            service = self.context.socket(zmq.ROUTER)
+            # A raw STREAM socket speaking just enough ZMTP (zchat.zmtp), not a ROUTER:
+            # libzmq would take a message of millions of frames whole before the broker
+            # could look at it (docs/PROTOCOL.md §16.3).
+            service = self.context.socket(zmq.STREAM)
             self._key_service = service
             #: The key service's logic, rate-limited per address (zchat.keys.KeyService).
             self.key_service = k.KeyService(self.keys.public, self.config.key_rate_per_s,
                                              self.config.key_burst)
-            service.setsockopt(zmq.MAXMSGSIZE, k.KEY_SERVICE_MAX_FRAME_BYTES)
             service.setsockopt(zmq.SNDHWM, 100)
+            service.setsockopt(zmq.RCVHWM, KEY_SERVICE_RCVHWM)
             service.setsockopt(zmq.LINGER, 0)
             service.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
             if self.connections is not None:
@@ -494,11 +519,10 @@ class Broker:
         if self.connections is not None:
             self.connections.start()
 
-    @property
-    def wakeup_fd(self) -> int:
-        """A non-blocking descriptor whose every write wakes ``run()``'s poll (for
-        ``signal.set_wakeup_fd``); -1 once closed."""
-        return self._wake_w
+    def wake_on_signals(self) -> int:
+        """Make every signal wake the loop (``signal.set_wakeup_fd`` on the loop's wake
+        pipe); call from the main thread. Returns the previous wake-up fd."""
+        return signal.set_wakeup_fd(self._wake_w)
 
     def stop(self) -> None:
         """Ask ``run()`` to return; safe from any thread and from signal handlers."""
@@ -570,13 +594,19 @@ class Broker:
                 self.store.abort_group()
                 raise
             self._flush()
+            if self._unread:
+                self._end_unread()
             if self._key_service is not None and self._key_service in events:
                 self._serve_keys(self._key_service)
         self._execute(self.core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
+        started = time.monotonic()
+        read_bytes = core.read_bytes + BATCH_READ_BYTES
         for _ in range(BATCH):
+            if core.read_bytes >= read_bytes or time.monotonic() - started > BATCH_BUDGET_S:
+                return
             try:
                 first = router.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -625,19 +655,68 @@ class Broker:
             log.exception("unexpected error serving one request; still serving")
 
     def _serve_keys(self, service: zmq.Socket[Any]) -> None:
-        """Answer up to BATCH key requests (docs/PROTOCOL.md §16.3); junk, and requests
-        over the per-address rate limit (``key_rate_per_s``, ``key_burst``), get no
-        answer (zchat.keys.KeyService)."""
+        """Read up to BATCH chunks of the key service's connections (docs/PROTOCOL.md
+        §16.3), each at most 8 KiB: answer the KEY requests in them, and close a
+        connection at its first byte that is not part of one (zchat.zmtp.KeyPeer).
+        Junk and requests over the per-address rate limit (``key_rate_per_s``,
+        ``key_burst``) get no answer (zchat.keys.KeyService)."""
+        peers = self._key_peers
         for _ in range(BATCH):
             try:
-                parts = service.recv_multipart(zmq.NOBLOCK, copy=False)
+                conn = service.recv(zmq.NOBLOCK, copy=False)
+                data = service.recv(copy=False)
             except zmq.Again:
                 return
-            reply = self.key_service.reply([f.bytes for f in parts],
-                                           _peer_address(parts[-1]), time.monotonic())
-            if reply is not None:
-                with contextlib.suppress(zmq.ZMQError):  # peer gone or queue full
-                    service.send_multipart(reply, zmq.NOBLOCK)
+            cid = conn.bytes
+            peer = peers.get(cid)
+            if not data.bytes:  # a connection made (or, for one we know, gone)
+                if peer is not None:
+                    del peers[cid]
+                elif self._send_raw(service, cid, zmtp.GREETING):
+                    if len(peers) >= KEY_SERVICE_MAX_PEERS:  # the longest-known goes
+                        self._send_raw(service, peers.popitem(last=False)[0], b"")
+                    peers[cid] = zmtp.KeyPeer(k.KEY_SERVICE_MAX_FRAME_BYTES)
+                continue
+            if peer is None:  # bytes after we closed it: close again, keep nothing
+                self._send_raw(service, cid, b"")
+                continue
+            requests, close = peer.receive(data.bytes)
+            address = _peer_address(data) if requests else ""
+            for request in requests:
+                reply = self.key_service.reply([cid, request], address, time.monotonic())
+                if reply is not None:
+                    self._send_raw(service, cid, zmtp.encode_message(reply[1:]))
+            if close:
+                del peers[cid]
+                self._log_key_junk(f"{close} from {_peer_address(data) or '?'}",
+                                   time.monotonic())
+                self._send_raw(service, cid, b"")
+
+    @staticmethod
+    def _send_raw(service: zmq.Socket[Any], cid: bytes, data: bytes) -> bool:
+        """Send ``data`` on a STREAM connection (b"" closes it); False if it is gone or
+        its queue is full."""
+        try:
+            service.send(cid, _MORE)
+            service.send(data, _LAST)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    def _end_unread(self) -> None:
+        """End the sessions of the peers whose queue was full (docs/PROTOCOL.md §15.2,
+        "SendQ exceeded"), in a group of their own."""
+        assert self.core is not None
+        unread, self._unread = self._unread, set()
+        self.store.begin_group()
+        try:
+            for routing_id in unread:
+                self._pending += self.core.end_unread(routing_id, wall_ms())
+        except BaseException:
+            self.store.abort_group()
+            raise
+        self._flush()
+        self._unread.clear()  # the session is gone; its full queue drops what follows
 
     def _drain_jobs(self, core: BrokerCore) -> None:
         try:
@@ -732,6 +811,7 @@ class Broker:
                     router.send(last, _LAST)
                 except zmq.Again:
                     self._log_dropped(f"to {action.routing_id.hex()}", time.monotonic())
+                    self._unread.add(action.routing_id)
                 except zmq.ZMQError as exc:
                     if exc.errno != zmq.EHOSTUNREACH:
                         raise

@@ -48,7 +48,13 @@ from zchat.names import (
     validate_text,
 )
 from zchat.passwords import hash_password, match_token, token_sha256, verify_password
-from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, TokenBucket, address_key
+from zchat.ratelimit import (
+    MAX_ADDRESS_BUCKETS,
+    BucketTable,
+    ByteBudget,
+    TokenBucket,
+    address_key,
+)
 from zchat.store import BanRow, SessionRow, Store, dm_pair
 
 log = logging.getLogger("zchat.broker")
@@ -86,6 +92,14 @@ def _seconds(ms: int) -> str:
 #: words for mentions (docs/PROTOCOL.md §6.49.2); beyond it, the words are cut at once
 #: (~2.5 µs, whatever the room's size).
 MENTION_SCAN_MEMBERS = 64
+
+#: Requests whose replies are charged to the account's reading budget (docs/PROTOCOL.md
+#: §15.1): the ones whose reply grows with what the broker holds (a page of history,
+#: every room, every member). PING is not among them: it is the heartbeat, and its
+#: PONG lists at most MAX_ROOMS_PER_ACCOUNT rooms.
+READING_REQUESTS: frozenset[type[p.Request]] = frozenset({
+    p.FetchHistory, p.FetchDmHistory, p.ListRooms, p.Who, p.Whois, p.ListUsers,
+    p.ReadAudit, p.ListBans, p.ListSessions, p.ListTokens, p.FetchRoom})
 
 #: Bound of BrokerCore's room-name cache (entries); emptied whole when full.
 ROOM_KEY_CACHE_MAX = 4096
@@ -144,6 +158,10 @@ class Account:
     sessions: set[bytes] = field(default_factory=set)
     presence: p.Presence = "offline"
     away_text: str = ""
+    #: Bytes of reading replies this account may still ask for (``read_rate_bytes_per_s``,
+    #: ``read_burst_bytes``), made at its first reading request: per account, so that a
+    #: new LOGIN does not bring a new budget (docs/PROTOCOL.md §15.1).
+    read_budget: ByteBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +263,9 @@ class BrokerCore:
         #: each change, so that the broker gives its ZAP handler a new snapshot only then.
         self.subscriber_keys: dict[str, int] = {}
         self.subscriber_version = 0
+        #: Bytes of replies charged to reading budgets so far (the loop reads it to end
+        #: a wake-up early after big replies, zchat.broker).
+        self.read_bytes = 0
         self._handlers: dict[type[p.Request], Callable[..., list[Action]]] = {
             p.Info: self._info, p.Register: self._register, p.Login: self._login,
             p.Logout: self._logout, p.Join: self._join, p.Part: self._part,
@@ -288,8 +309,17 @@ class BrokerCore:
                 return self._handlers[type(request)](routing_id, request_id, request,
                                                      session, now_s, now_ms, address,
                                                      transport_key)
-            return self._handlers[type(request)](routing_id, request_id, request, session,
-                                                 now_s, now_ms, address)
+            budget = None
+            if session is not None and type(request) in READING_REQUESTS \
+                    and self.config.read_rate_bytes_per_s > 0:
+                budget = self._check_read_budget(session, now_s)
+            actions = self._handlers[type(request)](routing_id, request_id, request,
+                                                    session, now_s, now_ms, address)
+            if budget is not None:
+                cost = sum(len(f) for a in actions if isinstance(a, ToPeer) for f in a.frames)
+                budget.charge(cost, now_s)
+                self.read_bytes += cost
+            return actions
         except ProtocolError as exc:
             return [self._error(routing_id, exc.request_id or request_id, exc.status, exc.reason,
                                 exc.retry_after_ms)]
@@ -407,6 +437,8 @@ class BrokerCore:
             self._bind_session(session, session.last_seen_ms)  # its event is not sent
         for key, account in self.accounts.items():
             before = old.accounts.get(key)
+            if before is not None:
+                account.read_budget = before.read_budget
             if account.sessions and before is not None:
                 account.presence, account.away_text = before.presence, before.away_text
         self._login_buckets = old._login_buckets
@@ -601,6 +633,35 @@ class BrokerCore:
             raise RateLimited(f"sending too fast: wait {_seconds(wait_ms)} (at most "
                               f"{bucket.burst} at once, then {bucket.rate_per_s:g} a "
                               "second)", wait_ms)
+
+    def _check_read_budget(self, session: Session, now_s: float) -> ByteBudget:
+        """The account's reading budget (made full at first use), or RateLimited (429)
+        while it is spent (docs/PROTOCOL.md §15.1). Checked before the work; the caller
+        charges the reply's real size after it."""
+        account = self.accounts[session.account_key]
+        budget = account.read_budget
+        if budget is None:
+            cfg = self.config
+            budget = account.read_budget = ByteBudget(cfg.read_rate_bytes_per_s,
+                                                      cfg.read_burst_bytes, now_s)
+        wait_ms = budget.wait_ms(now_s)
+        if wait_ms:
+            raise RateLimited(f"reading too fast: wait {_seconds(wait_ms)} (at most "
+                              f"{budget.burst / 1048576:g} MiB of replies at once, then "
+                              f"{budget.rate_per_s / 1048576:g} MiB a second)", wait_ms)
+        return budget
+
+    def end_unread(self, routing_id: bytes, now_ms: int) -> list[Action]:
+        """A reply or push to ``routing_id`` was dropped at its queue's high-water mark:
+        the peer does not read (IRC's "SendQ exceeded"). End its session, if it has one
+        (docs/PROTOCOL.md §15.2): the connection keeps its full queue, and every further
+        reply to it is dropped until it reads; it must LOGIN again."""
+        session = self.sessions.get(routing_id)
+        if session is None:
+            return []
+        log.warning("ended the session of %s from %s: it does not read its replies (its "
+                    "queue is full)", session.name, session.address or "?")
+        return self._end_session(session, now_ms, "its replies were not read")
 
     def _check_slow_mode(self, key: str, session: Session, now_s: float) -> None:
         """Room ``key`` is in slow mode: raise RateLimited (429) when the account posted

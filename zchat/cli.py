@@ -770,16 +770,16 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     _write_pid(lock)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: broker.stop())
-    # The handler runs in the main thread, but the kernel may hand the signal to any of
-    # the broker's threads (ZAP handler, connection guard, hashing) while the loop sleeps
-    # in poll for up to a heartbeat interval: the wake-up fd makes the loop's poll return
-    # at once, so that the handler runs (a test saw SIGTERM ignored for 5 s).
-    signal.set_wakeup_fd(broker.wakeup_fd)
+    # The kernel may deliver a signal to any thread (libzmq's, the ZAP handler's); the
+    # Python handler then runs only when the loop's thread next wakes, up to a heartbeat
+    # interval later (a SIGTERM went unanswered for over 5 s). The wake-up fd makes the
+    # signal itself wake the loop's poll.
+    previous_fd = broker.wake_on_signals()
     _print_started(broker, db_path)
     try:
         broker.run()
     finally:
-        signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(previous_fd)
         broker.close()
         lock.close()
     # Wait (at most the shutdown LINGER, 0.5 s) for GOING_AWAY to leave before exiting.

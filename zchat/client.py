@@ -886,27 +886,27 @@ class Client:
 
     async def bans(self, room: str | None = None) -> p.BanList:
         """Bans and mutes in force: of ``room``, server-wide (""), or all (None) (§6.40)."""
-        reply: p.BanList = await self.request(p.ListBans(room=room))
+        reply: p.BanList = await self._patiently(p.ListBans(room=room))
         return reply
 
     async def audit(self, room: str | None = None, *, actor: str = "", target: str = "",
                     action: str = "", before: int | None = None,
                     limit: int = p.DEFAULT_AUDIT_LIMIT) -> p.AuditList:
         """Audit-log entries, newest first (admins; a room's owner for it) (§6.41)."""
-        reply: p.AuditList = await self.request(p.ReadAudit(
+        reply: p.AuditList = await self._patiently(p.ReadAudit(
             room=room, actor=actor, target=target, action=action, before=before,
             limit=limit))
         return reply
 
     async def list_rooms(self) -> p.RoomList:
-        reply: p.RoomList = await self.request(p.ListRooms())
+        reply: p.RoomList = await self._patiently(p.ListRooms())
         return reply
 
     async def room_info(self, room: str) -> p.RoomDetails:
         """``room``'s topic, modes, member count and last seq, read without joining it
         (ROOM_INFO, docs/PROTOCOL.md §6.51). Raises RequestFailed 404 (no such room),
         403 (private, and not a member nor an admin), 405 (an older broker)."""
-        reply: p.RoomDetails = await self.request(p.FetchRoom(room=room))
+        reply: p.RoomDetails = await self._patiently(p.FetchRoom(room=room))
         return reply
 
     async def send(self, room: str, text: str, kind: p.MessageKind = "text",
@@ -950,7 +950,7 @@ class Client:
         Reading history changes neither delivery nor read state. Raises RequestFailed
         404 (no such account), 400 (both bounds, a bound below 0, ``limit`` outside
         1..MAX_HISTORY_LIMIT)."""
-        reply: p.DmHistoryPage = await self.request(
+        reply: p.DmHistoryPage = await self._patiently(
             p.FetchDmHistory(peer=name, before=before, after=after, limit=limit))
         return reply
 
@@ -1056,7 +1056,7 @@ class Client:
 
     async def list_tokens(self) -> p.TokenList:
         """The account's live tokens: id, label, creation time; never the secrets."""
-        reply: p.TokenList = await self.request(p.ListTokens())
+        reply: p.TokenList = await self._patiently(p.ListTokens())
         return reply
 
     async def revoke_token(self, token_id: int) -> None:
@@ -1066,12 +1066,12 @@ class Client:
 
     async def history(self, room: str, before: int | None = None, after: int | None = None,
                       limit: int = p.DEFAULT_HISTORY_LIMIT) -> p.HistoryPage:
-        reply: p.HistoryPage = await self.request(
+        reply: p.HistoryPage = await self._patiently(
             p.FetchHistory(room=room, before=before, after=after, limit=limit))
         return reply
 
     async def who(self, room: str | None = None) -> p.WhoList:
-        reply: p.WhoList = await self.request(p.Who(room=room))
+        reply: p.WhoList = await self._patiently(p.Who(room=room))
         for user in reply.users:
             self._heard_presence(user.name, user.presence, user.text)
         return reply
@@ -1080,7 +1080,7 @@ class Client:
         """One account by name, with its presence, offline ones too (docs/PROTOCOL.md
         §6.50). Raises RequestFailed 404 when there is no such account, 405 from a broker
         older than WHOIS."""
-        reply: p.UserFound = await self.request(p.Whois(name=name))
+        reply: p.UserFound = await self._patiently(p.Whois(name=name))
         self._heard_presence(reply.name, reply.presence, reply.text)
         return reply
 
@@ -1185,14 +1185,14 @@ class Client:
         self._membership_changes[key] = self._membership_changes.get(key, 0) + 1
 
     async def sessions(self) -> p.SessionList:
-        reply: p.SessionList = await self.request(p.ListSessions())
+        reply: p.SessionList = await self._patiently(p.ListSessions())
         return reply
 
     # -- operator tools (docs/PROTOCOL.md §6.42-§6.46, docs/admin.md) -----------------------
 
     async def users(self) -> p.UserList:
         """Every account with its state (admins only: RequestFailed 403 otherwise)."""
-        reply: p.UserList = await self.request(p.ListUsers())
+        reply: p.UserList = await self._patiently(p.ListUsers())
         return reply
 
     async def create_accounts(self, accounts: tuple[p.NewAccount, ...],

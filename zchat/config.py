@@ -84,6 +84,13 @@ MIN_RATE_PER_S = 1 / 3600
 MAX_RATE_PER_S = 1_000_000.0
 #: Upper bound of burst and session-count settings.
 MAX_COUNT_SETTING = 10_000_000
+#: Bounds of the reading budget (``read_rate_bytes_per_s``, ``read_burst_bytes``): a
+#: budget under 64 KiB would refuse a single HISTORY page of the default size of long
+#: texts more than once; over 16 GiB it bounds nothing.
+MIN_READ_RATE = 1_024
+MAX_READ_RATE = 1 << 34
+MIN_READ_BURST = 65_536
+MAX_READ_BURST = 1 << 34
 #: Bounds of the broker's durations (heartbeats, resume grace), in seconds: a
 #: heartbeat below 10 ms is noise, and nothing waits more than 30 days.
 MIN_HEARTBEAT_S = 0.01
@@ -150,6 +157,11 @@ class BrokerConfig:
     - ``key_rate_per_s`` / ``key_burst``: token bucket per peer address for the key
       service's requests (>= 0, 0 off; >= 1); a request over it gets no answer
       (docs/PROTOCOL.md §16.3).
+    - ``read_rate_bytes_per_s`` / ``read_burst_bytes``: byte budget per account for the
+      replies of HISTORY, DM_HISTORY, ROOMS, WHO and the other reading requests
+      (docs/PROTOCOL.md §15.1): bytes a second (0 off, else MIN_READ_RATE..MAX_READ_RATE)
+      and bytes at once (MIN_READ_BURST..MAX_READ_BURST). A reading request is refused
+      with 429 while the account's budget is spent.
     """
 
     router: str = "tcp://127.0.0.1:5555"
@@ -188,6 +200,11 @@ class BrokerConfig:
     key_endpoint: str = ""
     key_rate_per_s: float = 1.0
     key_burst: int = 30
+    #: 1 MiB a second after 16 MiB at once: the console pages history 50 messages at a
+    #: time (200 KiB at the very most) and a reconnect's repair asks a few pages; a
+    #: client that pipelines full pages and never reads is held to 1 MiB a second.
+    read_rate_bytes_per_s: float = 1_048_576.0
+    read_burst_bytes: int = 16_777_216
 
 
 @dataclass(frozen=True)
@@ -451,6 +468,13 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     if not 1 <= b.max_connections_per_address <= b.max_connections:
         fail("broker", "max_connections_per_address", f"must be 1 to max_connections "
              f"({b.max_connections:,}), got {b.max_connections_per_address}")
+    rate = b.read_rate_bytes_per_s
+    if rate != 0 and not MIN_READ_RATE <= rate <= MAX_READ_RATE:
+        fail("broker", "read_rate_bytes_per_s", f"must be 0 (the limit off) or "
+             f"{MIN_READ_RATE:,} to {MAX_READ_RATE:,}, got {rate}")
+    if not MIN_READ_BURST <= b.read_burst_bytes <= MAX_READ_BURST:
+        fail("broker", "read_burst_bytes", f"must be {MIN_READ_BURST:,} to "
+             f"{MAX_READ_BURST:,}, got {b.read_burst_bytes}")
     if not 0 <= b.resume_grace_s <= MAX_DURATION_S:
         fail("broker", "resume_grace_s", f"must be 0 to {MAX_DURATION_S:,} s, got "
              f"{b.resume_grace_s}")

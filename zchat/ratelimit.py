@@ -145,3 +145,40 @@ class BucketTable:
             del self._buckets[key]
             dropped += 1
         return dropped
+
+
+class ByteBudget:
+    """A token bucket of bytes that may go into debt (docs/PROTOCOL.md §15.1, reading):
+    a request may go ahead while the budget holds any bytes at all (``wait_ms`` 0), and
+    is then charged what it really cost (``charge``), which can take the balance below
+    zero; the debt is paid back at ``rate_per_s`` before the next one may go. So the cost
+    need not be known before the work, and a request bigger than the burst still passes
+    once. Full at ``now_s``. Raises ValueError like TokenBucket."""
+
+    __slots__ = ("rate_per_s", "burst", "tokens", "stamp_s")
+
+    def __init__(self, rate_per_s: float, burst: int, now_s: float) -> None:
+        TokenBucket(rate_per_s, burst, now_s)  # validates the parameters
+        self.rate_per_s = float(rate_per_s)
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp_s = now_s
+
+    def _refill(self, now_s: float) -> float:
+        elapsed = now_s - self.stamp_s
+        if elapsed > 0:
+            self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate_per_s)
+            self.stamp_s = now_s
+        return self.tokens
+
+    def wait_ms(self, now_s: float) -> int:
+        """0 when a request may go ahead at ``now_s``, else the milliseconds until the
+        balance is above zero again (>= 1, rounded up)."""
+        tokens = self._refill(now_s)
+        if tokens > 0:
+            return 0
+        return max(1, math.ceil((1 - tokens) / self.rate_per_s * 1000 - 1e-6))
+
+    def charge(self, cost: int, now_s: float) -> None:
+        """Take ``cost`` (>= 0) from the balance, below zero if need be."""
+        self.tokens = self._refill(now_s) - cost
