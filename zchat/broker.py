@@ -62,9 +62,10 @@ from zchat import keys as k
 from zchat import zmtp
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
-from zchat.connections import ConnectionGuard, effective_limits
+from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.errors import Status, StorageError, ZchatError
 from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
+from zchat.ratelimit import address_key
 from zchat.store import Store
 
 log = logging.getLogger("zchat.broker")
@@ -632,7 +633,17 @@ class Broker:
             frame = router.recv(copy=False)
             count += 1
         request_id = parts[2].bytes[:MAX_REQUEST_ID_BYTES] or b"?"
-        self._log_long(f"{count - 1} frames from {parts[0].bytes.hex()}", time.monotonic())
+        now = time.monotonic()
+        self._log_long(f"{count - 1} frames from {parts[0].bytes.hex()}", now)
+        if count - 1 > LONG_MESSAGE_FRAMES and self.connections is not None:
+            # costly to read, and libzmq cannot refuse it: cut it, bar its address a while
+            address = _peer_address(parts[0])
+            try:
+                fd = int(parts[0].get(zmq.SRCFD))
+            except (zmq.ZMQError, TypeError, ValueError):
+                fd = -1
+            if fd >= 0 and address:
+                self.connections.cut(fd, address_key(address, b""), now)
         self._pending.append(ToPeer(parts[0].bytes, encode_reply(request_id, Error(
             status=int(Status.BAD_REQUEST),
             reason=f"a request has 4 frames, got {count - 1}"))))

@@ -72,6 +72,15 @@ RESERVE_PER_ADDRESS = 4
 REFUSED_LOG_EVERY_S = 10.0
 
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+#: An address whose peer sent the ROUTER one message of more than LONG_MESSAGE_FRAMES
+#: frames has that connection cut and no new one admitted for LONG_MESSAGE_BAR_S seconds
+#: (docs/PROTOCOL.md §9, §15.3): libzmq takes such a message whole before the broker sees
+#: it, and reading it costs the loop ~1 µs a frame, so it cannot be refused cheaply; it
+#: can be kept from being repeated. No client of ours sends more than 4 frames.
+LONG_MESSAGE_FRAMES = 1_000
+LONG_MESSAGE_BAR_S = 60.0
+#: Addresses barred at once, at most (the longest-barred is forgotten first beyond it).
+MAX_BARRED = 65_536
 _EVENT_HEAD = struct.Struct("=Hi")  # libzmq's monitor frame: event (uint16), value (int32)
 
 
@@ -97,7 +106,26 @@ class ConnectionTable:
         self.limits = limits
         self._held: dict[Any, str] = {}
         self._per_address: dict[str, int] = {}
+        #: Address key -> monotonic s until which it is refused (``bar``). Written by the
+        #: broker's loop, read (``get`` only) by the guard's thread: safe under the GIL.
+        self._barred: dict[str, float] = {}
         self.refused = 0
+
+    def bar(self, address: str, until_s: float, now_s: float) -> None:
+        """Admit no connection from ``address`` before ``until_s`` (monotonic s). At most
+        MAX_BARRED addresses: lapsed bars go first, then the oldest."""
+        barred = self._barred
+        if len(barred) >= MAX_BARRED:
+            for old in [a for a, until in barred.items() if until <= now_s]:
+                del barred[old]
+            while len(barred) >= MAX_BARRED:
+                del barred[next(iter(barred))]
+        barred.pop(address, None)
+        barred[address] = until_s
+
+    def barred(self, address: str, now_s: float) -> bool:
+        until = self._barred.get(address)
+        return until is not None and now_s < until
 
     @property
     def total(self) -> int:
@@ -106,15 +134,18 @@ class ConnectionTable:
     def held_by(self, address: str) -> int:
         return self._per_address.get(address, 0)
 
-    def admit(self, conn: Any, address: str) -> str | None:
+    def admit(self, conn: Any, address: str, now_s: float = 0.0) -> str | None:
         """Record connection ``conn`` from ``address`` and return None, or return why it
         is refused (and record nothing). A ``conn`` already held (its end was missed) is
-        counted again under its new address."""
+        counted again under its new address. ``now_s`` (monotonic) is for bars."""
         self.closed(conn)
         limits, total = self.limits, len(self._held)
         held = self._per_address.get(address, 0) if address else 0
         why = None
-        if total >= limits.max_total:
+        if address and self.barred(address, now_s):
+            why = (f"{address} sent a message of over {LONG_MESSAGE_FRAMES:,} frames; "
+                   f"refused for {LONG_MESSAGE_BAR_S:g} s")
+        elif total >= limits.max_total:
             why = f"the broker holds {total} connections (max_connections)"
         elif address and held >= limits.max_per_address:
             why = f"{address} holds {held} connections (max_connections_per_address)"
@@ -273,10 +304,22 @@ class ConnectionGuard:
                 address = _peer_address(fd)
                 if address is None:  # gone already: its DISCONNECTED follows
                     continue
-                why = table.admit((which, fd), address)
+                why = table.admit((which, fd), address, time.monotonic())
                 if why is not None:
                     _refuse(fd)
                     self._log_refused(why)
+
+    def cut(self, fd: int, address: str, now_s: float) -> None:
+        """Connection ``fd`` from ``address`` (an address key) sent an over-long message:
+        bar the address for LONG_MESSAGE_BAR_S seconds and shut that connection, if ``fd``
+        still is a connection from ``address`` (a descriptor is reused as soon as libzmq
+        closes it). From the broker's loop."""
+        self.table.bar(address, now_s + LONG_MESSAGE_BAR_S, now_s)
+        if _peer_address(fd) == address:
+            _refuse(fd)
+        log.warning("cut a connection from %s: a message of over %s frames; no new "
+                    "connection from it for %g s", address, f"{LONG_MESSAGE_FRAMES:,}",
+                    LONG_MESSAGE_BAR_S)
 
     def _log_refused(self, why: str) -> None:
         now = time.monotonic()
