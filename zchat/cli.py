@@ -1041,9 +1041,11 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         unread = [msg for conversation in client.unread.dms
                   for msg in await _unread_dms(client, conversation, args.count)]
         unread.sort(key=lambda msg: msg.id)
-        for printed, msg in enumerate(unread, 1):
+        printed = 0
+        for msg in unread:
             _emit(sys.stdout, msg, args.json)
             shown.add(msg.id)
+            printed += 1
             if not args.keep_unread:
                 await _read_dm(client, msg)
             if args.count is not None and printed >= args.count:
