@@ -71,7 +71,10 @@ REQUEST_PARTS = 5
 #: and the last replies to leave (docs/PROTOCOL.md §6.29); well inside the 2 s a stopping
 #: broker is given.
 SHUTDOWN_LINGER_MS = 500
-_ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME")
+#: Request types the core is given the peer's address for (a getsockopt each): those that
+#: are limited or logged per address (docs/PROTOCOL.md §15.1). SET_PASSWORD too: without
+#: it each connection was keyed by its routing id, with a fresh login bucket each.
+_ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME", b"SET_PASSWORD")
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)

@@ -57,6 +57,15 @@ DEFAULT_ROOM = "lobby"
 #: Password jobs in flight at once (docs/PROTOCOL.md §9); beyond it LOGIN/REGISTER get 503
 #: so that a flood of logins cannot queue unbounded work.
 MAX_PENDING_JOBS = 1024
+#: Password jobs one peer address, or one account, may have in flight at once (docs/
+#: PROTOCOL.md §15.1). The pool runs jobs in arrival order, so without it one address could
+#: keep it hundreds of jobs deep (a tester's SET_PASSWORD flood left six honest LOGINs from
+#: other addresses unanswered for over 8 s); with it an honest LOGIN waits behind at most
+#: this many jobs of each other address. 4 lets a family or a small office behind one NAT
+#: log in together; a classroom of 30 waits a few half-seconds (the client retries a 429).
+MAX_JOBS_PER_PEER = 4
+#: ``retry_after_ms`` of a request refused for MAX_JOBS_PER_PEER: a few hashes' time.
+JOB_BUSY_RETRY_MS = 500
 #: How often ``tick`` deletes lapsed bans and mutes from the store, in seconds: they stop
 #: applying at their expiry anyway (checked at use); the purge only tidies the table.
 BAN_PURGE_INTERVAL_S = 60.0
@@ -140,6 +149,10 @@ class Account:
     sessions: set[bytes] = field(default_factory=set)
     presence: p.Presence = "offline"
     away_text: str = ""
+    #: SET_PASSWORD bucket of the account (login_rate_per_s, login_burst), shared by all
+    #: its sessions and kept while the broker runs, so that a stolen session token
+    #: RESUMEd on fresh connections gets no fresh bucket (docs/PROTOCOL.md §15.1).
+    password_bucket: TokenBucket | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +169,9 @@ class _Job:
     actor: str = ""
     #: create_accounts: the checked accounts (zchat.admin.CheckedAccount), in order.
     batch: tuple[Any, ...] = ()
+    #: The in-flight counters this job holds (``BrokerCore._job_holds``): its peer's
+    #: address key and, for an account's password, ``acct:<key>``.
+    holds: tuple[str, ...] = ()
 
 
 class BrokerCore:
@@ -194,6 +210,9 @@ class BrokerCore:
                 self.rooms_of.setdefault(account_key, set()).add(room_key)
         self._jobs: dict[int, _Job] = {}
         self._next_job = 1
+        #: Password jobs in flight per address key and per ``acct:<key>`` (at most
+        #: MAX_JOBS_PER_PEER each); a key goes when its count is back to 0.
+        self._jobs_held: dict[str, int] = {}
         #: No session can time out before this (monotonic s): a lower bound on the
         #: earliest last_seen_s + heartbeat_timeout_s, kept by _bind_session and tick
         #: (last-seen times only move forward), so tick scans the sessions only when one
@@ -286,6 +305,7 @@ class BrokerCore:
         job = self._jobs.pop(job_id, None)
         if job is None:
             return []
+        self._release(job)
         try:
             if isinstance(result, BaseException):
                 raise result
@@ -369,6 +389,7 @@ class BrokerCore:
             self._error(job.routing_id, job.request_id, Status.UNAVAILABLE, reason)
             for job in self._jobs.values()]
         self._jobs.clear()
+        self._jobs_held.clear()
         return actions
 
     def adopt(self, old: BrokerCore, now_s: float) -> None:
@@ -521,12 +542,44 @@ class BrokerCore:
         return topic
 
     def _start_job(self, job: _Job, work: Callable[[], Any]) -> list[Action]:
+        """Offload ``work`` for ``job``, which holds a place of each of its ``holds``
+        (checked before by ``_check_jobs``) until ``complete`` or ``abandon_jobs``."""
         if len(self._jobs) >= MAX_PENDING_JOBS:
             raise ProtocolError(Status.UNAVAILABLE, "too many logins in progress; retry soon")
+        self._check_jobs(job.holds)  # again: cheap, and a handler may have skipped it
         job_id = self._next_job
         self._next_job += 1
         self._jobs[job_id] = job
+        for key in job.holds:
+            self._jobs_held[key] = self._jobs_held.get(key, 0) + 1
         return [Offload(job_id, work)]
+
+    @staticmethod
+    def _job_holds(rid: bytes, address: str, account_key: str = "") -> tuple[str, ...]:
+        """The in-flight counters of a password job: the peer's address key (ratelimit.
+        address_key) and, when the job checks or sets an account's password, the
+        account's."""
+        peer = address_key(address, rid)
+        return (peer, "acct:" + account_key) if account_key else (peer,)
+
+    def _check_jobs(self, holds: tuple[str, ...]) -> None:
+        """Raise RateLimited (429) when the address or the account of a new password
+        job has MAX_JOBS_PER_PEER in flight already (docs/PROTOCOL.md §15.1)."""
+        for key in holds:
+            if self._jobs_held.get(key, 0) >= MAX_JOBS_PER_PEER:
+                whose = "for this account" if key.startswith("acct:") else \
+                    "from your address"
+                raise RateLimited(f"too many password checks in progress {whose}: wait "
+                                  f"{_seconds(JOB_BUSY_RETRY_MS)} (at most "
+                                  f"{MAX_JOBS_PER_PEER} at once)", JOB_BUSY_RETRY_MS)
+
+    def _release(self, job: _Job) -> None:
+        for key in job.holds:
+            left = self._jobs_held.get(key, 0) - 1
+            if left > 0:
+                self._jobs_held[key] = left
+            else:
+                self._jobs_held.pop(key, None)
 
     # -- protection (docs/PROTOCOL.md §15) ---------------------------------------------------
 
@@ -542,6 +595,34 @@ class BrokerCore:
             raise RateLimited(f"too many {what} from your address: wait "
                               f"{_seconds(wait_ms)} (at most {cfg.login_burst} at once, then "
                               f"{cfg.login_rate_per_s:g} a second)", wait_ms)
+
+    def _limit_password_change(self, rid: bytes, address: str, session: Session,
+                               now_s: float) -> None:
+        """SET_PASSWORD (§6.46): a token from the address's login bucket and one from
+        the account's own bucket of the same size, both or neither (429 naming the one
+        that refused). The account's bucket is shared by its sessions, so a stolen
+        session token resumed on fresh connections or addresses guesses no faster."""
+        table = self._login_buckets
+        if table is None:
+            return
+        cfg = self.config
+        account = self.accounts[session.account_key]
+        bucket = account.password_bucket
+        if bucket is None:
+            bucket = account.password_bucket = TokenBucket(cfg.login_rate_per_s,
+                                                           cfg.login_burst, now_s)
+        key = address_key(address, rid)
+        limits = f"(at most {cfg.login_burst} at once, then {cfg.login_rate_per_s:g} a second)"
+        wait_ms = table.wait_ms(key, now_s)
+        if wait_ms:
+            raise RateLimited(f"too many password changes from your address: wait "
+                              f"{_seconds(wait_ms)} {limits}", wait_ms)
+        wait_ms = bucket.wait_ms(now_s)
+        if wait_ms:
+            raise RateLimited(f"too many password changes for this account: wait "
+                              f"{_seconds(wait_ms)} {limits}", wait_ms)
+        table.take(key, now_s)
+        bucket.take(now_s)
 
     def _check_capacity(self) -> None:
         """Raise ProtocolError 503 when the broker holds ``max_sessions`` sessions."""
@@ -613,6 +694,8 @@ class BrokerCore:
 
     def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        holds = self._job_holds(rid, address)
+        self._check_jobs(holds)
         self._limit_login(rid, address, now_s, "registrations")
         name = normalize_new_name(req.name)
         self._check_new_password(req.password)
@@ -624,7 +707,7 @@ class BrokerCore:
         cfg = self.config
         password = req.password
         return self._start_job(
-            _Job("register", rid, req_id, key, name, address, bot=req.bot),
+            _Job("register", rid, req_id, key, name, address, bot=req.bot, holds=holds),
             lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
 
     def _finish_register(self, job: _Job, password_hash: str, now_ms: int) -> list[Action]:
@@ -644,6 +727,8 @@ class BrokerCore:
 
     def _login(self, rid: bytes, req_id: bytes, req: p.Login, session: Session | None,
                now_s: float, now_ms: int, address: str) -> list[Action]:
+        holds = self._job_holds(rid, address, self._known_account(req.name))
+        self._check_jobs(holds)
         self._limit_login(rid, address, now_s, "login attempts")
         if session is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
@@ -659,8 +744,18 @@ class BrokerCore:
         if row is None:  # the in-memory index and the store disagree: not the peer's fault
             raise ProtocolError(Status.NOT_FOUND, f"no account named {req.name!r}")
         password, stored = req.password, row.password_hash
-        return self._start_job(_Job("login", rid, req_id, key, row.name, address),
+        return self._start_job(_Job("login", rid, req_id, key, row.name, address,
+                                    holds=self._job_holds(rid, address, key)),
                                lambda: verify_password(password, stored))
+
+    def _known_account(self, raw: str) -> str:
+        """The key of the account named ``raw``, or "" when there is none (never
+        raises: for the checks made before a request's name is validated)."""
+        try:
+            key = name_key(normalize_name(raw))
+        except ProtocolError:
+            return ""
+        return key if key in self.accounts else ""
 
     def _login_by_token(self, rid: bytes, req_id: bytes, req: p.Login, now_s: float,
                         now_ms: int, address: str) -> list[Action]:
@@ -1813,7 +1908,8 @@ class BrokerCore:
         passwords = [a.password for a in good]
         return self._start_job(
             _Job("create_accounts", rid, req_id, "", "", address, actor=session.name,
-                 batch=tuple(good)),
+                 batch=tuple(good), holds=self._job_holds(rid, address or session.address,
+                                                          session.account_key)),
             lambda: tuple(hash_password(pw, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
                           for pw in passwords))
 
@@ -1842,7 +1938,8 @@ class BrokerCore:
         password = req.password
         return self._start_job(
             _Job("admin_password", rid, req_id, key, self.accounts[key].name, address,
-                 actor=session.name),
+                 actor=session.name, holds=self._job_holds(rid, address or session.address,
+                                                           session.account_key)),
             lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
 
     def _set_disabled(self, rid: bytes, req_id: bytes, req: p.SetDisabled,
@@ -1888,7 +1985,10 @@ class BrokerCore:
         CREATE_TOKEN: a leaked token must not become the password)."""
         if session.login_token_id is not None:
             raise ProtocolError(Status.FORBIDDEN, "log in with the password to change it")
-        self._limit_login(rid, address, now_s, "password changes")
+        address = address or session.address
+        holds = self._job_holds(rid, address, session.account_key)
+        self._check_jobs(holds)
+        self._limit_password_change(rid, address, session, now_s)
         if not req.old or len(req.old) > p.MAX_PASSWORD_CHARS:
             raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
         self._check_new_password(req.new)
@@ -1904,7 +2004,8 @@ class BrokerCore:
             return hash_password(new, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
 
         return self._start_job(_Job("set_password", rid, req_id, session.account_key,
-                                    session.name, address, actor=session.name), work)
+                                    session.name, address, actor=session.name,
+                                    holds=holds), work)
 
     def _finish_operator_job(self, job: _Job, result: Any, now_ms: int) -> list[Action]:
         """Complete CREATE_ACCOUNTS, ADMIN_SET_PASSWORD or SET_PASSWORD with the hashes."""
