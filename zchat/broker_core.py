@@ -444,17 +444,28 @@ class BrokerCore:
     def _ok(routing_id: bytes, request_id: bytes, reply: p.Reply) -> ToPeer:
         return ToPeer(routing_id, p.encode_reply(request_id, reply))
 
-    def _room_key(self, raw: str) -> str:
-        """Key of an existing room. Raises ProtocolError 422 (invalid name) or 404."""
+    def _room_key(self, raw: str, session: Session | None = None) -> str:
+        """Key of an existing room. Raises ProtocolError 422 (invalid name) or 404 —
+        also, with ``session``, for a private room the session's account does not know
+        of (``_knows_room``): to an outsider a private room does not exist, and the
+        answer is the very one a name without a room gets (docs/PROTOCOL.md §17.2)."""
         key = self._room_keys.get(raw)
         if key is None:
             key = name_key(normalize_name(raw, "room name"))
             if len(self._room_keys) >= ROOM_KEY_CACHE_MAX:
                 self._room_keys.clear()
             self._room_keys[raw] = key
-        if key not in self.rooms:
+        if key not in self.rooms or (session is not None and key in self.private
+                                     and not self._knows_room(key, session.account_key)):
             raise ProtocolError(Status.NOT_FOUND, f"no room named {raw!r}")
         return key
+
+    def _knows_room(self, key: str, account_key: str) -> bool:
+        """Whether the account may learn that the private room ``key`` exists: a
+        member, a broker admin, one holding a role in it (its owner, a moderator who
+        left) or one with an invitation to it (docs/PROTOCOL.md §17.2)."""
+        return account_key in self.members.get(key, ()) or account_key in self.admins \
+            or account_key in self.roles.get(key, {}) or self.store.has_invite(key, account_key)
 
     def _account_key(self, raw: str) -> str:
         """Key of an existing account. Raises ProtocolError 404."""
@@ -901,9 +912,12 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         name = normalize_name(req.room, "room name")
         key = name_key(name)
-        if key not in self.rooms:  # creating it: a new name's rules too (§12)
-            normalize_new_name(name, "room name")
         me = session.account_key
+        # §17.2: to an outsider a private room does not exist; its name is taken, though,
+        # so JOIN answers as for a name too like an existing room's (the store's 409)
+        hidden = key in self.private and not self._knows_room(key, me)
+        if key not in self.rooms or hidden:  # creating it: a new name's rules too (§12)
+            normalize_new_name(name, "room name")
         invited = False
         if me not in self.members.get(key, ()):
             # docs/PROTOCOL.md §15: joining costs a token of the sending bucket, and an
@@ -914,6 +928,8 @@ class BrokerCore:
             if len(self.rooms_of.get(me, ())) >= p.MAX_ROOMS_PER_ACCOUNT:
                 raise ProtocolError(Status.FORBIDDEN, f"you are in {p.MAX_ROOMS_PER_ACCOUNT}"
                                     " rooms, the most an account may be in; PART one first")
+        if hidden:
+            raise ProtocolError(Status.CONFLICT, f"a room named like {name!r} exists already")
         if key in self.rooms and me not in self.members.get(key, ()):
             # docs/PROTOCOL.md §17: a ban keeps out; a private room needs an invitation
             # (but for admins and its owner, §17.2); any JOIN uses the invitation up,
@@ -949,7 +965,7 @@ class BrokerCore:
 
     def _part(self, rid: bytes, req_id: bytes, req: p.Part, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if not self.store.leave_room(key, session.account_key):
             raise ProtocolError(Status.FORBIDDEN, f"you are not in {self.rooms[key]!r}")
         if self.store.has_invite(key, session.account_key):  # §6.6: none outlives a stay
@@ -979,7 +995,7 @@ class BrokerCore:
         members) changes nothing and announces nobody. 404 no such room (none is
         created), 422 a bad name, 403 a private room the account is not in (admins may
         read it, §17.2)."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._check_may_read(key, session)
         return [self._ok(rid, req_id, p.RoomDetails(
             room=self.rooms[key], members=len(self.members.get(key, ())),
@@ -991,7 +1007,7 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         if self.config.send_rate_per_s > 0:
             self._limit_send(session, now_s)
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
@@ -1099,7 +1115,7 @@ class BrokerCore:
     def _history(self, rid: bytes, req_id: bytes, req: p.FetchHistory, session: Session,
                  now_s: float, now_ms: int, address: str) -> list[Action]:
         self._check_page(req, "sequence")
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._check_may_read(key, session)
         rows = self.store.history(key, req.before, req.after, req.limit)
         messages = tuple(p.MessagePosted(room=r.room, seq=r.seq, time=r.time_ms,
@@ -1140,7 +1156,7 @@ class BrokerCore:
             raise ProtocolError(Status.BAD_REQUEST, "upto must be >= 0")
         me = session.account_key
         if req.room:
-            key = self._room_key(req.room)
+            key = self._room_key(req.room, session)
             if me not in self.members.get(key, ()):
                 raise ProtocolError(Status.FORBIDDEN, f"you are not in #{self.rooms[key]}")
             last = self.last_seq[key]
@@ -1178,7 +1194,7 @@ class BrokerCore:
     def _who(self, rid: bytes, req_id: bytes, req: p.Who, session: Session,
              now_s: float, now_ms: int, address: str) -> list[Action]:
         if req.room is not None:
-            room_key = self._room_key(req.room)
+            room_key = self._room_key(req.room, session)
             self._check_may_read(room_key, session)
             keys = sorted(self.members[room_key])
         else:
@@ -1235,7 +1251,7 @@ class BrokerCore:
         and counts as a post in slow mode (429 otherwise, nothing changed; §15).
         Committed with an audit entry, then published on the room topic (only when it
         changed), then OK."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
@@ -1268,7 +1284,7 @@ class BrokerCore:
         topic (only when it changed), then OK. Raises ProtocolError 404/422 (room), 403
         (not a member, or neither creator nor admin), 400 (seconds outside
         0..MAX_SLOW_MODE_S)."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
@@ -1460,9 +1476,9 @@ class BrokerCore:
         self.store.append_audit(now_ms, session.name, action,
                                 self.rooms[key] if key else "", target, detail)
 
-    def _place(self, raw: str) -> str:
+    def _place(self, raw: str, session: Session) -> str:
         """Room key of a BAN/MUTE/UNBAN/UNMUTE ``room``: "" (server-wide) stays ""."""
-        return self._room_key(raw) if raw else ""
+        return self._room_key(raw, session) if raw else ""
 
     def _duration(self, seconds: int, now_ms: int) -> int | None:
         """``until_ms`` of a ban or mute of ``seconds`` (0: None, no expiry). 400 outside
@@ -1506,7 +1522,7 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         """KICK (§6.30): a moderator removes a member of lower rank; LEFT with ``by`` and
         ``reason``. 404 room/account/not a member, 403 not allowed, 413/422 reason."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._require_mod(key, session, "kick")
         self._require_inside(key, session, "kick")
         target = self._account_key(req.name)
@@ -1537,7 +1553,7 @@ class BrokerCore:
         from inside, server-wide (``room`` "") is for admins (``server_wide`` names the
         refused action); the reason and duration are valid and the actor outranks the
         target. Returns (room key or "", target key, target's name, reason, until_ms)."""
-        key = self._place(req.room)
+        key = self._place(req.room, session)
         if key:
             self._require_mod(key, session, what)
             self._require_inside(key, session, what)
@@ -1585,7 +1601,7 @@ class BrokerCore:
               now_ms: int) -> list[Action]:
         """Lift a ban or mute (UNBAN, UNMUTE). Returns the MUTED push (``muted`` false,
         §6.33.1) for the account's live sessions when a mute was lifted, else nothing."""
-        key = self._place(raw_room)
+        key = self._place(raw_room, session)
         verb = "unban" if kind == "ban" else "unmute"
         if key:
             self._require_mod(key, session, verb)
@@ -1653,7 +1669,7 @@ class BrokerCore:
                 now_s: float, now_ms: int, address: str) -> list[Action]:
         """INVITE (§6.35): a moderator lets an account JOIN a private room once; INVITED
         is pushed to the invitee's sessions. 409 already a member, 403 banned there."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._require_mod(key, session, "invite")
         self._require_inside(key, session, "invite")
         target = self._account_key(req.name)
@@ -1676,7 +1692,7 @@ class BrokerCore:
                   now_s: float, now_ms: int, address: str) -> list[Action]:
         """SET_ROLE (§6.36): the owner or an admin makes a member a moderator or a plain
         member again; ROLE event when it changed. 403 not allowed or the owner's role."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if self._rank(key, session.account_key) < RANKS["owner"]:
             raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]} "
                                 "or a broker admin may appoint moderators")
@@ -1710,7 +1726,7 @@ class BrokerCore:
         """SET_ROOM (§6.37): ``locked`` by moderators, ``private`` by the owner or an
         admin; ROOM_MODE event when a mode changed (carried by the new mode: a room made
         private is announced to its members only). 400 neither given."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if req.private is None and req.locked is None:
             raise ProtocolError(Status.BAD_REQUEST, "give private or locked (or both)")
         if req.locked is not None:
@@ -1749,7 +1765,7 @@ class BrokerCore:
         message; its row keeps the text for the audit, HISTORY shows it with text "" and
         ``deleted_by``, MESSAGE_DELETED is carried to the room. 404 no such message, 409
         deleted already, 403 not allowed."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         # the right to act first, then the lookup: an outsider must not learn from 404
         # against 403 how many messages a private room holds
         self._require_inside(key, session, "delete messages")
@@ -1778,7 +1794,7 @@ class BrokerCore:
         clients stop following it. The name is free again: a later JOIN makes a new,
         empty room. 404 no such room, 403 not the owner or an admin (or an owner who is
         not in it), or ``lobby``; 413/422 a bad ``reason``."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if key == name_key(DEFAULT_ROOM):
             raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} cannot be deleted: "
                                 "every account is in it")
@@ -1822,7 +1838,7 @@ class BrokerCore:
         """BANS (§6.40): a room's bans and mutes in force (its moderators), or the
         server-wide ones (``room`` "") or all (None) (admins)."""
         if req.room:
-            key: str | None = self._room_key(req.room)
+            key: str | None = self._room_key(req.room, session)
             assert key is not None
             self._require_mod(key, session, "list its bans")
         else:
@@ -1846,7 +1862,7 @@ class BrokerCore:
             # a deleted room's entries stay in the log (§6.52): admins read them by name
             room = normalize_name(req.room, "room name")
         elif req.room is not None:
-            key = self._room_key(req.room)
+            key = self._room_key(req.room, session)
             if self._rank(key, session.account_key) < RANKS["owner"]:
                 raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]}"
                                     " or a broker admin may read its audit log")
