@@ -884,7 +884,12 @@ class BrokerCore:
             self._by_token[token_hash] = rid
             account.sessions.add(rid)
             log.info("resumed %s on a new connection from %s", live.name, address or "?")
-            return [self._ok(rid, req_id, reply)]
+            # §6.27: the last RESUME wins; the connection it displaces is told, so that
+            # two connections never both believe they hold the session
+            closed = p.encode_push(p.SessionClosed(
+                reason="your session was resumed on another connection", by=live.name,
+                time=now_ms))
+            return [self._ok(rid, req_id, reply), ToPeer(old_rid, closed)]
         self._expire_restored(now_s)
         row = self._restored.get(token_hash)
         if row is None:
@@ -1346,14 +1351,18 @@ class BrokerCore:
     def _revoke_token(self, rid: bytes, req_id: bytes, req: p.RevokeToken, session: Session,
                       now_s: float, now_ms: int, address: str) -> list[Action]:
         """Delete one of the account's tokens (404 if it has none of that id) and end every
-        session that logged in with it, as eviction does: nothing is sent to them, and
-        their next request gets 401 (docs/PROTOCOL.md §6.26)."""
+        session that logged in with it: SESSION_CLOSED first, then their next request gets
+        401 (docs/PROTOCOL.md §6.26, §6.47)."""
         if not self.store.revoke_token(session.account_key, req.id):
             raise ProtocolError(Status.NOT_FOUND, f"you have no token with id {req.id}")
         log.info("token %d of %s revoked", req.id, session.name)
         actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
+        notice = p.encode_push(p.SessionClosed(
+            reason="the account token this session logged in with was revoked",
+            by=session.name, time=now_ms))
         for other in list(self.sessions.values()):  # snapshot: _end_session mutates
             if other.account_key == session.account_key and other.login_token_id == req.id:
+                actions.append(ToPeer(other.routing_id, notice))
                 actions += self._end_session(other, now_ms)
         kept = [h for h, row in self._restored.items()  # not resumable with it either
                 if row.account_key == session.account_key and row.login_token_id == req.id]
@@ -1777,6 +1786,12 @@ class BrokerCore:
             session.account_key in self.members[key]
         if not own:
             self._require_mod(key, session, "delete other people's messages")
+            # §17.1: an action on a person, so a rank above the sender's, as for KICK
+            sender_key = name_key(row.sender)
+            if self._rank(key, sender_key) >= self._rank(key, session.account_key):
+                raise ProtocolError(Status.FORBIDDEN, f"you cannot delete the messages of "
+                                    f"{row.sender}: they are "
+                                    f"{self._role_name(key, sender_key)}")
         with self.store.transaction():
             self.store.delete_message(key, req.seq, session.name)
             self._audit(now_ms, session, "delete", key, row.sender,
