@@ -82,9 +82,9 @@ class Peer:
 
 
 @contextlib.contextmanager
-def tcp_broker(tmp_path: Path, settings: str) -> Iterator[int]:
+def tcp_broker(tmp_path: Path, settings: str) -> Iterator[tuple[int, int]]:
     """``zchat broker`` on 127.0.0.1 (plain transport) with ``settings`` added to its
-    ``[broker]`` table; yields the ROUTER's port. Terminated at the end."""
+    ``[broker]`` table; yields the ROUTER's and the PUB's ports. Terminated at the end."""
     config = tmp_path / "broker.toml"
     config.write_text(f"[broker]\nencryption = \"none\"\n{settings}", encoding="utf-8")
     for _ in range(5):
@@ -106,7 +106,7 @@ def tcp_broker(tmp_path: Path, settings: str) -> Iterator[int]:
     else:
         raise AssertionError("could not bind a broker")
     try:
-        yield port
+        yield port, pub
     finally:
         proc.popen.terminate()
         try:
@@ -148,7 +148,7 @@ def test_password_changes_from_one_address_do_not_keep_honest_logins_waiting(
     (a fresh bucket per connection) and six honest LOGINs from other addresses went
     unanswered for over 8 s. Scaled down: one hashing thread, real scrypt cost (N=2**14),
     8 sessions of one account each pipelining 30 SET_PASSWORD."""
-    with tcp_broker(tmp_path, "scrypt_n = 16384\nhash_workers = 1\n") as port:
+    with tcp_broker(tmp_path, "scrypt_n = 16384\nhash_workers = 1\n") as (port, _pub):
         honest = connect(peers, port, "127.0.0.2")
         log_in(honest, "alice")
         assert isinstance(honest.call(p.Logout()), p.Ok)
@@ -182,3 +182,89 @@ def test_password_changes_from_one_address_do_not_keep_honest_logins_waiting(
                 statuses.append(reply.status)
         assert set(statuses) == {Status.UNAUTHORIZED, Status.TOO_MANY_REQUESTS}
         assert statuses.count(Status.UNAUTHORIZED) <= 21, statuses
+
+
+def assert_served(honest: Peer) -> None:
+    pong, took = honest.timed(p.Ping(), HONEST_PING_S + 5)
+    assert isinstance(pong, p.Pong) and took < HONEST_PING_S, f"a PING took {took:.2f} s"
+
+
+# -- item 4: presence ----------------------------------------------------------------------------
+
+
+def test_a_presence_flood_reaches_nobody_beyond_the_burst(tmp_path: Path,
+                                                         peers: list[Peer]) -> None:
+    """A tester's 20,000 presence changes in 1.5 s reached every client. Scaled down:
+    2,000 pipelined changes; a subscriber to presence hears at most the burst (10)."""
+    with tcp_broker(tmp_path, "scrypt_n = 1024\n") as (port, pub), \
+            zmq.Context.instance().socket(zmq.SUB) as sub:
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_PRESENCE_PREFIX)
+        sub.connect(f"tcp://127.0.0.1:{pub}")
+        honest = connect(peers, port, "127.0.0.2")
+        log_in(honest, "alice")
+        for i in itertools.count():  # until the subscription is in place: no sleep
+            assert i < 500, "the subscriber never heard a presence event"
+            state = "away" if i % 2 == 0 else "online"
+            assert isinstance(honest.call(p.SetPresence(presence=state)), p.Ok)
+            if sub.poll(20):
+                break
+        attacker = connect(peers, port, "127.0.0.1")
+        log_in(attacker, "mallory")
+        for i in range(2000):
+            attacker.send(p.SetPresence(presence="away", text=f"spam {i}") if i % 2 == 0
+                          else p.SetPresence(presence="online"))
+        assert isinstance(attacker.call(p.Ping()), p.Pong)   # every change was read
+        assert_served(honest)
+        marker = honest.call(p.SetPresence(presence="away", text="the end"))
+        assert isinstance(marker, p.Ok)
+        heard = 0
+        while True:  # PUB keeps order: alice's "the end" comes after mallory's events
+            assert sub.poll(10_000), "no presence event within 10 s"
+            topic, *frames = sub.recv_multipart()
+            event = p.decode_event([topic, *frames])
+            assert isinstance(event, p.PresenceChanged)
+            if event.name == "mallory":
+                heard += 1
+            elif event.text == "the end":
+                break
+        assert 1 <= heard <= 12, heard   # login's online + the burst of 10 (+ a refill)
+        refused = attacker.call(p.SetPresence(presence="away", text="more"))
+        assert isinstance(refused, p.Error) and refused.status == Status.TOO_MANY_REQUESTS
+
+
+# -- item 5: sending and room creation per account -----------------------------------------------
+
+
+def test_many_sessions_of_one_account_store_no_more_than_one_burst(
+        tmp_path: Path, peers: list[Peer]) -> None:
+    """A tester's account stored 519 × 4 KB messages in 0.2 s and created 217 rooms a
+    second, with a fresh send burst per LOGIN. Scaled down: 20 sessions each pipelining
+    10 SENDs of 4,000 bytes and 10 JOINs of new rooms."""
+    with tcp_broker(tmp_path, "scrypt_n = 1024\n") as (port, _pub):
+        honest = connect(peers, port, "127.0.0.2")
+        log_in(honest, "alice")
+        sessions = [connect(peers, port, "127.0.0.1") for _ in range(20)]
+        log_in(sessions[0], "mallory")
+        for peer in sessions[1:]:
+            log_in(peer, "mallory", register=False)
+        pings = []
+        for n, peer in enumerate(sessions):
+            for i in range(10):
+                peer.send(p.Send(room="lobby", text=f"{n}.{i} " + "x" * 3990))
+                peer.send(p.Join(room=f"m{n}x{i}"))
+            pings.append(peer.send(p.Ping()))
+        for peer, rid in zip(sessions, pings, strict=True):
+            assert isinstance(peer.wait(rid, p.Pong), p.Pong)
+        assert_served(honest)
+        page = honest.call(p.FetchHistory(room="lobby", limit=p.MAX_HISTORY_LIMIT))
+        assert isinstance(page, p.HistoryPage)
+        stored = [m for m in page.messages if m.sender == "mallory"]
+        rooms = honest.call(p.ListRooms())
+        assert isinstance(rooms, p.RoomList)
+        created = [r for r in rooms.rooms if r.room.startswith("m")]
+        # the account's sending bucket (40, SEND and JOIN of new rooms together) and its
+        # room-creation bucket (10), plus a token or two refilled meanwhile
+        assert len(stored) + len(created) <= 44, (len(stored), len(created))
+        assert len(created) <= 11, len(created)
+        assert honest.call(p.Send(room="lobby", text="still served")).seq > 0

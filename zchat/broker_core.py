@@ -84,6 +84,11 @@ def _until(until_ms: int | None) -> str:
     return f"until {when:%Y-%m-%d %H:%M:%S} UTC"
 
 
+def _rate(per_s: float) -> str:
+    """A rate for people: ``0.5 a second`` down to a tenth, else ``one every 20 s``."""
+    return f"{per_s:g} a second" if per_s >= 0.1 else f"one every {1 / per_s:g} s"
+
+
 def _seconds(ms: int) -> str:
     """A wait for a person, rounded up: ``0.3 s`` under ten seconds, else ``12 s``."""
     return f"{math.ceil(ms / 100) / 10:.1f} s" if ms < 10_000 else f"{math.ceil(ms / 1000)} s"
@@ -153,6 +158,12 @@ class Account:
     #: its sessions and kept while the broker runs, so that a stolen session token
     #: RESUMEd on fresh connections gets no fresh bucket (docs/PROTOCOL.md §15.1).
     password_bucket: TokenBucket | None = None
+    #: The account's buckets for sending (account_send_*), presence changes (presence_*)
+    #: and room creation (room_create_*), shared by its sessions and kept while the broker
+    #: runs (made at first use): more LOGINs bring no more of any (§15.1).
+    send_bucket: TokenBucket | None = None
+    presence_bucket: TokenBucket | None = None
+    room_bucket: TokenBucket | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +238,19 @@ class BrokerCore:
         # Protection (docs/PROTOCOL.md §15): per-address LOGIN/REGISTER buckets (None when
         # login_rate_per_s is 0), and each room's creator and slow mode with, per room in
         # slow mode, each member's last post (monotonic s); bounded by the memberships.
+        #: Whether SEND, DM, topic changes and JOINs of new rooms take sending tokens:
+        #: ``send_rate_per_s`` 0 turns every sending limit off, the account's too (§15.1).
+        self._sending_limited = config.send_rate_per_s > 0
         self._login_buckets: BucketTable | None = (
             BucketTable(config.login_rate_per_s, config.login_burst, MAX_ADDRESS_BUCKETS)
             if config.login_rate_per_s > 0 else None)
         settings = store.room_settings()
         self.creators: dict[str, str] = {k: c for k, (c, _s) in settings.items()}
+        #: Account key -> rooms it created that still exist (max_rooms_created).
+        self.rooms_created: dict[str, int] = {}
+        for creator in self.creators.values():
+            if creator:
+                self.rooms_created[creator] = self.rooms_created.get(creator, 0) + 1
         self.slow_mode: dict[str, int] = {k: s for k, (_c, s) in settings.items()}
         self._last_post: dict[str, dict[str, float]] = {}
         # Moderation (docs/PROTOCOL.md §17): room roles ("owner"/"moderator"; members have
@@ -410,6 +429,11 @@ class BrokerCore:
             before = old.accounts.get(key)
             if account.sessions and before is not None:
                 account.presence, account.away_text = before.presence, before.away_text
+            if before is not None:
+                account.password_bucket = before.password_bucket
+                account.send_bucket = before.send_bucket
+                account.presence_bucket = before.presence_bucket
+                account.room_bucket = before.room_bucket
         self._login_buckets = old._login_buckets
         self._last_post = {k: v for k, v in old._last_post.items() if k in self.rooms}
         self._restored_until_s = old._restored_until_s
@@ -643,16 +667,60 @@ class BrokerCore:
                                 "retry later")
 
     def _limit_send(self, session: Session, now_s: float) -> None:
-        """Take a token from the session's SEND/DM bucket. Raises RateLimited (429)."""
+        """Take a token from the session's SEND/DM bucket and from its account's (when
+        account_send_rate_per_s is not 0), both or neither. Raises RateLimited (429)."""
         bucket = session.send_bucket
-        if bucket is None:
+        if bucket is None and self.config.send_rate_per_s > 0:
             bucket = session.send_bucket = TokenBucket(
                 self.config.send_rate_per_s, self.config.send_burst, now_s)
-        wait_ms = bucket.take(now_s)
+        shared = None
+        if self.config.account_send_rate_per_s > 0:
+            account = self.accounts[session.account_key]
+            shared = account.send_bucket
+            if shared is None:
+                shared = account.send_bucket = TokenBucket(
+                    self.config.account_send_rate_per_s, self.config.account_send_burst,
+                    now_s)
+        wait_ms = 0 if bucket is None else bucket.wait_ms(now_s)
         if wait_ms:
+            assert bucket is not None
             raise RateLimited(f"sending too fast: wait {_seconds(wait_ms)} (at most "
                               f"{bucket.burst} at once, then {bucket.rate_per_s:g} a "
                               "second)", wait_ms)
+        if shared is not None:
+            wait_ms = shared.take(now_s)
+            if wait_ms:
+                raise RateLimited(f"sending too fast: wait {_seconds(wait_ms)} (at most "
+                                  f"{shared.burst} at once, then {shared.rate_per_s:g} a "
+                                  "second, for all your sessions together)", wait_ms)
+        if bucket is not None:
+            bucket.take(now_s)
+
+    def _limit_account(self, session: Session, kind: str, now_s: float) -> None:
+        """Take a token from the account's ``kind`` bucket ("presence" or "room"),
+        unless that limit is off. Raises RateLimited (429)."""
+        cfg = self.config
+        account = self.accounts[session.account_key]
+        if kind == "presence":
+            rate, burst, what = cfg.presence_rate_per_s, cfg.presence_burst, \
+                "changing presence"
+            bucket = account.presence_bucket
+        else:
+            rate, burst, what = cfg.room_create_rate_per_s, cfg.room_create_burst, \
+                "creating rooms"
+            bucket = account.room_bucket
+        if rate <= 0:
+            return
+        if bucket is None:
+            bucket = TokenBucket(rate, burst, now_s)
+            if kind == "presence":
+                account.presence_bucket = bucket
+            else:
+                account.room_bucket = bucket
+        wait_ms = bucket.take(now_s)
+        if wait_ms:
+            raise RateLimited(f"{what} too fast: wait {_seconds(wait_ms)} (at most "
+                              f"{burst} at once, then {_rate(rate)})", wait_ms)
 
     def _check_slow_mode(self, key: str, session: Session, now_s: float) -> None:
         """Room ``key`` is in slow mode: raise RateLimited (429) when the account posted
@@ -910,6 +978,8 @@ class BrokerCore:
     def _logout(self, rid: bytes, req_id: bytes, req: p.Logout, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
         text = self._check_away_text(req.text, "quit message")
+        if text and self.store.active_ban("mute", "", session.account_key, now_ms):
+            text = ""  # §6.4: a quit message is speech; the LOGOUT itself goes through
         log.info("logout %s", session.name)
         return [self._ok(rid, req_id, p.Ok()), *self._end_session(session, now_ms, text)]
 
@@ -928,13 +998,20 @@ class BrokerCore:
             # docs/PROTOCOL.md §15: joining costs a token of the sending bucket, and an
             # account is in at most MAX_ROOMS_PER_ACCOUNT rooms, so that a JOIN flood
             # cannot grow the rooms (and every PONG, which lists them) without bound.
-            if self.config.send_rate_per_s > 0:
+            if self._sending_limited:
                 self._limit_send(session, now_s)
             if len(self.rooms_of.get(me, ())) >= p.MAX_ROOMS_PER_ACCOUNT:
                 raise ProtocolError(Status.FORBIDDEN, f"you are in {p.MAX_ROOMS_PER_ACCOUNT}"
                                     " rooms, the most an account may be in; PART one first")
         if hidden:
             raise ProtocolError(Status.CONFLICT, f"a room named like {name!r} exists already")
+        if key not in self.rooms and me not in self.admins:
+            # §15: creating rooms is limited per account, in rate and in number
+            made = self.rooms_created.get(me, 0)
+            if 0 < self.config.max_rooms_created <= made:
+                raise ProtocolError(Status.FORBIDDEN, f"you have created {made} rooms, the "
+                                    "most an account may; DELETE_ROOM one of them first")
+            self._limit_account(session, "room", now_s)
         if key in self.rooms and me not in self.members.get(key, ()):
             # docs/PROTOCOL.md §17: a ban keeps out; a private room needs an invitation
             # (but for admins and its owner, §17.2); any JOIN uses the invitation up,
@@ -955,6 +1032,7 @@ class BrokerCore:
         self.topics.setdefault(key, room.topic)
         if created:
             self.creators[key] = me
+            self.rooms_created[me] = self.rooms_created.get(me, 0) + 1
             self.roles[key] = {me: "owner"}
             if req.private:
                 self.private.add(key)
@@ -1010,7 +1088,7 @@ class BrokerCore:
 
     def _send(self, rid: bytes, req_id: bytes, req: p.Send, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:
-        if self.config.send_rate_per_s > 0:
+        if self._sending_limited:
             self._limit_send(session, now_s)
         key = self._room_key(req.room, session)
         if session.account_key not in self.members[key]:
@@ -1063,7 +1141,7 @@ class BrokerCore:
 
     def _dm(self, rid: bytes, req_id: bytes, req: p.SendDirect, session: Session,
             now_s: float, now_ms: int, address: str) -> list[Action]:
-        if self.config.send_rate_per_s > 0:
+        if self._sending_limited:
             self._limit_send(session, now_s)
         to_key = self._account_key(req.to)
         text = validate_text(req.text, self.config.max_text_bytes,
@@ -1223,6 +1301,14 @@ class BrokerCore:
         account = self.accounts[session.account_key]
         actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
         if (account.presence, account.away_text) != (req.presence, text):
+            # §15.1: every change reaches every client, so changes are limited per
+            # account; an away text is speech, so a server-wide mute forbids it (§6.12)
+            self._limit_account(session, "presence", now_s)
+            if text:
+                mute = self.store.active_ban("mute", "", session.account_key, now_ms)
+                if mute is not None:
+                    raise ProtocolError(Status.FORBIDDEN, "you are muted on this server "
+                                        f"{_until(mute.until_ms)}: no away text")
             account.presence = req.presence
             account.away_text = text
             actions.append(self._presence_event(account, session.account_key, now_ms))
@@ -1269,7 +1355,7 @@ class BrokerCore:
             return [ok]
         if self.slow_mode.get(key):
             self._check_slow_mode(key, session, now_s)
-        if self.config.send_rate_per_s > 0:
+        if self._sending_limited:
             self._limit_send(session, now_s)
         with self.store.transaction():
             self.store.set_topic(key, topic)
@@ -1664,9 +1750,14 @@ class BrokerCore:
                                until)
             self._audit(now_ms, session, "mute", key, name,
                         _until(until) + (f"; {reason}" if reason else ""))
-        return [self._ok(rid, req_id, p.Ok()), *self._tell_muted(target, p.MuteChanged(
-            room=self.rooms[key] if key else "", muted=True, by=session.name, time=now_ms,
-            reason=reason, until=until))]
+        actions: list[Action] = [self._ok(rid, req_id, p.Ok()), *self._tell_muted(
+            target, p.MuteChanged(room=self.rooms[key] if key else "", muted=True,
+                                  by=session.name, time=now_ms, reason=reason, until=until))]
+        account = self.accounts[target]
+        if not key and account.away_text:  # §6.33: a server-wide mute silences it too
+            account.away_text = ""
+            actions.append(self._presence_event(account, target, now_ms))
+        return actions
 
     def _unmute(self, rid: bytes, req_id: bytes, req: p.Unmute, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -1830,6 +1921,11 @@ class BrokerCore:
         for account_key in list(self.members.get(key, ())):
             self._forget_member(key, account_key)
         self.members.pop(key, None)
+        creator = self.creators.get(key)
+        if creator and self.rooms_created.get(creator, 0) > 1:
+            self.rooms_created[creator] -= 1
+        elif creator:
+            self.rooms_created.pop(creator, None)
         for table in (self.rooms, self.last_seq, self.topics, self.creators,
                       self.slow_mode, self._last_post, self.roles, self._room_states):
             table.pop(key, None)
