@@ -81,7 +81,7 @@ def test_a_failed_password_change_logs_the_real_address(
 
 
 def test_one_address_has_at_most_max_jobs_per_peer_password_jobs_in_flight() -> None:
-    world = World(login_rate_per_s=0.0)
+    world = World(login_rate_per_s=100.0, login_burst=1000)
     names = [f"user{i}" for i in range(MAX_JOBS_PER_PEER + 2)]
     for name in names:
         assert world.peer().register(name).ok
@@ -110,7 +110,7 @@ def test_one_address_has_at_most_max_jobs_per_peer_password_jobs_in_flight() -> 
 
 
 def test_one_account_has_at_most_max_jobs_per_peer_password_jobs_in_flight() -> None:
-    world = World(login_rate_per_s=0.0)
+    world = World(login_rate_per_s=100.0, login_burst=1000)
     assert world.peer().register("alice").ok
     for i in range(MAX_JOBS_PER_PEER):
         peer = world.peer()
@@ -142,3 +142,15 @@ def test_a_refused_job_costs_no_login_token_and_abandoned_jobs_free_their_places
         assert peer.login("user0").status == Status.TOO_MANY_REQUESTS
     world.core.abandon_jobs("restarting")
     assert peer.login("user0", PASSWORD).ok     # the (MAX_JOBS_PER_PEER + 1)th token
+
+
+def test_a_zero_login_rate_turns_the_jobs_cap_off_too() -> None:
+    """``login_rate_per_s = 0`` means no login limit (the benchmarks register accounts
+    by the dozen from one address); the in-flight cap is a login limit too."""
+    world = World(login_rate_per_s=0.0)
+    peer = world.peer()
+    jobs = [a for i in range(MAX_JOBS_PER_PEER + 3)
+            for a in handle_raw(world, peer.routing_id,
+                                p.Register(name=f"user{i}", password=PASSWORD), peer.address)
+            if isinstance(a, Offload)]
+    assert len(jobs) == MAX_JOBS_PER_PEER + 3
