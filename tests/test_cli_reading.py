@@ -104,7 +104,7 @@ def test_a_private_room_is_read_by_members_and_admins_only(
         h: Harness, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     code, _out, err = zchat(h, capsys, *argv)
     assert code == 1
-    assert err == "zchat: error: #secret is private: only its members may read it (403)\n"
+    assert err == "zchat: error: no room named 'secret' (404)\n"  # §17.2: hidden
     for reader in ("alice", "root"):
         code, _out, err = zchat(h, capsys, *[reader if a == "bob" else a for a in argv])
         assert code == 0, err
@@ -144,6 +144,6 @@ def test_room_info_reads_without_joining() -> None:
     assert world.core.rooms.get("nosuch") is None
     assert bob.call(p.FetchRoom(room="bad name")).status == Status.INVALID
     alice.must(p.Join(room="hidden", private=True))
-    assert bob.call(p.FetchRoom(room="hidden")).status == Status.FORBIDDEN
+    assert bob.call(p.FetchRoom(room="hidden")).status == Status.NOT_FOUND  # §17.2
     assert root.must(p.FetchRoom(room="hidden")).private is True
     assert alice.must(p.FetchRoom(room="hidden")).joined is True

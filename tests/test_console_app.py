@@ -38,8 +38,9 @@ def harness() -> Iterator[Harness]:
     """The in-process broker with the SEND/DM rate limit off: these tests build scroll-back
     by posting 60 to 160 messages in a burst (``post_many``), far over the default burst
     of 20 (docs/PROTOCOL.md §15). Refusals in the console are tested with the limit on in
-    tests/test_protection_live.py."""
-    with running_broker(send_rate_per_s=0.0) as h:
+    tests/test_protection_live.py. Room creation is unlimited too: one test /joins 30 new
+    rooms in a row, over the default burst of 10 (tests/test_account_limits.py)."""
+    with running_broker(send_rate_per_s=0.0, room_create_rate_per_s=0.0) as h:
         yield h
 
 ENTER = "\r"

@@ -107,8 +107,9 @@ def test_a_client_joining_a_busy_room_gets_every_message_after_its_join_once() -
                 seqs = await _messages_until(bob, room, posted[-1])
                 assert seqs == list(range(start + 1, posted[-1] + 1))
 
+    # posts without pause on purpose; creates ROUNDS rooms, over the room-creation burst
     with running_broker(heartbeat_interval_s=30.0, heartbeat_timeout_s=90.0,
-                        send_rate_per_s=0.0) as h:  # posts without pause on purpose
+                        send_rate_per_s=0.0, room_create_rate_per_s=0.0) as h:
         run(main(h), timeout_s=60)
 
 

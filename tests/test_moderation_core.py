@@ -308,8 +308,8 @@ def test_private_room_needs_invitation_and_its_traffic_never_goes_on_pub(
         world: World) -> None:
     u = room_with(world, "olga", "mia", private=True)
     outsider = world.user("eve")
-    refused = outsider.call(p.Join(room="dev"))
-    assert refused.status == 403 and "invite-only" in refused.reply.reason  # type: ignore[attr-defined]
+    refused = outsider.call(p.Join(room="dev"))  # §17.2: as for a look-alike's name
+    assert refused.status == 409 and "exists already" in refused.reply.reason  # type: ignore[attr-defined]
     out = u["mia"].call(p.Send(room="dev", text="secret plan"))
     assert out.ok
     assert not [a for a in out.actions if isinstance(a, ToTopic)]
@@ -320,13 +320,13 @@ def test_private_room_needs_invitation_and_its_traffic_never_goes_on_pub(
     assert "dev" in [r.room for r in u["mia"].must(p.ListRooms()).rooms]
 
 
-def test_non_member_reading_private_history_or_who_is_403(world: World) -> None:
+def test_non_member_reading_private_history_or_who_is_404(world: World) -> None:
     u = room_with(world, "olga", "mia", private=True)
     u["mia"].must(p.Send(room="dev", text="members only"))
     eve = world.user("eve")
     for request in (p.FetchHistory(room="dev"), p.Who(room="dev")):
-        out = eve.call(request)
-        assert out.status == 403 and "private" in out.reply.reason  # type: ignore[attr-defined]
+        out = eve.call(request)  # §17.2: no such room, for an outsider
+        assert out.status == 404 and out.reply.reason == "no room named 'dev'"  # type: ignore[attr-defined]
     root = world.user("root")  # admins may read every room
     assert root.must(p.FetchHistory(room="dev")).messages[0].text == "members only"
 
@@ -345,7 +345,7 @@ def test_invitation_is_pushed_used_once_and_kick_needs_a_new_one(world: World) -
     kicked = u["olga"].call(p.Kick(room="dev", name="eve"))
     # the kicked member is told too (her client stops following the room)
     assert eve.routing_id in {rid for rid, m in kicked.pushes if isinstance(m, p.UserLeft)}
-    assert eve.call(p.Join(room="dev")).status == 403
+    assert eve.call(p.Join(room="dev")).status == 409  # an outsider again (§17.2)
     assert u["olga"].call(p.Invite(room="dev", name="olga")).status == 409
 
 

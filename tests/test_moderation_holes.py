@@ -80,13 +80,13 @@ def test_kicked_moderator_loses_the_role_and_cannot_act_from_outside(world: Worl
                     p.SetTopic(room="secret", topic="mine now"),
                     p.SetSlowMode(room="secret", seconds=30),
                     p.FetchHistory(room="secret")):
-        out = u["mo"].call(request)
-        assert out.status == Status.FORBIDDEN, request
+        out = u["mo"].call(request)  # an outsider now: no such room for them (§17.2)
+        assert out.status == Status.NOT_FOUND, request
         assert out.events == [] and out.pushes == [], request
     assert world.counts() == before and audit(world) == log_before
     assert not world.store.has_invite("secret", "mo")
     assert "secret" in world.core.private and "secret" not in world.core.locked
-    assert u["mo"].call(p.Join(room="secret")).status == Status.FORBIDDEN  # invite-only
+    assert u["mo"].call(p.Join(room="secret")).status == Status.CONFLICT  # name taken
 
 
 def test_moderator_who_left_acts_again_only_from_inside(world: World) -> None:
@@ -162,8 +162,8 @@ def test_invitation_used_on_a_public_room_cannot_reopen_it_once_private(
     assert not world.store.has_invite("dev", "eve")
     olga.must(p.SetRoom(room="dev", private=True))
     olga.must(p.Kick(room="dev", name="eve"))
-    out = eve.call(p.Join(room="dev"))
-    assert out.status == Status.FORBIDDEN and "invite-only" in reason(out)
+    out = eve.call(p.Join(room="dev"))  # §17.2: as for a look-alike of an existing room
+    assert out.status == Status.CONFLICT and "exists already" in reason(out)
 
 
 def test_kick_and_part_drop_a_leftover_invitation(world: World) -> None:
@@ -178,8 +178,8 @@ def test_kick_and_part_drop_a_leftover_invitation(world: World) -> None:
     max_.must(p.Part(room="dev"))
     assert not world.store.has_invite("dev", "eve")
     assert not world.store.has_invite("dev", "max")
-    assert eve.call(p.Join(room="dev")).status == Status.FORBIDDEN
-    assert max_.call(p.Join(room="dev")).status == Status.FORBIDDEN
+    assert eve.call(p.Join(room="dev")).status == Status.CONFLICT
+    assert max_.call(p.Join(room="dev")).status == Status.CONFLICT
 
 
 # -- 3. admin names: no REGISTER, no reset or disable by another admin -------------------
@@ -310,7 +310,7 @@ def test_outsider_cannot_count_a_private_rooms_messages(world: World) -> None:
     private_room_with_moderator(world)  # #secret holds message 1
     eve = world.user("eve")
     there, missing = (eve.call(p.DeleteMessage(room="secret", seq=seq)) for seq in (1, 99))
-    assert there.status == missing.status == Status.FORBIDDEN
+    assert there.status == missing.status == Status.NOT_FOUND  # no such room, to eve
     assert reason(there) == reason(missing)
     assert world.store.message("secret", 1).deleted_by == ""  # type: ignore[union-attr]
 
@@ -388,7 +388,8 @@ def test_kicked_moderator_cannot_invite_themselves_back_live() -> None:
                             mo.join("secret")):
                 with pytest.raises(RequestFailed) as refused:
                     await attempt
-                assert refused.value.status == Status.FORBIDDEN
+                # an outsider now: the room does not exist for them (§17.2)
+                assert refused.value.status in (Status.NOT_FOUND, Status.CONFLICT)
             history = await olga.history("secret")
             assert [(m.text, m.deleted_by) for m in history.messages] == [("the plan", "")]
 

@@ -36,7 +36,7 @@ def test_private_room_messages_reach_members_as_pushes_in_order(h: Harness) -> N
             assert joined.private and joined.created
             with pytest.raises(RequestFailed) as refused:
                 await eve.join("secret")
-            assert refused.value.status == Status.FORBIDDEN
+            assert refused.value.status == Status.CONFLICT  # §17.2: the name is taken
             await olga.invite("secret", "mia")
             invited = await next_event_of(mia, p.Invited)
             assert (invited.room, invited.by) == ("secret", "olga")
@@ -47,7 +47,7 @@ def test_private_room_messages_reach_members_as_pushes_in_order(h: Harness) -> N
                                                       for i, s in enumerate(sent)]
             with pytest.raises(RequestFailed) as history:
                 await eve.history("secret")
-            assert history.value.status == Status.FORBIDDEN
+            assert history.value.status == Status.NOT_FOUND  # §17.2: hidden
             assert "secret" not in [r.room for r in (await eve.list_rooms()).rooms]
 
     run(scenario())

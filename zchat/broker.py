@@ -85,7 +85,10 @@ REQUEST_PARTS = 5
 #: and the last replies to leave (docs/PROTOCOL.md §6.29); well inside the 2 s a stopping
 #: broker is given.
 SHUTDOWN_LINGER_MS = 500
-_ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME")
+#: Request types the core is given the peer's address for (a getsockopt each): those that
+#: are limited or logged per address (docs/PROTOCOL.md §15.1). SET_PASSWORD too: without
+#: it each connection was keyed by its routing id, with a fresh login bucket each.
+_ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME", b"SET_PASSWORD")
 #: Listen backlog of the broker's tcp sockets (ZMQ_BACKLOG; libzmq's default is 100): a
 #: storm of connections (a few hundred at once) then waits in the kernel's accept queue
 #: instead of having its handshakes dropped and retried seconds later (SYN-ACK back-off),

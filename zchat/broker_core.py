@@ -63,6 +63,15 @@ DEFAULT_ROOM = "lobby"
 #: Password jobs in flight at once (docs/PROTOCOL.md §9); beyond it LOGIN/REGISTER get 503
 #: so that a flood of logins cannot queue unbounded work.
 MAX_PENDING_JOBS = 1024
+#: Password jobs one peer address, or one account, may have in flight at once (docs/
+#: PROTOCOL.md §15.1). The pool runs jobs in arrival order, so without it one address could
+#: keep it hundreds of jobs deep (a tester's SET_PASSWORD flood left six honest LOGINs from
+#: other addresses unanswered for over 8 s); with it an honest LOGIN waits behind at most
+#: this many jobs of each other address. 4 lets a family or a small office behind one NAT
+#: log in together; a classroom of 30 waits a few half-seconds (the client retries a 429).
+MAX_JOBS_PER_PEER = 4
+#: ``retry_after_ms`` of a request refused for MAX_JOBS_PER_PEER: a few hashes' time.
+JOB_BUSY_RETRY_MS = 500
 #: How often ``tick`` deletes lapsed bans and mutes from the store, in seconds: they stop
 #: applying at their expiry anyway (checked at use); the purge only tidies the table.
 BAN_PURGE_INTERVAL_S = 60.0
@@ -79,6 +88,11 @@ def _until(until_ms: int | None) -> str:
         return "until lifted"
     when = dt.datetime.fromtimestamp(math.ceil(until_ms / 1000), dt.UTC)
     return f"until {when:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _rate(per_s: float) -> str:
+    """A rate for people: ``0.5 a second`` down to a tenth, else ``one every 20 s``."""
+    return f"{per_s:g} a second" if per_s >= 0.1 else f"one every {1 / per_s:g} s"
 
 
 def _seconds(ms: int) -> str:
@@ -162,6 +176,16 @@ class Account:
     #: ``read_burst_bytes``), made at its first reading request: per account, so that a
     #: new LOGIN does not bring a new budget (docs/PROTOCOL.md §15.1).
     read_budget: ByteBudget | None = None
+    #: SET_PASSWORD bucket of the account (login_rate_per_s, login_burst), shared by all
+    #: its sessions and kept while the broker runs, so that a stolen session token
+    #: RESUMEd on fresh connections gets no fresh bucket (docs/PROTOCOL.md §15.1).
+    password_bucket: TokenBucket | None = None
+    #: The account's buckets for sending (account_send_*), presence changes (presence_*)
+    #: and room creation (room_create_*), shared by its sessions and kept while the broker
+    #: runs (made at first use): more LOGINs bring no more of any (§15.1).
+    send_bucket: TokenBucket | None = None
+    presence_bucket: TokenBucket | None = None
+    room_bucket: TokenBucket | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +204,9 @@ class _Job:
     batch: tuple[Any, ...] = ()
     #: login: the connection's CURVE key (hex), bound to the session it makes.
     transport_key: str = ""
+    #: The in-flight counters this job holds (``BrokerCore._job_holds``): its peer's
+    #: address key and, for an account's password, ``acct:<key>``.
+    holds: tuple[str, ...] = ()
 
 
 class BrokerCore:
@@ -221,6 +248,9 @@ class BrokerCore:
                 self.rooms_of.setdefault(account_key, set()).add(room_key)
         self._jobs: dict[int, _Job] = {}
         self._next_job = 1
+        #: Password jobs in flight per address key and per ``acct:<key>`` (at most
+        #: MAX_JOBS_PER_PEER each); a key goes when its count is back to 0.
+        self._jobs_held: dict[str, int] = {}
         #: No session can time out before this (monotonic s): a lower bound on the
         #: earliest last_seen_s + heartbeat_timeout_s, kept by _bind_session and tick
         #: (last-seen times only move forward), so tick scans the sessions only when one
@@ -235,11 +265,19 @@ class BrokerCore:
         # Protection (docs/PROTOCOL.md §15): per-address LOGIN/REGISTER buckets (None when
         # login_rate_per_s is 0), and each room's creator and slow mode with, per room in
         # slow mode, each member's last post (monotonic s); bounded by the memberships.
+        #: Whether SEND, DM, topic changes and JOINs of new rooms take sending tokens:
+        #: ``send_rate_per_s`` 0 turns every sending limit off, the account's too (§15.1).
+        self._sending_limited = config.send_rate_per_s > 0
         self._login_buckets: BucketTable | None = (
             BucketTable(config.login_rate_per_s, config.login_burst, MAX_ADDRESS_BUCKETS)
             if config.login_rate_per_s > 0 else None)
         settings = store.room_settings()
         self.creators: dict[str, str] = {k: c for k, (c, _s) in settings.items()}
+        #: Account key -> rooms it created that still exist (max_rooms_created).
+        self.rooms_created: dict[str, int] = {}
+        for creator in self.creators.values():
+            if creator:
+                self.rooms_created[creator] = self.rooms_created.get(creator, 0) + 1
         self.slow_mode: dict[str, int] = {k: s for k, (_c, s) in settings.items()}
         self._last_post: dict[str, dict[str, float]] = {}
         # Moderation (docs/PROTOCOL.md §17): room roles ("owner"/"moderator"; members have
@@ -336,6 +374,7 @@ class BrokerCore:
         job = self._jobs.pop(job_id, None)
         if job is None:
             return []
+        self._release(job)
         try:
             if isinstance(result, BaseException):
                 raise result
@@ -419,6 +458,7 @@ class BrokerCore:
             self._error(job.routing_id, job.request_id, Status.UNAVAILABLE, reason)
             for job in self._jobs.values()]
         self._jobs.clear()
+        self._jobs_held.clear()
         return actions
 
     def adopt(self, old: BrokerCore, now_s: float) -> None:
@@ -441,6 +481,11 @@ class BrokerCore:
                 account.read_budget = before.read_budget
             if account.sessions and before is not None:
                 account.presence, account.away_text = before.presence, before.away_text
+            if before is not None:
+                account.password_bucket = before.password_bucket
+                account.send_bucket = before.send_bucket
+                account.presence_bucket = before.presence_bucket
+                account.room_bucket = before.room_bucket
         self._login_buckets = old._login_buckets
         self._last_post = {k: v for k, v in old._last_post.items() if k in self.rooms}
         self._restored_until_s = old._restored_until_s
@@ -475,17 +520,28 @@ class BrokerCore:
     def _ok(routing_id: bytes, request_id: bytes, reply: p.Reply) -> ToPeer:
         return ToPeer(routing_id, p.encode_reply(request_id, reply))
 
-    def _room_key(self, raw: str) -> str:
-        """Key of an existing room. Raises ProtocolError 422 (invalid name) or 404."""
+    def _room_key(self, raw: str, session: Session | None = None) -> str:
+        """Key of an existing room. Raises ProtocolError 422 (invalid name) or 404 —
+        also, with ``session``, for a private room the session's account does not know
+        of (``_knows_room``): to an outsider a private room does not exist, and the
+        answer is the very one a name without a room gets (docs/PROTOCOL.md §17.2)."""
         key = self._room_keys.get(raw)
         if key is None:
             key = name_key(normalize_name(raw, "room name"))
             if len(self._room_keys) >= ROOM_KEY_CACHE_MAX:
                 self._room_keys.clear()
             self._room_keys[raw] = key
-        if key not in self.rooms:
+        if key not in self.rooms or (session is not None and key in self.private
+                                     and not self._knows_room(key, session.account_key)):
             raise ProtocolError(Status.NOT_FOUND, f"no room named {raw!r}")
         return key
+
+    def _knows_room(self, key: str, account_key: str) -> bool:
+        """Whether the account may learn that the private room ``key`` exists: a
+        member, a broker admin, one holding a role in it (its owner, a moderator who
+        left) or one with an invitation to it (docs/PROTOCOL.md §17.2)."""
+        return account_key in self.members.get(key, ()) or account_key in self.admins \
+            or account_key in self.roles.get(key, {}) or self.store.has_invite(key, account_key)
 
     def _account_key(self, raw: str) -> str:
         """Key of an existing account. Raises ProtocolError 404."""
@@ -593,12 +649,47 @@ class BrokerCore:
         return topic
 
     def _start_job(self, job: _Job, work: Callable[[], Any]) -> list[Action]:
+        """Offload ``work`` for ``job``, which holds a place of each of its ``holds``
+        (checked before by ``_check_jobs``) until ``complete`` or ``abandon_jobs``."""
         if len(self._jobs) >= MAX_PENDING_JOBS:
             raise ProtocolError(Status.UNAVAILABLE, "too many logins in progress; retry soon")
+        self._check_jobs(job.holds)  # again: cheap, and a handler may have skipped it
         job_id = self._next_job
         self._next_job += 1
         self._jobs[job_id] = job
+        for key in job.holds:
+            self._jobs_held[key] = self._jobs_held.get(key, 0) + 1
         return [Offload(job_id, work)]
+
+    @staticmethod
+    def _job_holds(rid: bytes, address: str, account_key: str = "") -> tuple[str, ...]:
+        """The in-flight counters of a password job: the peer's address key (ratelimit.
+        address_key) and, when the job checks or sets an account's password, the
+        account's."""
+        peer = address_key(address, rid)
+        return (peer, "acct:" + account_key) if account_key else (peer,)
+
+    def _check_jobs(self, holds: tuple[str, ...]) -> None:
+        """Raise RateLimited (429) when the address or the account of a new password
+        job has MAX_JOBS_PER_PEER in flight already (docs/PROTOCOL.md §15.1). Off with
+        the login limit (``login_rate_per_s`` 0: benchmarks, the chaos harness)."""
+        if self._login_buckets is None:
+            return
+        for key in holds:
+            if self._jobs_held.get(key, 0) >= MAX_JOBS_PER_PEER:
+                whose = "for this account" if key.startswith("acct:") else \
+                    "from your address"
+                raise RateLimited(f"too many password checks in progress {whose}: wait "
+                                  f"{_seconds(JOB_BUSY_RETRY_MS)} (at most "
+                                  f"{MAX_JOBS_PER_PEER} at once)", JOB_BUSY_RETRY_MS)
+
+    def _release(self, job: _Job) -> None:
+        for key in job.holds:
+            left = self._jobs_held.get(key, 0) - 1
+            if left > 0:
+                self._jobs_held[key] = left
+            else:
+                self._jobs_held.pop(key, None)
 
     # -- protection (docs/PROTOCOL.md §15) ---------------------------------------------------
 
@@ -615,6 +706,34 @@ class BrokerCore:
                               f"{_seconds(wait_ms)} (at most {cfg.login_burst} at once, then "
                               f"{cfg.login_rate_per_s:g} a second)", wait_ms)
 
+    def _limit_password_change(self, rid: bytes, address: str, session: Session,
+                               now_s: float) -> None:
+        """SET_PASSWORD (§6.46): a token from the address's login bucket and one from
+        the account's own bucket of the same size, both or neither (429 naming the one
+        that refused). The account's bucket is shared by its sessions, so a stolen
+        session token resumed on fresh connections or addresses guesses no faster."""
+        table = self._login_buckets
+        if table is None:
+            return
+        cfg = self.config
+        account = self.accounts[session.account_key]
+        bucket = account.password_bucket
+        if bucket is None:
+            bucket = account.password_bucket = TokenBucket(cfg.login_rate_per_s,
+                                                           cfg.login_burst, now_s)
+        key = address_key(address, rid)
+        limits = f"(at most {cfg.login_burst} at once, then {cfg.login_rate_per_s:g} a second)"
+        wait_ms = table.wait_ms(key, now_s)
+        if wait_ms:
+            raise RateLimited(f"too many password changes from your address: wait "
+                              f"{_seconds(wait_ms)} {limits}", wait_ms)
+        wait_ms = bucket.wait_ms(now_s)
+        if wait_ms:
+            raise RateLimited(f"too many password changes for this account: wait "
+                              f"{_seconds(wait_ms)} {limits}", wait_ms)
+        table.take(key, now_s)
+        bucket.take(now_s)
+
     def _check_capacity(self) -> None:
         """Raise ProtocolError 503 when the broker holds ``max_sessions`` sessions."""
         if len(self.sessions) >= self.config.max_sessions:
@@ -623,16 +742,60 @@ class BrokerCore:
                                 "retry later")
 
     def _limit_send(self, session: Session, now_s: float) -> None:
-        """Take a token from the session's SEND/DM bucket. Raises RateLimited (429)."""
+        """Take a token from the session's SEND/DM bucket and from its account's (when
+        account_send_rate_per_s is not 0), both or neither. Raises RateLimited (429)."""
         bucket = session.send_bucket
-        if bucket is None:
+        if bucket is None and self.config.send_rate_per_s > 0:
             bucket = session.send_bucket = TokenBucket(
                 self.config.send_rate_per_s, self.config.send_burst, now_s)
-        wait_ms = bucket.take(now_s)
+        shared = None
+        if self.config.account_send_rate_per_s > 0:
+            account = self.accounts[session.account_key]
+            shared = account.send_bucket
+            if shared is None:
+                shared = account.send_bucket = TokenBucket(
+                    self.config.account_send_rate_per_s, self.config.account_send_burst,
+                    now_s)
+        wait_ms = 0 if bucket is None else bucket.wait_ms(now_s)
         if wait_ms:
+            assert bucket is not None
             raise RateLimited(f"sending too fast: wait {_seconds(wait_ms)} (at most "
                               f"{bucket.burst} at once, then {bucket.rate_per_s:g} a "
                               "second)", wait_ms)
+        if shared is not None:
+            wait_ms = shared.take(now_s)
+            if wait_ms:
+                raise RateLimited(f"sending too fast: wait {_seconds(wait_ms)} (at most "
+                                  f"{shared.burst} at once, then {shared.rate_per_s:g} a "
+                                  "second, for all your sessions together)", wait_ms)
+        if bucket is not None:
+            bucket.take(now_s)
+
+    def _limit_account(self, session: Session, kind: str, now_s: float) -> None:
+        """Take a token from the account's ``kind`` bucket ("presence" or "room"),
+        unless that limit is off. Raises RateLimited (429)."""
+        cfg = self.config
+        account = self.accounts[session.account_key]
+        if kind == "presence":
+            rate, burst, what = cfg.presence_rate_per_s, cfg.presence_burst, \
+                "changing presence"
+            bucket = account.presence_bucket
+        else:
+            rate, burst, what = cfg.room_create_rate_per_s, cfg.room_create_burst, \
+                "creating rooms"
+            bucket = account.room_bucket
+        if rate <= 0:
+            return
+        if bucket is None:
+            bucket = TokenBucket(rate, burst, now_s)
+            if kind == "presence":
+                account.presence_bucket = bucket
+            else:
+                account.room_bucket = bucket
+        wait_ms = bucket.take(now_s)
+        if wait_ms:
+            raise RateLimited(f"{what} too fast: wait {_seconds(wait_ms)} (at most "
+                              f"{burst} at once, then {_rate(rate)})", wait_ms)
 
     def _check_read_budget(self, session: Session, now_s: float) -> ByteBudget:
         """The account's reading budget (made full at first use), or RateLimited (429)
@@ -714,6 +877,8 @@ class BrokerCore:
 
     def _register(self, rid: bytes, req_id: bytes, req: p.Register, session: Session | None,
                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        holds = self._job_holds(rid, address)
+        self._check_jobs(holds)
         self._limit_login(rid, address, now_s, "registrations")
         name = normalize_new_name(req.name)
         self._check_new_password(req.password)
@@ -725,7 +890,7 @@ class BrokerCore:
         cfg = self.config
         password = req.password
         return self._start_job(
-            _Job("register", rid, req_id, key, name, address, bot=req.bot),
+            _Job("register", rid, req_id, key, name, address, bot=req.bot, holds=holds),
             lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
 
     def _finish_register(self, job: _Job, password_hash: str, now_ms: int) -> list[Action]:
@@ -746,6 +911,8 @@ class BrokerCore:
     def _login(self, rid: bytes, req_id: bytes, req: p.Login, session: Session | None,
                now_s: float, now_ms: int, address: str,
                transport_key: str = "") -> list[Action]:
+        holds = self._job_holds(rid, address, self._known_account(req.name))
+        self._check_jobs(holds)
         self._limit_login(rid, address, now_s, "login attempts")
         if session is not None:
             raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
@@ -763,8 +930,18 @@ class BrokerCore:
             raise ProtocolError(Status.NOT_FOUND, f"no account named {req.name!r}")
         password, stored = req.password, row.password_hash
         return self._start_job(_Job("login", rid, req_id, key, row.name, address,
-                                    transport_key=transport_key),
+                                    transport_key=transport_key,
+                                    holds=self._job_holds(rid, address, key)),
                                lambda: verify_password(password, stored))
+
+    def _known_account(self, raw: str) -> str:
+        """The key of the account named ``raw``, or "" when there is none (never
+        raises: for the checks made before a request's name is validated)."""
+        try:
+            key = name_key(normalize_name(raw))
+        except ProtocolError:
+            return ""
+        return key if key in self.accounts else ""
 
     def _login_by_token(self, rid: bytes, req_id: bytes, req: p.Login, now_s: float,
                         now_ms: int, address: str, transport_key: str) -> list[Action]:
@@ -889,7 +1066,12 @@ class BrokerCore:
             self._by_token[token_hash] = rid
             account.sessions.add(rid)
             log.info("resumed %s on a new connection from %s", live.name, address or "?")
-            return [self._ok(rid, req_id, reply)]
+            # §6.27: the last RESUME wins; the connection it displaces is told, so that
+            # two connections never both believe they hold the session
+            closed = p.encode_push(p.SessionClosed(
+                reason="your session was resumed on another connection", by=live.name,
+                time=now_ms))
+            return [self._ok(rid, req_id, reply), ToPeer(old_rid, closed)]
         self._expire_restored(now_s)
         row = self._restored.get(token_hash)
         if row is None:
@@ -910,6 +1092,8 @@ class BrokerCore:
     def _logout(self, rid: bytes, req_id: bytes, req: p.Logout, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
         text = self._check_away_text(req.text, "quit message")
+        if text and self.store.active_ban("mute", "", session.account_key, now_ms):
+            text = ""  # §6.4: a quit message is speech; the LOGOUT itself goes through
         log.info("logout %s", session.name)
         return [self._ok(rid, req_id, p.Ok()), *self._end_session(session, now_ms, text)]
 
@@ -917,19 +1101,31 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         name = normalize_name(req.room, "room name")
         key = name_key(name)
-        if key not in self.rooms:  # creating it: a new name's rules too (§12)
-            normalize_new_name(name, "room name")
         me = session.account_key
+        # §17.2: to an outsider a private room does not exist; its name is taken, though,
+        # so JOIN answers as for a name too like an existing room's (the store's 409)
+        hidden = key in self.private and not self._knows_room(key, me)
+        if key not in self.rooms or hidden:  # creating it: a new name's rules too (§12)
+            normalize_new_name(name, "room name")
         invited = False
         if me not in self.members.get(key, ()):
             # docs/PROTOCOL.md §15: joining costs a token of the sending bucket, and an
             # account is in at most MAX_ROOMS_PER_ACCOUNT rooms, so that a JOIN flood
             # cannot grow the rooms (and every PONG, which lists them) without bound.
-            if self.config.send_rate_per_s > 0:
+            if self._sending_limited:
                 self._limit_send(session, now_s)
             if len(self.rooms_of.get(me, ())) >= p.MAX_ROOMS_PER_ACCOUNT:
                 raise ProtocolError(Status.FORBIDDEN, f"you are in {p.MAX_ROOMS_PER_ACCOUNT}"
                                     " rooms, the most an account may be in; PART one first")
+        if hidden:
+            raise ProtocolError(Status.CONFLICT, f"a room named like {name!r} exists already")
+        if key not in self.rooms and me not in self.admins:
+            # §15: creating rooms is limited per account, in rate and in number
+            made = self.rooms_created.get(me, 0)
+            if 0 < self.config.max_rooms_created <= made:
+                raise ProtocolError(Status.FORBIDDEN, f"you have created {made} rooms, the "
+                                    "most an account may; DELETE_ROOM one of them first")
+            self._limit_account(session, "room", now_s)
         if key in self.rooms and me not in self.members.get(key, ()):
             # docs/PROTOCOL.md §17: a ban keeps out; a private room needs an invitation
             # (but for admins and its owner, §17.2); any JOIN uses the invitation up,
@@ -950,6 +1146,7 @@ class BrokerCore:
         self.topics.setdefault(key, room.topic)
         if created:
             self.creators[key] = me
+            self.rooms_created[me] = self.rooms_created.get(me, 0) + 1
             self.roles[key] = {me: "owner"}
             if room.last_seq:  # made under a deleted room's name: numbered on from it
                 self.first_seq[key] = room.last_seq + 1
@@ -967,7 +1164,7 @@ class BrokerCore:
 
     def _part(self, rid: bytes, req_id: bytes, req: p.Part, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if not self.store.leave_room(key, session.account_key):
             raise ProtocolError(Status.FORBIDDEN, f"you are not in {self.rooms[key]!r}")
         if self.store.has_invite(key, session.account_key):  # §6.6: none outlives a stay
@@ -997,7 +1194,7 @@ class BrokerCore:
         members) changes nothing and announces nobody. 404 no such room (none is
         created), 422 a bad name, 403 a private room the account is not in (admins may
         read it, §17.2)."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._check_may_read(key, session)
         return [self._ok(rid, req_id, p.RoomDetails(
             room=self.rooms[key], members=len(self.members.get(key, ())),
@@ -1007,9 +1204,9 @@ class BrokerCore:
 
     def _send(self, rid: bytes, req_id: bytes, req: p.Send, session: Session,
               now_s: float, now_ms: int, address: str) -> list[Action]:
-        if self.config.send_rate_per_s > 0:
+        if self._sending_limited:
             self._limit_send(session, now_s)
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
@@ -1060,7 +1257,7 @@ class BrokerCore:
 
     def _dm(self, rid: bytes, req_id: bytes, req: p.SendDirect, session: Session,
             now_s: float, now_ms: int, address: str) -> list[Action]:
-        if self.config.send_rate_per_s > 0:
+        if self._sending_limited:
             self._limit_send(session, now_s)
         to_key = self._account_key(req.to)
         text = validate_text(req.text, self.config.max_text_bytes,
@@ -1117,7 +1314,7 @@ class BrokerCore:
     def _history(self, rid: bytes, req_id: bytes, req: p.FetchHistory, session: Session,
                  now_s: float, now_ms: int, address: str) -> list[Action]:
         self._check_page(req, "sequence")
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._check_may_read(key, session)
         rows = self.store.history(key, req.before, req.after, req.limit)
         messages = tuple(p.MessagePosted(room=r.room, seq=r.seq, time=r.time_ms,
@@ -1158,7 +1355,7 @@ class BrokerCore:
             raise ProtocolError(Status.BAD_REQUEST, "upto must be >= 0")
         me = session.account_key
         if req.room:
-            key = self._room_key(req.room)
+            key = self._room_key(req.room, session)
             if me not in self.members.get(key, ()):
                 raise ProtocolError(Status.FORBIDDEN, f"you are not in #{self.rooms[key]}")
             last = self.last_seq[key]
@@ -1196,7 +1393,7 @@ class BrokerCore:
     def _who(self, rid: bytes, req_id: bytes, req: p.Who, session: Session,
              now_s: float, now_ms: int, address: str) -> list[Action]:
         if req.room is not None:
-            room_key = self._room_key(req.room)
+            room_key = self._room_key(req.room, session)
             self._check_may_read(room_key, session)
             keys = sorted(self.members[room_key])
         else:
@@ -1220,6 +1417,14 @@ class BrokerCore:
         account = self.accounts[session.account_key]
         actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
         if (account.presence, account.away_text) != (req.presence, text):
+            # §15.1: every change reaches every client, so changes are limited per
+            # account; an away text is speech, so a server-wide mute forbids it (§6.12)
+            self._limit_account(session, "presence", now_s)
+            if text:
+                mute = self.store.active_ban("mute", "", session.account_key, now_ms)
+                if mute is not None:
+                    raise ProtocolError(Status.FORBIDDEN, "you are muted on this server "
+                                        f"{_until(mute.until_ms)}: no away text")
             account.presence = req.presence
             account.away_text = text
             actions.append(self._presence_event(account, session.account_key, now_ms))
@@ -1253,7 +1458,7 @@ class BrokerCore:
         and counts as a post in slow mode (429 otherwise, nothing changed; §15).
         Committed with an audit entry, then published on the room topic (only when it
         changed), then OK."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
@@ -1266,7 +1471,7 @@ class BrokerCore:
             return [ok]
         if self.slow_mode.get(key):
             self._check_slow_mode(key, session, now_s)
-        if self.config.send_rate_per_s > 0:
+        if self._sending_limited:
             self._limit_send(session, now_s)
         with self.store.transaction():
             self.store.set_topic(key, topic)
@@ -1286,7 +1491,7 @@ class BrokerCore:
         topic (only when it changed), then OK. Raises ProtocolError 404/422 (room), 403
         (not a member, or neither creator nor admin), 400 (seconds outside
         0..MAX_SLOW_MODE_S)."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if session.account_key not in self.members[key]:
             raise ProtocolError(Status.FORBIDDEN,
                                 f"you are not in {self.rooms[key]!r}; JOIN it first")
@@ -1348,14 +1553,18 @@ class BrokerCore:
     def _revoke_token(self, rid: bytes, req_id: bytes, req: p.RevokeToken, session: Session,
                       now_s: float, now_ms: int, address: str) -> list[Action]:
         """Delete one of the account's tokens (404 if it has none of that id) and end every
-        session that logged in with it, as eviction does: nothing is sent to them, and
-        their next request gets 401 (docs/PROTOCOL.md §6.26)."""
+        session that logged in with it: SESSION_CLOSED first, then their next request gets
+        401 (docs/PROTOCOL.md §6.26, §6.47)."""
         if not self.store.revoke_token(session.account_key, req.id):
             raise ProtocolError(Status.NOT_FOUND, f"you have no token with id {req.id}")
         log.info("token %d of %s revoked", req.id, session.name)
         actions: list[Action] = [self._ok(rid, req_id, p.Ok())]
+        notice = p.encode_push(p.SessionClosed(
+            reason="the account token this session logged in with was revoked",
+            by=session.name, time=now_ms))
         for other in list(self.sessions.values()):  # snapshot: _end_session mutates
             if other.account_key == session.account_key and other.login_token_id == req.id:
+                actions.append(ToPeer(other.routing_id, notice))
                 actions += self._end_session(other, now_ms)
         kept = [h for h, row in self._restored.items()  # not resumable with it either
                 if row.account_key == session.account_key and row.login_token_id == req.id]
@@ -1478,9 +1687,9 @@ class BrokerCore:
         self.store.append_audit(now_ms, session.name, action,
                                 self.rooms[key] if key else "", target, detail)
 
-    def _place(self, raw: str) -> str:
+    def _place(self, raw: str, session: Session) -> str:
         """Room key of a BAN/MUTE/UNBAN/UNMUTE ``room``: "" (server-wide) stays ""."""
-        return self._room_key(raw) if raw else ""
+        return self._room_key(raw, session) if raw else ""
 
     def _duration(self, seconds: int, now_ms: int) -> int | None:
         """``until_ms`` of a ban or mute of ``seconds`` (0: None, no expiry). 400 outside
@@ -1524,7 +1733,7 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         """KICK (§6.30): a moderator removes a member of lower rank; LEFT with ``by`` and
         ``reason``. 404 room/account/not a member, 403 not allowed, 413/422 reason."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._require_mod(key, session, "kick")
         self._require_inside(key, session, "kick")
         target = self._account_key(req.name)
@@ -1555,7 +1764,7 @@ class BrokerCore:
         from inside, server-wide (``room`` "") is for admins (``server_wide`` names the
         refused action); the reason and duration are valid and the actor outranks the
         target. Returns (room key or "", target key, target's name, reason, until_ms)."""
-        key = self._place(req.room)
+        key = self._place(req.room, session)
         if key:
             self._require_mod(key, session, what)
             self._require_inside(key, session, what)
@@ -1603,7 +1812,7 @@ class BrokerCore:
               now_ms: int) -> list[Action]:
         """Lift a ban or mute (UNBAN, UNMUTE). Returns the MUTED push (``muted`` false,
         §6.33.1) for the account's live sessions when a mute was lifted, else nothing."""
-        key = self._place(raw_room)
+        key = self._place(raw_room, session)
         verb = "unban" if kind == "ban" else "unmute"
         if key:
             self._require_mod(key, session, verb)
@@ -1657,9 +1866,14 @@ class BrokerCore:
                                until)
             self._audit(now_ms, session, "mute", key, name,
                         _until(until) + (f"; {reason}" if reason else ""))
-        return [self._ok(rid, req_id, p.Ok()), *self._tell_muted(target, p.MuteChanged(
-            room=self.rooms[key] if key else "", muted=True, by=session.name, time=now_ms,
-            reason=reason, until=until))]
+        actions: list[Action] = [self._ok(rid, req_id, p.Ok()), *self._tell_muted(
+            target, p.MuteChanged(room=self.rooms[key] if key else "", muted=True,
+                                  by=session.name, time=now_ms, reason=reason, until=until))]
+        account = self.accounts[target]
+        if not key and account.away_text:  # §6.33: a server-wide mute silences it too
+            account.away_text = ""
+            actions.append(self._presence_event(account, target, now_ms))
+        return actions
 
     def _unmute(self, rid: bytes, req_id: bytes, req: p.Unmute, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -1671,7 +1885,7 @@ class BrokerCore:
                 now_s: float, now_ms: int, address: str) -> list[Action]:
         """INVITE (§6.35): a moderator lets an account JOIN a private room once; INVITED
         is pushed to the invitee's sessions. 409 already a member, 403 banned there."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         self._require_mod(key, session, "invite")
         self._require_inside(key, session, "invite")
         target = self._account_key(req.name)
@@ -1694,7 +1908,7 @@ class BrokerCore:
                   now_s: float, now_ms: int, address: str) -> list[Action]:
         """SET_ROLE (§6.36): the owner or an admin makes a member a moderator or a plain
         member again; ROLE event when it changed. 403 not allowed or the owner's role."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if self._rank(key, session.account_key) < RANKS["owner"]:
             raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]} "
                                 "or a broker admin may appoint moderators")
@@ -1728,7 +1942,7 @@ class BrokerCore:
         """SET_ROOM (§6.37): ``locked`` by moderators, ``private`` by the owner or an
         admin; ROOM_MODE event when a mode changed (carried by the new mode: a room made
         private is announced to its members only). 400 neither given."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if req.private is None and req.locked is None:
             raise ProtocolError(Status.BAD_REQUEST, "give private or locked (or both)")
         if req.locked is not None:
@@ -1767,7 +1981,7 @@ class BrokerCore:
         message; its row keeps the text for the audit, HISTORY shows it with text "" and
         ``deleted_by``, MESSAGE_DELETED is carried to the room. 404 no such message, 409
         deleted already, 403 not allowed."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         # the right to act first, then the lookup: an outsider must not learn from 404
         # against 403 how many messages a private room holds
         self._require_inside(key, session, "delete messages")
@@ -1779,6 +1993,12 @@ class BrokerCore:
             session.account_key in self.members[key]
         if not own:
             self._require_mod(key, session, "delete other people's messages")
+            # §17.1: an action on a person, so a rank above the sender's, as for KICK
+            sender_key = name_key(row.sender)
+            if self._rank(key, sender_key) >= self._rank(key, session.account_key):
+                raise ProtocolError(Status.FORBIDDEN, f"you cannot delete the messages of "
+                                    f"{row.sender}: they are "
+                                    f"{self._role_name(key, sender_key)}")
         with self.store.transaction():
             self.store.delete_message(key, req.seq, session.name)
             self._audit(now_ms, session, "delete", key, row.sender,
@@ -1796,7 +2016,7 @@ class BrokerCore:
         clients stop following it. The name is free again: a later JOIN makes a new,
         empty room. 404 no such room, 403 not the owner or an admin (or an owner who is
         not in it), or ``lobby``; 413/422 a bad ``reason``."""
-        key = self._room_key(req.room)
+        key = self._room_key(req.room, session)
         if key == name_key(DEFAULT_ROOM):
             raise ProtocolError(Status.FORBIDDEN, f"#{self.rooms[key]} cannot be deleted: "
                                 "every account is in it")
@@ -1818,6 +2038,11 @@ class BrokerCore:
         for account_key in list(self.members.get(key, ())):
             self._forget_member(key, account_key)
         self.members.pop(key, None)
+        creator = self.creators.get(key)
+        if creator and self.rooms_created.get(creator, 0) > 1:
+            self.rooms_created[creator] -= 1
+        elif creator:
+            self.rooms_created.pop(creator, None)
         for table in (self.rooms, self.last_seq, self.first_seq, self.topics, self.creators,
                       self.slow_mode, self._last_post, self.roles, self._room_states):
             table.pop(key, None)
@@ -1841,7 +2066,7 @@ class BrokerCore:
         """BANS (§6.40): a room's bans and mutes in force (its moderators), or the
         server-wide ones (``room`` "") or all (None) (admins)."""
         if req.room:
-            key: str | None = self._room_key(req.room)
+            key: str | None = self._room_key(req.room, session)
             assert key is not None
             self._require_mod(key, session, "list its bans")
         else:
@@ -1865,7 +2090,7 @@ class BrokerCore:
             # a deleted room's entries stay in the log (§6.52): admins read them by name
             room = normalize_name(req.room, "room name")
         elif req.room is not None:
-            key = self._room_key(req.room)
+            key = self._room_key(req.room, session)
             if self._rank(key, session.account_key) < RANKS["owner"]:
                 raise ProtocolError(Status.FORBIDDEN, f"only the owner of #{self.rooms[key]}"
                                     " or a broker admin may read its audit log")
@@ -1927,7 +2152,8 @@ class BrokerCore:
         passwords = [a.password for a in good]
         return self._start_job(
             _Job("create_accounts", rid, req_id, "", "", address, actor=session.name,
-                 batch=tuple(good)),
+                 batch=tuple(good), holds=self._job_holds(rid, address or session.address,
+                                                          session.account_key)),
             lambda: tuple(hash_password(pw, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
                           for pw in passwords))
 
@@ -1956,7 +2182,8 @@ class BrokerCore:
         password = req.password
         return self._start_job(
             _Job("admin_password", rid, req_id, key, self.accounts[key].name, address,
-                 actor=session.name),
+                 actor=session.name, holds=self._job_holds(rid, address or session.address,
+                                                           session.account_key)),
             lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
 
     def _set_disabled(self, rid: bytes, req_id: bytes, req: p.SetDisabled,
@@ -2002,7 +2229,10 @@ class BrokerCore:
         CREATE_TOKEN: a leaked token must not become the password)."""
         if session.login_token_id is not None:
             raise ProtocolError(Status.FORBIDDEN, "log in with the password to change it")
-        self._limit_login(rid, address, now_s, "password changes")
+        address = address or session.address
+        holds = self._job_holds(rid, address, session.account_key)
+        self._check_jobs(holds)
+        self._limit_password_change(rid, address, session, now_s)
         if not req.old or len(req.old) > p.MAX_PASSWORD_CHARS:
             raise ProtocolError(Status.UNAUTHORIZED, "wrong password; nothing changed")
         self._check_new_password(req.new)
@@ -2018,7 +2248,8 @@ class BrokerCore:
             return hash_password(new, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
 
         return self._start_job(_Job("set_password", rid, req_id, session.account_key,
-                                    session.name, address, actor=session.name), work)
+                                    session.name, address, actor=session.name,
+                                    holds=holds), work)
 
     def _finish_operator_job(self, job: _Job, result: Any, now_ms: int) -> list[Action]:
         """Complete CREATE_ACCOUNTS, ADMIN_SET_PASSWORD or SET_PASSWORD with the hashes."""

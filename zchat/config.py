@@ -145,6 +145,15 @@ class BrokerConfig:
       the hard limit is lower (docs/PROTOCOL.md §15.3).
     - ``max_connections_per_address``: connections from one peer address (IPv4 address,
       IPv6 /64) at once (1..``max_connections``); beyond it a new one is closed at once.
+    - ``account_send_rate_per_s`` / ``account_send_burst``: token bucket per account,
+      shared by all its sessions, for what the session bucket counts (SEND, DM, a topic
+      change, a JOIN of a new room): more sessions bring no more sending (0 off; >= 1).
+    - ``presence_rate_per_s`` / ``presence_burst``: token bucket per account for
+      SET_PRESENCE that changes the presence or the away text (0 off; >= 1).
+    - ``room_create_rate_per_s`` / ``room_create_burst``: token bucket per account for
+      JOINs that create a room (0 off; >= 1).
+    - ``max_rooms_created``: rooms one account may have created and not deleted (0 no
+      limit; broker admins are exempt).
     - ``resume_grace_s``: after a broker start, seconds during which the sessions kept from
       before the restart may be resumed (RESUME, docs/PROTOCOL.md §6.27); then they are
       forgotten (>= 0; 0 disables resuming across a restart).
@@ -195,6 +204,19 @@ class BrokerConfig:
     max_connections: int = 10_000
     #: 256: an office of 100 behind one NAT, each with a console and a bot or a tail.
     max_connections_per_address: int = 256
+    #: Per account (docs/PROTOCOL.md §15.1): twice a session's, so that a second device
+    #: or a bot's two connections are not squeezed, but a hundred LOGINs are no hundred
+    #: bursts (a tester's account stored 519 messages of 4 KB in 0.2 s that way).
+    account_send_rate_per_s: float = 10.0
+    account_send_burst: int = 40
+    #: /away and /back by hand, a client's auto-away: far under one change every 2 s
+    #: after ten; a tester's 20,000 changes in 1.5 s reached every client.
+    presence_rate_per_s: float = 0.5
+    presence_burst: int = 10
+    #: Ten rooms at once, then one every 20 s (a tester created 217 rooms a second).
+    room_create_rate_per_s: float = 0.05
+    room_create_burst: int = 10
+    max_rooms_created: int = 100
     resume_grace_s: float = 300.0
     encryption: str = "curve"
     key_endpoint: str = ""
@@ -390,10 +412,12 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
     ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
     in 1..64; ``min_password_chars`` in 1..MAX_PASSWORD_CHARS; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
-    ``login_rate_per_s`` and ``key_rate_per_s`` 0 or MIN_RATE_PER_S..MAX_RATE_PER_S;
-    ``send_burst``, ``login_burst``, ``key_burst``, ``max_sessions`` and
-    ``max_connections`` 1..MAX_COUNT_SETTING; ``max_connections_per_address``
-    1..``max_connections``;
+    ``login_rate_per_s``, ``key_rate_per_s``, ``account_send_rate_per_s``,
+    ``presence_rate_per_s`` and ``room_create_rate_per_s`` 0 or
+    MIN_RATE_PER_S..MAX_RATE_PER_S; ``send_burst``, ``login_burst``, ``key_burst``,
+    ``account_send_burst``, ``presence_burst``, ``room_create_burst``, ``max_sessions``
+    and ``max_connections`` 1..MAX_COUNT_SETTING; ``max_connections_per_address``
+    1..``max_connections``; ``max_rooms_created`` 0..MAX_COUNT_SETTING;
     ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keys).
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
@@ -456,13 +480,15 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     if not 1 <= b.min_password_chars <= MAX_PASSWORD_CHARS:
         fail("broker", "min_password_chars", f"must be between 1 and {MAX_PASSWORD_CHARS}, "
              f"got {b.min_password_chars}")
-    for key in ("send_rate_per_s", "login_rate_per_s", "key_rate_per_s"):
+    for key in ("send_rate_per_s", "login_rate_per_s", "key_rate_per_s",
+                "account_send_rate_per_s", "presence_rate_per_s", "room_create_rate_per_s"):
         rate = getattr(b, key)
         if rate != 0 and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
             fail("broker", key, f"must be 0 (the limit off) or {MIN_RATE_PER_S:g} to "
                  f"{MAX_RATE_PER_S:g}, got {rate}")
     for key in ("send_burst", "login_burst", "key_burst", "max_sessions",
-                "max_connections"):
+                "max_connections", "account_send_burst", "presence_burst",
+                "room_create_burst"):
         if not 1 <= getattr(b, key) <= MAX_COUNT_SETTING:
             fail("broker", key, f"must be 1 to {MAX_COUNT_SETTING:,}, got {getattr(b, key)}")
     if not 1 <= b.max_connections_per_address <= b.max_connections:
@@ -475,6 +501,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     if not MIN_READ_BURST <= b.read_burst_bytes <= MAX_READ_BURST:
         fail("broker", "read_burst_bytes", f"must be {MIN_READ_BURST:,} to "
              f"{MAX_READ_BURST:,}, got {b.read_burst_bytes}")
+    if not 0 <= b.max_rooms_created <= MAX_COUNT_SETTING:
+        fail("broker", "max_rooms_created", f"must be 0 (no limit) to "
+             f"{MAX_COUNT_SETTING:,}, got {b.max_rooms_created}")
     if not 0 <= b.resume_grace_s <= MAX_DURATION_S:
         fail("broker", "resume_grace_s", f"must be 0 to {MAX_DURATION_S:,} s, got "
              f"{b.resume_grace_s}")

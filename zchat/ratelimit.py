@@ -68,6 +68,18 @@ class TokenBucket:
         # rounded up, less a nanosecond's float noise (0.2 s elapsed may read 0.19999…)
         return max(1, math.ceil((cost - tokens) / self.rate_per_s * 1000 - 1e-6))
 
+    def wait_ms(self, now_s: float, cost: int = 1) -> int:
+        """What ``take`` would answer at ``now_s``, taking nothing: 0 when ``cost``
+        tokens are there, else the milliseconds until they will be. For a request
+        counted in two buckets, which must take from both or from neither."""
+        if not 1 <= cost <= self.burst:
+            raise ValueError(f"cost must be 1 to burst ({self.burst}), got {cost}")
+        tokens = min(float(self.burst),
+                     self.tokens + max(0.0, now_s - self.stamp_s) * self.rate_per_s)
+        if tokens >= cost:
+            return 0
+        return max(1, math.ceil((cost - tokens) / self.rate_per_s * 1000 - 1e-6))
+
     def full(self, now_s: float) -> bool:
         """Whether the bucket is full at ``now_s``: then it is the same as a new one and
         may be forgotten."""
@@ -133,6 +145,12 @@ class BucketTable:
         else:
             self._buckets.move_to_end(key)
         return bucket.take(now_s, cost)
+
+    def wait_ms(self, key: str, now_s: float, cost: int = 1) -> int:
+        """``TokenBucket.wait_ms`` on ``key``'s bucket (0 for a key with none: a new
+        bucket is full). Takes nothing and makes no bucket."""
+        bucket = self._buckets.get(key)
+        return 0 if bucket is None else bucket.wait_ms(now_s, cost)
 
     def prune(self, now_s: float) -> int:
         """Drop refilled buckets from the least recently used end, stopping at the first
