@@ -71,6 +71,10 @@ DM_PAGE = p.MAX_HISTORY_LIMIT
 #: §6.49): a busy room on screen is marked twice a second, each time up to its newest
 #: message by then, not once per message; other devices lose the count within a second.
 MARK_READ_INTERVAL_S = 0.5
+#: Refusals of a MARK_READ itself (beyond the newest message, not in the room, no such
+#: conversation): that position is not asked again. Any other refusal (401 for a session
+#: the broker forgot, 429, 503) is the moment's: the mark is sent again.
+MARK_REFUSED = (Status.BAD_REQUEST, Status.FORBIDDEN, Status.NOT_FOUND)
 SIDEBAR_WIDTH = 24
 #: Cells of message text the pane keeps beside the sidebar: about five words a row, the
 #: least that still reads as a chat. Narrower, the sidebar gives way (issue 13: at 60
@@ -199,7 +203,7 @@ class ChatConsole:
             self.active = key
             self._tab = None
             if self.conversations[key].kind == "dm" and key not in self._dm_history:
-                self._spawn(self.load_dm_history(key))
+                self._spawn(self.load_dm_history(key), quiet=True)
             self.app.invalidate()
 
     def sidebar_order(self) -> list[str]:
@@ -340,7 +344,7 @@ class ChatConsole:
             await self.open_room(room.room, room.topic)
         lobby = v.room_key(DEFAULT_ROOM)
         self.switch(lobby if lobby in self.conversations else self.sidebar_order()[0])
-        self._spawn(self._load_room_names())
+        self._spawn(self._load_room_names(), quiet=True)
         for d in unread_dms:
             try:
                 await self.load_dm_history(v.dm_key(d.peer))
@@ -436,8 +440,11 @@ class ChatConsole:
         (MARK_READ, docs/PROTOCOL.md §6.49): one request at a time per conversation, at
         most one per MARK_READ_INTERVAL_S, each up to the newest position wanted by then.
         Nothing is sent when the read state has it already (your own posts move the
-        marker on the broker). No answer (ConnectionFailed) is no matter: the next
-        drawing asks again; a refusal is logged and that position not asked again."""
+        marker on the broker). A mark that did not get through — no answer
+        (ConnectionFailed), or refused for the session (401: evicted during a long
+        Ctrl-Z), the broker busy (503) or rate-limiting (429) — is asked again by the
+        next drawing and after the next login (``_retry_marks``); a refusal of the mark
+        itself (400, 403, 404) is logged and that position not asked again."""
         try:
             while True:
                 conv = self.conversations.get(key)
@@ -456,6 +463,9 @@ class ChatConsole:
                     log.debug("%s not marked read up to %d now: %s", key, upto, exc)
                     return
                 except RequestFailed as exc:
+                    if exc.status not in MARK_REFUSED:
+                        log.info("%s not marked read up to %d now: %s", key, upto, exc)
+                        return
                     log.info("%s not marked read up to %d: %s", key, upto, exc)
                 if self.conversations.get(key) is not conv:  # closed, or a new room
                     return  # of that name (``_replace_room``): its seqs are not these
@@ -464,6 +474,18 @@ class ChatConsole:
                 await asyncio.sleep(MARK_READ_INTERVAL_S)
         finally:
             self._marking.discard(key)
+
+    def _retry_marks(self) -> None:
+        """After a login again (a reconnect, a RESUME): send every read marker that has
+        not got through (``_mark_want`` beyond ``_marked``): what was drawn was seen,
+        whether or not it is still on screen."""
+        for key, upto in list(self._mark_want.items()):
+            if key in self.conversations and upto > self._marked.get(key, 0) \
+                    and key not in self._marking:
+                self._marking.add(key)
+                task = asyncio.ensure_future(self._mark_read(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _read_upto(self, conv: v.Conversation) -> float:
         """How far ``conv`` is read in the account's read state; infinite when there is
@@ -517,7 +539,7 @@ class ChatConsole:
             self.conversation(key, other, "dm")
             self.add_line(key, v.line_from_event(event, self.me))
             if new:  # its first DM opens it: the conversation so far comes above
-                self._spawn(self.load_dm_history(key))
+                self._spawn(self.load_dm_history(key), quiet=True)
         elif isinstance(event, p.ReadMarked):
             pass  # another device read a conversation: client.unread has it; redrawn below
         elif isinstance(event, p.UserJoined | p.UserLeft):
@@ -533,7 +555,7 @@ class ChatConsole:
                     known = self._presence_of(event.name)
                     if known is None:
                         conv.set_member(event.name, "offline")
-                        self._spawn(self.refresh_members(conv.key))
+                        self._spawn(self.refresh_members(conv.key), quiet=True)
                     else:
                         conv.set_member(event.name, known)
                 else:
@@ -596,8 +618,11 @@ class ChatConsole:
             self.reconnect_at = None
             self.info("reconnected")
             self._check_still_joined()
-            self._spawn(self.refresh_members())  # presence may have changed meanwhile
-            self._spawn(self._catch_up_dms())  # DMs that went to other sessions meanwhile
+            self._retry_marks()  # refused with the old session, or unanswered
+            self._spawn(self.refresh_members(), quiet=True)  # presence changed meanwhile?
+            self._spawn(self._catch_up_dms(), quiet=True)  # DMs to other sessions meanwhile
+            if not self.known_rooms:
+                self._spawn(self._load_room_names(), quiet=True)
         elif isinstance(event, SessionEnded):
             self.state = "disconnected"
             self.ended = True
@@ -883,23 +908,35 @@ class ChatConsole:
         await self.client.delete_room(room, reason)
         self._room_deleted(room, self.me, reason)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(self._guard(coro))
+    def _spawn(self, coro: Awaitable[Any], quiet: bool = False) -> None:
+        task = asyncio.ensure_future(self._guard(coro, quiet))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, coro: Awaitable[Any]) -> None:
-        """Run one user action; a refused request becomes one clear line in the pane."""
+    async def _guard(self, coro: Awaitable[Any], quiet: bool = False) -> None:
+        """Run one user action; a refused request becomes one clear line in the pane.
+        ``quiet``: a task of the console's own (members, history, room names), not one
+        the user asked for; losing the broker or the session meanwhile is logged, not
+        shown — the reconnect's lines say that once, and the reconnect does it again."""
         try:
             await coro
-        except RequestFailed as exc:
-            if exc.status == Status.TOO_MANY_REQUESTS:  # the reason says why and how long
-                self.error(exc.reason)
+        except (ConnectionFailed, RequestFailed) as exc:
+            if quiet and (isinstance(exc, ConnectionFailed)
+                          or exc.status == Status.UNAUTHORIZED) and not self.ended:
+                log.info("not done now (%s); done again after the reconnect", exc)
+            elif isinstance(exc, RequestFailed):
+                self._refused(exc)
             else:
-                self.error(f"refused: {exc.reason} ({int(exc.status)})")
+                self.error(str(exc))
         except ZchatError as exc:
             self.error(str(exc))
         self.app.invalidate()
+
+    def _refused(self, exc: RequestFailed) -> None:
+        if exc.status == Status.TOO_MANY_REQUESTS:  # the reason says why and how long
+            self.error(exc.reason)
+        else:
+            self.error(f"refused: {exc.reason} ({int(exc.status)})")
 
     async def _say(self, text: str, key: str | None = None, *, action: bool = False,
                    typed: str = "") -> None:
