@@ -90,6 +90,10 @@ QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even w
 #: ordinary round trip does not make it flicker.
 NO_ANSWER_SHOWN_S = 2.0
 DEFAULT_ROOM = "lobby"
+#: The pane's first row when no conversation is open (every one closed or left).
+NO_CONVERSATION = "No conversation. /join ROOM or /query NAME"
+#: The error of a line typed then: it went nowhere (and comes back to the input).
+NOTHING_OPEN = "no conversation: /join ROOM or /query NAME first"
 
 
 Row = v.Row
@@ -174,6 +178,10 @@ class ChatConsole:
         self._marked: dict[str, int] = {}
         self._marking: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: What the pane shows with no conversation open: command output and errors
+        #: said then (``info``), under a line saying how to open one. Never sent.
+        self.no_conversation = v.Conversation("", "", "room")
+        self.no_conversation.joined = False
         self._logged_in = logged_in
         self._completing = False
         self.input_buffer = Buffer(multiline=False, accept_handler=self._accept,
@@ -234,12 +242,18 @@ class ChatConsole:
         return dt.datetime.fromtimestamp(ms / 1000, self.tz).date()
 
     def info(self, text: str, kind: v.LineKind = "info", key: str | None = None) -> None:
-        """A local line in the active (or given) conversation; never sent anywhere."""
+        """A local line in the active (or given) conversation; never sent anywhere. With
+        no conversation open (every one closed or left), it goes to the lines the empty
+        pane shows (``no_conversation``), as irssi's status window takes what has no
+        window: command output and errors are never dropped."""
+        line = v.Line(kind, None, None, text, marker="=!=" if kind == "error" else "--")
         key = key or self.active
         if key is None or key not in self.conversations:
+            if key is None or self.active is None:
+                self.no_conversation.add(line, me=self.me)
+                self.app.invalidate()
             return
-        self.add_line(key, v.Line(kind, None, None, text, marker="=!=" if kind == "error"
-                                  else "--"))
+        self.add_line(key, line)
 
     def error(self, text: str) -> None:
         self.info(text, "error")
@@ -948,7 +962,8 @@ class ChatConsole:
         conv = self.conversations.get(key) if key else self.current
         typed = typed or text
         if conv is None:
-            self.error("no conversation: /join a room first")
+            self.error(NOTHING_OPEN)
+            self._give_back(typed)
             return
         if self._not_joined(conv):
             self._give_back(typed)
@@ -1170,7 +1185,7 @@ class ChatConsole:
             self.info("you are back")
         elif isinstance(cmd, c.History):
             if conv is None:
-                self.error("no conversation: /join a room first")
+                self.error(NOTHING_OPEN)
                 return
             added = await self._load_older(conv, conv.oldest_seq, cmd.count)
             self.info(f"loaded {added} older message{'s' if added != 1 else ''}")
@@ -1415,7 +1430,12 @@ class ChatConsole:
     def _message_rows(self, width: int, height: int) -> list[Row]:
         conv = self.current
         if conv is None:
-            return [[("class:info", "No conversation. /join ROOM")]]
+            head: Row = [("class:info", NO_CONVERSATION)]
+            if not self.no_conversation.lines:
+                return [head]
+            said = self.no_conversation.viewport(width, max(0, height - 1), self.me,
+                                                 self.tz).rows
+            return [head, *said]
         more = not conv.following
         vp = conv.viewport(width, height - (1 if more else 0), self.me, self.tz)
         blank: list[Row] = [[] for _ in range(height - len(vp.rows) - (1 if more else 0))]

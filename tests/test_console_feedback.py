@@ -1,0 +1,49 @@
+"""What the console says back, found by a fresh tester: output with no conversation open,
+a line stored after all when the broker answered late, a note to yourself, /me in a
+direct conversation, the conversation numbers on a narrow terminal.
+
+The real prompt_toolkit Application on a pipe input and DummyOutput over a real broker
+thread (the helpers of tests/test_console_app.py).
+"""
+
+from __future__ import annotations
+
+from conftest import run
+from test_console_app import console_session, until, window_text
+
+from zchat.console.app import NO_CONVERSATION
+from zchat.testing import Harness
+
+
+def pane_text(console: object, width: int = 80, height: int = 24) -> str:
+    return "\n".join(row.rstrip()
+                     for row in window_text(console.pane, width, height))  # type: ignore[attr-defined]
+
+
+def test_with_no_conversation_open_commands_and_errors_still_show(harness: Harness) -> None:
+    """Tester: erin (only in #lobby) typed /part, then /help, /frob, hello, /names,
+    /rooms: nothing at all showed, for there was no pane to draw them in."""
+    async def main() -> None:
+        async with console_session(harness, "erin") as s:
+            s.type_line("/part")
+            await until(lambda: s.console.current is None, what="no conversation")
+            assert pane_text(s.console).startswith(NO_CONVERSATION)
+            for typed, shown in (
+                    ("/help", "/help CMD explains one command"),
+                    ("/frob", "unknown command /frob"),
+                    ("hello", "no conversation: /join ROOM or /query NAME first"),
+                    ("/names", "/names works in rooms"),
+                    ("/rooms", "1 room:")):
+                s.console.input_buffer.text = ""
+                s.type_line(typed)
+                await until(lambda shown=shown: shown in pane_text(s.console, 100, 60),
+                            what=f"{typed}: {shown!r} on screen")
+                if typed == "hello":  # it went nowhere: back in the input, to keep
+                    await until(lambda: s.console.input_buffer.text == "hello",
+                                what="hello given back")
+            s.console.input_buffer.text = ""
+            s.type_line("/join lobby")
+            await until(lambda: s.console.active == "lobby", what="back in #lobby")
+            assert "you joined #lobby" in s.texts()
+
+    run(main())
