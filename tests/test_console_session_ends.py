@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TcpBroker, start_broker, stop_broker
+from conftest import TcpBroker, start_broker, stop_broker, zchat_command
 from test_console_e2e import Terminal, console_env, screen_on_failure
 from test_e2e_cli import ok, register, zchat
 
@@ -86,3 +86,93 @@ def test_the_room_on_screen_is_read_after_a_suspension_that_ended_the_session(
             or "lost the broker (nothing heard for" in errors[0], screen
         term.child.send(b"/quit\r")
         assert term.wait_exit(5) == 0
+
+
+# -- the terminal goes away ---------------------------------------------------------------
+
+
+class PtyConsole:
+    """``zchat join NAME`` on the slave side of a pseudo-terminal of 100 x 30 whose master
+    this test holds, as a terminal emulator or tmux does. ``controlling``: the console's
+    session has the pty as its controlling terminal, so that closing the master hangs it
+    up with a SIGHUP from the kernel, as closing a window does; without, closing it only
+    makes reads and writes fail (EIO), as when the SIGHUP comes late or not at all. The
+    master's output is drained by a thread, so that the console never blocks writing."""
+
+    def __init__(self, args: list[str], env: dict[str, str], controlling: bool) -> None:
+        import fcntl
+        import struct
+        import subprocess
+        import termios
+        import threading
+
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+
+        def take_terminal() -> None:  # in the child, after setsid (start_new_session)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.popen = subprocess.Popen(
+            [*zchat_command(), *args], env=env, stdin=slave, stdout=slave, stderr=slave,
+            start_new_session=True, preexec_fn=take_terminal if controlling else None)
+        os.close(slave)
+        self.output = bytearray()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.output += chunk
+
+    def wait_output(self, needle: bytes, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.output:
+            assert self.popen.poll() is None, f"exited {self.popen.returncode}: {self.output!r}"
+            assert time.monotonic() < deadline, f"no {needle!r} in {bytes(self.output)!r}"
+            time.sleep(0.05)
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close_terminal(self) -> None:
+        os.close(self.master)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+@pytest.mark.parametrize("controlling", [True, False], ids=["sighup", "eio-only"])
+@pytest.mark.parametrize("attempt", range(3))
+def test_closing_the_terminal_logs_the_console_out_at_once(
+        tmp_path: Path, tcp_broker: TcpBroker, controlling: bool, attempt: int) -> None:
+    """Tester: ``tmux kill-session`` of a console (switched to a room, a DM come in) left
+    its session online until the broker evicted it, 2 times in 4: prompt_toolkit takes a
+    hung-up terminal's EIO for a SIGWINCH and reads on, and a SIGHUP meeting EIO while
+    it restored the terminal raised OSError, past the logout. Now the broker logs the
+    logout within a second or two, whichever comes first. Run a few times: it was
+    intermittent."""
+    server = ("--server", tcp_broker.router)
+    register(tmp_path, tcp_broker, "dave", "erin")
+    console = PtyConsole(["join", "dave", *server], console_env(tmp_path), controlling)
+    try:
+        console.wait_output(b"connected to")
+        console.send(b"/join dev\r")
+        console.wait_output(b"you joined #dev")
+        ok(zchat(tmp_path, "dm", *server, "--as", "erin", "dave", "still there?"))
+        console.wait_output(b"@erin")
+        tcp_broker.process.wait_line("stderr", "login dave")
+        closed_at = time.monotonic()
+        console.close_terminal()
+        tcp_broker.process.wait_line("stderr", "logout dave", timeout_s=5)
+        assert time.monotonic() - closed_at < 3.0
+        console.popen.wait(5)
+    finally:
+        console.kill()

@@ -183,6 +183,7 @@ class ChatConsole:
         self.no_conversation = v.Conversation("", "", "room")
         self.no_conversation.joined = False
         self._logged_in = logged_in
+        self._logged_out = False  # LOGOUT sent (or tried): once, however the console ends
         self._completing = False
         self.input_buffer = Buffer(multiline=False, accept_handler=self._accept,
                                    on_text_changed=self._text_changed)
@@ -1412,7 +1413,8 @@ class ChatConsole:
     async def quit(self, text: str = "") -> None:
         """Log out (briefly: the broker may be gone) and leave the screen. A read marker
         still waiting out MARK_READ_INTERVAL_S goes first: what you saw stays read."""
-        if self.client.state == "connected":
+        if self.client.state == "connected" and not self._logged_out:
+            self._logged_out = True
             with contextlib.suppress(ZchatError, TimeoutError):
                 await asyncio.wait_for(self._flush_marks(), QUIT_TIMEOUT_S / 2)
             with contextlib.suppress(ZchatError, TimeoutError):
@@ -1704,25 +1706,41 @@ class ChatConsole:
     # -- running -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Show the screen until /quit, Ctrl-C or Ctrl-D; closes the client on the way out."""
+        """Show the screen until /quit, Ctrl-C or Ctrl-D, or until the terminal is gone
+        (its end of input, or EIO reading or writing it: the window or tmux session was
+        closed); closes the client on the way out.
+
+        However it ends — those, or SIGTERM or SIGHUP cancelling it (see cli.cmd_join),
+        or prompt_toolkit failing — it logs out first unless /quit did (at most
+        QUIT_TIMEOUT_S), so the others see us offline now, not after the broker's
+        heartbeat timeout. An exception of prompt_toolkit's own callbacks is logged
+        (console.log), not printed over the screen with a wait for Enter that a closed
+        terminal would never give."""
         pump = asyncio.ensure_future(self.pump())
+        me = asyncio.current_task()
+        cancelled = False
         try:
             await self.start()
-            await self.app.run_async()
-        except asyncio.CancelledError:
-            # SIGTERM, or SIGHUP (the terminal was closed; see cli.cmd_join): log out as
-            # /quit does, so the others see us offline now, not after the heartbeat timeout.
-            if self.client.state == "connected":
-                with contextlib.suppress(ZchatError, TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(self.client.logout(), QUIT_TIMEOUT_S)
-            raise
+            await self.app.run_async(set_exception_handler=False)
+        except (EOFError, OSError) as exc:  # the terminal went away
+            log.info("the terminal is gone (%r); logging out", exc)
+            # A SIGHUP's cancellation that met EIO while prompt_toolkit restored the
+            # terminal: still a cancellation (exit status 129), once logged out.
+            cancelled = me is not None and me.cancelling() > 0
         finally:
+            if self.client.state == "connected" and not self._logged_out:
+                self._logged_out = True
+                with contextlib.suppress(ZchatError, TimeoutError, OSError,
+                                         asyncio.CancelledError):
+                    await asyncio.wait_for(self.client.logout(), QUIT_TIMEOUT_S)
             pump.cancel()
             for task in list(self._tasks):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
             await self.client.close()
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 def _count(n: int, noun: str) -> str:
