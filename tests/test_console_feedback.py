@@ -11,7 +11,7 @@ from __future__ import annotations
 from conftest import run
 from test_console_app import console_session, until, window_text
 
-from zchat.console.app import NO_CONVERSATION
+from zchat.console.app import NO_CONVERSATION, NOTE_TO_SELF
 from zchat.testing import Harness
 
 
@@ -45,5 +45,24 @@ def test_with_no_conversation_open_commands_and_errors_still_show(harness: Harne
             s.type_line("/join lobby")
             await until(lambda: s.console.active == "lobby", what="back in #lobby")
             assert "you joined #lobby" in s.texts()
+
+    run(main())
+
+
+def test_a_dm_to_yourself_is_a_note_to_yourself_never_offline(harness: Harness) -> None:
+    """Tester: ``/query alice`` as alice, then ``note to self``, said ``alice is offline;
+    they get it at their next login`` while she was online, typing it."""
+    async def main() -> None:
+        async with console_session(harness, "alice") as s:
+            s.type_line("/query alice")
+            await until(lambda: s.console.active == "dm:alice", what="@alice shown")
+            s.type_line("note to self")
+            await until(lambda: NOTE_TO_SELF in s.texts(), what="a note to yourself")
+            s.type_line("another one")
+            await until(lambda: [(ln.text, ln.status) for ln in s.conv.lines if ln.own]
+                        == [("note to self", ""), ("another one", "")], what="both stored")
+            assert not any("offline" in t for t in s.texts()), s.texts()
+            assert s.texts().count(NOTE_TO_SELF) == 1
+            assert s.texts().count("note to self") == 1  # not shown twice (the echo)
 
     run(main())

@@ -90,6 +90,8 @@ QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even w
 #: ordinary round trip does not make it flicker.
 NO_ANSWER_SHOWN_S = 2.0
 DEFAULT_ROOM = "lobby"
+#: Said once in your direct conversation with yourself, at its first note.
+NOTE_TO_SELF = "a note to yourself: kept with your direct messages, on every device"
 #: The pane's first row when no conversation is open (every one closed or left).
 NO_CONVERSATION = "No conversation. /join ROOM or /query NAME"
 #: The error of a line typed then: it went nowhere (and comes back to the input).
@@ -1018,7 +1020,11 @@ class ChatConsole:
             self._sending.pop(id(shown), None)
             self.app.invalidate()
         conv.settle(shown, sent, self.me)
-        if stored:
+        if conv.kind == "dm" and name_key(conv.title) == name_key(self.me):
+            # Kept like any DM, with no one else to deliver it to: never "offline".
+            if not any(ln.text == NOTE_TO_SELF for ln in conv.lines):
+                self.info(NOTE_TO_SELF, key=conv.key)
+        elif stored:
             self.info(f"{conv.title} is offline; they get it at their next login",
                       key=conv.key)
 
