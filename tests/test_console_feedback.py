@@ -8,9 +8,14 @@ thread (the helpers of tests/test_console_app.py).
 
 from __future__ import annotations
 
+import asyncio
+
 from conftest import run
 from test_console_app import console_session, until, window_text
 
+from zchat import protocol as p
+from zchat.errors import ConnectionFailed
+from zchat.protocol import MessageKind
 from zchat.console.app import NO_CONVERSATION, NOTE_TO_SELF
 from zchat.testing import Harness
 
@@ -64,5 +69,66 @@ def test_a_dm_to_yourself_is_a_note_to_yourself_never_offline(harness: Harness) 
             assert not any("offline" in t for t in s.texts()), s.texts()
             assert s.texts().count(NOTE_TO_SELF) == 1
             assert s.texts().count("note to self") == 1  # not shown twice (the echo)
+
+    run(main())
+
+
+def test_a_line_the_broker_stores_after_no_answer_is_taken_back_as_stored(
+        harness: Harness) -> None:
+    """Tester: a broker frozen 34 s while two lines were typed: the console said ``not
+    sent, no answer from the broker … press Enter to send it again`` and gave the line
+    back, yet both were stored when the broker came back; Up and Enter stored one again.
+    Now the wording says it may have been stored, and when the message turns up in the
+    room, it takes the ``(no answer)`` line's place and leaves the input. The SEND here
+    gets no answer and reaches the broker only when the test lets it, as the frozen
+    broker's queue did; a second one is stored before its no-answer, which is then no
+    error at all."""
+    async def main() -> None:
+        async with console_session(harness, "alice") as s:
+            real_send = s.client.send
+            release = asyncio.Event()
+
+            async def frozen(room: str, text: str, kind: MessageKind = "text",
+                             cmid: str = "", **_kw: object) -> p.Sent:
+                async def stored_later() -> None:
+                    await release.wait()
+                    await real_send(room, text, kind=kind, cmid=cmid)
+                asyncio.ensure_future(stored_later())
+                raise ConnectionFailed("no answer from the broker within 5 s")
+
+            s.client.send = frozen  # type: ignore[method-assign]
+            s.type_line("first line")
+            await until(lambda: any("it may not have been stored" in e
+                                    for e in s.errors()), what="the wording")
+            assert not any("not sent" in e for e in s.errors()), s.errors()
+            assert s.console.input_buffer.text == "first line"
+            assert [(ln.text, ln.status) for ln in s.conv.lines if ln.own] == [
+                ("first line", "unknown")]
+            assert "first line (no answer)" in pane_text(s.console)
+            release.set()
+            await until(lambda: not s.console.input_buffer.text, what="taken back")
+            await until(lambda: [(ln.text, ln.status, ln.seq is not None)
+                                 for ln in s.conv.lines if ln.own]
+                        == [("first line", "", True)], what="stored, in its place")
+            assert any("'first line' was stored after all" in t for t in s.texts())
+
+            async def stored_unanswered(room: str, text: str, kind: MessageKind = "text",
+                                        cmid: str = "", **_kw: object) -> p.Sent:
+                await real_send(room, text, kind=kind, cmid=cmid)
+                await until(lambda: any(ln.text == text and not ln.status
+                                        for ln in s.conv.lines), what="its MESSAGE")
+                raise ConnectionFailed("no answer from the broker within 5 s")
+
+            s.client.send = stored_unanswered  # type: ignore[method-assign]
+            errors_before = s.errors()
+            s.type_line("second line")
+            await until(lambda: [(ln.text, ln.status) for ln in s.conv.lines if ln.own]
+                        == [("first line", ""), ("second line", "")], what="second stored")
+            await asyncio.sleep(0.2)  # the ConnectionFailed, handled by now
+            assert s.errors() == errors_before
+            assert s.console.input_buffer.text == ""
+            page = await s.client.history("lobby", limit=10)
+            assert [m.text for m in page.messages if m.sender == "alice"] == [
+                "first line", "second line"]
 
     run(main())

@@ -158,7 +158,12 @@ class ChatConsole:
         #: (conversation key, text) -> client message id of a line the broker never
         #: answered, given back to the input: sent again unchanged it carries the same id,
         #: so the broker stores it at most once even if the first try did get through.
-        self._unanswered: dict[tuple[str, str], str] = {}
+        #: The value is (cmid, the line as typed): when the message turns up in the
+        #: room after all (``_stored_after_all``), the line given back is taken back.
+        self._unanswered: dict[tuple[str, str], tuple[str, str]] = {}
+        #: id() of pending lines whose MESSAGE came before the SEND's reply: stored,
+        #: whatever the SEND then says (no answer in time).
+        self._seen_stored: set[int] = set()
         #: id() of each line shown as pending -> time.monotonic() it was sent at: the
         #: status bar says when the broker has not answered for NO_ANSWER_SHOWN_S.
         self._sending: dict[int, float] = {}
@@ -337,7 +342,7 @@ class ChatConsole:
         self._mark_want.pop(key, None)
         self._marked.pop(key, None)
         self._fetching_older.discard(key)
-        self._unanswered = {k: cmid for k, cmid in self._unanswered.items() if k[0] != key}
+        self._unanswered = {k: got for k, got in self._unanswered.items() if k[0] != key}
         self.app.invalidate()
         return conv
 
@@ -546,8 +551,9 @@ class ChatConsole:
                 line = v.line_from_event(event, self.me)
                 typed = conv.pending(line.kind, line.text) if line.own else None
                 if typed is not None:  # the line you sent, in before the OK: in its place
+                    self._seen_stored.add(id(typed))
                     conv.settle(typed, line, self.me)
-                else:
+                elif not (line.own and self._stored_after_all(conv, line)):
                     self.add_line(key, line)
         elif isinstance(event, p.DirectMessage):
             other = event.to if name_key(event.sender) == name_key(self.me) else event.sender
@@ -973,7 +979,7 @@ class ChatConsole:
             return
         kind: v.LineKind = "action" if action else "message" if conv.kind == "room" else "dm"
         unanswered_key = (conv.key, f"/me {text}" if action else text)
-        cmid = self._unanswered.pop(unanswered_key, "") or new_cmid()
+        cmid = self._unanswered.pop(unanswered_key, ("", ""))[0] or new_cmid()
         offline = self.client.state != "connected"  # then nothing goes out at all
         conv.drop_failed(kind, text)  # sent again: the pending line stands for it
         shown = v.classify(v.Line(kind, int(time.time() * 1000), self.me, text,
@@ -999,25 +1005,28 @@ class ChatConsole:
             self._give_back(typed)  # refused: to fix and resend
             raise
         except ConnectionFailed as exc:
-            conv.settle(shown, None, self.me)
+            if id(shown) in self._seen_stored:  # its MESSAGE came: stored after all
+                return
+            conv.settle(shown, None, self.me, status="failed" if offline else "unknown")
             # No answer: it may or may not have been stored. Kept with its cmid, so that
             # sending the same line again (given back, or recalled with Up) is safe
-            # (docs/console.md, "Reconnecting").
+            # (docs/console.md, "Reconnecting"); its MESSAGE arriving later says it was.
             if len(self._unanswered) >= UNANSWERED_MAX:
                 self._unanswered.clear()
-            self._unanswered[unanswered_key] = cmid
+            self._unanswered[unanswered_key] = (cmid, typed)
             if offline:
                 what = "not sent: the broker is lost, reconnecting"
             else:
-                what = f"not sent, no answer from the broker ({exc})"
+                what = (f"no answer from the broker ({exc}): it may not have been "
+                        "stored")
             if self._give_back(typed):
-                how = "press Enter to send it again"
+                how = "Enter sends it again"
             else:  # something else is being typed: say which line, and where it is
-                short = typed if len(typed) <= 40 else typed[:39] + "…"
-                how = f"{short!r} is in the input history (Up) to send again"
-            raise ConnectionFailed(f"{what}; {how}: it is stored at most once") from None
+                how = f"{_short(typed)!r} is in the input history (Up) to send again"
+            raise ConnectionFailed(f"{what}; {how} (the broker keeps it once)") from None
         finally:
             self._sending.pop(id(shown), None)
+            self._seen_stored.discard(id(shown))
             self.app.invalidate()
         conv.settle(shown, sent, self.me)
         if conv.kind == "dm" and name_key(conv.title) == name_key(self.me):
@@ -1027,6 +1036,31 @@ class ChatConsole:
         elif stored:
             self.info(f"{conv.title} is offline; they get it at their next login",
                       key=conv.key)
+
+    def _stored_after_all(self, conv: v.Conversation, line: v.Line) -> bool:
+        """Your own message ``line`` came in the room's stream, matching a line shown
+        ``(no answer)`` whose SEND the broker never answered: it was stored after all
+        (a frozen broker that caught up). The stored message takes that line's place,
+        and the line given back is taken back from the input if it is still there
+        unedited (or else said to be sent). MESSAGE events carry no client message id
+        (docs/PROTOCOL.md §6.8), so the match is by room, sender, kind and text. Whether
+        it was such a line."""
+        text = f"/me {line.text}" if line.kind == "action" else line.text
+        got = self._unanswered.get((conv.key, text))
+        failed = conv.pending(line.kind, line.text, status="unknown")
+        if got is None or failed is None:
+            return False
+        del self._unanswered[(conv.key, text)]
+        conv.settle(failed, line, self.me)
+        typed = got[1]
+        if self.input_buffer.text == typed:
+            self.input_buffer.reset()
+            self.info(f"{_short(typed)!r} was stored after all (the broker answered "
+                      "late): taken back from the input", key=conv.key)
+        else:
+            self.info(f"{_short(typed)!r} was stored after all (the broker answered "
+                      "late): no need to send it again", key=conv.key)
+        return True
 
     def _give_back(self, text: str) -> bool:
         """Put a line or paste that was not sent back into the input, to fix and resend
@@ -1747,6 +1781,11 @@ class ChatConsole:
             await self.client.close()
         if cancelled:
             raise asyncio.CancelledError
+
+
+def _short(typed: str) -> str:
+    """A line as typed, cut to 40 characters, to name it in a notice."""
+    return typed if len(typed) <= 40 else typed[:39] + "…"
 
 
 def _count(n: int, noun: str) -> str:
