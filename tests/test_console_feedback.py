@@ -132,3 +132,32 @@ def test_a_line_the_broker_stores_after_no_answer_is_taken_back_as_stored(
                 "first line", "second line"]
 
     run(main())
+
+
+def test_window_alone_lists_the_conversation_numbers_for_a_narrow_terminal(
+        harness: Harness) -> None:
+    """Tester: below 78 columns the sidebar is hidden, and nothing showed the numbers
+    ``/window N`` uses. ``/window`` alone lists them; the /help overview says so and
+    still fits 22 rows of a 60-column pane."""
+    async def main() -> None:
+        async with harness.client("bob") as bob, console_session(harness, "alice") as s:
+            s.type_line("/join dev")
+            await until(lambda: s.console.active == "dev", what="#dev")
+            await bob.dm("alice", "hi")
+            await until(lambda: "dm:bob" in s.console.conversations, what="@bob")
+            s.type_line("/window")
+            listed = ("conversations: 1 #lobby, 2 #dev (shown), 3 @bob (1) — /window N "
+                      "or Alt-N shows one")
+            await until(lambda: listed in s.texts(), what=f"the list in {s.texts()}")
+            s.type_line("/window 3")
+            await until(lambda: s.console.active == "dm:bob", what="/window 3")
+            s.type_line("/help")
+            await until(lambda: any(t.startswith("// at the start") for t in s.texts()),
+                        what="/help")
+            shown = pane_text(s.console, 60, 22)
+            assert "/help CMD explains one command" in shown, shown
+            assert "starting with /." in shown, shown  # the whole overview, in 22 rows
+            assert any(t.startswith("move: ") and t.endswith(
+                "— /window alone lists their numbers") for t in s.texts()), s.texts()
+
+    run(main())

@@ -1173,6 +1173,9 @@ class ChatConsole:
             self.info(f"#{conv.title}, {_count(len(users), 'member')}: " + ", ".join(shown))
         elif isinstance(cmd, c.Window):
             order = self.sidebar_order()
+            if cmd.number is None:  # the numbers, when the sidebar is hidden (narrow)
+                self.info(self._numbered(order))
+                return
             if cmd.number > len(order):
                 self.error(f"there is no conversation {cmd.number}: the sidebar lists "
                            f"{len(order)}")
@@ -1241,6 +1244,25 @@ class ChatConsole:
             for line in c.help_text(cmd.command):
                 self.info(line)
         self.app.invalidate()
+
+    def _numbered(self, order: list[str]) -> str:
+        """``/window``: ``conversations: 1 #lobby (shown), 2 #dev (3), 3 @bob — /window
+        N or Alt-N shows one``, by the sidebar's order and with its unread counts."""
+        if not order:
+            return "no conversation open: /join ROOM or /query NAME"
+        counts = v.unseen_counts((self.conversations[k] for k in order),
+                                 self.client.unread, self.active)
+        shown = []
+        for n, key in enumerate(order, 1):
+            conv = self.conversations[key]
+            name = ("#" if conv.kind == "room" else "@") + conv.title
+            if not conv.joined:
+                name = f"({name})"
+            count = counts.get(key)
+            extra = (" (shown)" if key == self.active
+                     else f" ({count.unread})" if count is not None and count.unread else "")
+            shown.append(f"{n} {name}{extra}")
+        return f"conversations: {', '.join(shown)} — /window N or Alt-N shows one"
 
     async def _topic(self, cmd: c.Topic) -> None:
         """/topic [#ROOM] [TEXT]: show or set the topic of the current room or ROOM. A
