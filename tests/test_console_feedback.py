@@ -161,3 +161,19 @@ def test_window_alone_lists_the_conversation_numbers_for_a_narrow_terminal(
                 "— /window alone lists their numbers") for t in s.texts()), s.texts()
 
     run(main())
+
+
+def test_me_in_a_direct_conversation_says_why_and_gives_the_line_back(
+        harness: Harness) -> None:
+    """A DM has no action kind on the wire (docs/PROTOCOL.md §6.7): /me there says so
+    and the line comes back to send as text, rather than being lost."""
+    async def main() -> None:
+        async with harness.client("bob"), console_session(harness, "alice") as s:
+            s.type_line("/query bob")
+            await until(lambda: s.console.active == "dm:bob", what="@bob")
+            s.type_line("/me waves")
+            await until(lambda: any("a direct message cannot carry an action" in e
+                                    for e in s.errors()), what="why")
+            await until(lambda: s.console.input_buffer.text == "/me waves", what="back")
+
+    run(main())

@@ -1183,7 +1183,11 @@ class ChatConsole:
             self.switch(order[cmd.number - 1])
         elif isinstance(cmd, c.Me):
             if conv is None or conv.kind != "room":
-                self.error("/me works in rooms")
+                # A DM has no kind on the wire (docs/PROTOCOL.md §6.7, unlike SEND's
+                # "action"): an action there would need a protocol change.
+                self.error("/me works in rooms: a direct message cannot carry an action "
+                           "(type it as text)")
+                self._give_back(typed)
                 return
             await self._say(cmd.text, conv.key, action=True, typed=typed)
         elif isinstance(cmd, c.Who):
