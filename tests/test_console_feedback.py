@@ -14,9 +14,9 @@ from conftest import run
 from test_console_app import console_session, until, window_text
 
 from zchat import protocol as p
+from zchat.console.app import NO_CONVERSATION, NOTE_TO_SELF
 from zchat.errors import ConnectionFailed
 from zchat.protocol import MessageKind
-from zchat.console.app import NO_CONVERSATION, NOTE_TO_SELF
 from zchat.testing import Harness
 
 
