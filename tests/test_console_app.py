@@ -1101,10 +1101,10 @@ def test_a_line_the_broker_never_answered_comes_back_and_is_stored_once(tmp_path
             s.console.input_buffer.text = ""
             s.type_line("typed into the outage")
             await until(lambda: any(e.startswith("not sent: the broker is lost")
-                                    and "press Enter" in e for e in s.errors()),
+                                    and "Enter sends it again" in e for e in s.errors()),
                         what="the not-sent line")
             assert s.console.input_buffer.text == "typed into the outage"
-            cmid = s.console._unanswered[("lobby", "typed into the outage")]
+            cmid, _typed = s.console._unanswered[("lobby", "typed into the outage")]
             assert set(s.console._unanswered) == {("lobby", "typed into the outage"),
                                                   ("lobby", "other line")}
             again = running_broker(db, **beats, **endpoints)

@@ -147,6 +147,9 @@ RATE_LIMIT_MAX_WAIT_S = 60.0
 KEY_CHECK_SHARE = 0.25
 
 ConnState = Literal["connected", "reconnecting", "closed"]
+#: Requests not sent again after the re-login that follows a 401 (``Client.request``):
+#: SET_PASSWORD's 401 is a wrong old password, and a LOGOUT refused is done already.
+NOT_SENT_AGAIN_AFTER_401 = (p.SetPassword, p.Logout)
 
 #: True while the reconnect machinery itself talks to the broker (INFO, LOGIN, HISTORY):
 #: those requests pass while the application's fail fast.
@@ -696,9 +699,33 @@ class Client:
     async def request(self, req: p.Request, timeout_s: float | None = None) -> Any:
         """Send one request and return its OK reply value.
 
+        With ``reconnect=True`` after a login, a request the broker refuses with 401
+        because it no longer knows the session (evicted after a long suspension of this
+        process, say) waits for the client to log in again and is sent once more: a
+        refused request changed nothing (docs/PROTOCOL.md §6.16), and the caller sees
+        its answer rather than a 401 that belonged to the old session. Not logged in
+        again within ``timeout_s``, it raises ConnectionFailed.
+
         Raises RequestFailed on ERROR; ConnectionFailed on no answer in time, at once while
         reconnecting, or after SessionEnded.
         """
+        try:
+            return await self._request_once(req, timeout_s)
+        except RequestFailed as exc:
+            if not (exc.status == Status.UNAUTHORIZED and req.NEEDS_SESSION
+                    and not isinstance(req, NOT_SENT_AGAIN_AFTER_401) and self._retryable() and self._closed_by_broker is None
+                    and not _INTERNAL.get()):
+                raise
+            wait = self.timeout_s if timeout_s is None else timeout_s
+            await self._until_usable(asyncio.get_running_loop().time() + wait)
+            if self._closed_by_broker is None and self._ended is None and (
+                    self._mode != "connected" or self._restoring or self._session_gone):
+                raise ConnectionFailed(f"the broker at {self.server} ended the session; "
+                                       "logging in again") from None
+            log.info("%s refused with 401 for the old session; sent again", req.TYPE)
+            return await self._request_once(req, timeout_s)
+
+    async def _request_once(self, req: p.Request, timeout_s: float | None = None) -> Any:
         dealer = self._check_usable()
         request_id = str(next(self._ids)).encode()
         frames = p.encode_request(request_id, req)
@@ -723,8 +750,11 @@ class Client:
             self._sent_at.pop(request_id, None)
             self._reply_types.pop(request_id, None)
         if isinstance(reply, p.Error):
+            # Only a refusal of the current connection's session says it is gone: one
+            # sent before a re-login, answered after it, would start another one.
             if (reply.status == Status.UNAUTHORIZED and req.NEEDS_SESSION
-                    and self._credentials is not None and not _INTERNAL.get()):
+                    and self._credentials is not None and not _INTERNAL.get()
+                    and dealer is self._dealer and not self._restoring):
                 self._session_lost("a request was refused with 401")
             raise RequestFailed(reply.status, reply.reason, reply.retry_after_ms)
         if isinstance(reply, p.LoggedIn):  # LOGIN or RESUME, the application's or a

@@ -71,6 +71,10 @@ DM_PAGE = p.MAX_HISTORY_LIMIT
 #: §6.49): a busy room on screen is marked twice a second, each time up to its newest
 #: message by then, not once per message; other devices lose the count within a second.
 MARK_READ_INTERVAL_S = 0.5
+#: Refusals of a MARK_READ itself (beyond the newest message, not in the room, no such
+#: conversation): that position is not asked again. Any other refusal (401 for a session
+#: the broker forgot, 429, 503) is the moment's: the mark is sent again.
+MARK_REFUSED = (Status.BAD_REQUEST, Status.FORBIDDEN, Status.NOT_FOUND)
 SIDEBAR_WIDTH = 24
 #: Cells of message text the pane keeps beside the sidebar: about five words a row, the
 #: least that still reads as a chat. Narrower, the sidebar gives way (issue 13: at 60
@@ -86,6 +90,12 @@ QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even w
 #: ordinary round trip does not make it flicker.
 NO_ANSWER_SHOWN_S = 2.0
 DEFAULT_ROOM = "lobby"
+#: Said once in your direct conversation with yourself, at its first note.
+NOTE_TO_SELF = "a note to yourself: kept with your direct messages, on every device"
+#: The pane's first row when no conversation is open (every one closed or left).
+NO_CONVERSATION = "No conversation. /join ROOM or /query NAME"
+#: The error of a line typed then: it went nowhere (and comes back to the input).
+NOTHING_OPEN = "no conversation: /join ROOM or /query NAME first"
 
 
 Row = v.Row
@@ -148,7 +158,12 @@ class ChatConsole:
         #: (conversation key, text) -> client message id of a line the broker never
         #: answered, given back to the input: sent again unchanged it carries the same id,
         #: so the broker stores it at most once even if the first try did get through.
-        self._unanswered: dict[tuple[str, str], str] = {}
+        #: The value is (cmid, the line as typed): when the message turns up in the
+        #: room after all (``_stored_after_all``), the line given back is taken back.
+        self._unanswered: dict[tuple[str, str], tuple[str, str]] = {}
+        #: id() of pending lines whose MESSAGE came before the SEND's reply: stored,
+        #: whatever the SEND then says (no answer in time).
+        self._seen_stored: set[int] = set()
         #: id() of each line shown as pending -> time.monotonic() it was sent at: the
         #: status bar says when the broker has not answered for NO_ANSWER_SHOWN_S.
         self._sending: dict[int, float] = {}
@@ -170,7 +185,12 @@ class ChatConsole:
         self._marked: dict[str, int] = {}
         self._marking: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: What the pane shows with no conversation open: command output and errors
+        #: said then (``info``), under a line saying how to open one. Never sent.
+        self.no_conversation = v.Conversation("", "", "room")
+        self.no_conversation.joined = False
         self._logged_in = logged_in
+        self._logged_out = False  # LOGOUT sent (or tried): once, however the console ends
         self._completing = False
         self.input_buffer = Buffer(multiline=False, accept_handler=self._accept,
                                    on_text_changed=self._text_changed)
@@ -199,7 +219,7 @@ class ChatConsole:
             self.active = key
             self._tab = None
             if self.conversations[key].kind == "dm" and key not in self._dm_history:
-                self._spawn(self.load_dm_history(key))
+                self._spawn(self.load_dm_history(key), quiet=True)
             self.app.invalidate()
 
     def sidebar_order(self) -> list[str]:
@@ -230,12 +250,18 @@ class ChatConsole:
         return dt.datetime.fromtimestamp(ms / 1000, self.tz).date()
 
     def info(self, text: str, kind: v.LineKind = "info", key: str | None = None) -> None:
-        """A local line in the active (or given) conversation; never sent anywhere."""
+        """A local line in the active (or given) conversation; never sent anywhere. With
+        no conversation open (every one closed or left), it goes to the lines the empty
+        pane shows (``no_conversation``), as irssi's status window takes what has no
+        window: command output and errors are never dropped."""
+        line = v.Line(kind, None, None, text, marker="=!=" if kind == "error" else "--")
         key = key or self.active
         if key is None or key not in self.conversations:
+            if key is None or self.active is None:
+                self.no_conversation.add(line, me=self.me)
+                self.app.invalidate()
             return
-        self.add_line(key, v.Line(kind, None, None, text, marker="=!=" if kind == "error"
-                                  else "--"))
+        self.add_line(key, line)
 
     def error(self, text: str) -> None:
         self.info(text, "error")
@@ -316,7 +342,7 @@ class ChatConsole:
         self._mark_want.pop(key, None)
         self._marked.pop(key, None)
         self._fetching_older.discard(key)
-        self._unanswered = {k: cmid for k, cmid in self._unanswered.items() if k[0] != key}
+        self._unanswered = {k: got for k, got in self._unanswered.items() if k[0] != key}
         self.app.invalidate()
         return conv
 
@@ -340,7 +366,7 @@ class ChatConsole:
             await self.open_room(room.room, room.topic)
         lobby = v.room_key(DEFAULT_ROOM)
         self.switch(lobby if lobby in self.conversations else self.sidebar_order()[0])
-        self._spawn(self._load_room_names())
+        self._spawn(self._load_room_names(), quiet=True)
         for d in unread_dms:
             try:
                 await self.load_dm_history(v.dm_key(d.peer))
@@ -436,8 +462,11 @@ class ChatConsole:
         (MARK_READ, docs/PROTOCOL.md §6.49): one request at a time per conversation, at
         most one per MARK_READ_INTERVAL_S, each up to the newest position wanted by then.
         Nothing is sent when the read state has it already (your own posts move the
-        marker on the broker). No answer (ConnectionFailed) is no matter: the next
-        drawing asks again; a refusal is logged and that position not asked again."""
+        marker on the broker). A mark that did not get through — no answer
+        (ConnectionFailed), or refused for the session (401: evicted during a long
+        Ctrl-Z), the broker busy (503) or rate-limiting (429) — is asked again by the
+        next drawing and after the next login (``_retry_marks``); a refusal of the mark
+        itself (400, 403, 404) is logged and that position not asked again."""
         try:
             while True:
                 conv = self.conversations.get(key)
@@ -456,6 +485,9 @@ class ChatConsole:
                     log.debug("%s not marked read up to %d now: %s", key, upto, exc)
                     return
                 except RequestFailed as exc:
+                    if exc.status not in MARK_REFUSED:
+                        log.info("%s not marked read up to %d now: %s", key, upto, exc)
+                        return
                     log.info("%s not marked read up to %d: %s", key, upto, exc)
                 if self.conversations.get(key) is not conv:  # closed, or a new room
                     return  # of that name (``_replace_room``): its seqs are not these
@@ -464,6 +496,18 @@ class ChatConsole:
                 await asyncio.sleep(MARK_READ_INTERVAL_S)
         finally:
             self._marking.discard(key)
+
+    def _retry_marks(self) -> None:
+        """After a login again (a reconnect, a RESUME): send every read marker that has
+        not got through (``_mark_want`` beyond ``_marked``): what was drawn was seen,
+        whether or not it is still on screen."""
+        for key, upto in list(self._mark_want.items()):
+            if key in self.conversations and upto > self._marked.get(key, 0) \
+                    and key not in self._marking:
+                self._marking.add(key)
+                task = asyncio.ensure_future(self._mark_read(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _read_upto(self, conv: v.Conversation) -> float:
         """How far ``conv`` is read in the account's read state; infinite when there is
@@ -507,8 +551,9 @@ class ChatConsole:
                 line = v.line_from_event(event, self.me)
                 typed = conv.pending(line.kind, line.text) if line.own else None
                 if typed is not None:  # the line you sent, in before the OK: in its place
+                    self._seen_stored.add(id(typed))
                     conv.settle(typed, line, self.me)
-                else:
+                elif not (line.own and self._stored_after_all(conv, line)):
                     self.add_line(key, line)
         elif isinstance(event, p.DirectMessage):
             other = event.to if name_key(event.sender) == name_key(self.me) else event.sender
@@ -517,7 +562,7 @@ class ChatConsole:
             self.conversation(key, other, "dm")
             self.add_line(key, v.line_from_event(event, self.me))
             if new:  # its first DM opens it: the conversation so far comes above
-                self._spawn(self.load_dm_history(key))
+                self._spawn(self.load_dm_history(key), quiet=True)
         elif isinstance(event, p.ReadMarked):
             pass  # another device read a conversation: client.unread has it; redrawn below
         elif isinstance(event, p.UserJoined | p.UserLeft):
@@ -533,7 +578,7 @@ class ChatConsole:
                     known = self._presence_of(event.name)
                     if known is None:
                         conv.set_member(event.name, "offline")
-                        self._spawn(self.refresh_members(conv.key))
+                        self._spawn(self.refresh_members(conv.key), quiet=True)
                     else:
                         conv.set_member(event.name, known)
                 else:
@@ -596,8 +641,11 @@ class ChatConsole:
             self.reconnect_at = None
             self.info("reconnected")
             self._check_still_joined()
-            self._spawn(self.refresh_members())  # presence may have changed meanwhile
-            self._spawn(self._catch_up_dms())  # DMs that went to other sessions meanwhile
+            self._retry_marks()  # refused with the old session, or unanswered
+            self._spawn(self.refresh_members(), quiet=True)  # presence changed meanwhile?
+            self._spawn(self._catch_up_dms(), quiet=True)  # DMs to other sessions meanwhile
+            if not self.known_rooms:
+                self._spawn(self._load_room_names(), quiet=True)
         elif isinstance(event, SessionEnded):
             self.state = "disconnected"
             self.ended = True
@@ -883,23 +931,35 @@ class ChatConsole:
         await self.client.delete_room(room, reason)
         self._room_deleted(room, self.me, reason)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(self._guard(coro))
+    def _spawn(self, coro: Awaitable[Any], quiet: bool = False) -> None:
+        task = asyncio.ensure_future(self._guard(coro, quiet))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, coro: Awaitable[Any]) -> None:
-        """Run one user action; a refused request becomes one clear line in the pane."""
+    async def _guard(self, coro: Awaitable[Any], quiet: bool = False) -> None:
+        """Run one user action; a refused request becomes one clear line in the pane.
+        ``quiet``: a task of the console's own (members, history, room names), not one
+        the user asked for; losing the broker or the session meanwhile is logged, not
+        shown — the reconnect's lines say that once, and the reconnect does it again."""
         try:
             await coro
-        except RequestFailed as exc:
-            if exc.status == Status.TOO_MANY_REQUESTS:  # the reason says why and how long
-                self.error(exc.reason)
+        except (ConnectionFailed, RequestFailed) as exc:
+            if quiet and (isinstance(exc, ConnectionFailed)
+                          or exc.status == Status.UNAUTHORIZED) and not self.ended:
+                log.info("not done now (%s); done again after the reconnect", exc)
+            elif isinstance(exc, RequestFailed):
+                self._refused(exc)
             else:
-                self.error(f"refused: {exc.reason} ({int(exc.status)})")
+                self.error(str(exc))
         except ZchatError as exc:
             self.error(str(exc))
         self.app.invalidate()
+
+    def _refused(self, exc: RequestFailed) -> None:
+        if exc.status == Status.TOO_MANY_REQUESTS:  # the reason says why and how long
+            self.error(exc.reason)
+        else:
+            self.error(f"refused: {exc.reason} ({int(exc.status)})")
 
     async def _say(self, text: str, key: str | None = None, *, action: bool = False,
                    typed: str = "") -> None:
@@ -911,14 +971,15 @@ class ChatConsole:
         conv = self.conversations.get(key) if key else self.current
         typed = typed or text
         if conv is None:
-            self.error("no conversation: /join a room first")
+            self.error(NOTHING_OPEN)
+            self._give_back(typed)
             return
         if self._not_joined(conv):
             self._give_back(typed)
             return
         kind: v.LineKind = "action" if action else "message" if conv.kind == "room" else "dm"
         unanswered_key = (conv.key, f"/me {text}" if action else text)
-        cmid = self._unanswered.pop(unanswered_key, "") or new_cmid()
+        cmid = self._unanswered.pop(unanswered_key, ("", ""))[0] or new_cmid()
         offline = self.client.state != "connected"  # then nothing goes out at all
         conv.drop_failed(kind, text)  # sent again: the pending line stands for it
         shown = v.classify(v.Line(kind, int(time.time() * 1000), self.me, text,
@@ -944,30 +1005,62 @@ class ChatConsole:
             self._give_back(typed)  # refused: to fix and resend
             raise
         except ConnectionFailed as exc:
-            conv.settle(shown, None, self.me)
+            if id(shown) in self._seen_stored:  # its MESSAGE came: stored after all
+                return
+            conv.settle(shown, None, self.me, status="failed" if offline else "unknown")
             # No answer: it may or may not have been stored. Kept with its cmid, so that
             # sending the same line again (given back, or recalled with Up) is safe
-            # (docs/console.md, "Reconnecting").
+            # (docs/console.md, "Reconnecting"); its MESSAGE arriving later says it was.
             if len(self._unanswered) >= UNANSWERED_MAX:
                 self._unanswered.clear()
-            self._unanswered[unanswered_key] = cmid
+            self._unanswered[unanswered_key] = (cmid, typed)
             if offline:
                 what = "not sent: the broker is lost, reconnecting"
             else:
-                what = f"not sent, no answer from the broker ({exc})"
+                what = (f"no answer from the broker ({exc}): it may not have been "
+                        "stored")
             if self._give_back(typed):
-                how = "press Enter to send it again"
+                how = "Enter sends it again"
             else:  # something else is being typed: say which line, and where it is
-                short = typed if len(typed) <= 40 else typed[:39] + "…"
-                how = f"{short!r} is in the input history (Up) to send again"
-            raise ConnectionFailed(f"{what}; {how}: it is stored at most once") from None
+                how = f"{_short(typed)!r} is in the input history (Up) to send again"
+            raise ConnectionFailed(f"{what}; {how} (the broker keeps it once)") from None
         finally:
             self._sending.pop(id(shown), None)
+            self._seen_stored.discard(id(shown))
             self.app.invalidate()
         conv.settle(shown, sent, self.me)
-        if stored:
+        if conv.kind == "dm" and name_key(conv.title) == name_key(self.me):
+            # Kept like any DM, with no one else to deliver it to: never "offline".
+            if not any(ln.text == NOTE_TO_SELF for ln in conv.lines):
+                self.info(NOTE_TO_SELF, key=conv.key)
+        elif stored:
             self.info(f"{conv.title} is offline; they get it at their next login",
                       key=conv.key)
+
+    def _stored_after_all(self, conv: v.Conversation, line: v.Line) -> bool:
+        """Your own message ``line`` came in the room's stream, matching a line shown
+        ``(no answer)`` whose SEND the broker never answered: it was stored after all
+        (a frozen broker that caught up). The stored message takes that line's place,
+        and the line given back is taken back from the input if it is still there
+        unedited (or else said to be sent). MESSAGE events carry no client message id
+        (docs/PROTOCOL.md §6.8), so the match is by room, sender, kind and text. Whether
+        it was such a line."""
+        text = f"/me {line.text}" if line.kind == "action" else line.text
+        got = self._unanswered.get((conv.key, text))
+        failed = conv.pending(line.kind, line.text, status="unknown")
+        if got is None or failed is None:
+            return False
+        del self._unanswered[(conv.key, text)]
+        conv.settle(failed, line, self.me)
+        typed = got[1]
+        if self.input_buffer.text == typed:
+            self.input_buffer.reset()
+            self.info(f"{_short(typed)!r} was stored after all (the broker answered "
+                      "late): taken back from the input", key=conv.key)
+        else:
+            self.info(f"{_short(typed)!r} was stored after all (the broker answered "
+                      "late): no need to send it again", key=conv.key)
+        return True
 
     def _give_back(self, text: str) -> bool:
         """Put a line or paste that was not sent back into the input, to fix and resend
@@ -1080,6 +1173,9 @@ class ChatConsole:
             self.info(f"#{conv.title}, {_count(len(users), 'member')}: " + ", ".join(shown))
         elif isinstance(cmd, c.Window):
             order = self.sidebar_order()
+            if cmd.number is None:  # the numbers, when the sidebar is hidden (narrow)
+                self.info(self._numbered(order))
+                return
             if cmd.number > len(order):
                 self.error(f"there is no conversation {cmd.number}: the sidebar lists "
                            f"{len(order)}")
@@ -1087,7 +1183,11 @@ class ChatConsole:
             self.switch(order[cmd.number - 1])
         elif isinstance(cmd, c.Me):
             if conv is None or conv.kind != "room":
-                self.error("/me works in rooms")
+                # A DM has no kind on the wire (docs/PROTOCOL.md §6.7, unlike SEND's
+                # "action"): an action there would need a protocol change.
+                self.error("/me works in rooms: a direct message cannot carry an action "
+                           "(type it as text)")
+                self._give_back(typed)
                 return
             await self._say(cmd.text, conv.key, action=True, typed=typed)
         elif isinstance(cmd, c.Who):
@@ -1133,7 +1233,7 @@ class ChatConsole:
             self.info("you are back")
         elif isinstance(cmd, c.History):
             if conv is None:
-                self.error("no conversation: /join a room first")
+                self.error(NOTHING_OPEN)
                 return
             added = await self._load_older(conv, conv.oldest_seq, cmd.count)
             self.info(f"loaded {added} older message{'s' if added != 1 else ''}")
@@ -1148,6 +1248,25 @@ class ChatConsole:
             for line in c.help_text(cmd.command):
                 self.info(line)
         self.app.invalidate()
+
+    def _numbered(self, order: list[str]) -> str:
+        """``/window``: ``conversations: 1 #lobby (shown), 2 #dev (3), 3 @bob — /window
+        N or Alt-N shows one``, by the sidebar's order and with its unread counts."""
+        if not order:
+            return "no conversation open: /join ROOM or /query NAME"
+        counts = v.unseen_counts((self.conversations[k] for k in order),
+                                 self.client.unread, self.active)
+        shown = []
+        for n, key in enumerate(order, 1):
+            conv = self.conversations[key]
+            name = ("#" if conv.kind == "room" else "@") + conv.title
+            if not conv.joined:
+                name = f"({name})"
+            count = counts.get(key)
+            extra = (" (shown)" if key == self.active
+                     else f" ({count.unread})" if count is not None and count.unread else "")
+            shown.append(f"{n} {name}{extra}")
+        return f"conversations: {', '.join(shown)} — /window N or Alt-N shows one"
 
     async def _topic(self, cmd: c.Topic) -> None:
         """/topic [#ROOM] [TEXT]: show or set the topic of the current room or ROOM. A
@@ -1360,7 +1479,8 @@ class ChatConsole:
     async def quit(self, text: str = "") -> None:
         """Log out (briefly: the broker may be gone) and leave the screen. A read marker
         still waiting out MARK_READ_INTERVAL_S goes first: what you saw stays read."""
-        if self.client.state == "connected":
+        if self.client.state == "connected" and not self._logged_out:
+            self._logged_out = True
             with contextlib.suppress(ZchatError, TimeoutError):
                 await asyncio.wait_for(self._flush_marks(), QUIT_TIMEOUT_S / 2)
             with contextlib.suppress(ZchatError, TimeoutError):
@@ -1378,7 +1498,12 @@ class ChatConsole:
     def _message_rows(self, width: int, height: int) -> list[Row]:
         conv = self.current
         if conv is None:
-            return [[("class:info", "No conversation. /join ROOM")]]
+            head: Row = [("class:info", NO_CONVERSATION)]
+            if not self.no_conversation.lines:
+                return [head]
+            said = self.no_conversation.viewport(width, max(0, height - 1), self.me,
+                                                 self.tz).rows
+            return [head, *said]
         more = not conv.following
         vp = conv.viewport(width, height - (1 if more else 0), self.me, self.tz)
         blank: list[Row] = [[] for _ in range(height - len(vp.rows) - (1 if more else 0))]
@@ -1647,25 +1772,46 @@ class ChatConsole:
     # -- running -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Show the screen until /quit, Ctrl-C or Ctrl-D; closes the client on the way out."""
+        """Show the screen until /quit, Ctrl-C or Ctrl-D, or until the terminal is gone
+        (its end of input, or EIO reading or writing it: the window or tmux session was
+        closed); closes the client on the way out.
+
+        However it ends — those, or SIGTERM or SIGHUP cancelling it (see cli.cmd_join),
+        or prompt_toolkit failing — it logs out first unless /quit did (at most
+        QUIT_TIMEOUT_S), so the others see us offline now, not after the broker's
+        heartbeat timeout. An exception of prompt_toolkit's own callbacks is logged
+        (console.log), not printed over the screen with a wait for Enter that a closed
+        terminal would never give."""
         pump = asyncio.ensure_future(self.pump())
+        me = asyncio.current_task()
+        cancelled = False
         try:
             await self.start()
-            await self.app.run_async()
-        except asyncio.CancelledError:
-            # SIGTERM, or SIGHUP (the terminal was closed; see cli.cmd_join): log out as
-            # /quit does, so the others see us offline now, not after the heartbeat timeout.
-            if self.client.state == "connected":
-                with contextlib.suppress(ZchatError, TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(self.client.logout(), QUIT_TIMEOUT_S)
-            raise
+            await self.app.run_async(set_exception_handler=False)
+        except (EOFError, OSError) as exc:  # the terminal went away
+            log.info("the terminal is gone (%r); logging out", exc)
+            # A SIGHUP's cancellation that met EIO while prompt_toolkit restored the
+            # terminal: still a cancellation (exit status 129), once logged out.
+            cancelled = me is not None and me.cancelling() > 0
         finally:
+            if self.client.state == "connected" and not self._logged_out:
+                self._logged_out = True
+                with contextlib.suppress(ZchatError, TimeoutError, OSError,
+                                         asyncio.CancelledError):
+                    await asyncio.wait_for(self.client.logout(), QUIT_TIMEOUT_S)
             pump.cancel()
             for task in list(self._tasks):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
             await self.client.close()
+        if cancelled:
+            raise asyncio.CancelledError
+
+
+def _short(typed: str) -> str:
+    """A line as typed, cut to 40 characters, to name it in a notice."""
+    return typed if len(typed) <= 40 else typed[:39] + "…"
 
 
 def _count(n: int, noun: str) -> str:

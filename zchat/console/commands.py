@@ -111,10 +111,11 @@ class Close(Command):
 
 @dataclass(frozen=True, slots=True)
 class Window(Command):
-    """Show the ``number``-th conversation as the sidebar lists them (from 1)."""
+    """Show the ``number``-th conversation as the sidebar lists them (from 1); None:
+    list the conversations with their numbers (the sidebar may be hidden)."""
 
     NAME: ClassVar[str] = "window"
-    number: int
+    number: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,10 +477,11 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "conversation with a user (@bob), opening it if the account exists.",
                 lambda a: Switch(a["TARGET"][1:] if a["TARGET"].startswith("#")
                                  else a["TARGET"]), "moving"),
-    CommandSpec("window", (Param("N"),), "show the N-th conversation",
+    CommandSpec("window", (Param("N", required=False),), "show the N-th conversation",
                 "Shows the N-th conversation as the sidebar lists them, rooms first, "
-                "then direct ones (as Alt-1 … Alt-9 do).",
-                lambda a: Window(_window(a["N"])), "moving"),
+                "then direct ones (as Alt-1 … Alt-9 do). Without N, lists them with "
+                "their numbers (below 78 columns the sidebar is hidden).",
+                lambda a: Window(_window(a["N"]) if a.get("N") else None), "moving"),
     CommandSpec("away", (Param("TEXT", required=False, rest=True),), "mark yourself away",
                 "Sets your presence to away, with TEXT as the away message if given, "
                 "for all your sessions; the status bar shows [away: TEXT]. It is set "
@@ -569,6 +571,8 @@ ALIASES: dict[str, str] = {"j": "join", "leave": "part", "exit": "quit", "list":
 #: ``/help CMD`` for the detail.
 HELP_GROUPS: dict[str, str] = {"talk": "talk", "rooms": "rooms", "moving": "move",
                                "you": "you", "moderation": "moderate"}
+#: Said after a group's commands in the /help overview.
+HELP_GROUP_NOTES: dict[str, str] = {"moving": " — /window alone lists their numbers"}
 #: ``/help keys``: the keys of the console (docs/console.md, "Keys"), a few to a line.
 KEYS_HELP: tuple[str, ...] = (
     "Enter sends; Up/Down walk the lines you entered; Tab completes",
@@ -654,7 +658,7 @@ def help_text(cmd: str | None = None) -> list[str]:
                     continue
                 aliases = [a for a, n in ALIASES.items() if n == row.name and len(a) > 1]
                 names.append(f"/{row.name}" + "".join(f" (/{a})" for a in aliases))
-            lines.append(f"{heading}: {' '.join(names)}")
+            lines.append(f"{heading}: {' '.join(names)}{HELP_GROUP_NOTES.get(group, '')}")
         lines.append("// at the start of a line sends a line starting with /.")
         return lines
     if cmd.lstrip("/").casefold() == "keys":

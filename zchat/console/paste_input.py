@@ -89,6 +89,20 @@ def _readable(fd: int) -> bool:
         return False
 
 
+def _hung_up(fd: int) -> bool:
+    """Whether terminal ``fd`` was hung up (its pseudo-terminal's master closed: the
+    window or the tmux session is gone) or closed: poll says POLLHUP, POLLERR or
+    POLLNVAL. prompt_toolkit takes only an empty read for the end of its input; a hung-up
+    tty answers EIO instead, which it takes for a SIGWINCH and reads again, for ever."""
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _fd, events in poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
 class PasteGroupingInput(Input):
     """``inner`` (a prompt_toolkit ``Input``: the terminal, or a pipe in tests) whose
     ``read_keys`` returns a whole burst of input with pastes grouped
@@ -97,9 +111,15 @@ class PasteGroupingInput(Input):
 
     def __init__(self, inner: Input) -> None:
         self.inner = inner
+        self._hung_up = False
 
     def read_keys(self) -> list[KeyPress]:
         keys = self.inner.read_keys()
+        if not keys and not self.inner.closed and _hung_up(self.inner.fileno()):
+            # Readable, nothing read: the terminal is gone. Closed, the application
+            # ends (EOFError) and the console logs out (ChatConsole.run).
+            self._hung_up = True
+            return keys
         for _ in range(MAX_READS_PER_BURST - 1):
             if self.inner.closed or not _readable(self.inner.fileno()):
                 break
@@ -117,7 +137,7 @@ class PasteGroupingInput(Input):
 
     @property
     def closed(self) -> bool:
-        return self.inner.closed
+        return self._hung_up or self.inner.closed
 
     def raw_mode(self) -> AbstractContextManager[None]:
         return self.inner.raw_mode()

@@ -41,7 +41,7 @@ Row = list[Fragment]
 LineKind = Literal["message", "action", "notice", "error", "info", "dm"]
 #: Of a line you typed: "" (sent, or not yours), "pending" (sent, no answer yet) or
 #: "failed" (not sent: refused, or no answer in time).
-SendStatus = Literal["", "pending", "failed"]
+SendStatus = Literal["", "pending", "failed", "unknown"]
 ConversationKind = Literal["room", "dm"]
 Presence = Literal["online", "away", "offline"]
 ConnectionState = Literal["connected", "reconnecting", "disconnected"]
@@ -105,6 +105,7 @@ DEFAULT_STYLE: dict[str, str] = {
     "own nick": "bold",
     "pending": "#808080",
     "failed": "#d75f5f",
+    "unknown": "#d75f5f",
     "mention": "bold",
     "mention text": "#d7005f bold",
     "notice": "#808080",
@@ -470,7 +471,8 @@ class Line:
 
 
 #: What follows the text of a line not sent yet, or not sent at all.
-STATUS_SUFFIX: dict[str, str] = {"pending": " (sending…)", "failed": " (not sent)"}
+STATUS_SUFFIX: dict[str, str] = {"pending": " (sending…)", "failed": " (not sent)",
+                                  "unknown": " (no answer)"}
 
 _SPOKEN: frozenset[str] = frozenset({"message", "action", "dm"})
 _DEFAULT_MARKER: dict[str, str] = {"notice": "--", "info": "--", "error": "=!=", "action": "*"}
@@ -850,24 +852,28 @@ class Conversation:
                 return i
         return None
 
-    def pending(self, kind: LineKind, text: str) -> Line | None:
+    def pending(self, kind: LineKind, text: str,
+                status: SendStatus = "pending") -> Line | None:
         """The oldest line you typed of ``kind`` and ``text`` still waiting for the broker's
-        answer (status ``pending``), or None."""
-        return next((ln for ln in self.lines if ln.status == "pending" and ln.kind == kind
+        answer (status ``pending``; or of another ``status``: ``unknown``, the broker never
+        answered it), or None."""
+        return next((ln for ln in self.lines if ln.status == status and ln.kind == kind
                      and ln.text == text), None)
 
-    def settle(self, typed: Line, sent: Line | None, me: str) -> None:
+    def settle(self, typed: Line, sent: Line | None, me: str,
+               status: SendStatus = "failed") -> None:
         """The broker answered the line you typed, shown as ``typed`` (status pending).
 
         ``sent``, the message as stored (with its seq and time), takes ``typed``'s place;
         when that seq is here already (its MESSAGE event came first), ``typed`` just goes.
-        ``sent`` None marks ``typed`` failed, drawn ``(not sent)``. A ``typed`` no longer
+        ``sent`` None marks ``typed`` failed, drawn ``(not sent)`` (or ``status``:
+        ``unknown``, ``(no answer)``, when it may be stored). A ``typed`` no longer
         here (``/clear``) is no matter: ``sent`` is then added at the end like a new line.
         """
         i = self._index_of(typed)
         if sent is None:
             if i is not None:
-                self.lines[i] = dataclasses.replace(typed, status="failed")
+                self.lines[i] = dataclasses.replace(typed, status=status)
             return
         sent = classify(dataclasses.replace(sent, status=""), me)
         seq = self._dedupe_key(sent)
@@ -885,8 +891,8 @@ class Conversation:
     def drop_failed(self, kind: LineKind, text: str) -> None:
         """Forget the lines of ``kind`` and ``text`` marked not sent: the same line is
         being sent again, and shows as pending instead."""
-        for line in [ln for ln in self.lines if ln.status == "failed" and ln.kind == kind
-                     and ln.text == text]:
+        for line in [ln for ln in self.lines if ln.status in ("failed", "unknown")
+                     and ln.kind == kind and ln.text == text]:
             self.lines.remove(line)
 
     def _drop(self, line: Line) -> None:
