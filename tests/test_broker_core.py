@@ -308,6 +308,7 @@ def test_second_login_on_same_routing_id_is_409(world: World) -> None:
     p.SetPassword(old="correct horse battery staple", new="pw"),
     p.FetchDmHistory(peer="alice"), p.MarkRead(upto=0, room="lobby"), p.Whois(name="alice"),
     p.FetchRoom(room="lobby"), p.DeleteRoom(room="lobby"),
+    p.SetQuota(name="alice", quota_bytes=0),
 ], ids=lambda r: r.TYPE)
 def test_requests_before_login_are_401(world: World, request_: p.Request) -> None:
     assert world.peer().register("alice").ok
@@ -326,7 +327,8 @@ def test_every_session_needing_type_is_covered() -> None:
                        "UNBAN", "MUTE", "UNMUTE", "INVITE", "SET_ROLE", "SET_ROOM",
                        "DELETE_MESSAGE", "BANS", "AUDIT", "USERS", "CREATE_ACCOUNTS",
                        "ADMIN_SET_PASSWORD", "ADMIN_DISABLE", "SET_PASSWORD",
-                       "DM_HISTORY", "MARK_READ", "WHOIS", "ROOM_INFO", "DELETE_ROOM"}
+                       "DM_HISTORY", "MARK_READ", "WHOIS", "ROOM_INFO", "DELETE_ROOM",
+                       "ADMIN_SET_QUOTA"}
 
 
 def test_info_and_ping_allowed_before_login(world: World) -> None:

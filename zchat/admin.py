@@ -4,15 +4,15 @@ Two modes, chosen by the command line (docs/admin.md "Two ways in"):
 
 - **over the wire** (``--as NAME``, an account listed in the broker's ``[broker] admins``):
   every operation is a request to the running broker (USERS, SESSIONS,
-  CREATE_ACCOUNTS, ADMIN_SET_PASSWORD, ADMIN_DISABLE, BANS, UNBAN, AUDIT;
-  docs/PROTOCOL.md §6.14, §6.32, §6.40-§6.45), which ends live sessions itself and writes
+  CREATE_ACCOUNTS, ADMIN_SET_PASSWORD, ADMIN_DISABLE, ADMIN_SET_QUOTA, BANS, UNBAN, AUDIT;
+  docs/PROTOCOL.md §6.14, §6.32, §6.40-§6.45, §6.53), which ends live sessions itself and writes
   the audit log with the admin's name;
 - **direct** (``--db FILE`` or the broker's data directory): the operations run on the
   SQLite file through :class:`zchat.store.Store`. Reading (users, sessions, bans, audit)
   and lifting bans are safe while a broker runs (bans are read from the database at each
   check). The writes whose effect a running broker holds in memory (creating accounts,
   resetting passwords, disabling and enabling) are refused while a broker holds the data
-  directory's ``broker.lock``, and hold that lock themselves while they run, so that no
+  directory's ``broker.lock`` (so do storage quotas), and hold that lock themselves while they run, so that no
   broker starts meanwhile. Their audit-log actor is ``local:<OS user>``.
 
 The validation of new accounts is shared with the broker (``check_new_account``, used by
@@ -305,6 +305,67 @@ def write_passwords_csv(path: Path, accounts: list[CheckedAccount]) -> None:
             writer.writerow([account.name, account.password])
 
 
+# -- storage quotas (docs/PROTOCOL.md §6.53) ----------------------------------------------
+
+#: Units ``zchat admin quota`` takes after a number: decimal as disks are sold (kB, MB, GB,
+#: TB) and binary (KiB, MiB, GiB, TiB); case does not matter.
+_QUOTA_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "k": 1000, "kb": 1000,
+                "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+                "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2,
+                "gib": 1024**3, "tib": 1024**4}
+_QUOTA_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+
+def parse_quota(text: str) -> int | None:
+    """``zchat admin quota``'s BYTES: ``none`` is 0 (no quota), ``default`` None (the
+    broker's ``storage_quota_bytes``), else a number of bytes with an optional unit
+    (``5000000``, ``5MB``, ``2.5 GiB``). Raises ValueError naming what is accepted when
+    it is none of these or above MAX_STORAGE_QUOTA_BYTES."""
+    raw = text.strip().lower()
+    if raw == "none":
+        return 0
+    if raw == "default":
+        return None
+    match = _QUOTA_RE.fullmatch(raw)
+    if match is None or match.group(2) not in _QUOTA_UNITS:
+        raise ValueError(f"must be a number of bytes (5000000, 5MB, 2GiB), none or "
+                         f"default, not {text!r}")
+    value = int(float(match.group(1)) * _QUOTA_UNITS[match.group(2)]) \
+        if "." in match.group(1) else int(match.group(1)) * _QUOTA_UNITS[match.group(2)]
+    if value > p.MAX_STORAGE_QUOTA_BYTES:
+        raise ValueError(f"must be at most {p.MAX_STORAGE_QUOTA_BYTES:,} bytes (1 PiB), "
+                         f"not {text!r}")
+    return value
+
+
+def _said_quota(reply: p.QuotaSet, err: TextIO) -> None:
+    from zchat.broker_core import size_text
+
+    quota = "no quota" if not reply.quota_bytes else \
+        f"a quota of {size_text(reply.quota_bytes)} ({reply.quota_bytes:,} bytes)"
+    err.write(f"{reply.name} has {quota}{' (the broker default)' if reply.default else ''}; "
+              f"{size_text(reply.stored_bytes)} stored\n")
+
+
+def set_quota_direct(store: Store, name: str, quota: int | None, default: int, actor: str,
+                     now_ms: int) -> p.QuotaSet:
+    """Set the account's storage quota (None: the broker's ``default`` again), audited,
+    in one transaction; nothing is written when it had that setting already. Returns
+    the setting now in force with the bytes the account has stored. Raises AdminError
+    for an unknown account."""
+    from zchat.broker_core import quota_text
+
+    key, display = _account(store, name)
+    quotas = store.storage_quotas()
+    if quotas.get(key) != quota:
+        with store.transaction():
+            store.set_storage_quota(key, quota)
+            store.append_audit(now_ms, actor, "quota", target=display,
+                               detail=quota_text(quota, default))
+    return p.QuotaSet(name=display, quota_bytes=default if quota is None else quota,
+                      default=quota is None, stored_bytes=store.storage_used().get(key, 0))
+
+
 # -- direct mode: the database file -------------------------------------------------------
 
 
@@ -437,14 +498,18 @@ def unban_direct(store: Store, name: str, room: str, kind: str, actor: str,
     return display
 
 
-def users_direct(store: Store) -> list[p.AccountInfo]:
+def users_direct(store: Store, default_quota: int = 0) -> list[p.AccountInfo]:
     """Every account; ``online`` means it holds a stored session (a live one, or one kept
-    for RESUME), ``sessions`` how many: the database's view, not the broker's memory."""
+    for RESUME), ``sessions`` how many: the database's view, not the broker's memory.
+    The quota is the account's own, else ``default_quota`` (the configured broker's)."""
     counts: dict[str, int] = {}
     for s in store.sessions():
         counts[s.account_key] = counts.get(s.account_key, 0) + 1
+    used, quotas = store.storage_used(), store.storage_quotas()
     return [p.AccountInfo(name=a.name, bot=a.bot, disabled=a.disabled, created=a.created_ms,
-                          online=a.key in counts, sessions=counts.get(a.key, 0))
+                          online=a.key in counts, sessions=counts.get(a.key, 0),
+                          stored_bytes=used.get(a.key, 0),
+                          quota_bytes=quotas.get(a.key, default_quota))
             for a in store.list_accounts()]
 
 
@@ -496,7 +561,7 @@ NEW_PASSWORD_ENV = "ZCHAT_NEW_PASSWORD"
 CREATE_S_PER_ACCOUNT = 0.5
 #: Commands that change what a running broker holds in memory: direct mode refuses
 #: them while a broker holds the data directory.
-_NEEDS_STOPPED = ("create", "reset-password", "disable", "enable")
+_NEEDS_STOPPED = ("create", "reset-password", "disable", "enable", "quota")
 
 
 def _fmt(ms: int) -> str:
@@ -742,19 +807,25 @@ def _report_created(args: argparse.Namespace, accounts: list[CheckedAccount],
 def _print_users(users: Iterable[p.AccountInfo], as_json: bool, out: TextIO) -> None:
     import json
 
+    from zchat.broker_core import size_text
+
     rows = []
     for u in users:
         if as_json:
             out.write(json.dumps({"name": u.name, "bot": u.bot, "disabled": u.disabled,
                                   "created": _iso(u.created), "created_ms": u.created,
-                                  "online": u.online, "sessions": u.sessions},
+                                  "online": u.online, "sessions": u.sessions,
+                                  "stored_bytes": u.stored_bytes,
+                                  "quota_bytes": u.quota_bytes or None},
                                  ensure_ascii=False) + "\n")
         else:
             rows.append((u.name, "yes" if u.bot else "no", "yes" if u.disabled else "no",
-                         _fmt(u.created), "yes" if u.online else "no", str(u.sessions)))
+                         _fmt(u.created), "yes" if u.online else "no", str(u.sessions),
+                         size_text(u.stored_bytes),
+                         size_text(u.quota_bytes) if u.quota_bytes else "-"))
     if not as_json:
-        print_rows(out, ("NAME", "BOT", "DISABLED", "CREATED (UTC)", "ONLINE", "SESSIONS"),
-                   rows)
+        print_rows(out, ("NAME", "BOT", "DISABLED", "CREATED (UTC)", "ONLINE", "SESSIONS",
+                         "STORED", "QUOTA"), rows)
 
 
 def _print_sessions(sessions: Iterable[p.SessionInfo], as_json: bool, out: TextIO) -> None:
@@ -845,20 +916,21 @@ def run_direct(args: argparse.Namespace, config: object) -> int:
             os.umask(old_umask)
         try:
             return _direct(action, args, store, hasher, sys.stdout, sys.stderr,
-                           cfg.min_password_chars)
+                           cfg.min_password_chars, cfg.storage_quota_bytes)
         finally:
             store.close()
 
 
 def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callable[[str], str],
-            out: TextIO, err: TextIO, min_password_chars: int) -> int:
+            out: TextIO, err: TextIO, min_password_chars: int, default_quota: int = 0) -> int:
     """One direct-mode action; new passwords need ``min_password_chars`` characters (the
-    configured broker's ``[broker] min_password_chars``, as the broker would ask)."""
+    configured broker's ``[broker] min_password_chars``, as the broker would ask), and
+    ``default_quota`` is its ``storage_quota_bytes``."""
     actor, now = local_actor(), _now_ms()
     as_json = bool(getattr(args, "json", False))
     name: str = getattr(args, "name", "") or ""
     if action == "users":
-        _print_users(users_direct(store), as_json, out)
+        _print_users(users_direct(store, default_quota), as_json, out)
     elif action == "sessions":
         _print_sessions(sessions_direct(store), as_json, out)
     elif action == "create":
@@ -883,6 +955,8 @@ def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callabl
         display, changed = set_disabled_direct(store, name, action == "disable", actor, now)
         err.write(f"{display} {action}d\n" if changed else f"{display} was {action}d "
                   "already; nothing changed\n")
+    elif action == "quota":
+        _said_quota(set_quota_direct(store, name, args.quota, default_quota, actor, now), err)
     elif action == "bans":
         _print_bans(bans_direct(store, now, _room_arg(getattr(args, "room", None))),
                     as_json, out)
@@ -996,6 +1070,8 @@ async def run_wire(args: argparse.Namespace, client: object) -> int:
     elif action in ("disable", "enable"):
         await client.set_disabled(name, action == "disable")
         err.write(f"{name} {action}d\n")
+    elif action == "quota":
+        _said_quota(await client.set_quota(name, args.quota), err)
     elif action == "bans":
         _print_bans((await client.bans(_room_arg(getattr(args, "room", None)))).bans,
                     as_json, out)

@@ -95,6 +95,26 @@ def _rate(per_s: float) -> str:
     return f"{per_s:g} a second" if per_s >= 0.1 else f"one every {1 / per_s:g} s"
 
 
+def size_text(n: int) -> str:
+    """A number of bytes for people, in decimal units: ``512 bytes``, ``1.0 MB``."""
+    if n < 1000:
+        return f"{n} byte{'' if n == 1 else 's'}"
+    value = float(n)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 999.95:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1000:.1f} PB"
+
+
+def quota_text(quota: int | None, default: int) -> str:
+    """A storage quota as the audit log and the operator see it (docs/PROTOCOL.md §6.53):
+    ``1,000,000 bytes``, ``none``, or ``default (…)`` for None, the broker's own."""
+    if quota is None:
+        return f"default ({quota_text(default, 0)})"
+    return f"{quota:,} bytes" if quota else "none"
+
+
 def _seconds(ms: int) -> str:
     """A wait for a person, rounded up: ``0.3 s`` under ten seconds, else ``12 s``."""
     return f"{math.ceil(ms / 100) / 10:.1f} s" if ms < 10_000 else f"{math.ceil(ms / 1000)} s"
@@ -278,6 +298,17 @@ class BrokerCore:
         for creator in self.creators.values():
             if creator:
                 self.rooms_created[creator] = self.rooms_created.get(creator, 0) + 1
+        #: Storage quotas (docs/PROTOCOL.md §6.53): the accounts with a quota of their own
+        #: (bytes, 0 none; the others have ``storage_quota_bytes``), and account key ->
+        #: bytes of message text it has stored, counted with one query (a scan of every
+        #: text, ~0.7 s a million messages) here when a quota is in force, else at the
+        #: first USERS or ADMIN_SET_QUOTA (``stored``), then kept up to date by SEND, DM
+        #: and DELETE_ROOM: never a query per message; a rebuilt core counts again. None
+        #: while not counted: a broker without quotas pays nothing for them.
+        self.storage_quotas: dict[str, int] = store.storage_quotas()
+        self.storage_used: dict[str, int] | None = (
+            store.storage_used() if config.storage_quota_bytes or any(
+                self.storage_quotas.values()) else None)
         self.slow_mode: dict[str, int] = {k: s for k, (_c, s) in settings.items()}
         self._last_post: dict[str, dict[str, float]] = {}
         # Moderation (docs/PROTOCOL.md §17): room roles ("owner"/"moderator"; members have
@@ -322,7 +353,7 @@ class BrokerCore:
             p.AdminSetPassword: self._admin_set_password, p.SetDisabled: self._set_disabled,
             p.SetPassword: self._set_password, p.FetchDmHistory: self._dm_history,
             p.MarkRead: self._mark_read, p.Whois: self._whois, p.FetchRoom: self._room_info,
-            p.DeleteRoom: self._delete_room,
+            p.DeleteRoom: self._delete_room, p.SetQuota: self._set_quota,
         }
 
     # -- entry points ---------------------------------------------------------------------
@@ -1218,9 +1249,21 @@ class BrokerCore:
         self._check_may_post(key, session, now_ms)
         if self.slow_mode.get(key):
             self._check_slow_mode(key, session, now_s)
-        posted = self.store.post_message(key, session.name, req.kind, text, req.cmid, now_ms,
-                                         session.account_key,
-                                         self._mentioned(key, text, session.account_key))
+        me = session.account_key
+        used = self.storage_used
+        size = (len(text) if text.isascii() else len(text.encode())) if used is not None else 0
+        posted = None
+        if used is not None and self._over_quota(me, used, size):
+            # a retry of a message stored before the quota filled is still answered
+            posted = self.store.message_by_cmid(key, session.name, req.cmid) \
+                if req.cmid else None
+            if posted is None:
+                raise self._quota_full(me, used, size)
+        if posted is None:
+            posted = self.store.post_message(key, session.name, req.kind, text, req.cmid,
+                                             now_ms, me, self._mentioned(key, text, me))
+            if used is not None and not posted.duplicate:
+                used[me] = used.get(me, 0) + size
         seq = posted.seq
         if posted.duplicate:  # a retry (§6.8): the original was published already
             log.debug("SEND retry %r in %s: message #%d", req.cmid, self.rooms[key], seq)
@@ -1235,6 +1278,33 @@ class BrokerCore:
                                 sender=session.name, text=text, kind=req.kind)
         return [*self._room_event(key, event),
                 self._ok(rid, req_id, p.Sent(room=self.rooms[key], seq=seq, time=now_ms))]
+
+    def quota_of(self, account_key: str) -> int:
+        """The account's storage quota in force, bytes (0: none): its own, else the
+        broker's ``storage_quota_bytes`` (docs/PROTOCOL.md §6.53)."""
+        return self.storage_quotas.get(account_key, self.config.storage_quota_bytes)
+
+    def _over_quota(self, account_key: str, used: dict[str, int], size: int) -> bool:
+        """Whether ``size`` more bytes take the account past its quota (reaching it is
+        allowed)."""
+        quota = self.quota_of(account_key)
+        return bool(quota) and used.get(account_key, 0) + size > quota
+
+    def _quota_full(self, account_key: str, used: dict[str, int], size: int) -> ProtocolError:
+        """The 403 of a SEND or DM of ``size`` bytes that would take the account past its
+        storage quota (docs/PROTOCOL.md §6.53). Deleting messages frees nothing (their
+        text is kept for the audit), so the way out is an admin."""
+        return ProtocolError(Status.FORBIDDEN, f"your account's storage quota is full "
+                             f"({size_text(used.get(account_key, 0))} of "
+                             f"{size_text(self.quota_of(account_key))}; this message is "
+                             f"{size_text(size)}): ask a broker admin to raise it")
+
+    def stored(self) -> dict[str, int]:
+        """Account key -> bytes of message text stored (§6.53), counted now if they were
+        not yet (``storage_used``)."""
+        if self.storage_used is None:
+            self.storage_used = self.store.storage_used()
+        return self.storage_used
 
     def _mentioned(self, key: str, text: str, sender_key: str) -> tuple[str, ...]:
         """The members of room ``key`` other than the sender that ``text`` mentions
@@ -1271,9 +1341,22 @@ class BrokerCore:
         if len(req.cmid) > p.MAX_CMID_CHARS:
             raise ProtocolError(Status.BAD_REQUEST,
                                 f"cmid longer than {p.MAX_CMID_CHARS} characters")
-        posted = self.store.post_dm(session.name, to_key, recipient.name, text, req.cmid,
-                                    now_ms, max_pending=self.config.max_stored_dms,
-                                    sender_key=session.account_key)
+        me = session.account_key
+        used = self.storage_used
+        size = (len(text) if text.isascii() else len(text.encode())) if used is not None else 0
+        posted = None
+        if used is not None and self._over_quota(me, used, size):
+            # a retry of a DM stored before the quota filled is still answered
+            posted = self.store.dm_by_cmid(session.name, to_key, req.cmid) \
+                if req.cmid else None
+            if posted is None:
+                raise self._quota_full(me, used, size)
+        if posted is None:
+            posted = self.store.post_dm(session.name, to_key, recipient.name, text, req.cmid,
+                                        now_ms, max_pending=self.config.max_stored_dms,
+                                        sender_key=me)
+            if used is not None and not posted.duplicate:
+                used[me] = used.get(me, 0) + size
         dm_id = posted.seq
         if posted.duplicate:  # a retry (§6.7): pushed already, or pending for next login
             return [self._ok(rid, req_id, p.DmSent(
@@ -2026,11 +2109,21 @@ class BrokerCore:
         self._require_inside(key, session, "delete it")
         reason = self._check_away_text(req.reason, "reason")
         name = self.rooms[key]
+        used = self.storage_used
         with self.store.transaction():
+            # the room's text, by sender (§6.53)
+            freed = self.store.storage_used(key) if used is not None else {}
             messages, members = self.store.delete_room(key)
             self._audit(now_ms, session, "delete_room", key,
                         detail=f"{messages} messages, {members} members"
                         + (f"; {reason}" if reason else ""))
+        for account_key, size in freed.items():
+            assert used is not None
+            left = used.get(account_key, 0) - size
+            if left > 0:
+                used[account_key] = left
+            else:
+                used.pop(account_key, None)
         # carried as the room's events are, to the members it had (pushed if private)
         actions: list[Action] = [self._ok(rid, req_id, p.Ok()), *self._room_event(
             key, p.RoomDeleted(room=name, by=session.name, time=now_ms, reason=reason,
@@ -2114,10 +2207,13 @@ class BrokerCore:
         """USERS (§6.42): every account with bot, disabled, created and live sessions.
         Admins only (403)."""
         self._require_admin(session, "list accounts")
+        stored = self.stored()
         users = tuple(p.AccountInfo(name=a.name, bot=a.bot, disabled=a.disabled,
                                     created=a.created_ms,
                                     online=bool(self._live_sessions(a.key)),
-                                    sessions=len(self._live_sessions(a.key)))
+                                    sessions=len(self._live_sessions(a.key)),
+                                    stored_bytes=stored.get(a.key, 0),
+                                    quota_bytes=self.quota_of(a.key))
                       for a in self.store.list_accounts())
         return [self._ok(rid, req_id, p.UserList(users=users))]
 
@@ -2217,6 +2313,41 @@ class BrokerCore:
         return [ok, *self.end_account_sessions(
             key, now_ms, by=session.name,
             why="your account was disabled; ask a broker admin to enable it")]
+
+    def _set_quota(self, rid: bytes, req_id: bytes, req: p.SetQuota, session: Session,
+                   now_s: float, now_ms: int, address: str) -> list[Action]:
+        """ADMIN_SET_QUOTA (§6.53): an admin gives an account a storage quota of its own
+        (bytes of message text; 0 no quota) or, with None, the broker's default again.
+        It bounds what the account stores from now on; nothing stored is removed.
+        Audited when it changed. 403 not an admin, or the account is another broker
+        admin's (the operator's, on the database); 404 no such account; 400 outside
+        0..MAX_STORAGE_QUOTA_BYTES."""
+        self._require_admin(session, "set storage quotas")
+        key = self._account_key(req.name)
+        name = self.accounts[key].name
+        if key in self.admins and key != session.account_key:
+            raise ProtocolError(Status.FORBIDDEN, f"{name} is a broker admin: only the "
+                                "operator sets another admin's quota, with `zchat admin "
+                                "quota` on the database")
+        quota = req.quota_bytes
+        if quota is not None and not 0 <= quota <= p.MAX_STORAGE_QUOTA_BYTES:
+            raise ProtocolError(Status.BAD_REQUEST, f"quota_bytes must be 0 (no quota) to "
+                                f"{p.MAX_STORAGE_QUOTA_BYTES:,}, or null (the broker's "
+                                f"default), got {quota}")
+        if self.storage_quotas.get(key) != quota:
+            with self.store.transaction():
+                self.store.set_storage_quota(key, quota)
+                self._audit(now_ms, session, "quota", target=name, detail=quota_text(
+                    quota, self.config.storage_quota_bytes))
+            if quota is None:
+                self.storage_quotas.pop(key, None)
+            else:
+                self.storage_quotas[key] = quota
+            log.info("%s set the storage quota of %s to %s", session.name, name,
+                     quota_text(quota, self.config.storage_quota_bytes))
+        return [self._ok(rid, req_id, p.QuotaSet(
+            name=name, quota_bytes=self.quota_of(key), default=key not in self.storage_quotas,
+            stored_bytes=self.stored().get(key, 0)))]
 
     def _set_password(self, rid: bytes, req_id: bytes, req: p.SetPassword, session: Session,
                       now_s: float, now_ms: int, address: str) -> list[Action]:

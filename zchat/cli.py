@@ -132,6 +132,17 @@ def _count(low: int, high: int | None = None) -> Callable[[str], int]:
     return count
 
 
+def _quota_arg(text: str) -> int | None:
+    """argparse type of ``zchat admin quota``'s BYTES (zchat.admin.parse_quota): a bad
+    one is a usage error (exit code 2)."""
+    from zchat.admin import parse_quota
+
+    try:
+        return parse_quota(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _room_arg(text: str) -> str:
     """argparse type of a room name: ``#dev`` as the console writes it is ``dev`` (one
     leading '#' dropped; names cannot hold '#', docs/PROTOCOL.md §12)."""
@@ -399,8 +410,8 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
                                     "account in the broker's [broker] admins) they go over "
                                     "the wire to the running broker; without it they work "
                                     "on the database (--db FILE, else the broker's data "
-                                    "directory): create, reset-password, disable and "
-                                    "enable then need the broker stopped.")
+                                    "directory): create, reset-password, disable, "
+                                    "enable and quota then need the broker stopped.")
     ad_sub = ad.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
 
     def admin_opts(sp: argparse.ArgumentParser, json_out: bool = False) -> None:
@@ -415,7 +426,7 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
             sp.add_argument("--json", action="store_true", help="one JSON object per line")
 
     admin_opts(ad_sub.add_parser("users", help="list accounts: bot, disabled, created, "
-                                               "online"), json_out=True)
+                                               "online, stored bytes, quota"), json_out=True)
     admin_opts(ad_sub.add_parser("sessions", help="list sessions: address, login time, "
                                                   "last seen"), json_out=True)
     cr = ad_sub.add_parser("create", help="create accounts from a CSV file, all or none",
@@ -443,6 +454,15 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
         sp = ad_sub.add_parser(verb, help=text)
         admin_opts(sp)
         sp.add_argument("name", metavar="NAME", type=_account_arg)
+    qu = ad_sub.add_parser("quota", help="set an account's storage quota",
+                           description="Set how many bytes of message text (room messages "
+                                       "and DMs) an account may store: BYTES (5000000, "
+                                       "5MB, 2GiB), none (no quota) or default (the "
+                                       "broker's storage_quota_bytes). A SEND or DM past it "
+                                       "is refused; nothing stored is removed.")
+    admin_opts(qu)
+    qu.add_argument("name", metavar="NAME", type=_account_arg)
+    qu.add_argument("quota", metavar="BYTES|none|default", type=_quota_arg)
     bn = ad_sub.add_parser("bans", help="list the bans and mutes in force")
     admin_opts(bn, json_out=True)
     bn.add_argument("--room", metavar="ROOM", type=_room_arg,

@@ -1243,6 +1243,13 @@ class Client:
         """Disable (ending its sessions) or enable the account ``name`` (admins; §6.45)."""
         await self.request(p.SetDisabled(name=name, disabled=disabled))
 
+    async def set_quota(self, name: str, quota_bytes: int | None) -> p.QuotaSet:
+        """Give the account ``name`` a storage quota of its own, ``quota_bytes`` of message
+        text (0: no quota), or with None the broker's default again (admins; §6.53).
+        Raises RequestFailed 403 (not an admin, or another admin's account), 404, 400."""
+        reply: p.QuotaSet = await self.request(p.SetQuota(name=name, quota_bytes=quota_bytes))
+        return reply
+
     async def set_password(self, old: str, new: str) -> None:
         """Change this account's password (§6.46); its other sessions end, this one goes
         on. Raises RequestFailed 401 (wrong old password; counted by the login rate

@@ -26,7 +26,7 @@ from typing import Any
 
 from zchat.errors import ZchatError
 from zchat.keys import ENCRYPTION_MODES, BadKey, check_key
-from zchat.protocol import MAX_PASSWORD_CHARS
+from zchat.protocol import MAX_PASSWORD_CHARS, MAX_STORAGE_QUOTA_BYTES
 
 #: The file's name inside the zchat config directory.
 CONFIG_FILE_NAME = "zchat.toml"
@@ -154,6 +154,10 @@ class BrokerConfig:
       JOINs that create a room (0 off; >= 1).
     - ``max_rooms_created``: rooms one account may have created and not deleted (0 no
       limit; broker admins are exempt).
+    - ``storage_quota_bytes``: bytes of message text (room messages and DMs, UTF-8) one
+      account may store, unless an operator gave it a quota of its own (ADMIN_SET_QUOTA,
+      docs/PROTOCOL.md §6.53); a SEND or DM beyond it gets 403 (0 no quota, the default;
+      0..MAX_STORAGE_QUOTA_BYTES).
     - ``resume_grace_s``: after a broker start, seconds during which the sessions kept from
       before the restart may be resumed (RESUME, docs/PROTOCOL.md §6.27); then they are
       forgotten (>= 0; 0 disables resuming across a restart).
@@ -217,6 +221,8 @@ class BrokerConfig:
     room_create_rate_per_s: float = 0.05
     room_create_burst: int = 10
     max_rooms_created: int = 100
+    #: 0: no quota, so that a broker upgraded to this setting refuses nobody's messages.
+    storage_quota_bytes: int = 0
     resume_grace_s: float = 300.0
     encryption: str = "curve"
     key_endpoint: str = ""
@@ -418,6 +424,7 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``account_send_burst``, ``presence_burst``, ``room_create_burst``, ``max_sessions``
     and ``max_connections`` 1..MAX_COUNT_SETTING; ``max_connections_per_address``
     1..``max_connections``; ``max_rooms_created`` 0..MAX_COUNT_SETTING;
+    ``storage_quota_bytes`` 0..MAX_STORAGE_QUOTA_BYTES;
     ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keys).
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
@@ -504,6 +511,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     if not 0 <= b.max_rooms_created <= MAX_COUNT_SETTING:
         fail("broker", "max_rooms_created", f"must be 0 (no limit) to "
              f"{MAX_COUNT_SETTING:,}, got {b.max_rooms_created}")
+    if not 0 <= b.storage_quota_bytes <= MAX_STORAGE_QUOTA_BYTES:
+        fail("broker", "storage_quota_bytes", f"must be 0 (no quota) to "
+             f"{MAX_STORAGE_QUOTA_BYTES:,} bytes, got {b.storage_quota_bytes}")
     if not 0 <= b.resume_grace_s <= MAX_DURATION_S:
         fail("broker", "resume_grace_s", f"must be 0 to {MAX_DURATION_S:,} s, got "
              f"{b.resume_grace_s}")

@@ -92,6 +92,9 @@ MAX_AUDIT_LIMIT = 500
 #: few dozen characters the request stays far below MAX_BODY_BYTES, and hashing them all
 #: (scrypt, one after the other off the loop) takes seconds, not minutes.
 MAX_CREATE_ACCOUNTS = 200
+#: Largest storage quota (ADMIN_SET_QUOTA §6.53, ``storage_quota_bytes`` §9), in bytes of
+#: message text: 1 PiB, more than any disk a broker stores on; a larger one is a typo.
+MAX_STORAGE_QUOTA_BYTES = 2**50
 
 Presence = Literal["online", "away", "offline"]
 MessageKind = Literal["text", "action"]
@@ -255,6 +258,10 @@ class AccountInfo:
     created: int
     online: bool
     sessions: int = 0
+    #: Bytes of message text the account has stored, and its storage quota in force
+    #: (0: none) (§6.53).
+    stored_bytes: int = 0
+    quota_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,6 +689,18 @@ class AccountsCreated(Reply):
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaSet(Reply):
+    """ADMIN_SET_QUOTA's reply (§6.53): the account's display name, the quota now in force
+    (bytes of message text; 0 none), whether it is the broker's default
+    (``storage_quota_bytes``) rather than its own, and the bytes it has stored."""
+
+    name: str
+    quota_bytes: int
+    default: bool
+    stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Error(Message):
     """An ERROR reply: a 3-digit status (§11) and a human-readable reason."""
 
@@ -1100,6 +1119,18 @@ class SetDisabled(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class SetQuota(Request):
+    """Give the account ``name`` a storage quota of its own, ``quota_bytes`` of message
+    text (0: no quota), or with None make it follow the broker's default again (admins
+    only, §6.53)."""
+
+    TYPE: ClassVar[str] = "ADMIN_SET_QUOTA"
+    REPLY: ClassVar[type[Reply]] = QuotaSet
+    name: str
+    quota_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class SetPassword(Request):
     """Change the logged-in account's own password from ``old`` to ``new`` (§6.46)."""
 
@@ -1115,7 +1146,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
                 CreateToken, ListTokens, RevokeToken, Resume, SetSlowMode, Kick, Ban, Unban,
                 Mute, Unmute, Invite, SetRole, SetRoom, DeleteMessage, ListBans, ReadAudit,
                 ListUsers, CreateAccounts, AdminSetPassword, SetDisabled, SetPassword,
-                FetchDmHistory, MarkRead, Whois, FetchRoom, DeleteRoom)
+                FetchDmHistory, MarkRead, Whois, FetchRoom, DeleteRoom, SetQuota)
 }
 #: Events of a room, published on its topic, or pushed to each member session instead
 #: when the room is private (§17.2).

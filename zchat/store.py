@@ -233,6 +233,12 @@ MIGRATIONS: tuple[str, ...] = (
                 FROM direct_messages)
           GROUP BY account_key, peer_key) AS c;
     """,
+    # 6 -> 7: storage quotas (issue 14, docs/PROTOCOL.md §6.53). An account's own quota on
+    # the bytes of message text it has stored, set by an operator: NULL follows the
+    # broker's ``storage_quota_bytes``, 0 is no quota, else the bytes it may store.
+    """
+    ALTER TABLE accounts ADD COLUMN storage_quota_bytes INTEGER;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -689,6 +695,45 @@ class Store:
                 self._db.execute("SELECT key, name, bot, disabled, created_ms FROM accounts "
                                  "ORDER BY key")]
 
+    # -- storage quotas (docs/PROTOCOL.md §6.53) ------------------------------------------
+
+    def storage_used(self, room_key: str | None = None) -> dict[str, int]:
+        """Bytes of message text (UTF-8) each account has stored: account key -> bytes.
+        Its room messages, deleted ones included (their text stays, for the audit), and
+        its DMs; with ``room_key``, only its messages in that room (what DELETE_ROOM
+        frees). One GROUP BY per table, a scan of the text: the broker runs it at start
+        and keeps the sums in memory. Messages stored before their sender's key was
+        (schema 6) are counted by the key of their sender's name."""
+        used: dict[str, int] = {}
+        sql = ("SELECT sender_key, sender, SUM(length(CAST(text AS BLOB))) FROM messages "
+               + ("WHERE room_key = ? " if room_key is not None else "")
+               + "GROUP BY sender_key, sender")
+        queries = [(sql, (room_key,) if room_key is not None else ())]
+        if room_key is None:
+            queries.append(("SELECT sender_key, sender, SUM(length(CAST(text AS BLOB))) "
+                            "FROM direct_messages GROUP BY sender_key, sender", ()))
+        for query, params in queries:
+            for key, sender, size in self._db.execute(query, params):
+                key = key or name_key(sender)
+                used[key] = used.get(key, 0) + int(size or 0)
+        return used
+
+    def storage_quotas(self) -> dict[str, int]:
+        """The accounts with a quota of their own: account key -> bytes (0: no quota);
+        the others follow the broker's ``storage_quota_bytes``."""
+        return {str(k): int(q) for k, q in self._db.execute(
+            "SELECT key, storage_quota_bytes FROM accounts "
+            "WHERE storage_quota_bytes IS NOT NULL")}
+
+    def set_storage_quota(self, key: str, quota_bytes: int | None) -> bool:
+        """Give the account a quota of its own (bytes; 0 no quota) or, with None, make it
+        follow the broker's default again, and commit; False when there is no such
+        account."""
+        with self._write() as db:
+            cur = db.execute("UPDATE accounts SET storage_quota_bytes = ? WHERE key = ?",
+                             (quota_bytes, key))
+            return cur.rowcount == 1
+
     def set_password_hash(self, key: str, password_hash: str) -> bool:
         """Replace the account's password hash and commit; returns False when there is no
         such account (ADMIN_SET_PASSWORD §6.44, SET_PASSWORD §6.46)."""
@@ -977,17 +1022,23 @@ class Store:
     def _post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
                       now_ms: int, sender_key: str = "") -> PostedRow:
         if cmid:
-            # INDEXED BY: without it the planner walks the room by primary key (the
-            # partial index's "cmid <> ''" cannot be proved of a bound parameter), a
-            # scan of the whole room per SEND.
-            row = self._db.execute("SELECT seq, time_ms FROM messages INDEXED BY "
-                                   "messages_by_cmid WHERE room_key = ? AND sender = ? AND "
-                                   "cmid = ? AND cmid <> '' ORDER BY seq LIMIT 1",
-                                   (room_key, sender, cmid)).fetchone()
-            if row is not None:
-                return PostedRow(int(row[0]), int(row[1]), True)
+            found = self.message_by_cmid(room_key, sender, cmid)
+            if found is not None:
+                return found
         seq = self.append_message(room_key, sender, kind, text, cmid, now_ms, sender_key)
         return PostedRow(seq, now_ms, False)
+
+    def message_by_cmid(self, room_key: str, sender: str, cmid: str) -> PostedRow | None:
+        """The message ``sender`` (display name) stored in the room with the non-empty
+        ``cmid`` (``duplicate=True``), or None (docs/PROTOCOL.md §6.8)."""
+        # INDEXED BY: without it the planner walks the room by primary key (the partial
+        # index's "cmid <> ''" cannot be proved of a bound parameter), a scan of the
+        # whole room per SEND.
+        row = self._db.execute("SELECT seq, time_ms FROM messages INDEXED BY "
+                               "messages_by_cmid WHERE room_key = ? AND sender = ? AND "
+                               "cmid = ? AND cmid <> '' ORDER BY seq LIMIT 1",
+                               (room_key, sender, cmid)).fetchone()
+        return PostedRow(int(row[0]), int(row[1]), True) if row is not None else None
 
     def history(self, room_key: str, before: int | None, after: int | None,
                 limit: int) -> list[MessageRow]:
@@ -1328,20 +1379,28 @@ class Store:
         DM to another recipient, StorageError(503) if not committed. Otherwise as
         ``store_dm`` (the recipient keeps at most ``max_pending`` unacknowledged DMs).
         """
-        with self._write() as db:
+        with self._write():
             if cmid:
-                row = db.execute("SELECT id, time_ms, recipient_key FROM direct_messages "
-                                 "INDEXED BY dms_by_cmid WHERE sender = ? AND cmid = ? AND "
-                                 "cmid <> '' ORDER BY id LIMIT 1",
-                                 (sender, cmid)).fetchone()
-                if row is not None:
-                    if row[2] != recipient_key:
-                        raise ProtocolError(Status.CONFLICT, "this cmid was used for a DM to "
-                                            "someone else; use a new cmid per message")
-                    return PostedRow(int(row[0]), int(row[1]), True)
+                found = self.dm_by_cmid(sender, recipient_key, cmid)
+                if found is not None:
+                    return found
             dm_id = self.store_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
                                   cmid=cmid, sender_key=sender_key)
         return PostedRow(dm_id, now_ms, False)
+
+    def dm_by_cmid(self, sender: str, recipient_key: str, cmid: str) -> PostedRow | None:
+        """The DM ``sender`` (display name) stored with the non-empty ``cmid``
+        (``duplicate=True``, ``seq`` its id), or None (docs/PROTOCOL.md §6.7). Raises
+        ProtocolError(409) when that cmid was used for a DM to another recipient."""
+        row = self._db.execute("SELECT id, time_ms, recipient_key FROM direct_messages "
+                               "INDEXED BY dms_by_cmid WHERE sender = ? AND cmid = ? AND "
+                               "cmid <> '' ORDER BY id LIMIT 1", (sender, cmid)).fetchone()
+        if row is None:
+            return None
+        if row[2] != recipient_key:
+            raise ProtocolError(Status.CONFLICT, "this cmid was used for a DM to "
+                                "someone else; use a new cmid per message")
+        return PostedRow(int(row[0]), int(row[1]), True)
 
     def pending_dms(self, recipient_key: str,
                     limit: int | None = None) -> list[DirectMessageRow]:
