@@ -100,3 +100,47 @@ def test_deleting_anothers_message_needs_a_rank_above_the_senders() -> None:
     assert u["root"].call(p.DeleteMessage(room="dev", seq=1)).ok      # admin > owner
     assert [m.deleted_by for m in u["mem"].must(p.FetchHistory(room="dev")).messages] == \
         ["root", "mo", "olga", "mo", ""]
+
+
+# -- RESUME has limits of its own (docs/PROTOCOL.md §6.27, §15.1) -------------------------------
+
+
+def test_resumes_of_one_account_are_limited_and_the_refused_change_nothing() -> None:
+    """Two connections taking one session from each other without end (a fresh tester's
+    attack): after RESUME_BURST, one a second; a refused RESUME moves nothing."""
+    from zchat.broker_core import RESUME_BURST, RESUME_RATE_PER_S
+
+    world = World(read_rate_bytes_per_s=0)
+    world.user("alice")
+    (session,) = world.core.sessions.values()
+    peers = [world.peer(), world.peer()]
+    for i in range(RESUME_BURST):
+        assert peers[i % 2].call(p.Resume(session=session.token)).ok
+    holder = peers[(RESUME_BURST - 1) % 2]
+    refused = peers[RESUME_BURST % 2].call(p.Resume(session=session.token))
+    assert refused.status == Status.TOO_MANY_REQUESTS, refused.reply
+    assert refused.reply.reason.startswith("too many RESUMEs of this account: wait 1.0 s")
+    assert refused.pushes == []
+    assert holder.call(p.Ping()).reply.session == session.token  # still the holder's
+    world.clock.jump(1 / RESUME_RATE_PER_S)
+    assert peers[RESUME_BURST % 2].call(p.Resume(session=session.token)).ok
+
+
+def test_a_resume_reply_is_charged_to_the_accounts_reading_budget() -> None:
+    """A RESUME reply carries the pending DMs (up to max_stored_dms): it is charged to the
+    account's reading budget, and a RESUME while that budget is spent gets 429."""
+    world = World(read_rate_bytes_per_s=1024, read_burst_bytes=65_536)
+    alice = world.user("alice")
+    bob = world.user("bob")
+    alice.must(p.Logout())  # offline: her DMs stay pending, in every LOGIN/RESUME reply
+    for i in range(20):
+        bob.must(p.SendDirect(to="alice", text=f"{i:04d}" + "x" * 3_996))
+    world.user("alice", register=False)
+    token = next(s.token for s in world.core.sessions.values() if s.name == "alice")
+    budget = world.core.accounts["alice"].read_budget
+    assert budget is not None and budget.tokens < 65_536 - 80_000  # the LOGIN's 80 KB
+    world.clock.jump(100)  # 100 KiB back: in credit again
+    assert world.peer().call(p.Resume(session=token)).ok
+    refused = world.peer().call(p.Resume(session=token))
+    assert refused.status == Status.TOO_MANY_REQUESTS
+    assert refused.reply.reason.startswith("reading too fast")

@@ -63,6 +63,12 @@ DEFAULT_ROOM = "lobby"
 #: Password jobs in flight at once (docs/PROTOCOL.md §9); beyond it LOGIN/REGISTER get 503
 #: so that a flood of logins cannot queue unbounded work.
 MAX_PENDING_JOBS = 1024
+#: RESUMEs of one account (docs/PROTOCOL.md §15.1): a burst of RESUME_BURST, then
+#: RESUME_RATE_PER_S a second. Every device of an account resumes once after a broker
+#: restart; a tester's two connections taking one session from each other 9,000 times
+#: (each reply carrying up to 1,000 pending DMs) held a core and grew memory by GBs.
+RESUME_RATE_PER_S = 1.0
+RESUME_BURST = 30
 #: Password jobs one peer address, or one account, may have in flight at once (docs/
 #: PROTOCOL.md §15.1). The pool runs jobs in arrival order, so without it one address could
 #: keep it hundreds of jobs deep (a tester's SET_PASSWORD flood left six honest LOGINs from
@@ -196,6 +202,8 @@ class Account:
     #: ``read_burst_bytes``), made at its first reading request: per account, so that a
     #: new LOGIN does not bring a new budget (docs/PROTOCOL.md §15.1).
     read_budget: ByteBudget | None = None
+    #: RESUME bucket of the account (RESUME_RATE_PER_S, RESUME_BURST), made at first use.
+    resume_bucket: TokenBucket | None = None
     #: SET_PASSWORD bucket of the account (login_rate_per_s, login_burst), shared by all
     #: its sessions and kept while the broker runs, so that a stolen session token
     #: RESUMEd on fresh connections gets no fresh bucket (docs/PROTOCOL.md §15.1).
@@ -832,7 +840,11 @@ class BrokerCore:
         """The account's reading budget (made full at first use), or RateLimited (429)
         while it is spent (docs/PROTOCOL.md §15.1). Checked before the work; the caller
         charges the reply's real size after it."""
-        account = self.accounts[session.account_key]
+        return self._check_reading(session.account_key, now_s)
+
+    def _check_reading(self, account_key: str, now_s: float) -> ByteBudget:
+        """``_check_read_budget`` by account key."""
+        account = self.accounts[account_key]
         budget = account.read_budget
         if budget is None:
             cfg = self.config
@@ -844,6 +856,38 @@ class BrokerCore:
                               f"{budget.burst / 1048576:g} MiB of replies at once, then "
                               f"{budget.rate_per_s / 1048576:g} MiB a second)", wait_ms)
         return budget
+
+    def _charge_reply(self, account_key: str, reply: ToPeer, now_s: float) -> ToPeer:
+        """Charge a LOGIN or RESUME reply (its rooms, read state and up to
+        ``max_stored_dms`` pending DMs: megabytes at worst) to the account's reading
+        budget, as the replies of reading requests are (docs/PROTOCOL.md §15.1)."""
+        if self.config.read_rate_bytes_per_s > 0:
+            cost = sum(len(f) for f in reply.frames)
+            account = self.accounts[account_key]
+            if account.read_budget is None:
+                cfg = self.config
+                account.read_budget = ByteBudget(cfg.read_rate_bytes_per_s,
+                                                 cfg.read_burst_bytes, now_s)
+            account.read_budget.charge(cost, now_s)
+            self.read_bytes += cost
+        return reply
+
+    def _limit_resume(self, account_key: str, now_s: float) -> None:
+        """Take a token of the account's RESUME bucket and check its reading budget
+        (a RESUME reply is charged to it), before anything else is done. Raises
+        RateLimited (429)."""
+        account = self.accounts[account_key]
+        bucket = account.resume_bucket
+        if bucket is None:
+            bucket = account.resume_bucket = TokenBucket(RESUME_RATE_PER_S, RESUME_BURST,
+                                                         now_s)
+        wait_ms = bucket.take(now_s)
+        if wait_ms:
+            raise RateLimited(f"too many RESUMEs of this account: wait {_seconds(wait_ms)} "
+                              f"(at most {RESUME_BURST} at once, then "
+                              f"{RESUME_RATE_PER_S:g} a second)", wait_ms)
+        if self.config.read_rate_bytes_per_s > 0:
+            self._check_reading(account_key, now_s)
 
     def end_unread(self, routing_id: bytes, now_ms: int) -> list[Action]:
         """A reply or push to ``routing_id`` was dropped at its queue's high-water mark:
@@ -1014,7 +1058,8 @@ class BrokerCore:
         log.info("login %s from %s (%d sessions, %d stored DMs)%s", account.name,
                  job.address or "?", len(account.sessions), len(reply.pending),
                  "" if token_id is None else f" with token {token_id}")
-        actions.insert(0, self._ok(job.routing_id, job.request_id, reply))
+        actions.insert(0, self._charge_reply(job.key, self._ok(job.routing_id, job.request_id,
+                                                               reply), now_s))
         return actions
 
     def _logged_in(self, key: str, name: str, token: str) -> p.LoggedIn:
@@ -1081,6 +1126,7 @@ class BrokerCore:
         old_rid = self._by_token.get(token_hash)
         if old_rid is not None:
             live = self.sessions[old_rid]
+            self._limit_resume(live.account_key, now_s)
             self._check_may_log_in(live.account_key, now_ms)
             reply = self._logged_in(live.account_key, live.name, live.token)
             del self.sessions[old_rid]
@@ -1102,12 +1148,14 @@ class BrokerCore:
             closed = p.encode_push(p.SessionClosed(
                 reason="your session was resumed on another connection", by=live.name,
                 time=now_ms))
-            return [self._ok(rid, req_id, reply), ToPeer(old_rid, closed)]
+            return [self._charge_reply(live.account_key, self._ok(rid, req_id, reply), now_s),
+                    ToPeer(old_rid, closed)]
         self._expire_restored(now_s)
         row = self._restored.get(token_hash)
         if row is None:
             raise ProtocolError(Status.UNAUTHORIZED, "unknown or expired session; LOGIN "
                                 "again")
+        self._limit_resume(row.account_key, now_s)
         self._check_may_log_in(row.account_key, now_ms)
         account = self.accounts[row.account_key]
         reply = self._logged_in(row.account_key, account.name, req.session)
@@ -1118,7 +1166,8 @@ class BrokerCore:
         actions = self._bind_session(resumed, now_ms)
         log.info("resumed %s after the broker restart, from %s", account.name,
                  address or row.address or "?")
-        return [self._ok(rid, req_id, reply), *actions]
+        return [self._charge_reply(row.account_key, self._ok(rid, req_id, reply), now_s),
+                *actions]
 
     def _logout(self, rid: bytes, req_id: bytes, req: p.Logout, session: Session,
                 now_s: float, now_ms: int, address: str) -> list[Action]:

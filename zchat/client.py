@@ -1710,7 +1710,8 @@ class Client:
         reply: p.LoggedIn | None = None
         if self._state.session:
             try:  # the same session, no password, no presence flap (§6.27)
-                reply = await self.request(p.Resume(session=self._state.session))
+                reply = await self._patiently(p.Resume(session=self._state.session),
+                                              LOGIN_RATE_LIMIT_TRIES)
             except RequestFailed as exc:  # 401: evicted, logged out or expired
                 log.info("could not resume the session (%s); logging in again", exc)
         if reply is None:
