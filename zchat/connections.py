@@ -22,6 +22,11 @@ Two parts:
   closes it and reports DISCONNECTED like any other. The descriptor stays libzmq's: we
   never close it.
 
+The thread also samples the kernel's byte counters (TCP_INFO) of the ROUTER's tcp
+connections once a second for the broker's loop, which bounds the bytes each connection
+holds (zchat.conntrack, docs/PROTOCOL.md §15.2): an unfinished message is cut here like
+an over-long one (``cut`` with its address barred), a peer that does not read is reset.
+
 Why a monitor and not the ZAP handler: ZAP sees a connection only once its peer has
 spoken ZMTP and started a CURVE handshake; an idle TCP connection never does, nor does
 any connection to a plain broker (``encryption = "none"``) or to the key service. The
