@@ -43,6 +43,7 @@ through a queue and wake the poller through a pipe, so hashing never stalls the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -63,6 +64,8 @@ from zchat import zmtp
 from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
+from zchat.connections import _peer_address as connection_address
+from zchat.conntrack import ByteLedger, ByteLimits, Verdict, tcp_counters
 from zchat.errors import Status, StorageError, ZchatError
 from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
 from zchat.ratelimit import address_key
@@ -350,6 +353,9 @@ class Broker:
         self.zap: ZapHandler | None = None
         #: The connection limits' monitor thread while any socket is on tcp or ipc.
         self.connections: ConnectionGuard | None = None
+        #: Bytes read from and queued to each tcp connection of the ROUTER while they are
+        #: checked (zchat.conntrack: Linux, a tcp ROUTER, a limit on), else None.
+        self.ledger: ByteLedger | None = None
         #: (core, its subscriber_version) last given to the ZAP handler.
         self._keys_published: tuple[BrokerCore | None, int] = (None, -1)
         self._key_service: zmq.Socket[Any] | None = None
@@ -442,6 +448,12 @@ class Broker:
             return
         limits = effective_limits(cfg.max_connections, cfg.max_connections_per_address)
         self.connections = ConnectionGuard(self.context, limits)
+        held = ByteLimits(cfg.max_incomplete_bytes, cfg.max_unread_bytes,
+                          cfg.max_held_bytes)
+        checked = held.incomplete or held.unread or held.total
+        if checked and cfg.router.startswith("tcp://") \
+                and self.connections.track_bytes(self._wake_loop):
+            self.ledger = ByteLedger(held)
 
     def _bind(self, sock: zmq.Socket[Any], endpoint: str, what: str) -> None:
         """Bind ``sock`` to ``endpoint``. Raises BindError naming ``what`` ("ROUTER",
@@ -486,7 +498,8 @@ class Broker:
         for sock in (router, pub):
             sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
             if self.connections is not None:
-                self.connections.watch(sock)
+                self.connections.watch(sock, track_bytes=sock is router
+                                       and self.ledger is not None)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_TRANSPORT_FRAME_BYTES)
         router.setsockopt(zmq.SNDHWM, self.config.sndhwm)
@@ -527,6 +540,11 @@ class Broker:
         """Make every signal wake the loop (``signal.set_wakeup_fd`` on the loop's wake
         pipe); call from the main thread. Returns the previous wake-up fd."""
         return signal.set_wakeup_fd(self._wake_w)
+
+    def _wake_loop(self) -> None:
+        """Wake the loop (from another thread): samples of the connections wait."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"c")
 
     def stop(self) -> None:
         """Ask ``run()`` to return; safe from any thread and from signal handlers."""
@@ -598,6 +616,8 @@ class Broker:
                 self.store.abort_group()
                 raise
             self._flush()
+            if self.ledger is not None and self._wake_r in events:
+                self._check_bytes(self.ledger)
             if self._unread:
                 self._end_unread()
             if self._key_service is not None and self._key_service in events:
@@ -625,16 +645,37 @@ class Broker:
                     break
                 parts.append(router.recv(copy=False))
             else:
+                if self.ledger is not None:
+                    self._consumed(parts, len(parts) - 1, 0)
                 self._serve(core, parts)
+
+    def _consumed(self, parts: list[zmq.Frame], frames: int, more_bytes: int) -> None:
+        """Count a complete message read from the ROUTER (``parts``: its routing id and
+        first frames; ``frames`` in all, ``more_bytes`` in those not kept) to the tcp
+        connection it came from (zchat.conntrack)."""
+        assert self.ledger is not None
+        try:
+            fd = parts[0].get(zmq.SRCFD)
+        except zmq.ZMQError:  # inproc: no descriptor
+            return
+        if fd >= 0:
+            nbytes = more_bytes
+            for frame in parts[1:]:
+                nbytes += len(frame)
+            self.ledger.consumed(fd, parts[0].bytes, nbytes, frames)
 
     def _refuse_long(self, router: zmq.Socket[Any], parts: list[zmq.Frame]) -> None:
         """Discard the rest of a message with more frames than a request has (only the
         count is kept) and answer 400, echoing its request id."""
         count = len(parts)
         frame = parts[-1]
+        skipped = 0
         while frame.more:
             frame = router.recv(copy=False)
+            skipped += len(frame)
             count += 1
+        if self.ledger is not None:
+            self._consumed(parts, count - 1, skipped)
         request_id = parts[2].bytes[:MAX_REQUEST_ID_BYTES] or b"?"
         now = time.monotonic()
         self._log_long(f"{count - 1} frames from {parts[0].bytes.hex()}", now)
@@ -716,6 +757,62 @@ class Broker:
         except zmq.ZMQError:
             return False
         return True
+
+    def _check_bytes(self, ledger: ByteLedger) -> None:
+        """Take the connection guard's news (ends of connections, samples of their byte
+        counters, in order) and cut the connections over a byte limit (docs/PROTOCOL.md
+        §15.2, §15.3): one that holds an unfinished message is cut and its address barred
+        as for an over-long message; one that does not read has its session ended (in
+        ``_end_unread``, "SendQ exceeded") and its connection cut."""
+        assert self.connections is not None
+        news = self.connections.samples
+        while not news.empty():
+            kind, value = news.get_nowait()
+            if kind == "closed":
+                ledger.closed(value)
+                continue
+            for verdict in ledger.judge(value):
+                self._cut_held(ledger, verdict)
+
+    def _cut_held(self, ledger: ByteLedger, verdict: Verdict) -> None:
+        """Carry out one verdict, after reading the connection's counters again: a
+        descriptor reused since the sample (a new connection counts from 0) is left."""
+        assert self.connections is not None
+        sample = verdict.sample
+        counters = tcp_counters(sample.fd)
+        if counters is None or not verdict.still(*counters):
+            return
+        if ledger.held(sample._replace(acked=counters[0], received=counters[1])) is None:
+            return
+        limits, mib = ledger.limits, 1024 * 1024
+        ledger.cut(sample.fd)
+        now = time.monotonic()
+        if verdict.total:
+            why = (f"the broker holds over max_held_bytes ({limits.total / mib:g} MiB) for "
+                   f"its connections, and this one the most, {verdict.held / mib:.1f} "
+                   f"MiB {'unread' if verdict.kind == 'unread' else 'of an unfinished message'}")
+        elif verdict.kind == "incomplete":
+            why = (f"{verdict.held / mib:.1f} MiB sent and not finished as messages "
+                   f"(max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
+        else:
+            why = (f"{verdict.held / mib:.1f} MiB of replies unread (max_unread_bytes "
+                   f"{limits.unread / mib:g} MiB); its session is ended")
+        if verdict.kind == "unread" and verdict.routing_id is not None:
+            self._unread.add(verdict.routing_id)
+        self.connections.cut(sample.fd, sample.address, now, why,
+                             bar=verdict.kind == "incomplete")
+
+    def _recheck_unread(self, ledger: ByteLedger, fd: int) -> None:
+        """Replies queued to ``fd`` passed ``max_unread_bytes`` since its last known
+        acknowledgement: read the kernel's count now and cut it if it is still over."""
+        counters = tcp_counters(fd)
+        verdict = ledger.recheck(fd, None if counters is None else counters[0])
+        if verdict is None:
+            return
+        address = connection_address(fd)
+        if address:
+            self._cut_held(ledger, dataclasses.replace(
+                verdict, sample=verdict.sample._replace(address=address)))
 
     def _end_unread(self) -> None:
         """End the sessions of the peers whose queue was full (docs/PROTOCOL.md §15.2,
@@ -823,6 +920,11 @@ class Broker:
                     for frame in head:
                         router.send(frame, _MORE)
                     router.send(last, _LAST)
+                    if self.ledger is not None:
+                        fd = self.ledger.queued(action.routing_id,
+                                                sum(map(len, action.frames)))
+                        if fd is not None:
+                            self._recheck_unread(self.ledger, fd)
                 except zmq.Again:
                     self._log_dropped(f"to {action.routing_id.hex()}", time.monotonic())
                     self._unread.add(action.routing_id)

@@ -91,6 +91,12 @@ MIN_READ_RATE = 1_024
 MAX_READ_RATE = 1 << 34
 MIN_READ_BURST = 65_536
 MAX_READ_BURST = 1 << 34
+#: Bounds of the per-connection byte limits (``max_incomplete_bytes``,
+#: ``max_unread_bytes``, ``max_held_bytes``) other than 0 (off): under 1 MiB a legal
+#: request (5 frames of 128 KiB) or a single HISTORY page could pass one; 1 TiB bounds
+#: nothing a host holds.
+MIN_HELD_BYTES = 1 << 20
+MAX_HELD_BYTES = 1 << 40
 #: Bounds of the broker's durations (heartbeats, resume grace), in seconds: a
 #: heartbeat below 10 ms is noise, and nothing waits more than 30 days.
 MIN_HEARTBEAT_S = 0.01
@@ -175,6 +181,13 @@ class BrokerConfig:
       (docs/PROTOCOL.md §15.1): bytes a second (0 off, else MIN_READ_RATE..MAX_READ_RATE)
       and bytes at once (MIN_READ_BURST..MAX_READ_BURST). A reading request is refused
       with 429 while the account's budget is spent.
+    - ``max_incomplete_bytes`` / ``max_unread_bytes`` / ``max_held_bytes``: bytes one
+      ROUTER connection may have sent that the broker did not yet take as complete
+      messages (its address is then cut and barred), bytes of replies one may leave
+      unread (its session is ended and the connection cut), and both over all
+      connections (the largest cut first); 0 off, else MIN_HELD_BYTES..MAX_HELD_BYTES,
+      ``max_held_bytes`` at least each of the other two. Estimated from the kernel's TCP
+      counters, Linux only (docs/PROTOCOL.md §15.2, zchat.conntrack).
     """
 
     router: str = "tcp://127.0.0.1:5555"
@@ -233,6 +246,16 @@ class BrokerConfig:
     #: client that pipelines full pages and never reads is held to 1 MiB a second.
     read_rate_bytes_per_s: float = 1_048_576.0
     read_burst_bytes: int = 16_777_216
+    #: 8 MiB: twelve times the largest legal request (5 frames of 128 KiB); an honest
+    #: client's requests are complete within a few KiB. A tester's unfinished message of
+    #: 370 MiB was held whole.
+    max_incomplete_bytes: int = 8 * 1024 * 1024
+    #: 32 MiB: twice the reading budget's burst, so a console paging history or a
+    #: reconnect's repair on a slow link never meets it; a peer asking and never reading
+    #: made the broker grow by 32 MB a second.
+    max_unread_bytes: int = 32 * 1024 * 1024
+    #: 512 MiB held for all connections together (both directions).
+    max_held_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -508,6 +531,15 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     if not MIN_READ_BURST <= b.read_burst_bytes <= MAX_READ_BURST:
         fail("broker", "read_burst_bytes", f"must be {MIN_READ_BURST:,} to "
              f"{MAX_READ_BURST:,}, got {b.read_burst_bytes}")
+    for key in ("max_incomplete_bytes", "max_unread_bytes", "max_held_bytes"):
+        value = getattr(b, key)
+        if value != 0 and not MIN_HELD_BYTES <= value <= MAX_HELD_BYTES:
+            fail("broker", key, f"must be 0 (no limit) or {MIN_HELD_BYTES:,} to "
+                 f"{MAX_HELD_BYTES:,}, got {value}")
+    if b.max_held_bytes and b.max_held_bytes < max(b.max_incomplete_bytes,
+                                                   b.max_unread_bytes):
+        fail("broker", "max_held_bytes", f"must be 0 or at least max_incomplete_bytes and "
+             f"max_unread_bytes, got {b.max_held_bytes}")
     if not 0 <= b.max_rooms_created <= MAX_COUNT_SETTING:
         fail("broker", "max_rooms_created", f"must be 0 (no limit) to "
              f"{MAX_COUNT_SETTING:,}, got {b.max_rooms_created}")

@@ -22,6 +22,11 @@ Two parts:
   closes it and reports DISCONNECTED like any other. The descriptor stays libzmq's: we
   never close it.
 
+The thread also samples the kernel's byte counters (TCP_INFO) of the ROUTER's tcp
+connections once a second for the broker's loop, which bounds the bytes each connection
+holds (zchat.conntrack, docs/PROTOCOL.md §15.2): an unfinished message is cut here like
+an over-long one (``cut`` with its address barred), a peer that does not read is reset.
+
 Why a monitor and not the ZAP handler: ZAP sees a connection only once its peer has
 spoken ZMTP and started a CURVE handshake; an idle TCP connection never does, nor does
 any connection to a plain broker (``encryption = "none"``) or to the key service. The
@@ -44,16 +49,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import queue
 import resource
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
+from zchat.conntrack import CHECK_EVERY_S, Sample, supported, tcp_counters
 from zchat.ratelimit import address_key
 
 log = logging.getLogger("zchat.broker")
@@ -143,8 +151,8 @@ class ConnectionTable:
         held = self._per_address.get(address, 0) if address else 0
         why = None
         if address and self.barred(address, now_s):
-            why = (f"{address} sent a message of over {LONG_MESSAGE_FRAMES:,} frames; "
-                   f"refused for {LONG_MESSAGE_BAR_S:g} s")
+            why = (f"{address} sent a message of over {LONG_MESSAGE_FRAMES:,} frames or "
+                   f"one it did not finish; refused for {LONG_MESSAGE_BAR_S:g} s")
         elif total >= limits.max_total:
             why = f"the broker holds {total} connections (max_connections)"
         elif address and held >= limits.max_per_address:
@@ -218,14 +226,22 @@ def _peer_address(fd: int) -> str | None:
     return ""
 
 
-def _refuse(fd: int) -> None:
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _refuse(fd: int, reset: bool = False) -> None:
     """Make libzmq close connection ``fd``: shut both directions; libzmq reads
-    end-of-file, closes the descriptor and reports DISCONNECTED."""
+    end-of-file, closes the descriptor and reports DISCONNECTED. With ``reset``, that
+    close resets the connection (SO_LINGER 0) and the kernel drops what it still holds
+    for it at once: a peer that does not read would otherwise keep the bytes queued for
+    it, and our end, in the kernel until it times out."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError:
         return
     try:
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.shutdown(socket.SHUT_RDWR)
     except OSError as exc:
         if exc.errno not in (errno.ENOTCONN, errno.EBADF, errno.ENOTSOCK):
@@ -239,7 +255,14 @@ class ConnectionGuard:
     monitors) and refusing those over ``limits`` (see the module docstring).
 
     ``watch(sock)`` before ``start()`` for each socket (in the thread that owns it);
-    ``stop()`` after those sockets are closed, or before, from that thread."""
+    ``stop()`` after those sockets are closed, or before, from that thread.
+
+    With ``watch(sock, track_bytes=True)`` (the ROUTER) and ``track_bytes(notify)``, the
+    thread also samples the kernel's byte counters of each of that socket's tcp
+    connections every CHECK_EVERY_S (zchat.conntrack) and puts, in the order its monitor
+    reported them, ``("closed", fd)`` for each end of such a connection and ``("sample",
+    [Sample, ...])`` on ``samples``, calling ``notify()`` (from this thread) after each
+    sample: the broker's loop judges them."""
 
     def __init__(self, context: zmq.Context[Any], limits: Limits) -> None:
         self.context = context
@@ -251,9 +274,30 @@ class ConnectionGuard:
                                         daemon=True)
         self._next_log_s = 0.0
         self._unlogged = 0
+        #: Indices (in watch order) of the sockets whose connections' bytes are tracked.
+        self._tracked: set[int] = set()
+        #: When each tracked connection was accepted (monotonic s); this thread's alone.
+        self._since: dict[tuple[int, int], float] = {}
+        self._notify: Callable[[], None] | None = None
+        #: ("closed", fd) and ("sample", [Sample, ...]) for the loop (see the class).
+        self.samples: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
-    def watch(self, sock: zmq.Socket[Any]) -> None:
-        """Monitor ``sock``'s accepted and ended connections."""
+    def track_bytes(self, notify: Callable[[], None]) -> bool:
+        """Sample the tracked sockets' connections (before ``start()``); False, with one
+        INFO line, where the kernel does not count their bytes (not Linux >= 4.1)."""
+        why = supported()
+        if why is not None:
+            log.info("bytes per connection are not checked: %s (docs/PROTOCOL.md §15.2)",
+                     why)
+            return False
+        self._notify = notify
+        return True
+
+    def watch(self, sock: zmq.Socket[Any], track_bytes: bool = False) -> None:
+        """Monitor ``sock``'s accepted and ended connections; with ``track_bytes``, sample
+        their byte counters too (see the class)."""
+        if track_bytes:
+            self._tracked.add(len(self._monitors))
         endpoint = f"inproc://zchat-connections-{id(self)}-{len(self._monitors)}"
         sock.monitor(endpoint, _EVENTS)
         monitor = self.context.socket(zmq.PAIR)
@@ -281,12 +325,38 @@ class ConnectionGuard:
         for monitor in self._monitors:
             poller.register(monitor, zmq.POLLIN)
         index = {monitor: i for i, monitor in enumerate(self._monitors)}
+        sampling = self._notify is not None and bool(self._tracked)
+        next_sample_s = time.monotonic() + CHECK_EVERY_S
         while True:
-            events = dict(poller.poll())
+            timeout_ms = None
+            if sampling:
+                timeout_ms = max(0, int((next_sample_s - time.monotonic()) * 1000)) + 1
+            events = dict(poller.poll(timeout_ms))
             if stop in events:
                 return
             for monitor in events:
-                self._drain(index[monitor], monitor)
+                if monitor is not stop:
+                    self._drain(index[monitor], monitor)
+            if sampling and time.monotonic() >= next_sample_s:
+                self._sample()
+                next_sample_s = time.monotonic() + CHECK_EVERY_S
+
+    def _sample(self) -> None:
+        """Read the kernel's counters of every tracked tcp connection (~2 µs each) and
+        hand them to the loop."""
+        assert self._notify is not None
+        now = time.monotonic()
+        tracked, since = self._tracked, self._since
+        samples = []
+        for (which, fd), address in list(self.table._held.items()):
+            if which not in tracked or not address:
+                continue
+            counters = tcp_counters(fd)
+            if counters is not None:
+                samples.append(Sample(fd, address, now - since.get((which, fd), now),
+                                      *counters))
+        self.samples.put(("sample", samples))
+        self._notify()
 
     def _drain(self, which: int, monitor: zmq.Socket[Any]) -> None:
         table = self.table
@@ -300,26 +370,37 @@ class ConnectionGuard:
             event, fd = _EVENT_HEAD.unpack_from(head)
             if event == zmq.EVENT_DISCONNECTED:
                 table.closed((which, fd))
+                if which in self._tracked:
+                    self._since.pop((which, fd), None)
+                    self.samples.put(("closed", fd))
             elif event == zmq.EVENT_ACCEPTED:
                 address = _peer_address(fd)
                 if address is None:  # gone already: its DISCONNECTED follows
                     continue
-                why = table.admit((which, fd), address, time.monotonic())
+                now = time.monotonic()
+                why = table.admit((which, fd), address, now)
                 if why is not None:
                     _refuse(fd)
                     self._log_refused(why)
+                elif which in self._tracked:
+                    self._since[(which, fd)] = now
 
-    def cut(self, fd: int, address: str, now_s: float) -> None:
-        """Connection ``fd`` from ``address`` (an address key) sent an over-long message:
-        bar the address for LONG_MESSAGE_BAR_S seconds and shut that connection, if ``fd``
-        still is a connection from ``address`` (a descriptor is reused as soon as libzmq
-        closes it). From the broker's loop."""
-        self.table.bar(address, now_s + LONG_MESSAGE_BAR_S, now_s)
-        if _peer_address(fd) == address:
-            _refuse(fd)
-        log.warning("cut a connection from %s: a message of over %s frames; no new "
-                    "connection from it for %g s", address, f"{LONG_MESSAGE_FRAMES:,}",
-                    LONG_MESSAGE_BAR_S)
+    def cut(self, fd: int, address: str, now_s: float, why: str = "",
+            bar: bool = True) -> bool:
+        """Shut connection ``fd`` from ``address`` (an address key), if ``fd`` still is a
+        connection from ``address`` (a descriptor is reused as soon as libzmq closes it),
+        and log ``why`` (default: a message of over LONG_MESSAGE_FRAMES frames). With
+        ``bar``, admit no new connection from the address for LONG_MESSAGE_BAR_S seconds.
+        From the broker's loop. Returns whether it was shut."""
+        if bar:
+            self.table.bar(address, now_s + LONG_MESSAGE_BAR_S, now_s)
+        shut = _peer_address(fd) == address
+        if shut:
+            _refuse(fd, reset=True)
+        why = why or f"a message of over {LONG_MESSAGE_FRAMES:,} frames"
+        barred = f"; no new connection from it for {LONG_MESSAGE_BAR_S:g} s" if bar else ""
+        log.warning("cut a connection from %s: %s%s", address, why, barred)
+        return shut
 
     def _log_refused(self, why: str) -> None:
         now = time.monotonic()

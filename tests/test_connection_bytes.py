@@ -1,0 +1,363 @@
+"""Bytes held per connection are bounded (docs/PROTOCOL.md §15.2, §15.3; zchat.conntrack):
+libzmq bounds its buffers in messages, not bytes, so one peer could make the broker hold
+memory without end in two ways, each checked here against a real ``zchat broker``
+subprocess on loopback tcp, the attacker connecting from 127.0.0.3 while an honest client
+PINGs from 127.0.0.1:
+
+- **an unfinished message**: a raw ZMTP peer (plain broker, NULL mechanism, no libzmq on
+  its side) sends frames of 120,000 bytes with the MORE flag and never the last frame.
+  libzmq keeps them all, and the loop never sees the message. The broker must cut the
+  connection once it holds over ``max_incomplete_bytes`` (8 MiB by default), bar the
+  address, and stay small.
+- **replies never read**: a logged-in CurveZMQ DEALER with ``rcvhwm`` 1 and a 4 KiB
+  receive buffer pipelines full HISTORY pages (~2 MB each; the reading budget off) and
+  never reads. The broker must end its session and cut it once over ``max_unread_bytes``
+  (32 MiB by default), long before ``sndhwm`` replies (~20 GB) are queued.
+
+Both ran unbounded before this check (an unfinished 370 MiB message held whole; 2.2 GB
+in 60 s for 30 peers that did not read).
+
+Bounds, and why: the honest worst PING under 1.5 s (as the other flood tests); the
+broker's peak memory grows by less than the limit plus what the attacker could send in
+the check's interval (CHECK_EVERY_S) at its pace, with room for a loaded machine.
+Nothing sleeps to wait for a condition: the attacker paces its sending (the attack's
+rate), every wait is a poll or a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from conftest import (
+    Proc,
+    TcpBroker,
+    cli_env,
+    free_port,
+    start_broker,
+    stop_broker,
+    wait_until,
+    zchat_command,
+)
+from floods import DEALER_READY, NULL_GREETING, Pinger, memory_kib
+
+from zchat import protocol as p
+from zchat.config import BrokerConfig, ConfigError, config_from_dict
+from zchat.conntrack import (
+    FIXED_ALLOWANCE,
+    FRAME_ALLOWANCE,
+    ByteLedger,
+    ByteLimits,
+    Sample,
+)
+from zchat.testing import DEFAULT_PASSWORD
+
+MIB = 1024 * 1024
+WORST_RTT_S = 1.5
+#: The unfinished message: frames of this size (under MAXMSGSIZE, 128 KiB), sent at this
+#: pace, up to this many bytes in all (eight times the default limit).
+FRAME_BYTES = 120_000
+PACE_BYTES_PER_S = 16 * MIB
+ATTACK_BYTES = 64 * MIB
+#: Full HISTORY pages (500 texts of 4,000 bytes) pipelined and never read.
+PAGES = 600
+
+
+# -- the ledger, pure ---------------------------------------------------------------------
+
+
+def sample(fd: int, received: int = 0, acked: int = 0, age_s: float = 0.0) -> Sample:
+    return Sample(fd, "10.0.0.3", age_s, acked, received)
+
+
+def test_an_unfinished_message_is_judged_by_what_was_not_consumed() -> None:
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    ledger.consumed(7, b"r1", 5 * MIB, 100)
+    allowed = 5 * MIB + 100 * FRAME_ALLOWANCE + FIXED_ALLOWANCE + 8 * MIB
+    assert ledger.judge([sample(7, received=allowed)]) == []
+    [verdict] = ledger.judge([sample(7, received=allowed + 1)])
+    assert (verdict.kind, verdict.routing_id, verdict.held) == ("incomplete", b"r1",
+                                                                8 * MIB + 1)
+    # a connection the loop never read a message from (attack A) is judged too
+    [verdict] = ledger.judge([sample(9, received=9 * MIB + FIXED_ALLOWANCE)])
+    assert (verdict.kind, verdict.routing_id) == ("incomplete", None)
+    # time connected allows for ZMTP heartbeats (64 bytes a second)
+    assert ledger.judge([sample(9, received=9 * MIB + FIXED_ALLOWANCE,
+                                age_s=MIB / 64)]) == []
+
+
+def test_replies_unread_are_judged_by_what_the_peer_acknowledged() -> None:
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    ledger.consumed(7, b"r1", 100, 4)
+    for _ in range(20):
+        ledger.queued(b"r1", 2 * MIB)
+    ledger.queued(b"gone", 100 * MIB)  # a routing id never seen: not counted
+    assert ledger.judge([sample(7, received=100, acked=8 * MIB)]) == []
+    [verdict] = ledger.judge([sample(7, received=100, acked=8 * MIB - 1)])
+    assert (verdict.kind, verdict.routing_id, verdict.held) == ("unread", b"r1",
+                                                                32 * MIB + 1)
+    ledger.cut(7)  # being cut: not judged again
+    assert ledger.judge([sample(7, received=100)]) == []
+
+
+def test_counts_never_pass_to_the_next_connection_on_a_descriptor() -> None:
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    ledger.consumed(7, b"old", 100 * MIB, 1000)  # credit the next one must not inherit
+    ledger.queued(b"old", 50 * MIB)
+    ledger.closed(7)
+    ledger.consumed(7, b"old", 100 * MIB, 1000)  # still read after its end: nothing
+    [verdict] = ledger.judge([sample(7, received=10 * MIB)])
+    assert verdict.kind == "incomplete"
+    # a request with a new routing id on the descriptor starts fresh counts
+    ledger.consumed(7, b"new", 1000, 4)
+    ledger.queued(b"new", 1000)
+    assert ledger.held(sample(7, received=1000 + 4 * FRAME_ALLOWANCE)) == (0, 1000, b"new")
+    ledger.consumed(7, b"newer", 10, 4)  # the descriptor reused before the end was seen
+    ledger.queued(b"new", 40 * MIB)  # the old id no longer leads to the descriptor
+    assert ledger.held(sample(7))[1] == 0  # type: ignore[index]
+
+
+def test_the_broker_wide_bound_cuts_the_largest_first() -> None:
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 32 * MIB))
+    for fd, unread in ((1, 20), (2, 30), (3, 10), (4, 5)):
+        ledger.consumed(fd, b"r%d" % fd, 0, 0)
+        ledger.queued(b"r%d" % fd, unread * MIB)
+    verdicts = ledger.judge([sample(fd) for fd in (1, 2, 3, 4)])
+    assert [(v.sample.fd, v.kind, v.total) for v in verdicts] == [
+        (2, "unread", True), (1, "unread", True)]  # 65 MiB -> 35 -> 15, under 32
+
+
+def test_settings_have_defaults_and_bounds() -> None:
+    cfg = BrokerConfig()
+    assert (cfg.max_incomplete_bytes, cfg.max_unread_bytes, cfg.max_held_bytes) == \
+        (8 * MIB, 32 * MIB, 512 * MIB)
+    off = config_from_dict({"broker": {"max_incomplete_bytes": 0, "max_unread_bytes": 0,
+                                       "max_held_bytes": 0}}).broker
+    assert (off.max_incomplete_bytes, off.max_unread_bytes, off.max_held_bytes) == (0, 0, 0)
+    for bad in ({"max_incomplete_bytes": 1000}, {"max_unread_bytes": 1 << 41},
+                {"max_held_bytes": 16 * MIB}):
+        with pytest.raises(ConfigError) as err:
+            config_from_dict({"broker": bad})
+        assert next(iter(bad)) in str(err.value)
+
+
+# -- a real broker: an unfinished message ------------------------------------------------
+
+
+@pytest.fixture
+def plain_broker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
+    """``zchat broker`` on 127.0.0.1, plain transport, default limits; yields the process
+    and the ROUTER's port."""
+    config = tmp_path / "broker.toml"
+    config.write_text('[broker]\nscrypt_n = 1024\nencryption = "none"\n', encoding="utf-8")
+    for _ in range(5):
+        port, pub = free_port(), free_port()
+        if port == pub:
+            continue
+        proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
+                     str(tmp_path / "data"), "--router", f"tcp://127.0.0.1:{port}", "--pub",
+                     f"tcp://127.0.0.1:{pub}"], cli_env(tmp_path))
+        try:
+            proc.wait_line("stdout", "database", timeout_s=15)
+        except AssertionError:
+            rc = proc.popen.poll()
+            proc.kill()
+            if rc == 1 and any("cannot bind" in line for line in proc.stderr):
+                continue
+            raise
+        break
+    else:
+        raise AssertionError("could not bind a broker")
+    try:
+        yield proc, port
+    finally:
+        proc.popen.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def raw_zmtp_peer(port: int, source: str) -> socket.socket:
+    """A raw TCP connection from ``source`` that has done the ZMTP 3.0 NULL handshake of a
+    DEALER with the broker's ROUTER (its greeting and READY read)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(NULL_GREETING + DEALER_READY)
+    seen = b""
+    head = len(NULL_GREETING)
+    while len(seen) < head + 2 or len(seen) < head + 2 + seen[head + 1]:
+        chunk = sock.recv(4096)
+        assert chunk, "the broker closed the connection during the handshake"
+        seen += chunk
+    return sock
+
+
+def send_unfinished(sock: socket.socket) -> tuple[int, bool]:
+    """Send frames of FRAME_BYTES with the MORE flag (never a last one) at
+    PACE_BYTES_PER_S, up to ATTACK_BYTES; return the bytes sent and whether the broker
+    cut the connection (end of file or reset) meanwhile or within 3 s after."""
+    frame = b"\x03" + FRAME_BYTES.to_bytes(8, "big") + b"\xab" * FRAME_BYTES
+    started = time.monotonic()
+    sent = 0
+    sock.settimeout(5)
+    try:
+        while sent < ATTACK_BYTES:
+            if select.select([sock], [], [], 0)[0] and not sock.recv(4096):
+                return sent, True
+            sock.sendall(frame)
+            sent += len(frame)
+            ahead = sent / PACE_BYTES_PER_S - (time.monotonic() - started)
+            if ahead > 0:
+                select.select([sock], [], [], ahead)  # the attack's pace
+        deadline = time.monotonic() + 3
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([sock], [], [], left)[0] and not sock.recv(4096):
+                return sent, True
+    except OSError:  # reset or broken pipe: cut
+        return sent, True
+    return sent, False
+
+
+def plain_pong_within(ctx: zmq.Context[Any], endpoint: str, timeout_s: float) -> bool:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(p.encode_request(b"x", p.Ping()), zmq.NOBLOCK)
+        return bool(sock.poll(int(timeout_s * 1000)))
+    finally:
+        sock.close(linger=0)
+
+
+def test_an_unfinished_message_is_cut_before_it_grows(
+        plain_broker: tuple[Proc, int]) -> None:
+    proc, port = plain_broker
+    ctx = zmq.Context()
+    try:
+        with Pinger(ctx, f"tcp://127.0.0.1:{port}", None) as honest:
+            before = memory_kib(proc.popen.pid)
+            with contextlib.closing(raw_zmtp_peer(port, "127.0.0.3")) as attacker:
+                sent, cut = send_unfinished(attacker)
+            after = memory_kib(proc.popen.pid)
+            assert cut, f"the broker took {sent / MIB:.0f} MiB of an unfinished message"
+            line = proc.wait_line("stderr", "cut a connection", timeout_s=5)
+            assert "127.0.0.3" in line and "not finished" in line, line
+            # the address is barred a while; others are served as ever
+            assert not plain_pong_within(ctx, f"tcp://127.0.0.3:0;127.0.0.1:{port}", 1.0)
+            assert plain_pong_within(ctx, f"tcp://127.0.0.4:0;127.0.0.1:{port}", 10.0)
+        assert honest.error is None, honest.error
+        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
+        growth = (after["VmHWM"] - before["VmHWM"]) * 1024
+        # the limit, what the pace sends in a check's interval (twice, for a loaded
+        # machine), and the process's own noise (measured: ~16 MiB)
+        bound = 8 * MIB + 2 * PACE_BYTES_PER_S + 16 * MIB
+        assert growth < bound, f"the broker grew by {growth / MIB:.0f} MiB"
+        assert sent < 8 * MIB + 3 * PACE_BYTES_PER_S, f"{sent / MIB:.0f} MiB taken"
+    finally:
+        ctx.term()
+
+
+# -- a real broker: replies never read ------------------------------------------------------
+
+
+@pytest.fixture
+def curve_broker(tmp_path: Path) -> Iterator[tuple[TcpBroker, bytes]]:
+    broker, lines = start_broker(tmp_path, settings="send_rate_per_s = 0\n"
+                                                    "read_rate_bytes_per_s = 0\n")
+    try:
+        yield broker, next(ln for ln in lines if "public key:" in ln).split()[-1].encode()
+    finally:
+        if broker.process.popen.poll() is None:
+            rc, _ = stop_broker(broker)
+            assert rc == 0, broker.process.stderr
+
+
+def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:
+    sock.send_multipart(p.encode_request(rid, req))
+    assert sock.poll(20_000), f"no reply to {req.TYPE}"
+    return sock.recv_multipart()
+
+
+def established(source: str, port: int) -> bool:
+    """Whether a TCP connection from ``source`` to 127.0.0.1:``port`` is established
+    (either end of it, from /proc/net/tcp: addresses in little-endian hex, state 01)."""
+    ends = {f"{socket.inet_aton(source)[::-1].hex().upper()}",
+            f"0100007F:{port:04X}"}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state == "01" and local.split(":")[0] in ends and remote in ends or \
+                state == "01" and remote.split(":")[0] in ends and local in ends:
+            return True
+    return False
+
+
+def curve_socket(ctx: zmq.Context[Any], key: bytes) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    public, secret = zmq.curve_keypair()
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = key, public, secret
+    return sock
+
+
+def test_a_peer_that_never_reads_is_ended_and_cut(
+        curve_broker: tuple[TcpBroker, bytes]) -> None:
+    broker, key = curve_broker
+    port = broker.router.rpartition(":")[2]
+    ctx = zmq.Context()
+    flood = curve_socket(ctx, key)
+    flood.setsockopt(zmq.SNDHWM, 0)
+    flood.setsockopt(zmq.RCVHWM, 1)
+    flood.setsockopt(zmq.RCVBUF, 4096)
+    flood.setsockopt(zmq.RECONNECT_IVL, 60_000)  # once cut, stay away
+    flood.connect(f"tcp://127.0.0.3:0;127.0.0.1:{port}")
+    try:
+        call(flood, b"r", p.Register(name="flood", password=DEFAULT_PASSWORD))
+        assert call(flood, b"l", p.Login(name="flood", password=DEFAULT_PASSWORD))[2] == b"OK"
+        assert call(flood, b"j", p.Join(room="lobby"))[2] == b"OK"
+        text = "x" * 4000
+        for i in range(p.MAX_HISTORY_LIMIT):
+            flood.send_multipart(p.encode_request(b"s%d" % i, p.Send(room="lobby", text=text)))
+        for _ in range(p.MAX_HISTORY_LIMIT):
+            assert flood.poll(20_000)
+            assert flood.recv_multipart()[2] == b"OK"
+        pid = broker.process.popen.pid
+        before = memory_kib(pid)
+        with Pinger(ctx, broker.router, key) as honest:
+            page = p.encode_request(b"h", p.FetchHistory(room="lobby",
+                                                        limit=p.MAX_HISTORY_LIMIT))
+            for _ in range(PAGES):  # ~2 MB a reply, never read
+                flood.send_multipart(page)
+            line = broker.process.wait_line("stderr", "cut a connection", timeout_s=20)
+            assert "127.0.0.3" in line and "unread" in line, line
+            broker.process.wait_line("stderr", "ended the session of flood", timeout_s=5)
+            # the flooder does not read, so its libzmq never sees the end: the kernel does
+            wait_until(lambda: not established("127.0.0.3", int(port)), timeout_s=5,
+                       what="the flooder's connection cut")
+            after = memory_kib(pid)
+            # not barred: the account logs in again from the same address
+            again = curve_socket(ctx, key)
+            again.connect(f"tcp://127.0.0.3:0;127.0.0.1:{port}")
+            try:
+                assert call(again, b"l", p.Login(name="flood", password=DEFAULT_PASSWORD)
+                            )[2] == b"OK"
+            finally:
+                again.close(linger=0)
+        assert honest.error is None, honest.error
+        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
+        growth = (after["VmHWM"] - before["VmHWM"]) * 1024
+        # the limit (32 MiB) and the replies made before the check (measured: ~52 MiB)
+        assert growth < 128 * MIB, f"the broker grew by {growth / MIB:.0f} MiB"
+    finally:
+        flood.close(linger=0)
+        ctx.term()

@@ -1,0 +1,293 @@
+"""Bytes held per connection of the ROUTER, from the kernel's TCP counters
+(docs/PROTOCOL.md §15.2, §15.3; docs/design.md "Bytes per connection").
+
+libzmq bounds what it buffers per peer in **messages** (its high-water marks), never in
+bytes, and tells the broker nothing about either direction of a connection:
+
+- **Inbound**, it holds a multipart message until its last frame arrives, with no bound on
+  the frame count: a peer that sends 3,400 frames of 120,000 bytes and never the last one
+  holds 370 MiB in the broker, which the loop never sees (a tester's 12 connections held
+  4.5 GB).
+- **Outbound**, it queues up to ``sndhwm`` replies for a peer that does not read, whatever
+  their size: 10,000 full HISTORY pages are ~20 GB (a tester's 30 accounts that asked and
+  never read grew the broker by 32 MB a second).
+
+The kernel counts both for every TCP connection (``struct tcp_info``, Linux ≥ 4.1):
+``tcpi_bytes_received``, the payload bytes that arrived, and ``tcpi_bytes_acked``, the
+bytes of ours the peer acknowledged. The loop counts, per descriptor (``ZMQ_SRCFD`` of the
+requests it reads), the bytes of complete messages it consumed and the payload bytes of
+the replies and pushes it queued. So, per connection:
+
+- **incomplete** ≈ received − consumed − FRAME_ALLOWANCE × frames consumed −
+  FIXED_ALLOWANCE − AGE_ALLOWANCE × seconds connected: bytes libzmq holds in messages not
+  yet complete (or not yet read by the loop). The allowances cover ZMTP framing, CURVE
+  boxes, the handshake and ZMTP heartbeats, so this **under-estimates**.
+- **unread** ≈ queued − acked: bytes we queued that the peer has not taken. ``acked``
+  counts wire bytes (framing, CURVE boxes, the handshake), at least the payload they
+  carry, so this **under-estimates** too, never accusing a peer that reads.
+
+``ByteLedger`` is the pure part (the counts and the verdicts); ``tcp_counters`` reads the
+kernel's; ``zchat.connections.ConnectionGuard`` samples every tracked connection once per
+CHECK_EVERY_S in its own thread and hands the samples to the loop, which judges them and
+acts (zchat.broker).
+
+**Descriptor reuse.** The kernel reuses a descriptor number as soon as libzmq closes it,
+so counts kept by descriptor must not pass from one connection to the next. The guard
+forwards every end of a tracked connection (``closed``) and its samples through one queue,
+in the order its monitor reported them, so the loop forgets a connection's counts before
+it judges any sample of a later connection on that descriptor. A connection is also known
+by its routing id (one per ROUTER connection, never reused): a request on a known
+descriptor with another routing id starts new counts, and requests still read with the
+routing id of an ended connection count for nothing. What remains, when the guard's thread
+runs behind the loop: a new connection's first requests may be counted and then forgotten
+with the old connection's end (its incomplete bytes are then over-estimated by those few
+requests, far below any limit; its unread bytes under-estimated).
+
+Not Linux, or a kernel without those fields (``tcp_info`` shorter than 136 bytes): logged
+once, nothing is checked.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+#: Offsets in Linux's struct tcp_info: tcpi_bytes_acked (u64) at 120, tcpi_bytes_received
+#: (u64) at 128 (both since Linux 4.1); the struct is then at least 136 bytes.
+_ACKED_RECEIVED = struct.Struct("=QQ")
+_ACKED_OFFSET = 120
+TCP_INFO_MIN_BYTES = 136
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+#: Seconds between two samples of every tracked connection. What a connection can make
+#: the broker hold is its limit plus what it sends (or is sent) in one interval.
+CHECK_EVERY_S = 1.0
+#: Bytes of framing allowed per frame consumed: a ZMTP frame header (up to 9) and, over
+#: CURVE, the MESSAGE command around it (its name, flags, nonce and box: ~33 more).
+FRAME_ALLOWANCE = 64
+#: Bytes allowed per connection whatever it sent: the ZMTP greeting and handshake (CURVE's
+#: is under 1 KiB), and a request or two in flight.
+FIXED_ALLOWANCE = 64 * 1024
+#: Bytes allowed per second connected: ZMTP heartbeats of a peer that sets them (a PING
+#: command, under 64 bytes over CURVE, once a second at most).
+AGE_ALLOWANCE = 64
+
+
+def tcp_counters(fd: int) -> tuple[int, int] | None:
+    """(bytes acked by the peer, bytes received) of TCP connection ``fd`` (a descriptor
+    libzmq owns: borrowed, never closed), or None when ``fd`` is not a TCP socket any more
+    or the kernel does not report them (see ``supported``)."""
+    if _TCP_INFO is None:
+        return None
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 512)
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    if len(info) < TCP_INFO_MIN_BYTES:
+        return None
+    acked, received = _ACKED_RECEIVED.unpack_from(info, _ACKED_OFFSET)
+    return acked, received
+
+
+def supported() -> str | None:
+    """None when this kernel reports the counters, else why not (for the one log line)."""
+    if _TCP_INFO is None:
+        return "the platform has no TCP_INFO (Linux only)"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            info = probe.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 512)
+    except OSError as exc:
+        return f"TCP_INFO failed ({exc})"
+    if len(info) < TCP_INFO_MIN_BYTES:
+        return (f"the kernel's tcp_info has {len(info)} bytes, without tcpi_bytes_received "
+                f"(Linux >= 4.1)")
+    return None
+
+
+class Sample(NamedTuple):
+    """One tracked connection as the guard's thread saw it: its descriptor, its peer's
+    address key, seconds since it was accepted, and the kernel's counters."""
+
+    fd: int
+    address: str
+    age_s: float
+    acked: int
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class ByteLimits:
+    """``incomplete`` and ``unread`` per connection, ``total`` of both over all
+    connections; bytes, 0 for no limit (docs/PROTOCOL.md §9)."""
+
+    incomplete: int
+    unread: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A connection to cut: ``kind`` is "incomplete" (bar its address too) or "unread"
+    (end its session); ``held`` the bytes estimated; ``sample`` what it was judged on;
+    ``total`` True when it was cut for the broker-wide bound (the largest first), not its
+    own."""
+
+    kind: str
+    sample: Sample
+    routing_id: bytes | None
+    held: int
+    total: bool = False
+
+    def still(self, acked: int, received: int) -> bool:
+        """Whether counters read later can be the same connection's: the kernel's only
+        grow, and a new connection on a reused descriptor starts from 0."""
+        return acked >= self.sample.acked and received >= self.sample.received
+
+
+#: States of a descriptor's counts: its connection's (LIVE); its connection ENDED (the
+#: next one on the descriptor is judged from 0, requests still read with the old routing
+#: id count for nothing); its connection being CUT (not judged again until it ends).
+LIVE, ENDED, CUT = 0, 1, 2
+
+
+class _Conn:
+    """The loop's counts for one connection (one descriptor, one routing id)."""
+
+    __slots__ = ("routing_id", "consumed", "frames", "queued", "acked", "state")
+
+    def __init__(self, routing_id: bytes) -> None:
+        self.routing_id = routing_id
+        self.consumed = 0
+        self.frames = 0
+        self.queued = 0
+        #: The kernel's tcpi_bytes_acked when last read: the peer took at least this.
+        self.acked = 0
+        self.state = LIVE
+
+
+class ByteLedger:
+    """What the loop read from and queued to each tracked connection, and the verdicts on
+    the guard's samples. Pure, one thread (the loop's)."""
+
+    def __init__(self, limits: ByteLimits) -> None:
+        self.limits = limits
+        self._by_fd: dict[int, _Conn] = {}
+        self._fd_of: dict[bytes, int] = {}
+
+    def consumed(self, fd: int, routing_id: bytes, nbytes: int, frames: int) -> None:
+        """The loop read a complete message of ``frames`` frames (``nbytes`` in all, the
+        routing id not counted) from ``routing_id`` on descriptor ``fd``."""
+        conn = self._by_fd.get(fd)
+        if conn is None or conn.routing_id != routing_id:
+            if conn is not None and self._fd_of.get(conn.routing_id) == fd:
+                del self._fd_of[conn.routing_id]
+            conn = self._by_fd[fd] = _Conn(routing_id)
+            self._fd_of[routing_id] = fd
+        if conn.state == LIVE:
+            conn.consumed += nbytes
+            conn.frames += frames
+
+    def queued(self, routing_id: bytes, nbytes: int) -> int | None:
+        """The loop queued a reply or push of ``nbytes`` to ``routing_id``. Returns its
+        descriptor when the bytes queued since the last known acknowledgement pass the
+        ``unread`` limit: the loop then reads the kernel's counter at once (``recheck``)
+        instead of waiting up to CHECK_EVERY_S, while the replies of a peer that does not
+        read pile up at the loop's pace (hundreds of MB a second for HISTORY pages)."""
+        fd = self._fd_of.get(routing_id)
+        if fd is None:
+            return None
+        conn = self._by_fd[fd]
+        conn.queued += nbytes
+        limit = self.limits.unread
+        if limit and conn.queued - conn.acked > limit and conn.state == LIVE:
+            return fd
+        return None
+
+    def recheck(self, fd: int, acked: int | None) -> Verdict | None:
+        """The kernel's acked count read now for ``fd`` (None: no longer a tcp socket):
+        a verdict "unread" when the connection is still over the limit with it."""
+        conn = self._by_fd.get(fd)
+        if conn is None or conn.state != LIVE or acked is None or acked < conn.acked:
+            return None  # gone, or a new connection on the descriptor (counts from 0)
+        conn.acked = acked
+        unread = conn.queued - acked
+        if unread <= self.limits.unread:
+            return None
+        return Verdict("unread", Sample(fd, "", 0.0, acked, 0), conn.routing_id, unread)
+
+    def closed(self, fd: int) -> None:
+        """Connection ``fd`` ended: forget its counts (keep its routing id, so that its
+        requests still read count for nothing)."""
+        conn = self._by_fd.get(fd)
+        if conn is not None:
+            conn.state = ENDED
+            conn.consumed = conn.frames = conn.queued = 0
+            if self._fd_of.get(conn.routing_id) == fd:
+                del self._fd_of[conn.routing_id]
+
+    def cut(self, fd: int) -> None:
+        """Connection ``fd`` is being cut: judge it no more."""
+        conn = self._by_fd.get(fd)
+        if conn is None:
+            conn = self._by_fd[fd] = _Conn(b"")
+        conn.state = CUT
+
+    def held(self, sample: Sample) -> tuple[int, int, bytes | None] | None:
+        """(incomplete, unread, routing id) estimated for ``sample``, or None for a
+        connection being cut."""
+        conn = self._by_fd.get(sample.fd)
+        if conn is not None and conn.state == CUT:
+            return None
+        consumed = frames = queued = 0
+        routing_id = None
+        if conn is not None and conn.state == LIVE:
+            consumed, frames, queued = conn.consumed, conn.frames, conn.queued
+            routing_id = conn.routing_id
+            conn.acked = max(conn.acked, sample.acked)
+        incomplete = (sample.received - consumed - FRAME_ALLOWANCE * frames
+                      - FIXED_ALLOWANCE - int(AGE_ALLOWANCE * sample.age_s))
+        return max(0, incomplete), max(0, queued - sample.acked), routing_id
+
+    def judge(self, samples: list[Sample]) -> list[Verdict]:
+        """The connections to cut: each over its own limit, then, while the bytes held by
+        all together pass ``total``, the largest holders first (each charged for the more
+        of its two directions: what it is cut for)."""
+        limits = self.limits
+        verdicts: list[Verdict] = []
+        rest: list[tuple[int, Verdict]] = []
+        held_all = 0
+        for sample in samples:
+            held = self.held(sample)
+            if held is None:
+                continue
+            incomplete, unread, routing_id = held
+            if limits.incomplete and incomplete > limits.incomplete:
+                verdicts.append(Verdict("incomplete", sample,
+                                        routing_id, incomplete))
+            elif limits.unread and unread > limits.unread and routing_id is not None:
+                verdicts.append(Verdict("unread", sample, routing_id,
+                                        unread))
+            elif incomplete or unread:
+                held_all += incomplete + unread
+                kind = "incomplete" if incomplete >= unread else "unread"
+                rest.append((incomplete + unread, Verdict(
+                    kind, sample, routing_id, max(incomplete, unread),
+                    total=True)))
+        if limits.total and held_all > limits.total:
+            rest.sort(key=lambda r: r[0], reverse=True)
+            for both, verdict in rest:
+                if held_all <= limits.total:
+                    break
+                if verdict.kind == "unread" and verdict.routing_id is None:
+                    continue
+                verdicts.append(verdict)
+                held_all -= both
+        return verdicts
