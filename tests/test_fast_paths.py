@@ -26,15 +26,18 @@ _states = st.builds(p.RoomState, room=_text, last_seq=st.integers(0, 2**53),
 
 
 @given(time=st.integers(0, 2**53), rooms=st.lists(_states, max_size=5),
-       session=st.one_of(st.none(), _text), request_id=st.binary(min_size=1, max_size=16))
+       session=st.one_of(st.none(), _text), request_id=st.binary(min_size=1, max_size=16),
+       listed=st.booleans())
 def test_pong_from_cached_room_json_equals_the_codecs_pong(
-        time: int, rooms: list[p.RoomState], session: str | None, request_id: bytes) -> None:
-    fast = p.encode_pong(request_id, time, [p.room_state_json(r) for r in rooms], session)
+        time: int, rooms: list[p.RoomState], session: str | None, request_id: bytes,
+        listed: bool) -> None:
+    fast = p.encode_pong(request_id, time, [p.room_state_json(r) for r in rooms], session,
+                         listed)
     general = p.encode_reply(request_id, p.Pong(time=time, rooms=tuple(rooms),
-                                                session=session))
+                                                session=session, listed=listed))
     assert fast == general
     assert p.decode_from_broker(fast, {request_id: p.Pong}) == \
-        (request_id, p.Pong(time=time, rooms=tuple(rooms), session=session))
+        (request_id, p.Pong(time=time, rooms=tuple(rooms), session=session, listed=listed))
 
 
 def test_tick_scans_for_silent_sessions_only_when_one_may_be_due() -> None:

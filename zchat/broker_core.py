@@ -1566,9 +1566,28 @@ class BrokerCore:
               now_s: float, now_ms: int, address: str) -> list[Action]:
         if session is None:
             return [self._ok(rid, req_id, p.Pong(time=now_ms, session=""))]
+        budget = None
+        if self.config.read_rate_bytes_per_s > 0:
+            # §15.1: a PONG lists every room of the account with its topic (up to ~1.3 MB
+            # for 1,000 rooms); it is charged as reading, and while the budget is spent
+            # PING is still answered, without the list (``listed`` false)
+            account = self.accounts[session.account_key]
+            budget = account.read_budget
+            if budget is None:
+                cfg = self.config
+                budget = account.read_budget = ByteBudget(cfg.read_rate_bytes_per_s,
+                                                          cfg.read_burst_bytes, now_s)
+            if budget.wait_ms(now_s):
+                return [ToPeer(rid, p.encode_pong(req_id, now_ms, [], session.token,
+                                                  listed=False))]
         rooms = [self._room_state_json(k)
                  for k in sorted(self.rooms_of.get(session.account_key, ()))]
-        return [ToPeer(rid, p.encode_pong(req_id, now_ms, rooms, session.token))]
+        reply = ToPeer(rid, p.encode_pong(req_id, now_ms, rooms, session.token))
+        if budget is not None and rooms:
+            cost = sum(len(f) for f in reply.frames)
+            budget.charge(cost, now_s)
+            self.read_bytes += cost
+        return [reply]
 
     def _room_state_json(self, key: str) -> str:
         """The room's RoomState as JSON, remade only when one of its fields changed

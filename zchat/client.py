@@ -1135,6 +1135,8 @@ class Client:
                 and pong.session is not None and pong.session != sent_with):
             self._session_lost("the broker no longer knows this session")
             return pong
+        if not pong.listed:  # the account's reading budget is spent (§6.13): no news
+            return pong
         if sent_with is not None and sent_with == self._state.session \
                 and pong.session in (None, sent_with):
             await self._follow_membership(pong.rooms, changes)

@@ -644,6 +644,9 @@ class Pong(Reply):
     #: that a client notices its session is gone (broker restarted, session evicted) even
     #: when the transport reconnected by itself. None: the broker did not say (§6.13).
     session: str | None = None
+    #: False when ``rooms`` was left out (the account's reading budget is spent, §15.1):
+    #: then ``rooms`` says nothing of the account's rooms (§6.13).
+    listed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -1585,13 +1588,13 @@ def room_state_json(state: RoomState) -> str:
 
 
 def encode_pong(request_id: bytes, time: int, rooms_json: list[str],
-                session: str | None) -> list[bytes]:
+                session: str | None, listed: bool = True) -> list[bytes]:
     """Frames of the OK reply to PING, built from RoomState JSON made by
     ``room_state_json``: byte for byte ``encode_reply(request_id, Pong(time, rooms,
     session))`` (tests/test_fast_paths.py), without encoding every room at every
     heartbeat — the broker answers one PING per session every heartbeat_interval_s."""
     body = f'{{"time":{int(time)},"rooms":[{",".join(rooms_json)}],' \
-           f'"session":{_ENCODER.encode(session)}}}'
+           f'"session":{_ENCODER.encode(session)},"listed":{"true" if listed else "false"}}}'
     return [VERSION, request_id, b"OK", body.encode()]
 
 
