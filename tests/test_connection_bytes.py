@@ -14,6 +14,10 @@ PINGs from 127.0.0.1:
   never reads. The broker must end its session and cut it once over ``max_unread_bytes``
   (32 MiB by default), long before ``sndhwm`` replies (~20 GB) are queued.
 
+And at loopback speed (1-4 GB a second per connection) with 14 connections holding
+100 MiB in all: each is cut within twice the limit and two fast samples' worth of its
+traffic, and the broker's resident size comes back near where it started (malloc_trim).
+
 Both ran unbounded before this check (an unfinished 370 MiB message held whole; 2.2 GB
 in 60 s for 30 peers that did not read).
 
@@ -431,3 +435,14 @@ def test_unfinished_messages_are_cut_soon_and_their_memory_returned(
     bound = 2 * 8 + max(rates) * 2 * FAST_CHECK_EVERY_S / MIB
     assert max(held) <= bound, (f"held {max(held):.0f} MiB (bound {bound:.0f}) at "
                                 f"{max(rates) / MIB:.0f} MiB/s: {held}")
+
+
+def test_connections_near_a_limit_are_named_for_close_watching() -> None:
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    ledger.consumed(7, b"r7", 0, 0)
+    ledger.queued(b"r7", 9 * MIB)  # over a quarter of max_unread_bytes
+    assert ledger.judge([sample(5, received=FIXED_ALLOWANCE + MIB),
+                         sample(6, received=FIXED_ALLOWANCE + 3 * MIB),
+                         sample(7)]) == []
+    assert ledger.near == [6, 7]
+    assert ledger.judge([sample(5)]) == [] and ledger.near == []

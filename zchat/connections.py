@@ -23,7 +23,8 @@ Two parts:
   never close it.
 
 The thread also samples the kernel's byte counters (TCP_INFO) of the ROUTER's tcp
-connections once a second for the broker's loop, which bounds the bytes each connection
+connections for the broker's loop (every second, and every 10 ms those receiving fast,
+new or near a limit: zchat.conntrack.FAST_CHECK_EVERY_S), which bounds the bytes each connection
 holds (zchat.conntrack, docs/PROTOCOL.md §15.2): an unfinished message is cut here like
 an over-long one (``cut`` with its address barred), a peer that does not read is reset.
 
@@ -67,6 +68,7 @@ from zchat.conntrack import (
     FAST_CHECK_EVERY_S,
     MAX_WATCHED,
     MIN_SWEEP_S,
+    RSS_CHECK_EVERY_S,
     TRIM_EVERY_S,
     WATCH_FRACTION,
     Sample,
@@ -290,10 +292,12 @@ class ConnectionGuard:
 
     With ``watch(sock, track_bytes=True)`` (the ROUTER) and ``track_bytes(notify)``, the
     thread also samples the kernel's byte counters of each of that socket's tcp
-    connections every CHECK_EVERY_S (zchat.conntrack) and puts, in the order its monitor
+    connections every CHECK_EVERY_S, the watched ones every FAST_CHECK_EVERY_S
+    (zchat.conntrack), and puts, in the order its monitor
     reported them, ``("closed", fd)`` for each end of such a connection and ``("sample",
     [Sample, ...])`` on ``samples``, calling ``notify()`` (from this thread) after each
-    sample: the broker's loop judges them."""
+    sample: the broker's loop judges them. It also calls malloc_trim when the loop asks
+    (``trim_soon``)."""
 
     def __init__(self, context: zmq.Context[Any], limits: Limits) -> None:
         self.context = context
@@ -391,11 +395,15 @@ class ConnectionGuard:
         try:
             now = time.monotonic()
             rss_base = _resident(statm)
-            next_sweep_s, next_fast_s, swept_s = now + CHECK_EVERY_S, now, now
+            next_sweep_s, ticked_s, swept_s = now + CHECK_EVERY_S, now, now
             while True:
                 timeout_ms = None
                 if sampling:
-                    timeout_ms = max(0, int((next_fast_s - time.monotonic()) * 1000)) + 1
+                    # every FAST_CHECK_EVERY_S while any connection is watched, else
+                    # every RSS_CHECK_EVERY_S (a wake-up costs ~0.1 ms of CPU)
+                    next_tick_s = ticked_s + (FAST_CHECK_EVERY_S if self._watched_conns
+                                              else RSS_CHECK_EVERY_S)
+                    timeout_ms = max(0, int((next_tick_s - time.monotonic()) * 1000)) + 1
                 events = dict(poller.poll(timeout_ms))
                 if stop in events:
                     return
@@ -403,9 +411,11 @@ class ConnectionGuard:
                     if monitor is not stop:
                         self._drain(index[monitor], monitor)
                 now = time.monotonic()
-                if not sampling or now < next_fast_s:
+                if not sampling or now < ticked_s + (
+                        FAST_CHECK_EVERY_S if self._watched_conns or not self._near.empty()
+                        else RSS_CHECK_EVERY_S):
                     continue
-                next_fast_s = now + FAST_CHECK_EVERY_S
+                ticked_s = now
                 rss = _resident(statm)
                 rss_base = min(rss_base, rss)
                 if now >= next_sweep_s or (rss - rss_base > self._watch_bytes

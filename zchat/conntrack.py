@@ -28,8 +28,9 @@ the replies and pushes it queued. So, per connection:
 
 ``ByteLedger`` is the pure part (the counts and the verdicts); ``tcp_counters`` reads the
 kernel's; ``zchat.connections.ConnectionGuard`` samples every tracked connection once per
-CHECK_EVERY_S in its own thread and hands the samples to the loop, which judges them and
-acts (zchat.broker).
+CHECK_EVERY_S, and the watched ones every FAST_CHECK_EVERY_S, in its own thread and hands
+the samples to the loop, which judges them and acts (zchat.broker); ``malloc_trim`` gives
+what cut connections held back to the system.
 
 **Descriptor reuse.** The kernel reuses a descriptor number as soon as libzmq closes it,
 so counts kept by descriptor must not pass from one connection to the next. The guard
@@ -76,10 +77,12 @@ WATCH_FRACTION = 4
 #: Watched connections sampled at most per fast sample (~2 µs each: 2 ms): what one check
 #: costs is bounded; the sweep still reads every connection.
 MAX_WATCHED = 1024
-#: The process's resident size, read every FAST_CHECK_EVERY_S (one pread of
-#: /proc/self/statm, ~5 µs): grown by more than the smallest limit / WATCH_FRACTION since
-#: the last sweep, the guard sweeps at once, at most every MIN_SWEEP_S; so a connection
-#: idle at the last sweep that then sends fast is sampled within ~50 ms too.
+#: The process's resident size, read every RSS_CHECK_EVERY_S (FAST_CHECK_EVERY_S while
+#: a connection is watched; one pread of /proc/self/statm, ~1.5 µs): grown by more than
+#: the smallest limit / WATCH_FRACTION since the last sweep, the guard sweeps at once, at
+#: most every MIN_SWEEP_S; so a connection idle at the last sweep that then sends fast is
+#: sampled within RSS_CHECK_EVERY_S (or MIN_SWEEP_S after the last sweep) too.
+RSS_CHECK_EVERY_S = 0.05
 MIN_SWEEP_S = 0.2
 #: After the loop cut connections that held this much in all, glibc is asked to give the
 #: freed memory back to the system (``malloc_trim``): without it the broker keeps its
