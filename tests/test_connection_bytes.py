@@ -14,6 +14,10 @@ PINGs from 127.0.0.1:
   never reads. The broker must end its session and cut it once over ``max_unread_bytes``
   (32 MiB by default), long before ``sndhwm`` replies (~20 GB) are queued.
 
+And at loopback speed (1-4 GB a second per connection) with 14 connections holding
+100 MiB in all: each is cut within twice the limit and two fast samples' worth of its
+traffic, and the broker's resident size comes back near where it started (malloc_trim).
+
 Both ran unbounded before this check (an unfinished 370 MiB message held whole; 2.2 GB
 in 60 s for 30 peers that did not read).
 
@@ -27,6 +31,7 @@ rate), every wait is a poll or a deadline.
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import socket
 import subprocess
@@ -52,6 +57,7 @@ from floods import DEALER_READY, NULL_GREETING, Pinger, memory_kib
 from zchat import protocol as p
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.conntrack import (
+    FAST_CHECK_EVERY_S,
     FIXED_ALLOWANCE,
     FRAME_ALLOWANCE,
     ByteLedger,
@@ -361,3 +367,82 @@ def test_a_peer_that_never_reads_is_ended_and_cut(
     finally:
         flood.close(linger=0)
         ctx.term()
+
+
+# -- a real broker: many unfinished messages at loopback speed, then memory returned -----
+
+#: Connections that each hold just under the limit (from addresses of their own), so that
+#: the broker grows by over 100 MiB before any of them is cut.
+HOLDERS = 14
+HELD_EACH = 7 * MIB
+
+
+def blast(sock: socket.socket, most: int) -> tuple[int, float]:
+    """Send unfinished frames as fast as loopback takes them, until the broker cuts the
+    connection or ``most`` bytes are sent; return the bytes sent and the seconds taken."""
+    frame = b"\x03" + FRAME_BYTES.to_bytes(8, "big") + b"\xab" * FRAME_BYTES
+    started = time.monotonic()
+    sent = 0
+    try:
+        while sent < most:
+            if select.select([sock], [], [], 0)[0] and not sock.recv(4096):
+                break
+            sock.sendall(frame)
+            sent += len(frame)
+    except OSError:  # reset or broken pipe: cut
+        pass
+    return sent, time.monotonic() - started
+
+
+def test_unfinished_messages_are_cut_soon_and_their_memory_returned(
+        plain_broker: tuple[Proc, int]) -> None:
+    """At loopback speed (hundreds of MB a second per connection), each connection is cut
+    within twice the limit and what a fast sample's interval lets through; once the
+    connections holding 100+ MiB are cut, the broker gives the memory back to the system
+    (malloc_trim) instead of keeping its peak."""
+    proc, port = plain_broker
+    pid = proc.popen.pid
+    baseline = memory_kib(pid)["VmRSS"] * 1024
+    peers: list[socket.socket] = []
+    try:
+        for i in range(HOLDERS):
+            peer = raw_zmtp_peer(port, f"127.0.0.{10 + i}")
+            peers.append(peer)
+            sent, _ = blast(peer, HELD_EACH)
+            assert sent >= HELD_EACH, f"holder {i} cut after {sent / MIB:.1f} MiB"
+        wait_until(lambda: memory_kib(pid)["VmRSS"] * 1024 - baseline > 90 * MIB,
+                   timeout_s=10, what="the broker to hold the unfinished messages")
+        rates = []
+        for peer in peers:
+            sent, took = blast(peer, 1024 * MIB)
+            assert sent < 1024 * MIB, "a connection was never cut"
+            rates.append(sent / max(took, 1e-3))
+        cuts = [proc.wait_line("stderr", "cut a connection", timeout_s=10)
+                for _ in peers]
+        rss_after = wait_until(
+            lambda: (rss := memory_kib(pid)["VmRSS"] * 1024) < baseline + 48 * MIB and rss,
+            timeout_s=15, what=f"the broker's memory back near its {baseline / MIB:.0f} MiB "
+                               f"(now {memory_kib(pid)['VmRSS'] / 1024:.0f} MiB)")
+        assert rss_after < baseline + 48 * MIB
+        assert "returned" in proc.wait_line("stderr", "malloc_trim", timeout_s=5)
+    finally:
+        for peer in peers:
+            peer.close()
+    held = [float(re.search(r"([\d.]+) MiB sent and not finished", line)[1])  # type: ignore[index]
+            for line in cuts]
+    # the limit, twice (a loaded machine), and what the fastest connection sends in two
+    # fast samples' intervals (FAST_CHECK_EVERY_S)
+    bound = 2 * 8 + max(rates) * 2 * FAST_CHECK_EVERY_S / MIB
+    assert max(held) <= bound, (f"held {max(held):.0f} MiB (bound {bound:.0f}) at "
+                                f"{max(rates) / MIB:.0f} MiB/s: {held}")
+
+
+def test_connections_near_a_limit_are_named_for_close_watching() -> None:
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    ledger.consumed(7, b"r7", 0, 0)
+    ledger.queued(b"r7", 9 * MIB)  # over a quarter of max_unread_bytes
+    assert ledger.judge([sample(5, received=FIXED_ALLOWANCE + MIB),
+                         sample(6, received=FIXED_ALLOWANCE + 3 * MIB),
+                         sample(7)]) == []
+    assert ledger.near == [6, 7]
+    assert ledger.judge([sample(5)]) == [] and ledger.near == []

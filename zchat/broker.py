@@ -65,7 +65,14 @@ from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.connections import _peer_address as connection_address
-from zchat.conntrack import ByteLedger, ByteLimits, Verdict, tcp_counters
+from zchat.conntrack import (
+    TRIM_AFTER_BYTES,
+    TRIM_DELAY_S,
+    ByteLedger,
+    ByteLimits,
+    Verdict,
+    tcp_counters,
+)
 from zchat.errors import Status, StorageError, ZchatError
 from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
 from zchat.ratelimit import address_key
@@ -356,6 +363,8 @@ class Broker:
         #: Bytes read from and queued to each tcp connection of the ROUTER while they are
         #: checked (zchat.conntrack: Linux, a tcp ROUTER, a limit on), else None.
         self.ledger: ByteLedger | None = None
+        #: Bytes held by the connections cut since the last malloc_trim was asked for.
+        self._cut_bytes = 0
         #: (core, its subscriber_version) last given to the ZAP handler.
         self._keys_published: tuple[BrokerCore | None, int] = (None, -1)
         self._key_service: zmq.Socket[Any] | None = None
@@ -451,8 +460,10 @@ class Broker:
         held = ByteLimits(cfg.max_incomplete_bytes, cfg.max_unread_bytes,
                           cfg.max_held_bytes)
         checked = held.incomplete or held.unread or held.total
+        smallest = min(limit for limit in (held.incomplete, held.unread, held.total)
+                       if limit) if checked else 0
         if checked and cfg.router.startswith("tcp://") \
-                and self.connections.track_bytes(self._wake_loop):
+                and self.connections.track_bytes(self._wake_loop, smallest):
             self.ledger = ByteLedger(held)
 
     def _bind(self, sock: zmq.Socket[Any], endpoint: str, what: str) -> None:
@@ -773,6 +784,12 @@ class Broker:
                 continue
             for verdict in ledger.judge(value):
                 self._cut_held(ledger, verdict)
+            self.connections.watch_closely(ledger.near)
+        if self._cut_bytes >= TRIM_AFTER_BYTES:
+            # libzmq frees the connections' buffers in its I/O thread once it has closed
+            # them: the guard's thread trims a little later, off the loop.
+            self._cut_bytes = 0
+            self.connections.trim_soon(TRIM_DELAY_S)
 
     def _cut_held(self, ledger: ByteLedger, verdict: Verdict) -> None:
         """Carry out one verdict, after reading the connection's counters again: a
@@ -786,6 +803,7 @@ class Broker:
             return
         limits, mib = ledger.limits, 1024 * 1024
         ledger.cut(sample.fd)
+        self._cut_bytes += verdict.held
         now = time.monotonic()
         if verdict.total:
             why = (f"the broker holds over max_held_bytes ({limits.total / mib:g} MiB) for "

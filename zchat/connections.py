@@ -23,7 +23,8 @@ Two parts:
   never close it.
 
 The thread also samples the kernel's byte counters (TCP_INFO) of the ROUTER's tcp
-connections once a second for the broker's loop, which bounds the bytes each connection
+connections for the broker's loop (every second, and every 10 ms those receiving fast,
+new or near a limit: zchat.conntrack.FAST_CHECK_EVERY_S), which bounds the bytes each connection
 holds (zchat.conntrack, docs/PROTOCOL.md §15.2): an unfinished message is cut here like
 an over-long one (``cut`` with its address barred), a peer that does not read is reset.
 
@@ -49,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import queue
 import resource
 import socket
@@ -61,7 +63,19 @@ from typing import Any
 
 import zmq
 
-from zchat.conntrack import CHECK_EVERY_S, Sample, supported, tcp_counters
+from zchat.conntrack import (
+    CHECK_EVERY_S,
+    FAST_CHECK_EVERY_S,
+    MAX_WATCHED,
+    MIN_SWEEP_S,
+    RSS_CHECK_EVERY_S,
+    TRIM_EVERY_S,
+    WATCH_FRACTION,
+    Sample,
+    malloc_trim,
+    supported,
+    tcp_counters,
+)
 from zchat.ratelimit import address_key
 
 log = logging.getLogger("zchat.broker")
@@ -227,6 +241,25 @@ def _peer_address(fd: int) -> str | None:
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _open_statm() -> int | None:
+    """A descriptor of /proc/self/statm (the caller closes it), None where there is none."""
+    try:
+        return os.open("/proc/self/statm", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _resident(statm: int | None) -> int:
+    """The process's resident size in bytes from descriptor ``statm`` (0 without one)."""
+    if statm is None:
+        return 0
+    try:
+        return int(os.pread(statm, 128, 0).split()[1]) * _PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _refuse(fd: int, reset: bool = False) -> None:
@@ -259,10 +292,12 @@ class ConnectionGuard:
 
     With ``watch(sock, track_bytes=True)`` (the ROUTER) and ``track_bytes(notify)``, the
     thread also samples the kernel's byte counters of each of that socket's tcp
-    connections every CHECK_EVERY_S (zchat.conntrack) and puts, in the order its monitor
+    connections every CHECK_EVERY_S, the watched ones every FAST_CHECK_EVERY_S
+    (zchat.conntrack), and puts, in the order its monitor
     reported them, ``("closed", fd)`` for each end of such a connection and ``("sample",
     [Sample, ...])`` on ``samples``, calling ``notify()`` (from this thread) after each
-    sample: the broker's loop judges them."""
+    sample: the broker's loop judges them. It also calls malloc_trim when the loop asks
+    (``trim_soon``)."""
 
     def __init__(self, context: zmq.Context[Any], limits: Limits) -> None:
         self.context = context
@@ -281,17 +316,47 @@ class ConnectionGuard:
         self._notify: Callable[[], None] | None = None
         #: ("closed", fd) and ("sample", [Sample, ...]) for the loop (see the class).
         self.samples: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        #: Bytes a second received that make a connection watched (sampled every
+        #: FAST_CHECK_EVERY_S), and the growth of the process's resident size that makes
+        #: the guard sweep at once: the smallest limit / WATCH_FRACTION.
+        self._watch_bytes = 0
+        #: The watched connections; each tracked one's last sample (monotonic s, bytes
+        #: received). This thread's alone.
+        self._watched_conns: set[tuple[int, int]] = set()
+        self._last: dict[tuple[int, int], tuple[float, int]] = {}
+        #: Descriptors the loop judged near a limit (``watch_closely``), for this thread.
+        self._near: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        #: Monotonic s after which this thread calls malloc_trim (``trim_soon``; written by
+        #: the loop, read here: one float, safe under the GIL); 0: none asked.
+        self._trim_at = 0.0
+        self._trimmed_s = -TRIM_EVERY_S
 
-    def track_bytes(self, notify: Callable[[], None]) -> bool:
+    def track_bytes(self, notify: Callable[[], None], smallest_limit: int) -> bool:
         """Sample the tracked sockets' connections (before ``start()``); False, with one
-        INFO line, where the kernel does not count their bytes (not Linux >= 4.1)."""
+        INFO line, where the kernel does not count their bytes (not Linux >= 4.1).
+        ``smallest_limit`` (bytes, > 0): the smallest byte limit the loop applies, which
+        sets what is watched closely (zchat.conntrack.FAST_CHECK_EVERY_S)."""
         why = supported()
         if why is not None:
             log.info("bytes per connection are not checked: %s (docs/PROTOCOL.md §15.2)",
                      why)
             return False
         self._notify = notify
+        self._watch_bytes = max(1, smallest_limit // WATCH_FRACTION)
         return True
+
+    def watch_closely(self, fds: list[int]) -> None:
+        """From the loop: sample these tracked connections (descriptors) every
+        FAST_CHECK_EVERY_S until a sample of theirs is judged again."""
+        if fds:
+            self._near.put(fds)
+
+    def trim_soon(self, delay_s: float) -> None:
+        """From the loop: connections holding much memory were cut; call malloc_trim in
+        this thread ``delay_s`` from now (once libzmq freed their buffers), or when
+        TRIM_EVERY_S has passed since the last one."""
+        if not self._trim_at:
+            self._trim_at = time.monotonic() + delay_s
 
     def watch(self, sock: zmq.Socket[Any], track_bytes: bool = False) -> None:
         """Monitor ``sock``'s accepted and ended connections; with ``track_bytes``, sample
@@ -326,37 +391,108 @@ class ConnectionGuard:
             poller.register(monitor, zmq.POLLIN)
         index = {monitor: i for i, monitor in enumerate(self._monitors)}
         sampling = self._notify is not None and bool(self._tracked)
-        next_sample_s = time.monotonic() + CHECK_EVERY_S
-        while True:
-            timeout_ms = None
-            if sampling:
-                timeout_ms = max(0, int((next_sample_s - time.monotonic()) * 1000)) + 1
-            events = dict(poller.poll(timeout_ms))
-            if stop in events:
-                return
-            for monitor in events:
-                if monitor is not stop:
-                    self._drain(index[monitor], monitor)
-            if sampling and time.monotonic() >= next_sample_s:
-                self._sample()
-                next_sample_s = time.monotonic() + CHECK_EVERY_S
+        statm = _open_statm() if sampling else None
+        try:
+            now = time.monotonic()
+            rss_base = _resident(statm)
+            next_sweep_s, ticked_s, swept_s = now + CHECK_EVERY_S, now, now
+            while True:
+                timeout_ms = None
+                if sampling:
+                    # every FAST_CHECK_EVERY_S while any connection is watched, else
+                    # every RSS_CHECK_EVERY_S (a wake-up costs ~0.1 ms of CPU)
+                    next_tick_s = ticked_s + (FAST_CHECK_EVERY_S if self._watched_conns
+                                              else RSS_CHECK_EVERY_S)
+                    timeout_ms = max(0, int((next_tick_s - time.monotonic()) * 1000)) + 1
+                events = dict(poller.poll(timeout_ms))
+                if stop in events:
+                    return
+                for monitor in events:
+                    if monitor is not stop:
+                        self._drain(index[monitor], monitor)
+                now = time.monotonic()
+                if not sampling or now < ticked_s + (
+                        FAST_CHECK_EVERY_S if self._watched_conns or not self._near.empty()
+                        else RSS_CHECK_EVERY_S):
+                    continue
+                ticked_s = now
+                rss = _resident(statm)
+                rss_base = min(rss_base, rss)
+                if now >= next_sweep_s or (rss - rss_base > self._watch_bytes
+                                           and now - swept_s >= MIN_SWEEP_S):
+                    self._sample(None, now)
+                    next_sweep_s, swept_s, rss_base = now + CHECK_EVERY_S, now, rss
+                else:
+                    self._take_near()
+                    if self._watched_conns:
+                        self._sample(self._watched_conns, now)
+                if self._trim_at and now >= self._trim_at:
+                    self._trim(now)
+        finally:
+            if statm is not None:
+                os.close(statm)
 
-    def _sample(self) -> None:
-        """Read the kernel's counters of every tracked tcp connection (~2 µs each) and
-        hand them to the loop."""
+    def _take_near(self) -> None:
+        tracked, held, watched = self._tracked, self.table._held, self._watched_conns
+        while not self._near.empty():
+            for fd in self._near.get_nowait():
+                for which in tracked:
+                    if (which, fd) in held and len(watched) < MAX_WATCHED:
+                        watched.add((which, fd))
+
+    def _sample(self, which_conns: set[tuple[int, int]] | None, now: float) -> None:
+        """Read the kernel's counters of every tracked tcp connection (``which_conns``
+        None: the sweep) or of the watched ones (~2 µs each) and hand them to the loop;
+        watch those that received at 1 / WATCH_FRACTION of the smallest limit a second
+        or more since their last sample, or are in their first CHECK_EVERY_S."""
         assert self._notify is not None
-        now = time.monotonic()
-        tracked, since = self._tracked, self._since
+        tracked, since, last, held = self._tracked, self._since, self._last, self.table._held
+        watched, rate = self._watched_conns, self._watch_bytes / CHECK_EVERY_S
+        conns = list(held.items()) if which_conns is None else \
+            [(key, held[key]) for key in list(which_conns) if key in held]
         samples = []
-        for (which, fd), address in list(self.table._held.items()):
-            if which not in tracked or not address:
+        for key, address in conns:
+            if key[0] not in tracked or not address:
                 continue
-            counters = tcp_counters(fd)
-            if counters is not None:
-                samples.append(Sample(fd, address, now - since.get((which, fd), now),
-                                      *counters))
-        self.samples.put(("sample", samples))
-        self._notify()
+            counters = tcp_counters(key[1])
+            if counters is None:
+                watched.discard(key)
+                continue
+            age = now - since.get(key, now)
+            before = last.get(key)
+            if which_conns is None or before is None or counters[1] != before[1]:
+                # a watched connection that received nothing since is judged as before
+                samples.append(Sample(key[1], address, age, *counters))
+            last[key] = (now, counters[1])
+            fast = age < CHECK_EVERY_S if before is None else \
+                counters[1] - before[1] > rate * (now - before[0]) or age < CHECK_EVERY_S
+            if not fast:
+                watched.discard(key)
+            elif len(watched) < MAX_WATCHED:
+                watched.add(key)
+        if samples or which_conns is None:
+            self.samples.put(("sample", samples))
+            self._notify()
+
+    def _trim(self, now: float) -> None:
+        """malloc_trim, at most every TRIM_EVERY_S, with one INFO line of what it gave
+        back (resident size before and after) and how long it took."""
+        if now - self._trimmed_s < TRIM_EVERY_S:
+            return
+        self._trim_at, self._trimmed_s = 0.0, now
+        statm = _open_statm()
+        try:
+            before = _resident(statm)
+            started = time.perf_counter()
+            done = malloc_trim()
+            took = time.perf_counter() - started
+            after = _resident(statm)
+        finally:
+            if statm is not None:
+                os.close(statm)
+        if done is not None:
+            log.info("malloc_trim returned %.0f MiB to the system in %.1f ms (resident "
+                     "%.0f MiB)", (before - after) / 2**20, took * 1000, after / 2**20)
 
     def _drain(self, which: int, monitor: zmq.Socket[Any]) -> None:
         table = self.table
@@ -372,6 +508,8 @@ class ConnectionGuard:
                 table.closed((which, fd))
                 if which in self._tracked:
                     self._since.pop((which, fd), None)
+                    self._last.pop((which, fd), None)
+                    self._watched_conns.discard((which, fd))
                     self.samples.put(("closed", fd))
             elif event == zmq.EVENT_ACCEPTED:
                 address = _peer_address(fd)
@@ -384,6 +522,8 @@ class ConnectionGuard:
                     self._log_refused(why)
                 elif which in self._tracked:
                     self._since[(which, fd)] = now
+                    if len(self._watched_conns) < MAX_WATCHED:
+                        self._watched_conns.add((which, fd))  # its first second
 
     def cut(self, fd: int, address: str, now_s: float, why: str = "",
             bar: bool = True) -> bool:

@@ -28,8 +28,9 @@ the replies and pushes it queued. So, per connection:
 
 ``ByteLedger`` is the pure part (the counts and the verdicts); ``tcp_counters`` reads the
 kernel's; ``zchat.connections.ConnectionGuard`` samples every tracked connection once per
-CHECK_EVERY_S in its own thread and hands the samples to the loop, which judges them and
-acts (zchat.broker).
+CHECK_EVERY_S, and the watched ones every FAST_CHECK_EVERY_S, in its own thread and hands
+the samples to the loop, which judges them and acts (zchat.broker); ``malloc_trim`` gives
+what cut connections held back to the system.
 
 **Descriptor reuse.** The kernel reuses a descriptor number as soon as libzmq closes it,
 so counts kept by descriptor must not pass from one connection to the next. The guard
@@ -49,10 +50,12 @@ once, nothing is checked.
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 #: Offsets in Linux's struct tcp_info: tcpi_bytes_acked (u64) at 120, tcpi_bytes_received
 #: (u64) at 128 (both since Linux 4.1); the struct is then at least 136 bytes.
@@ -61,9 +64,35 @@ _ACKED_OFFSET = 120
 TCP_INFO_MIN_BYTES = 136
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
-#: Seconds between two samples of every tracked connection. What a connection can make
-#: the broker hold is its limit plus what it sends (or is sent) in one interval.
+#: Seconds between two samples of every tracked connection (the sweep).
 CHECK_EVERY_S = 1.0
+#: Seconds between two samples of a **watched** connection: one in its first
+#: CHECK_EVERY_S, one whose last sample showed it receiving at WATCH_FRACTION of the
+#: smallest limit a second or more, one the loop judged over WATCH_FRACTION of a limit.
+#: On loopback one connection sends hundreds of MB a second: sampled once a second, one
+#: got 225 MiB into an 8 MiB limit; sampled every 50 ms, it gets the limit plus ~50 ms of
+#: its traffic (plus one sweep's worth for one idle until then; see ``RSS_SWEEP_BYTES``).
+FAST_CHECK_EVERY_S = 0.01
+WATCH_FRACTION = 4
+#: Watched connections sampled at most per fast sample (~2 µs each: 2 ms): what one check
+#: costs is bounded; the sweep still reads every connection.
+MAX_WATCHED = 1024
+#: The process's resident size, read every RSS_CHECK_EVERY_S (FAST_CHECK_EVERY_S while
+#: a connection is watched; one pread of /proc/self/statm, ~1.5 µs): grown by more than
+#: the smallest limit / WATCH_FRACTION since the last sweep, the guard sweeps at once, at
+#: most every MIN_SWEEP_S; so a connection idle at the last sweep that then sends fast is
+#: sampled within RSS_CHECK_EVERY_S (or MIN_SWEEP_S after the last sweep) too.
+RSS_CHECK_EVERY_S = 0.05
+MIN_SWEEP_S = 0.2
+#: After the loop cut connections that held this much in all, glibc is asked to give the
+#: freed memory back to the system (``malloc_trim``): without it the broker keeps its
+#: peak resident size for ever (a tester saw 1.2 GB kept while idle). Not before
+#: TRIM_DELAY_S after the cut (libzmq's I/O thread frees a connection's buffers once it
+#: has closed it), at most every TRIM_EVERY_S, in the guard's thread (it takes
+#: milliseconds: docs/design.md "Bytes per connection").
+TRIM_AFTER_BYTES = 64 * 1024 * 1024
+TRIM_DELAY_S = 0.3
+TRIM_EVERY_S = 5.0
 #: Bytes of framing allowed per frame consumed: a ZMTP frame header (up to 9) and, over
 #: CURVE, the MESSAGE command around it (its name, flags, nonce and box: ~33 more).
 FRAME_ALLOWANCE = 64
@@ -95,6 +124,29 @@ def tcp_counters(fd: int) -> tuple[int, int] | None:
         return None
     acked, received = _ACKED_RECEIVED.unpack_from(info, _ACKED_OFFSET)
     return acked, received
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return cast("Callable[[int], int]", trim)
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def malloc_trim() -> bool | None:
+    """Ask glibc to return the free memory of all its arenas to the system
+    (``malloc_trim(0)``); None where the C library has no such call (not glibc), else
+    whether any was returned."""
+    if _MALLOC_TRIM is None:
+        return None
+    return bool(_MALLOC_TRIM(0))
 
 
 def supported() -> str | None:
@@ -181,6 +233,8 @@ class ByteLedger:
         self.limits = limits
         self._by_fd: dict[int, _Conn] = {}
         self._fd_of: dict[bytes, int] = {}
+        #: Set by ``judge``.
+        self.near: list[int] = []
 
     def consumed(self, fd: int, routing_id: bytes, nbytes: int, frames: int) -> None:
         """The loop read a complete message of ``frames`` frames (``nbytes`` in all, the
@@ -259,16 +313,26 @@ class ByteLedger:
     def judge(self, samples: list[Sample]) -> list[Verdict]:
         """The connections to cut: each over its own limit, then, while the bytes held by
         all together pass ``total``, the largest holders first (each charged for the more
-        of its two directions: what it is cut for)."""
+        of its two directions: what it is cut for). ``samples`` may be some connections
+        only (the guard's fast samples): the bytes held by those pass ``total`` no sooner
+        than those held by all.
+
+        Sets ``near``: the descriptors of the connections holding over 1 / WATCH_FRACTION
+        of a limit, for the guard to sample often."""
         limits = self.limits
         verdicts: list[Verdict] = []
         rest: list[tuple[int, Verdict]] = []
         held_all = 0
+        near_incomplete = limits.incomplete // WATCH_FRACTION or -1
+        near_unread = limits.unread // WATCH_FRACTION or -1
+        self.near = near = []
         for sample in samples:
             held = self.held(sample)
             if held is None:
                 continue
             incomplete, unread, routing_id = held
+            if 0 < near_incomplete < incomplete or 0 < near_unread < unread:
+                near.append(sample.fd)
             if limits.incomplete and incomplete > limits.incomplete:
                 verdicts.append(Verdict("incomplete", sample,
                                         routing_id, incomplete))
