@@ -33,7 +33,8 @@ def _restart_on(tmp_path: Path, old: TcpBroker, pub: str) -> TcpBroker:
 
 
 async def _client(router: str, name: str, reconnect: bool) -> Client:
-    client = Client(router, timeout_s=1.0, reconnect=reconnect, reconnect_max_s=1.0)
+    # 3 s: a fresh broker subprocess on a loaded machine once took over 1 s to answer
+    client = Client(router, timeout_s=3.0, reconnect=reconnect, reconnect_max_s=1.0)
     await client.connect()
     await client.register(name, DEFAULT_PASSWORD)
     await client.login(name, DEFAULT_PASSWORD)
