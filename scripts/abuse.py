@@ -29,7 +29,7 @@ Attacks (``--only`` takes these ids, or a number for all its letters: ``2`` = 2a
   7   one message of 2,000,000 empty frames to the ROUTER over CURVE
   8   hundreds of CURVE SUBs to the PUB that never read, while a room is busy
 
-Only the fill phase of 2a/2b runs a broker with send_rate_per_s = 0 (then it is stopped
+Only 2a/2b's fill phase runs a broker with send_rate_per_s = 0, room limits off (then stopped
 and a broker with default settings is started on the same data directory for the attack).
 Attack 6 runs its broker with ``ulimit -n`` lowered to ``--nofile`` (1024) so that its
 1,500 connections reach the limit, the scaled form of 22,500 connections against 20,000.
@@ -83,7 +83,8 @@ LOGIN_EVERY_S = 1.0
 ATTACK_SETTINGS: dict[str, Any] = {"log_level": "warning"}
 #: Fill phase only (2a, 2b): no sending or login limits, cheap hashes.
 FILL_SETTINGS: dict[str, Any] = {"log_level": "warning", "send_rate_per_s": 0,
-                                 "login_rate_per_s": 0, "scrypt_n": 1024}
+                                 "login_rate_per_s": 0, "room_create_rate_per_s": 0,
+                                 "max_rooms_created": 0, "scrypt_n": 1024}
 
 
 # -- wire helpers ---------------------------------------------------------------------------
@@ -488,6 +489,8 @@ def _guessing(run: Run, sessions: list[str], label: str) -> Callable[[], None]:
                         left -= 1  # the RESUME
                     else:
                         status = status_of(frames)
+                        if status == 401 and b"log in before" in frames[3]:
+                            status = 0  # no session here (its RESUME was refused): no guess
                         statuses[status] = statuses.get(status, 0) + 1
                         left -= 1
                     if left:
@@ -501,7 +504,8 @@ def _guessing(run: Run, sessions: list[str], label: str) -> Callable[[], None]:
             for conn, _, _ in active.values():
                 conn.close()
         guesses = statuses.get(401, 0)
-        others = ", ".join(f"{s}: {n:,}" for s, n in sorted(statuses.items()) if s != 401)
+        others = ", ".join(f"{s or 'no session'}: {n:,}"
+                           for s, n in sorted(statuses.items()) if s != 401)
         run.got = (f"{guesses:,} password guesses checked ({guesses / run.seconds:.1f}/s; "
                    f"the limit means 30 then 0.5/s) over {connections:,} connections"
                    f"{label}; {others or 'no other replies'}")
