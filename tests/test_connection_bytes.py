@@ -45,12 +45,9 @@ import zmq
 from conftest import (
     Proc,
     TcpBroker,
-    cli_env,
-    free_port,
     start_broker,
     stop_broker,
     wait_until,
-    zchat_command,
 )
 from floods import DEALER_READY, NULL_GREETING, Pinger, memory_kib
 
@@ -162,26 +159,8 @@ def test_settings_have_defaults_and_bounds() -> None:
 def plain_broker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
     """``zchat broker`` on 127.0.0.1, plain transport, default limits; yields the process
     and the ROUTER's port."""
-    config = tmp_path / "broker.toml"
-    config.write_text('[broker]\nscrypt_n = 1024\nencryption = "none"\n', encoding="utf-8")
-    for _ in range(5):
-        port, pub = free_port(), free_port()
-        if port == pub:
-            continue
-        proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
-                     str(tmp_path / "data"), "--router", f"tcp://127.0.0.1:{port}", "--pub",
-                     f"tcp://127.0.0.1:{pub}"], cli_env(tmp_path))
-        try:
-            proc.wait_line("stdout", "database", timeout_s=15)
-        except AssertionError:
-            rc = proc.popen.poll()
-            proc.kill()
-            if rc == 1 and any("cannot bind" in line for line in proc.stderr):
-                continue
-            raise
-        break
-    else:
-        raise AssertionError("could not bind a broker")
+    broker, _ = start_broker(tmp_path, settings='encryption = "none"\n')
+    proc, port = broker.process, int(broker.router.rpartition(":")[2])
     try:
         yield proc, port
     finally:

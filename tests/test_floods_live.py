@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import zmq
-from conftest import Proc, cli_env, free_port, zchat_command
+from conftest import start_broker
 
 from zchat import protocol as p
 from zchat.errors import Status
@@ -85,26 +85,9 @@ class Peer:
 def tcp_broker(tmp_path: Path, settings: str) -> Iterator[tuple[int, int]]:
     """``zchat broker`` on 127.0.0.1 (plain transport) with ``settings`` added to its
     ``[broker]`` table; yields the ROUTER's and the PUB's ports. Terminated at the end."""
-    config = tmp_path / "broker.toml"
-    config.write_text(f"[broker]\nencryption = \"none\"\n{settings}", encoding="utf-8")
-    for _ in range(5):
-        port, pub = free_port(), free_port()
-        if port == pub:
-            continue
-        proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
-                     str(tmp_path / "data"), "--router", f"tcp://127.0.0.1:{port}", "--pub",
-                     f"tcp://127.0.0.1:{pub}"], cli_env(tmp_path))
-        try:
-            proc.wait_line("stdout", "database", timeout_s=15)
-        except AssertionError:
-            rc = proc.popen.poll()
-            proc.kill()
-            if rc == 1 and any("cannot bind" in line for line in proc.stderr):
-                continue
-            raise
-        break
-    else:
-        raise AssertionError("could not bind a broker")
+    broker, lines = start_broker(tmp_path, settings='encryption = "none"\n' + settings)
+    proc, port = broker.process, int(broker.router.rpartition(":")[2])
+    pub = int(next(ln for ln in lines if ln.strip().startswith("pub")).rpartition(":")[2])
     try:
         yield port, pub
     finally:
