@@ -842,14 +842,19 @@ class BrokerCore:
         charges the reply's real size after it."""
         return self._check_reading(session.account_key, now_s)
 
-    def _check_reading(self, account_key: str, now_s: float) -> ByteBudget:
-        """``_check_read_budget`` by account key."""
+    def _read_budget(self, account_key: str, now_s: float) -> ByteBudget:
+        """The account's reading budget, made full at first use."""
         account = self.accounts[account_key]
         budget = account.read_budget
         if budget is None:
             cfg = self.config
             budget = account.read_budget = ByteBudget(cfg.read_rate_bytes_per_s,
                                                       cfg.read_burst_bytes, now_s)
+        return budget
+
+    def _check_reading(self, account_key: str, now_s: float) -> ByteBudget:
+        """``_check_read_budget`` by account key."""
+        budget = self._read_budget(account_key, now_s)
         wait_ms = budget.wait_ms(now_s)
         if wait_ms:
             raise RateLimited(f"reading too fast: wait {_seconds(wait_ms)} (at most "
@@ -863,12 +868,7 @@ class BrokerCore:
         budget, as the replies of reading requests are (docs/PROTOCOL.md §15.1)."""
         if self.config.read_rate_bytes_per_s > 0:
             cost = sum(len(f) for f in reply.frames)
-            account = self.accounts[account_key]
-            if account.read_budget is None:
-                cfg = self.config
-                account.read_budget = ByteBudget(cfg.read_rate_bytes_per_s,
-                                                 cfg.read_burst_bytes, now_s)
-            account.read_budget.charge(cost, now_s)
+            self._read_budget(account_key, now_s).charge(cost, now_s)
             self.read_bytes += cost
         return reply
 
@@ -1571,12 +1571,7 @@ class BrokerCore:
             # §15.1: a PONG lists every room of the account with its topic (up to ~1.3 MB
             # for 1,000 rooms); it is charged as reading, and while the budget is spent
             # PING is still answered, without the list (``listed`` false)
-            account = self.accounts[session.account_key]
-            budget = account.read_budget
-            if budget is None:
-                cfg = self.config
-                budget = account.read_budget = ByteBudget(cfg.read_rate_bytes_per_s,
-                                                          cfg.read_burst_bytes, now_s)
+            budget = self._read_budget(session.account_key, now_s)
             if budget.wait_ms(now_s):
                 return [ToPeer(rid, p.encode_pong(req_id, now_ms, [], session.token,
                                                   listed=False))]
