@@ -385,22 +385,28 @@ def setup_history(run: Run) -> Callable[[], None]:
     page_bytes = len(page[3])
 
     def attack() -> None:
-        try:
-            sent = 0
-            while not run.over():
-                try:
-                    conn.send(p.FetchHistory(room="big", limit=p.MAX_HISTORY_LIMIT),
-                              zmq.NOBLOCK)
-                    sent += 1
-                except zmq.Again:
-                    time.sleep(0.01)
-                if sent % 100 == 0:
-                    time.sleep(0.001)
-            run.got = (f"{sent:,} HISTORY requests of 500 x 4 KB sent, none read "
-                       f"(one reply is {page_bytes / 1e6:.1f} MB)")
-        finally:
-            conn.close()
+        sent = _never_reading(run, conn, p.FetchHistory(room="big", limit=p.MAX_HISTORY_LIMIT))
+        run.got = (f"{sent:,} HISTORY requests of 500 x 4 KB sent, none read "
+                   f"(one reply is {page_bytes / 1e6:.1f} MB)")
     return attack
+
+
+def _never_reading(run: Run, conn: Conn, req: p.Request) -> int:
+    """Send ``req`` on ``conn`` over and over until the attack is over, reading nothing;
+    close ``conn``; return how many were sent."""
+    try:
+        sent = 0
+        while not run.over():
+            try:
+                conn.send(req, zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                time.sleep(0.01)
+            if sent % 100 == 0:
+                time.sleep(0.001)
+        return sent
+    finally:
+        conn.close()
 
 
 # 2b -----------------------------------------------------------------------------------------
@@ -433,20 +439,9 @@ def setup_rooms(run: Run) -> Callable[[], None]:
     count, size = len(body_of(reply).get("rooms", [])), len(reply[3])
 
     def attack() -> None:
-        try:
-            sent = 0
-            while not run.over():
-                try:
-                    conn.send(p.ListRooms(), zmq.NOBLOCK)
-                    sent += 1
-                except zmq.Again:
-                    time.sleep(0.01)
-                if sent % 100 == 0:
-                    time.sleep(0.001)
-            run.got = (f"{sent:,} ROOMS requests sent, none read (one reply lists "
-                       f"{count:,} rooms, {size / 1e3:.0f} kB)")
-        finally:
-            conn.close()
+        sent = _never_reading(run, conn, p.ListRooms())
+        run.got = (f"{sent:,} ROOMS requests sent, none read (one reply lists "
+                   f"{count:,} rooms, {size / 1e3:.0f} kB)")
     return attack
 
 
