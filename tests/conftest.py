@@ -101,6 +101,50 @@ def zchat_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "zchat"]
 
 
+#: The subprocesses (Proc) started by the running test: a failed test's report shows what
+#: they printed (``pytest_runtest_makereport``).
+_STARTED: list[Proc] = []
+#: Lines of each stream shown per subprocess in a failed test's report.
+REPORT_LINES = 30
+
+
+def _machine_state() -> str:
+    """The load average and the five busiest processes: a test that failed because the
+    machine was shared with other work says so in its report."""
+    try:
+        load = Path("/proc/loadavg").read_text(encoding="ascii").strip()
+    except OSError:
+        load = "?"
+    try:
+        busiest = subprocess.run(["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu"],
+                                 capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        busiest = f"ps failed: {exc}"
+    top = "\n".join(line[:200] for line in busiest.splitlines()[:6])
+    return f"load average: {load}\n{top}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report carries the last REPORT_LINES lines of what its
+    subprocesses (brokers, CLI commands) printed, with their exit codes, and the
+    machine's load: a failure on CI explains itself without a rerun."""
+    report = yield
+    if report.failed:
+        for number, proc in enumerate(_STARTED):
+            rc = proc.popen.poll()
+            head = f"{' '.join(proc.argv[:4])} … (exit code {rc})"
+            for name in ("stdout", "stderr"):
+                lines = getattr(proc, name)[-REPORT_LINES:]
+                if lines:
+                    report.sections.append((f"subprocess {number} {name}: {head}",
+                                            "\n".join(lines)))
+        report.sections.append(("machine", _machine_state()))
+    if call.when == "teardown":
+        _STARTED.clear()
+    return report
+
+
 class Proc:
     """A subprocess whose stdout and stderr are drained by threads into line lists, so that
     a test can wait for a line with a deadline and a chatty process never blocks on a full
@@ -113,6 +157,7 @@ class Proc:
                                       stderr=subprocess.PIPE, text=True, encoding="utf-8")
         self.stdout: list[str] = []
         self.stderr: list[str] = []
+        _STARTED.append(self)
         self._lines: dict[str, queue.SimpleQueue[str | None]] = {
             "stdout": queue.SimpleQueue(), "stderr": queue.SimpleQueue()}
         self._threads = [
