@@ -52,7 +52,7 @@ import signal
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -61,7 +61,7 @@ import zmq
 
 from zchat import keys as k
 from zchat import zmtp
-from zchat.broker_core import Action, BrokerCore, Offload, ToPeer, ToTopic
+from zchat.broker_core import READING_REQUESTS, Action, BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig, data_dir
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.connections import _peer_address as connection_address
@@ -91,6 +91,18 @@ BATCH_BUDGET_S = 0.05
 BATCH_READ_BYTES = 4 * 1024 * 1024
 #: Frames of a request as the ROUTER delivers it: routing id + the 4 of docs/PROTOCOL.md §3.1.
 REQUEST_PARTS = 5
+#: Once a wake-up's replies reached BATCH_READ_BYTES, the loop goes on reading but puts
+#: the reading requests (zchat.broker_core.READING_REQUESTS) aside, each peer's in its
+#: own FIFO, and serves them in later wake-ups one per peer in turn; every request a peer
+#: sends after one put aside waits behind it, so that its replies keep their order. The
+#: ROUTER fair-queues peers one *message* each: without this, 30 accounts that each
+#: pipelined 9 full HISTORY pages held every other client's PING for 1.7 s, one PING per
+#: round of 30 pages (docs/PROTOCOL.md §15.2). At most DEFERRED_PER_PEER requests of one
+#: peer and DEFERRED_BYTES in all are put aside; one beyond either is answered 429 at
+#: once (``retry_after_ms`` DEFERRED_RETRY_MS).
+DEFERRED_PER_PEER = 64
+DEFERRED_BYTES = 16 * 1024 * 1024
+DEFERRED_RETRY_MS = 250
 #: LINGER at close after a graceful stop, in milliseconds: time for the GOING_AWAY event
 #: and the last replies to leave (docs/PROTOCOL.md §6.29); well inside the 2 s a stopping
 #: broker is given.
@@ -99,6 +111,9 @@ SHUTDOWN_LINGER_MS = 500
 #: are limited or logged per address (docs/PROTOCOL.md §15.1). SET_PASSWORD too: without
 #: it each connection was keyed by its routing id, with a fresh login bucket each.
 _ADDRESS_TYPES = (b"LOGIN", b"REGISTER", b"RESUME", b"SET_PASSWORD")
+#: The type frames of the reading requests, which a wake-up past BATCH_READ_BYTES puts
+#: aside (DEFERRED_PER_PEER).
+_READING_TYPES = frozenset(request.TYPE.encode() for request in READING_REQUESTS)
 #: Listen backlog of the broker's tcp sockets (ZMQ_BACKLOG; libzmq's default is 100): a
 #: storm of connections (a few hundred at once) then waits in the kernel's accept queue
 #: instead of having its handshakes dropped and retried seconds later (SYN-ACK back-off),
@@ -348,6 +363,11 @@ class Broker:
         self._log_key_junk = ThrottledLog(logging.INFO, "closed a key service connection")
         #: The key service's connections (STREAM ids) and their parsers, oldest first.
         self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
+        #: Requests put aside (DEFERRED_PER_PEER): per routing id its FIFO of (frames,
+        #: their bytes), the peers in the order of their next turn; their bytes in all.
+        self._deferred: OrderedDict[bytes, deque[tuple[list[zmq.Frame], int]]] = \
+            OrderedDict()
+        self._deferred_bytes = 0
         self.router_endpoint = config.router
         self.pub_endpoint = config.pub
         self._router: zmq.Socket[Any] | None = None
@@ -607,11 +627,13 @@ class Broker:
             wait_s = self.config.heartbeat_interval_s if deadline is None else \
                 max(0.0, deadline - time.monotonic())
             started = time.monotonic()
-            events = dict(poller.poll(int(wait_s * 1000) + 1))
+            events = dict(poller.poll(0 if self._deferred else int(wait_s * 1000) + 1))
             woke = time.monotonic()
+            if self._deferred:
+                wait_s = woke - started  # no wait was asked: none of it is a stall
             self.store.begin_group()
             try:
-                if router in events:
+                if router in events or self._deferred:
                     self._drain_router(router, core)
                 if self._wake_r in events:
                     self._drain_jobs(core)
@@ -637,10 +659,25 @@ class Broker:
         self._linger_ms = SHUTDOWN_LINGER_MS
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
+        """One wake-up's requests: first those put aside, one per peer in turn, while
+        the wake-up's budget lasts; then up to BATCH new ones, serving each, or putting
+        it aside (``_defer``) once the replies reached BATCH_READ_BYTES or its peer has
+        some aside already (DEFERRED_PER_PEER)."""
         started = time.monotonic()
         read_bytes = core.read_bytes + BATCH_READ_BYTES
+        deferred = self._deferred
+        while deferred and core.read_bytes < read_bytes \
+                and time.monotonic() - started <= BATCH_BUDGET_S:
+            routing_id, waiting = next(iter(deferred.items()))
+            held, nbytes = waiting.popleft()
+            self._deferred_bytes -= nbytes
+            if waiting:
+                deferred.move_to_end(routing_id)  # its next one after everyone else's
+            else:
+                del deferred[routing_id]
+            self._serve(core, held)
         for _ in range(BATCH):
-            if core.read_bytes >= read_bytes or time.monotonic() - started > BATCH_BUDGET_S:
+            if time.monotonic() - started > BATCH_BUDGET_S:
                 return
             try:
                 first = router.recv(zmq.NOBLOCK, copy=False)
@@ -658,7 +695,32 @@ class Broker:
             else:
                 if self.ledger is not None:
                     self._consumed(parts, len(parts) - 1, 0)
-                self._serve(core, parts)
+                if parts[0].bytes in deferred or (
+                        core.read_bytes >= read_bytes and len(parts) > 3
+                        and parts[3].bytes in _READING_TYPES):
+                    self._defer(parts)
+                else:
+                    self._serve(core, parts)
+
+    def _defer(self, parts: list[zmq.Frame]) -> None:
+        """Put one request aside for a later wake-up (DEFERRED_PER_PEER), or answer it
+        429 when its peer has DEFERRED_PER_PEER aside already or DEFERRED_BYTES are."""
+        routing_id = parts[0].bytes
+        waiting = self._deferred.get(routing_id)
+        nbytes = sum(len(frame) for frame in parts)
+        if (waiting is not None and len(waiting) >= DEFERRED_PER_PEER) \
+                or self._deferred_bytes + nbytes > DEFERRED_BYTES:
+            request_id = parts[2].bytes[:MAX_REQUEST_ID_BYTES] if len(parts) > 2 else b""
+            self._pending.append(ToPeer(routing_id, encode_reply(request_id or b"?", Error(
+                status=int(Status.TOO_MANY_REQUESTS), retry_after_ms=DEFERRED_RETRY_MS,
+                reason=f"the broker is still busy with {DEFERRED_PER_PEER} or more "
+                       f"requests of this connection or others' big ones: wait "
+                       f"{DEFERRED_RETRY_MS} ms"))))
+            return
+        if waiting is None:
+            waiting = self._deferred[routing_id] = deque()
+        waiting.append((parts, nbytes))
+        self._deferred_bytes += nbytes
 
     def _consumed(self, parts: list[zmq.Frame], frames: int, more_bytes: int) -> None:
         """Count a complete message read from the ROUTER (``parts``: its routing id and

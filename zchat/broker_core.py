@@ -340,8 +340,10 @@ class BrokerCore:
         #: each change, so that the broker gives its ZAP handler a new snapshot only then.
         self.subscriber_keys: dict[str, int] = {}
         self.subscriber_version = 0
-        #: Bytes of replies charged to reading budgets so far (the loop reads it to end
-        #: a wake-up early after big replies, zchat.broker).
+        #: Bytes of the replies to reading requests (READING_REQUESTS) so far, whether
+        #: reading budgets are on or not, and of the LOGIN, RESUME and PONG replies charged
+        #: to them: the loop reads it to bound a wake-up's big replies
+        #: (zchat.broker.BATCH_READ_BYTES).
         self.read_bytes = 0
         self._handlers: dict[type[p.Request], Callable[..., list[Action]]] = {
             p.Info: self._info, p.Register: self._register, p.Login: self._login,
@@ -386,15 +388,18 @@ class BrokerCore:
                 return self._handlers[type(request)](routing_id, request_id, request,
                                                      session, now_s, now_ms, address,
                                                      transport_key)
+            reading = session is not None and type(request) in READING_REQUESTS
             budget = None
-            if session is not None and type(request) in READING_REQUESTS \
-                    and self.config.read_rate_bytes_per_s > 0:
+            if reading and self.config.read_rate_bytes_per_s > 0:
+                assert session is not None
                 budget = self._check_read_budget(session, now_s)
             actions = self._handlers[type(request)](routing_id, request_id, request,
                                                     session, now_s, now_ms, address)
-            if budget is not None:
+            if reading:
+                # counted even with the budgets off: the loop bounds a wake-up by it
                 cost = sum(len(f) for a in actions if isinstance(a, ToPeer) for f in a.frames)
-                budget.charge(cost, now_s)
+                if budget is not None:
+                    budget.charge(cost, now_s)
                 self.read_bytes += cost
             return actions
         except ProtocolError as exc:
