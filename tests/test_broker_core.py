@@ -831,9 +831,13 @@ def good_frames(request_id: bytes = b"rid") -> list[bytes]:
     ([p.VERSION, b"", b"SEND", b"{}"], Status.BAD_REQUEST, b"?"),
     ([p.VERSION, b"r" * 40, b"SEND", b"{}"], Status.BAD_REQUEST, b"r" * 32),
     ([], Status.BAD_REQUEST, b"?"),
+    # an unknown field named by a lone surrogate: the reason quotes it, and UTF-8 cannot
+    # carry it (the broker answered nothing and logged a traceback per request)
+    ([p.VERSION, b"rid", b"SEND", b'{"room": "lobby", "text": "hi", "\\ud800": 1}'],
+     Status.BAD_REQUEST, b"rid"),
 ], ids=["3-frames", "5-frames", "version", "type", "json", "not-object", "not-utf8",
         "oversized", "missing-field", "wrong-type", "unknown-field", "empty-rid",
-        "long-rid", "no-frames"])
+        "long-rid", "no-frames", "surrogate-field-name"])
 def test_malformed_frames_give_error_and_change_nothing(world: World, frames: list[bytes],
                                                        status: Status, echo: bytes) -> None:
     alice = world.user("alice")

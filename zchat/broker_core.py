@@ -557,6 +557,9 @@ class BrokerCore:
     @staticmethod
     def _error(routing_id: bytes, request_id: bytes, status: int, reason: str,
                retry_after_ms: int = 0) -> ToPeer:
+        # A reason may quote the peer's input, lone surrogates included (an unknown field
+        # named "\ud800"), which UTF-8 cannot carry: they are written as \ud800 escapes.
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         return ToPeer(routing_id, p.encode_reply(request_id or b"?", p.Error(
             status=int(status), reason=reason, retry_after_ms=retry_after_ms)))
 
