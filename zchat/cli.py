@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
 import getpass
+import heapq
 import io
 import json
 import logging
@@ -27,7 +29,14 @@ import signal
 import sys
 import threading
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -1058,11 +1067,8 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         # handed and nobody read (docs/cli.md). The pending ones come again as events.
         # All conversations' together, oldest first (DM ids grow with time).
         shown: set[int] = set()
-        unread = [msg for conversation in client.unread.dms
-                  for msg in await _unread_dms(client, conversation, args.count)]
-        unread.sort(key=lambda msg: msg.id)
         printed = 0
-        for msg in unread:
+        async for msg in _merged_unread_dms(client, client.unread.dms, args.count):
             _emit(sys.stdout, msg, args.json)
             shown.add(msg.id)
             printed += 1
@@ -1127,14 +1133,57 @@ async def _unread_dms(client: Client, conversation: p.DmRead,
     from DM_HISTORY."""
     found: list[p.DirectMessage] = []
     after, peer = conversation.read_id, name_key(conversation.peer)
+    size = p.MAX_HISTORY_LIMIT if limit is None else max(1, min(limit, p.MAX_HISTORY_LIMIT))
     while conversation.unread and (limit is None or len(found) < limit):
-        page = await client.dm_history(conversation.peer, after=after,
-                                       limit=p.MAX_HISTORY_LIMIT)
+        page = await client.dm_history(conversation.peer, after=after, limit=size)
         found += [m for m in page.messages if name_key(m.sender) == peer]
-        if len(page.messages) < p.MAX_HISTORY_LIMIT:
+        if len(page.messages) < size:
             break
         after = page.messages[-1].id
     return found if limit is None else found[:limit]
+
+
+#: DMs per DM_HISTORY page when ``tail`` pages the unread ones: a first line needs one
+#: page of each conversation, so small pages print it at once even when a flood left
+#: thousands unread (the pages are charged to the reading budget, 1 MiB a second after
+#: 16 MiB: full pages of 500 x 4 KB from 30 senders held the first line for 96 s).
+TAIL_DM_PAGE = 50
+
+
+async def _merged_unread_dms(client: Client, conversations: Iterable[p.DmRead],
+                             count: int | None) -> AsyncIterator[p.DirectMessage]:
+    """The unread DMs of all ``conversations`` together, oldest first (DM ids grow with
+    time), at most ``count`` (None: all), each conversation paged TAIL_DM_PAGE (or
+    ``count``, if smaller) at a time from DM_HISTORY as the merge reaches its end: the
+    first DM comes after one small page per conversation, not after all of them."""
+    size = TAIL_DM_PAGE if count is None else max(1, min(count, TAIL_DM_PAGE))
+    heads: list[tuple[int, int]] = []  # (next DM id, conversation index)
+    buffers: list[collections.deque[p.DirectMessage]] = []
+    cursors: list[int | None] = []  # the id to page after; None: nothing more to page
+    listed = [c for c in conversations if c.unread]
+
+    async def refill(i: int) -> None:
+        conversation, peer = listed[i], name_key(listed[i].peer)
+        while not buffers[i] and cursors[i] is not None:
+            page = await client.dm_history(conversation.peer, after=cursors[i], limit=size)
+            buffers[i].extend(m for m in page.messages if name_key(m.sender) == peer)
+            cursors[i] = page.messages[-1].id if len(page.messages) == size else None
+        if buffers[i]:
+            heapq.heappush(heads, (buffers[i][0].id, i))
+
+    for i, conversation in enumerate(listed):
+        buffers.append(collections.deque())
+        cursors.append(conversation.read_id)
+        await refill(i)
+    given = 0
+    while heads and (count is None or given < count):
+        _, i = heapq.heappop(heads)
+        yield buffers[i].popleft()
+        given += 1
+        if buffers[i]:
+            heapq.heappush(heads, (buffers[i][0].id, i))
+        else:
+            await refill(i)
 
 
 async def _read_dm(client: Client, msg: p.DirectMessage) -> None:
