@@ -32,7 +32,8 @@ def seqs(tail: Proc) -> list[int]:
 @pytest.mark.parametrize("busy", [False, True], ids=["new room", "busy room"])
 def test_a_tail_stopped_while_2000_messages_pass_prints_each_once_in_order(
         tmp_path: Path, busy: bool) -> None:
-    broker, _ = start_broker(tmp_path, settings="send_rate_per_s = 0\nsndhwm = 100\n")
+    broker, _ = start_broker(tmp_path, settings="send_rate_per_s = 0\nsndhwm = 100\n"
+                               "pub_sndhwm = 100\n")
     env = cli_env(tmp_path)
     cli = [*zchat_command()]
     server = ["--server", broker.router]

@@ -243,7 +243,7 @@ def test_reader_that_stops_reading_gets_every_message_once_in_order(
     monkeypatch.setattr(client_module, "SUB_RCVHWM", 50)
 
     async def main() -> None:
-        with running_broker(sndhwm=50, heartbeat_interval_s=0.1, heartbeat_timeout_s=5.0,
+        with running_broker(sndhwm=50, pub_sndhwm=50, heartbeat_interval_s=0.1, heartbeat_timeout_s=5.0,
                             send_rate_per_s=0) as harness:  # no rate limit: a flood
             async with harness.client("alice") as alice, harness.client("bob") as bob:
                 alice.event_queue_max = bound

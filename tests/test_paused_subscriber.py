@@ -124,7 +124,8 @@ def broker() -> Iterator[Harness]:
     client_module.SUB_RCVHWM, client_module.CATCH_UP_PINGS_S = HWM, (0.05, 0.3)
     try:
         with running_broker(send_rate_per_s=0, room_create_rate_per_s=0,
-                            max_rooms_created=0, sndhwm=HWM) as harness:
+                            max_rooms_created=0, sndhwm=HWM,
+                            pub_sndhwm=HWM) as harness:
             async def accounts() -> None:
                 for name in ("bob", "carol"):
                     async with harness.client(name):

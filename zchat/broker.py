@@ -125,6 +125,11 @@ KEY_SERVICE_MAX_PEERS = 4096
 #: Reads (of up to 8 KiB each) libzmq queues per key service connection before it stops
 #: reading that connection: the broker closes one at its first wrong byte anyway.
 KEY_SERVICE_RCVHWM = 16
+#: The kernel's send buffer of each PUB connection (SO_SNDBUF; Linux doubles it): chat
+#: events are small, and a subscriber that does not read then holds at most this in the
+#: kernel besides its ``pub_sndhwm`` events in libzmq. Left to autotuning, Linux grew
+#: each to over 1 MiB: 1,200 such subscribers held 1.5 GB of kernel memory.
+PUB_SNDBUF_BYTES = 256 * 1024
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -536,7 +541,8 @@ class Broker:
         router.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         router.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
         router.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+        pub.setsockopt(zmq.SNDHWM, self.config.pub_sndhwm)
+        pub.setsockopt(zmq.SNDBUF, PUB_SNDBUF_BYTES)
         pub.setsockopt(zmq.LINGER, 0)
         self._bind(router, self.config.router, "ROUTER")
         self._bind(pub, self.config.pub, "PUB")

@@ -692,7 +692,7 @@ def scenario_stop_client(workdir: Path, *, messages: int = 5000, pad: int = 1000
     HISTORY on its own. The running member's receive throughput goes into ``notes`` (no
     timing assertion)."""
     started = time.monotonic()
-    with chaos_run(workdir, sndhwm=sndhwm) as (broker, workers):
+    with chaos_run(workdir, sndhwm=sndhwm, pub_sndhwm=sndhwm) as (broker, workers):
         pid = broker.pid
         paused = spawn_worker(broker, workdir, "paused")
         steady = spawn_worker(broker, workdir, "steady")

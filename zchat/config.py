@@ -126,7 +126,11 @@ class BrokerConfig:
     - ``max_stored_dms``: pending (unacknowledged) direct messages offered per recipient at
       login (>= 1); beyond it the oldest stops being offered but stays in the DM history,
       unread (docs/PROTOCOL.md §6.7.1): no DM is dropped.
-    - ``sndhwm`` / ``rcvhwm``: ZeroMQ send/receive high-water marks, in messages (>= 1).
+    - ``sndhwm`` / ``rcvhwm``: ZeroMQ send/receive high-water marks of the ROUTER, in
+      messages (>= 1).
+    - ``pub_sndhwm``: events queued per subscriber on the PUB, in messages (>= 1); beyond
+      it that subscriber's events are dropped and its client repairs room messages from
+      HISTORY (docs/PROTOCOL.md §15.2).
     - ``scrypt_n`` / ``scrypt_r`` / ``scrypt_p``: scrypt cost parameters for password
       hashes (RFC 7914); ``N`` a power of two >= 1024, ``r`` and ``p`` >= 1. Memory per
       hash is ``128 * N * r`` bytes (16 MiB by default).
@@ -206,6 +210,10 @@ class BrokerConfig:
     max_stored_dms: int = 1000
     sndhwm: int = 10_000
     rcvhwm: int = 10_000
+    #: 1,000 events: ten seconds of a room at 100 messages a second. Each event queued
+    #: for a subscriber that does not read costs the broker ~250 bytes however big (the
+    #: body is shared); 1,200 subscribers that never read held 3 GB at 10,000.
+    pub_sndhwm: int = 1_000
     scrypt_n: int = 16_384
     scrypt_r: int = 8
     scrypt_p: int = 1
@@ -499,7 +507,7 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
             f"must be greater than heartbeat_interval_s ({b.heartbeat_interval_s}), "
             f"got {b.heartbeat_timeout_s}",
         )
-    for key in ("max_stored_dms", "sndhwm", "rcvhwm", "scrypt_r", "scrypt_p"):
+    for key in ("max_stored_dms", "sndhwm", "rcvhwm", "pub_sndhwm", "scrypt_r", "scrypt_p"):
         if getattr(b, key) < 1:
             fail("broker", key, f"must be >= 1, got {getattr(b, key)}")
     n = b.scrypt_n
