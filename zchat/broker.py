@@ -92,7 +92,8 @@ BATCH_READ_BYTES = 4 * 1024 * 1024
 #: Frames of a request as the ROUTER delivers it: routing id + the 4 of docs/PROTOCOL.md §3.1.
 REQUEST_PARTS = 5
 #: Once a wake-up's replies reached BATCH_READ_BYTES, the loop goes on reading but puts
-#: the reading requests (zchat.broker_core.READING_REQUESTS) aside, each peer's in its
+#: the reading requests (zchat.broker_core.READING_REQUESTS, and PINGs whose PONG lists
+#: many rooms: BrokerCore.costly_ping) aside, each peer's in its
 #: own FIFO, and serves them in later wake-ups one per peer in turn; every request a peer
 #: sends after one put aside waits behind it, so that its replies keep their order. The
 #: ROUTER fair-queues peers one *message* each: without this, 30 accounts that each
@@ -703,7 +704,9 @@ class Broker:
                     self._consumed(parts, len(parts) - 1, 0)
                 if parts[0].bytes in deferred or (
                         core.read_bytes >= read_bytes and len(parts) > 3
-                        and parts[3].bytes in _READING_TYPES):
+                        and (parts[3].bytes in _READING_TYPES or (
+                            parts[3].bytes == b"PING"
+                            and core.costly_ping(parts[0].bytes)))):
                     self._defer(parts)
                 else:
                     self._serve(core, parts)

@@ -141,6 +141,10 @@ READING_REQUESTS: frozenset[type[p.Request]] = frozenset({
     p.FetchHistory, p.FetchDmHistory, p.ListRooms, p.Who, p.Whois, p.ListUsers,
     p.ReadAudit, p.ListBans, p.ListSessions, p.ListTokens, p.FetchRoom})
 
+#: Rooms past which a PING's PONG is a big reply (a room's state is up to ~1.3 KB with its
+#: topic): such PINGs wait their turn behind others' big replies (BrokerCore.costly_ping).
+COSTLY_PING_ROOMS = 16
+
 #: Bound of BrokerCore's room-name cache (entries); emptied whole when full.
 ROOM_KEY_CACHE_MAX = 4096
 
@@ -1586,11 +1590,21 @@ class BrokerCore:
         rooms = [self._room_state_json(k)
                  for k in sorted(self.rooms_of.get(session.account_key, ()))]
         reply = ToPeer(rid, p.encode_pong(req_id, now_ms, rooms, session.token))
-        if budget is not None and rooms:
+        if rooms:
             cost = sum(len(f) for f in reply.frames)
-            budget.charge(cost, now_s)
+            if budget is not None:
+                budget.charge(cost, now_s)
             self.read_bytes += cost
         return [reply]
+
+    def costly_ping(self, routing_id: bytes) -> bool:
+        """Whether a PING from ``routing_id`` would be answered with a long room list:
+        its session's account is in more than COSTLY_PING_ROOMS rooms. The loop puts such
+        a PING aside like a reading request once a wake-up's big replies reached its
+        bound (zchat.broker.BATCH_READ_BYTES)."""
+        session = self.sessions.get(routing_id)
+        return session is not None and \
+            len(self.rooms_of.get(session.account_key, ())) > COSTLY_PING_ROOMS
 
     def _room_state_json(self, key: str) -> str:
         """The room's RoomState as JSON, remade only when one of its fields changed
