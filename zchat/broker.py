@@ -61,7 +61,15 @@ import zmq
 
 from zchat import keys as k
 from zchat import zmtp
-from zchat.broker_core import READING_REQUESTS, Action, BrokerCore, Offload, ToPeer, ToTopic
+from zchat.broker_core import (
+    MAX_SUBSCRIPTION_BYTES,
+    READING_REQUESTS,
+    Action,
+    BrokerCore,
+    Offload,
+    ToPeer,
+    ToTopic,
+)
 from zchat.config import BrokerConfig, data_dir
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.connections import _peer_address as connection_address
@@ -131,6 +139,13 @@ KEY_SERVICE_RCVHWM = 16
 #: kernel besides its ``pub_sndhwm`` events in libzmq. Left to autotuning, Linux grew
 #: each to over 1 MiB: 1,200 such subscribers held 1.5 GB of kernel memory.
 PUB_SNDBUF_BYTES = 256 * 1024
+#: Topics of no room one subscriber (key, or address when plain) may hold before it is
+#: cut. Honest clients hold a few for a moment: the client subscribes to a room's topic
+#: before the JOIN that creates it, and a room may be deleted in between; a topic stops
+#: counting once its room exists. At most MAX_BAD_SUBSCRIBERS subscribers' sets are kept
+#: (the oldest forgotten first).
+BAD_SUBSCRIPTIONS = 16
+MAX_BAD_SUBSCRIBERS = 4096
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -369,6 +384,10 @@ class Broker:
         self._log_key_junk = ThrottledLog(logging.INFO, "closed a key service connection")
         #: The key service's connections (STREAM ids) and their parsers, oldest first.
         self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
+        #: Topics of no room asked for, per subscriber key (or address), oldest first.
+        self._bad_subscriptions: dict[str, set[bytes]] = {}
+        #: The PUB's index among the guard's watched sockets (ConnectionGuard.watch).
+        self._pub_index = -1
         #: Requests put aside (DEFERRED_PER_PEER): per routing id its FIFO of (frames,
         #: their bytes), the peers in the order of their next turn; their bytes in all.
         self._deferred: OrderedDict[bytes, deque[tuple[list[zmq.Frame], int]]] = \
@@ -528,15 +547,19 @@ class Broker:
         self._start_security()
         self._start_guard()
         router = self.context.socket(zmq.ROUTER)
-        pub = self.context.socket(zmq.PUB)
+        # An XPUB, not a PUB: it hands the loop each topic subscribed for the first time,
+        # which the loop checks (``_check_subscriptions``, docs/PROTOCOL.md §16.2).
+        pub = self.context.socket(zmq.XPUB)
         self._router, self._pub = router, pub
         self._secure(router, self.config.router, ZAP_DOMAIN)
         self._secure(pub, self.config.pub, PUB_ZAP_DOMAIN)
         for sock in (router, pub):
             sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
             if self.connections is not None:
-                self.connections.watch(sock, track_bytes=sock is router
-                                       and self.ledger is not None)
+                index = self.connections.watch(sock, track_bytes=sock is router
+                                               and self.ledger is not None)
+                if sock is pub:
+                    self._pub_index = index
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_TRANSPORT_FRAME_BYTES)
         router.setsockopt(zmq.SNDHWM, self.config.sndhwm)
@@ -626,6 +649,9 @@ class Broker:
         poller.register(self._wake_r, zmq.POLLIN)
         if self._key_service is not None:
             poller.register(self._key_service, zmq.POLLIN)
+        pub = self._pub
+        assert pub is not None
+        poller.register(pub, zmq.POLLIN)
         self.ready.set()
         self._execute(self.core.tick(time.monotonic(), wall_ms()))
         while not self._stopping.is_set():
@@ -662,6 +688,8 @@ class Broker:
                 self._end_unread()
             if self._key_service is not None and self._key_service in events:
                 self._serve_keys(self._key_service)
+            if pub in events:
+                self._check_subscriptions(pub)
         self._execute(self.core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
 
@@ -790,6 +818,56 @@ class Broker:
                                          address, transport_key)
         except Exception:
             log.exception("unexpected error serving one request; still serving")
+
+    def _check_subscriptions(self, pub: zmq.Socket[Any]) -> None:
+        """Read up to BATCH of the topics the XPUB was asked for the first time (by any
+        subscriber; a topic already held is not reported again) and check each
+        (BrokerCore.subscription_allowed). libzmq keeps every topic in a trie at ~50
+        bytes of memory a byte of topic, whatever the subscriber does next: a session
+        that sent 100,000 topics of 2 KB grew a broker to 7.4 GB. A subscriber asking for
+        one longer than any room's, or holding more than BAD_SUBSCRIPTIONS of no room,
+        has its sessions ended (SESSION_CLOSED; its key's new PUB connections are
+        refused) and the PUB connections from its address cut; libzmq then drops their
+        topics (docs/PROTOCOL.md §16.2)."""
+        assert self.core is not None
+        for _ in range(BATCH):
+            try:
+                frame = pub.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            data = frame.bytes
+            if not data or data[0] != 1:  # an unsubscription, or a message (none)
+                continue
+            topic = data[1:]
+            if self.core.subscription_allowed(topic):
+                continue
+            try:
+                key = str(frame.get("User-Id") or "")
+            except zmq.ZMQError:
+                key = ""
+            address = _peer_address(frame)
+            who = key or address
+            # the topics of nothing it holds now: a room made since counts no more
+            held = {t for t in self._bad_subscriptions.pop(who, ())
+                    if not self.core.subscription_allowed(t)}
+            held.add(topic)
+            if len(held) <= BAD_SUBSCRIPTIONS and len(topic) <= MAX_SUBSCRIPTION_BYTES:
+                self._bad_subscriptions[who] = held
+                if len(self._bad_subscriptions) > MAX_BAD_SUBSCRIBERS:
+                    self._bad_subscriptions.pop(next(iter(self._bad_subscriptions)))
+                continue
+            if key:
+                self.store.begin_group()  # its sessions' rows go: a group of their own
+                try:
+                    self._pending += self.core.end_subscriber(key, topic, wall_ms())
+                except BaseException:
+                    self.store.abort_group()
+                    raise
+                self._flush()
+            if address and self.connections is not None:
+                self.connections.cut_address(self._pub_index, address_key(address, b""),
+                                             "its subscriber asked for topics that are "
+                                             "not rooms")
 
     def _serve_keys(self, service: zmq.Socket[Any]) -> None:
         """Read up to BATCH chunks of the key service's connections (docs/PROTOCOL.md

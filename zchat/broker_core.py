@@ -40,6 +40,7 @@ from zchat.config import BrokerConfig
 from zchat.errors import ProtocolError, RateLimited, Status, StorageError
 from zchat.names import (
     BIDI_CONTROLS,
+    MAX_NAME_CHARS,
     mention_words,
     name_key,
     normalize_name,
@@ -140,6 +141,12 @@ MENTION_SCAN_MEMBERS = 64
 READING_REQUESTS: frozenset[type[p.Request]] = frozenset({
     p.FetchHistory, p.FetchDmHistory, p.ListRooms, p.Who, p.Whois, p.ListUsers,
     p.ReadAudit, p.ListBans, p.ListSessions, p.ListTokens, p.FetchRoom})
+
+#: Topics anyone logged in may subscribe to besides the rooms' (zchat.client).
+_FIXED_TOPICS = frozenset({p.TOPIC_TICK, p.TOPIC_BROKER, p.TOPIC_PRESENCE_PREFIX})
+#: The longest room topic: ``room/`` + a room key of MAX_NAME_CHARS characters of up to
+#: 4 UTF-8 bytes + ``/``.
+MAX_SUBSCRIPTION_BYTES = len(p.TOPIC_ROOM_PREFIX) + 4 * MAX_NAME_CHARS + 1
 
 #: Rooms past which a PING's PONG is a big reply (a room's state is up to ~1.3 KB with its
 #: topic): such PINGs wait their turn behind others' big replies (BrokerCore.costly_ping).
@@ -900,6 +907,38 @@ class BrokerCore:
                               f"{RESUME_RATE_PER_S:g} a second)", wait_ms)
         if self.config.read_rate_bytes_per_s > 0:
             self._check_reading(account_key, now_s)
+
+    def subscription_allowed(self, topic: bytes) -> bool:
+        """Whether a subscriber may subscribe to ``topic`` (docs/PROTOCOL.md §16.2): the
+        tick, broker and presence prefixes, or ``room/<key>/`` of a room that exists. The
+        PUB keeps every topic any subscriber asked for in a trie at ~50 bytes a byte of
+        topic, so topics of nothing are refused (zchat.broker)."""
+        if topic in _FIXED_TOPICS:
+            return True
+        prefix = p.TOPIC_ROOM_PREFIX
+        if not (topic.startswith(prefix) and topic.endswith(b"/")
+                and len(topic) <= MAX_SUBSCRIPTION_BYTES):
+            return False
+        try:
+            return topic[len(prefix):-1].decode("utf-8") in self.rooms
+        except UnicodeDecodeError:
+            return False
+
+    def end_subscriber(self, transport_key: str, topic: bytes, now_ms: int) -> list[Action]:
+        """A subscriber with ``transport_key`` (hex) asked for topics of nothing
+        (``subscription_allowed``): end the sessions bound to that key, each told why
+        (SESSION_CLOSED), so that the key's new PUB connections are refused (§16.2)."""
+        ended = [s for s in self.sessions.values() if s.transport_key == transport_key]
+        actions: list[Action] = []
+        why = "your client subscribed to topics that are not rooms; log in again"
+        for session in ended:
+            log.warning("ended the session of %s from %s: its subscriber asked for topics "
+                        "that are not rooms (e.g. %r)", session.name, session.address or "?",
+                        topic[:40])
+            actions.append(ToPeer(session.routing_id, p.encode_push(p.SessionClosed(
+                reason=why, by="", time=now_ms))))
+            actions += self._end_session(session, now_ms, "")
+        return actions
 
     def end_unread(self, routing_id: bytes, now_ms: int) -> list[Action]:
         """A reply or push to ``routing_id`` was dropped at its queue's high-water mark:

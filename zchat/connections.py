@@ -358,9 +358,10 @@ class ConnectionGuard:
         if not self._trim_at:
             self._trim_at = time.monotonic() + delay_s
 
-    def watch(self, sock: zmq.Socket[Any], track_bytes: bool = False) -> None:
+    def watch(self, sock: zmq.Socket[Any], track_bytes: bool = False) -> int:
         """Monitor ``sock``'s accepted and ended connections; with ``track_bytes``, sample
-        their byte counters too (see the class)."""
+        their byte counters too (see the class). Returns the socket's index (for
+        ``cut_address``)."""
         if track_bytes:
             self._tracked.add(len(self._monitors))
         endpoint = f"inproc://zchat-connections-{id(self)}-{len(self._monitors)}"
@@ -373,6 +374,7 @@ class ConnectionGuard:
         monitor.connect(endpoint)
         self._watched.append(sock)
         self._monitors.append(monitor)
+        return len(self._monitors) - 1
 
     def start(self) -> None:
         inbox, outbox = self.context.socket(zmq.PAIR), self.context.socket(zmq.PAIR)
@@ -540,6 +542,19 @@ class ConnectionGuard:
         why = why or f"a message of over {LONG_MESSAGE_FRAMES:,} frames"
         barred = f"; no new connection from it for {LONG_MESSAGE_BAR_S:g} s" if bar else ""
         log.warning("cut a connection from %s: %s%s", address, why, barred)
+        return shut
+
+    def cut_address(self, which: int, address: str, why: str) -> int:
+        """Reset every connection of watched socket ``which`` (its index) from ``address``
+        (an address key) that still is one, and log ``why`` once; no bar. From the
+        broker's loop (the table is copied whole first, under the GIL). Returns how many
+        were shut."""
+        shut = 0
+        for (index, fd), held in list(self.table._held.items()):
+            if index == which and held == address and _peer_address(fd) == address:
+                _refuse(fd, reset=True)
+                shut += 1
+        log.warning("cut %d connection(s) from %s: %s", shut, address, why)
         return shut
 
     def _log_refused(self, why: str) -> None:

@@ -1,0 +1,138 @@
+"""A subscriber may ask the PUB only for topics of rooms that exist (docs/PROTOCOL.md §16.2,
+issue 14): libzmq keeps every topic any subscriber asked for in a trie, at ~50 bytes of
+memory a byte of topic; a tester's session that sent 100,000 distinct 2 KB SUBSCRIBEs on an
+XSUB grew a broker to 7.4 GB and left most honest PINGs unanswered.
+
+``zchat broker`` as a subprocess on loopback tcp with CURVE. The attacker logs in on a raw
+DEALER and opens an XSUB with the same key pair (admitted: its key is bound to a session),
+then sends SPAM distinct topics: longer than any room's (cut at the first), or short ones
+of no room (cut once it holds more than BAD_SUBSCRIPTIONS). Asserted: its session is ended
+(SESSION_CLOSED), its key can no longer subscribe, the broker's peak resident size grows by
+less than GROWTH_MIB (unguarded, the tester measured ~92 KB a 2 KB topic: ~270 MB for
+these 3,000 by that measure), and an honest
+client, who creates more new rooms than that bound (its client subscribes to each topic
+before the JOIN that creates the room), is served throughout. Every wait is on a condition
+with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
+from floods import memory_kib
+from test_pub_subscribers import Subscriber, broker_key, settle
+
+from zchat import protocol as p
+from zchat.broker import BAD_SUBSCRIPTIONS
+from zchat.client import Client, pub_endpoint_for
+from zchat.testing import DEFAULT_PASSWORD, next_message
+
+SPAM = 3_000
+GROWTH_MIB = 60
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[TcpBroker]:
+    b = start_broker(tmp_path, settings="send_rate_per_s = 0.0\nlogin_rate_per_s = 0.0\n"
+                     "room_create_rate_per_s = 0.0\nmax_rooms_created = 0\n")[0]
+    try:
+        yield b
+    finally:
+        if b.process.popen.poll() is None:
+            rc, _elapsed = stop_broker(b)
+            assert rc == 0, b.process.stderr
+
+
+def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:
+    sock.send_multipart(p.encode_request(rid, req))
+    assert sock.poll(20_000), f"no reply to {req.TYPE}"
+    return sock.recv_multipart()
+
+
+def spam_topics(long: bool) -> list[bytes]:
+    if long:
+        return [b"room/" + os.urandom(1000).hex().encode() + b"/" for _ in range(SPAM)]
+    return [b"room/nothing%d/" % i for i in range(SPAM)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("long", [True, False], ids=["2 KB topics", "topics of no room"])
+def test_a_subscriber_asking_for_topics_of_nothing_is_cut(
+        tmp_path: Path, broker: TcpBroker, ctx: zmq.Context[Any], long: bool) -> None:
+    key = broker_key(tmp_path, broker)
+    pid = broker.process.popen.pid
+    keypair = zmq.curve_keypair()
+    attacker = ctx.socket(zmq.DEALER)
+    attacker.setsockopt(zmq.LINGER, 0)
+    attacker.curve_serverkey, attacker.curve_publickey, attacker.curve_secretkey = \
+        key, *keypair
+    attacker.connect(broker.router)
+    xsub = ctx.socket(zmq.XSUB)
+    xsub.setsockopt(zmq.LINGER, 0)
+    xsub.curve_serverkey, xsub.curve_publickey, xsub.curve_secretkey = key, *keypair
+    later: list[Subscriber] = []
+
+    async def honest() -> None:
+        async with Client(broker.router, timeout_s=5) as ann, \
+                Client(broker.router, timeout_s=5) as bob:
+            for client, name in ((ann, "ann"), (bob, "bob")):
+                await client.register(name, DEFAULT_PASSWORD)
+                await client.login(name, DEFAULT_PASSWORD)
+            # more new rooms than BAD_SUBSCRIPTIONS: each topic is subscribed before the
+            # JOIN that makes the room, and must never count against ann
+            rooms = [f"new{i}" for i in range(BAD_SUBSCRIPTIONS + 8)]
+            for room in rooms:
+                await ann.join(room)
+                await bob.join(room)
+            for room in rooms:
+                await bob.send(room, f"hello {room}")
+                assert (await next_message(ann, room)).text == f"hello {room}"
+            await ann.ping(timeout_s=5)
+
+    try:
+        call(attacker, b"r", p.Register(name="mallory", password=DEFAULT_PASSWORD))
+        assert call(attacker, b"l", p.Login(name="mallory",
+                                            password=DEFAULT_PASSWORD))[2] == b"OK"
+        _, info = p.decode_from_broker(call(attacker, b"i", p.Info()), {b"i": p.InfoReply})
+        assert isinstance(info, p.InfoReply)
+        pub = pub_endpoint_for(broker.router, info.pub)
+        run(honest(), timeout_s=60)
+        before = memory_kib(pid)
+        xsub.connect(pub)
+        for topic in spam_topics(long):
+            xsub.send(b"\x01" + topic)
+        # the attacker is told its session ended, and its key may subscribe no more
+        def closed() -> bool:
+            while attacker.poll(0):
+                rid, value = p.decode_from_broker(attacker.recv_multipart(), {})
+                if rid == b"" and isinstance(value, p.SessionClosed):
+                    return True
+            return False
+        wait_until(closed, timeout_s=30, what="SESSION_CLOSED for the subscriber")
+        later.append(Subscriber(ctx, pub, key, keypair))
+        assert settle(later) == [f"refused {400}"]
+        after = memory_kib(pid)
+        run(honest_again(broker), timeout_s=30)
+    finally:
+        for sub in later:
+            sub.close()
+        xsub.close(linger=0)
+        attacker.close(linger=0)
+    grown_mib = (after["VmHWM"] - before["VmHWM"]) / 1024
+    assert grown_mib < GROWTH_MIB, f"the broker grew by {grown_mib:.0f} MiB"
+    assert broker.process.popen.poll() is None
+
+
+async def honest_again(broker: TcpBroker) -> None:
+    async with Client(broker.router, timeout_s=5) as ann, \
+            Client(broker.router, timeout_s=5) as bob:
+        await ann.login("ann", DEFAULT_PASSWORD)
+        await bob.login("bob", DEFAULT_PASSWORD)
+        await bob.send("new0", "still here")
+        assert (await next_message(ann, "new0")).text == "still here"
