@@ -1,6 +1,6 @@
 """``zchat tail`` when its own account is moderated (docs/cli.md, ``zchat tail``).
 
-Beside tests/test_issue6_notices.py (a mute's line, the end on a kick): the end on a timed
+Beside tests/test_moderation_notices.py (a mute's line, the end on a kick): the end on a timed
 room ban, the end on SESSION_CLOSED (docs/PROTOCOL.md §6.47, an admin's server-wide ban),
 and the pure wording of those lines. The real CLI in subprocesses against a ``zchat
 broker`` subprocess on loopback tcp; nothing sleeps to wait for a socket.

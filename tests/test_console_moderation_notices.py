@@ -1,7 +1,7 @@
-"""Issue 6 loose ends in the console (docs/console.md): being kicked, banned, muted or
-having your session ended by an operator, seen through the real prompt_toolkit
-Application (pipe input, DummyOutput) over real clients and a real broker thread on
-inproc:// (the helpers of tests/test_console_app.py).
+"""What the console tells you when you are the one moderated (docs/console.md; loose ends
+of issue 6): being kicked, banned, muted or having your session ended by an operator,
+seen through the real prompt_toolkit Application (pipe input, DummyOutput) over real
+clients and a real broker thread on inproc:// (the helpers of tests/test_console_app.py).
 
 Every wait polls a condition with a deadline; nothing sleeps for a socket.
 """

@@ -1,4 +1,5 @@
-"""Issue 6 loose ends, below the console: what a moderated or operator-ended user is told.
+"""What a moderated or operator-ended user is told, below the console (loose ends of
+issue 6; the console's side is tests/test_console_moderation_notices.py).
 
 - MUTED (docs/PROTOCOL.md §6.33.1) to the muted account's sessions, on mute and unmute;
 - LEFT carries a ban's ``until`` (§6.19); expiries are shown to the second everywhere;
