@@ -2,12 +2,12 @@
 items 4 and 5): presence changes and away texts (mutes apply to them), sending, room
 creation and the rooms an account may have created.
 
-Pure core, fake clock (tests/test_broker_core.py's World).
+Pure core, fake clock (tests/core_helpers.py's World).
 """
 
 from __future__ import annotations
 
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import protocol as p
 from zchat.errors import Status

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 import zmq
 from conftest import run
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import protocol as p
 from zchat.errors import Status

@@ -135,7 +135,7 @@ def test_tail_prints_unread_dms_of_all_conversations_oldest_first(zchat: Zchat) 
 
 
 def test_dm_sent_carries_the_recipients_name() -> None:
-    from test_broker_core import World
+    from core_helpers import World
 
     world = World()
     world.user("alice")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import run
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import cli
 from zchat import protocol as p

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
-from test_broker_core import Peer, World
-from test_moderation_core import room_with
+from core_helpers import Peer, World, room_with
 
 from zchat import protocol as p
 from zchat.client import SyncClient

@@ -44,7 +44,7 @@ def test_tick_scans_for_silent_sessions_only_when_one_may_be_due() -> None:
     """The loop calls tick at every wake-up; with thousands of sessions a scan each time
     made logins quadratic. The earliest possible timeout is kept instead, and eviction is
     still exact."""
-    from test_broker_core import World
+    from core_helpers import World
 
     world = World()
     timeout = world.core.config.heartbeat_timeout_s

@@ -1,7 +1,7 @@
 """Idempotent SEND and DM by client message id (docs/PROTOCOL.md §6.7, §6.8, §14), and the
 client's bounded event queue that never loses room traffic.
 
-The core is driven with the fake clock of test_broker_core; the rest runs a real broker
+The core is driven with the fake clock of tests/core_helpers.py; the rest runs a real broker
 thread (inproc://, real SQLite) and real clients.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import run
-from test_broker_core import World
+from core_helpers import World
 from test_integration import collect, msgs
 from test_reconnect import RestartableBroker, is_, logged_in
 

@@ -2,13 +2,13 @@
 §17, §6.30-§6.41): one test per threat at least.
 
 Real codec, real SQLite (":memory:"), a fake clock that moves only on ``jump``: the
-World/Peer helpers of tests/test_broker_core.py. No sockets, no sleeping.
+World/Peer helpers of tests/core_helpers.py. No sockets, no sleeping.
 """
 
 from __future__ import annotations
 
 import pytest
-from test_broker_core import Peer, World
+from core_helpers import World, room_with
 
 from zchat import protocol as p
 from zchat.broker_core import ToPeer, ToTopic
@@ -18,19 +18,6 @@ from zchat.errors import Status
 @pytest.fixture
 def world() -> World:
     return World(admins=("root",))
-
-
-def room_with(world: World, owner: str, *members: str, private: bool = False,
-              room: str = "dev") -> dict[str, Peer]:
-    """``owner`` creates ``room`` (private: inviting each member), the members join."""
-    peers = {owner: world.user(owner)}
-    peers[owner].must(p.Join(room=room, private=private))
-    for name in members:
-        peers[name] = world.user(name)
-        if private:
-            peers[owner].must(p.Invite(room=room, name=name))
-        peers[name].must(p.Join(room=room))
-    return peers
 
 
 def audit_actions(world: World) -> list[tuple[str, str, str, str]]:

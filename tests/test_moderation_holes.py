@@ -12,7 +12,7 @@
 7. the console taking a bare number as a duration in seconds.
 
 Core tests: real codec, real SQLite (":memory:"), the fake clock of
-tests/test_broker_core.py (World/Peer). Live tests: a real broker on inproc://. CLI
+tests/core_helpers.py (World/Peer). Live tests: a real broker on inproc://. CLI
 tests: the real `zchat` in a subprocess. No sleeping.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import cli_env, run, zchat_command
-from test_broker_core import PASSWORD, World, config
+from core_helpers import PASSWORD, World, config
 
 from zchat import protocol as p
 from zchat.broker_core import BrokerCore

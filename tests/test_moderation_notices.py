@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 from conftest import Proc, TcpBroker, cli_env, run, zchat_command
-from test_broker_core import PASSWORD, World
+from core_helpers import PASSWORD, World
 
 from zchat import protocol as p
 from zchat.broker_core import ToPeer

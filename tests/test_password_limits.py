@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_broker_core import PASSWORD, World
-from test_protection_core import handle_raw
+from core_helpers import PASSWORD, World, handle_raw
 
 from zchat import protocol as p
 from zchat.broker_core import MAX_JOBS_PER_PEER, Offload

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import admin, cli
 from zchat import protocol as p

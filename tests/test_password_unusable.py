@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TcpBroker, cli_env, run, zchat_command
-from test_broker_core import World
+from core_helpers import World
 from test_console_app import Script
 
 from zchat import admin, cli

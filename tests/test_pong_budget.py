@@ -8,7 +8,7 @@ client library against a real in-process broker: a PONG without the list is not 
 from __future__ import annotations
 
 from conftest import run
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import protocol as p
 from zchat.client import LeftElsewhere

@@ -4,7 +4,7 @@ admin, holds no role in it and has no invitation exactly as it answers for a nam
 has — the same status and the same reason, byte for byte — except JOIN, which cannot
 create a second room of that name and answers as for a look-alike of an existing room.
 
-Pure core, fake clock (tests/test_broker_core.py's World).
+Pure core, fake clock (tests/core_helpers.py's World).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import protocol as p
 from zchat.errors import Status

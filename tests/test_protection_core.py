@@ -2,7 +2,7 @@
 SEND/DM limit, the per-address LOGIN/REGISTER limit, max_sessions and per-room slow mode.
 
 Real codec, real SQLite, a fake clock that moves only on ``jump``: the World/Peer helpers of
-tests/test_broker_core.py. No sockets, no sleeping.
+tests/core_helpers.py. No sockets, no sleeping.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_broker_core import PASSWORD, World
+from core_helpers import PASSWORD, World, handle_raw
 
 from zchat import protocol as p
 from zchat.broker_core import Offload, ToTopic
@@ -199,13 +199,6 @@ def test_other_requests_are_not_counted() -> None:
 
 
 # -- LOGIN and REGISTER per address -------------------------------------------------------------
-
-
-def handle_raw(world: World, peer_rid: bytes, request: p.Request,
-               address: str) -> list[object]:
-    """The core's actions for one request, Offloads NOT run (to see whether it hashed)."""
-    frames = p.encode_request(b"r1", request)
-    return list(world.core.handle(peer_rid, frames, world.clock.s, world.clock.ms, address))
 
 
 def test_login_attempts_are_limited_per_address_before_any_hashing() -> None:

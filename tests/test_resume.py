@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import run
-from test_broker_core import Peer, World, decode_events
+from core_helpers import Peer, World, decode_events
 from test_integration import collect
 from test_reconnect import is_
 

@@ -14,7 +14,7 @@ Pure core, fake clock.
 
 from __future__ import annotations
 
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import protocol as p
 from zchat.errors import Status

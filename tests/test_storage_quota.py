@@ -3,7 +3,7 @@ an account has stored, the broker-wide ``storage_quota_bytes`` and an operator's
 per-account override (ADMIN_SET_QUOTA, ``zchat admin quota``).
 
 The core tests drive BrokerCore through the real codec on real SQLite with the fake
-clock of tests/test_broker_core.py; the command-line test runs ``zchat admin quota``
+clock of tests/core_helpers.py; the command-line test runs ``zchat admin quota``
 against a ``zchat broker`` subprocess. No sockets in the first, no sleeping anywhere.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TcpBroker, stop_broker
-from test_broker_core import Peer, World, config
+from core_helpers import Peer, World, config
 from test_e2e_admin import failed, json_lines, ok, register, wire, zchat
 
 from zchat import protocol as p

@@ -1,5 +1,5 @@
 """Bot accounts and account tokens in the broker core (docs/PROTOCOL.md §6.2, §6.3,
-§6.24-§6.26): the Peer/World helpers of test_broker_core, real codec and SQLite, no sockets.
+§6.24-§6.26): the Peer/World helpers of tests/core_helpers.py, real codec and SQLite, no sockets.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from test_broker_core import PASSWORD, Peer, World
+from core_helpers import PASSWORD, Peer, World
 
 from zchat import protocol as p
 from zchat.errors import Status

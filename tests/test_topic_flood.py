@@ -4,7 +4,7 @@ changes left no audit entry."""
 
 from __future__ import annotations
 
-from test_broker_core import World
+from core_helpers import World
 
 from zchat import protocol as p
 from zchat.errors import Status
