@@ -8,6 +8,7 @@ deadline, so no async plugin is needed and a hung await fails the test instead o
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import queue
 import signal
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 import zmq
+from client_helpers import RestartableBroker
 from processes import _no_process_left_behind as _no_process_left_behind
 from processes import pytest_sessionfinish as pytest_sessionfinish
 
@@ -89,6 +91,24 @@ def harness(zchat_broker: Harness) -> Harness:
 def file_harness(zchat_file_broker: Harness) -> Harness:
     """The same with an SQLite file in ``tmp_path`` (``zchat_file_broker``)."""
     return zchat_file_broker
+
+
+#: Numbers the inproc endpoints of ``inproc_broker`` apart within this process.
+_tags = itertools.count(1)
+
+
+@pytest.fixture
+def inproc_broker(tmp_path: Path) -> Iterator[RestartableBroker]:
+    """A broker thread on ``inproc://`` endpoints of its own and an SQLite file in
+    ``tmp_path``, not yet started: the test starts and stops it, to restart it on the same
+    endpoints and file (tests/client_helpers.py's ``RestartableBroker``). Stopped after."""
+    tag = f"{os.getpid()}-{next(_tags)}"
+    broker = RestartableBroker(tmp_path / "zchat.db", f"inproc://zchat-rc-router-{tag}",
+                               f"inproc://zchat-rc-pub-{tag}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 # -- subprocesses --------------------------------------------------------------------------

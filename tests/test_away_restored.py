@@ -4,22 +4,17 @@ remembers the presence it set (or heard of its account) and sets "away" again af
 reconnect; the console shows ``[away: TEXT]`` in its status bar while away.
 
 Real clients and a real broker thread, stopped and started again on the same endpoints
-and SQLite file (tests/test_reconnect.py); every wait polls with a deadline.
+and SQLite file (tests/client_helpers.py's ``RestartableBroker``); every wait polls
+with a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from client_helpers import RestartableBroker, collect, is_, logged_in
 from conftest import run
 from test_console_app import console_session, until
-from test_integration import collect
-from test_reconnect import (  # noqa: F401 (inproc_broker is a fixture)
-    RestartableBroker,
-    inproc_broker,
-    is_,
-    logged_in,
-)
 
 from zchat import protocol as p
 from zchat.client import ConnectionRestored

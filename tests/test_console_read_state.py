@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from client_helpers import FAST_BEATS, RestartableBroker
 from conftest import run
 from prompt_toolkit.application import create_app_session
 from test_console_app import (
@@ -34,7 +35,6 @@ from test_console_app import (
     next_of,
     until,
 )
-from test_reconnect import FAST_BEATS, RestartableBroker, inproc_broker  # noqa: F401
 
 from zchat import protocol as p
 from zchat.console.app import HISTORY_ON_OPEN, MARK_READ_INTERVAL_S

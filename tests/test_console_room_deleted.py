@@ -17,9 +17,9 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from client_helpers import RestartableBroker
 from conftest import run
 from test_console_app import ENTER, ESC, Session, console_session, next_of, until
-from test_reconnect import RestartableBroker, inproc_broker  # noqa: F401 (a fixture)
 
 from zchat import protocol as p
 from zchat.client import Client

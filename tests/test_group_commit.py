@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from client_helpers import collect, is_msg, msgs
 from conftest import run
-from test_integration import collect, is_msg, msgs
 
 from zchat import protocol as p
 from zchat.broker import Broker

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from client_helpers import RestartableBroker, collect, is_, logged_in, msgs
 from conftest import run
 from core_helpers import World
-from test_integration import collect, msgs
-from test_reconnect import RestartableBroker, is_, logged_in
 
 from zchat import client as client_module
 from zchat import protocol as p

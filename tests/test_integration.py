@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
+from client_helpers import FAST_BEATS, collect, is_msg, msgs
 from conftest import run
 from zmq.utils.monitor import recv_monitor_message
 
@@ -25,23 +26,6 @@ from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-async def collect(client: Client, until: Callable[[Event], bool],
-                  timeout_s: float = 5.0) -> list[Event]:
-    """Events of ``client`` up to and including the first for which ``until`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    events: list[Event] = []
-    while True:
-        remaining = deadline - loop.time()
-        event = await client.next_event(remaining) if remaining > 0 else None
-        if event is None:
-            raise AssertionError(f"{client.name}: condition not met within {timeout_s} s; "
-                                 f"events so far: {events}")
-        events.append(event)
-        if until(event):
-            return events
 
 
 async def drain(client: Client, duration_s: float) -> list[Event]:
@@ -65,15 +49,6 @@ async def next_message(client: Client, timeout_s: float) -> p.MessagePosted | No
         if isinstance(event, p.MessagePosted):
             return event
     return None
-
-
-def msgs(events: list[Event], room: str | None = None) -> list[p.MessagePosted]:
-    return [e for e in events if isinstance(e, p.MessagePosted)
-            and (room is None or e.room == room)]
-
-
-def is_msg(seq: int, room: str = "dev") -> Callable[[Event], bool]:
-    return lambda e: isinstance(e, p.MessagePosted) and e.room == room and e.seq == seq
 
 
 def is_presence(name: str, presence: str) -> Callable[[Event], bool]:
@@ -496,8 +471,6 @@ def test_ping_alone_repairs_a_gap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- heartbeats ------------------------------------------------------------------------------
-
-FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}
 
 
 def test_silent_session_is_evicted_with_exactly_one_offline_event() -> None:

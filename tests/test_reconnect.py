@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import itertools
-import os
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 import zmq.asyncio
+from client_helpers import RestartableBroker, collect, is_, logged_in, msgs
 from conftest import free_port, run
-from test_integration import collect, msgs
 
 from zchat import protocol as p
-from zchat.broker import BindError
 from zchat.client import (
     RECONNECT_FIRST_S,
     Client,
@@ -38,59 +33,7 @@ from zchat.client import (
 )
 from zchat.errors import ConnectionFailed
 from zchat.passwords import hash_password
-from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, running_broker
-
-FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}
-_tags = itertools.count(1)
-
-
-class RestartableBroker:
-    """A broker thread on fixed endpoints and one SQLite file, stopped and started again
-    by the test (``start``/``stop`` block: call them through ``asyncio.to_thread``)."""
-
-    def __init__(self, db: Path, router: str, pub: str) -> None:
-        self.db, self.router, self.pub = db, router, pub
-        self._cm: contextlib.AbstractContextManager[Harness] | None = None
-        self.harness: Harness | None = None
-
-    def start(self) -> Harness:
-        """Start on the same endpoints. libzmq closes the previous broker's listening
-        sockets in its I/O thread, after ``close()`` returned, so a tcp bind right after a
-        stop can meet EADDRINUSE for a moment: retry the bind until it succeeds (2 s)."""
-        assert self._cm is None, "already running"
-        deadline = time.monotonic() + 2.0
-        while True:
-            cm = running_broker(self.db, router=self.router, pub=self.pub, **FAST_BEATS)
-            try:
-                self.harness = cm.__enter__()
-                break
-            except BindError as exc:
-                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)  # the condition is the bind itself, retried until it holds
-        self._cm = cm
-        return self.harness
-
-    def stop(self) -> None:
-        cm, self._cm = self._cm, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
-
-    def client(self, **kwargs: Any) -> Client:
-        """A Client for this broker's router endpoint (not connected)."""
-        assert self.harness is not None
-        return Client(self.router, context=self.harness.context, **kwargs)
-
-
-@pytest.fixture
-def inproc_broker(tmp_path: Path) -> Iterator[RestartableBroker]:
-    tag = f"{os.getpid()}-{next(_tags)}"
-    broker = RestartableBroker(tmp_path / "zchat.db", f"inproc://zchat-rc-router-{tag}",
-                               f"inproc://zchat-rc-pub-{tag}")
-    try:
-        yield broker
-    finally:
-        broker.stop()
+from zchat.testing import DEFAULT_PASSWORD, FAST_HASH
 
 
 @pytest.fixture
@@ -103,23 +46,6 @@ def tcp_broker_thread(tmp_path: Path) -> Iterator[RestartableBroker]:
         yield broker
     finally:
         broker.stop()
-
-
-def is_(kind: type, **fields: Any) -> Callable[[Event], bool]:
-    return lambda e: isinstance(e, kind) and all(getattr(e, k) == v
-                                                 for k, v in fields.items())
-
-
-async def logged_in(broker: RestartableBroker, name: str, rooms: tuple[str, ...] = (),
-                    register: bool = True, **kwargs: Any) -> Client:
-    client = broker.client(**kwargs)
-    await client.connect()
-    if register:
-        await client.register(name, DEFAULT_PASSWORD)
-    await client.login(name, DEFAULT_PASSWORD)
-    for room in rooms:
-        await client.join(room)
-    return client
 
 
 # -- back-off (pure) ---------------------------------------------------------------------------

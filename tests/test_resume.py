@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from client_helpers import collect, is_
 from conftest import run
 from core_helpers import Peer, World, decode_events
-from test_integration import collect
-from test_reconnect import is_
 
 from zchat import protocol as p
 from zchat.broker_core import BrokerCore

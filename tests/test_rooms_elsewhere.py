@@ -7,7 +7,7 @@ a reconnect's LOGIN/RESUME reply does the same. A PONG that may predate this cli
 JOIN or PART of a room changes nothing for it.
 
 Real clients and a real broker thread on ``inproc://`` (restarted on the same SQLite file
-where a reconnect is needed, tests/test_reconnect.py), the console on a pipe input
+where a reconnect is needed, tests/client_helpers.py), the console on a pipe input
 (tests/test_console_app.py); every wait polls or reads events with a deadline.
 """
 
@@ -20,15 +20,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from client_helpers import RestartableBroker, collect, is_, logged_in
 from conftest import run
 from test_console_app import FAST_BEATS, console_session, until
-from test_integration import collect
-from test_reconnect import (  # noqa: F401 (inproc_broker is a fixture)
-    RestartableBroker,
-    inproc_broker,
-    is_,
-    logged_in,
-)
 
 from zchat import protocol as p
 from zchat.client import ConnectionRestored, JoinedElsewhere, LeftElsewhere
