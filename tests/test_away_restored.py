@@ -14,7 +14,7 @@ import asyncio
 
 from client_helpers import RestartableBroker, collect, is_, logged_in
 from conftest import run
-from test_console_app import console_session, until
+from console_helpers import console_session, until
 
 from zchat import protocol as p
 from zchat.client import ConnectionRestored

@@ -3,7 +3,7 @@ a line stored after all when the broker answered late, a note to yourself, /me i
 direct conversation, the conversation numbers on a narrow terminal.
 
 The real prompt_toolkit Application on a pipe input and DummyOutput over a real broker
-thread (the helpers of tests/test_console_app.py).
+thread (the helpers of tests/console_helpers.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from conftest import run
-from test_console_app import console_session, until, window_text
+from console_helpers import console_session, until, window_text
 
 from zchat import protocol as p
 from zchat.console.app import NO_CONVERSATION, NOTE_TO_SELF

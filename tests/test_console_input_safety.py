@@ -1,7 +1,7 @@
 """What the console does with input that arrives faster than a person types: pastes and
 lines typed ahead during a stall (never run, never sent unasked), a paste over the
 broker's line limit, a burst of /join. A real broker thread on ``inproc://``, real
-clients, and the real console fed from a pipe input (tests/test_console_app.py).
+clients, and the real console fed from a pipe input (tests/console_helpers.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 
 from conftest import run
-from test_console_app import (
+from console_helpers import (
     CTRL_N,
     CTRL_U,
     DOWN,

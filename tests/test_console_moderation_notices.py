@@ -1,7 +1,7 @@
 """What the console tells you when you are the one moderated (docs/console.md; loose ends
 of issue 6): being kicked, banned, muted or having your session ended by an operator,
 seen through the real prompt_toolkit Application (pipe input, DummyOutput) over real
-clients and a real broker thread on inproc:// (the helpers of tests/test_console_app.py).
+clients and a real broker thread on inproc:// (the helpers of tests/console_helpers.py).
 
 Every wait polls a condition with a deadline; nothing sleeps for a socket.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import run
-from test_console_app import console_session, until
+from console_helpers import console_session, until
 
 from zchat.client import Client, ConnectionRestored
 from zchat.testing import Harness, running_broker

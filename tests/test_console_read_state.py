@@ -7,7 +7,7 @@ opens: at start for every one with unread DMs, on /query, and after a reconnect 
 that went to the account's other sessions meanwhile.
 
 The real prompt_toolkit Application on a pipe input and DummyOutput (the helpers of
-tests/test_console_app.py) over real clients and a real broker thread on ``inproc://``.
+tests/console_helpers.py) over real clients and a real broker thread on ``inproc://``.
 Every wait polls a condition with a deadline; nothing sleeps for a socket. Where a test
 shows that something does *not* happen (no MARK_READ while scrolled up), it waits for
 the READ push a mark would cause for well over the console's mark interval and its
@@ -24,17 +24,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from client_helpers import FAST_BEATS, RestartableBroker
 from conftest import run
+from console_helpers import END, PAGE_UP, Session, alt, console_session, login, next_of, until
 from prompt_toolkit.application import create_app_session
-from test_console_app import (
-    END,
-    PAGE_UP,
-    Session,
-    alt,
-    console_session,
-    login,
-    next_of,
-    until,
-)
 
 from zchat import protocol as p
 from zchat.console.app import HISTORY_ON_OPEN, MARK_READ_INTERVAL_S

@@ -6,7 +6,7 @@ the end of one mute says which mute still holds; ``/me`` and moderation commands
 room not joined come back to the input.
 
 The real prompt_toolkit Application on a pipe input and DummyOutput (the helpers of
-tests/test_console_app.py) over real clients and a real broker thread on ``inproc://``
+tests/console_helpers.py) over real clients and a real broker thread on ``inproc://``
 (restarted on the same endpoints and SQLite file, tests/client_helpers.py, where a
 reconnect is needed); the view's placement rule is also tested as the pure function it
 is. Every wait polls a condition with a deadline; nothing sleeps for a socket.
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 from client_helpers import RestartableBroker
 from conftest import run
-from test_console_app import PAGE_UP, console_session, until
+from console_helpers import PAGE_UP, console_session, until
 
 from zchat.client import Client
 from zchat.console import view as v

@@ -6,7 +6,7 @@ conversation; ``/deleteroom`` asks first and shows refusals; ``/topic #room`` re
 room you are not in.
 
 The real prompt_toolkit Application on a pipe input and DummyOutput (the helpers of
-tests/test_console_app.py) over real clients and a real broker thread on ``inproc://``;
+tests/console_helpers.py) over real clients and a real broker thread on ``inproc://``;
 the rule that tells a new room from the one shown is also tested as the pure function
 it is. Every wait polls a condition with a deadline; nothing sleeps for a socket.
 """
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 from client_helpers import RestartableBroker
 from conftest import run
-from test_console_app import ENTER, ESC, Session, console_session, next_of, until
+from console_helpers import ENTER, ESC, Session, console_session, next_of, until
 
 from zchat import protocol as p
 from zchat.client import Client

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import TcpBroker, cli_env, run, zchat_command
+from console_helpers import Script
 from core_helpers import World
-from test_console_app import Script
 
 from zchat import admin, cli
 from zchat import protocol as p

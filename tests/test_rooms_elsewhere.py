@@ -8,7 +8,7 @@ JOIN or PART of a room changes nothing for it.
 
 Real clients and a real broker thread on ``inproc://`` (restarted on the same SQLite file
 where a reconnect is needed, tests/client_helpers.py), the console on a pipe input
-(tests/test_console_app.py); every wait polls or reads events with a deadline.
+(tests/console_helpers.py); every wait polls or reads events with a deadline.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from client_helpers import RestartableBroker, collect, is_, logged_in
+from client_helpers import FAST_BEATS, RestartableBroker, collect, is_, logged_in
 from conftest import run
-from test_console_app import FAST_BEATS, console_session, until
+from console_helpers import console_session, until
 
 from zchat import protocol as p
 from zchat.client import ConnectionRestored, JoinedElsewhere, LeftElsewhere

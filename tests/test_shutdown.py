@@ -11,7 +11,7 @@ from pathlib import Path
 
 from client_helpers import collect, is_, msgs
 from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
-from test_console_app import console_session, window_text
+from console_helpers import console_session, window_text
 
 from zchat import protocol as p
 from zchat.client import Client, ConnectionRestored, Event
