@@ -13,8 +13,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from cli_helpers import restart_on_same_ports
 from conftest import Proc, TcpBroker, cli_env, start_broker, stop_broker, zchat_command
-from test_e2e_curve import restart_on_same_ports
 
 
 def zchat(tmp_path: Path, *args: str, stdin: str | None = None) -> str:

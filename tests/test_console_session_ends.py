@@ -1,6 +1,6 @@
 """The console's session across a suspension longer than the broker's heartbeat timeout,
 and at its end when the terminal goes away: the real ``zchat join`` in a pseudo-terminal
-(tests/test_console_e2e.py's ``Terminal``) against a ``zchat broker`` subprocess on
+(tests/terminal_helpers.py's ``Terminal``) against a ``zchat broker`` subprocess on
 loopback tcp with short heartbeats, so that an eviction takes a second, not 30.
 
 Waits read the terminal or poll the broker with a deadline; the suspension is a
@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import ok, register, zchat
 from conftest import TcpBroker, start_broker, stop_broker, zchat_command
-from test_console_e2e import Terminal, console_env, screen_on_failure
-from test_e2e_cli import ok, register, zchat
+from terminal_helpers import Terminal, console_env, screen_on_failure
 
 #: Heartbeats of the broker here: a session silent for 1 s is evicted.
 SHORT_BEATS = "heartbeat_interval_s = 0.3\nheartbeat_timeout_s = 1.0\n"

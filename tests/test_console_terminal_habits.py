@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pexpect
 import pyte
+from cli_helpers import register
 from conftest import TcpBroker, run, zchat_command
 from console_helpers import console_session, next_of, until, window_text
 from prompt_toolkit.data_structures import Size
@@ -23,8 +24,7 @@ from prompt_toolkit.key_binding import KeyPress
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import ConditionalContainer
 from prompt_toolkit.layout.layout import walk
-from test_console_e2e import COLS, ROWS, Terminal, console_env, screen_on_failure
-from test_e2e_cli import register
+from terminal_helpers import COLS, ROWS, Terminal, console_env, screen_on_failure
 
 from zchat import protocol as p
 from zchat.client import Client

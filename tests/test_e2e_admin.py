@@ -4,56 +4,15 @@ account named in the broker's config; and the direct (database) mode once it sto
 
 from __future__ import annotations
 
-import json
 import stat
-import subprocess
 from pathlib import Path
 
+from admin_cli_helpers import failed, register, wire, zchat
+from cli_helpers import json_lines, ok
 from conftest import (
     TcpBroker,
-    cli_env,
     stop_broker,
-    zchat_command,
 )
-
-from zchat.testing import DEFAULT_PASSWORD
-
-
-def zchat(tmp_path: Path, *args: str, password: str = DEFAULT_PASSWORD,
-          stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = cli_env(tmp_path, password)
-    environment.update(env)
-    return subprocess.run([*zchat_command(), *args], env=environment, input=stdin,
-                          stdin=None if stdin is not None else subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=30)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def failed(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("zchat: error: ")
-    return result.stderr
-
-
-def json_lines(text: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def wire(broker: TcpBroker, user: str = "root") -> tuple[str, ...]:
-    return ("--server", broker.router, "--as", user)
-
-
-def register(tmp_path: Path, broker: TcpBroker, *names: str) -> None:
-    """Register ``names``; not the admin "root": start_broker created that account (the
-    broker refuses to REGISTER an admin's name, docs/admin.md)."""
-    for name in names:
-        ok(zchat(tmp_path, "register", "--server", broker.router, name))
 
 
 def test_bulk_create_from_csv_over_the_wire(tmp_path: Path, broker: TcpBroker) -> None:

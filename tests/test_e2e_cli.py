@@ -1,5 +1,5 @@
 """End to end: the ``zchat`` command line as subprocesses against a ``zchat broker``
-subprocess on loopback TCP."""
+subprocess on loopback TCP (the helpers of tests/cli_helpers.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import json_lines, ok, one_line_error, register, zchat
 from conftest import (
     Proc,
     TcpBroker,
@@ -22,40 +23,6 @@ from conftest import (
 )
 
 COMMANDS = ("broker", "register", "say", "dm", "tail", "history", "who")
-
-
-def zchat(tmp_path: Path, *args: str, password: str | None = None, stdin: str | None = None,
-          timeout_s: float = 15.0) -> subprocess.CompletedProcess[str]:
-    env = cli_env(tmp_path) if password is None else cli_env(tmp_path, password)
-    return subprocess.run([*zchat_command(), *args], env=env, input=stdin,
-                          stdin=None if stdin is not None else subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout_s)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The single stderr line of a command that failed with exit code 1."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("zchat: ")
-    return lines[0]
-
-
-def register(tmp_path: Path, broker: TcpBroker, *names: str) -> None:
-    for name in names:
-        result = ok(zchat(tmp_path, "register", "--server", broker.router, name))
-        assert result.stdout.strip() == f"registered {name}"
-
-
-def json_lines(text: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_register_twice_fails_with_one_line(tmp_path: Path, tcp_broker: TcpBroker) -> None:

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Proc, TcpBroker, cli_env, start_broker, stop_broker, zchat_command
-from test_e2e_cli import ok, zchat
+from cli_helpers import ok, restart_on_same_ports, zchat
+from conftest import TcpBroker, cli_env, start_broker, stop_broker, zchat_command
 
 from zchat import keys
 
@@ -25,17 +25,6 @@ def known_file(tmp_path: Path) -> Path:
 
 def printed_key(lines: list[str]) -> str:
     return next(line.split()[-1] for line in lines if "public key:" in line)
-
-
-def restart_on_same_ports(tmp_path: Path, broker: TcpBroker, pub: str,
-                          data: Path) -> Proc:
-    """A new ``zchat broker`` on the ROUTER/PUB endpoints of ``broker`` (stopped) with the
-    data directory ``data``."""
-    proc = Proc([*zchat_command(), "broker", "--config", str(tmp_path / "broker.toml"),
-                 "--data-dir", str(data), "--router", broker.router, "--pub", pub],
-                cli_env(tmp_path))
-    proc.wait_line("stdout", "fingerprint", timeout_s=15)
-    return proc
 
 
 def test_broker_prints_its_key_keeps_it_private_and_reuses_it(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from cli_helpers import ok, one_line_error, zchat
 from conftest import TcpBroker, cli_env, zchat_command
-from test_e2e_cli import ok, one_line_error, zchat
 
 
 def with_token(tmp_path: Path, token: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cli_helpers import json_lines, ok, register, zchat
 from conftest import TcpBroker
-from test_e2e_cli import json_lines, ok, register, zchat
 
 
 def test_a_dm_handed_over_but_never_read_stays_unread(tmp_path: Path,

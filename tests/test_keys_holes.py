@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
+from cli_helpers import ok, restart_on_same_ports, zchat
 from conftest import Proc, cli_env, free_port, run, start_broker, stop_broker, zchat_command
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
-from test_e2e_cli import ok, zchat
-from test_e2e_curve import restart_on_same_ports
 
 from zchat import keys
 from zchat import protocol as p

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from admin_cli_helpers import failed, register, wire, zchat
+from cli_helpers import json_lines, ok
 from conftest import TcpBroker, stop_broker
 from core_helpers import Peer, World, config
-from test_e2e_admin import failed, json_lines, ok, register, wire, zchat
 
 from zchat import protocol as p
 from zchat.broker_core import BrokerCore
