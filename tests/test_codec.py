@@ -1,7 +1,7 @@
 """Round trips and malformed input for the ZCHAT/1 codec (zchat/protocol.py, docs/PROTOCOL.md §3).
 
-``ROUND_TRIPPED`` maps every wire TYPE name to example values; tests/test_protocol_doc.py
-imports it to check that every type in the code is round-trip-tested here.
+``ROUND_TRIPPED`` (tests/codec_examples.py) maps every wire TYPE name to example values;
+each is round-tripped here, and a test fails when a wire type has none.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import typing
 from typing import Any, Literal, Union
 
 import pytest
+from codec_examples import ALL_CLASSES, ROUND_TRIPPED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,202 +20,7 @@ from zchat import protocol as p
 from zchat.errors import ProtocolError, Status
 
 RID = b"0f3c5e1a9b2d4c6e8f0a1b2c3d4e5f60"  # 32 bytes, a UUID in hex
-T0 = 1_717_171_717_123  # UTC ms
 
-_DM = p.DirectMessage(id=41, time=T0, sender="Zoë", to="李雷", text="晚上好 🌙\nsee you")
-_MSG = p.MessagePosted(room="café", seq=7, time=T0, sender="Zoë", text="naïve — “quoted” | a:b")
-
-#: Wire TYPE name -> example values of every message class sent under that name.
-ROUND_TRIPPED: dict[str, list[p.Message]] = {
-    "INFO": [p.Info()],
-    "REGISTER": [p.Register(name="Zoë", password="correct horse battery staple ✓"),
-                 p.Register(name="helper-bot", password="s3cret", bot=True)],
-    "LOGIN": [p.Login(name="zoë", password="pässwörd"),
-              p.Login(name="helper-bot", token="Zm9vYmFyYmF6cXV4LXRva2VuLTQzLWNoYXJhY3RlcnM")],
-    "TOKEN_CREATE": [p.CreateToken(label="deploy bot on ci-3 ✓"), p.CreateToken(label="")],
-    "TOKEN_LIST": [p.ListTokens()],
-    "TOKEN_REVOKE": [p.RevokeToken(id=7)],
-    "RESUME": [p.Resume(session="Qk3x-9_tokenPart")],
-    "SET_SLOW_MODE": [p.SetSlowMode(room="announcements", seconds=30),
-                      p.SetSlowMode(room="dev", seconds=0)],
-    "GOING_AWAY": [p.GoingAway(text="broker restarting", time=T0)],
-    "SLOW_MODE": [p.SlowModeChanged(room="announcements", seconds=30, by="Zoë", time=T0),
-                  p.SlowModeChanged(room="dev", seconds=0, by="ops", time=T0)],
-    "LOGOUT": [p.Logout(), p.Logout(text="bye — à demain 👋")],
-    "JOIN": [p.Join(room="café"), p.Join(room="secret", private=True)],
-    "PART": [p.Part(room="日本語")],
-    "ROOMS": [p.ListRooms()],
-    "DM": [p.SendDirect(to="李雷", text="你好, 世界"),
-           p.SendDirect(to="bob", text="again?", cmid="d-0001"), _DM],
-    "SEND": [
-        p.Send(room="café", text="héllo\twörld\n🎉"),
-        p.Send(room="café", text="waves 👋", kind="action", cmid="c-0001"),
-    ],
-    "HISTORY": [
-        p.FetchHistory(room="café"),
-        p.FetchHistory(room="café", before=120, limit=500),
-        p.FetchHistory(room="café", after=0, limit=1),
-    ],
-    "WHO": [p.Who(), p.Who(room="café")],
-    "WHOIS": [p.Whois(name="Zoë")],
-    "SET_PRESENCE": [p.SetPresence(presence="away"),
-                     p.SetPresence(presence="online", text="zurück gleich ☕")],
-    "PING": [p.Ping()],
-    "SESSIONS": [p.ListSessions()],
-    "DM_ACK": [p.AckDirect(ids=(1,)), p.AckDirect(ids=(7, 8, 2**40))],
-    "SET_TOPIC": [p.SetTopic(room="café", topic="☕ only | see https://example.org/a:b"),
-                  p.SetTopic(room="dev", topic="")],
-    "OK": [
-        p.Ok(),
-        p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0,
-                    heartbeat_interval_ms=2000, heartbeat_timeout_ms=6000,
-                    max_text_bytes=4000),
-        p.InfoReply(version=1, pub="tcp://127.0.0.1:5556", time=T0,
-                    heartbeat_interval_ms=2000, heartbeat_timeout_ms=6000,
-                    max_text_bytes=4000, max_text_lines=50, min_password_chars=8),
-        p.Registered(name="Zoë"),
-        p.LoggedIn(name="Zoë", session="s-5f1e", rooms=(), pending=()),
-        p.LoggedIn(name="Zoë", session="s-5f1e",
-                   rooms=(p.RoomState(room="café", last_seq=7, topic="☕ only"),
-                          p.RoomState(room="dev", last_seq=0)),
-                   pending=(_DM,)),
-        p.LoggedIn(name="Zoë", session="s-5f1e",
-                   rooms=(p.RoomState(room="café", last_seq=7, topic="☕ only"),),
-                   pending=(_DM,),
-                   room_reads=(p.RoomRead(room="café", read_seq=5, unread=2, mentions=1),),
-                   dm_reads=(p.DmRead(peer="李雷", last_id=41, read_id=40, unread=1),)),
-        p.DmHistoryPage(peer="李雷", messages=(_DM,)),
-        p.DmHistoryPage(peer="bob", messages=()),
-        p.ReadState(room="café", peer="", upto=7, unread=0, mentions=0, last=7),
-        p.ReadState(room="", peer="李雷", upto=41, unread=3),
-        p.RoomJoined(room="café", last_seq=7, created=False, topic="☕ only"),
-        p.RoomJoined(room="новая", last_seq=0, created=True),
-        p.RoomJoined(room="news", last_seq=3, created=False, slow_mode_s=30),
-        p.RoomList(rooms=(p.RoomInfo(room="café", members=3, last_seq=7, joined=True,
-                                     topic="☕"),
-                          p.RoomInfo(room="dev", members=0, last_seq=0, joined=False))),
-        p.Sent(room="café", seq=8, time=T0),
-        p.DmSent(id=42, time=T0, delivered="live"),
-        p.DmSent(id=43, time=T0, delivered="stored"),
-        p.DmSent(id=44, time=T0, delivered="live", to="alice"),
-        p.HistoryPage(room="café", messages=(_MSG, dataclasses.replace(
-            _MSG, seq=8, kind="action", text="dances"))),
-        p.HistoryPage(room="café", messages=()),
-        p.WhoList(users=(p.UserPresence(name="Zoë", presence="away", text="lunch 🍜"),
-                         p.UserPresence(name="helper-bot", presence="online", bot=True),
-                         p.UserPresence(name="李雷", presence="offline"))),
-        p.UserFound(name="Zoë", presence="away", text="lunch 🍜"),
-        p.UserFound(name="helper-bot", presence="offline", bot=True),
-        p.Pong(time=T0),
-        p.Pong(time=T0, rooms=(p.RoomState(room="café", last_seq=8, topic="☕"),)),
-        p.Pong(time=T0, rooms=(), session=""),
-        p.Pong(time=T0, rooms=(p.RoomState(room="dev", last_seq=1),), session="s-5f1e"),
-        p.SessionList(sessions=(p.SessionInfo(name="Zoë", address="192.0.2.7",
-                                              login_time=T0 - 60_000, last_seen=T0),)),
-        p.TokenCreated(token="Zm9vYmFyYmF6cXV4LXRva2VuLTQzLWNoYXJhY3RlcnM", id=7,
-                       label="deploy bot on ci-3 ✓"),
-        p.TokenList(tokens=()),
-        p.BanList(bans=()),
-        p.BanList(bans=(p.BanInfo(kind="ban", room="café", name="eve", by="Zoë",
-                                  reason="spam", created=T0, until=T0 + 3_600_000),
-                        p.BanInfo(kind="mute", room="", name="eve", by="root", reason="",
-                                  created=T0))),
-        p.AuditList(entries=(p.AuditEntry(id=3, time=T0, actor="Zoë", action="delete",
-                                          room="café", target="eve",
-                                          detail="#7: a rude one"),)),
-        p.RoomJoined(room="secret", last_seq=0, created=True, private=True, locked=True),
-        p.RoomList(rooms=(p.RoomInfo(room="secret", members=2, last_seq=1, joined=True,
-                                     private=True, locked=False),)),
-        p.HistoryPage(room="café", messages=(dataclasses.replace(
-            _MSG, text="", deleted_by="Zoë"),)),
-        p.TokenList(tokens=(p.TokenInfo(id=7, label="deploy bot", created=T0),
-                            p.TokenInfo(id=9, label="", created=T0 + 1))),
-        p.UserList(users=()),
-        p.UserList(users=(p.AccountInfo(name="Zoë", bot=False, disabled=False, created=T0,
-                                        online=True, sessions=2),
-                          p.AccountInfo(name="quiz-bot", bot=True, disabled=True,
-                                        created=T0 - 1, online=False),
-                          p.AccountInfo(name="ada", bot=False, disabled=False, created=T0,
-                                        online=False, stored_bytes=1234,
-                                        quota_bytes=5_000_000))),
-        p.QuotaSet(name="Zoë", quota_bytes=0, default=False, stored_bytes=0),
-        p.QuotaSet(name="ada", quota_bytes=p.MAX_STORAGE_QUOTA_BYTES, default=True,
-                   stored_bytes=12_345_678),
-        p.AccountsCreated(names=("Zoë", "quiz-bot")),
-        p.RoomDetails(room="café", members=3, last_seq=7, joined=False, topic="☕ only"),
-        p.RoomDetails(room="secret", members=1, last_seq=0, joined=True, slow_mode_s=30,
-                      private=True, locked=True),
-    ],
-    "ERROR": [p.Error(status=404, reason="no such room «cafe»"),
-              p.Error(status=429, reason="slow down", retry_after_ms=1500)],
-    "MESSAGE": [_MSG, dataclasses.replace(_MSG, kind="action")],
-    "JOINED": [p.UserJoined(room="café", name="Zoë", time=T0)],
-    "LEFT": [p.UserLeft(room="café", name="李雷", time=T0),
-             p.UserLeft(room="café", name="eve", time=T0, by="Zoë", reason="spam", ban=True),
-             p.UserLeft(room="café", name="eve", time=T0, by="Zoë", ban=True,
-                        until=T0 + 90_000)],
-    "KICK": [p.Kick(room="café", name="eve"), p.Kick(room="café", name="eve", reason="be nice")],
-    "BAN": [p.Ban(name="eve"), p.Ban(name="eve", room="café", reason="spam", duration_s=3600)],
-    "UNBAN": [p.Unban(name="eve"), p.Unban(name="eve", room="café")],
-    "MUTE": [p.Mute(name="eve", room="café", duration_s=600),
-             p.Mute(name="eve", reason="flooding")],
-    "UNMUTE": [p.Unmute(name="eve", room="café")],
-    "INVITE": [p.Invite(room="café", name="李雷")],
-    "INVITED": [p.Invited(room="café", by="Zoë", time=T0)],
-    "MUTED": [p.MuteChanged(room="café", muted=True, by="Zoë", time=T0, reason="flood",
-                            until=T0 + 90_000),
-              p.MuteChanged(room="", muted=False, by="Zoë", time=T0)],
-    "SESSION_CLOSED": [p.SessionClosed(reason="your password was reset; log in with the "
-                                              "new one", by="root", time=T0)],
-    "SET_ROLE": [p.SetRole(room="café", name="李雷", role="moderator"),
-                 p.SetRole(room="café", name="李雷", role="member")],
-    "ROLE": [p.RoleChanged(room="café", name="李雷", role="moderator", by="Zoë", time=T0)],
-    "SET_ROOM": [p.SetRoom(room="café", private=True), p.SetRoom(room="café", locked=False),
-                 p.SetRoom(room="café", private=False, locked=True)],
-    "ROOM_MODE": [p.RoomModeChanged(room="café", private=True, locked=False, by="Zoë",
-                                    time=T0)],
-    "DELETE_MESSAGE": [p.DeleteMessage(room="café", seq=7)],
-    "MESSAGE_DELETED": [p.MessageDeleted(room="café", seq=7, by="Zoë", time=T0)],
-    "DELETE_ROOM": [p.DeleteRoom(room="café"), p.DeleteRoom(room="dev", reason="moved ☕")],
-    "ROOM_DELETED": [p.RoomDeleted(room="café", by="Zoë", time=T0),
-                     p.RoomDeleted(room="dev", by="root", time=T0, reason="moved ☕")],
-    "BANS": [p.ListBans(), p.ListBans(room=""), p.ListBans(room="café")],
-    "USERS": [p.ListUsers()],
-    "CREATE_ACCOUNTS": [p.CreateAccounts(accounts=(
-        p.NewAccount(name="Zoë", password="pässwörd ✓"),
-        p.NewAccount(name="quiz-bot", password="s3cret", bot=True)))],
-    "ADMIN_SET_PASSWORD": [p.AdminSetPassword(name="李雷", password="new pass ✓")],
-    "ADMIN_DISABLE": [p.SetDisabled(name="eve"), p.SetDisabled(name="eve", disabled=False)],
-    "ADMIN_SET_QUOTA": [p.SetQuota(name="李雷", quota_bytes=1_000_000),
-                        p.SetQuota(name="eve", quota_bytes=0),
-                        p.SetQuota(name="eve", quota_bytes=None)],
-    "ROOM_INFO": [p.FetchRoom(room="café")],
-    "SET_PASSWORD": [p.SetPassword(old="old ✓", new="new pässwörd")],
-    "DM_HISTORY": [p.FetchDmHistory(peer="李雷"),
-                   p.FetchDmHistory(peer="bob", before=120, limit=500),
-                   p.FetchDmHistory(peer="bob", after=0, limit=1)],
-    "MARK_READ": [p.MarkRead(upto=7, room="café"), p.MarkRead(upto=41, peer="李雷")],
-    "READ": [p.ReadMarked(room="café", peer="", upto=7, unread=2, mentions=1, last=9),
-             p.ReadMarked(room="", peer="李雷", upto=41, unread=0)],
-    "AUDIT": [p.ReadAudit(), p.ReadAudit(room="café", actor="Zoë", target="eve",
-                                         action="kick", before=99, limit=500)],
-    "PRESENCE": [p.PresenceChanged(name="Zoë", presence="away", time=T0, text="brb"),
-                 p.PresenceChanged(name="Zoë", presence="offline", time=T0),
-                 p.PresenceChanged(name="Zoë", presence="offline", time=T0, text="bye")],
-    "TICK": [p.Tick(time=T0)],
-    "TOPIC": [p.TopicChanged(room="café", topic="☕ only", by="Zoë", time=T0),
-              p.TopicChanged(room="dev", topic="", by="李雷", time=T0)],
-}
-
-#: Every message class the codec handles, so that a new one must be added above.
-#: (``slots=True`` replaces each class, so ``__subclasses__`` may also list the discarded
-#: originals; keep only the classes the module actually exports.)
-REPLY_CLASSES: set[type] = {
-    c for c in p.Reply.__subclasses__() if getattr(p, c.__name__, None) is c}
-ALL_CLASSES: set[type] = (
-    set(p.REQUEST_TYPES.values()) | set(p.EVENT_TYPES.values()) | set(p.PUSH_TYPES.values())
-    | REPLY_CLASSES | {p.Error}
-)
 WIRE_NAMES = set(p.REQUEST_TYPES) | set(p.EVENT_TYPES) | set(p.PUSH_TYPES) | {"OK", "ERROR"}
 
 

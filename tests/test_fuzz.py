@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 import zmq
+from codec_examples import ROUND_TRIPPED
 from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_codec import ROUND_TRIPPED
 
 from zchat import protocol as p
 from zchat.broker_core import BrokerCore, Offload, ToPeer, ToTopic

@@ -4,19 +4,18 @@ Message headings follow the pattern stated at the top of the document's §6:
 ``### <section> <TYPE>`` for a request, ``### <section> <TYPE> event`` for an event,
 ``#### <section> <TYPE> push`` for a push and ``### <section> <TYPE> reply`` for the reply
 frame types OK and ERROR. These tests fail when a type is added to zchat/protocol.py without
-its heading here or its round-trip case in tests/test_codec.py (``ROUND_TRIPPED``).
+its heading here or its round-trip case in tests/codec_examples.py (``ROUND_TRIPPED``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import typing
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from codec_examples import ALL_CLASSES, ROUND_TRIPPED
 
 from zchat import protocol as p
 
@@ -27,16 +26,6 @@ DOC = ROOT / "docs" / "PROTOCOL.md"
 MESSAGE_HEADING = re.compile(
     r"^#{3,4} (?P<num>\d+(?:\.\d+)+) (?P<type>[A-Z][A-Z_]*)(?: (?P<kind>event|push|reply))?$")
 ANY_HEADING = re.compile(r"^#{1,6} ")
-
-
-def _load_codec_tests() -> ModuleType:
-    """tests/test_codec.py by path, whatever pytest's import mode put on sys.path."""
-    spec = importlib.util.spec_from_file_location("_zchat_codec_table",
-                                                  ROOT / "tests" / "test_codec.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _doc_lines() -> list[str]:
@@ -151,11 +140,10 @@ def test_every_field_is_documented_in_its_section(type_: str, kind: str, text: s
 
 
 def test_every_documented_type_has_a_round_trip_case() -> None:
-    codec_tests = _load_codec_tests()
-    table = codec_tests.ROUND_TRIPPED
+    table = ROUND_TRIPPED
     assert set(table) == CODE_NAMES
     covered = {type(value) for values in table.values() for value in values}
     for type_, kind in {(t, k) for _n, t, k, _s in SECTIONS}:
         for cls in _documented_class(type_, kind):
             assert cls in covered, f"{cls.__name__} ({type_} {kind}) has no round-trip case"
-    assert covered >= codec_tests.ALL_CLASSES
+    assert covered >= ALL_CLASSES
