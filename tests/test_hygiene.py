@@ -1,9 +1,11 @@
 """The suite's own hygiene: a test that leaves a process running fails and the process is
-killed (tests/processes.py), and no test writes into the real home of whoever runs the
-suite (``private_homes`` in tests/conftest.py)."""
+killed (tests/processes.py), no test writes into the real home of whoever runs the
+suite (``private_homes`` in tests/conftest.py), and no module of the suite imports a test
+file (helpers shared by tests live in helper modules or in conftest.py)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import secrets
@@ -108,3 +110,65 @@ def test_the_console_log_stays_in_the_tests_state_home(tmp_path: Path) -> None:
     for path in real:
         if path.exists():
             assert marker not in path.read_text(errors="replace"), path
+
+
+#: Calls that load a module by name or by path: a string argument naming a test file in
+#: one of them is an import too (``importlib.import_module("test_codec")``, a spec from
+#: ``ROOT / "tests" / "test_codec.py"``).
+LOADERS = {"import_module", "__import__", "spec_from_file_location", "SourceFileLoader",
+           "run_path", "run_module"}
+
+
+def imported_test_modules(source: str, test_modules: set[str]) -> list[tuple[int, str]]:
+    """(line, module) for each import of one of ``test_modules`` in ``source``: ``import``
+    and ``from … import`` statements anywhere (in a function too, relative ones included),
+    and the names or paths given to the LOADERS."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in LOADERS:
+                names = [part.value for arg in [*node.args, *node.keywords]
+                         for part in ast.walk(arg)
+                         if isinstance(part, ast.Constant) and isinstance(part.value, str)]
+        for name in names:
+            # "test_codec", "tests.test_codec.x", "tests/test_codec.py", "test_codec.py"
+            stem = name.removesuffix(".py").replace("/", ".").split(".")
+            hits = [part for part in stem if part in test_modules]
+            if hits:
+                found.append((node.lineno, hits[0]))
+    return found
+
+
+def test_no_module_of_the_suite_imports_a_test_file() -> None:
+    """A test file imports nothing from another test file: what tests share lives in a
+    helpers module named for what it holds (tests/core_helpers.py, console_helpers.py,
+    client_helpers.py, cli_helpers.py, …) or, for a fixture used widely, in conftest.py
+    (issue 15). Helper modules and conftest.py import no test file either. Reaching into
+    a test file for a helper ties the two files together (renaming or splitting one breaks
+    the other) and hides what is shared; loading one by path runs its module code again."""
+    test_modules = {path.stem for path in TESTS.glob("test_*.py")}
+    assert {"test_broker_core", "test_codec", "test_hygiene"} <= test_modules
+    # the check itself sees each way of importing a test file
+    ways = ["from test_codec import ROUND_TRIPPED", "import test_codec",
+            "def f():\n    from test_codec import ROUND_TRIPPED",
+            "from . import test_codec", "from .test_codec import x",
+            "importlib.import_module('test_codec')",
+            "spec_from_file_location('x', ROOT / 'tests' / 'test_codec.py')"]
+    for source in ways:
+        assert imported_test_modules(source, test_modules) == [
+            (source.count("\n") + 1, "test_codec")], source
+    assert imported_test_modules("from core_helpers import World\nimport test_data\n"
+                                 "spec_from_file_location('x', 'examples/greeter.py')",
+                                 test_modules) == []
+    offenders = [f"{path.name}:{line} imports {module}"
+                 for path in sorted(TESTS.glob("*.py"))
+                 for line, module in imported_test_modules(path.read_text(encoding="utf-8"),
+                                                           test_modules - {path.stem})]
+    assert offenders == [], "move what they share into a helpers module or conftest.py"
