@@ -22,7 +22,7 @@ import pytest
 import zmq
 from conftest import TcpBroker, start_broker, stop_broker
 from floods import memory_kib
-from test_pub_subscribers import Subscriber, broker_key, settle
+from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import protocol as p
 from zchat.client import pub_endpoint_for

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zmq
 from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
-from zmq.utils.monitor import parse_monitor_message
+from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import protocol as p
 from zchat.client import Client, pub_endpoint_for
@@ -45,53 +45,6 @@ def broker(tmp_path: Path) -> Iterator[TcpBroker]:
         if b.process.popen.poll() is None:
             rc, _elapsed = stop_broker(b)
             assert rc == 0, b.process.stderr
-
-
-def broker_key(tmp_path: Path, broker: TcpBroker) -> bytes:
-    from zchat import keys
-    pins = keys.load_known_brokers(tmp_path / "xdg-config" / "zchat" /
-                                   keys.KNOWN_BROKERS_FILE)
-    return pins[broker.router].encode()
-
-
-class Subscriber:
-    """A raw CURVE SUB that subscribes to everything and never reads, with a monitor that
-    says how its handshake ended: "ok", "refused" (ZAP said no) or None (not yet)."""
-
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, server_key: bytes,
-                 keypair: tuple[bytes, bytes] | None = None) -> None:
-        public, secret = keypair or zmq.curve_keypair()
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 1)
-        self.sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-        self.sub.setsockopt(zmq.CURVE_PUBLICKEY, public)
-        self.sub.setsockopt(zmq.CURVE_SECRETKEY, secret)
-        self.monitor = self.sub.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(endpoint)
-        self.outcome: str | None = None
-
-    def poll(self) -> str | None:
-        while self.outcome is None and self.monitor.poll(0):
-            event = parse_monitor_message(self.monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.outcome = "ok"
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self.outcome = f"refused {event['value']}"
-        return self.outcome
-
-    def close(self) -> None:
-        self.sub.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sub.close(linger=0)
-
-
-def settle(subs: list[Subscriber], timeout_s: float = 10) -> list[str]:
-    wait_until(lambda: all(s.poll() for s in subs), timeout_s=timeout_s,
-               what="every subscriber's handshake to end")
-    return [s.poll() or "" for s in subs]
 
 
 def fd_count(pid: int) -> int:
