@@ -26,7 +26,7 @@ import pytest
 import zmq
 from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
 from floods import memory_kib
-from test_pub_subscribers import Subscriber, broker_key, settle
+from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import protocol as p
 from zchat.broker import BAD_SUBSCRIPTIONS
