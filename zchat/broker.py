@@ -78,6 +78,7 @@ from zchat.conntrack import (
     TRIM_DELAY_S,
     ByteLedger,
     ByteLimits,
+    Sample,
     Verdict,
     tcp_counters,
 )
@@ -382,6 +383,8 @@ class Broker:
                                          "queue is full (high-water mark)")
         self._log_long = ThrottledLog(logging.INFO, "refused a message of too many frames")
         self._log_key_junk = ThrottledLog(logging.INFO, "closed a key service connection")
+        self._log_no_session = ThrottledLog(logging.INFO, "cut a connection that held no "
+                                            "session after login_timeout_s")
         #: The key service's connections (STREAM ids) and their parsers, oldest first.
         self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
         #: Topics of no room asked for, per subscriber key (or address), oldest first.
@@ -934,11 +937,32 @@ class Broker:
             for verdict in ledger.judge(value):
                 self._cut_held(ledger, verdict)
             self.connections.watch_closely(ledger.near)
+            if self.config.login_timeout_s:
+                self._cut_without_session(ledger, value)
         if self._cut_bytes >= TRIM_AFTER_BYTES:
             # libzmq frees the connections' buffers in its I/O thread once it has closed
             # them: the guard's thread trims a little later, off the loop.
             self._cut_bytes = 0
             self.connections.trim_soon(TRIM_DELAY_S)
+
+    def _cut_without_session(self, ledger: ByteLedger, samples: list[Sample]) -> None:
+        """Cut the sampled connections older than ``login_timeout_s`` that hold no session
+        (docs/PROTOCOL.md §15.3): idle ones, and ones that never logged in or whose session
+        ended. No bar: a client's DEALER reconnects by itself and logs in on the new
+        connection. One log line per LOG_EVERY_S (an attacker can cause them at will)."""
+        assert self.connections is not None and self.core is not None
+        limit, sessions, now = self.config.login_timeout_s, self.core.sessions, \
+            time.monotonic()
+        for sample in samples:
+            if sample.age_s < limit or ledger.is_cut(sample.fd):
+                continue
+            routing_id = ledger.routing_id(sample.fd)
+            if routing_id is not None and routing_id in sessions:
+                continue
+            ledger.cut(sample.fd)
+            if self.connections.cut(sample.fd, sample.address, now, bar=False, quiet=True):
+                self._log_no_session(f"from {sample.address}, {sample.age_s:.0f} s old",
+                                     now)
 
     def _cut_held(self, ledger: ByteLedger, verdict: Verdict) -> None:
         """Carry out one verdict, after reading the connection's counters again: a

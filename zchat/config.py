@@ -123,6 +123,8 @@ class BrokerConfig:
     - ``heartbeat_interval_s``: seconds between heartbeats a client should send (> 0).
     - ``heartbeat_timeout_s``: seconds of silence after which a session is evicted; must be
       greater than ``heartbeat_interval_s``.
+    - ``login_timeout_s``: seconds a tcp connection to the ROUTER may hold no session
+      before the broker cuts it (0: never; else 1..86,400; docs/PROTOCOL.md §15.3).
     - ``max_stored_dms``: pending (unacknowledged) direct messages offered per recipient at
       login (>= 1); beyond it the oldest stops being offered but stays in the DM history,
       unread (docs/PROTOCOL.md §6.7.1): no DM is dropped.
@@ -229,6 +231,9 @@ class BrokerConfig:
     max_connections: int = 10_000
     #: 256: an office of 100 behind one NAT, each with a console and a bot or a tail.
     max_connections_per_address: int = 256
+    #: 60 s: a client logs in (or RESUMEs) within a second of connecting; IRC servers give
+    #: an unregistered connection about as long. 0: never.
+    login_timeout_s: float = 60.0
     #: Per account (docs/PROTOCOL.md §15.1): twice a session's, so that a second device
     #: or a bot's two connections are not squeezed, but a hundred LOGINs are no hundred
     #: bursts (a tester's account stored 519 messages of 4 KB in 0.2 s that way).
@@ -507,6 +512,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
             f"must be greater than heartbeat_interval_s ({b.heartbeat_interval_s}), "
             f"got {b.heartbeat_timeout_s}",
         )
+    if b.login_timeout_s != 0 and not 1 <= b.login_timeout_s <= 86_400:
+        fail("broker", "login_timeout_s", f"must be 0 (never) or 1 to 86400 seconds, got "
+             f"{b.login_timeout_s}")
     for key in ("max_stored_dms", "sndhwm", "rcvhwm", "pub_sndhwm", "scrypt_r", "scrypt_p"):
         if getattr(b, key) < 1:
             fail("broker", key, f"must be >= 1, got {getattr(b, key)}")

@@ -528,17 +528,20 @@ class ConnectionGuard:
                         self._watched_conns.add((which, fd))  # its first second
 
     def cut(self, fd: int, address: str, now_s: float, why: str = "",
-            bar: bool = True) -> bool:
+            bar: bool = True, quiet: bool = False) -> bool:
         """Shut connection ``fd`` from ``address`` (an address key), if ``fd`` still is a
         connection from ``address`` (a descriptor is reused as soon as libzmq closes it),
-        and log ``why`` (default: a message of over LONG_MESSAGE_FRAMES frames). With
-        ``bar``, admit no new connection from the address for LONG_MESSAGE_BAR_S seconds.
-        From the broker's loop. Returns whether it was shut."""
+        and log ``why`` (default: a message of over LONG_MESSAGE_FRAMES frames) unless
+        ``quiet`` (the caller logs). With ``bar``, admit no new connection from the address
+        for LONG_MESSAGE_BAR_S seconds. From the broker's loop. Returns whether it was
+        shut."""
         if bar:
             self.table.bar(address, now_s + LONG_MESSAGE_BAR_S, now_s)
         shut = _peer_address(fd) == address
         if shut:
             _refuse(fd, reset=True)
+        if quiet:
+            return shut
         why = why or f"a message of over {LONG_MESSAGE_FRAMES:,} frames"
         barred = f"; no new connection from it for {LONG_MESSAGE_BAR_S:g} s" if bar else ""
         log.warning("cut a connection from %s: %s%s", address, why, barred)

@@ -287,6 +287,17 @@ class ByteLedger:
             if self._fd_of.get(conn.routing_id) == fd:
                 del self._fd_of[conn.routing_id]
 
+    def routing_id(self, fd: int) -> bytes | None:
+        """The routing id of the live connection on ``fd`` that the loop read requests
+        from, or None (none read yet, ended, or being cut)."""
+        conn = self._by_fd.get(fd)
+        return conn.routing_id if conn is not None and conn.state == LIVE else None
+
+    def is_cut(self, fd: int) -> bool:
+        """Whether the connection on ``fd`` is being cut."""
+        conn = self._by_fd.get(fd)
+        return conn is not None and conn.state == CUT
+
     def cut(self, fd: int) -> None:
         """Connection ``fd`` is being cut: judge it no more."""
         conn = self._by_fd.get(fd)
