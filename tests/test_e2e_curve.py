@@ -108,6 +108,28 @@ def test_server_key_flag_is_used_and_not_pinned(tmp_path: Path,
     assert done.stderr == "" and not known.exists()
 
 
+def test_a_server_key_that_starts_with_a_dash_is_taken_as_the_value(tmp_path: Path) -> None:
+    """Z85 keys may start with "-", which argparse took for an option ("expected one
+    argument"): the broker below has such a key, given as ``--server-key KEY``."""
+    import zmq
+    while True:  # about one key in 85 starts with "-"
+        public, secret = zmq.curve_keypair()
+        if public.startswith(b"-"):
+            break
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    keys._write_private(data / keys.BROKER_SECRET_FILE, keys._certificate(public, secret))
+    broker = start_broker(tmp_path)[0]
+    try:
+        known = known_file(tmp_path)
+        known.unlink()
+        done = ok(zchat(tmp_path, "register", "--server", broker.router, "--server-key",
+                        public.decode(), "dora"))
+        assert done.stderr == "" and not known.exists()
+    finally:
+        assert stop_broker(broker)[0] == 0
+
+
 @pytest.mark.parametrize("bad", ["tooshort", "~" * 40])
 def test_a_malformed_server_key_is_one_clear_line(tmp_path: Path, bad: str) -> None:
     result = subprocess.run([*zchat_command(), "say", "--server", "tcp://127.0.0.1:9",

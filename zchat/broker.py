@@ -74,8 +74,6 @@ from zchat.config import BrokerConfig, data_dir
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.connections import _peer_address as connection_address
 from zchat.conntrack import (
-    TRIM_AFTER_BYTES,
-    TRIM_DELAY_S,
     ByteLedger,
     ByteLimits,
     Sample,
@@ -411,8 +409,6 @@ class Broker:
         #: Bytes read from and queued to each tcp connection of the ROUTER while they are
         #: checked (zchat.conntrack: Linux, a tcp ROUTER, a limit on), else None.
         self.ledger: ByteLedger | None = None
-        #: Bytes held by the connections cut since the last malloc_trim was asked for.
-        self._cut_bytes = 0
         #: (core, its subscriber_version) last given to the ZAP handler.
         self._keys_published: tuple[BrokerCore | None, int] = (None, -1)
         self._key_service: zmq.Socket[Any] | None = None
@@ -939,11 +935,6 @@ class Broker:
             self.connections.watch_closely(ledger.near)
             if self.config.login_timeout_s:
                 self._cut_without_session(ledger, value)
-        if self._cut_bytes >= TRIM_AFTER_BYTES:
-            # libzmq frees the connections' buffers in its I/O thread once it has closed
-            # them: the guard's thread trims a little later, off the loop.
-            self._cut_bytes = 0
-            self.connections.trim_soon(TRIM_DELAY_S)
 
     def _cut_without_session(self, ledger: ByteLedger, samples: list[Sample]) -> None:
         """Cut the sampled connections older than ``login_timeout_s`` that hold no session
@@ -976,7 +967,9 @@ class Broker:
             return
         limits, mib = ledger.limits, 1024 * 1024
         ledger.cut(sample.fd)
-        self._cut_bytes += verdict.held
+        # libzmq frees the connection's buffers in its I/O thread once it has closed it:
+        # the guard's thread trims a little later, off the loop
+        self.connections.freed(verdict.held)
         now = time.monotonic()
         if verdict.total:
             why = (f"the broker holds over max_held_bytes ({limits.total / mib:g} MiB) for "

@@ -1650,13 +1650,39 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 }
 
 
+#: Options whose value is a CurveZMQ key in Z85 (40 characters): its alphabet has "-", so
+#: a key may start with one, which argparse takes for an option ("expected one argument").
+_KEY_OPTIONS = ("--server-key",)
+
+
+def _key_values_joined(argv: list[str]) -> list[str]:
+    """``argv`` with ``--server-key KEY`` written ``--server-key=KEY`` where KEY starts
+    with "-" and is 40 characters long (a Z85 key), so that such a key is taken as the
+    value it is (the broker prints keys without quoting them)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _KEY_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and len(argv[i + 1]) == 40:
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        if arg == "--":
+            out += argv[i:]
+            break
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command (docs/cli.md); returns its exit code. Every error is one line on
     stderr, ``zchat: error: REASON``: zchat's own (with the broker's status, ``(404)``),
     an argument that is not valid UTF-8, output that cannot be written; usage errors too,
     from argparse (exit code 2, ``_Parser``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_key_values_joined(sys.argv[1:] if argv is None else argv))
     if args.command == "unread":
         if args.limit is not None and not args.messages:  # it would be ignored
             parser.error("argument --limit: only with --messages")

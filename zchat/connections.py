@@ -69,6 +69,8 @@ from zchat.conntrack import (
     MAX_WATCHED,
     MIN_SWEEP_S,
     RSS_CHECK_EVERY_S,
+    TRIM_AFTER_BYTES,
+    TRIM_DELAY_S,
     TRIM_EVERY_S,
     WATCH_FRACTION,
     Sample,
@@ -297,7 +299,7 @@ class ConnectionGuard:
     reported them, ``("closed", fd)`` for each end of such a connection and ``("sample",
     [Sample, ...])`` on ``samples``, calling ``notify()`` (from this thread) after each
     sample: the broker's loop judges them. It also calls malloc_trim when the loop asks
-    (``trim_soon``)."""
+    (``freed``)."""
 
     def __init__(self, context: zmq.Context[Any], limits: Limits) -> None:
         self.context = context
@@ -326,9 +328,12 @@ class ConnectionGuard:
         self._last: dict[tuple[int, int], tuple[float, int]] = {}
         #: Descriptors the loop judged near a limit (``watch_closely``), for this thread.
         self._near: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
-        #: Monotonic s after which this thread calls malloc_trim (``trim_soon``; written by
-        #: the loop, read here: one float, safe under the GIL); 0: none asked.
+        #: Monotonic s after which this thread calls malloc_trim (``freed``; written by the
+        #: loop, read here: floats and ints, safe under the GIL); 0: none asked. When it
+        #: was first asked, and the bytes of the cuts since the last trim.
         self._trim_at = 0.0
+        self._trim_asked = 0.0
+        self._freed = 0
         self._trimmed_s = -TRIM_EVERY_S
 
     def track_bytes(self, notify: Callable[[], None], smallest_limit: int) -> bool:
@@ -351,12 +356,21 @@ class ConnectionGuard:
         if fds:
             self._near.put(fds)
 
-    def trim_soon(self, delay_s: float) -> None:
-        """From the loop: connections holding much memory were cut; call malloc_trim in
-        this thread ``delay_s`` from now (once libzmq freed their buffers), or when
-        TRIM_EVERY_S has passed since the last one."""
+    def freed(self, nbytes: int) -> None:
+        """From the loop: a connection holding ``nbytes`` was cut. Once the cuts since the
+        last malloc_trim held TRIM_AFTER_BYTES, one is asked TRIM_DELAY_S after the latest
+        cut (libzmq's I/O thread frees a connection's buffers once it has closed it), and
+        each further cut before it postpones it so that a burst of cuts is trimmed once,
+        after its last; never more than TRIM_EVERY_S after the first ask. (Asked at the
+        first crossing only, the cuts that followed within a burst were never trimmed:
+        a broker kept 53 MiB of them.)"""
+        now = time.monotonic()
+        self._freed += nbytes
+        if not self._trim_at and self._freed < TRIM_AFTER_BYTES:
+            return
         if not self._trim_at:
-            self._trim_at = time.monotonic() + delay_s
+            self._trim_asked = now
+        self._trim_at = min(now + TRIM_DELAY_S, self._trim_asked + TRIM_EVERY_S)
 
     def watch(self, sock: zmq.Socket[Any], track_bytes: bool = False) -> int:
         """Monitor ``sock``'s accepted and ended connections; with ``track_bytes``, sample
@@ -481,7 +495,7 @@ class ConnectionGuard:
         back (resident size before and after) and how long it took."""
         if now - self._trimmed_s < TRIM_EVERY_S:
             return
-        self._trim_at, self._trimmed_s = 0.0, now
+        self._trim_at, self._trimmed_s, self._freed = 0.0, now, 0
         statm = _open_statm()
         try:
             before = _resident(statm)
