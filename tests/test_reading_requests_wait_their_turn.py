@@ -1,13 +1,15 @@
 """Big replies cannot starve small requests (docs/PROTOCOL.md §15.2, issue 14 item 2): once
 a wake-up's replies to reading requests reach BATCH_READ_BYTES, the broker goes on reading
-but puts the reading requests aside and serves them later, one per peer in turn; a peer's
-later requests wait behind its own, and beyond DEFERRED_PER_PEER it is answered 429.
+but puts the reading requests aside and serves them later, the connection served the
+fewest bytes first; a peer's later requests wait behind its own, and beyond
+DEFERRED_PER_PEER it is answered 429.
 
 A real broker thread on inproc:// (ZeroMQ's ROUTER fair-queues its peers one message each,
 on inproc as on tcp). What is asserted is not a time but the broker's own count of reply
-bytes (``BrokerCore.read_bytes``) served between a PING and its PONG: before, each PING
-waited for a whole round of the readers' pages (40 peers x 2 MB here: 80 MB); now at most
-two wake-ups' worth (BATCH_READ_BYTES each, and one reply past it).
+bytes (``BrokerCore.read_bytes``) served between a probe and its reply: before, each PING
+waited for a whole round of the readers' pages (40 peers x 2 MB here: 80 MB), and a small
+HISTORY page of a logged-in client waited its turn in that round too; now at most two
+wake-ups' worth (BATCH_READ_BYTES each, and one reply past it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 import zmq
 from conftest import wait_until
 
@@ -80,7 +83,11 @@ class Drain:
         self._thread.join(5)
 
 
-def test_pings_are_served_between_other_peers_big_replies() -> None:
+@pytest.mark.parametrize("reads", [False, True], ids=["PING", "a small HISTORY page"])
+def test_small_requests_are_served_between_other_peers_big_replies(reads: bool) -> None:
+    """The honest peer PINGs without a session (served as read), or, logged in, asks
+    HISTORY pages of 10 (put aside like the others' full pages, but served first: its
+    connection was served the fewest bytes)."""
     with running_broker(send_rate_per_s=0, account_send_rate_per_s=0,
                         read_rate_bytes_per_s=0) as h:
         core = h.broker.core
@@ -93,6 +100,10 @@ def test_pings_are_served_between_other_peers_big_replies() -> None:
                                                   password=DEFAULT_PASSWORD))[2] == b"OK"
             readers.append(sock)
         honest = dealer(h.context, h.server)
+        if reads:
+            assert call(honest, b"hl", p.Login(name="reader",
+                                               password=DEFAULT_PASSWORD))[2] == b"OK"
+        probe: p.Request = p.FetchHistory(room="big", limit=10) if reads else p.Ping()
         page = p.encode_request(b"h", p.FetchHistory(room="big", limit=p.MAX_HISTORY_LIMIT))
         drain = Drain(readers)
         try:
@@ -103,7 +114,7 @@ def test_pings_are_served_between_other_peers_big_replies() -> None:
             served_during = []
             for i in range(8):
                 before = core.read_bytes
-                reply = call(honest, b"p%d" % i, p.Ping())
+                reply = call(honest, b"p%d" % i, probe)
                 assert reply[2] == b"OK"
                 served_during.append(core.read_bytes - before)
             served_by_then = core.read_bytes - start
@@ -115,10 +126,18 @@ def test_pings_are_served_between_other_peers_big_replies() -> None:
                 sock.close(linger=0)
         page_bytes = (core.read_bytes - start) // (READERS * PAGES_EACH)
         assert page_bytes > 2_000_000  # the pages were full: 500 x 4 KB
-        # the attack was still under way while the PINGs were answered
-        assert served_by_then < page_bytes * READERS * PAGES_EACH // 2, served_by_then
-        # each PING waited at most two wake-ups of big replies, not a round of 40 pages
-        assert max(served_during) <= 2 * (BATCH_READ_BYTES + page_bytes), served_during
+        total = page_bytes * READERS * PAGES_EACH
+        bound = 2 * (BATCH_READ_BYTES + page_bytes)
+        # the attack was still under way while the probes were answered
+        assert served_by_then < (total if reads else total // 2), served_by_then
+        if reads:
+            # put aside when the contention began, the first page waits for one page of
+            # each connection that was there before it (those served nothing yet, like it,
+            # go in arrival order); from then on, being served the least, it goes first
+            assert served_during[0] <= READERS * page_bytes + bound, served_during
+            served_during = served_during[1:]
+        # each probe waited at most two wake-ups of big replies, not a round of 40 pages
+        assert max(served_during) <= bound, served_during
         assert drain.statuses == {b"OK": READERS * PAGES_EACH}
 
 

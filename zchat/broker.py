@@ -45,6 +45,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -101,7 +103,9 @@ REQUEST_PARTS = 5
 #: Once a wake-up's replies reached BATCH_READ_BYTES, the loop goes on reading but puts
 #: the reading requests (zchat.broker_core.READING_REQUESTS, and PINGs whose PONG lists
 #: many rooms: BrokerCore.costly_ping) aside, each peer's in its
-#: own FIFO, and serves them in later wake-ups one per peer in turn; every request a peer
+#: own FIFO, and serves them in later wake-ups one request at a time, the connection
+#: served the fewest bytes since the contention began first (so a client asking one
+#: small page does not wait behind a round of others' full ones); every request a peer
 #: sends after one put aside waits behind it, so that its replies keep their order. The
 #: ROUTER fair-queues peers one *message* each: without this, 30 accounts that each
 #: pipelined 9 full HISTORY pages held every other client's PING for 1.7 s, one PING per
@@ -109,6 +113,8 @@ REQUEST_PARTS = 5
 #: peer and DEFERRED_BYTES in all are put aside; one beyond either is answered 429 at
 #: once (``retry_after_ms`` DEFERRED_RETRY_MS).
 DEFERRED_PER_PEER = 64
+#: The largest request put aside: a valid reading request is a few hundred bytes.
+DEFER_MAX_REQUEST_BYTES = 4096
 DEFERRED_BYTES = 16 * 1024 * 1024
 DEFERRED_RETRY_MS = 250
 #: LINGER at close after a graceful stop, in milliseconds: time for the GOING_AWAY event
@@ -391,9 +397,14 @@ class Broker:
         self._pub_index = -1
         #: Requests put aside (DEFERRED_PER_PEER): per routing id its FIFO of (frames,
         #: their bytes), the peers in the order of their next turn; their bytes in all.
-        self._deferred: OrderedDict[bytes, deque[tuple[list[zmq.Frame], int]]] = \
-            OrderedDict()
+        self._deferred: dict[bytes, deque[tuple[list[zmq.Frame], int]]] = {}
         self._deferred_bytes = 0
+        #: The connections with requests aside, least served first: (bytes served to it
+        #: since requests were first put aside, arrival order, routing id); one entry
+        #: each. ``_served`` is emptied when no request is aside.
+        self._turns: list[tuple[int, int, bytes]] = []
+        self._served: dict[bytes, int] = {}
+        self._turn_order = itertools.count()
         self.router_endpoint = config.router
         self.pub_endpoint = config.pub
         self._router: zmq.Socket[Any] | None = None
@@ -693,23 +704,30 @@ class Broker:
         self._linger_ms = SHUTDOWN_LINGER_MS
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
-        """One wake-up's requests: first those put aside, one per peer in turn, while
-        the wake-up's budget lasts; then up to BATCH new ones, serving each, or putting
+        """One wake-up's requests: first those put aside, least served connection first,
+        while the wake-up's budget lasts; then up to BATCH new ones, serving each, or putting
         it aside (``_defer``) once the replies reached BATCH_READ_BYTES or its peer has
         some aside already (DEFERRED_PER_PEER)."""
         started = time.monotonic()
         read_bytes = core.read_bytes + BATCH_READ_BYTES
-        deferred = self._deferred
-        while deferred and core.read_bytes < read_bytes \
+        deferred, turns, served = self._deferred, self._turns, self._served
+        while turns and core.read_bytes < read_bytes \
                 and time.monotonic() - started <= BATCH_BUDGET_S:
-            routing_id, waiting = next(iter(deferred.items()))
+            _, _, routing_id = heapq.heappop(turns)  # the least served goes first
+            waiting = deferred[routing_id]
             held, nbytes = waiting.popleft()
             self._deferred_bytes -= nbytes
+            before = core.read_bytes
+            self._serve(core, held)
+            served[routing_id] = served.get(routing_id, 0) + nbytes + core.read_bytes \
+                - before
             if waiting:
-                deferred.move_to_end(routing_id)  # its next one after everyone else's
+                heapq.heappush(turns, (served[routing_id], next(self._turn_order),
+                                       routing_id))
             else:
                 del deferred[routing_id]
-            self._serve(core, held)
+        if not deferred:
+            served.clear()  # no one waits: the next contention starts even
         for _ in range(BATCH):
             if time.monotonic() - started > BATCH_BUDGET_S:
                 return
@@ -730,13 +748,25 @@ class Broker:
                 if self.ledger is not None:
                     self._consumed(parts, len(parts) - 1, 0)
                 if parts[0].bytes in deferred or (
-                        core.read_bytes >= read_bytes and len(parts) > 3
-                        and (parts[3].bytes in _READING_TYPES or (
-                            parts[3].bytes == b"PING"
-                            and core.costly_ping(parts[0].bytes)))):
+                        core.read_bytes >= read_bytes and self._costly(core, parts)):
                     self._defer(parts)
                 else:
                     self._serve(core, parts)
+
+    @staticmethod
+    def _costly(core: BrokerCore, parts: list[zmq.Frame]) -> bool:
+        """Whether a request may have a big reply, and so waits its turn past the
+        wake-up's BATCH_READ_BYTES: a reading request (or a PING whose PONG lists many
+        rooms) of a session, no bigger than DEFER_MAX_REQUEST_BYTES. Without a session it
+        gets 401, and a bigger one is malformed (400): both cost next to nothing, and
+        putting them aside would only let junk fill the room kept for others."""
+        if len(parts) != REQUEST_PARTS or parts[0].bytes not in core.sessions:
+            return False
+        kind = parts[3].bytes
+        if kind not in _READING_TYPES and not (
+                kind == b"PING" and core.costly_ping(parts[0].bytes)):
+            return False
+        return sum(len(frame) for frame in parts[1:]) <= DEFER_MAX_REQUEST_BYTES
 
     def _defer(self, parts: list[zmq.Frame]) -> None:
         """Put one request aside for a later wake-up (DEFERRED_PER_PEER), or answer it
@@ -755,6 +785,8 @@ class Broker:
             return
         if waiting is None:
             waiting = self._deferred[routing_id] = deque()
+            heapq.heappush(self._turns, (self._served.get(routing_id, 0),
+                                         next(self._turn_order), routing_id))
         waiting.append((parts, nbytes))
         self._deferred_bytes += nbytes
 

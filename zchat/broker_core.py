@@ -388,6 +388,14 @@ class BrokerCore:
         500, and the broker keeps serving."""
         request_id = frames[1][:p.MAX_REQUEST_ID_BYTES] if len(frames) > 1 else b""
         try:
+            if routing_id not in self.sessions and len(frames) == 4 \
+                    and frames[0] == p.VERSION and 1 <= len(frames[1]) <= p.MAX_REQUEST_ID_BYTES:
+                # A request that needs a session, from a peer without one, is answered 401
+                # before its body is parsed: such junk costs a lookup, not a JSON parse of
+                # up to MAX_BODY_BYTES (a tester's 8 connections sent 60 KB ones).
+                cls = p.REQUEST_TYPES.get(frames[2].decode("ascii", "replace"))
+                if cls is not None and cls.NEEDS_SESSION:
+                    raise ProtocolError(Status.UNAUTHORIZED, f"log in before {cls.TYPE}")
             request_id, request = p.decode_request(frames)
             session = self.sessions.get(routing_id)
             if session is not None:
