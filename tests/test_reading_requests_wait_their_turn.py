@@ -8,7 +8,7 @@ A real broker thread on inproc:// (ZeroMQ's ROUTER fair-queues its peers one mes
 on inproc as on tcp). What is asserted is not a time but the broker's own count of reply
 bytes (``BrokerCore.read_bytes``) served between a probe and its reply: before, each PING
 waited for a whole round of the readers' pages (40 peers x 2 MB here: 80 MB), and a small
-HISTORY page of a logged-in client waited its turn in that round too; now at most two
+HISTORY page of a logged-in client waited its turn in that round too; now at most three
 wake-ups' worth (BATCH_READ_BYTES each, and one reply past it).
 """
 
@@ -127,7 +127,9 @@ def test_small_requests_are_served_between_other_peers_big_replies(reads: bool) 
         page_bytes = (core.read_bytes - start) // (READERS * PAGES_EACH)
         assert page_bytes > 2_000_000  # the pages were full: 500 x 4 KB
         total = page_bytes * READERS * PAGES_EACH
-        bound = 2 * (BATCH_READ_BYTES + page_bytes)
+        # the wake-up under way, the one that reads the probe (and puts it aside), and the
+        # one that serves it first
+        bound = 3 * (BATCH_READ_BYTES + page_bytes)
         # the attack was still under way while the probes were answered
         assert served_by_then < (total if reads else total // 2), served_by_then
         if reads:
@@ -136,7 +138,7 @@ def test_small_requests_are_served_between_other_peers_big_replies(reads: bool) 
             # go in arrival order); from then on, being served the least, it goes first
             assert served_during[0] <= READERS * page_bytes + bound, served_during
             served_during = served_during[1:]
-        # each probe waited at most two wake-ups of big replies, not a round of 40 pages
+        # each probe waited at most three wake-ups of big replies, not a round of 40 pages
         assert max(served_during) <= bound, served_during
         assert drain.statuses == {b"OK": READERS * PAGES_EACH}
 

@@ -112,6 +112,9 @@ REQUEST_PARTS = 5
 #: round of 30 pages (docs/PROTOCOL.md §15.2). At most DEFERRED_PER_PEER requests of one
 #: peer and DEFERRED_BYTES in all are put aside; one beyond either is answered 429 at
 #: once (``retry_after_ms`` DEFERRED_RETRY_MS).
+#: New requests read per wake-up even when the requests put aside took its time (half
+#: of BATCH_BUDGET_S at most): the cheap are served, the costly put aside.
+MIN_READ_PER_WAKE = 32
 DEFERRED_PER_PEER = 64
 #: The largest request put aside: a valid reading request is a few hundred bytes.
 DEFER_MAX_REQUEST_BYTES = 4096
@@ -705,14 +708,14 @@ class Broker:
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:
         """One wake-up's requests: first those put aside, least served connection first,
-        while the wake-up's budget lasts; then up to BATCH new ones, serving each, or putting
-        it aside (``_defer``) once the replies reached BATCH_READ_BYTES or its peer has
-        some aside already (DEFERRED_PER_PEER)."""
+        while the wake-up's bytes and half its time last; then up to BATCH new ones (at
+        least MIN_READ_PER_WAKE), serving each, or putting it aside (``_defer``) once the
+        replies reached BATCH_READ_BYTES or its peer has some aside already."""
         started = time.monotonic()
         read_bytes = core.read_bytes + BATCH_READ_BYTES
         deferred, turns, served = self._deferred, self._turns, self._served
         while turns and core.read_bytes < read_bytes \
-                and time.monotonic() - started <= BATCH_BUDGET_S:
+                and time.monotonic() - started <= BATCH_BUDGET_S / 2:
             _, _, routing_id = heapq.heappop(turns)  # the least served goes first
             waiting = deferred[routing_id]
             held, nbytes = waiting.popleft()
@@ -728,8 +731,10 @@ class Broker:
                 del deferred[routing_id]
         if not deferred:
             served.clear()  # no one waits: the next contention starts even
-        for _ in range(BATCH):
-            if time.monotonic() - started > BATCH_BUDGET_S:
+        for count in range(BATCH):
+            # at least MIN_READ_PER_WAKE new requests whatever the time: the work put
+            # aside must not keep the next request of someone else unread
+            if count >= MIN_READ_PER_WAKE and time.monotonic() - started > BATCH_BUDGET_S:
                 return
             try:
                 first = router.recv(zmq.NOBLOCK, copy=False)
