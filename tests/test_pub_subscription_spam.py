@@ -6,7 +6,8 @@ XSUB grew a broker to 7.4 GB and left most honest PINGs unanswered.
 ``zchat broker`` as a subprocess on loopback tcp with CURVE. The attacker logs in on a raw
 DEALER and opens an XSUB with the same key pair (admitted: its key is bound to a session),
 then sends SPAM distinct topics: longer than any room's (cut at the first), or short ones
-of no room (cut once it holds more than BAD_SUBSCRIPTIONS). Asserted: its session is ended
+of no room (cut once it holds more than PER_SUBSCRIBER), or subscribe/unsubscribe churn on
+lobby's topic (cut past the rate of reports). Asserted: its session is ended
 (SESSION_CLOSED), its key can no longer subscribe, the broker's peak resident size grows by
 less than GROWTH_MIB (unguarded, the tester measured ~92 KB a 2 KB topic: ~270 MB for
 these 3,000 by that measure), and an honest
@@ -29,11 +30,12 @@ from floods import memory_kib
 from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import protocol as p
-from zchat.broker import BAD_SUBSCRIPTIONS
 from zchat.client import Client, pub_endpoint_for
+from zchat.subscriptions import SubscriptionLimits
 from zchat.testing import DEFAULT_PASSWORD, next_message
 
 SPAM = 3_000
+PER_SUBSCRIBER = SubscriptionLimits(0).per_subscriber
 GROWTH_MIB = 60
 
 
@@ -55,16 +57,20 @@ def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:
     return sock.recv_multipart()
 
 
-def spam_topics(long: bool) -> list[bytes]:
-    if long:
-        return [b"room/" + os.urandom(1000).hex().encode() + b"/" for _ in range(SPAM)]
-    return [b"room/nothing%d/" % i for i in range(SPAM)]
+def spam(kind: str) -> list[bytes]:
+    """The XSUB messages of one attack: SUBSCRIBE (1) or UNSUBSCRIBE (0) + topic."""
+    if kind == "long":
+        return [b"\x01room/" + os.urandom(1000).hex().encode() + b"/" for _ in range(SPAM)]
+    if kind == "no room":
+        return [b"\x01room/nothing%d/" % i for i in range(SPAM)]
+    return [b"%croom/churn/" % flag for _ in range(SPAM * 2) for flag in (1, 0)]
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("long", [True, False], ids=["2 KB topics", "topics of no room"])
-def test_a_subscriber_asking_for_topics_of_nothing_is_cut(
-        tmp_path: Path, broker: TcpBroker, ctx: zmq.Context[Any], long: bool) -> None:
+@pytest.mark.parametrize("kind", ["long", "no room", "churn"],
+                         ids=["2 KB topics", "topics of no room", "subscribe churn"])
+def test_a_subscriber_misusing_the_pub_is_cut(
+        tmp_path: Path, broker: TcpBroker, ctx: zmq.Context[Any], kind: str) -> None:
     key = broker_key(tmp_path, broker)
     pid = broker.process.popen.pid
     keypair = zmq.curve_keypair()
@@ -75,6 +81,7 @@ def test_a_subscriber_asking_for_topics_of_nothing_is_cut(
     attacker.connect(broker.router)
     xsub = ctx.socket(zmq.XSUB)
     xsub.setsockopt(zmq.LINGER, 0)
+    xsub.setsockopt(zmq.SNDHWM, 0)  # past its high-water mark an XSUB drops silently
     xsub.curve_serverkey, xsub.curve_publickey, xsub.curve_secretkey = key, *keypair
     later: list[Subscriber] = []
 
@@ -84,9 +91,9 @@ def test_a_subscriber_asking_for_topics_of_nothing_is_cut(
             for client, name in ((ann, "ann"), (bob, "bob")):
                 await client.register(name, DEFAULT_PASSWORD)
                 await client.login(name, DEFAULT_PASSWORD)
-            # more new rooms than BAD_SUBSCRIPTIONS: each topic is subscribed before the
+            # more new rooms than PER_SUBSCRIBER: each topic is subscribed before the
             # JOIN that makes the room, and must never count against ann
-            rooms = [f"new{i}" for i in range(BAD_SUBSCRIPTIONS + 8)]
+            rooms = [f"new{i}" for i in range(PER_SUBSCRIBER + 8)]
             for room in rooms:
                 await ann.join(room)
                 await bob.join(room)
@@ -104,9 +111,16 @@ def test_a_subscriber_asking_for_topics_of_nothing_is_cut(
         pub = pub_endpoint_for(broker.router, info.pub)
         run(honest(), timeout_s=60)
         before = memory_kib(pid)
+        monitor = xsub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         xsub.connect(pub)
-        for topic in spam_topics(long):
-            xsub.send(b"\x01" + topic)
+        # an XSUB drops what it sends before its connection is up: wait for it
+        assert monitor.poll(10_000), "the XSUB's handshake did not succeed"
+        xsub.disable_monitor()
+        monitor.close(linger=0)
+        if kind == "churn":  # a room of its own whose topic it churns
+            assert call(attacker, b"j", p.Join(room="churn"))[2] == b"OK"
+        for message in spam(kind):
+            xsub.send(message)
         # the attacker is told its session ended, and its key may subscribe no more
         def closed() -> bool:
             while attacker.poll(0):

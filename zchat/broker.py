@@ -86,6 +86,7 @@ from zchat.errors import Status, StorageError, ZchatError
 from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
 from zchat.ratelimit import address_key
 from zchat.store import Store
+from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
 
 log = logging.getLogger("zchat.broker")
 
@@ -147,13 +148,11 @@ KEY_SERVICE_RCVHWM = 16
 #: kernel besides its ``pub_sndhwm`` events in libzmq. Left to autotuning, Linux grew
 #: each to over 1 MiB: 1,200 such subscribers held 1.5 GB of kernel memory.
 PUB_SNDBUF_BYTES = 256 * 1024
-#: Topics of no room one subscriber (key, or address when plain) may hold before it is
-#: cut. Honest clients hold a few for a moment: the client subscribes to a room's topic
-#: before the JOIN that creates it, and a room may be deleted in between; a topic stops
-#: counting once its room exists. At most MAX_BAD_SUBSCRIBERS subscribers' sets are kept
-#: (the oldest forgotten first).
-BAD_SUBSCRIPTIONS = 16
-MAX_BAD_SUBSCRIBERS = 4096
+#: XPUB reports read per wake-up at most, and the time they may take (zchat.subscriptions
+#: judges them); at most MAX_BAD_SUBSCRIBERS subscriber keys' addresses are kept.
+SUBSCRIPTION_REPORTS = 4096
+SUBSCRIPTION_BUDGET_S = 0.01
+MAX_BAD_SUBSCRIBERS = 65_536
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -394,8 +393,11 @@ class Broker:
                                             "session after login_timeout_s")
         #: The key service's connections (STREAM ids) and their parsers, oldest first.
         self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
-        #: Topics of no room asked for, per subscriber key (or address), oldest first.
-        self._bad_subscriptions: dict[str, set[bytes]] = {}
+        #: Judges what the XPUB reports (zchat.subscriptions); the address each
+        #: subscriber key last reported from (to cut its connections).
+        self._subscriptions = SubscriptionJudge(
+            SubscriptionLimits(MAX_SUBSCRIPTION_BYTES), self._topic_allowed)
+        self._key_addresses: dict[str, str] = {}
         #: The PUB's index among the guard's watched sockets (ConnectionGuard.watch).
         self._pub_index = -1
         #: Requests put aside (DEFERRED_PER_PEER): per routing id its FIFO of (frames,
@@ -856,26 +858,24 @@ class Broker:
             log.exception("unexpected error serving one request; still serving")
 
     def _check_subscriptions(self, pub: zmq.Socket[Any]) -> None:
-        """Read up to BATCH of the topics the XPUB was asked for the first time (by any
-        subscriber; a topic already held is not reported again) and check each
-        (BrokerCore.subscription_allowed). libzmq keeps every topic in a trie at ~50
-        bytes of memory a byte of topic, whatever the subscriber does next: a session
-        that sent 100,000 topics of 2 KB grew a broker to 7.4 GB. A subscriber asking for
-        one longer than any room's, or holding more than BAD_SUBSCRIPTIONS of no room,
-        has its sessions ended (SESSION_CLOSED; its key's new PUB connections are
-        refused) and the PUB connections from its address cut; libzmq then drops their
-        topics (docs/PROTOCOL.md §16.2)."""
+        """Read what the XPUB reports — a topic subscribed for the first time by anyone,
+        or dropped by its last subscriber — up to SUBSCRIPTION_REPORTS per wake-up and
+        SUBSCRIPTION_BUDGET_S, and cut the subscribers the judge names
+        (zchat.subscriptions): their sessions are ended (SESSION_CLOSED; their key's new
+        PUB connections are refused) and the PUB connections from their address reset,
+        which makes libzmq drop their topics (docs/PROTOCOL.md §16.2)."""
         assert self.core is not None
-        for _ in range(BATCH):
+        judge = self._subscriptions
+        started = time.monotonic()
+        for count in range(SUBSCRIPTION_REPORTS):
+            if count % 64 == 63 and time.monotonic() - started > SUBSCRIPTION_BUDGET_S:
+                return
             try:
                 frame = pub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             data = frame.bytes
-            if not data or data[0] != 1:  # an unsubscription, or a message (none)
-                continue
-            topic = data[1:]
-            if self.core.subscription_allowed(topic):
+            if not data or data[0] not in (0, 1):  # not a (un)subscription
                 continue
             try:
                 key = str(frame.get("User-Id") or "")
@@ -883,27 +883,42 @@ class Broker:
                 key = ""
             address = _peer_address(frame)
             who = key or address
-            # the topics of nothing it holds now: a room made since counts no more
-            held = {t for t in self._bad_subscriptions.pop(who, ())
-                    if not self.core.subscription_allowed(t)}
-            held.add(topic)
-            if len(held) <= BAD_SUBSCRIPTIONS and len(topic) <= MAX_SUBSCRIPTION_BYTES:
-                self._bad_subscriptions[who] = held
-                if len(self._bad_subscriptions) > MAX_BAD_SUBSCRIBERS:
-                    self._bad_subscriptions.pop(next(iter(self._bad_subscriptions)))
-                continue
-            if key:
-                self.store.begin_group()  # its sessions' rows go: a group of their own
-                try:
-                    self._pending += self.core.end_subscriber(key, topic, wall_ms())
-                except BaseException:
-                    self.store.abort_group()
-                    raise
-                self._flush()
-            if address and self.connections is not None:
-                self.connections.cut_address(self._pub_index, address_key(address, b""),
-                                             "its subscriber asked for topics that are "
-                                             "not rooms")
+            now = time.monotonic()
+            why = judge.report(who, data[1:], data[0] == 1, now)
+            if why is not None and who:
+                self._cut_subscriber(who, key, address, data[1:], why)
+            largest = judge.most_junk()
+            if largest is not None:
+                self._cut_subscriber(largest, largest if largest in self._key_addresses
+                                     else "", self._key_addresses.get(largest, largest),
+                                     b"", "subscribers hold over "
+                                     f"{judge.limits.max_junk:,} topics of no room, and it "
+                                     "the most")
+            if key and address:
+                self._key_addresses[key] = address
+                if len(self._key_addresses) > MAX_BAD_SUBSCRIBERS:
+                    self._key_addresses.pop(next(iter(self._key_addresses)))
+
+    def _cut_subscriber(self, who: str, key: str, address: str, topic: bytes,
+                        why: str) -> None:
+        """End the sessions of subscriber key ``key`` (if any) and reset the PUB
+        connections from ``address`` (if any); the judge forgets ``who``."""
+        assert self.core is not None
+        self._subscriptions.forget(who)
+        if key:
+            self.store.begin_group()  # its sessions' rows go: a group of their own
+            try:
+                self._pending += self.core.end_subscriber(key, topic, wall_ms(), why)
+            except BaseException:
+                self.store.abort_group()
+                raise
+            self._flush()
+        if address and self.connections is not None:
+            self.connections.cut_address(self._pub_index, address_key(address, b""),
+                                         f"its subscriber: {why}")
+
+    def _topic_allowed(self, topic: bytes) -> bool:
+        return self.core is not None and self.core.subscription_allowed(topic)
 
     def _serve_keys(self, service: zmq.Socket[Any]) -> None:
         """Read up to BATCH chunks of the key service's connections (docs/PROTOCOL.md

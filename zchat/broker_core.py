@@ -932,19 +932,20 @@ class BrokerCore:
         except UnicodeDecodeError:
             return False
 
-    def end_subscriber(self, transport_key: str, topic: bytes, now_ms: int) -> list[Action]:
-        """A subscriber with ``transport_key`` (hex) asked for topics of nothing
-        (``subscription_allowed``): end the sessions bound to that key, each told why
+    def end_subscriber(self, transport_key: str, topic: bytes, now_ms: int,
+                       why: str = "") -> list[Action]:
+        """A subscriber with ``transport_key`` (hex) misused the PUB (``why``,
+        zchat.subscriptions): end the sessions bound to that key, each told so
         (SESSION_CLOSED), so that the key's new PUB connections are refused (§16.2)."""
         ended = [s for s in self.sessions.values() if s.transport_key == transport_key]
         actions: list[Action] = []
-        why = "your client subscribed to topics that are not rooms; log in again"
+        reason = "your client misused its subscriptions; log in again"
         for session in ended:
-            log.warning("ended the session of %s from %s: its subscriber asked for topics "
-                        "that are not rooms (e.g. %r)", session.name, session.address or "?",
+            log.warning("ended the session of %s from %s: its subscriber misused the PUB "
+                        "(%s; e.g. topic %r)", session.name, session.address or "?", why,
                         topic[:40])
             actions.append(ToPeer(session.routing_id, p.encode_push(p.SessionClosed(
-                reason=why, by="", time=now_ms))))
+                reason=reason, by="", time=now_ms))))
             actions += self._end_session(session, now_ms, "")
         return actions
 
