@@ -141,7 +141,22 @@ def _machine_state() -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         busiest = f"ps failed: {exc}"
     top = "\n".join(line[:200] for line in busiest.splitlines()[:6])
-    return f"load average: {load}\n{top}"
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = -1
+    sockets = len(getattr(zmq.Context.instance(), "_sockets", ()))
+    try:
+        states = subprocess.run(["ss", "-Htan"], capture_output=True, text=True,
+                                timeout=5).stdout.split("\n")
+        counts: dict[str, int] = {}
+        for line in states:
+            if line.strip():
+                counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
+    except (OSError, subprocess.SubprocessError):
+        counts = {}
+    return (f"load average: {load}\n{top}\nthis process: {fds} descriptors, {sockets} "
+            f"sockets in zmq.Context.instance(); tcp states: {counts}")
 
 
 @pytest.hookimpl(wrapper=True)

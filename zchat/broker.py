@@ -151,8 +151,21 @@ PUB_SNDBUF_BYTES = 256 * 1024
 #: XPUB reports read per wake-up at most, and the time they may take (zchat.subscriptions
 #: judges them); at most MAX_BAD_SUBSCRIBERS subscriber keys' addresses are kept.
 SUBSCRIPTION_REPORTS = 4096
+#: Seconds after a subscriber was cut during which what it reported is not judged again
+#: (its reports still queued would cut it again and again, logging each time).
+RECENTLY_CUT_S = 10.0
 SUBSCRIPTION_BUDGET_S = 0.01
 MAX_BAD_SUBSCRIBERS = 65_536
+#: SUBSCRIBEs queued per subscriber before libzmq stops reading its connection (the
+#: XPUB's receive high-water mark; 1,000 by default): 3,000 topics of 2 KB sent at once
+#: grew a loaded broker by 225 MiB before the first was judged.
+PUB_RCVHWM = 64
+#: The kernel's receive buffer of each PUB connection: a subscriber sends nothing but its
+#: SUBSCRIBEs, and libzmq still takes in what the kernel holds for a connection after
+#: the broker shut it (Linux hands out data queued before shutdown(SHUT_RD)): with
+#: buffers autotuned to megabytes, a subscriber cut at its first 2 KB topic still got
+#: ~200 MiB of trie in.
+PUB_RCVBUF_BYTES = 64 * 1024
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -398,6 +411,8 @@ class Broker:
         self._subscriptions = SubscriptionJudge(
             SubscriptionLimits(MAX_SUBSCRIPTION_BYTES), self._topic_allowed)
         self._key_addresses: dict[str, str] = {}
+        #: Subscribers cut, until when their reports are not judged (monotonic s).
+        self._recently_cut: dict[str, float] = {}
         #: The PUB's index among the guard's watched sockets (ConnectionGuard.watch).
         self._pub_index = -1
         #: Requests put aside (DEFERRED_PER_PEER): per routing id its FIFO of (frames,
@@ -582,6 +597,11 @@ class Broker:
         router.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.SNDHWM, self.config.pub_sndhwm)
         pub.setsockopt(zmq.SNDBUF, PUB_SNDBUF_BYTES)
+        # libzmq adds every SUBSCRIBE it reads to its trie before the loop sees the report
+        # (it drains a subscriber's pipe whole at each activation): a small pipe bounds
+        # how many a subscriber cut at its first bad topic got in first.
+        pub.setsockopt(zmq.RCVHWM, PUB_RCVHWM)
+        pub.setsockopt(zmq.RCVBUF, PUB_RCVBUF_BYTES)
         pub.setsockopt(zmq.LINGER, 0)
         self._bind(router, self.config.router, "ROUTER")
         self._bind(pub, self.config.pub, "PUB")
@@ -884,27 +904,38 @@ class Broker:
             address = _peer_address(frame)
             who = key or address
             now = time.monotonic()
+            if self._recently_cut.get(who, 0.0) > now:
+                continue  # the rest of what a subscriber cut just now had sent
             why = judge.report(who, data[1:], data[0] == 1, now)
-            if why is not None and who:
-                self._cut_subscriber(who, key, address, data[1:], why)
             largest = judge.most_junk()
-            if largest is not None:
+            if why is not None and who:
+                self._cut_subscriber(who, key, address, data[1:], why, now)
+            elif largest is not None:
                 self._cut_subscriber(largest, largest if largest in self._key_addresses
                                      else "", self._key_addresses.get(largest, largest),
                                      b"", "subscribers hold over "
                                      f"{judge.limits.max_junk:,} topics of no room, and it "
-                                     "the most")
+                                     "the most", now)
+            if why is not None or largest is not None:
+                # Each read of a report lets libzmq take in more of a subscriber's
+                # SUBSCRIBEs (up to PUB_RCVHWM at a time): give its I/O thread the time
+                # to close the connections just cut before reading on.
+                return
             if key and address:
                 self._key_addresses[key] = address
                 if len(self._key_addresses) > MAX_BAD_SUBSCRIBERS:
                     self._key_addresses.pop(next(iter(self._key_addresses)))
 
     def _cut_subscriber(self, who: str, key: str, address: str, topic: bytes,
-                        why: str) -> None:
+                        why: str, now_s: float) -> None:
         """End the sessions of subscriber key ``key`` (if any) and reset the PUB
-        connections from ``address`` (if any); the judge forgets ``who``."""
+        connections from ``address`` (if any); the judge forgets ``who``, and what it
+        reports in the next RECENTLY_CUT_S is not judged again."""
         assert self.core is not None
         self._subscriptions.forget(who)
+        self._recently_cut[who] = now_s + RECENTLY_CUT_S
+        if len(self._recently_cut) > MAX_BAD_SUBSCRIBERS:
+            self._recently_cut.pop(next(iter(self._recently_cut)))
         if key:
             self.store.begin_group()  # its sessions' rows go: a group of their own
             try:
