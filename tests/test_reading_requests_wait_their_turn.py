@@ -87,7 +87,8 @@ class Drain:
 def test_small_requests_are_served_between_other_peers_big_replies(reads: bool) -> None:
     """The honest peer PINGs without a session (served as read), or, logged in, asks
     HISTORY pages of 10 (put aside like the others' full pages, but served first: its
-    connection was served the fewest bytes)."""
+    connection was served the fewest bytes, and a page of 10 is estimated smaller than
+    one of 500, even when the contention has just begun)."""
     with running_broker(send_rate_per_s=0, account_send_rate_per_s=0,
                         read_rate_bytes_per_s=0) as h:
         core = h.broker.core
@@ -132,12 +133,6 @@ def test_small_requests_are_served_between_other_peers_big_replies(reads: bool) 
         bound = 3 * (BATCH_READ_BYTES + page_bytes)
         # the attack was still under way while the probes were answered
         assert served_by_then < (total if reads else total // 2), served_by_then
-        if reads:
-            # put aside when the contention began, the first page waits for one page of
-            # each connection that was there before it (those served nothing yet, like it,
-            # go in arrival order); from then on, being served the least, it goes first
-            assert served_during[0] <= READERS * page_bytes + bound, served_during
-            served_during = served_during[1:]
         # each probe waited at most three wake-ups of big replies, not a round of 40 pages
         assert max(served_during) <= bound, served_during
         assert drain.statuses == {b"OK": READERS * PAGES_EACH}

@@ -50,6 +50,7 @@ import itertools
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -83,7 +84,14 @@ from zchat.conntrack import (
     tcp_counters,
 )
 from zchat.errors import Status, StorageError, ZchatError
-from zchat.protocol import MAX_REQUEST_ID_BYTES, MAX_TRANSPORT_FRAME_BYTES, Error, encode_reply
+from zchat.protocol import (
+    DEFAULT_HISTORY_LIMIT,
+    MAX_HISTORY_LIMIT,
+    MAX_REQUEST_ID_BYTES,
+    MAX_TRANSPORT_FRAME_BYTES,
+    Error,
+    encode_reply,
+)
 from zchat.ratelimit import address_key
 from zchat.store import Store
 from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
@@ -319,6 +327,26 @@ def is_loopback(endpoint: str) -> bool:
     return host in _LOOPBACK_HOSTS
 
 
+#: The ``limit`` of a HISTORY or DM_HISTORY body, read without parsing it whole.
+_LIMIT = re.compile(rb'"limit"\s*:\s*(\d{1,6})')
+#: Bytes a history message is taken for, and any other reading reply, in ``_estimate``.
+ESTIMATED_MESSAGE_BYTES = 4096
+ESTIMATED_READING_BYTES = 64 * 1024
+
+
+def _estimate(parts: list[zmq.Frame]) -> int:
+    """Bytes the reply to one request put aside may have, for the order in which they
+    are served (bytes served to its connection so far + this: the smallest first, so
+    that a page of 50 asked when the contention begins does not wait behind a full page
+    of every other connection): HISTORY and DM_HISTORY by their ``limit`` (taken at its
+    largest, 4 KiB a message), anything else ESTIMATED_READING_BYTES."""
+    if len(parts) == REQUEST_PARTS and parts[3].bytes in (b"HISTORY", b"DM_HISTORY"):
+        found = _LIMIT.search(parts[4].bytes)
+        limit = int(found[1]) if found else DEFAULT_HISTORY_LIMIT
+        return min(limit, MAX_HISTORY_LIMIT) * ESTIMATED_MESSAGE_BYTES
+    return ESTIMATED_READING_BYTES
+
+
 def _peer_address(frame: zmq.Frame) -> str:
     """The sender's IP address from the frame's metadata ("" on inproc/ipc)."""
     try:
@@ -419,9 +447,9 @@ class Broker:
         #: their bytes), the peers in the order of their next turn; their bytes in all.
         self._deferred: dict[bytes, deque[tuple[list[zmq.Frame], int]]] = {}
         self._deferred_bytes = 0
-        #: The connections with requests aside, least served first: (bytes served to it
-        #: since requests were first put aside, arrival order, routing id); one entry
-        #: each. ``_served`` is emptied when no request is aside.
+        #: The connections with requests aside, smallest first: (bytes served to it since
+        #: requests were first put aside + its next reply's ``_estimate``, arrival order,
+        #: routing id); one entry each. ``_served`` is emptied when no request is aside.
         self._turns: list[tuple[int, int, bytes]] = []
         self._served: dict[bytes, int] = {}
         self._turn_order = itertools.count()
@@ -747,8 +775,8 @@ class Broker:
             served[routing_id] = served.get(routing_id, 0) + nbytes + core.read_bytes \
                 - before
             if waiting:
-                heapq.heappush(turns, (served[routing_id], next(self._turn_order),
-                                       routing_id))
+                heapq.heappush(turns, (served[routing_id] + _estimate(waiting[0][0]),
+                                       next(self._turn_order), routing_id))
             else:
                 del deferred[routing_id]
         if not deferred:
@@ -812,7 +840,7 @@ class Broker:
             return
         if waiting is None:
             waiting = self._deferred[routing_id] = deque()
-            heapq.heappush(self._turns, (self._served.get(routing_id, 0),
+            heapq.heappush(self._turns, (self._served.get(routing_id, 0) + _estimate(parts),
                                          next(self._turn_order), routing_id))
         waiting.append((parts, nbytes))
         self._deferred_bytes += nbytes
