@@ -8,6 +8,7 @@ deadline, so no async plugin is needed and a hung await fails the test instead o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import queue
@@ -338,17 +339,25 @@ def tcp_broker(tmp_path: Path) -> Iterator[TcpBroker]:
             assert elapsed < 2.0, f"broker took {elapsed:.2f} s to stop"
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    """``zchat broker`` on loopback tcp (its key pinned) with ``admins = ["root"]`` and the
-    account root; teardown asserts a clean exit (code 0)."""
-    b = start_broker(tmp_path, settings='admins = ["root"]\n')[0]
+@contextlib.contextmanager
+def running_tcp_broker(tmp_path: Path, settings: str = "") -> Iterator[TcpBroker]:
+    """``start_broker`` with ``settings`` for a ``with`` block; on exit, a broker still
+    running is stopped and must exit cleanly (code 0)."""
+    b = start_broker(tmp_path, settings=settings)[0]
     try:
         yield b
     finally:
         if b.process.popen.poll() is None:
             rc, _elapsed = stop_broker(b)
             assert rc == 0, b.process.stderr
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[TcpBroker]:
+    """``zchat broker`` on loopback tcp (its key pinned) with ``admins = ["root"]`` and the
+    account root; teardown asserts a clean exit (code 0)."""
+    with running_tcp_broker(tmp_path, 'admins = ["root"]\n') as b:
+        yield b
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ from conftest import (
     wait_until,
 )
 from floods import DEALER_READY, NULL_GREETING, Pinger, memory_kib
+from raw_helpers import call
 
 from zchat import protocol as p
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
@@ -266,12 +267,6 @@ def curve_broker(tmp_path: Path) -> Iterator[tuple[TcpBroker, bytes]]:
         if broker.process.popen.poll() is None:
             rc, _ = stop_broker(broker)
             assert rc == 0, broker.process.stderr
-
-
-def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:
-    sock.send_multipart(p.encode_request(rid, req))
-    assert sock.poll(20_000), f"no reply to {req.TYPE}"
-    return sock.recv_multipart()
 
 
 def established(source: str, port: int) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import zmq
-from conftest import TcpBroker, start_broker, stop_broker, wait_until
+from conftest import TcpBroker, running_tcp_broker, wait_until
 from subscriber_helpers import broker_key
 from zmq.utils.monitor import parse_monitor_message
 
@@ -32,13 +32,8 @@ TIMEOUT_S = 2.0
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    b = start_broker(tmp_path, settings=f"login_timeout_s = {TIMEOUT_S}\n")[0]
-    try:
+    with running_tcp_broker(tmp_path, f"login_timeout_s = {TIMEOUT_S}\n") as b:
         yield b
-    finally:
-        if b.process.popen.poll() is None:
-            rc, _elapsed = stop_broker(b)
-            assert rc == 0, b.process.stderr
 
 
 class Peer:

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 import zmq
-from conftest import TcpBroker, start_broker, stop_broker
+from conftest import TcpBroker, running_tcp_broker
 from floods import memory_kib
+from raw_helpers import call
 from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import protocol as p
@@ -35,19 +36,8 @@ GROWTH_MIB = 100
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    b = start_broker(tmp_path, settings="send_rate_per_s = 0.0\nlogin_rate_per_s = 0.0\n")[0]
-    try:
+    with running_tcp_broker(tmp_path, "send_rate_per_s = 0.0\nlogin_rate_per_s = 0.0\n") as b:
         yield b
-    finally:
-        if b.process.popen.poll() is None:
-            rc, _elapsed = stop_broker(b)
-            assert rc == 0, b.process.stderr
-
-
-def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:
-    sock.send_multipart(p.encode_request(rid, req))
-    assert sock.poll(20_000), f"no reply to {req.TYPE}"
-    return sock.recv_multipart()
 
 
 def dealer(ctx: zmq.Context[Any], broker: TcpBroker, key: bytes,

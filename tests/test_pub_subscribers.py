@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import zmq
-from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
+from conftest import TcpBroker, run, running_tcp_broker, wait_until
 from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import protocol as p
@@ -38,13 +38,8 @@ FD_SLACK = 20
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[TcpBroker]:
-    b = start_broker(tmp_path, settings="send_rate_per_s = 0.0\n")[0]
-    try:
+    with running_tcp_broker(tmp_path, "send_rate_per_s = 0.0\n") as b:
         yield b
-    finally:
-        if b.process.popen.poll() is None:
-            rc, _elapsed = stop_broker(b)
-            assert rc == 0, b.process.stderr
 
 
 def fd_count(pid: int) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import zmq
 from conftest import wait_until
+from raw_helpers import call
 
 from zchat import protocol as p
 from zchat.broker import BATCH_READ_BYTES, DEFERRED_PER_PEER
@@ -35,12 +36,6 @@ def dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     return sock
-
-
-def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:
-    sock.send_multipart(p.encode_request(rid, req))
-    assert sock.poll(20_000), f"no reply to {req.TYPE}"
-    return sock.recv_multipart()
 
 
 def fill_room(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
 from floods import Pinger, memory_kib
+from raw_helpers import call
 
 from zchat import protocol as p
 from zchat.broker_core import Account, BrokerCore, Session, ToPeer
@@ -99,12 +99,6 @@ def curve_broker(tmp_path: Path) -> Iterator[tuple[TcpBroker, bytes]]:
         if broker.process.popen.poll() is None:
             rc, _ = stop_broker(broker)
             assert rc == 0, broker.process.stderr
-
-
-def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:
-    sock.send_multipart(p.encode_request(rid, req))
-    assert sock.poll(20_000), f"no reply to {req.TYPE}"
-    return sock.recv_multipart()
 
 
 def test_a_client_that_never_reads_cannot_stall_or_swell_the_broker(
