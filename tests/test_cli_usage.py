@@ -138,3 +138,20 @@ def test_at_and_hash_are_accepted_before_names(harness: Harness,
     run_cli(harness, capsys, "say", "--as", "alice", "--room", "dev", "me too")
     assert run_cli(harness, capsys, "mod", "--as", "bob", "kick", "#dev", "@alice").strip() \
         == "kick done: alice in #dev"
+
+
+@pytest.mark.parametrize(("argv", "name"), [
+    (["join", "ev il"], "ev il"), (["join", "--", "-dave"], "-dave"),
+    (["say", *NOWHERE, "--as", "ev il", "--room", "dev", "hi"], "ev il")])
+def test_a_name_no_account_can_have_is_refused_before_any_password_prompt(
+        capsys: pytest.CaptureFixture[str], argv: list[str], name: str) -> None:
+    """join asked for a password three times, then the broker refused the name (422)."""
+    assert cli.main(argv) == 1  # capsys gives no terminal: a prompt would have failed
+    line = one_error_line(capsys.readouterr().err)
+    assert "name must not" in line and repr(name) in line
+
+
+def test_unread_limit_without_messages_names_its_command(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, "unread", "--as", "bob", "--limit", "5")
+    assert line.endswith("see 'zchat unread --help'")

@@ -1685,8 +1685,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(_key_values_joined(sys.argv[1:] if argv is None else argv))
     if args.command == "unread":
         if args.limit is not None and not args.messages:  # it would be ignored
-            parser.error("argument --limit: only with --messages")
+            parser.exit(2, "zchat: error: argument --limit: only with --messages; see "
+                           "'zchat unread --help'\n")
         args.limit = args.limit or UNREAD_MESSAGES_LIMIT
+    # A name no account can have is refused before any password is asked for it
+    # (join asked three times, then the broker said 422).
+    name = args.name if args.command == "join" else getattr(args, "user", None)
+    # (bytes that are not UTF-8, escaped as U+DC80-U+DCFF, are reported further on)
+    if isinstance(name, str) and not any("\udc80" <= c <= "\udcff" for c in name):
+        try:
+            normalize_name(name)
+        except ProtocolError as exc:
+            print(f"zchat: error: {name!r}: {exc.reason}", file=sys.stderr)
+            return 1
     stdout = sys.stdout
     if args.command != "join":  # the console draws on the terminal itself
         sys.stdout = _Output(stdout)
