@@ -1085,6 +1085,18 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
                       file=sys.stderr, flush=True)
             elif isinstance(event, ConnectionRestored):
                 print("zchat: reconnected", file=sys.stderr, flush=True)
+                # DMs another session of the account was handed while this one was
+                # away stay unread on the broker and never come here as events
+                async for msg in _merged_unread_dms(client, client.unread.dms, None):
+                    if msg.id in shown:
+                        continue
+                    _emit(sys.stdout, msg, args.json)
+                    shown.add(msg.id)
+                    printed += 1
+                    if not args.keep_unread:
+                        await _read_dm(client, msg)
+                    if args.count is not None and printed >= args.count:
+                        return 0
             elif isinstance(event, SessionEnded):
                 # by set: SESSION_CLOSED, an admin (or the account) ended it (§6.47)
                 raise CliError(f"session ended by {event.by}: {event.reason}" if event.by
