@@ -119,9 +119,10 @@ MP = multiprocessing.get_context("spawn")
 #: - read_rate_bytes_per_s = 0: the history scenario times thousands of pages back to back;
 #: - heartbeat_timeout_s = 3600: the load generators' members do not heartbeat, and must not
 #:   be evicted in the middle of a run (the sessions scenario sets its own);
-#: - sndhwm / rcvhwm = 10,000,000: the PUB drops at its high-water mark per subscriber
-#:   (ZeroMQ's PUB semantics), and the harness's Python receivers are slower than the
-#:   broker with many subscribers on 2 cores: the bare relay runs unbounded too (sndhwm 0);
+#: - sndhwm / rcvhwm / pub_sndhwm = 10,000,000: the PUB drops at its high-water mark per
+#:   subscriber (ZeroMQ's PUB semantics), and the harness's Python receivers, raw SUBs that
+#:   do not repair gaps from HISTORY as zchat's client does, are slower than the broker
+#:   with many subscribers on 2 cores: the bare relay runs unbounded too (sndhwm 0);
 #: - scrypt_n = 1024: member set-up is not what these scenarios time (the password-login
 #:   cost is measured at the shipped parameters by the sessions scenario);
 #: - max_connections and max_connections_per_address = what ``ulimit -n`` carries (its
@@ -134,6 +135,7 @@ BROKER_DEFAULTS: dict[str, Any] = {
     "log_level": "warning", "send_rate_per_s": 0, "login_rate_per_s": 0,
     "read_rate_bytes_per_s": 0,
     "heartbeat_timeout_s": 3600.0, "sndhwm": 10_000_000, "rcvhwm": 10_000_000,
+    "pub_sndhwm": 10_000_000,
     "scrypt_n": 1024, "max_sessions": 20_000,
     "max_connections": _CONNECTIONS, "max_connections_per_address": _CONNECTIONS,
 }

@@ -573,6 +573,7 @@ def _session_settings(max_clients: int) -> dict[str, Any]:
     return {"heartbeat_interval_s": SHIPPED.heartbeat_interval_s,
             "heartbeat_timeout_s": SHIPPED.heartbeat_timeout_s,
             "sndhwm": SHIPPED.sndhwm, "rcvhwm": SHIPPED.rcvhwm,
+            "pub_sndhwm": SHIPPED.pub_sndhwm,
             "scrypt_n": MIN_SCRYPT_N, "login_rate_per_s": 0,
             "max_sessions": max(SHIPPED.max_sessions, max_clients + 100)}
 
