@@ -404,9 +404,12 @@ def test_unfinished_messages_are_cut_soon_and_their_memory_returned(
             peer.close()
     held = [float(re.search(r"([\d.]+) MiB sent and not finished", line)[1])  # type: ignore[index]
             for line in cuts]
-    # the limit, twice (a loaded machine), and what the fastest connection sends in two
-    # fast samples' intervals (FAST_CHECK_EVERY_S)
-    bound = 2 * 8 + max(rates) * 2 * FAST_CHECK_EVERY_S / MIB
+    # the limit, twice, and what the fastest connection sends in ten fast samples'
+    # intervals (FAST_CHECK_EVERY_S): a loaded 2-core machine (CI) has delayed the sampling
+    # thread by over two intervals (133 MiB held at 4.8 GB/s against a bound of 113). Ten
+    # intervals are still a tenth of the slow check's (CHECK_EVERY_S), which is what the
+    # connections would get if the close watching were broken.
+    bound = 2 * 8 + max(rates) * 10 * FAST_CHECK_EVERY_S / MIB
     assert max(held) <= bound, (f"held {max(held):.0f} MiB (bound {bound:.0f}) at "
                                 f"{max(rates) / MIB:.0f} MiB/s: {held}")
 
