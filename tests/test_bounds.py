@@ -173,7 +173,7 @@ def test_what_any_peer_can_cause_at_will_is_logged_once_per_interval(
 
 
 def test_throttled_log_sums_up_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
-    from zchat.broker import ThrottledLog
+    from zchat.ratelimit import ThrottledLog
 
     throttled = ThrottledLog(30, "dropped a reply", every_s=10.0)
     with caplog.at_level("WARNING", logger="zchat.broker"):

@@ -55,11 +55,36 @@ def test_many_subscribers_each_under_their_bound_lose_the_largest() -> None:
     for who in ("a", "b"):
         for i in range(2):
             assert judge.report(who, b"room/%s%d/" % (who.encode(), i), True, 0.0) is None
-    assert judge.most_junk() is None  # 4 held, at most 5
+    assert judge.culprit() is None  # 4 held, at most 5
     assert judge.report("c", b"room/c0/", True, 0.0) is None
-    assert judge.most_junk() is None  # 5
+    assert judge.culprit() is None  # 5
     assert judge.report("c", b"room/c1/", True, 0.0) is None
-    largest = judge.most_junk()
-    assert largest in ("a", "b", "c")
+    culprit = judge.culprit()
+    assert culprit is not None
+    largest, why = culprit
+    assert largest in ("a", "b", "c") and "over 5 topics of no room" in why
     judge.forget(largest)
-    assert judge.junk_total == 4 and judge.most_junk() is None
+    assert judge.junk_total == 4 and judge.culprit() is None
+
+
+def test_many_subscribers_each_under_their_rate_lose_the_busiest() -> None:
+    """All together past 100 reports a second after 200: the one that reported the most
+    in the current second is named, then the next; one at an honest pace never is."""
+    limits = SubscriptionLimits(max_topic_bytes=40, reports_per_s=10.0, report_burst=20,
+                                total_reports_per_s=100.0, total_report_burst=200)
+    judge = SubscriptionJudge(limits, lambda topic: topic == b"room/a/")
+    named = []
+    now = 5.0  # all in one instant: nothing refills
+    for i in range(400):  # 40 subscribers, each well under its own 20
+        who = f"s{i % 40}"
+        assert judge.report(who, b"room/a/", i % 80 < 40, now) is None
+        culprit = judge.culprit()
+        if culprit is not None:
+            named.append(culprit)
+            judge.forget(culprit[0])
+    assert len(named) == 200, len(named)  # every report past the burst names one
+    assert "faster than 100 topics a second after 200" in named[0][1]
+    assert "(6 this second)" in named[0][1]  # 200 reports / 40: s0 had its 6th
+    # a second later the bucket has refilled by 100: an honest report names nobody
+    assert judge.report("honest", b"room/a/", True, now + 1.0) is None
+    assert judge.culprit() is None

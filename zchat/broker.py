@@ -1,5 +1,8 @@
 """The broker's event loop: a ROUTER for requests, a PUB for events, one thread owning state.
 
+The PUB (an XPUB) is sent on from a thread of its own, the publisher (zchat.publisher):
+the loop hands it each event, in order, and it judges what subscribers ask for.
+
 This is the I/O adapter around zchat.broker_core.BrokerCore. It is a plain ``zmq.Poller``
 loop, not asyncio: pyzmq's asyncio integration costs about ten times as much per message
 on this kind of machine (see the performance issue), and the pure core keeps the loop
@@ -92,7 +95,9 @@ from zchat.protocol import (
     Error,
     encode_reply,
 )
-from zchat.ratelimit import address_key
+from zchat.publisher import Publisher
+from zchat.publisher import peer_address as _peer_address
+from zchat.ratelimit import ThrottledLog, address_key
 from zchat.store import Store
 from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
 
@@ -156,14 +161,6 @@ KEY_SERVICE_RCVHWM = 16
 #: kernel besides its ``pub_sndhwm`` events in libzmq. Left to autotuning, Linux grew
 #: each to over 1 MiB: 1,200 such subscribers held 1.5 GB of kernel memory.
 PUB_SNDBUF_BYTES = 256 * 1024
-#: XPUB reports read per wake-up at most, and the time they may take (zchat.subscriptions
-#: judges them); at most MAX_BAD_SUBSCRIBERS subscriber keys' addresses are kept.
-SUBSCRIPTION_REPORTS = 4096
-#: Seconds after a subscriber was cut during which what it reported is not judged again
-#: (its reports still queued would cut it again and again, logging each time).
-RECENTLY_CUT_S = 10.0
-SUBSCRIPTION_BUDGET_S = 0.01
-MAX_BAD_SUBSCRIBERS = 65_536
 #: SUBSCRIBEs queued per subscriber before libzmq stops reading its connection (the
 #: XPUB's receive high-water mark; 1,000 by default): 3,000 topics of 2 KB sent at once
 #: grew a loaded broker by 225 MiB before the first was judged.
@@ -347,14 +344,6 @@ def _estimate(parts: list[zmq.Frame]) -> int:
     return ESTIMATED_READING_BYTES
 
 
-def _peer_address(frame: zmq.Frame) -> str:
-    """The sender's IP address from the frame's metadata ("" on inproc/ipc)."""
-    try:
-        return str(frame.get("Peer-Address") or "")
-    except zmq.ZMQError:
-        return ""
-
-
 def _transport_key(frame: zmq.Frame) -> str:
     """The sender's CURVE public key in hex, as the ZAP handler returned it for the
     connection (User-Id), or "" on a plain connection."""
@@ -377,33 +366,6 @@ def lower_thread_priority() -> None:
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICE)
-
-
-#: Seconds between two log lines of one kind that any peer can cause at will (a reply
-#: dropped at a full queue, a message of too many frames): a flood of them must not
-#: become a flood of log lines (a tester's anonymous PINGs wrote 58 MB of log in 10 s).
-LOG_EVERY_S = 10.0
-
-
-class ThrottledLog:
-    """Logs one kind of event at most once per ``every_s``: the first at once, the ones
-    that follow within the interval counted and summed up in the next line."""
-
-    def __init__(self, level: int, what: str, every_s: float = LOG_EVERY_S) -> None:
-        self.level, self.what, self.every_s = level, what, every_s
-        self._next_s = 0.0
-        self._held = 0
-
-    def __call__(self, detail: str, now_s: float) -> None:
-        """One more event (``detail`` names its peer); logged now, or counted."""
-        if now_s < self._next_s:
-            self._held += 1
-            return
-        more = f" (and {self._held} more like it in the last {self.every_s:g} s)" \
-            if self._held else ""
-        log.log(self.level, "%s: %s%s", self.what, detail, more)
-        self._held = 0
-        self._next_s = now_s + self.every_s
 
 
 def wall_ms() -> int:
@@ -434,13 +396,9 @@ class Broker:
                                             "session after login_timeout_s")
         #: The key service's connections (STREAM ids) and their parsers, oldest first.
         self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
-        #: Judges what the XPUB reports (zchat.subscriptions); the address each
-        #: subscriber key last reported from (to cut its connections).
-        self._subscriptions = SubscriptionJudge(
-            SubscriptionLimits(MAX_SUBSCRIPTION_BYTES), self._topic_allowed)
-        self._key_addresses: dict[str, str] = {}
-        #: Subscribers cut, until when their reports are not judged (monotonic s).
-        self._recently_cut: dict[str, float] = {}
+        #: Sends the events and judges the subscriptions, in a thread of its own
+        #: (zchat.publisher), once ``bind()`` made the XPUB.
+        self.publisher: Publisher | None = None
         #: The PUB's index among the guard's watched sockets (ConnectionGuard.watch).
         self._pub_index = -1
         #: Requests put aside (DEFERRED_PER_PEER): per routing id its FIFO of (frames,
@@ -657,6 +615,13 @@ class Broker:
                      k.fingerprint(self.keys.public))
         advertised = self.config.pub_advertised or self.pub_endpoint
         self.core = BrokerCore(self.store, self.config, advertised, wall_ms())
+        judge = SubscriptionJudge(SubscriptionLimits(MAX_SUBSCRIPTION_BYTES),
+                                  self._topic_allowed)
+        self.publisher = Publisher(self.context, pub, judge,
+                                   self._cut_pub_address if self.connections else None,
+                                   self._wake_loop)
+        self._pub = None  # the publisher's thread owns it from here on
+        self.publisher.start()
         if self.connections is not None:
             self.connections.start()
 
@@ -683,6 +648,9 @@ class Broker:
         still leave (a process must then term its context to wait for it: ``zchat
         broker`` does)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.publisher is not None:
+            self.publisher.stop(self._linger_ms)
+            self.publisher = None
         for sock in (self._router, self._pub, self._key_service):
             if sock is not None:
                 sock.close(linger=self._linger_ms)
@@ -712,9 +680,6 @@ class Broker:
         poller.register(self._wake_r, zmq.POLLIN)
         if self._key_service is not None:
             poller.register(self._key_service, zmq.POLLIN)
-        pub = self._pub
-        assert pub is not None
-        poller.register(pub, zmq.POLLIN)
         self.ready.set()
         self._execute(self.core.tick(time.monotonic(), wall_ms()))
         while not self._stopping.is_set():
@@ -733,6 +698,7 @@ class Broker:
                     self._drain_router(router, core)
                 if self._wake_r in events:
                     self._drain_jobs(core)
+                    self._end_subscribers(core)
                 # The loop's own stalls (a message of millions of frames, the process
                 # stopped, a slow disk) are not the clients' silence: credit them before
                 # evicting.
@@ -751,8 +717,6 @@ class Broker:
                 self._end_unread()
             if self._key_service is not None and self._key_service in events:
                 self._serve_keys(self._key_service)
-            if pub in events:
-                self._check_subscriptions(pub)
         self._execute(self.core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
 
@@ -905,76 +869,11 @@ class Broker:
         except Exception:
             log.exception("unexpected error serving one request; still serving")
 
-    def _check_subscriptions(self, pub: zmq.Socket[Any]) -> None:
-        """Read what the XPUB reports — a topic subscribed for the first time by anyone,
-        or dropped by its last subscriber — up to SUBSCRIPTION_REPORTS per wake-up and
-        SUBSCRIPTION_BUDGET_S, and cut the subscribers the judge names
-        (zchat.subscriptions): their sessions are ended (SESSION_CLOSED; their key's new
-        PUB connections are refused) and the PUB connections from their address reset,
+    def _cut_pub_address(self, address: str, why: str) -> None:
+        """From the publisher's thread: reset the PUB connections from ``address``,
         which makes libzmq drop their topics (docs/PROTOCOL.md §16.2)."""
-        assert self.core is not None
-        judge = self._subscriptions
-        started = time.monotonic()
-        for count in range(SUBSCRIPTION_REPORTS):
-            if count % 64 == 63 and time.monotonic() - started > SUBSCRIPTION_BUDGET_S:
-                return
-            try:
-                frame = pub.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            data = frame.bytes
-            if not data or data[0] not in (0, 1):  # not a (un)subscription
-                continue
-            try:
-                key = str(frame.get("User-Id") or "")
-            except zmq.ZMQError:
-                key = ""
-            address = _peer_address(frame)
-            who = key or address
-            now = time.monotonic()
-            if self._recently_cut.get(who, 0.0) > now:
-                continue  # the rest of what a subscriber cut just now had sent
-            why = judge.report(who, data[1:], data[0] == 1, now)
-            largest = judge.most_junk()
-            if why is not None and who:
-                self._cut_subscriber(who, key, address, data[1:], why, now)
-            elif largest is not None:
-                self._cut_subscriber(largest, largest if largest in self._key_addresses
-                                     else "", self._key_addresses.get(largest, largest),
-                                     b"", "subscribers hold over "
-                                     f"{judge.limits.max_junk:,} topics of no room, and it "
-                                     "the most", now)
-            if why is not None or largest is not None:
-                # Each read of a report lets libzmq take in more of a subscriber's
-                # SUBSCRIBEs (up to PUB_RCVHWM at a time): give its I/O thread the time
-                # to close the connections just cut before reading on.
-                return
-            if key and address:
-                self._key_addresses[key] = address
-                if len(self._key_addresses) > MAX_BAD_SUBSCRIBERS:
-                    self._key_addresses.pop(next(iter(self._key_addresses)))
-
-    def _cut_subscriber(self, who: str, key: str, address: str, topic: bytes,
-                        why: str, now_s: float) -> None:
-        """End the sessions of subscriber key ``key`` (if any) and reset the PUB
-        connections from ``address`` (if any); the judge forgets ``who``, and what it
-        reports in the next RECENTLY_CUT_S is not judged again."""
-        assert self.core is not None
-        self._subscriptions.forget(who)
-        self._recently_cut[who] = now_s + RECENTLY_CUT_S
-        if len(self._recently_cut) > MAX_BAD_SUBSCRIBERS:
-            self._recently_cut.pop(next(iter(self._recently_cut)))
-        if key:
-            self.store.begin_group()  # its sessions' rows go: a group of their own
-            try:
-                self._pending += self.core.end_subscriber(key, topic, wall_ms(), why)
-            except BaseException:
-                self.store.abort_group()
-                raise
-            self._flush()
-        if address and self.connections is not None:
-            self.connections.cut_address(self._pub_index, address_key(address, b""),
-                                         f"its subscriber: {why}")
+        if self.connections is not None:
+            self.connections.cut_address(self._pub_index, address_key(address, b""), why)
 
     def _topic_allowed(self, topic: bytes) -> bool:
         return self.core is not None and self.core.subscription_allowed(topic)
@@ -1137,6 +1036,17 @@ class Broker:
                 return
             self._pending += core.complete(job_id, result, time.monotonic(), wall_ms())
 
+    def _end_subscribers(self, core: BrokerCore) -> None:
+        """End the sessions of the subscribers the publisher cut (SESSION_CLOSED; their
+        key's new PUB connections are refused, docs/PROTOCOL.md §16.2)."""
+        assert self.publisher is not None
+        while True:
+            try:
+                cut = self.publisher.cuts.get_nowait()
+            except queue.Empty:
+                return
+            self._pending += core.end_subscriber(cut.key, cut.topic, wall_ms(), cut.why)
+
     def _job_done(self, job_id: int, future: Future[Any]) -> None:
         """Runs in a worker thread: hand the result to the loop and wake it."""
         exc = future.exception() if not future.cancelled() else None
@@ -1196,16 +1106,13 @@ class Broker:
         return replies
 
     def _execute(self, actions: list[Action]) -> None:
-        assert self._router is not None and self._pub is not None
-        pub, router = self._pub, self._router
+        assert self._router is not None and self.publisher is not None
+        publish, router = self.publisher.publish, self._router
         for action in actions:
             # Frame by frame with plain int flags: send_multipart builds an enum flag per
             # frame, a measurable cost per message (docs/PERFORMANCE.md).
             if isinstance(action, ToTopic):
-                *head, last = action.frames
-                for frame in head:
-                    pub.send(frame, _MORE)
-                pub.send(last, _LAST)
+                publish(action.frames)
             elif isinstance(action, ToPeer):
                 try:
                     # ROUTER_MANDATORY: a peer gone or full fails on the routing id,

@@ -92,7 +92,7 @@ RESERVE_PERCENT = 10
 #: reserve: one client's DEALER and SUB, and the pair of a reconnect under way.
 RESERVE_PER_ADDRESS = 4
 #: Seconds between two log lines about refused connections (an attacker can cause them
-#: at will; zchat.broker.LOG_EVERY_S).
+#: at will; zchat.ratelimit.LOG_EVERY_S).
 REFUSED_LOG_EVERY_S = 10.0
 
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED

@@ -13,6 +13,7 @@ nginx's ``limit_req`` use too.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 from collections import OrderedDict
 
@@ -200,3 +201,32 @@ class ByteBudget:
     def charge(self, cost: int, now_s: float) -> None:
         """Take ``cost`` (>= 0) from the balance, below zero if need be."""
         self.tokens = self._refill(now_s) - cost
+
+
+#: Seconds between two log lines of one kind that any peer can cause at will (a reply
+#: dropped at a full queue, a message of too many frames): a flood of them must not
+#: become a flood of log lines (a tester's anonymous PINGs wrote 58 MB of log in 10 s).
+LOG_EVERY_S = 10.0
+
+
+class ThrottledLog:
+    """Logs one kind of event at most once per ``every_s``: the first at once, the ones
+    that follow within the interval counted and summed up in the next line."""
+
+    def __init__(self, level: int, what: str, every_s: float = LOG_EVERY_S,
+                 logger: logging.Logger | None = None) -> None:
+        self.level, self.what, self.every_s = level, what, every_s
+        self.log = logger or logging.getLogger("zchat.broker")
+        self._next_s = 0.0
+        self._held = 0
+
+    def __call__(self, detail: str, now_s: float) -> None:
+        """One more event (``detail`` names its peer); logged now, or counted."""
+        if now_s < self._next_s:
+            self._held += 1
+            return
+        more = f" (and {self._held} more like it in the last {self.every_s:g} s)" \
+            if self._held else ""
+        self.log.log(self.level, "%s: %s%s", self.what, detail, more)
+        self._held = 0
+        self._next_s = now_s + self.every_s

@@ -15,11 +15,17 @@ queues the reports until the broker reads them. So a subscriber is cut when it
 - or, while all subscribers together hold more than ``max_junk`` topics of no room, is the
   one holding the most (many keys each under ``per_subscriber``: 1,000 sessions with 16
   topics of 134 bytes made each disconnect walk 2 million trie nodes, and closing them
-  all froze the broker for 68 s).
+  all froze the broker for 68 s);
+- or, while all subscribers together report faster than ``total_reports_per_s`` after
+  ``total_report_burst``, is the one that reported the most in the current second (400
+  sessions each churning topics within its own limit made 1.6 million reports, which
+  libzmq queued at ~400 bytes each: 630 MB, and a 13.5 s stall). An honest broker makes
+  about one report per room at its start and one per room made or emptied later:
+  65,536 at once covers a restart of a broker with that many rooms in use.
 
 Subscribers are told apart by ``who``: the CURVE key of their session (or the address on
 a plain broker). ``allowed(topic)`` says whether a topic is one of a room that exists (or
-a fixed one). Pure; the broker's loop owns it.
+a fixed one). Pure; the publisher's thread owns it (zchat.publisher).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class SubscriptionLimits:
     max_junk: int = 1_000
     reports_per_s: float = 64.0
     report_burst: int = 4_096
+    total_reports_per_s: float = 1_024.0
+    total_report_burst: int = 65_536
 
 
 class SubscriptionJudge:
@@ -54,6 +62,12 @@ class SubscriptionJudge:
         self._holders: dict[bytes, set[str]] = {}
         self._reports: dict[str, TokenBucket] = {}
         self.junk_total = 0
+        #: Reports of all subscribers (made at the first report), and each subscriber's
+        #: reports in the second that began at ``_second_s``.
+        self._all: TokenBucket | None = None
+        self._this_second: dict[str, int] = {}
+        self._second_s = 0.0
+        self._over_total = False
 
     def report(self, who: str, topic: bytes, subscribe: bool, now_s: float) -> str | None:
         """One report of the XPUB (``subscribe`` False: the topic's last subscriber
@@ -61,6 +75,7 @@ class SubscriptionJudge:
         (monotonic). Returns why ``who`` must be cut, or None."""
         limits = self.limits
         if who:
+            self._count(who, now_s)
             bucket = self._reports.get(who)
             if bucket is None:
                 if len(self._reports) >= MAX_SUBSCRIBERS:
@@ -97,16 +112,41 @@ class SubscriptionJudge:
                     f"{limits.per_subscriber})")
         return None
 
-    def most_junk(self) -> str | None:
-        """The subscriber holding the most topics of no room while all together hold
-        more than ``max_junk`` (to be cut, then ``forget``), else None. Call after each
+    def _count(self, who: str, now_s: float) -> None:
+        """One report of ``who`` against the limit of all subscribers together."""
+        if now_s - self._second_s >= 1.0 or now_s < self._second_s:
+            self._this_second.clear()
+            self._second_s = now_s
+        if who in self._this_second:
+            self._this_second[who] += 1
+        elif len(self._this_second) < MAX_SUBSCRIBERS:
+            self._this_second[who] = 1
+        if self._all is None:
+            self._all = TokenBucket(self.limits.total_reports_per_s,
+                                    self.limits.total_report_burst, now_s)
+        self._over_total = self._all.take(now_s) > 0
+
+    def culprit(self) -> tuple[str, str] | None:
+        """(who, why) of the subscriber to cut for what all subscribers do together, else
+        None: the one holding the most topics of no room while all hold more than
+        ``max_junk``, or the one that reported the most this second while all report
+        faster than ``total_reports_per_s`` (cut it, then ``forget`` it). Call after each
         ``report``."""
-        if self.junk_total <= self.limits.max_junk:
+        limits = self.limits
+        if self._over_total and self._this_second:
+            who = max(self._this_second, key=self._this_second.__getitem__)
+            made = self._this_second.pop(who)
+            return who, (f"subscribers report faster than {limits.total_reports_per_s:g} "
+                         f"topics a second after {limits.total_report_burst:,}, and it the "
+                         f"most ({made:,} this second)")
+        if self.junk_total <= limits.max_junk:
             return None
         self._prune()
-        if self.junk_total <= self.limits.max_junk or not self._junk:
+        if self.junk_total <= limits.max_junk or not self._junk:
             return None
-        return max(self._junk, key=lambda w: len(self._junk[w]))
+        who = max(self._junk, key=lambda w: len(self._junk[w]))
+        return who, (f"subscribers hold over {limits.max_junk:,} topics of no room, and it "
+                     "the most")
 
     def forget(self, who: str) -> None:
         """``who`` was cut (its topics go with its connections) or is gone."""
@@ -118,6 +158,7 @@ class SubscriptionJudge:
                     del self._holders[topic]
             self.junk_total -= 1
         self._reports.pop(who, None)
+        self._this_second.pop(who, None)
 
     def _drop(self, who: str, topic: bytes) -> None:
         held = self._junk.get(who)
