@@ -26,8 +26,8 @@ from typing import Any
 from harness import Bench, Row
 
 from zchat import protocol as p
-from zchat.broker_core import BrokerCore, Offload
 from zchat.config import BrokerConfig
+from zchat.core import BrokerCore, Offload
 from zchat.store import Store
 
 ROOM_MESSAGES = 100_000

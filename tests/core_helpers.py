@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zchat import protocol as p
-from zchat.broker_core import BrokerCore, Offload, ToPeer, ToTopic
 from zchat.config import BrokerConfig
+from zchat.core import BrokerCore, Offload, ToPeer, ToTopic
 from zchat.names import name_key
 from zchat.store import Store
 from zchat.testing import create_admin_accounts

@@ -16,7 +16,7 @@ import pytest
 from core_helpers import PASSWORD, T0_MS, Outcome, Peer, World, decode_events
 
 from zchat import protocol as p
-from zchat.broker_core import ToPeer, ToTopic
+from zchat.core import ToPeer, ToTopic
 from zchat.errors import Status, StorageError
 from zchat.store import Store
 
@@ -1055,3 +1055,15 @@ def test_dm_to_oneself_with_no_other_session_is_stored_not_live(world: World) ->
     assert out.reply.delivered == "stored" and out.pushes == []
     other = world.user("alice", register=False)
     assert other.call(p.SendDirect(to="alice", text="again")).reply.delivered == "live"
+
+
+def test_the_request_table_has_every_request_and_agrees_with_the_wire() -> None:
+    """zchat.core.requests declares every request type of the codec once, and its
+    ``session`` precondition is the wire's NEEDS_SESSION (what the client assumes)."""
+    from zchat.core.requests import REQUESTS
+
+    assert set(REQUESTS) == set(p.REQUEST_TYPES.values())
+    assert {t.TYPE for t, spec in REQUESTS.items() if spec.session != t.NEEDS_SESSION} == set()
+    admin_only = {t.TYPE for t, spec in REQUESTS.items() if spec.admin}
+    assert admin_only == {"SESSIONS", "USERS", "CREATE_ACCOUNTS", "ADMIN_SET_PASSWORD",
+                          "ADMIN_DISABLE", "ADMIN_SET_QUOTA"}

@@ -31,10 +31,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zchat import protocol as p
-from zchat.broker_core import BrokerCore, Offload, ToPeer, ToTopic
 from zchat.chaos import PASSWORD, BrokerProcess, wait_until
 from zchat.client import Client
 from zchat.config import BrokerConfig
+from zchat.core import BrokerCore, Offload, ToPeer, ToTopic
 from zchat.errors import ProtocolError, RequestFailed
 from zchat.passwords import hash_password
 from zchat.store import Store

@@ -22,7 +22,9 @@ from conftest import run
 from zchat import protocol as p
 from zchat.broker import Broker
 from zchat.client import Client
-from zchat.errors import ProtocolError, RequestFailed, Status, StorageError
+from zchat.core.facade import domain_refusal
+from zchat.core.ports import NoSuchRoom
+from zchat.errors import RequestFailed, Status, StorageError
 from zchat.store import Store
 from zchat.testing import running_broker
 
@@ -63,10 +65,10 @@ def test_a_failed_write_in_a_group_undoes_only_itself(tmp_path: Path) -> None:
     _room(store, "dev")
     store.begin_group()
     store.post_message("dev", "alice", "text", "one", "", 1)
-    with pytest.raises(ProtocolError) as info, store.transaction():
+    with pytest.raises(NoSuchRoom) as info, store.transaction():
         store.post_message("dev", "alice", "text", "half", "", 2)
         store.post_message("nowhere", "alice", "text", "x", "", 2)  # 404 inside
-    assert info.value.status == Status.NOT_FOUND
+    assert domain_refusal(info.value).status == Status.NOT_FOUND
     store.post_message("dev", "alice", "text", "two", "", 3)
     store.commit_group()
     assert _seen_outside(tmp_path / "z.db") == ["one", "two"]

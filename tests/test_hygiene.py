@@ -172,3 +172,98 @@ def test_no_module_of_the_suite_imports_a_test_file() -> None:
                  for line, module in imported_test_modules(path.read_text(encoding="utf-8"),
                                                            test_modules - {path.stem})]
     assert offenders == [], "move what they share into a helpers module or conftest.py"
+
+
+# -- the package's imports ------------------------------------------------------------------
+
+ZCHAT = TESTS.parent / "zchat"
+
+
+def _zchat_imports() -> dict[str, set[str]]:
+    """Module -> the zchat modules it imports, anywhere in it (function-level imports
+    too: they hide a cycle rather than remove it). ``from zchat.core import wording``
+    counts as importing zchat.core.wording; ``from zchat.core import BrokerCore`` as
+    importing zchat.core."""
+    modules: dict[str, Path] = {}
+    for path in ZCHAT.rglob("*.py"):
+        parts = list(path.relative_to(ZCHAT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_zchat_has_no_import_cycle() -> None:
+    """Imports inside zchat/ run one way (applications -> broker/client -> core -> wire
+    and ports; adapters -> ports): no two modules import each other, directly or
+    around a loop, at module level or inside a function."""
+    graph = _zchat_imports()
+    assert {"zchat.core.facade", "zchat.store.sqlite", "zchat.cli"} <= set(graph)
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    """The check itself: a loop of three is found, a chain is not."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_importing_the_core_loads_no_sockets_database_event_loop_or_cli() -> None:
+    """The broker core is pure: ``import zchat.core`` (every module of it) in a fresh
+    interpreter loads neither zmq, sqlite3, asyncio nor argparse."""
+    core_modules = sorted(m for m in _zchat_imports() if m.startswith("zchat.core"))
+    code = ("import importlib, json, sys\n"
+            f"for name in {core_modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(json.dumps(sorted(m for m in ('zmq', 'sqlite3', 'asyncio', 'argparse') "
+            "if m in sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert len(core_modules) > 10
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -20,8 +20,8 @@ from core_helpers import World
 
 from zchat import client as client_module
 from zchat import protocol as p
-from zchat.broker_core import ToPeer, ToTopic
 from zchat.client import ConnectionRestored, Event
+from zchat.core import ToPeer, ToTopic
 from zchat.errors import ConnectionFailed, Status
 from zchat.store import Store
 from zchat.testing import Harness, running_broker

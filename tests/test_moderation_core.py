@@ -11,7 +11,7 @@ import pytest
 from core_helpers import World, room_with
 
 from zchat import protocol as p
-from zchat.broker_core import ToPeer, ToTopic
+from zchat.core import ToPeer, ToTopic
 from zchat.errors import Status
 
 

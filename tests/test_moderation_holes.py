@@ -28,8 +28,8 @@ from conftest import cli_env, run, zchat_command
 from core_helpers import PASSWORD, World, config
 
 from zchat import protocol as p
-from zchat.broker_core import BrokerCore
 from zchat.console import commands as c
+from zchat.core import BrokerCore
 from zchat.errors import RequestFailed, Status
 from zchat.store import Store
 from zchat.testing import DEFAULT_PASSWORD, create_admin_accounts, free_port, running_broker

@@ -32,9 +32,9 @@ from conftest import Proc, TcpBroker, cli_env, run, zchat_command
 from core_helpers import PASSWORD, World
 
 from zchat import protocol as p
-from zchat.broker_core import ToPeer
 from zchat.client import Client, ConnectionLost, SessionEnded
 from zchat.console.view import duration_text, expiry_text
+from zchat.core import ToPeer
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_event_of, running_broker
 

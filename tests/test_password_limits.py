@@ -15,7 +15,7 @@ import pytest
 from core_helpers import PASSWORD, World, handle_raw
 
 from zchat import protocol as p
-from zchat.broker_core import MAX_JOBS_PER_PEER, Offload
+from zchat.core import MAX_JOBS_PER_PEER, Offload
 from zchat.errors import Status
 
 NEW = "a brand new passphrase"

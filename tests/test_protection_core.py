@@ -13,8 +13,8 @@ import pytest
 from core_helpers import PASSWORD, World, handle_raw
 
 from zchat import protocol as p
-from zchat.broker_core import Offload, ToTopic
 from zchat.config import BrokerConfig, Config, ConfigError, validate
+from zchat.core import Offload, ToTopic
 from zchat.errors import Status
 from zchat.ratelimit import BucketTable, TokenBucket, address_key
 from zchat.store import Store

@@ -143,7 +143,7 @@ def test_a_sessions_key_may_subscribe_until_the_session_ends(
 def test_the_core_binds_a_key_to_its_session_until_it_ends(tmp_path: Path) -> None:
     from core_helpers import PASSWORD, Clock, config, run
 
-    from zchat.broker_core import BrokerCore
+    from zchat.core import BrokerCore
     from zchat.store import Store
 
     clock = Clock()

@@ -23,8 +23,8 @@ from floods import Pinger, memory_kib
 from raw_helpers import call
 
 from zchat import protocol as p
-from zchat.broker_core import Account, BrokerCore, Session, ToPeer
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
+from zchat.core import Account, BrokerCore, Session, ToPeer
 from zchat.errors import Status
 from zchat.ratelimit import ByteBudget
 from zchat.store import Store

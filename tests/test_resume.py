@@ -17,8 +17,8 @@ from conftest import run
 from core_helpers import Peer, World, decode_events
 
 from zchat import protocol as p
-from zchat.broker_core import BrokerCore
 from zchat.client import Client, ConnectionLost, ConnectionRestored, Event
+from zchat.core import BrokerCore
 from zchat.errors import Status
 from zchat.passwords import token_sha256
 from zchat.store import Store
@@ -149,7 +149,7 @@ def _restart(path: Path, world: World, **overrides: Any) -> World:
     world.store.close()
     again = World(Store(path), **overrides)
     again.clock = world.clock
-    again.core._expire_restored(world.clock.s)  # the loop's first tick starts the grace
+    again.core.expire_restored(world.clock.s)  # the loop's first tick starts the grace
     return again
 
 

@@ -108,7 +108,7 @@ def test_deleting_anothers_message_needs_a_rank_above_the_senders() -> None:
 def test_resumes_of_one_account_are_limited_and_the_refused_change_nothing() -> None:
     """Two connections taking one session from each other without end (a fresh tester's
     attack): after RESUME_BURST, one a second; a refused RESUME moves nothing."""
-    from zchat.broker_core import RESUME_BURST, RESUME_RATE_PER_S
+    from zchat.core import RESUME_BURST, RESUME_RATE_PER_S
 
     world = World(read_rate_bytes_per_s=0)
     world.user("alice")

@@ -18,8 +18,8 @@ from conftest import TcpBroker, stop_broker
 from core_helpers import Peer, World, config
 
 from zchat import protocol as p
-from zchat.broker_core import BrokerCore
 from zchat.config import Config, ConfigError, validate
+from zchat.core import BrokerCore
 from zchat.errors import Status
 from zchat.store import Store
 

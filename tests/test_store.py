@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from zchat import store as store_module
-from zchat.errors import ProtocolError, Status, StorageError
+from zchat.core.facade import domain_refusal
+from zchat.core.ports import NameTaken, NoSuchRoom
+from zchat.errors import Status, StorageError
 from zchat.store import MIGRATIONS, SCHEMA_VERSION, Store
+from zchat.store import migrations as store_module
 
 
 @pytest.fixture
@@ -86,12 +88,12 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
 
 
 def test_account_key_and_skeleton_are_unique(store: Store) -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(NameTaken) as info:
         store.create_account("alice", "ALICE", "other", "h", now_ms=2)
-    assert info.value.status == Status.CONFLICT
-    with pytest.raises(ProtocolError) as info:
+    assert domain_refusal(info.value).status == Status.CONFLICT
+    with pytest.raises(NameTaken) as info:
         store.create_account("a1ice", "a1ice", "a1ice", "h", now_ms=2)
-    assert info.value.status == Status.CONFLICT
+    assert domain_refusal(info.value).status == Status.CONFLICT
     assert count(store, "accounts") == 2
     assert store.account_skeleton_taken("a1ice")
     assert not store.account_skeleton_taken("carol")
@@ -131,9 +133,9 @@ def test_join_room_created_and_joined_flags(store: Store) -> None:
 def test_room_skeleton_conflict_is_409_and_leaves_nothing(store: Store) -> None:
     store.join_room("dev1", "dev1", "dev1", "alice", now_ms=3)
     rooms, members = count(store, "rooms"), count(store, "members")
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(NameTaken) as info:
         store.join_room("devl", "devl", "dev1", "bob", now_ms=4)
-    assert info.value.status == Status.CONFLICT
+    assert domain_refusal(info.value).status == Status.CONFLICT
     assert store.get_room("devl") is None
     assert (count(store, "rooms"), count(store, "members")) == (rooms, members)
 
@@ -165,9 +167,9 @@ def test_append_message_gapless_per_room(store: Store) -> None:
 
 
 def test_append_to_unknown_room_is_404_and_leaves_nothing(store: Store) -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(NoSuchRoom) as info:
         store.append_message("nowhere", "Alice", "text", "x", "", 1)
-    assert info.value.status == Status.NOT_FOUND
+    assert domain_refusal(info.value).status == Status.NOT_FOUND
     assert count(store, "messages") == 0
 
 
@@ -267,9 +269,9 @@ def test_set_topic_and_unknown_room(store: Store) -> None:
     assert [r.topic for r in store.list_rooms()] == ["ünïcode topic"]
     store.set_topic("dev", "")
     assert store.get_room("dev").topic == ""  # type: ignore[union-attr]
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(NoSuchRoom) as info:
         store.set_topic("nowhere", "x")
-    assert info.value.status == Status.NOT_FOUND
+    assert domain_refusal(info.value).status == Status.NOT_FOUND
 
 
 @pytest.mark.parametrize("content", [b"not sqlite\n", b"SQLite format 3\x00" + b"\xff" * 200])
@@ -334,9 +336,9 @@ def test_a_version_4_database_upgrades_and_its_rooms_go_on_counting(tmp_path: Pa
     assert [m.text for m in store.history("dev", None, None, 10)] == ["one", "two", "three"]
     room = store.get_room("dev")
     assert room is not None and room.last_seq == 3
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(NoSuchRoom) as err:
         store.append_message("nowhere", "alice", "text", "x", "", 4)
-    assert err.value.status == Status.NOT_FOUND
+    assert domain_refusal(err.value).status == Status.NOT_FOUND
 
 
 # -- read markers moved by posting (docs/PROTOCOL.md §6.3.1) ---------------------------------

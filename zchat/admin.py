@@ -15,10 +15,10 @@ Two modes, chosen by the command line (docs/admin.md "Two ways in"):
   directory's ``broker.lock`` (so do storage quotas), and hold that lock themselves while they run, so that no
   broker starts meanwhile. Their audit-log actor is ``local:<OS user>``.
 
-The validation of new accounts is shared with the broker (``check_new_account``, used by
-CREATE_ACCOUNTS in zchat.broker_core, ``check_new_password``, used by REGISTER and the
-password changes, and ``check_password``, used by LOGIN):
-names follow docs/PROTOCOL.md §12 (zchat.names), look-alikes are refused by skeleton.
+The validation of new accounts is the broker core's (zchat.core.validation:
+``check_batch`` for CREATE_ACCOUNTS and the CSV, ``check_new_password`` for REGISTER and
+the password changes, ``check_password`` for LOGIN): names follow docs/PROTOCOL.md §12
+(zchat.names), look-alikes are refused by skeleton.
 """
 
 from __future__ import annotations
@@ -26,21 +26,46 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import datetime as dt
+import fcntl
 import getpass
 import io
+import json
 import os
 import re
 import secrets
-import unicodedata
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from zchat import protocol as p
+from zchat.client import Client
+from zchat.config import DB_FILENAME, Config, data_dir
+from zchat.core import DEFAULT_ROOM
+from zchat.core.validation import (
+    BadRow,
+    CheckedAccount,
+    NewAccountRow,
+    check_batch,
+    check_new_account,
+    check_new_password,
+    check_password,
+    password_too_short,
+    rule_only,
+)
+from zchat.core.wording import quota_text, size_text
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
-from zchat.names import name_key, normalize_name, normalize_new_name, skeleton
+from zchat.names import name_key, normalize_name, skeleton
+from zchat.passwords import hash_password
 from zchat.store import Store
+from zchat.tty import has_terminal
+
+__all__ = [  # the validation shared with the broker, kept importable from here
+    "BadRow", "CheckedAccount", "NewAccountRow", "check_batch", "check_new_account",
+    "check_new_password", "check_password", "password_too_short", "rule_only",
+]
 
 #: File in the broker's data directory that a running broker holds locked (cli.py's
 #: ``_lock_data_dir``); direct-mode writes take it too.
@@ -68,145 +93,7 @@ class BadRows(AdminError):
                          f"nothing created:\n{lines}")
 
 
-@dataclass(frozen=True, slots=True)
-class BadRow:
-    line: int      # 1-based line of the file (or index in a request)
-    problem: str
-
-
-@dataclass(frozen=True, slots=True)
-class NewAccountRow:
-    """One account to create, as read from a CSV line: ``password`` "" means generate."""
-
-    line: int
-    name: str
-    password: str
-    bot: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CheckedAccount:
-    """An account that passed ``check_batch``: display ``name``, its ``key`` and
-    ``skeleton``, and ``generated`` when the password was made here."""
-
-    line: int
-    name: str
-    key: str
-    skeleton: str
-    password: str
-    bot: bool
-    generated: bool = False
-
-
 # -- validation shared with the broker ---------------------------------------------------
-
-
-def check_password(password: str) -> str:
-    """A password as LOGIN accepts it: not empty (422), at most MAX_PASSWORD_CHARS
-    characters (413) (docs/PROTOCOL.md §6.3, §9). No minimum length: an account made
-    before the broker's ``min_password_chars`` was raised still logs in. Returns it."""
-    if not password:
-        raise ProtocolError(Status.INVALID, "password must not be empty")
-    if len(password) > p.MAX_PASSWORD_CHARS:
-        raise ProtocolError(Status.TOO_LARGE,
-                            f"password longer than {p.MAX_PASSWORD_CHARS} characters")
-    return password
-
-
-def password_too_short(min_chars: int) -> str:
-    """The one wording of a new password under ``min_chars`` characters, used by the
-    broker (422) and by the command line's early check alike."""
-    return f"password must be at least {min_chars} characters long"
-
-
-def check_new_password(password: str, min_chars: int) -> str:
-    """A new password (REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, CREATE_ACCOUNTS and
-    ``zchat admin`` on the database, docs/PROTOCOL.md §6.2): ``check_password``; not
-    blank (only white space: eight spaces are no secret); no control character
-    (category Cc: a newline, a tab, an escape), which no one could type at a password
-    prompt, so the account could never be logged in to; and at least ``min_chars``
-    characters (the broker's ``min_password_chars``). Else ProtocolError 422, each in
-    one wording that the command line's early checks share. Passwords set before are
-    not checked again: LOGIN takes them (``check_password``). Returns it."""
-    check_password(password)
-    if password.isspace():
-        raise ProtocolError(Status.INVALID, "password must not be blank (only white space)")
-    control = next((ch for ch in password if unicodedata.category(ch) == "Cc"), None)
-    if control is not None:
-        raise ProtocolError(Status.INVALID,
-                            f"password contains a control character (U+{ord(control):04X}), "
-                            "which no one could type at a password prompt")
-    if len(password) < min_chars:
-        raise ProtocolError(Status.INVALID, password_too_short(min_chars))
-    return password
-
-
-def check_new_account(name: str, password: str, min_password_chars: int
-                      ) -> tuple[str, str, str]:
-    """(display name, key, skeleton) of a new account, by the broker's rules for REGISTER
-    (docs/PROTOCOL.md §12: zchat.names.normalize_new_name; ``check_new_password``).
-    Raises ProtocolError 422/413."""
-    display = normalize_new_name(name)
-    check_new_password(password, min_password_chars)
-    return display, name_key(display), skeleton(display)
-
-
-def check_batch(rows: Iterable[NewAccountRow], taken: Callable[[str, str], bool],
-                min_password_chars: int) -> tuple[list[CheckedAccount], list[BadRow]]:
-    """Check every row (all of them, so that every problem is reported at once).
-
-    ``taken(key, skeleton)`` says whether an existing account has that key or a
-    look-alike name. Two rows of the batch with the same key or skeleton are a conflict
-    too. Rows with an empty password must have been given one before (``fill_passwords``);
-    each password must have at least ``min_password_chars`` characters. Returns (good rows, bad rows); the caller creates nothing when any row is bad.
-    """
-    good: list[CheckedAccount] = []
-    bad: list[BadRow] = []
-    seen: dict[str, int] = {}  # key or skeleton -> first line
-    for row in rows:
-        try:
-            display, key, skel = check_new_account(row.name, row.password,
-                                                   min_password_chars)
-        except ProtocolError as exc:
-            # Never echo a refused name: with another separator (``xena;pw-xena``) it
-            # holds the whole row, password included; the reason names the rule.
-            hint = " (are the columns separated by ';' or tabs? use commas)" \
-                if any(c in row.name for c in ";\t") else ""
-            bad.append(BadRow(row.line, rule_only(exc.reason) + hint))
-            continue
-        # Nor an accepted one: in a header-less file with the columns swapped, the "name"
-        # is a password (a tester's shared class password was echoed by this check).
-        first = seen.get("k:" + key) or seen.get("s:" + skel)
-        if first is not None:
-            bad.append(BadRow(row.line, f"name: the same as or too like the name on line "
-                                        f"{first}"))
-            continue
-        seen["k:" + key] = seen["s:" + skel] = row.line
-        if taken(key, skel):
-            bad.append(BadRow(row.line, "name: taken by an existing account (or too like "
-                                        "an existing name)"))
-            continue
-        good.append(CheckedAccount(row.line, display, key, skel, row.password, row.bot))
-    return good, bad
-
-
-#: The parts of a name-rule refusal (zchat.names.normalize_name's wording) that hold a
-#: piece of the refused value: the character found, its code point and name, the length.
-_VALUE_PARTS = (
-    (re.compile(r"; found .*$", re.DOTALL), ""),
-    (re.compile(r" \(U\+[0-9A-F]{4,6}[^)]*\)"), ""),
-    (re.compile(r" is \d+ characters; the limit is (\d+)"), r" is longer than \1 characters"),
-)
-
-
-def rule_only(reason: str) -> str:
-    """``reason`` (a name or password refusal) without any piece of the refused value:
-    the rule only. A bulk-creation row's "name" may be a password (columns swapped, or
-    another separator), so a CSV error never shows a character, code point or length of
-    it (docs/admin.md "Creating a class")."""
-    for pattern, replacement in _VALUE_PARTS:
-        reason = pattern.sub(replacement, reason)
-    return reason
 
 
 # -- the bulk-creation CSV ----------------------------------------------------------------
@@ -339,8 +226,6 @@ def parse_quota(text: str) -> int | None:
 
 
 def _said_quota(reply: p.QuotaSet, err: TextIO) -> None:
-    from zchat.broker_core import size_text
-
     quota = "no quota" if not reply.quota_bytes else \
         f"a quota of {size_text(reply.quota_bytes)} ({reply.quota_bytes:,} bytes)"
     err.write(f"{reply.name} has {quota}{' (the broker default)' if reply.default else ''}; "
@@ -353,8 +238,6 @@ def set_quota_direct(store: Store, name: str, quota: int | None, default: int, a
     in one transaction; nothing is written when it had that setting already. Returns
     the setting now in force with the bytes the account has stored. Raises AdminError
     for an unknown account."""
-    from zchat.broker_core import quota_text
-
     key, display = _account(store, name)
     quotas = store.storage_quotas()
     if quotas.get(key) != quota:
@@ -382,8 +265,6 @@ def local_actor() -> str:
 def broker_stopped(directory: Path) -> Iterator[None]:
     """Hold the data directory's broker lock for the block. Raises AdminError when a
     broker holds it (it caches accounts and sessions in memory: go over the wire)."""
-    import fcntl
-
     try:
         lock = open(directory / LOCK_FILENAME, "a+")  # noqa: SIM115 (closed below)
     except OSError as exc:
@@ -428,7 +309,6 @@ def create_accounts_direct(store: Store, accounts: list[CheckedAccount], hasher:
     """Create ``accounts`` (already checked) in one transaction, each a member of
     ``lobby``, with one ``create_account`` audit entry each: all or none. Raises
     ProtocolError 409 when a name was taken meanwhile (nothing created)."""
-    from zchat.broker_core import DEFAULT_ROOM
     hashes = [hasher(a.password) for a in accounts]  # before the write lock is taken
     lobby = name_key(DEFAULT_ROOM)
     store.ensure_room(lobby, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), now_ms)
@@ -565,16 +445,12 @@ _NEEDS_STOPPED = ("create", "reset-password", "disable", "enable", "quota")
 
 
 def _fmt(ms: int) -> str:
-    import datetime as dt
-
     if not ms:
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _iso(ms: int) -> str | None:
-    import datetime as dt
-
     if not ms:
         return None
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds") \
@@ -582,8 +458,6 @@ def _iso(ms: int) -> str | None:
 
 
 def _now_ms() -> int:
-    import time
-
     return time.time_ns() // 1_000_000
 
 
@@ -591,9 +465,6 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
     """The new password of ``reset-password`` or ``passwd``: generated (``--generate``),
     the first line of standard input (``--stdin``), $ZCHAT_NEW_PASSWORD, or asked twice
     on the terminal without echo. Returns (password, generated). AdminError when none."""
-    import sys
-
-    from zchat.cli import _has_terminal
 
     if getattr(args, "generate", False):
         return generate_password(), True
@@ -614,7 +485,7 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
         raise AdminError(f"${NEW_PASSWORD_ENV} is not valid UTF-8") from None
     if env:
         return env, False
-    if not _has_terminal():
+    if not has_terminal():
         if env is not None:  # set but empty (``$PW`` unset in a script): as if unset
             other = "--stdin or --generate" if hasattr(args, "generate") else "--stdin"
             raise AdminError(f"no new password: {NEW_PASSWORD_ENV} is set but empty; put "
@@ -636,8 +507,6 @@ def _db_path(args: argparse.Namespace, config: object, create: bool = False) -> 
     """The database file of a direct command, resolved. With ``create`` (``zchat admin
     create`` before the broker's first start: the first admin's account) a missing file
     is allowed and its directory made (0700); the Store then creates the database."""
-    from zchat.cli import DB_FILENAME
-    from zchat.config import Config, data_dir
 
     assert isinstance(config, Config)
     db = getattr(args, "db", None)
@@ -805,10 +674,6 @@ def _report_created(args: argparse.Namespace, accounts: list[CheckedAccount],
 
 
 def _print_users(users: Iterable[p.AccountInfo], as_json: bool, out: TextIO) -> None:
-    import json
-
-    from zchat.broker_core import size_text
-
     rows = []
     for u in users:
         if as_json:
@@ -829,8 +694,6 @@ def _print_users(users: Iterable[p.AccountInfo], as_json: bool, out: TextIO) -> 
 
 
 def _print_sessions(sessions: Iterable[p.SessionInfo], as_json: bool, out: TextIO) -> None:
-    import json
-
     rows = []
     for s in sessions:
         if as_json:
@@ -846,8 +709,6 @@ def _print_sessions(sessions: Iterable[p.SessionInfo], as_json: bool, out: TextI
 
 
 def _print_bans(bans: Iterable[p.BanInfo], as_json: bool, out: TextIO) -> None:
-    import json
-
     rows = []
     for b in bans:
         if as_json:
@@ -867,8 +728,6 @@ def _print_bans(bans: Iterable[p.BanInfo], as_json: bool, out: TextIO) -> None:
 
 
 def _print_audit(entries: Iterable[p.AuditEntry], as_json: bool, out: TextIO) -> None:
-    import json
-
     rows = []
     for e in entries:
         if as_json:
@@ -893,11 +752,6 @@ def _room_arg(raw: str | None) -> str | None:
 
 def run_direct(args: argparse.Namespace, config: object) -> int:
     """``zchat admin ACTION`` on the database file (see the module docstring)."""
-    import sys
-
-    from zchat.config import Config
-    from zchat.passwords import hash_password
-
     assert isinstance(config, Config)
     action: str = args.admin_command
     path = _db_path(args, config, create=action == "create")
@@ -998,8 +852,6 @@ async def _users_as_admin(client: object, what: str) -> tuple[p.AccountInfo, ...
     """USERS, asked before ``create`` (to pre-check names) and ``reset-password`` (before
     the new password is asked for). A non-admin's 403 then names what was refused
     (``only broker admins may create accounts``), not the listing it used."""
-    from zchat.client import Client
-
     assert isinstance(client, Client)
     try:
         return (await client.users()).users
@@ -1013,8 +865,6 @@ def broker_min_password_chars(client: object) -> int:
     """The connected broker's ``min_password_chars`` from its INFO reply (1 when it does
     not say: an older broker, which checks only that a password is not empty), for
     checking a new password before it is sent."""
-    from zchat.client import Client
-
     assert isinstance(client, Client)
     return max(1, client.info.min_password_chars) if client.info is not None else 1
 
@@ -1022,10 +872,6 @@ def broker_min_password_chars(client: object) -> int:
 async def run_wire(args: argparse.Namespace, client: object) -> int:
     """``zchat admin ACTION --as ADMIN``: the same commands as requests to the broker,
     on ``client`` (logged in as an admin)."""
-    import sys
-
-    from zchat.client import Client
-
     assert isinstance(client, Client)
     out, err = sys.stdout, sys.stderr
     action: str = args.admin_command

@@ -3,7 +3,7 @@
 The PUB (an XPUB) is sent on from a thread of its own, the publisher (zchat.publisher):
 the loop hands it each event, in order, and it judges what subscribers ask for.
 
-This is the I/O adapter around zchat.broker_core.BrokerCore. It is a plain ``zmq.Poller``
+This is the I/O adapter around zchat.core.BrokerCore. It is a plain ``zmq.Poller``
 loop, not asyncio: pyzmq's asyncio integration costs about ten times as much per message
 on this kind of machine (see the performance issue), and the pure core keeps the loop
 swappable. Each wake-up drains up to ``BATCH`` requests before it looks at timers.
@@ -67,15 +67,6 @@ import zmq
 
 from zchat import keys as k
 from zchat import zmtp
-from zchat.broker_core import (
-    MAX_SUBSCRIPTION_BYTES,
-    READING_REQUESTS,
-    Action,
-    BrokerCore,
-    Offload,
-    ToPeer,
-    ToTopic,
-)
 from zchat.config import BrokerConfig, data_dir
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.connections import _peer_address as connection_address
@@ -85,6 +76,15 @@ from zchat.conntrack import (
     Sample,
     Verdict,
     tcp_counters,
+)
+from zchat.core import (
+    MAX_SUBSCRIPTION_BYTES,
+    READING_REQUESTS,
+    Action,
+    BrokerCore,
+    Offload,
+    ToPeer,
+    ToTopic,
 )
 from zchat.errors import Status, StorageError, ZchatError
 from zchat.protocol import (
@@ -115,7 +115,7 @@ BATCH_READ_BYTES = 4 * 1024 * 1024
 #: Frames of a request as the ROUTER delivers it: routing id + the 4 of docs/PROTOCOL.md §3.1.
 REQUEST_PARTS = 5
 #: Once a wake-up's replies reached BATCH_READ_BYTES, the loop goes on reading but puts
-#: the reading requests (zchat.broker_core.READING_REQUESTS, and PINGs whose PONG lists
+#: the reading requests (zchat.core.READING_REQUESTS, and PINGs whose PONG lists
 #: many rooms: BrokerCore.costly_ping) aside, each peer's in its
 #: own FIFO, and serves them in later wake-ups one request at a time, the connection
 #: served the fewest bytes since the contention began first (so a client asking one

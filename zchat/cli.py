@@ -50,16 +50,16 @@ from zchat.client import (
     Reconnecting,
     SessionEnded,
 )
-from zchat.config import Config, data_dir, load_config, validate
+from zchat.config import DB_FILENAME, Config, data_dir, load_config, validate
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
 from zchat.files import private_dir, private_file
 from zchat.names import name_key, normalize_name
+from zchat.tty import has_terminal as _has_terminal
 
 PASSWORD_ENV = "ZCHAT_PASSWORD"
 #: An account token (``zchat token create``) to log in with instead of a password; checked
 #: before PASSWORD_ENV.
 TOKEN_ENV = "ZCHAT_TOKEN"
-DB_FILENAME = "zchat.db"
 #: How long a command that is ending waits for the LOGOUT reply before closing anyway (a
 #: dead broker must not hold up Ctrl-C or SIGTERM for the whole request timeout).
 LOGOUT_WAIT_S = 0.5
@@ -524,18 +524,6 @@ def _config(args: argparse.Namespace) -> Config:
     config = Config(broker=broker, client=client)
     validate(config, path="command line")
     return config
-
-
-def _has_terminal() -> bool:
-    """Whether this process can prompt on its controlling terminal, as getpass does: it
-    opens /dev/tty, and without one it would warn and read the password from stdin with
-    echo, which we never want."""
-    try:
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 def env(name: str) -> str:

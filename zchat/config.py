@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zchat.errors import ZchatError
-from zchat.keys import ENCRYPTION_MODES, BadKey, check_key
+from zchat.keyformat import ENCRYPTION_MODES, BadKey, check_key
 from zchat.protocol import MAX_PASSWORD_CHARS, MAX_STORAGE_QUOTA_BYTES
 
 #: The file's name inside the zchat config directory.
@@ -307,6 +307,8 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
 
+#: The broker's database file inside its data directory (``data_dir``).
+DB_FILENAME = "zchat.db"
 
 #: TOML table name -> the dataclass holding its keys.
 _TABLES: dict[str, type[BrokerConfig] | type[ClientConfig]] = {

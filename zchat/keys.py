@@ -43,8 +43,10 @@ import zmq.asyncio
 import zmq.auth
 import zmq.utils.z85
 
+from zchat.config import default_config_path
 from zchat.errors import ConnectionFailed, ZchatError
 from zchat.files import private_dir, private_file
+from zchat.keyformat import ENCRYPTION_MODES, Z85_KEY_CHARS, BadKey, check_key  # noqa: F401 (re-exported)
 from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, address_key
 
 #: Name of the broker's certificate (public and secret key) inside its data directory.
@@ -53,8 +55,6 @@ BROKER_SECRET_FILE = "curve.key_secret"
 BROKER_PUBLIC_FILE = "curve.key"
 #: Name of the pinned-keys file inside the zchat config directory.
 KNOWN_BROKERS_FILE = "known_brokers.toml"
-#: Length of a Z85-encoded CurveZMQ key: 32 bytes -> 40 characters (RFC 32/Z85).
-Z85_KEY_CHARS = 40
 #: The key service's request frame and the first frame of its reply (docs/PROTOCOL.md
 #: §16.3). Versioned so that the reply can grow.
 KEY_REQUEST = b"KEY"
@@ -65,8 +65,6 @@ KEY_SERVICE_MAX_FRAME_BYTES = 64
 #: The key service's port is the ROUTER's port plus this, unless configured otherwise
 #: (5555 -> 5557; the PUB has 5556).
 KEY_PORT_OFFSET = 2
-#: What ``encryption`` may be set to, in ``[broker]`` and ``[client]``.
-ENCRYPTION_MODES = ("curve", "none")
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +77,6 @@ _HEADER = """\
 
 class KeyFileError(ZchatError):
     """A key file cannot be read, written or trusted (bad permissions, bad content)."""
-
-
-class BadKey(ZchatError):
-    """A text is not a CurveZMQ public key in Z85 (40 characters of the Z85 alphabet)."""
 
 
 class BrokerKeyChanged(ZchatError):
@@ -125,22 +119,6 @@ class Pinned:
                 f"  {fingerprint(self.key)}\n"
                 f"  (pinned in {self.path}; compare it with the fingerprint the broker "
                 f"printed at start)")
-
-
-def check_key(text: str, what: str = "key") -> str:
-    """Return ``text`` if it is a Z85 CurveZMQ public key (40 characters decoding to 32
-    bytes); raise BadKey naming ``what`` otherwise."""
-    if not isinstance(text, str) or len(text) != Z85_KEY_CHARS:
-        size = len(text) if isinstance(text, str) else "?"
-        raise BadKey(f"{what} must be {Z85_KEY_CHARS} characters of Z85 (as printed by "
-                     f"'zchat broker'), got {size}")
-    try:
-        raw = zmq.utils.z85.decode(text.encode("ascii"))
-    except (UnicodeEncodeError, ValueError, KeyError, IndexError):
-        raise BadKey(f"{what} is not Z85 text (as printed by 'zchat broker')") from None
-    if len(raw) != 32:
-        raise BadKey(f"{what} does not decode to 32 bytes")
-    return text
 
 
 def fingerprint(key: str | bytes) -> str:
@@ -362,8 +340,6 @@ async def resolve_host(endpoint: str, timeout_s: float) -> None:
 
 def default_known_brokers_path() -> Path:
     """``$XDG_CONFIG_HOME/zchat/known_brokers.toml`` (default ``~/.config/zchat/…``)."""
-    from zchat.config import default_config_path
-
     return default_config_path().with_name(KNOWN_BROKERS_FILE)
 
 

@@ -40,9 +40,9 @@ import zmq
 
 from zchat import protocol as p
 from zchat.broker import Broker, BrokerThread
-from zchat.broker_core import DEFAULT_ROOM
 from zchat.client import Client
 from zchat.config import BrokerConfig
+from zchat.core import DEFAULT_ROOM
 from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.names import name_key, skeleton
 from zchat.passwords import hash_password

@@ -10,7 +10,7 @@ the writes of one wake-up into one transaction (``begin_group``/``commit_group``
 per batch, each write a SAVEPOINT in it; docs/PROTOCOL.md §14 "Group commit").
 
 The schema is versioned with ``PRAGMA user_version`` and upgraded by the ordered
-``MIGRATIONS`` at open.
+``MIGRATIONS`` at open (zchat.store.migrations).
 
 Names: ``key`` is the case-folded identity of a name (names.name_key), ``name`` its display
 form as registered/created. Times are UTC milliseconds.
@@ -22,385 +22,36 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from zchat.errors import ProtocolError, Status, StorageError
-from zchat.names import name_key
-
-#: Ordered schema migrations; index i upgrades user_version i -> i+1. Never edit a shipped
-#: entry: append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE accounts (
-        key           TEXT PRIMARY KEY,
-        name          TEXT NOT NULL,
-        skeleton      TEXT NOT NULL UNIQUE,
-        password_hash TEXT NOT NULL,
-        bot           INTEGER NOT NULL DEFAULT 0,
-        created_ms    INTEGER NOT NULL
-    );
-    CREATE TABLE rooms (
-        key        TEXT PRIMARY KEY,
-        name       TEXT NOT NULL,
-        skeleton   TEXT NOT NULL UNIQUE,
-        topic      TEXT NOT NULL DEFAULT '',
-        last_seq   INTEGER NOT NULL DEFAULT 0,
-        creator    TEXT,
-        created_ms INTEGER NOT NULL
-    );
-    CREATE TABLE members (
-        room_key    TEXT NOT NULL REFERENCES rooms(key),
-        account_key TEXT NOT NULL REFERENCES accounts(key),
-        joined_ms   INTEGER NOT NULL,
-        PRIMARY KEY (room_key, account_key)
-    ) WITHOUT ROWID;
-    CREATE INDEX members_by_account ON members(account_key);
-    CREATE TABLE messages (
-        room_key TEXT NOT NULL,
-        seq      INTEGER NOT NULL,
-        time_ms  INTEGER NOT NULL,
-        sender   TEXT NOT NULL,
-        kind     TEXT NOT NULL,
-        text     TEXT NOT NULL,
-        cmid     TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (room_key, seq)
-    ) WITHOUT ROWID;
-    CREATE TABLE direct_messages (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        time_ms    INTEGER NOT NULL,
-        sender     TEXT NOT NULL,
-        recipient_key TEXT NOT NULL,
-        recipient  TEXT NOT NULL,
-        text       TEXT NOT NULL,
-        delivered  INTEGER NOT NULL
-    );
-    CREATE INDEX dms_pending ON direct_messages(recipient_key, delivered, id);
-    """,
-    # 1 -> 2: account tokens (docs/PROTOCOL.md §6.24). Only the token's SHA-256 is kept:
-    # a token is 256 random bits, so a fast hash is enough (no dictionary to guess from).
-    """
-    CREATE TABLE account_tokens (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
-        account_key  TEXT NOT NULL REFERENCES accounts(key),
-        label        TEXT NOT NULL,
-        token_sha256 TEXT NOT NULL UNIQUE,
-        created_ms   INTEGER NOT NULL
-    );
-    CREATE INDEX account_tokens_by_account ON account_tokens(account_key, id);
-    """,
-    # 2 -> 3: delivery guarantees and protection (issue 5): idempotent SEND and DM by
-    # client message id (a lookup index, not UNIQUE: older rows may repeat a cmid),
-    # per-room slow mode, and sessions kept across a broker restart for RESUME (only
-    # the session token's SHA-256 is stored).
-    """
-    CREATE INDEX messages_by_cmid ON messages(room_key, sender, cmid) WHERE cmid <> '';
-    ALTER TABLE direct_messages ADD COLUMN cmid TEXT NOT NULL DEFAULT '';
-    CREATE INDEX dms_by_cmid ON direct_messages(sender, cmid) WHERE cmid <> '';
-    ALTER TABLE rooms ADD COLUMN slow_mode_s INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE sessions (
-        token_sha256   TEXT PRIMARY KEY,
-        account_key    TEXT NOT NULL REFERENCES accounts(key),
-        login_token_id INTEGER,
-        address        TEXT NOT NULL DEFAULT '',
-        login_ms       INTEGER NOT NULL
-    );
-    """,
-    # 3 -> 4: security and moderation (issue 6). Roles per room (the creator is 'owner');
-    # private (invite-only) and locked (only moderators post) rooms; invitations; bans
-    # and mutes, per room or server-wide (room_key ''), with an optional expiry; deleted
-    # messages keep their row (text kept for the audit) and say who deleted them;
-    # disabled accounts; and the append-only audit log of moderation actions (the Store
-    # has no method that updates or deletes its rows).
-    """
-    ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE rooms ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE messages ADD COLUMN deleted_by TEXT NOT NULL DEFAULT '';
-    CREATE TABLE room_roles (
-        room_key    TEXT NOT NULL REFERENCES rooms(key),
-        account_key TEXT NOT NULL REFERENCES accounts(key),
-        role        TEXT NOT NULL CHECK (role IN ('owner', 'moderator')),
-        PRIMARY KEY (room_key, account_key)
-    ) WITHOUT ROWID;
-    INSERT INTO room_roles(room_key, account_key, role)
-        SELECT key, creator, 'owner' FROM rooms
-        WHERE creator IS NOT NULL AND creator <> ''
-          AND creator IN (SELECT key FROM accounts);
-    CREATE TABLE invites (
-        room_key    TEXT NOT NULL REFERENCES rooms(key),
-        account_key TEXT NOT NULL REFERENCES accounts(key),
-        by_key      TEXT NOT NULL,
-        time_ms     INTEGER NOT NULL,
-        PRIMARY KEY (room_key, account_key)
-    ) WITHOUT ROWID;
-    CREATE TABLE bans (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind        TEXT NOT NULL CHECK (kind IN ('ban', 'mute')),
-        room_key    TEXT NOT NULL DEFAULT '',
-        account_key TEXT NOT NULL REFERENCES accounts(key),
-        by_key      TEXT NOT NULL,
-        reason      TEXT NOT NULL DEFAULT '',
-        created_ms  INTEGER NOT NULL,
-        until_ms    INTEGER
-    );
-    CREATE UNIQUE INDEX bans_by_target ON bans(kind, room_key, account_key);
-    CREATE TABLE audit_log (
-        id      INTEGER PRIMARY KEY AUTOINCREMENT,
-        time_ms INTEGER NOT NULL,
-        actor   TEXT NOT NULL,
-        action  TEXT NOT NULL,
-        room    TEXT NOT NULL DEFAULT '',
-        target  TEXT NOT NULL DEFAULT '',
-        detail  TEXT NOT NULL DEFAULT ''
-    );
-    """,
-    # 4 -> 5: performance (issue 7). A room's last_seq follows its messages in the same
-    # statement as the INSERT, so storing a message is one statement (atomic on its own,
-    # no SAVEPOINT needed inside a group commit) instead of an UPDATE and an INSERT.
-    # ``last_seq < NEW.seq``: rows inserted below the counter never move it back.
-    """
-    CREATE TRIGGER messages_last_seq AFTER INSERT ON messages BEGIN
-        UPDATE rooms SET last_seq = NEW.seq
-        WHERE key = NEW.room_key AND last_seq < NEW.seq;
-    END;
-    """,
-    # 5 -> 6: DM history and read state (issue 13, docs/PROTOCOL.md §6.3.1, §6.48, §6.49).
-    # A room's read marker lives with the membership (``members.read_seq``): everyone has
-    # read what was there when this migration ran (no read state existed), a new member
-    # what was there when they joined. A message stores its sender's key; posting in a
-    # room reads it, and the sender's marker moves once per group commit rather than per
-    # message (``Store._own_reads``). ``mentions`` holds the unread messages that
-    # name a member (removed as the marker passes them). DMs get their sender's key and
-    # their conversation (``pair``: the two keys, sorted, joined by "/", which no name
-    # holds) for DM_HISTORY; ``dm_reads`` is each account's read state per conversation.
-    # A DM that was still pending (not acknowledged by any session) becomes unread for its
-    # recipient: the marker of a conversation with pending DMs stops just before its
-    # oldest pending one; every other DM is read (notes to oneself too). ``delivered``
-    # keeps meaning "handed to a session of the recipient" (DM_ACK). Deleting a room
-    # (DELETE_ROOM, same release) leaves a tombstone with its last_seq: a room made again
-    # under that name goes on numbering from there, so that one seq of one room name never
-    # names two messages (a client that missed ROOM_DELETED would drop the new room's
-    # first messages as repeats). ``rooms.audit_floor``: the audit entries up to this id
-    # are older than the room (a deleted room of that name), and not its owner's to read.
-    """
-    ALTER TABLE members ADD COLUMN read_seq INTEGER NOT NULL DEFAULT 0;
-    UPDATE members SET read_seq = COALESCE(
-        (SELECT last_seq FROM rooms WHERE rooms.key = members.room_key), 0);
-    ALTER TABLE messages ADD COLUMN sender_key TEXT NOT NULL DEFAULT '';
-    CREATE TABLE mentions (
-        account_key TEXT NOT NULL,
-        room_key    TEXT NOT NULL,
-        seq         INTEGER NOT NULL,
-        PRIMARY KEY (account_key, room_key, seq)
-    ) WITHOUT ROWID;
-    CREATE INDEX mentions_by_message ON mentions(room_key, seq);
-    ALTER TABLE direct_messages ADD COLUMN sender_key TEXT NOT NULL DEFAULT '';
-    ALTER TABLE direct_messages ADD COLUMN pair TEXT NOT NULL DEFAULT '';
-    UPDATE direct_messages SET sender_key = COALESCE(
-        (SELECT key FROM accounts WHERE accounts.name = direct_messages.sender),
-        lower(sender));
-    UPDATE direct_messages SET pair =
-        min(sender_key, recipient_key) || '/' || max(sender_key, recipient_key);
-    CREATE INDEX dms_by_pair ON direct_messages(pair, id);
-    CREATE TABLE room_tombstones (
-        key      TEXT PRIMARY KEY,
-        last_seq INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    ALTER TABLE rooms ADD COLUMN audit_floor INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE dm_reads (
-        account_key TEXT NOT NULL,
-        peer_key    TEXT NOT NULL,
-        peer        TEXT NOT NULL,
-        last_id     INTEGER NOT NULL,
-        read_id     INTEGER NOT NULL,
-        unread      INTEGER NOT NULL,
-        PRIMARY KEY (account_key, peer_key)
-    ) WITHOUT ROWID;
-    CREATE INDEX dm_reads_unread ON dm_reads(account_key, last_id) WHERE unread > 0;
-    INSERT INTO dm_reads(account_key, peer_key, peer, last_id, read_id, unread)
-    SELECT c.account_key, c.peer_key, c.peer, c.last_id, c.read_id,
-           (SELECT COUNT(*) FROM direct_messages d WHERE d.pair = c.pair
-                AND d.recipient_key = c.account_key AND d.id > c.read_id)
-    FROM (SELECT account_key, peer_key, pair, MAX(peer) AS peer, MAX(id) AS last_id,
-                 COALESCE(MIN(CASE WHEN pending THEN id END) - 1, MAX(id)) AS read_id
-          FROM (SELECT recipient_key AS account_key, sender_key AS peer_key, sender AS peer,
-                       pair, id, delivered = 0 AND sender_key <> recipient_key AS pending
-                FROM direct_messages
-                UNION ALL
-                SELECT sender_key, recipient_key, recipient, pair, id, 0
-                FROM direct_messages)
-          GROUP BY account_key, peer_key) AS c;
-    """,
-    # 6 -> 7: storage quotas (issue 14, docs/PROTOCOL.md §6.53). An account's own quota on
-    # the bytes of message text it has stored, set by an operator: NULL follows the
-    # broker's ``storage_quota_bytes``, 0 is no quota, else the bytes it may store.
-    """
-    ALTER TABLE accounts ADD COLUMN storage_quota_bytes INTEGER;
-    """,
+from zchat.core.ports import (
+    AccountInfoRow,
+    AccountRow,
+    AlreadyDeleted,
+    AuditRow,
+    BanRow,
+    CmidReused,
+    DirectMessageRow,
+    DmReadRow,
+    MessageRow,
+    NameTaken,
+    NoSuchMessage,
+    NoSuchRoom,
+    PostedRow,
+    RoomReadRow,
+    RoomRow,
+    SessionRow,
+    TokenRow,
+    dm_pair,
 )
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def sql_statements(script: str) -> Iterator[str]:
-    """The statements of a migration script, in order. A statement ends at a ``;`` where
-    ``sqlite3.complete_statement`` says it is complete, so a trigger's body (``BEGIN …;
-    END;``) stays one statement. Empty statements are skipped."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \t\n;"):
-                yield pending.strip()
-            pending = ""
-    if pending.strip(" \t\n;"):
-        raise ValueError(f"incomplete SQL statement: {pending.strip()[:60]!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRow:
-    key: str
-    name: str
-    password_hash: str
-    bot: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AccountInfoRow:
-    """An account as operators see it (``zchat admin users``): ``created_ms`` UTC ms."""
-
-    key: str
-    name: str
-    bot: bool
-    disabled: bool
-    created_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRow:
-    id: int
-    label: str
-    created_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class RoomRow:
-    key: str
-    name: str
-    topic: str
-    last_seq: int
-    members: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRow:
-    room: str      # the room's display name
-    seq: int
-    time_ms: int
-    sender: str
-    kind: str
-    text: str
-    #: Who deleted the message ("" = not deleted); ``text`` is kept for the audit.
-    deleted_by: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BanRow:
-    """A ban or mute (table ``bans``): ``room_key`` "" is server-wide; ``until_ms`` None
-    never expires. ``by_key`` is the account key of the moderator who set it."""
-
-    id: int
-    kind: str          # "ban" or "mute"
-    room_key: str
-    account_key: str
-    by_key: str
-    reason: str
-    created_ms: int
-    until_ms: int | None
-
-    def active(self, now_ms: int) -> bool:
-        """Whether it is in force at ``now_ms`` (UTC ms): no expiry, or not reached yet."""
-        return self.until_ms is None or self.until_ms > now_ms
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    """One audit-log entry: ``actor``, ``room`` and ``target`` are display names ("" when
-    not applicable), ``action`` a word such as ``kick`` (docs/PROTOCOL.md §17.4)."""
-
-    id: int
-    time_ms: int
-    actor: str
-    action: str
-    room: str
-    target: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class DirectMessageRow:
-    id: int
-    time_ms: int
-    sender: str
-    recipient: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class RoomReadRow:
-    """An account's read state in one of its rooms: messages up to ``read_seq`` are read;
-    ``mentions`` counts the messages after it that name the account."""
-
-    room_key: str
-    read_seq: int
-    mentions: int
-
-
-@dataclass(frozen=True, slots=True)
-class DmReadRow:
-    """An account's read state of its direct conversation with ``peer_key`` (display name
-    ``peer``): ``last_id`` the conversation's newest DM, DMs up to ``read_id`` read,
-    ``unread`` the peer's DMs after it."""
-
-    peer_key: str
-    peer: str
-    last_id: int
-    read_id: int
-    unread: int
-
-
-def dm_pair(a_key: str, b_key: str) -> str:
-    """The conversation of two accounts (``direct_messages.pair``): their keys, sorted,
-    joined by "/" (which no name holds). The same for both, and for an account writing
-    to itself, ``key/key``."""
-    return f"{a_key}/{b_key}" if a_key <= b_key else f"{b_key}/{a_key}"
-
-
-@dataclass(frozen=True, slots=True)
-class PostedRow:
-    """What ``post_message``/``post_dm`` stored: the room seq (or DM id) and time, and
-    whether it was already there under the same client message id."""
-
-    seq: int
-    time_ms: int
-    duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    """A session kept for RESUME across a broker restart (only the token's SHA-256)."""
-
-    token_sha256: str
-    account_key: str
-    login_token_id: int | None
-    address: str
-    login_ms: int
+from zchat.errors import StorageError
+from zchat.names import name_key
+from zchat.store import migrations
 
 
 def _write_error(exc: BaseException) -> BaseException:
-    """What a failed write raises: IntegrityError and ProtocolError as they are (the
+    """What a failed write raises: IntegrityError and the domain errors (zchat.core.ports) as they are (the
     callers map them), any other sqlite3 error as StorageError(503), anything else as it
     is."""
     if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
@@ -480,12 +131,12 @@ class Store:
 
     def _migrate(self) -> None:
         current = self.schema_version
-        if current > SCHEMA_VERSION:
+        if current > migrations.SCHEMA_VERSION:
             raise StorageError(f"database {self.path} has schema version {current}, newer "
-                               f"than this zchat's {SCHEMA_VERSION}; upgrade zchat")
-        for version in range(current, SCHEMA_VERSION):
+                               f"than this zchat's {migrations.SCHEMA_VERSION}; upgrade zchat")
+        for version in range(current, migrations.SCHEMA_VERSION):
             with self._write():
-                for statement in sql_statements(MIGRATIONS[version]):
+                for statement in migrations.sql_statements(migrations.MIGRATIONS[version]):
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {version + 1}")
 
@@ -567,7 +218,7 @@ class Store:
         undoes it whole), so inside a group it needs no SAVEPOINT of its own: if it fails,
         SQLite undoes that statement alone, or rolls the whole transaction back (SQLITE_FULL,
         IOERR, …), and then the group is lost as in ``_group_write``. Outside a group, or
-        inside another write, as ``_write()``. Raises StorageError(503) or ProtocolError as
+        inside another write, as ``_write()``. Raises StorageError(503) or a domain error as
         ``_write()`` does.
         """
         if not self._group or self._write_depth:
@@ -595,7 +246,7 @@ class Store:
         """Start a group commit: every write until ``commit_group()`` goes into one
         transaction, committed (and synced to disk: one fsync) once at the end. Each
         top-level write in the group is a SAVEPOINT, so a write that fails (StorageError,
-        ProtocolError, IntegrityError as outside a group) undoes only itself. A group of
+        a domain error, IntegrityError as outside a group) undoes only itself. A group of
         reads only begins no transaction and syncs nothing. The broker's loop runs one
         group per wake-up (docs/PROTOCOL.md §14, group commit)."""
         if self._group:
@@ -663,7 +314,7 @@ class Store:
     def create_account(self, key: str, name: str, skeleton: str, password_hash: str,
                        now_ms: int, bot: bool = False, rooms: tuple[str, ...] = ()) -> None:
         """Create an account that is a member of ``rooms`` (keys of existing rooms), in one
-        transaction. Raises ProtocolError(409) when the key or a look-alike skeleton exists."""
+        transaction. Raises NameTaken when the key or a look-alike skeleton exists."""
         try:
             with self._write() as db:
                 db.execute("INSERT INTO accounts(key, name, skeleton, password_hash, bot, "
@@ -672,8 +323,7 @@ class Store:
                 for room_key in rooms:
                     db.execute(self._JOIN_SQL, (room_key, key, now_ms, room_key))
         except sqlite3.IntegrityError:
-            raise ProtocolError(Status.CONFLICT, f"the name {name!r} is taken "
-                                "(or too like an existing name)") from None
+            raise NameTaken("account", name) from None
 
     def get_account(self, key: str) -> AccountRow | None:
         row = self._db.execute("SELECT key, name, password_hash, bot FROM accounts "
@@ -744,16 +394,11 @@ class Store:
 
     # -- account tokens ------------------------------------------------------------------
 
-    def create_token(self, account_key: str, label: str, token_sha256: str, now_ms: int,
-                     max_tokens: int) -> int:
-        """Store a token's SHA-256 (hex) for ``account_key``; returns the token's id.
-        Raises ProtocolError(422) when the account already holds ``max_tokens``."""
+    def create_token(self, account_key: str, label: str, token_sha256: str,
+                     now_ms: int) -> int:
+        """Store a token's SHA-256 (hex) for ``account_key``; returns the token's id. How
+        many an account may hold is the core's rule (zchat.core.tokens)."""
         with self._write() as db:
-            (count,) = db.execute("SELECT COUNT(*) FROM account_tokens WHERE account_key = ?",
-                                  (account_key,)).fetchone()
-            if count >= max_tokens:
-                raise ProtocolError(Status.INVALID, f"an account holds at most {max_tokens} "
-                                    "tokens; revoke one first")
             cur = db.execute("INSERT INTO account_tokens(account_key, label, token_sha256, "
                              "created_ms) VALUES (?, ?, ?, ?)",
                              (account_key, label, token_sha256, now_ms))
@@ -801,7 +446,7 @@ class Store:
         """Make ``account_key`` a member, creating the room when it does not exist: the
         creator becomes its ``owner`` (room_roles) and ``private`` applies only then.
 
-        Returns (room, created, newly_joined). Raises ProtocolError(409) when creating a
+        Returns (room, created, newly_joined). Raises NameTaken("room", …) when creating a
         room whose name looks like an existing room's.
         """
         try:
@@ -817,8 +462,7 @@ class Store:
                 cur = db.execute(self._JOIN_SQL, (room_key, account_key, now_ms, room_key))
                 joined = cur.rowcount == 1
         except sqlite3.IntegrityError:
-            raise ProtocolError(Status.CONFLICT, f"a room named like {room_name!r} "
-                                "exists already") from None
+            raise NameTaken("room", room_name) from None
         room = self.get_room(room_key)
         assert room is not None
         return room, created, joined
@@ -856,7 +500,7 @@ class Store:
         room of that name does not see them, ``audit_floor``), but the message text its
         "delete" entries quote goes with the history.
         Returns (messages, members) deleted. Raises
-        ProtocolError(404) when there is no such room, StorageError(503) when it is not
+        NoSuchRoom when there is no such room, StorageError(503) when it is not
         committed (nothing is deleted then)."""
         self._ban_cache.clear()
         with self._write() as db:
@@ -878,7 +522,7 @@ class Store:
             db.execute("INSERT OR REPLACE INTO room_tombstones(key, last_seq) "
                        "SELECT key, last_seq FROM rooms WHERE key = ?", (room_key,))
             if db.execute("DELETE FROM rooms WHERE key = ?", (room_key,)).rowcount != 1:
-                raise ProtocolError(Status.NOT_FOUND, "no such room")
+                raise NoSuchRoom(room_key)
         return int(messages), int(members)
 
     def audit_floor(self, room_key: str) -> int:
@@ -889,22 +533,22 @@ class Store:
         return int(row[0]) if row else 0
 
     def set_topic(self, room_key: str, topic: str) -> None:
-        """Set a room's topic ("" clears it) and commit. Raises ProtocolError(404) when
+        """Set a room's topic ("" clears it) and commit. Raises NoSuchRoom when
         the room does not exist, StorageError(503) when the write is not committed."""
         with self._write() as db:
             cur = db.execute("UPDATE rooms SET topic = ? WHERE key = ?", (topic, room_key))
             if cur.rowcount != 1:
-                raise ProtocolError(Status.NOT_FOUND, "no such room")
+                raise NoSuchRoom(room_key)
 
     def set_slow_mode(self, room_key: str, seconds: int) -> None:
         """Set a room's slow mode in seconds (0 turns it off) and commit
-        (docs/PROTOCOL.md §6.28). Raises ProtocolError(404) when the room does not exist,
+        (docs/PROTOCOL.md §6.28). Raises NoSuchRoom when the room does not exist,
         StorageError(503) when the write is not committed."""
         with self._write() as db:
             cur = db.execute("UPDATE rooms SET slow_mode_s = ? WHERE key = ?",
                              (seconds, room_key))
             if cur.rowcount != 1:
-                raise ProtocolError(Status.NOT_FOUND, "no such room")
+                raise NoSuchRoom(room_key)
 
     def room_settings(self) -> dict[str, tuple[str, int]]:
         """Every room key -> (creator's account key, or "" for a room made by the broker
@@ -951,7 +595,7 @@ class Store:
         marker of the room moves to it (docs/PROTOCOL.md §6.3.1) in the same transaction:
         inside a group commit once for the group, at its commit, as the highest seq the
         sender posted there (one UPDATE per sender and room instead of one per message,
-        ``_flush_own_reads``); outside, at once. Raises ProtocolError(404) for an unknown
+        ``_flush_own_reads``); outside, at once. Raises NoSuchRoom for an unknown
         room (nothing written), StorageError(503) if not committed.
         """
         row = self._write_one(
@@ -960,7 +604,7 @@ class Store:
             "RETURNING seq",
             (now_ms, sender, kind, text, cmid, sender_key, room_key))
         if row is None:
-            raise ProtocolError(Status.NOT_FOUND, "no such room")
+            raise NoSuchRoom(room_key)
         seq = int(row[0])
         if sender_key:
             if self._group and not self._write_depth:
@@ -1001,7 +645,7 @@ class Store:
         the message mentions (docs/PROTOCOL.md §6.49.2), stored with it in the same
         transaction for their unread-mention counts. Inside a group the lookup and the one
         INSERT need no SAVEPOINT (see ``_write_one``); a message with mentions, rare, takes
-        one. Raises ProtocolError(404) for an unknown room, StorageError(503) if not
+        one. Raises NoSuchRoom for an unknown room, StorageError(503) if not
         committed.
         """
         if self._group and not self._write_depth and not mentions:
@@ -1069,14 +713,13 @@ class Store:
         """Mark message ``seq`` of the room deleted by ``by`` (a display name) and commit.
         The row and its text stay (for the audit; HISTORY shows it with text "", seq kept
         so that no gap appears, docs/PROTOCOL.md §17.3). Returns the row as it was.
-        Raises ProtocolError 404 (no such message), 409 (already deleted)."""
+        Raises NoSuchMessage, AlreadyDeleted."""
         with self._write() as db:
             row = self.message(room_key, seq)
             if row is None:
-                raise ProtocolError(Status.NOT_FOUND, f"no message #{seq} in this room")
+                raise NoSuchMessage(seq)
             if row.deleted_by:
-                raise ProtocolError(Status.CONFLICT, f"message #{seq} was deleted already "
-                                    f"(by {row.deleted_by})")
+                raise AlreadyDeleted(seq, row.deleted_by)
             db.execute("UPDATE messages SET deleted_by = ? WHERE room_key = ? AND seq = ?",
                        (by, room_key, seq))
             # a deleted message no longer counts as anyone's unread mention
@@ -1158,7 +801,7 @@ class Store:
     def set_room_flags(self, room_key: str, private: bool | None = None,
                        locked: bool | None = None) -> None:
         """Set a room's private and/or locked flag (None leaves it) and commit. Raises
-        ProtocolError(404) when the room does not exist."""
+        NoSuchRoom when the room does not exist."""
         with self._write() as db:
             for column, value in (("private", private), ("locked", locked)):
                 if value is None:
@@ -1166,7 +809,7 @@ class Store:
                 cur = db.execute(f"UPDATE rooms SET {column} = ? WHERE key = ?",
                                  (int(value), room_key))
                 if cur.rowcount != 1:
-                    raise ProtocolError(Status.NOT_FOUND, "no such room")
+                    raise NoSuchRoom(room_key)
 
     def add_invite(self, room_key: str, account_key: str, by_key: str, now_ms: int) -> None:
         """Invite the account to the room (replacing an earlier invitation) and commit."""
@@ -1375,7 +1018,7 @@ class Store:
         With a non-empty ``cmid``, a DM already stored from ``sender`` with that cmid
         (index ``dms_by_cmid``) is looked up in the same transaction as the insert: when
         found, nothing is written and its id and time come back with ``duplicate=True``
-        (``seq`` holds the DM id). Raises ProtocolError(409) when that cmid was used for a
+        (``seq`` holds the DM id). Raises CmidReused when that cmid was used for a
         DM to another recipient, StorageError(503) if not committed. Otherwise as
         ``store_dm`` (the recipient keeps at most ``max_pending`` unacknowledged DMs).
         """
@@ -1391,15 +1034,14 @@ class Store:
     def dm_by_cmid(self, sender: str, recipient_key: str, cmid: str) -> PostedRow | None:
         """The DM ``sender`` (display name) stored with the non-empty ``cmid``
         (``duplicate=True``, ``seq`` its id), or None (docs/PROTOCOL.md §6.7). Raises
-        ProtocolError(409) when that cmid was used for a DM to another recipient."""
+        CmidReused when that cmid was used for a DM to another recipient."""
         row = self._db.execute("SELECT id, time_ms, recipient_key FROM direct_messages "
                                "INDEXED BY dms_by_cmid WHERE sender = ? AND cmid = ? AND "
                                "cmid <> '' ORDER BY id LIMIT 1", (sender, cmid)).fetchone()
         if row is None:
             return None
         if row[2] != recipient_key:
-            raise ProtocolError(Status.CONFLICT, "this cmid was used for a DM to "
-                                "someone else; use a new cmid per message")
+            raise CmidReused()
         return PostedRow(int(row[0]), int(row[1]), True)
 
     def pending_dms(self, recipient_key: str,

@@ -1,0 +1,265 @@
+"""The broker's shared in-memory state, and the one place its rooms change.
+
+Sessions and accounts' presence live only here (after a restart everyone is offline).
+Rooms, their members, roles, modes, creators and settings are copies of the store's,
+kept in memory because every SEND, PING and JOIN reads them: every change to them goes
+through a method of ``State`` (``add_member``, ``forget_member``, ``room_joined``,
+``set_topic``, ``set_role``, ``set_flags``, ``drop_room`` ...) after the store committed
+it, and ``refresh(store)`` reloads them all from the store, for changes made elsewhere
+(another broker on the same database, `zchat admin` on the file). Bans and mutes are not
+copied: the core reads them from the store at each use (the store caches them, and drops
+its cache when another connection wrote, PRAGMA data_version).
+
+Handlers read the tables directly (``core.members[key]``); they never assign to them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from zchat import protocol as p
+from zchat.core.ports import Store
+from zchat.names import name_key, skeleton
+from zchat.ratelimit import ByteBudget, TokenBucket
+
+DEFAULT_ROOM = "lobby"
+#: Ranks for moderation (docs/PROTOCOL.md §17.1): an actor may act only on someone of a
+#: lower rank in the room.
+RANKS = {"member": 0, "moderator": 1, "owner": 2, "admin": 3}
+
+
+@dataclass(slots=True)
+class Session:
+    """One logged-in connection, known by the ROUTER's routing id."""
+
+    routing_id: bytes
+    token: str
+    account_key: str
+    name: str
+    address: str
+    login_ms: int
+    last_seen_s: float
+    last_seen_ms: int
+    #: Id of the account token this session logged in with; None for a password login.
+    #: Revoking that token ends the session (docs/PROTOCOL.md §6.26).
+    login_token_id: int | None = None
+    #: SEND/DM token bucket (send_rate_per_s, send_burst), made at the session's first
+    #: SEND or DM; it lives and dies with the session (docs/PROTOCOL.md §15).
+    send_bucket: TokenBucket | None = None
+    #: The client's CURVE public key (hex) on the connection that logged in or resumed,
+    #: "" on a plain one: while the session lives, that key may subscribe to the PUB
+    #: (docs/PROTOCOL.md §16.2).
+    transport_key: str = ""
+
+
+@dataclass(slots=True)
+class Account:
+    """In-memory view of one account: its display name and live presence."""
+
+    name: str
+    bot: bool
+    sessions: set[bytes] = field(default_factory=set)
+    presence: p.Presence = "offline"
+    away_text: str = ""
+    #: Bytes of reading replies this account may still ask for (``read_rate_bytes_per_s``,
+    #: ``read_burst_bytes``), made at its first reading request: per account, so that a
+    #: new LOGIN does not bring a new budget (docs/PROTOCOL.md §15.1).
+    read_budget: ByteBudget | None = None
+    #: RESUME bucket of the account (RESUME_RATE_PER_S, RESUME_BURST), made at first use.
+    resume_bucket: TokenBucket | None = None
+    #: SET_PASSWORD bucket of the account (login_rate_per_s, login_burst), shared by all
+    #: its sessions and kept while the broker runs, so that a stolen session token
+    #: RESUMEd on fresh connections gets no fresh bucket (docs/PROTOCOL.md §15.1).
+    password_bucket: TokenBucket | None = None
+    #: The account's buckets for sending (account_send_*), presence changes (presence_*)
+    #: and room creation (room_create_*), shared by its sessions and kept while the broker
+    #: runs (made at first use): more LOGINs bring no more of any (§15.1).
+    send_bucket: TokenBucket | None = None
+    presence_bucket: TokenBucket | None = None
+    room_bucket: TokenBucket | None = None
+
+
+class State:
+    """The tables. ``sessions`` (routing id -> Session) and ``accounts`` (key -> Account)
+    are the live process's; the room tables below mirror the store (``refresh``)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[bytes, Session] = {}
+        self.accounts: dict[str, Account] = {}
+        #: Room key -> display name, last sequence number, topic.
+        self.rooms: dict[str, str] = {}
+        self.last_seq: dict[str, int] = {}
+        self.topics: dict[str, str] = {}
+        #: Room key -> the seq of its first message, for rooms made under a deleted
+        #: room's name (one past its tombstone, §6.52); 1 for the others.
+        self.first_seq: dict[str, int] = {}
+        self.members: dict[str, set[str]] = {}
+        self.rooms_of: dict[str, set[str]] = {}
+        #: Room key -> a search for any member's name (rooms.mentioned); dropped when the
+        #: room's members change.
+        self.mention_scans: dict[str, re.Pattern[str]] = {}
+        #: Room roles ("owner"/"moderator"; members have none), private and locked rooms
+        #: (docs/PROTOCOL.md §17).
+        self.roles: dict[str, dict[str, str]] = {}
+        self.private: set[str] = set()
+        self.locked: set[str] = set()
+        self.creators: dict[str, str] = {}
+        #: Account key -> rooms it created that still exist (max_rooms_created).
+        self.rooms_created: dict[str, int] = {}
+        self.slow_mode: dict[str, int] = {}
+        #: Per room in slow mode, each member's last post (monotonic s).
+        self.last_post: dict[str, dict[str, float]] = {}
+        #: Storage quotas (docs/PROTOCOL.md §6.53): the accounts with a quota of their own
+        #: (bytes, 0 none; the others have ``storage_quota_bytes``).
+        self.storage_quotas: dict[str, int] = {}
+        #: Room key -> (the RoomState fields, their JSON) for PONG (Core.room_state_json);
+        #: at most one entry per room.
+        self.room_states: dict[str, tuple[tuple[Any, ...], str]] = {}
+
+    # -- loading ------------------------------------------------------------------------
+
+    def refresh(self, store: Store) -> None:
+        """(Re)load accounts, rooms, members, roles, modes, creators, slow modes and
+        quotas from ``store``, in place (every reader keeps its reference). Live
+        sessions and presence stay; an account the store no longer has keeps its entry
+        while it has sessions. Derived caches are dropped."""
+        names = store.account_names()
+        for key, (name, bot) in names.items():
+            account = self.accounts.get(key)
+            if account is None:
+                self.accounts[key] = Account(name, bot)
+            else:
+                account.name, account.bot = name, bot
+        for key in [k for k, a in self.accounts.items() if k not in names and not a.sessions]:
+            del self.accounts[key]
+        listed = store.list_rooms()
+        _replace(self.rooms, {r.key: r.name for r in listed})
+        _replace(self.last_seq, {r.key: r.last_seq for r in listed})
+        _replace(self.topics, {r.key: r.topic for r in listed})
+        _replace(self.first_seq, {k: v + 1 for k, v in store.room_floors().items()})
+        _replace(self.members, store.memberships())
+        rooms_of: dict[str, set[str]] = {}
+        for room_key, account_keys in self.members.items():
+            for account_key in account_keys:
+                rooms_of.setdefault(account_key, set()).add(room_key)
+        _replace(self.rooms_of, rooms_of)
+        _replace(self.roles, store.roles())
+        flags = store.room_flags()
+        self.private.clear()
+        self.private.update(k for k, (priv, _lk) in flags.items() if priv)
+        self.locked.clear()
+        self.locked.update(k for k, (_priv, lk) in flags.items() if lk)
+        settings = store.room_settings()
+        _replace(self.creators, {k: c for k, (c, _s) in settings.items()})
+        created: dict[str, int] = {}
+        for creator in self.creators.values():
+            if creator:
+                created[creator] = created.get(creator, 0) + 1
+        _replace(self.rooms_created, created)
+        _replace(self.slow_mode, {k: s for k, (_c, s) in settings.items()})
+        for key in [k for k in self.last_post if k not in self.rooms]:
+            del self.last_post[key]
+        _replace(self.storage_quotas, store.storage_quotas())
+        self.mention_scans.clear()
+        self.room_states.clear()
+
+    # -- changes (each after the store committed it) --------------------------------------
+
+    def add_account(self, key: str, name: str, bot: bool) -> None:
+        self.accounts[key] = Account(name, bot=bot)
+
+    def add_member(self, room_key: str, account_key: str) -> None:
+        self.members.setdefault(room_key, set()).add(account_key)
+        self.rooms_of.setdefault(account_key, set()).add(room_key)
+        self.mention_scans.pop(room_key, None)
+
+    def forget_member(self, room_key: str, account_key: str) -> None:
+        """Forget a membership (the store's row is gone already)."""
+        self.members.get(room_key, set()).discard(account_key)
+        self.rooms_of.get(account_key, set()).discard(room_key)
+        self.last_post.get(room_key, {}).pop(account_key, None)
+        self.mention_scans.pop(room_key, None)
+
+    def room_joined(self, key: str, name: str, last_seq: int, topic: str,
+                    account_key: str, created: bool, private: bool) -> None:
+        """A JOIN committed: ``account_key`` is a member of the room, which it made (its
+        owner; ``private`` applies) when ``created``."""
+        self.rooms[key] = name
+        self.last_seq.setdefault(key, last_seq)
+        self.topics.setdefault(key, topic)
+        if created:
+            self.creators[key] = account_key
+            self.rooms_created[account_key] = self.rooms_created.get(account_key, 0) + 1
+            self.roles[key] = {account_key: "owner"}
+            if last_seq:  # made under a deleted room's name: numbered on from it
+                self.first_seq[key] = last_seq + 1
+            if private:
+                self.private.add(key)
+        self.add_member(key, account_key)
+
+    def posted(self, key: str, seq: int) -> None:
+        self.last_seq[key] = seq
+
+    def note_post(self, key: str, account_key: str, now_s: float) -> None:
+        """A post in room ``key``, which is in slow mode, at ``now_s`` (monotonic s)."""
+        self.last_post.setdefault(key, {})[account_key] = now_s
+
+    def set_topic(self, key: str, topic: str) -> None:
+        self.topics[key] = topic
+
+    def set_slow_mode(self, key: str, seconds: int) -> None:
+        self.slow_mode[key] = seconds
+        self.last_post.pop(key, None)  # a new setting starts everyone afresh
+
+    def set_role(self, key: str, account_key: str, role: str) -> None:
+        """``role`` "moderator", or "" for a plain member again."""
+        if role:
+            self.roles.setdefault(key, {})[account_key] = role
+        else:
+            self.roles.get(key, {}).pop(account_key, None)
+
+    def set_flags(self, key: str, private: bool, locked: bool) -> None:
+        for flags, on in ((self.private, private), (self.locked, locked)):
+            if on:
+                flags.add(key)
+            else:
+                flags.discard(key)
+
+    def drop_room(self, key: str) -> None:
+        """A deleted room: forget it and everything of it."""
+        for account_key in list(self.members.get(key, ())):
+            self.forget_member(key, account_key)
+        self.members.pop(key, None)
+        creator = self.creators.get(key)
+        if creator and self.rooms_created.get(creator, 0) > 1:
+            self.rooms_created[creator] -= 1
+        elif creator:
+            self.rooms_created.pop(creator, None)
+        tables: tuple[dict[str, Any], ...] = (
+            self.rooms, self.last_seq, self.first_seq, self.topics, self.creators,
+            self.slow_mode, self.last_post, self.roles, self.room_states)
+        for table in tables:
+            table.pop(key, None)
+        self.private.discard(key)
+        self.locked.discard(key)
+
+    def set_quota(self, key: str, quota: int | None) -> None:
+        if quota is None:
+            self.storage_quotas.pop(key, None)
+        else:
+            self.storage_quotas[key] = quota
+
+
+def _replace(table: dict[Any, Any], new: dict[Any, Any]) -> None:
+    table.clear()
+    table.update(new)
+
+
+def lobby_key() -> str:
+    return name_key(DEFAULT_ROOM)
+
+
+def lobby_skeleton() -> str:
+    return skeleton(DEFAULT_ROOM)
