@@ -43,7 +43,8 @@ from typing import TextIO
 from zchat import protocol as p
 from zchat.client import Client
 from zchat.config import DB_FILENAME, Config, data_dir
-from zchat.core import DEFAULT_ROOM
+from zchat.core import operator_actions
+from zchat.core.ports import NameTaken
 from zchat.core.validation import (
     BadRow,
     CheckedAccount,
@@ -55,7 +56,7 @@ from zchat.core.validation import (
     password_too_short,
     rule_only,
 )
-from zchat.core.wording import quota_text, size_text
+from zchat.core.wording import size_text
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import name_key, normalize_name, skeleton
 from zchat.passwords import hash_password
@@ -239,12 +240,8 @@ def set_quota_direct(store: Store, name: str, quota: int | None, default: int, a
     the setting now in force with the bytes the account has stored. Raises AdminError
     for an unknown account."""
     key, display = _account(store, name)
-    quotas = store.storage_quotas()
-    if quotas.get(key) != quota:
-        with store.transaction():
-            store.set_storage_quota(key, quota)
-            store.append_audit(now_ms, actor, "quota", target=display,
-                               detail=quota_text(quota, default))
+    operator_actions.set_quota(store, key, display, quota, store.storage_quotas().get(key),
+                               default, actor, now_ms)
     return p.QuotaSet(name=display, quota_bytes=default if quota is None else quota,
                       default=quota is None, stored_bytes=store.storage_used().get(key, 0))
 
@@ -306,50 +303,37 @@ def _account(store: Store, name: str) -> tuple[str, str]:
 
 def create_accounts_direct(store: Store, accounts: list[CheckedAccount], hasher:
                            Callable[[str], str], actor: str, now_ms: int) -> None:
-    """Create ``accounts`` (already checked) in one transaction, each a member of
-    ``lobby``, with one ``create_account`` audit entry each: all or none. Raises
-    ProtocolError 409 when a name was taken meanwhile (nothing created)."""
+    """Create ``accounts`` (already checked) as CREATE_ACCOUNTS does
+    (zchat.core.operator_actions): each in ``lobby``, audited, all or none. Raises
+    AdminError when a name was taken meanwhile (nothing created)."""
     hashes = [hasher(a.password) for a in accounts]  # before the write lock is taken
-    lobby = name_key(DEFAULT_ROOM)
-    store.ensure_room(lobby, DEFAULT_ROOM, skeleton(DEFAULT_ROOM), now_ms)
-    with store.transaction():
-        for account, password_hash in zip(accounts, hashes, strict=True):
-            store.create_account(account.key, account.name, account.skeleton, password_hash,
-                                 now_ms, bot=account.bot, rooms=(lobby,))
-            store.append_audit(now_ms, actor, "create_account", target=account.name,
-                               detail="bot" if account.bot else "")
+    try:
+        operator_actions.create_accounts(store, accounts, hashes, actor, now_ms)
+    except NameTaken as exc:
+        raise AdminError(f"the name {exc.name!r} is taken (or too like an existing name); "
+                         "nothing created") from None
 
 
 def reset_password_direct(store: Store, name: str, password_hash: str, actor: str,
                           now_ms: int) -> str:
     """Replace the account's password hash, forget its stored sessions (no RESUME with
-    them after the broker starts) and audit it, in one transaction. Returns the display
-    name. Raises AdminError for an unknown account."""
+    them after the broker starts) and audit it, as ADMIN_SET_PASSWORD does
+    (zchat.core.operator_actions). Returns the display name. Raises AdminError for an
+    unknown account."""
     key, display = _account(store, name)
-    with store.transaction():
-        store.set_password_hash(key, password_hash)
-        store.delete_sessions([s.token_sha256 for s in store.sessions()
-                               if s.account_key == key])
-        store.append_audit(now_ms, actor, "reset_password", target=display)
+    operator_actions.reset_password(store, key, display, password_hash, actor, now_ms)
     return display
 
 
 def set_disabled_direct(store: Store, name: str, disabled: bool, actor: str,
                         now_ms: int) -> tuple[str, bool]:
-    """Disable (forgetting its stored sessions) or enable the account, audited, in one
-    transaction. Returns (display name, whether it changed: nothing is written when it
-    was in that state already). Raises AdminError for an unknown account."""
+    """Disable (forgetting its stored sessions) or enable the account, audited, as
+    ADMIN_DISABLE does (zchat.core.operator_actions). Returns (display name, whether it
+    changed: nothing is written when it was in that state already). Raises AdminError
+    for an unknown account."""
     key, display = _account(store, name)
-    if store.is_disabled(key) == disabled:
-        return display, False
-    with store.transaction():
-        store.set_disabled(key, disabled)
-        if disabled:
-            store.delete_sessions([s.token_sha256 for s in store.sessions()
-                                   if s.account_key == key])
-        store.append_audit(now_ms, actor, "disable" if disabled else "enable",
-                           target=display)
-    return display, True
+    return display, operator_actions.set_disabled(store, key, display, disabled, actor,
+                                                  now_ms)
 
 
 def unban_direct(store: Store, name: str, room: str, kind: str, actor: str,
@@ -368,13 +352,11 @@ def unban_direct(store: Store, name: str, room: str, kind: str, actor: str,
         if found is None:
             raise AdminError(f"no room named {room!r}")
         room_name = found.name
-    verb = "unban" if kind == "ban" else "unmute"
-    with store.transaction():
-        if not store.lift_ban(kind, room_key, key):
-            where = f"in #{room_name}" if room_key else "server-wide"
-            raise AdminError(f"{display} is not {'banned' if kind == 'ban' else 'muted'} "
-                             f"{where}")
-        store.append_audit(now_ms, actor, verb, room=room_name, target=display)
+    if not operator_actions.lift(store, kind, room_key, room_name, key, display, actor,
+                                 now_ms):
+        where = f"in #{room_name}" if room_key else "server-wide"
+        raise AdminError(f"{display} is not {'banned' if kind == 'ban' else 'muted'} "
+                         f"{where}")
     return display
 
 

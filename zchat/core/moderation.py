@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from zchat import protocol as p
-from zchat.core import wording
+from zchat.core import operator_actions, wording
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core
 from zchat.core.ports import BanRow
@@ -61,12 +61,11 @@ def lift(core: Core, kind: str, raw_room: str, raw_name: str, session: Session,
         raise ProtocolError(Status.FORBIDDEN, f"you cannot {verb} {name}: "
                             f"{core.accounts[placed.by_key].name}, "
                             f"{core.role_name(key, placed.by_key)}, placed it")
-    with core.store.transaction():
-        if not core.store.lift_ban(kind, key, target):
-            where = f"in #{core.rooms[key]}" if key else "server-wide"
-            raise ProtocolError(Status.NOT_FOUND, f"{name} is not "
-                                f"{'banned' if kind == 'ban' else 'muted'} {where}")
-        core.audit(now_ms, session, verb, key, name)
+    if not operator_actions.lift(core.store, kind, key, core.rooms[key] if key else "",
+                                 target, name, session.name, now_ms):
+        where = f"in #{core.rooms[key]}" if key else "server-wide"
+        raise ProtocolError(Status.NOT_FOUND, f"{name} is not "
+                            f"{'banned' if kind == 'ban' else 'muted'} {where}")
     if kind != "mute":
         return []
     return tell_muted(core, target, p.MuteChanged(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from zchat import protocol as p
-from zchat.core import wording
+from zchat.core import operator_actions, wording
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core
 from zchat.core.jobs import AdminPasswordJob, CreateAccountsJob
@@ -27,9 +27,8 @@ def finish_admin_password(core: Core, job: AdminPasswordJob, password_hash: str,
     session of the account (live ones told why)."""
     if job.key not in core.accounts:
         raise ProtocolError(Status.NOT_FOUND, f"no account named {job.name!r}")
-    with core.store.transaction():
-        core.store.set_password_hash(job.key, password_hash)
-        core.store.append_audit(now_ms, job.actor, "reset_password", "", job.name)
+    operator_actions.reset_password(core.store, job.key, job.name, password_hash, job.actor,
+                                    now_ms)
     log.info("%s reset the password of %s", job.actor, job.name)
     return [core.ok(job.routing_id, job.request_id, p.Ok()), *core.end_account_sessions(
         job.key, now_ms, by=job.actor,
@@ -46,13 +45,7 @@ def finish_create_accounts(core: Core, job: CreateAccountsJob, hashes: tuple[str
         raise ProtocolError(Status.CONFLICT, "taken meanwhile, none created: "
                             + ", ".join(taken))
     lobby = name_key(DEFAULT_ROOM)
-    with core.store.transaction():  # all or none (docs/PROTOCOL.md §6.43)
-        for account, password_hash in zip(accounts, hashes, strict=True):
-            core.store.create_account(account.key, account.name, account.skeleton,
-                                      password_hash, now_ms, bot=account.bot,
-                                      rooms=(lobby,))
-            core.store.append_audit(now_ms, job.actor, "create_account", "",
-                                    account.name, "bot" if account.bot else "")
+    operator_actions.create_accounts(core.store, accounts, hashes, job.actor, now_ms)
     actions: list[Action] = [core.ok(job.routing_id, job.request_id, p.AccountsCreated(
         names=tuple(a.name for a in accounts)))]
     for account in accounts:
@@ -157,12 +150,9 @@ def set_disabled(core: Core, call: Call, session: Session, req: p.SetDisabled) -
                             "operator disables or enables an admin, on the database "
                             "(or takes them out of [broker] admins)")
     ok = core.ok(call.rid, call.request_id, p.Ok())
-    if core.store.is_disabled(key) == req.disabled:
+    if not operator_actions.set_disabled(core.store, key, name, req.disabled, session.name,
+                                         call.now_ms):
         return [ok]
-    with core.store.transaction():
-        core.store.set_disabled(key, req.disabled)
-        core.audit(call.now_ms, session, "disable" if req.disabled else "enable",
-                    target=name)
     log.info("%s %s the account %s", session.name,
              "disabled" if req.disabled else "enabled", name)
     if not req.disabled:
@@ -190,11 +180,9 @@ def set_quota(core: Core, call: Call, session: Session, req: p.SetQuota) -> list
         raise ProtocolError(Status.BAD_REQUEST, f"quota_bytes must be 0 (no quota) to "
                             f"{p.MAX_STORAGE_QUOTA_BYTES:,}, or null (the broker's "
                             f"default), got {quota}")
-    if core.storage_quotas.get(key) != quota:
-        with core.store.transaction():
-            core.store.set_storage_quota(key, quota)
-            core.audit(call.now_ms, session, "quota", target=name, detail=wording.quota_text(
-                quota, core.config.storage_quota_bytes))
+    if operator_actions.set_quota(core.store, key, name, quota, core.storage_quotas.get(key),
+                                  core.config.storage_quota_bytes, session.name,
+                                  call.now_ms):
         core.state.set_quota(key, quota)
         log.info("%s set the storage quota of %s to %s", session.name, name,
                  wording.quota_text(quota, core.config.storage_quota_bytes))
