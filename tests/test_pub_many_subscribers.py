@@ -1,5 +1,5 @@
 """What many PUB subscribers do together cannot hold the broker's requests (docs/PROTOCOL.md
-§15.4, §16.2; zchat.publisher): the XPUB lives in a thread of its own, and all
+§16.2; zchat.publisher): the XPUB lives in a thread of its own, and all
 subscribers' reports together are bounded.
 
 libzmq does an XPUB's work in the thread that calls it. With the XPUB in the request loop,

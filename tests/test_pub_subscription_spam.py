@@ -53,12 +53,15 @@ def spam(kind: str) -> list[bytes]:
         return [b"\x01room/" + os.urandom(1000).hex().encode() + b"/" for _ in range(SPAM)]
     if kind == "no room":
         return [b"\x01room/nothing%d/" % i for i in range(SPAM)]
+    if kind == "not a subscription":  # an XSUB may send anything upstream
+        return [b"\x02" + os.urandom(1000) for _ in range(SPAM)]
     return [b"%croom/churn/" % flag for _ in range(SPAM * 2) for flag in (1, 0)]
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["long", "no room", "churn"],
-                         ids=["2 KB topics", "topics of no room", "subscribe churn"])
+@pytest.mark.parametrize("kind", ["long", "no room", "churn", "not a subscription"],
+                         ids=["2 KB topics", "topics of no room", "subscribe churn",
+                              "messages that are not subscriptions"])
 def test_a_subscriber_misusing_the_pub_is_cut(
         tmp_path: Path, broker: TcpBroker, ctx: zmq.Context[Any], kind: str) -> None:
     key = broker_key(tmp_path, broker)
@@ -140,3 +143,74 @@ async def honest_again(broker: TcpBroker) -> None:
         await bob.login("bob", DEFAULT_PASSWORD)
         await bob.send("new0", "still here")
         assert (await next_message(ann, "new0")).text == "still here"
+
+
+@pytest.mark.timeout(120)
+def test_a_subscriber_sending_big_messages_is_disconnected_before_they_are_read(
+        tmp_path: Path, broker: TcpBroker, ctx: zmq.Context[Any]) -> None:
+    """A session's 4 XSUBs each send 8 messages of 16 MiB up the PUB (512 MiB): the PUB's
+    MAXMSGSIZE (zchat.broker.PUB_MAX_MESSAGE_BYTES) disconnects each at its first, so the
+    broker grows by less than GROWTH_MIB (a tester's 1,000 MiB messages grew one to 6 GB
+    and held honest PINGs 7 s when each was read whole), and honest clients are served."""
+    key = broker_key(tmp_path, broker)
+    pid = broker.process.popen.pid
+    keypair = zmq.curve_keypair()
+    attacker = ctx.socket(zmq.DEALER)
+    attacker.setsockopt(zmq.LINGER, 0)
+    attacker.curve_serverkey, attacker.curve_publickey, attacker.curve_secretkey = \
+        key, *keypair
+    attacker.connect(broker.router)
+    xsubs: list[zmq.Socket[Any]] = []
+    try:
+        call(attacker, b"r", p.Register(name="mallory", password=DEFAULT_PASSWORD))
+        assert call(attacker, b"l", p.Login(name="mallory",
+                                            password=DEFAULT_PASSWORD))[2] == b"OK"
+        _, info = p.decode_from_broker(call(attacker, b"i", p.Info()), {b"i": p.InfoReply})
+        assert isinstance(info, p.InfoReply)
+        pub = pub_endpoint_for(broker.router, info.pub)
+        before = memory_kib(pid)
+        monitors = []
+        for _ in range(4):
+            xsub = ctx.socket(zmq.XSUB)
+            xsub.setsockopt(zmq.LINGER, 0)
+            xsub.setsockopt(zmq.SNDHWM, 0)
+            xsub.setsockopt(zmq.RECONNECT_IVL, 60_000)  # once disconnected, stay away
+            xsub.curve_serverkey, xsub.curve_publickey, xsub.curve_secretkey = key, *keypair
+            monitors.append(xsub.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED))
+            xsub.connect(pub)
+            xsubs.append(xsub)
+        for monitor in monitors:  # an XSUB drops what it sends before its handshake
+            assert monitor.poll(10_000), "an XSUB's handshake did not succeed"
+            monitor.recv_multipart()
+        big = b"\x02" + b"A" * (16 * 2**20 - 1)
+        for _ in range(8):
+            for xsub in xsubs:
+                xsub.send(big, copy=False)
+        for monitor in monitors:  # each is disconnected by the broker
+            assert monitor.poll(30_000), "an XSUB was not disconnected"
+            monitor.recv_multipart()
+        for xsub in xsubs:
+            xsub.disable_monitor()
+        for monitor in monitors:
+            monitor.close(linger=0)
+        after = memory_kib(pid)
+        run(honest_again_after_join(broker), timeout_s=30)
+    finally:
+        for xsub in xsubs:
+            xsub.close(linger=0)
+        attacker.close(linger=0)
+    grown_mib = (after["VmHWM"] - before["VmHWM"]) / 1024
+    assert grown_mib < GROWTH_MIB, f"the broker grew by {grown_mib:.0f} MiB"
+    assert broker.process.popen.poll() is None
+
+
+async def honest_again_after_join(broker: TcpBroker) -> None:
+    async with Client(broker.router, timeout_s=5) as ann, \
+            Client(broker.router, timeout_s=5) as bob:
+        for client, name in ((ann, "ann"), (bob, "bob")):
+            await client.register(name, DEFAULT_PASSWORD)
+            await client.login(name, DEFAULT_PASSWORD)
+            await client.join("lobby")
+        await bob.send("lobby", "still here")
+        assert (await next_message(ann, "lobby")).text == "still here"

@@ -1,4 +1,4 @@
-"""The broker's PUB side in a thread of its own (docs/PROTOCOL.md §15.4, §16.2).
+"""The broker's PUB side in a thread of its own (docs/PROTOCOL.md §16.2).
 
 libzmq does an XPUB's work in the thread that calls it: each send matches its topic
 against the subscription trie; each subscriber that leaves makes it walk the whole trie to
@@ -134,7 +134,9 @@ class Publisher:
     def stop(self, linger_ms: int = 0) -> None:
         """Send what was published, then close the XPUB with ``linger_ms``; waits up to
         STOP_TIMEOUT_S for this thread. Closes the XPUB itself when ``start()`` never
-        ran. Idempotent."""
+        ran. Idempotent. A thread still inside libzmq after STOP_TIMEOUT_S (walking the
+        trie for thousands of subscribers that just left) closes its sockets when it
+        gets out; a process that terms its context waits for that."""
         if self._outbox.closed:
             return
         self._linger_ms = linger_ms
@@ -151,7 +153,7 @@ class Publisher:
         elif not self._pub.closed:
             self._pub.close(linger=linger_ms)
         self._outbox.close(linger=0)
-        if not self._thread.is_alive():
+        if self._thread.ident is None:  # never started: nothing else closes it
             self._inbox.close(linger=0)
 
     # -- this thread ---------------------------------------------------------------------
@@ -176,6 +178,7 @@ class Publisher:
                                   "publishing")
         finally:
             pub.close(linger=self._linger_ms)
+            inbox.close(linger=0)
 
     def _forward(self, inbox: zmq.Socket[Any], pub: zmq.Socket[Any]) -> bool:
         """Send up to TURN events on the XPUB; False at the end marker."""
@@ -201,9 +204,8 @@ class Publisher:
                 frame = pub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            data = frame.bytes
-            if not data or data[0] not in (0, 1):  # not a (un)subscription
-                continue
+            buffer = frame.buffer
+            kind = buffer[0] if buffer.nbytes else -1
             try:
                 key = str(frame.get("User-Id") or "")
             except zmq.ZMQError:
@@ -213,9 +215,15 @@ class Publisher:
             now = time.monotonic()
             if self._recently_cut.get(who, 0.0) > now:
                 continue  # the rest of what a subscriber cut just now had sent
-            why = judge.report(who, data[1:], data[0] == 1, now)
+            if kind not in (0, 1):  # a SUB sends nothing else: not copied, cut
+                if who:
+                    self._cut(who, key, address, b"", "it sent a message that is not a "
+                              "SUBSCRIBE or UNSUBSCRIBE", now)
+                continue
+            topic = bytes(buffer[1:])
+            why = judge.report(who, topic, kind == 1, now)
             if why is not None and who:
-                self._cut(who, key, address, data[1:], why, now)
+                self._cut(who, key, address, topic, why, now)
             culprit = judge.culprit()
             if culprit is not None:
                 other, other_why = culprit

@@ -17,7 +17,12 @@ queues the reports until the broker reads them. So a subscriber is cut when it
   topics of 134 bytes made each disconnect walk 2 million trie nodes, and closing them
   all froze the broker for 68 s);
 - or, while all subscribers together report faster than ``total_reports_per_s`` after
-  ``total_report_burst``, is the one that reported the most in the current second (400
+  ``total_report_burst``, is the one that has reported the most lately: its reports
+  counted with a half-life of ``report_half_life_s`` (not in the last second: an honest
+  client subscribing to its rooms at login makes a dozen reports at once, more than each
+  of 600 sessions churning at 2 a second, and a tester's run cut it instead of them; and
+  not since it was first seen, or a client that joined 500 rooms over a week would
+  outrank them) (400
   sessions each churning topics within its own limit made 1.6 million reports, which
   libzmq queued at ~400 bytes each: 630 MB, and a 13.5 s stall). An honest broker makes
   about one report per room at its start and one per room made or emptied later:
@@ -30,6 +35,7 @@ a fixed one). Pure; the publisher's thread owns it (zchat.publisher).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +43,10 @@ from zchat.ratelimit import TokenBucket
 
 #: At most this many subscribers' state is kept (the oldest forgotten first).
 MAX_SUBSCRIBERS = 65_536
+#: While all subscribers report too fast, the RANKED that reported the most are cut
+#: first, ranked again every RANK_EVERY_S seconds at most.
+RANKED = 64
+RANK_EVERY_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,7 @@ class SubscriptionLimits:
     report_burst: int = 4_096
     total_reports_per_s: float = 1_024.0
     total_report_burst: int = 65_536
+    report_half_life_s: float = 60.0
 
 
 class SubscriptionJudge:
@@ -63,11 +74,15 @@ class SubscriptionJudge:
         self._reports: dict[str, TokenBucket] = {}
         self.junk_total = 0
         #: Reports of all subscribers (made at the first report), and each subscriber's
-        #: reports in the second that began at ``_second_s``.
+        #: reports lately ([count as of stamp, stamp]: halved every report_half_life_s);
+        #: the ones that reported the most, to be cut first while all report too fast
+        #: (ranked at most every RANK_EVERY_S).
         self._all: TokenBucket | None = None
-        self._this_second: dict[str, int] = {}
-        self._second_s = 0.0
+        self._counts: dict[str, list[float]] = {}
+        self._ranking: list[str] = []
+        self._ranked_s = -RANK_EVERY_S
         self._over_total = False
+        self._now_s = 0.0
 
     def report(self, who: str, topic: bytes, subscribe: bool, now_s: float) -> str | None:
         """One report of the XPUB (``subscribe`` False: the topic's last subscriber
@@ -114,31 +129,37 @@ class SubscriptionJudge:
 
     def _count(self, who: str, now_s: float) -> None:
         """One report of ``who`` against the limit of all subscribers together."""
-        if now_s - self._second_s >= 1.0 or now_s < self._second_s:
-            self._this_second.clear()
-            self._second_s = now_s
-        if who in self._this_second:
-            self._this_second[who] += 1
-        elif len(self._this_second) < MAX_SUBSCRIBERS:
-            self._this_second[who] = 1
+        counts = self._counts
+        lately = counts.get(who)
+        if lately is not None:
+            lately[0] = self._decayed(lately, now_s) + 1.0
+            lately[1] = now_s
+        else:
+            if len(counts) >= MAX_SUBSCRIBERS:
+                counts.pop(next(iter(counts)))
+            counts[who] = [1.0, now_s]
         if self._all is None:
             self._all = TokenBucket(self.limits.total_reports_per_s,
                                     self.limits.total_report_burst, now_s)
         self._over_total = self._all.take(now_s) > 0
+        self._now_s = now_s
 
     def culprit(self) -> tuple[str, str] | None:
         """(who, why) of the subscriber to cut for what all subscribers do together, else
         None: the one holding the most topics of no room while all hold more than
-        ``max_junk``, or the one that reported the most this second while all report
-        faster than ``total_reports_per_s`` (cut it, then ``forget`` it). Call after each
-        ``report``."""
+        ``max_junk``, or the one that has reported the most since it was first seen while
+        all report faster than ``total_reports_per_s`` (cut it, then ``forget`` it). Call
+        after each ``report``."""
         limits = self.limits
-        if self._over_total and self._this_second:
-            who = max(self._this_second, key=self._this_second.__getitem__)
-            made = self._this_second.pop(who)
-            return who, (f"subscribers report faster than {limits.total_reports_per_s:g} "
-                         f"topics a second after {limits.total_report_burst:,}, and it the "
-                         f"most ({made:,} this second)")
+        if self._over_total:
+            who = self._busiest()
+            if who is not None:
+                made = self._decayed(self._counts[who], self._now_s)
+                return who, (f"subscribers report faster than "
+                             f"{limits.total_reports_per_s:g} topics a second after "
+                             f"{limits.total_report_burst:,}, and it the most lately "
+                             f"({made:,.0f} reports, halved every "
+                             f"{limits.report_half_life_s:g} s)")
         if self.junk_total <= limits.max_junk:
             return None
         self._prune()
@@ -147,6 +168,28 @@ class SubscriptionJudge:
         who = max(self._junk, key=lambda w: len(self._junk[w]))
         return who, (f"subscribers hold over {limits.max_junk:,} topics of no room, and it "
                      "the most")
+
+    def _busiest(self) -> str | None:
+        """The subscriber with the most reports still counted, from a ranking of the
+        RANKED busiest made at most every RANK_EVERY_S (a ranking per report would cost
+        a pass over every subscriber per report)."""
+        counts = self._counts
+        if not self._ranking or self._now_s - self._ranked_s >= RANK_EVERY_S:
+            now_s = self._now_s
+            self._ranking = heapq.nlargest(
+                RANKED, counts, key=lambda who: self._decayed(counts[who], now_s))
+            self._ranking.reverse()  # the busiest last, popped first
+            self._ranked_s = self._now_s
+        while self._ranking:
+            who = self._ranking.pop()
+            if who in counts:
+                return who
+        return None
+
+    def _decayed(self, lately: list[float], now_s: float) -> float:
+        """A subscriber's count of reports lately, as of ``now_s``."""
+        elapsed = max(0.0, now_s - lately[1])
+        return lately[0] * 0.5 ** (elapsed / self.limits.report_half_life_s)
 
     def forget(self, who: str) -> None:
         """``who`` was cut (its topics go with its connections) or is gone."""
@@ -158,7 +201,7 @@ class SubscriptionJudge:
                     del self._holders[topic]
             self.junk_total -= 1
         self._reports.pop(who, None)
-        self._this_second.pop(who, None)
+        self._counts.pop(who, None)
 
     def _drop(self, who: str, topic: bytes) -> None:
         held = self._junk.get(who)
