@@ -33,6 +33,11 @@ DEALER_READY = (lambda body: b"\x04" + bytes([len(body)]) + body)(
     b"\x05READY" + _property(b"Socket-Type", b"DEALER") + _property(b"Identity", b""))
 
 
+#: The READY command of a SUB.
+SUB_READY = (lambda body: b"\x04" + bytes([len(body)]) + body)(
+    b"\x05READY" + _property(b"Socket-Type", b"SUB"))
+
+
 def empty_frames(count: int) -> bytes:
     """One ZMTP message of ``count`` empty frames: ``count - 1`` with MORE, then a last."""
     return b"\x01\x00" * (count - 1) + b"\x00\x00"

@@ -577,8 +577,9 @@ class Broker:
         for sock in (router, pub):
             sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
             if self.connections is not None:
-                index = self.connections.watch(sock, track_bytes=sock is router
-                                               and self.ledger is not None)
+                # the PUB's too: a subscriber may send frames that never end a message
+                index = self.connections.watch(sock, track_bytes=self.ledger is not None,
+                                               subscribers=sock is pub)
                 if sock is pub:
                     self._pub_index = index
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -964,7 +965,7 @@ class Broker:
         limit, sessions, now = self.config.login_timeout_s, self.core.sessions, \
             time.monotonic()
         for sample in samples:
-            if sample.age_s < limit or ledger.is_cut(sample.fd):
+            if sample.age_s < limit or sample.subscriber or ledger.is_cut(sample.fd):
                 continue
             routing_id = ledger.routing_id(sample.fd)
             if routing_id is not None and routing_id in sessions:
@@ -994,6 +995,9 @@ class Broker:
             why = (f"the broker holds over max_held_bytes ({limits.total / mib:g} MiB) for "
                    f"its connections, and this one the most, {verdict.held / mib:.1f} "
                    f"MiB {'unread' if verdict.kind == 'unread' else 'of an unfinished message'}")
+        elif verdict.kind == "incomplete" and sample.subscriber:
+            why = (f"its subscriber sent {verdict.held / mib:.1f} MiB more than SUBSCRIBEs "
+                   f"take (max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
         elif verdict.kind == "incomplete":
             why = (f"{verdict.held / mib:.1f} MiB sent and not finished as messages "
                    f"(max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
