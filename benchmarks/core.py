@@ -25,7 +25,7 @@ from typing import Any
 
 from harness import Bench, Row
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.broker_core import BrokerCore, Offload
 from zchat.config import BrokerConfig
 from zchat.store import Store

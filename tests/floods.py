@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from zchat import protocol as p
+from zchat import wire as p
 
 #: ZMTP 3.0 greeting of a NULL-mechanism client (RFC 23/ZMTP): signature, version 3.0,
 #: mechanism, as-server 0, filler.

@@ -52,7 +52,7 @@ from conftest import (
 from floods import DEALER_READY, NULL_GREETING, SUB_READY, Pinger, memory_kib
 from raw_helpers import call
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.conntrack import (
     FAST_CHECK_EVERY_S,

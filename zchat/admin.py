@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import name_key, normalize_name, normalize_new_name, skeleton
 from zchat.store import Store

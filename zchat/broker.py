@@ -87,7 +87,12 @@ from zchat.conntrack import (
     tcp_counters,
 )
 from zchat.errors import Status, StorageError, ZchatError
-from zchat.protocol import (
+from zchat.publisher import Publisher
+from zchat.publisher import peer_address as _peer_address
+from zchat.ratelimit import ThrottledLog, address_key
+from zchat.store import Store
+from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
+from zchat.wire import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
     MAX_REQUEST_ID_BYTES,
@@ -95,11 +100,6 @@ from zchat.protocol import (
     Error,
     encode_reply,
 )
-from zchat.publisher import Publisher
-from zchat.publisher import peer_address as _peer_address
-from zchat.ratelimit import ThrottledLog, address_key
-from zchat.store import Store
-from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
 
 log = logging.getLogger("zchat.broker")
 

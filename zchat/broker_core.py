@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.admin import (
     CheckedAccount,
     NewAccountRow,
@@ -298,9 +298,6 @@ class BrokerCore:
         #: Room names as sent -> their keys (normalize_name is ~50 us, and every SEND
         #: names its room); valid names only, at most ROOM_KEY_CACHE_MAX.
         self._room_keys: dict[str, str] = {}
-        #: Room key -> (the RoomState fields, their JSON) for PONG (``_room_state_json``);
-        #: at most one entry per room.
-        self._room_states: dict[str, tuple[tuple[Any, ...], str]] = {}
         # Protection (docs/PROTOCOL.md §15): per-address LOGIN/REGISTER buckets (None when
         # login_rate_per_s is 0), and each room's creator and slow mode with, per room in
         # slow mode, each member's last post (monotonic s); bounded by the memberships.
@@ -1633,11 +1630,11 @@ class BrokerCore:
             # PING is still answered, without the list (``listed`` false)
             budget = self._read_budget(session.account_key, now_s)
             if budget.wait_ms(now_s):
-                return [ToPeer(rid, p.encode_pong(req_id, now_ms, [], session.token,
-                                                  listed=False))]
-        rooms = [self._room_state_json(k)
-                 for k in sorted(self.rooms_of.get(session.account_key, ()))]
-        reply = ToPeer(rid, p.encode_pong(req_id, now_ms, rooms, session.token))
+                return [self._ok(rid, req_id, p.Pong(time=now_ms, session=session.token,
+                                                     listed=False))]
+        rooms = tuple(self._room_state(k)
+                      for k in sorted(self.rooms_of.get(session.account_key, ())))
+        reply = self._ok(rid, req_id, p.Pong(time=now_ms, rooms=rooms, session=session.token))
         if rooms:
             cost = sum(len(f) for f in reply.frames)
             if budget is not None:
@@ -1654,17 +1651,10 @@ class BrokerCore:
         return session is not None and \
             len(self.rooms_of.get(session.account_key, ())) > COSTLY_PING_ROOMS
 
-    def _room_state_json(self, key: str) -> str:
-        """The room's RoomState as JSON, remade only when one of its fields changed
-        (every PING lists every room of the account: docs/PERFORMANCE.md)."""
-        state = (self.rooms[key], self.last_seq[key], self.topics[key],
-                 self.slow_mode.get(key, 0), key in self.private, key in self.locked)
-        cached = self._room_states.get(key)
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        text = p.room_state_json(p.RoomState(*state))
-        self._room_states[key] = (state, text)
-        return text
+    def _room_state(self, key: str) -> p.RoomState:
+        """The room's RoomState, as PONG and the LOGIN reply list it."""
+        return p.RoomState(self.rooms[key], self.last_seq[key], self.topics[key],
+                           self.slow_mode.get(key, 0), key in self.private, key in self.locked)
 
     def _set_topic(self, rid: bytes, req_id: bytes, req: p.SetTopic, session: Session,
                    now_s: float, now_ms: int, address: str) -> list[Action]:
@@ -2270,7 +2260,7 @@ class BrokerCore:
         elif creator:
             self.rooms_created.pop(creator, None)
         for table in (self.rooms, self.last_seq, self.first_seq, self.topics, self.creators,
-                      self.slow_mode, self._last_post, self.roles, self._room_states):
+                      self.slow_mode, self._last_post, self.roles):
             table.pop(key, None)
         self.private.discard(key)
         self.locked.discard(key)
