@@ -24,7 +24,7 @@ Socket options (docs/PROTOCOL.md §2):
   logged; it never blocks or crashes the broker.
 - Routing ids are the ROUTER's own random per-connection ids (clients set no identity), so
   a reconnecting client is a new peer and cannot take over another's queue.
-- MAXMSGSIZE = protocol.MAX_TRANSPORT_FRAME_BYTES (128 KiB) on the ROUTER: libzmq disconnects a peer
+- MAXMSGSIZE = wire.MAX_TRANSPORT_FRAME_BYTES (128 KiB) on the ROUTER: libzmq disconnects a peer
   that sends a larger frame before it reaches us (the frame count is not bounded: PROTOCOL §9).
 - SNDHWM/RCVHWM from config (messages, per peer).
 - LINGER at close: SHUTDOWN_LINGER_MS (0.5 s) after a graceful stop, so that GOING_AWAY
