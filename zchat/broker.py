@@ -171,11 +171,14 @@ PUB_RCVHWM = 64
 #: buffers autotuned to megabytes, a subscriber cut at its first 2 KB topic still got
 #: ~200 MiB of trie in.
 PUB_RCVBUF_BYTES = 64 * 1024
-#: The longest message a subscriber may send the PUB (MAXMSGSIZE): a SUBSCRIBE of the
-#: longest topic fits many times over, and a longer topic is still read, so that the
-#: judge names its sender (zchat.subscriptions), up to this; a longer message
-#: disconnects its sender in libzmq.
-PUB_MAX_MESSAGE_BYTES = 4096
+#: The longest message a subscriber may send the PUB (MAXMSGSIZE, which libzmq applies
+#: to every frame that arrives, the CURVE handshake's included: INITIATE with a SUB's
+#: metadata is ~300 bytes, and 256 refused every handshake): a SUBSCRIBE of the longest
+#: topic (MAX_SUBSCRIPTION_BYTES + 1, in CURVE's box of ~50 bytes) fits many times; a
+#: longer message disconnects its sender in libzmq before it is read or added to the
+#: trie (2 KB topics got ~2,600 into a loaded broker's trie, 267 MiB, before the
+#: judge's cut took effect; a session's 1,000 MiB messages grew one to 6 GB).
+PUB_MAX_MESSAGE_BYTES = 1024
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -595,8 +598,7 @@ class Broker:
         pub.setsockopt(zmq.RCVHWM, PUB_RCVHWM)
         pub.setsockopt(zmq.RCVBUF, PUB_RCVBUF_BYTES)
         # A subscriber sends nothing but SUBSCRIBEs of at most MAX_SUBSCRIPTION_BYTES:
-        # libzmq disconnects a peer whose message is longer than this, before it is read
-        # whole (a session's 4 XSUBs sending 1,000 MiB messages grew a broker to 6 GB).
+        # libzmq disconnects a peer whose message is longer (PUB_MAX_MESSAGE_BYTES).
         pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
         pub.setsockopt(zmq.LINGER, 0)
         self._bind(router, self.config.router, "ROUTER")
