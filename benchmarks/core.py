@@ -25,7 +25,7 @@ from typing import Any
 
 from harness import Bench, Row
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import BrokerConfig
 from zchat.core import BrokerCore, Offload
 from zchat.store import Store

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from floods import Pinger, flood_curve, flood_plain, memory_kib  # noqa: E402
 from harness import run_broker  # noqa: E402
 
-from zchat import protocol as p  # noqa: E402
+from zchat import wire as p  # noqa: E402
 
 
 def port_of(endpoint: str) -> int:

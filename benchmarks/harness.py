@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.connections import FD_HEADROOM
 
 WINDOW = 200          # SEND requests in flight at once

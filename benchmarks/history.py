@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 from harness import Bench, Row, percentile, secure_with
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.names import name_key, skeleton
 from zchat.store import Store
 

@@ -28,7 +28,7 @@ from ingest import correctness, stored_rows
 from loadgen import RELAY_BASE, ROOM, Target, _login_member, relay_body, run_fanout
 from relay import relay_main
 
-from zchat import protocol as p
+from zchat import wire as p
 
 RATE_PER_S = 1_000
 SECONDS = 4.0

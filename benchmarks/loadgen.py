@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 from harness import MP, PAYLOAD, WINDOW, BrokerHandle, secure_with, spawn
 
-from zchat import protocol as p
+from zchat import wire as p
 
 ROOM = "bench"
 TOPIC = p.room_topic(ROOM)

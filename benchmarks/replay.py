@@ -34,8 +34,8 @@ from sessions import BlockingClient
 from startup import zchat_argv
 
 from zchat import keys
-from zchat import protocol as p
 from zchat import replay as zreplay
+from zchat import wire as p
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LOG = DATA / "irc-replay-ltsp-2019-10-01-to-18.jsonl"

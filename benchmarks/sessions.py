@@ -58,7 +58,7 @@ from harness import (
     spawn,
 )
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import RECONNECT_JITTER, backoff_delay
 from zchat.config import MIN_SCRYPT_N, BrokerConfig, load_config
 from zchat.errors import Status, ZchatError

@@ -39,7 +39,7 @@ from harness import Bench, Row, secure_with
 from sessions import SHIPPED, BlockingClient
 
 from zchat import keys
-from zchat import protocol as p
+from zchat import wire as p
 
 PASSWORD = "bench password"
 COLS, ROWS = 100, 30

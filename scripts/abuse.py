@@ -71,7 +71,7 @@ from benchmarks.harness import (  # noqa: E402
     run_broker,
     stop_children,
 )
-from zchat import protocol as p  # noqa: E402
+from zchat import wire as p  # noqa: E402
 
 HONEST_SOURCE = "127.0.0.2"   # the honest client's address: its own login bucket
 ATTACK_SOURCE = "127.0.0.1"

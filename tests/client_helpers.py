@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.broker import BindError
 from zchat.client import Client, Event
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker

@@ -8,9 +8,9 @@ every message class the codec handles.
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
-from zchat import protocol as p
+from zchat import wire as p
 
 T0 = 1_717_171_717_123  # UTC ms
 
@@ -90,7 +90,7 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
         p.DmSent(id=42, time=T0, delivered="live"),
         p.DmSent(id=43, time=T0, delivered="stored"),
         p.DmSent(id=44, time=T0, delivered="live", to="alice"),
-        p.HistoryPage(room="café", messages=(_MSG, dataclasses.replace(
+        p.HistoryPage(room="café", messages=(_MSG, msgspec.structs.replace(
             _MSG, seq=8, kind="action", text="dances"))),
         p.HistoryPage(room="café", messages=()),
         p.WhoList(users=(p.UserPresence(name="Zoë", presence="away", text="lunch 🍜"),
@@ -118,7 +118,7 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
         p.RoomJoined(room="secret", last_seq=0, created=True, private=True, locked=True),
         p.RoomList(rooms=(p.RoomInfo(room="secret", members=2, last_seq=1, joined=True,
                                      private=True, locked=False),)),
-        p.HistoryPage(room="café", messages=(dataclasses.replace(
+        p.HistoryPage(room="café", messages=(msgspec.structs.replace(
             _MSG, text="", deleted_by="Zoë"),)),
         p.TokenList(tokens=(p.TokenInfo(id=7, label="deploy bot", created=T0),
                             p.TokenInfo(id=9, label="", created=T0 + 1))),
@@ -140,7 +140,7 @@ ROUND_TRIPPED: dict[str, list[p.Message]] = {
     ],
     "ERROR": [p.Error(status=404, reason="no such room «cafe»"),
               p.Error(status=429, reason="slow down", retry_after_ms=1500)],
-    "MESSAGE": [_MSG, dataclasses.replace(_MSG, kind="action")],
+    "MESSAGE": [_MSG, msgspec.structs.replace(_MSG, kind="action")],
     "JOINED": [p.UserJoined(room="café", name="Zoë", time=T0)],
     "LEFT": [p.UserLeft(room="café", name="李雷", time=T0),
              p.UserLeft(room="café", name="eve", time=T0, by="Zoë", reason="spam", ban=True),

@@ -24,7 +24,7 @@ from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.layout import Window
 from prompt_toolkit.output import DummyOutput
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, Event
 from zchat.console import view as v
 from zchat.console.app import ChatConsole

@@ -16,7 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import BrokerConfig
 from zchat.core import BrokerCore, Offload, ToPeer, ToTopic
 from zchat.names import name_key

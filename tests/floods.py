@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from zchat import protocol as p
+from zchat import wire as p
 
 #: ZMTP 3.0 greeting of a NULL-mechanism client (RFC 23/ZMTP): signature, version 3.0,
 #: mechanism, as-server 0, filler.
@@ -31,6 +31,11 @@ def _property(name: bytes, value: bytes) -> bytes:
 #: The READY command of a DEALER with an empty identity.
 DEALER_READY = (lambda body: b"\x04" + bytes([len(body)]) + body)(
     b"\x05READY" + _property(b"Socket-Type", b"DEALER") + _property(b"Identity", b""))
+
+
+#: The READY command of a SUB.
+SUB_READY = (lambda body: b"\x04" + bytes([len(body)]) + body)(
+    b"\x05READY" + _property(b"Socket-Type", b"SUB"))
 
 
 def empty_frames(count: int) -> bytes:

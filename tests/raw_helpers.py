@@ -8,7 +8,7 @@ from typing import Any
 
 import zmq
 
-from zchat import protocol as p
+from zchat import wire as p
 
 
 def call(sock: zmq.Socket[Any], rid: bytes, req: p.Request) -> list[bytes]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from core_helpers import World
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import Status
 
 # -- item 4: presence -----------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from conftest import run
 
 from zchat import admin
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.errors import ConnectionFailed, RequestFailed, Status
 from zchat.store import Store

@@ -377,7 +377,7 @@ def test_csv_errors_name_line_column_and_rule_but_no_value(tmp_path: Path) -> No
 def test_the_brokers_create_accounts_refusal_echoes_no_name() -> None:
     """Over the wire the broker checks again (a name registered between the operator's
     check and the request): its 409/422 names positions and rules, not the names."""
-    from zchat import protocol as p
+    from zchat import wire as p
     from zchat.testing import running_broker
 
     async def scenario(h: Harness) -> None:

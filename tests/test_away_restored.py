@@ -16,7 +16,7 @@ from client_helpers import RestartableBroker, collect, is_, logged_in
 from conftest import run
 from console_helpers import console_session, until
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import ConnectionRestored
 from zchat.console import view as v
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.bot import (
     Bot,
     BotLoadError,

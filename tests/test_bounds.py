@@ -11,7 +11,7 @@ import zmq
 from conftest import run
 from core_helpers import World
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 

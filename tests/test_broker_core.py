@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from core_helpers import PASSWORD, T0_MS, Outcome, Peer, World, decode_events
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core import ToPeer, ToTopic
 from zchat.errors import Status, StorageError
 from zchat.store import Store
@@ -588,6 +588,26 @@ def test_evicting_one_of_two_sessions_publishes_nothing(world: World) -> None:
     world.clock.jump(6.5)
     events = world.tick()
     assert [e.presence for _, e in events if isinstance(e, p.PresenceChanged)] == ["offline"]
+
+
+def test_tick_scans_for_silent_sessions_only_when_one_may_be_due(world: World) -> None:
+    """The loop calls tick at every wake-up; with thousands of sessions a scan each time
+    made logins quadratic. The earliest possible timeout is kept instead, and eviction is
+    still exact."""
+    timeout = world.core.config.heartbeat_timeout_s
+    alice = world.user("alice")
+    start = world.clock.s
+    assert world.core._evict_at == start + timeout
+    world.clock.jump(2)
+    alice.call(p.Ping())  # alice is seen at start + 2
+    world.clock.jump(timeout - 1.5)  # past the first bound: a scan, nothing due yet
+    world.tick()
+    assert [s.name for s in world.core.sessions.values()] == ["alice"]
+    assert world.core._evict_at == start + 2 + timeout
+    world.clock.jump(2)  # now silent for timeout + 0.5 s
+    world.tick()
+    assert world.core.sessions == {}
+    assert world.core._evict_at == float("inf")
 
 
 def test_tick_at_most_once_per_interval(world: World) -> None:

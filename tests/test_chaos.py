@@ -140,7 +140,7 @@ def test_a_flooding_client_gets_429_and_keeps_its_session(tmp_path: Path) -> Non
     logged in (its PING still names the session): rate limiting never disconnects."""
     import zmq
 
-    from zchat import protocol as p
+    from zchat import wire as p
 
     with chaos.chaos_run(tmp_path, send_rate_per_s=1.0, send_burst=5) as (broker, _w):
         context = zmq.Context()

@@ -16,7 +16,7 @@ import pytest
 from conftest import cli_env, free_port, zchat_command
 
 from zchat import cli
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.testing import DEFAULT_PASSWORD, Harness
 
 Zchat = Callable[..., tuple[int, str, str]]

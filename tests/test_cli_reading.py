@@ -16,7 +16,7 @@ from conftest import run
 from core_helpers import World
 
 from zchat import cli
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import SyncClient
 from zchat.errors import Status
 from zchat.names import name_key

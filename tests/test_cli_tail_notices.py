@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conftest import Proc, TcpBroker, cli_env, zchat_command
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.cli import _fmt_ms, mute_notice, removal_reason
 
 #: 2024-06-01 12:00:00.250 UTC: not on a whole second, so rounding shows.

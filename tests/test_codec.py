@@ -1,4 +1,4 @@
-"""Round trips and malformed input for the ZCHAT/1 codec (zchat/protocol.py, docs/PROTOCOL.md §3).
+"""Round trips and malformed input for the ZCHAT/1 codec (zchat/wire/, docs/PROTOCOL.md §3).
 
 ``ROUND_TRIPPED`` (tests/codec_examples.py) maps every wire TYPE name to example values;
 each is round-tripped here, and a test fails when a wire type has none.
@@ -6,17 +6,17 @@ each is round-tripped here, and a test fails when a wire type has none.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import typing
 from typing import Any, Literal, Union
 
+import msgspec
 import pytest
 from codec_examples import ALL_CLASSES, ROUND_TRIPPED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import ProtocolError, Status
 
 RID = b"0f3c5e1a9b2d4c6e8f0a1b2c3d4e5f60"  # 32 bytes, a UUID in hex
@@ -314,10 +314,10 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return _INT
     if tp is str:
         return st.text(max_size=40)  # hypothesis never generates lone surrogates here
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         hints = typing.get_type_hints(tp)
         return st.builds(tp, **{f.name: strategy_for(hints[f.name])
-                                for f in dataclasses.fields(tp)})
+                                for f in msgspec.structs.fields(tp)})
     raise TypeError(f"no strategy for {tp!r}")
 
 
@@ -353,7 +353,7 @@ _JSON = st.recursive(
 def _near_miss_requests(draw: st.DrawFn) -> list[bytes]:
     """Well-framed requests whose bodies mix real field names with random JSON values."""
     type_ = draw(st.sampled_from(sorted(p.REQUEST_TYPES)))
-    names = [f.name for f in dataclasses.fields(p.REQUEST_TYPES[type_])] + ["extra"]
+    names = [f.name for f in msgspec.structs.fields(p.REQUEST_TYPES[type_])] + ["extra"]
     body = draw(st.dictionaries(st.sampled_from(names), _JSON, max_size=4))
     raw = json.dumps(body).encode()
     if draw(st.booleans()):

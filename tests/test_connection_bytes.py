@@ -49,10 +49,10 @@ from conftest import (
     stop_broker,
     wait_until,
 )
-from floods import DEALER_READY, NULL_GREETING, Pinger, memory_kib
+from floods import DEALER_READY, NULL_GREETING, SUB_READY, Pinger, memory_kib
 from raw_helpers import call
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.conntrack import (
     FAST_CHECK_EVERY_S,
@@ -172,14 +172,14 @@ def plain_broker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
             proc.kill()
 
 
-def raw_zmtp_peer(port: int, source: str) -> socket.socket:
+def raw_zmtp_peer(port: int, source: str, ready: bytes = DEALER_READY) -> socket.socket:
     """A raw TCP connection from ``source`` that has done the ZMTP 3.0 NULL handshake of a
-    DEALER with the broker's ROUTER (its greeting and READY read)."""
+    DEALER (or what ``ready`` says) with the broker (its greeting and READY read)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
-    sock.sendall(NULL_GREETING + DEALER_READY)
+    sock.sendall(NULL_GREETING + ready)
     seen = b""
     head = len(NULL_GREETING)
     while len(seen) < head + 2 or len(seen) < head + 2 + seen[head + 1]:
@@ -189,11 +189,11 @@ def raw_zmtp_peer(port: int, source: str) -> socket.socket:
     return sock
 
 
-def send_unfinished(sock: socket.socket) -> tuple[int, bool]:
-    """Send frames of FRAME_BYTES with the MORE flag (never a last one) at
+def send_unfinished(sock: socket.socket, frame_bytes: int = FRAME_BYTES) -> tuple[int, bool]:
+    """Send frames of ``frame_bytes`` with the MORE flag (never a last one) at
     PACE_BYTES_PER_S, up to ATTACK_BYTES; return the bytes sent and whether the broker
     cut the connection (end of file or reset) meanwhile or within 3 s after."""
-    frame = b"\x03" + FRAME_BYTES.to_bytes(8, "big") + b"\xab" * FRAME_BYTES
+    frame = b"\x03" + frame_bytes.to_bytes(8, "big") + b"\xab" * frame_bytes
     started = time.monotonic()
     sent = 0
     sock.settimeout(5)
@@ -252,6 +252,42 @@ def test_an_unfinished_message_is_cut_before_it_grows(
         assert sent < 8 * MIB + 3 * PACE_BYTES_PER_S, f"{sent / MIB:.0f} MiB taken"
     finally:
         ctx.term()
+
+
+def test_a_subscriber_sending_frames_that_never_end_is_cut(tmp_path: Path) -> None:
+    """A raw SUB sends the PUB frames of 4,000 bytes (under its MAXMSGSIZE), all with
+    MORE: libzmq holds every one, and the loop never sees them. The PUB's connections are
+    sampled too (zchat.conntrack.SUBSCRIBER_ALLOWANCE): cut past max_incomplete_bytes, as
+    on the ROUTER (a tester's raw subscriber grew a broker to 8 GB in 13 s before)."""
+    broker, lines = start_broker(tmp_path, settings='encryption = "none"\n')
+    proc, port = broker.process, int(broker.router.rpartition(":")[2])
+    pub_port = int(next(ln for ln in lines if ln.split()[:1] == ["pub"]).rpartition(":")[2])
+    ctx = zmq.Context()
+    try:
+        with Pinger(ctx, f"tcp://127.0.0.1:{port}", None) as honest:
+            before = memory_kib(proc.popen.pid)
+            with contextlib.closing(raw_zmtp_peer(pub_port, "127.0.0.5",
+                                                  SUB_READY)) as attacker:
+                sent, cut = send_unfinished(attacker, frame_bytes=4000)
+            after = memory_kib(proc.popen.pid)
+            assert cut, f"the broker took {sent / MIB:.0f} MiB of an unfinished message"
+            line = proc.wait_line("stderr", "cut a connection", timeout_s=5)
+            assert "127.0.0.5" in line and "its subscriber sent" in line, line
+            # the address is barred a while; others are served as ever
+            assert not plain_pong_within(ctx, f"tcp://127.0.0.5:0;127.0.0.1:{port}", 1.0)
+            assert plain_pong_within(ctx, f"tcp://127.0.0.6:0;127.0.0.1:{port}", 10.0)
+        assert honest.error is None, honest.error
+        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
+        growth = (after["VmHWM"] - before["VmHWM"]) * 1024
+        # the limit and the allowance, what the pace sends in a check's interval (twice,
+        # for a loaded machine), and the process's own noise (measured: ~16 MiB); libzmq
+        # keeps each small frame in a message of its own, at about twice its size
+        bound = 2 * (9 * MIB + 2 * PACE_BYTES_PER_S) + 16 * MIB
+        assert growth < bound, f"the broker grew by {growth / MIB:.0f} MiB"
+        assert sent < 9 * MIB + 3 * PACE_BYTES_PER_S, f"{sent / MIB:.0f} MiB taken"
+    finally:
+        ctx.term()
+        stop_broker(broker)
 
 
 # -- a real broker: replies never read ------------------------------------------------------

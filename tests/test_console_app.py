@@ -46,7 +46,7 @@ from console_helpers import (
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, Event
 from zchat.console import view as v
 from zchat.console.app import HISTORY_ON_OPEN, OLDER_PAGE, ChatConsole, login_flow

@@ -13,11 +13,11 @@ import asyncio
 from conftest import run
 from console_helpers import console_session, until, window_text
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.console.app import NO_CONVERSATION, NOTE_TO_SELF
 from zchat.errors import ConnectionFailed
-from zchat.protocol import MessageKind
 from zchat.testing import Harness
+from zchat.wire import MessageKind
 
 
 def pane_text(console: object, width: int = 80, height: int = 24) -> str:

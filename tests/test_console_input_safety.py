@@ -23,7 +23,7 @@ from console_helpers import (
     until,
 )
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.config import ClientConfig
 from zchat.console import view as v

@@ -27,7 +27,7 @@ from conftest import run
 from console_helpers import END, PAGE_UP, Session, alt, console_session, login, next_of, until
 from prompt_toolkit.application import create_app_session
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.console.app import HISTORY_ON_OPEN, MARK_READ_INTERVAL_S
 from zchat.testing import Harness, next_dm, running_broker
 

@@ -21,7 +21,7 @@ from client_helpers import RestartableBroker
 from conftest import run
 from console_helpers import ENTER, ESC, Session, console_session, next_of, until
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.console import view as v
 from zchat.store import Store

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prompt_toolkit.utils import get_cwidth
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.console.view import (
     DEFAULT_STYLE,
     NICK_PALETTE,

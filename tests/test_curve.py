@@ -25,7 +25,7 @@ import zmq.asyncio
 from conftest import free_port, run, wait_until
 
 from zchat import keys
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.broker import Broker, BrokerThread, TransportSecurityError
 from zchat.client import Client
 from zchat.config import BrokerConfig, ConfigError, config_from_dict

@@ -15,7 +15,7 @@ import pytest
 from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
 from core_helpers import Peer, World, room_with
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import SyncClient
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_message

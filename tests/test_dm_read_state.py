@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, SyncClient
 from zchat.errors import LocalProtocolError, RequestFailed, Status
 from zchat.names import mentions, name_key, skeleton

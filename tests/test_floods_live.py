@@ -26,7 +26,7 @@ import pytest
 import zmq
 from conftest import start_broker
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import Status
 from zchat.testing import DEFAULT_PASSWORD
 

@@ -30,7 +30,7 @@ from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.chaos import PASSWORD, BrokerProcess, wait_until
 from zchat.client import Client
 from zchat.config import BrokerConfig

@@ -19,7 +19,7 @@ import pytest
 from client_helpers import collect, is_msg, msgs
 from conftest import run
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.broker import Broker
 from zchat.client import Client
 from zchat.core.facade import domain_refusal

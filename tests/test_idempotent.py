@@ -19,7 +19,7 @@ from conftest import run
 from core_helpers import World
 
 from zchat import client as client_module
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import ConnectionRestored, Event
 from zchat.core import ToPeer, ToTopic
 from zchat.errors import ConnectionFailed, Status

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import zmq
 import zmq.asyncio
@@ -20,7 +20,7 @@ from conftest import run
 from zmq.utils.monitor import recv_monitor_message
 
 from zchat import client as client_module
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, ConnectionLost, Event
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
@@ -694,7 +694,7 @@ def test_a_text_over_max_text_lines_is_refused_by_client_and_broker(harness: Har
                     await call()
                 assert info.value.status == Status.TOO_LARGE
                 assert info.value.reason == "message text is 2000 lines; the limit is 50"
-            c.info = dataclasses.replace(c.info, max_text_lines=0)  # as from an old broker
+            c.info = msgspec.structs.replace(c.info, max_text_lines=0)  # as from an old broker
             for call in (lambda: c.send("lobby", "x\n" * 50), lambda: c.dm("dave", wall)):
                 with pytest.raises(RequestFailed) as info:
                     await call()

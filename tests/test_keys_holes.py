@@ -23,7 +23,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from zchat import keys
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.broker import BrokerThread
 from zchat.client import KEY_CHECK_SHARE, Client
 from zchat.config import BrokerConfig

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from conftest import run
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 

@@ -24,7 +24,7 @@ from conftest import TcpBroker, running_tcp_broker, wait_until
 from subscriber_helpers import broker_key
 from zmq.utils.monitor import parse_monitor_message
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.testing import DEFAULT_PASSWORD
 
 TIMEOUT_S = 2.0

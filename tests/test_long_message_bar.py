@@ -20,7 +20,7 @@ import zmq
 from conftest import TcpBroker, start_broker, stop_broker
 from floods import Pinger, flood_curve
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionTable, Limits
 
 WORST_RTT_S = 1.5

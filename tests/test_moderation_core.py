@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from core_helpers import World, room_with
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core import ToPeer, ToTopic
 from zchat.errors import Status
 

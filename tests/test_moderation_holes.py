@@ -27,7 +27,7 @@ import pytest
 from conftest import cli_env, run, zchat_command
 from core_helpers import PASSWORD, World, config
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.console import commands as c
 from zchat.core import BrokerCore
 from zchat.errors import RequestFailed, Status

@@ -16,7 +16,7 @@ import zmq
 import zmq.asyncio
 from conftest import run
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_event_of, next_message, running_broker
 

@@ -31,7 +31,7 @@ import pytest
 from conftest import Proc, TcpBroker, cli_env, run, zchat_command
 from core_helpers import PASSWORD, World
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, ConnectionLost, SessionEnded
 from zchat.console.view import duration_text, expiry_text
 from zchat.core import ToPeer

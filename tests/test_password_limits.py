@@ -14,7 +14,7 @@ import logging
 import pytest
 from core_helpers import PASSWORD, World, handle_raw
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core import MAX_JOBS_PER_PEER, Offload
 from zchat.errors import Status
 

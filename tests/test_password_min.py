@@ -13,7 +13,7 @@ from conftest import run
 from core_helpers import World
 
 from zchat import admin, cli
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import ConfigError, config_from_dict
 from zchat.errors import RequestFailed, Status
 from zchat.names import name_key, skeleton

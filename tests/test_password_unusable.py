@@ -17,7 +17,7 @@ from console_helpers import Script
 from core_helpers import World
 
 from zchat import admin, cli
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.console.app import login_flow
 from zchat.errors import ProtocolError, RequestFailed, Status
 from zchat.names import skeleton

@@ -29,7 +29,7 @@ import pytest
 from conftest import run, wait_until
 
 from zchat import client as client_module
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from conftest import run
 from core_helpers import World
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import LeftElsewhere
 from zchat.testing import Harness, running_broker
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from core_helpers import World
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import Status
 
 #: Every request type that names a room, built for a room name.
@@ -44,7 +44,7 @@ ROOM_REQUESTS: dict[str, Callable[[str], p.Request]] = {
 
 def test_the_table_covers_every_request_with_a_room_field() -> None:
     named = {cls.TYPE for cls in p.REQUEST_TYPES.values()
-             if "room" in {f.name for f in cls.__dataclass_fields__.values()}}
+             if "room" in cls.__struct_fields__}
     assert named - {"JOIN"} == set(ROOM_REQUESTS)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from core_helpers import PASSWORD, World, handle_raw
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import BrokerConfig, Config, ConfigError, validate
 from zchat.core import Offload, ToTopic
 from zchat.errors import Status

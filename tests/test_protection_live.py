@@ -21,7 +21,7 @@ import pytest
 import zmq
 from conftest import Proc, cli_env, free_port, run, zchat_command
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, next_message, running_broker

@@ -3,21 +3,21 @@
 Message headings follow the pattern stated at the top of the document's §6:
 ``### <section> <TYPE>`` for a request, ``### <section> <TYPE> event`` for an event,
 ``#### <section> <TYPE> push`` for a push and ``### <section> <TYPE> reply`` for the reply
-frame types OK and ERROR. These tests fail when a type is added to zchat/protocol.py without
+frame types OK and ERROR. These tests fail when a type is added to zchat/wire/ without
 its heading here or its round-trip case in tests/codec_examples.py (``ROUND_TRIPPED``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 from codec_examples import ALL_CLASSES, ROUND_TRIPPED
 
-from zchat import protocol as p
+from zchat import wire as p
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "PROTOCOL.md"
@@ -90,7 +90,7 @@ def test_each_message_documented_once_with_unique_numbers() -> None:
 
 
 def test_fixed_section_numbers() -> None:
-    """protocol.py cites these numbers; they must not move."""
+    """zchat/wire/ cites these numbers; they must not move."""
     by_type = {type_: num for num, type_, kind, _t in SECTIONS if kind == "request"}
     fixed = {"INFO": "6.1", "REGISTER": "6.2", "LOGIN": "6.3", "LOGOUT": "6.4", "JOIN": "6.5",
              "PART": "6.6", "DM": "6.7", "SEND": "6.8", "HISTORY": "6.9"}
@@ -99,8 +99,10 @@ def test_fixed_section_numbers() -> None:
 
 def test_sections_cited_by_the_code_exist() -> None:
     headings = {m[1] for line in _doc_lines() if (m := re.match(r"^#{2,4} (\d+(?:\.\d+)*)\.? ", line))}
-    for source in ("protocol.py", "errors.py"):
-        text = (ROOT / "zchat" / source).read_text(encoding="utf-8")
+    sources = [*sorted((ROOT / "zchat" / "wire").glob("*.py")), ROOT / "zchat" / "errors.py"]
+    for path in sources:
+        source = path.relative_to(ROOT)
+        text = path.read_text(encoding="utf-8")
         cited = set(re.findall(r"§(\d+(?:\.\d+)*)", text))
         assert cited <= headings, f"{source} cites missing sections {sorted(cited - headings)}"
 
@@ -110,10 +112,10 @@ def _field_names(cls: type) -> set[str]:
     Nested message types (MESSAGE, DM) are documented in their own sections."""
     names: set[str] = set()
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         names.add(f.name)
         for arg in (hints[f.name], *typing.get_args(hints[f.name])):
-            if (isinstance(arg, type) and dataclasses.is_dataclass(arg)
+            if (isinstance(arg, type) and issubclass(arg, msgspec.Struct)
                     and not issubclass(arg, p.Message)):
                 names |= _field_names(arg)
     return names

@@ -26,7 +26,7 @@ from conftest import TcpBroker, run, running_tcp_broker, wait_until
 from floods import Pinger, memory_kib
 from raw_helpers import call
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, pub_endpoint_for
 from zchat.names import name_key
 from zchat.subscriptions import SubscriptionLimits

@@ -25,7 +25,7 @@ from floods import memory_kib
 from raw_helpers import call
 from subscriber_helpers import Subscriber, broker_key, settle
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import pub_endpoint_for
 from zchat.testing import DEFAULT_PASSWORD
 

@@ -21,7 +21,7 @@ import zmq
 from conftest import TcpBroker, run, running_tcp_broker, wait_until
 from subscriber_helpers import Subscriber, broker_key, settle
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, pub_endpoint_for
 from zchat.testing import DEFAULT_PASSWORD, next_message
 

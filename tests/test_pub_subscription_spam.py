@@ -5,10 +5,12 @@ XSUB grew a broker to 7.4 GB and left most honest PINGs unanswered.
 
 ``zchat broker`` as a subprocess on loopback tcp with CURVE. The attacker logs in on a raw
 DEALER and opens an XSUB with the same key pair (admitted: its key is bound to a session),
-then sends SPAM distinct topics: longer than any room's (cut at the first), or short ones
-of no room (cut once it holds more than PER_SUBSCRIBER), or subscribe/unsubscribe churn on
-lobby's topic (cut past the rate of reports). Asserted: its session is ended
-(SESSION_CLOSED), its key can no longer subscribe, the broker's peak resident size grows by
+then sends SPAM distinct topics: of 2 KB (past the PUB's MAXMSGSIZE: disconnected by
+libzmq at the first, before any is read), or short ones of no room (cut once it holds more
+than PER_SUBSCRIBER), or subscribe/unsubscribe churn on lobby's topic (cut past the rate of
+reports), or messages that are not subscriptions (cut at the first). Asserted: the 2 KB
+subscriber is disconnected, the others' sessions are ended (SESSION_CLOSED) and their key
+can no longer subscribe; the broker's peak resident size grows by
 less than GROWTH_MIB (unguarded, the tester measured ~92 KB a 2 KB topic: ~270 MB for
 these 3,000 by that measure), and an honest
 client, who creates more new rooms than that bound (its client subscribes to each topic
@@ -30,12 +32,14 @@ from floods import memory_kib
 from raw_helpers import call
 from subscriber_helpers import Subscriber, broker_key, settle
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, pub_endpoint_for
+from zchat.names import name_key
 from zchat.subscriptions import SubscriptionLimits
 from zchat.testing import DEFAULT_PASSWORD, next_message
 
 SPAM = 3_000
+LONGEST_ROOM = "".join(chr(0x20000 + 7 * i) for i in range(32))
 PER_SUBSCRIBER = SubscriptionLimits(0).per_subscriber
 GROWTH_MIB = 60
 
@@ -54,7 +58,7 @@ def spam(kind: str) -> list[bytes]:
     if kind == "no room":
         return [b"\x01room/nothing%d/" % i for i in range(SPAM)]
     if kind == "not a subscription":  # an XSUB may send anything upstream
-        return [b"\x02" + os.urandom(1000) for _ in range(SPAM)]
+        return [b"\x02" + os.urandom(100) for _ in range(SPAM)]
     return [b"%croom/churn/" % flag for _ in range(SPAM * 2) for flag in (1, 0)]
 
 
@@ -86,7 +90,9 @@ def test_a_subscriber_misusing_the_pub_is_cut(
                 await client.login(name, DEFAULT_PASSWORD)
             # more new rooms than PER_SUBSCRIBER: each topic is subscribed before the
             # JOIN that makes the room, and must never count against ann
-            rooms = [f"new{i}" for i in range(PER_SUBSCRIBER + 8)]
+            # and the longest topic there is (32 characters of 4 bytes: 134 bytes), whose
+            # SUBSCRIBE over CURVE must fit the PUB's MAXMSGSIZE
+            rooms = [f"new{i}" for i in range(PER_SUBSCRIBER + 8)] + [LONGEST_ROOM]
             for room in rooms:
                 await ann.join(room)
                 await bob.join(room)
@@ -112,18 +118,30 @@ def test_a_subscriber_misusing_the_pub_is_cut(
         monitor.close(linger=0)
         if kind == "churn":  # a room of its own whose topic it churns
             assert call(attacker, b"j", p.Join(room="churn"))[2] == b"OK"
+        if kind == "long":
+            monitor = xsub.get_monitor_socket(zmq.EVENT_DISCONNECTED,
+                                              addr="inproc://spam-long-disconnected")
         for message in spam(kind):
             xsub.send(message)
-        # the attacker is told its session ended, and its key may subscribe no more
-        def closed() -> bool:
-            while attacker.poll(0):
-                rid, value = p.decode_from_broker(attacker.recv_multipart(), {})
-                if rid == b"" and isinstance(value, p.SessionClosed):
-                    return True
-            return False
-        wait_until(closed, timeout_s=30, what="SESSION_CLOSED for the subscriber")
-        later.append(Subscriber(ctx, pub, key, keypair))
-        assert settle(later) == [f"refused {400}"]
+        if kind == "long":
+            # past the PUB's MAXMSGSIZE: libzmq disconnects it at its first topic, before
+            # any is read or added to the trie (libzmq's XSUB then reconnects, one of
+            # its key's SUBSCRIPTIONS_PER_KEY handshakes, and does not send them again)
+            assert monitor.poll(30_000), "the XSUB was not disconnected"
+            xsub.disable_monitor()
+            monitor.close(linger=0)
+        else:
+            # the attacker is told its session ended, and its key may subscribe no more
+            def closed() -> bool:
+                while attacker.poll(0):
+                    rid, value = p.decode_from_broker(attacker.recv_multipart(), {})
+                    if rid == b"" and isinstance(value, p.SessionClosed):
+                        return True
+                return False
+            wait_until(closed, timeout_s=30, what="SESSION_CLOSED for the subscriber")
+        if kind != "long":
+            later.append(Subscriber(ctx, pub, key, keypair))
+            assert settle(later) == [f"refused {400}"]
         after = memory_kib(pid)
         run(honest_again(broker), timeout_s=30)
     finally:
@@ -214,3 +232,16 @@ async def honest_again_after_join(broker: TcpBroker) -> None:
             await client.join("lobby")
         await bob.send("lobby", "still here")
         assert (await next_message(ann, "lobby")).text == "still here"
+
+
+def test_the_longest_subscribe_fits_the_pubs_message_limit() -> None:
+    """A SUBSCRIBE of the longest room topic, in CURVE's MESSAGE box (~50 bytes more),
+    and a CURVE handshake's INITIATE (~300 bytes) fit PUB_MAX_MESSAGE_BYTES, which
+    libzmq compares with every frame that arrives; the 2 KB topics of the attack above
+    do not."""
+    from zchat.broker import PUB_MAX_MESSAGE_BYTES
+    from zchat.broker_core import MAX_SUBSCRIPTION_BYTES
+    topic = p.room_topic(name_key(LONGEST_ROOM))
+    assert len(topic) == MAX_SUBSCRIPTION_BYTES == 134
+    assert 1 + len(topic) + 64 <= 512 <= PUB_MAX_MESSAGE_BYTES
+    assert all(len(m) > PUB_MAX_MESSAGE_BYTES for m in spam("long"))

@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 from conftest import run
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import RATE_LIMIT_TRIES, Client
 from zchat.errors import RequestFailed, Status
 

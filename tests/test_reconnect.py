@@ -20,7 +20,7 @@ import zmq.asyncio
 from client_helpers import RestartableBroker, collect, is_, logged_in, msgs
 from conftest import free_port, run
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import (
     RECONNECT_FIRST_S,
     Client,

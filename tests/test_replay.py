@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import Proc, TcpBroker, cli_env, run, zchat_command
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.replay import (
     Joined,
     Parted,

@@ -22,7 +22,7 @@ from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
 from floods import Pinger, memory_kib
 from raw_helpers import call
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.core import Account, BrokerCore, Session, ToPeer
 from zchat.errors import Status

@@ -16,7 +16,7 @@ from client_helpers import collect, is_
 from conftest import run
 from core_helpers import Peer, World, decode_events
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, ConnectionLost, ConnectionRestored, Event
 from zchat.core import BrokerCore
 from zchat.errors import Status

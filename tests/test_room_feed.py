@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.feed import MAX_HELD, RoomFeed
 
 

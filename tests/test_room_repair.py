@@ -14,7 +14,7 @@ from typing import Any
 from conftest import run
 
 from zchat import client as client_module
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 

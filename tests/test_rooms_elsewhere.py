@@ -24,7 +24,7 @@ from client_helpers import FAST_BEATS, RestartableBroker, collect, is_, logged_i
 from conftest import run
 from console_helpers import console_session, until
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import ConnectionRestored, JoinedElsewhere, LeftElsewhere
 from zchat.testing import Harness, running_broker
 

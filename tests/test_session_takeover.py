@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from core_helpers import World
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import Status
 
 

@@ -13,7 +13,7 @@ from client_helpers import collect, is_, msgs
 from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, zchat_command
 from console_helpers import console_session, window_text
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, ConnectionRestored, Event
 from zchat.testing import DEFAULT_PASSWORD, Harness
 

@@ -17,7 +17,7 @@ from cli_helpers import json_lines, ok
 from conftest import TcpBroker, stop_broker
 from core_helpers import Peer, World, config
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import Config, ConfigError, validate
 from zchat.core import BrokerCore
 from zchat.errors import Status

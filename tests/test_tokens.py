@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from core_helpers import PASSWORD, Peer, World
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import Status
 from zchat.store import Store
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client
 from zchat.config import DB_FILENAME, Config, data_dir
 from zchat.core import operator_actions

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import zmq
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import Client, SessionEnded
 from zchat.errors import ConnectionFailed, LocalProtocolError, ZchatError
 from zchat.names import name_key

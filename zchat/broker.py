@@ -24,7 +24,7 @@ Socket options (docs/PROTOCOL.md §2):
   logged; it never blocks or crashes the broker.
 - Routing ids are the ROUTER's own random per-connection ids (clients set no identity), so
   a reconnecting client is a new peer and cannot take over another's queue.
-- MAXMSGSIZE = protocol.MAX_TRANSPORT_FRAME_BYTES (128 KiB) on the ROUTER: libzmq disconnects a peer
+- MAXMSGSIZE = wire.MAX_TRANSPORT_FRAME_BYTES (128 KiB) on the ROUTER: libzmq disconnects a peer
   that sends a larger frame before it reaches us (the frame count is not bounded: PROTOCOL §9).
 - SNDHWM/RCVHWM from config (messages, per peer).
 - LINGER at close: SHUTDOWN_LINGER_MS (0.5 s) after a graceful stop, so that GOING_AWAY
@@ -87,7 +87,12 @@ from zchat.core import (
     ToTopic,
 )
 from zchat.errors import Status, StorageError, ZchatError
-from zchat.protocol import (
+from zchat.publisher import Publisher
+from zchat.publisher import peer_address as _peer_address
+from zchat.ratelimit import ThrottledLog, address_key
+from zchat.store import Store
+from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
+from zchat.wire import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
     MAX_REQUEST_ID_BYTES,
@@ -95,11 +100,6 @@ from zchat.protocol import (
     Error,
     encode_reply,
 )
-from zchat.publisher import Publisher
-from zchat.publisher import peer_address as _peer_address
-from zchat.ratelimit import ThrottledLog, address_key
-from zchat.store import Store
-from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
 
 log = logging.getLogger("zchat.broker")
 
@@ -171,11 +171,14 @@ PUB_RCVHWM = 64
 #: buffers autotuned to megabytes, a subscriber cut at its first 2 KB topic still got
 #: ~200 MiB of trie in.
 PUB_RCVBUF_BYTES = 64 * 1024
-#: The longest message a subscriber may send the PUB (MAXMSGSIZE): a SUBSCRIBE of the
-#: longest topic fits many times over, and a longer topic is still read, so that the
-#: judge names its sender (zchat.subscriptions), up to this; a longer message
-#: disconnects its sender in libzmq.
-PUB_MAX_MESSAGE_BYTES = 4096
+#: The longest message a subscriber may send the PUB (MAXMSGSIZE, which libzmq applies
+#: to every frame that arrives, the CURVE handshake's included: INITIATE with a SUB's
+#: metadata is ~300 bytes, and 256 refused every handshake): a SUBSCRIBE of the longest
+#: topic (MAX_SUBSCRIPTION_BYTES + 1, in CURVE's box of ~50 bytes) fits many times; a
+#: longer message disconnects its sender in libzmq before it is read or added to the
+#: trie (2 KB topics got ~2,600 into a loaded broker's trie, 267 MiB, before the
+#: judge's cut took effect; a session's 1,000 MiB messages grew one to 6 GB).
+PUB_MAX_MESSAGE_BYTES = 1024
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -577,8 +580,9 @@ class Broker:
         for sock in (router, pub):
             sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
             if self.connections is not None:
-                index = self.connections.watch(sock, track_bytes=sock is router
-                                               and self.ledger is not None)
+                # the PUB's too: a subscriber may send frames that never end a message
+                index = self.connections.watch(sock, track_bytes=self.ledger is not None,
+                                               subscribers=sock is pub)
                 if sock is pub:
                     self._pub_index = index
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -594,8 +598,7 @@ class Broker:
         pub.setsockopt(zmq.RCVHWM, PUB_RCVHWM)
         pub.setsockopt(zmq.RCVBUF, PUB_RCVBUF_BYTES)
         # A subscriber sends nothing but SUBSCRIBEs of at most MAX_SUBSCRIPTION_BYTES:
-        # libzmq disconnects a peer whose message is longer than this, before it is read
-        # whole (a session's 4 XSUBs sending 1,000 MiB messages grew a broker to 6 GB).
+        # libzmq disconnects a peer whose message is longer (PUB_MAX_MESSAGE_BYTES).
         pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_MESSAGE_BYTES)
         pub.setsockopt(zmq.LINGER, 0)
         self._bind(router, self.config.router, "ROUTER")
@@ -964,7 +967,7 @@ class Broker:
         limit, sessions, now = self.config.login_timeout_s, self.core.sessions, \
             time.monotonic()
         for sample in samples:
-            if sample.age_s < limit or ledger.is_cut(sample.fd):
+            if sample.age_s < limit or sample.subscriber or ledger.is_cut(sample.fd):
                 continue
             routing_id = ledger.routing_id(sample.fd)
             if routing_id is not None and routing_id in sessions:
@@ -994,6 +997,9 @@ class Broker:
             why = (f"the broker holds over max_held_bytes ({limits.total / mib:g} MiB) for "
                    f"its connections, and this one the most, {verdict.held / mib:.1f} "
                    f"MiB {'unread' if verdict.kind == 'unread' else 'of an unfinished message'}")
+        elif verdict.kind == "incomplete" and sample.subscriber:
+            why = (f"its subscriber sent {verdict.held / mib:.1f} MiB more than SUBSCRIBEs "
+                   f"take (max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
         elif verdict.kind == "incomplete":
             why = (f"{verdict.held / mib:.1f} MiB sent and not finished as messages "
                    f"(max_incomplete_bytes {limits.incomplete / mib:g} MiB)")

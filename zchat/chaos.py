@@ -296,7 +296,7 @@ class _Log:
 
 async def run_worker(args: argparse.Namespace) -> int:
     """The worker process's body (see :func:`spawn_worker`). Exit code 0 after SIGTERM."""
-    from zchat import protocol as p
+    from zchat import wire as p
     from zchat.client import Client, ConnectionLost, ConnectionRestored
     from zchat.errors import ConnectionFailed, RequestFailed
 
@@ -453,7 +453,7 @@ SUMMARY_HEADER = (f"{'scenario':<16} {'sent':>7} {'stored':>7} {'delivered':>9} 
 def fetch_history(server: str, room: str = ROOM, name: str = "auditor") -> list[tuple[int, str]]:
     """Every message of ``room`` as (seq, id) in seq order, read over HISTORY pages by a
     client logged in as ``name`` (registered if needed)."""
-    from zchat import protocol as p
+    from zchat import wire as p
     from zchat.client import SyncClient
     from zchat.errors import RequestFailed
 

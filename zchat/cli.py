@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zchat import __version__
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.client import (
     SEND_RETRY_S,
     Client,

@@ -72,7 +72,7 @@ import zmq
 import zmq.asyncio
 
 from zchat import keys as k
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import (
     ConnectionFailed,
     LocalProtocolError,

@@ -26,7 +26,7 @@ from typing import Any
 
 from zchat.errors import ZchatError
 from zchat.keyformat import ENCRYPTION_MODES, BadKey, check_key
-from zchat.protocol import MAX_PASSWORD_CHARS, MAX_STORAGE_QUOTA_BYTES
+from zchat.wire import MAX_PASSWORD_CHARS, MAX_STORAGE_QUOTA_BYTES
 
 #: The file's name inside the zchat config directory.
 CONFIG_FILE_NAME = "zchat.toml"

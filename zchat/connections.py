@@ -313,6 +313,7 @@ class ConnectionGuard:
         self._unlogged = 0
         #: Indices (in watch order) of the sockets whose connections' bytes are tracked.
         self._tracked: set[int] = set()
+        self._subscriber_socks: set[int] = set()
         #: When each tracked connection was accepted (monotonic s); this thread's alone.
         self._since: dict[tuple[int, int], float] = {}
         self._notify: Callable[[], None] | None = None
@@ -372,12 +373,16 @@ class ConnectionGuard:
             self._trim_asked = now
         self._trim_at = min(now + TRIM_DELAY_S, self._trim_asked + TRIM_EVERY_S)
 
-    def watch(self, sock: zmq.Socket[Any], track_bytes: bool = False) -> int:
+    def watch(self, sock: zmq.Socket[Any], track_bytes: bool = False,
+              subscribers: bool = False) -> int:
         """Monitor ``sock``'s accepted and ended connections; with ``track_bytes``, sample
-        their byte counters too (see the class). Returns the socket's index (for
+        their byte counters too (see the class), marked as ``subscribers`` (the PUB's:
+        zchat.conntrack.SUBSCRIBER_ALLOWANCE). Returns the socket's index (for
         ``cut_address``)."""
         if track_bytes:
             self._tracked.add(len(self._monitors))
+        if subscribers:
+            self._subscriber_socks.add(len(self._monitors))
         endpoint = f"inproc://zchat-connections-{id(self)}-{len(self._monitors)}"
         sock.monitor(endpoint, _EVENTS)
         monitor = self.context.socket(zmq.PAIR)
@@ -478,7 +483,8 @@ class ConnectionGuard:
             before = last.get(key)
             if which_conns is None or before is None or counters[1] != before[1]:
                 # a watched connection that received nothing since is judged as before
-                samples.append(Sample(key[1], address, age, *counters))
+                samples.append(Sample(key[1], address, age, *counters,
+                                      key[0] in self._subscriber_socks))
             last[key] = (now, counters[1])
             fast = age < CHECK_EVERY_S if before is None else \
                 counters[1] - before[1] > rate * (now - before[0]) or age < CHECK_EVERY_S

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from zchat.protocol import MAX_HISTORY_LIMIT, MessagePosted
+from zchat.wire import MAX_HISTORY_LIMIT, MessagePosted
 
 #: Messages a feed holds that the application has not been handed yet (waiting for a gap
 #: before them to be filled, or for room in the event queue). Beyond it the newest are

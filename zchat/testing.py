@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.broker import Broker, BrokerThread
 from zchat.client import Client
 from zchat.config import BrokerConfig

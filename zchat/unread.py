@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.names import mentions, name_key
 
 

@@ -40,7 +40,7 @@ from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.styles import Style
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.admin import broker_min_password_chars, check_new_password
 from zchat.client import (
     Client,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from zchat.names import text_lines
-from zchat.protocol import MAX_BAN_S, MAX_SLOW_MODE_S
+from zchat.wire import MAX_BAN_S, MAX_SLOW_MODE_S
 
 #: Largest /history page, the broker's own limit (docs/PROTOCOL.md §6.9).
 MAX_HISTORY = 500

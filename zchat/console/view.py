@@ -32,7 +32,7 @@ from typing import Literal, NamedTuple
 
 from prompt_toolkit.utils import get_cwidth
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.names import mentions, name_key
 from zchat.unread import Unread
 

@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.config import BrokerConfig
 from zchat.core import validation, wording
 from zchat.core.actions import Action, ToPeer
@@ -77,7 +77,6 @@ class Core(Protection):
         self.creators, self.rooms_created = state.creators, state.rooms_created
         self.slow_mode, self.last_post = state.slow_mode, state.last_post
         self.storage_quotas = state.storage_quotas
-        self.room_states = state.room_states
         self.admins = {name_key(n) for n in config.admins}
         #: Look-alike skeletons of the admin names: REGISTER and CREATE_ACCOUNTS of any
         #: of them is refused (docs/admin.md, "Who is an admin").
@@ -273,17 +272,10 @@ class Core(Protection):
             if bound is not None and bound < 0:
                 raise ProtocolError(Status.BAD_REQUEST, f"{unit} bounds must be >= 0")
 
-    def room_state_json(self, key: str) -> str:
-        """The room's RoomState as JSON, remade only when one of its fields changed
-        (every PING lists every room of the account: docs/PERFORMANCE.md)."""
-        state = (self.rooms[key], self.last_seq[key], self.topics[key],
-                 self.slow_mode.get(key, 0), key in self.private, key in self.locked)
-        cached = self.room_states.get(key)
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        text = p.room_state_json(p.RoomState(*state))
-        self.room_states[key] = (state, text)
-        return text
+    def room_state(self, key: str) -> p.RoomState:
+        """The room's RoomState, as PONG and the LOGIN reply list it."""
+        return p.RoomState(self.rooms[key], self.last_seq[key], self.topics[key],
+                           self.slow_mode.get(key, 0), key in self.private, key in self.locked)
 
     def rank(self, key: str, account_key: str) -> int:
         """The account's rank in room ``key`` (RANKS): admin, owner, moderator, member."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core.actions import Action, ToPeer, ToTopic
 from zchat.core.state import Account, State
 

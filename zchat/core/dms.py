@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core import wording
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core

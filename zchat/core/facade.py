@@ -20,7 +20,7 @@ import logging
 import math
 from typing import Any
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core.actions import Action, ToPeer
 from zchat.core.context import Call, Core
 from zchat.core.ports import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core import operator_actions, wording
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core import dms, moderation, operators, rooms, sessions, tokens
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core
 from zchat.core.state import Session

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 import secrets
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core import wording
-from zchat.core.actions import Action, ToPeer
+from zchat.core.actions import Action
 from zchat.core.context import Call, Core
 from zchat.core.jobs import LoginJob, RegisterJob, SetPasswordJob
 from zchat.core.state import DEFAULT_ROOM, Session
@@ -260,11 +260,12 @@ def ping(core: Core, call: Call, session: Session | None, req: p.Ping) -> list[A
         # PING is still answered, without the list (``listed`` false)
         budget = core.read_budget(session.account_key, call.now_s)
         if budget.wait_ms(call.now_s):
-            return [ToPeer(call.rid, p.encode_pong(call.request_id, call.now_ms, [], session.token,
-                                              listed=False))]
-    rooms = [core.room_state_json(k)
-             for k in sorted(core.rooms_of.get(session.account_key, ()))]
-    reply = ToPeer(call.rid, p.encode_pong(call.request_id, call.now_ms, rooms, session.token))
+            return [core.ok(call.rid, call.request_id,
+                            p.Pong(time=call.now_ms, session=session.token, listed=False))]
+    rooms = tuple(core.room_state(k)
+                  for k in sorted(core.rooms_of.get(session.account_key, ())))
+    reply = core.ok(call.rid, call.request_id,
+                    p.Pong(time=call.now_ms, rooms=rooms, session=session.token))
     if rooms:
         cost = sum(len(f) for f in reply.frames)
         if budget is not None:

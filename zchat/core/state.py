@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core.ports import Store
 from zchat.names import name_key, skeleton
 from zchat.ratelimit import ByteBudget, TokenBucket
@@ -114,9 +114,6 @@ class State:
         #: Storage quotas (docs/PROTOCOL.md §6.53): the accounts with a quota of their own
         #: (bytes, 0 none; the others have ``storage_quota_bytes``).
         self.storage_quotas: dict[str, int] = {}
-        #: Room key -> (the RoomState fields, their JSON) for PONG (Core.room_state_json);
-        #: at most one entry per room.
-        self.room_states: dict[str, tuple[tuple[Any, ...], str]] = {}
 
     # -- loading ------------------------------------------------------------------------
 
@@ -163,7 +160,6 @@ class State:
             del self.last_post[key]
         _replace(self.storage_quotas, store.storage_quotas())
         self.mention_scans.clear()
-        self.room_states.clear()
 
     # -- changes (each after the store committed it) --------------------------------------
 
@@ -239,7 +235,7 @@ class State:
             self.rooms_created.pop(creator, None)
         tables: tuple[dict[str, Any], ...] = (
             self.rooms, self.last_seq, self.first_seq, self.topics, self.creators,
-            self.slow_mode, self.last_post, self.roles, self.room_states)
+            self.slow_mode, self.last_post, self.roles)
         for table in tables:
             table.pop(key, None)
         self.private.discard(key)

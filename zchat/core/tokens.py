@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.core.actions import Action, ToPeer
 from zchat.core.context import Call, Core
 from zchat.core.state import Session

@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from zchat import protocol as p
+from zchat import wire as p
 from zchat.errors import ProtocolError, Status
 from zchat.names import BIDI_CONTROLS, name_key, normalize_new_name, skeleton, validate_text
 
