@@ -240,7 +240,7 @@ def test_the_longest_subscribe_fits_the_pubs_message_limit() -> None:
     libzmq compares with every frame that arrives; the 2 KB topics of the attack above
     do not."""
     from zchat.broker import PUB_MAX_MESSAGE_BYTES
-    from zchat.broker_core import MAX_SUBSCRIPTION_BYTES
+    from zchat.core import MAX_SUBSCRIPTION_BYTES
     topic = p.room_topic(name_key(LONGEST_ROOM))
     assert len(topic) == MAX_SUBSCRIPTION_BYTES == 134
     assert 1 + len(topic) + 64 <= 512 <= PUB_MAX_MESSAGE_BYTES
