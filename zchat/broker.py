@@ -71,6 +71,9 @@ from zchat.config import BrokerConfig, data_dir
 from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.connections import _peer_address as connection_address
 from zchat.conntrack import (
+    SUBSCRIBER_AGE_ALLOWANCE,
+    SUBSCRIBER_ALLOWANCE,
+    SUBSCRIBER_MAX_HELD,
     ByteLedger,
     ByteLimits,
     Sample,
@@ -990,16 +993,20 @@ class Broker:
         limits, mib = ledger.limits, 1024 * 1024
         ledger.cut(sample.fd)
         # libzmq frees the connection's buffers in its I/O thread once it has closed it:
-        # the guard's thread trims a little later, off the loop
-        self.connections.freed(verdict.held)
+        # the guard's thread trims a little later, off the loop. A subscriber's bytes are
+        # small frames, which libzmq keeps at ~64 bytes each (an empty one is 2 to 35
+        # bytes on the wire): what it freed is counted high, so that a trim follows.
+        self.connections.freed(verdict.held * (8 if sample.subscriber else 1))
         now = time.monotonic()
         if verdict.total:
             why = (f"the broker holds over max_held_bytes ({limits.total / mib:g} MiB) for "
                    f"its connections, and this one the most, {verdict.held / mib:.1f} "
                    f"MiB {'unread' if verdict.kind == 'unread' else 'of an unfinished message'}")
         elif verdict.kind == "incomplete" and sample.subscriber:
-            why = (f"its subscriber sent {verdict.held / mib:.1f} MiB more than SUBSCRIBEs "
-                   f"take (max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
+            why = (f"its subscriber sent {verdict.held // 1024:,} KiB more than SUBSCRIBEs "
+                   f"take (at most {SUBSCRIBER_MAX_HELD // 1024} KiB past "
+                   f"{SUBSCRIBER_ALLOWANCE // 1024} KiB and {SUBSCRIBER_AGE_ALLOWANCE} "
+                   "bytes a second)")
         elif verdict.kind == "incomplete":
             why = (f"{verdict.held / mib:.1f} MiB sent and not finished as messages "
                    f"(max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
@@ -1008,8 +1015,10 @@ class Broker:
                    f"{limits.unread / mib:g} MiB); its session is ended")
         if verdict.kind == "unread" and verdict.routing_id is not None:
             self._unread.add(verdict.routing_id)
+        # no bar for a subscriber: its new connection starts from 0 again, and a bar
+        # would refuse its address (a NAT) the ROUTER too
         self.connections.cut(sample.fd, sample.address, now, why,
-                             bar=verdict.kind == "incomplete")
+                             bar=verdict.kind == "incomplete" and not sample.subscriber)
 
     def _recheck_unread(self, ledger: ByteLedger, fd: int) -> None:
         """Replies queued to ``fd`` passed ``max_unread_bytes`` since its last known

@@ -105,10 +105,18 @@ AGE_ALLOWANCE = 64
 #: Bytes a subscriber's PUB connection may send besides AGE_ALLOWANCE a second: it sends
 #: only SUBSCRIBEs, which libzmq takes in itself (the broker sees no count of them), so
 #: all it sent counts as held past this: an account's 1,000 rooms are ~170 KB of
-#: SUBSCRIBEs over CURVE. A subscriber's connection is judged against
-#: ``max_incomplete_bytes`` only, never the broker-wide bound (a tester's raw CURVE
-#: subscriber sent frames that never ended and grew a broker to 6 GB).
-SUBSCRIBER_ALLOWANCE = 1024 * 1024
+#: SUBSCRIBEs over CURVE. Past it by SUBSCRIBER_MAX_HELD the connection is cut (when
+#: ``max_incomplete_bytes`` is on), and what it holds past it counts in the broker-wide
+#: ``max_held_bytes``. A tester's raw CURVE subscriber sent frames that never end and
+#: grew a broker to 6 GB; 40 connections staying each under 8 MiB of empty frames (~35
+#: bytes each over CURVE, ~150 in libzmq) held 1.5 GB.
+SUBSCRIBER_ALLOWANCE = 256 * 1024
+SUBSCRIBER_MAX_HELD = 64 * 1024
+#: Bytes a second a subscriber's connection may send on top, for as long as it lasts: a
+#: JOIN and PART of a room of the longest name are ~350 bytes of SUBSCRIBE and
+#: UNSUBSCRIBE over CURVE, so a client may make one every 1.4 s for ever (at 64 bytes a
+#: second, a tester's honest client churning rooms would have been cut after hours).
+SUBSCRIBER_AGE_ALLOWANCE = 256
 
 
 def tcp_counters(fd: int) -> tuple[int, int] | None:
@@ -322,7 +330,7 @@ class ByteLedger:
             return None
         if sample.subscriber:
             return max(0, sample.received - SUBSCRIBER_ALLOWANCE
-                       - int(AGE_ALLOWANCE * sample.age_s)), 0, None
+                       - int(SUBSCRIBER_AGE_ALLOWANCE * sample.age_s)), 0, None
         consumed = frames = queued = 0
         routing_id = None
         if conn is not None and conn.state == LIVE:
@@ -354,6 +362,16 @@ class ByteLedger:
             if held is None:
                 continue
             incomplete, unread, routing_id = held
+            if sample.subscriber:
+                if incomplete > SUBSCRIBER_MAX_HELD // WATCH_FRACTION:
+                    near.append(sample.fd)
+                if limits.incomplete and incomplete > SUBSCRIBER_MAX_HELD:
+                    verdicts.append(Verdict("incomplete", sample, None, incomplete))
+                elif incomplete:
+                    held_all += incomplete
+                    rest.append((incomplete, Verdict("incomplete", sample, None, incomplete,
+                                                     total=True)))
+                continue
             if 0 < near_incomplete < incomplete or 0 < near_unread < unread:
                 near.append(sample.fd)
             if limits.incomplete and incomplete > limits.incomplete:
@@ -362,7 +380,7 @@ class ByteLedger:
             elif limits.unread and unread > limits.unread and routing_id is not None:
                 verdicts.append(Verdict("unread", sample, routing_id,
                                         unread))
-            elif (incomplete or unread) and not sample.subscriber:
+            elif incomplete or unread:
                 held_all += incomplete + unread
                 kind = "incomplete" if incomplete >= unread else "unread"
                 rest.append((incomplete + unread, Verdict(
