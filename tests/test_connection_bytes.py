@@ -1,4 +1,4 @@
-"""Bytes held per connection are bounded (docs/PROTOCOL.md §15.2, §15.3; zchat.conntrack):
+"""Bytes held per connection are bounded (docs/PROTOCOL.md §15.2, §15.3; zchat.broker.conntrack):
 libzmq bounds its buffers in messages, not bytes, so one peer could make the broker hold
 memory without end in two ways, each checked here against a real ``zchat broker``
 subprocess on loopback tcp, the attacker connecting from 127.0.0.3 while an honest client
@@ -53,8 +53,7 @@ from floods import DEALER_READY, NULL_GREETING, SUB_READY, Pinger, memory_kib
 from raw_helpers import call
 
 from zchat import wire as p
-from zchat.config import BrokerConfig, ConfigError, config_from_dict
-from zchat.conntrack import (
+from zchat.broker.conntrack import (
     FAST_CHECK_EVERY_S,
     FIXED_ALLOWANCE,
     FRAME_ALLOWANCE,
@@ -62,6 +61,7 @@ from zchat.conntrack import (
     ByteLimits,
     Sample,
 )
+from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.testing import DEFAULT_PASSWORD
 
 MIB = 1024 * 1024
@@ -257,7 +257,7 @@ def test_an_unfinished_message_is_cut_before_it_grows(
 def test_a_subscriber_sending_frames_that_never_end_is_cut(tmp_path: Path) -> None:
     """A raw SUB sends the PUB frames of 1,000 bytes (under its MAXMSGSIZE), all with
     MORE: libzmq holds every one, and the loop never sees them. The PUB's connections are
-    sampled too (zchat.conntrack.SUBSCRIBER_ALLOWANCE): cut past max_incomplete_bytes, as
+    sampled too (zchat.broker.conntrack.SUBSCRIBER_ALLOWANCE): cut past max_incomplete_bytes, as
     on the ROUTER (a tester's raw subscriber grew a broker to 8 GB in 13 s before)."""
     broker, lines = start_broker(tmp_path, settings='encryption = "none"\n')
     proc, port = broker.process, int(broker.router.rpartition(":")[2])

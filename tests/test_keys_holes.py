@@ -24,7 +24,7 @@ from prompt_toolkit.output import DummyOutput
 
 from zchat import keys
 from zchat import wire as p
-from zchat.broker import BrokerThread
+from zchat.broker.loop import BrokerThread
 from zchat.client import KEY_CHECK_SHARE, Client
 from zchat.config import BrokerConfig
 from zchat.console.app import ChatConsole

@@ -817,7 +817,7 @@ def _bound_broker(config: Config) -> Any:
     key pair on first start). Raises BindError naming the endpoint that could not be
     bound, StorageError (the database), TransportSecurityError, CliError; whatever was
     opened is closed then."""
-    from zchat.broker import Broker
+    from zchat.broker.loop import Broker
     from zchat.store import Store
 
     cfg = config.broker
@@ -836,7 +836,7 @@ def _bound_broker(config: Config) -> Any:
 
 def _print_started(broker: Any, db_path: Path) -> None:
     """The lines ``zchat broker`` prints once it serves (docs/cli.md)."""
-    from zchat.broker import is_loopback
+    from zchat.broker.loop import is_loopback
 
     cfg = broker.config
     print(f"zchat broker {__version__}", flush=True)
