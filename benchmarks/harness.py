@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from zchat import wire as p
-from zchat.connections import FD_HEADROOM
+from zchat.broker.connections import FD_HEADROOM
 
 WINDOW = 200          # SEND requests in flight at once
 PAYLOAD = "x" * 100   # 100-byte message text, as in the performance issue

@@ -5,7 +5,7 @@
     python scripts/chaos.py --minutes 10          # repeat them for ten minutes
     python scripts/chaos.py --clients 40 --messages 20000 --only kill-clients,stop-client
 
-Each scenario (zchat/chaos.py) runs a real ``zchat broker`` subprocess on loopback TCP and
+Each scenario (tests/chaos_harness.py) runs a real ``zchat broker`` subprocess on loopback TCP and
 client worker processes, injects its fault (SIGKILL half the clients, SIGSTOP one, SIGKILL
 the broker, rapid login/logout cycles) and audits what every client saw against the store.
 The table has, per run: messages sent (OK'd), stored, delivered to surviving members,
@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zchat import chaos
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import chaos_harness as chaos  # noqa: E402 (test-only tooling, kept under tests/)
 
 
 def scenarios(args: argparse.Namespace) -> dict[str, Callable[[Path], chaos.Summary]]:

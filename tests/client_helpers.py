@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zchat import wire as p
-from zchat.broker import BindError
+from zchat.broker.loop import BindError
 from zchat.client import Client, Event
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 

@@ -1,8 +1,8 @@
 """Chaos: the delivery guarantees of docs/PROTOCOL.md §14 under killed, paused and
 restarted processes — a real ``zchat broker`` subprocess on loopback TCP and client
-worker processes (``python -m zchat.chaos worker``), audited against the broker's store.
+worker processes (``python tests/chaos_harness.py worker``), audited against the broker's store.
 
-Short versions of the scenarios in zchat/chaos.py; ``scripts/chaos.py`` runs long ones.
+Short versions of the scenarios in tests/chaos_harness.py; ``scripts/chaos.py`` runs long ones.
 Each asserts: every OK'd message is stored, every surviving member got every stored
 message after its join exactly once and in sequence order (lost 0, duplicated 0, out of
 order 0), no client message id stored twice, and no internal error in the broker's log.
@@ -14,10 +14,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import chaos_harness as chaos
 import pytest
-
-from zchat import chaos
-from zchat.chaos import Summary
+from chaos_harness import Summary
 
 
 def assert_guarantees(summary: Summary) -> None:

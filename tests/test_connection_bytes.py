@@ -1,4 +1,4 @@
-"""Bytes held per connection are bounded (docs/PROTOCOL.md §15.2, §15.3; zchat.conntrack):
+"""Bytes held per connection are bounded (docs/PROTOCOL.md §15.2, §15.3; zchat.broker.conntrack):
 libzmq bounds its buffers in messages, not bytes, so one peer could make the broker hold
 memory without end in two ways, each checked here against a real ``zchat broker``
 subprocess on loopback tcp, the attacker connecting from 127.0.0.3 while an honest client
@@ -54,8 +54,7 @@ from floods import DEALER_READY, NULL_GREETING, SUB_READY, Pinger, memory_kib
 from raw_helpers import call
 
 from zchat import wire as p
-from zchat.config import BrokerConfig, ConfigError, config_from_dict
-from zchat.conntrack import (
+from zchat.broker.conntrack import (
     FAST_CHECK_EVERY_S,
     FIXED_ALLOWANCE,
     FRAME_ALLOWANCE,
@@ -65,6 +64,7 @@ from zchat.conntrack import (
     ByteLimits,
     Sample,
 )
+from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.testing import DEFAULT_PASSWORD
 
 MIB = 1024 * 1024
@@ -265,7 +265,7 @@ def test_subscribers_sending_frames_that_never_end_are_cut(tmp_path: Path) -> No
     """SUBSCRIBERS raw SUBs, each from its own address, send the PUB frames of 1,000 bytes
     (under its MAXMSGSIZE), all with MORE, at SUBSCRIBER_PACE: libzmq holds every one,
     and the loop never sees them. The PUB's connections are sampled too: each is cut
-    once it sent SUBSCRIBER_MAX_HELD past SUBSCRIBER_ALLOWANCE (zchat.conntrack), its
+    once it sent SUBSCRIBER_MAX_HELD past SUBSCRIBER_ALLOWANCE (zchat.broker.conntrack), its
     address not barred (a new connection starts from 0). Before: one raw subscriber grew
     a broker to 8 GB in 13 s, and 40 staying under 8 MiB each of empty frames held
     1.5 GB."""

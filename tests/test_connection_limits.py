@@ -22,8 +22,8 @@ from pathlib import Path
 
 from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
 
+from zchat.broker.connections import FD_HEADROOM
 from zchat.client import Client
-from zchat.connections import FD_HEADROOM
 from zchat.testing import DEFAULT_PASSWORD
 
 #: The broker's ``ulimit -n`` here: below what the attack opens, as 20,000 was in the
@@ -167,7 +167,7 @@ def test_idle_connections_cannot_exhaust_the_broker(tmp_path: Path) -> None:
 
 
 def test_the_table_limits_each_address_the_total_and_keeps_a_reserve() -> None:
-    from zchat.connections import RESERVE_PER_ADDRESS, ConnectionTable, Limits
+    from zchat.broker.connections import RESERVE_PER_ADDRESS, ConnectionTable, Limits
 
     table = ConnectionTable(Limits(max_total=20, max_per_address=6, reserve=8))
     assert all(table.admit(("r", i), "10.0.0.1") is None for i in range(6))

@@ -26,7 +26,7 @@ from conftest import free_port, run, wait_until
 
 from zchat import keys
 from zchat import wire as p
-from zchat.broker import Broker, BrokerThread, TransportSecurityError
+from zchat.broker.loop import Broker, BrokerThread, TransportSecurityError
 from zchat.client import Client
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.errors import ConnectionFailed
@@ -575,7 +575,7 @@ def test_zap_reply_allows_curve_only() -> None:
     """RFC 27 replies of the broker's ZAP handler: CURVE with any key 200 on the ROUTER,
     the key (hex) as User-Id; on the PUB only a key the broker admits (§16.2); any other
     mechanism or a malformed request 400, echoing the request id."""
-    from zchat.broker import PUB_ZAP_DOMAIN, zap_reply
+    from zchat.broker.zap import PUB_ZAP_DOMAIN, zap_reply
 
     curve = [b"1.0", b"7", b"zchat", b"127.0.0.1", b"", b"CURVE", b"k" * 32]
     user_id = (b"k" * 32).hex().encode()

@@ -25,13 +25,13 @@ from typing import Any
 
 import pytest
 import zmq
+from chaos_harness import PASSWORD, BrokerProcess, wait_until
 from codec_examples import ROUND_TRIPPED
 from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zchat import wire as p
-from zchat.chaos import PASSWORD, BrokerProcess, wait_until
 from zchat.client import Client
 from zchat.config import BrokerConfig
 from zchat.core import BrokerCore, Offload, ToPeer, ToTopic
@@ -444,7 +444,7 @@ def test_live_broker_survives_a_flood_of_malformed_frames(tmp_path: Path) -> Non
             big.recv_multipart(zmq.NOBLOCK)
 
         async def normal_use() -> tuple[str, list[int]]:
-            # The chaos broker is plain (zchat.chaos.broker_settings): so are its clients.
+            # The chaos broker is plain (chaos_harness.broker_settings): so are its clients.
             async with Client(broker.router, timeout_s=10, encryption="none") as alice, \
                     Client(broker.router, timeout_s=10, encryption="none") as bob:
                 for c, name in ((alice, "alice"), (bob, "bob")):

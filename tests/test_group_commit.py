@@ -20,7 +20,7 @@ from client_helpers import collect, is_msg, msgs
 from conftest import run
 
 from zchat import wire as p
-from zchat.broker import Broker
+from zchat.broker.loop import Broker
 from zchat.client import Client
 from zchat.core.facade import domain_refusal
 from zchat.core.ports import NoSuchRoom
@@ -248,7 +248,7 @@ def test_password_hashing_threads_yield_the_cpu_to_the_loop(tmp_path: Path) -> N
     import sys
     import threading
 
-    from zchat.broker import HASH_THREAD_NICE
+    from zchat.broker.loop import HASH_THREAD_NICE
 
     if sys.platform != "linux":
         pytest.skip("thread priorities are per process outside Linux")

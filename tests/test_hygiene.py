@@ -1,7 +1,9 @@
 """The suite's own hygiene: a test that leaves a process running fails and the process is
 killed (tests/processes.py), no test writes into the real home of whoever runs the
 suite (``private_homes`` in tests/conftest.py), and no module of the suite imports a test
-file (helpers shared by tests live in helper modules or in conftest.py)."""
+file (helpers shared by tests live in helper modules or in conftest.py), no test file is
+named after an issue, and the package's imports run one way (no cycle; ``zchat.core`` and
+``zchat.wire`` load no I/O)."""
 
 from __future__ import annotations
 
@@ -174,6 +176,36 @@ def test_no_module_of_the_suite_imports_a_test_file() -> None:
     assert offenders == [], "move what they share into a helpers module or conftest.py"
 
 
+
+#: A test file's name that cites where a test came from rather than what it tests: an
+#: issue or pull request ("test_issue15.py", "test_issue_15_x.py", "test_gh_12.py",
+#: "test_pr7.py"), a bug or a regression, a review's "holes", or a bare number.
+NAMED_AFTER_AN_ISSUE = re.compile(
+    r"(?:^|_)(?:issues?|gh|pr|bugs?|regressions?|holes?|fix(?:es)?|round)(?:_?\d+)?(?:_|$)"
+    r"|(?:^|_)\d+(?:_|$)")
+
+
+def named_after_an_issue(stem: str) -> bool:
+    """Whether test file ``stem`` (``test_…`` without ``.py``) is named after an issue."""
+    return NAMED_AFTER_AN_ISSUE.search(stem.removeprefix("test_")) is not None
+
+
+def test_no_test_file_is_named_after_an_issue() -> None:
+    """A test file is named for what it tests (test_room_feed.py, test_admin_refusals.py),
+    never for the issue, bug or review round it came from (issue 15): a name like
+    test_issue_6.py says nothing to the reader and hides where a test of a feature lives.
+    Cite the issue in the docstring instead."""
+    for bad in ("test_issue15", "test_issue_15", "test_issues_3_and_4", "test_gh_12",
+                "test_pr7_login", "test_bug_42", "test_regression", "test_admin_holes",
+                "test_6", "test_login_12"):
+        assert named_after_an_issue(bad), bad
+    for good in ("test_e2e_cli", "test_room_feed", "test_pub_subscribers", "test_hygiene",
+                 "test_prefix_match", "test_fixture_order", "test_bugle", "test_holdings"):
+        assert not named_after_an_issue(good), good
+    offenders = sorted(path.name for path in TESTS.glob("test_*.py")
+                       if named_after_an_issue(path.stem))
+    assert offenders == [], "rename them to what they test"
+
 # -- the package's imports ------------------------------------------------------------------
 
 ZCHAT = TESTS.parent / "zchat"
@@ -266,4 +298,20 @@ def test_importing_the_core_loads_no_sockets_database_event_loop_or_cli() -> Non
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert len(core_modules) > 10
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_importing_the_wire_loads_no_sockets_database_or_event_loop() -> None:
+    """The wire is pure too: ``import zchat.wire`` (every module of it) in a fresh
+    interpreter loads neither zmq, sqlite3 nor asyncio, so the client, the broker and
+    tools share it without dragging I/O in."""
+    wire_modules = sorted(m for m in _zchat_imports() if m.startswith("zchat.wire"))
+    code = ("import importlib, json, sys\n"
+            f"for name in {wire_modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(json.dumps(sorted(m for m in ('zmq', 'sqlite3', 'asyncio') "
+            "if m in sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert len(wire_modules) > 5
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -1,5 +1,5 @@
 """The key service reads bytes, not whole messages (docs/PROTOCOL.md §16.3, issue 14 item 1):
-``zchat.zmtp.KeyPeer`` unit by unit, and a real ``zchat broker`` subprocess (CurveZMQ on,
+``zchat.broker.zmtp.KeyPeer`` unit by unit, and a real ``zchat broker`` subprocess (CurveZMQ on,
 loopback tcp) whose key service is sent one message of 3,000,000 empty frames while an
 honest client PINGs the ROUTER.
 
@@ -22,7 +22,8 @@ import zmq
 from conftest import TcpBroker, start_broker, stop_broker
 from floods import DEALER_READY, NULL_GREETING, Pinger, flood_plain, memory_kib
 
-from zchat import keys, zmtp
+from zchat import keys
+from zchat.broker import zmtp
 
 ATTACK_FRAMES = 3_000_000
 WORST_RTT_S = 1.5

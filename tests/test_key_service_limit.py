@@ -1,5 +1,5 @@
 """The key service's rate limit per peer address (docs/PROTOCOL.md §16.3, §15.1):
-``zchat.keys.KeyService`` on a fake clock, the settings' bounds, and a real broker thread
+``zchat.KeyService`` on a fake clock, the settings' bounds, and a real broker thread
 on loopback tcp whose key service stops answering one address after its burst.
 
 No sleeps: the live test counts replies to a known number of requests, waiting for each
@@ -18,7 +18,8 @@ import pytest
 import zmq
 
 from zchat import keys
-from zchat.broker import BrokerThread
+from zchat.broker.key_service import KeyService
+from zchat.broker.loop import BrokerThread
 from zchat.client import Client
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.store import Store
@@ -27,13 +28,13 @@ PUBLIC = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 REPLY = [keys.KEY_REPLY, b"curve", PUBLIC]
 
 
-def ask(service: keys.KeyService, rid: bytes, address: str, now_s: float,
+def ask(service: KeyService, rid: bytes, address: str, now_s: float,
         request: bytes = keys.KEY_REQUEST) -> list[bytes] | None:
     return service.reply([rid, request], address, now_s)
 
 
 def test_burst_then_rate_per_address_and_drops_are_silent() -> None:
-    service = keys.KeyService(PUBLIC, rate_per_s=1.0, burst=3)
+    service = KeyService(PUBLIC, rate_per_s=1.0, burst=3)
     answers = [ask(service, b"r%d" % i, "10.0.0.7", 100.0) for i in range(5)]
     assert answers[:3] == [[b"r0", *REPLY], [b"r1", *REPLY], [b"r2", *REPLY]]
     assert answers[3:] == [None, None]  # over the burst: dropped, no answer at all
@@ -48,7 +49,7 @@ def test_burst_then_rate_per_address_and_drops_are_silent() -> None:
 
 
 def test_junk_takes_a_token_too_and_is_never_answered() -> None:
-    service = keys.KeyService(PUBLIC, rate_per_s=1.0, burst=2)
+    service = KeyService(PUBLIC, rate_per_s=1.0, burst=2)
     assert ask(service, b"j", "192.0.2.1", 0.0, request=b"GIMME") is None
     assert service.dropped == 0  # ignored as junk, not as over the limit
     assert ask(service, b"k", "192.0.2.1", 0.0) == [b"k", *REPLY]
@@ -57,7 +58,7 @@ def test_junk_takes_a_token_too_and_is_never_answered() -> None:
 
 
 def test_ipv6_block_shares_a_bucket_and_inproc_is_per_connection() -> None:
-    service = keys.KeyService(PUBLIC, rate_per_s=0.5, burst=1)
+    service = KeyService(PUBLIC, rate_per_s=0.5, burst=1)
     assert ask(service, b"a", "2001:db8::1", 0.0) is not None
     assert ask(service, b"b", "2001:db8::ffff", 0.0) is None  # same /64 (RFC 6177)
     assert ask(service, b"c", "2001:db8:0:1::1", 0.0) is not None  # another /64
@@ -67,13 +68,13 @@ def test_ipv6_block_shares_a_bucket_and_inproc_is_per_connection() -> None:
 
 
 def test_rate_zero_turns_the_limit_off() -> None:
-    service = keys.KeyService(PUBLIC, rate_per_s=0.0, burst=1)
+    service = KeyService(PUBLIC, rate_per_s=0.0, burst=1)
     assert all(ask(service, b"r", "10.0.0.1", 0.0) == [b"r", *REPLY] for _ in range(500))
     assert service.dropped == 0
 
 
 def test_bucket_table_is_bounded() -> None:
-    service = keys.KeyService(PUBLIC, rate_per_s=0.001, burst=1, max_entries=4)
+    service = KeyService(PUBLIC, rate_per_s=0.001, burst=1, max_entries=4)
     for i in range(100):
         ask(service, b"r", f"10.1.0.{i}", 0.0)
     assert service._buckets is not None and len(service._buckets) == 4

@@ -21,7 +21,7 @@ from conftest import TcpBroker, start_broker, stop_broker
 from floods import Pinger, flood_curve
 
 from zchat import wire as p
-from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionTable, Limits
+from zchat.broker.connections import LONG_MESSAGE_FRAMES, ConnectionTable, Limits
 
 WORST_RTT_S = 1.5
 

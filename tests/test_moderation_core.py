@@ -418,7 +418,7 @@ def test_console_parses_moderation_commands() -> None:
     assert isinstance(c.parse_input("/kick"), c.ParseError)
     assert c.parse_duration("7d") == 7 * 86_400 and c.parse_duration("soon") is None
     # a mistyped duration is an error, not a ban until lifted with it as the reason
-    # (a bare number is no duration but starts the reason: tests/test_moderation_holes.py)
+    # (a bare number is no duration but starts the reason: tests/test_moderation_refusals.py)
     for typo in ("/ban nick -5m", "/ban nick 5min", "/ban nick 10x some reason",
                  "/mute nick 5q"):
         got = c.parse_input(typo)

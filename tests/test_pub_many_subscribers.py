@@ -1,5 +1,5 @@
 """What many PUB subscribers do together cannot hold the broker's requests (docs/PROTOCOL.md
-§16.2; zchat.publisher): the XPUB lives in a thread of its own, and all
+§16.2; zchat.broker.publisher): the XPUB lives in a thread of its own, and all
 subscribers' reports together are bounded.
 
 libzmq does an XPUB's work in the thread that calls it. With the XPUB in the request loop,
@@ -27,9 +27,9 @@ from floods import Pinger, memory_kib
 from raw_helpers import call
 
 from zchat import wire as p
+from zchat.broker.subscriptions import SubscriptionLimits
 from zchat.client import Client, pub_endpoint_for
 from zchat.names import name_key
-from zchat.subscriptions import SubscriptionLimits
 from zchat.testing import DEFAULT_PASSWORD, next_message
 
 PLAIN = ('encryption = "none"\nsend_rate_per_s = 0.0\nlogin_rate_per_s = 0.0\n'

@@ -103,7 +103,7 @@ def request(dealer: zmq.Socket[Any], req: p.Request, reply: type[p.Reply]) -> An
 
 def test_a_sessions_key_may_subscribe_until_the_session_ends(
         tmp_path: Path, broker: TcpBroker, ctx: zmq.Context[Any]) -> None:
-    from zchat.broker import SUBSCRIPTIONS_PER_KEY
+    from zchat.broker.zap import SUBSCRIPTIONS_PER_KEY
     key = broker_key(tmp_path, broker)
     keypair = zmq.curve_keypair()
     dealer = ctx.socket(zmq.DEALER)

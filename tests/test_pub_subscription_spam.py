@@ -33,9 +33,9 @@ from raw_helpers import call
 from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import wire as p
+from zchat.broker.subscriptions import SubscriptionLimits
 from zchat.client import Client, pub_endpoint_for
 from zchat.names import name_key
-from zchat.subscriptions import SubscriptionLimits
 from zchat.testing import DEFAULT_PASSWORD, next_message
 
 SPAM = 3_000
@@ -167,7 +167,7 @@ async def honest_again(broker: TcpBroker) -> None:
 def test_a_subscriber_sending_big_messages_is_disconnected_before_they_are_read(
         tmp_path: Path, broker: TcpBroker, ctx: zmq.Context[Any]) -> None:
     """A session's 4 XSUBs each send 8 messages of 16 MiB up the PUB (512 MiB): the PUB's
-    MAXMSGSIZE (zchat.broker.PUB_MAX_MESSAGE_BYTES) disconnects each at its first, so the
+    MAXMSGSIZE (zchat.broker.loop.PUB_MAX_MESSAGE_BYTES) disconnects each at its first, so the
     broker grows by less than GROWTH_MIB (a tester's 1,000 MiB messages grew one to 6 GB
     and held honest PINGs 7 s when each was read whole), and honest clients are served."""
     key = broker_key(tmp_path, broker)
@@ -239,7 +239,7 @@ def test_the_longest_subscribe_fits_the_pubs_message_limit() -> None:
     and a CURVE handshake's INITIATE (~300 bytes) fit PUB_MAX_MESSAGE_BYTES, which
     libzmq compares with every frame that arrives; the 2 KB topics of the attack above
     do not."""
-    from zchat.broker import PUB_MAX_MESSAGE_BYTES
+    from zchat.broker.loop import PUB_MAX_MESSAGE_BYTES
     from zchat.core import MAX_SUBSCRIPTION_BYTES
     topic = p.room_topic(name_key(LONGEST_ROOM))
     assert len(topic) == MAX_SUBSCRIPTION_BYTES == 134

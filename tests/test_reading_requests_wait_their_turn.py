@@ -23,7 +23,7 @@ from conftest import wait_until
 from raw_helpers import call
 
 from zchat import wire as p
-from zchat.broker import BATCH_READ_BYTES, DEFERRED_PER_PEER
+from zchat.broker.loop import BATCH_READ_BYTES, DEFERRED_PER_PEER
 from zchat.testing import DEFAULT_PASSWORD, running_broker
 
 READERS = 40

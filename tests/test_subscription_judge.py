@@ -1,9 +1,9 @@
-"""The judge of what the broker's XPUB reports (zchat.subscriptions, docs/PROTOCOL.md
+"""The judge of what the broker's XPUB reports (zchat.broker.subscriptions, docs/PROTOCOL.md
 §16.2): pure, on a fake clock, with a set of existing rooms standing for the core."""
 
 from __future__ import annotations
 
-from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
+from zchat.broker.subscriptions import SubscriptionJudge, SubscriptionLimits
 
 LIMITS = SubscriptionLimits(max_topic_bytes=40, per_subscriber=2, max_junk=5,
                             reports_per_s=10.0, report_burst=20)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime as dt
 import fcntl
 import getpass
 import io
@@ -40,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from zchat import timefmt
 from zchat import wire as p
 from zchat.client import Client
 from zchat.config import DB_FILENAME, Config, data_dir
@@ -427,16 +427,11 @@ _NEEDS_STOPPED = ("create", "reset-password", "disable", "enable", "quota")
 
 
 def _fmt(ms: int) -> str:
-    if not ms:
-        return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return timefmt.utc_text(ms) if ms else "-"
 
 
 def _iso(ms: int) -> str | None:
-    if not ms:
-        return None
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
+    return timefmt.iso_utc(ms) if ms else None
 
 
 def _now_ms() -> int:
@@ -701,7 +696,7 @@ def _print_bans(bans: Iterable[p.BanInfo], as_json: bool, out: TextIO) -> None:
         else:
             rows.append((b.kind, "#" + b.room if b.room else "*", b.name, b.by,
                          # to the second, rounded up: a ban's end is never shown early
-                         _fmt(b.created), _fmt(-(-b.until // 1000) * 1000) if b.until
+                         _fmt(b.created), timefmt.utc_text(b.until, round_up=True) if b.until
                          else "lifted by hand",
                          b.reason))
     if not as_json:

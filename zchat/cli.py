@@ -40,7 +40,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import Any, TextIO
 
-from zchat import __version__
+from zchat import __version__, timefmt
 from zchat import wire as p
 from zchat.client import (
     SEND_RETRY_S,
@@ -552,22 +552,13 @@ def _password(confirm: bool = False) -> str:
     return password
 
 
-def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
-
-
-def _local(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def message_json(msg: p.MessagePosted | p.DirectMessage) -> dict[str, Any]:
     """The ``--json`` object of a room message or direct message (docs/cli.md)."""
     if isinstance(msg, p.DirectMessage):
-        return {"dm": True, "id": msg.id, "room": None, "seq": None, "time": _iso(msg.time),
+        return {"dm": True, "id": msg.id, "room": None, "seq": None, "time": timefmt.iso_utc(msg.time),
                 "time_ms": msg.time, "from": msg.sender, "to": msg.to, "text": msg.text,
                 "kind": "text"}
-    return {"dm": False, "room": msg.room, "seq": msg.seq, "time": _iso(msg.time),
+    return {"dm": False, "room": msg.room, "seq": msg.seq, "time": timefmt.iso_utc(msg.time),
             "time_ms": msg.time, "from": msg.sender, "text": msg.text, "kind": msg.kind,
             "deleted_by": msg.deleted_by or None}
 
@@ -577,13 +568,13 @@ def message_line(msg: p.MessagePosted | p.DirectMessage) -> str:
     indented)."""
     text = msg.text.replace("\n", "\n    ")
     if isinstance(msg, p.DirectMessage):
-        return f"{_local(msg.time)} [dm #{msg.id}] <{msg.sender} -> {msg.to}> {text}"
+        return f"{timefmt.local_text(msg.time)} [dm #{msg.id}] <{msg.sender} -> {msg.to}> {text}"
     if msg.deleted_by:  # its text is kept only for the audit log (docs/PROTOCOL.md §6.38)
-        return f"{_local(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> " \
+        return f"{timefmt.local_text(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> " \
                f"(message deleted by {msg.deleted_by})"
     if msg.kind == "action":
-        return f"{_local(msg.time)} #{msg.room} #{msg.seq} * {msg.sender} {text}"
-    return f"{_local(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> {text}"
+        return f"{timefmt.local_text(msg.time)} #{msg.room} #{msg.seq} * {msg.sender} {text}"
+    return f"{timefmt.local_text(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> {text}"
 
 
 def _local_tz() -> dt.tzinfo:
@@ -817,7 +808,7 @@ def _bound_broker(config: Config) -> Any:
     key pair on first start). Raises BindError naming the endpoint that could not be
     bound, StorageError (the database), TransportSecurityError, CliError; whatever was
     opened is closed then."""
-    from zchat.broker import Broker
+    from zchat.broker.loop import Broker
     from zchat.store import Store
 
     cfg = config.broker
@@ -836,7 +827,7 @@ def _bound_broker(config: Config) -> Any:
 
 def _print_started(broker: Any, db_path: Path) -> None:
     """The lines ``zchat broker`` prints once it serves (docs/cli.md)."""
-    from zchat.broker import is_loopback
+    from zchat.broker.loop import is_loopback
 
     cfg = broker.config
     print(f"zchat broker {__version__}", flush=True)
@@ -1336,8 +1327,7 @@ def _fmt_ms(ms: int | None, round_up: bool = False) -> str:
     refusals (docs/cli.md, docs/PROTOCOL.md §6.31)."""
     if ms is None:
         return "never"
-    seconds = -(-ms // 1000) if round_up else ms // 1000
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{timefmt.utc_text(ms, round_up=round_up)} UTC"
 
 
 def cmd_mod(args: argparse.Namespace, config: Config) -> int:
@@ -1458,10 +1448,10 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
                 _nothing(f"{client.name} has no tokens", args.json)
             for t in tokens:
                 if args.json:
-                    print(json.dumps({"id": t.id, "label": t.label, "created": _iso(t.created),
+                    print(json.dumps({"id": t.id, "label": t.label, "created": timefmt.iso_utc(t.created),
                                       "created_ms": t.created}, ensure_ascii=False))
                 else:
-                    print(f"{t.id:>5}  {_local(t.created)}  {t.label}")
+                    print(f"{t.id:>5}  {timefmt.local_text(t.created)}  {t.label}")
         else:
             await client.revoke_token(args.id)
             print(f"revoked token {args.id}")

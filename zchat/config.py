@@ -152,7 +152,7 @@ class BrokerConfig:
     - ``max_connections``: tcp and ipc connections the broker holds at once, over its
       ROUTER, PUB and key service (1..MAX_COUNT_SETTING); beyond it a new connection is
       closed at once. A client holds two (DEALER and SUB). The process's ``ulimit -n``
-      must be at least this plus zchat.connections.FD_HEADROOM; the broker raises its
+      must be at least this plus zchat.broker.connections.FD_HEADROOM; the broker raises its
       soft limit toward the hard one at start, and admits fewer (with a WARNING) when
       the hard limit is lower (docs/PROTOCOL.md §15.3).
     - ``max_connections_per_address``: connections from one peer address (IPv4 address,
@@ -193,7 +193,7 @@ class BrokerConfig:
       unread (its session is ended and the connection cut), and both over all
       connections (the largest cut first); 0 off, else MIN_HELD_BYTES..MAX_HELD_BYTES,
       ``max_held_bytes`` at least each of the other two. Estimated from the kernel's TCP
-      counters, Linux only (docs/PROTOCOL.md §15.2, zchat.conntrack).
+      counters, Linux only (docs/PROTOCOL.md §15.2, zchat.broker.conntrack).
     """
 
     router: str = "tcp://127.0.0.1:5555"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import zmq
 
 from zchat import wire as p
-from zchat.broker import Broker, BrokerThread
+from zchat.broker.loop import Broker, BrokerThread
 from zchat.client import Client
 from zchat.config import BrokerConfig
 from zchat.core import DEFAULT_ROOM

@@ -40,6 +40,7 @@ from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.styles import Style
 
+from zchat import timefmt
 from zchat import wire as p
 from zchat.admin import broker_min_password_chars, check_new_password
 from zchat.client import (
@@ -89,7 +90,6 @@ QUIT_TIMEOUT_S = 0.4      # LOGOUT gets this long; /quit exits within 1 s even w
 #: broker for 2 s``: well inside a request's timeout (5 s), long enough that a slow link's
 #: ordinary round trip does not make it flicker.
 NO_ANSWER_SHOWN_S = 2.0
-DEFAULT_ROOM = "lobby"
 #: Said once in your direct conversation with yourself, at its first note.
 NOTE_TO_SELF = "a note to yourself: kept with your direct messages, on every device"
 #: The pane's first row when no conversation is open (every one closed or left).
@@ -247,7 +247,7 @@ class ChatConsole:
         self.app.invalidate()
 
     def _day(self, ms: int) -> dt.date:
-        return dt.datetime.fromtimestamp(ms / 1000, self.tz).date()
+        return timefmt.local_datetime(ms, self.tz).date()
 
     def info(self, text: str, kind: v.LineKind = "info", key: str | None = None) -> None:
         """A local line in the active (or given) conversation; never sent anywhere. With
@@ -359,12 +359,12 @@ class ChatConsole:
             self.conversation(v.dm_key(d.peer), d.peer, "dm")
         rooms = self._logged_in.rooms
         if not rooms:  # the account left every room: back to the lobby, joined for real
-            joined = await self.client.join(DEFAULT_ROOM)
+            joined = await self.client.join(p.DEFAULT_ROOM)
             rooms = (p.RoomState(room=joined.room, last_seq=joined.last_seq,
                                  topic=joined.topic),)
         for room in rooms:
             await self.open_room(room.room, room.topic)
-        lobby = v.room_key(DEFAULT_ROOM)
+        lobby = v.room_key(p.DEFAULT_ROOM)
         self.switch(lobby if lobby in self.conversations else self.sidebar_order()[0])
         self._spawn(self._load_room_names(), quiet=True)
         for d in unread_dms:

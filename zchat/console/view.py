@@ -32,6 +32,7 @@ from typing import Literal, NamedTuple
 
 from prompt_toolkit.utils import get_cwidth
 
+from zchat import timefmt
 from zchat import wire as p
 from zchat.names import mentions, name_key
 from zchat.unread import Unread
@@ -543,9 +544,9 @@ def expiry_text(until_ms: int | None, since_ms: int, tz: datetime.tzinfo) -> str
     09:00:00 (18 h 58 min)`` (the time rounded up, so it is never early)."""
     if until_ms is None:
         return "until lifted"
-    when = datetime.datetime.fromtimestamp(-(-until_ms // 1000), tz)
-    since = datetime.datetime.fromtimestamp(since_ms / 1000, tz)
-    shown = when.strftime("%H:%M:%S" if when.date() == since.date() else "%Y-%m-%d %H:%M:%S")
+    when = timefmt.local_datetime(until_ms, tz, round_up=True)
+    since = timefmt.local_datetime(since_ms, tz)
+    shown = when.strftime("%H:%M:%S" if when.date() == since.date() else timefmt.DATE_TIME)
     return f"until {shown} ({duration_text(until_ms - since_ms)})"
 
 
@@ -572,7 +573,7 @@ def conversation_key(event: p.MessagePosted | p.UserJoined | p.UserLeft | p.Dire
 def _time_text(time_ms: int | None, tz: datetime.tzinfo) -> str:
     if time_ms is None:
         return " " * TIMESTAMP_WIDTH
-    return datetime.datetime.fromtimestamp(time_ms / 1000, tz).strftime("%H:%M")
+    return timefmt.clock_text(time_ms, tz)
 
 
 def _join_style(*parts: str) -> str:
@@ -734,8 +735,7 @@ def render_line(line: Line, width: int, me: str, tz: datetime.tzinfo,
 def day_line(time_ms: int, tz: datetime.tzinfo) -> Line:
     """An info line announcing the local day of ``time_ms``, for the app to insert where
     the day changes between two lines: ``-- Tuesday 2 January 2024``."""
-    day = datetime.datetime.fromtimestamp(time_ms / 1000, tz)
-    return Line("info", None, None, f"{day:%A} {day.day} {day:%B %Y}", marker="--")
+    return Line("info", None, None, timefmt.day_text(time_ms, tz), marker="--")
 
 
 # ---------------------------------------------------------------------------

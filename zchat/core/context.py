@@ -133,7 +133,7 @@ class Core(Protection):
         #: Bytes of the replies to reading requests (zchat.core.requests) so far, whether
         #: reading budgets are on or not, and of the LOGIN, RESUME and PONG replies charged
         #: to them: the loop reads it to bound a wake-up's big replies
-        #: (zchat.broker.BATCH_READ_BYTES).
+        #: (zchat.broker.loop.BATCH_READ_BYTES).
         self.read_bytes = 0
 
     def expire_restored(self, now_s: float) -> None:

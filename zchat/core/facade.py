@@ -280,7 +280,7 @@ class BrokerCore(Core):
     def end_subscriber(self, transport_key: str, topic: bytes, now_ms: int,
                        why: str = "") -> list[Action]:
         """A subscriber with ``transport_key`` (hex) misused the PUB (``why``,
-        zchat.subscriptions): end the sessions bound to that key, each told so
+        zchat.broker.subscriptions): end the sessions bound to that key, each told so
         (SESSION_CLOSED), so that the key's new PUB connections are refused (§16.2)."""
         ended = [s for s in self.sessions.values() if s.transport_key == transport_key]
         actions: list[Action] = []
@@ -310,7 +310,7 @@ class BrokerCore(Core):
         """Whether a PING from ``routing_id`` would be answered with a long room list:
         its session's account is in more than COSTLY_PING_ROOMS rooms. The loop puts such
         a PING aside like a reading request once a wake-up's big replies reached its
-        bound (zchat.broker.BATCH_READ_BYTES)."""
+        bound (zchat.broker.loop.BATCH_READ_BYTES)."""
         session = self.sessions.get(routing_id)
         return session is not None and \
             len(self.rooms_of.get(session.account_key, ())) > COSTLY_PING_ROOMS

@@ -9,7 +9,7 @@ once (the shape of Ergo's ``irc/commands.go``) and checked in one place
   (429; docs/PROTOCOL.md §15.1), unless sending limits are off;
 - ``reading``: its reply grows with what the broker holds, so it is charged to the
   account's reading budget (checked before, charged after; §15.1) and the loop counts
-  its bytes to bound a wake-up (zchat.broker.BATCH_READ_BYTES);
+  its bytes to bound a wake-up (zchat.broker.loop.BATCH_READ_BYTES);
 - ``offloaded``: it may hand password work to the loop's pool; its job's class (one of
   zchat.core.jobs) is finished by ``FINISHERS``.
 

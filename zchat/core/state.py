@@ -23,8 +23,8 @@ from zchat import wire as p
 from zchat.core.ports import Store
 from zchat.names import name_key, skeleton
 from zchat.ratelimit import ByteBudget, TokenBucket
+from zchat.wire.limits import DEFAULT_ROOM as DEFAULT_ROOM  # defined once, on the wire
 
-DEFAULT_ROOM = "lobby"
 #: Ranks for moderation (docs/PROTOCOL.md §17.1): an actor may act only on someone of a
 #: lower rank in the room.
 RANKS = {"member": 0, "moderator": 1, "owner": 2, "admin": 3}

@@ -3,8 +3,9 @@ Every refusal a person reads is worded by the core (zchat.core), never by a stor
 
 from __future__ import annotations
 
-import datetime as dt
 import math
+
+from zchat import timefmt
 
 
 def until(until_ms: int | None) -> str:
@@ -13,8 +14,7 @@ def until(until_ms: int | None) -> str:
     90 s ban must not read as a minute, docs/PROTOCOL.md §6.31)."""
     if until_ms is None:
         return "until lifted"
-    when = dt.datetime.fromtimestamp(math.ceil(until_ms / 1000), dt.UTC)
-    return f"until {when:%Y-%m-%d %H:%M:%S} UTC"
+    return f"until {timefmt.utc_text(until_ms, round_up=True)} UTC"
 
 
 def rate(per_s: float) -> str:

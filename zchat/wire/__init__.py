@@ -54,6 +54,7 @@ from zchat.wire.events import (
 from zchat.wire.limits import (
     DEFAULT_AUDIT_LIMIT,
     DEFAULT_HISTORY_LIMIT,
+    DEFAULT_ROOM,
     MAX_ACK_IDS,
     MAX_AUDIT_LIMIT,
     MAX_AWAY_TEXT_CHARS,
@@ -194,6 +195,7 @@ __all__ = [
     "CreateAccounts",
     "CreateToken",
     "DEFAULT_AUDIT_LIMIT",
+    "DEFAULT_ROOM",
     "DEFAULT_HISTORY_LIMIT",
     "DeleteMessage",
     "DeleteRoom",

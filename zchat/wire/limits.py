@@ -11,6 +11,10 @@ from __future__ import annotations
 VERSION = b"ZC1"
 VERSION_NUMBER = 1
 
+#: The room every account is made a member of at REGISTER (§6.2), made by the broker;
+#: the console opens it first. Defined once, for the broker core and the clients.
+DEFAULT_ROOM = "lobby"
+
 #: Request ids are opaque to the broker; 32 bytes fit a UUID in hex (§3.1).
 MAX_REQUEST_ID_BYTES = 32
 #: Largest body the codec accepts in a request (§9). A 4,000-byte message escaped as JSON

@@ -30,7 +30,7 @@ queues the reports until the broker reads them. So a subscriber is cut when it
 
 Subscribers are told apart by ``who``: the CURVE key of their session (or the address on
 a plain broker). ``allowed(topic)`` says whether a topic is one of a room that exists (or
-a fixed one). Pure; the publisher's thread owns it (zchat.publisher).
+a fixed one). Pure; the publisher's thread owns it (zchat.broker.publisher).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ the replies and pushes it queued. So, per connection:
   carry, so this **under-estimates** too, never accusing a peer that reads.
 
 ``ByteLedger`` is the pure part (the counts and the verdicts); ``tcp_counters`` reads the
-kernel's; ``zchat.connections.ConnectionGuard`` samples every tracked connection once per
+kernel's; ``zchat.broker.connections.ConnectionGuard`` samples every tracked connection once per
 CHECK_EVERY_S, and the watched ones every FAST_CHECK_EVERY_S, in its own thread and hands
 the samples to the loop, which judges them and acts (zchat.broker); ``malloc_trim`` gives
 what cut connections held back to the system.

@@ -1,7 +1,7 @@
 """Chaos harness: a real broker subprocess, client worker processes, faults, and an audit.
 
 Everything here is real: ``zchat broker`` runs as a subprocess on loopback TCP with its own
-SQLite file; each chat client is a separate OS process (``python -m zchat.chaos worker``)
+SQLite file; each chat client is a separate OS process (``python tests/chaos_harness.py worker``)
 driving :class:`zchat.client.Client` with ``reconnect=True``, so it can be killed with
 SIGKILL, paused with SIGSTOP or cut off by a broker restart. A worker writes what it saw to
 a JSON-lines file, one flushed line per record:
@@ -24,6 +24,9 @@ The scenarios (:func:`scenario_kill_clients`, :func:`scenario_stop_client`,
 tests/test_chaos.py in short versions and by scripts/chaos.py in long ones. No scenario
 sleeps to wait for a condition: it polls the logs with a deadline (:func:`wait_until`).
 Workers pace their sends with a rate, which is load generation, not waiting.
+
+Test-only tooling: it lives with the tests, not in the installed package (issue 15).
+scripts/chaos.py puts tests/ on ``sys.path`` to use it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
+
+#: This file: workers run it as a script (``python tests/chaos_harness.py worker``).
+HARNESS = Path(__file__).resolve()
 
 #: The chat room every worker joins.
 ROOM = "chaos"
@@ -264,12 +270,12 @@ class Worker:
 def spawn_worker(broker: BrokerProcess, workdir: Path, name: str, *, send: int = 0,
                  rate: float = 0.0, window: int = 1, pad: int = 0, cycles: int = 0,
                  join: bool = True) -> Worker:
-    """Start ``python -m zchat.chaos worker`` as ``name``: it registers (if needed), logs in,
+    """Start ``python tests/chaos_harness.py worker`` as ``name``: it registers (if needed), logs in,
     joins ROOM, sends ``send`` messages at ``rate`` per second (0 = as fast as ``window``
     concurrent sends allow) with ``pad`` bytes of padding, or makes ``cycles``
     login/logout cycles, and keeps receiving until SIGTERM."""
     log_path = workdir / f"{name}.jsonl"
-    argv = [sys.executable, "-m", "zchat.chaos", "worker", "--server", broker.router,
+    argv = [sys.executable, str(HARNESS), "worker", "--server", broker.router,
             "--name", name, "--log", str(log_path), "--send", str(send), "--rate", str(rate),
             "--window", str(window), "--pad", str(pad), "--cycles", str(cycles)]
     if not join:
@@ -812,8 +818,8 @@ def _worker_parser(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m zchat.chaos worker …`` (the harness's client process)."""
-    parser = argparse.ArgumentParser(prog="python -m zchat.chaos")
+    """``python tests/chaos_harness.py worker …`` (the harness's client process)."""
+    parser = argparse.ArgumentParser(prog="python tests/chaos_harness.py")
     sub = parser.add_subparsers(dest="command", required=True)
     _worker_parser(sub)
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ Shape:
   drops an event for a subscriber past its high-water mark) to this thread, which sends
   it on the XPUB in the order published.
 - This thread reads the XPUB's reports as they come and has the judge
-  (zchat.subscriptions.SubscriptionJudge) look at each. For a subscriber it names, it resets
+  (zchat.broker.subscriptions.SubscriptionJudge) look at each. For a subscriber it names, it resets
   its PUB connections (``cut_address``, the connection guard's) and puts
   ``SubscriberCut`` on ``cuts`` and calls ``wake()``: the loop ends the sessions bound to
   its key (BrokerCore.end_subscriber).
@@ -38,8 +38,8 @@ from typing import Any
 
 import zmq
 
+from zchat.broker.subscriptions import SubscriptionJudge
 from zchat.ratelimit import ThrottledLog
-from zchat.subscriptions import SubscriptionJudge
 
 log = logging.getLogger("zchat.broker")
 

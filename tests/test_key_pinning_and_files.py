@@ -1,7 +1,8 @@
-"""Holes a fresh tester found in issue 6's key handling (docs/security.md, PROTOCOL.md
-§16), each closed and tested here with real files, real zmq sockets on loopback tcp
-(an in-process broker, or ``zchat broker`` and client subprocesses) and real processes
-racing for the pinned-keys file.
+"""Key pinning and key files (docs/security.md, PROTOCOL.md §16): clients pinning at
+once, the key check within the connect timeout, the first-use and changed-key notices, a
+deleted public key file — each once a hole a tester found (issue 6), tested here with
+real files, real zmq sockets on loopback tcp (an in-process broker, or ``zchat broker``
+and client subprocesses) and real processes racing for the pinned-keys file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prompt_toolkit.output import DummyOutput
 
 from zchat import keys
 from zchat import wire as p
-from zchat.broker import BrokerThread
+from zchat.broker.loop import BrokerThread
 from zchat.client import KEY_CHECK_SHARE, Client
 from zchat.config import BrokerConfig
 from zchat.console.app import ChatConsole

@@ -1,6 +1,6 @@
 """The broker's event loop: a ROUTER for requests, a PUB for events, one thread owning state.
 
-The PUB (an XPUB) is sent on from a thread of its own, the publisher (zchat.publisher):
+The PUB (an XPUB) is sent on from a thread of its own, the publisher (zchat.broker.publisher):
 the loop hands it each event, in order, and it judges what subscribers ask for.
 
 This is the I/O adapter around zchat.core.BrokerCore. It is a plain ``zmq.Poller``
@@ -32,11 +32,11 @@ Socket options (docs/PROTOCOL.md §2):
 
 Transport security (docs/PROTOCOL.md §16): with ``encryption = "curve"`` (the default)
 every tcp socket is a CurveZMQ server with the broker's long-term key pair (created in the
-data directory on first start, zchat.keys), and a ZAP handler (ZapHandler,
+data directory on first start, zchat.keys), and a ZAP handler (ZapHandler in zchat.broker.zap,
 allowing any client key: accounts log in with passwords and tokens)
 runs in this process for as long as the sockets do; if it cannot start, ``bind()`` raises
 TransportSecurityError and nothing is bound. The key service (a plain STREAM socket
-speaking just enough ZMTP, zchat.zmtp) tells clients
+speaking just enough ZMTP, zchat.broker.zmtp) tells clients
 the public key for trust on first use.
 
 Password hashing runs on a small thread pool (``hash_workers``); finished jobs come back
@@ -59,18 +59,16 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import zmq
 
 from zchat import keys as k
-from zchat import zmtp
-from zchat.config import BrokerConfig, data_dir
-from zchat.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
-from zchat.connections import _peer_address as connection_address
-from zchat.conntrack import (
+from zchat.broker import zmtp
+from zchat.broker.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
+from zchat.broker.connections import _peer_address as connection_address
+from zchat.broker.conntrack import (
     SUBSCRIBER_AGE_ALLOWANCE,
     SUBSCRIBER_ALLOWANCE,
     SUBSCRIBER_MAX_HELD,
@@ -80,6 +78,12 @@ from zchat.conntrack import (
     Verdict,
     tcp_counters,
 )
+from zchat.broker.key_service import KeyService
+from zchat.broker.publisher import Publisher
+from zchat.broker.publisher import peer_address as _peer_address
+from zchat.broker.subscriptions import SubscriptionJudge, SubscriptionLimits
+from zchat.broker.zap import PUB_ZAP_DOMAIN, ZAP_DOMAIN, ZapHandler
+from zchat.config import BrokerConfig, data_dir
 from zchat.core import (
     MAX_SUBSCRIPTION_BYTES,
     READING_REQUESTS,
@@ -90,11 +94,8 @@ from zchat.core import (
     ToTopic,
 )
 from zchat.errors import Status, StorageError, ZchatError
-from zchat.publisher import Publisher
-from zchat.publisher import peer_address as _peer_address
 from zchat.ratelimit import ThrottledLog, address_key
 from zchat.store import Store
-from zchat.subscriptions import SubscriptionJudge, SubscriptionLimits
 from zchat.wire import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
@@ -187,16 +188,6 @@ _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
 
 
-#: ZAP domains of the broker's CURVE sockets (RFC 27/ZAP): every handshake is checked by
-#: the ZAP handler, which tells the ROUTER's (any client key) from the PUB's (only the
-#: key of a live session) by it.
-ZAP_DOMAIN = b"zchat"
-PUB_ZAP_DOMAIN = b"zchat.pub"
-#: PUB handshakes one client key may make while it is bound to a session: its SUB, and
-#: libzmq reconnecting that SUB after a dropped TCP connection. Beyond it the key is
-#: refused, so that one login cannot open hundreds of subscribers (docs/PROTOCOL.md
-#: §16.2).
-SUBSCRIPTIONS_PER_KEY = 4
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -213,120 +204,6 @@ class BindError(ZchatError):
     def __init__(self, reason: str, errno: int) -> None:
         super().__init__(reason)
         self.errno = errno
-
-
-#: Where libzmq sends ZAP requests, per context (RFC 27/ZAP).
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-
-
-class ZapHandler:
-    """The ZAP handler (RFC 27/ZAP): a thread answering libzmq's authentication requests
-    for the broker's CURVE sockets, so that a CURVE server never runs without one ("no
-    handler" would mean "allow all"). Only the CURVE mechanism is allowed (else 400).
-    On the ROUTER (ZAP_DOMAIN) any client key is allowed — clients are identified by
-    their LOGIN, not by their transport key — and the key is returned as the User-Id, so
-    that the ROUTER's frames carry it to the core, which binds it to the session at LOGIN
-    and RESUME. On the PUB (PUB_ZAP_DOMAIN) only a key in ``subscriber_keys`` is allowed,
-    at most SUBSCRIPTIONS_PER_KEY times (docs/PROTOCOL.md §16.2). ``requests`` counts the
-    handshakes answered.
-
-    ``subscriber_keys`` is an immutable snapshot (client keys in hex) that the broker's
-    loop replaces whenever a session binds or unbinds one, before it sends the LOGIN or
-    RESUME reply; this thread only reads it. ``_subscribed`` (PUB handshakes per key) is
-    this thread's alone.
-
-    A plain blocking REP loop rather than pyzmq's asyncio ThreadAuthenticator: every
-    handshake holds the GIL here, and the leaner loop halved the broker loop's p99 stall
-    during 400 simultaneous handshakes (docs/PERFORMANCE.md). ``start()`` raises
-    zmq.ZMQError when another handler holds the endpoint in this context."""
-
-    def __init__(self, context: zmq.Context[Any]) -> None:
-        self.context = context
-        self.requests = 0
-        self.subscriber_keys: frozenset[str] = frozenset()
-        self._subscribed: dict[str, int] = {}
-        self._socket: zmq.Socket[Any] | None = None
-        self._wake: tuple[zmq.Socket[Any], zmq.Socket[Any]] | None = None
-        self._thread = threading.Thread(target=self._run, name="zchat-zap", daemon=True)
-
-    def start(self) -> None:
-        sock = self.context.socket(zmq.REP)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.bind(ZAP_ENDPOINT)
-        except zmq.ZMQError:
-            sock.close()
-            raise
-        inbox, outbox = self.context.socket(zmq.PAIR), self.context.socket(zmq.PAIR)
-        endpoint = f"inproc://zchat-zap-stop-{id(self)}"
-        inbox.bind(endpoint)
-        outbox.connect(endpoint)
-        self._socket, self._wake = sock, (inbox, outbox)
-        self._thread.start()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        assert self._socket is not None and self._wake is not None
-        sock, stop = self._socket, self._wake[0]
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(stop, zmq.POLLIN)
-        while True:
-            events = dict(poller.poll())
-            if stop in events:
-                return
-            request = sock.recv_multipart()
-            self.requests += 1
-            sock.send_multipart(zap_reply(request, self._admit_subscriber))
-
-    def _admit_subscriber(self, key: str) -> bool:
-        """Whether client key ``key`` (hex) may open one more PUB connection: bound to a
-        live session, and fewer than SUBSCRIPTIONS_PER_KEY PUB handshakes made with it.
-        The counts of keys no longer bound are dropped when the table has grown to twice
-        the bound keys (a key bound again then starts afresh; LOGIN is rate-limited)."""
-        keys = self.subscriber_keys
-        if key not in keys:
-            return False
-        used = self._subscribed.get(key, 0)
-        if used >= SUBSCRIPTIONS_PER_KEY:
-            return False
-        self._subscribed[key] = used + 1
-        if len(self._subscribed) > 2 * len(keys) + 64:
-            self._subscribed = {k: n for k, n in self._subscribed.items() if k in keys}
-        return True
-
-    def stop(self) -> None:
-        """Stop the thread and close its sockets (within 5 s)."""
-        if self._wake is not None and self._thread.is_alive():
-            self._wake[1].send(b"")
-            self._thread.join(5)
-        for sock in (self._socket, *(self._wake or ())):
-            if sock is not None:
-                sock.close(linger=0)
-        self._socket = self._wake = None
-
-
-def _allow_all(key: str) -> bool:
-    return True
-
-
-def zap_reply(request: list[bytes],
-              admit_subscriber: Callable[[str], bool] = _allow_all) -> list[bytes]:
-    """RFC 27's reply to one ZAP request (version, request id, domain, address, identity,
-    mechanism, credentials...): 400 for any mechanism but CURVE or a request that is not
-    ZAP 1.0; on PUB_ZAP_DOMAIN 400 unless ``admit_subscriber(key)``; else 200 with the
-    client's public key (hex of its 32 bytes) as the User-Id. No metadata."""
-    request_id = request[1] if len(request) > 1 else b""
-    if len(request) < 6 or request[0] != b"1.0":
-        return [b"1.0", request_id, b"400", b"not a ZAP 1.0 request", b"", b""]
-    if request[5] != b"CURVE" or len(request) != 7 or len(request[6]) != 32:
-        return [b"1.0", request_id, b"400", b"only CURVE is accepted", b"", b""]
-    key = request[6].hex()
-    if request[2] == PUB_ZAP_DOMAIN and not admit_subscriber(key):
-        return [b"1.0", request_id, b"400", b"log in before subscribing", b"", b""]
-    return [b"1.0", request_id, b"200", b"OK", key.encode("ascii"), b""]
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -408,7 +285,7 @@ class Broker:
         #: The key service's connections (STREAM ids) and their parsers, oldest first.
         self._key_peers: OrderedDict[bytes, zmtp.KeyPeer] = OrderedDict()
         #: Sends the events and judges the subscriptions, in a thread of its own
-        #: (zchat.publisher), once ``bind()`` made the XPUB.
+        #: (zchat.broker.publisher), once ``bind()`` made the XPUB.
         self.publisher: Publisher | None = None
         #: The PUB's index among the guard's watched sockets (ConnectionGuard.watch).
         self._pub_index = -1
@@ -435,7 +312,7 @@ class Broker:
         #: The connection limits' monitor thread while any socket is on tcp or ipc.
         self.connections: ConnectionGuard | None = None
         #: Bytes read from and queued to each tcp connection of the ROUTER while they are
-        #: checked (zchat.conntrack: Linux, a tcp ROUTER, a limit on), else None.
+        #: checked (zchat.broker.conntrack: Linux, a tcp ROUTER, a limit on), else None.
         self.ledger: ByteLedger | None = None
         #: (core, its subscriber_version) last given to the ZAP handler.
         self._keys_published: tuple[BrokerCore | None, int] = (None, -1)
@@ -521,7 +398,7 @@ class Broker:
         sock.setsockopt(zmq.ZAP_DOMAIN, domain)
 
     def _start_guard(self) -> None:
-        """Start counting connections (zchat.connections) when any endpoint uses file
+        """Start counting connections (zchat.broker.connections) when any endpoint uses file
         descriptors (tcp, ipc): raises the soft ``ulimit -n`` as the limits need, or
         lowers the total to what it carries, with a WARNING."""
         cfg = self.config
@@ -609,13 +486,13 @@ class Broker:
         self.router_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.zap is not None and self.keys is not None and k.is_tcp(self.config.router):
-            # A raw STREAM socket speaking just enough ZMTP (zchat.zmtp), not a ROUTER:
+            # A raw STREAM socket speaking just enough ZMTP (zchat.broker.zmtp), not a ROUTER:
             # libzmq would take a message of millions of frames whole before the broker
             # could look at it (docs/PROTOCOL.md §16.3).
             service = self.context.socket(zmq.STREAM)
             self._key_service = service
-            #: The key service's logic, rate-limited per address (zchat.keys.KeyService).
-            self.key_service = k.KeyService(self.keys.public, self.config.key_rate_per_s,
+            #: The key service's logic, rate-limited per address (zchat.broker.key_service.KeyService).
+            self.key_service = KeyService(self.keys.public, self.config.key_rate_per_s,
                                              self.config.key_burst)
             service.setsockopt(zmq.SNDHWM, 100)
             service.setsockopt(zmq.RCVHWM, KEY_SERVICE_RCVHWM)
@@ -827,7 +704,7 @@ class Broker:
     def _consumed(self, parts: list[zmq.Frame], frames: int, more_bytes: int) -> None:
         """Count a complete message read from the ROUTER (``parts``: its routing id and
         first frames; ``frames`` in all, ``more_bytes`` in those not kept) to the tcp
-        connection it came from (zchat.conntrack)."""
+        connection it came from (zchat.broker.conntrack)."""
         assert self.ledger is not None
         try:
             fd = parts[0].get(zmq.SRCFD)
@@ -896,9 +773,9 @@ class Broker:
     def _serve_keys(self, service: zmq.Socket[Any]) -> None:
         """Read up to BATCH chunks of the key service's connections (docs/PROTOCOL.md
         §16.3), each at most 8 KiB: answer the KEY requests in them, and close a
-        connection at its first byte that is not part of one (zchat.zmtp.KeyPeer).
+        connection at its first byte that is not part of one (zchat.broker.zmtp.KeyPeer).
         Junk and requests over the per-address rate limit (``key_rate_per_s``,
-        ``key_burst``) get no answer (zchat.keys.KeyService)."""
+        ``key_burst``) get no answer (zchat.broker.key_service.KeyService)."""
         peers = self._key_peers
         for _ in range(BATCH):
             try:

@@ -1,4 +1,5 @@
-"""Holes a fresh tester found in issue 6's moderation, one test (at least) each:
+"""What moderation refuses (each once a hole a tester found, issue 6), one test at least
+each:
 
 1. a kicked moderator (or owner) acting on the room from outside (self-invitation,
    lock, delete, mode change); KICK now takes the moderator role; SET_ROLE demotes a

@@ -1,7 +1,9 @@
-"""Holes a fresh tester found in the operator tools of issue 6 (``zchat admin``,
-``zchat passwd``; docs/admin.md), each closed and tested here: real SQLite files, the
-real CLI in a subprocess, a real ``zchat broker`` subprocess on loopback tcp where a
-broker must run, and the in-process broker (inproc://) for the wire-level refusals.
+"""What the operator tools (``zchat admin``, ``zchat passwd``; docs/admin.md) refuse and
+how they say it — linked or foreign database files, unwritable output, passwords never
+echoed, admins' own passwords — each once a hole a tester found (issue 6), tested here:
+real SQLite files, the real CLI in a subprocess, a real ``zchat broker`` subprocess on
+loopback tcp where a broker must run, and the in-process broker (inproc://) for the
+wire-level refusals.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ Two parts:
 
 The thread also samples the kernel's byte counters (TCP_INFO) of the ROUTER's tcp
 connections for the broker's loop (every second, and every 10 ms those receiving fast,
-new or near a limit: zchat.conntrack.FAST_CHECK_EVERY_S), which bounds the bytes each connection
-holds (zchat.conntrack, docs/PROTOCOL.md §15.2): an unfinished message is cut here like
+new or near a limit: zchat.broker.conntrack.FAST_CHECK_EVERY_S), which bounds the bytes each connection
+holds (zchat.broker.conntrack, docs/PROTOCOL.md §15.2): an unfinished message is cut here like
 an over-long one (``cut`` with its address barred), a peer that does not read is reset.
 
 Why a monitor and not the ZAP handler: ZAP sees a connection only once its peer has
@@ -63,7 +63,7 @@ from typing import Any
 
 import zmq
 
-from zchat.conntrack import (
+from zchat.broker.conntrack import (
     CHECK_EVERY_S,
     FAST_CHECK_EVERY_S,
     MAX_WATCHED,
@@ -295,7 +295,7 @@ class ConnectionGuard:
     With ``watch(sock, track_bytes=True)`` (the ROUTER) and ``track_bytes(notify)``, the
     thread also samples the kernel's byte counters of each of that socket's tcp
     connections every CHECK_EVERY_S, the watched ones every FAST_CHECK_EVERY_S
-    (zchat.conntrack), and puts, in the order its monitor
+    (zchat.broker.conntrack), and puts, in the order its monitor
     reported them, ``("closed", fd)`` for each end of such a connection and ``("sample",
     [Sample, ...])`` on ``samples``, calling ``notify()`` (from this thread) after each
     sample: the broker's loop judges them. It also calls malloc_trim when the loop asks
@@ -341,7 +341,7 @@ class ConnectionGuard:
         """Sample the tracked sockets' connections (before ``start()``); False, with one
         INFO line, where the kernel does not count their bytes (not Linux >= 4.1).
         ``smallest_limit`` (bytes, > 0): the smallest byte limit the loop applies, which
-        sets what is watched closely (zchat.conntrack.FAST_CHECK_EVERY_S)."""
+        sets what is watched closely (zchat.broker.conntrack.FAST_CHECK_EVERY_S)."""
         why = supported()
         if why is not None:
             log.info("bytes per connection are not checked: %s (docs/PROTOCOL.md §15.2)",
@@ -377,7 +377,7 @@ class ConnectionGuard:
               subscribers: bool = False) -> int:
         """Monitor ``sock``'s accepted and ended connections; with ``track_bytes``, sample
         their byte counters too (see the class), marked as ``subscribers`` (the PUB's:
-        zchat.conntrack.SUBSCRIBER_ALLOWANCE). Returns the socket's index (for
+        zchat.broker.conntrack.SUBSCRIBER_ALLOWANCE). Returns the socket's index (for
         ``cut_address``)."""
         if track_bytes:
             self._tracked.add(len(self._monitors))
