@@ -154,3 +154,20 @@ def memory_kib(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             out[name] = int(value.split()[0])
     return out
+
+
+def raw_zmtp_peer(port: int, source: str, ready: bytes = DEALER_READY) -> socket.socket:
+    """A raw TCP connection from ``source`` that has done the ZMTP 3.0 NULL handshake of a
+    DEALER (or what ``ready`` says) with the broker (its greeting and READY read)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(NULL_GREETING + ready)
+    seen = b""
+    head = len(NULL_GREETING)
+    while len(seen) < head + 2 or len(seen) < head + 2 + seen[head + 1]:
+        chunk = sock.recv(4096)
+        assert chunk, "the broker closed the connection during the handshake"
+        seen += chunk
+    return sock

@@ -50,7 +50,7 @@ from conftest import (
     stop_broker,
     wait_until,
 )
-from floods import DEALER_READY, NULL_GREETING, SUB_READY, Pinger, memory_kib
+from floods import SUB_READY, Pinger, memory_kib, raw_zmtp_peer
 from raw_helpers import call
 
 from zchat import wire as p
@@ -176,23 +176,6 @@ def plain_broker(tmp_path: Path) -> Iterator[tuple[Proc, int]]:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def raw_zmtp_peer(port: int, source: str, ready: bytes = DEALER_READY) -> socket.socket:
-    """A raw TCP connection from ``source`` that has done the ZMTP 3.0 NULL handshake of a
-    DEALER (or what ``ready`` says) with the broker (its greeting and READY read)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(NULL_GREETING + ready)
-    seen = b""
-    head = len(NULL_GREETING)
-    while len(seen) < head + 2 or len(seen) < head + 2 + seen[head + 1]:
-        chunk = sock.recv(4096)
-        assert chunk, "the broker closed the connection during the handshake"
-        seen += chunk
-    return sock
 
 
 def send_unfinished(sock: socket.socket, frame_bytes: int = FRAME_BYTES,
