@@ -156,8 +156,24 @@ def _machine_state() -> str:
                 counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
     except (OSError, subprocess.SubprocessError):
         counts = {}
+    def command(*args: str) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{args[0]} failed: {exc}"
+    # who listens where, and the kernel's counts of dropped handshakes: some runs' later
+    # tests get no answer from fresh brokers (docs/testing.md, "A flake not understood")
+    listening = " ".join(line.split()[3] + ("(" + line.split("users:")[1][:40] + ")"
+                                             if "users:" in line else "")
+                         for line in command("ss", "-Hltnp").splitlines() if line.strip())
+    kernel = " ".join(line.split()[0] + "=" + line.split()[1]
+                      for line in command("nstat", "-az").splitlines()
+                      if any(k in line for k in ("ListenOverflows", "ListenDrops",
+                                                 "TCPSynRetrans", "TCPReqQFull",
+                                                 "AttemptFails", "TCPBacklogDrop")))
     return (f"load average: {load}\n{top}\nthis process: {fds} descriptors, {sockets} "
-            f"sockets in zmq.Context.instance(); tcp states: {counts}")
+            f"sockets in zmq.Context.instance(); tcp states: {counts}\n"
+            f"listening: {listening}\nkernel (since boot): {kernel}")
 
 
 @pytest.hookimpl(wrapper=True)
