@@ -462,3 +462,16 @@ def test_connections_near_a_limit_are_named_for_close_watching() -> None:
                          sample(7)]) == []
     assert ledger.near == [6, 7]
     assert ledger.judge([sample(5)]) == [] and ledger.near == []
+
+
+def test_a_closed_subscriber_connection_reports_what_it_had_sent() -> None:
+    """A subscriber's connection closing hands back the bytes it had sent (for a trim
+    once enough is freed); an honest one's few SUBSCRIBEs and a ROUTER connection count
+    0."""
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    assert ledger.judge([Sample(7, "a", 1.0, 0, 200 * 1024, True),
+                         Sample(8, "b", 1.0, 0, 2 * 1024, True),
+                         sample(9, received=FIXED_ALLOWANCE + MIB)]) == []
+    assert ledger.closed(7) == 200 * 1024
+    assert ledger.closed(7) == 0  # once
+    assert ledger.closed(8) == 0 and ledger.closed(9) == 0

@@ -830,7 +830,10 @@ class Broker:
         while not news.empty():
             kind, value = news.get_nowait()
             if kind == "closed":
-                ledger.closed(value)
+                # a subscriber's bytes were small frames, kept by libzmq at ~64 bytes
+                # each: counted high, so that a trim follows once enough is freed
+                if held := ledger.closed(value):
+                    self.connections.freed(held * 8)
                 continue
             for verdict in ledger.judge(value):
                 self._cut_held(ledger, verdict)
