@@ -8,6 +8,7 @@ named after an issue, and the package's imports run one way (no cycle; ``zchat.c
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import secrets
@@ -290,15 +291,20 @@ def test_importing_the_core_loads_no_sockets_database_event_loop_or_cli() -> Non
     """The broker core is pure: ``import zchat.core`` (every module of it) in a fresh
     interpreter loads neither zmq, sqlite3, asyncio nor argparse."""
     core_modules = sorted(m for m in _zchat_imports() if m.startswith("zchat.core"))
+    assert len(core_modules) > 10
+    assert _loaded_by(core_modules, ("zmq", "sqlite3", "asyncio", "argparse")) == []
+
+
+def _loaded_by(modules: list[str], unwanted: tuple[str, ...]) -> list[str]:
+    """The ``unwanted`` modules that importing ``modules`` in a fresh interpreter loads."""
     code = ("import importlib, json, sys\n"
-            f"for name in {core_modules!r}:\n"
+            f"for name in {modules!r}:\n"
             "    importlib.import_module(name)\n"
-            "print(json.dumps(sorted(m for m in ('zmq', 'sqlite3', 'asyncio', 'argparse') "
-            "if m in sys.modules)))\n")
+            f"print(json.dumps(sorted(m for m in {unwanted!r} if m in sys.modules)))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
-    assert len(core_modules) > 10
-    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    loaded: list[str] = json.loads(done.stdout)
+    return loaded
 
 
 def test_importing_the_wire_loads_no_sockets_database_or_event_loop() -> None:
@@ -306,12 +312,5 @@ def test_importing_the_wire_loads_no_sockets_database_or_event_loop() -> None:
     interpreter loads neither zmq, sqlite3 nor asyncio, so the client, the broker and
     tools share it without dragging I/O in."""
     wire_modules = sorted(m for m in _zchat_imports() if m.startswith("zchat.wire"))
-    code = ("import importlib, json, sys\n"
-            f"for name in {wire_modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print(json.dumps(sorted(m for m in ('zmq', 'sqlite3', 'asyncio') "
-            "if m in sys.modules)))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
     assert len(wire_modules) > 5
-    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert _loaded_by(wire_modules, ("zmq", "sqlite3", "asyncio")) == []

@@ -62,6 +62,26 @@ def spam(kind: str) -> list[bytes]:
     return [b"%croom/churn/" % flag for _ in range(SPAM * 2) for flag in (1, 0)]
 
 
+def curve_dealer(ctx: zmq.Context[Any], endpoint: str, key: bytes,
+                 keypair: tuple[bytes, bytes]) -> zmq.Socket[Any]:
+    """A raw CURVE DEALER with ``keypair``, connected to ``endpoint``."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = key, *keypair
+    sock.connect(endpoint)
+    return sock
+
+
+def log_in_mallory(attacker: zmq.Socket[Any], broker: TcpBroker) -> str:
+    """Register and log in the account mallory on ``attacker``; the PUB's endpoint."""
+    call(attacker, b"r", p.Register(name="mallory", password=DEFAULT_PASSWORD))
+    assert call(attacker, b"l", p.Login(name="mallory",
+                                        password=DEFAULT_PASSWORD))[2] == b"OK"
+    _, info = p.decode_from_broker(call(attacker, b"i", p.Info()), {b"i": p.InfoReply})
+    assert isinstance(info, p.InfoReply)
+    return pub_endpoint_for(broker.router, info.pub)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["long", "no room", "churn", "not a subscription"],
                          ids=["2 KB topics", "topics of no room", "subscribe churn",
@@ -71,11 +91,7 @@ def test_a_subscriber_misusing_the_pub_is_cut(
     key = broker_key(tmp_path, broker)
     pid = broker.process.popen.pid
     keypair = zmq.curve_keypair()
-    attacker = ctx.socket(zmq.DEALER)
-    attacker.setsockopt(zmq.LINGER, 0)
-    attacker.curve_serverkey, attacker.curve_publickey, attacker.curve_secretkey = \
-        key, *keypair
-    attacker.connect(broker.router)
+    attacker = curve_dealer(ctx, broker.router, key, keypair)
     xsub = ctx.socket(zmq.XSUB)
     xsub.setsockopt(zmq.LINGER, 0)
     xsub.setsockopt(zmq.SNDHWM, 0)  # past its high-water mark an XSUB drops silently
@@ -102,12 +118,7 @@ def test_a_subscriber_misusing_the_pub_is_cut(
             await ann.ping(timeout_s=5)
 
     try:
-        call(attacker, b"r", p.Register(name="mallory", password=DEFAULT_PASSWORD))
-        assert call(attacker, b"l", p.Login(name="mallory",
-                                            password=DEFAULT_PASSWORD))[2] == b"OK"
-        _, info = p.decode_from_broker(call(attacker, b"i", p.Info()), {b"i": p.InfoReply})
-        assert isinstance(info, p.InfoReply)
-        pub = pub_endpoint_for(broker.router, info.pub)
+        pub = log_in_mallory(attacker, broker)
         run(honest(), timeout_s=60)
         before = memory_kib(pid)
         monitor = xsub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -173,19 +184,10 @@ def test_a_subscriber_sending_big_messages_is_disconnected_before_they_are_read(
     key = broker_key(tmp_path, broker)
     pid = broker.process.popen.pid
     keypair = zmq.curve_keypair()
-    attacker = ctx.socket(zmq.DEALER)
-    attacker.setsockopt(zmq.LINGER, 0)
-    attacker.curve_serverkey, attacker.curve_publickey, attacker.curve_secretkey = \
-        key, *keypair
-    attacker.connect(broker.router)
+    attacker = curve_dealer(ctx, broker.router, key, keypair)
     xsubs: list[zmq.Socket[Any]] = []
     try:
-        call(attacker, b"r", p.Register(name="mallory", password=DEFAULT_PASSWORD))
-        assert call(attacker, b"l", p.Login(name="mallory",
-                                            password=DEFAULT_PASSWORD))[2] == b"OK"
-        _, info = p.decode_from_broker(call(attacker, b"i", p.Info()), {b"i": p.InfoReply})
-        assert isinstance(info, p.InfoReply)
-        pub = pub_endpoint_for(broker.router, info.pub)
+        pub = log_in_mallory(attacker, broker)
         before = memory_kib(pid)
         monitors = []
         for _ in range(4):

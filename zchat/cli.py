@@ -1047,14 +1047,25 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
         # All conversations' together, oldest first (DM ids grow with time).
         shown: set[int] = set()
         printed = 0
-        async for msg in _merged_unread_dms(client, client.unread.dms, args.count):
-            _emit(sys.stdout, msg, args.json)
-            shown.add(msg.id)
-            printed += 1
-            if not args.keep_unread:
-                await _read_dm(client, msg)
-            if args.count is not None and printed >= args.count:
-                return 0
+
+        async def print_unread(count: int | None) -> bool:
+            """Print the unread DMs not printed yet (read unless --keep-unread); True once
+            --count of them are printed."""
+            nonlocal printed
+            async for msg in _merged_unread_dms(client, client.unread.dms, count):
+                if msg.id in shown:
+                    continue
+                _emit(sys.stdout, msg, args.json)
+                shown.add(msg.id)
+                printed += 1
+                if not args.keep_unread:
+                    await _read_dm(client, msg)
+                if args.count is not None and printed >= args.count:
+                    return True
+            return False
+
+        if await print_unread(args.count):
+            return 0
         async for event in client.events():
             if isinstance(event, p.GoingAway):
                 print(f"zchat: broker going away: {event.text}; reconnecting…",
@@ -1066,16 +1077,8 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
                 print("zchat: reconnected", file=sys.stderr, flush=True)
                 # DMs another session of the account was handed while this one was
                 # away stay unread on the broker and never come here as events
-                async for msg in _merged_unread_dms(client, client.unread.dms, None):
-                    if msg.id in shown:
-                        continue
-                    _emit(sys.stdout, msg, args.json)
-                    shown.add(msg.id)
-                    printed += 1
-                    if not args.keep_unread:
-                        await _read_dm(client, msg)
-                    if args.count is not None and printed >= args.count:
-                        return 0
+                if await print_unread(None):
+                    return 0
             elif isinstance(event, SessionEnded):
                 # by set: SESSION_CLOSED, an admin (or the account) ended it (§6.47)
                 raise CliError(f"session ended by {event.by}: {event.reason}" if event.by
