@@ -21,7 +21,7 @@ from zchat.core import validation, wording
 from zchat.core.actions import Action, ToPeer
 from zchat.core.delivery import Delivery
 from zchat.core.jobs import Job
-from zchat.core.ports import SessionRow, Store
+from zchat.core.ports import BanRow, SessionRow, Store
 from zchat.core.protection import Protection
 from zchat.core.state import DEFAULT_ROOM, RANKS, Session, State
 from zchat.errors import ProtocolError, Status, StorageError
@@ -65,7 +65,10 @@ class Core(Protection):
         self.pub_endpoint = pub_endpoint
         store.ensure_room(name_key(DEFAULT_ROOM), DEFAULT_ROOM, skeleton(DEFAULT_ROOM), now_ms)
         self.state = state = State()
-        state.refresh(store)
+        #: ``store.changes_elsewhere()`` when the bans and mutes were last loaded: read
+        #: before loading, so that a write landing meanwhile brings another reload.
+        self._bans_seen = store.changes_elsewhere()
+        state.refresh(store, now_ms)
         self.deliver = Delivery(state)
         # Read-only views of the state's tables (State changes them in place).
         self.sessions = state.sessions
@@ -314,11 +317,35 @@ class Core(Protection):
             raise ProtocolError(Status.FORBIDDEN, f"you are not in #{self.rooms[key]}: "
                                 f"JOIN it to {what}")
 
+    def catch_up_bans(self, now_ms: int) -> None:
+        """Reload the bans and mutes from the store when another writer committed to it
+        since they were loaded (``Store.changes_elsewhere``): so `zchat admin unban` on
+        the database applies at once (docs/admin.md). No store read otherwise."""
+        seen = self.store.changes_elsewhere()
+        if seen != self._bans_seen:
+            self._bans_seen = seen
+            self.state.refresh_bans(self.store, now_ms)
+
+    def active_ban(self, kind: str, room_key: str, account_key: str,
+                   now_ms: int) -> BanRow | None:
+        """The ban or mute (``kind``) of the account in the room (``room_key`` ""
+        server-wide) in force at ``now_ms``, or None: from memory (State.active_ban),
+        caught up with changes made elsewhere first (``catch_up_bans``)."""
+        self.catch_up_bans(now_ms)
+        return self.state.active_ban(kind, room_key, account_key, now_ms)
+
+    def bans_in_force(self, now_ms: int, room_key: str | None) -> list[BanRow]:
+        """Bans and mutes in force at ``now_ms``, oldest first: of one room, the
+        server-wide ones (``room_key`` "") or all (None); from memory, caught up."""
+        self.catch_up_bans(now_ms)
+        return self.state.bans_in_force(now_ms, room_key)
+
     def check_not_muted(self, key: str, session: Session, now_ms: int) -> None:
         """SEND and SET_TOPIC (§6.22): raise 403 when the account is muted in room ``key``
         or server-wide (a muted member may read, not speak; a topic is speech too)."""
+        self.catch_up_bans(now_ms)
         for room_key in (key, ""):
-            mute = self.store.active_ban("mute", room_key, session.account_key, now_ms)
+            mute = self.state.active_ban("mute", room_key, session.account_key, now_ms)
             if mute is not None:
                 where = f"in #{self.rooms[key]}" if room_key else "on this server"
                 raise ProtocolError(Status.FORBIDDEN, f"you are muted {where} "
@@ -336,7 +363,7 @@ class Core(Protection):
                                 f"{self.role_name(key, target_key)}")
 
     def check_not_banned(self, key: str, account_key: str, now_ms: int) -> None:
-        ban = self.store.active_ban("ban", key, account_key, now_ms)
+        ban = self.active_ban("ban", key, account_key, now_ms)
         if ban is not None:
             raise ProtocolError(Status.FORBIDDEN, f"you are banned from #{self.rooms[key]} "
                                 f"{wording.until(ban.until_ms)}"
@@ -347,7 +374,7 @@ class Core(Protection):
         ban in force."""
         if self.store.is_disabled(account_key):
             raise ProtocolError(Status.FORBIDDEN, "account disabled; ask a broker admin")
-        ban = self.store.active_ban("ban", "", account_key, now_ms)
+        ban = self.active_ban("ban", "", account_key, now_ms)
         if ban is not None:
             raise ProtocolError(Status.FORBIDDEN, f"you are banned from this server "
                                 f"{wording.until(ban.until_ms)}"

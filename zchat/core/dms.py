@@ -23,7 +23,7 @@ def dm(core: Core, call: Call, session: Session, req: p.SendDirect) -> list[Acti
     to_key = core.account_key(req.to)
     text = validate_text(req.text, core.config.max_text_bytes,
                          core.config.max_text_lines)
-    muted = core.store.active_ban("mute", "", session.account_key, call.now_ms)
+    muted = core.active_ban("mute", "", session.account_key, call.now_ms)
     if muted is not None:
         raise ProtocolError(Status.FORBIDDEN, "you are muted on this server "
                             f"{wording.until(muted.until_ms)}")

@@ -38,8 +38,9 @@ from zchat.passwords import token_sha256
 
 log = logging.getLogger("zchat.broker")
 
-#: How often ``tick`` deletes lapsed bans and mutes from the store, in seconds: they stop
-#: applying at their expiry anyway (checked at use); the purge only tidies the table.
+#: How often ``tick`` deletes lapsed bans and mutes from the store and the state, in
+#: seconds: they stop applying at their expiry anyway (checked at use against ``now_ms``);
+#: the purge only tidies the table and the memory.
 BAN_PURGE_INTERVAL_S = 60.0
 #: Topics anyone logged in may subscribe to besides the rooms' (zchat.client).
 _FIXED_TOPICS = frozenset({p.TOPIC_TICK, p.TOPIC_BROKER, p.TOPIC_PRESENCE_PREFIX})
@@ -169,11 +170,14 @@ class BrokerCore(Core):
         if self._next_purge_s is None or now_s >= self._next_purge_s:
             self._next_purge_s = now_s + BAN_PURGE_INTERVAL_S
             try:
-                for ban in self.store.purge_expired_bans(now_ms):
-                    log.info("%s of %s in %s lapsed", ban.kind, ban.account_key,
-                             ban.room_key or "the server")
+                lapsed = self.store.purge_expired_bans(now_ms)
             except StorageError as exc:  # they no longer apply anyway; purged next time
                 log.error("could not purge lapsed bans: %s", exc.reason)
+            else:
+                self.state.forget_lapsed(lapsed)
+                for ban in lapsed:
+                    log.info("%s of %s in %s lapsed", ban.kind, ban.account_key,
+                             ban.room_key or "the server")
         timeout = self.config.heartbeat_timeout_s
         if now_s > self._evict_at:  # else no session can have timed out: no O(n) scan
             self._evict_at = math.inf

@@ -55,7 +55,7 @@ def lift(core: Core, kind: str, raw_room: str, raw_name: str, session: Session,
     # ranks at least as high as whoever placed it, may lift a ban or mute — never
     # oneself (a tester's moderators lifted their own bans and the owner's).
     core.check_outranks(key, session, target, verb)
-    placed = core.store.active_ban(kind, key, target, now_ms)
+    placed = core.active_ban(kind, key, target, now_ms)
     if placed is not None and placed.by_key in core.accounts and \
             core.rank(key, placed.by_key) > core.rank(key, session.account_key):
         raise ProtocolError(Status.FORBIDDEN, f"you cannot {verb} {name}: "
@@ -66,6 +66,7 @@ def lift(core: Core, kind: str, raw_room: str, raw_name: str, session: Session,
         where = f"in #{core.rooms[key]}" if key else "server-wide"
         raise ProtocolError(Status.NOT_FOUND, f"{name} is not "
                             f"{'banned' if kind == 'ban' else 'muted'} {where}")
+    core.state.lift_ban(kind, key, target)
     if kind != "mute":
         return []
     return tell_muted(core, target, p.MuteChanged(
@@ -126,7 +127,8 @@ def ban(core: Core, call: Call, session: Session, req: p.Ban) -> list[Action]:
     member = bool(key) and target in core.members[key]
     demoted = bool(key) and core.roles.get(key, {}).get(target) == "moderator"
     with core.store.transaction():
-        core.store.add_ban("ban", key, target, session.account_key, reason, call.now_ms, until)
+        placed = core.store.add_ban("ban", key, target, session.account_key, reason,
+                                    call.now_ms, until)
         if demoted:  # a banned moderator keeps no powers in the room (§17.1)
             core.store.set_role(key, target, "")
         if member:
@@ -135,6 +137,7 @@ def ban(core: Core, call: Call, session: Session, req: p.Ban) -> list[Action]:
             core.store.take_invite(key, target)
         core.audit(call.now_ms, session, "ban", key, name,
                     wording.until(until) + (f"; {reason}" if reason else ""))
+    core.state.add_ban(placed)
     if demoted:
         core.state.set_role(key, target, "")
     log.info("%s banned %s from %s %s", session.name, name,
@@ -162,10 +165,11 @@ def mute(core: Core, call: Call, session: Session, req: p.Mute) -> list[Action]:
     key, target, name, reason, until = sanction(core,
         req, session, call.now_ms, "mute", "mute server-wide")
     with core.store.transaction():
-        core.store.add_ban("mute", key, target, session.account_key, reason, call.now_ms,
-                           until)
+        placed = core.store.add_ban("mute", key, target, session.account_key, reason,
+                                    call.now_ms, until)
         core.audit(call.now_ms, session, "mute", key, name,
                     wording.until(until) + (f"; {reason}" if reason else ""))
+    core.state.add_ban(placed)
     actions: list[Action] = [core.ok(call.rid, call.request_id, p.Ok()), *tell_muted(core,
         target, p.MuteChanged(room=core.rooms[key] if key else "", muted=True,
                               by=session.name, time=call.now_ms, reason=reason, until=until))]
@@ -194,7 +198,7 @@ def invite(core: Core, call: Call, session: Session, req: p.Invite) -> list[Acti
         raise ProtocolError(Status.CONFLICT, f"{name} is in #{core.rooms[key]} already")
     if target == session.account_key:  # §17.1: no one acts on themselves
         raise ProtocolError(Status.FORBIDDEN, "you cannot invite yourself")
-    if core.store.active_ban("ban", key, target, call.now_ms) is not None:
+    if core.active_ban("ban", key, target, call.now_ms) is not None:
         raise ProtocolError(Status.FORBIDDEN, f"{name} is banned from "
                             f"#{core.rooms[key]}; UNBAN first")
     with core.store.transaction():
@@ -355,7 +359,7 @@ def list_bans(core: Core, call: Call, session: Session, req: p.ListBans) -> list
         core.require_admin(session, "list server-wide bans" if req.room == ""
                             else "list every room's bans")
         key = None if req.room is None else ""
-    bans = tuple(ban_info(core, b) for b in core.store.list_bans(call.now_ms, key))
+    bans = tuple(ban_info(core, b) for b in core.bans_in_force(call.now_ms, key))
     return [core.ok(call.rid, call.request_id, p.BanList(bans=bans))]
 
 

@@ -225,6 +225,13 @@ class Store(Protocol):
         """Writes inside the block commit together or not at all."""
         ...
 
+    def changes_elsewhere(self) -> int:
+        """A number that moves whenever another writer (another broker on the database,
+        `zchat admin` on the file) committed a change: as of the loop's group's start
+        (docs/PROTOCOL.md §14), or now outside a group. The core reloads its copies of
+        bans and mutes when it moved (zchat.core.context.Core.active_ban)."""
+        ...
+
     # accounts
     def create_account(self, key: str, name: str, skeleton: str, password_hash: str,
                        now_ms: int, bot: bool = False,
@@ -339,10 +346,13 @@ class Store(Protocol):
     def add_ban(self, kind: str, room_key: str, account_key: str, by_key: str, reason: str,
                 now_ms: int, until_ms: int | None) -> BanRow: ...
     def lift_ban(self, kind: str, room_key: str, account_key: str) -> bool: ...
-    def active_ban(self, kind: str, room_key: str, account_key: str,
-                   now_ms: int) -> BanRow | None: ...
+
     def list_bans(self, now_ms: int, room_key: str | None = None,
-                  kind: str | None = None) -> list[BanRow]: ...
+                  kind: str | None = None) -> list[BanRow]:
+        """In force at ``now_ms``, oldest first; all of them (``room_key`` None) is what
+        the core loads into memory (zchat.core.state.State.refresh_bans)."""
+        ...
+
     def purge_expired_bans(self, now_ms: int) -> list[BanRow]: ...
     def append_audit(self, time_ms: int, actor: str, action: str, room: str = "",
                      target: str = "", detail: str = "") -> int: ...

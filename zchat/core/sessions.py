@@ -244,7 +244,7 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
 
 def logout(core: Core, call: Call, session: Session, req: p.Logout) -> list[Action]:
     text = check_away_text(req.text, "quit message")
-    if text and core.store.active_ban("mute", "", session.account_key, call.now_ms):
+    if text and core.active_ban("mute", "", session.account_key, call.now_ms):
         text = ""  # §6.4: a quit message is speech; the LOGOUT itself goes through
     log.info("logout %s", session.name)
     return [core.ok(call.rid, call.request_id, p.Ok()), *core.end_session(session, call.now_ms, text)]
@@ -283,7 +283,7 @@ def set_presence(core: Core, call: Call, session: Session, req: p.SetPresence) -
         # account; an away text is speech, so a server-wide mute forbids it (§6.12)
         core.limit_account(session, "presence", call.now_s)
         if text:
-            mute = core.store.active_ban("mute", "", session.account_key, call.now_ms)
+            mute = core.active_ban("mute", "", session.account_key, call.now_ms)
             if mute is not None:
                 raise ProtocolError(Status.FORBIDDEN, "you are muted on this server "
                                     f"{wording.until(mute.until_ms)}: no away text")

@@ -1,14 +1,15 @@
 """The broker's shared in-memory state, and the one place its rooms change.
 
 Sessions and accounts' presence live only here (after a restart everyone is offline).
-Rooms, their members, roles, modes, creators and settings are copies of the store's,
-kept in memory because every SEND, PING and JOIN reads them: every change to them goes
-through a method of ``State`` (``add_member``, ``forget_member``, ``room_joined``,
-``set_topic``, ``set_role``, ``set_flags``, ``drop_room`` ...) after the store committed
-it, and ``refresh(store)`` reloads them all from the store, for changes made elsewhere
-(another broker on the same database, `zchat admin` on the file). Bans and mutes are not
-copied: the core reads them from the store at each use (the store caches them, and drops
-its cache when another connection wrote, PRAGMA data_version).
+Rooms, their members, roles, modes, creators, settings, bans and mutes are copies of the
+store's, kept in memory because every SEND, PING, JOIN and LOGIN reads them: every change
+to them goes through a method of ``State`` (``add_member``, ``forget_member``,
+``room_joined``, ``set_topic``, ``set_role``, ``set_flags``, ``add_ban``, ``lift_ban``,
+``forget_lapsed``, ``drop_room`` ...) after the store committed it, and
+``refresh(store, now_ms)`` reloads them all from the store, for changes made elsewhere
+(another broker on the same database, `zchat admin` on the file; ``refresh_bans`` reloads
+the bans and mutes alone). A ban or mute lapses at its ``until_ms``, judged against the
+``now_ms`` each check is given, whether or not the store's purge has removed it yet.
 
 Handlers read the tables directly (``core.members[key]``); they never assign to them.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zchat import wire as p
-from zchat.core.ports import Store
+from zchat.core.ports import BanRow, Store
 from zchat.names import name_key, skeleton
 from zchat.ratelimit import ByteBudget, TokenBucket
 from zchat.wire.limits import DEFAULT_ROOM as DEFAULT_ROOM  # defined once, on the wire
@@ -114,14 +115,20 @@ class State:
         #: Storage quotas (docs/PROTOCOL.md §6.53): the accounts with a quota of their own
         #: (bytes, 0 none; the others have ``storage_quota_bytes``).
         self.storage_quotas: dict[str, int] = {}
+        #: Bans and mutes (docs/PROTOCOL.md §17): room key ("" server-wide) -> account key
+        #: -> the row, in force or lapsed but not yet purged (``active_ban`` tells them
+        #: apart); a room without any has no entry.
+        self.bans: dict[str, dict[str, BanRow]] = {}
+        self.mutes: dict[str, dict[str, BanRow]] = {}
 
     # -- loading ------------------------------------------------------------------------
 
-    def refresh(self, store: Store) -> None:
-        """(Re)load accounts, rooms, members, roles, modes, creators, slow modes and
-        quotas from ``store``, in place (every reader keeps its reference). Live
-        sessions and presence stay; an account the store no longer has keeps its entry
-        while it has sessions. Derived caches are dropped."""
+    def refresh(self, store: Store, now_ms: int) -> None:
+        """(Re)load accounts, rooms, members, roles, modes, creators, slow modes, quotas
+        and the bans and mutes in force at ``now_ms`` (UTC ms) from ``store``, in place
+        (every reader keeps its reference). Live sessions and presence stay; an account
+        the store no longer has keeps its entry while it has sessions. Derived caches are
+        dropped."""
         names = store.account_names()
         for key, (name, bot) in names.items():
             account = self.accounts.get(key)
@@ -160,6 +167,38 @@ class State:
             del self.last_post[key]
         _replace(self.storage_quotas, store.storage_quotas())
         self.mention_scans.clear()
+        self.refresh_bans(store, now_ms)
+
+    def refresh_bans(self, store: Store, now_ms: int) -> None:
+        """(Re)load the bans and mutes in force at ``now_ms`` from ``store``, in place:
+        those lifted elsewhere go, those placed elsewhere come."""
+        tables: dict[str, dict[str, dict[str, BanRow]]] = {"ban": {}, "mute": {}}
+        for row in store.list_bans(now_ms):
+            if row.kind in tables:
+                tables[row.kind].setdefault(row.room_key, {})[row.account_key] = row
+        _replace(self.bans, tables["ban"])
+        _replace(self.mutes, tables["mute"])
+
+    # -- reading ------------------------------------------------------------------------
+
+    def active_ban(self, kind: str, room_key: str, account_key: str,
+                   now_ms: int) -> BanRow | None:
+        """The ban or mute (``kind`` "ban" | "mute") of the account in the room
+        (``room_key`` "" server-wide) in force at ``now_ms`` (UTC ms), or None: one whose
+        ``until_ms`` has come lapses by itself, before the purge removes it."""
+        placed = (self.mutes if kind == "mute" else self.bans).get(room_key)
+        row = placed.get(account_key) if placed else None
+        return row if row is not None and row.active(now_ms) else None
+
+    def bans_in_force(self, now_ms: int, room_key: str | None = None) -> list[BanRow]:
+        """Bans and mutes in force at ``now_ms``, oldest placed first (by id, as the
+        store lists them): of one room (``room_key``, "" the server-wide ones) or all
+        (None)."""
+        rows = [row for table in (self.bans, self.mutes)
+                for key, placed in table.items() if room_key is None or key == room_key
+                for row in placed.values() if row.active(now_ms)]
+        rows.sort(key=lambda row: row.id)
+        return rows
 
     # -- changes (each after the store committed it) --------------------------------------
 
@@ -240,6 +279,32 @@ class State:
             table.pop(key, None)
         self.private.discard(key)
         self.locked.discard(key)
+        self.bans.pop(key, None)  # the store deleted the room's bans and mutes with it
+        self.mutes.pop(key, None)
+
+    def add_ban(self, row: BanRow) -> None:
+        """A ban or mute the store placed (``Store.add_ban``'s row), replacing any
+        earlier one of the same kind, place and account."""
+        table = self.mutes if row.kind == "mute" else self.bans
+        table.setdefault(row.room_key, {})[row.account_key] = row
+
+    def lift_ban(self, kind: str, room_key: str, account_key: str) -> None:
+        """A ban or mute the store lifted (``Store.lift_ban``), lapsed or not."""
+        table = self.mutes if kind == "mute" else self.bans
+        placed = table.get(room_key)
+        if placed is not None:
+            placed.pop(account_key, None)
+            if not placed:
+                del table[room_key]
+
+    def forget_lapsed(self, rows: list[BanRow]) -> None:
+        """The store purged these lapsed bans and mutes (``purge_expired_bans``). One
+        placed again since (another id) stays."""
+        for row in rows:
+            placed = (self.mutes if row.kind == "mute" else self.bans).get(row.room_key)
+            if placed is not None and row.account_key in placed and \
+                    placed[row.account_key].id == row.id:
+                self.lift_ban(row.kind, row.room_key, row.account_key)
 
     def set_quota(self, key: str, quota: int | None) -> None:
         if quota is None:

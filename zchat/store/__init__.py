@@ -17,10 +17,10 @@ from zchat.core.ports import (
     dm_pair,
 )
 from zchat.store.migrations import MIGRATIONS, SCHEMA_VERSION, sql_statements
-from zchat.store.sqlite import BAN_CACHE_MAX, Store
+from zchat.store.sqlite import Store
 
 __all__ = [
-    "BAN_CACHE_MAX", "MIGRATIONS", "SCHEMA_VERSION", "AccountInfoRow", "AccountRow",
+    "MIGRATIONS", "SCHEMA_VERSION", "AccountInfoRow", "AccountRow",
     "AuditRow", "BanRow", "DirectMessageRow", "DmReadRow", "MessageRow", "PostedRow",
     "RoomReadRow", "RoomRow", "SessionRow", "Store", "TokenRow", "dm_pair",
     "sql_statements",

@@ -68,10 +68,6 @@ def _raise_write_error(exc: BaseException) -> NoReturn:
     raise error from exc
 
 
-#: Bound of Store.active_ban's cache (entries); emptied whole when full.
-BAN_CACHE_MAX = 65_536
-
-
 class Store:
     """All persistent state of one broker, in one SQLite file.
 
@@ -94,10 +90,8 @@ class Store:
             #: this group: its read marker moves there at the commit (``append_message``)
             self._own_reads: dict[tuple[str, str], int] = {}
             self._group_failed = ""  # why the group's transaction was lost, if it was
-            #: active_ban's answers, (kind, room_key, account_key) -> the row or None;
-            #: emptied by every write to bans and every rollback.
-            self._ban_cache: dict[tuple[str, str, str], BanRow | None] = {}
-            self._data_version = -1  # PRAGMA data_version when the cache was last checked
+            #: PRAGMA data_version at the last check (``changes_elsewhere``)
+            self._data_version = -1
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
         except sqlite3.Error as exc:
@@ -165,7 +159,6 @@ class Store:
             self._db.execute("COMMIT")
         except BaseException as exc:
             self._write_depth = 0
-            self._ban_cache.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             _raise_write_error(exc)
@@ -186,7 +179,6 @@ class Store:
             self._db.execute("RELEASE request")
         except BaseException as exc:
             self._write_depth = 0
-            self._ban_cache.clear()
             # SQLite may roll the whole transaction back by itself on SQLITE_FULL, IOERR,
             # BUSY or NOMEM (https://sqlite.org/lang_transaction.html, "Response To Errors
             # Within A Transaction"): then the group's earlier writes are gone too.
@@ -228,19 +220,24 @@ class Store:
         try:
             return self._db.execute(sql, params).fetchone()
         except BaseException as exc:
-            self._ban_cache.clear()
             if not self._db.in_transaction:
                 self._group_failed = f"storage failed, the batch was lost: {exc}"
             _raise_write_error(exc)
 
     def _check_other_writers(self) -> None:
-        """Empty the caches when another connection (``zchat admin unban`` on the
+        """Note whether another connection (another broker, ``zchat admin unban`` on the
         database) committed since the last check: PRAGMA data_version changes exactly then
         (https://sqlite.org/pragma.html#pragma_data_version)."""
-        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
-        if version != self._data_version:
-            self._data_version = version
-            self._ban_cache.clear()
+        self._data_version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def changes_elsewhere(self) -> int:
+        """A number that moves whenever another connection committed a change (PRAGMA
+        data_version): as of ``begin_group`` inside a group (one query per wake-up of the
+        loop, not per request), else read now. The core reloads its bans and mutes when
+        it moved (the port's docstring)."""
+        if not self._group:
+            self._check_other_writers()
+        return self._data_version
 
     def begin_group(self) -> None:
         """Start a group commit: every write until ``commit_group()`` goes into one
@@ -275,7 +272,6 @@ class Store:
             self._db.execute("COMMIT")
         except (sqlite3.Error, StorageError) as exc:
             self._own_reads.clear()
-            self._ban_cache.clear()
             with contextlib.suppress(sqlite3.Error):
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -289,7 +285,6 @@ class Store:
         self._group = False
         self._group_failed = ""
         self._own_reads.clear()
-        self._ban_cache.clear()
         with contextlib.suppress(sqlite3.Error):
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -502,7 +497,6 @@ class Store:
         Returns (messages, members) deleted. Raises
         NoSuchRoom when there is no such room, StorageError(503) when it is not
         committed (nothing is deleted then)."""
-        self._ban_cache.clear()
         with self._write() as db:
             (messages,) = db.execute("SELECT COUNT(*) FROM messages WHERE room_key = ?",
                                      (room_key,)).fetchone()
@@ -846,7 +840,6 @@ class Store:
         for another kind."""
         if kind not in ("ban", "mute"):
             raise ValueError(f"unknown kind {kind!r}")
-        self._ban_cache.clear()
         with self._write() as db:
             db.execute("DELETE FROM bans WHERE kind = ? AND room_key = ? AND account_key = ?",
                        (kind, room_key, account_key))
@@ -859,7 +852,6 @@ class Store:
     def lift_ban(self, kind: str, room_key: str, account_key: str) -> bool:
         """Remove the account's ban or mute of that kind and place; returns whether there
         was one (expired ones count: lifting one is harmless)."""
-        self._ban_cache.clear()
         with self._write() as db:
             cur = db.execute("DELETE FROM bans WHERE kind = ? AND room_key = ? AND "
                              "account_key = ?", (kind, room_key, account_key))
@@ -869,25 +861,13 @@ class Store:
                    now_ms: int) -> BanRow | None:
         """The ban or mute of that kind and place in force at ``now_ms``, or None (an
         expired one lapses by itself, even before ``purge_expired_bans`` removes it).
-        Answered from memory after the first read (every SEND asks twice); the cache is
-        emptied by every write to bans through this Store, every rollback, and whenever
-        another connection has committed (``zchat admin unban`` on the database: checked
-        at each group's start, else at each call)."""
-        if not self._group:  # in a group: checked once at its start
-            self._check_other_writers()
-        target = (kind, room_key, account_key)
-        try:
-            ban = self._ban_cache[target]
-        except KeyError:
-            row = self._db.execute(f"SELECT {self._BAN_COLUMNS} FROM bans WHERE kind = ? AND "
-                                   "room_key = ? AND account_key = ?", target).fetchone()
-            ban = BanRow(*row) if row else None
-            if len(self._ban_cache) >= BAN_CACHE_MAX:
-                self._ban_cache.clear()
-            self._ban_cache[target] = ban
-        if ban is None or (ban.until_ms is not None and ban.until_ms <= now_ms):
-            return None
-        return ban
+        Read from the database each time: the broker core asks its in-memory copy
+        (zchat.core.state), not this."""
+        row = self._db.execute(f"SELECT {self._BAN_COLUMNS} FROM bans WHERE kind = ? AND "
+                               "room_key = ? AND account_key = ?",
+                               (kind, room_key, account_key)).fetchone()
+        ban = BanRow(*row) if row else None
+        return ban if ban is not None and ban.active(now_ms) else None
 
     def list_bans(self, now_ms: int, room_key: str | None = None,
                   kind: str | None = None) -> list[BanRow]:
@@ -906,7 +886,6 @@ class Store:
 
     def purge_expired_bans(self, now_ms: int) -> list[BanRow]:
         """Delete the bans and mutes whose ``until_ms`` has passed; return them."""
-        self._ban_cache.clear()
         with self._write() as db:
             rows = [BanRow(*row) for row in db.execute(
                 f"SELECT {self._BAN_COLUMNS} FROM bans WHERE until_ms IS NOT NULL AND "
