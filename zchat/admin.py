@@ -9,8 +9,8 @@ Two modes, chosen by the command line (docs/admin.md "Two ways in"):
   the audit log with the admin's name;
 - **direct** (``--db FILE`` or the broker's data directory): the operations run on the
   SQLite file through :class:`zchat.store.Store`. Reading (users, sessions, bans, audit)
-  and lifting bans are safe while a broker runs (bans are read from the database at each
-  check). The writes whose effect a running broker holds in memory (creating accounts,
+  and lifting bans are safe while a broker runs (it reloads its bans and mutes when
+  another connection wrote the database). The writes whose effect a running broker holds in memory (creating accounts,
   resetting passwords, disabling and enabling) are refused while a broker holds the data
   directory's ``broker.lock`` (so do storage quotas), and hold that lock themselves while they run, so that no
   broker starts meanwhile. Their audit-log actor is ``local:<OS user>``.
@@ -339,7 +339,8 @@ def set_disabled_direct(store: Store, name: str, disabled: bool, actor: str,
 def unban_direct(store: Store, name: str, room: str, kind: str, actor: str,
                  now_ms: int) -> str:
     """Lift the account's ban (or mute, ``kind``) in ``room`` ("" = server-wide),
-    audited; safe while a broker runs (it reads bans at each check). Returns the display
+    audited; safe while a broker runs (it reloads bans when another connection wrote
+    the database, zchat.core.context.Core.catch_up_bans). Returns the display
     name. Raises AdminError for an unknown account or room, or when there is none."""
     key, display = _account(store, name)
     room_key, room_name = "", ""

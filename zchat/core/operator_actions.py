@@ -4,7 +4,8 @@ mode) both write, each in one transaction with its audit entry.
 
 Each function takes the store port and names already checked; it decides nothing a
 person reads (the callers word refusals: a wire status, or the command line's one
-line). What only a running broker can do — end live sessions and tell them why
+line). What only a running broker can do — change its in-memory state
+(zchat.core.state: ``lift_ban``, ``set_quota`` ...), end live sessions and tell them why
 (SESSION_CLOSED), push MUTED, publish events — the core adds after the write
 (``Core.end_account_sessions``); a direct-mode write runs while no broker holds the
 data directory, so the sessions it ends are the ones stored for RESUME, deleted here.
