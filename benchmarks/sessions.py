@@ -22,7 +22,7 @@ Scenarios (``SCENARIOS``; run with ``python benchmarks/run.py --only NAME``):
   hash parameters, read from the broker's configuration file.
 - ``resume``: 1,000 clients (quick: 100) logged in, the broker stopped with SIGTERM and
   started again on the same data directory and endpoints; the clients hear GOING_AWAY
-  (§6.29), reconnect with the zchat client's back-off (``zchat.client.backoff_delay``) and
+  (§6.29), reconnect with the zchat client's back-off (``zchat.client.session.backoff_delay``) and
   RESUME (§6.27). Measured: the time from the new broker's spawn until every session is
   back (target: 10 s).
 
@@ -59,7 +59,7 @@ from harness import (
 )
 
 from zchat import wire as p
-from zchat.client import RECONNECT_JITTER, backoff_delay
+from zchat.client.session import RECONNECT_JITTER, backoff_delay
 from zchat.config import MIN_SCRYPT_N, BrokerConfig, load_config
 from zchat.errors import Status, ZchatError
 

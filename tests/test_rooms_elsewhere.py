@@ -25,7 +25,7 @@ from conftest import run
 from console_helpers import console_session, until
 
 from zchat import wire as p
-from zchat.client import ConnectionRestored, JoinedElsewhere, LeftElsewhere
+from zchat.client.events import ConnectionRestored, JoinedElsewhere, LeftElsewhere
 from zchat.testing import Harness, running_broker
 
 

@@ -371,7 +371,7 @@ class Client:
         then carried forward by the events handed to the application (``events()``,
         ``next_event``), this client's ``mark_read``, ``send``/``dm`` (posting reads
         the conversation) and READ events (another session moved a marker). See
-        zchat.unread for the counting rules."""
+        zchat.client.session for the counting rules."""
         return self._unread.snapshot()
 
     async def connect(self) -> p.InfoReply:
