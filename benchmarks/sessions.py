@@ -281,7 +281,7 @@ class _Swarm:
 
     def _away(self, m: _Member, now: float) -> None:
         """The broker went away (or forgot the session): reconnect with back-off, as
-        zchat.client's _reconnect does."""
+        zchat.client.client's Client._reconnect does."""
         if not self.resume or m.state not in ("up", "info", "resume"):
             return
         if m.state == "up":
@@ -296,7 +296,7 @@ class _Swarm:
         heapq.heappush(self.timers, (now + delay, next(self.tie), m))
 
     def _reconnect(self, m: _Member, now: float) -> None:
-        """One attempt, as zchat.client's _restore: a new DEALER, INFO, then RESUME."""
+        """One attempt, as zchat.client.client's Client._restore: a new DEALER, INFO, then RESUME."""
         self.stats["attempts"] += 1
         self._open(m)
         m.state = "info"

@@ -134,8 +134,10 @@ CLIENT_EVENT_QUEUE_MAX = 10_000
 #: session lost) on a client with ``reconnect=True``, by default, in seconds. Every try
 #: carries the same client message id, so the broker stores it at most once (§6.8).
 SEND_RETRY_S = 30.0
-#: The reconnect back-off (RECONNECT_FIRST_S, RECONNECT_JITTER, ``backoff_delay``) and the
-#: catch-up PINGs (CATCH_UP_PINGS_S) are decisions: zchat/client/session.py.
+# The reconnect back-off (RECONNECT_FIRST_S, RECONNECT_JITTER, ``backoff_delay``), the
+# catch-up PINGs (CATCH_UP_PINGS_S) and a 429's wait (``rate_limit_wait_s``) are
+# decisions: zchat/client/session.py.
+
 #: Tries of one SEND or DM that the broker rate-limits (ERROR 429): between tries the
 #: client waits the reply's ``retry_after_ms`` (docs/PROTOCOL.md §4), then gives up
 #: with the last 429.
@@ -148,7 +150,6 @@ LOGIN_RATE_LIMIT_TRIES = 40
 #: the one before it, a token every 0.2 s at the default rate, so the last of 30 joins
 #: past the burst waits about 6 s, longer than RATE_LIMIT_TRIES short waits last.
 JOIN_RATE_LIMIT_TRIES = 40
-#: How long one 429 makes it wait: ``session.rate_limit_wait_s``.
 #: Share of ``timeout_s`` that a CURVE connect keeps, when INFO goes unanswered, to ask
 #: the key service whether the broker's key changed (BrokerKeyChanged instead of a
 #: timeout); INFO waits the rest. ``timeout_s`` bounds the whole connect: key lookup,
