@@ -2,7 +2,7 @@
 no I/O — no socket, no event loop, no clock (time comes in as ``now``, seconds of the
 caller's monotonic clock), no randomness (a jitter comes in as a number). The Client reads
 its sockets, calls these, and carries out the answer. Each part is tested with plain
-values (tests/test_room_feed.py, tests/test_client_session.py, tests/test_unread.py).
+values (tests/test_room_feed.py, tests/test_client_session.py, tests/test_dm_read_state.py).
 
 - **One room's messages in order, once** (``RoomFeed``, docs/PROTOCOL.md §7, §14 G2).
 - **What the account has not read** (``UnreadTracker``, ``Unread``, §6.3.1, §6.49).
@@ -14,7 +14,7 @@ values (tests/test_room_feed.py, tests/test_client_session.py, tests/test_unread
   (``MembershipChanges``: a room is *settled* when this client has no JOIN, PART or
   DELETE_ROOM of it in flight and changed nothing of it since the PING went), whether the
   PONG shows the session lost (``pong_verdict``), which rooms were left or joined on
-  another device (``rooms_left``, ``rooms_joined``).
+  another device (``rooms_left``, ``joined_elsewhere``).
 - **Liveness and back-off**: when silence means the broker is lost (``heartbeat_verdict``,
   ``after_failed_ping``), how long to wait before a reconnect attempt
   (``backoff_delay``) and after a 429 (``rate_limit_wait_s``).
