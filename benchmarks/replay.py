@@ -33,9 +33,9 @@ from harness import BROKER_DEFAULTS, Bench, BrokerHandle, Row
 from sessions import BlockingClient
 from startup import zchat_argv
 
-from zchat import keys
 from zchat import replay as zreplay
 from zchat import wire as p
+from zchat.client import trust
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LOG = DATA / "irc-replay-ltsp-2019-10-01-to-18.jsonl"
@@ -97,7 +97,7 @@ def replay(bench: Bench) -> list[Row]:
         assert broker.public_key is not None
         config = home / "config" / "zchat"
         config.mkdir(parents=True)
-        keys.pin_broker_key(config / keys.KNOWN_BROKERS_FILE, broker.router,
+        trust.pin_broker_key(config / trust.KNOWN_BROKERS_FILE, broker.router,
                             broker.public_key.decode())
         env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "ZCHAT_"))}
         env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),

@@ -22,7 +22,7 @@ Scenarios (``SCENARIOS``; run with ``python benchmarks/run.py --only NAME``):
   hash parameters, read from the broker's configuration file.
 - ``resume``: 1,000 clients (quick: 100) logged in, the broker stopped with SIGTERM and
   started again on the same data directory and endpoints; the clients hear GOING_AWAY
-  (§6.29), reconnect with the zchat client's back-off (``zchat.client.backoff_delay``) and
+  (§6.29), reconnect with the zchat client's back-off (``zchat.client.session.backoff_delay``) and
   RESUME (§6.27). Measured: the time from the new broker's spawn until every session is
   back (target: 10 s).
 
@@ -59,7 +59,7 @@ from harness import (
 )
 
 from zchat import wire as p
-from zchat.client import RECONNECT_JITTER, backoff_delay
+from zchat.client.session import RECONNECT_JITTER, backoff_delay
 from zchat.config import MIN_SCRYPT_N, BrokerConfig, load_config
 from zchat.errors import Status, ZchatError
 
@@ -281,7 +281,7 @@ class _Swarm:
 
     def _away(self, m: _Member, now: float) -> None:
         """The broker went away (or forgot the session): reconnect with back-off, as
-        zchat.client's _reconnect does."""
+        zchat.client.client's Client._reconnect does."""
         if not self.resume or m.state not in ("up", "info", "resume"):
             return
         if m.state == "up":
@@ -296,7 +296,7 @@ class _Swarm:
         heapq.heappush(self.timers, (now + delay, next(self.tie), m))
 
     def _reconnect(self, m: _Member, now: float) -> None:
-        """One attempt, as zchat.client's _restore: a new DEALER, INFO, then RESUME."""
+        """One attempt, as zchat.client.client's Client._restore: a new DEALER, INFO, then RESUME."""
         self.stats["attempts"] += 1
         self._open(m)
         m.state = "info"

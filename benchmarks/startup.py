@@ -38,8 +38,8 @@ import zmq
 from harness import Bench, Row, secure_with
 from sessions import SHIPPED, BlockingClient
 
-from zchat import keys
 from zchat import wire as p
+from zchat.client import trust
 
 PASSWORD = "bench password"
 COLS, ROWS = 100, 30
@@ -184,7 +184,7 @@ def _console_env(home: Path, broker_router: str, key: bytes | None) -> dict[str,
     (config / "zchat.toml").write_text(
         f'[client]\nserver = "{broker_router}"\nencryption = "{encryption}"\n')
     if key is not None:
-        keys.pin_broker_key(config / keys.KNOWN_BROKERS_FILE, broker_router, key.decode())
+        trust.pin_broker_key(config / trust.KNOWN_BROKERS_FILE, broker_router, key.decode())
     return env
 
 

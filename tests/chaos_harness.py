@@ -303,7 +303,8 @@ class _Log:
 async def run_worker(args: argparse.Namespace) -> int:
     """The worker process's body (see :func:`spawn_worker`). Exit code 0 after SIGTERM."""
     from zchat import wire as p
-    from zchat.client import Client, ConnectionLost, ConnectionRestored
+    from zchat.client.client import Client
+    from zchat.client.events import ConnectionLost, ConnectionRestored
     from zchat.errors import ConnectionFailed, RequestFailed
 
     record = _Log(Path(args.log))
@@ -460,7 +461,7 @@ def fetch_history(server: str, room: str = ROOM, name: str = "auditor") -> list[
     """Every message of ``room`` as (seq, id) in seq order, read over HISTORY pages by a
     client logged in as ``name`` (registered if needed)."""
     from zchat import wire as p
-    from zchat.client import SyncClient
+    from zchat.client.sync import SyncClient
     from zchat.errors import RequestFailed
 
     rows: list[tuple[int, str]] = []

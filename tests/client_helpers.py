@@ -20,7 +20,8 @@ from typing import Any
 
 from zchat import wire as p
 from zchat.broker.loop import BindError
-from zchat.client import Client, Event
+from zchat.client.client import Client
+from zchat.client.events import Event
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}

@@ -28,7 +28,7 @@ from client_helpers import RestartableBroker
 from processes import _no_process_left_behind as _no_process_left_behind
 from processes import pytest_sessionfinish as pytest_sessionfinish
 
-from zchat.keys import pin_broker_key
+from zchat.client.trust import pin_broker_key
 from zchat.store import Store
 from zchat.testing import DEFAULT_PASSWORD, Harness, create_admin_accounts, free_port
 from zchat.testing import wait_until as wait_until  # the tests import it from here

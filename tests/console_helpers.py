@@ -25,7 +25,8 @@ from prompt_toolkit.layout import Window
 from prompt_toolkit.output import DummyOutput
 
 from zchat import wire as p
-from zchat.client import Client, Event
+from zchat.client.client import Client
+from zchat.client.events import Event
 from zchat.console import view as v
 from zchat.console.app import ChatConsole
 from zchat.errors import RequestFailed

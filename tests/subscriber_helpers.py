@@ -16,9 +16,9 @@ from zmq.utils.monitor import parse_monitor_message
 
 
 def broker_key(tmp_path: Path, broker: TcpBroker) -> bytes:
-    from zchat import keys
-    pins = keys.load_known_brokers(tmp_path / "xdg-config" / "zchat" /
-                                   keys.KNOWN_BROKERS_FILE)
+    from zchat.client import trust
+    pins = trust.load_known_brokers(tmp_path / "xdg-config" / "zchat" /
+                                   trust.KNOWN_BROKERS_FILE)
     return pins[broker.router].encode()
 
 

@@ -18,7 +18,7 @@ from conftest import run
 
 from zchat import admin
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.errors import ConnectionFailed, RequestFailed, Status
 from zchat.store import Store
 from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, running_broker

@@ -466,10 +466,11 @@ def test_a_changed_key_refusal_says_so_on_its_first_line(tmp_path: Path,
                                                          broker: TcpBroker) -> None:
     """A tester saw an empty ``zchat: error: `` line before the ssh-style block: the
     message started with a newline. The console shows the same text after ``session
-    ended: `` (zchat.keys.changed_message is its one source)."""
+    ended: `` (zchat.client.trust.changed_message is its one source)."""
     import zmq
 
-    from zchat import keys
+    from zchat import keyformat
+    from zchat.client import trust
 
     other = zmq.curve_keypair()[0].decode()
     result = zchat(tmp_path, "admin", "users", "--server", broker.router, "--as", "root",
@@ -479,7 +480,7 @@ def test_a_changed_key_refusal_says_so_on_its_first_line(tmp_path: Path,
     assert lines[first + 1] == "@" * 59
     assert lines[first + 2].startswith("@    WARNING: BROKER IDENTIFICATION HAS CHANGED!")
     assert "zchat: error: " not in lines[first + 1:] and "zchat: error: " not in lines
-    assert keys.fingerprint(other) in result.stderr
-    text = str(keys.BrokerKeyChanged(broker.router, other, other, "the test", "remedy"))
-    assert text.splitlines()[0] == keys.CHANGED_HEADLINE
+    assert keyformat.fingerprint(other) in result.stderr
+    text = str(trust.BrokerKeyChanged(broker.router, other, other, "the test", "remedy"))
+    assert text.splitlines()[0] == trust.CHANGED_HEADLINE
     assert not text.startswith("\n")

@@ -17,7 +17,7 @@ from conftest import run
 from console_helpers import console_session, until
 
 from zchat import wire as p
-from zchat.client import ConnectionRestored
+from zchat.client.events import ConnectionRestored
 from zchat.console import view as v
 
 

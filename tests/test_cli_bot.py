@@ -10,7 +10,7 @@ import pytest
 from conftest import Proc, TcpBroker, cli_env, run, zchat_command
 
 from zchat import cli
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.testing import DEFAULT_PASSWORD, next_dm
 
 ECHO = Path(__file__).resolve().parent.parent / "examples" / "echo.py"

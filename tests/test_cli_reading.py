@@ -17,7 +17,7 @@ from core_helpers import World
 
 from zchat import cli
 from zchat import wire as p
-from zchat.client import SyncClient
+from zchat.client.sync import SyncClient
 from zchat.errors import Status
 from zchat.names import name_key
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker

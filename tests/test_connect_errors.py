@@ -19,8 +19,8 @@ import pytest
 import zmq
 from conftest import cli_env, free_port, zchat_command
 
-from zchat import keys
-from zchat.client import Client
+from zchat.client import endpoints
+from zchat.client.client import Client
 from zchat.errors import ConnectionFailed
 from zchat.testing import run
 
@@ -73,7 +73,7 @@ def test_an_unknown_host_fails_at_once_naming_it(tmp_path: Path) -> None:
 ])
 def test_which_endpoints_have_a_host_to_look_up(endpoint: str,
                                                 host: tuple[str, str] | None) -> None:
-    assert keys.lookup_host(endpoint) == host
+    assert endpoints.lookup_host(endpoint) == host
 
 
 def test_a_resolver_that_hangs_is_given_up_within_the_timeout(
@@ -89,7 +89,7 @@ def test_a_resolver_that_hangs_is_given_up_within_the_timeout(
     try:
         with pytest.raises(ConnectionFailed, match=r"the host name 'slow.example' \(in "
                            r"tcp://slow.example:5555\) did not resolve within 0.3 s"):
-            run(keys.resolve_host("tcp://slow.example:5555", 0.3))
+            run(endpoints.resolve_host("tcp://slow.example:5555", 0.3))
         assert time.monotonic() - start < 2  # the stuck lookup does not hold the exit
     finally:
         release.set()

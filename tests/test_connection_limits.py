@@ -23,7 +23,7 @@ from pathlib import Path
 from conftest import TcpBroker, run, start_broker, stop_broker, wait_until
 
 from zchat.broker.connections import FD_HEADROOM
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.testing import DEFAULT_PASSWORD
 
 #: The broker's ``ulimit -n`` here: below what the attack opens, as 20,000 was in the

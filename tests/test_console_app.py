@@ -47,7 +47,8 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from zchat import wire as p
-from zchat.client import Client, Event
+from zchat.client.client import Client
+from zchat.client.events import Event
 from zchat.console import view as v
 from zchat.console.app import HISTORY_ON_OPEN, OLDER_PAGE, ChatConsole, login_flow
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed

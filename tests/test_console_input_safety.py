@@ -24,7 +24,7 @@ from console_helpers import (
 )
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.config import ClientConfig
 from zchat.console import view as v
 from zchat.testing import Harness, running_broker

@@ -15,7 +15,8 @@ import pytest
 from conftest import run
 from console_helpers import console_session, until
 
-from zchat.client import Client, ConnectionRestored
+from zchat.client.client import Client
+from zchat.client.events import ConnectionRestored
 from zchat.testing import Harness, running_broker
 
 

@@ -25,7 +25,7 @@ from client_helpers import RestartableBroker
 from conftest import run
 from console_helpers import PAGE_UP, console_session, until
 
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.console import view as v
 from zchat.testing import Harness, running_broker
 

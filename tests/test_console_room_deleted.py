@@ -22,7 +22,7 @@ from conftest import run
 from console_helpers import ENTER, ESC, Session, console_session, next_of, until
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.console import view as v
 from zchat.store import Store
 from zchat.testing import Harness, running_broker

@@ -27,7 +27,7 @@ from prompt_toolkit.layout.layout import walk
 from terminal_helpers import COLS, ROWS, Terminal, console_env, screen_on_failure
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.console import view as v
 from zchat.console.app import MIN_WIDTH_FOR_SIDEBAR, SIDEBAR_WIDTH
 from zchat.console.paste_input import group_pasted_keys, is_paste

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from prompt_toolkit.utils import get_cwidth
 
 from zchat import wire as p
+from zchat.client.session import Unread
 from zchat.console.view import (
     DEFAULT_STYLE,
     NICK_PALETTE,
@@ -37,7 +38,6 @@ from zchat.console.view import (
     wrap_cells,
 )
 from zchat.names import mentions
-from zchat.unread import Unread
 
 UTC = datetime.UTC
 JST = datetime.timezone(datetime.timedelta(hours=9))

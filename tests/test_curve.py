@@ -24,10 +24,12 @@ import zmq
 import zmq.asyncio
 from conftest import free_port, run, wait_until
 
-from zchat import keys
+from zchat import keyformat
 from zchat import wire as p
+from zchat.broker import keypair
 from zchat.broker.loop import Broker, BrokerThread, TransportSecurityError
-from zchat.client import Client
+from zchat.client import trust
+from zchat.client.client import Client
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.errors import ConnectionFailed
 from zchat.store import Store
@@ -133,64 +135,64 @@ def port_of(endpoint: str) -> int:
 
 
 def test_broker_key_pair_is_created_private_and_reused(tmp_path: Path) -> None:
-    first, created = keys.load_or_create_broker_keys(tmp_path)
+    first, created = keypair.load_or_create_broker_keys(tmp_path)
     assert created
-    secret_file = tmp_path / keys.BROKER_SECRET_FILE
+    secret_file = tmp_path / keypair.BROKER_SECRET_FILE
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / keys.BROKER_PUBLIC_FILE).stat().st_mode) == 0o600
-    assert first.secret.decode() not in (tmp_path / keys.BROKER_PUBLIC_FILE).read_text()
+    assert stat.S_IMODE((tmp_path / keypair.BROKER_PUBLIC_FILE).stat().st_mode) == 0o600
+    assert first.secret.decode() not in (tmp_path / keypair.BROKER_PUBLIC_FILE).read_text()
     assert first.secret.decode() not in repr(first)
-    again, created_again = keys.load_or_create_broker_keys(tmp_path)
+    again, created_again = keypair.load_or_create_broker_keys(tmp_path)
     assert (again, created_again) == (first, False)
     # The pair is a real CURVE pair: the public key derives from the secret one.
     assert zmq.curve_public(first.secret) == first.public
 
 
 def test_a_secret_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
-    keys.load_or_create_broker_keys(tmp_path)
-    secret_file = tmp_path / keys.BROKER_SECRET_FILE
+    keypair.load_or_create_broker_keys(tmp_path)
+    secret_file = tmp_path / keypair.BROKER_SECRET_FILE
     os.chmod(secret_file, 0o644)
-    with pytest.raises(keys.KeyFileError, match=r"accessible by others \(mode 0644\).*"
+    with pytest.raises(keyformat.KeyFileError, match=r"accessible by others \(mode 0644\).*"
                                                 r"chmod 600"):
-        keys.load_or_create_broker_keys(tmp_path)
+        keypair.load_or_create_broker_keys(tmp_path)
 
 
 def test_fingerprint_and_key_checks() -> None:
     public, _secret = zmq.curve_keypair()
-    fp = keys.fingerprint(public)
+    fp = keyformat.fingerprint(public)
     assert fp.startswith("SHA256:") and len(fp) == len("SHA256:") + 43 and "=" not in fp
-    assert keys.fingerprint(public.decode()) == fp
-    assert keys.fingerprint(zmq.curve_keypair()[0]) != fp
-    assert keys.check_key(public.decode()) == public.decode()
-    with pytest.raises(keys.BadKey, match="40 characters"):
-        keys.check_key("short")
-    with pytest.raises(keys.BadKey, match="not Z85"):
-        keys.check_key("~" * 40)
+    assert keyformat.fingerprint(public.decode()) == fp
+    assert keyformat.fingerprint(zmq.curve_keypair()[0]) != fp
+    assert keyformat.check_key(public.decode()) == public.decode()
+    with pytest.raises(keyformat.BadKey, match="40 characters"):
+        keyformat.check_key("short")
+    with pytest.raises(keyformat.BadKey, match="not Z85"):
+        keyformat.check_key("~" * 40)
 
 
 def test_pinning_writes_a_private_toml_file_and_never_replaces_a_pin(tmp_path: Path) -> None:
-    path = tmp_path / "cfg" / "zchat" / keys.KNOWN_BROKERS_FILE
+    path = tmp_path / "cfg" / "zchat" / trust.KNOWN_BROKERS_FILE
     key_a, key_b = (zmq.curve_keypair()[0].decode() for _ in range(2))
-    keys.pin_broker_key(path, "tcp://a.example:5555", key_a)
-    keys.pin_broker_key(path, "tcp://b.example:5555", key_b)
-    keys.pin_broker_key(path, "tcp://a.example:5555", key_b)  # kept: a pin is not replaced
+    trust.pin_broker_key(path, "tcp://a.example:5555", key_a)
+    trust.pin_broker_key(path, "tcp://b.example:5555", key_b)
+    trust.pin_broker_key(path, "tcp://a.example:5555", key_b)  # kept: a pin is not replaced
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert tomllib.loads(path.read_text()) == {"brokers": {"tcp://a.example:5555": key_a,
                                                            "tcp://b.example:5555": key_b}}
-    assert keys.load_known_brokers(path)["tcp://b.example:5555"] == key_b
-    line = keys.pinned_line(path, "tcp://b.example:5555")
+    assert trust.load_known_brokers(path)["tcp://b.example:5555"] == key_b
+    line = trust.pinned_line(path, "tcp://b.example:5555")
     assert line is not None and "b.example" in path.read_text().splitlines()[line - 1]
     path.write_text('[brokers]\n"tcp://x:1" = "nope"\n')
-    with pytest.raises(keys.KeyFileError, match="40 characters"):
-        keys.load_known_brokers(path)
+    with pytest.raises(keyformat.KeyFileError, match="40 characters"):
+        trust.load_known_brokers(path)
 
 
 def test_key_endpoint_is_derived_from_the_router_port() -> None:
-    assert keys.key_endpoint_for("tcp://127.0.0.1:5555") == "tcp://127.0.0.1:5557"
-    assert keys.key_endpoint_for("tcp://[::1]:7000") == "tcp://[::1]:7002"
-    assert keys.key_endpoint_for("tcp://*:0") == "tcp://*:0"
+    assert keyformat.key_endpoint_for("tcp://127.0.0.1:5555") == "tcp://127.0.0.1:5557"
+    assert keyformat.key_endpoint_for("tcp://[::1]:7000") == "tcp://[::1]:7002"
+    assert keyformat.key_endpoint_for("tcp://*:0") == "tcp://*:0"
     with pytest.raises(ValueError):
-        keys.key_endpoint_for("tcp://h:65535")
+        keyformat.key_endpoint_for("tcp://h:65535")
 
 
 def test_config_validates_encryption_and_server_key() -> None:
@@ -238,9 +240,9 @@ def test_curve_round_trip_with_trust_on_first_use(tmp_path: Path,
         # The first connection pinned the key; the second found the pin.
         assert alice.pinned is not None and alice.pinned.key == b.keys.public.decode()
         assert alice.pinned.path == known
-        assert keys.load_known_brokers(known) == {b.router_endpoint: b.keys.public.decode()}
+        assert trust.load_known_brokers(known) == {b.router_endpoint: b.keys.public.decode()}
         assert stat.S_IMODE(known.stat().st_mode) == 0o600
-        assert keys.fingerprint(b.keys.public) in alice.pinned.notice()
+        assert keyformat.fingerprint(b.keys.public) in alice.pinned.notice()
         # Every handshake went through the ZAP handler: 2 clients x (DEALER + SUB).
         assert b.zap.requests - zap_before >= 4
 
@@ -279,7 +281,7 @@ def test_inproc_stays_plain_and_none_is_plain(tmp_path: Path, ctx: zmq.Context[A
         assert (b.encrypted, b.zap, b.key_endpoint) == (False, None, "")
     with broker(tmp_path, ctx, encryption="none") as b:
         assert (b.encrypted, b.zap, b.key_endpoint, b.keys) == (False, None, "", None)
-        assert not (tmp_path / "data" / keys.BROKER_SECRET_FILE).exists()
+        assert not (tmp_path / "data" / keypair.BROKER_SECRET_FILE).exists()
 
 
 def test_key_service_ignores_junk_and_keeps_serving(tmp_path: Path,
@@ -297,7 +299,7 @@ def test_key_service_ignores_junk_and_keeps_serving(tmp_path: Path,
 
         async def fetch() -> str:
             actx = zmq.asyncio.Context.shadow(ctx.underlying)
-            return await keys.fetch_broker_key(actx, b.key_endpoint, 5.0)
+            return await trust.fetch_broker_key(actx, b.key_endpoint, 5.0)
 
         assert b.keys is not None
         assert run(fetch()) == b.keys.public.decode()
@@ -314,7 +316,7 @@ def test_wrong_key_pinned_is_refused_loudly_and_nothing_is_sent(tmp_path: Path,
         relay = Relay(port_of(b.router_endpoint))
         server = f"tcp://127.0.0.1:{relay.port}"
         impostor = zmq.curve_keypair()[0].decode()
-        keys.pin_broker_key(known, server, impostor)
+        trust.pin_broker_key(known, server, impostor)
         zap_before = b.zap.requests
         try:
             async def attempt() -> None:
@@ -323,22 +325,22 @@ def test_wrong_key_pinned_is_refused_loudly_and_nothing_is_sent(tmp_path: Path,
                 async with c:
                     await c.login("alice", PASSWORD)
 
-            with pytest.raises(keys.BrokerKeyChanged) as caught:
+            with pytest.raises(trust.BrokerKeyChanged) as caught:
                 run(attempt())
         finally:
             relay.close()
         text = str(caught.value)
         assert "BROKER IDENTIFICATION HAS CHANGED" in text
         assert f"{known}, line " in text
-        assert keys.fingerprint(impostor) in text
-        assert keys.fingerprint(b.keys.public) in text
+        assert keyformat.fingerprint(impostor) in text
+        assert keyformat.fingerprint(b.keys.public) in text
         assert f"delete the line for {server}" in text
         # Nothing went through: no handshake reached the ZAP handler, no session exists,
         # and the password never crossed the relay.
         assert b.zap.requests == zap_before
         assert b.core is not None and not b.core.sessions
         assert PASSWORD.encode() not in relay.captured
-        assert keys.load_known_brokers(known)[server] == impostor  # the pin is kept
+        assert trust.load_known_brokers(known)[server] == impostor  # the pin is kept
 
 
 def test_a_changed_broker_key_is_refused(tmp_path: Path) -> None:
@@ -366,12 +368,12 @@ def test_a_changed_broker_key_is_refused(tmp_path: Path) -> None:
     try:
         with broker(tmp_path, second_ctx, "two", **ends) as b2:
             assert b2.keys is not None and b2.keys.public.decode() != first_key
-            with pytest.raises(keys.BrokerKeyChanged, match="IDENTIFICATION HAS CHANGED"):
+            with pytest.raises(trust.BrokerKeyChanged, match="IDENTIFICATION HAS CHANGED"):
                 run(connect())
             assert b2.core is not None and not b2.core.sessions
     finally:
         second_ctx.destroy(0)
-    assert keys.load_known_brokers(known) == {router: first_key}
+    assert trust.load_known_brokers(known) == {router: first_key}
 
 
 def test_server_key_given_up_front_is_used_and_never_pinned(tmp_path: Path,
@@ -400,9 +402,9 @@ def test_server_key_given_up_front_is_used_and_never_pinned(tmp_path: Path,
             async with c:
                 pass
 
-        with pytest.raises(keys.BrokerKeyChanged, match=r"server_key") as caught:
+        with pytest.raises(trust.BrokerKeyChanged, match=r"server_key") as caught:
             run(mismatch())
-        assert keys.fingerprint(wrong) in str(caught.value)
+        assert keyformat.fingerprint(wrong) in str(caught.value)
         assert not known.exists()
 
 

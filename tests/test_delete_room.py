@@ -16,7 +16,7 @@ from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, z
 from core_helpers import Peer, World, room_with
 
 from zchat import wire as p
-from zchat.client import SyncClient
+from zchat.client.sync import SyncClient
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_message
 

@@ -18,7 +18,9 @@ import pytest
 from conftest import run
 
 from zchat import wire as p
-from zchat.client import Client, SyncClient
+from zchat.client.client import Client
+from zchat.client.session import UnreadTracker
+from zchat.client.sync import SyncClient
 from zchat.errors import LocalProtocolError, RequestFailed, Status
 from zchat.names import mentions, name_key, skeleton
 from zchat.passwords import hash_password
@@ -32,7 +34,6 @@ from zchat.testing import (
     next_message,
     running_broker,
 )
-from zchat.unread import UnreadTracker
 
 
 @contextlib.asynccontextmanager

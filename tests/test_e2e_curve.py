@@ -15,12 +15,14 @@ import pytest
 from cli_helpers import ok, restart_on_same_ports, zchat
 from conftest import TcpBroker, cli_env, start_broker, stop_broker, zchat_command
 
-from zchat import keys
+from zchat import files, keyformat
+from zchat.broker import keypair
+from zchat.client import trust
 
 
 def known_file(tmp_path: Path) -> Path:
     """The pinned-keys file of the CLI subprocesses (``cli_env``'s XDG_CONFIG_HOME)."""
-    return tmp_path / "xdg-config" / "zchat" / keys.KNOWN_BROKERS_FILE
+    return tmp_path / "xdg-config" / "zchat" / trust.KNOWN_BROKERS_FILE
 
 
 def printed_key(lines: list[str]) -> str:
@@ -31,13 +33,13 @@ def test_broker_prints_its_key_keeps_it_private_and_reuses_it(tmp_path: Path) ->
     broker, lines = start_broker(tmp_path)
     try:
         key = printed_key(lines)
-        assert keys.check_key(key) == key
-        secret = broker.data_dir / keys.BROKER_SECRET_FILE
+        assert keyformat.check_key(key) == key
+        secret = broker.data_dir / keypair.BROKER_SECRET_FILE
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
         # the database too: hashes, DMs, private rooms, the audit log (a tester: 0644)
         db = broker.data_dir / "zchat.db"
         assert stat.S_IMODE(db.stat().st_mode) == 0o600
-        pair, _ = keys.load_or_create_broker_keys(broker.data_dir)
+        pair, _ = keypair.load_or_create_broker_keys(broker.data_dir)
         assert pair.public.decode() == key
         assert not any(pair.secret.decode() in line
                        for line in broker.process.stdout + broker.process.stderr)
@@ -52,11 +54,11 @@ def test_broker_prints_its_key_keeps_it_private_and_reuses_it(tmp_path: Path) ->
 def test_first_use_pins_the_key_and_says_so(tmp_path: Path, tcp_broker: TcpBroker) -> None:
     known = known_file(tmp_path)
     known.unlink()  # undo the fixture's pin: this is the first use
-    key = keys.load_or_create_broker_keys(tcp_broker.data_dir)[0].public.decode()
+    key = keypair.load_or_create_broker_keys(tcp_broker.data_dir)[0].public.decode()
     first = ok(zchat(tmp_path, "register", "--server", tcp_broker.router, "alice"))
     assert f"first connection to {tcp_broker.router}" in first.stderr
-    assert keys.fingerprint(key) in first.stderr and str(known) in first.stderr
-    assert keys.load_known_brokers(known) == {tcp_broker.router: key}
+    assert keyformat.fingerprint(key) in first.stderr and str(known) in first.stderr
+    assert trust.load_known_brokers(known) == {tcp_broker.router: key}
     assert stat.S_IMODE(known.stat().st_mode) == 0o600
     again = ok(zchat(tmp_path, "say", "--server", tcp_broker.router, "--as", "alice",
                      "--room", "lobby", "hi"))
@@ -78,8 +80,8 @@ def test_changed_broker_key_is_refused_loudly_without_logging_in(tmp_path: Path)
         assert "Traceback" not in result.stderr
         assert "WARNING: BROKER IDENTIFICATION HAS CHANGED!" in result.stderr
         assert f"{known_file(tmp_path)}, line " in result.stderr
-        assert keys.fingerprint(printed_key(lines)) in result.stderr
-        assert keys.fingerprint(printed_key(impostor.stdout)) in result.stderr
+        assert keyformat.fingerprint(printed_key(lines)) in result.stderr
+        assert keyformat.fingerprint(printed_key(impostor.stdout)) in result.stderr
         assert "Nothing was sent" in result.stderr
     finally:
         impostor.popen.terminate()
@@ -102,7 +104,7 @@ def test_server_key_flag_is_used_and_not_pinned(tmp_path: Path,
                                                 tcp_broker: TcpBroker) -> None:
     known = known_file(tmp_path)
     known.unlink()
-    key = keys.load_or_create_broker_keys(tcp_broker.data_dir)[0].public.decode()
+    key = keypair.load_or_create_broker_keys(tcp_broker.data_dir)[0].public.decode()
     done = ok(zchat(tmp_path, "register", "--server", tcp_broker.router, "--server-key",
                     key, "dora"))
     assert done.stderr == "" and not known.exists()
@@ -118,7 +120,7 @@ def test_a_server_key_that_starts_with_a_dash_is_taken_as_the_value(tmp_path: Pa
             break
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    keys._write_private(data / keys.BROKER_SECRET_FILE, keys._certificate(public, secret))
+    files.write_private(data / keypair.BROKER_SECRET_FILE, keypair.certificate(public, secret))
     broker = start_broker(tmp_path)[0]
     try:
         known = known_file(tmp_path)

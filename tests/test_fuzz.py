@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.config import BrokerConfig
 from zchat.core import BrokerCore, Offload, ToPeer, ToTopic
 from zchat.errors import ProtocolError, RequestFailed

@@ -21,7 +21,7 @@ from conftest import run
 
 from zchat import wire as p
 from zchat.broker.loop import Broker
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.core.facade import domain_refusal
 from zchat.core.ports import NoSuchRoom
 from zchat.errors import RequestFailed, Status, StorageError

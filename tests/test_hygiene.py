@@ -2,12 +2,13 @@
 killed (tests/processes.py), no test writes into the real home of whoever runs the
 suite (``private_homes`` in tests/conftest.py), and no module of the suite imports a test
 file (helpers shared by tests live in helper modules or in conftest.py), no test file is
-named after an issue, and the package's imports run one way (no cycle; ``zchat.core`` and
-``zchat.wire`` load no I/O)."""
+named after an issue, and the package's imports run one way (no cycle; ``zchat.core``,
+``zchat.wire`` and the client's session module load no I/O)."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import re
@@ -314,3 +315,53 @@ def test_importing_the_wire_loads_no_sockets_database_or_event_loop() -> None:
     wire_modules = sorted(m for m in _zchat_imports() if m.startswith("zchat.wire"))
     assert len(wire_modules) > 5
     assert _loaded_by(wire_modules, ("zmq", "sqlite3", "asyncio")) == []
+
+
+#: What the client's pure session module may not import itself: sockets, an event loop,
+#: threads, the clock or randomness (time and jitter come in as arguments).
+SESSION_FORBIDDEN_IMPORTS = {"zmq", "asyncio", "socket", "selectors", "ssl", "threading",
+                             "time", "random", "sqlite3"}
+
+
+def test_importing_the_client_session_loads_no_sockets_or_event_loop() -> None:
+    """The client's decisions are pure (zchat/client/session.py, and the events it is
+    told about, zchat/client/events.py): importing them in a fresh interpreter loads
+    neither zmq, asyncio, sqlite3 nor any zchat module that opens a socket (the asyncio
+    client, the key trust, the endpoints' look-up, the broker). The stdlib ``socket`` is
+    not in that list: ``zchat.names`` uses the confusable-homoglyphs package, which
+    imports ``urllib.request`` for its own data updater; so the session module's own
+    imports are checked as well (below), and it imports no socket, clock or event loop."""
+    modules = ["zchat.client.session", "zchat.client.events"]
+    io_modules = sorted(m for m in _zchat_imports()
+                        if m.startswith("zchat.broker")
+                        or m in ("zchat.client.client", "zchat.client.sync",
+                                 "zchat.client.trust", "zchat.client.endpoints"))
+    assert "zchat.broker.loop" in io_modules and "zchat.client.client" in io_modules
+    assert _loaded_by(modules, ("zmq", "asyncio", "sqlite3", *io_modules)) == []
+    for name in modules:
+        path = ZCHAT.parent / (name.replace(".", "/") + ".py")
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+        assert imported & SESSION_FORBIDDEN_IMPORTS == set(), name
+
+
+def test_the_client_package_re_exports_its_public_api_lazily() -> None:
+    """``from zchat.client import Client, SyncClient, ConnectionLost …`` works for users
+    as it did when zchat/client.py was one module, each name being the one its module
+    defines; ``import zchat.client`` alone loads no zmq (the names load at first use)."""
+    import zchat.client
+    from zchat.client import client, events, session, sync, trust
+
+    assert sorted(zchat.client.__all__) == sorted(zchat.client._PUBLIC)
+    for name, module in zchat.client._PUBLIC.items():
+        assert getattr(zchat.client, name) is getattr(importlib.import_module(module), name)
+    assert zchat.client.Client is client.Client
+    assert zchat.client.SyncClient is sync.SyncClient
+    assert zchat.client.ConnectionLost is events.ConnectionLost
+    assert zchat.client.Unread is session.Unread
+    assert zchat.client.BrokerKeyChanged is trust.BrokerKeyChanged
+    assert _loaded_by(["zchat.client"], ("zmq", "asyncio")) == []

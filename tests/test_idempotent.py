@@ -18,9 +18,9 @@ from client_helpers import RestartableBroker, collect, is_, logged_in, msgs
 from conftest import run
 from core_helpers import World
 
-from zchat import client as client_module
 from zchat import wire as p
-from zchat.client import ConnectionRestored, Event
+from zchat.client import client as client_module
+from zchat.client.events import ConnectionRestored, Event
 from zchat.core import ToPeer, ToTopic
 from zchat.errors import ConnectionFailed, Status
 from zchat.store import Store

@@ -19,9 +19,10 @@ from client_helpers import FAST_BEATS, collect, is_msg, msgs
 from conftest import run
 from zmq.utils.monitor import recv_monitor_message
 
-from zchat import client as client_module
 from zchat import wire as p
-from zchat.client import Client, ConnectionLost, Event
+from zchat.client import session
+from zchat.client.client import Client
+from zchat.client.events import ConnectionLost, Event
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
@@ -411,7 +412,7 @@ class GapScenario:
 
 def test_missed_messages_are_backfilled_in_order_without_duplicates(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "CATCH_UP_PINGS_S", (3600.0,))  # as below
+    monkeypatch.setattr(session, "CATCH_UP_PINGS_S", (3600.0,))  # as below
 
     async def main(h: Harness) -> None:
         async with h.client("alice") as alice, h.client("bob") as bob:
@@ -447,7 +448,7 @@ def test_missed_messages_are_backfilled_in_order_without_duplicates(
 def test_ping_alone_repairs_a_gap(monkeypatch: pytest.MonkeyPatch) -> None:
     # No catch-up PINGs: on a busy machine the one 0.5 s after the join could repair the
     # gap before this test's own PING, which is what the test is about.
-    monkeypatch.setattr(client_module, "CATCH_UP_PINGS_S", (3600.0,))
+    monkeypatch.setattr(session, "CATCH_UP_PINGS_S", (3600.0,))
 
     async def main(h: Harness) -> None:
         async with h.client("alice") as alice, h.client("bob") as bob:

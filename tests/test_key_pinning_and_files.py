@@ -23,10 +23,12 @@ from conftest import Proc, cli_env, free_port, run, start_broker, stop_broker, z
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from zchat import keys
+from zchat import keyformat
 from zchat import wire as p
+from zchat.broker import keypair
 from zchat.broker.loop import BrokerThread
-from zchat.client import KEY_CHECK_SHARE, Client
+from zchat.client import trust
+from zchat.client.client import KEY_CHECK_SHARE, Client
 from zchat.config import BrokerConfig
 from zchat.console.app import ChatConsole
 from zchat.errors import ConnectionFailed
@@ -50,7 +52,7 @@ PINNER = """
 import sys
 from pathlib import Path
 import zmq
-from zchat.keys import pin_broker_key
+from zchat.client.trust import pin_broker_key
 key = zmq.curve_keypair()[0].decode()
 for i in range(25):
     pin_broker_key(Path(sys.argv[1]), f"tcp://broker-{sys.argv[2]}.example:{5555 + i}", key)
@@ -61,20 +63,20 @@ def test_four_clients_pinning_at_once_lose_no_pin(tmp_path: Path) -> None:
     """Four processes pin 25 new brokers each, all at once, into one file: without the
     lock around read-modify-write a tester's clients lost pins (32 of 100 survived when
     this test ran against the old code)."""
-    known = tmp_path / "cfg" / keys.KNOWN_BROKERS_FILE
+    known = tmp_path / "cfg" / trust.KNOWN_BROKERS_FILE
     procs = [subprocess.Popen([sys.executable, "-c", PINNER, str(known), str(n)],
                               stderr=subprocess.PIPE, text=True) for n in range(4)]
     for proc in procs:
         _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-    pinned = keys.load_known_brokers(known)
+    pinned = trust.load_known_brokers(known)
     assert len(pinned) == 100
     assert {f"tcp://broker-{n}.example:{5555 + i}" for n in range(4) for i in range(25)} \
         == set(pinned)
     assert stat.S_IMODE(known.stat().st_mode) == 0o600
     # only the file and its lock file: no temporary file left behind
     assert sorted(f.name for f in known.parent.iterdir()) == \
-        [keys.KNOWN_BROKERS_FILE, keys.KNOWN_BROKERS_FILE + ".lock"]
+        [trust.KNOWN_BROKERS_FILE, trust.KNOWN_BROKERS_FILE + ".lock"]
 
 
 # -- 6. --timeout bounds the whole connect -------------------------------------------------
@@ -88,7 +90,7 @@ def test_timeout_bounds_info_and_the_key_check_together(
     The waits each step is given (recorded on the real calls) now add up to the
     timeout."""
     waits: list[tuple[str, float]] = []
-    real_request, real_fetch = Client.request, keys.fetch_broker_key
+    real_request, real_fetch = Client.request, trust.fetch_broker_key
 
     async def request(self: Client, req: p.Request, timeout_s: float | None = None) -> Any:
         if isinstance(req, p.Info):
@@ -100,7 +102,7 @@ def test_timeout_bounds_info_and_the_key_check_together(
         return await real_fetch(context, endpoint, timeout_s)
 
     monkeypatch.setattr(Client, "request", request)
-    monkeypatch.setattr(keys, "fetch_broker_key", fetch)
+    monkeypatch.setattr(trust, "fetch_broker_key", fetch)
     with tcp_broker(tmp_path, ctx, encryption="none") as b:
         async def attempt() -> None:
             c = Client(b.router_endpoint, context=ctx, known_brokers=tmp_path / "k.toml",
@@ -126,7 +128,7 @@ def test_the_first_use_notice_is_shown_in_the_console(tmp_path: Path,
     known = tmp_path / "known.toml"
     with tcp_broker(tmp_path, ctx) as b:
         assert b.keys is not None
-        fingerprint = keys.fingerprint(b.keys.public)
+        fingerprint = keyformat.fingerprint(b.keys.public)
 
         async def scenario(first: bool) -> list[str]:
             client = Client(b.router_endpoint, context=ctx, known_brokers=known,
@@ -190,21 +192,21 @@ def test_tail_prints_the_changed_key_warning_once(tmp_path: Path) -> None:
 
 def test_a_deleted_public_key_file_is_recreated_from_the_secret(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    pair, created = keys.load_or_create_broker_keys(tmp_path)
+    pair, created = keypair.load_or_create_broker_keys(tmp_path)
     assert created
-    public_file = tmp_path / keys.BROKER_PUBLIC_FILE
+    public_file = tmp_path / keypair.BROKER_PUBLIC_FILE
     original = public_file.read_text(encoding="ascii")
     public_file.unlink()
-    with caplog.at_level(logging.WARNING, logger="zchat.keys"):
-        again, created = keys.load_or_create_broker_keys(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="zchat.broker.keypair"):
+        again, created = keypair.load_or_create_broker_keys(tmp_path)
     assert not created and again == pair
     assert public_file.read_text(encoding="ascii") == original
     assert stat.S_IMODE(public_file.stat().st_mode) == 0o600
     assert [r.getMessage() for r in caplog.records] == [
         f"{public_file} was missing: recreated it (mode 0600) from "
-        f"{tmp_path / keys.BROKER_SECRET_FILE}"]
+        f"{tmp_path / keypair.BROKER_SECRET_FILE}"]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="zchat.keys"):
-        keys.load_or_create_broker_keys(tmp_path)  # present now: nothing to say
+    with caplog.at_level(logging.WARNING, logger="zchat.broker.keypair"):
+        keypair.load_or_create_broker_keys(tmp_path)  # present now: nothing to say
     assert caplog.records == []
 

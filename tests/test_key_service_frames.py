@@ -22,7 +22,7 @@ import zmq
 from conftest import TcpBroker, start_broker, stop_broker
 from floods import DEALER_READY, NULL_GREETING, Pinger, flood_plain, memory_kib
 
-from zchat import keys
+from zchat import keyformat
 from zchat.broker import zmtp
 
 ATTACK_FRAMES = 3_000_000
@@ -31,7 +31,7 @@ GROWTH_KIB = 64 * 1024
 
 
 def peer() -> zmtp.KeyPeer:
-    return zmtp.KeyPeer(keys.KEY_SERVICE_MAX_FRAME_BYTES)
+    return zmtp.KeyPeer(keyformat.KEY_SERVICE_MAX_FRAME_BYTES)
 
 
 def test_a_key_request_split_across_reads_is_found_once() -> None:
@@ -93,10 +93,10 @@ def fetch_key(ctx: zmq.Context[Any], port: int) -> bytes:
     dealer.setsockopt(zmq.LINGER, 0)
     try:
         dealer.connect(f"tcp://127.0.0.1:{port}")
-        dealer.send(keys.KEY_REQUEST)
+        dealer.send(keyformat.KEY_REQUEST)
         assert dealer.poll(5000), "the key service did not answer"
         frames = dealer.recv_multipart()
-        assert frames[:2] == [keys.KEY_REPLY, b"curve"]
+        assert frames[:2] == [keyformat.KEY_REPLY, b"curve"]
         return frames[2]
     finally:
         dealer.close(linger=0)

@@ -17,19 +17,19 @@ from typing import Any
 import pytest
 import zmq
 
-from zchat import keys
+from zchat import keyformat
 from zchat.broker.key_service import KeyService
 from zchat.broker.loop import BrokerThread
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.config import BrokerConfig, ConfigError, config_from_dict
 from zchat.store import Store
 
 PUBLIC = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
-REPLY = [keys.KEY_REPLY, b"curve", PUBLIC]
+REPLY = [keyformat.KEY_REPLY, b"curve", PUBLIC]
 
 
 def ask(service: KeyService, rid: bytes, address: str, now_s: float,
-        request: bytes = keys.KEY_REQUEST) -> list[bytes] | None:
+        request: bytes = keyformat.KEY_REQUEST) -> list[bytes] | None:
     return service.reply([rid, request], address, now_s)
 
 
@@ -112,11 +112,11 @@ def answers(ctx: zmq.Context[Any], endpoint: str, requests: int,
     try:
         dealer.connect(endpoint)
         for _ in range(requests):
-            dealer.send(keys.KEY_REQUEST)
+            dealer.send(keyformat.KEY_REQUEST)
         got = 0
         while got < requests and dealer.poll(wait_ms):
             frames = dealer.recv_multipart()
-            assert frames[:2] == [keys.KEY_REPLY, b"curve"]
+            assert frames[:2] == [keyformat.KEY_REPLY, b"curve"]
             got += 1
         return got
     finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from conftest import run
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 ROUNDS = 15
@@ -116,7 +116,7 @@ def test_a_client_joining_a_busy_room_gets_every_message_after_its_join_once() -
 def test_a_join_is_followed_by_a_catch_up_heartbeat_long_before_the_interval() -> None:
     """With the shipped 10 s heartbeat a message posted before a new subscription took
     effect would wait up to 10 s for the next PONG; the client sends a catch-up PING
-    about half a second after it starts following a room (client.CATCH_UP_PINGS_S)."""
+    about half a second after it starts following a room (session.CATCH_UP_PINGS_S in zchat/client/session.py)."""
 
     async def scenario(h: Harness) -> None:
         async with h.client("bob") as bob:

@@ -32,7 +32,8 @@ from conftest import Proc, TcpBroker, cli_env, run, zchat_command
 from core_helpers import PASSWORD, World
 
 from zchat import wire as p
-from zchat.client import Client, ConnectionLost, SessionEnded
+from zchat.client.client import Client
+from zchat.client.events import ConnectionLost, SessionEnded
 from zchat.console.view import duration_text, expiry_text
 from zchat.core import ToPeer
 from zchat.errors import RequestFailed, Status

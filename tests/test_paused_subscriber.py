@@ -28,9 +28,10 @@ from collections.abc import Iterator
 import pytest
 from conftest import run, wait_until
 
-from zchat import client as client_module
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client import client as client_module
+from zchat.client import session
+from zchat.client.client import Client
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 RUNS = int(os.environ.get("ZCHAT_PAUSE_RUNS", "10"))
@@ -118,10 +119,10 @@ class Subscriber:
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Harness]:
-    saved = client_module.SUB_RCVHWM, client_module.CATCH_UP_PINGS_S
+    saved = client_module.SUB_RCVHWM, session.CATCH_UP_PINGS_S
     # Small queues so that a pause loses messages; quick catch-up PINGs so that the
     # ``ping`` point comes soon after the join.
-    client_module.SUB_RCVHWM, client_module.CATCH_UP_PINGS_S = HWM, (0.05, 0.3)
+    client_module.SUB_RCVHWM, session.CATCH_UP_PINGS_S = HWM, (0.05, 0.3)
     try:
         with running_broker(send_rate_per_s=0, room_create_rate_per_s=0,
                             max_rooms_created=0, sndhwm=HWM,
@@ -133,7 +134,7 @@ def broker() -> Iterator[Harness]:
             run(accounts())
             yield harness
     finally:
-        client_module.SUB_RCVHWM, client_module.CATCH_UP_PINGS_S = saved
+        client_module.SUB_RCVHWM, session.CATCH_UP_PINGS_S = saved
 
 
 async def post(bob: Client, room: str, count: int, tag: str) -> None:

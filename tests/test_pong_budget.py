@@ -11,7 +11,7 @@ from conftest import run
 from core_helpers import World
 
 from zchat import wire as p
-from zchat.client import LeftElsewhere
+from zchat.client.events import LeftElsewhere
 from zchat.testing import Harness, running_broker
 
 TOPIC = "t" * 300

@@ -33,7 +33,7 @@ def run_with_umask_022(tmp_path: Path, code: str, *args: str) -> None:
 
 LOG_A_LINE = ("import logging; from zchat.cli import _log_to_file; _log_to_file(); "
               "logging.getLogger('zchat.console').warning('hello')")
-PIN_A_KEY = ("import sys; from zchat.keys import pin_broker_key, default_known_brokers_path; "
+PIN_A_KEY = ("import sys; from zchat.client.trust import pin_broker_key, default_known_brokers_path; "
              "pin_broker_key(default_known_brokers_path(), sys.argv[1], sys.argv[2])")
 
 

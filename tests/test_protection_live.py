@@ -22,7 +22,7 @@ import zmq
 from conftest import Proc, cli_env, free_port, run, zchat_command
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.errors import RequestFailed, Status
 from zchat.testing import DEFAULT_PASSWORD, next_message, running_broker
 

@@ -26,7 +26,7 @@ from raw_helpers import call
 from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import wire as p
-from zchat.client import pub_endpoint_for
+from zchat.client.endpoints import pub_endpoint_for
 from zchat.testing import DEFAULT_PASSWORD
 
 SUBSCRIBERS = 100

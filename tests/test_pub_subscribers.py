@@ -22,7 +22,8 @@ from conftest import TcpBroker, run, running_tcp_broker, wait_until
 from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import wire as p
-from zchat.client import Client, pub_endpoint_for
+from zchat.client.client import Client
+from zchat.client.endpoints import pub_endpoint_for
 from zchat.testing import DEFAULT_PASSWORD, next_message
 
 #: Anonymous subscribers of the attack (500 in the tester's run).

@@ -34,7 +34,8 @@ from subscriber_helpers import Subscriber, broker_key, settle
 
 from zchat import wire as p
 from zchat.broker.subscriptions import SubscriptionLimits
-from zchat.client import Client, pub_endpoint_for
+from zchat.client.client import Client
+from zchat.client.endpoints import pub_endpoint_for
 from zchat.names import name_key
 from zchat.testing import DEFAULT_PASSWORD, next_message
 

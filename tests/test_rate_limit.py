@@ -19,7 +19,7 @@ import zmq.asyncio
 from conftest import run
 
 from zchat import wire as p
-from zchat.client import RATE_LIMIT_TRIES, Client
+from zchat.client.client import RATE_LIMIT_TRIES, Client
 from zchat.errors import RequestFailed, Status
 
 _endpoints = itertools.count(1)

@@ -21,16 +21,15 @@ from client_helpers import RestartableBroker, collect, is_, logged_in, msgs
 from conftest import free_port, run
 
 from zchat import wire as p
-from zchat.client import (
-    RECONNECT_FIRST_S,
-    Client,
+from zchat.client.client import Client
+from zchat.client.events import (
     ConnectionLost,
     ConnectionRestored,
     Event,
     Reconnecting,
     SessionEnded,
-    backoff_delay,
 )
+from zchat.client.session import RECONNECT_FIRST_S, backoff_delay
 from zchat.errors import ConnectionFailed
 from zchat.passwords import hash_password
 from zchat.testing import DEFAULT_PASSWORD, FAST_HASH

@@ -17,7 +17,8 @@ from conftest import run
 from core_helpers import Peer, World, decode_events
 
 from zchat import wire as p
-from zchat.client import Client, ConnectionLost, ConnectionRestored, Event
+from zchat.client.client import Client
+from zchat.client.events import ConnectionLost, ConnectionRestored, Event
 from zchat.core import BrokerCore
 from zchat.errors import Status
 from zchat.passwords import token_sha256

@@ -10,7 +10,7 @@ from __future__ import annotations
 from conftest import run
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.testing import Harness, running_broker
 
 

@@ -1,4 +1,4 @@
-"""zchat.feed.RoomFeed, the client's per-room delivery decisions (pure): whatever arrives
+"""zchat.client.session.RoomFeed, the client's per-room delivery decisions (pure): whatever arrives
 live or from HISTORY, in whatever order and with whatever losses, the application is
 handed each message once and in sequence order (docs/PROTOCOL.md §14, G2)."""
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zchat import wire as p
-from zchat.feed import MAX_HELD, RoomFeed
+from zchat.client.session import MAX_HELD, RoomFeed
 
 
 def msg(seq: int) -> p.MessagePosted:

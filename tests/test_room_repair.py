@@ -13,9 +13,9 @@ from typing import Any
 
 from conftest import run
 
-from zchat import client as client_module
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client import session
+from zchat.client.client import Client
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 
@@ -176,11 +176,11 @@ def test_a_message_heard_before_the_join_reply_is_kept_not_fetched_again() -> No
 
 
 def test_catch_up_pings_count_from_the_latest_room_followed(monkeypatch: Any) -> None:
-    """The catch-up PINGs (client.CATCH_UP_PINGS_S) are timed from the latest room the
+    """The catch-up PINGs (session.CATCH_UP_PINGS_S) are timed from the latest room the
     client started following: a JOIN just before the login's last catch-up PING still
     gets its own (before, it got none, and a message lost on the new subscription waited
     for the heartbeat interval)."""
-    monkeypatch.setattr(client_module, "CATCH_UP_PINGS_S", (0.2, 0.4))
+    monkeypatch.setattr(session, "CATCH_UP_PINGS_S", (0.2, 0.4))
 
     async def scenario(h: Harness) -> None:
         async with h.client("bob") as bob:

@@ -25,7 +25,7 @@ from conftest import run
 from console_helpers import console_session, until
 
 from zchat import wire as p
-from zchat.client import ConnectionRestored, JoinedElsewhere, LeftElsewhere
+from zchat.client.events import ConnectionRestored, JoinedElsewhere, LeftElsewhere
 from zchat.testing import Harness, running_broker
 
 
@@ -73,7 +73,7 @@ def test_a_stale_pong_does_not_undo_this_clients_own_join_or_part(h: Harness) ->
     async def main() -> None:
         async with h.client("carol") as carol:
             await carol.join("dev")
-            before = dict(carol._membership_changes)
+            before = carol._membership.snapshot()
             stale: p.Pong = await carol.request(p.Ping())  # lists lobby and dev
             await carol.join("mine")
             await carol.part("dev")
@@ -93,7 +93,7 @@ def test_a_kick_read_before_a_pong_that_predates_it_does_not_follow_the_room_aga
             async with h.client("carol") as carol, h.client("root") as root:
                 await root.join("ops")
                 await carol.join("ops")
-                before = dict(carol._membership_changes)
+                before = carol._membership.snapshot()
                 stale: p.Pong = await carol.request(p.Ping())  # lists ops
                 await root.kick("ops", "carol", "testing")
                 await collect(carol, is_(p.UserLeft, name="carol", room="ops"))

@@ -14,7 +14,8 @@ from conftest import Proc, TcpBroker, cli_env, run, start_broker, stop_broker, z
 from console_helpers import console_session, window_text
 
 from zchat import wire as p
-from zchat.client import Client, ConnectionRestored, Event
+from zchat.client.client import Client
+from zchat.client.events import ConnectionRestored, Event
 from zchat.testing import DEFAULT_PASSWORD, Harness
 
 

@@ -18,7 +18,7 @@ import pytest
 from cli_helpers import register
 from conftest import Proc, TcpBroker, cli_env, run, running_tcp_broker, wait_until, zchat_command
 
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.testing import DEFAULT_PASSWORD, next_dm
 
 SHORT_BEATS = "heartbeat_interval_s = 0.3\nheartbeat_timeout_s = 1.0\n"

@@ -41,7 +41,7 @@ from typing import TextIO
 
 from zchat import timefmt
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.config import DB_FILENAME, Config, data_dir
 from zchat.core import operator_actions
 from zchat.core.ports import NameTaken

@@ -47,10 +47,11 @@ from typing import Any, Literal
 import zmq
 
 from zchat import wire as p
-from zchat.client import Client, SessionEnded
+from zchat.client.client import Client
+from zchat.client.events import SessionEnded
+from zchat.client.session import Unread
 from zchat.errors import ConnectionFailed, LocalProtocolError, ZchatError
 from zchat.names import name_key
-from zchat.unread import Unread
 
 log = logging.getLogger("zchat.bot")
 

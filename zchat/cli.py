@@ -42,14 +42,8 @@ from typing import Any, TextIO
 
 from zchat import __version__, timefmt
 from zchat import wire as p
-from zchat.client import (
-    SEND_RETRY_S,
-    Client,
-    ConnectionRestored,
-    LeftElsewhere,
-    Reconnecting,
-    SessionEnded,
-)
+from zchat.client.client import SEND_RETRY_S, Client
+from zchat.client.events import ConnectionRestored, LeftElsewhere, Reconnecting, SessionEnded
 from zchat.config import DB_FILENAME, Config, data_dir, load_config, validate
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
 from zchat.files import private_dir, private_file
@@ -756,10 +750,10 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     # everything the broker creates is its user's alone (files 0600, directories 0700).
     os.umask(0o077)
     if args.print_key:
-        from zchat import keys
+        from zchat.broker.keypair import load_or_create_broker_keys
 
         _make_data_dir(directory)
-        pair, _created = keys.load_or_create_broker_keys(directory)
+        pair, _created = load_or_create_broker_keys(directory)
         print(pair.public.decode("ascii"))
         return 0
     db_path = directory / DB_FILENAME
@@ -835,7 +829,7 @@ def _print_started(broker: Any, db_path: Path) -> None:
     print(f"  pub      {broker.pub_endpoint}", flush=True)
     print(f"  database {db_path}", flush=True)
     if broker.keys is not None and broker.zap is not None:
-        from zchat.keys import fingerprint
+        from zchat.keyformat import fingerprint
 
         print(f"  key      {broker.key_endpoint}", flush=True)
         print(f"  public key: {broker.keys.public.decode('ascii')}", flush=True)
@@ -857,11 +851,11 @@ class _NewFiles:
     (``undo()``) removes exactly what it created and never anything that was there."""
 
     def __init__(self, directory: Path) -> None:
-        from zchat import keys
         from zchat.admin import LOCK_FILENAME
+        from zchat.broker.keypair import BROKER_PUBLIC_FILE, BROKER_SECRET_FILE
 
         names = (DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-shm",
-                 keys.BROKER_SECRET_FILE, keys.BROKER_PUBLIC_FILE, LOCK_FILENAME)
+                 BROKER_SECRET_FILE, BROKER_PUBLIC_FILE, LOCK_FILENAME)
         self.files = [directory / n for n in names if not os.path.lexists(directory / n)]
         self.dirs: list[Path] = []  # the directories that do not exist yet, deepest first
         path = directory.absolute()

@@ -463,7 +463,7 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     and ``max_connections`` 1..MAX_COUNT_SETTING; ``max_connections_per_address``
     1..``max_connections``; ``max_rooms_created`` 0..MAX_COUNT_SETTING;
     ``storage_quota_bytes`` 0..MAX_STORAGE_QUOTA_BYTES;
-    ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keys).
+    ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keyformat).
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
         hints = _field_types(type(section))

@@ -7,6 +7,9 @@ is narrowed only when it is zchat's own — the ``zchat`` directory and the file
 that zchat writes — and belongs to this user; a directory above it (``~/.config``,
 ``$XDG_STATE_HOME``) is shared with other programs and is left as it is, as is anything
 owned by someone else.
+
+``write_private`` writes such a file whole (the pinned-keys file, zchat.client.trust), and
+the broker's key pair with it (zchat.broker.keypair).
 """
 
 from __future__ import annotations
@@ -58,3 +61,22 @@ def private_file(path: Path) -> Path:
     with contextlib.closing(os.fdopen(fd, "ab")):
         _narrow(path)
     return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable and writable only by this user
+    (mode 0600 from creation, never wider): a temporary file beside it, unique to this
+    process, fsynced, then ``os.replace``. Raises OSError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, PRIVATE_FILE_MODE)  # in case the umask or the file system widened it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

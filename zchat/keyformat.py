@@ -1,8 +1,17 @@
-"""CurveZMQ public keys as text (Z85, ZeroMQ RFC 32), checked without loading zmq, so
-that the configuration (zchat.config) can check a configured key and the broker core
-import it without the sockets (zchat.keys re-exports all of this)."""
+"""What the broker's side and the client's side of CurveZMQ share, without loading zmq:
+public keys as text (Z85, ZeroMQ RFC 32) and their fingerprints, the key service's frames
+and where it listens, and the key files' error. The configuration (zchat.config) checks a
+configured key with it; the broker's key pair (zchat.broker.keypair) and the client's key
+pinning (zchat.client.trust) both build on it, and neither imports the other.
+
+Fingerprints are ``SHA256:`` plus the unpadded base64 of the SHA-256 of the 32 raw key
+bytes, the form ``ssh-keygen -l`` prints (docs/PROTOCOL.md §16.4).
+"""
 
 from __future__ import annotations
+
+import base64
+import hashlib
 
 from zchat.errors import ZchatError
 
@@ -16,8 +25,24 @@ _Z85 = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _Z85_VALUE = {c: i for i, c in enumerate(_Z85)}
 
 
+#: The key service's request frame and the first frame of its reply (docs/PROTOCOL.md
+#: §16.3). Versioned so that the reply can grow.
+KEY_REQUEST = b"KEY"
+KEY_REPLY = b"zchat-key/1"
+#: Largest frame the key service accepts; a request is 3 bytes, so anything larger is
+#: junk and libzmq drops the connection before the broker sees it.
+KEY_SERVICE_MAX_FRAME_BYTES = 64
+#: The key service's port is the ROUTER's port plus this, unless configured otherwise
+#: (5555 -> 5557; the PUB has 5556).
+KEY_PORT_OFFSET = 2
+
+
 class BadKey(ZchatError):
     """A text is not a CurveZMQ public key in Z85 (40 characters of the Z85 alphabet)."""
+
+
+class KeyFileError(ZchatError):
+    """A key file cannot be read, written or trusted (bad permissions, bad content)."""
 
 
 def z85_decode(text: str) -> bytes:
@@ -53,3 +78,39 @@ def check_key(text: str, what: str = "key") -> str:
     if len(raw) != 32:
         raise BadKey(f"{what} does not decode to 32 bytes")
     return text
+
+
+def fingerprint(key: str | bytes) -> str:
+    """``SHA256:<base64>`` of a Z85 public key's 32 raw bytes (the ``ssh-keygen -l``
+    form). Raises BadKey when ``key`` is not a key."""
+    text = key.decode("ascii") if isinstance(key, bytes) else key
+    raw = z85_decode(check_key(text))
+    digest = base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
+    return f"SHA256:{digest}"
+
+
+# -- endpoints ----------------------------------------------------------------------------
+
+
+def is_tcp(endpoint: str) -> bool:
+    """Whether CurveZMQ applies to ``endpoint``: tcp only (inproc and ipc stay plain,
+    docs/PROTOCOL.md §16.1)."""
+    return endpoint.startswith("tcp://")
+
+
+def key_endpoint_for(router: str) -> str:
+    """The key service's endpoint derived from a ROUTER/server endpoint: the same host
+    and the port plus KEY_PORT_OFFSET (``tcp://h:5555`` -> ``tcp://h:5557``); port 0 or
+    ``*`` (any free port, for a bind) stays as it is. Raises ValueError for a non-tcp
+    endpoint or a port that would pass 65535."""
+    if not is_tcp(router):
+        raise ValueError(f"no key service for a non-tcp endpoint: {router!r}")
+    head, colon, port = router.rpartition(":")
+    if not colon or not port:
+        raise ValueError(f"no port in {router!r}")
+    if port in ("*", "0"):
+        return router
+    if not port.isdigit() or int(port) + KEY_PORT_OFFSET > 65535:
+        raise ValueError(f"cannot derive a key service port from {router!r}; set it "
+                         f"explicitly")
+    return f"{head}:{int(port) + KEY_PORT_OFFSET}"

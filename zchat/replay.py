@@ -41,7 +41,7 @@ from typing import Any, Literal
 import zmq
 
 from zchat import wire as p
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import BIDI_CONTROLS, name_key, validate_text
 

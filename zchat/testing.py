@@ -40,7 +40,7 @@ import zmq
 
 from zchat import wire as p
 from zchat.broker.loop import Broker, BrokerThread
-from zchat.client import Client
+from zchat.client.client import Client
 from zchat.config import BrokerConfig
 from zchat.core import DEFAULT_ROOM
 from zchat.errors import ConnectionFailed, RequestFailed

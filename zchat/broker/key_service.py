@@ -1,11 +1,11 @@
 """The key service's logic (docs/PROTOCOL.md §16.3), broker-side and pure: the reply to
 one request and the per-address rate limit. Its wire (just enough ZMTP) is
-zchat.broker.zmtp; the client's side (fetching and pinning the key) is zchat.keys.
+zchat.broker.zmtp; the client's side (fetching and pinning the key) is zchat.client.trust.
 """
 
 from __future__ import annotations
 
-from zchat.keys import KEY_REPLY, KEY_REQUEST
+from zchat.keyformat import KEY_REPLY, KEY_REQUEST
 from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, address_key
 
 

@@ -32,7 +32,7 @@ Socket options (docs/PROTOCOL.md §2):
 
 Transport security (docs/PROTOCOL.md §16): with ``encryption = "curve"`` (the default)
 every tcp socket is a CurveZMQ server with the broker's long-term key pair (created in the
-data directory on first start, zchat.keys), and a ZAP handler (ZapHandler in zchat.broker.zap,
+data directory on first start, zchat.broker.keypair), and a ZAP handler (ZapHandler in zchat.broker.zap,
 allowing any client key: accounts log in with passwords and tokens)
 runs in this process for as long as the sockets do; if it cannot start, ``bind()`` raises
 TransportSecurityError and nothing is bound. The key service (a plain STREAM socket
@@ -64,7 +64,7 @@ from typing import Any
 
 import zmq
 
-from zchat import keys as k
+from zchat import keyformat as k
 from zchat.broker import zmtp
 from zchat.broker.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.broker.connections import _peer_address as connection_address
@@ -79,6 +79,7 @@ from zchat.broker.conntrack import (
     tcp_counters,
 )
 from zchat.broker.key_service import KeyService
+from zchat.broker.keypair import BrokerKeys, load_or_create_broker_keys
 from zchat.broker.publisher import Publisher
 from zchat.broker.publisher import peer_address as _peer_address
 from zchat.broker.subscriptions import SubscriptionJudge, SubscriptionLimits
@@ -272,7 +273,7 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, store: Store,
                  context: zmq.Context[Any] | None = None,
-                 keys: k.BrokerKeys | None = None) -> None:
+                 keys: BrokerKeys | None = None) -> None:
         self.config = config
         self.store = store
         self.context = context or zmq.Context.instance()
@@ -369,7 +370,7 @@ class Broker:
             directory = data_dir(cfg)
             try:
                 directory.mkdir(parents=True, exist_ok=True)
-                self.keys, self.keys_created = k.load_or_create_broker_keys(directory)
+                self.keys, self.keys_created = load_or_create_broker_keys(directory)
             except (OSError, k.KeyFileError) as exc:
                 raise TransportSecurityError(f"cannot set up encryption: {exc}") from None
         zap = ZapHandler(self.context)

@@ -43,15 +43,14 @@ from prompt_toolkit.styles import Style
 from zchat import timefmt
 from zchat import wire as p
 from zchat.admin import broker_min_password_chars, check_new_password
-from zchat.client import (
-    Client,
+from zchat.client.client import Client, new_cmid
+from zchat.client.events import (
     ConnectionLost,
     ConnectionRestored,
     JoinedElsewhere,
     LeftElsewhere,
     Reconnecting,
     SessionEnded,
-    new_cmid,
 )
 from zchat.console import commands as c
 from zchat.console import view as v

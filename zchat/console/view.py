@@ -34,8 +34,8 @@ from prompt_toolkit.utils import get_cwidth
 
 from zchat import timefmt
 from zchat import wire as p
+from zchat.client.session import Unread
 from zchat.names import mentions, name_key
-from zchat.unread import Unread
 
 Fragment = tuple[str, str]
 Row = list[Fragment]

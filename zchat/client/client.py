@@ -1,4 +1,5 @@
-"""The zchat client library: an asyncio ``Client`` and a small synchronous ``SyncClient``.
+"""The zchat client library's asyncio ``Client`` (the blocking ``SyncClient`` wraps it,
+zchat/client/sync.py).
 
 A client holds a DEALER connected to the broker's ROUTER (requests, replies, direct
 messages) and, once logged in, a SUB connected to its PUB (room messages, notices,
@@ -9,8 +10,9 @@ libzmq does not retry a SUB that the broker refused. Whatever is published betwe
 reply and the subscription taking effect is found by the catch-up heartbeats and filled
 from HISTORY, as for any room followed. Consoles and bots sit on top of it.
 
-Room messages go through a ``RoomFeed`` per room (zchat/feed.py, pure; sequence numbers
-per docs/PROTOCOL.md §7): whatever arrives live or from HISTORY waits in the feed until
+What the client decides is pure and lives in zchat/client/session.py: the Client reads
+its sockets and its clock, asks the session module, and carries out the answer. Room
+messages go through a ``RoomFeed`` per room (sequence numbers per docs/PROTOCOL.md §7): whatever arrives live or from HISTORY waits in the feed until
 every message before it is there, so the application sees each room's messages once and
 in order, and a gap is filled from HISTORY by one repair task per room while live traffic
 keeps being read. The PONG of every heartbeat carries the rooms' last sequence numbers, so
@@ -28,7 +30,7 @@ Reconnecting (``reconnect=True``, docs/PROTOCOL.md §10): once logged in, a clie
 hears nothing from the broker for its heartbeat timeout, whose heartbeat PING fails with
 nothing else heard meanwhile, or whose PING shows that the broker no longer knows its
 session (a restarted broker), emits ``ConnectionLost`` once and
-then tries again with exponential back-off (``backoff_delay``), emitting ``Reconnecting``
+then tries again with exponential back-off (``session.backoff_delay``), emitting ``Reconnecting``
 before each wait. Each attempt opens new sockets, sends INFO, then RESUME with the kept
 session token (docs/PROTOCOL.md §6.27: no presence flap) or, when that is refused with 401,
 LOGIN with the credentials kept in this object's memory, resubscribes, sets the account's presence
@@ -41,7 +43,7 @@ Transport security (docs/PROTOCOL.md §16): with ``encryption="curve"`` (the def
 tcp client is a CurveZMQ client with a fresh key pair per connection (its DEALER and SUB
 share it: the SUB is admitted by the key its session is bound to). The broker's public
 key comes from ``server_key``, else the pinned-keys file, else the broker's key service
-(trust on first use: then pinned, and ``pinned`` tells what was trusted). A broker whose
+(trust on first use: then pinned, and ``pinned`` tells what was trusted; zchat/client/trust.py). A broker whose
 key differs from the pinned or configured one raises BrokerKeyChanged before anything is
 sent; a broker that does not answer the handshake gives ConnectionFailed with a hint.
 
@@ -60,19 +62,36 @@ import itertools
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
 
-from zchat import keys as k
 from zchat import wire as p
+from zchat.client import session, trust
+from zchat.client.endpoints import pub_endpoint_for, resolve_host
+from zchat.client.events import (
+    ConnectionLost,
+    ConnectionRestored,
+    Event,
+    JoinedElsewhere,
+    LeftElsewhere,
+    Reconnecting,
+    SessionEnded,
+)
+from zchat.client.session import (
+    MAX_HELD,
+    RECONNECT_JITTER,
+    MembershipChanges,
+    RoomFeed,
+    Unread,
+    UnreadTracker,
+    backoff_delay,
+)
 from zchat.errors import (
     ConnectionFailed,
     LocalProtocolError,
@@ -81,20 +100,26 @@ from zchat.errors import (
     Status,
     ZchatError,
 )
-from zchat.feed import MAX_HELD, RoomFeed
+from zchat.keyformat import (
+    ENCRYPTION_MODES,
+    BadKey,
+    check_key,
+    fingerprint,
+    is_tcp,
+    key_endpoint_for,
+)
 from zchat.names import name_key, text_lines
-from zchat.unread import Unread, UnreadTracker
 
 log = logging.getLogger("zchat.client")
 
 R = TypeVar("R", bound=p.Reply)
-T = TypeVar("T")
 
 #: How long a DM_ACK may wait to be queued on the DEALER before it is given up (the DM
 #: is then offered again at the next login).
 ACK_SEND_TIMEOUT_S = 0.5
 #: SUB-side queue bound in messages. Generous because a gap is repaired from history
-#: anyway; it bounds memory when the application stops reading.
+#: anyway; it bounds memory when the application stops reading. Read at each new SUB
+#: (tests lower it).
 SUB_RCVHWM = 100_000
 #: Bound of the client's event queue (what ``events()`` yields), in events. When the
 #: application has this many unread, the SUB reader stops reading: libzmq then queues up
@@ -109,18 +134,10 @@ CLIENT_EVENT_QUEUE_MAX = 10_000
 #: session lost) on a client with ``reconnect=True``, by default, in seconds. Every try
 #: carries the same client message id, so the broker stores it at most once (§6.8).
 SEND_RETRY_S = 30.0
-#: First reconnect delay in seconds; each further attempt doubles it up to the ceiling.
-RECONNECT_FIRST_S = 0.5
-#: Seconds after the client starts following a room (JOIN, LOGIN, RESUME) at which it
-#: sends an extra heartbeat: a SUB subscription takes effect some time after it is made
-#: (it travels to the PUB, after the connection's handshake), and a message published
-#: meanwhile is found by the next PONG's ``last_seq`` (docs/PROTOCOL.md §14, G2). These
-#: catch-up PINGs find it within about a second instead of a heartbeat interval (10 s by
-#: default), the later one for slow links.
-CATCH_UP_PINGS_S = (0.5, 3.0)
-#: Each delay is scaled by a random factor within ±10 %, so that many clients cut off by
-#: one broker restart do not all come back in the same instant.
-RECONNECT_JITTER = 0.1
+# The reconnect back-off (RECONNECT_FIRST_S, RECONNECT_JITTER, ``backoff_delay``), the
+# catch-up PINGs (CATCH_UP_PINGS_S) and a 429's wait (``rate_limit_wait_s``) are
+# decisions: zchat/client/session.py.
+
 #: Tries of one SEND or DM that the broker rate-limits (ERROR 429): between tries the
 #: client waits the reply's ``retry_after_ms`` (docs/PROTOCOL.md §4), then gives up
 #: with the last 429.
@@ -133,13 +150,6 @@ LOGIN_RATE_LIMIT_TRIES = 40
 #: the one before it, a token every 0.2 s at the default rate, so the last of 30 joins
 #: past the burst waits about 6 s, longer than RATE_LIMIT_TRIES short waits last.
 JOIN_RATE_LIMIT_TRIES = 40
-#: A 429's wait is stretched by a random factor of 1 to 1 + this, so that clients refused
-#: together do not all retry together.
-RATE_LIMIT_JITTER = 0.5
-#: Bounds on one such wait, in seconds: a 429 without ``retry_after_ms`` still waits a
-#: little, and a broker asking for an absurd wait cannot stall the client for long.
-RATE_LIMIT_MIN_WAIT_S = 0.05
-RATE_LIMIT_MAX_WAIT_S = 60.0
 #: Share of ``timeout_s`` that a CURVE connect keeps, when INFO goes unanswered, to ask
 #: the key service whether the broker's key changed (BrokerKeyChanged instead of a
 #: timeout); INFO waits the rest. ``timeout_s`` bounds the whole connect: key lookup,
@@ -157,100 +167,9 @@ _INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("zchat_internal
                                                                   default=False)
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionLost:
-    """Client-side event: nothing heard from the broker for ``silent_s`` seconds (more than
-    its heartbeat timeout; with ``reconnect=True`` also a failed heartbeat PING, or a
-    broker that no longer knows this client's session: then ``session_only`` is True, the
-    broker answers but has evicted or forgotten the session)."""
-
-    silent_s: float
-    session_only: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Reconnecting:
-    """Client-side event: reconnect attempt ``attempt`` (1, 2, …) starts in ``delay_s``
-    seconds."""
-
-    attempt: int
-    delay_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionRestored:
-    """Client-side event: the broker is heard again after a ConnectionLost (with
-    ``reconnect=True``: logged in again, resubscribed, and every followed room's missed
-    messages delivered before this event)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEnded:
-    """Client-side event, terminal: the client cannot log in again (``reason``, e.g. the
-    password changed), or ``by`` (an admin, or the account itself) had the broker end
-    the session (SESSION_CLOSED, docs/PROTOCOL.md §6.47). No events follow; requests
-    raise ConnectionFailed, or after SESSION_CLOSED RequestFailed 401 with who and why."""
-
-    reason: str
-    by: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class JoinedElsewhere:
-    """Client-side event: the broker lists ``room`` among the account's rooms (a PONG, or
-    the LOGIN/RESUME reply of a reconnect), and this client did not join it — another
-    device or a script of the account did (``zchat say --room``). The client follows it
-    from ``last_seq`` (its newest message then) and ``unread`` has the account's read
-    state of it. Not a broker event: no JOINED reaches a client for a room it does not
-    follow, and the room's members saw JOINED already."""
-
-    room: str
-    last_seq: int
-    topic: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LeftElsewhere:
-    """Client-side event: the broker no longer lists ``room``, which this client
-    followed, among the account's rooms: most likely another device of the account left
-    it (else a removal or a deletion whose LEFT or ROOM_DELETED event was missed, or,
-    seen at a reconnect, one done while disconnected). The client no longer follows it."""
-
-    room: str
-
-
-Event = (p.MessagePosted | p.UserJoined | p.UserLeft | p.PresenceChanged | p.TopicChanged
-         | p.SlowModeChanged | p.DirectMessage | p.GoingAway | ConnectionLost | Reconnecting
-         | ConnectionRestored | SessionEnded | p.MessageDeleted | p.RoomModeChanged
-         | p.RoleChanged | p.Invited | p.MuteChanged | p.ReadMarked | p.RoomDeleted
-         | JoinedElsewhere | LeftElsewhere)
-
-
 def new_cmid() -> str:
     """A fresh client message id: 16 URL-safe characters (96 random bits)."""
     return secrets.token_urlsafe(12)
-
-
-def backoff_delay(attempt: int, max_s: float, jitter: float = 0.0) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (1, 2, …): 0.5, 1, 2, 4, …
-    capped at ``max_s``, scaled by ``1 + jitter`` (``jitter`` within ±RECONNECT_JITTER)
-    and never above ``max_s``."""
-    base = RECONNECT_FIRST_S * 2.0 ** min(max(attempt, 1) - 1, 40)
-    return min(max_s, min(max_s, base) * (1.0 + jitter))
-
-
-def pub_endpoint_for(server: str, advertised: str) -> str:
-    """The PUB endpoint to connect to: ``advertised`` with a wildcard host (``*``,
-    ``0.0.0.0``, ``::``) replaced by the host of ``server``."""
-    if not advertised.startswith("tcp://"):
-        return advertised
-    adv = urlsplit(advertised)
-    if adv.hostname not in ("*", "0.0.0.0", "::", "") or not server.startswith("tcp://"):
-        return advertised
-    host = urlsplit(server).hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"tcp://{host}:{adv.port}"
 
 
 def _curve_client(sock: zmq.Socket[Any], broker_key: bytes, public: bytes,
@@ -308,13 +227,13 @@ class Client:
                  known_brokers: Path | None = None) -> None:
         if reconnect_max_s <= 0:
             raise ValueError("reconnect_max_s must be > 0")
-        if encryption not in k.ENCRYPTION_MODES:
-            raise ValueError(f"encryption must be one of {k.ENCRYPTION_MODES}")
+        if encryption not in ENCRYPTION_MODES:
+            raise ValueError(f"encryption must be one of {ENCRYPTION_MODES}")
         self.encryption = encryption
-        self.server_key = k.check_key(server_key, "server_key") if server_key else ""
+        self.server_key = check_key(server_key, "server_key") if server_key else ""
         self.key_server = key_server
         self.known_brokers = known_brokers
-        self.pinned: k.Pinned | None = None
+        self.pinned: trust.Pinned | None = None
         self._broker_key: str | None = None   # resolved at the first connect
         self._key_source = ""                 # where it came from, for BrokerKeyChanged
         self.server = server
@@ -351,12 +270,9 @@ class Client:
         # twice would need two UNSUBSCRIBEs and PART would leave the room's traffic flowing.
         # A new SUB (reconnect) subscribes to all of them again.
         self._topics: set[bytes] = set()
-        # Changes of the account's membership made by this client, per room key: a count
-        # of those begun or ended (JOIN, PART, DELETE_ROOM, following or no longer), and
-        # the requests in flight. A PONG changes nothing for a room whose count moved
-        # since its PING went, or with a request in flight (``_settled``).
-        self._membership_changes: dict[str, int] = {}
-        self._membership_requests: dict[str, int] = {}
+        # Changes of the account's membership made by this client, per room key, and the
+        # requests in flight: a PONG speaks only for rooms settled since its PING went.
+        self._membership = MembershipChanges()
         # JoinedElsewhere/LeftElsewhere found by a reconnect, emitted with its success.
         self._elsewhere: list[JoinedElsewhere | LeftElsewhere] = []
         # (name, password, token), one of the last two empty: reconnect=True, after login
@@ -456,7 +372,7 @@ class Client:
         then carried forward by the events handed to the application (``events()``,
         ``next_event``), this client's ``mark_read``, ``send``/``dm`` (posting reads
         the conversation) and READ events (another session moved a marker). See
-        zchat.unread for the counting rules."""
+        zchat.client.session for the counting rules."""
         return self._unread.snapshot()
 
     async def connect(self) -> p.InfoReply:
@@ -503,7 +419,7 @@ class Client:
         check. The SUB follows a successful LOGIN or RESUME (``_open_sub``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
-        await k.resolve_host(self.server, self.timeout_s)  # an unknown host fails at once
+        await resolve_host(self.server, self.timeout_s)  # an unknown host fails at once
         broker_key = await self._resolve_broker_key()
         client_public, client_secret = zmq.curve_keypair()  # this connection's own pair
         dealer = self.context.socket(zmq.DEALER)
@@ -541,7 +457,7 @@ class Client:
         sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
         self._sub = sub
         pub = pub_endpoint_for(self.server, self.info.pub)
-        if self._curve is not None and k.is_tcp(pub):
+        if self._curve is not None and is_tcp(pub):
             _curve_client(sub, *self._curve)
         sub.connect(pub)
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_TICK)
@@ -551,10 +467,10 @@ class Client:
         self._spawn(self._read_sub(sub), "zchat-sub")
 
     def _known_brokers_path(self) -> Path:
-        return self.known_brokers or k.default_known_brokers_path()
+        return self.known_brokers or trust.default_known_brokers_path()
 
     def _key_service(self) -> str:
-        return self.key_server or k.key_endpoint_for(self.server)
+        return self.key_server or key_endpoint_for(self.server)
 
     async def _resolve_broker_key(self) -> bytes | None:
         """The broker's public key (Z85 bytes) for a CURVE connection, or None when the
@@ -563,7 +479,7 @@ class Client:
         (trust on first use; ``self.pinned`` is set). Resolved once, reused by
         reconnects. Raises KeyFileError (unreadable pinned-keys file), ConnectionFailed
         (the key service does not answer), BadKey, ValueError (no key service port)."""
-        if self.encryption != "curve" or not k.is_tcp(self.server):
+        if self.encryption != "curve" or not is_tcp(self.server):
             return None
         if self._broker_key is None:
             path = self._known_brokers_path()
@@ -571,19 +487,19 @@ class Client:
                 self._broker_key = self.server_key
                 self._key_source = "the server_key setting ([client] server_key or " \
                                    "--server-key)"
-            elif (pinned := k.load_known_brokers(path).get(self.server)) is not None:
+            elif (pinned := trust.load_known_brokers(path).get(self.server)) is not None:
                 self._broker_key = pinned
-                line = k.pinned_line(path, self.server)
+                line = trust.pinned_line(path, self.server)
                 self._key_source = f"{path}" + (f", line {line}" if line else "")
             else:
-                key = await k.fetch_broker_key(self.context, self._key_service(),
-                                               self.timeout_s)
-                k.pin_broker_key(path, self.server, key)
-                self.pinned = k.Pinned(self.server, key, path)
+                key = await trust.fetch_broker_key(self.context, self._key_service(),
+                                                   self.timeout_s)
+                trust.pin_broker_key(path, self.server, key)
+                self.pinned = trust.Pinned(self.server, key, path)
                 log.info("pinned the public key of %s (%s) in %s", self.server,
-                            k.fingerprint(key), path)
+                         fingerprint(key), path)
                 self._broker_key = key
-                line = k.pinned_line(path, self.server)
+                line = trust.pinned_line(path, self.server)
                 self._key_source = f"{path}" + (f", line {line}" if line else "")
         return self._broker_key.encode("ascii")
 
@@ -595,18 +511,18 @@ class Client:
         the key service is silent too (the broker is most likely down); else ``exc`` with
         a hint about the transport settings on tcp (the broker runs, the handshake
         failed)."""
-        if not k.is_tcp(self.server):
+        if not is_tcp(self.server):
             return exc
         if broker_key is None:
             return ConnectionFailed(f"{exc}; the broker may require encryption: check "
                                     f"[client] encryption (\"none\" here) and server_key")
         try:
-            offered = await k.fetch_broker_key(self.context, self._key_service(),
-                                               max(left_s, 0.001))
+            offered = await trust.fetch_broker_key(self.context, self._key_service(),
+                                                   max(left_s, 0.001))
         except ConnectionFailed:
             return ConnectionFailed(f"{exc}: the broker does not answer, nor does its key "
                                     f"service at {self._key_service()}; is it running?")
-        except k.BadKey:
+        except BadKey:
             offered = None
         expected = broker_key.decode("ascii")
         if offered is not None and offered != expected:
@@ -617,8 +533,8 @@ class Client:
                 remedy = (f"If the new key is right, delete the line for {self.server} "
                           f"in {self._known_brokers_path()} and connect again to pin "
                           f"the new one.")
-            return k.BrokerKeyChanged(self.server, expected, offered, self._key_source,
-                                      remedy)
+            return trust.BrokerKeyChanged(self.server, expected, offered, self._key_source,
+                                          remedy)
         return ConnectionFailed(f"{exc}; the broker may not use encryption or the "
                                 f"handshake failed: check [client] encryption (\"curve\" "
                                 f"here) and server_key")
@@ -1053,7 +969,7 @@ class Client:
 
     async def _patiently(self, req: p.Request, tries: int = RATE_LIMIT_TRIES) -> Any:
         """``request(req)``, but an ERROR 429 is answered by waiting its ``retry_after_ms``
-        (within RATE_LIMIT_MIN_WAIT_S..RATE_LIMIT_MAX_WAIT_S) and trying again, at most
+        (``session.rate_limit_wait_s``, jittered) and trying again, at most
         ``tries`` times in all; then the last 429 is raised. Safe to repeat: a
         refused request changed nothing (docs/PROTOCOL.md §6.16)."""
         if isinstance(req, p.Login | p.Register) and tries == RATE_LIMIT_TRIES:
@@ -1064,12 +980,8 @@ class Client:
             except RequestFailed as exc:
                 if exc.status != Status.TOO_MANY_REQUESTS or attempt == tries:
                     raise
-                # Jitter: every client refused together is told about the same wait, and
-                # would all come back at once to take one token between them (a tester's
-                # 45 logins from one address: 6 gave up).
-                wait_s = min(max(exc.retry_after_ms / 1000, RATE_LIMIT_MIN_WAIT_S)
-                             * self._rng.uniform(1.0, 1.0 + RATE_LIMIT_JITTER),
-                             RATE_LIMIT_MAX_WAIT_S)
+                wait_s = session.rate_limit_wait_s(
+                    exc.retry_after_ms, self._rng.uniform(1.0, 1.0 + session.RATE_LIMIT_JITTER))
                 log.info("%s rate-limited (try %d); retrying in %.2f s", req.TYPE, attempt,
                          wait_s)
                 if self.on_rate_limited is not None:
@@ -1127,18 +1039,18 @@ class Client:
         """One heartbeat round trip; updates ``rtt_s`` and the rooms' topics, repairs room
         gaps it reveals, and notices when the broker no longer knows this session."""
         sent_with = self._state.session
-        changes = dict(self._membership_changes)
+        changes = self._membership.snapshot()
         start = time.monotonic()
         pong: p.Pong = await self.request(p.Ping(), timeout_s)
         self.rtt_s = time.monotonic() - start
-        if (sent_with is not None and sent_with == self._state.session
-                and pong.session is not None and pong.session != sent_with):
+        verdict = session.pong_verdict(sent_with, self._state.session, pong.session,
+                                       pong.listed)
+        if verdict == "session lost":
             self._session_lost("the broker no longer knows this session")
             return pong
-        if not pong.listed:  # the account's reading budget is spent (§6.13): no news
+        if verdict == "no news":  # the account's reading budget is spent (§6.13)
             return pong
-        if sent_with is not None and sent_with == self._state.session \
-                and pong.session in (None, sent_with):
+        if verdict == "rooms and membership":
             await self._follow_membership(pong.rooms, changes)
         for room in pong.rooms:
             key = name_key(room.room)
@@ -1157,20 +1069,20 @@ class Client:
                                  changes: dict[str, int]) -> None:
         """Follow what a PONG says of the account's rooms (``rooms``), for each room whose
         membership this client has not been changing since the PING went (``changes``,
-        ``_settled``): a room it does not follow is followed, with the account's read
-        state of it (MARK_READ of ``upto`` 0, which moves nothing, §6.49), then
-        JoinedElsewhere; a followed room not listed is no longer followed, then
-        LeftElsewhere."""
+        ``session.MembershipChanges.settled``): a room it does not follow is followed,
+        with the account's read state of it (MARK_READ of ``upto`` 0, which moves
+        nothing, §6.49), then JoinedElsewhere; a followed room not listed is no longer
+        followed, then LeftElsewhere."""
         listed = {name_key(room.room) for room in rooms}
-        for key, feed in list(self._state.rooms.items()):
-            if feed.following and key not in listed and self._settled(key, changes):
-                name = self._state.room_names.get(key, key)
-                log.info("the account is no longer in %s (left on another device?)", name)
-                self._stop_following(key)
-                self._events.put_nowait(LeftElsewhere(name))
+        for key in session.rooms_left(self._state.rooms, listed, self._membership, changes):
+            name = self._state.room_names.get(key, key)
+            log.info("the account is no longer in %s (left on another device?)", name)
+            self._stop_following(key)
+            self._events.put_nowait(LeftElsewhere(name))
         for room in rooms:
             key = name_key(room.room)
-            if self._following(key) or not self._settled(key, changes):
+            if not session.joined_elsewhere(self._state.rooms, key, self._membership,
+                                            changes):
                 continue
             try:
                 read: p.ReadState | None = await self.request(
@@ -1178,43 +1090,24 @@ class Client:
             except RequestFailed as exc:  # 403: left again meanwhile; the next PONG says
                 log.info("no read state of %s: %s", room.room, exc)
                 read = None
-            if self._following(key) or not self._settled(key, changes):
+            if not session.joined_elsewhere(self._state.rooms, key, self._membership,
+                                            changes):
                 continue  # joined here meanwhile, or left: the next PONG says
             log.info("the account joined %s on another device; following it", room.room)
             self._follow(room.room, room.last_seq, room.topic)
             self._unread.followed(room.room, room.last_seq, read)
             self._events.put_nowait(JoinedElsewhere(room.room, room.last_seq, room.topic))
 
-    def _following(self, key: str) -> bool:
-        feed = self._state.rooms.get(key)
-        return feed is not None and feed.following
-
-    def _settled(self, key: str, changes: dict[str, int]) -> bool:
-        """Whether a PONG, whose PING went when the counts of membership changes were
-        ``changes``, speaks for room ``key``: no JOIN, PART or DELETE_ROOM of it by this
-        client in flight, and none begun or ended, nor the room followed or no longer,
-        since (a PONG computed before this client's own JOIN was processed must not make
-        it stop following the room it just joined)."""
-        return key not in self._membership_requests \
-            and self._membership_changes.get(key, 0) == changes.get(key, 0)
-
     @contextlib.contextmanager
     def _changing_membership(self, key: str) -> Iterator[None]:
         """Around a request that changes the account's membership of room ``key``
         (JOIN, PART, DELETE_ROOM): counted as a change when it begins and when it ends,
-        and as in flight meanwhile (``_settled``)."""
-        self._membership_changed(key)
-        self._membership_requests[key] = self._membership_requests.get(key, 0) + 1
+        and as in flight meanwhile (``session.MembershipChanges``)."""
+        self._membership.begin(key)
         try:
             yield
         finally:
-            left = self._membership_requests.pop(key) - 1
-            if left:
-                self._membership_requests[key] = left
-            self._membership_changed(key)
-
-    def _membership_changed(self, key: str) -> None:
-        self._membership_changes[key] = self._membership_changes.get(key, 0) + 1
+            self._membership.end(key)
 
     async def sessions(self) -> p.SessionList:
         reply: p.SessionList = await self._patiently(p.ListSessions())
@@ -1342,7 +1235,7 @@ class Client:
         """Follow ``room`` from ``last_seq`` (its newest message when joined: what came
         before is history, not news), subscribing to its topic."""
         key = name_key(room)
-        self._membership_changed(key)
+        self._membership.changed(key)
         self._forget_repair(key)
         self._state.rooms[key] = RoomFeed(last_seq)
         self._state.room_names[key] = room
@@ -1358,7 +1251,7 @@ class Client:
         if feed is not None:
             feed.following = False
             feed.held.clear()
-        self._membership_changed(key)
+        self._membership.changed(key)
         self._forget_repair(key)
         self._unread.parted(key)  # the broker forgets the read marker with the membership
         self._unsubscribe(p.room_topic(key))
@@ -1373,15 +1266,15 @@ class Client:
         self._room_locks[key] = asyncio.Lock()
 
     def _catch_up_soon(self) -> None:
-        """Wake the heartbeat at CATCH_UP_PINGS_S from now, so that a message published
-        before the new subscription took effect is found soon. Timed from the latest room
-        followed: the timers of an earlier one are replaced (a LOGIN following many rooms
-        sets them once, in effect)."""
+        """Wake the heartbeat at the catch-up times (``session.catch_up_times``), so that
+        a message published before the new subscription took effect is found soon. Timed
+        from the latest room followed: the timers of an earlier one are replaced (a LOGIN
+        following many rooms sets them once, in effect)."""
         for timer in self._catch_up_timers:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        self._catch_up_timers = [loop.call_later(delay, self._wake.set)
-                                 for delay in CATCH_UP_PINGS_S]
+        self._catch_up_timers = [loop.call_at(when, self._wake.set)
+                                 for when in session.catch_up_times(loop.time())]
 
     def _subscribe(self, topic: bytes) -> None:
         """SUBSCRIBE ``topic`` on the SUB unless it already is (once per topic); kept for
@@ -1537,7 +1430,7 @@ class Client:
         feed = self._state.rooms[key]
         feed.live(msg)
         self._hand_on(feed)
-        if feed.ready or feed.behind:
+        if session.repair_due(feed):
             self._repair_soon(key)
 
     def _hand_on(self, feed: RoomFeed) -> None:
@@ -1583,18 +1476,16 @@ class Client:
         async with self._room_locks.setdefault(key, asyncio.Lock()):
             while True:
                 feed = self._state.rooms.get(key)
-                if feed is None or not feed.following:
+                if feed is not None and feed.following:
+                    self._hand_on(feed)
+                step = session.next_repair(feed, self._has_room(), wait)
+                if step == "stop":
                     return
-                self._hand_on(feed)
-                if not self._has_room() and (feed.ready or feed.behind):
-                    if not wait:
-                        return
+                if step == "wait":
                     await self._room_for_events()
                     continue
-                ask = feed.wanted()
-                if ask is None:
-                    return
-                after, limit = ask
+                assert feed is not None and not isinstance(step, str)
+                after, limit = step
                 page = await self.history(self._state.room_names[key], after=after,
                                           limit=limit)
                 if self._state.rooms.get(key) is not feed:  # followed anew meanwhile
@@ -1619,13 +1510,17 @@ class Client:
                                           functools.partial(self._closed_error, closed))
                 self._end(closed.reason, closed.by)
                 return
-            silent = time.monotonic() - self._last_heard
-            if self._credentials is not None and (silent > timeout or self._session_gone
-                                                  or self._going_away):
+            now = time.monotonic()
+            silent = now - self._last_heard
+            verdict = session.heartbeat_verdict(
+                now, self._last_heard, timeout, can_reconnect=self._credentials is not None,
+                session_gone=self._session_gone, going_away=self._going_away,
+                lost=self._lost)
+            if verdict == "reconnect":
                 if not await self._reconnect(silent):
                     return  # SessionEnded
                 continue
-            if silent > timeout and not self._lost:
+            if verdict == "lost":
                 self._lost = True
                 self.connected = False
                 self._mode = "reconnecting"
@@ -1637,13 +1532,14 @@ class Client:
                 await self.ping(timeout_s=interval)
             except (ConnectionFailed, RequestFailed) as exc:
                 log.debug("heartbeat failed: %s", exc)
-                if self._credentials is not None and self._last_heard < sent_s:
-                    # A failed PING with nothing else heard meanwhile (no TICK either):
-                    # the broker is gone; reconnect without waiting out the timeout.
+                after = session.after_failed_ping(
+                    time.monotonic(), self._last_heard, sent_s, timeout,
+                    can_reconnect=self._credentials is not None)
+                if after == "reconnect":  # nothing heard since the PING went: gone
                     if not await self._reconnect(time.monotonic() - self._last_heard):
                         return
-                elif time.monotonic() - self._last_heard > timeout:
-                    self._wake.set()  # check at once rather than after another interval
+                elif after == "check now":
+                    self._wake.set()  # rather than after another interval
 
     async def _reconnect(self, silent_s: float) -> bool:
         """Emit ConnectionLost, then attempt with back-off until logged in again (True) or
@@ -1667,14 +1563,14 @@ class Client:
             token = _INTERNAL.set(True)
             try:
                 await self._restore()
-            except (_LoginRefused, k.BrokerKeyChanged) as exc:
+            except (_LoginRefused, trust.BrokerKeyChanged) as exc:
                 await self._close_sockets("session ended")
                 # The many-line warning is the event's reason, shown once by whoever
                 # reads it; the log (stderr for the CLI) gets one line.
                 self._end(str(exc), summary=f"the broker's key changed (pinned "
-                          f"{k.fingerprint(exc.expected)}, offered "
-                          f"{k.fingerprint(exc.actual)})"
-                          if isinstance(exc, k.BrokerKeyChanged) else None)
+                          f"{fingerprint(exc.expected)}, offered "
+                          f"{fingerprint(exc.actual)})"
+                          if isinstance(exc, trust.BrokerKeyChanged) else None)
                 return False
             except (ZchatError, zmq.ZMQError) as exc:
                 log.info("reconnect attempt %d failed: %s", attempt, exc)
@@ -1738,14 +1634,16 @@ class Client:
         for room in reply.rooms:
             key = name_key(room.room)
             feed = self._state.rooms.get(key)
-            if feed is None or not feed.following:  # joined elsewhere meanwhile
+            verdict = session.after_relogin(feed, room.last_seq)
+            if verdict == "follow":  # joined elsewhere meanwhile
                 self._follow(room.room, room.last_seq, room.topic)
                 self._elsewhere.append(JoinedElsewhere(room.room, room.last_seq,
                                                        room.topic))
                 continue
+            assert feed is not None
             self._state.topics[key] = room.topic
             followed.append(key)
-            if room.last_seq < feed.delivered:
+            if verdict == "verify":
                 # Either the reply is older than what the new SUB has delivered meanwhile
                 # (messages posted while it travelled: a chaos test saw duplicates from
                 # trusting it), or the broker really lost messages (restored from an older
@@ -1759,10 +1657,9 @@ class Client:
                     continue
             feed.known(room.last_seq)
         listed = {name_key(r.room) for r in reply.rooms}
-        for key, feed in list(self._state.rooms.items()):
-            if feed.following and key not in listed:
-                self._stop_following(key)  # parted elsewhere meanwhile, or removed
-                self._elsewhere.append(LeftElsewhere(self._state.room_names.get(key, key)))
+        for key in session.rooms_left(self._state.rooms, listed):
+            self._stop_following(key)  # parted elsewhere meanwhile, or removed
+            self._elsewhere.append(LeftElsewhere(self._state.room_names.get(key, key)))
         await self._take_pending(reply.pending)
         for key in followed:
             await self._repair(key, wait=False)
@@ -1778,63 +1675,3 @@ class Client:
         self.connected = False
         self._events.put_nowait(SessionEnded(reason, by))
         self._events.put_nowait(None)
-
-
-class SyncClient:
-    """A blocking wrapper for scripts: the asyncio Client runs on a private event loop in a
-    background thread, so heartbeats keep the session alive between calls.
-
-    Every method of Client is available with the same arguments and errors, blocking;
-    ``next_event(timeout_s)`` returns the next event or None.
-    """
-
-    def __init__(self, server: str, *, context: zmq.Context[Any] | None = None,
-                 timeout_s: float = 5.0, reconnect: bool = False,
-                 reconnect_max_s: float = 30.0, **transport: Any) -> None:
-        """``transport``: Client's ``encryption``, ``server_key``, ``key_server`` and
-        ``known_brokers``."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="zchat-client",
-                                        daemon=True)
-        self._thread.start()
-        self._timeout_s = timeout_s
-
-        async def make() -> Client:
-            return Client(server, context=context, timeout_s=timeout_s, reconnect=reconnect,
-                          reconnect_max_s=reconnect_max_s, **transport)
-
-        self.client = self._run(make())
-        try:
-            self._run(self.client.connect())
-        except BaseException:
-            self.close()
-            raise
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        if hasattr(self, "client"):
-            with contextlib.suppress(Exception):
-                self._run(self.client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def __getattr__(self, attr: str) -> Any:
-        method = getattr(self.client, attr)
-        if not asyncio.iscoroutinefunction(method):
-            return method
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._run(method(*args, **kwargs))
-
-        return call
