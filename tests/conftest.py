@@ -32,7 +32,13 @@ from processes import pytest_sessionfinish as pytest_sessionfinish
 
 from zchat.keys import pin_broker_key
 from zchat.store import GroupStore, Store, open_store
-from zchat.testing import DEFAULT_PASSWORD, Harness, create_admin_accounts, free_port
+from zchat.testing import (
+    DEFAULT_PASSWORD,
+    Harness,
+    create_admin_accounts,
+    free_port,
+    running_broker,
+)
 from zchat.testing import wait_until as wait_until  # the tests import it from here
 
 T = TypeVar("T")
@@ -214,6 +220,20 @@ def store_db(request: pytest.FixtureRequest, tmp_path: Path,
             yield db
         finally:
             db.close_all()
+
+
+@pytest.fixture(params=ENGINES)
+def any_harness(request: pytest.FixtureRequest,
+                postgres_or_reason: PostgresServer | str) -> Iterator[Harness]:
+    """A real broker thread on inproc:// on each engine in turn: an in-memory SQLite
+    store, then a fresh PostgreSQL database (zchat.testing.running_broker with its URL).
+    A module runs its ``harness`` tests on both by defining ``harness`` as this."""
+    if request.param == "sqlite":
+        with running_broker() as harness:
+            yield harness
+        return
+    with need_postgres(postgres_or_reason).database() as url, running_broker(url) as harness:
+        yield harness
 
 
 # -- subprocesses --------------------------------------------------------------------------
