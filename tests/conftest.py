@@ -148,12 +148,14 @@ def postgres_or_reason() -> Iterator[PostgresServer | str]:
 
 
 def need_postgres(server: PostgresServer | str) -> PostgresServer:
-    """The server, or skip the test saying why there is none; fail it when ``CI=true``,
-    since CI must run these tests (.ci/run installs PostgreSQL)."""
+    """The server, or skip the test saying why there is none; fail it when ``CI=true`` or
+    ``ZCHAT_REQUIRE_POSTGRES=1`` (.ci/run, which installs PostgreSQL), since CI must run
+    these tests."""
     if isinstance(server, PostgresServer):
         return server
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {server}", pytrace=False)
+    if os.environ.get("CI") == "true" or os.environ.get("ZCHAT_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required here (CI=true or ZCHAT_REQUIRE_POSTGRES=1) "
+                    f"but {server}", pytrace=False)
     pytest.skip(server)
 
 
