@@ -296,3 +296,22 @@ def test_a_connection_lost_in_a_group_loses_the_group_and_says_so(pg_url: str,
     assert store.post_message("dev", "alice", "text", "next", "", 3).seq == 1
     store.commit_group()
     assert [m.text for m in store.history("dev", None, None, 10)] == ["next"]
+
+
+def test_changes_elsewhere_moves_with_any_connections_ban_write_at_the_next_group(
+        pg_url: str, opened: Any) -> None:
+    """What the core reloads its bans and mutes on (the port's ``changes_elsewhere``):
+    steady inside a group, moved at the next group after another store wrote a ban."""
+    store, side = opened(pg_url), opened(pg_url)
+    store.create_account("ivan", "ivan", "ivan", "h", 0)
+    before = store.changes_elsewhere()
+    store.begin_group()
+    assert store.changes_elsewhere() == before
+    side.add_ban("mute", "", "ivan", "root", "", 0, None)
+    assert store.changes_elsewhere() == before  # as of the group's start
+    store.commit_group()
+    store.begin_group()
+    moved = store.changes_elsewhere()
+    store.commit_group()
+    assert moved != before
+    assert store.changes_elsewhere() == moved  # nothing written since

@@ -63,7 +63,6 @@ from zchat.core.ports import (
 from zchat.errors import StorageError
 from zchat.names import name_key
 from zchat.store import pg_schema
-from zchat.store.sqlite import BAN_CACHE_MAX
 
 log = logging.getLogger("zchat.store")
 
@@ -72,8 +71,8 @@ CONNECT_TIMEOUT_S = 5
 #: Least seconds between two attempts to open a lost connection again; meanwhile every
 #: call fails at once with StorageError (503) rather than stalling the broker's loop.
 RECONNECT_INTERVAL_S = 1.0
-#: The URL schemes this store takes (libpq's two).
-SCHEMES = ("postgresql", "postgres")
+#: Bound of Store.active_ban's cache (entries); emptied whole when full.
+BAN_CACHE_MAX = 65_536
 
 _IDLE = pq.TransactionStatus.IDLE
 _INTRANS = pq.TransactionStatus.INTRANS
@@ -363,6 +362,17 @@ class Store:
         if version != self._bans_version:
             self._bans_version = version
             self._ban_cache.clear()
+
+    def changes_elsewhere(self) -> int:
+        """A number that moves whenever a write to bans or mutes was committed, by any
+        connection (another broker, ``zchat admin``; this one's own too):
+        ``zchat_changes.bans_version``, as of ``begin_group`` inside a group (one query
+        per wake-up of the loop), else read now; -1 while the database cannot be read.
+        What the core reloads its copy of bans and mutes on (SQLite's counterpart moves
+        with any other connection's commit)."""
+        if not self._group:
+            self._check_other_writers()
+        return self._bans_version
 
     def begin_group(self) -> None:
         """Start a group commit: every write until ``commit_group()`` goes into one
