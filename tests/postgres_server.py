@@ -149,13 +149,17 @@ class PostgresServer:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
-        if (self.data / "postmaster.pid").exists():
-            try:
-                self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w",
-                          "-t", str(PG_CTL_TIMEOUT_S))
-            except RuntimeError:
-                self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w")
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            if (self.data / "postmaster.pid").exists():
+                try:
+                    self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w",
+                              "-t", str(PG_CTL_TIMEOUT_S))
+                except RuntimeError:
+                    if (self.data / "postmaster.pid").exists():  # not already gone
+                        self._run("pg_ctl", "stop", "-D", str(self.data), "-m",
+                                  "immediate", "-w")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # -- databases -------------------------------------------------------------------------
 
