@@ -1,5 +1,6 @@
 """Shared fixtures: an in-process broker (inproc://, real SQLite) and a broker subprocess on
-loopback TCP for the end-to-end CLI tests.
+loopback TCP for the end-to-end CLI tests; a real PostgreSQL server for the session
+(tests/postgres_server.py) and a store on either engine (``store_db``).
 
 Async tests are plain sync tests that call ``run(coro)``: ``asyncio.run`` with an overall
 deadline, so no async plugin is needed and a hung await fails the test instead of hanging.
@@ -25,12 +26,19 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 import zmq
 from client_helpers import RestartableBroker
+from postgres_server import PostgresServer, find_bindir
 from processes import _no_process_left_behind as _no_process_left_behind
 from processes import pytest_sessionfinish as pytest_sessionfinish
 
 from zchat.client.trust import pin_broker_key
-from zchat.store import Store
-from zchat.testing import DEFAULT_PASSWORD, Harness, create_admin_accounts, free_port
+from zchat.store import GroupStore, Store, open_store
+from zchat.testing import (
+    DEFAULT_PASSWORD,
+    Harness,
+    create_admin_accounts,
+    free_port,
+    running_broker,
+)
 from zchat.testing import wait_until as wait_until  # the tests import it from here
 
 T = TypeVar("T")
@@ -110,6 +118,124 @@ def inproc_broker(tmp_path: Path) -> Iterator[RestartableBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+#: The engines a store test runs on (``store_db``).
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_or_reason() -> Iterator[PostgresServer | str]:
+    """One real PostgreSQL server for the whole session (initdb in a temporary directory,
+    loopback TCP and a Unix socket, fsync off), stopped and removed at the end; or, where
+    PostgreSQL is not installed, the reason. A fixture that needs the server names this
+    one (or ``postgres_server``) as an argument rather than asking for it inside: a
+    session fixture asked for mid-test would start its server after the test's
+    process check took its snapshot (tests/processes.py), which would then take the
+    server for a process the test left behind."""
+    bindir, why = find_bindir()
+    if bindir is None:
+        yield why
+        return
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def need_postgres(server: PostgresServer | str) -> PostgresServer:
+    """The server, or skip the test saying why there is none; fail it when ``CI=true`` or
+    ``ZCHAT_REQUIRE_POSTGRES=1`` (.ci/run, which installs PostgreSQL), since CI must run
+    these tests."""
+    if isinstance(server, PostgresServer):
+        return server
+    if os.environ.get("CI") == "true" or os.environ.get("ZCHAT_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required here (CI=true or ZCHAT_REQUIRE_POSTGRES=1) "
+                    f"but {server}", pytrace=False)
+    pytest.skip(server)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_or_reason: PostgresServer | str) -> PostgresServer:
+    """The session's PostgreSQL server (``postgres_or_reason``); skips the test without
+    one (fails it when ``CI=true``)."""
+    return need_postgres(postgres_or_reason)
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new database of the session's server holding zchat's schema and no
+    rows; dropped after the test (any session still on it is ended)."""
+    with postgres_server.database() as url:
+        yield url
+
+
+class StoreDb:
+    """A database a test opens stores on: ``engine`` "sqlite" (a file in tmp_path) or
+    "postgresql" (a database of the session's server). Every store ``open()`` gave is
+    closed after the test."""
+
+    def __init__(self, engine: str, location: str) -> None:
+        self.engine, self.location = engine, location
+        self.opened: list[GroupStore] = []
+
+    def open(self) -> Any:
+        """A new Store on this database (a new connection), typed Any so that tests reach
+        the adapters' methods beyond the port (``store_dm``, ``get_room`` …)."""
+        store = open_store(self.location)
+        self.opened.append(store)
+        return store
+
+    def count(self, table: str) -> int:
+        """Rows in ``table``, as another connection sees them (committed only)."""
+        other = self.open()
+        try:
+            return int(other._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        finally:
+            other.close()
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            with contextlib.suppress(Exception):
+                store.close()
+
+
+@pytest.fixture(params=ENGINES)
+def store_db(request: pytest.FixtureRequest, tmp_path: Path,
+             postgres_or_reason: PostgresServer | str) -> Iterator[StoreDb]:
+    """A fresh database on each engine in turn (``ENGINES``): the port's behaviour is
+    tested once, on both. Without PostgreSQL its half skips (fails when ``CI=true``)."""
+    if request.param == "sqlite":
+        db = StoreDb("sqlite", str(tmp_path / "zchat.db"))
+        try:
+            yield db
+        finally:
+            db.close_all()
+        return
+    with need_postgres(postgres_or_reason).database() as url:
+        db = StoreDb("postgresql", url)
+        try:
+            yield db
+        finally:
+            db.close_all()
+
+
+@pytest.fixture(params=ENGINES)
+def any_harness(request: pytest.FixtureRequest,
+                postgres_or_reason: PostgresServer | str) -> Iterator[Harness]:
+    """A real broker thread on inproc:// on each engine in turn: an in-memory SQLite
+    store, then a fresh PostgreSQL database (zchat.testing.running_broker with its URL).
+    A module runs its ``harness`` tests on both by defining ``harness`` as this."""
+    if request.param == "sqlite":
+        with running_broker() as harness:
+            yield harness
+        return
+    with need_postgres(postgres_or_reason).database() as url, running_broker(url) as harness:
+        yield harness
 
 
 # -- subprocesses --------------------------------------------------------------------------

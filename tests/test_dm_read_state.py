@@ -3,8 +3,10 @@ docs/PROTOCOL.md §6.48), read state kept by the broker (LOGIN/RESUME's ``room_r
 ``dm_reads`` §6.3.1, MARK_READ §6.49, READ pushes §6.49.1, mentions §6.49.2), and a
 database from before it (schema version 5) whose pending DMs become unread.
 
-Every test runs a real broker (``harness``, or ``running_broker`` on an SQLite file) and
-talks to it through the client library over inproc://.
+Every test runs a real broker (``harness``, or ``running_broker`` on a database) and
+talks to it through the client library over inproc://; the broker's store is SQLite, then
+PostgreSQL (``any_harness``, ``store_db``), where the database of an older schema is not
+SQLite's own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import StoreDb, run
 
 from zchat import wire as p
 from zchat.client.client import Client
@@ -34,6 +36,12 @@ from zchat.testing import (
     next_message,
     running_broker,
 )
+
+
+@pytest.fixture
+def harness(any_harness: Harness) -> Harness:
+    """The broker of each test here: on SQLite, then on PostgreSQL."""
+    return any_harness
 
 
 @contextlib.asynccontextmanager
@@ -340,8 +348,8 @@ def test_pending_bound_keeps_every_dm_in_history_and_unread() -> None:
         run(scenario(harness))
 
 
-def test_read_state_survives_a_broker_restart(tmp_path: Path) -> None:
-    db = tmp_path / "zchat.db"
+def test_read_state_survives_a_broker_restart(store_db: StoreDb) -> None:
+    db = store_db.location
 
     async def before(harness: Harness) -> None:
         async with session(harness, "alice") as (alice, _), \

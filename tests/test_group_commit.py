@@ -1,8 +1,9 @@
 """Group commit (docs/PROTOCOL.md §14): the broker's loop writes everything one wake-up
 handles in one SQLite transaction, and sends nothing of it before that commit returns.
 
-Store groups are tested on a real SQLite file with a second connection as the outside
-observer; the broker's failure path on a real file whose "disk" fills up
+Store groups are tested on a real SQLite file and a real PostgreSQL database alike
+(``store_db``), with a second connection as the outside observer; the broker's failure
+path on a real file whose "disk" fills up
 (``PRAGMA max_page_count``: SQLite's own SQLITE_FULL, which undoes a statement with a
 statement journal alone — a room message's INSERT and its trigger — and rolls the whole
 transaction back otherwise — a DM's SAVEPOINT write).
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from client_helpers import collect, is_msg, msgs
-from conftest import run
+from conftest import StoreDb, run
 
 from zchat import wire as p
 from zchat.broker.loop import Broker
@@ -41,27 +42,36 @@ def _seen_outside(path: Path) -> list[str]:
         return [r[0] for r in other.execute("SELECT text FROM messages ORDER BY seq")]
 
 
+def _seen_by_another(db: StoreDb) -> list[str]:
+    """The same through another store on ``db`` (either engine)."""
+    other = db.open()
+    try:
+        return [m.text for m in other.history("dev", None, None, 500)]
+    finally:
+        other.close()
+
+
 def _fill_the_disk(store: Store) -> None:
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count = {pages}")
 
 
-def test_a_group_is_invisible_outside_until_its_commit(tmp_path: Path) -> None:
-    store = Store(tmp_path / "z.db")
+def test_a_group_is_invisible_outside_until_its_commit(store_db: StoreDb) -> None:
+    store = store_db.open()
     _room(store, "dev")
     store.begin_group()
     assert store.in_group
     store.post_message("dev", "alice", "text", "one", "", 1)
     store.post_message("dev", "alice", "text", "two", "", 2)
-    assert _seen_outside(tmp_path / "z.db") == []
+    assert _seen_by_another(store_db) == []
     store.commit_group()
     assert not store.in_group
-    assert _seen_outside(tmp_path / "z.db") == ["one", "two"]
+    assert _seen_by_another(store_db) == ["one", "two"]
     assert [m.seq for m in store.history("dev", None, None, 10)] == [1, 2]
 
 
-def test_a_failed_write_in_a_group_undoes_only_itself(tmp_path: Path) -> None:
-    store = Store(tmp_path / "z.db")
+def test_a_failed_write_in_a_group_undoes_only_itself(store_db: StoreDb) -> None:
+    store = store_db.open()
     _room(store, "dev")
     store.begin_group()
     store.post_message("dev", "alice", "text", "one", "", 1)
@@ -71,17 +81,20 @@ def test_a_failed_write_in_a_group_undoes_only_itself(tmp_path: Path) -> None:
     assert domain_refusal(info.value).status == Status.NOT_FOUND
     store.post_message("dev", "alice", "text", "two", "", 3)
     store.commit_group()
-    assert _seen_outside(tmp_path / "z.db") == ["one", "two"]
+    assert _seen_by_another(store_db) == ["one", "two"]
     # the counter was rolled back with the row: no gap
     assert [m.seq for m in store.history("dev", None, None, 10)] == [1, 2]
 
 
-def test_a_group_of_reads_commits_nothing(tmp_path: Path) -> None:
-    store = Store(tmp_path / "z.db")
+def test_a_group_of_reads_commits_nothing(store_db: StoreDb) -> None:
+    store = store_db.open()
     _room(store, "dev")
     store.begin_group()
     assert store.history("dev", None, None, 10) == []
-    assert not store._db.in_transaction
+    if store_db.engine == "sqlite":
+        assert not store._db.in_transaction
+    else:
+        assert not store.in_transaction
     store.commit_group()
 
 
@@ -136,15 +149,15 @@ def test_a_full_disk_that_rolls_the_transaction_back_loses_the_group_and_says_so
 
 
 def test_another_connections_unban_reaches_the_cached_ban_at_the_next_group(
-        tmp_path: Path) -> None:
-    store = Store(tmp_path / "z.db")
+        store_db: StoreDb) -> None:
+    store = store_db.open()
     store.create_account("ivan", "ivan", "ivan", "h", 0)
     store.create_account("root", "root", "root", "h", 0)
     store.add_ban("mute", "", "ivan", "root", "", 0, None)
     store.begin_group()
     assert store.active_ban("mute", "", "ivan", 1) is not None  # now cached
     store.commit_group()
-    side = Store(tmp_path / "z.db")  # as `zchat admin unban` on the database opens it
+    side = store_db.open()  # as `zchat admin unban` on the database opens it
     assert side.lift_ban("mute", "", "ivan")
     store.begin_group()
     assert store.active_ban("mute", "", "ivan", 2) is None

@@ -1,5 +1,7 @@
-"""The SQLite store on a real file: WAL, migrations, sequence numbers, history, DMs and
-all-or-nothing writes."""
+"""The stores: the port's behaviour (accounts, rooms, sequence numbers, history, DMs,
+read markers, all-or-nothing writes) on SQLite and on PostgreSQL alike (``store_db``,
+tests/conftest.py), and what is SQLite's own on a real file (WAL, its migrations, a full
+disk, a corrupt file). PostgreSQL's own: tests/test_store_postgres.py."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import StoreDb
 
 from zchat.core.facade import domain_refusal
 from zchat.core.ports import NameTaken, NoSuchRoom
@@ -16,12 +19,17 @@ from zchat.store import migrations as store_module
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "zchat.db")
+def store(store_db: StoreDb) -> Store:
+    """A store on each engine with the accounts alice and bob and the room dev."""
+    s = store_db.open()
     s.create_account("alice", "Alice", "a1ice", "hash", now_ms=1)
     s.create_account("bob", "bob", "bob", "hash", now_ms=1)
     s.ensure_room("dev", "dev", "dev", now_ms=1)
     return s
+
+
+#: The store's own tests on SQLite only (what SQLite does: its pages, its locks).
+sqlite_only = pytest.mark.parametrize("store_db", ["sqlite"], indirect=True)
 
 
 def count(s: Store, table: str) -> int:
@@ -46,12 +54,21 @@ def test_schema_version_is_number_of_migrations(tmp_path: Path) -> None:
     raw.close()
 
 
-def test_reopening_keeps_data_and_does_not_rerun_migrations(store: Store) -> None:
+def test_reopening_keeps_data_and_does_not_rerun_migrations(store: Store,
+                                                            store_db: StoreDb) -> None:
     store.append_message("dev", "Alice", "text", "hi", "", 5)
     store.close()
     # Rerunning migration 0 would fail on CREATE TABLE of an existing table.
-    again = Store(store.path)
+    again = store_db.open()
+    if store_db.engine == "postgresql":
+        from zchat.store import pg_schema
+        assert again.schema_version == pg_schema.SCHEMA_VERSION
+        return _still_there(again)
     assert again.schema_version == SCHEMA_VERSION
+    _still_there(again)
+
+
+def _still_there(again: Store) -> None:
     assert again.get_account("alice") is not None
     assert again.get_room("dev").last_seq == 1
 
@@ -106,10 +123,24 @@ def test_create_account_joins_rooms_in_the_same_commit(store: Store) -> None:
     assert [r.key for r in store.rooms_of("carol")] == ["dev"]
 
 
-def test_create_account_with_a_failing_membership_leaves_no_account(store: Store) -> None:
-    store._db.create_function("boom", 0, lambda: 1 / 0)
-    store._db.execute("CREATE TEMP TRIGGER fail_members BEFORE INSERT ON members "
+def fail_inserts(store_db: StoreDb, s: Store, table: str) -> None:
+    """Make every INSERT into ``table`` fail with an error of the database's own (not a
+    constraint): a temporary trigger calling a failing function on SQLite, a trigger
+    raising an exception on PostgreSQL."""
+    if store_db.engine == "sqlite":
+        s._db.create_function("boom", 0, lambda: 1 / 0)
+        s._db.execute(f"CREATE TEMP TRIGGER fail_{table} BEFORE INSERT ON {table} "
                       "BEGIN SELECT boom(); END")
+        return
+    s._db.execute("CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$ BEGIN RAISE EXCEPTION 'boom'; END; $$")
+    s._db.execute(f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} "
+                  "FOR EACH ROW EXECUTE FUNCTION boom()")
+
+
+def test_create_account_with_a_failing_membership_leaves_no_account(
+        store: Store, store_db: StoreDb) -> None:
+    fail_inserts(store_db, store, "members")
     with pytest.raises(StorageError):
         store.create_account("carol", "carol", "caro1", "h", now_ms=2, rooms=("dev",))
     assert store.get_account("carol") is None
@@ -229,6 +260,7 @@ def fill_disk(s: Store) -> None:
     s._db.execute(f"PRAGMA max_page_count = {pages}")
 
 
+@sqlite_only
 def test_failed_append_leaves_seq_and_rows_unchanged(store: Store) -> None:
     assert store.append_message("dev", "Alice", "text", "kept", "", 1) == 1
     fill_disk(store)
@@ -242,6 +274,7 @@ def test_failed_append_leaves_seq_and_rows_unchanged(store: Store) -> None:
     assert store.append_message("dev", "Alice", "text", "next", "", 3) == 2
 
 
+@sqlite_only
 def test_failed_dm_store_leaves_nothing(store: Store) -> None:
     fill_disk(store)
     with pytest.raises(StorageError):
@@ -249,6 +282,7 @@ def test_failed_dm_store_leaves_nothing(store: Store) -> None:
     assert count(store, "direct_messages") == 0
 
 
+@sqlite_only
 def test_write_while_another_connection_holds_the_lock(store: Store) -> None:
     store._db.execute("PRAGMA busy_timeout = 10")
     other = sqlite3.connect(store.path, isolation_level=None)

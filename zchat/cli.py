@@ -44,7 +44,15 @@ from zchat import __version__, timefmt
 from zchat import wire as p
 from zchat.client.client import SEND_RETRY_S, Client
 from zchat.client.events import ConnectionRestored, LeftElsewhere, Reconnecting, SessionEnded
-from zchat.config import DB_FILENAME, Config, data_dir, load_config, validate
+from zchat.config import (
+    DB_FILENAME,
+    BrokerConfig,
+    Config,
+    data_dir,
+    load_config,
+    redact_url,
+    validate,
+)
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
 from zchat.files import private_dir, private_file
 from zchat.names import name_key, normalize_name
@@ -195,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "events, with accounts, rooms and history in SQLite.")
     common(b)
     b.add_argument("--data-dir", metavar="DIR",
-                   help="where the database lives "
+                   help="where the database, the key pair and the lock file live "
                         f"({_default('broker', 'data_dir', '$XDG_DATA_HOME/zchat')})")
+    b.add_argument("--store", metavar="URL",
+                   help="keep accounts, rooms and history in this PostgreSQL database, "
+                        "postgresql://USER@HOST:PORT/DB (docs/cluster.md; "
+                        f"{_default('broker', 'store', 'the SQLite file in the data directory')})")
     b.add_argument("--router", metavar="ENDPOINT", help="ROUTER endpoint to bind "
                    f"({_default('broker', 'router')})")
     b.add_argument("--pub", metavar="ENDPOINT", help="PUB endpoint to bind "
@@ -510,6 +522,7 @@ def _config(args: argparse.Namespace) -> Config:
         client = dataclasses.replace(client, server_key=args.server_key)
     broker = config.broker
     overrides = {k: getattr(args, a) for k, a in (("data_dir", "data_dir"),
+                                                   ("store", "store"),
                                                    ("router", "router"), ("pub", "pub"),
                                                    ("log_level", "log_level"))
                  if getattr(args, a, None)}
@@ -756,7 +769,7 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
         pair, _created = load_or_create_broker_keys(directory)
         print(pair.public.decode("ascii"))
         return 0
-    db_path = directory / DB_FILENAME
+    db_path = _store_location(cfg)
     new = _NewFiles(directory)  # a start that fails leaves nothing new behind
     try:
         _make_data_dir(directory)
@@ -803,10 +816,10 @@ def _bound_broker(config: Config) -> Any:
     bound, StorageError (the database), TransportSecurityError, CliError; whatever was
     opened is closed then."""
     from zchat.broker.loop import Broker
-    from zchat.store import Store
+    from zchat.store import open_store
 
     cfg = config.broker
-    broker = Broker(cfg, Store(data_dir(cfg) / DB_FILENAME))
+    broker = Broker(cfg, open_store(_store_location(cfg)))
     try:
         broker.bind()
     except ValueError as exc:  # no key service port can be derived from the router
@@ -819,7 +832,13 @@ def _bound_broker(config: Config) -> Any:
     return broker
 
 
-def _print_started(broker: Any, db_path: Path) -> None:
+def _store_location(cfg: BrokerConfig) -> str | Path:
+    """Where the broker's store is: ``[broker] store`` (a PostgreSQL URL) or the SQLite
+    file in the data directory."""
+    return cfg.store or data_dir(cfg) / DB_FILENAME
+
+
+def _print_started(broker: Any, db_path: str | Path) -> None:
     """The lines ``zchat broker`` prints once it serves (docs/cli.md)."""
     from zchat.broker.loop import is_loopback
 
@@ -827,7 +846,7 @@ def _print_started(broker: Any, db_path: Path) -> None:
     print(f"zchat broker {__version__}", flush=True)
     print(f"  router   {broker.router_endpoint}", flush=True)
     print(f"  pub      {broker.pub_endpoint}", flush=True)
-    print(f"  database {db_path}", flush=True)
+    print(f"  database {redact_url(str(db_path))}", flush=True)
     if broker.keys is not None and broker.zap is not None:
         from zchat.keyformat import fingerprint
 

@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from zchat.errors import ZchatError
 from zchat.keyformat import ENCRYPTION_MODES, BadKey, check_key
@@ -115,6 +116,10 @@ class BrokerConfig:
       (NAT, containers).
     - ``data_dir``: directory of the broker's database. Empty means
       ``$XDG_DATA_HOME/zchat`` (see :func:`data_dir`).
+    - ``store``: where accounts, rooms and history live: empty for the SQLite file
+      ``zchat.db`` in ``data_dir``, or a PostgreSQL URL
+      (``postgresql://USER@HOST:PORT/DB``, docs/cluster.md); the data directory still
+      holds the key pair and the lock file.
     - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
     - ``admins``: account names with admin rights.
     - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..30000).
@@ -200,6 +205,7 @@ class BrokerConfig:
     pub: str = "tcp://127.0.0.1:5556"
     pub_advertised: str = ""
     data_dir: str = ""
+    store: str = ""
     log_level: str = "info"
     admins: tuple[str, ...] = ()
     max_text_bytes: int = 4000
@@ -443,6 +449,45 @@ def endpoint_problem(endpoint: str, *, bind: bool) -> str | None:
     return None
 
 
+#: URL schemes of ``[broker] store`` (libpq's two spellings of PostgreSQL).
+STORE_SCHEMES = ("postgresql", "postgres")
+
+
+def store_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as ``[broker] store``, or None: a PostgreSQL URL
+    (``postgresql://USER@HOST:PORT/DB``; the host may be left out or given as
+    ``?host=/socket/dir``) with a port in range. Whether the database answers is found at
+    start. The problem names the URL without its password (:func:`redact_url`)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    shown = redact_url(url)
+    if scheme not in STORE_SCHEMES:
+        return (f"must be empty (the SQLite file in the data directory) or a PostgreSQL "
+                f"URL postgresql://USER@HOST:PORT/DB, got {shown!r}")
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return f"the port must be a number from 1 to 65535 in {shown!r}"
+    if port == 0:
+        return f"the port must be a number from 1 to 65535 in {shown!r}"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparsable (a bad port): hide whatever precedes the host
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return url
+    if password is None:
+        return url
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
+
+
 def validate(config: Config, *, path: Path | str | None = None) -> None:
     """Check every setting's type and range; return None or raise ConfigError.
 
@@ -463,7 +508,8 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     and ``max_connections`` 1..MAX_COUNT_SETTING; ``max_connections_per_address``
     1..``max_connections``; ``max_rooms_created`` 0..MAX_COUNT_SETTING;
     ``storage_quota_bytes`` 0..MAX_STORAGE_QUOTA_BYTES;
-    ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keyformat).
+    ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keyformat);
+    ``store`` empty or a PostgreSQL URL (:func:`store_problem`).
     """
     for table, section in (("broker", config.broker), ("client", config.client)):
         hints = _field_types(type(section))
@@ -485,6 +531,8 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         problem = endpoint_problem(value, bind=bind)
         if problem is not None:
             fail(table, key, problem)
+    if b.store and (problem := store_problem(b.store)) is not None:
+        fail("broker", "store", problem)
     if b.log_level not in LOG_LEVELS:
         fail("broker", "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {b.log_level!r}")
     for i, name in enumerate(b.admins):

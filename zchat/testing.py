@@ -1,4 +1,5 @@
-"""An in-process test harness: a real broker on ``inproc://`` with a real SQLite store.
+"""An in-process test harness: a real broker on ``inproc://`` with a real store (SQLite,
+or PostgreSQL when given a ``postgresql://`` URL).
 
 No ports, no subprocesses: the broker's loop runs in a thread of the test process and
 clients connect through the process's one zmq context.
@@ -46,7 +47,7 @@ from zchat.core import DEFAULT_ROOM
 from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.names import name_key, skeleton
 from zchat.passwords import hash_password
-from zchat.store import Store
+from zchat.store import GroupStore, open_store
 
 #: Cheap hash parameters for tests only (never for real accounts).
 FAST_HASH = {"scrypt_n": 1024, "scrypt_r": 8, "scrypt_p": 1}
@@ -135,7 +136,8 @@ async def _next(client: Client, kind: type[T], room: str | None, sender: str | N
 
 @dataclass
 class Harness:
-    """A running in-process broker: its endpoint, its Broker object and its store path."""
+    """A running in-process broker: its endpoint, its Broker object and its store's
+    location (an SQLite path or a PostgreSQL URL)."""
 
     server: str
     broker: Broker
@@ -181,7 +183,7 @@ class Harness:
                 await client.logout()
 
 
-def create_admin_accounts(store: Store, names: Iterable[str],
+def create_admin_accounts(store: GroupStore, names: Iterable[str],
                           password: str = DEFAULT_PASSWORD, now_ms: int = 0) -> list[str]:
     """Create the account of each broker admin name in ``names`` that has none, with
     ``password`` (FAST_HASH), a member of ``lobby``, as an operator does with ``zchat
@@ -215,12 +217,13 @@ def harness_config(**overrides: Any) -> BrokerConfig:
 def running_broker(db_path: str | Path = ":memory:", context: zmq.Context[Any] | None = None,
                    **overrides: Any) -> Iterator[Harness]:
     """Start a broker thread on inproc:// (``overrides`` go to BrokerConfig) and stop it on
-    exit. ``db_path`` defaults to an in-memory SQLite database. The accounts of the
+    exit. ``db_path`` defaults to an in-memory SQLite database; a ``postgresql://`` URL
+    is a PostgreSQL database (zchat.store.open_store). The accounts of the
     ``admins`` override are created first (create_admin_accounts, DEFAULT_PASSWORD),
     since the broker refuses to REGISTER them."""
     ctx = context or zmq.Context.instance()
     config = harness_config(**overrides)
-    store = Store(db_path)
+    store = open_store(db_path)
     create_admin_accounts(store, config.admins)  # as the operator does (docs/admin.md)
     with BrokerThread(config, store, ctx) as broker:
         yield Harness(broker.router_endpoint, broker, str(db_path), ctx)

@@ -96,7 +96,7 @@ from zchat.core import (
 )
 from zchat.errors import Status, StorageError, ZchatError
 from zchat.ratelimit import ThrottledLog, address_key
-from zchat.store import Store
+from zchat.store import GroupStore
 from zchat.wire import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
@@ -271,7 +271,7 @@ class Broker:
     ``*`` was asked for).
     """
 
-    def __init__(self, config: BrokerConfig, store: Store,
+    def __init__(self, config: BrokerConfig, store: GroupStore,
                  context: zmq.Context[Any] | None = None,
                  keys: BrokerKeys | None = None) -> None:
         self.config = config
@@ -1051,7 +1051,7 @@ class BrokerThread:
     exit stops it and closes everything; raises if the loop does not stop within 5 s.
     """
 
-    def __init__(self, config: BrokerConfig, store: Store,
+    def __init__(self, config: BrokerConfig, store: GroupStore,
                  context: zmq.Context[Any] | None = None) -> None:
         self.broker = Broker(config, store, context)
         self._thread = threading.Thread(target=self._run, name="zchat-broker", daemon=True)

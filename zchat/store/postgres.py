@@ -1,0 +1,1251 @@
+"""The PostgreSQL store: the Store port (zchat.core.ports) on PostgreSQL, with psycopg 3.
+
+The same semantics as zchat.store.sqlite, method by method: the same rows, the same domain
+errors (``NameTaken``, ``NoSuchRoom`` …), the same ordering and paging, the same unit of
+work. Every write is one transaction, rolled back whole on failure with StorageError(503);
+the broker's loop groups the writes of one wake-up into one transaction
+(``begin_group``/``commit_group``: one commit, so one WAL flush, per batch;
+docs/PROTOCOL.md §14 "Group commit"), each top-level write a SAVEPOINT in it. Unlike
+SQLite, PostgreSQL aborts the whole transaction on any failed statement, so every write
+in a group takes its savepoint (SQLite spares a room message's one INSERT that).
+
+Durable before acknowledged: ``commit_group`` returns once PostgreSQL has committed,
+which with ``synchronous_commit`` on (the store turns it on for its own connection if the
+server's default is off) means the commit is flushed to the server's WAL. A server
+running with ``fsync = off`` cannot keep that promise; the store logs a warning at open.
+
+Per-room sequence numbers stay gap-free and unique with several writers on one database
+(several brokers): a message takes ``last_seq + 1`` from its room's row with
+``UPDATE rooms … RETURNING`` in the message's own statement, which locks the row until
+the transaction ends (zchat.store.pg_schema says why not a SEQUENCE).
+
+The database's clock is never used: times are the caller's ``now_ms``, as in SQLite.
+The connection is opened in autocommit mode and transactions are begun explicitly, as the
+SQLite store does with ``isolation_level=None``; reads outside a write are single
+statements. A connection lost outside a transaction is opened again at the next use (at
+most once a second; meanwhile StorageError, 503). The schema lives in
+zchat.store.pg_schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import psycopg
+from psycopg import pq
+
+from zchat.config import redact_url
+from zchat.core.ports import (
+    AccountInfoRow,
+    AccountRow,
+    AlreadyDeleted,
+    AuditRow,
+    BanRow,
+    CmidReused,
+    DirectMessageRow,
+    DmReadRow,
+    MessageRow,
+    NameTaken,
+    NoSuchMessage,
+    NoSuchRoom,
+    PostedRow,
+    RoomReadRow,
+    RoomRow,
+    SessionRow,
+    TokenRow,
+    dm_pair,
+)
+from zchat.errors import StorageError
+from zchat.names import name_key
+from zchat.store import pg_schema
+
+log = logging.getLogger("zchat.store")
+
+#: Seconds a connection attempt may take (at open and when reconnecting).
+CONNECT_TIMEOUT_S = 5
+#: Least seconds between two attempts to open a lost connection again; meanwhile every
+#: call fails at once with StorageError (503) rather than stalling the broker's loop.
+RECONNECT_INTERVAL_S = 1.0
+#: Bound of Store.active_ban's cache (entries); emptied whole when full.
+BAN_CACHE_MAX = 65_536
+
+_IDLE = pq.TransactionStatus.IDLE
+_INTRANS = pq.TransactionStatus.INTRANS
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of a psycopg error (libpq's messages run to several lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _write_error(exc: BaseException) -> BaseException:
+    """What a failed write raises: IntegrityError and the domain errors as they are (the
+    callers map them), any other psycopg error as StorageError(503), anything else as
+    it is."""
+    if isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.IntegrityError):
+        return StorageError(f"storage failed, nothing was changed: {_first_line(exc)}")
+    return exc
+
+
+def _raise_write_error(exc: BaseException) -> NoReturn:
+    error = _write_error(exc)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
+def _cmid(cmid: str) -> str:
+    """A client message id as stored: PostgreSQL's text cannot hold NUL, which a cmid
+    may (the wire bounds its length only), so ``\\`` and NUL are escaped (``\\\\``,
+    ``\\0``). Injective, and a cmid is only ever compared, never read back."""
+    if "\\" not in cmid and "\0" not in cmid:
+        return cmid
+    return cmid.replace("\\", "\\\\").replace("\0", "\\0")
+
+
+class Store:
+    """All persistent state of a broker, in one PostgreSQL database.
+
+    ``url`` is a libpq URL (``postgresql://USER@HOST:PORT/DB``; a Unix socket directory
+    as ``?host=/run/postgresql``). Not thread-safe: one event loop owns it. Raises
+    StorageError(503) from any write that could not be committed.
+    """
+
+    def __init__(self, url: str) -> None:
+        """Connect to ``url`` and create or upgrade the schema (zchat.store.pg_schema).
+
+        Raises StorageError naming the URL (without its password) when the database
+        cannot be reached, holds tables that are not a zchat schema (nothing is changed
+        in it), or has a newer schema.
+        """
+        self.url = url
+        self.path = redact_url(url)  # what messages name, as the SQLite store's path
+        self._write_depth = 0
+        self._group = False
+        self._group_open = False  # the group's transaction was begun
+        #: (room key, account key) -> the highest seq the account posted in the room in
+        #: this group: its read marker moves there at the commit (``append_message``)
+        self._own_reads: dict[tuple[str, str], int] = {}
+        self._group_failed = ""
+        self._ban_cache: dict[tuple[str, str, str], BanRow | None] = {}
+        self._bans_version = -1
+        self._next_connect = 0.0  # monotonic s before which no reconnection is tried
+        self._db = self._connect(f"cannot connect to the database {self.path}")
+        try:
+            self._migrate()
+        except (psycopg.Error, StorageError) as exc:
+            self._db.close()
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"cannot open the database {self.path}: "
+                               f"{_first_line(exc)}") from exc
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _connect(self, failure: str) -> psycopg.Connection[Any]:
+        """A new autocommit connection with ``synchronous_commit`` on. Raises
+        StorageError(``failure``: the reason)."""
+        try:
+            db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except (psycopg.Error, ValueError) as exc:
+            raise StorageError(f"{failure}: {_first_line(exc)}") from exc
+        try:
+            sync = db.execute("SHOW synchronous_commit").fetchone()
+            if sync is not None and sync[0] == "off":
+                # an OK means committed and flushed (docs/PROTOCOL.md §14, G1)
+                db.execute("SET synchronous_commit = on")
+            fsync = db.execute("SHOW fsync").fetchone()
+        except psycopg.Error as exc:
+            db.close()
+            raise StorageError(f"{failure}: {_first_line(exc)}") from exc
+        if fsync is not None and fsync[0] == "off":
+            log.warning("the database %s runs with fsync = off: a crash of its server "
+                        "can lose acknowledged messages", self.path)
+        return db
+
+    def _ensure_connected(self) -> None:
+        """Open the connection again if it was lost (outside a transaction only; a lost
+        transaction is the group's loss). Raises StorageError(503) when it cannot be, or
+        when the last attempt was under RECONNECT_INTERVAL_S ago."""
+        if not self._db.closed:
+            return
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise StorageError(f"storage unavailable: the connection to {self.path} "
+                               "was lost")
+        self._next_connect = now + RECONNECT_INTERVAL_S
+        self._db = self._connect(f"storage unavailable: cannot reconnect to {self.path}")
+        self._ban_cache.clear()
+        self._bans_version = -1
+        log.warning("reconnected to the database %s", self.path)
+
+    @property
+    def _status(self) -> pq.TransactionStatus:
+        return self._db.info.transaction_status
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on the connection (fine or failed)."""
+        return not self._db.closed and self._status != _IDLE
+
+    @property
+    def schema_version(self) -> int:
+        row = self._db.execute(f"SELECT version FROM {pg_schema.VERSION_TABLE}").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        """Check and upgrade the schema in one transaction, under an advisory lock (two
+        brokers starting at once on a new database do not both create it)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (pg_schema.MIGRATION_LOCK,))
+            tables = {str(name) for (name,) in db.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()")}
+            if pg_schema.VERSION_TABLE not in tables:
+                if tables:
+                    raise StorageError(f"{self.path} is not a zchat database: it holds "
+                                       "tables but no zchat schema version; nothing was "
+                                       "changed")
+                db.execute(f"CREATE TABLE {pg_schema.VERSION_TABLE} "
+                           "(version INTEGER NOT NULL)")
+                db.execute(f"INSERT INTO {pg_schema.VERSION_TABLE}(version) VALUES (0)")
+            current = self.schema_version
+            if current > pg_schema.SCHEMA_VERSION:
+                raise StorageError(f"database {self.path} has schema version {current}, "
+                                   f"newer than this zchat's {pg_schema.SCHEMA_VERSION}; "
+                                   "upgrade zchat")
+            for version in range(current, pg_schema.SCHEMA_VERSION):
+                db.execute(pg_schema.MIGRATIONS[version])  # a script: no parameters
+                db.execute(f"UPDATE {pg_schema.VERSION_TABLE} SET version = %s",
+                           (version + 1,))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of a reading statement. Raises StorageError(503) when the database
+        fails it (a read failing inside a group loses the group's transaction)."""
+        if not self._write_depth and not self.in_transaction:
+            self._ensure_connected()
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            if self._group and not self._write_depth and self.in_transaction \
+                    and self._status != _INTRANS:
+                self._group_failed = f"storage failed, the batch was lost: {_first_line(exc)}"
+            if self._write_depth:
+                raise  # the enclosing write rolls back and maps it
+            raise StorageError(f"storage failed: {_first_line(exc)}") from exc
+
+    def _row(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        """Run a statement inside a ``_write()`` block (its errors go to the block)."""
+        assert self._write_depth, "a write outside _write()"
+        return self._db.execute(sql, params)
+
+    @contextmanager
+    def _write(self) -> Iterator[Store]:
+        """One transaction; rolled back whole on any error. A ``_write()`` inside another
+        joins it (commits with it, rolls back with it). Inside a group, a SAVEPOINT of the
+        group's transaction (``_group_write``)."""
+        if self._write_depth:
+            self._write_depth += 1
+            try:
+                yield self
+            finally:
+                self._write_depth -= 1
+            return
+        if self._group:
+            yield from self._group_write()
+            return
+        self._ensure_connected()
+        try:
+            self._db.execute("BEGIN")
+        except psycopg.Error as exc:
+            raise StorageError(f"storage unavailable: {_first_line(exc)}") from exc
+        self._write_depth = 1
+        try:
+            yield self
+            self._write_depth = 0
+            self._commit()
+        except BaseException as exc:
+            self._write_depth = 0
+            self._ban_cache.clear()
+            with contextlib.suppress(psycopg.Error):
+                if self.in_transaction:
+                    self._db.execute("ROLLBACK")
+            _raise_write_error(exc)
+
+    def _commit(self) -> None:
+        """COMMIT, making sure it committed: PostgreSQL answers COMMIT of a failed
+        transaction with a ROLLBACK and no error. Raises StorageError then."""
+        if self._status != _INTRANS:
+            raise StorageError("storage failed: the transaction was aborted")
+        cur = self._db.execute("COMMIT")
+        if cur.statusmessage != "COMMIT":
+            raise StorageError(f"storage failed: COMMIT answered {cur.statusmessage}")
+
+    def _group_write(self) -> Iterator[Store]:
+        """A top-level write inside a group: one SAVEPOINT in the group's transaction
+        (begun by the group's first write), released on success and rolled back alone on
+        error, so one request's failed write leaves the others' in the group."""
+        self._begin_group_transaction()
+        try:
+            self._db.execute("SAVEPOINT request")
+        except psycopg.Error as exc:
+            self._group_failed = f"storage failed, the batch was lost: {_first_line(exc)}"
+            raise StorageError(f"storage unavailable: {_first_line(exc)}") from exc
+        own_reads = dict(self._own_reads)  # what the group had before this write
+        self._write_depth = 1
+        try:
+            yield self
+            self._write_depth = 0
+            self._db.execute("RELEASE request")
+        except BaseException as exc:
+            self._write_depth = 0
+            self._ban_cache.clear()
+            self._own_reads = own_reads
+            try:
+                if self.in_transaction:
+                    self._db.execute("ROLLBACK TO request")
+                    self._db.execute("RELEASE request")
+                else:
+                    self._group_failed = "storage failed, the batch was lost: " \
+                                         f"{_first_line(exc)}"
+            except psycopg.Error as undo:
+                self._group_failed = f"storage failed, the batch was lost: {_first_line(undo)}"
+            _raise_write_error(exc)
+
+    def _begin_group_transaction(self) -> None:
+        """Inside a group: refuse at once if the group is lost, else open its transaction
+        if no write has yet. Raises StorageError(503)."""
+        if self._group_failed:
+            raise StorageError(self._group_failed)
+        if self._group_open:
+            if not self.in_transaction:  # the connection went, and the transaction with it
+                self._group_failed = "storage failed, the batch was lost: the connection " \
+                                     "to the database was lost"
+                raise StorageError(self._group_failed)
+            return
+        self._ensure_connected()
+        try:
+            self._db.execute("BEGIN")
+        except psycopg.Error as exc:
+            raise StorageError(f"storage unavailable: {_first_line(exc)}") from exc
+        self._group_open = True
+
+    def _check_other_writers(self) -> None:
+        """Empty the ban cache when any connection (another broker, ``zchat admin
+        unban``) wrote to ``bans`` since the last check: ``zchat_changes.bans_version``
+        moves exactly then (trigger ``bans_changed``). A failure to read it empties the
+        cache (the next reads go to the database and fail there, as 503)."""
+        try:
+            row = self._row("SELECT bans_version FROM zchat_changes")
+        except StorageError:
+            self._ban_cache.clear()
+            self._bans_version = -1
+            return
+        version = int(row[0]) if row else -1
+        if version != self._bans_version:
+            self._bans_version = version
+            self._ban_cache.clear()
+
+    def changes_elsewhere(self) -> int:
+        """A number that moves whenever a write to bans or mutes was committed, by any
+        connection (another broker, ``zchat admin``; this one's own too):
+        ``zchat_changes.bans_version``, as of ``begin_group`` inside a group (one query
+        per wake-up of the loop), else read now; -1 while the database cannot be read.
+        What the core reloads its copy of bans and mutes on (SQLite's counterpart moves
+        with any other connection's commit)."""
+        if not self._group:
+            self._check_other_writers()
+        return self._bans_version
+
+    def begin_group(self) -> None:
+        """Start a group commit: every write until ``commit_group()`` goes into one
+        transaction, committed once at the end. Each top-level write in the group is a
+        SAVEPOINT, so a write that fails (StorageError, a domain error, IntegrityError
+        as outside a group) undoes only itself. A group of reads only begins no
+        transaction. Never raises StorageError: a database that cannot be reached fails
+        the group's requests one by one (503)."""
+        if self._group:
+            raise RuntimeError("begin_group() inside a group")
+        self._group = True
+        self._group_failed = ""
+        self._check_other_writers()
+
+    def commit_group(self) -> None:
+        """End the group: commit its transaction, if a write began one. Raises
+        StorageError (with everything in the group rolled back) when the commit fails, or
+        when a failed statement inside the group lost the whole transaction."""
+        if not self._group:
+            raise RuntimeError("commit_group() without begin_group()")
+        self._group = False
+        failed, self._group_failed = self._group_failed, ""
+        opened, self._group_open = self._group_open, False
+        if not opened:
+            self._own_reads.clear()
+            if failed:
+                raise StorageError(failed)
+            return
+        try:
+            if failed:
+                raise StorageError(failed)
+            if not self.in_transaction:
+                raise StorageError("storage failed, the batch was lost: the connection to "
+                                   "the database was lost")
+            self._flush_own_reads()
+            self._commit()
+        except (psycopg.Error, StorageError) as exc:
+            self._own_reads.clear()
+            self._ban_cache.clear()
+            with contextlib.suppress(psycopg.Error):
+                if self.in_transaction:
+                    self._db.execute("ROLLBACK")
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"storage failed, the batch was not committed: "
+                               f"{_first_line(exc)}") from exc
+
+    def abort_group(self) -> None:
+        """End the group rolling back everything written in it (an unexpected error in
+        the loop)."""
+        self._group = False
+        self._group_open = False
+        self._group_failed = ""
+        self._own_reads.clear()
+        self._ban_cache.clear()
+        with contextlib.suppress(psycopg.Error):
+            if self.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    @property
+    def in_group(self) -> bool:
+        """Whether a group commit is open (``begin_group()`` without its commit)."""
+        return self._group
+
+    def transaction(self) -> contextlib.AbstractContextManager[Store]:
+        """Group several Store writes into one transaction: ``with store.transaction():``
+        commits them together or rolls them all back (a moderation action and its audit
+        entry, docs/PROTOCOL.md §17.4). Raises StorageError(503) when it is not
+        committed."""
+        return self._write()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- accounts ---------------------------------------------------------------------
+
+    def create_account(self, key: str, name: str, skeleton: str, password_hash: str,
+                       now_ms: int, bot: bool = False, rooms: tuple[str, ...] = ()) -> None:
+        """Create an account that is a member of ``rooms`` (keys of existing rooms), in one
+        transaction. Raises NameTaken when the key or a look-alike skeleton exists."""
+        try:
+            with self._write():
+                self._exec("INSERT INTO accounts(key, name, skeleton, password_hash, bot, "
+                           "created_ms) VALUES (%s, %s, %s, %s, %s, %s)",
+                           (key, name, skeleton, password_hash, bot, now_ms))
+                for room_key in rooms:
+                    self._exec(self._JOIN_SQL, (room_key, key, now_ms, room_key))
+        except psycopg.IntegrityError:  # as SQLite's: the key, the skeleton (or no room)
+            raise NameTaken("account", name) from None
+
+    def get_account(self, key: str) -> AccountRow | None:
+        row = self._row("SELECT key, name, password_hash, bot FROM accounts WHERE key = %s",
+                        (key,))
+        return AccountRow(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def account_skeleton_taken(self, skeleton: str) -> bool:
+        return self._row("SELECT 1 FROM accounts WHERE skeleton = %s",
+                         (skeleton,)) is not None
+
+    def account_names(self) -> dict[str, tuple[str, bool]]:
+        """Every account: key -> (display name, bot)."""
+        return {k: (n, bool(b)) for k, n, b in
+                self._rows("SELECT key, name, bot FROM accounts")}
+
+    def list_accounts(self) -> list[AccountInfoRow]:
+        """Every account, by key (``zchat admin users``, USERS §6.42)."""
+        return [AccountInfoRow(str(k), str(n), bool(b), bool(d), int(c)) for k, n, b, d, c in
+                self._rows("SELECT key, name, bot, disabled, created_ms FROM accounts "
+                           "ORDER BY key")]
+
+    # -- storage quotas (docs/PROTOCOL.md §6.53) ------------------------------------------
+
+    def storage_used(self, room_key: str | None = None) -> dict[str, int]:
+        """Bytes of message text (UTF-8) each account has stored: account key -> bytes,
+        as zchat.store.sqlite's (room messages, deleted ones included, and DMs; with
+        ``room_key`` only its messages in that room)."""
+        used: dict[str, int] = {}
+        sql = ("SELECT sender_key, sender, SUM(octet_length(text)) FROM messages "
+               + ("WHERE room_key = %s " if room_key is not None else "")
+               + "GROUP BY sender_key, sender")
+        queries: list[tuple[str, tuple[Any, ...]]] = [
+            (sql, (room_key,) if room_key is not None else ())]
+        if room_key is None:
+            queries.append(("SELECT sender_key, sender, SUM(octet_length(text)) "
+                            "FROM direct_messages GROUP BY sender_key, sender", ()))
+        for query, params in queries:
+            for key, sender, size in self._rows(query, params):
+                key = key or name_key(sender)
+                used[key] = used.get(key, 0) + int(size or 0)
+        return used
+
+    def storage_quotas(self) -> dict[str, int]:
+        """The accounts with a quota of their own: account key -> bytes (0: no quota)."""
+        return {str(k): int(q) for k, q in self._rows(
+            "SELECT key, storage_quota_bytes FROM accounts "
+            "WHERE storage_quota_bytes IS NOT NULL")}
+
+    def set_storage_quota(self, key: str, quota_bytes: int | None) -> bool:
+        """Give the account a quota of its own (bytes; 0 no quota) or, with None, make it
+        follow the broker's default again, and commit; False when there is no such
+        account."""
+        with self._write():
+            cur = self._exec("UPDATE accounts SET storage_quota_bytes = %s WHERE key = %s",
+                             (quota_bytes, key))
+            return cur.rowcount == 1
+
+    def set_password_hash(self, key: str, password_hash: str) -> bool:
+        """Replace the account's password hash and commit; False when there is no such
+        account."""
+        with self._write():
+            cur = self._exec("UPDATE accounts SET password_hash = %s WHERE key = %s",
+                             (password_hash, key))
+            return cur.rowcount == 1
+
+    # -- account tokens ------------------------------------------------------------------
+
+    def create_token(self, account_key: str, label: str, token_sha256: str,
+                     now_ms: int) -> int:
+        """Store a token's SHA-256 (hex) for ``account_key``; returns the token's id."""
+        with self._write():
+            row = self._exec("INSERT INTO account_tokens(account_key, label, token_sha256, "
+                             "created_ms) VALUES (%s, %s, %s, %s) RETURNING id",
+                             (account_key, label, token_sha256, now_ms)).fetchone()
+            return int(row[0]) if row else 0
+
+    def list_tokens(self, account_key: str) -> list[TokenRow]:
+        """The account's live tokens, oldest first (never their hashes)."""
+        return [TokenRow(int(i), str(lb), int(c)) for i, lb, c in self._rows(
+            "SELECT id, label, created_ms FROM account_tokens WHERE account_key = %s "
+            "ORDER BY id", (account_key,))]
+
+    def token_hashes(self, account_key: str) -> list[tuple[int, str]]:
+        """(id, SHA-256 hex) of each of the account's live tokens, for LOGIN to compare."""
+        return [(int(i), str(h)) for i, h in self._rows(
+            "SELECT id, token_sha256 FROM account_tokens WHERE account_key = %s ORDER BY id",
+            (account_key,))]
+
+    def revoke_token(self, account_key: str, token_id: int) -> bool:
+        """Delete the account's token ``token_id``; False when it has no such token."""
+        with self._write():
+            cur = self._exec("DELETE FROM account_tokens WHERE id = %s AND account_key = %s",
+                             (token_id, account_key))
+            return cur.rowcount == 1
+
+    # -- rooms and membership ----------------------------------------------------------
+
+    #: A new membership: its read marker starts at the room's last message. Parameters:
+    #: room, account, joined_ms, room again.
+    _JOIN_SQL = ("INSERT INTO members(room_key, account_key, joined_ms, read_seq) "
+                 "VALUES (%s, %s, %s, COALESCE((SELECT last_seq FROM rooms WHERE key = %s), "
+                 "0)) ON CONFLICT DO NOTHING")
+
+    def get_room(self, key: str) -> RoomRow | None:
+        row = self._row("SELECT key, name, topic, last_seq FROM rooms WHERE key = %s", (key,))
+        return RoomRow(row[0], row[1], row[2], int(row[3])) if row else None
+
+    def room_skeleton_taken(self, skeleton: str) -> bool:
+        return self._row("SELECT 1 FROM rooms WHERE skeleton = %s", (skeleton,)) is not None
+
+    #: A new room: its sequence numbers go on from a deleted room of the same key (its
+    #: tombstone), and the audit entries so far are not its own (``audit_floor``).
+    #: ``ON CONFLICT (key)``: a room another writer made meanwhile is joined, not refused;
+    #: a look-alike skeleton still is (UniqueViolation).
+    _CREATE_ROOM_SQL = (
+        "INSERT INTO rooms(key, name, skeleton, creator, created_ms, private, "
+        "last_seq, audit_floor) VALUES (%s, %s, %s, %s, %s, %s, "
+        "COALESCE((SELECT last_seq FROM room_tombstones WHERE key = %s), 0), "
+        "COALESCE((SELECT MAX(id) FROM audit_log), 0)) ON CONFLICT (key) DO NOTHING")
+
+    def join_room(self, room_key: str, room_name: str, skeleton: str, account_key: str,
+                  now_ms: int, private: bool = False) -> tuple[RoomRow, bool, bool]:
+        """Make ``account_key`` a member, creating the room when it does not exist: the
+        creator becomes its ``owner`` and ``private`` applies only then.
+
+        Returns (room, created, newly_joined). Raises NameTaken("room", …) when creating a
+        room whose name looks like an existing room's.
+        """
+        try:
+            with self._write():
+                created = False
+                if self.get_room(room_key) is None:
+                    cur = self._exec(self._CREATE_ROOM_SQL,
+                                     (room_key, room_name, skeleton, account_key, now_ms,
+                                      private, room_key))
+                    if cur.rowcount == 1:
+                        self._exec("INSERT INTO room_roles(room_key, account_key, role) "
+                                   "VALUES (%s, %s, 'owner') ON CONFLICT (room_key, "
+                                   "account_key) DO UPDATE SET role = EXCLUDED.role",
+                                   (room_key, account_key))
+                        created = True
+                cur = self._exec(self._JOIN_SQL, (room_key, account_key, now_ms, room_key))
+                joined = cur.rowcount == 1
+                room = self.get_room(room_key)
+        except psycopg.IntegrityError:
+            raise NameTaken("room", room_name) from None
+        assert room is not None
+        return room, created, joined
+
+    def ensure_room(self, room_key: str, room_name: str, skeleton: str, now_ms: int) -> None:
+        """Create a room with no members (the default ``lobby``) if it does not exist (nor
+        a look-alike: then nothing, as SQLite's INSERT OR IGNORE)."""
+        with self._write():
+            self._exec(self._CREATE_ROOM_SQL.replace("ON CONFLICT (key) DO NOTHING",
+                                                     "ON CONFLICT DO NOTHING"),
+                       (room_key, room_name, skeleton, None, now_ms, False, room_key))
+
+    def leave_room(self, room_key: str, account_key: str) -> bool:
+        """Remove a membership (its read marker and unread mentions go with it); returns
+        whether there was one."""
+        with self._write():
+            cur = self._exec("DELETE FROM members WHERE room_key = %s AND account_key = %s",
+                             (room_key, account_key))
+            self._exec("DELETE FROM mentions WHERE account_key = %s AND room_key = %s",
+                       (account_key, room_key))
+            return cur.rowcount == 1
+
+    def delete_room(self, room_key: str) -> tuple[int, int]:
+        """Delete the room and everything that belongs to it, as zchat.store.sqlite's
+        (messages, memberships with read markers and mentions, roles, invitations, the
+        bans placed in it; a tombstone keeps its last_seq; the audit keeps its entries
+        but the message text its "delete" entries quote). Returns (messages, members)
+        deleted. Raises NoSuchRoom, StorageError(503)."""
+        self._ban_cache.clear()
+        with self._write():
+            # the room's row first, locked: a message posted meanwhile through another
+            # connection waits, then finds no room (404) rather than a room without rows
+            locked = self._exec("SELECT last_seq FROM rooms WHERE key = %s FOR UPDATE",
+                                (room_key,)).fetchone()
+            if locked is None:
+                raise NoSuchRoom(room_key)
+            row = self._exec("SELECT COUNT(*) FROM messages WHERE room_key = %s",
+                             (room_key,)).fetchone()
+            messages = int(row[0]) if row else 0
+            members = self._exec("DELETE FROM members WHERE room_key = %s",
+                                 (room_key,)).rowcount
+            for table in ("messages", "room_roles", "invites", "bans", "mentions"):
+                self._exec(f"DELETE FROM {table} WHERE room_key = %s", (room_key,))
+            self._exec(
+                "UPDATE audit_log SET detail = CASE WHEN strpos(detail, ': ') > 0 "
+                "THEN substr(detail, 1, strpos(detail, ': ') - 1) ELSE detail END "
+                "|| ' (text deleted with the room)' WHERE action = 'delete' "
+                "AND room = (SELECT name FROM rooms WHERE key = %s) "
+                "AND id > (SELECT audit_floor FROM rooms WHERE key = %s)",
+                (room_key, room_key))
+            self._exec("INSERT INTO room_tombstones(key, last_seq) SELECT key, last_seq "
+                       "FROM rooms WHERE key = %s ON CONFLICT (key) DO UPDATE SET "
+                       "last_seq = EXCLUDED.last_seq", (room_key,))
+            self._exec("DELETE FROM rooms WHERE key = %s", (room_key,))
+        return messages, int(members)
+
+    def audit_floor(self, room_key: str) -> int:
+        """The id of the last audit entry older than the room (0: none), or 0 for no
+        such room."""
+        row = self._row("SELECT audit_floor FROM rooms WHERE key = %s", (room_key,))
+        return int(row[0]) if row else 0
+
+    def set_topic(self, room_key: str, topic: str) -> None:
+        """Set a room's topic ("" clears it) and commit. Raises NoSuchRoom."""
+        with self._write():
+            cur = self._exec("UPDATE rooms SET topic = %s WHERE key = %s", (topic, room_key))
+            if cur.rowcount != 1:
+                raise NoSuchRoom(room_key)
+
+    def set_slow_mode(self, room_key: str, seconds: int) -> None:
+        """Set a room's slow mode in seconds (0 turns it off) and commit. Raises
+        NoSuchRoom."""
+        with self._write():
+            cur = self._exec("UPDATE rooms SET slow_mode_s = %s WHERE key = %s",
+                             (seconds, room_key))
+            if cur.rowcount != 1:
+                raise NoSuchRoom(room_key)
+
+    def room_settings(self) -> dict[str, tuple[str, int]]:
+        """Every room key -> (creator's account key or "", slow mode in seconds)."""
+        return {k: (c or "", int(s)) for k, c, s in
+                self._rows("SELECT key, creator, slow_mode_s FROM rooms")}
+
+    def list_rooms(self) -> list[RoomRow]:
+        return [RoomRow(k, n, t, int(s), int(m)) for k, n, t, s, m in self._rows(
+            "SELECT r.key, r.name, r.topic, r.last_seq, COUNT(m.account_key) FROM rooms r "
+            "LEFT JOIN members m ON m.room_key = r.key GROUP BY r.key ORDER BY r.key")]
+
+    def room_floors(self) -> dict[str, int]:
+        """Room key -> the last seq of the deleted room it was made after, for the rooms
+        made under a deleted room's name only."""
+        return {str(k): int(s) for k, s in self._rows(
+            "SELECT r.key, t.last_seq FROM rooms r JOIN room_tombstones t ON t.key = r.key")}
+
+    def memberships(self) -> dict[str, set[str]]:
+        """Every room key -> the set of its members' account keys (rooms without members
+        included)."""
+        out: dict[str, set[str]] = {k: set() for (k,) in self._rows("SELECT key FROM rooms")}
+        for room_key, account_key in self._rows("SELECT room_key, account_key FROM members"):
+            out.setdefault(room_key, set()).add(account_key)
+        return out
+
+    def rooms_of(self, account_key: str) -> list[RoomRow]:
+        return [RoomRow(k, n, t, int(s)) for k, n, t, s in self._rows(
+            "SELECT r.key, r.name, r.topic, r.last_seq FROM rooms r JOIN members m "
+            "ON m.room_key = r.key WHERE m.account_key = %s ORDER BY m.joined_ms, r.key",
+            (account_key,))]
+
+    # -- room messages ------------------------------------------------------------------
+
+    #: One statement: the room's counter moves (its row locked until the transaction
+    #: ends) and the message takes the new number. No row: no such room.
+    _APPEND_SQL = (
+        "WITH r AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE key = %s "
+        "RETURNING key, last_seq) "
+        "INSERT INTO messages(room_key, seq, time_ms, sender, kind, text, cmid, sender_key) "
+        "SELECT key, last_seq, %s, %s, %s, %s, %s, %s FROM r RETURNING seq")
+
+    def append_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
+                       now_ms: int, sender_key: str = "") -> int:
+        """Store a room message under the room's next sequence number and commit; returns
+        it (1, 2, 3, … per room, no gaps, unique with any number of writers). With
+        ``sender_key`` the sender's read marker of the room moves to it in the same
+        transaction (inside a group once per group, at its commit). Raises NoSuchRoom
+        (nothing written), StorageError(503)."""
+        with self._write():
+            row = self._exec(self._APPEND_SQL, (room_key, now_ms, sender, kind, text,
+                                                _cmid(cmid), sender_key)).fetchone()
+            if row is None:
+                raise NoSuchRoom(room_key)
+            seq = int(row[0])
+            if sender_key:
+                if self._group:  # undone with the write's savepoint (``_group_write``)
+                    key = (room_key, sender_key)
+                    self._own_reads[key] = max(seq, self._own_reads.get(key, 0))
+                else:
+                    self._exec(self._OWN_READ_SQL, (seq, room_key, sender_key, seq))
+        return seq
+
+    _OWN_READ_SQL = ("UPDATE members SET read_seq = %s WHERE room_key = %s AND "
+                     "account_key = %s AND read_seq < %s")
+
+    def _flush_own_reads(self) -> None:
+        """Move the read markers that the group's posts moved, in the group's
+        transaction. Called before anything reads or writes a marker, and before the
+        group commits."""
+        if not self._own_reads:
+            return
+        pending, self._own_reads = self._own_reads, {}
+        try:
+            with self._db.cursor() as cur:
+                cur.executemany(self._OWN_READ_SQL, [(seq, room, account, seq) for
+                                                     (room, account), seq in pending.items()])
+        except psycopg.Error as exc:
+            if self._group and not self._write_depth:
+                self._group_failed = f"storage failed, the batch was lost: {_first_line(exc)}"
+            if self._write_depth:
+                raise
+            _raise_write_error(exc)
+
+    def post_message(self, room_key: str, sender: str, kind: str, text: str, cmid: str,
+                     now_ms: int, sender_key: str = "",
+                     mentions: tuple[str, ...] = ()) -> PostedRow:
+        """Store a room message once per client message id (docs/PROTOCOL.md §6.8), as
+        zchat.store.sqlite's: a message already stored in the room by ``sender`` with a
+        non-empty ``cmid`` comes back (``duplicate=True``) and nothing is written;
+        ``mentions`` are stored with it. Raises NoSuchRoom, StorageError(503)."""
+        with self._write():
+            if cmid:
+                found = self.message_by_cmid(room_key, sender, cmid)
+                if found is not None:
+                    return found
+            seq = self.append_message(room_key, sender, kind, text, cmid, now_ms, sender_key)
+            if mentions:
+                with self._db.cursor() as cur:
+                    cur.executemany("INSERT INTO mentions(account_key, room_key, seq) "
+                                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                                    [(k, room_key, seq) for k in mentions])
+            return PostedRow(seq, now_ms, False)
+
+    def message_by_cmid(self, room_key: str, sender: str, cmid: str) -> PostedRow | None:
+        """The message ``sender`` stored in the room with the non-empty ``cmid``
+        (``duplicate=True``), or None (docs/PROTOCOL.md §6.8)."""
+        row = self._row("SELECT seq, time_ms FROM messages WHERE room_key = %s AND "
+                        "sender = %s AND cmid = %s AND cmid <> '' ORDER BY seq LIMIT 1",
+                        (room_key, sender, _cmid(cmid)))
+        return PostedRow(int(row[0]), int(row[1]), True) if row is not None else None
+
+    _MESSAGE_COLUMNS = ("SELECT r.name, m.seq, m.time_ms, m.sender, m.kind, m.text, "
+                        "m.deleted_by FROM messages m JOIN rooms r ON r.key = m.room_key ")
+
+    @staticmethod
+    def _message(row: tuple[Any, ...]) -> MessageRow:
+        return MessageRow(row[0], int(row[1]), int(row[2]), row[3], row[4], row[5], row[6])
+
+    def history(self, room_key: str, before: int | None, after: int | None,
+                limit: int) -> list[MessageRow]:
+        """Up to ``limit`` messages in ascending seq order (docs/PROTOCOL.md §6.9): the
+        oldest above ``after``, else the newest below ``before`` (or the newest of all)."""
+        base = self._MESSAGE_COLUMNS + "WHERE m.room_key = %s"
+        if after is not None:
+            rows = self._rows(base + " AND m.seq > %s ORDER BY m.seq LIMIT %s",
+                              (room_key, after, limit))
+        else:
+            bound = before if before is not None else 2**62
+            rows = self._rows(base + " AND m.seq < %s ORDER BY m.seq DESC LIMIT %s",
+                              (room_key, bound, limit))
+            rows.reverse()
+        return [self._message(row) for row in rows]
+
+    def message(self, room_key: str, seq: int) -> MessageRow | None:
+        """One stored message (deleted ones too, with their text), or None."""
+        row = self._row(self._MESSAGE_COLUMNS + "WHERE m.room_key = %s AND m.seq = %s",
+                        (room_key, seq))
+        return self._message(row) if row else None
+
+    def delete_message(self, room_key: str, seq: int, by: str) -> MessageRow:
+        """Mark message ``seq`` of the room deleted by ``by`` and commit; the row and its
+        text stay. Returns the row as it was. Raises NoSuchMessage, AlreadyDeleted."""
+        with self._write():
+            row = self._exec(self._MESSAGE_COLUMNS + "WHERE m.room_key = %s AND m.seq = %s "
+                             "FOR UPDATE OF m", (room_key, seq)).fetchone()
+            if row is None:
+                raise NoSuchMessage(seq)
+            message = self._message(row)
+            if message.deleted_by:
+                raise AlreadyDeleted(seq, message.deleted_by)
+            self._exec("UPDATE messages SET deleted_by = %s WHERE room_key = %s AND "
+                       "seq = %s", (by, room_key, seq))
+            self._exec("DELETE FROM mentions WHERE room_key = %s AND seq = %s",
+                       (room_key, seq))
+        return message
+
+    # -- roles, private and locked rooms, invitations (docs/PROTOCOL.md §17) ---------------
+
+    def roles(self) -> dict[str, dict[str, str]]:
+        """Every room key -> {account key: "owner" | "moderator"}."""
+        out: dict[str, dict[str, str]] = {}
+        for room_key, account_key, role in self._rows(
+                "SELECT room_key, account_key, role FROM room_roles"):
+            out.setdefault(room_key, {})[account_key] = role
+        return out
+
+    def room_role(self, room_key: str, account_key: str) -> str:
+        """The account's role in the room: "owner", "moderator" or ""."""
+        row = self._row("SELECT role FROM room_roles WHERE room_key = %s AND "
+                        "account_key = %s", (room_key, account_key))
+        return str(row[0]) if row else ""
+
+    def set_role(self, room_key: str, account_key: str, role: str) -> None:
+        """Set the account's role in the room ("owner", "moderator", or "" to remove it)
+        and commit. Raises ValueError for another role."""
+        if role not in ("owner", "moderator", ""):
+            raise ValueError(f"unknown role {role!r}")
+        with self._write():
+            if role:
+                self._exec("INSERT INTO room_roles(room_key, account_key, role) VALUES "
+                           "(%s, %s, %s) ON CONFLICT (room_key, account_key) DO UPDATE "
+                           "SET role = EXCLUDED.role", (room_key, account_key, role))
+            else:
+                self._exec("DELETE FROM room_roles WHERE room_key = %s AND "
+                           "account_key = %s", (room_key, account_key))
+
+    # -- read state of rooms (docs/PROTOCOL.md §6.3.1, §6.49) ------------------------------
+
+    _ROOM_READ_SQL = (
+        "SELECT m.room_key, m.read_seq, (SELECT COUNT(*) FROM mentions x WHERE "
+        "x.account_key = m.account_key AND x.room_key = m.room_key AND x.seq > m.read_seq) "
+        "FROM members m WHERE m.account_key = %s")
+
+    def room_reads(self, account_key: str) -> dict[str, RoomReadRow]:
+        """The account's read state in each of its rooms, by room key."""
+        self._flush_own_reads()
+        return {str(k): RoomReadRow(str(k), int(r), int(n)) for k, r, n in
+                self._rows(self._ROOM_READ_SQL, (account_key,))}
+
+    def room_read(self, room_key: str, account_key: str) -> RoomReadRow | None:
+        """The account's read state in one room; None when it is not a member."""
+        self._flush_own_reads()
+        row = self._row(self._ROOM_READ_SQL + " AND m.room_key = %s", (account_key, room_key))
+        return RoomReadRow(str(row[0]), int(row[1]), int(row[2])) if row else None
+
+    def mark_room_read(self, room_key: str, account_key: str, upto: int) -> bool:
+        """Move the member's read marker forward to ``upto`` (never back) and drop the
+        mentions it passed; commit. Returns whether it moved."""
+        with self._write():
+            self._flush_own_reads()
+            cur = self._exec("UPDATE members SET read_seq = %s WHERE room_key = %s AND "
+                             "account_key = %s AND read_seq < %s",
+                             (upto, room_key, account_key, upto))
+            if cur.rowcount != 1:
+                return False
+            self._exec("DELETE FROM mentions WHERE account_key = %s AND room_key = %s AND "
+                       "seq <= %s", (account_key, room_key, upto))
+            return True
+
+    def room_flags(self) -> dict[str, tuple[bool, bool]]:
+        """Every room key -> (private, locked)."""
+        return {k: (bool(p), bool(lk)) for k, p, lk in
+                self._rows("SELECT key, private, locked FROM rooms")}
+
+    def set_room_flags(self, room_key: str, private: bool | None = None,
+                       locked: bool | None = None) -> None:
+        """Set a room's private and/or locked flag (None leaves it) and commit. Raises
+        NoSuchRoom."""
+        with self._write():
+            for column, value in (("private", private), ("locked", locked)):
+                if value is None:
+                    continue
+                cur = self._exec(f"UPDATE rooms SET {column} = %s WHERE key = %s",
+                                 (value, room_key))
+                if cur.rowcount != 1:
+                    raise NoSuchRoom(room_key)
+
+    def add_invite(self, room_key: str, account_key: str, by_key: str, now_ms: int) -> None:
+        """Invite the account to the room (replacing an earlier invitation) and commit."""
+        with self._write():
+            self._exec("INSERT INTO invites(room_key, account_key, by_key, time_ms) VALUES "
+                       "(%s, %s, %s, %s) ON CONFLICT (room_key, account_key) DO UPDATE SET "
+                       "by_key = EXCLUDED.by_key, time_ms = EXCLUDED.time_ms",
+                       (room_key, account_key, by_key, now_ms))
+
+    def has_invite(self, room_key: str, account_key: str) -> bool:
+        return self._row("SELECT 1 FROM invites WHERE room_key = %s AND account_key = %s",
+                         (room_key, account_key)) is not None
+
+    def take_invite(self, room_key: str, account_key: str) -> bool:
+        """Use up the account's invitation to the room; returns whether there was one."""
+        with self._write():
+            cur = self._exec("DELETE FROM invites WHERE room_key = %s AND account_key = %s",
+                             (room_key, account_key))
+            return cur.rowcount == 1
+
+    def invites_of(self, account_key: str) -> list[str]:
+        """Keys of the rooms the account is invited to, oldest invitation first."""
+        return [str(k) for (k,) in self._rows(
+            "SELECT room_key FROM invites WHERE account_key = %s ORDER BY time_ms, room_key",
+            (account_key,))]
+
+    # -- bans and mutes (docs/PROTOCOL.md §17) --------------------------------------------
+
+    _BAN_COLUMNS = "id, kind, room_key, account_key, by_key, reason, created_ms, until_ms"
+
+    @staticmethod
+    def _ban(row: tuple[Any, ...]) -> BanRow:
+        return BanRow(int(row[0]), row[1], row[2], row[3], row[4], row[5], int(row[6]),
+                      None if row[7] is None else int(row[7]))
+
+    def add_ban(self, kind: str, room_key: str, account_key: str, by_key: str, reason: str,
+                now_ms: int, until_ms: int | None) -> BanRow:
+        """Ban or mute the account in the room (``room_key`` "" = server-wide) until
+        ``until_ms`` (None = no expiry), replacing an earlier one of the same kind and
+        place; commit and return it. Raises ValueError for another kind."""
+        if kind not in ("ban", "mute"):
+            raise ValueError(f"unknown kind {kind!r}")
+        self._ban_cache.clear()
+        with self._write():
+            self._exec("DELETE FROM bans WHERE kind = %s AND room_key = %s AND "
+                       "account_key = %s", (kind, room_key, account_key))
+            row = self._exec("INSERT INTO bans(kind, room_key, account_key, by_key, reason, "
+                             "created_ms, until_ms) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                             "RETURNING id", (kind, room_key, account_key, by_key, reason,
+                                              now_ms, until_ms)).fetchone()
+            ban_id = int(row[0]) if row else 0
+        return BanRow(ban_id, kind, room_key, account_key, by_key, reason, now_ms, until_ms)
+
+    def lift_ban(self, kind: str, room_key: str, account_key: str) -> bool:
+        """Remove the account's ban or mute of that kind and place; returns whether there
+        was one (expired ones count)."""
+        self._ban_cache.clear()
+        with self._write():
+            cur = self._exec("DELETE FROM bans WHERE kind = %s AND room_key = %s AND "
+                             "account_key = %s", (kind, room_key, account_key))
+            return cur.rowcount == 1
+
+    def active_ban(self, kind: str, room_key: str, account_key: str,
+                   now_ms: int) -> BanRow | None:
+        """The ban or mute of that kind and place in force at ``now_ms``, or None.
+        Answered from memory after the first read; the cache is emptied by every write to
+        bans through this Store, every rollback, and whenever any connection wrote to
+        bans (checked at each group's start, else at each call)."""
+        if not self._group:
+            self._check_other_writers()
+        target = (kind, room_key, account_key)
+        try:
+            ban = self._ban_cache[target]
+        except KeyError:
+            row = self._row(f"SELECT {self._BAN_COLUMNS} FROM bans WHERE kind = %s AND "
+                            "room_key = %s AND account_key = %s", target)
+            ban = self._ban(row) if row else None
+            if len(self._ban_cache) >= BAN_CACHE_MAX:
+                self._ban_cache.clear()
+            self._ban_cache[target] = ban
+        if ban is None or (ban.until_ms is not None and ban.until_ms <= now_ms):
+            return None
+        return ban
+
+    def list_bans(self, now_ms: int, room_key: str | None = None,
+                  kind: str | None = None) -> list[BanRow]:
+        """Bans and mutes in force at ``now_ms``, oldest first: of one room (``room_key``,
+        "" = the server-wide ones) or all (None), of one ``kind`` or both."""
+        sql = f"SELECT {self._BAN_COLUMNS} FROM bans WHERE (until_ms IS NULL OR until_ms > %s)"
+        args: list[object] = [now_ms]
+        if room_key is not None:
+            sql += " AND room_key = %s"
+            args.append(room_key)
+        if kind is not None:
+            sql += " AND kind = %s"
+            args.append(kind)
+        return [self._ban(row) for row in self._rows(sql + " ORDER BY id", args)]
+
+    def purge_expired_bans(self, now_ms: int) -> list[BanRow]:
+        """Delete the bans and mutes whose ``until_ms`` has passed; return them."""
+        self._ban_cache.clear()
+        with self._write():
+            rows = [self._ban(row) for row in self._exec(
+                f"DELETE FROM bans WHERE until_ms IS NOT NULL AND until_ms <= %s "
+                f"RETURNING {self._BAN_COLUMNS}", (now_ms,)).fetchall()]
+        return sorted(rows, key=lambda ban: ban.id)
+
+    # -- disabled accounts ----------------------------------------------------------------
+
+    def set_disabled(self, key: str, disabled: bool) -> bool:
+        """Disable (or enable again) an account and commit; False when there is no such
+        account."""
+        with self._write():
+            cur = self._exec("UPDATE accounts SET disabled = %s WHERE key = %s",
+                             (disabled, key))
+            return cur.rowcount == 1
+
+    def is_disabled(self, key: str) -> bool:
+        row = self._row("SELECT disabled FROM accounts WHERE key = %s", (key,))
+        return bool(row and row[0])
+
+    # -- audit log (append-only) ----------------------------------------------------------
+
+    def append_audit(self, time_ms: int, actor: str, action: str, room: str = "",
+                     target: str = "", detail: str = "") -> int:
+        """Append one entry to the audit log and commit; returns its id."""
+        with self._write():
+            row = self._exec("INSERT INTO audit_log(time_ms, actor, action, room, target, "
+                             "detail) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                             (time_ms, actor, action, room, target, detail)).fetchone()
+            return int(row[0]) if row else 0
+
+    def audit_log(self, *, room: str | None = None, actor: str | None = None,
+                  target: str | None = None, action: str | None = None,
+                  before_id: int | None = None, since_ms: int | None = None,
+                  above_id: int = 0, limit: int = 100) -> list[AuditRow]:
+        """Audit entries, newest first, at most ``limit``, filtered as
+        zchat.store.sqlite's (names compared case-insensitively, ASCII only)."""
+        sql = "SELECT id, time_ms, actor, action, room, target, detail FROM audit_log WHERE TRUE"
+        args: list[object] = []
+        if above_id:
+            sql += " AND id > %s"
+            args.append(above_id)
+        for column, value in (("room", room), ("actor", actor), ("target", target)):
+            if value is not None:
+                sql += f" AND lower({column}) = lower(%s COLLATE \"C\")"
+                args.append(value)
+        if action is not None:
+            sql += " AND action = %s"
+            args.append(action)
+        if before_id is not None:
+            sql += " AND id < %s"
+            args.append(before_id)
+        if since_ms is not None:
+            sql += " AND time_ms >= %s"
+            args.append(since_ms)
+        sql += " ORDER BY id DESC LIMIT %s"
+        args.append(limit)
+        return [AuditRow(int(i), int(t), *rest) for i, t, *rest in self._rows(sql, args)]
+
+    # -- direct messages ----------------------------------------------------------------
+
+    def store_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
+                 now_ms: int, max_pending: int, cmid: str = "", sender_key: str = "") -> int:
+        """Store a direct message, pending for the recipient, in its conversation's
+        history, with both parties' read state, and commit; returns its id. As
+        zchat.store.sqlite's (beyond ``max_pending`` pending DMs the oldest stop being
+        pending, never dropped)."""
+        sender_key = sender_key or name_key(sender)
+        with self._write():
+            row = self._exec("INSERT INTO direct_messages(time_ms, sender, sender_key, "
+                             "recipient_key, recipient, pair, text, delivered, cmid) "
+                             "VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE, %s) RETURNING id",
+                             (now_ms, sender, sender_key, recipient_key, recipient,
+                              dm_pair(sender_key, recipient_key), text,
+                              _cmid(cmid))).fetchone()
+            dm_id = int(row[0]) if row else 0
+            self._exec("UPDATE direct_messages SET delivered = TRUE WHERE id IN (SELECT id "
+                       "FROM direct_messages WHERE recipient_key = %s AND NOT delivered "
+                       "ORDER BY id DESC OFFSET %s)", (recipient_key, max_pending))
+            if recipient_key != sender_key:
+                self._exec("INSERT INTO dm_reads(account_key, peer_key, peer, last_id, "
+                           "read_id, unread) VALUES (%s, %s, %s, %s, 0, 1) ON CONFLICT "
+                           "(account_key, peer_key) DO UPDATE SET peer = EXCLUDED.peer, "
+                           "last_id = EXCLUDED.last_id, unread = dm_reads.unread + 1",
+                           (recipient_key, sender_key, sender, dm_id))
+            self._exec("INSERT INTO dm_reads(account_key, peer_key, peer, last_id, read_id, "
+                       "unread) VALUES (%s, %s, %s, %s, %s, 0) ON CONFLICT (account_key, "
+                       "peer_key) DO UPDATE SET peer = EXCLUDED.peer, last_id = "
+                       "EXCLUDED.last_id, read_id = EXCLUDED.read_id, unread = 0",
+                       (sender_key, recipient_key, recipient, dm_id, dm_id))
+        return dm_id
+
+    def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str, cmid: str,
+                now_ms: int, max_pending: int, sender_key: str = "") -> PostedRow:
+        """Store a direct message once per client message id (docs/PROTOCOL.md §6.7), as
+        zchat.store.sqlite's. Raises CmidReused, StorageError(503)."""
+        with self._write():
+            if cmid:
+                found = self.dm_by_cmid(sender, recipient_key, cmid)
+                if found is not None:
+                    return found
+            dm_id = self.store_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
+                                  cmid=cmid, sender_key=sender_key)
+        return PostedRow(dm_id, now_ms, False)
+
+    def dm_by_cmid(self, sender: str, recipient_key: str, cmid: str) -> PostedRow | None:
+        """The DM ``sender`` stored with the non-empty ``cmid`` (``duplicate=True``,
+        ``seq`` its id), or None. Raises CmidReused when that cmid was used for a DM to
+        another recipient."""
+        row = self._row("SELECT id, time_ms, recipient_key FROM direct_messages WHERE "
+                        "sender = %s AND cmid = %s AND cmid <> '' ORDER BY id LIMIT 1",
+                        (sender, _cmid(cmid)))
+        if row is None:
+            return None
+        if row[2] != recipient_key:
+            raise CmidReused()
+        return PostedRow(int(row[0]), int(row[1]), True)
+
+    _DM_COLUMNS = "SELECT id, time_ms, sender, recipient, text FROM direct_messages "
+
+    @staticmethod
+    def _dm(row: tuple[Any, ...]) -> DirectMessageRow:
+        return DirectMessageRow(int(row[0]), int(row[1]), row[2], row[3], row[4])
+
+    def pending_dms(self, recipient_key: str,
+                    limit: int | None = None) -> list[DirectMessageRow]:
+        """The recipient's direct messages not yet acknowledged, oldest first; with
+        ``limit``, only the newest ``limit`` of them. Reading them changes nothing."""
+        rows = self._rows(self._DM_COLUMNS + "WHERE recipient_key = %s AND NOT delivered "
+                          "ORDER BY id DESC LIMIT %s", (recipient_key, limit))
+        return [self._dm(row) for row in reversed(rows)]
+
+    def ack_dms(self, recipient_key: str, ids: tuple[int, ...]) -> int:
+        """Mark the recipient's messages ``ids`` delivered (others' ids are ignored);
+        returns how many changed."""
+        if not ids:
+            return 0
+        with self._write():
+            cur = self._exec("UPDATE direct_messages SET delivered = TRUE WHERE "
+                             "recipient_key = %s AND NOT delivered AND id = ANY(%s)",
+                             (recipient_key, list(ids)))
+            return cur.rowcount
+
+    def dm_history(self, pair: str, before: int | None, after: int | None,
+                   limit: int) -> list[DirectMessageRow]:
+        """Up to ``limit`` DMs of the conversation ``pair``, ascending by id
+        (docs/PROTOCOL.md §6.48): the oldest above ``after``, else the newest below
+        ``before`` (or the newest of all)."""
+        base = self._DM_COLUMNS + "WHERE pair = %s"
+        if after is not None:
+            rows = self._rows(base + " AND id > %s ORDER BY id LIMIT %s", (pair, after, limit))
+        else:
+            bound = before if before is not None else 2**62
+            rows = self._rows(base + " AND id < %s ORDER BY id DESC LIMIT %s",
+                              (pair, bound, limit))
+            rows.reverse()
+        return [self._dm(row) for row in rows]
+
+    @staticmethod
+    def _dm_read(row: tuple[Any, ...]) -> DmReadRow:
+        return DmReadRow(str(row[0]), str(row[1]), int(row[2]), int(row[3]), int(row[4]))
+
+    def dm_read(self, account_key: str, peer_key: str) -> DmReadRow | None:
+        """The account's read state of its conversation with ``peer_key``; None when the
+        two never wrote to each other."""
+        row = self._row("SELECT peer_key, peer, last_id, read_id, unread FROM dm_reads "
+                        "WHERE account_key = %s AND peer_key = %s", (account_key, peer_key))
+        return self._dm_read(row) if row else None
+
+    def unread_dm_reads(self, account_key: str, limit: int) -> list[DmReadRow]:
+        """The account's conversations with unread DMs, newest first, at most ``limit``."""
+        return [self._dm_read(row) for row in self._rows(
+            "SELECT peer_key, peer, last_id, read_id, unread FROM dm_reads WHERE "
+            "account_key = %s AND unread > 0 ORDER BY last_id DESC LIMIT %s",
+            (account_key, limit))]
+
+    def mark_dm_read(self, account_key: str, peer_key: str, upto: int) -> DmReadRow | None:
+        """Move the account's read marker of its conversation with ``peer_key`` forward to
+        ``upto`` (never back), recount what is unread after it, and mark the DMs to the
+        account up to it delivered; commit. Returns the state after it, or None when
+        there is no such conversation."""
+        with self._write():
+            row = self._exec("SELECT peer_key, peer, last_id, read_id, unread FROM dm_reads "
+                             "WHERE account_key = %s AND peer_key = %s FOR UPDATE",
+                             (account_key, peer_key)).fetchone()
+            state = self._dm_read(row) if row else None
+            if state is None or upto <= state.read_id:
+                return state
+            pair = dm_pair(account_key, peer_key)
+            count = self._exec("SELECT COUNT(*) FROM direct_messages WHERE pair = %s AND "
+                               "recipient_key = %s AND id > %s",
+                               (pair, account_key, upto)).fetchone()
+            unread = int(count[0]) if count else 0
+            self._exec("UPDATE dm_reads SET read_id = %s, unread = %s WHERE account_key = %s "
+                       "AND peer_key = %s", (upto, unread, account_key, peer_key))
+            self._exec("UPDATE direct_messages SET delivered = TRUE WHERE pair = %s AND "
+                       "recipient_key = %s AND id <= %s AND NOT delivered",
+                       (pair, account_key, upto))
+            return DmReadRow(state.peer_key, state.peer, state.last_id, upto, unread)
+
+    # -- sessions kept for RESUME (docs/PROTOCOL.md §6.27) ---------------------------------
+
+    def add_session(self, token_sha256: str, account_key: str, login_token_id: int | None,
+                    address: str, login_ms: int) -> None:
+        """Keep a new session (its token's SHA-256, never the token) and commit."""
+        with self._write():
+            self._exec("INSERT INTO sessions(token_sha256, account_key, login_token_id, "
+                       "address, login_ms) VALUES (%s, %s, %s, %s, %s) ON CONFLICT "
+                       "(token_sha256) DO UPDATE SET account_key = EXCLUDED.account_key, "
+                       "login_token_id = EXCLUDED.login_token_id, address = "
+                       "EXCLUDED.address, login_ms = EXCLUDED.login_ms",
+                       (token_sha256, account_key, login_token_id, address, login_ms))
+
+    def delete_sessions(self, token_sha256s: list[str]) -> int:
+        """Forget these sessions; returns how many rows went."""
+        if not token_sha256s:
+            return 0
+        with self._write():
+            cur = self._exec("DELETE FROM sessions WHERE token_sha256 = ANY(%s)",
+                             (list(token_sha256s),))
+            return cur.rowcount
+
+    def sessions(self) -> list[SessionRow]:
+        """Every kept session, oldest login first (read once at broker start)."""
+        return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
+                for h, k, t, a, ms in self._rows(
+                    "SELECT token_sha256, account_key, login_token_id, address, login_ms "
+                    "FROM sessions ORDER BY login_ms, token_sha256")]
