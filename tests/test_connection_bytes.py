@@ -58,8 +58,13 @@ from zchat.broker.conntrack import (
     FAST_CHECK_EVERY_S,
     FIXED_ALLOWANCE,
     FRAME_ALLOWANCE,
+    SEGMENT_COST,
     SUBSCRIBER_ALLOWANCE,
+    SUBSCRIBER_BYTE_COST,
+    SUBSCRIBER_FREE_BYTES,
+    SUBSCRIBER_FREE_SEGMENTS,
     SUBSCRIBER_MAX_HELD,
+    SUBSCRIBER_MAX_SEGMENTS,
     ByteLedger,
     ByteLimits,
     Sample,
@@ -293,6 +298,82 @@ def test_subscribers_sending_frames_that_never_end_are_cut(tmp_path: Path) -> No
         stop_broker(broker)
 
 
+def drip_segments(sock: socket.socket, frames: int, pace_per_s: float) -> tuple[int, bool]:
+    """Send ``frames`` frames of 40 bytes with MORE (never a last one), each in its own
+    TCP segment (TCP_NODELAY, paced at ``pace_per_s``); return the frames sent and whether
+    the broker cut the connection meanwhile or within 3 s after."""
+    frame = b"\x01\x28" + b"\xcd" * 40
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    started = time.monotonic()
+    sent = 0
+    try:
+        while sent < frames:
+            if select.select([sock], [], [], 0)[0] and not sock.recv(4096):
+                return sent, True
+            sock.sendall(frame)
+            sent += 1
+            ahead = sent / pace_per_s - (time.monotonic() - started)
+            if ahead > 0:
+                select.select([sock], [], [], ahead)
+        deadline = time.monotonic() + 3
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([sock], [], [], left)[0] and not sock.recv(4096):
+                return sent, True
+    except OSError:
+        return sent, True
+    return sent, False
+
+
+#: The segment drip: subscribers, frames a second each, and at most this many frames each
+#: (ten times what they may send).
+DRIPPERS = 10
+DRIP_PACE = 500
+DRIP_FRAMES = 10 * (SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS)
+
+
+def test_subscribers_dripping_one_frame_per_segment_are_cut(tmp_path: Path) -> None:
+    """DRIPPERS raw SUBs send the PUB tiny frames of a message they never finish, one per
+    TCP segment, far under every byte allowance (42 bytes each): libzmq keeps a receive
+    buffer (SEGMENT_COST) per such segment. Each connection is cut once it sent
+    SUBSCRIBER_MAX_SEGMENTS past SUBSCRIBER_FREE_SEGMENTS, its address not barred; an
+    honest client is served throughout. Before: never cut (a tester's 40 CURVE
+    subscribers at 210 bytes a second grew a broker from 62 to 177 MB in 60 s, without
+    end)."""
+    broker, lines = start_broker(tmp_path, settings='encryption = "none"\n')
+    proc, port = broker.process, int(broker.router.rpartition(":")[2])
+    pub_port = int(next(ln for ln in lines if ln.split()[:1] == ["pub"]).rpartition(":")[2])
+    ctx = zmq.Context()
+    try:
+        with Pinger(ctx, f"tcp://127.0.0.1:{port}", None) as honest:
+            before = memory_kib(proc.popen.pid)
+            drippers = [raw_zmtp_peer(pub_port, f"127.0.8.{i + 1}", SUB_READY)
+                        for i in range(DRIPPERS)]
+            with ThreadPoolExecutor(DRIPPERS) as pool:
+                results = list(pool.map(
+                    lambda sock: drip_segments(sock, DRIP_FRAMES, DRIP_PACE), drippers))
+            after = memory_kib(proc.popen.pid)
+            for sock in drippers:
+                sock.close()
+            for sent, cut in results:
+                assert cut, f"the broker took {sent:,} segments of an unfinished message"
+            lines = [proc.wait_line("stderr", "cut a connection", timeout_s=5)
+                     for _ in drippers]
+            assert all("TCP segments" in line for line in lines), lines
+            assert plain_pong_within(ctx, f"tcp://127.0.8.1:0;127.0.0.1:{port}", 10.0)
+        assert honest.error is None, honest.error
+        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
+        # each: its segments, and what the pace sends in three seconds of sampling late
+        # (the guard samples a connection sending this fast every 10 ms when on time)
+        most = SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS + 3 * DRIP_PACE
+        assert max(sent for sent, _ in results) < most, results
+        growth = (after["VmHWM"] - before["VmHWM"]) * 1024
+        assert growth < DRIPPERS * most * SEGMENT_COST + 16 * MIB, \
+            f"the broker grew by {growth / MIB:.0f} MiB"
+    finally:
+        ctx.term()
+        stop_broker(broker)
+
+
 # -- a real broker: replies never read ------------------------------------------------------
 
 
@@ -464,14 +545,62 @@ def test_connections_near_a_limit_are_named_for_close_watching() -> None:
     assert ledger.judge([sample(5)]) == [] and ledger.near == []
 
 
-def test_a_closed_subscriber_connection_reports_what_it_had_sent() -> None:
-    """A subscriber's connection closing hands back the bytes it had sent (for a trim
-    once enough is freed); an honest one's few SUBSCRIBEs and a ROUTER connection count
-    0."""
+def test_a_closed_subscriber_connection_reports_what_it_was_estimated_to_hold() -> None:
+    """A subscriber's connection closing hands back what it was estimated to hold (for a
+    trim once enough is freed): SUBSCRIBER_BYTE_COST per byte past SUBSCRIBER_FREE_BYTES
+    and SEGMENT_COST per segment past SUBSCRIBER_FREE_SEGMENTS; an honest one's few
+    SUBSCRIBEs and a ROUTER connection count 0."""
     ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
-    assert ledger.judge([Sample(7, "a", 1.0, 0, 200 * 1024, True),
-                         Sample(8, "b", 1.0, 0, 2 * 1024, True),
+    assert ledger.judge([Sample(7, "a", 1.0, 0, 200 * 1024, True, 20),
+                         Sample(8, "b", 1.0, 0, 2 * 1024, True, 6),
                          sample(9, received=FIXED_ALLOWANCE + MIB)]) == []
-    assert ledger.closed(7) == 200 * 1024
+    assert ledger.closed(7) == (200 * 1024 - SUBSCRIBER_FREE_BYTES) * SUBSCRIBER_BYTE_COST \
+        + (20 - SUBSCRIBER_FREE_SEGMENTS) * SEGMENT_COST
     assert ledger.closed(7) == 0  # once
     assert ledger.closed(8) == 0 and ledger.closed(9) == 0
+
+
+def subscriber(fd: int, segments: int, received: int = 4096, age_s: float = 60.0) -> Sample:
+    return Sample(fd, f"10.0.1.{fd}", age_s, 0, received, True, segments)
+
+
+def test_a_subscriber_is_cut_past_its_segments_whatever_its_age() -> None:
+    """libzmq keeps a receive buffer (SEGMENT_COST) per segment that carried a frame of an
+    unfinished message, so a slow drip of tiny frames, one per segment, under every byte
+    allowance, grew a broker without end: past SUBSCRIBER_FREE_SEGMENTS and
+    SUBSCRIBER_MAX_SEGMENTS more, the connection is cut, however old it is (an
+    allowance a second would let the drip go on for ever)."""
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    most = SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS
+    assert ledger.judge([subscriber(3, most), subscriber(4, most, age_s=1e6)]) == []
+    verdicts = ledger.judge([subscriber(3, most + 1), subscriber(4, most + 1, age_s=1e6),
+                             subscriber(5, 10)])
+    assert [(v.sample.fd, v.kind, v.total, v.held) for v in verdicts] == [
+        (3, "segments", False, (most + 1 - SUBSCRIBER_FREE_SEGMENTS) * SEGMENT_COST),
+        (4, "segments", False, (most + 1 - SUBSCRIBER_FREE_SEGMENTS) * SEGMENT_COST)]
+    # a quarter of the way: watched closely; an honest login's few segments: not
+    ledger.judge([subscriber(6, SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS // 4 + 1),
+                  subscriber(7, SUBSCRIBER_FREE_SEGMENTS)])
+    assert ledger.near == [6]
+    # off with max_incomplete_bytes 0 (as the byte bound)
+    off = ByteLedger(ByteLimits(0, 32 * MIB, 0))
+    assert off.judge([subscriber(3, 10 * most)]) == []
+
+
+def test_subscribers_under_their_own_bounds_count_in_max_held_bytes() -> None:
+    """Many connections each just under their own bound (a tester's 400 CURVE
+    subscribers held 580 MB): what they are estimated to hold adds up in max_held_bytes,
+    and the largest are cut first until the rest fit."""
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 16 * MIB))
+    under = SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS  # 2 MiB each
+    each = SUBSCRIBER_MAX_SEGMENTS * SEGMENT_COST  # its 4,096 bytes are free
+    samples = [subscriber(fd, under - fd) for fd in range(1, 11)]
+    verdicts = ledger.judge(samples)
+    assert all(v.total and v.kind == "incomplete" for v in verdicts)
+    cut = [v.sample.fd for v in verdicts]
+    assert cut == sorted(cut)  # the largest (fewest subtracted) first
+    left = sum(each - fd * SEGMENT_COST for fd in range(1, 11) if fd not in cut)
+    assert left <= 16 * MIB < left + each - max(cut) * SEGMENT_COST
+    # honest subscribers, each in its free segments and bytes, hold nothing
+    assert ledger.judge([subscriber(fd, SUBSCRIBER_FREE_SEGMENTS, SUBSCRIBER_FREE_BYTES)
+                         for fd in range(20, 2020)]) == []

@@ -483,8 +483,8 @@ class ConnectionGuard:
             before = last.get(key)
             if which_conns is None or before is None or counters[1] != before[1]:
                 # a watched connection that received nothing since is judged as before
-                samples.append(Sample(key[1], address, age, *counters,
-                                      key[0] in self._subscriber_socks))
+                samples.append(Sample(key[1], address, age, counters[0], counters[1],
+                                      key[0] in self._subscriber_socks, counters[2]))
             last[key] = (now, counters[1])
             fast = age < CHECK_EVERY_S if before is None else \
                 counters[1] - before[1] > rate * (now - before[0]) or age < CHECK_EVERY_S

@@ -59,9 +59,14 @@ from typing import NamedTuple, cast
 
 #: Offsets in Linux's struct tcp_info: tcpi_bytes_acked (u64) at 120, tcpi_bytes_received
 #: (u64) at 128 (both since Linux 4.1); the struct is then at least 136 bytes.
+#: tcpi_data_segs_in (u32) at 152 (since Linux 4.6; the struct is then at least 160
+#: bytes): the segments that carried data (``segs_in`` counts bare ACKs too).
 _ACKED_RECEIVED = struct.Struct("=QQ")
 _ACKED_OFFSET = 120
 TCP_INFO_MIN_BYTES = 136
+_DATA_SEGS_IN = struct.Struct("=I")
+_DATA_SEGS_IN_OFFSET = 152
+TCP_INFO_SEGS_BYTES = 160
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 #: Seconds between two samples of every tracked connection (the sweep).
@@ -117,12 +122,39 @@ SUBSCRIBER_MAX_HELD = 64 * 1024
 #: UNSUBSCRIBE over CURVE, so a client may make one every 1.4 s for ever (at 64 bytes a
 #: second, a tester's honest client churning rooms would have been cut after hours).
 SUBSCRIBER_AGE_ALLOWANCE = 256
+#: What libzmq keeps per TCP segment that carried a frame of a message not yet finished:
+#: its receive buffer (8 KiB, ``ZMQ_IN_BATCH_SIZE``, a draft option pyzmq's libzmq does
+#: not let us set) stays allocated while a frame read into it is held. A tester's 40
+#: CURVE subscribers sending one empty frame per segment, 210 bytes a second (under
+#: SUBSCRIBER_AGE_ALLOWANCE), grew a broker from 62 to 177 MB in 60 s, without end.
+SEGMENT_COST = 8 * 1024
+#: Data-carrying segments a subscriber's connection may send for nothing: the ZMTP
+#: greeting (libzmq sends it in two parts), the CURVE HELLO and INITIATE (or NULL's
+#: READY), and the SUBSCRIBEs of a login (queued while the handshake runs: one segment,
+#: a few for an account in a thousand rooms). Past it, every segment counts SEGMENT_COST
+#: in ``max_held_bytes``: an honest SUB never leaves a message unfinished, so it costs
+#: nothing, but the broker cannot tell.
+SUBSCRIBER_FREE_SEGMENTS = 16
+#: Segments past SUBSCRIBER_FREE_SEGMENTS after which a subscriber's connection is reset
+#: (when ``max_incomplete_bytes`` is on), so that it holds at most ~2 MiB. No age
+#: allowance: any allowance a second lets a slow drip grow without end. An honest client
+#: sends one segment per JOIN or PART made after its login; one that makes hundreds has
+#: its SUB reset, which libzmq reconnects at once (the client repairs the gap from
+#: history: docs/PROTOCOL.md §14).
+SUBSCRIBER_MAX_SEGMENTS = 256
+#: A subscriber's wire bytes past SUBSCRIBER_FREE_BYTES count this many times in
+#: ``max_held_bytes``: libzmq keeps an empty frame of an unfinished message (2 to 35
+#: bytes on the wire) in ~150 bytes; a tester's 400 CURVE connections, each just under
+#: its own bound, held 580 MB.
+SUBSCRIBER_BYTE_COST = 5
+SUBSCRIBER_FREE_BYTES = 16 * 1024
 
 
-def tcp_counters(fd: int) -> tuple[int, int] | None:
-    """(bytes acked by the peer, bytes received) of TCP connection ``fd`` (a descriptor
-    libzmq owns: borrowed, never closed), or None when ``fd`` is not a TCP socket any more
-    or the kernel does not report them (see ``supported``)."""
+def tcp_counters(fd: int) -> tuple[int, int, int] | None:
+    """(bytes acked by the peer, bytes received, data-carrying segments received) of TCP
+    connection ``fd`` (a descriptor libzmq owns: borrowed, never closed), or None when
+    ``fd`` is not a TCP socket any more or the kernel does not report the bytes (see
+    ``supported``); the segments are 0 on a kernel older than 4.6."""
     if _TCP_INFO is None:
         return None
     try:
@@ -138,7 +170,9 @@ def tcp_counters(fd: int) -> tuple[int, int] | None:
     if len(info) < TCP_INFO_MIN_BYTES:
         return None
     acked, received = _ACKED_RECEIVED.unpack_from(info, _ACKED_OFFSET)
-    return acked, received
+    segments = _DATA_SEGS_IN.unpack_from(info, _DATA_SEGS_IN_OFFSET)[0] \
+        if len(info) >= TCP_INFO_SEGS_BYTES else 0
+    return acked, received, segments
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -181,8 +215,9 @@ def supported() -> str | None:
 
 class Sample(NamedTuple):
     """One tracked connection as the guard's thread saw it: its descriptor, its peer's
-    address key, seconds since it was accepted, the kernel's counters, and whether it is
-    a subscriber's connection to the PUB (``subscriber``: see SUBSCRIBER_ALLOWANCE)."""
+    address key, seconds since it was accepted, the kernel's counters, whether it is
+    a subscriber's connection to the PUB (``subscriber``: see SUBSCRIBER_ALLOWANCE), and
+    the data-carrying segments it sent (``data_segs``, 0 where the kernel does not say)."""
 
     fd: int
     address: str
@@ -190,6 +225,7 @@ class Sample(NamedTuple):
     acked: int
     received: int
     subscriber: bool = False
+    data_segs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +240,9 @@ class ByteLimits:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A connection to cut: ``kind`` is "incomplete" (bar its address too) or "unread"
-    (end its session); ``held`` the bytes estimated; ``sample`` what it was judged on;
+    """A connection to cut: ``kind`` is "incomplete" (bar its address too, unless a
+    subscriber), "segments" (a subscriber past SUBSCRIBER_MAX_SEGMENTS) or "unread" (end
+    its session); ``held`` the bytes estimated; ``sample`` what it was judged on;
     ``total`` True when it was cut for the broker-wide bound (the largest first), not its
     own."""
 
@@ -300,9 +337,9 @@ class ByteLedger:
     def closed(self, fd: int) -> int:
         """Connection ``fd`` ended: forget its counts (keep its routing id, so that its
         requests still read count for nothing). Returns what a subscriber's connection
-        was last judged to hold past its allowance (bytes; 0 for others): libzmq frees
-        it now, and the broker asks for a trim when that adds up (a tester's 400 CURVE
-        subscribers just under the bound left 580 MB resident after they closed)."""
+        was last estimated to hold (bytes, ``subscriber_held``; 0 for others): libzmq
+        frees it now, and the broker asks for a trim when that adds up (a tester's 400
+        CURVE subscribers just under the bound left 580 MB resident after they closed)."""
         held = self._subscriber_held.pop(fd, 0)
         conn = self._by_fd.get(fd)
         if conn is not None:
@@ -337,12 +374,10 @@ class ByteLedger:
         if conn is not None and conn.state == CUT:
             return None
         if sample.subscriber:
-            # the wire bytes past nothing: a subscriber just under its bound may hold
-            # its whole allowance in small frames
-            if sample.received > FIXED_ALLOWANCE:
-                self._subscriber_held[sample.fd] = sample.received
-            return max(0, sample.received - SUBSCRIBER_ALLOWANCE
-                       - int(SUBSCRIBER_AGE_ALLOWANCE * sample.age_s)), 0, None
+            estimate = subscriber_held(sample)
+            if estimate:
+                self._subscriber_held[sample.fd] = estimate
+            return estimate, 0, None
         consumed = frames = queued = 0
         routing_id = None
         if conn is not None and conn.state == LIVE:
@@ -375,10 +410,15 @@ class ByteLedger:
                 continue
             incomplete, unread, routing_id = held
             if sample.subscriber:
-                if incomplete > SUBSCRIBER_MAX_HELD // WATCH_FRACTION:
+                past_bytes, past_segments = subscriber_excess(sample)
+                if (past_bytes + SUBSCRIBER_MAX_HELD > SUBSCRIBER_MAX_HELD // WATCH_FRACTION
+                        or past_segments + SUBSCRIBER_MAX_SEGMENTS
+                        > SUBSCRIBER_MAX_SEGMENTS // WATCH_FRACTION):
                     near.append(sample.fd)
-                if limits.incomplete and incomplete > SUBSCRIBER_MAX_HELD:
+                if limits.incomplete and past_bytes > 0:
                     verdicts.append(Verdict("incomplete", sample, None, incomplete))
+                elif limits.incomplete and past_segments > 0:
+                    verdicts.append(Verdict("segments", sample, None, incomplete))
                 elif incomplete:
                     held_all += incomplete
                     rest.append((incomplete, Verdict("incomplete", sample, None, incomplete,
@@ -408,3 +448,24 @@ class ByteLedger:
                 verdicts.append(verdict)
                 held_all -= both
         return verdicts
+
+
+def subscriber_excess(sample: Sample) -> tuple[int, int]:
+    """How far a subscriber's connection is past its own bounds (cut when either is over
+    0): wire bytes past SUBSCRIBER_MAX_HELD beyond SUBSCRIBER_ALLOWANCE and
+    SUBSCRIBER_AGE_ALLOWANCE a second, and data segments past SUBSCRIBER_MAX_SEGMENTS
+    beyond SUBSCRIBER_FREE_SEGMENTS."""
+    past_bytes = (sample.received - SUBSCRIBER_ALLOWANCE
+                  - int(SUBSCRIBER_AGE_ALLOWANCE * sample.age_s) - SUBSCRIBER_MAX_HELD)
+    past_segments = sample.data_segs - SUBSCRIBER_FREE_SEGMENTS - SUBSCRIBER_MAX_SEGMENTS
+    return past_bytes, past_segments
+
+
+def subscriber_held(sample: Sample) -> int:
+    """The bytes libzmq may hold for a subscriber's connection, if all it sent past what
+    is free were frames of a message it never finishes (an honest SUB's cost nothing):
+    SEGMENT_COST per data segment past SUBSCRIBER_FREE_SEGMENTS, plus
+    SUBSCRIBER_BYTE_COST per wire byte past SUBSCRIBER_FREE_BYTES. It counts in
+    ``max_held_bytes``."""
+    return (max(0, sample.data_segs - SUBSCRIBER_FREE_SEGMENTS) * SEGMENT_COST
+            + max(0, sample.received - SUBSCRIBER_FREE_BYTES) * SUBSCRIBER_BYTE_COST)

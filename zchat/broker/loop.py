@@ -69,9 +69,12 @@ from zchat.broker import zmtp
 from zchat.broker.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
 from zchat.broker.connections import _peer_address as connection_address
 from zchat.broker.conntrack import (
+    SEGMENT_COST,
     SUBSCRIBER_AGE_ALLOWANCE,
     SUBSCRIBER_ALLOWANCE,
+    SUBSCRIBER_FREE_SEGMENTS,
     SUBSCRIBER_MAX_HELD,
+    SUBSCRIBER_MAX_SEGMENTS,
     ByteLedger,
     ByteLimits,
     Sample,
@@ -831,10 +834,10 @@ class Broker:
         while not news.empty():
             kind, value = news.get_nowait()
             if kind == "closed":
-                # a subscriber's bytes were small frames, kept by libzmq at ~64 bytes
-                # each: counted high, so that a trim follows once enough is freed
+                # what a subscriber's connection was estimated to hold (counted high:
+                # conntrack.subscriber_held), so that a trim follows once enough is freed
                 if held := ledger.closed(value):
-                    self.connections.freed(held * 8)
+                    self.connections.freed(held)
                 continue
             for verdict in ledger.judge(value):
                 self._cut_held(ledger, verdict)
@@ -867,24 +870,29 @@ class Broker:
         assert self.connections is not None
         sample = verdict.sample
         counters = tcp_counters(sample.fd)
-        if counters is None or not verdict.still(*counters):
+        if counters is None or not verdict.still(counters[0], counters[1]):
             return
-        if ledger.held(sample._replace(acked=counters[0], received=counters[1])) is None:
+        if ledger.held(sample._replace(acked=counters[0], received=counters[1],
+                                       data_segs=counters[2])) is None:
             return
         limits, mib = ledger.limits, 1024 * 1024
         ledger.cut(sample.fd)
         # libzmq frees the connection's buffers in its I/O thread once it has closed it:
-        # the guard's thread trims a little later, off the loop. A subscriber's bytes are
-        # small frames, which libzmq keeps at ~64 bytes each (an empty one is 2 to 35
-        # bytes on the wire): what it freed is counted high, so that a trim follows.
-        self.connections.freed(verdict.held * (8 if sample.subscriber else 1))
+        # the guard's thread trims a little later, off the loop (a subscriber's held is
+        # already counted high: conntrack.subscriber_held).
+        self.connections.freed(verdict.held)
         now = time.monotonic()
         if verdict.total:
             why = (f"the broker holds over max_held_bytes ({limits.total / mib:g} MiB) for "
                    f"its connections, and this one the most, {verdict.held / mib:.1f} "
                    f"MiB {'unread' if verdict.kind == 'unread' else 'of an unfinished message'}")
+        elif verdict.kind == "segments":
+            why = (f"its subscriber sent {sample.data_segs:,} TCP segments, more than "
+                   f"SUBSCRIBEs take ({SUBSCRIBER_FREE_SEGMENTS} and "
+                   f"{SUBSCRIBER_MAX_SEGMENTS} more; each may keep {SEGMENT_COST // 1024} "
+                   "KiB in libzmq while a message is unfinished)")
         elif verdict.kind == "incomplete" and sample.subscriber:
-            why = (f"its subscriber sent {verdict.held // 1024:,} KiB more than SUBSCRIBEs "
+            why = (f"its subscriber sent {sample.received // 1024:,} KiB, more than SUBSCRIBEs "
                    f"take (at most {SUBSCRIBER_MAX_HELD // 1024} KiB past "
                    f"{SUBSCRIBER_ALLOWANCE // 1024} KiB and {SUBSCRIBER_AGE_ALLOWANCE} "
                    "bytes a second)")
