@@ -36,7 +36,7 @@ import select
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,42 @@ def test_an_unfinished_message_is_cut_before_it_grows(
         ctx.term()
 
 
+def attack_the_pub(tmp_path: Path, attackers: int, net: int,
+                   attack: Callable[[socket.socket], tuple[int, bool]],
+                   cut_for: str) -> tuple[list[tuple[int, bool]], int]:
+    """Run ``attack`` on ``attackers`` raw SUBs of a plain broker at once, each from its own
+    address 127.0.``net``.N, while an honest client PINGs; assert each was cut (logged
+    with ``cut_for``), its address not barred (a NAT, maybe: served as ever), the honest
+    client served throughout. Returns each attack's (amount sent, cut) and how much the
+    broker's peak resident size grew (bytes)."""
+    broker, lines = start_broker(tmp_path, settings='encryption = "none"\n')
+    proc, port = broker.process, int(broker.router.rpartition(":")[2])
+    pub_port = int(next(ln for ln in lines if ln.split()[:1] == ["pub"]).rpartition(":")[2])
+    ctx = zmq.Context()
+    try:
+        with Pinger(ctx, f"tcp://127.0.0.1:{port}", None) as honest:
+            before = memory_kib(proc.popen.pid)
+            socks = [raw_zmtp_peer(pub_port, f"127.0.{net}.{i + 1}", SUB_READY)
+                     for i in range(attackers)]
+            with ThreadPoolExecutor(attackers) as pool:
+                results = list(pool.map(attack, socks))
+            for sock in socks:
+                sock.close()
+            after = memory_kib(proc.popen.pid)
+            for sent, cut in results:
+                assert cut, f"the broker took {sent:,} of an unfinished message"
+            cuts = [proc.wait_line("stderr", "cut a connection", timeout_s=5)
+                    for _ in socks]
+            assert all(cut_for in line for line in cuts), cuts
+            assert plain_pong_within(ctx, f"tcp://127.0.{net}.1:0;127.0.0.1:{port}", 10.0)
+        assert honest.error is None, honest.error
+        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
+        return results, (after["VmHWM"] - before["VmHWM"]) * 1024
+    finally:
+        ctx.term()
+        stop_broker(broker)
+
+
 def test_subscribers_sending_frames_that_never_end_are_cut(tmp_path: Path) -> None:
     """SUBSCRIBERS raw SUBs, each from its own address, send the PUB frames of 1,000 bytes
     (under its MAXMSGSIZE), all with MORE, at SUBSCRIBER_PACE: libzmq holds every one,
@@ -257,45 +293,19 @@ def test_subscribers_sending_frames_that_never_end_are_cut(tmp_path: Path) -> No
     address not barred (a new connection starts from 0). Before: one raw subscriber grew
     a broker to 8 GB in 13 s, and 40 staying under 8 MiB each of empty frames held
     1.5 GB."""
-    broker, lines = start_broker(tmp_path, settings='encryption = "none"\n')
-    proc, port = broker.process, int(broker.router.rpartition(":")[2])
-    pub_port = int(next(ln for ln in lines if ln.split()[:1] == ["pub"]).rpartition(":")[2])
-    ctx = zmq.Context()
-    try:
-        with Pinger(ctx, f"tcp://127.0.0.1:{port}", None) as honest:
-            before = memory_kib(proc.popen.pid)
-            attackers = [raw_zmtp_peer(pub_port, f"127.0.7.{i + 1}", SUB_READY)
-                         for i in range(SUBSCRIBERS)]
-            results = []
-            with ThreadPoolExecutor(SUBSCRIBERS) as pool:
-                results = list(pool.map(
-                    lambda sock: send_unfinished(sock, frame_bytes=1000,
-                                                 pace_bytes_per_s=SUBSCRIBER_PACE),
-                    attackers))
-            for sock in attackers:
-                sock.close()
-            after = memory_kib(proc.popen.pid)
-            for sent, cut in results:
-                assert cut, f"the broker took {sent / MIB:.1f} MiB of an unfinished message"
-            lines = [proc.wait_line("stderr", "cut a connection", timeout_s=5)
-                     for _ in attackers]
-            assert all("its subscriber sent" in line for line in lines), lines
-            # not barred: the address (a NAT, maybe) is served as ever
-            assert plain_pong_within(ctx, f"tcp://127.0.7.1:0;127.0.0.1:{port}", 10.0)
-        assert honest.error is None, honest.error
-        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
-        # each: the allowance and the limit, and what the pace sends in three seconds
-        # of sampling late (a loaded machine; sampled every 10 ms when on time)
-        most = SUBSCRIBER_ALLOWANCE + SUBSCRIBER_MAX_HELD + 3 * SUBSCRIBER_PACE
-        assert max(sent for sent, _ in results) < most, results
-        growth = (after["VmHWM"] - before["VmHWM"]) * 1024
-        # libzmq keeps each 1,000-byte frame at about twice its size; and the process's
-        # own noise (measured: ~16 MiB)
-        bound = 2 * SUBSCRIBERS * most + 16 * MIB
-        assert growth < bound, f"the broker grew by {growth / MIB:.0f} MiB"
-    finally:
-        ctx.term()
-        stop_broker(broker)
+    results, growth = attack_the_pub(
+        tmp_path, SUBSCRIBERS, 7,
+        lambda sock: send_unfinished(sock, frame_bytes=1000,
+                                     pace_bytes_per_s=SUBSCRIBER_PACE),
+        "its subscriber sent")
+    # each: the allowance and the limit, and what the pace sends in three seconds
+    # of sampling late (a loaded machine; sampled every 10 ms when on time)
+    most = SUBSCRIBER_ALLOWANCE + SUBSCRIBER_MAX_HELD + 3 * SUBSCRIBER_PACE
+    assert max(sent for sent, _ in results) < most, results
+    # libzmq keeps each 1,000-byte frame at about twice its size; and the process's
+    # own noise (measured: ~16 MiB)
+    bound = 2 * SUBSCRIBERS * most + 16 * MIB
+    assert growth < bound, f"the broker grew by {growth / MIB:.0f} MiB"
 
 
 def drip_segments(sock: socket.socket, frames: int, pace_per_s: float) -> tuple[int, bool]:
@@ -339,39 +349,15 @@ def test_subscribers_dripping_one_frame_per_segment_are_cut(tmp_path: Path) -> N
     honest client is served throughout. Before: never cut (a tester's 40 CURVE
     subscribers at 210 bytes a second grew a broker from 62 to 177 MB in 60 s, without
     end)."""
-    broker, lines = start_broker(tmp_path, settings='encryption = "none"\n')
-    proc, port = broker.process, int(broker.router.rpartition(":")[2])
-    pub_port = int(next(ln for ln in lines if ln.split()[:1] == ["pub"]).rpartition(":")[2])
-    ctx = zmq.Context()
-    try:
-        with Pinger(ctx, f"tcp://127.0.0.1:{port}", None) as honest:
-            before = memory_kib(proc.popen.pid)
-            drippers = [raw_zmtp_peer(pub_port, f"127.0.8.{i + 1}", SUB_READY)
-                        for i in range(DRIPPERS)]
-            with ThreadPoolExecutor(DRIPPERS) as pool:
-                results = list(pool.map(
-                    lambda sock: drip_segments(sock, DRIP_FRAMES, DRIP_PACE), drippers))
-            after = memory_kib(proc.popen.pid)
-            for sock in drippers:
-                sock.close()
-            for sent, cut in results:
-                assert cut, f"the broker took {sent:,} segments of an unfinished message"
-            lines = [proc.wait_line("stderr", "cut a connection", timeout_s=5)
-                     for _ in drippers]
-            assert all("TCP segments" in line for line in lines), lines
-            assert plain_pong_within(ctx, f"tcp://127.0.8.1:0;127.0.0.1:{port}", 10.0)
-        assert honest.error is None, honest.error
-        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
-        # each: its segments, and what the pace sends in three seconds of sampling late
-        # (the guard samples a connection sending this fast every 10 ms when on time)
-        most = SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS + 3 * DRIP_PACE
-        assert max(sent for sent, _ in results) < most, results
-        growth = (after["VmHWM"] - before["VmHWM"]) * 1024
-        assert growth < DRIPPERS * most * SEGMENT_COST + 16 * MIB, \
-            f"the broker grew by {growth / MIB:.0f} MiB"
-    finally:
-        ctx.term()
-        stop_broker(broker)
+    results, growth = attack_the_pub(
+        tmp_path, DRIPPERS, 8, lambda sock: drip_segments(sock, DRIP_FRAMES, DRIP_PACE),
+        "TCP segments")
+    # each: its segments, and what the pace sends in three seconds of sampling late
+    # (the guard samples a connection sending this fast every 10 ms when on time)
+    most = SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS + 3 * DRIP_PACE
+    assert max(sent for sent, _ in results) < most, results
+    assert growth < DRIPPERS * most * SEGMENT_COST + 16 * MIB, \
+        f"the broker grew by {growth / MIB:.0f} MiB"
 
 
 # -- a real broker: replies never read ------------------------------------------------------
