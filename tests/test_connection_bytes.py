@@ -58,6 +58,8 @@ from zchat.broker.conntrack import (
     FAST_CHECK_EVERY_S,
     FIXED_ALLOWANCE,
     FRAME_ALLOWANCE,
+    ROUTER_FREE_SEGMENTS,
+    SEGMENT_BYTES,
     SEGMENT_COST,
     SUBSCRIBER_ALLOWANCE,
     SUBSCRIBER_BYTE_COST,
@@ -148,6 +150,43 @@ def test_the_broker_wide_bound_cuts_the_largest_first() -> None:
     verdicts = ledger.judge([sample(fd) for fd in (1, 2, 3, 4)])
     assert [(v.sample.fd, v.kind, v.total) for v in verdicts] == [
         (2, "unread", True), (1, "unread", True)]  # 65 MiB -> 35 -> 15, under 32
+
+
+def router(fd: int, segments: int, received: int = 0) -> Sample:
+    return Sample(fd, "10.0.0.3", 1.0, 0, received, False, segments)
+
+
+def test_segments_of_an_unfinished_message_count_on_the_router() -> None:
+    """A ROUTER connection's segments are explained by the frames (and SEGMENT_BYTES of
+    the bytes) the loop consumed; those that arrive while no message is finished cost
+    SEGMENT_COST each (libzmq's receive buffer, kept for a frame of an unfinished
+    message): past ROUTER_FREE_SEGMENTS they count as unfinished bytes, so the connection
+    is cut at max_incomplete_bytes however few bytes it sent."""
+    ledger = ByteLedger(ByteLimits(8 * MIB, 32 * MIB, 0))
+    limit_segments = ROUTER_FREE_SEGMENTS + 8 * MIB // SEGMENT_COST
+    # an honest client: a request (5 frames) per segment, all consumed
+    ledger.consumed(4, b"r4", 5 * 300 * 1000, 5 * 1000)
+    assert ledger.judge([router(4, 4 + 1000, 300 * 1000)]) == []
+    assert ledger.held(router(4, 0))[0] == 0  # type: ignore[index]
+    # one large request of 5 frames of 128 KiB over small segments, consumed
+    ledger.consumed(4, b"r4", 5 * 128 * 1024, 5)
+    assert ledger.judge([router(4, 4 + 1000 + 5 * 128 * 1024 // SEGMENT_BYTES)]) == []
+    # a dripper that never finishes a message: cut once past the limit in segments
+    assert ledger.judge([router(5, limit_segments, 40 * limit_segments)]) == []
+    verdicts = ledger.judge([router(5, limit_segments + 1, 40 * (limit_segments + 1))])
+    assert [(v.sample.fd, v.kind, v.held) for v in verdicts] == [
+        (5, "incomplete", 8 * MIB + SEGMENT_COST)]
+    # segments pending are forgotten when a message is finished (libzmq frees them)
+    ledger.consumed(6, b"r6", 100, 4)
+    ledger.judge([router(6, 600)])  # 600 segments, 4 frames: 596 pending
+    assert ledger.held(router(6, 0))[0] == (596 - ROUTER_FREE_SEGMENTS) * SEGMENT_COST  # type: ignore[index]
+    ledger.consumed(6, b"r6", 100, 600)  # the message finished: 600 frames
+    ledger.judge([router(6, 610)])
+    assert ledger.held(router(6, 0))[0] == 0  # type: ignore[index]
+    # a new connection on the descriptor starts from its own count
+    ledger.closed(6)
+    ledger.judge([router(6, 3)])
+    assert ledger.held(router(6, 0))[0] == 0  # type: ignore[index]
 
 
 def test_settings_have_defaults_and_bounds() -> None:
@@ -249,6 +288,38 @@ def test_an_unfinished_message_is_cut_before_it_grows(
         ctx.term()
 
 
+def test_an_unfinished_message_sent_a_frame_per_segment_is_cut(
+        plain_broker: tuple[Proc, int]) -> None:
+    """A raw DEALER sends the ROUTER 40-byte frames with MORE, one per TCP segment, never a
+    last one: libzmq keeps a receive buffer per segment (SEGMENT_COST), ~200 times the
+    wire bytes, which a byte count alone let grow to 1.4 GB from one connection (a
+    tester's tenth round). Cut once its segments pass ``max_incomplete_bytes`` /
+    SEGMENT_COST, its address barred; an honest client is served throughout."""
+    proc, port = plain_broker
+    ctx = zmq.Context()
+    try:
+        with Pinger(ctx, f"tcp://127.0.0.1:{port}", None) as honest:
+            before = memory_kib(proc.popen.pid)
+            with contextlib.closing(raw_zmtp_peer(port, "127.0.0.5")) as attacker:
+                sent, cut = drip_segments(attacker, DRIP_FRAMES_ROUTER, 2 * DRIP_PACE)
+            after = memory_kib(proc.popen.pid)
+            assert cut, f"the broker took {sent:,} segments of an unfinished message"
+            line = proc.wait_line("stderr", "cut a connection", timeout_s=5)
+            assert "127.0.0.5" in line and "TCP segment" in line, line
+            assert not plain_pong_within(ctx, f"tcp://127.0.0.5:0;127.0.0.1:{port}", 1.0)
+        assert honest.error is None, honest.error
+        assert honest.worst < WORST_RTT_S, f"an honest PING waited {honest.worst:.2f} s"
+        # the limit in segments, and what the pace sends in three seconds of sampling
+        # late (a loaded machine)
+        most = ROUTER_FREE_SEGMENTS + 8 * MIB // SEGMENT_COST + 3 * 2 * DRIP_PACE
+        assert sent < most, f"{sent:,} segments taken"
+        growth = (after["VmHWM"] - before["VmHWM"]) * 1024
+        assert growth < most * SEGMENT_COST + 16 * MIB, \
+            f"the broker grew by {growth / MIB:.0f} MiB"
+    finally:
+        ctx.term()
+
+
 def attack_the_pub(tmp_path: Path, attackers: int, net: int,
                    attack: Callable[[socket.socket], tuple[int, bool]],
                    cut_for: str) -> tuple[list[tuple[int, bool]], int]:
@@ -339,6 +410,8 @@ def drip_segments(sock: socket.socket, frames: int, pace_per_s: float) -> tuple[
 DRIPPERS = 10
 DRIP_PACE = 500
 DRIP_FRAMES = 10 * (SUBSCRIBER_FREE_SEGMENTS + SUBSCRIBER_MAX_SEGMENTS)
+#: The same drip on the ROUTER: ten times its bound in segments.
+DRIP_FRAMES_ROUTER = 10 * (ROUTER_FREE_SEGMENTS + 8 * MIB // SEGMENT_COST)
 
 
 def test_subscribers_dripping_one_frame_per_segment_are_cut(tmp_path: Path) -> None:
@@ -508,7 +581,7 @@ def test_unfinished_messages_are_cut_soon_and_their_memory_returned(
     finally:
         for peer in peers:
             peer.close()
-    held = [float(re.search(r"([\d.]+) MiB sent and not finished", line)[1])  # type: ignore[index]
+    held = [float(re.search(r"([\d.]+) MiB held for a message", line)[1])  # type: ignore[index]
             for line in cuts]
     # the limit, twice, and what the fastest connection sends in ten fast samples'
     # intervals (FAST_CHECK_EVERY_S): a loaded 2-core machine (CI) has delayed the sampling

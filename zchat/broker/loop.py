@@ -897,8 +897,9 @@ class Broker:
                    f"{SUBSCRIBER_ALLOWANCE // 1024} KiB and {SUBSCRIBER_AGE_ALLOWANCE} "
                    "bytes a second)")
         elif verdict.kind == "incomplete":
-            why = (f"{verdict.held / mib:.1f} MiB sent and not finished as messages "
-                   f"(max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
+            why = (f"{verdict.held / mib:.1f} MiB held for a message it has not finished "
+                   f"(its bytes, or {SEGMENT_COST // 1024} KiB for each TCP segment that "
+                   f"carried a part; max_incomplete_bytes {limits.incomplete / mib:g} MiB)")
         else:
             why = (f"{verdict.held / mib:.1f} MiB of replies unread (max_unread_bytes "
                    f"{limits.unread / mib:g} MiB); its session is ended")
