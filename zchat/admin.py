@@ -7,13 +7,18 @@ Two modes, chosen by the command line (docs/admin.md "Two ways in"):
   CREATE_ACCOUNTS, ADMIN_SET_PASSWORD, ADMIN_DISABLE, ADMIN_SET_QUOTA, BANS, UNBAN, AUDIT;
   docs/PROTOCOL.md §6.14, §6.32, §6.40-§6.45, §6.53), which ends live sessions itself and writes
   the audit log with the admin's name;
-- **direct** (``--db FILE`` or the broker's data directory): the operations run on the
-  SQLite file through :class:`zchat.store.Store`. Reading (users, sessions, bans, audit)
+- **direct** (``--db FILE``, ``--db postgresql://…``, the broker's data directory or its
+  ``[broker] store``): the operations run on the database through the store
+  (``zchat.store.open_store``) and the same operator code (zchat.core.operator_actions). Reading (users, sessions, bans, audit)
   and lifting bans are safe while a broker runs (it reloads its bans and mutes when
   another connection wrote the database). The writes whose effect a running broker holds in memory (creating accounts,
   resetting passwords, disabling and enabling) are refused while a broker holds the data
   directory's ``broker.lock`` (so do storage quotas), and hold that lock themselves while they run, so that no
-  broker starts meanwhile. Their audit-log actor is ``local:<OS user>``.
+  broker starts meanwhile; on PostgreSQL, while any broker holds the database's advisory
+  broker lock (``brokers_stopped_pg``). Their audit-log actor is ``local:<OS user>``.
+
+``migrate`` copies a broker's SQLite file into PostgreSQL (zchat.store.transfer,
+``run_migrate``).
 
 The validation of new accounts is the broker core's (zchat.core.validation:
 ``check_batch`` for CREATE_ACCOUNTS and the CSV, ``check_new_password`` for REGISTER and
