@@ -284,3 +284,13 @@ def test_the_copy_lists_every_table_of_both_schemas(
         with psycopg.connect(pg_url) as conn:
             columns = transfer._check_schemas(src, transfer._pg_columns(conn))
     assert set(columns) == set(transfer.TABLES)
+
+
+def test_migrate_refuses_a_target_a_broker_runs_on(
+        source: Source, tmp_path: Path, pg_url: str) -> None:
+    db = _copy(source, tmp_path)
+    with running_broker(pg_url):
+        err = failed(zchat(tmp_path, "admin", "migrate", "--db", str(db), "--to", pg_url))
+    assert f"a zchat broker is running on {pg_url}: stop every broker on it" in err
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (0,)

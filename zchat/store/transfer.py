@@ -302,8 +302,16 @@ def _advance_identities(source: sqlite3.Connection, target: psycopg.Connection[A
 
 
 def _refuse_filled(target: psycopg.Connection[Any], url: str) -> None:
-    """Lock every zchat table of the target (no broker writes while the copy runs) and
-    refuse when any holds a row: the target must be a new or empty zchat database."""
+    """Refuse a target a broker runs on (it holds pg_schema.BROKER_LOCK shared; the copy
+    holds it exclusively until its connection closes, so none starts meanwhile); lock
+    every zchat table and refuse when any holds a row: the target must be a new or empty
+    zchat database."""
+    held = target.execute("SELECT pg_try_advisory_lock(%s)",
+                          (pg_schema.BROKER_LOCK,)).fetchone()
+    if not (held and held[0]):
+        raise MigrationError(f"a zchat broker is running on {redact_url(url)}: stop every "
+                             "broker on it, migrate, then start them (a running broker "
+                             "would not see what was copied); nothing was changed")
     tables = sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)
     target.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(tables))
     filled = []
