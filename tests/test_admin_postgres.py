@@ -67,7 +67,7 @@ def test_a_broker_does_not_start_while_an_admin_write_holds_the_database(
         pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute("SELECT pg_advisory_lock(%s)", (pg_schema.BROKER_LOCK,))
-        with pytest.raises(StorageError, match="a `zchat admin` command is writing the "
+        with pytest.raises(StorageError, match="a zchat admin command is writing the "
                                             "database"), running_broker(pg_url):
             pass
 

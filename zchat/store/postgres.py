@@ -206,7 +206,7 @@ class Store:
                                f"{_first_line(exc)}") from exc
         if row is None or not row[0]:
             self._db.close()
-            raise StorageError(f"{prefix}a `zchat admin` command is writing the database "
+            raise StorageError(f"{prefix}a zchat admin command is writing the database "
                                f"{self.path}; start the broker when it is done")
 
     @property
