@@ -7,13 +7,18 @@ Two modes, chosen by the command line (docs/admin.md "Two ways in"):
   CREATE_ACCOUNTS, ADMIN_SET_PASSWORD, ADMIN_DISABLE, ADMIN_SET_QUOTA, BANS, UNBAN, AUDIT;
   docs/PROTOCOL.md §6.14, §6.32, §6.40-§6.45, §6.53), which ends live sessions itself and writes
   the audit log with the admin's name;
-- **direct** (``--db FILE`` or the broker's data directory): the operations run on the
-  SQLite file through :class:`zchat.store.Store`. Reading (users, sessions, bans, audit)
+- **direct** (``--db FILE``, ``--db postgresql://…``, the broker's data directory or its
+  ``[broker] store``): the operations run on the database through the store
+  (``zchat.store.open_store``) and the same operator code (zchat.core.operator_actions). Reading (users, sessions, bans, audit)
   and lifting bans are safe while a broker runs (it reloads its bans and mutes when
   another connection wrote the database). The writes whose effect a running broker holds in memory (creating accounts,
   resetting passwords, disabling and enabling) are refused while a broker holds the data
   directory's ``broker.lock`` (so do storage quotas), and hold that lock themselves while they run, so that no
-  broker starts meanwhile. Their audit-log actor is ``local:<OS user>``.
+  broker starts meanwhile; on PostgreSQL, while any broker holds the database's advisory
+  broker lock (``brokers_stopped_pg``). Their audit-log actor is ``local:<OS user>``.
+
+``migrate`` copies a broker's SQLite file into PostgreSQL (zchat.store.transfer,
+``run_migrate``).
 
 The validation of new accounts is the broker core's (zchat.core.validation:
 ``check_batch`` for CREATE_ACCOUNTS and the CSV, ``check_new_password`` for REGISTER and
@@ -30,6 +35,7 @@ import fcntl
 import getpass
 import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -60,7 +66,7 @@ from zchat.core.wording import size_text
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import name_key, normalize_name, skeleton
 from zchat.passwords import hash_password
-from zchat.store import Store
+from zchat.store import GroupStore, is_store_url, open_store
 from zchat.tty import has_terminal
 
 __all__ = [  # the validation shared with the broker, kept importable from here
@@ -233,7 +239,7 @@ def _said_quota(reply: p.QuotaSet, err: TextIO) -> None:
               f"{size_text(reply.stored_bytes)} stored\n")
 
 
-def set_quota_direct(store: Store, name: str, quota: int | None, default: int, actor: str,
+def set_quota_direct(store: GroupStore, name: str, quota: int | None, default: int, actor: str,
                      now_ms: int) -> p.QuotaSet:
     """Set the account's storage quota (None: the broker's ``default`` again), audited,
     in one transaction; nothing is written when it had that setting already. Returns
@@ -258,10 +264,16 @@ def local_actor() -> str:
     return f"local:{user}"
 
 
+#: Why a direct-mode write is refused while a broker runs (its one line).
+_BROKER_HOLDS = ("it holds accounts and sessions in memory, so do this over the wire as an "
+                 "admin (--as NAME, with NAME in its [broker] admins), or stop it first")
+
+
 @contextlib.contextmanager
-def broker_stopped(directory: Path) -> Iterator[None]:
+def broker_stopped(directory: Path, refusal: str = "") -> Iterator[None]:
     """Hold the data directory's broker lock for the block. Raises AdminError when a
-    broker holds it (it caches accounts and sessions in memory: go over the wire)."""
+    broker holds it (it caches accounts and sessions in memory: go over the wire), worded
+    ``a zchat broker is running on DIR: <refusal>``."""
     try:
         lock = open(directory / LOCK_FILENAME, "a+")  # noqa: SIM115 (closed below)
     except OSError as exc:
@@ -271,13 +283,44 @@ def broker_stopped(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise AdminError(f"a zchat broker is running on {directory}: it holds accounts "
-                             "and sessions in memory, so do this over the wire as an admin "
-                             "(--as NAME, with NAME in its [broker] admins), or stop it "
-                             "first") from None
+            raise AdminError(f"a zchat broker is running on {directory}: "
+                             f"{refusal or _BROKER_HOLDS}") from None
         yield
     finally:
         lock.close()
+
+
+@contextlib.contextmanager
+def brokers_stopped_pg(url: str, exclusive: bool, need_schema: bool) -> Iterator[None]:
+    """PostgreSQL's ``broker_stopped``: with ``exclusive``, hold the database's broker
+    lock (pg_schema.BROKER_LOCK, which every running broker holds shared) for the block,
+    on a connection of its own. Raises AdminError when a broker holds it (any broker, on
+    any machine, with this database), when the database cannot be reached, or, with
+    ``need_schema``, when it holds no zchat schema (only ``create`` makes one)."""
+    import psycopg
+
+    from zchat.config import redact_url
+    from zchat.store import pg_schema
+
+    shown = redact_url(url)
+    try:
+        db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except (psycopg.Error, ValueError) as exc:
+        raise AdminError(f"cannot connect to the database {shown}: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
+    with db:
+        row = db.execute("SELECT to_regclass(%s) IS NOT NULL",
+                         (pg_schema.VERSION_TABLE,)).fetchone()
+        if need_schema and not (row and row[0]):
+            raise AdminError(f"no zchat database at {shown} (no zchat schema in it; "
+                             "`zchat admin create` or a broker's first start makes one)")
+        if exclusive:
+            held = db.execute("SELECT pg_try_advisory_lock(%s)",
+                              (pg_schema.BROKER_LOCK,)).fetchone()
+            if not (held and held[0]):
+                raise AdminError(f"a zchat broker is running on {shown}: "
+                                 f"{_BROKER_HOLDS.replace('stop it', 'stop every broker on it')}")
+        yield
 
 
 def broker_running(directory: Path) -> bool:
@@ -289,7 +332,7 @@ def broker_running(directory: Path) -> bool:
         return True
 
 
-def _account(store: Store, name: str) -> tuple[str, str]:
+def _account(store: GroupStore, name: str) -> tuple[str, str]:
     """(key, display name) of an existing account in ``store``; AdminError if none."""
     try:
         key = name_key(normalize_name(name))
@@ -301,7 +344,7 @@ def _account(store: Store, name: str) -> tuple[str, str]:
     return key, row.name
 
 
-def create_accounts_direct(store: Store, accounts: list[CheckedAccount], hasher:
+def create_accounts_direct(store: GroupStore, accounts: list[CheckedAccount], hasher:
                            Callable[[str], str], actor: str, now_ms: int) -> None:
     """Create ``accounts`` (already checked) as CREATE_ACCOUNTS does
     (zchat.core.operator_actions): each in ``lobby``, audited, all or none. Raises
@@ -314,7 +357,7 @@ def create_accounts_direct(store: Store, accounts: list[CheckedAccount], hasher:
                          "nothing created") from None
 
 
-def reset_password_direct(store: Store, name: str, password_hash: str, actor: str,
+def reset_password_direct(store: GroupStore, name: str, password_hash: str, actor: str,
                           now_ms: int) -> str:
     """Replace the account's password hash, forget its stored sessions (no RESUME with
     them after the broker starts) and audit it, as ADMIN_SET_PASSWORD does
@@ -325,7 +368,7 @@ def reset_password_direct(store: Store, name: str, password_hash: str, actor: st
     return display
 
 
-def set_disabled_direct(store: Store, name: str, disabled: bool, actor: str,
+def set_disabled_direct(store: GroupStore, name: str, disabled: bool, actor: str,
                         now_ms: int) -> tuple[str, bool]:
     """Disable (forgetting its stored sessions) or enable the account, audited, as
     ADMIN_DISABLE does (zchat.core.operator_actions). Returns (display name, whether it
@@ -336,7 +379,7 @@ def set_disabled_direct(store: Store, name: str, disabled: bool, actor: str,
                                                   now_ms)
 
 
-def unban_direct(store: Store, name: str, room: str, kind: str, actor: str,
+def unban_direct(store: GroupStore, name: str, room: str, kind: str, actor: str,
                  now_ms: int) -> str:
     """Lift the account's ban (or mute, ``kind``) in ``room`` ("" = server-wide),
     audited; safe while a broker runs (it reloads bans when another connection wrote
@@ -361,7 +404,7 @@ def unban_direct(store: Store, name: str, room: str, kind: str, actor: str,
     return display
 
 
-def users_direct(store: Store, default_quota: int = 0) -> list[p.AccountInfo]:
+def users_direct(store: GroupStore, default_quota: int = 0) -> list[p.AccountInfo]:
     """Every account; ``online`` means it holds a stored session (a live one, or one kept
     for RESUME), ``sessions`` how many: the database's view, not the broker's memory.
     The quota is the account's own, else ``default_quota`` (the configured broker's)."""
@@ -376,7 +419,7 @@ def users_direct(store: Store, default_quota: int = 0) -> list[p.AccountInfo]:
             for a in store.list_accounts()]
 
 
-def sessions_direct(store: Store) -> list[p.SessionInfo]:
+def sessions_direct(store: GroupStore) -> list[p.SessionInfo]:
     """The sessions stored in the database (live ones and those kept for RESUME), by name
     and login time; ``last_seen`` is 0: only the broker's memory knows it."""
     names = {k: n for k, (n, _b) in store.account_names().items()}
@@ -385,7 +428,7 @@ def sessions_direct(store: Store) -> list[p.SessionInfo]:
     return sorted(rows, key=lambda s: (s.name, s.login_time))
 
 
-def bans_direct(store: Store, now_ms: int, room: str | None) -> list[p.BanInfo]:
+def bans_direct(store: GroupStore, now_ms: int, room: str | None) -> list[p.BanInfo]:
     """Bans and mutes in force: of ``room`` ("" = server-wide ones) or all (None)."""
     rooms = {r.key: r.name for r in store.list_rooms()}
     names = {k: n for k, (n, _b) in store.account_names().items()}
@@ -479,6 +522,44 @@ def new_password(args: argparse.Namespace, *, prompt: str = "New password") -> t
     except UnicodeDecodeError:
         raise AdminError("the password typed is not valid UTF-8; nothing changed") from None
     return first, False
+
+
+def _db_location(args: argparse.Namespace, config: Config, create: bool = False
+                 ) -> Path | str:
+    """The database of a direct command: ``--db`` (a PostgreSQL URL or an SQLite file),
+    else with ``--data-dir`` the SQLite file in it, else the configured broker's
+    ``[broker] store`` when it is a PostgreSQL URL, else the SQLite file in its data
+    directory (``_db_path``)."""
+    db = getattr(args, "db", None)
+    if db and is_store_url(db):
+        return str(db)
+    if not db and not getattr(args, "data_dir", None) and config.broker.store:
+        return config.broker.store
+    return _db_path(args, config, create)
+
+
+def run_migrate(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    """``zchat admin migrate --to URL``: copy the broker's SQLite file (``--db FILE``,
+    else the data directory's) into the PostgreSQL database at URL
+    (zchat.store.transfer), with the data directory's broker lock held (refused while a
+    broker runs on the file), check it through the PostgreSQL store, and print the
+    summary. Raises AdminError, MigrationError."""
+    from zchat.store import transfer
+
+    url = str(args.to)
+    if not is_store_url(url):
+        raise AdminError(f"--to must be a PostgreSQL URL (postgresql://USER@HOST:PORT/DB), "
+                         f"not {url!r}")
+    if getattr(args, "db", None) and is_store_url(args.db):
+        raise AdminError("--db names the SQLite file to copy (or give --data-dir DIR); the "
+                         "PostgreSQL database is --to")
+    path = _db_path(args, config)
+    with broker_stopped(path.parent, refusal="stop it first, so that the copy has "
+                        "everything it wrote (the file is only read)"):
+        summary = transfer.migrate(path, url)
+        transfer.check_with_store(url, summary)
+    write_out(out, "\n".join(summary.lines()) + "\n")
+    return 0
 
 
 def _db_path(args: argparse.Namespace, config: object, create: bool = False) -> Path:
@@ -729,21 +810,33 @@ def _room_arg(raw: str | None) -> str | None:
 
 
 def run_direct(args: argparse.Namespace, config: object) -> int:
-    """``zchat admin ACTION`` on the database file (see the module docstring)."""
+    """``zchat admin ACTION`` on the database: the SQLite file or a PostgreSQL URL (see
+    the module docstring); ``migrate`` copies the file into PostgreSQL."""
     assert isinstance(config, Config)
     action: str = args.admin_command
-    path = _db_path(args, config, create=action == "create")
+    # The store's warnings are the broker's (a server with fsync off cannot keep its
+    # promise of durable OKs); a command's own output is one line or a table.
+    logging.getLogger("zchat.store").setLevel(logging.ERROR)
+    if action == "migrate":
+        return run_migrate(args, config, sys.stdout)
+    location = _db_location(args, config, create=action == "create")
     cfg = config.broker
 
     def hasher(password: str) -> str:
         return hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
 
-    lock = broker_stopped(path.parent) if action in _NEEDS_STOPPED \
-        else contextlib.nullcontext()
+    lock: contextlib.AbstractContextManager[None]
+    if isinstance(location, str):
+        lock = brokers_stopped_pg(location, action in _NEEDS_STOPPED,
+                                  need_schema=action != "create")
+    elif action in _NEEDS_STOPPED:
+        lock = broker_stopped(location.parent)
+    else:
+        lock = contextlib.nullcontext()
     with lock:
         old_umask = os.umask(0o077)  # a database made here is the broker's: 0600
         try:
-            store = Store(path)
+            store = open_store(location)
         finally:
             os.umask(old_umask)
         try:
@@ -753,7 +846,7 @@ def run_direct(args: argparse.Namespace, config: object) -> int:
             store.close()
 
 
-def _direct(action: str, args: argparse.Namespace, store: Store, hasher: Callable[[str], str],
+def _direct(action: str, args: argparse.Namespace, store: GroupStore, hasher: Callable[[str], str],
             out: TextIO, err: TextIO, min_password_chars: int, default_quota: int = 0) -> int:
     """One direct-mode action; new passwords need ``min_password_chars`` characters (the
     configured broker's ``[broker] min_password_chars``, as the broker would ask), and

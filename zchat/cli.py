@@ -424,18 +424,23 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
                         description="Operator tools (docs/admin.md). With --as NAME (an "
                                     "account in the broker's [broker] admins) they go over "
                                     "the wire to the running broker; without it they work "
-                                    "on the database (--db FILE, else the broker's data "
-                                    "directory): create, reset-password, disable, "
-                                    "enable and quota then need the broker stopped.")
+                                    "on the database (--db FILE or --db postgresql://…, "
+                                    "else the broker's data directory, else its [broker] "
+                                    "store): create, reset-password, disable, enable and "
+                                    "quota then need the broker stopped (on PostgreSQL: "
+                                    "every broker on the database). migrate copies a "
+                                    "broker's SQLite file into PostgreSQL "
+                                    "(docs/cluster.md).")
     ad_sub = ad.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
 
     def admin_opts(sp: argparse.ArgumentParser, json_out: bool = False) -> None:
         client_opts(sp, needs_as=False)
         sp.add_argument("--as", dest="user", metavar="NAME", type=_account_arg,
                         help="go over the wire, logged in as this admin account")
-        sp.add_argument("--db", type=Path, metavar="FILE",
-                        help="work on this database file (default: the broker's data "
-                             "directory's zchat.db)")
+        sp.add_argument("--db", metavar="FILE|URL",
+                        help="work on this database: an SQLite file or a PostgreSQL URL "
+                             "(default: the data directory's zchat.db, or [broker] store "
+                             "when it is a PostgreSQL URL)")
         sp.add_argument("--data-dir", metavar="DIR", help="the broker's data directory")
         if json_out:
             sp.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -488,6 +493,24 @@ def _admin_parsers(sub: Any, client_opts: Callable[..., None]) -> None:
     ub.add_argument("--room", metavar="ROOM", type=_room_arg,
                     help="the room (default: server-wide)")
     ub.add_argument("--mute", action="store_true", help="lift a mute instead of a ban")
+    mg = ad_sub.add_parser(
+        "migrate", help="copy a broker's SQLite database into PostgreSQL",
+        description="Copy a single broker's SQLite database (accounts, rooms, history with "
+                    "its sequence numbers, DMs, read state, tokens, bans, mutes, the audit "
+                    "log) into a new or empty PostgreSQL database, in one transaction, and "
+                    "check it: the row count of every table, the rooms' sequence numbers "
+                    "and the highest ids, then through the PostgreSQL store. The SQLite "
+                    "file is only read; the broker must be stopped. docs/cluster.md, "
+                    "'Moving from SQLite'.")
+    mg.set_defaults(user=None)
+    mg.add_argument("--config", type=Path, metavar="FILE",
+                    help="TOML settings file (default: $XDG_CONFIG_HOME/zchat/zchat.toml)")
+    mg.add_argument("--to", required=True, metavar="URL",
+                    help="the PostgreSQL database (postgresql://USER@HOST:PORT/DB): new, "
+                         "or with zchat's tables empty")
+    mg.add_argument("--db", metavar="FILE",
+                    help="the SQLite file to copy (default: zchat.db in the data directory)")
+    mg.add_argument("--data-dir", metavar="DIR", help="the broker's data directory")
     au = ad_sub.add_parser("audit", help="show the audit log, newest first")
     admin_opts(au, json_out=True)
     au.add_argument("--room", metavar="ROOM", type=_room_arg,
@@ -1782,7 +1805,7 @@ def _discard_output(stream: TextIO) -> None:
 
 
 #: String arguments that are file names, which need not be UTF-8 (a Linux path is bytes).
-_PATH_DESTS = frozenset({"data_dir"})
+_PATH_DESTS = frozenset({"data_dir", "db"})
 
 
 def _check_utf8(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -279,6 +279,7 @@ class Broker:
                  keys: BrokerKeys | None = None) -> None:
         self.config = config
         self.store = store
+        store.hold_broker_lock()  # `zchat admin` writes wait for no broker (docs/admin.md)
         self.context = context or zmq.Context.instance()
         self._log_dropped = ThrottledLog(logging.WARNING, "dropped a reply, its peer's "
                                          "queue is full (high-water mark)")

@@ -186,3 +186,12 @@ VERSION_TABLE = "zchat_schema"
 #: (``pg_advisory_xact_lock``; any 64-bit number no other application uses: "zchat" in
 #: ASCII).
 MIGRATION_LOCK = 0x7A63686174
+
+#: The key of the advisory lock that marks a running broker: each broker holds it shared
+#: on its connection for as long as it runs (``Store.hold_broker_lock``), and `zchat admin`
+#: writes that a running broker holds in memory (creating accounts, resetting passwords,
+#: disabling, quotas) take it exclusively, so they are refused while any broker runs on
+#: the database and no broker starts while they write: the data directory's
+#: ``broker.lock`` of an SQLite file, for a database several brokers share
+#: (docs/admin.md).
+BROKER_LOCK = MIGRATION_LOCK + 1

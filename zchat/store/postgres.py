@@ -136,6 +136,7 @@ class Store:
         self._ban_cache: dict[tuple[str, str, str], BanRow | None] = {}
         self._bans_version = -1
         self._next_connect = 0.0  # monotonic s before which no reconnection is tried
+        self._broker_lock = False  # hold pg_schema.BROKER_LOCK shared (hold_broker_lock)
         self._db = self._connect(f"cannot connect to the database {self.path}")
         try:
             self._migrate()
@@ -181,9 +182,32 @@ class Store:
                                "was lost")
         self._next_connect = now + RECONNECT_INTERVAL_S
         self._db = self._connect(f"storage unavailable: cannot reconnect to {self.path}")
+        if self._broker_lock:
+            self._take_broker_lock("storage unavailable: ")
         self._ban_cache.clear()
         self._bans_version = -1
         log.warning("reconnected to the database %s", self.path)
+
+    def hold_broker_lock(self) -> None:
+        """Mark this connection as a running broker's for as long as it lives, and again
+        on each new connection after one was lost: it holds pg_schema.BROKER_LOCK shared,
+        which `zchat admin`'s writes on the database take exclusively (docs/admin.md).
+        Raises StorageError when such a write holds it now (the connection is closed)."""
+        self._broker_lock = True
+        self._take_broker_lock("")
+
+    def _take_broker_lock(self, prefix: str) -> None:
+        try:
+            row = self._db.execute("SELECT pg_try_advisory_lock_shared(%s)",
+                                   (pg_schema.BROKER_LOCK,)).fetchone()
+        except psycopg.Error as exc:
+            self._db.close()
+            raise StorageError(f"{prefix}cannot reach the database {self.path}: "
+                               f"{_first_line(exc)}") from exc
+        if row is None or not row[0]:
+            self._db.close()
+            raise StorageError(f"{prefix}a zchat admin command is writing the database "
+                               f"{self.path}; start the broker when it is done")
 
     @property
     def _status(self) -> pq.TransactionStatus:

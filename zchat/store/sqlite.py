@@ -230,6 +230,10 @@ class Store:
         (https://sqlite.org/pragma.html#pragma_data_version)."""
         self._data_version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
+    def hold_broker_lock(self) -> None:
+        """Nothing to do: a broker on an SQLite file holds the data directory's
+        ``broker.lock`` (zchat.cli), which `zchat admin`'s writes look for."""
+
     def changes_elsewhere(self) -> int:
         """A number that moves whenever another connection committed a change (PRAGMA
         data_version): as of ``begin_group`` inside a group (one query per wake-up of the
