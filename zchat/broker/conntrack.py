@@ -158,6 +158,12 @@ SUBSCRIBER_FREE_BYTES = 16 * 1024
 #: grew a broker from 44 MB to 1.4 GB in 12 s; twelve took it past 3 GB in 18 s.
 SEGMENT_BYTES = 1400
 ROUTER_FREE_SEGMENTS = 16
+#: A ROUTER connection's wire bytes not finished as messages count this many times in
+#: what it holds: libzmq keeps an empty frame of an unfinished message (35 bytes over
+#: CURVE) in ~150 bytes; a tester's connection held 270 MB for 62 MiB on the wire. A
+#: large frame costs about its size, so its bytes count high: ``max_incomplete_bytes``
+#: (8 MiB) is then ~1.6 MiB on the wire, still over twice the largest request.
+UNFINISHED_BYTE_COST = 5
 
 
 def tcp_counters(fd: int) -> tuple[int, int, int] | None:
@@ -183,6 +189,21 @@ def tcp_counters(fd: int) -> tuple[int, int, int] | None:
     segments = _DATA_SEGS_IN.unpack_from(info, _DATA_SEGS_IN_OFFSET)[0] \
         if len(info) >= TCP_INFO_SEGS_BYTES else 0
     return acked, received, segments
+
+
+def peer_name(fd: int) -> object:
+    """The peer's address of the TCP connection on ``fd`` now ((host, port); a
+    descriptor libzmq owns: borrowed, never closed), or None when it is none."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.detach()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -277,10 +298,12 @@ LIVE, ENDED, CUT = 0, 1, 2
 class _Conn:
     """The loop's counts for one connection (one descriptor, one routing id)."""
 
-    __slots__ = ("routing_id", "consumed", "frames", "queued", "acked", "state")
+    __slots__ = ("routing_id", "consumed", "frames", "queued", "acked", "state", "peer")
 
-    def __init__(self, routing_id: bytes) -> None:
+    def __init__(self, routing_id: bytes, peer: object = None) -> None:
         self.routing_id = routing_id
+        #: The TCP peer (host, port) when its first message was read (or None).
+        self.peer = peer
         self.consumed = 0
         self.frames = 0
         self.queued = 0
@@ -289,30 +312,39 @@ class _Conn:
         self.state = LIVE
 
 
-class _Segments:
-    """A ROUTER connection's segments as last sampled: the kernel's count, the frames and
-    bytes the loop had consumed then, and the segments not explained since a message
-    was last finished (``pending``)."""
+class _Pending:
+    """A ROUTER connection as last sampled: the kernel's counts (segments, bytes), what
+    the loop had consumed by then (frames, bytes), and what has arrived since a message
+    was last finished (``segments``, ``received``): libzmq holds that for the message
+    not yet finished (or for complete requests the loop has not read yet)."""
 
-    __slots__ = ("seen", "frames", "consumed", "pending")
+    __slots__ = ("seen_segments", "seen_received", "frames", "consumed", "segments",
+                 "received")
 
     def __init__(self) -> None:
-        self.seen = self.frames = self.consumed = self.pending = 0
+        self.seen_segments = self.seen_received = self.frames = self.consumed = 0
+        self.segments = self.received = 0
 
 
 class ByteLedger:
     """What the loop read from and queued to each tracked connection, and the verdicts on
     the guard's samples. Pure, one thread (the loop's)."""
 
-    def __init__(self, limits: ByteLimits) -> None:
+    def __init__(self, limits: ByteLimits,
+                 peer_of: Callable[[int], object] = lambda fd: None) -> None:
+        """``peer_of(fd)``: the peer's (host, port) of the TCP connection on ``fd`` now,
+        or None (``peer_name``): it tells a connection's own end from an earlier one's on
+        the same descriptor, seen late (``closed``)."""
         self.limits = limits
+        self._peer_of = peer_of
         self._by_fd: dict[int, _Conn] = {}
         self._fd_of: dict[bytes, int] = {}
         #: Bytes each subscriber connection had sent at its last sample, when over
         #: FIXED_ALLOWANCE (``closed``).
         self._subscriber_held: dict[int, int] = {}
-        #: Each ROUTER connection's segments (``observe``), by descriptor.
-        self._segments: dict[int, _Segments] = {}
+        #: What arrived on each ROUTER connection since its last finished message
+        #: (``observe``), by descriptor.
+        self._pending: dict[int, _Pending] = {}
         #: Set by ``judge``.
         self.near: list[int] = []
 
@@ -323,7 +355,7 @@ class ByteLedger:
         if conn is None or conn.routing_id != routing_id:
             if conn is not None and self._fd_of.get(conn.routing_id) == fd:
                 del self._fd_of[conn.routing_id]
-            conn = self._by_fd[fd] = _Conn(routing_id)
+            conn = self._by_fd[fd] = _Conn(routing_id, self._peer_of(fd))
             self._fd_of[routing_id] = fd
         if conn.state == LIVE:
             conn.consumed += nbytes
@@ -364,8 +396,14 @@ class ByteLedger:
         frees it now, and the broker asks for a trim when that adds up (a tester's 400
         CURVE subscribers just under the bound left 580 MB resident after they closed)."""
         held = self._subscriber_held.pop(fd, 0)
-        self._segments.pop(fd, None)
         conn = self._by_fd.get(fd)
+        if conn is not None and conn.state == LIVE and conn.peer is not None \
+                and self._peer_of(fd) == conn.peer:
+            # the connection the loop reads on this descriptor is still there: this is
+            # the end of an earlier one, seen after the new one's first message (left
+            # as it was, its requests would count for nothing and its segments for all)
+            return held
+        self._pending.pop(fd, None)
         if conn is not None:
             conn.state = ENDED
             conn.consumed = conn.frames = conn.queued = 0
@@ -408,44 +446,55 @@ class ByteLedger:
             consumed, frames, queued = conn.consumed, conn.frames, conn.queued
             routing_id = conn.routing_id
             conn.acked = max(conn.acked, sample.acked)
-        incomplete = (sample.received - consumed - FRAME_ALLOWANCE * frames
-                      - FIXED_ALLOWANCE - int(AGE_ALLOWANCE * sample.age_s))
-        segments = self._segments.get(sample.fd)
-        if segments is not None and segments.pending > ROUTER_FREE_SEGMENTS:
-            # libzmq's receive buffers kept for the frames of an unfinished message
-            incomplete = max(incomplete,
-                             (segments.pending - ROUTER_FREE_SEGMENTS) * SEGMENT_COST)
-        return max(0, incomplete), max(0, queued - sample.acked), routing_id
+        pending = self._pending.get(sample.fd)
+        if pending is None:  # not observed yet: all it sent, less what was consumed
+            wire = (sample.received - consumed - FRAME_ALLOWANCE * frames
+                    - FIXED_ALLOWANCE - int(AGE_ALLOWANCE * sample.age_s))
+            segments = 0
+        else:
+            wire = pending.received - FIXED_ALLOWANCE
+            segments = pending.segments
+        # what libzmq may hold for it: small frames cost it several times their wire
+        # bytes, and each segment that carried a frame its receive buffer
+        incomplete = (max(0, wire) * UNFINISHED_BYTE_COST
+                      + max(0, segments - ROUTER_FREE_SEGMENTS) * SEGMENT_COST)
+        return incomplete, max(0, queued - sample.acked), routing_id
 
     def observe(self, sample: Sample) -> None:
-        """Take a ROUTER connection's segment count (``judge`` calls it for each sample):
-        the segments since its last sample, less a frame for each frame the loop consumed
-        since and one for each SEGMENT_BYTES of what it consumed, are pending (those of an
-        unfinished message) when no message was finished since; when one was, only those
-        left over are (a message's end frees what libzmq held for it)."""
-        if sample.subscriber or not sample.data_segs:
+        """Take a ROUTER connection's counters (``judge`` calls it for each sample). When
+        the loop finished a message on it since its last sample, what arrived since then
+        less what the loop consumed (each frame with FRAME_ALLOWANCE of framing, and a
+        segment for each frame and each SEGMENT_BYTES) is pending: a message's end frees
+        what libzmq held for it, and nothing consumed earlier counts (no credit carries
+        over: a tester banked 62 MiB of it with messages of 1,000 empty frames). When
+        none was finished, all that arrived since adds to what is pending."""
+        if sample.subscriber:
             return
-        segments = self._segments.get(sample.fd)
-        if segments is None:
-            segments = self._segments[sample.fd] = _Segments()
+        pending = self._pending.get(sample.fd)
+        if pending is None:
+            pending = self._pending[sample.fd] = _Pending()
         conn = self._by_fd.get(sample.fd)
         frames = consumed = 0
         if conn is not None and conn.state == LIVE:
             frames, consumed = conn.frames, conn.consumed
-        if sample.data_segs < segments.seen or frames < segments.frames:
-            # a new connection on the descriptor (the kernel's count went down: all its
-            # segments so far may be pending), or the loop's counts started again
-            pending = sample.data_segs if sample.data_segs < segments.seen else 0
-            segments.seen, segments.frames, segments.consumed = sample.data_segs, frames, consumed
-            segments.pending = pending
-            return
-        new = sample.data_segs - segments.seen
-        if frames > segments.frames:
-            explained = frames - segments.frames + (consumed - segments.consumed) // SEGMENT_BYTES
-            segments.pending = max(0, new - explained)
+        if sample.received < pending.seen_received or frames < pending.frames:
+            # a new connection on the descriptor (the kernel's counts went down), or
+            # the loop's counts started again: from nothing finished
+            pending.frames = pending.consumed = pending.seen_segments = 0
+            pending.seen_received = pending.segments = pending.received = 0
+        new_segments = max(0, sample.data_segs - pending.seen_segments)
+        new_bytes = sample.received - pending.seen_received
+        if frames > pending.frames:
+            done_frames = frames - pending.frames
+            done_bytes = consumed - pending.consumed
+            pending.received = max(0, new_bytes - done_bytes - FRAME_ALLOWANCE * done_frames)
+            pending.segments = max(0, new_segments - done_frames
+                                   - done_bytes // SEGMENT_BYTES)
         else:
-            segments.pending += new
-        segments.seen, segments.frames, segments.consumed = sample.data_segs, frames, consumed
+            pending.received += new_bytes
+            pending.segments += new_segments
+        pending.seen_segments, pending.seen_received = sample.data_segs, sample.received
+        pending.frames, pending.consumed = frames, consumed
 
     def judge(self, samples: list[Sample]) -> list[Verdict]:
         """The connections to cut: each over its own limit, then, while the bytes held by

@@ -79,6 +79,7 @@ from zchat.broker.conntrack import (
     ByteLimits,
     Sample,
     Verdict,
+    peer_name,
     tcp_counters,
 )
 from zchat.broker.key_service import KeyService
@@ -418,7 +419,7 @@ class Broker:
                        if limit) if checked else 0
         if checked and cfg.router.startswith("tcp://") \
                 and self.connections.track_bytes(self._wake_loop, smallest):
-            self.ledger = ByteLedger(held)
+            self.ledger = ByteLedger(held, peer_name)
 
     def _bind(self, sock: zmq.Socket[Any], endpoint: str, what: str) -> None:
         """Bind ``sock`` to ``endpoint``. Raises BindError naming ``what`` ("ROUTER",
