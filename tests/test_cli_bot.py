@@ -32,17 +32,26 @@ def test_file_without_bot_is_one_line(tmp_path: Path,
     assert err.startswith(f"zchat: error: {empty} defines no bot")
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("sig", "code", "server_from"), [
+    (signal.SIGTERM, 143, "--server"), (signal.SIGINT, 130, "--server"),
+    # the broker from the config file's [client] server (it was once ignored for the
+    # bot's own default)
+    (signal.SIGTERM, 143, "--config")])
 def test_echo_bot_runs_and_logs_out_on_signal(tmp_path: Path, tcp_broker: TcpBroker,
-                                               sig: int, code: int) -> None:
+                                               sig: int, code: int, server_from: str) -> None:
     async def register() -> None:
         async with Client(tcp_broker.router) as c:
             await c.register("parrot", DEFAULT_PASSWORD)
             await c.register("alice", DEFAULT_PASSWORD)
 
     run(register())
-    proc = Proc([*zchat_command(), "bot", str(ECHO), "--as", "parrot", "--server",
-                 tcp_broker.router], cli_env(tmp_path))
+    where = [server_from, tcp_broker.router]
+    if server_from == "--config":
+        config = tmp_path / "client.toml"
+        config.write_text(f'[client]\nserver = "{tcp_broker.router}"\n', encoding="utf-8")
+        where = ["--config", str(config)]
+    proc = Proc([*zchat_command(), "bot", str(ECHO), "--as", "parrot", *where],
+                cli_env(tmp_path))
     try:
         proc.wait_line("stderr", "bot parrot serving #lobby")
 

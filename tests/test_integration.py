@@ -704,3 +704,17 @@ def test_a_text_over_max_text_lines_is_refused_by_client_and_broker(harness: Har
             assert (await c.send("lobby", "one\ntwo")).seq == 1
 
     run(main())
+
+
+def test_a_second_connect_opens_nothing_more(harness: Harness) -> None:
+    """``connect()`` on a client already connected (as inside ``async with Client(...)``)
+    returns the INFO it has: it once opened a second DEALER and heartbeat task each time
+    and never closed the first, so a tester's harness used up the 256 connections its
+    address may hold."""
+    async def main() -> None:
+        async with harness.client("alice") as alice:
+            dealer, supervisor, info = alice._dealer, alice._supervisor, alice.info
+            assert await alice.connect() is info
+            assert (alice._dealer, alice._supervisor) == (dealer, supervisor)
+            assert (await alice.ping()).rooms is not None  # still served on the first
+    run(main())

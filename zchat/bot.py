@@ -56,6 +56,9 @@ from zchat.names import name_key
 log = logging.getLogger("zchat.bot")
 
 #: What starts a command in a message: ``!faq how do I pay``.
+#: The broker a Bot connects to when it is given none.
+DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+
 COMMAND_PREFIX = "!"
 #: How long ``stop()`` waits for the LOGOUT reply before closing anyway.
 LOGOUT_WAIT_S = 0.5
@@ -242,21 +245,25 @@ class Bot:
 
     Credentials: ``token`` (a bot token, ``zchat token create``) or ``password``; the
     ``zchat bot`` command fills them from ``ZCHAT_TOKEN`` / ``ZCHAT_PASSWORD``. ``server``
-    is the broker's ROUTER endpoint, ``rooms`` the rooms joined at start, ``context`` the
+    is the broker's ROUTER endpoint (DEFAULT_SERVER when not given; ``zchat bot`` then
+    uses ``--server`` or the config file's ``[client] server``), ``rooms`` the rooms joined at start, ``context`` the
     zmq context (the process's one by default). ``ignore_bots`` (default True): room
     messages and DMs from other bot accounts reach no handler, so that two bots cannot
     answer each other forever (an echo bot and a help desk did, at ~400 DMs/s).
     """
 
     def __init__(self, name: str, *, password: str | None = None, token: str | None = None,
-                 server: str = "tcp://127.0.0.1:5555", rooms: Iterable[str] = ("lobby",),
+                 server: str | None = None, rooms: Iterable[str] = ("lobby",),
                  context: zmq.Context[Any] | None = None, ignore_bots: bool = True) -> None:
         self.name = name
         self.ignore_bots = ignore_bots
         self._bot_names: dict[str, bool] = {}  # name key -> is a bot account
         self.password = password
         self.token = token
-        self.server = server
+        #: Whether the bot's file named its broker: ``zchat bot`` then keeps it unless
+        #: ``--server`` is given; else it takes the config file's ``[client] server``.
+        self.server_given = server is not None
+        self.server = server if server is not None else DEFAULT_SERVER
         self.rooms = tuple(rooms)
         self.context = context
         self.handlers: list[Handler] = []

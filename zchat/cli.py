@@ -1650,8 +1650,8 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
     bot = load_bot(args.file)  # BotLoadError: one line, exit 1
     if args.user:
         bot.name = args.user
-    if args.server:
-        bot.server = args.server
+    if args.server or not bot.server_given:
+        bot.server = config.client.server  # --server, else [client] server
     if env(TOKEN_ENV):
         bot.token, bot.password = env(TOKEN_ENV), None
     elif env(PASSWORD_ENV):

@@ -377,9 +377,13 @@ class Client:
 
     async def connect(self) -> p.InfoReply:
         """Connect both sockets and fetch INFO. Raises ConnectionFailed when the broker does
-        not answer within ``timeout_s`` (the sockets are then closed again)."""
+        not answer within ``timeout_s`` (the sockets are then closed again). On a client
+        already connected it opens nothing more and returns the INFO it has (a second
+        call once leaked a connection and a heartbeat task each time)."""
         if self._closed:
             raise LocalProtocolError("client is closed")
+        if self._supervisor is not None and self.info is not None:
+            return self.info
         try:
             info = await self._open()
         except BaseException:
