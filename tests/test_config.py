@@ -371,3 +371,16 @@ def test_console_logs_go_to_a_file_never_the_terminal(tmp_path: Path,
 def test_bad_transports_and_white_space_are_refused(endpoint: str) -> None:
     problem = endpoint_problem(endpoint, bind=False)
     assert problem is not None and "endpoint" in problem
+
+
+def test_a_database_password_is_hidden_wherever_the_url_carries_it() -> None:
+    """libpq takes a password before the host and as ``password=`` in the query: both are
+    shown as *** (the start line, errors, logs)."""
+    from zchat.config import redact_url
+
+    assert redact_url("postgresql://zchat:pw@db:5432/zchat?password=topsecret&sslmode=require") \
+        == "postgresql://zchat:***@db:5432/zchat?password=***&sslmode=require"
+    assert redact_url("postgresql://zchat@db/zchat?PASSWORD=x") == \
+        "postgresql://zchat@db/zchat?PASSWORD=***"
+    assert redact_url("postgresql://zchat@db/zchat?options=-csearch_path%3Dzchat") == \
+        "postgresql://zchat@db/zchat?options=-csearch_path%3Dzchat"

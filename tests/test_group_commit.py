@@ -11,7 +11,9 @@ transaction back otherwise — a DM's SAVEPOINT write).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -272,3 +274,46 @@ def test_password_hashing_threads_yield_the_cpu_to_the_loop(tmp_path: Path) -> N
     if mine >= HASH_THREAD_NICE:
         pytest.skip(f"the tests already run at nice {mine}")
     assert (mine, theirs) == (mine, HASH_THREAD_NICE)
+
+
+def test_a_send_told_to_retry_503_is_stored_once_the_disk_has_room(tmp_path: Path) -> None:
+    """``send(retry_unavailable=True)`` (what ``zchat say -`` does, so that piped lines
+    survive a database restart) tries a 503 again with the same cmid until the storage
+    takes it, within its retry time: the message is stored once, with the next seq. A
+    tester's 149 piped lines were lost to a PostgreSQL restart of 2 s before."""
+
+    async def scenario() -> None:
+        async with _a_full_disk_under_alice_and_bob(tmp_path) as (broker, alice, bob, first):
+            stored: list[int] = []
+
+            async def post(text: str) -> None:
+                stored.append((await alice.send("dev", text)).seq)
+
+            await _until_the_disk_refuses(post, "m")  # the disk is full now
+            retries: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: retries.append(record.getMessage())  # type: ignore[method-assign]
+            client_log = logging.getLogger("zchat.client")
+            client_log.addHandler(handler)
+            level = client_log.level
+            client_log.setLevel(logging.INFO)
+            try:
+                patient = "patient " + "x" * 1000  # longer than the one refused
+                sending = asyncio.create_task(alice.send(
+                    "dev", patient, cmid="patient-1", retry_for_s=30,
+                    retry_unavailable=True))
+                deadline = asyncio.get_running_loop().time() + 10
+                while sum("trying again" in m for m in retries) < 2 and not sending.done():
+                    assert asyncio.get_running_loop().time() < deadline, retries
+                    await asyncio.sleep(0.01)  # polling a condition, not a socket
+            finally:
+                client_log.removeHandler(handler)
+                client_log.setLevel(level)
+            assert not sending.done()
+            broker.store._db.execute(f"PRAGMA max_page_count = {UNLIMITED_PAGES}")
+            reply = await asyncio.wait_for(sending, 10)
+            assert reply.seq == (stored[-1] if stored else first.seq) + 1
+            page = await bob.history("dev", limit=500)
+            assert [m.text for m in page.messages].count(patient) == 1
+
+    run(scenario(), 60)

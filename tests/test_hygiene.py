@@ -365,3 +365,26 @@ def test_the_client_package_re_exports_its_public_api_lazily() -> None:
     assert zchat.client.Unread is session.Unread
     assert zchat.client.BrokerKeyChanged is trust.BrokerKeyChanged
     assert _loaded_by(["zchat.client"], ("zmq", "asyncio")) == []
+
+
+def test_imports_of_the_former_modules_keep_working() -> None:
+    """Code written before the reshape imports the wire's values from ``zchat.protocol``
+    and the client's errors from ``zchat.client``: both keep working (the first with a
+    DeprecationWarning naming ``zchat.wire``)."""
+    import importlib
+    import sys
+
+    import pytest
+
+    import zchat.wire
+
+    sys.modules.pop("zchat.protocol", None)
+    with pytest.warns(DeprecationWarning, match="zchat.wire"):
+        protocol = importlib.import_module("zchat.protocol")
+    assert protocol.MessagePosted is zchat.wire.MessagePosted
+    assert sorted(protocol.__all__) == sorted(zchat.wire.__all__)
+    from zchat.client import ConnectionFailed, RequestFailed, Status
+    from zchat.errors import ConnectionFailed as Failed
+    from zchat.errors import RequestFailed as Refused
+
+    assert (ConnectionFailed, RequestFailed, Status.UNAVAILABLE) == (Failed, Refused, 503)

@@ -315,3 +315,25 @@ def test_changes_elsewhere_moves_with_any_connections_ban_write_at_the_next_grou
     store.commit_group()
     assert moved != before
     assert store.changes_elsewhere() == moved  # nothing written since
+
+
+def test_a_lost_database_is_told_to_clients_without_its_address(pg_url: str,
+                                                                 opened: Any) -> None:
+    """The reason of a 503 reaches every client, logged in or not: it names no host,
+    port, user or URL (a tester read the database's URL, a password in its query
+    included, in `zchat register`'s error while PostgreSQL was down). The broker's log
+    keeps the detail."""
+    store = opened(pg_url)
+    store.ensure_room("dev", "dev", "dev", 0)
+    store.url = "postgresql://zchat@127.0.0.1:1/zchat?password=topsecret"  # unreachable
+    _kill_connection(pg_url, store)
+    reasons = []
+    for _ in range(3):
+        with pytest.raises(StorageError) as refused:
+            store.post_message("dev", "alice", "text", "while lost", "", 1)
+        reasons.append(str(refused.value))
+        store._next_connect = 0.0  # try to reconnect at once (RECONNECT_INTERVAL_S)
+    assert any("cannot reconnect to the database" in r for r in reasons), reasons
+    for reason in reasons:
+        for secret in ("127.0.0.1", ":1", "zchat@", "topsecret", "postgresql://"):
+            assert secret not in reason, reason

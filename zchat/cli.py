@@ -1031,7 +1031,8 @@ async def _send_through_reconnects(client: Client, room: str, line: str,
     deadline = loop.time() + retry_for_s
     while True:
         try:
-            await client.send(room, line, kind, cmid=cmid, retry_for_s=retry_for_s)
+            await client.send(room, line, kind, cmid=cmid, retry_for_s=retry_for_s,
+                              retry_unavailable=True)  # a database restarting
             return
         except ConnectionFailed:
             if client.state != "reconnecting" or loop.time() >= deadline:

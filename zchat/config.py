@@ -473,7 +473,8 @@ def store_problem(url: str) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***`` (for messages and logs)."""
+    """``url`` with its password, if any, replaced by ``***`` (for messages and logs): the
+    one before the host and any ``password=`` in the query (libpq takes both)."""
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -482,8 +483,13 @@ def redact_url(url: str) -> str:
             scheme, rest = url.split("://", 1)
             return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
         return url
+    if parts.query:  # libpq also takes ?password=…
+        query = "&".join(
+            f"{key}=***" if key.lower() == "password" else (f"{key}={value}" if sep else key)
+            for key, sep, value in (item.partition("=") for item in parts.query.split("&")))
+        parts = parts._replace(query=query)
     if password is None:
-        return url
+        return urlunsplit(parts)
     user, host = parts.netloc.rsplit("@", 1)
     return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
 

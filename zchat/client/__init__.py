@@ -37,9 +37,17 @@ if TYPE_CHECKING:
         Reconnecting,
         SessionEnded,
     )
-    from zchat.client.session import Unread, backoff_delay
+    from zchat.client.session import RoomFeed, Unread, UnreadTracker, backoff_delay
     from zchat.client.sync import SyncClient
     from zchat.client.trust import BrokerKeyChanged, Pinned
+    from zchat.errors import (
+        ConnectionFailed,
+        LocalProtocolError,
+        ProtocolError,
+        RequestFailed,
+        Status,
+        ZchatError,
+    )
 
 #: Each public name -> the module that defines it.
 _PUBLIC = {
@@ -57,12 +65,24 @@ _PUBLIC = {
     "backoff_delay": "zchat.client.session",
     "BrokerKeyChanged": "zchat.client.trust",
     "Pinned": "zchat.client.trust",
+    # the errors a client raises, importable from here as before the client package
+    # (a user's `from zchat.client import Client, ConnectionFailed` kept working)
+    "ConnectionFailed": "zchat.errors",
+    "RequestFailed": "zchat.errors",
+    "LocalProtocolError": "zchat.errors",
+    "ProtocolError": "zchat.errors",
+    "ZchatError": "zchat.errors",
+    "Status": "zchat.errors",
+    "RoomFeed": "zchat.client.session",
+    "UnreadTracker": "zchat.client.session",
 }
 
 __all__ = [
-    "BrokerKeyChanged", "Client", "ConnectionLost", "ConnectionRestored", "Event",
-    "JoinedElsewhere", "LeftElsewhere", "Pinned", "Reconnecting", "SessionEnded",
-    "SyncClient", "Unread", "backoff_delay", "new_cmid",
+    "BrokerKeyChanged", "Client", "ConnectionFailed", "ConnectionLost",
+    "ConnectionRestored", "Event", "JoinedElsewhere", "LeftElsewhere",
+    "LocalProtocolError", "Pinned", "ProtocolError", "Reconnecting", "RequestFailed",
+    "RoomFeed", "SessionEnded", "Status", "SyncClient", "Unread", "UnreadTracker",
+    "ZchatError", "backoff_delay", "new_cmid",
 ]
 
 

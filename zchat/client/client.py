@@ -134,6 +134,10 @@ CLIENT_EVENT_QUEUE_MAX = 10_000
 #: session lost) on a client with ``reconnect=True``, by default, in seconds. Every try
 #: carries the same client message id, so the broker stores it at most once (§6.8).
 SEND_RETRY_S = 30.0
+#: A SEND or DM refused with 503 (storage failed; nothing stored) is tried again within
+#: its retry time, after this pause, doubling up to UNAVAILABLE_RETRY_MAX_S.
+UNAVAILABLE_RETRY_FIRST_S = 0.1
+UNAVAILABLE_RETRY_MAX_S = 2.0
 # The reconnect back-off (RECONNECT_FIRST_S, RECONNECT_JITTER, ``backoff_delay``), the
 # catch-up PINGs (CATCH_UP_PINGS_S) and a 429's wait (``rate_limit_wait_s``) are
 # decisions: zchat/client/session.py.
@@ -861,7 +865,7 @@ class Client:
 
     async def send(self, room: str, text: str, kind: p.MessageKind = "text",
                    cmid: str = "", *, retry_for_s: float = SEND_RETRY_S,
-                   patient: bool = True) -> p.Sent:
+                   patient: bool = True, retry_unavailable: bool = False) -> p.Sent:
         """Post to a room; the reply carries the message's sequence number and time.
         Rate-limited (429), it waits and retries (``_patiently``). ``cmid`` (at most
         MAX_CMID_CHARS; a random one when empty) makes retries idempotent: with
@@ -869,11 +873,13 @@ class Client:
         up to ``retry_for_s`` seconds, and the broker stores the message at most once
         (docs/PROTOCOL.md §6.8). With ``patient=False`` a 429 (rate limit, a room's slow
         mode) is raised at once, with its ``retry_after_ms``, for a person who would rather
-        see why than wait. Raises RequestFailed, or ConnectionFailed when no try was
-        answered in time."""
+        see why than wait. With ``retry_unavailable``, a 503 (storage unavailable, e.g. the
+        database restarting; nothing stored) is retried with the same ``cmid`` for up to
+        ``retry_for_s`` (off by default: a full disk would hold the caller that long).
+        Raises RequestFailed, or ConnectionFailed when no try was answered in time."""
         reply: p.Sent = await self._reliably(
             p.Send(room=room, text=text, kind=kind, cmid=cmid or new_cmid()), retry_for_s,
-            RATE_LIMIT_TRIES if patient else 1)
+            RATE_LIMIT_TRIES if patient else 1, retry_unavailable)
         self._unread.sent(reply.room, reply.seq)
         return reply
 
@@ -929,8 +935,11 @@ class Client:
         return state
 
     async def _reliably(self, req: p.Send | p.SendDirect, retry_for_s: float,
-                        tries: int = RATE_LIMIT_TRIES) -> Any:
-        """``_patiently(req)``; with ``reconnect=True`` and a login, a try that fails with
+                        tries: int = RATE_LIMIT_TRIES, retry_unavailable: bool = False) -> Any:
+        """``_patiently(req)``; with ``retry_unavailable``, a try refused with 503 (storage
+        unavailable: nothing was stored) is made again after a growing pause until
+        ``retry_for_s`` passes; with
+        ``reconnect=True`` and a login, a try that fails with
         ConnectionFailed (no reply: the broker or the network went away) or 401 (the
         broker lost the session) waits for the reconnect and tries again with the same
         request, hence the same cmid, until ``retry_for_s`` seconds have passed; then the
@@ -940,6 +949,7 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + retry_for_s
         first = True
+        unavailable = 0
         while True:
             unsent = first and self._restoring
             first = False
@@ -949,6 +959,18 @@ class Client:
                 if unsent or not self._retryable() or loop.time() >= deadline:
                     raise
             except RequestFailed as exc:
+                if retry_unavailable and exc.status == Status.UNAVAILABLE \
+                        and not self._closed and loop.time() < deadline:
+                    # storage failed and nothing was stored (a database restarting, a
+                    # full disk): the same request again, hence the same cmid, after a
+                    # growing pause (PROTOCOL §14, G3)
+                    wait_s = min(UNAVAILABLE_RETRY_MAX_S, UNAVAILABLE_RETRY_FIRST_S * 2 ** unavailable,
+                                 max(0.0, deadline - loop.time()))
+                    unavailable += 1
+                    log.info("%s %s refused (%s); trying again in %.2f s", req.TYPE,
+                             req.cmid, exc, wait_s)
+                    await asyncio.sleep(wait_s)
+                    continue
                 if exc.status != Status.UNAUTHORIZED or not self._retryable() \
                         or loop.time() >= deadline:
                     raise

@@ -178,10 +178,15 @@ class Store:
             return
         now = time.monotonic()
         if now < self._next_connect:
-            raise StorageError(f"storage unavailable: the connection to {self.path} "
-                               "was lost")
+            # the reason reaches clients: it names no host, port, user or URL
+            raise StorageError("storage unavailable: the database connection was lost")
         self._next_connect = now + RECONNECT_INTERVAL_S
-        self._db = self._connect(f"storage unavailable: cannot reconnect to {self.path}")
+        try:
+            self._db = self._connect(f"cannot reconnect to the database {self.path}")
+        except StorageError as exc:
+            log.warning("%s", exc)  # the operator's detail, in the broker's log only
+            raise StorageError("storage unavailable: cannot reconnect to the "
+                               "database") from exc
         if self._broker_lock:
             self._take_broker_lock("storage unavailable: ")
         self._ban_cache.clear()
