@@ -384,3 +384,18 @@ def test_a_database_password_is_hidden_wherever_the_url_carries_it() -> None:
         "postgresql://zchat@db/zchat?PASSWORD=***"
     assert redact_url("postgresql://zchat@db/zchat?options=-csearch_path%3Dzchat") == \
         "postgresql://zchat@db/zchat?options=-csearch_path%3Dzchat"
+
+
+def test_an_empty_store_flag_means_the_sqlite_file_whatever_the_config_says(
+        tmp_path: Path) -> None:
+    """``zchat broker --store ""`` takes the broker back to its SQLite file when the
+    config file names a PostgreSQL database (it once kept the URL)."""
+    from zchat import cli
+
+    config = tmp_path / "broker.toml"
+    config.write_text('[broker]\nstore = "postgresql://zchat@db/zchat"\n', encoding="utf-8")
+    parser = cli.build_parser()
+    assert cli._config(parser.parse_args(["broker", "--config", str(config)])).broker.store \
+        == "postgresql://zchat@db/zchat"
+    assert cli._config(parser.parse_args(
+        ["broker", "--config", str(config), "--store", ""])).broker.store == ""

@@ -549,6 +549,8 @@ def _config(args: argparse.Namespace) -> Config:
                                                    ("router", "router"), ("pub", "pub"),
                                                    ("log_level", "log_level"))
                  if getattr(args, a, None)}
+    if getattr(args, "store", None) == "":
+        overrides["store"] = ""  # --store "": the SQLite file, whatever the config says
     if overrides:
         broker = dataclasses.replace(broker, **overrides)
     config = Config(broker=broker, client=client)
