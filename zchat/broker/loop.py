@@ -833,19 +833,37 @@ class Broker:
         ``_end_unread``, "SendQ exceeded") and its connection cut."""
         assert self.connections is not None
         news = self.connections.samples
+        # Samples queued while the loop was busy are judged once, each connection's
+        # latest: judged one by one against the same counts of what the loop read, the
+        # first took the credit for all of it and the later ones none (a tester's
+        # connection sending only complete requests was cut so). A connection's end is
+        # taken after the samples before it and before those after it.
+        latest: dict[int, Sample] = {}
         while not news.empty():
             kind, value = news.get_nowait()
             if kind == "closed":
+                if value in latest:
+                    self._judge_samples(ledger, list(latest.values()))
+                    latest.clear()
                 # what a subscriber's connection was estimated to hold (counted high:
                 # conntrack.subscriber_held), so that a trim follows once enough is freed
                 if held := ledger.closed(value):
                     self.connections.freed(held)
                 continue
-            for verdict in ledger.judge(value):
-                self._cut_held(ledger, verdict)
-            self.connections.watch_closely(ledger.near)
-            if self.config.login_timeout_s:
-                self._cut_without_session(ledger, value)
+            for sample in value:
+                latest[sample.fd] = sample
+        if latest:
+            self._judge_samples(ledger, list(latest.values()))
+
+    def _judge_samples(self, ledger: ByteLedger, samples: list[Sample]) -> None:
+        """Cut the sampled connections the ledger finds over a limit, watch those near one
+        closely, and cut those without a session past ``login_timeout_s``."""
+        assert self.connections is not None
+        for verdict in ledger.judge(samples):
+            self._cut_held(ledger, verdict)
+        self.connections.watch_closely(ledger.near)
+        if self.config.login_timeout_s:
+            self._cut_without_session(ledger, samples)
 
     def _cut_without_session(self, ledger: ByteLedger, samples: list[Sample]) -> None:
         """Cut the sampled connections older than ``login_timeout_s`` that hold no session
