@@ -73,6 +73,12 @@ class Delivery:
             return [ToTopic(p.encode_event(p.room_topic(key), event))]
         return self.to_accounts(self.state.members.get(key, set()) | set(also), event)
 
+    def pending_handed(self, routing_id: bytes,
+                       pending: Iterable[p.DirectMessage]) -> None:
+        """The LOGIN or RESUME reply to ``routing_id`` lists these pending DMs. Nothing
+        to do on one broker; a cluster's (zchat.core.cluster) notes them, so that it does
+        not push them to that session again."""
+
     @staticmethod
     def presence(account: Account, key: str, now_ms: int, text: str | None = None) -> ToTopic:
         """The account's presence now, on its presence topic (``text`` for a quit

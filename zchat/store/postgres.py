@@ -195,6 +195,13 @@ class Store:
         return not self._db.closed and self._status != _IDLE
 
     @property
+    def backend_pid(self) -> int:
+        """The process id of this store's connection on the server (0 while it is lost):
+        the ``pid`` of the notifications its commits send, which a broker listening for
+        the other brokers' (zchat.store.pg_listen) skips as its own."""
+        return 0 if self._db.closed else int(self._db.info.backend_pid)
+
+    @property
     def schema_version(self) -> int:
         row = self._db.execute(f"SELECT version FROM {pg_schema.VERSION_TABLE}").fetchone()
         return int(row[0]) if row else 0

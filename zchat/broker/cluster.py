@@ -1,0 +1,162 @@
+"""The broker loop's side of a cluster (docs/cluster.md): the LISTEN connection polled
+beside the zmq sockets, and when to ask the core's ``Fanout`` (zchat.core.cluster) for
+what: the rooms and recipients named by notifications at once, every room's last seq
+each ``cluster_check_s``, the whole state and every local session's pending DMs each
+``cluster_refresh_s`` and after a lost LISTEN connection.
+
+Made by ``Broker.bind`` when the store is PostgreSQL (several brokers may share it); a
+broker on SQLite has none and runs exactly as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from zchat.config import BrokerConfig, broker_id
+from zchat.core import Action, BrokerCore
+from zchat.core.cluster import Fanout
+from zchat.errors import StorageError
+from zchat.store.pg_listen import Listener
+
+log = logging.getLogger("zchat.broker")
+
+
+class ClusterLink:
+    """One broker's link to the others on the database ``store.url``.
+
+    ``drop_notifications`` is a test hook: notifications are then read and thrown away
+    (counted in ``dropped``), as if PostgreSQL had lost them, so that a test proves the
+    periodic catch-up alone completes delivery."""
+
+    def __init__(self, config: BrokerConfig, store: Any, core: BrokerCore,
+                 now_s: float) -> None:
+        self.config = config
+        self.store = store
+        self.id = broker_id(config)
+        self.fanout = Fanout(core)
+        self.listener = Listener(store.url, f"zchat-broker {self.id}")
+        self.drop_notifications = False
+        self.dropped = 0
+        #: Notifications heard from other connections (tests, logs).
+        self.heard = 0
+        self._rooms_due: set[str] = set()
+        self._dms_due: set[str] = set()
+        self._all_dms_due = False
+        self._state_due = False
+        self._next_check_s = now_s + config.cluster_check_s
+        self._next_refresh_s = now_s + config.cluster_refresh_s
+        log.info("broker %s: listening for the other brokers of the cluster on %s",
+                 self.id, store.path)
+
+    def attach(self, core: BrokerCore) -> None:
+        """The loop rebuilt its core (a failed commit): carry on with it."""
+        self.fanout.attach(core)
+
+    def fileno(self) -> int:
+        return self.listener.fileno()
+
+    def next_due(self) -> float:
+        """Monotonic time of the next periodic check."""
+        return min(self._next_check_s, self._next_refresh_s)
+
+    def hear(self) -> None:
+        """Read the notifications that arrived and note what they ask to read again.
+        This broker's own commits are skipped (its store's backend pid): it published and
+        applied them itself."""
+        own = self.store.backend_pid
+        for note in self.listener.drain():
+            if self.drop_notifications:
+                self.dropped += 1
+                continue
+            if note.pid == own:
+                continue
+            self.heard += 1
+            kind, key = note.payload[:1], note.payload[1:]
+            if kind == "m":
+                self._rooms_due.add(key)
+            elif kind == "d":
+                self._dms_due.add(key)
+            else:
+                self._state_due = True
+
+    def in_group(self, now_s: float, now_ms: int) -> list[Action]:
+        """Inside the wake-up's group: reload the state when a notification or the
+        refresh interval asks (ending sessions writes, so it belongs to the group)."""
+        if now_s >= self._next_refresh_s:
+            self._next_refresh_s = now_s + self.config.cluster_refresh_s
+            self._state_due = self._all_dms_due = True
+        if not self._state_due:
+            return []
+        self._state_due = False
+        try:
+            return self.fanout.sync(now_ms)
+        except StorageError as exc:
+            log.error("cannot reload the state from the database: %s", exc.reason)
+            self._state_due = True
+            return []
+
+    def after_commit(self) -> list[Action]:
+        """Right after the wake-up's commit, before its replies: publish the rooms this
+        broker posted to, from the database (with any other broker's messages before
+        its own)."""
+        posted = self.fanout.deliver.take_posted()
+        if not posted:
+            return []
+        try:
+            return self.fanout.rooms(posted, own=posted)
+        except StorageError as exc:  # the next check publishes them
+            log.error("cannot read back the messages just stored: %s", exc.reason)
+            self._next_check_s = 0.0
+            return []
+
+    def commit_failed(self) -> None:
+        """Nothing of the wake-up was stored: forget the rooms it posted to."""
+        self.fanout.deliver.take_posted()
+
+    def after(self, now_s: float) -> list[Action]:
+        """After the wake-up: the rooms and recipients notifications named, and the
+        periodic checks when due (a lost LISTEN connection is made again there, and
+        everything is then read again)."""
+        actions: list[Action] = []
+        self.hear()  # what arrived while the wake-up ran
+        fanout = self.fanout
+        try:
+            if now_s >= self._next_check_s:
+                self._next_check_s = now_s + self.config.cluster_check_s
+                if not self.listener.connected and self.listener.reconnect():
+                    log.warning("broker %s: listening again; reading everything again",
+                                self.id)
+                    self._state_due = self._all_dms_due = True
+                    self._next_refresh_s = now_s  # the state, at the next wake-up
+                caught, unknown = fanout.check()
+                actions += caught
+                if unknown:
+                    self._state_due = True
+            if self._rooms_due:
+                rooms, self._rooms_due = self._rooms_due, set()
+                actions += fanout.rooms(rooms)
+                if any(key not in fanout.core.rooms for key in rooms):
+                    self._state_due = True  # a room made elsewhere: learn it first
+            local = fanout.local_accounts()
+            if self._all_dms_due:
+                self._all_dms_due = False
+                self._dms_due.clear()
+                actions += fanout.dms(local)
+            elif self._dms_due:
+                due, self._dms_due = self._dms_due, set()
+                actions += fanout.dms(due)
+        except StorageError as exc:
+            log.error("cannot read the other brokers' news from the database: %s",
+                      exc.reason)
+            self._next_check_s = min(self._next_check_s, now_s + 1.0)
+        fanout.note_rooms()
+        return actions
+
+    @property
+    def due_now(self) -> bool:
+        """Whether the next wake-up has work without waiting (a state reload asked)."""
+        return self._state_due
+
+    def close(self) -> None:
+        self.listener.close()

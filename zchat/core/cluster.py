@@ -1,0 +1,259 @@
+"""A broker of a cluster: several brokers on one database (docs/cluster.md).
+
+Pure like the rest of the core: no socket, no clock, no notification channel. The
+broker's loop tells ``Fanout`` what it heard (a room, a recipient, "the state") and when
+its periodic checks are due; ``Fanout`` reads the database through the Store port and
+returns the actions that carry the news to this broker's own sessions and subscribers.
+The database is the truth, a notification only a wake-up (STYLE.md §9).
+
+- **Room messages.** A message is published from the database, never from memory: the
+  SEND handler stores it and ``ClusterDelivery`` keeps its event back; after the commit
+  the loop asks ``rooms()`` for the rooms posted to, and ``Fanout`` publishes every row
+  above what this broker published of the room (``published``), in seq order, with the
+  same topic and frames as a single broker, whichever broker stored it. So a room's
+  messages leave each broker's PUB once each and in seq order, with the other brokers'
+  messages between its own ones where they belong. ``check()`` compares every room's
+  ``last_seq`` in the database with ``published`` and catches up what a lost
+  notification left behind.
+- **Direct messages.** A recipient's pending DMs are read again for its sessions here
+  (``dms()``); each session is pushed each DM once (``seen``: what its LOGIN or RESUME
+  reply listed and what was pushed to it since); pending until acknowledged, as on one
+  broker.
+- **State.** ``sync()`` reloads the rooms, members, roles, modes and bans from the store
+  (State.refresh) and ends this broker's sessions of accounts disabled or banned
+  server-wide elsewhere, and those that logged in with a token revoked elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from zchat import wire as p
+from zchat.core.actions import Action, ToPeer
+from zchat.core.context import Core
+from zchat.core.delivery import Delivery
+from zchat.core.state import State
+
+log = logging.getLogger("zchat.broker")
+
+#: Messages read from the database per query while catching a room up (a HISTORY page).
+CATCH_UP_PAGE = 500
+
+
+class ClusterDelivery(Delivery):
+    """Delivery for a broker of a cluster: a room message's event is not sent by the
+    handler that stored it (``posted`` notes its room; ``Fanout.rooms`` publishes it from
+    the database after the commit), and DMs pushed to a session are noted in ``seen``."""
+
+    def __init__(self, state: State, seen: dict[bytes, set[int]]) -> None:
+        super().__init__(state)
+        #: Rooms posted to since the loop last took them (``take_posted``) -> the first
+        #: seq posted.
+        self.posted: dict[str, int] = {}
+        #: Routing id -> ids of the DMs its session was handed (Fanout's, shared).
+        self.seen = seen
+
+    def room_event(self, key: str, event: p.Message, also: Iterable[str] = ()) -> list[Action]:
+        if isinstance(event, p.MessagePosted):
+            self.posted.setdefault(key, event.seq)
+            return []
+        return super().room_event(key, event, also)
+
+    def to_accounts(self, account_keys: Iterable[str], push: p.Message,
+                    exclude: bytes = b"") -> list[Action]:
+        actions = super().to_accounts(account_keys, push, exclude)
+        if isinstance(push, p.DirectMessage):
+            for action in actions:
+                if isinstance(action, ToPeer):
+                    self.seen.setdefault(action.routing_id, set()).add(push.id)
+        return actions
+
+    def pending_handed(self, routing_id: bytes,
+                       pending: Iterable[p.DirectMessage]) -> None:
+        self.seen[routing_id] = {dm.id for dm in pending}
+
+    def take_posted(self) -> dict[str, int]:
+        posted, self.posted = self.posted, {}
+        return posted
+
+
+class Fanout:
+    """What one broker of a cluster publishes and pushes of what any broker stored.
+    ``core`` is the broker's core (``attach`` gives a rebuilt one); ``published`` starts
+    at every room's ``last_seq`` in the store: what was stored before this broker started
+    its clients fetch from HISTORY, as after any restart."""
+
+    def __init__(self, core: Core) -> None:
+        self.published: dict[str, int] = {}
+        self.seen: dict[bytes, set[int]] = {}
+        self.core = core
+        for row in core.store.list_rooms():
+            self.published[row.key] = row.last_seq
+        self._known_rooms = len(core.rooms)
+        self.attach(core)
+
+    def attach(self, core: Core) -> ClusterDelivery:
+        """Use ``core`` (new, or rebuilt after a failed commit), giving it a
+        ClusterDelivery; returns it."""
+        self.core = core
+        deliver = ClusterDelivery(core.state, self.seen)
+        core.deliver = deliver
+        return deliver
+
+    @property
+    def deliver(self) -> ClusterDelivery:
+        assert isinstance(self.core.deliver, ClusterDelivery)
+        return self.core.deliver
+
+    # -- room messages ------------------------------------------------------------------
+
+    def rooms(self, keys: Iterable[str], own: dict[str, int] | None = None) -> list[Action]:
+        """Publish every message of the rooms ``keys`` stored above what this broker
+        published, in seq order. ``own`` maps the rooms this broker just posted to to the
+        first seq it posted (its pointer starts below it if the room is new to it). A
+        room this broker does not know yet is skipped (``check`` comes back to it after
+        the next ``sync``); a seq not yet committed stops its room there, never skipped.
+        Raises StorageError when the store cannot be read (the next check catches up)."""
+        actions: list[Action] = []
+        core = self.core
+        own = own or {}
+        for key in sorted(keys):
+            if key not in core.rooms:
+                continue
+            after = self.published.get(key)
+            if after is None:
+                after = own[key] - 1 if key in own else core.last_seq.get(key, 0)
+            while True:
+                rows = core.store.history(key, None, after, CATCH_UP_PAGE)
+                for row in rows:
+                    if row.seq != after + 1:
+                        break
+                    after = row.seq
+                    if row.seq > core.last_seq.get(key, 0):
+                        core.state.posted(key, row.seq)
+                    event = p.MessagePosted(
+                        room=row.room, seq=row.seq, time=row.time_ms, sender=row.sender,
+                        text="" if row.deleted_by else row.text,
+                        kind="action" if row.kind == "action" else "text",
+                        deleted_by=row.deleted_by)
+                    actions += Delivery.room_event(self.deliver, key, event)
+                if len(rows) < CATCH_UP_PAGE or after != rows[-1].seq:
+                    break
+            self.published[key] = after
+        return actions
+
+    def note_rooms(self) -> None:
+        """Start the pointer of each room this broker learnt of since the last call at
+        its ``last_seq`` as learnt (its subscribers, if any, subscribed after that and
+        fetch older messages from HISTORY). Call after each wake-up: a room made or
+        joined in one is then caught up from where this broker first saw it. Cheap: it
+        looks at the rooms only when their number changed."""
+        rooms = self.core.rooms
+        if len(rooms) == self._known_rooms:
+            return
+        self._known_rooms = len(rooms)
+        last_seq = self.core.last_seq
+        for key in rooms:
+            if key not in self.published:
+                self.published[key] = last_seq.get(key, 0)
+
+    def check(self) -> tuple[list[Action], bool]:
+        """The periodic catch-up: every room whose ``last_seq`` in the store is above
+        what this broker published gets its messages published (``rooms``). Returns the
+        actions and whether the store holds a room this broker does not know (then a
+        ``sync`` is due)."""
+        behind, unknown = [], False
+        core = self.core
+        for row in core.store.list_rooms():
+            if row.key not in core.rooms:
+                unknown = True
+            elif row.last_seq > self.published.get(row.key, 0):
+                behind.append(row.key)
+        return self.rooms(behind), unknown
+
+    # -- direct messages ----------------------------------------------------------------
+
+    def dms(self, account_keys: Iterable[str]) -> list[Action]:
+        """Push to this broker's sessions of each account the pending DMs it was not
+        handed yet (by its LOGIN or RESUME reply or an earlier push), oldest first."""
+        actions: list[Action] = []
+        core = self.core
+        for key in sorted(set(account_keys)):
+            account = core.accounts.get(key)
+            if account is None or not account.sessions:
+                continue
+            rows = core.store.pending_dms(key, core.config.max_stored_dms)
+            ids = {row.id for row in rows}
+            for routing_id in sorted(account.sessions):
+                seen = self.seen.setdefault(routing_id, set())
+                seen &= ids  # acknowledged ones are never pending again
+                for row in rows:
+                    if row.id in seen:
+                        continue
+                    seen.add(row.id)
+                    actions.append(ToPeer(routing_id, p.encode_push(p.DirectMessage(
+                        id=row.id, time=row.time_ms, sender=row.sender, to=row.recipient,
+                        text=row.text))))
+        return actions
+
+    def local_accounts(self) -> list[str]:
+        """The accounts with a session on this broker; forgets the DM notes of sessions
+        that ended."""
+        sessions = self.core.sessions
+        for routing_id in [r for r in self.seen if r not in sessions]:
+            del self.seen[routing_id]
+        return sorted({s.account_key for s in sessions.values()})
+
+    # -- state --------------------------------------------------------------------------
+
+    def sync(self, now_ms: int) -> list[Action]:
+        """Reload the state from the store (State.refresh: accounts, rooms, topics, modes,
+        members, roles, bans, mutes, quotas) and end this broker's sessions that another
+        broker's change ended: of accounts disabled or banned server-wide, and those that
+        logged in with a token since revoked. Each is told SESSION_CLOSED first, as on the
+        broker where the change was made. Call inside the loop's group (ending a session
+        writes)."""
+        core = self.core
+        core.state.refresh(core.store, now_ms)
+        self.note_rooms()
+        actions: list[Action] = []
+        local = self.local_accounts()
+        if not local:
+            return actions
+        disabled = {row.key for row in core.store.list_accounts() if row.disabled}
+        for key in local:
+            if key in disabled:
+                actions += core.end_account_sessions(
+                    key, now_ms, why="your account was disabled; ask a broker admin to "
+                    "enable it")
+            elif (ban := core.state.active_ban("ban", "", key, now_ms)) is not None:
+                actions += core.end_account_sessions(
+                    key, now_ms, by=core.accounts[ban.by_key].name
+                    if ban.by_key in core.accounts else "",
+                    why="you were banned from this server")
+            else:
+                actions += self._end_revoked(key, now_ms)
+        return actions
+
+    def _end_revoked(self, account_key: str, now_ms: int) -> list[Action]:
+        core = self.core
+        account = core.accounts.get(account_key)
+        if account is None:
+            return []
+        with_token = [core.sessions[r] for r in sorted(account.sessions)
+                      if core.sessions[r].login_token_id is not None]
+        if not with_token:
+            return []
+        live = {token_id for token_id, _ in core.store.token_hashes(account_key)}
+        actions: list[Action] = []
+        notice = p.encode_push(p.SessionClosed(
+            reason="the account token this session logged in with was revoked",
+            by="", time=now_ms))
+        for session in with_token:
+            if session.login_token_id not in live:
+                log.info("ended a session of %s: its token was revoked through another "
+                         "broker", session.name)
+                actions.append(ToPeer(session.routing_id, notice))
+                actions += core.end_session(session, now_ms)
+        return actions
