@@ -14,9 +14,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import zmq
 from client_helpers import collect, is_, msgs
+from postgres_server import PostgresServer
 
 from zchat import wire as p
 from zchat.client import Client
@@ -310,3 +312,37 @@ def test_delivery_completes_when_every_notification_is_lost(pg_url: str) -> None
               {k: f"{v * 1000:.0f} ms" for k, v in waited.items()})
         assert waited["messages"] < check_s + 1.0
         assert waited["dm"] < refresh_s + 1.0
+
+
+def test_a_lost_listening_connection_is_made_again_and_nothing_is_missed(
+        pg_url: str, postgres_server: PostgresServer) -> None:
+    with running_cluster(pg_url, 2, cluster_check_s=0.2) as (one, two):
+        async def scenario() -> None:
+            alice = await logged_in(one, "alice")
+            bob = await logged_in(two, "bob")
+            try:
+                await alice.join("dev")
+                await bob.join("dev")
+                cluster = two.broker.cluster
+                assert cluster is not None and cluster.listener.connects == 1
+                with raw_subs([two], "dev") as (sub,):
+                    await until_subscribed(bob, [alice], "dev")
+                    sub.read(1)
+                    sub.messages.clear()
+                    # the server ends broker 2's LISTEN connection (a restart, a cut)
+                    with psycopg.connect(postgres_server.url("postgres"),
+                                         autocommit=True) as admin:
+                        ended = admin.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = %s",
+                            (f"zchat-broker {cluster.id}",)).fetchall()
+                    assert ended == [(True,)]
+                    sent = [(await alice.send("dev", f"m{i}")).seq for i in range(5)]
+                    heard = await asyncio.to_thread(sub.read, 5)
+                    assert [m.seq for m in heard] == sent
+                    assert cluster.listener.connects == 2  # listening again
+            finally:
+                await alice.close()
+                await bob.close()
+
+        run(scenario())
