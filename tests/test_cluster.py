@@ -346,3 +346,43 @@ def test_a_lost_listening_connection_is_made_again_and_nothing_is_missed(
                 await bob.close()
 
         run(scenario())
+
+
+def test_room_events_and_pushes_made_through_one_broker_reach_clients_on_another(
+        pg_url: str) -> None:
+    with running_cluster(pg_url, 2) as (one, two):
+        async def scenario() -> None:
+            alice = await logged_in(one, "alice")
+            bob = await logged_in(two, "bob")
+            try:
+                await alice.join("dev")
+                await bob.join("dev")
+                with raw_subs([two], "dev") as (sub,):
+                    await until_subscribed(bob, [alice], "dev")
+                    await alice.set_topic("dev", "release at 5")
+                    topic = await collect(bob, is_(p.TopicChanged, topic="release at 5"))
+                    assert topic[-1].by == "alice"  # type: ignore[union-attr]
+                    # on broker 2's PUB once: relayed, not published twice
+                    frames = []
+                    while sub.sock.poll(300):
+                        frames.append(p.decode_event(sub.sock.recv_multipart()))
+                    assert [e.topic for e in frames if isinstance(e, p.TopicChanged)] \
+                        == ["release at 5"]
+                # a push to an account (MUTE) and a kick's LEFT, both through broker 1
+                await alice.mute("bob", room="dev", reason="calm down")
+                await collect(bob, is_(p.MuteChanged, room="dev"))
+                await alice.kick("dev", "bob", reason="bye")
+                left = await collect(bob, is_(p.UserLeft, name="bob"))
+                assert (left[-1].by, left[-1].reason) == ("alice", "bye")  # type: ignore[union-attr]
+                # and the other way: carol joins through broker 2, alice hears it on 1
+                carol = await logged_in(two, "carol")
+                try:
+                    await carol.join("dev")
+                    await collect(alice, is_(p.UserJoined, room="dev", name="carol"))
+                finally:
+                    await carol.close()
+            finally:
+                await alice.close()
+                await bob.close()
+
+        run(scenario())

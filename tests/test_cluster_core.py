@@ -113,3 +113,24 @@ def test_a_sync_ends_sessions_disabled_elsewhere(tmp_path: Path) -> None:
               if isinstance(x, ToPeer) and x.routing_id == bob_on_b.routing_id]
     assert any(isinstance(c, p.SessionClosed) and "disabled" in c.reason for c in closed)
     assert bob_on_b.routing_id not in b.core.sessions
+
+
+def test_a_private_rooms_events_are_relayed_as_pushes_never_published(
+        tmp_path: Path) -> None:
+    a, b, fanout_b = two_brokers(tmp_path)
+    fanout_a = Fanout(a.core)
+    peers = room_with(a, "alice", "bob", private=True)
+    carol = room_with(a, "carol", room="open")["carol"]
+    fanout_b.sync(b.clock.ms)
+    bob_on_b = b.user("bob", register=False)
+    fanout_a.deliver.take_relay()  # the joins above
+    peers["alice"].must(p.SetTopic(room="dev", topic="secret plans"))
+    carol.must(p.SetTopic(room="open", topic="all welcome"))
+    relay = fanout_a.deliver.take_relay()
+    assert [r[0] for r in relay] == ["f", "e"]
+    actions = fanout_b.relayed(relay)
+    pushed = [(x.routing_id, p.decode_from_broker(x.frames, {})[1]) for x in actions
+              if isinstance(x, ToPeer)]
+    assert [(rid, e.topic) for rid, e in pushed] == [(bob_on_b.routing_id, "secret plans")]
+    assert [(t, e.topic) for t, e in decode_events(actions)] == \
+        [(p.room_topic("open"), "all welcome")]

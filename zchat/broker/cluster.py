@@ -41,6 +41,8 @@ class ClusterLink:
         #: Notifications heard from other connections (tests, logs).
         self.heard = 0
         self._rooms_due: set[str] = set()
+        #: Room events relayed by the other brokers, in the order heard.
+        self._events: list[str] = []
         self._dms_due: set[str] = set()
         self._all_dms_due = False
         self._state_due = False
@@ -77,6 +79,8 @@ class ClusterLink:
                 self._rooms_due.add(key)
             elif kind == "d":
                 self._dms_due.add(key)
+            elif kind in ("e", "f", "p"):
+                self._events.append(note.payload)
             else:
                 self._state_due = True
 
@@ -86,15 +90,29 @@ class ClusterLink:
         if now_s >= self._next_refresh_s:
             self._next_refresh_s = now_s + self.config.cluster_refresh_s
             self._state_due = self._all_dms_due = True
-        if not self._state_due:
-            return []
-        self._state_due = False
-        try:
-            return self.fanout.sync(now_ms)
-        except StorageError as exc:
-            log.error("cannot reload the state from the database: %s", exc.reason)
-            self._state_due = True
-            return []
+        actions: list[Action] = []
+        if self._state_due:
+            self._state_due = False
+            try:
+                actions += self.fanout.sync(now_ms)
+            except StorageError as exc:
+                log.error("cannot reload the state from the database: %s", exc.reason)
+                self._state_due = True
+        if self._events:  # after the state they change (members of a private room)
+            events, self._events = self._events, []
+            actions += self.fanout.relayed(events)
+        return actions
+
+    def before_commit(self) -> None:
+        """Just before the wake-up's commit: hand the room events it made to the other
+        brokers, in its transaction (sent at the commit, dropped if it fails)."""
+        relay = self.fanout.deliver.take_relay()
+        if relay:
+            try:
+                self.store.notify_cluster(relay)
+            except StorageError as exc:  # the clients learn the state from PING
+                log.error("could not relay %d room events to the other brokers: %s",
+                          len(relay), exc.reason)
 
     def after_commit(self) -> list[Action]:
         """Right after the wake-up's commit, before its replies: publish the rooms this
@@ -111,8 +129,10 @@ class ClusterLink:
             return []
 
     def commit_failed(self) -> None:
-        """Nothing of the wake-up was stored: forget the rooms it posted to."""
+        """Nothing of the wake-up was stored: forget the rooms it posted to and its
+        events."""
         self.fanout.deliver.take_posted()
+        self.fanout.deliver.take_relay()
 
     def after(self, now_s: float) -> list[Action]:
         """After the wake-up: the rooms and recipients notifications named, and the
@@ -155,8 +175,9 @@ class ClusterLink:
 
     @property
     def due_now(self) -> bool:
-        """Whether the next wake-up has work without waiting (a state reload asked)."""
-        return self._state_due
+        """Whether the next wake-up has work without waiting (a state reload asked, or
+        relayed events to deliver)."""
+        return self._state_due or bool(self._events)
 
     def close(self) -> None:
         self.listener.close()

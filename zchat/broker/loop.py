@@ -1000,6 +1000,8 @@ class Broker:
         """Commit the wake-up's group, then carry out what it asked for. A failed commit
         sends none of it: see ``_recover``."""
         actions, self._pending = self._pending, []
+        if self.cluster is not None:
+            self.cluster.before_commit()
         try:
             self.store.commit_group()
         except StorageError as exc:

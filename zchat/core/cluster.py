@@ -26,19 +26,24 @@ The database is the truth, a notification only a wake-up (STYLE.md §9).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 
 from zchat import wire as p
-from zchat.core.actions import Action, ToPeer
+from zchat.core.actions import Action, ToPeer, ToTopic
 from zchat.core.context import Core
 from zchat.core.delivery import Delivery
 from zchat.core.state import State
+from zchat.errors import ZchatError
 
 log = logging.getLogger("zchat.broker")
 
 #: Messages read from the database per query while catching a room up (a HISTORY page).
 CATCH_UP_PAGE = 500
+#: The longest relayed event, in UTF-8 bytes: PostgreSQL refuses a notification payload
+#: of 8,000 bytes or more (and the whole transaction with it).
+RELAY_MAX_BYTES = 7_900
 
 
 class ClusterDelivery(Delivery):
@@ -53,20 +58,38 @@ class ClusterDelivery(Delivery):
         self.posted: dict[str, int] = {}
         #: Routing id -> ids of the DMs its session was handed (Fanout's, shared).
         self.seen = seen
+        #: The room events (JOINED, LEFT, TOPIC …) of this wake-up for the other brokers
+        #: (``relay_payload``), sent with its commit (``take_relay``).
+        self.relay: list[str] = []
+        self._in_room_event = False
 
     def room_event(self, key: str, event: p.Message, also: Iterable[str] = ()) -> list[Action]:
         if isinstance(event, p.MessagePosted):
             self.posted.setdefault(key, event.seq)
             return []
-        return super().room_event(key, event, also)
+        also = tuple(also)
+        # "f" for a private room: pushed to its members on every broker, never published
+        payload = relay_payload("f" if key in self.state.private else "e", key, event, also)
+        if payload is not None:
+            self.relay.append(payload)
+        self._in_room_event = True  # a private room's pushes are relayed as its event
+        try:
+            return super().room_event(key, event, also)
+        finally:
+            self._in_room_event = False
 
     def to_accounts(self, account_keys: Iterable[str], push: p.Message,
                     exclude: bytes = b"") -> list[Action]:
+        account_keys = tuple(account_keys)
         actions = super().to_accounts(account_keys, push, exclude)
-        if isinstance(push, p.DirectMessage):
+        if isinstance(push, p.DirectMessage):  # other brokers read the pending ones
             for action in actions:
                 if isinstance(action, ToPeer):
                     self.seen.setdefault(action.routing_id, set()).add(push.id)
+        elif not self._in_room_event:  # INVITED, MUTE, READ …: for the sessions elsewhere
+            payload = relay_payload("p", "", push, account_keys)
+            if payload is not None:
+                self.relay.append(payload)
         return actions
 
     def pending_handed(self, routing_id: bytes,
@@ -76,6 +99,37 @@ class ClusterDelivery(Delivery):
     def take_posted(self) -> dict[str, int]:
         posted, self.posted = self.posted, {}
         return posted
+
+    def take_relay(self) -> list[str]:
+        relay, self.relay = self.relay, []
+        return relay
+
+
+def relay_payload(kind: str, key: str, event: p.Message,
+                  accounts: tuple[str, ...]) -> str | None:
+    """An event as a notification payload for the other brokers, which deliver it to
+    their own sessions (``Fanout.relayed``): ``kind`` and a JSON array of the room key,
+    the event's TYPE, its body as on the wire, and accounts. Kind ``e`` is a room event
+    (JOINED, LEFT, TOPIC, SLOW_MODE, MESSAGE_DELETED, ROOM_MODE, ROLE, ROOM_DELETED),
+    ``f`` one of a private room (pushed to its members and the accounts given, never
+    published), ``p`` a push to the
+    accounts' sessions (INVITED, MUTE, READ …). None when it would not fit a
+    notification (RELAY_MAX_BYTES): such events are not guaranteed anyway
+    (docs/PROTOCOL.md §14), and clients learn the state from PING, JOIN and LOGIN."""
+    body = p.encode_body(event).decode("utf-8")
+    payload = kind + json.dumps([key, event.TYPE, body, list(accounts)],
+                                ensure_ascii=False)
+    return payload if len(payload.encode("utf-8")) <= RELAY_MAX_BYTES else None
+
+
+def _decode(kind: str, body: str) -> p.Message:
+    """A relayed event or push from its TYPE and body. Raises ZchatError (an unknown
+    type: a newer broker's) or ValueError."""
+    frames = [p.VERSION, b"", kind.encode(), body.encode()]
+    try:
+        return p.decode_from_broker(frames, {})[1]  # the pushes
+    except ZchatError:
+        return p.decode_event([b"", *frames[:1], *frames[2:]])  # the events
 
 
 class Fanout:
@@ -170,7 +224,36 @@ class Fanout:
                 unknown = True
             elif row.last_seq > self.published.get(row.key, 0):
                 behind.append(row.key)
+        if behind:
+            # a lost notification may have been a room made private: never publish a
+            # private room's messages on the PUB because this broker's copy lags
+            flags = core.store.room_flags()
+            for key in behind:
+                private, locked = flags.get(key, (key in core.private, key in core.locked))
+                core.state.set_flags(key, private, locked)
         return self.rooms(behind), unknown
+
+    def relayed(self, payloads: Iterable[str]) -> list[Action]:
+        """Deliver room events another broker relayed (``relay_payload``) to this broker's
+        subscribers and sessions, as that broker did to its own; one that cannot be read
+        (a newer broker's event type) is logged and skipped. Call after ``sync`` for the
+        same wake-up, so that a private room's members are current."""
+        actions: list[Action] = []
+        for payload in payloads:
+            try:
+                key, kind, body, accounts = json.loads(payload[1:])
+                event = _decode(kind, body)
+            except (ValueError, TypeError, ZchatError) as exc:
+                log.warning("skipped an event relayed by another broker: %s", exc)
+                continue
+            if payload.startswith("e"):
+                actions.append(ToTopic(p.encode_event(p.room_topic(key), event)))
+            else:  # a push, or a private room's event: to the members here, whatever
+                # this broker's copy of the room says
+                members = self.core.members.get(key, set()) if payload.startswith("f") \
+                    else set()
+                actions += Delivery.to_accounts(self.deliver, members | set(accounts), event)
+        return actions
 
     # -- direct messages ----------------------------------------------------------------
 

@@ -370,6 +370,17 @@ class Store:
             self._bans_version = version
             self._ban_cache.clear()
 
+    def notify_cluster(self, payloads: list[str]) -> None:
+        """Send ``payloads`` to the brokers listening on the cluster's channel
+        (pg_schema.CLUSTER_CHANNEL, zchat.store.pg_listen): inside a group, with its
+        commit (never if it rolls back), else at once. Each under 8,000 bytes. Raises
+        StorageError(503) when they cannot be sent (nothing else of a group is lost)."""
+        if not payloads:
+            return
+        with self._write():
+            for payload in payloads:
+                self._exec("SELECT pg_notify(%s, %s)", (pg_schema.CLUSTER_CHANNEL, payload))
+
     def changes_elsewhere(self) -> int:
         """A number that moves whenever a write to bans or mutes was committed, by any
         connection (another broker, ``zchat admin``; this one's own too):
