@@ -142,8 +142,7 @@ class Fanout:
         self.published: dict[str, int] = {}
         self.seen: dict[bytes, set[int]] = {}
         self.core = core
-        for row in core.store.list_rooms():
-            self.published[row.key] = row.last_seq
+        self.published.update(core.store.room_seqs())
         self._known_rooms = len(core.rooms)
         self.attach(core)
 
@@ -219,11 +218,11 @@ class Fanout:
         ``sync`` is due)."""
         behind, unknown = [], False
         core = self.core
-        for row in core.store.list_rooms():
-            if row.key not in core.rooms:
+        for key, last_seq in core.store.room_seqs().items():
+            if key not in core.rooms:
                 unknown = True
-            elif row.last_seq > self.published.get(row.key, 0):
-                behind.append(row.key)
+            elif last_seq > self.published.get(key, 0):
+                behind.append(key)
         if behind:
             # a lost notification may have been a room made private: never publish a
             # private room's messages on the PUB because this broker's copy lags

@@ -713,6 +713,12 @@ class Store:
             "SELECT r.key, r.name, r.topic, r.last_seq, COUNT(m.account_key) FROM rooms r "
             "LEFT JOIN members m ON m.room_key = r.key GROUP BY r.key ORDER BY r.key")]
 
+    def room_seqs(self) -> dict[str, int]:
+        """Room key -> its last sequence number, for every room: what a broker of a
+        cluster compares with what it published (zchat.core.cluster, ``check``), so one
+        plain scan of ``rooms`` and nothing else."""
+        return {k: int(s) for k, s in self._rows("SELECT key, last_seq FROM rooms")}
+
     def room_floors(self) -> dict[str, int]:
         """Room key -> the last seq of the deleted room it was made after, for the rooms
         made under a deleted room's name only."""
