@@ -374,11 +374,18 @@ def test_room_events_and_pushes_made_through_one_broker_reach_clients_on_another
                 await alice.kick("dev", "bob", reason="bye")
                 left = await collect(bob, is_(p.UserLeft, name="bob"))
                 assert (left[-1].by, left[-1].reason) == ("alice", "bye")  # type: ignore[union-attr]
-                # and the other way: carol joins through broker 2, alice hears it on 1
+                # and the other way: carol registers and joins through broker 2, alice
+                # hears it on 1, whose copy of the members has her, added one by one
+                # (no reload of the whole state for a REGISTER or a JOIN)
+                assert one.broker.cluster is not None
+                syncs = one.broker.cluster.syncs
                 carol = await logged_in(two, "carol")
                 try:
                     await carol.join("dev")
                     await collect(alice, is_(p.UserJoined, room="dev", name="carol"))
+                    assert [u.name for u in (await alice.who("dev")).users] == \
+                        ["alice", "carol"]
+                    assert one.broker.cluster.syncs == syncs
                 finally:
                     await carol.close()
             finally:

@@ -38,11 +38,14 @@ class ClusterLink:
         self.listener = Listener(store.url, f"zchat-broker {self.id}")
         self.drop_notifications = False
         self.dropped = 0
-        #: Notifications heard from other connections (tests, logs).
+        #: Notifications heard from other connections, and full state reloads (tests).
         self.heard = 0
+        self.syncs = 0
         self._rooms_due: set[str] = set()
         #: Room events relayed by the other brokers, in the order heard.
         self._events: list[str] = []
+        #: Accounts made and memberships changed elsewhere, in the order heard.
+        self._changes: list[str] = []
         self._dms_due: set[str] = set()
         self._all_dms_due = False
         self._state_due = False
@@ -81,6 +84,8 @@ class ClusterLink:
                 self._dms_due.add(key)
             elif kind in ("e", "f", "p"):
                 self._events.append(note.payload)
+            elif kind in ("a", "j", "l"):
+                self._changes.append(note.payload)
             else:
                 self._state_due = True
 
@@ -91,8 +96,27 @@ class ClusterLink:
             self._next_refresh_s = now_s + self.config.cluster_refresh_s
             self._state_due = self._all_dms_due = True
         actions: list[Action] = []
+        if self._changes and not self._state_due:
+            changes, self._changes = self._changes, []
+            try:
+                for change in changes:
+                    kind, key = change[:1], change[1:]
+                    if kind == "a":
+                        done = self.fanout.account_added(key)
+                    else:
+                        room_key, _, account_key = key.partition("\t")
+                        done = self.fanout.member_changed(kind == "j", room_key,
+                                                          account_key)
+                    if not done:
+                        self._state_due = True
+                        break
+            except StorageError as exc:
+                log.error("cannot read an account made elsewhere: %s", exc.reason)
+                self._state_due = True
         if self._state_due:
             self._state_due = False
+            self._changes.clear()  # the reload brings them all
+            self.syncs += 1
             try:
                 actions += self.fanout.sync(now_ms)
             except StorageError as exc:
@@ -177,7 +201,7 @@ class ClusterLink:
     def due_now(self) -> bool:
         """Whether the next wake-up has work without waiting (a state reload asked, or
         relayed events to deliver)."""
-        return self._state_due or bool(self._events)
+        return self._state_due or bool(self._events) or bool(self._changes)
 
     def close(self) -> None:
         self.listener.close()

@@ -318,6 +318,31 @@ class Fanout:
                 actions += self._end_revoked(key, now_ms)
         return actions
 
+    def account_added(self, key: str) -> bool:
+        """An account was made elsewhere (REGISTER, CREATE_ACCOUNTS, ``zchat admin``):
+        add it to the state. False when it cannot be read (a ``sync`` is then due)."""
+        if key in self.core.accounts:
+            return True
+        row = self.core.store.get_account(key)
+        if row is None:
+            return False
+        self.core.state.add_account(key, row.name, row.bot)
+        return True
+
+    def member_changed(self, joined: bool, room_key: str, account_key: str) -> bool:
+        """A membership was added (``joined``) or removed elsewhere: apply it to the
+        state. False when this broker does not know the room or the account (a ``sync``
+        is then due: the room was made, or the account registered, in the same
+        transaction)."""
+        core = self.core
+        if room_key not in core.rooms or account_key not in core.accounts:
+            return False
+        if joined:
+            core.state.add_member(room_key, account_key)
+        else:
+            core.state.forget_member(room_key, account_key)
+        return True
+
     def _end_revoked(self, account_key: str, now_ms: int) -> list[Action]:
         core = self.core
         account = core.accounts.get(account_key)

@@ -184,8 +184,10 @@ MIGRATIONS: tuple[str, ...] = (
     # writing transaction commits and never if it rolls back; identical payloads of one
     # transaction are sent once. A payload says what to read again, never the data:
     # ``m<room key>`` a room message was stored, ``d<recipient key>`` a direct message,
-    # ``s`` the state brokers keep in memory changed (accounts, rooms' names, topics and
-    # modes, members, roles, bans and mutes, tokens).
+    # ``a<account key>`` an account was made, ``j<room key>\t<account key>`` a member
+    # joined, ``l…`` one left (the frequent changes, applied one by one), ``s`` the rest
+    # of the state brokers keep in memory changed (accounts' names, flags and quotas,
+    # rooms, topics and modes, roles, bans and mutes, tokens: reloaded whole).
     """
     CREATE FUNCTION zchat_notify_message() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -209,14 +211,32 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN NULL;
     END;
     $$;
+    CREATE FUNCTION zchat_notify_account() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('zchat', 'a' || NEW.key);
+        RETURN NULL;
+    END;
+    $$;
+    CREATE TRIGGER accounts_added_notify AFTER INSERT ON accounts
+        FOR EACH ROW EXECUTE FUNCTION zchat_notify_account();
     CREATE TRIGGER accounts_notify
-        AFTER INSERT OR DELETE OR UPDATE OF name, bot, disabled, storage_quota_bytes
+        AFTER DELETE OR UPDATE OF name, bot, disabled, storage_quota_bytes
         ON accounts FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
     CREATE TRIGGER rooms_notify
         AFTER INSERT OR DELETE OR UPDATE OF name, topic, creator, slow_mode_s, private,
         locked ON rooms FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
+    CREATE FUNCTION zchat_notify_member() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            PERFORM pg_notify('zchat', 'j' || NEW.room_key || chr(9) || NEW.account_key);
+        ELSE
+            PERFORM pg_notify('zchat', 'l' || OLD.room_key || chr(9) || OLD.account_key);
+        END IF;
+        RETURN NULL;
+    END;
+    $$;
     CREATE TRIGGER members_notify AFTER INSERT OR DELETE ON members
-        FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
+        FOR EACH ROW EXECUTE FUNCTION zchat_notify_member();
     CREATE TRIGGER room_roles_notify AFTER INSERT OR UPDATE OR DELETE ON room_roles
         FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
     CREATE TRIGGER bans_notify AFTER INSERT OR UPDATE OR DELETE ON bans
