@@ -5,8 +5,9 @@ sessions, this event on a room, this presence change — and ``Delivery`` turns 
 actions (zchat.core.actions) for the sessions this broker holds: ROUTER sends to their
 routing ids, PUB sends on topics. A room's event goes on its topic when the room is
 public and is pushed to every member's sessions when it is private (docs/PROTOCOL.md
-§17.2). A broker of a cluster would put a second implementation here that also hands
-pushes for accounts with sessions elsewhere to the other brokers.
+§17.2). A broker of a cluster uses a second implementation, ``ClusterDelivery``
+(zchat.core.cluster): it publishes room messages from the database after the commit and
+hands room events and pushes to the other brokers (docs/cluster.md).
 """
 
 from __future__ import annotations
