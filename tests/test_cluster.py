@@ -212,16 +212,20 @@ def test_a_dm_through_one_broker_reaches_the_sessions_on_others_once(pg_url: str
     with running_cluster(pg_url, 3) as (one, two, three):
         async def scenario() -> None:
             alice = await logged_in(one, "alice")
+            alice_two = await logged_in(two, "alice")  # her other device
             bob_two = await logged_in(two, "bob")
             bob_three = await logged_in(three, "bob")
             try:
                 first = await alice.dm("bob", "psst")
                 second = await alice.dm("bob", "still there?")
-                for bob in (bob_two, bob_three):
+                # each of bob's sessions gets both, whichever acknowledges first (a DM
+                # acknowledged is no longer pending: pushes are read by id), and alice's
+                # other session gets their echo
+                for bob in (bob_two, bob_three, alice_two):
                     got = [await next_dm(bob, sender="alice"),
                            await next_dm(bob, sender="alice")]
-                    assert [(d.id, d.text) for d in got] == [(first.id, "psst"),
-                                                              (second.id, "still there?")]
+                    assert [(d.id, d.text, d.to) for d in got] == \
+                        [(first.id, "psst", "bob"), (second.id, "still there?", "bob")]
                 # a third DM: only it is pushed, the first two are not pushed again
                 third = await alice.dm("bob", "ok bye")
                 for bob in (bob_two, bob_three):
@@ -232,7 +236,7 @@ def test_a_dm_through_one_broker_reaches_the_sessions_on_others_once(pg_url: str
                         rest.append(event)
                     assert not [e for e in rest if isinstance(e, p.DirectMessage)]
             finally:
-                for client in (alice, bob_two, bob_three):
+                for client in (alice, alice_two, bob_two, bob_three):
                     await client.close()
 
         run(scenario())

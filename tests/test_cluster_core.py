@@ -134,3 +134,31 @@ def test_a_private_rooms_events_are_relayed_as_pushes_never_published(
     assert [(rid, e.topic) for rid, e in pushed] == [(bob_on_b.routing_id, "secret plans")]
     assert [(t, e.topic) for t, e in decode_events(actions)] == \
         [(p.room_topic("open"), "all welcome")]
+
+
+def test_a_dm_another_session_acknowledged_is_still_pushed_here_once(
+        tmp_path: Path) -> None:
+    a, b, fanout = two_brokers(tmp_path)
+    alice = a.user("alice")
+    bob_on_a = a.user("bob")
+    b.core.state.refresh(b.store, b.clock.ms)
+    bob_on_b = b.user("bob", register=False)
+    sent = alice.must(p.SendDirect(to="bob", text="quick"))
+    bob_on_a.must(p.AckDirect(ids=(sent.id,)))  # before broker B read it
+    pushed = fanout.dm_stored("bob", "alice", sent.id)
+    assert [(x.routing_id, p.decode_from_broker(x.frames, {})[1].text) for x in pushed
+            if isinstance(x, ToPeer)] == [(bob_on_b.routing_id, "quick")]
+    assert fanout.dm_stored("bob", "alice", sent.id) == []  # heard twice: pushed once
+    assert fanout.dms(["bob"]) == []  # and the catch-up does not push it again
+
+
+def test_an_account_made_elsewhere_is_found_before_its_notification(
+        tmp_path: Path) -> None:
+    a, b, _ = two_brokers(tmp_path)
+    a.user("dora")
+    # B heard nothing yet: LOGIN and a DM to dora look her up in the store
+    dora_on_b = b.user("dora", register=False)
+    assert dora_on_b.routing_id in b.core.sessions
+    carol = b.user("carol")
+    assert carol.call(p.SendDirect(to="dora", text="hi")).ok
+    assert not carol.call(p.SendDirect(to="nobody", text="hi")).ok

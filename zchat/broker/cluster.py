@@ -21,6 +21,10 @@ from zchat.store.pg_listen import Listener
 
 log = logging.getLogger("zchat.broker")
 
+#: Seconds between attempts to listen again after the LISTEN connection was lost (the
+#: first at the next periodic check): each may hold the loop for the connect timeout.
+RELISTEN_INTERVAL_S = 5.0
+
 
 class ClusterLink:
     """One broker's link to the others on the database ``store.url``.
@@ -46,11 +50,12 @@ class ClusterLink:
         self._events: list[str] = []
         #: Accounts made and memberships changed elsewhere, in the order heard.
         self._changes: list[str] = []
-        self._dms_due: set[str] = set()
+        self._dm_notes: list[tuple[str, str, int]] = []
         self._all_dms_due = False
         self._state_due = False
         self._next_check_s = now_s + config.cluster_check_s
         self._next_refresh_s = now_s + config.cluster_refresh_s
+        self._next_listen_s = 0.0
         log.info("broker %s: listening for the other brokers of the cluster on %s",
                  self.id, store.path)
 
@@ -81,7 +86,8 @@ class ClusterLink:
             if kind == "m":
                 self._rooms_due.add(key)
             elif kind == "d":
-                self._dms_due.add(key)
+                recipient, sender, dm_id = key.split("\t")
+                self._dm_notes.append((recipient, sender, int(dm_id)))
             elif kind in ("e", "f", "p"):
                 self._events.append(note.payload)
             elif kind in ("a", "j", "l"):
@@ -168,7 +174,8 @@ class ClusterLink:
         try:
             if now_s >= self._next_check_s:
                 self._next_check_s = now_s + self.config.cluster_check_s
-                if not self.listener.connected and self.listener.reconnect():
+                if not self.listener.connected and now_s >= self._next_listen_s \
+                        and self._relisten(now_s):
                     log.warning("broker %s: listening again; reading everything again",
                                 self.id)
                     self._state_due = self._all_dms_due = True
@@ -182,20 +189,25 @@ class ClusterLink:
                 actions += fanout.rooms(rooms)
                 if any(key not in fanout.core.rooms for key in rooms):
                     self._state_due = True  # a room made elsewhere: learn it first
-            local = fanout.local_accounts()
+            if self._dm_notes:
+                notes, self._dm_notes = self._dm_notes, []
+                for recipient, sender, dm_id in notes:
+                    actions += fanout.dm_stored(recipient, sender, dm_id)
             if self._all_dms_due:
                 self._all_dms_due = False
-                self._dms_due.clear()
-                actions += fanout.dms(local)
-            elif self._dms_due:
-                due, self._dms_due = self._dms_due, set()
-                actions += fanout.dms(due)
+                actions += fanout.dms(fanout.local_accounts())
         except StorageError as exc:
             log.error("cannot read the other brokers' news from the database: %s",
                       exc.reason)
             self._next_check_s = min(self._next_check_s, now_s + 1.0)
         fanout.note_rooms()
         return actions
+
+    def _relisten(self, now_s: float) -> bool:
+        """Try to listen again, at most every RELISTEN_INTERVAL_S: a connection attempt
+        to an unreachable database holds the loop up to pg_listen.CONNECT_TIMEOUT_S."""
+        self._next_listen_s = now_s + RELISTEN_INTERVAL_S
+        return self.listener.reconnect()
 
     @property
     def due_now(self) -> bool:

@@ -34,6 +34,7 @@ from zchat import wire as p
 from zchat.core.actions import Action, ToPeer, ToTopic
 from zchat.core.context import Core
 from zchat.core.delivery import Delivery
+from zchat.core.ports import dm_pair
 from zchat.core.state import State
 from zchat.errors import ZchatError
 
@@ -256,9 +257,39 @@ class Fanout:
 
     # -- direct messages ----------------------------------------------------------------
 
+    def dm_stored(self, recipient_key: str, sender_key: str, dm_id: int) -> list[Action]:
+        """A DM was stored through another broker: push it to this broker's sessions of
+        the recipient and of the sender (its echo to the sender's other sessions), each
+        session once. Read by its id, not among the pending ones: another session of the
+        recipient may have acknowledged it already, and this broker's sessions must get
+        it all the same, as on one broker."""
+        core = self.core
+        if not any(core.accounts[k].sessions for k in (recipient_key, sender_key)
+                   if k in core.accounts):
+            return []  # nobody here to push it to: no read
+        rows = core.store.dm_history(dm_pair(sender_key, recipient_key), None, dm_id - 1, 1)
+        if not rows or rows[0].id != dm_id:
+            return []
+        row = rows[0]
+        frames = p.encode_push(p.DirectMessage(id=row.id, time=row.time_ms,
+                                               sender=row.sender, to=row.recipient,
+                                               text=row.text))
+        actions: list[Action] = []
+        for key in sorted({recipient_key, sender_key}):
+            account = core.accounts.get(key)
+            for routing_id in sorted(account.sessions) if account is not None else ():
+                seen = self.seen.setdefault(routing_id, set())
+                if dm_id not in seen:
+                    seen.add(dm_id)
+                    actions.append(ToPeer(routing_id, frames))
+        return actions
+
     def dms(self, account_keys: Iterable[str]) -> list[Action]:
         """Push to this broker's sessions of each account the pending DMs it was not
-        handed yet (by its LOGIN or RESUME reply or an earlier push), oldest first."""
+        handed yet (by its LOGIN or RESUME reply or an earlier push), oldest first: the
+        catch-up after lost notifications (``dm_stored`` is the live path). A DM another
+        session acknowledged meanwhile is not pending any more and is not pushed: it is
+        in the conversation's history (DM_HISTORY) and counted unread."""
         actions: list[Action] = []
         core = self.core
         for key in sorted(set(account_keys)):

@@ -23,8 +23,9 @@ from zchat.store.pg_schema import CLUSTER_CHANNEL
 
 log = logging.getLogger("zchat.broker")
 
-#: Seconds the listening connection may take to connect.
-CONNECT_TIMEOUT_S = 5
+#: Seconds the listening connection may take to connect (the broker's loop waits that
+#: long when the database cannot be reached: zchat.broker.cluster tries it every 5 s).
+CONNECT_TIMEOUT_S = 2
 
 
 class Notification(NamedTuple):

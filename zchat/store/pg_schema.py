@@ -183,7 +183,7 @@ MIGRATIONS: tuple[str, ...] = (
     # NOTIFY on the channel ``zchat`` (CLUSTER_CHANNEL), sent by PostgreSQL when the
     # writing transaction commits and never if it rolls back; identical payloads of one
     # transaction are sent once. A payload says what to read again, never the data:
-    # ``m<room key>`` a room message was stored, ``d<recipient key>`` a direct message,
+    # ``m<room key>`` a room message was stored, ``d<recipient>\t<sender>\t<id>`` a DM,
     # ``a<account key>`` an account was made, ``j<room key>\t<account key>`` a member
     # joined, ``l…`` one left (the frequent changes, applied one by one), ``s`` the rest
     # of the state brokers keep in memory changed (accounts' names, flags and quotas,
@@ -199,7 +199,8 @@ MIGRATIONS: tuple[str, ...] = (
         FOR EACH ROW EXECUTE FUNCTION zchat_notify_message();
     CREATE FUNCTION zchat_notify_dm() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM pg_notify('zchat', 'd' || NEW.recipient_key);
+        PERFORM pg_notify('zchat', 'd' || NEW.recipient_key || chr(9) || NEW.sender_key
+                                   || chr(9) || NEW.id);
         RETURN NULL;
     END;
     $$;
