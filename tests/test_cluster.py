@@ -12,19 +12,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import zmq
 from client_helpers import collect, is_, msgs
+from conftest import start_broker, stop_broker
 from postgres_server import PostgresServer
 
 from zchat import wire as p
 from zchat.client import Client
 from zchat.client.events import SessionEnded
 from zchat.errors import RequestFailed
-from zchat.testing import Harness, next_dm, running_cluster
+from zchat.testing import DEFAULT_PASSWORD, Harness, next_dm, running_cluster
 
 
 class RawSub:
@@ -397,3 +399,44 @@ def test_room_events_and_pushes_made_through_one_broker_reach_clients_on_another
                 await bob.close()
 
         run(scenario())
+
+
+def test_two_zchat_broker_processes_on_one_database_are_a_cluster(
+        tmp_path: Path, pg_url: str) -> None:
+    """The real thing: two ``zchat broker`` processes on tcp, one database, each with its
+    ``[broker] id``; a message and a DM cross from one to the other."""
+    brokers = []
+    try:
+        for name in ("chat-a", "chat-b"):
+            (tmp_path / name).mkdir()
+            broker, _lines = start_broker(
+                tmp_path / name, settings=f'store = "{pg_url}"\nid = "{name}"\n'
+                                          'encryption = "none"\nlog_level = "info"\n')
+            brokers.append(broker)
+
+        async def scenario() -> None:
+            alice = Client(brokers[0].router, encryption="none")
+            bob = Client(brokers[1].router, encryption="none")
+            for client, name in ((alice, "alice"), (bob, "bob")):
+                await client.connect()
+                await client.register(name, DEFAULT_PASSWORD)
+                await client.login(name, DEFAULT_PASSWORD)
+                await client.join("ops")
+            try:
+                sent = await alice.send("ops", "across processes")
+                heard = await collect(bob, is_(p.MessagePosted, seq=sent.seq))
+                assert heard[-1].text == "across processes"  # type: ignore[union-attr]
+                dm = await alice.dm("bob", "and a DM")
+                assert (await next_dm(bob, sender="alice")).id == dm.id
+            finally:
+                await alice.close()
+                await bob.close()
+
+        run(scenario())
+    finally:
+        for broker in brokers:
+            rc, _elapsed = stop_broker(broker)
+            assert rc == 0, broker.process.stderr
+    for broker, name in zip(brokers, ("chat-a", "chat-b"), strict=True):
+        assert any(f"broker {name}: listening for the other brokers" in line
+                   for line in broker.process.stderr), broker.process.stderr
