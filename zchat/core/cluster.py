@@ -1,7 +1,7 @@
 """A broker of a cluster: several brokers on one database (docs/cluster.md).
 
 Pure like the rest of the core: no socket, no clock, no notification channel. The
-broker's loop tells ``Fanout`` what it heard (a room, a recipient, "the state") and when
+broker's loop tells ``Fanout`` what it heard (a room, a DM, "the state") and when
 its periodic checks are due; ``Fanout`` reads the database through the Store port and
 returns the actions that carry the news to this broker's own sessions and subscribers.
 The database is the truth, a notification only a wake-up (STYLE.md §9).
@@ -15,13 +15,18 @@ The database is the truth, a notification only a wake-up (STYLE.md §9).
   messages between its own ones where they belong. ``check()`` compares every room's
   ``last_seq`` in the database with ``published`` and catches up what a lost
   notification left behind.
-- **Direct messages.** A recipient's pending DMs are read again for its sessions here
-  (``dms()``); each session is pushed each DM once (``seen``: what its LOGIN or RESUME
-  reply listed and what was pushed to it since); pending until acknowledged, as on one
-  broker.
-- **State.** ``sync()`` reloads the rooms, members, roles, modes and bans from the store
+- **Direct messages.** A DM stored elsewhere is read by its id and pushed to this
+  broker's sessions of its recipient and sender (``dm_stored``); ``dms()`` pushes the
+  pending ones after lost notifications. Each session is pushed each DM once (``seen``:
+  what its LOGIN or RESUME reply listed and what was pushed to it since); pending until
+  acknowledged, as on one broker.
+- **State.** Accounts made and memberships changed elsewhere are applied one by one
+  (``account_added``, ``member_changed``); ``sync()`` reloads the rest from the store
   (State.refresh) and ends this broker's sessions of accounts disabled or banned
   server-wide elsewhere, and those that logged in with a token revoked elsewhere.
+- **Events.** A room's events and the pushes to accounts (JOINED, TOPIC, MUTE, READ …)
+  that this broker sends its own clients are handed to the other brokers too
+  (``relay_payload``, sent with the commit), which deliver them (``relayed``).
 """
 
 from __future__ import annotations
