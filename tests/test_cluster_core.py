@@ -47,8 +47,12 @@ def test_room_messages_stored_elsewhere_are_published_once_in_seq_order(
     out = carol.call(p.Send(room="dev", text="c0"))
     assert out.ok and out.events == [] and out.reply.seq == 5
     own = fanout.deliver.take_posted()
-    assert own == {"dev": 5}
+    assert [(e.seq, e.text) for e in own["dev"]] == [(5, "c0")]
     assert published(fanout.rooms(own, own=own)) == [(4, "a3"), (5, "c0")]
+    # with no other broker's message before it, B's own goes out as it is
+    out = carol.call(p.Send(room="dev", text="c1"))
+    own = fanout.deliver.take_posted()
+    assert published(fanout.rooms(own, own=own)) == [(6, "c1")]
     caught, unknown = fanout.check()
     assert caught == [] and not unknown
 

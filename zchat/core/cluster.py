@@ -59,9 +59,9 @@ class ClusterDelivery(Delivery):
 
     def __init__(self, state: State, seen: dict[bytes, set[int]]) -> None:
         super().__init__(state)
-        #: Rooms posted to since the loop last took them (``take_posted``) -> the first
-        #: seq posted.
-        self.posted: dict[str, int] = {}
+        #: Rooms posted to since the loop last took them (``take_posted``) -> the events
+        #: held back, in seq order.
+        self.posted: dict[str, list[p.MessagePosted]] = {}
         #: Routing id -> ids of the DMs its session was handed (Fanout's, shared).
         self.seen = seen
         #: The room events (JOINED, LEFT, TOPIC …) of this wake-up for the other brokers
@@ -71,7 +71,7 @@ class ClusterDelivery(Delivery):
 
     def room_event(self, key: str, event: p.Message, also: Iterable[str] = ()) -> list[Action]:
         if isinstance(event, p.MessagePosted):
-            self.posted.setdefault(key, event.seq)
+            self.posted.setdefault(key, []).append(event)
             return []
         also = tuple(also)
         # "f" for a private room: pushed to its members on every broker, never published
@@ -102,7 +102,7 @@ class ClusterDelivery(Delivery):
                        pending: Iterable[p.DirectMessage]) -> None:
         self.seen[routing_id] = {dm.id for dm in pending}
 
-    def take_posted(self) -> dict[str, int]:
+    def take_posted(self) -> dict[str, list[p.MessagePosted]]:
         posted, self.posted = self.posted, {}
         return posted
 
@@ -167,22 +167,31 @@ class Fanout:
 
     # -- room messages ------------------------------------------------------------------
 
-    def rooms(self, keys: Iterable[str], own: dict[str, int] | None = None) -> list[Action]:
+    def rooms(self, keys: Iterable[str],
+              own: dict[str, list[p.MessagePosted]] | None = None) -> list[Action]:
         """Publish every message of the rooms ``keys`` stored above what this broker
-        published, in seq order. ``own`` maps the rooms this broker just posted to to the
-        first seq it posted (its pointer starts below it if the room is new to it). A
-        room this broker does not know yet is skipped (``check`` comes back to it after
-        the next ``sync``); a seq not yet committed stops its room there, never skipped.
-        Raises StorageError when the store cannot be read (the next check catches up)."""
+        published, in seq order. ``own`` holds the events of the messages this broker
+        just stored, by room: when they follow what it published with no other broker's
+        message between, they go out as they are (no read: a lone broker's cost); else
+        the room is read from the database. A room this broker does not know yet is
+        skipped (``check`` comes back to it after the next ``sync``); a seq not yet
+        committed stops its room there, never skipped. Raises StorageError when the
+        store cannot be read (the next check catches up)."""
         actions: list[Action] = []
         core = self.core
         own = own or {}
         for key in sorted(keys):
             if key not in core.rooms:
                 continue
+            held = own.get(key, [])
             after = self.published.get(key)
             if after is None:
-                after = own[key] - 1 if key in own else core.last_seq.get(key, 0)
+                after = held[0].seq - 1 if held else core.last_seq.get(key, 0)
+            if held and all(event.seq == after + 1 + i for i, event in enumerate(held)):
+                for event in held:
+                    actions += Delivery.room_event(self.deliver, key, event)
+                self.published[key] = held[-1].seq
+                continue
             while True:
                 rows = core.store.history(key, None, after, CATCH_UP_PAGE)
                 for row in rows:
