@@ -218,6 +218,11 @@ def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
         ("[broker]\nrouter = 'localhost:5555'\n", "broker", "router", r"not a ZeroMQ endpoint"),
         ("[broker]\npub_advertised = 'h:1'\n", "broker", "pub_advertised", r"ZeroMQ endpoint"),
         ("[broker]\nadmins = ['']\n", "broker", "admins", r"empty name"),
+        ("[broker]\nid = 'chat a'\n", "broker", "id", r"printable ASCII"),
+        ("[broker]\nid = '" + "x" * 64 + "'\n", "broker", "id", r"at most 63"),
+        ("[broker]\ncluster_check_s = 0\n", "broker", "cluster_check_s", r"0.01 to 3,600"),
+        ("[broker]\ncluster_refresh_s = 7200\n", "broker", "cluster_refresh_s",
+         r"got 7200"),
         ("[client]\nserver = ''\n", "client", "server", r"not a ZeroMQ endpoint"),
         ("[client]\nserver = 'tcp://127.0.0.1:99999'\n", "client", "server",
          r"port 99999 is out of range \(1-65535\)"),
@@ -399,3 +404,13 @@ def test_an_empty_store_flag_means_the_sqlite_file_whatever_the_config_says(
         == "postgresql://zchat@db/zchat"
     assert cli._config(parser.parse_args(
         ["broker", "--config", str(config), "--store", ""])).broker.store == ""
+
+
+def test_broker_id_defaults_to_the_host_and_the_data_directory(tmp_path: Path) -> None:
+    from zchat.config import BrokerConfig, broker_id
+
+    one = broker_id(BrokerConfig(data_dir=str(tmp_path / "a")))
+    assert one == broker_id(BrokerConfig(data_dir=str(tmp_path / "a")))  # stable
+    assert one != broker_id(BrokerConfig(data_dir=str(tmp_path / "b")))
+    assert len(one) <= 63 and " " not in one
+    assert broker_id(BrokerConfig(id="chat-a", data_dir=str(tmp_path))) == "chat-a"

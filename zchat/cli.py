@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep accounts, rooms and history in this PostgreSQL database, "
                         "postgresql://USER@HOST:PORT/DB (docs/cluster.md; "
                         f"{_default('broker', 'store', 'the SQLite file in the data directory')})")
+    b.add_argument("--id", metavar="ID", dest="broker_id",
+                   help="this broker's id in a cluster, unique and stable (docs/cluster.md; "
+                        f"{_default('broker', 'id', 'the host name and a hash of the data directory')})")
     b.add_argument("--router", metavar="ENDPOINT", help="ROUTER endpoint to bind "
                    f"({_default('broker', 'router')})")
     b.add_argument("--pub", metavar="ENDPOINT", help="PUB endpoint to bind "
@@ -546,6 +549,7 @@ def _config(args: argparse.Namespace) -> Config:
     broker = config.broker
     overrides = {k: getattr(args, a) for k, a in (("data_dir", "data_dir"),
                                                    ("store", "store"),
+                                                   ("id", "broker_id"),
                                                    ("router", "router"), ("pub", "pub"),
                                                    ("log_level", "log_level"))
                  if getattr(args, a, None)}

@@ -102,6 +102,10 @@ MAX_HELD_BYTES = 1 << 40
 #: heartbeat below 10 ms is noise, and nothing waits more than 30 days.
 MIN_HEARTBEAT_S = 0.01
 MAX_DURATION_S = 30 * 86_400
+#: The longest broker id (PostgreSQL's application_name keeps 63 bytes).
+MAX_BROKER_ID_CHARS = 63
+#: The longest interval of a cluster's periodic checks, in seconds.
+MAX_CLUSTER_INTERVAL_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,16 @@ class BrokerConfig:
       ``zchat.db`` in ``data_dir``, or a PostgreSQL URL
       (``postgresql://USER@HOST:PORT/DB``, docs/cluster.md); the data directory still
       holds the key pair and the lock file.
+    - ``id``: this broker's id in a cluster (several brokers on one PostgreSQL database,
+      docs/cluster.md): at most 63 printable ASCII characters, unique in the cluster and
+      stable across restarts. Empty means the host name and a hash of the data directory
+      (:func:`broker_id`).
+    - ``cluster_check_s``: in a cluster, seconds between the broker's checks of every
+      room's last sequence number in the database against what it published (the catch-up
+      for a lost notification; MIN_HEARTBEAT_S..3,600).
+    - ``cluster_refresh_s``: in a cluster, seconds between full reloads of the state the
+      broker keeps in memory (rooms, members, roles, modes, bans, accounts) and of its
+      sessions' pending DMs, whether or not a notification came (MIN_HEARTBEAT_S..3,600).
     - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
     - ``admins``: account names with admin rights.
     - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..30000).
@@ -206,6 +220,12 @@ class BrokerConfig:
     pub_advertised: str = ""
     data_dir: str = ""
     store: str = ""
+    id: str = ""
+    #: 1 s: a lost notification delays a room's messages on this broker by at most this.
+    cluster_check_s: float = 1.0
+    #: 10 s: the state's reload reads every room, member and ban (milliseconds for
+    #: thousands); notifications make changes take effect at once in between.
+    cluster_refresh_s: float = 10.0
     log_level: str = "info"
     admins: tuple[str, ...] = ()
     max_text_bytes: int = 4000
@@ -330,6 +350,21 @@ def default_config_path() -> Path:
     Specification requires. The file need not exist.
     """
     return _xdg_home("XDG_CONFIG_HOME", ".config") / "zchat" / CONFIG_FILE_NAME
+
+
+def broker_id(cfg: BrokerConfig) -> str:
+    """The broker's id in a cluster: ``cfg.id``, else ``<host>-<8 hex digits of the
+    SHA-256 of the data directory's absolute path>``, at most MAX_BROKER_ID_CHARS: stable
+    across restarts, and two brokers on one host differ when their data directories do
+    (and one data directory holds one broker: its lock file)."""
+    if cfg.id:
+        return cfg.id
+    import hashlib
+    import socket
+
+    where = str(data_dir(cfg).resolve()).encode("utf-8", "surrogateescape")
+    host = "".join(ch for ch in socket.gethostname() if " " < ch < "\x7f") or "broker"
+    return f"{host[:MAX_BROKER_ID_CHARS - 9]}-{hashlib.sha256(where).hexdigest()[:8]}"
 
 
 def data_dir(cfg: BrokerConfig) -> Path:
@@ -539,6 +574,13 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
             fail(table, key, problem)
     if b.store and (problem := store_problem(b.store)) is not None:
         fail("broker", "store", problem)
+    if len(b.id) > MAX_BROKER_ID_CHARS or not all(" " < ch < "\x7f" for ch in b.id):
+        fail("broker", "id", f"must be at most {MAX_BROKER_ID_CHARS} printable ASCII "
+             f"characters without spaces, got {b.id!r}")
+    for key in ("cluster_check_s", "cluster_refresh_s"):
+        if not MIN_HEARTBEAT_S <= getattr(b, key) <= MAX_CLUSTER_INTERVAL_S:
+            fail("broker", key, f"must be {MIN_HEARTBEAT_S:g} to "
+                 f"{MAX_CLUSTER_INTERVAL_S:,} s, got {getattr(b, key)}")
     if b.log_level not in LOG_LEVELS:
         fail("broker", "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {b.log_level!r}")
     for i, name in enumerate(b.admins):

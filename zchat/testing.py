@@ -229,6 +229,28 @@ def running_broker(db_path: str | Path = ":memory:", context: zmq.Context[Any] |
         yield Harness(broker.router_endpoint, broker, str(db_path), ctx)
 
 
+@contextlib.contextmanager
+def running_cluster(url: str, brokers: int = 3, context: zmq.Context[Any] | None = None,
+                    **overrides: Any) -> Iterator[list[Harness]]:
+    """Start ``brokers`` broker threads on one PostgreSQL database ``url`` (a cluster,
+    docs/cluster.md), each on inproc:// endpoints of its own with the id
+    ``broker-1``, ``broker-2`` …, and stop them all on exit; yields their Harnesses, so
+    that a test puts clients on different brokers. ``overrides`` go to every broker's
+    BrokerConfig (e.g. ``cluster_check_s``). The accounts of ``admins`` are created
+    first, as in ``running_broker``."""
+    ctx = context or zmq.Context.instance()
+    with contextlib.ExitStack() as stack:
+        harnesses = []
+        for index in range(1, brokers + 1):
+            config = harness_config(**{"id": f"broker-{index}", **overrides})
+            store = open_store(url)
+            if index == 1:
+                create_admin_accounts(store, config.admins)
+            broker = stack.enter_context(BrokerThread(config, store, ctx))
+            harnesses.append(Harness(broker.router_endpoint, broker, url, ctx))
+        yield harnesses
+
+
 # -- the pytest plugin (entry point ``pytest11``) -------------------------------------------
 
 try:

@@ -60,7 +60,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -100,7 +100,7 @@ from zchat.core import (
 )
 from zchat.errors import Status, StorageError, ZchatError
 from zchat.ratelimit import ThrottledLog, address_key
-from zchat.store import GroupStore
+from zchat.store import GroupStore, is_store_url
 from zchat.wire import (
     DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
@@ -109,6 +109,9 @@ from zchat.wire import (
     Error,
     encode_reply,
 )
+
+if TYPE_CHECKING:
+    from zchat.broker.cluster import ClusterLink
 
 log = logging.getLogger("zchat.broker")
 
@@ -343,6 +346,9 @@ class Broker:
         #: Group commits that failed, each followed by a rebuild (read by tests and logs).
         self.failed_commits = 0
         self._linger_ms = 0  # SHUTDOWN_LINGER_MS once run() has said GOING_AWAY
+        #: The link to the other brokers on the same PostgreSQL database
+        #: (zchat.broker.cluster), made by ``bind()``; None on SQLite.
+        self.cluster: ClusterLink | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -513,6 +519,10 @@ class Broker:
                      k.fingerprint(self.keys.public))
         advertised = self.config.pub_advertised or self.pub_endpoint
         self.core = BrokerCore(self.store, self.config, advertised, wall_ms())
+        if is_store_url(getattr(self.store, "url", "")):
+            from zchat.broker.cluster import ClusterLink
+
+            self.cluster = ClusterLink(self.config, self.store, self.core, time.monotonic())
         judge = SubscriptionJudge(SubscriptionLimits(MAX_SUBSCRIPTION_BYTES),
                                   self._topic_allowed)
         self.publisher = Publisher(self.context, pub, judge,
@@ -553,6 +563,8 @@ class Broker:
             if sock is not None:
                 sock.close(linger=self._linger_ms)
         self._router = self._pub = self._key_service = None
+        if self.cluster is not None:
+            self.cluster.close()
         if self.connections is not None:
             self.connections.stop()
             self.connections = None
@@ -578,20 +590,35 @@ class Broker:
         poller.register(self._wake_r, zmq.POLLIN)
         if self._key_service is not None:
             poller.register(self._key_service, zmq.POLLIN)
+        cluster, listening = self.cluster, -1
         self.ready.set()
         self._execute(self.core.tick(time.monotonic(), wall_ms()))
         while not self._stopping.is_set():
             core = self.core
             deadline = core.next_deadline()
+            if cluster is not None:
+                deadline = cluster.next_due() if deadline is None \
+                    else min(deadline, cluster.next_due())
+                if cluster.fileno() != listening:  # (re)connected, or lost
+                    if listening >= 0:
+                        poller.unregister(listening)
+                    listening = cluster.fileno()
+                    if listening >= 0:
+                        poller.register(listening, zmq.POLLIN)
             wait_s = self.config.heartbeat_interval_s if deadline is None else \
                 max(0.0, deadline - time.monotonic())
             started = time.monotonic()
-            events = dict(poller.poll(0 if self._deferred else int(wait_s * 1000) + 1))
+            now_due = self._deferred or (cluster is not None and cluster.due_now)
+            events = dict(poller.poll(0 if now_due else int(wait_s * 1000) + 1))
             woke = time.monotonic()
-            if self._deferred:
+            if now_due:
                 wait_s = woke - started  # no wait was asked: none of it is a stall
             self.store.begin_group()
             try:
+                if cluster is not None:
+                    if listening in events:
+                        cluster.hear()
+                    self._pending += cluster.in_group(woke, wall_ms())
                 if router in events or self._deferred:
                     self._drain_router(router, core)
                 if self._wake_r in events:
@@ -609,6 +636,8 @@ class Broker:
                 self.store.abort_group()
                 raise
             self._flush()
+            if cluster is not None:
+                self._execute(cluster.after(time.monotonic()))
             if self.ledger is not None and self._wake_r in events:
                 self._check_bytes(self.ledger)
             if self._unread:
@@ -992,10 +1021,18 @@ class Broker:
         """Commit the wake-up's group, then carry out what it asked for. A failed commit
         sends none of it: see ``_recover``."""
         actions, self._pending = self._pending, []
+        if self.cluster is not None:
+            self.cluster.before_commit()
         try:
             self.store.commit_group()
         except StorageError as exc:
+            if self.cluster is not None:
+                self.cluster.commit_failed()
             actions = self._recover(actions, exc.reason)
+        else:
+            if self.cluster is not None:
+                # the room messages of the batch, from the database, before its replies
+                actions = self.cluster.after_commit() + actions
         self._publish_subscriber_keys()
         self._execute(actions)
 
@@ -1037,6 +1074,8 @@ class Broker:
             return replies
         core.adopt(old, time.monotonic())
         self.core = core
+        if self.cluster is not None:
+            self.cluster.attach(core)
         return replies
 
     def _execute(self, actions: list[Action]) -> None:

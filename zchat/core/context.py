@@ -177,13 +177,20 @@ class Core(Protection):
             or account_key in self.roles.get(key, {}) or self.store.has_invite(key, account_key)
 
     def account_key(self, raw: str) -> str:
-        """Key of an existing account. Raises ProtocolError 404."""
+        """Key of an existing account. An account this broker does not hold in memory is
+        looked up in the store, and kept when found: it was made since the state was
+        loaded, through another broker of a cluster (whose notification has not arrived
+        yet, docs/cluster.md) or by `zchat admin` on the database. Raises ProtocolError
+        404."""
         try:
             key = name_key(normalize_name(raw))
         except ProtocolError:
             raise ProtocolError(Status.NOT_FOUND, f"no account named {raw!r}") from None
         if key not in self.accounts:
-            raise ProtocolError(Status.NOT_FOUND, f"no account named {raw!r}")
+            row = self.store.get_account(key)
+            if row is None:
+                raise ProtocolError(Status.NOT_FOUND, f"no account named {raw!r}")
+            self.state.add_account(key, row.name, row.bot)
         return key
 
     def bind_key(self, session: Session) -> None:

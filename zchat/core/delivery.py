@@ -5,8 +5,9 @@ sessions, this event on a room, this presence change — and ``Delivery`` turns 
 actions (zchat.core.actions) for the sessions this broker holds: ROUTER sends to their
 routing ids, PUB sends on topics. A room's event goes on its topic when the room is
 public and is pushed to every member's sessions when it is private (docs/PROTOCOL.md
-§17.2). A broker of a cluster would put a second implementation here that also hands
-pushes for accounts with sessions elsewhere to the other brokers.
+§17.2). A broker of a cluster uses a second implementation, ``ClusterDelivery``
+(zchat.core.cluster): it publishes room messages from the database after the commit and
+hands room events and pushes to the other brokers (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class Delivery:
         if key not in self.state.private:
             return [ToTopic(p.encode_event(p.room_topic(key), event))]
         return self.to_accounts(self.state.members.get(key, set()) | set(also), event)
+
+    def pending_handed(self, routing_id: bytes,
+                       pending: Iterable[p.DirectMessage]) -> None:
+        """The LOGIN or RESUME reply to ``routing_id`` lists these pending DMs. Nothing
+        to do on one broker; a cluster's (zchat.core.cluster) notes them, so that it does
+        not push them to that session again."""
 
     @staticmethod
     def presence(account: Account, key: str, now_ms: int, text: str | None = None) -> ToTopic:

@@ -83,6 +83,7 @@ def finish_login(core: Core, job: LoginJob, matched: bool, now_s: float, now_ms:
     account = core.accounts[job.key]
     token = secrets.token_urlsafe(24)
     reply = logged_in(core, job.key, account.name, token)
+    core.deliver.pending_handed(job.routing_id, reply.pending)
     core.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms)
     session = Session(job.routing_id, token, job.key, account.name,
                       job.address, now_ms, now_s, now_ms, login_token_id=token_id,
@@ -201,6 +202,7 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
         core.limit_resume(live.account_key, call.now_s)
         core.check_may_log_in(live.account_key, call.now_ms)
         reply = logged_in(core, live.account_key, live.name, live.token)
+        core.deliver.pending_handed(call.rid, reply.pending)
         del core.sessions[old_rid]
         account = core.accounts[live.account_key]
         account.sessions.discard(old_rid)
@@ -231,6 +233,7 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
     core.check_may_log_in(row.account_key, call.now_ms)
     account = core.accounts[row.account_key]
     reply = logged_in(core, row.account_key, account.name, req.session)
+    core.deliver.pending_handed(call.rid, reply.pending)
     del core.restored[token_hash]
     resumed = Session(call.rid, req.session, row.account_key, account.name,
                       call.address or row.address, row.login_ms, call.now_s, call.now_ms,

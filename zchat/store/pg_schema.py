@@ -23,6 +23,11 @@ write would leave a gap.
 ``zchat_changes.bans_version`` moves (trigger ``bans_changed``) with every write to
 ``bans``, by any connection: the store's cache of bans is emptied when it moved, as the
 SQLite store does on ``PRAGMA data_version``.
+
+Version 2 adds the cluster's wake-ups: triggers that NOTIFY the channel ``zchat`` when a
+room message, a direct message or state the brokers keep in memory is committed, by any
+connection (a broker, ``zchat admin``). The brokers LISTEN (zchat.store.pg_listen) and
+read the database again: a notification is a wake-up, the tables are the truth.
 """
 
 from __future__ import annotations
@@ -174,9 +179,78 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER bans_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON bans
         FOR EACH STATEMENT EXECUTE FUNCTION zchat_bans_changed();
     """,
+    # 1 -> 2: wake-ups for the other brokers of a cluster (docs/cluster.md). Each is a
+    # NOTIFY on the channel ``zchat`` (CLUSTER_CHANNEL), sent by PostgreSQL when the
+    # writing transaction commits and never if it rolls back; identical payloads of one
+    # transaction are sent once. A payload says what to read again, never the data:
+    # ``m<room key>`` a room message was stored, ``d<recipient>\t<sender>\t<id>`` a DM,
+    # ``a<account key>`` an account was made, ``j<room key>\t<account key>`` a member
+    # joined, ``l…`` one left (the frequent changes, applied one by one), ``s`` the rest
+    # of the state brokers keep in memory changed (accounts' names, flags and quotas,
+    # rooms, topics and modes, roles, bans and mutes, tokens: reloaded whole).
+    """
+    CREATE FUNCTION zchat_notify_message() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('zchat', 'm' || NEW.room_key);
+        RETURN NULL;
+    END;
+    $$;
+    CREATE TRIGGER messages_notify AFTER INSERT ON messages
+        FOR EACH ROW EXECUTE FUNCTION zchat_notify_message();
+    CREATE FUNCTION zchat_notify_dm() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('zchat', 'd' || NEW.recipient_key || chr(9) || NEW.sender_key
+                                   || chr(9) || NEW.id);
+        RETURN NULL;
+    END;
+    $$;
+    CREATE TRIGGER direct_messages_notify AFTER INSERT ON direct_messages
+        FOR EACH ROW EXECUTE FUNCTION zchat_notify_dm();
+    CREATE FUNCTION zchat_notify_state() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('zchat', 's');
+        RETURN NULL;
+    END;
+    $$;
+    CREATE FUNCTION zchat_notify_account() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('zchat', 'a' || NEW.key);
+        RETURN NULL;
+    END;
+    $$;
+    CREATE TRIGGER accounts_added_notify AFTER INSERT ON accounts
+        FOR EACH ROW EXECUTE FUNCTION zchat_notify_account();
+    CREATE TRIGGER accounts_notify
+        AFTER DELETE OR UPDATE OF name, bot, disabled, storage_quota_bytes
+        ON accounts FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
+    CREATE TRIGGER rooms_notify
+        AFTER INSERT OR DELETE OR UPDATE OF name, topic, creator, slow_mode_s, private,
+        locked ON rooms FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
+    CREATE FUNCTION zchat_notify_member() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            PERFORM pg_notify('zchat', 'j' || NEW.room_key || chr(9) || NEW.account_key);
+        ELSE
+            PERFORM pg_notify('zchat', 'l' || OLD.room_key || chr(9) || OLD.account_key);
+        END IF;
+        RETURN NULL;
+    END;
+    $$;
+    CREATE TRIGGER members_notify AFTER INSERT OR DELETE ON members
+        FOR EACH ROW EXECUTE FUNCTION zchat_notify_member();
+    CREATE TRIGGER room_roles_notify AFTER INSERT OR UPDATE OR DELETE ON room_roles
+        FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
+    CREATE TRIGGER bans_notify AFTER INSERT OR UPDATE OR DELETE ON bans
+        FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
+    CREATE TRIGGER account_tokens_notify AFTER DELETE ON account_tokens
+        FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: The channel of the cluster's wake-ups (migration 1 -> 2 above).
+CLUSTER_CHANNEL = "zchat"
 
 #: The table that holds the schema's version (one row).
 VERSION_TABLE = "zchat_schema"

@@ -224,6 +224,13 @@ class Store:
         return not self._db.closed and self._status != _IDLE
 
     @property
+    def backend_pid(self) -> int:
+        """The process id of this store's connection on the server (0 while it is lost):
+        the ``pid`` of the notifications its commits send, which a broker listening for
+        the other brokers' (zchat.store.pg_listen) skips as its own."""
+        return 0 if self._db.closed else int(self._db.info.backend_pid)
+
+    @property
     def schema_version(self) -> int:
         row = self._db.execute(f"SELECT version FROM {pg_schema.VERSION_TABLE}").fetchone()
         return int(row[0]) if row else 0
@@ -391,6 +398,17 @@ class Store:
         if version != self._bans_version:
             self._bans_version = version
             self._ban_cache.clear()
+
+    def notify_cluster(self, payloads: list[str]) -> None:
+        """Send ``payloads`` to the brokers listening on the cluster's channel
+        (pg_schema.CLUSTER_CHANNEL, zchat.store.pg_listen): inside a group, with its
+        commit (never if it rolls back), else at once. Each under 8,000 bytes. Raises
+        StorageError(503) when they cannot be sent (nothing else of a group is lost)."""
+        if not payloads:
+            return
+        with self._write():
+            for payload in payloads:
+                self._exec("SELECT pg_notify(%s, %s)", (pg_schema.CLUSTER_CHANNEL, payload))
 
     def changes_elsewhere(self) -> int:
         """A number that moves whenever a write to bans or mutes was committed, by any
@@ -723,6 +741,12 @@ class Store:
         return [RoomRow(k, n, t, int(s), int(m)) for k, n, t, s, m in self._rows(
             "SELECT r.key, r.name, r.topic, r.last_seq, COUNT(m.account_key) FROM rooms r "
             "LEFT JOIN members m ON m.room_key = r.key GROUP BY r.key ORDER BY r.key")]
+
+    def room_seqs(self) -> dict[str, int]:
+        """Room key -> its last sequence number, for every room: what a broker of a
+        cluster compares with what it published (zchat.core.cluster, ``check``), so one
+        plain scan of ``rooms`` and nothing else."""
+        return {k: int(s) for k, s in self._rows("SELECT key, last_seq FROM rooms")}
 
     def room_floors(self) -> dict[str, int]:
         """Room key -> the last seq of the deleted room it was made after, for the rooms

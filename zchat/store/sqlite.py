@@ -560,6 +560,11 @@ class Store:
             "LEFT JOIN members m ON m.room_key = r.key GROUP BY r.key ORDER BY r.key")
         return [RoomRow(*row) for row in rows]
 
+    def room_seqs(self) -> dict[str, int]:
+        """Room key -> its last sequence number, for every room (the cluster's periodic
+        check, zchat.core.cluster; as zchat.store.postgres's)."""
+        return dict(self._db.execute("SELECT key, last_seq FROM rooms"))
+
     def room_floors(self) -> dict[str, int]:
         """Room key -> the last seq of the deleted room it was made after (its tombstone,
         docs/PROTOCOL.md §6.52), for the rooms made under a deleted room's name only."""
