@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import queue
@@ -79,6 +80,11 @@ from zchat.broker.conntrack import (
     tcp_counters,
 )
 from zchat.ratelimit import address_key
+
+#: Numbers for this process's inproc endpoints: unique for its life (``id(self)`` is
+#: reused once an object is freed, before libzmq has let go of its socket's endpoint:
+#: "Address already in use" in a test that restarted a broker).
+_ENDPOINT_NUMBERS = itertools.count()
 
 log = logging.getLogger("zchat.broker")
 
@@ -383,7 +389,7 @@ class ConnectionGuard:
             self._tracked.add(len(self._monitors))
         if subscribers:
             self._subscriber_socks.add(len(self._monitors))
-        endpoint = f"inproc://zchat-connections-{id(self)}-{len(self._monitors)}"
+        endpoint = f"inproc://zchat-connections-{next(_ENDPOINT_NUMBERS)}-{len(self._monitors)}"
         sock.monitor(endpoint, _EVENTS)
         monitor = self.context.socket(zmq.PAIR)
         # 0: no high-water mark on the event pipe. libzmq drops monitor events at a full
@@ -397,7 +403,7 @@ class ConnectionGuard:
 
     def start(self) -> None:
         inbox, outbox = self.context.socket(zmq.PAIR), self.context.socket(zmq.PAIR)
-        endpoint = f"inproc://zchat-connections-stop-{id(self)}"
+        endpoint = f"inproc://zchat-connections-stop-{next(_ENDPOINT_NUMBERS)}"
         inbox.bind(endpoint)
         outbox.connect(endpoint)
         self._wake = (inbox, outbox)

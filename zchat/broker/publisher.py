@@ -28,6 +28,7 @@ pyzmq releases the GIL in libzmq's calls, so a long trie walk here does not hold
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -40,6 +41,11 @@ import zmq
 
 from zchat.broker.subscriptions import SubscriptionJudge
 from zchat.ratelimit import ThrottledLog
+
+#: Numbers for this process's inproc endpoints: unique for its life (``id(self)`` is
+#: reused once an object is freed, before libzmq has let go of its socket's endpoint:
+#: "Address already in use" in a test that restarted a broker).
+_ENDPOINT_NUMBERS = itertools.count()
 
 log = logging.getLogger("zchat.broker")
 
@@ -95,7 +101,7 @@ class Publisher:
         self._log_dropped = ThrottledLog(logging.WARNING, "dropped an event for every "
                                          "subscriber: the publisher thread is "
                                          f"{FEED_HWM:,} events behind")
-        endpoint = f"inproc://zchat-publisher-{id(self)}"
+        endpoint = f"inproc://zchat-publisher-{next(_ENDPOINT_NUMBERS)}"
         self._inbox = context.socket(zmq.PAIR)
         self._inbox.setsockopt(zmq.RCVHWM, FEED_HWM // 2)
         self._inbox.setsockopt(zmq.LINGER, 0)

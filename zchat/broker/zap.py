@@ -8,11 +8,17 @@ immutable snapshot the loop replaces, and keeps its own count of PUB handshakes 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import zmq
+
+#: Numbers for this process's inproc endpoints: unique for its life (``id(self)`` is
+#: reused once an object is freed, before libzmq has let go of its socket's endpoint:
+#: "Address already in use" in a test that restarted a broker).
+_ENDPOINT_NUMBERS = itertools.count()
 
 #: ZAP domains of the broker's CURVE sockets (RFC 27/ZAP): every handshake is checked by
 #: the ZAP handler, which tells the ROUTER's (any client key) from the PUB's (only the
@@ -68,7 +74,7 @@ class ZapHandler:
             sock.close()
             raise
         inbox, outbox = self.context.socket(zmq.PAIR), self.context.socket(zmq.PAIR)
-        endpoint = f"inproc://zchat-zap-stop-{id(self)}"
+        endpoint = f"inproc://zchat-zap-stop-{next(_ENDPOINT_NUMBERS)}"
         inbox.bind(endpoint)
         outbox.connect(endpoint)
         self._socket, self._wake = sock, (inbox, outbox)
