@@ -42,3 +42,8 @@ fmt:
 # `just chaos --minutes 10`; prints sent/delivered/lost/duplicated per scenario.
 chaos *ARGS:
     {{python}} scripts/chaos.py "$@"
+
+# A cluster to try out: PostgreSQL and three brokers on loopback sharing one database and
+# one key pair (docs/cluster.md), e.g. `just cluster --brokers 2`; Ctrl-C stops it all.
+cluster *ARGS:
+    {{python}} scripts/cluster.py "$@"
