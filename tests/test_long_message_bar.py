@@ -11,17 +11,19 @@ the loop well under that; the bound is loose for a loaded 2-core machine)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
-from conftest import TcpBroker, start_broker, stop_broker
+from conftest import TcpBroker, start_broker, stop_broker, wait_until
 from floods import Pinger, flood_curve
 
 from zchat import wire as p
 from zchat.broker.connections import LONG_MESSAGE_FRAMES, ConnectionTable, Limits
+from zchat.testing import free_port, running_broker
 
 WORST_RTT_S = 1.5
 
@@ -89,3 +91,31 @@ def test_a_many_frame_message_cuts_its_connection_and_bars_its_address(
         for sock in socks:
             sock.close(linger=0)
         ctx.term()
+
+
+def test_a_connection_admitted_before_its_address_was_barred_is_not_served() -> None:
+    """The guard refuses a barred address's connections when libzmq reports them
+    accepted, in its own thread; a connection it admitted first (or one whose CURVE
+    handshake and PING beat it: a clean-clone CI run saw a barred address answered) is
+    cut by the loop at its first request, which is not served."""
+    router = f"tcp://127.0.0.1:{free_port()}"
+    with running_broker(router=router, pub=f"tcp://127.0.0.1:{free_port()}",
+                        encryption="none") as harness:
+        guard = harness.broker.connections
+        assert guard is not None
+        ctx = zmq.Context()
+        try:
+            early = ctx.socket(zmq.DEALER)
+            early.setsockopt(zmq.LINGER, 0)
+            early.connect(f"tcp://127.0.0.6:0;{router[6:]}")
+            wait_until(lambda: guard.table.held_by("127.0.0.6") == 1,
+                       what="the guard to admit the connection")
+            now = time.monotonic()
+            guard.table.bar("127.0.0.6", now + 60, now)
+            assert not pong_within(early, 1.0)
+            other = ctx.socket(zmq.DEALER)
+            other.setsockopt(zmq.LINGER, 0)
+            other.connect(f"tcp://127.0.0.7:0;{router[6:]}")
+            assert pong_within(other, 10.0)
+        finally:
+            ctx.destroy(linger=0)

@@ -348,11 +348,14 @@ class ByteLedger:
         #: Set by ``judge``.
         self.near: list[int] = []
 
-    def consumed(self, fd: int, routing_id: bytes, nbytes: int, frames: int) -> None:
+    def consumed(self, fd: int, routing_id: bytes, nbytes: int, frames: int) -> bool:
         """The loop read a complete message of ``frames`` frames (``nbytes`` in all, the
-        routing id not counted) from ``routing_id`` on descriptor ``fd``."""
+        routing id not counted) from ``routing_id`` on descriptor ``fd``. True when it is
+        the first read from that connection (the loop then checks its address's bar)."""
         conn = self._by_fd.get(fd)
+        first = False
         if conn is None or conn.routing_id != routing_id:
+            first = True
             if conn is not None and self._fd_of.get(conn.routing_id) == fd:
                 del self._fd_of[conn.routing_id]
             conn = self._by_fd[fd] = _Conn(routing_id, self._peer_of(fd))
@@ -360,6 +363,7 @@ class ByteLedger:
         if conn.state == LIVE:
             conn.consumed += nbytes
             conn.frames += frames
+        return first
 
     def queued(self, routing_id: bytes, nbytes: int) -> int | None:
         """The loop queued a reply or push of ``nbytes`` to ``routing_id``. Returns its

@@ -691,8 +691,8 @@ class Broker:
                     break
                 parts.append(router.recv(copy=False))
             else:
-                if self.ledger is not None:
-                    self._consumed(parts, len(parts) - 1, 0)
+                if self.ledger is not None and self._consumed(parts, len(parts) - 1, 0):
+                    continue  # a connection from a barred address: not served
                 if parts[0].bytes in deferred or (
                         core.read_bytes >= read_bytes and self._costly(core, parts)):
                     self._defer(parts)
@@ -736,20 +736,34 @@ class Broker:
         waiting.append((parts, nbytes))
         self._deferred_bytes += nbytes
 
-    def _consumed(self, parts: list[zmq.Frame], frames: int, more_bytes: int) -> None:
+    def _consumed(self, parts: list[zmq.Frame], frames: int, more_bytes: int) -> bool:
         """Count a complete message read from the ROUTER (``parts``: its routing id and
         first frames; ``frames`` in all, ``more_bytes`` in those not kept) to the tcp
-        connection it came from (zchat.broker.conntrack)."""
+        connection it came from (zchat.broker.conntrack). True when it is a connection's
+        first message and its address is barred: the connection is cut, the message not
+        served. (The guard refuses such a connection when libzmq reports it accepted, in
+        its own thread: a CURVE handshake and a PING could be quicker, and a barred
+        address was once answered.)"""
         assert self.ledger is not None
         try:
             fd = parts[0].get(zmq.SRCFD)
         except zmq.ZMQError:  # inproc: no descriptor
-            return
-        if fd >= 0:
-            nbytes = more_bytes
-            for frame in parts[1:]:
-                nbytes += len(frame)
-            self.ledger.consumed(fd, parts[0].bytes, nbytes, frames)
+            return False
+        if fd < 0:
+            return False
+        nbytes = more_bytes
+        for frame in parts[1:]:
+            nbytes += len(frame)
+        if not self.ledger.consumed(fd, parts[0].bytes, nbytes, frames) \
+                or self.connections is None:
+            return False
+        address = connection_address(fd)
+        now = time.monotonic()
+        if not address or not self.connections.table.barred(address, now):
+            return False
+        self.ledger.cut(fd)
+        self.connections.cut(fd, address, now, bar=False, quiet=True)
+        return True
 
     def _refuse_long(self, router: zmq.Socket[Any], parts: list[zmq.Frame]) -> None:
         """Discard the rest of a message with more frames than a request has (only the
