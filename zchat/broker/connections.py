@@ -76,6 +76,7 @@ from zchat.broker.conntrack import (
     WATCH_FRACTION,
     Sample,
     malloc_trim,
+    peer_name,
     supported,
     tcp_counters,
 )
@@ -233,16 +234,9 @@ def _peer_address(fd: int) -> str | None:
     """The address key (zchat.ratelimit.address_key) of the peer of descriptor ``fd``, ""
     for a socket without one (ipc), None when ``fd`` is no longer a connected socket.
     Borrows the descriptor: never closes it."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
+    peer = peer_name(fd)
+    if peer is None:
         return None
-    try:
-        peer = sock.getpeername()
-    except OSError:
-        return None
-    finally:
-        sock.detach()
     if isinstance(peer, tuple):
         return address_key(str(peer[0]), b"")
     return ""

@@ -348,10 +348,11 @@ class ByteLedger:
         #: Set by ``judge``.
         self.near: list[int] = []
 
-    def consumed(self, fd: int, routing_id: bytes, nbytes: int, frames: int) -> bool:
+    def consumed(self, fd: int, routing_id: bytes, nbytes: int, frames: int) -> object:
         """The loop read a complete message of ``frames`` frames (``nbytes`` in all, the
-        routing id not counted) from ``routing_id`` on descriptor ``fd``. True when it is
-        the first read from that connection (the loop then checks its address's bar)."""
+        routing id not counted) from ``routing_id`` on descriptor ``fd``. Returns the
+        connection's peer (``peer_of``) when it is the first message read from it (the
+        loop then checks its address's bar), else None."""
         conn = self._by_fd.get(fd)
         first = False
         if conn is None or conn.routing_id != routing_id:
@@ -363,7 +364,7 @@ class ByteLedger:
         if conn.state == LIVE:
             conn.consumed += nbytes
             conn.frames += frames
-        return first
+        return conn.peer if first else None
 
     def queued(self, routing_id: bytes, nbytes: int) -> int | None:
         """The loop queued a reply or push of ``nbytes`` to ``routing_id``. Returns its

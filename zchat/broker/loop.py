@@ -754,12 +754,12 @@ class Broker:
         nbytes = more_bytes
         for frame in parts[1:]:
             nbytes += len(frame)
-        if not self.ledger.consumed(fd, parts[0].bytes, nbytes, frames) \
-                or self.connections is None:
+        peer = self.ledger.consumed(fd, parts[0].bytes, nbytes, frames)
+        if not isinstance(peer, tuple) or self.connections is None:
             return False
-        address = connection_address(fd)
+        address = address_key(str(peer[0]), b"")
         now = time.monotonic()
-        if not address or not self.connections.table.barred(address, now):
+        if not self.connections.table.barred(address, now):
             return False
         self.ledger.cut(fd)
         self.connections.cut(fd, address, now, bar=False, quiet=True)

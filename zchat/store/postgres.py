@@ -63,6 +63,7 @@ from zchat.core.ports import (
 from zchat.errors import StorageError
 from zchat.names import name_key
 from zchat.store import pg_schema
+from zchat.store.sql import page
 
 log = logging.getLogger("zchat.store")
 
@@ -860,13 +861,9 @@ class Store:
         """Up to ``limit`` messages in ascending seq order (docs/PROTOCOL.md §6.9): the
         oldest above ``after``, else the newest below ``before`` (or the newest of all)."""
         base = self._MESSAGE_COLUMNS + "WHERE m.room_key = %s"
-        if after is not None:
-            rows = self._rows(base + " AND m.seq > %s ORDER BY m.seq LIMIT %s",
-                              (room_key, after, limit))
-        else:
-            bound = before if before is not None else 2**62
-            rows = self._rows(base + " AND m.seq < %s ORDER BY m.seq DESC LIMIT %s",
-                              (room_key, bound, limit))
+        sql, args, newest_first = page(base, "m.seq", "%s", room_key, before, after, limit)
+        rows = self._rows(sql, args)
+        if newest_first:
             rows.reverse()
         return [self._message(row) for row in rows]
 
@@ -1223,12 +1220,9 @@ class Store:
         (docs/PROTOCOL.md §6.48): the oldest above ``after``, else the newest below
         ``before`` (or the newest of all)."""
         base = self._DM_COLUMNS + "WHERE pair = %s"
-        if after is not None:
-            rows = self._rows(base + " AND id > %s ORDER BY id LIMIT %s", (pair, after, limit))
-        else:
-            bound = before if before is not None else 2**62
-            rows = self._rows(base + " AND id < %s ORDER BY id DESC LIMIT %s",
-                              (pair, bound, limit))
+        sql, args, newest_first = page(base, "id", "%s", pair, before, after, limit)
+        rows = self._rows(sql, args)
+        if newest_first:
             rows.reverse()
         return [self._dm(row) for row in rows]
 

@@ -48,6 +48,7 @@ from zchat.core.ports import (
 from zchat.errors import StorageError
 from zchat.names import name_key
 from zchat.store import migrations
+from zchat.store.sql import page
 
 
 def _write_error(exc: BaseException) -> BaseException:
@@ -694,13 +695,9 @@ class Store:
         base = ("SELECT r.name, m.seq, m.time_ms, m.sender, m.kind, m.text, m.deleted_by "
                 "FROM messages m "
                 "JOIN rooms r ON r.key = m.room_key WHERE m.room_key = ?")
-        if after is not None:
-            rows = self._db.execute(base + " AND m.seq > ? ORDER BY m.seq LIMIT ?",
-                                    (room_key, after, limit)).fetchall()
-        else:
-            bound = before if before is not None else 2**62
-            rows = self._db.execute(base + " AND m.seq < ? ORDER BY m.seq DESC LIMIT ?",
-                                    (room_key, bound, limit)).fetchall()
+        sql, args, newest_first = page(base, "m.seq", "?", room_key, before, after, limit)
+        rows = self._db.execute(sql, args).fetchall()
+        if newest_first:
             rows.reverse()
         return [MessageRow(*row) for row in rows]
 
@@ -1062,13 +1059,9 @@ class Store:
         ``before`` (or the newest of all). Index ``dms_by_pair``."""
         base = ("SELECT id, time_ms, sender, recipient, text FROM direct_messages "
                 "WHERE pair = ?")
-        if after is not None:
-            rows = self._db.execute(base + " AND id > ? ORDER BY id LIMIT ?",
-                                    (pair, after, limit)).fetchall()
-        else:
-            bound = before if before is not None else 2**62
-            rows = self._db.execute(base + " AND id < ? ORDER BY id DESC LIMIT ?",
-                                    (pair, bound, limit)).fetchall()
+        sql, args, newest_first = page(base, "id", "?", pair, before, after, limit)
+        rows = self._db.execute(sql, args).fetchall()
+        if newest_first:
             rows.reverse()
         return [DirectMessageRow(*row) for row in rows]
 
