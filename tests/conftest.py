@@ -297,8 +297,17 @@ def _machine_state() -> str:
                       if any(k in line for k in ("ListenOverflows", "ListenDrops",
                                                  "TCPSynRetrans", "TCPReqQFull",
                                                  "AttemptFails", "TCPBacklogDrop")))
+    # the threads of this process, each with its innermost frame: a broker thread or
+    # socket left running by an earlier test (the flake of docs/testing.md shows this
+    # process holding listening ports no test of its own opened)
+    frames = sys._current_frames()
+    threads = "; ".join(
+        f"{t.name}@{frames[t.ident].f_code.co_filename.rsplit('/', 1)[-1]}:"
+        f"{frames[t.ident].f_lineno}" if t.ident in frames else t.name
+        for t in threading.enumerate())
     return (f"load average: {load}\n{top}\nthis process: {fds} descriptors, {sockets} "
             f"sockets in zmq.Context.instance(); tcp states: {counts}\n"
+            f"threads: {threads}\n"
             f"listening: {listening}\nkernel (since boot): {kernel}")
 
 
