@@ -58,6 +58,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +203,28 @@ class ConnectionTable:
                 del self._per_address[address]
 
 
+#: Sockets closed by ``close_monitored``: ConnectionGuard.stop() logs an error for a
+#: watched socket closed otherwise (the rule has been broken: see there).
+_MONITOR_STOPPED: weakref.WeakSet[zmq.Socket[Any]] = weakref.WeakSet()
+
+
+def close_monitored(sock: zmq.Socket[Any], linger_ms: int) -> None:
+    """Stop ``sock``'s monitor (``zmq_socket_monitor(NULL)``), then close ``sock`` with
+    ``linger_ms``. Every socket ConnectionGuard watches is closed through this, by the
+    thread that owns it, before the guard stops.
+
+    The order is the rule: libzmq sends monitor events from the context's I/O thread
+    with a *blocking* send, and a socket lives on after ``close()`` (its listener may
+    still accept, its lingering connections still end). Once the guard has closed its
+    end of the event pipe, one more event blocks that I/O thread for ever, and every tcp
+    connection of the context with it: a stopped in-process broker left its process
+    unable to reach any broker (tests/test_broker_stop_leaves_context_working.py)."""
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    _MONITOR_STOPPED.add(sock)
+    sock.close(linger=linger_ms)
+
+
 def raise_fd_limit(needed: int) -> int:
     """Raise the process's soft RLIMIT_NOFILE toward ``needed``, as far as the hard limit
     allows (never lowers it). Returns the soft limit now in force."""
@@ -290,7 +313,8 @@ class ConnectionGuard:
     monitors) and refusing those over ``limits`` (see the module docstring).
 
     ``watch(sock)`` before ``start()`` for each socket (in the thread that owns it);
-    ``stop()`` after those sockets are closed, or before, from that thread.
+    ``stop()`` once each is closed with ``close_monitored`` (never a plain ``close()``:
+    see there), or before they are closed, from the thread that owns them.
 
     With ``watch(sock, track_bytes=True)`` (the ROUTER) and ``track_bytes(notify)``, the
     thread also samples the kernel's byte counters of each of that socket's tcp
@@ -601,6 +625,9 @@ class ConnectionGuard:
             if not sock.closed:
                 with contextlib.suppress(zmq.ZMQError):
                     sock.disable_monitor()
+            elif sock not in _MONITOR_STOPPED:
+                log.error("a watched socket was closed with its monitor on: libzmq may block "
+                          "its I/O thread on the next event (close it with close_monitored)")
         for sock in (*self._monitors, *(self._wake or ())):
             sock.close(linger=0)
         self._watched, self._monitors, self._wake = [], [], None

@@ -66,7 +66,12 @@ import zmq
 
 from zchat import keyformat as k
 from zchat.broker import zmtp
-from zchat.broker.connections import LONG_MESSAGE_FRAMES, ConnectionGuard, effective_limits
+from zchat.broker.connections import (
+    LONG_MESSAGE_FRAMES,
+    ConnectionGuard,
+    close_monitored,
+    effective_limits,
+)
 from zchat.broker.connections import _peer_address as connection_address
 from zchat.broker.conntrack import (
     SEGMENT_COST,
@@ -560,8 +565,8 @@ class Broker:
             self.publisher.stop(self._linger_ms)
             self.publisher = None
         for sock in (self._router, self._pub, self._key_service):
-            if sock is not None:
-                sock.close(linger=self._linger_ms)
+            if sock is not None and not sock.closed:
+                close_monitored(sock, self._linger_ms)  # the monitor first (see there)
         self._router = self._pub = self._key_service = None
         if self.cluster is not None:
             self.cluster.close()

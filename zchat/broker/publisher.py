@@ -39,6 +39,7 @@ from typing import Any
 
 import zmq
 
+from zchat.broker.connections import close_monitored
 from zchat.broker.subscriptions import SubscriptionJudge
 from zchat.ratelimit import ThrottledLog
 
@@ -157,7 +158,7 @@ class Publisher:
                 log.warning("the publisher thread did not stop within %g s",
                             STOP_TIMEOUT_S)
         elif not self._pub.closed:
-            self._pub.close(linger=linger_ms)
+            close_monitored(self._pub, linger_ms)
         self._outbox.close(linger=0)
         if self._thread.ident is None:  # never started: nothing else closes it
             self._inbox.close(linger=0)
@@ -183,7 +184,7 @@ class Publisher:
                     log.exception("unexpected error in the publisher thread; still "
                                   "publishing")
         finally:
-            pub.close(linger=self._linger_ms)
+            close_monitored(pub, self._linger_ms)
             inbox.close(linger=0)
 
     def _forward(self, inbox: zmq.Socket[Any], pub: zmq.Socket[Any]) -> bool:
