@@ -30,7 +30,6 @@ import zmq
 from zchat.broker.connections import ConnectionGuard, close_monitored, effective_limits
 from zchat.testing import free_port, running_broker
 
-
 HAMMERS = 3
 STOPS = 8
 BEFORE_S = AFTER_S = 0.03
@@ -47,6 +46,20 @@ def round_trip(ctx: zmq.Context[Any], timeout_ms: int = 3000) -> bool:
     finally:
         router.close(linger=0)
         dealer.close(linger=0)
+
+
+def connect_and_drop(ctx: zmq.Context[Any], endpoints: list[str], done: threading.Event,
+                     connected: list[int]) -> None:
+    """DEALERs to ``endpoints[0]`` and SUBs to ``endpoints[1]`` connecting and closing at
+    once, until ``done``; ``connected[0]`` counts them."""
+    while not done.is_set():
+        for kind, endpoint in ((zmq.DEALER, endpoints[0]), (zmq.SUB, endpoints[1])):
+            sock = ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            done.wait(0.002)  # a moment for the connection to be made
+            sock.close()
+            connected[0] += 1
 
 
 @pytest.fixture
@@ -73,18 +86,9 @@ def test_clients_connecting_while_the_broker_stops_leave_its_context_working(
         done = threading.Event()
         connected = [0]
 
-        def connect_and_drop() -> None:
-            """DEALERs and SUBs connecting and closing at once, until ``done``."""
-            while not done.is_set():
-                for kind, endpoint in ((zmq.DEALER, endpoints[0]), (zmq.SUB, endpoints[1])):
-                    sock = client_ctx.socket(kind)
-                    sock.setsockopt(zmq.LINGER, 0)
-                    sock.connect(endpoint)
-                    done.wait(0.002)  # a moment for the connection to be made
-                    sock.close()
-                    connected[0] += 1
-
-        hammers = [threading.Thread(target=connect_and_drop) for _ in range(HAMMERS)]
+        hammers = [threading.Thread(target=connect_and_drop,
+                                    args=(client_ctx, endpoints, done, connected))
+                   for _ in range(HAMMERS)]
         try:
             with running_broker(context=broker_ctx, router=endpoints[0], pub=endpoints[1],
                                 **overrides):
