@@ -50,6 +50,19 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: lis
     assert "--help" in line  # where to read the usage instead of the whole usage block
 
 
+@pytest.mark.parametrize(("argv", "help_of"), [
+    (["who", "--as", "bob", "--bogus"], "zchat who"),
+    (["who", "--as", "bob", "dev", "extra"], "zchat who"),
+    (["token", "list", "--as", "bob", "--bogus"], "zchat token list"),
+    (["say", "--as", "bob", "--room", "dev", "hi", "--bogus"], "zchat say"),
+])
+def test_an_unknown_argument_names_the_command_that_was_given_it(
+        capsys: pytest.CaptureFixture[str], argv: list[str], help_of: str) -> None:
+    line = usage_error(capsys, *argv)
+    assert "unrecognized arguments:" in line
+    assert line.endswith(f"see '{help_of} --help'")
+
+
 @pytest.mark.parametrize("argv", [["register", "-x"], ["register", "--bot", "-alice"],
                                   ["join", "-x"], ["dm", "--as", "bob", "-x", "hi"],
                                   ["admin", "disable", "-x"]])

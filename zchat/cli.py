@@ -106,6 +106,26 @@ class _Parser(argparse.ArgumentParser):
         self._given = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but unknown arguments are reported by the (sub)command that was
+        given them, so that the error points at ``zchat who --help``, not ``zchat
+        --help``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _innermost(self, parsed: argparse.Namespace) -> _Parser:
+        """The parser of the deepest subcommand named in ``parsed`` (this one if none)."""
+        parser = self
+        while True:
+            chosen = next((action.choices.get(getattr(parsed, action.dest, None))
+                           for action in parser._actions
+                           if isinstance(action, argparse._SubParsersAction)), None)
+            if not isinstance(chosen, _Parser):
+                return parser
+            parser = chosen
+
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"zchat: error: {self._explain(message)}; see '{self.prog} "
                      "--help'\n")
