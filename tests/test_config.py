@@ -223,6 +223,8 @@ def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
         ("[broker]\ncluster_check_s = 0\n", "broker", "cluster_check_s", r"0.01 to 3,600"),
         ("[broker]\ncluster_refresh_s = 7200\n", "broker", "cluster_refresh_s",
          r"got 7200"),
+        ("[broker]\nlease_s = 3.0\n", "broker", "lease_s", r"at least twice lease_renew_s"),
+        ("[broker]\nlease_renew_s = 0\n", "broker", "lease_renew_s", r"0.01 to 3,600"),
         ("[client]\nserver = ''\n", "client", "server", r"not a ZeroMQ endpoint"),
         ("[client]\nserver = 'tcp://127.0.0.1:99999'\n", "client", "server",
          r"port 99999 is out of range \(1-65535\)"),

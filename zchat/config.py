@@ -134,6 +134,14 @@ class BrokerConfig:
     - ``cluster_refresh_s``: in a cluster, seconds between full reloads of the state the
       broker keeps in memory (rooms, members, roles, modes, bans, accounts) and of its
       sessions' pending DMs, whether or not a notification came (MIN_HEARTBEAT_S..3,600).
+    - ``lease_s``: in a cluster, seconds of the database's clock a broker's lease lasts
+      after each renewal (docs/cluster.md, "Leases and fencing"): a broker silent that
+      long (killed, stopped, cut from the database) has its sessions taken over by the
+      others, and a broker that finds its lease lost drops its sessions. At least twice
+      ``lease_renew_s``, at most 3,600.
+    - ``lease_renew_s``: in a cluster, seconds between renewals of the lease by a broker
+      that commits nothing meanwhile (each commit renews it too), and between its looks
+      for expired leases of the others (MIN_HEARTBEAT_S..3,600).
     - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
     - ``admins``: account names with admin rights.
     - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..30000).
@@ -226,6 +234,13 @@ class BrokerConfig:
     #: 10 s: the state's reload reads every room, member and ban (milliseconds for
     #: thousands); notifications make changes take effect at once in between.
     cluster_refresh_s: float = 10.0
+    #: 10 s: five renewals (``lease_renew_s``) may be missed (a slow database, a GC or
+    #: swap pause of the broker) before it loses its sessions; a dead broker's clients
+    #: are presence-wise "online" for at most this long plus one renewal.
+    lease_s: float = 10.0
+    #: 2 s: one small UPDATE of the broker's row each 2 s when idle (a busy broker
+    #: renews with each commit anyway).
+    lease_renew_s: float = 2.0
     log_level: str = "info"
     admins: tuple[str, ...] = ()
     max_text_bytes: int = 4000
@@ -581,6 +596,13 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         if not MIN_HEARTBEAT_S <= getattr(b, key) <= MAX_CLUSTER_INTERVAL_S:
             fail("broker", key, f"must be {MIN_HEARTBEAT_S:g} to "
                  f"{MAX_CLUSTER_INTERVAL_S:,} s, got {getattr(b, key)}")
+    if not MIN_HEARTBEAT_S <= b.lease_renew_s <= MAX_CLUSTER_INTERVAL_S:
+        fail("broker", "lease_renew_s", f"must be {MIN_HEARTBEAT_S:g} to "
+             f"{MAX_CLUSTER_INTERVAL_S:,} s, got {b.lease_renew_s}")
+    if not 2 * b.lease_renew_s <= b.lease_s <= MAX_CLUSTER_INTERVAL_S:
+        fail("broker", "lease_s", f"must be at least twice lease_renew_s "
+             f"({2 * b.lease_renew_s:g} s) and at most {MAX_CLUSTER_INTERVAL_S:,} s, got "
+             f"{b.lease_s}")
     if b.log_level not in LOG_LEVELS:
         fail("broker", "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {b.log_level!r}")
     for i, name in enumerate(b.admins):

@@ -6,11 +6,21 @@ each ``cluster_check_s``, the whole state and every local session's pending DMs 
 
 Made by ``Broker.bind`` when the store is PostgreSQL (several brokers may share it); a
 broker on SQLite has none and runs exactly as before.
+
+It also keeps the broker's lease (docs/cluster.md, "Leases and fencing"): taken at start
+(``Store.register_broker``: a new epoch), renewed inside every wake-up's transaction that
+writes (so that nothing is committed under a lost lease) and every ``lease_renew_s`` when
+idle; at each renewal it reaps the expired leases of the other brokers
+(``Store.reap_brokers``). A broker that finds its lease lost — expired by its own clock
+(it was stopped, or could not reach the database) and not renewable, or taken over — is
+fenced: it drops its sessions (``BrokerCore.drop_sessions``), commits nothing more, and
+takes a fresh lease (a new epoch) at the next renewal time.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from zchat.config import BrokerConfig, broker_id
@@ -56,8 +66,115 @@ class ClusterLink:
         self._next_check_s = now_s + config.cluster_check_s
         self._next_refresh_s = now_s + config.cluster_refresh_s
         self._next_listen_s = 0.0
+        #: The lease: its epoch (0 while none is held), the monotonic time until which it
+        #: surely holds (the start of its last committed renewal + lease_s: the
+        #: database's clock set it later than that), when to renew it next, whether a
+        #: renewal is in the open wake-up's transaction (and when it started).
+        self.epoch = 0
+        self.fenced = False
+        self._lease_until_s = 0.0
+        self._next_renew_s = now_s + config.lease_renew_s
+        self._renewed_at: float | None = None
+        self._released = False
+        #: Brokers this one reaped, as (id, epoch) (tests), and fencings it went through.
+        self.reaped: list[tuple[str, int]] = []
+        self.fencings = 0
+        #: Actions made outside a wake-up (the offline presence of the accounts whose
+        #: sessions the last registration let go), carried out with the next one.
+        self._held_back: list[Action] = []
         log.info("broker %s: listening for the other brokers of the cluster on %s",
                  self.id, store.path)
+        self._register(now_s, _wall_ms())
+        self.fanout.load_presence()
+
+    # -- the lease -----------------------------------------------------------------------
+
+    def _register(self, now_s: float, now_ms: int) -> bool:
+        """Take a fresh lease (a new epoch); the sessions this broker's earlier epochs
+        held become resumable here, and the accounts left with no session anywhere go
+        offline. Outside a wake-up's group. False when the database cannot be reached
+        (tried again at the next renewal time)."""
+        try:
+            epoch, released, alone = self.store.register_broker(self.id, self.config.lease_s,
+                                                                now_ms)
+        except StorageError as exc:
+            log.error("broker %s: cannot take a lease in the database: %s", self.id,
+                      exc.reason)
+            return False
+        self.epoch, self.fenced = epoch, False
+        self._lease_until_s = now_s + self.config.lease_s
+        self._next_renew_s = now_s + self.config.lease_renew_s
+        core = self.fanout.core
+        core.restored.update({row.token_sha256: row for row in released
+                              if row.account_key in core.accounts})
+        self._held_back += self.fanout.presence_lost(alone, now_ms)
+        log.info("broker %s: lease taken, epoch %d, %g s renewed every %g s%s", self.id,
+                 epoch, self.config.lease_s, self.config.lease_renew_s,
+                 f"; {len(released)} sessions of its earlier run resumable"
+                 if released else "")
+        return True
+
+    def _fence(self, why: str) -> None:
+        """The lease is lost: drop every session (their rows and presence belong to the
+        broker that took them over, or are let go at this broker's next registration),
+        and commit nothing until a fresh lease is taken."""
+        core = self.fanout.core
+        dropped = core.drop_sessions()
+        self.fanout.seen.clear()
+        self.fenced = True
+        self.fencings += 1
+        self.store.holder = ("", 0)
+        self._state_due = True  # who is online elsewhere, from the database
+        log.error("broker %s: fenced out of the cluster (%s): dropped %d sessions, "
+                  "whose clients resume on another broker or here; nothing is committed "
+                  "until a fresh lease is taken", self.id, why, dropped)
+
+    def _renew(self, now_s: float, now_ms: int, reap: bool = True) -> list[Action]:
+        """Renew the lease inside the open group (its row stays locked until the commit)
+        and, with ``reap``, reap the other brokers' expired leases. Fences this broker
+        when the lease is lost, or lapsed by its own clock and not renewable."""
+        if self._renewed_at is not None or self.fenced or self._released:
+            return []
+        self._next_renew_s = now_s + self.config.lease_renew_s
+        try:
+            renewed = self.store.renew_lease(self.config.lease_s)
+        except StorageError as exc:
+            if now_s >= self._lease_until_s:
+                self._fence(f"lease lapsed, the database unreachable: {exc.reason}")
+            else:
+                log.error("broker %s: cannot renew its lease (%.1f s left): %s", self.id,
+                          self._lease_until_s - now_s, exc.reason)
+            return []
+        if not renewed:
+            self._fence("its lease expired or was taken over")
+            return []
+        self._renewed_at = now_s
+        if not reap:
+            return []
+        try:
+            dead, alone = self.store.reap_brokers(
+                now_ms, int(self.config.resume_grace_s * 1000))
+        except StorageError as exc:
+            log.error("broker %s: cannot look for expired leases: %s", self.id, exc.reason)
+            return []
+        for broker, epoch in dead:
+            log.warning("broker %s: took over the sessions of broker %s (epoch %d), whose "
+                        "lease expired; %d accounts went offline", self.id, broker, epoch,
+                        len(alone))
+        self.reaped += dead
+        return self.fanout.presence_lost(alone, now_ms)
+
+    def release(self, now_ms: int) -> None:
+        """A clean stop: let go of this broker's sessions (resumable on any broker) and
+        end its lease. Call before the core's shutdown, which then counts the cluster
+        without them."""
+        if self.fenced or self._released:
+            return
+        try:
+            self.store.release_lease(now_ms)
+        except StorageError as exc:  # the others reap it when its lease expires
+            log.error("broker %s: cannot let go of its lease: %s", self.id, exc.reason)
+        self._released = True
 
     def attach(self, core: BrokerCore) -> None:
         """The loop rebuilt its core (a failed commit): carry on with it."""
@@ -67,8 +184,8 @@ class ClusterLink:
         return self.listener.fileno()
 
     def next_due(self) -> float:
-        """Monotonic time of the next periodic check."""
-        return min(self._next_check_s, self._next_refresh_s)
+        """Monotonic time of the next periodic check or lease renewal."""
+        return min(self._next_check_s, self._next_refresh_s, self._next_renew_s)
 
     def hear(self) -> None:
         """Read the notifications that arrived and note what they ask to read again.
@@ -88,7 +205,7 @@ class ClusterLink:
             elif kind == "d":
                 recipient, sender, dm_id = key.split("\t")
                 self._dm_notes.append((recipient, sender, int(dm_id)))
-            elif kind in ("e", "f", "p"):
+            elif kind in ("e", "f", "p", "o"):
                 self._events.append(note.payload)
             elif kind in ("a", "j", "l"):
                 self._changes.append(note.payload)
@@ -98,10 +215,14 @@ class ClusterLink:
     def in_group(self, now_s: float, now_ms: int) -> list[Action]:
         """Inside the wake-up's group: reload the state when a notification or the
         refresh interval asks (ending sessions writes, so it belongs to the group)."""
+        actions: list[Action] = self._held_back
+        self._held_back = []
+        if now_s >= self._next_renew_s or now_s >= self._lease_until_s:
+            # first: a broker back from a stop finds out before serving anything
+            actions += self._renew(now_s, now_ms)
         if now_s >= self._next_refresh_s:
             self._next_refresh_s = now_s + self.config.cluster_refresh_s
             self._state_due = self._all_dms_due = True
-        actions: list[Action] = []
         if self._changes and not self._state_due:
             changes, self._changes = self._changes, []
             try:
@@ -136,6 +257,16 @@ class ClusterLink:
     def before_commit(self) -> None:
         """Just before the wake-up's commit: hand the room events it made to the other
         brokers, in its transaction (sent at the commit, dropped if it fails)."""
+        if self.store.group_writes and not self._released:
+            # fencing: the group commits only if the lease is valid now; its row then
+            # stays locked until the commit, so no broker reaps this one meanwhile
+            if self._renewed_at is None and not self.fenced:
+                self._renew(time.monotonic(), _wall_ms(), reap=False)
+            if self._renewed_at is None:
+                self.store.fail_group("storage unavailable: this broker lost its lease "
+                                      "in the cluster; connect again (to another broker)")
+                self.fanout.deliver.take_relay()
+                return
         relay = self.fanout.deliver.take_relay()
         if relay:
             try:
@@ -148,6 +279,9 @@ class ClusterLink:
         """Right after the wake-up's commit, before its replies: publish the rooms this
         broker posted to, from the database (with any other broker's messages before
         its own)."""
+        if self._renewed_at is not None:
+            self._lease_until_s = self._renewed_at + self.config.lease_s
+            self._renewed_at = None
         posted = self.fanout.deliver.take_posted()
         if not posted:
             return []
@@ -163,12 +297,17 @@ class ClusterLink:
         events."""
         self.fanout.deliver.take_posted()
         self.fanout.deliver.take_relay()
+        self._renewed_at = None
 
     def after(self, now_s: float) -> list[Action]:
         """After the wake-up: the rooms and recipients notifications named, and the
         periodic checks when due (a lost LISTEN connection is made again there, and
         everything is then read again)."""
         actions: list[Action] = []
+        if self.fenced and now_s >= self._next_renew_s and not self._released:
+            self._next_renew_s = now_s + self.config.lease_renew_s
+            if self._register(now_s, _wall_ms()):
+                self._state_due = self._all_dms_due = True
         self.hear()  # what arrived while the wake-up ran
         fanout = self.fanout
         try:
@@ -213,7 +352,13 @@ class ClusterLink:
     def due_now(self) -> bool:
         """Whether the next wake-up has work without waiting (a state reload asked, or
         relayed events to deliver)."""
-        return self._state_due or bool(self._events) or bool(self._changes)
+        return self._state_due or bool(self._events) or bool(self._changes) or \
+            bool(self._held_back)
 
     def close(self) -> None:
         self.listener.close()
+
+
+def _wall_ms() -> int:
+    """UTC milliseconds now (as zchat.broker.loop.wall_ms)."""
+    return time.time_ns() // 1_000_000

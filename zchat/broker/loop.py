@@ -649,7 +649,16 @@ class Broker:
                 self._end_unread()
             if self._key_service is not None and self._key_service in events:
                 self._serve_keys(self._key_service)
-        self._execute(self.core.shutdown(wall_ms()))
+        if cluster is not None:
+            # the sessions are let go first, so that the cluster is counted without them
+            # (offline only for accounts with no session on another broker), and the
+            # events are relayed with the shutdown's commit
+            cluster.release(wall_ms())
+            self.store.begin_group()
+            self._pending += self.core.shutdown(wall_ms())
+            self._flush()
+        else:
+            self._execute(self.core.shutdown(wall_ms()))
         self._linger_ms = SHUTDOWN_LINGER_MS
 
     def _drain_router(self, router: zmq.Socket[Any], core: BrokerCore) -> None:

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from zchat import wire as p
 from zchat.core.actions import Action, ToPeer, ToTopic
 from zchat.core.context import Core
 from zchat.core.delivery import Delivery
 from zchat.core.ports import dm_pair
-from zchat.core.state import State
+from zchat.core.state import Account, State
 from zchat.errors import ZchatError
 
 log = logging.getLogger("zchat.broker")
@@ -57,8 +57,11 @@ class ClusterDelivery(Delivery):
     handler that stored it (``posted`` notes its room; ``Fanout.rooms`` publishes it from
     the database after the commit), and DMs pushed to a session are noted in ``seen``."""
 
-    def __init__(self, state: State, seen: dict[bytes, set[int]]) -> None:
+    def __init__(self, state: State, seen: dict[bytes, set[int]],
+                 census: Callable[[str], int] | None = None) -> None:
         super().__init__(state)
+        #: Counts an account's sessions held in the whole cluster (Store.sessions_held).
+        self.census = census
         #: Rooms posted to since the loop last took them (``take_posted``) -> the events
         #: held back, in seq order.
         self.posted: dict[str, list[p.MessagePosted]] = {}
@@ -97,6 +100,21 @@ class ClusterDelivery(Delivery):
             if payload is not None:
                 self.relay.append(payload)
         return actions
+
+    def sessions_held(self, account_key: str) -> int | None:
+        return None if self.census is None else self.census(account_key)
+
+    def presence(self, account: Account, key: str, now_ms: int,  # type: ignore[override]
+                 text: str | None = None) -> ToTopic:
+        """The account's presence on this broker's PUB, and relayed (``o``) to the other
+        brokers, which publish it on theirs and keep it in memory (WHO, WHOIS)."""
+        action = Delivery.presence(account, key, now_ms, text)
+        event = p.PresenceChanged(name=account.name, presence=account.presence, time=now_ms,
+                                  text=account.away_text if text is None else text)
+        payload = relay_payload("o", key, event, ())
+        if payload is not None:
+            self.relay.append(payload)
+        return action
 
     def pending_handed(self, routing_id: bytes,
                        pending: Iterable[p.DirectMessage]) -> None:
@@ -156,7 +174,10 @@ class Fanout:
         """Use ``core`` (new, or rebuilt after a failed commit), giving it a
         ClusterDelivery; returns it."""
         self.core = core
-        deliver = ClusterDelivery(core.state, self.seen)
+        # the census is PostgreSQL's (several brokers); a store without one (the SQLite
+        # file of the core's tests) counts this broker's sessions alone
+        deliver = ClusterDelivery(core.state, self.seen,
+                                  getattr(core.store, "sessions_held", None))
         core.deliver = deliver
         return deliver
 
@@ -260,7 +281,15 @@ class Fanout:
             except (ValueError, TypeError, ZchatError) as exc:
                 log.warning("skipped an event relayed by another broker: %s", exc)
                 continue
-            if payload.startswith("e"):
+            if payload.startswith("o"):  # presence: kept, and published here too
+                account = self.core.accounts.get(key)
+                if account is not None and isinstance(event, p.PresenceChanged):
+                    if account.sessions and event.presence == "offline":
+                        continue  # this broker's sessions keep it online (a race)
+                    account.presence = event.presence
+                    account.away_text = event.text if event.presence == "away" else ""
+                actions.append(ToTopic(p.encode_event(p.presence_topic(key), event)))
+            elif payload.startswith("e"):
                 actions.append(ToTopic(p.encode_event(p.room_topic(key), event)))
             else:  # a push, or a private room's event: to the members here, whatever
                 # this broker's copy of the room says
@@ -344,6 +373,7 @@ class Fanout:
         core = self.core
         core.state.refresh(core.store, now_ms)
         self.note_rooms()
+        self.load_presence()
         actions: list[Action] = []
         local = self.local_accounts()
         if not local:
@@ -361,6 +391,38 @@ class Fanout:
                     why="you were banned from this server")
             else:
                 actions += self._end_revoked(key, now_ms)
+        return actions
+
+    def load_presence(self) -> None:
+        """Who is online in the cluster, from the session rows the brokers hold: an
+        account with none here goes online in memory when another broker holds one (its
+        away text comes with its next PRESENCE), offline when none does. At start and at
+        each state reload: the repair for a lost presence notification."""
+        accounts_held = getattr(self.core.store, "accounts_held", None)
+        if accounts_held is None:  # a store of one broker: its memory is the truth
+            return
+        held = accounts_held()
+        for key, account in self.core.accounts.items():
+            if account.sessions:
+                continue
+            if key in held:
+                if account.presence == "offline":
+                    account.presence = "online"
+            else:
+                account.presence, account.away_text = "offline", ""
+
+    def presence_lost(self, account_keys: Iterable[str], now_ms: int) -> list[Action]:
+        """The accounts left with no session anywhere after a dead broker's sessions were
+        taken over (counted by the store under their presence locks): each goes offline,
+        one PRESENCE event on this broker's PUB and, relayed, on every other broker's. An
+        account with a session here (a count that raced a login) is left online."""
+        actions: list[Action] = []
+        for key in account_keys:
+            account = self.core.accounts.get(key)
+            if account is None or account.sessions:
+                continue
+            account.presence, account.away_text = "offline", ""
+            actions.append(self.deliver.presence(account, key, now_ms))
         return actions
 
     def account_added(self, key: str) -> bool:

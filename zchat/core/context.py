@@ -147,8 +147,8 @@ class Core(Protection):
         if self.restored and now_s >= self._restored_until_s:
             expired = list(self.restored)
             self.restored.clear()
-            try:
-                self.store.delete_sessions(expired)
+            try:  # those resumed through another broker meanwhile stay
+                self.store.delete_released_sessions(expired)
             except StorageError as exc:  # purged again at the next start's expiry
                 log.error("could not purge %d expired sessions: %s", len(expired), exc.reason)
             log.info("%d sessions from before the restart expired unresumed", len(expired))
@@ -230,6 +230,8 @@ class Core(Protection):
         account.sessions.discard(session.routing_id)
         if account.sessions:
             return []
+        if self._held_elsewhere(session.account_key, 0):
+            return []  # the account's session on another broker keeps it online
         account.presence = "offline"
         account.away_text = ""
         return [self.deliver.presence(account, session.account_key, now_ms, quit_text)]
@@ -264,10 +266,28 @@ class Core(Protection):
         self.by_token[token_sha256(session.token)] = session.routing_id
         account = self.accounts[session.account_key]
         account.sessions.add(session.routing_id)
-        if account.presence == "offline":
+        if len(account.sessions) == 1 and \
+                self._held_elsewhere(session.account_key, 1):
+            if account.presence == "offline":  # online through another broker
+                account.presence = "online"
+            return []
+        if account.presence == "offline" or len(account.sessions) == 1:
             account.presence = "online"
             return [self.deliver.presence(account, session.account_key, now_ms)]
         return []
+
+    def _held_elsewhere(self, account_key: str, here: int) -> bool:
+        """Whether the cluster holds more sessions of the account than ``here`` (this
+        broker's, counted in the store too): another broker keeps it online, so starting
+        or ending a session here changes no presence. False on a broker alone, and when
+        the count cannot be read (the decision is then this broker's, as alone)."""
+        try:
+            held = self.deliver.sessions_held(account_key)
+        except StorageError as exc:
+            log.error("cannot count the sessions of %s in the cluster: %s", account_key,
+                      exc.reason)
+            return False
+        return held is not None and held > here
 
     @staticmethod
     def check_page(req: p.FetchHistory | p.FetchDmHistory, unit: str) -> None:
@@ -449,6 +469,25 @@ class Core(Protection):
             del self.restored[token_hash]
         self.store.delete_sessions(kept)
         return actions
+
+    def drop_sessions(self) -> int:
+        """Forget every session in memory, live and kept for RESUME, with no event and no
+        write: a broker fenced out of its cluster (docs/cluster.md, "Leases and fencing")
+        whose sessions another broker took over; their rows and their presence are that
+        broker's now. Every account here goes offline in memory (the next state reload
+        reads who is online elsewhere). Returns how many live sessions were dropped."""
+        dropped = len(self.sessions)
+        for session in list(self.sessions.values()):
+            self.unbind_key(session)
+        self.sessions.clear()
+        self.by_token.clear()
+        self.restored.clear()
+        for account in self.accounts.values():
+            account.sessions.clear()
+            account.presence = "offline"
+            account.away_text = ""
+        self._evict_at = math.inf
+        return dropped
 
     def live_sessions(self, account_key: str) -> set[bytes]:
         account = self.accounts.get(account_key)

@@ -80,6 +80,12 @@ class Delivery:
         to do on one broker; a cluster's (zchat.core.cluster) notes them, so that it does
         not push them to that session again."""
 
+    def sessions_held(self, account_key: str) -> int | None:
+        """How many sessions of the account the whole cluster holds, this broker's
+        included (docs/cluster.md, presence across the cluster), or None on a broker
+        alone: its own sessions in memory are then the count."""
+        return None
+
     @staticmethod
     def presence(account: Account, key: str, now_ms: int, text: str | None = None) -> ToTopic:
         """The account's presence now, on its presence topic (``text`` for a quit

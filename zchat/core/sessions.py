@@ -235,6 +235,9 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
     reply = logged_in(core, row.account_key, account.name, req.session)
     core.deliver.pending_handed(call.rid, reply.pending)
     del core.restored[token_hash]
+    # the row is this broker's now (in a cluster: held under its lease, docs/cluster.md)
+    core.store.add_session(token_hash, row.account_key, row.login_token_id,
+                           call.address or row.address, row.login_ms)
     resumed = Session(call.rid, req.session, row.account_key, account.name,
                       call.address or row.address, row.login_ms, call.now_s, call.now_ms,
                       login_token_id=row.login_token_id, transport_key=call.transport_key)

@@ -28,6 +28,11 @@ Version 2 adds the cluster's wake-ups: triggers that NOTIFY the channel ``zchat`
 room message, a direct message or state the brokers keep in memory is committed, by any
 connection (a broker, ``zchat admin``). The brokers LISTEN (zchat.store.pg_listen) and
 read the database again: a notification is a wake-up, the tables are the truth.
+
+Version 3 adds the brokers' leases (``LEASES``, docs/cluster.md "Leases and fencing"): a
+row per broker id in ``brokers`` with its epoch and lease expiry, and the holder of each
+session row (``sessions.broker_id``/``broker_epoch``; '' for a session no live broker
+holds, resumable until ``released_ms`` + resume_grace_s).
 """
 
 from __future__ import annotations
@@ -245,7 +250,37 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER account_tokens_notify AFTER DELETE ON account_tokens
         FOR EACH STATEMENT EXECUTE FUNCTION zchat_notify_state();
     """,
+    # 2 -> 3: LEASES (below). Kept as a named script so that a parallel schema change can
+    # be numbered before or after it by moving one line.
 )
+
+#: Leases of the brokers of a cluster, and the holder of each session (docs/cluster.md,
+#: "Leases and fencing"). ``brokers``: one row per broker id; ``epoch`` grows at each
+#: start (and each fresh lease after a fencing), ``lease_until`` is the database clock's
+#: time (``clock_timestamp()``) until which the broker may act, moved forward at each
+#: renewal; ``reaped`` is set, once, by the broker that took over the sessions of an
+#: expired lease (a conditional UPDATE: two reapers cannot both do it). A session row is
+#: held by (``broker_id``, ``broker_epoch``) while a broker has it in memory; '' when
+#: none does (the broker stopped, or its lease was reaped): then ``released_ms`` (UTC
+#: ms) is when it was let go, and it is resumable for resume_grace_s after that.
+#: Rows kept before this version are let go now.
+LEASES = """
+    CREATE TABLE brokers (
+        id          TEXT COLLATE "C" PRIMARY KEY,
+        epoch       BIGINT NOT NULL,
+        lease_until TIMESTAMPTZ NOT NULL,
+        reaped      BOOLEAN NOT NULL DEFAULT FALSE,
+        started     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    );
+    ALTER TABLE sessions ADD COLUMN broker_id TEXT COLLATE "C" NOT NULL DEFAULT '';
+    ALTER TABLE sessions ADD COLUMN broker_epoch BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN released_ms BIGINT NOT NULL DEFAULT 0;
+    UPDATE sessions SET released_ms =
+        (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT;
+    CREATE INDEX sessions_by_broker ON sessions(broker_id, broker_epoch);
+    CREATE INDEX sessions_by_account ON sessions(account_key);
+"""
+MIGRATIONS = (*MIGRATIONS, LEASES)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -269,3 +304,10 @@ MIGRATION_LOCK = 0x7A63686174
 #: ``broker.lock`` of an SQLite file, for a database several brokers share
 #: (docs/admin.md).
 BROKER_LOCK = MIGRATION_LOCK + 1
+
+#: The first key of the two-key advisory lock taken per account (the second: the hash of
+#: its key) while a broker counts the account's sessions in the cluster to decide its
+#: presence (``Store.sessions_held``): held until the transaction ends, so that two
+#: brokers starting or ending the account's sessions at once decide one after the
+#: other, and exactly one online or offline event goes out.
+PRESENCE_LOCK = 0x7A63

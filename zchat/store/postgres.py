@@ -138,6 +138,9 @@ class Store:
         self._bans_version = -1
         self._next_connect = 0.0  # monotonic s before which no reconnection is tried
         self._broker_lock = False  # hold pg_schema.BROKER_LOCK shared (hold_broker_lock)
+        #: The broker lease this store's session rows are written under (broker id,
+        #: epoch; ``register_broker``), ("", 0) before one is taken: rows held by no one.
+        self.holder: tuple[str, int] = ("", 0)
         self._db = self._connect(f"cannot connect to the database {self.path}")
         try:
             self._migrate()
@@ -479,6 +482,17 @@ class Store:
         with contextlib.suppress(psycopg.Error):
             if self.in_transaction:
                 self._db.execute("ROLLBACK")
+
+    def fail_group(self, reason: str) -> None:
+        """Make the open group's commit fail with StorageError(``reason``), rolling back
+        everything in it (a broker fenced out must not commit: docs/cluster.md)."""
+        if self._group and not self._group_failed:
+            self._group_failed = reason
+
+    @property
+    def group_writes(self) -> bool:
+        """Whether the open group has begun a transaction (some write in it)."""
+        return self._group and self._group_open
 
     @property
     def in_group(self) -> bool:
@@ -1272,14 +1286,21 @@ class Store:
 
     def add_session(self, token_sha256: str, account_key: str, login_token_id: int | None,
                     address: str, login_ms: int) -> None:
-        """Keep a new session (its token's SHA-256, never the token) and commit."""
+        """Keep a new session (its token's SHA-256, never the token) and commit. The row
+        is held by this store's ``holder`` (the broker's lease); writing an existing row
+        again (a RESUME of a session kept from before) takes it over."""
+        broker, epoch = self.holder
         with self._write():
             self._exec("INSERT INTO sessions(token_sha256, account_key, login_token_id, "
-                       "address, login_ms) VALUES (%s, %s, %s, %s, %s) ON CONFLICT "
+                       "address, login_ms, broker_id, broker_epoch, released_ms) VALUES "
+                       "(%s, %s, %s, %s, %s, %s, %s, 0) ON CONFLICT "
                        "(token_sha256) DO UPDATE SET account_key = EXCLUDED.account_key, "
                        "login_token_id = EXCLUDED.login_token_id, address = "
-                       "EXCLUDED.address, login_ms = EXCLUDED.login_ms",
-                       (token_sha256, account_key, login_token_id, address, login_ms))
+                       "EXCLUDED.address, login_ms = EXCLUDED.login_ms, broker_id = "
+                       "EXCLUDED.broker_id, broker_epoch = EXCLUDED.broker_epoch, "
+                       "released_ms = 0",
+                       (token_sha256, account_key, login_token_id, address, login_ms,
+                        broker, epoch))
 
     def delete_sessions(self, token_sha256s: list[str]) -> int:
         """Forget these sessions; returns how many rows went."""
@@ -1291,8 +1312,144 @@ class Store:
             return cur.rowcount
 
     def sessions(self) -> list[SessionRow]:
-        """Every kept session, oldest login first (read once at broker start)."""
+        """Every kept session no live broker holds (let go at a stop, or reaped from an
+        expired lease), and those this store's ``holder`` holds (a core rebuilt after a
+        failed commit carries them over), oldest login first: the ones this broker may
+        offer for RESUME. Sessions other brokers hold are theirs."""
+        broker, epoch = self.holder
         return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
                 for h, k, t, a, ms in self._rows(
                     "SELECT token_sha256, account_key, login_token_id, address, login_ms "
-                    "FROM sessions ORDER BY login_ms, token_sha256")]
+                    "FROM sessions WHERE broker_id = '' OR (broker_id = %s AND "
+                    "broker_epoch = %s AND %s <> '') ORDER BY login_ms, token_sha256",
+                    (broker, epoch, broker))]
+
+    def delete_released_sessions(self, token_sha256s: list[str]) -> int:
+        """Forget these sessions if no broker holds them (one resumed elsewhere stays);
+        returns how many rows went."""
+        if not token_sha256s:
+            return 0
+        with self._write():
+            return self._exec("DELETE FROM sessions WHERE token_sha256 = ANY(%s) AND "
+                              "broker_id = ''", (list(token_sha256s),)).rowcount
+
+    # -- leases of a cluster's brokers (pg_schema.LEASES, docs/cluster.md) -----------------
+
+    def register_broker(self, broker_id: str, lease_s: float, now_ms: int
+                        ) -> tuple[int, list[SessionRow], list[str]]:
+        """Take a fresh lease for ``broker_id`` for ``lease_s`` seconds of the database's
+        clock, in one transaction: its epoch grows by one (1 for a new id), the session
+        rows its earlier epochs held are let go (resumable from ``now_ms``, UTC ms), and
+        the accounts of those rows that now have no session held anywhere are counted
+        under their presence locks. Sets ``holder``. Returns (the epoch, the rows let
+        go, the accounts left with no session: each gets one offline event). Raises
+        StorageError(503)."""
+        with self._write():
+            row = self._exec(
+                "INSERT INTO brokers(id, epoch, lease_until) VALUES "
+                "(%s, 1, clock_timestamp() + make_interval(secs => %s)) ON CONFLICT (id) "
+                "DO UPDATE SET epoch = brokers.epoch + 1, lease_until = "
+                "EXCLUDED.lease_until, reaped = FALSE, started = clock_timestamp() "
+                "RETURNING epoch", (broker_id, lease_s)).fetchone()
+            assert row is not None
+            epoch = int(row[0])
+            released = [SessionRow(str(h), str(k), None if t is None else int(t), str(a),
+                                   int(ms)) for h, k, t, a, ms in self._exec(
+                "UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms = %s "
+                "WHERE broker_id = %s AND broker_epoch < %s RETURNING token_sha256, "
+                "account_key, login_token_id, address, login_ms",
+                (now_ms, broker_id, epoch)).fetchall()]
+            alone = self._accounts_alone({r.account_key for r in released})
+        self.holder = (broker_id, epoch)
+        return epoch, released, alone
+
+    def renew_lease(self, lease_s: float) -> bool:
+        """Move this broker's lease (``holder``) to ``lease_s`` seconds from now on the
+        database's clock, if it is still valid: not expired, not reaped, its epoch
+        current. Inside a group it is a write of the group's transaction, so the row
+        stays locked until the commit and no broker reaps this one meanwhile: every
+        write the group commits was made under a valid lease (fencing). False when the
+        lease is lost (fenced out). Raises StorageError(503)."""
+        broker, epoch = self.holder
+        if not broker:
+            return False
+        with self._write():
+            return self._exec(
+                "UPDATE brokers SET lease_until = clock_timestamp() + "
+                "make_interval(secs => %s) WHERE id = %s AND epoch = %s AND NOT reaped "
+                "AND lease_until > clock_timestamp()", (lease_s, broker, epoch)).rowcount == 1
+
+    def reap_brokers(self, now_ms: int, grace_ms: int) -> tuple[list[tuple[str, int]],
+                                                                list[str]]:
+        """Take over the sessions of every other broker whose lease expired, once: its
+        row is marked ``reaped`` by a conditional UPDATE (``FOR UPDATE SKIP LOCKED``: a
+        broker in the middle of a commit is never waited for, nor reaped), and its
+        session rows are let go (resumable for ``grace_ms`` from ``now_ms``, UTC ms). Two
+        reapers never both take a broker: the second finds it reaped. Also forgets the
+        rows let go more than ``grace_ms`` ago. Returns (the brokers reaped as (id,
+        epoch), the accounts left with no session held anywhere, counted under their
+        presence locks in the same transaction). Raises StorageError(503)."""
+        me = self.holder[0]
+        with self._write():
+            self._exec("SET LOCAL lock_timeout = '1s'")
+            dead = [(str(i), int(e)) for i, e in self._exec(
+                "UPDATE brokers SET reaped = TRUE WHERE id IN (SELECT id FROM brokers "
+                "WHERE id <> %s AND NOT reaped AND lease_until < clock_timestamp() "
+                "FOR UPDATE SKIP LOCKED) RETURNING id, epoch", (me,)).fetchall()]
+            accounts: set[str] = set()
+            for broker, epoch in dead:
+                accounts.update(str(k) for (k,) in self._exec(
+                    "UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms = "
+                    "%s WHERE broker_id = %s AND broker_epoch <= %s RETURNING account_key",
+                    (now_ms, broker, epoch)).fetchall())
+            self._exec("DELETE FROM sessions WHERE broker_id = '' AND released_ms > 0 AND "
+                       "released_ms < %s", (now_ms - grace_ms,))
+            alone = self._accounts_alone(accounts)
+            self._exec("SET LOCAL lock_timeout = DEFAULT")  # the group's other writes
+        return dead, alone
+
+    def release_lease(self, now_ms: int) -> None:
+        """A clean stop: let go of every session row this broker holds (resumable from
+        ``now_ms``, UTC ms, on any broker) and end its lease (marked reaped: nothing
+        left to take over). Raises StorageError(503)."""
+        broker, epoch = self.holder
+        if not broker:
+            return
+        with self._write():
+            self._exec("UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms "
+                       "= %s WHERE broker_id = %s AND broker_epoch = %s",
+                       (now_ms, broker, epoch))
+            self._exec("UPDATE brokers SET lease_until = clock_timestamp(), reaped = TRUE "
+                       "WHERE id = %s AND epoch = %s", (broker, epoch))
+        self.holder = ("", 0)
+
+    def sessions_held(self, account_key: str) -> int:
+        """How many sessions of the account brokers hold, whether their lease is live or
+        expired and not yet reaped, this broker's included, after taking the account's
+        presence lock (pg_schema.PRESENCE_LOCK) until the end of the transaction (the
+        group's): the count a presence decision is made on (online at the first, offline
+        at the last). Raises StorageError(503)."""
+        with self._write():
+            self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                       (pg_schema.PRESENCE_LOCK, account_key))
+            row = self._exec("SELECT count(*) FROM sessions WHERE account_key = %s AND "
+                             "broker_id <> ''", (account_key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def accounts_held(self) -> set[str]:
+        """The accounts with a session some broker holds (online in the cluster)."""
+        return {str(k) for (k,) in self._rows(
+            "SELECT DISTINCT account_key FROM sessions WHERE broker_id <> ''")}
+
+    def _accounts_alone(self, accounts: set[str]) -> list[str]:
+        """Of ``accounts``, those with no session held anywhere, each counted under its
+        presence lock (in the caller's transaction), in key order (the locks' order)."""
+        alone = []
+        for key in sorted(accounts):
+            self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                       (pg_schema.PRESENCE_LOCK, key))
+            row = self._exec("SELECT count(*) FROM sessions WHERE account_key = %s AND "
+                             "broker_id <> ''", (key,)).fetchone()
+            if row is None or not row[0]:
+                alone.append(key)
+        return alone

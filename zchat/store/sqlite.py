@@ -1114,6 +1114,11 @@ class Store:
                        "login_token_id, address, login_ms) VALUES (?, ?, ?, ?, ?)",
                        (token_sha256, account_key, login_token_id, address, login_ms))
 
+    def delete_released_sessions(self, token_sha256s: list[str]) -> int:
+        """Forget these sessions kept from before the start and not resumed: on one broker
+        no other can hold them, so ``delete_sessions``."""
+        return self.delete_sessions(token_sha256s)
+
     def delete_sessions(self, token_sha256s: list[str]) -> int:
         """Forget these sessions (LOGOUT, eviction, revocation, expiry); returns how many
         rows went."""

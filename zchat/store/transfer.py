@@ -55,7 +55,13 @@ CMID_COLUMNS: frozenset[tuple[str, str]] = frozenset({("messages", "cmid"),
                                                       ("direct_messages", "cmid")})
 #: PostgreSQL's own bookkeeping tables (the schema version; the bans' change counter),
 #: made by the PostgreSQL store and not copied.
-PG_ONLY_TABLES: frozenset[str] = frozenset({pg_schema.VERSION_TABLE, "zchat_changes"})
+PG_ONLY_TABLES: frozenset[str] = frozenset({pg_schema.VERSION_TABLE, "zchat_changes",
+                                           "brokers"})
+#: Columns only PostgreSQL has (the holder of a session, pg_schema.LEASES): not copied,
+#: their defaults say "held by no broker", so a copied session is resumable as after a
+#: restart.
+PG_ONLY_COLUMNS: frozenset[tuple[str, str]] = frozenset({
+    ("sessions", "broker_id"), ("sessions", "broker_epoch"), ("sessions", "released_ms")})
 #: The SQLite schema version whose tables pg_schema's version mirrors.
 SQLITE_VERSION = 7
 #: Rows read from SQLite and written to PostgreSQL at a time.
@@ -195,7 +201,7 @@ def _check_schemas(source: sqlite3.Connection,
     columns: dict[str, list[str]] = {}
     for table in TABLES:
         mine = _sqlite_columns(source, table)
-        theirs = [c for c, _t in target[table]]
+        theirs = [c for c, _t in target[table] if (table, c) not in PG_ONLY_COLUMNS]
         if sorted(mine) != sorted(theirs):
             raise MigrationError(f"table {table}: SQLite has columns {', '.join(mine)}, "
                                  f"PostgreSQL {', '.join(theirs)}")

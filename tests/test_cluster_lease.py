@@ -1,0 +1,350 @@
+"""Leases, reaping, fencing and presence across a cluster (issue 16, docs/cluster.md
+"Leases and fencing"): real PostgreSQL, real brokers — threads of this process
+(zchat.testing.running_cluster) for the survivors, a real ``zchat broker`` process for the
+broker that is killed or stopped — and raw SUB sockets counting PRESENCE events on each
+surviving broker's PUB. Short leases (1 s, renewed every 0.2 s); every wait is on a
+condition with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import zmq
+
+from zchat import wire as p
+from zchat.client import Client
+from zchat.errors import RequestFailed
+from zchat.store import open_store
+from zchat.testing import DEFAULT_PASSWORD, Harness, running_cluster
+
+LEASE = {"lease_s": 1.0, "lease_renew_s": 0.2}
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    """Poll ``check`` until true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.02)  # polling a condition, not waiting for a guess
+
+
+class PresenceSub:
+    """A raw SUB on one broker's PUB, subscribed to every account's presence."""
+
+    def __init__(self, context: zmq.Context[Any], endpoint: str) -> None:
+        self.sock = context.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.sock.setsockopt(zmq.SUBSCRIBE, p.TOPIC_PRESENCE_PREFIX)
+        self.events: list[tuple[str, str, str]] = []
+
+    def read_until(self, name: str, presence: str, timeout_s: float = 15.0
+                   ) -> list[tuple[str, str, str]]:
+        """Read events until (``name``, ``presence``) came; returns all read so far."""
+        deadline = time.monotonic() + timeout_s
+        while (name, presence) not in [(n, s) for n, s, _t in self.events]:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {presence} of {name} on the PUB; heard {self.events}"
+            if self.sock.poll(int(left * 1000) + 1):
+                event = p.decode_event(self.sock.recv_multipart())
+                if isinstance(event, p.PresenceChanged):
+                    self.events.append((event.name, event.presence, event.text))
+        return self.events
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+@contextlib.contextmanager
+def presence_subs(harnesses: list[Harness]) -> Iterator[list[PresenceSub]]:
+    subs = [PresenceSub(h.context, h.broker.pub_endpoint) for h in harnesses]
+    try:
+        yield subs
+    finally:
+        for sub in subs:
+            sub.close()
+
+
+def run(coro: Any, timeout_s: float = 90.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+async def logged_in(client: Client, name: str) -> Client:
+    await client.connect()
+    with contextlib.suppress(RequestFailed):
+        await client.register(name, DEFAULT_PASSWORD)
+    await client.login(name, DEFAULT_PASSWORD)
+    return client
+
+
+async def settle(subs: list[PresenceSub], marker: Client, harness: Harness,
+                 name: str) -> None:
+    """Log ``name`` in through ``harness`` and wait for its online on every SUB: what
+    the PUBs carried before it is all there is (one PUB carries events in order)."""
+    await logged_in(marker, name)
+    for sub in subs:
+        await asyncio.to_thread(sub.read_until, name, "online")
+    del harness
+
+
+# -- presence across the cluster (in-process brokers) -------------------------------------
+
+
+def test_presence_is_per_account_across_the_brokers(pg_url: str) -> None:
+    with running_cluster(pg_url, 2, **LEASE) as (one, two), \
+            presence_subs([one, two]) as subs:
+        async def scenario() -> None:
+            alice1 = await logged_in(one.new_client(), "alice")
+            for sub in subs:  # one online, on both PUBs (broker 2's relayed)
+                await asyncio.to_thread(sub.read_until, "alice", "online")
+            alice2 = await logged_in(two.new_client(), "alice")
+            # broker 2 answers WHO from the cluster: alice is online there anyway
+            assert [u.name for u in (await alice2.who()).users] == ["alice"]
+            await alice1.set_presence("away", "lunch")
+            for sub in subs:
+                await asyncio.to_thread(sub.read_until, "alice", "away")
+
+            async def away_seen() -> bool:
+                users = (await alice2.who()).users
+                return [(u.name, u.presence, u.text) for u in users] == \
+                    [("alice", "away", "lunch")]
+            started = time.monotonic()
+            while not await away_seen():  # broker 2's memory, from the relayed event
+                assert time.monotonic() - started < 5
+                await asyncio.sleep(0.01)
+            await alice1.logout()  # her session on broker 2 keeps her online
+            marker = await logged_in(one.new_client(), "mark")
+            for sub in subs:
+                await asyncio.to_thread(sub.read_until, "mark", "online")
+            await alice2.logout()  # the last one: offline, once on each PUB
+            for sub in subs:
+                await asyncio.to_thread(sub.read_until, "alice", "offline")
+            await marker.logout()
+            for sub in subs:
+                events = await asyncio.to_thread(sub.read_until, "mark", "offline")
+                alice = [(s, t) for n, s, t in events if n == "alice"]
+                assert alice == [("online", ""), ("away", "lunch"), ("offline", "")], \
+                    events
+            for client in (alice1, alice2, marker):
+                await client.close()
+
+        run(scenario())
+
+
+def test_two_brokers_logging_in_one_account_at_once_publish_one_online(
+        pg_url: str) -> None:
+    with running_cluster(pg_url, 2, **LEASE) as (one, two), \
+            presence_subs([one, two]) as subs:
+        async def scenario() -> None:
+            setup = await logged_in(one.new_client(), "alice")
+            await setup.logout()
+            for sub in subs:
+                await asyncio.to_thread(sub.read_until, "alice", "offline")
+                sub.events.clear()
+            clients = [h.new_client() for _ in range(3) for h in (one, two)]
+            for client in clients:
+                await client.connect()
+            await asyncio.gather(*(c.login("alice", DEFAULT_PASSWORD) for c in clients))
+            await asyncio.gather(*(c.logout() for c in clients))
+            marker = one.new_client()
+            await settle(subs, marker, one, "mark")
+            for sub in subs:
+                alice = [s for n, s, _t in sub.events if n == "alice"]
+                assert alice == ["online", "offline"], sub.events
+            await marker.close()
+            for client in clients:
+                await client.close()
+
+        run(scenario())
+
+
+# -- reaping exactly once (the store's conditional UPDATE) -------------------------------
+
+
+def test_two_brokers_reaping_one_dead_broker_take_its_sessions_once(pg_url: str) -> None:
+    dead = open_store(pg_url)
+    reapers = [open_store(pg_url), open_store(pg_url)]
+    try:
+        now_ms = int(time.time() * 1000)
+        dead.create_account("alice", "alice", "alice", "x", now_ms)
+        dead.create_account("bob", "bob", "bob", "x", now_ms)
+        dead.register_broker("dead", 0.3, now_ms)
+        dead.add_session("a1", "alice", None, "", now_ms)
+        dead.add_session("b1", "bob", None, "", now_ms)
+        reapers[0].register_broker("r1", 30, now_ms)
+        reapers[1].register_broker("r2", 30, now_ms)
+        reapers[1].add_session("b2", "bob", None, "", now_ms)  # bob is still on r2
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            wait_for("the dead broker's lease expired", lambda: bool(db.execute(
+                "SELECT lease_until < clock_timestamp() FROM brokers WHERE id = 'dead'"
+            ).fetchone()[0]))  # type: ignore[index]
+        results: list[Any] = [None, None]
+        gate = threading.Barrier(2)
+
+        def reap(index: int) -> None:
+            store = reapers[index]
+            store.begin_group()
+            gate.wait(5)
+            results[index] = store.reap_brokers(int(time.time() * 1000), 60_000)
+            gate.wait(5)  # both looked before either commits
+            store.commit_group()
+
+        threads = [threading.Thread(target=reap, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        taken = [r for r in results if r[0]]
+        assert len(taken) == 1, results
+        assert taken[0] == ([("dead", 1)], ["alice"])  # bob has a session on r2
+        assert [r for r in results if not r[0]] == [([], [])]
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            rows = db.execute("SELECT token_sha256, broker_id FROM sessions "
+                              "ORDER BY token_sha256").fetchall()
+        assert rows == [("a1", ""), ("b1", ""), ("b2", "r2")]  # a1, b1 resumable
+        assert not dead.renew_lease(0.3)  # fenced: its lease is gone for good
+    finally:
+        for store in (dead, *reapers):
+            store.close()
+
+
+# -- a real broker process, killed or stopped ---------------------------------------------
+
+
+def free_port() -> int:
+    for port in range(24000 + os.getpid() % 2000, 28000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 24000-27999")
+
+
+@contextlib.contextmanager
+def broker_process(tmp_path: Path, url: str, broker_id: str) -> Iterator[
+        tuple[subprocess.Popen[bytes], str, Path]]:
+    """A ``zchat broker`` process on ``url`` with short leases, plain tcp on loopback;
+    its process, ROUTER endpoint and log. Killed at the end whatever happened."""
+    ports = [free_port()]
+    with socket.socket() as hold:  # keep the first while the second is picked
+        hold.bind(("127.0.0.1", ports[0]))
+        ports.append(free_port())
+    router, pub = (f"tcp://127.0.0.1:{port}" for port in ports)
+    home = tmp_path / broker_id
+    home.mkdir()
+    config = home / "zchat.toml"
+    config.write_text("[broker]\nencryption = \"none\"\nlease_s = 1.0\n"
+                      "lease_renew_s = 0.2\nscrypt_n = 1024\n", encoding="utf-8")
+    log = home / "broker.log"
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
+               XDG_DATA_HOME=str(home / "data"), XDG_STATE_HOME=str(home / "state"))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zchat", "broker", "--config", str(config), "--store",
+             url, "--data-dir", str(home / "data"), "--id", broker_id, "--router", router,
+             "--pub", pub], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(f"broker {broker_id} started",
+                 lambda: proc.poll() is not None or "lease taken" in log.read_text())
+        assert proc.poll() is None, log.read_text()
+        yield proc, router, log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait(10)
+
+
+def plain_client(router: str, context: zmq.Context[Any]) -> Client:
+    return Client(router, context=context, timeout_s=5.0, encryption="none")
+
+
+def test_a_killed_brokers_sessions_are_reaped_once_with_one_offline_each(
+        pg_url: str, tmp_path: Path) -> None:
+    with running_cluster(pg_url, 2, **LEASE) as (two, three), \
+            broker_process(tmp_path, pg_url, "victim") as (proc, router, _log), \
+            presence_subs([two, three]) as subs:
+        async def scenario() -> None:
+            alice = await logged_in(plain_client(router, two.context), "alice")
+            bob_there = await logged_in(plain_client(router, two.context), "bob")
+            bob_here = await logged_in(two.new_client(), "bob")
+            for sub in subs:
+                await asyncio.to_thread(sub.read_until, "alice", "online")
+                await asyncio.to_thread(sub.read_until, "bob", "online")
+            proc.kill()  # SIGKILL: no goodbye, its lease just stops being renewed
+            await asyncio.to_thread(wait_for, "the victim's sessions reaped", lambda: any(
+                h.broker.cluster is not None and h.broker.cluster.reaped
+                for h in (two, three)))
+            for sub in subs:
+                await asyncio.to_thread(sub.read_until, "alice", "offline")
+            marker = three.new_client()
+            await settle(subs, marker, three, "mark")
+            reaped = [r for h in (two, three) if h.broker.cluster is not None
+                      for r in h.broker.cluster.reaped]
+            assert reaped == [("victim", 1)]  # by one broker, once
+            for sub in subs:
+                assert [(n, s) for n, s, _t in sub.events if n in ("alice", "bob")] == \
+                    [("alice", "online"), ("bob", "online"), ("alice", "offline")], \
+                    sub.events
+            for client in (marker, bob_here, alice, bob_there):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 5)
+
+        run(scenario())
+
+
+def test_a_stopped_broker_finds_itself_fenced_and_acknowledges_nothing(
+        pg_url: str, tmp_path: Path) -> None:
+    with running_cluster(pg_url, 1, **LEASE) as (two,), \
+            broker_process(tmp_path, pg_url, "sleeper") as (proc, router, log), \
+            presence_subs([two]) as subs:
+        async def scenario() -> None:
+            alice = await logged_in(plain_client(router, two.context), "alice")
+            await alice.join("dev")
+            before = (await alice.send("dev", "before the stop")).seq
+            await asyncio.to_thread(subs[0].read_until, "alice", "online")
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.to_thread(
+                    wait_for, "the sleeper's sessions reaped",
+                    lambda: two.broker.cluster is not None and bool(
+                        two.broker.cluster.reaped))
+                await asyncio.to_thread(subs[0].read_until, "alice", "offline")
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            with pytest.raises(RequestFailed) as refused:
+                await alice.send("dev", "after the stop")
+            assert refused.value.status in (401, 503), refused.value
+            await asyncio.to_thread(wait_for, "the fencing logged",
+                                    lambda: "fenced out" in log.read_text())
+            await asyncio.to_thread(wait_for, "a fresh lease",
+                                    lambda: "epoch 2" in log.read_text())
+            with psycopg.connect(pg_url, autocommit=True) as db:
+                row = db.execute("SELECT last_seq FROM rooms WHERE key = 'dev'").fetchone()
+            assert row == (before,)  # nothing stored on stale state
+            # nothing stale published: the sleeper's own offline for alice never came,
+            # broker 2's did, once
+            marker = two.new_client()
+            await settle(subs, marker, two, "mark")
+            assert [s for n, s, _t in subs[0].events if n == "alice"] == \
+                ["online", "offline"], subs[0].events
+            for client in (marker, alice):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 5)
+
+        run(scenario())
