@@ -1296,3 +1296,11 @@ class Store:
                 for h, k, t, a, ms in self._rows(
                     "SELECT token_sha256, account_key, login_token_id, address, login_ms "
                     "FROM sessions ORDER BY login_ms, token_sha256")]
+
+    def session(self, token_sha256: str) -> SessionRow | None:
+        """The kept session with this token hash, or None: a RESUME of a session another
+        broker of the cluster made or holds (docs/cluster.md, "How clients move")."""
+        rows = self._rows("SELECT token_sha256, account_key, login_token_id, address, "
+                          "login_ms FROM sessions WHERE token_sha256 = %s", (token_sha256,))
+        return next((SessionRow(str(h), str(k), None if t is None else int(t), str(a),
+                                int(ms)) for h, k, t, a, ms in rows), None)
