@@ -445,6 +445,10 @@ class Client:
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()
             await asyncio.wait([supervisor])
+            if not supervisor.cancelled():
+                # a heartbeat that ran into this close() ("client is closed") ended
+                # with that error: retrieved here, it is not reported as lost
+                supervisor.exception()
         await self._close_sockets("client closed")
         self._restoring = False
         self._mode = "closed"
