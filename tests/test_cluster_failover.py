@@ -24,7 +24,7 @@ from client_helpers import collect, is_, msgs
 from zchat import wire as p
 from zchat.client import Client
 from zchat.client.events import ConnectionLost, ConnectionRestored, SessionEnded
-from zchat.errors import RequestFailed
+from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.passwords import token_sha256
 from zchat.store import open_store
 from zchat.testing import DEFAULT_PASSWORD, Harness, run, running_broker
@@ -146,3 +146,33 @@ def test_one_broker_on_sqlite_still_refuses_an_unknown_session() -> None:
                 assert refused.value.status == 401
 
         run(scenario())
+
+
+def test_connect_takes_the_first_endpoint_that_answers() -> None:
+    with running_broker() as harness:
+        async def scenario() -> None:
+            client = Client(["inproc://zchat-nobody-here", harness.server],
+                            context=harness.context, timeout_s=0.3)
+            try:
+                await client.connect()
+                assert client.server == harness.server
+                assert client.servers == ("inproc://zchat-nobody-here", harness.server)
+            finally:
+                await client.close()
+            lost = Client("inproc://zchat-nobody-here,inproc://zchat-nobody-there",
+                          context=harness.context, timeout_s=0.2)
+            with pytest.raises(ConnectionFailed) as failed:
+                await lost.connect()
+            await lost.close()
+            assert "none of the 2 brokers answered" in str(failed.value)
+            assert "zchat-nobody-here" in str(failed.value) and \
+                "zchat-nobody-there" in str(failed.value)
+
+        run(scenario())
+
+
+def test_a_bad_endpoint_list_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match=r"server: tcp://a:1 is listed twice"):
+        Client("tcp://a:1,tcp://a:1")
+    with pytest.raises(ValueError, match=r"endpoint 2 of 2 is empty"):
+        Client(["tcp://a:1", ""])

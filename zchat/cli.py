@@ -182,12 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_opts(sp: argparse.ArgumentParser, needs_as: bool = True) -> None:
         common(sp)
-        sp.add_argument("--server", metavar="ENDPOINT[,ENDPOINT…]",
-                        help="the broker's ROUTER endpoint, or a cluster's several "
-                             "separated by commas: tried in order, and a lost broker is "
-                             "left for the next one, where the session resumes "
-                             "(docs/cluster.md) "
-                             f"({_default('client', 'server')})")
+        sp.add_argument("--server", metavar="ENDPOINT",
+                        help="the broker's ROUTER endpoint "
+                             f"({_default('client', 'server')}); for a cluster, several "
+                             "separated by commas (tcp://a:5555,tcp://b:5555), tried in "
+                             "order; join, tail, bot and say - move to the next when "
+                             "theirs is lost and resume there (docs/cluster.md)")
         sp.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up when the broker does not answer "
                              f"({_default('client', 'timeout_s')})")

@@ -37,7 +37,10 @@ LOGIN with the credentials kept in this object's memory, resubscribes, sets the 
 again when it is away (``presence``: a restarted broker forgets it), fills every
 followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY event
 (§6.29) starts the reconnect at once. A refused LOGIN (password changed) ends it with a
-terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
+terminal ``SessionEnded``. A client given several endpoints (a cluster, docs/cluster.md)
+makes each attempt on the next one, round robin from the lost one
+(``session.reconnect_endpoint``), and RESUMEs there: every broker of the cluster finds
+the session in the shared database. Requests issued meanwhile fail at once with ConnectionFailed.
 
 Transport security (docs/PROTOCOL.md §16): with ``encryption="curve"`` (the default) a
 tcp client is a CurveZMQ client with a fresh key pair per connection (its DEALER and SUB
