@@ -16,8 +16,8 @@ from zchat.config import (
     data_dir,
     default_config_path,
     endpoint_problem,
-    server_endpoints,
     load_config,
+    server_endpoints,
     validate,
 )
 from zchat.errors import ZchatError

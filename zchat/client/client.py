@@ -77,7 +77,6 @@ import zmq.asyncio
 from zchat import wire as p
 from zchat.client import session, trust
 from zchat.client.endpoints import pub_endpoint_for, resolve_host
-from zchat.config import server_endpoints
 from zchat.client.events import (
     ConnectionLost,
     ConnectionRestored,
@@ -96,6 +95,7 @@ from zchat.client.session import (
     UnreadTracker,
     backoff_delay,
 )
+from zchat.config import server_endpoints
 from zchat.errors import (
     ConnectionFailed,
     LocalProtocolError,
