@@ -40,7 +40,8 @@ followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY even
 terminal ``SessionEnded``. A client given several endpoints (a cluster, docs/cluster.md)
 makes each attempt on the next one, round robin from the lost one
 (``session.reconnect_endpoint``), and RESUMEs there: every broker of the cluster finds
-the session in the shared database. Requests issued meanwhile fail at once with ConnectionFailed.
+the session in the shared database. Requests issued meanwhile fail at once with
+ConnectionFailed.
 
 Transport security (docs/PROTOCOL.md §16): with ``encryption="curve"`` (the default) a
 tcp client is a CurveZMQ client with a fresh key pair per connection (its DEALER and SUB
@@ -233,9 +234,9 @@ class Client:
     ``connect()`` that pinned a key by trust on first use, ``pinned`` says what.
     """
 
-    def __init__(self, server: str | Sequence[str], *, context: zmq.Context[Any] | None = None,
-                 timeout_s: float = 5.0, reconnect: bool = False,
-                 reconnect_max_s: float = 30.0, encryption: str = "curve",
+    def __init__(self, server: str | Sequence[str], *,
+                 context: zmq.Context[Any] | None = None, timeout_s: float = 5.0,
+                 reconnect: bool = False, reconnect_max_s: float = 30.0, encryption: str = "curve",
                  server_key: str = "", key_server: str = "",
                  known_brokers: Path | None = None) -> None:
         if reconnect_max_s <= 0:
