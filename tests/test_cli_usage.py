@@ -16,6 +16,7 @@ import pytest
 from conftest import TcpBroker, cli_env, zchat_command
 
 from zchat import cli
+from zchat.client import Client
 from zchat.testing import DEFAULT_PASSWORD, Harness
 
 NOWHERE = ("--server", "inproc://nowhere", "--timeout", "0.2")
@@ -168,3 +169,23 @@ def test_unread_limit_without_messages_names_its_command(
         capsys: pytest.CaptureFixture[str]) -> None:
     line = usage_error(capsys, "unread", "--as", "bob", "--limit", "5")
     assert line.endswith("see 'zchat unread --help'")
+
+
+@pytest.mark.parametrize("argv", [
+    ["join", "alice"], ["say", "--as", "bob", "--room", "dev", "hi"],
+    ["tail", "--as", "bob", "--room", "dev"], ["dm", "--as", "bob", "carol", "hi"],
+    ["history", "--as", "bob", "--room", "dev"], ["bot", "bot.py"], ["who", "--as", "bob"]])
+def test_server_takes_a_cluster_s_endpoints_separated_by_commas(argv: list[str]) -> None:
+    """``--server a,b`` on every command that connects (docs/cluster.md): the client
+    tries them in order and moves along them (zchat.client.Client)."""
+    args = cli.build_parser().parse_args([*argv, "--server", "tcp://a:5555, tcp://b:5555"])
+    server = cli._config(args).client.server
+    assert Client(server).servers == ("tcp://a:5555", "tcp://b:5555")
+
+
+def test_a_bad_endpoint_list_is_one_line_naming_the_entry(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["history", "--as", "bob", "--room", "dev",
+                     "--server", "tcp://a:1,,tcp://b:2"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "endpoint 2 of 3 is empty" in line and "single commas" in line

@@ -23,6 +23,7 @@ from zchat.client.session import (
     next_repair,
     pong_verdict,
     rate_limit_wait_s,
+    reconnect_endpoint,
     repair_due,
     rooms_left,
 )
@@ -218,3 +219,13 @@ def test_a_rate_limited_request_waits_what_the_broker_asks_within_bounds() -> No
     assert rate_limit_wait_s(200, 1.5) == pytest.approx(0.3)
     assert rate_limit_wait_s(0, 1.0) == session.RATE_LIMIT_MIN_WAIT_S
     assert rate_limit_wait_s(10_000_000, 1.0) == session.RATE_LIMIT_MAX_WAIT_S
+
+
+def test_a_reconnect_moves_round_robin_starting_with_the_next_endpoint() -> None:
+    """docs/cluster.md, "How clients move": the lost broker is tried last in each round;
+    one endpoint is always itself."""
+    assert [reconnect_endpoint(0, n, 3) for n in range(1, 7)] == [1, 2, 0, 1, 2, 0]
+    assert [reconnect_endpoint(2, n, 3) for n in range(1, 4)] == [0, 1, 2]
+    assert [reconnect_endpoint(0, n, 1) for n in range(1, 4)] == [0, 0, 0]
+    with pytest.raises(ValueError):
+        reconnect_endpoint(3, 1, 3)

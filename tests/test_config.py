@@ -17,6 +17,7 @@ from zchat.config import (
     default_config_path,
     endpoint_problem,
     load_config,
+    server_endpoints,
     validate,
 )
 from zchat.errors import ZchatError
@@ -236,6 +237,15 @@ def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
         ("[broker]\nrouter = 'tcp://*:65536'\n", "broker", "router", r"out of range"),
         ("[broker]\npub = 'tcp://[::1:5556'\n", "broker", "pub", r"unbalanced brackets"),
         ("[client]\ntimeout_s = 0\n", "client", "timeout_s", r"> 0"),
+        ("[client]\nserver = 'tcp://a:1,'\n", "client", "server",
+         r"endpoint 2 of 2 is empty .* separate endpoints with single commas"),
+        ("[client]\nserver = 'tcp://a:1,tcp://a:1'\n", "client", "server",
+         r"tcp://a:1 is listed twice"),
+        ("[client]\nserver = ['tcp://a:1', 'tcp://b']\n", "client", "server",
+         r"endpoint 2: .* host or the port is missing"),
+        ("[client]\nserver = []\n", "client", "server", r"non-empty list of strings"),
+        ("[client]\nserver = ['tcp://a:1', 5]\n", "client", "server",
+         r"non-empty list of strings"),
         ("[client]\nreconnect_max_s = -1\n", "client", "reconnect_max_s", r"> 0"),
     ],
 )
@@ -416,3 +426,17 @@ def test_broker_id_defaults_to_the_host_and_the_data_directory(tmp_path: Path) -
     assert one != broker_id(BrokerConfig(data_dir=str(tmp_path / "b")))
     assert len(one) <= 63 and " " not in one
     assert broker_id(BrokerConfig(id="chat-a", data_dir=str(tmp_path))) == "chat-a"
+
+
+def test_a_cluster_is_a_list_or_a_comma_separated_string(tmp_path: Path) -> None:
+    """[client] server names a cluster's brokers (docs/cluster.md): a TOML list is kept
+    as the comma-separated string --server takes, and both split the same way."""
+    listed = load_config(write(tmp_path, "[client]\nserver = ['tcp://a:5555', "
+                                         "'tcp://b:5555']\n")).client.server
+    assert listed == "tcp://a:5555,tcp://b:5555"
+    spaced = load_config(write(tmp_path, "[client]\nserver = 'tcp://a:5555, "
+                                         "tcp://b:5555'\n")).client.server
+    assert server_endpoints(listed) == server_endpoints(spaced) == \
+        ("tcp://a:5555", "tcp://b:5555")
+    assert server_endpoints("inproc://one") == ("inproc://one",)
+    assert server_endpoints(["tcp://a:1", "tcp://b:2"]) == ("tcp://a:1", "tcp://b:2")

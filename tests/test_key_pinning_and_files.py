@@ -7,11 +7,14 @@ and client subprocesses) and real processes racing for the pinned-keys file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 import zmq
 import zmq.asyncio
 from cli_helpers import ok, restart_on_same_ports, zchat
+from client_helpers import collect, is_
 from conftest import Proc, cli_env, free_port, run, start_broker, stop_broker, zchat_command
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
@@ -29,6 +33,7 @@ from zchat.broker import keypair
 from zchat.broker.loop import BrokerThread
 from zchat.client import trust
 from zchat.client.client import KEY_CHECK_SHARE, Client
+from zchat.client.events import ConnectionRestored, SessionEnded
 from zchat.config import BrokerConfig
 from zchat.console.app import ChatConsole
 from zchat.errors import ConnectionFailed
@@ -210,3 +215,104 @@ def test_a_deleted_public_key_file_is_recreated_from_the_secret(
         keypair.load_or_create_broker_keys(tmp_path)  # present now: nothing to say
     assert caplog.records == []
 
+
+
+# -- a cluster's endpoints share one pinned key (docs/cluster.md, "How clients move") ------
+
+
+@contextlib.contextmanager
+def broker_on_a_free_port(data: Path) -> Iterator[Any]:
+    """A CURVE broker thread on loopback whose key service is at its ROUTER's port + 2,
+    where a client looks for it by default; new ports when a bind fails (taken
+    meanwhile). In a zmq context of its own: one context has one ZAP handler."""
+    data.mkdir(parents=True, exist_ok=True)
+    ctx = zmq.Context()
+    try:
+        for _ in range(5):
+            port = free_port()
+            thread = tcp_broker(data, ctx, router=f"tcp://127.0.0.1:{port}",
+                                heartbeat_interval_s=0.5, heartbeat_timeout_s=1.5)
+            try:
+                broker = thread.__enter__()
+            except zmq.ZMQError:
+                thread.broker.close()
+                continue
+            try:
+                yield broker
+            finally:
+                thread.__exit__(None, None, None)
+            return
+        raise AssertionError("no free ports for a broker in 5 attempts")
+    finally:
+        ctx.term()
+
+
+def test_a_second_endpoint_with_another_key_is_refused_and_not_pinned(
+        tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """Two brokers with their own key pairs given as one cluster: the first is pinned by
+    trust on first use; when it stops, the client's move to the second finds another
+    key at its key service and ends the session with the changed-key warning, as for one
+    endpoint — it neither connects nor pins the second's key."""
+    known = tmp_path / "known_brokers.toml"
+    with broker_on_a_free_port(tmp_path / "b") as b:
+        first = contextlib.ExitStack()
+        a = first.enter_context(broker_on_a_free_port(tmp_path / "a"))
+
+        async def scenario() -> None:
+            client = Client([a.router_endpoint, b.router_endpoint], context=ctx,
+                            known_brokers=known, reconnect=True, timeout_s=2.0)
+            try:
+                await client.connect()
+                assert client.pinned is not None and client.pinned.endpoint == \
+                    a.router_endpoint
+                await client.register("alice", PASSWORD)
+                await client.login("alice", PASSWORD)
+                first.close()  # GOING_AWAY: the client moves to b
+                ended = await collect(client, is_(SessionEnded), timeout_s=15)
+                reason = ended[-1].reason
+                assert trust.CHANGED_HEADLINE in reason
+                assert b.router_endpoint in reason and "one cluster" in reason
+                assert client.state == "closed"
+            finally:
+                await client.close()
+
+        run(scenario())
+        pins = trust.load_known_brokers(known)
+        assert list(pins) == [a.router_endpoint]  # b's key was not pinned
+
+
+def test_a_second_endpoint_with_the_cluster_key_is_pinned_on_the_way(
+        tmp_path: Path, ctx: zmq.Context[Any]) -> None:
+    """Both brokers hold one key pair (copied, docs/cluster.md): the first is pinned at
+    connect; the second, never seen before, is checked against that key when the
+    client moves to it, pinned for its endpoint, and the client goes on there. (Two
+    SQLite brokers, not a cluster: the account exists on both, and the move ends in a
+    LOGIN instead of a RESUME.)"""
+    known = tmp_path / "known_brokers.toml"
+    for name in ("a", "b"):
+        (tmp_path / name / "data").mkdir(parents=True, mode=0o700)
+    keypair.load_or_create_broker_keys(tmp_path / "a" / "data")
+    for name in (keypair.BROKER_SECRET_FILE, keypair.BROKER_PUBLIC_FILE):
+        shutil.copy2(tmp_path / "a" / "data" / name, tmp_path / "b" / "data" / name)
+    with broker_on_a_free_port(tmp_path / "b") as b:
+        first = contextlib.ExitStack()
+        a = first.enter_context(broker_on_a_free_port(tmp_path / "a"))
+
+        async def scenario() -> None:
+            async with Client(b.router_endpoint, context=ctx, known_brokers=known) as on_b:
+                await on_b.register("alice", PASSWORD)
+            client = Client([a.router_endpoint, b.router_endpoint], context=ctx,
+                            known_brokers=known, reconnect=True, timeout_s=2.0)
+            try:
+                await client.connect()
+                await client.register("alice", PASSWORD)
+                await client.login("alice", PASSWORD)
+                first.close()  # GOING_AWAY: the client moves to b
+                await collect(client, is_(ConnectionRestored), timeout_s=15)
+                assert client.server == b.router_endpoint
+            finally:
+                await client.close()
+
+        run(scenario())
+        pins = trust.load_known_brokers(known)
+        assert pins[a.router_endpoint] == pins[b.router_endpoint]

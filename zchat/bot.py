@@ -39,7 +39,7 @@ import re
 import shlex
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -245,15 +245,17 @@ class Bot:
 
     Credentials: ``token`` (a bot token, ``zchat token create``) or ``password``; the
     ``zchat bot`` command fills them from ``ZCHAT_TOKEN`` / ``ZCHAT_PASSWORD``. ``server``
-    is the broker's ROUTER endpoint (DEFAULT_SERVER when not given; ``zchat bot`` then
-    uses ``--server`` or the config file's ``[client] server``), ``rooms`` the rooms joined at start, ``context`` the
+    is the broker's ROUTER endpoint, or a cluster's several (a sequence, or one string
+    with commas: the bot moves to the next when its broker is lost, docs/cluster.md)
+    (DEFAULT_SERVER when not given; ``zchat bot`` then uses ``--server`` or the config
+    file's ``[client] server``), ``rooms`` the rooms joined at start, ``context`` the
     zmq context (the process's one by default). ``ignore_bots`` (default True): room
     messages and DMs from other bot accounts reach no handler, so that two bots cannot
     answer each other forever (an echo bot and a help desk did, at ~400 DMs/s).
     """
 
     def __init__(self, name: str, *, password: str | None = None, token: str | None = None,
-                 server: str | None = None, rooms: Iterable[str] = ("lobby",),
+                 server: str | Sequence[str] | None = None, rooms: Iterable[str] = ("lobby",),
                  context: zmq.Context[Any] | None = None, ignore_bots: bool = True) -> None:
         self.name = name
         self.ignore_bots = ignore_bots
@@ -263,7 +265,7 @@ class Bot:
         #: Whether the bot's file named its broker: ``zchat bot`` then keeps it unless
         #: ``--server`` is given; else it takes the config file's ``[client] server``.
         self.server_given = server is not None
-        self.server = server if server is not None else DEFAULT_SERVER
+        self.server: str | Sequence[str] = server if server is not None else DEFAULT_SERVER
         self.rooms = tuple(rooms)
         self.context = context
         self.handlers: list[Handler] = []

@@ -204,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--server", metavar="ENDPOINT",
                         help="the broker's ROUTER endpoint "
-                             f"({_default('client', 'server')})")
+                             f"({_default('client', 'server')}); for a cluster, several "
+                             "separated by commas (tcp://a:5555,tcp://b:5555), tried in "
+                             "order; join, tail, bot and say - move to the next when "
+                             "theirs is lost and resume there (docs/cluster.md)")
         sp.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up when the broker does not answer "
                              f"({_default('client', 'timeout_s')})")

@@ -316,7 +316,10 @@ class BrokerConfig:
 class ClientConfig:
     """Settings of ``zchat join`` (the ``[client]`` table).
 
-    - ``server``: the broker's ROUTER endpoint to connect to.
+    - ``server``: the broker's ROUTER endpoint to connect to; for a cluster
+      (docs/cluster.md) several, comma-separated (``"tcp://a:5555,tcp://b:5555"``) or a
+      TOML list, tried in order and moved along when the broker in use is lost
+      (:func:`server_endpoints`).
     - ``timeout_s``: seconds to wait for a reply before the broker counts as gone (> 0).
     - ``reconnect_max_s``: ceiling, in seconds, of the reconnect back-off (> 0).
     - ``paste_confirm_lines``: the console asks before sending a paste of more lines (>= 1;
@@ -462,8 +465,41 @@ def _build_table(
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"unknown key{_suggest(key, hints)}", path=path, table=table, key=key)
+        if (table, key) == ("client", "server") and isinstance(value, list):
+            # a cluster's endpoints as a TOML list: kept as the comma-separated string
+            # --server takes (server_endpoints splits it)
+            if not value or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"expected a string or a non-empty list of strings, got "
+                                  f"{value!r}", path=path, table=table, key=key)
+            value = ",".join(value)
         kwargs[key] = _coerce(value, hints[key], path=path, table=table, key=key)
     return cls(**kwargs)
+
+
+def server_endpoints(server: str | typing.Sequence[str]) -> tuple[str, ...]:
+    """The ROUTER endpoints of ``[client] server`` or ``--server``: one endpoint, several
+    separated by commas (white space around each ignored), or a sequence of them, in
+    the order given. Each must pass :func:`endpoint_problem` (as an endpoint to connect
+    to). Raises ValueError naming the problem: none given, an empty entry (``a,,b``, a
+    trailing comma), a bad endpoint, or one listed twice."""
+    parts = server.split(",") if isinstance(server, str) else list(server)
+    endpoints: list[str] = []
+    for i, part in enumerate(parts):
+        if not isinstance(part, str):
+            raise ValueError(f"endpoint {i + 1} is not a string: {part!r}")
+        endpoint = part.strip()
+        if not endpoint and len(parts) > 1:
+            raise ValueError(f"endpoint {i + 1} of {len(parts)} is empty in {server!r}: "
+                             f"separate endpoints with single commas")
+        problem = endpoint_problem(endpoint, bind=False)
+        if problem is not None:
+            raise ValueError(problem if len(parts) == 1 else f"endpoint {i + 1}: {problem}")
+        if endpoint in endpoints:
+            raise ValueError(f"{endpoint} is listed twice")
+        endpoints.append(endpoint)
+    if not endpoints:
+        raise ValueError("no endpoint given")
+    return tuple(endpoints)
 
 
 def endpoint_problem(endpoint: str, *, bind: bool) -> str | None:
@@ -579,7 +615,6 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     for table, key, value, bind in (("broker", "router", b.router, True),
                                     ("broker", "pub", b.pub, True),
                                     ("broker", "pub_advertised", b.pub_advertised, False),
-                                    ("client", "server", c.server, False),
                                     ("broker", "key_endpoint", b.key_endpoint, True),
                                     ("client", "key_server", c.key_server, False)):
         if key in ("pub_advertised", "key_endpoint", "key_server") and not value:
@@ -587,6 +622,10 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
         problem = endpoint_problem(value, bind=bind)
         if problem is not None:
             fail(table, key, problem)
+    try:
+        server_endpoints(c.server)
+    except ValueError as exc:
+        fail("client", "server", str(exc))
     if b.store and (problem := store_problem(b.store)) is not None:
         fail("broker", "store", problem)
     if len(b.id) > MAX_BROKER_ID_CHARS or not all(" " < ch < "\x7f" for ch in b.id):

@@ -25,7 +25,7 @@ from typing import Any
 
 from zchat.config import BrokerConfig, broker_id
 from zchat.core import Action, BrokerCore
-from zchat.core.cluster import Fanout
+from zchat.core.cluster import SESSION_MOVED, Fanout
 from zchat.errors import StorageError
 from zchat.store.pg_listen import Listener
 
@@ -61,6 +61,8 @@ class ClusterLink:
         #: Accounts made and memberships changed elsewhere, in the order heard.
         self._changes: list[str] = []
         self._dm_notes: list[tuple[str, str, int]] = []
+        #: Token hashes of sessions another broker resumed, in the order heard.
+        self._moved: list[str] = []
         self._all_dms_due = False
         self._state_due = False
         self._next_check_s = now_s + config.cluster_check_s
@@ -207,6 +209,8 @@ class ClusterLink:
                 self._dm_notes.append((recipient, sender, int(dm_id)))
             elif kind in ("e", "f", "p", "o"):
                 self._events.append(note.payload)
+            elif kind == SESSION_MOVED:
+                self._moved.append(key)
             elif kind in ("a", "j", "l"):
                 self._changes.append(note.payload)
             else:
@@ -249,6 +253,10 @@ class ClusterLink:
             except StorageError as exc:
                 log.error("cannot reload the state from the database: %s", exc.reason)
                 self._state_due = True
+        if self._moved:  # in memory only: a moved session's row stays
+            moved, self._moved = self._moved, []
+            for token_sha256 in moved:
+                actions += self.fanout.session_moved(token_sha256, now_ms)
         if self._events:  # after the state they change (members of a private room)
             events, self._events = self._events, []
             actions += self.fanout.relayed(events)
@@ -353,7 +361,7 @@ class ClusterLink:
         """Whether the next wake-up has work without waiting (a state reload asked, or
         relayed events to deliver)."""
         return self._state_due or bool(self._events) or bool(self._changes) or \
-            bool(self._held_back)
+            bool(self._held_back) or bool(self._moved)
 
     def close(self) -> None:
         self.listener.close()

@@ -37,7 +37,11 @@ LOGIN with the credentials kept in this object's memory, resubscribes, sets the 
 again when it is away (``presence``: a restarted broker forgets it), fills every
 followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY event
 (§6.29) starts the reconnect at once. A refused LOGIN (password changed) ends it with a
-terminal ``SessionEnded``. Requests issued meanwhile fail at once with ConnectionFailed.
+terminal ``SessionEnded``. A client given several endpoints (a cluster, docs/cluster.md)
+makes each attempt on the next one, round robin from the lost one
+(``session.reconnect_endpoint``), and RESUMEs there: every broker of the cluster finds
+the session in the shared database. Requests issued meanwhile fail at once with
+ConnectionFailed.
 
 Transport security (docs/PROTOCOL.md §16): with ``encryption="curve"`` (the default) a
 tcp client is a CurveZMQ client with a fresh key pair per connection (its DEALER and SUB
@@ -63,7 +67,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -92,6 +96,7 @@ from zchat.client.session import (
     UnreadTracker,
     backoff_delay,
 )
+from zchat.config import server_endpoints
 from zchat.errors import (
     ConnectionFailed,
     LocalProtocolError,
@@ -209,7 +214,12 @@ class _LoginRefused(Exception):
 class Client:
     """An asyncio zchat client. ``async with Client(server) as c:`` connects and closes.
 
-    ``server`` is the broker's ROUTER endpoint (``tcp://host:5555``, ``inproc://…``).
+    ``server`` is the broker's ROUTER endpoint (``tcp://host:5555``, ``inproc://…``),
+    or for a cluster (docs/cluster.md) several: a sequence, or one string with commas
+    (``"tcp://a:5555,tcp://b:5555"``). ``connect()`` tries them in order; a reconnect
+    moves round robin to the next one first (``session.reconnect_endpoint``) and
+    RESUMEs the session there. ``servers`` is the tuple, ``server`` the one in use.
+    Raises ValueError for a bad list (``zchat.config.server_endpoints``).
     ``timeout_s`` bounds every request. Incoming traffic is read with ``events()``.
     With ``reconnect=True``, a client that has logged in keeps its credentials in memory
     and reconnects by itself after losing the broker, waiting at most ``reconnect_max_s``
@@ -224,9 +234,9 @@ class Client:
     ``connect()`` that pinned a key by trust on first use, ``pinned`` says what.
     """
 
-    def __init__(self, server: str, *, context: zmq.Context[Any] | None = None,
-                 timeout_s: float = 5.0, reconnect: bool = False,
-                 reconnect_max_s: float = 30.0, encryption: str = "curve",
+    def __init__(self, server: str | Sequence[str], *,
+                 context: zmq.Context[Any] | None = None, timeout_s: float = 5.0,
+                 reconnect: bool = False, reconnect_max_s: float = 30.0, encryption: str = "curve",
                  server_key: str = "", key_server: str = "",
                  known_brokers: Path | None = None) -> None:
         if reconnect_max_s <= 0:
@@ -240,7 +250,13 @@ class Client:
         self.pinned: trust.Pinned | None = None
         self._broker_key: str | None = None   # resolved at the first connect
         self._key_source = ""                 # where it came from, for BrokerKeyChanged
-        self.server = server
+        try:
+            self.servers: tuple[str, ...] = server_endpoints(server)
+        except ValueError as exc:
+            raise ValueError(f"server: {exc}") from None
+        self._endpoint = 0  # index in servers of the one in use
+        #: Endpoints whose key was checked against the cluster's (``_resolve_broker_key``).
+        self._key_checked: set[str] = set()
         self.timeout_s = timeout_s
         self.reconnect = reconnect
         self.reconnect_max_s = reconnect_max_s
@@ -316,6 +332,11 @@ class Client:
         await self.close()
 
     @property
+    def server(self) -> str:
+        """The broker endpoint in use (or last tried), one of ``servers``."""
+        return self.servers[self._endpoint]
+
+    @property
     def state(self) -> ConnState:
         """"connected"; "reconnecting" from ConnectionLost to ConnectionRestored; "closed"
         before ``connect()``, after ``close()`` and after SessionEnded."""
@@ -388,11 +409,24 @@ class Client:
             raise LocalProtocolError("client is closed")
         if self._supervisor is not None and self.info is not None:
             return self.info
-        try:
-            info = await self._open()
-        except BaseException:
-            await self._close_sockets("connect failed")
-            raise
+        failures: list[str] = []
+        for index in range(len(self.servers)):
+            self._endpoint = index
+            try:
+                info = await self._open()
+                break
+            except ConnectionFailed as exc:  # a key refused is not: BrokerKeyChanged
+                await self._close_sockets("connect failed")
+                if len(self.servers) == 1:
+                    raise
+                log.info("no connection to %s: %s", self.server, exc)
+                failures.append(f"{self.server}: {exc}")
+            except BaseException:
+                await self._close_sockets("connect failed")
+                raise
+        else:
+            raise ConnectionFailed(f"none of the {len(self.servers)} brokers answered: "
+                                   + "; ".join(failures))
         self._mode = "connected"
         self.connected = True
         self._last_heard = time.monotonic()
@@ -415,6 +449,10 @@ class Client:
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()
             await asyncio.wait([supervisor])
+            if not supervisor.cancelled():
+                # a heartbeat that ran into this close() ("client is closed") ended
+                # with that error: retrieved here, it is not reported as lost
+                supervisor.exception()
         await self._close_sockets("client closed")
         self._restoring = False
         self._mode = "closed"
@@ -481,23 +519,33 @@ class Client:
         return self.key_server or key_endpoint_for(self.server)
 
     async def _resolve_broker_key(self) -> bytes | None:
-        """The broker's public key (Z85 bytes) for a CURVE connection, or None when the
-        connection is plain ("none", or not tcp). In order: ``server_key``; the pin for
-        ``server`` in the pinned-keys file; else fetched from the key service and pinned
-        (trust on first use; ``self.pinned`` is set). Resolved once, reused by
-        reconnects. Raises KeyFileError (unreadable pinned-keys file), ConnectionFailed
-        (the key service does not answer), BadKey, ValueError (no key service port)."""
+        """The broker's public key (Z85 bytes) for a CURVE connection to ``server``, or
+        None when the connection is plain ("none", or not tcp). In order:
+        ``server_key``; the pin of the first of ``servers`` pinned in the pinned-keys
+        file; else fetched from the key service and pinned (trust on first use;
+        ``self.pinned`` is set). Resolved once, reused by reconnects.
+
+        The endpoints of one list are one cluster, which shares one key pair
+        (docs/cluster.md): the key found is the cluster's. An endpoint of the list not
+        pinned yet gets its key service asked once, and the key it offers pinned for it
+        only if it is that key; a pin or an offer of another key raises
+        BrokerKeyChanged, as for one endpoint. Raises KeyFileError (unreadable
+        pinned-keys file), ConnectionFailed (the key service does not answer), BadKey,
+        ValueError (no key service port)."""
         if self.encryption != "curve" or not is_tcp(self.server):
             return None
+        path = self._known_brokers_path()
         if self._broker_key is None:
-            path = self._known_brokers_path()
+            pins = {} if self.server_key else trust.load_known_brokers(path)
+            first = next((e for e in self.servers if e in pins), None)
             if self.server_key:
                 self._broker_key = self.server_key
                 self._key_source = "the server_key setting ([client] server_key or " \
                                    "--server-key)"
-            elif (pinned := trust.load_known_brokers(path).get(self.server)) is not None:
-                self._broker_key = pinned
-                line = trust.pinned_line(path, self.server)
+            elif first is not None:
+                self._broker_key = pins[first]
+                self._key_checked.add(first)
+                line = trust.pinned_line(path, first)
                 self._key_source = f"{path}" + (f", line {line}" if line else "")
             else:
                 key = await trust.fetch_broker_key(self.context, self._key_service(),
@@ -509,7 +557,34 @@ class Client:
                 self._broker_key = key
                 line = trust.pinned_line(path, self.server)
                 self._key_source = f"{path}" + (f", line {line}" if line else "")
+                self._key_checked.add(self.server)
+        if not self.server_key and self.server not in self._key_checked:
+            await self._check_cluster_key(path, self._broker_key)
         return self._broker_key.encode("ascii")
+
+    async def _check_cluster_key(self, path: Path, key: str) -> None:
+        """``server``, another endpoint of the list than the one whose key is pinned,
+        has the cluster's ``key``: its own pin if it has one, else the key its key
+        service offers, then pinned for it. Raises BrokerKeyChanged (another key),
+        ConnectionFailed (the key service does not answer: the broker is down)."""
+        pinned = trust.load_known_brokers(path).get(self.server)
+        offered = pinned if pinned is not None else await trust.fetch_broker_key(
+            self.context, self._key_service(), self.timeout_s)
+        if offered != key:
+            where = (f"the pin of {self.server} in {path}" if pinned is not None
+                     else f"{self.server}'s key service")
+            raise trust.BrokerKeyChanged(
+                self.server, key, offered, self._key_source,
+                f"The endpoints {', '.join(self.servers)} are given as one cluster, "
+                f"which shares one key pair (docs/cluster.md), but {where} has another "
+                f"key. If {self.server} is not part of the cluster, remove it from "
+                f"--server / [client] server; if the cluster's key changed, delete the "
+                f"lines of its endpoints in {path} and connect again.")
+        if pinned is None:
+            trust.pin_broker_key(path, self.server, key)
+            log.info("pinned the cluster's key (%s) for %s in %s", fingerprint(key),
+                     self.server, path)
+        self._key_checked.add(self.server)
 
     async def _explain_silence(self, exc: ConnectionFailed, broker_key: bytes | None,
                                left_s: float) -> ZchatError:
@@ -1581,11 +1656,13 @@ class Client:
         log.info("lost the broker at %s (silent %.1f s); reconnecting", self.server,
                     silent_s)
         await self._close_sockets("lost the broker; reconnecting")
+        lost = self._endpoint
         for attempt in itertools.count(1):
             delay = backoff_delay(attempt, self.reconnect_max_s,
                                   self._rng.uniform(-RECONNECT_JITTER, RECONNECT_JITTER))
             self._events.put_nowait(Reconnecting(attempt, delay))
             await asyncio.sleep(delay)
+            self._endpoint = session.reconnect_endpoint(lost, attempt, len(self.servers))
             token = _INTERNAL.set(True)
             try:
                 await self._restore()
@@ -1599,7 +1676,7 @@ class Client:
                           if isinstance(exc, trust.BrokerKeyChanged) else None)
                 return False
             except (ZchatError, zmq.ZMQError) as exc:
-                log.info("reconnect attempt %d failed: %s", attempt, exc)
+                log.info("reconnect attempt %d (%s) failed: %s", attempt, self.server, exc)
                 await self._close_sockets("reconnect attempt failed")
                 continue
             finally:

@@ -564,6 +564,17 @@ def backoff_delay(attempt: int, max_s: float, jitter: float = 0.0) -> float:
     return min(max_s, min(max_s, base) * (1.0 + jitter))
 
 
+def reconnect_endpoint(lost: int, attempt: int, count: int) -> int:
+    """Index, in the client's list of ``count`` broker endpoints, to try at reconnect
+    attempt ``attempt`` (1, 2, …) after losing the one at index ``lost``: round robin
+    starting with the next one (a cluster's other broker answers at once, while the
+    lost one may be down for good), so the lost one comes last in each round. With one
+    endpoint, always it (docs/cluster.md, "How clients move")."""
+    if count < 1 or not 0 <= lost < count:
+        raise ValueError(f"endpoint {lost} is not one of {count}")
+    return (lost + max(attempt, 1)) % count
+
+
 def rate_limit_wait_s(retry_after_ms: int, stretch: float) -> float:
     """Seconds to wait after a 429 that asked for ``retry_after_ms``: at least
     RATE_LIMIT_MIN_WAIT_S, times ``stretch`` (drawn from 1 to 1 + RATE_LIMIT_JITTER by the

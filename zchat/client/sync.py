@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import zmq
@@ -23,10 +23,11 @@ class SyncClient:
     ``next_event(timeout_s)`` returns the next event or None.
     """
 
-    def __init__(self, server: str, *, context: zmq.Context[Any] | None = None,
+    def __init__(self, server: str | Sequence[str], *, context: zmq.Context[Any] | None = None,
                  timeout_s: float = 5.0, reconnect: bool = False,
                  reconnect_max_s: float = 30.0, **transport: Any) -> None:
-        """``transport``: Client's ``encryption``, ``server_key``, ``key_server`` and
+        """``server``: as Client's (one endpoint, or a cluster's several: a sequence or
+        one string with commas). ``transport``: Client's ``encryption``, ``server_key``, ``key_server`` and
         ``known_brokers``."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="zchat-client",

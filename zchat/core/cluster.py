@@ -45,6 +45,9 @@ from zchat.errors import ZchatError
 
 log = logging.getLogger("zchat.broker")
 
+#: Notification kind: a session was resumed on the broker that sent it (payload: the
+#: token's SHA-256 in hex); the broker holding it drops it without an offline event.
+SESSION_MOVED = "r"
 #: Messages read from the database per query while catching a room up (a HISTORY page).
 CATCH_UP_PAGE = 500
 #: The longest relayed event, in UTF-8 bytes: PostgreSQL refuses a notification payload
@@ -56,6 +59,8 @@ class ClusterDelivery(Delivery):
     """Delivery for a broker of a cluster: a room message's event is not sent by the
     handler that stored it (``posted`` notes its room; ``Fanout.rooms`` publishes it from
     the database after the commit), and DMs pushed to a session are noted in ``seen``."""
+
+    shares_sessions = True
 
     def __init__(self, state: State, seen: dict[bytes, set[int]],
                  census: Callable[[str], int] | None = None) -> None:
@@ -115,6 +120,11 @@ class ClusterDelivery(Delivery):
         if payload is not None:
             self.relay.append(payload)
         return action
+
+    def session_moved(self, token_sha256: str) -> None:
+        """``r<token_sha256>`` for the other brokers, sent with the commit: whichever
+        holds the session drops it, with no offline event (``Fanout.session_moved``)."""
+        self.relay.append(SESSION_MOVED + token_sha256)
 
     def pending_handed(self, routing_id: bytes,
                        pending: Iterable[p.DirectMessage]) -> None:
@@ -449,6 +459,29 @@ class Fanout:
         else:
             core.state.forget_member(room_key, account_key)
         return True
+
+    def session_moved(self, token_sha256: str, now_ms: int) -> list[Action]:
+        """Another broker resumed the session with this token hash: drop this broker's
+        copy of it — live (its connection is told SESSION_CLOSED, as a displaced
+        connection is on one broker, docs/PROTOCOL.md §6.27) or kept from before this
+        broker's start — keeping its stored row (the other broker's now) and publishing no
+        PRESENCE: the session moved, it did not end, and the account stays online in the
+        cluster (docs/cluster.md)."""
+        core = self.core
+        core.restored.pop(token_sha256, None)
+        routing_id = core.by_token.pop(token_sha256, None)
+        if routing_id is None:
+            return []
+        session = core.sessions.pop(routing_id)
+        core.unbind_key(session)
+        self.seen.pop(routing_id, None)
+        account = core.accounts.get(session.account_key)
+        if account is not None:
+            account.sessions.discard(routing_id)
+        log.info("session of %s moved to another broker", session.name)
+        return [self.deliver.to_session(routing_id, p.SessionClosed(
+            reason="your session was resumed on another broker", by=session.name,
+            time=now_ms))]
 
     def _end_revoked(self, account_key: str, now_ms: int) -> list[Action]:
         core = self.core

@@ -256,9 +256,12 @@ class Core(Protection):
                                 "broker admin; the operator creates that account with "
                                 "`zchat admin create` on the database")
 
-    def bind_session(self, session: Session, now_ms: int) -> list[Action]:
+    def bind_session(self, session: Session, now_ms: int, announce: bool = True
+                     ) -> list[Action]:
         """Register ``session`` under its routing id; an offline account goes online (one
-        PRESENCE event, returned)."""
+        PRESENCE event, returned). With ``announce`` False — a session that moved here
+        from another broker that held it until now: the account was online in the
+        cluster all along — it goes online here with no event."""
         self.sessions[session.routing_id] = session
         self.bind_key(session)
         self._evict_at = min(self._evict_at,
@@ -269,6 +272,10 @@ class Core(Protection):
         if len(account.sessions) == 1 and \
                 self._held_elsewhere(session.account_key, 1):
             if account.presence == "offline":  # online through another broker
+                account.presence = "online"
+            return []
+        if not announce:
+            if account.presence == "offline":
                 account.presence = "online"
             return []
         if account.presence == "offline" or len(account.sessions) == 1:

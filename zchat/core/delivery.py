@@ -22,8 +22,16 @@ from zchat.core.state import Account, State
 class Delivery:
     """Turns deliveries into actions, reading the sessions and memberships of ``state``."""
 
+    #: Whether other brokers share the store's sessions (a cluster, docs/cluster.md): a
+    #: RESUME this broker does not know is then looked up in the store.
+    shares_sessions = False
+
     def __init__(self, state: State) -> None:
         self.state = state
+
+    def session_moved(self, token_sha256: str) -> None:
+        """A session was resumed here from the store: in a cluster the broker that held
+        it (if alive) must drop it; a single broker has nobody to tell."""
 
     @staticmethod
     def reply(routing_id: bytes, request_id: bytes, reply: p.Reply) -> ToPeer:

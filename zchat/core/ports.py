@@ -210,6 +210,9 @@ class SessionRow:
     login_token_id: int | None
     address: str
     login_ms: int
+    #: The id of the broker holding it in a cluster ('' when none holds it, and on a
+    #: broker alone); only ``Store.session`` reads it.
+    holder: str = ""
 
 
 # -- the port -------------------------------------------------------------------------------
@@ -264,6 +267,7 @@ class Store(Protocol):
         ...
 
     def sessions(self) -> list[SessionRow]: ...
+    def session(self, token_sha256: str) -> SessionRow | None: ...
 
     # rooms, memberships, roles, modes, invitations
     def join_room(self, room_key: str, room_name: str, skeleton: str, account_key: str,

@@ -12,6 +12,7 @@ from zchat.core import wording
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core
 from zchat.core.jobs import LoginJob, RegisterJob, SetPasswordJob
+from zchat.core.ports import SessionRow
 from zchat.core.state import DEFAULT_ROOM, Session
 from zchat.core.validation import check_away_text
 from zchat.errors import ProtocolError, Status
@@ -226,6 +227,8 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
                                   call.now_s), closed]
     core.expire_restored(call.now_s)
     row = core.restored.get(token_hash)
+    if row is None and core.deliver.shares_sessions:
+        row = stored_session(core, token_hash)  # made or held by another broker
     if row is None:
         raise ProtocolError(Status.UNAUTHORIZED, "unknown or expired session; LOGIN "
                             "again")
@@ -234,18 +237,41 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
     account = core.accounts[row.account_key]
     reply = logged_in(core, row.account_key, account.name, req.session)
     core.deliver.pending_handed(call.rid, reply.pending)
-    del core.restored[token_hash]
-    # the row is this broker's now (in a cluster: held under its lease, docs/cluster.md)
+    core.restored.pop(token_hash, None)
+    # the row is this broker's now (in a cluster: held under its lease, docs/cluster.md),
+    # and a broker still holding it lets it go, with no offline event (Fanout.session_moved)
     core.store.add_session(token_hash, row.account_key, row.login_token_id,
                            call.address or row.address, row.login_ms)
+    core.deliver.session_moved(token_hash)
     resumed = Session(call.rid, req.session, row.account_key, account.name,
                       call.address or row.address, row.login_ms, call.now_s, call.now_ms,
                       login_token_id=row.login_token_id, transport_key=call.transport_key)
-    actions = core.bind_session(resumed, call.now_ms)
-    log.info("resumed %s after the broker restart, from %s", account.name,
-             call.address or row.address or "?")
+    # a row another broker held until now: the account was online in the cluster, and
+    # stays so with no event (one online, one offline per account: docs/cluster.md)
+    actions = core.bind_session(resumed, call.now_ms, announce=not row.holder)
+    log.info("resumed %s from the store (a broker restart, or another broker's "
+             "session), from %s", account.name, call.address or row.address or "?")
     return [core.charge_reply(row.account_key, core.ok(call.rid, call.request_id, reply), call.now_s),
             *actions]
+
+
+def stored_session(core: Core, token_hash: str) -> SessionRow | None:
+    """A session of the cluster's store that this broker does not hold (another broker
+    made it, holds it or held it before it died; docs/cluster.md), or None when there
+    is none, its account is gone, or it logged in with an account token revoked since.
+    Its account is learnt from the store when this broker has not heard of it yet."""
+    row = core.store.session(token_hash)
+    if row is None:
+        return None
+    if row.account_key not in core.accounts:
+        account = core.store.get_account(row.account_key)
+        if account is None:
+            return None
+        core.state.add_account(row.account_key, account.name, account.bot)
+    if row.login_token_id is not None and row.login_token_id not in {
+            token_id for token_id, _ in core.store.token_hashes(row.account_key)}:
+        return None
+    return row
 
 
 def logout(core: Core, call: Call, session: Session, req: p.Logout) -> list[Action]:

@@ -1303,13 +1303,22 @@ class Store:
                         broker, epoch))
 
     def delete_sessions(self, token_sha256s: list[str]) -> int:
-        """Forget these sessions; returns how many rows went."""
+        """Forget these sessions; returns how many rows went. A store with a ``holder``
+        (a broker of a cluster) deletes only the rows it holds or that no broker holds:
+        a row another broker holds is that broker's (a session that moved there, whose
+        ``r`` notification this broker missed, must not lose its row when this broker
+        evicts its stale copy). Without one (``zchat admin`` on the database) every row
+        given goes."""
         if not token_sha256s:
             return 0
+        broker = self.holder[0]
         with self._write():
-            cur = self._exec("DELETE FROM sessions WHERE token_sha256 = ANY(%s)",
-                             (list(token_sha256s),))
-            return cur.rowcount
+            if not broker:
+                return self._exec("DELETE FROM sessions WHERE token_sha256 = ANY(%s)",
+                                  (list(token_sha256s),)).rowcount
+            return self._exec("DELETE FROM sessions WHERE token_sha256 = ANY(%s) AND "
+                              "broker_id IN (%s, '')",
+                              (list(token_sha256s), broker)).rowcount
 
     def sessions(self) -> list[SessionRow]:
         """Every kept session no live broker holds (let go at a stop, or reaped from an
@@ -1453,3 +1462,14 @@ class Store:
             if row is None or not row[0]:
                 alone.append(key)
         return alone
+
+    def session(self, token_sha256: str) -> SessionRow | None:
+        """The kept session with this token hash, or None: a RESUME of a session another
+        broker of the cluster made or holds (docs/cluster.md, "How clients move"). Its
+        ``holder`` is the id of the broker holding it ('' when none: let go, reaped)."""
+        rows = self._rows("SELECT token_sha256, account_key, login_token_id, address, "
+                          "login_ms, broker_id FROM sessions WHERE token_sha256 = %s",
+                          (token_sha256,))
+        return next((SessionRow(str(h), str(k), None if t is None else int(t), str(a),
+                                int(ms), str(holder))
+                     for h, k, t, a, ms, holder in rows), None)

@@ -1136,3 +1136,14 @@ class Store:
                                 "login_ms FROM sessions ORDER BY login_ms, token_sha256")
         return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
                 for h, k, t, a, ms in rows]
+
+    def session(self, token_sha256: str) -> SessionRow | None:
+        """The kept session with this token hash, or None (the port's; a single broker
+        never asks: it loads every row at start)."""
+        row = self._db.execute("SELECT token_sha256, account_key, login_token_id, address, "
+                               "login_ms FROM sessions WHERE token_sha256 = ?",
+                               (token_sha256,)).fetchone()
+        if row is None:
+            return None
+        h, k, t, a, ms = row
+        return SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
