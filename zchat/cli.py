@@ -119,7 +119,7 @@ class _Parser(argparse.ArgumentParser):
         """The parser of the deepest subcommand named in ``parsed`` (this one if none)."""
         parser = self
         while True:
-            chosen = next((action.choices.get(getattr(parsed, action.dest, None))
+            chosen = next((action.choices.get(str(getattr(parsed, action.dest, "")))
                            for action in parser._actions
                            if isinstance(action, argparse._SubParsersAction)), None)
             if not isinstance(chosen, _Parser):
