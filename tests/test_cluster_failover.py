@@ -7,7 +7,8 @@ real clients.
   same session (no LOGIN), and gets the messages posted meanwhile once each, in order,
   and the DM sent meanwhile;
 - a RESUME on broker 2 of a session that broker 1 holds takes it over: broker 1 drops
-  it (its old connection is told SESSION_CLOSED) and publishes no offline PRESENCE;
+  it (its old connection is told SESSION_CLOSED) and publishes no offline PRESENCE, nor
+  broker 2 an online one (the account was online in the cluster all along);
 - on one broker (SQLite) an unknown token is still refused with 401.
 """
 
@@ -122,12 +123,17 @@ def test_a_session_resumed_on_another_broker_leaves_its_old_one_without_an_offli
                 offline = [e.name for e in seen if isinstance(e, p.PresenceChanged)
                            and e.presence == "offline"]
                 assert offline == ["dave"], offline
+                # nor an online from broker 2 (relayed to broker 1's PUB): alice was
+                # online in the cluster all along (one online, one offline per account)
+                assert [e.presence for e in seen if isinstance(e, p.PresenceChanged)
+                        and e.name == "alice"] == []
                 # the session lives on broker 2, stored row and all
                 pong = await mover.ping()
                 assert pong.session == token
                 store = open_store(pg_url)
                 try:
-                    assert store.session(token_sha256(token)) is not None
+                    row = store.session(token_sha256(token))
+                    assert row is not None and row.holder == "broker-2"
                 finally:
                     store.close()
             finally:
