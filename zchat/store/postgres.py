@@ -30,6 +30,7 @@ zchat.store.pg_schema.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -110,6 +111,14 @@ def _cmid(cmid: str) -> str:
     return cmid.replace("\\", "\\\\").replace("\0", "\\0")
 
 
+def _pair_lock_key(pair: str) -> int:
+    """The second key of a DM conversation's advisory lock (pg_schema.DM_PAIR_LOCK): the
+    first 4 bytes of the SHA-256 of ``pair`` as a signed int4, the same in every broker
+    and release. Two conversations that share a key only wait for each other."""
+    return int.from_bytes(hashlib.sha256(pair.encode("utf-8")).digest()[:4], "big",
+                          signed=True)
+
+
 class Store:
     """All persistent state of a broker, in one PostgreSQL database.
 
@@ -151,7 +160,8 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------
 
     def _connect(self, failure: str) -> psycopg.Connection[Any]:
-        """A new autocommit connection with ``synchronous_commit`` on. Raises
+        """A new autocommit connection with ``synchronous_commit`` on and READ COMMITTED
+        transactions, whatever the database's defaults say. Raises
         StorageError(``failure``: the reason)."""
         try:
             db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
@@ -162,6 +172,13 @@ class Store:
             if sync is not None and sync[0] == "off":
                 # an OK means committed and flushed (docs/PROTOCOL.md §14, G1)
                 db.execute("SET synchronous_commit = on")
+            isolation = db.execute("SHOW default_transaction_isolation").fetchone()
+            if isolation is not None and isolation[0] != "read committed":
+                # a write reads what other brokers committed while it waited for a lock
+                # (a room's row, a cmid, a DM conversation): READ COMMITTED's new
+                # snapshot per statement; REPEATABLE READ or SERIALIZABLE would fail
+                # those writes with serialization errors instead (503 each)
+                db.execute("SET default_transaction_isolation = 'read committed'")
             fsync = db.execute("SHOW fsync").fetchone()
         except psycopg.Error as exc:
             db.close()
@@ -830,6 +847,12 @@ class Store:
         ``mentions`` are stored with it. Raises NoSuchRoom, StorageError(503)."""
         with self._write():
             if cmid:
+                # the room's row first: a broker posting the same cmid now (a retry that
+                # reached two brokers) holds it to its commit, and the look-up after the
+                # wait then sees its message (READ COMMITTED: a new snapshot per
+                # statement); the unique index messages_by_cmid backs this up
+                self._exec("SELECT 1 FROM rooms WHERE key = %s FOR NO KEY UPDATE",
+                           (room_key,))
                 found = self.message_by_cmid(room_key, sender, cmid)
                 if found is not None:
                     return found
@@ -1137,16 +1160,42 @@ class Store:
         """Store a direct message, pending for the recipient, in its conversation's
         history, with both parties' read state, and commit; returns its id. As
         zchat.store.sqlite's (beyond ``max_pending`` pending DMs the oldest stop being
-        pending, never dropped)."""
+        pending, never dropped). Raises CmidReused when ``sender`` already stored a DM
+        with that non-empty ``cmid`` (``post_dm`` looks it up first),
+        StorageError(503)."""
+        dm_id = self._insert_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
+                                cmid, sender_key)
+        if dm_id is None:  # only the cmid's unique index refuses an insert
+            raise CmidReused()
+        return dm_id
+
+    def _insert_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
+                   now_ms: int, max_pending: int, cmid: str,
+                   sender_key: str) -> int | None:
+        """``store_dm``'s work; None (nothing written) when ``sender`` already stored a
+        DM with the non-empty ``cmid``, committed, or in this transaction.
+
+        The conversation's advisory lock (pg_schema.DM_PAIR_LOCK) comes first and is held
+        to the commit, so the conversation's ids are in commit order: a DM that takes an
+        id waits until every lower id of the conversation is committed or rolled back.
+        ``ON CONFLICT DO NOTHING`` on the unique index ``dms_by_cmid`` waits for a
+        transaction storing the same cmid (another broker) and then stores nothing if it
+        committed."""
         sender_key = sender_key or name_key(sender)
+        pair = dm_pair(sender_key, recipient_key)
         with self._write():
+            self._exec("SELECT pg_advisory_xact_lock(%s, %s)",
+                       (pg_schema.DM_PAIR_LOCK, _pair_lock_key(pair)))
             row = self._exec("INSERT INTO direct_messages(time_ms, sender, sender_key, "
                              "recipient_key, recipient, pair, text, delivered, cmid) "
-                             "VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE, %s) RETURNING id",
-                             (now_ms, sender, sender_key, recipient_key, recipient,
-                              dm_pair(sender_key, recipient_key), text,
-                              _cmid(cmid))).fetchone()
-            dm_id = int(row[0]) if row else 0
+                             "VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE, %s) "
+                             "ON CONFLICT (sender, cmid) WHERE cmid <> '' DO NOTHING "
+                             "RETURNING id",
+                             (now_ms, sender, sender_key, recipient_key, recipient, pair,
+                              text, _cmid(cmid))).fetchone()
+            if row is None:
+                return None
+            dm_id = int(row[0])
             self._exec("UPDATE direct_messages SET delivered = TRUE WHERE id IN (SELECT id "
                        "FROM direct_messages WHERE recipient_key = %s AND NOT delivered "
                        "ORDER BY id DESC OFFSET %s)", (recipient_key, max_pending))
@@ -1166,14 +1215,21 @@ class Store:
     def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str, cmid: str,
                 now_ms: int, max_pending: int, sender_key: str = "") -> PostedRow:
         """Store a direct message once per client message id (docs/PROTOCOL.md §6.7), as
-        zchat.store.sqlite's. Raises CmidReused, StorageError(503)."""
+        zchat.store.sqlite's, whichever brokers handle it at once: the unique index
+        ``dms_by_cmid`` stores the first and hands the others its id (``duplicate=True``,
+        ``seq`` the id). Raises CmidReused, StorageError(503)."""
         with self._write():
             if cmid:
                 found = self.dm_by_cmid(sender, recipient_key, cmid)
                 if found is not None:
                     return found
-            dm_id = self.store_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
-                                  cmid=cmid, sender_key=sender_key)
+            dm_id = self._insert_dm(sender, recipient_key, recipient, text, now_ms,
+                                    max_pending, cmid, sender_key)
+            if dm_id is None:  # stored meanwhile through another connection
+                again = self.dm_by_cmid(sender, recipient_key, cmid)
+                if again is None:
+                    raise StorageError("storage failed: a DM's cmid conflicted with no row")
+                return again
         return PostedRow(dm_id, now_ms, False)
 
     def dm_by_cmid(self, sender: str, recipient_key: str, cmid: str) -> PostedRow | None:
