@@ -70,9 +70,14 @@ log = logging.getLogger("zchat.store")
 
 #: Seconds a connection attempt may take (at open and when reconnecting).
 CONNECT_TIMEOUT_S = 5
-#: Least seconds between two attempts to open a lost connection again; meanwhile every
+#: Most seconds between two attempts to open a lost connection again; meanwhile every
 #: call fails at once with StorageError (503) rather than stalling the broker's loop.
 RECONNECT_INTERVAL_S = 1.0
+#: Seconds between the first two attempts, doubled after each failed one up to
+#: RECONNECT_INTERVAL_S: a restarted PostgreSQL is used again within this of accepting
+#: connections (measured in docs/cluster.md), while a database that stays away is tried
+#: once a second (an attempt to an unreachable host holds the loop CONNECT_TIMEOUT_S).
+RECONNECT_FIRST_S = 0.1
 #: Bound of Store.active_ban's cache (entries); emptied whole when full.
 BAN_CACHE_MAX = 65_536
 
@@ -146,6 +151,7 @@ class Store:
         self._ban_cache: dict[tuple[str, str, str], BanRow | None] = {}
         self._bans_version = -1
         self._next_connect = 0.0  # monotonic s before which no reconnection is tried
+        self._reconnect_pause_s = RECONNECT_FIRST_S  # after the next failed attempt
         self._broker_lock = False  # hold pg_schema.BROKER_LOCK shared (hold_broker_lock)
         self._db = self._connect(f"cannot connect to the database {self.path}")
         try:
@@ -191,20 +197,23 @@ class Store:
     def _ensure_connected(self) -> None:
         """Open the connection again if it was lost (outside a transaction only; a lost
         transaction is the group's loss). Raises StorageError(503) when it cannot be, or
-        when the last attempt was under RECONNECT_INTERVAL_S ago."""
+        when the last attempt was too recent: the pause after a failed attempt starts at
+        RECONNECT_FIRST_S and doubles up to RECONNECT_INTERVAL_S."""
         if not self._db.closed:
             return
         now = time.monotonic()
         if now < self._next_connect:
             # the reason reaches clients: it names no host, port, user or URL
             raise StorageError("storage unavailable: the database connection was lost")
-        self._next_connect = now + RECONNECT_INTERVAL_S
         try:
             self._db = self._connect(f"cannot reconnect to the database {self.path}")
         except StorageError as exc:
             log.warning("%s", exc)  # the operator's detail, in the broker's log only
+            self._next_connect = time.monotonic() + self._reconnect_pause_s
+            self._reconnect_pause_s = min(RECONNECT_INTERVAL_S, 2 * self._reconnect_pause_s)
             raise StorageError("storage unavailable: cannot reconnect to the "
                                "database") from exc
+        self._reconnect_pause_s = RECONNECT_FIRST_S
         if self._broker_lock:
             self._take_broker_lock("storage unavailable: ")
         self._ban_cache.clear()
