@@ -21,6 +21,7 @@ import pytest
 
 from zchat.core.ports import CmidReused, PostedRow, dm_pair
 from zchat.errors import StorageError
+from zchat.store import postgres
 from zchat.store.postgres import Store
 
 #: DMs each writer stores in the concurrent paging test.
@@ -374,3 +375,64 @@ def test_a_database_defaulting_to_serializable_still_gets_read_committed_writes(
         thread.join(WAIT_S * 4)
     assert not errors, errors
     assert [m.seq for m in a.history("dev", None, None, 100)] == list(range(1, 81))
+
+
+# -- a broker stuck with a batch open ------------------------------------------------------
+
+
+def test_the_store_bounds_lock_waits_and_idle_transactions(pg_url: str, opened: Any) -> None:
+    store = opened(pg_url)
+    assert store._db.execute("SHOW lock_timeout").fetchone() == ("2s",)
+    assert store._db.execute("SHOW idle_in_transaction_session_timeout").fetchone() == \
+        ("5s",)
+
+
+def test_a_write_waiting_behind_a_stuck_broker_is_503_not_a_hang(
+        pg_url: str, opened: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broker A stopped with a batch open holds #dev's row; broker B's message to #dev
+    gives up after LOCK_TIMEOUT_MS (503, only that write: the rest of B's batch commits)
+    instead of holding B's loop until A runs again."""
+    monkeypatch.setattr(postgres, "LOCK_TIMEOUT_MS", 300)
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)
+    a, b = opened(pg_url), opened(pg_url)
+    for room in ("dev", "ops"):
+        a.ensure_room(room, room, room, 0)
+    a.begin_group()
+    a.post_message("dev", "alice", "text", "held", "", 1)
+    b.begin_group()
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="lock timeout"):
+        b.post_message("dev", "bob", "text", "waits", "b1", 2)
+    waited = time.monotonic() - started
+    assert 0.25 < waited < 2.0, waited
+    assert b.post_message("ops", "bob", "text", "elsewhere", "b2", 3).seq == 1
+    b.commit_group()
+    a.commit_group()
+    assert [m.text for m in b.history("dev", None, None, 10)] == ["held"]
+    assert [m.text for m in b.history("ops", None, None, 10)] == ["elsewhere"]
+    assert b.post_message("dev", "bob", "text", "waits", "b1", 4).seq == 2  # the retry
+
+
+def test_a_stuck_brokers_open_batch_is_ended_by_the_database(
+        pg_url: str, opened: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past IDLE_IN_TRANSACTION_TIMEOUT_MS PostgreSQL ends the stuck broker's session:
+    its locks go, the others' writes go on with the numbers it had taken, and the stuck
+    broker, when it runs again, finds its batch lost (503: none of it was acknowledged)
+    and carries on with a new connection."""
+    monkeypatch.setattr(postgres, "LOCK_TIMEOUT_MS", 20_000)
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION_TIMEOUT_MS", 300)
+    a, b = opened(pg_url), opened(pg_url)
+    a.ensure_room("dev", "dev", "dev", 0)
+    a.begin_group()
+    assert a.post_message("dev", "alice", "text", "stuck", "a1", 1).seq == 1
+    a.post_dm("alice", "bob", "bob", "stuck too", "", 1, 100)
+    assert b.post_message("dev", "bob", "text", "goes on", "", 2).seq == 1
+    assert b.post_dm("bob", "alice", "alice", "here", "", 2, 100).duplicate is False
+    with pytest.raises(StorageError):
+        a.commit_group()
+    a.begin_group()
+    assert a.post_message("dev", "alice", "text", "stuck", "a1", 3).seq == 2  # its retry
+    a.commit_group()
+    assert [m.text for m in b.history("dev", None, None, 10)] == ["goes on", "stuck"]
+    assert [m.text for m in b.dm_history(dm_pair("alice", "bob"), None, None, 10)] == \
+        ["here"]

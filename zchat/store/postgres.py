@@ -78,6 +78,20 @@ RECONNECT_INTERVAL_S = 1.0
 #: connections (measured in docs/cluster.md), while a database that stays away is tried
 #: once a second (an attempt to an unreachable host holds the loop CONNECT_TIMEOUT_S).
 RECONNECT_FIRST_S = 0.1
+#: Milliseconds a statement may wait for a lock another connection holds (a room's row,
+#: a DM conversation, a cmid) before it fails with StorageError (503): normally a wait
+#: lasts one wake-up of the other broker (milliseconds), and a deadlock is found after
+#: PostgreSQL's ``deadlock_timeout`` (1 s by default); past this bound the other one is
+#: stuck, and the broker answers 503 rather than hanging. Set on the store's connection.
+LOCK_TIMEOUT_MS = 2_000
+#: Milliseconds a transaction of the store may sit idle between two statements before
+#: PostgreSQL ends its session (``idle_in_transaction_session_timeout``): a broker
+#: stopped (SIGSTOP, a frozen VM) in the middle of a batch would otherwise hold its rooms'
+#: rows and conversations' locks, and so every other broker's writes to them, until it
+#: runs again. Its batch is then lost (503 to its clients: nothing was acknowledged) and
+#: its store reconnects when it runs again. A live broker's batch runs its statements
+#: back to back (milliseconds apart).
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 5_000
 #: Bound of Store.active_ban's cache (entries); emptied whole when full.
 BAN_CACHE_MAX = 65_536
 
@@ -166,8 +180,9 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------
 
     def _connect(self, failure: str) -> psycopg.Connection[Any]:
-        """A new autocommit connection with ``synchronous_commit`` on and READ COMMITTED
-        transactions, whatever the database's defaults say. Raises
+        """A new autocommit connection with ``synchronous_commit`` on, READ COMMITTED
+        transactions, whatever the database's defaults say, and the bounds
+        LOCK_TIMEOUT_MS and IDLE_IN_TRANSACTION_TIMEOUT_MS. Raises
         StorageError(``failure``: the reason)."""
         try:
             db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
@@ -178,6 +193,9 @@ class Store:
             if sync is not None and sync[0] == "off":
                 # an OK means committed and flushed (docs/PROTOCOL.md §14, G1)
                 db.execute("SET synchronous_commit = on")
+            db.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+            db.execute("SET idle_in_transaction_session_timeout = "
+                       f"{int(IDLE_IN_TRANSACTION_TIMEOUT_MS)}")
             isolation = db.execute("SHOW default_transaction_isolation").fetchone()
             if isolation is not None and isolation[0] != "read committed":
                 # a write reads what other brokers committed while it waited for a lock
@@ -268,6 +286,8 @@ class Store:
         db = self._db
         db.execute("BEGIN")
         try:
+            # another broker's upgrade of a large database may take long: wait for it
+            db.execute("SET LOCAL lock_timeout = 0")
             db.execute("SELECT pg_advisory_xact_lock(%s)", (pg_schema.MIGRATION_LOCK,))
             tables = {str(name) for (name,) in db.execute(
                 "SELECT table_name FROM information_schema.tables "
