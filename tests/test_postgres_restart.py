@@ -62,10 +62,12 @@ def durable_server() -> Iterator[PostgresServer]:
 
 @dataclass
 class Sender:
-    """One client posting to a room without pause: every outcome, timed."""
+    """One client posting to a room (or, with ``dm``, DMing the account ``room``)
+    without pause: every outcome, timed."""
 
     client: Client
     room: str
+    dm: bool = False
     #: (cmid, text, seq, monotonic time of the OK)
     acked: list[tuple[str, str, int, float]] = field(default_factory=list)
     #: monotonic times of the 503s
@@ -80,18 +82,25 @@ class Sender:
         ``zchat say`` does; any other error, or no answer in REQUEST_DEADLINE_S, fails."""
         i = 0
         while not self.stop:
-            cmid, text = f"{self.client.name}-{i}", f"{self.client.name} {i}"
+            kind = "dm" if self.dm else "msg"
+            cmid, text = f"{self.client.name}-{kind}-{i}", f"{self.client.name} {kind} {i}"
             try:
-                sent = await asyncio.wait_for(
-                    self.client.send(self.room, text, cmid=cmid, retry_unavailable=False),
-                    REQUEST_DEADLINE_S)
+                if self.dm:
+                    dm = await asyncio.wait_for(self.client.dm(self.room, text, cmid=cmid),
+                                                REQUEST_DEADLINE_S)
+                    seq = dm.id
+                else:
+                    sent = await asyncio.wait_for(
+                        self.client.send(self.room, text, cmid=cmid,
+                                         retry_unavailable=False), REQUEST_DEADLINE_S)
+                    seq = sent.seq
             except RequestFailed as exc:
                 assert int(exc.status) == 503, exc
                 self.refused.append(time.monotonic())
                 self.reasons.add(exc.reason.split(":")[0])
                 await asyncio.sleep(UNAVAILABLE_RETRY_FIRST_S)  # the client's retry pause
                 continue
-            self.acked.append((cmid, text, sent.seq, time.monotonic()))
+            self.acked.append((cmid, text, seq, time.monotonic()))
             i += 1
 
 
@@ -130,6 +139,9 @@ def test_a_postgresql_restart_is_503_meanwhile_and_loses_no_acknowledged_message
                 for client in clients:
                     await client.join("dev")
                 senders = [Sender(c, "dev") for c in clients]
+                dmers = [Sender(clients[0], "bob", dm=True), Sender(clients[1], "alice",
+                                                                    dm=True)]
+                senders += dmers
                 tasks = [asyncio.create_task(s.run()) for s in senders]
                 try:
                     await _until(lambda: all(len(s.acked) >= BEFORE for s in senders)
@@ -165,11 +177,12 @@ def test_a_postgresql_restart_is_503_meanwhile_and_loses_no_acknowledged_message
                     await asyncio.gather(*tasks)  # re-raises a sender's failure
                 # delivery across the brokers works again: the last message through
                 # broker 1 reaches bob on broker 2, and the other way round
+                senders = senders[:2]
                 for sender, other in ((senders[0], clients[1]), (senders[1], clients[0])):
                     last = sender.acked[-1][2]
                     await collect(other, is_(p.MessagePosted, room="dev", seq=last),
                                   timeout_s=20)
-                return senders
+                return senders + dmers
             finally:
                 for client in clients:
                     await client.close()
@@ -178,12 +191,13 @@ def test_a_postgresql_restart_is_503_meanwhile_and_loses_no_acknowledged_message
         print(f"\n{mode}: " + ", ".join(f"{k} {v:.3f} s" for k, v in timings.items())
               + f"; 503s {[len(s.refused) for s in senders]}"
               + f"; reasons {sorted(set().union(*(s.reasons for s in senders)))}")
-        acked = [a for s in senders for a in s.acked]
+        acked = [a for s in senders if not s.dm for a in s.acked]
         seqs = [seq for _cmid, _text, seq, _t in acked]
         assert len(seqs) == len(set(seqs)), "a seq was acknowledged twice"
         assert all(len(s.refused) >= 1 for s in senders)
         assert len(acked) >= 2 * (BEFORE + AFTER)
         _check_database(url, acked)
+        _check_dms(url, [a for s in senders if s.dm for a in s.acked])
         # the brokers were back well within their retry bounds (store: 1 s at most
         # between attempts; LISTEN: at the first check after the store's reconnection)
         assert all(timings[f"ok after ready {n}"] < 2.0 for n in ("alice", "bob")), timings
@@ -206,3 +220,17 @@ def _check_database(url: str,
     for cmid, text, seq, _t in acked:
         assert stored.get(cmid) == (seq, text), f"acknowledged {cmid} as #{seq}, " \
                                                 f"stored {stored.get(cmid)}"
+
+
+def _check_dms(url: str, acked: list[tuple[str, str, int, float]]) -> None:
+    """Every acknowledged DM is stored once under the id it was acknowledged with; no
+    cmid is stored twice."""
+    assert acked
+    with psycopg.connect(url, autocommit=True) as db:
+        rows = db.execute("SELECT id, cmid, text FROM direct_messages ORDER BY id").fetchall()
+    cmids = [r[1] for r in rows]
+    assert len(cmids) == len(set(cmids)), "a DM's cmid stored twice"
+    stored = {r[1]: (r[0], r[2]) for r in rows}
+    for cmid, text, dm_id, _t in acked:
+        assert stored.get(cmid) == (dm_id, text), f"acknowledged {cmid} as {dm_id}, " \
+                                                  f"stored {stored.get(cmid)}"
