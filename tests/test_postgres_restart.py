@@ -75,11 +75,19 @@ class Sender:
     #: reasons of the 503s, one of each
     reasons: set[str] = field(default_factory=set)
     stop: bool = False
+    #: set after every outcome: what ``_until`` waits on
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         """Post ``<name> <i>`` with cmid ``<name>-<i>`` until ``stop``; a 503 is tried
         again with the same cmid after the client's own first retry pause (G3), as
         ``zchat say`` does; any other error, or no answer in REQUEST_DEADLINE_S, fails."""
+        try:
+            await self._post()
+        finally:
+            self.changed.set()  # a sender that ended wakes ``_until`` too
+
+    async def _post(self) -> None:
         i = 0
         while not self.stop:
             kind = "dm" if self.dm else "msg"
@@ -98,20 +106,32 @@ class Sender:
                 assert int(exc.status) == 503, exc
                 self.refused.append(time.monotonic())
                 self.reasons.add(exc.reason.split(":")[0])
+                self.changed.set()
                 await asyncio.sleep(UNAVAILABLE_RETRY_FIRST_S)  # the client's retry pause
                 continue
             self.acked.append((cmid, text, seq, time.monotonic()))
+            self.changed.set()
             i += 1
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Wait until ``condition()`` holds, checking each 10 ms; returns when it did
-    (monotonic). Fails the test after ``timeout_s``."""
+async def _until(senders: list[Sender], condition: Callable[[], bool], timeout_s: float,
+                 what: str) -> float:
+    """Wait until ``condition()`` holds, checking it after each outcome of a sender (they
+    post without pause, so that is often); returns when it did (monotonic). Fails the
+    test after ``timeout_s``, or when a sender ended (its error is raised later)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.01)
+        for sender in senders:
+            sender.changed.clear()
+        waits = [asyncio.ensure_future(s.changed.wait()) for s in senders]
+        try:
+            await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
     return time.monotonic()
 
 
@@ -143,33 +163,38 @@ def test_a_postgresql_restart_is_503_meanwhile_and_loses_no_acknowledged_message
                                                                     dm=True)]
                 senders += dmers
                 tasks = [asyncio.create_task(s.run()) for s in senders]
+
+                def each(test: Callable[[Sender], bool]) -> Callable[[], bool]:
+                    """``test`` holds for every sender, or one of them ended."""
+                    return lambda: all(test(s) for s in senders) \
+                        or any(t.done() for t in tasks)
+
+                def listening() -> bool:
+                    links = [h.broker.cluster for h in brokers]
+                    return all(link is not None and link.listener.connected
+                               and link.listener.connects >= 2 for link in links)
+
                 try:
-                    await _until(lambda: all(len(s.acked) >= BEFORE for s in senders)
-                                 or any(t.done() for t in tasks), 30, "posting before")
+                    await _until(senders, each(lambda s: len(s.acked) >= BEFORE), 30,
+                                 "posting before")
                     started = time.monotonic()
                     await asyncio.to_thread(server.halt, mode)
                     timings["halted"] = time.monotonic() - started
-                    await _until(lambda: all(s.refused for s in senders)
-                                 or any(t.done() for t in tasks), 30,
+                    await _until(senders, each(lambda s: bool(s.refused)), 30,
                                  "a 503 for each client while the database is down")
                     resuming = time.monotonic()
                     await asyncio.to_thread(server.resume)
                     ready = time.monotonic()
                     timings["down"] = ready - started
                     timings["start"] = ready - resuming
-                    await _until(lambda: all(sum(1 for a in s.acked if a[3] > ready)
-                                             >= AFTER for s in senders)
-                                 or any(t.done() for t in tasks), 30, "posting after")
+                    await _until(senders, each(lambda s: sum(a[3] > ready for a in s.acked)
+                                               >= AFTER), 30, "posting after")
                     for sender in senders:
                         first_ok = min(a[3] for a in sender.acked if a[3] > ready)
                         timings[f"ok after ready {sender.client.name}"] = first_ok - ready
                         timings[f"503 span {sender.client.name}"] = \
                             max(sender.refused) - min(sender.refused)
-                    relisten = await _until(
-                        lambda: all(h.broker.cluster is not None
-                                    and h.broker.cluster.listener.connected
-                                    and h.broker.cluster.listener.connects >= 2
-                                    for h in brokers), 30, "listening again")
+                    relisten = await _until(senders, listening, 30, "listening again")
                     timings["listening again after ready"] = relisten - ready
                 finally:
                     for sender in senders:
