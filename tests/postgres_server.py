@@ -90,6 +90,7 @@ class PostgresServer:
         self.port = 0
         self._names = itertools.count(1)
         self._admin: psycopg.Connection[object] | None = None
+        self._options = ""  # pg_ctl's -o of the running server (``resume``)
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -135,6 +136,7 @@ class PostgresServer:
             try:
                 self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log),
                           "-w", "-t", str(PG_CTL_TIMEOUT_S), "-o", options)
+                self._options = options
                 break
             except RuntimeError:
                 if attempt == attempts - 1 or "already in use" not in self.log_tail(5):
@@ -142,6 +144,31 @@ class PostgresServer:
         self._admin = psycopg.connect(self.url("postgres"), autocommit=True)
         self._admin.execute(f"CREATE DATABASE {TEMPLATE}")
         PostgresStore(self.url(TEMPLATE)).close()  # the schema, once for every test
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server and keep its directory, as an operator's restart does first:
+        ``mode`` "fast" ends every session cleanly, "immediate" kills the server like a
+        crash (``resume`` then recovers from the WAL). Returns once it is down. Raises
+        RuntimeError."""
+        if mode not in ("fast", "immediate"):
+            raise ValueError(f"not a pg_ctl shutdown mode: {mode!r}")
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", mode, "-w",
+                  "-t", str(PG_CTL_TIMEOUT_S))
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port and settings; returns once it
+        accepts connections (after its crash recovery, if any). Raises RuntimeError."""
+        self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log),
+                  "-w", "-t", str(PG_CTL_TIMEOUT_S), "-o", self._options)
+        self._admin = psycopg.connect(self.url("postgres"), autocommit=True)
+
+    def restart(self, mode: str = "fast") -> None:
+        """``halt(mode)`` then ``resume()``: ``pg_ctl restart -m MODE``."""
+        self.halt(mode)
+        self.resume()
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: its sessions are ended) and remove its

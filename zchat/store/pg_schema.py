@@ -33,6 +33,18 @@ Version 3 adds the brokers' leases (``LEASES``, docs/cluster.md "Leases and fenc
 row per broker id in ``brokers`` with its epoch and lease expiry, and the holder of each
 session row (``sessions.broker_id``/``broker_epoch``; '' for a session no live broker
 holds, resumable until ``released_ms`` + resume_grace_s).
+
+Version 4 makes a client message id unique per sender (per room for room messages): the
+cmid indexes become UNIQUE, so two brokers handling one retried cmid at once store it
+once (zchat.store.postgres, ``post_message`` and ``post_dm``).
+
+A DM's id comes from an identity column, whose values are handed out in call order,
+not commit order. Within one conversation the store makes them the same: a DM's
+transaction takes the conversation's advisory lock (``DM_PAIR_LOCK``, below) before
+its INSERT and holds it to its commit, so a DM with a lower id of a conversation is
+always committed before one with a higher id is (DM_HISTORY's ``after`` and the read
+markers rely on it). That holds only while the identity keeps PostgreSQL's default
+``CACHE 1``: with a cache, each connection would take ids from a block of its own.
 """
 
 from __future__ import annotations
@@ -282,6 +294,28 @@ LEASES = """
 """
 MIGRATIONS = (*MIGRATIONS, LEASES)
 
+# 3 -> 4: a client message id is stored once per sender, whichever broker takes it
+# (several brokers handling one retried cmid at once): the two cmid indexes become
+# UNIQUE, which the DM INSERT's ``ON CONFLICT … DO NOTHING`` relies on (a room
+# message's is found under its room's row lock). A duplicate a race may have stored
+# before is kept as a message; only its cmid is cleared, so that the first one stays
+# the one a retry finds (the look-ups take the lowest seq or id, as before). Needs
+# nothing of version 3's.
+UNIQUE_CMIDS = """
+    UPDATE messages m SET cmid = '' WHERE m.cmid <> '' AND EXISTS (
+        SELECT 1 FROM messages o WHERE o.room_key = m.room_key AND o.sender = m.sender
+        AND o.cmid = m.cmid AND o.seq < m.seq);
+    DROP INDEX messages_by_cmid;
+    CREATE UNIQUE INDEX messages_by_cmid ON messages(room_key, sender, cmid)
+        WHERE cmid <> '';
+    UPDATE direct_messages d SET cmid = '' WHERE d.cmid <> '' AND EXISTS (
+        SELECT 1 FROM direct_messages o WHERE o.sender = d.sender AND o.cmid = d.cmid
+        AND o.id < d.id);
+    DROP INDEX dms_by_cmid;
+    CREATE UNIQUE INDEX dms_by_cmid ON direct_messages(sender, cmid) WHERE cmid <> '';
+    """
+MIGRATIONS = (*MIGRATIONS, UNIQUE_CMIDS)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: The channel of the cluster's wake-ups (migration 1 -> 2 above).
@@ -311,3 +345,9 @@ BROKER_LOCK = MIGRATION_LOCK + 1
 #: brokers starting or ending the account's sessions at once decide one after the
 #: other, and exactly one online or offline event goes out.
 PRESENCE_LOCK = 0x7A63
+
+#: The first key of the transaction-scoped advisory lock of a DM conversation
+#: (``pg_advisory_xact_lock(DM_PAIR_LOCK, hash of the pair)``: the two-int4 form, a key
+#: space apart from the one-bigint locks above). Taken before a DM's INSERT and held to
+#: its commit, it puts a conversation's DM ids in commit order (module docstring).
+DM_PAIR_LOCK = 0x7A636864  # "zchd"

@@ -30,6 +30,7 @@ zchat.store.pg_schema.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -69,9 +70,28 @@ log = logging.getLogger("zchat.store")
 
 #: Seconds a connection attempt may take (at open and when reconnecting).
 CONNECT_TIMEOUT_S = 5
-#: Least seconds between two attempts to open a lost connection again; meanwhile every
+#: Most seconds between two attempts to open a lost connection again; meanwhile every
 #: call fails at once with StorageError (503) rather than stalling the broker's loop.
 RECONNECT_INTERVAL_S = 1.0
+#: Seconds between the first two attempts, doubled after each failed one up to
+#: RECONNECT_INTERVAL_S: a restarted PostgreSQL is used again within this of accepting
+#: connections (measured in docs/cluster.md), while a database that stays away is tried
+#: once a second (an attempt to an unreachable host holds the loop CONNECT_TIMEOUT_S).
+RECONNECT_FIRST_S = 0.1
+#: Milliseconds a statement may wait for a lock another connection holds (a room's row,
+#: a DM conversation, a cmid) before it fails with StorageError (503): normally a wait
+#: lasts one wake-up of the other broker (milliseconds), and a deadlock is found after
+#: PostgreSQL's ``deadlock_timeout`` (1 s by default); past this bound the other one is
+#: stuck, and the broker answers 503 rather than hanging. Set on the store's connection.
+LOCK_TIMEOUT_MS = 2_000
+#: Milliseconds a transaction of the store may sit idle between two statements before
+#: PostgreSQL ends its session (``idle_in_transaction_session_timeout``): a broker
+#: stopped (SIGSTOP, a frozen VM) in the middle of a batch would otherwise hold its rooms'
+#: rows and conversations' locks, and so every other broker's writes to them, until it
+#: runs again. Its batch is then lost (503 to its clients: nothing was acknowledged) and
+#: its store reconnects when it runs again. A live broker's batch runs its statements
+#: back to back (milliseconds apart).
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 5_000
 #: Bound of Store.active_ban's cache (entries); emptied whole when full.
 BAN_CACHE_MAX = 65_536
 
@@ -110,6 +130,14 @@ def _cmid(cmid: str) -> str:
     return cmid.replace("\\", "\\\\").replace("\0", "\\0")
 
 
+def _pair_lock_key(pair: str) -> int:
+    """The second key of a DM conversation's advisory lock (pg_schema.DM_PAIR_LOCK): the
+    first 4 bytes of the SHA-256 of ``pair`` as a signed int4, the same in every broker
+    and release. Two conversations that share a key only wait for each other."""
+    return int.from_bytes(hashlib.sha256(pair.encode("utf-8")).digest()[:4], "big",
+                          signed=True)
+
+
 class Store:
     """All persistent state of a broker, in one PostgreSQL database.
 
@@ -137,6 +165,7 @@ class Store:
         self._ban_cache: dict[tuple[str, str, str], BanRow | None] = {}
         self._bans_version = -1
         self._next_connect = 0.0  # monotonic s before which no reconnection is tried
+        self._reconnect_pause_s = RECONNECT_FIRST_S  # after the next failed attempt
         self._broker_lock = False  # hold pg_schema.BROKER_LOCK shared (hold_broker_lock)
         #: The broker lease this store's session rows are written under (broker id,
         #: epoch; ``register_broker``), ("", 0) before one is taken: rows held by no one.
@@ -154,7 +183,9 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------
 
     def _connect(self, failure: str) -> psycopg.Connection[Any]:
-        """A new autocommit connection with ``synchronous_commit`` on. Raises
+        """A new autocommit connection with ``synchronous_commit`` on, READ COMMITTED
+        transactions, whatever the database's defaults say, and the bounds
+        LOCK_TIMEOUT_MS and IDLE_IN_TRANSACTION_TIMEOUT_MS. Raises
         StorageError(``failure``: the reason)."""
         try:
             db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
@@ -165,6 +196,16 @@ class Store:
             if sync is not None and sync[0] == "off":
                 # an OK means committed and flushed (docs/PROTOCOL.md §14, G1)
                 db.execute("SET synchronous_commit = on")
+            db.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+            db.execute("SET idle_in_transaction_session_timeout = "
+                       f"{int(IDLE_IN_TRANSACTION_TIMEOUT_MS)}")
+            isolation = db.execute("SHOW default_transaction_isolation").fetchone()
+            if isolation is not None and isolation[0] != "read committed":
+                # a write reads what other brokers committed while it waited for a lock
+                # (a room's row, a cmid, a DM conversation): READ COMMITTED's new
+                # snapshot per statement; REPEATABLE READ or SERIALIZABLE would fail
+                # those writes with serialization errors instead (503 each)
+                db.execute("SET default_transaction_isolation = 'read committed'")
             fsync = db.execute("SHOW fsync").fetchone()
         except psycopg.Error as exc:
             db.close()
@@ -177,20 +218,23 @@ class Store:
     def _ensure_connected(self) -> None:
         """Open the connection again if it was lost (outside a transaction only; a lost
         transaction is the group's loss). Raises StorageError(503) when it cannot be, or
-        when the last attempt was under RECONNECT_INTERVAL_S ago."""
+        when the last attempt was too recent: the pause after a failed attempt starts at
+        RECONNECT_FIRST_S and doubles up to RECONNECT_INTERVAL_S."""
         if not self._db.closed:
             return
         now = time.monotonic()
         if now < self._next_connect:
             # the reason reaches clients: it names no host, port, user or URL
             raise StorageError("storage unavailable: the database connection was lost")
-        self._next_connect = now + RECONNECT_INTERVAL_S
         try:
             self._db = self._connect(f"cannot reconnect to the database {self.path}")
         except StorageError as exc:
             log.warning("%s", exc)  # the operator's detail, in the broker's log only
+            self._next_connect = time.monotonic() + self._reconnect_pause_s
+            self._reconnect_pause_s = min(RECONNECT_INTERVAL_S, 2 * self._reconnect_pause_s)
             raise StorageError("storage unavailable: cannot reconnect to the "
                                "database") from exc
+        self._reconnect_pause_s = RECONNECT_FIRST_S
         if self._broker_lock:
             self._take_broker_lock("storage unavailable: ")
         self._ban_cache.clear()
@@ -245,6 +289,8 @@ class Store:
         db = self._db
         db.execute("BEGIN")
         try:
+            # another broker's upgrade of a large database may take long: wait for it
+            db.execute("SET LOCAL lock_timeout = 0")
             db.execute("SELECT pg_advisory_xact_lock(%s)", (pg_schema.MIGRATION_LOCK,))
             tables = {str(name) for (name,) in db.execute(
                 "SELECT table_name FROM information_schema.tables "
@@ -844,6 +890,12 @@ class Store:
         ``mentions`` are stored with it. Raises NoSuchRoom, StorageError(503)."""
         with self._write():
             if cmid:
+                # the room's row first: a broker posting the same cmid now (a retry that
+                # reached two brokers) holds it to its commit, and the look-up after the
+                # wait then sees its message (READ COMMITTED: a new snapshot per
+                # statement); the unique index messages_by_cmid backs this up
+                self._exec("SELECT 1 FROM rooms WHERE key = %s FOR NO KEY UPDATE",
+                           (room_key,))
                 found = self.message_by_cmid(room_key, sender, cmid)
                 if found is not None:
                     return found
@@ -1151,16 +1203,42 @@ class Store:
         """Store a direct message, pending for the recipient, in its conversation's
         history, with both parties' read state, and commit; returns its id. As
         zchat.store.sqlite's (beyond ``max_pending`` pending DMs the oldest stop being
-        pending, never dropped)."""
+        pending, never dropped). Raises CmidReused when ``sender`` already stored a DM
+        with that non-empty ``cmid`` (``post_dm`` looks it up first),
+        StorageError(503)."""
+        dm_id = self._insert_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
+                                cmid, sender_key)
+        if dm_id is None:  # only the cmid's unique index refuses an insert
+            raise CmidReused()
+        return dm_id
+
+    def _insert_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
+                   now_ms: int, max_pending: int, cmid: str,
+                   sender_key: str) -> int | None:
+        """``store_dm``'s work; None (nothing written) when ``sender`` already stored a
+        DM with the non-empty ``cmid``, committed, or in this transaction.
+
+        The conversation's advisory lock (pg_schema.DM_PAIR_LOCK) comes first and is held
+        to the commit, so the conversation's ids are in commit order: a DM that takes an
+        id waits until every lower id of the conversation is committed or rolled back.
+        ``ON CONFLICT DO NOTHING`` on the unique index ``dms_by_cmid`` waits for a
+        transaction storing the same cmid (another broker) and then stores nothing if it
+        committed."""
         sender_key = sender_key or name_key(sender)
+        pair = dm_pair(sender_key, recipient_key)
         with self._write():
+            self._exec("SELECT pg_advisory_xact_lock(%s, %s)",
+                       (pg_schema.DM_PAIR_LOCK, _pair_lock_key(pair)))
             row = self._exec("INSERT INTO direct_messages(time_ms, sender, sender_key, "
                              "recipient_key, recipient, pair, text, delivered, cmid) "
-                             "VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE, %s) RETURNING id",
-                             (now_ms, sender, sender_key, recipient_key, recipient,
-                              dm_pair(sender_key, recipient_key), text,
-                              _cmid(cmid))).fetchone()
-            dm_id = int(row[0]) if row else 0
+                             "VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE, %s) "
+                             "ON CONFLICT (sender, cmid) WHERE cmid <> '' DO NOTHING "
+                             "RETURNING id",
+                             (now_ms, sender, sender_key, recipient_key, recipient, pair,
+                              text, _cmid(cmid))).fetchone()
+            if row is None:
+                return None
+            dm_id = int(row[0])
             self._exec("UPDATE direct_messages SET delivered = TRUE WHERE id IN (SELECT id "
                        "FROM direct_messages WHERE recipient_key = %s AND NOT delivered "
                        "ORDER BY id DESC OFFSET %s)", (recipient_key, max_pending))
@@ -1180,14 +1258,21 @@ class Store:
     def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str, cmid: str,
                 now_ms: int, max_pending: int, sender_key: str = "") -> PostedRow:
         """Store a direct message once per client message id (docs/PROTOCOL.md §6.7), as
-        zchat.store.sqlite's. Raises CmidReused, StorageError(503)."""
+        zchat.store.sqlite's, whichever brokers handle it at once: the unique index
+        ``dms_by_cmid`` stores the first and hands the others its id (``duplicate=True``,
+        ``seq`` the id). Raises CmidReused, StorageError(503)."""
         with self._write():
             if cmid:
                 found = self.dm_by_cmid(sender, recipient_key, cmid)
                 if found is not None:
                     return found
-            dm_id = self.store_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
-                                  cmid=cmid, sender_key=sender_key)
+            dm_id = self._insert_dm(sender, recipient_key, recipient, text, now_ms,
+                                    max_pending, cmid, sender_key)
+            if dm_id is None:  # stored meanwhile through another connection
+                again = self.dm_by_cmid(sender, recipient_key, cmid)
+                if again is None:
+                    raise StorageError("storage failed: a DM's cmid conflicted with no row")
+                return again
         return PostedRow(dm_id, now_ms, False)
 
     def dm_by_cmid(self, sender: str, recipient_key: str, cmid: str) -> PostedRow | None:
@@ -1414,7 +1499,8 @@ class Store:
             self._exec("DELETE FROM sessions WHERE broker_id = '' AND released_ms > 0 AND "
                        "released_ms < %s", (now_ms - grace_ms,))
             alone = self._accounts_alone(accounts)
-            self._exec("SET LOCAL lock_timeout = DEFAULT")  # the group's other writes
+            # the group's other writes: back to the connection's bound (LOCK_TIMEOUT_MS)
+            self._exec(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
         return dead, alone
 
     def release_lease(self, now_ms: int) -> None:
