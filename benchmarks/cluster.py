@@ -69,7 +69,7 @@ from zchat.broker.keypair import BROKER_PUBLIC_FILE, BROKER_SECRET_FILE  # noqa:
 PASSWORD = "bench-password"
 SETUPS = [("sqlite", 1), ("pg1", 1), ("pg3", 3)]
 #: Sizes of a full run and of --quick (a smoke run, well under 30 s in all).
-FULL = {"sessions": 300, "pings": 20, "ingest_1x1": 10_000, "ingest_fanout": 2_000,
+FULL = {"sessions": 500, "pings": 20, "ingest_1x1": 20_000, "ingest_fanout": 5_000,
         "fanout_members": 50, "latency_members": 100, "latency_rate": 100,
         "latency_s": 10.0}
 QUICK = {"sessions": 6, "pings": 3, "ingest_1x1": 100, "ingest_fanout": 50,
@@ -372,6 +372,11 @@ def costs(out: dict[str, Any]) -> dict[str, Any]:
                                "cpu_us_per_delivery": cpu * 1e6
                                / max(1, members * many["messages"])})
         c["fanout_per_broker"] = per_broker
+        # 1 -> 1: the sender's broker stores, the member's reads and delivers once, any
+        # other broker only reads each message from the database (its cost per message
+        # for a room it has no member of: what each added broker costs).
+        c["one_to_one_cpu_us_per_message_per_broker"] = [
+            cpu * 1e6 / one["messages"] for cpu in one["cost"]["cpu_s"]]
         fan_only = [b for b in per_broker if b["broker"] != 0]
         c["fanout_only_broker_cpu_us_per_delivery"] = (
             sum(b["cpu_s"] for b in fan_only) * 1e6
@@ -448,6 +453,13 @@ def report(results: dict[str, dict[str, Any]], size: dict[str, Any]) -> None:
             print(f"{n}: broker {b['broker']}{' (sender)' if b['broker'] == 0 else ''}: "
                   f"{b['members']} members, {b['deliveries']:,} deliveries, "
                   f"{b['cpu_s']:.2f} CPU s, {b['cpu_us_per_delivery']:.2f} us per delivery")
+    for n in names:
+        per = results[n]["costs"].get("one_to_one_cpu_us_per_message_per_broker")
+        if per:
+            print(f"{n}: ingest 1 -> 1, CPU per message: broker 0 (stores) {per[0]:.1f} us, "
+                  f"broker 1 (the member's) {per[1]:.1f} us, "
+                  + ", ".join(f"broker {i} (no member) {v:.1f} us"
+                              for i, v in enumerate(per[2:], 2)))
     print("failover (SIGKILL of a broker until all its clients resumed elsewhere): "
           + (FAILOVER or "not measured: clients do not move to another broker yet "
              "(client failover, issue 16)"))
