@@ -71,10 +71,10 @@ SETUPS = [("sqlite", 1), ("pg1", 1), ("pg3", 3)]
 #: Sizes of a full run and of --quick (a smoke run, well under 30 s in all).
 FULL = {"sessions": 500, "pings": 20, "ingest_1x1": 20_000, "ingest_fanout": 5_000,
         "fanout_members": 50, "latency_members": 100, "latency_rate": 100,
-        "latency_s": 10.0}
+        "latency_s": 10.0, "receiver_processes": 4}
 QUICK = {"sessions": 6, "pings": 3, "ingest_1x1": 100, "ingest_fanout": 50,
          "fanout_members": 3, "latency_members": 3, "latency_rate": 100,
-         "latency_s": 0.3}
+         "latency_s": 0.3, "receiver_processes": 1}  # one a broker: spawns cost seconds
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_ROOM = "idle"
 
@@ -303,21 +303,23 @@ def sessions(ctx: zmq.Context[Any], setup: Setup, count: int, pings: int) -> dic
 
 
 def ingest(ctx: zmq.Context[Any], setup: Setup, members: int, count: int,
-           prefix: str) -> dict[str, Any]:
-    """One sender on the first broker, ``members`` members spread over the brokers."""
+           prefix: str, receivers: int) -> dict[str, Any]:
+    """One sender on the first broker, ``members`` members spread over the brokers (read
+    by ``receivers`` processes, at least one a broker)."""
     before = Snapshot.take(setup)
     r = run_fanout(ctx, setup.targets[0], 1, members, count,
-                   member_targets=setup.member_targets, prefix=prefix)
+                   member_targets=setup.member_targets, prefix=prefix,
+                   receiver_processes=receivers)
     r["cost"] = Snapshot.take(setup).since(before)
     return _checked(setup, r)
 
 
 def latency(ctx: zmq.Context[Any], setup: Setup, members: int, rate: int, seconds: float,
-            prefix: str) -> dict[str, Any]:
+            prefix: str, receivers: int) -> dict[str, Any]:
     sender = functools.partial(paced_sender_main, rate, seconds)
     r = run_fanout(ctx, setup.targets[0], 1, members, int(rate * seconds),
                    latency_sender=sender, member_targets=setup.member_targets,
-                   prefix=prefix)
+                   prefix=prefix, receiver_processes=receivers)
     return _checked(setup, summarize(r))
 
 
@@ -330,14 +332,17 @@ def _checked(setup: Setup, r: dict[str, Any]) -> dict[str, Any]:
 
 def measure(ctx: zmq.Context[Any], setup: Setup, size: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"brokers": len(setup.brokers), "seconds": {}}
+    receivers = size["receiver_processes"]
     steps = [
         ("sessions", lambda: sessions(ctx, setup, size["sessions"], size["pings"])),
-        ("ingest_1x1", lambda: ingest(ctx, setup, 1, size["ingest_1x1"], f"{setup.name}a")),
+        ("ingest_1x1", lambda: ingest(ctx, setup, 1, size["ingest_1x1"], f"{setup.name}a",
+                                      receivers)),
         ("ingest_fanout", lambda: ingest(ctx, setup, size["fanout_members"],
-                                         size["ingest_fanout"], f"{setup.name}b")),
+                                         size["ingest_fanout"], f"{setup.name}b",
+                                         receivers)),
         ("latency", lambda: latency(ctx, setup, size["latency_members"],
                                     size["latency_rate"], size["latency_s"],
-                                    f"{setup.name}c")),
+                                    f"{setup.name}c", receivers)),
     ]
     for step, run in steps:
         began = time.monotonic()

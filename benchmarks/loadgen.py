@@ -345,14 +345,16 @@ RELAY_BASE = 10**12
 
 def run_fanout(ctx: zmq.Context[Any], target: Target, senders: int, subscribers: int,
                count: int, *, latency_sender: Any = None,
-               member_targets: list[Target] | None = None, prefix: str = "") -> dict[str, Any]:
+               member_targets: list[Target] | None = None, prefix: str = "",
+               receiver_processes: int = RECEIVER_PROCESSES) -> dict[str, Any]:
     """Run one load: ``senders`` x ``count`` messages to ``subscribers`` members.
 
     The senders and the prober go to ``target``; the members to ``member_targets`` when
     given (several brokers of a cluster, benchmarks/cluster.py: receiver process j and its
     members on ``member_targets[j % len]``, as many receiver processes per target), else
     to ``target`` too. ``prefix`` starts every account name, so that several loads can run
-    one after the other against the same database.
+    one after the other against the same database. ``receiver_processes`` caps the
+    receiver processes (at least one per target).
 
     Returns the figures: ``acked_per_s`` (all senders' acknowledgements over the span from
     the first send to the last acknowledgement), ``delivered_per_s`` (every subscriber's
@@ -366,7 +368,7 @@ def run_fanout(ctx: zmq.Context[Any], target: Target, senders: int, subscribers:
     try:
         names = [f"{prefix}m{i:04d}" for i in range(subscribers)]
         homes = member_targets or [target]
-        n_receivers = min(len(homes) * max(1, RECEIVER_PROCESSES // len(homes)), subscribers)
+        n_receivers = min(len(homes) * max(1, receiver_processes // len(homes)), subscribers)
         groups = [names[i::n_receivers] for i in range(n_receivers)]
         receivers = []
         for j, group in enumerate(groups):
