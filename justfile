@@ -33,6 +33,11 @@ lint:
 bench *ARGS:
     {{python}} benchmarks/run.py "$@"
 
+# The cluster benchmark: SQLite, one broker on PostgreSQL, three on one PostgreSQL, in one
+# run with ratios and each broker's costs (docs/PERFORMANCE.md, docs/cluster.md "Capacity").
+bench-cluster *ARGS:
+    {{python}} benchmarks/cluster.py "$@"
+
 # Format the code and sort imports.
 fmt:
     ruff format zchat tests

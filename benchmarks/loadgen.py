@@ -300,10 +300,10 @@ class Probe:
     (zchat: a logged-in member; relay: a plain DEALER), and says where the run's sequence
     numbers start."""
 
-    def __init__(self, ctx: zmq.Context[Any], target: Target) -> None:
+    def __init__(self, ctx: zmq.Context[Any], target: Target, name: str = "prober") -> None:
         self.target = target
         if target.kind == "zchat":
-            self.dealer = _login_member(ctx, target, "prober")
+            self.dealer = _login_member(ctx, target, name)
         else:
             self.dealer = ctx.socket(zmq.DEALER)
             self.dealer.linger = 0
@@ -344,8 +344,17 @@ RELAY_BASE = 10**12
 
 
 def run_fanout(ctx: zmq.Context[Any], target: Target, senders: int, subscribers: int,
-               count: int, *, latency_sender: Any = None) -> dict[str, Any]:
+               count: int, *, latency_sender: Any = None,
+               member_targets: list[Target] | None = None, prefix: str = "",
+               receiver_processes: int = RECEIVER_PROCESSES) -> dict[str, Any]:
     """Run one load: ``senders`` x ``count`` messages to ``subscribers`` members.
+
+    The senders and the prober go to ``target``; the members to ``member_targets`` when
+    given (several brokers of a cluster, benchmarks/cluster.py: receiver process j and its
+    members on ``member_targets[j % len]``, as many receiver processes per target), else
+    to ``target`` too. ``prefix`` starts every account name, so that several loads can run
+    one after the other against the same database. ``receiver_processes`` caps the
+    receiver processes (at least one per target).
 
     Returns the figures: ``acked_per_s`` (all senders' acknowledgements over the span from
     the first send to the last acknowledgement), ``delivered_per_s`` (every subscriber's
@@ -357,18 +366,20 @@ def run_fanout(ctx: zmq.Context[Any], target: Target, senders: int, subscribers:
     procs: list[Any] = []
     conns: list[Any] = []
     try:
-        names = [f"m{i:04d}" for i in range(subscribers)]
-        n_receivers = min(RECEIVER_PROCESSES, subscribers)
+        names = [f"{prefix}m{i:04d}" for i in range(subscribers)]
+        homes = member_targets or [target]
+        n_receivers = min(len(homes) * max(1, receiver_processes // len(homes)), subscribers)
         groups = [names[i::n_receivers] for i in range(n_receivers)]
         receivers = []
-        for group in groups:
+        for j, group in enumerate(groups):
             mine, theirs = MP.Pipe()
-            proc = spawn(receiver_main, target, group, latency_sender is not None, theirs)
+            proc = spawn(receiver_main, homes[j % len(homes)], group,
+                         latency_sender is not None, theirs)
             receivers.append((proc, mine))
         sender_pipes = []
         for k in range(1 if latency_sender is not None else senders):
             mine, theirs = MP.Pipe()
-            name = f"sender{k}"
+            name = f"{prefix}sender{k}"
             if latency_sender is not None:
                 proc = spawn(latency_sender, target, name, theirs)
             else:
@@ -378,7 +389,7 @@ def run_fanout(ctx: zmq.Context[Any], target: Target, senders: int, subscribers:
         conns = [c for _, c in receivers + sender_pipes]
         for proc, conn in receivers + sender_pipes:
             _expect(conn, "ready", 300, proc)
-        probe = Probe(ctx, target)
+        probe = Probe(ctx, target, f"{prefix}prober")
         live = [False] * len(receivers)
         while not all(live):
             probe.post()
@@ -431,6 +442,8 @@ def run_fanout(ctx: zmq.Context[Any], target: Target, senders: int, subscribers:
         "out_of_range": sum(per_sub["out_of_range"]),
         "subscribers_complete": sum(1 for u in per_sub["unique"] if u == total),
         "base_seq": base,
+        "members_per_target": [sum(len(g) for j, g in enumerate(groups) if j % len(homes) == h)
+                               for h in range(len(homes))],
     }
     if latency_sender is not None:
         lat = array("q")

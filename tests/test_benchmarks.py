@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -284,3 +285,53 @@ def test_replay_log_option_is_the_log_replayed(tmp_path: Path) -> None:
     (row, *_rest) = [r for r in json.loads(out.read_text())["rows"] if r["raw"]]
     assert row["raw"]["log"].endswith("tiny.jsonl")
     assert (row["raw"]["sent"], row["raw"]["messages"]) == (2, 2)
+
+
+def test_quick_cluster_run_prints_sane_figures_for_the_three_set_ups(tmp_path: Path) -> None:
+    """``benchmarks/cluster.py --quick``: SQLite, one broker on PostgreSQL and three on one
+    PostgreSQL, real brokers over CurveZMQ; every message stored once and delivered once
+    to every member, and each figure there and positive. No timing is judged. Needs
+    PostgreSQL (skipped without it, a failure where it is required)."""
+    from postgres_server import find_bindir
+
+    bindir, why = find_bindir()
+    if bindir is None:
+        if os.environ.get("CI") == "true" or os.environ.get("ZCHAT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here: {why}")
+        pytest.skip(why)
+    out = tmp_path / "cluster.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--quick", "--json",
+         str(out)], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=240)  # a hang guard only
+    finally:
+        if _group(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == 0, output
+    document = json.loads(out.read_text())
+    assert document["errors"] == []
+    results = document["results"]
+    assert list(results) == ["sqlite", "pg1", "pg3"]
+    assert [r["brokers"] for r in results.values()] == [1, 1, 3]
+    for name, r in results.items():
+        for run in ("ingest_1x1", "ingest_fanout", "latency"):
+            figures = r[run]
+            assert figures["messages"] > 0, (name, run)
+            assert figures["stored"] == figures["messages"], (name, run)
+            assert figures["lost"] == figures["duplicates"] == figures["out_of_order"] == 0
+            assert figures["delivered"] == figures["messages"] * figures["subscribers"]
+        assert r["ingest_fanout"]["members_per_target"] == (
+            [1, 1, 1] if r["brokers"] == 3 else [3])
+        assert r["ingest_1x1"]["acked_per_s"] > 0
+        assert r["ingest_fanout"]["delivered_per_s"] > 0
+        assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
+        assert isinstance(r["sessions"]["rss_kib_per_session"], float)  # may be ~0 at 6
+        assert all(cpu >= 0 for cpu in r["ingest_fanout"]["cost"]["cpu_s"])
+    assert results["sqlite"]["ingest_1x1"]["cost"]["pg_cpu_s"] == 0  # PostgreSQL idle
+    assert "ingest 1 -> 1 delivered msg/s" in output
+    assert re.search(r"\(\d+\.\d\dx\)", output)  # ratios to the SQLite broker
+    assert "failover" in output
