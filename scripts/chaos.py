@@ -41,6 +41,13 @@ def scenarios(args: argparse.Namespace) -> dict[str, Callable[[Path], chaos.Summ
         "login-cycles": lambda d: chaos.scenario_login_cycles(
             d, cycles=args.cycles, clients=3, messages=max(1, args.messages // 20),
             rate=50.0, timeout_s=args.timeout),
+        # three brokers on a PostgreSQL server of their own (needs PostgreSQL installed)
+        "cluster-kill": lambda d: chaos.scenario_cluster_kill_broker(
+            d, clients=max(3, args.clients // 2), messages=max(1, args.messages // 50),
+            rate=20.0, timeout_s=args.timeout),
+        "cluster-stop": lambda d: chaos.scenario_cluster_stop_broker(
+            d, clients=max(3, args.clients // 2), messages=max(1, args.messages // 50),
+            rate=20.0, timeout_s=args.timeout),
     }
 
 

@@ -20,7 +20,9 @@ guarantees of docs/PROTOCOL.md §14 ("Delivery guarantees") say lost, duplicated
 of order must all be 0.
 
 The scenarios (:func:`scenario_kill_clients`, :func:`scenario_stop_client`,
-:func:`scenario_kill_broker`, :func:`scenario_login_cycles`) are used by
+:func:`scenario_kill_broker`, :func:`scenario_login_cycles`, and on a cluster of three
+brokers on one PostgreSQL, :func:`cluster_run`, :func:`scenario_cluster_kill_broker` and
+:func:`scenario_cluster_stop_broker`) are used by
 tests/test_chaos.py in short versions and by scripts/chaos.py in long ones. No scenario
 sleeps to wait for a condition: it polls the logs with a deadline (:func:`wait_until`).
 Workers pace their sends with a rate, which is load generation, not waiting.
@@ -118,8 +120,11 @@ class BrokerProcess:
     ``pid``/``alive`` tell which process serves; ``stderr_text()`` is its log so far.
     """
 
-    def __init__(self, workdir: Path, data_dir: Path | None = None, **settings: Any) -> None:
+    def __init__(self, workdir: Path, data_dir: Path | None = None, *, store: str = "",
+                 broker_id: str = "", **settings: Any) -> None:
         self.workdir = workdir
+        self.store = store            # a PostgreSQL URL (cluster_run), "" for SQLite
+        self.broker_id = broker_id
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or workdir / "data"
         self.config_path = workdir / "broker.toml"
@@ -155,10 +160,11 @@ class BrokerProcess:
             out = self._path("stdout").open("wb")
             err = self._path("stderr").open("wb")
             with out, err:
+                cluster = ["--store", self.store, "--id", self.broker_id] if self.store else []
                 self.popen = subprocess.Popen(
                     [sys.executable, "-m", "zchat", "broker", "--config",
                      str(self.config_path), "--data-dir", str(self.data_dir),
-                     "--router", self.router, "--pub", self.pub],
+                     "--router", self.router, "--pub", self.pub, *cluster],
                     env=_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             popen = self.popen
 
@@ -174,6 +180,13 @@ class BrokerProcess:
             if time.monotonic() > deadline or "cannot bind" not in \
                     self._path("stderr").read_text("utf-8", "replace"):
                 raise AssertionError(f"broker exited at start: {self.stderr_text()[-2000:]}")
+
+    def public_key(self) -> str:
+        """The public key this start printed ("" with ``encryption = "none"``)."""
+        for line in self._path("stdout").read_text("utf-8", "replace").splitlines():
+            if line.strip().startswith("public key:"):
+                return line.split(":", 1)[1].strip()
+        return ""
 
     def stderr_text(self) -> str:
         """The log of every start so far, in order."""
@@ -267,19 +280,28 @@ class Worker:
                 self.popen.wait(10)
 
 
-def spawn_worker(broker: BrokerProcess, workdir: Path, name: str, *, send: int = 0,
+def spawn_worker(broker: BrokerProcess | str, workdir: Path, name: str, *, send: int = 0,
                  rate: float = 0.0, window: int = 1, pad: int = 0, cycles: int = 0,
-                 join: bool = True) -> Worker:
+                 join: bool = True, server_key: str = "") -> Worker:
     """Start ``python tests/chaos_harness.py worker`` as ``name``: it registers (if needed), logs in,
     joins ROOM, sends ``send`` messages at ``rate`` per second (0 = as fast as ``window``
     concurrent sends allow) with ``pad`` bytes of padding, or makes ``cycles``
-    login/logout cycles, and keeps receiving until SIGTERM."""
+    login/logout cycles, and keeps receiving until SIGTERM.
+
+    ``broker`` is a broker, or an endpoint list ``"tcp://a,tcp://b"`` (a cluster: the
+    worker connects to the first that answers and moves along the list when it loses
+    it). With ``server_key`` the worker uses CurveZMQ with that key for every endpoint
+    (pins kept in ``workdir``), else plain transport."""
     log_path = workdir / f"{name}.jsonl"
-    argv = [sys.executable, str(HARNESS), "worker", "--server", broker.router,
+    server = broker if isinstance(broker, str) else broker.router
+    argv = [sys.executable, str(HARNESS), "worker", "--server", server,
             "--name", name, "--log", str(log_path), "--send", str(send), "--rate", str(rate),
             "--window", str(window), "--pad", str(pad), "--cycles", str(cycles)]
     if not join:
         argv.append("--no-join")
+    if server_key:
+        argv += ["--server-key", server_key, "--known-brokers",
+                 str(workdir / f"{name}.known_brokers.toml")]
     err = (workdir / f"{name}.stderr").open("wb")
     with err:
         popen = subprocess.Popen(argv, env=_env(), stdin=subprocess.DEVNULL,
@@ -313,7 +335,10 @@ async def run_worker(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     client = Client(args.server, timeout_s=args.timeout, reconnect=True,
-                    reconnect_max_s=args.reconnect_max, encryption="none")
+                    reconnect_max_s=args.reconnect_max,
+                    encryption="curve" if args.server_key else "none",
+                    server_key=args.server_key,
+                    known_brokers=Path(args.known_brokers) if args.known_brokers else None)
 
     async def until_connected() -> None:
         while client.state != "connected":
@@ -341,7 +366,7 @@ async def run_worker(args: argparse.Namespace) -> int:
             elif isinstance(event, ConnectionLost):
                 record("lost", session_only=event.session_only)
             elif isinstance(event, ConnectionRestored):
-                record("restored")
+                record("restored", server=client.server)
 
     async def orphan_watch() -> None:
         """Stop when the harness that started this worker is gone (killed itself), so a
@@ -362,7 +387,7 @@ async def run_worker(args: argparse.Namespace) -> int:
             await _cycle(client, args, record, stopping)
         else:
             reply = await client.login(args.name, PASSWORD)
-            record("login", session=reply.session[:6])
+            record("login", session=reply.session[:6], server=client.server)
             if args.join:
                 joined = await persist(lambda: client.join(ROOM))
                 record("joined", room=joined.room, last_seq=joined.last_seq)
@@ -457,15 +482,19 @@ SUMMARY_HEADER = (f"{'scenario':<16} {'sent':>7} {'stored':>7} {'delivered':>9} 
                   f"{'dup':>5} {'order':>5} {'stored2':>6} {'seconds':>7}  result")
 
 
-def fetch_history(server: str, room: str = ROOM, name: str = "auditor") -> list[tuple[int, str]]:
+def fetch_history(server: str, room: str = ROOM, name: str = "auditor",
+                  server_key: str = "", known_brokers: Path | None = None
+                  ) -> list[tuple[int, str]]:
     """Every message of ``room`` as (seq, id) in seq order, read over HISTORY pages by a
-    client logged in as ``name`` (registered if needed)."""
+    client logged in as ``name`` (registered if needed); over CurveZMQ with
+    ``server_key`` (pins in ``known_brokers``), else plain."""
     from zchat import wire as p
     from zchat.client.sync import SyncClient
     from zchat.errors import RequestFailed
 
     rows: list[tuple[int, str]] = []
-    with SyncClient(server, timeout_s=10.0, encryption="none") as client:
+    with SyncClient(server, timeout_s=10.0, encryption="curve" if server_key else "none",
+                    server_key=server_key, known_brokers=known_brokers) as client:
         with contextlib.suppress(RequestFailed):
             client.register(name, PASSWORD)
         client.login(name, PASSWORD)
@@ -800,6 +829,276 @@ def scenario_login_cycles(workdir: Path, *, cycles: int = 200, clients: int = 3,
         return _finish(summary, broker, started)
 
 
+# -- a cluster: brokers on one PostgreSQL database -------------------------------------------
+
+#: ``[broker]`` settings of a cluster chaos run, over broker_settings: leases short enough
+#: that a stopped broker is reaped and fenced within about a second (docs/cluster.md,
+#: "Leases and fencing": the tests use 1 s and 0.2 s), the periodic room check twice a
+#: second, and CurveZMQ as shipped, so that a client that moves checks the next broker's
+#: key against the cluster's one.
+CLUSTER_SETTINGS: dict[str, Any] = {"lease_s": 1.0, "lease_renew_s": 0.2,
+                                    "cluster_check_s": 0.5, "encryption": "curve"}
+
+
+@dataclass
+class Cluster:
+    """Brokers on one PostgreSQL database (``url``) sharing one key pair (``key``)."""
+
+    brokers: list[BrokerProcess]
+    url: str
+    key: str
+    workdir: Path
+
+    def endpoints(self, home: int) -> str:
+        """Every broker's ROUTER endpoint, broker ``home``'s first: a client given this
+        list connects to ``home`` and moves round robin from there."""
+        routers = [b.router for b in self.brokers]
+        return ",".join(routers[home:] + routers[:home])
+
+    def home_of(self, worker: Worker) -> int:
+        """Index of the broker ``worker`` logged in on first (-1 before its login)."""
+        for r in worker.records():
+            if r["e"] == "login":
+                return [b.router for b in self.brokers].index(r["server"])
+        return -1
+
+    def history(self, via: int) -> list[tuple[int, str]]:
+        """:func:`fetch_history` through broker ``via`` (alone: no move to another)."""
+        return fetch_history(self.brokers[via].router, server_key=self.key,
+                             known_brokers=self.workdir / "auditor.known_brokers.toml")
+
+    def database_seqs(self, room: str = ROOM) -> tuple[list[int], int]:
+        """The room's stored seqs in order and its ``last_seq``, read from the database
+        itself (not through a broker)."""
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            seqs = [int(row[0]) for row in conn.execute(
+                "SELECT seq FROM messages WHERE room_key = %s ORDER BY seq", (room,))]
+            last = conn.execute("SELECT last_seq FROM rooms WHERE key = %s",
+                                (room,)).fetchone()
+        return seqs, int(last[0]) if last else 0
+
+
+@contextlib.contextmanager
+def cluster_run(workdir: Path, brokers: int = 3, **settings: Any
+                ) -> Iterator[tuple[Cluster, list[Worker]]]:
+    """A PostgreSQL server of its own (tests/postgres_server.py: ``initdb`` + ``pg_ctl`` in
+    a temporary directory, as the ``postgres`` user when run as root) and ``brokers``
+    ``zchat broker`` processes on one database, ids ``chaos-0`` …, each with its own data
+    directory holding the one key pair made for the first (copied as docs/cluster.md
+    tells an operator) and its own ROUTER, PUB and key service ports. On exit every
+    worker in the list yielded and every broker is stopped (continued first if paused),
+    then the server, whatever happened.
+
+    PostgreSQL runs with ``fsync`` off: the scenarios kill brokers, never the database
+    server, and what PostgreSQL wrote survives a broker's death without it."""
+    from postgres_server import running_postgres  # not at import: workers do not need it
+
+    from zchat.broker import keypair
+    from zchat.testing import free_port
+
+    procs: list[BrokerProcess] = []
+    workers: list[Worker] = []
+    with running_postgres() as server:
+        url = server.url(server.new_database())
+        try:
+            for i in range(brokers):
+                home = workdir / f"broker-{i}"
+                data = home / "data"
+                data.mkdir(parents=True, mode=0o700)
+                if i == 0:
+                    keypair.load_or_create_broker_keys(data)
+                else:
+                    for name in (keypair.BROKER_SECRET_FILE, keypair.BROKER_PUBLIC_FILE):
+                        shutil.copy2(procs[0].data_dir / name, data / name)
+                broker = BrokerProcess(home, data, store=url, broker_id=f"chaos-{i}", **{
+                    **CLUSTER_SETTINGS, "key_endpoint": f"tcp://127.0.0.1:{free_port()}",
+                    **settings})
+                procs.append(broker)
+                broker.start()
+            keys = [wait_until(b.public_key, 10, f"broker {b.broker_id}'s key line")
+                    for b in procs]
+            if len(set(keys)) != 1:
+                raise AssertionError(f"the brokers do not share one key: {keys}")
+            yield Cluster(procs, url, keys[0], workdir), workers
+        finally:
+            for worker in workers:
+                worker.signal(signal.SIGCONT)
+            for worker in workers:
+                with contextlib.suppress(Exception):
+                    worker.stop()
+            for broker in procs:
+                if broker.alive:
+                    broker.popen.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                    broker.terminate()
+
+
+def _cluster_members(cluster: Cluster, workdir: Path, workers: list[Worker], clients: int,
+                     messages: int, rate: float, timeout_s: float
+                     ) -> tuple[Worker, list[Worker]]:
+    """An observer on the last broker (never faulted by the scenarios), then ``clients``
+    members ``m0`` … dealt round robin over the brokers, each given every endpoint with
+    its home broker first and sending ``messages`` at ``rate``/s; returns once the
+    observer has seen each of them online and each logged in where it was sent."""
+    last = len(cluster.brokers) - 1
+    observer = spawn_worker(cluster.endpoints(last), workdir, "observer",
+                            server_key=cluster.key)
+    workers.append(observer)
+    wait_for(observer, "joined", timeout_s)
+    members = [spawn_worker(cluster.endpoints(i % len(cluster.brokers)), workdir, f"m{i}",
+                            send=messages, rate=rate, window=2, server_key=cluster.key)
+               for i in range(clients)]
+    workers += members
+    for i, m in enumerate(members):
+        wait_presence(observer, m.name, "online", timeout_s)
+        wait_for(m, "joined", timeout_s)
+        if cluster.home_of(m) != i % len(cluster.brokers):
+            raise AssertionError(f"{m.name} logged in on broker {cluster.home_of(m)}, "
+                                 f"not {i % len(cluster.brokers)}")
+    return observer, members
+
+
+def _moved(worker: Worker, away_from: str) -> float | None:
+    """Monotonic time of ``worker``'s first ConnectionRestored on another endpoint than
+    ``away_from``, or None."""
+    for r in worker.records():
+        if r["e"] == "restored" and r["server"] != away_from:
+            return float(r["t"])
+    return None
+
+
+def _wait_moved(cluster: Cluster, members: Sequence[Worker], victim: int, since: float,
+                timeout_s: float) -> list[float]:
+    """Wait until every member that logged in on broker ``victim`` has been restored
+    (RESUMEd) on another broker; the seconds each took from ``since`` (monotonic; the
+    workers' records use the same clock)."""
+    router = cluster.brokers[victim].router
+    took = []
+    for m in members:
+        if cluster.home_of(m) == victim:
+            at = wait_until(functools.partial(_moved, m, router), timeout_s,
+                            f"{m.name} to move off broker {victim}")
+            assert at is not None  # wait_until returns a true value
+            took.append(round(at - since, 3))
+    return took
+
+
+def _reaped(cluster: Cluster, victim: int) -> bool:
+    line = f"took over the sessions of broker chaos-{victim} "
+    return any(line in b.stderr_text() for i, b in enumerate(cluster.brokers) if i != victim)
+
+
+def _cluster_audit(scenario: str, cluster: Cluster, workers: list[Worker], observer: Worker,
+                   members: list[Worker], started: float, timeout_s: float) -> Summary:
+    """Every member sent all, got everything once in order (:func:`audit`, with the
+    history read through the observer's broker); and beyond :func:`audit`: the room's
+    seqs in the database itself are 1..last_seq with no gap and match the history,
+    every live broker serves the same history, the observer last saw every member
+    online, and no broker logged a traceback or an internal error."""
+    for m in members:
+        wait_for(m, "sent_all", timeout_s)
+    last = len(cluster.brokers) - 1
+    history = cluster.history(last)
+    final = history[-1][0] if history else 0
+    wait_delivered([observer, *members], final, timeout_s)
+    summary = audit(scenario, workers, history)
+    seqs, last_seq = cluster.database_seqs()
+    if seqs != list(range(1, last_seq + 1)):
+        summary.problems.append(f"the database's seqs are not 1..{last_seq} without gaps")
+    if seqs != [s for s, _ in history]:
+        summary.problems.append("the database and the history read through a broker differ")
+    for i, broker in enumerate(cluster.brokers[:last]):
+        if broker.alive and cluster.history(i) != history:
+            summary.problems.append(f"broker {i} serves another history")
+    offline = 0
+    for m in members:
+        seen = presence_of(observer, m.name)
+        offline += seen.count("offline")
+        if seen[-1:] != ["online"]:
+            summary.problems.append(f"the observer last saw {m.name} {seen[-1:]}")
+    summary.notes["member_offline_events"] = offline
+    # what the members and the observer should have got: each message after its join
+    summary.notes["due"] = sum(final - w.records()[[r["e"] for r in w.records()]
+                                                   .index("joined")]["last_seq"]
+                               for w in (observer, *members))
+    summary.notes["moves"] = sum(1 for m in members for r in m.records()
+                                 if r["e"] == "restored")
+    summary.seconds = time.monotonic() - started
+    for broker in cluster.brokers:
+        log = broker.stderr_text()
+        if "internal error" in log or "Traceback" in log:
+            summary.problems.append(f"broker {broker.broker_id} logged an internal error "
+                                    "or a traceback")
+    return summary
+
+
+def scenario_cluster_kill_broker(workdir: Path, *, clients: int = 6, messages: int = 60,
+                                 rate: float = 20.0, victim: int = 0,
+                                 timeout_s: float = 60.0) -> Summary:
+    """(e) three brokers on one PostgreSQL; ``clients`` members dealt over them with every
+    endpoint, sending ``messages`` each at ``rate``/s; broker ``victim`` is SIGKILLed
+    mid-stream. Its members move to another broker and RESUME there, a surviving broker
+    reaps its lease, and the audit holds (:func:`_cluster_audit`). ``notes["move_s"]``:
+    seconds from the kill until each of its members was restored elsewhere."""
+    started = time.monotonic()
+    with cluster_run(workdir) as (cluster, workers):
+        observer, members = _cluster_members(cluster, workdir, workers, clients, messages,
+                                             rate, timeout_s)
+        third = max(1, clients * messages // 3)
+        wait_until(lambda: sum(m.count("sent") for m in members) >= third, timeout_s,
+                   f"{third} messages to be sent")
+        killed_at = time.monotonic()
+        cluster.brokers[victim].kill()
+        move_s = _wait_moved(cluster, members, victim, killed_at, timeout_s)
+        wait_until(lambda: _reaped(cluster, victim), timeout_s,
+                   f"a surviving broker to reap chaos-{victim}'s lease")
+        summary = _cluster_audit("cluster-kill", cluster, workers, observer, members,
+                                 started, timeout_s)
+        summary.notes["move_s"] = move_s
+        if summary.sent != clients * messages:
+            summary.problems.append(f"{summary.sent} sends OK'd of {clients * messages}")
+        return summary
+
+
+def scenario_cluster_stop_broker(workdir: Path, *, clients: int = 6, messages: int = 60,
+                                 rate: float = 20.0, victim: int = 1,
+                                 timeout_s: float = 60.0) -> Summary:
+    """(f) as (e), but broker ``victim`` is SIGSTOPped mid-stream until another broker has
+    reaped its lease and its members have moved, then SIGCONTinued: it must find itself
+    fenced out (its log says so), drop its sessions rather than act on them, take a
+    fresh lease and serve the same history again; the audit holds throughout."""
+    started = time.monotonic()
+    with cluster_run(workdir) as (cluster, workers):
+        observer, members = _cluster_members(cluster, workdir, workers, clients, messages,
+                                             rate, timeout_s)
+        third = max(1, clients * messages // 3)
+        wait_until(lambda: sum(m.count("sent") for m in members) >= third, timeout_s,
+                   f"{third} messages to be sent")
+        stopped = cluster.brokers[victim]
+        stopped_at = time.monotonic()
+        stopped.popen.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        wait_until(lambda: _reaped(cluster, victim), timeout_s,
+                   f"a broker to reap the stopped chaos-{victim}'s lease")
+        move_s = _wait_moved(cluster, members, victim, stopped_at, timeout_s)
+        stopped.popen.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        wait_until(lambda: "fenced out of the cluster" in stopped.stderr_text(), timeout_s,
+                   f"chaos-{victim} to find itself fenced out")
+        wait_until(lambda: stopped.stderr_text().count(": lease taken, epoch") >= 2,
+                   timeout_s, f"chaos-{victim} to take a fresh lease")
+        summary = _cluster_audit("cluster-stop", cluster, workers, observer, members,
+                                 started, timeout_s)
+        summary.notes["move_s"] = move_s
+        summary.notes["fenced"] = next(line.split("fenced out of the cluster ", 1)[1][:80]
+                                       for line in stopped.stderr_text().splitlines()
+                                       if "fenced out of the cluster" in line)
+        if not stopped.alive:
+            summary.problems.append(f"the stopped broker chaos-{victim} exited")
+        if summary.sent != clients * messages:
+            summary.problems.append(f"{summary.sent} sends OK'd of {clients * messages}")
+        return summary
+
+
 # -- command line ------------------------------------------------------------------------------
 
 
@@ -816,6 +1115,8 @@ def _worker_parser(sub: Any) -> None:
     w.add_argument("--timeout", type=float, default=2.0)
     w.add_argument("--reconnect-max", type=float, default=2.0)
     w.add_argument("--no-join", dest="join", action="store_false")
+    w.add_argument("--server-key", default="")
+    w.add_argument("--known-brokers", default="")
 
 
 def main(argv: list[str] | None = None) -> int:
