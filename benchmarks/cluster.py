@@ -1,7 +1,7 @@
 """One broker on SQLite, one on PostgreSQL, three on one PostgreSQL (issue 16): what each
 carries and what it costs, in one run, with ratios to the first.
 
-Run: ``python benchmarks/cluster.py [--quick] [--json FILE]``. Standalone (not one of
+Run: ``python benchmarks/cluster.py [--quick] [--failover-only] [--json FILE]``. Standalone (not one of
 benchmarks/run.py's scenarios: it needs PostgreSQL, which it starts itself from the
 machine's packages, tests/postgres_server.py, as the ``postgres`` user when run as root,
 with ``fsync`` and ``full_page_writes`` on: a durable set-up, as the SQLite broker's
@@ -31,8 +31,17 @@ starting with the second, so that 1 -> 1 on ``pg3`` crosses brokers):
 - **latency**: a paced sender at 100 msg/s to 100 members; send -> delivery on every
   member, p50/p99/p99.9/max.
 
-Failover (a broker SIGKILLed until all its clients are resumed elsewhere) is not measured
-yet: see FAILOVER below.
+- **failover**: three brokers on one fresh PostgreSQL database (a set-up of its own, as
+  it kills one), N clients (zchat.client.Client with ``reconnect=True``, CurveZMQ, the
+  list of all three endpoints, the first broker first) logged in on the first broker and
+  following a room; the first broker is SIGKILLed and the time is taken from the kill
+  until each client has RESUMEd its session on another broker (its ConnectionRestored,
+  on another endpoint, with the same session id): p50 and max, for each heartbeat
+  setting of FAILOVER_HEARTBEATS. What drives it (docs/cluster.md, "How clients move"):
+  a SIGKILLed broker answers nothing, so a client notices at its first heartbeat PING
+  that gets no answer within ``heartbeat_interval_s`` — the next PING comes within one
+  interval, then waits one more: between 1 and 2 intervals — then waits the first
+  reconnect back-off (0.5 s, ±10 %) and RESUMEs on the next endpoint of its list.
 
 Everything the run starts (PostgreSQL, brokers, load processes) is stopped at its end.
 """
@@ -69,24 +78,24 @@ from zchat.broker.keypair import BROKER_PUBLIC_FILE, BROKER_SECRET_FILE  # noqa:
 PASSWORD = "bench-password"
 SETUPS = [("sqlite", 1), ("pg1", 1), ("pg3", 3)]
 #: Sizes of a full run and of --quick (a smoke run, well under 30 s in all).
-FULL = {"sessions": 500, "pings": 20, "ingest_1x1": 20_000, "ingest_fanout": 5_000,
+FULL = {"failover_clients": 50, "sessions": 500, "pings": 20, "ingest_1x1": 20_000, "ingest_fanout": 5_000,
         "fanout_members": 50, "latency_members": 100, "latency_rate": 100,
         "latency_s": 10.0, "receiver_processes": 4}
-QUICK = {"sessions": 6, "pings": 3, "ingest_1x1": 100, "ingest_fanout": 50,
+QUICK = {"failover_clients": 5, "sessions": 6, "pings": 3, "ingest_1x1": 100, "ingest_fanout": 50,
          "fanout_members": 3, "latency_members": 3, "latency_rate": 100,
          "latency_s": 0.3, "receiver_processes": 1}  # one a broker: spawns cost seconds
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_ROOM = "idle"
 
 #: FAILOVER: "time from a broker's SIGKILL until all its clients are resumed elsewhere"
-#: (issue 16). Not measured: zchat's client does not yet move to another endpoint (client
-#: failover, with RESUME on another broker, is being built on another branch). A client
-#: that reconnects to its own endpoint when the broker is back is not failover, and a
-#: benchmark that RESUMEd by hand on another broker would measure the benchmark, not zchat.
-#: Once clients take several endpoints: start ``pg3``, log in N clients (zchat.client
-#: Client, server = all three ROUTERs) on the first broker, SIGKILL it, and time until
-#: every client's session is live on another broker (its RESUME reply), p50/max.
-FAILOVER: str | None = None
+#: (issue 16), measured by :func:`failover` for each (heartbeat_interval_s,
+#: heartbeat_timeout_s) of the brokers: the shipped 10 s / 30 s, and 1 s / 3 s. --quick
+#: measures 0.5 s / 2 s with a few clients only.
+FAILOVER_HEARTBEATS = [(10.0, 30.0), (1.0, 3.0)]
+QUICK_FAILOVER_HEARTBEATS = [(0.5, 2.0)]
+FAILOVER_ROOM = "failover"
+#: Seconds to wait for every client to be resumed before giving up (an error).
+FAILOVER_LIMIT_S = 120.0
 
 
 # -- /proc ------------------------------------------------------------------------------
@@ -175,11 +184,12 @@ class Setup:
 
 
 @contextlib.contextmanager
-def started(name: str, count: int, root: Path, url: str | None, pg_data: Path | None
-            ) -> Iterator[Setup]:
-    """``count`` brokers on ``url`` (None: SQLite), one key pair, stopped (SIGTERM) after."""
+def started(name: str, count: int, root: Path, url: str | None, pg_data: Path | None,
+            **overrides: Any) -> Iterator[Setup]:
+    """``count`` brokers on ``url`` (None: SQLite), one key pair, stopped (SIGTERM) after;
+    ``overrides`` are [broker] settings over BROKER_DEFAULTS."""
     brokers: list[BrokerHandle] = []
-    settings = {**BROKER_DEFAULTS, "encryption": "curve"}
+    settings = {**BROKER_DEFAULTS, "encryption": "curve", **overrides}
     try:
         for i in range(count):
             data_dir = root / f"{name}-broker{i}"
@@ -389,6 +399,111 @@ def costs(out: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+def failover(root: Path, url: str, pg_data: Path, clients: int, interval_s: float,
+             timeout_s: float) -> dict[str, Any]:
+    """Three brokers on ``url`` with heartbeats of ``interval_s`` / ``timeout_s``;
+    ``clients`` clients with all three endpoints logged in on the first and following
+    FAILOVER_ROOM; SIGKILL the first; seconds from the kill until each client's
+    ConnectionRestored on another broker with its session kept (RESUME, not a new
+    LOGIN). Raises RuntimeError when a client does not come back within
+    FAILOVER_LIMIT_S, comes back on the dead broker, or logged in again."""
+    import asyncio
+
+    from zchat.client import Client
+    from zchat.client.events import ConnectionLost, ConnectionRestored
+
+    name = f"failover{interval_s:g}".replace(".", "_")
+    with started(name, 3, root, url, pg_data, heartbeat_interval_s=interval_s,
+                 heartbeat_timeout_s=timeout_s) as setup:
+        routers = [b.router for b in setup.brokers]
+        key = (setup.brokers[0].public_key or b"").decode("ascii")
+        dead = setup.brokers[0]
+
+        async def run() -> dict[str, Any]:
+            known = root / f"{name}.known_brokers.toml"
+            members = [Client(routers, reconnect=True, server_key=key,
+                              known_brokers=known, timeout_s=10.0) for _ in range(clients)]
+            restored: dict[int, tuple[float, str]] = {}
+            lost: dict[int, float] = {}
+            everyone = asyncio.Event()
+
+            async def watch(i: int, client: Client) -> None:
+                async for event in client.events():
+                    if isinstance(event, ConnectionLost) and i not in lost:
+                        lost[i] = time.monotonic()
+                    if isinstance(event, ConnectionRestored) and i not in restored:
+                        restored[i] = (time.monotonic(), client.server)
+                        if len(restored) == clients:
+                            everyone.set()
+
+            watchers: list[asyncio.Task[None]] = []
+            try:
+                for i, client in enumerate(members):
+                    await client.connect()
+                    await client.register(f"{name}c{i:03d}", PASSWORD)
+                    await client.login(f"{name}c{i:03d}", PASSWORD)
+                    await client.join(FAILOVER_ROOM)
+                    watchers.append(asyncio.create_task(watch(i, client)))
+                if {c.server for c in members} != {dead.router}:
+                    raise RuntimeError("failover: the clients are not all on the first broker")
+                # the session each holds (private: the library does not show it)
+                before = [c._state.session for c in members]  # noqa: SLF001
+                killed_at = time.monotonic()
+                dead.proc.kill()
+                dead.proc.wait(10)
+                try:
+                    await asyncio.wait_for(everyone.wait(), FAILOVER_LIMIT_S)
+                except TimeoutError:
+                    raise RuntimeError(f"failover: {clients - len(restored)} of {clients} "
+                                       f"clients not resumed in {FAILOVER_LIMIT_S:g} s"
+                                       ) from None
+                kept = sum(c._state.session == s  # noqa: SLF001
+                           for c, s in zip(members, before, strict=True))
+            finally:
+                for task in watchers:
+                    task.cancel()
+                for client in members:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.close(), 5)
+            took = sorted(at - killed_at for at, _ in restored.values())
+            noticed = sorted(at - killed_at for at in lost.values())
+            moved_to = [routers.index(server) for _, server in restored.values()]
+            if 0 in moved_to:
+                raise RuntimeError("failover: a client came back on the killed broker")
+            if kept != clients:
+                raise RuntimeError(f"failover: {clients - kept} clients logged in anew "
+                                   "instead of resuming their session")
+            return {"clients": clients, "heartbeat_interval_s": interval_s,
+                    "heartbeat_timeout_s": timeout_s, "resumed": len(took),
+                    "sessions_kept": kept,
+                    "moved_to": {str(i): moved_to.count(i) for i in (1, 2)},
+                    "min_s": took[0], "p50_s": took[len(took) // 2], "max_s": took[-1],
+                    "noticed_p50_s": noticed[len(noticed) // 2],
+                    "noticed_max_s": noticed[-1]}
+
+        return asyncio.run(run())
+
+
+def failover_text(runs: list[dict[str, Any]]) -> str:
+    """One line per heartbeat setting, with what drives the figure."""
+    lines = []
+    for r in runs:
+        i = r["heartbeat_interval_s"]
+        lines.append(
+            f"  heartbeat {i:g} s / timeout {r['heartbeat_timeout_s']:g} s: "
+            f"{r['resumed']} of {r['clients']} clients resumed on another broker "
+            f"(to broker 1: {r['moved_to']['1']}, broker 2: {r['moved_to']['2']}), "
+            f"p50 {r['p50_s']:.2f} s, max {r['max_s']:.2f} s; noticed the loss "
+            f"p50 {r['noticed_p50_s']:.2f} s, max {r['noticed_max_s']:.2f} s "
+            f"(bound: {i + 0.45:.2f} to {2 * i + 0.55:.2f} s plus the RESUME)")
+    lines.append("  driven by: heartbeat_interval_s (a client notices a dead broker when a "
+                 "PING gets no answer within one interval: 1 to 2 intervals after the kill, "
+                 "as its next PING falls), then the first reconnect back-off "
+                 "(0.5 s +-10 %), then the RESUME on the next endpoint of its list; "
+                 "heartbeat_timeout_s and the lease (lease_s) do not enter")
+    return "\n".join(lines)
+
+
 # -- the report --------------------------------------------------------------------------
 
 #: (label, path into a set-up's results, format)
@@ -465,27 +580,28 @@ def report(results: dict[str, dict[str, Any]], size: dict[str, Any]) -> None:
                   f"broker 1 (the member's) {per[1]:.1f} us, "
                   + ", ".join(f"broker {i} (no member) {v:.1f} us"
                               for i, v in enumerate(per[2:], 2)))
-    print("failover (SIGKILL of a broker until all its clients resumed elsewhere): "
-          + (FAILOVER or "not measured: clients do not move to another broker yet "
-             "(client failover, issue 16)"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--json", type=Path, help="write every raw figure here")
+    parser.add_argument("--failover-only", action="store_true",
+                        help="measure only the failover (a SIGKILLed broker's clients "
+                             "until resumed elsewhere)")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     info = machine_info()
     started_at = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
+    failovers: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         with tempfile.TemporaryDirectory(prefix="zchat-bench-cluster-") as tmp, \
                 running_postgres(fsync=True) as server:
             seconds["postgresql_start"] = time.monotonic() - started_at
-            for name, count in SETUPS:
+            for name, count in [] if args.failover_only else SETUPS:
                 url = None if name == "sqlite" else server.url(
                     server.new_database(empty=True))
                 began = time.monotonic()
@@ -493,6 +609,13 @@ def main(argv: list[str] | None = None) -> int:
                              server.data if url else None) as setup:
                     seconds[f"{name}_start"] = time.monotonic() - began
                     results[name] = measure(ctx, setup, size)
+            for interval_s, timeout_s in (QUICK_FAILOVER_HEARTBEATS if args.quick
+                                          else FAILOVER_HEARTBEATS):
+                began = time.monotonic()
+                failovers.append(failover(
+                    Path(tmp), server.url(server.new_database(empty=True)), server.data,
+                    int(size["failover_clients"]), interval_s, timeout_s))
+                seconds[f"failover_{interval_s:g}"] = time.monotonic() - began
     finally:
         ctx.destroy(linger=0)
     info["load_avg_after"] = list(os.getloadavg())
@@ -500,7 +623,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({info['cpu_model']}), load {info['load_avg_1_5_15'][0]:.1f} before, "
           f"{info['load_avg_after'][0]:.1f} after, {time.monotonic() - started_at:.0f} s"
           f"{', --quick' if args.quick else ''}")
-    report(results, size)
+    if results:
+        report(results, size)
+    print("failover (SIGKILL of a broker of three until all its clients resumed "
+          "elsewhere):")
+    print(failover_text(failovers))
     errors = [f"{n} {k}: {r[k]['error']}" for n, r in results.items()
               for k in ("ingest_1x1", "ingest_fanout", "latency") if r[k]["error"]]
     for error in errors:
@@ -509,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"machine": info, "quick": args.quick,
                                          "seconds": seconds,
                                          "sizes": size, "results": results,
-                                         "failover": FAILOVER, "errors": errors},
+                                         "failover": failovers, "errors": errors},
                                         indent=1, default=str))
     return 1 if errors else 0
 

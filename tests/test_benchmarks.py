@@ -332,6 +332,13 @@ def test_quick_cluster_run_prints_sane_figures_for_the_three_set_ups(tmp_path: P
         assert isinstance(r["sessions"]["rss_kib_per_session"], float)  # may be ~0 at 6
         assert all(cpu >= 0 for cpu in r["ingest_fanout"]["cost"]["cpu_s"])
     assert results["sqlite"]["ingest_1x1"]["cost"]["pg_cpu_s"] == 0  # PostgreSQL idle
+    # failover: every client of the SIGKILLed broker resumed its session on another one
+    [failover] = document["failover"]
+    assert failover["clients"] == failover["resumed"] == failover["sessions_kept"] == 5
+    assert failover["moved_to"]["1"] + failover["moved_to"]["2"] == 5
+    # at least one heartbeat interval (0.5 s) to notice, then the back-off (>= 0.45 s)
+    assert 0.95 <= failover["min_s"] <= failover["p50_s"] <= failover["max_s"] < 60
+    assert "heartbeat_interval_s" in output and "p50" in output
     assert "ingest 1 -> 1 delivered msg/s" in output
     assert re.search(r"\(\d+\.\d\dx\)", output)  # ratios to the SQLite broker
     assert "failover" in output
