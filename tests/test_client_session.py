@@ -227,5 +227,10 @@ def test_a_reconnect_moves_round_robin_starting_with_the_next_endpoint() -> None
     assert [reconnect_endpoint(0, n, 3) for n in range(1, 7)] == [1, 2, 0, 1, 2, 0]
     assert [reconnect_endpoint(2, n, 3) for n in range(1, 4)] == [0, 1, 2]
     assert [reconnect_endpoint(0, n, 1) for n in range(1, 4)] == [0, 0, 0]
+    # spread: each client starts at its own place among the others, the lost one last
+    assert [reconnect_endpoint(0, n, 3, spread=1) for n in range(1, 7)] == [2, 1, 0, 2, 1, 0]
+    assert [reconnect_endpoint(1, n, 4, spread=2) for n in range(1, 5)] == [0, 2, 3, 1]
+    firsts = {reconnect_endpoint(0, 1, 4, spread) for spread in range(30)}
+    assert firsts == {1, 2, 3}  # a dead broker's clients spread over all the others
     with pytest.raises(ValueError):
         reconnect_endpoint(3, 1, 3)

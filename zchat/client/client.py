@@ -38,7 +38,7 @@ again when it is away (``presence``: a restarted broker forgets it), fills every
 followed room from HISTORY, then emits ``ConnectionRestored``. A GOING_AWAY event
 (§6.29) starts the reconnect at once. A refused LOGIN (password changed) ends it with a
 terminal ``SessionEnded``. A client given several endpoints (a cluster, docs/cluster.md)
-makes each attempt on the next one, round robin from the lost one
+makes each attempt on another one, the lost one last in each round
 (``session.reconnect_endpoint``), and RESUMEs there: every broker of the cluster finds
 the session in the shared database. Requests issued meanwhile fail at once with
 ConnectionFailed.
@@ -217,7 +217,8 @@ class Client:
     ``server`` is the broker's ROUTER endpoint (``tcp://host:5555``, ``inproc://…``),
     or for a cluster (docs/cluster.md) several: a sequence, or one string with commas
     (``"tcp://a:5555,tcp://b:5555"``). ``connect()`` tries them in order; a reconnect
-    moves round robin to the next one first (``session.reconnect_endpoint``) and
+    moves to one of the others first (``session.reconnect_endpoint``: each client starts
+    at its own place among them, so a dead broker's clients spread out) and
     RESUMEs the session there. ``servers`` is the tuple, ``server`` the one in use.
     Raises ValueError for a bad list (``zchat.config.server_endpoints``).
     ``timeout_s`` bounds every request. Incoming traffic is read with ``events()``.
@@ -302,6 +303,9 @@ class Client:
         self._session_gone = False     # a PONG or a 401 showed the broker forgot us
         self._ended: str | None = None  # SessionEnded's reason
         self._rng = random.Random()
+        #: Where this client starts among the other brokers when it moves (``session.
+        #: reconnect_endpoint``): drawn once, so that a dead broker's clients spread out.
+        self._spread = self._rng.randrange(1 << 16)
         self._last_heard = time.monotonic()
         self._lost = False
         self._closed = False
@@ -1662,7 +1666,8 @@ class Client:
                                   self._rng.uniform(-RECONNECT_JITTER, RECONNECT_JITTER))
             self._events.put_nowait(Reconnecting(attempt, delay))
             await asyncio.sleep(delay)
-            self._endpoint = session.reconnect_endpoint(lost, attempt, len(self.servers))
+            self._endpoint = session.reconnect_endpoint(lost, attempt, len(self.servers),
+                                                        self._spread)
             token = _INTERNAL.set(True)
             try:
                 await self._restore()
