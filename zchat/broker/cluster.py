@@ -31,6 +31,8 @@ from zchat.store.pg_listen import Listener
 
 log = logging.getLogger("zchat.broker")
 
+#: Seconds before a state reload that failed (the database unreachable) is tried again.
+STATE_RETRY_S = 1.0
 #: Seconds between attempts to listen again after the LISTEN connection was lost (the
 #: first at the next periodic check): each may hold the loop for the connect timeout.
 RELISTEN_INTERVAL_S = 5.0
@@ -139,7 +141,11 @@ class ClusterLink:
         when the lease is lost, or lapsed by its own clock and not renewable."""
         if self._renewed_at is not None or self.fenced or self._released:
             return []
-        self._next_renew_s = now_s + self.config.lease_renew_s
+        if reap:
+            # only here: a broker whose writes renew its lease (``before_commit``, no
+            # reaping) more often than every lease_renew_s would otherwise never reap
+            # a dead broker (tests/test_cluster_failures.py caught a busy one so)
+            self._next_renew_s = now_s + self.config.lease_renew_s
         try:
             renewed = self.store.renew_lease(self.config.lease_s)
         except StorageError as exc:
@@ -253,8 +259,10 @@ class ClusterLink:
             try:
                 actions += self.fanout.sync(now_ms)
             except StorageError as exc:
+                # again at the refresh, STATE_RETRY_S from now at the latest: asking for
+                # it at once (``due_now``) spun the loop while the database was away
                 log.error("cannot reload the state from the database: %s", exc.reason)
-                self._state_due = True
+                self._next_refresh_s = min(self._next_refresh_s, now_s + STATE_RETRY_S)
         if self._moved:  # in memory only: a moved session's row stays
             moved, self._moved = self._moved, []
             for token_sha256 in moved:
