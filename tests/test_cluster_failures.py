@@ -290,15 +290,21 @@ def test_a_broker_cut_from_postgresql_fences_itself_its_clients_move_then_it_ser
 
                 cut = time.monotonic()
                 proxy.blackhole()
-                fenced = await until("A logged its fencing", lambda: logged(
-                    a, "fenced out of the cluster") > 0)
+                # each awaited at once, so that each time is its own
+                fencing = asyncio.create_task(until("A logged its fencing", lambda: logged(
+                    a, "fenced out of the cluster") > 0))
+                reaping = asyncio.create_task(until("B reaped A", lambda: logged(
+                    b, "took over the sessions of broker broker-a") > 0))
                 events = await collect(alice, is_(ConnectionRestored), timeout_s=WAIT_S)
                 moved = time.monotonic()
+                try:
+                    fenced, reaped = await asyncio.gather(fencing, reaping)
+                except AssertionError:
+                    _show_activity(pg_url)
+                    raise
                 assert alice.server == router_b
                 assert alice._state.session == token  # RESUMEd on B
                 assert [type(e) for e in events].count(ConnectionLost) == 1
-                reaped = await until("B reaped A", lambda: logged(
-                    b, "took over the sessions of broker broker-a") > 0)
                 assert session_holder(pg_url, token) == "broker-b"
                 # A stopped acknowledging: no OK after the cut (a commit in flight at
                 # the cut would be answered within milliseconds)
@@ -334,6 +340,24 @@ def test_a_broker_cut_from_postgresql_fences_itself_its_clients_move_then_it_ser
                 await close_all(*clients)
 
         run(scenario(), timeout_s=90)
+
+
+def _show_activity(url: str) -> None:
+    """Print what the database's sessions are doing (a failed wait's report)."""
+    with psycopg.connect(url, autocommit=True) as db:
+        for row in db.execute(
+                "SELECT pid, application_name, state, wait_event, now() - state_change, "
+                "left(query, 80) FROM pg_stat_activity WHERE datname = current_database()"):
+            print("pg_stat_activity:", row)
+        for row in db.execute(
+                "SELECT l.pid, l.locktype, l.relation::regclass::text, l.mode, l.granted, "
+                "a.state, a.backend_type, a.application_name, a.client_port, left(a.query, 60) "
+                "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.pid <> pg_backend_pid()"):
+            print("pg_locks:", row)
+        for row in db.execute("SELECT id, epoch, lease_until, clock_timestamp(), reaped "
+                              "FROM brokers"):
+            print("brokers:", row)
 
 
 class Poster:
