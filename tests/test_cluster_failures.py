@@ -6,6 +6,8 @@ operator sets them up, and real library clients in this process.
 - A broker is SIGKILLed: alice (endpoints [A, B]) moves to B and RESUMEs her session,
   missing nothing; bob (on A only) goes offline once when B reaps A's lease; alice never
   goes offline; every acknowledged message is in the database with its seq.
+- A client that moves only after the reaping flaps (offline, then online): a strict
+  xfail, not fixed yet (docs/cluster.md).
 - The link between broker A and PostgreSQL is cut (tests/tcp_proxy.py holds the bytes, as
   a cut network does): A acknowledges nothing it did not commit, fences itself once its
   lease lapsed, its clients move to B and RESUME there, B reaps A once; when the link
@@ -344,6 +346,7 @@ def test_a_broker_cut_from_postgresql_fences_itself_its_clients_move_then_it_ser
                 except AssertionError:
                     _show_activity(pg_url)
                     raise
+                assert fenced - cut >= 3.0  # not before its lease (lease_s 3) lapsed
                 assert alice.server == router_b
                 assert alice._state.session == token  # RESUMEd on B
                 assert [type(e) for e in events].count(ConnectionLost) == 1

@@ -139,9 +139,9 @@ class BrokerConfig:
       long (killed, stopped, cut from the database) has its sessions taken over by the
       others, and a broker that finds its lease lost drops its sessions. At least twice
       ``lease_renew_s``, at most 3,600.
-    - ``lease_renew_s``: in a cluster, seconds between renewals of the lease by a broker
-      that commits nothing meanwhile (each commit renews it too), and between its looks
-      for expired leases of the others (MIN_HEARTBEAT_S..3,600).
+    - ``lease_renew_s``: in a cluster, seconds between a broker's scheduled renewals of
+      its lease (each commit renews it too), each with a look for expired leases of the
+      others (MIN_HEARTBEAT_S..3,600).
     - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
     - ``admins``: account names with admin rights.
     - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..30000).

@@ -9,8 +9,8 @@ broker on SQLite has none and runs exactly as before.
 
 It also keeps the broker's lease (docs/cluster.md, "Leases and fencing"): taken at start
 (``Store.register_broker``: a new epoch), renewed inside every wake-up's transaction that
-writes (so that nothing is committed under a lost lease) and every ``lease_renew_s`` when
-idle; at each renewal it reaps the expired leases of the other brokers
+writes (so that nothing is committed under a lost lease) and, busy or idle, every
+``lease_renew_s``, when it also reaps the expired leases of the other brokers
 (``Store.reap_brokers``). A broker that finds its lease lost — expired by its own clock
 (it was stopped, or could not reach the database) and not renewable, or taken over — is
 fenced: it drops its sessions (``BrokerCore.drop_sessions``), commits nothing more, and

@@ -152,11 +152,12 @@ def _pair_lock_key(pair: str) -> int:
                           signed=True)
 
 
-class _BoundedConnection(psycopg.Connection[Any]):
+class BoundedConnection(psycopg.Connection[Any]):
     """A psycopg connection whose every wait for the server (a statement's answer, a
     COMMIT's) lasts at most ``answer_timeout_s`` seconds (None: no bound), then closes
     the connection (the exchange is cut midway: it cannot be used again) and raises
-    psycopg.OperationalError("the database did not answer within N s …")."""
+    psycopg.OperationalError("the database did not answer within N s …"). The store's
+    connection and the cluster's LISTEN connection (zchat.store.pg_listen) are such."""
 
     answer_timeout_s: float | None = ANSWER_TIMEOUT_S
 
@@ -221,7 +222,7 @@ class Store:
         LOCK_TIMEOUT_MS, IDLE_IN_TRANSACTION_TIMEOUT_MS and ANSWER_TIMEOUT_S. Raises
         StorageError(``failure``: the reason)."""
         try:
-            db = _BoundedConnection.connect(self.url, autocommit=True,
+            db = BoundedConnection.connect(self.url, autocommit=True,
                                             connect_timeout=CONNECT_TIMEOUT_S)
         except (psycopg.Error, ValueError) as exc:
             raise StorageError(f"{failure}: {_first_line(exc)}") from exc
@@ -321,7 +322,7 @@ class Store:
         """Check and upgrade the schema in one transaction, under an advisory lock (two
         brokers starting at once on a new database do not both create it)."""
         db = self._db
-        if isinstance(db, _BoundedConnection):  # an upgrade may take long: no bound
+        if isinstance(db, BoundedConnection):  # an upgrade may take long: no bound
             db.answer_timeout_s = None
         db.execute("BEGIN")
         try:
@@ -354,7 +355,7 @@ class Store:
                 db.execute("ROLLBACK")
             raise
         finally:
-            if isinstance(db, _BoundedConnection):
+            if isinstance(db, BoundedConnection):
                 db.answer_timeout_s = ANSWER_TIMEOUT_S
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
