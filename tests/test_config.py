@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from zchat.client import session
 from zchat.config import (
+    CLIENT_FIRST_BACKOFF_S,
     BrokerConfig,
     ClientConfig,
     Config,
@@ -16,6 +18,7 @@ from zchat.config import (
     data_dir,
     default_config_path,
     endpoint_problem,
+    lease_warning,
     load_config,
     server_endpoints,
     validate,
@@ -440,3 +443,16 @@ def test_a_cluster_is_a_list_or_a_comma_separated_string(tmp_path: Path) -> None
         ("tcp://a:5555", "tcp://b:5555")
     assert server_endpoints("inproc://one") == ("inproc://one",)
     assert server_endpoints(["tcp://a:1", "tcp://b:2"]) == ("tcp://a:1", "tcp://b:2")
+
+
+def test_a_lease_shorter_than_a_client_takes_to_move_is_warned_about() -> None:
+    """docs/cluster.md, "Leases and fencing": with the defaults (10 s heartbeats, 30 s
+    lease) clients move before the dead broker is reaped; a lease under two heartbeat
+    intervals plus the first back-off would make every moving account flap."""
+    assert CLIENT_FIRST_BACKOFF_S == session.RECONNECT_FIRST_S
+    assert lease_warning(BrokerConfig()) is None
+    assert lease_warning(BrokerConfig(lease_s=20.5)) is None  # 2 × 10 + 0.5
+    warning = lease_warning(BrokerConfig(lease_s=10.0))
+    assert warning is not None and "20.5 s" in warning and "offline and online" in warning
+    assert lease_warning(BrokerConfig(lease_s=3.0, lease_renew_s=0.5,
+                                      heartbeat_interval_s=0.5)) is None  # the tests'

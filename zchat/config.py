@@ -138,10 +138,11 @@ class BrokerConfig:
       after each renewal (docs/cluster.md, "Leases and fencing"): a broker silent that
       long (killed, stopped, cut from the database) has its sessions taken over by the
       others, and a broker that finds its lease lost drops its sessions. At least twice
-      ``lease_renew_s``, at most 3,600.
-    - ``lease_renew_s``: in a cluster, seconds between renewals of the lease by a broker
-      that commits nothing meanwhile (each commit renews it too), and between its looks
-      for expired leases of the others (MIN_HEARTBEAT_S..3,600).
+      ``lease_renew_s``, at most 3,600; under two heartbeat intervals plus a client's
+      first back-off, a warning at start (``lease_warning``).
+    - ``lease_renew_s``: in a cluster, seconds between a broker's scheduled renewals of
+      its lease (each commit renews it too), each with a look for expired leases of the
+      others (MIN_HEARTBEAT_S..3,600).
     - ``log_level``: one of ``debug``, ``info``, ``warning``, ``error``.
     - ``admins``: account names with admin rights.
     - ``max_text_bytes``: largest chat text accepted, in UTF-8 bytes (1..30000).
@@ -234,10 +235,12 @@ class BrokerConfig:
     #: 10 s: the state's reload reads every room, member and ban (milliseconds for
     #: thousands); notifications make changes take effect at once in between.
     cluster_refresh_s: float = 10.0
-    #: 10 s: five renewals (``lease_renew_s``) may be missed (a slow database, a GC or
-    #: swap pause of the broker) before it loses its sessions; a dead broker's clients
-    #: are presence-wise "online" for at most this long plus one renewal.
-    lease_s: float = 10.0
+    #: 30 s: longer than clients take to move off a dead broker (one to two heartbeat
+    #: intervals and the first back-off: 11–13 s by default), so that a moving client's
+    #: account never goes offline and online again (``lease_warning``); the same wait as
+    #: a single broker's eviction of a silent client (``heartbeat_timeout_s``). Fifteen
+    #: renewals may be missed before a broker loses its sessions.
+    lease_s: float = 30.0
     #: 2 s: one small UPDATE of the broker's row each 2 s when idle (a busy broker
     #: renews with each commit anyway).
     lease_renew_s: float = 2.0
@@ -801,3 +804,23 @@ def _type_name(value: Any) -> str:
         if isinstance(value, pytype):
             return name
     return type(value).__name__
+
+
+#: A client's first reconnect back-off, seconds (zchat.client.session.RECONNECT_FIRST_S;
+#: tests/test_config.py checks they agree).
+CLIENT_FIRST_BACKOFF_S = 0.5
+
+
+def lease_warning(b: BrokerConfig) -> str | None:
+    """A warning when ``b.lease_s`` is shorter than clients take to move off a dead
+    broker — two heartbeat intervals (a PING unanswered for one interval, sent up to one
+    interval after the death) plus the first back-off — else None. With such a lease the
+    other brokers reap a dead broker before its clients have moved: each moving client's
+    account goes offline, then online again at its RESUME (docs/cluster.md, "Leases and
+    fencing")."""
+    move_s = 2 * b.heartbeat_interval_s + CLIENT_FIRST_BACKOFF_S
+    if b.lease_s >= move_s:
+        return None
+    return (f"lease_s ({b.lease_s:g} s) is shorter than clients take to move off a dead "
+            f"broker (2 × heartbeat_interval_s + {CLIENT_FIRST_BACKOFF_S:g} s = {move_s:g} "
+            f"s): their accounts will go offline and online again when a broker dies")

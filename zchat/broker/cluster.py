@@ -9,8 +9,8 @@ broker on SQLite has none and runs exactly as before.
 
 It also keeps the broker's lease (docs/cluster.md, "Leases and fencing"): taken at start
 (``Store.register_broker``: a new epoch), renewed inside every wake-up's transaction that
-writes (so that nothing is committed under a lost lease) and every ``lease_renew_s`` when
-idle; at each renewal it reaps the expired leases of the other brokers
+writes (so that nothing is committed under a lost lease) and, busy or idle, every
+``lease_renew_s``, when it also reaps the expired leases of the other brokers
 (``Store.reap_brokers``). A broker that finds its lease lost — expired by its own clock
 (it was stopped, or could not reach the database) and not renewable, or taken over — is
 fenced: it drops its sessions (``BrokerCore.drop_sessions``), commits nothing more, and
@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any
 
-from zchat.config import BrokerConfig, broker_id
+from zchat.config import BrokerConfig, broker_id, lease_warning
 from zchat.core import Action, BrokerCore
 from zchat.core.cluster import SESSION_MOVED, Fanout
 from zchat.errors import StorageError
@@ -31,6 +31,8 @@ from zchat.store.pg_listen import Listener
 
 log = logging.getLogger("zchat.broker")
 
+#: Seconds before a state reload that failed (the database unreachable) is tried again.
+STATE_RETRY_S = 1.0
 #: Seconds between attempts to listen again after the LISTEN connection was lost (the
 #: first at the next periodic check): each may hold the loop for the connect timeout.
 RELISTEN_INTERVAL_S = 5.0
@@ -88,6 +90,9 @@ class ClusterLink:
         self._listen_tried_pid = 0
         log.info("broker %s: listening for the other brokers of the cluster on %s",
                  self.id, store.path)
+        warning = lease_warning(config)
+        if warning:
+            log.warning("broker %s: %s (docs/cluster.md)", self.id, warning)
         self._register(now_s, _wall_ms())
         self.fanout.load_presence()
 
@@ -139,7 +144,11 @@ class ClusterLink:
         when the lease is lost, or lapsed by its own clock and not renewable."""
         if self._renewed_at is not None or self.fenced or self._released:
             return []
-        self._next_renew_s = now_s + self.config.lease_renew_s
+        if reap:
+            # only here: a broker whose writes renew its lease (``before_commit``, no
+            # reaping) more often than every lease_renew_s would otherwise never reap
+            # a dead broker (tests/test_cluster_failures.py caught a busy one so)
+            self._next_renew_s = now_s + self.config.lease_renew_s
         try:
             renewed = self.store.renew_lease(self.config.lease_s)
         except StorageError as exc:
@@ -253,8 +262,10 @@ class ClusterLink:
             try:
                 actions += self.fanout.sync(now_ms)
             except StorageError as exc:
+                # again at the refresh, STATE_RETRY_S from now at the latest: asking for
+                # it at once (``due_now``) spun the loop while the database was away
                 log.error("cannot reload the state from the database: %s", exc.reason)
-                self._state_due = True
+                self._next_refresh_s = min(self._next_refresh_s, now_s + STATE_RETRY_S)
         if self._moved:  # in memory only: a moved session's row stays
             moved, self._moved = self._moved, []
             for token_sha256 in moved:

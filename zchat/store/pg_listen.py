@@ -20,6 +20,7 @@ import psycopg
 
 from zchat.config import redact_url
 from zchat.store.pg_schema import CLUSTER_CHANNEL
+from zchat.store.postgres import BoundedConnection
 
 log = logging.getLogger("zchat.broker")
 
@@ -60,9 +61,10 @@ class Listener:
         notified while it was not is lost: the caller reads everything again."""
         self.close()
         try:
-            db = psycopg.connect(self.url, autocommit=True,
-                                 connect_timeout=CONNECT_TIMEOUT_S,
-                                 application_name=self.application_name[:63])
+            # bounded waits (LISTEN itself) as the store's: a cut link must not hang it
+            db = BoundedConnection.connect(self.url, autocommit=True,
+                                           connect_timeout=CONNECT_TIMEOUT_S,
+                                           application_name=self.application_name[:63])
         except (psycopg.Error, ValueError) as exc:
             log.warning("cannot listen for the other brokers on %s: %s",
                         redact_url(self.url), str(exc).splitlines()[0] if str(exc) else exc)

@@ -92,6 +92,20 @@ LOCK_TIMEOUT_MS = 2_000
 #: its store reconnects when it runs again. A live broker's batch runs its statements
 #: back to back (milliseconds apart).
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 5_000
+#: Seconds the store waits for the database to answer one statement (a COMMIT
+#: included; the schema's upgrade at start excepted, which may rightly take long). A link
+#: cut without a reset (a network partition, a firewall dropping packets, a frozen server
+#: or proxy) sends no error: with no bound the broker's loop waited for TCP to give up
+#: (minutes, or never when something in between keeps the connection open), serving
+#: nobody and unable to find out that its lease had lapsed (tests/
+#: test_cluster_failures.py found it so). Past this bound the connection is closed, the
+#: call fails with StorageError (503, "the database did not answer within 5 s"), and the
+#: store connects again as after any lost connection (RECONNECT_FIRST_S …), each attempt
+#: bounded by CONNECT_TIMEOUT_S. Above LOCK_TIMEOUT_MS plus PostgreSQL's
+#: ``deadlock_timeout`` (1 s), so that a statement waiting for a lock is ended by the
+#: server's own bound first; a COMMIT cut off by it is ambiguous, as any COMMIT whose
+#: connection is lost (docs/cluster.md, "Limits found while building it").
+ANSWER_TIMEOUT_S = 5.0
 #: Bound of Store.active_ban's cache (entries); emptied whole when full.
 BAN_CACHE_MAX = 65_536
 
@@ -136,6 +150,26 @@ def _pair_lock_key(pair: str) -> int:
     and release. Two conversations that share a key only wait for each other."""
     return int.from_bytes(hashlib.sha256(pair.encode("utf-8")).digest()[:4], "big",
                           signed=True)
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server (a statement's answer, a
+    COMMIT's) lasts at most ``answer_timeout_s`` seconds (None: no bound), then closes
+    the connection (the exchange is cut midway: it cannot be used again) and raises
+    psycopg.OperationalError("the database did not answer within N s …"). The store's
+    connection and the cluster's LISTEN connection (zchat.store.pg_listen) are such."""
+
+    answer_timeout_s: float | None = ANSWER_TIMEOUT_S
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        bound = self.answer_timeout_s if timeout is None else timeout
+        try:
+            return super().wait(gen, interval=interval, timeout=bound)
+        except psycopg.errors._WaitTimeout as exc:  # psycopg >= 3.3: the wait's bound
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"the database did not answer within {bound:g} s; the connection was "
+                "closed") from exc
 
 
 class Store:
@@ -185,10 +219,11 @@ class Store:
     def _connect(self, failure: str) -> psycopg.Connection[Any]:
         """A new autocommit connection with ``synchronous_commit`` on, READ COMMITTED
         transactions, whatever the database's defaults say, and the bounds
-        LOCK_TIMEOUT_MS and IDLE_IN_TRANSACTION_TIMEOUT_MS. Raises
+        LOCK_TIMEOUT_MS, IDLE_IN_TRANSACTION_TIMEOUT_MS and ANSWER_TIMEOUT_S. Raises
         StorageError(``failure``: the reason)."""
         try:
-            db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            db = BoundedConnection.connect(self.url, autocommit=True,
+                                            connect_timeout=CONNECT_TIMEOUT_S)
         except (psycopg.Error, ValueError) as exc:
             raise StorageError(f"{failure}: {_first_line(exc)}") from exc
         try:
@@ -287,6 +322,8 @@ class Store:
         """Check and upgrade the schema in one transaction, under an advisory lock (two
         brokers starting at once on a new database do not both create it)."""
         db = self._db
+        if isinstance(db, BoundedConnection):  # an upgrade may take long: no bound
+            db.answer_timeout_s = None
         db.execute("BEGIN")
         try:
             # another broker's upgrade of a large database may take long: wait for it
@@ -317,6 +354,9 @@ class Store:
             with contextlib.suppress(psycopg.Error):
                 db.execute("ROLLBACK")
             raise
+        finally:
+            if isinstance(db, BoundedConnection):
+                db.answer_timeout_s = ANSWER_TIMEOUT_S
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a reading statement. Raises StorageError(503) when the database
@@ -860,6 +900,16 @@ class Store:
                     self._exec(self._OWN_READ_SQL, (seq, room_key, sender_key, seq))
         return seq
 
+    #: One statement for all of a group's markers. Not ``executemany``: psycopg runs it in
+    #: pipeline mode, after which PostgreSQL no longer ends the transaction when it sits
+    #: idle (``idle_in_transaction_session_timeout`` never fired in tests/
+    #: test_cluster_failures.py: a broker cut from the database then held its lease's
+    #: row, and so its sessions, from every reaper until the link healed).
+    _OWN_READS_SQL = ("UPDATE members AS m SET read_seq = v.seq FROM unnest(%s::text[], "
+                      "%s::text[], %s::bigint[]) AS v(room, account, seq) WHERE "
+                      "m.room_key = v.room COLLATE \"C\" AND "
+                      "m.account_key = v.account COLLATE \"C\" AND m.read_seq < v.seq")
+    #: One marker (a post outside a group).
     _OWN_READ_SQL = ("UPDATE members SET read_seq = %s WHERE room_key = %s AND "
                      "account_key = %s AND read_seq < %s")
 
@@ -871,9 +921,9 @@ class Store:
             return
         pending, self._own_reads = self._own_reads, {}
         try:
-            with self._db.cursor() as cur:
-                cur.executemany(self._OWN_READ_SQL, [(seq, room, account, seq) for
-                                                     (room, account), seq in pending.items()])
+            self._db.execute(self._OWN_READS_SQL, (
+                [room for room, _ in pending], [account for _, account in pending],
+                list(pending.values())))
         except psycopg.Error as exc:
             if self._group and not self._write_depth:
                 self._group_failed = f"storage failed, the batch was lost: {_first_line(exc)}"
@@ -901,10 +951,10 @@ class Store:
                     return found
             seq = self.append_message(room_key, sender, kind, text, cmid, now_ms, sender_key)
             if mentions:
-                with self._db.cursor() as cur:
-                    cur.executemany("INSERT INTO mentions(account_key, room_key, seq) "
-                                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                                    [(k, room_key, seq) for k in mentions])
+                # one statement, not executemany (its pipeline: _OWN_READS_SQL says why)
+                self._exec("INSERT INTO mentions(account_key, room_key, seq) SELECT k, %s, "
+                           "%s FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING",
+                           (room_key, seq, list(mentions)))
             return PostedRow(seq, now_ms, False)
 
     def message_by_cmid(self, room_key: str, sender: str, cmid: str) -> PostedRow | None:
