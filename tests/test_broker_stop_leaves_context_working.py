@@ -18,7 +18,9 @@ over tcp then failed with "no answer": the CI flake of 2026-12 (docs/testing.md)
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +30,22 @@ import pytest
 import zmq
 
 from zchat.broker.connections import ConnectionGuard, close_monitored, effective_limits
-from zchat.testing import free_port, running_broker
+from zchat.broker.loop import BindError
+from zchat.testing import running_broker
 
 HAMMERS = 3
 STOPS = 8
 BEFORE_S = AFTER_S = 0.03
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 free a moment ago (all bound at once,
+    then closed: ``free_port()`` twice may give the same port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def round_trip(ctx: zmq.Context[Any], timeout_ms: int = 3000) -> bool:
@@ -77,12 +90,12 @@ def test_clients_connecting_while_the_broker_stops_leave_its_context_working(
     broker_ctx, client_ctx = contexts
     assert round_trip(broker_ctx)
     for stop_number in range(1, STOPS + 1):
-        router_port, pub_port = free_port(), free_port()
+        router_port, pub_port, key_port = free_ports(3)
         endpoints = [f"tcp://127.0.0.1:{router_port}", f"tcp://127.0.0.1:{pub_port}"]
         overrides: dict[str, Any] = {"encryption": encryption}
         if encryption == "curve":  # the key pair in data_dir, the key service on a free port
             overrides.update(data_dir=str(tmp_path / "data"),
-                             key_endpoint=f"tcp://127.0.0.1:{free_port()}")
+                             key_endpoint=f"tcp://127.0.0.1:{key_port}")
         done = threading.Event()
         connected = [0]
 
@@ -101,7 +114,8 @@ def test_clients_connecting_while_the_broker_stops_leave_its_context_working(
         finally:
             done.set()
             for hammer in hammers:
-                hammer.join()
+                if hammer.ident is not None:  # started: the broker did start
+                    hammer.join()
         assert round_trip(broker_ctx), (
             f"after stop {stop_number}, a tcp round trip in the broker's context got "
             "nothing: its I/O thread is blocked")
@@ -144,11 +158,34 @@ def test_the_broker_closes_each_watched_socket_by_the_rule(
         contexts: tuple[zmq.Context[Any], zmq.Context[Any]], tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     broker_ctx, _ = contexts
-    endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in ("router", "pub", "key")}
+    endpoints = {name: f"tcp://127.0.0.1:{port}"
+                 for name, port in zip(("router", "pub", "key"), free_ports(3), strict=True)}
     caplog.set_level(logging.ERROR, logger="zchat.broker")
     with running_broker(context=broker_ctx, router=endpoints["router"], pub=endpoints["pub"],
                         key_endpoint=endpoints["key"], data_dir=str(tmp_path / "data")) as h:
         watched = len(h.broker.connections._watched)  # ROUTER, PUB, key service
     assert watched == 3
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert round_trip(broker_ctx)
+
+
+def test_a_broker_that_cannot_bind_leaves_no_thread_behind(
+        contexts: tuple[zmq.Context[Any], zmq.Context[Any]], tmp_path: Path) -> None:
+    """BrokerThread (zchat.testing's brokers): a failed bind used to leave the ZAP
+    handler's and the connection guard's threads running (``__exit__`` does not run
+    after a failed ``__enter__``), polling sockets the test's context then closed."""
+    broker_ctx, _ = contexts
+    router_port, key_port = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        pub = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(BindError, match="PUB"), \
+                running_broker(context=broker_ctx, router=f"tcp://127.0.0.1:{router_port}",
+                               pub=pub, key_endpoint=f"tcp://127.0.0.1:{key_port}",
+                               data_dir=str(tmp_path / "data")):
+            pass
+    left = [t.name for t in threading.enumerate()
+            if t.name in ("zchat-zap", "zchat-connections", "zchat-publisher")]
+    assert left == []
     assert round_trip(broker_ctx)

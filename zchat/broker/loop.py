@@ -1161,9 +1161,17 @@ class BrokerThread:
             log.exception("broker loop died")
 
     def __enter__(self) -> Broker:
-        self.broker.bind()
+        """Bind and start the loop's thread. A failed bind (BindError …) closes what was
+        made — the ZAP handler's and the connection guard's threads included — before it
+        propagates: ``__exit__`` does not run after a failed ``__enter__``."""
+        try:
+            self.broker.bind()
+        except BaseException:
+            self.broker.close()
+            raise
         self._thread.start()
         if not self.broker.ready.wait(5):
+            self.__exit__(None, None, None)
             raise RuntimeError("broker did not start within 5 s")
         return self.broker
 
