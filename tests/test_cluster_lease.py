@@ -26,6 +26,7 @@ import zmq
 
 from zchat import wire as p
 from zchat.client import Client
+from zchat.core.ports import BrokerIdInUse
 from zchat.errors import RequestFailed
 from zchat.store import open_store
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_cluster
@@ -348,3 +349,62 @@ def test_a_stopped_broker_finds_itself_fenced_and_acknowledges_nothing(
                     await asyncio.wait_for(client.close(), 5)
 
         run(scenario())
+
+
+# -- one id, one broker (a tester's two brokers with one --id knocked each other out) ------
+
+
+def test_an_id_held_by_another_live_owner_is_refused_the_same_owner_takes_it_back(
+        pg_url: str) -> None:
+    first, second = open_store(pg_url), open_store(pg_url)
+    try:
+        now_ms = int(time.time() * 1000)
+        assert first.register_broker("chat-a", 30, now_ms, "owner-1")[0] == 1
+        with pytest.raises(BrokerIdInUse, match="'chat-a' is in use by another broker"):
+            second.register_broker("chat-a", 30, now_ms, "owner-2")
+        assert first.renew_lease(30)  # the refusal changed nothing of the first's lease
+        # the same owner (a crashed broker restarted within its lease) takes it back
+        assert second.register_broker("chat-a", 30, now_ms, "owner-1")[0] == 2
+        # a lease that expired can be taken by anyone
+        first.register_broker("chat-b", 0.2, now_ms, "owner-1")
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            wait_for("chat-b's lease expired", lambda: bool(db.execute(
+                "SELECT lease_until < clock_timestamp() FROM brokers WHERE id = 'chat-b'"
+            ).fetchone()[0]))  # type: ignore[index]
+        assert second.register_broker("chat-b", 30, now_ms, "owner-2")[0] == 2
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_second_broker_process_with_the_same_id_is_refused_and_the_first_serves_on(
+        pg_url: str, tmp_path: Path) -> None:
+    with broker_process(tmp_path, pg_url, "chat-x") as (proc, router, log):
+        other = tmp_path / "other"
+        other.mkdir()
+        config = other / "zchat.toml"
+        config.write_text("[broker]\nencryption = \"none\"\n", encoding="utf-8")
+        router_port = free_port()
+        with socket.socket() as hold:  # keep the first while the second is picked
+            hold.bind(("127.0.0.1", router_port))
+            pub_port = free_port()
+        result = subprocess.run(
+            [sys.executable, "-m", "zchat", "broker", "--config", str(config), "--store",
+             pg_url, "--id", "chat-x", "--data-dir", str(other / "data"), "--router",
+             f"tcp://127.0.0.1:{router_port}", "--pub", f"tcp://127.0.0.1:{pub_port}"],
+            capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, HOME=str(other), XDG_CONFIG_HOME=str(other / "config"),
+                     XDG_DATA_HOME=str(other / "xdg-data")))
+        assert result.returncode == 1, result
+        lines = [line for line in result.stderr.splitlines() if "error" in line]
+        assert lines[-1].startswith("zchat: error: broker id 'chat-x' is in use by "
+                                    "another broker of the cluster"), result.stderr
+        assert not (other / "data").exists()  # a refused start leaves nothing behind
+        assert proc.poll() is None and "fenced" not in log.read_text()
+
+        async def still_serves() -> None:
+            async with plain_client(router, zmq.Context.instance()) as client:
+                await client.register("yara", DEFAULT_PASSWORD)
+                await client.login("yara", DEFAULT_PASSWORD)
+
+        run(still_serves())

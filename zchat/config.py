@@ -388,6 +388,25 @@ def broker_id(cfg: BrokerConfig) -> str:
     return f"{host[:MAX_BROKER_ID_CHARS - 9]}-{hashlib.sha256(where).hexdigest()[:8]}"
 
 
+def broker_owner(cfg: BrokerConfig) -> str:
+    """Who holds the broker id in a cluster: 16 hex digits of the SHA-256 of this boot of
+    the machine (``/proc/sys/kernel/random/boot_id``, else the host name alone), the host
+    name and the data directory's absolute path. The same broker restarted (after a
+    crash, within its lease) is the same owner and takes its id back at once; another
+    process with the same id (a typo, a cloned machine) is another owner and is refused
+    while the id's lease runs (Store.register_broker)."""
+    import hashlib
+    import socket
+
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    where = str(data_dir(cfg).resolve())
+    seed = "\0".join((boot, socket.gethostname(), where)).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(seed).hexdigest()[:16]
+
+
 def data_dir(cfg: BrokerConfig) -> Path:
     """Return the broker's data directory: ``cfg.data_dir`` or the XDG default.
 

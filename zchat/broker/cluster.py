@@ -23,9 +23,10 @@ import logging
 import time
 from typing import Any
 
-from zchat.config import BrokerConfig, broker_id, lease_warning
+from zchat.config import BrokerConfig, broker_id, broker_owner, lease_warning
 from zchat.core import Action, BrokerCore
 from zchat.core.cluster import SESSION_MOVED, Fanout
+from zchat.core.ports import BrokerIdInUse
 from zchat.errors import StorageError
 from zchat.store.pg_listen import Listener
 
@@ -50,6 +51,7 @@ class ClusterLink:
         self.config = config
         self.store = store
         self.id = broker_id(config)
+        self.owner = broker_owner(config)
         self.fanout = Fanout(core)
         self.listener = Listener(store.url, f"zchat-broker {self.id}")
         self.drop_notifications = False
@@ -93,19 +95,26 @@ class ClusterLink:
         warning = lease_warning(config)
         if warning:
             log.warning("broker %s: %s (docs/cluster.md)", self.id, warning)
-        self._register(now_s, _wall_ms())
+        self._register(now_s, _wall_ms(), at_start=True)
         self.fanout.load_presence()
 
     # -- the lease -----------------------------------------------------------------------
 
-    def _register(self, now_s: float, now_ms: int) -> bool:
+    def _register(self, now_s: float, now_ms: int, at_start: bool = False) -> bool:
         """Take a fresh lease (a new epoch); the sessions this broker's earlier epochs
         held become resumable here, and the accounts left with no session anywhere go
-        offline. Outside a wake-up's group. False when the database cannot be reached
-        (tried again at the next renewal time)."""
+        offline. Outside a wake-up's group. False when the database cannot be reached, or
+        (after a fencing) another broker took this id meanwhile: tried again at the next
+        renewal time. At start, another live broker holding this id raises BrokerIdInUse
+        (the broker does not start)."""
         try:
-            epoch, released, alone = self.store.register_broker(self.id, self.config.lease_s,
-                                                                now_ms)
+            epoch, released, alone = self.store.register_broker(
+                self.id, self.config.lease_s, now_ms, self.owner)
+        except BrokerIdInUse as exc:
+            if at_start:
+                raise
+            log.error("broker %s: %s", self.id, exc.reason)
+            return False
         except StorageError as exc:
             log.error("broker %s: cannot take a lease in the database: %s", self.id,
                       exc.reason)

@@ -62,6 +62,21 @@ class AlreadyDeleted(DomainError):
         self.seq, self.by = seq, by
 
 
+class BrokerIdInUse(DomainError):
+    """Another live broker of the cluster holds this broker id: its lease has not expired
+    and it is another process (another machine, boot or data directory). Two brokers
+    with one id would take the lease from each other at every renewal and drop each
+    other's sessions (docs/cluster.md, "Several brokers on one database")."""
+
+    def __init__(self, broker_id: str, seconds_left: float) -> None:
+        super().__init__(
+            f"broker id {broker_id!r} is in use by another broker of the cluster (its "
+            f"lease runs {seconds_left:.0f} s more): give each broker its own id ([broker] "
+            f"id, --id); the default id is the host name and a hash of the data directory, "
+            f"so machines cloned from one image with the same data directory collide")
+        self.broker_id = broker_id
+
+
 class CmidReused(DomainError):
     """A DM's client message id was used for a DM to another recipient."""
 

@@ -271,7 +271,10 @@ MIGRATIONS: tuple[str, ...] = (
 #: start (and each fresh lease after a fencing), ``lease_until`` is the database clock's
 #: time (``clock_timestamp()``) until which the broker may act, moved forward at each
 #: renewal; ``reaped`` is set, once, by the broker that took over the sessions of an
-#: expired lease (a conditional UPDATE: two reapers cannot both do it). A session row is
+#: expired lease (a conditional UPDATE: two reapers cannot both do it); ``owner`` names
+#: the process that holds the id (config.broker_owner: the machine's boot, its host name
+#: and the data directory), so that a second broker started with the same id is refused
+#: while the first one's lease runs (Store.register_broker). A session row is
 #: held by (``broker_id``, ``broker_epoch``) while a broker has it in memory; '' when
 #: none does (the broker stopped, or its lease was reaped): then ``released_ms`` (UTC
 #: ms) is when it was let go, and it is resumable for resume_grace_s after that.
@@ -282,7 +285,8 @@ LEASES = """
         epoch       BIGINT NOT NULL,
         lease_until TIMESTAMPTZ NOT NULL,
         reaped      BOOLEAN NOT NULL DEFAULT FALSE,
-        started     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        started     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        owner       TEXT COLLATE "C" NOT NULL DEFAULT ''
     );
     ALTER TABLE sessions ADD COLUMN broker_id TEXT COLLATE "C" NOT NULL DEFAULT '';
     ALTER TABLE sessions ADD COLUMN broker_epoch BIGINT NOT NULL DEFAULT 0;

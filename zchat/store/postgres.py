@@ -47,6 +47,7 @@ from zchat.core.ports import (
     AlreadyDeleted,
     AuditRow,
     BanRow,
+    BrokerIdInUse,
     CmidReused,
     DirectMessageRow,
     DmReadRow,
@@ -1479,23 +1480,30 @@ class Store:
 
     # -- leases of a cluster's brokers (pg_schema.LEASES, docs/cluster.md) -----------------
 
-    def register_broker(self, broker_id: str, lease_s: float, now_ms: int
-                        ) -> tuple[int, list[SessionRow], list[str]]:
+    def register_broker(self, broker_id: str, lease_s: float, now_ms: int,
+                        owner: str = "") -> tuple[int, list[SessionRow], list[str]]:
         """Take a fresh lease for ``broker_id`` for ``lease_s`` seconds of the database's
         clock, in one transaction: its epoch grows by one (1 for a new id), the session
         rows its earlier epochs held are let go (resumable from ``now_ms``, UTC ms), and
         the accounts of those rows that now have no session held anywhere are counted
         under their presence locks. Sets ``holder``. Returns (the epoch, the rows let
         go, the accounts left with no session: each gets one offline event). Raises
+        BrokerIdInUse when another ``owner`` (config.broker_owner) holds the id under a
+        lease that has not expired nor been reaped (nothing is changed then), and
         StorageError(503)."""
         with self._write():
             row = self._exec(
-                "INSERT INTO brokers(id, epoch, lease_until) VALUES "
-                "(%s, 1, clock_timestamp() + make_interval(secs => %s)) ON CONFLICT (id) "
+                "INSERT INTO brokers(id, epoch, lease_until, owner) VALUES "
+                "(%s, 1, clock_timestamp() + make_interval(secs => %s), %s) ON CONFLICT (id) "
                 "DO UPDATE SET epoch = brokers.epoch + 1, lease_until = "
-                "EXCLUDED.lease_until, reaped = FALSE, started = clock_timestamp() "
-                "RETURNING epoch", (broker_id, lease_s)).fetchone()
-            assert row is not None
+                "EXCLUDED.lease_until, reaped = FALSE, started = clock_timestamp(), "
+                "owner = EXCLUDED.owner WHERE brokers.owner = EXCLUDED.owner OR "
+                "brokers.reaped OR brokers.lease_until < clock_timestamp() "
+                "RETURNING epoch", (broker_id, lease_s, owner)).fetchone()
+            if row is None:
+                left = self._exec("SELECT extract(epoch FROM lease_until - clock_timestamp()) "
+                                  "FROM brokers WHERE id = %s", (broker_id,)).fetchone()
+                raise BrokerIdInUse(broker_id, float(left[0]) if left else 0.0)
             epoch = int(row[0])
             released = [SessionRow(str(h), str(k), None if t is None else int(t), str(a),
                                    int(ms)) for h, k, t, a, ms in self._exec(
