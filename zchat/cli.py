@@ -204,13 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--server", metavar="ENDPOINT",
                         help="the broker's ROUTER endpoint "
-                             f"({_default('client', 'server')}); for a cluster, several "
-                             "separated by commas (tcp://a:5555,tcp://b:5555), tried in "
-                             "order; join, tail, bot and say - move to the next when "
+                             f"({_default('client', 'server')}); for a cluster, up to "
+                             "16 separated by commas (tcp://a:5555,tcp://b:5555), tried in "
+                             "order, each within --timeout; join, tail, bot and say - move to the next when "
                              "theirs is lost and resume there (docs/cluster.md)")
         sp.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up when the broker does not answer "
-                             f"({_default('client', 'timeout_s')})")
+                             f"({_default('client', 'timeout_s')}; per endpoint of a "
+                             "--server list)")
         sp.add_argument("--server-key", metavar="KEY",
                         help="the broker's public key (40 characters, as 'zchat broker' "
                              "prints it); default: [client] server_key in the config "

@@ -321,7 +321,8 @@ class ClientConfig:
 
     - ``server``: the broker's ROUTER endpoint to connect to; for a cluster
       (docs/cluster.md) several, comma-separated (``"tcp://a:5555,tcp://b:5555"``) or a
-      TOML list, tried in order and moved along when the broker in use is lost
+      TOML list of at most MAX_SERVER_ENDPOINTS, tried in order (each within
+      ``timeout_s``) and moved along when the broker in use is lost
       (:func:`server_endpoints`).
     - ``timeout_s``: seconds to wait for a reply before the broker counts as gone (> 0).
     - ``reconnect_max_s``: ceiling, in seconds, of the reconnect back-off (> 0).
@@ -479,13 +480,26 @@ def _build_table(
     return cls(**kwargs)
 
 
+#: The most endpoints one client is given (``[client] server``, ``--server``): a
+#: connect tries them in turn, each within ``timeout_s`` (docs/cli.md), so a list of
+#: dead endpoints costs up to its length times ``timeout_s``; 16 brokers is more than a
+#: cluster on one PostgreSQL database serves (docs/cluster.md), and a longer list is a
+#: mistake (a pasted file, a loop) that would otherwise keep a command waiting for hours.
+MAX_SERVER_ENDPOINTS = 16
+
+
 def server_endpoints(server: str | typing.Sequence[str]) -> tuple[str, ...]:
     """The ROUTER endpoints of ``[client] server`` or ``--server``: one endpoint, several
     separated by commas (white space around each ignored), or a sequence of them, in
-    the order given. Each must pass :func:`endpoint_problem` (as an endpoint to connect
-    to). Raises ValueError naming the problem: none given, an empty entry (``a,,b``, a
-    trailing comma), a bad endpoint, or one listed twice."""
+    the order given; at most MAX_SERVER_ENDPOINTS. Each must pass
+    :func:`endpoint_problem` (as an endpoint to connect to). Raises ValueError naming
+    the problem: none given, more than MAX_SERVER_ENDPOINTS (checked first, before any
+    entry), an empty entry (``a,,b``, a trailing comma), a bad endpoint, or one listed
+    twice."""
     parts = server.split(",") if isinstance(server, str) else list(server)
+    if len(parts) > MAX_SERVER_ENDPOINTS:
+        raise ValueError(f"{len(parts)} endpoints given, at most {MAX_SERVER_ENDPOINTS} "
+                         f"are taken (each one not answering costs the whole timeout)")
     endpoints: list[str] = []
     for i, part in enumerate(parts):
         if not isinstance(part, str):
