@@ -50,6 +50,7 @@ from zchat.config import (
     Config,
     data_dir,
     load_config,
+    redact_text,
     redact_url,
     validate,
 )
@@ -1776,7 +1777,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zchat: error: {exc.reason} ({int(exc.status)})", file=sys.stderr)
         return 1
     except ZchatError as exc:
-        print(f"zchat: error: {exc}", file=sys.stderr)
+        print(f"zchat: error: {_without_passwords(str(exc), args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -1790,6 +1791,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         sys.stdout = stdout
+
+
+def _without_passwords(text: str, args: argparse.Namespace) -> str:
+    """``text`` with every password hidden (zchat.config.redact_text), those of the
+    database URLs given on the command line (``--store``, ``--db``, ``--to``) wherever
+    it quotes them: the store and admin code hide them already; this is the last line
+    before the terminal."""
+    for url in (getattr(args, "store", None), getattr(args, "db", None),
+                getattr(args, "to", None)):
+        if isinstance(url, str) and url:
+            text = redact_text(text, url)
+    return redact_text(text)
 
 
 class _OutputFailed(Exception):

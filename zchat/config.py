@@ -18,12 +18,13 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from zchat.errors import ZchatError
 from zchat.keyformat import ENCRYPTION_MODES, BadKey, check_key
@@ -575,26 +576,53 @@ def store_problem(url: str) -> str | None:
     return None
 
 
+def _spelled(word: str) -> str:
+    """A regex matching ``word`` with any of its letters percent-encoded (libpq decodes a
+    URL's query keys), case-insensitive with re.IGNORECASE."""
+    return "".join(f"(?:{re.escape(ch)}|%{ord(ch):02x})" for ch in word)
+
+
+#: ``password=VALUE`` as libpq takes it in a URL's query (``?password=…``, the key or
+#: the ``=`` percent-encoded or not) or in a key=value conninfo (``password = 'a b'``):
+#: group 1 the key and ``=``, group 2 the value (quoted, or up to white space, ``&`` or
+#: a quote; an over-long match only hides more).
+_PASSWORD_SETTING = re.compile(
+    rf"({_spelled('password')}(?:\s|%20)*(?:=|%3d)(?:\s|%20)*)"
+    r"('(?:[^'\\]|\\.)*'?|[^\s&\"']*)", re.IGNORECASE)
+#: The password of a URL's userinfo, ``SCHEME://USER:PASSWORD@``: group 2 (up to the
+#: last ``@`` before the path, as libpq reads it).
+_USERINFO_PASSWORD = re.compile(
+    r"([a-z][a-z0-9+.-]*://[^\s/?#@:\"']*:)([^\s/?#\"']*)(@)", re.IGNORECASE)
+
+
+def redact_text(text: str, url: str = "") -> str:
+    """``text`` (an error message, a log line, a URL) with every password it may carry
+    replaced by ``***``: each ``password=VALUE`` (a URL query's or a key=value conninfo's,
+    percent-encoded or not), each ``SCHEME://USER:PASSWORD@``, and, when ``url`` is the
+    store URL the text is about, every occurrence of the passwords ``url`` holds (as
+    written and percent-decoded), wherever the text quotes them: a driver's message may
+    quote a piece of a malformed URL without its key (``unexpected spaces found in
+    "…"``). Hides more rather than less: a password that also spells a host or a user
+    hides that too."""
+    secrets: set[str] = set()
+    for source in {url, unquote(url)} - {""}:
+        for pattern in (_PASSWORD_SETTING, _USERINFO_PASSWORD):
+            for match in pattern.finditer(source):
+                value = match.group(2)
+                for form in (value, unquote(value)):
+                    secrets.update({form, form.strip("'")})
+    for secret in sorted(secrets - {"", "***"}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _PASSWORD_SETTING.sub(lambda m: f"{m.group(1)}***", text)
+    return _USERINFO_PASSWORD.sub(r"\1***\3", text)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***`` (for messages and logs): the
-    one before the host and any ``password=`` in the query (libpq takes both)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # unparsable (a bad port): hide whatever precedes the host
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return url
-    if parts.query:  # libpq also takes ?password=…
-        query = "&".join(
-            f"{key}=***" if key.lower() == "password" else (f"{key}={value}" if sep else key)
-            for key, sep, value in (item.partition("=") for item in parts.query.split("&")))
-        parts = parts._replace(query=query)
-    if password is None:
-        return urlunsplit(parts)
-    user, host = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
+    """``url`` with its passwords replaced by ``***`` (for messages and logs): the one
+    before the host, any ``password=`` in the query or in a key=value conninfo written
+    where the host goes (libpq takes all of them), percent-encoded or not
+    (:func:`redact_text`)."""
+    return redact_text(url, url)
 
 
 def validate(config: Config, *, path: Path | str | None = None) -> None:
