@@ -60,6 +60,16 @@ def test_broker_store_url_password_is_never_printed(tmp_path: Path, url: str) ->
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_the_driver_s_message_keeps_its_shape(tmp_path: Path) -> None:
+    """Only the password goes: the line reads as it did, the URL, a colon, the reason."""
+    result = _run(tmp_path, "broker", "--data-dir", str(tmp_path / "data"), "--store",
+                  f"postgresql://host=127.0.0.1 password={SECRET}")
+    assert result.stderr == (
+        "zchat: error: cannot connect to the database postgresql://host=127.0.0.1 "
+        'password=***: unexpected spaces found in "host=127.0.0.1 password=***", use '
+        "percent-encoded spaces (%20) instead\n")
+
+
 @pytest.mark.parametrize("url", URLS[:4])
 def test_admin_db_url_password_is_never_printed(tmp_path: Path, url: str) -> None:
     _assert_hidden(_run(tmp_path, "admin", "users", "--db", url))

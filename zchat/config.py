@@ -613,7 +613,9 @@ def redact_text(text: str, url: str = "") -> str:
                     secrets.update({form, form.strip("'")})
     for secret in sorted(secrets - {"", "***"}, key=len, reverse=True):
         text = text.replace(secret, "***")
-    text = _PASSWORD_SETTING.sub(lambda m: f"{m.group(1)}***", text)
+    # a value hidden above is left as it is: the pattern would take what follows it too
+    text = _PASSWORD_SETTING.sub(
+        lambda m: m.group(0) if m.group(2).startswith("***") else f"{m.group(1)}***", text)
     return _USERINFO_PASSWORD.sub(r"\1***\3", text)
 
 
