@@ -456,3 +456,24 @@ def test_a_lease_shorter_than_a_client_takes_to_move_is_warned_about() -> None:
     assert warning is not None and "20.5 s" in warning and "offline and online" in warning
     assert lease_warning(BrokerConfig(lease_s=3.0, lease_renew_s=0.5,
                                       heartbeat_interval_s=0.5)) is None  # the tests'
+
+
+def test_a_driver_message_quoting_a_malformed_url_is_shown_without_its_password() -> None:
+    """libpq quotes the bad piece of a malformed URL (without its key, at times): every
+    password the store URL holds is hidden wherever a message quotes it, percent-encoded
+    or not, and ``password=`` and ``USER:PASSWORD@`` are hidden in any text."""
+    from zchat.config import redact_text, redact_url
+
+    url = "postgresql://host=127.0.0.1 password=S3cr3tPW"
+    assert redact_url(url) == "postgresql://host=127.0.0.1 password=***"
+    assert redact_text('unexpected spaces found in "host=127.0.0.1 password=S3cr3tPW"',
+                       url) == 'unexpected spaces found in "host=127.0.0.1 password=***"'
+    encoded = "postgresql://zchat@db/zchat?pass%77ord=S3cr%33tPW&x=1"
+    assert redact_url(encoded) == "postgresql://zchat@db/zchat?pass%77ord=***&x=1"
+    assert redact_text('bad value "S3cr3tPW y" and "S3cr%33tPW"', encoded) == \
+        'bad value "*** y" and "***"'
+    assert redact_url("postgresql://zchat:p@ss@db:99999/zchat") == \
+        "postgresql://zchat:***@db:99999/zchat"
+    assert redact_text("host=h password = 'a b' port=1") == "host=h password = *** port=1"
+    assert redact_text("password authentication failed for user \"zchat\"") == \
+        "password authentication failed for user \"zchat\""

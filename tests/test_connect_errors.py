@@ -115,3 +115,54 @@ def test_a_client_with_a_pinned_key_fails_at_once_on_an_unknown_host(
                            r"\(in tcp://broker.lan:5555\): Name or service not known"):
             run(attempt(encryption))
         assert time.monotonic() - start < 2
+
+
+def test_an_endpoint_list_over_the_cap_is_refused_at_once(tmp_path: Path) -> None:
+    """A client takes at most MAX_SERVER_ENDPOINTS (16) endpoints (docs/cli.md): a longer
+    list is one line naming the limit, before any is tried (5,000 dead ones once kept
+    ``zchat who --timeout 2`` waiting for hours, each costing the whole timeout in turn)."""
+    dead = ",".join(f"tcp://127.0.0.1:{port}" for port in range(20000, 25000))
+    start = time.monotonic()
+    try:
+        result = subprocess.run([*zchat_command(), "who", "--as", "alice", "--server",
+                                 dead + ",tcp://127.0.0.1:5555", "--timeout", "2"],
+                                env=cli_env(tmp_path), stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a list of 5,001 endpoints was tried one by one, not refused")
+    elapsed = time.monotonic() - start
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("zchat: error: command line: [client] server: 5001 endpoints given, at most "
+                             "16 are taken (each one not answering costs the whole "
+                             "timeout)\n")
+    assert elapsed < 10.0  # none tried: the interpreter's start only
+
+    from zchat.config import MAX_SERVER_ENDPOINTS, server_endpoints
+
+    assert MAX_SERVER_ENDPOINTS == 16
+    over = [f"tcp://h{i}:1" for i in range(MAX_SERVER_ENDPOINTS + 1)]
+    assert len(server_endpoints(over[:-1])) == MAX_SERVER_ENDPOINTS  # the cap itself is fine
+    with pytest.raises(ValueError, match="17 endpoints given, at most 16"):
+        server_endpoints(",".join(over))
+    with pytest.raises(ValueError, match="server: 17 endpoints given, at most 16"):
+        Client(over)
+
+
+def test_each_dead_endpoint_of_a_list_costs_the_timeout_in_turn(tmp_path: Path) -> None:
+    """docs/cli.md: each endpoint of a list gets --timeout in turn, so a connect takes at
+    most N × --timeout. Two dead endpoints, then a live broker: the command succeeds on
+    the third, after about 2 × --timeout (and well under 3 ×)."""
+    from conftest import running_tcp_broker
+
+    timeout_s = 1.5
+    with running_tcp_broker(tmp_path) as broker:
+        registered, _ = _zchat(tmp_path, "register", "alice", "--server", broker.router)
+        assert registered.returncode == 0, registered.stderr
+        dead = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+        assert dead[0] != dead[1]
+        result, elapsed = _zchat(tmp_path, "who", "--as", "alice", "--timeout",
+                                 f"{timeout_s:g}", "--server",
+                                 ",".join([*dead, broker.router]))
+    assert result.returncode == 0, result.stderr
+    assert "alice" in result.stdout
+    assert 2 * timeout_s <= elapsed < 3 * timeout_s + 2.0, elapsed

@@ -299,7 +299,7 @@ def brokers_stopped_pg(url: str, exclusive: bool, need_schema: bool) -> Iterator
     ``need_schema``, when it holds no zchat schema (only ``create`` makes one)."""
     import psycopg
 
-    from zchat.config import redact_url
+    from zchat.config import redact_text, redact_url
     from zchat.store import pg_schema
 
     shown = redact_url(url)
@@ -307,7 +307,7 @@ def brokers_stopped_pg(url: str, exclusive: bool, need_schema: bool) -> Iterator
         db = psycopg.connect(url, autocommit=True, connect_timeout=10)
     except (psycopg.Error, ValueError) as exc:
         raise AdminError(f"cannot connect to the database {shown}: "
-                         f"{str(exc).strip().splitlines()[0]}") from None
+                         f"{redact_text(str(exc).strip().splitlines()[0], url)}") from None
     with db:
         row = db.execute("SELECT to_regclass(%s) IS NOT NULL",
                          (pg_schema.VERSION_TABLE,)).fetchone()

@@ -50,6 +50,7 @@ from zchat.config import (
     Config,
     data_dir,
     load_config,
+    redact_text,
     redact_url,
     validate,
 )
@@ -204,13 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--server", metavar="ENDPOINT",
                         help="the broker's ROUTER endpoint "
-                             f"({_default('client', 'server')}); for a cluster, several "
-                             "separated by commas (tcp://a:5555,tcp://b:5555), tried in "
-                             "order; join, tail, bot and say - move to the next when "
+                             f"({_default('client', 'server')}); for a cluster, up to "
+                             "16 separated by commas (tcp://a:5555,tcp://b:5555), tried in "
+                             "order, each within --timeout; join, tail, bot and say - move to the next when "
                              "theirs is lost and resume there (docs/cluster.md)")
         sp.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up when the broker does not answer "
-                             f"({_default('client', 'timeout_s')})")
+                             f"({_default('client', 'timeout_s')}; per endpoint of a "
+                             "--server list)")
         sp.add_argument("--server-key", metavar="KEY",
                         help="the broker's public key (40 characters, as 'zchat broker' "
                              "prints it); default: [client] server_key in the config "
@@ -1775,7 +1777,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zchat: error: {exc.reason} ({int(exc.status)})", file=sys.stderr)
         return 1
     except ZchatError as exc:
-        print(f"zchat: error: {exc}", file=sys.stderr)
+        print(f"zchat: error: {_without_passwords(str(exc), args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -1789,6 +1791,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         sys.stdout = stdout
+
+
+def _without_passwords(text: str, args: argparse.Namespace) -> str:
+    """``text`` with every password hidden (zchat.config.redact_text), those of the
+    database URLs given on the command line (``--store``, ``--db``, ``--to``) wherever
+    it quotes them: the store and admin code hide them already; this is the last line
+    before the terminal."""
+    for url in (getattr(args, "store", None), getattr(args, "db", None),
+                getattr(args, "to", None)):
+        if isinstance(url, str) and url:
+            text = redact_text(text, url)
+    return redact_text(text)
 
 
 class _OutputFailed(Exception):

@@ -18,12 +18,13 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from zchat.errors import ZchatError
 from zchat.keyformat import ENCRYPTION_MODES, BadKey, check_key
@@ -321,7 +322,8 @@ class ClientConfig:
 
     - ``server``: the broker's ROUTER endpoint to connect to; for a cluster
       (docs/cluster.md) several, comma-separated (``"tcp://a:5555,tcp://b:5555"``) or a
-      TOML list, tried in order and moved along when the broker in use is lost
+      TOML list of at most MAX_SERVER_ENDPOINTS, tried in order (each within
+      ``timeout_s``) and moved along when the broker in use is lost
       (:func:`server_endpoints`).
     - ``timeout_s``: seconds to wait for a reply before the broker counts as gone (> 0).
     - ``reconnect_max_s``: ceiling, in seconds, of the reconnect back-off (> 0).
@@ -498,13 +500,26 @@ def _build_table(
     return cls(**kwargs)
 
 
+#: The most endpoints one client is given (``[client] server``, ``--server``): a
+#: connect tries them in turn, each within ``timeout_s`` (docs/cli.md), so a list of
+#: dead endpoints costs up to its length times ``timeout_s``; 16 brokers is more than a
+#: cluster on one PostgreSQL database serves (docs/cluster.md), and a longer list is a
+#: mistake (a pasted file, a loop) that would otherwise keep a command waiting for hours.
+MAX_SERVER_ENDPOINTS = 16
+
+
 def server_endpoints(server: str | typing.Sequence[str]) -> tuple[str, ...]:
     """The ROUTER endpoints of ``[client] server`` or ``--server``: one endpoint, several
     separated by commas (white space around each ignored), or a sequence of them, in
-    the order given. Each must pass :func:`endpoint_problem` (as an endpoint to connect
-    to). Raises ValueError naming the problem: none given, an empty entry (``a,,b``, a
-    trailing comma), a bad endpoint, or one listed twice."""
+    the order given; at most MAX_SERVER_ENDPOINTS. Each must pass
+    :func:`endpoint_problem` (as an endpoint to connect to). Raises ValueError naming
+    the problem: none given, more than MAX_SERVER_ENDPOINTS (checked first, before any
+    entry), an empty entry (``a,,b``, a trailing comma), a bad endpoint, or one listed
+    twice."""
     parts = server.split(",") if isinstance(server, str) else list(server)
+    if len(parts) > MAX_SERVER_ENDPOINTS:
+        raise ValueError(f"{len(parts)} endpoints given, at most {MAX_SERVER_ENDPOINTS} "
+                         f"are taken (each one not answering costs the whole timeout)")
     endpoints: list[str] = []
     for i, part in enumerate(parts):
         if not isinstance(part, str):
@@ -580,26 +595,55 @@ def store_problem(url: str) -> str | None:
     return None
 
 
+def _spelled(word: str) -> str:
+    """A regex matching ``word`` with any of its letters percent-encoded (libpq decodes a
+    URL's query keys), case-insensitive with re.IGNORECASE."""
+    return "".join(f"(?:{re.escape(ch)}|%{ord(ch):02x})" for ch in word)
+
+
+#: ``password=VALUE`` as libpq takes it in a URL's query (``?password=…``, the key or
+#: the ``=`` percent-encoded or not) or in a key=value conninfo (``password = 'a b'``):
+#: group 1 the key and ``=``, group 2 the value (quoted, or up to white space, ``&`` or
+#: a quote; an over-long match only hides more).
+_PASSWORD_SETTING = re.compile(
+    rf"({_spelled('password')}(?:\s|%20)*(?:=|%3d)(?:\s|%20)*)"
+    r"('(?:[^'\\]|\\.)*'?|[^\s&\"']*)", re.IGNORECASE)
+#: The password of a URL's userinfo, ``SCHEME://USER:PASSWORD@``: group 2 (up to the
+#: last ``@`` before the path, as libpq reads it).
+_USERINFO_PASSWORD = re.compile(
+    r"([a-z][a-z0-9+.-]*://[^\s/?#@:\"']*:)([^\s/?#\"']*)(@)", re.IGNORECASE)
+
+
+def redact_text(text: str, url: str = "") -> str:
+    """``text`` (an error message, a log line, a URL) with every password it may carry
+    replaced by ``***``: each ``password=VALUE`` (a URL query's or a key=value conninfo's,
+    percent-encoded or not), each ``SCHEME://USER:PASSWORD@``, and, when ``url`` is the
+    store URL the text is about, every occurrence of the passwords ``url`` holds (as
+    written and percent-decoded), wherever the text quotes them: a driver's message may
+    quote a piece of a malformed URL without its key (``unexpected spaces found in
+    "…"``). Hides more rather than less: a password that also spells a host or a user
+    hides that too."""
+    secrets: set[str] = set()
+    for source in {url, unquote(url)} - {""}:
+        for pattern in (_PASSWORD_SETTING, _USERINFO_PASSWORD):
+            for match in pattern.finditer(source):
+                value = match.group(2)
+                for form in (value, unquote(value)):
+                    secrets.update({form, form.strip("'")})
+    for secret in sorted(secrets - {"", "***"}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    # a value hidden above is left as it is: the pattern would take what follows it too
+    text = _PASSWORD_SETTING.sub(
+        lambda m: m.group(0) if m.group(2).startswith("***") else f"{m.group(1)}***", text)
+    return _USERINFO_PASSWORD.sub(r"\1***\3", text)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***`` (for messages and logs): the
-    one before the host and any ``password=`` in the query (libpq takes both)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # unparsable (a bad port): hide whatever precedes the host
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return url
-    if parts.query:  # libpq also takes ?password=…
-        query = "&".join(
-            f"{key}=***" if key.lower() == "password" else (f"{key}={value}" if sep else key)
-            for key, sep, value in (item.partition("=") for item in parts.query.split("&")))
-        parts = parts._replace(query=query)
-    if password is None:
-        return urlunsplit(parts)
-    user, host = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
+    """``url`` with its passwords replaced by ``***`` (for messages and logs): the one
+    before the host, any ``password=`` in the query or in a key=value conninfo written
+    where the host goes (libpq takes all of them), percent-encoded or not
+    (:func:`redact_text`)."""
+    return redact_text(url, url)
 
 
 def validate(config: Config, *, path: Path | str | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from zchat.config import redact_url
+from zchat.config import redact_text, redact_url
 from zchat.store.pg_schema import CLUSTER_CHANNEL
 from zchat.store.postgres import BoundedConnection
 
@@ -67,13 +67,15 @@ class Listener:
                                            application_name=self.application_name[:63])
         except (psycopg.Error, ValueError) as exc:
             log.warning("cannot listen for the other brokers on %s: %s",
-                        redact_url(self.url), str(exc).splitlines()[0] if str(exc) else exc)
+                        redact_url(self.url),
+                        redact_text(str(exc).splitlines()[0], self.url) if str(exc) else exc)
             return False
         try:
             db.execute(f"LISTEN {CLUSTER_CHANNEL}")
         except psycopg.Error as exc:
             db.close()
-            log.warning("cannot LISTEN on %s: %s", redact_url(self.url), exc)
+            log.warning("cannot LISTEN on %s: %s", redact_url(self.url),
+                        redact_text(str(exc), self.url))
             return False
         self._db = db
         self.connects += 1

@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import pq
 
-from zchat.config import redact_url
+from zchat.config import redact_text, redact_url
 from zchat.core.ports import (
     AccountInfoRow,
     AccountRow,
@@ -114,10 +114,12 @@ _IDLE = pq.TransactionStatus.IDLE
 _INTRANS = pq.TransactionStatus.INTRANS
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of a psycopg error (libpq's messages run to several lines)."""
+def _first_line(exc: BaseException, url: str = "") -> str:
+    """The first line of a psycopg error (libpq's messages run to several lines), its
+    passwords hidden (zchat.config.redact_text; with ``url``, the store URL's wherever
+    the message quotes them: libpq quotes pieces of a malformed URL)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return redact_text(text.splitlines()[0], url) if text else type(exc).__name__
 
 
 def _write_error(exc: BaseException) -> BaseException:
@@ -213,7 +215,7 @@ class Store:
             if isinstance(exc, StorageError):
                 raise
             raise StorageError(f"cannot open the database {self.path}: "
-                               f"{_first_line(exc)}") from exc
+                               f"{_first_line(exc, self.url)}") from exc
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class Store:
             db = BoundedConnection.connect(self.url, autocommit=True,
                                             connect_timeout=CONNECT_TIMEOUT_S)
         except (psycopg.Error, ValueError) as exc:
-            raise StorageError(f"{failure}: {_first_line(exc)}") from exc
+            raise StorageError(f"{failure}: {_first_line(exc, self.url)}") from exc
         try:
             sync = db.execute("SHOW synchronous_commit").fetchone()
             if sync is not None and sync[0] == "off":
@@ -245,7 +247,7 @@ class Store:
             fsync = db.execute("SHOW fsync").fetchone()
         except psycopg.Error as exc:
             db.close()
-            raise StorageError(f"{failure}: {_first_line(exc)}") from exc
+            raise StorageError(f"{failure}: {_first_line(exc, self.url)}") from exc
         if fsync is not None and fsync[0] == "off":
             log.warning("the database %s runs with fsync = off: a crash of its server "
                         "can lose acknowledged messages", self.path)
@@ -292,7 +294,7 @@ class Store:
         except psycopg.Error as exc:
             self._db.close()
             raise StorageError(f"{prefix}cannot reach the database {self.path}: "
-                               f"{_first_line(exc)}") from exc
+                               f"{_first_line(exc, self.url)}") from exc
         if row is None or not row[0]:
             self._db.close()
             raise StorageError(f"{prefix}a zchat admin command is writing the database "

@@ -33,7 +33,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from zchat.config import redact_url
+from zchat.config import redact_text, redact_url
 from zchat.errors import StorageError
 from zchat.store import migrations, pg_schema
 from zchat.store.postgres import Store as PostgresStore
@@ -344,7 +344,8 @@ def migrate(source_path: Path, url: str) -> Summary:
             target = psycopg.connect(url, autocommit=True)
         except (psycopg.Error, ValueError) as exc:
             raise MigrationError(f"cannot connect to the database {redact_url(url)}: "
-                                 f"{str(exc).strip().splitlines()[0]}") from None
+                                 f"{redact_text(str(exc).strip().splitlines()[0], url)}"
+                                 ) from None
         with target, _read_snapshot(source):
             try:
                 with target.transaction():
@@ -360,7 +361,8 @@ def migrate(source_path: Path, url: str) -> Summary:
             except psycopg.Error as exc:
                 raise MigrationError(f"the copy into {redact_url(url)} failed and was "
                                      "rolled back: "
-                                     f"{str(exc).strip().splitlines()[0]}") from None
+                                     f"{redact_text(str(exc).strip().splitlines()[0], url)}"
+                                     ) from None
     return summary
 
 
