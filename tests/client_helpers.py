@@ -22,6 +22,7 @@ from zchat import wire as p
 from zchat.broker.loop import BindError
 from zchat.client.client import Client
 from zchat.client.events import Event
+from zchat.errors import RequestFailed
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
 FAST_BEATS = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 0.3}
@@ -105,4 +106,14 @@ async def logged_in(broker: RestartableBroker, name: str, rooms: tuple[str, ...]
     await client.login(name, DEFAULT_PASSWORD)
     for room in rooms:
         await client.join(room)
+    return client
+
+
+async def registered_and_logged_in(client: Client, name: str) -> Client:
+    """``client`` connected, ``name`` registered (409, taken, is fine) and logged in, with
+    DEFAULT_PASSWORD."""
+    await client.connect()
+    with contextlib.suppress(RequestFailed):
+        await client.register(name, DEFAULT_PASSWORD)
+    await client.login(name, DEFAULT_PASSWORD)
     return client

@@ -167,6 +167,25 @@ def postgres_server(postgres_or_reason: PostgresServer | str) -> PostgresServer:
 
 
 @pytest.fixture
+def opened() -> Any:
+    """``open(url)``: a PostgreSQL store (zchat.store.postgres.Store) for the test; every
+    store it gave is closed after the test, in the order opened (a store holding a lock
+    first, so that a write waiting on it ends)."""
+    from zchat.store.postgres import Store as PostgresStore
+
+    stores: list[PostgresStore] = []
+
+    def open_(url: str) -> PostgresStore:
+        store = PostgresStore(url)
+        stores.append(store)
+        return store
+
+    yield open_
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
 def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     """The URL of a new database of the session's server holding zchat's schema and no
     rows; dropped after the test (any session still on it is ended)."""
@@ -436,31 +455,45 @@ def start_broker(tmp_path: Path, attempts: int = 5, settings: str = "",
             create_admin_accounts(store, admins)
         finally:
             store.close()
+    limit = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh"] if nofile else []
+    proc, router, _pub = spawn_on_free_ports(
+        [*limit, *zchat_command(), "broker", "--config", str(config), "--data-dir",
+         str(data)], cli_env(tmp_path), "database", attempts=attempts)
+    try:
+        key = proc.wait_line("stdout", "public key:", timeout_s=15).split()[-1] \
+            if curve else ""
+    except AssertionError:
+        proc.kill()
+        raise
+    # Pinned up front, as a user who copied the printed key would: the CLI tests then
+    # see no first-use notice on stderr (tests/test_e2e_curve.py covers first use).
+    if curve:
+        pin_broker_key(tmp_path / "xdg-config" / "zchat" / "known_brokers.toml", router, key)
+    return TcpBroker(router, proc, data), list(proc.stdout)
+
+
+def spawn_on_free_ports(command: list[str], env: dict[str, str], ready: str,
+                        timeout_s: float = 15.0, attempts: int = 5) -> tuple[Proc, str, str]:
+    """``command`` (a ``zchat broker …`` without endpoints) started with ``--router`` and
+    ``--pub`` on free loopback ports, once its stdout printed a line with ``ready``; the
+    process and its ROUTER and PUB endpoints. Other ports when the bind fails (another
+    process took one between ``free_port`` and the bind); AssertionError after
+    ``attempts`` or when it fails otherwise (killed then)."""
     for _ in range(attempts):
         router = f"tcp://127.0.0.1:{free_port()}"
         pub = f"tcp://127.0.0.1:{free_port()}"
         if router == pub:
             continue
-        limit = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh"] if nofile else []
-        proc = Proc([*limit, *zchat_command(), "broker", "--config", str(config),
-                     "--data-dir", str(data), "--router", router, "--pub", pub],
-                    cli_env(tmp_path))
+        proc = Proc([*command, "--router", router, "--pub", pub], env)
         try:
-            proc.wait_line("stdout", "database", timeout_s=15)
-            key = proc.wait_line("stdout", "public key:", timeout_s=15).split()[-1] \
-                if curve else ""
+            proc.wait_line("stdout", ready, timeout_s=timeout_s)
         except AssertionError:
             rc = proc.popen.poll()
             proc.kill()
             if rc == 1 and any("cannot bind" in line for line in proc.stderr):
                 continue
             raise
-        # Pinned up front, as a user who copied the printed key would: the CLI tests then
-        # see no first-use notice on stderr (tests/test_e2e_curve.py covers first use).
-        if curve:
-            pin_broker_key(tmp_path / "xdg-config" / "zchat" / "known_brokers.toml", router,
-                           key)
-        return TcpBroker(router, proc, data), list(proc.stdout)
+        return proc, router, pub
     raise AssertionError(f"could not bind a broker in {attempts} attempts")
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from client_helpers import collect, is_, msgs
+from client_helpers import collect, is_, msgs, registered_and_logged_in
 
 from zchat import wire as p
 from zchat.client import Client
@@ -28,7 +28,7 @@ from zchat.client.events import ConnectionLost, ConnectionRestored, SessionEnded
 from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.passwords import token_sha256
 from zchat.store import open_store
-from zchat.testing import DEFAULT_PASSWORD, Harness, run, running_broker
+from zchat.testing import Harness, run, running_broker
 
 
 async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
@@ -38,14 +38,6 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.005)  # one polling step of a condition
-
-
-async def logged_in(client: Client, name: str) -> Client:
-    await client.connect()
-    with contextlib.suppress(RequestFailed):
-        await client.register(name, DEFAULT_PASSWORD)
-    await client.login(name, DEFAULT_PASSWORD)
-    return client
 
 
 def both(one: Harness, two: Harness, **kwargs: Any) -> Client:
@@ -58,8 +50,8 @@ def test_a_client_moves_to_the_next_broker_resumes_and_misses_nothing(pg_url: st
         one = first.enter_context(running_broker(pg_url, id="broker-1"))
 
         async def scenario() -> None:
-            alice = await logged_in(both(one, two, reconnect=True, timeout_s=2.0), "alice")
-            bob = await logged_in(two.new_client(), "bob")
+            alice = await registered_and_logged_in(both(one, two, reconnect=True, timeout_s=2.0), "alice")
+            bob = await registered_and_logged_in(two.new_client(), "bob")
             try:
                 await alice.join("dev")
                 await bob.join("dev")
@@ -102,9 +94,9 @@ def test_a_session_resumed_on_another_broker_leaves_its_old_one_without_an_offli
     with running_broker(pg_url, id="broker-1") as one, \
             running_broker(pg_url, id="broker-2") as two:
         async def scenario() -> None:
-            alice = await logged_in(one.new_client(), "alice")
-            carol = await logged_in(one.new_client(), "carol")  # watches presence
-            dave = await logged_in(one.new_client(), "dave")
+            alice = await registered_and_logged_in(one.new_client(), "alice")
+            carol = await registered_and_logged_in(one.new_client(), "carol")  # watches presence
+            dave = await registered_and_logged_in(one.new_client(), "dave")
             mover = two.new_client()
             try:
                 await mover.connect()

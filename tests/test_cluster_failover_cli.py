@@ -11,7 +11,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from conftest import Proc, cli_env, free_port, zchat_command
+from conftest import Proc, cli_env, spawn_on_free_ports, zchat_command
 
 from zchat.broker import keypair
 from zchat.client import Client, trust
@@ -26,24 +26,11 @@ def start(tmp_path: Path, index: int, url: str, data: Path) -> tuple[Proc, str]:
     printed its key. New ports when a bind fails (taken meanwhile)."""
     config = tmp_path / "broker.toml"
     config.write_text(SETTINGS, encoding="utf-8")
-    for _ in range(5):
-        router = f"tcp://127.0.0.1:{free_port()}"
-        pub = f"tcp://127.0.0.1:{free_port()}"
-        if router == pub:
-            continue
-        proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
-                     str(data), "--store", url, "--router", router, "--pub", pub,
-                     "--id", f"broker-{index}"], cli_env(tmp_path))
-        try:
-            proc.wait_line("stdout", "public key:", timeout_s=20)
-        except AssertionError:
-            rc = proc.popen.poll()
-            proc.kill()
-            if rc == 1 and any("cannot bind" in line for line in proc.stderr):
-                continue
-            raise
-        return proc, router
-    raise AssertionError("could not bind a broker in 5 attempts")
+    proc, router, _pub = spawn_on_free_ports(
+        [*zchat_command(), "broker", "--config", str(config), "--data-dir", str(data),
+         "--store", url, "--id", f"broker-{index}"], cli_env(tmp_path), "public key:",
+        timeout_s=20)
+    return proc, router
 
 
 def seq_of(line: str) -> int:

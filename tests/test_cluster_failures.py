@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from client_helpers import collect, is_, msgs
-from conftest import Proc, cli_env, free_port, zchat_command
+from conftest import Proc, cli_env, spawn_on_free_ports, zchat_command
 from tcp_proxy import TcpProxy
 
 from zchat import wire as p
@@ -76,24 +76,12 @@ class Cluster:
                 shutil.copy2(self.tmp_path / "broker-a" / file, data / file)
         config = self.tmp_path / "broker.toml"
         config.write_text(self.settings, encoding="utf-8")
-        for _ in range(5):
-            router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-            if router == pub:
-                continue
-            proc = Proc([*zchat_command(), "broker", "--config", str(config), "--data-dir",
-                         str(data), "--store", url, "--router", router, "--pub", pub,
-                         "--id", f"broker-{name}"], cli_env(self.tmp_path))
-            try:
-                proc.wait_line("stdout", "public key:", timeout_s=WAIT_S)
-            except AssertionError:
-                rc = proc.popen.poll()
-                proc.kill()
-                if rc == 1 and any("cannot bind" in line for line in proc.stderr):
-                    continue
-                raise
-            self.procs.append(proc)
-            return proc, router
-        raise AssertionError("could not bind a broker in 5 attempts")
+        proc, router, _pub = spawn_on_free_ports(
+            [*zchat_command(), "broker", "--config", str(config), "--data-dir", str(data),
+             "--store", url, "--id", f"broker-{name}"], cli_env(self.tmp_path),
+            "public key:", timeout_s=WAIT_S)
+        self.procs.append(proc)
+        return proc, router
 
     def client(self, servers: str | list[str], **kwargs: object) -> Client:
         return Client(servers, server_key=self.key, known_brokers=self.known,

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 import zmq
+from client_helpers import registered_and_logged_in
 
 from zchat import wire as p
 from zchat.client import Client
@@ -83,19 +84,11 @@ def run(coro: Any, timeout_s: float = 90.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
-async def logged_in(client: Client, name: str) -> Client:
-    await client.connect()
-    with contextlib.suppress(RequestFailed):
-        await client.register(name, DEFAULT_PASSWORD)
-    await client.login(name, DEFAULT_PASSWORD)
-    return client
-
-
 async def settle(subs: list[PresenceSub], marker: Client, harness: Harness,
                  name: str) -> None:
     """Log ``name`` in through ``harness`` and wait for its online on every SUB: what
     the PUBs carried before it is all there is (one PUB carries events in order)."""
-    await logged_in(marker, name)
+    await registered_and_logged_in(marker, name)
     for sub in subs:
         await asyncio.to_thread(sub.read_until, name, "online")
     del harness
@@ -108,10 +101,10 @@ def test_presence_is_per_account_across_the_brokers(pg_url: str) -> None:
     with running_cluster(pg_url, 2, **LEASE) as (one, two), \
             presence_subs([one, two]) as subs:
         async def scenario() -> None:
-            alice1 = await logged_in(one.new_client(), "alice")
+            alice1 = await registered_and_logged_in(one.new_client(), "alice")
             for sub in subs:  # one online, on both PUBs (broker 2's relayed)
                 await asyncio.to_thread(sub.read_until, "alice", "online")
-            alice2 = await logged_in(two.new_client(), "alice")
+            alice2 = await registered_and_logged_in(two.new_client(), "alice")
             # broker 2 answers WHO from the cluster: alice is online there anyway
             assert [u.name for u in (await alice2.who()).users] == ["alice"]
             await alice1.set_presence("away", "lunch")
@@ -127,7 +120,7 @@ def test_presence_is_per_account_across_the_brokers(pg_url: str) -> None:
                 assert time.monotonic() - started < 5
                 await asyncio.sleep(0.01)
             await alice1.logout()  # her session on broker 2 keeps her online
-            marker = await logged_in(one.new_client(), "mark")
+            marker = await registered_and_logged_in(one.new_client(), "mark")
             for sub in subs:
                 await asyncio.to_thread(sub.read_until, "mark", "online")
             await alice2.logout()  # the last one: offline, once on each PUB
@@ -150,7 +143,7 @@ def test_two_brokers_logging_in_one_account_at_once_publish_one_online(
     with running_cluster(pg_url, 2, **LEASE) as (one, two), \
             presence_subs([one, two]) as subs:
         async def scenario() -> None:
-            setup = await logged_in(one.new_client(), "alice")
+            setup = await registered_and_logged_in(one.new_client(), "alice")
             await setup.logout()
             for sub in subs:
                 await asyncio.to_thread(sub.read_until, "alice", "offline")
@@ -281,9 +274,9 @@ def test_a_killed_brokers_sessions_are_reaped_once_with_one_offline_each(
             broker_process(tmp_path, pg_url, "victim") as (proc, router, _log), \
             presence_subs([two, three]) as subs:
         async def scenario() -> None:
-            alice = await logged_in(plain_client(router, two.context), "alice")
-            bob_there = await logged_in(plain_client(router, two.context), "bob")
-            bob_here = await logged_in(two.new_client(), "bob")
+            alice = await registered_and_logged_in(plain_client(router, two.context), "alice")
+            bob_there = await registered_and_logged_in(plain_client(router, two.context), "bob")
+            bob_here = await registered_and_logged_in(two.new_client(), "bob")
             for sub in subs:
                 await asyncio.to_thread(sub.read_until, "alice", "online")
                 await asyncio.to_thread(sub.read_until, "bob", "online")
@@ -315,7 +308,7 @@ def test_a_stopped_broker_finds_itself_fenced_and_acknowledges_nothing(
             broker_process(tmp_path, pg_url, "sleeper") as (proc, router, log), \
             presence_subs([two]) as subs:
         async def scenario() -> None:
-            alice = await logged_in(plain_client(router, two.context), "alice")
+            alice = await registered_and_logged_in(plain_client(router, two.context), "alice")
             await alice.join("dev")
             before = (await alice.send("dev", "before the stop")).seq
             await asyncio.to_thread(subs[0].read_until, "alice", "online")

@@ -22,21 +22,6 @@ from zchat.store.postgres import Store
 PER_WRITER = 150
 
 
-@pytest.fixture
-def opened() -> Any:
-    """``open(url)`` for the test: every store it gave is closed after the test."""
-    stores: list[Store] = []
-
-    def open_(url: str) -> Store:
-        store = Store(url)
-        stores.append(store)
-        return store
-
-    yield open_
-    for store in stores:
-        store.close()
-
-
 def _in_threads(*work: Callable[[], None]) -> None:
     """Run each of ``work`` in a thread of its own, all at once; re-raise the first error."""
     errors: list[BaseException] = []

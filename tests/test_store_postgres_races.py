@@ -30,22 +30,6 @@ PER_WRITER = 60
 WAIT_S = 15.0
 
 
-@pytest.fixture
-def opened() -> Any:
-    """``open(url)`` for the test: every store it gave is closed after the test, in the
-    order opened (a store holding a lock first, so that a write waiting on it ends)."""
-    stores: list[Store] = []
-
-    def open_(url: str) -> Store:
-        store = Store(url)
-        stores.append(store)
-        return store
-
-    yield open_
-    for store in stores:
-        store.close()
-
-
 class Racing:
     """``job`` (a write through ``store``) run in a thread of its own, and what
     PostgreSQL says it waits on."""
