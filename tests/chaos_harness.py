@@ -881,9 +881,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster_run(workdir: Path, brokers: int = 3, **settings: Any
+def cluster_run(workdir: Path, brokers: int = 3, url: str | None = None, **settings: Any
                 ) -> Iterator[tuple[Cluster, list[Worker]]]:
-    """A PostgreSQL server of its own (tests/postgres_server.py: ``initdb`` + ``pg_ctl`` in
+    """The database ``url`` (an empty one, e.g. the test session's ``pg_url``), or else a
+    PostgreSQL server of its own (tests/postgres_server.py: ``initdb`` + ``pg_ctl`` in
     a temporary directory, as the ``postgres`` user when run as root) and ``brokers``
     ``zchat broker`` processes on one database, ids ``chaos-0`` …, each with its own data
     directory holding the one key pair made for the first (copied as docs/cluster.md
@@ -900,8 +901,10 @@ def cluster_run(workdir: Path, brokers: int = 3, **settings: Any
 
     procs: list[BrokerProcess] = []
     workers: list[Worker] = []
-    with running_postgres() as server:
-        url = server.url(server.new_database())
+    with contextlib.ExitStack() as own:
+        if url is None:
+            server = own.enter_context(running_postgres())
+            url = server.url(server.new_database())
         try:
             for i in range(brokers):
                 home = workdir / f"broker-{i}"
@@ -1035,14 +1038,14 @@ def _cluster_audit(scenario: str, cluster: Cluster, workers: list[Worker], obser
 
 def scenario_cluster_kill_broker(workdir: Path, *, clients: int = 6, messages: int = 60,
                                  rate: float = 20.0, victim: int = 0,
-                                 timeout_s: float = 60.0) -> Summary:
+                                 timeout_s: float = 60.0, url: str | None = None) -> Summary:
     """(e) three brokers on one PostgreSQL; ``clients`` members dealt over them with every
     endpoint, sending ``messages`` each at ``rate``/s; broker ``victim`` is SIGKILLed
     mid-stream. Its members move to another broker and RESUME there, a surviving broker
     reaps its lease, and the audit holds (:func:`_cluster_audit`). ``notes["move_s"]``:
     seconds from the kill until each of its members was restored elsewhere."""
     started = time.monotonic()
-    with cluster_run(workdir) as (cluster, workers):
+    with cluster_run(workdir, url=url) as (cluster, workers):
         observer, members = _cluster_members(cluster, workdir, workers, clients, messages,
                                              rate, timeout_s)
         third = max(1, clients * messages // 3)
@@ -1063,13 +1066,13 @@ def scenario_cluster_kill_broker(workdir: Path, *, clients: int = 6, messages: i
 
 def scenario_cluster_stop_broker(workdir: Path, *, clients: int = 6, messages: int = 60,
                                  rate: float = 20.0, victim: int = 1,
-                                 timeout_s: float = 60.0) -> Summary:
+                                 timeout_s: float = 60.0, url: str | None = None) -> Summary:
     """(f) as (e), but broker ``victim`` is SIGSTOPped mid-stream until another broker has
     reaped its lease and its members have moved, then SIGCONTinued: it must find itself
     fenced out (its log says so), drop its sessions rather than act on them, take a
     fresh lease and serve the same history again; the audit holds throughout."""
     started = time.monotonic()
-    with cluster_run(workdir) as (cluster, workers):
+    with cluster_run(workdir, url=url) as (cluster, workers):
         observer, members = _cluster_members(cluster, workdir, workers, clients, messages,
                                              rate, timeout_s)
         third = max(1, clients * messages // 3)

@@ -88,29 +88,16 @@ def test_rapid_login_logout_cycles_under_load(tmp_path: Path) -> None:
     assert summary.notes["cycles"] == 200
 
 
-def _postgres_or_skip() -> None:
-    """Skip without PostgreSQL (a failure where it is required: CI, as tests/conftest.py)."""
-    import os
-
-    from postgres_server import find_bindir
-
-    bindir, why = find_bindir()
-    if bindir is None:
-        if os.environ.get("CI") == "true" or os.environ.get("ZCHAT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL is required here: {why}")
-        pytest.skip(why)
-
-
 @pytest.mark.timeout(120)
-def test_cluster_nothing_lost_or_doubled_when_a_broker_is_killed(tmp_path: Path) -> None:
+def test_cluster_nothing_lost_or_doubled_when_a_broker_is_killed(tmp_path: Path,
+                                                                 pg_url: str) -> None:
     """(e) three real brokers on one real PostgreSQL, sharing a key pair; six members dealt
     over them, each with all three endpoints, post 60 messages each while broker 0 is
     SIGKILLed. Its two members move to another broker and RESUME there; another broker
     reaps its lease; every member and an observer get every message once, in order; the
     database's seqs are 1..N with no gap; every member is online at the end."""
-    _postgres_or_skip()
     summary = chaos.scenario_cluster_kill_broker(tmp_path, clients=6, messages=60,
-                                                 rate=20.0, victim=0)
+                                                 rate=30.0, victim=0, url=pg_url)
     assert_guarantees(summary)
     assert (summary.sent, summary.stored, summary.members) == (360, 360, 7)
     assert summary.delivered == summary.notes["due"] >= 360  # the observer's alone
@@ -120,14 +107,13 @@ def test_cluster_nothing_lost_or_doubled_when_a_broker_is_killed(tmp_path: Path)
 
 @pytest.mark.timeout(120)
 def test_cluster_a_broker_stopped_past_its_lease_is_fenced_and_loses_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, pg_url: str) -> None:
     """(f) as (e), but broker 1 is SIGSTOPped past its 1 s lease while traffic flows: it is
     reaped, its members move and RESUME elsewhere; SIGCONTinued, it logs that it was
     fenced out, takes a fresh lease and serves the same history as the others; nothing
     lost, doubled or out of order; the database's seqs are 1..N with no gap."""
-    _postgres_or_skip()
     summary = chaos.scenario_cluster_stop_broker(tmp_path, clients=6, messages=60,
-                                                 rate=20.0, victim=1)
+                                                 rate=30.0, victim=1, url=pg_url)
     assert_guarantees(summary)
     assert (summary.sent, summary.stored, summary.members) == (360, 360, 7)
     assert summary.delivered == summary.notes["due"] >= 360  # the observer's alone
