@@ -33,6 +33,9 @@ URLS = [
     f"postgresql://zchat:{SECRET}@127.0.0.1:1/db?sslmode=bogus",
     f"postgresql://host=127.0.0.1 port=1 password='{SECRET} x'",
 ]
+#: A mistyped ``://`` (a second tester's: the userinfo pattern wanted ``SCHEME://``).
+MISTYPED = [f"postgresql:/u:{SECRET}@h/db", f"postgres:/u:{SECRET}@h/db",
+            f"postgresql//u:{SECRET}@h/db", f"postgresql:u:{SECRET}@h/db"]
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -79,6 +82,19 @@ def test_admin_db_url_password_is_never_printed(tmp_path: Path, url: str) -> Non
 def test_admin_migrate_target_password_is_never_printed(tmp_path: Path, url: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
+    from zchat.store import Store
+
+    Store(data / "zchat.db").close()
+    _assert_hidden(_run(tmp_path, "admin", "migrate", "--data-dir", str(data), "--to", url))
+
+
+@pytest.mark.parametrize("url", MISTYPED)
+def test_a_mistyped_url_s_password_is_never_printed(tmp_path: Path, url: str) -> None:
+    _assert_hidden(_run(tmp_path, "broker", "--data-dir", str(tmp_path / "data"),
+                        "--store", url))
+    _assert_hidden(_run(tmp_path, "admin", "users", "--db", url))
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
     from zchat.store import Store
 
     Store(data / "zchat.db").close()

@@ -608,16 +608,19 @@ def _spelled(word: str) -> str:
 _PASSWORD_SETTING = re.compile(
     rf"({_spelled('password')}(?:\s|%20)*(?:=|%3d)(?:\s|%20)*)"
     r"('(?:[^'\\]|\\.)*'?|[^\s&\"']*)", re.IGNORECASE)
-#: The password of a URL's userinfo, ``SCHEME://USER:PASSWORD@``: group 2 (up to the
-#: last ``@`` before the path, as libpq reads it).
+#: The password of a URL's userinfo, ``USER:PASSWORD@``: group 2 (up to the last ``@``
+#: before the path, as libpq reads it). Not tied to ``SCHEME://``: a URL with a mistyped
+#: ``://`` (``postgresql:/u:pw@h``, ``postgresql//u:pw@h``) carries it too, and a tester
+#: saw those printed in clear.
 _USERINFO_PASSWORD = re.compile(
-    r"([a-z][a-z0-9+.-]*://[^\s/?#@:\"']*:)([^\s/?#\"']*)(@)", re.IGNORECASE)
+    r"((?:^|(?<=[\s/'\"=]))[^\s/?#@:\"'=]+:)([^\s/?#\"']*)(@)", re.IGNORECASE)
 
 
 def redact_text(text: str, url: str = "") -> str:
     """``text`` (an error message, a log line, a URL) with every password it may carry
     replaced by ``***``: each ``password=VALUE`` (a URL query's or a key=value conninfo's,
-    percent-encoded or not), each ``SCHEME://USER:PASSWORD@``, and, when ``url`` is the
+    percent-encoded or not), each ``USER:PASSWORD@`` (after ``SCHEME://`` or a mistyped
+    one), and, when ``url`` is the
     store URL the text is about, every occurrence of the passwords ``url`` holds (as
     written and percent-decoded), wherever the text quotes them: a driver's message may
     quote a piece of a malformed URL without its key (``unexpected spaces found in
