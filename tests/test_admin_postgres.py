@@ -95,3 +95,24 @@ def test_direct_mode_takes_the_configured_store_and_creates_accounts(
                 async with harness.client("ada", "correct-horse-7", register=False) as ada:
                     return ada.name or ""
             assert run(login()) == "ada"
+
+
+def test_direct_mode_lists_the_sessions_every_broker_holds(tmp_path: Path,
+                                                            pg_url: str) -> None:
+    """A second tester's: with sessions live on the brokers, ``admin users`` said every
+    account was offline and ``admin sessions`` listed nothing (it read only the rows no
+    broker holds, as a broker's own start does)."""
+    import asyncio
+
+    with running_broker(pg_url) as harness:
+        async def scenario() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+            async with harness.client("ada"), harness.client("eve"):
+                users = await asyncio.to_thread(
+                    zchat, tmp_path, "admin", "users", "--db", pg_url, "--json")
+                sessions = await asyncio.to_thread(
+                    zchat, tmp_path, "admin", "sessions", "--db", pg_url, "--json")
+                return json_lines(ok(users).stdout), json_lines(ok(sessions).stdout)
+        users, sessions = run(scenario())
+    assert {u["name"]: (u["online"], u["sessions"]) for u in users} == {
+        "ada": (True, 1), "eve": (True, 1)}
+    assert sorted(s["name"] for s in sessions) == ["ada", "eve"]

@@ -409,7 +409,7 @@ def users_direct(store: GroupStore, default_quota: int = 0) -> list[p.AccountInf
     for RESUME), ``sessions`` how many: the database's view, not the broker's memory.
     The quota is the account's own, else ``default_quota`` (the configured broker's)."""
     counts: dict[str, int] = {}
-    for s in store.sessions():
+    for s in store.sessions(held_elsewhere=True):
         counts[s.account_key] = counts.get(s.account_key, 0) + 1
     used, quotas = store.storage_used(), store.storage_quotas()
     return [p.AccountInfo(name=a.name, bot=a.bot, disabled=a.disabled, created=a.created_ms,
@@ -424,7 +424,8 @@ def sessions_direct(store: GroupStore) -> list[p.SessionInfo]:
     and login time; ``last_seen`` is 0: only the broker's memory knows it."""
     names = {k: n for k, (n, _b) in store.account_names().items()}
     rows = [p.SessionInfo(name=names.get(s.account_key, s.account_key), address=s.address,
-                          login_time=s.login_ms, last_seen=0) for s in store.sessions()]
+                          login_time=s.login_ms, last_seen=0)
+            for s in store.sessions(held_elsewhere=True)]
     return sorted(rows, key=lambda s: (s.name, s.login_time))
 
 

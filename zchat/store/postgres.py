@@ -1458,18 +1458,20 @@ class Store:
                               "broker_id IN (%s, '')",
                               (list(token_sha256s), broker)).rowcount
 
-    def sessions(self) -> list[SessionRow]:
+    def sessions(self, held_elsewhere: bool = False) -> list[SessionRow]:
         """Every kept session no live broker holds (let go at a stop, or reaped from an
         expired lease), and those this store's ``holder`` holds (a core rebuilt after a
         failed commit carries them over), oldest login first: the ones this broker may
-        offer for RESUME. Sessions other brokers hold are theirs."""
+        offer for RESUME. Sessions other brokers hold are theirs; with ``held_elsewhere``
+        they are listed too (``zchat admin users/sessions`` on the database: every
+        session of the cluster)."""
         broker, epoch = self.holder
         return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
                 for h, k, t, a, ms in self._rows(
                     "SELECT token_sha256, account_key, login_token_id, address, login_ms "
-                    "FROM sessions WHERE broker_id = '' OR (broker_id = %s AND "
+                    "FROM sessions WHERE %s OR broker_id = '' OR (broker_id = %s AND "
                     "broker_epoch = %s AND %s <> '') ORDER BY login_ms, token_sha256",
-                    (broker, epoch, broker))]
+                    (held_elsewhere, broker, epoch, broker))]
 
     def delete_released_sessions(self, token_sha256s: list[str]) -> int:
         """Forget these sessions if no broker holds them (one resumed elsewhere stays);

@@ -1130,8 +1130,9 @@ class Store:
                              token_sha256s)
             return cur.rowcount
 
-    def sessions(self) -> list[SessionRow]:
-        """Every kept session, oldest login first (read once at broker start)."""
+    def sessions(self, held_elsewhere: bool = False) -> list[SessionRow]:
+        """Every kept session, oldest login first (read once at broker start). One broker
+        holds them all: ``held_elsewhere`` changes nothing."""
         rows = self._db.execute("SELECT token_sha256, account_key, login_token_id, address, "
                                 "login_ms FROM sessions ORDER BY login_ms, token_sha256")
         return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
