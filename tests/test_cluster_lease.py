@@ -27,8 +27,9 @@ from client_helpers import registered_and_logged_in
 
 from zchat import wire as p
 from zchat.client import Client
+from zchat.client.events import SessionEnded
 from zchat.core.ports import BrokerIdInUse
-from zchat.errors import RequestFailed
+from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.store import open_store
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_cluster
 
@@ -264,6 +265,18 @@ def broker_process(tmp_path: Path, url: str, broker_id: str) -> Iterator[
         proc.wait(10)
 
 
+async def drain_events(client: Client, timeout_s: float = 5.0) -> list[Any]:
+    """``client``'s events until its stream ends (after SessionEnded) or ``timeout_s``."""
+    events: list[Any] = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        event = await client.next_event(left)
+        if event is None:
+            break
+        events.append(event)
+    return events
+
+
 def plain_client(router: str, context: zmq.Context[Any]) -> Client:
     return Client(router, context=context, timeout_s=5.0, encryption="none")
 
@@ -328,6 +341,15 @@ def test_a_stopped_broker_finds_itself_fenced_and_acknowledges_nothing(
                                     lambda: "fenced out" in log.read_text())
             await asyncio.to_thread(wait_for, "a fresh lease",
                                     lambda: "epoch 2" in log.read_text())
+            # alice's client does not reconnect: it is told its session is gone (a
+            # second tester's went on hearing room events with no session)
+            if alice.connected:
+                with contextlib.suppress(RequestFailed, ConnectionFailed):
+                    await alice.ping()
+            ended = [e for e in await drain_events(alice) if isinstance(e, SessionEnded)]
+            assert len(ended) == 1, ended
+            assert "no longer knows this session" in ended[0].reason or \
+                "refused with 401" in ended[0].reason, ended
             with psycopg.connect(pg_url, autocommit=True) as db:
                 row = db.execute("SELECT last_seq FROM rooms WHERE key = 'dev'").fetchone()
             assert row == (before,)  # nothing stored on stale state
