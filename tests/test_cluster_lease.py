@@ -415,6 +415,7 @@ def test_a_second_broker_process_with_the_same_id_is_refused_and_the_first_serve
         assert lines[-1].startswith("zchat: error: broker id 'chat-x' is in use by "
                                     "another broker of the cluster"), result.stderr
         assert not (other / "data").exists()  # a refused start leaves nothing behind
+        assert "router" not in result.stdout, result.stdout  # no start banner first
         assert proc.poll() is None and "fenced" not in log.read_text()
 
         async def still_serves() -> None:
