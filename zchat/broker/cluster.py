@@ -52,6 +52,9 @@ class ClusterLink:
         self.store = store
         self.id = broker_id(config)
         self.owner = broker_owner(config)
+        # a session let go counts as held for the time its client may take to move
+        # (Store.due_offline): lease_s, which must outlast a move (lease_warning)
+        store.presence_grace_ms = int(config.lease_s * 1000)
         self.fanout = Fanout(core)
         self.listener = Listener(store.url, f"zchat-broker {self.id}")
         self.drop_notifications = False
@@ -184,6 +187,11 @@ class ClusterLink:
                         "lease expired; %d accounts went offline", self.id, broker, epoch,
                         len(alone))
         self.reaped += dead
+        try:
+            alone += self.store.due_offline(now_ms)
+        except StorageError as exc:
+            log.error("broker %s: cannot look for accounts gone offline: %s", self.id,
+                      exc.reason)
         return self.fanout.presence_lost(alone, now_ms)
 
     def release(self, now_ms: int) -> None:

@@ -228,6 +228,10 @@ class SessionRow:
     #: The id of the broker holding it in a cluster ('' when none holds it, and on a
     #: broker alone); only ``Store.session`` reads it.
     holder: str = ""
+    #: In a cluster, when it was let go (UTC ms; 0: never): > 0 while its account's
+    #: ``offline`` waits (the grace of PostgreSQL's ``Store.due_offline``), negated once
+    #: that ``offline`` was decided.
+    released_ms: int = 0
 
 
 # -- the port -------------------------------------------------------------------------------

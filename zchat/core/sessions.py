@@ -246,9 +246,12 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
     resumed = Session(call.rid, req.session, row.account_key, account.name,
                       call.address or row.address, row.login_ms, call.now_s, call.now_ms,
                       login_token_id=row.login_token_id, transport_key=call.transport_key)
-    # a row another broker held until now: the account was online in the cluster, and
-    # stays so with no event (one online, one offline per account: docs/cluster.md)
-    actions = core.bind_session(resumed, call.now_ms, announce=not row.holder)
+    # a row another broker held until now, or let go so recently that its account's
+    # offline is still held back (released_ms > 0, Store.due_offline): the account was
+    # online in the cluster all along, and stays so with no event (one online, one
+    # offline per account: docs/cluster.md)
+    actions = core.bind_session(resumed, call.now_ms,
+                                announce=not row.holder and row.released_ms <= 0)
     log.info("resumed %s from the store (a broker restart, or another broker's "
              "session), from %s", account.name, call.address or row.address or "?")
     return [core.charge_reply(row.account_key, core.ok(call.rid, call.request_id, reply), call.now_s),

@@ -122,6 +122,11 @@ def _first_line(exc: BaseException, url: str = "") -> str:
     return redact_text(text.splitlines()[0], url) if text else type(exc).__name__
 
 
+#: A session row that counts as held for presence: a broker holds it, or it was let go
+#: within the grace (``Store.presence_grace_ms``; the parameter is the cutoff, UTC ms).
+_HELD = "(broker_id <> '' OR released_ms > %s)"
+
+
 def _write_error(exc: BaseException) -> BaseException:
     """What a failed write raises: IntegrityError and the domain errors as they are (the
     callers map them), any other psycopg error as StorageError(503), anything else as
@@ -207,6 +212,12 @@ class Store:
         #: The broker lease this store's session rows are written under (broker id,
         #: epoch; ``register_broker``), ("", 0) before one is taken: rows held by no one.
         self.holder: tuple[str, int] = ("", 0)
+        #: Milliseconds a session row let go (``released_ms`` > 0) still counts as held
+        #: for presence: the time its client may take to RESUME on any broker (the
+        #: cluster's ``lease_s``: ClusterLink sets it). Its account's ``offline`` waits
+        #: that long (``due_offline``), so a client that moves, or a broker restarted at
+        #: once, makes no blink (docs/cluster.md, "Leases and fencing"). 0: no grace.
+        self.presence_grace_ms = 0
         self._db = self._connect(f"cannot connect to the database {self.path}")
         try:
             self._migrate()
@@ -1466,10 +1477,11 @@ class Store:
         they are listed too (``zchat admin users/sessions`` on the database: every
         session of the cluster)."""
         broker, epoch = self.holder
-        return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
-                for h, k, t, a, ms in self._rows(
-                    "SELECT token_sha256, account_key, login_token_id, address, login_ms "
-                    "FROM sessions WHERE %s OR broker_id = '' OR (broker_id = %s AND "
+        return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms),
+                           released_ms=int(released))
+                for h, k, t, a, ms, released in self._rows(
+                    "SELECT token_sha256, account_key, login_token_id, address, login_ms, "
+                    "released_ms FROM sessions WHERE %s OR broker_id = '' OR (broker_id = %s AND "
                     "broker_epoch = %s AND %s <> '') ORDER BY login_ms, token_sha256",
                     (held_elsewhere, broker, epoch, broker))]
 
@@ -1510,7 +1522,8 @@ class Store:
                 raise BrokerIdInUse(broker_id, float(left[0]) if left else 0.0)
             epoch = int(row[0])
             released = [SessionRow(str(h), str(k), None if t is None else int(t), str(a),
-                                   int(ms)) for h, k, t, a, ms in self._exec(
+                                   int(ms), released_ms=now_ms)
+                        for h, k, t, a, ms in self._exec(
                 "UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms = %s "
                 "WHERE broker_id = %s AND broker_epoch < %s RETURNING token_sha256, "
                 "account_key, login_token_id, address, login_ms",
@@ -1558,8 +1571,8 @@ class Store:
                     "UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms = "
                     "%s WHERE broker_id = %s AND broker_epoch <= %s RETURNING account_key",
                     (now_ms, broker, epoch)).fetchall())
-            self._exec("DELETE FROM sessions WHERE broker_id = '' AND released_ms > 0 AND "
-                       "released_ms < %s", (now_ms - grace_ms,))
+            self._exec("DELETE FROM sessions WHERE broker_id = '' AND released_ms <> 0 AND "
+                       "abs(released_ms) < %s", (now_ms - grace_ms,))
             alone = self._accounts_alone(accounts)
             # the group's other writes: back to the connection's bound (LOCK_TIMEOUT_MS)
             self._exec(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
@@ -1590,13 +1603,14 @@ class Store:
             self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                        (pg_schema.PRESENCE_LOCK, account_key))
             row = self._exec("SELECT count(*) FROM sessions WHERE account_key = %s AND "
-                             "broker_id <> ''", (account_key,)).fetchone()
+                             f"{_HELD}", (account_key, self._grace_cutoff())).fetchone()
         return int(row[0]) if row else 0
 
     def accounts_held(self) -> set[str]:
         """The accounts with a session some broker holds (online in the cluster)."""
         return {str(k) for (k,) in self._rows(
-            "SELECT DISTINCT account_key FROM sessions WHERE broker_id <> ''")}
+            f"SELECT DISTINCT account_key FROM sessions WHERE {_HELD}",
+            (self._grace_cutoff(),))}
 
     def _accounts_alone(self, accounts: set[str]) -> list[str]:
         """Of ``accounts``, those with no session held anywhere, each counted under its
@@ -1606,18 +1620,46 @@ class Store:
             self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                        (pg_schema.PRESENCE_LOCK, key))
             row = self._exec("SELECT count(*) FROM sessions WHERE account_key = %s AND "
-                             "broker_id <> ''", (key,)).fetchone()
+                             f"{_HELD}", (key, self._grace_cutoff())).fetchone()
             if row is None or not row[0]:
                 alone.append(key)
         return alone
+
+    def _grace_cutoff(self) -> int:
+        """UTC ms before which a let-go row no longer counts as held (``_HELD``)."""
+        return time.time_ns() // 1_000_000 - self.presence_grace_ms
+
+    def due_offline(self, now_ms: int) -> list[str]:
+        """The accounts whose let-go rows' grace (``presence_grace_ms``) passed by
+        ``now_ms`` (UTC ms) with no session held since: each gets its one ``offline``
+        now. Per account, under its presence lock, the due rows are marked done
+        (``released_ms`` negated, still resumable) in the caller's transaction, so two
+        brokers looking at once publish it once: the second finds nothing due. Raises
+        StorageError(503)."""
+        cutoff = now_ms - self.presence_grace_ms
+        accounts = {str(k) for (k,) in self._rows(
+            "SELECT DISTINCT account_key FROM sessions WHERE broker_id = '' AND "
+            "released_ms > 0 AND released_ms <= %s", (cutoff,))}
+        if not accounts:
+            return []
+        due: set[str] = set()
+        with self._write():
+            for key in sorted(accounts):
+                self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                           (pg_schema.PRESENCE_LOCK, key))
+                if self._exec("UPDATE sessions SET released_ms = -released_ms WHERE "
+                              "account_key = %s AND broker_id = '' AND released_ms > 0 "
+                              "AND released_ms <= %s", (key, cutoff)).rowcount:
+                    due.add(key)
+            return self._accounts_alone(due)
 
     def session(self, token_sha256: str) -> SessionRow | None:
         """The kept session with this token hash, or None: a RESUME of a session another
         broker of the cluster made or holds (docs/cluster.md, "How clients move"). Its
         ``holder`` is the id of the broker holding it ('' when none: let go, reaped)."""
         rows = self._rows("SELECT token_sha256, account_key, login_token_id, address, "
-                          "login_ms, broker_id FROM sessions WHERE token_sha256 = %s",
-                          (token_sha256,))
+                          "login_ms, broker_id, released_ms FROM sessions WHERE "
+                          "token_sha256 = %s", (token_sha256,))
         return next((SessionRow(str(h), str(k), None if t is None else int(t), str(a),
-                                int(ms), str(holder))
-                     for h, k, t, a, ms, holder in rows), None)
+                                int(ms), str(holder), int(released))
+                     for h, k, t, a, ms, holder, released in rows), None)
