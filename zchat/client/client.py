@@ -756,9 +756,8 @@ class Client:
             # Only a refusal of the current connection's session says it is gone: one
             # sent before a re-login, answered after it, would start another one.
             if (reply.status == Status.UNAUTHORIZED and req.NEEDS_SESSION
-                    and (self._credentials is not None or self._state.session)
-                    and not _INTERNAL.get() and dealer is self._dealer
-                    and not self._restoring):
+                    and self._credentials is not None and not _INTERNAL.get()
+                    and dealer is self._dealer and not self._restoring):
                 self._session_lost("a request was refused with 401")
             raise RequestFailed(reply.status, reply.reason, reply.retry_after_ms)
         if isinstance(reply, p.LoggedIn):  # LOGIN or RESUME, the application's or a
@@ -1405,10 +1404,12 @@ class Client:
             self._events.put_nowait(ConnectionRestored())
 
     def _session_lost(self, why: str) -> None:
-        """The broker no longer knows this client's session (a PONG without it, a 401): a
-        client that reconnects logs in again; one that does not ends with SessionEnded
-        (a broker fenced out of its cluster drops its sessions silently, and such a
-        client went on hearing room events with no session: docs/cluster.md)."""
+        """The broker no longer knows this client's session (a PONG without it; for a
+        client that reconnects, a 401 too): a client that reconnects logs in again; one
+        that does not ends with SessionEnded when a PONG says so (a 401 may be a wrong
+        password of SET_PASSWORD; a broker fenced out of its cluster drops its sessions
+        silently, and such a client went on hearing room events with no session:
+        docs/cluster.md)."""
         if self._credentials is not None:
             if not self._session_gone:
                 log.info("%s; logging in again", why)
