@@ -23,15 +23,15 @@ from typing import Any
 import psycopg
 import pytest
 import zmq
-from client_helpers import registered_and_logged_in
+from client_helpers import collect, is_, registered_and_logged_in
 
 from zchat import wire as p
 from zchat.client import Client
-from zchat.client.events import SessionEnded
+from zchat.client.events import ConnectionRestored, SessionEnded
 from zchat.core.ports import BrokerIdInUse
 from zchat.errors import ConnectionFailed, RequestFailed
 from zchat.store import open_store
-from zchat.testing import DEFAULT_PASSWORD, Harness, running_cluster
+from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker, running_cluster
 
 LEASE = {"lease_s": 1.0, "lease_renew_s": 0.2}
 
@@ -423,3 +423,75 @@ def test_a_second_broker_process_with_the_same_id_is_refused_and_the_first_serve
                 await client.login("yara", DEFAULT_PASSWORD)
 
         run(still_serves())
+
+
+# -- the grace of a session let go (no blink when its client moves or its broker restarts) --
+
+
+def test_a_row_let_go_counts_as_held_for_the_grace_then_one_broker_says_offline(
+        pg_url: str) -> None:
+    stopping, others = open_store(pg_url), [open_store(pg_url), open_store(pg_url)]
+    try:
+        now_ms = int(time.time() * 1000)
+        stopping.create_account("alice", "alice", "alice", "x", now_ms)
+        for store in (stopping, *others):
+            store.presence_grace_ms = 600
+        stopping.register_broker("a", 30, now_ms, "owner-a")
+        stopping.add_session("a1", "alice", None, "", now_ms)
+        stopping.release_lease(now_ms)  # a clean stop: the row is let go
+        assert others[0].sessions_held("alice") == 1  # still counts: no offline yet
+        assert others[0].due_offline(int(time.time() * 1000)) == []
+        wait_for("the grace passed", lambda: others[0].sessions_held("alice") == 0)
+        due_at = int(time.time() * 1000)
+        results: list[Any] = [None, None]
+        gate = threading.Barrier(2)
+
+        def look(index: int) -> None:
+            store = others[index]
+            store.begin_group()
+            gate.wait(5)
+            results[index] = store.due_offline(due_at)
+            store.commit_group()
+
+        threads = [threading.Thread(target=look, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert sorted(results, key=len) == [[], ["alice"]]  # one offline, by one broker
+        assert others[0].due_offline(int(time.time() * 1000)) == []  # and never again
+        row = others[0].session("a1")
+        assert row is not None and row.released_ms < 0  # decided, still resumable
+    finally:
+        for store in (stopping, *others):
+            store.close()
+
+
+def test_a_client_that_moves_off_a_stopped_broker_makes_no_blink(pg_url: str) -> None:
+    """A clean stop (a rolling upgrade's step): alice's client moves to broker 2 and
+    RESUMEs; broker 2's PUB carries nothing for her. Bob, whose client does not come
+    back, goes offline once, after the grace (lease_s)."""
+    with contextlib.ExitStack() as first, running_cluster(pg_url, 1, **LEASE) as (two,), \
+            presence_subs([two]) as subs:
+        one = first.enter_context(running_broker(pg_url, id="broker-x", **LEASE))
+
+        async def scenario() -> None:
+            alice = await registered_and_logged_in(
+                Client([one.server, two.server], context=one.context, reconnect=True,
+                       timeout_s=2.0), "alice")
+            bob = await registered_and_logged_in(one.new_client(), "bob")
+            for name in ("alice", "bob"):
+                await asyncio.to_thread(subs[0].read_until, name, "online")
+            first.close()  # broker 1 stops: GOING_AWAY, its rows let go
+            await collect(alice, is_(ConnectionRestored), timeout_s=15)
+            assert alice.server == two.server
+            await asyncio.to_thread(subs[0].read_until, "bob", "offline")
+            marker = two.new_client()
+            await settle(subs, marker, two, "mark")
+            assert [(n, s) for n, s, _t in subs[0].events if n in ("alice", "bob")] == \
+                [("alice", "online"), ("bob", "online"), ("bob", "offline")], subs[0].events
+            for client in (marker, alice, bob):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 5)
+
+        run(scenario())
