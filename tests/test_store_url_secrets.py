@@ -99,3 +99,23 @@ def test_a_mistyped_url_s_password_is_never_printed(tmp_path: Path, url: str) ->
 
     Store(data / "zchat.db").close()
     _assert_hidden(_run(tmp_path, "admin", "migrate", "--data-dir", str(data), "--to", url))
+
+
+@pytest.mark.parametrize("url", [f"postgresql://zchat:Wr@ng{SECRET}@127.0.0.1:1/zchat",
+                                 f"postgresql://zchat:p@{SECRET}:w0rd@127.0.0.1:1/zchat"])
+def test_an_unencoded_at_in_the_password_is_refused_before_the_driver_quotes_it(
+        tmp_path: Path, url: str) -> None:
+    """A third tester's: libpq read the part of the password after its '@' as the host
+    and quoted it back ("failed to resolve host 'ngPW5@…'")."""
+    data = tmp_path / "data"
+    for result in (_run(tmp_path, "broker", "--data-dir", str(data), "--store", url),
+                   _run(tmp_path, "admin", "users", "--db", url)):
+        _assert_hidden(result)
+        assert "an '@' in the password must be written %40" in result.stderr
+    data.mkdir(exist_ok=True)
+    from zchat.store import Store
+
+    Store(data / "zchat.db").close()
+    result = _run(tmp_path, "admin", "migrate", "--data-dir", str(data), "--to", url)
+    _assert_hidden(result)
+    assert "an '@' in the password must be written %40" in result.stderr

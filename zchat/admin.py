@@ -48,7 +48,7 @@ from typing import TextIO
 from zchat import timefmt
 from zchat import wire as p
 from zchat.client.client import Client
-from zchat.config import DB_FILENAME, Config, data_dir
+from zchat.config import DB_FILENAME, Config, data_dir, store_problem
 from zchat.core import operator_actions
 from zchat.core.ports import NameTaken
 from zchat.core.validation import (
@@ -533,6 +533,9 @@ def _db_location(args: argparse.Namespace, config: Config, create: bool = False
     directory (``_db_path``)."""
     db = getattr(args, "db", None)
     if db and is_store_url(db):
+        problem = store_problem(str(db))
+        if problem is not None:
+            raise AdminError(f"--db: {problem}")
         return str(db)
     if not db and not getattr(args, "data_dir", None) and config.broker.store:
         return config.broker.store
@@ -551,6 +554,9 @@ def run_migrate(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     if not is_store_url(url):
         raise AdminError(f"--to must be a PostgreSQL URL (postgresql://USER@HOST:PORT/DB), "
                          f"not {url!r}")
+    problem = store_problem(url)
+    if problem is not None:
+        raise AdminError(f"--to: {problem}")
     if getattr(args, "db", None) and is_store_url(args.db):
         raise AdminError("--db names the SQLite file to copy (or give --data-dir DIR); the "
                          "PostgreSQL database is --to")

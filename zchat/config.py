@@ -586,6 +586,11 @@ def store_problem(url: str) -> str | None:
     if scheme not in STORE_SCHEMES:
         return (f"must be empty (the SQLite file in the data directory) or a PostgreSQL "
                 f"URL postgresql://USER@HOST:PORT/DB, got {shown!r}")
+    if url.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
+        # libpq would take what follows the first '@' for the host and quote it back in
+        # its error: a piece of the password on the terminal (a third tester's)
+        return (f"an '@' in the password must be written %40 (an '@' ends the user part "
+                f"of a URL), in {shown!r}")
     try:
         port = urlsplit(url).port
     except ValueError:

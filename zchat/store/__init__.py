@@ -6,7 +6,7 @@ the location's form. Importing this package does not load psycopg."""
 
 from pathlib import Path
 
-from zchat.config import STORE_SCHEMES
+from zchat.config import STORE_SCHEMES, store_problem
 from zchat.core.ports import (
     AccountInfoRow,
     AccountRow,
@@ -23,6 +23,7 @@ from zchat.core.ports import (
     TokenRow,
     dm_pair,
 )
+from zchat.errors import StorageError
 from zchat.store.migrations import MIGRATIONS, SCHEMA_VERSION, sql_statements
 from zchat.store.sqlite import Store
 
@@ -50,5 +51,8 @@ def open_store(location: str | Path) -> GroupStore:
     if is_store_url(location):
         from zchat.store.postgres import Store as PostgresStore
 
+        problem = store_problem(str(location))
+        if problem is not None:
+            raise StorageError(f"cannot use the database: {problem}")
         return PostgresStore(str(location))
     return Store(location)
