@@ -207,8 +207,14 @@ class ClusterLink:
         self._released = True
 
     def attach(self, core: BrokerCore) -> None:
-        """The loop rebuilt its core (a failed commit): carry on with it."""
+        """The loop rebuilt its core (a failed commit): carry on with it. While fenced it
+        holds no session: the rebuilt core would carry over those a refused wake-up
+        had just made (a RESUME answered 503 left a session in memory, whose eviction
+        then published a second offline: a third tester's), so they are dropped."""
         self.fanout.attach(core)
+        if self.fenced:
+            core.drop_sessions()
+            self.fanout.seen.clear()
 
     def fileno(self) -> int:
         return self.listener.fileno()
