@@ -102,10 +102,18 @@ class Pinger:
         self._pending_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pinger", daemon=True)
+        self._one_at_a_time = threading.Lock()
         self.error: BaseException | None = None
 
     def ping_once(self, timeout_s: float = 10.0) -> float:
-        """One PING and its round trip in seconds (AssertionError without a PONG)."""
+        """One PING and its round trip in seconds (AssertionError without a PONG). Safe
+        from the test's thread while the pinger's own runs: one at a time on the socket
+        (a ZeroMQ socket is not thread-safe; two threads on it took each other's PONGs,
+        and the test failed with "no PONG" on a broker that had answered)."""
+        with self._one_at_a_time:
+            return self._ping_once(timeout_s)
+
+    def _ping_once(self, timeout_s: float) -> float:
         rid = b"p%d" % len(self.rtts)
         start = time.monotonic()
         self._pending_since = start
