@@ -495,3 +495,59 @@ def test_a_client_that_moves_off_a_stopped_broker_makes_no_blink(pg_url: str) ->
                     await asyncio.wait_for(client.close(), 5)
 
         run(scenario())
+
+
+# -- a fenced broker holds no session (a third tester's ghost session) --------------------
+
+
+def raw_call(sock: zmq.Socket[Any], request: p.Request) -> tuple[bytes, bytes]:
+    """Send ``request`` on a raw DEALER; its reply's (kind, body): b"OK" or b"ERROR"."""
+    sock.send_multipart(p.encode_request(b"r1", request))
+    assert sock.poll(10_000), f"no reply to {request.TYPE}"
+    frames = sock.recv_multipart()
+    return frames[2], frames[-1]
+
+
+def test_a_fenced_broker_answers_a_resume_503_and_keeps_no_session_of_it(
+        pg_url: str) -> None:
+    """A broker fenced out and kept out (another owner holds its id), whose sessions
+    were reaped, answers a RESUME of one of them 503, and the core it rebuilds after that failed commit
+    holds no session: before the fix the rebuilt core adopted the session the refused
+    RESUME had made, whose later eviction published a second offline."""
+    with running_cluster(pg_url, 1, **LEASE) as (one,):
+        broker = one.broker
+        sock = one.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(one.server)
+        try:
+            assert raw_call(sock, p.Register(name="alice", password=DEFAULT_PASSWORD))[0] \
+                == b"OK"
+            kind, body = raw_call(sock, p.Login(name="alice", password=DEFAULT_PASSWORD))
+            assert kind == b"OK", body
+            token = p.decode_body(p.LoggedIn, body).session
+            assert len(broker.core.sessions) == 1
+            # another owner takes the id under a long lease: the broker is fenced at its
+            # next renewal and cannot take the id back (BrokerIdInUse) while this lasts
+            with psycopg.connect(pg_url, autocommit=True) as db:
+                db.execute("UPDATE brokers SET epoch = epoch + 1, owner = 'thief', "
+                           "lease_until = clock_timestamp() + interval '1 hour' "
+                           "WHERE id = 'broker-1'")
+                # as a reaper does: its session rows are let go, resumable anywhere
+                db.execute("UPDATE sessions SET broker_id = '', broker_epoch = 0, "
+                           "released_ms = %s WHERE broker_id = 'broker-1'",
+                           (time.time_ns() // 1_000_000,))
+            cluster = broker.cluster
+            assert cluster is not None
+            wait_for("broker-1 fenced", lambda: cluster.fenced)
+            assert len(broker.core.sessions) == 0
+            failures = broker.failed_commits
+            kind, body = raw_call(sock, p.Resume(session=token))
+            assert kind == b"ERROR" and b"503" in body, body
+            assert broker.failed_commits == failures + 1  # the RESUME's commit failed
+            assert cluster.fenced
+            assert len(broker.core.sessions) == 0 and not broker.core.by_token, \
+                list(broker.core.sessions.values())
+        finally:
+            sock.close(0)
+            with psycopg.connect(pg_url, autocommit=True) as db:  # the id back for others
+                db.execute("DELETE FROM brokers WHERE id = 'broker-1'")
