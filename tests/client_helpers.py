@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from zchat import wire as p
 from zchat.broker.loop import BindError
 from zchat.client.client import Client
@@ -85,6 +87,21 @@ class RestartableBroker:
                 time.sleep(0.02)  # the condition is the bind itself, retried until it holds
         self._cm = cm
         return self.harness
+
+    def bind_when_free(self, sock: zmq.Socket[Any], deadline_s: float = 2.0) -> None:
+        """Bind ``sock`` on the router endpoint of a stopped broker: the endpoint is
+        free once libzmq's reaper thread has destroyed the old ROUTER, a moment after
+        ``stop()`` returned (an inproc name too: a CI run met "Address already in use"),
+        so the bind is retried until it succeeds (``deadline_s``)."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            try:
+                sock.bind(self.router)
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)  # the condition is the bind itself, retried until it holds
 
     def stop(self) -> None:
         cm, self._cm = self._cm, None
