@@ -543,7 +543,8 @@ def test_a_fenced_broker_answers_a_resume_503_and_keeps_no_session_of_it(
             failures = broker.failed_commits
             kind, body = raw_call(sock, p.Resume(session=token))
             assert kind == b"ERROR" and b"503" in body, body
-            assert broker.failed_commits == failures + 1  # the RESUME's commit failed
+            assert broker.failed_commits > failures  # the RESUME's commit failed (and maybe
+            # a periodic one of the fenced broker)
             assert cluster.fenced
             assert len(broker.core.sessions) == 0 and not broker.core.by_token, \
                 list(broker.core.sessions.values())
