@@ -960,8 +960,10 @@ def test_a_line_the_broker_never_answered_comes_back_and_is_stored_once(tmp_path
         client = Client(h.server, context=h.context, timeout_s=0.5, reconnect=True)
         async with console_session(h, client=client) as s:
             await asyncio.to_thread(live.pop().__exit__, None, None, None)
-            await until(lambda: s.console.state == "reconnecting", timeout=5,
-                        what="reconnecting")
+            # the client's own state too: the console's may still tell of an earlier
+            # reconnect a loaded machine caused (0.5 s timeout) while the client is back
+            await until(lambda: s.console.state == "reconnecting"
+                        and client.state == "reconnecting", timeout=5, what="reconnecting")
             # With something else in the input, the line is not put back: the error says
             # which line it was and where to find it.
             s.console.input_buffer.text = "half typed"
