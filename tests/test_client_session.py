@@ -199,7 +199,7 @@ def test_a_forgotten_session_or_going_away_reconnects_at_once() -> None:
 
 def test_a_failed_ping_with_nothing_heard_since_it_went_means_the_broker_is_gone() -> None:
     assert after_failed_ping(13.0, 9.0, 10.0, 30.0, can_reconnect=True) == "reconnect"
-    # a TICK heard after the PING went: the broker is there
+    # a reply (to another request) heard on the DEALER after the PING went: it is there
     assert after_failed_ping(13.0, 11.0, 10.0, 30.0, can_reconnect=True) == "wait"
     assert after_failed_ping(13.0, 9.0, 10.0, 30.0, can_reconnect=False) == "wait"
     assert after_failed_ping(50.0, 11.0, 10.0, 30.0, can_reconnect=False) == "check now"

@@ -1456,8 +1456,11 @@ class Client:
 
     async def _read_sub(self, sub: zmq.asyncio.Socket) -> None:
         while True:
+            # Not proof that the broker hears us: only its replies on the DEALER are
+            # (``_heard``). A broker whose PUB still reached a client while the path to its
+            # ROUTER was cut kept the client with TICKs for ever while it evicted the
+            # session (a fourth tester's, through a proxy in front of the ROUTER only).
             frames = await sub.recv_multipart()
-            self._heard()
             try:
                 event = p.decode_event(frames)
             except ProtocolError as exc:

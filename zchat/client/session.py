@@ -600,7 +600,8 @@ def heartbeat_verdict(now: float, last_heard: float, timeout_s: float, *,
                       can_reconnect: bool, session_gone: bool, going_away: bool,
                       lost: bool) -> Heartbeat:
     """At a heartbeat (every interval, or when woken): with credentials kept
-    (``can_reconnect``), silence longer than ``timeout_s`` since ``last_heard``, a session
+    (``can_reconnect``), silence longer than ``timeout_s`` since ``last_heard`` (the last
+    message on the DEALER: a reply or a push; TICKs on the SUB do not count), a session
     the broker forgot (``session_gone``) or a GOING_AWAY (``going_away``) means reconnect;
     without, silence longer than the timeout is a ConnectionLost to tell once (``lost``
     says it was told), and the PING goes on (docs/PROTOCOL.md §10)."""
@@ -619,10 +620,10 @@ FailedPing = Literal["reconnect", "check now", "wait"]
 def after_failed_ping(now: float, last_heard: float, sent_at: float, timeout_s: float, *,
                       can_reconnect: bool) -> FailedPing:
     """After a heartbeat PING sent at ``sent_at`` failed (no answer within the interval,
-    or refused): with credentials kept and nothing heard since it went (no TICK either),
-    the broker is gone — reconnect without waiting out the timeout; otherwise, when the
-    silence already passed ``timeout_s``, check again at once ("check now") rather than
-    after another interval; else wait for the next heartbeat."""
+    or refused): with credentials kept and nothing heard on the DEALER since it went, the
+    broker (or the path to its ROUTER) is gone — reconnect without waiting out the
+    timeout; otherwise, when the silence already passed ``timeout_s``, check again at once
+    ("check now") rather than after another interval; else wait for the next heartbeat."""
     if can_reconnect and last_heard < sent_at:
         return "reconnect"
     if now - last_heard > timeout_s:
