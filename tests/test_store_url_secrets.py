@@ -119,3 +119,41 @@ def test_an_unencoded_at_in_the_password_is_refused_before_the_driver_quotes_it(
     result = _run(tmp_path, "admin", "migrate", "--data-dir", str(data), "--to", url)
     _assert_hidden(result)
     assert "an '@' in the password must be written %40" in result.stderr
+
+
+@pytest.mark.parametrize("url", [f"postgresql://zchat:ab/cd{SECRET}@127.0.0.1:1/zchat",
+                                 f"postgresql://zchat:ab#cd{SECRET}@127.0.0.1:1/zchat",
+                                 f"postgresql://zchat:ab?cd{SECRET}@127.0.0.1:1/zchat",
+                                 f"postgresql://zchat:p@ss:w/rd#{SECRET}@127.0.0.1:1/zchat"])
+def test_an_unencoded_slash_query_or_hash_in_the_password_is_refused_hidden(
+        tmp_path: Path, url: str) -> None:
+    """A fourth tester's HIGH: the userinfo pattern stopped at '/', '?' and '#', so the
+    refusal ("the port must be a number … in '…'") printed such a password in clear."""
+    data = tmp_path / "data"
+    for result in (_run(tmp_path, "broker", "--data-dir", str(data), "--store", url),
+                   _run(tmp_path, "admin", "users", "--db", url)):
+        _assert_hidden(result)
+        assert "in the password must be written %" in result.stderr, result.stderr
+        for piece in ("ab/cd", "ab#cd", "ab?cd", "ss:w", "rd#"):
+            assert piece not in result.stderr, result.stderr
+    data.mkdir(exist_ok=True)
+    from zchat.store import Store
+
+    Store(data / "zchat.db").close()
+    result = _run(tmp_path, "admin", "migrate", "--data-dir", str(data), "--to", url)
+    _assert_hidden(result)
+    assert "in the password must be written %" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://zchat:a@127.0.0.1:1/zchat",
+                                 "postgresql://zchat:p%40ss%3Aw%2Frd%231@127.0.0.1:1/zchat"])
+def test_a_short_or_encoded_password_is_hidden_without_garbling_the_line(
+        tmp_path: Path, url: str) -> None:
+    """A fourth tester's: every 'a' of the message became *** for the password 'a', and
+    every 'p' for 'p%40ss…' (its decoded piece before the '@'), telling the password."""
+    result = _run(tmp_path, "admin", "users", "--db", url)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("zchat: error: cannot connect to the database "
+                           "postgresql://zchat:***@127.0.0.1:1/zchat: "), line
+    assert line.count("***") == 1, line

@@ -591,6 +591,17 @@ def store_problem(url: str) -> str | None:
         # its error: a piece of the password on the terminal (a third tester's)
         return (f"an '@' in the password must be written %40 (an '@' ends the user part "
                 f"of a URL), in {shown!r}")
+    password = _userinfo_password(url) or ""
+    for ch in _URL_DELIMITERS:
+        if ch in password:
+            # libpq ends the userinfo at the first '/' and urllib at the first '?' or
+            # '#': the rest, password and all, was quoted back as a host, a port or a
+            # database name (a fourth tester's "the port must be a number … in
+            # 'postgresql://zchat:ab/cdSECRET@…'")
+            article = "an" if ch == "@" else "a"
+            return (f"{article} {ch!r} in the password must be written %{ord(ch):02X} "
+                    f"({article} {ch!r} ends the user part of a URL; an '@' after the host "
+                    f"must be written %40), in {shown!r}")
     try:
         port = urlsplit(url).port
     except ValueError:
@@ -621,25 +632,63 @@ _USERINFO_PASSWORD = re.compile(
     r"((?:^|(?<=[\s/'\"=]))[^\s/?#@:\"'=]+:)([^\s/?#\"']*)(@)", re.IGNORECASE)
 
 
+#: Characters that end a URL's userinfo or start its path, query or fragment: a password
+#: holding one unencoded is misread by libpq (and by urllib), so ``store_problem`` refuses
+#: it before the driver quotes a piece of it back.
+_URL_DELIMITERS = "@/?#"
+#: The shortest password (or piece of one) hidden wherever a text quotes it: a shorter
+#: one is hidden only where it stands as a password (``USER:…@``, ``password=…``), since
+#: replacing every "a" of a message garbled it and told the password (a fourth tester's).
+MIN_QUOTED_SECRET_CHARS = 4
+
+
+def _userinfo_password(url: str) -> str | None:
+    """The password of ``url``'s userinfo as written, or None: what follows the user's
+    ``:`` up to the last ``@`` (an unencoded ``@``, ``/``, ``?`` or ``#`` in it stays
+    inside: hiding more rather than less). The user is what precedes the first ``:``
+    after ``SCHEME://`` and holds none of ``@/?#``; otherwise there is no userinfo
+    password (``postgresql://zchat@db:5432/x``)."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    user, colon, after = rest.partition(":")
+    if not colon or any(ch in user for ch in _URL_DELIMITERS) or "@" not in after:
+        return None
+    return after[:after.rindex("@")]
+
+
+def _url_secrets(url: str) -> set[str]:
+    """Every password ``url`` holds — the userinfo's and each ``password=`` value — as
+    written and percent-decoded, with the pieces of each between URL delimiters (libpq
+    quotes the piece of a malformed URL it stumbled on)."""
+    values: set[str] = set()
+    if (userinfo := _userinfo_password(url)) is not None:
+        values.add(userinfo)
+    for source in {url, unquote(url)} - {""}:
+        values.update(m.group(2) for m in _PASSWORD_SETTING.finditer(source))
+    secrets: set[str] = set()
+    for value in values:
+        for form in (value, unquote(value)):
+            form = form.strip("'")
+            secrets.add(form)
+            secrets.update(re.split(r"[@/?#:]", form))
+    return secrets - {"", "***"}
+
+
 def redact_text(text: str, url: str = "") -> str:
     """``text`` (an error message, a log line, a URL) with every password it may carry
     replaced by ``***``: each ``password=VALUE`` (a URL query's or a key=value conninfo's,
     percent-encoded or not), each ``USER:PASSWORD@`` (after ``SCHEME://`` or a mistyped
-    one), and, when ``url`` is the
-    store URL the text is about, every occurrence of the passwords ``url`` holds (as
-    written and percent-decoded), wherever the text quotes them: a driver's message may
-    quote a piece of a malformed URL without its key (``unexpected spaces found in
-    "…"``). Hides more rather than less: a password that also spells a host or a user
-    hides that too."""
-    secrets: set[str] = set()
-    for source in {url, unquote(url)} - {""}:
-        for pattern in (_PASSWORD_SETTING, _USERINFO_PASSWORD):
-            for match in pattern.finditer(source):
-                value = match.group(2)
-                for form in (value, unquote(value)):
-                    secrets.update({form, form.strip("'")})
-    for secret in sorted(secrets - {"", "***"}, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    one), and, when ``url`` is the store URL the text is about, the passwords ``url``
+    holds (:func:`_url_secrets`: as written and percent-decoded, unencoded delimiters and
+    all) wherever the text quotes them, when at least MIN_QUOTED_SECRET_CHARS long, and
+    as ``:PASSWORD@`` in any case: a driver's message may quote a piece of a malformed
+    URL without its key (``unexpected spaces found in "…"``). Hides more rather than
+    less: a password that also spells a host or a user hides that too."""
+    secrets = _url_secrets(url) if url else set()
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_QUOTED_SECRET_CHARS:
+            text = text.replace(secret, "***")
+        else:
+            text = text.replace(f":{secret}@", ":***@")
     # a value hidden above is left as it is: the pattern would take what follows it too
     text = _PASSWORD_SETTING.sub(
         lambda m: m.group(0) if m.group(2).startswith("***") else f"{m.group(1)}***", text)
