@@ -59,6 +59,20 @@ def test_key_service_port_taken_by_the_pub_names_the_key_service(tmp_path: Path)
     assert list(data.iterdir()) == []  # no key pair, no database, no lock file
 
 
+def test_a_key_endpoint_set_in_the_config_is_named_as_the_setting(tmp_path: Path) -> None:
+    """A fourth tester's: the line said "the ROUTER's port + 2 unless [broker]
+    key_endpoint sets it" when the config file did set it."""
+    port, pub = free_port(), free_port()
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[broker]\nkey_endpoint = "tcp://127.0.0.1:{pub}"\n',
+                      encoding="utf-8")
+    line = one_line(broker(tmp_path, tmp_path / "data", "--config", str(config), "--router",
+                           f"tcp://127.0.0.1:{port}", "--pub", f"tcp://127.0.0.1:{pub}"))
+    assert line == (f"zchat: error: cannot bind the key service tcp://127.0.0.1:{pub} "
+                    "([broker] key_endpoint): Address already in use; the PUB endpoint "
+                    "uses it too"), line
+
+
 def test_failed_start_keeps_what_was_there(tmp_path: Path) -> None:
     """A data directory a broker ran on before: its key pair and database stay as they
     were when a later start fails to bind."""

@@ -415,6 +415,8 @@ def test_a_second_broker_process_with_the_same_id_is_refused_and_the_first_serve
                                     "another broker of the cluster"), result.stderr
         assert not (other / "data").exists()  # a refused start leaves nothing behind
         assert "router" not in result.stdout, result.stdout  # no start banner first
+        # nor a line saying it listens for a cluster it was refused from (a 4th tester's)
+        assert "listening for the other brokers" not in result.stderr, result.stderr
         assert proc.poll() is None and "fenced" not in log.read_text()
 
         async def still_serves() -> None:

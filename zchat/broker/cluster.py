@@ -93,13 +93,15 @@ class ClusterLink:
         self._held_back: list[Action] = []
         #: The store's backend pid at the last attempt to listen again
         self._listen_tried_pid = 0
-        log.info("broker %s: listening for the other brokers of the cluster on %s",
-                 self.id, store.path)
         warning = lease_warning(config)
         if warning:
             log.warning("broker %s: %s (docs/cluster.md)", self.id, warning)
         self._register(now_s, _wall_ms(), at_start=True)
         self.fanout.load_presence()
+        # said once the id is taken: a broker refused for another's id (BrokerIdInUse
+        # above) said it listened, then that it was refused (a fourth tester's)
+        log.info("broker %s: listening for the other brokers of the cluster on %s",
+                 self.id, store.path)
 
     # -- the lease -----------------------------------------------------------------------
 

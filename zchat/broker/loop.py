@@ -440,10 +440,11 @@ class Broker:
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
-            how = {"ROUTER": "--router, [broker] router", "PUB": "--pub, [broker] pub",
-                   "key service": "the ROUTER's port + 2 unless [broker] key_endpoint "
-                                  "sets it"}[what]
             cfg = self.config
+            how = {"ROUTER": "--router, [broker] router", "PUB": "--pub, [broker] pub",
+                   "key service": "[broker] key_endpoint" if cfg.key_endpoint else
+                                  "the ROUTER's port + 2 unless [broker] key_endpoint "
+                                  "sets it"}[what]
             others = {"ROUTER": cfg.router, "PUB": cfg.pub}
             if what != "key service" and self.zap is not None and k.is_tcp(cfg.router):
                 with contextlib.suppress(ValueError):
