@@ -812,6 +812,11 @@ def cmd_broker(args: argparse.Namespace, config: Config) -> int:
     cfg = config.broker
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from zchat.broker.repeats import RepeatFilter
+
+    repeats = RepeatFilter()  # one error a second during an outage, not thousands
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(repeats)
     directory = data_dir(cfg)
     # The database holds password and token hashes, DMs, private rooms and the audit log:
     # everything the broker creates is its user's alone (files 0600, directories 0700).
