@@ -108,12 +108,19 @@ class SetRoom:
 
 
 @dataclass(frozen=True, slots=True)
+class Ping:
+    """A round trip to the broker, and every event heard before its answer passed on
+    (an IRC PING is answered after what came before it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Logout:
     text: str
 
 
 Request = (Login | LoginGuest | Join | Part | Post | DirectMessage | SetTopic | Who | Whois
-           | ListRooms | RoomInfo | SetPresence | Kick | Invite | SetRole | SetRoom | Logout)
+           | ListRooms | RoomInfo | SetPresence | Kick | Invite | SetRole | SetRoom | Ping
+           | Logout)
 
 
 @dataclass(frozen=True, slots=True)

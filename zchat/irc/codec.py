@@ -123,6 +123,18 @@ def serialize(msg: Message) -> bytes:
     return raw + b"\r\n"
 
 
+def body_too_long(line: bytes) -> bool:
+    """Whether ``line`` (without CRLF) has more than MAX_LINE_BYTES - 2 bytes after its
+    tags, or more than MAX_CLIENT_TAGS_BYTES of tags (ERR_INPUTTOOLONG)."""
+    body = line
+    if line.startswith(b"@"):
+        space = line.find(b" ")
+        if space < 0 or space > MAX_CLIENT_TAGS_BYTES:
+            return space > MAX_CLIENT_TAGS_BYTES
+        body = line[space + 1:].lstrip(b" ")
+    return len(body) > MAX_LINE_BYTES - 2
+
+
 def cut_utf8(raw: bytes, limit: int) -> bytes:
     """The longest prefix of UTF-8 ``raw`` within ``limit`` bytes that ends at a
     character boundary."""

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from zchat.client.client import Client
-from zchat.errors import ConnectionFailed, RequestFailed, ZchatError
+from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.irc import calls as c
-from zchat.irc.codec import IrcParseError, LineBuffer, parse_line, serialize
-from zchat.irc.state import IrcConnection, Settings
+from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line, serialize
+from zchat.irc.state import IrcConnection, Peer, Settings
 from zchat.names import name_key
 
 log = logging.getLogger("zchat.irc")
@@ -76,6 +76,10 @@ class Gateway:
         self._sessions: set[_Session] = set()
         #: Guest accounts this gateway created (``[irc] guests``): name_key -> password.
         self.guest_passwords: dict[str, str] = {}
+        #: Guest accounts in use by a connection now: a second one is ERR_NICKNAMEINUSE.
+        self.guests_online: set[str] = set()
+        #: What the IRC connections told of their users, for the others' WHO/WHOIS.
+        self.peers: dict[str, Peer] = {}
         self._guest_lock = asyncio.Lock()
 
     async def start(self, host: str, port: int,
@@ -121,13 +125,15 @@ class _Session:
         self.gateway = gateway
         self.reader = reader
         self.writer = writer
-        self.conn = IrcConnection(gateway.settings)
+        self.conn = IrcConnection(gateway.settings, gateway.peers)
         self.client: Client | None = None
         self.logged_out = False
         self.done = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._main: asyncio.Task[None] | None = None
         self._closing = False
+        self._busy_events = False
+        self.guest = ""  # the guest account this connection holds (``[irc] guests``)
 
     def stop(self, text: str) -> None:
         """SIGTERM: ERROR to the client, then the session ends."""
@@ -169,6 +175,9 @@ class _Session:
             pinged = False
             for line in buf.receive_data(data):
                 if line is None:
+                    await self._carry_out(self.conn.overlong())
+                    continue
+                if body_too_long(line):
                     await self._carry_out(self.conn.overlong())
                     continue
                 try:
@@ -271,6 +280,14 @@ class _Session:
             return await client.set_role(req.room, req.name, req.role)
         if isinstance(req, c.SetRoom):
             return await client.set_room(req.room, private=req.private, locked=req.locked)
+        if isinstance(req, c.Ping):
+            with contextlib.suppress(ZchatError, TimeoutError):
+                await client.ping()
+            for _ in range(100):  # the events heard meanwhile, written before the PONG
+                if not client.events_waiting and not self._busy_events:
+                    break
+                await asyncio.sleep(0.001)
+            return None
         if isinstance(req, c.Logout):
             await asyncio.wait_for(client.logout(req.text), LOGOUT_WAIT_S)
             self.logged_out = True
@@ -284,11 +301,15 @@ class _Session:
         key = name_key(name)
         client = await self._client()
         async with self.gateway._guest_lock:
+            if key in self.gateway.guests_online:
+                raise RequestFailed(Status.CONFLICT, f"{name} is connected already")
             password = self.gateway.guest_passwords.get(key)
             if password is None:
                 password = secrets.token_urlsafe(24)
                 await client.register(name, password)
                 self.gateway.guest_passwords[key] = password
+            self.gateway.guests_online.add(key)
+            self.guest = key
         return await self._login(name, password)
 
     async def _read_events(self, client: Client) -> None:
@@ -296,7 +317,11 @@ class _Session:
             async for ev in client.events():
                 if self.conn.closed:
                     break
-                await self._carry_out(self.conn.event(ev))
+                self._busy_events = True
+                try:
+                    await self._carry_out(self.conn.event(ev))
+                finally:
+                    self._busy_events = False
                 if self.conn.closed and self._main is not None:
                     self._main.cancel()
         except asyncio.CancelledError:
@@ -308,6 +333,8 @@ class _Session:
     async def _finish(self) -> None:
         """The IRC connection ended (QUIT, EOF, error, shutdown): end the zchat session
         (one offline event), stop the tasks, close the socket."""
+        self.gateway.guests_online.discard(self.guest)
+        self.conn.forget_peer()
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,18 @@ class Settings:
     motd: tuple[str, ...] = ()
     max_text_bytes: int = 4000
     version: str = "zchat-irc"
+
+
+@dataclass
+class Peer:
+    """What an IRC connection of this gateway told of its user (USER's username and
+    realname), for the other connections' WHO, WHOIS and extended-join; ``guest`` for a
+    guest account (``[irc] guests``), shown as not logged in."""
+
+    user: str
+    realname: str
+    guest: bool = False
+    owner: int = 0
 
 
 @dataclass
@@ -126,8 +139,15 @@ class IrcConnection:
     """The state of one IRC client's connection: registration, capabilities, SASL, the
     channels it sees, and the bookkeeping that keeps each message shown once."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None,
+                 peers: dict[str, Peer] | None = None) -> None:
         self.settings = settings or Settings()
+        #: Shared by the gateway's connections (one event loop): name_key -> Peer.
+        self.peers: dict[str, Peer] = peers if peers is not None else {}
+        #: Presence heard of every account (PRESENCE events, WHO, WHOIS): name_key ->
+        #: (presence, away text).
+        self.known: dict[str, tuple[str, str]] = {}
+        self.guest = False
         self.out: list[c.Action] = []
         self.registered = False
         self.closed = False
@@ -184,7 +204,7 @@ class IrcConnection:
     def bad_line(self, why: str) -> list[c.Action]:
         """A line that is not UTF-8 or not a message (UTF8ONLY)."""
         if why == "utf8":
-            self.send(Message("FAIL", ("*", "INVALID_UTF8", "Message rejected: not UTF-8")))
+            self.fail("*", "INVALID_UTF8", "Message rejected: not UTF-8 (UTF8ONLY)")
         return self.take()
 
     def result(self, call_id: int, reply: Any) -> list[c.Action]:
@@ -241,7 +261,26 @@ class IrcConnection:
         self.out.append(c.Close(reason))
 
     def mask(self, nick: str) -> str:
-        return f"{nick}!~u@zchat"
+        return f"{nick}!{self.ident(nick)}@zchat"
+
+    def ident(self, nick: str) -> str:
+        peer = self.peers.get(name_key(nick))
+        return "~" + (peer.user if peer else "u")[:9]
+
+    def real_name(self, nick: str) -> str:
+        peer = self.peers.get(name_key(nick))
+        return peer.realname if peer and peer.realname else nick
+
+    def account_of(self, nick: str) -> str:
+        """The account name shown for ``nick`` (extended-join, WHOIS): "*" for a guest."""
+        peer = self.peers.get(name_key(nick))
+        return "*" if peer is not None and peer.guest else nick
+
+    def forget_peer(self) -> None:
+        key = name_key(self.account) if self.account else ""
+        peer = self.peers.get(key)
+        if peer is not None and peer.owner == id(self):
+            del self.peers[key]
 
     def from_user(self, nick: str, command: str, params: tuple[str, ...],
                   tags: dict[str, str] | None = None) -> Message:
@@ -273,6 +312,7 @@ class IrcConnection:
                 name, password = self.nick, self.password
             self.call(c.Login(name, password), self._logged_in)
         elif self.settings.guests:
+            self.guest = True
             self.call(c.LoginGuest(self.nick), self._logged_in)
         else:
             self.send(Message("NOTICE", (self.nick, "This gateway needs your zchat account: "
@@ -307,6 +347,8 @@ class IrcConnection:
         old = self.nick
         self.nick = self.account
         self.registered = True
+        self.peers[name_key(self.account)] = Peer(self.user, self.realname, self.guest,
+                                                  id(self))
         if old not in ("*", self.nick) and name_key(old) != name_key(self.nick):
             self.send(Message("NICK", (self.nick,), source=f"{old}!~u@zchat"))
         self.numeric("001", f"Welcome to the {s.network} zchat gateway, {self.nick}")
@@ -405,8 +447,8 @@ class IrcConnection:
         self.channels[key] = ch
         ch.members[name_key(self.nick)] = Member(self.nick, op=reply.created)
         if "extended-join" in self.caps:
-            self.send(self.from_user(self.nick, "JOIN", (name, self.account, self.realname
-                                                         or self.nick)))
+            self.send(self.from_user(self.nick, "JOIN", (name, self.account_of(self.nick),
+                                                         self.real_name(self.nick))))
         else:
             self.send(self.from_user(self.nick, "JOIN", (name,)))
         if reply.topic:
@@ -481,6 +523,9 @@ def cmd_cap(conn: IrcConnection, msg: Message) -> None:
     elif sub == "END":
         if not conn.registered:
             conn.cap_negotiating = False
+            if conn.sasl_mechanism == "PLAIN":  # SASL left unfinished: aborted
+                conn.sasl_mechanism, conn.sasl_buffer = "", ""
+                conn.numeric("906", "SASL authentication aborted")
             conn.maybe_register()
     else:
         conn.numeric("410", sub, "Invalid CAP command")
@@ -492,8 +537,13 @@ def cmd_authenticate(conn: IrcConnection, msg: Message) -> None:
     if "sasl" not in conn.caps:
         conn.numeric("904", "SASL authentication failed: the sasl capability is not enabled")
         return
+    if conn.registered:
+        conn.numeric("462", "You may not reregister (one zchat session per connection)")
+        return
     if conn.logged_in:
         conn.numeric("907", "You have already authenticated using SASL")
+        return
+    if conn.sasl_mechanism == "PLAIN-WAIT":
         return
     if arg == "*":
         conn.sasl_mechanism, conn.sasl_buffer = "", ""
@@ -515,7 +565,7 @@ def cmd_authenticate(conn: IrcConnection, msg: Message) -> None:
         conn.sasl_buffer += arg
         if len(conn.sasl_buffer) > 4096:
             conn.sasl_mechanism, conn.sasl_buffer = "", ""
-            conn.numeric("905", "SASL message too long")
+            conn.numeric("904", "SASL authentication failed: message too long")
             return
         if len(arg) == 400:
             return  # more chunks follow
@@ -585,7 +635,7 @@ def cmd_user(conn: IrcConnection, msg: Message) -> None:
     if conn.registered:
         conn.numeric("462", "You may not reregister")
         return
-    if len(msg.params) < 4 or not msg.params[0]:
+    if len(msg.params) < 4 or not msg.params[0] or not msg.params[3]:
         conn.numeric("461", "USER", "Not enough parameters")
         return
     conn.user, conn.realname = msg.params[0], msg.params[3]
@@ -593,9 +643,32 @@ def cmd_user(conn: IrcConnection, msg: Message) -> None:
 
 
 def cmd_ping(conn: IrcConnection, msg: Message) -> None:
-    # PING <token>
-    conn.send(Message("PONG", (conn.settings.server_name, msg.params[0]),
+    # PING <token>   (once logged in, answered after a broker round trip: what was heard
+    # before it is passed on first, so PING orders the client's view as it expects)
+    if conn.logged_in:
+        conn.call(c.Ping(), _pong, msg.params[0])
+    else:
+        _pong(conn, msg.params[0], None)
+
+
+def _pong(conn: IrcConnection, token: str, reply: Any) -> None:
+    conn.send(Message("PONG", (conn.settings.server_name, token),
                       source=conn.settings.server_name))
+
+
+def cmd_oper(conn: IrcConnection, msg: Message) -> None:
+    # OPER <name> <password>: zchat's admins are the broker's [broker] admins
+    conn.numeric("491", "No O-lines for your host (zchat admins are set on the broker)")
+
+
+def cmd_time(conn: IrcConnection, msg: Message) -> None:
+    # TIME [<server>]  (the broker's clock is not asked: the gateway's is the same here)
+    conn.call(c.Ping(), _time_reply)
+
+
+def _time_reply(conn: IrcConnection, reply: Any) -> None:
+    conn.numeric("391", conn.settings.server_name, "the broker's time is on every message "
+                 "(server-time)")
 
 
 def cmd_pong(conn: IrcConnection, msg: Message) -> None:
@@ -641,13 +714,15 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool) -> None:
         if one.startswith(CHANTYPES):
             room = room_of(one)
             if room is None:
-                conn.numeric("403", one, "No such channel")
+                if not notice:
+                    conn.numeric("403", one, "No such channel")
                 continue
             conn._sends_in_flight += 1
             conn.call(c.Post(room, text, kind), _posted, one, text, kind, command, notice)
         else:
             if not valid_nick(one):
-                conn.numeric("401", one, "No such nick/channel")
+                if not notice:
+                    conn.numeric("401", one, "No such nick/channel")
                 continue
             body = text if kind == "text" else f"* {conn.nick} {text}"
             conn.call(c.DirectMessage(one, body), _dm_sent, one, text, kind, command, notice)
@@ -663,7 +738,10 @@ def cmd_notice(conn: IrcConnection, msg: Message) -> None:
 
 def _refused(conn: IrcConnection, command: str, target: str, f: _Failed,
              channel: bool) -> None:
-    """A message the broker refused, told as IRC says it (never silence)."""
+    """A message the broker refused, told as IRC says it (never silence; but a NOTICE to
+    no one gets no automatic reply, as RFC 2812 §3.3.2 wants)."""
+    if command == "NOTICE" and f.status == 404:
+        return
     if f.status == 404:
         conn.numeric("403" if channel else "401", target,
                      "No such channel" if channel else "No such nick/channel")
@@ -704,6 +782,15 @@ def _dm_sent(conn: IrcConnection, target: str, text: str, kind: str, command: st
     if "echo-message" in conn.caps:
         tags = conn.tags_for(conn.account, reply.time, f"dm/{reply.id}")
         conn.deliver_text(conn.nick, command, reply.to or target, text, kind, tags)
+    if not notice:
+        conn.call(c.Whois(reply.to or target), _away_reply)
+
+
+def _away_reply(conn: IrcConnection, reply: Any) -> None:
+    if not isinstance(reply, _Failed):
+        conn.known[name_key(reply.name)] = (reply.presence, reply.text)
+        if reply.presence == "away":
+            conn.numeric("301", reply.name, reply.text or "away")
 
 
 def cmd_join(conn: IrcConnection, msg: Message) -> None:
@@ -849,7 +936,7 @@ def _names_outside(conn: IrcConnection, name: str, reply: Any) -> None:
 
 
 def cmd_who(conn: IrcConnection, msg: Message) -> None:
-    # WHO <mask>   (a channel, or a nick)
+    # WHO <mask>   (a channel, a nick, or a nick mask with * and ?)
     mask = msg.params[0] if msg.params else "*"
     if mask.startswith(CHANTYPES):
         room = room_of(mask)
@@ -859,16 +946,26 @@ def cmd_who(conn: IrcConnection, msg: Message) -> None:
         conn.call(c.Who(room), _who_channel, mask)
     elif valid_nick(mask):
         conn.call(c.Whois(mask), _who_nick, mask)
+    elif "*" in mask or "?" in mask:
+        conn.call(c.Who(None), _who_mask, mask)
     else:
         conn.numeric("315", mask, "End of WHO list")
+
+
+def _who_mask(conn: IrcConnection, mask: str, reply: Any) -> None:
+    if not isinstance(reply, _Failed):
+        pattern = re.compile(fnmatch.translate(name_key(mask.split("!")[0])))
+        for u in reply.users:
+            if u.presence != "offline" and pattern.match(name_key(u.name)):
+                _who_line(conn, "*", u.name, u.presence)
+    conn.numeric("315", mask, "End of WHO list")
 
 
 def _who_line(conn: IrcConnection, channel: str, name: str, presence: str,
               op: bool = False) -> None:
     flags = ("G" if presence == "away" else "H") + ("@" if op else "")
-    user = "~u"
-    conn.numeric("352", channel, user, "zchat", conn.settings.server_name, name, flags,
-                 f"0 {name}")
+    conn.numeric("352", channel, conn.ident(name), "zchat", conn.settings.server_name, name,
+                 flags, f"0 {conn.real_name(name)}")
 
 
 def _who_channel(conn: IrcConnection, mask: str, reply: Any) -> None:
@@ -905,9 +1002,7 @@ def _whois(conn: IrcConnection, nick: str, reply: Any) -> None:
         conn.numeric("318", nick, "End of /WHOIS list")
         return
     name = reply.name
-    user = "~u"
-    real = (conn.realname or name) if name == conn.nick else name
-    conn.numeric("311", name, user, "zchat", "*", real)
+    conn.numeric("311", name, conn.ident(name), "zchat", "*", conn.real_name(name))
     chans = [("@" if ch.members[name_key(name)].op else "") + ch.name
              for ch in conn.shares_channel(name)]
     if chans:
@@ -917,7 +1012,8 @@ def _whois(conn: IrcConnection, nick: str, reply: Any) -> None:
         conn.numeric("301", name, reply.text or "away")
     if reply.bot:
         conn.numeric("335", name, "is a bot")
-    conn.numeric("330", name, name, "is logged in as")
+    if conn.account_of(name) != "*":
+        conn.numeric("330", name, name, "is logged in as")
     conn.numeric("318", name, "End of /WHOIS list")
 
 
@@ -1086,12 +1182,45 @@ def _mode_done(conn: IrcConnection, name: str, mode: str, arg: str, reply: Any) 
             conn.numeric("401", arg or name, "No such nick/channel")
         else:
             conn.fail("MODE", "CANNOT_SET_MODE", name, reply.reason)
+        return
+    ch = conn.channel(name)
+    if ch is None:
+        return
+    on = mode[0] == "+"
+    if mode[1] == "o":
+        m = ch.members.get(name_key(arg))
+        if m is None or m.op == on:
+            return
+        m.op = on
+    elif mode[1] == "i":
+        if ch.private == on:
+            return
+        ch.private = on
+    elif mode[1] == "m":
+        if ch.locked == on:
+            return
+        ch.locked = on
+    conn.send(conn.from_user(conn.nick, "MODE", (ch.name, mode, arg) if arg
+                             else (ch.name, mode)))
 
 
 def cmd_userhost(conn: IrcConnection, msg: Message) -> None:
-    replies = [f"{n}=+{conn.mask(n).split('!', 1)[1]}" for n in msg.params[:5]
-               if name_key(n) == name_key(conn.nick)]
-    conn.numeric("302", " ".join(replies))
+    # USERHOST <nickname>{ <nickname>}  (at most 5)
+    nicks = [n for n in " ".join(msg.params).split()[:5] if valid_nick(n)]
+    if not nicks:
+        conn.numeric("302", "")
+        return
+    found: list[str] = []
+    for i, nick in enumerate(nicks):
+        conn.call(c.Whois(nick), _userhost_one, found, i == len(nicks) - 1)
+
+
+def _userhost_one(conn: IrcConnection, found: list[str], last: bool, reply: Any) -> None:
+    if not isinstance(reply, _Failed) and reply.presence != "offline":
+        away = "-" if reply.presence == "away" else "+"
+        found.append(f"{reply.name}={away}{conn.mask(reply.name).split('!', 1)[1]}")
+    if last:
+        conn.numeric("302", " ".join(found))
 
 
 def cmd_version(conn: IrcConnection, msg: Message) -> None:
@@ -1109,6 +1238,8 @@ COMMANDS: dict[str, Command] = {
     "LUSERS": Command(cmd_lusers),
     "MODE": Command(cmd_mode, min_params=1),
     "MOTD": Command(cmd_motd),
+    "OPER": Command(cmd_oper, min_params=2),
+    "TIME": Command(cmd_time),
     "NAMES": Command(cmd_names),
     "NICK": Command(cmd_nick, pre_registration=True, min_params=1),
     "NOTICE": Command(cmd_notice),
@@ -1169,9 +1300,13 @@ def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:
 
 def _show_join(conn: IrcConnection, ch: Channel, nick: str) -> None:
     if "extended-join" in conn.caps:
-        conn.send(conn.from_user(nick, "JOIN", (ch.name, nick, nick)))
+        conn.send(conn.from_user(nick, "JOIN", (ch.name, conn.account_of(nick),
+                                                conn.real_name(nick))))
     else:
         conn.send(conn.from_user(nick, "JOIN", (ch.name,)))
+    presence, text = conn.known.get(name_key(nick), ("online", ""))
+    if presence == "away" and "away-notify" in conn.caps:
+        conn.send(conn.from_user(nick, "AWAY", (text or "away",)))
 
 
 def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
@@ -1198,6 +1333,7 @@ def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
 
 def _on_presence(conn: IrcConnection, ev: p.PresenceChanged) -> None:
     key = name_key(ev.name)
+    conn.known[key] = (ev.presence, ev.text)
     if key == name_key(conn.account):
         return
     shared = conn.shares_channel(ev.name)
@@ -1237,7 +1373,8 @@ def _on_topic(conn: IrcConnection, ev: p.TopicChanged) -> None:
 
 
 def _on_invited(conn: IrcConnection, ev: p.Invited) -> None:
-    conn.send(conn.from_user(ev.by, "INVITE", (conn.nick, "#" + ev.room)))
+    conn.send(conn.from_user(ev.by, "INVITE", (conn.nick, "#" + ev.room),
+                             conn.tags_for(ev.by, ev.time)))
 
 
 def _on_role(conn: IrcConnection, ev: p.RoleChanged) -> None:
@@ -1247,6 +1384,8 @@ def _on_role(conn: IrcConnection, ev: p.RoleChanged) -> None:
     op = ev.role in ("owner", "moderator")
     m = ch.members.get(name_key(ev.name))
     if m is not None:
+        if m.op == op:
+            return  # told already (our own MODE)
         m.op = op
     conn.send(conn.from_user(ev.by, "MODE", (ch.name, "+o" if op else "-o", ev.name)))
 
