@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-IRCTEST = Path(os.environ.get("ZCHAT_IRCTEST", ROOT.parent / "shared" / "irctest"))
+#: ../shared/irctest beside the checkout (a worktree one level deeper finds it too), or
+#: $ZCHAT_IRCTEST.
+IRCTEST = Path(os.environ.get("ZCHAT_IRCTEST") or next(
+    (p for p in (ROOT.parent / "shared" / "irctest", ROOT.parent.parent / "shared" / "irctest")
+     if p.is_dir()), ROOT.parent / "shared" / "irctest"))
 CONTROLLER_DIR = ROOT / "tests" / "irctest"
 MARKERS = "not Ergo and not deprecated and not strict"
 #: The groups run in CI (irctest's server_tests/<group>.py).
@@ -27,9 +31,71 @@ GROUPS = ("connection_registration", "cap", "sasl", "messages", "join", "part", 
           "echo_message", "message_tags", "time", "account_tag", "extended_join", "list",
           "kick", "invite", "multi_prefix")
 #: Tests of those groups that fail, each with why (docs/irc.md lists them too).
-KNOWN_FAILURES: dict[str, str] = {}
-#: Bound of the whole irctest run.
-RUN_TIMEOUT_S = 600
+KNOWN_FAILURES: dict[str, str] = {
+    "irctest/server_tests/messages.py::NoticeTestCase::testNotice":
+        "zchat has no notice kind: a NOTICE arrives as PRIVMSG",
+    "irctest/server_tests/echo_message.py::EchoMessageTestCase::testEchoMessage[NOTICE-False-True]":
+        "zchat has no notice kind: a NOTICE arrives as PRIVMSG",
+    "irctest/server_tests/part.py::PartTestCase::testBasicPartRfc2812":
+        "zchat's LEFT carries no reason: others see PART without it",
+    "irctest/server_tests/part.py::PartTestCase::testPartMessage":
+        "zchat's LEFT carries no reason: others see PART without it",
+    "irctest/server_tests/names.py::NamesTestCase::testNames2812Secret":
+        "no +s: a private (+i) room is zchat's only hidden room",
+    "irctest/server_tests/topic.py::TopicTestCase::testTopicMode":
+        "no +t: every member of a zchat room may set its topic unless it is locked",
+    "irctest/server_tests/topic.py::TopicPrivilegesTestCase::testTopicPrivileges":
+        "no +t: every member of a zchat room may set its topic unless it is locked",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoNickOper[exact]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoNickOper[casefolded]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoNickOper[mask]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoNickAwayAndOper[exact]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoNickAwayAndOper[casefolded]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoNickAwayAndOper[mask]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/whois.py::WhoisTestCase::testWhoisNumerics[oper]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/whois.py::ServicesWhoisTestCase::testWhoisNumerics[oper]":
+        "no OPER: zchat admins are set on the broker",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoChan[exact]":
+        "zchat's WHO carries no roles: another member's @ is not known",
+    "irctest/server_tests/who.py::WhoTestCase::testWhoChan[casefolded]":
+        "zchat's WHO carries no roles: another member's @ is not known",
+    "irctest/server_tests/kick.py::KickTestCase::testKickPrivileges":
+        "zchat's WHO carries no roles: another member's @ is not known",
+    "irctest/server_tests/who.py::WhoInvisibleTestCase::testWhoInvisible":
+        "no user mode +i: every zchat account is visible to WHO",
+    "irctest/server_tests/whois.py::ServicesWhoisTestCase::testWhoisNumerics[normal]":
+        "the nick is the account name: a nick other than the SASL account is not kept",
+    "irctest/server_tests/whois.py::ServicesWhoisTestCase::testWhoisAccount":
+        "the nick is the account name: a nick other than the SASL account is not kept",
+    "irctest/server_tests/message_tags.py::MessageTagsTestCase::testBasic":
+        "zchat does not carry client-only tags (+draft/reply, +baz)",
+    "irctest/server_tests/message_tags.py::MessageTagsTestCase::testLengthLimits":
+        "zchat does not carry client-only tags (+draft/reply, +baz)",
+    "irctest/server_tests/message_tags.py::MessageTagsTestCase::testRecipientCapability":
+        "zchat does not carry client-only tags (+draft/reply, +baz)",
+    "irctest/server_tests/list.py::ListTestCase::testListEmpty":
+        "zchat's lobby always exists (every account is in it), so LIST is never empty",
+    "irctest/server_tests/list.py::ListTestCase::testListOne":
+        "zchat's lobby always exists (every account is in it), so LIST is never empty",
+    "irctest/server_tests/invite.py::InviteTestCase::testInviteInviteOnly":
+        "a zchat room's owner cannot be de-opped (MODE -o)",
+    "irctest/server_tests/multi_prefix.py::MultiPrefixTestCase::testMultiPrefix":
+        "no voice (+v) in zchat",
+}
+#: Bound of the whole irctest run, in seconds.
+RUN_TIMEOUT_S = 300
+#: The groups CI runs: a server per irctest test costs about half a second, so CI runs
+#: the core of the protocol (about a minute on two cores); ZCHAT_IRCTEST_ALL=1 runs all
+#: of GROUPS (docs/irc.md has the figures of both).
+CI_GROUPS = ("connection_registration", "cap", "sasl", "messages", "join", "part",
+             "names", "topic", "pingpong", "quit", "echo_message", "away")
 
 
 def _missing() -> str | None:
@@ -50,14 +116,17 @@ def irctest_command(groups: tuple[str, ...] = GROUPS) -> list[str]:
             *deselect]
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_irctest_selection_passes(tmp_path: Path) -> None:
+    """One irctest run of the CI groups (all GROUPS with ZCHAT_IRCTEST_ALL=1) must pass."""
     missing = _missing()
     if missing:
         pytest.skip(missing)
+    groups = GROUPS if os.environ.get("ZCHAT_IRCTEST_ALL") == "1" else CI_GROUPS
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(CONTROLLER_DIR), os.environ.get("PYTHONPATH", "")]), "TMPDIR": str(tmp_path)}
-    done = subprocess.run(irctest_command(), cwd=IRCTEST, env=env, capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT_S)
+    done = subprocess.run(irctest_command(groups), cwd=IRCTEST, env=env,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     summary = [line for line in done.stdout.splitlines()
                if re.match(r"^(FAILED|ERROR) |^=* ?\d+ (passed|failed)", line)]
     assert done.returncode == 0, "irctest failed:\n" + "\n".join(summary[-60:]) \

@@ -476,6 +476,8 @@ class IrcConnection:
                 self.numeric("473", channel, f"Cannot join channel (+i): {f.reason}")
             else:
                 self.numeric("474", channel, f"Cannot join channel (+b): {f.reason}")
+        elif f.status == 409:  # a private room hidden from us, or a look-alike name
+            self.numeric("473", channel, f"Cannot join channel (+i): {f.reason}")
         elif f.status == 422:
             self.numeric("479", channel, f"Illegal channel name: {f.reason}")
         elif f.status == 429:
