@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import pytest
 from conftest import run
 
 from zchat import wire as p
 from zchat.irc.codec import Message, parse_line
-from zchat.irc.server import ClientOptions, Gateway
+from zchat.irc.server import ClientOptions, Gateway, tls_context
 from zchat.irc.state import Settings
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_message
 
@@ -258,5 +263,36 @@ def test_shutdown_tells_every_client(harness: Harness) -> None:
         assert "going down" in (await alice.command("ERROR")).params[0]
         await alice.closed()
         await anon.command("ERROR")
+
+    run(scenario())
+
+
+def test_tls_listener(harness: Harness, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (it makes the test's certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        gw = Gateway(Settings(), ClientOptions(server=harness.server))
+        _host, port = await gw.start("127.0.0.1", 0, tls_context(str(cert), str(key)))
+        try:
+            client_ctx = ssl.create_default_context()
+            client_ctx.check_hostname = False
+            client_ctx.verify_mode = ssl.CERT_NONE
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+            irc = IrcClient(reader, writer)
+            irc.send(f"PASS :{DEFAULT_PASSWORD}")
+            irc.send("NICK alice")
+            irc.send("USER u 0 * :x")
+            assert (await irc.command("001")).params[0] == "alice"
+            irc.send("QUIT")
+            await irc.command("ERROR")
+        finally:
+            await gw.shutdown()
 
     run(scenario())

@@ -2,9 +2,10 @@
 
 irctest (../shared/irctest, progval/irctest) runs this with
 ``--controller zchat_controller`` and this folder on PYTHONPATH. For each test it starts,
-in a temporary directory, a real ``zchat broker`` (plain transport on loopback, cheap
-password hashing, generous rate limits) and a real ``zchat irc`` on the host and port
-irctest gives, with ``[irc] guests = true`` (irctest's clients connect without
+in a temporary directory, a real broker (plain transport on loopback, cheap password
+hashing, generous rate limits) and the real gateway on the port irctest gives, in one
+process (zchat_irctest_server.py; ``ZCHAT_IRCTEST_SEPARATE=1``: ``zchat broker`` and
+``zchat irc`` as two), with ``[irc] guests = true`` (irctest's clients connect without
 credentials) and ``autojoin = false`` (a guest's account is in ``lobby``, which irctest
 does not expect to see). ``registerUser`` creates an account with ``zchat register``.
 """
@@ -22,9 +23,15 @@ from irctest.runner import NotImplementedByController
 from irctest.specifications import Capabilities
 
 ZCHAT = [sys.executable, "-m", "zchat"]
+#: The broker and the gateway in one process (the default: one Python start per test),
+#: or ZCHAT_IRCTEST_SEPARATE=1: ``zchat broker`` and ``zchat irc`` as two processes.
+SEPARATE = os.environ.get("ZCHAT_IRCTEST_SEPARATE") == "1"
+SERVER = Path(__file__).resolve().parent / "zchat_irctest_server.py"
 
 CONFIG = """\
 [broker]
+router = "tcp://127.0.0.1:{router}"
+pub = "tcp://127.0.0.1:{pub}"
 data_dir = "{data}"
 encryption = "none"
 log_level = "warning"
@@ -91,16 +98,19 @@ class ZchatController(BaseServerController, DirectoryBasedController):
         _, pub = self.get_hostname_and_port()
         data = self.directory / "data"
         self.config_path = self.directory / "zchat.toml"
-        self.config_path.write_text(CONFIG.format(data=data, router=router, host=hostname,
-                                                  port=port))
+        self.config_path.write_text(CONFIG.format(data=data, router=router, pub=pub,
+                                                  host=hostname, port=port))
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(self.directory / "xdg"),
                     "XDG_DATA_HOME": str(self.directory / "xdg-data")}
-        self.broker = self.execute(
-            [*ZCHAT, "broker", "--config", str(self.config_path), "--router",
-             f"tcp://127.0.0.1:{router}", "--pub", f"tcp://127.0.0.1:{pub}"],
-            proc_name="zchat-broker", env=self.env)
-        self.proc = self.execute([*ZCHAT, "irc", "--config", str(self.config_path)],
-                                 proc_name="zchat-irc", env=self.env)
+        if SEPARATE:
+            self.broker = self.execute(
+                [*ZCHAT, "broker", "--config", str(self.config_path)],
+                proc_name="zchat-broker", env=self.env)
+            self.proc = self.execute([*ZCHAT, "irc", "--config", str(self.config_path)],
+                                     proc_name="zchat-irc", env=self.env)
+        else:
+            self.proc = self.execute([sys.executable, str(SERVER), str(self.config_path)],
+                                     proc_name="zchat", env=self.env)
 
     def wait_for_services(self) -> None:
         """Accounts are the broker's own: there are no separate services to wait for."""
@@ -127,4 +137,3 @@ def get_irctest_controller_class() -> type[ZchatController]:
     return ZchatController
 
 
-__all__ = ["ZchatController", "get_irctest_controller_class", "Path"]
