@@ -220,3 +220,21 @@ def test_shutdown_sends_error() -> None:
     register(conn)
     out: list[Any] = conn.shutdown("bye")
     assert lines(out)[0].command == "ERROR" and isinstance(out[-1], c.Close)
+
+
+def test_labeled_response_batches_what_the_command_said() -> None:
+    conn = IrcConnection()
+    register(conn, caps="labeled-response batch")
+    out = feed(conn, "@label=a1 PING x")
+    (ping,) = calls(out)
+    assert lines(out) == []  # nothing before the command's call is answered
+    (pong,) = lines(conn.result(ping.id, None))
+    assert pong.command == "PONG" and pong.tags == {"label": "a1"}
+    (ack,) = lines(feed(conn, "@label=a2 PONG x"))
+    assert ack.command == "ACK" and ack.tags == {"label": "a2"}
+    (who,) = calls(feed(conn, "@label=a3 WHO #dev"))
+    out = lines(conn.result(who.id, p.WhoList(users=(
+        p.UserPresence(name="bob", presence="online"),))))
+    assert [m.command for m in out] == ["BATCH", "352", "315", "BATCH"]
+    assert out[0].tags == {"label": "a3"} and out[0].params[1] == "labeled-response"
+    assert all(m.tags == {"batch": out[0].params[0][1:]} for m in out[1:3])

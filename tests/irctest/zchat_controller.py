@@ -69,6 +69,8 @@ class ZchatController(BaseServerController, DirectoryBasedController):
     capabilities = frozenset((
         Capabilities.ACCOUNT_TAG,
         Capabilities.AWAY_NOTIFY,
+        Capabilities.BATCH,
+        Capabilities.LABELED_RESPONSE,
         Capabilities.ECHO_MESSAGE,
         Capabilities.EXTENDED_JOIN,
         Capabilities.MESSAGE_TAGS,

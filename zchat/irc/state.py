@@ -18,7 +18,7 @@ import datetime
 import fnmatch
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zchat import wire as p
@@ -39,9 +39,11 @@ from zchat.names import MAX_NAME_CHARS, name_key, normalize_name
 CAPS: dict[str, str] = {
     "account-tag": "",
     "away-notify": "",
+    "batch": "",
     "cap-notify": "",
     "echo-message": "",
     "extended-join": "",
+    "labeled-response": "",
     "message-tags": "",
     "multi-prefix": "",
     "sasl": "PLAIN",
@@ -175,6 +177,13 @@ class IrcConnection:
         self._held_own: list[p.MessagePosted] = []
         self._own_topic: dict[str, str] = {}
         self._own_kicks: set[tuple[str, str]] = set()
+        # labeled-response: the label of the command being answered, what it produced so
+        # far, and the calls it is waiting for (answered in one go when they are done).
+        self._label: str | None = None
+        self._labeled: list[Message] = []
+        self._command_calls: set[int] = set()
+        self._in_event = False
+        self._batches = 0
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -182,6 +191,10 @@ class IrcConnection:
         """One message from the IRC client."""
         if self.closed:
             return []
+        label = msg.tags.get("label")
+        if label is not None and "labeled-response" in self.caps and label \
+                and self._label is None:
+            self._label, self._labeled = label, []
         command = COMMANDS.get(msg.command)
         if command is None:
             if not self.registered:
@@ -194,7 +207,30 @@ class IrcConnection:
             self.numeric("461", msg.command, "Not enough parameters")
         else:
             command.handler(self, msg)
+        self._maybe_answer_label()
         return self.take()
+
+    def _maybe_answer_label(self) -> None:
+        """The labeled command is done (no call of it pending): its answer, labeled
+        (https://ircv3.net/specs/extensions/labeled-response): ACK for none, the one
+        message tagged, or a labeled-response BATCH of them all."""
+        if self._label is None or self._command_calls:
+            return
+        label, msgs = self._label, self._labeled
+        self._label, self._labeled = None, []
+        src = self.settings.server_name
+        if not msgs:
+            self.send(Message("ACK", (), source=src, tags={"label": label}))
+        elif len(msgs) == 1:
+            self.send(replace(msgs[0], tags={**msgs[0].tags, "label": label}))
+        else:
+            self._batches += 1
+            ref = f"lr{self._batches}"
+            self.send(Message("BATCH", ("+" + ref, "labeled-response"), source=src,
+                              tags={"label": label}))
+            for m in msgs:
+                self.send(replace(m, tags={**m.tags, "batch": ref}))
+            self.send(Message("BATCH", ("-" + ref,), source=src))
 
     def overlong(self) -> list[c.Action]:
         """The IRC client sent a line longer than the codec takes."""
@@ -209,12 +245,16 @@ class IrcConnection:
 
     def result(self, call_id: int, reply: Any) -> list[c.Action]:
         handler, args = self._pending.pop(call_id)
+        self._command_calls.discard(call_id)
         handler(*args, reply)
+        self._maybe_answer_label()
         return self.take()
 
     def failure(self, call_id: int, status: int, reason: str) -> list[c.Action]:
         handler, args = self._pending.pop(call_id)
+        self._command_calls.discard(call_id)
         handler(*args, _Failed(status, reason))
+        self._maybe_answer_label()
         return self.take()
 
     def event(self, ev: Any) -> list[c.Action]:
@@ -223,7 +263,11 @@ class IrcConnection:
             return []
         handler = EVENTS.get(type(ev))
         if handler is not None:
-            handler(self, ev)
+            self._in_event = True
+            try:
+                handler(self, ev)
+            finally:
+                self._in_event = False
         return self.take()
 
     def shutdown(self, text: str) -> list[c.Action]:
@@ -240,7 +284,10 @@ class IrcConnection:
         return out
 
     def send(self, msg: Message) -> None:
-        self.out.append(c.Send(msg))
+        if self._label is not None and not self._in_event:
+            self._labeled.append(msg)
+        else:
+            self.out.append(c.Send(msg))
 
     def numeric(self, code: str, *params: str) -> None:
         self.send(Message(code, (self.nick, *params), source=self.settings.server_name))
@@ -254,9 +301,13 @@ class IrcConnection:
         if getattr(then, "__self__", None) is not self:  # a module-level handler
             args = (self, *args)
         self._pending[self._ids] = (then, args)
+        if self._label is not None and not self._in_event:
+            self._command_calls.add(self._ids)
         self.out.append(c.Call(self._ids, request))
 
     def _close(self, reason: str) -> None:
+        self._command_calls.clear()  # what the command said so far goes out before closing
+        self._maybe_answer_label()
         self.closed = True
         self.out.append(c.Close(reason))
 
@@ -781,9 +832,18 @@ def _dm_sent(conn: IrcConnection, target: str, text: str, kind: str, command: st
     if isinstance(reply, _Failed):
         _refused(conn, command, target, reply, channel=False)
         return
+    tags = conn.tags_for(conn.account, reply.time, f"dm/{reply.id}")
     if "echo-message" in conn.caps:
-        tags = conn.tags_for(conn.account, reply.time, f"dm/{reply.id}")
         conn.deliver_text(conn.nick, command, reply.to or target, text, kind, tags)
+    if name_key(target) == name_key(conn.account):
+        # to oneself: the broker stores it for the account's other sessions only; an
+        # IRC client expects to receive it too, as a message of its own (not labeled)
+        conn._in_event = True
+        try:
+            conn.deliver_text(conn.nick, command, conn.nick, text, kind, tags)
+        finally:
+            conn._in_event = False
+        return
     if not notice:
         conn.call(c.Whois(reply.to or target), _away_reply)
 
