@@ -238,3 +238,25 @@ def test_labeled_response_batches_what_the_command_said() -> None:
     assert [m.command for m in out] == ["BATCH", "352", "315", "BATCH"]
     assert out[0].tags == {"label": "a3"} and out[0].params[1] == "labeled-response"
     assert all(m.tags == {"batch": out[0].params[0][1:]} for m in out[1:3])
+
+
+def test_chathistory_selection() -> None:
+    from zchat.irc.history import Item, parse_timestamp, select
+
+    items = [Item(1000 * i, f"dev/{i}", "bob", "#dev", f"m{i}") for i in range(1, 11)]
+
+    def texts(sub: str, *refs: str, limit: int = 100) -> list[str]:
+        return [it.text for it in select(items, sub, refs, limit)]
+
+    assert texts("LATEST", "*", limit=3) == ["m8", "m9", "m10"]
+    assert texts("LATEST", "msgid=dev/8") == ["m9", "m10"]
+    assert texts("BEFORE", "msgid=dev/5", limit=2) == ["m3", "m4"]
+    assert texts("AFTER", "msgid=dev/5", limit=2) == ["m6", "m7"]
+    assert texts("AROUND", "msgid=dev/7", limit=1) == ["m7"]
+    assert texts("AROUND", "msgid=dev/7", limit=3) == ["m6", "m7", "m8"]
+    assert texts("BETWEEN", "msgid=dev/1", "msgid=dev/10", limit=3) == ["m2", "m3", "m4"]
+    assert texts("BETWEEN", "msgid=dev/10", "msgid=dev/1", limit=3) == ["m7", "m8", "m9"]
+    assert texts("BEFORE", "timestamp=1970-01-01T00:00:03.000Z") == ["m1", "m2"]
+    assert texts("AFTER", "timestamp=1970-01-01T00:00:09.500Z") == ["m10"]
+    assert texts("BEFORE", "msgid=other/3") == []
+    assert parse_timestamp("2023-11-14T22:13:20.123Z") == 1_700_000_000_123

@@ -29,9 +29,29 @@ MARKERS = "not Ergo and not deprecated and not strict"
 GROUPS = ("connection_registration", "cap", "sasl", "messages", "join", "part", "names",
           "topic", "pingpong", "quit", "utf8", "who", "whois", "away", "away_notify",
           "echo_message", "message_tags", "time", "account_tag", "extended_join", "list",
-          "kick", "invite", "multi_prefix", "labeled_responses")
+          "kick", "invite", "multi_prefix", "labeled_responses", "chathistory")
 #: Tests of those groups that fail, each with why (docs/irc.md lists them too).
 KNOWN_FAILURES: dict[str, str] = {
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMs[LATEST]":
+        "a guest is a zchat account: registering its name later (the controller resets its password) keeps its DMs, which irctest's last step says a new account must not see",
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMs[BEFORE]":
+        "a guest is a zchat account: registering its name later (the controller resets its password) keeps its DMs, which irctest's last step says a new account must not see",
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMs[AFTER]":
+        "a guest is a zchat account: registering its name later (the controller resets its password) keeps its DMs, which irctest's last step says a new account must not see",
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMs[BETWEEN]":
+        "a guest is a zchat account: registering its name later (the controller resets its password) keeps its DMs, which irctest's last step says a new account must not see",
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMs[AROUND]":
+        "a guest is a zchat account: registering its name later (the controller resets its password) keeps its DMs, which irctest's last step says a new account must not see",
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMClientOnlyTags":
+        "zchat does not carry client-only tags (+draft/reply, +baz)",
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryTargets":
+        "CHATHISTORY TARGETS is not supported yet",
+    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryTargetsExcludesUpdatedTargets":
+        "CHATHISTORY TARGETS is not supported yet",
+    "irctest/server_tests/chathistory.py::SablePostgresqlHistoryTestCase":
+        "Sable-specific (waits for Sable's in-memory history to expire)",
+    "irctest/server_tests/chathistory.py::SableExpiringHistoryTestCase":
+        "Sable-specific (waits for Sable's in-memory history to expire)",
     "irctest/server_tests/labeled_responses.py::LabeledResponsesTestCase::testLabeledNoticeResponsesToClient":
         "zchat has no notice kind: a NOTICE arrives as PRIVMSG",
     "irctest/server_tests/labeled_responses.py::LabeledResponsesTestCase::testLabeledNoticeResponsesToChannel":
@@ -108,7 +128,7 @@ RUN_TIMEOUT_S = 300
 #: of GROUPS (docs/irc.md has the figures of both).
 CI_GROUPS = ("connection_registration", "cap", "sasl", "messages", "join", "part",
              "names", "topic", "pingpong", "quit", "echo_message", "away",
-             "labeled_responses")
+             "labeled_responses", "chathistory")
 
 
 def _missing() -> str | None:

@@ -108,6 +108,22 @@ class SetRoom:
 
 
 @dataclass(frozen=True, slots=True)
+class History:
+    """The newest ``limit`` messages of ``room``."""
+
+    room: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class DmHistory:
+    """The newest ``limit`` DMs of the conversation with ``peer``."""
+
+    peer: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """A round trip to the broker, and every event heard before its answer passed on
     (an IRC PING is answered after what came before it)."""
@@ -120,6 +136,7 @@ class Logout:
 
 Request = (Login | LoginGuest | Join | Part | Post | DirectMessage | SetTopic | Who | Whois
            | ListRooms | RoomInfo | SetPresence | Kick | Invite | SetRole | SetRoom | Ping
+           | History | DmHistory
            | Logout)
 
 

@@ -280,6 +280,10 @@ class _Session:
             return await client.set_role(req.room, req.name, req.role)
         if isinstance(req, c.SetRoom):
             return await client.set_room(req.room, private=req.private, locked=req.locked)
+        if isinstance(req, c.History):
+            return await client.history(req.room, limit=req.limit)
+        if isinstance(req, c.DmHistory):
+            return await client.dm_history(req.peer, limit=req.limit)
         if isinstance(req, c.Ping):
             with contextlib.suppress(ZchatError, TimeoutError):
                 await client.ping()

@@ -33,6 +33,7 @@ from zchat.client.events import (
 from zchat.errors import ProtocolError
 from zchat.irc import calls as c
 from zchat.irc.codec import MAX_LINE_BYTES, Message, split_text
+from zchat.irc.history import MAX_LIMIT, cmd_chathistory
 from zchat.names import MAX_NAME_CHARS, name_key, normalize_name
 
 #: Capabilities offered (CAP LS), with their 302 values.
@@ -41,6 +42,7 @@ CAPS: dict[str, str] = {
     "away-notify": "",
     "batch": "",
     "cap-notify": "",
+    "draft/chathistory": "",
     "echo-message": "",
     "extended-join": "",
     "labeled-response": "",
@@ -229,7 +231,8 @@ class IrcConnection:
             self.send(Message("BATCH", ("+" + ref, "labeled-response"), source=src,
                               tags={"label": label}))
             for m in msgs:
-                self.send(replace(m, tags={**m.tags, "batch": ref}))
+                # (messages of a batch nested in it keep theirs)
+                self.send(replace(m, tags={"batch": ref, **m.tags}))
             self.send(Message("BATCH", ("-" + ref,), source=src))
 
     def overlong(self) -> list[c.Action]:
@@ -412,7 +415,8 @@ class IrcConnection:
             f"KICKLEN={p.MAX_REASON_CHARS}", f"NETWORK={s.network}",
             f"NICKLEN={MAX_NAME_CHARS}", "PREFIX=(o)@", "STATUSMSG=",
             "TARGMAX=PRIVMSG:1,NOTICE:1,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
-            f"TOPICLEN={p.MAX_TOPIC_CHARS}", "UTF8ONLY",
+            f"TOPICLEN={p.MAX_TOPIC_CHARS}", "UTF8ONLY", f"CHATHISTORY={MAX_LIMIT}",
+            "MSGREFTYPES=msgid,timestamp",
         ]
         self.numeric("005", *tokens, "are supported by this server")
         self.lusers()
@@ -1293,6 +1297,7 @@ COMMANDS: dict[str, Command] = {
     "AUTHENTICATE": Command(cmd_authenticate, pre_registration=True, min_params=1),
     "AWAY": Command(cmd_away),
     "CAP": Command(cmd_cap, pre_registration=True, min_params=1),
+    "CHATHISTORY": Command(cmd_chathistory, min_params=3),
     "INVITE": Command(cmd_invite, min_params=2),
     "JOIN": Command(cmd_join, min_params=1),
     "KICK": Command(cmd_kick, min_params=2),
