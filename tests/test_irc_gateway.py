@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from client_helpers import RestartableBroker, logged_in
 from conftest import run
 
 from zchat import wire as p
@@ -296,3 +297,37 @@ def test_tls_listener(harness: Harness, tmp_path: Path) -> None:
             await gw.shutdown()
 
     run(scenario())
+
+
+def test_a_broker_restart_leaves_irc_connections_up(inproc_broker: RestartableBroker) -> None:
+    """The gateway's client reconnects (RESUME or LOGIN) and backfills: the IRC client
+    stays connected, is told, and gets a message posted after the restart once."""
+    async def scenario() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        alice_account = await logged_in(inproc_broker, "alice")
+        await alice_account.logout()
+        await alice_account.close()
+        bob = await logged_in(inproc_broker, "bob", ("dev",), reconnect=True,
+                              reconnect_max_s=0.5)
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=inproc_broker.router, reconnect_max_s=0.5))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            await alice.sync()
+            await asyncio.to_thread(inproc_broker.stop)
+            await asyncio.to_thread(inproc_broker.start)
+            await alice.expect(lambda m: m.command == "NOTICE" and "back" in m.params[-1],
+                               "the reconnect's NOTICE", timeout_s=15)
+            await bob.send("dev", "after the restart")
+            got = await alice.command("PRIVMSG", timeout_s=15)
+            assert got.params == ("#dev", "after the restart")
+            assert not [m for m in await alice.sync() if m.command == "PRIVMSG"]
+            alice.close()
+        finally:
+            await gw.shutdown()
+            await bob.close()
+
+    run(scenario(), timeout_s=60)
