@@ -9,6 +9,7 @@ from typing import Any
 from zchat import wire as p
 from zchat.irc import calls as c
 from zchat.irc.codec import Message, parse_line
+from zchat.irc.core import connection
 from zchat.irc.state import IrcConnection, Settings
 
 
@@ -54,7 +55,7 @@ def joined(conn: IrcConnection, room: str = "dev", created: bool = True) -> list
 
 
 def test_no_credentials_is_a_clear_error_and_a_close() -> None:
-    conn = IrcConnection()
+    conn = connection()
     out = feed(conn, "NICK alice", "USER u 0 * :x")
     assert [m.command for m in lines(out)] == ["NOTICE", "ERROR"]
     assert isinstance(out[-1], c.Close)
@@ -62,7 +63,7 @@ def test_no_credentials_is_a_clear_error_and_a_close() -> None:
 
 
 def test_pass_account_colon_password_wins_over_the_nick() -> None:
-    conn = IrcConnection()
+    conn = connection()
     out = feed(conn, "PASS bob:pw", "NICK whatever", "USER u 0 * :x")
     (login,) = calls(out)
     assert login.request == c.Login("bob", "pw")
@@ -73,7 +74,7 @@ def test_pass_account_colon_password_wins_over_the_nick() -> None:
 
 
 def test_wrong_password_is_464_and_a_close() -> None:
-    conn = IrcConnection()
+    conn = connection()
     (login,) = calls(feed(conn, "PASS x", "NICK alice", "USER u 0 * :x"))
     out = conn.failure(login.id, 401, "wrong name or password")
     assert [m.command for m in lines(out)] == ["464", "ERROR"]
@@ -81,14 +82,14 @@ def test_wrong_password_is_464_and_a_close() -> None:
 
 
 def test_welcome_advertises_isupport() -> None:
-    out = register(IrcConnection())
+    out = register(connection())
     isupport = next(m for m in lines(out) if m.command == "005")
     assert {"CASEMAPPING=ascii", "CHANTYPES=#", "UTF8ONLY", "NICKLEN=32",
             "TOPICLEN=300"} <= set(isupport.params)
 
 
 def test_sasl_plain_logs_in_before_registration() -> None:
-    conn = IrcConnection()
+    conn = connection()
     out = feed(conn, "CAP LS 302", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
     assert lines(out)[-1] == Message("AUTHENTICATE", ("+",))
     blob = base64.b64encode(b"\0bob\0pw").decode()
@@ -102,19 +103,19 @@ def test_sasl_plain_logs_in_before_registration() -> None:
 
 
 def test_sasl_failure_is_904() -> None:
-    conn = IrcConnection()
+    conn = connection()
     feed(conn, "CAP REQ :sasl", "AUTHENTICATE PLAIN")
     (login,) = calls(feed(conn, "AUTHENTICATE " + base64.b64encode(b"\0bob\0x").decode()))
     assert [m.command for m in lines(conn.failure(login.id, 401, "no"))] == ["904"]
 
 
 def test_commands_before_registration_are_451() -> None:
-    conn = IrcConnection()
+    conn = connection()
     assert [m.command for m in lines(feed(conn, "JOIN #a"))] == ["451"]
 
 
 def test_join_names_and_topic() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn)
     out = lines(joined(conn))
     assert out[0] == Message("JOIN", ("#dev",), source="alice!~u@zchat")
@@ -125,7 +126,7 @@ def test_join_names_and_topic() -> None:
 
 
 def test_privmsg_to_channel_and_echo_once() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn, caps="echo-message server-time message-tags account-tag")
     joined(conn)
     (post,) = calls(feed(conn, "PRIVMSG #dev :hi \x02there\x02"))
@@ -142,7 +143,7 @@ def test_privmsg_to_channel_and_echo_once() -> None:
 
 
 def test_no_echo_without_the_capability() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn)
     joined(conn)
     (post,) = calls(feed(conn, "PRIVMSG #dev :\x01ACTION waves\x01"))
@@ -153,7 +154,7 @@ def test_no_echo_without_the_capability() -> None:
 
 
 def test_others_messages_split_and_actions() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn)
     joined(conn)
     out = lines(conn.event(p.MessagePosted(room="dev", seq=2, time=0, sender="bob",
@@ -167,7 +168,7 @@ def test_others_messages_split_and_actions() -> None:
 
 
 def test_refusals_are_numerics_or_fail_never_silence() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn)
     joined(conn)
     cases: list[tuple[int, str]] = [(403, "404"), (413, "FAIL"), (429, "FAIL"),
@@ -181,7 +182,7 @@ def test_refusals_are_numerics_or_fail_never_silence() -> None:
 
 
 def test_presence_and_membership_events() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn, caps="away-notify extended-join")
     joined(conn)
     out = lines(conn.event(p.UserJoined(room="dev", name="dave", time=0)))
@@ -199,7 +200,7 @@ def test_presence_and_membership_events() -> None:
 
 
 def test_quit_logs_out_and_closes() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn)
     out = feed(conn, "QUIT :bye")
     assert lines(out)[0].command == "ERROR"
@@ -208,7 +209,7 @@ def test_quit_logs_out_and_closes() -> None:
 
 
 def test_unknown_and_short_commands() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn)
     assert [m.command for m in lines(feed(conn, "FROB x"))] == ["421"]
     assert [m.command for m in lines(feed(conn, "KICK #dev"))] == ["461"]
@@ -216,14 +217,14 @@ def test_unknown_and_short_commands() -> None:
 
 
 def test_shutdown_sends_error() -> None:
-    conn = IrcConnection(Settings(server_name="gw"))
+    conn = connection(Settings(server_name="gw"))
     register(conn)
     out: list[Any] = conn.shutdown("bye")
     assert lines(out)[0].command == "ERROR" and isinstance(out[-1], c.Close)
 
 
 def test_labeled_response_batches_what_the_command_said() -> None:
-    conn = IrcConnection()
+    conn = connection()
     register(conn, caps="labeled-response batch")
     out = feed(conn, "@label=a1 PING x")
     (ping,) = calls(out)

@@ -17,6 +17,7 @@ from typing import Any
 from zchat import wire as p
 from zchat.irc import calls as c
 from zchat.irc.codec import Message
+from zchat.irc.state import room_of, valid_nick
 from zchat.names import name_key
 
 #: Messages of one target CHATHISTORY looks at: the newest ones, one HISTORY page.
@@ -99,8 +100,6 @@ def select(items: Sequence[Item], sub: str, refs: Sequence[str], limit: int) -> 
 
 def cmd_chathistory(conn: Any, msg: Message) -> None:
     # CHATHISTORY <subcommand> <target> <ref> [<ref>] <limit>
-    from zchat.irc.state import room_of, valid_nick
-
     sub = msg.params[0].upper()
     if sub == "TARGETS":
         conn.fail("CHATHISTORY", "INVALID_PARAMS", "TARGETS", "TARGETS is not supported")

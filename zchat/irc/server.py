@@ -24,7 +24,8 @@ from zchat.client.client import Client
 from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.irc import calls as c
 from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line, serialize
-from zchat.irc.state import IrcConnection, Peer, Settings
+from zchat.irc.core import connection
+from zchat.irc.state import Peer, Settings
 from zchat.names import name_key
 
 log = logging.getLogger("zchat.irc")
@@ -125,7 +126,7 @@ class _Session:
         self.gateway = gateway
         self.reader = reader
         self.writer = writer
-        self.conn = IrcConnection(gateway.settings, gateway.peers)
+        self.conn = connection(gateway.settings, gateway.peers)
         self.client: Client | None = None
         self.logged_out = False
         self.done = asyncio.Event()
@@ -133,12 +134,13 @@ class _Session:
         self._main: asyncio.Task[None] | None = None
         self._closing = False
         self._busy_events = False
+        self._finishing = False
         self.guest = ""  # the guest account this connection holds (``[irc] guests``)
 
     def stop(self, text: str) -> None:
         """SIGTERM: ERROR to the client, then the session ends."""
         self._write_actions(self.conn.shutdown(text))
-        if self._main is not None:
+        if self._main is not None and not self._finishing:  # (not the LOGOUT under way)
             self._main.cancel()
 
     async def run(self) -> None:
@@ -326,7 +328,7 @@ class _Session:
                     await self._carry_out(self.conn.event(ev))
                 finally:
                     self._busy_events = False
-                if self.conn.closed and self._main is not None:
+                if self.conn.closed and self._main is not None and not self._finishing:
                     self._main.cancel()
         except asyncio.CancelledError:
             raise
@@ -337,6 +339,7 @@ class _Session:
     async def _finish(self) -> None:
         """The IRC connection ended (QUIT, EOF, error, shutdown): end the zchat session
         (one offline event), stop the tasks, close the socket."""
+        self._finishing = True
         self.gateway.guests_online.discard(self.guest)
         self.conn.forget_peer()
         for task in self._tasks:

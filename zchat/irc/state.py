@@ -136,8 +136,15 @@ class IrcConnection:
     channels it sees, and the bookkeeping that keeps each message shown once."""
 
     def __init__(self, settings: Settings | None = None,
-                 peers: dict[str, Peer] | None = None) -> None:
+                 peers: dict[str, Peer] | None = None,
+                 commands: dict[str, Command] | None = None,
+                 events: dict[type, Callable[[IrcConnection, Any], None]] | None = None
+                 ) -> None:
         self.settings = settings or Settings()
+        #: The tables of commands and events (zchat/irc/core.py passes commands.py's and
+        #: events.py's: they import this module, so it does not import them).
+        self.commands: dict[str, Command] = commands or {}
+        self.events: dict[type, Callable[[IrcConnection, Any], None]] = events or {}
         #: Shared by the gateway's connections (one event loop): name_key -> Peer.
         self.peers: dict[str, Peer] = peers if peers is not None else {}
         #: Presence heard of every account (PRESENCE events, WHO, WHOIS): name_key ->
@@ -189,9 +196,7 @@ class IrcConnection:
         if label is not None and "labeled-response" in self.caps and label \
                 and self._label is None:
             self._label, self._labeled = label, []
-        from zchat.irc.commands import COMMANDS  # (its handlers import this module)
-
-        command = COMMANDS.get(msg.command)
+        command = self.commands.get(msg.command)
         if command is None:
             if not self.registered:
                 self.numeric("451", "You have not registered")
@@ -258,9 +263,7 @@ class IrcConnection:
         """One event of the zchat client (``Client.events()``)."""
         if self.closed or not self.logged_in:
             return []
-        from zchat.irc.events import EVENTS  # (its handlers import this module)
-
-        handler = EVENTS.get(type(ev))
+        handler = self.events.get(type(ev))
         if handler is not None:
             self._in_event = True
             try:
