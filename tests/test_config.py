@@ -15,6 +15,8 @@ from zchat.config import (
     ClientConfig,
     Config,
     ConfigError,
+    IrcConfig,
+    config_from_dict,
     data_dir,
     default_config_path,
     endpoint_problem,
@@ -80,9 +82,29 @@ def test_sample_file_equals_defaults() -> None:
 
 def test_sample_file_lists_every_setting() -> None:
     document = tomllib.loads(SAMPLE.read_text(encoding="utf-8"))
-    assert set(document) == {"broker", "client"}
+    assert set(document) == {"broker", "client", "irc"}
     assert list(document["broker"]) == [f.name for f in dataclasses.fields(BrokerConfig)]
     assert list(document["client"]) == [f.name for f in dataclasses.fields(ClientConfig)]
+    assert list(document["irc"]) == [f.name for f in dataclasses.fields(IrcConfig)]
+
+
+@pytest.mark.parametrize(("irc", "words"), [
+    ({"listen": "0.0.0.0:6667"}, "not a loopback address"),
+    ({"listen": "192.168.1.5:6667"}, "allow_plaintext = true"),
+    ({"listen": "6667"}, "HOST:PORT"),
+    ({"listen": "", "tls_listen": ""}, "needs a listener"),
+    ({"tls_listen": "0.0.0.0:6697"}, "tls_cert and tls_key"),
+    ({"guests": "yes"}, "true or false"),
+])
+def test_irc_settings_are_checked(irc: dict[str, object], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        config_from_dict({"irc": irc})
+
+
+def test_irc_plaintext_off_loopback_needs_saying_so() -> None:
+    config = config_from_dict({"irc": {"listen": "0.0.0.0:6667", "allow_plaintext": True}})
+    assert config.irc.listen == "0.0.0.0:6667"
+    assert config_from_dict({"irc": {"listen": "[::1]:6667"}}).irc.listen == "[::1]:6667"
 
 
 def test_sample_file_comments_every_setting() -> None:

@@ -248,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the broker's public key (creating its key pair in the "
                         "data directory if needed) and exit")
 
+    irc = sub.add_parser("irc", help="run the IRC gateway (IRC clients log in to zchat)",
+                         description="Run the IRC gateway: IRC clients (WeeChat, irssi, "
+                                     "HexChat, bots) connect to it and each gets a zchat "
+                                     "session of its own account (docs/irc.md).")
+    client_opts(irc, needs_as=False)
+    irc.add_argument("--listen", metavar="HOST:PORT",
+                     help=f"plain IRC listener ({_default('irc', 'listen')}; '' for none); "
+                          "a non-loopback address needs [irc] allow_plaintext")
+    irc.add_argument("--tls-listen", metavar="HOST:PORT",
+                     help="TLS IRC listener, with [irc] tls_cert and tls_key")
+
     j = sub.add_parser("join", help="open the chat console",
                        description="Open the full-screen chat console as NAME: rooms, "
                                    "direct messages and people side by side. Offers to "
@@ -582,7 +593,12 @@ def _config(args: argparse.Namespace) -> Config:
         overrides["store"] = ""  # --store "": the SQLite file, whatever the config says
     if overrides:
         broker = dataclasses.replace(broker, **overrides)
-    config = Config(broker=broker, client=client)
+    irc = config.irc
+    if getattr(args, "listen", None) is not None:
+        irc = dataclasses.replace(irc, listen=args.listen)
+    if getattr(args, "tls_listen", None) is not None:
+        irc = dataclasses.replace(irc, tls_listen=args.tls_listen)
+    config = Config(broker=broker, client=client, irc=irc)
     validate(config, path="command line")
     return config
 
@@ -1681,6 +1697,16 @@ def cmd_join(args: argparse.Namespace, config: Config) -> int:
     return _run(run(), signals=(signal.SIGTERM, signal.SIGHUP))
 
 
+def cmd_irc(args: argparse.Namespace, config: Config) -> int:
+    """``zchat irc``: the IRC gateway until SIGTERM or SIGINT (docs/irc.md); then every
+    IRC client gets ERROR, every session logs out, and it exits within 2 s."""
+    from zchat.irc.server import run_gateway
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_gateway(config)
+
+
 def cmd_bot(args: argparse.Namespace, config: Config) -> int:
     from zchat.bot import load_bot
 
@@ -1712,7 +1738,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "topic": cmd_topic, "mod": cmd_mod,
     "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,
-    "admin": cmd_admin, "passwd": cmd_passwd,
+    "admin": cmd_admin, "passwd": cmd_passwd, "irc": cmd_irc,
 }
 
 

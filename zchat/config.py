@@ -350,19 +350,52 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class IrcConfig:
+    """Settings of ``zchat irc``, the IRC gateway (the ``[irc]`` table, docs/irc.md). It
+    reaches the broker with the ``[client]`` settings.
+
+    - ``listen``: ``HOST:PORT`` of the plain-text IRC listener; empty for none. A host
+      other than a loopback address needs ``allow_plaintext`` (IRC passwords travel in
+      the connection) or TLS (``tls_listen``) instead.
+    - ``tls_listen``: ``HOST:PORT`` of the TLS listener; empty for none. Needs
+      ``tls_cert`` and ``tls_key`` (PEM files).
+    - ``allow_plaintext``: allow ``listen`` on a non-loopback address.
+    - ``server_name``, ``network``: how the gateway names itself to IRC clients.
+    - ``guests``: a client that gives no password gets the account named by its nick,
+      created by the gateway with a password it keeps in memory (for tests and closed
+      networks; the broker must allow REGISTER). Off: no credentials, no connection.
+    - ``autojoin``: join the IRC client to every room of its account at registration.
+    - ``motd``: the message of the day, lines separated by newlines; empty for none.
+    """
+
+    listen: str = "127.0.0.1:6667"
+    tls_listen: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    allow_plaintext: bool = False
+    server_name: str = "irc.zchat"
+    network: str = "zchat"
+    guests: bool = False
+    autojoin: bool = True
+    motd: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
-    """All settings: the ``[broker]`` and ``[client]`` tables."""
+    """All settings: the ``[broker]``, ``[client]`` and ``[irc]`` tables."""
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+    irc: IrcConfig = field(default_factory=IrcConfig)
 
 #: The broker's database file inside its data directory (``data_dir``).
 DB_FILENAME = "zchat.db"
 
 #: TOML table name -> the dataclass holding its keys.
-_TABLES: dict[str, type[BrokerConfig] | type[ClientConfig]] = {
+_TABLES: dict[str, type[BrokerConfig] | type[ClientConfig] | type[IrcConfig]] = {
     "broker": BrokerConfig,
     "client": ClientConfig,
+    "irc": IrcConfig,
 }
 
 
@@ -473,12 +506,13 @@ def config_from_dict(document: dict[str, Any], *, path: Path | str | None = None
             raise ConfigError(f"must be a table, got {_type_name(value)}", path=path, table=name)
     broker = _build_table("broker", BrokerConfig, document.get("broker", {}), path)
     client = _build_table("client", ClientConfig, document.get("client", {}), path)
-    config = Config(broker=broker, client=client)
+    irc = _build_table("irc", IrcConfig, document.get("irc", {}), path)
+    config = Config(broker=broker, client=client, irc=irc)
     validate(config, path=path)
     return config
 
 
-_Table = typing.TypeVar("_Table", BrokerConfig, ClientConfig)
+_Table = typing.TypeVar("_Table", BrokerConfig, ClientConfig, IrcConfig)
 
 
 def _build_table(
@@ -726,7 +760,8 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keyformat);
     ``store`` empty or a PostgreSQL URL (:func:`store_problem`).
     """
-    for table, section in (("broker", config.broker), ("client", config.client)):
+    for table, section in (("broker", config.broker), ("client", config.client),
+                           ("irc", config.irc)):
         hints = _field_types(type(section))
         for f in dataclasses.fields(section):
             _coerce(getattr(section, f.name), hints[f.name], path=path, table=table, key=f.name)
@@ -861,10 +896,57 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
             check_key(c.server_key, "the key")
         except BadKey as exc:
             fail("client", "server_key", str(exc))
+    irc_wrong = irc_problem(config.irc)
+    if irc_wrong is not None:
+        fail("irc", irc_wrong[0], irc_wrong[1])
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:6667`` for IPv6) as (host, port). Raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def irc_problem(irc: IrcConfig) -> tuple[str, str] | None:
+    """(key, problem) of the first wrong ``[irc]`` setting, or None: listeners are
+    HOST:PORT; a plain listener off loopback needs ``allow_plaintext`` (passwords travel
+    in the connection); TLS needs a certificate and a key; at least one listener."""
+    for key in ("listen", "tls_listen"):
+        value = getattr(irc, key)
+        if value:
+            try:
+                listen_address(value)
+            except ValueError as exc:
+                return key, str(exc)
+    if not irc.listen and not irc.tls_listen:
+        return "listen", "set listen or tls_listen: the gateway needs a listener"
+    if irc.listen and not irc.allow_plaintext and not is_loopback(listen_address(irc.listen)[0]):
+        return "listen", (f"{irc.listen} is not a loopback address, and IRC passwords would "
+                          "cross the network in plain text: use tls_listen (with tls_cert "
+                          "and tls_key), or set allow_plaintext = true if you mean it")
+    if irc.tls_listen and not (irc.tls_cert and irc.tls_key):
+        return "tls_listen", "needs tls_cert and tls_key (PEM files)"
+    if not irc.server_name or " " in irc.server_name:
+        return "server_name", "must be one word"
+    return None
 
 
 def _coerce(value: Any, hint: Any, *, path: Path | str | None, table: str, key: str) -> Any:
-    """Return ``value`` as the field type ``hint`` (str, int, float, tuple[str, ...]).
+    """Return ``value`` as the field type ``hint`` (str, bool, int, float, tuple[str, ...]).
 
     Accepts an int for a float and a list for a tuple; refuses a bool for an int or float,
     and a non-finite float. Raises ConfigError naming ``table`` and ``key``.
@@ -881,6 +963,10 @@ def _coerce(value: Any, hint: Any, *, path: Path | str | None, table: str, key: 
     if hint is str:
         if not isinstance(value, str):
             raise wrong("a string")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -358,6 +358,12 @@ class Client:
                 if f.following]
 
     @property
+    def events_waiting(self) -> int:
+        """Events queued for ``events()`` and not taken yet (a gateway answers an IRC PING
+        once the events heard before it are passed on, zchat/irc/server.py)."""
+        return self._events.qsize()
+
+    @property
     def unanswered_since(self) -> float | None:
         """``time.monotonic()`` at which the oldest request still waiting for its reply
         was sent (a heartbeat PING included), or None when none is waiting. A person's

@@ -1,0 +1,333 @@
+"""The IRC gateway end to end in one process: a real broker (in-process, tests/conftest.py
+``harness``), the real gateway (zchat/irc/server.py) on a free loopback port, and plain
+socket IRC clients. Waits are on lines arriving, each bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from client_helpers import RestartableBroker, logged_in
+from conftest import run
+
+from zchat import wire as p
+from zchat.irc.codec import Message, parse_line
+from zchat.irc.server import ClientOptions, Gateway, tls_context
+from zchat.irc.state import Settings
+from zchat.testing import DEFAULT_PASSWORD, Harness, next_message
+
+LINE_WAIT_S = 5.0
+
+
+class IrcClient:
+    """A plain IRC client on a socket: send lines, wait for a line that matches."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.seen: list[Message] = []
+
+    def send(self, line: str | bytes) -> None:
+        raw = line.encode() if isinstance(line, str) else line
+        self.writer.write(raw + b"\r\n")
+
+    async def expect(self, pred: Callable[[Message], bool], what: str = "a line",
+                     timeout_s: float = LINE_WAIT_S) -> Message:
+        async def read() -> Message:
+            while True:
+                raw = await self.reader.readline()
+                if not raw:
+                    raise AssertionError(f"connection closed while waiting for {what}; "
+                                         f"seen {self.seen}")
+                msg = parse_line(raw)
+                self.seen.append(msg)
+                if pred(msg):
+                    return msg
+        try:
+            return await asyncio.wait_for(read(), timeout_s)
+        except TimeoutError:
+            raise AssertionError(f"no {what} in {timeout_s} s; seen {self.seen}") from None
+
+    async def command(self, name: str, timeout_s: float = LINE_WAIT_S) -> Message:
+        return await self.expect(lambda m: m.command == name, name, timeout_s)
+
+    async def sync(self) -> list[Message]:
+        """Everything up to the PONG of a PING sent now (the gateway answers in order)."""
+        start = len(self.seen)
+        self.send("PING sync")
+        await self.expect(lambda m: m.command == "PONG" and m.params[-1] == "sync", "PONG")
+        return self.seen[start:-1]
+
+    async def closed(self, timeout_s: float = LINE_WAIT_S) -> None:
+        async def eof() -> None:
+            while await self.reader.readline():
+                pass
+        await asyncio.wait_for(eof(), timeout_s)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway(harness: Harness, **settings: object) -> AsyncIterator[tuple[Gateway, int]]:
+    gw = Gateway(Settings(**settings), ClientOptions(server=harness.server))  # type: ignore[arg-type]
+    _host, port = await gw.start("127.0.0.1", 0)
+    try:
+        yield gw, port
+    finally:
+        await gw.shutdown()
+
+
+async def connect(port: int, nick: str, password: str | None = DEFAULT_PASSWORD,
+                  caps: str = "") -> IrcClient:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    irc = IrcClient(reader, writer)
+    if caps:
+        irc.send(f"CAP REQ :{caps}")
+    if password is not None:
+        irc.send(f"PASS :{password}")
+    irc.send(f"NICK {nick}")
+    irc.send("USER u 0 * :Real")
+    if caps:
+        irc.send("CAP END")
+    if password is not None:
+        await irc.command("001")
+    return irc
+
+
+async def registered(harness: Harness, *names: str) -> None:
+    for name in names:
+        async with harness.client(name) as client:
+            await client.logout()
+
+
+def test_irc_users_and_a_zchat_user_talk(harness: Harness) -> None:
+    async def scenario() -> None:
+        await registered(harness, "alice", "bob")
+        async with gateway(harness, autojoin=False) as (_gw, port), \
+                harness.client("carol") as carol:
+            await carol.join("dev")
+            alice = await connect(port, "alice", caps="echo-message server-time")
+            bob = await connect(port, "bob")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            bob.send("JOIN #dev")
+            names = await bob.command("353")
+            assert set(names.params[-1].split()) >= {"alice", "bob", "carol"}
+            await alice.expect(lambda m: m.command == "JOIN" and m.source.startswith("bob!"))
+            # IRC -> zchat and IRC, with the echo once and in order
+            alice.send("PRIVMSG #dev :héllo from irc")
+            echoed = await alice.command("PRIVMSG")
+            assert echoed.params == ("#dev", "héllo from irc") and "time" in echoed.tags
+            got = await bob.command("PRIVMSG")
+            assert got.source.startswith("alice!") and got.params[1] == "héllo from irc"
+            posted = await next_message(carol, "dev")
+            assert (posted.sender, posted.text) == ("alice", "héllo from irc")
+            assert not [m for m in await alice.sync() if m.command == "PRIVMSG"]
+            # zchat -> IRC: a /me and a long text of two lines
+            await carol.send("dev", "waves", kind="action")
+            action = await bob.command("PRIVMSG")
+            assert action.params[1] == "\x01ACTION waves\x01"
+            long_text = "ü" * 600 + "\nsecond"
+            await carol.send("dev", long_text)
+            pieces = [await bob.command("PRIVMSG")]
+            while pieces[-1].params[1] != "second":
+                pieces.append(await bob.command("PRIVMSG"))
+            assert len(pieces) == 4  # 1,200 bytes in three lines, then the second line
+            assert "".join(m.params[1] for m in pieces[:-1]) == "ü" * 600
+            # a DM both ways
+            bob.send("PRIVMSG carol :psst")
+            await bob.sync()
+            dm = await asyncio.wait_for(_next_dm(carol), LINE_WAIT_S)
+            assert (dm.sender, dm.text) == ("bob", "psst")
+            await carol.dm("bob", "hi bob")
+            got = await bob.command("PRIVMSG")
+            assert got.source.startswith("carol!") and got.params == ("bob", "hi bob")
+            alice.close()
+            bob.close()
+
+    run(scenario())
+
+
+async def _next_dm(client: object) -> p.DirectMessage:
+    async for ev in client.events():  # type: ignore[attr-defined]
+        if isinstance(ev, p.DirectMessage):
+            return ev
+    raise AssertionError("events ended")
+
+
+def test_a_closed_irc_connection_ends_its_zchat_session(harness: Harness) -> None:
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (gw, port), harness.client("watcher") as watcher:
+            alice = await connect(port, "alice")
+            await alice.sync()
+            assert gw.connections == 1
+            alice.writer.transport.abort()  # no QUIT: the connection just dies
+
+            async def offline() -> p.PresenceChanged:
+                async for ev in watcher.events():
+                    if isinstance(ev, p.PresenceChanged) and ev.name == "alice" \
+                            and ev.presence == "offline":
+                        return ev
+                raise AssertionError("events ended")
+            await asyncio.wait_for(offline(), LINE_WAIT_S)
+
+    run(scenario())
+
+
+def test_no_credentials_bad_password_and_guests(harness: Harness) -> None:
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port):
+            anon = await connect(port, "someone", password=None)
+            err = await anon.command("ERROR")
+            assert "no credentials" in err.params[0]
+            await anon.closed()
+            wrong = await connect(port, "alice", password=None)
+            wrong.close()
+            wrong = IrcClient(*await asyncio.open_connection("127.0.0.1", port))
+            wrong.send("PASS alice:nope")
+            wrong.send("NICK alice")
+            wrong.send("USER u 0 * :x")
+            await wrong.command("464")
+            await wrong.closed()
+        async with gateway(harness, guests=True) as (_gw, port):
+            guest = await connect(port, "newbie", password=None)
+            await guest.command("001")
+            taken = await connect(port, "alice", password=None)
+            await taken.command("433")
+            taken.close()
+            guest.close()
+
+    run(scenario())
+
+
+def test_garbage_and_overlong_lines_leave_the_gateway_up(harness: Harness) -> None:
+    async def scenario() -> None:
+        await registered(harness, "alice", "bob")
+        async with gateway(harness) as (_gw, port):
+            alice = await connect(port, "alice")
+            bob = await connect(port, "bob")
+            alice.send(b"\xff\xfe\x00 not utf-8")
+            await alice.command("FAIL")
+            alice.send(b":::: ::: ::")
+            alice.send(b"PRIVMSG " + b"x" * 20_000)
+            await alice.command("417")
+            alice.send(b"@" + b";" * 5000 + b" PING x")
+            alice.send("JOIN")
+            await alice.command("461")
+            await alice.sync()
+            await bob.sync()  # another user was never stalled
+            alice.close()
+            bob.close()
+
+    run(scenario())
+
+
+def test_broker_refusals_are_never_silent(harness: Harness) -> None:
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port):
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            alice.send("PRIVMSG #dev :" + "x" * 450)  # fits IRC, but see the next one
+            alice.send("PRIVMSG #nojoin :hi")
+            alice.send("PRIVMSG nobody :hi")
+            alice.send("PART #nowhere")
+            replies = [m.command for m in await alice.sync()]
+            assert "403" in replies and "401" in replies, replies
+            alice.close()
+
+    run(scenario())
+
+
+def test_shutdown_tells_every_client(harness: Harness) -> None:
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        gw = Gateway(Settings(), ClientOptions(server=harness.server))
+        _host, port = await gw.start("127.0.0.1", 0)
+        alice = await connect(port, "alice")
+        anon = IrcClient(*await asyncio.open_connection("127.0.0.1", port))
+        anon.send("NICK x")
+        await alice.sync()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await gw.shutdown("going down")
+        assert loop.time() - start < 2.0
+        assert "going down" in (await alice.command("ERROR")).params[0]
+        await alice.closed()
+        await anon.command("ERROR")
+
+    run(scenario())
+
+
+def test_tls_listener(harness: Harness, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (it makes the test's certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        gw = Gateway(Settings(), ClientOptions(server=harness.server))
+        _host, port = await gw.start("127.0.0.1", 0, tls_context(str(cert), str(key)))
+        try:
+            client_ctx = ssl.create_default_context()
+            client_ctx.check_hostname = False
+            client_ctx.verify_mode = ssl.CERT_NONE
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+            irc = IrcClient(reader, writer)
+            irc.send(f"PASS :{DEFAULT_PASSWORD}")
+            irc.send("NICK alice")
+            irc.send("USER u 0 * :x")
+            assert (await irc.command("001")).params[0] == "alice"
+            irc.send("QUIT")
+            await irc.command("ERROR")
+        finally:
+            await gw.shutdown()
+
+    run(scenario())
+
+
+def test_a_broker_restart_leaves_irc_connections_up(inproc_broker: RestartableBroker) -> None:
+    """The gateway's client reconnects (RESUME or LOGIN) and backfills: the IRC client
+    stays connected, is told, and gets a message posted after the restart once."""
+    async def scenario() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        alice_account = await logged_in(inproc_broker, "alice")
+        await alice_account.logout()
+        await alice_account.close()
+        bob = await logged_in(inproc_broker, "bob", ("dev",), reconnect=True,
+                              reconnect_max_s=0.5)
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=inproc_broker.router, reconnect_max_s=0.5))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            await alice.sync()
+            await asyncio.to_thread(inproc_broker.stop)
+            await asyncio.to_thread(inproc_broker.start)
+            await alice.expect(lambda m: m.command == "NOTICE" and "back" in m.params[-1],
+                               "the reconnect's NOTICE", timeout_s=15)
+            await bob.send("dev", "after the restart")
+            got = await alice.command("PRIVMSG", timeout_s=15)
+            assert got.params == ("#dev", "after the restart")
+            assert not [m for m in await alice.sync() if m.command == "PRIVMSG"]
+            alice.close()
+        finally:
+            await gw.shutdown()
+            await bob.close()
+
+    run(scenario(), timeout_s=60)

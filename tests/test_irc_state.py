@@ -1,0 +1,263 @@
+"""The IRC connection's pure state machine (zchat/irc/state.py), driven directly: IRC
+messages, zchat replies and events in; IRC messages and zchat calls out. No sockets."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from zchat import wire as p
+from zchat.irc import calls as c
+from zchat.irc.codec import Message, parse_line
+from zchat.irc.core import connection
+from zchat.irc.state import IrcConnection, Settings
+
+
+def lines(actions: list[c.Action]) -> list[Message]:
+    return [a.message for a in actions if isinstance(a, c.Send)]
+
+
+def calls(actions: list[c.Action]) -> list[c.Call]:
+    return [a for a in actions if isinstance(a, c.Call)]
+
+
+def feed(conn: IrcConnection, *raw: str) -> list[c.Action]:
+    out: list[c.Action] = []
+    for line in raw:
+        out += conn.receive(parse_line(line))
+    return out
+
+
+def logged_in(name: str = "alice", rooms: tuple[str, ...] = ()) -> p.LoggedIn:
+    return p.LoggedIn(name=name, session="s", rooms=tuple(
+        p.RoomState(room=r, last_seq=0) for r in rooms))
+
+
+def register(conn: IrcConnection, nick: str = "alice", caps: str = "") -> list[c.Action]:
+    out = feed(conn, *(["CAP LS 302", f"CAP REQ :{caps}"] if caps else []),
+               "PASS secret", f"NICK {nick}", "USER u 0 * :Real Name",
+               *(["CAP END"] if caps else []))
+    (login,) = calls(out)
+    assert login.request == c.Login(nick, "secret")
+    return out + conn.result(login.id, logged_in(nick))
+
+
+def joined(conn: IrcConnection, room: str = "dev", created: bool = True) -> list[c.Action]:
+    (call,) = calls(feed(conn, f"JOIN #{room}"))
+    assert call.request == c.Join(room)
+    out = conn.result(call.id, p.RoomJoined(room=room, last_seq=0, created=created,
+                                            topic="t"))
+    (who,) = calls(out)
+    return out + conn.result(who.id, p.WhoList(users=(
+        p.UserPresence(name="alice", presence="online"),
+        p.UserPresence(name="bob", presence="online"),
+        p.UserPresence(name="carol", presence="offline"))))
+
+
+def test_no_credentials_is_a_clear_error_and_a_close() -> None:
+    conn = connection()
+    out = feed(conn, "NICK alice", "USER u 0 * :x")
+    assert [m.command for m in lines(out)] == ["NOTICE", "ERROR"]
+    assert isinstance(out[-1], c.Close)
+    assert conn.closed
+
+
+def test_pass_account_colon_password_wins_over_the_nick() -> None:
+    conn = connection()
+    out = feed(conn, "PASS bob:pw", "NICK whatever", "USER u 0 * :x")
+    (login,) = calls(out)
+    assert login.request == c.Login("bob", "pw")
+    out = conn.result(login.id, logged_in("bob"))
+    msgs = lines(out)
+    assert msgs[0] == Message("NICK", ("bob",), source="whatever!~u@zchat")
+    assert msgs[1].command == "001" and msgs[1].params[0] == "bob"
+
+
+def test_wrong_password_is_464_and_a_close() -> None:
+    conn = connection()
+    (login,) = calls(feed(conn, "PASS x", "NICK alice", "USER u 0 * :x"))
+    out = conn.failure(login.id, 401, "wrong name or password")
+    assert [m.command for m in lines(out)] == ["464", "ERROR"]
+    assert conn.closed
+
+
+def test_welcome_advertises_isupport() -> None:
+    out = register(connection())
+    isupport = next(m for m in lines(out) if m.command == "005")
+    assert {"CASEMAPPING=ascii", "CHANTYPES=#", "UTF8ONLY", "NICKLEN=32",
+            "TOPICLEN=300"} <= set(isupport.params)
+
+
+def test_sasl_plain_logs_in_before_registration() -> None:
+    conn = connection()
+    out = feed(conn, "CAP LS 302", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    assert lines(out)[-1] == Message("AUTHENTICATE", ("+",))
+    blob = base64.b64encode(b"\0bob\0pw").decode()
+    (login,) = calls(feed(conn, f"AUTHENTICATE {blob}"))
+    assert login.request == c.Login("bob", "pw")
+    out = conn.result(login.id, logged_in("bob"))
+    assert [m.command for m in lines(out)] == ["900", "903"]
+    out = feed(conn, "NICK nick", "USER u 0 * :x", "CAP END")
+    assert any(m.command == "001" and m.params[0] == "bob" for m in lines(out))
+    assert not calls(out)
+
+
+def test_sasl_failure_is_904() -> None:
+    conn = connection()
+    feed(conn, "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+    (login,) = calls(feed(conn, "AUTHENTICATE " + base64.b64encode(b"\0bob\0x").decode()))
+    assert [m.command for m in lines(conn.failure(login.id, 401, "no"))] == ["904"]
+
+
+def test_commands_before_registration_are_451() -> None:
+    conn = connection()
+    assert [m.command for m in lines(feed(conn, "JOIN #a"))] == ["451"]
+
+
+def test_join_names_and_topic() -> None:
+    conn = connection()
+    register(conn)
+    out = lines(joined(conn))
+    assert out[0] == Message("JOIN", ("#dev",), source="alice!~u@zchat")
+    assert out[1].command == "332"
+    names = next(m for m in out if m.command == "353")
+    assert names.params[-1] == "@alice bob"  # the creator is an operator; offline left out
+    assert out[-1].command == "366"
+
+
+def test_privmsg_to_channel_and_echo_once() -> None:
+    conn = connection()
+    register(conn, caps="echo-message server-time message-tags account-tag")
+    joined(conn)
+    (post,) = calls(feed(conn, "PRIVMSG #dev :hi \x02there\x02"))
+    assert post.request == c.Post("dev", "hi there", "text")
+    # the event comes first: held until the reply says whose it is, then shown once
+    ev = p.MessagePosted(room="dev", seq=7, time=1_700_000_000_123, sender="alice",
+                         text="hi there")
+    assert lines(conn.event(ev)) == []
+    out = lines(conn.result(post.id, p.Sent(room="dev", seq=7, time=1_700_000_000_123)))
+    assert len(out) == 1
+    assert out[0].tags == {"time": "2023-11-14T22:13:20.123Z", "msgid": "dev/7",
+                           "account": "alice"}
+    assert lines(conn.event(ev)) == []
+
+
+def test_no_echo_without_the_capability() -> None:
+    conn = connection()
+    register(conn)
+    joined(conn)
+    (post,) = calls(feed(conn, "PRIVMSG #dev :\x01ACTION waves\x01"))
+    assert post.request == c.Post("dev", "waves", "action")
+    assert lines(conn.result(post.id, p.Sent(room="dev", seq=1, time=0))) == []
+    assert lines(conn.event(p.MessagePosted(room="dev", seq=1, time=0, sender="alice",
+                                            text="waves", kind="action"))) == []
+
+
+def test_others_messages_split_and_actions() -> None:
+    conn = connection()
+    register(conn)
+    joined(conn)
+    out = lines(conn.event(p.MessagePosted(room="dev", seq=2, time=0, sender="bob",
+                                           text="line one\nline two", kind="text")))
+    assert [m.params for m in out] == [("#dev", "line one"), ("#dev", "line two")]
+    out = lines(conn.event(p.MessagePosted(room="dev", seq=3, time=0, sender="bob",
+                                           text="é" * 400, kind="action")))
+    assert len(out) == 2
+    assert all(m.params[1].startswith("\x01ACTION ") and m.params[1].endswith("\x01")
+               for m in out)
+
+
+def test_refusals_are_numerics_or_fail_never_silence() -> None:
+    conn = connection()
+    register(conn)
+    joined(conn)
+    cases: list[tuple[int, str]] = [(403, "404"), (413, "FAIL"), (429, "FAIL"),
+                                    (404, "403"), (500, "FAIL")]
+    for status, expected in cases:
+        (post,) = calls(feed(conn, "PRIVMSG #dev :hi"))
+        out = lines(conn.failure(post.id, status, "because"))
+        assert out and out[0].command == expected, (status, out)
+    (dm,) = calls(feed(conn, "PRIVMSG nobody :hi"))
+    assert [m.command for m in lines(conn.failure(dm.id, 404, "no"))] == ["401"]
+
+
+def test_presence_and_membership_events() -> None:
+    conn = connection()
+    register(conn, caps="away-notify extended-join")
+    joined(conn)
+    out = lines(conn.event(p.UserJoined(room="dev", name="dave", time=0)))
+    assert out == [Message("JOIN", ("#dev", "dave", "dave"), source="dave!~u@zchat")]
+    out = lines(conn.event(p.PresenceChanged(name="bob", presence="away", time=0,
+                                             text="lunch")))
+    assert out == [Message("AWAY", ("lunch",), source="bob!~u@zchat")]
+    out = lines(conn.event(p.PresenceChanged(name="bob", presence="offline", time=0)))
+    assert [m.command for m in out] == ["QUIT"]
+    out = lines(conn.event(p.UserLeft(room="dev", name="dave", time=0, by="alice",
+                                      reason="out")))
+    assert out == [Message("KICK", ("#dev", "dave", "out"), source="alice!~u@zchat")]
+    # rooms the IRC client did not join stay silent
+    assert lines(conn.event(p.UserJoined(room="other", name="x", time=0))) == []
+
+
+def test_quit_logs_out_and_closes() -> None:
+    conn = connection()
+    register(conn)
+    out = feed(conn, "QUIT :bye")
+    assert lines(out)[0].command == "ERROR"
+    assert any(isinstance(a, c.Call) and a.request == c.Logout("bye") for a in out)
+    assert isinstance(out[-1], c.Close)
+
+
+def test_unknown_and_short_commands() -> None:
+    conn = connection()
+    register(conn)
+    assert [m.command for m in lines(feed(conn, "FROB x"))] == ["421"]
+    assert [m.command for m in lines(feed(conn, "KICK #dev"))] == ["461"]
+    assert [m.command for m in lines(feed(conn, "NICK bad!nick"))] == ["432"]
+
+
+def test_shutdown_sends_error() -> None:
+    conn = connection(Settings(server_name="gw"))
+    register(conn)
+    out: list[Any] = conn.shutdown("bye")
+    assert lines(out)[0].command == "ERROR" and isinstance(out[-1], c.Close)
+
+
+def test_labeled_response_batches_what_the_command_said() -> None:
+    conn = connection()
+    register(conn, caps="labeled-response batch")
+    out = feed(conn, "@label=a1 PING x")
+    (ping,) = calls(out)
+    assert lines(out) == []  # nothing before the command's call is answered
+    (pong,) = lines(conn.result(ping.id, None))
+    assert pong.command == "PONG" and pong.tags == {"label": "a1"}
+    (ack,) = lines(feed(conn, "@label=a2 PONG x"))
+    assert ack.command == "ACK" and ack.tags == {"label": "a2"}
+    (who,) = calls(feed(conn, "@label=a3 WHO #dev"))
+    out = lines(conn.result(who.id, p.WhoList(users=(
+        p.UserPresence(name="bob", presence="online"),))))
+    assert [m.command for m in out] == ["BATCH", "352", "315", "BATCH"]
+    assert out[0].tags == {"label": "a3"} and out[0].params[1] == "labeled-response"
+    assert all(m.tags == {"batch": out[0].params[0][1:]} for m in out[1:3])
+
+
+def test_chathistory_selection() -> None:
+    from zchat.irc.history import Item, parse_timestamp, select
+
+    items = [Item(1000 * i, f"dev/{i}", "bob", "#dev", f"m{i}") for i in range(1, 11)]
+
+    def texts(sub: str, *refs: str, limit: int = 100) -> list[str]:
+        return [it.text for it in select(items, sub, refs, limit)]
+
+    assert texts("LATEST", "*", limit=3) == ["m8", "m9", "m10"]
+    assert texts("LATEST", "msgid=dev/8") == ["m9", "m10"]
+    assert texts("BEFORE", "msgid=dev/5", limit=2) == ["m3", "m4"]
+    assert texts("AFTER", "msgid=dev/5", limit=2) == ["m6", "m7"]
+    assert texts("AROUND", "msgid=dev/7", limit=1) == ["m7"]
+    assert texts("AROUND", "msgid=dev/7", limit=3) == ["m6", "m7", "m8"]
+    assert texts("BETWEEN", "msgid=dev/1", "msgid=dev/10", limit=3) == ["m2", "m3", "m4"]
+    assert texts("BETWEEN", "msgid=dev/10", "msgid=dev/1", limit=3) == ["m7", "m8", "m9"]
+    assert texts("BEFORE", "timestamp=1970-01-01T00:00:03.000Z") == ["m1", "m2"]
+    assert texts("AFTER", "timestamp=1970-01-01T00:00:09.500Z") == ["m10"]
+    assert texts("BEFORE", "msgid=other/3") == []
+    assert parse_timestamp("2023-11-14T22:13:20.123Z") == 1_700_000_000_123

@@ -1,0 +1,217 @@
+"""The IRC line codec: parse and serialize IRC messages with IRCv3 message tags
+(https://modern.ircdocs.horse/#message-format, https://ircv3.net/specs/extensions/message-tags),
+split incoming bytes into lines, and split zchat texts into IRC lines.
+
+Pure: no sockets, no clock. Errors are the peer's fault (``IrcParseError``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: The body of a line (source, command, parameters and CRLF) may be at most 512 bytes
+#: (RFC 1459 §2.3, Modern "Message format").
+MAX_LINE_BYTES = 512
+#: Tags a client may send: 4094 bytes plus "@" and the space (message-tags spec); a
+#: server may send 8191 (its own 4096 plus the client's).
+MAX_CLIENT_TAGS_BYTES = 4096
+MAX_TAGS_BYTES = 8191
+#: Most bytes buffered for one line before it counts as overlong and is dropped
+#: (ERR_INPUTTOOLONG): the client's tags and a full body.
+MAX_INCOMING_LINE_BYTES = MAX_CLIENT_TAGS_BYTES + MAX_LINE_BYTES
+#: Most parameters of one message (RFC 2812 §2.3: 14 middles and a trailing).
+MAX_PARAMS = 15
+
+_TAG_ESCAPES = {";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
+_TAG_UNESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+
+
+class IrcParseError(ValueError):
+    """A line that is not an IRC message (the peer's fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One IRC message: ``tags`` (name -> value, "" for a tag without one), ``source``
+    ("" when none), ``command`` (upper case, or a 3-digit numeric) and ``params`` (the
+    last may hold spaces)."""
+
+    command: str
+    params: tuple[str, ...] = ()
+    source: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def escape_tag_value(value: str) -> str:
+    return "".join(_TAG_ESCAPES.get(ch, ch) for ch in value)
+
+
+def unescape_tag_value(value: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\":
+            if i + 1 < len(value):
+                out.append(_TAG_UNESCAPES.get(value[i + 1], value[i + 1]))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def parse_line(line: bytes | str) -> Message:
+    """One IRC message from one line (without its CRLF). Bytes are decoded as UTF-8
+    (a ``UnicodeDecodeError`` is the caller's to turn into a FAIL: UTF8ONLY). Raises
+    IrcParseError for an empty line or one without a command."""
+    text = line.decode("utf-8") if isinstance(line, bytes) else line
+    text = text.rstrip("\r\n")
+    tags: dict[str, str] = {}
+    rest = text.lstrip(" ")
+    if rest.startswith("@"):
+        raw_tags, _, rest = rest[1:].partition(" ")
+        for item in raw_tags.split(";"):
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            tags[key] = unescape_tag_value(value)
+        rest = rest.lstrip(" ")
+    source = ""
+    if rest.startswith(":"):
+        source, _, rest = rest[1:].partition(" ")
+        rest = rest.lstrip(" ")
+    trailing: str | None = None
+    if " :" in rest:
+        rest, trailing = rest.split(" :", 1)
+    elif rest.startswith(":"):
+        rest, trailing = "", rest[1:]
+    words = [w for w in rest.split(" ") if w]
+    if not words:
+        raise IrcParseError("no command")
+    command, params = words[0].upper(), words[1:]
+    if trailing is not None:
+        params.append(trailing)
+    return Message(command=command, params=tuple(params), source=source, tags=tags)
+
+
+def serialize(msg: Message) -> bytes:
+    """``msg`` as one line with CRLF. The last parameter is sent as a trailing one (after
+    ":") when it is empty, holds a space or starts with ":". The caller keeps the body
+    within MAX_LINE_BYTES (``split_text``); a longer one is cut at a character boundary
+    rather than sent, so that no peer sees an overlong line."""
+    parts: list[str] = []
+    if msg.source:
+        parts.append(":" + msg.source)
+    parts.append(msg.command)
+    for i, param in enumerate(msg.params):
+        last = i == len(msg.params) - 1
+        if last and (not param or " " in param or param.startswith(":")):
+            parts.append(":" + param)
+        else:
+            parts.append(param)
+    body = " ".join(parts).replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    raw = body.encode("utf-8")
+    if len(raw) > MAX_LINE_BYTES - 2:
+        raw = cut_utf8(raw, MAX_LINE_BYTES - 2)
+    if msg.tags:
+        tag_text = ";".join(k if v == "" else f"{k}={escape_tag_value(v)}"
+                            for k, v in msg.tags.items())
+        tag_raw = ("@" + tag_text).encode("utf-8")
+        if len(tag_raw) < MAX_TAGS_BYTES:
+            raw = tag_raw + b" " + raw
+    return raw + b"\r\n"
+
+
+def body_too_long(line: bytes) -> bool:
+    """Whether ``line`` (without CRLF) has more than MAX_LINE_BYTES - 2 bytes after its
+    tags, or more than MAX_CLIENT_TAGS_BYTES of tags (ERR_INPUTTOOLONG)."""
+    body = line
+    if line.startswith(b"@"):
+        space = line.find(b" ")
+        if space < 0 or space > MAX_CLIENT_TAGS_BYTES:
+            return space > MAX_CLIENT_TAGS_BYTES
+        body = line[space + 1:].lstrip(b" ")
+    return len(body) > MAX_LINE_BYTES - 2
+
+
+def cut_utf8(raw: bytes, limit: int) -> bytes:
+    """The longest prefix of UTF-8 ``raw`` within ``limit`` bytes that ends at a
+    character boundary."""
+    if len(raw) <= limit:
+        return raw
+    end = limit
+    while end > 0 and (raw[end] & 0xC0) == 0x80:  # a continuation byte: back up
+        end -= 1
+    return raw[:end]
+
+
+def split_text(text: str, max_bytes: int) -> list[str]:
+    """``text`` as IRC message texts: one per line of it (``\\n``, ``\\r\\n``, U+2028 and
+    U+2029 break lines), each line cut into pieces of at most ``max_bytes`` UTF-8
+    bytes at character boundaries, preferring the last space. Empty lines are
+    dropped (IRC cannot carry an empty PRIVMSG); an empty text gives []."""
+    if max_bytes < 4:
+        raise ValueError("max_bytes must hold one character (4 bytes)")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n") \
+        .replace("\u2029", "\n").split("\n")
+    out: list[str] = []
+    for line in lines:
+        raw = line.encode("utf-8")
+        while len(raw) > max_bytes:
+            piece = cut_utf8(raw, max_bytes)
+            space = piece.rfind(b" ")
+            if space > max_bytes // 2:
+                piece = piece[:space + 1]
+            out.append(piece.decode("utf-8").rstrip(" ") or piece.decode("utf-8"))
+            raw = raw[len(piece):]
+        if raw:
+            out.append(raw.decode("utf-8"))
+    return out
+
+
+def irc_lower(name: str) -> str:
+    """The ``CASEMAPPING=ascii`` fold of a nick or channel: A-Z to a-z only. Identity of
+    accounts and rooms is zchat's own (``zchat.names.name_key``), which agrees on
+    ASCII."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class LineBuffer:
+    """Bytes from a socket in, complete lines out (h11's ``receive_data``/``next_event``
+    shape). A line longer than MAX_INCOMING_LINE_BYTES is dropped whole and reported
+    once as ``None`` in ``lines()`` (ERR_INPUTTOOLONG), so a peer that never sends a line
+    break holds at most that many bytes here."""
+
+    def __init__(self, max_line_bytes: int = MAX_INCOMING_LINE_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_line_bytes
+        self._discarding = False
+
+    def receive_data(self, data: bytes) -> list[bytes | None]:
+        """Feed ``data``; return the lines it completed (without CR/LF, empty ones
+        skipped), ``None`` standing for each overlong line dropped."""
+        out: list[bytes | None] = []
+        self._buf += data
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > self._max:
+                    if not self._discarding:
+                        out.append(None)
+                    self._discarding = True
+                    self._buf.clear()
+                return out
+            line = bytes(self._buf[:nl]).rstrip(b"\r")
+            del self._buf[:nl + 1]
+            if self._discarding:
+                self._discarding = False
+                continue
+            if len(line) > self._max:
+                out.append(None)
+                continue
+            if line.strip():
+                out.append(line)

@@ -1,0 +1,223 @@
+"""What a connection shows of each zchat event (zchat/irc/state.py): one function per
+event type, ``EVENTS`` maps each type to it. Pure, like the state machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from zchat import wire as p
+from zchat.client.events import (
+    ConnectionLost,
+    ConnectionRestored,
+    JoinedElsewhere,
+    LeftElsewhere,
+    Reconnecting,
+    SessionEnded,
+)
+from zchat.irc import calls as c
+from zchat.irc.codec import Message
+from zchat.irc.state import Channel, IrcConnection, Member
+from zchat.names import name_key
+
+
+def _on_posted(conn: IrcConnection, ev: p.MessagePosted) -> None:
+    ch = conn.channels.get(name_key(ev.room))
+    if ch is None:
+        return
+    if name_key(ev.sender) == name_key(conn.account):
+        key = (name_key(ev.room), ev.seq)
+        if key in conn._own_seen:
+            return
+        if conn._sends_in_flight and key not in conn._own_sent:
+            conn._held_own.append(ev)  # maybe ours: the SEND reply decides
+            return
+        if key in conn._own_sent and "echo-message" not in conn.caps:
+            return
+        conn._own_seen.add(key)
+    conn.deliver_posted(ev, ch)
+
+
+def _on_dm(conn: IrcConnection, ev: p.DirectMessage) -> None:
+    tags = conn.tags_for(ev.sender, ev.time, f"dm/{ev.id}")
+    if name_key(ev.sender) == name_key(conn.account):  # sent from another device
+        conn.deliver_text(conn.nick, "PRIVMSG", ev.to, ev.text, "text", tags)
+    else:
+        conn.deliver_text(ev.sender, "PRIVMSG", conn.nick, ev.text, "text", tags)
+
+
+def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:
+    ch = conn.channels.get(name_key(ev.room))
+    key = name_key(ev.name)
+    if ch is None or key == name_key(conn.account):
+        return
+    m = ch.members.get(key)
+    if m is not None and m.presence != "offline":
+        return
+    ch.members[key] = Member(ev.name)
+    _show_join(conn, ch, ev.name)
+
+
+def _show_join(conn: IrcConnection, ch: Channel, nick: str) -> None:
+    if "extended-join" in conn.caps:
+        conn.send(conn.from_user(nick, "JOIN", (ch.name, conn.account_of(nick),
+                                                conn.real_name(nick))))
+    else:
+        conn.send(conn.from_user(nick, "JOIN", (ch.name,)))
+    presence, text = conn.known.get(name_key(nick), ("online", ""))
+    if presence == "away" and "away-notify" in conn.caps:
+        conn.send(conn.from_user(nick, "AWAY", (text or "away",)))
+
+
+def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
+    ch = conn.channels.get(name_key(ev.room))
+    key = name_key(ev.name)
+    if ch is None:
+        return
+    if key == name_key(conn.account):
+        if ev.by and name_key(ev.by) != key:  # we were kicked or banned
+            del conn.channels[name_key(ev.room)]
+            conn.send(conn.from_user(ev.by, "KICK", (ch.name, conn.nick, ev.reason or ev.by)))
+        return
+    if (name_key(ev.room), key) in conn._own_kicks:
+        conn._own_kicks.discard((name_key(ev.room), key))
+        return
+    m = ch.members.pop(key, None)
+    if m is None:
+        return
+    if ev.by and name_key(ev.by) != key:
+        conn.send(conn.from_user(ev.by, "KICK", (ch.name, m.nick, ev.reason or ev.by)))
+    else:
+        conn.send(conn.from_user(m.nick, "PART", (ch.name,)))
+
+
+def _on_presence(conn: IrcConnection, ev: p.PresenceChanged) -> None:
+    key = name_key(ev.name)
+    conn.known[key] = (ev.presence, ev.text)
+    if key == name_key(conn.account):
+        return
+    shared = conn.shares_channel(ev.name)
+    if not shared:
+        return
+    before = shared[0].members[key].presence
+    for ch in shared:
+        ch.members[key].presence = ev.presence
+        ch.members[key].away_text = ev.text
+    nick = shared[0].members[key].nick
+    if ev.presence == "offline":
+        if before != "offline":
+            conn.send(conn.from_user(nick, "QUIT", (f"Quit: {ev.text}" if ev.text
+                                                    else "Quit: offline",)))
+        return
+    if before == "offline":
+        for ch in shared:
+            _show_join(conn, ch, nick)
+    if "away-notify" in conn.caps:
+        if ev.presence == "away":
+            conn.send(conn.from_user(nick, "AWAY", (ev.text or "away",)))
+        elif before == "away":
+            conn.send(conn.from_user(nick, "AWAY", ()))
+
+
+def _on_topic(conn: IrcConnection, ev: p.TopicChanged) -> None:
+    ch = conn.channels.get(name_key(ev.room))
+    if ch is None:
+        return
+    if name_key(ev.by) == name_key(conn.account) \
+            and conn._own_topic.get(name_key(ev.room)) == ev.topic:
+        del conn._own_topic[name_key(ev.room)]
+        return
+    ch.topic = ev.topic
+    tags = conn.tags_for(ev.by, ev.time)
+    conn.send(conn.from_user(ev.by, "TOPIC", (ch.name, ev.topic), tags))
+
+
+def _on_invited(conn: IrcConnection, ev: p.Invited) -> None:
+    conn.send(conn.from_user(ev.by, "INVITE", (conn.nick, "#" + ev.room),
+                             conn.tags_for(ev.by, ev.time)))
+
+
+def _on_role(conn: IrcConnection, ev: p.RoleChanged) -> None:
+    ch = conn.channels.get(name_key(ev.room))
+    if ch is None:
+        return
+    op = ev.role in ("owner", "moderator")
+    m = ch.members.get(name_key(ev.name))
+    if m is not None:
+        if m.op == op:
+            return  # told already (our own MODE)
+        m.op = op
+    conn.send(conn.from_user(ev.by, "MODE", (ch.name, "+o" if op else "-o", ev.name)))
+
+
+def _on_room_mode(conn: IrcConnection, ev: p.RoomModeChanged) -> None:
+    ch = conn.channels.get(name_key(ev.room))
+    if ch is None:
+        return
+    changes = ""
+    if ev.private != ch.private:
+        changes += ("+" if ev.private else "-") + "i"
+    if ev.locked != ch.locked:
+        changes += ("+" if ev.locked else "-") + "m"
+    ch.private, ch.locked = ev.private, ev.locked
+    if changes:
+        conn.send(conn.from_user(ev.by, "MODE", (ch.name, changes)))
+
+
+def _on_mute(conn: IrcConnection, ev: p.MuteChanged) -> None:
+    where = "#" + ev.room if ev.room else "everywhere"
+    what = "muted" if ev.muted else "no longer muted"
+    conn.send(Message("NOTICE", (conn.nick, f"You are {what} in {where} by {ev.by}"
+                                 + (f": {ev.reason}" if ev.reason else "")),
+                      source=conn.settings.server_name))
+
+
+def _on_room_deleted(conn: IrcConnection, ev: p.RoomDeleted) -> None:
+    ch = conn.channels.pop(name_key(ev.room), None)
+    if ch is not None:
+        conn.send(conn.from_user(ev.by, "KICK", (ch.name, conn.nick,
+                                                 f"room deleted: {ev.reason or ev.by}")))
+
+
+def _on_session_ended(conn: IrcConnection, ev: SessionEnded) -> None:
+    conn.send(Message("ERROR", (f"Closing link: zchat session ended ({ev.reason})",)))
+    conn._close("session ended")
+
+
+def _on_connection(conn: IrcConnection, ev: Any) -> None:
+    text = {ConnectionLost: "lost the zchat broker; reconnecting",
+            ConnectionRestored: "back with the zchat broker",
+            Reconnecting: ""}.get(type(ev), "")
+    if text:
+        conn.send(Message("NOTICE", (conn.nick, text), source=conn.settings.server_name))
+
+
+def _on_joined_elsewhere(conn: IrcConnection, ev: JoinedElsewhere) -> None:
+    if conn.settings.autojoin and name_key(ev.room) not in conn.channels:
+        conn.call(c.Join(ev.room), conn._joined, "#" + ev.room)
+
+
+def _on_left_elsewhere(conn: IrcConnection, ev: LeftElsewhere) -> None:
+    ch = conn.channels.pop(name_key(ev.room), None)
+    if ch is not None:
+        conn.send(conn.from_user(conn.nick, "PART", (ch.name, "left on another device")))
+
+
+EVENTS: dict[type, Callable[[IrcConnection, Any], None]] = {
+    p.MessagePosted: _on_posted,
+    p.DirectMessage: _on_dm,
+    p.UserJoined: _on_joined,
+    p.UserLeft: _on_left,
+    p.PresenceChanged: _on_presence,
+    p.TopicChanged: _on_topic,
+    p.Invited: _on_invited,
+    p.RoleChanged: _on_role,
+    p.RoomModeChanged: _on_room_mode,
+    p.MuteChanged: _on_mute,
+    p.RoomDeleted: _on_room_deleted,
+    SessionEnded: _on_session_ended,
+    ConnectionLost: _on_connection,
+    ConnectionRestored: _on_connection,
+    JoinedElsewhere: _on_joined_elsewhere,
+    LeftElsewhere: _on_left_elsewhere,
+}

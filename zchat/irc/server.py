@@ -1,0 +1,433 @@
+"""The gateway's asyncio adapter (docs/irc.md): ``asyncio.start_server`` accepts IRC
+clients; each connection gets one ``zchat.client.Client`` and one pure
+``IrcConnection`` (zchat/irc/state.py), and this module only reads, calls the core and
+carries out its answer: writes lines, makes the zchat calls, closes.
+
+The lines of one connection are handled one at a time, each with the zchat calls it
+makes, so replies keep the order of the commands (an IRC client pairs them by order: a
+PING after a PRIVMSG is answered after the PRIVMSG's echo or error). zchat events are
+read by a second task per connection and written as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from zchat.client.client import Client
+from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
+from zchat.irc import calls as c
+from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line, serialize
+from zchat.irc.core import connection
+from zchat.irc.state import Peer, Settings
+from zchat.names import name_key
+
+log = logging.getLogger("zchat.irc")
+
+#: Bytes read from a client at a time.
+READ_CHUNK = 16 * 1024
+#: A client that has not registered within this many seconds is closed.
+REGISTRATION_TIMEOUT_S = 60.0
+#: Silence after which the gateway PINGs a registered client, and after which it gives
+#: up when the PING gets no answer either.
+IDLE_PING_S = 120.0
+IDLE_CLOSE_S = 60.0
+#: Bytes waiting to be written to one client before it counts as dead (SendQ exceeded):
+#: a client that stops reading must not hold the gateway's memory.
+MAX_SENDQ_BYTES = 4 * 1024 * 1024
+#: How long LOGOUT may take when a connection ends, and how long SIGTERM waits for all
+#: connections to end (the gateway exits within 2 s, docs/irc.md).
+LOGOUT_WAIT_S = 1.0
+SHUTDOWN_WAIT_S = 1.5
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How each connection's zchat client reaches the broker (``[client]``)."""
+
+    server: str
+    timeout_s: float = 5.0
+    reconnect_max_s: float = 30.0
+    encryption: str = "curve"
+    server_key: str = ""
+    key_server: str = ""
+
+    def make(self) -> Client:
+        return Client(self.server, timeout_s=self.timeout_s, reconnect=True,
+                      reconnect_max_s=self.reconnect_max_s, encryption=self.encryption,
+                      server_key=self.server_key, key_server=self.key_server)
+
+
+class Gateway:
+    """The listener(s) and every connection. ``start`` binds; ``shutdown`` tells every
+    client ERROR, logs every session out and closes."""
+
+    def __init__(self, settings: Settings, client_options: ClientOptions,
+                 client_factory: Callable[[], Client] | None = None) -> None:
+        self.settings = settings
+        self.client_options = client_options
+        self._factory = client_factory or client_options.make
+        self._servers: list[asyncio.Server] = []
+        self._sessions: set[_Session] = set()
+        #: Guest accounts this gateway created (``[irc] guests``): name_key -> password.
+        self.guest_passwords: dict[str, str] = {}
+        #: Guest accounts in use by a connection now: a second one is ERR_NICKNAMEINUSE.
+        self.guests_online: set[str] = set()
+        #: What the IRC connections told of their users, for the others' WHO/WHOIS.
+        self.peers: dict[str, Peer] = {}
+        self._guest_lock = asyncio.Lock()
+
+    async def start(self, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
+        server = await asyncio.start_server(self._serve, host, port, ssl=ssl_context,
+                                            limit=READ_CHUNK)
+        self._servers.append(server)
+        sock = server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    @property
+    def connections(self) -> int:
+        return len(self._sessions)
+
+    async def shutdown(self, text: str = "gateway shutting down") -> None:
+        for server in self._servers:
+            server.close()
+        sessions = list(self._sessions)
+        for s in sessions:
+            s.stop(text)
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(s.done.wait()) for s in sessions],
+                               timeout=SHUTDOWN_WAIT_S)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 0.2)
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, reader, writer)
+        self._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+
+class _Session:
+    """One IRC connection: its socket, its core, its zchat client."""
+
+    def __init__(self, gateway: Gateway, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.gateway = gateway
+        self.reader = reader
+        self.writer = writer
+        self.conn = connection(gateway.settings, gateway.peers)
+        self.client: Client | None = None
+        self.logged_out = False
+        self.done = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._main: asyncio.Task[None] | None = None
+        self._closing = False
+        self._busy_events = False
+        self._finishing = False
+        self.guest = ""  # the guest account this connection holds (``[irc] guests``)
+
+    def stop(self, text: str) -> None:
+        """SIGTERM: ERROR to the client, then the session ends."""
+        self._write_actions(self.conn.shutdown(text))
+        if self._main is not None and not self._finishing:  # (not the LOGOUT under way)
+            self._main.cancel()
+
+    async def run(self) -> None:
+        self._main = asyncio.current_task()
+        try:
+            await self._read_loop()
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError) as exc:
+            log.debug("connection ended: %s", exc)
+        except Exception:  # the one place that catches all: one client's bug ends it only
+            log.exception("IRC connection failed")
+        finally:
+            await self._finish()
+
+    async def _read_loop(self) -> None:
+        buf = LineBuffer()
+        pinged = False
+        while not self.conn.closed:
+            timeout = IDLE_CLOSE_S if pinged else (
+                IDLE_PING_S if self.conn.registered else REGISTRATION_TIMEOUT_S)
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                if not self.conn.registered or pinged:
+                    self._write_actions(self.conn.shutdown("Ping timeout" if pinged
+                                                           else "Registration timeout"))
+                    return
+                self._write(b"PING :" + self.gateway.settings.server_name.encode() + b"\r\n")
+                pinged = True
+                continue
+            if not data:
+                return
+            pinged = False
+            for line in buf.receive_data(data):
+                if line is None:
+                    await self._carry_out(self.conn.overlong())
+                    continue
+                if body_too_long(line):
+                    await self._carry_out(self.conn.overlong())
+                    continue
+                try:
+                    msg = parse_line(line)
+                except UnicodeDecodeError:
+                    await self._carry_out(self.conn.bad_line("utf8"))
+                    continue
+                except IrcParseError:
+                    continue
+                await self._carry_out(self.conn.receive(msg))
+                if self.conn.closed:
+                    return
+
+    async def _carry_out(self, actions: list[c.Action]) -> None:
+        """Do what the core said, feeding each call's answer back, until nothing is left."""
+        queue = list(actions)
+        while queue:
+            action = queue.pop(0)
+            if isinstance(action, c.Send):
+                self._write(serialize(action.message))
+            elif isinstance(action, c.Close):
+                self._closing = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.writer.drain(), 1.0)
+            else:
+                try:
+                    reply = await self._do(action.request)
+                except RequestFailed as exc:
+                    queue[:0] = self.conn.failure(action.id, int(exc.status), exc.reason)
+                except (ConnectionFailed, ZchatError) as exc:
+                    queue[:0] = self.conn.failure(action.id, 503, str(exc))
+                else:
+                    queue[:0] = self.conn.result(action.id, reply)
+        with contextlib.suppress(ConnectionError, OSError):
+            if self.writer.transport.get_write_buffer_size() > 64 * 1024:
+                await asyncio.wait_for(self.writer.drain(), 5.0)
+
+    def _write_actions(self, actions: list[c.Action]) -> None:
+        for action in actions:
+            if isinstance(action, c.Send):
+                self._write(serialize(action.message))
+
+    def _write(self, data: bytes) -> None:
+        if self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > MAX_SENDQ_BYTES:
+            log.info("closing a client that does not read (SendQ exceeded)")
+            self.writer.transport.abort()
+            if self._main is not None:
+                self._main.cancel()
+            return
+        self.writer.write(data)
+
+    async def _client(self) -> Client:
+        if self.client is None:
+            self.client = self.gateway._factory()
+        await self.client.connect()
+        return self.client
+
+    async def _login(self, name: str, password: str) -> Any:
+        client = await self._client()
+        reply = await client.login(name, password)
+        self._tasks.append(asyncio.create_task(self._read_events(client),
+                                               name="zchat-irc-events"))
+        return reply
+
+    async def _do(self, req: c.Request) -> Any:
+        if isinstance(req, c.Login):
+            return await self._login(req.name, req.password)
+        if isinstance(req, c.LoginGuest):
+            return await self._login_guest(req.name)
+        client = self.client
+        if client is None:
+            raise ConnectionFailed("not logged in")
+        if isinstance(req, c.Join):
+            return await client.join(req.room)
+        if isinstance(req, c.Part):
+            return await client.part(req.room)
+        if isinstance(req, c.Post):
+            return await client.send(req.room, req.text, req.kind)  # type: ignore[arg-type]
+        if isinstance(req, c.DirectMessage):
+            return await client.dm(req.to, req.text)
+        if isinstance(req, c.SetTopic):
+            return await client.set_topic(req.room, req.topic)
+        if isinstance(req, c.Who):
+            return await client.who(req.room)
+        if isinstance(req, c.Whois):
+            return await client.whois(req.name)
+        if isinstance(req, c.ListRooms):
+            return await client.list_rooms()
+        if isinstance(req, c.RoomInfo):
+            return await client.room_info(req.room)
+        if isinstance(req, c.SetPresence):
+            return await client.set_presence(req.presence, req.text)
+        if isinstance(req, c.Kick):
+            return await client.kick(req.room, req.name, req.reason)
+        if isinstance(req, c.Invite):
+            return await client.invite(req.room, req.name)
+        if isinstance(req, c.SetRole):
+            return await client.set_role(req.room, req.name, req.role)
+        if isinstance(req, c.SetRoom):
+            return await client.set_room(req.room, private=req.private, locked=req.locked)
+        if isinstance(req, c.History):
+            return await client.history(req.room, limit=req.limit)
+        if isinstance(req, c.DmHistory):
+            return await client.dm_history(req.peer, limit=req.limit)
+        if isinstance(req, c.Ping):
+            with contextlib.suppress(ZchatError, TimeoutError):
+                await client.ping()
+            for _ in range(100):  # the events heard meanwhile, written before the PONG
+                if not client.events_waiting and not self._busy_events:
+                    break
+                await asyncio.sleep(0.001)
+            return None
+        if isinstance(req, c.Logout):
+            await asyncio.wait_for(client.logout(req.text), LOGOUT_WAIT_S)
+            self.logged_out = True
+            return None
+        raise AssertionError(f"unknown call {req!r}")
+
+    async def _login_guest(self, name: str) -> Any:
+        """``[irc] guests``: the account ``name`` created by this gateway with a password
+        of its own (REGISTER), or logged in with it when created before. An account that
+        exists otherwise answers 409 (ERR_NICKNAMEINUSE)."""
+        key = name_key(name)
+        client = await self._client()
+        async with self.gateway._guest_lock:
+            if key in self.gateway.guests_online:
+                raise RequestFailed(Status.CONFLICT, f"{name} is connected already")
+            password = self.gateway.guest_passwords.get(key)
+            if password is None:
+                password = secrets.token_urlsafe(24)
+                await client.register(name, password)
+                self.gateway.guest_passwords[key] = password
+            self.gateway.guests_online.add(key)
+            self.guest = key
+        return await self._login(name, password)
+
+    async def _read_events(self, client: Client) -> None:
+        try:
+            async for ev in client.events():
+                if self.conn.closed:
+                    break
+                self._busy_events = True
+                try:
+                    await self._carry_out(self.conn.event(ev))
+                finally:
+                    self._busy_events = False
+                if self.conn.closed and self._main is not None and not self._finishing:
+                    self._main.cancel()
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionError, OSError):
+            if self._main is not None:
+                self._main.cancel()
+
+    async def _finish(self) -> None:
+        """The IRC connection ended (QUIT, EOF, error, shutdown): end the zchat session
+        (one offline event), stop the tasks, close the socket."""
+        self._finishing = True
+        self.gateway.guests_online.discard(self.guest)
+        self.conn.forget_peer()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.drain(), 0.5)
+        self.writer.close()
+        client = self.client
+        if client is not None:
+            if self.conn.logged_in and not self.logged_out and client.connected:
+                with contextlib.suppress(ZchatError, TimeoutError, OSError):
+                    await asyncio.wait_for(client.logout("connection closed"),
+                                           LOGOUT_WAIT_S)
+            with contextlib.suppress(Exception):
+                await client.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=0.5)
+        self.done.set()
+
+
+def settings_from(config: Any) -> Settings:
+    """The core's Settings from a ``zchat.config.Config``."""
+    irc = config.irc
+    return Settings(server_name=irc.server_name, network=irc.network, guests=irc.guests,
+                    autojoin=irc.autojoin,
+                    motd=tuple(irc.motd.splitlines()) if irc.motd else ())
+
+
+def client_options_from(config: Any) -> ClientOptions:
+    cl = config.client
+    return ClientOptions(server=cl.server, timeout_s=cl.timeout_s,
+                         reconnect_max_s=cl.reconnect_max_s, encryption=cl.encryption,
+                         server_key=cl.server_key, key_server=cl.key_server)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def serve(config: Any, ready: Callable[[list[str]], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run the gateway of ``config`` until ``stop`` is set (or the task is cancelled),
+    then shut it down (ERROR to every client, every session logged out)."""
+    from zchat.config import listen_address
+
+    gateway = Gateway(settings_from(config), client_options_from(config))
+    irc = config.irc
+    bound: list[str] = []
+    if irc.listen:
+        host, port = listen_address(irc.listen)
+        h, pt = await gateway.start(host, port)
+        bound.append(f"irc://{h}:{pt}")
+    if irc.tls_listen:
+        host, port = listen_address(irc.tls_listen)
+        h, pt = await gateway.start(host, port, tls_context(irc.tls_cert, irc.tls_key))
+        bound.append(f"ircs://{h}:{pt}")
+    if ready is not None:
+        ready(bound)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await gateway.shutdown()
+
+
+def run_gateway(config: Any) -> int:
+    """``zchat irc``'s body: serve until SIGTERM/SIGINT; exit code 0. Raises OSError when
+    a listener cannot bind."""
+    import signal
+    import sys
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        def ready(bound: list[str]) -> None:
+            print(f"zchat irc: listening on {', '.join(bound)}, broker "
+                  f"{config.client.server}", flush=True)
+
+        await serve(config, ready, stop)
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except OSError as exc:
+        print(f"zchat: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
