@@ -330,6 +330,25 @@ def _machine_state() -> str:
             f"listening: {listening}\nkernel (since boot): {kernel}")
 
 
+#: Test files that load both cores for seconds (hundreds of subscribers, floods, the
+#: benchmarks' runs, a cluster's processes, irctest's server per test): pytest-xdist's
+#: ``--dist loadgroup`` (pyproject.toml) runs them on one worker, one at a time, so two
+#: of them never compete for the CPU (docs/testing.md). A CI run that let two meet saw an
+#: honest PING wait 5 s where it waits 0.02 s alone.
+HEAVY_FILES = frozenset({
+    "test_pub_many_subscribers.py", "test_benchmarks.py", "test_chaos.py",
+    "test_abuse_script.py", "test_irctest.py", "test_cluster_failures.py",
+    "test_bounds.py", "test_pub_slow_subscribers.py", "test_protection_live.py",
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the group into the node id
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HEAVY_FILES:
+            item.add_marker(pytest.mark.xdist_group("heavy"))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """A failed test's report carries the last REPORT_LINES lines of what its
@@ -473,10 +492,12 @@ def start_broker(tmp_path: Path, attempts: int = 5, settings: str = "",
 
 
 def spawn_on_free_ports(command: list[str], env: dict[str, str], ready: str,
-                        timeout_s: float = 15.0, attempts: int = 5) -> tuple[Proc, str, str]:
+                        timeout_s: float = 30.0, attempts: int = 5) -> tuple[Proc, str, str]:
     """``command`` (a ``zchat broker …`` without endpoints) started with ``--router`` and
     ``--pub`` on free loopback ports, once its stdout printed a line with ``ready``; the
-    process and its ROUTER and PUB endpoints. Other ports when the bind fails (another
+    process and its ROUTER and PUB endpoints (``timeout_s``: 30, a Python start on a
+    loaded 2-core machine, the suite's other worker busy, once took over 15). Other ports
+    when the bind fails (another
     process took one between ``free_port`` and the bind); AssertionError after
     ``attempts`` or when it fails otherwise (killed then)."""
     for _ in range(attempts):

@@ -156,8 +156,13 @@ def test_irctest_selection_passes(tmp_path: Path) -> None:
             pytest.fail(missing)
         pytest.skip(missing)
     groups = GROUPS if os.environ.get("ZCHAT_IRCTEST_ALL") == "1" else CI_GROUPS
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(CONTROLLER_DIR), os.environ.get("PYTHONPATH", "")]), "TMPDIR": str(tmp_path)}
+    # Not an xdist worker's variables: irctest then imports filelock (not installed) to
+    # guard ports between its own workers, and this run has none (CI's first run died of
+    # "No module named 'filelock'" once the suite ran in two workers).
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("PYTEST_XDIST")}
+    env.update({"PYTHONPATH": os.pathsep.join(
+        [str(CONTROLLER_DIR), os.environ.get("PYTHONPATH", "")]), "TMPDIR": str(tmp_path)})
     done = subprocess.run(irctest_command(groups), cwd=IRCTEST, env=env,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     summary = [line for line in done.stdout.splitlines()

@@ -148,7 +148,11 @@ def leave_all_at_once(ctx: zmq.Context[Any], broker: TcpBroker, owner: zmq.Socke
         resumed_s = time.monotonic() - started
         fresh.close(linger=0)
     assert honest.error is None, honest.error
-    assert honest.worst < WORST_RTT_S, (
+    # Held, the PING waited for the whole walk (3.1 s of it); answered meanwhile, it
+    # waits next to nothing (0.02 s of 4.4 s alone). On a machine where the suite's other
+    # worker takes the CPU too, both stretch (5.2 s of 15 s in one CI run): half the walk
+    # still tells the two apart.
+    assert honest.worst < max(WORST_RTT_S, resumed_s / 2), (
         f"an honest PING waited {honest.worst:.2f} s while {LEAVERS} subscribers left "
         f"(events resumed after {resumed_s:.2f} s)")
 
