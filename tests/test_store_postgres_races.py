@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from zchat.core.ports import CmidReused, PostedRow, dm_pair
+from zchat.core.ports import CmidReused, PostedRow, PresenceBusy, dm_pair
 from zchat.errors import StorageError
 from zchat.store import postgres
 from zchat.store.postgres import Store
@@ -420,3 +420,92 @@ def test_a_stuck_brokers_open_batch_is_ended_by_the_database(
     assert [m.text for m in b.history("dev", None, None, 10)] == ["goes on", "stuck"]
     assert [m.text for m in b.dm_history(dm_pair("alice", "bob"), None, None, 10)] == \
         ["here"]
+
+
+# -- presence locks and session rows: one order across brokers (docs/cluster.md,
+#    "Deadlocks between brokers") -------------------------------------------------------------
+
+
+def _two_accounts(store: Store) -> None:
+    for name in ("amy", "zed"):
+        store.create_account(name, name, name, "x", 0)
+
+
+def test_presence_locks_in_opposite_orders_never_wait_for_each_other(
+        pg_url: str, opened: Any) -> None:
+    """Two brokers' groups each start sessions of the same two accounts, in opposite
+    orders (a mass failover's RESUMEs): before, each held one presence lock and waited
+    for the other's (a deadlock, found after PostgreSQL's deadlock_timeout, and a
+    presence decided without a count). Now the group whose next key is below one it
+    holds does not wait: PresenceBusy at once, nothing changed, and the other group
+    goes on and commits."""
+    a, b = opened(pg_url), opened(pg_url)
+    _two_accounts(a)
+    a.begin_group()
+    b.begin_group()
+    assert a.sessions_held("amy") == 0
+    assert b.sessions_held("zed") == 0
+    # A waits for zed (above amy, its only lock): in order, so it may
+    waiting = Racing(pg_url, a, lambda: a.sessions_held("zed"))
+    assert waiting.blocked(), "A did not wait for zed's presence lock"
+    started = time.monotonic()
+    with pytest.raises(PresenceBusy):  # B may not wait for amy (below zed)
+        b.sessions_held("amy")
+    assert time.monotonic() - started < 0.5  # no deadlock_timeout
+    b.commit_group()  # B's group is intact
+    assert waiting.outcome() == 0
+    a.commit_group()
+
+
+def test_a_group_holding_a_session_row_does_not_wait_for_a_presence_lock(
+        pg_url: str, opened: Any) -> None:
+    """A group that wrote a session's row (a RESUME that needs no presence event) may
+    hold what another broker waits for after taking a presence lock: it then only
+    takes presence locks that are free."""
+    a, b = opened(pg_url), opened(pg_url)
+    _two_accounts(a)
+    a.holder, b.holder = ("a", 1), ("b", 1)
+    a.begin_group()
+    a.add_session("t1", "zed", None, "", 1)  # a row, then amy's lock (held by B)
+    b.begin_group()
+    assert b.sessions_held("amy") == 0
+    with pytest.raises(PresenceBusy):
+        a.sessions_held("amy")
+    b.commit_group()
+    a.commit_group()
+    assert _count(pg_url, "SELECT count(*) FROM sessions WHERE broker_id = 'a'") == 1
+
+
+def test_the_reaper_skips_a_row_a_resume_holds_and_lets_it_go_later(
+        pg_url: str, opened: Any) -> None:
+    """The reaper took the dead broker's rows in one UPDATE and waited for the row a
+    RESUME on another broker was taking over, while that RESUME's group waited for a
+    row the reaper had taken (a deadlock, or the reaper's lock timeout: "cannot look
+    for expired leases"). Now it skips the locked row without waiting; if the RESUME
+    rolls back, the row is let go at the next reaping."""
+    reaper, resumer = opened(pg_url), opened(pg_url)
+    _two_accounts(reaper)
+    reaper.presence_grace_ms = resumer.presence_grace_ms = 5_000
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        raw.execute("INSERT INTO brokers(id, epoch, lease_until, owner) VALUES "
+                    "('dead', 1, clock_timestamp() - interval '1 s', 'x')")
+        for token, key in (("t1", "amy"), ("t2", "zed")):
+            raw.execute("INSERT INTO sessions(token_sha256, account_key, address, login_ms,"
+                        " broker_id, broker_epoch, released_ms) VALUES "
+                        "(%s, %s, '', 1, 'dead', 1, 0)", (token, key))
+    reaper.holder, resumer.holder = ("r", 1), ("s", 1)
+    resumer.begin_group()
+    resumer.add_session("t1", "amy", None, "", 1)  # taking t1 over, not committed
+    reaper.begin_group()
+    started = time.monotonic()
+    dead, alone = reaper.reap_brokers(int(time.time() * 1000), 60_000)
+    assert time.monotonic() - started < 0.5  # no lock wait
+    reaper.commit_group()
+    assert (dead, alone) == ([("dead", 1)], [])
+    assert _count(pg_url, "SELECT count(*) FROM sessions WHERE broker_id = ''") == 1  # t2
+    resumer.abort_group()  # the RESUME failed: t1 is the dead broker's still
+    assert _count(pg_url, "SELECT count(*) FROM sessions WHERE broker_id = 'dead'") == 1
+    reaper.begin_group()
+    assert reaper.reap_brokers(int(time.time() * 1000), 60_000) == ([], [])
+    reaper.commit_group()
+    assert _count(pg_url, "SELECT count(*) FROM sessions WHERE broker_id = ''") == 2

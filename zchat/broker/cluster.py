@@ -212,11 +212,17 @@ class ClusterLink:
         """The loop rebuilt its core (a failed commit): carry on with it. While fenced it
         holds no session: the rebuilt core would carry over those a refused wake-up
         had just made (a RESUME answered 503 left a session in memory, whose eviction
-        then published a second offline: a third tester's), so they are dropped."""
+        then published a second offline: a third tester's), so they are dropped. The
+        accounts online through other brokers are read again (WHO, WHOIS), as at start."""
         self.fanout.attach(core)
         if self.fenced:
             core.drop_sessions()
             self.fanout.seen.clear()
+        try:  # who is online elsewhere: the rebuilt core knows only its own sessions
+            self.fanout.load_presence()
+        except StorageError as exc:
+            log.error("cannot read who is online in the cluster: %s", exc.reason)
+            self._state_due = True
 
     def fileno(self) -> int:
         return self.listener.fileno()

@@ -599,6 +599,7 @@ class Broker:
         cluster, listening = self.cluster, -1
         self.ready.set()
         self._execute(self.core.tick(time.monotonic(), wall_ms()))
+        ticked = time.monotonic()  # the end of the last tick's work
         while not self._stopping.is_set():
             core = self.core
             deadline = core.next_deadline()
@@ -631,12 +632,17 @@ class Broker:
                     self._drain_jobs(core)
                     self._end_subscribers(core)
                 # The loop's own stalls (a message of millions of frames, the process
-                # stopped, a slow disk) are not the clients' silence: credit them before
-                # evicting.
+                # stopped, a slow disk, lock waits in the database) are not the clients'
+                # silence: credit them before evicting. Counted from the last tick, so
+                # that the work after it (the commit, a rebuild after a failed one, the
+                # cluster's reads) is counted too (a tester's mass failover evicted idle
+                # clients for the loop's own time there).
                 now = time.monotonic()
-                stall = max(0.0, woke - started - wait_s) + (now - woke)
+                stall = max(0.0, woke - started - wait_s) + (now - woke) + \
+                    max(0.0, started - ticked)
                 if stall > self.config.heartbeat_interval_s:
                     core.credit_stall(stall, now)
+                ticked = now  # the tick's own time is counted at the next wake-up
                 self._pending += core.tick(now, wall_ms())
             except BaseException:
                 self.store.abort_group()

@@ -39,9 +39,9 @@ from zchat import wire as p
 from zchat.core.actions import Action, ToPeer, ToTopic
 from zchat.core.context import Core
 from zchat.core.delivery import Delivery
-from zchat.core.ports import dm_pair
+from zchat.core.ports import PresenceBusy, dm_pair
 from zchat.core.state import Account, State
-from zchat.errors import ZchatError
+from zchat.errors import RateLimited, ZchatError
 
 log = logging.getLogger("zchat.broker")
 
@@ -50,6 +50,10 @@ log = logging.getLogger("zchat.broker")
 SESSION_MOVED = "r"
 #: Messages read from the database per query while catching a room up (a HISTORY page).
 CATCH_UP_PAGE = 500
+#: Milliseconds after which a request refused because another broker's open transaction
+#: held its account's presence lock (PresenceBusy) may be tried again: that transaction
+#: is one wake-up of the other broker, normally a few milliseconds.
+PRESENCE_RETRY_MS = 50
 #: The longest relayed event, in UTF-8 bytes: PostgreSQL refuses a notification payload
 #: of 8,000 bytes or more (and the whole transaction with it).
 RELAY_MAX_BYTES = 7_900
@@ -63,10 +67,16 @@ class ClusterDelivery(Delivery):
     shares_sessions = True
 
     def __init__(self, state: State, seen: dict[bytes, set[int]],
-                 census: Callable[[str], int] | None = None) -> None:
+                 census: Callable[[str], int] | None = None,
+                 locker: Callable[[str], None] | None = None,
+                 fail: Callable[[str], None] | None = None) -> None:
         super().__init__(state)
         #: Counts an account's sessions held in the whole cluster (Store.sessions_held).
         self.census = census
+        #: Takes an account's presence lock (Store.lock_presence), and fails the open
+        #: group (Store.fail_group).
+        self.locker = locker
+        self.fail = fail
         #: Rooms posted to since the loop last took them (``take_posted``) -> the events
         #: held back, in seq order.
         self.posted: dict[str, list[p.MessagePosted]] = {}
@@ -108,6 +118,21 @@ class ClusterDelivery(Delivery):
 
     def sessions_held(self, account_key: str) -> int | None:
         return None if self.census is None else self.census(account_key)
+
+    def lock_presence(self, account_key: str) -> None:
+        """Raises RateLimited (429, retry after PRESENCE_RETRY_MS) when another broker's
+        open transaction holds the lock and this one may not wait for it
+        (Store.lock_presence), StorageError (503) when the database fails."""
+        if self.locker is None:
+            return
+        try:
+            self.locker(account_key)
+        except PresenceBusy as exc:
+            raise RateLimited(exc.reason, PRESENCE_RETRY_MS) from exc
+
+    def count_failed(self, reason: str) -> None:
+        if self.fail is not None:
+            self.fail(f"storage failed, the batch was lost: {reason}")
 
     def presence(self, account: Account, key: str, now_ms: int,  # type: ignore[override]
                  text: str | None = None) -> ToTopic:
@@ -187,7 +212,9 @@ class Fanout:
         # the census is PostgreSQL's (several brokers); a store without one (the SQLite
         # file of the core's tests) counts this broker's sessions alone
         deliver = ClusterDelivery(core.state, self.seen,
-                                  getattr(core.store, "sessions_held", None))
+                                  getattr(core.store, "sessions_held", None),
+                                  getattr(core.store, "lock_presence", None),
+                                  getattr(core.store, "fail_group", None))
         core.deliver = deliver
         return deliver
 

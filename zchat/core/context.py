@@ -216,7 +216,17 @@ class Core(Protection):
                      forget: bool = True) -> list[Action]:
         """Forget ``session``; when it was the account's last, publish offline (carrying
         ``quit_text``, LOGOUT's quit message) (docs/PROTOCOL.md §8). With ``forget`` its
-        stored row goes too, so it cannot be resumed (§6.27); shutdown keeps it."""
+        stored row goes too, so it cannot be resumed (§6.27); shutdown keeps it.
+        In a cluster the account's presence lock comes first, before its row is
+        deleted (docs/cluster.md, "Deadlocks between brokers"); when it cannot be taken
+        the wake-up fails whole (``Delivery.count_failed``), never a guessed offline.
+        Callers that can wait (eviction, LOGOUT) take it first themselves."""
+        try:
+            self.deliver.lock_presence(session.account_key)
+        except (StorageError, ProtocolError) as exc:
+            log.error("cannot take the presence lock of %s: %s", session.account_key,
+                      exc.reason)
+            self.deliver.count_failed(exc.reason)
         del self.sessions[session.routing_id]
         self.unbind_key(session)
         token_hash = token_sha256(session.token)
@@ -269,13 +279,13 @@ class Core(Protection):
         self.by_token[token_sha256(session.token)] = session.routing_id
         account = self.accounts[session.account_key]
         account.sessions.add(session.routing_id)
+        if not announce:  # no count: nothing is published whatever it says
+            if account.presence == "offline":
+                account.presence = "online"
+            return []
         if len(account.sessions) == 1 and \
                 self._held_elsewhere(session.account_key, 1):
             if account.presence == "offline":  # online through another broker
-                account.presence = "online"
-            return []
-        if not announce:
-            if account.presence == "offline":
                 account.presence = "online"
             return []
         if account.presence == "offline" or len(account.sessions) == 1:
@@ -287,12 +297,16 @@ class Core(Protection):
         """Whether the cluster holds more sessions of the account than ``here`` (this
         broker's, counted in the store too): another broker keeps it online, so starting
         or ending a session here changes no presence. False on a broker alone, and when
-        the count cannot be read (the decision is then this broker's, as alone)."""
+        the count cannot be read: a cluster's wake-up then fails whole
+        (``Delivery.count_failed``: 503, its events dropped), since a decision without
+        the count could publish a wrong presence (a tester's blink: an offline, then an
+        online, of an account online all along)."""
         try:
             held = self.deliver.sessions_held(account_key)
         except StorageError as exc:
             log.error("cannot count the sessions of %s in the cluster: %s", account_key,
                       exc.reason)
+            self.deliver.count_failed(exc.reason)
             return False
         return held is not None and held > here
 

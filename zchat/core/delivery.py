@@ -94,6 +94,17 @@ class Delivery:
         alone: its own sessions in memory are then the count."""
         return None
 
+    def lock_presence(self, account_key: str) -> None:
+        """Before a session of the account starts or ends: take what orders presence
+        decisions across the cluster (nothing on a broker alone). Raises StorageError
+        (503) when it cannot be taken now; nothing was changed then."""
+
+    def count_failed(self, reason: str) -> None:
+        """The cluster's count of an account's sessions could not be read after this
+        wake-up began a session change: a decision made without it could publish a
+        wrong presence, so a cluster's wake-up is made to fail whole (503, nothing of it
+        sent; zchat.broker.loop ``_recover``). Nothing on a broker alone."""
+
     @staticmethod
     def presence(account: Account, key: str, now_ms: int, text: str | None = None) -> ToTopic:
         """The account's presence now, on its presence topic (``text`` for a quit

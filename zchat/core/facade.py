@@ -152,7 +152,8 @@ class BrokerCore(Core):
             return [self.error(job.routing_id, job.request_id, refusal.status,
                                refusal.reason)]
         except ProtocolError as exc:
-            return [self.error(job.routing_id, job.request_id, exc.status, exc.reason)]
+            return [self.error(job.routing_id, job.request_id, exc.status, exc.reason,
+                               exc.retry_after_ms)]
         except StorageError as exc:
             return [self.error(job.routing_id, job.request_id, Status.UNAVAILABLE, exc.reason)]
         except Exception:
@@ -183,6 +184,11 @@ class BrokerCore(Core):
             self._evict_at = math.inf
             for session in list(self.sessions.values()):  # snapshot: eviction mutates
                 if now_s - session.last_seen_s > timeout:
+                    try:  # in a cluster: busy elsewhere, evicted at the next wake-up
+                        self.deliver.lock_presence(session.account_key)
+                    except (StorageError, ProtocolError):
+                        self._evict_at = min(self._evict_at, now_s)
+                        continue
                     log.info("evicted %s (silent %.1f s) from %s", session.name,
                              now_s - session.last_seen_s, session.address or "?")
                     actions += self.end_session(session, now_ms)
@@ -216,7 +222,8 @@ class BrokerCore(Core):
         events must go before it. The sessions stay in the store, resumable for
         ``resume_grace_s`` after the next start."""
         actions = self.abandon_jobs("the broker is shutting down; retry when it is back")
-        for session in list(self.sessions.values()):
+        # by account: a cluster's presence locks are then taken in their one order
+        for session in sorted(self.sessions.values(), key=lambda s: s.account_key):
             actions += self.end_session(session, now_ms, forget=False)
         actions.append(self.deliver.broadcast(p.TOPIC_BROKER,
                                               p.GoingAway(text=text, time=now_ms)))
@@ -245,7 +252,8 @@ class BrokerCore(Core):
             if self.restored.pop(token_hash, None) is None \
                     or session.account_key not in self.accounts:
                 continue
-            self.bind_session(session, session.last_seen_ms)  # its event is not sent
+            # no event, nor a count of the cluster: the account's presence is old's
+            self.bind_session(session, session.last_seen_ms, announce=False)
         for key, account in self.accounts.items():
             before = old.accounts.get(key)
             if before is not None:

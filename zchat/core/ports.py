@@ -19,7 +19,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from zchat.errors import ZchatError
+from zchat.errors import StorageError, ZchatError
 
 # -- domain errors ------------------------------------------------------------------------
 
@@ -60,6 +60,14 @@ class AlreadyDeleted(DomainError):
     def __init__(self, seq: int, by: str) -> None:
         super().__init__(f"message #{seq} deleted already by {by}")
         self.seq, self.by = seq, by
+
+
+class PresenceBusy(StorageError):
+    """An account's presence lock is held by another broker's open transaction, and
+    this one may not wait for it (it could close a deadlock: docs/cluster.md,
+    "Deadlocks between brokers"). Nothing was changed; the request may be retried at
+    once (the other broker commits within milliseconds): the core answers 429 with a
+    short ``retry_after_ms``."""
 
 
 class BrokerIdInUse(DomainError):

@@ -83,6 +83,8 @@ def finish_login(core: Core, job: LoginJob, matched: bool, now_s: float, now_ms:
     # Store first: if it fails (503) the connection must not be left half logged in.
     account = core.accounts[job.key]
     token = secrets.token_urlsafe(24)
+    # the presence lock before the row (one order across the cluster, docs/cluster.md)
+    core.deliver.lock_presence(job.key)
     reply = logged_in(core, job.key, account.name, token)
     core.deliver.pending_handed(job.routing_id, reply.pending)
     core.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms)
@@ -237,6 +239,13 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
     account = core.accounts[row.account_key]
     reply = logged_in(core, row.account_key, account.name, req.session)
     core.deliver.pending_handed(call.rid, reply.pending)
+    # a row another broker held until now, or let go so recently that its account's
+    # offline is still held back (released_ms > 0, Store.due_offline): the account was
+    # online in the cluster all along, and stays so with no event (one online, one
+    # offline per account: docs/cluster.md)
+    announce = not row.holder and row.released_ms <= 0
+    if announce:  # the presence lock before the row (docs/cluster.md)
+        core.deliver.lock_presence(row.account_key)
     core.restored.pop(token_hash, None)
     # the row is this broker's now (in a cluster: held under its lease, docs/cluster.md),
     # and a broker still holding it lets it go, with no offline event (Fanout.session_moved)
@@ -246,12 +255,7 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
     resumed = Session(call.rid, req.session, row.account_key, account.name,
                       call.address or row.address, row.login_ms, call.now_s, call.now_ms,
                       login_token_id=row.login_token_id, transport_key=call.transport_key)
-    # a row another broker held until now, or let go so recently that its account's
-    # offline is still held back (released_ms > 0, Store.due_offline): the account was
-    # online in the cluster all along, and stays so with no event (one online, one
-    # offline per account: docs/cluster.md)
-    actions = core.bind_session(resumed, call.now_ms,
-                                announce=not row.holder and row.released_ms <= 0)
+    actions = core.bind_session(resumed, call.now_ms, announce=announce)
     log.info("resumed %s from the store (a broker restart, or another broker's "
              "session), from %s", account.name, call.address or row.address or "?")
     return [core.charge_reply(row.account_key, core.ok(call.rid, call.request_id, reply), call.now_s),
@@ -281,6 +285,7 @@ def logout(core: Core, call: Call, session: Session, req: p.Logout) -> list[Acti
     text = check_away_text(req.text, "quit message")
     if text and core.active_ban("mute", "", session.account_key, call.now_ms):
         text = ""  # §6.4: a quit message is speech; the LOGOUT itself goes through
+    core.deliver.lock_presence(session.account_key)  # 503 here when busy elsewhere
     log.info("logout %s", session.name)
     return [core.ok(call.rid, call.request_id, p.Ok()), *core.end_session(session, call.now_ms, text)]
 

@@ -56,6 +56,7 @@ from zchat.core.ports import (
     NoSuchMessage,
     NoSuchRoom,
     PostedRow,
+    PresenceBusy,
     RoomReadRow,
     RoomRow,
     SessionRow,
@@ -107,6 +108,10 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 5_000
 #: server's own bound first; a COMMIT cut off by it is ambiguous, as any COMMIT whose
 #: connection is lost (docs/cluster.md, "Limits found while building it").
 ANSWER_TIMEOUT_S = 5.0
+#: What a request is told when an account's presence lock is held by another broker's
+#: open transaction and waiting for it could close a cycle (``Store.lock_presence``).
+PRESENCE_BUSY = "storage busy: another broker is starting or ending a session of this " \
+    "account; retry"
 #: Bound of Store.active_ban's cache (entries); emptied whole when full.
 BAN_CACHE_MAX = 65_536
 
@@ -218,6 +223,15 @@ class Store:
         #: that long (``due_offline``), so a client that moves, or a broker restarted at
         #: once, makes no blink (docs/cluster.md, "Leases and fencing"). 0: no grace.
         self.presence_grace_ms = 0
+        #: Accounts whose presence lock the open transaction holds, or may still hold
+        #: (a savepoint rolled back may or may not have released one: counted as held),
+        #: and the highest of their keys: ``lock_presence`` waits only for a key above
+        #: it, so that no two transactions wait for each other's presence locks.
+        self._presence_locks: set[str] = set()
+        #: Whether the open transaction wrote rows (or took locks) that another
+        #: broker's transaction may wait for: it then never waits for a presence lock
+        #: (``lock_presence``), only takes one that is free.
+        self._rows_locked = False
         self._db = self._connect(f"cannot connect to the database {self.path}")
         try:
             self._migrate()
@@ -397,10 +411,11 @@ class Store:
         return self._db.execute(sql, params)
 
     @contextmanager
-    def _write(self) -> Iterator[Store]:
+    def _write(self, locks_rows: bool = True) -> Iterator[Store]:
         """One transaction; rolled back whole on any error. A ``_write()`` inside another
         joins it (commits with it, rolls back with it). Inside a group, a SAVEPOINT of the
-        group's transaction (``_group_write``)."""
+        group's transaction (``_group_write``); with ``locks_rows`` (the default) the
+        group is then marked as holding locks others may wait for (``lock_presence``)."""
         if self._write_depth:
             self._write_depth += 1
             try:
@@ -409,7 +424,7 @@ class Store:
                 self._write_depth -= 1
             return
         if self._group:
-            yield from self._group_write()
+            yield from self._group_write(locks_rows)
             return
         self._ensure_connected()
         try:
@@ -428,6 +443,9 @@ class Store:
                 if self.in_transaction:
                     self._db.execute("ROLLBACK")
             _raise_write_error(exc)
+        finally:
+            self._presence_locks.clear()
+            self._rows_locked = False
 
     def _commit(self) -> None:
         """COMMIT, making sure it committed: PostgreSQL answers COMMIT of a failed
@@ -438,7 +456,7 @@ class Store:
         if cur.statusmessage != "COMMIT":
             raise StorageError(f"storage failed: COMMIT answered {cur.statusmessage}")
 
-    def _group_write(self) -> Iterator[Store]:
+    def _group_write(self, locks_rows: bool) -> Iterator[Store]:
         """A top-level write inside a group: one SAVEPOINT in the group's transaction
         (begun by the group's first write), released on success and rolled back alone on
         error, so one request's failed write leaves the others' in the group."""
@@ -454,6 +472,7 @@ class Store:
             yield self
             self._write_depth = 0
             self._db.execute("RELEASE request")
+            self._rows_locked = self._rows_locked or locks_rows
         except BaseException as exc:
             self._write_depth = 0
             self._ban_cache.clear()
@@ -547,6 +566,8 @@ class Store:
         self._group = False
         failed, self._group_failed = self._group_failed, ""
         opened, self._group_open = self._group_open, False
+        self._presence_locks.clear()  # released by the COMMIT or ROLLBACK below
+        self._rows_locked = False
         if not opened:
             self._own_reads.clear()
             if failed:
@@ -577,6 +598,8 @@ class Store:
         self._group = False
         self._group_open = False
         self._group_failed = ""
+        self._presence_locks.clear()
+        self._rows_locked = False
         self._own_reads.clear()
         self._ban_cache.clear()
         with contextlib.suppress(psycopg.Error):
@@ -1528,7 +1551,10 @@ class Store:
                 "WHERE broker_id = %s AND broker_epoch < %s RETURNING token_sha256, "
                 "account_key, login_token_id, address, login_ms",
                 (now_ms, broker_id, epoch)).fetchall()]
-            alone = self._accounts_alone({r.account_key for r in released})
+            # rows let go now count as held for the grace: nobody is alone yet (their
+            # offline, if due, comes from due_offline); without a grace count at once
+            alone = [] if self.presence_grace_ms > 0 else \
+                self._accounts_alone({r.account_key for r in released})
         self.holder = (broker_id, epoch)
         return epoch, released, alone
 
@@ -1542,7 +1568,7 @@ class Store:
         broker, epoch = self.holder
         if not broker:
             return False
-        with self._write():
+        with self._write(locks_rows=False):  # its own row: nobody waits for it
             return self._exec(
                 "UPDATE brokers SET lease_until = clock_timestamp() + "
                 "make_interval(secs => %s) WHERE id = %s AND epoch = %s AND NOT reaped "
@@ -1552,30 +1578,36 @@ class Store:
                                                                 list[str]]:
         """Take over the sessions of every other broker whose lease expired, once: its
         row is marked ``reaped`` by a conditional UPDATE (``FOR UPDATE SKIP LOCKED``: a
-        broker in the middle of a commit is never waited for, nor reaped), and its
-        session rows are let go (resumable for ``grace_ms`` from ``now_ms``, UTC ms). Two
-        reapers never both take a broker: the second finds it reaped. Also forgets the
-        rows let go more than ``grace_ms`` ago. Returns (the brokers reaped as (id,
-        epoch), the accounts left with no session held anywhere, counted under their
-        presence locks in the same transaction). Raises StorageError(503)."""
-        me = self.holder[0]
-        with self._write():
-            self._exec("SET LOCAL lock_timeout = '1s'")
+        broker in the middle of a commit is never waited for, nor reaped), and the
+        session rows of every lease that is over (reaped, or of an earlier epoch) are
+        let go (resumable for ``grace_ms`` from ``now_ms``, UTC ms). Two reapers never
+        both take a broker: the second finds it reaped. The rows are taken ``SKIP
+        LOCKED`` too: a row another broker's open transaction is taking over (a RESUME
+        there) is not waited for — the reaper waiting on it while that transaction
+        waited on a row the reaper had just taken was a deadlock (a tester's mass
+        failover) — and if that transaction rolls back, the row is let go at a later
+        renewal. Also forgets the rows let go more than ``grace_ms`` ago. Returns (the
+        brokers reaped as (id, epoch), the accounts left with no session held anywhere:
+        none while ``presence_grace_ms`` is above 0, since the rows let go count as held
+        for it; else counted under their presence locks). Never waits for a lock: raises
+        StorageError(503) only when the database fails."""
+        with self._write(locks_rows=False):
             dead = [(str(i), int(e)) for i, e in self._exec(
                 "UPDATE brokers SET reaped = TRUE WHERE id IN (SELECT id FROM brokers "
                 "WHERE id <> %s AND NOT reaped AND lease_until < clock_timestamp() "
-                "FOR UPDATE SKIP LOCKED) RETURNING id, epoch", (me,)).fetchall()]
-            accounts: set[str] = set()
-            for broker, epoch in dead:
-                accounts.update(str(k) for (k,) in self._exec(
-                    "UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms = "
-                    "%s WHERE broker_id = %s AND broker_epoch <= %s RETURNING account_key",
-                    (now_ms, broker, epoch)).fetchall())
-            self._exec("DELETE FROM sessions WHERE broker_id = '' AND released_ms <> 0 AND "
-                       "abs(released_ms) < %s", (now_ms - grace_ms,))
-            alone = self._accounts_alone(accounts)
-            # the group's other writes: back to the connection's bound (LOCK_TIMEOUT_MS)
-            self._exec(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+                "FOR UPDATE SKIP LOCKED) RETURNING id, epoch", (self.holder[0],)).fetchall()]
+            accounts = {str(k) for (k,) in self._exec(
+                "UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms = %s "
+                "WHERE token_sha256 IN (SELECT s.token_sha256 FROM sessions s JOIN "
+                "brokers b ON b.id = s.broker_id WHERE (b.reaped AND s.broker_epoch <= "
+                "b.epoch) OR s.broker_epoch < b.epoch FOR UPDATE OF s SKIP LOCKED) "
+                "RETURNING account_key", (now_ms,)).fetchall()}
+            if self._exec("DELETE FROM sessions WHERE token_sha256 IN (SELECT token_sha256 "
+                          "FROM sessions WHERE broker_id = '' AND released_ms <> 0 AND "
+                          "abs(released_ms) < %s FOR UPDATE SKIP LOCKED)",
+                          (now_ms - grace_ms,)).rowcount or accounts or dead:
+                self._rows_locked = True
+            alone = [] if self.presence_grace_ms > 0 else self._accounts_alone(accounts)
         return dead, alone
 
     def release_lease(self, now_ms: int) -> None:
@@ -1593,15 +1625,44 @@ class Store:
                        "WHERE id = %s AND epoch = %s", (broker, epoch))
         self.holder = ("", 0)
 
+    def lock_presence(self, account_key: str) -> None:
+        """Take the account's presence lock (pg_schema.PRESENCE_LOCK) until the end of
+        the transaction (the group's): whoever starts or ends one of its sessions takes
+        it before writing the session's row, so that brokers decide its presence one
+        after the other. A group takes such locks in its requests' order and holds them
+        to its commit, so two brokers' groups could each hold one the other wants (a
+        deadlock: PostgreSQL ends one after ``deadlock_timeout``, 1 s in which both
+        loops stand still; a tester's mass failover met it again and again). So it
+        waits only for an account whose key is above every presence lock the
+        transaction holds — waits in one global order, which can close no cycle — and
+        otherwise only takes the lock if it is free; so too once the transaction wrote
+        rows another one may wait for (a session's row: that one may hold this presence
+        lock, waiting for the row). Raises PresenceBusy (StorageError) when it is not
+        free: nothing was changed, the request may be retried (the other broker's group
+        commits within milliseconds). Re-entrant."""
+        if account_key in self._presence_locks:
+            return
+        with self._write(locks_rows=False):
+            if not self._rows_locked and (not self._presence_locks
+                                          or account_key > max(self._presence_locks)):
+                self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                           (pg_schema.PRESENCE_LOCK, account_key))
+            else:
+                row = self._exec("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+                                 (pg_schema.PRESENCE_LOCK, account_key)).fetchone()
+                if not (row and row[0]):
+                    raise PresenceBusy(PRESENCE_BUSY)
+            # kept even if the caller's savepoint rolls back: it may still be held
+            self._presence_locks.add(account_key)
+
     def sessions_held(self, account_key: str) -> int:
         """How many sessions of the account brokers hold, whether their lease is live or
         expired and not yet reaped, this broker's included, after taking the account's
-        presence lock (pg_schema.PRESENCE_LOCK) until the end of the transaction (the
+        presence lock (``lock_presence``) until the end of the transaction (the
         group's): the count a presence decision is made on (online at the first, offline
-        at the last). Raises StorageError(503)."""
-        with self._write():
-            self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                       (pg_schema.PRESENCE_LOCK, account_key))
+        at the last). Raises StorageError(503; PresenceBusy as ``lock_presence``)."""
+        with self._write(locks_rows=False):
+            self.lock_presence(account_key)
             row = self._exec("SELECT count(*) FROM sessions WHERE account_key = %s AND "
                              f"{_HELD}", (account_key, self._grace_cutoff())).fetchone()
         return int(row[0]) if row else 0
@@ -1617,8 +1678,7 @@ class Store:
         presence lock (in the caller's transaction), in key order (the locks' order)."""
         alone = []
         for key in sorted(accounts):
-            self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                       (pg_schema.PRESENCE_LOCK, key))
+            self.lock_presence(key)
             row = self._exec("SELECT count(*) FROM sessions WHERE account_key = %s AND "
                              f"{_HELD}", (key, self._grace_cutoff())).fetchone()
             if row is None or not row[0]:
@@ -1643,14 +1703,21 @@ class Store:
         if not accounts:
             return []
         due: set[str] = set()
-        with self._write():
+        with self._write(locks_rows=False):
             for key in sorted(accounts):
-                self._exec("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                           (pg_schema.PRESENCE_LOCK, key))
+                try:
+                    self.lock_presence(key)
+                except StorageError:  # busy elsewhere: looked at again next time
+                    continue
+                # a row another broker is taking over (a RESUME) is skipped, not waited
+                # for: it is held once that commits, and looked at again if it does not
                 if self._exec("UPDATE sessions SET released_ms = -released_ms WHERE "
+                              "token_sha256 IN (SELECT token_sha256 FROM sessions WHERE "
                               "account_key = %s AND broker_id = '' AND released_ms > 0 "
-                              "AND released_ms <= %s", (key, cutoff)).rowcount:
+                              "AND released_ms <= %s FOR UPDATE SKIP LOCKED)",
+                              (key, cutoff)).rowcount:
                     due.add(key)
+                    self._rows_locked = True
             return self._accounts_alone(due)
 
     def session(self, token_sha256: str) -> SessionRow | None:
