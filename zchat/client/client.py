@@ -805,9 +805,11 @@ class Client:
 
     async def logout(self, text: str = "") -> None:
         """End the session; ``text`` is a quit message (at most MAX_AWAY_TEXT_CHARS) shown
-        in the offline PRESENCE event when this was the account's last session."""
+        in the offline PRESENCE event when this was the account's last session. A 429
+        (on a cluster, another broker holds the account's presence lock for a moment:
+        docs/cluster.md, "Deadlocks between brokers") is waited out and tried again."""
         self._credentials = None
-        await self.request(p.Logout(text=text))
+        await self._patiently(p.Logout(text=text))
         self._state = _State()
         self._unread.clear()
         self._presence = ("online", "")
