@@ -8,8 +8,10 @@ immutable snapshot the loop replaces, and keeps its own count of PUB handshakes 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,9 @@ SUBSCRIPTIONS_PER_KEY = 4
 
 #: Where libzmq sends ZAP requests, per context (RFC 27/ZAP).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: Seconds ``start()`` retries a bind that finds the endpoint in use: libzmq frees the
+#: endpoint of a handler just stopped a moment later, in its reaper thread.
+BIND_RETRY_S = 1.0
 
 
 class ZapHandler:
@@ -68,11 +73,20 @@ class ZapHandler:
     def start(self) -> None:
         sock = self.context.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.bind(ZAP_ENDPOINT)
-        except zmq.ZMQError:
-            sock.close()
-            raise
+        deadline = time.monotonic() + BIND_RETRY_S
+        while True:
+            try:
+                sock.bind(ZAP_ENDPOINT)
+                break
+            except zmq.ZMQError as exc:
+                # libzmq frees an inproc name in its reaper thread, a moment after the
+                # previous handler's socket was closed: a broker started right after
+                # another stopped in this context met "Address already in use" (seen
+                # under load in the suite); a handler still running holds it for good
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    sock.close()
+                    raise
+                time.sleep(0.01)  # the condition is the bind itself, retried until it holds
         inbox, outbox = self.context.socket(zmq.PAIR), self.context.socket(zmq.PAIR)
         endpoint = f"inproc://zchat-zap-stop-{next(_ENDPOINT_NUMBERS)}"
         inbox.bind(endpoint)
