@@ -1738,7 +1738,15 @@ class Client:
             try:  # the same session, no password, no presence flap (§6.27)
                 reply = await self._patiently(p.Resume(session=self._state.session),
                                               LOGIN_RATE_LIMIT_TRIES)
-            except RequestFailed as exc:  # 401: evicted, logged out or expired
+            except RequestFailed as exc:
+                if exc.status in (Status.UNAVAILABLE, Status.TOO_MANY_REQUESTS):
+                    # The broker cannot say now (its database is away, a lock is busy):
+                    # the session may well be there. This attempt fails and the next one
+                    # RESUMEs again; a LOGIN now would replace a session the cluster
+                    # still holds and publish a second online (a fifth tester's 364
+                    # logins after a 40 s PostgreSQL outage).
+                    raise
+                # 401: evicted, logged out or expired
                 log.info("could not resume the session (%s); logging in again", exc)
         if reply is None:
             try:
