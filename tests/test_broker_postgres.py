@@ -142,3 +142,27 @@ def test_a_store_url_of_another_kind_is_refused_before_anything_starts(
                            "SQLite file in the data directory) or a PostgreSQL URL "
                            "postgresql://USER@HOST:PORT/DB, got "
                            "'mysql://zchat@localhost/zchat'"]
+
+
+def test_a_broker_takes_a_list_of_hosts_and_connects_to_the_one_that_answers(
+        pg_url: str) -> None:
+    """libpq's failover form (a fifth tester's was refused): the first host refuses, the
+    second is the database; the broker serves, its LISTEN connection included."""
+    from urllib.parse import urlsplit
+
+    from zchat.testing import running_cluster
+
+    parts = urlsplit(pg_url)
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.netloc.rpartition("@")[0]
+    listed = pg_url.replace(f"{user}@{host}", f"{user}@127.0.0.1:1,{host}", 1)
+    assert f"@127.0.0.1:1,{host}/" in listed
+
+    async def scenario(harness: Harness) -> None:
+        async with harness.client("alice") as alice:
+            await alice.join("dev")
+            assert (await alice.send("dev", "through the second host")).seq == 1
+
+    with running_cluster(listed, 1) as (one,):
+        run(scenario(one))
+        assert one.broker.cluster is not None and one.broker.cluster.listener.connected

@@ -499,3 +499,39 @@ def test_a_driver_message_quoting_a_malformed_url_is_shown_without_its_password(
     assert redact_text("host=h password = 'a b' port=1") == "host=h password = *** port=1"
     assert redact_text("password authentication failed for user \"zchat\"") == \
         "password authentication failed for user \"zchat\""
+
+
+def test_a_password_that_is_also_the_user_or_the_database_is_hidden_only_as_a_password(
+        ) -> None:
+    """A fifth tester's: with `zchat:zchat@…/zchat` every "zchat" of a line became ***
+    (`postgresql://***:***@…/***`, `no *** database at bt/***.db`), telling that the
+    password is the user's name; a password equal to the port hid the port."""
+    from zchat.config import redact_text
+
+    url = "postgresql://zchat:zchat@127.0.0.1:48000/zchat"
+    assert redact_text(f"cannot connect to the database {url}: password authentication "
+                       "failed for user \"zchat\"", url) == (
+        "cannot connect to the database postgresql://zchat:***@127.0.0.1:48000/zchat: "
+        "password authentication failed for user \"zchat\"")
+    assert redact_text("no zchat database at bt/zchat.db", url) == \
+        "no zchat database at bt/zchat.db"
+    port = "postgresql://zchat:48000@127.0.0.1:48000/zchat"
+    assert redact_text(f"{port}: port 48000 failed", port) == \
+        "postgresql://zchat:***@127.0.0.1:48000/zchat: port 48000 failed"
+    # a password of its own is still hidden wherever a message quotes it
+    own = "postgresql://zchat:S3cr3tPW@127.0.0.1:1/zchat"
+    assert redact_text('bad "S3cr3tPW" in zchat', own) == 'bad "***" in zchat'
+
+
+def test_a_list_of_hosts_is_a_store_url_as_libpq_takes_it() -> None:
+    """libpq's failover form, a primary and its standbys (a fifth tester's was refused as
+    a bad port); each host's port is still checked."""
+    from zchat.config import store_problem
+
+    assert store_problem("postgresql://zchat@db1:5432,db2:5433/zchat") is None
+    assert store_problem("postgresql://zchat@[::1]:5432,[::2]/zchat") is None
+    assert store_problem("postgresql://zchat@db1,db2/zchat") is None
+    assert "the port must be a number" in (store_problem(
+        "postgresql://zchat@db1:5432,db2:99999/zchat") or "")
+    assert "cannot read the host and port" in (store_problem(
+        "postgresql://zchat@[::1/zchat") or "")

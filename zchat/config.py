@@ -637,11 +637,16 @@ def store_problem(url: str) -> str | None:
                     f"({article} {ch!r} ends the user part of a URL; an '@' after the host "
                     f"must be written %40), in {shown!r}")
     try:
-        port = urlsplit(url).port
-    except ValueError:
-        return f"the port must be a number from 1 to 65535 in {shown!r}"
-    if port == 0:
-        return f"the port must be a number from 1 to 65535 in {shown!r}"
+        hosts = urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError:  # an unclosed IPv6 bracket
+        return f"cannot read the host and port in {shown!r}"
+    # libpq takes a list of hosts (a primary and its standbys: host1:5432,host2:5432),
+    # each with its port or none; a fifth tester's two-host URL was refused as a bad port
+    for entry in hosts.split(","):
+        after_host = entry.rpartition("]")[2] if entry.startswith("[") else entry
+        port = after_host.rpartition(":")[2] if ":" in after_host else ""
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return f"the port must be a number from 1 to 65535 in {shown!r}"
     return None
 
 
@@ -713,17 +718,31 @@ def redact_text(text: str, url: str = "") -> str:
     percent-encoded or not), each ``USER:PASSWORD@`` (after ``SCHEME://`` or a mistyped
     one), and, when ``url`` is the store URL the text is about, the passwords ``url``
     holds (:func:`_url_secrets`: as written and percent-decoded, unencoded delimiters and
-    all) wherever the text quotes them, when at least MIN_QUOTED_SECRET_CHARS long, and
-    as ``:PASSWORD@`` in any case: a driver's message may quote a piece of a malformed
+    all) wherever the text quotes them, when at least MIN_QUOTED_SECRET_CHARS long and not
+    also the URL's user, host, port or database name, and as ``:PASSWORD@`` in any case: a driver's message may quote a piece of a malformed
     URL without its key (``unexpected spaces found in "…"``). Hides more rather than
     less: a password that also spells a host or a user hides that too."""
     secrets = _url_secrets(url) if url else set()
+    # What the URL shows besides its passwords (user, host, port, database): a password
+    # that is also one of those is hidden only where it stands as a password, or every
+    # "zchat" of a line would become *** and tell that the password is the user's name
+    # (a fifth tester's `postgresql://zchat:zchat@…/zchat`)
+    public = ""
+    if secrets:
+        userinfo = _userinfo_password(url)
+        public = _hide_structurally(url if userinfo is None else
+                                    url.replace(f":{userinfo}@", ":***@", 1))
     for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_QUOTED_SECRET_CHARS:
+        if len(secret) >= MIN_QUOTED_SECRET_CHARS and secret not in public:
             text = text.replace(secret, "***")
         else:
             text = text.replace(f":{secret}@", ":***@")
-    # a value hidden above is left as it is: the pattern would take what follows it too
+    return _hide_structurally(text)
+
+
+def _hide_structurally(text: str) -> str:
+    """``text`` with each ``password=VALUE`` and ``USER:PASSWORD@`` hidden."""
+    # a value hidden already is left as it is: the pattern would take what follows it too
     text = _PASSWORD_SETTING.sub(
         lambda m: m.group(0) if m.group(2).startswith("***") else f"{m.group(1)}***", text)
     return _USERINFO_PASSWORD.sub(r"\1***\3", text)
