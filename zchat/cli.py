@@ -1061,8 +1061,11 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
                 lines = "1 line was" if sent == 1 else f"{sent} lines were"
                 why = str(exc)
                 if client.state == "reconnecting":  # gave up waiting: say so, not "reconnecting"
+                    # the broker may be up with its database away (a fifth tester's
+                    # 40 s PostgreSQL outage): name both, and the way to wait longer
                     why = (f"the broker at {client.server} did not come back within "
-                           f"{args.retry_for:g} s")
+                           f"{args.retry_for:g} s (the broker or its database away; "
+                           f"--retry-for waits longer)")
                 raise CliError(f"{why} — {lines} sent before it") from None
             else:
                 sent += 1
