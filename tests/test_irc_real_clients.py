@@ -15,21 +15,34 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pexpect
 import pyte
 import pytest
 from conftest import run
-from test_irc_gateway import gateway, registered
 
 from zchat import wire as p
+from zchat.irc.server import ClientOptions, Gateway
+from zchat.irc.state import Settings
 from zchat.testing import Harness, next_dm, next_message
 
 WAIT_S = 8.0
 #: alice's password: irssi's ``-w`` sends it as PASS's last word, so no space in it
 PASSWORD = "irssi-pass-7c1f"
 COLUMNS, ROWS = 160, 50
+
+
+@contextlib.asynccontextmanager
+async def gateway(harness: Harness) -> AsyncIterator[int]:
+    """The gateway on a free loopback port (autojoin off): its port."""
+    gw = Gateway(Settings(autojoin=False), ClientOptions(server=harness.server))
+    _host, port = await gw.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await gw.shutdown()
 
 
 def _irssi() -> str:
@@ -47,10 +60,11 @@ class Irssi:
 
     def __init__(self, binary: str, home: Path, port: int, nick: str) -> None:
         home.mkdir()
-        # private messages in the active window (no query windows to switch to), no
-        # theme or scripts of anyone's home
+        # private messages without query windows, no theme or scripts of anyone's home,
+        # and no flood protection (irssi spaces its commands 2.2 s apart after a burst)
         (home / "config").write_text(
-            'settings = {\n  core = { real_name = "Alice Real"; user_name = "alice"; };\n'
+            'settings = {\n  core = { real_name = "Alice Real"; user_name = "alice"; '
+            'cmd_queue_speed = "0msec"; max_cmds_at_once = "1000"; };\n'
             '  "fe-common/core" = { autocreate_query_level = "NONE"; '
             'autocreate_own_query = "no"; };\n};\n', encoding="utf-8")
         self.screen = pyte.Screen(COLUMNS, ROWS)
@@ -95,10 +109,9 @@ def test_irssi_joins_and_talks_with_a_zchat_client(harness: Harness, tmp_path: P
     binary = _irssi()
 
     async def scenario() -> None:
-        await registered(harness, "carol")
         async with harness.client("alice", password=PASSWORD) as alice:
             await alice.logout()
-        async with gateway(harness, autojoin=False) as (_gw, port), \
+        async with gateway(harness) as port, \
                 harness.client("carol") as carol:
             await carol.join("dev")
             await carol.send("dev", "said before irssi came")
