@@ -217,7 +217,8 @@ def test_set_presence_away_and_back_and_who(world: World) -> None:
     assert [(t, e.presence, e.text) for t, e in back.events] == [
         (b"presence/alice/", "online", "")]
     assert bob.must(p.Who(room="lobby")).users[0] == p.UserPresence(name="alice",
-                                                                      presence="online")
+                                                                      presence="online",
+                                                                      role="member")
 
 
 def test_who_omits_offline_accounts_and_room_who_includes_them(world: World) -> None:

@@ -119,7 +119,7 @@ def test_irc_users_and_a_zchat_user_talk(harness: Harness) -> None:
             await alice.command("366")
             bob.send("JOIN #dev")
             names = await bob.command("353")
-            assert set(names.params[-1].split()) >= {"alice", "bob", "carol"}
+            assert set(names.params[-1].split()) >= {"alice", "bob", "@carol"}
             await alice.expect(lambda m: m.command == "JOIN" and m.source.startswith("bob!"))
             # IRC -> zchat and IRC, with the echo once and in order
             alice.send("PRIVMSG #dev :héllo from irc")

@@ -261,3 +261,73 @@ def test_chathistory_selection() -> None:
     assert texts("AFTER", "timestamp=1970-01-01T00:00:09.500Z") == ["m10"]
     assert texts("BEFORE", "msgid=other/3") == []
     assert parse_timestamp("2023-11-14T22:13:20.123Z") == 1_700_000_000_123
+
+
+def _names_of(out: list[c.Action]) -> list[str]:
+    return [n for m in lines(out) if m.command == "353" for n in m.params[-1].split()]
+
+
+def test_names_and_who_show_owners_and_moderators_as_operators() -> None:
+    """WHO's role (docs/PROTOCOL.md §6.11): the owner and moderators are ``@`` in NAMES and
+    WHO; an older broker's WHO (no role) leaves what MODE events told."""
+    conn = connection()
+    register(conn)
+    (call,) = calls(feed(conn, "JOIN #dev"))
+    (who,) = calls(conn.result(call.id, p.RoomJoined(room="dev", last_seq=0, created=False)))
+    out = conn.result(who.id, p.WhoList(users=(
+        p.UserPresence(name="alice", presence="online", role="member"),
+        p.UserPresence(name="bob", presence="online", role="owner"),
+        p.UserPresence(name="carol", presence="away", role="moderator"),
+        p.UserPresence(name="dan", presence="online", role="member"))))
+    assert _names_of(out) == ["alice", "@bob", "@carol", "dan"]
+    (who,) = calls(feed(conn, "WHO #dev"))
+    out = conn.result(who.id, p.WhoList(users=(
+        p.UserPresence(name="bob", presence="online", role="owner"),
+        p.UserPresence(name="carol", presence="away", role="member"),
+        p.UserPresence(name="dan", presence="online", role="moderator"))))
+    assert [(m.params[5], m.params[6]) for m in lines(out) if m.command == "352"] == [
+        ("bob", "H@"), ("carol", "G"), ("dan", "H@")]
+    (who,) = calls(feed(conn, "NAMES #dev"))
+    out = conn.result(who.id, p.WhoList(users=(
+        p.UserPresence(name="bob", presence="online"),
+        p.UserPresence(name="dan", presence="online"))))
+    assert _names_of(out) == ["alice", "@bob", "carol", "@dan"]
+
+
+def _posted(seq: int, text: str, sender: str = "bob", time: int = 1_700_000_000_000
+            ) -> p.MessagePosted:
+    return p.MessagePosted(room="dev", seq=seq, sender=sender, text=text, time=time + seq)
+
+
+def test_playback_on_join_replays_each_message_once_then_what_was_held() -> None:
+    """[irc] playback (docs/irc.md, "Playback"): a client without draft/chathistory gets
+    the messages up to the room's last seq at JOIN; one posted meanwhile comes after them,
+    once; the read marker follows what the client was given."""
+    conn = connection(Settings(playback=2))
+    register(conn)
+    (call,) = calls(feed(conn, "JOIN #dev"))
+    (who,) = calls(conn.result(call.id, p.RoomJoined(room="dev", last_seq=7, created=False)))
+    assert lines(conn.event(_posted(8, "live"))) == []  # held until the playback
+    (history,) = calls(conn.result(who.id, p.WhoList(users=())))
+    assert history.request == c.History("dev", 2)
+    out = conn.result(history.id, p.HistoryPage(room="dev", messages=(
+        _posted(6, "six"), _posted(7, "seven"), _posted(8, "live"))))
+    texts = [m.params[1] for m in lines(out) if m.command == "PRIVMSG"]
+    assert texts == ["[2023-11-14 22:13Z] six", "[2023-11-14 22:13Z] seven", "live"]
+    assert [x.request for x in calls(out)] == [c.MarkRead("dev", 6)]
+
+
+def test_no_playback_for_a_chathistory_client_and_unread_ones_when_more() -> None:
+    conn = connection(Settings(playback=2))
+    register(conn, caps="draft/chathistory")
+    (call,) = calls(feed(conn, "JOIN #dev"))
+    (who,) = calls(conn.result(call.id, p.RoomJoined(room="dev", last_seq=7, created=False)))
+    assert calls(conn.result(who.id, p.WhoList(users=()))) == []
+    conn = connection(Settings(playback=2))
+    (login,) = calls(feed(conn, "PASS secret", "NICK alice", "USER u 0 * :x"))
+    conn.result(login.id, p.LoggedIn(name="alice", session="s", rooms=(
+        p.RoomState(room="dev", last_seq=7),), room_reads=(p.RoomRead(room="dev", read_seq=2),)))
+    (call,) = calls(feed(conn, "JOIN #dev"))
+    (who,) = calls(conn.result(call.id, p.RoomJoined(room="dev", last_seq=7, created=False)))
+    (history,) = calls(conn.result(who.id, p.WhoList(users=())))
+    assert history.request == c.History("dev", 5)

@@ -42,6 +42,16 @@ def test_creator_is_owner_and_owner_appoints_moderators(world: World) -> None:
     assert ("olga", "role", "dev", "mia") in audit_actions(world)
 
 
+def test_who_of_a_room_tells_each_members_role(world: World) -> None:
+    """WHO with a room carries each member's role in it (§6.11), what IRC's NAMES and WHO
+    show as ``@`` (docs/irc.md); WHO without a room carries none."""
+    u = room_with(world, "olga", "mia", "nick")
+    u["olga"].must(p.SetRole(room="dev", name="mia", role="moderator"))
+    roles = {x.name: x.role for x in u["nick"].must(p.Who(room="dev")).users}
+    assert roles == {"olga": "owner", "mia": "moderator", "nick": "member"}
+    assert {x.role for x in u["nick"].must(p.Who()).users} == {""}
+
+
 def test_non_moderator_moderating_is_403_and_changes_nothing(world: World) -> None:
     u = room_with(world, "olga", "mia", "nick")
     u["olga"].must(p.Send(room="dev", text="hello"))

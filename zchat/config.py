@@ -365,6 +365,9 @@ class IrcConfig:
       created by the gateway with a password it keeps in memory (for tests and closed
       networks; the broker must allow REGISTER). Off: no credentials, no connection.
     - ``autojoin``: join the IRC client to every room of its account at registration.
+    - ``playback``: messages replayed on JOIN to a client without ``draft/chathistory``:
+      the newest ``playback``, or every message unread since the account's read marker
+      when more (at most MAX_HISTORY_LIMIT); 0 for none (docs/irc.md, "Playback").
     - ``motd``: the message of the day, lines separated by newlines; empty for none.
     """
 
@@ -377,6 +380,7 @@ class IrcConfig:
     network: str = "zchat"
     guests: bool = False
     autojoin: bool = True
+    playback: int = 20
     motd: str = ""
 
 

@@ -334,16 +334,20 @@ def set_presence(core: Core, call: Call, session: Session, req: p.SetPresence) -
 
 
 def who(core: Core, call: Call, session: Session, req: p.Who) -> list[Action]:
+    roles: dict[str, str] | None = None  # a room's roles (§17.1): each row's ``role``
     if req.room is not None:
         room_key = core.room_key(req.room, session)
         core.check_may_read(room_key, session)
         keys = sorted(core.members[room_key])
+        roles = core.roles.get(room_key, {})
     else:
         keys = sorted(k for k, a in core.accounts.items() if a.presence != "offline")
     users = tuple(p.UserPresence(name=core.accounts[k].name,
                                  presence=core.accounts[k].presence,
                                  text=core.accounts[k].away_text,
-                                 bot=core.accounts[k].bot) for k in keys)
+                                 bot=core.accounts[k].bot,
+                                 role="" if roles is None else roles.get(k, "member"))
+                  for k in keys)
     return [core.ok(call.rid, call.request_id, p.WhoList(users=users))]
 
 

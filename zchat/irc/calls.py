@@ -124,6 +124,15 @@ class DmHistory:
 
 
 @dataclass(frozen=True, slots=True)
+class MarkRead:
+    """Move the account's read marker of ``room`` to ``upto`` (a seq): the IRC client
+    was given the room's messages up to it (docs/irc.md, "Playback")."""
+
+    room: str
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """A round trip to the broker, and every event heard before its answer passed on
     (an IRC PING is answered after what came before it)."""
@@ -136,7 +145,7 @@ class Logout:
 
 Request = (Login | LoginGuest | Join | Part | Post | DirectMessage | SetTopic | Who | Whois
            | ListRooms | RoomInfo | SetPresence | Kick | Invite | SetRole | SetRoom | Ping
-           | History | DmHistory
+           | History | DmHistory | MarkRead
            | Logout)
 
 

@@ -23,6 +23,7 @@ from zchat.irc.state import (
     Command,
     IrcConnection,
     _Failed,
+    is_op,
     room_of,
     valid_nick,
 )
@@ -474,7 +475,8 @@ def _names_after_who(conn: IrcConnection, name: str, reply: Any) -> None:
 
 def _names_outside(conn: IrcConnection, name: str, reply: Any) -> None:
     if not isinstance(reply, _Failed):
-        online = [u.name for u in reply.users if u.presence != "offline"]
+        online = [("@" if is_op(u.role, False) else "") + u.name
+                  for u in reply.users if u.presence != "offline"]
         if online:
             conn.numeric("353", "=", name, " ".join(online))
     conn.numeric("366", name, "End of /NAMES list.")
@@ -521,7 +523,10 @@ def _who_channel(conn: IrcConnection, mask: str, reply: Any) -> None:
             if u.presence == "offline":
                 continue
             m = ch.members.get(name_key(u.name)) if ch else None
-            _who_line(conn, name, u.name, u.presence, bool(m and m.op))
+            op = is_op(u.role, bool(m and m.op))
+            if m is not None:
+                m.op = op
+            _who_line(conn, name, u.name, u.presence, op)
     conn.numeric("315", mask, "End of WHO list")
 
 

@@ -25,6 +25,9 @@ def _on_posted(conn: IrcConnection, ev: p.MessagePosted) -> None:
     ch = conn.channels.get(name_key(ev.room))
     if ch is None:
         return
+    if ch.playback_upto:  # after the playback on JOIN (state.py, _played_back)
+        ch.held.append(ev)
+        return
     if name_key(ev.sender) == name_key(conn.account):
         key = (name_key(ev.room), ev.seq)
         if key in conn._own_seen:

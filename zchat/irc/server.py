@@ -284,6 +284,8 @@ class _Session:
             return await client.set_room(req.room, private=req.private, locked=req.locked)
         if isinstance(req, c.History):
             return await client.history(req.room, limit=req.limit)
+        if isinstance(req, c.MarkRead):
+            return await client.mark_read(room=req.room, upto=req.upto)
         if isinstance(req, c.DmHistory):
             return await client.dm_history(req.peer, limit=req.limit)
         if isinstance(req, c.Ping):
@@ -365,7 +367,7 @@ def settings_from(config: Any) -> Settings:
     """The core's Settings from a ``zchat.config.Config``."""
     irc = config.irc
     return Settings(server_name=irc.server_name, network=irc.network, guests=irc.guests,
-                    autojoin=irc.autojoin,
+                    autojoin=irc.autojoin, playback=irc.playback,
                     motd=tuple(irc.motd.splitlines()) if irc.motd else ())
 
 

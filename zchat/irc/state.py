@@ -60,6 +60,9 @@ class Settings:
     network: str = "zchat"
     guests: bool = False
     autojoin: bool = True
+    #: Messages replayed on JOIN to a client without draft/chathistory (``[irc]
+    #: playback``): the newest ``playback``, or all those unread when more; 0: none.
+    playback: int = 20
     motd: tuple[str, ...] = ()
     max_text_bytes: int = 4000
     version: str = "zchat-irc"
@@ -75,6 +78,17 @@ class Peer:
     realname: str
     guest: bool = False
     owner: int = 0
+
+
+#: The zchat roles (WHO's ``role``, docs/PROTOCOL.md §17.1) shown as IRC's ``@``: the
+#: room's owner and its moderators, who may KICK, INVITE and set modes (docs/irc.md).
+OPERATOR_ROLES = frozenset({"owner", "moderator"})
+
+
+def is_op(role: str, known: bool) -> bool:
+    """Whether a member with WHO's ``role`` is shown as ``@``; ``known`` (from MODE
+    events seen) when the broker said no role (an older one, §6.11)."""
+    return role in OPERATOR_ROLES if role else known
 
 
 @dataclass
@@ -95,6 +109,11 @@ class Channel:
     members: dict[str, Member] = field(default_factory=dict)  # name_key -> Member
     private: bool = False
     locked: bool = False
+    #: Playback on JOIN (``[irc] playback``): the newest seq it covers while it is being
+    #: fetched (0: none pending), and the room's live messages held meanwhile.
+    playback_upto: int = 0
+    playback_limit: int = 0
+    held: list[p.MessagePosted] = field(default_factory=list)
 
 
 Handler = Callable[["IrcConnection", Message], None]
@@ -168,6 +187,11 @@ class IrcConnection:
         self.channels: dict[str, Channel] = {}   # room name_key -> channel
         self.away = ""
         self.rooms_at_login: tuple[str, ...] = ()
+        #: The account's read markers at login (LOGIN's room_reads): name_key -> read_seq;
+        #: a room's is used by its first playback, then forgotten.
+        self.read_at_login: dict[str, int] = {}
+        #: MARK_READ of each room: name_key -> [upto asked, upto wanted, one in flight].
+        self._marks: dict[str, list[Any]] = {}
         self._ids = 0
         self._pending: dict[int, tuple[Callable[..., None], tuple[Any, ...]]] = {}
         # Own room messages already shown (echo-message) or known as ours, by (room, seq):
@@ -185,6 +209,7 @@ class IrcConnection:
         self._command_calls: set[int] = set()
         self._in_event = False
         self._batches = 0
+        self._playback_asked: set[str] = set()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -298,12 +323,15 @@ class IrcConnection:
         self.send(Message("FAIL", (command, code, *context_and_text),
                           source=self.settings.server_name))
 
-    def call(self, request: c.Request, then: Callable[..., None], *args: Any) -> None:
+    def call(self, request: c.Request, then: Callable[..., None], *args: Any,
+             background: bool = False) -> None:
+        """Make ``request``; ``then(*args, reply)`` gets the answer. A ``background``
+        call is no part of the labeled command being answered (labeled-response)."""
         self._ids += 1
         if getattr(then, "__self__", None) is not self:  # a module-level handler
             args = (self, *args)
         self._pending[self._ids] = (then, args)
-        if self._label is not None and not self._in_event:
+        if self._label is not None and not self._in_event and not background:
             self._command_calls.add(self._ids)
         self.out.append(c.Call(self._ids, request))
 
@@ -394,6 +422,7 @@ class IrcConnection:
         self.logged_in = True
         self.account = reply.name
         self.rooms_at_login = tuple(r.room for r in reply.rooms)
+        self.read_at_login = {name_key(r.room): r.read_seq for r in reply.room_reads}
 
     def welcome(self) -> None:
         s = self.settings
@@ -478,11 +507,40 @@ class IrcConnection:
             body = f"\x01ACTION {piece}\x01" if kind == "action" else piece
             self.send(self.from_user(source_nick, command, (target, body), dict(tags)))
 
-    def deliver_posted(self, msg: p.MessagePosted, ch: Channel) -> None:
+    def deliver_posted(self, msg: p.MessagePosted, ch: Channel, playback: bool = False
+                       ) -> None:
+        """A room message to the client, and the account's read marker moved past it
+        (the IRC client has it: docs/irc.md, "Playback"). A ``playback`` one without
+        server-time starts with its time, ``[2026-12-07 17:31Z]``."""
+        self.mark_read(ch.room, msg.seq)
         if msg.deleted_by:
             return
         tags = self.tags_for(msg.sender, msg.time, f"{name_key(msg.room)}/{msg.seq}")
-        self.deliver_text(msg.sender, "PRIVMSG", ch.name, msg.text, msg.kind, tags)
+        text = msg.text
+        if playback and "server-time" not in self.caps:
+            text = f"[{_time_tag(msg.time)[:16].replace('T', ' ')}Z] {text}"
+        self.deliver_text(msg.sender, "PRIVMSG", ch.name, text, msg.kind, tags)
+
+    def mark_read(self, room: str, seq: int) -> None:
+        """MARK_READ ``room`` up to ``seq``, one call in flight per room: what is given
+        meanwhile is marked by the next one (a message per broker round trip at most)."""
+        key = name_key(room)
+        mark = self._marks.setdefault(key, [0, 0, False])
+        if seq <= mark[1]:
+            return
+        mark[1] = seq
+        if not mark[2]:
+            mark[0], mark[2] = seq, True
+            self.call(c.MarkRead(room, seq), self._marked, room, background=True)
+
+    def _marked(self, room: str, reply: Any) -> None:
+        mark = self._marks.get(name_key(room))
+        if mark is None:
+            return
+        mark[2] = False
+        if not isinstance(reply, _Failed) and mark[1] > mark[0]:
+            mark[0], mark[2] = mark[1], True
+            self.call(c.MarkRead(room, mark[1]), self._marked, room, background=True)
 
     # -- the handlers of each call's answer --------------------------------------------------
 
@@ -507,6 +565,13 @@ class IrcConnection:
             self.send(self.from_user(self.nick, "JOIN", (name,)))
         if reply.topic:
             self.numeric("332", name, reply.topic)
+        read = self.read_at_login.pop(key, None)
+        if self.settings.playback > 0 and "draft/chathistory" not in self.caps \
+                and reply.last_seq >= reply.first_seq:
+            unread = reply.last_seq - read if read is not None else 0
+            ch.playback_upto = reply.last_seq
+            ch.playback_limit = min(max(self.settings.playback, unread),
+                                       p.MAX_HISTORY_LIMIT)
         self.call(c.Who(room), self._names_after_join, key)
 
     def _names_after_join(self, key: str, reply: Any) -> None:
@@ -518,11 +583,37 @@ class IrcConnection:
                 k = name_key(u.name)
                 m = ch.members.get(k)
                 if m is None:
-                    ch.members[k] = Member(u.name, u.presence, u.text)
+                    ch.members[k] = Member(u.name, u.presence, u.text, is_op(u.role, False))
                 else:
                     m.presence, m.away_text = u.presence, u.text
+                    m.op = is_op(u.role, m.op)
         ch.members[name_key(self.nick)].presence = "away" if self.away else "online"
         self.names(ch)
+        if ch.playback_upto and key not in self._playback_asked:
+            self._playback_asked.add(key)
+            self.call(c.History(ch.room, ch.playback_limit), self._played_back, key)
+
+    def _played_back(self, key: str, reply: Any) -> None:
+        """Playback on JOIN (docs/irc.md, "Playback"): the messages up to the room's last
+        seq at JOIN, each once (newer ones came live, held until now), then those held."""
+        self._playback_asked.discard(key)
+        ch = self.channels.get(key)
+        if ch is None:
+            return
+        upto, ch.playback_upto = ch.playback_upto, 0
+        if not isinstance(reply, _Failed):
+            shown = [m for m in reply.messages if m.seq <= upto and not m.deleted_by]
+            if shown:
+                self.send(Message("NOTICE", (ch.name, f"Playback of the last {len(shown)} "
+                                             f"messages of {ch.name}"),
+                                  source=self.settings.server_name))
+            for m in shown:
+                self.deliver_posted(m, ch, playback=True)
+        held, ch.held = ch.held, []
+        on_posted = self.events.get(p.MessagePosted)
+        for ev in held:
+            if ev.seq > upto and on_posted is not None:
+                on_posted(self, ev)
 
     def _join_failed(self, channel: str, f: _Failed) -> None:
         if f.status == 403:

@@ -113,12 +113,15 @@ class RoomInfo(Value, frozen=True):
 
 
 class UserPresence(Value, frozen=True):
-    """One row of the WHO reply."""
+    """One row of the WHO reply. ``role`` is the account's role in the room asked
+    about (``"owner"``, ``"moderator"`` or ``"member"``, §17.1), ``""`` for WHO without
+    a room; added without a version bump (§13): an older broker leaves it out."""
 
     name: str
     presence: Presence
     text: str = ""
     bot: bool = False
+    role: str = ""
 
 
 class TokenInfo(Value, frozen=True):
