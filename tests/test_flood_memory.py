@@ -22,9 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 from conftest import Proc, running_tcp_broker
 from floods import Pinger, junk_command, memory_kib
+
+from zchat.broker import connections
+from zchat.broker.conntrack import RETAINED_TRIM_BYTES, RETAINED_TRIM_EVERY_S
 
 #: Fuzzer processes and how long they run (the tester ran 3-4 for 30 s).
 FLOODERS = 4
@@ -77,3 +81,33 @@ def test_a_junk_flood_from_short_lived_connections_gives_its_memory_back(
         print(f"flood: {sent:,} messages; broker {before // 1024} MiB -> peak "
               f"{peak // 1024} MiB -> {now // 1024} MiB; honest PING worst "
               f"{max(honest.rtts):.2f} s")
+
+
+def test_memory_kept_after_a_flood_is_trimmed_while_the_broker_stays_above_its_floor(
+        monkeypatch: pytest.MonkeyPatch, ctx: zmq.Context[Any]) -> None:
+    # The policy alone (the guard's thread is not started; the clock is an argument):
+    # freed memory the loop never reported (no cut) is trimmed every
+    # RETAINED_TRIM_EVERY_S while the resident size stands RETAINED_TRIM_BYTES above the
+    # lowest it has been after a trim. Without it, the flood above kept its peak for ever
+    # whenever the loop fell behind (the tester's 565 MB).
+    trims: list[int] = []
+
+    def malloc_trim() -> bool:
+        trims.append(1)
+        return True
+
+    monkeypatch.setattr(connections, "malloc_trim", malloc_trim)
+    guard = connections.ConnectionGuard(ctx, connections.Limits.from_settings(100, 10))
+    floor = 10 * 2**30  # above this process's size, which the first trim reads
+    guard._floor = floor
+    guard._trim_retained(floor + RETAINED_TRIM_BYTES, 100.0)
+    assert trims == []  # not above it
+    guard._trim_retained(floor + RETAINED_TRIM_BYTES + 1, 100.0)
+    assert len(trims) == 1
+    guard._trim_retained(floor + 2 * RETAINED_TRIM_BYTES, 100.0 + RETAINED_TRIM_EVERY_S / 2)
+    assert len(trims) == 1  # at most every RETAINED_TRIM_EVERY_S
+    guard._trim_retained(floor + 2 * RETAINED_TRIM_BYTES, 100.0 + RETAINED_TRIM_EVERY_S)
+    assert len(trims) == 2  # and again for as long as it stays up
+    assert guard._floor < floor  # the resident size after a trim lowers the floor
+    guard._trim_retained(guard._floor + RETAINED_TRIM_BYTES, 200.0)
+    assert len(trims) == 2
