@@ -197,8 +197,8 @@ PUB_RCVBUF_BYTES = 64 * 1024
 #: judge's cut took effect; a session's 1,000 MiB messages grew one to 6 GB).
 PUB_MAX_MESSAGE_BYTES = 1024
 #: Routing ids of peers a reply could not reach (EHOSTUNREACH: their connection is gone)
-#: that the loop remembers, the most recent: their later requests without a session are
-#: dropped unread by the core (``_drain_router``). libzmq still hands the loop what such a
+#: that the loop remembers, the most recent: their later requests, when they hold no
+#: session, are dropped unserved (``_drain_router``). libzmq still hands the loop what such a
 #: connection sent before it went, up to ``rcvhwm`` messages each; a tester's junk fuzzers
 #: on short-lived connections left most of their requests queued after they had gone,
 #: and reading them was a third of what the loop spent on each (profiled): the rest went
@@ -359,10 +359,9 @@ class Broker:
         self._pending: list[Action] = []
         #: Routing ids whose reply or push met a full queue in this wake-up.
         self._unread: set[bytes] = set()
-        #: GONE_PEERS_KEPT routing ids whose replies met EHOSTUNREACH, oldest first, and
-        #: the requests dropped for that (``_drain_router``).
+        #: GONE_PEERS_KEPT routing ids whose replies met EHOSTUNREACH, oldest first
+        #: (``_drain_router``).
         self._gone: dict[bytes, None] = {}
-        self.dropped_from_gone = 0
         #: Group commits that failed, each followed by a rebuild (read by tests and logs).
         self.failed_commits = 0
         self._linger_ms = 0  # SHUTDOWN_LINGER_MS once run() has said GOING_AWAY
@@ -724,7 +723,6 @@ class Broker:
                         and parts[0].bytes not in core.sessions:
                     # sent before its connection went: no reply can reach it, and without
                     # a session it can change nothing that outlives the connection
-                    self.dropped_from_gone += 1
                     continue
                 if self.ledger is not None and self._consumed(parts, len(parts) - 1, 0):
                     continue  # a connection from a barred address: not served
@@ -1160,7 +1158,6 @@ class Broker:
             elif isinstance(action, Offload):
                 future = self._pool.submit(action.work)
                 future.add_done_callback(functools.partial(self._job_done, action.job_id))
-
 
     def _remember_gone(self, routing_id: bytes) -> None:
         """Remember a peer whose connection is gone (GONE_PEERS_KEPT, oldest forgotten
