@@ -28,6 +28,7 @@ Attacks (``--only`` takes these ids, or a number for all its letters: ``2`` = 2a
   6   thousands of idle TCP connections to ROUTER and PUB from many 127.x.y.z
   7   one message of 2,000,000 empty frames to the ROUTER over CURVE
   8   hundreds of CURVE SUBs to the PUB that never read, while a room is busy
+  9   junk fuzzers on short-lived CURVE connections (4 processes; the broker's size after)
 
 Only 2a/2b's fill phase runs a broker with send_rate_per_s = 0, room limits off (then stopped
 and a broker with default settings is started on the same data directory for the attack).
@@ -840,6 +841,50 @@ def setup_sleeping_subscribers(run: Run) -> Callable[[], None]:
     return attack
 
 
+# 9 ------------------------------------------------------------------------------------------
+
+JUNK_FUZZERS = 4
+#: How long after the fuzzers stop the broker's resident size is watched (and reported).
+JUNK_SETTLE_S = 10.0
+
+
+def setup_junk(run: Run) -> Callable[[], None]:
+    """A tester's fuzzers (tests/floods.py ``junk_flood``), each in its own process:
+    random frames over a CURVE DEALER, a new connection 1 % of the time."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from floods import junk_command  # noqa: PLC0415 (tests/ is not a package)
+    key = run.key or b""
+    pid = run.broker.proc.pid
+
+    def attack() -> None:
+        before = vm_kb(pid, "VmRSS")
+        seconds = max(0.5, run.deadline - time.monotonic())
+        fuzzers = [subprocess.Popen(junk_command(run.broker.router, key, seconds, seed),
+                                    stdout=subprocess.PIPE, text=True)
+                   for seed in range(JUNK_FUZZERS)]
+        try:
+            figures = [json.loads(f.communicate(timeout=seconds + 30)[0] or "{}")
+                       for f in fuzzers]
+        finally:
+            for f in fuzzers:
+                if f.poll() is None:
+                    f.kill()
+                    f.wait()
+        ended = vm_kb(pid, "VmRSS")
+        settle = time.monotonic() + JUNK_SETTLE_S
+        while time.monotonic() < settle:
+            time.sleep(0.1)
+        after = vm_kb(pid, "VmRSS")
+        sent = sum(f.get("sent", 0) for f in figures)
+        replies = sum(f.get("replies", 0) for f in figures)
+        made = sum(f.get("connections", 0) for f in figures)
+        run.got = (f"{sent:,} junk messages over {made:,} connections from "
+                   f"{JUNK_FUZZERS} processes, {replies:,} replies read; broker "
+                   f"{before / 1024:,.0f} MB before, {ended / 1024:,.0f} MB as they "
+                   f"stopped, {after / 1024:,.0f} MB {JUNK_SETTLE_S:.0f} s after")
+    return attack
+
+
 ATTACKS = [
     Attack("0", "baseline: no attack", None, setup_baseline),
     Attack("1", "key service: one message of empty frames", None, setup_key_frames),
@@ -859,6 +904,8 @@ ATTACKS = [
            setup_curve_frames),
     Attack("8", f"{SUBSCRIBERS} CURVE SUBs that never read, busy room", None,
            setup_sleeping_subscribers),
+    Attack("9", f"junk from short-lived CURVE connections, {JUNK_FUZZERS} processes", None,
+           setup_junk),
 ]
 
 

@@ -1,6 +1,8 @@
 """Tools for the flood tests (issue 14) and benchmarks/floods.py: a raw ZMTP peer that sends
 one message of many empty frames, an honest CURVE client that PINGs and records its round
-trips, and the broker's memory from /proc.
+trips, the broker's memory from /proc, and a junk fuzzer on short-lived CURVE connections
+(``junk_flood``; ``python tests/floods.py junk ENDPOINT KEY SECONDS SEED`` runs one, as
+tests/test_flood_memory.py and scripts/abuse.py do in several processes).
 
 Nothing here sleeps to wait for a socket: the pinger waits on its stop event between
 PINGs (a pace, not a wait for a condition) and on ``poll`` for each reply.
@@ -8,7 +10,11 @@ PINGs (a pace, not a wait for a condition) and on ``poll`` for each reply.
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -179,3 +185,82 @@ def raw_zmtp_peer(port: int, source: str, ready: bytes = DEALER_READY) -> socket
         assert chunk, "the broker closed the connection during the handshake"
         seen += chunk
     return sock
+
+
+#: What the junk fuzzer puts in a frame: versions (right and wrong), request types,
+#: JSON bodies (fake tokens and sessions), random bytes.
+_JUNK_VERSIONS = [b"ZC1", b"ZC1", b"ZC9", b"1", b""]
+_JUNK_TYPES = [b"PING", b"LOGIN", b"RESUME", b"SEND", b"JOIN", b"HISTORY", b"INFO",
+               b"REGISTER", b"NOPE"]
+_JUNK_FRAME_COUNTS = [1, 2, 3, 4, 4, 4, 5, 6]
+
+
+def _junk(rnd: random.Random) -> list[bytes]:
+    frames = []
+    for _ in range(rnd.choice(_JUNK_FRAME_COUNTS)):
+        pick = rnd.random()
+        if pick < 0.3:
+            frames.append(rnd.choice(_JUNK_VERSIONS))
+        elif pick < 0.5:
+            frames.append(rnd.choice(_JUNK_TYPES))
+        elif pick < 0.8:
+            frames.append(json.dumps({"token": rnd.randbytes(8).hex(),
+                                      "session": rnd.randbytes(8).hex(),
+                                      "name": "a" * rnd.randint(0, 50)}).encode())
+        else:
+            frames.append(rnd.randbytes(rnd.randint(0, 200)))
+    return frames
+
+
+def junk_flood(endpoint: str, server_key: bytes, seconds: float, seed: int,
+               reopen: float = 0.01) -> dict[str, int]:
+    """A tester's fuzzer: a CURVE DEALER (fresh key) that sends random frames (wrong frame
+    counts, random JSON bodies, bad versions, fake RESUMEs) as fast as it can for
+    ``seconds``, reading whatever comes back, and swaps its socket for a new one (new
+    connection, new key) with probability ``reopen`` after each message. Returns what it
+    sent (messages queued; those still queued at a swap are dropped), the replies it read
+    and the connections it made."""
+    rnd = random.Random(seed)
+    ctx: zmq.Context[Any] = zmq.Context()
+
+    def connect() -> zmq.Socket[Any]:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
+            server_key, public, secret
+        sock.connect(endpoint)
+        return sock
+
+    sock, sent, got, made = connect(), 0, 0, 1
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            try:
+                sock.send_multipart(_junk(rnd), zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                pass
+            while sock.poll(0):
+                sock.recv_multipart()
+                got += 1
+            if rnd.random() < reopen:
+                sock.close(0)
+                sock, made = connect(), made + 1
+    finally:
+        sock.close(0)
+        ctx.term()
+    return {"sent": sent, "replies": got, "connections": made}
+
+
+def junk_command(endpoint: str, server_key: bytes, seconds: float, seed: int) -> list[str]:
+    """The command line that runs ``junk_flood`` in its own process (it prints its figures
+    as one JSON line)."""
+    return [sys.executable, os.path.abspath(__file__), "junk", endpoint, server_key.decode(),
+            str(seconds), str(seed)]
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["junk"]:
+    _endpoint, _key, _seconds, _seed = sys.argv[2:6]
+    print(json.dumps(junk_flood(_endpoint, _key.encode(), float(_seconds), int(_seed))),
+          flush=True)

@@ -49,7 +49,7 @@ def test_abuse_script_prints_real_figures_per_attack() -> None:
 
 
 def test_abuse_script_refuses_an_unknown_attack() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "abuse.py"), "--only", "9"],
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "abuse.py"), "--only", "99"],
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert done.returncode != 0
-    assert "unknown attack 9" in done.stderr
+    assert "unknown attack 99" in done.stderr

@@ -70,12 +70,16 @@ from zchat.broker.conntrack import (
     FAST_CHECK_EVERY_S,
     MAX_WATCHED,
     MIN_SWEEP_S,
+    RETAINED_TRIM_BYTES,
+    RETAINED_TRIM_EVERY_S,
     RSS_CHECK_EVERY_S,
     TRIM_AFTER_BYTES,
     TRIM_DELAY_S,
     TRIM_EVERY_S,
+    TRIM_LOG_BYTES,
     WATCH_FRACTION,
     Sample,
+    can_trim,
     malloc_trim,
     peer_name,
     supported,
@@ -360,6 +364,10 @@ class ConnectionGuard:
         self._trim_asked = 0.0
         self._freed = 0
         self._trimmed_s = -TRIM_EVERY_S
+        #: The lowest resident size (bytes) at start or after a trim: the resident size
+        #: past it by RETAINED_TRIM_BYTES is trimmed every RETAINED_TRIM_EVERY_S
+        #: (``_trim_retained``); 0 until this thread has read it.
+        self._floor = 0
 
     def track_bytes(self, notify: Callable[[], None], smallest_limit: int) -> bool:
         """Sample the tracked sockets' connections (before ``start()``); False, with one
@@ -436,10 +444,10 @@ class ConnectionGuard:
             poller.register(monitor, zmq.POLLIN)
         index = {monitor: i for i, monitor in enumerate(self._monitors)}
         sampling = self._notify is not None and bool(self._tracked)
-        statm = _open_statm() if sampling else None
+        statm = _open_statm() if sampling or can_trim() else None
         try:
             now = time.monotonic()
-            rss_base = _resident(statm)
+            rss_base = self._floor = _resident(statm)
             next_sweep_s, ticked_s, swept_s = now + CHECK_EVERY_S, now, now
             while True:
                 timeout_ms = None
@@ -449,6 +457,9 @@ class ConnectionGuard:
                     next_tick_s = ticked_s + (FAST_CHECK_EVERY_S if self._watched_conns
                                               else RSS_CHECK_EVERY_S)
                     timeout_ms = max(0, int((next_tick_s - time.monotonic()) * 1000)) + 1
+                elif statm is not None:
+                    next_tick_s = ticked_s + RETAINED_TRIM_EVERY_S
+                    timeout_ms = max(0, int((next_tick_s - time.monotonic()) * 1000)) + 1
                 events = dict(poller.poll(timeout_ms))
                 if stop in events:
                     return
@@ -456,7 +467,12 @@ class ConnectionGuard:
                     if monitor is not stop:
                         self._drain(index[monitor], monitor)
                 now = time.monotonic()
-                if not sampling or now < ticked_s + (
+                if not sampling:
+                    if statm is not None and now >= ticked_s + RETAINED_TRIM_EVERY_S:
+                        ticked_s = now
+                        self._trim_retained(_resident(statm), now)
+                    continue
+                if now < ticked_s + (
                         FAST_CHECK_EVERY_S if self._watched_conns or not self._near.empty()
                         else RSS_CHECK_EVERY_S):
                     continue
@@ -473,6 +489,8 @@ class ConnectionGuard:
                         self._sample(self._watched_conns, now)
                 if self._trim_at and now >= self._trim_at:
                     self._trim(now)
+                else:
+                    self._trim_retained(rss, now)
         finally:
             if statm is not None:
                 os.close(statm)
@@ -520,12 +538,26 @@ class ConnectionGuard:
             self.samples.put(("sample", samples))
             self._notify()
 
-    def _trim(self, now: float) -> None:
-        """malloc_trim, at most every TRIM_EVERY_S, with one INFO line of what it gave
-        back (resident size before and after) and how long it took."""
-        if now - self._trimmed_s < TRIM_EVERY_S:
+    def _trim_retained(self, rss: int, now: float) -> None:
+        """malloc_trim when the resident size ``rss`` (bytes) stands RETAINED_TRIM_BYTES
+        above the lowest it has been after a trim, at most every RETAINED_TRIM_EVERY_S:
+        memory freed without a cut (libzmq's queue of a flood's requests, read by the loop
+        after their connections had gone; docs/security.md) goes back to the system within
+        RETAINED_TRIM_EVERY_S of being freed, instead of staying resident for ever."""
+        if rss - self._floor > RETAINED_TRIM_BYTES \
+                and now - self._trimmed_s >= RETAINED_TRIM_EVERY_S:
+            self._trim(now, retained=True)
+
+    def _trim(self, now: float, retained: bool = False) -> None:
+        """malloc_trim, at most every TRIM_EVERY_S after cuts (RETAINED_TRIM_EVERY_S for
+        ``retained`` memory), with one INFO line of what it gave back (resident size before
+        and after) and how long it took (for ``retained`` memory, only when it gave back
+        TRIM_LOG_BYTES or more: such trims recur while the resident size stays high)."""
+        if now - self._trimmed_s < (RETAINED_TRIM_EVERY_S if retained else TRIM_EVERY_S):
             return
-        self._trim_at, self._trimmed_s, self._freed = 0.0, now, 0
+        self._trimmed_s = now
+        if not retained:
+            self._trim_at, self._freed = 0.0, 0
         statm = _open_statm()
         try:
             before = _resident(statm)
@@ -536,7 +568,8 @@ class ConnectionGuard:
         finally:
             if statm is not None:
                 os.close(statm)
-        if done is not None:
+        self._floor = min(self._floor, after) if self._floor else after
+        if done is not None and (not retained or before - after >= TRIM_LOG_BYTES):
             log.info("malloc_trim returned %.0f MiB to the system in %.1f ms (resident "
                      "%.0f MiB)", (before - after) / 2**20, took * 1000, after / 2**20)
 

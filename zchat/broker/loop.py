@@ -196,6 +196,17 @@ PUB_RCVBUF_BYTES = 64 * 1024
 #: trie (2 KB topics got ~2,600 into a loaded broker's trie, 267 MiB, before the
 #: judge's cut took effect; a session's 1,000 MiB messages grew one to 6 GB).
 PUB_MAX_MESSAGE_BYTES = 1024
+#: Routing ids of peers a reply could not reach (EHOSTUNREACH: their connection is gone)
+#: that the loop remembers, the most recent: their later requests, when they hold no
+#: session, are dropped unserved (``_drain_router``). libzmq still hands the loop what such a
+#: connection sent before it went, up to ``rcvhwm`` messages each; a tester's junk fuzzers
+#: on short-lived connections left most of their requests queued after they had gone,
+#: and reading them was a third of what the loop spent on each (profiled): the rest went
+#: to counting it to a descriptor since reused (a getpeername each), serving it and a
+#: reply libzmq refused.
+#: Only the ids libzmq makes up (first byte 0; never reused): a peer that sets its own
+#: (ZMQ_ROUTING_ID) may come back with it.
+GONE_PEERS_KEPT = 16_384
 #: Send flags as plain ints (every send is non-blocking).
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
@@ -348,6 +359,9 @@ class Broker:
         self._pending: list[Action] = []
         #: Routing ids whose reply or push met a full queue in this wake-up.
         self._unread: set[bytes] = set()
+        #: GONE_PEERS_KEPT routing ids whose replies met EHOSTUNREACH, oldest first
+        #: (``_drain_router``).
+        self._gone: dict[bytes, None] = {}
         #: Group commits that failed, each followed by a rebuild (read by tests and logs).
         self.failed_commits = 0
         self._linger_ms = 0  # SHUTDOWN_LINGER_MS once run() has said GOING_AWAY
@@ -712,6 +726,11 @@ class Broker:
                     break
                 parts.append(router.recv(copy=False))
             else:
+                if self._gone and parts[0].bytes in self._gone \
+                        and parts[0].bytes not in core.sessions:
+                    # sent before its connection went: no reply can reach it, and without
+                    # a session it can change nothing that outlives the connection
+                    continue
                 if self.ledger is not None and self._consumed(parts, len(parts) - 1, 0):
                     continue  # a connection from a barred address: not served
                 if parts[0].bytes in deferred or (
@@ -1142,9 +1161,20 @@ class Broker:
                     if exc.errno != zmq.EHOSTUNREACH:
                         raise
                     log.debug("dropped a reply to %s: peer gone", action.routing_id.hex())
+                    self._remember_gone(action.routing_id)
             elif isinstance(action, Offload):
                 future = self._pool.submit(action.work)
                 future.add_done_callback(functools.partial(self._job_done, action.job_id))
+
+    def _remember_gone(self, routing_id: bytes) -> None:
+        """Remember a peer whose connection is gone (GONE_PEERS_KEPT, oldest forgotten
+        first), when libzmq made up its routing id."""
+        if routing_id[:1] != b"\x00" or routing_id in self._gone:
+            return
+        gone = self._gone
+        gone[routing_id] = None
+        if len(gone) > GONE_PEERS_KEPT:
+            del gone[next(iter(gone))]
 
 
 class BrokerThread:
