@@ -339,6 +339,7 @@ HEAVY_FILES = frozenset({
     "test_pub_many_subscribers.py", "test_benchmarks.py", "test_chaos.py",
     "test_abuse_script.py", "test_irctest.py", "test_cluster_failures.py",
     "test_bounds.py", "test_pub_slow_subscribers.py", "test_protection_live.py",
+    "test_flood_memory.py",
 })
 
 
