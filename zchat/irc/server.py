@@ -408,15 +408,16 @@ async def serve(config: Any, ready: Callable[[list[str]], None] | None = None,
 
 
 def run_gateway(config: Any) -> int:
-    """``zchat irc``'s body: serve until SIGTERM/SIGINT; exit code 0. Raises OSError when
-    a listener cannot bind."""
+    """``zchat irc``'s body: serve until SIGTERM, SIGINT or SIGHUP (the terminal closed:
+    the same orderly shutdown, ERROR to every client and every session logged out);
+    exit code 0. Raises OSError when a listener cannot bind."""
     import signal
     import sys
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
 
         def ready(bound: list[str]) -> None:
