@@ -261,3 +261,26 @@ def test_chathistory_selection() -> None:
     assert texts("AFTER", "timestamp=1970-01-01T00:00:09.500Z") == ["m10"]
     assert texts("BEFORE", "msgid=other/3") == []
     assert parse_timestamp("2023-11-14T22:13:20.123Z") == 1_700_000_000_123
+
+
+def test_formatting_only_and_several_targets_are_answered() -> None:
+    """A PRIVMSG that carries nothing once IRC formatting is taken out gets 412, and one
+    to several targets (TARGMAX=PRIVMSG:1) gets 407 with nothing sent: neither used to
+    get any reply (#misc,carol reached #misc only)."""
+    conn = connection()
+    register(conn)
+    joined(conn)
+    out = feed(conn, "PRIVMSG #dev :\x02\x02")
+    assert not calls(out)
+    assert [m.command for m in lines(out)] == ["412"]
+    out = feed(conn, "PRIVMSG #dev :\x03" + "4   ")
+    assert [m.command for m in lines(out)] == ["412"] and not calls(out)
+    out = feed(conn, "PRIVMSG #misc,carol :multi")
+    assert not calls(out)
+    (too_many,) = lines(out)
+    assert too_many.command == "407" and too_many.params[1] == "#misc,carol"
+    out = feed(conn, "NOTICE #misc,carol :multi")
+    assert not calls(out) and [m.command for m in lines(out)] == ["407"]
+    isupport = " ".join(" ".join(m.params) for m in lines(register(connection()))
+                        if m.command == "005")
+    assert "TARGMAX=PRIVMSG:1,NOTICE:1" in isupport
