@@ -336,3 +336,27 @@ def test_a_broker_restart_leaves_irc_connections_up(inproc_broker: RestartableBr
             await bob.close()
 
     run(scenario(), timeout_s=60)
+
+
+def test_a_guest_nick_is_never_handed_to_another_connection(harness: Harness) -> None:
+    """``[irc] guests``: once a guest's connection ends, the gateway forgets its
+    password, so the nick is taken (433) for good; nobody else gets its DMs (a second
+    connection NICK guestann used to get 001, the offline DM and CHATHISTORY)."""
+    async def scenario() -> None:
+        async with gateway(harness, guests=True) as (_gw, port), \
+                harness.client("carol") as carol:
+            ann = await connect(port, "guestann", password=None)
+            await ann.command("001")
+            await carol.dm("guestann", "hello ann")
+            await ann.expect(lambda m: m.command == "PRIVMSG" and m.params[-1] == "hello ann")
+            ann.send("QUIT")
+            await ann.closed()
+            await carol.dm("guestann", "secret for ann")
+            for _ in range(2):
+                again = await connect(port, "guestann", password=None)
+                reply = await again.expect(lambda m: m.command in ("001", "433"), "433")
+                assert reply.command == "433", again.seen
+                again.close()
+
+    run(scenario())
+

@@ -75,7 +75,8 @@ class Gateway:
         self._factory = client_factory or client_options.make
         self._servers: list[asyncio.Server] = []
         self._sessions: set[_Session] = set()
-        #: Guest accounts this gateway created (``[irc] guests``): name_key -> password.
+        #: Guest accounts this gateway created and whose connection is still up (``[irc]
+        #: guests``): name_key -> password. Forgotten when that connection ends.
         self.guest_passwords: dict[str, str] = {}
         #: Guest accounts in use by a connection now: a second one is ERR_NICKNAMEINUSE.
         self.guests_online: set[str] = set()
@@ -340,7 +341,11 @@ class _Session:
         """The IRC connection ended (QUIT, EOF, error, shutdown): end the zchat session
         (one offline event), stop the tasks, close the socket."""
         self._finishing = True
-        self.gateway.guests_online.discard(self.guest)
+        if self.guest:
+            # the guest account is never handed to another connection: its password is
+            # forgotten, so its nick is taken (433) for good, and its DMs with it
+            self.gateway.guests_online.discard(self.guest)
+            self.gateway.guest_passwords.pop(self.guest, None)
         self.conn.forget_peer()
         for task in self._tasks:
             if task is not asyncio.current_task():
