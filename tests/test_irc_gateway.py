@@ -360,3 +360,39 @@ def test_a_guest_nick_is_never_handed_to_another_connection(harness: Harness) ->
 
     run(scenario())
 
+
+async def _login_from(port: int, source: str, account: str, password: str) -> Message:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    irc = IrcClient(reader, writer)
+    irc.send(f"PASS :{account}:{password}")
+    irc.send(f"NICK {account}")
+    irc.send("USER u 0 * :x")
+    reply = await irc.expect(lambda m: m.command in ("001", "464"), "001 or 464")
+    irc.close()
+    return reply
+
+
+def test_failed_logins_are_limited_per_irc_address_at_the_gateway(harness: Harness) -> None:
+    """Every IRC login reaches the broker from the gateway's one address, so the broker's
+    per-address login budget is shared by all IRC users: the gateway keeps its own per
+    IRC client address, and past FAILED_LOGIN_BURST failures refuses at once, before the
+    broker (a tester's 40 wrong passwords delayed an honest login by 37 s)."""
+    from zchat.irc.server import FAILED_LOGIN_BURST
+
+    async def scenario() -> None:
+        await registered(harness, "alice", "bob")
+        async with gateway(harness) as (_gw, port):
+            for _ in range(FAILED_LOGIN_BURST):
+                reply = await _login_from(port, "127.0.0.3", "alice", "wrong")
+                assert reply.command == "464" and "too many" not in reply.params[-1]
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            reply = await _login_from(port, "127.0.0.3", "alice", DEFAULT_PASSWORD)
+            assert reply.command == "464", reply
+            assert "too many failed logins from your address" in reply.params[-1]
+            assert loop.time() - start < 1.0
+            # another address is not held back by it
+            ok = await _login_from(port, "127.0.0.4", "bob", DEFAULT_PASSWORD)
+            assert ok.command == "001"
+
+    run(scenario())

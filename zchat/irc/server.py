@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line
 from zchat.irc.core import connection
 from zchat.irc.state import Peer, Settings
 from zchat.names import name_key
+from zchat.ratelimit import BucketTable, address_key
 
 log = logging.getLogger("zchat.irc")
 
@@ -45,6 +48,14 @@ MAX_SENDQ_BYTES = 4 * 1024 * 1024
 #: connections to end (the gateway exits within 2 s, docs/irc.md).
 LOGOUT_WAIT_S = 1.0
 SHUTDOWN_WAIT_S = 1.5
+#: Failed logins (wrong name or password) one IRC client address may make before the
+#: gateway refuses its logins itself, and how fast it earns another: a token bucket per
+#: address (zchat/ratelimit.py), as the broker's ``login_rate_per_s``/``login_burst``.
+#: Every gateway login reaches the broker from the gateway's one address, whose login
+#: budget (30, then one per 2 s by default) all IRC users share: without this, one
+#: address guessing passwords held every other IRC user's login back (docs/security.md).
+FAILED_LOGIN_BURST = 5
+FAILED_LOGIN_RATE_PER_S = 1 / 30
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,8 @@ class Gateway:
         #: What the IRC connections told of their users, for the others' WHO/WHOIS.
         self.peers: dict[str, Peer] = {}
         self._guest_lock = asyncio.Lock()
+        #: Failed logins per IRC client address (``address_key``): FAILED_LOGIN_BURST.
+        self.failed_logins = BucketTable(FAILED_LOGIN_RATE_PER_S, FAILED_LOGIN_BURST)
 
     async def start(self, host: str, port: int,
                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
@@ -137,6 +150,9 @@ class _Session:
         self._busy_events = False
         self._finishing = False
         self.guest = ""  # the guest account this connection holds (``[irc] guests``)
+        peer = writer.get_extra_info("peername")
+        #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
+        self.address = address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
 
     def stop(self, text: str) -> None:
         """SIGTERM: ERROR to the client, then the session ends."""
@@ -249,7 +265,7 @@ class _Session:
 
     async def _do(self, req: c.Request) -> Any:
         if isinstance(req, c.Login):
-            return await self._login(req.name, req.password)
+            return await self._login_limited(req.name, req.password)
         if isinstance(req, c.LoginGuest):
             return await self._login_guest(req.name)
         client = self.client
@@ -300,6 +316,24 @@ class _Session:
             self.logged_out = True
             return None
         raise AssertionError(f"unknown call {req!r}")
+
+    async def _login_limited(self, name: str, password: str) -> Any:
+        """LOGIN, unless this IRC client's address failed FAILED_LOGIN_BURST times
+        lately: then RequestFailed 429 at once, without asking the broker. A wrong name
+        or password (401) costs the address a token."""
+        table = self.gateway.failed_logins
+        wait_ms = table.wait_ms(self.address, time.monotonic())
+        if wait_ms:
+            log.info("login of %s from %s refused by the gateway: too many failed logins",
+                     name, self.address)
+            raise RequestFailed(Status.TOO_MANY_REQUESTS, "too many failed logins from "
+                                f"your address: wait {math.ceil(wait_ms / 1000)} s", wait_ms)
+        try:
+            return await self._login(name, password)
+        except RequestFailed as exc:
+            if exc.status == Status.UNAUTHORIZED:
+                table.take(self.address, time.monotonic())
+            raise
 
     async def _login_guest(self, name: str) -> Any:
         """``[irc] guests``: the account ``name`` created by this gateway with a password

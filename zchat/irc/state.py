@@ -383,7 +383,10 @@ class IrcConnection:
                              "account of that name exists: log in with its password)")
                 self.nick_pending_retry = True
                 return
-            self.numeric("464", f"Password incorrect ({reply.reason})")
+            if reply.status == 429:
+                self.numeric("464", f"Login refused: {reply.reason}")
+            else:
+                self.numeric("464", f"Password incorrect ({reply.reason})")
             self.send(Message("ERROR", ("Closing link: zchat login failed",)))
             self._close("login failed")
             return
