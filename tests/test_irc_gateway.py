@@ -396,3 +396,100 @@ def test_failed_logins_are_limited_per_irc_address_at_the_gateway(harness: Harne
             assert ok.command == "001"
 
     run(scenario())
+
+
+def test_a_dead_flooding_connection_stops_posting_and_logs_out_at_once(
+        harness: Harness) -> None:
+    """200 PRIVMSGs written, the connection reset 1 s later: what was not handled yet is
+    dropped and the session goes offline at once (all 200 used to be posted over ~40 s,
+    rate-limited, the QUIT coming 35 s later)."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            alice.writer.write(b"".join(f"PRIVMSG #dev :flood {i}\r\n".encode()
+                                        for i in range(200)))
+            await asyncio.sleep(1.0)
+            alice.writer.transport.abort()  # SIGKILL: no QUIT
+            loop = asyncio.get_running_loop()
+            gone = loop.time()
+            posted: list[str] = []
+
+            async def until_offline() -> None:
+                async for ev in bob.events():
+                    if isinstance(ev, p.MessagePosted):
+                        posted.append(ev.text)
+                    elif isinstance(ev, p.PresenceChanged) and ev.name == "alice" \
+                            and ev.presence == "offline":
+                        return
+            await asyncio.wait_for(until_offline(), LINE_WAIT_S)
+            assert loop.time() - gone < 2.0
+            before = len(posted)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until_offline(), 1.5)  # nothing more comes
+            assert len(posted) == before < 60, posted
+
+    run(scenario())
+
+
+def test_slow_mode_is_refused_at_once_and_blocks_nothing(harness: Harness) -> None:
+    """A 429 asking for a long wait (slow mode 150 s) is answered at once with FAIL
+    RATE_LIMITED and a NOTICE saying how long; PING, WHOIS and QUIT after it are answered
+    at once (the connection used to freeze ~150 s, silently)."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            await bob.set_slow_mode("dev", 150)
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            alice.send("PRIVMSG #dev :one")
+            await alice.sync()
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            alice.send("PRIVMSG #dev :two")
+            alice.send("WHOIS bob")
+            fail = await alice.command("FAIL", timeout_s=2.0)
+            assert fail.params[:3] == ("PRIVMSG", "RATE_LIMITED", "#dev")
+            assert "slow mode" in fail.params[-1]
+            notice = await alice.expect(lambda m: m.command == "NOTICE"
+                                        and "slow mode" in m.params[-1], "NOTICE", 2.0)
+            assert "wait" in notice.params[-1]
+            await alice.command("318", timeout_s=2.0)
+            await alice.sync()
+            alice.send("QUIT")
+            await alice.command("ERROR", timeout_s=2.0)
+            assert loop.time() - start < 3.0
+
+    run(scenario())
+
+
+def test_quit_after_a_flood_drops_what_would_wait_but_not_a_last_word(
+        harness: Harness) -> None:
+    """A QUIT behind 100 PRIVMSGs is answered within 2 s (the lines that would wait for
+    the rate limit are dropped), while a PRIVMSG right before a QUIT is still posted."""
+    async def scenario() -> None:
+        await registered(harness, "alice", "carol")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            carol = await connect(port, "carol")
+            carol.send("JOIN #dev")
+            await carol.command("366")
+            carol.writer.write(b"PRIVMSG #dev :bye all\r\nQUIT :done\r\n")
+            await carol.command("ERROR")
+            assert (await next_message(bob, "dev")).text == "bye all"
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            alice.writer.write(b"".join(f"PRIVMSG #dev :flood {i}\r\n".encode()
+                                        for i in range(100)) + b"QUIT :bye\r\n")
+            await alice.command("ERROR", timeout_s=LINE_WAIT_S)
+            assert loop.time() - start < 2.0
+
+    run(scenario())

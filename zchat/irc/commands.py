@@ -293,8 +293,11 @@ def _refused(conn: IrcConnection, command: str, target: str, f: _Failed,
     elif f.status == 413:
         conn.fail(command, "MESSAGE_TOO_LONG", target, f.reason)
         conn.numeric("404" if channel else "401", target, f"Message refused: {f.reason}")
-    elif f.status == 429:
+    elif f.status == 429:  # a room's slow mode, or a flood past the short waits
         conn.fail(command, "RATE_LIMITED", target, f.reason)
+        if command == "PRIVMSG":
+            conn.send(Message("NOTICE", (conn.nick, f"Not sent to {target}: {f.reason}"),
+                              source=conn.settings.server_name))
     else:
         conn.fail(command, "MESSAGE_REFUSED", target, f"{f.reason} ({f.status})")
 

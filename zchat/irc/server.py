@@ -12,9 +12,11 @@ read by a second task per connection and written as they come.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
+import random
 import secrets
 import ssl
 import time
@@ -22,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from zchat.client.client import Client
+from zchat.client.client import RATE_LIMIT_TRIES, Client, new_cmid
+from zchat.client.session import RATE_LIMIT_JITTER, rate_limit_wait_s
 from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.irc import calls as c
 from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line, serialize
@@ -48,6 +51,14 @@ MAX_SENDQ_BYTES = 4 * 1024 * 1024
 #: connections to end (the gateway exits within 2 s, docs/irc.md).
 LOGOUT_WAIT_S = 1.0
 SHUTDOWN_WAIT_S = 1.5
+#: Bytes of lines read from one client and not yet handled (its RecvQ) past which it
+#: is closed ("Excess flood"): lines are read ahead of their handling so that an EOF is
+#: seen at once, and this bounds what that holds.
+MAX_RECVQ_BYTES = 1024 * 1024
+#: A rate-limit refusal (429) of a PRIVMSG asking for at most this wait (ms) is waited
+#: out and the message tried again (a flood throttled in order); a longer one (a room's
+#: slow mode) is told to the client at once, so that no command waits behind it.
+SHORT_RATE_LIMIT_MS = 2000
 #: Failed logins (wrong name or password) one IRC client address may make before the
 #: gateway refuses its logins itself, and how fast it earns another: a token bucket per
 #: address (zchat/ratelimit.py), as the broker's ``login_rate_per_s``/``login_burst``.
@@ -150,6 +161,16 @@ class _Session:
         self._busy_events = False
         self._finishing = False
         self.guest = ""  # the guest account this connection holds (``[irc] guests``)
+        #: Lines read and not yet handled (``None``: an overlong one), their bytes, and
+        #: a wake-up for ``_handle_lines``.
+        self._lines: collections.deque[bytes | None] = collections.deque()
+        self._lines_bytes = 0
+        self._line_ready = asyncio.Event()
+        self._gone = False       # EOF or reset: nothing more is handled
+        self._quitting = False   # QUIT read: lines before it are handled without waits
+        self._give_up = False    # a line before the QUIT would have waited: drop the rest
+        #: Set when the client quits or goes: every wait of the connection ends.
+        self._stop_waiting = asyncio.Event()
         peer = writer.get_extra_info("peername")
         #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
         self.address = address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
@@ -162,8 +183,10 @@ class _Session:
 
     async def run(self) -> None:
         self._main = asyncio.current_task()
+        reading = asyncio.create_task(self._read_loop(), name="zchat-irc-read")
+        self._tasks.append(reading)
         try:
-            await self._read_loop()
+            await self._handle_lines()
         except asyncio.CancelledError:
             pass
         except (ConnectionError, OSError) as exc:
@@ -174,41 +197,107 @@ class _Session:
             await self._finish()
 
     async def _read_loop(self) -> None:
+        """Read the client's lines as they come, into ``_lines`` for ``_handle_lines``,
+        whatever that is waiting for: so an EOF or reset is seen at once, and the lines
+        not yet handled are dropped then rather than posted for minutes by a dead
+        connection. A QUIT ends the reading (``_quitting``)."""
         buf = LineBuffer()
         pinged = False
-        while not self.conn.closed:
-            timeout = IDLE_CLOSE_S if pinged else (
-                IDLE_PING_S if self.conn.registered else REGISTRATION_TIMEOUT_S)
-            try:
-                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
-            except TimeoutError:
-                if not self.conn.registered or pinged:
-                    self._write_actions(self.conn.shutdown("Ping timeout" if pinged
-                                                           else "Registration timeout"))
-                    return
-                self._write(b"PING :" + self.gateway.settings.server_name.encode() + b"\r\n")
-                pinged = True
-                continue
-            if not data:
-                return
-            pinged = False
-            for line in buf.receive_data(data):
-                if line is None:
-                    await self._carry_out(self.conn.overlong())
-                    continue
-                if body_too_long(line):
-                    await self._carry_out(self.conn.overlong())
-                    continue
+        try:
+            while not self.conn.closed:
+                timeout = IDLE_CLOSE_S if pinged else (
+                    IDLE_PING_S if self.conn.registered else REGISTRATION_TIMEOUT_S)
                 try:
-                    msg = parse_line(line)
-                except UnicodeDecodeError:
-                    await self._carry_out(self.conn.bad_line("utf8"))
+                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                except TimeoutError:
+                    if not self.conn.registered or pinged:
+                        self._write_actions(self.conn.shutdown(
+                            "Ping timeout" if pinged else "Registration timeout"))
+                        break
+                    self._write(b"PING :" + self.gateway.settings.server_name.encode()
+                                + b"\r\n")
+                    pinged = True
                     continue
-                except IrcParseError:
-                    continue
-                await self._carry_out(self.conn.receive(msg))
-                if self.conn.closed:
+                if not data:
+                    break
+                pinged = False
+                for line in buf.receive_data(data):
+                    self._lines.append(line)
+                    self._lines_bytes += len(line) if line else 0
+                    if line is not None and _is_quit(line):
+                        self._quitting = True  # nothing after it is read
+                        self._stop_waiting.set()
+                        self._line_ready.set()
+                        return
+                self._line_ready.set()
+                if self._lines_bytes > MAX_RECVQ_BYTES:
+                    log.info("closing a client that floods (%d lines not yet handled)",
+                             len(self._lines))
+                    self._lines.clear()
+                    self._write_actions(self.conn.shutdown("Excess flood"))
+                    break
+        except (ConnectionError, OSError) as exc:
+            log.debug("connection ended: %s", exc)
+        self._connection_gone()
+
+    def _connection_gone(self) -> None:
+        """EOF, reset or a timeout: drop what the client sent and was not handled yet (it
+        is gone: nobody reads the answers), and end the session at once."""
+        self._gone = True
+        self._stop_waiting.set()
+        if self._lines:
+            log.info("IRC connection of %s ended: %d lines not yet handled dropped",
+                     self.conn.account or self.conn.nick, len(self._lines))
+            self._lines.clear()
+        if self._main is not None and not self._finishing:
+            self._main.cancel()
+
+    async def _handle_lines(self) -> None:
+        """Handle the client's lines one at a time, each with the zchat calls it makes,
+        so that replies keep the order of the commands."""
+        while not self.conn.closed:
+            if not self._lines:
+                if self._gone or self._quitting:
                     return
+                self._line_ready.clear()
+                await self._line_ready.wait()
+                continue
+            if self._quitting and self._give_up:
+                # a line before the QUIT would have waited: it and the rest before the
+                # QUIT are dropped, the QUIT is handled
+                dropped = [ln for ln in self._lines if ln is None or not _is_quit(ln)]
+                if dropped:
+                    log.info("IRC client %s quit: %d lines not yet handled dropped",
+                             self.conn.account or self.conn.nick, len(dropped))
+                self._lines = collections.deque(
+                    ln for ln in self._lines if ln is not None and _is_quit(ln))
+                self._give_up = False
+                continue
+            line = self._lines.popleft()
+            self._lines_bytes -= len(line) if line else 0
+            await self._handle_line(line)
+
+    async def _handle_line(self, line: bytes | None) -> None:
+        if line is None or body_too_long(line):
+            await self._carry_out(self.conn.overlong())
+            return
+        try:
+            msg = parse_line(line)
+        except UnicodeDecodeError:
+            await self._carry_out(self.conn.bad_line("utf8"))
+            return
+        except IrcParseError:
+            return
+        await self._carry_out(self.conn.receive(msg))
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less when the client quits or goes: False then (the
+        caller stops waiting and gives up)."""
+        if self._stop_waiting.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_waiting.wait(), seconds)
+        return not self._stop_waiting.is_set()
 
     async def _carry_out(self, actions: list[c.Action]) -> None:
         """Do what the core said, feeding each call's answer back, until nothing is left."""
@@ -221,6 +310,8 @@ class _Session:
                 self._closing = True
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.writer.drain(), 1.0)
+            elif isinstance(action.request, c.Post | c.DirectMessage):
+                queue[:0] = await self._message(action.id, action.request)
             else:
                 try:
                     reply = await self._do(action.request)
@@ -233,6 +324,48 @@ class _Session:
         with contextlib.suppress(ConnectionError, OSError):
             if self.writer.transport.get_write_buffer_size() > 64 * 1024:
                 await asyncio.wait_for(self.writer.drain(), 5.0)
+
+    async def _message(self, call_id: int, req: c.Post | c.DirectMessage) -> list[c.Action]:
+        """A PRIVMSG or NOTICE: sent with a cmid of its own; the answer for the core."""
+        cmid = new_cmid()
+        try:
+            reply = await self._send_message(req, cmid)
+        except RequestFailed as exc:
+            return self.conn.failure(call_id, int(exc.status), exc.reason)
+        except (ConnectionFailed, ZchatError) as exc:
+            return self.conn.failure(call_id, 503, str(exc))
+        return self.conn.result(call_id, reply)
+
+    async def _send_message(self, req: c.Post | c.DirectMessage, cmid: str,
+                            retry_for_s: float = 0.0) -> Any:
+        """One SEND or DM with ``cmid``. A 429 that asks for a short wait (at most
+        SHORT_RATE_LIMIT_MS: a flood being throttled) is waited out and tried again, at
+        most RATE_LIMIT_TRIES times; a longer one (slow mode) is raised at once, its
+        reason saying how long, so that nothing else of the connection waits behind it.
+        The client quitting or going ends a wait (the 429 is raised). Raises
+        RequestFailed, ConnectionFailed."""
+        client = self.client
+        if client is None:
+            raise ConnectionFailed("not logged in")
+        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+            try:
+                if isinstance(req, c.Post):
+                    return await client.send(req.room, req.text, req.kind,  # type: ignore[arg-type]
+                                             cmid=cmid, retry_for_s=retry_for_s,
+                                             patient=False,
+                                             retry_unavailable=retry_for_s > 0)
+                return await client.dm(req.to, req.text, cmid=cmid, retry_for_s=retry_for_s,
+                                       patient=False, retry_unavailable=retry_for_s > 0)
+            except RequestFailed as exc:
+                if exc.status != Status.TOO_MANY_REQUESTS or attempt == RATE_LIMIT_TRIES \
+                        or exc.retry_after_ms > SHORT_RATE_LIMIT_MS:
+                    raise
+                wait_s = rate_limit_wait_s(exc.retry_after_ms,
+                                           random.uniform(1.0, 1.0 + RATE_LIMIT_JITTER))
+                if not await self._pause(wait_s):
+                    self._give_up = True
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _write_actions(self, actions: list[c.Action]) -> None:
         for action in actions:
@@ -275,10 +408,6 @@ class _Session:
             return await client.join(req.room)
         if isinstance(req, c.Part):
             return await client.part(req.room)
-        if isinstance(req, c.Post):
-            return await client.send(req.room, req.text, req.kind)  # type: ignore[arg-type]
-        if isinstance(req, c.DirectMessage):
-            return await client.dm(req.to, req.text)
         if isinstance(req, c.SetTopic):
             return await client.set_topic(req.room, req.topic)
         if isinstance(req, c.Who):
@@ -398,6 +527,14 @@ class _Session:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=0.5)
         self.done.set()
+
+
+def _is_quit(line: bytes) -> bool:
+    """Whether ``line`` is a QUIT (tags and source skipped; the reader's look ahead)."""
+    words = line.split()
+    while words and words[0][:1] in (b"@", b":"):
+        words.pop(0)
+    return bool(words) and words[0].upper() == b"QUIT"
 
 
 def settings_from(config: Any) -> Settings:
