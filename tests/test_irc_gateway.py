@@ -493,3 +493,94 @@ def test_quit_after_a_flood_drops_what_would_wait_but_not_a_last_word(
             assert loop.time() - start < 2.0
 
     run(scenario())
+
+
+def test_messages_typed_during_a_broker_restart_are_sent_once_when_it_is_back(
+        inproc_broker: RestartableBroker) -> None:
+    """PRIVMSGs (room and DM) written while the broker is down are kept with their cmid
+    and sent, in order, once the gateway's client is back: stored once, no FAIL (they
+    used to be lost with FAIL MESSAGE_REFUSED while the IRC client showed them sent)."""
+    async def scenario() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        for name in ("alice", "carol"):
+            account = await logged_in(inproc_broker, name)
+            await account.logout()
+            await account.close()
+        bob = await logged_in(inproc_broker, "bob", ("dev",), reconnect=True,
+                              reconnect_max_s=0.5)
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=inproc_broker.router, reconnect_max_s=0.5))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            alice = await connect(port, "alice", caps="echo-message")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            await alice.sync()
+            await asyncio.to_thread(inproc_broker.stop)
+            await alice.expect(lambda m: m.command == "NOTICE" and "lost" in m.params[-1],
+                               "the NOTICE of the lost broker", timeout_s=15)
+            for i in range(3):
+                alice.send(f"PRIVMSG #dev :while down {i}")
+            alice.send("PRIVMSG carol :a dm while down")
+            await alice.expect(lambda m: m.command == "NOTICE" and "kept" in m.params[-1],
+                               "the NOTICE of messages kept", timeout_s=15)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(inproc_broker.start)
+            echoed = [await alice.expect(lambda m: m.command in ("PRIVMSG", "FAIL"),
+                                         "an echo", timeout_s=20) for _ in range(4)]
+            assert [(m.command, m.params[0], m.params[-1]) for m in echoed] == [
+                ("PRIVMSG", "#dev", f"while down {i}") for i in range(3)] + [
+                ("PRIVMSG", "carol", "a dm while down")]
+            if bob.state != "connected":
+                await collect(bob, is_(ConnectionRestored), timeout_s=15)
+            page = await bob.history("dev")
+            texts = [m.text for m in page.messages if m.text.startswith("while down")]
+            assert texts == [f"while down {i}" for i in range(3)]
+            assert not [m for m in await alice.sync() if m.command == "FAIL"]
+            alice.close()
+        finally:
+            await gw.shutdown()
+            await bob.close()
+
+    run(scenario(), timeout_s=90)
+
+
+def test_messages_kept_for_a_broker_that_stays_away_end_in_a_clear_fail(
+        inproc_broker: RestartableBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The messages kept are bounded: past MAX_HELD_MESSAGES one is refused at once, and
+    past HELD_FOR_S each gets FAIL PRIVMSG MESSAGE_REFUSED saying the broker did not
+    come back; PING is answered meanwhile."""
+    from zchat.irc import server
+
+    monkeypatch.setattr(server, "HELD_FOR_S", 1.5)
+    monkeypatch.setattr(server, "MAX_HELD_MESSAGES", 2)
+
+    async def scenario() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        account = await logged_in(inproc_broker, "alice")
+        await account.logout()
+        await account.close()
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=inproc_broker.router, reconnect_max_s=0.5))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            await asyncio.to_thread(inproc_broker.stop)
+            await alice.expect(lambda m: m.command == "NOTICE" and "lost" in m.params[-1],
+                               "the NOTICE of the lost broker", timeout_s=15)
+            for i in range(3):
+                alice.send(f"PRIVMSG #dev :kept {i}")
+            full = await alice.command("FAIL")
+            assert "2 messages already wait" in full.params[-1]
+            await alice.sync()
+            fails = [await alice.command("FAIL", timeout_s=10) for _ in range(2)]
+            assert all(f.params[:3] == ("PRIVMSG", "MESSAGE_REFUSED", "#dev")
+                       and "did not come back within 1.5 s" in f.params[-1]
+                       for f in fails), fails
+            alice.close()
+        finally:
+            await gw.shutdown()
+
+    run(scenario(), timeout_s=60)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from zchat.client.client import RATE_LIMIT_TRIES, Client, new_cmid
+from zchat.client.client import RATE_LIMIT_TRIES, SEND_RETRY_S, Client, new_cmid
 from zchat.client.session import RATE_LIMIT_JITTER, rate_limit_wait_s
 from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.irc import calls as c
@@ -59,6 +60,12 @@ MAX_RECVQ_BYTES = 1024 * 1024
 #: out and the message tried again (a flood throttled in order); a longer one (a room's
 #: slow mode) is told to the client at once, so that no command waits behind it.
 SHORT_RATE_LIMIT_MS = 2000
+#: PRIVMSGs and NOTICEs the broker cannot take now (lost, reconnecting, 503) are kept
+#: and sent again with their cmid once the client is back: at most this many per
+#: connection, each for at most this many seconds (``zchat say -``'s SEND_RETRY_S), then
+#: a FAIL.
+MAX_HELD_MESSAGES = 100
+HELD_FOR_S = SEND_RETRY_S
 #: Failed logins (wrong name or password) one IRC client address may make before the
 #: gateway refuses its logins itself, and how fast it earns another: a token bucket per
 #: address (zchat/ratelimit.py), as the broker's ``login_rate_per_s``/``login_burst``.
@@ -143,6 +150,17 @@ class Gateway:
             self._sessions.discard(session)
 
 
+@dataclass
+class _Held:
+    """A message kept until the broker is back: the core's call, the request, its cmid
+    (the same on every try: the broker stores it once), and until when (loop time)."""
+
+    call_id: int
+    request: c.Post | c.DirectMessage
+    cmid: str
+    deadline: float
+
+
 class _Session:
     """One IRC connection: its socket, its core, its zchat client."""
 
@@ -171,6 +189,9 @@ class _Session:
         self._give_up = False    # a line before the QUIT would have waited: drop the rest
         #: Set when the client quits or goes: every wait of the connection ends.
         self._stop_waiting = asyncio.Event()
+        #: Messages waiting for the broker (``_hold``), oldest first, and their sender.
+        self._held: collections.deque[_Held] = collections.deque()
+        self._resender: asyncio.Task[None] | None = None
         peer = writer.get_extra_info("peername")
         #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
         self.address = address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
@@ -326,15 +347,75 @@ class _Session:
                 await asyncio.wait_for(self.writer.drain(), 5.0)
 
     async def _message(self, call_id: int, req: c.Post | c.DirectMessage) -> list[c.Action]:
-        """A PRIVMSG or NOTICE: sent with a cmid of its own; the answer for the core."""
+        """A PRIVMSG or NOTICE: sent with a cmid of its own; the answer for the core. One
+        the broker cannot take now (lost, reconnecting, 503), or one behind such, is
+        kept to be sent again with its cmid once the client is back (``_hold``)."""
         cmid = new_cmid()
+        if self._held:  # behind the ones waiting for the broker: the order is kept
+            return self._hold(call_id, req, cmid)
         try:
             reply = await self._send_message(req, cmid)
         except RequestFailed as exc:
+            if exc.status == Status.UNAVAILABLE and self._may_hold():
+                return self._hold(call_id, req, cmid)
             return self.conn.failure(call_id, int(exc.status), exc.reason)
-        except (ConnectionFailed, ZchatError) as exc:
+        except ConnectionFailed as exc:
+            if self._may_hold():
+                return self._hold(call_id, req, cmid)
+            return self.conn.failure(call_id, 503, str(exc))
+        except ZchatError as exc:
             return self.conn.failure(call_id, 503, str(exc))
         return self.conn.result(call_id, reply)
+
+    async def _resend_one(self, h: _Held, left_s: float) -> Any:
+        return await self._send_message(h.request, h.cmid, max(left_s, 0.001))
+
+    def _may_hold(self) -> bool:
+        client = self.client
+        return client is not None and client.reconnect and client.state != "closed" \
+            and not self._quitting and not self._gone
+
+    def _hold(self, call_id: int, req: c.Post | c.DirectMessage, cmid: str) -> list[c.Action]:
+        """Keep a message for ``_resend_held`` (at most MAX_HELD_MESSAGES, each for
+        HELD_FOR_S), as ``zchat say -`` does through a broker restart."""
+        if len(self._held) >= MAX_HELD_MESSAGES:
+            return self.conn.failure(call_id, 503, f"not sent: {MAX_HELD_MESSAGES} "
+                                     "messages already wait for the zchat broker")
+        loop = asyncio.get_running_loop()
+        first = not self._held
+        self._held.append(_Held(call_id, req, cmid, loop.time() + HELD_FOR_S))
+        if self._resender is None or self._resender.done():
+            self._resender = asyncio.create_task(self._resend_held(),
+                                                 name="zchat-irc-resend")
+            self._tasks.append(self._resender)
+        return self.conn.held(call_id, first, HELD_FOR_S)
+
+    async def _resend_held(self) -> None:
+        """Send the kept messages in order, each with its cmid, waiting for the client
+        to be back (``Client.through_reconnects``, as ``zchat say -``); one whose time
+        is up is answered with a FAIL."""
+        loop = asyncio.get_running_loop()
+        client = self.client
+        while self._held and client is not None:
+            h = self._held[0]
+            left_s = h.deadline - loop.time()
+            gave_up = (f"not sent: the zchat broker did not come back within "
+                       f"{HELD_FOR_S:g} s")
+            try:
+                if left_s <= 0:
+                    raise ConnectionFailed(gave_up)
+                reply = await client.through_reconnects(
+                    functools.partial(self._resend_one, h), left_s)
+            except RequestFailed as exc:
+                actions = self.conn.failure(
+                    h.call_id, int(exc.status),
+                    gave_up if exc.status == Status.UNAVAILABLE else exc.reason)
+            except ZchatError:
+                actions = self.conn.failure(h.call_id, 503, gave_up)
+            else:
+                actions = self.conn.result(h.call_id, reply)
+            self._held.popleft()
+            await self._carry_out(actions)
 
     async def _send_message(self, req: c.Post | c.DirectMessage, cmid: str,
                             retry_for_s: float = 0.0) -> Any:
@@ -510,6 +591,9 @@ class _Session:
             self.gateway.guests_online.discard(self.guest)
             self.gateway.guest_passwords.pop(self.guest, None)
         self.conn.forget_peer()
+        if self._held:
+            log.info("IRC connection of %s ended: %d messages waiting for the broker "
+                     "dropped", self.conn.account, len(self._held))
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()

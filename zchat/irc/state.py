@@ -259,6 +259,21 @@ class IrcConnection:
         self._maybe_answer_label()
         return self.take()
 
+    def held(self, call_id: int, first: bool, held_for_s: float) -> list[c.Action]:
+        """The adapter keeps the message of call ``call_id`` (a Post or DirectMessage the
+        broker could not take: lost, reconnecting, 503) to send again when it is back,
+        and will answer it with ``result`` or ``failure`` then (docs/irc.md). Meanwhile
+        the command counts as answered (a labeled one gets what it said so far), and the
+        first message kept in a row is told in a NOTICE."""
+        self._command_calls.discard(call_id)
+        if first:
+            self.send(Message("NOTICE", (self.nick, "The zchat broker cannot be reached: "
+                                         "your messages are kept and sent when it is back "
+                                         f"(for up to {held_for_s:g} s)"),
+                              source=self.settings.server_name))
+        self._maybe_answer_label()
+        return self.take()
+
     def event(self, ev: Any) -> list[c.Action]:
         """One event of the zchat client (``Client.events()``)."""
         if self.closed or not self.logged_in:
