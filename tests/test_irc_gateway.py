@@ -5,6 +5,7 @@ socket IRC clients. Waits are on lines arriving, each bounded."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import shutil
 import ssl
@@ -391,6 +392,17 @@ def test_failed_logins_are_limited_per_irc_address_at_the_gateway(harness: Harne
             assert reply.command == "464", reply
             assert "too many failed logins from your address" in reply.params[-1]
             assert loop.time() - start < 1.0
+            # SASL from there: 904 with the same reason
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=("127.0.0.3", 0))
+            sasl = IrcClient(reader, writer)
+            blob = base64.b64encode(f"\0alice\0{DEFAULT_PASSWORD}".encode()).decode()
+            for line in ("CAP REQ :sasl", "NICK alice", "USER u 0 * :x",
+                         "AUTHENTICATE PLAIN", f"AUTHENTICATE {blob}"):
+                sasl.send(line)
+            failed = await sasl.command("904")
+            assert "too many failed logins from your address" in failed.params[-1]
+            sasl.close()
             # another address is not held back by it
             ok = await _login_from(port, "127.0.0.4", "bob", DEFAULT_PASSWORD)
             assert ok.command == "001"
