@@ -3,10 +3,13 @@ clients; each connection gets one ``zchat.client.Client`` and one pure
 ``IrcConnection`` (zchat/irc/state.py), and this module only reads, calls the core and
 carries out its answer: writes lines, makes the zchat calls, closes.
 
-The lines of one connection are handled one at a time, each with the zchat calls it
-makes, so replies keep the order of the commands (an IRC client pairs them by order: a
-PING after a PRIVMSG is answered after the PRIVMSG's echo or error). zchat events are
-read by a second task per connection and written as they come.
+A task per connection reads its lines as they come (so an EOF is seen at once, and the
+lines not handled yet are dropped then); they are handled one at a time, each with the
+zchat calls it makes, so replies keep the order of the commands (an IRC client pairs
+them by order: a PING after a PRIVMSG is answered after the PRIVMSG's echo or error —
+except for a message kept while the broker is away, answered when it is sent). zchat
+events are read by another task per connection and written as they come; a third sends
+the kept messages again once the broker is back.
 """
 
 from __future__ import annotations
