@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
+import re
 import shutil
 import ssl
 import subprocess
@@ -411,7 +413,7 @@ def test_failed_logins_are_limited_per_irc_address_at_the_gateway(harness: Harne
 
 
 def test_a_dead_flooding_connection_stops_posting_and_logs_out_at_once(
-        harness: Harness) -> None:
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     """200 PRIVMSGs written, the connection reset 1 s later: what was not handled yet is
     dropped and the session goes offline at once (all 200 used to be posted over ~40 s,
     rate-limited, the QUIT coming 35 s later)."""
@@ -444,7 +446,10 @@ def test_a_dead_flooding_connection_stops_posting_and_logs_out_at_once(
                 await asyncio.wait_for(until_offline(), 1.5)  # nothing more comes
             assert len(posted) == before < 60, posted
 
-    run(scenario())
+    with caplog.at_level(logging.INFO, logger="zchat.irc"):
+        run(scenario())
+    assert re.search(r"IRC connection of alice ended: \d+ lines not yet handled dropped",
+                     caplog.text), caplog.text
 
 
 def test_slow_mode_is_refused_at_once_and_blocks_nothing(harness: Harness) -> None:
