@@ -410,13 +410,13 @@ class _Session:
                 reply = await client.through_reconnects(
                     functools.partial(self._resend_one, h), left_s)
             except RequestFailed as exc:
-                actions = self.conn.failure(
-                    h.call_id, int(exc.status),
-                    gave_up if exc.status == Status.UNAVAILABLE else exc.reason)
+                actions = self.conn.held_answer(
+                    h.call_id, status=int(exc.status),
+                    reason=gave_up if exc.status == Status.UNAVAILABLE else exc.reason)
             except ZchatError:
-                actions = self.conn.failure(h.call_id, 503, gave_up)
+                actions = self.conn.held_answer(h.call_id, status=503, reason=gave_up)
             else:
-                actions = self.conn.result(h.call_id, reply)
+                actions = self.conn.held_answer(h.call_id, reply)
             self._held.popleft()
             await self._carry_out(actions)
 

@@ -274,6 +274,19 @@ class IrcConnection:
         self._maybe_answer_label()
         return self.take()
 
+    def held_answer(self, call_id: int, reply: Any = None, status: int = 0,
+                    reason: str = "") -> list[c.Action]:
+        """The answer to a call kept by ``held``: ``reply``, or the failure ``status``
+        and ``reason``. Its command was answered already, so what this says (the echo, a
+        FAIL) is part of no labeled response, as an event's is not."""
+        handler, args = self._pending.pop(call_id)
+        self._in_event = True
+        try:
+            handler(*args, _Failed(status, reason) if status else reply)
+        finally:
+            self._in_event = False
+        return self.take()
+
     def event(self, ev: Any) -> list[c.Action]:
         """One event of the zchat client (``Client.events()``)."""
         if self.closed or not self.logged_in:
