@@ -601,3 +601,22 @@ def test_messages_kept_for_a_broker_that_stays_away_end_in_a_clear_fail(
             await gw.shutdown()
 
     run(scenario(), timeout_s=60)
+
+
+def test_a_live_flooder_is_throttled_in_order(harness: Harness) -> None:
+    """Past the send burst, a live client's PRIVMSGs wait the short rate-limit waits and
+    are all posted, in order, with no FAIL."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            alice.writer.write(b"".join(f"PRIVMSG #dev :line {i}\r\n".encode()
+                                        for i in range(30)))
+            got = [(await next_message(bob, "dev")).text for _ in range(30)]
+            assert got == [f"line {i}" for i in range(30)]
+            assert not [m for m in await alice.sync() if m.command == "FAIL"]
+
+    run(scenario(), timeout_s=60)
