@@ -89,3 +89,25 @@ def test_help_lists_irc(tmp_path: Path) -> None:
     done = subprocess.run([*zchat_command(), "--help"], env=cli_env(tmp_path),
                           capture_output=True, text=True, timeout=30)
     assert " irc " in done.stdout or "irc," in done.stdout or "\n    irc" in done.stdout
+
+
+def test_sighup_closes_like_sigterm(tmp_path: Path, broker: TcpBroker) -> None:
+    """Closing the terminal (SIGHUP) tells the IRC client ERROR and logs its session out,
+    as SIGTERM does (it used to kill the gateway with no cleanup)."""
+    env = cli_env(tmp_path)
+    subprocess.run([*zchat_command(), "register", "--server", broker.router, "alice"],
+                   env=env, check=True, capture_output=True, timeout=30)
+    gateway, port = start_gateway(tmp_path, broker)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as irc:
+            irc.sendall(f"PASS :alice:{DEFAULT_PASSWORD}\r\nNICK alice\r\n"
+                        "USER a 0 * :Alice\r\n".encode())
+            read_until(irc, b" 001 ")
+            gateway.popen.send_signal(signal.SIGHUP)
+            assert b"ERROR :Closing link: gateway shutting down" in read_until(irc, b"ERROR")
+            assert gateway.wait(5) == 0
+        who = subprocess.run([*zchat_command(), "who", "--server", broker.router],
+                             env=env, capture_output=True, text=True, timeout=30)
+        assert "alice" not in who.stdout or "offline" in who.stdout, who.stdout
+    finally:
+        gateway.kill()

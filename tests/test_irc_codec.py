@@ -70,9 +70,21 @@ def test_split_text_lines_and_characters() -> None:
     pieces = split_text("日本語" * 100, 31)
     assert "".join(pieces) == "日本語" * 100
     assert all(len(p.encode()) <= 31 for p in pieces)
-    words = split_text(("word " * 40).strip(), 50)
-    assert all(len(p.encode()) <= 50 and not p.endswith(" ") for p in words)
-    assert " ".join(words).split() == ["word"] * 40
+    text = ("word " * 40).strip()
+    words = split_text(text, 50)
+    assert all(len(p.encode()) <= 50 for p in words)
+    assert "".join(words) == text  # cut after a space, which stays at the line's end
+    assert all(p.endswith(" ") for p in words[:-1])
+
+
+def test_split_text_keeps_every_whitespace_character() -> None:
+    """No character is lost at a split (a tester's 600 spaces arrived as 133, and a run
+    of spaces was sent as a line of nothing but spaces with the rest dropped)."""
+    for text in ("A" * 10 + " " * 600 + "B" * 10, "a" + " " * 1000 + "b",
+                 " " * 700, "x " * 300, "\t" + "é " * 400):
+        pieces = split_text(text, 100)
+        assert "".join(pieces) == text, (text[:20], pieces)
+        assert all(0 < len(p.encode()) <= 100 for p in pieces)
 
 
 def test_casemapping_ascii() -> None:

@@ -5,7 +5,10 @@ socket IRC clients. Waits are on lines arriving, each bounded."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import logging
+import re
 import shutil
 import ssl
 import subprocess
@@ -334,5 +337,286 @@ def test_a_broker_restart_leaves_irc_connections_up(inproc_broker: RestartableBr
         finally:
             await gw.shutdown()
             await bob.close()
+
+    run(scenario(), timeout_s=60)
+
+
+def test_a_guest_nick_is_never_handed_to_another_connection(harness: Harness) -> None:
+    """``[irc] guests``: once a guest's connection ends, the gateway forgets its
+    password, so the nick is taken (433) for good; nobody else gets its DMs (a second
+    connection NICK guestann used to get 001, the offline DM and CHATHISTORY)."""
+    async def scenario() -> None:
+        async with gateway(harness, guests=True) as (_gw, port), \
+                harness.client("carol") as carol:
+            ann = await connect(port, "guestann", password=None)
+            await ann.command("001")
+            await carol.dm("guestann", "hello ann")
+            await ann.expect(lambda m: m.command == "PRIVMSG" and m.params[-1] == "hello ann")
+            ann.send("QUIT")
+            await ann.closed()
+            await carol.dm("guestann", "secret for ann")
+            for _ in range(2):
+                again = await connect(port, "guestann", password=None)
+                reply = await again.expect(lambda m: m.command in ("001", "433"), "433")
+                assert reply.command == "433", again.seen
+                again.close()
+
+    run(scenario())
+
+
+async def _login_from(port: int, source: str, account: str, password: str) -> Message:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    irc = IrcClient(reader, writer)
+    irc.send(f"PASS :{account}:{password}")
+    irc.send(f"NICK {account}")
+    irc.send("USER u 0 * :x")
+    reply = await irc.expect(lambda m: m.command in ("001", "464"), "001 or 464")
+    irc.close()
+    return reply
+
+
+def test_failed_logins_are_limited_per_irc_address_at_the_gateway(harness: Harness) -> None:
+    """Every IRC login reaches the broker from the gateway's one address, so the broker's
+    per-address login budget is shared by all IRC users: the gateway keeps its own per
+    IRC client address, and past FAILED_LOGIN_BURST failures refuses at once, before the
+    broker (a tester's 40 wrong passwords delayed an honest login by 37 s)."""
+    from zchat.irc.server import FAILED_LOGIN_BURST
+
+    async def scenario() -> None:
+        await registered(harness, "alice", "bob")
+        async with gateway(harness) as (_gw, port):
+            for _ in range(FAILED_LOGIN_BURST):
+                reply = await _login_from(port, "127.0.0.3", "alice", "wrong")
+                assert reply.command == "464" and "too many" not in reply.params[-1]
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            reply = await _login_from(port, "127.0.0.3", "alice", DEFAULT_PASSWORD)
+            assert reply.command == "464", reply
+            assert "too many failed logins from your address" in reply.params[-1]
+            assert loop.time() - start < 1.0
+            # SASL from there: 904 with the same reason
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=("127.0.0.3", 0))
+            sasl = IrcClient(reader, writer)
+            blob = base64.b64encode(f"\0alice\0{DEFAULT_PASSWORD}".encode()).decode()
+            for line in ("CAP REQ :sasl", "NICK alice", "USER u 0 * :x",
+                         "AUTHENTICATE PLAIN", f"AUTHENTICATE {blob}"):
+                sasl.send(line)
+            failed = await sasl.command("904")
+            assert "too many failed logins from your address" in failed.params[-1]
+            sasl.close()
+            # another address is not held back by it
+            ok = await _login_from(port, "127.0.0.4", "bob", DEFAULT_PASSWORD)
+            assert ok.command == "001"
+
+    run(scenario())
+
+
+def test_a_dead_flooding_connection_stops_posting_and_logs_out_at_once(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """200 PRIVMSGs written, the connection reset 1 s later: what was not handled yet is
+    dropped and the session goes offline at once (all 200 used to be posted over ~40 s,
+    rate-limited, the QUIT coming 35 s later)."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            alice.writer.write(b"".join(f"PRIVMSG #dev :flood {i}\r\n".encode()
+                                        for i in range(200)))
+            await asyncio.sleep(1.0)
+            alice.writer.transport.abort()  # SIGKILL: no QUIT
+            loop = asyncio.get_running_loop()
+            gone = loop.time()
+            posted: list[str] = []
+
+            async def until_offline() -> None:
+                async for ev in bob.events():
+                    if isinstance(ev, p.MessagePosted):
+                        posted.append(ev.text)
+                    elif isinstance(ev, p.PresenceChanged) and ev.name == "alice" \
+                            and ev.presence == "offline":
+                        return
+            await asyncio.wait_for(until_offline(), LINE_WAIT_S)
+            assert loop.time() - gone < 2.0
+            before = len(posted)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until_offline(), 1.5)  # nothing more comes
+            assert len(posted) == before < 60, posted
+
+    with caplog.at_level(logging.INFO, logger="zchat.irc"):
+        run(scenario())
+    assert re.search(r"IRC connection of alice ended: \d+ lines not yet handled dropped",
+                     caplog.text), caplog.text
+
+
+def test_slow_mode_is_refused_at_once_and_blocks_nothing(harness: Harness) -> None:
+    """A 429 asking for a long wait (slow mode 150 s) is answered at once with FAIL
+    RATE_LIMITED and a NOTICE saying how long; PING, WHOIS and QUIT after it are answered
+    at once (the connection used to freeze ~150 s, silently)."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            await bob.set_slow_mode("dev", 150)
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            alice.send("PRIVMSG #dev :one")
+            await alice.sync()
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            alice.send("PRIVMSG #dev :two")
+            alice.send("WHOIS bob")
+            fail = await alice.command("FAIL", timeout_s=2.0)
+            assert fail.params[:3] == ("PRIVMSG", "RATE_LIMITED", "#dev")
+            assert "slow mode" in fail.params[-1]
+            notice = await alice.expect(lambda m: m.command == "NOTICE"
+                                        and "slow mode" in m.params[-1], "NOTICE", 2.0)
+            assert "wait" in notice.params[-1]
+            await alice.command("318", timeout_s=2.0)
+            await alice.sync()
+            alice.send("QUIT")
+            await alice.command("ERROR", timeout_s=2.0)
+            assert loop.time() - start < 3.0
+
+    run(scenario())
+
+
+def test_quit_after_a_flood_drops_what_would_wait_but_not_a_last_word(
+        harness: Harness) -> None:
+    """A QUIT behind 100 PRIVMSGs is answered within 2 s (the lines that would wait for
+    the rate limit are dropped), while a PRIVMSG right before a QUIT is still posted."""
+    async def scenario() -> None:
+        await registered(harness, "alice", "carol")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            carol = await connect(port, "carol")
+            carol.send("JOIN #dev")
+            await carol.command("366")
+            carol.writer.write(b"PRIVMSG #dev :bye all\r\nQUIT :done\r\n")
+            await carol.command("ERROR")
+            assert (await next_message(bob, "dev")).text == "bye all"
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            alice.writer.write(b"".join(f"PRIVMSG #dev :flood {i}\r\n".encode()
+                                        for i in range(100)) + b"QUIT :bye\r\n")
+            await alice.command("ERROR", timeout_s=LINE_WAIT_S)
+            assert loop.time() - start < 2.0
+
+    run(scenario())
+
+
+def test_messages_typed_during_a_broker_restart_are_sent_once_when_it_is_back(
+        inproc_broker: RestartableBroker) -> None:
+    """PRIVMSGs (room and DM) written while the broker is down are kept with their cmid
+    and sent, in order, once the gateway's client is back: stored once, no FAIL (they
+    used to be lost with FAIL MESSAGE_REFUSED while the IRC client showed them sent)."""
+    async def scenario() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        for name in ("alice", "carol"):
+            account = await logged_in(inproc_broker, name)
+            await account.logout()
+            await account.close()
+        bob = await logged_in(inproc_broker, "bob", ("dev",), reconnect=True,
+                              reconnect_max_s=0.5)
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=inproc_broker.router, reconnect_max_s=0.5))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            alice = await connect(port, "alice", caps="echo-message")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            await alice.sync()
+            await asyncio.to_thread(inproc_broker.stop)
+            await alice.expect(lambda m: m.command == "NOTICE" and "lost" in m.params[-1],
+                               "the NOTICE of the lost broker", timeout_s=15)
+            for i in range(3):
+                alice.send(f"PRIVMSG #dev :while down {i}")
+            alice.send("PRIVMSG carol :a dm while down")
+            await alice.expect(lambda m: m.command == "NOTICE" and "kept" in m.params[-1],
+                               "the NOTICE of messages kept", timeout_s=15)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(inproc_broker.start)
+            echoed = [await alice.expect(lambda m: m.command in ("PRIVMSG", "FAIL"),
+                                         "an echo", timeout_s=20) for _ in range(4)]
+            assert [(m.command, m.params[0], m.params[-1]) for m in echoed] == [
+                ("PRIVMSG", "#dev", f"while down {i}") for i in range(3)] + [
+                ("PRIVMSG", "carol", "a dm while down")]
+            if bob.state != "connected":
+                await collect(bob, is_(ConnectionRestored), timeout_s=15)
+            page = await bob.history("dev")
+            texts = [m.text for m in page.messages if m.text.startswith("while down")]
+            assert texts == [f"while down {i}" for i in range(3)]
+            assert not [m for m in await alice.sync() if m.command == "FAIL"]
+            alice.close()
+        finally:
+            await gw.shutdown()
+            await bob.close()
+
+    run(scenario(), timeout_s=90)
+
+
+def test_messages_kept_for_a_broker_that_stays_away_end_in_a_clear_fail(
+        inproc_broker: RestartableBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The messages kept are bounded: past MAX_HELD_MESSAGES one is refused at once, and
+    past HELD_FOR_S each gets FAIL PRIVMSG MESSAGE_REFUSED saying the broker did not
+    come back; PING is answered meanwhile."""
+    from zchat.irc import server
+
+    monkeypatch.setattr(server, "HELD_FOR_S", 1.5)
+    monkeypatch.setattr(server, "MAX_HELD_MESSAGES", 2)
+
+    async def scenario() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        account = await logged_in(inproc_broker, "alice")
+        await account.logout()
+        await account.close()
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=inproc_broker.router, reconnect_max_s=0.5))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            await asyncio.to_thread(inproc_broker.stop)
+            await alice.expect(lambda m: m.command == "NOTICE" and "lost" in m.params[-1],
+                               "the NOTICE of the lost broker", timeout_s=15)
+            for i in range(3):
+                alice.send(f"PRIVMSG #dev :kept {i}")
+            full = await alice.command("FAIL")
+            assert "2 messages already wait" in full.params[-1]
+            await alice.sync()
+            fails = [await alice.command("FAIL", timeout_s=10) for _ in range(2)]
+            assert all(f.params[:3] == ("PRIVMSG", "MESSAGE_REFUSED", "#dev")
+                       and "did not come back within 1.5 s" in f.params[-1]
+                       for f in fails), fails
+            alice.close()
+        finally:
+            await gw.shutdown()
+
+    run(scenario(), timeout_s=60)
+
+
+def test_a_live_flooder_is_throttled_in_order(harness: Harness) -> None:
+    """Past the send burst, a live client's PRIVMSGs wait the short rate-limit waits and
+    are all posted, in order, with no FAIL."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port), harness.client("bob") as bob:
+            await bob.join("dev")
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            alice.writer.write(b"".join(f"PRIVMSG #dev :line {i}\r\n".encode()
+                                        for i in range(30)))
+            got = [(await next_message(bob, "dev")).text for _ in range(30)]
+            assert got == [f"line {i}" for i in range(30)]
+            assert not [m for m in await alice.sync() if m.command == "FAIL"]
 
     run(scenario(), timeout_s=60)

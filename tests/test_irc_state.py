@@ -331,3 +331,47 @@ def test_no_playback_for_a_chathistory_client_and_unread_ones_when_more() -> Non
     (who,) = calls(conn.result(call.id, p.RoomJoined(room="dev", last_seq=7, created=False)))
     (history,) = calls(conn.result(who.id, p.WhoList(users=())))
     assert history.request == c.History("dev", 5)
+
+
+def test_formatting_only_and_several_targets_are_answered() -> None:
+    """A PRIVMSG that carries nothing once IRC formatting is taken out gets 412, and one
+    to several targets (TARGMAX=PRIVMSG:1) gets 407 with nothing sent: neither used to
+    get any reply (#misc,carol reached #misc only)."""
+    conn = connection()
+    register(conn)
+    joined(conn)
+    out = feed(conn, "PRIVMSG #dev :\x02\x02")
+    assert not calls(out)
+    assert [m.command for m in lines(out)] == ["412"]
+    out = feed(conn, "PRIVMSG #dev :\x03" + "4   ")
+    assert [m.command for m in lines(out)] == ["412"] and not calls(out)
+    out = feed(conn, "PRIVMSG #misc,carol :multi")
+    assert not calls(out)
+    (too_many,) = lines(out)
+    assert too_many.command == "407" and too_many.params[1] == "#misc,carol"
+    out = feed(conn, "NOTICE #misc,carol :multi")
+    assert not calls(out) and [m.command for m in lines(out)] == ["407"]
+    isupport = " ".join(" ".join(m.params) for m in lines(register(connection()))
+                        if m.command == "005")
+    assert "TARGMAX=PRIVMSG:1,NOTICE:1" in isupport
+
+
+def test_a_message_kept_for_the_broker_answers_its_label_now_and_echoes_later() -> None:
+    """A labeled PRIVMSG the adapter keeps while the broker is away (``held``) is
+    answered at once (the NOTICE saying so, labeled); its echo, when it is finally sent
+    (``held_answer``), is part of no other command's labeled response."""
+    conn = connection()
+    register(conn, caps="labeled-response echo-message batch")
+    joined(conn)
+    (post,) = calls(feed(conn, "@label=a PRIVMSG #dev :later"))
+    (notice,) = lines(conn.held(post.id, True, 30))
+    assert notice.command == "NOTICE" and notice.tags.get("label") == "a"
+    (ping,) = calls(feed(conn, "@label=b PING x"))  # another labeled command under way
+    (echo,) = lines(conn.held_answer(post.id, p.Sent(room="dev", seq=7, time=1000)))
+    assert echo.command == "PRIVMSG" and "label" not in echo.tags
+    (pong,) = lines(conn.result(ping.id, None))
+    assert pong.command == "PONG" and pong.tags.get("label") == "b"
+    (post,) = calls(feed(conn, "PRIVMSG #dev :never"))
+    conn.held(post.id, True, 30)
+    out = conn.held_answer(post.id, status=503, reason="not sent: gone")
+    assert [(m.command, m.params[1]) for m in lines(out)] == [("FAIL", "MESSAGE_REFUSED")]

@@ -1079,21 +1079,14 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
 async def _send_through_reconnects(client: Client, room: str, line: str,
                                    kind: p.MessageKind, retry_for_s: float) -> None:
     """Send ``line``; while the client is reconnecting (a broker restart), wait for it
-    and send again with the same cmid, for up to ``retry_for_s`` seconds in all. Raises
-    RequestFailed, or ConnectionFailed when the broker stays away."""
+    and send again with the same cmid, for up to ``retry_for_s`` seconds in all
+    (``Client.through_reconnects``). Raises RequestFailed, or ConnectionFailed when the
+    broker stays away."""
     cmid = secrets.token_urlsafe(12)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + retry_for_s
-    while True:
-        try:
-            await client.send(room, line, kind, cmid=cmid, retry_for_s=retry_for_s,
-                              retry_unavailable=True)  # a database restarting
-            return
-        except ConnectionFailed:
-            if client.state != "reconnecting" or loop.time() >= deadline:
-                raise
-        while client.state == "reconnecting" and loop.time() < deadline:
-            await asyncio.sleep(0.05)  # the client's own reconnect loop is at work
+    await client.through_reconnects(
+        lambda left_s: client.send(room, line, kind, cmid=cmid, retry_for_s=left_s,
+                                   retry_unavailable=True),  # a database restarting
+        retry_for_s)
 
 
 def cmd_dm(args: argparse.Namespace, config: Config) -> int:

@@ -118,6 +118,7 @@ from zchat.names import name_key, text_lines
 log = logging.getLogger("zchat.client")
 
 R = TypeVar("R", bound=p.Reply)
+T = TypeVar("T")
 
 #: How long a DM_ACK may wait to be queued on the DEALER before it is given up (the DM
 #: is then offered again at the next login).
@@ -971,17 +972,38 @@ class Client:
         return reply
 
     async def dm(self, to: str, text: str, cmid: str = "", *,
-                 retry_for_s: float = SEND_RETRY_S, patient: bool = True) -> p.DmSent:
+                 retry_for_s: float = SEND_RETRY_S, patient: bool = True,
+                 retry_unavailable: bool = False) -> p.DmSent:
         """Send a direct message; ``delivered`` says "live" or "stored". Rate-limited
         (429), it waits and retries (``_patiently``); a lost reply is retried with the
-        same ``cmid`` as in ``send`` (docs/PROTOCOL.md §6.7); ``patient`` as in ``send``.
-        Raises RequestFailed 404 for an unknown account, ConnectionFailed when no try was
-        answered in time."""
+        same ``cmid`` as in ``send`` (docs/PROTOCOL.md §6.7); ``patient`` and
+        ``retry_unavailable`` as in ``send``. Raises RequestFailed 404 for an unknown
+        account, ConnectionFailed when no try was answered in time."""
         reply: p.DmSent = await self._reliably(
             p.SendDirect(to=to, text=text, cmid=cmid or new_cmid()), retry_for_s,
-            RATE_LIMIT_TRIES if patient else 1)
+            RATE_LIMIT_TRIES if patient else 1, retry_unavailable)
         self._unread.sent_dm(to, reply.id)
         return reply
+
+    async def through_reconnects(self, send: Callable[[float], Coroutine[Any, Any, T]],
+                                 retry_for_s: float = SEND_RETRY_S) -> T:
+        """``await send(remaining_s)`` — one ``send`` or ``dm`` with a cmid fixed by the
+        caller, given the seconds left — and, while the client is reconnecting (a broker
+        restart: a message first offered then fails at once), wait for the reconnect
+        and call it again, hence with the same cmid, so that the broker stores it once,
+        for up to ``retry_for_s`` seconds in all (``zchat say -``, the IRC gateway).
+        Raises what ``send`` raises: RequestFailed, or ConnectionFailed when the broker
+        stays away."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_for_s
+        while True:
+            try:
+                return await send(max(0.0, deadline - loop.time()))
+            except ConnectionFailed:
+                if self.state != "reconnecting" or loop.time() >= deadline:
+                    raise
+            while self.state == "reconnecting" and loop.time() < deadline:
+                await asyncio.sleep(0.05)  # the client's own reconnect loop is at work
 
     async def dm_history(self, name: str, before: int | None = None,
                          after: int | None = None,

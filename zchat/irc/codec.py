@@ -149,8 +149,11 @@ def cut_utf8(raw: bytes, limit: int) -> bytes:
 def split_text(text: str, max_bytes: int) -> list[str]:
     """``text`` as IRC message texts: one per line of it (``\\n``, ``\\r\\n``, U+2028 and
     U+2029 break lines), each line cut into pieces of at most ``max_bytes`` UTF-8
-    bytes at character boundaries, preferring the last space. Empty lines are
-    dropped (IRC cannot carry an empty PRIVMSG); an empty text gives []."""
+    bytes at character boundaries, preferring to cut just after the last space (in the
+    second half of the piece). No character is lost: the space at a cut ends the first
+    piece, and a piece may be nothing but spaces or start with them (``serialize`` sends
+    it as a trailing parameter, which keeps them). Empty lines are dropped (IRC cannot
+    carry an empty PRIVMSG); an empty text gives []."""
     if max_bytes < 4:
         raise ValueError("max_bytes must hold one character (4 bytes)")
     lines = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n") \
@@ -161,9 +164,9 @@ def split_text(text: str, max_bytes: int) -> list[str]:
         while len(raw) > max_bytes:
             piece = cut_utf8(raw, max_bytes)
             space = piece.rfind(b" ")
-            if space > max_bytes // 2:
+            if space >= max_bytes // 2:
                 piece = piece[:space + 1]
-            out.append(piece.decode("utf-8").rstrip(" ") or piece.decode("utf-8"))
+            out.append(piece.decode("utf-8"))
             raw = raw[len(piece):]
         if raw:
             out.append(raw.decode("utf-8"))

@@ -243,11 +243,18 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool) -> None:
             conn.send(Message("NOTICE", (conn.nick, "zchat carries no CTCP but ACTION"),
                               source=conn.settings.server_name))
         return
+    command = "NOTICE" if notice else "PRIVMSG"
+    if "," in target:  # TARGMAX=PRIVMSG:1,NOTICE:1 (ISUPPORT): refused whole, none sent
+        conn.numeric("407", target, f"Too many recipients ({command} takes one target: "
+                     "TARGMAX); nothing was sent")
+        return
     text = _FORMATTING.sub("", text)
     if not text.strip():
+        if not notice:
+            conn.numeric("412", "No text to send (nothing left once IRC formatting and "
+                         "spaces are taken out)")
         return
-    command = "NOTICE" if notice else "PRIVMSG"
-    for one in target.split(",")[:1]:
+    for one in (target,):
         if one.startswith(CHANTYPES):
             room = room_of(one)
             if room is None:
@@ -287,8 +294,11 @@ def _refused(conn: IrcConnection, command: str, target: str, f: _Failed,
     elif f.status == 413:
         conn.fail(command, "MESSAGE_TOO_LONG", target, f.reason)
         conn.numeric("404" if channel else "401", target, f"Message refused: {f.reason}")
-    elif f.status == 429:
+    elif f.status == 429:  # a room's slow mode, or a flood past the short waits
         conn.fail(command, "RATE_LIMITED", target, f.reason)
+        if command == "PRIVMSG":
+            conn.send(Message("NOTICE", (conn.nick, f"Not sent to {target}: {f.reason}"),
+                              source=conn.settings.server_name))
     else:
         conn.fail(command, "MESSAGE_REFUSED", target, f"{f.reason} ({f.status})")
 

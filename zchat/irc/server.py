@@ -3,30 +3,40 @@ clients; each connection gets one ``zchat.client.Client`` and one pure
 ``IrcConnection`` (zchat/irc/state.py), and this module only reads, calls the core and
 carries out its answer: writes lines, makes the zchat calls, closes.
 
-The lines of one connection are handled one at a time, each with the zchat calls it
-makes, so replies keep the order of the commands (an IRC client pairs them by order: a
-PING after a PRIVMSG is answered after the PRIVMSG's echo or error). zchat events are
-read by a second task per connection and written as they come.
+A task per connection reads its lines as they come (so an EOF is seen at once, and the
+lines not handled yet are dropped then); they are handled one at a time, each with the
+zchat calls it makes, so replies keep the order of the commands (an IRC client pairs
+them by order: a PING after a PRIVMSG is answered after the PRIVMSG's echo or error —
+except for a message kept while the broker is away, answered when it is sent). zchat
+events are read by another task per connection and written as they come; a third sends
+the kept messages again once the broker is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
+import math
+import random
 import secrets
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from zchat.client.client import Client
+from zchat.client.client import RATE_LIMIT_TRIES, SEND_RETRY_S, Client, new_cmid
+from zchat.client.session import RATE_LIMIT_JITTER, rate_limit_wait_s
 from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.irc import calls as c
 from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line, serialize
 from zchat.irc.core import connection
 from zchat.irc.state import Peer, Settings
 from zchat.names import name_key
+from zchat.ratelimit import BucketTable, address_key
 
 log = logging.getLogger("zchat.irc")
 
@@ -45,6 +55,28 @@ MAX_SENDQ_BYTES = 4 * 1024 * 1024
 #: connections to end (the gateway exits within 2 s, docs/irc.md).
 LOGOUT_WAIT_S = 1.0
 SHUTDOWN_WAIT_S = 1.5
+#: Bytes of lines read from one client and not yet handled (its RecvQ) past which it
+#: is closed ("Excess flood"): lines are read ahead of their handling so that an EOF is
+#: seen at once, and this bounds what that holds.
+MAX_RECVQ_BYTES = 1024 * 1024
+#: A rate-limit refusal (429) of a PRIVMSG asking for at most this wait (ms) is waited
+#: out and the message tried again (a flood throttled in order); a longer one (a room's
+#: slow mode) is told to the client at once, so that no command waits behind it.
+SHORT_RATE_LIMIT_MS = 2000
+#: PRIVMSGs and NOTICEs the broker cannot take now (lost, reconnecting, 503) are kept
+#: and sent again with their cmid once the client is back: at most this many per
+#: connection, each for at most this many seconds (``zchat say -``'s SEND_RETRY_S), then
+#: a FAIL.
+MAX_HELD_MESSAGES = 100
+HELD_FOR_S = SEND_RETRY_S
+#: Failed logins (wrong name or password) one IRC client address may make before the
+#: gateway refuses its logins itself, and how fast it earns another: a token bucket per
+#: address (zchat/ratelimit.py), as the broker's ``login_rate_per_s``/``login_burst``.
+#: Every gateway login reaches the broker from the gateway's one address, whose login
+#: budget (30, then one per 2 s by default) all IRC users share: without this, one
+#: address guessing passwords held every other IRC user's login back (docs/security.md).
+FAILED_LOGIN_BURST = 5
+FAILED_LOGIN_RATE_PER_S = 1 / 30
 
 
 @dataclass(frozen=True)
@@ -75,13 +107,16 @@ class Gateway:
         self._factory = client_factory or client_options.make
         self._servers: list[asyncio.Server] = []
         self._sessions: set[_Session] = set()
-        #: Guest accounts this gateway created (``[irc] guests``): name_key -> password.
+        #: Guest accounts this gateway created and whose connection is still up (``[irc]
+        #: guests``): name_key -> password. Forgotten when that connection ends.
         self.guest_passwords: dict[str, str] = {}
         #: Guest accounts in use by a connection now: a second one is ERR_NICKNAMEINUSE.
         self.guests_online: set[str] = set()
         #: What the IRC connections told of their users, for the others' WHO/WHOIS.
         self.peers: dict[str, Peer] = {}
         self._guest_lock = asyncio.Lock()
+        #: Failed logins per IRC client address (``address_key``): FAILED_LOGIN_BURST.
+        self.failed_logins = BucketTable(FAILED_LOGIN_RATE_PER_S, FAILED_LOGIN_BURST)
 
     async def start(self, host: str, port: int,
                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
@@ -118,6 +153,17 @@ class Gateway:
             self._sessions.discard(session)
 
 
+@dataclass
+class _Held:
+    """A message kept until the broker is back: the core's call, the request, its cmid
+    (the same on every try: the broker stores it once), and until when (loop time)."""
+
+    call_id: int
+    request: c.Post | c.DirectMessage
+    cmid: str
+    deadline: float
+
+
 class _Session:
     """One IRC connection: its socket, its core, its zchat client."""
 
@@ -136,6 +182,22 @@ class _Session:
         self._busy_events = False
         self._finishing = False
         self.guest = ""  # the guest account this connection holds (``[irc] guests``)
+        #: Lines read and not yet handled (``None``: an overlong one), their bytes, and
+        #: a wake-up for ``_handle_lines``.
+        self._lines: collections.deque[bytes | None] = collections.deque()
+        self._lines_bytes = 0
+        self._line_ready = asyncio.Event()
+        self._gone = False       # EOF or reset: nothing more is handled
+        self._quitting = False   # QUIT read: lines before it are handled without waits
+        self._give_up = False    # a line before the QUIT would have waited: drop the rest
+        #: Set when the client quits or goes: every wait of the connection ends.
+        self._stop_waiting = asyncio.Event()
+        #: Messages waiting for the broker (``_hold``), oldest first, and their sender.
+        self._held: collections.deque[_Held] = collections.deque()
+        self._resender: asyncio.Task[None] | None = None
+        peer = writer.get_extra_info("peername")
+        #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
+        self.address = address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
 
     def stop(self, text: str) -> None:
         """SIGTERM: ERROR to the client, then the session ends."""
@@ -145,8 +207,10 @@ class _Session:
 
     async def run(self) -> None:
         self._main = asyncio.current_task()
+        reading = asyncio.create_task(self._read_loop(), name="zchat-irc-read")
+        self._tasks.append(reading)
         try:
-            await self._read_loop()
+            await self._handle_lines()
         except asyncio.CancelledError:
             pass
         except (ConnectionError, OSError) as exc:
@@ -157,41 +221,107 @@ class _Session:
             await self._finish()
 
     async def _read_loop(self) -> None:
+        """Read the client's lines as they come, into ``_lines`` for ``_handle_lines``,
+        whatever that is waiting for: so an EOF or reset is seen at once, and the lines
+        not yet handled are dropped then rather than posted for minutes by a dead
+        connection. A QUIT ends the reading (``_quitting``)."""
         buf = LineBuffer()
         pinged = False
-        while not self.conn.closed:
-            timeout = IDLE_CLOSE_S if pinged else (
-                IDLE_PING_S if self.conn.registered else REGISTRATION_TIMEOUT_S)
-            try:
-                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
-            except TimeoutError:
-                if not self.conn.registered or pinged:
-                    self._write_actions(self.conn.shutdown("Ping timeout" if pinged
-                                                           else "Registration timeout"))
-                    return
-                self._write(b"PING :" + self.gateway.settings.server_name.encode() + b"\r\n")
-                pinged = True
-                continue
-            if not data:
-                return
-            pinged = False
-            for line in buf.receive_data(data):
-                if line is None:
-                    await self._carry_out(self.conn.overlong())
-                    continue
-                if body_too_long(line):
-                    await self._carry_out(self.conn.overlong())
-                    continue
+        try:
+            while not self.conn.closed:
+                timeout = IDLE_CLOSE_S if pinged else (
+                    IDLE_PING_S if self.conn.registered else REGISTRATION_TIMEOUT_S)
                 try:
-                    msg = parse_line(line)
-                except UnicodeDecodeError:
-                    await self._carry_out(self.conn.bad_line("utf8"))
+                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                except TimeoutError:
+                    if not self.conn.registered or pinged:
+                        self._write_actions(self.conn.shutdown(
+                            "Ping timeout" if pinged else "Registration timeout"))
+                        break
+                    self._write(b"PING :" + self.gateway.settings.server_name.encode()
+                                + b"\r\n")
+                    pinged = True
                     continue
-                except IrcParseError:
-                    continue
-                await self._carry_out(self.conn.receive(msg))
-                if self.conn.closed:
+                if not data:
+                    break
+                pinged = False
+                for line in buf.receive_data(data):
+                    self._lines.append(line)
+                    self._lines_bytes += len(line) if line else 0
+                    if line is not None and _is_quit(line):
+                        self._quitting = True  # nothing after it is read
+                        self._stop_waiting.set()
+                        self._line_ready.set()
+                        return
+                self._line_ready.set()
+                if self._lines_bytes > MAX_RECVQ_BYTES:
+                    log.info("closing a client that floods (%d lines not yet handled)",
+                             len(self._lines))
+                    self._lines.clear()
+                    self._write_actions(self.conn.shutdown("Excess flood"))
+                    break
+        except (ConnectionError, OSError) as exc:
+            log.debug("connection ended: %s", exc)
+        self._connection_gone()
+
+    def _connection_gone(self) -> None:
+        """EOF, reset or a timeout: drop what the client sent and was not handled yet (it
+        is gone: nobody reads the answers), and end the session at once."""
+        self._gone = True
+        self._stop_waiting.set()
+        if self._lines:
+            log.info("IRC connection of %s ended: %d lines not yet handled dropped",
+                     self.conn.account or self.conn.nick, len(self._lines))
+            self._lines.clear()
+        if self._main is not None and not self._finishing:
+            self._main.cancel()
+
+    async def _handle_lines(self) -> None:
+        """Handle the client's lines one at a time, each with the zchat calls it makes,
+        so that replies keep the order of the commands."""
+        while not self.conn.closed:
+            if not self._lines:
+                if self._gone or self._quitting:
                     return
+                self._line_ready.clear()
+                await self._line_ready.wait()
+                continue
+            if self._quitting and self._give_up:
+                # a line before the QUIT would have waited: it and the rest before the
+                # QUIT are dropped, the QUIT is handled
+                dropped = [ln for ln in self._lines if ln is None or not _is_quit(ln)]
+                if dropped:
+                    log.info("IRC client %s quit: %d lines not yet handled dropped",
+                             self.conn.account or self.conn.nick, len(dropped))
+                self._lines = collections.deque(
+                    ln for ln in self._lines if ln is not None and _is_quit(ln))
+                self._give_up = False
+                continue
+            line = self._lines.popleft()
+            self._lines_bytes -= len(line) if line else 0
+            await self._handle_line(line)
+
+    async def _handle_line(self, line: bytes | None) -> None:
+        if line is None or body_too_long(line):
+            await self._carry_out(self.conn.overlong())
+            return
+        try:
+            msg = parse_line(line)
+        except UnicodeDecodeError:
+            await self._carry_out(self.conn.bad_line("utf8"))
+            return
+        except IrcParseError:
+            return
+        await self._carry_out(self.conn.receive(msg))
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less when the client quits or goes: False then (the
+        caller stops waiting and gives up)."""
+        if self._stop_waiting.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_waiting.wait(), seconds)
+        return not self._stop_waiting.is_set()
 
     async def _carry_out(self, actions: list[c.Action]) -> None:
         """Do what the core said, feeding each call's answer back, until nothing is left."""
@@ -204,6 +334,8 @@ class _Session:
                 self._closing = True
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.writer.drain(), 1.0)
+            elif isinstance(action.request, c.Post | c.DirectMessage):
+                queue[:0] = await self._message(action.id, action.request)
             else:
                 try:
                     reply = await self._do(action.request)
@@ -216,6 +348,108 @@ class _Session:
         with contextlib.suppress(ConnectionError, OSError):
             if self.writer.transport.get_write_buffer_size() > 64 * 1024:
                 await asyncio.wait_for(self.writer.drain(), 5.0)
+
+    async def _message(self, call_id: int, req: c.Post | c.DirectMessage) -> list[c.Action]:
+        """A PRIVMSG or NOTICE: sent with a cmid of its own; the answer for the core. One
+        the broker cannot take now (lost, reconnecting, 503), or one behind such, is
+        kept to be sent again with its cmid once the client is back (``_hold``)."""
+        cmid = new_cmid()
+        if self._held:  # behind the ones waiting for the broker: the order is kept
+            return self._hold(call_id, req, cmid)
+        try:
+            reply = await self._send_message(req, cmid)
+        except RequestFailed as exc:
+            if exc.status == Status.UNAVAILABLE and self._may_hold():
+                return self._hold(call_id, req, cmid)
+            return self.conn.failure(call_id, int(exc.status), exc.reason)
+        except ConnectionFailed as exc:
+            if self._may_hold():
+                return self._hold(call_id, req, cmid)
+            return self.conn.failure(call_id, 503, str(exc))
+        except ZchatError as exc:
+            return self.conn.failure(call_id, 503, str(exc))
+        return self.conn.result(call_id, reply)
+
+    async def _resend_one(self, h: _Held, left_s: float) -> Any:
+        return await self._send_message(h.request, h.cmid, max(left_s, 0.001))
+
+    def _may_hold(self) -> bool:
+        client = self.client
+        return client is not None and client.reconnect and client.state != "closed" \
+            and not self._quitting and not self._gone
+
+    def _hold(self, call_id: int, req: c.Post | c.DirectMessage, cmid: str) -> list[c.Action]:
+        """Keep a message for ``_resend_held`` (at most MAX_HELD_MESSAGES, each for
+        HELD_FOR_S), as ``zchat say -`` does through a broker restart."""
+        if len(self._held) >= MAX_HELD_MESSAGES:
+            return self.conn.failure(call_id, 503, f"not sent: {MAX_HELD_MESSAGES} "
+                                     "messages already wait for the zchat broker")
+        loop = asyncio.get_running_loop()
+        first = not self._held
+        self._held.append(_Held(call_id, req, cmid, loop.time() + HELD_FOR_S))
+        if self._resender is None or self._resender.done():
+            self._resender = asyncio.create_task(self._resend_held(),
+                                                 name="zchat-irc-resend")
+            self._tasks.append(self._resender)
+        return self.conn.held(call_id, first, HELD_FOR_S)
+
+    async def _resend_held(self) -> None:
+        """Send the kept messages in order, each with its cmid, waiting for the client
+        to be back (``Client.through_reconnects``, as ``zchat say -``); one whose time
+        is up is answered with a FAIL."""
+        loop = asyncio.get_running_loop()
+        client = self.client
+        while self._held and client is not None:
+            h = self._held[0]
+            left_s = h.deadline - loop.time()
+            gave_up = (f"not sent: the zchat broker did not come back within "
+                       f"{HELD_FOR_S:g} s")
+            try:
+                if left_s <= 0:
+                    raise ConnectionFailed(gave_up)
+                reply = await client.through_reconnects(
+                    functools.partial(self._resend_one, h), left_s)
+            except RequestFailed as exc:
+                actions = self.conn.held_answer(
+                    h.call_id, status=int(exc.status),
+                    reason=gave_up if exc.status == Status.UNAVAILABLE else exc.reason)
+            except ZchatError:
+                actions = self.conn.held_answer(h.call_id, status=503, reason=gave_up)
+            else:
+                actions = self.conn.held_answer(h.call_id, reply)
+            self._held.popleft()
+            await self._carry_out(actions)
+
+    async def _send_message(self, req: c.Post | c.DirectMessage, cmid: str,
+                            retry_for_s: float = 0.0) -> Any:
+        """One SEND or DM with ``cmid``. A 429 that asks for a short wait (at most
+        SHORT_RATE_LIMIT_MS: a flood being throttled) is waited out and tried again, at
+        most RATE_LIMIT_TRIES times; a longer one (slow mode) is raised at once, its
+        reason saying how long, so that nothing else of the connection waits behind it.
+        The client quitting or going ends a wait (the 429 is raised). Raises
+        RequestFailed, ConnectionFailed."""
+        client = self.client
+        if client is None:
+            raise ConnectionFailed("not logged in")
+        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+            try:
+                if isinstance(req, c.Post):
+                    return await client.send(req.room, req.text, req.kind,  # type: ignore[arg-type]
+                                             cmid=cmid, retry_for_s=retry_for_s,
+                                             patient=False,
+                                             retry_unavailable=retry_for_s > 0)
+                return await client.dm(req.to, req.text, cmid=cmid, retry_for_s=retry_for_s,
+                                       patient=False, retry_unavailable=retry_for_s > 0)
+            except RequestFailed as exc:
+                if exc.status != Status.TOO_MANY_REQUESTS or attempt == RATE_LIMIT_TRIES \
+                        or exc.retry_after_ms > SHORT_RATE_LIMIT_MS:
+                    raise
+                wait_s = rate_limit_wait_s(exc.retry_after_ms,
+                                           random.uniform(1.0, 1.0 + RATE_LIMIT_JITTER))
+                if not await self._pause(wait_s):
+                    self._give_up = True
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _write_actions(self, actions: list[c.Action]) -> None:
         for action in actions:
@@ -248,7 +482,7 @@ class _Session:
 
     async def _do(self, req: c.Request) -> Any:
         if isinstance(req, c.Login):
-            return await self._login(req.name, req.password)
+            return await self._login_limited(req.name, req.password)
         if isinstance(req, c.LoginGuest):
             return await self._login_guest(req.name)
         client = self.client
@@ -258,10 +492,6 @@ class _Session:
             return await client.join(req.room)
         if isinstance(req, c.Part):
             return await client.part(req.room)
-        if isinstance(req, c.Post):
-            return await client.send(req.room, req.text, req.kind)  # type: ignore[arg-type]
-        if isinstance(req, c.DirectMessage):
-            return await client.dm(req.to, req.text)
         if isinstance(req, c.SetTopic):
             return await client.set_topic(req.room, req.topic)
         if isinstance(req, c.Who):
@@ -301,6 +531,24 @@ class _Session:
             self.logged_out = True
             return None
         raise AssertionError(f"unknown call {req!r}")
+
+    async def _login_limited(self, name: str, password: str) -> Any:
+        """LOGIN, unless this IRC client's address failed FAILED_LOGIN_BURST times
+        lately: then RequestFailed 429 at once, without asking the broker. A wrong name
+        or password (401) costs the address a token."""
+        table = self.gateway.failed_logins
+        wait_ms = table.wait_ms(self.address, time.monotonic())
+        if wait_ms:
+            log.info("login of %s from %s refused by the gateway: too many failed logins",
+                     name, self.address)
+            raise RequestFailed(Status.TOO_MANY_REQUESTS, "too many failed logins from "
+                                f"your address: wait {math.ceil(wait_ms / 1000)} s", wait_ms)
+        try:
+            return await self._login(name, password)
+        except RequestFailed as exc:
+            if exc.status == Status.UNAUTHORIZED:
+                table.take(self.address, time.monotonic())
+            raise
 
     async def _login_guest(self, name: str) -> Any:
         """``[irc] guests``: the account ``name`` created by this gateway with a password
@@ -342,8 +590,15 @@ class _Session:
         """The IRC connection ended (QUIT, EOF, error, shutdown): end the zchat session
         (one offline event), stop the tasks, close the socket."""
         self._finishing = True
-        self.gateway.guests_online.discard(self.guest)
+        if self.guest:
+            # the guest account is never handed to another connection: its password is
+            # forgotten, so its nick is taken (433) for good, and its DMs with it
+            self.gateway.guests_online.discard(self.guest)
+            self.gateway.guest_passwords.pop(self.guest, None)
         self.conn.forget_peer()
+        if self._held:
+            log.info("IRC connection of %s ended: %d messages waiting for the broker "
+                     "dropped", self.conn.account, len(self._held))
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -361,6 +616,14 @@ class _Session:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=0.5)
         self.done.set()
+
+
+def _is_quit(line: bytes) -> bool:
+    """Whether ``line`` is a QUIT (tags and source skipped; the reader's look ahead)."""
+    words = line.split()
+    while words and words[0][:1] in (b"@", b":"):
+        words.pop(0)
+    return bool(words) and words[0].upper() == b"QUIT"
 
 
 def settings_from(config: Any) -> Settings:
@@ -410,15 +673,16 @@ async def serve(config: Any, ready: Callable[[list[str]], None] | None = None,
 
 
 def run_gateway(config: Any) -> int:
-    """``zchat irc``'s body: serve until SIGTERM/SIGINT; exit code 0. Raises OSError when
-    a listener cannot bind."""
+    """``zchat irc``'s body: serve until SIGTERM, SIGINT or SIGHUP (the terminal closed:
+    the same orderly shutdown, ERROR to every client and every session logged out);
+    exit code 0. Raises OSError when a listener cannot bind."""
     import signal
     import sys
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
 
         def ready(bound: list[str]) -> None:

@@ -284,6 +284,34 @@ class IrcConnection:
         self._maybe_answer_label()
         return self.take()
 
+    def held(self, call_id: int, first: bool, held_for_s: float) -> list[c.Action]:
+        """The adapter keeps the message of call ``call_id`` (a Post or DirectMessage the
+        broker could not take: lost, reconnecting, 503) to send again when it is back,
+        and will answer it with ``result`` or ``failure`` then (docs/irc.md). Meanwhile
+        the command counts as answered (a labeled one gets what it said so far), and the
+        first message kept in a row is told in a NOTICE."""
+        self._command_calls.discard(call_id)
+        if first:
+            self.send(Message("NOTICE", (self.nick, "The zchat broker cannot be reached: "
+                                         "your messages are kept and sent when it is back "
+                                         f"(for up to {held_for_s:g} s)"),
+                              source=self.settings.server_name))
+        self._maybe_answer_label()
+        return self.take()
+
+    def held_answer(self, call_id: int, reply: Any = None, status: int = 0,
+                    reason: str = "") -> list[c.Action]:
+        """The answer to a call kept by ``held``: ``reply``, or the failure ``status``
+        and ``reason``. Its command was answered already, so what this says (the echo, a
+        FAIL) is part of no labeled response, as an event's is not."""
+        handler, args = self._pending.pop(call_id)
+        self._in_event = True
+        try:
+            handler(*args, _Failed(status, reason) if status else reply)
+        finally:
+            self._in_event = False
+        return self.take()
+
     def event(self, ev: Any) -> list[c.Action]:
         """One event of the zchat client (``Client.events()``)."""
         if self.closed or not self.logged_in:
@@ -411,7 +439,10 @@ class IrcConnection:
                              "account of that name exists: log in with its password)")
                 self.nick_pending_retry = True
                 return
-            self.numeric("464", f"Password incorrect ({reply.reason})")
+            if reply.status == 429:
+                self.numeric("464", f"Login refused: {reply.reason}")
+            else:
+                self.numeric("464", f"Password incorrect ({reply.reason})")
             self.send(Message("ERROR", ("Closing link: zchat login failed",)))
             self._close("login failed")
             return
