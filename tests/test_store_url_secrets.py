@@ -157,3 +157,18 @@ def test_a_short_or_encoded_password_is_hidden_without_garbling_the_line(
     assert line.startswith("zchat: error: cannot connect to the database "
                            "postgresql://zchat:***@127.0.0.1:1/zchat: "), line
     assert line.count("***") == 1, line
+
+
+@pytest.mark.parametrize("args", [
+    ("broker", "--stroe", f"postgresql://bob:{SECRET}@127.0.0.1:1/bobdb"),
+    ("admin", "--db", f"postgresql://bob:{SECRET}@127.0.0.1:1/bobdb", "sessions"),
+    ("admin", "users", "--db", f"postgresql://bob:{SECRET}@127.0.0.1:1/bobdb", "extra"),
+])
+def test_a_command_line_error_quoting_the_url_hides_its_password(
+        tmp_path: Path, args: tuple[str, ...]) -> None:
+    """A sixth tester's: argparse's own errors (an option mistyped, the URL where ACTION
+    goes) quoted the URL with its password."""
+    result = _run(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert SECRET not in result.stderr and "***" in result.stderr, result.stderr
+    assert result.stderr.startswith("zchat: error: ")
