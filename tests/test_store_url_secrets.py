@@ -162,7 +162,7 @@ def test_a_short_or_encoded_password_is_hidden_without_garbling_the_line(
 @pytest.mark.parametrize("args", [
     ("broker", "--stroe", f"postgresql://bob:{SECRET}@127.0.0.1:1/bobdb"),
     ("admin", "--db", f"postgresql://bob:{SECRET}@127.0.0.1:1/bobdb", "sessions"),
-    ("admin", "users", "--db", f"postgresql://bob:{SECRET}@127.0.0.1:1/bobdb", "extra"),
+    ("admin", "users", f"postgresql://bob:{SECRET}@127.0.0.1:1/bobdb"),
 ])
 def test_a_command_line_error_quoting_the_url_hides_its_password(
         tmp_path: Path, args: tuple[str, ...]) -> None:
