@@ -234,3 +234,16 @@ def test_a_reconnect_moves_round_robin_starting_with_the_next_endpoint() -> None
     assert firsts == {1, 2, 3}  # a dead broker's clients spread over all the others
     with pytest.raises(ValueError):
         reconnect_endpoint(3, 1, 3)
+
+
+def test_an_event_connection_silent_past_the_timeout_means_reconnect() -> None:
+    """A sixth tester's: a broker at max_connections_per_address took a client's DEALER
+    and refused its SUB for good; the session worked and heard no event (no presence,
+    room messages only through the heartbeat's gap repair)."""
+    assert heartbeat_verdict(20.0, 19.9, 9.0, can_reconnect=True, session_gone=False,
+                             going_away=False, lost=False, events_silent_s=9.5) == \
+        "reconnect"
+    assert heartbeat_verdict(20.0, 19.9, 9.0, can_reconnect=True, session_gone=False,
+                             going_away=False, lost=False, events_silent_s=8.0) == "ping"
+    assert heartbeat_verdict(20.0, 19.9, 9.0, can_reconnect=False, session_gone=False,
+                             going_away=False, lost=False, events_silent_s=9.5) == "ping"

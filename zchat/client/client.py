@@ -308,6 +308,9 @@ class Client:
         #: reconnect_endpoint``): drawn once, so that a dead broker's clients spread out.
         self._spread = self._rng.randrange(1 << 16)
         self._last_heard = time.monotonic()
+        #: When the SUB last received anything (a TICK at least every heartbeat
+        #: interval), or None while this connection has no SUB.
+        self._events_heard: float | None = None
         self._lost = False
         self._closed = False
         self._going_away = False       # GOING_AWAY heard: reconnect now, not at timeout
@@ -513,6 +516,7 @@ class Client:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
         self._sub = sub
+        self._events_heard = time.monotonic()
         pub = pub_endpoint_for(self.server, self.info.pub)
         if self._curve is not None and is_tcp(pub):
             _curve_client(sub, *self._curve)
@@ -1491,6 +1495,7 @@ class Client:
             # ROUTER was cut kept the client with TICKs for ever while it evicted the
             # session (a fourth tester's, through a proxy in front of the ROUTER only).
             frames = await sub.recv_multipart()
+            self._events_heard = time.monotonic()
             try:
                 event = p.decode_event(frames)
             except ProtocolError as exc:
@@ -1659,11 +1664,17 @@ class Client:
                 return
             now = time.monotonic()
             silent = now - self._last_heard
+            events_silent = 0.0 if self._events_heard is None or self._sub is None \
+                else now - self._events_heard
             verdict = session.heartbeat_verdict(
                 now, self._last_heard, timeout, can_reconnect=self._credentials is not None,
                 session_gone=self._session_gone, going_away=self._going_away,
-                lost=self._lost)
+                lost=self._lost, events_silent_s=events_silent)
             if verdict == "reconnect":
+                if events_silent > timeout and silent <= timeout:
+                    log.warning("nothing on the event connection for %.0f s, not even a "
+                                "TICK: the broker's PUB does not reach us (refused?); "
+                                "reconnecting", events_silent)
                 if not await self._reconnect(silent):
                     return  # SessionEnded
                 continue

@@ -598,15 +598,19 @@ Heartbeat = Literal["reconnect", "lost", "ping"]
 
 def heartbeat_verdict(now: float, last_heard: float, timeout_s: float, *,
                       can_reconnect: bool, session_gone: bool, going_away: bool,
-                      lost: bool) -> Heartbeat:
+                      lost: bool, events_silent_s: float = 0.0) -> Heartbeat:
     """At a heartbeat (every interval, or when woken): with credentials kept
     (``can_reconnect``), silence longer than ``timeout_s`` since ``last_heard`` (the last
     message on the DEALER: a reply or a push; TICKs on the SUB do not count), a session
-    the broker forgot (``session_gone``) or a GOING_AWAY (``going_away``) means reconnect;
-    without, silence longer than the timeout is a ConnectionLost to tell once (``lost``
+    the broker forgot (``session_gone``), a GOING_AWAY (``going_away``) or an event
+    connection silent longer than ``timeout_s`` (``events_silent_s``: not even a TICK,
+    which the broker publishes every interval; its PUB refused us, say, over
+    max_connections_per_address, while the ROUTER took us) means reconnect; without,
+    silence longer than the timeout is a ConnectionLost to tell once (``lost``
     says it was told), and the PING goes on (docs/PROTOCOL.md §10)."""
     silent = now - last_heard
-    if can_reconnect and (silent > timeout_s or session_gone or going_away):
+    if can_reconnect and (silent > timeout_s or session_gone or going_away
+                          or events_silent_s > timeout_s):
         return "reconnect"
     if silent > timeout_s and not lost:
         return "lost"
