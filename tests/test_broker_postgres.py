@@ -166,3 +166,16 @@ def test_a_broker_takes_a_list_of_hosts_and_connects_to_the_one_that_answers(
     with running_cluster(listed, 1) as (one,):
         run(scenario(one))
         assert one.broker.cluster is not None and one.broker.cluster.listener.connected
+
+
+def test_an_upper_case_scheme_is_a_postgresql_url(pg_url: str) -> None:
+    """A URL's scheme is case-insensitive; libpq read `POSTGRESQL://…` as a key=value
+    string and failed with "missing '='" (a sixth tester's)."""
+    from zchat.store import open_store
+
+    scheme, rest = pg_url.split("://", 1)
+    store = open_store(f"{scheme.upper()}://{rest}")
+    try:
+        assert store.url.startswith(f"{scheme.lower()}://")
+    finally:
+        store.close()

@@ -614,6 +614,14 @@ def endpoint_problem(endpoint: str, *, bind: bool) -> str | None:
 STORE_SCHEMES = ("postgresql", "postgres")
 
 
+def libpq_url(url: str) -> str:
+    """``url`` with its scheme in lower case, as libpq needs it: a URL's scheme is
+    case-insensitive (RFC 3986 §3.1), and libpq read ``POSTGRESQL://…`` as a key=value
+    string ("missing '='", a sixth tester's)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.lower()}{sep}{rest}" if sep else url
+
+
 def store_problem(url: str) -> str | None:
     """What is wrong with ``url`` as ``[broker] store``, or None: a PostgreSQL URL
     (``postgresql://USER@HOST:PORT/DB``; the host may be left out or given as

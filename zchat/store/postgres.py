@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import pq
 
-from zchat.config import redact_text, redact_url
+from zchat.config import libpq_url, redact_text, redact_url
 from zchat.core.ports import (
     AccountInfoRow,
     AccountRow,
@@ -200,7 +200,7 @@ class Store:
         cannot be reached, holds tables that are not a zchat schema (nothing is changed
         in it), or has a newer schema.
         """
-        self.url = url
+        self.url = url = libpq_url(url)
         self.path = redact_url(url)  # what messages name, as the SQLite store's path
         self._write_depth = 0
         self._group = False

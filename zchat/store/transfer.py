@@ -33,7 +33,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from zchat.config import redact_text, redact_url
+from zchat.config import libpq_url, redact_text, redact_url
 from zchat.errors import StorageError
 from zchat.store import migrations, pg_schema
 from zchat.store.postgres import Store as PostgresStore
@@ -337,6 +337,7 @@ def migrate(source_path: Path, url: str) -> Summary:
     docstring). The caller makes sure no broker runs on the file (its lock file). Raises
     MigrationError (nothing written to PostgreSQL; a new database may be left with
     zchat's empty tables, which a second try accepts)."""
+    url = libpq_url(url)
     summary = Summary(str(source_path), redact_url(url))
     with closing(open_source(source_path)) as source:
         _prepare_target(url)
