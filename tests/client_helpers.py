@@ -134,3 +134,14 @@ async def registered_and_logged_in(client: Client, name: str) -> Client:
         await client.register(name, DEFAULT_PASSWORD)
     await client.login(name, DEFAULT_PASSWORD)
     return client
+
+
+async def serve_scripted(router: Any, answer: Callable[[p.Request], p.Reply | p.Error]
+                         ) -> None:
+    """A scripted broker peer on ``router`` (a zmq.asyncio ROUTER): each request is
+    answered with ``answer(request)``, for the client tests that need replies a real
+    broker gives only in an instant (a 429 on cue, a 503 then a LOGIN that works)."""
+    while True:
+        routing_id, *frames = await router.recv_multipart()
+        request_id, req = p.decode_request(frames)
+        await router.send_multipart([routing_id, *p.encode_reply(request_id, answer(req))])

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import pytest
 import zmq
 import zmq.asyncio
+from client_helpers import serve_scripted
 from conftest import run
 
 from zchat import wire as p
@@ -53,11 +54,7 @@ class FakeBroker:
         return p.Ok()
 
     async def serve(self, router: zmq.asyncio.Socket) -> None:
-        while True:
-            routing_id, *frames = await router.recv_multipart()
-            request_id, req = p.decode_request(frames)
-            await router.send_multipart([routing_id, *p.encode_reply(request_id,
-                                                                     self.answer(req))])
+        await serve_scripted(router, self.answer)
 
 
 @asynccontextmanager

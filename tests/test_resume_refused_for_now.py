@@ -15,7 +15,7 @@ import itertools
 
 import zmq
 import zmq.asyncio
-from client_helpers import collect, is_
+from client_helpers import collect, is_, serve_scripted
 from conftest import run
 
 from zchat import wire as p
@@ -59,11 +59,7 @@ class ScriptedBroker:
         return p.Ok()
 
     async def serve(self, router: zmq.asyncio.Socket) -> None:
-        while True:
-            routing_id, *frames = await router.recv_multipart()
-            request_id, req = p.decode_request(frames)
-            await router.send_multipart([routing_id, *p.encode_reply(request_id,
-                                                                     self.answer(req))])
+        await serve_scripted(router, self.answer)
 
 
 async def reconnect_through(broker: ScriptedBroker) -> Client:
