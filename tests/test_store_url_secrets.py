@@ -172,3 +172,18 @@ def test_a_command_line_error_quoting_the_url_hides_its_password(
     assert result.returncode == 2, result.stderr
     assert SECRET not in result.stderr and "***" in result.stderr, result.stderr
     assert result.stderr.startswith("zchat: error: ")
+
+
+@pytest.mark.parametrize("args", [
+    ("join", f"postgresql://u:{SECRET}@127.0.0.1:1/db"),
+    ("tail", "--server", "tcp://127.0.0.1:1", "--as", f"postgres://u:{SECRET}@h/db"),
+    ("join", f"host=127.0.0.1 password={SECRET}"),
+])
+def test_a_url_given_where_a_name_goes_is_refused_hidden(
+        tmp_path: Path, args: tuple[str, ...]) -> None:
+    """A seventh tester's: the name check echoed a URL typed as an account name, password
+    and all."""
+    result = _run(tmp_path, *args)
+    assert result.returncode != 0, result.stderr
+    assert SECRET not in result.stderr + result.stdout and "***" in result.stderr, \
+        result.stderr

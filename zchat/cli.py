@@ -1790,7 +1790,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             normalize_name(name)
         except ProtocolError as exc:
-            print(f"zchat: error: {name!r}: {exc.reason}", file=sys.stderr)
+            print(f"zchat: error: {_without_passwords(f'{name!r}: {exc.reason}', args)}",
+                  file=sys.stderr)
             return 1
     stdout = sys.stdout
     if args.command != "join":  # the console draws on the terminal itself
@@ -1807,7 +1808,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except ProtocolError as exc:  # a rule checked on this side: worded as the broker's
-        print(f"zchat: error: {exc.reason} ({int(exc.status)})", file=sys.stderr)
+        print(f"zchat: error: {_without_passwords(exc.reason, args)} ({int(exc.status)})",
+              file=sys.stderr)
         return 1
     except ZchatError as exc:
         print(f"zchat: error: {_without_passwords(str(exc), args)}", file=sys.stderr)
@@ -1832,8 +1834,10 @@ def _without_passwords(text: str, args: argparse.Namespace) -> str:
     it quotes them: the store and admin code hide them already; this is the last line
     before the terminal."""
     for url in (getattr(args, "store", None), getattr(args, "db", None),
-                getattr(args, "to", None)):
-        if isinstance(url, str) and url:
+                getattr(args, "to", None), *sys.argv[1:]):
+        # any word given that holds a URL or a conninfo password: one typed where a
+        # name goes was echoed by the name check (a seventh tester's `zchat join URL`)
+        if isinstance(url, str) and ("://" in url or "password" in url.lower()):
             text = redact_text(text, url)
     return redact_text(text)
 
