@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 
 from zchat import wire as p
@@ -30,6 +31,8 @@ from zchat.passwords import token_sha256
 from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable
 
 log = logging.getLogger("zchat.broker")
+#: Admin names already warned about (no account), per store: once per broker.
+_ADMINS_WARNED: weakref.WeakKeyDictionary[Store, set[str]] = weakref.WeakKeyDictionary()
 
 #: Bound of Core's room-name cache (entries); emptied whole when full.
 ROOM_KEY_CACHE_MAX = 4096
@@ -85,7 +88,12 @@ class Core(Protection):
         #: of them is refused (docs/admin.md, "Who is an admin").
         self._admin_skeletons = {skeleton(n) for n in config.admins}
         for admin in config.admins:
-            if name_key(admin) not in self.accounts:
+            # once per broker (its store) and name: a core is built again after every
+            # failed commit and state reload (a seventh tester counted five after an
+            # outage)
+            warned = _ADMINS_WARNED.setdefault(store, set())
+            if name_key(admin) not in self.accounts and admin not in warned:
+                warned.add(admin)
                 log.warning("broker admin %r has no account: nobody can register it over "
                             "the wire; create it with `zchat admin create` on the database "
                             "(docs/admin.md)", admin)
