@@ -71,17 +71,26 @@ def flood_plain(host: str, port: int, frames: int) -> socket.socket:
     return sock
 
 
-def flood_curve(ctx: zmq.Context[Any], endpoint: str, server_key: bytes,
-                frames: int) -> zmq.Socket[Any]:
-    """A CURVE DEALER that sends one message of ``frames`` empty frames to ``endpoint``.
-    Returns the socket (the caller closes it)."""
+def curve_dealer(ctx: zmq.Context[Any], endpoint: str, server_key: bytes,
+                 sndhwm: int | None = None) -> zmq.Socket[Any]:
+    """A DEALER with a fresh CURVE key pair, connected to ``endpoint`` (a broker whose
+    public key is ``server_key``); the caller closes it."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
+    if sndhwm is not None:
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
     public, secret = zmq.curve_keypair()
     sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
         server_key, public, secret
     sock.connect(endpoint)
+    return sock
+
+
+def flood_curve(ctx: zmq.Context[Any], endpoint: str, server_key: bytes,
+                frames: int) -> zmq.Socket[Any]:
+    """A CURVE DEALER that sends one message of ``frames`` empty frames to ``endpoint``.
+    Returns the socket (the caller closes it)."""
+    sock = curve_dealer(ctx, endpoint, server_key, sndhwm=0)
     more = int(zmq.SNDMORE)
     for _ in range(frames - 1):
         sock.send(b"", more)
@@ -224,13 +233,7 @@ def junk_flood(endpoint: str, server_key: bytes, seconds: float, seed: int,
     ctx: zmq.Context[Any] = zmq.Context()
 
     def connect() -> zmq.Socket[Any]:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        public, secret = zmq.curve_keypair()
-        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
-            server_key, public, secret
-        sock.connect(endpoint)
-        return sock
+        return curve_dealer(ctx, endpoint, server_key)
 
     sock, sent, got, made = connect(), 0, 0, 1
     deadline = time.monotonic() + seconds

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zmq
 from conftest import TcpBroker, start_broker, stop_broker, wait_until
-from floods import Pinger, flood_curve
+from floods import Pinger, curve_dealer, flood_curve
 
 from zchat import wire as p
 from zchat.broker.connections import LONG_MESSAGE_FRAMES, ConnectionTable, Limits
@@ -47,16 +47,6 @@ def curve_broker(tmp_path: Path) -> Iterator[tuple[TcpBroker, bytes]]:
         if broker.process.popen.poll() is None:
             rc, _ = stop_broker(broker)
             assert rc == 0, broker.process.stderr
-
-
-def curve_dealer(ctx: zmq.Context[Any], endpoint: str, server_key: bytes) -> zmq.Socket[Any]:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    public, secret = zmq.curve_keypair()
-    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
-        server_key, public, secret
-    sock.connect(endpoint)
-    return sock
 
 
 def pong_within(sock: zmq.Socket[Any], timeout_s: float) -> bool:
