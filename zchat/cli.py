@@ -128,14 +128,10 @@ class _Parser(argparse.ArgumentParser):
             parser = chosen
 
     def error(self, message: str) -> typing.NoReturn:
-        message = self._explain(message)
         # argparse quotes the arguments it could not take (`--stroe URL`, a URL where
-        # an ACTION goes): a database URL's password must not reach the terminal so (a
-        # sixth tester's); every word given that holds a URL is hidden as a store URL
-        for word in [*getattr(self, "_given", []), *sys.argv[1:]]:
-            if "://" in word:
-                message = redact_text(message, word)
-        self.exit(2, f"zchat: error: {redact_text(message)}; see '{self.prog} --help'\n")
+        # an ACTION goes): their passwords must not reach the terminal (a sixth tester's)
+        message = _hide_passwords(self._explain(message), getattr(self, "_given", []))
+        self.exit(2, f"zchat: error: {message}; see '{self.prog} --help'\n")
 
     def _explain(self, message: str) -> str:
         """argparse's ``message``, or for a NAME given as ``-x`` (taken for an unknown
@@ -1829,16 +1825,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _without_passwords(text: str, args: argparse.Namespace) -> str:
-    """``text`` with every password hidden (zchat.config.redact_text), those of the
-    database URLs given on the command line (``--store``, ``--db``, ``--to``) wherever
-    it quotes them: the store and admin code hide them already; this is the last line
-    before the terminal."""
-    for url in (getattr(args, "store", None), getattr(args, "db", None),
-                getattr(args, "to", None), *sys.argv[1:]):
-        # any word given that holds a URL or a conninfo password: one typed where a
-        # name goes was echoed by the name check (a seventh tester's `zchat join URL`)
-        if isinstance(url, str) and ("://" in url or "password" in url.lower()):
-            text = redact_text(text, url)
+    """``text`` with every password hidden (:func:`_hide_passwords`), those of the
+    database URLs given (``--store``, ``--db``, ``--to``) included: the store and admin
+    code hide them already; this is the last line before the terminal."""
+    return _hide_passwords(text, [getattr(args, "store", None), getattr(args, "db", None),
+                                  getattr(args, "to", None)])
+
+
+def _hide_passwords(text: str, words: list[Any]) -> str:
+    """``text`` with every password hidden (zchat.config.redact_text): those of each of
+    ``words`` and of the command line's words that holds a URL or a conninfo password,
+    wherever ``text`` quotes them (one typed where a name goes was echoed by the name
+    check: a seventh tester's `zchat join URL`), and any ``password=`` or
+    ``USER:PASSWORD@``."""
+    for word in [*words, *sys.argv[1:]]:
+        if isinstance(word, str) and ("://" in word or "password" in word.lower()):
+            text = redact_text(text, word)
     return redact_text(text)
 
 
