@@ -2,7 +2,8 @@
 ``zchat broker`` subprocess on loopback TCP (tests/conftest.py's ``start_broker``):
 ``zchat`` runs one command and returns what it printed, ``ok`` and ``one_line_error``
 check how it ended, ``register`` creates accounts, ``json_lines`` reads ``--json``
-output, and ``restart_on_same_ports`` starts a stopped broker again on its endpoints.
+output, ``restart_on_same_ports`` starts a stopped broker again on its endpoints, and
+``start_irc_gateway`` runs ``zchat irc`` against one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 from conftest import Proc, TcpBroker, cli_env, zchat_command
+
+from zchat.testing import free_port
 
 
 def zchat(tmp_path: Path, *args: str, password: str | None = None, stdin: str | None = None,
@@ -57,3 +60,22 @@ def restart_on_same_ports(tmp_path: Path, broker: TcpBroker, pub: str,
                 cli_env(tmp_path))
     proc.wait_line("stdout", "fingerprint", timeout_s=15)
     return proc
+
+
+def start_irc_gateway(tmp_path: Path, broker: TcpBroker) -> tuple[Proc, int]:
+    """``zchat irc`` on a free loopback port against ``broker``, once it printed
+    "listening on"; the process and its port. Other ports when the bind fails (another
+    process took the port between ``free_port`` and the bind)."""
+    for _ in range(5):
+        port = free_port()
+        proc = Proc([*zchat_command(), "irc", "--server", broker.router, "--listen",
+                     f"127.0.0.1:{port}"], cli_env(tmp_path))
+        try:
+            proc.wait_line("stdout", "listening on", timeout_s=15)
+        except AssertionError:
+            proc.kill()
+            if any("cannot listen" in line for line in proc.stderr):
+                continue
+            raise
+        return proc, port
+    raise AssertionError("no free port for the gateway")
