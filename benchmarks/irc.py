@@ -556,10 +556,13 @@ async def idle_memory(server: Server, tag: str, counts: tuple[int, ...]) -> dict
 
 # -- the scenario ------------------------------------------------------------------------
 
-def measure(server: Server, quick: bool, run: str) -> dict[str, Any]:
-    """Every figure of one server: max rate and fixed rate per shape, then memory."""
+def measure(server: Server, quick: bool, run: str, max_rate_only: bool = False
+            ) -> dict[str, Any]:
+    """Every figure of one server: max rate and fixed rate per shape, then memory
+    (``max_rate_only``: the max-rate runs alone, for a profile of that load)."""
     shapes = QUICK_SHAPES if quick else SHAPES
-    result: dict[str, Any] = {"max_rate": {}, "fixed_rate": {}, "settings": server.settings}
+    result: dict[str, Any] = {"max_rate": {}, "fixed_rate": {}, "settings": server.settings,
+                              "memory": {"0": {}, "connect_s": {}, "failed": None}}
 
     async def main() -> None:
         for n, (senders, receivers) in enumerate(shapes):
@@ -568,11 +571,14 @@ def measure(server: Server, quick: bool, run: str) -> dict[str, Any]:
                 server, f"{run}m{n}", senders, receivers,
                 QUICK_MESSAGES if quick else
                 min(MESSAGES, DELIVERIES // (senders * receivers)), None)
+            if max_rate_only:
+                continue
             seconds = QUICK_SECONDS if quick else SECONDS
             result["fixed_rate"][shape] = await run_load(
                 server, f"{run}f{n}", senders, receivers,
                 max(1, int(RATE_PER_S * seconds / senders)), RATE_PER_S)
-        result["memory"] = await idle_memory(server, run, QUICK_IDLE if quick else IDLE)
+        if not max_rate_only:
+            result["memory"] = await idle_memory(server, run, QUICK_IDLE if quick else IDLE)
 
     asyncio.run(main())
     return result
@@ -622,7 +628,7 @@ def table(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, float, flo
                          mib(gm, k, "ngircd") if ng else nan))
             rows.append((f"idle RSS {proc} per connection ({k})", "KiB", per(zm, k, proc),
                          per(gm, k, "ngircd") if ng else nan))
-    return rows
+    return [row for row in rows if row[2] == row[2] or row[3] == row[3]]  # not both nan
 
 
 def fmt(value: float) -> str:
@@ -660,14 +666,14 @@ def run_both(bench: Bench, ports: Ports, profile: Path | None = None,
     results: dict[str, dict[str, Any]] = {}
     run = f"{os.getpid() % 1000}"
     with zchat(bench, ports, profile) as server:
-        results["zchat"] = measure(server, bench.quick, run)
+        results["zchat"] = measure(server, bench.quick, run, profile is not None)
     notes.append("zchat settings: " + "; ".join(results["zchat"]["settings"]))
     binary = shutil.which(ngircd_binary) if ngircd_binary else None
     if binary is None:
         notes.append(NGIRCD_HINT + " (only the zchat half was measured)")
     elif profile is not None:
-        notes.append("--profile: zchat irc ran under cProfile, which slows it: ngIRCd was "
-                     "not measured (no ratios)")
+        notes.append("--profile: zchat irc ran under cProfile, which slows it, and only "
+                     "the max-rate runs were made: ngIRCd was not measured (no ratios)")
     else:
         with ngircd(binary, ports) as server:
             results["ngIRCd"] = measure(server, bench.quick, run)
@@ -731,7 +737,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="take every port of the run from this range (default: any "
                              "free port)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="run zchat irc under cProfile, its profile written to DIR")
+                        help="run zchat irc under cProfile (its profile written to DIR "
+                             "when it stops) for the max-rate runs only, without ngIRCd")
     parser.add_argument("--ngircd", default="ngircd", metavar="BINARY",
                         help="the ngIRCd to compare with (default: ngircd on PATH; when "
                              "absent, only the zchat half runs)")

@@ -4,8 +4,11 @@ Runs ``benchmarks/run.py --quick --only ingest`` in a subprocess against a real 
 (its own subprocess, real SQLite, CurveZMQ as shipped) and checks the JSON it writes:
 every message of every run stored once, acknowledged once and delivered exactly once to
 every subscriber, by sequence number. Then SIGTERM: a run terminated while its broker
-starts or serves leaves no process and no scratch file behind. Every run here is in a
-process group of its own, killed whole when the test ends (``benchmark_run``).
+starts or serves leaves no process and no scratch file behind. ``benchmarks/irc.py
+--quick`` (the IRC gateway beside ngIRCd, issue 17): every IRC message delivered once and
+in order, by both servers, ngIRCd's half skipped cleanly where it is not installed. Every
+run here is in a process group of its own, killed whole when the test ends
+(``benchmark_run``).
 """
 
 from __future__ import annotations
