@@ -14,7 +14,8 @@ printed as a ratio to it. Scenarios (``--only`` takes their names):
 - latency: a paced sender at 1,000 msg/s to 10 and 100 members, p50/p99/p99.9/max;
 - history: HISTORY of the last 100 and of a page deep inside a 1,000,000-message room;
 - and any scenario module of benchmarks/ listed in MODULES that exists (sessions, startup,
-  replay).
+  replay, core, irc: the IRC gateway beside ngIRCd, its rows' ratios to ngIRCd's; also
+  run alone as ``python benchmarks/irc.py``).
 
 A scenario module exposes ``SCENARIOS: dict[str, Callable[[Bench], list[Row]]]`` (Bench
 and Row: benchmarks/harness.py). The exit code is 0 when every row is free of correctness
@@ -41,7 +42,8 @@ from harness import Bench, Row, machine_info, stop_children
 from replay import LOG as DEFAULT_REPLAY_LOG
 
 #: Scenario modules, in running order (the relay first: the others' ratios need it).
-MODULES = ["relay", "ingest", "latency", "history", "sessions", "startup", "replay", "core"]
+MODULES = ["relay", "ingest", "latency", "history", "sessions", "startup", "replay", "core",
+           "irc"]
 #: Where the raw figures go unless --json says otherwise. (With ``--only`` naming ingest or
 #: latency but not ``relay`` the ceiling is not measured: their rows have no ratio, and a
 #: target that needs one is left unjudged.)

@@ -4,8 +4,11 @@ Runs ``benchmarks/run.py --quick --only ingest`` in a subprocess against a real 
 (its own subprocess, real SQLite, CurveZMQ as shipped) and checks the JSON it writes:
 every message of every run stored once, acknowledged once and delivered exactly once to
 every subscriber, by sequence number. Then SIGTERM: a run terminated while its broker
-starts or serves leaves no process and no scratch file behind. Every run here is in a
-process group of its own, killed whole when the test ends (``benchmark_run``).
+starts or serves leaves no process and no scratch file behind. ``benchmarks/irc.py
+--quick`` (the IRC gateway beside ngIRCd, issue 17): every IRC message delivered once and
+in order, by both servers, ngIRCd's half skipped cleanly where it is not installed. Every
+run here is in a process group of its own, killed whole when the test ends
+(``benchmark_run``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,12 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def benchmark_run(args: list[str], env: dict[str, str] | None = None,
-                  output: IO[Any] | int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
-    """``benchmarks/run.py ARGS`` in a process group of its own, SIGKILLed whole on the
-    way out, whatever happened: a broker the run started dies with it even when the test
-    failed first or the run itself was killed, for a process keeps its group when it is
-    reparented to init."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "run.py"), *args],
+                  output: IO[Any] | int = subprocess.PIPE,
+                  script: str = "run.py") -> Iterator[subprocess.Popen[str]]:
+    """``benchmarks/SCRIPT ARGS`` (run.py unless said) in a process group of its own,
+    SIGKILLed whole on the way out, whatever happened: a broker the run started dies with
+    it even when the test failed first or the run itself was killed, for a process keeps
+    its group when it is reparented to init."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / script), *args],
                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -342,3 +347,73 @@ def test_quick_cluster_run_prints_sane_figures_for_the_three_set_ups(tmp_path: P
     assert "ingest 1 -> 1 delivered msg/s" in output
     assert re.search(r"\(\d+\.\d\dx\)", output)  # ratios to the SQLite broker
     assert "failover" in output
+
+
+def _quick_irc_run(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """``benchmarks/irc.py --quick ARGS`` with its scratch files under tmp_path/tmp;
+    returns its output and its JSON, once it exited 0 and left no scratch file."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "irc.json"
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    with benchmark_run(["--quick", "--json", str(out), *args], env,
+                       script="irc.py") as proc:
+        output, _ = proc.communicate(timeout=120)  # a hang guard only
+    assert proc.returncode == 0, output
+    assert list(scratch.iterdir()) == []  # broker, gateway and ngIRCd directories gone
+    return output, json.loads(out.read_text())
+
+
+def _check_irc_server(result: dict[str, Any]) -> None:
+    """One server's quick figures: every message delivered once, in order, to every
+    receiver; each figure there and positive. No timing is judged."""
+    for run in ("max_rate", "fixed_rate"):
+        assert list(result[run]) == ["1x2"]
+        figures = result[run]["1x2"]
+        assert figures["messages"] > 0
+        assert figures["delivered"] == figures["messages"] * figures["receivers"]
+        assert figures["lost"] == figures["duplicates"] == 0
+        assert figures["out_of_order"] == figures["foreign"] == 0
+        assert figures["messages_per_s"] > 0
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["p99.9_ms"]
+    memory = result["memory"]
+    assert set(memory) == {"0", "20", "connect_s", "failed"}
+    assert memory["failed"] is None
+    for sample in (memory["0"], memory["20"]):
+        assert sample and all(kib > 0 for kib in sample.values())
+
+
+def test_quick_irc_run_beside_ngircd_loses_nothing(tmp_path: Path) -> None:
+    """``benchmarks/irc.py --quick`` (issue 17): a real broker and ``zchat irc``, then
+    ngIRCd when installed; the table has zchat, ngIRCd and the ratio for each figure.
+    Without ngircd the run says how to install it and measures zchat alone."""
+    output, document = _quick_irc_run(tmp_path)
+    assert document["errors"] == []
+    results = document["results"]
+    _check_irc_server(results["zchat"])
+    assert set(results["zchat"]["memory"]["0"]) == {"zchat irc", "broker"}
+    lines = output.splitlines()
+    assert lines[0].startswith("zchat IRC gateway beside ngIRCd (quick) on ")
+    assert lines[1].split() == ["figure", "unit", "zchat", "ngIRCd", "zchat/ngIRCd"]
+    row = next(line for line in lines if line.startswith("max rate 1 -> 2 messages "))
+    if shutil.which("ngircd") is None:
+        assert "note: ngircd not found: apt-get install ngircd" in output
+        assert set(results) == {"zchat"}
+        assert row.split()[-2:] == ["-", "-"]
+    else:
+        assert set(results) == {"zchat", "ngIRCd"}
+        _check_irc_server(results["ngIRCd"])
+        assert float(row.split()[-1]) > 0  # zchat / ngIRCd
+        assert "ngIRCd settings: MaxPenaltyTime = 0" in output
+
+
+def test_quick_irc_run_without_ngircd_measures_zchat_alone(tmp_path: Path) -> None:
+    """An ngircd that is not there (here named by --ngircd): one line says how to get
+    it, and the zchat half runs as usual. (Where ngircd is missing, the test above
+    covers this already.)"""
+    if shutil.which("ngircd") is None:
+        pytest.skip("ngircd is not installed: the test above ran without it")
+    output, document = _quick_irc_run(tmp_path, "--ngircd", str(tmp_path / "no-ngircd"))
+    assert "note: ngircd not found: apt-get install ngircd" in output
+    assert set(document["results"]) == {"zchat"}
+    _check_irc_server(document["results"]["zchat"])
