@@ -11,11 +11,11 @@ from zchat.irc.codec import (
     IrcParseError,
     LineBuffer,
     Message,
+    cut_text,
+    graphemes,
     irc_lower,
     parse_line,
     serialize,
-    cut_text,
-    graphemes,
     split_text,
 )
 

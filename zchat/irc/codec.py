@@ -128,14 +128,46 @@ def serialize(msg: Message) -> bytes:
     return raw + b"\r\n"
 
 
+#: What marks a text cut to fit a line (``fit_last_param``).
+CUT_MARK = "\u2026"
+
+
+def body_bytes(msg: Message) -> int:
+    """The UTF-8 bytes of ``msg``'s line without tags and CRLF, as ``serialize`` makes
+    it but before any cut."""
+    n = len(msg.command.encode("utf-8")) + sum(1 + len(p.encode("utf-8"))
+                                               for p in msg.params)
+    if msg.source:
+        n += 2 + len(msg.source.encode("utf-8"))
+    if msg.params:
+        last = msg.params[-1]
+        n += 1 if not last or " " in last or last.startswith(":") else 0
+    return n
+
+
+def fit_last_param(msg: Message) -> tuple[Message, str]:
+    """``msg`` within MAX_LINE_BYTES, and "" ; or, when its line would be longer, ``msg``
+    with its last parameter (a text: a topic, a reason) cut between grapheme clusters and
+    ending in CUT_MARK, and the whole text, for the caller to show in other lines."""
+    room = MAX_LINE_BYTES - 2 - body_bytes(msg)
+    if room >= 0 or not msg.params:
+        return msg, ""
+    last = msg.params[-1]
+    keep = len(last.encode("utf-8")) + room - len(CUT_MARK.encode("utf-8")) - 1
+    cut = cut_text(last, keep) if keep >= 4 else ""
+    fitted = Message(msg.command, (*msg.params[:-1], cut + CUT_MARK), msg.source, msg.tags)
+    return fitted, last
+
+
 def body_too_long(line: bytes) -> bool:
     """Whether ``line`` (without CRLF) has more than MAX_LINE_BYTES - 2 bytes after its
-    tags, or more than MAX_CLIENT_TAGS_BYTES of tags (ERR_INPUTTOOLONG)."""
+    tags, or more than MAX_CLIENT_TAGS_BYTES of tags counting the "@" and the space after
+    them (ERR_INPUTTOOLONG; message-tags: "4094 bytes" of tags within those two)."""
     body = line
     if line.startswith(b"@"):
-        space = line.find(b" ")
-        if space < 0 or space > MAX_CLIENT_TAGS_BYTES:
-            return space > MAX_CLIENT_TAGS_BYTES
+        space = line.find(b" ")  # "@", the tags and this space: MAX_CLIENT_TAGS_BYTES
+        if space < 0 or space >= MAX_CLIENT_TAGS_BYTES:
+            return space >= MAX_CLIENT_TAGS_BYTES
         body = line[space + 1:].lstrip(b" ")
     return len(body) > MAX_LINE_BYTES - 2
 
@@ -236,13 +268,20 @@ def split_text(text: str, max_bytes: int) -> list[str]:
     (the caller chooses how to show it: an IRC client cannot receive an empty PRIVMSG
     outside a ``draft/multiline`` batch), so ``"a\\n\\nb"`` is ``["a", "", "b"]``; an
     empty text gives []. Raises ValueError when ``max_bytes`` is under 4."""
+    return [piece for piece, _concat in split_pieces(text, max_bytes)]
+
+
+def split_pieces(text: str, max_bytes: int) -> list[tuple[str, bool]]:
+    """``split_text`` with each piece's place: (piece, concat), ``concat`` true for a
+    piece that continues the line before it (draft/multiline-concat)."""
     if max_bytes < 4:
         raise ValueError("max_bytes must hold one character (4 bytes)")
     if not text:
         return []
-    out: list[str] = []
+    out: list[tuple[str, bool]] = []
     for line in _LINE_BREAK.split(text):
-        out.extend(split_line(line, max_bytes) or [""])
+        pieces = split_line(line, max_bytes) or [""]
+        out += [(piece, i > 0) for i, piece in enumerate(pieces)]
     return out
 
 
