@@ -292,6 +292,12 @@ def test_tagmsg_and_client_only_tags_reach_the_gateways_irc_users(harness: Harne
             alice.send("@+typing=paused TAGMSG bob")
             to_bob = await bob.command("TAGMSG")
             assert to_bob.params == ("bob",) and to_bob.tags["+typing"] == "paused"
+            assert (await alice.command("TAGMSG")).tags["msgid"] == to_bob.tags["msgid"]
+            # to oneself: the echo, and received too
+            alice.send("@label=t1;+draft/react=x TAGMSG alice")
+            mine = [await alice.command("TAGMSG"), await alice.command("TAGMSG")]
+            assert [m.tags.get("label") for m in mine].count("t1") <= 1
+            assert all(m.params == ("alice",) and m.tags["+draft/react"] == "x" for m in mine), mine
             # to a channel not joined
             alice.send("@+typing=active TAGMSG #elsewhere")
             assert (await alice.command("404")).params[1] == "#elsewhere"
@@ -311,3 +317,10 @@ def test_tagmsg_and_client_only_tags_reach_the_gateways_irc_users(harness: Harne
                 irc.close()
 
     run(scenario())
+
+
+def test_multiline_limits_are_the_brokers_message_limits() -> None:
+    """A batch becomes one zchat message: its limits are the broker's for a text."""
+    from zchat.config import BrokerConfig
+    assert BrokerConfig().max_text_bytes == MULTILINE_MAX_BYTES
+    assert BrokerConfig().max_text_lines == MULTILINE_MAX_LINES

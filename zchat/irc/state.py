@@ -642,20 +642,24 @@ class IrcConnection:
     def relayed_tagmsg(self, r: c.RelayTagmsg) -> list[c.Action]:
         """A TAGMSG another IRC connection of this gateway sent (zchat carries no tags):
         shown to a client with message-tags that is in the channel or is the nick."""
+        self.show_tagmsg(r)
+        return self.take()
+
+    def show_tagmsg(self, r: c.RelayTagmsg) -> None:
+        """``relayed_tagmsg`` without taking the actions."""
         if self.closed or not self.registered or "message-tags" not in self.caps:
-            return []
+            return
         if r.target.startswith(CHANTYPES):
             ch = self.channel(r.target)
             if ch is None:
-                return []
+                return
             target = ch.name
         elif name_key(r.target) == name_key(self.nick):
             target = self.nick
         else:
-            return []
+            return
         tags = {**self.tags_for(r.nick, None, r.msgid), **r.tags}
         self.out.append(c.Send(self.from_user(r.nick, "TAGMSG", (target,), tags)))
-        return self.take()
 
     def deliver_posted(self, msg: p.MessagePosted, ch: Channel, playback: bool = False
                        ) -> None:

@@ -73,7 +73,11 @@ def cmd_tagmsg(conn: IrcConnection, msg: Message) -> None:
     if "echo-message" in conn.caps:
         conn.send(conn.from_user(conn.nick, "TAGMSG", (target,),
                                  {**conn.tags_for(conn.account, None, msgid), **tags}))
-    conn.out.append(c.RelayTagmsg(conn.nick, target, tags, msgid))
+    relay = c.RelayTagmsg(conn.nick, target, tags, msgid)
+    if name_key(target) == name_key(conn.nick):
+        # to oneself: received too, as a DM to oneself is (not part of a labeled answer)
+        conn.show_tagmsg(relay)
+    conn.out.append(relay)
 
 
 def cmd_batch(conn: IrcConnection, msg: Message) -> None:
@@ -102,13 +106,13 @@ def cmd_batch(conn: IrcConnection, msg: Message) -> None:
         conn.fail("BATCH", "MULTILINE_INVALID", "no such draft/multiline batch open")
         return
     conn.multiline = None
+    if conn._label is None and batch.label is not None:
+        conn._label, conn._labeled = batch.label, []  # the answer to the whole batch
     if batch.failed:
         return
     if not batch.lines:
         conn.fail("BATCH", "MULTILINE_INVALID", "an empty draft/multiline batch")
         return
-    if conn._label is None and batch.label is not None:
-        conn._label, conn._labeled = batch.label, []
     text = Extra(lines=tuple(batch.lines)).joined()
     tags = {k: v for k, v in batch.tags.items() if k.startswith("+")}
     _privmsg(conn, Message(batch.command, (batch.target, text), tags=tags),
