@@ -2,14 +2,14 @@
 kept whole, blank lines, CR line ends, texts longer than a line (topics, reasons),
 draft/multiline both ways, TAGMSG and client-only tags. A real broker (tests/conftest.py
 ``harness``), the real gateway on a free loopback port, plain socket IRC clients
-(tests/test_irc_gateway.py); waits are on lines arriving, each bounded."""
+(tests/irc_helpers.py); waits are on lines arriving, each bounded."""
 
 from __future__ import annotations
 
 import asyncio
 
 from conftest import run
-from test_irc_gateway import IrcClient, connect, gateway, registered
+from irc_helpers import IrcClient, connect, gateway, registered
 
 from zchat.irc.codec import MAX_LINE_BYTES, Message, graphemes, serialize
 from zchat.irc.state import MULTILINE_MAX_BYTES, MULTILINE_MAX_LINES, TOPICLEN
