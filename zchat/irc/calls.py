@@ -172,4 +172,17 @@ class Close:
     reason: str
 
 
-Action = Call | Send | Close
+@dataclass(frozen=True, slots=True)
+class RelayTagmsg:
+    """Show a TAGMSG to the gateway's other IRC connections (zchat carries no tags:
+    zchat/irc/relay.py): from ``nick`` to ``target`` (a channel or a nick) with the
+    client-only ``tags`` and ``msgid``. The adapter hands it to every other connection's
+    ``IrcConnection.relayed_tagmsg``, which shows it where the spec says."""
+
+    nick: str
+    target: str
+    tags: dict[str, str]
+    msgid: str
+
+
+Action = Call | Send | Close | RelayTagmsg

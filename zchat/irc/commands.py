@@ -15,11 +15,13 @@ from zchat.irc import calls as c
 from zchat.irc.codec import Message
 from zchat.irc.events import _on_posted
 from zchat.irc.history import cmd_chathistory
+from zchat.irc.relay import Extra, Key
 from zchat.irc.state import (
     _CTCP_ACTION,
     _FORMATTING,
     CAPS,
     CHANTYPES,
+    TOPICLEN,
     Command,
     IrcConnection,
     _Failed,
@@ -226,8 +228,11 @@ def _ignore(conn: IrcConnection, reply: Any) -> None:
     pass
 
 
-def _privmsg(conn: IrcConnection, msg: Message, notice: bool) -> None:
-    # PRIVMSG <target> <text>  /  NOTICE <target> <text>
+def _privmsg(conn: IrcConnection, msg: Message, notice: bool,
+             lines: tuple[tuple[str, bool], ...] = ()) -> None:
+    # PRIVMSG <target> <text>  /  NOTICE <target> <text>  (``lines``: the draft/multiline
+    # batch it was joined from, zchat/irc/texts.py; client-only tags go to the gateway's
+    # other IRC connections through conn.relays, zchat/irc/relay.py)
     if len(msg.params) < 2 or not msg.params[1]:
         if not notice:
             conn.numeric("412" if len(msg.params) >= 1 else "411",
@@ -254,6 +259,9 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool) -> None:
             conn.numeric("412", "No text to send (nothing left once IRC formatting and "
                          "spaces are taken out)")
         return
+    client_tags = {k: v for k, v in msg.tags.items() if k.startswith("+")} \
+        if "message-tags" in conn.caps else {}
+    extra = Extra(client_tags, lines) if client_tags or lines else None
     for one in (target,):
         if one.startswith(CHANTYPES):
             room = room_of(one)
@@ -262,14 +270,22 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool) -> None:
                     conn.numeric("403", one, "No such channel")
                 continue
             conn._sends_in_flight += 1
-            conn.call(c.Post(room, text, kind), _posted, one, text, kind, command, notice)
+            key: Key = ("room", name_key(room), name_key(conn.account), text)
+            if extra is not None:
+                conn.relays.expect(key, extra)
+            conn.call(c.Post(room, text, kind), _posted, one, text, kind, command, notice,
+                      key, extra)
         else:
             if not valid_nick(one):
                 if not notice:
                     conn.numeric("401", one, "No such nick/channel")
                 continue
             body = text if kind == "text" else f"* {conn.nick} {text}"
-            conn.call(c.DirectMessage(one, body), _dm_sent, one, text, kind, command, notice)
+            key = ("dm", name_key(conn.account), name_key(one), body)
+            if extra is not None:
+                conn.relays.expect(key, extra)
+            conn.call(c.DirectMessage(one, body), _dm_sent, one, text, kind, command, notice,
+                      key, extra)
 
 
 def cmd_privmsg(conn: IrcConnection, msg: Message) -> None:
@@ -304,17 +320,19 @@ def _refused(conn: IrcConnection, command: str, target: str, f: _Failed,
 
 
 def _posted(conn: IrcConnection, channel: str, text: str, kind: str, command: str,
-            notice: bool, reply: Any) -> None:
+            notice: bool, relay_key: Key, extra: Extra | None, reply: Any) -> None:
     conn._sends_in_flight -= 1
     if isinstance(reply, _Failed):
+        conn.relays.dropped(relay_key)
         _refused(conn, command, channel, reply, channel=True)
     else:
         key = (name_key(reply.room), reply.seq)
+        conn.relays.posted(relay_key, f"{key[0]}/{key[1]}")
         conn._own_sent.add(key)
         if "echo-message" in conn.caps and key not in conn._own_seen:
             conn._own_seen.add(key)
             tags = conn.tags_for(conn.account, reply.time, f"{key[0]}/{key[1]}")
-            conn.deliver_text(conn.nick, command, channel, text, kind, tags)
+            conn.deliver_text(conn.nick, command, channel, text, kind, tags, extra)
     if conn._sends_in_flight == 0 and conn._held_own:
         held, conn._held_own = conn._held_own, []
         for ev in held:
@@ -322,19 +340,21 @@ def _posted(conn: IrcConnection, channel: str, text: str, kind: str, command: st
 
 
 def _dm_sent(conn: IrcConnection, target: str, text: str, kind: str, command: str,
-             notice: bool, reply: Any) -> None:
+             notice: bool, relay_key: Key, extra: Extra | None, reply: Any) -> None:
     if isinstance(reply, _Failed):
+        conn.relays.dropped(relay_key)
         _refused(conn, command, target, reply, channel=False)
         return
+    conn.relays.posted(relay_key, f"dm/{reply.id}")
     tags = conn.tags_for(conn.account, reply.time, f"dm/{reply.id}")
     if "echo-message" in conn.caps:
-        conn.deliver_text(conn.nick, command, reply.to or target, text, kind, tags)
+        conn.deliver_text(conn.nick, command, reply.to or target, text, kind, tags, extra)
     if name_key(target) == name_key(conn.account):
         # to oneself: the broker stores it for the account's other sessions only; an
         # IRC client expects to receive it too, as a message of its own (not labeled)
         conn._in_event = True
         try:
-            conn.deliver_text(conn.nick, command, conn.nick, text, kind, tags)
+            conn.deliver_text(conn.nick, command, conn.nick, text, kind, tags, extra)
         finally:
             conn._in_event = False
         return
@@ -422,6 +442,11 @@ def cmd_topic(conn: IrcConnection, msg: Message) -> None:
         return
     if ch is None:
         conn.call(c.RoomInfo(room), _part_not_on, name)
+        return
+    size = len(msg.params[1].encode("utf-8"))
+    if size > TOPICLEN:  # ISUPPORT TOPICLEN, in bytes: what fits in 332 and TOPIC lines
+        conn.fail("TOPIC", "INVALID_TOPIC", ch.name, f"The topic is {size} bytes: "
+                  f"TOPICLEN is {TOPICLEN} (UTF-8 bytes); nothing was changed")
         return
     conn.call(c.SetTopic(room, msg.params[1]), _topic_set, ch.name, msg.params[1])
 

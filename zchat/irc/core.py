@@ -5,12 +5,26 @@ them together, so that none of them imports another in a loop."""
 
 from __future__ import annotations
 
-from zchat.irc.commands import COMMANDS
+from zchat.irc.commands import COMMANDS as _COMMANDS
 from zchat.irc.events import EVENTS
-from zchat.irc.state import IrcConnection, Peer, Settings
+from zchat.irc.relay import Relays
+from zchat.irc.state import Command, IrcConnection, Peer, Settings
+from zchat.irc.texts import cmd_batch, cmd_notice_or_line, cmd_privmsg_or_line, cmd_tagmsg
+
+#: commands.py's table with the text side's (texts.py): TAGMSG, BATCH, and PRIVMSG and
+#: NOTICE taking the lines of a draft/multiline batch.
+COMMANDS: dict[str, Command] = {
+    **_COMMANDS,
+    "BATCH": Command(cmd_batch, min_params=1),
+    "NOTICE": Command(cmd_notice_or_line),
+    "PRIVMSG": Command(cmd_privmsg_or_line),
+    "TAGMSG": Command(cmd_tagmsg, min_params=1),
+}
 
 
 def connection(settings: Settings | None = None,
-               peers: dict[str, Peer] | None = None) -> IrcConnection:
-    """A new IRC connection's state machine (no I/O)."""
-    return IrcConnection(settings, peers, COMMANDS, EVENTS)
+               peers: dict[str, Peer] | None = None,
+               relays: Relays | None = None) -> IrcConnection:
+    """A new IRC connection's state machine (no I/O). ``peers`` and ``relays`` are
+    shared by one gateway's connections."""
+    return IrcConnection(settings, peers, COMMANDS, EVENTS, relays)

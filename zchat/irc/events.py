@@ -43,10 +43,12 @@ def _on_posted(conn: IrcConnection, ev: p.MessagePosted) -> None:
 
 def _on_dm(conn: IrcConnection, ev: p.DirectMessage) -> None:
     tags = conn.tags_for(ev.sender, ev.time, f"dm/{ev.id}")
+    extra = conn.relays.find(f"dm/{ev.id}", ("dm", name_key(ev.sender), name_key(ev.to),
+                                             ev.text))
     if name_key(ev.sender) == name_key(conn.account):  # sent from another device
-        conn.deliver_text(conn.nick, "PRIVMSG", ev.to, ev.text, "text", tags)
+        conn.deliver_text(conn.nick, "PRIVMSG", ev.to, ev.text, "text", tags, extra)
     else:
-        conn.deliver_text(ev.sender, "PRIVMSG", conn.nick, ev.text, "text", tags)
+        conn.deliver_text(ev.sender, "PRIVMSG", conn.nick, ev.text, "text", tags, extra)
 
 
 def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:

@@ -34,6 +34,7 @@ from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.irc import calls as c
 from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line, serialize
 from zchat.irc.core import connection
+from zchat.irc.relay import Relays
 from zchat.irc.state import Peer, Settings
 from zchat.names import name_key
 from zchat.ratelimit import BucketTable, address_key
@@ -114,6 +115,8 @@ class Gateway:
         self.guests_online: set[str] = set()
         #: What the IRC connections told of their users, for the others' WHO/WHOIS.
         self.peers: dict[str, Peer] = {}
+        #: Client-only tags and multiline structure of messages in flight (relay.py).
+        self.relays = Relays()
         self._guest_lock = asyncio.Lock()
         #: Failed logins per IRC client address (``address_key``): FAILED_LOGIN_BURST.
         self.failed_logins = BucketTable(FAILED_LOGIN_RATE_PER_S, FAILED_LOGIN_BURST)
@@ -172,7 +175,7 @@ class _Session:
         self.gateway = gateway
         self.reader = reader
         self.writer = writer
-        self.conn = connection(gateway.settings, gateway.peers)
+        self.conn = connection(gateway.settings, gateway.peers, gateway.relays)
         self.client: Client | None = None
         self.logged_out = False
         self.done = asyncio.Event()
@@ -330,6 +333,8 @@ class _Session:
             action = queue.pop(0)
             if isinstance(action, c.Send):
                 self._write(serialize(action.message))
+            elif isinstance(action, c.RelayTagmsg):
+                self._relay_tagmsg(action)
             elif isinstance(action, c.Close):
                 self._closing = True
                 with contextlib.suppress(Exception):
@@ -455,6 +460,15 @@ class _Session:
         for action in actions:
             if isinstance(action, c.Send):
                 self._write(serialize(action.message))
+            elif isinstance(action, c.RelayTagmsg):
+                self._relay_tagmsg(action)
+
+    def _relay_tagmsg(self, r: c.RelayTagmsg) -> None:
+        """A TAGMSG to the gateway's other connections (zchat carries no tags): each
+        core says whether its client sees it; what it says is written at once."""
+        for other in list(self.gateway._sessions):  # a snapshot: writing may end one
+            if other is not self:
+                other._write_actions(other.conn.relayed_tagmsg(r))
 
     def _write(self, data: bytes) -> None:
         if self.writer.is_closing():

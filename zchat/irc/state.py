@@ -23,8 +23,25 @@ from typing import Any
 from zchat import wire as p
 from zchat.errors import ProtocolError
 from zchat.irc import calls as c
-from zchat.irc.codec import MAX_LINE_BYTES, Message, split_text
+from zchat.irc.codec import (
+    MAX_LINE_BYTES,
+    Message,
+    body_bytes,
+    fit_last_param,
+    split_line,
+    split_pieces,
+    split_text,
+)
+from zchat.irc.relay import Extra, Relays
 from zchat.names import MAX_NAME_CHARS, name_key, normalize_name
+
+#: The limits of a draft/multiline batch a client sends (https://ircv3.net/specs/
+#: extensions/multiline): the broker's defaults for a message text, ``max_text_bytes``
+#: (UTF-8 bytes, the line breaks between lines counted) and ``max_text_lines``
+#: (docs/PROTOCOL.md, "Limits"; zchat/config.py), since a batch becomes one zchat message.
+#: A broker configured lower refuses with 413 (FAIL PRIVMSG MESSAGE_TOO_LONG).
+MULTILINE_MAX_BYTES = 4000
+MULTILINE_MAX_LINES = 50
 
 #: Capabilities offered (CAP LS), with their 302 values.
 CAPS: dict[str, str] = {
@@ -33,6 +50,7 @@ CAPS: dict[str, str] = {
     "batch": "",
     "cap-notify": "",
     "draft/chathistory": "",
+    "draft/multiline": f"max-bytes={MULTILINE_MAX_BYTES},max-lines={MULTILINE_MAX_LINES}",
     "echo-message": "",
     "extended-join": "",
     "labeled-response": "",
@@ -42,6 +60,18 @@ CAPS: dict[str, str] = {
     "server-time": "",
     "userhost-in-names": "",
 }
+#: Lines whose last parameter may be a text from zchat longer than fits (``send``), and
+#: what that text is called in the NOTICEs that give it in full.
+_FITTED = {"332": "The topic", "TOPIC": "The topic", "322": "The topic",
+           "KICK": "The reason", "PART": "The reason", "QUIT": "The quit message",
+           "AWAY": "The away message", "301": "The away message", "NOTICE": "The notice",
+           "ERROR": "The error"}
+#: ISUPPORT TOPICLEN, in UTF-8 bytes (Modern counts octets): a topic an IRC client sets
+#: is refused above it, so that it fits whole in the 332 and TOPIC lines of any client
+#: (ASCII nicks and channel names up to their 32 characters). zchat's own limit is 300
+#: characters, so a topic set by a zchat client may have more bytes: ``send`` then cuts
+#: the line and gives the topic in full in NOTICEs.
+TOPICLEN = 300
 #: The most messages one CHATHISTORY answers (ISUPPORT CHATHISTORY; zchat/irc/history.py).
 MAX_CHATHISTORY = 100
 #: The channel prefix and the one rule of channel names: ``#`` then a zchat room name.
@@ -126,6 +156,17 @@ class Command:
     min_params: int = 0
 
 
+def _one_batch(msgs: list[Message]) -> bool:
+    """Whether ``msgs`` are exactly one batch: its start, messages in it, its end."""
+    first, last = msgs[0], msgs[-1]
+    if first.command != "BATCH" or last.command != "BATCH" or len(msgs) < 2 \
+            or not first.params or not first.params[0].startswith("+"):
+        return False
+    ref = first.params[0][1:]
+    return last.params == ("-" + ref,) and all(m.tags.get("batch") == ref
+                                                for m in msgs[1:-1])
+
+
 def _time_tag(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC) \
         .strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
@@ -157,8 +198,8 @@ class IrcConnection:
     def __init__(self, settings: Settings | None = None,
                  peers: dict[str, Peer] | None = None,
                  commands: dict[str, Command] | None = None,
-                 events: dict[type, Callable[[IrcConnection, Any], None]] | None = None
-                 ) -> None:
+                 events: dict[type, Callable[[IrcConnection, Any], None]] | None = None,
+                 relays: Relays | None = None) -> None:
         self.settings = settings or Settings()
         #: The tables of commands and events (zchat/irc/core.py passes commands.py's and
         #: events.py's: they import this module, so it does not import them).
@@ -166,6 +207,10 @@ class IrcConnection:
         self.events: dict[type, Callable[[IrcConnection, Any], None]] = events or {}
         #: Shared by the gateway's connections (one event loop): name_key -> Peer.
         self.peers: dict[str, Peer] = peers if peers is not None else {}
+        #: Shared too: client-only tags and multiline structure of messages in flight.
+        self.relays: Relays = relays if relays is not None else Relays()
+        #: The draft/multiline batch the client is sending (zchat/irc/texts.py), if any.
+        self.multiline: Any = None
         #: Presence heard of every account (PRESENCE events, WHO, WHOIS): name_key ->
         #: (presence, away text).
         self.known: dict[str, tuple[str, str]] = {}
@@ -247,8 +292,11 @@ class IrcConnection:
         src = self.settings.server_name
         if not msgs:
             self.send(Message("ACK", (), source=src, tags={"label": label}))
-        elif len(msgs) == 1:
+        elif len(msgs) == 1 or _one_batch(msgs):
+            # one message, or one batch (a draft/multiline echo): the label on it
             self.send(replace(msgs[0], tags={**msgs[0].tags, "label": label}))
+            for m in msgs[1:]:
+                self.send(m)
         else:
             self._batches += 1
             ref = f"lr{self._batches}"
@@ -339,10 +387,30 @@ class IrcConnection:
         return out
 
     def send(self, msg: Message) -> None:
+        """``msg`` to the client (into the labeled response being made, if any). A line
+        that would pass 512 bytes with a text from zchat in its last parameter (a topic
+        of 300 CJK characters, a reason, an away text) has that text cut between grapheme
+        clusters and marked "…", and the whole text follows in NOTICEs from the server
+        (``_in_full``): nothing is cut mid-character, silently or for good."""
+        whole = ""
+        if msg.command in _FITTED:
+            msg, whole = fit_last_param(msg)
         if self._label is not None and not self._in_event:
             self._labeled.append(msg)
         else:
             self.out.append(c.Send(msg))
+        if whole:
+            self._in_full(msg, whole)
+
+    def _in_full(self, msg: Message, whole: str) -> None:
+        what = _FITTED[msg.command]
+        where = next((p for p in msg.params[:-1] if p.startswith(CHANTYPES)), "")
+        head = f"{what}{' of ' + where if where else ''} in full: "
+        budget = MAX_LINE_BYTES - 2 - body_bytes(Message(
+            "NOTICE", (self.nick, head), source=self.settings.server_name))
+        for piece in split_text(whole, max(budget, 16)):
+            self.send(Message("NOTICE", (self.nick, head + (piece or " ")),
+                              source=self.settings.server_name))
 
     def numeric(self, code: str, *params: str) -> None:
         self.send(Message(code, (self.nick, *params), source=self.settings.server_name))
@@ -474,7 +542,7 @@ class IrcConnection:
             f"KICKLEN={p.MAX_REASON_CHARS}", f"NETWORK={s.network}",
             f"NICKLEN={MAX_NAME_CHARS}", "PREFIX=(o)@", "STATUSMSG=",
             "TARGMAX=PRIVMSG:1,NOTICE:1,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
-            f"TOPICLEN={p.MAX_TOPIC_CHARS}", "UTF8ONLY", f"CHATHISTORY={MAX_CHATHISTORY}",
+            f"TOPICLEN={TOPICLEN}", "UTF8ONLY", f"CHATHISTORY={MAX_CHATHISTORY}",
             "MSGREFTYPES=msgid,timestamp",
         ]
         self.numeric("005", *tokens, "are supported by this server")
@@ -529,14 +597,69 @@ class IrcConnection:
         self.numeric("366", ch.name, "End of /NAMES list.")
 
     def deliver_text(self, source_nick: str, command: str, target: str, text: str,
-                     kind: str, tags: dict[str, str]) -> None:
-        """``text`` to the client as one ``command`` per IRC line it takes."""
+                     kind: str, tags: dict[str, str], extra: Extra | None = None) -> None:
+        """``text`` to the client as ``command`` lines (docs/irc.md, "Texts"): a
+        ``draft/multiline`` BATCH when negotiated and the text takes more than one line
+        (pieces of a long line tagged ``draft/multiline-concat``; a blank line empty);
+        otherwise one line per piece, a blank line as a single space (IRC has no empty
+        PRIVMSG; the count of lines stays visible), the ``msgid`` on the first only.
+        Pieces are cut between grapheme clusters (``split_line``). ``extra`` (relay.py):
+        its client-only tags are added for a client with message-tags, and the lines of
+        the multiline batch it was sent as are kept when they still make ``text``."""
         head = len(f":{self.mask(source_nick)} {command} {target} :".encode())
-        extra = len("\x01ACTION \x01") if kind == "action" else 0
-        budget = max(MAX_LINE_BYTES - 2 - head - extra, 16)
-        for piece in split_text(text, budget) or ([""] if kind == "action" else []):
-            body = f"\x01ACTION {piece}\x01" if kind == "action" else piece
-            self.send(self.from_user(source_nick, command, (target, body), dict(tags)))
+        action = kind == "action"
+        budget = max(MAX_LINE_BYTES - 2 - head - (len("\x01ACTION \x01") if action else 0),
+                     16)
+        tags = dict(tags)
+        if extra is not None and "message-tags" in self.caps:
+            tags.update(extra.client_tags)
+        lines: list[tuple[str, bool]] = []
+        if extra is not None and extra.lines and extra.joined() == text:
+            for line, concat in extra.lines:
+                pieces = split_line(line, budget) or [""]
+                lines += [(piece, concat or i > 0) for i, piece in enumerate(pieces)]
+        else:
+            lines = split_pieces(text, budget)
+        if not lines and action:
+            lines = [("", False)]
+        if not action and len(lines) > 1 and "draft/multiline" in self.caps \
+                and "batch" in self.caps:
+            self._batches += 1
+            ref = f"ml{self._batches}"
+            src = self.settings.server_name
+            self.send(Message("BATCH", ("+" + ref, "draft/multiline", target),
+                              source=self.mask(source_nick), tags=tags))
+            for piece, concat in lines:
+                inner = {"batch": ref, **({"draft/multiline-concat": ""} if concat else {})}
+                self.send(self.from_user(source_nick, command, (target, piece), inner))
+            self.send(Message("BATCH", ("-" + ref,), source=src))
+            return
+        for i, (piece, _concat) in enumerate(lines):
+            body = f"\x01ACTION {piece}\x01" if action else (piece or " ")
+            line_tags = tags if i == 0 else {k: v for k, v in tags.items() if k != "msgid"}
+            self.send(self.from_user(source_nick, command, (target, body), dict(line_tags)))
+
+    def relayed_tagmsg(self, r: c.RelayTagmsg) -> list[c.Action]:
+        """A TAGMSG another IRC connection of this gateway sent (zchat carries no tags):
+        shown to a client with message-tags that is in the channel or is the nick."""
+        self.show_tagmsg(r)
+        return self.take()
+
+    def show_tagmsg(self, r: c.RelayTagmsg) -> None:
+        """``relayed_tagmsg`` without taking the actions."""
+        if self.closed or not self.registered or "message-tags" not in self.caps:
+            return
+        if r.target.startswith(CHANTYPES):
+            ch = self.channel(r.target)
+            if ch is None:
+                return
+            target = ch.name
+        elif name_key(r.target) == name_key(self.nick):
+            target = self.nick
+        else:
+            return
+        tags = {**self.tags_for(r.nick, None, r.msgid), **r.tags}
+        self.out.append(c.Send(self.from_user(r.nick, "TAGMSG", (target,), tags)))
 
     def deliver_posted(self, msg: p.MessagePosted, ch: Channel, playback: bool = False
                        ) -> None:
@@ -546,11 +669,16 @@ class IrcConnection:
         self.mark_read(ch.room, msg.seq)
         if msg.deleted_by:
             return
-        tags = self.tags_for(msg.sender, msg.time, f"{name_key(msg.room)}/{msg.seq}")
+        msgid = f"{name_key(msg.room)}/{msg.seq}"
+        tags = self.tags_for(msg.sender, msg.time, msgid)
         text = msg.text
+        extra = None
         if playback and "server-time" not in self.caps:
             text = f"[{_time_tag(msg.time)[:16].replace('T', ' ')}Z] {text}"
-        self.deliver_text(msg.sender, "PRIVMSG", ch.name, text, msg.kind, tags)
+        elif not playback:
+            extra = self.relays.find(msgid, ("room", name_key(msg.room),
+                                             name_key(msg.sender), msg.text))
+        self.deliver_text(msg.sender, "PRIVMSG", ch.name, text, msg.kind, tags, extra)
 
     def mark_read(self, room: str, seq: int) -> None:
         """MARK_READ ``room`` up to ``seq``, one call in flight per room: what is given
