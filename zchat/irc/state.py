@@ -395,6 +395,7 @@ class IrcConnection:
         self._command_calls.clear()  # what the command said so far goes out before closing
         self._maybe_answer_label()
         self.closed = True
+        self.forget_peer()  # gone for the others' LUSERS and hostmasks at once
         self.out.append(c.Close(reason))
 
     def mask(self, nick: str) -> str:
