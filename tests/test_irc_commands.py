@@ -165,24 +165,28 @@ def test_lusers_counts_accounts_online_rooms_and_gateway_connections(
 
 
 def test_one_hostmask_everywhere(harness: Harness) -> None:
-    """JOIN, PRIVMSG, WHO (352), WHOIS (311), USERHOST, userhost-in-names, QUIT and SASL's
-    900 give one nick!user@host; a username with '@' cannot break it, and a second
-    connection of the account does not change it while the first is up, nor when it
-    goes."""
+    """PRIVMSG, WHO (352), WHOIS (311), USERHOST, userhost-in-names and QUIT give one
+    nick!user@host: a second connection of the account (whose username has '@' and '!')
+    changes nothing while the first is up, nor when it goes, and the QUIT heard after
+    the last one went shows it too."""
     async def scenario() -> None:
         await registered(harness, "hm1", "hm2")
         async with gateway(harness, autojoin=False) as (_gw, port):
-            first = await connect(port, "hm1")
+            async def with_user(user: str) -> IrcClient:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                irc = IrcClient(reader, writer)
+                irc.send("PASS :hm1:" + DEFAULT_PASSWORD)
+                irc.send("NICK hm1")
+                irc.send(f"USER {user} 0 * :Real")
+                await irc.command("001")
+                return irc
+
+            first = await with_user("firstuser")
             watcher = await connect(port, "hm2", caps="userhost-in-names")
             await joined(first, "#hmr")
             await joined(watcher, "#hmr")
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            second = IrcClient(reader, writer)
-            second.send("PASS :hm1:" + DEFAULT_PASSWORD)
-            second.send("NICK hm1")
-            second.send("USER a@b!c 0 * :Other")
-            await second.command("001")
-            mask = "hm1!~u@zchat"
+            second = await with_user("a@b!c")
+            mask = "hm1!~firstuser@zchat"
             first.send("PRIVMSG #hmr :hi")
             assert (await watcher.command("PRIVMSG")).source == mask
             watcher.send("WHO #hmr")
@@ -193,7 +197,7 @@ def test_one_hostmask_everywhere(harness: Harness) -> None:
             whois = await watcher.command("311")
             assert f"{whois.params[1]}!{whois.params[2]}@{whois.params[3]}" == mask
             watcher.send("USERHOST hm1")
-            assert (await watcher.command("302")).params[1] == "hm1=+~u@zchat"
+            assert (await watcher.command("302")).params[1] == "hm1=+~firstuser@zchat"
             watcher.send("NAMES #hmr")
             names = await watcher.command("353")
             assert mask in [n.lstrip("@") for n in names.params[-1].split()]
@@ -202,7 +206,16 @@ def test_one_hostmask_everywhere(harness: Harness) -> None:
             msg = await watcher.expect(lambda m: m.command == "PRIVMSG"
                                        and m.params[1] == "still me")
             assert msg.source == mask
-            second.close()
+            second.send("QUIT :bye")  # the last connection: its QUIT comes after it went
+            quit_line = await watcher.command("QUIT")
+            assert quit_line.source == mask
+            # a later connection of the account is the only one: its USER now
+            third = await with_user("third")
+            third.send("PRIVMSG #hmr :third")
+            msg = await watcher.expect(lambda m: m.command == "PRIVMSG"
+                                       and m.params[1] == "third")
+            assert msg.source == "hm1!~third@zchat"
+            third.close()
             watcher.close()
     run(scenario())
 

@@ -388,3 +388,30 @@ def test_a_message_kept_for_the_broker_answers_its_label_now_and_echoes_later() 
     conn.held(post.id, True, 30)
     out = conn.held_answer(post.id, status=503, reason="not sent: gone")
     assert [(m.command, m.params[1]) for m in lines(out)] == [("FAIL", "MESSAGE_REFUSED")]
+
+
+def _ban_shown(answer_first: bool) -> list[Message]:
+    conn = connection()
+    register(conn)
+    joined(conn)
+    (ban,) = calls(feed(conn, "MODE #dev +b bob!*@*"))
+    assert ban.request == c.Ban("dev", "bob", 0)
+    left = p.UserLeft(room="dev", name="bob", time=1, by="alice", reason="spam", ban=True)
+    if answer_first:
+        out = conn.result(ban.id, p.Ok()) + conn.event(left)
+    else:
+        out = conn.event(left) + conn.result(ban.id, p.Ok())
+    return lines(out)
+
+
+def test_a_ban_of_ones_own_is_shown_once_whichever_comes_first() -> None:
+    """BAN's answer and the LEFT with ``ban`` race: MODE +b once, then the KICK."""
+    for answer_first in (True, False):
+        shown = _ban_shown(answer_first)
+        assert [(m.command, m.params) for m in shown] == [
+            ("MODE", ("#dev", "+b", "bob!*@*")), ("KICK", ("#dev", "bob", "spam"))]
+    conn = connection()
+    register(conn)
+    joined(conn)
+    out = lines(conn.event(p.UserLeft(room="dev", name="bob", time=1, by="carol", ban=True)))
+    assert [m.command for m in out] == ["MODE", "KICK"] and out[0].source.startswith("carol!")

@@ -79,7 +79,8 @@ class Peer:
     realname: str
     guest: bool = False
     #: The connections of the account that hold it (``id`` of each): the first one's
-    #: USER is kept while any of them is up, so the hostmask stays one (docs/irc.md).
+    #: USER is kept while any of them is up, so the hostmask stays one (docs/irc.md);
+    #: with none left, it is kept for the QUIT heard after, until the next connection.
     holders: set[int] = field(default_factory=set)
 
 
@@ -395,7 +396,7 @@ class IrcConnection:
         self._command_calls.clear()  # what the command said so far goes out before closing
         self._maybe_answer_label()
         self.closed = True
-        self.forget_peer()  # gone for the others' LUSERS and hostmasks at once
+        self.forget_peer()  # gone from the others' LUSERS at once
         self.out.append(c.Close(reason))
 
     def mask(self, nick: str) -> str:
@@ -426,10 +427,8 @@ class IrcConnection:
     def forget_peer(self) -> None:
         key = name_key(self.account) if self.account else ""
         peer = self.peers.get(key)
-        if peer is not None:
+        if peer is not None:  # kept: its QUIT, heard later, shows the same mask
             peer.holders.discard(id(self))
-            if not peer.holders:
-                del self.peers[key]
 
     def from_user(self, nick: str, command: str, params: tuple[str, ...],
                   tags: dict[str, str] | None = None) -> Message:
@@ -501,8 +500,10 @@ class IrcConnection:
         old = self.nick
         self.nick = self.account
         self.registered = True
-        peer = self.peers.setdefault(name_key(self.account),
-                                     Peer(clean_user(self.user), self.realname, self.guest))
+        peer = self.peers.get(name_key(self.account))
+        if peer is None or not peer.holders:  # the account's only connection here now
+            peer = Peer(clean_user(self.user), self.realname, self.guest)
+            self.peers[name_key(self.account)] = peer
         peer.holders.add(id(self))
         if old not in ("*", self.nick) and name_key(old) != name_key(self.nick):
             self.send(Message("NICK", (self.nick,), source=f"{old}!{self.ident(self.nick)}"
