@@ -335,3 +335,35 @@ def test_chathistory_targets_lists_channels_and_dm_peers_by_newest_message(
             irc.close()
             peer.close()
     run(scenario())
+
+
+def test_monitor_tells_online_and_offline_as_presence_changes(harness: Harness) -> None:
+    async def scenario() -> None:
+        await registered(harness, "mo1", "mo2", "mo3")
+        async with gateway(harness, autojoin=False) as (_gw, port), \
+                harness.client("mo2"):
+            irc = await connect(port, "mo1")
+            assert "MONITOR=100" in (await irc.command("005")).params
+            irc.send("MONITOR + mo2,mo3,nobody-here,*!*@host")
+            await irc.command("432")
+            shown = [m for m in await irc.sync() if m.command in ("730", "731")]
+            assert [(m.command, m.params[1]) for m in shown] == [
+                ("730", "mo2!~u@zchat"), ("731", "mo3"), ("731", "nobody-here")]
+            async with harness.client("mo3") as mo3:
+                online = await irc.command("730")
+                assert online.params[1] == "mo3!~u@zchat"
+                await mo3.logout()
+            offline = await irc.command("731")
+            assert offline.params[1] == "mo3"
+            irc.send("MONITOR - mo3")
+            irc.send("MONITOR L")
+            await irc.command("733")
+            assert [m.params[1] for m in irc.seen if m.command == "732"] == ["mo2,nobody-here"]
+            irc.send("MONITOR C")
+            async with harness.client("mo3"):
+                irc.send("MONITOR S")
+                assert not [m for m in await irc.sync() if m.command in ("730", "731")]
+            irc.send("MONITOR X")
+            assert (await irc.command("FAIL")).params[:2] == ("MONITOR", "INVALID_PARAMS")
+            irc.close()
+    run(scenario())

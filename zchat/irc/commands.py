@@ -22,6 +22,7 @@ from zchat.irc.state import (
     CAPS,
     CHANTYPES,
     HOST,
+    MAX_MONITOR,
     Command,
     IrcConnection,
     _Failed,
@@ -838,6 +839,83 @@ def _ison_reply(conn: IrcConnection, nicks: list[str], found: dict[int, str]) ->
     conn.numeric("303", " ".join(found[i] for i in sorted(found)))
 
 
+def cmd_monitor(conn: IrcConnection, msg: Message) -> None:
+    # MONITOR + <targets> / - <targets> / C / L / S   (https://ircv3.net/specs/extensions/monitor)
+    sub = msg.params[0]
+    if sub in "+-" and (len(msg.params) < 2 or not msg.params[1]):
+        conn.numeric("461", "MONITOR", "Not enough parameters")
+        return
+    if sub == "+":
+        added: list[str] = []
+        nicks = [n for n in msg.params[1].split(",") if n]
+        for i, nick in enumerate(nicks):
+            if not valid_nick(nick):
+                conn.numeric("432", nick, "Erroneous nickname (MONITOR takes nicks, not "
+                             "masks)")
+                continue
+            if name_key(nick) in conn.monitored:
+                continue
+            if len(conn.monitored) >= MAX_MONITOR:
+                conn.numeric("734", str(MAX_MONITOR), ",".join(nicks[i:]),
+                             "Monitor list is full")
+                break
+            conn.monitored[name_key(nick)] = nick
+            added.append(nick)
+        _monitor_tell(conn, added)
+    elif sub == "-":
+        for nick in msg.params[1].split(","):
+            conn.monitored.pop(name_key(nick), None)
+    elif sub.upper() == "C":
+        conn.monitored.clear()
+    elif sub.upper() == "L":
+        names = list(conn.monitored.values())
+        for i in range(0, len(names), 20):
+            conn.numeric("732", ",".join(names[i:i + 20]))
+        conn.numeric("733", "End of MONITOR list")
+    elif sub.upper() == "S":
+        _monitor_tell(conn, list(conn.monitored.values()))
+    else:
+        conn.fail("MONITOR", "INVALID_PARAMS", sub, "MONITOR takes +, -, C, L or S")
+
+
+def _monitor_tell(conn: IrcConnection, nicks: list[str]) -> None:
+    """730/731 for each of ``nicks``, in order: presence heard answers at once, the
+    others are asked with WHOIS (an unknown account is offline)."""
+    if not nicks:
+        return
+    answers: dict[int, tuple[str, str]] = {}
+    waiting = set()
+    for i, nick in enumerate(nicks):
+        known = conn.known.get(name_key(nick))
+        if name_key(nick) == name_key(conn.account):
+            answers[i] = (conn.nick, "online")
+        elif known is not None:
+            answers[i] = (nick, known[0])
+        else:
+            waiting.add(i)
+    if not waiting:
+        _monitor_answer(conn, answers)
+    for i in sorted(waiting):
+        conn.call(c.Whois(nicks[i]), _monitor_one, nicks[i], i, answers, waiting)
+
+
+def _monitor_one(conn: IrcConnection, nick: str, i: int,
+                 answers: dict[int, tuple[str, str]], waiting: set[int], reply: Any) -> None:
+    waiting.discard(i)
+    if isinstance(reply, _Failed):
+        answers[i] = (nick, "offline")
+    else:
+        conn.known[name_key(reply.name)] = (reply.presence, reply.text)
+        answers[i] = (reply.name, reply.presence)
+    if not waiting:
+        _monitor_answer(conn, answers)
+
+
+def _monitor_answer(conn: IrcConnection, answers: dict[int, tuple[str, str]]) -> None:
+    for i in sorted(answers):
+        conn.monitor_status(*answers[i])
+
+
 def cmd_version(conn: IrcConnection, msg: Message) -> None:
     conn.numeric("351", conn.settings.version, conn.settings.server_name, "zchat IRC gateway")
 
@@ -854,6 +932,7 @@ COMMANDS: dict[str, Command] = {
     "LIST": Command(cmd_list),
     "LUSERS": Command(cmd_lusers),
     "MODE": Command(cmd_mode, min_params=1),
+    "MONITOR": Command(cmd_monitor, min_params=1),
     "MOTD": Command(cmd_motd),
     "OPER": Command(cmd_oper, min_params=2),
     "TBAN": Command(cmd_tban, min_params=3),

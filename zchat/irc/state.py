@@ -44,6 +44,8 @@ CAPS: dict[str, str] = {
 }
 #: The most messages one CHATHISTORY answers (ISUPPORT CHATHISTORY; zchat/irc/history.py).
 MAX_CHATHISTORY = 100
+#: The most nicks one connection's MONITOR list holds (ISUPPORT MONITOR).
+MAX_MONITOR = 100
 #: The channel prefix and the one rule of channel names: ``#`` then a zchat room name.
 CHANTYPES = "#"
 #: IRC formatting codes (bold, colour, italics, underline, reverse, reset, monospace,
@@ -225,6 +227,8 @@ class IrcConnection:
         #: not show again: (room key, name key) (zchat/irc/bans.py).
         self._bans_pending: set[tuple[str, str]] = set()
         self._bans_shown: set[tuple[str, str]] = set()
+        #: MONITOR's list (IRCv3 monitor): name_key -> the nick as given.
+        self.monitored: dict[str, str] = {}
         #: DM conversations this connection knows of (CHATHISTORY TARGETS): the LOGIN
         #: reply's unread ones and every DM sent or received since; name_key -> name.
         self.dm_peers: dict[str, str] = {}
@@ -345,6 +349,8 @@ class IrcConnection:
         if isinstance(ev, p.DirectMessage):  # a conversation CHATHISTORY TARGETS knows
             self.note_dm_peer(ev.to if name_key(ev.sender) == name_key(self.account)
                               else ev.sender)
+        prior = self.known.get(name_key(ev.name)) \
+            if isinstance(ev, p.PresenceChanged) else None
         handler = self.events.get(type(ev))
         if handler is not None:
             self._in_event = True
@@ -352,7 +358,19 @@ class IrcConnection:
                 handler(self, ev)
             finally:
                 self._in_event = False
+        if isinstance(ev, p.PresenceChanged) and name_key(ev.name) in self.monitored:
+            was_on = prior is not None and prior[0] != "offline"
+            if prior is None or was_on != (ev.presence != "offline"):
+                self.monitor_status(ev.name, ev.presence)
         return self.take()
+
+    def monitor_status(self, name: str, presence: str) -> None:
+        """730 RPL_MONONLINE ``nick!user@host`` for an account online or away, else 731
+        RPL_MONOFFLINE (IRCv3 monitor)."""
+        if presence != "offline":
+            self.numeric("730", self.mask(name))
+        else:
+            self.numeric("731", name)
 
     def shutdown(self, text: str) -> list[c.Action]:
         """The gateway stops: ERROR to the client, then close."""
@@ -519,7 +537,7 @@ class IrcConnection:
             f"NICKLEN={MAX_NAME_CHARS}", "PREFIX=(o)@", "STATUSMSG=",
             "TARGMAX=PRIVMSG:1,NOTICE:1,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
             f"TOPICLEN={p.MAX_TOPIC_CHARS}", "UTF8ONLY", f"CHATHISTORY={MAX_CHATHISTORY}",
-            "MSGREFTYPES=msgid,timestamp",
+            "MSGREFTYPES=msgid,timestamp", f"MONITOR={MAX_MONITOR}",
         ]
         self.numeric("005", *tokens, "are supported by this server")
         self.lusers(self._welcomed)
