@@ -181,7 +181,7 @@ def test_a_bot_answers_ping_and_private_messages(harness: Harness) -> None:
                 # message, its time in front (no server-time asked for)
                 notice = await events.next("pubnotice", target="#dev")
                 assert notice.source == "irc.zchat"
-                assert notice.arguments == ["Playback of the last 1 messages of #dev"]
+                assert notice.arguments == ["Playback of the last message of #dev"]
                 stamp = datetime.datetime.fromtimestamp(before.time / 1000, datetime.UTC)
                 await events.next("pubmsg", nick="carol", arguments=[
                     f"[{stamp:%Y-%m-%d %H:%M}Z] said before the bot came"])

@@ -33,13 +33,26 @@ def logged_in(name: str = "alice", rooms: tuple[str, ...] = ()) -> p.LoggedIn:
         p.RoomState(room=r, last_seq=0) for r in rooms))
 
 
+def lusers_answered(conn: IrcConnection, out: list[c.Action],
+                    online: tuple[str, ...] = ("alice",)) -> list[c.Action]:
+    """``out`` and what follows once the LUSERS of registration (WHO, ROOMS) are
+    answered."""
+    for call in calls(out):
+        if call.request == c.Who(None):
+            out = out + conn.result(call.id, p.WhoList(users=tuple(
+                p.UserPresence(name=n, presence="online") for n in online)))
+        elif call.request == c.ListRooms():
+            out = out + conn.result(call.id, p.RoomList(rooms=()))
+    return out
+
+
 def register(conn: IrcConnection, nick: str = "alice", caps: str = "") -> list[c.Action]:
     out = feed(conn, *(["CAP LS 302", f"CAP REQ :{caps}"] if caps else []),
                "PASS secret", f"NICK {nick}", "USER u 0 * :Real Name",
                *(["CAP END"] if caps else []))
     (login,) = calls(out)
     assert login.request == c.Login(nick, "secret")
-    return out + conn.result(login.id, logged_in(nick))
+    return lusers_answered(conn, out + conn.result(login.id, logged_in(nick)))
 
 
 def joined(conn: IrcConnection, room: str = "dev", created: bool = True) -> list[c.Action]:
@@ -67,7 +80,7 @@ def test_pass_account_colon_password_wins_over_the_nick() -> None:
     out = feed(conn, "PASS bob:pw", "NICK whatever", "USER u 0 * :x")
     (login,) = calls(out)
     assert login.request == c.Login("bob", "pw")
-    out = conn.result(login.id, logged_in("bob"))
+    out = lusers_answered(conn, conn.result(login.id, logged_in("bob")))
     msgs = lines(out)
     assert msgs[0] == Message("NICK", ("bob",), source="whatever!~u@zchat")
     assert msgs[1].command == "001" and msgs[1].params[0] == "bob"
@@ -99,7 +112,7 @@ def test_sasl_plain_logs_in_before_registration() -> None:
     assert [m.command for m in lines(out)] == ["900", "903"]
     out = feed(conn, "NICK nick", "USER u 0 * :x", "CAP END")
     assert any(m.command == "001" and m.params[0] == "bob" for m in lines(out))
-    assert not calls(out)
+    assert [call.request for call in calls(out)] == [c.Who(None), c.ListRooms()]
 
 
 def test_sasl_failure_is_904() -> None:
@@ -325,8 +338,8 @@ def test_no_playback_for_a_chathistory_client_and_unread_ones_when_more() -> Non
     assert calls(conn.result(who.id, p.WhoList(users=()))) == []
     conn = connection(Settings(playback=2))
     (login,) = calls(feed(conn, "PASS secret", "NICK alice", "USER u 0 * :x"))
-    conn.result(login.id, p.LoggedIn(name="alice", session="s", rooms=(
-        p.RoomState(room="dev", last_seq=7),), room_reads=(p.RoomRead(room="dev", read_seq=2),)))
+    lusers_answered(conn, conn.result(login.id, p.LoggedIn(name="alice", session="s", rooms=(
+        p.RoomState(room="dev", last_seq=7),), room_reads=(p.RoomRead(room="dev", read_seq=2),))))
     (call,) = calls(feed(conn, "JOIN #dev"))
     (who,) = calls(conn.result(call.id, p.RoomJoined(room="dev", last_seq=7, created=False)))
     (history,) = calls(conn.result(who.id, p.WhoList(users=())))
@@ -375,3 +388,30 @@ def test_a_message_kept_for_the_broker_answers_its_label_now_and_echoes_later() 
     conn.held(post.id, True, 30)
     out = conn.held_answer(post.id, status=503, reason="not sent: gone")
     assert [(m.command, m.params[1]) for m in lines(out)] == [("FAIL", "MESSAGE_REFUSED")]
+
+
+def _ban_shown(answer_first: bool) -> list[Message]:
+    conn = connection()
+    register(conn)
+    joined(conn)
+    (ban,) = calls(feed(conn, "MODE #dev +b bob!*@*"))
+    assert ban.request == c.Ban("dev", "bob", 0)
+    left = p.UserLeft(room="dev", name="bob", time=1, by="alice", reason="spam", ban=True)
+    if answer_first:
+        out = conn.result(ban.id, p.Ok()) + conn.event(left)
+    else:
+        out = conn.event(left) + conn.result(ban.id, p.Ok())
+    return lines(out)
+
+
+def test_a_ban_of_ones_own_is_shown_once_whichever_comes_first() -> None:
+    """BAN's answer and the LEFT with ``ban`` race: MODE +b once, then the KICK."""
+    for answer_first in (True, False):
+        shown = _ban_shown(answer_first)
+        assert [(m.command, m.params) for m in shown] == [
+            ("MODE", ("#dev", "+b", "bob!*@*")), ("KICK", ("#dev", "bob", "spam"))]
+    conn = connection()
+    register(conn)
+    joined(conn)
+    out = lines(conn.event(p.UserLeft(room="dev", name="bob", time=1, by="carol", ban=True)))
+    assert [m.command for m in out] == ["MODE", "KICK"] and out[0].source.startswith("carol!")

@@ -29,7 +29,8 @@ MARKERS = "not Ergo and not deprecated and not strict"
 GROUPS = ("connection_registration", "cap", "sasl", "messages", "join", "part", "names",
           "topic", "pingpong", "quit", "utf8", "who", "whois", "away", "away_notify",
           "echo_message", "message_tags", "time", "account_tag", "extended_join", "list",
-          "kick", "invite", "multi_prefix", "labeled_responses", "chathistory", "multiline")
+          "kick", "invite", "multi_prefix", "labeled_responses", "chathistory", "multiline",
+          "lusers", "chmodes/ban", "monitor")
 #: Tests of those groups that fail, each with why (docs/irc.md lists them too).
 KNOWN_FAILURES: dict[str, str] = {
     "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMs[LATEST]":
@@ -42,10 +43,6 @@ KNOWN_FAILURES: dict[str, str] = {
         "a guest is a zchat account: registering its name later (the controller resets its password) keeps its DMs, which irctest's last step says a new account must not see",
     "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryDMs[AROUND]":
         "a guest is a zchat account: registering its name later (the controller resets its password) keeps its DMs, which irctest's last step says a new account must not see",
-    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryTargets":
-        "CHATHISTORY TARGETS is not supported yet",
-    "irctest/server_tests/chathistory.py::ChathistoryTestCase::testChathistoryTargetsExcludesUpdatedTargets":
-        "CHATHISTORY TARGETS is not supported yet",
     "irctest/server_tests/chathistory.py::SablePostgresqlHistoryTestCase":
         "Sable-specific (waits for Sable's in-memory history to expire)",
     "irctest/server_tests/chathistory.py::SableExpiringHistoryTestCase":
@@ -106,6 +103,14 @@ KNOWN_FAILURES: dict[str, str] = {
         "a zchat room's owner cannot be de-opped (MODE -o)",
     "irctest/server_tests/multi_prefix.py::MultiPrefixTestCase::testMultiPrefix":
         "no voice (+v) in zchat",
+    "irctest/server_tests/monitor.py::MonitorTestCase::testMonitorOneConnectionWithQuit":
+        "a guest nick is never handed to another connection: bar connecting again gets 433",
+    "irctest/server_tests/monitor.py::MonitorTestCase::testNickChange":
+        "the nick is the account name: NICK is refused after registration",
+    "irctest/server_tests/chmodes/ban.py::BanModeTestCase::testBan":
+        "a zchat ban is of an account: irctest bans bar before its guest account exists (401)",
+    "irctest/server_tests/chmodes/ban.py::BanModeTestCase::testBanList":
+        "a zchat ban is of an account: irctest bans bar before its guest account exists (401)",
 }
 #: Bound of the whole irctest run, in seconds.
 RUN_TIMEOUT_S = 300

@@ -108,6 +108,31 @@ class SetRoom:
 
 
 @dataclass(frozen=True, slots=True)
+class Ban:
+    """Ban the account ``name`` from ``room`` (BAN, docs/PROTOCOL.md §6.31) for
+    ``duration_s`` seconds, 0 until lifted."""
+
+    room: str
+    name: str
+    duration_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    """Lift the ban of ``name`` in ``room`` (UNBAN, §6.32)."""
+
+    room: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListBans:
+    """The bans and mutes in force in ``room`` (BANS, §6.40; its moderators only)."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     """The newest ``limit`` messages of ``room``."""
 
@@ -145,7 +170,7 @@ class Logout:
 
 Request = (Login | LoginGuest | Join | Part | Post | DirectMessage | SetTopic | Who | Whois
            | ListRooms | RoomInfo | SetPresence | Kick | Invite | SetRole | SetRoom | Ping
-           | History | DmHistory | MarkRead
+           | History | DmHistory | MarkRead | Ban | Unban | ListBans
            | Logout)
 
 

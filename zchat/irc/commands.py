@@ -12,6 +12,7 @@ from typing import Any
 
 from zchat import wire as p
 from zchat.irc import calls as c
+from zchat.irc.bans import cmd_tban, list_bans, set_ban
 from zchat.irc.codec import Message
 from zchat.irc.events import _on_posted
 from zchat.irc.history import cmd_chathistory
@@ -21,6 +22,8 @@ from zchat.irc.state import (
     _FORMATTING,
     CAPS,
     CHANTYPES,
+    HOST,
+    MAX_MONITOR,
     TOPICLEN,
     Command,
     IrcConnection,
@@ -131,7 +134,7 @@ def _sasl_done(conn: IrcConnection, reply: Any) -> None:
         return
     conn._set_account(reply)
     nick = conn.nick if conn.nick != "*" else reply.name
-    conn.send(Message("900", (nick, f"{reply.name}!~u@zchat", reply.name,
+    conn.send(Message("900", (nick, conn.mask(reply.name), reply.name,
                               f"You are now logged in as {reply.name}"),
                       source=conn.settings.server_name))
     conn.send(Message("903", (nick, "SASL authentication successful"),
@@ -346,6 +349,7 @@ def _dm_sent(conn: IrcConnection, target: str, text: str, kind: str, command: st
         _refused(conn, command, target, reply, channel=False)
         return
     conn.relays.posted(relay_key, f"dm/{reply.id}")
+    conn.note_dm_peer(reply.to or target)
     tags = conn.tags_for(conn.account, reply.time, f"dm/{reply.id}")
     if "echo-message" in conn.caps:
         conn.deliver_text(conn.nick, command, reply.to or target, text, kind, tags, extra)
@@ -546,7 +550,7 @@ def _who_mask(conn: IrcConnection, mask: str, reply: Any) -> None:
 def _who_line(conn: IrcConnection, channel: str, name: str, presence: str,
               op: bool = False) -> None:
     flags = ("G" if presence == "away" else "H") + ("@" if op else "")
-    conn.numeric("352", channel, conn.ident(name), "zchat", conn.settings.server_name, name,
+    conn.numeric("352", channel, conn.ident(name), HOST, conn.settings.server_name, name,
                  flags, f"0 {conn.real_name(name)}")
 
 
@@ -587,7 +591,7 @@ def _whois(conn: IrcConnection, nick: str, reply: Any) -> None:
         conn.numeric("318", nick, "End of /WHOIS list")
         return
     name = reply.name
-    conn.numeric("311", name, conn.ident(name), "zchat", "*", conn.real_name(name))
+    conn.numeric("311", name, conn.ident(name), HOST, "*", conn.real_name(name))
     chans = [("@" if ch.members[name_key(name)].op else "") + ch.name
              for ch in conn.shares_channel(name)]
     if chans:
@@ -719,31 +723,37 @@ def cmd_mode(conn: IrcConnection, msg: Message) -> None:
             conn.numeric("221", "+i")
         return
     ch = conn.channel(target)
-    if ch is None:
-        room = room_of(target)
-        if room is None:
-            conn.numeric("403", target, "No such channel")
-        else:
-            conn.call(c.RoomInfo(room), _mode_outside, target)
+    room = ch.room if ch else room_of(target)
+    if room is None:
+        conn.numeric("403", target, "No such channel")
         return
+    name = ch.name if ch else target
     if len(msg.params) == 1:
-        conn.numeric("324", ch.name, "+nt" + ("i" if ch.private else "")
-                     + ("m" if ch.locked else ""))
+        if ch is None:
+            conn.call(c.RoomInfo(room), _mode_outside, target)
+        else:
+            conn.numeric("324", ch.name, "+nt" + ("i" if ch.private else "")
+                         + ("m" if ch.locked else ""))
         return
+    # a channel not joined: the broker decides (BANS needs the rank only; the rest
+    # needs membership, §17.1), and a private room unknown to us answers as a missing one
     modes, args = msg.params[1], list(msg.params[2:])
     adding = True
     for ch_mode in modes:
         if ch_mode in "+-":
             adding = ch_mode == "+"
-        elif ch_mode == "b" and not args:
-            conn.numeric("368", ch.name, "End of channel ban list")
+        elif ch_mode == "b":
+            if args:
+                set_ban(conn, name, room, args.pop(0), adding)
+            else:
+                list_bans(conn, name, room)
         elif ch_mode == "o" and args:
             nick = args.pop(0)
-            conn.call(c.SetRole(ch.room, nick, "moderator" if adding else "member"),
-                      _mode_done, ch.name, ("+" if adding else "-") + "o", nick)
+            conn.call(c.SetRole(room, nick, "moderator" if adding else "member"),
+                      _mode_done, name, ("+" if adding else "-") + "o", nick)
         elif ch_mode in "im":
             kw = {"private": adding} if ch_mode == "i" else {"locked": adding}
-            conn.call(c.SetRoom(ch.room, **kw), _mode_done, ch.name,
+            conn.call(c.SetRoom(room, **kw), _mode_done, name,
                       ("+" if adding else "-") + ch_mode, "")
         elif ch_mode in "nt":
             continue  # always on
@@ -763,13 +773,17 @@ def _mode_done(conn: IrcConnection, name: str, mode: str, arg: str, reply: Any) 
     if isinstance(reply, _Failed):
         if reply.status == 403:
             conn.numeric("482", name, f"You're not channel operator ({reply.reason})")
+        elif reply.status == 404 and (not arg or "room" in reply.reason):
+            conn.numeric("403", name, "No such channel")
         elif reply.status == 404:
-            conn.numeric("401", arg or name, "No such nick/channel")
+            conn.numeric("401", arg, "No such nick/channel")
         else:
             conn.fail("MODE", "CANNOT_SET_MODE", name, reply.reason)
         return
     ch = conn.channel(name)
-    if ch is None:
+    if ch is None:  # a channel not joined (a broker admin): told as done
+        conn.send(conn.from_user(conn.nick, "MODE", (name, mode, arg) if arg
+                                 else (name, mode)))
         return
     on = mode[0] == "+"
     if mode[1] == "o":
@@ -808,6 +822,125 @@ def _userhost_one(conn: IrcConnection, found: list[str], last: bool, reply: Any)
         conn.numeric("302", " ".join(found))
 
 
+def cmd_ison(conn: IrcConnection, msg: Message) -> None:
+    # ISON <nickname>{ <nickname>}   (irssi's and WeeChat's /notify): 303 with those
+    # online or away. Presence heard already (PRESENCE events of every account, WHO,
+    # WHOIS) answers at once; a nick not heard of is asked with WHOIS, and 303 comes when
+    # every answer is in.
+    nicks = " ".join(msg.params).split()
+    found: dict[int, str] = {}
+    asked: list[int] = []
+    for i, nick in enumerate(nicks):
+        key = name_key(nick) if valid_nick(nick) else ""
+        if not key:
+            continue
+        if key == name_key(conn.account):
+            found[i] = conn.nick
+        elif key in conn.known:
+            if conn.known[key][0] != "offline":
+                found[i] = nick
+        else:
+            asked.append(i)
+    if not asked:
+        _ison_reply(conn, nicks, found)
+        return
+    waiting = set(asked)
+    for i in asked:
+        conn.call(c.Whois(nicks[i]), _ison_one, nicks, found, waiting, i)
+
+
+def _ison_one(conn: IrcConnection, nicks: list[str], found: dict[int, str],
+              waiting: set[int], i: int, reply: Any) -> None:
+    waiting.discard(i)
+    if not isinstance(reply, _Failed):
+        conn.known[name_key(reply.name)] = (reply.presence, reply.text)
+        if reply.presence != "offline":
+            found[i] = reply.name
+    if not waiting:
+        _ison_reply(conn, nicks, found)
+
+
+def _ison_reply(conn: IrcConnection, nicks: list[str], found: dict[int, str]) -> None:
+    conn.numeric("303", " ".join(found[i] for i in sorted(found)))
+
+
+def cmd_monitor(conn: IrcConnection, msg: Message) -> None:
+    # MONITOR + <targets> / - <targets> / C / L / S   (https://ircv3.net/specs/extensions/monitor)
+    sub = msg.params[0]
+    if sub in "+-" and (len(msg.params) < 2 or not msg.params[1]):
+        conn.numeric("461", "MONITOR", "Not enough parameters")
+        return
+    if sub == "+":
+        added: list[str] = []
+        nicks = [n for n in msg.params[1].split(",") if n]
+        for i, nick in enumerate(nicks):
+            if not valid_nick(nick):
+                conn.numeric("432", nick, "Erroneous nickname (MONITOR takes nicks, not "
+                             "masks)")
+                continue
+            if name_key(nick) in conn.monitored:
+                continue
+            if len(conn.monitored) >= MAX_MONITOR:
+                conn.numeric("734", str(MAX_MONITOR), ",".join(nicks[i:]),
+                             "Monitor list is full")
+                break
+            conn.monitored[name_key(nick)] = nick
+            added.append(nick)
+        _monitor_tell(conn, added)
+    elif sub == "-":
+        for nick in msg.params[1].split(","):
+            conn.monitored.pop(name_key(nick), None)
+    elif sub.upper() == "C":
+        conn.monitored.clear()
+    elif sub.upper() == "L":
+        names = list(conn.monitored.values())
+        for i in range(0, len(names), 20):
+            conn.numeric("732", ",".join(names[i:i + 20]))
+        conn.numeric("733", "End of MONITOR list")
+    elif sub.upper() == "S":
+        _monitor_tell(conn, list(conn.monitored.values()))
+    else:
+        conn.fail("MONITOR", "INVALID_PARAMS", sub, "MONITOR takes +, -, C, L or S")
+
+
+def _monitor_tell(conn: IrcConnection, nicks: list[str]) -> None:
+    """730/731 for each of ``nicks``, in order: presence heard answers at once, the
+    others are asked with WHOIS (an unknown account is offline)."""
+    if not nicks:
+        return
+    answers: dict[int, tuple[str, str]] = {}
+    waiting = set()
+    for i, nick in enumerate(nicks):
+        known = conn.known.get(name_key(nick))
+        if name_key(nick) == name_key(conn.account):
+            answers[i] = (conn.nick, "online")
+        elif known is not None:
+            answers[i] = (nick, known[0])
+        else:
+            waiting.add(i)
+    if not waiting:
+        _monitor_answer(conn, answers)
+    for i in sorted(waiting):
+        conn.call(c.Whois(nicks[i]), _monitor_one, nicks[i], i, answers, waiting)
+
+
+def _monitor_one(conn: IrcConnection, nick: str, i: int,
+                 answers: dict[int, tuple[str, str]], waiting: set[int], reply: Any) -> None:
+    waiting.discard(i)
+    if isinstance(reply, _Failed):
+        answers[i] = (nick, "offline")
+    else:
+        conn.known[name_key(reply.name)] = (reply.presence, reply.text)
+        answers[i] = (reply.name, reply.presence)
+    if not waiting:
+        _monitor_answer(conn, answers)
+
+
+def _monitor_answer(conn: IrcConnection, answers: dict[int, tuple[str, str]]) -> None:
+    for i in sorted(answers):
+        conn.monitor_status(*answers[i])
+
+
 def cmd_version(conn: IrcConnection, msg: Message) -> None:
     conn.numeric("351", conn.settings.version, conn.settings.server_name, "zchat IRC gateway")
 
@@ -818,13 +951,16 @@ COMMANDS: dict[str, Command] = {
     "CAP": Command(cmd_cap, pre_registration=True, min_params=1),
     "CHATHISTORY": Command(cmd_chathistory, min_params=3),
     "INVITE": Command(cmd_invite, min_params=2),
+    "ISON": Command(cmd_ison, min_params=1),
     "JOIN": Command(cmd_join, min_params=1),
     "KICK": Command(cmd_kick, min_params=2),
     "LIST": Command(cmd_list),
     "LUSERS": Command(cmd_lusers),
     "MODE": Command(cmd_mode, min_params=1),
+    "MONITOR": Command(cmd_monitor, min_params=1),
     "MOTD": Command(cmd_motd),
     "OPER": Command(cmd_oper, min_params=2),
+    "TBAN": Command(cmd_tban, min_params=3),
     "TIME": Command(cmd_time),
     "NAMES": Command(cmd_names),
     "NICK": Command(cmd_nick, pre_registration=True, min_params=1),

@@ -79,6 +79,8 @@ def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
     key = name_key(ev.name)
     if ch is None:
         return
+    if ev.ban and ev.by:
+        _show_ban(conn, ch, ev)
     if key == name_key(conn.account):
         if ev.by and name_key(ev.by) != key:  # we were kicked or banned
             del conn.channels[name_key(ev.room)]
@@ -94,6 +96,21 @@ def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
         conn.send(conn.from_user(ev.by, "KICK", (ch.name, m.nick, ev.reason or ev.by)))
     else:
         conn.send(conn.from_user(m.nick, "PART", (ch.name,)))
+
+
+def _show_ban(conn: IrcConnection, ch: Channel, ev: p.UserLeft) -> None:
+    """A ban is ``MODE #room +b nick!*@*`` from the banner, then the KICK the LEFT is
+    (docs/irc.md, "Bans"); a ban of this connection's own shows its MODE once, whether
+    this LEFT or BAN's answer comes first (zchat/irc/bans.py)."""
+    key = (name_key(ev.room), name_key(ev.name))
+    if key in conn._bans_shown:  # BAN's answer came first and showed it
+        conn._bans_shown.discard(key)
+        return
+    if key in conn._bans_pending:
+        conn._bans_shown.add(key)
+    m = ch.members.get(name_key(ev.name))
+    conn.send(conn.from_user(ev.by, "MODE", (ch.name, "+b",
+                                             f"{m.nick if m else ev.name}!*@*")))
 
 
 def _on_presence(conn: IrcConnection, ev: p.PresenceChanged) -> None:
@@ -178,10 +195,16 @@ def _on_mute(conn: IrcConnection, ev: p.MuteChanged) -> None:
 
 
 def _on_room_deleted(conn: IrcConnection, ev: p.RoomDeleted) -> None:
+    # a PART of our own, not a KICK: IRC clients (irssi, WeeChat) rejoin after a KICK,
+    # and that JOIN would create a new, empty room of the name (docs/irc.md)
     ch = conn.channels.pop(name_key(ev.room), None)
     if ch is not None:
-        conn.send(conn.from_user(ev.by, "KICK", (ch.name, conn.nick,
-                                                 f"room deleted: {ev.reason or ev.by}")))
+        why = f"room deleted by {ev.by}" + (f": {ev.reason}" if ev.reason else "")
+        conn.send(conn.from_user(conn.nick, "PART", (ch.name, why)))
+        conn.send(Message("NOTICE", (conn.nick, f"{ch.name} was deleted by {ev.by}"
+                                     + (f": {ev.reason}" if ev.reason else "")
+                                     + "; JOIN it again to create a new, empty room"),
+                          source=conn.settings.server_name))
 
 
 def _on_session_ended(conn: IrcConnection, ev: SessionEnded) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from zchat import wire as p
 from zchat.irc import calls as c
 from zchat.irc.codec import Message
-from zchat.irc.state import room_of, valid_nick
+from zchat.irc.state import _time_tag, room_of, valid_nick
 from zchat.names import name_key
 
 #: Messages of one target CHATHISTORY looks at: the newest ones, one HISTORY page.
@@ -102,7 +102,7 @@ def cmd_chathistory(conn: Any, msg: Message) -> None:
     # CHATHISTORY <subcommand> <target> <ref> [<ref>] <limit>
     sub = msg.params[0].upper()
     if sub == "TARGETS":
-        conn.fail("CHATHISTORY", "INVALID_PARAMS", "TARGETS", "TARGETS is not supported")
+        cmd_targets(conn, msg)
         return
     if sub not in SUBCOMMANDS:
         conn.fail("CHATHISTORY", "INVALID_PARAMS", sub, "Unknown subcommand")
@@ -150,4 +150,69 @@ def _answer(conn: Any, sub: str, target: str, refs: list[str], limit: int,
     for item in chosen:
         tags = {**conn.tags_for(item.sender, item.time_ms, item.msgid), "batch": ref}
         conn.deliver_text(item.sender, "PRIVMSG", item.target, item.text, item.kind, tags)
+    conn.send(Message("BATCH", ("-" + ref,), source=src))
+
+
+def cmd_targets(conn: Any, msg: Message) -> None:
+    # CHATHISTORY TARGETS <timestamp> <timestamp> <limit>
+    # The targets this connection knows of whose newest message is strictly between the
+    # two times, oldest newest-message first, at most <limit>, as `CHATHISTORY TARGETS
+    # <target> <time>` lines in a draft/chathistory-targets batch. The targets are the
+    # joined channels and the DM conversations known to the connection (the unread ones
+    # at login, every DM since: zchat has no list of an account's conversations), each
+    # asked for its newest message (HISTORY or DM_HISTORY of one): one call per target.
+    params = msg.params
+    if len(params) < 4 or not params[3].isdigit():
+        conn.fail("CHATHISTORY", "INVALID_PARAMS", "TARGETS", "Wrong parameters: "
+                  "TARGETS <timestamp> <timestamp> <limit>")
+        return
+    try:
+        times = [parse_timestamp(ref.partition("=")[2]) if ref.startswith("timestamp=")
+                 else _bad(ref) for ref in params[1:3]]
+    except BadRef:
+        conn.fail("CHATHISTORY", "INVALID_PARAMS", "TARGETS", "Bad timestamp (TARGETS "
+                  "takes timestamp=YYYY-MM-DDThh:mm:ss.sssZ)")
+        return
+    low, high = min(times), max(times)
+    limit = min(int(params[3]), MAX_LIMIT)
+    found: dict[str, tuple[int, str]] = {}
+    waiting: set[str] = set()
+    asks: list[tuple[str, c.Request]] = []
+    for key, ch in conn.channels.items():
+        asks.append(("#" + key, c.History(ch.room, 1)))
+    for key, peer in conn.dm_peers.items():
+        asks.append(("@" + key, c.DmHistory(peer, 1)))
+    if not asks:
+        _targets_answer(conn, found, low, high, limit)
+        return
+    waiting.update(tag for tag, _ in asks)
+    for tag, request in asks:
+        conn.call(request, _target_newest, tag, found, waiting, (low, high, limit))
+
+
+def _bad(ref: str) -> int:
+    raise BadRef(ref)
+
+
+def _target_newest(conn: Any, tag: str, found: dict[str, tuple[int, str]],
+                   waiting: set[str], bounds: tuple[int, int, int], reply: Any) -> None:
+    waiting.discard(tag)
+    if isinstance(reply, p.HistoryPage) and reply.messages:
+        found[tag] = (reply.messages[-1].time, "#" + reply.room)
+    elif isinstance(reply, p.DmHistoryPage) and reply.messages:
+        found[tag] = (reply.messages[-1].time, reply.peer)
+    if not waiting:
+        _targets_answer(conn, found, *bounds)
+
+
+def _targets_answer(conn: Any, found: dict[str, tuple[int, str]], low: int, high: int,
+                    limit: int) -> None:
+    chosen = sorted(v for v in found.values() if low < v[0] < high)[:limit]
+    src = conn.settings.server_name
+    conn._batches += 1
+    ref = f"ch{conn._batches}"
+    conn.send(Message("BATCH", ("+" + ref, "draft/chathistory-targets"), source=src))
+    for time_ms, target in chosen:
+        conn.send(Message("CHATHISTORY", ("TARGETS", target, _time_tag(time_ms)),
+                          source=src, tags={"batch": ref}))
     conn.send(Message("BATCH", ("-" + ref,), source=src))

@@ -528,6 +528,12 @@ class _Session:
             return await client.set_room(req.room, private=req.private, locked=req.locked)
         if isinstance(req, c.History):
             return await client.history(req.room, limit=req.limit)
+        if isinstance(req, c.Ban):
+            return await client.ban(req.name, req.room, duration_s=req.duration_s)
+        if isinstance(req, c.Unban):
+            return await client.unban(req.name, req.room)
+        if isinstance(req, c.ListBans):
+            return await client.bans(req.room)
         if isinstance(req, c.MarkRead):
             return await client.mark_read(room=req.room, upto=req.upto)
         if isinstance(req, c.DmHistory):

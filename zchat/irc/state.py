@@ -74,6 +74,8 @@ _FITTED = {"332": "The topic", "TOPIC": "The topic", "322": "The topic",
 TOPICLEN = 300
 #: The most messages one CHATHISTORY answers (ISUPPORT CHATHISTORY; zchat/irc/history.py).
 MAX_CHATHISTORY = 100
+#: The most nicks one connection's MONITOR list holds (ISUPPORT MONITOR).
+MAX_MONITOR = 100
 #: The channel prefix and the one rule of channel names: ``#`` then a zchat room name.
 CHANTYPES = "#"
 #: IRC formatting codes (bold, colour, italics, underline, reverse, reset, monospace,
@@ -100,14 +102,18 @@ class Settings:
 
 @dataclass
 class Peer:
-    """What an IRC connection of this gateway told of its user (USER's username and
-    realname), for the other connections' WHO, WHOIS and extended-join; ``guest`` for a
-    guest account (``[irc] guests``), shown as not logged in."""
+    """What an IRC connection of this gateway told of its user (USER's username, cleaned
+    by ``clean_user``, and realname), for the other connections' WHO, WHOIS and
+    extended-join; ``guest`` for a guest account (``[irc] guests``), shown as not logged
+    in."""
 
     user: str
     realname: str
     guest: bool = False
-    owner: int = 0
+    #: The connections of the account that hold it (``id`` of each): the first one's
+    #: USER is kept while any of them is up, so the hostmask stays one (docs/irc.md);
+    #: with none left, it is kept for the QUIT heard after, until the next connection.
+    holders: set[int] = field(default_factory=set)
 
 
 #: The zchat roles (WHO's ``role``, docs/PROTOCOL.md §17.1) shown as IRC's ``@``: the
@@ -183,6 +189,20 @@ def room_of(channel: str) -> str | None:
         return None
 
 
+#: The host part of every hostmask (zchat shows no addresses): ``nick!~user@zchat``.
+HOST = "zchat"
+#: The longest username shown (after the ``~``), as most servers' USERLEN.
+USERLEN = 9
+_NOT_IN_USER = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def clean_user(user: str) -> str:
+    """USER's username as the hostmask shows it: letters, digits, ``.``, ``_``, ``-``
+    only (a ``@`` or ``!`` would break the mask), at most USERLEN, ``u`` if nothing is
+    left."""
+    return _NOT_IN_USER.sub("", user)[:USERLEN] or "u"
+
+
 def valid_nick(nick: str) -> bool:
     try:
         normalize_name(nick, "name")
@@ -247,6 +267,16 @@ class IrcConnection:
         self._held_own: list[p.MessagePosted] = []
         self._own_topic: dict[str, str] = {}
         self._own_kicks: set[tuple[str, str]] = set()
+        #: Bans of this connection (MODE +b, TBAN) waiting for BAN's answer, and those
+        #: whose MODE +b one side (the LEFT, BAN's answer) showed and the other must
+        #: not show again: (room key, name key) (zchat/irc/bans.py).
+        self._bans_pending: set[tuple[str, str]] = set()
+        self._bans_shown: set[tuple[str, str]] = set()
+        #: MONITOR's list (IRCv3 monitor): name_key -> the nick as given.
+        self.monitored: dict[str, str] = {}
+        #: DM conversations this connection knows of (CHATHISTORY TARGETS): the LOGIN
+        #: reply's unread ones and every DM sent or received since; name_key -> name.
+        self.dm_peers: dict[str, str] = {}
         # labeled-response: the label of the command being answered, what it produced so
         # far, and the calls it is waiting for (answered in one go when they are done).
         self._label: str | None = None
@@ -364,6 +394,11 @@ class IrcConnection:
         """One event of the zchat client (``Client.events()``)."""
         if self.closed or not self.logged_in:
             return []
+        if isinstance(ev, p.DirectMessage):  # a conversation CHATHISTORY TARGETS knows
+            self.note_dm_peer(ev.to if name_key(ev.sender) == name_key(self.account)
+                              else ev.sender)
+        prior = self.known.get(name_key(ev.name)) \
+            if isinstance(ev, p.PresenceChanged) else None
         handler = self.events.get(type(ev))
         if handler is not None:
             self._in_event = True
@@ -371,7 +406,19 @@ class IrcConnection:
                 handler(self, ev)
             finally:
                 self._in_event = False
+        if isinstance(ev, p.PresenceChanged) and name_key(ev.name) in self.monitored:
+            was_on = prior is not None and prior[0] != "offline"
+            if prior is None or was_on != (ev.presence != "offline"):
+                self.monitor_status(ev.name, ev.presence)
         return self.take()
+
+    def monitor_status(self, name: str, presence: str) -> None:
+        """730 RPL_MONONLINE ``nick!user@host`` for an account online or away, else 731
+        RPL_MONOFFLINE (IRCv3 monitor)."""
+        if presence != "offline":
+            self.numeric("730", self.mask(name))
+        else:
+            self.numeric("731", name)
 
     def shutdown(self, text: str) -> list[c.Action]:
         """The gateway stops: ERROR to the client, then close."""
@@ -435,14 +482,24 @@ class IrcConnection:
         self._command_calls.clear()  # what the command said so far goes out before closing
         self._maybe_answer_label()
         self.closed = True
+        self.forget_peer()  # gone from the others' LUSERS at once
         self.out.append(c.Close(reason))
 
     def mask(self, nick: str) -> str:
-        return f"{nick}!{self.ident(nick)}@zchat"
+        """``nick!~user@zchat``: the one hostmask of ``nick`` in every message source,
+        352, 311, 302, 900 and userhost-in-names (docs/irc.md, "Hostmasks")."""
+        return f"{nick}!{self.ident(nick)}@{HOST}"
 
     def ident(self, nick: str) -> str:
+        """``~`` and the username of ``nick``: the USER of the gateway connection that
+        holds its account (``peers``), this connection's own before registration, ``u``
+        for an account with no IRC connection here."""
         peer = self.peers.get(name_key(nick))
-        return "~" + (peer.user if peer else "u")[:9]
+        if peer is not None:
+            return "~" + peer.user
+        if self.user and name_key(nick) in (name_key(self.nick), name_key(self.account)):
+            return "~" + clean_user(self.user)
+        return "~u"
 
     def real_name(self, nick: str) -> str:
         peer = self.peers.get(name_key(nick))
@@ -456,8 +513,8 @@ class IrcConnection:
     def forget_peer(self) -> None:
         key = name_key(self.account) if self.account else ""
         peer = self.peers.get(key)
-        if peer is not None and peer.owner == id(self):
-            del self.peers[key]
+        if peer is not None:  # kept: its QUIT, heard later, shows the same mask
+            peer.holders.discard(id(self))
 
     def from_user(self, nick: str, command: str, params: tuple[str, ...],
                   tags: dict[str, str] | None = None) -> Message:
@@ -522,16 +579,21 @@ class IrcConnection:
         self.account = reply.name
         self.rooms_at_login = tuple(r.room for r in reply.rooms)
         self.read_at_login = {name_key(r.room): r.read_seq for r in reply.room_reads}
+        self.dm_peers = {name_key(d.peer): d.peer for d in reply.dm_reads}
 
     def welcome(self) -> None:
         s = self.settings
         old = self.nick
         self.nick = self.account
         self.registered = True
-        self.peers[name_key(self.account)] = Peer(self.user, self.realname, self.guest,
-                                                  id(self))
+        peer = self.peers.get(name_key(self.account))
+        if peer is None or not peer.holders:  # the account's only connection here now
+            peer = Peer(clean_user(self.user), self.realname, self.guest)
+            self.peers[name_key(self.account)] = peer
+        peer.holders.add(id(self))
         if old not in ("*", self.nick) and name_key(old) != name_key(self.nick):
-            self.send(Message("NICK", (self.nick,), source=f"{old}!~u@zchat"))
+            self.send(Message("NICK", (self.nick,), source=f"{old}!{self.ident(self.nick)}"
+                                                           f"@{HOST}"))
         self.numeric("001", f"Welcome to the {s.network} zchat gateway, {self.nick}")
         self.numeric("002", f"Your host is {s.server_name}, running {s.version}")
         self.numeric("003", "This server was created by zchat")
@@ -543,18 +605,45 @@ class IrcConnection:
             f"NICKLEN={MAX_NAME_CHARS}", "PREFIX=(o)@", "STATUSMSG=",
             "TARGMAX=PRIVMSG:1,NOTICE:1,JOIN:,PART:,KICK:1,NAMES:1,WHOIS:1",
             f"TOPICLEN={TOPICLEN}", "UTF8ONLY", f"CHATHISTORY={MAX_CHATHISTORY}",
-            "MSGREFTYPES=msgid,timestamp",
+            "MSGREFTYPES=msgid,timestamp", f"MONITOR={MAX_MONITOR}",
         ]
         self.numeric("005", *tokens, "are supported by this server")
-        self.lusers()
+        self.lusers(self._welcomed)
+
+    def _welcomed(self) -> None:
         self.motd()
-        if s.autojoin:
+        if self.settings.autojoin:
             for room in self.rooms_at_login:
                 self.call(c.Join(room), self._joined, "#" + room)
 
-    def lusers(self) -> None:
-        self.numeric("251", "There are 1 users and 0 invisible on 1 servers")
-        self.numeric("255", "I have 1 clients and 0 servers")
+    def lusers(self, then: Callable[[], None] | None = None) -> None:
+        """LUSERS from what the broker tells any account (docs/irc.md, "LUSERS"): WHO
+        without a room counts the accounts online or away, ROOMS the rooms this account
+        sees; the gateway counts its own registered connections. ``then()`` follows."""
+        answers: dict[str, Any] = {}
+        for what, request in (("who", c.Who(None)), ("rooms", c.ListRooms())):
+            self.call(request, self._lusers_part, answers, what, then)
+
+    def _lusers_part(self, answers: dict[str, Any], what: str,
+                     then: Callable[[], None] | None, reply: Any) -> None:
+        answers[what] = reply
+        if len(answers) < 2:
+            return
+        local = sum(len(peer.holders) for peer in self.peers.values())
+        who, rooms = answers["who"], answers["rooms"]
+        online = None if isinstance(who, _Failed) else len(who.users)
+        self.numeric("251", f"There are {local if online is None else online} users and 0 "
+                     "invisible on 1 servers")
+        if not isinstance(rooms, _Failed):
+            self.numeric("254", str(len(rooms.rooms)), "channels formed")
+        self.numeric("255", f"I have {local} clients and 0 servers")
+        self.numeric("265", f"Current local users: {local} (IRC connections of this "
+                     "gateway)")
+        if online is not None:
+            self.numeric("266", f"Current global users: {online} (zchat accounts online "
+                         "or away)")
+        if then is not None:
+            then()
 
     def motd(self) -> None:
         lines = self.settings.motd
@@ -567,6 +656,11 @@ class IrcConnection:
         self.numeric("376", "End of /MOTD command.")
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def note_dm_peer(self, name: str) -> None:
+        """A DM conversation with ``name`` is known to this connection (``dm_peers``)."""
+        if name:
+            self.dm_peers.setdefault(name_key(name), name)
 
     def channel(self, name: str) -> Channel | None:
         room = room_of(name)
@@ -763,8 +857,9 @@ class IrcConnection:
         if not isinstance(reply, _Failed):
             shown = [m for m in reply.messages if m.seq <= upto and not m.deleted_by]
             if shown:
-                self.send(Message("NOTICE", (ch.name, f"Playback of the last {len(shown)} "
-                                             f"messages of {ch.name}"),
+                self.send(Message("NOTICE", (ch.name, (f"Playback of the last {len(shown)} messages of {ch.name}"
+                                              if len(shown) > 1 else
+                                              f"Playback of the last message of {ch.name}")),
                                   source=self.settings.server_name))
             for m in shown:
                 self.deliver_posted(m, ch, playback=True)
@@ -780,8 +875,12 @@ class IrcConnection:
                 self.numeric("473", channel, f"Cannot join channel (+i): {f.reason}")
             else:
                 self.numeric("474", channel, f"Cannot join channel (+b): {f.reason}")
-        elif f.status == 409:  # a private room hidden from us, or a look-alike name
-            self.numeric("473", channel, f"Cannot join channel (+i): {f.reason}")
+        elif f.status == 409:
+            # a name too like an existing room's, and (in the same words, §17.2) a
+            # private room unknown to us: one answer for both, and no "(+i)" in it,
+            # which would tell a private room from a look-alike (docs/irc.md, "Private
+            # rooms"); 473 because that is what an IRC client shows for a closed door
+            self.numeric("473", channel, f"Cannot join channel: {f.reason}")
         elif f.status == 422:
             self.numeric("479", channel, f"Illegal channel name: {f.reason}")
         elif f.status == 429:
