@@ -1,6 +1,6 @@
 """The IRC gateway's commands on moderation, presence and counts (zchat/irc/commands.py,
 bans.py, history.py), end to end: a real broker (tests/conftest.py ``harness``), the real
-gateway on a free loopback port, plain socket IRC clients (tests/test_irc_gateway.py's).
+gateway on a free loopback port, plain socket IRC clients (tests/irc_helpers.py).
 Pure functions (ban masks, durations) are tested directly."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 from conftest import run
-from test_irc_gateway import IrcClient, connect, gateway, registered
+from irc_helpers import IrcClient, connect, gateway, registered
 
 from zchat.irc.bans import ban_target, parse_duration
 from zchat.irc.codec import Message
