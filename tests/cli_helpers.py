@@ -62,14 +62,20 @@ def restart_on_same_ports(tmp_path: Path, broker: TcpBroker, pub: str,
     return proc
 
 
-def start_irc_gateway(tmp_path: Path, broker: TcpBroker) -> tuple[Proc, int]:
+def start_irc_gateway(tmp_path: Path, broker: TcpBroker,
+                      shell_limits: str = "") -> tuple[Proc, int]:
     """``zchat irc`` on a free loopback port against ``broker``, once it printed
     "listening on"; the process and its port. Other ports when the bind fails (another
-    process took the port between ``free_port`` and the bind)."""
+    process took the port between ``free_port`` and the bind). ``shell_limits``: ``ulimit``
+    options the gateway starts under (``"-Sn 256"``), through ``sh``'s ``exec`` (the same
+    process)."""
     for _ in range(5):
         port = free_port()
-        proc = Proc([*zchat_command(), "irc", "--server", broker.router, "--listen",
-                     f"127.0.0.1:{port}"], cli_env(tmp_path))
+        argv = [*zchat_command(), "irc", "--server", broker.router, "--listen",
+                f"127.0.0.1:{port}"]
+        if shell_limits:
+            argv = ["sh", "-c", f'ulimit {shell_limits} && exec "$@"', "sh", *argv]
+        proc = Proc(argv, cli_env(tmp_path))
         try:
             proc.wait_line("stdout", "listening on", timeout_s=15)
         except AssertionError:

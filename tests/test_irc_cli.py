@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from cli_helpers import start_irc_gateway
 from conftest import Proc, TcpBroker, cli_env, zchat_command
 
 from zchat.testing import DEFAULT_PASSWORD, free_port
@@ -30,29 +31,13 @@ def read_until(sock: socket.socket, needle: bytes, timeout_s: float = 10.0) -> b
     return data
 
 
-def start_gateway(tmp_path: Path, broker: TcpBroker) -> tuple[Proc, int]:
-    for _ in range(5):
-        port = free_port()
-        proc = Proc([*zchat_command(), "irc", "--server", broker.router, "--listen",
-                     f"127.0.0.1:{port}"], cli_env(tmp_path))
-        try:
-            proc.wait_line("stdout", "listening on", timeout_s=15)
-        except AssertionError:
-            proc.kill()
-            if any("cannot listen" in line for line in proc.stderr):
-                continue
-            raise
-        return proc, port
-    raise AssertionError("no free port for the gateway")
-
-
 def test_irc_client_talks_with_say_and_tail_then_sigterm(tmp_path: Path,
                                                          broker: TcpBroker) -> None:
     env = cli_env(tmp_path)
     for name in ("alice", "bob"):
         subprocess.run([*zchat_command(), "register", "--server", broker.router, name],
                        env=env, check=True, capture_output=True, timeout=30)
-    gateway, port = start_gateway(tmp_path, broker)
+    gateway, port = start_irc_gateway(tmp_path, broker)
     tail = Proc([*zchat_command(), "tail", "--server", broker.router, "--as", "bob",
                  "--room", "dev"], env)
     try:
@@ -97,7 +82,7 @@ def test_sighup_closes_like_sigterm(tmp_path: Path, broker: TcpBroker) -> None:
     env = cli_env(tmp_path)
     subprocess.run([*zchat_command(), "register", "--server", broker.router, "alice"],
                    env=env, check=True, capture_output=True, timeout=30)
-    gateway, port = start_gateway(tmp_path, broker)
+    gateway, port = start_irc_gateway(tmp_path, broker)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as irc:
             irc.sendall(f"PASS :alice:{DEFAULT_PASSWORD}\r\nNICK alice\r\n"
@@ -111,3 +96,45 @@ def test_sighup_closes_like_sigterm(tmp_path: Path, broker: TcpBroker) -> None:
         assert "alice" not in who.stdout or "offline" in who.stdout, who.stdout
     finally:
         gateway.kill()
+
+
+def _open_files_limit(pid: int) -> int:
+    """The soft ``Max open files`` of process ``pid`` (/proc/PID/limits)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no 'Max open files' line")
+
+
+def test_the_gateway_raises_its_open_files_limit_to_hold_max_connections(
+        tmp_path: Path, broker: TcpBroker) -> None:
+    """A benchmark found the 512th IRC connection closed with no word: libzmq's 1,023
+    sockets per context (two per connection), and a default soft limit of 1,024 open
+    files would stop it sooner. ``zchat irc`` raises both to fit ``max_connections``."""
+    gateway, _port = start_irc_gateway(tmp_path, broker, shell_limits="-Sn 256")
+    try:
+        assert _open_files_limit(gateway.popen.pid) == 6 * 1000 + 64
+    finally:
+        gateway.popen.send_signal(signal.SIGTERM)
+        assert gateway.popen.wait(timeout=10) == 0
+
+
+def test_a_hard_limit_too_low_lowers_max_connections_and_says_so(
+        tmp_path: Path, broker: TcpBroker) -> None:
+    gateway, port = start_irc_gateway(tmp_path, broker, shell_limits="-n 76")
+    try:
+        # (76 - 64 reserved) // 6 files per connection: two connections fit
+        gateway.wait_line("stderr", "max_connections lowered from 1000 to 2", timeout_s=5)
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        try:
+            for sock in held:  # registered: the gateway holds them
+                sock.sendall(b"NICK x\r\n")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
+                assert b"ERROR :Closing link: this gateway is full (2 connections)" \
+                    in read_until(third, b"\r\n")
+        finally:
+            for sock in held:
+                sock.close()
+    finally:
+        gateway.popen.send_signal(signal.SIGTERM)
+        assert gateway.popen.wait(timeout=10) == 0

@@ -415,3 +415,26 @@ def test_a_ban_of_ones_own_is_shown_once_whichever_comes_first() -> None:
     joined(conn)
     out = lines(conn.event(p.UserLeft(room="dev", name="bob", time=1, by="carol", ban=True)))
     assert [m.command for m in out] == ["MODE", "KICK"] and out[0].source.startswith("carol!")
+
+
+def test_presence_is_kept_only_for_accounts_the_connection_cares_about() -> None:
+    """Every connection hears every account's presence: keeping all of it made the
+    gateway's memory grow with the square of its connections (benchmarks/irc.py, 1,000
+    idle connections). Kept: members of its channels, MONITORed nicks, nicks it already
+    knows (kept up to date, so ISON's answer from them never goes stale)."""
+    conn = connection()
+    register(conn)
+    joined(conn)
+    conn.event(p.PresenceChanged(name="bob", presence="away", time=0, text="lunch"))
+    for n in range(50):
+        conn.event(p.PresenceChanged(name=f"stranger{n}", presence="online", time=0))
+    assert "stranger0" not in conn.known and conn.known["bob"] == ("away", "lunch")
+    # an ISON of a stranger asks the broker, and its answer is then kept up to date
+    (ask,) = calls(feed(conn, "ISON stranger7"))
+    assert ask.request == c.Whois("stranger7")
+    out = conn.result(ask.id, p.UserFound(name="stranger7", presence="online"))
+    assert lines(out) == [Message("303", ("alice", "stranger7"), source="irc.zchat")]
+    conn.event(p.PresenceChanged(name="stranger7", presence="offline", time=0))
+    assert conn.known["stranger7"] == ("offline", "")
+    assert lines(feed(conn, "ISON stranger7")) == [
+        Message("303", ("alice", ""), source="irc.zchat")]

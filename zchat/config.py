@@ -369,6 +369,10 @@ class IrcConfig:
       the newest ``playback``, or every message unread since the account's read marker
       when more (at most MAX_HISTORY_LIMIT); 0 for none (docs/irc.md, "Playback").
     - ``motd``: the message of the day, lines separated by newlines; empty for none.
+    - ``max_connections``: IRC connections held at once (each is a zchat session with two
+      ZeroMQ sockets); one more is told ``ERROR :Closing link: … full`` and closed.
+      ``zchat irc`` raises its open-files limit (up to the hard limit) and libzmq's socket
+      limit to fit it, and lowers it, saying so, when the hard limit is too low.
     """
 
     listen: str = "127.0.0.1:6667"
@@ -382,6 +386,7 @@ class IrcConfig:
     autojoin: bool = True
     playback: int = 20
     motd: str = ""
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True)
@@ -973,6 +978,8 @@ def irc_problem(irc: IrcConfig) -> tuple[str, str] | None:
         return "tls_listen", "needs tls_cert and tls_key (PEM files)"
     if not irc.server_name or " " in irc.server_name:
         return "server_name", "must be one word"
+    if irc.max_connections < 1:
+        return "max_connections", f"must be >= 1, got {irc.max_connections}"
     return None
 
 

@@ -115,10 +115,14 @@ def _show_ban(conn: IrcConnection, ch: Channel, ev: p.UserLeft) -> None:
 
 def _on_presence(conn: IrcConnection, ev: p.PresenceChanged) -> None:
     key = name_key(ev.name)
-    conn.known[key] = (ev.presence, ev.text)
-    if key == name_key(conn.account):
-        return
-    shared = conn.shares_channel(ev.name)
+    own = key == name_key(conn.account)
+    shared = [] if own else conn.shares_channel(ev.name)
+    # Kept only for the accounts this connection cares about (its own, members of its
+    # channels, its MONITOR list, and any already known, so that none goes stale):
+    # every connection hears every account's presence, and keeping all of them made a
+    # gateway's memory grow with the square of its connections (benchmarks/irc.py).
+    if own or shared or key in conn.known or key in conn.monitored:
+        conn.known[key] = (ev.presence, ev.text)
     if not shared:
         return
     before = shared[0].members[key].presence

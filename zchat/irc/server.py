@@ -148,6 +148,15 @@ class Gateway:
 
     async def _serve(self, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
+        if len(self._sessions) >= self.settings.max_connections:
+            log.warning("IRC connection refused: %d connections held ([irc] max_connections)",
+                        len(self._sessions))
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(f"ERROR :Closing link: this gateway is full "
+                             f"({self.settings.max_connections} connections)\r\n".encode())
+                await asyncio.wait_for(writer.drain(), 1.0)
+            writer.close()
+            return
         session = _Session(self, reader, writer)
         self._sessions.add(session)
         try:
@@ -220,6 +229,11 @@ class _Session:
             log.debug("connection ended: %s", exc)
         except Exception:  # the one place that catches all: one client's bug ends it only
             log.exception("IRC connection failed")
+            # never a silent close: the client is told (a ZMQError "Too many open files"
+            # opening its zchat sockets, or a bug of ours)
+            with contextlib.suppress(Exception):
+                self.writer.write(b"ERROR :Closing link: internal error of the gateway "
+                                  b"(logged)\r\n")
         finally:
             await self._finish()
 
@@ -651,6 +665,7 @@ def settings_from(config: Any) -> Settings:
     irc = config.irc
     return Settings(server_name=irc.server_name, network=irc.network, guests=irc.guests,
                     autojoin=irc.autojoin, playback=irc.playback,
+                    max_connections=irc.max_connections,
                     motd=tuple(irc.motd.splitlines()) if irc.motd else ())
 
 
@@ -692,12 +707,55 @@ async def serve(config: Any, ready: Callable[[list[str]], None] | None = None,
         await gateway.shutdown()
 
 
+#: Open files one IRC connection holds: its socket, and its zchat client's DEALER and
+#: SUB (each a TCP connection and a libzmq mailbox), with one spare for a reconnect.
+FILES_PER_CONNECTION = 6
+#: Open files kept for the rest of the process (listeners, logs, libzmq's own, the
+#: asyncio loop, the key service).
+FILES_RESERVED = 64
+
+
+def fit_limits(max_connections: int) -> int:
+    """Raise this process's open-files soft limit (RLIMIT_NOFILE, up to the hard limit)
+    and libzmq's socket limit of the process's context (ZMQ_MAX_SOCKETS: 1,023 by
+    default, two per connection) so that ``max_connections`` IRC connections fit; must
+    run before the context's first socket (libzmq reads the limit then). Returns how
+    many connections fit: ``max_connections``, or fewer when the hard limit is too low."""
+    import resource
+
+    import zmq
+
+    need = FILES_PER_CONNECTION * max_connections + FILES_RESERVED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    fits = max_connections
+    if soft != resource.RLIM_INFINITY:
+        fits = max(1, min(max_connections, (soft - FILES_RESERVED) // FILES_PER_CONNECTION))
+    context = zmq.Context.instance()
+    context.set(zmq.MAX_SOCKETS, min(context.get(zmq.SOCKET_LIMIT), 2 * fits + 64))
+    return fits
+
+
 def run_gateway(config: Any) -> int:
     """``zchat irc``'s body: serve until SIGTERM, SIGINT or SIGHUP (the terminal closed:
     the same orderly shutdown, ERROR to every client and every session logged out);
     exit code 0. Raises OSError when a listener cannot bind."""
     import signal
     import sys
+
+    import dataclasses
+
+    fits = fit_limits(config.irc.max_connections)
+    if fits < config.irc.max_connections:
+        log.warning("[irc] max_connections lowered from %d to %d: the open-files hard limit "
+                    "(ulimit -Hn) is too low for more (%d files per connection)",
+                    config.irc.max_connections, fits, FILES_PER_CONNECTION)
+        config = dataclasses.replace(config, irc=dataclasses.replace(
+            config.irc, max_connections=fits))
 
     async def main() -> int:
         stop = asyncio.Event()

@@ -98,6 +98,8 @@ class Settings:
     motd: tuple[str, ...] = ()
     max_text_bytes: int = 4000
     version: str = "zchat-irc"
+    #: IRC connections the gateway holds at once (``[irc] max_connections``).
+    max_connections: int = 1000
 
 
 @dataclass
