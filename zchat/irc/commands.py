@@ -262,14 +262,16 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool) -> None:
                     conn.numeric("403", one, "No such channel")
                 continue
             conn._sends_in_flight += 1
-            conn.call(c.Post(room, text, kind), _posted, one, text, kind, command, notice)
+            conn.call(c.Post(room, text, kind, notice and kind == "text"), _posted, one,
+                      text, kind, command, notice)
         else:
             if not valid_nick(one):
                 if not notice:
                     conn.numeric("401", one, "No such nick/channel")
                 continue
             body = text if kind == "text" else f"* {conn.nick} {text}"
-            conn.call(c.DirectMessage(one, body), _dm_sent, one, text, kind, command, notice)
+            conn.call(c.DirectMessage(one, body, notice and kind == "text"), _dm_sent, one,
+                      text, kind, command, notice)
 
 
 def cmd_privmsg(conn: IrcConnection, msg: Message) -> None:
@@ -369,6 +371,15 @@ def cmd_join(conn: IrcConnection, msg: Message) -> None:
         conn.call(c.Join(room), conn._joined, name)
 
 
+def _part_reason(text: str) -> str:
+    """An IRC PART reason as zchat's PART takes it (docs/PROTOCOL.md §6.6): IRC
+    formatting and other control characters out, cut to MAX_AWAY_TEXT_CHARS, trimmed;
+    so that a coloured reason never makes the PART itself refused."""
+    text = "".join(ch for ch in _FORMATTING.sub("", text)
+                   if ch.isprintable() or ch == " ")
+    return text[:p.MAX_AWAY_TEXT_CHARS].strip()
+
+
 def cmd_part(conn: IrcConnection, msg: Message) -> None:
     # PART <channel>{,<channel>} [<reason>]
     reason = msg.params[1] if len(msg.params) > 1 else ""
@@ -381,7 +392,7 @@ def cmd_part(conn: IrcConnection, msg: Message) -> None:
             else:
                 conn.call(c.RoomInfo(room), _part_not_on, name)
             continue
-        conn.call(c.Part(ch.room), _parted, ch.name, reason)
+        conn.call(c.Part(ch.room, _part_reason(reason)), _parted, ch.name, reason)
 
 
 def _part_not_on(conn: IrcConnection, name: str, reply: Any) -> None:

@@ -43,10 +43,11 @@ def _on_posted(conn: IrcConnection, ev: p.MessagePosted) -> None:
 
 def _on_dm(conn: IrcConnection, ev: p.DirectMessage) -> None:
     tags = conn.tags_for(ev.sender, ev.time, f"dm/{ev.id}")
+    command = "NOTICE" if ev.notice else "PRIVMSG"
     if name_key(ev.sender) == name_key(conn.account):  # sent from another device
-        conn.deliver_text(conn.nick, "PRIVMSG", ev.to, ev.text, "text", tags)
+        conn.deliver_text(conn.nick, command, ev.to, ev.text, "text", tags)
     else:
-        conn.deliver_text(ev.sender, "PRIVMSG", conn.nick, ev.text, "text", tags)
+        conn.deliver_text(ev.sender, command, conn.nick, ev.text, "text", tags)
 
 
 def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:
@@ -91,7 +92,8 @@ def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
     if ev.by and name_key(ev.by) != key:
         conn.send(conn.from_user(ev.by, "KICK", (ch.name, m.nick, ev.reason or ev.by)))
     else:
-        conn.send(conn.from_user(m.nick, "PART", (ch.name,)))
+        conn.send(conn.from_user(m.nick, "PART", (ch.name, ev.reason) if ev.reason
+                                 else (ch.name,)))
 
 
 def _on_presence(conn: IrcConnection, ev: p.PresenceChanged) -> None:

@@ -550,7 +550,8 @@ class IrcConnection:
         text = msg.text
         if playback and "server-time" not in self.caps:
             text = f"[{_time_tag(msg.time)[:16].replace('T', ' ')}Z] {text}"
-        self.deliver_text(msg.sender, "PRIVMSG", ch.name, text, msg.kind, tags)
+        self.deliver_text(msg.sender, "NOTICE" if msg.notice else "PRIVMSG", ch.name, text,
+                          msg.kind, tags)
 
     def mark_read(self, room: str, seq: int) -> None:
         """MARK_READ ``room`` up to ``seq``, one call in flight per room: what is given
