@@ -17,6 +17,7 @@ from zchat.client.events import (
 )
 from zchat.irc import calls as c
 from zchat.irc.codec import Message
+from zchat.irc.resync import resync
 from zchat.irc.state import Channel, IrcConnection, Member
 from zchat.names import name_key
 
@@ -195,6 +196,8 @@ def _on_connection(conn: IrcConnection, ev: Any) -> None:
             Reconnecting: ""}.get(type(ev), "")
     if text:
         conn.send(Message("NOTICE", (conn.nick, text), source=conn.settings.server_name))
+    if isinstance(ev, ConnectionRestored):
+        resync(conn)  # the PRESENCE events of meanwhile were lost (zchat/irc/resync.py)
 
 
 def _on_joined_elsewhere(conn: IrcConnection, ev: JoinedElsewhere) -> None:
