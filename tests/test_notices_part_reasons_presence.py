@@ -6,6 +6,7 @@ PostgreSQL (``any_harness``), on a PostgreSQL cluster of two brokers, and throug
 
 from __future__ import annotations
 
+import datetime as dt
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from conftest import TcpBroker, run
 from zchat import wire as p
 from zchat.client import Client
 from zchat.client.sync import SyncClient
+from zchat.console.view import line_from_event, render_line
 from zchat.errors import RequestFailed
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_message, running_cluster
 
@@ -254,6 +256,8 @@ def test_one_shot_commands_blink_no_presence_and_show_notices(
         as_json = ok(zchat(tmp_path, "history", *server, "--as", "alice", "--room", "dev",
                            "--json"))
         who = ok(zchat(tmp_path, "who", *server, "--as", "alice", "--room", "dev", "--json"))
+        parted = ok(zchat(tmp_path, "part", *server, "--as", "alice", "dev", "--reason",
+                          "done for today"))
         olga.send("dev", "sentinel")
         heard: list[object] = []
         while not (heard and isinstance(heard[-1], p.MessagePosted)
@@ -269,4 +273,20 @@ def test_one_shot_commands_blink_no_presence_and_show_notices(
     assert [(m["text"], m["kind"]) for m in json_lines(as_json.stdout)] == \
         [("hello", "text"), ("deploy at 5", "notice")]
     assert {u["name"]: u["presence"] for u in json_lines(who.stdout)}["alice"] == "offline"
+    assert parted.stdout.strip() == "left #dev"
+    assert [e.reason for e in heard if isinstance(e, p.UserLeft) and e.name == "alice"] \
+        == ["done for today"]
+
+
+def test_the_console_shows_notices_and_part_reasons() -> None:
+    notice = line_from_event(p.MessagePosted(room="dev", seq=1, time=0, sender="alice",
+                                             text="deploy at 5", notice=True), "bob")
+    rows = render_line(notice, 60, "bob", dt.UTC)
+    assert "-alice-" in "".join(t for _s, t in rows[0])
+    plain = line_from_event(p.MessagePosted(room="dev", seq=2, time=0, sender="alice",
+                                            text="hi"), "bob")
+    assert "-alice-" not in "".join(t for _s, t in render_line(plain, 60, "bob", dt.UTC)[0])
+    left = line_from_event(p.UserLeft(room="dev", name="alice", time=0, reason="lunch"),
+                           "bob")
+    assert left.text == "alice left #dev: lunch"
 

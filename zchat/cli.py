@@ -384,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("room", metavar="ROOM", type=_room_arg)
     tp.add_argument("text", metavar="TEXT", nargs="?")
 
+    pt = sub.add_parser("part", help="leave a room",
+                        description="Leave ROOM; --reason is shown to its other members "
+                                    "(docs/PROTOCOL.md §6.6).")
+    client_opts(pt)
+    pt.add_argument("--reason", default="", metavar="TEXT",
+                    help="why, shown to the others (at most 200 characters, one line)")
+    pt.add_argument("room", metavar="ROOM", type=_room_arg)
+
     md = sub.add_parser("mod", help="moderate: kick, ban, mute, invite, op, lock, delete…",
                         description="Moderation (docs/PROTOCOL.md §17). ROOM '*' means the "
                                     "whole server (ban, unban, mute, unmute, bans, audit; "
@@ -1423,6 +1431,18 @@ def cmd_topic(args: argparse.Namespace, config: Config) -> int:
     return _run(_session(config, args.user, body))
 
 
+def cmd_part(args: argparse.Namespace, config: Config) -> int:
+    """``zchat part ROOM [--reason TEXT]``: PART (docs/PROTOCOL.md §6.6)."""
+    reason = _utf8(args.reason, "--reason")
+
+    async def body(client: Client) -> int:
+        await client.part(args.room, reason=reason)
+        print(f"left #{args.room}")
+        return 0
+
+    return _run(_session(config, args.user, body))
+
+
 MOD_ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop", "lock",
                "unlock", "private", "delete", "bans", "audit", "delete-room")
 _NEEDS_NICK = ("kick", "ban", "unban", "mute", "unmute", "invite", "op", "deop")
@@ -1751,7 +1771,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
     "tail": cmd_tail, "history": cmd_history, "unread": cmd_unread, "who": cmd_who,
     "slow": cmd_slow,
-    "topic": cmd_topic, "mod": cmd_mod,
+    "topic": cmd_topic, "part": cmd_part, "mod": cmd_mod,
     "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,
     "admin": cmd_admin, "passwd": cmd_passwd, "irc": cmd_irc,
