@@ -18,7 +18,8 @@ from zchat.client.events import (
 from zchat.irc import calls as c
 from zchat.irc.codec import Message
 from zchat.irc.resync import resync
-from zchat.irc.state import Channel, IrcConnection, Member
+from zchat.irc.resync import show_join as _show_join
+from zchat.irc.state import IrcConnection, Member
 from zchat.names import name_key
 
 
@@ -61,17 +62,6 @@ def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:
         return
     ch.members[key] = Member(ev.name)
     _show_join(conn, ch, ev.name)
-
-
-def _show_join(conn: IrcConnection, ch: Channel, nick: str) -> None:
-    if "extended-join" in conn.caps:
-        conn.send(conn.from_user(nick, "JOIN", (ch.name, conn.account_of(nick),
-                                                conn.real_name(nick))))
-    else:
-        conn.send(conn.from_user(nick, "JOIN", (ch.name,)))
-    presence, text = conn.known.get(name_key(nick), ("online", ""))
-    if presence == "away" and "away-notify" in conn.caps:
-        conn.send(conn.from_user(nick, "AWAY", (text or "away",)))
 
 
 def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:

@@ -49,7 +49,7 @@ def _resynced(conn: IrcConnection, key: str, reply: Any) -> None:
             continue
         m.presence, m.away_text = u.presence, u.text
         if before == "offline":
-            _show_join(conn, ch, m.nick)  # with AWAY when away (conn.known)
+            show_join(conn, ch, m.nick)  # with AWAY when away (conn.known)
         elif "away-notify" in conn.caps and (before, before_text) != (u.presence, u.text):
             away = (u.text or "away",) if u.presence == "away" else ()
             conn.send(conn.from_user(m.nick, "AWAY", away))
@@ -67,7 +67,14 @@ def _quit(conn: IrcConnection, key: str, nick: str) -> None:
     conn.send(conn.from_user(nick, "QUIT", ("Quit: offline",)))
 
 
-def _show_join(conn: IrcConnection, ch: Channel, nick: str) -> None:
-    from zchat.irc.events import _show_join as show  # events imports this module
-
-    show(conn, ch, nick)
+def show_join(conn: IrcConnection, ch: Channel, nick: str) -> None:
+    """``nick`` JOINs ``ch`` as the client negotiated it (extended-join), then AWAY when
+    away (away-notify). Shared with zchat/irc/events.py."""
+    if "extended-join" in conn.caps:
+        conn.send(conn.from_user(nick, "JOIN", (ch.name, conn.account_of(nick),
+                                                conn.real_name(nick))))
+    else:
+        conn.send(conn.from_user(nick, "JOIN", (ch.name,)))
+    presence, text = conn.known.get(name_key(nick), ("online", ""))
+    if presence == "away" and "away-notify" in conn.caps:
+        conn.send(conn.from_user(nick, "AWAY", (text or "away",)))
