@@ -6,6 +6,7 @@ PostgreSQL (``any_harness``), on a PostgreSQL cluster of two brokers, and throug
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import typing
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from client_helpers import collect, is_
 from conftest import TcpBroker, run
 
 from zchat import wire as p
+from zchat.bot import Bot, Context
 from zchat.client import Client
 from zchat.client.sync import SyncClient
 from zchat.console.view import line_from_event, render_line
@@ -290,3 +292,49 @@ def test_the_console_shows_notices_and_part_reasons() -> None:
                            "bob")
     assert left.text == "alice left #dev: lunch"
 
+
+
+# -- bots never answer a notice -----------------------------------------------------------
+
+
+def test_a_bot_hands_notices_only_to_on_notice_handlers(zchat_broker: Harness) -> None:
+    """A notice reads ``!ping`` and would match every handler: only ``on_notice`` gets it
+    (RFC 2812 §3.3.2), in a room and by DM; the bot answers plain text as before, and
+    its own answers may be notices."""
+    bot = Bot("helper", rooms=("dev",))
+    calls: list[tuple[str, str]] = []
+
+    @bot.on_command("ping")
+    async def ping(ctx: Context) -> None:
+        calls.append(("command", ctx.text))
+        await ctx.reply("pong", notice=True)
+
+    @bot.on_message(room="dev")
+    async def message(ctx: Context) -> None:
+        calls.append(("message", ctx.text))
+
+    @bot.on_dm()
+    async def dm(ctx: Context) -> None:
+        calls.append(("dm", ctx.text))
+
+    both_notices = asyncio.Event()
+
+    @bot.on_notice()
+    async def notice(ctx: Context) -> None:
+        calls.append(("notice", "dm" if ctx.is_dm else ctx.room or ""))
+        if sum(kind == "notice" for kind, _ in calls) == 2:
+            both_notices.set()
+
+    async def scenario() -> None:
+        async with zchat_broker.run_bot(bot), zchat_broker.client("alice") as alice:
+            await alice.join("dev")
+            await alice.send("dev", "!ping", notice=True)
+            await alice.dm("helper", "!ping", notice=True)
+            await alice.send("dev", "!ping")
+            pong = await next_message(alice, "dev", sender="helper")
+            assert (pong.text, pong.notice) == ("pong", True)
+            await asyncio.wait_for(both_notices.wait(), 5)
+
+    run(scenario())
+    # a DM (a push) and a room message (PUB) may come in either order
+    assert sorted(calls) == [("command", "!ping"), ("notice", "dev"), ("notice", "dm")]
