@@ -112,7 +112,10 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path: Path,
     subprocess.run([*zchat_command(), "register", *server, "alice"], env=env, check=True,
                    capture_output=True, timeout=30)
     with open("/dev/full", "w") as full:
-        result = subprocess.run([*zchat_command(), "who", *server, "--as", "alice"],
+        # --room lobby: alice is listed (her one-shot `who` announces no presence, so
+        # the list of accounts online would be empty and nothing would be written)
+        result = subprocess.run([*zchat_command(), "who", *server, "--as", "alice",
+                                 "--room", "lobby"],
                                 env=env, stdout=full, stderr=subprocess.PIPE, text=True,
                                 stdin=subprocess.DEVNULL, timeout=30)
     assert result.returncode == 1

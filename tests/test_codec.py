@@ -304,6 +304,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     if origin is Union or origin is getattr(__import__("types"), "UnionType", None):
         return st.one_of(*[st.none() if a is type(None) else strategy_for(a)
                            for a in typing.get_args(tp)])
+    if tp is msgspec.UnsetType:  # an ``Added`` request field left out (§13)
+        return st.just(msgspec.UNSET)
     if origin is Literal:
         return st.sampled_from(typing.get_args(tp))
     if origin is tuple:

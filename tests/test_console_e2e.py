@@ -71,8 +71,9 @@ def test_console_offers_to_create_a_missing_account(tmp_path: Path,
         assert term.wait_exit(5) == 0
 
     # The account now exists with that password.
+    # (--room lobby: a one-shot `who` announces no presence, so newuser is not online)
     who = ok(zchat(tmp_path, "who", "--server", tcp_broker.router, "--as", "newuser",
-                   password="s3cret pw"))
+                   "--room", "lobby", password="s3cret pw"))
     assert "newuser" in who.stdout
 
 

@@ -58,8 +58,9 @@ def test_tail_prints_messages_posted_by_say(tmp_path: Path, tcp_broker: TcpBroke
     assert [(m["seq"], m["text"]) for m in json_lines(history.stdout)] == [(2, "a"), (3, "b")]
 
     who = ok(zchat(tmp_path, "who", *server, "--as", "alice", "--room", "dev", "--json"))
+    # `zchat who` is one-shot: alice's session announces no presence (§6.3)
     assert {(u["name"], u["presence"]) for u in json_lines(who.stdout)} == \
-        {("alice", "online"), ("bob", "offline")}
+        {("alice", "offline"), ("bob", "offline")}
 
 
 def test_stored_dm_is_printed_first_by_tail(tmp_path: Path, tcp_broker: TcpBroker) -> None:
@@ -86,8 +87,10 @@ def test_who_shows_online_accounts(tmp_path: Path, tcp_broker: TcpBroker) -> Non
         tail.popen.send_signal(signal.SIGINT)
         tail.wait(5)
     users = json_lines(who.stdout)
+    # alice's `zchat who` is a one-shot command: its session announces no presence
+    # (LOGIN presence false, docs/PROTOCOL.md §6.3), so alice is not listed online
     assert [(u["name"], u["presence"], u["bot"]) for u in users] == \
-        [("alice", "online", False), ("bob", "online", False)]
+        [("bob", "online", False)]
 
 
 def test_wrong_password_is_one_line(tmp_path: Path, tcp_broker: TcpBroker) -> None:
@@ -267,8 +270,8 @@ def test_signal_to_tail_logs_out_at_once(tmp_path: Path, tcp_broker: TcpBroker, 
         tail.kill()
     assert "Traceback" not in "\n".join(tail.stderr)
     who = ok(zchat(tmp_path, "who", *server, "--as", "alice", "--json"))
-    assert [u["name"] for u in json_lines(who.stdout) if u["presence"] != "offline"] == \
-        ["alice"]
+    # nobody is online: bob's tail ended, alice's `who` announces no presence
+    assert [u["name"] for u in json_lines(who.stdout) if u["presence"] != "offline"] == []
     dm = ok(zchat(tmp_path, "dm", *server, "--as", "alice", "bob", "still there?"))
     assert dm.stdout.strip() == "stored until they log in (to bob)"
 

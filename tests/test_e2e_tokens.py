@@ -41,7 +41,9 @@ def test_bot_token_say_then_revoke(tmp_path: Path, tcp_broker: TcpBroker) -> Non
                        "--json"))
     assert [(m["from"], m["text"]) for m in map(json.loads, history.stdout.splitlines())] == \
         [("ops", "disk full")]
-    who = ok(with_token(tmp_path, token, "who", *server, "--as", "ops", "--json"))
+    # `who` is one-shot and announces no presence: the room's members list ops
+    who = ok(with_token(tmp_path, token, "who", *server, "--as", "ops", "--room", "alerts",
+                        "--json"))
     assert {(u["name"], u["bot"]) for u in map(json.loads, who.stdout.splitlines())} == \
         {("ops", True)}
 

@@ -47,18 +47,6 @@ KNOWN_FAILURES: dict[str, str] = {
         "Sable-specific (waits for Sable's in-memory history to expire)",
     "irctest/server_tests/chathistory.py::SableExpiringHistoryTestCase":
         "Sable-specific (waits for Sable's in-memory history to expire)",
-    "irctest/server_tests/labeled_responses.py::LabeledResponsesTestCase::testLabeledNoticeResponsesToClient":
-        "zchat has no notice kind: a NOTICE arrives as PRIVMSG",
-    "irctest/server_tests/labeled_responses.py::LabeledResponsesTestCase::testLabeledNoticeResponsesToChannel":
-        "zchat has no notice kind: a NOTICE arrives as PRIVMSG",
-    "irctest/server_tests/messages.py::NoticeTestCase::testNotice":
-        "zchat has no notice kind: a NOTICE arrives as PRIVMSG",
-    "irctest/server_tests/echo_message.py::EchoMessageTestCase::testEchoMessage[NOTICE-False-True]":
-        "zchat has no notice kind: a NOTICE arrives as PRIVMSG",
-    "irctest/server_tests/part.py::PartTestCase::testBasicPartRfc2812":
-        "zchat's LEFT carries no reason: others see PART without it",
-    "irctest/server_tests/part.py::PartTestCase::testPartMessage":
-        "zchat's LEFT carries no reason: others see PART without it",
     "irctest/server_tests/names.py::NamesTestCase::testNames2812Secret":
         "no +s: a private (+i) room is zchat's only hidden room",
     "irctest/server_tests/topic.py::TopicTestCase::testTopicMode":

@@ -258,13 +258,14 @@ def test_migrate_refuses_an_older_schema_and_leaves_the_file(
     conn.close()
     before = _digest(db)
     err = failed(zchat(tmp_path, "admin", "migrate", "--db", str(db), "--to", pg_url))
-    assert "has schema version 6, older than this zchat's 7: upgrade it first" in err
+    assert ("has schema version 6, older than this zchat's "
+            f"{migrations.SCHEMA_VERSION}: upgrade it first") in err
     assert _digest(db) == before
     with sqlite3.connect(db, isolation_level=None) as conn:
         conn.execute(f"PRAGMA user_version = {migrations.SCHEMA_VERSION + 1}")
     conn.close()
     err = failed(zchat(tmp_path, "admin", "migrate", "--db", str(db), "--to", pg_url))
-    assert "newer than this zchat's 7" in err
+    assert f"newer than this zchat's {migrations.SCHEMA_VERSION}" in err
 
 
 def test_migrate_wants_a_postgresql_url(source: Source, tmp_path: Path) -> None:

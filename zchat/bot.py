@@ -23,6 +23,10 @@ Dispatch rules (``match_handlers``):
   ``pattern`` (if given, ``re.search``) matches its text.
 - A direct message to the bot reaches ``on_command`` handlers the same way, otherwise the
   ``on_dm`` handlers (``pattern`` as above). Copies of the bot's own DMs are ignored.
+- A **notice** (a room message or DM with ``notice``, IRC's NOTICE: docs/PROTOCOL.md
+  §6.8) reaches only ``on_notice`` handlers — never ``on_message``, ``on_dm`` or
+  ``on_command`` — because automatic programs must never answer a notice (RFC 2812
+  §3.3.2): two bots answering each other's notices would loop for ever.
 - A presence change of another account reaches every ``on_presence`` handler.
 - ``every(seconds)`` handlers run on their own timer, first ``seconds`` after the bot
   started, concurrently with the event handlers.
@@ -63,7 +67,7 @@ COMMAND_PREFIX = "!"
 #: How long ``stop()`` waits for the LOGOUT reply before closing anyway.
 LOGOUT_WAIT_S = 0.5
 
-HandlerKind = Literal["message", "dm", "command", "presence", "timer"]
+HandlerKind = Literal["message", "dm", "command", "notice", "presence", "timer"]
 HandlerFunc = Callable[["Context"], Awaitable[Any]]
 
 
@@ -151,13 +155,14 @@ def match_handlers(handlers: Iterable[Handler], event: object, me: str | None,
             return []
         if isinstance(event, p.DirectMessage) and me is not None and not _same(event.to, me):
             return []
-        command = parse_command(event.text, prefix)
+        command = None if event.notice else parse_command(event.text, prefix)
         if command is not None:
             hits = [Match(h, command) for h in handlers
                     if h.kind == "command" and h.command == command.name]
             if hits:
                 return hits
-        kind = "message" if isinstance(event, p.MessagePosted) else "dm"
+        kind = "notice" if event.notice else \
+            "message" if isinstance(event, p.MessagePosted) else "dm"
         found: list[Match] = []
         for h in handlers:
             if h.kind != kind:
@@ -212,14 +217,14 @@ class Context:
     def is_dm(self) -> bool:
         return isinstance(self.event, p.DirectMessage)
 
-    async def reply(self, text: str) -> None:
+    async def reply(self, text: str, *, notice: bool = False) -> None:
         """Answer where the event came from: in the same room, or by DM to the sender
-        (also for a presence change: a DM to that account). Raises LocalProtocolError for
-        a timer, which has no one to answer."""
+        (also for a presence change: a DM to that account); as a notice with ``notice``.
+        Raises LocalProtocolError for a timer, which has no one to answer."""
         if self.room is not None:
-            await self.bot.say(self.room, text)
+            await self.bot.say(self.room, text, notice=notice)
         elif self.sender is not None:
-            await self.bot.dm(self.sender, text)
+            await self.bot.dm(self.sender, text, notice=notice)
         else:
             raise LocalProtocolError("a timer has no one to reply to; use bot.say()")
 
@@ -306,6 +311,16 @@ class Bot:
             raise ValueError(f"bad command name {name!r}")
         return self._add("command", command=name.casefold())
 
+    def on_notice(self, room: str | None = None,
+                  pattern: str | re.Pattern[str] | None = None
+                  ) -> Callable[[HandlerFunc], HandlerFunc]:
+        """Notices (docs/PROTOCOL.md §6.8) of others: in ``room`` if given, by DM too when
+        not (``ctx.is_dm``); matching ``pattern`` if given. Notices reach no other
+        handler. A notice must never be answered automatically (RFC 2812 §3.3.2): log
+        it, count it, never ``ctx.reply`` to it."""
+        return self._add("notice", room=room,
+                         pattern=re.compile(pattern) if pattern is not None else None)
+
     def on_presence(self) -> Callable[[HandlerFunc], HandlerFunc]:
         """Presence changes of other accounts; ``ctx.event`` is the PresenceChanged."""
         return self._add("presence")
@@ -324,16 +339,17 @@ class Bot:
             raise LocalProtocolError(f"bot {self.name} is not running")
         return self.client
 
-    async def say(self, room: str, text: str) -> p.Sent:
-        """Post ``text`` to ``room`` (joined first if the bot is not in it)."""
+    async def say(self, room: str, text: str, *, notice: bool = False) -> p.Sent:
+        """Post ``text`` to ``room`` (joined first if the bot is not in it); as a notice
+        with ``notice`` (other bots do not answer it: docs/bots.md)."""
         client = self._client()
         if name_key(room) not in {name_key(r) for r in client.rooms}:
             await client.join(room)
-        return await client.send(room, text, cmid=uuid.uuid4().hex)
+        return await client.send(room, text, cmid=uuid.uuid4().hex, notice=notice)
 
-    async def dm(self, user: str, text: str) -> p.DmSent:
-        """Send ``text`` to ``user`` as a direct message."""
-        return await self._client().dm(user, text)
+    async def dm(self, user: str, text: str, *, notice: bool = False) -> p.DmSent:
+        """Send ``text`` to ``user`` as a direct message; a notice with ``notice``."""
+        return await self._client().dm(user, text, notice=notice)
 
     # -- history and read state (docs/PROTOCOL.md §6.3.1, §6.48, §6.49) ------------------
 

@@ -291,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "input as one message.")
     client_opts(s)
     s.add_argument("--room", required=True, type=_room_arg)
-    s.add_argument("--me", action="store_true", help="post as an action (/me)")
+    notice_or_me = s.add_mutually_exclusive_group()
+    notice_or_me.add_argument("--me", action="store_true", help="post as an action (/me)")
+    notice_or_me.add_argument("--notice", action="store_true",
+                              help="post as a notice (shown as -you- text; bots never "
+                                   "answer one)")
     s.add_argument("--retry-for", type=_nonnegative_seconds, default=SEND_RETRY_S,
                    metavar="SECONDS",
                    help="with TEXT '-': how long a line waits for a restarting broker "
@@ -302,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Send a direct message; says whether it was delivered "
                                    "live or stored for the recipient's next login.")
     client_opts(d)
+    d.add_argument("--notice", action="store_true",
+                   help="send it as a notice (bots never answer one)")
     d.add_argument("to", metavar="TO", type=_account_arg)
     d.add_argument("text", metavar="TEXT")
 
@@ -377,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(tp)
     tp.add_argument("room", metavar="ROOM", type=_room_arg)
     tp.add_argument("text", metavar="TEXT", nargs="?")
+
+    pt = sub.add_parser("part", help="leave a room",
+                        description="Leave ROOM; --reason is shown to its other members "
+                                    "(docs/PROTOCOL.md §6.6).")
+    client_opts(pt)
+    pt.add_argument("--reason", default="", metavar="TEXT",
+                    help="why, shown to the others (at most 200 characters, one line)")
+    pt.add_argument("room", metavar="ROOM", type=_room_arg)
 
     md = sub.add_parser("mod", help="moderate: kick, ban, mute, invite, op, lock, delete…",
                         description="Moderation (docs/PROTOCOL.md §17). ROOM '*' means the "
@@ -632,27 +646,33 @@ def _password(confirm: bool = False) -> str:
 
 
 def message_json(msg: p.MessagePosted | p.DirectMessage) -> dict[str, Any]:
-    """The ``--json`` object of a room message or direct message (docs/cli.md)."""
+    """The ``--json`` object of a room message or direct message (docs/cli.md); ``kind``
+    is "text", "action" or "notice" (a notice: docs/PROTOCOL.md §6.8)."""
     if isinstance(msg, p.DirectMessage):
         return {"dm": True, "id": msg.id, "room": None, "seq": None, "time": timefmt.iso_utc(msg.time),
                 "time_ms": msg.time, "from": msg.sender, "to": msg.to, "text": msg.text,
-                "kind": "text"}
+                "kind": "notice" if msg.notice else "text"}
     return {"dm": False, "room": msg.room, "seq": msg.seq, "time": timefmt.iso_utc(msg.time),
-            "time_ms": msg.time, "from": msg.sender, "text": msg.text, "kind": msg.kind,
+            "time_ms": msg.time, "from": msg.sender, "text": msg.text,
+            "kind": "notice" if msg.notice else msg.kind,
             "deleted_by": msg.deleted_by or None}
 
 
 def message_line(msg: p.MessagePosted | p.DirectMessage) -> str:
     """The plain-text line of a message: local time, where, who, text (continuation lines
-    indented)."""
+    indented). A notice shows its sender as irssi does, ``-alice- text`` (a DM's
+    ``-alice -> bob- text``)."""
     text = msg.text.replace("\n", "\n    ")
     if isinstance(msg, p.DirectMessage):
-        return f"{timefmt.local_text(msg.time)} [dm #{msg.id}] <{msg.sender} -> {msg.to}> {text}"
+        who = f"-{msg.sender} -> {msg.to}-" if msg.notice else f"<{msg.sender} -> {msg.to}>"
+        return f"{timefmt.local_text(msg.time)} [dm #{msg.id}] {who} {text}"
     if msg.deleted_by:  # its text is kept only for the audit log (docs/PROTOCOL.md §6.38)
         return f"{timefmt.local_text(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> " \
                f"(message deleted by {msg.deleted_by})"
     if msg.kind == "action":
         return f"{timefmt.local_text(msg.time)} #{msg.room} #{msg.seq} * {msg.sender} {text}"
+    if msg.notice:
+        return f"{timefmt.local_text(msg.time)} #{msg.room} #{msg.seq} -{msg.sender}- {text}"
     return f"{timefmt.local_text(msg.time)} #{msg.room} #{msg.seq} <{msg.sender}> {text}"
 
 
@@ -692,21 +712,25 @@ def _emit(out: TextIO, msg: p.MessagePosted | p.DirectMessage, as_json: bool) ->
     out.flush()
 
 
-async def _login(client: Client, user: str, password_only: bool = False) -> p.LoggedIn:
+async def _login(client: Client, user: str, password_only: bool = False,
+                 presence: bool = True) -> p.LoggedIn:
     """Log ``user`` in with the account token in $ZCHAT_TOKEN when set and not empty (and
     not ``password_only``), else with the password (``_password``)."""
     token = "" if password_only else env(TOKEN_ENV)
     if token:
-        return await client.login(user, token=token)
-    return await client.login(user, _password())
+        return await client.login(user, token=token, presence=presence)
+    return await client.login(user, _password(), presence=presence)
 
 
 async def _session(config: Config, user: str | None,
                    body: Callable[[Client], Awaitable[int]], reconnect: bool = False,
-                   password_only: bool = False) -> int:
+                   password_only: bool = False, presence: bool = False) -> int:
     """Connect, log in as ``user`` (when given; see ``_login``), run ``body``, log out,
     close. With ``reconnect``, the client logs in again by itself after losing the broker,
-    waiting at most ``[client] reconnect_max_s`` between attempts."""
+    waiting at most ``[client] reconnect_max_s`` between attempts. The session announces
+    no presence (LOGIN ``presence`` false, docs/PROTOCOL.md §6.3) unless ``presence``:
+    a one-shot command (`zchat say`, `history`, `who`…) never makes its account blink
+    online and offline for the others; `zchat tail`, which stays, does announce."""
     if user is not None:  # a credential that is not text: said now, not after connecting
         env(PASSWORD_ENV)
         if not password_only:
@@ -714,7 +738,7 @@ async def _session(config: Config, user: str | None,
     async with _client(config, reconnect) as client:
         if user is None:
             return await body(client)
-        await _login(client, user, password_only)
+        await _login(client, user, password_only, presence)
         try:
             return await body(client)
         finally:
@@ -1041,7 +1065,7 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
         client.on_rate_limited = _tell_wait
         await client.join(args.room)
         if text != "-":
-            await client.send(args.room, text, kind)
+            await client.send(args.room, text, kind, notice=args.notice)
             return 0
         failures = sent = 0
         async for number, raw in _stdin_lines():
@@ -1055,7 +1079,7 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
                 continue
             try:
                 await _send_through_reconnects(client, args.room, line, kind,
-                                               args.retry_for)
+                                               args.retry_for, args.notice)
             except RequestFailed as exc:
                 failures += 1
                 print(f"zchat: not sent (line {number}): {exc}", file=sys.stderr)
@@ -1079,7 +1103,8 @@ def cmd_say(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _send_through_reconnects(client: Client, room: str, line: str,
-                                   kind: p.MessageKind, retry_for_s: float) -> None:
+                                   kind: p.MessageKind, retry_for_s: float,
+                                   notice: bool = False) -> None:
     """Send ``line``; while the client is reconnecting (a broker restart), wait for it
     and send again with the same cmid, for up to ``retry_for_s`` seconds in all
     (``Client.through_reconnects``). Raises RequestFailed, or ConnectionFailed when the
@@ -1087,7 +1112,8 @@ async def _send_through_reconnects(client: Client, room: str, line: str,
     cmid = secrets.token_urlsafe(12)
     await client.through_reconnects(
         lambda left_s: client.send(room, line, kind, cmid=cmid, retry_for_s=left_s,
-                                   retry_unavailable=True),  # a database restarting
+                                   retry_unavailable=True,  # a database restarting
+                                   notice=notice),
         retry_for_s)
 
 
@@ -1095,7 +1121,7 @@ def cmd_dm(args: argparse.Namespace, config: Config) -> int:
     text = _utf8(args.text, "TEXT")
 
     async def body(client: Client) -> int:
-        reply = await client.dm(args.to, text)
+        reply = await client.dm(args.to, text, notice=args.notice)
         to = reply.to or args.to  # the name as registered
         if client.name and name_key(to) == name_key(client.name):
             print("noted to yourself (a direct message to your own account)")
@@ -1202,7 +1228,7 @@ def cmd_tail(args: argparse.Namespace, config: Config) -> int:
     client_log, once = logging.getLogger("zchat.client"), _SessionEndShownOnce()
     client_log.addFilter(once)
     try:
-        return _run(_session(config, args.user, body, reconnect=True))
+        return _run(_session(config, args.user, body, reconnect=True, presence=True))
     finally:
         client_log.removeFilter(once)
 
@@ -1400,6 +1426,18 @@ def cmd_topic(args: argparse.Namespace, config: Config) -> int:
         reply = await client.join(args.room)
         await client.set_topic(reply.room, text)
         print(f"topic of #{reply.room}: {text}" if text else f"topic of #{reply.room} cleared")
+        return 0
+
+    return _run(_session(config, args.user, body))
+
+
+def cmd_part(args: argparse.Namespace, config: Config) -> int:
+    """``zchat part ROOM [--reason TEXT]``: PART (docs/PROTOCOL.md §6.6)."""
+    reason = _utf8(args.reason, "--reason")
+
+    async def body(client: Client) -> int:
+        await client.part(args.room, reason=reason)
+        print(f"left #{args.room}")
         return 0
 
     return _run(_session(config, args.user, body))
@@ -1624,7 +1662,7 @@ def cmd_passwd(args: argparse.Namespace, config: Config) -> int:
     async def body(client: Client) -> int:
         # the broker's rule, checked before logging in, in its words (422)
         admin.check_new_password(new, admin.broker_min_password_chars(client))
-        await client.login(args.user, old)
+        await client.login(args.user, old, presence=False)
         try:
             await client.set_password(old, new)
         finally:
@@ -1733,7 +1771,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
     "tail": cmd_tail, "history": cmd_history, "unread": cmd_unread, "who": cmd_who,
     "slow": cmd_slow,
-    "topic": cmd_topic, "mod": cmd_mod,
+    "topic": cmd_topic, "part": cmd_part, "mod": cmd_mod,
     "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,
     "admin": cmd_admin, "passwd": cmd_passwd, "irc": cmd_irc,

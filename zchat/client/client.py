@@ -329,6 +329,8 @@ class Client:
         #: The account's presence and away text as last set or heard (``presence``),
         #: set again after a reconnect.
         self._presence: tuple[p.Presence, str] = ("online", "")
+        #: LOGIN's ``presence``: whether this client's session announces presence (§6.3).
+        self._announces = True
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -785,18 +787,24 @@ class Client:
                                                                bot=bot))
         return reply
 
-    async def login(self, name: str, password: str = "", *, token: str = "") -> p.LoggedIn:
+    async def login(self, name: str, password: str = "", *, token: str = "",
+                    presence: bool = True) -> p.LoggedIn:
         """Log in with exactly one of ``password`` and ``token`` (an account token from
         ``create_token``); subscribes to the account's rooms and presence, queues stored
         direct messages as events (oldest first). With ``reconnect=True`` the credential
-        used is kept in memory for logging in again after a reconnect. Raises
+        used is kept in memory for logging in again after a reconnect. ``presence=False``
+        makes a session that announces no presence: it never makes the account online or
+        offline, and may not SET_PRESENCE (409); one-shot commands and scripts use it
+        (docs/PROTOCOL.md §6.3). Raises
         LocalProtocolError when both or neither is given, RequestFailed 404 (no such
         account) or 401 (wrong password, wrong or revoked token). Rate-limited (429, too
         many attempts from this address), it waits and retries (``_patiently``)."""
         if bool(password) == bool(token):
             raise LocalProtocolError("give exactly one of password and token")
-        reply: p.LoggedIn = await self._patiently(p.Login(name=name, password=password,
-                                                          token=token))
+        reply: p.LoggedIn = await self._patiently(p.Login(
+            name=name, password=password, token=token,
+            presence=p.UNSET if presence else False))
+        self._announces = presence
         self._state.name = reply.name
         self._state.session = reply.session
         self._presence = ("online", "")  # until WHO, WHOIS or a PRESENCE event says more
@@ -854,11 +862,13 @@ class Client:
         self._unread.joined(reply.room, reply.last_seq)
         return reply
 
-    async def part(self, room: str) -> None:
-        """Leave ``room`` and stop following it. Raises RequestFailed 403 when not in it,
-        404 when there is no such room."""
+    async def part(self, room: str, reason: str = "") -> None:
+        """Leave ``room`` and stop following it; ``reason`` (at most
+        p.MAX_AWAY_TEXT_CHARS characters, one line) reaches the other members in LEFT
+        (docs/PROTOCOL.md §6.6). Raises RequestFailed 403 when not in it, 404 when there
+        is no such room, 413/422 for a reason too long or holding control characters."""
         with self._changing_membership(name_key(room)):
-            await self.request(p.Part(room=room))
+            await self.request(p.Part(room=room, reason=reason or p.UNSET))
         self._stop_following(name_key(room))
 
     async def set_slow_mode(self, room: str, seconds: int) -> None:
@@ -957,7 +967,8 @@ class Client:
 
     async def send(self, room: str, text: str, kind: p.MessageKind = "text",
                    cmid: str = "", *, retry_for_s: float = SEND_RETRY_S,
-                   patient: bool = True, retry_unavailable: bool = False) -> p.Sent:
+                   patient: bool = True, retry_unavailable: bool = False,
+                   notice: bool = False) -> p.Sent:
         """Post to a room; the reply carries the message's sequence number and time.
         Rate-limited (429), it waits and retries (``_patiently``). ``cmid`` (at most
         MAX_CMID_CHARS; a random one when empty) makes retries idempotent: with
@@ -968,23 +979,29 @@ class Client:
         see why than wait. With ``retry_unavailable``, a 503 (storage unavailable, e.g. the
         database restarting; nothing stored) is retried with the same ``cmid`` for up to
         ``retry_for_s`` (off by default: a full disk would hold the caller that long).
+        ``notice`` posts a notice (IRC's NOTICE, kind "text" only): shown apart, never
+        answered by bots (docs/PROTOCOL.md §6.8).
         Raises RequestFailed, or ConnectionFailed when no try was answered in time."""
         reply: p.Sent = await self._reliably(
-            p.Send(room=room, text=text, kind=kind, cmid=cmid or new_cmid()), retry_for_s,
+            p.Send(room=room, text=text, kind=kind, cmid=cmid or new_cmid(),
+                   notice=True if notice else p.UNSET),
+            retry_for_s,
             RATE_LIMIT_TRIES if patient else 1, retry_unavailable)
         self._unread.sent(reply.room, reply.seq)
         return reply
 
     async def dm(self, to: str, text: str, cmid: str = "", *,
                  retry_for_s: float = SEND_RETRY_S, patient: bool = True,
-                 retry_unavailable: bool = False) -> p.DmSent:
+                 retry_unavailable: bool = False, notice: bool = False) -> p.DmSent:
         """Send a direct message; ``delivered`` says "live" or "stored". Rate-limited
         (429), it waits and retries (``_patiently``); a lost reply is retried with the
         same ``cmid`` as in ``send`` (docs/PROTOCOL.md §6.7); ``patient`` and
-        ``retry_unavailable`` as in ``send``. Raises RequestFailed 404 for an unknown
-        account, ConnectionFailed when no try was answered in time."""
+        ``retry_unavailable`` and ``notice`` as in ``send``. Raises RequestFailed 404 for
+        an unknown account, ConnectionFailed when no try was answered in time."""
         reply: p.DmSent = await self._reliably(
-            p.SendDirect(to=to, text=text, cmid=cmid or new_cmid()), retry_for_s,
+            p.SendDirect(to=to, text=text, cmid=cmid or new_cmid(),
+                         notice=True if notice else p.UNSET),
+            retry_for_s,
             RATE_LIMIT_TRIES if patient else 1, retry_unavailable)
         self._unread.sent_dm(to, reply.id)
         return reply
@@ -1783,8 +1800,9 @@ class Client:
                 log.info("could not resume the session (%s); logging in again", exc)
         if reply is None:
             try:
-                reply = await self.request(p.Login(name=name, password=password,
-                                                   token=token))
+                reply = await self.request(p.Login(
+                    name=name, password=password, token=token,
+                    presence=p.UNSET if self._announces else False))
             except RequestFailed as exc:
                 if exc.status in (Status.UNAUTHORIZED, Status.FORBIDDEN, Status.NOT_FOUND):
                     raise _LoginRefused(f"the broker refused to log in {name} again: "
@@ -1793,7 +1811,7 @@ class Client:
         self._state.name = reply.name
         self._state.session = reply.session
         self._subscribe(p.TOPIC_PRESENCE_PREFIX)
-        if presence == "away":
+        if presence == "away" and self._announces:
             # A restarted broker has forgotten it (presence lives in its memory, even
             # for a session resumed from its store, §6.27); for a live session it is
             # unchanged, and the broker publishes nothing (§8).

@@ -1138,7 +1138,7 @@ class ChatConsole:
             if room is None:
                 self.error("/part needs a ROOM here")
                 return
-            await self._part(room)
+            await self._part(room, cmd.reason)
         elif isinstance(cmd, c.Close):
             if conv is None:
                 self.error("no conversation to close")
@@ -1414,13 +1414,13 @@ class ChatConsole:
                 self.switch(left[max(0, at - 1)])
         self.app.invalidate()
 
-    async def _part(self, room: str) -> None:
-        """Leave ``room`` and close its conversation; a room you were removed from is
-        only closed (the broker would refuse the PART)."""
+    async def _part(self, room: str, reason: str = "") -> None:
+        """Leave ``room`` (telling the others ``reason``) and close its conversation; a
+        room you were removed from is only closed (the broker would refuse the PART)."""
         key = v.room_key(room)
         parted = self.conversations.get(key)
         if parted is None or parted.joined:
-            await self.client.part(room)
+            await self.client.part(room, reason=reason)
         self._close(key)
 
     async def _load_room_names(self) -> None:

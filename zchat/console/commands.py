@@ -65,6 +65,8 @@ class Part(Command):
 
     NAME: ClassVar[str] = "part"
     room: str | None = None
+    #: Why, shown to the room's other members (docs/PROTOCOL.md §6.6); "" for none.
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +401,19 @@ def _topic(args: dict[str, str]) -> Command:
     return Topic(text)
 
 
+def _part(text: str) -> Part:
+    """``/part [#ROOM] [REASON]`` as irssi reads it: a first word starting with ``#`` is
+    the room and the rest the reason; a single word is the room (``/part dev``); several
+    words not starting with ``#`` are the reason for the current room."""
+    text = text.strip()
+    word, _sp, rest = text.partition(" ")
+    if not text:
+        return Part()
+    if word.startswith("#") or not rest.strip():
+        return Part(_room(word), rest.strip())
+    return Part(None, text)
+
+
 _ROOM = Param("ROOM")
 _SPECS: tuple[CommandSpec, ...] = (
     CommandSpec("msg", (Param("USER"), Param("TEXT", rest=True)),
@@ -431,11 +446,15 @@ _SPECS: tuple[CommandSpec, ...] = (
                 "a new room invite-only from the start, so not even its name or first "
                 "lines cross the public channel.",
                 lambda a: Join(_room(a["ROOM"]), _private_word(a.get("PRIVATE", "")))),
-    CommandSpec("part", (Param("ROOM", required=False),), "leave a room",
+    CommandSpec("part", (Param("TEXT", required=False, rest=True, label="#ROOM] [REASON"),),
+                "leave a room",
                 "Leaves ROOM, or the current room when none is given, and closes its "
-                "conversation. You stop receiving its messages; /join it again to come "
-                "back. In a direct conversation, closes it (/close).",
-                lambda a: Part(_room(a["ROOM"]) if a.get("ROOM") else None)),
+                "conversation; REASON is shown to the other members (/part #dev back "
+                "tomorrow, or /part back tomorrow for the current room). ROOM may be "
+                "written without # when it is the only word. You stop receiving its "
+                "messages; /join it again to come back. In a direct conversation, closes "
+                "it (/close).",
+                lambda a: _part(a.get("TEXT", ""))),
     CommandSpec("names", (), "list the room's members",
                 "Lists the names of the current room's members on a few lines, online "
                 "first, with (away) and (offline) marked. /who gives one line each.",

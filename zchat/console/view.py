@@ -458,6 +458,8 @@ class Line:
       (drawn dim, ``(sending…)`` after the text) until the real message replaces it, or
       ``failed`` (``(not sent)``) when it was refused or never answered
       (``Conversation.settle``). ``""`` for every other line.
+    - ``said_notice``: a message or dm that is a notice (IRC's NOTICE, docs/PROTOCOL.md
+      §6.8): its sender is shown ``-alice-``, as irssi shows notices.
     """
 
     kind: LineKind
@@ -469,6 +471,7 @@ class Line:
     own: bool = False
     mention: bool = False
     status: SendStatus = ""
+    said_notice: bool = False
 
 
 #: What follows the text of a line not sent yet, or not sent at all.
@@ -502,14 +505,17 @@ def line_from_event(event: p.MessagePosted | p.UserJoined | p.UserLeft | p.Prese
     if isinstance(event, p.MessagePosted):
         kind: LineKind = "action" if event.kind == "action" else "message"
         text = f"(message deleted by {event.deleted_by})" if event.deleted_by else event.text
-        line = Line(kind, event.time, event.sender, text, event.seq)
+        line = Line(kind, event.time, event.sender, text, event.seq,
+                    said_notice=event.notice)
     elif isinstance(event, p.DirectMessage):
-        line = Line("dm", event.time, event.sender, event.text, event.id)
+        line = Line("dm", event.time, event.sender, event.text, event.id,
+                    said_notice=event.notice)
     elif isinstance(event, p.UserJoined):
         line = Line("notice", event.time, event.name, f"{event.name} joined #{event.room}",
                     marker="-->")
     elif isinstance(event, p.UserLeft):
-        text = f"{event.name} left #{event.room}"
+        text = f"{event.name} left #{event.room}" + (f": {event.reason}" if event.reason
+                                                       else "")
         if event.by:  # removed by a moderator (docs/PROTOCOL.md §6.30, §6.31)
             text = (f"{event.name} was {'banned' if event.ban else 'kicked'} from "
                     f"#{event.room} by {event.by}" + (f": {event.reason}" if event.reason
@@ -629,6 +635,8 @@ def _render_rows(line: Line, width: int, tz: datetime.tzinfo,
     inline = ""  # sender shown at the start of the text column (actions)
     if line.kind in _SPOKEN:
         nick_text = sender if line.kind != "action" else line.marker or "*"
+        if line.said_notice and line.kind != "action":
+            nick_text = f"-{sender}-"
         nick_cls = nick_style(line.sender) if line.sender and line.kind != "action" else "class:marker"
         if line.kind == "action":
             inline = sender

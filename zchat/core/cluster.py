@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from zchat import wire as p
 from zchat.core.actions import Action, ToPeer, ToTopic
 from zchat.core.context import Core
-from zchat.core.delivery import Delivery
+from zchat.core.delivery import Delivery, dm_of, message_of
 from zchat.core.ports import PresenceBusy, dm_pair
 from zchat.core.state import Account, State
 from zchat.errors import RateLimited, ZchatError
@@ -258,11 +258,7 @@ class Fanout:
                     after = row.seq
                     if row.seq > core.last_seq.get(key, 0):
                         core.state.posted(key, row.seq)
-                    event = p.MessagePosted(
-                        room=row.room, seq=row.seq, time=row.time_ms, sender=row.sender,
-                        text="" if row.deleted_by else row.text,
-                        kind="action" if row.kind == "action" else "text",
-                        deleted_by=row.deleted_by)
+                    event = message_of(row)
                     actions += Delivery.room_event(self.deliver, key, event)
                 if len(rows) < CATCH_UP_PAGE or after != rows[-1].seq:
                     break
@@ -321,7 +317,7 @@ class Fanout:
             if payload.startswith("o"):  # presence: kept, and published here too
                 account = self.core.accounts.get(key)
                 if account is not None and isinstance(event, p.PresenceChanged):
-                    if account.sessions and event.presence == "offline":
+                    if account.present and event.presence == "offline":
                         continue  # this broker's sessions keep it online (a race)
                     account.presence = event.presence
                     account.away_text = event.text if event.presence == "away" else ""
@@ -351,9 +347,7 @@ class Fanout:
         if not rows or rows[0].id != dm_id:
             return []
         row = rows[0]
-        frames = p.encode_push(p.DirectMessage(id=row.id, time=row.time_ms,
-                                               sender=row.sender, to=row.recipient,
-                                               text=row.text))
+        frames = p.encode_push(dm_of(row))
         actions: list[Action] = []
         for key in sorted({recipient_key, sender_key}):
             account = core.accounts.get(key)
@@ -385,9 +379,7 @@ class Fanout:
                     if row.id in seen:
                         continue
                     seen.add(row.id)
-                    actions.append(ToPeer(routing_id, p.encode_push(p.DirectMessage(
-                        id=row.id, time=row.time_ms, sender=row.sender, to=row.recipient,
-                        text=row.text))))
+                    actions.append(ToPeer(routing_id, p.encode_push(dm_of(row))))
         return actions
 
     def local_accounts(self) -> list[str]:
@@ -440,7 +432,7 @@ class Fanout:
             return
         held = accounts_held()
         for key, account in self.core.accounts.items():
-            if account.sessions:
+            if account.present:
                 continue
             if key in held:
                 if account.presence == "offline":
@@ -456,7 +448,7 @@ class Fanout:
         actions: list[Action] = []
         for key in account_keys:
             account = self.core.accounts.get(key)
-            if account is None or account.sessions:
+            if account is None or account.present:
                 continue
             account.presence, account.away_text = "offline", ""
             actions.append(self.deliver.presence(account, key, now_ms))
@@ -505,6 +497,7 @@ class Fanout:
         account = core.accounts.get(session.account_key)
         if account is not None:
             account.sessions.discard(routing_id)
+            account.present.discard(routing_id)
         log.info("session of %s moved to another broker", session.name)
         return [self.deliver.to_session(routing_id, p.SessionClosed(
             reason="your session was resumed on another broker", by=session.name,

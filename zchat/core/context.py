@@ -246,8 +246,9 @@ class Core(Protection):
                 log.error("could not forget the session of %s: %s", session.name, exc.reason)
         account = self.accounts[session.account_key]
         account.sessions.discard(session.routing_id)
-        if account.sessions:
-            return []
+        account.present.discard(session.routing_id)
+        if account.present or not session.presence:
+            return []  # another session keeps it online, or this one never announced
         if self._held_elsewhere(session.account_key, 0):
             return []  # the account's session on another broker keeps it online
         account.presence = "offline"
@@ -287,16 +288,19 @@ class Core(Protection):
         self.by_token[token_sha256(session.token)] = session.routing_id
         account = self.accounts[session.account_key]
         account.sessions.add(session.routing_id)
+        if not session.presence:  # announces nothing, changes no presence (§6.3)
+            return []
+        account.present.add(session.routing_id)
         if not announce:  # no count: nothing is published whatever it says
             if account.presence == "offline":
                 account.presence = "online"
             return []
-        if len(account.sessions) == 1 and \
+        if len(account.present) == 1 and \
                 self._held_elsewhere(session.account_key, 1):
             if account.presence == "offline":  # online through another broker
                 account.presence = "online"
             return []
-        if account.presence == "offline" or len(account.sessions) == 1:
+        if account.presence == "offline" or len(account.present) == 1:
             account.presence = "online"
             return [self.deliver.presence(account, session.account_key, now_ms)]
         return []
@@ -513,6 +517,7 @@ class Core(Protection):
         self.restored.clear()
         for account in self.accounts.values():
             account.sessions.clear()
+            account.present.clear()
             account.presence = "offline"
             account.away_text = ""
         self._evict_at = math.inf

@@ -16,7 +16,24 @@ from collections.abc import Iterable
 
 from zchat import wire as p
 from zchat.core.actions import Action, ToPeer, ToTopic
+from zchat.core.ports import DirectMessageRow, MessageRow
 from zchat.core.state import Account, State
+
+
+def message_of(row: MessageRow) -> p.MessagePosted:
+    """The MESSAGE (event, HISTORY element) of a stored room message: a deleted one's
+    text is "" (§6.38); the ``kind`` column's "notice" is kind "text" with ``notice``
+    (§6.17)."""
+    return p.MessagePosted(room=row.room, seq=row.seq, time=row.time_ms, sender=row.sender,
+                           text="" if row.deleted_by else row.text,
+                           kind="action" if row.kind == "action" else "text",
+                           deleted_by=row.deleted_by, notice=row.kind == "notice")
+
+
+def dm_of(row: DirectMessageRow) -> p.DirectMessage:
+    """The DM push (LOGIN's ``pending``, DM_HISTORY element) of a stored DM (§6.7.1)."""
+    return p.DirectMessage(id=row.id, time=row.time_ms, sender=row.sender, to=row.recipient,
+                           text=row.text, notice=row.kind == "notice")
 
 
 class Delivery:

@@ -8,6 +8,7 @@ from zchat import wire as p
 from zchat.core import wording
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core
+from zchat.core.delivery import dm_of
 from zchat.core.ports import dm_pair
 from zchat.core.state import Session
 from zchat.errors import ProtocolError, Status
@@ -17,10 +18,11 @@ log = logging.getLogger("zchat.broker")
 
 
 def dm(core: Core, call: Call, session: Session, req: p.SendDirect) -> list[Action]:
-    """DM to text [cmid] (§6.7): stored, then pushed to every session of the recipient
+    """DM to text [cmid] [notice] (§6.7): stored, then pushed to every session of the recipient
     and to the sender's other sessions; pending until acknowledged. The sending limit is
     taken first (the request table's ``sends``)."""
     to_key = core.account_key(req.to)
+    notice = p.given(req.notice, False)
     text = validate_text(req.text, core.config.max_text_bytes,
                          core.config.max_text_lines)
     muted = core.active_ban("mute", "", session.account_key, call.now_ms)
@@ -45,7 +47,7 @@ def dm(core: Core, call: Call, session: Session, req: p.SendDirect) -> list[Acti
     if posted is None:
         posted = core.store.post_dm(session.name, to_key, recipient.name, text, req.cmid,
                                     call.now_ms, max_pending=core.config.max_stored_dms,
-                                    sender_key=me)
+                                    sender_key=me, kind="notice" if notice else "text")
         if used is not None and not posted.duplicate:
             used[me] = used.get(me, 0) + size
     dm_id = posted.seq
@@ -57,7 +59,8 @@ def dm(core: Core, call: Call, session: Session, req: p.SendDirect) -> list[Acti
         log.debug("dm %d %s -> %s: %r", dm_id, session.name, recipient.name, text)
     actions = core.deliver.to_accounts(
         (to_key, me), p.DirectMessage(id=dm_id, time=call.now_ms, sender=session.name,
-                                      to=recipient.name, text=text), exclude=call.rid)
+                                      to=recipient.name, text=text, notice=notice),
+        exclude=call.rid)
     actions.append(core.ok(call.rid, call.request_id, p.DmSent(
         id=dm_id, time=call.now_ms, delivered="live" if live else "stored",
         to=recipient.name)))
@@ -80,7 +83,6 @@ def dm_history(core: Core, call: Call, session: Session, req: p.FetchDmHistory) 
     peer_key = core.account_key(req.peer)
     rows = core.store.dm_history(dm_pair(session.account_key, peer_key), req.before,
                                  req.after, req.limit)
-    messages = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
-                                     to=d.recipient, text=d.text) for d in rows)
+    messages = tuple(dm_of(d) for d in rows)
     return [core.ok(call.rid, call.request_id, p.DmHistoryPage(peer=core.accounts[peer_key].name,
                                                   messages=messages))]

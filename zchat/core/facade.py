@@ -258,7 +258,7 @@ class BrokerCore(Core):
             before = old.accounts.get(key)
             if before is not None:
                 account.read_budget = before.read_budget
-            if account.sessions and before is not None:
+            if account.present and before is not None:
                 account.presence, account.away_text = before.presence, before.away_text
             if before is not None:
                 account.password_bucket = before.password_bucket

@@ -55,6 +55,8 @@ class LoginJob(Job):
     name: str
     #: The connection's CURVE key (hex), bound to the session it makes.
     transport_key: str = ""
+    #: LOGIN's ``presence``: False for a session that announces none (§6.3).
+    presence: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -182,6 +182,8 @@ class DirectMessageRow:
     sender: str
     recipient: str
     text: str
+    #: "text" or "notice" (docs/PROTOCOL.md §6.7).
+    kind: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,8 @@ class SessionRow:
     #: ``offline`` waits (the grace of PostgreSQL's ``Store.due_offline``), negated once
     #: that ``offline`` was decided.
     released_ms: int = 0
+    #: False for a session that announces no presence (LOGIN ``presence``, §6.3).
+    presence: bool = True
 
 
 # -- the port -------------------------------------------------------------------------------
@@ -287,7 +291,7 @@ class Store(Protocol):
     def token_hashes(self, account_key: str) -> list[tuple[int, str]]: ...
     def revoke_token(self, account_key: str, token_id: int) -> bool: ...
     def add_session(self, token_sha256: str, account_key: str, login_token_id: int | None,
-                    address: str, login_ms: int) -> None: ...
+                    address: str, login_ms: int, presence: bool = True) -> None: ...
     def delete_sessions(self, token_sha256s: list[str]) -> int: ...
     def delete_released_sessions(self, token_sha256s: list[str]) -> int:
         """Forget these sessions unless a broker holds them again (resumed elsewhere)."""
@@ -361,7 +365,7 @@ class Store(Protocol):
     # direct messages
     def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
                 cmid: str, now_ms: int, max_pending: int,
-                sender_key: str = "") -> PostedRow:
+                sender_key: str = "", kind: str = "text") -> PostedRow:
         """Raises CmidReused."""
         ...
 

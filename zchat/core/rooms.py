@@ -9,8 +9,9 @@ import re
 from zchat import wire as p
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core
+from zchat.core.delivery import message_of
 from zchat.core.state import Session
-from zchat.core.validation import check_topic
+from zchat.core.validation import check_away_text, check_topic
 from zchat.errors import ProtocolError, Status
 from zchat.names import (
     mention_words,
@@ -107,12 +108,21 @@ def join(core: Core, call: Call, session: Session, req: p.Join) -> list[Action]:
 
 
 def part(core: Core, call: Call, session: Session, req: p.Part) -> list[Action]:
+    """PART room [reason] (§6.6): leave, then LEFT on the room with the reason. The
+    reason is checked like a quit message (413 over 200 characters, 422 a control
+    character or a line break) before anything changes, and dropped (the PART goes
+    through) while the account is muted in the room or server-wide: it is speech."""
     key = core.room_key(req.room, session)
+    reason = check_away_text(p.given(req.reason, ""), "part reason")
+    if reason and any(core.active_ban("mute", k, session.account_key, call.now_ms)
+                      for k in (key, "")):
+        reason = ""
     if not core.store.leave_room(key, session.account_key):
         raise ProtocolError(Status.FORBIDDEN, f"you are not in {core.rooms[key]!r}")
     if core.store.has_invite(key, session.account_key):  # §6.6: none outlives a stay
         core.store.take_invite(key, session.account_key)
-    left = p.UserLeft(room=core.rooms[key], name=session.name, time=call.now_ms)
+    left = p.UserLeft(room=core.rooms[key], name=session.name, time=call.now_ms,
+                      reason=reason)
     actions: list[Action] = [core.ok(call.rid, call.request_id, p.Ok()),
                              *core.deliver.room_event(key, left, (session.account_key,))]
     core.state.forget_member(key, session.account_key)
@@ -147,8 +157,12 @@ def room_info(core: Core, call: Call, session: Session, req: p.FetchRoom) -> lis
 
 
 def send(core: Core, call: Call, session: Session, req: p.Send) -> list[Action]:
-    """SEND room text [kind] [cmid] (§6.8): store, publish on the room, then OK. The
-    sending limit is taken first (the request table's ``sends``)."""
+    """SEND room text [kind] [cmid] [notice] (§6.8): store, publish on the room, then OK.
+    The sending limit is taken first (the request table's ``sends``). A notice is
+    stored with the ``kind`` "notice"; one that is an action is 400."""
+    notice = p.given(req.notice, False)
+    if notice and req.kind != "text":
+        raise ProtocolError(Status.BAD_REQUEST, "a notice is text: kind must be \"text\"")
     key = core.room_key(req.room, session)
     if session.account_key not in core.members[key]:
         raise ProtocolError(Status.FORBIDDEN,
@@ -172,7 +186,8 @@ def send(core: Core, call: Call, session: Session, req: p.Send) -> list[Action]:
         if posted is None:
             raise core.quota_full(me, used, size)
     if posted is None:
-        posted = core.store.post_message(key, session.name, req.kind, text, req.cmid,
+        posted = core.store.post_message(key, session.name,
+                                         "notice" if notice else req.kind, text, req.cmid,
                                          call.now_ms, me, mentioned(core, key, text, me))
         if used is not None and not posted.duplicate:
             used[me] = used.get(me, 0) + size
@@ -187,7 +202,8 @@ def send(core: Core, call: Call, session: Session, req: p.Send) -> list[Action]:
     if log.isEnabledFor(logging.DEBUG):
         log.debug("message %s#%d from %s: %r", core.rooms[key], seq, session.name, text)
     event = p.MessagePosted(room=core.rooms[key], seq=seq, time=call.now_ms,
-                            sender=session.name, text=text, kind=req.kind)
+                            sender=session.name, text=text, kind=req.kind,
+                            notice=notice)
     return [*core.deliver.room_event(key, event),
             core.ok(call.rid, call.request_id, p.Sent(room=core.rooms[key], seq=seq, time=call.now_ms))]
 
@@ -197,11 +213,7 @@ def history(core: Core, call: Call, session: Session, req: p.FetchHistory) -> li
     key = core.room_key(req.room, session)
     core.check_may_read(key, session)
     rows = core.store.history(key, req.before, req.after, req.limit)
-    messages = tuple(p.MessagePosted(room=r.room, seq=r.seq, time=r.time_ms,
-                                     sender=r.sender, text="" if r.deleted_by else r.text,
-                                     kind="action" if r.kind == "action" else "text",
-                                     deleted_by=r.deleted_by)
-                     for r in rows)
+    messages = tuple(message_of(r) for r in rows)
     return [core.ok(call.rid, call.request_id, p.HistoryPage(room=core.rooms[key], messages=messages))]
 
 

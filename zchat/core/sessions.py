@@ -11,6 +11,7 @@ from zchat import wire as p
 from zchat.core import wording
 from zchat.core.actions import Action
 from zchat.core.context import Call, Core
+from zchat.core.delivery import dm_of
 from zchat.core.jobs import LoginJob, RegisterJob, SetPasswordJob
 from zchat.core.ports import SessionRow
 from zchat.core.state import DEFAULT_ROOM, Session
@@ -60,7 +61,8 @@ def login_by_token(core: Core, call: Call, req: p.Login) -> list[Action]:
     key = core.account_key(req.name)
     token_id = match_token(req.token, core.store.token_hashes(key))
     job = LoginJob(routing_id=call.rid, request_id=call.request_id, address=call.address,
-                   key=key, name=core.accounts[key].name, transport_key=call.transport_key)
+                   key=key, name=core.accounts[key].name, transport_key=call.transport_key,
+                   presence=p.given(req.presence, True))
     if token_id is None:
         log.info("failed token login for %s from %s", job.name, call.address or "?")
         raise ProtocolError(Status.UNAUTHORIZED, "wrong name or token (or it was revoked)")
@@ -87,10 +89,11 @@ def finish_login(core: Core, job: LoginJob, matched: bool, now_s: float, now_ms:
     core.deliver.lock_presence(job.key)
     reply = logged_in(core, job.key, account.name, token)
     core.deliver.pending_handed(job.routing_id, reply.pending)
-    core.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms)
+    core.store.add_session(token_sha256(token), job.key, token_id, job.address, now_ms,
+                           presence=job.presence)
     session = Session(job.routing_id, token, job.key, account.name,
                       job.address, now_ms, now_s, now_ms, login_token_id=token_id,
-                      transport_key=job.transport_key)
+                      transport_key=job.transport_key, presence=job.presence)
     actions = core.bind_session(session, now_ms)
     log.info("login %s from %s (%d sessions, %d stored DMs)%s", account.name,
              job.address or "?", len(account.sessions), len(reply.pending),
@@ -110,8 +113,7 @@ def logged_in(core: Core, key: str, name: str, token: str) -> p.LoggedIn:
                               slow_mode_s=core.slow_mode.get(r.key, 0),
                               private=r.key in core.private, locked=r.key in core.locked)
                   for r in room_rows)
-    pending = tuple(p.DirectMessage(id=d.id, time=d.time_ms, sender=d.sender,
-                                    to=d.recipient, text=d.text)
+    pending = tuple(dm_of(d)
                     for d in core.store.pending_dms(key, core.config.max_stored_dms))
     reads = core.store.room_reads(key)
     room_reads = []
@@ -178,7 +180,7 @@ def login(core: Core, call: Call, session: Session | None, req: p.Login) -> list
     return core.start_job(
         LoginJob(routing_id=call.rid, request_id=call.request_id, address=call.address,
                  holds=core.job_holds(call.rid, call.address, key), key=key, name=row.name,
-                 transport_key=call.transport_key),
+                 transport_key=call.transport_key, presence=p.given(req.presence, True)),
         lambda: verify_password(password, stored))
 
 
@@ -250,11 +252,12 @@ def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> li
     # the row is this broker's now (in a cluster: held under its lease, docs/cluster.md),
     # and a broker still holding it lets it go, with no offline event (Fanout.session_moved)
     core.store.add_session(token_hash, row.account_key, row.login_token_id,
-                           call.address or row.address, row.login_ms)
+                           call.address or row.address, row.login_ms, presence=row.presence)
     core.deliver.session_moved(token_hash)
     resumed = Session(call.rid, req.session, row.account_key, account.name,
                       call.address or row.address, row.login_ms, call.now_s, call.now_ms,
-                      login_token_id=row.login_token_id, transport_key=call.transport_key)
+                      login_token_id=row.login_token_id, transport_key=call.transport_key,
+                      presence=row.presence)
     actions = core.bind_session(resumed, call.now_ms, announce=announce)
     log.info("resumed %s from the store (a broker restart, or another broker's "
              "session), from %s", account.name, call.address or row.address or "?")
@@ -315,6 +318,11 @@ def ping(core: Core, call: Call, session: Session | None, req: p.Ping) -> list[A
 
 
 def set_presence(core: Core, call: Call, session: Session, req: p.SetPresence) -> list[Action]:
+    """SET_PRESENCE (§6.12). A session that announces no presence (LOGIN ``presence``
+    false, §6.3) may not set one: 409, nothing changed."""
+    if not session.presence:
+        raise ProtocolError(Status.CONFLICT, "this session announces no presence (it "
+                            "logged in with presence false): set it from another one")
     text = check_away_text(req.text if req.presence == "away" else "", "away text")
     account = core.accounts[session.account_key]
     actions: list[Action] = [core.ok(call.rid, call.request_id, p.Ok())]

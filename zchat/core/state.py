@@ -53,6 +53,9 @@ class Session:
     #: "" on a plain one: while the session lives, that key may subscribe to the PUB
     #: (docs/PROTOCOL.md §16.2).
     transport_key: str = ""
+    #: False for a session that announces no presence (LOGIN ``presence``, §6.3): it
+    #: never makes its account online or offline (one-shot commands, scripts).
+    presence: bool = True
 
 
 @dataclass(slots=True)
@@ -62,6 +65,9 @@ class Account:
     name: str
     bot: bool
     sessions: set[bytes] = field(default_factory=set)
+    #: Those of ``sessions`` that announce presence (``Session.presence``): the account
+    #: is online on this broker while one is left (docs/PROTOCOL.md §8).
+    present: set[bytes] = field(default_factory=set)
     presence: p.Presence = "offline"
     away_text: str = ""
     #: Bytes of reading replies this account may still ask for (``read_rate_bytes_per_s``,

@@ -33,6 +33,7 @@ class Join:
 @dataclass(frozen=True, slots=True)
 class Part:
     room: str
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +41,14 @@ class Post:
     room: str
     text: str
     kind: str  # "text" or "action"
+    notice: bool = False  # an IRC NOTICE (docs/PROTOCOL.md §6.8)
 
 
 @dataclass(frozen=True, slots=True)
 class DirectMessage:
     to: str
     text: str
+    notice: bool = False  # an IRC NOTICE (docs/PROTOCOL.md §6.7)
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,7 +276,8 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool,
             key: Key = ("room", name_key(room), name_key(conn.account), text)
             if extra is not None:
                 conn.relays.expect(key, extra)
-            conn.call(c.Post(room, text, kind), _posted, one, text, kind, command, notice,
+            conn.call(c.Post(room, text, kind, notice and kind == "text"), _posted, one,
+                      text, kind, command, notice,
                       key, extra)
         else:
             if not valid_nick(one):
@@ -287,7 +288,8 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool,
             key = ("dm", name_key(conn.account), name_key(one), body)
             if extra is not None:
                 conn.relays.expect(key, extra)
-            conn.call(c.DirectMessage(one, body), _dm_sent, one, text, kind, command, notice,
+            conn.call(c.DirectMessage(one, body, notice and kind == "text"), _dm_sent, one,
+                      text, kind, command, notice,
                       key, extra)
 
 
@@ -393,6 +395,15 @@ def cmd_join(conn: IrcConnection, msg: Message) -> None:
         conn.call(c.Join(room), conn._joined, name)
 
 
+def _part_reason(text: str) -> str:
+    """An IRC PART reason as zchat's PART takes it (docs/PROTOCOL.md §6.6): IRC
+    formatting and other control characters out, cut to MAX_AWAY_TEXT_CHARS, trimmed;
+    so that a coloured reason never makes the PART itself refused."""
+    text = "".join(ch for ch in _FORMATTING.sub("", text)
+                   if ch.isprintable() or ch == " ")
+    return text[:p.MAX_AWAY_TEXT_CHARS].strip()
+
+
 def cmd_part(conn: IrcConnection, msg: Message) -> None:
     # PART <channel>{,<channel>} [<reason>]
     reason = msg.params[1] if len(msg.params) > 1 else ""
@@ -405,7 +416,7 @@ def cmd_part(conn: IrcConnection, msg: Message) -> None:
             else:
                 conn.call(c.RoomInfo(room), _part_not_on, name)
             continue
-        conn.call(c.Part(ch.room), _parted, ch.name, reason)
+        conn.call(c.Part(ch.room, _part_reason(reason)), _parted, ch.name, reason)
 
 
 def _part_not_on(conn: IrcConnection, name: str, reply: Any) -> None:

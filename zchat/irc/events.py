@@ -17,7 +17,9 @@ from zchat.client.events import (
 )
 from zchat.irc import calls as c
 from zchat.irc.codec import Message
-from zchat.irc.state import Channel, IrcConnection, Member
+from zchat.irc.resync import resync
+from zchat.irc.resync import show_join as _show_join
+from zchat.irc.state import IrcConnection, Member
 from zchat.names import name_key
 
 
@@ -45,10 +47,11 @@ def _on_dm(conn: IrcConnection, ev: p.DirectMessage) -> None:
     tags = conn.tags_for(ev.sender, ev.time, f"dm/{ev.id}")
     extra = conn.relays.find(f"dm/{ev.id}", ("dm", name_key(ev.sender), name_key(ev.to),
                                              ev.text))
+    command = "NOTICE" if ev.notice else "PRIVMSG"
     if name_key(ev.sender) == name_key(conn.account):  # sent from another device
-        conn.deliver_text(conn.nick, "PRIVMSG", ev.to, ev.text, "text", tags, extra)
+        conn.deliver_text(conn.nick, command, ev.to, ev.text, "text", tags, extra)
     else:
-        conn.deliver_text(ev.sender, "PRIVMSG", conn.nick, ev.text, "text", tags, extra)
+        conn.deliver_text(ev.sender, command, conn.nick, ev.text, "text", tags, extra)
 
 
 def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:
@@ -61,17 +64,6 @@ def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:
         return
     ch.members[key] = Member(ev.name)
     _show_join(conn, ch, ev.name)
-
-
-def _show_join(conn: IrcConnection, ch: Channel, nick: str) -> None:
-    if "extended-join" in conn.caps:
-        conn.send(conn.from_user(nick, "JOIN", (ch.name, conn.account_of(nick),
-                                                conn.real_name(nick))))
-    else:
-        conn.send(conn.from_user(nick, "JOIN", (ch.name,)))
-    presence, text = conn.known.get(name_key(nick), ("online", ""))
-    if presence == "away" and "away-notify" in conn.caps:
-        conn.send(conn.from_user(nick, "AWAY", (text or "away",)))
 
 
 def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
@@ -95,7 +87,8 @@ def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
     if ev.by and name_key(ev.by) != key:
         conn.send(conn.from_user(ev.by, "KICK", (ch.name, m.nick, ev.reason or ev.by)))
     else:
-        conn.send(conn.from_user(m.nick, "PART", (ch.name,)))
+        conn.send(conn.from_user(m.nick, "PART", (ch.name, ev.reason) if ev.reason
+                                 else (ch.name,)))
 
 
 def _show_ban(conn: IrcConnection, ch: Channel, ev: p.UserLeft) -> None:
@@ -222,6 +215,8 @@ def _on_connection(conn: IrcConnection, ev: Any) -> None:
             Reconnecting: ""}.get(type(ev), "")
     if text:
         conn.send(Message("NOTICE", (conn.nick, text), source=conn.settings.server_name))
+    if isinstance(ev, ConnectionRestored):
+        resync(conn)  # the PRESENCE events of meanwhile were lost (zchat/irc/resync.py)
 
 
 def _on_joined_elsewhere(conn: IrcConnection, ev: JoinedElsewhere) -> None:

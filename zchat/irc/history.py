@@ -37,6 +37,7 @@ class Item:
     target: str
     text: str
     kind: str = "text"
+    notice: bool = False  # shown as NOTICE (docs/PROTOCOL.md §6.8)
 
 
 class BadRef(ValueError):
@@ -129,8 +130,9 @@ def cmd_chathistory(conn: Any, msg: Message) -> None:
 def items_of(reply: Any) -> list[Item]:
     if isinstance(reply, p.HistoryPage):
         return [Item(m.time, f"{name_key(m.room)}/{m.seq}", m.sender, "#" + m.room, m.text,
-                     m.kind) for m in reply.messages if not m.deleted_by]
-    return [Item(m.time, f"dm/{m.id}", m.sender, m.to, m.text) for m in reply.messages]
+                     m.kind, m.notice) for m in reply.messages if not m.deleted_by]
+    return [Item(m.time, f"dm/{m.id}", m.sender, m.to, m.text, notice=m.notice)
+            for m in reply.messages]
 
 
 def _answer(conn: Any, sub: str, target: str, refs: list[str], limit: int,
@@ -149,7 +151,8 @@ def _answer(conn: Any, sub: str, target: str, refs: list[str], limit: int,
     conn.send(Message("BATCH", ("+" + ref, "chathistory", target), source=src))
     for item in chosen:
         tags = {**conn.tags_for(item.sender, item.time_ms, item.msgid), "batch": ref}
-        conn.deliver_text(item.sender, "PRIVMSG", item.target, item.text, item.kind, tags)
+        conn.deliver_text(item.sender, "NOTICE" if item.notice else "PRIVMSG", item.target,
+                          item.text, item.kind, tags)
     conn.send(Message("BATCH", ("-" + ref,), source=src))
 
 

@@ -456,9 +456,11 @@ class _Session:
                     return await client.send(req.room, req.text, req.kind,  # type: ignore[arg-type]
                                              cmid=cmid, retry_for_s=retry_for_s,
                                              patient=False,
-                                             retry_unavailable=retry_for_s > 0)
+                                             retry_unavailable=retry_for_s > 0,
+                                             notice=req.notice)
                 return await client.dm(req.to, req.text, cmid=cmid, retry_for_s=retry_for_s,
-                                       patient=False, retry_unavailable=retry_for_s > 0)
+                                       patient=False, retry_unavailable=retry_for_s > 0,
+                                       notice=req.notice)
             except RequestFailed as exc:
                 if exc.status != Status.TOO_MANY_REQUESTS or attempt == RATE_LIMIT_TRIES \
                         or exc.retry_after_ms > SHORT_RATE_LIMIT_MS:
@@ -519,7 +521,7 @@ class _Session:
         if isinstance(req, c.Join):
             return await client.join(req.room)
         if isinstance(req, c.Part):
-            return await client.part(req.room)
+            return await client.part(req.room, req.reason)
         if isinstance(req, c.SetTopic):
             return await client.set_topic(req.room, req.topic)
         if isinstance(req, c.Who):

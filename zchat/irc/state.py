@@ -774,7 +774,8 @@ class IrcConnection:
         elif not playback:
             extra = self.relays.find(msgid, ("room", name_key(msg.room),
                                              name_key(msg.sender), msg.text))
-        self.deliver_text(msg.sender, "PRIVMSG", ch.name, text, msg.kind, tags, extra)
+        self.deliver_text(msg.sender, "NOTICE" if msg.notice else "PRIVMSG", ch.name, text,
+                          msg.kind, tags, extra)
 
     def mark_read(self, room: str, seq: int) -> None:
         """MARK_READ ``room`` up to ``seq``, one call in flight per room: what is given

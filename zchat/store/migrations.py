@@ -217,6 +217,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN storage_quota_bytes INTEGER;
     """,
+    # 7 -> 8: notices (docs/PROTOCOL.md §6.7, §6.8): a DM's kind, "text" or "notice", as
+    # a room message's ``kind`` column holds "text", "action" or "notice". A session
+    # that announces no presence (LOGIN ``presence`` false, §6.3): ``presence`` 0, kept
+    # for its RESUME.
+    """
+    ALTER TABLE direct_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+    ALTER TABLE sessions ADD COLUMN presence INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

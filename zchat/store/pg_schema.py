@@ -320,6 +320,16 @@ UNIQUE_CMIDS = """
     """
 MIGRATIONS = (*MIGRATIONS, UNIQUE_CMIDS)
 
+# 4 -> 5: notices (docs/PROTOCOL.md §6.7, §6.8), as SQLite's 7 -> 8: a DM's kind, "text"
+# or "notice" (a room message's ``kind`` column holds "text", "action" or "notice"); and
+# sessions that announce no presence (LOGIN ``presence`` false, §6.3): their rows are
+# never counted for the account's presence in the cluster (``_HELD``).
+DM_KINDS = """
+    ALTER TABLE direct_messages ADD COLUMN kind TEXT COLLATE "C" NOT NULL DEFAULT 'text';
+    ALTER TABLE sessions ADD COLUMN presence BOOLEAN NOT NULL DEFAULT TRUE;
+    """
+MIGRATIONS = (*MIGRATIONS, DM_KINDS)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: The channel of the cluster's wake-ups (migration 1 -> 2 above).

@@ -129,7 +129,9 @@ def _first_line(exc: BaseException, url: str = "") -> str:
 
 #: A session row that counts as held for presence: a broker holds it, or it was let go
 #: within the grace (``Store.presence_grace_ms``; the parameter is the cutoff, UTC ms).
-_HELD = "(broker_id <> '' OR released_ms > %s)"
+#: A row that counts for its account's presence: held, or let go within the grace; never
+#: a session that announces no presence (LOGIN ``presence`` false, docs/PROTOCOL.md §6.3).
+_HELD = "(presence AND (broker_id <> '' OR released_ms > %s))"
 
 
 def _write_error(exc: BaseException) -> BaseException:
@@ -1286,7 +1288,8 @@ class Store:
     # -- direct messages ----------------------------------------------------------------
 
     def store_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
-                 now_ms: int, max_pending: int, cmid: str = "", sender_key: str = "") -> int:
+                 now_ms: int, max_pending: int, cmid: str = "", sender_key: str = "",
+                 kind: str = "text") -> int:
         """Store a direct message, pending for the recipient, in its conversation's
         history, with both parties' read state, and commit; returns its id. As
         zchat.store.sqlite's (beyond ``max_pending`` pending DMs the oldest stop being
@@ -1294,14 +1297,14 @@ class Store:
         with that non-empty ``cmid`` (``post_dm`` looks it up first),
         StorageError(503)."""
         dm_id = self._insert_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
-                                cmid, sender_key)
+                                cmid, sender_key, kind)
         if dm_id is None:  # only the cmid's unique index refuses an insert
             raise CmidReused()
         return dm_id
 
     def _insert_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
                    now_ms: int, max_pending: int, cmid: str,
-                   sender_key: str) -> int | None:
+                   sender_key: str, kind: str = "text") -> int | None:
         """``store_dm``'s work; None (nothing written) when ``sender`` already stored a
         DM with the non-empty ``cmid``, committed, or in this transaction.
 
@@ -1317,12 +1320,12 @@ class Store:
             self._exec("SELECT pg_advisory_xact_lock(%s, %s)",
                        (pg_schema.DM_PAIR_LOCK, _pair_lock_key(pair)))
             row = self._exec("INSERT INTO direct_messages(time_ms, sender, sender_key, "
-                             "recipient_key, recipient, pair, text, delivered, cmid) "
-                             "VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE, %s) "
+                             "recipient_key, recipient, pair, text, delivered, cmid, kind) "
+                             "VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE, %s, %s) "
                              "ON CONFLICT (sender, cmid) WHERE cmid <> '' DO NOTHING "
                              "RETURNING id",
                              (now_ms, sender, sender_key, recipient_key, recipient, pair,
-                              text, _cmid(cmid))).fetchone()
+                              text, _cmid(cmid), kind)).fetchone()
             if row is None:
                 return None
             dm_id = int(row[0])
@@ -1343,7 +1346,8 @@ class Store:
         return dm_id
 
     def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str, cmid: str,
-                now_ms: int, max_pending: int, sender_key: str = "") -> PostedRow:
+                now_ms: int, max_pending: int, sender_key: str = "",
+                kind: str = "text") -> PostedRow:
         """Store a direct message once per client message id (docs/PROTOCOL.md §6.7), as
         zchat.store.sqlite's, whichever brokers handle it at once: the unique index
         ``dms_by_cmid`` stores the first and hands the others its id (``duplicate=True``,
@@ -1354,7 +1358,7 @@ class Store:
                 if found is not None:
                     return found
             dm_id = self._insert_dm(sender, recipient_key, recipient, text, now_ms,
-                                    max_pending, cmid, sender_key)
+                                    max_pending, cmid, sender_key, kind)
             if dm_id is None:  # stored meanwhile through another connection
                 again = self.dm_by_cmid(sender, recipient_key, cmid)
                 if again is None:
@@ -1375,11 +1379,11 @@ class Store:
             raise CmidReused()
         return PostedRow(int(row[0]), int(row[1]), True)
 
-    _DM_COLUMNS = "SELECT id, time_ms, sender, recipient, text FROM direct_messages "
+    _DM_COLUMNS = "SELECT id, time_ms, sender, recipient, text, kind FROM direct_messages "
 
     @staticmethod
     def _dm(row: tuple[Any, ...]) -> DirectMessageRow:
-        return DirectMessageRow(int(row[0]), int(row[1]), row[2], row[3], row[4])
+        return DirectMessageRow(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5])
 
     def pending_dms(self, recipient_key: str,
                     limit: int | None = None) -> list[DirectMessageRow]:
@@ -1457,22 +1461,22 @@ class Store:
     # -- sessions kept for RESUME (docs/PROTOCOL.md §6.27) ---------------------------------
 
     def add_session(self, token_sha256: str, account_key: str, login_token_id: int | None,
-                    address: str, login_ms: int) -> None:
+                    address: str, login_ms: int, presence: bool = True) -> None:
         """Keep a new session (its token's SHA-256, never the token) and commit. The row
         is held by this store's ``holder`` (the broker's lease); writing an existing row
         again (a RESUME of a session kept from before) takes it over."""
         broker, epoch = self.holder
         with self._write():
             self._exec("INSERT INTO sessions(token_sha256, account_key, login_token_id, "
-                       "address, login_ms, broker_id, broker_epoch, released_ms) VALUES "
-                       "(%s, %s, %s, %s, %s, %s, %s, 0) ON CONFLICT "
+                       "address, login_ms, broker_id, broker_epoch, released_ms, presence) "
+                       "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s) ON CONFLICT "
                        "(token_sha256) DO UPDATE SET account_key = EXCLUDED.account_key, "
                        "login_token_id = EXCLUDED.login_token_id, address = "
                        "EXCLUDED.address, login_ms = EXCLUDED.login_ms, broker_id = "
                        "EXCLUDED.broker_id, broker_epoch = EXCLUDED.broker_epoch, "
-                       "released_ms = 0",
+                       "released_ms = 0, presence = EXCLUDED.presence",
                        (token_sha256, account_key, login_token_id, address, login_ms,
-                        broker, epoch))
+                        broker, epoch, presence))
 
     def delete_sessions(self, token_sha256s: list[str]) -> int:
         """Forget these sessions; returns how many rows went. A store with a ``holder``
@@ -1501,10 +1505,10 @@ class Store:
         session of the cluster)."""
         broker, epoch = self.holder
         return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms),
-                           released_ms=int(released))
-                for h, k, t, a, ms, released in self._rows(
+                           released_ms=int(released), presence=bool(pr))
+                for h, k, t, a, ms, released, pr in self._rows(
                     "SELECT token_sha256, account_key, login_token_id, address, login_ms, "
-                    "released_ms FROM sessions WHERE %s OR broker_id = '' OR (broker_id = %s AND "
+                    "released_ms, presence FROM sessions WHERE %s OR broker_id = '' OR (broker_id = %s AND "
                     "broker_epoch = %s AND %s <> '') ORDER BY login_ms, token_sha256",
                     (held_elsewhere, broker, epoch, broker))]
 
@@ -1545,11 +1549,11 @@ class Store:
                 raise BrokerIdInUse(broker_id, float(left[0]) if left else 0.0)
             epoch = int(row[0])
             released = [SessionRow(str(h), str(k), None if t is None else int(t), str(a),
-                                   int(ms), released_ms=now_ms)
-                        for h, k, t, a, ms in self._exec(
+                                   int(ms), released_ms=now_ms, presence=bool(pr))
+                        for h, k, t, a, ms, pr in self._exec(
                 "UPDATE sessions SET broker_id = '', broker_epoch = 0, released_ms = %s "
                 "WHERE broker_id = %s AND broker_epoch < %s RETURNING token_sha256, "
-                "account_key, login_token_id, address, login_ms",
+                "account_key, login_token_id, address, login_ms, presence",
                 (now_ms, broker_id, epoch)).fetchall()]
             # rows let go now count as held for the grace: nobody is alone yet (their
             # offline, if due, comes from due_offline); without a grace count at once
@@ -1698,8 +1702,8 @@ class Store:
         StorageError(503)."""
         cutoff = now_ms - self.presence_grace_ms
         accounts = {str(k) for (k,) in self._rows(
-            "SELECT DISTINCT account_key FROM sessions WHERE broker_id = '' AND "
-            "released_ms > 0 AND released_ms <= %s", (cutoff,))}
+            "SELECT DISTINCT account_key FROM sessions WHERE broker_id = '' AND presence "
+            "AND released_ms > 0 AND released_ms <= %s", (cutoff,))}
         if not accounts:
             return []
         due: set[str] = set()
@@ -1713,7 +1717,8 @@ class Store:
                 # for: it is held once that commits, and looked at again if it does not
                 if self._exec("UPDATE sessions SET released_ms = -released_ms WHERE "
                               "token_sha256 IN (SELECT token_sha256 FROM sessions WHERE "
-                              "account_key = %s AND broker_id = '' AND released_ms > 0 "
+                              "account_key = %s AND broker_id = '' AND presence AND "
+                              "released_ms > 0 "
                               "AND released_ms <= %s FOR UPDATE SKIP LOCKED)",
                               (key, cutoff)).rowcount:
                     due.add(key)
@@ -1725,8 +1730,8 @@ class Store:
         broker of the cluster made or holds (docs/cluster.md, "How clients move"). Its
         ``holder`` is the id of the broker holding it ('' when none: let go, reaped)."""
         rows = self._rows("SELECT token_sha256, account_key, login_token_id, address, "
-                          "login_ms, broker_id, released_ms FROM sessions WHERE "
+                          "login_ms, broker_id, released_ms, presence FROM sessions WHERE "
                           "token_sha256 = %s", (token_sha256,))
         return next((SessionRow(str(h), str(k), None if t is None else int(t), str(a),
-                                int(ms), str(holder), int(released))
-                     for h, k, t, a, ms, holder, released in rows), None)
+                                int(ms), str(holder), int(released), bool(pr))
+                     for h, k, t, a, ms, holder, released, pr in rows), None)

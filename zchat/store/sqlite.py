@@ -961,7 +961,8 @@ class Store:
     # -- direct messages ----------------------------------------------------------------
 
     def store_dm(self, sender: str, recipient_key: str, recipient: str, text: str,
-                 now_ms: int, max_pending: int, cmid: str = "", sender_key: str = "") -> int:
+                 now_ms: int, max_pending: int, cmid: str = "", sender_key: str = "",
+                 kind: str = "text") -> int:
         """Store a direct message, unacknowledged (pending for the recipient's sessions),
         in the history of its conversation, and commit; returns its id. ``sender_key`` is
         the sender's account key (default: the key of ``sender``, a display name).
@@ -971,14 +972,14 @@ class Store:
         recipient then has more than ``max_pending`` pending DMs, the oldest stop being
         pending (they are no longer offered at login) but stay in the history, unread
         until read: no DM is ever dropped. ``cmid`` is stored as given (``post_dm`` looks
-        it up first)."""
+        it up first). ``kind`` is "text" or "notice"."""
         sender_key = sender_key or name_key(sender)
         with self._write() as db:
             cur = db.execute("INSERT INTO direct_messages(time_ms, sender, sender_key, "
-                             "recipient_key, recipient, pair, text, delivered, cmid) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                             "recipient_key, recipient, pair, text, delivered, cmid, kind) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                              (now_ms, sender, sender_key, recipient_key, recipient,
-                              dm_pair(sender_key, recipient_key), text, cmid))
+                              dm_pair(sender_key, recipient_key), text, cmid, kind))
             dm_id = int(cur.lastrowid or 0)
             db.execute("UPDATE direct_messages SET delivered = 1 WHERE id IN (SELECT id FROM "
                        "direct_messages WHERE recipient_key = ? AND delivered = 0 "
@@ -997,7 +998,8 @@ class Store:
         return dm_id
 
     def post_dm(self, sender: str, recipient_key: str, recipient: str, text: str, cmid: str,
-                now_ms: int, max_pending: int, sender_key: str = "") -> PostedRow:
+                now_ms: int, max_pending: int, sender_key: str = "",
+                kind: str = "text") -> PostedRow:
         """Store a direct message once per client message id (docs/PROTOCOL.md §6.7).
 
         With a non-empty ``cmid``, a DM already stored from ``sender`` with that cmid
@@ -1013,7 +1015,7 @@ class Store:
                 if found is not None:
                     return found
             dm_id = self.store_dm(sender, recipient_key, recipient, text, now_ms, max_pending,
-                                  cmid=cmid, sender_key=sender_key)
+                                  cmid=cmid, sender_key=sender_key, kind=kind)
         return PostedRow(dm_id, now_ms, False)
 
     def dm_by_cmid(self, sender: str, recipient_key: str, cmid: str) -> PostedRow | None:
@@ -1035,7 +1037,7 @@ class Store:
         first; with ``limit``, only the newest ``limit`` of them (a database from before
         the bound, or a bound lowered since, may hold more: the rest stay in the DM
         history, unread). Reading them changes nothing: only ``ack_dms`` does."""
-        rows = self._db.execute("SELECT id, time_ms, sender, recipient, text FROM "
+        rows = self._db.execute("SELECT id, time_ms, sender, recipient, text, kind FROM "
                                 "direct_messages WHERE recipient_key = ? AND delivered = 0 "
                                 "ORDER BY id DESC LIMIT ?",
                                 (recipient_key, -1 if limit is None else limit)).fetchall()
@@ -1057,7 +1059,7 @@ class Store:
         """Up to ``limit`` DMs of the conversation ``pair`` (``dm_pair``), ascending by id
         (docs/PROTOCOL.md §6.48): the oldest above ``after``, else the newest below
         ``before`` (or the newest of all). Index ``dms_by_pair``."""
-        base = ("SELECT id, time_ms, sender, recipient, text FROM direct_messages "
+        base = ("SELECT id, time_ms, sender, recipient, text, kind FROM direct_messages "
                 "WHERE pair = ?")
         sql, args, newest_first = page(base, "id", "?", pair, before, after, limit)
         rows = self._db.execute(sql, args).fetchall()
@@ -1107,12 +1109,14 @@ class Store:
     # -- sessions kept for RESUME (docs/PROTOCOL.md §6.27) ---------------------------------
 
     def add_session(self, token_sha256: str, account_key: str, login_token_id: int | None,
-                    address: str, login_ms: int) -> None:
-        """Keep a new session (its token's SHA-256, never the token) and commit."""
+                    address: str, login_ms: int, presence: bool = True) -> None:
+        """Keep a new session (its token's SHA-256, never the token) and commit;
+        ``presence`` False for one that announces no presence (§6.3)."""
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO sessions(token_sha256, account_key, "
-                       "login_token_id, address, login_ms) VALUES (?, ?, ?, ?, ?)",
-                       (token_sha256, account_key, login_token_id, address, login_ms))
+                       "login_token_id, address, login_ms, presence) VALUES (?, ?, ?, ?, ?, ?)",
+                       (token_sha256, account_key, login_token_id, address, login_ms,
+                        int(presence)))
 
     def delete_released_sessions(self, token_sha256s: list[str]) -> int:
         """Forget these sessions kept from before the start and not resumed: on one broker
@@ -1134,17 +1138,20 @@ class Store:
         """Every kept session, oldest login first (read once at broker start). One broker
         holds them all: ``held_elsewhere`` changes nothing."""
         rows = self._db.execute("SELECT token_sha256, account_key, login_token_id, address, "
-                                "login_ms FROM sessions ORDER BY login_ms, token_sha256")
-        return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
-                for h, k, t, a, ms in rows]
+                                "login_ms, presence FROM sessions ORDER BY login_ms, "
+                                "token_sha256")
+        return [SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms),
+                           presence=bool(pr))
+                for h, k, t, a, ms, pr in rows]
 
     def session(self, token_sha256: str) -> SessionRow | None:
         """The kept session with this token hash, or None (the port's; a single broker
         never asks: it loads every row at start)."""
         row = self._db.execute("SELECT token_sha256, account_key, login_token_id, address, "
-                               "login_ms FROM sessions WHERE token_sha256 = ?",
+                               "login_ms, presence FROM sessions WHERE token_sha256 = ?",
                                (token_sha256,)).fetchone()
         if row is None:
             return None
-        h, k, t, a, ms = row
-        return SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms))
+        h, k, t, a, ms, pr = row
+        return SessionRow(str(h), str(k), None if t is None else int(t), str(a), int(ms),
+                          presence=bool(pr))

@@ -4,7 +4,7 @@ docs/cluster.md "Moving from SQLite").
 Table by table, column by column, with the two schemas' own column lists: the SQLite
 file's (``PRAGMA table_info``, at ``migrations.SCHEMA_VERSION``) and the PostgreSQL
 database's (``information_schema.columns``, at ``pg_schema.SCHEMA_VERSION``), which must
-name the same tables and columns (pg_schema's version 1 is SQLite's version 7). Rows are
+name the same tables and columns (pg_schema's version 5 is SQLite's version 8). Rows are
 copied as they are — password hashes, deleted messages with their ``deleted_by``, pending
 and read DMs, tombstones and audit floors — not through the store's business methods, so
 nothing is re-hashed, re-numbered or re-decided. Three conversions only: SQLite's 0/1
@@ -63,7 +63,7 @@ PG_ONLY_TABLES: frozenset[str] = frozenset({pg_schema.VERSION_TABLE, "zchat_chan
 PG_ONLY_COLUMNS: frozenset[tuple[str, str]] = frozenset({
     ("sessions", "broker_id"), ("sessions", "broker_epoch"), ("sessions", "released_ms")})
 #: The SQLite schema version whose tables pg_schema's version mirrors.
-SQLITE_VERSION = 7
+SQLITE_VERSION = 8
 #: Rows read from SQLite and written to PostgreSQL at a time.
 BATCH_ROWS = 5_000
 

@@ -163,7 +163,9 @@ from zchat.wire.topics import (
     room_topic,
 )
 from zchat.wire.values import (
+    UNSET,
     AccountInfo,
+    Added,
     AuditEntry,
     BanInfo,
     Delivery,
@@ -180,6 +182,7 @@ from zchat.wire.values import (
     UserPresence,
     Value,
     WireInt,
+    given,
 )
 
 __all__ = [
@@ -250,7 +253,7 @@ __all__ = [
     "MarkRead",
     "Message",
     "MessageDeleted",
-    "MessageKind",
+    "MessageKind", "UNSET", "Added", "given",
     "MessagePosted",
     "Mute",
     "MuteChanged",

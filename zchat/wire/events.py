@@ -25,6 +25,11 @@ class MessagePosted(Message, frozen=True):
     kind: MessageKind = "text"
     #: Who deleted the message ("" = not deleted); its ``text`` is then "" (§6.38).
     deleted_by: str = ""
+    #: A notice (IRC's NOTICE): shown apart, never answered by a bot (§6.8). A field of
+    #: its own beside ``kind`` "text", not a third kind: a client that does not know it
+    #: shows the notice as text (§13), where an unknown ``kind`` value would make it
+    #: refuse the whole event (and every HISTORY page holding it).
+    notice: bool = False
 
 
 class UserJoined(Message, frozen=True):
@@ -191,6 +196,8 @@ class DirectMessage(Message, frozen=True):
     sender: str
     to: str
     text: str
+    #: A notice (IRC's NOTICE), as in MessagePosted (§6.7.1).
+    notice: bool = False
 
 
 class ReadMarked(Message, frozen=True):

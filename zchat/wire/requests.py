@@ -38,7 +38,15 @@ from zchat.wire.replies import (
     UserList,
     WhoList,
 )
-from zchat.wire.values import Message, MessageKind, NewAccount, WireInt, repr_without
+from zchat.wire.values import (
+    UNSET,
+    Added,
+    Message,
+    MessageKind,
+    NewAccount,
+    WireInt,
+    repr_without,
+)
 
 
 class Request(Message, frozen=True, forbid_unknown_fields=True):
@@ -78,6 +86,10 @@ class Login(Request, frozen=True):
     name: str
     password: str = ""
     token: str = ""
+    #: False: a session that announces no presence — it never makes the account online
+    #: or offline (one-shot commands, scripts; §6.3). Added later: left out of the body
+    #: unless given (``Added``, §13); absent means true.
+    presence: Added[bool] = UNSET
 
     __repr__ = repr_without("password", "token")
 
@@ -99,8 +111,13 @@ class Join(Request, frozen=True):
 
 
 class Part(Request, frozen=True):
+    """Leave ``room``; ``reason`` (<= MAX_AWAY_TEXT_CHARS characters, one line) is
+    carried by the LEFT event, so the other members see why (§6.6)."""
+
     TYPE: ClassVar[str] = "PART"
     room: str
+    #: Added later: left out of the body unless given (``Added``, §13).
+    reason: Added[str] = UNSET
 
 
 class ListRooms(Request, frozen=True):
@@ -124,6 +141,9 @@ class Send(Request, frozen=True):
     text: str
     kind: MessageKind = "text"
     cmid: str = ""
+    #: A notice (IRC's NOTICE; kind "text" only): bots do not answer it (§6.8). Added
+    #: later: left out of the body unless given (``Added``, §13).
+    notice: Added[bool] = UNSET
 
 
 class SendDirect(Request, frozen=True):
@@ -133,6 +153,8 @@ class SendDirect(Request, frozen=True):
     text: str
     #: Client message id: a retry with the same cmid is stored at most once (§6.7).
     cmid: str = ""
+    #: A notice (IRC's NOTICE): bots do not answer it (§6.7). Added later (§13).
+    notice: Added[bool] = UNSET
 
 
 class FetchHistory(Request, frozen=True):

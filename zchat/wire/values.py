@@ -11,17 +11,32 @@ touches a socket, a clock or a database.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import msgspec
 
 from zchat.wire.limits import MAX_WIRE_INT, MIN_WIRE_INT
+
+T = TypeVar("T")
 
 #: The type of every integer field: a JSON integer within signed 64 bits (MIN_WIRE_INT ..
 #: MAX_WIRE_INT, §9). To a type checker and to ``typing.get_type_hints`` it is ``int``;
 #: the codec refuses any other number with 400 "field X is out of range", and ``true``,
 #: ``1.0`` or ``5e1`` with 400 "field X must be an integer".
 WireInt = Annotated[int, msgspec.Meta(ge=MIN_WIRE_INT, le=MAX_WIRE_INT)]
+
+#: The type of a request field added after the first release (docs/PROTOCOL.md §13):
+#: ``Added[bool] = UNSET``. Left unset (the default) it is left out of the body, so a
+#: client that does not use the feature sends the request an older broker knows (which
+#: refuses unknown fields with 400); a broker reads a missing one as UNSET, which is
+#: falsy: ``bool(req.notice)``, ``req.reason or ""``.
+Added = Union[T, msgspec.UnsetType]  # noqa: UP007 (a generic alias)
+UNSET = msgspec.UNSET
+
+
+def given(value: T | msgspec.UnsetType, default: T) -> T:
+    """An ``Added`` field's value, ``default`` when it was left out of the body."""
+    return default if isinstance(value, msgspec.UnsetType) else value
 
 Presence = Literal["online", "away", "offline"]
 MessageKind = Literal["text", "action"]
