@@ -14,7 +14,7 @@ from pathlib import Path
 from cli_helpers import start_irc_gateway
 from conftest import Proc, TcpBroker, cli_env, zchat_command
 
-from zchat.testing import DEFAULT_PASSWORD, free_port
+from zchat.testing import DEFAULT_PASSWORD
 
 
 def read_until(sock: socket.socket, needle: bytes, timeout_s: float = 10.0) -> bytes:

@@ -19,7 +19,7 @@ from zchat.irc import calls as c
 from zchat.irc.codec import Message
 from zchat.irc.resync import resync
 from zchat.irc.resync import show_join as _show_join
-from zchat.irc.state import IrcConnection, Member
+from zchat.irc.state import Channel, IrcConnection, Member
 from zchat.names import name_key
 
 

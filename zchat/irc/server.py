@@ -737,7 +737,7 @@ def fit_limits(max_connections: int) -> int:
     fits = max_connections
     if soft != resource.RLIM_INFINITY:
         fits = max(1, min(max_connections, (soft - FILES_RESERVED) // FILES_PER_CONNECTION))
-    context = zmq.Context.instance()
+    context: zmq.Context[Any] = zmq.Context.instance()
     context.set(zmq.MAX_SOCKETS, min(context.get(zmq.SOCKET_LIMIT), 2 * fits + 64))
     return fits
 
@@ -746,10 +746,9 @@ def run_gateway(config: Any) -> int:
     """``zchat irc``'s body: serve until SIGTERM, SIGINT or SIGHUP (the terminal closed:
     the same orderly shutdown, ERROR to every client and every session logged out);
     exit code 0. Raises OSError when a listener cannot bind."""
+    import dataclasses
     import signal
     import sys
-
-    import dataclasses
 
     fits = fit_limits(config.irc.max_connections)
     if fits < config.irc.max_connections:
