@@ -125,8 +125,9 @@ def _is_value_class(tp: Any) -> bool:
 def _as_json(value: Any) -> Any:
     """A value as JSON data: message values as objects of their fields in order, tuples
     as lists."""
-    if _is_value_class(type(value)):
-        return {name: _as_json(getattr(value, name)) for name in _fields(type(value))}
+    if _is_value_class(type(value)):  # a field left UNSET (``p.Added``) is not written
+        return {name: _as_json(getattr(value, name)) for name in _fields(type(value))
+                if getattr(value, name) is not p.UNSET}
     if isinstance(value, tuple):
         return [_as_json(v) for v in value]
     return value
@@ -380,6 +381,8 @@ def _strip_defaults(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     too."""
     out = {}
     for name, (tp, default) in _fields(cls).items():
+        if name not in data:  # left UNSET (``p.Added``): not written
+            continue
         v = data[name]
         if default is not REQUIRED and v == _as_json(default):
             continue

@@ -160,8 +160,10 @@ def test_each_dead_endpoint_of_a_list_costs_the_timeout_in_turn(tmp_path: Path) 
         assert registered.returncode == 0, registered.stderr
         dead = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
         assert dead[0] != dead[1]
-        result, elapsed = _zchat(tmp_path, "who", "--as", "alice", "--timeout",
-                                 f"{timeout_s:g}", "--server",
+        # --room lobby: alice is listed as a member (her one-shot `who` announces no
+        # presence, so the list of accounts online would be empty)
+        result, elapsed = _zchat(tmp_path, "who", "--as", "alice", "--room", "lobby",
+                                 "--timeout", f"{timeout_s:g}", "--server",
                                  ",".join([*dead, broker.router]))
     assert result.returncode == 0, result.stderr
     assert "alice" in result.stdout

@@ -325,8 +325,9 @@ MIGRATIONS = (*MIGRATIONS, UNIQUE_CMIDS)
 # sessions that announce no presence (LOGIN ``presence`` false, §6.3): their rows are
 # never counted for the account's presence in the cluster (``_HELD``).
 DM_KINDS = """
-    ALTER TABLE direct_messages ADD COLUMN kind TEXT COLLATE "C" NOT NULL DEFAULT 'text';
-    ALTER TABLE sessions ADD COLUMN presence BOOLEAN NOT NULL DEFAULT TRUE;
+    ALTER TABLE direct_messages ADD COLUMN IF NOT EXISTS kind TEXT COLLATE "C" NOT NULL
+        DEFAULT 'text';
+    ALTER TABLE sessions ADD COLUMN IF NOT EXISTS presence BOOLEAN NOT NULL DEFAULT TRUE;
     """
 MIGRATIONS = (*MIGRATIONS, DM_KINDS)
 
