@@ -78,6 +78,10 @@ HELD_FOR_S = SEND_RETRY_S
 #: address guessing passwords held every other IRC user's login back (docs/security.md).
 FAILED_LOGIN_BURST = 5
 FAILED_LOGIN_RATE_PER_S = 1 / 30
+#: How long a MARK_READ waits, gathering the lines given meanwhile (``_mark_later``).
+MARK_READ_DELAY_S = 0.5
+#: How long a session's end waits for its last MARK_READs (``_settle_marks``).
+MARKS_SETTLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,11 @@ class _Session:
         #: Messages waiting for the broker (``_hold``), oldest first, and their sender.
         self._held: collections.deque[_Held] = collections.deque()
         self._resender: asyncio.Task[None] | None = None
+        #: MARK_READ calls of the core waiting for ``_mark_later`` (``MARK_READ_DELAY_S``),
+        #: the task that makes them, and whether they are made at once (the session ends).
+        self._marks_due: list[c.Call] = []
+        self._marker: asyncio.Task[None] | None = None
+        self._marks_now = False
         peer = writer.get_extra_info("peername")
         #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
         self.address = address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
@@ -340,9 +349,12 @@ class _Session:
             await asyncio.wait_for(self._stop_waiting.wait(), seconds)
         return not self._stop_waiting.is_set()
 
-    async def _carry_out(self, actions: list[c.Action]) -> None:
-        """Do what the core said, feeding each call's answer back, until nothing is left."""
+    async def _carry_out(self, actions: list[c.Action], marks_now: bool = False) -> None:
+        """Do what the core said, feeding each call's answer back, until nothing is left.
+        A MARK_READ is left to ``_mark_later`` unless ``marks_now`` (those of ``actions``
+        only: one made because of an answer waits again)."""
         queue = list(actions)
+        made_now = {id(a) for a in actions} if marks_now else set()
         while queue:
             action = queue.pop(0)
             if isinstance(action, c.Send):
@@ -355,7 +367,16 @@ class _Session:
                     await asyncio.wait_for(self.writer.drain(), 1.0)
             elif isinstance(action.request, c.Post | c.DirectMessage):
                 queue[:0] = await self._message(action.id, action.request)
+            elif (isinstance(action.request, c.MarkRead) and not self._marks_now
+                  and id(action) not in made_now):
+                self._marks_due.append(action)  # made by _mark_later, off this path
+                if self._marker is None or self._marker.done():
+                    self._marker = asyncio.create_task(self._mark_later(),
+                                                       name="zchat-irc-marks")
+                    self._tasks.append(self._marker)
             else:
+                if isinstance(action.request, c.Logout):
+                    await self._settle_marks()  # the read marker before the session ends
                 try:
                     reply = await self._do(action.request)
                 except RequestFailed as exc:
@@ -367,6 +388,35 @@ class _Session:
         with contextlib.suppress(ConnectionError, OSError):
             if self.writer.transport.get_write_buffer_size() > 64 * 1024:
                 await asyncio.wait_for(self.writer.drain(), 5.0)
+
+    async def _mark_later(self) -> None:
+        """Make the MARK_READ calls due after ``MARK_READ_DELAY_S`` (at once when the
+        client quits or goes). The core keeps one MARK_READ in flight per room and marks
+        what came meanwhile with the next, so a busy room costs about one MARK_READ per
+        delay instead of one per line; and the events' path never waits for the broker's
+        answer to one (a benchmark found 92,000 MARK_READs for 92,000 lines, each awaited
+        before the next event: docs/PERFORMANCE.md)."""
+        await self._pause(MARK_READ_DELAY_S)
+        await self._flush_marks()
+
+    async def _settle_marks(self) -> None:
+        """The session ends: every MARK_READ due is made now (what the IRC client was
+        given is not played back at its next login), the one under way waited for."""
+        self._marks_now = True
+        marker = self._marker
+
+        async def settle() -> None:
+            if marker is not None and not marker.done() and marker is not asyncio.current_task():
+                await asyncio.wait({marker})
+            await self._flush_marks()
+
+        with contextlib.suppress(Exception):  # bounded: SIGTERM's exit within 2 s
+            await asyncio.wait_for(settle(), MARKS_SETTLE_S)
+
+    async def _flush_marks(self) -> None:
+        due, self._marks_due = self._marks_due, []
+        if due:
+            await self._carry_out(due, marks_now=True)
 
     async def _message(self, call_id: int, req: c.Post | c.DirectMessage) -> list[c.Action]:
         """A PRIVMSG or NOTICE: sent with a cmid of its own; the answer for the core. One
@@ -635,6 +685,10 @@ class _Session:
         if self._held:
             log.info("IRC connection of %s ended: %d messages waiting for the broker "
                      "dropped", self.conn.account, len(self._held))
+        self._stop_waiting.set()
+        if self.conn.logged_in and not self.logged_out and self.client is not None \
+                and self.client.connected:
+            await self._settle_marks()
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
