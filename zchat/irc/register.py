@@ -49,7 +49,7 @@ def cmd_register(conn: IrcConnection, msg: Message) -> None:
         return
     if conn.registering or conn.sasl_mechanism:
         conn.fail("REGISTER", "TEMPORARILY_UNAVAILABLE", given,
-                  "A login or REGISTER of this connection is in progress")
+                  "A SASL exchange or REGISTER of this connection is in progress")
         return
     if conn.nick == "*":
         conn.fail("REGISTER", "NEED_NICK", given, "Send NICK first: the account name is "
