@@ -26,6 +26,24 @@ class LoginGuest:
 
 
 @dataclass(frozen=True, slots=True)
+class RegisterAccount:
+    """Create the account ``name`` with ``password`` (REGISTER, docs/PROTOCOL.md §6.2)
+    and log the connection in as it (LOGIN): the answer is LOGIN's ``LoggedIn``."""
+
+    name: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimGuest:
+    """The guest account this connection holds becomes an ordinary one: its password
+    (the gateway's, kept in memory) is changed to ``password`` (SET_PASSWORD, §6.46) and
+    the gateway no longer treats it as a guest's. The answer is None."""
+
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
 class Join:
     room: str
 
@@ -171,7 +189,7 @@ class Logout:
     text: str
 
 
-Request = (Login | LoginGuest | Join | Part | Post | DirectMessage | SetTopic | Who | Whois
+Request = (Login | LoginGuest | RegisterAccount | ClaimGuest | Join | Part | Post | DirectMessage | SetTopic | Who | Whois
            | ListRooms | RoomInfo | SetPresence | Kick | Invite | SetRole | SetRoom | Ping
            | History | DmHistory | MarkRead | Ban | Unban | ListBans
            | Logout)

@@ -34,6 +34,7 @@ from zchat.errors import ConnectionFailed, RequestFailed, Status, ZchatError
 from zchat.irc import calls as c
 from zchat.irc.codec import IrcParseError, LineBuffer, body_too_long, parse_line, serialize
 from zchat.irc.core import connection
+from zchat.irc.register import claim_guest, register_account
 from zchat.irc.relay import Relays
 from zchat.irc.state import Peer, Settings
 from zchat.names import name_key
@@ -565,6 +566,10 @@ class _Session:
             return await self._login_limited(req.name, req.password)
         if isinstance(req, c.LoginGuest):
             return await self._login_guest(req.name)
+        if isinstance(req, c.RegisterAccount):
+            return await register_account(self, req)
+        if isinstance(req, c.ClaimGuest):
+            return await claim_guest(self, req)
         client = self.client
         if client is None:
             raise ConnectionFailed("not logged in")

@@ -49,6 +49,7 @@ CAPS: dict[str, str] = {
     "away-notify": "",
     "batch": "",
     "cap-notify": "",
+    "draft/account-registration": "before-connect",  # zchat/irc/register.py
     "draft/chathistory": "",
     "draft/multiline": f"max-bytes={MULTILINE_MAX_BYTES},max-lines={MULTILINE_MAX_LINES}",
     "echo-message": "",
@@ -251,6 +252,7 @@ class IrcConnection:
         self.cap_version = 301
         self.sasl_mechanism = ""     # AUTHENTICATE in progress
         self.sasl_buffer = ""
+        self.registering = False     # a REGISTER in progress (zchat/irc/register.py)
         self.channels: dict[str, Channel] = {}   # room name_key -> channel
         self.away = ""
         self.rooms_at_login: tuple[str, ...] = ()
@@ -537,7 +539,7 @@ class IrcConnection:
     def maybe_register(self) -> None:
         """NICK and USER given and CAP negotiation over: log in with what was given."""
         if self.registered or self.nick == "*" or not self.user or self.cap_negotiating \
-                or self.sasl_mechanism:
+                or self.sasl_mechanism or self.registering:
             return
         if self.logged_in:  # SASL did it
             self.welcome()
