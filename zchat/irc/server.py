@@ -214,7 +214,7 @@ class _Session:
         self._resender: asyncio.Task[None] | None = None
         #: MARK_READ calls of the core waiting for ``_mark_later`` (``MARK_READ_DELAY_S``),
         #: the task that makes them, and whether they are made at once (the session ends).
-        self._marks_due: list[c.Call] = []
+        self._marks_due: list[c.Action] = []
         self._marker: asyncio.Task[None] | None = None
         self._marks_now = False
         peer = writer.get_extra_info("peername")
