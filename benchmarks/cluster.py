@@ -64,7 +64,7 @@ from typing import Any
 
 import psycopg
 import zmq
-from harness import BROKER_DEFAULTS, BrokerHandle, machine_info, run_broker, secure_with
+from harness import BROKER_DEFAULTS, BrokerHandle, machine_info, rss_kib, run_broker, secure_with
 from ingest import correctness, stored_rows
 from latency import paced_sender_main, summarize
 from loadgen import ROOM, Target, run_fanout
@@ -112,15 +112,6 @@ def cpu_s(pid: int, children: bool = False) -> float:
     if children:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / CLOCK_TICKS
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` (VmRSS) in KiB; 0 when it is gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def postgres_cpu_s(data_dir: Path | None) -> float:

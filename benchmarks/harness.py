@@ -402,6 +402,15 @@ def ceiling_key(senders: int, subscribers: int, figure: str) -> str:
     return f"relay/{senders}x{subscribers}/{figure}"
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` (VmRSS) in KiB; 0 when it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of an ascending list, nearest-rank method."""
     if not sorted_values:

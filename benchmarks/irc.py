@@ -71,6 +71,7 @@ from harness import (  # noqa: E402
     Row,
     machine_info,
     percentile,
+    rss_kib,
     sigterm_held,
     stop_children,
 )
@@ -134,15 +135,6 @@ class Ports:
                     continue
                 return port
         raise RuntimeError(f"no free port left in {self.range[0]}-{self.range[1]}")
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory (VmRSS) of ``pid`` in KiB; 0 when it is gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _stop(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:

@@ -16,15 +16,14 @@ import contextlib
 import datetime
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import irc.bot
 import irc.client
 from conftest import run
+from irc_helpers import gateway
 
-from zchat.irc.server import ClientOptions, Gateway
-from zchat.irc.state import Settings
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_dm, next_message
 
 WAIT_S = 8.0
@@ -32,17 +31,6 @@ WAIT_S = 8.0
 #: parameter, so a password with a space would be cut at the space (the library's
 #: limit, not the gateway's): bot authors give ``account:password`` without spaces.
 BOT_PASSWORD = "bot-pass-5e2d"
-
-
-@contextlib.asynccontextmanager
-async def gateway(harness: Harness) -> AsyncIterator[int]:
-    """The gateway on a free loopback port (autojoin off): its port."""
-    gw = Gateway(Settings(autojoin=False), ClientOptions(server=harness.server))
-    _host, port = await gw.start("127.0.0.1", 0)
-    try:
-        yield port
-    finally:
-        await gw.shutdown()
 
 
 class Events:
@@ -164,7 +152,7 @@ def test_a_bot_answers_ping_and_private_messages(harness: Harness) -> None:
     async def scenario() -> None:
         async with harness.client("pingbot", password=BOT_PASSWORD) as bot_account:
             await bot_account.logout()
-        async with gateway(harness) as port, harness.client("carol") as carol:
+        async with gateway(harness, autojoin=False) as (_gw, port), harness.client("carol") as carol:
             await carol.join("dev")
             before = await carol.send("dev", "said before the bot came")
             bot = PingBot(port, "#dev")
@@ -226,7 +214,7 @@ def test_the_library_reads_the_gateways_lines_as_it_expects(harness: Harness) ->
     async def scenario() -> None:
         async with harness.client("alice") as alice:
             await alice.logout()
-        async with gateway(harness) as port, harness.client("carol") as carol:
+        async with gateway(harness, autojoin=False) as (_gw, port), harness.client("carol") as carol:
             await carol.join("dev")
             reactor = irc.client.Reactor()
             events = Events()

@@ -25,7 +25,6 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,27 +34,15 @@ import pyte
 import pytest
 from cli_helpers import json_lines, ok, register, start_irc_gateway, zchat
 from conftest import Proc, TcpBroker, cli_env, run, zchat_command
+from irc_helpers import gateway
 
 from zchat import wire as p
-from zchat.irc.server import ClientOptions, Gateway
-from zchat.irc.state import Settings
 from zchat.testing import DEFAULT_PASSWORD, Harness, next_dm, next_message
 
 WAIT_S = 8.0
 #: alice's password: irssi's ``-w`` sends it as PASS's last word, so no space in it
 PASSWORD = "irssi-pass-7c1f"
 COLUMNS, ROWS = 160, 50
-
-
-@contextlib.asynccontextmanager
-async def gateway(harness: Harness) -> AsyncIterator[int]:
-    """The gateway on a free loopback port (autojoin off): its port."""
-    gw = Gateway(Settings(autojoin=False), ClientOptions(server=harness.server))
-    _host, port = await gw.start("127.0.0.1", 0)
-    try:
-        yield port
-    finally:
-        await gw.shutdown()
 
 
 def _binary(name: str, package: str) -> str:
@@ -130,7 +117,7 @@ def test_irssi_joins_and_talks_with_a_zchat_client(harness: Harness, tmp_path: P
     async def scenario() -> None:
         async with harness.client("alice", password=PASSWORD) as alice:
             await alice.logout()
-        async with gateway(harness) as port, \
+        async with gateway(harness, autojoin=False) as (_gw, port), \
                 harness.client("carol") as carol:
             await carol.join("dev")
             await carol.send("dev", "said before irssi came")
