@@ -565,6 +565,14 @@ def test_notice_both_ways(harness: Harness) -> None:
             assert got.params == ("#dev", "heads up")
             posted = await next_message(carol, "dev")
             assert (posted.text, posted.kind, posted.notice) == ("heads up", "text", True)
+            # a NOTICE carrying ACTION stays a notice (a tester's bot answered it as an
+            # action): the notice "* alice text"
+            alice.send("NOTICE #dev :\x01ACTION !ping quietly\x01")
+            posted = await next_message(carol, "dev")
+            assert (posted.text, posted.kind, posted.notice) == \
+                ("* alice !ping quietly", "text", True)
+            got = await bob.expect(_from("alice", "NOTICE"), "alice's NOTICE ACTION")
+            assert got.params == ("#dev", "* alice !ping quietly")
             # zchat -> IRC
             await carol.send("dev", "deploy at 5", notice=True)
             got = await bob.expect(_from("carol", "NOTICE"), "carol's NOTICE")

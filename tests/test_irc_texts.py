@@ -259,6 +259,13 @@ def test_bad_multiline_batches_get_fails_and_send_nothing(harness: Harness) -> N
             await fails(["BATCH +u draft/multiline #dev", "@batch=zz PRIVMSG #dev :hi",
                          "BATCH -u"], "MULTILINE_INVALID")
             await fails(["BATCH +e draft/multiline #dev", "BATCH -e"], "MULTILINE_INVALID")
+            # a tester's /me in a batch was refused by the broker as a control character
+            # (FAIL PRIVMSG MESSAGE_REFUSED … 422): now the batch's own clear FAIL
+            fail = await fails(["BATCH +a draft/multiline #dev",
+                                "@batch=a PRIVMSG #dev :\x01ACTION acts\x01",
+                                "@batch=a PRIVMSG #dev :second", "BATCH -a"],
+                               "MULTILINE_INVALID")
+            assert "ACTION" in fail.params[-1]
             # nothing of those reached zchat: the next message carol sees is this one
             alice.send("PRIVMSG #dev :after")
             assert (await next_message(carol, "dev")).text == "after"

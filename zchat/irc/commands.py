@@ -244,7 +244,11 @@ def _privmsg(conn: IrcConnection, msg: Message, notice: bool,
     target, text = msg.params[0], msg.params[1]
     kind = "text"
     m = _CTCP_ACTION.match(text)
-    if m:
+    if m and notice:
+        # zchat's notices are text only, and bots never answer a notice: a NOTICE
+        # carrying ACTION is the notice "* nick text", not an action (bots answer those)
+        text = f"* {conn.nick} {m.group(1) or ''}"
+    elif m:
         kind, text = "action", m.group(1) or ""
     elif text.startswith("\x01"):
         if not notice:

@@ -144,6 +144,8 @@ def _batch_line(conn: IrcConnection, msg: Message) -> bool:
         why = "PRIVMSG and NOTICE lines mixed in one batch"
     elif concat and not text:
         why = f"a blank line cannot carry {CONCAT_TAG}"
+    elif text.startswith("\x01"):  # /me included: a zchat message is one kind
+        why = "CTCP (an ACTION too) cannot be a line of a draft/multiline batch: send it alone"
     batch.command = msg.command
     if why:
         params = (batch.target, msg.params[0] if msg.params else "*", why) \
