@@ -133,7 +133,7 @@ async def register_account(session: Any, req: RegisterAccount) -> Any:
     _check_address(session)
     client = await session._client()
     try:
-        await client.register(req.name, req.password)
+        await client.register(req.name, req.password, address=session.told_address)
     except ConnectionFailed:
         raise  # never reached the broker: costs nothing
     except RequestFailed:

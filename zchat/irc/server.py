@@ -107,9 +107,14 @@ class Gateway:
     client ERROR, logs every session out and closes."""
 
     def __init__(self, settings: Settings, client_options: ClientOptions,
-                 client_factory: Callable[[], Client] | None = None) -> None:
+                 client_factory: Callable[[], Client] | None = None, *,
+                 tell_addresses: bool = False) -> None:
         self.settings = settings
         self.client_options = client_options
+        #: ``[irc] tell_addresses``: each connection's LOGIN and REGISTER tell the broker
+        #: the IRC client's address (docs/PROTOCOL.md §6.3; the broker must trust this
+        #: gateway's address, ``[broker] trusted_proxies``, docs/irc.md "Logging in").
+        self.tell_addresses = tell_addresses
         self._factory = client_factory or client_options.make
         self._servers: list[asyncio.Server] = []
         self._sessions: set[_Session] = set()
@@ -218,8 +223,12 @@ class _Session:
         self._marker: asyncio.Task[None] | None = None
         self._marks_now = False
         peer = writer.get_extra_info("peername")
+        ip = str(peer[0]).partition("%")[0] if isinstance(peer, tuple) else ""
         #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
-        self.address = address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
+        self.address = address_key(ip, b"irc")
+        #: The IRC client's IP address told to the broker in LOGIN and REGISTER (``[irc]
+        #: tell_addresses``; an IPv6 zone left out), or None: nothing told.
+        self.told_address = ip if gateway.tell_addresses and ip else None
 
     def stop(self, text: str) -> None:
         """SIGTERM: ERROR to the client, then the session ends."""
@@ -556,7 +565,7 @@ class _Session:
 
     async def _login(self, name: str, password: str) -> Any:
         client = await self._client()
-        reply = await client.login(name, password)
+        reply = await client.login(name, password, address=self.told_address)
         self._tasks.append(asyncio.create_task(self._read_events(client),
                                                name="zchat-irc-events"))
         return reply
@@ -653,7 +662,7 @@ class _Session:
             password = self.gateway.guest_passwords.get(key)
             if password is None:
                 password = secrets.token_urlsafe(24)
-                await client.register(name, password)
+                await client.register(name, password, address=self.told_address)
                 self.gateway.guest_passwords[key] = password
             self.gateway.guests_online.add(key)
             self.guest = key
@@ -749,7 +758,8 @@ async def serve(config: Any, ready: Callable[[list[str]], None] | None = None,
     then shut it down (ERROR to every client, every session logged out)."""
     from zchat.config import listen_address
 
-    gateway = Gateway(settings_from(config), client_options_from(config))
+    gateway = Gateway(settings_from(config), client_options_from(config),
+                      tell_addresses=config.irc.tell_addresses)
     irc = config.irc
     bound: list[str] = []
     if irc.listen:
