@@ -384,3 +384,44 @@ def test_gateway_tells_each_irc_client_s_address(proxied_broker: TcpBroker) -> N
     # the gateway's own address was never counted as a login's
     assert not [line for line in proxied_broker.process.stderr
                 if re.search(r"login (for )?alice from 127\.0\.0\.1\b(?! via)", line)]
+
+
+def test_gateway_told_addresses_refused_by_a_broker_that_does_not_trust_it(
+        proxied_broker: TcpBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway reaching the broker from an address not in its trusted_proxies: the
+    login is refused with the broker's reason, and the gateway logs what to configure."""
+    owner = RawPeer(zmq.Context.instance(), proxied_broker.router, "127.0.0.20")
+    try:
+        assert isinstance(owner.call(p.Register(name="alice", password=DEFAULT_PASSWORD)),
+                          p.Registered)
+    finally:
+        owner.close()
+    server = proxied_broker.router.replace("tcp://", "tcp://127.0.0.2:0;", 1)
+
+    async def scenario() -> None:
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=server, encryption="none"), tell_addresses=True)
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            irc = await irc_login(port, "127.0.0.60", "alice", DEFAULT_PASSWORD)
+            assert (await irc.command("464")).params[-1] == (
+                "Password incorrect (only a trusted proxy may give address (the broker's "
+                "trusted_proxies); this connection comes from 127.0.0.2)")
+            await irc.closed()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=("127.0.0.61", 0))
+            irc = IrcClient(reader, writer)
+            for line in ("CAP LS 302", "NICK bob", "USER u 0 * :x",
+                         f"REGISTER * * :{DEFAULT_PASSWORD}"):
+                irc.send(line)
+            fail = await irc.command("FAIL")
+            assert fail.params[:3] == ("REGISTER", "TEMPORARILY_UNAVAILABLE", "bob")
+            assert fail.params[-1].startswith("only a trusted proxy may give address")
+            irc.close()
+        finally:
+            await gw.shutdown()
+
+    with caplog.at_level(logging.ERROR, logger="zchat.irc"):
+        run(scenario())
+    assert "[irc] tell_addresses is on, but the broker does not trust this gateway" \
+        in caplog.text

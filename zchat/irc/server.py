@@ -115,6 +115,7 @@ class Gateway:
         #: the IRC client's address (docs/PROTOCOL.md §6.3; the broker must trust this
         #: gateway's address, ``[broker] trusted_proxies``, docs/irc.md "Logging in").
         self.tell_addresses = tell_addresses
+        self._untrusted_logged_s = 0.0
         self._factory = client_factory or client_options.make
         self._servers: list[asyncio.Server] = []
         self._sessions: set[_Session] = set()
@@ -130,6 +131,17 @@ class Gateway:
         self._guest_lock = asyncio.Lock()
         #: Failed logins per IRC client address (``address_key``): FAILED_LOGIN_BURST.
         self.failed_logins = BucketTable(FAILED_LOGIN_RATE_PER_S, FAILED_LOGIN_BURST)
+
+    def untrusted(self, reason: str) -> None:
+        """The broker refused an address this gateway told (``tell_addresses``) with
+        403: it does not list the gateway in ``[broker] trusted_proxies``. Logged as an
+        error once a minute: every login through the gateway fails so."""
+        now = time.monotonic()
+        if now >= self._untrusted_logged_s:
+            self._untrusted_logged_s = now + 60.0
+            log.error("[irc] tell_addresses is on, but the broker does not trust this "
+                      "gateway (%s): add its address to the broker's [broker] "
+                      "trusted_proxies, or turn tell_addresses off", reason)
 
     async def start(self, host: str, port: int,
                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
@@ -571,12 +583,18 @@ class _Session:
         return reply
 
     async def _do(self, req: c.Request) -> Any:
-        if isinstance(req, c.Login):
-            return await self._login_limited(req.name, req.password)
-        if isinstance(req, c.LoginGuest):
-            return await self._login_guest(req.name)
-        if isinstance(req, c.RegisterAccount):
-            return await register_account(self, req)
+        if isinstance(req, c.Login | c.LoginGuest | c.RegisterAccount):
+            try:
+                if isinstance(req, c.Login):
+                    return await self._login_limited(req.name, req.password)
+                if isinstance(req, c.LoginGuest):
+                    return await self._login_guest(req.name)
+                return await register_account(self, req)
+            except RequestFailed as exc:
+                if exc.status == Status.FORBIDDEN and self.told_address is not None \
+                        and exc.reason.startswith("only a trusted proxy"):
+                    self.gateway.untrusted(exc.reason)
+                raise
         if isinstance(req, c.ClaimGuest):
             return await claim_guest(self, req)
         client = self.client
