@@ -75,8 +75,10 @@ HELD_FOR_S = SEND_RETRY_S
 #: gateway refuses its logins itself, and how fast it earns another: a token bucket per
 #: address (zchat/ratelimit.py), as the broker's ``login_rate_per_s``/``login_burst``.
 #: Every gateway login reaches the broker from the gateway's one address, whose login
-#: budget (30, then one per 2 s by default) all IRC users share: without this, one
+#: budget (30, then one per 2 s by default) all IRC users share unless the gateway tells
+#: their addresses (``tell_addresses``, a broker's ``trusted_proxies``): without this, one
 #: address guessing passwords held every other IRC user's login back (docs/security.md).
+#: With them it still keeps each IRC address's guesses far below the broker's own limit.
 FAILED_LOGIN_BURST = 5
 FAILED_LOGIN_RATE_PER_S = 1 / 30
 #: How long a MARK_READ waits, gathering the lines given meanwhile (``_mark_later``).
