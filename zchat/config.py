@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from zchat.errors import ZchatError
 from zchat.keyformat import ENCRYPTION_MODES, BadKey, check_key
+from zchat.ratelimit import proxy_networks
 from zchat.wire import MAX_PASSWORD_CHARS, MAX_STORAGE_QUOTA_BYTES
 
 #: The file's name inside the zchat config directory.
@@ -176,6 +177,13 @@ class BrokerConfig:
     - ``login_rate_per_s`` / ``login_burst``: token bucket per peer address (per
       connection on inproc/ipc) for LOGIN and REGISTER attempts, password or token
       (>= 0, 0 off; >= 1). RESUME is not counted.
+    - ``trusted_proxies``: IP addresses and CIDR networks (``"127.0.0.1"``,
+      ``"10.0.0.0/8"``) of trusted proxies such as the IRC gateway (``[irc]
+      tell_addresses``): a connection from one of them may tell, in LOGIN and REGISTER
+      (``address``), the address of the user it acts for, and the broker then counts
+      that login in the user's address's buckets instead of the proxy's. From any other
+      peer ``address`` is refused with 403. Empty (the default): nobody may tell one
+      (docs/security.md, "Trusted proxies").
     - ``max_sessions``: live sessions in the whole broker (>= 1); a LOGIN beyond it gets
       503.
     - ``max_connections``: tcp and ipc connections the broker holds at once, over its
@@ -270,6 +278,8 @@ class BrokerConfig:
     send_burst: int = 20
     login_rate_per_s: float = 0.5
     login_burst: int = 30
+    #: Empty: no peer may tell a user's address; trusting one is the operator's choice.
+    trusted_proxies: tuple[str, ...] = ()
     max_sessions: int = 10_000
     #: 10,000: 5,000 clients of two connections each, far above a team's needs, and
     #: what a ``ulimit -n`` of 10,240 (a common hard limit) still carries.
@@ -369,6 +379,11 @@ class IrcConfig:
       the newest ``playback``, or every message unread since the account's read marker
       when more (at most MAX_HISTORY_LIMIT); 0 for none (docs/irc.md, "Playback").
     - ``motd``: the message of the day, lines separated by newlines; empty for none.
+    - ``tell_addresses``: each IRC connection's LOGIN and REGISTER tells the broker the
+      IRC client's address (``address``, docs/PROTOCOL.md §6.3), so that the broker's
+      per-address login limits count each IRC user's address instead of the gateway's
+      one. The broker must list the gateway's address in ``[broker] trusted_proxies``
+      first: any other broker answers every login 403 (docs/irc.md, "Logging in").
     - ``max_connections``: IRC connections held at once (each is a zchat session with two
       ZeroMQ sockets); one more is told ``ERROR :Closing link: … full`` and closed.
       ``zchat irc`` raises its open-files limit (up to the hard limit) and libzmq's socket
@@ -387,6 +402,7 @@ class IrcConfig:
     playback: int = 20
     motd: str = ""
     max_connections: int = 1000
+    tell_addresses: bool = False
 
 
 @dataclass(frozen=True)
@@ -794,7 +810,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     1..``max_connections``; ``max_rooms_created`` 0..MAX_COUNT_SETTING;
     ``storage_quota_bytes`` 0..MAX_STORAGE_QUOTA_BYTES;
     ``encryption`` one of curve/none; ``server_key`` empty or a Z85 key (zchat.keyformat);
-    ``store`` empty or a PostgreSQL URL (:func:`store_problem`).
+    ``store`` empty or a PostgreSQL URL (:func:`store_problem`); every
+    ``trusted_proxies`` entry an IP address or a CIDR network without host bits
+    (zchat.ratelimit.proxy_networks).
     """
     for table, section in (("broker", config.broker), ("client", config.client),
                            ("irc", config.irc)):
@@ -841,6 +859,10 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     for i, name in enumerate(b.admins):
         if not name:
             fail("broker", "admins", f"entry {i} is an empty name")
+    try:
+        proxy_networks(b.trusted_proxies)
+    except ValueError as exc:
+        fail("broker", "trusted_proxies", str(exc))
     if not 1 <= b.max_text_bytes <= MAX_TEXT_BYTES_LIMIT:
         fail(
             "broker",

@@ -109,6 +109,64 @@ def address_key(address: str, routing_id: bytes) -> str:
     return str(ip)
 
 
+#: The longest address text a trusted proxy may tell (``told_address``): an IPv6 address
+#: written in full with an IPv4 tail is 45 characters.
+MAX_ADDRESS_CHARS = 45
+
+ProxyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def proxy_networks(entries: tuple[str, ...] | list[str]) -> tuple[ProxyNetwork, ...]:
+    """The networks of ``[broker] trusted_proxies`` (docs/security.md, "Trusted
+    proxies"): each entry an IP address (one host) or a CIDR network (``10.0.0.0/8``,
+    ``fd00::/8``). Raises ValueError naming the first entry that is neither, or a
+    network with host bits set (``10.0.0.1/8``: a typo for one host or for its network)."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{entry!r} is not an IP address or a CIDR network ({exc})") \
+                from None
+    return tuple(networks)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``address`` as an IP address, an IPv4-mapped IPv6 one as its IPv4 address; a
+    ``[...]`` around it and an IPv6 zone (``%eth0``) dropped. Raises ValueError."""
+    ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_trusted(address: str, networks: tuple[ProxyNetwork, ...]) -> bool:
+    """Whether the peer address ``address`` (``Peer-Address``; "" on inproc/ipc, never
+    trusted) lies in one of ``networks`` (``proxy_networks``)."""
+    if not address or not networks:
+        return False
+    try:
+        ip = _ip(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def told_address(text: str) -> str:
+    """The address a trusted proxy tells for the user it acts for (LOGIN's and
+    REGISTER's ``address``, docs/PROTOCOL.md §6.3), in its canonical form
+    (``2001:db8::7``; an IPv4-mapped IPv6 one as its IPv4 address). Raises ValueError
+    for anything but one bare IPv4 or IPv6 address (a network, a host name, a port)."""
+    if len(text) > MAX_ADDRESS_CHARS:
+        raise ValueError(f"not an IP address: longer than {MAX_ADDRESS_CHARS} characters")
+    if not text or text != text.strip() or "%" in text or "[" in text:
+        raise ValueError(f"not an IP address: {text!r}")
+    try:
+        return str(_ip(text))
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+
+
 class BucketTable:
     """Token buckets by key (e.g. peer address), at most ``max_entries`` of them.
 

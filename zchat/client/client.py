@@ -331,6 +331,9 @@ class Client:
         self._presence: tuple[p.Presence, str] = ("online", "")
         #: LOGIN's ``presence``: whether this client's session announces presence (§6.3).
         self._announces = True
+        #: LOGIN's ``address`` (a trusted proxy's user's, §6.3), sent again by a
+        #: reconnect's LOGIN; UNSET when none was given.
+        self._told_address: p.Added[str] = p.UNSET
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -778,32 +781,45 @@ class Client:
             self._open_sub()                # the session's key may subscribe now
         return reply
 
-    async def register(self, name: str, password: str, *, bot: bool = False) -> p.Registered:
+    async def register(self, name: str, password: str, *, bot: bool = False,
+                       address: str | None = None) -> p.Registered:
         """Create an account (joined to ``lobby``); ``bot`` marks it as a bot in WHO.
-        Raises RequestFailed 409 if taken, 422 if the name breaks the rules
-        (docs/PROTOCOL.md §12). Rate-limited (429, too many attempts from this address),
-        it waits and retries (``_patiently``)."""
-        reply: p.Registered = await self._patiently(p.Register(name=name, password=password,
-                                                               bot=bot))
+        ``address``: a trusted proxy's (the IRC gateway's) user's IP address, counted by
+        the broker instead of this connection's (docs/PROTOCOL.md §6.2; None, the
+        default, sends none). Raises RequestFailed 409 if taken, 422 if the name breaks
+        the rules (docs/PROTOCOL.md §12), 403 when ``address`` is given and this
+        connection is no trusted proxy of the broker, 400 when it is no IP address.
+        Rate-limited (429, too many attempts from this address), it waits and retries
+        (``_patiently``)."""
+        reply: p.Registered = await self._patiently(p.Register(
+            name=name, password=password, bot=bot,
+            address=p.UNSET if address is None else address))
         return reply
 
     async def login(self, name: str, password: str = "", *, token: str = "",
-                    presence: bool = True) -> p.LoggedIn:
+                    presence: bool = True, address: str | None = None) -> p.LoggedIn:
         """Log in with exactly one of ``password`` and ``token`` (an account token from
         ``create_token``); subscribes to the account's rooms and presence, queues stored
         direct messages as events (oldest first). With ``reconnect=True`` the credential
         used is kept in memory for logging in again after a reconnect. ``presence=False``
         makes a session that announces no presence: it never makes the account online or
         offline, and may not SET_PRESENCE (409); one-shot commands and scripts use it
-        (docs/PROTOCOL.md §6.3). Raises
+        (docs/PROTOCOL.md §6.3). ``address``: a trusted proxy's (the IRC gateway's)
+        user's IP address, whose login buckets the broker counts this login in instead of
+        this connection's (§6.3, §15.1); None, the default, sends none. It is sent again
+        by a reconnect's LOGIN. Raises
         LocalProtocolError when both or neither is given, RequestFailed 404 (no such
-        account) or 401 (wrong password, wrong or revoked token). Rate-limited (429, too
-        many attempts from this address), it waits and retries (``_patiently``)."""
+        account) or 401 (wrong password, wrong or revoked token), 403 when ``address`` is
+        given and this connection is no trusted proxy of the broker, 400 when it is no
+        IP address. Rate-limited (429, too many attempts from this address), it waits
+        and retries (``_patiently``)."""
         if bool(password) == bool(token):
             raise LocalProtocolError("give exactly one of password and token")
+        told = p.UNSET if address is None else address
         reply: p.LoggedIn = await self._patiently(p.Login(
             name=name, password=password, token=token,
-            presence=p.UNSET if presence else False))
+            presence=p.UNSET if presence else False, address=told))
+        self._told_address = told
         self._announces = presence
         self._state.name = reply.name
         self._state.session = reply.session
@@ -1802,7 +1818,8 @@ class Client:
             try:
                 reply = await self.request(p.Login(
                     name=name, password=password, token=token,
-                    presence=p.UNSET if self._announces else False))
+                    presence=p.UNSET if self._announces else False,
+                    address=self._told_address))
             except RequestFailed as exc:
                 if exc.status in (Status.UNAUTHORIZED, Status.FORBIDDEN, Status.NOT_FOUND):
                     raise _LoginRefused(f"the broker refused to log in {name} again: "

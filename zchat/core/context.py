@@ -28,7 +28,7 @@ from zchat.core.state import DEFAULT_ROOM, RANKS, Session, State
 from zchat.errors import ProtocolError, Status, StorageError
 from zchat.names import name_key, normalize_name, skeleton
 from zchat.passwords import token_sha256
-from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable
+from zchat.ratelimit import MAX_ADDRESS_BUCKETS, BucketTable, proxy_networks
 
 log = logging.getLogger("zchat.broker")
 #: Admin names already warned about (no account), per store: once per broker.
@@ -115,6 +115,7 @@ class Core(Protection):
         #: Whether SEND, DM, topic changes and JOINs of new rooms take sending tokens:
         #: ``send_rate_per_s`` 0 turns every sending limit off, the account's too (§15.1).
         self.sending_limited = config.send_rate_per_s > 0
+        self.trusted_proxies = proxy_networks(config.trusted_proxies)
         self._login_buckets: BucketTable | None = (
             BucketTable(config.login_rate_per_s, config.login_burst, MAX_ADDRESS_BUCKETS)
             if config.login_rate_per_s > 0 else None)

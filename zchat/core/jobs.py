@@ -34,8 +34,17 @@ class Job:
 
     routing_id: bytes
     request_id: bytes
+    #: The peer's address, or the one a trusted proxy told (``Core.acting_for``).
     address: str
     holds: tuple[str, ...] = ()
+    #: The trusted proxy that told ``address`` ("" when none did): for the log.
+    via: str = ""
+
+    @property
+    def where(self) -> str:
+        """The address for a log line: ``203.0.113.5 via 127.0.0.1`` when a trusted
+        proxy told it, ``?`` when unknown (inproc)."""
+        return f"{self.address or '?'} via {self.via}" if self.via else self.address or "?"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,7 +16,15 @@ from zchat.core.jobs import JOB_BUSY_RETRY_MS, MAX_JOBS_PER_PEER, MAX_PENDING_JO
 from zchat.core.ports import Store
 from zchat.core.state import Account, Session
 from zchat.errors import ProtocolError, RateLimited, Status
-from zchat.ratelimit import BucketTable, ByteBudget, TokenBucket, address_key
+from zchat.ratelimit import (
+    BucketTable,
+    ByteBudget,
+    ProxyNetwork,
+    TokenBucket,
+    address_key,
+    is_trusted,
+    told_address,
+)
 
 #: RESUMEs of one account (docs/PROTOCOL.md §15.1): a burst of RESUME_BURST, then
 #: RESUME_RATE_PER_S a second. Every device of an account resumes once after a broker
@@ -43,6 +51,8 @@ class Protection:
     _next_job: int
     _jobs_held: dict[str, int]
     _login_buckets: BucketTable | None
+    #: ``config.trusted_proxies`` parsed (zchat.ratelimit.proxy_networks).
+    trusted_proxies: tuple[ProxyNetwork, ...]
 
     def is_mod(self, key: str, account_key: str) -> bool:
         raise NotImplementedError  # Core's
@@ -67,6 +77,27 @@ class Protection:
         account's."""
         peer = address_key(address, rid)
         return (peer, "acct:" + account_key) if account_key else (peer,)
+
+    def acting_for(self, call_address: str, told: str | None) -> tuple[str, str]:
+        """LOGIN's or REGISTER's ``address`` (docs/PROTOCOL.md §6.3, §15.1): the
+        address whose login buckets the request counts in, and the trusted proxy it
+        came through ("" when it came straight). Not told: (``call_address``, "").
+        Told by a peer in ``trusted_proxies``: (the told address, canonical, and the
+        peer's). Raises ProtocolError 403 when the peer is not a trusted proxy (an
+        ordinary client may not pick its bucket), 400 when the told address is not one
+        IP address; either before anything is counted or changed. ``told`` None: the
+        request gave no ``address``."""
+        if told is None:
+            return call_address, ""
+        if not is_trusted(call_address, self.trusted_proxies):
+            peer = f"from {call_address}" if call_address else "without an IP address"
+            raise ProtocolError(Status.FORBIDDEN, f"only a trusted proxy may give address "
+                                f"(the broker's trusted_proxies); this connection comes "
+                                f"{peer}")
+        try:
+            return told_address(told), call_address
+        except ValueError as exc:
+            raise ProtocolError(Status.BAD_REQUEST, f"address: {exc}") from None
 
     def check_jobs(self, holds: tuple[str, ...]) -> None:
         """Raise RateLimited (429) when the address or the account of a new password

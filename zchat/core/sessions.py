@@ -34,8 +34,7 @@ def finish_register(core: Core, job: RegisterJob, password_hash: str, now_s: flo
                               bot=job.bot, rooms=(lobby,))
     core.state.add_account(job.key, job.name, job.bot)
     core.state.add_member(lobby, job.key)
-    log.info("registered %s%s from %s", job.name, " (bot)" if job.bot else "",
-             job.address or "?")
+    log.info("registered %s%s from %s", job.name, " (bot)" if job.bot else "", job.where)
     joined = p.UserJoined(room=core.rooms[lobby], name=job.name, time=now_ms)
     return [core.ok(job.routing_id, job.request_id, p.Registered(name=job.name)),
             *core.deliver.room_event(lobby, joined)]
@@ -51,20 +50,22 @@ def known_account(core: Core, raw: str) -> str:
     return key if key in core.accounts else ""
 
 
-def login_by_token(core: Core, call: Call, req: p.Login) -> list[Action]:
+def login_by_token(core: Core, call: Call, req: p.Login, address: str,
+                   via: str) -> list[Action]:
     """LOGIN with an account token (docs/PROTOCOL.md §6.3): one SHA-256 and at most
     MAX_TOKENS_PER_ACCOUNT constant-time comparisons, cheap enough for the loop, so no
-    Offload. 401 for a wrong or revoked token."""
+    Offload. 401 for a wrong or revoked token. ``address`` and ``via`` as
+    ``Core.acting_for`` gave them."""
     if len(req.token) > p.MAX_PASSWORD_CHARS:
         raise ProtocolError(Status.TOO_LARGE,
                             f"token longer than {p.MAX_PASSWORD_CHARS} characters")
     key = core.account_key(req.name)
     token_id = match_token(req.token, core.store.token_hashes(key))
-    job = LoginJob(routing_id=call.rid, request_id=call.request_id, address=call.address,
-                   key=key, name=core.accounts[key].name, transport_key=call.transport_key,
-                   presence=p.given(req.presence, True))
+    job = LoginJob(routing_id=call.rid, request_id=call.request_id, address=address,
+                   via=via, key=key, name=core.accounts[key].name,
+                   transport_key=call.transport_key, presence=p.given(req.presence, True))
     if token_id is None:
-        log.info("failed token login for %s from %s", job.name, call.address or "?")
+        log.info("failed token login for %s from %s", job.name, job.where)
         raise ProtocolError(Status.UNAUTHORIZED, "wrong name or token (or it was revoked)")
     return finish_login(core, job, True, call.now_s, call.now_ms, token_id=token_id)
 
@@ -74,7 +75,7 @@ def finish_login(core: Core, job: LoginJob, matched: bool, now_s: float, now_ms:
     """LOGIN's password was checked (``matched``), or a token matched (``token_id``):
     make the session, or answer 401."""
     if not matched:
-        log.info("failed login for %s from %s", job.name, job.address or "?")
+        log.info("failed login for %s from %s", job.name, job.where)
         raise ProtocolError(Status.UNAUTHORIZED, "wrong name or password")
     existing = core.sessions.get(job.routing_id)
     if existing is not None:
@@ -96,7 +97,7 @@ def finish_login(core: Core, job: LoginJob, matched: bool, now_s: float, now_ms:
                       transport_key=job.transport_key, presence=job.presence)
     actions = core.bind_session(session, now_ms)
     log.info("login %s from %s (%d sessions, %d stored DMs)%s", account.name,
-             job.address or "?", len(account.sessions), len(reply.pending),
+             job.where, len(account.sessions), len(reply.pending),
              "" if token_id is None else f" with token {token_id}")
     actions.insert(0, core.charge_reply(job.key, core.ok(job.routing_id, job.request_id,
                                                            reply), now_s))
@@ -141,9 +142,12 @@ def info(core: Core, call: Call, session: Session | None, req: p.Info) -> list[A
 
 
 def register(core: Core, call: Call, session: Session | None, req: p.Register) -> list[Action]:
-    holds = core.job_holds(call.rid, call.address)
+    """REGISTER (docs/PROTOCOL.md §6.2), counted in the login buckets of the peer's
+    address, or of the address a trusted proxy tells (``address``, §15.1)."""
+    address, via = core.acting_for(call.address, p.given(req.address, None))
+    holds = core.job_holds(call.rid, address)
     core.check_jobs(holds)
-    core.limit_login(call.rid, call.address, call.now_s, "registrations")
+    core.limit_login(call.rid, address, call.now_s, "registrations")
     name = normalize_new_name(req.name)
     core.check_new_password(req.password)
     key = name_key(name)
@@ -154,15 +158,19 @@ def register(core: Core, call: Call, session: Session | None, req: p.Register) -
     cfg = core.config
     password = req.password
     return core.start_job(
-        RegisterJob(routing_id=call.rid, request_id=call.request_id, address=call.address,
-                    holds=holds, key=key, name=name, bot=req.bot),
+        RegisterJob(routing_id=call.rid, request_id=call.request_id, address=address,
+                    via=via, holds=holds, key=key, name=name, bot=req.bot),
         lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
 
 
 def login(core: Core, call: Call, session: Session | None, req: p.Login) -> list[Action]:
-    holds = core.job_holds(call.rid, call.address, known_account(core, req.name))
+    """LOGIN (docs/PROTOCOL.md §6.3), counted in the login buckets of the peer's
+    address, or of the address a trusted proxy tells (``address``, §15.1), which is
+    then the session's address too."""
+    address, via = core.acting_for(call.address, p.given(req.address, None))
+    holds = core.job_holds(call.rid, address, known_account(core, req.name))
     core.check_jobs(holds)
-    core.limit_login(call.rid, call.address, call.now_s, "login attempts")
+    core.limit_login(call.rid, address, call.now_s, "login attempts")
     if session is not None:
         raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
                             f"{session.name}; LOGOUT first")
@@ -170,7 +178,7 @@ def login(core: Core, call: Call, session: Session | None, req: p.Login) -> list
     if bool(req.password) == bool(req.token):
         raise ProtocolError(Status.BAD_REQUEST, "give exactly one of password and token")
     if req.token:
-        return login_by_token(core, call, req)
+        return login_by_token(core, call, req, address, via)
     core.check_password(req.password)
     key = core.account_key(req.name)
     row = core.store.get_account(key)
@@ -178,8 +186,8 @@ def login(core: Core, call: Call, session: Session | None, req: p.Login) -> list
         raise ProtocolError(Status.NOT_FOUND, f"no account named {req.name!r}")
     password, stored = req.password, row.password_hash
     return core.start_job(
-        LoginJob(routing_id=call.rid, request_id=call.request_id, address=call.address,
-                 holds=core.job_holds(call.rid, call.address, key), key=key, name=row.name,
+        LoginJob(routing_id=call.rid, request_id=call.request_id, address=address, via=via,
+                 holds=core.job_holds(call.rid, address, key), key=key, name=row.name,
                  transport_key=call.transport_key, presence=p.given(req.presence, True)),
         lambda: verify_password(password, stored))
 

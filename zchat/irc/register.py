@@ -27,11 +27,16 @@ from zchat.irc.state import IrcConnection, _Failed
 from zchat.names import name_key, normalize_new_name
 
 
-def fail_code(status: int) -> str:
+def fail_code(status: int, reason: str = "") -> str:
     """The spec's FAIL REGISTER code for the broker's refusal ``status`` (§6.2): 409
     ACCOUNT_EXISTS, 403 (an admin's name) BAD_ACCOUNT_NAME, 422 and 413 WEAK_PASSWORD
     (the name was checked before: what the broker still refuses is the password), 429
-    and 503 (and anything else: the broker unreachable) TEMPORARILY_UNAVAILABLE."""
+    and 503 (and anything else: the broker unreachable) TEMPORARILY_UNAVAILABLE; so is a
+    403 whose ``reason`` says the broker does not trust this gateway to tell addresses
+    (``[irc] tell_addresses`` without ``[broker] trusted_proxies``: no fault of the
+    name)."""
+    if status == 403 and reason.startswith("only a trusted proxy"):
+        return "TEMPORARILY_UNAVAILABLE"
     return {409: "ACCOUNT_EXISTS", 403: "BAD_ACCOUNT_NAME", 422: "WEAK_PASSWORD",
             413: "WEAK_PASSWORD"}.get(status, "TEMPORARILY_UNAVAILABLE")
 
@@ -77,7 +82,7 @@ def cmd_register(conn: IrcConnection, msg: Message) -> None:
 def _registered(conn: IrcConnection, account: str, note: str, reply: Any) -> None:
     conn.registering = False
     if isinstance(reply, _Failed):
-        conn.fail("REGISTER", fail_code(reply.status), account, reply.reason)
+        conn.fail("REGISTER", fail_code(reply.status, reply.reason), account, reply.reason)
         return
     conn._set_account(reply)
     _success(conn, reply.name, note)
@@ -87,7 +92,7 @@ def _registered(conn: IrcConnection, account: str, note: str, reply: Any) -> Non
 def _claimed(conn: IrcConnection, account: str, note: str, reply: Any) -> None:
     conn.registering = False
     if isinstance(reply, _Failed):
-        conn.fail("REGISTER", fail_code(reply.status), account, reply.reason)
+        conn.fail("REGISTER", fail_code(reply.status, reply.reason), account, reply.reason)
         return
     conn.guest = False
     peer = conn.peers.get(name_key(conn.account))
@@ -133,7 +138,7 @@ async def register_account(session: Any, req: RegisterAccount) -> Any:
     _check_address(session)
     client = await session._client()
     try:
-        await client.register(req.name, req.password)
+        await client.register(req.name, req.password, address=session.told_address)
     except ConnectionFailed:
         raise  # never reached the broker: costs nothing
     except RequestFailed:

@@ -75,8 +75,10 @@ HELD_FOR_S = SEND_RETRY_S
 #: gateway refuses its logins itself, and how fast it earns another: a token bucket per
 #: address (zchat/ratelimit.py), as the broker's ``login_rate_per_s``/``login_burst``.
 #: Every gateway login reaches the broker from the gateway's one address, whose login
-#: budget (30, then one per 2 s by default) all IRC users share: without this, one
+#: budget (30, then one per 2 s by default) all IRC users share unless the gateway tells
+#: their addresses (``tell_addresses``, a broker's ``trusted_proxies``): without this, one
 #: address guessing passwords held every other IRC user's login back (docs/security.md).
+#: With them it still keeps each IRC address's guesses far below the broker's own limit.
 FAILED_LOGIN_BURST = 5
 FAILED_LOGIN_RATE_PER_S = 1 / 30
 #: How long a MARK_READ waits, gathering the lines given meanwhile (``_mark_later``).
@@ -107,9 +109,15 @@ class Gateway:
     client ERROR, logs every session out and closes."""
 
     def __init__(self, settings: Settings, client_options: ClientOptions,
-                 client_factory: Callable[[], Client] | None = None) -> None:
+                 client_factory: Callable[[], Client] | None = None, *,
+                 tell_addresses: bool = False) -> None:
         self.settings = settings
         self.client_options = client_options
+        #: ``[irc] tell_addresses``: each connection's LOGIN and REGISTER tell the broker
+        #: the IRC client's address (docs/PROTOCOL.md §6.3; the broker must trust this
+        #: gateway's address, ``[broker] trusted_proxies``, docs/irc.md "Logging in").
+        self.tell_addresses = tell_addresses
+        self._untrusted_logged_s = 0.0
         self._factory = client_factory or client_options.make
         self._servers: list[asyncio.Server] = []
         self._sessions: set[_Session] = set()
@@ -125,6 +133,17 @@ class Gateway:
         self._guest_lock = asyncio.Lock()
         #: Failed logins per IRC client address (``address_key``): FAILED_LOGIN_BURST.
         self.failed_logins = BucketTable(FAILED_LOGIN_RATE_PER_S, FAILED_LOGIN_BURST)
+
+    def untrusted(self, reason: str) -> None:
+        """The broker refused an address this gateway told (``tell_addresses``) with
+        403: it does not list the gateway in ``[broker] trusted_proxies``. Logged as an
+        error once a minute: every login through the gateway fails so."""
+        now = time.monotonic()
+        if now >= self._untrusted_logged_s:
+            self._untrusted_logged_s = now + 60.0
+            log.error("[irc] tell_addresses is on, but the broker does not trust this "
+                      "gateway (%s): add its address to the broker's [broker] "
+                      "trusted_proxies, or turn tell_addresses off", reason)
 
     async def start(self, host: str, port: int,
                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
@@ -218,8 +237,12 @@ class _Session:
         self._marker: asyncio.Task[None] | None = None
         self._marks_now = False
         peer = writer.get_extra_info("peername")
+        ip = str(peer[0]).partition("%")[0] if isinstance(peer, tuple) else ""
         #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
-        self.address = address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
+        self.address = address_key(ip, b"irc")
+        #: The IRC client's IP address told to the broker in LOGIN and REGISTER (``[irc]
+        #: tell_addresses``; an IPv6 zone left out), or None: nothing told.
+        self.told_address = ip if gateway.tell_addresses and ip else None
 
     def stop(self, text: str) -> None:
         """SIGTERM: ERROR to the client, then the session ends."""
@@ -556,18 +579,24 @@ class _Session:
 
     async def _login(self, name: str, password: str) -> Any:
         client = await self._client()
-        reply = await client.login(name, password)
+        reply = await client.login(name, password, address=self.told_address)
         self._tasks.append(asyncio.create_task(self._read_events(client),
                                                name="zchat-irc-events"))
         return reply
 
     async def _do(self, req: c.Request) -> Any:
-        if isinstance(req, c.Login):
-            return await self._login_limited(req.name, req.password)
-        if isinstance(req, c.LoginGuest):
-            return await self._login_guest(req.name)
-        if isinstance(req, c.RegisterAccount):
-            return await register_account(self, req)
+        if isinstance(req, c.Login | c.LoginGuest | c.RegisterAccount):
+            try:
+                if isinstance(req, c.Login):
+                    return await self._login_limited(req.name, req.password)
+                if isinstance(req, c.LoginGuest):
+                    return await self._login_guest(req.name)
+                return await register_account(self, req)
+            except RequestFailed as exc:
+                if exc.status == Status.FORBIDDEN and self.told_address is not None \
+                        and exc.reason.startswith("only a trusted proxy"):
+                    self.gateway.untrusted(exc.reason)
+                raise
         if isinstance(req, c.ClaimGuest):
             return await claim_guest(self, req)
         client = self.client
@@ -653,7 +682,7 @@ class _Session:
             password = self.gateway.guest_passwords.get(key)
             if password is None:
                 password = secrets.token_urlsafe(24)
-                await client.register(name, password)
+                await client.register(name, password, address=self.told_address)
                 self.gateway.guest_passwords[key] = password
             self.gateway.guests_online.add(key)
             self.guest = key
@@ -749,7 +778,8 @@ async def serve(config: Any, ready: Callable[[list[str]], None] | None = None,
     then shut it down (ERROR to every client, every session logged out)."""
     from zchat.config import listen_address
 
-    gateway = Gateway(settings_from(config), client_options_from(config))
+    gateway = Gateway(settings_from(config), client_options_from(config),
+                      tell_addresses=config.irc.tell_addresses)
     irc = config.irc
     bound: list[str] = []
     if irc.listen:

@@ -72,6 +72,9 @@ class Register(Request, frozen=True):
     password: str
     #: The account is a bot (shown in WHO's ``bot``); declared by the registrant (§6.2).
     bot: bool = False
+    #: The address of the user a trusted proxy registers for (§6.2, §15.1): only from a
+    #: peer in the broker's ``trusted_proxies`` (else 403). Added later (``Added``, §13).
+    address: Added[str] = UNSET
 
     __repr__ = repr_without("password")
 
@@ -90,6 +93,11 @@ class Login(Request, frozen=True):
     #: or offline (one-shot commands, scripts; §6.3). Added later: left out of the body
     #: unless given (``Added``, §13); absent means true.
     presence: Added[bool] = UNSET
+    #: The IP address of the user a trusted proxy (the IRC gateway) logs in for: the
+    #: broker counts the attempt in that address's login buckets instead of the proxy's
+    #: (§6.3, §15.1). Only from a peer in the broker's ``trusted_proxies`` (else 403);
+    #: not one IP address, 400. Added later: left out of the body unless given (§13).
+    address: Added[str] = UNSET
 
     __repr__ = repr_without("password", "token")
 
