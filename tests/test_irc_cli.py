@@ -41,6 +41,9 @@ def test_irc_client_talks_with_say_and_tail_then_sigterm(tmp_path: Path,
     tail = Proc([*zchat_command(), "tail", "--server", broker.router, "--as", "bob",
                  "--room", "dev"], env)
     try:
+        # tail follows #dev before anything is posted (a message posted earlier is not
+        # tail's: under load its start took longer than the IRC client's, and it missed it)
+        tail.wait_line("stderr", "following #dev as bob", timeout_s=20)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as irc:
             irc.sendall(f"PASS :alice:{DEFAULT_PASSWORD}\r\nNICK alice\r\n"
                         "USER a 0 * :Alice\r\nJOIN #dev\r\n".encode())
@@ -84,6 +87,9 @@ def test_sighup_closes_like_sigterm(tmp_path: Path, broker: TcpBroker) -> None:
                    env=env, check=True, capture_output=True, timeout=30)
     gateway, port = start_irc_gateway(tmp_path, broker)
     try:
+        # tail follows #dev before anything is posted (a message posted earlier is not
+        # tail's: under load its start took longer than the IRC client's, and it missed it)
+        tail.wait_line("stderr", "following #dev as bob", timeout_s=20)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as irc:
             irc.sendall(f"PASS :alice:{DEFAULT_PASSWORD}\r\nNICK alice\r\n"
                         "USER a 0 * :Alice\r\n".encode())
