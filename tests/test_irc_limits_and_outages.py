@@ -229,3 +229,54 @@ def test_lookups_during_a_broker_outage_say_try_again_not_no_such_nick(
             alice.close()
 
     run(scenario(), timeout_s=90)
+
+
+def test_the_welcome_names_the_network_once(harness: Harness) -> None:
+    """001 said "Welcome to the zchat zchat gateway": the network's name, then what
+    this is, zchat's name once."""
+    async def scenario() -> None:
+        await registered(harness, "alice", "bob")
+        async with gateway(harness) as (_gw, port):
+            alice = await connect(port, "alice")
+            assert alice.seen[-1].params == (
+                "alice", "Welcome to the zchat network's IRC gateway, alice")
+            alice.close()
+        async with gateway(harness, network="acme") as (_gw, port):
+            bob = await connect(port, "bob")
+            assert bob.seen[-1].params == (
+                "bob", "Welcome to the acme zchat network's IRC gateway, bob")
+            bob.close()
+
+    run(scenario(), timeout_s=30)
+
+
+def test_an_idle_client_is_pinged_and_closed_counting_from_its_last_line(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tester saw a stopped client closed 120 s after it stopped, not 180: its last
+    line (a lag-check PING) came before. The gateway PINGs IDLE_PING_S after the last
+    line read and closes IDLE_CLOSE_S after that PING (docs/irc.md, "Robustness"),
+    scaled down here."""
+    from zchat.irc import server
+
+    monkeypatch.setattr(server, "IDLE_PING_S", 1.0)
+    monkeypatch.setattr(server, "IDLE_CLOSE_S", 0.6)
+
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness) as (_gw, port):
+            alice = await connect(port, "alice")
+            await alice.sync()
+            loop = asyncio.get_running_loop()
+            alice.send("PING lag-check")  # the client's last line
+            last = loop.time()
+            await alice.command("PONG")
+            ping = await alice.command("PING", timeout_s=5)
+            pinged = loop.time()
+            assert ping.params == ("irc.zchat",)
+            assert 1.0 <= pinged - last < 1.8
+            error = await alice.command("ERROR", timeout_s=5)
+            assert error.params == ("Closing link: Ping timeout",)
+            assert 0.6 <= loop.time() - pinged < 1.4
+            await alice.closed()
+
+    run(scenario(), timeout_s=30)
