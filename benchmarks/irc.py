@@ -241,6 +241,7 @@ listen = "127.0.0.1:{port}"
 guests = true
 autojoin = false
 playback = 0
+max_connections_per_address = 0
 """
 
 
@@ -261,7 +262,8 @@ def zchat(bench: Bench, ports: Ports, profile: Path | None = None,
                      settings=[f"broker {k} = {v}" for k, v in ZCHAT_BROKER.items()]
                      + ["broker send_rate_per_s = 0, login_rate_per_s = 0 "
                         "(harness defaults)", "irc guests = true, autojoin = false, "
-                        "playback = 0"])
+                        "playback = 0, max_connections_per_address = 0 (every "
+                        "connection comes from 127.0.0.1)"])
 
 
 @contextlib.contextmanager

@@ -123,7 +123,7 @@ def test_irssi_joins_and_talks_with_a_zchat_client(harness: Harness, tmp_path: P
             await carol.send("dev", "said before irssi came")
             irssi = Irssi(binary, tmp_path / "irssi", port, "alice")
             try:
-                await irssi.shows("Welcome to the zchat zchat gateway")
+                await irssi.shows("Welcome to the zchat network's IRC gateway")
                 irssi.type("/join #dev")
                 # the playback on JOIN, then the nick list with carol as operator (owner)
                 await irssi.shows("said before irssi came")
@@ -293,7 +293,7 @@ def test_weechat_logs_in_with_sasl_and_talks_with_say_and_tail(tmp_path: Path,
         assert set(enabled.text.partition("enabled: ")[2].split()) == asked  # all ACKed
         assert asked >= WEECHAT_CAPS, asked
         weechat.wait_line("server", "SASL authentication successful")
-        weechat.wait_line("server", "Welcome to the zchat zchat gateway, alice")
+        weechat.wait_line("server", "Welcome to the zchat network's IRC gateway, alice")
 
         weechat.command("/join #dev", "server")
         # extended-join: WeeChat shows the account in brackets, then the real name

@@ -369,25 +369,32 @@ def test_formatting_only_and_several_targets_are_answered() -> None:
     assert "TARGMAX=PRIVMSG:1,NOTICE:1" in isupport
 
 
-def test_a_message_kept_for_the_broker_answers_its_label_now_and_echoes_later() -> None:
-    """A labeled PRIVMSG the adapter keeps while the broker is away (``held``) is
-    answered at once (the NOTICE saying so, labeled); its echo, when it is finally sent
-    (``held_answer``), is part of no other command's labeled response."""
+def test_a_message_kept_for_the_broker_answers_its_label_with_its_outcome() -> None:
+    """A labeled PRIVMSG the adapter keeps while the broker is away (``held``): the
+    NOTICE saying so comes at once, unlabeled; the label waits for the outcome
+    (``held_answer``): the echo, or the FAIL, labeled; a labeled command meanwhile is
+    answered with its own label, unmixed (a tester's client got ACK at once, then an
+    unlabeled FAIL, and believed the message sent)."""
     conn = connection()
     register(conn, caps="labeled-response echo-message batch")
     joined(conn)
     (post,) = calls(feed(conn, "@label=a PRIVMSG #dev :later"))
     (notice,) = lines(conn.held(post.id, True, 30))
-    assert notice.command == "NOTICE" and notice.tags.get("label") == "a"
+    assert notice.command == "NOTICE" and "label" not in notice.tags
     (ping,) = calls(feed(conn, "@label=b PING x"))  # another labeled command under way
     (echo,) = lines(conn.held_answer(post.id, p.Sent(room="dev", seq=7, time=1000)))
-    assert echo.command == "PRIVMSG" and "label" not in echo.tags
+    assert echo.command == "PRIVMSG" and echo.tags.get("label") == "a"
     (pong,) = lines(conn.result(ping.id, None))
     assert pong.command == "PONG" and pong.tags.get("label") == "b"
-    (post,) = calls(feed(conn, "PRIVMSG #dev :never"))
-    conn.held(post.id, True, 30)
+    (post,) = calls(feed(conn, "@label=c PRIVMSG #dev :never"))
+    assert lines(conn.held(post.id, False, 30)) == []
     out = conn.held_answer(post.id, status=503, reason="not sent: gone")
-    assert [(m.command, m.params[1]) for m in lines(out)] == [("FAIL", "MESSAGE_REFUSED")]
+    assert [(m.command, m.params[1], m.tags.get("label")) for m in lines(out)] == [
+        ("FAIL", "MESSAGE_REFUSED", "c")]
+    (post,) = calls(feed(conn, "PRIVMSG #dev :unlabeled"))
+    conn.held(post.id, False, 30)
+    out = conn.held_answer(post.id, status=503, reason="not sent: gone")
+    assert [(m.command, m.tags) for m in lines(out)] == [("FAIL", {})]
 
 
 def _ban_shown(answer_first: bool) -> list[Message]:

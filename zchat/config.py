@@ -388,6 +388,9 @@ class IrcConfig:
       ZeroMQ sockets); one more is told ``ERROR :Closing link: … full`` and closed.
       ``zchat irc`` raises its open-files limit (up to the hard limit) and libzmq's socket
       limit to fit it, and lowers it, saying so, when the hard limit is too low.
+    - ``max_connections_per_address``: IRC connections from one client address (an IPv6
+      /64 as one) at once, 0 for no limit; one more is told ``ERROR :Closing link: too
+      many connections from your address (N)`` and closed (docs/irc.md, "Connections").
     """
 
     listen: str = "127.0.0.1:6667"
@@ -403,6 +406,7 @@ class IrcConfig:
     motd: str = ""
     max_connections: int = 1000
     tell_addresses: bool = False
+    max_connections_per_address: int = 16
 
 
 @dataclass(frozen=True)
@@ -1002,6 +1006,9 @@ def irc_problem(irc: IrcConfig) -> tuple[str, str] | None:
         return "server_name", "must be one word"
     if irc.max_connections < 1:
         return "max_connections", f"must be >= 1, got {irc.max_connections}"
+    if irc.max_connections_per_address < 0:
+        return "max_connections_per_address", ("must be >= 0 (0: no limit), got "
+                                               f"{irc.max_connections_per_address}")
     return None
 
 

@@ -68,6 +68,9 @@ def list_bans(conn: IrcConnection, name: str, room: str) -> None:
 
 
 def _ban_list(conn: IrcConnection, name: str, reply: Any) -> None:
+    if conn.try_again("MODE", reply):
+        conn.numeric("368", name, "End of channel ban list")
+        return
     if isinstance(reply, _Failed):
         if reply.status == 404:
             conn.numeric("403", name, "No such channel")
@@ -106,6 +109,8 @@ def _ban_done(conn: IrcConnection, name: str, nick: str, adding: bool, duration_
     key = (room_key, name_key(nick))
     if adding:
         conn._bans_pending.discard(key)
+    if conn.try_again(command, reply):
+        return
     if isinstance(reply, _Failed):
         if reply.status == 403:
             conn.numeric("482", name, f"You're not channel operator ({reply.reason})")

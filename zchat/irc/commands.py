@@ -418,12 +418,16 @@ def cmd_part(conn: IrcConnection, msg: Message) -> None:
             if room is None:
                 conn.numeric("403", name, "No such channel")
             else:
-                conn.call(c.RoomInfo(room), _part_not_on, name)
+                conn.call(c.RoomInfo(room), _part_not_on, name, "PART")
             continue
         conn.call(c.Part(ch.room, _part_reason(reason)), _parted, ch.name, reason)
 
 
-def _part_not_on(conn: IrcConnection, name: str, reply: Any) -> None:
+def _part_not_on(conn: IrcConnection, name: str, command: str, reply: Any) -> None:
+    """The answer to ``command`` (PART, KICK, TOPIC, INVITE) on channel ``name`` not
+    joined, from ROOM_INFO: 403 when there is no such room, else 442."""
+    if conn.try_again(command, reply):
+        return
     if isinstance(reply, _Failed) and reply.status == 404:
         conn.numeric("403", name, "No such channel")
     else:
@@ -431,6 +435,8 @@ def _part_not_on(conn: IrcConnection, name: str, reply: Any) -> None:
 
 
 def _parted(conn: IrcConnection, name: str, reason: str, reply: Any) -> None:
+    if conn.try_again("PART", reply):
+        return
     if isinstance(reply, _Failed):
         if reply.status == 404:
             conn.numeric("403", name, "No such channel")
@@ -460,7 +466,7 @@ def cmd_topic(conn: IrcConnection, msg: Message) -> None:
             conn.call(c.RoomInfo(room), _topic_info, name)
         return
     if ch is None:
-        conn.call(c.RoomInfo(room), _part_not_on, name)
+        conn.call(c.RoomInfo(room), _part_not_on, name, "TOPIC")
         return
     size = len(msg.params[1].encode("utf-8"))
     if size > TOPICLEN:  # ISUPPORT TOPICLEN, in bytes: what fits in 332 and TOPIC lines
@@ -478,6 +484,8 @@ def _show_topic(conn: IrcConnection, name: str, topic: str) -> None:
 
 
 def _topic_info(conn: IrcConnection, name: str, reply: Any) -> None:
+    if conn.try_again("TOPIC", reply):
+        return
     if isinstance(reply, _Failed):
         conn.numeric("403" if reply.status == 404 else "442", name, reply.reason)
         return
@@ -485,6 +493,8 @@ def _topic_info(conn: IrcConnection, name: str, reply: Any) -> None:
 
 
 def _topic_set(conn: IrcConnection, name: str, topic: str, reply: Any) -> None:
+    if conn.try_again("TOPIC", reply):
+        return
     if isinstance(reply, _Failed):
         if reply.status == 403:
             conn.numeric("482", name, f"You're not channel operator ({reply.reason})")
@@ -521,14 +531,14 @@ def cmd_names(conn: IrcConnection, msg: Message) -> None:
 
 def _names_after_who(conn: IrcConnection, name: str, reply: Any) -> None:
     ch = conn.channel(name)
-    if ch is None:
-        conn.numeric("366", name, "End of /NAMES list.")
+    if ch is None or conn.try_again("NAMES", reply):
+        conn.numeric("366", ch.name if ch else name, "End of /NAMES list.")
         return
     conn._names_after_join(name_key(ch.room), reply)
 
 
 def _names_outside(conn: IrcConnection, name: str, reply: Any) -> None:
-    if not isinstance(reply, _Failed):
+    if not conn.try_again("NAMES", reply) and not isinstance(reply, _Failed):
         online = [("@" if is_op(u.role, False) else "") + u.name
                   for u in reply.users if u.presence != "offline"]
         if online:
@@ -554,7 +564,7 @@ def cmd_who(conn: IrcConnection, msg: Message) -> None:
 
 
 def _who_mask(conn: IrcConnection, mask: str, reply: Any) -> None:
-    if not isinstance(reply, _Failed):
+    if not conn.try_again("WHO", reply) and not isinstance(reply, _Failed):
         pattern = re.compile(fnmatch.translate(name_key(mask.split("!")[0])))
         for u in reply.users:
             if u.presence != "offline" and pattern.match(name_key(u.name)):
@@ -570,7 +580,7 @@ def _who_line(conn: IrcConnection, channel: str, name: str, presence: str,
 
 
 def _who_channel(conn: IrcConnection, mask: str, reply: Any) -> None:
-    if not isinstance(reply, _Failed):
+    if not conn.try_again("WHO", reply) and not isinstance(reply, _Failed):
         ch = conn.channel(mask)
         name = ch.name if ch else mask
         for u in reply.users:
@@ -585,7 +595,9 @@ def _who_channel(conn: IrcConnection, mask: str, reply: Any) -> None:
 
 
 def _who_nick(conn: IrcConnection, mask: str, reply: Any) -> None:
-    if not isinstance(reply, _Failed) and reply.presence != "offline":
+    if conn.try_again("WHO", reply):
+        pass
+    elif not isinstance(reply, _Failed) and reply.presence != "offline":
         _who_line(conn, "*", reply.name, reply.presence)
     conn.numeric("315", mask, "End of WHO list")
 
@@ -601,6 +613,9 @@ def cmd_whois(conn: IrcConnection, msg: Message) -> None:
 
 
 def _whois(conn: IrcConnection, nick: str, reply: Any) -> None:
+    if conn.try_again("WHOIS", reply):
+        conn.numeric("318", nick, "End of /WHOIS list")
+        return
     if isinstance(reply, _Failed) or reply.presence == "offline":
         conn.numeric("401", nick, "No such nick/channel")
         conn.numeric("318", nick, "End of /WHOIS list")
@@ -629,6 +644,9 @@ def cmd_list(conn: IrcConnection, msg: Message) -> None:
 
 
 def _listed(conn: IrcConnection, wanted: set[str] | None, reply: Any) -> None:
+    if conn.try_again("LIST", reply):
+        conn.numeric("323", "End of /LIST")
+        return
     conn.numeric("321", "Channel", "Users  Name")
     if not isinstance(reply, _Failed):
         for r in reply.rooms:
@@ -674,7 +692,7 @@ def cmd_kick(conn: IrcConnection, msg: Message) -> None:
         if room is None:
             conn.numeric("403", name, "No such channel")
         else:
-            conn.call(c.RoomInfo(room), _part_not_on, name)
+            conn.call(c.RoomInfo(room), _part_not_on, name, "KICK")
         return
     if name_key(nick) not in ch.members:
         conn.numeric("441", nick, name, "They aren't on that channel")
@@ -684,6 +702,8 @@ def cmd_kick(conn: IrcConnection, msg: Message) -> None:
 
 
 def _kicked(conn: IrcConnection, name: str, nick: str, reason: str, reply: Any) -> None:
+    if conn.try_again("KICK", reply):
+        return
     if isinstance(reply, _Failed):
         if reply.status == 403:
             conn.numeric("482", name, f"You're not channel operator ({reply.reason})")
@@ -707,7 +727,7 @@ def cmd_invite(conn: IrcConnection, msg: Message) -> None:
         conn.numeric("403", name, "No such channel")
         return
     if name_key(room) not in conn.channels:
-        conn.call(c.RoomInfo(room), _part_not_on, name)
+        conn.call(c.RoomInfo(room), _part_not_on, name, "INVITE")
         return
     ch = conn.channels[name_key(room)]
     if name_key(nick) in ch.members and ch.members[name_key(nick)].presence != "offline":
@@ -717,6 +737,8 @@ def cmd_invite(conn: IrcConnection, msg: Message) -> None:
 
 
 def _invited(conn: IrcConnection, nick: str, name: str, reply: Any) -> None:
+    if conn.try_again("INVITE", reply):
+        return
     if isinstance(reply, _Failed):
         if reply.status == 404:
             conn.numeric("401", nick, "No such nick/channel")
@@ -777,6 +799,8 @@ def cmd_mode(conn: IrcConnection, msg: Message) -> None:
 
 
 def _mode_outside(conn: IrcConnection, name: str, reply: Any) -> None:
+    if conn.try_again("MODE", reply):
+        return
     if isinstance(reply, _Failed):
         conn.numeric("403", name, "No such channel")
         return
@@ -785,6 +809,8 @@ def _mode_outside(conn: IrcConnection, name: str, reply: Any) -> None:
 
 
 def _mode_done(conn: IrcConnection, name: str, mode: str, arg: str, reply: Any) -> None:
+    if conn.try_again("MODE", reply):
+        return
     if isinstance(reply, _Failed):
         if reply.status == 403:
             conn.numeric("482", name, f"You're not channel operator ({reply.reason})")
@@ -867,11 +893,16 @@ def cmd_ison(conn: IrcConnection, msg: Message) -> None:
 def _ison_one(conn: IrcConnection, nicks: list[str], found: dict[int, str],
               waiting: set[int], i: int, reply: Any) -> None:
     waiting.discard(i)
-    if not isinstance(reply, _Failed):
+    if isinstance(reply, _Failed) and reply.status == 503:
+        found[-1] = ""  # not known now: the answer is 263, not a false "offline"
+    elif not isinstance(reply, _Failed):
         conn.known[name_key(reply.name)] = (reply.presence, reply.text)
         if reply.presence != "offline":
             found[i] = reply.name
     if not waiting:
+        if -1 in found:
+            conn.tell_try_again("ISON")
+            return
         _ison_reply(conn, nicks, found)
 
 
@@ -942,7 +973,9 @@ def _monitor_tell(conn: IrcConnection, nicks: list[str]) -> None:
 def _monitor_one(conn: IrcConnection, nick: str, i: int,
                  answers: dict[int, tuple[str, str]], waiting: set[int], reply: Any) -> None:
     waiting.discard(i)
-    if isinstance(reply, _Failed):
+    if isinstance(reply, _Failed) and reply.status == 503:
+        answers[-1] = (nick, "")  # not known now: 263 for the nicks asked, no 731
+    elif isinstance(reply, _Failed):
         answers[i] = (nick, "offline")
     else:
         conn.known[name_key(reply.name)] = (reply.presence, reply.text)
@@ -952,8 +985,14 @@ def _monitor_one(conn: IrcConnection, nick: str, i: int,
 
 
 def _monitor_answer(conn: IrcConnection, answers: dict[int, tuple[str, str]]) -> None:
+    """730/731 for each nick whose presence is known; 263 after them when WHOIS could
+    not reach the broker for some (their status comes with their next presence event,
+    or MONITOR S)."""
     for i in sorted(answers):
-        conn.monitor_status(*answers[i])
+        if i >= 0:
+            conn.monitor_status(*answers[i])
+    if -1 in answers:
+        conn.tell_try_again("MONITOR")
 
 
 def cmd_version(conn: IrcConnection, msg: Message) -> None:

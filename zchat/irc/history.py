@@ -137,6 +137,8 @@ def items_of(reply: Any) -> list[Item]:
 
 def _answer(conn: Any, sub: str, target: str, refs: list[str], limit: int,
             reply: Any) -> None:
+    if conn.try_again("CHATHISTORY", reply):
+        return
     if getattr(reply, "status", None) is not None:  # _Failed
         conn.fail("CHATHISTORY", "INVALID_TARGET", sub, target, reply.reason)
         return
@@ -200,11 +202,16 @@ def _bad(ref: str) -> int:
 def _target_newest(conn: Any, tag: str, found: dict[str, tuple[int, str]],
                    waiting: set[str], bounds: tuple[int, int, int], reply: Any) -> None:
     waiting.discard(tag)
-    if isinstance(reply, p.HistoryPage) and reply.messages:
+    if getattr(reply, "status", None) == 503:  # _Failed: not known now, no false list
+        found["!"] = (0, "")
+    elif isinstance(reply, p.HistoryPage) and reply.messages:
         found[tag] = (reply.messages[-1].time, "#" + reply.room)
     elif isinstance(reply, p.DmHistoryPage) and reply.messages:
         found[tag] = (reply.messages[-1].time, reply.peer)
     if not waiting:
+        if "!" in found:
+            conn.tell_try_again("CHATHISTORY")
+            return
         _targets_answer(conn, found, *bounds)
 
 

@@ -44,6 +44,10 @@ log = logging.getLogger("zchat.irc")
 
 #: Bytes read from a client at a time.
 READ_CHUNK = 16 * 1024
+#: The share of ``[irc] max_connections`` that connections not yet registered may hold
+#: (``Gateway.refusal``): with ``max_connections_per_address`` this keeps the other half
+#: for logged-in users however many addresses open sockets and send nothing.
+UNREGISTERED_SHARE = 0.5
 #: A client that has not registered within this many seconds is closed.
 REGISTRATION_TIMEOUT_S = 60.0
 #: Silence after which the gateway PINGs a registered client, and after which it gives
@@ -133,6 +137,8 @@ class Gateway:
         self._guest_lock = asyncio.Lock()
         #: Failed logins per IRC client address (``address_key``): FAILED_LOGIN_BURST.
         self.failed_logins = BucketTable(FAILED_LOGIN_RATE_PER_S, FAILED_LOGIN_BURST)
+        #: Connections held per client address (``address_of``).
+        self._per_address: collections.Counter[str] = collections.Counter()
 
     def untrusted(self, reason: str) -> None:
         """The broker refused an address this gateway told (``tell_addresses``) with
@@ -170,23 +176,59 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 0.2)
 
+    def refusal(self, address: str) -> str | None:
+        """Why a new connection from ``address`` (``address_key``) is refused, or None:
+        the gateway is full (``max_connections``); the address holds
+        ``max_connections_per_address`` already (Ergo's ``max-concurrent-connections``
+        per IP: one client opening idle sockets must not take every place); or
+        connections not yet registered hold UNREGISTERED_SHARE of the places (logged-in
+        users keep the rest, whatever many addresses open and never register)."""
+        s = self.settings
+        if len(self._sessions) >= s.max_connections:
+            return f"this gateway is full ({s.max_connections} connections)"
+        per = s.max_connections_per_address
+        if per and self._per_address.get(address, 0) >= per:
+            return f"too many connections from your address ({per})"
+        cap = unregistered_cap(s.max_connections)
+        if sum(1 for x in self._sessions if not x.conn.registered) >= cap:
+            return (f"too many connections not yet registered ({cap}): try again in a "
+                    "moment")
+        return None
+
     async def _serve(self, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
-        if len(self._sessions) >= self.settings.max_connections:
-            log.warning("IRC connection refused: %d connections held ([irc] max_connections)",
-                        len(self._sessions))
+        address = address_of(writer)
+        refused = self.refusal(address)
+        if refused is not None:
+            log.warning("IRC connection from %s refused: %s", address, refused)
             with contextlib.suppress(ConnectionError, OSError):
-                writer.write(f"ERROR :Closing link: this gateway is full "
-                             f"({self.settings.max_connections} connections)\r\n".encode())
+                writer.write(f"ERROR :Closing link: {refused}\r\n".encode())
                 await asyncio.wait_for(writer.drain(), 1.0)
             writer.close()
             return
         session = _Session(self, reader, writer)
         self._sessions.add(session)
+        self._per_address[address] += 1
         try:
             await session.run()
         finally:
             self._sessions.discard(session)
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+
+
+def address_of(writer: asyncio.StreamWriter) -> str:
+    """The IRC client's address as ``address_key`` gives it (an IPv6 /64 as one): the
+    key of the failed-login limiter and of ``max_connections_per_address``."""
+    peer = writer.get_extra_info("peername")
+    return address_key(peer[0] if isinstance(peer, tuple) else "", b"irc")
+
+
+def unregistered_cap(max_connections: int) -> int:
+    """How many connections not yet registered the gateway holds at once: half its
+    places, rounded up (UNREGISTERED_SHARE)."""
+    return max(1, math.ceil(max_connections * UNREGISTERED_SHARE))
 
 
 @dataclass
@@ -239,7 +281,7 @@ class _Session:
         peer = writer.get_extra_info("peername")
         ip = str(peer[0]).partition("%")[0] if isinstance(peer, tuple) else ""
         #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
-        self.address = address_key(ip, b"irc")
+        self.address = address_of(writer)
         #: The IRC client's IP address told to the broker in LOGIN and REGISTER (``[irc]
         #: tell_addresses``; an IPv6 zone left out), or None: nothing told.
         self.told_address = ip if gateway.tell_addresses and ip else None
@@ -756,6 +798,7 @@ def settings_from(config: Any) -> Settings:
     return Settings(server_name=irc.server_name, network=irc.network, guests=irc.guests,
                     autojoin=irc.autojoin, playback=irc.playback,
                     max_connections=irc.max_connections,
+                    max_connections_per_address=irc.max_connections_per_address,
                     motd=tuple(irc.motd.splitlines()) if irc.motd else ())
 
 

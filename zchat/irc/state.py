@@ -101,6 +101,9 @@ class Settings:
     version: str = "zchat-irc"
     #: IRC connections the gateway holds at once (``[irc] max_connections``).
     max_connections: int = 1000
+    #: IRC connections from one client address (an IPv6 /64 as one) at once (``[irc]
+    #: max_connections_per_address``); 0: no limit.
+    max_connections_per_address: int = 16
 
 
 @dataclass
@@ -286,6 +289,11 @@ class IrcConnection:
         self._label: str | None = None
         self._labeled: list[Message] = []
         self._command_calls: set[int] = set()
+        #: Labels of held messages (``held``) waiting for their outcome: call id ->
+        #: (label, what the command said before it); and calls made by those outcomes,
+        #: answered as part of no labeled response (``held_answer``).
+        self._held_labels: dict[int, tuple[str, list[Message]]] = {}
+        self._unlabeled_calls: set[int] = set()
         self._in_event = False
         self._batches = 0
         self._playback_asked: set[str] = set()
@@ -355,43 +363,80 @@ class IrcConnection:
     def result(self, call_id: int, reply: Any) -> list[c.Action]:
         handler, args = self._pending.pop(call_id)
         self._command_calls.discard(call_id)
-        handler(*args, reply)
+        self._answer(call_id, handler, args, reply)
         self._maybe_answer_label()
         return self.take()
+
+    def _answer(self, call_id: int, handler: Callable[..., None], args: tuple[Any, ...],
+                reply: Any) -> None:
+        """``handler(*args, reply)``; as an event's (no labeled response) for a call
+        made by a held message's answer (``held_answer``)."""
+        if call_id not in self._unlabeled_calls:
+            handler(*args, reply)
+            return
+        self._unlabeled_calls.discard(call_id)
+        self._in_event = True
+        try:
+            handler(*args, reply)
+        finally:
+            self._in_event = False
 
     def failure(self, call_id: int, status: int, reason: str) -> list[c.Action]:
         handler, args = self._pending.pop(call_id)
         self._command_calls.discard(call_id)
-        handler(*args, _Failed(status, reason))
+        self._answer(call_id, handler, args, _Failed(status, reason))
         self._maybe_answer_label()
         return self.take()
 
     def held(self, call_id: int, first: bool, held_for_s: float) -> list[c.Action]:
         """The adapter keeps the message of call ``call_id`` (a Post or DirectMessage the
         broker could not take: lost, reconnecting, 503) to send again when it is back,
-        and will answer it with ``result`` or ``failure`` then (docs/irc.md). Meanwhile
-        the command counts as answered (a labeled one gets what it said so far), and the
-        first message kept in a row is told in a NOTICE."""
-        self._command_calls.discard(call_id)
+        and will answer it with ``held_answer`` then (docs/irc.md). Meanwhile the
+        connection's next commands are answered; a labeled one's label is set aside to
+        be answered with the message's outcome (the echo or ACK once stored, or the
+        FAIL: labeled-response); the first message kept in a row is told in a NOTICE,
+        at once and unlabeled."""
         if first:
-            self.send(Message("NOTICE", (self.nick, "The zchat broker cannot be reached: "
-                                         "your messages are kept and sent when it is back "
-                                         f"(for up to {held_for_s:g} s)"),
-                              source=self.settings.server_name))
+            self.out.append(c.Send(Message(
+                "NOTICE", (self.nick, "The zchat broker cannot be reached: your messages "
+                           "are kept and sent when it is back (for up to "
+                           f"{held_for_s:g} s)"), source=self.settings.server_name)))
+        if call_id in self._command_calls and self._label is not None:
+            self._held_labels[call_id] = (self._label, self._labeled)
+            self._label, self._labeled = None, []
+            self._command_calls.clear()
+        self._command_calls.discard(call_id)
         self._maybe_answer_label()
         return self.take()
 
     def held_answer(self, call_id: int, reply: Any = None, status: int = 0,
                     reason: str = "") -> list[c.Action]:
         """The answer to a call kept by ``held``: ``reply``, or the failure ``status``
-        and ``reason``. Its command was answered already, so what this says (the echo, a
-        FAIL) is part of no labeled response, as an event's is not."""
+        and ``reason``. A labeled command's label set aside by ``held`` is answered with
+        what this says (the echo, ACK, the FAIL: labeled-response), the labeled command
+        under way meanwhile, if any, set aside for that moment; an unlabeled one's says
+        it as an event does (part of no labeled response). Calls it makes are part of
+        no labeled response either: their answers are written as they come."""
         handler, args = self._pending.pop(call_id)
-        self._in_event = True
+        answer = _Failed(status, reason) if status else reply
+        held_label = self._held_labels.pop(call_id, None)
+        if held_label is None:
+            self._in_event = True
+            try:
+                handler(*args, answer)
+            finally:
+                self._in_event = False
+            return self.take()
+        current = self._label, self._labeled, self._command_calls
+        self._label, self._labeled = held_label
+        self._command_calls = set()
         try:
-            handler(*args, _Failed(status, reason) if status else reply)
+            handler(*args, answer)
         finally:
-            self._in_event = False
+            self._unlabeled_calls |= self._command_calls
+            self._command_calls = set()
+            self._maybe_answer_label()
+            self._label, self._labeled, self._command_calls = current
         return self.take()
 
     def event(self, ev: Any) -> list[c.Action]:
@@ -469,6 +514,22 @@ class IrcConnection:
     def fail(self, command: str, code: str, *context_and_text: str) -> None:
         self.send(Message("FAIL", (command, code, *context_and_text),
                           source=self.settings.server_name))
+
+    def try_again(self, command: str, reply: Any) -> bool:
+        """Whether ``reply`` is a failure because the zchat broker cannot be reached now
+        (503: lost, reconnecting, or its database unavailable): then the answer is 263
+        RPL_TRYAGAIN ``<client> <command> :Please wait a while and try again`` (Modern
+        IRC), never a false "no such nick" or an empty list (docs/irc.md, "Broker
+        outages"). The caller ends a list with its end numeric after it."""
+        if not isinstance(reply, _Failed) or reply.status != 503:
+            return False
+        self.tell_try_again(command)
+        return True
+
+    def tell_try_again(self, command: str) -> None:
+        """263 RPL_TRYAGAIN for ``command`` (``try_again``)."""
+        self.numeric("263", command, "Please wait a while and try again (the zchat "
+                     "broker cannot be reached now)")
 
     def call(self, request: c.Request, then: Callable[..., None], *args: Any,
              background: bool = False) -> None:
@@ -598,7 +659,9 @@ class IrcConnection:
         if old not in ("*", self.nick) and name_key(old) != name_key(self.nick):
             self.send(Message("NICK", (self.nick,), source=f"{old}!{self.ident(self.nick)}"
                                                            f"@{HOST}"))
-        self.numeric("001", f"Welcome to the {s.network} zchat gateway, {self.nick}")
+        # the network's name, and what this is: its IRC gateway (zchat's name once only)
+        network = "zchat" if name_key(s.network) == "zchat" else f"{s.network} zchat"
+        self.numeric("001", f"Welcome to the {network} network's IRC gateway, {self.nick}")
         self.numeric("002", f"Your host is {s.server_name}, running {s.version}")
         self.numeric("003", "This server was created by zchat")
         self.numeric("004", s.server_name, s.version, "io", "imnotb", "bo")
@@ -635,6 +698,12 @@ class IrcConnection:
             return
         local = sum(len(peer.holders) for peer in self.peers.values())
         who, rooms = answers["who"], answers["rooms"]
+        if then is None:  # the LUSERS command (the welcome burst falls back to local counts)
+            failed = next((r for r in (who, rooms) if isinstance(r, _Failed)
+                           and r.status == 503), None)
+            if failed is not None:
+                self.try_again("LUSERS", failed)
+                return
         online = None if isinstance(who, _Failed) else len(who.users)
         self.numeric("251", f"There are {local if online is None else online} users and 0 "
                      "invisible on 1 servers")
@@ -875,6 +944,8 @@ class IrcConnection:
                 on_posted(self, ev)
 
     def _join_failed(self, channel: str, f: _Failed) -> None:
+        if self.try_again("JOIN", f):
+            return
         if f.status == 403:
             if "invit" in f.reason or "private" in f.reason:
                 self.numeric("473", channel, f"Cannot join channel (+i): {f.reason}")
