@@ -726,3 +726,143 @@ def test_read_markers_are_gathered_and_set_before_the_session_ends(harness: Harn
         assert max(upto or 0 for _room, upto in marks) == last
 
     run(scenario())
+
+
+def test_a_one_shot_sender_who_joins_is_not_shown_joined_but_its_line_is(
+        harness: Harness) -> None:
+    """``zchat say --as frank --room dev`` by a non-member: a one-shot session (LOGIN
+    ``presence: false``, docs/PROTOCOL.md §6.3) joins #dev and posts. IRC users get the
+    line but no JOIN (frank is offline: no QUIT would ever follow), and see frank JOIN
+    when he really comes online."""
+    async def scenario() -> None:
+        await registered(harness, "alice", "frank")
+        async with gateway(harness, autojoin=False) as (_gw, port):
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            one_shot = harness.new_client()
+            await one_shot.connect()
+            try:
+                await one_shot.login("frank", DEFAULT_PASSWORD, presence=False)
+                await one_shot.join("dev")
+                await one_shot.send("dev", "hello from the cli")
+                line = await alice.expect(_from("frank", "PRIVMSG"), "frank's line")
+                assert line.params == ("#dev", "hello from the cli")
+                await one_shot.logout()
+            finally:
+                await one_shot.close()
+            await alice.sync()
+            assert not [m for m in alice.seen if m.source.startswith("frank!")
+                        and m.command in ("JOIN", "QUIT")], alice.seen
+            alice.send("NAMES #dev")
+            names = await alice.command("353")
+            assert "frank" not in names.params[-1].split()
+            async with harness.client("frank") as frank:
+                await alice.expect(_from("frank", "JOIN"), "frank's JOIN when online")
+                await frank.logout()
+            await alice.expect(_from("frank", "QUIT"), "frank's QUIT when he goes")
+            alice.close()
+
+    run(scenario())
+
+
+def _joins_since_quit(seen: list[Message], nick: str) -> list[str]:
+    """The channels ``nick`` was shown JOINing since its last QUIT (in order)."""
+    quits = [i for i, m in enumerate(seen) if _from(nick, "QUIT")(m)]
+    start = quits[-1] + 1 if quits else 0
+    return [m.params[0] for m in seen[start:] if _from(nick, "JOIN")(m)]
+
+
+def test_after_a_broker_restart_each_member_joins_once_and_before_its_lines(
+        inproc_broker: RestartableBroker) -> None:
+    """alice and bob (IRC) share #dev and #rs with carol (zchat). The broker stops (all
+    QUIT) and comes back; carol's client resumes first and posts "outage-late", which the
+    gateway's clients get in their backfill, before their resync's WHO. Each member is
+    shown JOINing each channel once (the PRESENCE events and the resync's WHO answers
+    race), and carol's JOIN of #dev comes before her line."""
+    async def scenario() -> None:
+        await asyncio.to_thread(inproc_broker.start)
+        for name in ("alice", "bob"):
+            account = await logged_in(inproc_broker, name, ("dev", "rs"))
+            await account.logout()
+            await account.close()
+        carol = await logged_in(inproc_broker, "carol", ("dev", "rs"), reconnect=True,
+                                reconnect_max_s=0.2)
+        gw = Gateway(Settings(autojoin=False),
+                     ClientOptions(server=inproc_broker.router, reconnect_max_s=3.0))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            alice = await connect(port, "alice", caps="away-notify")
+            bob = await connect(port, "bob", caps="away-notify")
+            for irc in (alice, bob):
+                irc.send("JOIN #dev,#rs")
+                await irc.expect(lambda m: m.command == "366" and m.params[1] == "#rs")
+            await alice.sync()
+            await bob.sync()
+            await asyncio.to_thread(inproc_broker.stop)
+            await asyncio.to_thread(inproc_broker.start)
+            await collect(carol, is_(ConnectionRestored), timeout_s=15)
+            await carol.send("dev", "outage-late")
+            for irc, other in ((alice, "bob"), (bob, "alice")):
+                await irc.expect(lambda m: m.command == "NOTICE" and "back" in m.params[-1],
+                                 "the reconnect's NOTICE", timeout_s=15)
+                for nick in ("carol", other):
+                    for channel in ("#dev", "#rs"):
+                        if channel not in _joins_since_quit(irc.seen, nick):
+                            await irc.expect(
+                                lambda m, n=nick, c=channel: _from(n, "JOIN")(m)
+                                and m.params[0] == c, f"{nick}'s JOIN of {channel}",
+                                timeout_s=10)
+                await irc.sync()
+                for nick in ("carol", other):
+                    assert sorted(_joins_since_quit(irc.seen, nick)) == ["#dev", "#rs"], \
+                        (nick, irc.seen)
+                quit_at = max(i for i, m in enumerate(irc.seen) if _from("carol", "QUIT")(m))
+                after = irc.seen[quit_at:]
+                join_at = next(i for i, m in enumerate(after)
+                               if _from("carol", "JOIN")(m) and m.params[0] == "#dev")
+                line_at = next(i for i, m in enumerate(after) if _from("carol", "PRIVMSG")(m))
+                assert join_at < line_at, after
+            alice.close()
+            bob.close()
+        finally:
+            await gw.shutdown()
+            await carol.close()
+
+    run(scenario(), timeout_s=60)
+
+
+def test_a_sasl_users_first_joins_show_its_user_name(harness: Harness) -> None:
+    """The broker publishes frank online at his SASL LOGIN, before his CAP END: alice's
+    JOIN of him already shows ``~frankie`` (his USER), as WHO and his later lines do."""
+    async def scenario() -> None:
+        await registered(harness, "alice", "frank")
+        async with harness.client("frank") as frank:
+            await frank.join("dev")
+            await frank.logout()
+        async with gateway(harness, autojoin=False) as (_gw, port):
+            alice = await connect(port, "alice")
+            alice.send("JOIN #dev")
+            await alice.command("366")
+            irc = IrcClient(*await asyncio.open_connection("127.0.0.1", port))
+            irc.send("CAP LS 302")
+            irc.send("NICK frank")
+            irc.send("USER frankie 0 * :Frank")
+            irc.send("CAP REQ :sasl")
+            irc.send("AUTHENTICATE PLAIN")
+            await irc.expect(lambda m: m.command == "AUTHENTICATE")
+            irc.send("AUTHENTICATE " + base64.b64encode(
+                f"\0frank\0{DEFAULT_PASSWORD}".encode()).decode())
+            await irc.command("903")
+            # frank is online for the broker now: alice sees his JOIN before his CAP END
+            join = await alice.expect(_from("frank", "JOIN"), "frank's JOIN")
+            assert join.source == "frank!~frankie@zchat"
+            irc.send("CAP END")
+            await irc.command("001")
+            irc.send("PRIVMSG #dev :hi")
+            line = await alice.expect(_from("frank", "PRIVMSG"), "frank's line")
+            assert line.source == "frank!~frankie@zchat"
+            irc.close()
+            alice.close()
+
+    run(scenario())

@@ -198,7 +198,10 @@ def test_presence_and_membership_events() -> None:
     conn = connection()
     register(conn, caps="away-notify extended-join")
     joined(conn)
-    out = lines(conn.event(p.UserJoined(room="dev", name="dave", time=0)))
+    out = conn.event(p.UserJoined(room="dev", name="dave", time=0))
+    (ask,) = calls(out)  # dave's presence is not known: the broker is asked
+    assert ask.request == c.Whois("dave") and lines(out) == []
+    out = lines(conn.result(ask.id, p.UserFound(name="dave", presence="online")))
     assert out == [Message("JOIN", ("#dev", "dave", "dave"), source="dave!~u@zchat")]
     out = lines(conn.event(p.PresenceChanged(name="bob", presence="away", time=0,
                                              text="lunch")))
@@ -445,3 +448,132 @@ def test_presence_is_kept_only_for_accounts_the_connection_cares_about() -> None
     assert conn.known["stranger7"] == ("offline", "")
     assert lines(feed(conn, "ISON stranger7")) == [
         Message("303", ("alice", ""), source="irc.zchat")]
+
+
+# -- members shown (zchat/irc/members.py): JOIN/QUIT/AWAY once, from what was shown ---------
+
+
+def _bob_said(text: str, seq: int, sender: str = "frank") -> p.MessagePosted:
+    return p.MessagePosted(room="dev", seq=seq, sender=sender, text=text, time=0)
+
+
+def test_an_offline_joiner_is_not_shown_and_its_message_still_is() -> None:
+    """A one-shot ``zchat say --as frank`` joins #dev and posts without announcing
+    presence: the gateway asks WHOIS, holds the room's lines meanwhile, shows no JOIN for
+    an offline frank (as NAMES does not), delivers the line, and shows the JOIN when frank
+    comes online."""
+    conn = connection()
+    register(conn)
+    joined(conn)
+    out = conn.event(p.UserJoined(room="dev", name="frank", time=0))
+    (ask,) = calls(out)
+    assert ask.request == c.Whois("frank") and lines(out) == []
+    assert lines(conn.event(_bob_said("hello", 1))) == []  # held until WHOIS answers
+    out = lines(conn.result(ask.id, p.UserFound(name="frank", presence="offline")))
+    assert [(m.command, m.source) for m in out] == [("PRIVMSG", "frank!~u@zchat")]
+    assert conn.channels["dev"].members["frank"].presence == "offline"  # not in NAMES
+    out = lines(conn.event(p.PresenceChanged(name="frank", presence="online", time=0)))
+    assert out == [Message("JOIN", ("#dev",), source="frank!~u@zchat")]
+    out = lines(conn.event(p.PresenceChanged(name="frank", presence="offline", time=0)))
+    assert [m.command for m in out] == ["QUIT"]
+
+
+def test_an_online_joiner_is_shown_before_its_first_line() -> None:
+    conn = connection()
+    register(conn)
+    joined(conn)
+    (ask,) = calls(conn.event(p.UserJoined(room="dev", name="frank", time=0)))
+    assert lines(conn.event(_bob_said("hi all", 1))) == []
+    out = lines(conn.result(ask.id, p.UserFound(name="frank", presence="online")))
+    assert [(m.command, m.params) for m in out] == [("JOIN", ("#dev",)),
+                                                    ("PRIVMSG", ("#dev", "hi all"))]
+
+
+def test_a_presence_event_during_the_joiners_whois_wins_over_its_answer() -> None:
+    conn = connection()
+    register(conn)
+    joined(conn)
+    (ask,) = calls(conn.event(p.UserJoined(room="dev", name="frank", time=0)))
+    out = lines(conn.event(p.PresenceChanged(name="frank", presence="online", time=0)))
+    assert [m.command for m in out] == ["JOIN"]
+    # the WHOIS answer, computed before, says offline: older than the event, ignored
+    assert lines(conn.result(ask.id, p.UserFound(name="frank", presence="offline"))) == []
+    assert conn.channels["dev"].members["frank"].presence == "online"
+
+
+def _restored_two_channels(conn: IrcConnection) -> dict[str, int]:
+    """alice in #dev and #rs with bob in both; the broker stopped (bob QUIT) and came
+    back: the resync's WHO calls, by room."""
+    register(conn, caps="away-notify")
+    joined(conn)
+    joined(conn, "rs", created=False)
+    conn.event(p.PresenceChanged(name="bob", presence="offline", time=0))
+    from zchat.client.events import ConnectionLost, ConnectionRestored
+    conn.event(ConnectionLost(1.0))
+    return {call.request.room: call.id  # type: ignore[union-attr]
+            for call in calls(conn.event(ConnectionRestored()))}
+
+
+def _who(*users: tuple[str, str]) -> p.WhoList:
+    return p.WhoList(users=tuple(p.UserPresence(name=n, presence=pr) for n, pr in users))
+
+
+def test_a_resync_answer_older_than_a_presence_event_shows_no_second_join() -> None:
+    """The race of a broker restart: bob's PRESENCE online arrives between the resync's
+    WHO and its answer; the answer (computed before or after) must not JOIN bob again
+    in either channel, nor QUIT him."""
+    conn = connection()
+    whos = _restored_two_channels(conn)
+    out = lines(conn.event(p.PresenceChanged(name="bob", presence="online", time=0)))
+    assert [(m.command, m.params) for m in out] == [("JOIN", ("#dev",)), ("JOIN", ("#rs",))]
+    assert lines(conn.result(whos["dev"], _who(("alice", "online"), ("bob", "online")))) == []
+    assert lines(conn.result(whos["rs"], _who(("alice", "online"), ("bob", "offline")))) == []
+    assert not conn.presence_unsure
+
+
+def test_a_presence_event_after_one_channels_resync_joins_only_where_not_shown() -> None:
+    """The resync of #dev shows bob; a PRESENCE online then must JOIN him in #rs only,
+    and #rs's WHO after that nothing (the old code JOINed him in #dev twice)."""
+    conn = connection()
+    whos = _restored_two_channels(conn)
+    out = lines(conn.result(whos["dev"], _who(("alice", "online"), ("bob", "online"))))
+    assert [(m.command, m.params) for m in out] == [("JOIN", ("#dev",))]
+    out = lines(conn.event(p.PresenceChanged(name="bob", presence="away", time=0,
+                                             text="tea")))
+    assert [(m.command, m.params) for m in out] == [
+        ("AWAY", ("tea",)), ("JOIN", ("#rs",)), ("AWAY", ("tea",))]
+    assert lines(conn.result(whos["rs"], _who(("alice", "online"), ("bob", "online")))) == []
+
+
+def test_a_line_from_a_member_shown_offline_after_a_reconnect_joins_it_first() -> None:
+    conn = connection()
+    whos = _restored_two_channels(conn)
+    out = lines(conn.event(_bob_said("outage-late", 7, sender="bob")))
+    assert [(m.command, m.params) for m in out] == [("JOIN", ("#dev",)),
+                                                    ("PRIVMSG", ("#dev", "outage-late"))]
+    assert lines(conn.result(whos["dev"], _who(("alice", "online"), ("bob", "online")))) == []
+    out = lines(conn.result(whos["rs"], _who(("alice", "online"), ("bob", "online"))))
+    assert [(m.command, m.params) for m in out] == [("JOIN", ("#rs",))]
+    # the resync answered: a line from a member shown offline joins nothing any more
+    conn.event(p.PresenceChanged(name="bob", presence="offline", time=0))
+    out = lines(conn.event(_bob_said("one-shot", 8, sender="bob")))
+    assert [m.command for m in out] == ["PRIVMSG"]
+
+
+def test_after_a_sasl_login_others_see_the_users_mask_at_once() -> None:
+    """The broker publishes carol online at her SASL LOGIN, before her CAP END: the
+    other connections' JOIN of her must already show her USER (~carolyn), as her 900
+    and everything after do."""
+    peers: dict[str, Any] = {}
+    alice = connection(peers=peers)
+    register(alice)
+    joined(alice)  # carol is a member of #dev, offline
+    carol = connection(peers=peers)
+    feed(carol, "CAP LS 302", "NICK carol", "USER carolyn 0 * :Carol", "CAP REQ :sasl",
+         "AUTHENTICATE PLAIN")
+    (login,) = calls(feed(carol, "AUTHENTICATE " + base64.b64encode(b"\0carol\0pw")
+                          .decode()))
+    out = lines(carol.result(login.id, logged_in("carol")))
+    assert out[0].command == "900" and out[0].params[1] == "carol!~carolyn@zchat"
+    out = lines(alice.event(p.PresenceChanged(name="carol", presence="online", time=0)))
+    assert [m.source for m in out if m.command == "JOIN"] == ["carol!~carolyn@zchat"]

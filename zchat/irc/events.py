@@ -17,9 +17,16 @@ from zchat.client.events import (
 )
 from zchat.irc import calls as c
 from zchat.irc.codec import Message
+from zchat.irc.members import (
+    heard,
+    membership,
+    release_held,
+    show_presence,
+    unwatch,
+    watch,
+)
 from zchat.irc.resync import resync
-from zchat.irc.resync import show_join as _show_join
-from zchat.irc.state import Channel, IrcConnection, Member
+from zchat.irc.state import Channel, IrcConnection, Member, _Failed
 from zchat.names import name_key
 
 
@@ -27,9 +34,11 @@ def _on_posted(conn: IrcConnection, ev: p.MessagePosted) -> None:
     ch = conn.channels.get(name_key(ev.room))
     if ch is None:
         return
-    if ch.playback_upto:  # after the playback on JOIN (state.py, _played_back)
-        ch.held.append(ev)
+    if ch.playback_upto or ch.asking:  # after the playback on JOIN (state.py,
+        ch.held.append(ev)              # _played_back), or a joiner's WHOIS (_found)
         return
+    if name_key(ev.sender) != name_key(conn.account) and conn.presence_unsure:
+        _posted_while_unsure(conn, ch, ev.sender)
     if name_key(ev.sender) == name_key(conn.account):
         key = (name_key(ev.room), ev.seq)
         if key in conn._own_seen:
@@ -41,6 +50,23 @@ def _on_posted(conn: IrcConnection, ev: p.MessagePosted) -> None:
             return
         conn._own_seen.add(key)
     conn.deliver_posted(ev, ch)
+
+
+def _posted_while_unsure(conn: IrcConnection, ch: Channel, sender: str) -> None:
+    """A message (live, or backfilled after a reconnect) from a member shown offline
+    or absent while PRESENCE events may have been missed (``presence_unsure``): the
+    sender is evidently there, so shown JOINed first; the resync's WHO then confirms it
+    (no second JOIN) or QUITs it."""
+    key = name_key(sender)
+    m = ch.members.get(key)
+    if m is not None and m.presence != "offline":
+        return
+    if m is None:
+        ch.members[key] = Member(sender, "offline")
+    presence, text = conn.known.get(key, ("online", ""))
+    if presence == "offline":
+        presence, text = "online", ""
+    show_presence(conn, sender, presence, text, only=ch)
 
 
 def _on_dm(conn: IrcConnection, ev: p.DirectMessage) -> None:
@@ -59,11 +85,36 @@ def _on_joined(conn: IrcConnection, ev: p.UserJoined) -> None:
     key = name_key(ev.name)
     if ch is None or key == name_key(conn.account):
         return
+    heard(conn, membership(ev.room, ev.name))
     m = ch.members.get(key)
     if m is not None and m.presence != "offline":
         return
-    ch.members[key] = Member(ev.name)
-    _show_join(conn, ch, ev.name)
+    if m is None:  # offline until known otherwise: not shown, as NAMES does not
+        ch.members[key] = Member(ev.name, "offline")
+    state = conn.known.get(key)
+    if state is not None:
+        show_presence(conn, ev.name, *state, only=ch)  # offline: nothing shown
+        return
+    # a one-shot CLI session joins and posts without announcing presence (docs/
+    # PROTOCOL.md §6.3): the broker says whether it is online
+    ch.asking += 1
+    conn.call(c.Whois(ev.name), _found, ch, ev.name, watch(conn), background=True)
+
+
+def _found(conn: IrcConnection, ch: Channel, name: str, watching: set[str],
+           reply: Any) -> None:
+    """WHOIS of a joiner (``_on_joined``): JOIN shown if online or away, unless an
+    event told meanwhile (newer); then the room's messages held meanwhile."""
+    unwatch(conn, watching)
+    ch.asking -= 1
+    key = name_key(name)
+    if conn.channels.get(name_key(ch.room)) is not ch:
+        return  # parted meanwhile
+    if not isinstance(reply, _Failed) and key in ch.members and key not in watching \
+            and membership(ch.room, name) not in watching:
+        conn.known[key] = (reply.presence, reply.text)
+        show_presence(conn, name, reply.presence, reply.text, only=ch)
+    release_held(conn, ch)
 
 
 def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
@@ -78,6 +129,7 @@ def _on_left(conn: IrcConnection, ev: p.UserLeft) -> None:
             del conn.channels[name_key(ev.room)]
             conn.send(conn.from_user(ev.by, "KICK", (ch.name, conn.nick, ev.reason or ev.by)))
         return
+    heard(conn, membership(ev.room, ev.name))
     if (name_key(ev.room), key) in conn._own_kicks:
         conn._own_kicks.discard((name_key(ev.room), key))
         return
@@ -116,26 +168,10 @@ def _on_presence(conn: IrcConnection, ev: p.PresenceChanged) -> None:
     # gateway's memory grow with the square of its connections (benchmarks/irc.py).
     if own or shared or key in conn.known or key in conn.monitored:
         conn.known[key] = (ev.presence, ev.text)
-    if not shared:
-        return
-    before = shared[0].members[key].presence
-    for ch in shared:
-        ch.members[key].presence = ev.presence
-        ch.members[key].away_text = ev.text
-    nick = shared[0].members[key].nick
-    if ev.presence == "offline":
-        if before != "offline":
-            conn.send(conn.from_user(nick, "QUIT", (f"Quit: {ev.text}" if ev.text
-                                                    else "Quit: offline",)))
-        return
-    if before == "offline":
-        for ch in shared:
-            _show_join(conn, ch, nick)
-    if "away-notify" in conn.caps:
-        if ev.presence == "away":
-            conn.send(conn.from_user(nick, "AWAY", (ev.text or "away",)))
-        elif before == "away":
-            conn.send(conn.from_user(nick, "AWAY", ()))
+    heard(conn, key)
+    if shared:
+        show_presence(conn, ev.name, ev.presence, ev.text,
+                      quit_text=f"Quit: {ev.text}" if ev.text else "")
 
 
 def _on_topic(conn: IrcConnection, ev: p.TopicChanged) -> None:
@@ -215,6 +251,8 @@ def _on_connection(conn: IrcConnection, ev: Any) -> None:
             Reconnecting: ""}.get(type(ev), "")
     if text:
         conn.send(Message("NOTICE", (conn.nick, text), source=conn.settings.server_name))
+    if isinstance(ev, ConnectionLost):
+        conn.presence_unsure = True  # until the resync after the restore is answered
     if isinstance(ev, ConnectionRestored):
         resync(conn)  # the PRESENCE events of meanwhile were lost (zchat/irc/resync.py)
 

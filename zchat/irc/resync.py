@@ -8,26 +8,43 @@ session did not come back stayed shown for ever, and away texts went stale.
 Each joined channel's WHO (docs/PROTOCOL.md §6.11) is compared with what the IRC client
 was shown; the differences go out as IRC says them: ``JOIN`` (and ``AWAY`` with
 away-notify) for a member now online or away, ``QUIT`` once per nick for one now
-offline, ``PART`` for one no longer a member, ``AWAY`` for a changed away state. Pure,
-like the state machine (zchat/irc/state.py)."""
+offline, ``PART`` for one no longer a member, ``AWAY`` for a changed away state, each
+through zchat/irc/members.py, which shows a change only if the client was not shown it
+already. A WHO answer may be older than the events heard while it was on its way: it
+leaves the members those told of as they left them. Pure, like the state machine
+(zchat/irc/state.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from zchat.irc import calls as c
-from zchat.irc.state import Channel, IrcConnection, Member, _Failed, is_op
+from zchat.irc.members import membership, show_part, show_presence, unwatch, watch
+from zchat.irc.state import IrcConnection, Member, _Failed, is_op
 from zchat.names import name_key
 
 
 def resync(conn: IrcConnection) -> None:
     """Ask WHO of every joined channel (background calls: no part of a labeled
-    command); ``_resynced`` shows the differences."""
+    command), each with a watch of the events heard meanwhile; ``_resynced`` shows the
+    differences. A resync asked again supersedes the one in flight."""
+    for watching in conn.resyncs.values():
+        unwatch(conn, watching)
+    conn.resyncs = {}
     for key, ch in list(conn.channels.items()):
-        conn.call(c.Who(ch.room), _resynced, key, background=True)
+        conn.resyncs[key] = watching = watch(conn)
+        conn.call(c.Who(ch.room), _resynced, key, watching, background=True)
+    if not conn.resyncs:
+        conn.presence_unsure = False
 
 
-def _resynced(conn: IrcConnection, key: str, reply: Any) -> None:
+def _resynced(conn: IrcConnection, key: str, watching: set[str], reply: Any) -> None:
+    if conn.resyncs.get(key) is not watching:
+        return  # superseded by a newer resync
+    del conn.resyncs[key]
+    unwatch(conn, watching)
+    if not conn.resyncs:
+        conn.presence_unsure = False
     ch = conn.channels.get(key)
     if ch is None or isinstance(reply, _Failed):
         return  # parted meanwhile; or the broker went again: the next restore asks
@@ -36,45 +53,15 @@ def _resynced(conn: IrcConnection, key: str, reply: Any) -> None:
     for u in reply.users:
         k = name_key(u.name)
         listed.add(k)
-        if k == me:
-            continue
-        conn.known[k] = (u.presence, u.text)
-        m = ch.members.get(k)
-        if m is None:
-            ch.members[k] = m = Member(u.name, "offline", "", is_op(u.role, False))
-        before, before_text = m.presence, m.away_text
-        if u.presence == "offline":
-            if before != "offline":
-                _quit(conn, k, m.nick)
-            continue
-        m.presence, m.away_text = u.presence, u.text
-        if before == "offline":
-            show_join(conn, ch, m.nick)  # with AWAY when away (conn.known)
-        elif "away-notify" in conn.caps and (before, before_text) != (u.presence, u.text):
-            away = (u.text or "away",) if u.presence == "away" else ()
-            conn.send(conn.from_user(m.nick, "AWAY", away))
-    for k in [k for k in ch.members if k not in listed and k != me]:
-        m = ch.members.pop(k)
-        if m.presence != "offline":
-            conn.send(conn.from_user(m.nick, "PART", (ch.name,)))
-
-
-def _quit(conn: IrcConnection, key: str, nick: str) -> None:
-    """One QUIT for ``nick``, and offline in every channel, so that the resync of the
-    next channel sends no second one."""
-    for other in conn.shares_channel(nick):
-        other.members[key].presence, other.members[key].away_text = "offline", ""
-    conn.send(conn.from_user(nick, "QUIT", ("Quit: offline",)))
-
-
-def show_join(conn: IrcConnection, ch: Channel, nick: str) -> None:
-    """``nick`` JOINs ``ch`` as the client negotiated it (extended-join), then AWAY when
-    away (away-notify). Shared with zchat/irc/events.py."""
-    if "extended-join" in conn.caps:
-        conn.send(conn.from_user(nick, "JOIN", (ch.name, conn.account_of(nick),
-                                                conn.real_name(nick))))
-    else:
-        conn.send(conn.from_user(nick, "JOIN", (ch.name,)))
-    presence, text = conn.known.get(name_key(nick), ("online", ""))
-    if presence == "away" and "away-notify" in conn.caps:
-        conn.send(conn.from_user(nick, "AWAY", (text or "away",)))
+        if k == me or membership(ch.room, k) in watching:
+            continue  # a JOINED or LEFT heard meanwhile is newer
+        if k not in ch.members:
+            ch.members[k] = Member(u.name, "offline", "", is_op(u.role, False))
+        if k in watching:  # a PRESENCE heard meanwhile is newer: as it said
+            presence, text = conn.known.get(k, (u.presence, u.text))
+        else:
+            presence, text = conn.known[k] = (u.presence, u.text)
+        show_presence(conn, u.name, presence, text, only=ch)
+    for k in [k for k in ch.members if k not in listed and k != me
+              and membership(ch.room, k) not in watching]:
+        show_part(conn, ch, k)

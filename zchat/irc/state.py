@@ -156,6 +156,10 @@ class Channel:
     playback_upto: int = 0
     playback_limit: int = 0
     held: list[p.MessagePosted] = field(default_factory=list)
+    #: WHOIS of joiners whose presence the gateway did not know, on their way: the
+    #: room's messages are held meanwhile too, so a joiner's first line follows its JOIN
+    #: (zchat/irc/members.py, ``release_held``).
+    asking: int = 0
 
 
 Handler = Callable[["IrcConnection", Message], None]
@@ -240,6 +244,15 @@ class IrcConnection:
         #: Presence heard of every account (PRESENCE events, WHO, WHOIS): name_key ->
         #: (presence, away text).
         self.known: dict[str, tuple[str, str]] = {}
+        #: What events told while answers asked of the broker were on their way
+        #: (zchat/irc/members.py, ``watch``), and the resync's WHO of each channel in
+        #: flight: room name_key -> its watch (zchat/irc/resync.py).
+        self.watches: list[set[str]] = []
+        self.resyncs: dict[str, set[str]] = {}
+        #: From a lost connection to the broker until the resync has re-read every
+        #: channel: PRESENCE events may have been missed, so a member who posts while
+        #: shown offline is shown JOINed first (zchat/irc/events.py).
+        self.presence_unsure = False
         self.guest = False
         self.out: list[c.Action] = []
         self.registered = False
@@ -599,6 +612,8 @@ class IrcConnection:
 
     def maybe_register(self) -> None:
         """NICK and USER given and CAP negotiation over: log in with what was given."""
+        if self.logged_in and self.user and not self.registered:
+            self.hold_peer()  # SASL logged in: others see this mask before CAP END
         if self.registered or self.nick == "*" or not self.user or self.cap_negotiating \
                 or self.sasl_mechanism or self.registering:
             return
@@ -645,17 +660,29 @@ class IrcConnection:
         self.rooms_at_login = tuple(r.room for r in reply.rooms)
         self.read_at_login = {name_key(r.room): r.read_seq for r in reply.room_reads}
         self.dm_peers = {name_key(d.peer): d.peer for d in reply.dm_reads}
+        if self.user:
+            self.hold_peer()
+
+    def hold_peer(self) -> None:
+        """This connection holds its account's ``Peer`` (USER's username and realname),
+        as soon as it is logged in and USER was given: the broker publishes the account
+        online at LOGIN, and the other connections' JOINs of it, shown then, must show
+        the same mask as everything after (docs/irc.md, "Hostmasks"). A SASL login
+        happens before CAP END, so ``welcome`` would be too late."""
+        peer = self.peers.get(name_key(self.account))
+        if peer is not None and id(self) in peer.holders:
+            return
+        if peer is None or not peer.holders:  # the account's only connection here now
+            peer = Peer(clean_user(self.user), self.realname, self.guest)
+            self.peers[name_key(self.account)] = peer
+        peer.holders.add(id(self))
 
     def welcome(self) -> None:
         s = self.settings
         old = self.nick
         self.nick = self.account
         self.registered = True
-        peer = self.peers.get(name_key(self.account))
-        if peer is None or not peer.holders:  # the account's only connection here now
-            peer = Peer(clean_user(self.user), self.realname, self.guest)
-            self.peers[name_key(self.account)] = peer
-        peer.holders.add(id(self))
+        self.hold_peer()
         if old not in ("*", self.nick) and name_key(old) != name_key(self.nick):
             self.send(Message("NICK", (self.nick,), source=f"{old}!{self.ident(self.nick)}"
                                                            f"@{HOST}"))
