@@ -9,17 +9,16 @@ CLI's output is awaited line by line.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 from conftest import Proc, cli_env, free_port, run, zchat_command
+from raw_helpers import RawPeer
 
 from zchat import wire as p
 from zchat.client.client import Client
@@ -147,34 +146,11 @@ def limited_broker(tmp_path: Path) -> Iterator[TcpBroker]:
             proc.kill()
 
 
-_rids = itertools.count(1)
-
-
-class RawPeer:
-    """A DEALER from a chosen loopback source address, speaking the codec directly."""
-
-    def __init__(self, ctx: zmq.Context[Any], port: int, source: str) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(f"tcp://{source}:0;127.0.0.1:{port}")
-
-    def call(self, req: p.Request) -> Any:
-        rid = f"q{next(_rids)}".encode()
-        self.sock.send_multipart(p.encode_request(rid, req))
-        assert self.sock.poll(10_000), f"no reply to {req.TYPE} within 10 s"
-        got, value = p.decode_from_broker(self.sock.recv_multipart(), {rid: type(req).REPLY})
-        assert got == rid
-        return value
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
-
 def test_brute_force_from_one_address_is_throttled_another_address_logs_in(
         limited_broker: TcpBroker, tmp_path: Path) -> None:
     ctx = zmq.Context.instance()
-    attacker = RawPeer(ctx, limited_broker.port, "127.0.0.1")
-    friend = RawPeer(ctx, limited_broker.port, "127.0.0.2")
+    attacker = RawPeer(ctx, f"tcp://127.0.0.1:{limited_broker.port}", "127.0.0.1")
+    friend = RawPeer(ctx, f"tcp://127.0.0.1:{limited_broker.port}", "127.0.0.2")
     try:
         assert isinstance(attacker.call(p.Register(name="alice", password=DEFAULT_PASSWORD)),
                           p.Registered)                                   # attempt 1

@@ -14,7 +14,6 @@ not delayed is one answered within the usual timeouts, not refused 429.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import zmq
 from conftest import TcpBroker, run, running_tcp_broker
 from core_helpers import PASSWORD, World, handle_raw
 from irc_helpers import IrcClient
+from raw_helpers import RawPeer
 
 from zchat import wire as p
 from zchat.config import ConfigError, config_from_dict
@@ -200,29 +200,6 @@ def test_core_no_trusted_proxies_by_default() -> None:
 
 
 # -- a real broker on loopback TCP -----------------------------------------------------------
-
-_rids = itertools.count(1)
-
-
-class RawPeer:
-    """A DEALER from a chosen loopback source address, speaking the codec directly."""
-
-    def __init__(self, ctx: zmq.Context[Any], router: str, source: str) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(router.replace("tcp://", f"tcp://{source}:0;", 1))
-
-    def call(self, req: p.Request) -> Any:
-        rid = f"t{next(_rids)}".encode()
-        self.sock.send_multipart(p.encode_request(rid, req))
-        assert self.sock.poll(10_000), f"no reply to {req.TYPE} within 10 s"
-        got, value = p.decode_from_broker(self.sock.recv_multipart(), {rid: type(req).REPLY})
-        assert got == rid
-        return value
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
 
 @pytest.fixture
 def proxied_broker(tmp_path: Path) -> Iterator[TcpBroker]:
