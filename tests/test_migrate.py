@@ -118,6 +118,7 @@ def test_migrate_copies_everything_and_a_broker_on_postgresql_carries_on(
     before = _digest(db)
     result = ok(zchat(tmp_path, "admin", "migrate", "--db", str(db), "--to", pg_url))
     assert _digest(db) == before  # read only
+    assert "admin migrate:" not in result.stderr  # no progress line off a terminal
     lines = result.stdout.splitlines()
     assert lines[0] == f"copied {db} into {pg_url}:"
     counts = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in lines[1:]
@@ -202,6 +203,19 @@ def test_migrate_copies_everything_and_a_broker_on_postgresql_carries_on(
 
     with running_broker(pg_url, admins=["root"]) as harness:
         run(carry_on(harness))
+
+
+def test_migrate_reports_its_progress_in_rows(source: Source, tmp_path: Path,
+                                              pg_url: str) -> None:
+    """zchat admin migrate's progress line: the total (every table's rows, read in the
+    snapshot) first, then the rows copied after each batch, ending at the total."""
+    db = _copy(source, tmp_path)
+    totals: list[int] = []
+    copied: list[int] = []
+    summary = transfer.migrate(db, pg_url, progress=copied.append, total=totals.append)
+    expected = sum(_sqlite_count(db, table) for table in transfer.TABLES)
+    assert totals == [expected] and expected == sum(summary.rows.values())
+    assert copied == sorted(copied) and copied[-1] == expected
 
 
 def test_migrate_refuses_a_filled_target_and_changes_nothing(

@@ -152,9 +152,13 @@ SYNTHETIC = [
 
 def test_synthetic_log_replayed_and_verified() -> None:
     events = parse_log(SYNTHETIC)
+    handled: list[int] = []  # zchat replay's progress line counts these
     with running_broker() as h:
         report = run(replay(events, server=h.server, room="ltsp", password=DEFAULT_PASSWORD,
-                            speed=0, verify=True, context=h.context))
+                            speed=0, verify=True, context=h.context,
+                            progress=handled.append))
+    assert handled == sorted(handled) and handled[0] == 0 and handled[-1] == 7
+    assert len(handled) == len(events) + 1  # before each event, and once at the end
     assert report.messages == 7
     assert report.sent == 6
     assert [(r.line, r.user) for r in report.refused] == [(6, "u002")]

@@ -66,6 +66,7 @@ from zchat.core.wording import size_text
 from zchat.errors import ProtocolError, RequestFailed, Status, ZchatError
 from zchat.names import name_key, normalize_name, skeleton
 from zchat.passwords import hash_password
+from zchat.progress import Progress
 from zchat.store import GroupStore, is_store_url, open_store
 from zchat.tty import has_terminal
 
@@ -345,11 +346,18 @@ def _account(store: GroupStore, name: str) -> tuple[str, str]:
 
 
 def create_accounts_direct(store: GroupStore, accounts: list[CheckedAccount], hasher:
-                           Callable[[str], str], actor: str, now_ms: int) -> None:
+                           Callable[[str], str], actor: str, now_ms: int,
+                           progress: Callable[[int], None] | None = None) -> None:
     """Create ``accounts`` (already checked) as CREATE_ACCOUNTS does
-    (zchat.core.operator_actions): each in ``lobby``, audited, all or none. Raises
-    AdminError when a name was taken meanwhile (nothing created)."""
-    hashes = [hasher(a.password) for a in accounts]  # before the write lock is taken
+    (zchat.core.operator_actions): each in ``lobby``, audited, all or none. The password
+    hashing is the long part (one scrypt each): ``progress``, when given, is called with
+    the number hashed after each. Raises AdminError when a name was taken meanwhile
+    (nothing created)."""
+    hashes = []
+    for account in accounts:  # before the write lock is taken
+        hashes.append(hasher(account.password))
+        if progress is not None:
+            progress(len(hashes))
     try:
         operator_actions.create_accounts(store, accounts, hashes, actor, now_ms)
     except NameTaken as exc:
@@ -563,7 +571,10 @@ def run_migrate(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     path = _db_path(args, config)
     with broker_stopped(path.parent, refusal="stop it first, so that the copy has "
                         "everything it wrote (the file is only read)"):
-        summary = transfer.migrate(path, url)
+        # one updating line on stderr when it is a terminal (zchat.progress)
+        with Progress("admin migrate", None, "rows", "row") as progress:
+            summary = transfer.migrate(path, url, progress=progress.update,
+                                       total=progress.set_total)
         transfer.check_with_store(url, summary)
     write_out(out, "\n".join(summary.lines()) + "\n")
     return 0
@@ -872,7 +883,10 @@ def _direct(action: str, args: argparse.Namespace, store: GroupStore, hasher: Ca
                                       getattr(args, "output", None), min_password_chars)
         sink = open_passwords_file(args, accounts)
         try:
-            create_accounts_direct(store, accounts, hasher, actor, now)
+            # one updating line on stderr when it is a terminal (zchat.progress)
+            with Progress("admin create", len(accounts), "accounts", "account",
+                          stream=err) as progress:
+                create_accounts_direct(store, accounts, hasher, actor, now, progress.update)
         except BaseException:
             discard_passwords_file(args, sink)
             raise

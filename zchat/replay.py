@@ -413,7 +413,8 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
                  timeout_s: float = 5.0, settle_s: float = SETTLE_S,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 transport: Mapping[str, Any] | None = None) -> ReplayReport:
+                 transport: Mapping[str, Any] | None = None,
+                 progress: Callable[[int], None] | None = None) -> ReplayReport:
     """Replay ``events`` into ``room`` on the broker at ``server`` (see the module
     docstring for what each event does) and return the report.
 
@@ -424,7 +425,9 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
     order (waiting up to ``settle_s`` after the last send). ``clock`` (monotonic seconds)
     and ``sleep`` are the timing, replaceable in tests. ``transport`` holds the Client's
     transport settings (``encryption``, ``server_key``, ``key_server``: docs/security.md)
-    for every connection the replay opens. Sends are sequential, each waiting
+    for every connection the replay opens. ``progress``, when given, is called with the
+    number of messages handled so far (sent or refused) before each event and once at
+    the end. Sends are sequential, each waiting
     for its OK, so the room's order is the log's. Raises ConnectionFailed when the broker
     stops answering; every client is closed on the way out.
     """
@@ -500,6 +503,8 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
         first_ts = events[0].ts if events else dt.datetime.min
         replay_start = clock()
         for event in events:
+            if progress is not None:
+                progress(len(report.refused) + report.sent)
             due = replay_start + schedule_s(event.ts, first_ts, speed)
             if due > clock():
                 await sleep(due - clock())
@@ -539,6 +544,8 @@ async def replay(events: list[LogEvent], *, server: str, room: str, password: st
                 report.sent += 1
                 report.posted.append(Posted(sent.seq, session.client.name or event.user,
                                             event.text))
+        if progress is not None:
+            progress(len(report.refused) + report.sent)
         if watcher is not None:
             if report.posted:
                 await watcher.wait_for(max(m.seq for m in report.posted), settle_s)

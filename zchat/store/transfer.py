@@ -224,8 +224,10 @@ def _read_snapshot(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def _copy_table(source: sqlite3.Connection, target: psycopg.Connection[Any], table: str,
-                columns: list[str], types: dict[str, str]) -> int:
-    """COPY every row of ``table`` from SQLite to PostgreSQL; returns how many."""
+                columns: list[str], types: dict[str, str],
+                copied_batch: Callable[[int], None] = lambda n: None) -> int:
+    """COPY every row of ``table`` from SQLite to PostgreSQL; returns how many.
+    ``copied_batch(n)`` is called after each batch of ``n`` rows (BATCH_ROWS at most)."""
     converters: list[Callable[[Any], Any]] = []
     for column in columns:
         if types[column] == "boolean":
@@ -244,6 +246,7 @@ def _copy_table(source: sqlite3.Connection, target: psycopg.Connection[Any], tab
             for row in rows:
                 copy.write_row([f(v) for f, v in zip(converters, row, strict=True)])
             copied += len(rows)
+            copied_batch(len(rows))
     return copied
 
 
@@ -331,10 +334,14 @@ def _refuse_filled(target: psycopg.Connection[Any], url: str) -> None:
                              "whose zchat tables are empty; nothing was changed")
 
 
-def migrate(source_path: Path, url: str) -> Summary:
+def migrate(source_path: Path, url: str, *, progress: Callable[[int], None] | None = None,
+            total: Callable[[int], None] | None = None) -> Summary:
     """Copy the SQLite database at ``source_path`` (left unchanged) into the PostgreSQL
     database at ``url`` in one transaction, checked before it commits (module
-    docstring). The caller makes sure no broker runs on the file (its lock file). Raises
+    docstring). The caller makes sure no broker runs on the file (its lock file).
+    ``total``, when given, is told the number of rows to copy (all tables, counted in the
+    read snapshot) before the copy; ``progress`` the number copied so far after each
+    batch (zchat admin migrate's progress line). Raises
     MigrationError (nothing written to PostgreSQL; a new database may be left with
     zchat's empty tables, which a second try accepts)."""
     url = libpq_url(url)
@@ -353,10 +360,22 @@ def migrate(source_path: Path, url: str) -> Summary:
                     _refuse_filled(target, url)
                     described = _pg_columns(target)
                     columns = _check_schemas(source, described)
+                    if total is not None:
+                        total(sum(int(source.execute(f"SELECT count(*) FROM {t}")
+                                      .fetchone()[0]) for t in TABLES))
+                    copied = 0
+
+                    def copied_batch(n: int) -> None:
+                        nonlocal copied
+                        copied += n
+                        if progress is not None:
+                            progress(copied)
+
                     for table in TABLES:
                         types = dict(described[table])
                         summary.rows[table] = _copy_table(source, target, table,
-                                                          columns[table], types)
+                                                          columns[table], types,
+                                                          copied_batch)
                     _advance_identities(source, target, summary)
                     _verify(source, target, summary)
             except psycopg.Error as exc:
