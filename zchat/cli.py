@@ -49,14 +49,17 @@ from zchat.config import (
     BrokerConfig,
     Config,
     data_dir,
+    default_config_path,
     load_config,
     redact_text,
     redact_url,
+    sample_config_text,
     validate,
 )
 from zchat.errors import ConnectionFailed, ProtocolError, RequestFailed, ZchatError
 from zchat.files import private_dir, private_file
 from zchat.names import name_key, normalize_name
+from zchat.progress import Progress
 from zchat.tty import has_terminal as _has_terminal
 
 PASSWORD_ENV = "ZCHAT_PASSWORD"
@@ -469,6 +472,29 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(pw)
     pw.add_argument("--stdin", action="store_true",
                     help="read the new password from the first line of standard input")
+
+    cf = sub.add_parser("config", help="print the sample settings file or its path",
+                        description="Print the sample settings file installed with zchat "
+                                    "(every setting with its default and a comment; save "
+                                    "it as ~/.config/zchat/zchat.toml and edit), or the "
+                                    "path of the settings file zchat reads. No file is "
+                                    "read.")
+    common(cf)
+    what = cf.add_mutually_exclusive_group(required=True)
+    what.add_argument("--defaults", action="store_true",
+                      help="print the sample settings file (the defaults in code)")
+    what.add_argument("--path", action="store_true",
+                      help="print the settings file's path: --config, else "
+                           "$XDG_CONFIG_HOME/zchat/zchat.toml")
+
+    cp = sub.add_parser("completion", help="print a shell completion script",
+                        description="Print the completion script for SHELL, made from "
+                                    "zchat's own options: subcommands, options and their "
+                                    "values. bash (4+), in ~/.bashrc: eval \"$(zchat "
+                                    "completion bash)\"; zsh, in ~/.zshrc after "
+                                    "compinit: eval \"$(zchat completion zsh)\".")
+    cp.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL",
+                    help="bash or zsh")
     return parser
 
 
@@ -1611,13 +1637,17 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         raise CliError(exc.reason) from None
 
     async def run() -> int:
-        report = await replay.replay(
-            events, server=config.client.server, room=args.room, password=password,
-            speed=speed, verify=args.verify, observer=args.observer,
-            timeout_s=config.client.timeout_s,
-            transport={"encryption": config.client.encryption,
-                       "server_key": config.client.server_key,
-                       "key_server": config.client.key_server})
+        # one updating line on stderr when it is a terminal (zchat.progress)
+        with Progress("replay", sum(isinstance(e, replay.Said) for e in events),
+                      "messages", "msg") as progress:
+            report = await replay.replay(
+                events, server=config.client.server, room=args.room, password=password,
+                speed=speed, verify=args.verify, observer=args.observer,
+                timeout_s=config.client.timeout_s,
+                transport={"encryption": config.client.encryption,
+                           "server_key": config.client.server_key,
+                           "key_server": config.client.key_server},
+                progress=progress.update)
         print(f"replayed {args.file} into #{args.room}")
         for line in report.summary_lines():
             print(line)
@@ -1767,6 +1797,24 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
     return _run(body())
 
 
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    """``zchat config --defaults``: the installed sample settings file
+    (zchat/data/zchat.toml); ``--path``: the file zchat reads (it need not exist)."""
+    if args.defaults:
+        sys.stdout.write(sample_config_text())
+    else:
+        print(args.config if args.config is not None else default_config_path())
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace, config: Config) -> int:
+    """``zchat completion bash|zsh``: the completion script (zchat.completion)."""
+    from zchat.completion import script
+
+    sys.stdout.write(script(args.shell, build_parser()))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "join": cmd_join, "broker": cmd_broker, "register": cmd_register, "say": cmd_say, "dm": cmd_dm,
     "tail": cmd_tail, "history": cmd_history, "unread": cmd_unread, "who": cmd_who,
@@ -1775,7 +1823,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "token": cmd_token, "replay": cmd_replay,
     "bot": cmd_bot,
     "admin": cmd_admin, "passwd": cmd_passwd, "irc": cmd_irc,
+    "config": cmd_config, "completion": cmd_completion,
 }
+#: Commands that read no settings file: they print what zchat ships (a broken
+#: ~/.config/zchat/zchat.toml must not stop `zchat config --defaults`, its cure).
+_NO_SETTINGS = frozenset({"config", "completion"})
 
 
 #: Options whose value is a CurveZMQ key in Z85 (40 characters): its alphabet has "-", so
@@ -1832,7 +1884,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = _Output(stdout)
     try:
         _check_utf8(parser, args)
-        config = _config(args)
+        config = Config() if args.command in _NO_SETTINGS else _config(args)
         code = COMMANDS[args.command](args, config)
         sys.stdout.flush()  # here, where a failure is reported, not at exit
         return code

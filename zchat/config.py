@@ -1,7 +1,7 @@
 """zchat settings: defaults in code, then a TOML file, then command-line flags.
 
 The file has two tables, ``[broker]`` and ``[client]``, whose keys are exactly the fields
-of :class:`BrokerConfig` and :class:`ClientConfig`; config/zchat.toml lists every one with
+of :class:`BrokerConfig` and :class:`ClientConfig`; zchat/data/zchat.toml lists every one with
 its default. :func:`load_config` reads the file and validates it; the CLI then applies its
 flags with :func:`dataclasses.replace` and calls :func:`validate` again, so a bad flag is
 reported the same way as a bad file. Every problem raises :class:`ConfigError` naming the
@@ -33,6 +33,19 @@ from zchat.wire import MAX_PASSWORD_CHARS, MAX_STORAGE_QUOTA_BYTES
 
 #: The file's name inside the zchat config directory.
 CONFIG_FILE_NAME = "zchat.toml"
+#: The sample settings file installed with the package (package data, beside this
+#: module): every setting with its default and a comment; ``zchat config --defaults``
+#: prints it.
+SAMPLE_CONFIG = ("data", "zchat.toml")
+
+
+def sample_config_text() -> str:
+    """The text of the installed sample settings file (SAMPLE_CONFIG), which
+    tests/test_config.py holds equal to the defaults in code."""
+    from importlib import resources
+
+    folder, name = SAMPLE_CONFIG
+    return (resources.files("zchat") / folder / name).read_text(encoding="utf-8")
 
 #: Accepted values of ``[broker] log_level`` (names of :mod:`logging` levels, lower case).
 LOG_LEVELS = ("debug", "info", "warning", "error")
