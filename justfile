@@ -12,7 +12,7 @@ default:
 install:
     {{python}} -m pip install -e '.[dev]'
 
-# Run the broker, e.g. `just broker --config config/zchat.toml`.
+# Run the broker, e.g. `just broker --config zchat/data/zchat.toml`.
 broker *ARGS:
     zchat broker "$@"
 

@@ -209,7 +209,7 @@ def _toml_value(value: Any) -> str:
 def run_broker(data_dir: Path, settings: dict[str, Any], *, router: str | None = None,
                pub: str | None = None, ready_timeout_s: float = 60.0) -> BrokerHandle:
     """Start ``zchat broker`` as a subprocess on loopback with ``settings`` (the [broker]
-    keys of config/zchat.toml) and return once it has bound its sockets (it printed its
+    keys of zchat/data/zchat.toml) and return once it has bound its sockets (it printed its
     fingerprint or "encryption none"). Free ports are chosen unless ``router``/``pub``
     are given (a restart on the same endpoints). Output goes to ``data_dir/broker.log``.
     Raises RuntimeError if the broker exits or stays silent for ``ready_timeout_s``."""
@@ -378,7 +378,7 @@ class Bench:
     def broker(self, name: str = "broker", data_dir: Path | None = None,
                **settings: Any) -> Iterator[BrokerHandle]:
         """Run a broker for the ``with`` block: BROKER_DEFAULTS, this run's encryption,
-        then ``settings`` (config/zchat.toml [broker] keys; ``router``/``pub`` to reuse
+        then ``settings`` (zchat/data/zchat.toml [broker] keys; ``router``/``pub`` to reuse
         endpoints). A fresh data directory unless ``data_dir`` is given. Stopped after."""
         endpoints = {k: settings.pop(k) for k in ("router", "pub") if k in settings}
         merged = {**BROKER_DEFAULTS, "encryption": self.encryption, **settings}

@@ -63,7 +63,7 @@ from zchat.client.session import RECONNECT_JITTER, backoff_delay
 from zchat.config import MIN_SCRYPT_N, BrokerConfig, load_config
 from zchat.errors import Status, ZchatError
 
-SHIPPED = BrokerConfig()  # the code's defaults, as config/zchat.toml lists them
+SHIPPED = BrokerConfig()  # the code's defaults, as zchat/data/zchat.toml lists them
 
 #: Accounts "sNNNNN" for the sessions scenario, "rNNNNN" for resume, "pNNNN" for the storm.
 PASSWORD = "bench password"

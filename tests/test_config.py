@@ -28,7 +28,7 @@ from zchat.config import (
 from zchat.errors import ZchatError
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "config" / "zchat.toml"
+SAMPLE = ROOT / "zchat" / "data" / "zchat.toml"
 
 
 def write(tmp_path: Path, text: str) -> Path:

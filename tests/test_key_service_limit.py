@@ -83,7 +83,7 @@ def test_bucket_table_is_bounded() -> None:
 def test_settings_have_defaults_and_bounds() -> None:
     cfg = BrokerConfig()
     assert (cfg.key_rate_per_s, cfg.key_burst) == (1.0, 30)
-    toml = (Path(__file__).resolve().parent.parent / "config" / "zchat.toml").read_text()
+    toml = (Path(__file__).resolve().parent.parent / "zchat" / "data" / "zchat.toml").read_text()
     assert "key_rate_per_s = 1.0\n" in toml and "key_burst = 30\n" in toml
     assert config_from_dict({"broker": {"key_rate_per_s": 0}}).broker.key_rate_per_s == 0
     for bad in ({"key_rate_per_s": -1.0}, {"key_rate_per_s": 2e6}, {"key_burst": 0}):

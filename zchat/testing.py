@@ -9,7 +9,7 @@ clients connect through the process's one zmq context.
             await alice.join("dev")
 
 Password hashing uses scrypt with N=1024 here (``FAST_HASH``) so that a test logs in in
-about a millisecond; production defaults are in config/zchat.toml.
+about a millisecond; production defaults are in zchat/data/zchat.toml.
 
 It is also a pytest plugin (entry point ``pytest11: zchat``), so a project that installs
 zchat can test its bots with the ``zchat_broker`` fixture (docs/bots.md):
