@@ -62,17 +62,17 @@ def restart_on_same_ports(tmp_path: Path, broker: TcpBroker, pub: str,
     return proc
 
 
-def start_irc_gateway(tmp_path: Path, broker: TcpBroker,
-                      shell_limits: str = "") -> tuple[Proc, int]:
+def start_irc_gateway(tmp_path: Path, broker: TcpBroker, shell_limits: str = "",
+                      extra: tuple[str, ...] = ()) -> tuple[Proc, int]:
     """``zchat irc`` on a free loopback port against ``broker``, once it printed
     "listening on"; the process and its port. Other ports when the bind fails (another
     process took the port between ``free_port`` and the bind). ``shell_limits``: ``ulimit``
     options the gateway starts under (``"-Sn 256"``), through ``sh``'s ``exec`` (the same
-    process)."""
+    process). ``extra``: more arguments of ``zchat irc``."""
     for _ in range(5):
         port = free_port()
         argv = [*zchat_command(), "irc", "--server", broker.router, "--listen",
-                f"127.0.0.1:{port}"]
+                f"127.0.0.1:{port}", *extra]
         if shell_limits:
             argv = ["sh", "-c", f'ulimit {shell_limits} && exec "$@"', "sh", *argv]
         proc = Proc(argv, cli_env(tmp_path))

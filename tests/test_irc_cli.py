@@ -128,17 +128,17 @@ def test_a_hard_limit_too_low_lowers_max_connections_and_says_so(
     try:
         # (76 - 64 reserved) // 6 files per connection: two connections fit
         gateway.wait_line("stderr", "max_connections lowered from 1000 to 2", timeout_s=5)
-        # not yet registered, the first holds half the places of 2 (of 1,000: 500)
-        held = [socket.create_connection(("127.0.0.1", port), timeout=10)]
-        try:
-            for sock in held:
-                sock.sendall(b"NICK x\r\n")
+        # not yet registered, the first holds half the places of 2 (of 1,000: 500):
+        # the second makes it room (the oldest not yet registered is closed)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+            first.sendall(b"PING :first\r\n")
+            read_until(first, b"first")  # it is being served
             with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
-                assert b"ERROR :Closing link: too many connections not yet registered " \
-                    b"(1)" in read_until(second, b"\r\n")
-        finally:
-            for sock in held:
-                sock.close()
+                assert b"ERROR :Closing link: Registration timeout: the gateway is busy" \
+                    in read_until(first, b"ERROR :Closing link")
+                second.sendall(b"PING :second\r\n")
+                read_until(second, b"second")
     finally:
         gateway.popen.send_signal(signal.SIGTERM)
         assert gateway.popen.wait(timeout=10) == 0
+

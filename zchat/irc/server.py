@@ -182,7 +182,8 @@ class Gateway:
         ``max_connections_per_address`` already (Ergo's ``max-concurrent-connections``
         per IP: one client opening idle sockets must not take every place); or
         connections not yet registered hold UNREGISTERED_SHARE of the places (logged-in
-        users keep the rest, whatever many addresses open and never register)."""
+        users keep the rest, whatever many addresses open and never register): then the
+        oldest of those is closed to make room, and the new one is let in."""
         s = self.settings
         if len(self._sessions) >= s.max_connections:
             return f"this gateway is full ({s.max_connections} connections)"
@@ -190,9 +191,20 @@ class Gateway:
         if per and self._per_address.get(address, 0) >= per:
             return f"too many connections from your address ({per})"
         cap = unregistered_cap(s.max_connections)
-        if sum(1 for x in self._sessions if not x.conn.registered) >= cap:
-            return (f"too many connections not yet registered ({cap}): try again in a "
-                    "moment")
+        waiting = [x for x in self._sessions if not x.conn.registered and not x.evicted]
+        if len(waiting) >= cap:
+            # The oldest connection not yet registered makes room for the new one, rather
+            # than the new one being refused: a second tester locked every new login out
+            # with idle sockets from a few addresses (each closed only after 60 s and
+            # opened again). An honest client registers within a round trip or two, so
+            # idle sockets must now be opened faster than that to keep anyone out.
+            oldest = min(waiting, key=lambda x: x.opened)
+            oldest.evicted = True
+            log.info("IRC connection from %s not registered after %.1f s: closed to make "
+                     "room (%d connections not yet registered)", oldest.address,
+                     time.monotonic() - oldest.opened, len(waiting))
+            oldest.stop("Registration timeout: the gateway is busy (too many connections "
+                        "not yet registered); connect again")
         return None
 
     async def _serve(self, reader: asyncio.StreamReader,
@@ -282,6 +294,10 @@ class _Session:
         ip = str(peer[0]).partition("%")[0] if isinstance(peer, tuple) else ""
         #: The IRC client's address as a login bucket key (an IPv6 /64 as one).
         self.address = address_of(writer)
+        #: When the connection was accepted (time.monotonic()), and whether it was closed
+        #: to make room for a newer one while not yet registered (``Gateway.refusal``).
+        self.opened = time.monotonic()
+        self.evicted = False
         #: The IRC client's IP address told to the broker in LOGIN and REGISTER (``[irc]
         #: tell_addresses``; an IPv6 zone left out), or None: nothing told.
         self.told_address = ip if gateway.tell_addresses and ip else None
