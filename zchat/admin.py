@@ -841,7 +841,8 @@ def run_direct(args: argparse.Namespace, config: object) -> int:
     cfg = config.broker
 
     def hasher(password: str) -> str:
-        return hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+        return hash_password(password, cfg.argon2_memory_kib, cfg.argon2_time_cost,
+                             cfg.argon2_parallelism)
 
     lock: contextlib.AbstractContextManager[None]
     if isinstance(location, str):
