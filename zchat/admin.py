@@ -79,7 +79,7 @@ __all__ = [  # the validation shared with the broker, kept importable from here
 #: ``_lock_data_dir``); direct-mode writes take it too.
 LOCK_FILENAME = "broker.lock"
 #: Characters of a generated password: ``secrets.token_urlsafe(12)`` gives 16 characters
-#: of 96 random bits, beyond any online or offline guessing against scrypt.
+#: of 96 random bits, beyond any online or offline guessing against Argon2id.
 GENERATED_PASSWORD_BYTES = 12
 #: Values of the CSV ``bot`` column (case-insensitive); empty means no.
 _TRUE = ("1", "true", "yes", "y", "bot")
@@ -472,7 +472,7 @@ def print_rows(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, .
 #: ``passwd`` in scripts ($ZCHAT_PASSWORD holds the password to log in with).
 NEW_PASSWORD_ENV = "ZCHAT_NEW_PASSWORD"
 #: Extra seconds CREATE_ACCOUNTS may take per account: the broker hashes each password
-#: with scrypt (about 0.05 s at the default cost) before it answers.
+#: with Argon2id (about 0.02 s at the default cost) before it answers.
 CREATE_S_PER_ACCOUNT = 0.5
 #: Commands that change what a running broker holds in memory: direct mode refuses
 #: them while a broker holds the data directory.
