@@ -244,3 +244,33 @@ def test_a_token_login_leaves_the_password_hash_alone(location: str) -> None:
     with running_broker(location) as harness:
         run(log_in(harness, token=token))
         assert stored_hash(location) == old
+
+
+# -- a password changed while the login was being checked --------------------------------------
+
+
+def test_an_upgrade_never_overwrites_a_password_set_while_the_login_was_checked() -> None:
+    """The core hands the check off (Offload) with the hash it read; if the hash changes
+    before the result comes back (SET_PASSWORD on another connection, an admin, another
+    broker of a cluster), the login still completes but the upgrade writes nothing."""
+    from core_helpers import World, handle_raw
+
+    from zchat import wire as p
+    from zchat.core import Offload, ToPeer
+
+    world = World()
+    assert world.peer().register("ada", PASSWORD).ok
+    old = hash_password_scrypt(PASSWORD, 1024)
+    world.store.set_password_hash("ada", old)
+    actions = handle_raw(world, b"\x00late", p.Login(name="ada", password=PASSWORD), "")
+    (offload,) = [a for a in actions if isinstance(a, Offload)]
+    meanwhile = fast_hash("a new pass phrase")
+    world.store.set_password_hash("ada", meanwhile)
+    check = offload.work()
+    assert check.matched and check.rehashed is not None  # the job did make a new hash ...
+    done = world.core.complete(offload.job_id, check, world.clock.s, world.clock.ms)
+    replies = [p.decode_from_broker(a.frames, {b"r1": p.LoggedIn})[1] for a in done
+               if isinstance(a, ToPeer) and a.routing_id == b"\x00late"]
+    assert [type(r) for r in replies] == [p.LoggedIn]
+    row = world.store.get_account("ada")
+    assert row is not None and row.password_hash == meanwhile  # ... and did not store it
