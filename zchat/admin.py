@@ -350,7 +350,7 @@ def create_accounts_direct(store: GroupStore, accounts: list[CheckedAccount], ha
                            progress: Callable[[int], None] | None = None) -> None:
     """Create ``accounts`` (already checked) as CREATE_ACCOUNTS does
     (zchat.core.operator_actions): each in ``lobby``, audited, all or none. The password
-    hashing is the long part (one scrypt each): ``progress``, when given, is called with
+    hashing is the long part (one Argon2id hash each): ``progress``, when given, is called with
     the number hashed after each. Raises AdminError when a name was taken meanwhile
     (nothing created)."""
     hashes = []
