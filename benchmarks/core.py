@@ -41,7 +41,8 @@ class _Core:
     def __init__(self, path: Path, messages: int) -> None:
         self.store = Store(path)
         self.core = BrokerCore(self.store, BrokerConfig(send_rate_per_s=0, read_rate_bytes_per_s=0,
-                                                       scrypt_n=1024),
+                                                       argon2_memory_kib=1024,
+                                                       argon2_time_cost=1),
                                "inproc://bench", 0)
         self.rid = b"\x00bench"
         self.n = 0

@@ -33,7 +33,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from floods import Pinger, flood_curve, flood_plain, memory_kib  # noqa: E402
-from harness import run_broker  # noqa: E402
+from harness import FAST_HASH_SETTINGS, run_broker  # noqa: E402
 
 from zchat import wire as p  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--rooms", type=int, default=1000)
     ap.add_argument("--settings", default="", help="more [broker] settings, k=v,k=v")
     args = ap.parse_args()
-    settings: dict[str, Any] = {"scrypt_n": 1024, "send_rate_per_s": 0.0,
+    settings: dict[str, Any] = {**FAST_HASH_SETTINGS, "send_rate_per_s": 0.0,
                                 "login_rate_per_s": 0.0}
     for pair in filter(None, args.settings.split(",")):
         k, _, v = pair.partition("=")

@@ -11,7 +11,7 @@ otherwise). Afterwards the room's HISTORY is read and compared with the log too:
 messages' texts, in order, must be the log's ``message``/``action`` lines.
 
 Figures: messages per second over the whole replay (which includes registering every user
-and each session's LOGIN: scrypt at the harness's N = 1024, the sessions scenario measures
+and each session's LOGIN: Argon2id at the harness's 1 MiB, one pass; the sessions scenario measures
 the shipped cost), and over the span from the first to the last stored message (the
 broker's commit times).
 
@@ -133,7 +133,7 @@ def replay(bench: Bench) -> list[Row]:
     raw = {"log": log.name, "events": len(events), "messages": messages, "sent": sent,
            "refused": refused, "users": users, "sessions": sessions, "elapsed_s": elapsed,
            "first_to_last_message_s": span_s, "verify": verify,
-           "scrypt_n": BROKER_DEFAULTS.get("scrypt_n"), "history_checked": len(history)}
+           "argon2_memory_kib": BROKER_DEFAULTS.get("argon2_memory_kib"), "history_checked": len(history)}
     print(f"  replay: {sent} of {messages} messages, {sessions} sessions in {elapsed:.1f} s; "
           f"{verify}", flush=True)
     return [

@@ -11,11 +11,12 @@ Scenarios (``SCENARIOS``; run with ``python benchmarks/run.py --only NAME``):
   Measured: the time for all to log in, then the broker's CPU share (utime + stime from
   /proc/PID/stat over an idle window of 3 heartbeat intervals, 30 s as shipped; quick: 2)
   and its resident memory (VmRSS).
-  Accounts are registered once over the wire at ``scrypt_n`` = 1024 (the lowest the
-  broker accepts) and each gets an account token; the timed logins use the token (LOGIN
-  with ``token``: a SHA-256, no scrypt), so "all logged in" measures the broker's session
-  path, not 10,000 scrypt hashes (the password cost is the ``login`` row).
-- ``login_storm``: while 200 clients log in with passwords at once (scrypt at the
+  Accounts are registered once over the wire with Argon2id at 1 MiB and one pass (the
+  least the broker accepts) and each gets an account token; the timed logins use the
+  token (LOGIN with ``token``: a SHA-256, no Argon2id), so "all logged in" measures the
+  broker's session path, not 10,000 password hashes (the password cost is the ``login``
+  row).
+- ``login_storm``: while 200 clients log in with passwords at once (Argon2id at the
   shipped parameters; quick: 50), one sender posts 200 messages/s (paced) to a room of
   10 members; p50 / p99 / p99.9 latency from SEND to delivery on every member, during the
   storm and without it. Also the cost of one fresh password login (median of 7) and the
@@ -48,6 +49,7 @@ from typing import Any
 
 import zmq
 from harness import (
+    FAST_HASH_SETTINGS,
     MP,
     Bench,
     BrokerHandle,
@@ -60,10 +62,14 @@ from harness import (
 
 from zchat import wire as p
 from zchat.client.session import RECONNECT_JITTER, backoff_delay
-from zchat.config import MIN_SCRYPT_N, BrokerConfig, load_config
+from zchat.config import BrokerConfig, load_config
 from zchat.errors import Status, ZchatError
 
 SHIPPED = BrokerConfig()  # the code's defaults, as zchat/data/zchat.toml lists them
+#: The shipped password hashing (Argon2id at OWASP's minimum), as broker settings.
+SHIPPED_HASH: dict[str, int] = {"argon2_memory_kib": SHIPPED.argon2_memory_kib,
+                                "argon2_time_cost": SHIPPED.argon2_time_cost,
+                                "argon2_parallelism": SHIPPED.argon2_parallelism}
 
 #: Accounts "sNNNNN" for the sessions scenario, "rNNNNN" for resume, "pNNNN" for the storm.
 PASSWORD = "bench password"
@@ -569,12 +575,12 @@ def _processes(n: int) -> int:
 
 def _session_settings(max_clients: int) -> dict[str, Any]:
     """The shipped heartbeat and queue settings (this scenario measures idling as
-    shipped), scrypt at its floor for the set-up, room for every session."""
+    shipped), Argon2id at its floor for the set-up, room for every session."""
     return {"heartbeat_interval_s": SHIPPED.heartbeat_interval_s,
             "heartbeat_timeout_s": SHIPPED.heartbeat_timeout_s,
             "sndhwm": SHIPPED.sndhwm, "rcvhwm": SHIPPED.rcvhwm,
             "pub_sndhwm": SHIPPED.pub_sndhwm,
-            "scrypt_n": MIN_SCRYPT_N, "login_rate_per_s": 0,
+            **FAST_HASH_SETTINGS, "login_rate_per_s": 0,
             "max_sessions": max(SHIPPED.max_sessions, max_clients + 100)}
 
 
@@ -609,13 +615,15 @@ def idle_sessions(bench: Bench) -> list[Row]:
     with bench.broker("sessions", data_dir=data, **settings) as broker:
         tokens = _make_tokens(broker, names)
     setup_s = time.monotonic() - t0
-    print(f"  sessions: {len(names):,} accounts registered over the wire at scrypt "
-          f"N={MIN_SCRYPT_N} (the floor; shipped {SHIPPED.scrypt_n}), each with an account "
-          f"token, in {setup_s:.1f} s; the timed logins use the tokens (no scrypt)",
-          flush=True)
-    bench.note(f"sessions: accounts set up at scrypt N={MIN_SCRYPT_N}; timed logins use "
+    print(f"  sessions: {len(names):,} accounts registered over the wire at Argon2id "
+          f"{FAST_HASH_SETTINGS['argon2_memory_kib']} KiB, t=1 (the floor; shipped "
+          f"{SHIPPED.argon2_memory_kib} KiB, t={SHIPPED.argon2_time_cost}), each with an "
+          f"account token, in {setup_s:.1f} s; the timed logins use the tokens (no "
+          f"Argon2id)", flush=True)
+    bench.note("sessions: accounts set up at Argon2id's floor; timed logins use "
                "account tokens (SHA-256), so 'all logged in' is the session path; the "
-               f"password cost is the 'fresh password login' row (N={SHIPPED.scrypt_n})")
+               "password cost is the 'fresh password login' row (Argon2id "
+               f"{SHIPPED.argon2_memory_kib} KiB, t={SHIPPED.argon2_time_cost})")
     rows: list[Row] = []
     for n in sizes:
         # Broker fds: one per DEALER and one per SUB connection, plus its own few dozen.
@@ -689,10 +697,12 @@ def idle_sessions(bench: Bench) -> list[Row]:
 
 
 def _hash_parameters(broker: BrokerHandle) -> dict[str, int]:
-    """scrypt N, r, p and hash_workers as the broker was configured (its config file)."""
+    """Argon2id memory (KiB), passes, lanes and hash_workers as the broker was
+    configured (its config file)."""
     cfg = load_config(broker.data_dir / "bench.toml").broker
-    return {"scrypt_n": cfg.scrypt_n, "scrypt_r": cfg.scrypt_r, "scrypt_p": cfg.scrypt_p,
-            "hash_workers": cfg.hash_workers}
+    return {"argon2_memory_kib": cfg.argon2_memory_kib,
+            "argon2_time_cost": cfg.argon2_time_cost,
+            "argon2_parallelism": cfg.argon2_parallelism, "hash_workers": cfg.hash_workers}
 
 
 def login_cost(ctx: zmq.Context[Any], broker: BrokerHandle, rounds: int = 7
@@ -913,9 +923,8 @@ def login_storm(bench: Bench) -> list[Row]:
     storm = 50 if bench.quick else 200
     rate, members = 200.0, 10
     baseline_s = 2.0 if bench.quick else 5.0
-    settings: dict[str, Any] = {"scrypt_n": SHIPPED.scrypt_n, "scrypt_r": SHIPPED.scrypt_r,
-                "scrypt_p": SHIPPED.scrypt_p, "hash_workers": SHIPPED.hash_workers,
-                "login_rate_per_s": 0}
+    settings: dict[str, Any] = {**SHIPPED_HASH, "hash_workers": SHIPPED.hash_workers,
+                                "login_rate_per_s": 0}
     rows: list[Row] = []
     with bench.broker("login-storm", **settings) as broker:
         params = _hash_parameters(broker)
@@ -923,9 +932,10 @@ def login_storm(bench: Bench) -> list[Row]:
         cost.update(params)
         rows.append(Row("fresh password login (median of 7)", cost["median_ms"], "ms",
                         raw=cost))
-        bench.note(f"password hashing: scrypt N={params['scrypt_n']}, r={params['scrypt_r']}"
-                   f", p={params['scrypt_p']} on {params['hash_workers']} hash worker "
-                   f"threads (from the broker's configuration)")
+        bench.note(f"password hashing: Argon2id m={params['argon2_memory_kib']} KiB, "
+                   f"t={params['argon2_time_cost']}, p={params['argon2_parallelism']} on "
+                   f"{params['hash_workers']} hash worker threads (from the broker's "
+                   f"configuration)")
         names = [f"p{i:04d}" for i in range(storm)]
         reg = _Swarms(broker, [[n, PASSWORD, ""] for n in names], 1, mode="register",
                       window=32)

@@ -85,7 +85,8 @@ ATTACK_SETTINGS: dict[str, Any] = {"log_level": "warning"}
 #: Fill phase only (2a, 2b): no sending or login limits, cheap hashes.
 FILL_SETTINGS: dict[str, Any] = {"log_level": "warning", "send_rate_per_s": 0,
                                  "login_rate_per_s": 0, "room_create_rate_per_s": 0,
-                                 "max_rooms_created": 0, "scrypt_n": 1024}
+                                 "max_rooms_created": 0, "argon2_memory_kib": 1024,
+                                 "argon2_time_cost": 1}
 
 
 # -- wire helpers ---------------------------------------------------------------------------

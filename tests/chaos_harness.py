@@ -59,7 +59,7 @@ HARNESS = Path(__file__).resolve()
 
 #: The chat room every worker joins.
 ROOM = "chaos"
-#: Password of every chaos account (the broker hashes with scrypt N=1024 here).
+#: Password of every chaos account (the broker hashes with Argon2id at 1 MiB, one pass, here).
 PASSWORD = "chaos horse battery staple"
 #: Broker heartbeats for chaos runs: short, so that a killed client is evicted quickly.
 HEARTBEAT_INTERVAL_S = 0.5
@@ -92,7 +92,7 @@ def broker_settings(**overrides: Any) -> dict[str, Any]:
 
     known = {f.name for f in dataclasses.fields(BrokerConfig)}
     wanted: dict[str, Any] = {
-        "scrypt_n": 1024, "hash_workers": 2, "log_level": "info",
+        "argon2_memory_kib": 1024, "argon2_time_cost": 1, "hash_workers": 2, "log_level": "info",
         "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
         "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
         "send_rate_per_s": 0, "login_rate_per_s": 0, "max_sessions": 100_000,

@@ -451,8 +451,8 @@ class TcpBroker(NamedTuple):
 def start_broker(tmp_path: Path, attempts: int = 5, settings: str = "",
                  nofile: int | None = None) -> tuple[TcpBroker, list[str]]:
     """Start ``zchat broker`` on two free loopback ports and wait for its "database" line;
-    ``settings`` are more TOML lines of its ``[broker]`` table (``scrypt_n`` 1024 unless
-    they set it; with ``encryption = "none"`` no key is awaited or pinned); ``nofile`` its ``ulimit
+    ``settings`` are more TOML lines of its ``[broker]`` table (Argon2id at 1 MiB and one pass
+    unless they set an ``argon2_`` key; with ``encryption = "none"`` no key is awaited or pinned); ``nofile`` its ``ulimit
     -n`` (soft and hard), if given (the shell then execs the broker: same pid).
 
     Returns the broker and the lines it printed at start. Retries with new ports when the
@@ -463,7 +463,7 @@ def start_broker(tmp_path: Path, attempts: int = 5, settings: str = "",
     """
     config = tmp_path / "broker.toml"
     table = tomllib.loads("[broker]\n" + settings)["broker"]
-    cheap = "" if "scrypt_n" in table else "scrypt_n = 1024\n"
+    cheap = "" if any(k.startswith("argon2_") for k in table) else "argon2_memory_kib = 1024\nargon2_time_cost = 1\n"
     config.write_text("[broker]\n" + cheap + settings, encoding="utf-8")
     data = tmp_path / "data"
     admins = table.get("admins", [])

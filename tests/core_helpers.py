@@ -28,7 +28,8 @@ T0_MS = 1_700_000_000_000
 
 
 def config(**overrides: Any) -> BrokerConfig:
-    base = BrokerConfig(scrypt_n=1024, scrypt_r=8, scrypt_p=1, heartbeat_interval_s=2.0,
+    base = BrokerConfig(argon2_memory_kib=1024, argon2_time_cost=1,
+                        argon2_parallelism=1, heartbeat_interval_s=2.0,
                         heartbeat_timeout_s=6.0, max_text_bytes=4000, max_stored_dms=1000)
     return dataclasses.replace(base, **overrides)
 

@@ -21,7 +21,7 @@ from zchat import wire as p
 from zchat.client.client import Client
 from zchat.errors import ConnectionFailed, RequestFailed, Status
 from zchat.store import Store
-from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness, fast_hash, running_broker
 
 NEW_PASSWORD = "a brand new pass phrase"
 
@@ -322,10 +322,7 @@ def test_passwd_wrong_old_password_401_and_rate_limited() -> None:
 
 
 def _hasher(password: str) -> str:
-    from zchat.passwords import hash_password
-
-    return hash_password(password, FAST_HASH["scrypt_n"], FAST_HASH["scrypt_r"],
-                         FAST_HASH["scrypt_p"])
+    return fast_hash(password)
 
 
 def test_direct_mode_creates_resets_disables_then_broker_sees_it(tmp_path: Path) -> None:

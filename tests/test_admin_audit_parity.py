@@ -16,9 +16,9 @@ from conftest import cli_env, run, zchat_command
 
 from zchat import wire as p
 from zchat.names import name_key, skeleton
-from zchat.passwords import hash_password, verify_password
+from zchat.passwords import verify_password
 from zchat.store import Store
-from zchat.testing import FAST_HASH, create_admin_accounts, running_broker
+from zchat.testing import create_admin_accounts, fast_hash, running_broker
 
 NEW_PASSWORD = "a brand new pass phrase"
 #: The broker's default storage quota, alike for both: it is worded into the audit
@@ -32,8 +32,7 @@ def seed(store: Store) -> None:
     banned server-wide and muted in #Dev. Display names differ from the keys, which
     the actions below use, so that the audit rows show which form each path writes."""
     create_admin_accounts(store, ("root",))
-    digest = hash_password("an old pass phrase", FAST_HASH["scrypt_n"], FAST_HASH["scrypt_r"],
-                           FAST_HASH["scrypt_p"])
+    digest = fast_hash("an old pass phrase")
     for name in ("Pat", "Troll", "Quinn"):
         store.create_account(name_key(name), name, skeleton(name), digest, 1)
         store.join_room("dev", "Dev", skeleton("Dev"), name_key(name), 1)
@@ -105,7 +104,7 @@ def by_command_line(tmp_path: Path) -> Path:
     store.close()
     config = tmp_path / "xdg-config" / "zchat" / "zchat.toml"
     config.parent.mkdir(parents=True)
-    config.write_text(f"[broker]\nstorage_quota_bytes = {DEFAULT_QUOTA}\nscrypt_n = 1024\n",
+    config.write_text(f"[broker]\nstorage_quota_bytes = {DEFAULT_QUOTA}\nargon2_memory_kib = 1024\nargon2_time_cost = 1\n",
                       encoding="utf-8")
     accounts = tmp_path / "accounts.csv"
     accounts.write_text("name,bot,password\nAda,no,ada's pass phrase\n"

@@ -79,7 +79,7 @@ def test_direct_mode_takes_the_configured_store_and_creates_accounts(
     assert isinstance(postgres_server, PostgresServer)
     with postgres_server.database(empty=True) as url:
         config = tmp_path / "zchat.toml"
-        config.write_text(f'[broker]\nstore = "{url}"\nscrypt_n = 1024\n', encoding="utf-8")
+        config.write_text(f'[broker]\nstore = "{url}"\nargon2_memory_kib = 1024\nargon2_time_cost = 1\n', encoding="utf-8")
         err = failed(zchat(tmp_path, "admin", "users", "--config", str(config)))
         assert f"no zchat database at {url}" in err
         (tmp_path / "class.csv").write_text("name,password\nada,correct-horse-7\n",

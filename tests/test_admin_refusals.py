@@ -314,6 +314,8 @@ def test_the_first_admin_is_created_before_the_broker_ever_started(tmp_path: Pat
     try:
         row = store.get_account("boss")
         assert row is not None and verify_password(password, row.password_hash)
+        # Argon2id at the shipped (OWASP's minimum) parameters, as the broker hashes
+        assert row.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     finally:
         store.close()
     # Nothing else is made from nothing: a reading command still wants a database.

@@ -61,7 +61,7 @@ def test_register_taken_name_is_refused_before_hashing(world: World) -> None:
     for name in ("ALICE", "a1ice"):
         frames = p.encode_request(b"r", p.Register(name=name, password=PASSWORD))
         [action] = world.core.handle(b"\x00new", frames, world.clock.s, world.clock.ms)
-        assert isinstance(action, ToPeer)  # an ERROR at once, no Offload of scrypt work
+        assert isinstance(action, ToPeer)  # an ERROR at once, no Offload of hashing work
         _, error = p.decode_from_broker(action.frames, {})
         assert error.status == Status.CONFLICT
 

@@ -17,7 +17,7 @@ from zchat.broker import keypair
 from zchat.client import Client, trust
 from zchat.testing import DEFAULT_PASSWORD, run
 
-SETTINGS = "[broker]\nscrypt_n = 1024\nheartbeat_interval_s = 0.5\n" \
+SETTINGS = "[broker]\nargon2_memory_kib = 1024\nargon2_time_cost = 1\nheartbeat_interval_s = 0.5\n" \
            "heartbeat_timeout_s = 1.5\nlogin_rate_per_s = 0\n"
 
 

@@ -45,7 +45,7 @@ from zchat.testing import DEFAULT_PASSWORD, run
 #: (0.5 s): within ~1.5 s here, before the lease of 3 s lapses, so that its account is
 #: held by the broker it moved to when the reaper counts (docs/cluster.md "How clients
 #: move"; with the defaults, 30 s against 10 s, it is not: see the docs' table).
-SETTINGS = ("[broker]\nscrypt_n = 1024\nlogin_rate_per_s = 0\n"
+SETTINGS = ("[broker]\nargon2_memory_kib = 1024\nargon2_time_cost = 1\nlogin_rate_per_s = 0\n"
             "heartbeat_interval_s = 0.5\nheartbeat_timeout_s = 1.0\n"
             "lease_s = 3.0\nlease_renew_s = 0.5\ncluster_check_s = 0.5\n")
 #: Seconds any one wait of these tests may take before it fails.

@@ -244,7 +244,7 @@ def broker_process(tmp_path: Path, url: str, broker_id: str) -> Iterator[
     home.mkdir()
     config = home / "zchat.toml"
     config.write_text("[broker]\nencryption = \"none\"\nlease_s = 1.0\n"
-                      "lease_renew_s = 0.2\nscrypt_n = 1024\n", encoding="utf-8")
+                      "lease_renew_s = 0.2\nargon2_memory_kib = 1024\nargon2_time_cost = 1\n", encoding="utf-8")
     log = home / "broker.log"
     env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
                XDG_DATA_HOME=str(home / "data"), XDG_STATE_HOME=str(home / "state"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from zchat.client import session
 from zchat.config import (
     CLIENT_FIRST_BACKOFF_S,
+    DEPRECATED_KEYS,
     BrokerConfig,
     ClientConfig,
     Config,
@@ -65,7 +67,9 @@ def test_defaults() -> None:
     assert cfg.broker.heartbeat_timeout_s == 30.0
     assert cfg.broker.max_stored_dms == 1000
     assert (cfg.broker.sndhwm, cfg.broker.rcvhwm) == (10_000, 10_000)
-    assert (cfg.broker.scrypt_n, cfg.broker.scrypt_r, cfg.broker.scrypt_p) == (16384, 8, 1)
+    # OWASP's minimum Argon2id configuration (zchat.passwords)
+    assert (cfg.broker.argon2_memory_kib, cfg.broker.argon2_time_cost,
+            cfg.broker.argon2_parallelism) == (19456, 2, 1)
     assert cfg.broker.hash_workers == 2
     assert cfg.client == ClientConfig("tcp://127.0.0.1:5555", 5.0, 30.0)
     validate(cfg)
@@ -229,11 +233,18 @@ def test_config_error_is_a_zchat_error(tmp_path: Path) -> None:
         ("[broker]\nmax_text_lines = 30001\n", "broker", "max_text_lines", r"got 30001"),
         ("[broker]\nheartbeat_interval_s = 0\n", "broker", "heartbeat_interval_s", r"must be 0.01 to 2,592,000 s"),
         ("[broker]\nheartbeat_interval_s = -1.5\n", "broker", "heartbeat_interval_s", r"must be 0.01 to 2,592,000 s"),
-        ("[broker]\nscrypt_n = 1000\n", "broker", "scrypt_n", r"power of two >= 1024"),
-        ("[broker]\nscrypt_n = 512\n", "broker", "scrypt_n", r"power of two >= 1024"),
-        ("[broker]\nscrypt_n = 20000\n", "broker", "scrypt_n", r"power of two"),
-        ("[broker]\nscrypt_r = 0\n", "broker", "scrypt_r", r">= 1"),
-        ("[broker]\nscrypt_p = 0\n", "broker", "scrypt_p", r">= 1"),
+        ("[broker]\nargon2_memory_kib = 1023\n", "broker", "argon2_memory_kib",
+         r"between 1,024 and 4,194,304 KiB, got 1023"),
+        ("[broker]\nargon2_memory_kib = 4194305\n", "broker", "argon2_memory_kib",
+         r"between 1,024 and 4,194,304 KiB"),
+        ("[broker]\nargon2_memory_kib = 19.5\n", "broker", "argon2_memory_kib", r"an integer"),
+        ("[broker]\nargon2_time_cost = 0\n", "broker", "argon2_time_cost",
+         r"between 1 and 100, got 0"),
+        ("[broker]\nargon2_time_cost = 101\n", "broker", "argon2_time_cost", r"between 1 and 100"),
+        ("[broker]\nargon2_parallelism = 0\n", "broker", "argon2_parallelism",
+         r"between 1 and 64, got 0"),
+        ("[broker]\nargon2_parallelism = 65\n", "broker", "argon2_parallelism",
+         r"between 1 and 64"),
         ("[broker]\nsndhwm = 0\n", "broker", "sndhwm", r">= 1"),
         ("[broker]\nrcvhwm = -1\n", "broker", "rcvhwm", r">= 1"),
         ("[broker]\nmax_stored_dms = 0\n", "broker", "max_stored_dms", r">= 1"),
@@ -314,11 +325,39 @@ def test_heartbeat_timeout_just_above_interval_is_fine(tmp_path: Path) -> None:
 def test_range_edges_are_accepted(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "[broker]\nmax_text_bytes = 30000\nscrypt_n = 1024\nhash_workers = 64\n"
-        "sndhwm = 1\nrcvhwm = 1\nlog_level = 'error'\n",
+        "[broker]\nmax_text_bytes = 30000\nargon2_memory_kib = 1024\nhash_workers = 64\n"
+        "sndhwm = 1\nrcvhwm = 1\nlog_level = 'error'\nargon2_time_cost = 100\n"
+        "argon2_parallelism = 64\n",
     )
     cfg = load_config(path).broker
-    assert (cfg.max_text_bytes, cfg.scrypt_n, cfg.hash_workers) == (30000, 1024, 64)
+    assert (cfg.max_text_bytes, cfg.argon2_memory_kib, cfg.hash_workers) == (30000, 1024, 64)
+    assert (cfg.argon2_time_cost, cfg.argon2_parallelism) == (100, 64)
+    path = write(tmp_path, "[broker]\nargon2_memory_kib = 4194304\nargon2_time_cost = 1\n")
+    assert load_config(path).broker.argon2_memory_kib == 4194304
+
+
+def test_scrypt_settings_of_older_files_load_with_a_warning_and_are_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Config files written before Argon2id set scrypt's cost; they still load (users
+    have such files), each scrypt key named in a warning that says what replaced it, and
+    the new hashes follow the argon2_* settings."""
+    path = write(tmp_path, "[broker]\nscrypt_n = 16384\nscrypt_r = 8\nscrypt_p = 1\n"
+                           "argon2_memory_kib = 65536\n")
+    with caplog.at_level(logging.WARNING, logger="zchat.config"):
+        cfg = load_config(path).broker
+    assert cfg.argon2_memory_kib == 65536
+    assert not hasattr(cfg, "scrypt_n")
+    warned = [r.getMessage() for r in caplog.records if r.name == "zchat.config"]
+    assert len(warned) == 3
+    for key, message in zip(("scrypt_n", "scrypt_r", "scrypt_p"), warned, strict=True):
+        assert message.startswith(f"{path}: [broker] {key} is deprecated and ignored")
+        assert "argon2_memory_kib" in message and "next login" in message
+    # even a value scrypt itself would refuse is only warned about, never an error
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zchat.config"):
+        config_from_dict({"broker": {"scrypt_n": 1000}})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"[broker] scrypt_n {DEPRECATED_KEYS['broker', 'scrypt_n']}"]
 
 
 # --- validate() after command-line flags ----------------------------------------------------

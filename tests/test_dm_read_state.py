@@ -26,12 +26,11 @@ from zchat.client.session import UnreadTracker
 from zchat.client.sync import SyncClient
 from zchat.errors import LocalProtocolError, RequestFailed, Status
 from zchat.names import mentions, name_key, skeleton
-from zchat.passwords import hash_password
 from zchat.store import MIGRATIONS, Store, sql_statements
 from zchat.testing import (
     DEFAULT_PASSWORD,
-    FAST_HASH,
     Harness,
+    fast_hash,
     next_dm,
     next_event_of,
     next_message,
@@ -389,8 +388,7 @@ def _old_database(path: Path) -> dict[str, int]:
     for migration in MIGRATIONS[:5]:  # shipped entries never change (zchat/store.py)
         for statement in sql_statements(migration):
             db.execute(statement)
-    password = hash_password(DEFAULT_PASSWORD, FAST_HASH["scrypt_n"], FAST_HASH["scrypt_r"],
-                             FAST_HASH["scrypt_p"])
+    password = fast_hash(DEFAULT_PASSWORD)
     for room in ("lobby", "dev"):
         db.execute("INSERT INTO rooms(key, name, skeleton, created_ms) VALUES (?, ?, ?, 1)",
                    (room, room, skeleton(room)))

@@ -129,9 +129,11 @@ def test_password_changes_from_one_address_do_not_keep_honest_logins_waiting(
         tmp_path: Path, peers: list[Peer]) -> None:
     """A tester kept the hash pool ~1,000 jobs deep with SET_PASSWORD from one address
     (a fresh bucket per connection) and six honest LOGINs from other addresses went
-    unanswered for over 8 s. Scaled down: one hashing thread, real scrypt cost (N=2**14),
-    8 sessions of one account each pipelining 30 SET_PASSWORD."""
-    with tcp_broker(tmp_path, "scrypt_n = 16384\nhash_workers = 1\n") as (port, _pub):
+    unanswered for over 8 s. Scaled down: one hashing thread, real hashing cost
+    (Argon2id at OWASP's 19 MiB, t=2), 8 sessions of one account each pipelining 30
+    SET_PASSWORD."""
+    shipped = "argon2_memory_kib = 19456\nargon2_time_cost = 2\nhash_workers = 1\n"
+    with tcp_broker(tmp_path, shipped) as (port, _pub):
         honest = connect(peers, port, "127.0.0.2")
         log_in(honest, "alice")
         assert isinstance(honest.call(p.Logout()), p.Ok)
@@ -179,7 +181,7 @@ def test_a_presence_flood_reaches_nobody_beyond_the_burst(tmp_path: Path,
                                                          peers: list[Peer]) -> None:
     """A tester's 20,000 presence changes in 1.5 s reached every client. Scaled down:
     2,000 pipelined changes; a subscriber to presence hears at most the burst (10)."""
-    with tcp_broker(tmp_path, "scrypt_n = 1024\n") as (port, pub), \
+    with tcp_broker(tmp_path, "argon2_memory_kib = 1024\nargon2_time_cost = 1\n") as (port, pub), \
             zmq.Context.instance().socket(zmq.SUB) as sub:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, p.TOPIC_PRESENCE_PREFIX)
@@ -224,7 +226,7 @@ def test_many_sessions_of_one_account_store_no_more_than_one_burst(
     """A tester's account stored 519 × 4 KB messages in 0.2 s and created 217 rooms a
     second, with a fresh send burst per LOGIN. Scaled down: 20 sessions each pipelining
     10 SENDs of 4,000 bytes and 10 JOINs of new rooms."""
-    with tcp_broker(tmp_path, "scrypt_n = 1024\n") as (port, _pub):
+    with tcp_broker(tmp_path, "argon2_memory_kib = 1024\nargon2_time_cost = 1\n") as (port, _pub):
         honest = connect(peers, port, "127.0.0.2")
         log_in(honest, "alice")
         sessions = [connect(peers, port, "127.0.0.1") for _ in range(20)]

@@ -186,7 +186,7 @@ def _config() -> BrokerConfig:
     known = {f.name for f in dataclasses.fields(BrokerConfig)}
     extra = {k: v for k, v in {"send_rate_per_s": 0, "login_rate_per_s": 0}.items()
              if k in known}
-    return BrokerConfig(scrypt_n=1024, heartbeat_interval_s=2.0, heartbeat_timeout_s=6.0,
+    return BrokerConfig(argon2_memory_kib=1024, argon2_time_cost=1, heartbeat_interval_s=2.0, heartbeat_timeout_s=6.0,
                         max_text_bytes=200, max_stored_dms=3, **extra)
 
 

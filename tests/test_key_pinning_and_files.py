@@ -44,7 +44,7 @@ PASSWORD = "correct horse battery staple"
 
 def tcp_broker(tmp_path: Path, ctx: zmq.Context[Any], **overrides: Any) -> BrokerThread:
     settings: dict[str, Any] = dict(router="tcp://127.0.0.1:0", pub="tcp://127.0.0.1:0",
-                                    data_dir=str(tmp_path / "data"), scrypt_n=1024,
+                                    data_dir=str(tmp_path / "data"), argon2_memory_kib=1024, argon2_time_cost=1,
                                     login_rate_per_s=0.0)
     settings.update(overrides)
     return BrokerThread(BrokerConfig(**settings), Store(tmp_path / "zchat.db"), ctx)

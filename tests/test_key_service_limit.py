@@ -98,7 +98,7 @@ def test_settings_have_defaults_and_bounds() -> None:
 @contextlib.contextmanager
 def tcp_broker(tmp_path: Path, ctx: zmq.Context[Any], **overrides: Any) -> Iterator[Any]:
     cfg = BrokerConfig(router="tcp://127.0.0.1:0", pub="tcp://127.0.0.1:0",
-                       data_dir=str(tmp_path / "data"), scrypt_n=1024, **overrides)
+                       data_dir=str(tmp_path / "data"), argon2_memory_kib=1024, argon2_time_cost=1, **overrides)
     with BrokerThread(cfg, Store(tmp_path / "zchat.db"), ctx) as broker:
         yield broker
 

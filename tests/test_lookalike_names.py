@@ -25,9 +25,8 @@ from zchat.names import (
     normalize_new_name,
     skeleton,
 )
-from zchat.passwords import hash_password
 from zchat.store import Store
-from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, run, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness, fast_hash, run, running_broker
 
 # -- the pure rules ---------------------------------------------------------------------------
 
@@ -153,8 +152,7 @@ def _made_before_the_rules(db: Path) -> None:
     store = Store(db)
     try:
         store.ensure_room(name_key("lobby"), "lobby", skeleton("lobby"), 0)
-        pw = hash_password(DEFAULT_PASSWORD, FAST_HASH["scrypt_n"], FAST_HASH["scrypt_r"],
-                           FAST_HASH["scrypt_p"])
+        pw = fast_hash(DEFAULT_PASSWORD)
         store.create_account("alice.", "alice.", "alice.", pw, 0, rooms=("lobby",))
         store.ensure_room("dev.", "dev.", "dev.", 0)
     finally:

@@ -8,6 +8,7 @@ file, a file of another schema version; the file is never written."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import sqlite3
@@ -23,6 +24,7 @@ from conftest import run, start_broker, stop_broker
 from postgres_server import PostgresServer
 
 from zchat.errors import RequestFailed
+from zchat.passwords import hash_password_scrypt
 from zchat.store import migrations, transfer
 from zchat.testing import DEFAULT_PASSWORD, Harness, running_broker
 
@@ -216,6 +218,39 @@ def test_migrate_reports_its_progress_in_rows(source: Source, tmp_path: Path,
     expected = sum(_sqlite_count(db, table) for table in transfer.TABLES)
     assert totals == [expected] and expected == sum(summary.rows.values())
     assert copied == sorted(copied) and copied[-1] == expected
+
+
+def test_migrate_keeps_scrypt_and_argon2id_hashes_as_they_are(
+        source: Source, tmp_path: Path, pg_url: str) -> None:
+    """A file of an older zchat holds scrypt hashes beside Argon2id ones (issue 18): the
+    copy carries each byte for byte, and on PostgreSQL the scrypt one still logs in and
+    is only then replaced by an Argon2id hash (tests/test_password_argon2.py)."""
+    db = _copy(source, tmp_path)
+    old = hash_password_scrypt(DEFAULT_PASSWORD, 1024)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("UPDATE accounts SET password_hash = ? WHERE key = 'carol'", (old,))
+        hashes = dict(conn.execute("SELECT key, password_hash FROM accounts").fetchall())
+    assert hashes["carol"] == old and hashes["bob"].startswith("$argon2id$v=19$")
+    ok(zchat(tmp_path, "admin", "migrate", "--db", str(db), "--to", pg_url))
+    with psycopg.connect(pg_url) as conn:
+        assert dict(conn.execute("SELECT key, password_hash FROM accounts").fetchall()) \
+            == hashes
+
+    async def log_in_carol(harness: Harness) -> None:
+        carol = harness.new_client()
+        await carol.connect()
+        try:
+            assert (await carol.login("carol", DEFAULT_PASSWORD)).name == "carol"
+        finally:
+            await carol.close()
+
+    with running_broker(pg_url, admins=["root"]) as harness:
+        run(log_in_carol(harness))
+    with psycopg.connect(pg_url) as conn:
+        now = dict(conn.execute("SELECT key, password_hash FROM accounts").fetchall())
+    assert now["carol"].startswith("$argon2id$v=19$m=1024,t=1,p=1$")
+    assert {k: v for k, v in now.items() if k != "carol"} == \
+        {k: v for k, v in hashes.items() if k != "carol"}
 
 
 def test_migrate_refuses_a_filled_target_and_changes_nothing(

@@ -8,7 +8,7 @@ import pytest
 
 from zchat.errors import ProtocolError, Status
 from zchat.names import MAX_NAME_CHARS, name_key, normalize_name, skeleton, validate_text
-from zchat.passwords import hash_password, verify_password
+from zchat.passwords import hash_password_scrypt, verify_password
 
 # -- normalize_name -----------------------------------------------------------------------------
 
@@ -224,28 +224,28 @@ def test_validate_text_empty_beats_size() -> None:
 N = 1024  # cheap for tests; production uses 16384
 
 
-def test_password_roundtrip_and_wrong_password() -> None:
-    stored = hash_password("correct horse", n=N)
+def test_scrypt_password_roundtrip_and_wrong_password() -> None:
+    stored = hash_password_scrypt("correct horse", n=N)
     assert verify_password("correct horse", stored) is True
     assert verify_password("correct horsE", stored) is False
     assert verify_password("", stored) is False
 
 
-def test_password_unicode() -> None:
-    stored = hash_password("pässwörd 🔑", n=N)
+def test_scrypt_password_unicode() -> None:
+    stored = hash_password_scrypt("pässwörd 🔑", n=N)
     assert verify_password("pässwörd 🔑", stored)
     assert not verify_password("passwort 🔑", stored)
 
 
-def test_same_password_hashes_differ_by_salt() -> None:
-    a, b = hash_password("same", n=N), hash_password("same", n=N)
+def test_same_password_scrypt_hashes_differ_by_salt() -> None:
+    a, b = hash_password_scrypt("same", n=N), hash_password_scrypt("same", n=N)
     assert a != b
     assert a.split("$")[4] != b.split("$")[4]
     assert verify_password("same", a) and verify_password("same", b)
 
 
-def test_parameters_are_encoded_in_the_stored_form() -> None:
-    stored = hash_password("pw", n=2048, r=4, p=2)
+def test_scrypt_parameters_are_encoded_in_the_stored_form() -> None:
+    stored = hash_password_scrypt("pw", n=2048, r=4, p=2)
     scheme, n, r, p, _salt, _digest = stored.split("$")
     assert (scheme, n, r, p) == ("scrypt", "2048", "4", "2")
     assert verify_password("pw", stored)

@@ -17,9 +17,8 @@ from zchat import wire as p
 from zchat.config import ConfigError, config_from_dict
 from zchat.errors import RequestFailed, Status
 from zchat.names import name_key, skeleton
-from zchat.passwords import hash_password
 from zchat.store import Store
-from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness, fast_hash, running_broker
 
 TOO_SHORT = "seven77"  # 7 characters
 WORDING = "password must be at least 8 characters long"
@@ -53,8 +52,7 @@ def test_an_older_shorter_password_still_logs_in(tmp_path: Path) -> None:
     password: LOGIN checks no minimum."""
     store = Store(tmp_path / "z.db")
     store.ensure_room("lobby", "lobby", skeleton("lobby"), 0)
-    old_hash = hash_password("pw", FAST_HASH["scrypt_n"], FAST_HASH["scrypt_r"],
-                             FAST_HASH["scrypt_p"])
+    old_hash = fast_hash("pw")
     store.create_account("old", "old", skeleton("old"), old_hash, 0, rooms=("lobby",))
     store.close()
 

@@ -21,9 +21,8 @@ from zchat import wire as p
 from zchat.console.app import login_flow
 from zchat.errors import ProtocolError, RequestFailed, Status
 from zchat.names import skeleton
-from zchat.passwords import hash_password
 from zchat.store import Store
-from zchat.testing import DEFAULT_PASSWORD, FAST_HASH, Harness, running_broker
+from zchat.testing import DEFAULT_PASSWORD, Harness, fast_hash, running_broker
 
 BLANK = "password must not be blank (only white space)"
 NEWLINE = ("password contains a control character (U+000A), which no one could type at "
@@ -70,8 +69,7 @@ def test_password_changes_and_bulk_creation_refuse_them(tmp_path: Path) -> None:
     store = Store(db)  # an account whose password, set before the rule, has a newline
     store.ensure_room("lobby", "lobby", skeleton("lobby"), 0)
     store.create_account("old", "old", skeleton("old"),
-                         hash_password("old\npass", FAST_HASH["scrypt_n"],
-                                       FAST_HASH["scrypt_r"], FAST_HASH["scrypt_p"]),
+                         fast_hash("old\npass"),
                          0, rooms=("lobby",))
     store.close()
 

@@ -112,7 +112,7 @@ def limited_broker(tmp_path: Path) -> Iterator[TcpBroker]:
     config = tmp_path / "broker.toml"
     # Plain transport: the raw DEALERs below speak the codec without CURVE (encryption
     # is proved in tests/test_curve.py).
-    config.write_text("[broker]\nscrypt_n = 1024\nlogin_rate_per_s = 0.2\nlogin_burst = 3\n"
+    config.write_text("[broker]\nargon2_memory_kib = 1024\nargon2_time_cost = 1\nlogin_rate_per_s = 0.2\nlogin_burst = 3\n"
                       "encryption = \"none\"\n", encoding="utf-8")
     client_config = tmp_path / "xdg-config" / "zchat" / "zchat.toml"  # cli_env's default
     client_config.parent.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,7 @@ from zchat.client.events import (
 )
 from zchat.client.session import RECONNECT_FIRST_S, backoff_delay
 from zchat.errors import ConnectionFailed
-from zchat.passwords import hash_password
-from zchat.testing import DEFAULT_PASSWORD, FAST_HASH
+from zchat.testing import DEFAULT_PASSWORD, fast_hash
 
 
 @pytest.fixture
@@ -210,8 +209,7 @@ def test_changed_password_ends_the_session(inproc_broker: RestartableBroker) -> 
                                 reconnect=True)
         try:
             await asyncio.to_thread(inproc_broker.stop)
-            new_hash = hash_password("a new password", FAST_HASH["scrypt_n"],
-                                     FAST_HASH["scrypt_r"], FAST_HASH["scrypt_p"])
+            new_hash = fast_hash("a new password")
             with contextlib.closing(sqlite3.connect(inproc_broker.db)) as db, db:
                 db.execute("UPDATE accounts SET password_hash = ? WHERE key = 'alice'",
                            (new_hash,))

@@ -206,7 +206,7 @@ def test_real_corpus_at_max_speed_arrives_once_in_order() -> None:
     with CORPUS.open(encoding="utf-8") as f:
         events = parse_log(f, source=CORPUS.name)
     said = [e for e in events if isinstance(e, Said)]
-    # Fast scrypt (zchat.testing.FAST_HASH), and the rate limits off (docs/PROTOCOL.md
+    # Fast Argon2id (zchat.testing.FAST_HASH), and the rate limits off (docs/PROTOCOL.md
     # §15): at max speed the busiest nicks post hundreds of lines at once, far over the
     # default SEND burst of 20, and the replay registers every nick of the log over one
     # connection, far over the default LOGIN/REGISTER burst of 30. A throttled replay is
@@ -272,7 +272,7 @@ def test_cli_replay_uses_the_client_transport_settings(tmp_path: Path) -> None:
     it once built its clients with the defaults and could not reach a plain broker."""
     from zchat.testing import free_port
 
-    (tmp_path / "broker.toml").write_text('[broker]\nscrypt_n = 1024\nencryption = "none"\n',
+    (tmp_path / "broker.toml").write_text('[broker]\nargon2_memory_kib = 1024\nargon2_time_cost = 1\nencryption = "none"\n',
                                           encoding="utf-8")
     router = f"tcp://127.0.0.1:{free_port()}"
     broker = Proc([*zchat_command(), "broker", "--config", str(tmp_path / "broker.toml"),

@@ -48,7 +48,7 @@ def test_byte_budget_goes_into_debt_and_pays_it_back() -> None:
 
 def test_reading_requests_get_429_once_the_account_budget_is_spent() -> None:
     cfg = BrokerConfig(read_rate_bytes_per_s=1024.0, read_burst_bytes=65_536,
-                       scrypt_n=1024, login_rate_per_s=0)
+                       argon2_memory_kib=1024, argon2_time_cost=1, login_rate_per_s=0)
     core = BrokerCore(Store(":memory:"), cfg, "inproc://pub", 0)
     key = "ann"
     core.accounts[key] = Account("ann", False)

@@ -79,7 +79,7 @@ __all__ = [  # the validation shared with the broker, kept importable from here
 #: ``_lock_data_dir``); direct-mode writes take it too.
 LOCK_FILENAME = "broker.lock"
 #: Characters of a generated password: ``secrets.token_urlsafe(12)`` gives 16 characters
-#: of 96 random bits, beyond any online or offline guessing against scrypt.
+#: of 96 random bits, beyond any online or offline guessing against Argon2id.
 GENERATED_PASSWORD_BYTES = 12
 #: Values of the CSV ``bot`` column (case-insensitive); empty means no.
 _TRUE = ("1", "true", "yes", "y", "bot")
@@ -350,7 +350,7 @@ def create_accounts_direct(store: GroupStore, accounts: list[CheckedAccount], ha
                            progress: Callable[[int], None] | None = None) -> None:
     """Create ``accounts`` (already checked) as CREATE_ACCOUNTS does
     (zchat.core.operator_actions): each in ``lobby``, audited, all or none. The password
-    hashing is the long part (one scrypt each): ``progress``, when given, is called with
+    hashing is the long part (one Argon2id hash each): ``progress``, when given, is called with
     the number hashed after each. Raises AdminError when a name was taken meanwhile
     (nothing created)."""
     hashes = []
@@ -472,7 +472,7 @@ def print_rows(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, .
 #: ``passwd`` in scripts ($ZCHAT_PASSWORD holds the password to log in with).
 NEW_PASSWORD_ENV = "ZCHAT_NEW_PASSWORD"
 #: Extra seconds CREATE_ACCOUNTS may take per account: the broker hashes each password
-#: with scrypt (about 0.05 s at the default cost) before it answers.
+#: with Argon2id (about 0.02 s at the default cost) before it answers.
 CREATE_S_PER_ACCOUNT = 0.5
 #: Commands that change what a running broker holds in memory: direct mode refuses
 #: them while a broker holds the data directory.
@@ -841,7 +841,8 @@ def run_direct(args: argparse.Namespace, config: object) -> int:
     cfg = config.broker
 
     def hasher(password: str) -> str:
-        return hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+        return hash_password(password, cfg.argon2_memory_kib, cfg.argon2_time_cost,
+                             cfg.argon2_parallelism)
 
     lock: contextlib.AbstractContextManager[None]
     if isinstance(location, str):

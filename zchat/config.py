@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
@@ -28,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 from zchat.errors import ZchatError
 from zchat.keyformat import ENCRYPTION_MODES, BadKey, check_key
+from zchat.passwords import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_TIME_COST
 from zchat.ratelimit import proxy_networks
 from zchat.wire import MAX_PASSWORD_CHARS, MAX_STORAGE_QUOTA_BYTES
 
@@ -58,9 +60,30 @@ MAX_TEXT_BYTES_LIMIT = 30_000  # JSON escaping may double text; stays under MAX_
 #: line breaks (each takes a byte), so the setting never promises more than the bytes do.
 MAX_TEXT_LINES_LIMIT = MAX_TEXT_BYTES_LIMIT
 
-#: Smallest accepted scrypt cost ``N``; lower values make stored password hashes cheap to
-#: brute-force (RFC 7914 suggests 2**14 for interactive logins, our default).
-MIN_SCRYPT_N = 1024
+#: Smallest accepted Argon2id memory, KiB (``argon2_memory_kib``): 1 MiB, far below
+#: OWASP's 19 MiB (zchat.passwords), so that tests and benchmarks can set up thousands of
+#: accounts quickly; less would make stored hashes cheap to brute-force on any GPU.
+MIN_ARGON2_MEMORY_KIB = 1024
+#: Largest accepted Argon2id memory, KiB: 4 GiB, twice RFC 9106's first recommendation;
+#: each of ``hash_workers`` threads holds this much while it hashes.
+MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024
+#: Largest accepted ``argon2_time_cost`` (passes over the memory): at OWASP's 19 MiB, 100
+#: passes take seconds per login, beyond what an interactive login should wait.
+MAX_ARGON2_TIME_COST = 100
+#: Largest accepted ``argon2_parallelism`` (lanes; one thread each while hashing).
+MAX_ARGON2_PARALLELISM = 64
+
+#: Keys that older config files may hold, still accepted with a warning and ignored, with
+#: the reason shown. The scrypt keys set the cost of new password hashes before Argon2id;
+#: old scrypt hashes carry their own parameters, so nothing needs them any more.
+DEPRECATED_KEYS: dict[tuple[str, str], str] = {
+    ("broker", key): ("is deprecated and ignored: new password hashes are Argon2id "
+                      "(argon2_memory_kib, argon2_time_cost, argon2_parallelism); "
+                      "existing scrypt hashes carry their own parameters and are "
+                      "replaced at their account's next login; remove the line")
+    for key in ("scrypt_n", "scrypt_r", "scrypt_p")}
+
+log = logging.getLogger("zchat.config")
 
 
 class ConfigError(ZchatError):
@@ -176,9 +199,14 @@ class BrokerConfig:
     - ``pub_sndhwm``: events queued per subscriber on the PUB, in messages (>= 1); beyond
       it that subscriber's events are dropped and its client repairs room messages from
       HISTORY (docs/PROTOCOL.md §15.2).
-    - ``scrypt_n`` / ``scrypt_r`` / ``scrypt_p``: scrypt cost parameters for password
-      hashes (RFC 7914); ``N`` a power of two >= 1024, ``r`` and ``p`` >= 1. Memory per
-      hash is ``128 * N * r`` bytes (16 MiB by default).
+    - ``argon2_memory_kib`` / ``argon2_time_cost`` / ``argon2_parallelism``: Argon2id
+      cost of new password hashes (RFC 9106; zchat.passwords): memory in KiB
+      (MIN_ARGON2_MEMORY_KIB..MAX_ARGON2_MEMORY_KIB), passes
+      (1..MAX_ARGON2_TIME_COST) and lanes (1..MAX_ARGON2_PARALLELISM); OWASP's minimum,
+      19,456 KiB, 2 and 1, by default. A hash made with less memory or fewer passes, or
+      an scrypt hash of older versions, is replaced at its account's next successful
+      login. ``scrypt_n`` / ``scrypt_r`` / ``scrypt_p`` of older files load with a
+      warning and are ignored (DEPRECATED_KEYS).
     - ``hash_workers``: threads hashing passwords off the event loop (1..64).
     - ``min_password_chars``: the shortest new password accepted, in characters (1..1024;
       REGISTER, SET_PASSWORD, ADMIN_SET_PASSWORD, CREATE_ACCOUNTS and ``zchat admin`` on
@@ -282,9 +310,9 @@ class BrokerConfig:
     #: for a subscriber that does not read costs the broker ~250 bytes however big (the
     #: body is shared); 1,200 subscribers that never read held 3 GB at 10,000.
     pub_sndhwm: int = 1_000
-    scrypt_n: int = 16_384
-    scrypt_r: int = 8
-    scrypt_p: int = 1
+    argon2_memory_kib: int = ARGON2_MEMORY_KIB
+    argon2_time_cost: int = ARGON2_TIME_COST
+    argon2_parallelism: int = ARGON2_PARALLELISM
     hash_workers: int = 2
     min_password_chars: int = 8
     send_rate_per_s: float = 5.0
@@ -563,6 +591,10 @@ def _build_table(
     hints = _field_types(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        if (table, key) in DEPRECATED_KEYS:
+            where = f"{path}: " if path is not None else ""
+            log.warning("%s[%s] %s %s", where, table, key, DEPRECATED_KEYS[table, key])
+            continue
         if key not in hints:
             raise ConfigError(f"unknown key{_suggest(key, hints)}", path=path, table=table, key=key)
         if (table, key) == ("client", "server") and isinstance(value, list):
@@ -817,7 +849,9 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     ``heartbeat_timeout_s`` > it, at most MAX_DURATION_S; ``resume_grace_s``
     0..MAX_DURATION_S; ``timeout_s`` and
     ``reconnect_max_s`` > 0; ``max_stored_dms`` >= 1; ``sndhwm``/``rcvhwm`` >= 1;
-    ``scrypt_n`` a power of two >= 1024, ``scrypt_r``/``scrypt_p`` >= 1; ``hash_workers``
+    ``argon2_memory_kib`` MIN_ARGON2_MEMORY_KIB..MAX_ARGON2_MEMORY_KIB,
+    ``argon2_time_cost`` 1..MAX_ARGON2_TIME_COST,
+    ``argon2_parallelism`` 1..MAX_ARGON2_PARALLELISM; ``hash_workers``
     in 1..64; ``min_password_chars`` in 1..MAX_PASSWORD_CHARS; ``log_level`` one of debug/info/warning/error; ``send_rate_per_s`` and
     ``login_rate_per_s``, ``key_rate_per_s``, ``account_send_rate_per_s``,
     ``presence_rate_per_s`` and ``room_create_rate_per_s`` 0 or
@@ -907,12 +941,17 @@ def validate(config: Config, *, path: Path | str | None = None) -> None:
     if b.login_timeout_s != 0 and not 1 <= b.login_timeout_s <= 86_400:
         fail("broker", "login_timeout_s", f"must be 0 (never) or 1 to 86400 seconds, got "
              f"{b.login_timeout_s}")
-    for key in ("max_stored_dms", "sndhwm", "rcvhwm", "pub_sndhwm", "scrypt_r", "scrypt_p"):
+    for key in ("max_stored_dms", "sndhwm", "rcvhwm", "pub_sndhwm"):
         if getattr(b, key) < 1:
             fail("broker", key, f"must be >= 1, got {getattr(b, key)}")
-    n = b.scrypt_n
-    if n < MIN_SCRYPT_N or n & (n - 1):
-        fail("broker", "scrypt_n", f"must be a power of two >= {MIN_SCRYPT_N}, got {n}")
+    for key, low, high, unit in (
+            ("argon2_memory_kib", MIN_ARGON2_MEMORY_KIB, MAX_ARGON2_MEMORY_KIB, " KiB"),
+            ("argon2_time_cost", 1, MAX_ARGON2_TIME_COST, ""),
+            ("argon2_parallelism", 1, MAX_ARGON2_PARALLELISM, "")):
+        if not low <= getattr(b, key) <= high:
+            fail("broker", key, f"must be between {low:,} and {high:,}{unit}, got "
+                 f"{getattr(b, key)}")
+    # argon2's own floor, 8 KiB per lane (RFC 9106 §3.1), holds: 1,024 >= 8 × 64
     if not 1 <= b.hash_workers <= 64:
         fail("broker", "hash_workers", f"must be between 1 and 64, got {b.hash_workers}")
     if not 1 <= b.min_password_chars <= MAX_PASSWORD_CHARS:

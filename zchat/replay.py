@@ -49,7 +49,7 @@ from zchat.names import BIDI_CONTROLS, name_key, validate_text
 DEFAULT_SPEED = 60.0
 #: How long ``replay`` waits after the last send for the observer to see every message.
 SETTLE_S = 10.0
-#: Registrations run at most this many at once (each is one scrypt hash on the broker).
+#: Registrations run at most this many at once (each is one Argon2id hash on the broker).
 REGISTER_CONCURRENCY = 4
 #: A request refused with 429 (rate limited) is retried this many times, after the
 #: broker's retry_after_ms, before it counts as refused.

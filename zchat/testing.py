@@ -8,8 +8,8 @@ clients connect through the process's one zmq context.
         async with harness.client("alice") as alice:   # registered and logged in
             await alice.join("dev")
 
-Password hashing uses scrypt with N=1024 here (``FAST_HASH``) so that a test logs in in
-about a millisecond; production defaults are in zchat/data/zchat.toml.
+Password hashing uses Argon2id with 1 MiB and one pass here (``FAST_HASH``) so that a test
+logs in in about a millisecond; production defaults are in zchat/data/zchat.toml.
 
 It is also a pytest plugin (entry point ``pytest11: zchat``), so a project that installs
 zchat can test its bots with the ``zchat_broker`` fixture (docs/bots.md):
@@ -50,7 +50,7 @@ from zchat.passwords import hash_password
 from zchat.store import GroupStore, open_store
 
 #: Cheap hash parameters for tests only (never for real accounts).
-FAST_HASH = {"scrypt_n": 1024, "scrypt_r": 8, "scrypt_p": 1}
+FAST_HASH = {"argon2_memory_kib": 1024, "argon2_time_cost": 1, "argon2_parallelism": 1}
 DEFAULT_PASSWORD = "correct horse battery staple"
 #: Overall bound of ``run()``: generous, only a hang should ever reach it.
 RUN_TIMEOUT_S = 20.0
@@ -183,6 +183,13 @@ class Harness:
                 await client.logout()
 
 
+def fast_hash(password: str) -> str:
+    """``password``'s Argon2id hash at FAST_HASH's parameters (about a millisecond): for
+    accounts a test writes to a store directly."""
+    return hash_password(password, FAST_HASH["argon2_memory_kib"],
+                         FAST_HASH["argon2_time_cost"], FAST_HASH["argon2_parallelism"])
+
+
 def create_admin_accounts(store: GroupStore, names: Iterable[str],
                           password: str = DEFAULT_PASSWORD, now_ms: int = 0) -> list[str]:
     """Create the account of each broker admin name in ``names`` that has none, with
@@ -196,8 +203,7 @@ def create_admin_accounts(store: GroupStore, names: Iterable[str],
     for name in names:
         if store.get_account(name_key(name)) is None:
             store.create_account(name_key(name), name, skeleton(name),
-                                 hash_password(password, FAST_HASH["scrypt_n"],
-                                               FAST_HASH["scrypt_r"], FAST_HASH["scrypt_p"]),
+                                 fast_hash(password),
                                  now_ms, rooms=(lobby,))
             created.append(name)
     return created

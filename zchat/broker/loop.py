@@ -265,9 +265,9 @@ def _transport_key(frame: zmq.Frame) -> str:
         return ""
 
 
-#: Nice value of the password-hashing threads. scrypt holds a core for ~50 ms per login
-#: (it releases the GIL); on a 2-core machine a storm of logins would otherwise take the
-#: CPU from the loop and stall room traffic. Linux schedules threads by their own nice
+#: Nice value of the password-hashing threads. Argon2id holds a core for ~20 ms per login
+#: (scrypt ~35 ms; both release the GIL); on a 2-core machine a storm of logins would
+#: otherwise take the CPU from the loop and stall room traffic. Linux schedules threads by their own nice
 #: value, so the loop (nice 0) wins the CPU whenever both want it (docs/PERFORMANCE.md).
 HASH_THREAD_NICE = 10
 

@@ -1297,7 +1297,7 @@ class Client:
         """Create ``accounts`` all or none (admins; §6.43). Raises RequestFailed 422 (or
         409) naming every refused account, 403 not an admin. The broker hashes every
         password first: give ``timeout_s`` room for it (about a tenth of a second an
-        account with the default scrypt cost)."""
+        account with the default Argon2id cost)."""
         reply: p.AccountsCreated = await self.request(p.CreateAccounts(accounts=accounts),
                                                       timeout_s)
         return reply

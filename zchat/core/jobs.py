@@ -58,10 +58,14 @@ class RegisterJob(Job):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoginJob(Job):
-    """LOGIN with a password: the result is whether it matched (bool)."""
+    """LOGIN with a password: the result is a zchat.passwords.LoginCheck (whether it
+    matched, and a new hash to store when the old one was scrypt or weaker)."""
 
     key: str
     name: str
+    #: The stored hash the password was checked against ("" for a token login): a new
+    #: hash replaces it only if it is still the stored one (Store.replace_password_hash).
+    checked_hash: str = ""
     #: The connection's CURVE key (hex), bound to the session it makes.
     transport_key: str = ""
     #: LOGIN's ``presence``: False for a session that announces none (§6.3).

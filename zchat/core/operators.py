@@ -105,7 +105,8 @@ def create_accounts(core: Core, call: Call, session: Session, req: p.CreateAccou
                           address=call.address, actor=session.name, accounts=tuple(good),
                           holds=core.job_holds(call.rid, call.address or session.address,
                                                session.account_key)),
-        lambda: tuple(hash_password(pw, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+        lambda: tuple(hash_password(pw, cfg.argon2_memory_kib, cfg.argon2_time_cost,
+                                    cfg.argon2_parallelism)
                       for pw in passwords))
 
 
@@ -132,7 +133,8 @@ def admin_set_password(core: Core, call: Call, session: Session, req: p.AdminSet
                          name=core.accounts[key].name,
                          holds=core.job_holds(call.rid, call.address or session.address,
                                               session.account_key)),
-        lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
+        lambda: hash_password(password, cfg.argon2_memory_kib, cfg.argon2_time_cost,
+                              cfg.argon2_parallelism))
 
 
 def set_disabled(core: Core, call: Call, session: Session, req: p.SetDisabled) -> list[Action]:

@@ -16,9 +16,16 @@ from zchat.core.jobs import LoginJob, RegisterJob, SetPasswordJob
 from zchat.core.ports import SessionRow
 from zchat.core.state import DEFAULT_ROOM, Session
 from zchat.core.validation import check_away_text
-from zchat.errors import ProtocolError, Status
+from zchat.errors import ProtocolError, Status, StorageError
 from zchat.names import name_key, normalize_name, normalize_new_name, skeleton
-from zchat.passwords import hash_password, match_token, token_sha256, verify_password
+from zchat.passwords import (
+    LoginCheck,
+    check_login,
+    hash_password,
+    match_token,
+    token_sha256,
+    verify_password,
+)
 
 log = logging.getLogger("zchat.broker")
 
@@ -67,16 +74,47 @@ def login_by_token(core: Core, call: Call, req: p.Login, address: str,
     if token_id is None:
         log.info("failed token login for %s from %s", job.name, job.where)
         raise ProtocolError(Status.UNAUTHORIZED, "wrong name or token (or it was revoked)")
-    return finish_login(core, job, True, call.now_s, call.now_ms, token_id=token_id)
+    return log_in(core, job, call.now_s, call.now_ms, token_id=token_id)
 
 
-def finish_login(core: Core, job: LoginJob, matched: bool, now_s: float, now_ms: int,
-                 token_id: int | None = None) -> list[Action]:
-    """LOGIN's password was checked (``matched``), or a token matched (``token_id``):
-    make the session, or answer 401."""
-    if not matched:
+def finish_login(core: Core, job: LoginJob, check: LoginCheck, now_s: float,
+                 now_ms: int) -> list[Action]:
+    """LOGIN's password was checked off the loop (zchat.passwords.check_login): answer
+    401 when it did not match, else make the session (:func:`log_in`) and, when the
+    check brought a new Argon2id hash (the stored one was scrypt or weaker than
+    configured), store it in place of the one checked (:func:`upgrade_hash`)."""
+    if not check.matched:
         log.info("failed login for %s from %s", job.name, job.where)
         raise ProtocolError(Status.UNAUTHORIZED, "wrong name or password")
+    actions = log_in(core, job, now_s, now_ms)
+    if check.rehashed is not None:
+        upgrade_hash(core, job, check.rehashed)
+    return actions
+
+
+def upgrade_hash(core: Core, job: LoginJob, new_hash: str) -> None:
+    """Store ``new_hash`` for the account that just logged in, in place of the hash its
+    password was checked against (``job.checked_hash``), only if that one is still stored
+    (Store.replace_password_hash): a password set meanwhile (SET_PASSWORD, an admin, or
+    another broker of a cluster) is never overwritten with the old password's hash. Two
+    brokers upgrading the same account at once is harmless: the first write wins, the
+    second finds the hash changed and writes nothing, and either hash is of the same
+    password. A store failure here is logged and leaves the old hash, which still works;
+    the login it follows has succeeded and stands."""
+    try:
+        replaced = core.store.replace_password_hash(job.key, job.checked_hash, new_hash)
+    except StorageError as exc:  # the store could not commit (503): next login tries again
+        log.warning("could not upgrade the password hash of %s: %s", job.name, exc)
+        return
+    if replaced:
+        log.info("upgraded the password hash of %s to Argon2id", job.name)
+
+
+def log_in(core: Core, job: LoginJob, now_s: float, now_ms: int,
+           token_id: int | None = None) -> list[Action]:
+    """A password matched (``finish_login``) or a token did (``token_id``): make the
+    session (409 when this connection has one, 403 for a disabled account, 503 when
+    full)."""
     existing = core.sessions.get(job.routing_id)
     if existing is not None:
         raise ProtocolError(Status.CONFLICT, f"this connection is logged in as "
@@ -160,7 +198,8 @@ def register(core: Core, call: Call, session: Session | None, req: p.Register) -
     return core.start_job(
         RegisterJob(routing_id=call.rid, request_id=call.request_id, address=address,
                     via=via, holds=holds, key=key, name=name, bot=req.bot),
-        lambda: hash_password(password, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p))
+        lambda: hash_password(password, cfg.argon2_memory_kib, cfg.argon2_time_cost,
+                              cfg.argon2_parallelism))
 
 
 def login(core: Core, call: Call, session: Session | None, req: p.Login) -> list[Action]:
@@ -184,12 +223,15 @@ def login(core: Core, call: Call, session: Session | None, req: p.Login) -> list
     row = core.store.get_account(key)
     if row is None:  # the in-memory index and the store disagree: not the peer's fault
         raise ProtocolError(Status.NOT_FOUND, f"no account named {req.name!r}")
+    cfg = core.config
     password, stored = req.password, row.password_hash
     return core.start_job(
         LoginJob(routing_id=call.rid, request_id=call.request_id, address=address, via=via,
                  holds=core.job_holds(call.rid, address, key), key=key, name=row.name,
-                 transport_key=call.transport_key, presence=p.given(req.presence, True)),
-        lambda: verify_password(password, stored))
+                 transport_key=call.transport_key, presence=p.given(req.presence, True),
+                 checked_hash=stored),
+        lambda: check_login(password, stored, cfg.argon2_memory_kib, cfg.argon2_time_cost,
+                            cfg.argon2_parallelism))
 
 
 def resume(core: Core, call: Call, session: Session | None, req: p.Resume) -> list[Action]:
@@ -400,7 +442,8 @@ def set_password(core: Core, call: Call, session: Session, req: p.SetPassword) -
     def work() -> str | None:
         if not verify_password(old, stored):
             return None
-        return hash_password(new, cfg.scrypt_n, cfg.scrypt_r, cfg.scrypt_p)
+        return hash_password(new, cfg.argon2_memory_kib, cfg.argon2_time_cost,
+                             cfg.argon2_parallelism)
 
     return core.start_job(
         SetPasswordJob(routing_id=call.rid, request_id=call.request_id, address=address,

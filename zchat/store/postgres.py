@@ -714,6 +714,17 @@ class Store:
                              (password_hash, key))
             return cur.rowcount == 1
 
+    def replace_password_hash(self, key: str, old_hash: str, new_hash: str) -> bool:
+        """Store ``new_hash`` as the account's password hash only if ``old_hash`` is
+        still its hash, and commit; False when the account is gone or its hash changed
+        meanwhile. One UPDATE, so two brokers upgrading one account at once cannot both
+        succeed: the second's WHERE no longer matches once the first commits (READ
+        COMMITTED re-checks it on the updated row)."""
+        with self._write():
+            cur = self._exec("UPDATE accounts SET password_hash = %s WHERE key = %s "
+                             "AND password_hash = %s", (new_hash, key, old_hash))
+            return cur.rowcount == 1
+
     # -- account tokens ------------------------------------------------------------------
 
     def create_token(self, account_key: str, label: str, token_sha256: str,

@@ -392,6 +392,15 @@ class Store:
                              (password_hash, key))
             return cur.rowcount == 1
 
+    def replace_password_hash(self, key: str, old_hash: str, new_hash: str) -> bool:
+        """Store ``new_hash`` as the account's password hash only if ``old_hash`` is
+        still its hash (a compare-and-set: the upgrade at login, zchat.passwords), and
+        commit; False when the account is gone or its hash changed meanwhile."""
+        with self._write() as db:
+            cur = db.execute("UPDATE accounts SET password_hash = ? WHERE key = ? "
+                             "AND password_hash = ?", (new_hash, key, old_hash))
+            return cur.rowcount == 1
+
     # -- account tokens ------------------------------------------------------------------
 
     def create_token(self, account_key: str, label: str, token_sha256: str,

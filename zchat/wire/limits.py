@@ -44,7 +44,7 @@ MAX_ACK_IDS = 1000
 #: more unread conversations than that are not read through one by one anyway; the rest
 #: stay unread and appear as the listed ones are read.
 MAX_DM_READS = 1000
-#: Passwords are bytes to scrypt; 1,024 characters is more than any pass-phrase.
+#: Passwords are bytes to Argon2id; 1,024 characters is more than any pass-phrase.
 MAX_PASSWORD_CHARS = 1024
 #: Away message (SET_PRESENCE) and quit message (LOGOUT), in characters (§6.12, §6.4).
 MAX_AWAY_TEXT_CHARS = 200
@@ -74,7 +74,7 @@ DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 500
 #: Accounts one CREATE_ACCOUNTS may create (§6.42): a class or a team; with passwords of a
 #: few dozen characters the request stays far below MAX_BODY_BYTES, and hashing them all
-#: (scrypt, one after the other off the loop) takes seconds, not minutes.
+#: (Argon2id, one after the other off the loop) takes seconds, not minutes.
 MAX_CREATE_ACCOUNTS = 200
 #: Largest storage quota (ADMIN_SET_QUOTA §6.53, ``storage_quota_bytes`` §9), in bytes of
 #: message text: 1 PiB, more than any disk a broker stores on; a larger one is a typo.
