@@ -88,7 +88,7 @@ def test_connections_not_yet_registered_hold_half_the_gateway_at_most(
     a new connection closes the oldest one not yet registered rather than being
     refused, so an honest client gets in and registers."""
     async def scenario() -> None:
-        await registered(harness, "alice", "bob", "carol")
+        await registered(harness, "alice", "bob", "carol", "dave")
         async with gateway(harness, max_connections=4, max_connections_per_address=0) \
                 as (gw, port):
             alice = await connect(port, "alice")
@@ -106,11 +106,20 @@ def test_connections_not_yet_registered_hold_half_the_gateway_at_most(
             await idle[0].closed()
             assert await _held_open(idle[1])
             await _until(lambda: gw.connections == 3)
-            carol = await connect(port, "carol")  # the fourth place
+            carol = await connect(port, "carol")  # the fourth place: the gateway is full
+            # full, with a socket not yet registered (a third tester's lockout: logged-in
+            # users past half, idle sockets in the rest): dave's login closes it
+            dave = await connect(port, "dave")
+            assert not [m for m in await dave.sync() if m.command == "ERROR"]
+            line = await idle[1].command("ERROR")
+            assert line.params[0].startswith("Closing link: Registration timeout")
+            await idle[1].closed()
+            await _until(lambda: gw.connections == 4)
+            # full of registered users: refused
             full = await _idle(port, "127.0.0.10")
             line = await full.command("ERROR")
             assert line.params == ("Closing link: this gateway is full (4 connections)",)
-            for irc in (alice, bob, carol, full, *idle):
+            for irc in (alice, bob, carol, dave, full, *idle):
                 irc.close()
 
     run(scenario(), timeout_s=30)

@@ -230,6 +230,10 @@ def test_unknown_and_short_commands() -> None:
     assert [m.command for m in lines(feed(conn, "FROB x"))] == ["421"]
     assert [m.command for m in lines(feed(conn, "KICK #dev"))] == ["461"]
     assert [m.command for m in lines(feed(conn, "NICK bad!nick"))] == ["432"]
+    # a command with terminal escapes is named without them (a tester's BEL and ESC
+    # came back raw in the 421)
+    (unknown,) = lines(feed(conn, "FOO\x07\x1b[31m x"))
+    assert unknown.params == ("alice", "FOO??[31M", "Unknown command")
 
 
 def test_shutdown_sends_error() -> None:

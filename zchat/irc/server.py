@@ -178,31 +178,34 @@ class Gateway:
 
     def refusal(self, address: str) -> str | None:
         """Why a new connection from ``address`` (``address_key``) is refused, or None:
-        the gateway is full (``max_connections``); the address holds
-        ``max_connections_per_address`` already (Ergo's ``max-concurrent-connections``
-        per IP: one client opening idle sockets must not take every place); or
-        connections not yet registered hold UNREGISTERED_SHARE of the places (logged-in
-        users keep the rest, whatever many addresses open and never register): then the
-        oldest of those is closed to make room, and the new one is let in."""
+        the address holds ``max_connections_per_address`` already (Ergo's
+        ``max-concurrent-connections`` per IP: one client opening idle sockets must not
+        take every place); or the gateway is full (``max_connections``) of registered
+        connections. When it is full, or connections not yet registered hold
+        UNREGISTERED_SHARE of the places, the oldest of those is closed to make room
+        and the new one is let in (logged-in users keep their places, and a new login
+        is never locked out by sockets that do not register)."""
         s = self.settings
-        if len(self._sessions) >= s.max_connections:
-            return f"this gateway is full ({s.max_connections} connections)"
         per = s.max_connections_per_address
         if per and self._per_address.get(address, 0) >= per:
             return f"too many connections from your address ({per})"
-        cap = unregistered_cap(s.max_connections)
-        waiting = [x for x in self._sessions if not x.conn.registered and not x.evicted]
-        if len(waiting) >= cap:
+        held = [x for x in self._sessions if not x.evicted]  # (not those closing)
+        waiting = [x for x in held if not x.conn.registered]
+        if len(held) >= s.max_connections or len(waiting) >= unregistered_cap(
+                s.max_connections):
+            if not waiting:
+                return f"this gateway is full ({s.max_connections} connections)"
             # The oldest connection not yet registered makes room for the new one, rather
-            # than the new one being refused: a second tester locked every new login out
-            # with idle sockets from a few addresses (each closed only after 60 s and
-            # opened again). An honest client registers within a round trip or two, so
-            # idle sockets must now be opened faster than that to keep anyone out.
+            # than the new one being refused, whether the gateway is full or those hold
+            # their share: two testers locked every new login out with idle sockets from
+            # a few addresses (each closed only after 60 s and opened again). An honest
+            # client registers within a round trip or two, so idle sockets must now be
+            # opened faster than that, without end, to keep anyone out.
             oldest = min(waiting, key=lambda x: x.opened)
             oldest.evicted = True
             log.info("IRC connection from %s not registered after %.1f s: closed to make "
-                     "room (%d connections not yet registered)", oldest.address,
-                     time.monotonic() - oldest.opened, len(waiting))
+                     "room (%d connections, %d not yet registered)", oldest.address,
+                     time.monotonic() - oldest.opened, len(held), len(waiting))
             oldest.stop("Registration timeout: the gateway is busy (too many connections "
                         "not yet registered); connect again")
         return None

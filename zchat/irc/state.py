@@ -326,7 +326,11 @@ class IrcConnection:
             if not self.registered:
                 self.numeric("451", "You have not registered")
             else:
-                self.numeric("421", msg.command, "Unknown command")
+                # the command as printable text only: a tester's BEL and ESC bytes came
+                # back in the 421, escapes for the sender's own terminal
+                shown = "".join(ch if ch.isprintable() and not ch.isspace() else "?"
+                                for ch in msg.command) or "?"
+                self.numeric("421", shown, "Unknown command")
         elif not self.registered and not command.pre_registration:
             self.numeric("451", "You have not registered")
         elif len(msg.params) < command.min_params:
