@@ -515,7 +515,8 @@ def _restored_two_channels(conn: IrcConnection) -> dict[str, int]:
     from zchat.client.events import ConnectionLost, ConnectionRestored
     conn.event(ConnectionLost(1.0))
     return {call.request.room: call.id  # type: ignore[union-attr]
-            for call in calls(conn.event(ConnectionRestored()))}
+            for call in calls(conn.event(ConnectionRestored()))
+            if isinstance(call.request, c.Who)}
 
 
 def _who(*users: tuple[str, str]) -> p.WhoList:
@@ -581,3 +582,29 @@ def test_after_a_sasl_login_others_see_the_users_mask_at_once() -> None:
     assert out[0].command == "900" and out[0].params[1] == "carol!~carolyn@zchat"
     out = lines(alice.event(p.PresenceChanged(name="carol", presence="online", time=0)))
     assert [m.source for m in out if m.command == "JOIN"] == ["carol!~carolyn@zchat"]
+
+
+def test_a_topic_and_modes_changed_while_away_are_shown_after_the_reconnect() -> None:
+    """A third tester's topic change made while another user's gateway client was
+    reconnecting was never shown to that user, and TOPIC kept the old one: the resync
+    reads each channel's ROOM_INFO too. A change heard by an event meanwhile is newer."""
+    from zchat.client.events import ConnectionLost, ConnectionRestored
+    conn = connection()
+    register(conn)
+    joined(conn)  # topic "t"
+    joined(conn, "rs", created=False)
+    conn.event(ConnectionLost(1.0))
+    infos = {call.request.room: call.id  # type: ignore[union-attr]
+             for call in calls(conn.event(ConnectionRestored()))
+             if isinstance(call.request, c.RoomInfo)}
+    assert set(infos) == {"dev", "rs"}
+    out = lines(conn.result(infos["dev"], p.RoomDetails(
+        room="dev", members=2, last_seq=0, joined=True, topic="changed", locked=True)))
+    assert out == [Message("TOPIC", ("#dev", "changed"), source="irc.zchat"),
+                   Message("MODE", ("#dev", "+m"), source="irc.zchat")]
+    assert conn.channels["dev"].topic == "changed"
+    # #rs: a TOPIC event heard before the answer is newer than the answer
+    conn.event(p.TopicChanged(room="rs", topic="newest", by="bob", time=0))
+    assert lines(conn.result(infos["rs"], p.RoomDetails(
+        room="rs", members=2, last_seq=0, joined=True, topic="older"))) == []
+    assert conn.channels["rs"].topic == "newest"

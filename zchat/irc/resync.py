@@ -12,13 +12,16 @@ offline, ``PART`` for one no longer a member, ``AWAY`` for a changed away state,
 through zchat/irc/members.py, which shows a change only if the client was not shown it
 already. A WHO answer may be older than the events heard while it was on its way: it
 leaves the members those told of as they left them. Pure, like the state machine
-(zchat/irc/state.py)."""
+(zchat/irc/state.py). Each channel's topic and modes are read again too (ROOM_INFO,
+§6.51): a change made while the client was away is shown as TOPIC / MODE from the
+server."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from zchat.irc import calls as c
+from zchat.irc.codec import Message
 from zchat.irc.members import membership, show_part, show_presence, unwatch, watch
 from zchat.irc.state import IrcConnection, Member, _Failed, is_op
 from zchat.names import name_key
@@ -34,6 +37,8 @@ def resync(conn: IrcConnection) -> None:
     for key, ch in list(conn.channels.items()):
         conn.resyncs[key] = watching = watch(conn)
         conn.call(c.Who(ch.room), _resynced, key, watching, background=True)
+        conn.call(c.RoomInfo(ch.room), _room_resynced, key, ch.topic, ch.private,
+                  ch.locked, background=True)
     if not conn.resyncs:
         conn.presence_unsure = False
 
@@ -65,3 +70,28 @@ def _resynced(conn: IrcConnection, key: str, watching: set[str], reply: Any) -> 
     for k in [k for k in ch.members if k not in listed and k != me
               and membership(ch.room, k) not in watching]:
         show_part(conn, ch, k)
+
+
+def _room_resynced(conn: IrcConnection, key: str, topic: str, private: bool,
+                   locked: bool, reply: Any) -> None:
+    """The room's topic and modes as ROOM_INFO tells them after the reconnect: a TOPIC
+    or ROOM_MODE event published while the client was away never reached it (a third
+    tester's topic change went unseen, and TOPIC kept answering the old one). Shown
+    from the server, since who changed it is not known; a value changed by an event
+    heard since the call was made is newer and kept."""
+    ch = conn.channels.get(key)
+    if ch is None or isinstance(reply, _Failed):
+        return
+    server = conn.settings.server_name
+    if ch.topic == topic and reply.topic != ch.topic:
+        ch.topic = reply.topic
+        conn.send(Message("TOPIC", (ch.name, reply.topic), source=server))
+    for mode, then, now in (("i", private, reply.private), ("m", locked, reply.locked)):
+        shown = ch.private if mode == "i" else ch.locked
+        if shown == then and now != shown:
+            if mode == "i":
+                ch.private = now
+            else:
+                ch.locked = now
+            conn.send(Message("MODE", (ch.name, ("+" if now else "-") + mode),
+                              source=server))
