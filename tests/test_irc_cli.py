@@ -5,6 +5,7 @@ off loopback is refused with a clear message."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -142,3 +143,39 @@ def test_a_hard_limit_too_low_lowers_max_connections_and_says_so(
         gateway.popen.send_signal(signal.SIGTERM)
         assert gateway.popen.wait(timeout=10) == 0
 
+
+
+def test_commands_behind_one_unanswered_call_are_answered_at_once(
+        tmp_path: Path, broker: TcpBroker) -> None:
+    """A third tester's SIGKILLed broker held each command of a connection for the
+    client's whole timeout in turn (5 s each: a PING behind three commands after 20 s),
+    since a broker that dies without a word is not known gone before the client's
+    heartbeat says so. Now the first call that gets no answer marks the broker silent
+    and the commands behind it are answered at once (263; PING its PONG). The broker is
+    stopped (SIGSTOP), so nothing tells the gateway: here 5.0 s (the one timeout still
+    waited) against the old code's 10.5 s; the bound asserted is 8.5 s."""
+    env = cli_env(tmp_path)
+    subprocess.run([*zchat_command(), "register", "--server", broker.router, "alice"],
+                   env=env, check=True, capture_output=True, timeout=30)
+    gateway, port = start_irc_gateway(tmp_path, broker, extra=("--timeout", "5"))
+    pid = broker.process.popen.pid
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as irc:
+            irc.sendall(f"PASS :alice:{DEFAULT_PASSWORD}\r\nNICK alice\r\n"
+                        "USER a 0 * :Alice\r\n".encode())
+            read_until(irc, b" 366 ")  # registered, and its autojoin of #lobby done
+            irc.sendall(b"PING :settled\r\n")
+            read_until(irc, b"settled")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                irc.sendall(b"WHOIS alice\r\nWHOIS alice\r\nWHOIS alice\r\n"
+                            b"PING :after\r\n")
+                got = read_until(irc, b"after", timeout_s=40)
+                elapsed = time.monotonic() - start
+                assert got.count(b" 263 ") == 3, got
+                assert elapsed < 8.5, elapsed  # the old code: 10.5 s here
+            finally:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        gateway.kill()

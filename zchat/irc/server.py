@@ -85,6 +85,12 @@ HELD_FOR_S = SEND_RETRY_S
 #: With them it still keeps each IRC address's guesses far below the broker's own limit.
 FAILED_LOGIN_BURST = 5
 FAILED_LOGIN_RATE_PER_S = 1 / 30
+#: After a call found the broker silent (no answer within its timeout: a broker that
+#: died without a word is not known gone before the client's heartbeat says so), the
+#: connection's next calls in this many seconds fail at once (263) and its messages are
+#: kept at once, unless the broker is heard from meanwhile: a third tester's commands
+#: queued behind each other, 5 s each, 20 s in all.
+BROKER_SILENT_S = 15.0
 #: How long a MARK_READ waits, gathering the lines given meanwhile (``_mark_later``).
 MARK_READ_DELAY_S = 0.5
 #: How long a session's end waits for its last MARK_READs (``_settle_marks``).
@@ -290,6 +296,8 @@ class _Session:
         self._resender: asyncio.Task[None] | None = None
         #: MARK_READ calls of the core waiting for ``_mark_later`` (``MARK_READ_DELAY_S``),
         #: the task that makes them, and whether they are made at once (the session ends).
+        #: Until when (loop time) the broker counts as silent (``BROKER_SILENT_S``).
+        self._silent_until = 0.0
         self._marks_due: list[c.Action] = []
         self._marker: asyncio.Task[None] | None = None
         self._marks_now = False
@@ -462,11 +470,22 @@ class _Session:
             else:
                 if isinstance(action.request, c.Logout):
                     await self._settle_marks()  # the read marker before the session ends
+                elif self._broker_silent():
+                    # answered at once, as the broker is (PING: its PONG without the
+                    # broker's round trip)
+                    queue[:0] = self.conn.result(action.id, None) \
+                        if isinstance(action.request, c.Ping) else self.conn.failure(
+                            action.id, 503, "the zchat broker does not answer")
+                    continue
                 try:
                     reply = await self._do(action.request)
                 except RequestFailed as exc:
+                    self._silent_until = 0.0  # it answered
                     queue[:0] = self.conn.failure(action.id, int(exc.status), exc.reason)
-                except (ConnectionFailed, ZchatError) as exc:
+                except ConnectionFailed as exc:
+                    self._found_silent()
+                    queue[:0] = self.conn.failure(action.id, 503, str(exc))
+                except ZchatError as exc:
                     queue[:0] = self.conn.failure(action.id, 503, str(exc))
                 else:
                     queue[:0] = self.conn.result(action.id, reply)
@@ -510,6 +529,8 @@ class _Session:
         cmid = new_cmid()
         if self._held:  # behind the ones waiting for the broker: the order is kept
             return self._hold(call_id, req, cmid)
+        if self._broker_silent() and self._may_hold():
+            return self._hold(call_id, req, cmid)
         try:
             reply = await self._send_message(req, cmid)
         except RequestFailed as exc:
@@ -517,12 +538,20 @@ class _Session:
                 return self._hold(call_id, req, cmid)
             return self.conn.failure(call_id, int(exc.status), exc.reason)
         except ConnectionFailed as exc:
+            self._found_silent()
             if self._may_hold():
                 return self._hold(call_id, req, cmid)
             return self.conn.failure(call_id, 503, str(exc))
         except ZchatError as exc:
             return self.conn.failure(call_id, 503, str(exc))
         return self.conn.result(call_id, reply)
+
+    def _broker_silent(self) -> bool:
+        return asyncio.get_running_loop().time() < self._silent_until
+
+    def _found_silent(self) -> None:
+        """A call got no answer in time: the next calls of BROKER_SILENT_S fail at once."""
+        self._silent_until = asyncio.get_running_loop().time() + BROKER_SILENT_S
 
     async def _resend_one(self, h: _Held, left_s: float) -> Any:
         return await self._send_message(h.request, h.cmid, max(left_s, 0.001))
@@ -754,6 +783,7 @@ class _Session:
             async for ev in client.events():
                 if self.conn.closed:
                     break
+                self._silent_until = 0.0  # the broker (or the client's reconnect) is heard
                 self._busy_events = True
                 try:
                     await self._carry_out(self.conn.event(ev))
