@@ -91,6 +91,15 @@ async def connect(port: int, nick: str, password: str | None = DEFAULT_PASSWORD,
     return irc
 
 
+async def in_channel(port: int, *nicks: str, channel: str = "#dev") -> list[IrcClient]:
+    """An IRC client per nick (``connect``), each joined to ``channel`` (its 366 read)."""
+    clients = [await connect(port, nick) for nick in nicks]
+    for irc in clients:
+        irc.send(f"JOIN {channel}")
+        await irc.command("366")
+    return clients
+
+
 async def registered(harness: Harness, *names: str) -> None:
     for name in names:
         async with harness.client(name) as client:

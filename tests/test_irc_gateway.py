@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from client_helpers import RestartableBroker, collect, is_, logged_in
 from conftest import run
-from irc_helpers import LINE_WAIT_S, IrcClient, connect, gateway, registered
+from irc_helpers import LINE_WAIT_S, IrcClient, connect, gateway, in_channel, registered
 
 from zchat import wire as p
 from zchat.client.events import ConnectionRestored
@@ -554,11 +554,7 @@ def test_notice_both_ways(harness: Harness) -> None:
         async with gateway(harness, autojoin=False) as (_gw, port), \
                 harness.client("carol") as carol:
             await carol.join("dev")
-            alice = await connect(port, "alice")
-            bob = await connect(port, "bob")
-            for irc in (alice, bob):
-                irc.send("JOIN #dev")
-                await irc.command("366")
+            alice, bob = await in_channel(port, "alice", "bob")
             # IRC -> IRC and zchat: a NOTICE stays a notice
             alice.send("NOTICE #dev :heads up")
             got = await bob.expect(_from("alice", "NOTICE"), "alice's NOTICE")
@@ -600,11 +596,7 @@ def test_part_reasons_travel(harness: Harness) -> None:
         async with gateway(harness, autojoin=False) as (_gw, port), \
                 harness.client("carol") as carol:
             await carol.join("dev")
-            alice = await connect(port, "alice")
-            bob = await connect(port, "bob")
-            for irc in (alice, bob):
-                irc.send("JOIN #dev")
-                await irc.command("366")
+            alice, bob = await in_channel(port, "alice", "bob")
             await alice.expect(_from("bob", "JOIN"), "bob's JOIN")
             # IRC formatting is taken out of the reason; the PART itself goes through
             alice.send("PART #dev :\x02see\x02 you tomorrow")
