@@ -242,6 +242,7 @@ guests = true
 autojoin = false
 playback = 0
 max_connections_per_address = 0
+connections_per_minute_per_address = 0
 """
 
 
@@ -262,7 +263,8 @@ def zchat(bench: Bench, ports: Ports, profile: Path | None = None,
                      settings=[f"broker {k} = {v}" for k, v in ZCHAT_BROKER.items()]
                      + ["broker send_rate_per_s = 0, login_rate_per_s = 0 "
                         "(harness defaults)", "irc guests = true, autojoin = false, "
-                        "playback = 0, max_connections_per_address = 0 (every "
+                        "playback = 0, max_connections_per_address = 0, "
+                        "connections_per_minute_per_address = 0 (every "
                         "connection comes from 127.0.0.1)"])
 
 

@@ -298,3 +298,27 @@ def test_an_idle_client_is_pinged_and_closed_counting_from_its_last_line(
             await alice.closed()
 
     run(scenario(), timeout_s=30)
+
+
+def test_new_connections_from_one_address_are_throttled(harness: Harness) -> None:
+    """A fourth tester's loops reopened idle sockets 1,000 times a second from ten
+    addresses and pushed honest logins out: new connections from one address are
+    limited to connections_per_minute_per_address (a burst, then a steady rate), the
+    next told so with an ERROR line; another address is not held back."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        async with gateway(harness, connections_per_minute_per_address=3) as (_gw, port):
+            first = [await _idle(port, "127.0.0.2") for _ in range(3)]
+            for irc in first:
+                irc.close()
+            refused = await _idle(port, "127.0.0.2")
+            line = await refused.command("ERROR")
+            assert line.params[0].startswith(
+                "Closing link: too many new connections from your address (at most 3 a "
+                "minute): wait "), line
+            await refused.closed()
+            alice = await connect(port, "alice")  # from 127.0.0.1: its own budget
+            assert not [m for m in await alice.sync() if m.command == "ERROR"]
+            alice.close()
+
+    run(scenario(), timeout_s=30)

@@ -432,6 +432,10 @@ class IrcConfig:
     - ``max_connections_per_address``: IRC connections from one client address (an IPv6
       /64 as one) at once, 0 for no limit; one more is told ``ERROR :Closing link: too
       many connections from your address (N)`` and closed (docs/irc.md, "Connections").
+    - ``connections_per_minute_per_address``: new IRC connections from one client
+      address a minute (a burst of that many, then one every 60/N s; Ergo's connection
+      throttling), 0 for no limit; one more is told ``ERROR :Closing link: too many new
+      connections from your address …`` and closed.
     """
 
     listen: str = "127.0.0.1:6667"
@@ -448,6 +452,7 @@ class IrcConfig:
     max_connections: int = 1000
     tell_addresses: bool = False
     max_connections_per_address: int = 16
+    connections_per_minute_per_address: int = 30
 
 
 @dataclass(frozen=True)
@@ -1056,6 +1061,9 @@ def irc_problem(irc: IrcConfig) -> tuple[str, str] | None:
         return "tls_listen", "needs tls_cert and tls_key (PEM files)"
     if not irc.server_name or " " in irc.server_name:
         return "server_name", "must be one word"
+    if irc.connections_per_minute_per_address < 0:
+        return ("connections_per_minute_per_address",
+                f"must be >= 0, got {irc.connections_per_minute_per_address}")
     if irc.max_connections < 1:
         return "max_connections", f"must be >= 1, got {irc.max_connections}"
     if irc.max_connections_per_address < 0:

@@ -104,6 +104,9 @@ class Settings:
     #: IRC connections from one client address (an IPv6 /64 as one) at once (``[irc]
     #: max_connections_per_address``); 0: no limit.
     max_connections_per_address: int = 16
+    #: New connections from one client address a minute (``[irc]
+    #: connections_per_minute_per_address``); 0: no limit.
+    connections_per_minute_per_address: int = 30
 
 
 @dataclass
