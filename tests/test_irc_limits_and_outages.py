@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from client_helpers import RestartableBroker, logged_in
 from conftest import run
 from irc_helpers import IrcClient, connect, gateway, registered
 
+from zchat.client import Client
 from zchat.irc.codec import Message
 from zchat.irc.server import ClientOptions, Gateway
 from zchat.irc.state import Settings
@@ -320,5 +322,43 @@ def test_new_connections_from_one_address_are_throttled(harness: Harness) -> Non
             alice = await connect(port, "alice")  # from 127.0.0.1: its own budget
             assert not [m for m in await alice.sync() if m.command == "ERROR"]
             alice.close()
+
+    run(scenario(), timeout_s=30)
+
+
+def test_a_client_gone_during_its_login_leaves_no_session_online(harness: Harness) -> None:
+    """A fourth tester's clients closed while their LOGIN was under way left their zchat
+    sessions online for the broker's heartbeat timeout (NAMES and WHOIS showed them for
+    30 s): the login was cancelled before the client learnt its session, so nothing
+    logged it out. Now the login finishes and the session is logged out at once. The
+    login is held at a gate (a real client whose ``login`` waits for the test) so that
+    the IRC client is gone while it is under way."""
+    async def scenario() -> None:
+        await registered(harness, "alice")
+        started, gate = asyncio.Event(), asyncio.Event()
+
+        class GatedClient(Client):
+            async def login(self, *args: Any, **kwargs: Any) -> Any:
+                started.set()
+                await gate.wait()
+                return await super().login(*args, **kwargs)
+
+        gw = Gateway(Settings(autojoin=False), ClientOptions(harness.server),
+                     client_factory=lambda: GatedClient(harness.server, reconnect=True))
+        _host, port = await gw.start("127.0.0.1", 0)
+        try:
+            async with harness.client("watcher") as watcher:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(f"PASS :alice:{DEFAULT_PASSWORD}\r\nNICK alice\r\n"
+                             "USER a 0 * :A\r\n".encode())
+                await asyncio.wait_for(started.wait(), 10)
+                writer.close()  # gone while its login is under way
+                await _until(lambda: reader.at_eof() or writer.is_closing())
+                gate.set()
+                await _until(lambda: gw.connections == 0)
+                who = await watcher.who()
+                assert "alice" not in [u.name for u in who.users], who
+        finally:
+            await gw.shutdown()
 
     run(scenario(), timeout_s=30)

@@ -406,8 +406,12 @@ class _Session:
             log.info("IRC connection of %s ended: %d lines not yet handled dropped",
                      self.conn.account or self.conn.nick, len(self._lines))
             self._lines.clear()
-        if self._main is not None and not self._finishing:
+        if self._main is not None and not self._finishing and not self.logging_in:
             self._main.cancel()
+        # a LOGIN under way is let finish (bounded by the client's timeout): cancelled,
+        # its session would stay at the broker, online, until its heartbeat timeout (a
+        # fourth tester's NAMES showed such ghosts for 30 s); finished, the session ends
+        # at once (``_handle_lines`` sees ``_gone``, ``_finish`` logs out)
 
     async def _handle_lines(self) -> None:
         """Handle the client's lines one at a time, each with the zchat calls it makes,
