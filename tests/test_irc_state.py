@@ -608,3 +608,22 @@ def test_a_topic_and_modes_changed_while_away_are_shown_after_the_reconnect() ->
     assert lines(conn.result(infos["rs"], p.RoomDetails(
         room="rs", members=2, last_seq=0, joined=True, topic="older"))) == []
     assert conn.channels["rs"].topic == "newest"
+
+
+def test_a_background_answer_is_no_part_of_a_labeled_response_under_way() -> None:
+    """A joiner is shown (JOIN) once its WHOIS is answered, a background call; that
+    answer came while another command's labeled response was being gathered, and the
+    JOIN went into that command's labeled-response batch (a flake of the multiline test
+    under load). Its lines are written as an event's."""
+    conn = connection()
+    register(conn, caps="labeled-response batch message-tags")
+    joined(conn)
+    (ask,) = calls(conn.event(p.UserJoined(room="dev", name="frank", time=0)))
+    assert ask.request == c.Whois("frank")
+    (whois,) = calls(feed(conn, "@label=L1 WHOIS bob"))
+    out = lines(conn.result(ask.id, p.UserFound(name="frank", presence="online")))
+    assert [(m.command, m.tags.get("label"), m.tags.get("batch")) for m in out] == [
+        ("JOIN", None, None)]
+    out = lines(conn.result(whois.id, p.UserFound(name="bob", presence="online")))
+    assert out[0].command == "BATCH" and out[0].tags == {"label": "L1"}
+    assert "JOIN" not in [m.command for m in out]

@@ -554,12 +554,17 @@ class IrcConnection:
     def call(self, request: c.Request, then: Callable[..., None], *args: Any,
              background: bool = False) -> None:
         """Make ``request``; ``then(*args, reply)`` gets the answer. A ``background``
-        call is no part of the labeled command being answered (labeled-response)."""
+        call is no part of the labeled command being answered (labeled-response), nor of
+        one under way when its answer comes: what its answer says is written as an
+        event's is (a joiner's JOIN, shown once its WHOIS answered, went into another
+        command's labeled-response batch)."""
         self._ids += 1
         if getattr(then, "__self__", None) is not self:  # a module-level handler
             args = (self, *args)
         self._pending[self._ids] = (then, args)
-        if self._label is not None and not self._in_event and not background:
+        if background:
+            self._unlabeled_calls.add(self._ids)
+        elif self._label is not None and not self._in_event:
             self._command_calls.add(self._ids)
         self.out.append(c.Call(self._ids, request))
 
